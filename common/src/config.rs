@@ -1,0 +1,82 @@
+//! Configuration files (TOML) shared by every role. Each binary reads its
+//! own file and lets command-line flags override single fields.
+use crate::error::{Error, Result};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// QUIC transport settings. Defaults follow what measured best on loopback
+/// (DESIGN.md, "Wire protocol and transport"): large stream and connection
+/// windows so one connection keeps a 1 MiB stripe unit in flight per
+/// stream, and 4 MiB socket buffers. Packets start at the 1200-byte QUIC
+/// floor and path-MTU discovery raises them up to `max_mtu`: about 6500
+/// bytes on loopback (the largest size that still fits ten segments in one
+/// 64 KiB GSO send) and whatever a real network allows elsewhere.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportConfig {
+    pub initial_mtu: u16,
+    pub max_mtu: u16,
+    pub stream_window: u64,
+    pub conn_window: u64,
+    pub send_window: u64,
+    pub socket_buffer: usize,
+    pub idle_timeout_ms: u64,
+    pub keepalive_ms: u64,
+    pub max_streams: u32,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            initial_mtu: 1200,
+            max_mtu: 6500,
+            stream_window: 16 << 20,
+            conn_window: 64 << 20,
+            send_window: 64 << 20,
+            socket_buffer: 4 << 20,
+            idle_timeout_ms: 10_000,
+            keepalive_ms: 2_000,
+            max_streams: 1024,
+        }
+    }
+}
+
+/// Where a process finds the cluster CA and its own certificate and key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsConfig {
+    /// The conventional file names in a directory made by `mdsctl init`.
+    pub fn in_dir(dir: &Path, role: &str) -> Self {
+        TlsConfig {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{role}.pem")),
+            key: dir.join(format!("{role}.key")),
+        }
+    }
+}
+
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::InvalidArgument(format!("cannot read config {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| Error::InvalidArgument(format!("config {}: {e}", path.display())))
+}
+
+pub fn to_toml<T: Serialize>(v: &T) -> Result<String> {
+    toml::to_string_pretty(v).map_err(|e| Error::InvalidArgument(format!("config encode: {e}")))
+}
+
+/// Where `make run` keeps the local cluster: `$AIFS_HOME/local`, else
+/// `$HOME/.aifs/local`. `mdsctl` without `--config` looks here.
+pub fn local_state_dir() -> PathBuf {
+    if let Some(h) = std::env::var_os("AIFS_HOME") {
+        return PathBuf::from(h).join("local");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".aifs").join("local")
+}

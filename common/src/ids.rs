@@ -1,0 +1,89 @@
+//! Identifier newtypes. An inode number carries its owning shard in the top
+//! bits (DESIGN.md, "Metadata"), so any node can route a request by number.
+use rkyv::{Archive, Deserialize, Serialize};
+use std::fmt;
+
+/// Bits of an inode number that name its shard. 8 bits allow 256 shards,
+/// far more than one metadata process needs, and leave 2^56 inodes a shard.
+pub const SHARD_BITS: u32 = 8;
+const SEQ_BITS: u32 = 64 - SHARD_BITS;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+/// Most shards a cluster may have.
+pub const MAX_SHARDS: u32 = 1 << SHARD_BITS;
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[rkyv(derive(Debug))]
+pub struct InodeId(pub u64);
+
+impl InodeId {
+    /// The root directory: shard 0, sequence 1. FUSE names the root 1 too,
+    /// so inode numbers pass to the kernel unchanged.
+    pub const ROOT: InodeId = InodeId(1);
+
+    pub fn new(shard: u32, seq: u64) -> Self {
+        debug_assert!(shard < MAX_SHARDS && seq <= SEQ_MASK);
+        InodeId(((shard as u64) << SEQ_BITS) | (seq & SEQ_MASK))
+    }
+    pub fn shard(self) -> u32 {
+        (self.0 >> SEQ_BITS) as u32
+    }
+    pub fn seq(self) -> u64 {
+        self.0 & SEQ_MASK
+    }
+}
+
+impl fmt::Debug for InodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ino:{}/{}", self.shard(), self.seq())
+    }
+}
+impl fmt::Display for InodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// One object of a striped file: object `index` of inode `ino`.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[rkyv(derive(Debug))]
+pub struct ObjectId {
+    pub ino: u64,
+    pub index: u32,
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}.{}", self.ino, self.index)
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[rkyv(derive(Debug))]
+pub struct OsdId(pub u32);
+
+impl fmt::Display for OsdId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "osd.{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn shard_and_seq_round_trip(shard in 0u32..MAX_SHARDS, seq in 0u64..=SEQ_MASK) {
+            let id = InodeId::new(shard, seq);
+            prop_assert_eq!(id.shard(), shard);
+            prop_assert_eq!(id.seq(), seq);
+        }
+    }
+
+    #[test]
+    fn root_is_fuse_root_on_shard_zero() {
+        assert_eq!(InodeId::ROOT.0, 1);
+        assert_eq!(InodeId::ROOT.shard(), 0);
+    }
+}

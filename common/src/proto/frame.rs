@@ -1,0 +1,113 @@
+//! Framing of one request or response on a QUIC stream:
+//! `u32 little-endian header length | rkyv header | raw payload bytes`.
+//! The header is checked with bytecheck (`rkyv::from_bytes`, never the
+//! unchecked accessors) before anything reads it; the payload length comes
+//! from the validated header and is bounded.
+use crate::error::{Error, Result};
+use bytes::{Bytes, BytesMut};
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Largest header accepted. Big enough for a readdir batch or a 64 KiB
+/// xattr value, small enough that a hostile length cannot balloon memory.
+pub const MAX_HEADER: u32 = 4 << 20;
+/// Largest raw payload on one stream: a stripe unit is at most 64 MiB.
+pub const MAX_PAYLOAD: u64 = 64 << 20;
+
+/// A wire message. `payload_len` is the number of raw bytes that follow the
+/// header on the same stream.
+pub trait Message: Sized + Send + 'static {
+    fn encode(&self) -> Result<AlignedVec>;
+    fn decode(bytes: &[u8]) -> Result<Self>;
+    fn payload_len(&self) -> u64 {
+        0
+    }
+}
+
+pub fn encode_any<T>(v: &T) -> Result<AlignedVec>
+where
+    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+{
+    rkyv::to_bytes::<rancor::Error>(v).map_err(|e| Error::Protocol(format!("encode: {e}")))
+}
+
+/// Validate and deserialize. `bytes` must be 16-byte aligned (an `AlignedVec`).
+pub fn decode_any<T>(bytes: &[u8]) -> Result<T>
+where
+    T: Archive,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>> + Deserialize<T, HighDeserializer<rancor::Error>>,
+{
+    rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(|e| Error::Protocol(format!("malformed header: {e}")))
+}
+
+/// The 4-byte length prefix for a header.
+pub fn prefix(header: &[u8]) -> Result<[u8; 4]> {
+    let n = u32::try_from(header.len()).map_err(|_| Error::Protocol("header too large".into()))?;
+    if n > MAX_HEADER {
+        return Err(Error::Protocol(format!("header of {n} bytes exceeds {MAX_HEADER}")));
+    }
+    Ok(n.to_le_bytes())
+}
+
+/// Read one length-prefixed header from a stream into aligned memory.
+pub async fn read_header(recv: &mut quinn::RecvStream) -> Result<AlignedVec> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(|e| Error::Protocol(format!("truncated frame length: {e}")))?;
+    let n = u32::from_le_bytes(len);
+    if n == 0 || n > MAX_HEADER {
+        return Err(Error::Protocol(format!("header length {n} out of range 1..={MAX_HEADER}")));
+    }
+    let mut buf = AlignedVec::<16>::with_capacity(n as usize);
+    buf.resize(n as usize, 0);
+    recv.read_exact(&mut buf).await.map_err(|e| Error::Protocol(format!("truncated header: {e}")))?;
+    Ok(buf)
+}
+
+/// Read exactly `len` payload bytes.
+pub async fn read_payload(recv: &mut quinn::RecvStream, len: u64) -> Result<Bytes> {
+    if len > MAX_PAYLOAD {
+        return Err(Error::Protocol(format!("payload of {len} bytes exceeds {MAX_PAYLOAD}")));
+    }
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let mut buf = BytesMut::zeroed(len as usize);
+    recv.read_exact(&mut buf).await.map_err(|e| Error::Protocol(format!("truncated payload: {e}")))?;
+    Ok(buf.freeze())
+}
+
+/// Write a header frame, then the payload chunks, on a send stream.
+pub async fn write_frame(send: &mut quinn::SendStream, header: &[u8], payload: &[Bytes]) -> Result<()> {
+    let p = prefix(header)?;
+    let mut chunks = Vec::with_capacity(2 + payload.len());
+    chunks.push(Bytes::copy_from_slice(&p));
+    chunks.push(Bytes::copy_from_slice(header));
+    chunks.extend(payload.iter().filter(|b| !b.is_empty()).cloned());
+    send.write_all_chunks(&mut chunks).await.map_err(|e| Error::Transport(format!("send: {e}")))?;
+    Ok(())
+}
+
+macro_rules! message {
+    ($t:ty) => {
+        message!($t, |_m| 0);
+    };
+    ($t:ty, $payload:expr) => {
+        impl $crate::proto::frame::Message for $t {
+            fn encode(&self) -> $crate::error::Result<rkyv::util::AlignedVec> {
+                $crate::proto::frame::encode_any(self)
+            }
+            fn decode(bytes: &[u8]) -> $crate::error::Result<Self> {
+                $crate::proto::frame::decode_any(bytes)
+            }
+            fn payload_len(&self) -> u64 {
+                let f: fn(&$t) -> u64 = $payload;
+                f(self)
+            }
+        }
+    };
+}
+pub(crate) use message;

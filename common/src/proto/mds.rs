@@ -1,0 +1,177 @@
+//! Metadata service messages (client, OSD and admin to MDS).
+use super::frame::message;
+use crate::error::WireError;
+use crate::layout::{Layout, LayoutPolicy};
+use rkyv::{Archive, Deserialize, Serialize};
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash)]
+#[rkyv(derive(Debug))]
+pub enum FileKind {
+    File = 1,
+    Dir = 2,
+    Symlink = 3,
+}
+
+/// Attributes of an inode as the MDS knows them.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    /// Permission bits (`mode & 0o7777`).
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    /// Files: their layout. Directories and symlinks: none.
+    pub layout: Option<Layout>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub enum TimeSet {
+    Now,
+    At(i64),
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Default, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub struct DirEntry {
+    pub name: String,
+    pub ino: u64,
+    pub kind: FileKind,
+    /// Position to resume after this entry: stays valid while other
+    /// entries are added or removed.
+    pub cookie: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub enum OsdState {
+    Up,
+    Down,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct OsdInfo {
+    pub id: u32,
+    pub addr: String,
+    pub state: OsdState,
+    pub capacity: u64,
+    pub used: u64,
+    pub objects: u64,
+    /// Milliseconds since the last heartbeat (as the MDS saw it).
+    pub last_seen_ms: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct SessionInfo {
+    pub id: u64,
+    pub name: String,
+    pub addr: String,
+    pub last_seen_ms: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct ShardInfo {
+    pub id: u32,
+    pub inodes: u64,
+    pub dentries: u64,
+    pub commits: u64,
+    pub pending_gc: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct Statfs {
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    pub avail_bytes: u64,
+    pub files: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct ClusterStatus {
+    pub shards: Vec<ShardInfo>,
+    pub osds: Vec<OsdInfo>,
+    pub sessions: Vec<SessionInfo>,
+    pub osd_epoch: u64,
+    pub statfs: Statfs,
+}
+
+/// `renameat2` flag: fail with EEXIST instead of replacing the target.
+pub const RENAME_NOREPLACE: u32 = 1;
+/// `setxattr` flags.
+pub const XATTR_CREATE: u32 = 1;
+pub const XATTR_REPLACE: u32 = 2;
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub enum MdsReq {
+    Lookup { parent: u64, name: String },
+    GetAttr { ino: u64 },
+    SetAttr { ino: u64, set: SetAttr },
+    /// Regular file (create and mknod).
+    Create { parent: u64, name: String, mode: u32, uid: u32, gid: u32, exclusive: bool },
+    Mkdir { parent: u64, name: String, mode: u32, uid: u32, gid: u32 },
+    Unlink { parent: u64, name: String },
+    Rmdir { parent: u64, name: String },
+    Rename { parent: u64, name: String, newparent: u64, newname: String, flags: u32 },
+    Readdir { ino: u64, cookie: u64, max: u32 },
+    Symlink { parent: u64, name: String, target: String, uid: u32, gid: u32 },
+    Readlink { ino: u64 },
+    Link { ino: u64, newparent: u64, newname: String },
+    Statfs,
+    GetXattr { ino: u64, name: String },
+    SetXattr { ino: u64, name: String, value: Vec<u8>, flags: u32 },
+    ListXattr { ino: u64 },
+    RemoveXattr { ino: u64, name: String },
+    /// A writer publishes size and mtime at flush: size is merged as a maximum.
+    UpdateSize { ino: u64, size: u64, mtime_ns: i64 },
+    /// Set a directory's default layout, or an empty file's layout.
+    SetStripe { ino: u64, policy: LayoutPolicy },
+    GetStripe { ino: u64 },
+    OsdMap,
+    OsdHeartbeat { id: u32, addr: String, capacity: u64, used: u64, objects: u64 },
+    OpenSession { name: String },
+    SessionHeartbeat { id: u64 },
+    CloseSession { id: u64 },
+    Status,
+}
+message!(MdsReq);
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub enum MdsResp {
+    Err(WireError),
+    Attr(Attr),
+    Done,
+    Bytes(Vec<u8>),
+    Names(Vec<String>),
+    Dir { entries: Vec<DirEntry>, eof: bool, parent: u64 },
+    Statfs(Statfs),
+    OsdMap { epoch: u64, osds: Vec<OsdInfo> },
+    Session { id: u64, heartbeat_ms: u64 },
+    Status(ClusterStatus),
+    Stripe { policy: Option<LayoutPolicy>, attr: Attr },
+}
+message!(MdsResp);

@@ -1,0 +1,63 @@
+//! Object service messages (client and MDS to OSD). Object bytes travel raw
+//! after the header, never through rkyv.
+use super::frame::message;
+use crate::error::WireError;
+use crate::ids::ObjectId;
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Checksum granule: one crc32c per 64 KiB block of an object. The stripe
+/// unit is a multiple of it, so a whole-unit write carries whole blocks and
+/// the OSD never has to read back to checksum it.
+pub const CRC_BLOCK: u64 = 64 * 1024;
+
+/// crc32c of each `CRC_BLOCK`-aligned piece of `data`, which starts at
+/// object offset `off`. A piece is cut at block boundaries.
+pub fn block_crcs(off: u64, data: &[u8]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(data.len() / CRC_BLOCK as usize + 2);
+    let mut pos = 0usize;
+    let mut o = off;
+    while pos < data.len() {
+        let room = (CRC_BLOCK - o % CRC_BLOCK) as usize;
+        let n = room.min(data.len() - pos);
+        out.push(crc32c::crc32c(&data[pos..pos + n]));
+        pos += n;
+        o += n as u64;
+    }
+    out
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub enum OsdReq {
+    /// `len` bytes follow; `crcs` holds `block_crcs(off, data)`.
+    Write { obj: ObjectId, off: u64, len: u32, crcs: Vec<u32> },
+    /// Read `[off, off + len)`; the OSD widens it to whole blocks.
+    Read { obj: ObjectId, off: u64, len: u32 },
+    Truncate { obj: ObjectId, size: u64 },
+    Delete { obj: ObjectId },
+    Stat { obj: ObjectId },
+    /// fsync these objects.
+    Commit { objs: Vec<ObjectId> },
+    Usage,
+}
+message!(OsdReq, |m| match m {
+    OsdReq::Write { len, .. } => *len as u64,
+    _ => 0,
+});
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub enum OsdResp {
+    Err(WireError),
+    Done,
+    /// `len` bytes follow, starting at object offset `off` (block aligned);
+    /// `crcs[i]` covers block `off / CRC_BLOCK + i` as far as the object
+    /// extends. Bytes past the object's end are not sent.
+    Data { off: u64, len: u32, crcs: Vec<u32>, obj_size: u64 },
+    Stat { exists: bool, size: u64 },
+    Usage { capacity: u64, used: u64, objects: u64 },
+}
+message!(OsdResp, |m| match m {
+    OsdResp::Data { len, .. } => *len as u64,
+    _ => 0,
+});

@@ -1,0 +1,86 @@
+//! Making calls: one cached connection per server, one stream per call.
+use crate::certs::Role;
+use crate::error::{Error, Result};
+use crate::proto::frame::{read_header, read_payload, write_frame, Message};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How long a connection attempt may take before the call fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client of one server (an MDS or one OSD).
+pub struct RpcClient {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    role: Role,
+    conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+}
+
+impl RpcClient {
+    /// `role` is the role the server must prove (its certificate's name).
+    pub fn new(endpoint: quinn::Endpoint, addr: SocketAddr, role: Role) -> Self {
+        RpcClient { endpoint, addr, role, conn: tokio::sync::Mutex::new(None) }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The live connection, made anew if there is none or it was lost.
+    pub async fn connection(&self) -> Result<quinn::Connection> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let connecting = self
+            .endpoint
+            .connect(self.addr, self.role.dns_name())
+            .map_err(|e| Error::Transport(format!("connect {}: {e}", self.addr)))?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| Error::Transport(format!("connect {}: timed out", self.addr)))?
+            .map_err(|e| Error::Transport(format!("connect {}: {e}", self.addr)))?;
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Send `req` (and `payload` raw after it), wait for the response and
+    /// its payload. A stream that cannot be opened on a cached connection is
+    /// retried once on a new one: nothing was sent, so this is safe for
+    /// every request.
+    pub async fn call<Req: Message, Resp: Message>(&self, req: &Req, payload: &[Bytes]) -> Result<(Resp, Bytes)> {
+        let header = req.encode()?;
+        let mut attempt = 0;
+        let (mut send, mut recv) = loop {
+            let conn = self.connection().await?;
+            match conn.open_bi().await {
+                Ok(s) => break s,
+                Err(e) if attempt == 0 => {
+                    tracing::debug!(addr = %self.addr, error = %e, "stream open failed; reconnecting");
+                    attempt += 1;
+                }
+                Err(e) => return Err(Error::Transport(format!("open stream to {}: {e}", self.addr))),
+            }
+        };
+        write_frame(&mut send, &header, payload).await?;
+        send.finish().map_err(|e| Error::Transport(format!("finish: {e}")))?;
+        let resp_hdr = read_header(&mut recv).await.map_err(|e| match e {
+            Error::Protocol(m) => Error::Transport(format!("{}: {m}", self.addr)),
+            other => other,
+        })?;
+        let resp = Resp::decode(&resp_hdr)?;
+        let body = read_payload(&mut recv, resp.payload_len()).await?;
+        Ok((resp, body))
+    }
+
+    pub fn close(&self) {
+        if let Ok(mut g) = self.conn.try_lock() {
+            if let Some(c) = g.take() {
+                c.close(0u32.into(), b"bye");
+            }
+        }
+    }
+}

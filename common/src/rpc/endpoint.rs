@@ -1,0 +1,97 @@
+//! QUIC endpoints: UDP sockets with large buffers, transport settings from
+//! `TransportConfig`.
+use super::tls::Identity;
+use crate::config::TransportConfig;
+use crate::error::{Error, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn transport(cfg: &TransportConfig) -> Result<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    let var = |v: u64| quinn::VarInt::from_u64(v).map_err(|e| Error::InvalidArgument(format!("transport: {e}")));
+    t.initial_mtu(cfg.initial_mtu.max(1200));
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(cfg.max_mtu.max(cfg.initial_mtu).max(1200));
+    t.mtu_discovery_config(Some(mtud));
+    t.stream_receive_window(var(cfg.stream_window)?);
+    t.receive_window(var(cfg.conn_window)?);
+    t.send_window(cfg.send_window);
+    t.max_concurrent_bidi_streams(var(cfg.max_streams as u64)?);
+    t.max_concurrent_uni_streams(0u32.into());
+    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(cfg.idle_timeout_ms))
+        .map_err(|e| Error::InvalidArgument(format!("idle timeout: {e}")))?;
+    t.max_idle_timeout(Some(idle));
+    t.keep_alive_interval(Some(Duration::from_millis(cfg.keepalive_ms)));
+    Ok(t)
+}
+
+fn set_buffer(sock: &socket2::Socket, size: usize) {
+    use std::os::fd::AsRawFd;
+    if size == 0 {
+        return;
+    }
+    let v = size.min(i32::MAX as usize) as libc::c_int;
+    for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+        // SAFETY: setsockopt on an open socket we own, with a pointer to a
+        // live c_int and its exact size.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                force,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            // Not privileged: the kernel caps the plain option at rmem_max.
+            // SAFETY: as above.
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    plain,
+                    &v as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+}
+
+fn udp_socket(addr: SocketAddr, cfg: &TransportConfig) -> Result<std::net::UdpSocket> {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    set_buffer(&sock, cfg.socket_buffer);
+    sock.bind(&addr.into()).map_err(|e| Error::Io(format!("bind {addr}: {e}")))?;
+    Ok(sock.into())
+}
+
+fn endpoint_config() -> quinn::EndpointConfig {
+    quinn::EndpointConfig::default()
+}
+
+/// An endpoint that accepts connections (and can also make them).
+pub fn server_endpoint(addr: SocketAddr, id: &Identity, cfg: &TransportConfig) -> Result<quinn::Endpoint> {
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(id.server_crypto()?));
+    server.transport_config(Arc::new(transport(cfg)?));
+    let sock = udp_socket(addr, cfg)?;
+    let mut ep = quinn::Endpoint::new(endpoint_config(), Some(server), sock, Arc::new(quinn::TokioRuntime))?;
+    ep.set_default_client_config(client_config(id, cfg)?);
+    Ok(ep)
+}
+
+pub fn client_config(id: &Identity, cfg: &TransportConfig) -> Result<quinn::ClientConfig> {
+    let mut c = quinn::ClientConfig::new(Arc::new(id.client_crypto()?));
+    c.transport_config(Arc::new(transport(cfg)?));
+    Ok(c)
+}
+
+/// An endpoint that only makes connections, bound to an ephemeral port.
+pub fn client_endpoint(id: &Identity, cfg: &TransportConfig) -> Result<quinn::Endpoint> {
+    let addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
+    let sock = udp_socket(addr, cfg)?;
+    let mut ep = quinn::Endpoint::new(endpoint_config(), None, sock, Arc::new(quinn::TokioRuntime))?;
+    ep.set_default_client_config(client_config(id, cfg)?);
+    Ok(ep)
+}

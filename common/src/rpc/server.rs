@@ -1,0 +1,106 @@
+//! Serving a `Service`: a task per connection, a task per stream. A bad
+//! frame gets an error reply (or a reset stream) and a log line; the
+//! connection and everyone else's are served on.
+use super::tls::peer_role;
+use crate::certs::Role;
+use crate::error::{Error, Result};
+use crate::proto::frame::{read_header, read_payload, write_frame, Message};
+use bytes::Bytes;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// A connected, authenticated peer.
+pub struct Peer {
+    pub role: Role,
+    pub addr: SocketAddr,
+    pub conn: quinn::Connection,
+}
+
+pub trait Service: Send + Sync + 'static {
+    type Req: Message;
+    type Resp: Message;
+    /// Answer one request. The returned payload chunks follow the header.
+    fn call(&self, peer: &Arc<Peer>, req: Self::Req, payload: Bytes) -> impl Future<Output = (Self::Resp, Vec<Bytes>)> + Send;
+    /// The response that carries an error.
+    fn error(e: Error) -> Self::Resp;
+    /// Roles allowed to connect at all.
+    fn accepts(&self, role: Role) -> bool;
+}
+
+/// Accept connections until the endpoint is closed.
+pub async fn serve<S: Service>(endpoint: quinn::Endpoint, svc: Arc<S>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let svc = svc.clone();
+        let remote = incoming.remote_address();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(peer = %remote, error = %e, "handshake refused");
+                    return;
+                }
+            };
+            let Some(role) = peer_role(&conn) else {
+                tracing::warn!(peer = %remote, "peer certificate names no aifs role; closing");
+                conn.close(1u32.into(), b"no role");
+                return;
+            };
+            if !svc.accepts(role) {
+                tracing::warn!(peer = %remote, role = role.name(), "role not served here; closing");
+                conn.close(2u32.into(), b"role not allowed");
+                return;
+            }
+            let peer = Arc::new(Peer { role, addr: remote, conn: conn.clone() });
+            tracing::debug!(peer = %remote, role = role.name(), "connected");
+            serve_conn(svc, peer).instrument(tracing::debug_span!("conn", peer = %remote)).await;
+        });
+    }
+}
+
+async fn serve_conn<S: Service>(svc: Arc<S>, peer: Arc<Peer>) {
+    loop {
+        let (send, recv) = match peer.conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection ended");
+                return;
+            }
+        };
+        let svc = svc.clone();
+        let peer = peer.clone();
+        tokio::spawn(async move { serve_stream(svc, peer, send, recv).await });
+    }
+}
+
+async fn read_request<S: Service>(recv: &mut quinn::RecvStream) -> Result<(S::Req, Bytes)> {
+    let hdr = read_header(recv).await?;
+    let req = S::Req::decode(&hdr)?;
+    let body = read_payload(recv, req.payload_len()).await?;
+    Ok((req, body))
+}
+
+async fn serve_stream<S: Service>(svc: Arc<S>, peer: Arc<Peer>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let (resp, payload) = match read_request::<S>(&mut recv).await {
+        Ok((req, body)) => svc.call(&peer, req, body).await,
+        Err(e) => {
+            tracing::warn!(peer = %peer.addr, error = %e, "bad request frame");
+            let _ = recv.stop(1u32.into());
+            (S::error(e), Vec::new())
+        }
+    };
+    let header = match resp.encode() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode response");
+            let _ = send.reset(2u32.into());
+            return;
+        }
+    };
+    if let Err(e) = write_frame(&mut send, &header, &payload).await {
+        tracing::debug!(peer = %peer.addr, error = %e, "reply not delivered");
+        return;
+    }
+    let _ = send.finish();
+}

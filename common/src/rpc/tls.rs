@@ -1,0 +1,95 @@
+//! rustls configurations for mutual TLS. Every server demands a client
+//! certificate signed by the cluster CA; every client checks the server's
+//! certificate against the same CA and the role's DNS name.
+use crate::certs::Role;
+use crate::config::TlsConfig;
+use crate::error::{Error, Result};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::sync::Arc;
+
+/// ALPN protocol id; bumped when the wire format changes incompatibly.
+pub const ALPN: &[u8] = b"aifs/1";
+
+fn tls_err(e: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("TLS setup: {e}"))
+}
+
+/// A process's TLS identity: the CA it trusts and its own chain and key.
+pub struct Identity {
+    roots: Arc<rustls::RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity { roots: self.roots.clone(), chain: self.chain.clone(), key: self.key.clone_key() }
+    }
+}
+
+impl Identity {
+    pub fn load(cfg: &TlsConfig) -> Result<Identity> {
+        let read_certs = |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>> {
+            let certs = CertificateDer::pem_file_iter(p)
+                .map_err(|e| tls_err(format!("{}: {e}", p.display())))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| tls_err(format!("{}: {e}", p.display())))?;
+            if certs.is_empty() {
+                return Err(tls_err(format!("{}: no certificate", p.display())));
+            }
+            Ok(certs)
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in read_certs(&cfg.ca)? {
+            roots.add(c).map_err(tls_err)?;
+        }
+        let chain = read_certs(&cfg.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| tls_err(format!("{}: {e}", cfg.key.display())))?;
+        Ok(Identity { roots: Arc::new(roots), chain, key })
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    pub fn server_crypto(&self) -> Result<quinn::crypto::rustls::QuicServerConfig> {
+        let provider = Self::provider();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+            .build()
+            .map_err(tls_err)?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(tls_err)?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(tls_err)
+    }
+
+    pub fn client_crypto(&self) -> Result<quinn::crypto::rustls::QuicClientConfig> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Self::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_root_certificates(self.roots.clone())
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(tls_err)?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(tls_err)
+    }
+}
+
+/// The role a connected peer proved with its certificate (already verified
+/// against the CA by the handshake).
+pub fn peer_role(conn: &quinn::Connection) -> Option<Role> {
+    let id = conn.peer_identity()?;
+    let certs = id.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let leaf = certs.first()?;
+    let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
+    Role::ALL.into_iter().find(|r| {
+        ServerName::try_from(r.dns_name())
+            .map(|n| cert.verify_is_valid_for_subject_name(&n).is_ok())
+            .unwrap_or(false)
+    })
+}

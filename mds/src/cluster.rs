@@ -1,0 +1,185 @@
+//! What the MDS knows about the rest of the cluster: the OSD map (from
+//! registrations and heartbeats) and client sessions.
+use aifs_common::proto::mds::{OsdInfo, OsdState, SessionInfo};
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct OsdEntry {
+    pub addr: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub objects: u64,
+    /// None until the OSD is heard from after an MDS start.
+    pub last_seen: Option<Instant>,
+    pub up: bool,
+}
+
+pub struct SessionEntry {
+    pub name: String,
+    pub addr: String,
+    pub last_seen: Instant,
+}
+
+pub struct Cluster {
+    pub osds: DashMap<u32, OsdEntry>,
+    epoch: AtomicU64,
+    osd_timeout: Duration,
+    pub sessions: DashMap<u64, SessionEntry>,
+    next_session: AtomicU64,
+    session_timeout: Duration,
+}
+
+/// What a heartbeat changed.
+pub enum Beat {
+    /// First time heard of this id, or its address changed: persist it.
+    New,
+    /// Came back up.
+    Up,
+    Same,
+}
+
+impl Cluster {
+    pub fn new(osd_timeout: Duration, session_timeout: Duration) -> Self {
+        let seed = aifs_common::time::now_ns().unsigned_abs() << 8;
+        Cluster {
+            osds: DashMap::new(),
+            epoch: AtomicU64::new(1),
+            osd_timeout,
+            sessions: DashMap::new(),
+            next_session: AtomicU64::new(seed),
+            session_timeout,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// An OSD known from the store, down until it heartbeats.
+    pub fn load_osd(&self, id: u32, addr: String, capacity: u64, used: u64) {
+        self.osds.insert(id, OsdEntry { addr, capacity, used, objects: 0, last_seen: None, up: false });
+    }
+
+    pub fn heartbeat(&self, id: u32, addr: &str, capacity: u64, used: u64, objects: u64) -> Beat {
+        let now = Instant::now();
+        let mut beat = Beat::Same;
+        let mut e = self.osds.entry(id).or_insert_with(|| {
+            beat = Beat::New;
+            OsdEntry { addr: addr.to_string(), capacity, used, objects, last_seen: None, up: false }
+        });
+        if e.addr != addr {
+            e.addr = addr.to_string();
+            beat = Beat::New;
+        }
+        e.capacity = capacity;
+        e.used = used;
+        e.objects = objects;
+        e.last_seen = Some(now);
+        if !e.up {
+            e.up = true;
+            if matches!(beat, Beat::Same) {
+                beat = Beat::Up;
+            }
+            tracing::info!(osd = id, addr, "OSD up");
+        }
+        drop(e);
+        if !matches!(beat, Beat::Same) {
+            self.epoch.fetch_add(1, Ordering::Relaxed);
+        }
+        beat
+    }
+
+    /// Mark OSDs that missed heartbeats down and drop expired sessions.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let mut changed = false;
+        for mut e in self.osds.iter_mut() {
+            let fresh = e.last_seen.is_some_and(|t| now.duration_since(t) < self.osd_timeout);
+            if e.up && !fresh {
+                e.up = false;
+                changed = true;
+                tracing::warn!(osd = *e.key(), "OSD missed heartbeats; marked down");
+            }
+        }
+        if changed {
+            self.epoch.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sessions.retain(|id, s| {
+            let keep = now.duration_since(s.last_seen) < self.session_timeout;
+            if !keep {
+                tracing::info!(session = id, name = %s.name, "session expired");
+            }
+            keep
+        });
+    }
+
+    pub fn up_osds(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.osds.iter().filter(|e| e.up).map(|e| *e.key()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn osd_addr(&self, id: u32) -> Option<String> {
+        self.osds.get(&id).map(|e| e.addr.clone())
+    }
+
+    pub fn osd_infos(&self) -> Vec<OsdInfo> {
+        let now = Instant::now();
+        let mut v: Vec<OsdInfo> = self
+            .osds
+            .iter()
+            .map(|e| OsdInfo {
+                id: *e.key(),
+                addr: e.addr.clone(),
+                state: if e.up { OsdState::Up } else { OsdState::Down },
+                capacity: e.capacity,
+                used: e.used,
+                objects: e.objects,
+                last_seen_ms: e.last_seen.map(|t| now.duration_since(t).as_millis() as u64).unwrap_or(u64::MAX),
+            })
+            .collect();
+        v.sort_by_key(|o| o.id);
+        v
+    }
+
+    pub fn open_session(&self, name: String, addr: String) -> u64 {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(session = id, %name, %addr, "session opened");
+        self.sessions.insert(id, SessionEntry { name, addr, last_seen: Instant::now() });
+        id
+    }
+
+    /// False when the session is unknown (expired, or the MDS restarted).
+    pub fn touch_session(&self, id: u64) -> bool {
+        match self.sessions.get_mut(&id) {
+            Some(mut s) => {
+                s.last_seen = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn close_session(&self, id: u64) {
+        if self.sessions.remove(&id).is_some() {
+            tracing::info!(session = id, "session closed");
+        }
+    }
+
+    pub fn session_infos(&self) -> Vec<SessionInfo> {
+        let now = Instant::now();
+        let mut v: Vec<SessionInfo> = self
+            .sessions
+            .iter()
+            .map(|s| SessionInfo {
+                id: *s.key(),
+                name: s.name.clone(),
+                addr: s.addr.clone(),
+                last_seen_ms: now.duration_since(s.last_seen).as_millis() as u64,
+            })
+            .collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+}

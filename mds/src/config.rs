@@ -1,0 +1,39 @@
+use aifs_common::config::{TlsConfig, TransportConfig};
+use aifs_common::LayoutPolicy;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct MdsConfig {
+    pub listen: SocketAddr,
+    /// One redb file per shard lives here.
+    pub data_dir: PathBuf,
+    /// Number of metadata shards. Fixed when the file system is created.
+    #[serde(default = "default_shards")]
+    pub shards: u32,
+    /// Layout of the root directory, inherited by everything below it that
+    /// has no layout of its own.
+    #[serde(default)]
+    pub default_layout: LayoutPolicy,
+    /// An OSD silent this long is marked down.
+    #[serde(default = "default_osd_timeout_ms")]
+    pub osd_timeout_ms: u64,
+    /// A client session silent this long expires.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub transport: TransportConfig,
+}
+
+fn default_shards() -> u32 {
+    4
+}
+fn default_osd_timeout_ms() -> u64 {
+    5_000
+}
+fn default_session_timeout_ms() -> u64 {
+    10_000
+}

@@ -1,0 +1,174 @@
+//! Giving object space back: GC jobs recorded by unlink and truncate (in the
+//! same transaction as the namespace change) are applied to the OSDs here,
+//! then removed. A job whose OSD is down stays queued and is retried, so a
+//! crash or an outage never leaks objects.
+use crate::cluster::Cluster;
+use crate::namespace::Namespace;
+use crate::records::GcJob;
+use crate::store::{IoResult, GC};
+use aifs_common::certs::Role;
+use aifs_common::proto::osd::{OsdReq, OsdResp};
+use aifs_common::rpc::RpcClient;
+use aifs_common::{Error, ObjectId, Result};
+use dashmap::DashMap;
+use redb::ReadableTable;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Jobs taken from one shard per pass.
+const GC_BATCH: usize = 256;
+/// Jobs applied at once.
+const GC_PARALLEL: usize = 16;
+
+/// Connections from the MDS to OSDs, made on first use.
+pub struct OsdClients {
+    endpoint: quinn::Endpoint,
+    cluster: Arc<Cluster>,
+    clients: DashMap<u32, Arc<RpcClient>>,
+}
+
+impl OsdClients {
+    pub fn new(endpoint: quinn::Endpoint, cluster: Arc<Cluster>) -> Self {
+        OsdClients { endpoint, cluster, clients: DashMap::new() }
+    }
+
+    pub fn get(&self, id: u32) -> Result<Arc<RpcClient>> {
+        let addr: SocketAddr = self
+            .cluster
+            .osd_addr(id)
+            .ok_or_else(|| Error::Unavailable(format!("osd.{id} unknown")))?
+            .parse()
+            .map_err(|_| Error::Unavailable(format!("osd.{id} has a bad address")))?;
+        if let Some(c) = self.clients.get(&id) {
+            if c.addr() == addr {
+                return Ok(c.clone());
+            }
+        }
+        let c = Arc::new(RpcClient::new(self.endpoint.clone(), addr, Role::Osd));
+        self.clients.insert(id, c.clone());
+        Ok(c)
+    }
+
+    pub async fn call(&self, id: u32, req: &OsdReq) -> Result<OsdResp> {
+        let c = self.get(id)?;
+        match c.call::<_, OsdResp>(req, &[]).await? {
+            (OsdResp::Err(e), _) => Err(Error::from_wire(e.code, &e.msg)),
+            (r, _) => Ok(r),
+        }
+    }
+}
+
+pub struct Gc {
+    pub ns: Arc<Namespace>,
+    pub osds: Arc<OsdClients>,
+    pub wake: tokio::sync::Notify,
+}
+
+impl Gc {
+    /// Apply a job on every OSD holding one of the file's objects.
+    pub async fn apply(&self, job: &GcJob) -> Result<()> {
+        let l = &job.layout;
+        let mut calls = Vec::new();
+        for k in 0..l.stripe_count {
+            let obj = ObjectId { ino: job.ino, index: k };
+            let req = match job.truncate_to {
+                Some(size) => OsdReq::Truncate { obj, size: l.object_size(size, k) },
+                None => OsdReq::Delete { obj },
+            };
+            for osd in l.object_osds(k) {
+                let req = req.clone();
+                let id = osd.0;
+                calls.push(async move { self.osds.call(id, &req).await });
+            }
+        }
+        for r in futures::future::join_all(calls).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    pub async fn remove(&self, shard: u32, id: u64) -> Result<()> {
+        self.ns
+            .shard(shard)
+            .mutate(move |txn| {
+                txn.open_table(GC).io()?.remove(id).io()?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// One pass over every shard's queue; returns jobs completed.
+    pub async fn pass(&self) -> usize {
+        let mut done = 0;
+        for s in &self.ns.shards {
+            let sid = s.id;
+            let jobs = s
+                .read(|t| {
+                    let mut v = Vec::new();
+                    for r in t.open_table(GC).io()?.iter().io()?.take(GC_BATCH) {
+                        let (k, val) = r.io()?;
+                        v.push((k.value(), GcJob::decode(val.value())));
+                    }
+                    Ok(v)
+                })
+                .await;
+            let jobs = match jobs {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!(shard = sid, error = %e, "cannot read GC queue");
+                    continue;
+                }
+            };
+            let mut finished = Vec::new();
+            for chunk in jobs.chunks(GC_PARALLEL) {
+                let rs = futures::future::join_all(chunk.iter().map(|(id, job)| async move {
+                    match job {
+                        Ok(job) => match self.apply(job).await {
+                            Ok(()) => Some(*id),
+                            Err(e) => {
+                                tracing::debug!(ino = job.ino, error = %e, "GC job deferred");
+                                None
+                            }
+                        },
+                        Err(e) => {
+                            tracing::error!(shard = sid, job = id, error = %e, "corrupt GC record dropped");
+                            Some(*id)
+                        }
+                    }
+                }))
+                .await;
+                finished.extend(rs.into_iter().flatten());
+            }
+            if !finished.is_empty() {
+                let n = finished.len();
+                let r = s
+                    .mutate(move |txn| {
+                        let mut gc = txn.open_table(GC).io()?;
+                        for id in finished {
+                            gc.remove(id).io()?;
+                        }
+                        Ok(())
+                    })
+                    .await;
+                match r {
+                    Ok(()) => done += n,
+                    Err(e) => tracing::warn!(shard = sid, error = %e, "cannot clear GC jobs"),
+                }
+            }
+        }
+        done
+    }
+
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let n = self.pass().await;
+            if n == 0 {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    }
+}

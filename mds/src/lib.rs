@@ -1,0 +1,92 @@
+//! The metadata server: N shards in one process (DESIGN.md, "Metadata"),
+//! the OSD map, client sessions and object GC; plus the `mdsctl` admin
+//! tool's client side.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod admin;
+pub mod cluster;
+pub mod config;
+pub mod gc;
+pub mod namespace;
+pub mod records;
+pub mod service;
+pub mod store;
+
+use crate::cluster::Cluster;
+use crate::gc::{Gc, OsdClients};
+use crate::namespace::Namespace;
+use crate::records::OsdRec;
+use crate::service::MdsService;
+use crate::store::{IoResult, OSDS};
+use aifs_common::rpc::{self, Identity};
+use aifs_common::Result;
+pub use config::MdsConfig;
+use redb::ReadableTable;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A running MDS.
+pub struct MdsHandle {
+    pub addr: SocketAddr,
+    pub ns: Arc<Namespace>,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl MdsHandle {
+    pub fn shutdown(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for MdsHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
+    let id = Identity::load(&cfg.tls)?;
+    let cluster = Arc::new(Cluster::new(
+        Duration::from_millis(cfg.osd_timeout_ms),
+        Duration::from_millis(cfg.session_timeout_ms),
+    ));
+    let ns = Arc::new(Namespace::open(&cfg.data_dir, cfg.shards, cfg.default_layout, cluster.clone()).await?);
+    let known = ns
+        .shard(0)
+        .read(|t| {
+            let mut v = Vec::new();
+            for r in t.open_table(OSDS).io()?.iter().io()? {
+                let (k, val) = r.io()?;
+                v.push((k.value(), OsdRec::decode(val.value())?));
+            }
+            Ok(v)
+        })
+        .await?;
+    for (osd, rec) in known {
+        cluster.load_osd(osd, rec.addr, rec.capacity, rec.used);
+    }
+    let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport)?;
+    let addr = endpoint.local_addr()?;
+    let gc = Arc::new(Gc {
+        ns: ns.clone(),
+        osds: Arc::new(OsdClients::new(endpoint.clone(), cluster.clone())),
+        wake: tokio::sync::Notify::new(),
+    });
+    let svc = Arc::new(MdsService { ns: ns.clone(), gc: gc.clone(), session_heartbeat_ms: cfg.session_timeout_ms / 4 });
+    let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc));
+    let gc_task = tokio::spawn(gc.run());
+    let tick_cluster = cluster.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tick_cluster.tick();
+        }
+    });
+    tracing::info!(%addr, shards = cfg.shards, data = %cfg.data_dir.display(), "MDS serving");
+    Ok(MdsHandle { addr, ns, endpoint, tasks: vec![serve, gc_task, ticker] })
+}

@@ -1,0 +1,104 @@
+//! What a shard stores, rkyv-encoded and validated on every read from disk.
+use aifs_common::proto::frame::{decode_any, encode_any};
+use aifs_common::proto::mds::{Attr, FileKind};
+use aifs_common::{Layout, LayoutPolicy, Result};
+use rkyv::{Archive, Deserialize, Serialize};
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct InodeRec {
+    pub kind: FileKind,
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    /// Files: where the data lives.
+    pub layout: Option<Layout>,
+    /// Directories: the default layout for new files below, inherited at mkdir.
+    pub policy: Option<LayoutPolicy>,
+    /// Directories: the parent directory (for `..` and the rename loop check).
+    pub parent: u64,
+    /// Directories: the next readdir cookie to hand out.
+    pub next_cookie: u64,
+    /// Directories: number of entries.
+    pub entries: u64,
+    /// Symlinks: the target.
+    pub target: Option<String>,
+}
+
+impl InodeRec {
+    pub fn attr(&self, ino: u64) -> Attr {
+        Attr {
+            ino,
+            kind: self.kind,
+            perm: self.perm,
+            nlink: self.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            size: match self.kind {
+                FileKind::File => self.size,
+                FileKind::Dir => 4096,
+                FileKind::Symlink => self.target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+            },
+            atime_ns: self.atime_ns,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: self.ctime_ns,
+            layout: self.layout.clone(),
+        }
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        Ok(encode_any(self)?.to_vec())
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        // redb hands out unaligned slices; copy into aligned memory to check.
+        let mut a = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        a.extend_from_slice(bytes);
+        decode_any(&a)
+    }
+}
+
+/// Object space to give back on the OSDs, recorded in the same transaction
+/// as the unlink or truncate that frees it, so nothing leaks across a crash.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct GcJob {
+    pub ino: u64,
+    pub layout: Layout,
+    /// `None`: delete every object. `Some(size)`: cut the objects to what a
+    /// file of `size` bytes holds.
+    pub truncate_to: Option<u64>,
+}
+
+impl GcJob {
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        Ok(encode_any(self)?.to_vec())
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let mut a = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        a.extend_from_slice(bytes);
+        decode_any(&a)
+    }
+}
+
+/// An OSD the MDS has heard from, persisted so a restarted MDS knows it.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct OsdRec {
+    pub addr: String,
+    pub capacity: u64,
+    pub used: u64,
+}
+
+impl OsdRec {
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        Ok(encode_any(self)?.to_vec())
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let mut a = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        a.extend_from_slice(bytes);
+        decode_any(&a)
+    }
+}

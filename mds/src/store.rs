@@ -1,0 +1,163 @@
+//! A shard's persistent store: one redb database per shard, and a writer
+//! thread that group-commits (DESIGN.md, "Metadata"). Mutations queue up as
+//! closures; the writer runs every queued closure in one write transaction,
+//! commits once (one fsync for the batch) and only then answers each.
+//!
+//! A mutation closure must do all its checks before its first write: if it
+//! returns an error, whatever it wrote still commits with the batch.
+use crate::records::{GcJob, InodeRec};
+use aifs_common::{Error, Result};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
+/// (dir, name) -> (ino, kind, cookie)
+pub const DENTRIES: TableDefinition<(u64, &str), (u64, u8, u64)> = TableDefinition::new("dentries");
+/// (dir, cookie) -> name: readdir order, stable under inserts and removes.
+pub const COOKIES: TableDefinition<(u64, u64), &str> = TableDefinition::new("cookies");
+pub const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs");
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub const GC: TableDefinition<u64, &[u8]> = TableDefinition::new("gc");
+pub const OSDS: TableDefinition<u32, &[u8]> = TableDefinition::new("osds");
+
+/// Most mutations folded into one commit.
+const MAX_BATCH: usize = 512;
+
+pub trait IoResult<T> {
+    fn io(self) -> Result<T>;
+}
+impl<T, E: std::fmt::Display> IoResult<T> for std::result::Result<T, E> {
+    fn io(self) -> Result<T> {
+        self.map_err(|e| Error::Io(format!("metadata store: {e}")))
+    }
+}
+
+type Deliver = Box<dyn FnOnce(Result<()>) + Send>;
+type Job = Box<dyn FnOnce(&WriteTransaction) -> Deliver + Send>;
+
+#[derive(Default)]
+pub struct StoreStats {
+    pub commits: AtomicU64,
+    pub mutations: AtomicU64,
+}
+
+pub struct ShardStore {
+    pub id: u32,
+    db: Arc<redb::Database>,
+    tx: std::sync::mpsc::Sender<Job>,
+    pub stats: Arc<StoreStats>,
+}
+
+impl ShardStore {
+    pub fn open(dir: &Path, id: u32) -> Result<ShardStore> {
+        std::fs::create_dir_all(dir)?;
+        let db = Arc::new(redb::Database::create(dir.join(format!("shard-{id}.redb"))).io()?);
+        {
+            let t = db.begin_write().io()?;
+            for def in [INODES, GC] {
+                t.open_table(def).io()?;
+            }
+            t.open_table(DENTRIES).io()?;
+            t.open_table(COOKIES).io()?;
+            t.open_table(XATTRS).io()?;
+            t.open_table(META).io()?;
+            t.open_table(OSDS).io()?;
+            t.commit().io()?;
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let stats = Arc::new(StoreStats::default());
+        let wdb = db.clone();
+        let wstats = stats.clone();
+        std::thread::Builder::new().name(format!("shard-{id}-commit")).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => batch.push(j),
+                        Err(_) => break,
+                    }
+                }
+                let txn = match wdb.begin_write() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let err = Error::Io(format!("metadata store: {e}"));
+                        tracing::error!(shard = id, error = %err, "cannot begin transaction");
+                        // The jobs never ran: answer each with the error.
+                        drop(batch);
+                        continue;
+                    }
+                };
+                let n = batch.len() as u64;
+                let delivers: Vec<Deliver> = batch.into_iter().map(|j| j(&txn)).collect();
+                let res = txn.commit().io();
+                if let Err(e) = &res {
+                    tracing::error!(shard = id, error = %e, "commit failed");
+                }
+                wstats.commits.fetch_add(1, Ordering::Relaxed);
+                wstats.mutations.fetch_add(n, Ordering::Relaxed);
+                for d in delivers {
+                    d(res.clone());
+                }
+            }
+        })?;
+        Ok(ShardStore { id, db, tx, stats })
+    }
+
+    /// Run `f` in the next group commit; answer once it is durable.
+    pub async fn mutate<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (otx, orx) = tokio::sync::oneshot::channel::<Result<T>>();
+        let job: Job = Box::new(move |txn| {
+            let r = f(txn);
+            Box::new(move |commit: Result<()>| {
+                let _ = otx.send(commit.and(r));
+            })
+        });
+        self.tx.send(job).map_err(|_| Error::Io("shard writer stopped".into()))?;
+        // A job dropped unrun (transaction could not begin) closes the channel.
+        orx.await.map_err(|_| Error::Io("metadata transaction could not start".into()))?
+    }
+
+    /// Read committed state on a blocking thread.
+    pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T> + Send + 'static) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let t = db.begin_read().io()?;
+            f(&t)
+        })
+        .await
+        .map_err(|e| Error::Io(format!("read task: {e}")))?
+    }
+}
+
+// Table helpers shared by reads and writes.
+
+pub fn get_inode<T: ReadableTable<u64, &'static [u8]>>(t: &T, ino: u64) -> Result<InodeRec> {
+    match t.get(ino).io()? {
+        Some(v) => InodeRec::decode(v.value()),
+        None => Err(Error::NotFound),
+    }
+}
+
+pub fn put_inode(t: &mut redb::Table<u64, &'static [u8]>, ino: u64, rec: &InodeRec) -> Result<()> {
+    t.insert(ino, rec.encode()?.as_slice()).io()?;
+    Ok(())
+}
+
+pub fn next_counter(t: &mut redb::Table<&'static str, u64>, key: &str, first: u64) -> Result<u64> {
+    let cur = t.get(key).io()?.map(|v| v.value()).unwrap_or(first);
+    t.insert(key, cur + 1).io()?;
+    Ok(cur)
+}
+
+pub fn add_gc(txn: &WriteTransaction, job: &GcJob) -> Result<u64> {
+    let mut meta = txn.open_table(META).io()?;
+    let id = next_counter(&mut meta, "next_gc", 1)?;
+    let mut gc = txn.open_table(GC).io()?;
+    gc.insert(id, job.encode()?.as_slice()).io()?;
+    Ok(id)
+}

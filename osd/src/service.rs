@@ -1,0 +1,167 @@
+//! OSD request handling: one function per request, each running the store
+//! on a blocking thread (STYLE.md §4), and the heartbeat loop to the MDS.
+use crate::config::OsdConfig;
+use crate::store::file::FileStore;
+use crate::store::ObjectStore;
+use aifs_common::certs::Role;
+use aifs_common::proto::mds::{MdsReq, MdsResp};
+use aifs_common::proto::osd::{OsdReq, OsdResp};
+use aifs_common::rpc::{self, Identity, Peer, RpcClient, Service};
+use aifs_common::{Error, Result};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct OsdService {
+    store: Arc<dyn ObjectStore>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Io(format!("store task failed: {e}")))?
+}
+
+impl OsdService {
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        OsdService { store }
+    }
+
+    async fn handle(&self, req: OsdReq, payload: Bytes) -> Result<(OsdResp, Vec<Bytes>)> {
+        let store = self.store.clone();
+        match req {
+            OsdReq::Write { obj, off, len, crcs } => {
+                if payload.len() != len as usize {
+                    return Err(Error::Protocol("payload length differs from header".into()));
+                }
+                blocking(move || store.write(obj, off, &payload, &crcs)).await?;
+                Ok((OsdResp::Done, vec![]))
+            }
+            OsdReq::Read { obj, off, len } => {
+                let out = blocking(move || store.read(obj, off, len as u64)).await?;
+                let resp = OsdResp::Data { off: out.off, len: out.data.len() as u32, crcs: out.crcs, obj_size: out.obj_size };
+                Ok((resp, vec![out.data]))
+            }
+            OsdReq::Truncate { obj, size } => {
+                blocking(move || store.truncate(obj, size)).await?;
+                Ok((OsdResp::Done, vec![]))
+            }
+            OsdReq::Delete { obj } => {
+                blocking(move || store.delete(obj)).await?;
+                Ok((OsdResp::Done, vec![]))
+            }
+            OsdReq::Stat { obj } => {
+                let st = blocking(move || store.stat(obj)).await?;
+                Ok((OsdResp::Stat { exists: st.is_some(), size: st.unwrap_or(0) }, vec![]))
+            }
+            OsdReq::Commit { objs } => {
+                blocking(move || store.commit(&objs)).await?;
+                Ok((OsdResp::Done, vec![]))
+            }
+            OsdReq::Usage => {
+                let u = blocking(move || store.usage()).await?;
+                Ok((OsdResp::Usage { capacity: u.capacity, used: u.used, objects: u.objects }, vec![]))
+            }
+        }
+    }
+}
+
+impl Service for OsdService {
+    type Req = OsdReq;
+    type Resp = OsdResp;
+
+    async fn call(&self, peer: &Arc<Peer>, req: OsdReq, payload: Bytes) -> (OsdResp, Vec<Bytes>) {
+        match self.handle(req, payload).await {
+            Ok(r) => r,
+            Err(e) => {
+                e.log(&format!("osd request from {} failed", peer.addr));
+                (OsdResp::Err(e.to_wire()), vec![])
+            }
+        }
+    }
+
+    fn error(e: Error) -> OsdResp {
+        OsdResp::Err(e.to_wire())
+    }
+
+    fn accepts(&self, role: Role) -> bool {
+        matches!(role, Role::Client | Role::Mds | Role::Admin | Role::Osd)
+    }
+}
+
+/// A running OSD.
+pub struct OsdHandle {
+    pub addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl OsdHandle {
+    pub fn shutdown(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for OsdHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Open the store, listen, and start heartbeating to the MDS.
+pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
+    let id = Identity::load(&cfg.tls)?;
+    let store: Arc<dyn ObjectStore> = Arc::new(FileStore::open(&cfg.data_dir)?);
+    let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport)?;
+    let addr = endpoint.local_addr()?;
+    let advertise = cfg.advertise.unwrap_or(addr);
+    let svc = Arc::new(OsdService::new(store.clone()));
+    let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc));
+    let mds = RpcClient::new(endpoint.clone(), cfg.mds, Role::Mds);
+    let osd_id = cfg.id;
+    let period = Duration::from_millis(cfg.heartbeat_ms.max(50));
+    let hb = tokio::spawn(async move {
+        let mut registered = false;
+        loop {
+            let usage = {
+                let s = store.clone();
+                blocking(move || s.usage()).await
+            };
+            match usage {
+                Ok(u) => {
+                    let req = MdsReq::OsdHeartbeat {
+                        id: osd_id,
+                        addr: advertise.to_string(),
+                        capacity: u.capacity,
+                        used: u.used,
+                        objects: u.objects,
+                    };
+                    match mds.call::<_, MdsResp>(&req, &[]).await {
+                        Ok((MdsResp::Done, _)) => {
+                            if !registered {
+                                tracing::info!(osd = osd_id, mds = %mds.addr(), "registered with MDS");
+                                registered = true;
+                            }
+                        }
+                        Ok((MdsResp::Err(e), _)) => {
+                            tracing::warn!(code = e.code, msg = %e.msg, "MDS refused heartbeat")
+                        }
+                        Ok(_) => tracing::warn!("unexpected heartbeat reply"),
+                        Err(e) => {
+                            if registered {
+                                tracing::warn!(error = %e, "heartbeat to MDS failed");
+                            }
+                            registered = false;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read disk usage"),
+            }
+            tokio::time::sleep(period).await;
+        }
+    });
+    tracing::info!(osd = cfg.id, %addr, data = %cfg.data_dir.display(), "OSD serving");
+    Ok(OsdHandle { addr, endpoint, tasks: vec![serve, hb] })
+}

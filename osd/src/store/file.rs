@@ -1,0 +1,378 @@
+//! `FileStore`: objects as files under `<root>/objects/<xx>/<ino>.<index>`,
+//! with a sidecar `<...>.crc` holding one little-endian u32 per 64 KiB block.
+//!
+//! Concurrency: every operation on an object holds that object's lock from a
+//! fixed table of striped `RwLock`s (writers exclusive, readers shared), so a
+//! reader never sees data newer than its crc. Open file handles are cached
+//! (moka); a cached handle holds no state of its own, so an evicted and
+//! reopened handle can never disagree with another.
+use super::{ObjectStore, ReadOut, Usage};
+use aifs_common::proto::osd::CRC_BLOCK;
+use aifs_common::{Error, ObjectId, Result};
+use bytes::{Bytes, BytesMut};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+/// Lock stripes: enough that unrelated objects rarely share one.
+const LOCK_STRIPES: usize = 1024;
+/// Open objects kept in the handle cache (two descriptors each).
+const OPEN_CACHE: u64 = 4096;
+
+struct Handles {
+    data: File,
+    crc: File,
+}
+
+pub struct FileStore {
+    root: PathBuf,
+    locks: Vec<RwLock<()>>,
+    open: moka::sync::Cache<ObjectId, Arc<Handles>>,
+    objects: AtomicU64,
+}
+
+fn zero_block_crc() -> u32 {
+    static C: OnceLock<u32> = OnceLock::new();
+    *C.get_or_init(|| crc32c::crc32c(&vec![0u8; CRC_BLOCK as usize]))
+}
+
+fn crc_of_zeros(len: u64) -> u32 {
+    if len == CRC_BLOCK {
+        return zero_block_crc();
+    }
+    crc32c::crc32c(&vec![0u8; len as usize])
+}
+
+fn blocks_for(size: u64) -> u64 {
+    size.div_ceil(CRC_BLOCK)
+}
+
+impl FileStore {
+    pub fn open(root: &Path) -> Result<FileStore> {
+        let objdir = root.join("objects");
+        std::fs::create_dir_all(&objdir)?;
+        let mut count = 0u64;
+        for d in std::fs::read_dir(&objdir)? {
+            let d = d?;
+            if d.file_type()?.is_dir() {
+                for f in std::fs::read_dir(d.path())? {
+                    let f = f?;
+                    if f.path().extension().is_some_and(|e| e != "crc") {
+                        count += 1;
+                    }
+                }
+            }
+        }
+        Ok(FileStore {
+            root: root.to_path_buf(),
+            locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
+            open: moka::sync::Cache::new(OPEN_CACHE),
+            objects: AtomicU64::new(count),
+        })
+    }
+
+    fn lock(&self, obj: ObjectId) -> &RwLock<()> {
+        let h = obj.ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (obj.index as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        &self.locks[(h >> 32) as usize % LOCK_STRIPES]
+    }
+
+    fn paths(&self, obj: ObjectId) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = self.root.join("objects").join(format!("{:02x}", obj.ino & 0xff));
+        let data = dir.join(format!("{obj}"));
+        let crc = dir.join(format!("{obj}.crc"));
+        (dir, data, crc)
+    }
+
+    /// Cached handles; `create` makes the files when missing.
+    fn handles(&self, obj: ObjectId, create: bool) -> Result<Option<Arc<Handles>>> {
+        if let Some(h) = self.open.get(&obj) {
+            return Ok(Some(h));
+        }
+        let (dir, data_path, crc_path) = self.paths(obj);
+        let existed = data_path.exists();
+        if !existed && !create {
+            return Ok(None);
+        }
+        if !existed {
+            std::fs::create_dir_all(&dir)?;
+        }
+        let opts = || {
+            let mut o = OpenOptions::new();
+            o.read(true).write(true).create(create);
+            o
+        };
+        let data = match opts().open(&data_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let crc = opts().open(&crc_path)?;
+        if !existed {
+            self.objects.fetch_add(1, Ordering::Relaxed);
+        }
+        let h = Arc::new(Handles { data, crc });
+        self.open.insert(obj, h.clone());
+        Ok(Some(h))
+    }
+
+    fn read_crcs(h: &Handles, first: u64, n: u64) -> Result<Vec<u32>> {
+        let mut raw = vec![0u8; (n * 4) as usize];
+        let mut got = 0usize;
+        while got < raw.len() {
+            let r = h.crc.read_at(&mut raw[got..], first * 4 + got as u64)?;
+            if r == 0 {
+                return Err(Error::Checksum(format!("crc table short at block {}", first + got as u64 / 4)));
+            }
+            got += r;
+        }
+        Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    fn write_crcs(h: &Handles, first: u64, crcs: &[u32]) -> Result<()> {
+        let mut raw = Vec::with_capacity(crcs.len() * 4);
+        for c in crcs {
+            raw.extend_from_slice(&c.to_le_bytes());
+        }
+        h.crc.write_all_at(&raw, first * 4)?;
+        Ok(())
+    }
+
+    fn block_crc_from_disk(h: &Handles, start: u64, end: u64) -> Result<u32> {
+        let mut buf = vec![0u8; (end - start) as usize];
+        h.data.read_exact_at(&mut buf, start)?;
+        Ok(crc32c::crc32c(&buf))
+    }
+
+    /// Recompute the crcs of blocks `[b0, b1)` for an object now `size`
+    /// long, where `[gap0, gap1)` is known to be zeros (a hole just made)
+    /// and `known(b)` may supply a crc for a block wholly rewritten.
+    fn refresh_crcs(
+        h: &Handles,
+        b0: u64,
+        b1: u64,
+        size: u64,
+        gap: (u64, u64),
+        known: impl Fn(u64, u64, u64) -> Option<u32>,
+    ) -> Result<()> {
+        let mut out = Vec::with_capacity((b1 - b0) as usize);
+        for b in b0..b1 {
+            let start = b * CRC_BLOCK;
+            let end = ((b + 1) * CRC_BLOCK).min(size);
+            let crc = if let Some(c) = known(b, start, end) {
+                c
+            } else if start >= gap.0 && end <= gap.1 {
+                crc_of_zeros(end - start)
+            } else {
+                Self::block_crc_from_disk(h, start, end)?
+            };
+            out.push(crc);
+        }
+        Self::write_crcs(h, b0, &out)
+    }
+}
+
+impl ObjectStore for FileStore {
+    fn write(&self, obj: ObjectId, off: u64, data: &[u8], crcs: &[u32]) -> Result<()> {
+        let expect = aifs_common::proto::osd::block_crcs(off, data);
+        if expect != crcs {
+            return Err(Error::Checksum(format!("object {obj}: write at {off} arrived corrupted")));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = off.checked_add(data.len() as u64).ok_or(Error::FileTooBig)?;
+        let _g = self.lock(obj).write().map_err(|_| Error::Io("lock poisoned".into()))?;
+        let h = self.handles(obj, true)?.ok_or(Error::NotFound)?;
+        let old = h.data.metadata()?.len();
+        h.data.write_all_at(data, off)?;
+        let size = old.max(end);
+        let first = off.min(old) / CRC_BLOCK;
+        let last = blocks_for(size).min(blocks_for(end).max(first + 1));
+        let gap = if off > old { (old, off) } else { (0, 0) };
+        // Map the client's per-piece crcs onto whole blocks it rewrote.
+        let first_write_block = off / CRC_BLOCK;
+        Self::refresh_crcs(&h, first, last, size, gap, |b, start, bend| {
+            if start >= off && bend <= end && b >= first_write_block {
+                let idx = (b - first_write_block) as usize;
+                // A piece equals the block only if it starts at the block
+                // start and spans to the block's (clipped) end.
+                let piece_end = ((b + 1) * CRC_BLOCK).min(end);
+                if piece_end == bend {
+                    return crcs.get(idx).copied();
+                }
+            }
+            None
+        })
+    }
+
+    fn read(&self, obj: ObjectId, off: u64, len: u64) -> Result<ReadOut> {
+        let _g = self.lock(obj).read().map_err(|_| Error::Io("lock poisoned".into()))?;
+        let Some(h) = self.handles(obj, false)? else {
+            return Ok(ReadOut { off, data: Bytes::new(), crcs: Vec::new(), obj_size: 0 });
+        };
+        let size = h.data.metadata()?.len();
+        let start = (off / CRC_BLOCK) * CRC_BLOCK;
+        let want_end = off.saturating_add(len).min(size);
+        if start >= want_end {
+            return Ok(ReadOut { off: start, data: Bytes::new(), crcs: Vec::new(), obj_size: size });
+        }
+        let end = (want_end.div_ceil(CRC_BLOCK) * CRC_BLOCK).min(size);
+        let mut buf = BytesMut::zeroed((end - start) as usize);
+        h.data.read_exact_at(&mut buf, start)?;
+        let b0 = start / CRC_BLOCK;
+        let crcs = Self::read_crcs(&h, b0, blocks_for(end) - b0)?;
+        Ok(ReadOut { off: start, data: buf.freeze(), crcs, obj_size: size })
+    }
+
+    fn truncate(&self, obj: ObjectId, size: u64) -> Result<()> {
+        let _g = self.lock(obj).write().map_err(|_| Error::Io("lock poisoned".into()))?;
+        let Some(h) = self.handles(obj, size > 0)? else {
+            return Ok(());
+        };
+        let old = h.data.metadata()?.len();
+        if size == old {
+            return Ok(());
+        }
+        h.data.set_len(size)?;
+        h.crc.set_len(blocks_for(size) * 4)?;
+        if size < old {
+            if size % CRC_BLOCK != 0 {
+                let b = size / CRC_BLOCK;
+                Self::refresh_crcs(&h, b, b + 1, size, (0, 0), |_, _, _| None)?;
+            }
+        } else {
+            Self::refresh_crcs(&h, old / CRC_BLOCK, blocks_for(size), size, (old, size), |_, _, _| None)?;
+        }
+        Ok(())
+    }
+
+    fn delete(&self, obj: ObjectId) -> Result<()> {
+        let _g = self.lock(obj).write().map_err(|_| Error::Io("lock poisoned".into()))?;
+        self.open.invalidate(&obj);
+        let (_, data, crc) = self.paths(obj);
+        match std::fs::remove_file(&data) {
+            Ok(()) => {
+                self.objects.fetch_sub(1, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        match std::fs::remove_file(&crc) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn stat(&self, obj: ObjectId) -> Result<Option<u64>> {
+        let _g = self.lock(obj).read().map_err(|_| Error::Io("lock poisoned".into()))?;
+        Ok(match self.handles(obj, false)? {
+            Some(h) => Some(h.data.metadata()?.len()),
+            None => None,
+        })
+    }
+
+    fn commit(&self, objs: &[ObjectId]) -> Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for &obj in objs {
+            let _g = self.lock(obj).read().map_err(|_| Error::Io("lock poisoned".into()))?;
+            if let Some(h) = self.handles(obj, false)? {
+                h.data.sync_data()?;
+                h.crc.sync_data()?;
+                dirs.insert(self.paths(obj).0);
+            }
+        }
+        // Make newly created object files' names durable too.
+        for d in dirs {
+            File::open(&d)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn usage(&self) -> Result<Usage> {
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        let path = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::InvalidArgument("data dir path has a NUL byte".into()))?;
+        // SAFETY: `path` is a valid C string and `st` points to writable
+        // memory of the right size; statvfs fills it on success.
+        let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: statvfs returned 0, so it initialised the struct.
+        let st = unsafe { st.assume_init() };
+        let frsize = st.f_frsize as u64;
+        Ok(Usage {
+            capacity: st.f_blocks as u64 * frsize,
+            used: (st.f_blocks as u64 - st.f_bavail as u64) * frsize,
+            objects: self.objects.load(Ordering::Relaxed),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aifs_common::proto::osd::block_crcs;
+
+    fn obj(i: u32) -> ObjectId {
+        ObjectId { ino: 42, index: i }
+    }
+
+    fn check_all(s: &FileStore, o: ObjectId) {
+        let r = s.read(o, 0, u64::MAX / 2).unwrap();
+        assert_eq!(block_crcs(r.off, &r.data), r.crcs, "stored crcs must match bytes");
+    }
+
+    #[test]
+    fn crcs_follow_writes_holes_and_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        let o = obj(0);
+        let d: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        s.write(o, 0, &d, &block_crcs(0, &d)).unwrap();
+        check_all(&s, o);
+        // unaligned overwrite in the middle
+        let p = vec![7u8; 1000];
+        s.write(o, 70_000, &p, &block_crcs(70_000, &p)).unwrap();
+        check_all(&s, o);
+        // write past the end leaves a hole
+        s.write(o, 1_000_000, &p, &block_crcs(1_000_000, &p)).unwrap();
+        check_all(&s, o);
+        let r = s.read(o, 500_000, 10).unwrap();
+        assert!(r.data.iter().all(|&b| b == 0));
+        s.truncate(o, 150_001).unwrap();
+        check_all(&s, o);
+        s.truncate(o, 3_000_000).unwrap();
+        check_all(&s, o);
+        assert_eq!(s.stat(o).unwrap(), Some(3_000_000));
+        s.delete(o).unwrap();
+        assert_eq!(s.stat(o).unwrap(), None);
+    }
+
+    #[test]
+    fn corrupted_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        let d = vec![1u8; 4096];
+        let mut c = block_crcs(0, &d);
+        c[0] ^= 1;
+        assert!(matches!(s.write(obj(1), 0, &d, &c), Err(Error::Checksum(_))));
+    }
+
+    #[test]
+    fn flipped_byte_on_disk_is_caught_by_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        let o = obj(2);
+        let d = vec![9u8; 100_000];
+        s.write(o, 0, &d, &block_crcs(0, &d)).unwrap();
+        let (_, path, _) = s.paths(o);
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(&[0xff], 5).unwrap();
+        let r = s.read(o, 0, 10).unwrap();
+        assert_ne!(block_crcs(r.off, &r.data), r.crcs);
+    }
+}
