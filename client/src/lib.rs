@@ -1,1 +1,12 @@
+//! The aifs client: a FUSE file system (`fuse`) over an async core
+//! (`fs::ClientFs`) that talks to the MDS and stripes data over OSDs.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod config;
+pub mod data;
+pub mod fs;
+pub mod fuse;
+pub mod pool;
+
+pub use config::ClientConfig;
+pub use fs::ClientFs;

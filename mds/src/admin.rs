@@ -1,1 +1,185 @@
-// placeholder
+//! Client side of `mdsctl`: admin config, path resolution and output.
+use aifs_common::certs::Role;
+use aifs_common::config::{TlsConfig, TransportConfig};
+use aifs_common::ids::InodeId;
+use aifs_common::proto::mds::{Attr, MdsReq, MdsResp};
+use aifs_common::rpc::{self, Identity, RpcClient};
+use aifs_common::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub mds: SocketAddr,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub transport: TransportConfig,
+}
+
+pub struct Admin {
+    pub mds: RpcClient,
+    pub endpoint: quinn::Endpoint,
+}
+
+impl Admin {
+    pub fn connect(cfg: &AdminConfig) -> Result<Admin> {
+        let id = Identity::load(&cfg.tls)?;
+        let endpoint = rpc::client_endpoint(&id, &cfg.transport)?;
+        Ok(Admin { mds: RpcClient::new(endpoint.clone(), cfg.mds, Role::Mds), endpoint })
+    }
+
+    pub async fn call(&self, req: &MdsReq) -> Result<MdsResp> {
+        match self.mds.call::<_, MdsResp>(req, &[]).await? {
+            (MdsResp::Err(e), _) => Err(Error::from_wire(e.code, &e.msg)),
+            (r, _) => Ok(r),
+        }
+    }
+
+    /// Resolve a path inside the file system ("/ckpt/step1", or a path
+    /// under a local aifs mount point) to its attributes.
+    pub async fn resolve(&self, path: &Path) -> Result<(String, Attr)> {
+        let rel = fs_path(path);
+        let mut attr = match self.call(&MdsReq::GetAttr { ino: InodeId::ROOT.0 }).await? {
+            MdsResp::Attr(a) => a,
+            _ => return Err(Error::Protocol("unexpected reply".into())),
+        };
+        for c in rel.components() {
+            let Component::Normal(name) = c else { continue };
+            let name = name.to_str().ok_or_else(|| Error::InvalidArgument("path is not UTF-8".into()))?;
+            attr = match self.call(&MdsReq::Lookup { parent: attr.ino, name: name.to_string() }).await? {
+                MdsResp::Attr(a) => a,
+                _ => return Err(Error::Protocol("unexpected reply".into())),
+            };
+        }
+        Ok((format!("/{}", rel.display()), attr))
+    }
+}
+
+/// Mount points of aifs on this machine, from /proc/self/mounts.
+fn aifs_mounts() -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mounts") else { return vec![] };
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (dev, mnt, ty) = (f.next()?, f.next()?, f.next()?);
+            let ours = ty == "fuse.aifs" || (ty == "fuse" && dev == "aifs");
+            ours.then(|| PathBuf::from(mnt.replace("\\040", " ")))
+        })
+        .collect()
+}
+
+/// A path relative to the file system root: strips a local mount point
+/// prefix when the path lies under one.
+pub fn fs_path(path: &Path) -> PathBuf {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+    };
+    let mut best: Option<PathBuf> = None;
+    for m in aifs_mounts() {
+        if abs.starts_with(&m) && best.as_ref().is_none_or(|b| m.as_os_str().len() > b.as_os_str().len()) {
+            best = Some(m);
+        }
+    }
+    let p = match best {
+        Some(m) => abs.strip_prefix(&m).map(|p| p.to_path_buf()).unwrap_or_default(),
+        None => path.strip_prefix("/").map(|p| p.to_path_buf()).unwrap_or_else(|_| path.to_path_buf()),
+    };
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Bytes as a person reads them: 1.5 GiB.
+pub fn human(n: u64) -> String {
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// Parse "1M", "64k", "4MiB", "1048576".
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| Error::InvalidArgument(format!("bad size {s:?}")))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(Error::InvalidArgument(format!("bad size unit {other:?}"))),
+    };
+    n.checked_mul(mult).ok_or_else(|| Error::InvalidArgument(format!("size {s:?} too large")))
+}
+
+/// A plain-text table with aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.len());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{:<width$}  ", c, width = w[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(|s| s.as_str()).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!(parse_size("1M").unwrap(), 1 << 20);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("1T").is_err());
+        assert_eq!(human(1536 << 20), "1.5 GiB");
+        assert_eq!(human(10), "10 B");
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_fs_root() {
+        assert_eq!(fs_path(Path::new("/a/b/../c")), PathBuf::from("a/c"));
+        assert_eq!(fs_path(Path::new("/")), PathBuf::new());
+    }
+}

@@ -1,0 +1,58 @@
+use aifs_common::config::{TlsConfig, TransportConfig};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The MDS to talk to.
+    pub mds: SocketAddr,
+    /// Name this mount gives its session (shown by `mdsctl status`).
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// FUSE worker threads reading requests from the kernel.
+    #[serde(default = "default_fuse_threads")]
+    pub fuse_threads: usize,
+    /// How long the kernel may cache attributes and entries, in ms. Leases
+    /// replace this fixed TTL in a later version.
+    #[serde(default = "default_attr_ttl_ms")]
+    pub attr_ttl_ms: u64,
+    /// Stripe units of one file in flight to the OSDs at once.
+    #[serde(default = "default_write_window")]
+    pub write_window: usize,
+    /// Memory for write-behind data across all files, in MiB.
+    #[serde(default = "default_write_budget_mb")]
+    pub write_budget_mb: usize,
+    /// Partially written stripe units a file may hold before the oldest is
+    /// shipped.
+    #[serde(default = "default_max_buffered_units")]
+    pub max_buffered_units: usize,
+    /// Most stripe units read ahead of a sequential reader.
+    #[serde(default = "default_readahead_units")]
+    pub readahead_units: usize,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub transport: TransportConfig,
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "client".into())
+}
+fn default_fuse_threads() -> usize {
+    4
+}
+fn default_attr_ttl_ms() -> u64 {
+    1000
+}
+fn default_write_window() -> usize {
+    16
+}
+fn default_write_budget_mb() -> usize {
+    512
+}
+fn default_max_buffered_units() -> usize {
+    64
+}
+fn default_readahead_units() -> usize {
+    12
+}

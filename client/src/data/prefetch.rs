@@ -1,0 +1,109 @@
+//! Sequential read-ahead (DESIGN.md, "Data"). A reader that keeps reading
+//! near where it left off is sequential: whole stripe units ahead of it are
+//! fetched from all OSDs of the layout at once, the window doubling up to
+//! `readahead_units`. Units behind the reader are dropped. A random reader
+//! gets exactly the bytes it asked for and no read-ahead.
+use super::io::read_object;
+use super::writeback::{DataCtx, FileState};
+use aifs_common::{Error, Result};
+use bytes::{Bytes, BytesMut};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+type UnitFuture = Shared<BoxFuture<'static, Result<Bytes>>>;
+
+#[derive(Default)]
+pub struct ReadAhead {
+    /// Unit the reader was last in.
+    last_unit: Option<u64>,
+    window: usize,
+    cache: BTreeMap<u64, UnitFuture>,
+}
+
+impl ReadAhead {
+    pub fn clear(&mut self) {
+        self.cache.clear();
+        self.window = 0;
+        self.last_unit = None;
+    }
+}
+
+/// Fetch `[start, end)` of the file (end clipped to size by the caller),
+/// one future per extent, all at once.
+async fn fetch_range(ctx: &DataCtx, f: &FileState, start: u64, end: u64) -> Result<Bytes> {
+    let exts = f.layout.extents(start, end - start);
+    let reads = exts.iter().map(|e| read_object(&ctx.pool, &f.layout, f.ino, e.object, e.obj_off, e.len));
+    let parts = futures::future::try_join_all(reads).await?;
+    if parts.len() == 1 {
+        return Ok(parts.into_iter().next().unwrap_or_default());
+    }
+    let mut out = BytesMut::with_capacity((end - start) as usize);
+    for p in parts {
+        out.extend_from_slice(&p);
+    }
+    Ok(out.freeze())
+}
+
+fn unit_future(ctx: &Arc<DataCtx>, f: &Arc<FileState>, unit: u64, size: u64) -> UnitFuture {
+    let su = f.layout.stripe_size as u64;
+    let start = unit * su;
+    let end = (start + su).min(size);
+    let ctx = ctx.clone();
+    let f = f.clone();
+    let h = tokio::spawn(async move { fetch_range(&ctx, &f, start, end).await });
+    async move { h.await.map_err(|e| Error::Io(format!("read task: {e}")))? }.boxed().shared()
+}
+
+/// Read `[off, off + len)` of a file `size` bytes long.
+pub async fn read(ctx: &Arc<DataCtx>, f: &Arc<FileState>, off: u64, len: u64, size: u64) -> Result<Bytes> {
+    if off >= size || len == 0 {
+        return Ok(Bytes::new());
+    }
+    let end = off.saturating_add(len).min(size);
+    let su = f.layout.stripe_size as u64;
+    let first = off / su;
+    let last = (end - 1) / su;
+    let futs: Option<Vec<(u64, UnitFuture)>> = {
+        let mut ra = f.ra.lock().map_err(|_| Error::Io("read-ahead lock poisoned".into()))?;
+        let sequential = match ra.last_unit {
+            None => off == 0,
+            Some(u) => first + 1 >= u && first <= u + ra.window as u64 + 1,
+        };
+        if sequential {
+            ra.window = (ra.window * 2).clamp(2, ctx.readahead_units.max(1));
+        } else {
+            ra.clear();
+        }
+        ra.last_unit = Some(last);
+        if sequential {
+            ra.cache.retain(|&u, _| u + 1 >= first);
+            let horizon = (last + ra.window as u64).min((size - 1) / su);
+            for u in first..=horizon {
+                if !ra.cache.contains_key(&u) {
+                    ra.cache.insert(u, unit_future(ctx, f, u, size));
+                }
+            }
+            Some((first..=last).filter_map(|u| ra.cache.get(&u).map(|fu| (u, fu.clone()))).collect())
+        } else {
+            None
+        }
+    };
+    let Some(futs) = futs else {
+        return fetch_range(ctx, f, off, end).await;
+    };
+    let mut out = BytesMut::with_capacity((end - off) as usize);
+    for (u, fu) in futs {
+        let data = fu.await?;
+        let ustart = u * su;
+        let a = off.max(ustart) - ustart;
+        let b = (end.min(ustart + su) - ustart).min(data.len() as u64);
+        if a < b {
+            if out.is_empty() && u == last {
+                return Ok(data.slice(a as usize..b as usize));
+            }
+            out.extend_from_slice(&data[a as usize..b as usize]);
+        }
+    }
+    Ok(out.freeze())
+}

@@ -1,0 +1,346 @@
+//! Write-behind (DESIGN.md, "Data"). FUSE writes are gathered per stripe
+//! unit; a unit that is fully written ships at once, partial units wait for
+//! more data, for `flush`, or for the per-file buffer cap. Shipping sends
+//! each unit to every replica of its object in parallel. Two bounds hold
+//! the pipeline: a per-file window of write calls in flight and a global
+//! memory budget; a writer blocks (backpressure) until both admit it.
+//!
+//! Ships of one unit are chained, each waiting for the previous, so a
+//! rewritten unit reaches the OSD in the order it was written. The first
+//! error is kept and surfaces at the next write, flush or fsync.
+use super::io::write_object;
+use super::prefetch::ReadAhead;
+use crate::pool::Pool;
+use aifs_common::{Error, Layout, ObjectId, Result};
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+/// Budget permits are counted in KiB.
+const BUDGET_UNIT: usize = 1024;
+
+/// What every file's data path shares.
+pub struct DataCtx {
+    pub pool: Arc<Pool>,
+    pub budget: Arc<Semaphore>,
+    pub budget_kib: usize,
+    pub write_window: usize,
+    pub max_buffered_units: usize,
+    pub readahead_units: usize,
+}
+
+struct UnitBuf {
+    data: BytesMut,
+    /// Sorted, disjoint dirty ranges within the unit.
+    ranges: Vec<(u64, u64)>,
+}
+
+impl UnitBuf {
+    fn add(&mut self, start: u64, end: u64) {
+        self.ranges.push((start, end));
+        self.ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.ranges.len());
+        for &(s, e) in &self.ranges {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        self.ranges = merged;
+    }
+}
+
+struct Inner {
+    units: BTreeMap<u64, UnitBuf>,
+    ships: HashMap<u64, JoinHandle<()>>,
+    size: u64,
+    meta_dirty: bool,
+    mtime_ns: i64,
+    error: Option<Error>,
+    /// Objects written since the last commit.
+    written: BTreeSet<u32>,
+    ships_since_gc: usize,
+}
+
+/// Pieces of one unit to write: (object offset, bytes).
+type Pieces = Vec<(u64, Bytes)>;
+
+pub struct FileState {
+    pub ino: u64,
+    pub layout: Layout,
+    inner: Mutex<Inner>,
+    window: Arc<Semaphore>,
+    pub ra: Mutex<ReadAhead>,
+    pub opens: AtomicU32,
+}
+
+fn poisoned() -> Error {
+    Error::Io("file state lock poisoned".into())
+}
+
+impl FileState {
+    pub fn new(ino: u64, layout: Layout, size: u64, ctx: &DataCtx) -> Self {
+        FileState {
+            ino,
+            layout,
+            inner: Mutex::new(Inner {
+                units: BTreeMap::new(),
+                ships: HashMap::new(),
+                size,
+                meta_dirty: false,
+                mtime_ns: 0,
+                error: None,
+                written: BTreeSet::new(),
+                ships_since_gc: 0,
+            }),
+            window: Arc::new(Semaphore::new(ctx.write_window.max(1))),
+            ra: Mutex::new(ReadAhead::default()),
+            opens: AtomicU32::new(0),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.inner.lock().map(|i| i.size).unwrap_or(0)
+    }
+
+    /// Local size and whether it is newer than the MDS's.
+    pub fn local_size(&self) -> Option<u64> {
+        let i = self.inner.lock().ok()?;
+        let pending = i.meta_dirty || !i.units.is_empty();
+        pending.then_some(i.size)
+    }
+
+    /// The MDS's size after a setattr or a fresh open; never shrinks a
+    /// size this client has written but not yet published.
+    pub fn set_size(&self, size: u64, exact: bool) {
+        if let Ok(mut i) = self.inner.lock() {
+            if exact || !i.meta_dirty {
+                i.size = if exact { size } else { size.max(i.size) };
+            }
+        }
+        self.ra_clear();
+    }
+
+    fn ra_clear(&self) {
+        if let Ok(mut ra) = self.ra.lock() {
+            ra.clear();
+        }
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.inner.lock().map(|i| !i.units.is_empty() || i.ships.values().any(|h| !h.is_finished())).unwrap_or(false)
+    }
+
+    /// Buffer (or ship) a write at file offset `off`.
+    pub async fn write(self: &Arc<Self>, ctx: &Arc<DataCtx>, off: u64, data: Bytes) -> Result<()> {
+        if let Some(e) = self.inner.lock().map_err(|_| poisoned())?.error.clone() {
+            return Err(e);
+        }
+        let end = off.checked_add(data.len() as u64).ok_or(Error::FileTooBig)?;
+        let kib = (data.len().div_ceil(BUDGET_UNIT)).clamp(1, ctx.budget_kib.max(1)) as u32;
+        let budget = ctx.budget.clone().acquire_many_owned(kib).await.map_err(|_| Error::Io("shutting down".into()))?;
+        let win = self.window.clone().acquire_owned().await.map_err(|_| Error::Io("shutting down".into()))?;
+        let permits = Arc::new((budget, win));
+        let su = self.layout.stripe_size as u64;
+        let now = aifs_common::time::now_ns();
+        let mut inner = self.inner.lock().map_err(|_| poisoned())?;
+        let mut to_ship: Vec<(u64, Pieces)> = Vec::new();
+        for ext in self.layout.extents(off, data.len() as u64) {
+            let unit = ext.file_off / su;
+            let in_unit = ext.file_off % su;
+            let slice = data.slice((ext.file_off - off) as usize..(ext.file_off - off + ext.len) as usize);
+            if ext.len == su && !inner.units.contains_key(&unit) {
+                to_ship.push((unit, vec![(ext.obj_off, slice)]));
+                continue;
+            }
+            let buf = inner
+                .units
+                .entry(unit)
+                .or_insert_with(|| UnitBuf { data: BytesMut::zeroed(su as usize), ranges: Vec::new() });
+            buf.data[in_unit as usize..(in_unit + ext.len) as usize].copy_from_slice(&slice);
+            buf.add(in_unit, in_unit + ext.len);
+            if buf.ranges == [(0, su)] {
+                if let Some(b) = inner.units.remove(&unit) {
+                    to_ship.push((unit, self.pieces(unit, b)));
+                }
+            }
+        }
+        while inner.units.len() > ctx.max_buffered_units.max(1) {
+            if let Some((unit, b)) = inner.units.pop_first() {
+                to_ship.push((unit, self.pieces(unit, b)));
+            }
+        }
+        inner.size = inner.size.max(end);
+        inner.meta_dirty = true;
+        inner.mtime_ns = now;
+        for (unit, pieces) in to_ship {
+            self.ship(&mut inner, ctx, unit, pieces, permits.clone());
+        }
+        drop(inner);
+        self.ra_clear();
+        Ok(())
+    }
+
+    fn pieces(&self, unit: u64, b: UnitBuf) -> Pieces {
+        let su = self.layout.stripe_size as u64;
+        let data = b.data.freeze();
+        b.ranges
+            .iter()
+            .map(|&(s, e)| {
+                let (_, obj_off) = self.layout.locate(unit * su + s);
+                (obj_off, data.slice(s as usize..e as usize))
+            })
+            .collect()
+    }
+
+    /// Start shipping one unit, after any earlier ship of the same unit.
+    fn ship(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        ctx: &Arc<DataCtx>,
+        unit: u64,
+        pieces: Pieces,
+        permits: Arc<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    ) {
+        let prev = inner.ships.remove(&unit);
+        let me = self.clone();
+        let ctx = ctx.clone();
+        let (object, _) = self.layout.locate(unit * self.layout.stripe_size as u64);
+        let h = tokio::spawn(async move {
+            if let Some(p) = prev {
+                let _ = p.await;
+            }
+            let writes = pieces
+                .into_iter()
+                .map(|(obj_off, bytes)| write_object(&ctx.pool, &me.layout, me.ino, object, obj_off, bytes));
+            let mut failed = None;
+            for r in futures::future::join_all(writes).await {
+                if let Err(e) = r {
+                    failed.get_or_insert(e);
+                }
+            }
+            drop(permits);
+            if let Ok(mut i) = me.inner.lock() {
+                match failed {
+                    Some(e) => {
+                        tracing::warn!(ino = me.ino, unit, error = %e, "write-behind failed");
+                        i.error.get_or_insert(e);
+                    }
+                    None => {
+                        i.written.insert(object);
+                    }
+                }
+            }
+        });
+        inner.ships.insert(unit, h);
+        inner.ships_since_gc += 1;
+        if inner.ships_since_gc >= 256 {
+            inner.ships.retain(|_, h| !h.is_finished());
+            inner.ships_since_gc = 0;
+        }
+    }
+
+    /// Ship every buffered unit and wait for every ship. Leaves any error
+    /// in place (see `take_error`).
+    pub async fn drain(self: &Arc<Self>, ctx: &Arc<DataCtx>) -> Result<()> {
+        let has_units = !self.inner.lock().map_err(|_| poisoned())?.units.is_empty();
+        if has_units {
+            let win = self.window.clone().acquire_owned().await.map_err(|_| Error::Io("shutting down".into()))?;
+            let budget = ctx.budget.clone().acquire_many_owned(1).await.map_err(|_| Error::Io("shutting down".into()))?;
+            let permits = Arc::new((budget, win));
+            let mut inner = self.inner.lock().map_err(|_| poisoned())?;
+            let units = std::mem::take(&mut inner.units);
+            for (unit, b) in units {
+                let p = self.pieces(unit, b);
+                self.ship(&mut inner, ctx, unit, p, permits.clone());
+            }
+        }
+        loop {
+            let handles: Vec<JoinHandle<()>> = {
+                let mut inner = self.inner.lock().map_err(|_| poisoned())?;
+                inner.ships.drain().map(|(_, h)| h).collect()
+            };
+            if handles.is_empty() {
+                return Ok(());
+            }
+            for h in handles {
+                let _ = h.await;
+            }
+        }
+    }
+
+    /// The write error kept since the last report, cleared by reading it.
+    pub fn take_error(&self) -> Option<Error> {
+        self.inner.lock().ok()?.error.take()
+    }
+
+    /// Size and mtime to publish, if this client changed them.
+    pub fn take_meta(&self) -> Option<(u64, i64)> {
+        let mut i = self.inner.lock().ok()?;
+        if !i.meta_dirty {
+            return None;
+        }
+        i.meta_dirty = false;
+        Some((i.size, i.mtime_ns))
+    }
+
+    /// Put back metadata that could not be published.
+    pub fn restore_meta(&self, size: u64, mtime_ns: i64) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.meta_dirty = true;
+            i.size = i.size.max(size);
+            i.mtime_ns = i.mtime_ns.max(mtime_ns);
+        }
+    }
+
+    /// fsync on the OSDs every object written since the last commit.
+    pub async fn commit(&self, ctx: &DataCtx) -> Result<()> {
+        let objs: Vec<u32> = {
+            let mut i = self.inner.lock().map_err(|_| poisoned())?;
+            std::mem::take(&mut i.written).into_iter().collect()
+        };
+        let mut per_osd: BTreeMap<u32, Vec<ObjectId>> = BTreeMap::new();
+        for &k in &objs {
+            for o in self.layout.object_osds(k) {
+                per_osd.entry(o.0).or_default().push(ObjectId { ino: self.ino, index: k });
+            }
+        }
+        let calls = per_osd.into_iter().map(|(osd, objs)| {
+            let pool = ctx.pool.clone();
+            async move { pool.osd_call(osd, &aifs_common::proto::osd::OsdReq::Commit { objs }, &[]).await }
+        });
+        let mut res = Ok(());
+        for r in futures::future::join_all(calls).await {
+            if let Err(e) = r {
+                res = Err(e);
+            }
+        }
+        if res.is_err() {
+            // Keep the objects owed a commit for the next fsync.
+            if let Ok(mut i) = self.inner.lock() {
+                i.written.extend(objs);
+            }
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_ranges_merge() {
+        let mut u = UnitBuf { data: BytesMut::zeroed(16), ranges: vec![] };
+        u.add(4, 8);
+        u.add(0, 2);
+        u.add(2, 4);
+        assert_eq!(u.ranges, vec![(0, 8)]);
+        u.add(10, 12);
+        u.add(7, 11);
+        assert_eq!(u.ranges, vec![(0, 12)]);
+    }
+}

@@ -1,0 +1,338 @@
+//! `ClientFs`: the file system as async operations, with no knowledge of
+//! FUSE (fuse.rs is the thin glue). Metadata goes to the MDS; file data
+//! goes through the write-behind and read-ahead pipelines to the OSDs.
+use crate::config::ClientConfig;
+use crate::data::prefetch;
+use crate::data::writeback::{DataCtx, FileState};
+use crate::pool::Pool;
+use aifs_common::proto::mds::{Attr, DirEntry, FileKind, MdsReq, MdsResp, SetAttr, Statfs};
+use aifs_common::rpc::{self, Identity};
+use aifs_common::{Error, Result};
+use bytes::Bytes;
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Entries fetched per readdir call to the MDS.
+const READDIR_BATCH: u32 = 512;
+
+/// An open file handle.
+struct Handle {
+    ino: u64,
+}
+
+pub struct ClientFs {
+    pub pool: Arc<Pool>,
+    ctx: Arc<DataCtx>,
+    files: DashMap<u64, Arc<FileState>>,
+    handles: DashMap<u64, Handle>,
+    next_fh: AtomicU64,
+    session: AtomicU64,
+    pub attr_ttl: Duration,
+    name: String,
+}
+
+fn unexpected(what: &str) -> Error {
+    Error::Protocol(format!("unexpected MDS reply to {what}"))
+}
+
+impl ClientFs {
+    /// Connect to the cluster (QUIC + mTLS) and open a session.
+    pub async fn connect(cfg: &ClientConfig) -> Result<Arc<ClientFs>> {
+        let id = Identity::load(&cfg.tls)?;
+        let endpoint = rpc::client_endpoint(&id, &cfg.transport)?;
+        let pool = Arc::new(Pool::new(endpoint, cfg.mds));
+        let budget_kib = (cfg.write_budget_mb.max(16) * 1024).min(Semaphore::MAX_PERMITS);
+        let ctx = Arc::new(DataCtx {
+            pool: pool.clone(),
+            budget: Arc::new(Semaphore::new(budget_kib)),
+            budget_kib,
+            write_window: cfg.write_window,
+            max_buffered_units: cfg.max_buffered_units,
+            readahead_units: cfg.readahead_units,
+        });
+        let fs = Arc::new(ClientFs {
+            pool,
+            ctx,
+            files: DashMap::new(),
+            handles: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            session: AtomicU64::new(0),
+            attr_ttl: Duration::from_millis(cfg.attr_ttl_ms),
+            name: cfg.name.clone(),
+        });
+        let hb = fs.open_session().await?;
+        fs.pool.refresh_osds().await?;
+        let weak = Arc::downgrade(&fs);
+        tokio::spawn(async move {
+            let period = Duration::from_millis(hb.clamp(200, 10_000));
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(fs) = weak.upgrade() else { return };
+                let id = fs.session.load(Ordering::Relaxed);
+                match fs.pool.mds(&MdsReq::SessionHeartbeat { id }).await {
+                    Ok(_) => {}
+                    Err(Error::Stale) => {
+                        tracing::info!("session unknown to the MDS (restart or expiry); opening a new one");
+                        let _ = fs.open_session().await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "session heartbeat failed"),
+                }
+            }
+        });
+        Ok(fs)
+    }
+
+    async fn open_session(&self) -> Result<u64> {
+        match self.pool.mds(&MdsReq::OpenSession { name: self.name.clone() }).await? {
+            MdsResp::Session { id, heartbeat_ms } => {
+                self.session.store(id, Ordering::Relaxed);
+                Ok(heartbeat_ms)
+            }
+            _ => Err(unexpected("OpenSession")),
+        }
+    }
+
+    /// Flush everything and close the session (unmount).
+    pub async fn shutdown(&self) {
+        let files: Vec<Arc<FileState>> = self.files.iter().map(|f| f.value().clone()).collect();
+        for f in files {
+            if let Err(e) = self.flush_file(&f).await {
+                tracing::warn!(ino = f.ino, error = %e, "flush at unmount failed");
+            }
+        }
+        let id = self.session.load(Ordering::Relaxed);
+        let _ = self.pool.mds(&MdsReq::CloseSession { id }).await;
+        self.pool.mds.close();
+    }
+
+    async fn attr_req(&self, req: MdsReq, what: &str) -> Result<Attr> {
+        match self.pool.mds(&req).await? {
+            MdsResp::Attr(a) => Ok(self.overlay(a)),
+            _ => Err(unexpected(what)),
+        }
+    }
+
+    /// Attributes as this client sees them: a size it wrote but has not
+    /// yet published wins over the MDS's.
+    fn overlay(&self, mut a: Attr) -> Attr {
+        if let Some(f) = self.files.get(&a.ino) {
+            if let Some(s) = f.local_size() {
+                a.size = s;
+            }
+        }
+        a
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
+        self.attr_req(MdsReq::Lookup { parent, name: name.to_string() }, "Lookup").await
+    }
+
+    pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+        self.attr_req(MdsReq::GetAttr { ino }, "GetAttr").await
+    }
+
+    pub async fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr> {
+        let file = self.files.get(&ino).map(|f| f.clone());
+        if let (Some(f), Some(_)) = (&file, set.size) {
+            // Data written before a truncate must land before it.
+            self.flush_file(f).await?;
+        }
+        let size = set.size;
+        let a = match self.pool.mds(&MdsReq::SetAttr { ino, set }).await? {
+            MdsResp::Attr(a) => a,
+            _ => return Err(unexpected("SetAttr")),
+        };
+        if let (Some(f), Some(s)) = (&file, size) {
+            f.set_size(s, true);
+        }
+        Ok(self.overlay(a))
+    }
+
+    fn file_state(&self, a: &Attr) -> Result<Arc<FileState>> {
+        let layout = a.layout.clone().ok_or_else(|| Error::Io(format!("file {:#x} has no layout", a.ino)))?;
+        layout.validate()?;
+        let f = self.files.entry(a.ino).or_insert_with(|| Arc::new(FileState::new(a.ino, layout, a.size, &self.ctx)));
+        // Close-to-open: a fresh open learns the size the MDS holds now.
+        f.set_size(a.size, false);
+        Ok(f.clone())
+    }
+
+    fn new_handle(&self, f: &Arc<FileState>) -> u64 {
+        f.opens.fetch_add(1, Ordering::Relaxed);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.insert(fh, Handle { ino: f.ino });
+        fh
+    }
+
+    pub async fn open(&self, ino: u64) -> Result<(u64, Attr)> {
+        let a = self.getattr(ino).await?;
+        match a.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(Error::IsDir),
+            FileKind::Symlink => return Err(Error::InvalidArgument("open of a symlink".into())),
+        }
+        let f = self.file_state(&a)?;
+        Ok((self.new_handle(&f), a))
+    }
+
+    pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool) -> Result<(u64, Attr)> {
+        let req = MdsReq::Create { parent, name: name.to_string(), mode, uid, gid, exclusive };
+        let a = self.attr_req(req, "Create").await?;
+        if a.kind != FileKind::File {
+            return Err(Error::IsDir);
+        }
+        let f = self.file_state(&a)?;
+        Ok((self.new_handle(&f), a))
+    }
+
+    pub async fn mknod(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            return Err(Error::NotPermitted("only regular files can be made with mknod".into()));
+        }
+        let req = MdsReq::Create { parent, name: name.to_string(), mode, uid, gid, exclusive: true };
+        self.attr_req(req, "Create").await
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
+        self.attr_req(MdsReq::Mkdir { parent, name: name.to_string(), mode, uid, gid }, "Mkdir").await
+    }
+
+    pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32) -> Result<Attr> {
+        let req = MdsReq::Symlink { parent, name: name.to_string(), target: target.to_string(), uid, gid };
+        self.attr_req(req, "Symlink").await
+    }
+
+    pub async fn link(&self, ino: u64, newparent: u64, newname: &str) -> Result<Attr> {
+        self.attr_req(MdsReq::Link { ino, newparent, newname: newname.to_string() }, "Link").await
+    }
+
+    async fn done(&self, req: MdsReq) -> Result<()> {
+        match self.pool.mds(&req).await? {
+            MdsResp::Done => Ok(()),
+            _ => Err(Error::Protocol("unexpected MDS reply".into())),
+        }
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+        self.done(MdsReq::Unlink { parent, name: name.to_string() }).await
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+        self.done(MdsReq::Rmdir { parent, name: name.to_string() }).await
+    }
+
+    pub async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32) -> Result<()> {
+        let req = MdsReq::Rename { parent, name: name.to_string(), newparent, newname: newname.to_string(), flags };
+        self.done(req).await
+    }
+
+    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        match self.pool.mds(&MdsReq::Readlink { ino }).await? {
+            MdsResp::Bytes(b) => Ok(b),
+            _ => Err(unexpected("Readlink")),
+        }
+    }
+
+    /// Entries after `cookie`, and the directory's parent.
+    pub async fn readdir(&self, ino: u64, cookie: u64) -> Result<(Vec<DirEntry>, u64)> {
+        match self.pool.mds(&MdsReq::Readdir { ino, cookie, max: READDIR_BATCH }).await? {
+            MdsResp::Dir { entries, parent, .. } => Ok((entries, parent)),
+            _ => Err(unexpected("Readdir")),
+        }
+    }
+
+    pub async fn statfs(&self) -> Result<Statfs> {
+        match self.pool.mds(&MdsReq::Statfs).await? {
+            MdsResp::Statfs(s) => Ok(s),
+            _ => Err(unexpected("Statfs")),
+        }
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>> {
+        match self.pool.mds(&MdsReq::GetXattr { ino, name: name.to_string() }).await? {
+            MdsResp::Bytes(b) => Ok(b),
+            _ => Err(unexpected("GetXattr")),
+        }
+    }
+
+    pub async fn setxattr(&self, ino: u64, name: &str, value: Vec<u8>, flags: u32) -> Result<()> {
+        self.done(MdsReq::SetXattr { ino, name: name.to_string(), value, flags }).await
+    }
+
+    pub async fn listxattr(&self, ino: u64) -> Result<Vec<String>> {
+        match self.pool.mds(&MdsReq::ListXattr { ino }).await? {
+            MdsResp::Names(n) => Ok(n),
+            _ => Err(unexpected("ListXattr")),
+        }
+    }
+
+    pub async fn removexattr(&self, ino: u64, name: &str) -> Result<()> {
+        self.done(MdsReq::RemoveXattr { ino, name: name.to_string() }).await
+    }
+
+    fn handle_file(&self, fh: u64) -> Result<Arc<FileState>> {
+        let ino = self.handles.get(&fh).map(|h| h.ino).ok_or(Error::Stale)?;
+        self.files.get(&ino).map(|f| f.clone()).ok_or(Error::Stale)
+    }
+
+    pub async fn write(&self, fh: u64, off: u64, data: Bytes) -> Result<u32> {
+        let f = self.handle_file(fh)?;
+        let n = data.len() as u32;
+        f.write(&self.ctx, off, data).await?;
+        Ok(n)
+    }
+
+    pub async fn read(&self, fh: u64, off: u64, len: u32) -> Result<Bytes> {
+        let f = self.handle_file(fh)?;
+        if f.has_pending() {
+            // Read your own writes: land buffered data first.
+            f.drain(&self.ctx).await?;
+        }
+        prefetch::read(&self.ctx, &f, off, len as u64, f.size()).await
+    }
+
+    /// Land buffered data and publish size and mtime; report the first
+    /// write error since the last report.
+    async fn flush_file(&self, f: &Arc<FileState>) -> Result<()> {
+        f.drain(&self.ctx).await?;
+        if let Some(e) = f.take_error() {
+            return Err(e);
+        }
+        if let Some((size, mtime_ns)) = f.take_meta() {
+            let req = MdsReq::UpdateSize { ino: f.ino, size, mtime_ns };
+            if let Err(e) = self.pool.mds(&req).await {
+                f.restore_meta(size, mtime_ns);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&self, fh: u64) -> Result<()> {
+        let f = self.handle_file(fh)?;
+        self.flush_file(&f).await
+    }
+
+    pub async fn fsync(&self, fh: u64) -> Result<()> {
+        let f = self.handle_file(fh)?;
+        self.flush_file(&f).await?;
+        f.commit(&self.ctx).await
+    }
+
+    pub async fn release(&self, fh: u64) -> Result<()> {
+        let Some((_, h)) = self.handles.remove(&fh) else {
+            return Ok(());
+        };
+        let Some(f) = self.files.get(&h.ino).map(|f| f.clone()) else {
+            return Ok(());
+        };
+        let res = self.flush_file(&f).await;
+        if f.opens.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.files.remove_if(&h.ino, |_, v| v.opens.load(Ordering::Relaxed) == 0 && !v.has_pending());
+        }
+        res
+    }
+}

@@ -1,0 +1,492 @@
+//! The only `impl fuser::Filesystem`: thin glue over `ClientFs`. Each
+//! callback owns its arguments, spawns the work on tokio and returns at once
+//! (STYLE.md §4); the reply travels into the task and is sent exactly once.
+use crate::fs::ClientFs;
+use aifs_common::proto::mds::{Attr, FileKind, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
+use aifs_common::{errno, Error};
+use bytes::Bytes;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Largest write the kernel sends in one request: one default stripe unit.
+pub const MAX_WRITE: u32 = 1 << 20;
+/// Kernel read-ahead per file.
+pub const MAX_READAHEAD: u32 = 1 << 20;
+/// Requests the kernel may have outstanding in the background (async reads
+/// and writes); more than the writeback window so pipelines stay full.
+pub const MAX_BACKGROUND: u16 = 64;
+
+pub struct AifsFuse {
+    fs: Arc<ClientFs>,
+    rt: tokio::runtime::Handle,
+}
+
+impl AifsFuse {
+    pub fn new(fs: Arc<ClientFs>, rt: tokio::runtime::Handle) -> Self {
+        AifsFuse { fs, rt }
+    }
+}
+
+fn err(e: &Error) -> Errno {
+    Errno::from_i32(errno(e))
+}
+
+/// Parse a name once at the edge: UTF-8, checked again by the MDS.
+fn valid_name(name: &OsStr) -> Result<String, Errno> {
+    match name.to_str() {
+        Some(s) if s.len() > 255 => Err(Errno::ENAMETOOLONG),
+        Some(s) => Ok(s.to_string()),
+        None => Err(Errno::EINVAL),
+    }
+}
+
+pub fn file_attr(a: &Attr) -> FileAttr {
+    let kind = match a.kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+    };
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: aifs_common::time::from_ns(a.atime_ns),
+        mtime: aifs_common::time::from_ns(a.mtime_ns),
+        ctime: aifs_common::time::from_ns(a.ctime_ns),
+        crtime: aifs_common::time::from_ns(a.ctime_ns),
+        kind,
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: a.layout.as_ref().map(|l| l.stripe_size).unwrap_or(4096),
+        flags: 0,
+    }
+}
+
+fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
+    t.map(|t| match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(s) => TimeSet::At(aifs_common::time::to_ns(s)),
+    })
+}
+
+macro_rules! spawn_entry {
+    ($self:ident, $reply:ident, $fut:expr) => {{
+        let ttl = $self.fs.attr_ttl;
+        $self.rt.spawn(async move {
+            match $fut.await {
+                Ok(a) => $reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Err(e) => $reply.error(err(&e)),
+            }
+        });
+    }};
+}
+
+macro_rules! spawn_empty {
+    ($self:ident, $reply:ident, $fut:expr) => {{
+        $self.rt.spawn(async move {
+            match $fut.await {
+                Ok(()) => $reply.ok(),
+                Err(e) => $reply.error(err(&e)),
+            }
+        });
+    }};
+}
+
+impl Filesystem for AifsFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_READAHEAD);
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let fs = self.fs.clone();
+        self.rt.block_on(async move { fs.shutdown().await });
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match valid_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let fs = self.fs.clone();
+        spawn_entry!(self, reply, fs.lookup(parent.0, &name));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.getattr(ino.0).await {
+                Ok(a) => reply.attr(&fs.attr_ttl, &file_attr(&a)),
+                Err(e) => reply.error(err(&e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let fs = self.fs.clone();
+        let set = SetAttr { mode, uid, gid, size, atime: time_set(atime), mtime: time_set(mtime) };
+        self.rt.spawn(async move {
+            match fs.setattr(ino.0, set).await {
+                Ok(a) => reply.attr(&fs.attr_ttl, &file_attr(&a)),
+                Err(e) => reply.error(err(&e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.readlink(ino.0).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(err(&e)),
+            }
+        });
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
+        let name = match valid_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let fs = self.fs.clone();
+        let (uid, gid) = (req.uid(), req.gid());
+        spawn_entry!(self, reply, fs.mknod(parent.0, &name, mode & !umask, uid, gid));
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let name = match valid_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let fs = self.fs.clone();
+        let (uid, gid) = (req.uid(), req.gid());
+        spawn_entry!(self, reply, fs.mkdir(parent.0, &name, mode & !umask, uid, gid));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match valid_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let fs = self.fs.clone();
+        spawn_empty!(self, reply, fs.unlink(parent.0, &name));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match valid_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let fs = self.fs.clone();
+        spawn_empty!(self, reply, fs.rmdir(parent.0, &name));
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let name = match valid_name(link_name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let Some(target) = target.to_str().map(|s| s.to_string()) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let fs = self.fs.clone();
+        let (uid, gid) = (req.uid(), req.gid());
+        spawn_entry!(self, reply, fs.symlink(parent.0, &name, &target, uid, gid));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = match (valid_name(name), valid_name(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let mut f = 0;
+        if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            f |= RENAME_NOREPLACE;
+        }
+        if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
+            return reply.error(Errno::EINVAL);
+        }
+        let fs = self.fs.clone();
+        spawn_empty!(self, reply, fs.rename(parent.0, &name, newparent.0, &newname, f));
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let name = match valid_name(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let fs = self.fs.clone();
+        spawn_entry!(self, reply, fs.link(ino.0, newparent.0, &name));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.open(ino.0).await {
+                Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(err(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(b) => reply.data(&b),
+                Err(e) => reply.error(err(&e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let fs = self.fs.clone();
+        let data = Bytes::copy_from_slice(data);
+        self.rt.spawn(async move {
+            match fs.write(fh.0, offset, data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(err(&e)),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        spawn_empty!(self, reply, fs.flush(fh.0));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        spawn_empty!(self, reply, fs.release(fh.0));
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        spawn_empty!(self, reply, fs.fsync(fh.0));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.getattr(ino.0).await {
+                Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Ok(_) => reply.error(Errno::ENOTDIR),
+                Err(e) => reply.error(err(&e)),
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            // Offsets 1 and 2 are `.` and `..`; entries carry their MDS
+            // cookie, which stays valid while the directory changes.
+            let (entries, parent) = match fs.readdir(ino.0, offset.max(2)).await {
+                Ok(r) => r,
+                Err(e) => return reply.error(err(&e)),
+            };
+            if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            if offset < 2 && reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            for e in entries {
+                let kind = match e.kind {
+                    FileKind::File => FileType::RegularFile,
+                    FileKind::Dir => FileType::Directory,
+                    FileKind::Symlink => FileType::Symlink,
+                };
+                if reply.add(INodeNo(e.ino), e.cookie, kind, &e.name) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Every namespace change is durable before it is acknowledged.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.statfs().await {
+                Ok(s) => {
+                    const BS: u64 = 4096;
+                    let free_inodes = u32::MAX as u64;
+                    reply.statfs(
+                        s.total_bytes / BS,
+                        s.avail_bytes / BS,
+                        s.avail_bytes / BS,
+                        s.files + free_inodes,
+                        free_inodes,
+                        BS as u32,
+                        255,
+                        BS as u32,
+                    )
+                }
+                Err(e) => reply.error(err(&e)),
+            }
+        });
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let name = match valid_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let mut f = 0;
+        if flags & libc::XATTR_CREATE != 0 {
+            f |= XATTR_CREATE;
+        }
+        if flags & libc::XATTR_REPLACE != 0 {
+            f |= XATTR_REPLACE;
+        }
+        let value = value.to_vec();
+        let fs = self.fs.clone();
+        spawn_empty!(self, reply, fs.setxattr(ino.0, &name, value, f));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = match valid_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.getxattr(ino.0, &name).await {
+                Ok(v) => xattr_reply(reply, size, &v),
+                Err(e) => reply.error(err(&e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.listxattr(ino.0).await {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(n.as_bytes());
+                        buf.push(0);
+                    }
+                    xattr_reply(reply, size, &buf)
+                }
+                Err(e) => reply.error(err(&e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match valid_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let fs = self.fs.clone();
+        spawn_empty!(self, reply, fs.removexattr(ino.0, &name));
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel checks modes itself.
+        reply.ok();
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        let name = match valid_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let fs = self.fs.clone();
+        let (uid, gid) = (req.uid(), req.gid());
+        let exclusive = flags & libc::O_EXCL != 0;
+        self.rt.spawn(async move {
+            match fs.create(parent.0, &name, mode & !umask, uid, gid, exclusive).await {
+                Ok((fh, a)) => reply.created(&fs.attr_ttl, &file_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(err(&e)),
+            }
+        });
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, v: &[u8]) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if v.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(v);
+    }
+}

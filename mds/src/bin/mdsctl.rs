@@ -1,0 +1,399 @@
+//! `mdsctl`: run an aifs cluster. Talks to the MDS with the admin
+//! certificate; without `--config` it uses the local cluster that
+//! `make run` started.
+use aifs_common::certs::{self, Role};
+use aifs_common::config::{local_state_dir, to_toml, TlsConfig, TransportConfig};
+use aifs_common::proto::mds::{MdsReq, MdsResp, OsdInfo, OsdState};
+use aifs_common::proto::osd::{OsdReq, OsdResp};
+use aifs_common::rpc::RpcClient;
+use aifs_common::{LayoutPolicy, ObjectId};
+use aifs_mds::admin::{human, parse_size, table, Admin, AdminConfig};
+use aifs_mds::MdsConfig;
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "mdsctl", version, about = "Administer an aifs cluster")]
+struct Args {
+    /// Admin config (MDS address and admin certificate). Default: the local
+    /// cluster of `make run`, $AIFS_HOME/local/admin.toml or ~/.aifs/local/admin.toml.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a cluster CA, certificates for every role, and config files.
+    Init {
+        /// Directory for certificates and configs.
+        #[arg(long)]
+        dir: PathBuf,
+        /// MDS address written into the configs.
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        mds: SocketAddr,
+        /// Number of OSD configs to write.
+        #[arg(long, default_value_t = 3)]
+        osds: u32,
+        /// First OSD port; OSD i listens on this + i - 1.
+        #[arg(long, default_value_t = 7101)]
+        osd_port: u16,
+        /// Root of the daemons' data directories (default: DIR/data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Shards, OSDs and client sessions.
+    Status,
+    /// OSD commands.
+    Osd {
+        #[command(subcommand)]
+        cmd: OsdCmd,
+    },
+    /// Shard commands.
+    Shard {
+        #[command(subcommand)]
+        cmd: ShardCmd,
+    },
+    /// Client session commands.
+    Session {
+        #[command(subcommand)]
+        cmd: SessionCmd,
+    },
+    /// Capacity and use, per OSD and in total.
+    Df,
+    /// Set the default layout of a directory, or the layout of an empty file.
+    Setstripe {
+        path: PathBuf,
+        /// Stripe unit, e.g. 1M, 4M, 256k.
+        #[arg(long)]
+        size: Option<String>,
+        /// Number of objects (OSDs) a file is striped over.
+        #[arg(long)]
+        count: Option<u32>,
+        /// Copies of each object.
+        #[arg(long)]
+        replicas: Option<u32>,
+    },
+    /// Show the layout of a file or directory, and a file's objects.
+    Getstripe { path: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum OsdCmd {
+    /// List OSDs with state and capacity.
+    Ls,
+}
+#[derive(Subcommand)]
+enum ShardCmd {
+    /// List metadata shards.
+    Ls,
+}
+#[derive(Subcommand)]
+enum SessionCmd {
+    /// List client sessions.
+    Ls,
+}
+
+fn main() {
+    aifs_common::logging::init();
+    if let Err(e) = real_main(Args::parse()) {
+        eprintln!("mdsctl: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
+    if let Cmd::Init { dir, mds, osds, osd_port, data, force } = &args.cmd {
+        return init(dir, *mds, *osds, *osd_port, data.clone(), *force);
+    }
+    let cfg_path = args.config.clone().unwrap_or_else(|| local_state_dir().join("admin.toml"));
+    let cfg: AdminConfig = aifs_common::config::load(&cfg_path).with_context(|| {
+        format!("no admin config at {}; pass --config, or start a local cluster with `make run`", cfg_path.display())
+    })?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run(args, cfg))
+}
+
+fn init(dir: &Path, mds: SocketAddr, osds: u32, osd_port: u16, data: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    certs::init_cluster(&dir, force).map_err(|e| match e {
+        aifs_common::Error::Exists => anyhow!("{} already holds a cluster CA (use --force to replace it)", dir.display()),
+        e => anyhow!(e),
+    })?;
+    let data = data.unwrap_or_else(|| dir.join("data"));
+    let tls = |r: Role| TlsConfig::in_dir(&dir, r.name());
+    let mcfg = MdsConfig {
+        listen: mds,
+        data_dir: data.join("mds"),
+        shards: 4,
+        default_layout: LayoutPolicy::default(),
+        osd_timeout_ms: 5_000,
+        session_timeout_ms: 10_000,
+        tls: tls(Role::Mds),
+        transport: TransportConfig::default(),
+    };
+    std::fs::write(dir.join("mds.toml"), to_toml(&mcfg)?)?;
+    for i in 1..=osds {
+        let port = osd_port.checked_add((i - 1) as u16).ok_or_else(|| anyhow!("OSD port out of range"))?;
+        let ocfg = aifs_osd::OsdConfig {
+            id: i,
+            listen: SocketAddr::new(mds.ip(), port),
+            advertise: None,
+            mds,
+            data_dir: data.join(format!("osd{i}")),
+            heartbeat_ms: 1000,
+            tls: tls(Role::Osd),
+            transport: TransportConfig::default(),
+        };
+        std::fs::write(dir.join(format!("osd{i}.toml")), to_toml(&ocfg)?)?;
+    }
+    let ccfg = aifs_client_config(mds, tls(Role::Client));
+    std::fs::write(dir.join("client.toml"), ccfg)?;
+    let acfg = AdminConfig { mds, tls: tls(Role::Admin), transport: TransportConfig::default() };
+    std::fs::write(dir.join("admin.toml"), to_toml(&acfg)?)?;
+    println!("created cluster CA and certificates for mds, osd, client, admin in {}", dir.display());
+    println!("configs: mds.toml, osd1..{osds}.toml, client.toml, admin.toml");
+    Ok(())
+}
+
+/// The client config, written as text so mdsctl need not link the client.
+fn aifs_client_config(mds: SocketAddr, tls: TlsConfig) -> String {
+    format!(
+        "mds = \"{mds}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        tls.ca.display(),
+        tls.cert.display(),
+        tls.key.display()
+    )
+}
+
+fn osd_rows(osds: &[OsdInfo]) -> Vec<Vec<String>> {
+    osds.iter()
+        .map(|o| {
+            let pct = if o.capacity > 0 { o.used as f64 * 100.0 / o.capacity as f64 } else { 0.0 };
+            vec![
+                format!("osd.{}", o.id),
+                match o.state {
+                    OsdState::Up => "up".into(),
+                    OsdState::Down => "down".into(),
+                },
+                o.addr.clone(),
+                human(o.capacity),
+                human(o.used),
+                format!("{pct:.1}%"),
+                o.objects.to_string(),
+                if o.last_seen_ms == u64::MAX { "never".into() } else { format!("{:.1}s", o.last_seen_ms as f64 / 1000.0) },
+            ]
+        })
+        .collect()
+}
+
+const OSD_HEADER: [&str; 8] = ["OSD", "STATE", "ADDRESS", "SIZE", "USED", "USE%", "OBJECTS", "LAST HEARD"];
+
+async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
+    let admin = Admin::connect(&cfg)?;
+    let status = || async {
+        match admin.call(&MdsReq::Status).await? {
+            MdsResp::Status(s) => Ok(s),
+            _ => Err(anyhow!("unexpected reply to Status")),
+        }
+    };
+    match args.cmd {
+        Cmd::Init { .. } => unreachable!("handled before connecting"),
+        Cmd::Status => {
+            let s = status().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                return Ok(());
+            }
+            let up = s.osds.iter().filter(|o| o.state == OsdState::Up).count();
+            println!("cluster: mds {}  osd map epoch {}", cfg.mds, s.osd_epoch);
+            println!(
+                "  shards: {}   osds: {} up / {} total   sessions: {}",
+                s.shards.len(),
+                up,
+                s.osds.len(),
+                s.sessions.len()
+            );
+            println!(
+                "  capacity: {} used of {} ({} available), {} inodes\n",
+                human(s.statfs.used_bytes),
+                human(s.statfs.total_bytes),
+                human(s.statfs.avail_bytes),
+                s.statfs.files
+            );
+            let rows: Vec<Vec<String>> = s
+                .shards
+                .iter()
+                .map(|x| vec![x.id.to_string(), x.inodes.to_string(), x.dentries.to_string(), x.commits.to_string(), x.pending_gc.to_string()])
+                .collect();
+            print!("{}", table(&["SHARD", "INODES", "ENTRIES", "COMMITS", "GC PENDING"], &rows));
+            println!();
+            print!("{}", table(&OSD_HEADER, &osd_rows(&s.osds)));
+            println!();
+            let rows: Vec<Vec<String>> = s
+                .sessions
+                .iter()
+                .map(|x| vec![x.id.to_string(), x.name.clone(), x.addr.clone(), format!("{:.1}s", x.last_seen_ms as f64 / 1000.0)])
+                .collect();
+            print!("{}", table(&["SESSION", "NAME", "ADDRESS", "LAST HEARD"], &rows));
+        }
+        Cmd::Osd { cmd: OsdCmd::Ls } => {
+            let s = status().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&s.osds)?);
+            } else {
+                print!("{}", table(&OSD_HEADER, &osd_rows(&s.osds)));
+            }
+        }
+        Cmd::Shard { cmd: ShardCmd::Ls } => {
+            let s = status().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&s.shards)?);
+            } else {
+                let rows: Vec<Vec<String>> = s
+                    .shards
+                    .iter()
+                    .map(|x| vec![x.id.to_string(), x.inodes.to_string(), x.dentries.to_string(), x.commits.to_string(), x.pending_gc.to_string()])
+                    .collect();
+                print!("{}", table(&["SHARD", "INODES", "ENTRIES", "COMMITS", "GC PENDING"], &rows));
+            }
+        }
+        Cmd::Session { cmd: SessionCmd::Ls } => {
+            let s = status().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&s.sessions)?);
+            } else {
+                let rows: Vec<Vec<String>> = s
+                    .sessions
+                    .iter()
+                    .map(|x| vec![x.id.to_string(), x.name.clone(), x.addr.clone(), format!("{:.1}s", x.last_seen_ms as f64 / 1000.0)])
+                    .collect();
+                print!("{}", table(&["SESSION", "NAME", "ADDRESS", "LAST HEARD"], &rows));
+            }
+        }
+        Cmd::Df => {
+            let s = status().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"total": s.statfs, "osds": s.osds}))?);
+                return Ok(());
+            }
+            let mut rows: Vec<Vec<String>> = s
+                .osds
+                .iter()
+                .map(|o| {
+                    let pct = if o.capacity > 0 { o.used as f64 * 100.0 / o.capacity as f64 } else { 0.0 };
+                    vec![
+                        format!("osd.{}", o.id),
+                        human(o.capacity),
+                        human(o.used),
+                        human(o.capacity.saturating_sub(o.used)),
+                        format!("{pct:.1}%"),
+                    ]
+                })
+                .collect();
+            let t = &s.statfs;
+            let pct = if t.total_bytes > 0 { t.used_bytes as f64 * 100.0 / t.total_bytes as f64 } else { 0.0 };
+            rows.push(vec!["total".into(), human(t.total_bytes), human(t.used_bytes), human(t.avail_bytes), format!("{pct:.1}%")]);
+            print!("{}", table(&["OSD", "SIZE", "USED", "AVAIL", "USE%"], &rows));
+        }
+        Cmd::Setstripe { path, size, count, replicas } => {
+            let (p, attr) = admin.resolve(&path).await?;
+            let current = match admin.call(&MdsReq::GetStripe { ino: attr.ino }).await? {
+                MdsResp::Stripe { policy, .. } => policy.unwrap_or_default(),
+                _ => bail!("unexpected reply to GetStripe"),
+            };
+            let mut policy = current;
+            if let Some(s) = size {
+                policy.stripe_size = u32::try_from(parse_size(&s)?).map_err(|_| anyhow!("stripe size too large"))?;
+            }
+            if let Some(c) = count {
+                policy.stripe_count = c;
+            }
+            if let Some(r) = replicas {
+                policy.replicas = r;
+            }
+            admin.call(&MdsReq::SetStripe { ino: attr.ino, policy }).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"path": p, "layout": policy}))?);
+            } else {
+                println!(
+                    "{p}: stripe_size {} stripe_count {} replicas {}",
+                    policy.stripe_size, policy.stripe_count, policy.replicas
+                );
+            }
+        }
+        Cmd::Getstripe { path } => {
+            let (p, attr) = admin.resolve(&path).await?;
+            let (policy, attr) = match admin.call(&MdsReq::GetStripe { ino: attr.ino }).await? {
+                MdsResp::Stripe { policy, attr } => (policy, attr),
+                _ => bail!("unexpected reply to GetStripe"),
+            };
+            let osds = match admin.call(&MdsReq::OsdMap).await? {
+                MdsResp::OsdMap { osds, .. } => osds,
+                _ => bail!("unexpected reply to OsdMap"),
+            };
+            let mut objects = Vec::new();
+            if let Some(l) = &attr.layout {
+                for k in 0..l.stripe_count {
+                    for (r, osd) in l.object_osds(k).iter().enumerate() {
+                        let obj = ObjectId { ino: attr.ino, index: k };
+                        let info = osds.iter().find(|o| o.id == osd.0);
+                        let size = match info.and_then(|o| o.addr.parse::<SocketAddr>().ok()) {
+                            Some(addr) => {
+                                let c = RpcClient::new(admin.endpoint.clone(), addr, Role::Osd);
+                                match c.call::<_, OsdResp>(&OsdReq::Stat { obj }, &[]).await {
+                                    Ok((OsdResp::Stat { exists: true, size }, _)) => Some(size),
+                                    Ok((OsdResp::Stat { exists: false, .. }, _)) => None,
+                                    _ => None,
+                                }
+                            }
+                            None => None,
+                        };
+                        objects.push((k, r, osd.0, obj.to_string(), size));
+                    }
+                }
+            }
+            if args.json {
+                let objs: Vec<_> = objects
+                    .iter()
+                    .map(|(k, r, o, name, size)| serde_json::json!({"index": k, "replica": r, "osd": o, "object": name, "size": size}))
+                    .collect();
+                let v = serde_json::json!({
+                    "path": p, "ino": format!("{:#x}", attr.ino), "size": attr.size,
+                    "layout": policy, "objects": objs,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("{p}");
+            println!("  inode:        {:#x} (shard {})", attr.ino, aifs_common::InodeId(attr.ino).shard());
+            if let Some(pol) = policy {
+                let what = if attr.layout.is_some() { "" } else { " (default for new files)" };
+                println!("  stripe_size:  {}{what}", pol.stripe_size);
+                println!("  stripe_count: {}", pol.stripe_count);
+                println!("  replicas:     {}", pol.replicas);
+            }
+            if attr.layout.is_some() {
+                println!("  size:         {} ({})\n", attr.size, human(attr.size));
+                let rows: Vec<Vec<String>> = objects
+                    .iter()
+                    .map(|(k, r, o, name, size)| {
+                        vec![k.to_string(), r.to_string(), format!("osd.{o}"), name.clone(), size.map(|s| s.to_string()).unwrap_or_else(|| "-".into())]
+                    })
+                    .collect();
+                print!("{}", table(&["OBJ", "REPLICA", "OSD", "OBJECT", "BYTES"], &rows));
+            }
+        }
+    }
+    Ok(())
+}
