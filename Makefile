@@ -1,0 +1,50 @@
+# aifs: local cluster, tests and benchmarks.
+#   make run     build, start one MDS and $(OSDS) OSDs on 127.0.0.1, mount at $(MNT)
+#   make stop    unmount and stop everything `make run` / `make mount` started
+#   make mount   mount one more client of the running local cluster at $(MNT)
+#   make test    the whole test suite (FUSE tests need root and /dev/fuse)
+#   make bench   benchmarks against the local disk, one table
+MNT ?= /mnt/ai
+OSDS ?= 3
+DETACH ?= 0
+PREFIX ?= /usr/local
+export MNT OSDS DETACH
+
+CARGO ?= cargo
+TEST_FEATURES = --features aifs-tests/fuse_tests
+
+.PHONY: all build deps run stop mount test bench install clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build:
+	$(CARGO) build --release --bins
+
+run: deps build
+	@scripts/local-cluster.sh start
+
+stop:
+	@scripts/local-cluster.sh stop
+
+mount: deps build
+	@scripts/local-cluster.sh mount "$(MNT)"
+
+test: deps
+	$(CARGO) build --release --bins
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --release --workspace $(TEST_FEATURES) --no-fail-fast; \
+	else \
+		$(CARGO) test --release --workspace $(TEST_FEATURES) --no-fail-fast; \
+	fi
+
+bench: deps build
+	@scripts/bench.sh
+
+install: build
+	install -m 0755 target/release/aifs-mds target/release/aifs-osd target/release/aifs-mount target/release/mdsctl $(PREFIX)/bin/
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# A local aifs cluster on loopback: one MDS, $OSDS OSDs, and FUSE mounts.
+#   local-cluster.sh start        start everything and mount at $MNT
+#                                 (stays in the foreground unless DETACH=1;
+#                                 Ctrl-C stops it all)
+#   local-cluster.sh mount DIR    mount one more client at DIR
+#   local-cluster.sh stop         unmount and stop everything
+# State (certificates, configs, data, logs, pids) lives in $STATE, by
+# default $AIFS_HOME/local or ~/.aifs/local, where `mdsctl` finds it.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="${BIN:-$ROOT/target/release}"
+STATE="${STATE:-${AIFS_HOME:-$HOME/.aifs}/local}"
+MNT="${MNT:-/mnt/ai}"
+OSDS="${OSDS:-3}"
+MDS_PORT="${MDS_PORT:-7000}"
+OSD_PORT="${OSD_PORT:-7101}"
+DETACH="${DETACH:-0}"
+RUN="$STATE/run"
+LOGS="$STATE/logs"
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+is_mounted() { grep -qs " $(realpath -m "$1") fuse" /proc/self/mounts; }
+admin() { "$BIN/mdsctl" --config "$STATE/admin.toml" "$@"; }
+
+init_state() {
+  mkdir -p "$STATE" "$RUN" "$LOGS"
+  if [ ! -f "$STATE/ca.pem" ]; then
+    "$BIN/mdsctl" init --dir "$STATE" --mds "127.0.0.1:$MDS_PORT" --osds "$OSDS" --osd-port "$OSD_PORT" >/dev/null
+    echo "created cluster state in $STATE"
+  fi
+  # More OSDs than the state was made with: derive their configs from osd1.
+  for i in $(seq 1 "$OSDS"); do
+    if [ ! -f "$STATE/osd$i.toml" ]; then
+      sed -e "s/^id = .*/id = $i/" \
+          -e "s/^listen = .*/listen = \"127.0.0.1:$((OSD_PORT + i - 1))\"/" \
+          -e "s#/data/osd1\"#/data/osd$i\"#" "$STATE/osd1.toml" > "$STATE/osd$i.toml"
+    fi
+  done
+}
+
+wait_osds() {
+  local want="$1"
+  for _ in $(seq 1 100); do
+    if [ "$(admin osd ls --json 2>/dev/null | grep -c '"Up"')" -ge "$want" ]; then return 0; fi
+    sleep 0.2
+  done
+  echo "error: $want OSDs did not come up; see $LOGS" >&2
+  return 1
+}
+
+mount_client() {
+  local dir="$1" name
+  dir="$(realpath -m "$dir")"
+  if is_mounted "$dir"; then echo "error: something is already mounted at $dir" >&2; return 1; fi
+  mkdir -p "$dir"
+  if [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then echo "error: $dir is not empty" >&2; return 1; fi
+  name="$(echo "$dir" | tr '/' '_')"
+  "$BIN/aifs-mount" --config "$STATE/client.toml" --name "$(hostname)$dir" "$dir" >"$LOGS/client$name.log" 2>&1 &
+  echo $! > "$RUN/client$name.pid"
+  echo "$dir" > "$RUN/client$name.mnt"
+  for _ in $(seq 1 100); do
+    is_mounted "$dir" && return 0
+    kill -0 "$(cat "$RUN/client$name.pid")" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "error: mount at $dir failed; see $LOGS/client$name.log" >&2
+  tail -5 "$LOGS/client$name.log" >&2 || true
+  return 1
+}
+
+stop_all() {
+  shopt -s nullglob
+  for m in "$RUN"/client*.mnt; do
+    local dir pid
+    dir="$(cat "$m")"; pid="${m%.mnt}.pid"
+    if is_mounted "$dir"; then fusermount3 -u "$dir" 2>/dev/null || umount -l "$dir" 2>/dev/null || true; fi
+    if alive "$pid"; then
+      for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
+      alive "$pid" && kill "$(cat "$pid")" 2>/dev/null || true
+    fi
+    rm -f "$m" "$pid"
+    echo "unmounted $dir"
+  done
+  for p in "$RUN"/osd*.pid "$RUN"/mds.pid; do
+    if alive "$p"; then
+      kill "$(cat "$p")" 2>/dev/null || true
+      for _ in $(seq 1 50); do alive "$p" || break; sleep 0.1; done
+      alive "$p" && kill -9 "$(cat "$p")" 2>/dev/null || true
+      echo "stopped $(basename "${p%.pid}")"
+    fi
+    rm -f "$p"
+  done
+}
+
+start() {
+  init_state
+  if alive "$RUN/mds.pid"; then
+    echo "a local cluster is already running (state in $STATE); \`make stop\` first" >&2
+    exit 1
+  fi
+  "$BIN/aifs-mds" --config "$STATE/mds.toml" >"$LOGS/mds.log" 2>&1 &
+  echo $! > "$RUN/mds.pid"
+  for i in $(seq 1 "$OSDS"); do
+    "$BIN/aifs-osd" --config "$STATE/osd$i.toml" >"$LOGS/osd$i.log" 2>&1 &
+    echo $! > "$RUN/osd$i.pid"
+  done
+  if ! wait_osds "$OSDS"; then stop_all; exit 1; fi
+  if ! mount_client "$MNT"; then stop_all; exit 1; fi
+  echo
+  echo "aifs local cluster is up:"
+  echo "  mds    127.0.0.1:$MDS_PORT   pid $(cat "$RUN/mds.pid")"
+  for i in $(seq 1 "$OSDS"); do
+    echo "  osd.$i  127.0.0.1:$((OSD_PORT + i - 1))   pid $(cat "$RUN/osd$i.pid")"
+  done
+  echo "  mount  $MNT"
+  echo "  state  $STATE (logs in $LOGS)"
+  echo
+  echo "  $BIN/mdsctl status       cluster state"
+  echo "  make mount MNT=/mnt/ai2  a second client"
+  echo "  make stop                unmount and stop everything"
+  if [ "$DETACH" = "1" ]; then return 0; fi
+  echo "  Ctrl-C                   the same as make stop"
+  trap 'echo; stop_all; exit 0' INT TERM
+  while alive "$RUN/mds.pid"; do sleep 1; done
+  echo "the MDS exited; stopping" >&2
+  stop_all
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop_all ;;
+  mount)
+    [ -n "${2:-}" ] || { echo "usage: $0 mount DIR" >&2; exit 2; }
+    alive "$RUN/mds.pid" || { echo "no local cluster is running; \`make run\` first" >&2; exit 1; }
+    mount_client "$2" && echo "mounted $(realpath -m "$2")" ;;
+  *) echo "usage: $0 start|stop|mount DIR" >&2; exit 2 ;;
+esac

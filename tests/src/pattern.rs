@@ -1,0 +1,42 @@
+//! Test data as a function of (seed, offset): any range can be generated
+//! or checked without keeping a copy.
+
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Fill `buf` with the pattern bytes of `[off, off + buf.len())`.
+pub fn fill(seed: u64, off: u64, buf: &mut [u8]) {
+    let mut i = 0;
+    while i < buf.len() {
+        let pos = off + i as u64;
+        let word = mix(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (pos / 8));
+        let bytes = word.to_le_bytes();
+        let k = (pos % 8) as usize;
+        let n = (8 - k).min(buf.len() - i);
+        buf[i..i + n].copy_from_slice(&bytes[k..k + n]);
+        i += n;
+    }
+}
+
+pub fn bytes(seed: u64, off: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    fill(seed, off, &mut v);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_slice_matches_the_whole() {
+        let whole = bytes(7, 0, 1000);
+        for off in [0usize, 1, 7, 8, 9, 500] {
+            assert_eq!(bytes(7, off as u64, 100), whole[off..off + 100].to_vec());
+        }
+        assert_ne!(bytes(7, 0, 64), bytes(8, 0, 64));
+    }
+}

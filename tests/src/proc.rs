@@ -1,0 +1,292 @@
+//! A cluster of real processes (`aifs-mds`, `aifs-osd`) configured by
+//! `mdsctl init`, and real FUSE mounts by `aifs-mount`. Drop stops every
+//! process and unmounts, also when the test panics; a failing test prints
+//! the tail of each process's log.
+use crate::bin_dir;
+use aifs_common::certs::Role;
+use aifs_common::config::TransportConfig;
+use aifs_common::proto::mds::{MdsReq, MdsResp, OsdState};
+use aifs_common::rpc::{self, Identity, RpcClient};
+use anyhow::{bail, Context, Result};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn spawn_logged(bin: &str, args: &[&str], log: &Path) -> Result<Child> {
+    let f = std::fs::File::create(log)?;
+    let child = Command::new(bin_dir().join(bin))
+        .args(args)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .spawn()
+        .with_context(|| format!("spawning {bin} (build with `cargo build --release --bins` first)"))?;
+    Ok(child)
+}
+
+fn stop(child: &mut Child, signal: i32, grace: Duration) {
+    // SAFETY: kill(2) on a pid we spawned and have not yet reaped.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+    let t = Instant::now();
+    while t.elapsed() < grace {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `n` consecutive ports free for UDP right now (mdsctl init numbers OSD
+/// ports from a base), chosen at random so parallel tests rarely collide.
+fn ports(n: usize) -> Vec<u16> {
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let base: u16 = rng.random_range(20_000..60_000);
+        let held: Vec<_> = (0..n as u16).map_while(|i| std::net::UdpSocket::bind(("127.0.0.1", base + i)).ok()).collect();
+        if held.len() == n {
+            return (0..n as u16).map(|i| base + i).collect();
+        }
+    }
+    (0..n).map(|_| crate::free_port()).collect()
+}
+
+pub struct ProcCluster {
+    pub dir: tempfile::TempDir,
+    pub mds_addr: SocketAddr,
+    pub n_osds: u32,
+    mds: Option<Child>,
+    osds: Vec<Option<Child>>,
+}
+
+impl ProcCluster {
+    pub fn start(n_osds: u32) -> Result<ProcCluster> {
+        let dir = tempfile::Builder::new().prefix("aifs-proc-").tempdir()?;
+        let p = ports(1 + n_osds as usize);
+        // mdsctl init numbers OSD ports from a base; pick a base with a
+        // free run by asking for consecutive ports near a free one.
+        let base = p[1];
+        let mds_addr: SocketAddr = format!("127.0.0.1:{}", p[0]).parse()?;
+        let st = Command::new(bin_dir().join("mdsctl"))
+            .args(["init", "--dir"])
+            .arg(dir.path())
+            .args(["--mds", &mds_addr.to_string(), "--osds", &n_osds.to_string(), "--osd-port", &base.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .context("running mdsctl init")?;
+        if !st.success() {
+            bail!("mdsctl init failed");
+        }
+        std::fs::create_dir_all(dir.path().join("logs"))?;
+        let mut c = ProcCluster { dir, mds_addr, n_osds, mds: None, osds: (0..n_osds).map(|_| None).collect() };
+        c.start_all()?;
+        Ok(c)
+    }
+
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+
+    fn start_mds(&mut self) -> Result<()> {
+        let cfg = self.path("mds.toml");
+        let log = self.path("logs/mds.log");
+        self.mds = Some(spawn_logged("aifs-mds", &["--config", cfg.to_str().unwrap_or_default()], &log)?);
+        Ok(())
+    }
+
+    fn start_osd(&mut self, i: u32) -> Result<()> {
+        let cfg = self.path(&format!("osd{i}.toml"));
+        let log = self.path(&format!("logs/osd{i}.log"));
+        self.osds[(i - 1) as usize] = Some(spawn_logged("aifs-osd", &["--config", cfg.to_str().unwrap_or_default()], &log)?);
+        Ok(())
+    }
+
+    pub fn start_all(&mut self) -> Result<()> {
+        self.start_mds()?;
+        for i in 1..=self.n_osds {
+            self.start_osd(i)?;
+        }
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// `kill -9` the MDS and every OSD.
+    pub fn kill9_all(&mut self) {
+        for c in self.mds.iter_mut().chain(self.osds.iter_mut().flatten()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.mds = None;
+        for o in &mut self.osds {
+            *o = None;
+        }
+    }
+
+    /// Wait until the MDS answers and every OSD is up.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let id = Identity::load(&crate::tls(self.dir.path(), Role::Admin))?;
+        let n = self.n_osds as usize;
+        let addr = self.mds_addr;
+        rt.block_on(async move {
+            let ep = rpc::client_endpoint(&id, &TransportConfig::default())?;
+            let t = Instant::now();
+            loop {
+                let c = RpcClient::new(ep.clone(), addr, Role::Mds);
+                if let Ok((MdsResp::OsdMap { osds, .. }, _)) = c.call::<_, MdsResp>(&MdsReq::OsdMap, &[]).await {
+                    if osds.iter().filter(|o| o.state == OsdState::Up).count() >= n {
+                        return Ok(());
+                    }
+                }
+                if t.elapsed() > timeout {
+                    bail!("cluster not ready after {timeout:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    }
+
+    pub fn mount(&self) -> Result<Mount> {
+        Mount::new(self)
+    }
+
+    /// Run `mdsctl` against this cluster; returns stdout.
+    pub fn mdsctl(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(bin_dir().join("mdsctl"))
+            .arg("--config")
+            .arg(self.path("admin.toml"))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("mdsctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn dump_logs(&self) {
+        if let Ok(rd) = std::fs::read_dir(self.path("logs")) {
+            for e in rd.flatten() {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                eprintln!("---- {} (last lines) ----", e.path().display());
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for c in self.osds.iter_mut().flatten() {
+            stop(c, libc::SIGTERM, Duration::from_secs(3));
+        }
+        if let Some(c) = self.mds.as_mut() {
+            stop(c, libc::SIGTERM, Duration::from_secs(3));
+        }
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let p = path.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(p.as_str())))
+        .unwrap_or(false)
+}
+
+/// A FUSE mount of a cluster in a fresh temp dir.
+pub struct Mount {
+    pub path: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Mount {
+    pub fn new(c: &ProcCluster) -> Result<Mount> {
+        let dir = tempfile::Builder::new().prefix("aifs-mnt-").tempdir()?;
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path)?;
+        let n = std::fs::read_dir(c.path("logs"))?.count();
+        let log = c.path(&format!("logs/client{n}.log"));
+        let cfg = c.path("client.toml");
+        let child = spawn_logged(
+            "aifs-mount",
+            &["--config", cfg.to_str().unwrap_or_default(), path.to_str().unwrap_or_default()],
+            &log,
+        )?;
+        let mut m = Mount { path, child: Some(child), _dir: dir, log };
+        let t = Instant::now();
+        while !is_mounted(&m.path) {
+            if let Some(ch) = m.child.as_mut() {
+                if let Ok(Some(st)) = ch.try_wait() {
+                    bail!("aifs-mount exited with {st}: {}", std::fs::read_to_string(&m.log).unwrap_or_default());
+                }
+            }
+            if t.elapsed() > Duration::from_secs(15) {
+                bail!("mount did not appear");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(m)
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Unmount now (as `fusermount3 -u` would) and wait for the client to exit.
+    pub fn unmount(&mut self) {
+        if is_mounted(&self.path) {
+            let ok = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.path)
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            stop(&mut c, libc::SIGKILL, Duration::from_secs(1));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- {} ----\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+        self.unmount();
+    }
+}
+
+impl Mount {
+    /// `kill -9` the client process, then detach the dead mount.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

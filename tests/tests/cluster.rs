@@ -1,0 +1,408 @@
+//! In-process cluster over loopback QUIC with mTLS: every MDS operation and
+//! the errors POSIX names for it, object I/O on the OSDs, and protocol
+//! robustness (malformed frames, missing or foreign certificates).
+use aifs_common::certs::Role;
+use aifs_common::config::{TlsConfig, TransportConfig};
+use aifs_common::ids::InodeId;
+use aifs_common::proto::mds::{Attr, FileKind, MdsReq, MdsResp, SetAttr, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
+use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp};
+use aifs_common::rpc::{self, Identity, RpcClient};
+use aifs_common::{Error, LayoutPolicy, ObjectId};
+use aifs_tests::{mds_call, TestCluster};
+use std::time::Duration;
+
+const ROOT: u64 = InodeId::ROOT.0;
+
+async fn attr(c: &RpcClient, req: MdsReq) -> Result<Attr, Error> {
+    match mds_call(c, req).await? {
+        MdsResp::Attr(a) => Ok(a),
+        other => panic!("expected Attr, got {other:?}"),
+    }
+}
+
+fn create(parent: u64, name: &str) -> MdsReq {
+    MdsReq::Create { parent, name: name.into(), mode: 0o644, uid: 0, gid: 0, exclusive: true }
+}
+
+fn mkdir(parent: u64, name: &str) -> MdsReq {
+    MdsReq::Mkdir { parent, name: name.into(), mode: 0o755, uid: 0, gid: 0 }
+}
+
+async fn names(c: &RpcClient, ino: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cookie = 0;
+    loop {
+        match mds_call(c, MdsReq::Readdir { ino, cookie, max: 3 }).await.unwrap() {
+            MdsResp::Dir { entries, eof, .. } => {
+                for e in &entries {
+                    out.push(e.name.clone());
+                    cookie = e.cookie;
+                }
+                if eof || entries.is_empty() {
+                    return out;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_operations_and_their_errors() {
+    let cl = TestCluster::start(3, 4).await.unwrap();
+    let c = cl.mds_client(Role::Client).unwrap();
+
+    // create, lookup, getattr
+    let f = attr(&c, create(ROOT, "f")).await.unwrap();
+    assert_eq!(f.kind, FileKind::File);
+    let l = f.layout.clone().unwrap();
+    assert_eq!((l.stripe_count, l.replicas, l.osds.len()), (3, 1, 3));
+    assert_eq!(f.ino >> 56, 0, "a file takes its directory's shard");
+    assert_eq!(attr(&c, MdsReq::Lookup { parent: ROOT, name: "f".into() }).await.unwrap().ino, f.ino);
+    assert_eq!(attr(&c, create(ROOT, "f")).await, Err(Error::Exists));
+    let again = MdsReq::Create { parent: ROOT, name: "f".into(), mode: 0o644, uid: 0, gid: 0, exclusive: false };
+    assert_eq!(attr(&c, again).await.unwrap().ino, f.ino, "non-exclusive create opens the existing file");
+    assert_eq!(attr(&c, MdsReq::Lookup { parent: ROOT, name: "nope".into() }).await, Err(Error::NotFound));
+    assert_eq!(attr(&c, MdsReq::GetAttr { ino: 0x77 }).await, Err(Error::NotFound));
+    assert_eq!(attr(&c, MdsReq::Lookup { parent: f.ino, name: "x".into() }).await, Err(Error::NotDir));
+    assert!(matches!(attr(&c, create(ROOT, "a/b")).await, Err(Error::InvalidArgument(_))));
+    assert_eq!(attr(&c, create(ROOT, &"n".repeat(256))).await, Err(Error::NameTooLong));
+
+    // setattr: mode, owner, times, size (truncate records and applies GC)
+    let set = SetAttr { mode: Some(0o600), uid: Some(7), gid: Some(8), size: Some(4096), atime: None, mtime: Some(aifs_common::proto::mds::TimeSet::At(1_000_000_000)) };
+    let a = attr(&c, MdsReq::SetAttr { ino: f.ino, set }).await.unwrap();
+    assert_eq!((a.perm, a.uid, a.gid, a.size, a.mtime_ns), (0o600, 7, 8, 4096, 1_000_000_000));
+    let a = attr(&c, MdsReq::SetAttr { ino: f.ino, set: SetAttr { size: Some(10), ..Default::default() } }).await.unwrap();
+    assert_eq!(a.size, 10);
+    // a flush publishes size as a maximum
+    let a = attr(&c, MdsReq::UpdateSize { ino: f.ino, size: 5, mtime_ns: 2 }).await.unwrap();
+    assert_eq!(a.size, 10);
+    let a = attr(&c, MdsReq::UpdateSize { ino: f.ino, size: 50, mtime_ns: 2 }).await.unwrap();
+    assert_eq!(a.size, 50);
+
+    // mkdir on (usually) another shard; files inside take the dir's shard
+    let d = attr(&c, mkdir(ROOT, "d")).await.unwrap();
+    assert_eq!(d.kind, FileKind::Dir);
+    assert_eq!(attr(&c, mkdir(ROOT, "d")).await, Err(Error::Exists));
+    assert_eq!(attr(&c, mkdir(f.ino, "x")).await, Err(Error::NotDir));
+    let g = attr(&c, create(d.ino, "g")).await.unwrap();
+    assert_eq!(InodeId(g.ino).shard(), InodeId(d.ino).shard());
+    assert_eq!(attr(&c, MdsReq::GetAttr { ino: ROOT }).await.unwrap().nlink, 3);
+
+    // readdir: offsets stay valid while entries come and go
+    for i in 0..10 {
+        attr(&c, create(d.ino, &format!("e{i}"))).await.unwrap();
+    }
+    let (first, cookie) = match mds_call(&c, MdsReq::Readdir { ino: d.ino, cookie: 0, max: 4 }).await.unwrap() {
+        MdsResp::Dir { entries, eof, .. } => {
+            assert!(!eof);
+            let last = entries.last().unwrap().cookie;
+            (entries.into_iter().map(|e| e.name).collect::<Vec<_>>(), last)
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(first, ["g", "e0", "e1", "e2"]);
+    mds_call(&c, MdsReq::Unlink { parent: d.ino, name: "e1".into() }).await.unwrap();
+    mds_call(&c, MdsReq::Unlink { parent: d.ino, name: "e5".into() }).await.unwrap();
+    attr(&c, create(d.ino, "late")).await.unwrap();
+    let rest = match mds_call(&c, MdsReq::Readdir { ino: d.ino, cookie, max: 100 }).await.unwrap() {
+        MdsResp::Dir { entries, eof, .. } => {
+            assert!(eof);
+            entries.into_iter().map(|e| e.name).collect::<Vec<_>>()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(rest, ["e3", "e4", "e6", "e7", "e8", "e9", "late"], "no entry skipped or repeated");
+    assert!(matches!(mds_call(&c, MdsReq::Readdir { ino: f.ino, cookie: 0, max: 4 }).await, Err(Error::NotDir)));
+
+    // unlink / rmdir errors
+    assert_eq!(mds_call(&c, MdsReq::Unlink { parent: ROOT, name: "d".into() }).await, Err(Error::IsDir));
+    assert_eq!(mds_call(&c, MdsReq::Unlink { parent: ROOT, name: "zz".into() }).await, Err(Error::NotFound));
+    assert_eq!(mds_call(&c, MdsReq::Rmdir { parent: ROOT, name: "d".into() }).await, Err(Error::NotEmpty));
+    assert_eq!(mds_call(&c, MdsReq::Rmdir { parent: ROOT, name: "f".into() }).await, Err(Error::NotDir));
+
+    // rename: same dir, across dirs, replacing, NOREPLACE, into own subtree
+    let sub = attr(&c, mkdir(d.ino, "sub")).await.unwrap();
+    let rn = |p: u64, n: &str, np: u64, nn: &str, flags: u32| MdsReq::Rename { parent: p, name: n.into(), newparent: np, newname: nn.into(), flags };
+    mds_call(&c, rn(d.ino, "e0", d.ino, "e0b", 0)).await.unwrap();
+    mds_call(&c, rn(d.ino, "e0b", ROOT, "moved", 0)).await.unwrap();
+    assert!(names(&c, ROOT).await.contains(&"moved".to_string()));
+    assert!(!names(&c, d.ino).await.contains(&"e0b".to_string()));
+    // replace an existing file; its inode goes away
+    let victim = attr(&c, MdsReq::Lookup { parent: d.ino, name: "e2".into() }).await.unwrap();
+    mds_call(&c, rn(ROOT, "moved", d.ino, "e2", 0)).await.unwrap();
+    assert_eq!(attr(&c, MdsReq::GetAttr { ino: victim.ino }).await, Err(Error::NotFound));
+    assert_eq!(mds_call(&c, rn(d.ino, "e3", d.ino, "e4", RENAME_NOREPLACE)).await, Err(Error::Exists));
+    assert!(matches!(mds_call(&c, rn(ROOT, "d", sub.ino, "x", 0)).await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(mds_call(&c, rn(ROOT, "d", d.ino, "x", 0)).await, Err(Error::InvalidArgument(_))));
+    assert_eq!(mds_call(&c, rn(d.ino, "e3", d.ino, "sub", 0)).await, Err(Error::IsDir));
+    attr(&c, create(sub.ino, "inside")).await.unwrap();
+    let empty = attr(&c, mkdir(ROOT, "empty")).await.unwrap();
+    assert_eq!(mds_call(&c, rn(ROOT, "empty", d.ino, "sub", 0)).await, Err(Error::NotEmpty));
+    assert_eq!(mds_call(&c, rn(ROOT, "empty", d.ino, "e3", 0)).await, Err(Error::NotDir));
+    // a directory moved across directories: parents' link counts follow
+    let root_links = attr(&c, MdsReq::GetAttr { ino: ROOT }).await.unwrap().nlink;
+    mds_call(&c, rn(ROOT, "empty", d.ino, "empty2", 0)).await.unwrap();
+    assert_eq!(attr(&c, MdsReq::GetAttr { ino: ROOT }).await.unwrap().nlink, root_links - 1);
+    assert_eq!(attr(&c, MdsReq::Lookup { parent: d.ino, name: "empty2".into() }).await.unwrap().ino, empty.ino);
+    mds_call(&c, MdsReq::Rmdir { parent: d.ino, name: "empty2".into() }).await.unwrap();
+    assert_eq!(attr(&c, MdsReq::GetAttr { ino: empty.ino }).await, Err(Error::NotFound));
+
+    // symlink, readlink
+    let s = attr(&c, MdsReq::Symlink { parent: ROOT, name: "s".into(), target: "d/g".into(), uid: 0, gid: 0 }).await.unwrap();
+    assert_eq!(s.kind, FileKind::Symlink);
+    assert_eq!(mds_call(&c, MdsReq::Readlink { ino: s.ino }).await.unwrap(), MdsResp::Bytes(b"d/g".to_vec()));
+    assert!(matches!(mds_call(&c, MdsReq::Readlink { ino: f.ino }).await, Err(Error::InvalidArgument(_))));
+
+    // hard links, across shards too
+    let h = attr(&c, MdsReq::Link { ino: g.ino, newparent: ROOT, newname: "hl".into() }).await.unwrap();
+    assert_eq!(h.nlink, 2);
+    assert_eq!(attr(&c, MdsReq::Link { ino: d.ino, newparent: ROOT, newname: "dl".into() }).await, Err(Error::NotPermitted("hard link to a directory".into())));
+    assert_eq!(attr(&c, MdsReq::Link { ino: g.ino, newparent: ROOT, newname: "f".into() }).await, Err(Error::Exists));
+    mds_call(&c, MdsReq::Unlink { parent: d.ino, name: "g".into() }).await.unwrap();
+    assert_eq!(attr(&c, MdsReq::GetAttr { ino: g.ino }).await.unwrap().nlink, 1);
+    mds_call(&c, MdsReq::Unlink { parent: ROOT, name: "hl".into() }).await.unwrap();
+    assert_eq!(attr(&c, MdsReq::GetAttr { ino: g.ino }).await, Err(Error::NotFound));
+
+    // xattrs
+    let sx = |name: &str, v: &[u8], flags: u32| MdsReq::SetXattr { ino: f.ino, name: name.into(), value: v.to_vec(), flags };
+    mds_call(&c, sx("user.a", b"1", 0)).await.unwrap();
+    assert_eq!(mds_call(&c, sx("user.a", b"2", XATTR_CREATE)).await, Err(Error::Exists));
+    assert_eq!(mds_call(&c, sx("user.b", b"2", XATTR_REPLACE)).await, Err(Error::NoXattr));
+    mds_call(&c, sx("user.b", b"2", XATTR_CREATE)).await.unwrap();
+    assert_eq!(mds_call(&c, MdsReq::GetXattr { ino: f.ino, name: "user.a".into() }).await.unwrap(), MdsResp::Bytes(b"1".to_vec()));
+    assert_eq!(mds_call(&c, MdsReq::ListXattr { ino: f.ino }).await.unwrap(), MdsResp::Names(vec!["user.a".into(), "user.b".into()]));
+    mds_call(&c, MdsReq::RemoveXattr { ino: f.ino, name: "user.a".into() }).await.unwrap();
+    assert_eq!(mds_call(&c, MdsReq::RemoveXattr { ino: f.ino, name: "user.a".into() }).await, Err(Error::NoXattr));
+    assert_eq!(mds_call(&c, MdsReq::GetXattr { ino: f.ino, name: "user.a".into() }).await, Err(Error::NoXattr));
+    assert_eq!(mds_call(&c, sx("user.big", &vec![0u8; 70_000], 0)).await, Err(Error::Range));
+
+    // statfs comes from the OSDs' capacity
+    match mds_call(&c, MdsReq::Statfs).await.unwrap() {
+        MdsResp::Statfs(s) => {
+            assert!(s.total_bytes > 0 && s.avail_bytes <= s.total_bytes);
+            assert!(s.files > 5);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layouts_inherit_and_admin_commands_need_the_admin_cert() {
+    let cl = TestCluster::start(3, 4).await.unwrap();
+    let c = cl.mds_client(Role::Client).unwrap();
+    let admin = cl.mds_client(Role::Admin).unwrap();
+    let d = attr(&c, mkdir(ROOT, "ckpt")).await.unwrap();
+    let p = LayoutPolicy { stripe_size: 4 << 20, stripe_count: 2, replicas: 1 };
+    assert!(matches!(mds_call(&c, MdsReq::SetStripe { ino: d.ino, policy: p }).await, Err(Error::Unauthorized(_))));
+    assert!(matches!(mds_call(&c, MdsReq::Status).await, Err(Error::Unauthorized(_))));
+    mds_call(&admin, MdsReq::SetStripe { ino: d.ino, policy: p }).await.unwrap();
+    let bad = LayoutPolicy { stripe_size: 1000, ..p };
+    assert!(matches!(mds_call(&admin, MdsReq::SetStripe { ino: d.ino, policy: bad }).await, Err(Error::InvalidArgument(_))));
+    // inherited down the tree: a subdirectory made later, and files in it
+    let sub = attr(&c, mkdir(d.ino, "step1")).await.unwrap();
+    let f = attr(&c, create(sub.ino, "rank0")).await.unwrap();
+    let l = f.layout.unwrap();
+    assert_eq!((l.stripe_size, l.stripe_count), (4 << 20, 2));
+    let other = attr(&c, create(ROOT, "x")).await.unwrap().layout.unwrap();
+    assert_eq!((other.stripe_size, other.stripe_count), (1 << 20, 3));
+    match mds_call(&admin, MdsReq::Status).await.unwrap() {
+        MdsResp::Status(s) => {
+            assert_eq!(s.shards.len(), 4);
+            assert_eq!(s.osds.len(), 3);
+        }
+        other => panic!("{other:?}"),
+    }
+    // OSD heartbeats need the OSD certificate
+    let hb = MdsReq::OsdHeartbeat { id: 99, addr: "127.0.0.1:1".into(), capacity: 1, used: 0, objects: 0 };
+    assert!(matches!(mds_call(&c, hb).await, Err(Error::Unauthorized(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_survives_a_restart_of_the_mds() {
+    let dir;
+    let ino;
+    {
+        let cl = TestCluster::start(1, 4).await.unwrap();
+        let c = cl.mds_client(Role::Client).unwrap();
+        let d = attr(&c, mkdir(ROOT, "keep")).await.unwrap();
+        ino = attr(&c, create(d.ino, "file")).await.unwrap().ino;
+        mds_call(&c, MdsReq::SetXattr { ino, name: "user.x".into(), value: b"v".to_vec(), flags: 0 }).await.unwrap();
+        drop(c);
+        let TestCluster { dir: d, mds, osds } = cl;
+        drop(mds);
+        drop(osds);
+        dir = d;
+    }
+    // Reopen the same shard files in a new MDS, once the old one's
+    // connection tasks have wound down and released the files.
+    let mut ns = None;
+    for _ in 0..100 {
+        let r = aifs_mds::namespace::Namespace::open(
+            &dir.path().join("mds"),
+            4,
+            LayoutPolicy::default(),
+            std::sync::Arc::new(aifs_mds::cluster::Cluster::new(Duration::from_secs(5), Duration::from_secs(5))),
+        )
+        .await;
+        match r {
+            Ok(n) => {
+                ns = Some(n);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let ns = ns.expect("shards could not be reopened");
+    let d = ns.lookup(ROOT, "keep").await.unwrap();
+    assert_eq!(ns.lookup(d.ino, "file").await.unwrap().ino, ino);
+    assert_eq!(ns.getxattr(ino, "user.x").await.unwrap(), b"v");
+    // the shard count is part of the format
+    let bad = aifs_mds::namespace::Namespace::open(
+        &dir.path().join("mds"),
+        2,
+        LayoutPolicy::default(),
+        std::sync::Arc::new(aifs_mds::cluster::Cluster::new(Duration::from_secs(5), Duration::from_secs(5))),
+    )
+    .await;
+    assert!(bad.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_round_trip_with_checksums_and_are_freed_on_unlink() {
+    let cl = TestCluster::start(3, 2).await.unwrap();
+    let c = cl.mds_client(Role::Client).unwrap();
+    let f = attr(&c, create(ROOT, "obj")).await.unwrap();
+    let l = f.layout.unwrap();
+    let id = Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Client)).unwrap();
+    let ep = rpc::client_endpoint(&id, &TransportConfig::default()).unwrap();
+    let osd_addr = |o: u32| cl.osds[(o - 1) as usize].addr;
+    let obj = ObjectId { ino: f.ino, index: 0 };
+    let osd = RpcClient::new(ep.clone(), osd_addr(l.osds[0].0), Role::Osd);
+    let data = bytes::Bytes::from(aifs_tests::pattern::bytes(1, 0, 300_000));
+    let req = OsdReq::Write { obj, off: 5000, len: data.len() as u32, crcs: block_crcs(5000, &data) };
+    assert_eq!(osd.call::<_, OsdResp>(&req, &[data.clone()]).await.unwrap().0, OsdResp::Done);
+    // a write whose crcs do not match its bytes is refused
+    let req = OsdReq::Write { obj, off: 0, len: 10, crcs: vec![1] };
+    assert!(matches!(osd.call::<_, OsdResp>(&req, &[bytes::Bytes::from_static(&[0u8; 10])]).await.unwrap().0, OsdResp::Err(e) if e.code == 202));
+    let (resp, body) = osd.call::<_, OsdResp>(&OsdReq::Read { obj, off: 6000, len: 100 }, &[]).await.unwrap();
+    match resp {
+        OsdResp::Data { off, crcs, obj_size, .. } => {
+            assert_eq!(off, 0, "reads widen to whole checksum blocks");
+            assert_eq!(obj_size, 305_000);
+            assert_eq!(block_crcs(off, &body), crcs);
+            assert_eq!(&body[6000..6100], &data[1000..1100]);
+            assert!(body[..5000].iter().all(|&b| b == 0));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(osd.call::<_, OsdResp>(&OsdReq::Commit { objs: vec![obj] }, &[]).await.unwrap().0, OsdResp::Done);
+    assert_eq!(osd.call::<_, OsdResp>(&OsdReq::Stat { obj }, &[]).await.unwrap().0, OsdResp::Stat { exists: true, size: 305_000 });
+    // truncate through the MDS cuts the object before answering
+    attr(&c, MdsReq::UpdateSize { ino: f.ino, size: 305_000, mtime_ns: 0 }).await.unwrap();
+    attr(&c, MdsReq::SetAttr { ino: f.ino, set: SetAttr { size: Some(1000), ..Default::default() } }).await.unwrap();
+    assert_eq!(osd.call::<_, OsdResp>(&OsdReq::Stat { obj }, &[]).await.unwrap().0, OsdResp::Stat { exists: true, size: 1000 });
+    // unlink frees it in the background
+    mds_call(&c, MdsReq::Unlink { parent: ROOT, name: "obj".into() }).await.unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if osd.call::<_, OsdResp>(&OsdReq::Stat { obj }, &[]).await.unwrap().0 == (OsdResp::Stat { exists: false, size: 0 }) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "object not freed after unlink");
+}
+
+/// Open a raw stream to the MDS and send `bytes`; returns what came back.
+async fn raw(ep: &quinn::Endpoint, addr: std::net::SocketAddr, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let conn = ep.connect(addr, "mds.aifs").map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+    let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    s.write_all(bytes).await.map_err(|e| e.to_string())?;
+    s.finish().map_err(|e| e.to_string())?;
+    r.read_to_end(1 << 20).await.map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_errors_and_the_server_serves_on() {
+    let cl = TestCluster::start(1, 1).await.unwrap();
+    let id = Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Client)).unwrap();
+    let ep = rpc::client_endpoint(&id, &TransportConfig::default()).unwrap();
+    let addr = cl.mds.addr;
+    let good = aifs_common::proto::Message::encode(&MdsReq::Statfs).unwrap();
+    let mut garbage_hdr = (64u32).to_le_bytes().to_vec();
+    garbage_hdr.extend_from_slice(&[0xAB; 64]);
+    let mut truncated = (good.len() as u32 + 10).to_le_bytes().to_vec();
+    truncated.extend_from_slice(&good);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage header", garbage_hdr),
+        ("oversized length", (u32::MAX).to_le_bytes().to_vec()),
+        ("zero length", 0u32.to_le_bytes().to_vec()),
+        ("truncated header", truncated),
+        ("two bytes", vec![1, 2]),
+    ];
+    for (what, bytes) in cases {
+        let reply = raw(&ep, addr, &bytes).await.unwrap_or_default();
+        if reply.len() > 4 {
+            let mut a = rkyv::util::AlignedVec::<16>::new();
+            a.extend_from_slice(&reply[4..]);
+            let resp: MdsResp = aifs_common::proto::Message::decode(&a).unwrap();
+            assert!(matches!(resp, MdsResp::Err(e) if e.code == 302), "{what}: expected a protocol error reply");
+        }
+        // and a well-formed request on a fresh connection still works
+        let c = cl.mds_client(Role::Client).unwrap();
+        assert!(matches!(mds_call(&c, MdsReq::Statfs).await, Ok(MdsResp::Statfs(_))), "{what}: server stopped serving");
+    }
+    // a random stream of frames of random garbage, on one connection
+    let conn = ep.connect(addr, "mds.aifs").unwrap().await.unwrap();
+    for i in 0..50u32 {
+        let (mut s, mut r) = conn.open_bi().await.unwrap();
+        let junk = aifs_tests::pattern::bytes(i as u64, 0, (i as usize * 37) % 300);
+        let _ = s.write_all(&junk).await;
+        let _ = s.finish();
+        let _ = r.read_to_end(1 << 20).await;
+    }
+    let c = cl.mds_client(Role::Client).unwrap();
+    assert!(matches!(mds_call(&c, MdsReq::Statfs).await, Ok(MdsResp::Statfs(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_without_a_cluster_certificate_are_refused() {
+    let cl = TestCluster::start(1, 1).await.unwrap();
+    // A certificate from another cluster's CA.
+    let other = tempfile::tempdir().unwrap();
+    aifs_common::certs::init_cluster(other.path(), false).unwrap();
+    let foreign = TlsConfig {
+        ca: cl.dir.path().join("ca.pem"),
+        cert: other.path().join("client.pem"),
+        key: other.path().join("client.key"),
+    };
+    let id = Identity::load(&foreign).unwrap();
+    let ep = rpc::client_endpoint(&id, &TransportConfig::default()).unwrap();
+    let c = RpcClient::new(ep, cl.mds.addr, Role::Mds);
+    assert!(matches!(mds_call(&c, MdsReq::Statfs).await, Err(Error::Transport(_))), "foreign certificate accepted");
+
+    // No client certificate at all.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(cl.dir.path().join("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"aifs/1".to_vec()];
+    let qc = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(qc)));
+    let c = RpcClient::new(ep, cl.mds.addr, Role::Mds);
+    assert!(matches!(mds_call(&c, MdsReq::Statfs).await, Err(Error::Transport(_))), "peer without certificate accepted");
+
+    // The server still serves its own.
+    let ok = cl.mds_client(Role::Client).unwrap();
+    assert!(matches!(mds_call(&ok, MdsReq::Statfs).await, Ok(MdsResp::Statfs(_))));
+}

@@ -1,0 +1,316 @@
+//! Real FUSE mounts of a real cluster (processes, QUIC, files on disk).
+//! Needs root and /dev/fuse; `make test` enables the `fuse_tests` feature.
+#![cfg(feature = "fuse_tests")]
+
+use aifs_tests::pattern;
+use aifs_tests::proc::ProcCluster;
+use rand::{RngExt, SeedableRng};
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+const MIB: usize = 1 << 20;
+
+fn assert_same_file(a: &Path, b: &Path) {
+    let x = fs::read(a).unwrap();
+    let y = fs::read(b).unwrap();
+    assert_eq!(x.len(), y.len(), "sizes differ: {} vs {}", a.display(), b.display());
+    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
+        panic!("first difference at byte {i}");
+    }
+}
+
+#[test]
+fn one_gib_striped_checkpoint_round_trips() {
+    let cl = ProcCluster::start(3).unwrap();
+    let m = cl.mount().unwrap();
+    fs::create_dir(m.p("ckpt")).unwrap();
+    cl.mdsctl(&["setstripe", "/ckpt", "--count", "3", "--size", "1M"]).unwrap();
+    let path = m.p("ckpt/model.pt");
+    let seed = 42;
+    let total = 1024 * MIB;
+    {
+        let mut f = File::create(&path).unwrap();
+        let mut buf = vec![0u8; MIB];
+        for i in 0..total / MIB {
+            pattern::fill(seed, (i * MIB) as u64, &mut buf);
+            f.write_all(&buf).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    assert_eq!(fs::metadata(&path).unwrap().len(), total as u64);
+    let stripe = cl.mdsctl(&["getstripe", "/ckpt/model.pt", "--json"]).unwrap();
+    for obj in ["\"index\": 0", "\"index\": 1", "\"index\": 2"] {
+        assert!(stripe.contains(obj), "object missing from getstripe: {stripe}");
+    }
+    // 1024 units over 3 objects: 342, 341 and 341 MiB.
+    assert_eq!(stripe.matches("\"size\": 358612992").count(), 1, "{stripe}");
+    assert_eq!(stripe.matches("\"size\": 357564416").count(), 2, "{stripe}");
+    let mut f = File::open(&path).unwrap();
+    let mut got = vec![0u8; MIB];
+    let mut want = vec![0u8; MIB];
+    for i in 0..total / MIB {
+        f.read_exact(&mut got).unwrap();
+        pattern::fill(seed, (i * MIB) as u64, &mut want);
+        assert!(got == want, "mismatch in MiB {i}");
+    }
+    let mut rest = Vec::new();
+    assert_eq!(f.read_to_end(&mut rest).unwrap(), 0);
+}
+
+#[test]
+fn random_writes_match_a_local_file() {
+    let cl = ProcCluster::start(3).unwrap();
+    let m = cl.mount().unwrap();
+    let local_dir = tempfile::tempdir().unwrap();
+    let lp = local_dir.path().join("ref");
+    let ap = m.p("rand.bin");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for round in 0..3 {
+        let a = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&ap).unwrap();
+        let l = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lp).unwrap();
+        for i in 0..300 {
+            let off = rng.random_range(0..12 * MIB as u64);
+            let len = rng.random_range(1..300_000usize);
+            let data = pattern::bytes(round * 1000 + i, off, len);
+            a.write_all_at(&data, off).unwrap();
+            l.write_all_at(&data, off).unwrap();
+            if i % 25 == 0 {
+                // read your own writes before any flush
+                let roff = rng.random_range(0..12 * MIB as u64);
+                let mut x = vec![0u8; 100_000];
+                let mut y = vec![0u8; 100_000];
+                let nx = a.read_at(&mut x, roff).unwrap();
+                let ny = l.read_at(&mut y, roff).unwrap();
+                assert_eq!(nx, ny);
+                assert!(x[..nx] == y[..ny], "read-after-write differs at {roff}");
+            }
+        }
+        drop(a);
+        drop(l);
+        assert_same_file(&ap, &lp);
+    }
+}
+
+#[test]
+fn sparse_files_and_truncation() {
+    let cl = ProcCluster::start(3).unwrap();
+    let m = cl.mount().unwrap();
+    let local_dir = tempfile::tempdir().unwrap();
+    let lp = local_dir.path().join("ref");
+    let ap = m.p("sparse");
+    let ops: Vec<Box<dyn Fn(&File)>> = vec![
+        Box::new(|f| f.write_all_at(&pattern::bytes(1, 0, 4096), 10 * MIB as u64 + 7).unwrap()),
+        Box::new(|f| f.set_len(5 * MIB as u64 + 123).unwrap()),
+        Box::new(|f| f.write_all_at(&pattern::bytes(2, 0, 3 * MIB), MIB as u64 / 2).unwrap()),
+        Box::new(|f| f.set_len(20 * MIB as u64).unwrap()),
+        Box::new(|f| f.write_all_at(b"tail", 20 * MIB as u64 - 2).unwrap()),
+        Box::new(|f| f.set_len(MIB as u64 + 1).unwrap()),
+        Box::new(|f| f.set_len(9 * MIB as u64).unwrap()),
+        Box::new(|f| f.set_len(0).unwrap()),
+        Box::new(|f| f.write_all_at(b"again", 3 * MIB as u64).unwrap()),
+    ];
+    for (i, op) in ops.iter().enumerate() {
+        let a = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&ap).unwrap();
+        let l = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lp).unwrap();
+        op(&a);
+        op(&l);
+        assert_eq!(a.metadata().unwrap().len(), l.metadata().unwrap().len(), "size after op {i}");
+        drop(a);
+        drop(l);
+        assert_same_file(&ap, &lp);
+    }
+    // the hole before the data reads as zeros
+    let mut f = File::open(&ap).unwrap();
+    let mut b = vec![1u8; 1000];
+    f.seek(SeekFrom::Start(1000)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0));
+    // O_TRUNC on open
+    File::create(&ap).unwrap();
+    assert_eq!(fs::metadata(&ap).unwrap().len(), 0);
+}
+
+fn listing(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                out.insert(format!("{rel}/"));
+                stack.push(e.path());
+            } else {
+                out.insert(format!("{rel} {}", fs::metadata(e.path()).unwrap().len()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn directory_trees_behave_like_a_local_file_system() {
+    let cl = ProcCluster::start(3).unwrap();
+    let m = cl.mount().unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let roots = [m.path.clone(), local.path().to_path_buf()];
+    for r in &roots {
+        for step in 0..4 {
+            fs::create_dir_all(r.join(format!("run/step{step}/shards"))).unwrap();
+            for rank in 0..8 {
+                fs::write(r.join(format!("run/step{step}/shards/rank{rank}.pt")), pattern::bytes(rank, 0, 1000 + rank as usize)).unwrap();
+            }
+        }
+        fs::rename(r.join("run/step0"), r.join("run/old0")).unwrap();
+        fs::rename(r.join("run/step1/shards"), r.join("run/moved_shards")).unwrap();
+        fs::rename(r.join("run/step2/shards/rank0.pt"), r.join("run/latest.pt")).unwrap();
+        fs::rename(r.join("run/step3/shards/rank1.pt"), r.join("run/latest.pt")).unwrap();
+        fs::remove_file(r.join("run/step2/shards/rank2.pt")).unwrap();
+        let e = fs::remove_dir(r.join("run/step2")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+        let e = fs::rename(r.join("run"), r.join("run/old0/inside")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        fs::remove_dir(r.join("run/step1")).unwrap();
+        let e = fs::remove_dir(r.join("run/nope")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        let e = fs::create_dir(r.join("run/old0")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+        // replace an empty directory with a directory
+        fs::create_dir(r.join("run/emptydir")).unwrap();
+        fs::rename(r.join("run/moved_shards"), r.join("run/emptydir")).unwrap();
+        // directory with many entries, listed in batches
+        fs::create_dir(r.join("many")).unwrap();
+        for i in 0..1500 {
+            File::create(r.join(format!("many/f{i:05}"))).unwrap();
+        }
+        for i in (0..1500).step_by(3) {
+            fs::remove_file(r.join(format!("many/f{i:05}"))).unwrap();
+        }
+    }
+    assert_eq!(listing(&roots[0]), listing(&roots[1]));
+    assert_eq!(fs::read_dir(m.p("many")).unwrap().count(), 1000);
+    // link counts of directories
+    let md = fs::metadata(m.p("run")).unwrap();
+    let ld = fs::metadata(local.path().join("run")).unwrap();
+    assert_eq!(md.nlink(), ld.nlink());
+}
+
+fn xattr_get(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let cn = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the stated length.
+    let n = unsafe { libc::getxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn xattr_set(p: &Path, name: &str, v: &[u8], flags: i32) -> Result<(), i32> {
+    let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let cn = CString::new(name).unwrap();
+    // SAFETY: valid C strings and a value buffer of the stated length.
+    let r = unsafe { libc::setxattr(cp.as_ptr(), cn.as_ptr(), v.as_ptr() as *const libc::c_void, v.len(), flags) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    Ok(())
+}
+
+#[test]
+fn symlinks_hard_links_xattrs_and_statfs() {
+    let cl = ProcCluster::start(3).unwrap();
+    let m = cl.mount().unwrap();
+    fs::write(m.p("target"), b"data").unwrap();
+    std::os::unix::fs::symlink("target", m.p("link")).unwrap();
+    assert_eq!(fs::read_link(m.p("link")).unwrap(), Path::new("target"));
+    assert_eq!(fs::read(m.p("link")).unwrap(), b"data");
+    assert!(fs::symlink_metadata(m.p("link")).unwrap().file_type().is_symlink());
+    fs::create_dir(m.p("sub")).unwrap();
+    fs::hard_link(m.p("target"), m.p("sub/hard")).unwrap();
+    assert_eq!(fs::metadata(m.p("target")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(m.p("target")).unwrap().ino(), fs::metadata(m.p("sub/hard")).unwrap().ino());
+    fs::remove_file(m.p("target")).unwrap();
+    assert_eq!(fs::read(m.p("sub/hard")).unwrap(), b"data");
+    assert_eq!(fs::metadata(m.p("sub/hard")).unwrap().nlink(), 1);
+    assert!(fs::read(m.p("link")).is_err(), "dangling symlink");
+
+    let p = m.p("sub/hard");
+    xattr_set(&p, "user.step", b"1000", 0).unwrap();
+    assert_eq!(xattr_get(&p, "user.step").unwrap(), b"1000");
+    assert_eq!(xattr_set(&p, "user.step", b"x", libc::XATTR_CREATE), Err(libc::EEXIST));
+    assert_eq!(xattr_set(&p, "user.none", b"x", libc::XATTR_REPLACE), Err(libc::ENODATA));
+    assert_eq!(xattr_get(&p, "user.none"), Err(libc::ENODATA));
+    let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C string and buffer of the stated length.
+    let n = unsafe { libc::listxattr(cp.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    assert_eq!(&buf[..n as usize], b"user.step\0");
+    let cn = CString::new("user.step").unwrap();
+    // SAFETY: valid C strings.
+    assert_eq!(unsafe { libc::removexattr(cp.as_ptr(), cn.as_ptr()) }, 0);
+    assert_eq!(xattr_get(&p, "user.step"), Err(libc::ENODATA));
+
+    // df through statfs: the OSDs' capacity
+    let cm = CString::new(m.path.as_os_str().as_bytes()).unwrap();
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: valid C string and a pointer to writable statvfs memory.
+    assert_eq!(unsafe { libc::statvfs(cm.as_ptr(), st.as_mut_ptr()) }, 0);
+    // SAFETY: statvfs returned 0 and filled the struct.
+    let st = unsafe { st.assume_init() };
+    assert!(st.f_blocks > 0 && st.f_bavail <= st.f_blocks);
+    assert_eq!(st.f_namemax, 255);
+    let df = std::process::Command::new("df").arg(&m.path).output().unwrap();
+    assert!(df.status.success() && String::from_utf8_lossy(&df.stdout).contains("aifs"));
+    let out = cl.mdsctl(&["df"]).unwrap();
+    assert!(out.contains("total") && out.contains("osd.3"), "{out}");
+    let out = cl.mdsctl(&["status"]).unwrap();
+    assert!(out.contains("3 up / 3 total") && out.contains("sessions: 1"), "{out}");
+    let out = cl.mdsctl(&["osd", "ls", "--json"]).unwrap();
+    assert_eq!(out.matches("\"Up\"").count(), 3, "{out}");
+}
+
+#[test]
+fn unmount_by_signal_and_by_fusermount_is_clean() {
+    let cl = ProcCluster::start(1).unwrap();
+    let mut m = cl.mount().unwrap();
+    fs::write(m.p("a"), b"x").unwrap();
+    m.unmount();
+    assert!(!fs::read_to_string("/proc/self/mounts").unwrap().contains(&*m.path.to_string_lossy()));
+    let m2 = cl.mount().unwrap();
+    assert_eq!(fs::read(m2.p("a")).unwrap(), b"x");
+    drop(m2);
+}
+
+#[test]
+fn ranks_write_disjoint_shard_files_in_parallel() {
+    let cl = ProcCluster::start(3).unwrap();
+    let m = cl.mount().unwrap();
+    fs::create_dir(m.p("step")).unwrap();
+    let mut hs = Vec::new();
+    for rank in 0..8u64 {
+        let p = m.p(&format!("step/rank{rank}.pt"));
+        hs.push(std::thread::spawn(move || {
+            let mut f = File::create(&p).unwrap();
+            for i in 0..16 {
+                f.write_all(&pattern::bytes(rank, (i * MIB) as u64, MIB)).unwrap();
+            }
+            f.sync_all().unwrap();
+        }));
+    }
+    for h in hs {
+        h.join().unwrap();
+    }
+    for rank in 0..8u64 {
+        let got = fs::read(m.p(&format!("step/rank{rank}.pt"))).unwrap();
+        assert!(got == pattern::bytes(rank, 0, 16 * MIB), "rank {rank}");
+    }
+}
