@@ -290,3 +290,12 @@ impl Mount {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+impl ProcCluster {
+    /// Pids of the MDS, the OSDs and a mount's client.
+    pub fn pids_with(&self, m: &Mount) -> Vec<u32> {
+        let mut v: Vec<u32> = self.mds.iter().chain(self.osds.iter().flatten()).map(|c| c.id()).collect();
+        v.extend(m.child.as_ref().map(|c| c.id()));
+        v
+    }
+}

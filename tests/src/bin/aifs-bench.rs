@@ -1,0 +1,260 @@
+//! `aifs-bench`: the numbers behind `make bench`. Starts a real cluster
+//! (processes, QUIC, FUSE) and runs each workload on the aifs mount and on
+//! a plain directory of the local disk, `--runs` times, and prints one table
+//! of medians with the aifs/local ratio. Progress goes to stderr, a line a
+//! second; the table to stdout.
+use aifs_tests::pattern;
+use aifs_tests::proc::ProcCluster;
+use anyhow::{Context, Result};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+
+struct Args {
+    size_mib: usize,
+    files: usize,
+    runs: usize,
+    threads: usize,
+    local: PathBuf,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir() };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().context("missing value");
+        match k.as_str() {
+            "--size-mib" => a.size_mib = v()?.parse()?,
+            "--files" => a.files = v()?.parse()?,
+            "--runs" => a.runs = v()?.parse()?,
+            "--threads" => a.threads = v()?.parse()?,
+            "--local-dir" => a.local = PathBuf::from(v()?),
+            "-h" | "--help" => {
+                println!("aifs-bench [--size-mib 4096] [--files 10000] [--runs 3] [--threads 8] [--local-dir DIR]");
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other}"),
+        }
+    }
+    Ok(a)
+}
+
+fn drop_caches() -> bool {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// CPU seconds (user + system) used so far by these processes.
+fn cpu_secs(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
+        })
+        .sum()
+}
+
+struct Progress {
+    what: String,
+    start: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(what: String) -> Self {
+        let now = Instant::now();
+        Progress { what, start: now, last: now }
+    }
+    fn tick(&mut self, done: u64, total: u64, unit: &str, scale: f64) {
+        if self.last.elapsed() >= Duration::from_secs(1) || done == total {
+            self.last = Instant::now();
+            let rate = done as f64 / scale / self.start.elapsed().as_secs_f64().max(1e-9);
+            eprintln!("  {:<34} {:>5.1}%  {rate:>9.1} {unit}", self.what, done as f64 * 100.0 / total as f64);
+        }
+    }
+}
+
+/// Sequential write in 1 MiB writes, fsync at the end: MB/s.
+fn seq_write(path: &Path, size_mib: usize, label: &str) -> Result<f64> {
+    let mut p = Progress::new(format!("{label}: write {size_mib} MiB"));
+    let mut buf = vec![0u8; MIB];
+    pattern::fill(1, 0, &mut buf);
+    let t = Instant::now();
+    let mut f = File::create(path)?;
+    for i in 0..size_mib {
+        buf[0..8].copy_from_slice(&(i as u64).to_le_bytes());
+        f.write_all(&buf)?;
+        p.tick(i as u64 + 1, size_mib as u64, "MB/s", 1e6 / MIB as f64);
+    }
+    f.sync_all()?;
+    drop(f);
+    Ok((size_mib * MIB) as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
+fn seq_read(path: &Path, size_mib: usize, label: &str) -> Result<f64> {
+    let mut p = Progress::new(format!("{label}: read {size_mib} MiB"));
+    let mut buf = vec![0u8; MIB];
+    let t = Instant::now();
+    let mut f = File::open(path)?;
+    let mut total = 0usize;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+        p.tick((total / MIB) as u64, size_mib as u64, "MB/s", 1e6 / MIB as f64);
+    }
+    anyhow::ensure!(total == size_mib * MIB, "read {total} bytes, wrote {}", size_mib * MIB);
+    Ok(total as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
+/// Run `op(i)` for i in 0..n over `threads` threads: ops/s.
+fn parallel(n: usize, threads: usize, label: String, op: impl Fn(usize) -> std::io::Result<()> + Sync) -> Result<f64> {
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let t = Instant::now();
+    let err: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for k in 0..threads {
+            let (op, done, err) = (&op, &done, &err);
+            s.spawn(move || {
+                let mut i = k;
+                while i < n {
+                    if let Err(e) = op(i) {
+                        if let Ok(mut g) = err.lock() {
+                            g.get_or_insert(e);
+                        }
+                        return;
+                    }
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    i += threads;
+                }
+            });
+        }
+        let mut p = Progress::new(label);
+        loop {
+            let d = done.load(std::sync::atomic::Ordering::Relaxed);
+            p.tick(d as u64, n as u64, "ops/s", 1.0);
+            if d >= n || err.lock().map(|g| g.is_some()).unwrap_or(true) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    if let Some(e) = err.lock().ok().and_then(|mut g| g.take()) {
+        return Err(e.into());
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+#[derive(Default)]
+struct Results {
+    rows: Vec<(String, String, Vec<f64>, Vec<f64>)>,
+}
+
+impl Results {
+    fn add(&mut self, name: &str, unit: &str, local: f64, aifs: f64) {
+        match self.rows.iter_mut().find(|r| r.0 == name) {
+            Some(r) => {
+                r.2.push(local);
+                r.3.push(aifs);
+            }
+            None => self.rows.push((name.to_string(), unit.to_string(), vec![local], vec![aifs])),
+        }
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if s.is_empty() {
+        return 0.0;
+    }
+    s[s.len() / 2]
+}
+
+/// One workload set on one directory: (name, unit, value) rows.
+fn workloads(dir: &Path, a: &Args, label: &str, on_aifs: Option<&[u32]>, cpu: &mut Vec<(String, f64)>) -> Result<Vec<(String, &'static str, f64)>> {
+    let mut out = Vec::new();
+    let file = dir.join("bench.seq");
+    let c0 = on_aifs.map(cpu_secs);
+    out.push((format!("seq write {} GiB, 1 MiB writes + fsync", a.size_mib / 1024), "MB/s", seq_write(&file, a.size_mib, label)?));
+    if let (Some(p), Some(c0)) = (on_aifs, c0) {
+        cpu.push(("write".into(), (cpu_secs(p) - c0) / (a.size_mib as f64 / 1024.0)));
+    }
+    if !drop_caches() {
+        eprintln!("  (cannot drop caches: not root; read figures include the page cache)");
+    }
+    let c0 = on_aifs.map(cpu_secs);
+    out.push((format!("seq read {} GiB after drop_caches", a.size_mib / 1024), "MB/s", seq_read(&file, a.size_mib, label)?));
+    if let (Some(p), Some(c0)) = (on_aifs, c0) {
+        cpu.push(("read".into(), (cpu_secs(p) - c0) / (a.size_mib as f64 / 1024.0)));
+    }
+    fs::remove_file(&file)?;
+    let md = dir.join("bench.meta");
+    fs::create_dir_all(&md)?;
+    let n = a.files;
+    let name = |i: usize| md.join(format!("rank{i:06}.pt"));
+    let th = a.threads;
+    out.push((format!("create {n} files, {th} threads"), "ops/s", parallel(n, th, format!("{label}: create"), |i| File::create(name(i)).map(|_| ()))?));
+    out.push((format!("stat {n} files, {th} threads"), "ops/s", parallel(n, th, format!("{label}: stat"), |i| fs::metadata(name(i)).map(|_| ()))?));
+    out.push((format!("unlink {n} files, {th} threads"), "ops/s", parallel(n, th, format!("{label}: unlink"), |i| fs::remove_file(name(i)))?));
+    let n1 = n / 5;
+    out.push((format!("create {n1} files, 1 thread"), "ops/s", parallel(n1, 1, format!("{label}: create 1 thread"), |i| File::create(name(i)).map(|_| ()))?));
+    for i in 0..n1 {
+        fs::remove_file(name(i))?;
+    }
+    fs::remove_dir(&md)?;
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    let a = parse_args()?;
+    let cluster = ProcCluster::start(3).context("starting a 3-OSD cluster")?;
+    let mount = cluster.mount()?;
+    let pids = cluster.pids_with(&mount);
+    let local = tempfile::Builder::new().prefix("aifs-bench-local-").tempdir_in(&a.local)?;
+    eprintln!(
+        "aifs-bench: {} run(s); aifs at {} (3 OSDs, stripe 1 MiB x 3), local disk at {}",
+        a.runs,
+        mount.path.display(),
+        local.path().display()
+    );
+    let mut res = Results::default();
+    let mut cpu: Vec<(String, f64)> = Vec::new();
+    for r in 1..=a.runs {
+        eprintln!("run {r}/{}", a.runs);
+        let l = workloads(local.path(), &a, "local", None, &mut Vec::new())?;
+        let f = workloads(&mount.path, &a, "aifs", Some(&pids), &mut cpu)?;
+        for ((name, unit, lv), (_, _, av)) in l.into_iter().zip(f) {
+            res.add(&name, unit, lv, av);
+        }
+    }
+    println!();
+    println!("| workload | unit | local disk | aifs | aifs/local |");
+    println!("|---|---|---:|---:|---:|");
+    for (name, unit, l, f) in &res.rows {
+        let (ml, mf) = (median(l), median(f));
+        println!("| {name} | {unit} | {ml:.0} | {mf:.0} | {:.2} |", if ml > 0.0 { mf / ml } else { 0.0 });
+    }
+    let cw: Vec<f64> = cpu.iter().filter(|c| c.0 == "write").map(|c| c.1).collect();
+    let cr: Vec<f64> = cpu.iter().filter(|c| c.0 == "read").map(|c| c.1).collect();
+    println!();
+    println!(
+        "median of {} runs each. CPU of all aifs processes (MDS, 3 OSDs, client): {:.2} s per GiB written, {:.2} s per GiB read.",
+        a.runs,
+        median(&cw),
+        median(&cr)
+    );
+    drop(mount);
+    drop(cluster);
+    Ok(())
+}
