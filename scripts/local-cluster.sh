@@ -56,7 +56,7 @@ mount_client() {
   mkdir -p "$dir"
   if [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then echo "error: $dir is not empty" >&2; return 1; fi
   name="$(echo "$dir" | tr '/' '_')"
-  "$BIN/aifs-mount" --config "$STATE/client.toml" --name "$(hostname)$dir" "$dir" >"$LOGS/client$name.log" 2>&1 &
+  setsid "$BIN/aifs-mount" --config "$STATE/client.toml" --name "$(hostname)$dir" "$dir" >"$LOGS/client$name.log" 2>&1 &
   echo $! > "$RUN/client$name.pid"
   echo "$dir" > "$RUN/client$name.mnt"
   for _ in $(seq 1 100); do
@@ -99,10 +99,12 @@ start() {
     echo "a local cluster is already running (state in $STATE); \`make stop\` first" >&2
     exit 1
   fi
-  "$BIN/aifs-mds" --config "$STATE/mds.toml" >"$LOGS/mds.log" 2>&1 &
+  # Own sessions: Ctrl-C reaches this script, which stops things in order
+  # (unmount first), rather than every process at once.
+  setsid "$BIN/aifs-mds" --config "$STATE/mds.toml" >"$LOGS/mds.log" 2>&1 &
   echo $! > "$RUN/mds.pid"
   for i in $(seq 1 "$OSDS"); do
-    "$BIN/aifs-osd" --config "$STATE/osd$i.toml" >"$LOGS/osd$i.log" 2>&1 &
+    setsid "$BIN/aifs-osd" --config "$STATE/osd$i.toml" >"$LOGS/osd$i.log" 2>&1 &
     echo $! > "$RUN/osd$i.pid"
   done
   if ! wait_osds "$OSDS"; then stop_all; exit 1; fi

@@ -104,7 +104,12 @@ impl ClientFs {
             }
         }
         let id = self.session.load(Ordering::Relaxed);
-        let _ = self.pool.mds(&MdsReq::CloseSession { id }).await;
+        // An MDS that is gone must not hold up the unmount.
+        let req = MdsReq::CloseSession { id };
+        let close = self.pool.mds(&req);
+        if tokio::time::timeout(Duration::from_secs(2), close).await.is_err() {
+            tracing::warn!("MDS did not answer the session close; its session will expire");
+        }
         self.pool.mds.close();
     }
 

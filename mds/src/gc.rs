@@ -20,6 +20,9 @@ use std::time::Duration;
 const GC_BATCH: usize = 256;
 /// Jobs applied at once.
 const GC_PARALLEL: usize = 16;
+/// After a wake-up, wait this long so one pass (and one commit to clear
+/// the queue) covers a burst of unlinks instead of one each.
+const GC_DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// Connections from the MDS to OSDs, made on first use.
 pub struct OsdClients {
@@ -165,7 +168,7 @@ impl Gc {
             let n = self.pass().await;
             if n == 0 {
                 tokio::select! {
-                    _ = self.wake.notified() => {}
+                    _ = self.wake.notified() => tokio::time::sleep(GC_DEBOUNCE).await,
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 }
             }

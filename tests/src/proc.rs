@@ -299,3 +299,29 @@ impl ProcCluster {
         v
     }
 }
+
+impl Mount {
+    /// SIGTERM the client (as an init system would) and wait for it to
+    /// unmount and exit; true if it exited by itself within `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut c) = self.child.take() else { return true };
+        // SAFETY: kill(2) on a pid we spawned and have not yet reaped.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        is_mounted(&self.path)
+    }
+}

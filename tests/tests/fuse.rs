@@ -281,13 +281,23 @@ fn symlinks_hard_links_xattrs_and_statfs() {
 #[test]
 fn unmount_by_signal_and_by_fusermount_is_clean() {
     let cl = ProcCluster::start(1).unwrap();
+    // fusermount3 -u: the client flushes, closes its session and exits
     let mut m = cl.mount().unwrap();
     fs::write(m.p("a"), b"x").unwrap();
     m.unmount();
-    assert!(!fs::read_to_string("/proc/self/mounts").unwrap().contains(&*m.path.to_string_lossy()));
-    let m2 = cl.mount().unwrap();
+    assert!(!m.is_mounted());
+    // SIGTERM with a file still open and unflushed: data lands, mount goes
+    let mut m2 = cl.mount().unwrap();
     assert_eq!(fs::read(m2.p("a")).unwrap(), b"x");
-    drop(m2);
+    let mut f = File::create(m2.p("b")).unwrap();
+    f.write_all(b"written before SIGTERM").unwrap();
+    drop(f);
+    assert!(m2.terminate(std::time::Duration::from_secs(10)), "client did not exit on SIGTERM");
+    assert!(!m2.is_mounted(), "mount left behind after SIGTERM");
+    let m3 = cl.mount().unwrap();
+    assert_eq!(fs::read(m3.p("b")).unwrap(), b"written before SIGTERM");
+    let out = cl.mdsctl(&["session", "ls"]).unwrap();
+    assert_eq!(out.lines().count(), 2, "closed sessions must go away: {out}");
 }
 
 #[test]

@@ -75,8 +75,17 @@ pub async fn read_payload(recv: &mut quinn::RecvStream, len: u64) -> Result<Byte
     if len == 0 {
         return Ok(Bytes::new());
     }
-    let mut buf = BytesMut::zeroed(len as usize);
-    recv.read_exact(&mut buf).await.map_err(|e| Error::Protocol(format!("truncated payload: {e}")))?;
+    // Append into spare capacity: no zero-fill of a buffer about to be
+    // overwritten, one copy out of quinn's reassembly buffers.
+    let mut buf = BytesMut::with_capacity(len as usize);
+    while (buf.len() as u64) < len {
+        let want = len as usize - buf.len();
+        match recv.read_chunk(want, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(Error::Protocol(format!("truncated payload: {} of {len} bytes", buf.len()))),
+            Err(e) => return Err(Error::Protocol(format!("truncated payload: {e}"))),
+        }
+    }
     Ok(buf.freeze())
 }
 

@@ -117,14 +117,16 @@ fn seq_read(path: &Path, size_mib: usize, label: &str) -> Result<f64> {
     Ok(total as f64 / 1e6 / t.elapsed().as_secs_f64())
 }
 
-/// Run `op(i)` for i in 0..n over `threads` threads: ops/s.
+/// Run `op(i)` for i in 0..n over `threads` threads: ops/s, timed from
+/// the start to the last thread's finish.
 fn parallel(n: usize, threads: usize, label: String, op: impl Fn(usize) -> std::io::Result<()> + Sync) -> Result<f64> {
     let done = std::sync::atomic::AtomicUsize::new(0);
     let t = Instant::now();
     let err: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex::new(None);
+    let end: std::sync::Mutex<Duration> = std::sync::Mutex::new(Duration::ZERO);
     std::thread::scope(|s| {
         for k in 0..threads {
-            let (op, done, err) = (&op, &done, &err);
+            let (op, done, err, end) = (&op, &done, &err, &end);
             s.spawn(move || {
                 let mut i = k;
                 while i < n {
@@ -137,6 +139,9 @@ fn parallel(n: usize, threads: usize, label: String, op: impl Fn(usize) -> std::
                     done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     i += threads;
                 }
+                if let Ok(mut e) = end.lock() {
+                    *e = (*e).max(t.elapsed());
+                }
             });
         }
         let mut p = Progress::new(label);
@@ -146,13 +151,14 @@ fn parallel(n: usize, threads: usize, label: String, op: impl Fn(usize) -> std::
             if d >= n || err.lock().map(|g| g.is_some()).unwrap_or(true) {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(20));
         }
     });
     if let Some(e) = err.lock().ok().and_then(|mut g| g.take()) {
         return Err(e.into());
     }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    let secs = end.lock().map(|e| e.as_secs_f64()).unwrap_or(0.0).max(1e-9);
+    Ok(n as f64 / secs)
 }
 
 #[derive(Default)]
@@ -207,6 +213,17 @@ fn workloads(dir: &Path, a: &Args, label: &str, on_aifs: Option<&[u32]>, cpu: &m
     out.push((format!("create {n} files, {th} threads"), "ops/s", parallel(n, th, format!("{label}: create"), |i| File::create(name(i)).map(|_| ()))?));
     out.push((format!("stat {n} files, {th} threads"), "ops/s", parallel(n, th, format!("{label}: stat"), |i| fs::metadata(name(i)).map(|_| ()))?));
     out.push((format!("unlink {n} files, {th} threads"), "ops/s", parallel(n, th, format!("{label}: unlink"), |i| fs::remove_file(name(i)))?));
+    // The same creates spread over one directory per thread: the kernel
+    // serialises creates within a directory, not across directories.
+    for k in 0..th {
+        fs::create_dir_all(md.join(format!("d{k}")))?;
+    }
+    let named = |i: usize| md.join(format!("d{}/rank{i:06}.pt", i % th));
+    out.push((format!("create {n} files, {th} threads, {th} dirs"), "ops/s", parallel(n, th, format!("{label}: create, dir per thread"), |i| File::create(named(i)).map(|_| ()))?));
+    out.push((format!("unlink {n} files, {th} threads, {th} dirs"), "ops/s", parallel(n, th, format!("{label}: unlink, dir per thread"), |i| fs::remove_file(named(i)))?));
+    for k in 0..th {
+        fs::remove_dir(md.join(format!("d{k}")))?;
+    }
     let n1 = n / 5;
     out.push((format!("create {n1} files, 1 thread"), "ops/s", parallel(n1, 1, format!("{label}: create 1 thread"), |i| File::create(name(i)).map(|_| ()))?));
     for i in 0..n1 {
