@@ -365,6 +365,30 @@ async fn malformed_frames_get_errors_and_the_server_serves_on() {
     }
     let c = cl.mds_client(Role::Client).unwrap();
     assert!(matches!(mds_call(&c, MdsReq::Statfs).await, Ok(MdsResp::Statfs(_))));
+
+    // The OSD: a write header announcing more payload than any stripe unit,
+    // and one whose payload is cut short. Both get errors; reads go on.
+    let osd = cl.osds[0].addr;
+    let obj = ObjectId { ino: 5, index: 0 };
+    let huge = OsdReq::Write { obj, off: 0, len: u32::MAX, crcs: vec![] };
+    let short = OsdReq::Write { obj, off: 0, len: 1000, crcs: block_crcs(0, &[0u8; 1000]) };
+    for req in [huge, short] {
+        let h = aifs_common::proto::Message::encode(&req).unwrap();
+        let mut frame = (h.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&h);
+        frame.extend_from_slice(&[0u8; 10]);
+        let conn = ep.connect(osd, "osd.aifs").unwrap().await.unwrap();
+        let (mut s, mut r) = conn.open_bi().await.unwrap();
+        s.write_all(&frame).await.unwrap();
+        s.finish().unwrap();
+        let reply = r.read_to_end(1 << 20).await.unwrap();
+        let mut a = rkyv::util::AlignedVec::<16>::new();
+        a.extend_from_slice(&reply[4..]);
+        let resp: OsdResp = aifs_common::proto::Message::decode(&a).unwrap();
+        assert!(matches!(resp, OsdResp::Err(ref e) if e.code == 302), "{req:?}: {resp:?}");
+    }
+    let oc = RpcClient::new(ep.clone(), osd, Role::Osd);
+    assert!(matches!(oc.call::<_, OsdResp>(&OsdReq::Usage, &[]).await.unwrap().0, OsdResp::Usage { .. }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
