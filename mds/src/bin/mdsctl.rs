@@ -3,7 +3,7 @@
 //! `make run` started.
 use aifs_common::certs::{self, Role};
 use aifs_common::config::{local_state_dir, to_toml, TlsConfig, TransportConfig};
-use aifs_common::proto::mds::{MdsReq, MdsResp, OsdInfo, OsdState};
+use aifs_common::proto::mds::{MdsReq, MdsResp, OsdInfo, OsdState, SessionInfo, ShardInfo};
 use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
 use aifs_common::{LayoutPolicy, ObjectId};
@@ -197,6 +197,22 @@ fn osd_rows(osds: &[OsdInfo]) -> Vec<Vec<String>> {
         .collect()
 }
 
+fn shard_table(shards: &[ShardInfo]) -> String {
+    let rows: Vec<Vec<String>> = shards
+        .iter()
+        .map(|x| vec![x.id.to_string(), x.inodes.to_string(), x.dentries.to_string(), x.commits.to_string(), x.pending_gc.to_string()])
+        .collect();
+    table(&["SHARD", "INODES", "ENTRIES", "COMMITS", "GC PENDING"], &rows)
+}
+
+fn session_table(sessions: &[SessionInfo]) -> String {
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|x| vec![x.id.to_string(), x.name.clone(), x.addr.clone(), format!("{:.1}s", x.last_seen_ms as f64 / 1000.0)])
+        .collect();
+    table(&["SESSION", "NAME", "ADDRESS", "LAST HEARD"], &rows)
+}
+
 const OSD_HEADER: [&str; 8] = ["OSD", "STATE", "ADDRESS", "SIZE", "USED", "USE%", "OBJECTS", "LAST HEARD"];
 
 async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
@@ -231,21 +247,11 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 human(s.statfs.avail_bytes),
                 s.statfs.files
             );
-            let rows: Vec<Vec<String>> = s
-                .shards
-                .iter()
-                .map(|x| vec![x.id.to_string(), x.inodes.to_string(), x.dentries.to_string(), x.commits.to_string(), x.pending_gc.to_string()])
-                .collect();
-            print!("{}", table(&["SHARD", "INODES", "ENTRIES", "COMMITS", "GC PENDING"], &rows));
+            print!("{}", shard_table(&s.shards));
             println!();
             print!("{}", table(&OSD_HEADER, &osd_rows(&s.osds)));
             println!();
-            let rows: Vec<Vec<String>> = s
-                .sessions
-                .iter()
-                .map(|x| vec![x.id.to_string(), x.name.clone(), x.addr.clone(), format!("{:.1}s", x.last_seen_ms as f64 / 1000.0)])
-                .collect();
-            print!("{}", table(&["SESSION", "NAME", "ADDRESS", "LAST HEARD"], &rows));
+            print!("{}", session_table(&s.sessions));
         }
         Cmd::Osd { cmd: OsdCmd::Ls } => {
             let s = status().await?;
@@ -260,12 +266,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&s.shards)?);
             } else {
-                let rows: Vec<Vec<String>> = s
-                    .shards
-                    .iter()
-                    .map(|x| vec![x.id.to_string(), x.inodes.to_string(), x.dentries.to_string(), x.commits.to_string(), x.pending_gc.to_string()])
-                    .collect();
-                print!("{}", table(&["SHARD", "INODES", "ENTRIES", "COMMITS", "GC PENDING"], &rows));
+                print!("{}", shard_table(&s.shards));
             }
         }
         Cmd::Session { cmd: SessionCmd::Ls } => {
@@ -273,12 +274,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&s.sessions)?);
             } else {
-                let rows: Vec<Vec<String>> = s
-                    .sessions
-                    .iter()
-                    .map(|x| vec![x.id.to_string(), x.name.clone(), x.addr.clone(), format!("{:.1}s", x.last_seen_ms as f64 / 1000.0)])
-                    .collect();
-                print!("{}", table(&["SESSION", "NAME", "ADDRESS", "LAST HEARD"], &rows));
+                print!("{}", session_table(&s.sessions));
             }
         }
         Cmd::Df => {
