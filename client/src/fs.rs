@@ -12,7 +12,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Entries fetched per readdir call to the MDS.
@@ -32,6 +32,12 @@ pub struct ClientFs {
     session: AtomicU64,
     pub attr_ttl: Duration,
     name: String,
+    /// Directory attributes the MDS sent, kept for the same fixed TTL the
+    /// kernel is given. The kernel drops a directory's attributes after
+    /// every change in it and asks again before the next permission check;
+    /// the MDS's reply to the change already carried them. File attributes
+    /// are not kept: size and link count come fresh from the MDS.
+    attrs: DashMap<u64, (Attr, Instant)>,
 }
 
 fn unexpected(what: &str) -> Error {
@@ -62,6 +68,7 @@ impl ClientFs {
             session: AtomicU64::new(0),
             attr_ttl: Duration::from_millis(cfg.attr_ttl_ms),
             name: cfg.name.clone(),
+            attrs: DashMap::new(),
         });
         let hb = fs.open_session().await?;
         fs.pool.refresh_osds().await?;
@@ -115,9 +122,32 @@ impl ClientFs {
 
     async fn attr_req(&self, req: MdsReq, what: &str) -> Result<Attr> {
         match self.pool.mds(&req).await? {
-            MdsResp::Attr(a) => Ok(self.overlay(a)),
+            MdsResp::Attr(a) | MdsResp::Changed { attr: Some(a), .. } if a.ino == 0 => Err(unexpected(what)),
+            MdsResp::Attr(a) => Ok(self.overlay(self.remember(a))),
+            MdsResp::Changed { attr: Some(a), dirs } => {
+                for d in dirs {
+                    self.remember(d);
+                }
+                Ok(self.overlay(self.remember(a)))
+            }
             _ => Err(unexpected(what)),
         }
+    }
+
+    fn remember(&self, a: Attr) -> Attr {
+        if a.kind == FileKind::Dir && !self.attr_ttl.is_zero() {
+            // Bound the cache: entries older than the TTL are useless.
+            if self.attrs.len() > 100_000 {
+                let ttl = self.attr_ttl;
+                self.attrs.retain(|_, (_, t)| t.elapsed() < ttl);
+            }
+            self.attrs.insert(a.ino, (a.clone(), Instant::now()));
+        }
+        a
+    }
+
+    fn forget(&self, ino: u64) {
+        self.attrs.remove(&ino);
     }
 
     /// Attributes as this client sees them: a size it wrote but has not
@@ -135,7 +165,18 @@ impl ClientFs {
         self.attr_req(MdsReq::Lookup { parent, name: name.to_string() }, "Lookup").await
     }
 
+    /// Attributes, from the cache while they are younger than the TTL.
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+        if let Some(e) = self.attrs.get(&ino) {
+            if e.1.elapsed() < self.attr_ttl {
+                return Ok(self.overlay(e.0.clone()));
+            }
+        }
+        self.fresh_attr(ino).await
+    }
+
+    /// Attributes straight from the MDS (open: close-to-open consistency).
+    async fn fresh_attr(&self, ino: u64) -> Result<Attr> {
         self.attr_req(MdsReq::GetAttr { ino }, "GetAttr").await
     }
 
@@ -146,9 +187,13 @@ impl ClientFs {
             self.flush_file(f).await?;
         }
         let size = set.size;
-        let a = match self.pool.mds(&MdsReq::SetAttr { ino, set }).await? {
-            MdsResp::Attr(a) => a,
-            _ => return Err(unexpected("SetAttr")),
+        let a = match self.pool.mds(&MdsReq::SetAttr { ino, set }).await {
+            Ok(MdsResp::Attr(a)) => self.remember(a),
+            Ok(_) => return Err(unexpected("SetAttr")),
+            Err(e) => {
+                self.forget(ino);
+                return Err(e);
+            }
         };
         if let (Some(f), Some(s)) = (&file, size) {
             f.set_size(s, true);
@@ -173,7 +218,7 @@ impl ClientFs {
     }
 
     pub async fn open(&self, ino: u64) -> Result<(u64, Attr)> {
-        let a = self.getattr(ino).await?;
+        let a = self.fresh_attr(ino).await?;
         match a.kind {
             FileKind::File => {}
             FileKind::Dir => return Err(Error::IsDir),
@@ -217,6 +262,12 @@ impl ClientFs {
     async fn done(&self, req: MdsReq) -> Result<()> {
         match self.pool.mds(&req).await? {
             MdsResp::Done => Ok(()),
+            MdsResp::Changed { dirs, .. } => {
+                for d in dirs {
+                    self.remember(d);
+                }
+                Ok(())
+            }
             _ => Err(Error::Protocol("unexpected MDS reply".into())),
         }
     }

@@ -5,7 +5,7 @@ use crate::namespace::Namespace;
 use crate::records::OsdRec;
 use crate::store::{IoResult, OSDS};
 use aifs_common::certs::Role;
-use aifs_common::proto::mds::{ClusterStatus, MdsReq, MdsResp, ShardInfo, Statfs};
+use aifs_common::proto::mds::{Attr, ClusterStatus, MdsReq, MdsResp, ShardInfo, Statfs};
 use aifs_common::rpc::{Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -29,6 +29,21 @@ const NS: &[Role] = &[Role::Client, Role::Admin];
 const ADMIN: &[Role] = &[Role::Admin];
 
 impl MdsService {
+    /// The reply to a namespace change: the new inode and the directories'
+    /// attributes as committed.
+    async fn changed(&self, attr: Option<Attr>, dirs: &[u64]) -> MdsResp {
+        let mut out = Vec::with_capacity(dirs.len());
+        for (i, d) in dirs.iter().enumerate() {
+            if dirs[..i].contains(d) {
+                continue;
+            }
+            if let Ok(a) = self.ns.getattr(*d).await {
+                out.push(a);
+            }
+        }
+        MdsResp::Changed { attr, dirs: out }
+    }
+
     pub async fn statfs(&self) -> Statfs {
         let osds = self.ns.cluster.osd_infos();
         let total: u64 = osds.iter().map(|o| o.capacity).sum();
@@ -61,28 +76,30 @@ impl MdsService {
             }
             MdsReq::Create { parent, name, mode, uid, gid, exclusive } => {
                 need(peer, NS)?;
-                MdsResp::Attr(ns.create(parent, &name, mode, uid, gid, exclusive).await?.attr)
+                let a = ns.create(parent, &name, mode, uid, gid, exclusive).await?.attr;
+                self.changed(Some(a), &[parent]).await
             }
             MdsReq::Mkdir { parent, name, mode, uid, gid } => {
                 need(peer, NS)?;
-                MdsResp::Attr(ns.mkdir(parent, &name, mode, uid, gid).await?)
+                let a = ns.mkdir(parent, &name, mode, uid, gid).await?;
+                self.changed(Some(a), &[parent]).await
             }
             MdsReq::Unlink { parent, name } => {
                 need(peer, NS)?;
                 ns.unlink(parent, &name).await?;
                 self.gc.wake.notify_one();
-                MdsResp::Done
+                self.changed(None, &[parent]).await
             }
             MdsReq::Rmdir { parent, name } => {
                 need(peer, NS)?;
                 ns.rmdir(parent, &name).await?;
-                MdsResp::Done
+                self.changed(None, &[parent]).await
             }
             MdsReq::Rename { parent, name, newparent, newname, flags } => {
                 need(peer, NS)?;
                 ns.rename(parent, &name, newparent, &newname, flags).await?;
                 self.gc.wake.notify_one();
-                MdsResp::Done
+                self.changed(None, &[parent, newparent]).await
             }
             MdsReq::Readdir { ino, cookie, max } => {
                 need(peer, NS)?;
@@ -91,7 +108,8 @@ impl MdsService {
             }
             MdsReq::Symlink { parent, name, target, uid, gid } => {
                 need(peer, NS)?;
-                MdsResp::Attr(ns.symlink(parent, &name, &target, uid, gid).await?)
+                let a = ns.symlink(parent, &name, &target, uid, gid).await?;
+                self.changed(Some(a), &[parent]).await
             }
             MdsReq::Readlink { ino } => {
                 need(peer, NS)?;
@@ -99,7 +117,8 @@ impl MdsService {
             }
             MdsReq::Link { ino, newparent, newname } => {
                 need(peer, NS)?;
-                MdsResp::Attr(ns.link(ino, newparent, &newname).await?)
+                let a = ns.link(ino, newparent, &newname).await?;
+                self.changed(Some(a), &[newparent]).await
             }
             MdsReq::Statfs => {
                 need(peer, NS)?;

@@ -15,7 +15,7 @@ const ROOT: u64 = InodeId::ROOT.0;
 
 async fn attr(c: &RpcClient, req: MdsReq) -> Result<Attr, Error> {
     match mds_call(c, req).await? {
-        MdsResp::Attr(a) => Ok(a),
+        MdsResp::Attr(a) | MdsResp::Changed { attr: Some(a), .. } => Ok(a),
         other => panic!("expected Attr, got {other:?}"),
     }
 }
@@ -52,8 +52,17 @@ async fn namespace_operations_and_their_errors() {
     let cl = TestCluster::start(3, 4).await.unwrap();
     let c = cl.mds_client(Role::Client).unwrap();
 
-    // create, lookup, getattr
-    let f = attr(&c, create(ROOT, "f")).await.unwrap();
+    // create, lookup, getattr; a change carries the directory's new attributes
+    let before = attr(&c, MdsReq::GetAttr { ino: ROOT }).await.unwrap();
+    let f = match mds_call(&c, create(ROOT, "f")).await.unwrap() {
+        MdsResp::Changed { attr: Some(a), dirs } => {
+            assert_eq!(dirs.len(), 1);
+            assert_eq!(dirs[0].ino, ROOT);
+            assert!(dirs[0].mtime_ns >= before.mtime_ns && dirs[0].mtime_ns > 0);
+            a
+        }
+        other => panic!("{other:?}"),
+    };
     assert_eq!(f.kind, FileKind::File);
     let l = f.layout.clone().unwrap();
     assert_eq!((l.stripe_count, l.replicas, l.osds.len()), (3, 1, 3));

@@ -173,5 +173,9 @@ pub enum MdsResp {
     Session { id: u64, heartbeat_ms: u64 },
     Status(ClusterStatus),
     Stripe { policy: Option<LayoutPolicy>, attr: Attr },
+    /// A namespace change: the new inode (if one was made or linked) and
+    /// the changed directories' attributes after it, so a client need not
+    /// ask for them again within its attribute TTL.
+    Changed { attr: Option<Attr>, dirs: Vec<Attr> },
 }
 message!(MdsResp);

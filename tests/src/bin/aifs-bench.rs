@@ -192,7 +192,7 @@ fn workloads(dir: &Path, a: &Args, label: &str, on_aifs: Option<&[u32]>, cpu: &m
     let mut out = Vec::new();
     let file = dir.join("bench.seq");
     let c0 = on_aifs.map(cpu_secs);
-    out.push((format!("seq write {} GiB, 1 MiB writes + fsync", a.size_mib / 1024), "MB/s", seq_write(&file, a.size_mib, label)?));
+    out.push((format!("seq write {}, 1 MiB writes + fsync", size_label(a.size_mib)), "MB/s", seq_write(&file, a.size_mib, label)?));
     if let (Some(p), Some(c0)) = (on_aifs, c0) {
         cpu.push(("write".into(), (cpu_secs(p) - c0) / (a.size_mib as f64 / 1024.0)));
     }
@@ -200,7 +200,7 @@ fn workloads(dir: &Path, a: &Args, label: &str, on_aifs: Option<&[u32]>, cpu: &m
         eprintln!("  (cannot drop caches: not root; read figures include the page cache)");
     }
     let c0 = on_aifs.map(cpu_secs);
-    out.push((format!("seq read {} GiB after drop_caches", a.size_mib / 1024), "MB/s", seq_read(&file, a.size_mib, label)?));
+    out.push((format!("seq read {} after drop_caches", size_label(a.size_mib)), "MB/s", seq_read(&file, a.size_mib, label)?));
     if let (Some(p), Some(c0)) = (on_aifs, c0) {
         cpu.push(("read".into(), (cpu_secs(p) - c0) / (a.size_mib as f64 / 1024.0)));
     }
@@ -233,6 +233,64 @@ fn workloads(dir: &Path, a: &Args, label: &str, on_aifs: Option<&[u32]>, cpu: &m
     Ok(out)
 }
 
+/// Median latency in microseconds of `n` calls of `f`.
+fn latency_us(n: usize, mut f: impl FnMut(usize)) -> f64 {
+    let mut v: Vec<f64> = (0..n)
+        .map(|i| {
+            let t = Instant::now();
+            f(i);
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+/// Where a metadata operation's time goes: the MDS round trip over QUIC
+/// alone, against the same operation through the FUSE mount.
+fn latencies(cluster: &ProcCluster, mount: &Path, run: usize) -> Result<Vec<(String, f64, f64)>> {
+    use aifs_common::certs::Role;
+    use aifs_common::config::TransportConfig;
+    use aifs_common::proto::mds::{MdsReq, MdsResp};
+    use aifs_common::rpc::{self, Identity, RpcClient};
+    let n = 500;
+    let dir = mount.join(format!("lat{run}"));
+    fs::create_dir(&dir)?;
+    let ino = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&dir)?.ino()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let id = Identity::load(&aifs_tests::tls(cluster.dir.path(), Role::Client))?;
+    let ep = {
+        let _g = rt.enter();
+        rpc::client_endpoint(&id, &TransportConfig::default())?
+    };
+    let c = RpcClient::new(ep, cluster.mds_addr, Role::Mds);
+    let lookup_rpc = latency_us(n, |i| {
+        let _ = rt.block_on(c.call::<_, MdsResp>(&MdsReq::Lookup { parent: ino, name: format!("neg{i}") }, &[]));
+    });
+    let create_rpc = latency_us(n, |i| {
+        let req = MdsReq::Create { parent: ino, name: format!("rpc{i}"), mode: 0o644, uid: 0, gid: 0, exclusive: true };
+        let _ = rt.block_on(c.call::<_, MdsResp>(&req, &[]));
+    });
+    let lookup_fuse = latency_us(n, |i| {
+        let _ = fs::metadata(dir.join(format!("fneg{i}")));
+    });
+    let create_fuse = latency_us(n, |i| {
+        let _ = File::create(dir.join(format!("fuse{i}")));
+    });
+    for i in 0..n {
+        let _ = fs::remove_file(dir.join(format!("rpc{i}")));
+        let _ = fs::remove_file(dir.join(format!("fuse{i}")));
+    }
+    fs::remove_dir(&dir)?;
+    Ok(vec![
+        ("lookup of a missing name".into(), lookup_rpc, lookup_fuse),
+        ("create (durable before the reply)".into(), create_rpc, create_fuse),
+    ])
+}
+
 fn main() -> Result<()> {
     let a = parse_args()?;
     let cluster = ProcCluster::start(3).context("starting a 3-OSD cluster")?;
@@ -247,8 +305,18 @@ fn main() -> Result<()> {
     );
     let mut res = Results::default();
     let mut cpu: Vec<(String, f64)> = Vec::new();
+    let mut lat: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
     for r in 1..=a.runs {
         eprintln!("run {r}/{}", a.runs);
+        for (name, rpc, fuse) in latencies(&cluster, &mount.path, r)? {
+            match lat.iter_mut().find(|l| l.0 == name) {
+                Some(l) => {
+                    l.1.push(rpc);
+                    l.2.push(fuse);
+                }
+                None => lat.push((name, vec![rpc], vec![fuse])),
+            }
+        }
         let l = workloads(local.path(), &a, "local", None, &mut Vec::new())?;
         let f = workloads(&mount.path, &a, "aifs", Some(&pids), &mut cpu)?;
         for ((name, unit, lv), (_, _, av)) in l.into_iter().zip(f) {
@@ -271,7 +339,22 @@ fn main() -> Result<()> {
         median(&cw),
         median(&cr)
     );
+    println!();
+    println!("| metadata latency (median, µs) | MDS over QUIC | through FUSE | FUSE/QUIC |");
+    println!("|---|---:|---:|---:|");
+    for (name, rpc, fuse) in &lat {
+        let (r, f) = (median(rpc), median(fuse));
+        println!("| {name} | {r:.0} | {f:.0} | {:.2} |", if r > 0.0 { f / r } else { 0.0 });
+    }
     drop(mount);
     drop(cluster);
     Ok(())
+}
+
+fn size_label(mib: usize) -> String {
+    if mib >= 1024 && mib % 1024 == 0 {
+        format!("{} GiB", mib / 1024)
+    } else {
+        format!("{mib} MiB")
+    }
 }
