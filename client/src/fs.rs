@@ -15,6 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+/// How often the background flusher looks for stale partial units.
+const FLUSH_TICK: Duration = Duration::from_secs(1);
+/// A partial stripe unit untouched this long is shipped (as the kernel's
+/// dirty_expire does for page cache).
+const STALE_UNIT: Duration = Duration::from_secs(5);
+
 /// Entries fetched per readdir call to the MDS.
 const READDIR_BATCH: u32 = 512;
 
@@ -58,6 +64,7 @@ impl ClientFs {
             write_window: cfg.write_window,
             max_buffered_units: cfg.max_buffered_units,
             readahead_units: cfg.readahead_units,
+            pressure: tokio::sync::Notify::new(),
         });
         let fs = Arc::new(ClientFs {
             pool,
@@ -71,6 +78,25 @@ impl ClientFs {
             attrs: DashMap::new(),
         });
         let hb = fs.open_session().await?;
+        let weak = Arc::downgrade(&fs);
+        tokio::spawn(async move {
+            // Background flusher: partial units do not sit in memory forever,
+            // and all of them go when a writer runs out of budget.
+            loop {
+                let Some(ctx) = weak.upgrade().map(|fs| fs.ctx.clone()) else { return };
+                let older_than = tokio::select! {
+                    _ = tokio::time::sleep(FLUSH_TICK) => Some(STALE_UNIT),
+                    _ = ctx.pressure.notified() => None,
+                };
+                let Some(fs) = weak.upgrade() else { return };
+                let files: Vec<Arc<FileState>> = fs.files.iter().map(|f| f.value().clone()).collect();
+                for f in files {
+                    if let Err(e) = f.ship_buffered(&fs.ctx, older_than) {
+                        tracing::warn!(ino = f.ino, error = %e, "background flush failed");
+                    }
+                }
+            }
+        });
         fs.pool.refresh_osds().await?;
         let weak = Arc::downgrade(&fs);
         tokio::spawn(async move {

@@ -213,12 +213,23 @@ pub struct Mount {
 
 impl Mount {
     pub fn new(c: &ProcCluster) -> Result<Mount> {
+        Self::with_settings(c, "")
+    }
+
+    /// A mount whose client config has `settings` (top-level TOML lines)
+    /// added to the cluster's client.toml.
+    pub fn with_settings(c: &ProcCluster, settings: &str) -> Result<Mount> {
         let dir = tempfile::Builder::new().prefix("aifs-mnt-").tempdir()?;
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path)?;
         let n = std::fs::read_dir(c.path("logs"))?.count();
         let log = c.path(&format!("logs/client{n}.log"));
-        let cfg = c.path("client.toml");
+        let mut cfg = c.path("client.toml");
+        if !settings.is_empty() {
+            let base = std::fs::read_to_string(&cfg)?;
+            cfg = c.path(&format!("client{n}.toml"));
+            std::fs::write(&cfg, format!("{settings}\n{base}"))?;
+        }
         let child = spawn_logged(
             "aifs-mount",
             &["--config", cfg.to_str().unwrap_or_default(), path.to_str().unwrap_or_default()],

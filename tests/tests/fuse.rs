@@ -324,3 +324,33 @@ fn ranks_write_disjoint_shard_files_in_parallel() {
         assert!(got == pattern::bytes(rank, 0, 16 * MIB), "rank {rank}");
     }
 }
+
+#[test]
+fn write_behind_memory_is_bounded_and_drains() {
+    let cl = ProcCluster::start(3).unwrap();
+    // 16 MiB of budget for 48 files with two partial 1 MiB units each:
+    // writers must ship their own buffers and wait rather than grow.
+    let m = aifs_tests::proc::Mount::with_settings(&cl, "write_budget_mb = 16").unwrap();
+    fs::create_dir(m.p("many")).unwrap();
+    let mut files = Vec::new();
+    for i in 0..48u64 {
+        let f = File::create(m.p(&format!("many/f{i}"))).unwrap();
+        f.write_all_at(&pattern::bytes(i, 0, 100_000), 0).unwrap();
+        f.write_all_at(&pattern::bytes(i, 3 * MIB as u64, 100_000), 3 * MIB as u64).unwrap();
+        files.push(f);
+    }
+    // A partial unit left alone is shipped by the background flusher even
+    // while its file stays open.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    // (Both units live in object 0: units 0 and 3 of a 3-object layout.)
+    let stripe = cl.mdsctl(&["getstripe", "/many/f47", "--json"]).unwrap();
+    assert!(stripe.contains(&format!("\"size\": {}", MIB + 100_000)), "partial units not flushed while open: {stripe}");
+    drop(files);
+    for i in 0..48u64 {
+        let got = fs::read(m.p(&format!("many/f{i}"))).unwrap();
+        assert_eq!(got.len(), 3 * MIB + 100_000);
+        assert!(got[..100_000] == pattern::bytes(i, 0, 100_000)[..]);
+        assert!(got[100_000..3 * MIB].iter().all(|&b| b == 0));
+        assert!(got[3 * MIB..] == pattern::bytes(i, 3 * MIB as u64, 100_000)[..]);
+    }
+}

@@ -5,6 +5,12 @@
 //! the pipeline: a per-file window of write calls in flight and a global
 //! memory budget; a writer blocks (backpressure) until both admit it.
 //!
+//! Memory: every buffered unit and every unit in flight holds its share of
+//! the global budget until it has landed on the OSDs. A writer that finds
+//! the budget spent ships its own buffered units and waits; a background
+//! flusher ships units left partial for a few seconds, so buffered memory
+//! always drains.
+//!
 //! Ships of one unit are chained, each waiting for the previous, so a
 //! rewritten unit reaches the OSD in the order it was written. The first
 //! error is kept and surfaces at the next write, flush or fsync.
@@ -16,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -30,12 +37,20 @@ pub struct DataCtx {
     pub write_window: usize,
     pub max_buffered_units: usize,
     pub readahead_units: usize,
+    /// Rung when a writer finds the budget spent: the flusher then ships
+    /// every file's buffered units, not only stale ones.
+    pub pressure: tokio::sync::Notify,
 }
 
 struct UnitBuf {
     data: BytesMut,
     /// Sorted, disjoint dirty ranges within the unit.
     ranges: Vec<(u64, u64)>,
+    /// This buffer's share of the global memory budget.
+    permit: Option<OwnedSemaphorePermit>,
+    /// When the unit was first dirtied: units left partial this long are
+    /// shipped by the background flusher.
+    since: Instant,
 }
 
 impl UnitBuf {
@@ -134,76 +149,104 @@ impl FileState {
         self.inner.lock().map(|i| !i.units.is_empty() || i.ships.values().any(|h| !h.is_finished())).unwrap_or(false)
     }
 
+    fn unit_kib(&self) -> usize {
+        (self.layout.stripe_size as usize).div_ceil(BUDGET_UNIT)
+    }
+
+    /// Reserve `kib` of the global budget. When it is short, this file's
+    /// own buffered units ship first (their memory comes back once they
+    /// land), then the writer waits: backpressure, never unbounded memory.
+    async fn reserve(self: &Arc<Self>, ctx: &Arc<DataCtx>, kib: usize) -> Result<OwnedSemaphorePermit> {
+        let kib = kib.clamp(1, ctx.budget_kib.max(1)) as u32;
+        if let Ok(p) = ctx.budget.clone().try_acquire_many_owned(kib) {
+            return Ok(p);
+        }
+        self.ship_buffered(ctx, None)?;
+        ctx.pressure.notify_one();
+        ctx.budget.clone().acquire_many_owned(kib).await.map_err(|_| Error::Io("shutting down".into()))
+    }
+
     /// Buffer (or ship) a write at file offset `off`.
     pub async fn write(self: &Arc<Self>, ctx: &Arc<DataCtx>, off: u64, data: Bytes) -> Result<()> {
         if let Some(e) = self.inner.lock().map_err(|_| poisoned())?.error.clone() {
             return Err(e);
         }
         let end = off.checked_add(data.len() as u64).ok_or(Error::FileTooBig)?;
-        let kib = (data.len().div_ceil(BUDGET_UNIT)).clamp(1, ctx.budget_kib.max(1)) as u32;
-        let budget = ctx.budget.clone().acquire_many_owned(kib).await.map_err(|_| Error::Io("shutting down".into()))?;
-        let win = self.window.clone().acquire_owned().await.map_err(|_| Error::Io("shutting down".into()))?;
-        let permits = Arc::new((budget, win));
         let su = self.layout.stripe_size as u64;
+        let exts = self.layout.extents(off, data.len() as u64);
+        // Every extent either ships at once or lands in a unit buffer; a
+        // unit's worth of budget each covers both (the excess goes back).
+        let mut reserved = self.reserve(ctx, exts.len() * self.unit_kib()).await?;
+        let win = Arc::new(self.window.clone().acquire_owned().await.map_err(|_| Error::Io("shutting down".into()))?);
         let now = aifs_common::time::now_ns();
         let mut inner = self.inner.lock().map_err(|_| poisoned())?;
-        let mut to_ship: Vec<(u64, Pieces)> = Vec::new();
-        for ext in self.layout.extents(off, data.len() as u64) {
+        let mut to_ship: Vec<(u64, Pieces, Option<OwnedSemaphorePermit>)> = Vec::new();
+        for ext in exts {
             let unit = ext.file_off / su;
             let in_unit = ext.file_off % su;
             let slice = data.slice((ext.file_off - off) as usize..(ext.file_off - off + ext.len) as usize);
+            let share = reserved.split(self.unit_kib().min(reserved.num_permits()));
             if ext.len == su && !inner.units.contains_key(&unit) {
-                to_ship.push((unit, vec![(ext.obj_off, slice)]));
+                to_ship.push((unit, vec![(ext.obj_off, slice)], share));
                 continue;
             }
-            let buf = inner
-                .units
-                .entry(unit)
-                .or_insert_with(|| UnitBuf { data: BytesMut::zeroed(su as usize), ranges: Vec::new() });
+            let buf = inner.units.entry(unit).or_insert_with(|| UnitBuf {
+                data: BytesMut::zeroed(su as usize),
+                ranges: Vec::new(),
+                permit: None,
+                since: Instant::now(),
+            });
+            if buf.permit.is_none() {
+                buf.permit = share;
+            }
             buf.data[in_unit as usize..(in_unit + ext.len) as usize].copy_from_slice(&slice);
             buf.add(in_unit, in_unit + ext.len);
             if buf.ranges == [(0, su)] {
                 if let Some(b) = inner.units.remove(&unit) {
-                    to_ship.push((unit, self.pieces(unit, b)));
+                    to_ship.push(self.pieces(unit, b));
                 }
             }
         }
         while inner.units.len() > ctx.max_buffered_units.max(1) {
             if let Some((unit, b)) = inner.units.pop_first() {
-                to_ship.push((unit, self.pieces(unit, b)));
+                to_ship.push(self.pieces(unit, b));
             }
         }
         inner.size = inner.size.max(end);
         inner.meta_dirty = true;
         inner.mtime_ns = now;
-        for (unit, pieces) in to_ship {
-            self.ship(&mut inner, ctx, unit, pieces, permits.clone());
+        for (unit, pieces, permit) in to_ship {
+            self.ship(&mut inner, ctx, unit, pieces, permit, Some(win.clone()));
         }
         drop(inner);
         self.ra_clear();
         Ok(())
     }
 
-    fn pieces(&self, unit: u64, b: UnitBuf) -> Pieces {
+    fn pieces(&self, unit: u64, b: UnitBuf) -> (u64, Pieces, Option<OwnedSemaphorePermit>) {
         let su = self.layout.stripe_size as u64;
         let data = b.data.freeze();
-        b.ranges
+        let pieces = b
+            .ranges
             .iter()
             .map(|&(s, e)| {
                 let (_, obj_off) = self.layout.locate(unit * su + s);
                 (obj_off, data.slice(s as usize..e as usize))
             })
-            .collect()
+            .collect();
+        (unit, pieces, b.permit)
     }
 
-    /// Start shipping one unit, after any earlier ship of the same unit.
+    /// Start shipping one unit, after any earlier ship of the same unit. The
+    /// permits are held until the unit has landed.
     fn ship(
         self: &Arc<Self>,
         inner: &mut Inner,
         ctx: &Arc<DataCtx>,
         unit: u64,
         pieces: Pieces,
-        permits: Arc<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+        budget: Option<OwnedSemaphorePermit>,
+        window: Option<Arc<OwnedSemaphorePermit>>,
     ) {
         let prev = inner.ships.remove(&unit);
         let me = self.clone();
@@ -222,7 +265,8 @@ impl FileState {
                     failed.get_or_insert(e);
                 }
             }
-            drop(permits);
+            drop(budget);
+            drop(window);
             if let Ok(mut i) = me.inner.lock() {
                 match failed {
                     Some(e) => {
@@ -243,21 +287,29 @@ impl FileState {
         }
     }
 
+    /// Ship buffered units (those older than `older_than`, or all), without
+    /// waiting for them to land. Returns how many were shipped.
+    pub fn ship_buffered(self: &Arc<Self>, ctx: &Arc<DataCtx>, older_than: Option<std::time::Duration>) -> Result<usize> {
+        let mut inner = self.inner.lock().map_err(|_| poisoned())?;
+        let units: Vec<u64> = inner
+            .units
+            .iter()
+            .filter(|(_, b)| older_than.is_none_or(|age| b.since.elapsed() >= age))
+            .map(|(u, _)| *u)
+            .collect();
+        for u in &units {
+            if let Some(b) = inner.units.remove(u) {
+                let (unit, pieces, permit) = self.pieces(*u, b);
+                self.ship(&mut inner, ctx, unit, pieces, permit, None);
+            }
+        }
+        Ok(units.len())
+    }
+
     /// Ship every buffered unit and wait for every ship. Leaves any error
     /// in place (see `take_error`).
     pub async fn drain(self: &Arc<Self>, ctx: &Arc<DataCtx>) -> Result<()> {
-        let has_units = !self.inner.lock().map_err(|_| poisoned())?.units.is_empty();
-        if has_units {
-            let win = self.window.clone().acquire_owned().await.map_err(|_| Error::Io("shutting down".into()))?;
-            let budget = ctx.budget.clone().acquire_many_owned(1).await.map_err(|_| Error::Io("shutting down".into()))?;
-            let permits = Arc::new((budget, win));
-            let mut inner = self.inner.lock().map_err(|_| poisoned())?;
-            let units = std::mem::take(&mut inner.units);
-            for (unit, b) in units {
-                let p = self.pieces(unit, b);
-                self.ship(&mut inner, ctx, unit, p, permits.clone());
-            }
-        }
+        self.ship_buffered(ctx, None)?;
         loop {
             let handles: Vec<JoinHandle<()>> = {
                 let mut inner = self.inner.lock().map_err(|_| poisoned())?;
@@ -334,7 +386,7 @@ mod tests {
 
     #[test]
     fn dirty_ranges_merge() {
-        let mut u = UnitBuf { data: BytesMut::zeroed(16), ranges: vec![] };
+        let mut u = UnitBuf { data: BytesMut::zeroed(16), ranges: vec![], permit: None, since: Instant::now() };
         u.add(4, 8);
         u.add(0, 2);
         u.add(2, 4);
