@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod layout;
+pub mod lease;
 pub mod logging;
 pub mod proto;
 pub mod rpc;

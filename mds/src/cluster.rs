@@ -2,7 +2,9 @@
 //! registrations and heartbeats) and client sessions.
 use aifs_common::proto::mds::{OsdInfo, OsdState, SessionInfo};
 use dashmap::DashMap;
+use aifs_common::lease::LeaseTable;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct OsdEntry {
@@ -18,16 +20,17 @@ pub struct OsdEntry {
 pub struct SessionEntry {
     pub name: String,
     pub addr: String,
-    pub last_seen: Instant,
 }
 
 pub struct Cluster {
     pub osds: DashMap<u32, OsdEntry>,
     epoch: AtomicU64,
     osd_timeout: Duration,
+    /// Who each session is; liveness and leases live in `leases`.
     pub sessions: DashMap<u64, SessionEntry>,
     next_session: AtomicU64,
-    session_timeout: Duration,
+    /// Sessions and the leases they hold (the pure core, common/src/lease.rs).
+    pub leases: Mutex<LeaseTable>,
 }
 
 /// What a heartbeat changed.
@@ -48,7 +51,7 @@ impl Cluster {
             osd_timeout,
             sessions: DashMap::new(),
             next_session: AtomicU64::new(seed),
-            session_timeout,
+            leases: Mutex::new(LeaseTable::new(session_timeout)),
         }
     }
 
@@ -105,13 +108,15 @@ impl Cluster {
         if changed {
             self.epoch.fetch_add(1, Ordering::Relaxed);
         }
-        self.sessions.retain(|id, s| {
-            let keep = now.duration_since(s.last_seen) < self.session_timeout;
-            if !keep {
+        let expired = match self.leases.lock() {
+            Ok(mut l) => l.expire(now),
+            Err(_) => Vec::new(),
+        };
+        for id in expired {
+            if let Some((_, s)) = self.sessions.remove(&id) {
                 tracing::info!(session = id, name = %s.name, "session expired");
             }
-            keep
-        });
+        }
     }
 
     pub fn up_osds(&self) -> Vec<u32> {
@@ -146,29 +151,36 @@ impl Cluster {
     pub fn open_session(&self, name: String, addr: String) -> u64 {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         tracing::info!(session = id, %name, %addr, "session opened");
-        self.sessions.insert(id, SessionEntry { name, addr, last_seen: Instant::now() });
+        if let Ok(mut l) = self.leases.lock() {
+            l.open_session(id, Instant::now());
+        }
+        self.sessions.insert(id, SessionEntry { name, addr });
         id
     }
 
-    /// False when the session is unknown (expired, or the MDS restarted).
+    /// False when the session is unknown (expired, evicted, or the MDS
+    /// restarted).
     pub fn touch_session(&self, id: u64) -> bool {
-        match self.sessions.get_mut(&id) {
-            Some(mut s) => {
-                s.last_seen = Instant::now();
-                true
-            }
-            None => false,
-        }
+        let now = Instant::now();
+        self.leases.lock().map(|mut l| l.is_live(id, now) && l.heartbeat(id, now)).unwrap_or(false)
     }
 
-    pub fn close_session(&self, id: u64) {
-        if self.sessions.remove(&id).is_some() {
+    /// End a session (clean close or eviction) and drop its leases; false
+    /// when there was no such session.
+    pub fn close_session(&self, id: u64) -> bool {
+        if let Ok(mut l) = self.leases.lock() {
+            l.close_session(id);
+        }
+        let known = self.sessions.remove(&id).is_some();
+        if known {
             tracing::info!(session = id, "session closed");
         }
+        known
     }
 
     pub fn session_infos(&self) -> Vec<SessionInfo> {
         let now = Instant::now();
+        let Ok(l) = self.leases.lock() else { return Vec::new() };
         let mut v: Vec<SessionInfo> = self
             .sessions
             .iter()
@@ -176,7 +188,8 @@ impl Cluster {
                 id: *s.key(),
                 name: s.name.clone(),
                 addr: s.addr.clone(),
-                last_seen_ms: now.duration_since(s.last_seen).as_millis() as u64,
+                last_seen_ms: (l.term().saturating_sub(l.remaining(*s.key(), now))).as_millis() as u64,
+                leases: l.count(*s.key()) as u64,
             })
             .collect();
         v.sort_by_key(|s| s.id);

@@ -194,6 +194,14 @@ impl MdsService {
                 ns.cluster.close_session(id);
                 MdsResp::Done
             }
+            MdsReq::EvictSession { id } => {
+                need(peer, ADMIN)?;
+                if !ns.cluster.close_session(id) {
+                    return Err(Error::NotFound);
+                }
+                tracing::warn!(session = id, by = %peer.addr, "session evicted");
+                MdsResp::Done
+            }
             MdsReq::Status => {
                 need(peer, ADMIN)?;
                 let shards = ns

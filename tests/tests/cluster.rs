@@ -222,6 +222,22 @@ async fn layouts_inherit_and_admin_commands_need_the_admin_cert() {
         }
         other => panic!("{other:?}"),
     }
+    // sessions: opened, listed, evicted by the admin only; an evicted
+    // session's heartbeat is refused as stale
+    let sid = match mds_call(&c, MdsReq::OpenSession { name: "gpu7".into() }).await.unwrap() {
+        MdsResp::Session { id, .. } => id,
+        other => panic!("{other:?}"),
+    };
+    mds_call(&c, MdsReq::SessionHeartbeat { id: sid }).await.unwrap();
+    match mds_call(&admin, MdsReq::Status).await.unwrap() {
+        MdsResp::Status(s) => assert!(s.sessions.iter().any(|x| x.id == sid && x.name == "gpu7" && x.leases == 0)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(mds_call(&c, MdsReq::EvictSession { id: sid }).await, Err(Error::Unauthorized(_))));
+    mds_call(&admin, MdsReq::EvictSession { id: sid }).await.unwrap();
+    assert_eq!(mds_call(&admin, MdsReq::EvictSession { id: sid }).await, Err(Error::NotFound));
+    assert_eq!(mds_call(&c, MdsReq::SessionHeartbeat { id: sid }).await, Err(Error::Stale));
+
     // OSD heartbeats need the OSD certificate
     let hb = MdsReq::OsdHeartbeat { id: 99, addr: "127.0.0.1:1".into(), capacity: 1, used: 0, objects: 0 };
     assert!(matches!(mds_call(&c, hb).await, Err(Error::Unauthorized(_))));

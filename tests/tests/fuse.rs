@@ -298,6 +298,15 @@ fn unmount_by_signal_and_by_fusermount_is_clean() {
     assert_eq!(fs::read(m3.p("b")).unwrap(), b"written before SIGTERM");
     let out = cl.mdsctl(&["session", "ls"]).unwrap();
     assert_eq!(out.lines().count(), 2, "closed sessions must go away: {out}");
+    // an evicted mount opens a new session at its next heartbeat and goes on
+    let id = out.lines().nth(1).and_then(|l| l.split_whitespace().next()).unwrap().to_string();
+    cl.mdsctl(&["session", "evict", &id]).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let out = cl.mdsctl(&["session", "ls"]).unwrap();
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(!out.contains(&id), "evicted session still listed: {out}");
+    fs::write(m3.p("after-evict"), b"ok").unwrap();
+    assert_eq!(fs::read(m3.p("after-evict")).unwrap(), b"ok");
 }
 
 #[test]

@@ -87,6 +87,8 @@ pub struct SessionInfo {
     pub name: String,
     pub addr: String,
     pub last_seen_ms: u64,
+    /// Leases the session holds.
+    pub leases: u64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
@@ -156,6 +158,8 @@ pub enum MdsReq {
     SessionHeartbeat { id: u64 },
     CloseSession { id: u64 },
     Status,
+    /// Admin: end a client's session now, dropping its leases.
+    EvictSession { id: u64 },
 }
 message!(MdsReq);
 

@@ -101,6 +101,8 @@ enum ShardCmd {
 enum SessionCmd {
     /// List client sessions.
     Ls,
+    /// End a client's session now (its mount must open a new one).
+    Evict { id: u64 },
 }
 
 fn main() {
@@ -208,9 +210,11 @@ fn shard_table(shards: &[ShardInfo]) -> String {
 fn session_table(sessions: &[SessionInfo]) -> String {
     let rows: Vec<Vec<String>> = sessions
         .iter()
-        .map(|x| vec![x.id.to_string(), x.name.clone(), x.addr.clone(), format!("{:.1}s", x.last_seen_ms as f64 / 1000.0)])
+        .map(|x| {
+            vec![x.id.to_string(), x.name.clone(), x.addr.clone(), x.leases.to_string(), format!("{:.1}s", x.last_seen_ms as f64 / 1000.0)]
+        })
         .collect();
-    table(&["SESSION", "NAME", "ADDRESS", "LAST HEARD"], &rows)
+    table(&["SESSION", "NAME", "ADDRESS", "LEASES", "LAST HEARD"], &rows)
 }
 
 const OSD_HEADER: [&str; 8] = ["OSD", "STATE", "ADDRESS", "SIZE", "USED", "USE%", "OBJECTS", "LAST HEARD"];
@@ -276,6 +280,13 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
             } else {
                 print!("{}", session_table(&s.sessions));
             }
+        }
+        Cmd::Session { cmd: SessionCmd::Evict { id } } => {
+            admin.call(&MdsReq::EvictSession { id }).await.map_err(|e| match e {
+                aifs_common::Error::NotFound => anyhow!("no session {id}"),
+                e => anyhow!(e),
+            })?;
+            println!("evicted session {id}");
         }
         Cmd::Df => {
             let s = status().await?;

@@ -1,0 +1,324 @@
+//! Lease state machine, pure (DESIGN.md, "Leases"; STYLE.md §1): no clock,
+//! no I/O. Every method is given `now`; the MDS drives it from its request
+//! handlers and a ticker, tests drive it with a fake clock.
+//!
+//! Model. A client session heartbeats; a session silent for `term` expires
+//! and every lease it held goes with it, so a dead client blocks others for
+//! at most one term. A lease is held on an inode by a session:
+//! - `Read`: cache attributes, data and (directories) entries;
+//! - `Write`: buffer writes, own size and mtime until flushed; exclusive;
+//! - `SharedWrite`: several writers of disjoint ranges (the N-to-1
+//!   checkpoint); compatible only with other shared writers, and nobody
+//!   caches data.
+//!
+//! `acquire` grants at once when nothing held by another session
+//! conflicts; otherwise it marks the conflicting holders recalled and
+//! answers `Wait` with the sessions to recall. A recalled holder flushes,
+//! invalidates and `release`s; a holder that never answers is dropped when
+//! its session expires. A session's own leases never conflict with each
+//! other: asking again replaces what it held.
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+pub type SessionId = u64;
+pub type Ino = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LeaseKind {
+    Read,
+    Write,
+    SharedWrite,
+}
+
+impl LeaseKind {
+    /// May `a` and `b` be held at once by two different sessions?
+    pub fn compatible(a: LeaseKind, b: LeaseKind) -> bool {
+        matches!((a, b), (LeaseKind::Read, LeaseKind::Read) | (LeaseKind::SharedWrite, LeaseKind::SharedWrite))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Held until the session expires or the lease is recalled.
+    Granted { kind: LeaseKind },
+    /// Conflicting holders were asked to give their leases back; ask again
+    /// after they release or expire.
+    Wait { recall: Vec<SessionId> },
+}
+
+#[derive(Clone, Debug)]
+struct Session {
+    last_heard: Instant,
+}
+
+#[derive(Clone, Debug, Default)]
+struct InodeLeases {
+    holders: BTreeMap<SessionId, LeaseKind>,
+    /// Holders asked to release, with when they were asked.
+    recalled: BTreeMap<SessionId, Instant>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LeaseTable {
+    term: Duration,
+    sessions: BTreeMap<SessionId, Session>,
+    inodes: BTreeMap<Ino, InodeLeases>,
+}
+
+impl LeaseTable {
+    pub fn new(term: Duration) -> Self {
+        LeaseTable { term, sessions: BTreeMap::new(), inodes: BTreeMap::new() }
+    }
+
+    pub fn term(&self) -> Duration {
+        self.term
+    }
+
+    pub fn open_session(&mut self, s: SessionId, now: Instant) {
+        self.sessions.insert(s, Session { last_heard: now });
+    }
+
+    /// False when the session is unknown (expired): the client must open a
+    /// new one and drop every cache it kept under the old one.
+    pub fn heartbeat(&mut self, s: SessionId, now: Instant) -> bool {
+        match self.sessions.get_mut(&s) {
+            Some(x) => {
+                x.last_heard = x.last_heard.max(now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn is_live(&self, s: SessionId, now: Instant) -> bool {
+        self.sessions.get(&s).is_some_and(|x| now.saturating_duration_since(x.last_heard) < self.term)
+    }
+
+    /// Time left on a session's leases: what the kernel may cache for.
+    pub fn remaining(&self, s: SessionId, now: Instant) -> Duration {
+        self.sessions.get(&s).map(|x| self.term.saturating_sub(now.saturating_duration_since(x.last_heard))).unwrap_or_default()
+    }
+
+    /// Drop a session and everything it held (eviction or clean close).
+    pub fn close_session(&mut self, s: SessionId) {
+        self.sessions.remove(&s);
+        self.inodes.retain(|_, l| {
+            l.holders.remove(&s);
+            l.recalled.remove(&s);
+            !l.holders.is_empty()
+        });
+    }
+
+    /// Expire every session silent for a whole term; returns them.
+    pub fn expire(&mut self, now: Instant) -> Vec<SessionId> {
+        let dead: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, x)| now.saturating_duration_since(x.last_heard) >= self.term)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in &dead {
+            self.close_session(*s);
+        }
+        dead
+    }
+
+    /// Ask for `kind` on `ino` for session `s`.
+    pub fn acquire(&mut self, s: SessionId, ino: Ino, kind: LeaseKind, now: Instant) -> Decision {
+        self.expire(now);
+        if !self.sessions.contains_key(&s) {
+            return Decision::Wait { recall: Vec::new() };
+        }
+        let l = self.inodes.entry(ino).or_default();
+        let conflicts: Vec<SessionId> =
+            l.holders.iter().filter(|(h, k)| **h != s && !LeaseKind::compatible(**k, kind)).map(|(h, _)| *h).collect();
+        if conflicts.is_empty() {
+            l.holders.insert(s, kind);
+            l.recalled.remove(&s);
+            return Decision::Granted { kind };
+        }
+        for c in &conflicts {
+            l.recalled.entry(*c).or_insert(now);
+        }
+        Decision::Wait { recall: conflicts }
+    }
+
+    /// A holder gives its lease on `ino` back (after a recall, or at close).
+    pub fn release(&mut self, s: SessionId, ino: Ino) {
+        if let Some(l) = self.inodes.get_mut(&ino) {
+            l.holders.remove(&s);
+            l.recalled.remove(&s);
+            if l.holders.is_empty() {
+                self.inodes.remove(&ino);
+            }
+        }
+    }
+
+    /// Recall every lease on `ino` held by sessions other than `except`
+    /// (a change to the inode by someone else): the sessions to notify.
+    pub fn recall_all(&mut self, ino: Ino, except: Option<SessionId>, now: Instant) -> Vec<SessionId> {
+        self.expire(now);
+        let Some(l) = self.inodes.get_mut(&ino) else { return Vec::new() };
+        let out: Vec<SessionId> = l.holders.keys().copied().filter(|h| Some(*h) != except).collect();
+        for h in &out {
+            l.recalled.entry(*h).or_insert(now);
+        }
+        out
+    }
+
+    pub fn holders(&self, ino: Ino) -> Vec<(SessionId, LeaseKind)> {
+        self.inodes.get(&ino).map(|l| l.holders.iter().map(|(s, k)| (*s, *k)).collect()).unwrap_or_default()
+    }
+
+    pub fn recalled(&self, ino: Ino) -> BTreeSet<SessionId> {
+        self.inodes.get(&ino).map(|l| l.recalled.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// Leases a session holds (for `mdsctl session ls`).
+    pub fn count(&self, s: SessionId) -> usize {
+        self.inodes.values().filter(|l| l.holders.contains_key(&s)).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TERM: Duration = Duration::from_secs(10);
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Open(u8),
+        Beat(u8),
+        Acquire(u8, u8, LeaseKind),
+        Release(u8, u8),
+        RecallAll(u8),
+        Close(u8),
+        Advance(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let kind = prop_oneof![Just(LeaseKind::Read), Just(LeaseKind::Write), Just(LeaseKind::SharedWrite)];
+        prop_oneof![
+            1 => (0u8..4).prop_map(Op::Open),
+            3 => (0u8..4).prop_map(Op::Beat),
+            4 => (0u8..4, 0u8..3, kind).prop_map(|(s, i, k)| Op::Acquire(s, i, k)),
+            2 => (0u8..4, 0u8..3).prop_map(|(s, i)| Op::Release(s, i)),
+            1 => (0u8..3).prop_map(Op::RecallAll),
+            1 => (0u8..4).prop_map(Op::Close),
+            3 => (0u16..6000).prop_map(Op::Advance),
+        ]
+    }
+
+    /// No two live sessions hold conflicting leases on one inode.
+    fn no_conflicts(t: &LeaseTable) {
+        for ino in 0..3 {
+            let h = t.holders(ino);
+            for (i, (a, ka)) in h.iter().enumerate() {
+                for (b, kb) in &h[i + 1..] {
+                    assert!(a == b || LeaseKind::compatible(*ka, *kb), "ino {ino}: {a}:{ka:?} with {b}:{kb:?}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn leases_never_conflict_and_recalls_end(ops in proptest::collection::vec(op(), 1..120)) {
+            let start = Instant::now();
+            let mut now = start;
+            let mut t = LeaseTable::new(TERM);
+            for op in ops {
+                match op {
+                    Op::Open(s) => t.open_session(s as u64, now),
+                    Op::Beat(s) => { t.heartbeat(s as u64, now); }
+                    Op::Acquire(s, i, k) => {
+                        if let Decision::Wait { recall } = t.acquire(s as u64, i as u64, k, now) {
+                            for r in recall {
+                                prop_assert!(t.recalled(i as u64).contains(&r));
+                            }
+                        }
+                    }
+                    Op::Release(s, i) => t.release(s as u64, i as u64),
+                    Op::RecallAll(i) => { t.recall_all(i as u64, None, now); }
+                    Op::Close(s) => t.close_session(s as u64),
+                    Op::Advance(ms) => now += Duration::from_millis(ms as u64),
+                }
+                no_conflicts(&t);
+            }
+            // Every recall ends: one term of silence later, whoever asks
+            // gets the lease, because every holder has expired.
+            now += TERM;
+            t.open_session(99, now);
+            for ino in 0..3 {
+                prop_assert_eq!(t.acquire(99, ino, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
+            }
+        }
+
+        #[test]
+        fn expiry_frees_everything_a_dead_session_held(kinds in proptest::collection::vec(0u8..3, 1..10)) {
+            let mut now = Instant::now();
+            let mut t = LeaseTable::new(TERM);
+            t.open_session(1, now);
+            t.open_session(2, now);
+            for (i, k) in kinds.iter().enumerate() {
+                let kind = [LeaseKind::Read, LeaseKind::Write, LeaseKind::SharedWrite][*k as usize];
+                prop_assert_eq!(t.acquire(1, i as u64, kind, now), Decision::Granted { kind });
+            }
+            // session 2 keeps heartbeating, session 1 goes silent; the
+            // MDS's ticker expires sessions
+            let mut expired = Vec::new();
+            for _ in 0..11 {
+                now += Duration::from_secs(1);
+                t.heartbeat(2, now);
+                expired.extend(t.expire(now));
+            }
+            prop_assert_eq!(expired, vec![1]);
+            prop_assert_eq!(t.count(1), 0);
+            prop_assert!(!t.is_live(1, now));
+            for i in 0..kinds.len() {
+                prop_assert!(t.holders(i as u64).is_empty());
+                prop_assert_eq!(t.acquire(2, i as u64, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
+            }
+        }
+    }
+
+    #[test]
+    fn a_writer_waits_for_readers_to_release() {
+        let now = Instant::now();
+        let mut t = LeaseTable::new(TERM);
+        for s in 1..=3 {
+            t.open_session(s, now);
+        }
+        assert_eq!(t.acquire(1, 7, LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
+        assert_eq!(t.acquire(2, 7, LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
+        assert_eq!(t.acquire(3, 7, LeaseKind::Write, now), Decision::Wait { recall: vec![1, 2] });
+        t.release(1, 7);
+        assert_eq!(t.acquire(3, 7, LeaseKind::Write, now), Decision::Wait { recall: vec![2] });
+        t.release(2, 7);
+        assert_eq!(t.acquire(3, 7, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
+        // shared writers coexist; a reader must wait for them
+        t.release(3, 7);
+        assert_eq!(t.acquire(1, 8, LeaseKind::SharedWrite, now), Decision::Granted { kind: LeaseKind::SharedWrite });
+        assert_eq!(t.acquire(2, 8, LeaseKind::SharedWrite, now), Decision::Granted { kind: LeaseKind::SharedWrite });
+        assert_eq!(t.acquire(3, 8, LeaseKind::Read, now), Decision::Wait { recall: vec![1, 2] });
+    }
+
+    #[test]
+    fn a_silent_holder_is_waited_for_only_until_its_session_expires() {
+        let start = Instant::now();
+        let mut t = LeaseTable::new(TERM);
+        t.open_session(1, start);
+        t.open_session(2, start);
+        assert!(matches!(t.acquire(1, 1, LeaseKind::Write, start), Decision::Granted { .. }));
+        let later = start + Duration::from_secs(5);
+        t.heartbeat(2, later);
+        assert_eq!(t.acquire(2, 1, LeaseKind::Read, later), Decision::Wait { recall: vec![1] });
+        let after = start + TERM;
+        t.heartbeat(2, after);
+        assert_eq!(t.acquire(2, 1, LeaseKind::Read, after), Decision::Granted { kind: LeaseKind::Read });
+        assert_eq!(t.remaining(2, after), TERM);
+        assert_eq!(t.remaining(1, after), Duration::ZERO);
+    }
+}
