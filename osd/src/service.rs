@@ -38,7 +38,8 @@ impl OsdService {
             }
             OsdReq::Read { obj, off, len } => {
                 let out = blocking(move || store.read(obj, off, len as u64)).await?;
-                let resp = OsdResp::Data { off: out.off, len: out.data.len() as u32, crcs: out.crcs, obj_size: out.obj_size };
+                let n = u32::try_from(out.data.len()).map_err(|_| Error::Io("read reply too large".into()))?;
+                let resp = OsdResp::Data { off: out.off, len: n, crcs: out.crcs, obj_size: out.obj_size };
                 Ok((resp, vec![out.data]))
             }
             OsdReq::Truncate { obj, size } => {

@@ -20,6 +20,13 @@ use std::sync::{Arc, OnceLock, RwLock};
 const LOCK_STRIPES: usize = 1024;
 /// Open objects kept in the handle cache (two descriptors each).
 const OPEN_CACHE: u64 = 4096;
+/// Largest object: 16 TiB. Bounds the crc table (1 GiB at most) that an
+/// extending write or a wild offset from the network can make the OSD write.
+pub const MAX_OBJECT_SIZE: u64 = 16 << 40;
+/// Crc entries computed and written per batch when a hole is filled.
+const CRC_BATCH: u64 = 64 * 1024;
+/// Largest read answered in one reply (it travels as one payload).
+pub const MAX_READ: u64 = aifs_common::proto::MAX_PAYLOAD - 2 * CRC_BLOCK;
 
 struct Handles {
     data: File,
@@ -53,6 +60,20 @@ impl FileStore {
     pub fn open(root: &Path) -> Result<FileStore> {
         let objdir = root.join("objects");
         std::fs::create_dir_all(&objdir)?;
+        // All 256 fan-out directories exist from the start and their names
+        // are durable, so a commit only ever has to sync the leaf directory.
+        let mut made = false;
+        for i in 0..=255u8 {
+            let d = objdir.join(format!("{i:02x}"));
+            if !d.exists() {
+                std::fs::create_dir(&d)?;
+                made = true;
+            }
+        }
+        if made {
+            File::open(&objdir)?.sync_all()?;
+            File::open(root)?.sync_all()?;
+        }
         let mut count = 0u64;
         for d in std::fs::read_dir(&objdir)? {
             let d = d?;
@@ -156,20 +177,26 @@ impl FileStore {
         gap: (u64, u64),
         known: impl Fn(u64, u64, u64) -> Option<u32>,
     ) -> Result<()> {
-        let mut out = Vec::with_capacity((b1 - b0) as usize);
-        for b in b0..b1 {
-            let start = b * CRC_BLOCK;
-            let end = ((b + 1) * CRC_BLOCK).min(size);
-            let crc = if let Some(c) = known(b, start, end) {
-                c
-            } else if start >= gap.0 && end <= gap.1 {
-                crc_of_zeros(end - start)
-            } else {
-                Self::block_crc_from_disk(h, start, end)?
-            };
-            out.push(crc);
+        let mut first = b0;
+        while first < b1 {
+            let last = (first + CRC_BATCH).min(b1);
+            let mut out = Vec::with_capacity((last - first) as usize);
+            for b in first..last {
+                let start = b * CRC_BLOCK;
+                let end = ((b + 1) * CRC_BLOCK).min(size);
+                let crc = if let Some(c) = known(b, start, end) {
+                    c
+                } else if start >= gap.0 && end <= gap.1 {
+                    crc_of_zeros(end - start)
+                } else {
+                    Self::block_crc_from_disk(h, start, end)?
+                };
+                out.push(crc);
+            }
+            Self::write_crcs(h, first, &out)?;
+            first = last;
         }
-        Self::write_crcs(h, b0, &out)
+        Ok(())
     }
 }
 
@@ -183,6 +210,9 @@ impl ObjectStore for FileStore {
             return Ok(());
         }
         let end = off.checked_add(data.len() as u64).ok_or(Error::FileTooBig)?;
+        if end > MAX_OBJECT_SIZE {
+            return Err(Error::FileTooBig);
+        }
         let _g = self.lock(obj).write().map_err(|_| Error::Io("lock poisoned".into()))?;
         let h = self.handles(obj, true)?.ok_or(Error::NotFound)?;
         let old = h.data.metadata()?.len();
@@ -208,6 +238,9 @@ impl ObjectStore for FileStore {
     }
 
     fn read(&self, obj: ObjectId, off: u64, len: u64) -> Result<ReadOut> {
+        if len > MAX_READ {
+            return Err(Error::InvalidArgument(format!("read of {len} bytes exceeds {MAX_READ}")));
+        }
         let _g = self.lock(obj).read().map_err(|_| Error::Io("lock poisoned".into()))?;
         let Some(h) = self.handles(obj, false)? else {
             return Ok(ReadOut { off, data: Bytes::new(), crcs: Vec::new(), obj_size: 0 });
@@ -228,23 +261,24 @@ impl ObjectStore for FileStore {
 
     fn truncate(&self, obj: ObjectId, size: u64) -> Result<()> {
         let _g = self.lock(obj).write().map_err(|_| Error::Io("lock poisoned".into()))?;
-        let Some(h) = self.handles(obj, size > 0)? else {
+        // Only ever cut: bytes past an object's end read as zeros anyway,
+        // and a truncate must never bring back an object a delete removed.
+        let Some(h) = self.handles(obj, false)? else {
             return Ok(());
         };
         let old = h.data.metadata()?.len();
-        if size == old {
+        if size >= old {
             return Ok(());
         }
         h.data.set_len(size)?;
         h.crc.set_len(blocks_for(size) * 4)?;
-        if size < old {
-            if size % CRC_BLOCK != 0 {
-                let b = size / CRC_BLOCK;
-                Self::refresh_crcs(&h, b, b + 1, size, (0, 0), |_, _, _| None)?;
-            }
-        } else {
-            Self::refresh_crcs(&h, old / CRC_BLOCK, blocks_for(size), size, (old, size), |_, _, _| None)?;
+        if size % CRC_BLOCK != 0 {
+            let b = size / CRC_BLOCK;
+            Self::refresh_crcs(&h, b, b + 1, size, (0, 0), |_, _, _| None)?;
         }
+        // The MDS forgets its GC job once this answers: make the cut stick.
+        h.data.sync_data()?;
+        h.crc.sync_data()?;
         Ok(())
     }
 
@@ -260,10 +294,13 @@ impl ObjectStore for FileStore {
             Err(e) => return Err(e.into()),
         }
         match std::fs::remove_file(&crc) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
+        // The MDS forgets its GC job once this answers: make it stick.
+        File::open(self.paths(obj).0)?.sync_all()?;
+        Ok(())
     }
 
     fn stat(&self, obj: ObjectId) -> Result<Option<u64>> {
@@ -322,7 +359,7 @@ mod tests {
     }
 
     fn check_all(s: &FileStore, o: ObjectId) {
-        let r = s.read(o, 0, u64::MAX / 2).unwrap();
+        let r = s.read(o, 0, MAX_READ).unwrap();
         assert_eq!(block_crcs(r.off, &r.data), r.crcs, "stored crcs must match bytes");
     }
 
@@ -345,11 +382,25 @@ mod tests {
         assert!(r.data.iter().all(|&b| b == 0));
         s.truncate(o, 150_001).unwrap();
         check_all(&s, o);
+        assert_eq!(s.stat(o).unwrap(), Some(150_001));
+        // truncate only cuts: growing is a no-op (the tail reads as zeros)
         s.truncate(o, 3_000_000).unwrap();
         check_all(&s, o);
-        assert_eq!(s.stat(o).unwrap(), Some(3_000_000));
+        assert_eq!(s.stat(o).unwrap(), Some(150_001));
         s.delete(o).unwrap();
         assert_eq!(s.stat(o).unwrap(), None);
+        // and never brings a deleted object back
+        s.truncate(o, 10).unwrap();
+        assert_eq!(s.stat(o).unwrap(), None);
+    }
+
+    #[test]
+    fn wild_offsets_and_lengths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        let d = vec![1u8; 10];
+        assert_eq!(s.write(obj(3), 1 << 50, &d, &block_crcs(1 << 50, &d)), Err(Error::FileTooBig));
+        assert!(matches!(s.read(obj(3), 0, u32::MAX as u64), Err(Error::InvalidArgument(_))));
     }
 
     #[test]
