@@ -26,7 +26,7 @@ const READDIR_BATCH: u32 = 512;
 
 /// An open file handle.
 struct Handle {
-    ino: u64,
+    file: Arc<FileState>,
 }
 
 pub struct ClientFs {
@@ -208,9 +208,12 @@ impl ClientFs {
 
     pub async fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr> {
         let file = self.files.get(&ino).map(|f| f.clone());
-        if let (Some(f), Some(_)) = (&file, set.size) {
-            // Data written before a truncate must land before it.
-            self.flush_file(f).await?;
+        if let Some(f) = &file {
+            if set.size.is_some() || set.mtime.is_some() || set.atime.is_some() {
+                // Data written before a truncate must land before it, and a
+                // size/mtime published later must not undo an explicit time.
+                self.flush_file(f).await?;
+            }
         }
         let size = set.size;
         let a = match self.pool.mds(&MdsReq::SetAttr { ino, set }).await {
@@ -231,15 +234,18 @@ impl ClientFs {
         let layout = a.layout.clone().ok_or_else(|| Error::Io(format!("file {:#x} has no layout", a.ino)))?;
         layout.validate()?;
         let f = self.files.entry(a.ino).or_insert_with(|| Arc::new(FileState::new(a.ino, layout, a.size, &self.ctx)));
+        // Counted while the map entry is held, so a release of another
+        // handle cannot drop the state in between.
+        f.opens.fetch_add(1, Ordering::AcqRel);
+        let f = f.clone();
         // Close-to-open: a fresh open learns the size the MDS holds now.
         f.set_size(a.size, false);
-        Ok(f.clone())
+        Ok(f)
     }
 
     fn new_handle(&self, f: &Arc<FileState>) -> u64 {
-        f.opens.fetch_add(1, Ordering::Relaxed);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(fh, Handle { ino: f.ino });
+        self.handles.insert(fh, Handle { file: f.clone() });
         fh
     }
 
@@ -356,8 +362,7 @@ impl ClientFs {
     }
 
     fn handle_file(&self, fh: u64) -> Result<Arc<FileState>> {
-        let ino = self.handles.get(&fh).map(|h| h.ino).ok_or(Error::Stale)?;
-        self.files.get(&ino).map(|f| f.clone()).ok_or(Error::Stale)
+        self.handles.get(&fh).map(|h| h.file.clone()).ok_or(Error::Stale)
     }
 
     pub async fn write(&self, fh: u64, off: u64, data: Bytes) -> Result<u32> {
@@ -408,12 +413,12 @@ impl ClientFs {
         let Some((_, h)) = self.handles.remove(&fh) else {
             return Ok(());
         };
-        let Some(f) = self.files.get(&h.ino).map(|f| f.clone()) else {
-            return Ok(());
-        };
+        let f = h.file;
         let res = self.flush_file(&f).await;
-        if f.opens.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.files.remove_if(&h.ino, |_, v| v.opens.load(Ordering::Relaxed) == 0 && !v.has_pending());
+        if f.opens.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Keep the state while anything is unpublished: the next open,
+            // close or the unmount publishes it.
+            self.files.remove_if(&f.ino, |_, v| v.opens.load(Ordering::Acquire) == 0 && !v.has_pending() && !v.meta_dirty());
         }
         res
     }

@@ -26,11 +26,57 @@ pub const MAX_BACKGROUND: u16 = 64;
 pub struct AifsFuse {
     fs: Arc<ClientFs>,
     rt: tokio::runtime::Handle,
+    kernel: Arc<KernelView>,
+}
+
+/// What the kernel was last told about each inode, and the channel for
+/// telling it to forget. Close-to-open: when `open` finds the file changed
+/// since the kernel cached it (within its TTL), the kernel's attributes and
+/// pages for it are invalidated before the open is answered.
+#[derive(Default)]
+pub struct KernelView {
+    told: dashmap::DashMap<u64, (u64, i64)>,
+    notifier: std::sync::OnceLock<fuser::Notifier>,
+}
+
+impl KernelView {
+    fn tell(&self, a: &Attr) {
+        if a.kind == FileKind::File {
+            self.told.insert(a.ino, (a.size, a.mtime_ns));
+        }
+    }
+
+    /// Make the kernel drop what it caches of `a.ino` if it differs from `a`.
+    async fn refresh(&self, a: &Attr) {
+        let stale = self.told.get(&a.ino).is_some_and(|t| *t != (a.size, a.mtime_ns));
+        self.tell(a);
+        if !stale {
+            return;
+        }
+        if let Some(n) = self.notifier.get().cloned() {
+            let ino = a.ino;
+            let r = tokio::task::spawn_blocking(move || n.inval_inode(INodeNo(ino), 0, 0)).await;
+            if let Ok(Err(e)) = r {
+                tracing::debug!(ino, error = %e, "inode invalidation refused");
+            }
+        }
+    }
 }
 
 impl AifsFuse {
     pub fn new(fs: Arc<ClientFs>, rt: tokio::runtime::Handle) -> Self {
-        AifsFuse { fs, rt }
+        AifsFuse { fs, rt, kernel: Arc::new(KernelView::default()) }
+    }
+
+    /// Shared view for handing the session's notifier in after mounting.
+    pub fn kernel_view(&self) -> Arc<KernelView> {
+        self.kernel.clone()
+    }
+}
+
+impl KernelView {
+    pub fn set_notifier(&self, n: fuser::Notifier) {
+        let _ = self.notifier.set(n);
     }
 }
 
@@ -82,9 +128,13 @@ fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
 macro_rules! spawn_entry {
     ($self:ident, $reply:ident, $fut:expr) => {{
         let ttl = $self.fs.attr_ttl;
+        let kernel = $self.kernel.clone();
         $self.rt.spawn(async move {
             match $fut.await {
-                Ok(a) => $reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Ok(a) => {
+                    kernel.tell(&a);
+                    $reply.entry(&ttl, &file_attr(&a), Generation(0))
+                }
                 Err(e) => $reply.error(err(&e)),
             }
         });
@@ -127,9 +177,13 @@ impl Filesystem for AifsFuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let fs = self.fs.clone();
+        let kernel = self.kernel.clone();
         self.rt.spawn(async move {
             match fs.getattr(ino.0).await {
-                Ok(a) => reply.attr(&fs.attr_ttl, &file_attr(&a)),
+                Ok(a) => {
+                    kernel.tell(&a);
+                    reply.attr(&fs.attr_ttl, &file_attr(&a))
+                }
                 Err(e) => reply.error(err(&e)),
             }
         });
@@ -155,9 +209,13 @@ impl Filesystem for AifsFuse {
     ) {
         let fs = self.fs.clone();
         let set = SetAttr { mode, uid, gid, size, atime: time_set(atime), mtime: time_set(mtime) };
+        let kernel = self.kernel.clone();
         self.rt.spawn(async move {
             match fs.setattr(ino.0, set).await {
-                Ok(a) => reply.attr(&fs.attr_ttl, &file_attr(&a)),
+                Ok(a) => {
+                    kernel.tell(&a);
+                    reply.attr(&fs.attr_ttl, &file_attr(&a))
+                }
                 Err(e) => reply.error(err(&e)),
             }
         });
@@ -260,9 +318,13 @@ impl Filesystem for AifsFuse {
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
+        let kernel = self.kernel.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0).await {
-                Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok((fh, a)) => {
+                    kernel.refresh(&a).await;
+                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                }
                 Err(e) => reply.error(err(&e)),
             }
         });
@@ -472,9 +534,13 @@ impl Filesystem for AifsFuse {
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
         let exclusive = flags & libc::O_EXCL != 0;
+        let kernel = self.kernel.clone();
         self.rt.spawn(async move {
             match fs.create(parent.0, &name, mode & !umask, uid, gid, exclusive).await {
-                Ok((fh, a)) => reply.created(&fs.attr_ttl, &file_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+                Ok((fh, a)) => {
+                    kernel.tell(&a);
+                    reply.created(&fs.attr_ttl, &file_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty())
+                }
                 Err(e) => reply.error(err(&e)),
             }
         });

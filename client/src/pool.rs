@@ -77,7 +77,6 @@ impl Pool {
                 Err(Error::Transport(m)) if tries == 0 => {
                     tracing::debug!(osd = id, error = %m, "OSD call failed; retrying");
                     tries += 1;
-                    c.close();
                     let _ = self.refresh_osds().await;
                 }
                 Err(e) => return Err(e),

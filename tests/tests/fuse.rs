@@ -363,3 +363,25 @@ fn write_behind_memory_is_bounded_and_drains() {
         assert!(got[3 * MIB..] == pattern::bytes(i, 3 * MIB as u64, 100_000)[..]);
     }
 }
+
+#[test]
+fn close_to_open_across_two_mounts() {
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    fs::write(a.p("latest"), b"step 100").unwrap();
+    // B reads (and its kernel caches attributes and pages) ...
+    assert_eq!(fs::read(b.p("latest")).unwrap(), b"step 100");
+    for step in [200u64, 3000, 40000] {
+        // ... A rewrites and closes; B's next open sees all of it, at once.
+        let body = pattern::bytes(step, 0, step as usize * 10);
+        fs::write(a.p("latest"), &body).unwrap();
+        assert!(fs::read(b.p("latest")).unwrap() == body, "B read stale contents after A closed (step {step})");
+    }
+    // a shrink made on A is seen by B's next open too, even with B holding
+    // the file open meanwhile
+    let held = File::open(b.p("latest")).unwrap();
+    fs::write(a.p("latest"), b"short").unwrap();
+    assert_eq!(fs::read(b.p("latest")).unwrap(), b"short");
+    drop(held);
+}

@@ -54,8 +54,11 @@ fn main() -> anyhow::Result<()> {
     fcfg.acl = if root { SessionACL::All } else { SessionACL::Owner };
     fcfg.n_threads = Some(cfg.fuse_threads.max(1));
     fcfg.clone_fd = true;
-    let mut session = fuser::Session::new(AifsFuse::new(fs, rt.handle().clone()), &args.mountpoint, &fcfg)
+    let fuse = AifsFuse::new(fs, rt.handle().clone());
+    let kernel = fuse.kernel_view();
+    let mut session = fuser::Session::new(fuse, &args.mountpoint, &fcfg)
         .with_context(|| format!("mounting at {}", args.mountpoint.display()))?;
+    kernel.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
     tracing::info!(mountpoint = %args.mountpoint.display(), mds = %cfg.mds, "mounted");
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();

@@ -54,6 +54,11 @@ pub async fn read_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, obj
             last = Error::Protocol("unexpected reply to Read".into());
             continue;
         };
+        if off > obj_off || off % aifs_common::proto::osd::CRC_BLOCK != 0 || obj_off - off >= aifs_common::proto::osd::CRC_BLOCK {
+            tracing::warn!(%obj, osd = osd.0, off, "OSD answered a read at the wrong offset");
+            last = Error::Protocol(format!("osd.{} answered a read of {obj} at offset {off}", osd.0));
+            continue;
+        }
         let ok = {
             let b = body.clone();
             let check = move || block_crcs(off, &b) == crcs;

@@ -19,6 +19,8 @@ pub struct ReadAhead {
     last_unit: Option<u64>,
     window: usize,
     cache: BTreeMap<u64, UnitFuture>,
+    /// The file's write generation the cached units were fetched under.
+    generation: u64,
 }
 
 impl ReadAhead {
@@ -66,12 +68,19 @@ pub async fn read(ctx: &Arc<DataCtx>, f: &Arc<FileState>, off: u64, len: u64, si
     let last = (end - 1) / su;
     let futs: Option<Vec<(u64, UnitFuture)>> = {
         let mut ra = f.ra.lock().map_err(|_| Error::Io("read-ahead lock poisoned".into()))?;
+        let generation = f.generation.load(std::sync::atomic::Ordering::Acquire);
+        if ra.generation != generation {
+            // A write (or a landed ship) since these units were fetched.
+            ra.cache.clear();
+            ra.generation = generation;
+        }
         let sequential = match ra.last_unit {
             None => off == 0,
             Some(u) => first + 1 >= u && first <= u + ra.window as u64 + 1,
         };
         if sequential {
-            ra.window = (ra.window * 2).clamp(2, ctx.readahead_units.max(1));
+            let max = ctx.readahead_units.max(1);
+            ra.window = (ra.window * 2).clamp(1, max);
         } else {
             ra.clear();
         }
@@ -94,15 +103,31 @@ pub async fn read(ctx: &Arc<DataCtx>, f: &Arc<FileState>, off: u64, len: u64, si
     };
     let mut out = BytesMut::with_capacity((end - off) as usize);
     for (u, fu) in futs {
-        let data = fu.await?;
+        let data = match fu.await {
+            Ok(d) => d,
+            Err(e) => {
+                // Do not keep a failure around for the next reader.
+                if let Ok(mut ra) = f.ra.lock() {
+                    ra.clear();
+                }
+                return Err(e);
+            }
+        };
         let ustart = u * su;
         let a = off.max(ustart) - ustart;
-        let b = (end.min(ustart + su) - ustart).min(data.len() as u64);
-        if a < b {
-            if out.is_empty() && u == last {
-                return Ok(data.slice(a as usize..b as usize));
+        let want = end.min(ustart + su) - ustart;
+        if (data.len() as u64) < want {
+            // Fetched when the file was shorter: not usable for this range.
+            if let Ok(mut ra) = f.ra.lock() {
+                ra.clear();
             }
-            out.extend_from_slice(&data[a as usize..b as usize]);
+            return fetch_range(ctx, f, off, end).await;
+        }
+        if a < want {
+            if out.is_empty() && u == last {
+                return Ok(data.slice(a as usize..want as usize));
+            }
+            out.extend_from_slice(&data[a as usize..want as usize]);
         }
     }
     Ok(out.freeze())

@@ -20,11 +20,11 @@ use crate::pool::Pool;
 use aifs_common::{Error, Layout, ObjectId, Result};
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::AtomicU32;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
 
 /// Budget permits are counted in KiB.
 const BUDGET_UNIT: usize = 1024;
@@ -68,9 +68,25 @@ impl UnitBuf {
     }
 }
 
+/// One unit's latest ship: a future any number of waiters can await, and a
+/// flag the task sets when it has finished.
+#[derive(Clone)]
+struct Ship {
+    fut: Shared<BoxFuture<'static, ()>>,
+    done: Arc<AtomicBool>,
+}
+
+impl Ship {
+    fn finished(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+}
+
 struct Inner {
     units: BTreeMap<u64, UnitBuf>,
-    ships: HashMap<u64, JoinHandle<()>>,
+    /// The latest ship of each unit, kept until it has finished so that
+    /// every flush, fsync and later ship of the unit can wait for it.
+    ships: HashMap<u64, Ship>,
     size: u64,
     meta_dirty: bool,
     mtime_ns: i64,
@@ -90,6 +106,9 @@ pub struct FileState {
     window: Arc<Semaphore>,
     pub ra: Mutex<ReadAhead>,
     pub opens: AtomicU32,
+    /// Bumped by every write and every landed ship: read-ahead data fetched
+    /// under an older generation may predate a write and is not reused.
+    pub generation: AtomicU64,
 }
 
 fn poisoned() -> Error {
@@ -114,6 +133,7 @@ impl FileState {
             window: Arc::new(Semaphore::new(ctx.write_window.max(1))),
             ra: Mutex::new(ReadAhead::default()),
             opens: AtomicU32::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -128,15 +148,21 @@ impl FileState {
         pending.then_some(i.size)
     }
 
-    /// The MDS's size after a setattr or a fresh open; never shrinks a
-    /// size this client has written but not yet published.
+    /// The MDS's size after a setattr or a fresh open. With nothing of
+    /// this client's pending it is taken as is (another client may have
+    /// shrunk the file); otherwise it never shrinks what this client wrote.
     pub fn set_size(&self, size: u64, exact: bool) {
         if let Ok(mut i) = self.inner.lock() {
-            if exact || !i.meta_dirty {
-                i.size = if exact { size } else { size.max(i.size) };
-            }
+            let quiet = !i.meta_dirty && i.units.is_empty() && i.ships.values().all(|s| s.finished());
+            i.size = if exact || quiet { size } else { size.max(i.size) };
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.ra_clear();
+    }
+
+    /// Size or mtime not yet published to the MDS.
+    pub fn meta_dirty(&self) -> bool {
+        self.inner.lock().map(|i| i.meta_dirty).unwrap_or(true)
     }
 
     fn ra_clear(&self) {
@@ -146,7 +172,7 @@ impl FileState {
     }
 
     pub fn has_pending(&self) -> bool {
-        self.inner.lock().map(|i| !i.units.is_empty() || i.ships.values().any(|h| !h.is_finished())).unwrap_or(false)
+        self.inner.lock().map(|i| !i.units.is_empty() || i.ships.values().any(|s| !s.finished())).unwrap_or(true)
     }
 
     fn unit_kib(&self) -> usize {
@@ -180,6 +206,7 @@ impl FileState {
         let win = Arc::new(self.window.clone().acquire_owned().await.map_err(|_| Error::Io("shutting down".into()))?);
         let now = aifs_common::time::now_ns();
         let mut inner = self.inner.lock().map_err(|_| poisoned())?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let mut to_ship: Vec<(u64, Pieces, Option<OwnedSemaphorePermit>)> = Vec::new();
         for ext in exts {
             let unit = ext.file_off / su;
@@ -248,13 +275,15 @@ impl FileState {
         budget: Option<OwnedSemaphorePermit>,
         window: Option<Arc<OwnedSemaphorePermit>>,
     ) {
-        let prev = inner.ships.remove(&unit);
+        let prev = inner.ships.get(&unit).cloned();
         let me = self.clone();
         let ctx = ctx.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let done2 = done.clone();
         let (object, _) = self.layout.locate(unit * self.layout.stripe_size as u64);
         let h = tokio::spawn(async move {
             if let Some(p) = prev {
-                let _ = p.await;
+                p.fut.await;
             }
             let writes = pieces
                 .into_iter()
@@ -278,11 +307,18 @@ impl FileState {
                     }
                 }
             }
+            me.generation.fetch_add(1, Ordering::AcqRel);
+            done2.store(true, Ordering::Release);
         });
-        inner.ships.insert(unit, h);
+        let fut = async move {
+            let _ = h.await;
+        }
+        .boxed()
+        .shared();
+        inner.ships.insert(unit, Ship { fut, done });
         inner.ships_since_gc += 1;
         if inner.ships_since_gc >= 256 {
-            inner.ships.retain(|_, h| !h.is_finished());
+            inner.ships.retain(|_, s| !s.finished());
             inner.ships_since_gc = 0;
         }
     }
@@ -306,22 +342,22 @@ impl FileState {
         Ok(units.len())
     }
 
-    /// Ship every buffered unit and wait for every ship. Leaves any error
-    /// in place (see `take_error`).
+    /// Ship every buffered unit and wait for every ship started before
+    /// this call. Leaves any error in place (see `take_error`). Ships stay
+    /// in the map, so a concurrent drain waits for them too.
     pub async fn drain(self: &Arc<Self>, ctx: &Arc<DataCtx>) -> Result<()> {
         self.ship_buffered(ctx, None)?;
-        loop {
-            let handles: Vec<JoinHandle<()>> = {
-                let mut inner = self.inner.lock().map_err(|_| poisoned())?;
-                inner.ships.drain().map(|(_, h)| h).collect()
-            };
-            if handles.is_empty() {
-                return Ok(());
-            }
-            for h in handles {
-                let _ = h.await;
-            }
+        let snapshot: Vec<Ship> = {
+            let inner = self.inner.lock().map_err(|_| poisoned())?;
+            inner.ships.values().filter(|s| !s.finished()).cloned().collect()
+        };
+        for s in snapshot {
+            s.fut.await;
         }
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.ships.retain(|_, s| !s.finished());
+        }
+        Ok(())
     }
 
     /// The write error kept since the last report, cleared by reading it.

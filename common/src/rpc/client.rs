@@ -8,6 +8,10 @@ use std::time::Duration;
 
 /// How long a connection attempt may take before the call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one call may wait for its answer once sent. Generous: an OSD
+/// fsync of a large object or a GC pass may take seconds; a server that is
+/// stuck longer than this is treated as gone.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A client of one server (an MDS or one OSD).
 pub struct RpcClient {
@@ -54,26 +58,49 @@ impl RpcClient {
     pub async fn call<Req: Message, Resp: Message>(&self, req: &Req, payload: &[Bytes]) -> Result<(Resp, Bytes)> {
         let header = req.encode()?;
         let mut attempt = 0;
-        let (mut send, mut recv) = loop {
+        let (conn, (mut send, mut recv)) = loop {
             let conn = self.connection().await?;
             match conn.open_bi().await {
-                Ok(s) => break s,
+                Ok(s) => break (conn, s),
                 Err(e) if attempt == 0 => {
                     tracing::debug!(addr = %self.addr, error = %e, "stream open failed; reconnecting");
+                    self.forget(&conn).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(Error::Transport(format!("open stream to {}: {e}", self.addr))),
             }
         };
-        write_frame(&mut send, &header, payload).await?;
-        send.finish().map_err(|e| Error::Transport(format!("finish: {e}")))?;
-        let resp_hdr = read_header(&mut recv).await.map_err(|e| match e {
-            Error::Protocol(m) => Error::Transport(format!("{}: {m}", self.addr)),
-            other => other,
-        })?;
-        let resp = Resp::decode(&resp_hdr)?;
-        let body = read_payload(&mut recv, resp.payload_len()).await?;
-        Ok((resp, body))
+        let exchange = async {
+            write_frame(&mut send, &header, payload).await?;
+            send.finish().map_err(|e| Error::Transport(format!("finish: {e}")))?;
+            let resp_hdr = read_header(&mut recv).await.map_err(|e| match e {
+                Error::Protocol(m) => Error::Transport(format!("{}: {m}", self.addr)),
+                other => other,
+            })?;
+            let resp = Resp::decode(&resp_hdr)?;
+            let body = read_payload(&mut recv, resp.payload_len()).await?;
+            Ok((resp, body))
+        };
+        let r = match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Transport(format!("{}: no answer in {CALL_TIMEOUT:?}", self.addr))),
+        };
+        if let Err(Error::Transport(_)) = &r {
+            // Only this call's connection: another call may already have
+            // replaced it with a healthy one.
+            self.forget(&conn).await;
+        }
+        r
+    }
+
+    /// Drop `conn` from the cache if it is still the cached one.
+    async fn forget(&self, conn: &quinn::Connection) {
+        let mut g = self.conn.lock().await;
+        if g.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+            if let Some(c) = g.take() {
+                c.close(0u32.into(), b"reconnecting");
+            }
+        }
     }
 
     pub fn close(&self) {
