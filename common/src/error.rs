@@ -36,6 +36,8 @@ pub enum Error {
     FileTooBig,
     #[error("operation not supported: {0}")]
     NotSupported(String),
+    #[error("value too large")]
+    TooBig,
     // Storage (2xx)
     #[error("no space left: {0}")]
     NoSpace(String),
@@ -81,6 +83,7 @@ impl Error {
             Error::TooManyLinks => 112,
             Error::FileTooBig => 113,
             Error::NotSupported(_) => 114,
+            Error::TooBig => 115,
             Error::NoSpace(_) => 201,
             Error::Checksum(_) => 202,
             Error::Io(_) => 203,
@@ -129,6 +132,7 @@ impl Error {
             112 => Error::TooManyLinks,
             113 => Error::FileTooBig,
             114 => Error::NotSupported(m),
+            115 => Error::TooBig,
             201 => Error::NoSpace(m),
             202 => Error::Checksum(m),
             203 => Error::Io(m),
@@ -181,6 +185,7 @@ pub fn errno(e: &Error) -> i32 {
         Error::TooManyLinks => libc::EMLINK,
         Error::FileTooBig => libc::EFBIG,
         Error::NotSupported(_) => libc::EOPNOTSUPP,
+        Error::TooBig => libc::E2BIG,
         Error::NoSpace(_) => libc::ENOSPC,
         Error::Checksum(_) => libc::EIO,
         Error::Io(_) => libc::EIO,
@@ -213,6 +218,7 @@ mod tests {
             Error::TooManyLinks,
             Error::FileTooBig,
             Error::NotSupported("x".into()),
+            Error::TooBig,
             Error::NoSpace("x".into()),
             Error::Checksum("x".into()),
             Error::Io("x".into()),

@@ -56,6 +56,16 @@ struct InodeLeases {
     holders: BTreeMap<SessionId, LeaseKind>,
     /// Holders asked to release, with when they were asked.
     recalled: BTreeMap<SessionId, Instant>,
+    /// Requests told to wait, with what they want and since when: a later
+    /// conflicting request waits behind them, so a stream of readers cannot
+    /// starve a writer.
+    waiting: BTreeMap<SessionId, (LeaseKind, Instant)>,
+}
+
+impl InodeLeases {
+    fn is_empty(&self) -> bool {
+        self.holders.is_empty() && self.waiting.is_empty()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -105,7 +115,8 @@ impl LeaseTable {
         self.inodes.retain(|_, l| {
             l.holders.remove(&s);
             l.recalled.remove(&s);
-            !l.holders.is_empty()
+            l.waiting.remove(&s);
+            !l.is_empty()
         });
     }
 
@@ -120,6 +131,12 @@ impl LeaseTable {
         for s in &dead {
             self.close_session(*s);
         }
+        // A waiter that stopped asking for a whole term has given up.
+        let term = self.term;
+        self.inodes.retain(|_, l| {
+            l.waiting.retain(|_, (_, since)| now.saturating_duration_since(*since) < term);
+            !l.is_empty()
+        });
         dead
     }
 
@@ -130,16 +147,26 @@ impl LeaseTable {
             return Decision::Wait { recall: Vec::new() };
         }
         let l = self.inodes.entry(ino).or_default();
-        let conflicts: Vec<SessionId> =
+        if l.recalled.remove(&s).is_some() {
+            // Asked to give the lease back: asking again means it lost it.
+            l.holders.remove(&s);
+        }
+        let queued_at = l.waiting.get(&s).map(|w| w.1);
+        let mut conflicts: Vec<SessionId> =
             l.holders.iter().filter(|(h, k)| **h != s && !LeaseKind::compatible(**k, kind)).map(|(h, _)| *h).collect();
-        if conflicts.is_empty() {
+        let behind = l.waiting.iter().any(|(w, (k, since))| {
+            *w != s && !LeaseKind::compatible(*k, kind) && queued_at.is_none_or(|mine| *since < mine)
+        });
+        if conflicts.is_empty() && !behind {
             l.holders.insert(s, kind);
-            l.recalled.remove(&s);
+            l.waiting.remove(&s);
             return Decision::Granted { kind };
         }
         for c in &conflicts {
             l.recalled.entry(*c).or_insert(now);
         }
+        l.waiting.entry(s).or_insert((kind, now)).0 = kind;
+        conflicts.sort_unstable();
         Decision::Wait { recall: conflicts }
     }
 
@@ -148,7 +175,7 @@ impl LeaseTable {
         if let Some(l) = self.inodes.get_mut(&ino) {
             l.holders.remove(&s);
             l.recalled.remove(&s);
-            if l.holders.is_empty() {
+            if l.is_empty() {
                 self.inodes.remove(&ino);
             }
         }
@@ -303,6 +330,25 @@ mod tests {
         assert_eq!(t.acquire(1, 8, LeaseKind::SharedWrite, now), Decision::Granted { kind: LeaseKind::SharedWrite });
         assert_eq!(t.acquire(2, 8, LeaseKind::SharedWrite, now), Decision::Granted { kind: LeaseKind::SharedWrite });
         assert_eq!(t.acquire(3, 8, LeaseKind::Read, now), Decision::Wait { recall: vec![1, 2] });
+    }
+
+    #[test]
+    fn readers_cannot_starve_a_waiting_writer() {
+        let now = Instant::now();
+        let mut t = LeaseTable::new(TERM);
+        for s in 1..=3 {
+            t.open_session(s, now);
+        }
+        assert!(matches!(t.acquire(1, 5, LeaseKind::Read, now), Decision::Granted { .. }));
+        assert_eq!(t.acquire(3, 5, LeaseKind::Write, now), Decision::Wait { recall: vec![1] });
+        // a new reader queues behind the writer, and the recalled reader
+        // cannot simply take its lease again
+        assert_eq!(t.acquire(2, 5, LeaseKind::Read, now), Decision::Wait { recall: vec![] });
+        assert!(matches!(t.acquire(1, 5, LeaseKind::Read, now), Decision::Wait { .. }));
+        assert!(t.holders(5).is_empty());
+        assert_eq!(t.acquire(3, 5, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
+        t.release(3, 5);
+        assert!(matches!(t.acquire(2, 5, LeaseKind::Read, now), Decision::Granted { .. }));
     }
 
     #[test]

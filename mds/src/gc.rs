@@ -11,7 +11,6 @@ use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
 use aifs_common::{Error, ObjectId, Result};
 use dashmap::DashMap;
-use redb::ReadableTable;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,9 +65,52 @@ pub struct Gc {
     pub ns: Arc<Namespace>,
     pub osds: Arc<OsdClients>,
     pub wake: tokio::sync::Notify,
+    /// Jobs a request handler is applying itself (a truncate answers only
+    /// after its cut): the background pass leaves them alone.
+    claimed: std::sync::Mutex<std::collections::BTreeSet<(u32, u64)>>,
+    /// Per shard, the job id the next pass starts after, so a run of jobs
+    /// stuck on a down OSD does not hide the ones behind it.
+    cursor: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
 }
 
 impl Gc {
+    pub fn new(ns: Arc<Namespace>, osds: Arc<OsdClients>) -> Self {
+        Gc {
+            ns,
+            osds,
+            wake: tokio::sync::Notify::new(),
+            claimed: std::sync::Mutex::new(Default::default()),
+            cursor: std::sync::Mutex::new(Default::default()),
+        }
+    }
+
+    pub fn claim(&self, shard: u32, id: u64) {
+        if let Ok(mut c) = self.claimed.lock() {
+            c.insert((shard, id));
+        }
+    }
+
+    pub fn unclaim(&self, shard: u32, id: u64) {
+        if let Ok(mut c) = self.claimed.lock() {
+            c.remove(&(shard, id));
+        }
+    }
+
+    fn is_claimed(&self, shard: u32, id: u64) -> bool {
+        self.claimed.lock().map(|c| c.contains(&(shard, id))).unwrap_or(true)
+    }
+
+    /// A truncate left behind (its OSD was down when the request ran) is
+    /// applied only while the file still has the size it cut to: once the
+    /// file has been written or resized since, cutting again could destroy
+    /// newer data, so the job is dropped.
+    async fn still_wanted(&self, job: &GcJob) -> bool {
+        match job.truncate_to {
+            None => true,
+            Some(size) => matches!(self.ns.getattr(job.ino).await, Ok(a) if a.size == size),
+        }
+    }
+
     /// Apply a job on every OSD holding one of the file's objects.
     pub async fn apply(&self, job: &GcJob) -> Result<()> {
         let l = &job.layout;
@@ -106,10 +148,11 @@ impl Gc {
         let mut done = 0;
         for s in &self.ns.shards {
             let sid = s.id;
+            let after = self.cursor.lock().ok().and_then(|c| c.get(&sid).copied()).unwrap_or(0);
             let jobs = s
-                .read(|t| {
+                .read(move |t| {
                     let mut v = Vec::new();
-                    for r in t.open_table(GC).io()?.iter().io()?.take(GC_BATCH) {
+                    for r in t.open_table(GC).io()?.range(after..).io()?.take(GC_BATCH) {
                         let (k, val) = r.io()?;
                         v.push((k.value(), GcJob::decode(val.value())));
                     }
@@ -123,10 +166,21 @@ impl Gc {
                     continue;
                 }
             };
+            if let Ok(mut c) = self.cursor.lock() {
+                // Resume after this batch next time; wrap to the start when
+                // the queue's end was reached.
+                let next = if jobs.len() < GC_BATCH { 0 } else { jobs.last().map(|j| j.0 + 1).unwrap_or(0) };
+                c.insert(sid, next);
+            }
+            let jobs: Vec<_> = jobs.into_iter().filter(|(id, _)| !self.is_claimed(sid, *id)).collect();
             let mut finished = Vec::new();
             for chunk in jobs.chunks(GC_PARALLEL) {
                 let rs = futures::future::join_all(chunk.iter().map(|(id, job)| async move {
                     match job {
+                        Ok(job) if !self.still_wanted(job).await => {
+                            tracing::warn!(ino = job.ino, "stale truncate job dropped: the file changed since");
+                            Some(*id)
+                        }
                         Ok(job) => match self.apply(job).await {
                             Ok(()) => Some(*id),
                             Err(e) => {

@@ -72,11 +72,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     }
     let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport)?;
     let addr = endpoint.local_addr()?;
-    let gc = Arc::new(Gc {
-        ns: ns.clone(),
-        osds: Arc::new(OsdClients::new(endpoint.clone(), cluster.clone())),
-        wake: tokio::sync::Notify::new(),
-    });
+    let gc = Arc::new(Gc::new(ns.clone(), Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()))));
     let svc = Arc::new(MdsService { ns: ns.clone(), gc: gc.clone(), session_heartbeat_ms: cfg.session_timeout_ms / 4 });
     let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc));
     let gc_task = tokio::spawn(gc.run());

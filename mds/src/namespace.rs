@@ -446,7 +446,10 @@ impl Namespace {
 
     pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32) -> Result<Attr> {
         check_name(name)?;
-        if target.is_empty() || target.len() > PATH_MAX {
+        if target.is_empty() {
+            return Err(Error::NotFound);
+        }
+        if target.len() > PATH_MAX {
             return Err(Error::NameTooLong);
         }
         let name = name.to_string();
@@ -705,6 +708,15 @@ impl Namespace {
         let mut steps = Vec::new();
         let is_dir = kind == FileKind::Dir;
         let moving_dir_across = is_dir && parent != newparent;
+        if moving_dir_across && target.is_none() && np.nlink >= LINK_MAX {
+            return Err(Error::TooManyLinks);
+        }
+        if !is_dir {
+            // Hold an extra link while the file has two names, so a crash
+            // between the shards' commits leaves a leak, never a name whose
+            // unlink frees data the other name still points to.
+            steps.push(Step::AddLink { ino });
+        }
         if let Some((tino, tkind)) = target {
             if flags & RENAME_NOREPLACE != 0 {
                 return Err(Error::Exists);
@@ -743,6 +755,9 @@ impl Namespace {
         if moving_dir_across {
             steps.push(Step::SetParent { ino, parent: newparent });
         }
+        if !is_dir {
+            steps.push(Step::DropLink { ino });
+        }
         self.run_steps(steps).await
     }
 
@@ -750,6 +765,17 @@ impl Namespace {
     /// the GC job (id, job) that cuts the objects, which the caller runs
     /// before answering.
     pub async fn setattr(&self, ino: u64, set: SetAttr) -> Result<(Attr, Option<(u32, u64, GcJob)>)> {
+        self.setattr_with(ino, set, None).await
+    }
+
+    /// setattr that reports a truncate's GC job id to `claim` inside the
+    /// transaction, before the job becomes visible to anyone else.
+    pub async fn setattr_with(
+        &self,
+        ino: u64,
+        set: SetAttr,
+        claim: Option<Box<dyn Fn(u32, u64) + Send>>,
+    ) -> Result<(Attr, Option<(u32, u64, GcJob)>)> {
         let _g = self.topo.read().await;
         let shard = self.shard_for(ino)?.clone();
         let sid = shard.id;
@@ -784,6 +810,9 @@ impl Namespace {
                             let j = GcJob { ino, layout: layout.clone(), truncate_to: Some(size) };
                             drop(inodes);
                             let id = add_gc(txn, &j)?;
+                            if let Some(c) = &claim {
+                                c(sid, id);
+                            }
                             inodes = txn.open_table(INODES).io()?;
                             job = Some((sid, id, j));
                         }
@@ -841,7 +870,14 @@ impl Namespace {
                         if r.size != 0 {
                             return Err(Error::InvalidArgument("layout of a file with data cannot change".into()));
                         }
-                        r.layout = Some(choose_layout(policy, &up, ino)?);
+                        let new = choose_layout(policy, &up, ino)?;
+                        if let Some(old) = r.layout.replace(new) {
+                            // Whatever the old objects hold (empty files
+                            // left by a truncate) goes back.
+                            drop(inodes);
+                            add_gc(txn, &GcJob { ino, layout: old, truncate_to: None })?;
+                            inodes = txn.open_table(INODES).io()?;
+                        }
                     }
                     FileKind::Symlink => return Err(Error::InvalidArgument("symlinks have no layout".into())),
                 }
@@ -898,7 +934,7 @@ impl Namespace {
             return Err(Error::Range);
         }
         if value.len() > XATTR_SIZE_MAX {
-            return Err(Error::Range);
+            return Err(Error::TooBig);
         }
         let name = name.to_string();
         let _g = self.topo.read().await;

@@ -65,12 +65,19 @@ impl MdsService {
             }
             MdsReq::SetAttr { ino, set } => {
                 need(peer, NS)?;
-                let (attr, job) = ns.setattr(ino, set).await?;
+                let gc = self.gc.clone();
+                let claim: Box<dyn Fn(u32, u64) + Send> = Box::new(move |shard, id| gc.claim(shard, id));
+                let (attr, job) = ns.setattr_with(ino, set, Some(claim)).await?;
                 if let Some((shard, id, job)) = job {
                     // Cut the objects before answering, so no later write
-                    // can land before the truncate and be cut by it.
-                    self.gc.apply(&job).await?;
-                    self.gc.remove(shard, id).await?;
+                    // can land before the truncate and be cut by it. The
+                    // job is claimed: the background pass stays off it.
+                    let r = self.gc.apply(&job).await;
+                    if r.is_ok() {
+                        let _ = self.gc.remove(shard, id).await;
+                    }
+                    self.gc.unclaim(shard, id);
+                    r?;
                 }
                 MdsResp::Attr(attr)
             }

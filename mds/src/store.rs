@@ -90,7 +90,24 @@ impl ShardStore {
                     }
                 };
                 let n = batch.len() as u64;
-                let delivers: Vec<Deliver> = batch.into_iter().map(|j| j(&txn)).collect();
+                let mut delivers: Vec<Deliver> = Vec::with_capacity(batch.len());
+                let mut panicked = false;
+                for j in batch {
+                    // A bug in one mutation must not take the shard down
+                    // with it, nor commit half of what it did.
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| j(&txn))) {
+                        Ok(d) => delivers.push(d),
+                        Err(_) => panicked = true,
+                    }
+                }
+                if panicked {
+                    tracing::error!(shard = id, "a metadata mutation panicked; its batch is rolled back");
+                    let _ = txn.abort();
+                    for d in delivers {
+                        d(Err(Error::Io("metadata transaction aborted".into())));
+                    }
+                    continue;
+                }
                 let res = txn.commit().io();
                 if let Err(e) = &res {
                     tracing::error!(shard = id, error = %e, "commit failed");

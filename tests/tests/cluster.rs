@@ -184,7 +184,7 @@ async fn namespace_operations_and_their_errors() {
     mds_call(&c, MdsReq::RemoveXattr { ino: f.ino, name: "user.a".into() }).await.unwrap();
     assert_eq!(mds_call(&c, MdsReq::RemoveXattr { ino: f.ino, name: "user.a".into() }).await, Err(Error::NoXattr));
     assert_eq!(mds_call(&c, MdsReq::GetXattr { ino: f.ino, name: "user.a".into() }).await, Err(Error::NoXattr));
-    assert_eq!(mds_call(&c, sx("user.big", &vec![0u8; 70_000], 0)).await, Err(Error::Range));
+    assert_eq!(mds_call(&c, sx("user.big", &vec![0u8; 70_000], 0)).await, Err(Error::TooBig));
 
     // statfs comes from the OSDs' capacity
     match mds_call(&c, MdsReq::Statfs).await.unwrap() {

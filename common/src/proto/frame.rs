@@ -61,9 +61,16 @@ pub async fn read_header(recv: &mut quinn::RecvStream) -> Result<AlignedVec> {
     if n == 0 || n > MAX_HEADER {
         return Err(Error::Protocol(format!("header length {n} out of range 1..={MAX_HEADER}")));
     }
-    let mut buf = AlignedVec::<16>::with_capacity(n as usize);
-    buf.resize(n as usize, 0);
-    recv.read_exact(&mut buf).await.map_err(|e| Error::Protocol(format!("truncated header: {e}")))?;
+    // Grow with the bytes that actually arrive: a peer that announces a
+    // large header and sends nothing pins no memory.
+    let mut buf = AlignedVec::<16>::with_capacity((n as usize).min(64 * 1024));
+    while buf.len() < n as usize {
+        match recv.read_chunk(n as usize - buf.len(), true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(Error::Protocol(format!("truncated header: {} of {n} bytes", buf.len()))),
+            Err(e) => return Err(Error::Protocol(format!("truncated header: {e}"))),
+        }
+    }
     Ok(buf)
 }
 
