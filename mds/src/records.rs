@@ -4,6 +4,19 @@ use aifs_common::proto::mds::{Attr, FileKind};
 use aifs_common::{Layout, LayoutPolicy, Result};
 use rkyv::{Archive, Deserialize, Serialize};
 
+/// Validate and decode a record read from redb, which hands out unaligned
+/// slices: copied into aligned memory first.
+fn decode_stored<T>(bytes: &[u8]) -> Result<T>
+where
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+{
+    let mut a = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+    a.extend_from_slice(bytes);
+    decode_any(&a)
+}
+
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 pub struct InodeRec {
     pub kind: FileKind,
@@ -55,10 +68,7 @@ impl InodeRec {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        // redb hands out unaligned slices; copy into aligned memory to check.
-        let mut a = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-        a.extend_from_slice(bytes);
-        decode_any(&a)
+        decode_stored(bytes)
     }
 }
 
@@ -78,9 +88,7 @@ impl GcJob {
         Ok(encode_any(self)?.to_vec())
     }
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let mut a = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-        a.extend_from_slice(bytes);
-        decode_any(&a)
+        decode_stored(bytes)
     }
 }
 
@@ -97,8 +105,6 @@ impl OsdRec {
         Ok(encode_any(self)?.to_vec())
     }
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let mut a = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-        a.extend_from_slice(bytes);
-        decode_any(&a)
+        decode_stored(bytes)
     }
 }
