@@ -44,6 +44,9 @@ pub struct ClientFs {
     /// the MDS's reply to the change already carried them. File attributes
     /// are not kept: size and link count come fresh from the MDS.
     attrs: DashMap<u64, (Attr, Instant)>,
+    /// Inodes the MDS last said have no extended attributes, and when:
+    /// within the attribute TTL their `getxattr` is answered here.
+    no_xattrs: DashMap<u64, Instant>,
 }
 
 fn unexpected(what: &str) -> Error {
@@ -76,6 +79,7 @@ impl ClientFs {
             attr_ttl: Duration::from_millis(cfg.attr_ttl_ms),
             name: cfg.name.clone(),
             attrs: DashMap::new(),
+            no_xattrs: DashMap::new(),
         });
         let hb = fs.open_session().await?;
         let weak = Arc::downgrade(&fs);
@@ -161,6 +165,17 @@ impl ClientFs {
     }
 
     fn remember(&self, a: Attr) -> Attr {
+        if !self.attr_ttl.is_zero() {
+            if a.xattrs == 0 {
+                if self.no_xattrs.len() > 100_000 {
+                    let ttl = self.attr_ttl;
+                    self.no_xattrs.retain(|_, t| t.elapsed() < ttl);
+                }
+                self.no_xattrs.insert(a.ino, Instant::now());
+            } else {
+                self.no_xattrs.remove(&a.ino);
+            }
+        }
         if a.kind == FileKind::Dir && !self.attr_ttl.is_zero() {
             // Bound the cache: entries older than the TTL are useless.
             if self.attrs.len() > 100_000 {
@@ -332,6 +347,25 @@ impl ClientFs {
         }
     }
 
+    /// Entries after `cookie` with their attributes, and the directory's
+    /// parent.
+    pub async fn readdirplus(&self, ino: u64, cookie: u64) -> Result<(Vec<(DirEntry, Attr)>, u64)> {
+        match self.pool.mds(&MdsReq::ReaddirPlus { ino, cookie, max: READDIR_BATCH }).await? {
+            MdsResp::DirPlus { entries, attrs, parent, .. } if entries.len() == attrs.len() => {
+                let pairs = entries
+                    .into_iter()
+                    .zip(attrs)
+                    .map(|(e, a)| {
+                        let a = self.overlay(self.remember(a));
+                        (e, a)
+                    })
+                    .collect();
+                Ok((pairs, parent))
+            }
+            _ => Err(unexpected("ReaddirPlus")),
+        }
+    }
+
     pub async fn statfs(&self) -> Result<Statfs> {
         match self.pool.mds(&MdsReq::Statfs).await? {
             MdsResp::Statfs(s) => Ok(s),
@@ -339,7 +373,14 @@ impl ClientFs {
         }
     }
 
+    fn known_without_xattrs(&self, ino: u64) -> bool {
+        self.no_xattrs.get(&ino).is_some_and(|t| t.elapsed() < self.attr_ttl)
+    }
+
     pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>> {
+        if self.known_without_xattrs(ino) {
+            return Err(Error::NoXattr);
+        }
         match self.pool.mds(&MdsReq::GetXattr { ino, name: name.to_string() }).await? {
             MdsResp::Bytes(b) => Ok(b),
             _ => Err(unexpected("GetXattr")),
@@ -347,10 +388,14 @@ impl ClientFs {
     }
 
     pub async fn setxattr(&self, ino: u64, name: &str, value: Vec<u8>, flags: u32) -> Result<()> {
+        self.no_xattrs.remove(&ino);
         self.done(MdsReq::SetXattr { ino, name: name.to_string(), value, flags }).await
     }
 
     pub async fn listxattr(&self, ino: u64) -> Result<Vec<String>> {
+        if self.known_without_xattrs(ino) {
+            return Ok(Vec::new());
+        }
         match self.pool.mds(&MdsReq::ListXattr { ino }).await? {
             MdsResp::Names(n) => Ok(n),
             _ => Err(unexpected("ListXattr")),

@@ -6,8 +6,8 @@ use aifs_common::proto::mds::{Attr, FileKind, SetAttr, TimeSet, RENAME_NOREPLACE
 use aifs_common::{errno, Error};
 use bytes::Bytes;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
@@ -158,6 +158,8 @@ impl Filesystem for AifsFuse {
         let _ = config.set_max_readahead(MAX_READAHEAD);
         let _ = config.set_max_background(MAX_BACKGROUND);
         let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
+        // `ls -l`: entries and attributes in one request per batch.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -429,6 +431,39 @@ impl Filesystem for AifsFuse {
                     FileKind::Symlink => FileType::Symlink,
                 };
                 if reply.add(INodeNo(e.ino), e.cookie, kind, &e.name) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let fs = self.fs.clone();
+        let kernel = self.kernel.clone();
+        self.rt.spawn(async move {
+            let ttl = fs.attr_ttl;
+            let (entries, parent) = match fs.readdirplus(ino.0, offset.max(2)).await {
+                Ok(r) => r,
+                Err(e) => return reply.error(err(&e)),
+            };
+            if offset < 2 {
+                // The kernel takes no attributes from `.` and `..`.
+                let me = match fs.getattr(ino.0).await {
+                    Ok(a) => a,
+                    Err(e) => return reply.error(err(&e)),
+                };
+                let fa = file_attr(&me);
+                if offset < 1 && reply.add(ino, 1, ".", &ttl, &fa, Generation(0)) {
+                    return reply.ok();
+                }
+                if reply.add(INodeNo(parent), 2, "..", &ttl, &fa, Generation(0)) {
+                    return reply.ok();
+                }
+            }
+            for (e, a) in entries {
+                kernel.tell(&a);
+                if reply.add(INodeNo(e.ino), e.cookie, &e.name, &ttl, &file_attr(&a), Generation(0)) {
                     break;
                 }
             }

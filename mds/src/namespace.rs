@@ -238,6 +238,7 @@ fn dir_rec(perm: u32, uid: u32, gid: u32, parent: u64, policy: Option<LayoutPoli
         next_cookie: FIRST_COOKIE,
         entries: 0,
         target: None,
+        xattrs: 0,
     }
 }
 
@@ -369,6 +370,37 @@ impl Namespace {
             .await
     }
 
+    /// Readdir with attributes: one read per shard the entries' inodes
+    /// live on. An entry whose inode vanished in between is left out.
+    pub async fn readdir_plus(&self, ino: u64, cookie: u64, max: u32) -> Result<(Vec<(DirEntry, Attr)>, bool, u64)> {
+        let (entries, eof, parent) = self.readdir(ino, cookie, max).await?;
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<u64>> = std::collections::BTreeMap::new();
+        for e in &entries {
+            by_shard.entry(shard_of(e.ino)).or_default().push(e.ino);
+        }
+        let mut attrs: std::collections::HashMap<u64, Attr> = std::collections::HashMap::new();
+        for (sh, inos) in by_shard {
+            let Some(shard) = self.shards.get(sh as usize) else { continue };
+            let got = shard
+                .read(move |t| {
+                    let table = t.open_table(INODES).io()?;
+                    let mut v = Vec::with_capacity(inos.len());
+                    for i in inos {
+                        match get_inode(&table, i) {
+                            Ok(r) => v.push(r.attr(i)),
+                            Err(Error::NotFound) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(v)
+                })
+                .await?;
+            attrs.extend(got.into_iter().map(|a| (a.ino, a)));
+        }
+        let out = entries.into_iter().filter_map(|e| attrs.get(&e.ino).cloned().map(|a| (e, a))).collect();
+        Ok((out, eof, parent))
+    }
+
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let r = self.inode(ino).await?;
         match (r.kind, r.target) {
@@ -427,6 +459,7 @@ impl Namespace {
                     next_cookie: 0,
                     entries: 0,
                     target: None,
+                    xattrs: 0,
                 };
                 let cookie = p.next_cookie;
                 p.next_cookie += 1;
@@ -488,6 +521,7 @@ impl Namespace {
                     next_cookie: 0,
                     entries: 0,
                     target: Some(target),
+                    xattrs: 0,
                 };
                 let cookie = p.next_cookie;
                 p.next_cookie += 1;
@@ -951,6 +985,9 @@ impl Namespace {
                     return Err(Error::NoXattr);
                 }
                 x.insert((ino, name.as_str()), value.as_slice()).io()?;
+                if !exists {
+                    r.xattrs += 1;
+                }
                 r.ctime_ns = now_ns();
                 put_inode(&mut inodes, ino, &r)?;
                 Ok(())
@@ -970,6 +1007,7 @@ impl Namespace {
                     return Err(Error::NoXattr);
                 }
                 x.remove((ino, name.as_str())).io()?;
+                r.xattrs = r.xattrs.saturating_sub(1);
                 r.ctime_ns = now_ns();
                 put_inode(&mut inodes, ino, &r)?;
                 Ok(())
@@ -1011,6 +1049,7 @@ fn placeholder_attr() -> Attr {
         mtime_ns: 0,
         ctime_ns: 0,
         layout: None,
+        xattrs: 0,
     }
 }
 

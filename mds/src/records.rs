@@ -40,6 +40,8 @@ pub struct InodeRec {
     pub entries: u64,
     /// Symlinks: the target.
     pub target: Option<String>,
+    /// Number of extended attributes.
+    pub xattrs: u32,
 }
 
 impl InodeRec {
@@ -60,6 +62,7 @@ impl InodeRec {
             mtime_ns: self.mtime_ns,
             ctime_ns: self.ctime_ns,
             layout: self.layout.clone(),
+            xattrs: self.xattrs,
         }
     }
 

@@ -113,6 +113,12 @@ impl MdsService {
                 let (entries, eof, parent) = ns.readdir(ino, cookie, max).await?;
                 MdsResp::Dir { entries, eof, parent }
             }
+            MdsReq::ReaddirPlus { ino, cookie, max } => {
+                need(peer, NS)?;
+                let (pairs, eof, parent) = ns.readdir_plus(ino, cookie, max).await?;
+                let (entries, attrs) = pairs.into_iter().unzip();
+                MdsResp::DirPlus { entries, attrs, eof, parent }
+            }
             MdsReq::Symlink { parent, name, target, uid, gid } => {
                 need(peer, NS)?;
                 let a = ns.symlink(parent, &name, &target, uid, gid).await?;

@@ -186,6 +186,23 @@ async fn namespace_operations_and_their_errors() {
     assert_eq!(mds_call(&c, MdsReq::GetXattr { ino: f.ino, name: "user.a".into() }).await, Err(Error::NoXattr));
     assert_eq!(mds_call(&c, sx("user.big", &vec![0u8; 70_000], 0)).await, Err(Error::TooBig));
 
+    assert_eq!(attr(&c, MdsReq::GetAttr { ino: f.ino }).await.unwrap().xattrs, 1, "xattr count follows set/remove");
+
+    // readdir with attributes: one attr per entry, matching it
+    match mds_call(&c, MdsReq::ReaddirPlus { ino: d.ino, cookie: 0, max: 100 }).await.unwrap() {
+        MdsResp::DirPlus { entries, attrs, eof, parent } => {
+            assert!(eof);
+            assert_eq!(parent, ROOT);
+            assert_eq!(entries.len(), attrs.len());
+            assert!(!entries.is_empty());
+            for (e, a) in entries.iter().zip(&attrs) {
+                assert_eq!(e.ino, a.ino);
+                assert_eq!(e.kind, a.kind);
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+
     // statfs comes from the OSDs' capacity
     match mds_call(&c, MdsReq::Statfs).await.unwrap() {
         MdsResp::Statfs(s) => {

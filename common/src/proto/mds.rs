@@ -29,6 +29,10 @@ pub struct Attr {
     pub ctime_ns: i64,
     /// Files: their layout. Directories and symlinks: none.
     pub layout: Option<Layout>,
+    /// Number of extended attributes: a client that knows there are none
+    /// answers `getxattr` itself within its attribute TTL (`ls -l` asks
+    /// for two on every file).
+    pub xattrs: u32,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -160,6 +164,8 @@ pub enum MdsReq {
     Status,
     /// Admin: end a client's session now, dropping its leases.
     EvictSession { id: u64 },
+    /// Readdir with each entry's attributes (`ls -l` in one round trip).
+    ReaddirPlus { ino: u64, cookie: u64, max: u32 },
 }
 message!(MdsReq);
 
@@ -181,5 +187,7 @@ pub enum MdsResp {
     /// the changed directories' attributes after it, so a client need not
     /// ask for them again within its attribute TTL.
     Changed { attr: Option<Attr>, dirs: Vec<Attr> },
+    /// `attrs[i]` belongs to `entries[i]`.
+    DirPlus { entries: Vec<DirEntry>, attrs: Vec<Attr>, eof: bool, parent: u64 },
 }
 message!(MdsResp);
