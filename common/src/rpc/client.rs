@@ -19,12 +19,18 @@ pub struct RpcClient {
     addr: SocketAddr,
     role: Role,
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+    /// The last failed connection attempt: calls queued behind it fail at
+    /// once instead of each waiting out its own connect timeout.
+    failed: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// After a failed connect, how long further calls fail without trying.
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
 impl RpcClient {
     /// `role` is the role the server must prove (its certificate's name).
     pub fn new(endpoint: quinn::Endpoint, addr: SocketAddr, role: Role) -> Self {
-        RpcClient { endpoint, addr, role, conn: tokio::sync::Mutex::new(None) }
+        RpcClient { endpoint, addr, role, conn: tokio::sync::Mutex::new(None), failed: std::sync::Mutex::new(None) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -39,16 +45,42 @@ impl RpcClient {
                 return Ok(c.clone());
             }
         }
-        let connecting = self
-            .endpoint
-            .connect(self.addr, self.role.dns_name())
-            .map_err(|e| Error::Transport(format!("connect {}: {e}", self.addr)))?;
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| Error::Transport(format!("connect {}: timed out", self.addr)))?
-            .map_err(|e| Error::Transport(format!("connect {}: {e}", self.addr)))?;
-        *guard = Some(conn.clone());
-        Ok(conn)
+        if let Ok(f) = self.failed.lock() {
+            if let Some((at, why)) = f.as_ref() {
+                if at.elapsed() < RECONNECT_BACKOFF {
+                    return Err(Error::Transport(why.clone()));
+                }
+            }
+        }
+        let attempt = async {
+            let connecting = self
+                .endpoint
+                .connect(self.addr, self.role.dns_name())
+                .map_err(|e| Error::Transport(format!("connect {}: {e}", self.addr)))?;
+            tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                .await
+                .map_err(|_| Error::Transport(format!("connect {}: timed out", self.addr)))?
+                .map_err(|e| Error::Transport(format!("connect {}: {e}", self.addr)))
+        };
+        match attempt.await {
+            Ok(conn) => {
+                if let Ok(mut f) = self.failed.lock() {
+                    *f = None;
+                }
+                *guard = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                if let Ok(mut f) = self.failed.lock() {
+                    let why = match &e {
+                        Error::Transport(m) => m.clone(),
+                        other => other.to_string(),
+                    };
+                    *f = Some((std::time::Instant::now(), why));
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Send `req` (and `payload` raw after it), wait for the response and
