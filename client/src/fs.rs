@@ -43,10 +43,46 @@ pub struct ClientFs {
     /// every change in it and asks again before the next permission check;
     /// the MDS's reply to the change already carried them. File attributes
     /// are not kept: size and link count come fresh from the MDS.
-    attrs: DashMap<u64, (Attr, Instant)>,
+    attrs: TtlCache<Attr>,
     /// Inodes the MDS last said have no extended attributes, and when:
     /// within the attribute TTL their `getxattr` is answered here.
-    no_xattrs: DashMap<u64, Instant>,
+    no_xattrs: TtlCache<()>,
+}
+
+/// Entries per inode that count only while younger than the TTL; a TTL of
+/// zero keeps nothing. Bounded: past `TTL_CACHE_MAX` entries, stale ones
+/// are swept on insert.
+struct TtlCache<V> {
+    map: DashMap<u64, (V, Instant)>,
+    ttl: Duration,
+}
+
+/// Size at which a `TtlCache` sweeps out entries older than its TTL.
+const TTL_CACHE_MAX: usize = 100_000;
+
+impl<V: Clone> TtlCache<V> {
+    fn new(ttl: Duration) -> Self {
+        TtlCache { map: DashMap::new(), ttl }
+    }
+
+    fn insert(&self, ino: u64, v: V) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if self.map.len() > TTL_CACHE_MAX {
+            let ttl = self.ttl;
+            self.map.retain(|_, (_, t)| t.elapsed() < ttl);
+        }
+        self.map.insert(ino, (v, Instant::now()));
+    }
+
+    fn get(&self, ino: u64) -> Option<V> {
+        self.map.get(&ino).filter(|e| e.1.elapsed() < self.ttl).map(|e| e.0.clone())
+    }
+
+    fn remove(&self, ino: u64) {
+        self.map.remove(&ino);
+    }
 }
 
 fn unexpected(what: &str) -> Error {
@@ -78,8 +114,8 @@ impl ClientFs {
             session: AtomicU64::new(0),
             attr_ttl: Duration::from_millis(cfg.attr_ttl_ms),
             name: cfg.name.clone(),
-            attrs: DashMap::new(),
-            no_xattrs: DashMap::new(),
+            attrs: TtlCache::new(Duration::from_millis(cfg.attr_ttl_ms)),
+            no_xattrs: TtlCache::new(Duration::from_millis(cfg.attr_ttl_ms)),
         });
         let hb = fs.open_session().await?;
         let weak = Arc::downgrade(&fs);
@@ -165,30 +201,19 @@ impl ClientFs {
     }
 
     fn remember(&self, a: Attr) -> Attr {
-        if !self.attr_ttl.is_zero() {
-            if a.xattrs == 0 {
-                if self.no_xattrs.len() > 100_000 {
-                    let ttl = self.attr_ttl;
-                    self.no_xattrs.retain(|_, t| t.elapsed() < ttl);
-                }
-                self.no_xattrs.insert(a.ino, Instant::now());
-            } else {
-                self.no_xattrs.remove(&a.ino);
-            }
+        if a.xattrs == 0 {
+            self.no_xattrs.insert(a.ino, ());
+        } else {
+            self.no_xattrs.remove(a.ino);
         }
-        if a.kind == FileKind::Dir && !self.attr_ttl.is_zero() {
-            // Bound the cache: entries older than the TTL are useless.
-            if self.attrs.len() > 100_000 {
-                let ttl = self.attr_ttl;
-                self.attrs.retain(|_, (_, t)| t.elapsed() < ttl);
-            }
-            self.attrs.insert(a.ino, (a.clone(), Instant::now()));
+        if a.kind == FileKind::Dir {
+            self.attrs.insert(a.ino, a.clone());
         }
         a
     }
 
     fn forget(&self, ino: u64) {
-        self.attrs.remove(&ino);
+        self.attrs.remove(ino);
     }
 
     /// Attributes as this client sees them: a size it wrote but has not
@@ -208,10 +233,8 @@ impl ClientFs {
 
     /// Attributes, from the cache while they are younger than the TTL.
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
-        if let Some(e) = self.attrs.get(&ino) {
-            if e.1.elapsed() < self.attr_ttl {
-                return Ok(self.overlay(e.0.clone()));
-            }
+        if let Some(a) = self.attrs.get(ino) {
+            return Ok(self.overlay(a));
         }
         self.fresh_attr(ino).await
     }
@@ -374,7 +397,7 @@ impl ClientFs {
     }
 
     fn known_without_xattrs(&self, ino: u64) -> bool {
-        self.no_xattrs.get(&ino).is_some_and(|t| t.elapsed() < self.attr_ttl)
+        self.no_xattrs.get(ino).is_some()
     }
 
     pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>> {
@@ -388,7 +411,7 @@ impl ClientFs {
     }
 
     pub async fn setxattr(&self, ino: u64, name: &str, value: Vec<u8>, flags: u32) -> Result<()> {
-        self.no_xattrs.remove(&ino);
+        self.no_xattrs.remove(ino);
         self.done(MdsReq::SetXattr { ino, name: name.to_string(), value, flags }).await
     }
 

@@ -117,6 +117,12 @@ pub fn human(n: u64) -> String {
     }
 }
 
+/// Share of `total` in use, as "12.3%" (0% of nothing).
+pub fn use_pct(used: u64, total: u64) -> String {
+    let pct = if total > 0 { used as f64 * 100.0 / total as f64 } else { 0.0 };
+    format!("{pct:.1}%")
+}
+
 /// Parse "1M", "64k", "4MiB", "1048576".
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();

@@ -7,7 +7,7 @@ use aifs_common::proto::mds::{MdsReq, MdsResp, OsdInfo, OsdState, SessionInfo, S
 use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
 use aifs_common::{LayoutPolicy, ObjectId};
-use aifs_mds::admin::{human, parse_size, table, Admin, AdminConfig};
+use aifs_mds::admin::{human, parse_size, table, use_pct, Admin, AdminConfig};
 use aifs_mds::MdsConfig;
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
@@ -181,7 +181,6 @@ fn aifs_client_config(mds: SocketAddr, tls: TlsConfig) -> String {
 fn osd_rows(osds: &[OsdInfo]) -> Vec<Vec<String>> {
     osds.iter()
         .map(|o| {
-            let pct = if o.capacity > 0 { o.used as f64 * 100.0 / o.capacity as f64 } else { 0.0 };
             vec![
                 format!("osd.{}", o.id),
                 match o.state {
@@ -191,7 +190,7 @@ fn osd_rows(osds: &[OsdInfo]) -> Vec<Vec<String>> {
                 o.addr.clone(),
                 human(o.capacity),
                 human(o.used),
-                format!("{pct:.1}%"),
+                use_pct(o.used, o.capacity),
                 o.objects.to_string(),
                 if o.last_seen_ms == u64::MAX { "never".into() } else { format!("{:.1}s", o.last_seen_ms as f64 / 1000.0) },
             ]
@@ -298,19 +297,23 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 .osds
                 .iter()
                 .map(|o| {
-                    let pct = if o.capacity > 0 { o.used as f64 * 100.0 / o.capacity as f64 } else { 0.0 };
                     vec![
                         format!("osd.{}", o.id),
                         human(o.capacity),
                         human(o.used),
                         human(o.capacity.saturating_sub(o.used)),
-                        format!("{pct:.1}%"),
+                        use_pct(o.used, o.capacity),
                     ]
                 })
                 .collect();
             let t = &s.statfs;
-            let pct = if t.total_bytes > 0 { t.used_bytes as f64 * 100.0 / t.total_bytes as f64 } else { 0.0 };
-            rows.push(vec!["total".into(), human(t.total_bytes), human(t.used_bytes), human(t.avail_bytes), format!("{pct:.1}%")]);
+            rows.push(vec![
+                "total".into(),
+                human(t.total_bytes),
+                human(t.used_bytes),
+                human(t.avail_bytes),
+                use_pct(t.used_bytes, t.total_bytes),
+            ]);
             print!("{}", table(&["OSD", "SIZE", "USED", "AVAIL", "USE%"], &rows));
         }
         Cmd::Setstripe { path, size, count, replicas } => {
