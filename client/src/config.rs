@@ -13,10 +13,11 @@ pub struct ClientConfig {
     /// FUSE worker threads reading requests from the kernel.
     #[serde(default = "default_fuse_threads")]
     pub fuse_threads: usize,
-    /// How long the kernel may cache attributes and entries, in ms. Leases
-    /// replace this fixed TTL in a later version.
-    #[serde(default = "default_attr_ttl_ms")]
-    pub attr_ttl_ms: u64,
+    /// Cache metadata under the MDS's leases (and let the kernel cache it
+    /// for what is left of them). Off: every lookup, stat and listing asks
+    /// the MDS, a baseline for measuring what leases save.
+    #[serde(default = "default_true")]
+    pub lease_cache: bool,
     /// Stripe units of one file in flight to the OSDs at once.
     #[serde(default = "default_write_window")]
     pub write_window: usize,
@@ -41,8 +42,8 @@ fn default_name() -> String {
 fn default_fuse_threads() -> usize {
     4
 }
-fn default_attr_ttl_ms() -> u64 {
-    1000
+fn default_true() -> bool {
+    true
 }
 fn default_write_window() -> usize {
     16

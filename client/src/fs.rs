@@ -1,19 +1,23 @@
 //! `ClientFs`: the file system as async operations, with no knowledge of
-//! FUSE (fuse.rs is the thin glue). Metadata goes to the MDS; file data
-//! goes through the write-behind and read-ahead pipelines to the OSDs.
+//! FUSE (fuse.rs is the thin glue). Metadata goes to the MDS and is cached
+//! under its leases (meta.rs); file data goes through the write-behind and
+//! read-ahead pipelines to the OSDs. The MDS's recalls arrive on streams it
+//! opens on this client's connection and are served by `on_recall`.
 use crate::config::ClientConfig;
 use crate::data::prefetch;
 use crate::data::writeback::{DataCtx, FileState};
+use crate::meta::MetaCache;
 use crate::pool::Pool;
-use aifs_common::proto::mds::{Attr, DirEntry, FileKind, MdsReq, MdsResp, SetAttr, Statfs};
-use aifs_common::rpc::{self, Identity};
+use aifs_common::certs::Role;
+use aifs_common::proto::mds::{Attr, DirEntry, FileKind, LeaseMode, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs};
+use aifs_common::rpc::{self, Identity, Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 /// How often the background flusher looks for stale partial units.
 const FLUSH_TICK: Duration = Duration::from_secs(1);
@@ -24,9 +28,34 @@ const STALE_UNIT: Duration = Duration::from_secs(5);
 /// Entries fetched per readdir call to the MDS.
 const READDIR_BATCH: u32 = 512;
 
+/// How long a recall waits for the kernel to drop an entry or an inode
+/// before answering the MDS anyway. The kernel takes the directory's lock
+/// to drop an entry; if this mount is itself in the middle of a change in
+/// that directory, waiting on the MDS that waits for this answer, the
+/// notice completes after that change does.
+const KERNEL_NOTICE_WAIT: Duration = Duration::from_millis(50);
+
+/// The kernel's caches, as the FUSE glue exposes them.
+pub trait KernelCache: Send + Sync + 'static {
+    /// Forget the entry `name` in `parent`.
+    fn forget_entry(&self, parent: u64, name: &str);
+    /// Forget `ino`'s attributes, and with `data` its cached pages.
+    fn forget_inode(&self, ino: u64, data: bool);
+}
+
 /// An open file handle.
 struct Handle {
     file: Arc<FileState>,
+}
+
+/// How an open was answered.
+pub struct Opened {
+    pub fh: u64,
+    pub attr: Attr,
+    /// The kernel's cached pages of the file are still good.
+    pub keep_cache: bool,
+    /// Several clients write the file: the kernel must not cache its pages.
+    pub direct_io: bool,
 }
 
 pub struct ClientFs {
@@ -35,58 +64,44 @@ pub struct ClientFs {
     files: DashMap<u64, Arc<FileState>>,
     handles: DashMap<u64, Handle>,
     next_fh: AtomicU64,
-    session: AtomicU64,
-    pub attr_ttl: Duration,
     name: String,
-    /// Directory attributes the MDS sent, kept for the same fixed TTL the
-    /// kernel is given. The kernel drops a directory's attributes after
-    /// every change in it and asks again before the next permission check;
-    /// the MDS's reply to the change already carried them. File attributes
-    /// are not kept: size and link count come fresh from the MDS.
-    attrs: TtlCache<Attr>,
-    /// Inodes the MDS last said have no extended attributes, and when:
-    /// within the attribute TTL their `getxattr` is answered here.
-    no_xattrs: TtlCache<()>,
-}
-
-/// Entries per inode that count only while younger than the TTL; a TTL of
-/// zero keeps nothing. Bounded: past `TTL_CACHE_MAX` entries, stale ones
-/// are swept on insert.
-struct TtlCache<V> {
-    map: DashMap<u64, (V, Instant)>,
-    ttl: Duration,
-}
-
-/// Size at which a `TtlCache` sweeps out entries older than its TTL.
-const TTL_CACHE_MAX: usize = 100_000;
-
-impl<V: Clone> TtlCache<V> {
-    fn new(ttl: Duration) -> Self {
-        TtlCache { map: DashMap::new(), ttl }
-    }
-
-    fn insert(&self, ino: u64, v: V) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        if self.map.len() > TTL_CACHE_MAX {
-            let ttl = self.ttl;
-            self.map.retain(|_, (_, t)| t.elapsed() < ttl);
-        }
-        self.map.insert(ino, (v, Instant::now()));
-    }
-
-    fn get(&self, ino: u64) -> Option<V> {
-        self.map.get(&ino).filter(|e| e.1.elapsed() < self.ttl).map(|e| e.0.clone())
-    }
-
-    fn remove(&self, ino: u64) {
-        self.map.remove(&ino);
-    }
+    pub meta: MetaCache,
+    lease_cache: bool,
+    /// Session term, learned when the session opens.
+    term_ms: AtomicU64,
+    kernel: OnceLock<Arc<dyn KernelCache>>,
+    /// Woken when a new MDS connection needs the session bound to it.
+    rebind: Notify,
 }
 
 fn unexpected(what: &str) -> Error {
     Error::Protocol(format!("unexpected MDS reply to {what}"))
+}
+
+/// Serves the MDS's recalls on this client's connection.
+struct RecallService {
+    fs: Weak<ClientFs>,
+}
+
+impl Service for RecallService {
+    type Req = RecallReq;
+    type Resp = RecallResp;
+
+    async fn call(&self, _peer: &Arc<Peer>, req: RecallReq, _payload: Bytes) -> (RecallResp, Vec<Bytes>) {
+        let Some(fs) = self.fs.upgrade() else { return (RecallResp::Done, vec![]) };
+        match fs.on_recall(req).await {
+            Ok(()) => (RecallResp::Done, vec![]),
+            Err(e) => (RecallResp::Err(e.to_wire()), vec![]),
+        }
+    }
+
+    fn error(e: Error) -> RecallResp {
+        RecallResp::Err(e.to_wire())
+    }
+
+    fn accepts(&self, role: Role) -> bool {
+        role == Role::Mds
+    }
 }
 
 impl ClientFs {
@@ -111,13 +126,23 @@ impl ClientFs {
             files: DashMap::new(),
             handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
-            session: AtomicU64::new(0),
-            attr_ttl: Duration::from_millis(cfg.attr_ttl_ms),
             name: cfg.name.clone(),
-            attrs: TtlCache::new(Duration::from_millis(cfg.attr_ttl_ms)),
-            no_xattrs: TtlCache::new(Duration::from_millis(cfg.attr_ttl_ms)),
+            meta: MetaCache::new(),
+            lease_cache: cfg.lease_cache,
+            term_ms: AtomicU64::new(0),
+            kernel: OnceLock::new(),
+            rebind: Notify::new(),
         });
-        let hb = fs.open_session().await?;
+        // Every connection to the MDS carries its recalls back to us; a new
+        // one (after a reconnect) gets the session bound by a heartbeat.
+        let weak = Arc::downgrade(&fs);
+        fs.pool.mds.on_connect(Box::new(move |conn| {
+            let svc = Arc::new(RecallService { fs: weak.clone() });
+            tokio::spawn(rpc::serve_conn(svc, Peer::new(Role::Mds, conn)));
+            if let Some(fs) = weak.upgrade() {
+                fs.rebind.notify_one();
+            }
+        }));
         let weak = Arc::downgrade(&fs);
         tokio::spawn(async move {
             // Background flusher: partial units do not sit in memory forever,
@@ -137,18 +162,24 @@ impl ClientFs {
                 }
             }
         });
+        let hb = fs.open_session().await?;
         fs.pool.refresh_osds().await?;
         let weak = Arc::downgrade(&fs);
         tokio::spawn(async move {
             let period = Duration::from_millis(hb.clamp(200, 10_000));
             loop {
-                tokio::time::sleep(period).await;
                 let Some(fs) = weak.upgrade() else { return };
-                let id = fs.session.load(Ordering::Relaxed);
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = fs.rebind.notified() => {}
+                }
+                let id = fs.meta.session();
+                let sent = Instant::now();
                 match fs.pool.mds(&MdsReq::SessionHeartbeat { id }).await {
-                    Ok(_) => {}
+                    Ok(_) => fs.meta.renewed(sent, fs.term()),
                     Err(Error::Stale) => {
-                        tracing::info!("session unknown to the MDS (restart or expiry); opening a new one");
+                        tracing::info!("session unknown to the MDS (restart, expiry or eviction); opening a new one");
+                        fs.meta.clear();
                         let _ = fs.open_session().await;
                     }
                     Err(e) => tracing::warn!(error = %e, "session heartbeat failed"),
@@ -158,10 +189,23 @@ impl ClientFs {
         Ok(fs)
     }
 
+    /// Where to send kernel cache notices (set once the FUSE session is up).
+    pub fn set_kernel(&self, k: Arc<dyn KernelCache>) {
+        let _ = self.kernel.set(k);
+    }
+
+    fn term(&self) -> Duration {
+        Duration::from_millis(self.term_ms.load(Ordering::Relaxed))
+    }
+
+    /// Open a session; returns the heartbeat period in ms. The MDS asks for
+    /// four heartbeats per term.
     async fn open_session(&self) -> Result<u64> {
+        let sent = Instant::now();
         match self.pool.mds(&MdsReq::OpenSession { name: self.name.clone() }).await? {
             MdsResp::Session { id, heartbeat_ms } => {
-                self.session.store(id, Ordering::Relaxed);
+                self.term_ms.store(heartbeat_ms * 4, Ordering::Relaxed);
+                self.meta.set_session(id, sent, self.term());
                 Ok(heartbeat_ms)
             }
             _ => Err(unexpected("OpenSession")),
@@ -176,7 +220,8 @@ impl ClientFs {
                 tracing::warn!(ino = f.ino, error = %e, "flush at unmount failed");
             }
         }
-        let id = self.session.load(Ordering::Relaxed);
+        let id = self.meta.session();
+        self.meta.clear();
         // An MDS that is gone must not hold up the unmount.
         let req = MdsReq::CloseSession { id };
         let close = self.pool.mds(&req);
@@ -186,34 +231,77 @@ impl ClientFs {
         self.pool.mds.close();
     }
 
-    async fn attr_req(&self, req: MdsReq, what: &str) -> Result<Attr> {
-        match self.pool.mds(&req).await? {
-            MdsResp::Attr(a) | MdsResp::Changed { attr: Some(a), .. } if a.ino == 0 => Err(unexpected(what)),
-            MdsResp::Attr(a) => Ok(self.overlay(self.remember(a))),
-            MdsResp::Changed { attr: Some(a), dirs } => {
-                for d in dirs {
-                    self.remember(d);
+    // ---- recalls -------------------------------------------------------
+
+    /// The MDS recalls or invalidates something this client caches.
+    pub async fn on_recall(&self, req: RecallReq) -> Result<()> {
+        match req {
+            RecallReq::Invalidate { ino, names } => {
+                self.meta.invalidate(ino, &names);
+                if let Some(f) = self.files.get(&ino).map(|f| f.clone()) {
+                    f.forget_cached();
                 }
-                Ok(self.overlay(self.remember(a)))
+                self.tell_kernel(ino, names, false).await;
+                Ok(())
             }
-            _ => Err(unexpected(what)),
+            RecallReq::Revoke { ino } => {
+                let f = self.files.get(&ino).map(|f| f.clone());
+                let mut res = Ok(());
+                match f {
+                    Some(f) => {
+                        {
+                            // No write buffers after this without a new lease.
+                            let _g = f.gate.write().await;
+                            self.meta.drop_ino(ino);
+                        }
+                        res = self.publish(&f).await;
+                        f.forget_cached();
+                    }
+                    None => self.meta.drop_ino(ino),
+                }
+                self.tell_kernel(ino, Vec::new(), true).await;
+                res
+            }
         }
     }
 
-    fn remember(&self, a: Attr) -> Attr {
-        if a.xattrs == 0 {
-            self.no_xattrs.insert(a.ino, ());
+    async fn tell_kernel(&self, ino: u64, names: Vec<String>, data: bool) {
+        let Some(k) = self.kernel.get().cloned() else { return };
+        let job = tokio::task::spawn_blocking(move || {
+            for n in &names {
+                k.forget_entry(ino, n);
+            }
+            k.forget_inode(ino, data);
+        });
+        if tokio::time::timeout(KERNEL_NOTICE_WAIT, job).await.is_err() {
+            tracing::debug!(ino, "kernel notice still pending; answering the recall");
+        }
+    }
+
+    // ---- metadata ------------------------------------------------------
+
+    /// The kernel TTL for `a`: what is left of its lease.
+    pub fn ttl(&self, ino: u64) -> Duration {
+        self.meta.ttl(ino)
+    }
+
+    fn cache_on(&self) -> bool {
+        self.lease_cache
+    }
+
+    /// Cache attributes granted under `granted`.
+    fn keep(&self, snap: crate::meta::Snap, granted: u64, a: &Attr, mode: LeaseMode) {
+        if self.cache_on() {
+            self.meta.put_attr(snap, granted, a, mode);
+        }
+    }
+
+    fn cached(&self, ino: u64) -> Option<(Attr, LeaseMode)> {
+        if self.cache_on() {
+            self.meta.attr(ino)
         } else {
-            self.no_xattrs.remove(a.ino);
+            None
         }
-        if a.kind == FileKind::Dir {
-            self.attrs.insert(a.ino, a.clone());
-        }
-        a
-    }
-
-    fn forget(&self, ino: u64) {
-        self.attrs.remove(ino);
     }
 
     /// Attributes as this client sees them: a size it wrote but has not
@@ -227,21 +315,69 @@ impl ClientFs {
         a
     }
 
-    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
-        self.attr_req(MdsReq::Lookup { parent, name: name.to_string() }, "Lookup").await
+    /// Directory attributes that came back with this client's own change.
+    fn changed_dirs(&self, snap: crate::meta::Snap, dirs: &[Attr]) {
+        for d in dirs {
+            self.meta.refresh_attr(snap, d);
+        }
     }
 
-    /// Attributes, from the cache while they are younger than the TTL.
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
+        if self.cache_on() {
+            match self.meta.dentry(parent, name) {
+                Some(None) => return Err(Error::NotFound),
+                Some(Some(ino)) => {
+                    if let Some((a, _)) = self.meta.attr(ino) {
+                        return Ok(self.overlay(a));
+                    }
+                }
+                None => {}
+            }
+        }
+        let snap = self.meta.snap();
+        let (r, granted) = self.pool.mds_leased(&MdsReq::Lookup { parent, name: name.to_string() }).await;
+        match r {
+            Ok(MdsResp::Attr(a)) if a.ino != 0 => {
+                if self.cache_on() {
+                    self.meta.put_dentry(snap, granted, parent, name, Some(a.ino));
+                }
+                self.keep(snap, granted, &a, LeaseMode::Read);
+                Ok(self.overlay(a))
+            }
+            Ok(_) => Err(unexpected("Lookup")),
+            Err(Error::NotFound) => {
+                if self.cache_on() {
+                    self.meta.put_dentry(snap, granted, parent, name, None);
+                }
+                Err(Error::NotFound)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Kernel TTL for an entry: its directory's and its inode's leases.
+    pub fn entry_ttl(&self, parent: u64, ino: u64) -> Duration {
+        if self.cache_on() && self.meta.dentry_leased(parent) {
+            self.meta.ttl(ino)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Attributes: from the cache under a lease, else from the MDS.
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
-        if let Some(a) = self.attrs.get(ino) {
+        if let Some((a, _)) = self.cached(ino) {
             return Ok(self.overlay(a));
         }
-        self.fresh_attr(ino).await
-    }
-
-    /// Attributes straight from the MDS (open: close-to-open consistency).
-    async fn fresh_attr(&self, ino: u64) -> Result<Attr> {
-        self.attr_req(MdsReq::GetAttr { ino }, "GetAttr").await
+        let snap = self.meta.snap();
+        let (r, granted) = self.pool.mds_leased(&MdsReq::GetAttr { ino }).await;
+        match r? {
+            MdsResp::Attr(a) if a.ino == ino => {
+                self.keep(snap, granted, &a, LeaseMode::Read);
+                Ok(self.overlay(a))
+            }
+            _ => Err(unexpected("GetAttr")),
+        }
     }
 
     pub async fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr> {
@@ -254,14 +390,16 @@ impl ClientFs {
             }
         }
         let size = set.size;
+        let snap = self.meta.snap();
         let a = match self.pool.mds(&MdsReq::SetAttr { ino, set }).await {
-            Ok(MdsResp::Attr(a)) => self.remember(a),
+            Ok(MdsResp::Attr(a)) => a,
             Ok(_) => return Err(unexpected("SetAttr")),
             Err(e) => {
-                self.forget(ino);
+                self.meta.forget_attr(ino);
                 return Err(e);
             }
         };
+        self.meta.refresh_attr(snap, &a);
         if let (Some(f), Some(s)) = (&file, size) {
             f.set_size(s, true);
         }
@@ -276,8 +414,6 @@ impl ClientFs {
         // handle cannot drop the state in between.
         f.opens.fetch_add(1, Ordering::AcqRel);
         let f = f.clone();
-        // Close-to-open: a fresh open learns the size the MDS holds now.
-        f.set_size(a.size, false);
         Ok(f)
     }
 
@@ -287,25 +423,93 @@ impl ClientFs {
         fh
     }
 
-    pub async fn open(&self, ino: u64) -> Result<(u64, Attr)> {
-        let a = self.fresh_attr(ino).await?;
+    /// Take a lease on a file from the MDS (waiting while conflicting
+    /// holders flush and release). `None`: no session, no lease.
+    async fn take_lease(&self, ino: u64, write: bool) -> Result<(Attr, LeaseMode)> {
+        let snap = self.meta.snap();
+        let (r, granted) = self.pool.mds_leased(&MdsReq::Open { ino, write }).await;
+        match r? {
+            MdsResp::Opened { attr, lease } if attr.ino == ino => {
+                // The lease is recorded even with caching off: writes and
+                // reads check it.
+                self.meta.put_attr(snap, granted, &attr, lease);
+                if let Some(f) = self.files.get(&ino) {
+                    // Whoever wrote before us has flushed: their size counts.
+                    f.set_size(attr.size, false);
+                }
+                Ok((attr, lease))
+            }
+            _ => Err(unexpected("Open")),
+        }
+    }
+
+    /// Open: close-to-open consistency. A lease this client already holds
+    /// answers at once and keeps the kernel's pages; otherwise the MDS
+    /// grants one (recalling writers or readers in the way).
+    pub async fn open(&self, ino: u64, write: bool) -> Result<Opened> {
+        let held = self.meta.attr(ino).filter(|(_, m)| match write {
+            true => matches!(m, LeaseMode::Write | LeaseMode::SharedWrite),
+            false => *m != LeaseMode::None,
+        });
+        let (a, mode, keep) = match held {
+            Some((a, m)) if a.kind == FileKind::File => (a, m, m != LeaseMode::SharedWrite),
+            _ => {
+                let (a, m) = self.take_lease(ino, write).await?;
+                (a, m, false)
+            }
+        };
         match a.kind {
             FileKind::File => {}
             FileKind::Dir => return Err(Error::IsDir),
             FileKind::Symlink => return Err(Error::InvalidArgument("open of a symlink".into())),
         }
         let f = self.file_state(&a)?;
-        Ok((self.new_handle(&f), a))
+        if !keep {
+            f.set_size(a.size, false);
+        }
+        let attr = self.overlay(a);
+        Ok(Opened { fh: self.new_handle(&f), attr, keep_cache: keep, direct_io: mode == LeaseMode::SharedWrite })
     }
 
-    pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool) -> Result<(u64, Attr)> {
+    pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool) -> Result<Opened> {
         let req = MdsReq::Create { parent, name: name.to_string(), mode, uid, gid, exclusive };
-        let a = self.attr_req(req, "Create").await?;
+        let snap = self.meta.snap();
+        let (r, granted) = self.pool.mds_leased(&req).await;
+        let a = match r? {
+            MdsResp::Changed { attr: Some(a), dirs } if a.ino != 0 => {
+                self.changed_dirs(snap, &dirs);
+                a
+            }
+            _ => return Err(unexpected("Create")),
+        };
         if a.kind != FileKind::File {
             return Err(Error::IsDir);
         }
+        // The creator holds a write lease on the new file.
+        self.meta.local_entry(parent, name, Some(a.ino), false);
+        self.meta.put_attr(self.meta.snap(), granted, &a, LeaseMode::Write);
         let f = self.file_state(&a)?;
-        Ok((self.new_handle(&f), a))
+        f.set_size(a.size, false);
+        Ok(Opened { fh: self.new_handle(&f), attr: a, keep_cache: false, direct_io: false })
+    }
+
+    /// A namespace change of this client's: the new inode's attributes.
+    async fn change(&self, req: MdsReq, what: &str) -> Result<Option<Attr>> {
+        let snap = self.meta.snap();
+        match self.pool.mds(&req).await? {
+            MdsResp::Changed { attr, dirs } => {
+                self.changed_dirs(snap, &dirs);
+                Ok(attr)
+            }
+            MdsResp::Done => Ok(None),
+            _ => Err(unexpected(what)),
+        }
+    }
+
+    async fn made(&self, req: MdsReq, parent: u64, name: &str, what: &str) -> Result<Attr> {
+        let a = self.change(req, what).await?.filter(|a| a.ino != 0).ok_or_else(|| unexpected(what))?;
+        self.meta.local_entry(parent, name, Some(a.ino), false);
+        Ok(a)
     }
 
     pub async fn mknod(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
@@ -313,46 +517,61 @@ impl ClientFs {
             return Err(Error::NotPermitted("only regular files can be made with mknod".into()));
         }
         let req = MdsReq::Create { parent, name: name.to_string(), mode, uid, gid, exclusive: true };
-        self.attr_req(req, "Create").await
+        self.made(req, parent, name, "Create").await
     }
 
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
-        self.attr_req(MdsReq::Mkdir { parent, name: name.to_string(), mode, uid, gid }, "Mkdir").await
+        self.made(MdsReq::Mkdir { parent, name: name.to_string(), mode, uid, gid }, parent, name, "Mkdir").await
     }
 
     pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32) -> Result<Attr> {
         let req = MdsReq::Symlink { parent, name: name.to_string(), target: target.to_string(), uid, gid };
-        self.attr_req(req, "Symlink").await
+        self.made(req, parent, name, "Symlink").await
     }
 
     pub async fn link(&self, ino: u64, newparent: u64, newname: &str) -> Result<Attr> {
-        self.attr_req(MdsReq::Link { ino, newparent, newname: newname.to_string() }, "Link").await
+        self.meta.forget_attr(ino);
+        self.made(MdsReq::Link { ino, newparent, newname: newname.to_string() }, newparent, newname, "Link").await
     }
 
-    async fn done(&self, req: MdsReq) -> Result<()> {
-        match self.pool.mds(&req).await? {
-            MdsResp::Done => Ok(()),
-            MdsResp::Changed { dirs, .. } => {
-                for d in dirs {
-                    self.remember(d);
-                }
-                Ok(())
-            }
-            _ => Err(Error::Protocol("unexpected MDS reply".into())),
-        }
+    /// The inode this client's cache says `name` in `dir` is.
+    fn cached_child(&self, dir: u64, name: &str) -> Option<u64> {
+        self.meta.dentry(dir, name).flatten()
     }
 
     pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
-        self.done(MdsReq::Unlink { parent, name: name.to_string() }).await
+        let child = self.cached_child(parent, name);
+        let r = self.change(MdsReq::Unlink { parent, name: name.to_string() }, "Unlink").await;
+        self.meta.local_entry(parent, name, None, r.is_err());
+        if let Some(c) = child {
+            self.meta.forget_attr(c);
+        }
+        r.map(|_| ())
     }
 
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
-        self.done(MdsReq::Rmdir { parent, name: name.to_string() }).await
+        let child = self.cached_child(parent, name);
+        let r = self.change(MdsReq::Rmdir { parent, name: name.to_string() }, "Rmdir").await;
+        self.meta.local_entry(parent, name, None, r.is_err());
+        if let Some(c) = child {
+            self.meta.drop_ino(c);
+        }
+        r.map(|_| ())
     }
 
     pub async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32) -> Result<()> {
+        let moved = self.cached_child(parent, name);
+        let replaced = self.cached_child(newparent, newname);
         let req = MdsReq::Rename { parent, name: name.to_string(), newparent, newname: newname.to_string(), flags };
-        self.done(req).await
+        let r = self.change(req, "Rename").await;
+        let ok = r.is_ok();
+        self.meta.local_entry(parent, name, None, !ok);
+        self.meta.local_entry(newparent, newname, moved, !ok || moved.is_none());
+        for ino in [moved, replaced].into_iter().flatten() {
+            // A moved directory's `..` changed; a replaced inode lost a link.
+            self.meta.drop_ino(ino);
+        }
+        r.map(|_| ())
     }
 
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -364,8 +583,20 @@ impl ClientFs {
 
     /// Entries after `cookie`, and the directory's parent.
     pub async fn readdir(&self, ino: u64, cookie: u64) -> Result<(Vec<DirEntry>, u64)> {
-        match self.pool.mds(&MdsReq::Readdir { ino, cookie, max: READDIR_BATCH }).await? {
-            MdsResp::Dir { entries, parent, .. } => Ok((entries, parent)),
+        if self.cache_on() {
+            if let Some(l) = self.meta.listed(ino, cookie) {
+                return Ok((l.entries, l.parent));
+            }
+        }
+        let snap = self.meta.snap();
+        let (r, granted) = self.pool.mds_leased(&MdsReq::Readdir { ino, cookie, max: READDIR_BATCH }).await;
+        match r? {
+            MdsResp::Dir { entries, parent, eof } => {
+                if self.cache_on() {
+                    self.meta.put_listing(snap, granted, ino, cookie, &entries, eof, parent);
+                }
+                Ok((entries, parent))
+            }
             _ => Err(unexpected("Readdir")),
         }
     }
@@ -373,16 +604,35 @@ impl ClientFs {
     /// Entries after `cookie` with their attributes, and the directory's
     /// parent.
     pub async fn readdirplus(&self, ino: u64, cookie: u64) -> Result<(Vec<(DirEntry, Attr)>, u64)> {
-        match self.pool.mds(&MdsReq::ReaddirPlus { ino, cookie, max: READDIR_BATCH }).await? {
-            MdsResp::DirPlus { entries, attrs, parent, .. } if entries.len() == attrs.len() => {
-                let pairs = entries
-                    .into_iter()
-                    .zip(attrs)
-                    .map(|(e, a)| {
-                        let a = self.overlay(self.remember(a));
-                        (e, a)
-                    })
-                    .collect();
+        if self.cache_on() {
+            if let Some(l) = self.meta.listed(ino, cookie) {
+                let mut out = Vec::with_capacity(l.entries.len().min(READDIR_BATCH as usize));
+                for e in l.entries.into_iter().take(READDIR_BATCH as usize) {
+                    match self.meta.attr(e.ino) {
+                        Some((a, _)) => out.push((e, self.overlay(a))),
+                        // Its lease was recalled: ask the MDS for the batch.
+                        None => {
+                            out.clear();
+                            break;
+                        }
+                    }
+                }
+                if !out.is_empty() {
+                    return Ok((out, l.parent));
+                }
+            }
+        }
+        let snap = self.meta.snap();
+        let (r, granted) = self.pool.mds_leased(&MdsReq::ReaddirPlus { ino, cookie, max: READDIR_BATCH }).await;
+        match r? {
+            MdsResp::DirPlus { entries, attrs, parent, eof } if entries.len() == attrs.len() => {
+                if self.cache_on() {
+                    for a in &attrs {
+                        self.meta.put_attr(snap, granted, a, LeaseMode::Read);
+                    }
+                    self.meta.put_listing(snap, granted, ino, cookie, &entries, eof, parent);
+                }
+                let pairs = entries.into_iter().zip(attrs).map(|(e, a)| (e, self.overlay(a))).collect();
                 Ok((pairs, parent))
             }
             _ => Err(unexpected("ReaddirPlus")),
@@ -396,8 +646,9 @@ impl ClientFs {
         }
     }
 
+    /// The attributes cached under a lease say `ino` has no xattrs.
     fn known_without_xattrs(&self, ino: u64) -> bool {
-        self.no_xattrs.get(ino).is_some()
+        self.cached(ino).is_some_and(|(a, _)| a.xattrs == 0)
     }
 
     pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>> {
@@ -411,8 +662,9 @@ impl ClientFs {
     }
 
     pub async fn setxattr(&self, ino: u64, name: &str, value: Vec<u8>, flags: u32) -> Result<()> {
-        self.no_xattrs.remove(ino);
-        self.done(MdsReq::SetXattr { ino, name: name.to_string(), value, flags }).await
+        let r = self.change(MdsReq::SetXattr { ino, name: name.to_string(), value, flags }, "SetXattr").await;
+        self.meta.forget_attr(ino);
+        r.map(|_| ())
     }
 
     pub async fn listxattr(&self, ino: u64) -> Result<Vec<String>> {
@@ -426,44 +678,85 @@ impl ClientFs {
     }
 
     pub async fn removexattr(&self, ino: u64, name: &str) -> Result<()> {
-        self.done(MdsReq::RemoveXattr { ino, name: name.to_string() }).await
+        let r = self.change(MdsReq::RemoveXattr { ino, name: name.to_string() }, "RemoveXattr").await;
+        self.meta.forget_attr(ino);
+        r.map(|_| ())
     }
+
+    // ---- data ----------------------------------------------------------
 
     fn handle_file(&self, fh: u64) -> Result<Arc<FileState>> {
         self.handles.get(&fh).map(|h| h.file.clone()).ok_or(Error::Stale)
     }
 
+    /// Writes need a write lease: the holder buffers and owns the size. A
+    /// recalled one is taken again first (the MDS makes readers elsewhere
+    /// drop their caches). Without a session, writes go on unleased.
     pub async fn write(&self, fh: u64, off: u64, data: Bytes) -> Result<u32> {
         let f = self.handle_file(fh)?;
         let n = data.len() as u32;
-        f.write(&self.ctx, off, data).await?;
-        Ok(n)
+        loop {
+            {
+                let _g = f.gate.read().await;
+                if matches!(self.meta.mode(f.ino), LeaseMode::Write | LeaseMode::SharedWrite) {
+                    f.write(&self.ctx, off, data).await?;
+                    return Ok(n);
+                }
+            }
+            let (_, mode) = self.take_lease(f.ino, true).await?;
+            if mode == LeaseMode::None {
+                let _g = f.gate.read().await;
+                f.write(&self.ctx, off, data).await?;
+                return Ok(n);
+            }
+        }
     }
 
     pub async fn read(&self, fh: u64, off: u64, len: u32) -> Result<Bytes> {
         let f = self.handle_file(fh)?;
+        let mut mode = self.meta.mode(f.ino);
+        if mode == LeaseMode::None {
+            // Recalled since the open: a writer elsewhere flushes first.
+            mode = self.take_lease(f.ino, false).await?.1;
+        }
         if f.has_pending() {
             // Read your own writes: land buffered data first.
             f.drain(&self.ctx).await?;
         }
+        if mode == LeaseMode::SharedWrite {
+            return prefetch::read_direct(&self.ctx, &f, off, len as u64, f.size()).await;
+        }
         prefetch::read(&self.ctx, &f, off, len as u64, f.size()).await
+    }
+
+    /// Land buffered data and publish size and mtime. A write error stays
+    /// for the application's next flush, fsync or close.
+    async fn publish(&self, f: &Arc<FileState>) -> Result<()> {
+        f.drain(&self.ctx).await?;
+        if let Some((size, mtime_ns)) = f.take_meta() {
+            let req = MdsReq::UpdateSize { ino: f.ino, size, mtime_ns };
+            let snap = self.meta.snap();
+            match self.pool.mds(&req).await {
+                // The writer's own cached attributes follow what it published.
+                Ok(MdsResp::Attr(a)) => self.meta.refresh_attr(snap, &a),
+                Ok(_) => return Err(unexpected("UpdateSize")),
+                Err(e) => {
+                    f.restore_meta(size, mtime_ns);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Land buffered data and publish size and mtime; report the first
     /// write error since the last report.
     async fn flush_file(&self, f: &Arc<FileState>) -> Result<()> {
-        f.drain(&self.ctx).await?;
+        let r = self.publish(f).await;
         if let Some(e) = f.take_error() {
             return Err(e);
         }
-        if let Some((size, mtime_ns)) = f.take_meta() {
-            let req = MdsReq::UpdateSize { ino: f.ino, size, mtime_ns };
-            if let Err(e) = self.pool.mds(&req).await {
-                f.restore_meta(size, mtime_ns);
-                return Err(e);
-            }
-        }
-        Ok(())
+        r
     }
 
     pub async fn flush(&self, fh: u64) -> Result<()> {

@@ -1,7 +1,7 @@
 //! The only `impl fuser::Filesystem`: thin glue over `ClientFs`. Each
 //! callback owns its arguments, spawns the work on tokio and returns at once
 //! (STYLE.md §4); the reply travels into the task and is sent exactly once.
-use crate::fs::ClientFs;
+use crate::fs::{ClientFs, KernelCache, Opened};
 use aifs_common::proto::mds::{Attr, FileKind, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use aifs_common::{errno, Error};
 use bytes::Bytes;
@@ -29,54 +29,46 @@ pub struct AifsFuse {
     kernel: Arc<KernelView>,
 }
 
-/// What the kernel was last told about each inode, and the channel for
-/// telling it to forget. Close-to-open: when `open` finds the file changed
-/// since the kernel cached it (within its TTL), the kernel's attributes and
-/// pages for it are invalidated before the open is answered.
+/// The kernel's caches, reached through the FUSE session's notifier: a
+/// recall from the MDS makes the kernel forget entries, attributes and
+/// pages (fs.rs, `KernelCache`).
 #[derive(Default)]
 pub struct KernelView {
-    told: dashmap::DashMap<u64, (u64, i64)>,
     notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 impl KernelView {
-    fn tell(&self, a: &Attr) {
-        if a.kind == FileKind::File {
-            self.told.insert(a.ino, (a.size, a.mtime_ns));
+    pub fn set_notifier(&self, n: fuser::Notifier) {
+        let _ = self.notifier.set(n);
+    }
+}
+
+impl KernelCache for KernelView {
+    fn forget_entry(&self, parent: u64, name: &str) {
+        if let Some(n) = self.notifier.get() {
+            // ENOENT: the kernel had no such entry cached.
+            let _ = n.inval_entry(INodeNo(parent), OsStr::new(name));
         }
     }
 
-    /// Make the kernel drop what it caches of `a.ino` if it differs from `a`.
-    async fn refresh(&self, a: &Attr) {
-        let stale = self.told.get(&a.ino).is_some_and(|t| *t != (a.size, a.mtime_ns));
-        self.tell(a);
-        if !stale {
-            return;
-        }
-        if let Some(n) = self.notifier.get().cloned() {
-            let ino = a.ino;
-            let r = tokio::task::spawn_blocking(move || n.inval_inode(INodeNo(ino), 0, 0)).await;
-            if let Ok(Err(e)) = r {
-                tracing::debug!(ino, error = %e, "inode invalidation refused");
-            }
+    fn forget_inode(&self, ino: u64, data: bool) {
+        if let Some(n) = self.notifier.get() {
+            // Offset -1: attributes only; 0 with length 0: and every page.
+            let _ = n.inval_inode(INodeNo(ino), if data { 0 } else { -1 }, 0);
         }
     }
 }
 
 impl AifsFuse {
     pub fn new(fs: Arc<ClientFs>, rt: tokio::runtime::Handle) -> Self {
-        AifsFuse { fs, rt, kernel: Arc::new(KernelView::default()) }
+        let kernel = Arc::new(KernelView::default());
+        fs.set_kernel(kernel.clone());
+        AifsFuse { fs, rt, kernel }
     }
 
     /// Shared view for handing the session's notifier in after mounting.
     pub fn kernel_view(&self) -> Arc<KernelView> {
         self.kernel.clone()
-    }
-}
-
-impl KernelView {
-    pub fn set_notifier(&self, n: fuser::Notifier) {
-        let _ = self.notifier.set(n);
     }
 }
 
@@ -126,15 +118,12 @@ fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
 }
 
 macro_rules! spawn_entry {
-    ($self:ident, $reply:ident, $fut:expr) => {{
-        let ttl = $self.fs.attr_ttl;
-        let kernel = $self.kernel.clone();
+    ($self:ident, $reply:ident, $parent:expr, $fut:expr) => {{
+        let fs = $self.fs.clone();
+        let parent = $parent;
         $self.rt.spawn(async move {
             match $fut.await {
-                Ok(a) => {
-                    kernel.tell(&a);
-                    $reply.entry(&ttl, &file_attr(&a), Generation(0))
-                }
+                Ok(a) => $reply.entry(&fs.entry_ttl(parent, a.ino), &file_attr(&a), Generation(0)),
                 Err(e) => $reply.error(err(&e)),
             }
         });
@@ -174,18 +163,14 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_entry!(self, reply, fs.lookup(parent.0, &name));
+        spawn_entry!(self, reply, parent.0, fs.lookup(parent.0, &name));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let fs = self.fs.clone();
-        let kernel = self.kernel.clone();
         self.rt.spawn(async move {
             match fs.getattr(ino.0).await {
-                Ok(a) => {
-                    kernel.tell(&a);
-                    reply.attr(&fs.attr_ttl, &file_attr(&a))
-                }
+                Ok(a) => reply.attr(&fs.ttl(a.ino), &file_attr(&a)),
                 Err(e) => reply.error(err(&e)),
             }
         });
@@ -211,13 +196,9 @@ impl Filesystem for AifsFuse {
     ) {
         let fs = self.fs.clone();
         let set = SetAttr { mode, uid, gid, size, atime: time_set(atime), mtime: time_set(mtime) };
-        let kernel = self.kernel.clone();
         self.rt.spawn(async move {
             match fs.setattr(ino.0, set).await {
-                Ok(a) => {
-                    kernel.tell(&a);
-                    reply.attr(&fs.attr_ttl, &file_attr(&a))
-                }
+                Ok(a) => reply.attr(&fs.ttl(a.ino), &file_attr(&a)),
                 Err(e) => reply.error(err(&e)),
             }
         });
@@ -240,7 +221,7 @@ impl Filesystem for AifsFuse {
         };
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        spawn_entry!(self, reply, fs.mknod(parent.0, &name, mode & !umask, uid, gid));
+        spawn_entry!(self, reply, parent.0, fs.mknod(parent.0, &name, mode & !umask, uid, gid));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
@@ -250,7 +231,7 @@ impl Filesystem for AifsFuse {
         };
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        spawn_entry!(self, reply, fs.mkdir(parent.0, &name, mode & !umask, uid, gid));
+        spawn_entry!(self, reply, parent.0, fs.mkdir(parent.0, &name, mode & !umask, uid, gid));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -281,7 +262,7 @@ impl Filesystem for AifsFuse {
         };
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        spawn_entry!(self, reply, fs.symlink(parent.0, &name, &target, uid, gid));
+        spawn_entry!(self, reply, parent.0, fs.symlink(parent.0, &name, &target, uid, gid));
     }
 
     fn rename(
@@ -315,18 +296,15 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_entry!(self, reply, fs.link(ino.0, newparent.0, &name));
+        spawn_entry!(self, reply, newparent.0, fs.link(ino.0, newparent.0, &name));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        let kernel = self.kernel.clone();
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         self.rt.spawn(async move {
-            match fs.open(ino.0).await {
-                Ok((fh, a)) => {
-                    kernel.refresh(&a).await;
-                    reply.opened(FileHandle(fh), FopenFlags::empty())
-                }
+            match fs.open(ino.0, write).await {
+                Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
                 Err(e) => reply.error(err(&e)),
             }
         });
@@ -440,9 +418,7 @@ impl Filesystem for AifsFuse {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let fs = self.fs.clone();
-        let kernel = self.kernel.clone();
         self.rt.spawn(async move {
-            let ttl = fs.attr_ttl;
             let (entries, parent) = match fs.readdirplus(ino.0, offset.max(2)).await {
                 Ok(r) => r,
                 Err(e) => return reply.error(err(&e)),
@@ -454,6 +430,7 @@ impl Filesystem for AifsFuse {
                     Err(e) => return reply.error(err(&e)),
                 };
                 let fa = file_attr(&me);
+                let ttl = fs.ttl(ino.0);
                 if offset < 1 && reply.add(ino, 1, ".", &ttl, &fa, Generation(0)) {
                     return reply.ok();
                 }
@@ -462,7 +439,7 @@ impl Filesystem for AifsFuse {
                 }
             }
             for (e, a) in entries {
-                kernel.tell(&a);
+                let ttl = fs.entry_ttl(ino.0, e.ino);
                 if reply.add(INodeNo(e.ino), e.cookie, &e.name, &ttl, &file_attr(&a), Generation(0)) {
                     break;
                 }
@@ -569,17 +546,27 @@ impl Filesystem for AifsFuse {
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
         let exclusive = flags & libc::O_EXCL != 0;
-        let kernel = self.kernel.clone();
         self.rt.spawn(async move {
             match fs.create(parent.0, &name, mode & !umask, uid, gid, exclusive).await {
-                Ok((fh, a)) => {
-                    kernel.tell(&a);
-                    reply.created(&fs.attr_ttl, &file_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty())
+                Ok(o) => {
+                    let ttl = fs.entry_ttl(parent.0, o.attr.ino);
+                    reply.created(&ttl, &file_attr(&o.attr), Generation(0), FileHandle(o.fh), fopen_flags(&o))
                 }
                 Err(e) => reply.error(err(&e)),
             }
         });
     }
+}
+
+fn fopen_flags(o: &Opened) -> FopenFlags {
+    let mut f = FopenFlags::empty();
+    if o.keep_cache {
+        f |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    if o.direct_io {
+        f |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    f
 }
 
 fn xattr_reply(reply: ReplyXattr, size: u32, v: &[u8]) {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod fs;
 pub mod fuse;
+pub mod meta;
 pub mod pool;
 
 pub use config::ClientConfig;

@@ -1,7 +1,7 @@
 //! Connections from the client to the MDS and the OSDs. The OSD map comes
 //! from the MDS and is refreshed when an OSD is unknown or unreachable.
 use aifs_common::certs::Role;
-use aifs_common::proto::mds::{MdsReq, MdsResp};
+use aifs_common::proto::mds::{MdsReply, MdsReq, MdsResp};
 use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
 use aifs_common::{Error, Result};
@@ -29,9 +29,17 @@ impl Pool {
 
     /// One MDS call; an error reply becomes `Err`.
     pub async fn mds(&self, req: &MdsReq) -> Result<MdsResp> {
-        match self.mds.call::<_, MdsResp>(req, &[]).await? {
-            (MdsResp::Err(e), _) => Err(Error::from_wire(e.code, &e.msg)),
-            (r, _) => Ok(r),
+        self.mds_leased(req).await.0
+    }
+
+    /// One MDS call, with the session its leases were granted under (0:
+    /// none). An error reply may carry one too: a negative lookup is cached
+    /// under the directory's lease.
+    pub async fn mds_leased(&self, req: &MdsReq) -> (Result<MdsResp>, u64) {
+        match self.mds.call::<_, MdsReply>(req, &[]).await {
+            Ok((MdsReply { session, resp: MdsResp::Err(e) }, _)) => (Err(Error::from_wire(e.code, &e.msg)), session),
+            Ok((MdsReply { session, resp }, _)) => (Ok(resp), session),
+            Err(e) => (Err(e), 0),
         }
     }
 

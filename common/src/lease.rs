@@ -37,6 +37,16 @@ impl LeaseKind {
     }
 }
 
+impl From<LeaseKind> for crate::proto::mds::LeaseMode {
+    fn from(k: LeaseKind) -> Self {
+        match k {
+            LeaseKind::Read => Self::Read,
+            LeaseKind::Write => Self::Write,
+            LeaseKind::SharedWrite => Self::SharedWrite,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Held until the session expires or the lease is recalled.
@@ -147,9 +157,19 @@ impl LeaseTable {
             return Decision::Wait { recall: Vec::new() };
         }
         let l = self.inodes.entry(ino).or_default();
-        if l.recalled.remove(&s).is_some() {
-            // Asked to give the lease back: asking again means it lost it.
-            l.holders.remove(&s);
+        if l.recalled.contains_key(&s) {
+            // Asked to give the lease back and not yet done: it still holds
+            // it (it may be flushing), so it waits for its own release like
+            // anyone else, behind those already waiting.
+            l.waiting.entry(s).or_insert((kind, now)).0 = kind;
+            return Decision::Wait { recall: Vec::new() };
+        }
+        if let Some(&held) = l.holders.get(&s) {
+            if kind == LeaseKind::Read && held != LeaseKind::Read {
+                // A writer reading its own file keeps its write lease.
+                l.waiting.remove(&s);
+                return Decision::Granted { kind: held };
+            }
         }
         let queued_at = l.waiting.get(&s).map(|w| w.1);
         let mut conflicts: Vec<SessionId> =
@@ -342,10 +362,12 @@ mod tests {
         assert!(matches!(t.acquire(1, 5, LeaseKind::Read, now), Decision::Granted { .. }));
         assert_eq!(t.acquire(3, 5, LeaseKind::Write, now), Decision::Wait { recall: vec![1] });
         // a new reader queues behind the writer, and the recalled reader
-        // cannot simply take its lease again
+        // keeps its lease until it releases, but cannot renew it
         assert_eq!(t.acquire(2, 5, LeaseKind::Read, now), Decision::Wait { recall: vec![] });
         assert!(matches!(t.acquire(1, 5, LeaseKind::Read, now), Decision::Wait { .. }));
-        assert!(t.holders(5).is_empty());
+        assert_eq!(t.holders(5), vec![(1, LeaseKind::Read)]);
+        assert!(matches!(t.acquire(3, 5, LeaseKind::Write, now), Decision::Wait { .. }));
+        t.release(1, 5);
         assert_eq!(t.acquire(3, 5, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
         t.release(3, 5);
         assert!(matches!(t.acquire(2, 5, LeaseKind::Read, now), Decision::Granted { .. }));

@@ -20,6 +20,9 @@ pub struct OsdEntry {
 pub struct SessionEntry {
     pub name: String,
     pub addr: String,
+    /// The connection recalls go over: the latest one the session was
+    /// opened or heartbeated on.
+    pub conn: Option<quinn::Connection>,
 }
 
 pub struct Cluster {
@@ -31,6 +34,8 @@ pub struct Cluster {
     next_session: AtomicU64,
     /// Sessions and the leases they hold (the pure core, common/src/lease.rs).
     pub leases: Mutex<LeaseTable>,
+    /// Woken whenever leases are given back or sessions end.
+    pub released: tokio::sync::Notify,
 }
 
 /// What a heartbeat changed.
@@ -52,7 +57,16 @@ impl Cluster {
             sessions: DashMap::new(),
             next_session: AtomicU64::new(seed),
             leases: Mutex::new(LeaseTable::new(session_timeout)),
+            released: tokio::sync::Notify::new(),
         }
+    }
+
+    pub fn term(&self) -> Duration {
+        self.leases.lock().map(|t| t.term()).unwrap_or(Duration::from_secs(10))
+    }
+
+    pub fn new_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn epoch(&self) -> u64 {
@@ -112,6 +126,9 @@ impl Cluster {
             Ok(mut l) => l.expire(now),
             Err(_) => Vec::new(),
         };
+        if !expired.is_empty() {
+            self.released.notify_waiters();
+        }
         for id in expired {
             if let Some((_, s)) = self.sessions.remove(&id) {
                 tracing::info!(session = id, name = %s.name, "session expired");
@@ -149,12 +166,12 @@ impl Cluster {
     }
 
     pub fn open_session(&self, name: String, addr: String) -> u64 {
-        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let id = self.new_session_id();
         tracing::info!(session = id, %name, %addr, "session opened");
         if let Ok(mut l) = self.leases.lock() {
             l.open_session(id, Instant::now());
         }
-        self.sessions.insert(id, SessionEntry { name, addr });
+        self.sessions.insert(id, SessionEntry { name, addr, conn: None });
         id
     }
 
@@ -172,6 +189,7 @@ impl Cluster {
             l.close_session(id);
         }
         let known = self.sessions.remove(&id).is_some();
+        self.released.notify_waiters();
         if known {
             tracing::info!(session = id, "session closed");
         }

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod gc;
+pub mod leases;
 pub mod namespace;
 pub mod records;
 pub mod service;
@@ -73,7 +74,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport)?;
     let addr = endpoint.local_addr()?;
     let gc = Arc::new(Gc::new(ns.clone(), Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()))));
-    let svc = Arc::new(MdsService { ns: ns.clone(), gc: gc.clone(), session_heartbeat_ms: cfg.session_timeout_ms / 4 });
+    let svc = Arc::new(MdsService { ns: ns.clone(), gc: gc.clone(), session_heartbeat_ms: cfg.session_timeout_ms / 4, requests: Default::default() });
     let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc));
     let gc_task = tokio::spawn(gc.run());
     let tick_cluster = cluster.clone();

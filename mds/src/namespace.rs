@@ -599,7 +599,8 @@ impl Namespace {
         Ok(attr)
     }
 
-    pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+    /// Returns the unlinked inode.
+    pub async fn unlink(&self, parent: u64, name: &str) -> Result<u64> {
         check_name(name)?;
         {
             // Fast path: the entry and its inode share the directory's shard.
@@ -624,7 +625,7 @@ impl Namespace {
                         return Err(Error::IsDir);
                     }
                     if shard_of(ino) != sid {
-                        return Ok(false);
+                        return Ok(None);
                     }
                     let mut rec = get_inode(&inodes, ino)?;
                     dentries.remove((parent, name.as_str())).io()?;
@@ -642,11 +643,11 @@ impl Namespace {
                     } else {
                         put_inode(&mut inodes, ino, &rec)?;
                     }
-                    Ok(true)
+                    Ok(Some(ino))
                 })
                 .await?;
-            if r {
-                return Ok(());
+            if let Some(ino) = r {
+                return Ok(ino);
             }
         }
         let _g = self.topo.write().await;
@@ -658,10 +659,12 @@ impl Namespace {
             Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, 0) },
             Step::DropLink { ino },
         ])
-        .await
+        .await?;
+        Ok(ino)
     }
 
-    pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+/// Returns the removed directory.
+    pub async fn rmdir(&self, parent: u64, name: &str) -> Result<u64> {
         check_name(name)?;
         let _g = self.topo.write().await;
         let (ino, kind) = self.entry(parent, name).await?;
@@ -676,7 +679,8 @@ impl Namespace {
             Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, -1) },
             Step::DeleteDir { ino },
         ])
-        .await
+        .await?;
+        Ok(ino)
     }
 
     pub async fn link(&self, ino: u64, newparent: u64, newname: &str) -> Result<Attr> {
@@ -716,7 +720,8 @@ impl Namespace {
         Err(Error::Io("directory tree too deep or looped".into()))
     }
 
-    pub async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32) -> Result<()> {
+    /// Returns the moved inode and the one the new name replaced.
+    pub async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32) -> Result<(u64, Option<u64>)> {
         check_name(name)?;
         check_name(newname)?;
         if flags & !RENAME_NOREPLACE != 0 {
@@ -734,7 +739,7 @@ impl Namespace {
             Err(e) => return Err(e),
         };
         if parent == newparent && name == newname {
-            return Ok(());
+            return Ok((ino, None));
         }
         if kind == FileKind::Dir && parent != newparent && self.is_within(newparent, ino).await? {
             return Err(Error::InvalidArgument("cannot move a directory into itself".into()));
@@ -757,7 +762,7 @@ impl Namespace {
             }
             if tino == ino {
                 // Two names of one inode: POSIX says do nothing.
-                return Ok(());
+                return Ok((ino, None));
             }
             match (is_dir, tkind == FileKind::Dir) {
                 (true, false) => return Err(Error::NotDir),
@@ -792,7 +797,8 @@ impl Namespace {
         if !is_dir {
             steps.push(Step::DropLink { ino });
         }
-        self.run_steps(steps).await
+        self.run_steps(steps).await?;
+        Ok((ino, target.map(|t| t.0)))
     }
 
     /// setattr; returns the new attributes and, for a shrinking truncate,

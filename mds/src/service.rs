@@ -5,7 +5,9 @@ use crate::namespace::Namespace;
 use crate::records::OsdRec;
 use crate::store::{IoResult, OSDS};
 use aifs_common::certs::Role;
-use aifs_common::proto::mds::{Attr, ClusterStatus, MdsReq, MdsResp, ShardInfo, Statfs};
+use crate::leases::Holder;
+use aifs_common::lease::LeaseKind;
+use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, FileKind, LeaseMode, MdsReply, MdsReq, MdsResp, ShardInfo, Statfs};
 use aifs_common::rpc::{Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -15,6 +17,9 @@ pub struct MdsService {
     pub ns: Arc<Namespace>,
     pub gc: Arc<Gc>,
     pub session_heartbeat_ms: u64,
+    /// Requests served, heartbeats not counted (`mdsctl status`; the
+    /// cached-metadata benchmark counts what leases save).
+    pub requests: std::sync::atomic::AtomicU64,
 }
 
 fn need(peer: &Peer, roles: &[Role]) -> Result<()> {
@@ -52,22 +57,37 @@ impl MdsService {
         Statfs { total_bytes: total, used_bytes: used, avail_bytes: total.saturating_sub(used), files }
     }
 
-    async fn handle(&self, peer: &Arc<Peer>, req: MdsReq) -> Result<MdsResp> {
+    async fn handle(&self, peer: &Arc<Peer>, req: MdsReq, grant: &mut u64) -> Result<MdsResp> {
         let ns = &self.ns;
+        let cl = &ns.cluster;
         Ok(match req {
             MdsReq::Lookup { parent, name } => {
                 need(peer, NS)?;
-                MdsResp::Attr(ns.lookup(parent, &name).await?)
+                let h = cl.holder(peer);
+                cl.acquire(&h, parent, LeaseKind::Read).await?;
+                // A negative answer is cached under the directory's lease.
+                *grant = h.granted();
+                let a = ns.lookup(parent, &name).await?;
+                MdsResp::Attr(self.read_attr(&h, a.ino).await?)
             }
             MdsReq::GetAttr { ino } => {
                 need(peer, NS)?;
-                MdsResp::Attr(ns.getattr(ino).await?)
+                let h = cl.holder(peer);
+                let a = self.read_attr(&h, ino).await?;
+                *grant = h.granted();
+                MdsResp::Attr(a)
             }
             MdsReq::SetAttr { ino, set } => {
                 need(peer, NS)?;
                 let gc = self.gc.clone();
                 let claim: Box<dyn Fn(u32, u64) + Send> = Box::new(move |shard, id| gc.claim(shard, id));
+                let h = cl.holder(peer);
+                if set.size.is_some() {
+                    // Writers elsewhere flush before the size changes under them.
+                    cl.acquire(&h, ino, LeaseKind::Write).await?;
+                }
                 let (attr, job) = ns.setattr_with(ino, set, Some(claim)).await?;
+                cl.invalidate(h.id, vec![(ino, vec![])]).await;
                 if let Some((shard, id, job)) = job {
                     // Cut the objects before answering, so no later write
                     // can land before the truncate and be cut by it. The
@@ -83,45 +103,90 @@ impl MdsService {
             }
             MdsReq::Create { parent, name, mode, uid, gid, exclusive } => {
                 need(peer, NS)?;
-                let a = ns.create(parent, &name, mode, uid, gid, exclusive).await?.attr;
+                let h = cl.holder(peer);
+                let c = ns.create(parent, &name, mode, uid, gid, exclusive).await?;
+                if c.created {
+                    cl.invalidate(h.id, vec![(parent, vec![name])]).await;
+                }
+                // The creator holds a write lease on the file; an existing
+                // file is opened for writing like any other.
+                let mut a = c.attr;
+                if a.kind == FileKind::File {
+                    cl.acquire(&h, a.ino, LeaseKind::Write).await?;
+                    if !c.created {
+                        a = ns.getattr(a.ino).await?;
+                    }
+                    *grant = h.granted();
+                }
                 self.changed(Some(a), &[parent]).await
             }
             MdsReq::Mkdir { parent, name, mode, uid, gid } => {
                 need(peer, NS)?;
+                let h = cl.holder(peer);
                 let a = ns.mkdir(parent, &name, mode, uid, gid).await?;
+                cl.invalidate(h.id, vec![(parent, vec![name])]).await;
                 self.changed(Some(a), &[parent]).await
             }
             MdsReq::Unlink { parent, name } => {
                 need(peer, NS)?;
-                ns.unlink(parent, &name).await?;
+                let h = cl.holder(peer);
+                let ino = ns.unlink(parent, &name).await?;
                 self.gc.wake.notify_one();
+                cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
                 self.changed(None, &[parent]).await
             }
             MdsReq::Rmdir { parent, name } => {
                 need(peer, NS)?;
-                ns.rmdir(parent, &name).await?;
+                let h = cl.holder(peer);
+                let ino = ns.rmdir(parent, &name).await?;
+                cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
                 self.changed(None, &[parent]).await
             }
             MdsReq::Rename { parent, name, newparent, newname, flags } => {
                 need(peer, NS)?;
-                ns.rename(parent, &name, newparent, &newname, flags).await?;
+                let h = cl.holder(peer);
+                let (moved, replaced) = ns.rename(parent, &name, newparent, &newname, flags).await?;
                 self.gc.wake.notify_one();
+                let mut changes = vec![(parent, vec![name]), (newparent, vec![newname]), (moved, vec![])];
+                changes.extend(replaced.map(|r| (r, vec![])));
+                cl.invalidate(h.id, changes).await;
                 self.changed(None, &[parent, newparent]).await
             }
             MdsReq::Readdir { ino, cookie, max } => {
                 need(peer, NS)?;
+                let h = cl.holder(peer);
+                cl.acquire(&h, ino, LeaseKind::Read).await?;
                 let (entries, eof, parent) = ns.readdir(ino, cookie, max).await?;
+                *grant = h.granted();
                 MdsResp::Dir { entries, eof, parent }
             }
             MdsReq::ReaddirPlus { ino, cookie, max } => {
                 need(peer, NS)?;
+                let h = cl.holder(peer);
+                cl.acquire(&h, ino, LeaseKind::Read).await?;
+                // Leases on the entries before their attributes are read:
+                // writers of them flush first.
+                let (entries, _, _) = ns.readdir(ino, cookie, max).await?;
+                let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
+                cl.acquire_read_all(&h, &inos).await?;
                 let (pairs, eof, parent) = ns.readdir_plus(ino, cookie, max).await?;
-                let (entries, attrs) = pairs.into_iter().unzip();
+                let (entries, mut attrs): (Vec<DirEntry>, Vec<Attr>) = pairs.into_iter().unzip();
+                let leased: std::collections::HashSet<u64> = inos.into_iter().collect();
+                // Entries that appeared between the two reads: lease them,
+                // then read their attributes again.
+                for (e, a) in entries.iter().zip(attrs.iter_mut()) {
+                    if !leased.contains(&e.ino) {
+                        *a = self.read_attr(&h, e.ino).await?;
+                    }
+                }
+                *grant = h.granted();
                 MdsResp::DirPlus { entries, attrs, eof, parent }
             }
             MdsReq::Symlink { parent, name, target, uid, gid } => {
                 need(peer, NS)?;
+                let h = cl.holder(peer);
                 let a = ns.symlink(parent, &name, &target, uid, gid).await?;
+                cl.invalidate(h.id, vec![(parent, vec![name])]).await;
                 self.changed(Some(a), &[parent]).await
             }
             MdsReq::Readlink { ino } => {
@@ -130,7 +195,9 @@ impl MdsService {
             }
             MdsReq::Link { ino, newparent, newname } => {
                 need(peer, NS)?;
+                let h = cl.holder(peer);
                 let a = ns.link(ino, newparent, &newname).await?;
+                cl.invalidate(h.id, vec![(newparent, vec![newname]), (ino, vec![])]).await;
                 self.changed(Some(a), &[newparent]).await
             }
             MdsReq::Statfs => {
@@ -143,7 +210,9 @@ impl MdsService {
             }
             MdsReq::SetXattr { ino, name, value, flags } => {
                 need(peer, NS)?;
+                let h = cl.holder(peer);
                 ns.setxattr(ino, &name, value, flags).await?;
+                cl.invalidate(h.id, vec![(ino, vec![])]).await;
                 MdsResp::Done
             }
             MdsReq::ListXattr { ino } => {
@@ -152,16 +221,25 @@ impl MdsService {
             }
             MdsReq::RemoveXattr { ino, name } => {
                 need(peer, NS)?;
+                let h = cl.holder(peer);
                 ns.removexattr(ino, &name).await?;
+                cl.invalidate(h.id, vec![(ino, vec![])]).await;
                 MdsResp::Done
             }
             MdsReq::UpdateSize { ino, size, mtime_ns } => {
                 need(peer, NS)?;
-                MdsResp::Attr(ns.update_size(ino, size, mtime_ns).await?)
+                let h = cl.holder(peer);
+                let a = ns.update_size(ino, size, mtime_ns).await?;
+                // Normally nobody else holds a lease while a writer does;
+                // a writer that lost its session may still flush.
+                cl.invalidate(h.id, vec![(ino, vec![])]).await;
+                MdsResp::Attr(a)
             }
             MdsReq::SetStripe { ino, policy } => {
                 need(peer, ADMIN)?;
-                MdsResp::Attr(ns.set_stripe(ino, policy).await?)
+                let a = ns.set_stripe(ino, policy).await?;
+                cl.invalidate(0, vec![(ino, vec![])]).await;
+                MdsResp::Attr(a)
             }
             MdsReq::GetStripe { ino } => {
                 need(peer, NS)?;
@@ -193,6 +271,7 @@ impl MdsService {
             MdsReq::OpenSession { name } => {
                 need(peer, NS)?;
                 let id = ns.cluster.open_session(name, peer.addr.to_string());
+                ns.cluster.bind(peer, id);
                 MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms }
             }
             MdsReq::SessionHeartbeat { id } => {
@@ -200,6 +279,7 @@ impl MdsService {
                 if !ns.cluster.touch_session(id) {
                     return Err(Error::Stale);
                 }
+                ns.cluster.bind(peer, id);
                 MdsResp::Done
             }
             MdsReq::CloseSession { id } => {
@@ -233,30 +313,62 @@ impl MdsService {
                     shards,
                     osds: ns.cluster.osd_infos(),
                     sessions: ns.cluster.session_infos(),
+                    mds_requests: self.requests.load(std::sync::atomic::Ordering::Relaxed),
                     osd_epoch: ns.cluster.epoch(),
                     statfs: self.statfs().await,
                 })
             }
+            MdsReq::Open { ino, write } => {
+                need(peer, NS)?;
+                let h = cl.holder(peer);
+                let want = match write {
+                    false => LeaseKind::Read,
+                    // Several writers of one file share it, and cache no data.
+                    true if cl.other_writer(h.id, ino) => LeaseKind::SharedWrite,
+                    true => LeaseKind::Write,
+                };
+                let kind = cl.acquire(&h, ino, want).await?;
+                let attr = ns.getattr(ino).await?;
+                *grant = h.granted();
+                let lease = if h.granted() == 0 { LeaseMode::None } else { kind.into() };
+                MdsResp::Opened { attr, lease }
+            }
+            MdsReq::Leases { ino } => {
+                need(peer, ADMIN)?;
+                MdsResp::Leases(cl.lease_infos(ino))
+            }
         })
+    }
+
+    /// Attributes read under a read lease: a writer elsewhere flushes its
+    /// size first.
+    async fn read_attr(&self, h: &Holder, ino: u64) -> Result<Attr> {
+        self.ns.cluster.acquire(h, ino, LeaseKind::Read).await?;
+        self.ns.getattr(ino).await
     }
 }
 
 impl Service for MdsService {
     type Req = MdsReq;
-    type Resp = MdsResp;
+    type Resp = MdsReply;
 
-    async fn call(&self, peer: &Arc<Peer>, req: MdsReq, _payload: Bytes) -> (MdsResp, Vec<Bytes>) {
-        match self.handle(peer, req).await {
-            Ok(r) => (r, vec![]),
+    async fn call(&self, peer: &Arc<Peer>, req: MdsReq, _payload: Bytes) -> (MdsReply, Vec<Bytes>) {
+        if !matches!(req, MdsReq::OsdHeartbeat { .. } | MdsReq::SessionHeartbeat { .. }) {
+            self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut session = 0;
+        let resp = match self.handle(peer, req, &mut session).await {
+            Ok(r) => r,
             Err(e) => {
                 e.log("mds request failed");
-                (MdsResp::Err(e.to_wire()), vec![])
+                MdsResp::Err(e.to_wire())
             }
-        }
+        };
+        (MdsReply { session, resp }, vec![])
     }
 
-    fn error(e: Error) -> MdsResp {
-        MdsResp::Err(e.to_wire())
+    fn error(e: Error) -> MdsReply {
+        MdsReply { session: 0, resp: MdsResp::Err(e.to_wire()) }
     }
 
     fn accepts(&self, _role: Role) -> bool {

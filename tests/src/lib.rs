@@ -7,7 +7,7 @@ pub mod proc;
 
 use aifs_common::certs::{self, Role};
 use aifs_common::config::{TlsConfig, TransportConfig};
-use aifs_common::proto::mds::{MdsReq, MdsResp};
+use aifs_common::proto::mds::{MdsReply, MdsReq, MdsResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::{Error, LayoutPolicy, Result};
 use aifs_mds::{MdsConfig, MdsHandle};
@@ -81,10 +81,7 @@ impl TestCluster {
 
 /// Call the MDS; an error reply becomes `Err`.
 pub async fn mds_call(c: &RpcClient, req: MdsReq) -> Result<MdsResp> {
-    match c.call::<_, MdsResp>(&req, &[]).await? {
-        (MdsResp::Err(e), _) => Err(Error::from_wire(e.code, &e.msg)),
-        (r, _) => Ok(r),
-    }
+    Ok(c.call::<_, MdsReply>(&req, &[]).await?.0.into_result()?.0)
 }
 
 /// Where the workspace's built binaries are: next to the test executable's

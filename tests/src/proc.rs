@@ -5,7 +5,7 @@
 use crate::bin_dir;
 use aifs_common::certs::Role;
 use aifs_common::config::TransportConfig;
-use aifs_common::proto::mds::{MdsReq, MdsResp, OsdState};
+use aifs_common::proto::mds::{MdsReply, MdsReq, MdsResp, OsdState};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
@@ -138,7 +138,7 @@ impl ProcCluster {
             let t = Instant::now();
             loop {
                 let c = RpcClient::new(ep.clone(), addr, Role::Mds);
-                if let Ok((MdsResp::OsdMap { osds, .. }, _)) = c.call::<_, MdsResp>(&MdsReq::OsdMap, &[]).await {
+                if let Ok((MdsReply { resp: MdsResp::OsdMap { osds, .. }, .. }, _)) = c.call::<_, MdsReply>(&MdsReq::OsdMap, &[]).await {
                     if osds.iter().filter(|o| o.state == OsdState::Up).count() >= n {
                         return Ok(());
                     }

@@ -57,6 +57,15 @@ fn unit_future(ctx: &Arc<DataCtx>, f: &Arc<FileState>, unit: u64, size: u64) -> 
     async move { h.await.map_err(|e| Error::Io(format!("read task: {e}")))? }.boxed().shared()
 }
 
+/// Exactly `[off, off + len)` (clipped to `size`) from the OSDs, with no
+/// read-ahead and no cache: for a file several clients write at once.
+pub async fn read_direct(ctx: &DataCtx, f: &FileState, off: u64, len: u64, size: u64) -> Result<Bytes> {
+    if off >= size || len == 0 {
+        return Ok(Bytes::new());
+    }
+    fetch_range(ctx, f, off, off.saturating_add(len).min(size)).await
+}
+
 /// Read `[off, off + len)` of a file `size` bytes long.
 pub async fn read(ctx: &Arc<DataCtx>, f: &Arc<FileState>, off: u64, len: u64, size: u64) -> Result<Bytes> {
     if off >= size || len == 0 {

@@ -109,6 +109,10 @@ pub struct FileState {
     /// Bumped by every write and every landed ship: read-ahead data fetched
     /// under an older generation may predate a write and is not reused.
     pub generation: AtomicU64,
+    /// Writes hold it shared from checking the file's write lease until
+    /// their bytes are buffered; a recall takes it exclusively to drop the
+    /// lease, so no write slips into the buffers after the recall's flush.
+    pub gate: tokio::sync::RwLock<()>,
 }
 
 fn poisoned() -> Error {
@@ -134,6 +138,7 @@ impl FileState {
             ra: Mutex::new(ReadAhead::default()),
             opens: AtomicU32::new(0),
             generation: AtomicU64::new(0),
+            gate: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -163,6 +168,12 @@ impl FileState {
     /// Size or mtime not yet published to the MDS.
     pub fn meta_dirty(&self) -> bool {
         self.inner.lock().map(|i| i.meta_dirty).unwrap_or(true)
+    }
+
+    /// Another client may change the file now: cached data is not reused.
+    pub fn forget_cached(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.ra_clear();
     }
 
     fn ra_clear(&self) {

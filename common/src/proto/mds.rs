@@ -122,6 +122,8 @@ pub struct ClusterStatus {
     pub sessions: Vec<SessionInfo>,
     pub osd_epoch: u64,
     pub statfs: Statfs,
+    /// Requests the MDS has served since it started (heartbeats not counted).
+    pub mds_requests: u64,
 }
 
 /// `renameat2` flag: fail with EEXIST instead of replacing the target.
@@ -166,6 +168,11 @@ pub enum MdsReq {
     EvictSession { id: u64 },
     /// Readdir with each entry's attributes (`ls -l` in one round trip).
     ReaddirPlus { ino: u64, cookie: u64, max: u32 },
+    /// Take a lease on a file for reading or for writing (at open, and
+    /// again after a recall): answered once conflicting holders released.
+    Open { ino: u64, write: bool },
+    /// Admin: who holds which lease on an inode.
+    Leases { ino: u64 },
 }
 message!(MdsReq);
 
@@ -189,5 +196,72 @@ pub enum MdsResp {
     Changed { attr: Option<Attr>, dirs: Vec<Attr> },
     /// `attrs[i]` belongs to `entries[i]`.
     DirPlus { entries: Vec<DirEntry>, attrs: Vec<Attr>, eof: bool, parent: u64 },
+    /// A file lease granted (`None` when the session has none to give).
+    Opened { attr: Attr, lease: LeaseMode },
+    Leases(Vec<LeaseInfo>),
 }
 message!(MdsResp);
+
+/// Every MDS reply. `session` is the client session under which the reply
+/// granted read leases, 0 for none (DESIGN.md, "Leases"): with a nonzero
+/// session, the client holds a read lease on every inode whose attributes
+/// the reply carries and on the directory it looked up or listed, and may
+/// cache them (and a negative lookup) until the MDS recalls them or the
+/// session ends.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub struct MdsReply {
+    pub session: u64,
+    pub resp: MdsResp,
+}
+message!(MdsReply);
+
+impl MdsReply {
+    /// The response (an error reply becomes `Err`) and the lease session.
+    pub fn into_result(self) -> crate::error::Result<(MdsResp, u64)> {
+        match self.resp {
+            MdsResp::Err(e) => Err(crate::error::Error::from_wire(e.code, &e.msg)),
+            r => Ok((r, self.session)),
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub enum LeaseMode {
+    None = 0,
+    Read = 1,
+    Write = 2,
+    SharedWrite = 3,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct LeaseInfo {
+    pub session: u64,
+    pub name: String,
+    pub mode: LeaseMode,
+    /// Asked to give it back and not yet done.
+    pub recalled: bool,
+}
+
+/// MDS to client, on a stream the MDS opens (DESIGN.md, "Leases").
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub enum RecallReq {
+    /// Something the client caches of `ino` changed (its attributes, or
+    /// for a directory the entries `names`): drop it, keep the lease.
+    Invalidate { ino: u64, names: Vec<String> },
+    /// Give the lease on `ino` back: flush dirty data and size, drop every
+    /// cache of it, then answer.
+    Revoke { ino: u64 },
+}
+message!(RecallReq);
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub enum RecallResp {
+    Err(WireError),
+    Done,
+}
+message!(RecallResp);

@@ -13,6 +13,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// stuck longer than this is treated as gone.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Called with each new connection (to serve the streams the server opens
+/// on it, such as lease recalls).
+pub type OnConnect = Box<dyn Fn(quinn::Connection) + Send + Sync>;
+
 /// A client of one server (an MDS or one OSD).
 pub struct RpcClient {
     endpoint: quinn::Endpoint,
@@ -22,6 +26,7 @@ pub struct RpcClient {
     /// The last failed connection attempt: calls queued behind it fail at
     /// once instead of each waiting out its own connect timeout.
     failed: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    on_connect: std::sync::OnceLock<OnConnect>,
 }
 
 /// After a failed connect, how long further calls fail without trying.
@@ -30,7 +35,12 @@ const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 impl RpcClient {
     /// `role` is the role the server must prove (its certificate's name).
     pub fn new(endpoint: quinn::Endpoint, addr: SocketAddr, role: Role) -> Self {
-        RpcClient { endpoint, addr, role, conn: tokio::sync::Mutex::new(None), failed: std::sync::Mutex::new(None) }
+        RpcClient { endpoint, addr, role, conn: tokio::sync::Mutex::new(None), failed: std::sync::Mutex::new(None), on_connect: std::sync::OnceLock::new() }
+    }
+
+    /// Set once, before the first call: run `f` on every new connection.
+    pub fn on_connect(&self, f: OnConnect) {
+        let _ = self.on_connect.set(f);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -68,6 +78,9 @@ impl RpcClient {
                     *f = None;
                 }
                 *guard = Some(conn.clone());
+                if let Some(f) = self.on_connect.get() {
+                    f(conn.clone());
+                }
                 Ok(conn)
             }
             Err(e) => {
@@ -102,21 +115,7 @@ impl RpcClient {
                 Err(e) => return Err(Error::Transport(format!("open stream to {}: {e}", self.addr))),
             }
         };
-        let exchange = async {
-            write_frame(&mut send, &header, payload).await?;
-            send.finish().map_err(|e| Error::Transport(format!("finish: {e}")))?;
-            let resp_hdr = read_header(&mut recv).await.map_err(|e| match e {
-                Error::Protocol(m) => Error::Transport(format!("{}: {m}", self.addr)),
-                other => other,
-            })?;
-            let resp = Resp::decode(&resp_hdr)?;
-            let body = read_payload(&mut recv, resp.payload_len()).await?;
-            Ok((resp, body))
-        };
-        let r = match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Transport(format!("{}: no answer in {CALL_TIMEOUT:?}", self.addr))),
-        };
+        let r = exchange(&mut send, &mut recv, &header, payload, self.addr, CALL_TIMEOUT).await;
         if let Err(Error::Transport(_)) = &r {
             // Only this call's connection: another call may already have
             // replaced it with a healthy one.
@@ -142,4 +141,41 @@ impl RpcClient {
             }
         }
     }
+}
+
+/// Send one request on an open stream pair and read the answer, within
+/// `limit`. A response that cannot be read is a transport failure of
+/// `addr`.
+async fn exchange<Resp: Message>(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    header: &[u8],
+    payload: &[Bytes],
+    addr: SocketAddr,
+    limit: Duration,
+) -> Result<(Resp, Bytes)> {
+    let run = async {
+        write_frame(send, header, payload).await?;
+        send.finish().map_err(|e| Error::Transport(format!("finish: {e}")))?;
+        let resp_hdr = read_header(recv).await.map_err(|e| match e {
+            Error::Protocol(m) => Error::Transport(format!("{addr}: {m}")),
+            other => other,
+        })?;
+        let resp = Resp::decode(&resp_hdr)?;
+        let body = read_payload(recv, resp.payload_len()).await?;
+        Ok((resp, body))
+    };
+    match tokio::time::timeout(limit, run).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Transport(format!("{addr}: no answer in {limit:?}"))),
+    }
+}
+
+/// One call on a connection the caller already has, in either direction:
+/// the MDS uses it to send lease recalls on a client's connection.
+pub async fn call_on<Req: Message, Resp: Message>(conn: &quinn::Connection, req: &Req, limit: Duration) -> Result<Resp> {
+    let header = req.encode()?;
+    let addr = conn.remote_address();
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Transport(format!("open stream to {addr}: {e}")))?;
+    Ok(exchange::<Resp>(&mut send, &mut recv, &header, &[], addr, limit).await?.0)
 }

@@ -8,7 +8,7 @@ pub mod endpoint;
 pub mod server;
 pub mod tls;
 
-pub use client::RpcClient;
+pub use client::{call_on, RpcClient};
 pub use endpoint::{client_endpoint, server_endpoint};
-pub use server::{serve, Peer, Service};
+pub use server::{serve, serve_conn, Peer, Service};
 pub use tls::Identity;

@@ -16,6 +16,15 @@ pub struct Peer {
     pub role: Role,
     pub addr: SocketAddr,
     pub conn: quinn::Connection,
+    /// The client session bound to this connection (0: none); the MDS sets
+    /// it when a session is opened or heartbeated over the connection.
+    pub session: std::sync::atomic::AtomicU64,
+}
+
+impl Peer {
+    pub fn new(role: Role, conn: quinn::Connection) -> Arc<Peer> {
+        Arc::new(Peer { role, addr: conn.remote_address(), conn, session: Default::default() })
+    }
 }
 
 pub trait Service: Send + Sync + 'static {
@@ -52,14 +61,16 @@ pub async fn serve<S: Service>(endpoint: quinn::Endpoint, svc: Arc<S>) {
                 conn.close(2u32.into(), b"role not allowed");
                 return;
             }
-            let peer = Arc::new(Peer { role, addr: remote, conn: conn.clone() });
+            let peer = Peer::new(role, conn.clone());
             tracing::debug!(peer = %remote, role = role.name(), "connected");
             serve_conn(svc, peer).instrument(tracing::debug_span!("conn", peer = %remote)).await;
         });
     }
 }
 
-async fn serve_conn<S: Service>(svc: Arc<S>, peer: Arc<Peer>) {
+/// Serve the streams `peer` opens on its connection until it closes. A
+/// client serves its server's recall streams this way.
+pub async fn serve_conn<S: Service>(svc: Arc<S>, peer: Arc<Peer>) {
     loop {
         let (send, recv) = match peer.conn.accept_bi().await {
             Ok(s) => s,

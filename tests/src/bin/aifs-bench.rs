@@ -251,7 +251,7 @@ fn latency_us(n: usize, mut f: impl FnMut(usize)) -> f64 {
 fn latencies(cluster: &ProcCluster, mount: &Path, run: usize) -> Result<Vec<(String, f64, f64)>> {
     use aifs_common::certs::Role;
     use aifs_common::config::TransportConfig;
-    use aifs_common::proto::mds::{MdsReq, MdsResp};
+    use aifs_common::proto::mds::{MdsReply, MdsReq};
     use aifs_common::rpc::{self, Identity, RpcClient};
     let n = 500;
     let dir = mount.join(format!("lat{run}"));
@@ -268,11 +268,11 @@ fn latencies(cluster: &ProcCluster, mount: &Path, run: usize) -> Result<Vec<(Str
     };
     let c = RpcClient::new(ep, cluster.mds_addr, Role::Mds);
     let lookup_rpc = latency_us(n, |i| {
-        let _ = rt.block_on(c.call::<_, MdsResp>(&MdsReq::Lookup { parent: ino, name: format!("neg{i}") }, &[]));
+        let _ = rt.block_on(c.call::<_, MdsReply>(&MdsReq::Lookup { parent: ino, name: format!("neg{i}") }, &[]));
     });
     let create_rpc = latency_us(n, |i| {
         let req = MdsReq::Create { parent: ino, name: format!("rpc{i}"), mode: 0o644, uid: 0, gid: 0, exclusive: true };
-        let _ = rt.block_on(c.call::<_, MdsResp>(&req, &[]));
+        let _ = rt.block_on(c.call::<_, MdsReply>(&req, &[]));
     });
     let lookup_fuse = latency_us(n, |i| {
         let _ = fs::metadata(dir.join(format!("fneg{i}")));

@@ -1,0 +1,396 @@
+//! Metadata cached under leases (DESIGN.md, "Leases").
+//!
+//! What is kept, and for how long:
+//! - attributes of inodes the client holds a lease on, with the lease's
+//!   mode (read, write, shared write);
+//! - for directories it holds a read lease on: names looked up (positive
+//!   and negative), and the listing read so far in cookie order;
+//! - everything only while the session is certainly alive at the MDS: the
+//!   send time of the last answered heartbeat plus most of the term. A
+//!   session that may have expired has lost its leases, so nothing here
+//!   counts past that instant, and the kernel is never given a TTL that
+//!   outlives it.
+//!
+//! Races. A reply is cached only if it was granted under the current
+//! session and no notice (invalidation, revoke, local drop) about the
+//! inodes it carries arrived while the request was out: a reply computed
+//! before a change may arrive after the notice of that change. Notices are
+//! numbered and the latest `NOTICE_LOG` kept with their inode, so a busy
+//! directory elsewhere does not stop this client from caching.
+use aifs_common::proto::mds::{Attr, DirEntry, LeaseMode};
+use dashmap::DashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Share of the session term the client counts on: the rest covers the
+/// heartbeat's flight time and timer slack.
+const TERM_SHARE: f64 = 0.9;
+/// Cached attributes past which the cache is emptied (about 200 bytes each).
+const MAX_ATTRS: usize = 1 << 20;
+/// Listing entries kept per directory.
+const MAX_LISTING: usize = 1 << 20;
+/// Recent notices remembered; a reply older than all of them is not cached.
+const NOTICE_LOG: usize = 4096;
+/// Stands for every inode in the notice log.
+const ALL: u64 = u64::MAX;
+
+/// A point to check replies against.
+#[derive(Clone, Copy, Debug)]
+pub struct Snap {
+    seq: u64,
+    session: u64,
+}
+
+#[derive(Default)]
+struct DirCache {
+    names: HashMap<String, Option<u64>>,
+    /// Entries in cookie order from the start of the directory.
+    listing: Vec<DirEntry>,
+    /// The listing reaches the end of the directory.
+    complete: bool,
+    parent: u64,
+}
+
+/// Entries of a directory from a cookie on, from the cache.
+pub struct Listed {
+    pub entries: Vec<DirEntry>,
+    pub parent: u64,
+}
+
+pub struct MetaCache {
+    session: AtomicU64,
+    base: Instant,
+    /// Nanoseconds after `base` until which the session is certainly live.
+    valid_until: AtomicU64,
+    seq: AtomicU64,
+    /// (notice number, inode) of the latest notices.
+    log: Mutex<VecDeque<(u64, u64)>>,
+    attrs: DashMap<u64, (Attr, LeaseMode)>,
+    dirs: DashMap<u64, DirCache>,
+}
+
+impl Default for MetaCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MetaCache {
+    pub fn new() -> Self {
+        MetaCache {
+            session: AtomicU64::new(0),
+            base: Instant::now(),
+            valid_until: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            log: Mutex::new(VecDeque::with_capacity(NOTICE_LOG)),
+            attrs: DashMap::new(),
+            dirs: DashMap::new(),
+        }
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
+    pub fn session(&self) -> u64 {
+        self.session.load(Ordering::Acquire)
+    }
+
+    /// A (new) session: whatever was cached under another one is gone.
+    pub fn set_session(&self, id: u64, sent_at: Instant, term: Duration) {
+        if self.session.swap(id, Ordering::AcqRel) != id {
+            self.clear();
+            self.valid_until.store(0, Ordering::Release);
+        }
+        self.renewed(sent_at, term);
+    }
+
+    /// A heartbeat sent at `sent_at` was answered.
+    pub fn renewed(&self, sent_at: Instant, term: Duration) {
+        let until = self.nanos(sent_at) + term.mul_f64(TERM_SHARE).as_nanos() as u64;
+        self.valid_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// How much longer the session's leases certainly last.
+    pub fn remaining(&self) -> Duration {
+        let now = self.nanos(Instant::now());
+        Duration::from_nanos(self.valid_until.load(Ordering::Acquire).saturating_sub(now))
+    }
+
+    fn live(&self) -> bool {
+        !self.remaining().is_zero()
+    }
+
+    pub fn snap(&self) -> Snap {
+        Snap { seq: self.seq.load(Ordering::Acquire), session: self.session() }
+    }
+
+    fn notice(&self, ino: u64) {
+        if let Ok(mut l) = self.log.lock() {
+            let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+            if l.len() >= NOTICE_LOG {
+                l.pop_front();
+            }
+            l.push_back((seq, ino));
+        }
+    }
+
+    /// May a reply about `inos` granted under `granted`, to a request sent
+    /// at `snap`, be cached?
+    fn usable(&self, snap: Snap, granted: u64, inos: &[u64]) -> bool {
+        if granted == 0 || granted != snap.session || self.session() != snap.session || !self.live() {
+            return false;
+        }
+        let Ok(l) = self.log.lock() else { return false };
+        if self.seq.load(Ordering::Acquire) == snap.seq {
+            return true;
+        }
+        if !l.front().is_some_and(|(first, _)| *first <= snap.seq + 1) {
+            return false;
+        }
+        !l.iter().any(|(seq, ino)| *seq > snap.seq && (*ino == ALL || inos.contains(ino)))
+    }
+
+    /// Leased attributes of `ino` and the lease's mode.
+    pub fn attr(&self, ino: u64) -> Option<(Attr, LeaseMode)> {
+        if !self.live() {
+            return None;
+        }
+        self.attrs.get(&ino).map(|e| e.value().clone())
+    }
+
+    pub fn mode(&self, ino: u64) -> LeaseMode {
+        self.attr(ino).map(|a| a.1).unwrap_or(LeaseMode::None)
+    }
+
+    /// Kernel TTL for `ino`: what is left of its lease, zero without one.
+    pub fn ttl(&self, ino: u64) -> Duration {
+        if self.attrs.contains_key(&ino) {
+            self.remaining()
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Attributes granted with a lease of `mode`. A write lease is not
+    /// lowered by a read grant (the MDS keeps it too).
+    pub fn put_attr(&self, snap: Snap, granted: u64, a: &Attr, mode: LeaseMode) {
+        if mode == LeaseMode::None || !self.usable(snap, granted, &[a.ino]) {
+            return;
+        }
+        if self.attrs.len() >= MAX_ATTRS {
+            self.clear();
+        }
+        let mut e = self.attrs.entry(a.ino).or_insert_with(|| (a.clone(), mode));
+        e.0 = a.clone();
+        if mode != LeaseMode::Read {
+            e.1 = mode;
+        }
+    }
+
+    /// New attributes of an inode already leased, from this client's own
+    /// change (the MDS notifies everyone else).
+    pub fn refresh_attr(&self, snap: Snap, a: &Attr) {
+        if !self.usable(snap, snap.session, &[a.ino]) {
+            return;
+        }
+        if let Some(mut e) = self.attrs.get_mut(&a.ino) {
+            e.0 = a.clone();
+        }
+    }
+
+    /// What the cache knows of `name` in `dir`: `Some(None)` is a cached
+    /// negative entry.
+    pub fn dentry(&self, dir: u64, name: &str) -> Option<Option<u64>> {
+        if !self.live() {
+            return None;
+        }
+        self.dirs.get(&dir).and_then(|d| d.names.get(name).copied())
+    }
+
+    /// Does this client hold `dir`'s entries under a lease?
+    pub fn dentry_leased(&self, dir: u64) -> bool {
+        self.live() && self.dirs.contains_key(&dir)
+    }
+
+    /// A lookup's answer, under the directory's lease.
+    pub fn put_dentry(&self, snap: Snap, granted: u64, dir: u64, name: &str, ino: Option<u64>) {
+        if !self.usable(snap, granted, &[dir, ino.unwrap_or(dir)]) {
+            return;
+        }
+        self.dirs.entry(dir).or_default().names.insert(name.to_string(), ino);
+    }
+
+    /// This client's own change of `name` in `dir`: now names `ino`
+    /// (`None`: nothing), or unknown (`forget`).
+    pub fn local_entry(&self, dir: u64, name: &str, ino: Option<u64>, forget: bool) {
+        self.notice(dir);
+        if let Some(mut d) = self.dirs.get_mut(&dir) {
+            if forget {
+                d.names.remove(name);
+            } else {
+                d.names.insert(name.to_string(), ino);
+            }
+            d.listing.clear();
+            d.complete = false;
+        }
+    }
+
+    /// Entries after `cookie` from the cached listing, when it covers them.
+    pub fn listed(&self, dir: u64, cookie: u64) -> Option<Listed> {
+        if !self.live() {
+            return None;
+        }
+        let d = self.dirs.get(&dir)?;
+        let at = d.listing.partition_point(|e| e.cookie <= cookie);
+        if at == d.listing.len() && !d.complete {
+            return None;
+        }
+        Some(Listed { entries: d.listing[at..].to_vec(), parent: d.parent })
+    }
+
+    /// A batch of entries read from the MDS after `cookie`: appended when
+    /// it continues the cached listing.
+    pub fn put_listing(&self, snap: Snap, granted: u64, dir: u64, cookie: u64, entries: &[DirEntry], eof: bool, parent: u64) {
+        let mut inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
+        inos.push(dir);
+        if !self.usable(snap, granted, &inos) {
+            return;
+        }
+        let mut d = self.dirs.entry(dir).or_default();
+        d.parent = parent;
+        let end = d.listing.last().map(|e| e.cookie).unwrap_or(2);
+        if cookie != end || d.complete || d.listing.len() + entries.len() > MAX_LISTING {
+            return;
+        }
+        for e in entries {
+            d.names.insert(e.name.clone(), Some(e.ino));
+        }
+        d.listing.extend_from_slice(entries);
+        d.complete = eof;
+    }
+
+    /// The MDS says `ino` changed: drop its attributes and, for a
+    /// directory, the named entries and the listing (all of it if no names
+    /// are given). The lease stays.
+    pub fn invalidate(&self, ino: u64, names: &[String]) {
+        self.notice(ino);
+        self.attrs.remove(&ino);
+        if names.is_empty() {
+            self.dirs.remove(&ino);
+        } else if let Some(mut d) = self.dirs.get_mut(&ino) {
+            for n in names {
+                d.names.remove(n);
+            }
+            d.listing.clear();
+            d.complete = false;
+        }
+    }
+
+    /// The lease on `ino` is gone: forget everything about it.
+    pub fn drop_ino(&self, ino: u64) {
+        self.invalidate(ino, &[]);
+    }
+
+    /// This client changed `ino`'s attributes (its xattrs): ask again.
+    pub fn forget_attr(&self, ino: u64) {
+        self.notice(ino);
+        self.attrs.remove(&ino);
+    }
+
+    pub fn clear(&self) {
+        self.notice(ALL);
+        self.attrs.clear();
+        self.dirs.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aifs_common::proto::mds::FileKind;
+
+    fn attr(ino: u64) -> Attr {
+        Attr {
+            ino,
+            kind: FileKind::File,
+            perm: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            atime_ns: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            layout: None,
+            xattrs: 0,
+        }
+    }
+
+    fn live_cache() -> MetaCache {
+        let m = MetaCache::new();
+        m.set_session(7, Instant::now(), Duration::from_secs(10));
+        m
+    }
+
+    #[test]
+    fn a_reply_that_raced_with_a_notice_is_not_cached() {
+        let m = live_cache();
+        let before = m.snap();
+        m.invalidate(5, &[]);
+        m.put_attr(before, 7, &attr(5), LeaseMode::Read);
+        assert!(m.attr(5).is_none());
+        let after = m.snap();
+        m.put_attr(after, 7, &attr(5), LeaseMode::Read);
+        assert!(m.attr(5).is_some());
+        // granted under another session, or under none
+        m.put_attr(after, 0, &attr(6), LeaseMode::Read);
+        m.put_attr(after, 8, &attr(6), LeaseMode::Read);
+        assert!(m.attr(6).is_none());
+        // a notice about another inode does not spoil the reply
+        let s = m.snap();
+        m.invalidate(9, &[]);
+        m.put_attr(s, 7, &attr(6), LeaseMode::Read);
+        assert!(m.attr(6).is_some());
+    }
+
+    #[test]
+    fn a_read_grant_does_not_lower_a_write_lease() {
+        let m = live_cache();
+        m.put_attr(m.snap(), 7, &attr(5), LeaseMode::Write);
+        m.put_attr(m.snap(), 7, &attr(5), LeaseMode::Read);
+        assert_eq!(m.mode(5), LeaseMode::Write);
+    }
+
+    #[test]
+    fn nothing_counts_once_the_session_may_have_expired() {
+        let m = MetaCache::new();
+        let long_ago = Instant::now();
+        m.set_session(7, long_ago, Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        let s = m.snap();
+        m.put_attr(s, 7, &attr(5), LeaseMode::Read);
+        assert!(m.attr(5).is_none());
+        assert_eq!(m.remaining(), Duration::ZERO);
+    }
+
+    #[test]
+    fn listings_are_served_only_where_they_are_known() {
+        let m = live_cache();
+        let e = |n: u64| DirEntry { name: format!("f{n}"), ino: 100 + n, kind: FileKind::File, cookie: 10 + n };
+        m.put_listing(m.snap(), 7, 1, 2, &[e(0), e(1)], false, 1);
+        assert_eq!(m.listed(1, 2).map(|l| l.entries.len()), Some(2));
+        assert_eq!(m.listed(1, 10).map(|l| l.entries.len()), Some(1));
+        // past the end of an incomplete listing: ask the MDS
+        assert!(m.listed(1, 11).is_none());
+        m.put_listing(m.snap(), 7, 1, 11, &[e(2)], true, 1);
+        assert_eq!(m.listed(1, 12).map(|l| l.entries.len()), Some(0));
+        assert_eq!(m.dentry(1, "f2"), Some(Some(102)));
+        m.invalidate(1, &["f1".to_string()]);
+        assert!(m.listed(1, 2).is_none());
+        assert_eq!(m.dentry(1, "f1"), None);
+        assert_eq!(m.dentry(1, "f0"), Some(Some(100)));
+    }
+}

@@ -1,0 +1,212 @@
+//! The lease driver (DESIGN.md, "Leases"): the pure table
+//! (common/src/lease.rs) plus the clock and the recall channel.
+//!
+//! - A request is served for a holder: the client session bound to its
+//!   connection, or, for a connection with no live session (an admin, a
+//!   client between reconnect and heartbeat), a session made for that one
+//!   request and closed when it is answered. Either way the request's reads
+//!   take leases first, so a writer elsewhere is made to flush before the
+//!   read happens.
+//! - `acquire` waits until the table grants; the holders in the way are
+//!   sent `Revoke` on a stream the MDS opens on their connection. They
+//!   flush, drop their caches and answer; a holder that never answers is
+//!   waited for only until its session expires.
+//! - After a change, `invalidate` tells every other holder of the changed
+//!   inodes what to drop (attributes, or directory entries by name) and
+//!   waits for each to answer (or expire) before the change is answered:
+//!   once a client's call returns, every other client sees it.
+//! - Ordering. A read takes its lease before it reads the store, and a
+//!   change notifies holders after it commits; so a reader either read the
+//!   committed state or is among those notified. The client discards a
+//!   reply that raced with a notice (client/src/meta.rs).
+use crate::cluster::Cluster;
+use aifs_common::lease::{Decision, LeaseKind};
+use aifs_common::proto::mds::{LeaseInfo, RecallReq, RecallResp};
+use aifs_common::rpc::{call_on, Peer};
+use aifs_common::{Error, Result};
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a waiting request looks again without being woken (expiry is
+/// noticed this way).
+const POLL: Duration = Duration::from_millis(100);
+
+/// The session a request is served for. An ephemeral one (no live session
+/// on the connection) is closed, with its leases, when this is dropped.
+pub struct Holder {
+    cluster: Arc<Cluster>,
+    pub id: u64,
+    ephemeral: bool,
+}
+
+impl Holder {
+    /// The session under which the reply's leases were granted (0: none).
+    pub fn granted(&self) -> u64 {
+        if self.ephemeral {
+            0
+        } else {
+            self.id
+        }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if self.ephemeral {
+            if let Ok(mut t) = self.cluster.leases.lock() {
+                t.close_session(self.id);
+            }
+            self.cluster.released.notify_waiters();
+        }
+    }
+}
+
+impl Cluster {
+    /// Bind a session to the connection it was opened or heartbeated on:
+    /// requests on it are served for the session, recalls go over it.
+    pub fn bind(&self, peer: &Peer, id: u64) {
+        peer.session.store(id, Ordering::Relaxed);
+        if let Some(mut s) = self.sessions.get_mut(&id) {
+            s.conn = Some(peer.conn.clone());
+        }
+    }
+
+    pub fn holder(self: &Arc<Self>, peer: &Peer) -> Holder {
+        let now = Instant::now();
+        let bound = peer.session.load(Ordering::Relaxed);
+        if let Ok(mut t) = self.leases.lock() {
+            if bound != 0 && t.is_live(bound, now) {
+                return Holder { cluster: self.clone(), id: bound, ephemeral: false };
+            }
+            let id = self.new_session_id();
+            t.open_session(id, now);
+            return Holder { cluster: self.clone(), id, ephemeral: true };
+        }
+        Holder { cluster: self.clone(), id: 0, ephemeral: true }
+    }
+
+    fn conn_of(&self, session: u64) -> Option<quinn::Connection> {
+        self.sessions.get(&session).and_then(|s| s.conn.clone())
+    }
+
+    fn is_live(&self, session: u64) -> bool {
+        self.leases.lock().map(|t| t.is_live(session, Instant::now())).unwrap_or(false)
+    }
+
+    /// Take `kind` on `ino` for `h`, recalling whoever is in the way.
+    pub async fn acquire(self: &Arc<Self>, h: &Holder, ino: u64, kind: LeaseKind) -> Result<LeaseKind> {
+        // Long enough for every holder in the way to expire, plus slack.
+        let deadline = Instant::now() + self.term() * 2 + Duration::from_secs(1);
+        let mut sent = BTreeSet::new();
+        loop {
+            let woken = self.released.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let d = {
+                let mut t = self.leases.lock().map_err(|_| Error::Io("lease table poisoned".into()))?;
+                t.acquire(h.id, ino, kind, Instant::now())
+            };
+            match d {
+                Decision::Granted { kind } => return Ok(kind),
+                Decision::Wait { recall } => {
+                    for r in recall {
+                        if sent.insert(r) {
+                            tokio::spawn(self.clone().revoke(r, ino));
+                        }
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Unavailable(format!("lease on {ino:#x} not released by its holders")));
+            }
+            let _ = tokio::time::timeout(POLL, woken).await;
+        }
+    }
+
+    /// Read leases on several inodes (a listing's entries).
+    pub async fn acquire_read_all(self: &Arc<Self>, h: &Holder, inos: &[u64]) -> Result<()> {
+        for ino in inos {
+            self.acquire(h, *ino, LeaseKind::Read).await?;
+        }
+        Ok(())
+    }
+
+    async fn revoke(self: Arc<Self>, session: u64, ino: u64) {
+        let answered = match self.conn_of(session) {
+            Some(conn) => match call_on::<_, RecallResp>(&conn, &RecallReq::Revoke { ino }, self.term()).await {
+                Ok(RecallResp::Done) => true,
+                Ok(RecallResp::Err(e)) => {
+                    // It dropped its caches; the write error stays with the
+                    // client for its next flush, fsync or close.
+                    tracing::warn!(session, ino, code = e.code, msg = %e.msg, "holder released after a failed flush");
+                    true
+                }
+                Err(e) => {
+                    tracing::info!(session, ino, error = %e, "recall not delivered; waiting for the session to expire");
+                    false
+                }
+            },
+            None => false,
+        };
+        if answered {
+            if let Ok(mut t) = self.leases.lock() {
+                t.release(session, ino);
+            }
+            self.released.notify_waiters();
+        }
+    }
+
+    /// Tell every holder of each `(ino, names)` except `except` to drop what
+    /// it caches of it, and wait until each has (or has expired).
+    pub async fn invalidate(self: &Arc<Self>, except: u64, changes: Vec<(u64, Vec<String>)>) {
+        let mut calls = Vec::new();
+        for (ino, names) in changes {
+            let holders = match self.leases.lock() {
+                Ok(t) => t.holders(ino),
+                Err(_) => continue,
+            };
+            for (s, _) in holders {
+                if s != except {
+                    calls.push(self.clone().notify(s, RecallReq::Invalidate { ino, names: names.clone() }));
+                }
+            }
+        }
+        futures::future::join_all(calls).await;
+    }
+
+    async fn notify(self: Arc<Self>, session: u64, req: RecallReq) {
+        let deadline = Instant::now() + self.term() + Duration::from_secs(1);
+        while Instant::now() < deadline && self.is_live(session) {
+            if let Some(conn) = self.conn_of(session) {
+                match call_on::<_, RecallResp>(&conn, &req, self.term()).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!(session, error = %e, "invalidation not delivered; retrying until the session expires"),
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Who holds what on `ino` (`mdsctl leases`).
+    pub fn lease_infos(&self, ino: u64) -> Vec<LeaseInfo> {
+        let Ok(t) = self.leases.lock() else { return Vec::new() };
+        let recalled = t.recalled(ino);
+        t.holders(ino)
+            .into_iter()
+            .filter_map(|(s, k)| {
+                let name = self.sessions.get(&s)?.name.clone();
+                Some(LeaseInfo { session: s, name, mode: k.into(), recalled: recalled.contains(&s) })
+            })
+            .collect()
+    }
+
+    /// Another session holds a write lease on `ino` (a writer to share with).
+    pub fn other_writer(&self, session: u64, ino: u64) -> bool {
+        self.leases
+            .lock()
+            .map(|t| t.holders(ino).iter().any(|(s, k)| *s != session && *k != LeaseKind::Read))
+            .unwrap_or(false)
+    }
+}
