@@ -51,8 +51,9 @@ impl From<LeaseKind> for crate::proto::mds::LeaseMode {
 pub enum Decision {
     /// Held until the session expires or the lease is recalled.
     Granted { kind: LeaseKind },
-    /// Conflicting holders were asked to give their leases back; ask again
-    /// after they release or expire.
+    /// Ask again after the conflicting holders release or expire. `recall`
+    /// lists those this call marked recalled: the caller must ask them to
+    /// give their leases back (holders already recalled are not repeated).
     Wait { recall: Vec<SessionId> },
 }
 
@@ -182,8 +183,10 @@ impl LeaseTable {
             l.waiting.remove(&s);
             return Decision::Granted { kind };
         }
+        // Only holders not already asked: each is asked once per grant.
+        conflicts.retain(|c| !l.recalled.contains_key(c));
         for c in &conflicts {
-            l.recalled.entry(*c).or_insert(now);
+            l.recalled.insert(*c, now);
         }
         l.waiting.entry(s).or_insert((kind, now)).0 = kind;
         conflicts.sort_unstable();
@@ -342,7 +345,8 @@ mod tests {
         assert_eq!(t.acquire(2, 7, LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
         assert_eq!(t.acquire(3, 7, LeaseKind::Write, now), Decision::Wait { recall: vec![1, 2] });
         t.release(1, 7);
-        assert_eq!(t.acquire(3, 7, LeaseKind::Write, now), Decision::Wait { recall: vec![2] });
+        // 2 was asked already
+        assert_eq!(t.acquire(3, 7, LeaseKind::Write, now), Decision::Wait { recall: vec![] });
         t.release(2, 7);
         assert_eq!(t.acquire(3, 7, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
         // shared writers coexist; a reader must wait for them

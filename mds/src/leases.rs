@@ -6,7 +6,7 @@
 //!   client between reconnect and heartbeat), a session made for that one
 //!   request and closed when it is answered. Either way the request's reads
 //!   take leases first, so a writer elsewhere is made to flush before the
-//!   read happens.
+//!   read happens. An admin connection only observes: it takes no leases.
 //! - `acquire` waits until the table grants; the holders in the way are
 //!   sent `Revoke` on a stream the MDS opens on their connection. They
 //!   flush, drop their caches and answer; a holder that never answers is
@@ -24,7 +24,6 @@ use aifs_common::lease::{Decision, LeaseKind};
 use aifs_common::proto::mds::{LeaseInfo, RecallReq, RecallResp};
 use aifs_common::rpc::{call_on, Peer};
 use aifs_common::{Error, Result};
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +38,9 @@ pub struct Holder {
     cluster: Arc<Cluster>,
     pub id: u64,
     ephemeral: bool,
+    /// An admin: looks without taking leases, so that `mdsctl` never
+    /// recalls what it is asked to show.
+    observer: bool,
 }
 
 impl Holder {
@@ -76,15 +78,16 @@ impl Cluster {
     pub fn holder(self: &Arc<Self>, peer: &Peer) -> Holder {
         let now = Instant::now();
         let bound = peer.session.load(Ordering::Relaxed);
+        let observer = peer.role == aifs_common::certs::Role::Admin;
         if let Ok(mut t) = self.leases.lock() {
             if bound != 0 && t.is_live(bound, now) {
-                return Holder { cluster: self.clone(), id: bound, ephemeral: false };
+                return Holder { cluster: self.clone(), id: bound, ephemeral: false, observer };
             }
             let id = self.new_session_id();
             t.open_session(id, now);
-            return Holder { cluster: self.clone(), id, ephemeral: true };
+            return Holder { cluster: self.clone(), id, ephemeral: true, observer };
         }
-        Holder { cluster: self.clone(), id: 0, ephemeral: true }
+        Holder { cluster: self.clone(), id: 0, ephemeral: true, observer }
     }
 
     fn conn_of(&self, session: u64) -> Option<quinn::Connection> {
@@ -97,9 +100,11 @@ impl Cluster {
 
     /// Take `kind` on `ino` for `h`, recalling whoever is in the way.
     pub async fn acquire(self: &Arc<Self>, h: &Holder, ino: u64, kind: LeaseKind) -> Result<LeaseKind> {
+        if h.observer {
+            return Ok(kind);
+        }
         // Long enough for every holder in the way to expire, plus slack.
         let deadline = Instant::now() + self.term() * 2 + Duration::from_secs(1);
-        let mut sent = BTreeSet::new();
         loop {
             let woken = self.released.notified();
             tokio::pin!(woken);
@@ -112,9 +117,7 @@ impl Cluster {
                 Decision::Granted { kind } => return Ok(kind),
                 Decision::Wait { recall } => {
                     for r in recall {
-                        if sent.insert(r) {
-                            tokio::spawn(self.clone().revoke(r, ino));
-                        }
+                        tokio::spawn(self.clone().revoke(r, ino));
                     }
                 }
             }
@@ -133,28 +136,32 @@ impl Cluster {
         Ok(())
     }
 
+    /// Ask `session` to give its lease on `ino` back; retried while the
+    /// session lives (a reconnecting client is reached on its new
+    /// connection once it heartbeats).
     async fn revoke(self: Arc<Self>, session: u64, ino: u64) {
-        let answered = match self.conn_of(session) {
-            Some(conn) => match call_on::<_, RecallResp>(&conn, &RecallReq::Revoke { ino }, self.term()).await {
-                Ok(RecallResp::Done) => true,
-                Ok(RecallResp::Err(e)) => {
-                    // It dropped its caches; the write error stays with the
-                    // client for its next flush, fsync or close.
-                    tracing::warn!(session, ino, code = e.code, msg = %e.msg, "holder released after a failed flush");
-                    true
+        tracing::debug!(session, ino, "revoking lease");
+        while self.is_live(session) {
+            if let Some(conn) = self.conn_of(session) {
+                match call_on::<_, RecallResp>(&conn, &RecallReq::Revoke { ino }, self.term()).await {
+                    Ok(r) => {
+                        if let RecallResp::Err(e) = r {
+                            // It dropped its caches; the write error stays
+                            // with the client for its next flush, fsync or
+                            // close.
+                            tracing::warn!(session, ino, code = e.code, msg = %e.msg, "holder released after a failed flush");
+                        }
+                        tracing::debug!(session, ino, "lease released");
+                        if let Ok(mut t) = self.leases.lock() {
+                            t.release(session, ino);
+                        }
+                        self.released.notify_waiters();
+                        return;
+                    }
+                    Err(e) => tracing::info!(session, ino, error = %e, "recall not delivered; retrying until the session expires"),
                 }
-                Err(e) => {
-                    tracing::info!(session, ino, error = %e, "recall not delivered; waiting for the session to expire");
-                    false
-                }
-            },
-            None => false,
-        };
-        if answered {
-            if let Ok(mut t) = self.leases.lock() {
-                t.release(session, ino);
             }
-            self.released.notify_waiters();
+            tokio::time::sleep(POLL).await;
         }
     }
 

@@ -3,7 +3,7 @@
 //! `make run` started.
 use aifs_common::certs::{self, Role};
 use aifs_common::config::{local_state_dir, to_toml, TlsConfig, TransportConfig};
-use aifs_common::proto::mds::{MdsReq, MdsResp, OsdInfo, OsdState, SessionInfo, ShardInfo};
+use aifs_common::proto::mds::{LeaseMode, MdsReq, MdsResp, OsdInfo, OsdState, SessionInfo, ShardInfo};
 use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
 use aifs_common::{LayoutPolicy, ObjectId};
@@ -85,6 +85,8 @@ enum Cmd {
     },
     /// Show the layout of a file or directory, and a file's objects.
     Getstripe { path: PathBuf },
+    /// Show which client sessions hold which lease on a file or directory.
+    Leases { path: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -250,6 +252,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 human(s.statfs.avail_bytes),
                 s.statfs.files
             );
+            println!("  requests served: {}\n", s.mds_requests);
             print!("{}", shard_table(&s.shards));
             println!();
             print!("{}", table(&OSD_HEADER, &osd_rows(&s.osds)));
@@ -341,6 +344,32 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                     policy.stripe_size, policy.stripe_count, policy.replicas
                 );
             }
+        }
+        Cmd::Leases { path } => {
+            let (p, attr) = admin.resolve(&path).await?;
+            let leases = match admin.call(&MdsReq::Leases { ino: attr.ino }).await? {
+                MdsResp::Leases(l) => l,
+                _ => bail!("unexpected reply to Leases"),
+            };
+            if args.json {
+                let v = serde_json::json!({"path": p, "ino": format!("{:#x}", attr.ino), "leases": leases});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("{p} (inode {:#x})", attr.ino);
+            let rows: Vec<Vec<String>> = leases
+                .iter()
+                .map(|l| {
+                    let mode = match l.mode {
+                        LeaseMode::None => "none",
+                        LeaseMode::Read => "read",
+                        LeaseMode::Write => "write",
+                        LeaseMode::SharedWrite => "shared-write",
+                    };
+                    vec![l.session.to_string(), l.name.clone(), mode.to_string(), if l.recalled { "recalling" } else { "" }.to_string()]
+                })
+                .collect();
+            print!("{}", table(&["SESSION", "NAME", "LEASE", "STATE"], &rows));
         }
         Cmd::Getstripe { path } => {
             let (p, attr) = admin.resolve(&path).await?;

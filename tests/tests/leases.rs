@@ -1,0 +1,195 @@
+//! Leases across clients: two `aifs-mount` processes of one cluster, as two
+//! GPU nodes would mount it, checked through the real mounts. Needs root
+//! and /dev/fuse; `make test` enables the `fuse_tests` feature.
+#![cfg(feature = "fuse_tests")]
+
+use aifs_tests::pattern;
+use aifs_tests::proc::{Mount, ProcCluster};
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+
+fn names(dir: &std::path::Path) -> BTreeSet<String> {
+    fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+}
+
+/// Requests the MDS has served, minus the status call that asks.
+fn mds_requests(cl: &ProcCluster) -> u64 {
+    let out = cl.mdsctl(&["--json", "status"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["mds_requests"].as_u64().unwrap()
+}
+
+#[test]
+fn stat_on_one_mount_sees_the_size_of_unflushed_writes_on_another() {
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    let mut f = File::create(a.p("ckpt")).unwrap();
+    // B caches the empty file first
+    assert_eq!(fs::metadata(b.p("ckpt")).unwrap().len(), 0);
+    let chunk = 3 * MIB + 17;
+    let mut size = 0u64;
+    for step in 0..3u64 {
+        f.write_all(&pattern::bytes(5, size, chunk)).unwrap();
+        size += chunk as u64;
+        // A has neither closed nor fsync'd: the MDS recalls A's write
+        // lease, A flushes, and B's stat sees every byte A wrote
+        assert_eq!(fs::metadata(b.p("ckpt")).unwrap().len(), size, "step {step}");
+    }
+    // and B reads them while A still holds the file open
+    let got = fs::read(b.p("ckpt")).unwrap();
+    assert!(got == pattern::bytes(5, 0, size as usize), "B read other bytes than A wrote");
+    // A writes on (taking its lease back) and B sees that too
+    f.write_all(b"tail").unwrap();
+    assert_eq!(fs::metadata(b.p("ckpt")).unwrap().len(), size + 4);
+    drop(f);
+    assert_eq!(fs::metadata(a.p("ckpt")).unwrap().len(), size + 4);
+    // who holds what is visible to the operator
+    let _w = OpenOptions::new().write(true).open(a.p("ckpt")).unwrap();
+    let leases = cl.mdsctl(&["leases", a.p("ckpt").to_str().unwrap()]).unwrap();
+    assert!(leases.contains("write"), "mdsctl leases shows no write lease:\n{leases}");
+}
+
+#[test]
+fn namespace_changes_in_a_listed_directory_are_seen_at_once() {
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    fs::create_dir(a.p("step")).unwrap();
+    let mut expect = BTreeSet::new();
+    assert_eq!(names(&b.p("step")), expect);
+    for i in 0..20 {
+        let n = format!("rank{i}");
+        // B looks first: its kernel and its client now cache a negative entry
+        assert_eq!(fs::metadata(b.p(&format!("step/{n}"))).unwrap_err().kind(), ErrorKind::NotFound);
+        fs::write(a.p(&format!("step/{n}")), n.as_bytes()).unwrap();
+        expect.insert(n.clone());
+        assert_eq!(fs::read(b.p(&format!("step/{n}"))).unwrap(), n.as_bytes(), "B does not see {n}");
+        assert_eq!(names(&b.p("step")), expect, "B's listing after creating {n}");
+    }
+    // B's caches are warm; A renames, replaces, unlinks, makes and removes
+    fs::rename(a.p("step/rank0"), a.p("step/latest")).unwrap();
+    assert!(!b.p("step/rank0").exists());
+    assert_eq!(fs::read(b.p("step/latest")).unwrap(), b"rank0");
+    fs::rename(a.p("step/rank1"), a.p("step/latest")).unwrap();
+    assert_eq!(fs::read(b.p("step/latest")).unwrap(), b"rank1");
+    fs::remove_file(a.p("step/rank2")).unwrap();
+    assert!(!b.p("step/rank2").exists());
+    fs::create_dir(a.p("step/sub")).unwrap();
+    assert!(b.p("step/sub").is_dir());
+    fs::rename(a.p("step/rank3"), a.p("step/sub/moved")).unwrap();
+    assert_eq!(fs::read(b.p("step/sub/moved")).unwrap(), b"rank3");
+    for n in ["rank0", "rank1", "rank2", "rank3"] {
+        expect.remove(n);
+    }
+    expect.insert("latest".into());
+    expect.insert("sub".into());
+    assert_eq!(names(&b.p("step")), expect);
+    // and the other way round, with attributes: chmod on B, seen by A
+    fs::set_permissions(b.p("step/latest"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::metadata(a.p("step/latest")).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn four_writers_on_two_mounts_fill_one_file() {
+    const REGION: usize = 64 * MIB;
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    File::create(a.p("n21")).unwrap();
+    let writers: Vec<(usize, std::path::PathBuf)> =
+        (0..4).map(|r| (r, if r % 2 == 0 { a.p("n21") } else { b.p("n21") })).collect();
+    std::thread::scope(|s| {
+        for (rank, path) in &writers {
+            s.spawn(move || {
+                let f = OpenOptions::new().write(true).open(path).unwrap();
+                let base = (*rank * REGION) as u64;
+                for off in (0..REGION).step_by(MIB) {
+                    let at = base + off as u64;
+                    f.write_all_at(&pattern::bytes(21, at, MIB), at).unwrap();
+                }
+                f.sync_all().unwrap();
+            });
+        }
+    });
+    for m in [&a, &b] {
+        let got = fs::read(m.p("n21")).unwrap();
+        assert_eq!(got.len(), 4 * REGION, "size seen on {}", m.path.display());
+        for r in 0..4 {
+            let want = pattern::bytes(21, (r * REGION) as u64, REGION);
+            assert!(got[r * REGION..(r + 1) * REGION] == want[..], "region {r} differs on {}", m.path.display());
+        }
+    }
+}
+
+#[test]
+fn a_killed_writer_holds_others_up_only_until_its_session_expires() {
+    let cl = ProcCluster::start(3).unwrap();
+    let mut a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    let f = File::create(a.p("dead")).unwrap();
+    f.write_all_at(&pattern::bytes(9, 0, 8 * MIB), 0).unwrap();
+    f.sync_all().unwrap();
+    // more bytes, buffered and never flushed: lost with the client
+    f.write_all_at(&pattern::bytes(9, 8 * MIB as u64, 100), 8 * MIB as u64).unwrap();
+    a.kill9();
+    let t = Instant::now();
+    let w = OpenOptions::new().read(true).write(true).open(b.p("dead")).unwrap();
+    let waited = t.elapsed();
+    // the session term is 10 s; B waits for the dead holder at most that
+    // long after its last heartbeat, plus a margin
+    assert!(waited < Duration::from_secs(14), "B waited {waited:?} for a dead writer's lease");
+    let mut got = vec![0u8; 8 * MIB];
+    w.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == pattern::bytes(9, 0, 8 * MIB), "fsync'd bytes of the dead writer differ");
+    w.write_all_at(b"alive", 0).unwrap();
+    drop(w);
+    assert_eq!(&fs::read(b.p("dead")).unwrap()[..5], b"alive");
+}
+
+/// stat every file, then `ls -l` the directory, twice on one mount; the
+/// MDS requests of each pass.
+fn two_passes(cl: &ProcCluster, m: &Mount, n: usize) -> [(u64, u64); 2] {
+    let mut out = [(0, 0); 2];
+    for pass in &mut out {
+        let before = mds_requests(cl);
+        for i in 0..n {
+            fs::metadata(m.p(&format!("many/f{i}"))).unwrap();
+        }
+        let mid = mds_requests(cl);
+        let mut seen = 0;
+        for e in fs::read_dir(m.p("many")).unwrap() {
+            e.unwrap().metadata().unwrap();
+            seen += 1;
+        }
+        assert_eq!(seen, n);
+        let after = mds_requests(cl);
+        *pass = (mid - before - 1, after - mid - 1);
+    }
+    out
+}
+
+#[test]
+fn cached_metadata_is_served_without_asking_the_mds_again() {
+    const N: usize = 400;
+    let cl = ProcCluster::start(3).unwrap();
+    let w = cl.mount().unwrap();
+    fs::create_dir(w.p("many")).unwrap();
+    for i in 0..N {
+        fs::write(w.p(&format!("many/f{i}")), b"x").unwrap();
+    }
+    let leased = cl.mount().unwrap();
+    let [first, second] = two_passes(&cl, &leased, N);
+    assert!(first.0 >= N as u64 / 2, "first stat pass asked the MDS only {} times", first.0);
+    assert!(second.0 + second.1 <= 10, "second pass still asked the MDS {second:?} times (first {first:?})");
+    // the same without the lease cache: every pass asks again
+    let plain = Mount::with_settings(&cl, "lease_cache = false").unwrap();
+    let [p1, p2] = two_passes(&cl, &plain, N);
+    assert!(p2.0 >= p1.0 / 2 && p2.0 >= N as u64 / 2, "without leases: first {p1:?}, second {p2:?}");
+}
