@@ -9,7 +9,7 @@ use crate::data::writeback::{DataCtx, FileState};
 use crate::meta::MetaCache;
 use crate::pool::Pool;
 use aifs_common::certs::Role;
-use aifs_common::proto::mds::{Attr, DirEntry, FileKind, LeaseMode, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs};
+use aifs_common::proto::mds::{Attr, DirEntry, FileKind, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs};
 use aifs_common::rpc::{self, Identity, Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -35,6 +35,10 @@ const READDIR_BATCH: u32 = 512;
 /// notice completes after that change does.
 const KERNEL_NOTICE_WAIT: Duration = Duration::from_millis(50);
 
+/// A waiting lock asks again after this long, doubling up to the maximum.
+const LOCK_RETRY_MIN: Duration = Duration::from_millis(5);
+const LOCK_RETRY_MAX: Duration = Duration::from_millis(200);
+
 /// The kernel's caches, as the FUSE glue exposes them.
 pub trait KernelCache: Send + Sync + 'static {
     /// Forget the entry `name` in `parent`.
@@ -46,6 +50,36 @@ pub trait KernelCache: Send + Sync + 'static {
 /// An open file handle.
 struct Handle {
     file: Arc<FileState>,
+    /// Opened with `O_APPEND`: every write goes to the end of the file.
+    append: bool,
+}
+
+/// The lease a file operation needs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Want {
+    Read,
+    /// A write lease, shared with other writers if there are any.
+    Write,
+    /// A write lease no other client shares: appends must know the end.
+    Append,
+}
+
+impl Want {
+    fn of(write: bool, append: bool) -> Want {
+        match (write, append) {
+            (_, true) => Want::Append,
+            (true, false) => Want::Write,
+            (false, false) => Want::Read,
+        }
+    }
+
+    fn suits(self, held: LeaseMode) -> bool {
+        match self {
+            Want::Read => held != LeaseMode::None,
+            Want::Write => matches!(held, LeaseMode::Write | LeaseMode::SharedWrite),
+            Want::Append => held == LeaseMode::Write,
+        }
+    }
 }
 
 /// How an open was answered.
@@ -72,6 +106,9 @@ pub struct ClientFs {
     kernel: OnceLock<Arc<dyn KernelCache>>,
     /// Woken when a new MDS connection needs the session bound to it.
     rebind: Notify,
+    /// (inode, lock owner) pairs that took a lock through this client: a
+    /// close by that owner releases its locks at the MDS.
+    lockers: DashMap<(u64, u64), ()>,
 }
 
 fn unexpected(what: &str) -> Error {
@@ -132,6 +169,7 @@ impl ClientFs {
             term_ms: AtomicU64::new(0),
             kernel: OnceLock::new(),
             rebind: Notify::new(),
+            lockers: DashMap::new(),
         });
         // Every connection to the MDS carries its recalls back to us; a new
         // one (after a reconnect) gets the session bound by a heartbeat.
@@ -406,28 +444,60 @@ impl ClientFs {
         Ok(self.overlay(a))
     }
 
+    /// The file's state for one more open handle, made from `a` if this
+    /// client has none. The MDS counted this open (`Open` with `first`, or
+    /// `Create`); if another handle's state won the race to be made, that
+    /// count is given back, so the MDS counts one open per state.
     fn file_state(&self, a: &Attr) -> Result<Arc<FileState>> {
         let layout = a.layout.clone().ok_or_else(|| Error::Io(format!("file {:#x} has no layout", a.ino)))?;
         layout.validate()?;
-        let f = self.files.entry(a.ino).or_insert_with(|| Arc::new(FileState::new(a.ino, layout, a.size, &self.ctx)));
+        let mut made = false;
+        let f = self.files.entry(a.ino).or_insert_with(|| {
+            made = true;
+            Arc::new(FileState::new(a.ino, layout, a.size, &self.ctx))
+        });
         // Counted while the map entry is held, so a release of another
         // handle cannot drop the state in between.
         f.opens.fetch_add(1, Ordering::AcqRel);
         let f = f.clone();
+        if !made {
+            self.send_close(a.ino);
+        }
         Ok(f)
     }
 
-    fn new_handle(&self, f: &Arc<FileState>) -> u64 {
+    /// The state of a file this client already has open, with one more
+    /// handle counted; `None` if it has none.
+    fn reopen(&self, ino: u64) -> Option<Arc<FileState>> {
+        let f = self.files.get(&ino)?;
+        f.opens.fetch_add(1, Ordering::AcqRel);
+        Some(f.clone())
+    }
+
+    /// Tell the MDS this client closed its last handle of `ino` (a file
+    /// unlinked meanwhile is freed once no client has it open).
+    fn send_close(&self, ino: u64) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pool.mds(&MdsReq::Close { ino }).await {
+                tracing::debug!(ino, error = %e, "close not delivered; the session's end releases it");
+            }
+        });
+    }
+
+    fn new_handle(&self, f: &Arc<FileState>, append: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(fh, Handle { file: f.clone() });
+        self.handles.insert(fh, Handle { file: f.clone(), append });
         fh
     }
 
     /// Take a lease on a file from the MDS (waiting while conflicting
-    /// holders flush and release). `None`: no session, no lease.
-    async fn take_lease(&self, ino: u64, write: bool) -> Result<(Attr, LeaseMode)> {
+    /// holders flush and release). `first`: this open is counted by the
+    /// MDS until a `Close`. Mode `None`: no session, no lease.
+    async fn take_lease(&self, ino: u64, write: Want, first: bool) -> Result<(Attr, LeaseMode)> {
         let snap = self.meta.snap();
-        let (r, granted) = self.pool.mds_leased(&MdsReq::Open { ino, write }).await;
+        let req = MdsReq::Open { ino, write: write != Want::Read, first, exclusive: write == Want::Append };
+        let (r, granted) = self.pool.mds_leased(&req).await;
         match r? {
             MdsResp::Opened { attr, lease } if attr.ino == ino => {
                 // The lease is recorded even with caching off: writes and
@@ -443,35 +513,43 @@ impl ClientFs {
         }
     }
 
-    /// Open: close-to-open consistency. A lease this client already holds
-    /// answers at once and keeps the kernel's pages; otherwise the MDS
-    /// grants one (recalling writers or readers in the way).
-    pub async fn open(&self, ino: u64, write: bool) -> Result<Opened> {
-        let held = self.meta.attr(ino).filter(|(_, m)| match write {
-            true => matches!(m, LeaseMode::Write | LeaseMode::SharedWrite),
-            false => *m != LeaseMode::None,
-        });
-        let (a, mode, keep) = match held {
-            Some((a, m)) if a.kind == FileKind::File => (a, m, m != LeaseMode::SharedWrite),
-            _ => {
-                let (a, m) = self.take_lease(ino, write).await?;
-                (a, m, false)
+    /// Open: close-to-open consistency. A file this client already has
+    /// open, under a lease that suits, opens at once. Otherwise the MDS
+    /// counts the open and grants a lease (recalling writers or readers in
+    /// the way); the kernel keeps its pages if the lease this client held
+    /// before was never recalled meanwhile.
+    pub async fn open(&self, ino: u64, write: bool, append: bool) -> Result<Opened> {
+        let want = Want::of(write, append);
+        let held = self.meta.attr(ino).filter(|(a, m)| want.suits(*m) && a.kind == FileKind::File);
+        if let Some((a, m)) = &held {
+            if let Some(f) = self.reopen(ino) {
+                let attr = self.overlay(a.clone());
+                let keep = *m != LeaseMode::SharedWrite && !append;
+                return Ok(Opened { fh: self.new_handle(&f, append), attr, keep_cache: keep, direct_io: !keep });
             }
-        };
+        }
+        let snap = self.meta.snap();
+        let (a, mode) = self.take_lease(ino, want, true).await?;
         match a.kind {
             FileKind::File => {}
-            FileKind::Dir => return Err(Error::IsDir),
-            FileKind::Symlink => return Err(Error::InvalidArgument("open of a symlink".into())),
+            kind => {
+                self.send_close(ino);
+                return Err(if kind == FileKind::Dir { Error::IsDir } else { Error::InvalidArgument("open of a symlink".into()) });
+            }
         }
+        let keep = held.is_some() && self.meta.quiet_since(snap, ino) && mode != LeaseMode::SharedWrite && !append;
         let f = self.file_state(&a)?;
         if !keep {
             f.set_size(a.size, false);
         }
         let attr = self.overlay(a);
-        Ok(Opened { fh: self.new_handle(&f), attr, keep_cache: keep, direct_io: mode == LeaseMode::SharedWrite })
+        // Appends pick their own offset: the kernel's page cache and its
+        // idea of the end of the file stay out of it.
+        let direct_io = mode == LeaseMode::SharedWrite || append;
+        Ok(Opened { fh: self.new_handle(&f, append), attr, keep_cache: keep, direct_io })
     }
 
-    pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool) -> Result<Opened> {
+    pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool, append: bool) -> Result<Opened> {
         let req = MdsReq::Create { parent, name: name.to_string(), mode, uid, gid, exclusive };
         let snap = self.meta.snap();
         let (r, granted) = self.pool.mds_leased(&req).await;
@@ -490,7 +568,7 @@ impl ClientFs {
         self.meta.put_attr(self.meta.snap(), granted, &a, LeaseMode::Write);
         let f = self.file_state(&a)?;
         f.set_size(a.size, false);
-        Ok(Opened { fh: self.new_handle(&f), attr: a, keep_cache: false, direct_io: false })
+        Ok(Opened { fh: self.new_handle(&f, append), attr: a, keep_cache: false, direct_io: append })
     }
 
     /// A namespace change of this client's: the new inode's attributes.
@@ -517,7 +595,10 @@ impl ClientFs {
             return Err(Error::NotPermitted("only regular files can be made with mknod".into()));
         }
         let req = MdsReq::Create { parent, name: name.to_string(), mode, uid, gid, exclusive: true };
-        self.made(req, parent, name, "Create").await
+        let a = self.made(req, parent, name, "Create").await?;
+        // The MDS counts a create as an open; mknod leaves nothing open.
+        self.send_close(a.ino);
+        Ok(a)
     }
 
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
@@ -689,21 +770,37 @@ impl ClientFs {
         self.handles.get(&fh).map(|h| h.file.clone()).ok_or(Error::Stale)
     }
 
+    fn handle_appends(&self, fh: u64) -> bool {
+        self.handles.get(&fh).is_some_and(|h| h.append)
+    }
+
     /// Writes need a write lease: the holder buffers and owns the size. A
     /// recalled one is taken again first (the MDS makes readers elsewhere
     /// drop their caches). Without a session, writes go on unleased.
+    /// An `O_APPEND` handle writes at the end of the file, under a write
+    /// lease no other client shares (the end is then known here).
     pub async fn write(&self, fh: u64, off: u64, data: Bytes) -> Result<u32> {
         let f = self.handle_file(fh)?;
+        let want = Want::of(true, self.handle_appends(fh));
         let n = data.len() as u32;
         loop {
             {
                 let _g = f.gate.read().await;
-                if matches!(self.meta.mode(f.ino), LeaseMode::Write | LeaseMode::SharedWrite) {
-                    f.write(&self.ctx, off, data).await?;
+                if want.suits(self.meta.mode(f.ino)) {
+                    let at = match want {
+                        Want::Append => f.append_at(n as u64)?,
+                        _ => off,
+                    };
+                    f.write(&self.ctx, at, data).await?;
+                    if at != off {
+                        // The kernel counted on another offset: its idea
+                        // of the size is wrong now.
+                        self.forget_kernel_attrs(f.ino);
+                    }
                     return Ok(n);
                 }
             }
-            let (_, mode) = self.take_lease(f.ino, true).await?;
+            let (_, mode) = self.take_lease(f.ino, want, false).await?;
             if mode == LeaseMode::None {
                 let _g = f.gate.read().await;
                 f.write(&self.ctx, off, data).await?;
@@ -712,12 +809,18 @@ impl ClientFs {
         }
     }
 
+    fn forget_kernel_attrs(&self, ino: u64) {
+        if let Some(k) = self.kernel.get().cloned() {
+            tokio::task::spawn_blocking(move || k.forget_inode(ino, false));
+        }
+    }
+
     pub async fn read(&self, fh: u64, off: u64, len: u32) -> Result<Bytes> {
         let f = self.handle_file(fh)?;
         let mut mode = self.meta.mode(f.ino);
         if mode == LeaseMode::None {
             // Recalled since the open: a writer elsewhere flushes first.
-            mode = self.take_lease(f.ino, false).await?.1;
+            mode = self.take_lease(f.ino, Want::Read, false).await?.1;
         }
         if f.has_pending() {
             // Read your own writes: land buffered data first.
@@ -759,9 +862,49 @@ impl ClientFs {
         r
     }
 
-    pub async fn flush(&self, fh: u64) -> Result<()> {
+    /// A close of one descriptor by `lock_owner`: POSIX drops every lock
+    /// the owner holds on the file, whichever descriptor took it.
+    pub async fn flush(&self, fh: u64, lock_owner: u64) -> Result<()> {
         let f = self.handle_file(fh)?;
-        self.flush_file(&f).await
+        let r = self.flush_file(&f).await;
+        self.unlock_owner(f.ino, lock_owner).await?;
+        r
+    }
+
+    /// Release `owner`'s locks on `ino`, if it ever took one here.
+    pub async fn unlock_owner(&self, ino: u64, owner: u64) -> Result<()> {
+        if self.lockers.remove(&(ino, owner)).is_none() {
+            return Ok(());
+        }
+        let req = MdsReq::SetLock { ino, owner, start: 0, end: u64::MAX, kind: LockKind::Unlock, pid: 0 };
+        self.pool.mds(&req).await.map(|_| ())
+    }
+
+    /// `F_GETLK`: the lock in the way of `[start, end]`, if any.
+    pub async fn getlk(&self, ino: u64, owner: u64, start: u64, end: u64, write: bool, pid: u32) -> Result<Option<LockInfo>> {
+        match self.pool.mds(&MdsReq::GetLock { ino, owner, start, end, write, pid }).await? {
+            MdsResp::Lock(l) => Ok(l),
+            _ => Err(unexpected("GetLock")),
+        }
+    }
+
+    /// `F_SETLK` / `F_SETLKW` (and `flock`). A waiting lock asks again
+    /// with a growing pause until it is granted.
+    pub async fn setlk(&self, ino: u64, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32, wait: bool) -> Result<()> {
+        let mut pause = LOCK_RETRY_MIN;
+        loop {
+            if kind != LockKind::Unlock {
+                self.lockers.insert((ino, owner), ());
+            }
+            match self.pool.mds(&MdsReq::SetLock { ino, owner, start, end, kind, pid }).await {
+                Ok(_) => return Ok(()),
+                Err(Error::WouldBlock(_)) if wait => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(LOCK_RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub async fn fsync(&self, fh: u64) -> Result<()> {
@@ -779,7 +922,10 @@ impl ClientFs {
         if f.opens.fetch_sub(1, Ordering::AcqRel) == 1 {
             // Keep the state while anything is unpublished: the next open,
             // close or the unmount publishes it.
-            self.files.remove_if(&f.ino, |_, v| v.opens.load(Ordering::Acquire) == 0 && !v.has_pending() && !v.meta_dirty());
+            let gone = self.files.remove_if(&f.ino, |_, v| v.opens.load(Ordering::Acquire) == 0 && !v.has_pending() && !v.meta_dirty());
+            if gone.is_some() {
+                self.send_close(f.ino);
+            }
         }
         res
     }

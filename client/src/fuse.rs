@@ -2,12 +2,12 @@
 //! callback owns its arguments, spawns the work on tokio and returns at once
 //! (STYLE.md §4); the reply travels into the task and is sent exactly once.
 use crate::fs::{ClientFs, KernelCache, Opened};
-use aifs_common::proto::mds::{Attr, FileKind, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
+use aifs_common::proto::mds::{Attr, FileKind, LockKind, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use aifs_common::{errno, Error};
 use bytes::Bytes;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
@@ -149,6 +149,8 @@ impl Filesystem for AifsFuse {
         let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
         // `ls -l`: entries and attributes in one request per batch.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // fcntl and flock locks go to the MDS, so they hold across clients.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
         Ok(())
     }
 
@@ -302,8 +304,9 @@ impl Filesystem for AifsFuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let append = flags.0 & libc::O_APPEND != 0;
         self.rt.spawn(async move {
-            match fs.open(ino.0, write).await {
+            match fs.open(ino.0, write, append).await {
                 Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
                 Err(e) => reply.error(err(&e)),
             }
@@ -352,23 +355,77 @@ impl Filesystem for AifsFuse {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.flush(fh.0));
+        spawn_empty!(self, reply, fs.flush(fh.0, lock_owner.0));
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let fs = self.fs.clone();
+        let write = typ == libc::F_WRLCK;
+        self.rt.spawn(async move {
+            match fs.getlk(ino.0, lock_owner.0, start, end, write, pid).await {
+                Ok(Some(l)) => reply.locked(l.start, l.end, if l.write { libc::F_WRLCK } else { libc::F_RDLCK }, l.pid),
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Err(e) => reply.error(err(&e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let kind = match typ {
+            libc::F_RDLCK => LockKind::Read,
+            libc::F_WRLCK => LockKind::Write,
+            libc::F_UNLCK => LockKind::Unlock,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let fs = self.fs.clone();
+        spawn_empty!(self, reply, fs.setlk(ino.0, lock_owner.0, start, end, kind, pid, sleep));
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.release(fh.0));
+        // With a lock owner: the last close of an open file that took
+        // `flock` locks, which go with it.
+        let flock_owner = lock_owner.map(|o| o.0);
+        spawn_empty!(self, reply, async move {
+            if let Some(o) = flock_owner {
+                fs.unlock_owner(ino.0, o).await?;
+            }
+            fs.release(fh.0).await
+        });
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -546,8 +603,9 @@ impl Filesystem for AifsFuse {
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
         let exclusive = flags & libc::O_EXCL != 0;
+        let append = flags & libc::O_APPEND != 0;
         self.rt.spawn(async move {
-            match fs.create(parent.0, &name, mode & !umask, uid, gid, exclusive).await {
+            match fs.create(parent.0, &name, mode & !umask, uid, gid, exclusive, append).await {
                 Ok(o) => {
                     let ttl = fs.entry_ttl(parent.0, o.attr.ino);
                     reply.created(&ttl, &file_attr(&o.attr), Generation(0), FileHandle(o.fh), fopen_flags(&o))

@@ -153,6 +153,11 @@ impl MetaCache {
         !l.iter().any(|(seq, ino)| *seq > snap.seq && (*ino == ALL || inos.contains(ino)))
     }
 
+    /// No notice about `ino` since `snap` (and the same session).
+    pub fn quiet_since(&self, snap: Snap, ino: u64) -> bool {
+        self.usable(snap, snap.session, &[ino])
+    }
+
     /// Leased attributes of `ino` and the lease's mode.
     pub fn attr(&self, ino: u64) -> Option<(Attr, LeaseMode)> {
         if !self.live() {

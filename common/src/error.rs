@@ -38,6 +38,8 @@ pub enum Error {
     NotSupported(String),
     #[error("value too large")]
     TooBig,
+    #[error("resource temporarily unavailable: {0}")]
+    WouldBlock(String),
     // Storage (2xx)
     #[error("no space left: {0}")]
     NoSpace(String),
@@ -84,6 +86,7 @@ impl Error {
             Error::FileTooBig => 113,
             Error::NotSupported(_) => 114,
             Error::TooBig => 115,
+            Error::WouldBlock(_) => 116,
             Error::NoSpace(_) => 201,
             Error::Checksum(_) => 202,
             Error::Io(_) => 203,
@@ -100,6 +103,7 @@ impl Error {
             Error::InvalidArgument(m)
             | Error::NotPermitted(m)
             | Error::NotSupported(m)
+            | Error::WouldBlock(m)
             | Error::NoSpace(m)
             | Error::Checksum(m)
             | Error::Io(m)
@@ -133,6 +137,7 @@ impl Error {
             113 => Error::FileTooBig,
             114 => Error::NotSupported(m),
             115 => Error::TooBig,
+            116 => Error::WouldBlock(m),
             201 => Error::NoSpace(m),
             202 => Error::Checksum(m),
             203 => Error::Io(m),
@@ -150,7 +155,7 @@ impl Error {
     pub fn log(&self, what: &str) {
         match errno(self) {
             libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENODATA | libc::ENOTDIR
-            | libc::EISDIR | libc::ERANGE | libc::ENAMETOOLONG => {
+            | libc::EISDIR | libc::ERANGE | libc::ENAMETOOLONG | libc::EAGAIN => {
                 tracing::debug!(error = %self, "{what}")
             }
             _ => tracing::warn!(error = %self, "{what}"),
@@ -186,6 +191,7 @@ pub fn errno(e: &Error) -> i32 {
         Error::FileTooBig => libc::EFBIG,
         Error::NotSupported(_) => libc::EOPNOTSUPP,
         Error::TooBig => libc::E2BIG,
+        Error::WouldBlock(_) => libc::EAGAIN,
         Error::NoSpace(_) => libc::ENOSPC,
         Error::Checksum(_) => libc::EIO,
         Error::Io(_) => libc::EIO,
@@ -219,6 +225,7 @@ mod tests {
             Error::FileTooBig,
             Error::NotSupported("x".into()),
             Error::TooBig,
+            Error::WouldBlock("x".into()),
             Error::NoSpace("x".into()),
             Error::Checksum("x".into()),
             Error::Io("x".into()),

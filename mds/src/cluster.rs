@@ -4,6 +4,7 @@ use aifs_common::proto::mds::{OsdInfo, OsdState, SessionInfo};
 use dashmap::DashMap;
 use aifs_common::lease::LeaseTable;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,12 @@ pub struct Cluster {
     pub leases: Mutex<LeaseTable>,
     /// Woken whenever leases are given back or sessions end.
     pub released: tokio::sync::Notify,
+    /// Files each session has open (counted per client, not per handle):
+    /// a file that loses its last name while open is kept until the last
+    /// close. In memory: after an MDS restart nothing is open.
+    opens: Mutex<HashMap<u64, HashMap<u64, u32>>>,
+    /// Advisory locks across clients (mds/src/locks.rs).
+    pub locks: Mutex<crate::locks::LockTable>,
 }
 
 /// What a heartbeat changed.
@@ -58,6 +65,54 @@ impl Cluster {
             next_session: AtomicU64::new(seed),
             leases: Mutex::new(LeaseTable::new(session_timeout)),
             released: tokio::sync::Notify::new(),
+            opens: Mutex::new(HashMap::new()),
+            locks: Mutex::new(Default::default()),
+        }
+    }
+
+    pub fn is_open(&self, ino: u64) -> bool {
+        self.opens.lock().map(|o| o.contains_key(&ino)).unwrap_or(true)
+    }
+
+    /// A session opened `ino` (its first handle on that client).
+    pub fn opened(&self, session: u64, ino: u64) {
+        if let Ok(mut o) = self.opens.lock() {
+            let n = o.entry(ino).or_default().entry(session).or_default();
+            *n += 1;
+            tracing::debug!(session, ino, opens = *n, "opened");
+        }
+    }
+
+    /// A session closed its last handle of `ino`; true when no session has
+    /// it open any more.
+    pub fn closed(&self, session: u64, ino: u64) -> bool {
+        let Ok(mut o) = self.opens.lock() else { return false };
+        tracing::debug!(session, ino, "closed");
+        if let Some(by) = o.get_mut(&ino) {
+            if let Some(n) = by.get_mut(&session) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    by.remove(&session);
+                }
+            }
+            if by.is_empty() {
+                o.remove(&ino);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// What a session held besides leases: open counts and locks.
+    fn drop_opens(&self, session: u64) {
+        if let Ok(mut l) = self.locks.lock() {
+            l.drop_session(session);
+        }
+        if let Ok(mut o) = self.opens.lock() {
+            o.retain(|_, by| {
+                by.remove(&session);
+                !by.is_empty()
+            });
         }
     }
 
@@ -129,6 +184,9 @@ impl Cluster {
         if !expired.is_empty() {
             self.released.notify_waiters();
         }
+        for id in &expired {
+            self.drop_opens(*id);
+        }
         for id in expired {
             if let Some((_, s)) = self.sessions.remove(&id) {
                 tracing::info!(session = id, name = %s.name, "session expired");
@@ -189,6 +247,7 @@ impl Cluster {
             l.close_session(id);
         }
         let known = self.sessions.remove(&id).is_some();
+        self.drop_opens(id);
         self.released.notify_waiters();
         if known {
             tracing::info!(session = id, "session closed");

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod gc;
 pub mod leases;
+pub mod locks;
 pub mod namespace;
 pub mod records;
 pub mod service;
@@ -75,13 +76,22 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     let addr = endpoint.local_addr()?;
     let gc = Arc::new(Gc::new(ns.clone(), Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()))));
     let svc = Arc::new(MdsService { ns: ns.clone(), gc: gc.clone(), session_heartbeat_ms: cfg.session_timeout_ms / 4, requests: Default::default() });
-    let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc));
+    let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc.clone()));
     let gc_task = tokio::spawn(gc.run());
     let tick_cluster = cluster.clone();
+    let tick_svc = svc.clone();
     let ticker = tokio::spawn(async move {
+        // Files unlinked while open are freed once nobody has them open:
+        // at start, and after sessions end without closing them.
+        tick_svc.purge().await;
+        let mut n = 0u64;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             tick_cluster.tick();
+            n += 1;
+            if n % 4 == 0 {
+                tick_svc.purge().await;
+            }
         }
     });
     tracing::info!(%addr, shards = cfg.shards, data = %cfg.data_dir.display(), "MDS serving");

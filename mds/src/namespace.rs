@@ -17,7 +17,7 @@
 use crate::cluster::Cluster;
 use crate::records::{GcJob, InodeRec};
 use crate::store::{
-    add_gc, get_inode, next_counter, put_inode, IoResult, ShardStore, COOKIES, DENTRIES, GC, INODES, META, XATTRS,
+    add_gc, get_inode, next_counter, put_inode, IoResult, ShardStore, COOKIES, DENTRIES, GC, INODES, META, ORPHANS, XATTRS,
 };
 use aifs_common::ids::InodeId;
 use aifs_common::proto::mds::{Attr, DirEntry, FileKind, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
@@ -133,7 +133,7 @@ fn adjust(v: u64, d: i64) -> u64 {
 
 /// Apply one step inside a write transaction. Steps are checked before they
 /// are built, so the only errors here are storage errors.
-fn apply_step(txn: &WriteTransaction, step: Step, now: i64) -> Result<()> {
+fn apply_step(txn: &WriteTransaction, step: Step, now: i64, open: &dyn Fn(u64) -> bool) -> Result<()> {
     let mut inodes = txn.open_table(INODES).io()?;
     match step {
         Step::InsertEntry { dir, name, ino, kind, dir_delta } => {
@@ -187,7 +187,7 @@ fn apply_step(txn: &WriteTransaction, step: Step, now: i64) -> Result<()> {
             r.ctime_ns = now;
             if r.nlink == 0 || r.kind == FileKind::Dir {
                 drop(inodes);
-                delete_inode(txn, ino, &r)?;
+                drop_last_link(txn, ino, &r, open)?;
             } else {
                 put_inode(&mut inodes, ino, &r)?;
             }
@@ -199,6 +199,19 @@ fn apply_step(txn: &WriteTransaction, step: Step, now: i64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An inode lost its last name: removed, unless a client has it open (a
+/// file only); then it stays, nameless, until the last close.
+fn drop_last_link(txn: &WriteTransaction, ino: u64, rec: &InodeRec, open: &dyn Fn(u64) -> bool) -> Result<()> {
+    if rec.kind == FileKind::File && open(ino) {
+        let mut r = rec.clone();
+        r.nlink = 0;
+        put_inode(&mut txn.open_table(INODES).io()?, ino, &r)?;
+        txn.open_table(ORPHANS).io()?.insert(ino, ()).io()?;
+        return Ok(());
+    }
+    delete_inode(txn, ino, rec)
 }
 
 /// Remove an inode, its xattrs, and queue its objects for deletion.
@@ -401,6 +414,48 @@ impl Namespace {
         Ok((out, eof, parent))
     }
 
+    /// Free the nameless files no client has open any more; returns how
+    /// many. Run at the last close of a file, after a session ends, and at
+    /// start (when nothing is open).
+    pub async fn purge_orphans(&self) -> Result<usize> {
+        let mut freed = 0;
+        for shard in &self.shards {
+            let listed = shard
+                .read(|t| {
+                    let mut v = Vec::new();
+                    for r in t.open_table(ORPHANS).io()?.iter().io()? {
+                        v.push(r.io()?.0.value());
+                    }
+                    Ok(v)
+                })
+                .await?;
+            let done: Vec<u64> = listed.into_iter().filter(|i| !self.cluster.is_open(*i)).collect();
+            if done.is_empty() {
+                continue;
+            }
+            freed += done.len();
+            let cluster = self.cluster.clone();
+            shard
+                .mutate(move |txn| {
+                    for ino in done {
+                        if cluster.is_open(ino) {
+                            continue;
+                        }
+                        txn.open_table(ORPHANS).io()?.remove(ino).io()?;
+                        let rec = match get_inode(&txn.open_table(INODES).io()?, ino) {
+                            Ok(r) if r.nlink == 0 => r,
+                            Ok(_) | Err(Error::NotFound) => continue,
+                            Err(e) => return Err(e),
+                        };
+                        delete_inode(txn, ino, &rec)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        Ok(freed)
+    }
+
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let r = self.inode(ino).await?;
         match (r.kind, r.target) {
@@ -551,11 +606,13 @@ impl Namespace {
         }
         for (sh, steps) in groups {
             let shard = self.shard(sh).clone();
+            let cluster = self.cluster.clone();
             shard
                 .mutate(move |txn| {
                     let now = now_ns();
+                    let open = |ino| cluster.is_open(ino);
                     for s in steps {
-                        apply_step(txn, s, now)?;
+                        apply_step(txn, s, now, &open)?;
                     }
                     Ok(())
                 })
@@ -607,6 +664,7 @@ impl Namespace {
             let _g = self.topo.read().await;
             let sid = shard_of(parent);
             let name = name.to_string();
+            let cluster = self.cluster.clone();
             let r = self
                 .shard_for(parent)?
                 .mutate(move |txn| {
@@ -639,7 +697,7 @@ impl Namespace {
                     if rec.nlink == 0 {
                         drop(inodes);
                         drop(dentries);
-                        delete_inode(txn, ino, &rec)?;
+                        drop_last_link(txn, ino, &rec, &|i| cluster.is_open(i))?;
                     } else {
                         put_inode(&mut inodes, ino, &rec)?;
                     }

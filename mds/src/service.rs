@@ -6,8 +6,9 @@ use crate::records::OsdRec;
 use crate::store::{IoResult, OSDS};
 use aifs_common::certs::Role;
 use crate::leases::Holder;
+use crate::locks::Lock;
 use aifs_common::lease::LeaseKind;
-use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, FileKind, LeaseMode, MdsReply, MdsReq, MdsResp, ShardInfo, Statfs};
+use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, FileKind, LeaseMode, LockInfo, LockKind, MdsReply, MdsReq, MdsResp, ShardInfo, Statfs};
 use aifs_common::rpc::{Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -113,6 +114,10 @@ impl MdsService {
                 let mut a = c.attr;
                 if a.kind == FileKind::File {
                     cl.acquire(&h, a.ino, LeaseKind::Write).await?;
+                    if h.granted() != 0 {
+                        // Created and opened: the client closes it later.
+                        cl.opened(h.id, a.ino);
+                    }
                     if !c.created {
                         a = ns.getattr(a.ino).await?;
                     }
@@ -318,26 +323,84 @@ impl MdsService {
                     statfs: self.statfs().await,
                 })
             }
-            MdsReq::Open { ino, write } => {
+            MdsReq::Open { ino, write, first, exclusive } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
+                if first && h.granted() != 0 {
+                    cl.opened(h.id, ino);
+                }
                 let want = match write {
                     false => LeaseKind::Read,
                     // Several writers of one file share it, and cache no data.
-                    true if cl.other_writer(h.id, ino) => LeaseKind::SharedWrite,
+                    true if !exclusive && cl.other_writer(h.id, ino) => LeaseKind::SharedWrite,
                     true => LeaseKind::Write,
                 };
-                let kind = cl.acquire(&h, ino, want).await?;
-                let attr = ns.getattr(ino).await?;
+                let got = match cl.acquire(&h, ino, want).await {
+                    Ok(k) => ns.getattr(ino).await.map(|a| (k, a)),
+                    Err(e) => Err(e),
+                };
+                let (kind, attr) = match got {
+                    Ok(x) => x,
+                    Err(e) => {
+                        if first && h.granted() != 0 && cl.closed(h.id, ino) {
+                            self.purge().await;
+                        }
+                        return Err(e);
+                    }
+                };
                 *grant = h.granted();
                 let lease = if h.granted() == 0 { LeaseMode::None } else { kind.into() };
                 MdsResp::Opened { attr, lease }
+            }
+            MdsReq::Close { ino } => {
+                need(peer, NS)?;
+                let s = peer.session.load(std::sync::atomic::Ordering::Relaxed);
+                if cl.closed(s, ino) {
+                    self.purge().await;
+                }
+                MdsResp::Done
+            }
+            MdsReq::GetLock { ino, owner, start, end, write, pid } => {
+                need(peer, NS)?;
+                let session = peer.session.load(std::sync::atomic::Ordering::Relaxed);
+                let want = Lock { session, owner, start, end, write, pid };
+                let t = cl.locks.lock().map_err(|_| Error::Io("lock table poisoned".into()))?;
+                MdsResp::Lock(t.conflict(ino, &want).map(|l| LockInfo { start: l.start, end: l.end, write: l.write, pid: l.pid }))
+            }
+            MdsReq::SetLock { ino, owner, start, end, kind, pid } => {
+                need(peer, NS)?;
+                // Locks live as long as the session: without one there is
+                // no owner to give them back when the client dies.
+                let session = peer.session.load(std::sync::atomic::Ordering::Relaxed);
+                if session == 0 || cl.holder(peer).granted() == 0 {
+                    return Err(Error::Unavailable("no session to hold locks".into()));
+                }
+                let mut t = cl.locks.lock().map_err(|_| Error::Io("lock table poisoned".into()))?;
+                match kind {
+                    LockKind::Unlock => t.unlock(ino, session, owner, start, end),
+                    k => t
+                        .set(ino, Lock { session, owner, start, end, write: k == LockKind::Write, pid })
+                        .map_err(|c| Error::WouldBlock(format!("held by pid {} on another owner", c.pid)))?,
+                }
+                MdsResp::Done
             }
             MdsReq::Leases { ino } => {
                 need(peer, ADMIN)?;
                 MdsResp::Leases(cl.lease_infos(ino))
             }
         })
+    }
+
+    /// Free nameless files nobody has open any more.
+    pub async fn purge(&self) {
+        match self.ns.purge_orphans().await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(files = n, "freed files unlinked while open");
+                self.gc.wake.notify_one();
+            }
+            Err(e) => e.log("freeing unlinked files failed"),
+        }
     }
 
     /// Attributes read under a read lease: a writer elsewhere flushes its

@@ -21,6 +21,9 @@ pub const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xa
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const GC: TableDefinition<u64, &[u8]> = TableDefinition::new("gc");
 pub const OSDS: TableDefinition<u32, &[u8]> = TableDefinition::new("osds");
+/// Files with no name left that some client still had open: freed at the
+/// last close (or at start, when no client has anything open).
+pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
 
 /// Most mutations folded into one commit.
 const MAX_BATCH: usize = 512;
@@ -64,6 +67,7 @@ impl ShardStore {
             t.open_table(XATTRS).io()?;
             t.open_table(META).io()?;
             t.open_table(OSDS).io()?;
+            t.open_table(ORPHANS).io()?;
             t.commit().io()?;
         }
         let (tx, rx) = std::sync::mpsc::channel::<Job>();

@@ -193,3 +193,193 @@ fn cached_metadata_is_served_without_asking_the_mds_again() {
     let [p1, p2] = two_passes(&cl, &plain, N);
     assert!(p2.0 >= p1.0 / 2 && p2.0 >= N as u64 / 2, "without leases: first {p1:?}, second {p2:?}");
 }
+
+#[test]
+fn appends_from_two_mounts_never_overwrite_each_other() {
+    const PER: usize = 200;
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    File::create(a.p("log")).unwrap();
+    std::thread::scope(|s| {
+        for (tag, m) in [(b'a', &a), (b'b', &b)] {
+            s.spawn(move || {
+                let mut f = OpenOptions::new().append(true).open(m.p("log")).unwrap();
+                for i in 0..PER {
+                    // one record per write(2): tag, sequence number, newline
+                    let rec = format!("{}{:05}\n", tag as char, i);
+                    f.write_all(rec.as_bytes()).unwrap();
+                }
+            });
+        }
+    });
+    for m in [&a, &b] {
+        let text = String::from_utf8(fs::read(m.p("log")).unwrap()).unwrap();
+        let recs: Vec<&str> = text.lines().collect();
+        assert_eq!(recs.len(), 2 * PER, "records seen on {}", m.path.display());
+        for tag in ["a", "b"] {
+            let seq: Vec<usize> = recs.iter().filter(|r| r.starts_with(tag)).map(|r| r[1..].parse().unwrap()).collect();
+            assert_eq!(seq, (0..PER).collect::<Vec<_>>(), "records of {tag} lost or reordered");
+        }
+    }
+}
+
+#[test]
+fn exclusive_creates_race_to_exactly_one_winner() {
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    for round in 0..10 {
+        let name = format!("lock{round}");
+        let wins: Vec<bool> = std::thread::scope(|s| {
+            let hs: Vec<_> = [&a, &b, &a, &b]
+                .into_iter()
+                .map(|m| {
+                    let p = m.p(&name);
+                    s.spawn(move || match OpenOptions::new().write(true).create_new(true).open(&p) {
+                        Ok(_) => true,
+                        Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
+                        Err(e) => panic!("create_new: {e}"),
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(wins.iter().filter(|w| **w).count(), 1, "round {round}: {wins:?}");
+    }
+}
+
+#[test]
+fn unlinked_and_replaced_files_stay_readable_until_the_last_close() {
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    let body = pattern::bytes(3, 0, 3 * MIB + 5);
+    fs::write(a.p("old"), &body).unwrap();
+    let held = File::open(b.p("old")).unwrap();
+    fs::remove_file(a.p("old")).unwrap();
+    assert!(!b.p("old").exists());
+    let mut got = vec![0u8; body.len()];
+    held.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == body, "an unlinked file read back other bytes while open");
+    // rename over a file another mount has open
+    fs::write(a.p("ckpt"), b"version 1").unwrap();
+    let v1 = File::open(b.p("ckpt")).unwrap();
+    fs::write(a.p("ckpt.tmp"), b"version 2").unwrap();
+    fs::rename(a.p("ckpt.tmp"), a.p("ckpt")).unwrap();
+    assert_eq!(fs::read(b.p("ckpt")).unwrap(), b"version 2");
+    let mut old = [0u8; 9];
+    v1.read_exact_at(&mut old, 0).unwrap();
+    assert_eq!(&old, b"version 1");
+    // after the last close, the objects go
+    let objects = |cl: &ProcCluster| -> usize { object_files(&cl.path("data")) };
+    let before = objects(&cl);
+    drop(held);
+    drop(v1);
+    let t = Instant::now();
+    while objects(&cl) >= before && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(objects(&cl) < before, "objects of closed unlinked files were not freed");
+}
+
+/// Object files (not checksum sidecars) under every OSD's data directory.
+fn object_files(dir: &std::path::Path) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                object_files(&p)
+            } else {
+                let objects_dir = p.parent().and_then(|d| d.parent()).is_some_and(|d| d.ends_with("objects"));
+                usize::from(objects_dir && p.extension().is_none_or(|x| x != "crc"))
+            }
+        })
+        .sum()
+}
+
+fn fcntl_lock(f: &File, typ: i32, start: i64, len: i64, wait: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed flock is a valid value; every field the call reads
+    // is set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    let cmd = if wait { libc::F_SETLKW } else { libc::F_SETLK };
+    // SAFETY: a valid descriptor and a pointer to a live flock.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut fl) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn flock(f: &File, op: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[test]
+fn fcntl_and_flock_locks_conflict_across_mounts() {
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    fs::write(a.p("locked"), b"0123456789").unwrap();
+    let fa = OpenOptions::new().read(true).write(true).open(a.p("locked")).unwrap();
+    let fb = OpenOptions::new().read(true).write(true).open(b.p("locked")).unwrap();
+    fcntl_lock(&fa, libc::F_WRLCK, 0, 5, false).unwrap();
+    let e = fcntl_lock(&fb, libc::F_WRLCK, 4, 2, false).unwrap_err();
+    assert!(matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)), "{e}");
+    // disjoint ranges and shared read locks coexist
+    fcntl_lock(&fb, libc::F_WRLCK, 5, 5, false).unwrap();
+    fcntl_lock(&fb, libc::F_UNLCK, 5, 5, false).unwrap();
+    fcntl_lock(&fa, libc::F_RDLCK, 0, 5, false).unwrap();
+    fcntl_lock(&fb, libc::F_RDLCK, 0, 5, false).unwrap();
+    fcntl_lock(&fb, libc::F_UNLCK, 0, 0, false).unwrap();
+    // a waiting lock is granted when the holder closes its descriptor
+    fcntl_lock(&fa, libc::F_WRLCK, 0, 0, false).unwrap();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let w = s.spawn(|| fcntl_lock(&fb, libc::F_WRLCK, 0, 0, true));
+        std::thread::sleep(Duration::from_millis(300));
+        drop(fa);
+        w.join().unwrap().unwrap();
+    });
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    drop(fb);
+    // flock: exclusive across mounts, released by close
+    let ga = File::open(a.p("locked")).unwrap();
+    let gb = File::open(b.p("locked")).unwrap();
+    flock(&ga, libc::LOCK_EX).unwrap();
+    let e = flock(&gb, libc::LOCK_EX | libc::LOCK_NB).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EWOULDBLOCK), "{e}");
+    drop(ga);
+    // FUSE sends the unlock of a flock with the release of the file, which
+    // the kernel sends after close(2) returns: allow it a moment.
+    let t = Instant::now();
+    while let Err(e) = flock(&gb, libc::LOCK_EX | libc::LOCK_NB) {
+        assert!(t.elapsed() < Duration::from_secs(5), "flock never released: {e}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn o_trunc_on_one_mount_is_seen_by_the_other() {
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    fs::write(a.p("t"), pattern::bytes(4, 0, 2 * MIB)).unwrap();
+    assert_eq!(fs::read(b.p("t")).unwrap().len(), 2 * MIB);
+    let mut f = OpenOptions::new().write(true).truncate(true).open(b.p("t")).unwrap();
+    assert_eq!(fs::metadata(a.p("t")).unwrap().len(), 0);
+    f.write_all(b"new").unwrap();
+    drop(f);
+    assert_eq!(fs::read(a.p("t")).unwrap(), b"new");
+}

@@ -165,6 +165,16 @@ impl FileState {
         self.ra_clear();
     }
 
+    /// Where an append of `len` bytes goes: the end of the file as this
+    /// client knows it, which under an exclusive write lease is the end.
+    /// The range is reserved, so concurrent appends never overlap.
+    pub fn append_at(&self, len: u64) -> Result<u64> {
+        let mut i = self.inner.lock().map_err(|_| poisoned())?;
+        let off = i.size;
+        i.size = off.checked_add(len).ok_or(Error::FileTooBig)?;
+        Ok(off)
+    }
+
     /// Size or mtime not yet published to the MDS.
     pub fn meta_dirty(&self) -> bool {
         self.inner.lock().map(|i| i.meta_dirty).unwrap_or(true)

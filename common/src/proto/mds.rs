@@ -170,9 +170,20 @@ pub enum MdsReq {
     ReaddirPlus { ino: u64, cookie: u64, max: u32 },
     /// Take a lease on a file for reading or for writing (at open, and
     /// again after a recall): answered once conflicting holders released.
-    Open { ino: u64, write: bool },
+    /// `first`: the client's first open handle of the file, counted until
+    /// its `Close` (a file unlinked while open lives until then).
+    /// `exclusive`: a write lease shared with no other writer (appends).
+    Open { ino: u64, write: bool, first: bool, exclusive: bool },
     /// Admin: who holds which lease on an inode.
     Leases { ino: u64 },
+    /// The client closed its last handle of a file.
+    Close { ino: u64 },
+    /// Test for a lock (`F_GETLK`): the first lock in the way, if any.
+    /// Ranges are inclusive; `owner` is the kernel's lock owner on the client.
+    GetLock { ino: u64, owner: u64, start: u64, end: u64, write: bool, pid: u32 },
+    /// Take (`kind` read or write) or release (unlock) a lock without
+    /// waiting: a conflict is `WouldBlock`.
+    SetLock { ino: u64, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32 },
 }
 message!(MdsReq);
 
@@ -199,6 +210,26 @@ pub enum MdsResp {
     /// A file lease granted (`None` when the session has none to give).
     Opened { attr: Attr, lease: LeaseMode },
     Leases(Vec<LeaseInfo>),
+    /// `GetLock`: the lock in the way, or none.
+    Lock(Option<LockInfo>),
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub enum LockKind {
+    Read = 0,
+    Write = 1,
+    Unlock = 2,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub struct LockInfo {
+    pub start: u64,
+    pub end: u64,
+    pub write: bool,
+    /// The holder's pid on its own client.
+    pub pid: u32,
 }
 message!(MdsResp);
 
