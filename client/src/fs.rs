@@ -924,6 +924,10 @@ impl ClientFs {
             // close or the unmount publishes it.
             let gone = self.files.remove_if(&f.ino, |_, v| v.opens.load(Ordering::Acquire) == 0 && !v.has_pending() && !v.meta_dirty());
             if gone.is_some() {
+                // Nothing of it is buffered: the MDS lowers the write lease
+                // to a read lease at this close (this client may think it
+                // holds less than the MDS says, never more).
+                self.meta.downgrade(f.ino);
                 self.send_close(f.ino);
             }
         }

@@ -299,6 +299,15 @@ impl MetaCache {
         self.invalidate(ino, &[]);
     }
 
+    /// A write lease this client gives up at close becomes a read lease.
+    pub fn downgrade(&self, ino: u64) {
+        if let Some(mut e) = self.attrs.get_mut(&ino) {
+            if e.1 == LeaseMode::Write {
+                e.1 = LeaseMode::Read;
+            }
+        }
+    }
+
     /// This client changed `ino`'s attributes (its xattrs): ask again.
     pub fn forget_attr(&self, ino: u64) {
         self.notice(ino);

@@ -204,6 +204,22 @@ impl LeaseTable {
         }
     }
 
+    /// A writer closed the file: its write lease becomes a read lease
+    /// (nothing of it is buffered any more), so readers elsewhere need not
+    /// recall it. A shared-write lease stays (readers conflict with the
+    /// other writers anyway), and so does one being recalled.
+    pub fn downgrade(&mut self, s: SessionId, ino: Ino) {
+        if let Some(l) = self.inodes.get_mut(&ino) {
+            if !l.recalled.contains_key(&s) {
+                if let Some(k) = l.holders.get_mut(&s) {
+                    if *k == LeaseKind::Write {
+                        *k = LeaseKind::Read;
+                    }
+                }
+            }
+        }
+    }
+
     /// Recall every lease on `ino` held by sessions other than `except`
     /// (a change to the inode by someone else): the sessions to notify.
     pub fn recall_all(&mut self, ino: Ino, except: Option<SessionId>, now: Instant) -> Vec<SessionId> {
@@ -244,6 +260,7 @@ mod tests {
         Acquire(u8, u8, LeaseKind),
         Release(u8, u8),
         RecallAll(u8),
+        Downgrade(u8, u8),
         Close(u8),
         Advance(u16),
     }
@@ -256,6 +273,7 @@ mod tests {
             4 => (0u8..4, 0u8..3, kind).prop_map(|(s, i, k)| Op::Acquire(s, i, k)),
             2 => (0u8..4, 0u8..3).prop_map(|(s, i)| Op::Release(s, i)),
             1 => (0u8..3).prop_map(Op::RecallAll),
+            1 => (0u8..4, 0u8..3).prop_map(|(s, i)| Op::Downgrade(s, i)),
             1 => (0u8..4).prop_map(Op::Close),
             3 => (0u16..6000).prop_map(Op::Advance),
         ]
@@ -292,6 +310,7 @@ mod tests {
                     }
                     Op::Release(s, i) => t.release(s as u64, i as u64),
                     Op::RecallAll(i) => { t.recall_all(i as u64, None, now); }
+                    Op::Downgrade(s, i) => t.downgrade(s as u64, i as u64),
                     Op::Close(s) => t.close_session(s as u64),
                     Op::Advance(ms) => now += Duration::from_millis(ms as u64),
                 }

@@ -84,7 +84,8 @@ impl Cluster {
     }
 
     /// A session closed its last handle of `ino`; true when no session has
-    /// it open any more.
+    /// it open any more. A session that has it open no more keeps a read
+    /// lease where it had a write lease (see `LeaseTable::downgrade`).
     pub fn closed(&self, session: u64, ino: u64) -> bool {
         let Ok(mut o) = self.opens.lock() else { return false };
         tracing::debug!(session, ino, "closed");
@@ -93,6 +94,9 @@ impl Cluster {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
                     by.remove(&session);
+                    if let Ok(mut l) = self.leases.lock() {
+                        l.downgrade(session, ino);
+                    }
                 }
             }
             if by.is_empty() {

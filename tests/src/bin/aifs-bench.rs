@@ -291,6 +291,68 @@ fn latencies(cluster: &ProcCluster, mount: &Path, run: usize) -> Result<Vec<(Str
     ])
 }
 
+/// Requests the MDS has served so far, not counting the asking.
+fn mds_requests(cluster: &ProcCluster) -> Result<u64> {
+    let v: serde_json::Value = serde_json::from_str(&cluster.mdsctl(&["--json", "status"])?)?;
+    Ok(v["mds_requests"].as_u64().unwrap_or(0).saturating_sub(1))
+}
+
+/// One pass of a cached-metadata workload: (ops/s, MDS requests).
+fn md_pass(cluster: &ProcCluster, n: usize, label: String, op: impl Fn() -> Result<()>) -> Result<(f64, f64)> {
+    let r0 = mds_requests(cluster)?;
+    eprintln!("  {label}");
+    let t = Instant::now();
+    op()?;
+    let rate = n as f64 / t.elapsed().as_secs_f64().max(1e-9);
+    let r1 = mds_requests(cluster)?;
+    Ok((rate, r1.saturating_sub(r0) as f64))
+}
+
+/// Stat of `n` files and `ls -l` of their directory, twice each, from a
+/// mount that did not make them (another node): the second pass runs on
+/// what the first cached under leases. Rows: (name, [pass1, pass2]
+/// ops/s, [pass1, pass2] MDS requests).
+fn cached_metadata(cluster: &ProcCluster, writer: &Path, n: usize, threads: usize, run: usize) -> Result<Vec<(String, [f64; 4])>> {
+    let dir = format!("cached{run}");
+    fs::create_dir(writer.join(&dir))?;
+    parallel(n, threads, format!("cached metadata: create {n} files"), |i| {
+        File::create(writer.join(format!("{dir}/rank{i:06}.pt"))).map(|_| ())
+    })?;
+    let mut rows = Vec::new();
+    for (what, settings) in [("leases", ""), ("no lease cache", "lease_cache = false")] {
+        let m = aifs_tests::proc::Mount::with_settings(cluster, settings)?;
+        let d = m.p(&dir);
+        let mut stat = [0.0; 4];
+        let mut ls = [0.0; 4];
+        for pass in 0..2 {
+            let (rate, reqs) = md_pass(cluster, n, format!("{what}: stat pass {}", pass + 1), || {
+                parallel(n, threads, format!("stat pass {}", pass + 1), |i| fs::metadata(d.join(format!("rank{i:06}.pt"))).map(|_| ()))?;
+                Ok(())
+            })?;
+            stat[pass] = rate;
+            stat[2 + pass] = reqs;
+            let (rate, reqs) = md_pass(cluster, n, format!("{what}: ls -l pass {}", pass + 1), || {
+                let mut seen = 0;
+                for e in fs::read_dir(&d)? {
+                    e?.metadata()?;
+                    seen += 1;
+                }
+                anyhow::ensure!(seen == n, "listed {seen} of {n}");
+                Ok(())
+            })?;
+            ls[pass] = rate;
+            ls[2 + pass] = reqs;
+        }
+        rows.push((format!("stat {n} files, {threads} threads ({what})"), stat));
+        rows.push((format!("ls -l of {n} entries ({what})"), ls));
+    }
+    for i in 0..n {
+        fs::remove_file(writer.join(format!("{dir}/rank{i:06}.pt")))?;
+    }
+    fs::remove_dir(writer.join(&dir))?;
+    Ok(rows)
+}
+
 fn main() -> Result<()> {
     let a = parse_args()?;
     let cluster = ProcCluster::start(3).context("starting a 3-OSD cluster")?;
@@ -306,8 +368,15 @@ fn main() -> Result<()> {
     let mut res = Results::default();
     let mut cpu: Vec<(String, f64)> = Vec::new();
     let mut lat: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut md: Vec<(String, Vec<[f64; 4]>)> = Vec::new();
     for r in 1..=a.runs {
         eprintln!("run {r}/{}", a.runs);
+        for (name, v) in cached_metadata(&cluster, &mount.path, a.files, a.threads, r)? {
+            match md.iter_mut().find(|m| m.0 == name) {
+                Some(m) => m.1.push(v),
+                None => md.push((name, vec![v])),
+            }
+        }
         for (name, rpc, fuse) in latencies(&cluster, &mount.path, r)? {
             match lat.iter_mut().find(|l| l.0 == name) {
                 Some(l) => {
@@ -345,6 +414,14 @@ fn main() -> Result<()> {
     for (name, rpc, fuse) in &lat {
         let (r, f) = (median(rpc), median(fuse));
         println!("| {name} | {r:.0} | {f:.0} | {:.2} |", if r > 0.0 { f / r } else { 0.0 });
+    }
+    println!();
+    println!("| cached metadata, from a second mount | pass 1 ops/s | pass 2 ops/s | pass 2/pass 1 | MDS requests, pass 1 | pass 2 |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, runs) in &md {
+        let col = |k: usize| median(&runs.iter().map(|v| v[k]).collect::<Vec<_>>());
+        let (p1, p2) = (col(0), col(1));
+        println!("| {name} | {p1:.0} | {p2:.0} | {:.2} | {:.0} | {:.0} |", if p1 > 0.0 { p2 / p1 } else { 0.0 }, col(2), col(3));
     }
     drop(mount);
     drop(cluster);
