@@ -52,6 +52,8 @@ struct Handle {
     file: Arc<FileState>,
     /// Opened with `O_APPEND`: every write goes to the end of the file.
     append: bool,
+    /// Read from: the access time may need setting at close.
+    read: std::sync::atomic::AtomicBool,
 }
 
 /// The lease a file operation needs.
@@ -487,7 +489,7 @@ impl ClientFs {
 
     fn new_handle(&self, f: &Arc<FileState>, append: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(fh, Handle { file: f.clone(), append });
+        self.handles.insert(fh, Handle { file: f.clone(), append, read: Default::default() });
         fh
     }
 
@@ -809,6 +811,27 @@ impl ClientFs {
         }
     }
 
+    /// After a read, set the access time as Linux's default `relatime`
+    /// does: when it is not newer than the last change, or a day old. The
+    /// kernel leaves atime to FUSE file systems. In the background: a close
+    /// does not wait for it.
+    fn touch_atime(&self, ino: u64) {
+        const DAY_NS: i64 = 86_400 * 1_000_000_000;
+        if let Some((a, _)) = self.meta.attr(ino) {
+            let now = aifs_common::time::now_ns();
+            if a.atime_ns > a.mtime_ns && a.atime_ns > a.ctime_ns && now - a.atime_ns < DAY_NS {
+                return;
+            }
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pool.mds(&MdsReq::Accessed { ino }).await {
+                tracing::debug!(ino, error = %e, "access time not set");
+            }
+        });
+        self.meta.forget_attr(ino);
+    }
+
     fn forget_kernel_attrs(&self, ino: u64) {
         if let Some(k) = self.kernel.get().cloned() {
             tokio::task::spawn_blocking(move || k.forget_inode(ino, false));
@@ -817,6 +840,9 @@ impl ClientFs {
 
     pub async fn read(&self, fh: u64, off: u64, len: u32) -> Result<Bytes> {
         let f = self.handle_file(fh)?;
+        if let Some(h) = self.handles.get(&fh) {
+            h.read.store(true, Ordering::Relaxed);
+        }
         let mut mode = self.meta.mode(f.ino);
         if mode == LeaseMode::None {
             // Recalled since the open: a writer elsewhere flushes first.
@@ -918,6 +944,9 @@ impl ClientFs {
             return Ok(());
         };
         let f = h.file;
+        if h.read.load(Ordering::Relaxed) {
+            self.touch_atime(f.ino);
+        }
         let res = self.flush_file(&f).await;
         if f.opens.fetch_sub(1, Ordering::AcqRel) == 1 {
             // Keep the state while anything is unpublished: the next open,

@@ -935,6 +935,21 @@ impl Namespace {
             .await
     }
 
+    /// A read happened: atime becomes now. Unlike a setattr this is not
+    /// a change of the inode, so ctime stays.
+    pub async fn accessed(&self, ino: u64) -> Result<Attr> {
+        let _g = self.topo.read().await;
+        self.shard_for(ino)?
+            .mutate(move |txn| {
+                let mut inodes = txn.open_table(INODES).io()?;
+                let mut r = get_inode(&inodes, ino)?;
+                r.atime_ns = r.atime_ns.max(now_ns());
+                put_inode(&mut inodes, ino, &r)?;
+                Ok(r.attr(ino))
+            })
+            .await
+    }
+
     /// A writer's flush: size grows to at least `size`, mtime is set.
     pub async fn update_size(&self, ino: u64, size: u64, mtime_ns: i64) -> Result<Attr> {
         let _g = self.topo.read().await;

@@ -384,6 +384,13 @@ impl MdsService {
                 }
                 MdsResp::Done
             }
+            MdsReq::Accessed { ino } => {
+                need(peer, NS)?;
+                let h = cl.holder(peer);
+                let a = ns.accessed(ino).await?;
+                cl.invalidate(h.id, vec![(ino, vec![])]).await;
+                MdsResp::Attr(a)
+            }
             MdsReq::Leases { ino } => {
                 need(peer, ADMIN)?;
                 MdsResp::Leases(cl.lease_infos(ino))

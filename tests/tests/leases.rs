@@ -383,3 +383,40 @@ fn o_trunc_on_one_mount_is_seen_by_the_other() {
     drop(f);
     assert_eq!(fs::read(a.p("t")).unwrap(), b"new");
 }
+
+#[test]
+fn times_change_as_posix_says_and_every_mount_sees_them() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::PermissionsExt;
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    fs::write(a.p("t"), b"first").unwrap();
+    let m0 = fs::metadata(b.p("t")).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    // a read sets atime (relatime: it was not newer than mtime), not ctime
+    assert_eq!(fs::read(b.p("t")).unwrap(), b"first");
+    let t = Instant::now();
+    let m1 = loop {
+        let m = fs::metadata(a.p("t")).unwrap();
+        if m.atime_nsec() != m0.atime_nsec() || m.atime() != m0.atime() || t.elapsed() > Duration::from_secs(5) {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!((m1.atime(), m1.atime_nsec()) > (m0.mtime(), m0.mtime_nsec()), "atime not set by a read");
+    assert_eq!((m1.ctime(), m1.ctime_nsec()), (m0.ctime(), m0.ctime_nsec()), "a read changed ctime");
+    // chmod changes ctime only
+    std::thread::sleep(Duration::from_millis(20));
+    fs::set_permissions(a.p("t"), fs::Permissions::from_mode(0o640)).unwrap();
+    let m2 = fs::metadata(b.p("t")).unwrap();
+    assert!((m2.ctime(), m2.ctime_nsec()) > (m1.ctime(), m1.ctime_nsec()));
+    assert_eq!((m2.mtime(), m2.mtime_nsec()), (m1.mtime(), m1.mtime_nsec()));
+    // a write changes mtime and ctime
+    std::thread::sleep(Duration::from_millis(20));
+    OpenOptions::new().write(true).open(b.p("t")).unwrap().write_all(b"second").unwrap();
+    let m3 = fs::metadata(a.p("t")).unwrap();
+    assert!((m3.mtime(), m3.mtime_nsec()) > (m2.mtime(), m2.mtime_nsec()));
+    assert!((m3.ctime(), m3.ctime_nsec()) > (m2.ctime(), m2.ctime_nsec()));
+    assert_eq!(m3.len(), 6);
+}

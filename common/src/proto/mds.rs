@@ -184,6 +184,8 @@ pub enum MdsReq {
     /// Take (`kind` read or write) or release (unlock) a lock without
     /// waiting: a conflict is `WouldBlock`.
     SetLock { ino: u64, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32 },
+    /// The file was read: its access time becomes now (ctime unchanged).
+    Accessed { ino: u64 },
 }
 message!(MdsReq);
 
