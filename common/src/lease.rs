@@ -60,6 +60,9 @@ pub enum Decision {
 #[derive(Clone, Debug)]
 struct Session {
     last_heard: Instant,
+    /// Inodes where the session holds, waits or was recalled (a superset):
+    /// closing the session visits only these.
+    touched: BTreeSet<Ino>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -96,7 +99,9 @@ impl LeaseTable {
     }
 
     pub fn open_session(&mut self, s: SessionId, now: Instant) {
-        self.sessions.insert(s, Session { last_heard: now });
+        // An id opened again is a new session: the old one's leases go.
+        self.close_session(s);
+        self.sessions.insert(s, Session { last_heard: now, touched: BTreeSet::new() });
     }
 
     /// False when the session is unknown (expired): the client must open a
@@ -122,17 +127,22 @@ impl LeaseTable {
 
     /// Drop a session and everything it held (eviction or clean close).
     pub fn close_session(&mut self, s: SessionId) {
-        self.sessions.remove(&s);
-        self.inodes.retain(|_, l| {
-            l.holders.remove(&s);
-            l.recalled.remove(&s);
-            l.waiting.remove(&s);
-            !l.is_empty()
-        });
+        let Some(sess) = self.sessions.remove(&s) else { return };
+        for ino in sess.touched {
+            if let Some(l) = self.inodes.get_mut(&ino) {
+                l.holders.remove(&s);
+                l.recalled.remove(&s);
+                l.waiting.remove(&s);
+                if l.is_empty() {
+                    self.inodes.remove(&ino);
+                }
+            }
+        }
     }
 
-    /// Expire every session silent for a whole term; returns them.
-    pub fn expire(&mut self, now: Instant) -> Vec<SessionId> {
+    /// Close the sessions silent for a whole term; returns them. Cheap
+    /// when none has: it looks at sessions only.
+    fn expire_sessions(&mut self, now: Instant) -> Vec<SessionId> {
         let dead: Vec<SessionId> = self
             .sessions
             .iter()
@@ -142,6 +152,14 @@ impl LeaseTable {
         for s in &dead {
             self.close_session(*s);
         }
+        dead
+    }
+
+    /// Expire every session silent for a whole term, and forget waiters
+    /// that stopped asking; returns the expired sessions. The MDS's ticker
+    /// runs this; requests run the cheap part.
+    pub fn expire(&mut self, now: Instant) -> Vec<SessionId> {
+        let dead = self.expire_sessions(now);
         // A waiter that stopped asking for a whole term has given up.
         let term = self.term;
         self.inodes.retain(|_, l| {
@@ -153,11 +171,15 @@ impl LeaseTable {
 
     /// Ask for `kind` on `ino` for session `s`.
     pub fn acquire(&mut self, s: SessionId, ino: Ino, kind: LeaseKind, now: Instant) -> Decision {
-        self.expire(now);
-        if !self.sessions.contains_key(&s) {
+        self.expire_sessions(now);
+        let Some(sess) = self.sessions.get_mut(&s) else {
             return Decision::Wait { recall: Vec::new() };
-        }
+        };
+        sess.touched.insert(ino);
+        let term = self.term;
         let l = self.inodes.entry(ino).or_default();
+        // A waiter that stopped asking for a whole term has given up.
+        l.waiting.retain(|_, (_, since)| now.saturating_duration_since(*since) < term);
         if l.recalled.contains_key(&s) {
             // Asked to give the lease back and not yet done: it still holds
             // it (it may be flushing), so it waits for its own release like
@@ -198,8 +220,14 @@ impl LeaseTable {
         if let Some(l) = self.inodes.get_mut(&ino) {
             l.holders.remove(&s);
             l.recalled.remove(&s);
+            let waits = l.waiting.contains_key(&s);
             if l.is_empty() {
                 self.inodes.remove(&ino);
+            }
+            if !waits {
+                if let Some(sess) = self.sessions.get_mut(&s) {
+                    sess.touched.remove(&ino);
+                }
             }
         }
     }
@@ -223,7 +251,7 @@ impl LeaseTable {
     /// Recall every lease on `ino` held by sessions other than `except`
     /// (a change to the inode by someone else): the sessions to notify.
     pub fn recall_all(&mut self, ino: Ino, except: Option<SessionId>, now: Instant) -> Vec<SessionId> {
-        self.expire(now);
+        self.expire_sessions(now);
         let Some(l) = self.inodes.get_mut(&ino) else { return Vec::new() };
         let out: Vec<SessionId> = l.holders.keys().copied().filter(|h| Some(*h) != except).collect();
         for h in &out {
@@ -242,7 +270,8 @@ impl LeaseTable {
 
     /// Leases a session holds (for `mdsctl session ls`).
     pub fn count(&self, s: SessionId) -> usize {
-        self.inodes.values().filter(|l| l.holders.contains_key(&s)).count()
+        let Some(sess) = self.sessions.get(&s) else { return 0 };
+        sess.touched.iter().filter(|i| self.inodes.get(i).is_some_and(|l| l.holders.contains_key(&s))).count()
     }
 }
 
@@ -351,6 +380,20 @@ mod tests {
                 prop_assert_eq!(t.acquire(2, i as u64, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
             }
         }
+    }
+
+    /// Regression (proptest): opening an id again forgot which inodes the
+    /// old session held, so its read lease outlived it.
+    #[test]
+    fn reopening_a_session_id_drops_what_it_held() {
+        let now = Instant::now();
+        let mut t = LeaseTable::new(TERM);
+        t.open_session(0, now);
+        assert!(matches!(t.acquire(0, 0, LeaseKind::Read, now), Decision::Granted { .. }));
+        t.open_session(0, now);
+        assert!(t.holders(0).is_empty());
+        t.open_session(9, now + TERM);
+        assert_eq!(t.acquire(9, 0, LeaseKind::Write, now + TERM), Decision::Granted { kind: LeaseKind::Write });
     }
 
     #[test]
