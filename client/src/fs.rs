@@ -54,6 +54,8 @@ struct Handle {
     append: bool,
     /// Read from: the access time may need setting at close.
     read: std::sync::atomic::AtomicBool,
+    /// (atime, mtime, ctime) when opened: whether a read moves atime.
+    times: (i64, i64, i64),
 }
 
 /// The lease a file operation needs.
@@ -487,9 +489,10 @@ impl ClientFs {
         });
     }
 
-    fn new_handle(&self, f: &Arc<FileState>, append: bool) -> u64 {
+    fn new_handle(&self, f: &Arc<FileState>, append: bool, a: &Attr) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(fh, Handle { file: f.clone(), append, read: Default::default() });
+        let times = (a.atime_ns, a.mtime_ns, a.ctime_ns);
+        self.handles.insert(fh, Handle { file: f.clone(), append, read: Default::default(), times });
         fh
     }
 
@@ -527,7 +530,7 @@ impl ClientFs {
             if let Some(f) = self.reopen(ino) {
                 let attr = self.overlay(a.clone());
                 let keep = *m != LeaseMode::SharedWrite && !append;
-                return Ok(Opened { fh: self.new_handle(&f, append), attr, keep_cache: keep, direct_io: !keep });
+                return Ok(Opened { fh: self.new_handle(&f, append, &attr), attr, keep_cache: keep, direct_io: !keep });
             }
         }
         let snap = self.meta.snap();
@@ -548,7 +551,7 @@ impl ClientFs {
         // Appends pick their own offset: the kernel's page cache and its
         // idea of the end of the file stay out of it.
         let direct_io = mode == LeaseMode::SharedWrite || append;
-        Ok(Opened { fh: self.new_handle(&f, append), attr, keep_cache: keep, direct_io })
+        Ok(Opened { fh: self.new_handle(&f, append, &attr), attr, keep_cache: keep, direct_io })
     }
 
     pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool, append: bool) -> Result<Opened> {
@@ -570,7 +573,7 @@ impl ClientFs {
         self.meta.put_attr(self.meta.snap(), granted, &a, LeaseMode::Write);
         let f = self.file_state(&a)?;
         f.set_size(a.size, false);
-        Ok(Opened { fh: self.new_handle(&f, append), attr: a, keep_cache: false, direct_io: append })
+        Ok(Opened { fh: self.new_handle(&f, append, &a), attr: a, keep_cache: false, direct_io: append })
     }
 
     /// A namespace change of this client's: the new inode's attributes.
@@ -815,13 +818,11 @@ impl ClientFs {
     /// does: when it is not newer than the last change, or a day old. The
     /// kernel leaves atime to FUSE file systems. In the background: a close
     /// does not wait for it.
-    fn touch_atime(&self, ino: u64) {
+    fn touch_atime(&self, ino: u64, (atime, mtime, ctime): (i64, i64, i64)) {
         const DAY_NS: i64 = 86_400 * 1_000_000_000;
-        if let Some((a, _)) = self.meta.attr(ino) {
-            let now = aifs_common::time::now_ns();
-            if a.atime_ns > a.mtime_ns && a.atime_ns > a.ctime_ns && now - a.atime_ns < DAY_NS {
-                return;
-            }
+        let now = aifs_common::time::now_ns();
+        if atime > mtime && atime > ctime && now - atime < DAY_NS {
+            return;
         }
         let pool = self.pool.clone();
         tokio::spawn(async move {
@@ -945,7 +946,7 @@ impl ClientFs {
         };
         let f = h.file;
         if h.read.load(Ordering::Relaxed) {
-            self.touch_atime(f.ino);
+            self.touch_atime(f.ino, h.times);
         }
         let res = self.flush_file(&f).await;
         if f.opens.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -67,7 +67,12 @@ pub struct MetaCache {
     seq: AtomicU64,
     /// (notice number, inode) of the latest notices.
     log: Mutex<VecDeque<(u64, u64)>>,
-    attrs: DashMap<u64, (Attr, LeaseMode)>,
+    /// Attributes, good while their inode's lease holds and no notice
+    /// about them came.
+    attrs: DashMap<u64, Attr>,
+    /// Leases held on files and directories. An invalidation drops the
+    /// attributes and keeps the lease; a revoke drops both.
+    modes: DashMap<u64, LeaseMode>,
     dirs: DashMap<u64, DirCache>,
 }
 
@@ -86,6 +91,7 @@ impl MetaCache {
             seq: AtomicU64::new(0),
             log: Mutex::new(VecDeque::with_capacity(NOTICE_LOG)),
             attrs: DashMap::new(),
+            modes: DashMap::new(),
             dirs: DashMap::new(),
         }
     }
@@ -163,11 +169,16 @@ impl MetaCache {
         if !self.live() {
             return None;
         }
-        self.attrs.get(&ino).map(|e| e.value().clone())
+        let a = self.attrs.get(&ino)?.clone();
+        Some((a, self.mode(ino)))
     }
 
+    /// The lease this client holds on `ino`.
     pub fn mode(&self, ino: u64) -> LeaseMode {
-        self.attr(ino).map(|a| a.1).unwrap_or(LeaseMode::None)
+        if !self.live() {
+            return LeaseMode::None;
+        }
+        self.modes.get(&ino).map(|m| *m).unwrap_or(LeaseMode::None)
     }
 
     /// Kernel TTL for `ino`: what is left of its lease, zero without one.
@@ -185,13 +196,13 @@ impl MetaCache {
         if mode == LeaseMode::None || !self.usable(snap, granted, &[a.ino]) {
             return;
         }
-        if self.attrs.len() >= MAX_ATTRS {
+        if self.modes.len() >= MAX_ATTRS {
             self.clear();
         }
-        let mut e = self.attrs.entry(a.ino).or_insert_with(|| (a.clone(), mode));
-        e.0 = a.clone();
+        self.attrs.insert(a.ino, a.clone());
+        let mut m = self.modes.entry(a.ino).or_insert(mode);
         if mode != LeaseMode::Read {
-            e.1 = mode;
+            *m = mode;
         }
     }
 
@@ -201,8 +212,8 @@ impl MetaCache {
         if !self.usable(snap, snap.session, &[a.ino]) {
             return;
         }
-        if let Some(mut e) = self.attrs.get_mut(&a.ino) {
-            e.0 = a.clone();
+        if self.modes.contains_key(&a.ino) {
+            self.attrs.insert(a.ino, a.clone());
         }
     }
 
@@ -297,13 +308,14 @@ impl MetaCache {
     /// The lease on `ino` is gone: forget everything about it.
     pub fn drop_ino(&self, ino: u64) {
         self.invalidate(ino, &[]);
+        self.modes.remove(&ino);
     }
 
     /// A write lease this client gives up at close becomes a read lease.
     pub fn downgrade(&self, ino: u64) {
-        if let Some(mut e) = self.attrs.get_mut(&ino) {
-            if e.1 == LeaseMode::Write {
-                e.1 = LeaseMode::Read;
+        if let Some(mut m) = self.modes.get_mut(&ino) {
+            if *m == LeaseMode::Write {
+                *m = LeaseMode::Read;
             }
         }
     }
@@ -317,6 +329,7 @@ impl MetaCache {
     pub fn clear(&self) {
         self.notice(ALL);
         self.attrs.clear();
+        self.modes.clear();
         self.dirs.clear();
     }
 }
@@ -368,6 +381,18 @@ mod tests {
         m.invalidate(9, &[]);
         m.put_attr(s, 7, &attr(6), LeaseMode::Read);
         assert!(m.attr(6).is_some());
+    }
+
+    #[test]
+    fn an_invalidation_drops_attributes_and_keeps_the_lease() {
+        let m = live_cache();
+        m.put_attr(m.snap(), 7, &attr(5), LeaseMode::Write);
+        m.invalidate(5, &[]);
+        assert!(m.attr(5).is_none());
+        assert_eq!(m.ttl(5), Duration::ZERO);
+        assert_eq!(m.mode(5), LeaseMode::Write);
+        m.drop_ino(5);
+        assert_eq!(m.mode(5), LeaseMode::None);
     }
 
     #[test]
