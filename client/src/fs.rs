@@ -606,8 +606,23 @@ impl ClientFs {
         Ok(a)
     }
 
+    /// The new directory comes leased to its maker, known to be empty.
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
-        self.made(MdsReq::Mkdir { parent, name: name.to_string(), mode, uid, gid }, parent, name, "Mkdir").await
+        let snap = self.meta.snap();
+        let req = MdsReq::Mkdir { parent, name: name.to_string(), mode, uid, gid };
+        let (r, granted) = self.pool.mds_leased(&req).await;
+        match r? {
+            MdsResp::Changed { attr: Some(a), dirs } if a.ino != 0 => {
+                self.changed_dirs(snap, &dirs);
+                self.meta.local_entry(parent, name, Some(a.ino), false);
+                if self.cache_on() {
+                    self.meta.put_attr(snap, granted, &a, LeaseMode::Read);
+                    self.meta.new_dir(snap, granted, a.ino, parent);
+                }
+                Ok(a)
+            }
+            _ => Err(unexpected("Mkdir")),
+        }
     }
 
     pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32) -> Result<Attr> {

@@ -46,6 +46,9 @@ pub struct Snap {
 #[derive(Default)]
 struct DirCache {
     names: HashMap<String, Option<u64>>,
+    /// `names` holds every entry of the directory: a name not in it does
+    /// not exist (a lookup of a missing name needs no round trip).
+    all_names: bool,
     /// Entries in cookie order from the start of the directory.
     listing: Vec<DirEntry>,
     /// The listing reaches the end of the directory.
@@ -223,7 +226,20 @@ impl MetaCache {
         if !self.live() {
             return None;
         }
-        self.dirs.get(&dir).and_then(|d| d.names.get(name).copied())
+        let d = self.dirs.get(&dir)?;
+        match d.names.get(name) {
+            Some(v) => Some(*v),
+            None if d.all_names => Some(None),
+            None => None,
+        }
+    }
+
+    /// A directory this client just made, leased to it: empty.
+    pub fn new_dir(&self, snap: Snap, granted: u64, dir: u64, parent: u64) {
+        if !self.usable(snap, granted, &[dir]) {
+            return;
+        }
+        self.dirs.insert(dir, DirCache { all_names: true, complete: true, parent, ..Default::default() });
     }
 
     /// Does this client hold `dir`'s entries under a lease?
@@ -246,6 +262,7 @@ impl MetaCache {
         if let Some(mut d) = self.dirs.get_mut(&dir) {
             if forget {
                 d.names.remove(name);
+                d.all_names = false;
             } else {
                 d.names.insert(name.to_string(), ino);
             }
@@ -286,6 +303,9 @@ impl MetaCache {
         }
         d.listing.extend_from_slice(entries);
         d.complete = eof;
+        if eof {
+            d.all_names = true;
+        }
     }
 
     /// The MDS says `ino` changed: drop its attributes and, for a
@@ -300,6 +320,7 @@ impl MetaCache {
             for n in names {
                 d.names.remove(n);
             }
+            d.all_names = false;
             d.listing.clear();
             d.complete = false;
         }
@@ -427,7 +448,13 @@ mod tests {
         m.put_listing(m.snap(), 7, 1, 11, &[e(2)], true, 1);
         assert_eq!(m.listed(1, 12).map(|l| l.entries.len()), Some(0));
         assert_eq!(m.dentry(1, "f2"), Some(Some(102)));
+        // the whole directory is known: a missing name needs no lookup
+        assert_eq!(m.dentry(1, "nope"), Some(None));
+        m.local_entry(1, "mine", Some(200), false);
+        assert_eq!(m.dentry(1, "mine"), Some(Some(200)));
+        assert_eq!(m.dentry(1, "nope"), Some(None));
         m.invalidate(1, &["f1".to_string()]);
+        assert_eq!(m.dentry(1, "nope"), None);
         assert!(m.listed(1, 2).is_none());
         assert_eq!(m.dentry(1, "f1"), None);
         assert_eq!(m.dentry(1, "f0"), Some(Some(100)));

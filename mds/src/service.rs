@@ -130,6 +130,12 @@ impl MdsService {
                 let h = cl.holder(peer);
                 let a = ns.mkdir(parent, &name, mode, uid, gid).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name])]).await;
+                // The maker holds the new directory's entries: none. If it
+                // changed before the lease was taken, say nothing.
+                cl.acquire(&h, a.ino, LeaseKind::Read).await?;
+                if ns.getattr(a.ino).await.is_ok_and(|now| now.mtime_ns == a.mtime_ns) {
+                    *grant = h.granted();
+                }
                 self.changed(Some(a), &[parent]).await
             }
             MdsReq::Unlink { parent, name } => {
