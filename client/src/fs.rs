@@ -685,7 +685,7 @@ impl ClientFs {
     /// Entries after `cookie`, and the directory's parent.
     pub async fn readdir(&self, ino: u64, cookie: u64) -> Result<(Vec<DirEntry>, u64)> {
         if self.cache_on() {
-            if let Some(l) = self.meta.listed(ino, cookie) {
+            if let Some(l) = self.meta.listed(ino, cookie, READDIR_BATCH as usize) {
                 return Ok((l.entries, l.parent));
             }
         }
@@ -706,9 +706,9 @@ impl ClientFs {
     /// parent.
     pub async fn readdirplus(&self, ino: u64, cookie: u64) -> Result<(Vec<(DirEntry, Attr)>, u64)> {
         if self.cache_on() {
-            if let Some(l) = self.meta.listed(ino, cookie) {
+            if let Some(l) = self.meta.listed(ino, cookie, READDIR_BATCH as usize) {
                 let mut out = Vec::with_capacity(l.entries.len().min(READDIR_BATCH as usize));
-                for e in l.entries.into_iter().take(READDIR_BATCH as usize) {
+                for e in l.entries {
                     match self.meta.attr(e.ino) {
                         Some((a, _)) => out.push((e, self.overlay(a))),
                         // Its lease was recalled: ask the MDS for the batch.

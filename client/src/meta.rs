@@ -271,8 +271,9 @@ impl MetaCache {
         }
     }
 
-    /// Entries after `cookie` from the cached listing, when it covers them.
-    pub fn listed(&self, dir: u64, cookie: u64) -> Option<Listed> {
+    /// Up to `max` entries after `cookie` from the cached listing, when it
+    /// covers them.
+    pub fn listed(&self, dir: u64, cookie: u64, max: usize) -> Option<Listed> {
         if !self.live() {
             return None;
         }
@@ -281,7 +282,8 @@ impl MetaCache {
         if at == d.listing.len() && !d.complete {
             return None;
         }
-        Some(Listed { entries: d.listing[at..].to_vec(), parent: d.parent })
+        let end = d.listing.len().min(at.saturating_add(max));
+        Some(Listed { entries: d.listing[at..end].to_vec(), parent: d.parent })
     }
 
     /// A batch of entries read from the MDS after `cookie`: appended when
@@ -441,12 +443,13 @@ mod tests {
         let m = live_cache();
         let e = |n: u64| DirEntry { name: format!("f{n}"), ino: 100 + n, kind: FileKind::File, cookie: 10 + n };
         m.put_listing(m.snap(), 7, 1, 2, &[e(0), e(1)], false, 1);
-        assert_eq!(m.listed(1, 2).map(|l| l.entries.len()), Some(2));
-        assert_eq!(m.listed(1, 10).map(|l| l.entries.len()), Some(1));
+        assert_eq!(m.listed(1, 2, 100).map(|l| l.entries.len()), Some(2));
+        assert_eq!(m.listed(1, 10, 100).map(|l| l.entries.len()), Some(1));
+        assert_eq!(m.listed(1, 2, 1).map(|l| l.entries.len()), Some(1));
         // past the end of an incomplete listing: ask the MDS
-        assert!(m.listed(1, 11).is_none());
+        assert!(m.listed(1, 11, 100).is_none());
         m.put_listing(m.snap(), 7, 1, 11, &[e(2)], true, 1);
-        assert_eq!(m.listed(1, 12).map(|l| l.entries.len()), Some(0));
+        assert_eq!(m.listed(1, 12, 100).map(|l| l.entries.len()), Some(0));
         assert_eq!(m.dentry(1, "f2"), Some(Some(102)));
         // the whole directory is known: a missing name needs no lookup
         assert_eq!(m.dentry(1, "nope"), Some(None));
@@ -455,7 +458,7 @@ mod tests {
         assert_eq!(m.dentry(1, "nope"), Some(None));
         m.invalidate(1, &["f1".to_string()]);
         assert_eq!(m.dentry(1, "nope"), None);
-        assert!(m.listed(1, 2).is_none());
+        assert!(m.listed(1, 2, 100).is_none());
         assert_eq!(m.dentry(1, "f1"), None);
         assert_eq!(m.dentry(1, "f0"), Some(Some(100)));
     }
