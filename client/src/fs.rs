@@ -6,7 +6,7 @@
 use crate::config::ClientConfig;
 use crate::data::prefetch;
 use crate::data::writeback::{DataCtx, FileState};
-use crate::meta::MetaCache;
+use crate::meta::{MetaCache, Snap};
 use crate::pool::Pool;
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{Attr, DirEntry, FileKind, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs};
@@ -279,11 +279,14 @@ impl ClientFs {
     pub async fn on_recall(&self, req: RecallReq) -> Result<()> {
         match req {
             RecallReq::Invalidate { ino, names } => {
+                // Under a shared-write lease another writer published: the
+                // kernel's pages of the file may be old.
+                let pages = self.meta.mode(ino) == LeaseMode::SharedWrite;
                 self.meta.invalidate(ino, &names);
                 if let Some(f) = self.files.get(&ino).map(|f| f.clone()) {
                     f.forget_cached();
                 }
-                self.tell_kernel(ino, names, false).await;
+                self.tell_kernel(ino, names, pages).await;
                 Ok(())
             }
             RecallReq::Revoke { ino } => {
@@ -332,7 +335,7 @@ impl ClientFs {
     }
 
     /// Cache attributes granted under `granted`.
-    fn keep(&self, snap: crate::meta::Snap, granted: u64, a: &Attr, mode: LeaseMode) {
+    fn keep(&self, snap: Snap, granted: u64, a: &Attr, mode: LeaseMode) {
         if self.cache_on() {
             self.meta.put_attr(snap, granted, a, mode);
         }
@@ -358,7 +361,7 @@ impl ClientFs {
     }
 
     /// Directory attributes that came back with this client's own change.
-    fn changed_dirs(&self, snap: crate::meta::Snap, dirs: &[Attr]) {
+    fn changed_dirs(&self, snap: Snap, dirs: &[Attr]) {
         for d in dirs {
             self.meta.refresh_attr(snap, d);
         }
@@ -397,9 +400,10 @@ impl ClientFs {
         }
     }
 
-    /// Kernel TTL for an entry: its directory's and its inode's leases.
-    pub fn entry_ttl(&self, parent: u64, ino: u64) -> Duration {
-        if self.cache_on() && self.meta.dentry_leased(parent) {
+    /// Kernel TTL for an entry: its directory's and its inode's leases,
+    /// if this client holds `name` as `ino`.
+    pub fn entry_ttl(&self, parent: u64, name: &str, ino: u64) -> Duration {
+        if self.cache_on() && self.meta.dentry_is(parent, name, ino) {
             self.meta.ttl(ino)
         } else {
             Duration::ZERO
@@ -482,8 +486,9 @@ impl ClientFs {
     /// unlinked meanwhile is freed once no client has it open).
     fn send_close(&self, ino: u64) {
         let pool = self.pool.clone();
+        let session = self.meta.session();
         tokio::spawn(async move {
-            if let Err(e) = pool.mds(&MdsReq::Close { ino }).await {
+            if let Err(e) = pool.mds(&MdsReq::Close { ino, session }).await {
                 tracing::debug!(ino, error = %e, "close not delivered; the session's end releases it");
             }
         });
@@ -569,16 +574,16 @@ impl ClientFs {
             return Err(Error::IsDir);
         }
         // The creator holds a write lease on the new file.
-        self.meta.local_entry(parent, name, Some(a.ino), false);
-        self.meta.put_attr(self.meta.snap(), granted, &a, LeaseMode::Write);
+        let quiet = self.meta.quiet_since(snap, parent);
+        self.meta.put_attr(snap, granted, &a, LeaseMode::Write);
+        self.meta.local_entry(parent, name, Some(a.ino), !quiet);
         let f = self.file_state(&a)?;
         f.set_size(a.size, false);
         Ok(Opened { fh: self.new_handle(&f, append, &a), attr: a, keep_cache: false, direct_io: append })
     }
 
     /// A namespace change of this client's: the new inode's attributes.
-    async fn change(&self, req: MdsReq, what: &str) -> Result<Option<Attr>> {
-        let snap = self.meta.snap();
+    async fn change(&self, snap: Snap, req: MdsReq, what: &str) -> Result<Option<Attr>> {
         match self.pool.mds(&req).await? {
             MdsResp::Changed { attr, dirs } => {
                 self.changed_dirs(snap, &dirs);
@@ -590,8 +595,10 @@ impl ClientFs {
     }
 
     async fn made(&self, req: MdsReq, parent: u64, name: &str, what: &str) -> Result<Attr> {
-        let a = self.change(req, what).await?.filter(|a| a.ino != 0).ok_or_else(|| unexpected(what))?;
-        self.meta.local_entry(parent, name, Some(a.ino), false);
+        let snap = self.meta.snap();
+        let a = self.change(snap, req, what).await?.filter(|a| a.ino != 0).ok_or_else(|| unexpected(what))?;
+        let quiet = self.meta.quiet_since(snap, parent);
+        self.meta.local_entry(parent, name, Some(a.ino), !quiet);
         Ok(a)
     }
 
@@ -614,7 +621,8 @@ impl ClientFs {
         match r? {
             MdsResp::Changed { attr: Some(a), dirs } if a.ino != 0 => {
                 self.changed_dirs(snap, &dirs);
-                self.meta.local_entry(parent, name, Some(a.ino), false);
+                let quiet = self.meta.quiet_since(snap, parent);
+                self.meta.local_entry(parent, name, Some(a.ino), !quiet);
                 if self.cache_on() {
                     self.meta.put_attr(snap, granted, &a, LeaseMode::Read);
                     self.meta.new_dir(snap, granted, a.ino, parent);
@@ -642,8 +650,10 @@ impl ClientFs {
 
     pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
         let child = self.cached_child(parent, name);
-        let r = self.change(MdsReq::Unlink { parent, name: name.to_string() }, "Unlink").await;
-        self.meta.local_entry(parent, name, None, r.is_err());
+        let snap = self.meta.snap();
+        let r = self.change(snap, MdsReq::Unlink { parent, name: name.to_string() }, "Unlink").await;
+        let quiet = self.meta.quiet_since(snap, parent);
+        self.meta.local_entry(parent, name, None, r.is_err() || !quiet);
         if let Some(c) = child {
             self.meta.forget_attr(c);
         }
@@ -652,8 +662,10 @@ impl ClientFs {
 
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
         let child = self.cached_child(parent, name);
-        let r = self.change(MdsReq::Rmdir { parent, name: name.to_string() }, "Rmdir").await;
-        self.meta.local_entry(parent, name, None, r.is_err());
+        let snap = self.meta.snap();
+        let r = self.change(snap, MdsReq::Rmdir { parent, name: name.to_string() }, "Rmdir").await;
+        let quiet = self.meta.quiet_since(snap, parent);
+        self.meta.local_entry(parent, name, None, r.is_err() || !quiet);
         if let Some(c) = child {
             self.meta.drop_ino(c);
         }
@@ -664,10 +676,12 @@ impl ClientFs {
         let moved = self.cached_child(parent, name);
         let replaced = self.cached_child(newparent, newname);
         let req = MdsReq::Rename { parent, name: name.to_string(), newparent, newname: newname.to_string(), flags };
-        let r = self.change(req, "Rename").await;
+        let snap = self.meta.snap();
+        let r = self.change(snap, req, "Rename").await;
         let ok = r.is_ok();
-        self.meta.local_entry(parent, name, None, !ok);
-        self.meta.local_entry(newparent, newname, moved, !ok || moved.is_none());
+        let (q1, q2) = (self.meta.quiet_since(snap, parent), self.meta.quiet_since(snap, newparent));
+        self.meta.local_entry(parent, name, None, !ok || !q1);
+        self.meta.local_entry(newparent, newname, moved, !ok || !q2 || moved.is_none());
         for ino in [moved, replaced].into_iter().flatten() {
             // A moved directory's `..` changed; a replaced inode lost a link.
             self.meta.drop_ino(ino);
@@ -763,7 +777,7 @@ impl ClientFs {
     }
 
     pub async fn setxattr(&self, ino: u64, name: &str, value: Vec<u8>, flags: u32) -> Result<()> {
-        let r = self.change(MdsReq::SetXattr { ino, name: name.to_string(), value, flags }, "SetXattr").await;
+        let r = self.change(self.meta.snap(), MdsReq::SetXattr { ino, name: name.to_string(), value, flags }, "SetXattr").await;
         self.meta.forget_attr(ino);
         r.map(|_| ())
     }
@@ -779,7 +793,7 @@ impl ClientFs {
     }
 
     pub async fn removexattr(&self, ino: u64, name: &str) -> Result<()> {
-        let r = self.change(MdsReq::RemoveXattr { ino, name: name.to_string() }, "RemoveXattr").await;
+        let r = self.change(self.meta.snap(), MdsReq::RemoveXattr { ino, name: name.to_string() }, "RemoveXattr").await;
         self.meta.forget_attr(ino);
         r.map(|_| ())
     }
@@ -803,6 +817,7 @@ impl ClientFs {
         let f = self.handle_file(fh)?;
         let want = Want::of(true, self.handle_appends(fh));
         let n = data.len() as u32;
+        let mut pause = Duration::ZERO;
         loop {
             {
                 let _g = f.gate.read().await;
@@ -820,6 +835,12 @@ impl ClientFs {
                     return Ok(n);
                 }
             }
+            if !pause.is_zero() {
+                // Granted but not kept (a notice crossed the reply, or the
+                // session is being renewed): do not spin on the MDS.
+                tokio::time::sleep(pause).await;
+            }
+            pause = (pause * 2).clamp(Duration::from_millis(1), Duration::from_millis(100));
             let (_, mode) = self.take_lease(f.ino, want, false).await?;
             if mode == LeaseMode::None {
                 let _g = f.gate.read().await;
@@ -915,16 +936,20 @@ impl ClientFs {
 
     /// Release `owner`'s locks on `ino`, if it ever took one here.
     pub async fn unlock_owner(&self, ino: u64, owner: u64) -> Result<()> {
-        if self.lockers.remove(&(ino, owner)).is_none() {
+        if !self.lockers.contains_key(&(ino, owner)) {
             return Ok(());
         }
-        let req = MdsReq::SetLock { ino, owner, start: 0, end: u64::MAX, kind: LockKind::Unlock, pid: 0 };
-        self.pool.mds(&req).await.map(|_| ())
+        let session = self.meta.session();
+        let req = MdsReq::SetLock { ino, owner, start: 0, end: u64::MAX, kind: LockKind::Unlock, pid: 0, session };
+        self.pool.mds(&req).await?;
+        self.lockers.remove(&(ino, owner));
+        Ok(())
     }
 
     /// `F_GETLK`: the lock in the way of `[start, end]`, if any.
     pub async fn getlk(&self, ino: u64, owner: u64, start: u64, end: u64, write: bool, pid: u32) -> Result<Option<LockInfo>> {
-        match self.pool.mds(&MdsReq::GetLock { ino, owner, start, end, write, pid }).await? {
+        let session = self.meta.session();
+        match self.pool.mds(&MdsReq::GetLock { ino, owner, start, end, write, pid, session }).await? {
             MdsResp::Lock(l) => Ok(l),
             _ => Err(unexpected("GetLock")),
         }
@@ -938,7 +963,8 @@ impl ClientFs {
             if kind != LockKind::Unlock {
                 self.lockers.insert((ino, owner), ());
             }
-            match self.pool.mds(&MdsReq::SetLock { ino, owner, start, end, kind, pid }).await {
+            let session = self.meta.session();
+            match self.pool.mds(&MdsReq::SetLock { ino, owner, start, end, kind, pid, session }).await {
                 Ok(_) => return Ok(()),
                 Err(Error::WouldBlock(_)) if wait => {
                     tokio::time::sleep(pause).await;

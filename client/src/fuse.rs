@@ -118,12 +118,13 @@ fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
 }
 
 macro_rules! spawn_entry {
-    ($self:ident, $reply:ident, $parent:expr, $fut:expr) => {{
+    ($self:ident, $reply:ident, $parent:expr, $name:expr, $fut:expr) => {{
         let fs = $self.fs.clone();
         let parent = $parent;
+        let name = $name.clone();
         $self.rt.spawn(async move {
             match $fut.await {
-                Ok(a) => $reply.entry(&fs.entry_ttl(parent, a.ino), &file_attr(&a), Generation(0)),
+                Ok(a) => $reply.entry(&fs.entry_ttl(parent, &name, a.ino), &file_attr(&a), Generation(0)),
                 Err(e) => $reply.error(err(&e)),
             }
         });
@@ -165,7 +166,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_entry!(self, reply, parent.0, fs.lookup(parent.0, &name));
+        spawn_entry!(self, reply, parent.0, name, fs.lookup(parent.0, &name));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -223,7 +224,7 @@ impl Filesystem for AifsFuse {
         };
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        spawn_entry!(self, reply, parent.0, fs.mknod(parent.0, &name, mode & !umask, uid, gid));
+        spawn_entry!(self, reply, parent.0, name, fs.mknod(parent.0, &name, mode & !umask, uid, gid));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
@@ -233,7 +234,7 @@ impl Filesystem for AifsFuse {
         };
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        spawn_entry!(self, reply, parent.0, fs.mkdir(parent.0, &name, mode & !umask, uid, gid));
+        spawn_entry!(self, reply, parent.0, name, fs.mkdir(parent.0, &name, mode & !umask, uid, gid));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -264,7 +265,7 @@ impl Filesystem for AifsFuse {
         };
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        spawn_entry!(self, reply, parent.0, fs.symlink(parent.0, &name, &target, uid, gid));
+        spawn_entry!(self, reply, parent.0, name, fs.symlink(parent.0, &name, &target, uid, gid));
     }
 
     fn rename(
@@ -298,7 +299,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_entry!(self, reply, newparent.0, fs.link(ino.0, newparent.0, &name));
+        spawn_entry!(self, reply, newparent.0, name, fs.link(ino.0, newparent.0, &name));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -496,7 +497,7 @@ impl Filesystem for AifsFuse {
                 }
             }
             for (e, a) in entries {
-                let ttl = fs.entry_ttl(ino.0, e.ino);
+                let ttl = fs.entry_ttl(ino.0, &e.name, e.ino);
                 if reply.add(INodeNo(e.ino), e.cookie, &e.name, &ttl, &file_attr(&a), Generation(0)) {
                     break;
                 }
@@ -607,7 +608,7 @@ impl Filesystem for AifsFuse {
         self.rt.spawn(async move {
             match fs.create(parent.0, &name, mode & !umask, uid, gid, exclusive, append).await {
                 Ok(o) => {
-                    let ttl = fs.entry_ttl(parent.0, o.attr.ino);
+                    let ttl = fs.entry_ttl(parent.0, &name, o.attr.ino);
                     reply.created(&ttl, &file_attr(&o.attr), Generation(0), FileHandle(o.fh), fopen_flags(&o))
                 }
                 Err(e) => reply.error(err(&e)),

@@ -210,13 +210,17 @@ impl MetaCache {
     }
 
     /// New attributes of an inode already leased, from this client's own
-    /// change (the MDS notifies everyone else).
+    /// change sent at `snap` (the MDS notifies everyone else). Replies to
+    /// this client's other requests still out predate the change: the
+    /// notice makes them be dropped. If something else changed the inode
+    /// meanwhile, the attributes are forgotten instead.
     pub fn refresh_attr(&self, snap: Snap, a: &Attr) {
-        if !self.usable(snap, snap.session, &[a.ino]) {
-            return;
-        }
-        if self.modes.contains_key(&a.ino) {
+        let fresh = self.usable(snap, snap.session, &[a.ino]);
+        self.notice(a.ino);
+        if fresh && self.modes.contains_key(&a.ino) {
             self.attrs.insert(a.ino, a.clone());
+        } else {
+            self.attrs.remove(&a.ino);
         }
     }
 
@@ -242,9 +246,10 @@ impl MetaCache {
         self.dirs.insert(dir, DirCache { all_names: true, complete: true, parent, ..Default::default() });
     }
 
-    /// Does this client hold `dir`'s entries under a lease?
-    pub fn dentry_leased(&self, dir: u64) -> bool {
-        self.live() && self.dirs.contains_key(&dir)
+    /// Does this client hold `name` in `dir` as `ino`, under the
+    /// directory's lease?
+    pub fn dentry_is(&self, dir: u64, name: &str, ino: u64) -> bool {
+        self.live() && self.dirs.get(&dir).is_some_and(|d| d.names.get(name) == Some(&Some(ino)))
     }
 
     /// A lookup's answer, under the directory's lease.
@@ -256,7 +261,10 @@ impl MetaCache {
     }
 
     /// This client's own change of `name` in `dir`: now names `ino`
-    /// (`None`: nothing), or unknown (`forget`).
+    /// (`None`: nothing), or unknown (`forget`). Callers forget when
+    /// another client changed the directory while the request was out
+    /// (`quiet_since` before any of their own notices): that change may be
+    /// the newer one.
     pub fn local_entry(&self, dir: u64, name: &str, ino: Option<u64>, forget: bool) {
         self.notice(dir);
         if let Some(mut d) = self.dirs.get_mut(&dir) {

@@ -87,11 +87,14 @@ pub struct LeaseTable {
     term: Duration,
     sessions: BTreeMap<SessionId, Session>,
     inodes: BTreeMap<Ino, InodeLeases>,
+    /// Sessions expired by a request since `expire` last reported them:
+    /// their owner (the MDS) still has to drop what it keeps beside leases.
+    reaped: Vec<SessionId>,
 }
 
 impl LeaseTable {
     pub fn new(term: Duration) -> Self {
-        LeaseTable { term, sessions: BTreeMap::new(), inodes: BTreeMap::new() }
+        LeaseTable { term, sessions: BTreeMap::new(), inodes: BTreeMap::new(), reaped: Vec::new() }
     }
 
     pub fn term(&self) -> Duration {
@@ -152,6 +155,7 @@ impl LeaseTable {
         for s in &dead {
             self.close_session(*s);
         }
+        self.reaped.extend(&dead);
         dead
     }
 
@@ -159,7 +163,9 @@ impl LeaseTable {
     /// that stopped asking; returns the expired sessions. The MDS's ticker
     /// runs this; requests run the cheap part.
     pub fn expire(&mut self, now: Instant) -> Vec<SessionId> {
-        let dead = self.expire_sessions(now);
+        self.expire_sessions(now);
+        // Every session expired since the last call, here or by a request.
+        let dead = std::mem::take(&mut self.reaped);
         // A waiter that stopped asking for a whole term has given up.
         let term = self.term;
         self.inodes.retain(|_, l| {
@@ -394,6 +400,22 @@ mod tests {
         assert!(t.holders(0).is_empty());
         t.open_session(9, now + TERM);
         assert_eq!(t.acquire(9, 0, LeaseKind::Write, now + TERM), Decision::Granted { kind: LeaseKind::Write });
+    }
+
+    /// Regression: a session expired by a request's acquire was never
+    /// reported by `expire`, so the MDS kept its locks and open counts.
+    #[test]
+    fn expire_reports_sessions_a_request_expired() {
+        let now = Instant::now();
+        let mut t = LeaseTable::new(TERM);
+        t.open_session(1, now);
+        t.open_session(2, now);
+        assert!(matches!(t.acquire(1, 3, LeaseKind::Write, now), Decision::Granted { .. }));
+        let later = now + TERM;
+        t.heartbeat(2, later);
+        assert!(matches!(t.acquire(2, 3, LeaseKind::Write, later), Decision::Granted { .. }));
+        assert_eq!(t.expire(later), vec![1]);
+        assert_eq!(t.expire(later), Vec::<SessionId>::new());
     }
 
     #[test]

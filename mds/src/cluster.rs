@@ -70,6 +70,22 @@ impl Cluster {
         }
     }
 
+    /// The session a request acts for: the one it names if that is live,
+    /// else the one bound to its connection (0: none).
+    pub fn session_for(&self, peer: &aifs_common::rpc::Peer, named: u64) -> u64 {
+        let now = Instant::now();
+        let live = |s: u64| s != 0 && self.leases.lock().map(|t| t.is_live(s, now)).unwrap_or(false);
+        if live(named) {
+            return named;
+        }
+        let bound = peer.session.load(Ordering::Relaxed);
+        if live(bound) {
+            bound
+        } else {
+            0
+        }
+    }
+
     pub fn is_open(&self, ino: u64) -> bool {
         self.opens.lock().map(|o| o.contains_key(&ino)).unwrap_or(true)
     }

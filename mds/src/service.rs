@@ -106,6 +106,12 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 let c = ns.create(parent, &name, mode, uid, gid, exclusive).await?;
+                // Created and opened: counted at once (an unlink elsewhere
+                // must find it open), closed by the client later.
+                let counted = c.attr.kind == FileKind::File && h.granted() != 0;
+                if counted {
+                    cl.opened(h.id, c.attr.ino);
+                }
                 if c.created {
                     cl.invalidate(h.id, vec![(parent, vec![name])]).await;
                 }
@@ -113,10 +119,11 @@ impl MdsService {
                 // file is opened for writing like any other.
                 let mut a = c.attr;
                 if a.kind == FileKind::File {
-                    cl.acquire(&h, a.ino, LeaseKind::Write).await?;
-                    if h.granted() != 0 {
-                        // Created and opened: the client closes it later.
-                        cl.opened(h.id, a.ino);
+                    if let Err(e) = cl.acquire(&h, a.ino, LeaseKind::Write).await {
+                        if counted && cl.closed(h.id, a.ino) {
+                            self.purge().await;
+                        }
+                        return Err(e);
                     }
                     if !c.created {
                         a = ns.getattr(a.ino).await?;
@@ -358,27 +365,27 @@ impl MdsService {
                 let lease = if h.granted() == 0 { LeaseMode::None } else { kind.into() };
                 MdsResp::Opened { attr, lease }
             }
-            MdsReq::Close { ino } => {
+            MdsReq::Close { ino, session } => {
                 need(peer, NS)?;
-                let s = peer.session.load(std::sync::atomic::Ordering::Relaxed);
+                let s = cl.session_for(peer, session);
                 if cl.closed(s, ino) {
                     self.purge().await;
                 }
                 MdsResp::Done
             }
-            MdsReq::GetLock { ino, owner, start, end, write, pid } => {
+            MdsReq::GetLock { ino, owner, start, end, write, pid, session } => {
                 need(peer, NS)?;
-                let session = peer.session.load(std::sync::atomic::Ordering::Relaxed);
+                let session = cl.session_for(peer, session);
                 let want = Lock { session, owner, start, end, write, pid };
                 let t = cl.locks.lock().map_err(|_| Error::Io("lock table poisoned".into()))?;
                 MdsResp::Lock(t.conflict(ino, &want).map(|l| LockInfo { start: l.start, end: l.end, write: l.write, pid: l.pid }))
             }
-            MdsReq::SetLock { ino, owner, start, end, kind, pid } => {
+            MdsReq::SetLock { ino, owner, start, end, kind, pid, session } => {
                 need(peer, NS)?;
                 // Locks live as long as the session: without one there is
                 // no owner to give them back when the client dies.
-                let session = peer.session.load(std::sync::atomic::Ordering::Relaxed);
-                if session == 0 || cl.holder(peer).granted() == 0 {
+                let session = cl.session_for(peer, session);
+                if session == 0 {
                     return Err(Error::Unavailable("no session to hold locks".into()));
                 }
                 let mut t = cl.locks.lock().map_err(|_| Error::Io("lock table poisoned".into()))?;

@@ -138,6 +138,8 @@ fn a_killed_writer_holds_others_up_only_until_its_session_expires() {
     f.sync_all().unwrap();
     // more bytes, buffered and never flushed: lost with the client
     f.write_all_at(&pattern::bytes(9, 8 * MIB as u64, 100), 8 * MIB as u64).unwrap();
+    // and a lock, which must not outlive the client either
+    flock(&File::open(a.p("dead")).unwrap(), libc::LOCK_EX).unwrap();
     a.kill9();
     let t = Instant::now();
     let w = OpenOptions::new().read(true).write(true).open(b.p("dead")).unwrap();
@@ -151,6 +153,14 @@ fn a_killed_writer_holds_others_up_only_until_its_session_expires() {
     w.write_all_at(b"alive", 0).unwrap();
     drop(w);
     assert_eq!(&fs::read(b.p("dead")).unwrap()[..5], b"alive");
+    // the dead client's lock went with its session (the MDS's ticker
+    // reaps what a request found expired within half a second)
+    let g = File::open(b.p("dead")).unwrap();
+    let t = Instant::now();
+    while let Err(e) = flock(&g, libc::LOCK_EX | libc::LOCK_NB) {
+        assert!(t.elapsed() < Duration::from_secs(3), "a dead client's flock outlived its session: {e}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// stat every file, then `ls -l` the directory, twice on one mount; the

@@ -176,14 +176,16 @@ pub enum MdsReq {
     Open { ino: u64, write: bool, first: bool, exclusive: bool },
     /// Admin: who holds which lease on an inode.
     Leases { ino: u64 },
-    /// The client closed its last handle of a file.
-    Close { ino: u64 },
+    /// The client closed its last handle of a file. Requests that act for
+    /// a session name it: the connection they come on may not be bound yet
+    /// (after a reconnect).
+    Close { ino: u64, session: u64 },
     /// Test for a lock (`F_GETLK`): the first lock in the way, if any.
     /// Ranges are inclusive; `owner` is the kernel's lock owner on the client.
-    GetLock { ino: u64, owner: u64, start: u64, end: u64, write: bool, pid: u32 },
+    GetLock { ino: u64, owner: u64, start: u64, end: u64, write: bool, pid: u32, session: u64 },
     /// Take (`kind` read or write) or release (unlock) a lock without
     /// waiting: a conflict is `WouldBlock`.
-    SetLock { ino: u64, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32 },
+    SetLock { ino: u64, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32, session: u64 },
     /// The file was read: its access time becomes now (ctime unchanged).
     Accessed { ino: u64 },
 }
