@@ -68,8 +68,9 @@ pub struct MetaCache {
     /// Nanoseconds after `base` until which the session is certainly live.
     valid_until: AtomicU64,
     seq: AtomicU64,
-    /// (notice number, inode) of the latest notices.
-    log: Mutex<VecDeque<(u64, u64)>>,
+    /// (notice number, inode, from this client's own change) of the
+    /// latest notices.
+    log: Mutex<VecDeque<(u64, u64, bool)>>,
     /// Attributes, good while their inode's lease holds and no notice
     /// about them came.
     attrs: DashMap<u64, Attr>,
@@ -136,19 +137,31 @@ impl MetaCache {
         Snap { seq: self.seq.load(Ordering::Acquire), session: self.session() }
     }
 
+    /// A notice from the MDS (or a loss of the session).
     fn notice(&self, ino: u64) {
+        self.log_notice(ino, false);
+    }
+
+    /// A notice of this client's own change: replies still out are stale,
+    /// but nobody else changed anything.
+    fn notice_own(&self, ino: u64) {
+        self.log_notice(ino, true);
+    }
+
+    fn log_notice(&self, ino: u64, own: bool) {
         if let Ok(mut l) = self.log.lock() {
             let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
             if l.len() >= NOTICE_LOG {
                 l.pop_front();
             }
-            l.push_back((seq, ino));
+            l.push_back((seq, ino, own));
         }
     }
 
     /// May a reply about `inos` granted under `granted`, to a request sent
-    /// at `snap`, be cached?
-    fn usable(&self, snap: Snap, granted: u64, inos: &[u64]) -> bool {
+    /// at `snap`, be cached? With `others_only`, notices of this client's
+    /// own changes do not count.
+    fn no_notice(&self, snap: Snap, granted: u64, inos: &[u64], others_only: bool) -> bool {
         if granted == 0 || granted != snap.session || self.session() != snap.session || !self.live() {
             return false;
         }
@@ -156,15 +169,20 @@ impl MetaCache {
         if self.seq.load(Ordering::Acquire) == snap.seq {
             return true;
         }
-        if !l.front().is_some_and(|(first, _)| *first <= snap.seq + 1) {
+        if !l.front().is_some_and(|(first, _, _)| *first <= snap.seq + 1) {
             return false;
         }
-        !l.iter().any(|(seq, ino)| *seq > snap.seq && (*ino == ALL || inos.contains(ino)))
+        !l.iter().any(|(seq, ino, own)| *seq > snap.seq && !(others_only && *own) && (*ino == ALL || inos.contains(ino)))
     }
 
-    /// No notice about `ino` since `snap` (and the same session).
+    fn usable(&self, snap: Snap, granted: u64, inos: &[u64]) -> bool {
+        self.no_notice(snap, granted, inos, false)
+    }
+
+    /// Nobody else changed `ino` since `snap` (and the session is the
+    /// same): this client's own changes since then do not count.
     pub fn quiet_since(&self, snap: Snap, ino: u64) -> bool {
-        self.usable(snap, snap.session, &[ino])
+        self.no_notice(snap, snap.session, &[ino], true)
     }
 
     /// Leased attributes of `ino` and the lease's mode.
@@ -216,7 +234,7 @@ impl MetaCache {
     /// meanwhile, the attributes are forgotten instead.
     pub fn refresh_attr(&self, snap: Snap, a: &Attr) {
         let fresh = self.usable(snap, snap.session, &[a.ino]);
-        self.notice(a.ino);
+        self.notice_own(a.ino);
         if fresh && self.modes.contains_key(&a.ino) {
             self.attrs.insert(a.ino, a.clone());
         } else {
@@ -266,7 +284,7 @@ impl MetaCache {
     /// (`quiet_since` before any of their own notices): that change may be
     /// the newer one.
     pub fn local_entry(&self, dir: u64, name: &str, ino: Option<u64>, forget: bool) {
-        self.notice(dir);
+        self.notice_own(dir);
         if let Some(mut d) = self.dirs.get_mut(&dir) {
             if forget {
                 d.names.remove(name);
@@ -353,7 +371,7 @@ impl MetaCache {
 
     /// This client changed `ino`'s attributes (its xattrs): ask again.
     pub fn forget_attr(&self, ino: u64) {
-        self.notice(ino);
+        self.notice_own(ino);
         self.attrs.remove(&ino);
     }
 
@@ -424,6 +442,19 @@ mod tests {
         assert_eq!(m.mode(5), LeaseMode::Write);
         m.drop_ino(5);
         assert_eq!(m.mode(5), LeaseMode::None);
+    }
+
+    #[test]
+    fn own_changes_are_not_taken_for_someone_elses() {
+        let m = live_cache();
+        let s = m.snap();
+        m.local_entry(1, "a", Some(10), false);
+        assert!(m.quiet_since(s, 1), "an own create looked like another client's");
+        // but a reply about the directory sent before it is not kept
+        m.put_dentry(s, 7, 1, "b", None);
+        assert_eq!(m.dentry(1, "b"), None);
+        m.invalidate(1, &["c".into()]);
+        assert!(!m.quiet_since(s, 1));
     }
 
     #[test]
