@@ -254,18 +254,6 @@ impl LeaseTable {
         }
     }
 
-    /// Recall every lease on `ino` held by sessions other than `except`
-    /// (a change to the inode by someone else): the sessions to notify.
-    pub fn recall_all(&mut self, ino: Ino, except: Option<SessionId>, now: Instant) -> Vec<SessionId> {
-        self.expire_sessions(now);
-        let Some(l) = self.inodes.get_mut(&ino) else { return Vec::new() };
-        let out: Vec<SessionId> = l.holders.keys().copied().filter(|h| Some(*h) != except).collect();
-        for h in &out {
-            l.recalled.entry(*h).or_insert(now);
-        }
-        out
-    }
-
     pub fn holders(&self, ino: Ino) -> Vec<(SessionId, LeaseKind)> {
         self.inodes.get(&ino).map(|l| l.holders.iter().map(|(s, k)| (*s, *k)).collect()).unwrap_or_default()
     }
@@ -294,7 +282,6 @@ mod tests {
         Beat(u8),
         Acquire(u8, u8, LeaseKind),
         Release(u8, u8),
-        RecallAll(u8),
         Downgrade(u8, u8),
         Close(u8),
         Advance(u16),
@@ -307,7 +294,6 @@ mod tests {
             3 => (0u8..4).prop_map(Op::Beat),
             4 => (0u8..4, 0u8..3, kind).prop_map(|(s, i, k)| Op::Acquire(s, i, k)),
             2 => (0u8..4, 0u8..3).prop_map(|(s, i)| Op::Release(s, i)),
-            1 => (0u8..3).prop_map(Op::RecallAll),
             1 => (0u8..4, 0u8..3).prop_map(|(s, i)| Op::Downgrade(s, i)),
             1 => (0u8..4).prop_map(Op::Close),
             3 => (0u16..6000).prop_map(Op::Advance),
@@ -344,7 +330,6 @@ mod tests {
                         }
                     }
                     Op::Release(s, i) => t.release(s as u64, i as u64),
-                    Op::RecallAll(i) => { t.recall_all(i as u64, None, now); }
                     Op::Downgrade(s, i) => t.downgrade(s as u64, i as u64),
                     Op::Close(s) => t.close_session(s as u64),
                     Op::Advance(ms) => now += Duration::from_millis(ms as u64),

@@ -141,28 +141,33 @@ impl Cluster {
     /// connection once it heartbeats).
     async fn revoke(self: Arc<Self>, session: u64, ino: u64) {
         tracing::debug!(session, ino, "revoking lease");
-        while self.is_live(session) {
+        let Some(r) = self.deliver(session, &RecallReq::Revoke { ino }, None).await else { return };
+        if let RecallResp::Err(e) = r {
+            // It dropped its caches; the write error stays with the client
+            // for its next flush, fsync or close.
+            tracing::warn!(session, ino, code = e.code, msg = %e.msg, "holder released after a failed flush");
+        }
+        tracing::debug!(session, ino, "lease released");
+        if let Ok(mut t) = self.leases.lock() {
+            t.release(session, ino);
+        }
+        self.released.notify_waiters();
+    }
+
+    /// Send `req` to `session` over its connection, again every `POLL`
+    /// while it fails, until it is answered, the session ends or
+    /// `deadline` passes (`None`: only the session's end stops it).
+    async fn deliver(&self, session: u64, req: &RecallReq, deadline: Option<Instant>) -> Option<RecallResp> {
+        while deadline.is_none_or(|d| Instant::now() < d) && self.is_live(session) {
             if let Some(conn) = self.conn_of(session) {
-                match call_on::<_, RecallResp>(&conn, &RecallReq::Revoke { ino }, self.term()).await {
-                    Ok(r) => {
-                        if let RecallResp::Err(e) = r {
-                            // It dropped its caches; the write error stays
-                            // with the client for its next flush, fsync or
-                            // close.
-                            tracing::warn!(session, ino, code = e.code, msg = %e.msg, "holder released after a failed flush");
-                        }
-                        tracing::debug!(session, ino, "lease released");
-                        if let Ok(mut t) = self.leases.lock() {
-                            t.release(session, ino);
-                        }
-                        self.released.notify_waiters();
-                        return;
-                    }
-                    Err(e) => tracing::info!(session, ino, error = %e, "recall not delivered; retrying until the session expires"),
+                match call_on::<_, RecallResp>(&conn, req, self.term()).await {
+                    Ok(r) => return Some(r),
+                    Err(e) => tracing::debug!(session, error = %e, "recall not delivered; retrying until the session expires"),
                 }
             }
             tokio::time::sleep(POLL).await;
         }
+        None
     }
 
     /// Tell every holder of each `(ino, names)` except `except` to drop what
@@ -185,15 +190,7 @@ impl Cluster {
 
     async fn notify(self: Arc<Self>, session: u64, req: RecallReq) {
         let deadline = Instant::now() + self.term() + Duration::from_secs(1);
-        while Instant::now() < deadline && self.is_live(session) {
-            if let Some(conn) = self.conn_of(session) {
-                match call_on::<_, RecallResp>(&conn, &req, self.term()).await {
-                    Ok(_) => return,
-                    Err(e) => tracing::debug!(session, error = %e, "invalidation not delivered; retrying until the session expires"),
-                }
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        self.deliver(session, &req, Some(deadline)).await;
     }
 
     /// Who holds what on `ino` (`mdsctl leases`).

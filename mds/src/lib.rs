@@ -89,7 +89,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
             tokio::time::sleep(Duration::from_millis(500)).await;
             tick_cluster.tick();
             n += 1;
-            if n % 4 == 0 {
+            if n.is_multiple_of(4) {
                 tick_svc.purge().await;
             }
         }

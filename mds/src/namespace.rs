@@ -383,10 +383,9 @@ impl Namespace {
             .await
     }
 
-    /// Readdir with attributes: one read per shard the entries' inodes
-    /// live on. An entry whose inode vanished in between is left out.
-    pub async fn readdir_plus(&self, ino: u64, cookie: u64, max: u32) -> Result<(Vec<(DirEntry, Attr)>, bool, u64)> {
-        let (entries, eof, parent) = self.readdir(ino, cookie, max).await?;
+    /// Entries of a readdir with their attributes: one read per shard the
+    /// inodes live on. An entry whose inode vanished in between is left out.
+    pub async fn with_attrs(&self, entries: Vec<DirEntry>) -> Result<Vec<(DirEntry, Attr)>> {
         let mut by_shard: std::collections::BTreeMap<u32, Vec<u64>> = std::collections::BTreeMap::new();
         for e in &entries {
             by_shard.entry(shard_of(e.ino)).or_default().push(e.ino);
@@ -410,8 +409,7 @@ impl Namespace {
                 .await?;
             attrs.extend(got.into_iter().map(|a| (a.ino, a)));
         }
-        let out = entries.into_iter().filter_map(|e| attrs.get(&e.ino).cloned().map(|a| (e, a))).collect();
-        Ok((out, eof, parent))
+        Ok(entries.into_iter().filter_map(|e| attrs.get(&e.ino).cloned().map(|a| (e, a))).collect())
     }
 
     /// Free the nameless files no client has open any more; returns how

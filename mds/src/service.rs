@@ -183,20 +183,12 @@ impl MdsService {
                 let h = cl.holder(peer);
                 cl.acquire(&h, ino, LeaseKind::Read).await?;
                 // Leases on the entries before their attributes are read:
-                // writers of them flush first.
-                let (entries, _, _) = ns.readdir(ino, cookie, max).await?;
+                // writers of them flush first. Entries changed after the
+                // read reach this client as invalidations of the directory.
+                let (entries, eof, parent) = ns.readdir(ino, cookie, max).await?;
                 let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
                 cl.acquire_read_all(&h, &inos).await?;
-                let (pairs, eof, parent) = ns.readdir_plus(ino, cookie, max).await?;
-                let (entries, mut attrs): (Vec<DirEntry>, Vec<Attr>) = pairs.into_iter().unzip();
-                let leased: std::collections::HashSet<u64> = inos.into_iter().collect();
-                // Entries that appeared between the two reads: lease them,
-                // then read their attributes again.
-                for (e, a) in entries.iter().zip(attrs.iter_mut()) {
-                    if !leased.contains(&e.ino) {
-                        *a = self.read_attr(&h, e.ino).await?;
-                    }
-                }
+                let (entries, attrs): (Vec<DirEntry>, Vec<Attr>) = ns.with_attrs(entries).await?.into_iter().unzip();
                 *grant = h.granted();
                 MdsResp::DirPlus { entries, attrs, eof, parent }
             }
