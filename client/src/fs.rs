@@ -485,11 +485,16 @@ impl ClientFs {
     /// Tell the MDS this client closed its last handle of `ino` (a file
     /// unlinked meanwhile is freed once no client has it open).
     fn send_close(&self, ino: u64) {
+        self.post(MdsReq::Close { ino, session: self.meta.session() }, "close not delivered; the session's end releases it");
+    }
+
+    /// Send `req` to the MDS in the background; a failure is only logged
+    /// (`what`), nothing waits for the answer.
+    fn post(&self, req: MdsReq, what: &'static str) {
         let pool = self.pool.clone();
-        let session = self.meta.session();
         tokio::spawn(async move {
-            if let Err(e) = pool.mds(&MdsReq::Close { ino, session }).await {
-                tracing::debug!(ino, error = %e, "close not delivered; the session's end releases it");
+            if let Err(e) = pool.mds(&req).await {
+                tracing::debug!(?req, error = %e, "{what}");
             }
         });
     }
@@ -574,9 +579,8 @@ impl ClientFs {
             return Err(Error::IsDir);
         }
         // The creator holds a write lease on the new file.
-        let quiet = self.meta.quiet_since(snap, parent);
         self.meta.put_attr(snap, granted, &a, LeaseMode::Write);
-        self.meta.local_entry(parent, name, Some(a.ino), !quiet);
+        self.meta.local_entry(snap, parent, name, Some(a.ino), false);
         let f = self.file_state(&a)?;
         f.set_size(a.size, false);
         Ok(Opened { fh: self.new_handle(&f, append, &a), attr: a, keep_cache: false, direct_io: append })
@@ -597,8 +601,7 @@ impl ClientFs {
     async fn made(&self, req: MdsReq, parent: u64, name: &str, what: &str) -> Result<Attr> {
         let snap = self.meta.snap();
         let a = self.change(snap, req, what).await?.filter(|a| a.ino != 0).ok_or_else(|| unexpected(what))?;
-        let quiet = self.meta.quiet_since(snap, parent);
-        self.meta.local_entry(parent, name, Some(a.ino), !quiet);
+        self.meta.local_entry(snap, parent, name, Some(a.ino), false);
         Ok(a)
     }
 
@@ -621,8 +624,7 @@ impl ClientFs {
         match r? {
             MdsResp::Changed { attr: Some(a), dirs } if a.ino != 0 => {
                 self.changed_dirs(snap, &dirs);
-                let quiet = self.meta.quiet_since(snap, parent);
-                self.meta.local_entry(parent, name, Some(a.ino), !quiet);
+                self.meta.local_entry(snap, parent, name, Some(a.ino), false);
                 if self.cache_on() {
                     self.meta.put_attr(snap, granted, &a, LeaseMode::Read);
                     self.meta.new_dir(snap, granted, a.ino, parent);
@@ -652,8 +654,7 @@ impl ClientFs {
         let child = self.cached_child(parent, name);
         let snap = self.meta.snap();
         let r = self.change(snap, MdsReq::Unlink { parent, name: name.to_string() }, "Unlink").await;
-        let quiet = self.meta.quiet_since(snap, parent);
-        self.meta.local_entry(parent, name, None, r.is_err() || !quiet);
+        self.meta.local_entry(snap, parent, name, None, r.is_err());
         if let Some(c) = child {
             self.meta.forget_attr(c);
         }
@@ -664,8 +665,7 @@ impl ClientFs {
         let child = self.cached_child(parent, name);
         let snap = self.meta.snap();
         let r = self.change(snap, MdsReq::Rmdir { parent, name: name.to_string() }, "Rmdir").await;
-        let quiet = self.meta.quiet_since(snap, parent);
-        self.meta.local_entry(parent, name, None, r.is_err() || !quiet);
+        self.meta.local_entry(snap, parent, name, None, r.is_err());
         if let Some(c) = child {
             self.meta.drop_ino(c);
         }
@@ -679,9 +679,8 @@ impl ClientFs {
         let snap = self.meta.snap();
         let r = self.change(snap, req, "Rename").await;
         let ok = r.is_ok();
-        let (q1, q2) = (self.meta.quiet_since(snap, parent), self.meta.quiet_since(snap, newparent));
-        self.meta.local_entry(parent, name, None, !ok || !q1);
-        self.meta.local_entry(newparent, newname, moved, !ok || !q2 || moved.is_none());
+        self.meta.local_entry(snap, parent, name, None, !ok);
+        self.meta.local_entry(snap, newparent, newname, moved, !ok || moved.is_none());
         for ino in [moved, replaced].into_iter().flatten() {
             // A moved directory's `..` changed; a replaced inode lost a link.
             self.meta.drop_ino(ino);
@@ -860,12 +859,7 @@ impl ClientFs {
         if atime > mtime && atime > ctime && now - atime < DAY_NS {
             return;
         }
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            if let Err(e) = pool.mds(&MdsReq::Accessed { ino }).await {
-                tracing::debug!(ino, error = %e, "access time not set");
-            }
-        });
+        self.post(MdsReq::Accessed { ino }, "access time not set");
         self.meta.forget_attr(ino);
     }
 

@@ -169,7 +169,8 @@ impl MetaCache {
         if self.seq.load(Ordering::Acquire) == snap.seq {
             return true;
         }
-        if !l.front().is_some_and(|(first, _, _)| *first <= snap.seq + 1) {
+        // The log no longer reaches back to the request: assume the worst.
+        if l.front().is_none_or(|(first, _, _)| *first > snap.seq + 1) {
             return false;
         }
         !l.iter().any(|(seq, ino, own)| *seq > snap.seq && !(others_only && *own) && (*ino == ALL || inos.contains(ino)))
@@ -278,12 +279,12 @@ impl MetaCache {
         self.dirs.entry(dir).or_default().names.insert(name.to_string(), ino);
     }
 
-    /// This client's own change of `name` in `dir`: now names `ino`
-    /// (`None`: nothing), or unknown (`forget`). Callers forget when
-    /// another client changed the directory while the request was out
-    /// (`quiet_since` before any of their own notices): that change may be
-    /// the newer one.
-    pub fn local_entry(&self, dir: u64, name: &str, ino: Option<u64>, forget: bool) {
+    /// This client's own change of `name` in `dir`, sent at `snap`: now
+    /// names `ino` (`None`: nothing), or unknown (`forget`). If another
+    /// client changed the directory while the request was out, the name is
+    /// forgotten: that change may be the newer one.
+    pub fn local_entry(&self, snap: Snap, dir: u64, name: &str, ino: Option<u64>, forget: bool) {
+        let forget = forget || !self.quiet_since(snap, dir);
         self.notice_own(dir);
         if let Some(mut d) = self.dirs.get_mut(&dir) {
             if forget {
@@ -448,7 +449,7 @@ mod tests {
     fn own_changes_are_not_taken_for_someone_elses() {
         let m = live_cache();
         let s = m.snap();
-        m.local_entry(1, "a", Some(10), false);
+        m.local_entry(s, 1, "a", Some(10), false);
         assert!(m.quiet_since(s, 1), "an own create looked like another client's");
         // but a reply about the directory sent before it is not kept
         m.put_dentry(s, 7, 1, "b", None);
@@ -492,7 +493,7 @@ mod tests {
         assert_eq!(m.dentry(1, "f2"), Some(Some(102)));
         // the whole directory is known: a missing name needs no lookup
         assert_eq!(m.dentry(1, "nope"), Some(None));
-        m.local_entry(1, "mine", Some(200), false);
+        m.local_entry(m.snap(), 1, "mine", Some(200), false);
         assert_eq!(m.dentry(1, "mine"), Some(Some(200)));
         assert_eq!(m.dentry(1, "nope"), Some(None));
         m.invalidate(1, &["f1".to_string()]);
