@@ -6,10 +6,11 @@
 use crate::config::ClientConfig;
 use crate::data::prefetch;
 use crate::data::writeback::{DataCtx, FileState};
+use crate::dirops::{DirOps, RESERVE_BATCH};
 use crate::meta::{MetaCache, Snap};
 use crate::pool::Pool;
 use aifs_common::certs::Role;
-use aifs_common::proto::mds::{Attr, DirEntry, FileKind, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs};
+use aifs_common::proto::mds::{Attr, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs};
 use aifs_common::rpc::{self, Identity, Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -113,6 +114,9 @@ pub struct ClientFs {
     /// (inode, lock owner) pairs that took a lock through this client: a
     /// close by that owner releases its locks at the MDS.
     lockers: DashMap<(u64, u64), ()>,
+    /// Changes made under directories' write leases, on their way to the
+    /// MDS (dirops.rs).
+    dirops: Arc<DirOps>,
 }
 
 fn unexpected(what: &str) -> Error {
@@ -129,9 +133,11 @@ impl Service for RecallService {
     type Resp = RecallResp;
 
     async fn call(&self, _peer: &Arc<Peer>, req: RecallReq, _payload: Bytes) -> (RecallResp, Vec<Bytes>) {
-        let Some(fs) = self.fs.upgrade() else { return (RecallResp::Done, vec![]) };
+        let Some(fs) = self.fs.upgrade() else {
+            return (RecallResp::Done, vec![]);
+        };
         match fs.on_recall(req).await {
-            Ok(()) => (RecallResp::Done, vec![]),
+            Ok(r) => (r, vec![]),
             Err(e) => (RecallResp::Err(e.to_wire()), vec![]),
         }
     }
@@ -174,6 +180,7 @@ impl ClientFs {
             kernel: OnceLock::new(),
             rebind: Notify::new(),
             lockers: DashMap::new(),
+            dirops: Arc::new(DirOps::default()),
         });
         // Every connection to the MDS carries its recalls back to us; a new
         // one (after a reconnect) gets the session bound by a heartbeat.
@@ -190,7 +197,9 @@ impl ClientFs {
             // Background flusher: partial units do not sit in memory forever,
             // and all of them go when a writer runs out of budget.
             loop {
-                let Some(ctx) = weak.upgrade().map(|fs| fs.ctx.clone()) else { return };
+                let Some(ctx) = weak.upgrade().map(|fs| fs.ctx.clone()) else {
+                    return;
+                };
                 let older_than = tokio::select! {
                     _ = tokio::time::sleep(FLUSH_TICK) => Some(STALE_UNIT),
                     _ = ctx.pressure.notified() => None,
@@ -204,6 +213,7 @@ impl ClientFs {
                 }
             }
         });
+        tokio::spawn(Self::send_dirops(Arc::downgrade(&fs)));
         let hb = fs.open_session().await?;
         fs.pool.refresh_osds().await?;
         let weak = Arc::downgrade(&fs);
@@ -222,6 +232,7 @@ impl ClientFs {
                     Err(Error::Stale) => {
                         tracing::info!("session unknown to the MDS (restart, expiry or eviction); opening a new one");
                         fs.meta.clear();
+                        fs.dirops.lost_leases();
                         let _ = fs.open_session().await;
                     }
                     Err(e) => tracing::warn!(error = %e, "session heartbeat failed"),
@@ -229,6 +240,195 @@ impl ClientFs {
             }
         });
         Ok(fs)
+    }
+
+    /// One MDS request, after every change this client made under a
+    /// directory's write lease reached the MDS (dirops.rs, "Order").
+    async fn mds(&self, req: &MdsReq) -> Result<MdsResp> {
+        self.dirops.barrier().await;
+        self.pool.mds(req).await
+    }
+
+    /// `mds`, with the session the reply's leases were granted under.
+    async fn mds_leased(&self, req: &MdsReq) -> (Result<MdsResp>, u64) {
+        self.dirops.barrier().await;
+        self.pool.mds_leased(req).await
+    }
+
+    /// Send the changes made under directory leases, a batch at a time
+    /// (changes made while one batch is out go in the next), and reserve
+    /// inode numbers for the directories that run low.
+    async fn send_dirops(weak: Weak<ClientFs>) {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let Some(ops) = weak.upgrade().map(|fs| fs.dirops.clone()) else {
+                return;
+            };
+            let woken = ops.queued.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let Some(fs) = weak.upgrade() else { return };
+            loop {
+                // Numbers for directories running low first: without them
+                // creates there go to the MDS, behind every queued change.
+                fs.reserve(&ops).await;
+                let Some((batch, last)) = ops.take_batch() else {
+                    break;
+                };
+                loop {
+                    match fs.pool.mds(&MdsReq::Apply { ops: batch.clone() }).await {
+                        Ok(MdsResp::Applied(rs)) => {
+                            fs.not_applied(&batch, rs).await;
+                            break;
+                        }
+                        // The MDS is away (restarting, say): the batch goes
+                        // again; applying a change twice changes nothing.
+                        Err(e @ (Error::Transport(_) | Error::Unavailable(_))) => {
+                            tracing::warn!(error = %e, changes = batch.len(), "changes not delivered to the MDS; retrying");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(1));
+                        }
+                        r => {
+                            let e = r.err().unwrap_or_else(|| unexpected("Apply"));
+                            fs.not_applied(&batch, vec![Some(e.to_wire()); batch.len()]).await;
+                            break;
+                        }
+                    }
+                }
+                pause = Duration::from_millis(10);
+                ops.answered(last);
+            }
+            drop(fs);
+            woken.await;
+        }
+    }
+
+    /// Reserve inode numbers for the directories that asked.
+    async fn reserve(&self, ops: &DirOps) {
+        for dir in ops.take_refills() {
+            let got = match self.pool.mds(&MdsReq::Reserve { dir, count: RESERVE_BATCH }).await {
+                Ok(MdsResp::Reserved(v)) => v,
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    tracing::debug!(dir, error = %e, "no inode numbers reserved; creates there go to the MDS");
+                    Vec::new()
+                }
+            };
+            ops.refilled(dir, got);
+        }
+    }
+
+    /// Changes the MDS refused (the lease was lost, and another client
+    /// changed the directory meanwhile): said loudly, and forgotten here.
+    async fn not_applied(&self, batch: &[DirOp], results: Vec<Option<aifs_common::error::WireError>>) {
+        for (op, r) in batch.iter().zip(results) {
+            let Some(e) = r else { continue };
+            let e = Error::from_wire(e.code, &e.msg);
+            let (parent, name, ino) = match op {
+                DirOp::Create { parent, name, ino, .. } => {
+                    tracing::error!(parent, name, ino, error = %e, "a file made under a directory lease was refused by the MDS; it does not exist");
+                    if let Some(f) = self.files.get(ino) {
+                        f.fail(Error::Io(format!("file {name:?} was never created at the MDS: {e}")));
+                    }
+                    (parent, name, ino)
+                }
+                DirOp::Unlink { parent, name, ino, .. } => {
+                    tracing::error!(parent, name, ino, error = %e, "an unlink made under a directory lease was refused by the MDS");
+                    (parent, name, ino)
+                }
+            };
+            self.meta.drop_ino(*ino);
+            self.meta.invalidate(*parent, std::slice::from_ref(name));
+            self.tell_kernel(*parent, vec![name.clone()], false).await;
+        }
+    }
+
+    /// A create answered here, under the directory's write lease, with an
+    /// inode number reserved there. `None`: the MDS must answer (no lease,
+    /// no number left, or the name is not known to be free).
+    fn create_here(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool) -> Option<Result<Attr>> {
+        if !self.cache_on() {
+            return None;
+        }
+        self.dirops.local(parent, |l| {
+            match self.meta.dentry(parent, name)? {
+                None => {}
+                Some(_) if exclusive => return Some(Err(Error::Exists)),
+                // Opening the file there: the MDS counts the open.
+                Some(_) => return None,
+            }
+            let snap = self.meta.snap();
+            let r = l.take()?;
+            let now = aifs_common::time::now_ns();
+            let a = Attr {
+                ino: r.ino,
+                kind: FileKind::File,
+                perm: mode & 0o7777,
+                nlink: 1,
+                uid,
+                gid,
+                size: 0,
+                atime_ns: now,
+                mtime_ns: now,
+                ctime_ns: now,
+                layout: Some(r.layout.clone()),
+                xattrs: 0,
+            };
+            l.push(DirOp::Create {
+                parent,
+                name: name.to_string(),
+                ino: r.ino,
+                layout: r.layout,
+                mode,
+                uid,
+                gid,
+                time_ns: now,
+                open: true,
+            });
+            // The creator holds a write lease on the new file.
+            self.meta.put_attr(snap, snap.session(), &a, LeaseMode::Write);
+            self.meta.local_entry(snap, parent, name, Some(a.ino), false);
+            self.meta.touch_dir(parent, now);
+            Some(Ok(a))
+        })
+    }
+
+    /// An unlink answered here, under the directory's write lease, of a
+    /// name this client knows. `None`: the MDS must answer.
+    fn unlink_here(&self, parent: u64, name: &str) -> Option<Result<()>> {
+        if !self.cache_on() {
+            return None;
+        }
+        self.dirops.local(parent, |l| {
+            let Some(ino) = self.meta.dentry(parent, name)? else {
+                return Some(Err(Error::NotFound));
+            };
+            let (a, _) = self.meta.attr(ino)?;
+            if a.kind == FileKind::Dir {
+                return Some(Err(Error::IsDir));
+            }
+            let snap = self.meta.snap();
+            let now = aifs_common::time::now_ns();
+            l.push(DirOp::Unlink { parent, name: name.to_string(), ino, time_ns: now });
+            self.meta.local_entry(snap, parent, name, None, false);
+            self.meta.forget_attr(ino);
+            self.meta.touch_dir(parent, now);
+            Some(Ok(()))
+        })
+    }
+
+    /// The MDS granted `dir`'s write lease in a reply to a request sent at
+    /// `snap`: kept unless the lease was recalled meanwhile.
+    fn writable(&self, snap: Snap, granted: u64, dir: u64) {
+        if dir != 0 && self.cache_on() && granted != 0 && granted == snap.session() && self.meta.quiet_since(snap, dir) {
+            self.dirops.grant(dir);
+        }
+    }
+
+    /// Wait until every change made under directory leases is at the MDS
+    /// (`fsync` of a directory).
+    pub async fn sync_dirs(&self) {
+        self.dirops.barrier().await;
     }
 
     /// Where to send kernel cache notices (set once the FUSE session is up).
@@ -262,8 +462,12 @@ impl ClientFs {
                 tracing::warn!(ino = f.ino, error = %e, "flush at unmount failed");
             }
         }
+        if tokio::time::timeout(Duration::from_secs(30), self.dirops.barrier()).await.is_err() {
+            tracing::error!("changes made under directory leases were not all applied before the unmount");
+        }
         let id = self.meta.session();
         self.meta.clear();
+        self.dirops.lost_leases();
         // An MDS that is gone must not hold up the unmount.
         let req = MdsReq::CloseSession { id };
         let close = self.pool.mds(&req);
@@ -276,7 +480,7 @@ impl ClientFs {
     // ---- recalls -------------------------------------------------------
 
     /// The MDS recalls or invalidates something this client caches.
-    pub async fn on_recall(&self, req: RecallReq) -> Result<()> {
+    pub async fn on_recall(&self, req: RecallReq) -> Result<RecallResp> {
         match req {
             RecallReq::Invalidate { ino, names } => {
                 // Under a shared-write lease another writer published: the
@@ -286,8 +490,22 @@ impl ClientFs {
                 if let Some(f) = self.files.get(&ino).map(|f| f.clone()) {
                     f.forget_cached();
                 }
+                if names.is_empty() {
+                    // Its default layout may have changed.
+                    self.dirops.forget_reserved(ino);
+                }
                 self.tell_kernel(ino, names, pages).await;
-                Ok(())
+                Ok(RecallResp::Done)
+            }
+            RecallReq::Revoke { ino } if self.dirops.writable(ino) || self.meta.knows_dir(ino) => {
+                // A directory: the changes made here under its write lease
+                // go first; what is cached of it stays right, under the
+                // read lease the MDS leaves this client.
+                self.meta.demoted(ino);
+                if let Some(n) = self.dirops.revoke(ino) {
+                    self.dirops.wait(n).await;
+                }
+                Ok(RecallResp::Demoted)
             }
             RecallReq::Revoke { ino } => {
                 let f = self.files.get(&ino).map(|f| f.clone());
@@ -305,13 +523,15 @@ impl ClientFs {
                     None => self.meta.drop_ino(ino),
                 }
                 self.tell_kernel(ino, Vec::new(), true).await;
-                res
+                res.map(|_| RecallResp::Done)
             }
         }
     }
 
     async fn tell_kernel(&self, ino: u64, names: Vec<String>, data: bool) {
-        let Some(k) = self.kernel.get().cloned() else { return };
+        let Some(k) = self.kernel.get().cloned() else {
+            return;
+        };
         let job = tokio::task::spawn_blocking(move || {
             for n in &names {
                 k.forget_entry(ino, n);
@@ -380,7 +600,7 @@ impl ClientFs {
             }
         }
         let snap = self.meta.snap();
-        let (r, granted) = self.pool.mds_leased(&MdsReq::Lookup { parent, name: name.to_string() }).await;
+        let (r, granted) = self.mds_leased(&MdsReq::Lookup { parent, name: name.to_string() }).await;
         match r {
             Ok(MdsResp::Attr(a)) if a.ino != 0 => {
                 if self.cache_on() {
@@ -416,7 +636,7 @@ impl ClientFs {
             return Ok(self.overlay(a));
         }
         let snap = self.meta.snap();
-        let (r, granted) = self.pool.mds_leased(&MdsReq::GetAttr { ino }).await;
+        let (r, granted) = self.mds_leased(&MdsReq::GetAttr { ino }).await;
         match r? {
             MdsResp::Attr(a) if a.ino == ino => {
                 self.keep(snap, granted, &a, LeaseMode::Read);
@@ -437,7 +657,7 @@ impl ClientFs {
         }
         let size = set.size;
         let snap = self.meta.snap();
-        let a = match self.pool.mds(&MdsReq::SetAttr { ino, set }).await {
+        let a = match self.mds(&MdsReq::SetAttr { ino, set }).await {
             Ok(MdsResp::Attr(a)) => a,
             Ok(_) => return Err(unexpected("SetAttr")),
             Err(e) => {
@@ -485,6 +705,10 @@ impl ClientFs {
     /// Tell the MDS this client closed its last handle of `ino` (a file
     /// unlinked meanwhile is freed once no client has it open).
     fn send_close(&self, ino: u64) {
+        if self.dirops.closed(ino) {
+            // Its create has not gone yet: it goes as a closed file.
+            return;
+        }
         self.post(MdsReq::Close { ino, session: self.meta.session() }, "close not delivered; the session's end releases it");
     }
 
@@ -492,7 +716,9 @@ impl ClientFs {
     /// (`what`), nothing waits for the answer.
     fn post(&self, req: MdsReq, what: &'static str) {
         let pool = self.pool.clone();
+        let dirops = self.dirops.clone();
         tokio::spawn(async move {
+            dirops.barrier().await;
             if let Err(e) = pool.mds(&req).await {
                 tracing::debug!(?req, error = %e, "{what}");
             }
@@ -512,7 +738,7 @@ impl ClientFs {
     async fn take_lease(&self, ino: u64, write: Want, first: bool) -> Result<(Attr, LeaseMode)> {
         let snap = self.meta.snap();
         let req = MdsReq::Open { ino, write: write != Want::Read, first, exclusive: write == Want::Append };
-        let (r, granted) = self.pool.mds_leased(&req).await;
+        let (r, granted) = self.mds_leased(&req).await;
         match r? {
             MdsResp::Opened { attr, lease } if attr.ino == ino => {
                 // The lease is recorded even with caching off: writes and
@@ -565,12 +791,18 @@ impl ClientFs {
     }
 
     pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool, append: bool) -> Result<Opened> {
+        if let Some(r) = self.create_here(parent, name, mode, uid, gid, exclusive) {
+            let a = r?;
+            let f = self.file_state(&a)?;
+            return Ok(Opened { fh: self.new_handle(&f, append, &a), attr: a, keep_cache: false, direct_io: append });
+        }
         let req = MdsReq::Create { parent, name: name.to_string(), mode, uid, gid, exclusive };
         let snap = self.meta.snap();
-        let (r, granted) = self.pool.mds_leased(&req).await;
+        let (r, granted) = self.mds_leased(&req).await;
         let a = match r? {
-            MdsResp::Changed { attr: Some(a), dirs } if a.ino != 0 => {
+            MdsResp::Changed { attr: Some(a), dirs, writable } if a.ino != 0 => {
                 self.changed_dirs(snap, &dirs);
+                self.writable(snap, granted, writable);
                 a
             }
             _ => return Err(unexpected("Create")),
@@ -588,8 +820,8 @@ impl ClientFs {
 
     /// A namespace change of this client's: the new inode's attributes.
     async fn change(&self, snap: Snap, req: MdsReq, what: &str) -> Result<Option<Attr>> {
-        match self.pool.mds(&req).await? {
-            MdsResp::Changed { attr, dirs } => {
+        match self.mds(&req).await? {
+            MdsResp::Changed { attr, dirs, .. } => {
                 self.changed_dirs(snap, &dirs);
                 Ok(attr)
             }
@@ -620,14 +852,15 @@ impl ClientFs {
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
         let snap = self.meta.snap();
         let req = MdsReq::Mkdir { parent, name: name.to_string(), mode, uid, gid };
-        let (r, granted) = self.pool.mds_leased(&req).await;
+        let (r, granted) = self.mds_leased(&req).await;
         match r? {
-            MdsResp::Changed { attr: Some(a), dirs } if a.ino != 0 => {
+            MdsResp::Changed { attr: Some(a), dirs, writable } if a.ino != 0 => {
                 self.changed_dirs(snap, &dirs);
                 self.meta.local_entry(snap, parent, name, Some(a.ino), false);
                 if self.cache_on() {
                     self.meta.put_attr(snap, granted, &a, LeaseMode::Read);
                     self.meta.new_dir(snap, granted, a.ino, parent);
+                    self.writable(snap, granted, writable);
                 }
                 Ok(a)
             }
@@ -651,6 +884,9 @@ impl ClientFs {
     }
 
     pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+        if let Some(r) = self.unlink_here(parent, name) {
+            return r;
+        }
         let child = self.cached_child(parent, name);
         let snap = self.meta.snap();
         let r = self.change(snap, MdsReq::Unlink { parent, name: name.to_string() }, "Unlink").await;
@@ -689,7 +925,7 @@ impl ClientFs {
     }
 
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
-        match self.pool.mds(&MdsReq::Readlink { ino }).await? {
+        match self.mds(&MdsReq::Readlink { ino }).await? {
             MdsResp::Bytes(b) => Ok(b),
             _ => Err(unexpected("Readlink")),
         }
@@ -703,7 +939,7 @@ impl ClientFs {
             }
         }
         let snap = self.meta.snap();
-        let (r, granted) = self.pool.mds_leased(&MdsReq::Readdir { ino, cookie, max: READDIR_BATCH }).await;
+        let (r, granted) = self.mds_leased(&MdsReq::Readdir { ino, cookie, max: READDIR_BATCH }).await;
         match r? {
             MdsResp::Dir { entries, parent, eof } => {
                 if self.cache_on() {
@@ -737,7 +973,7 @@ impl ClientFs {
             }
         }
         let snap = self.meta.snap();
-        let (r, granted) = self.pool.mds_leased(&MdsReq::ReaddirPlus { ino, cookie, max: READDIR_BATCH }).await;
+        let (r, granted) = self.mds_leased(&MdsReq::ReaddirPlus { ino, cookie, max: READDIR_BATCH }).await;
         match r? {
             MdsResp::DirPlus { entries, attrs, parent, eof } if entries.len() == attrs.len() => {
                 if self.cache_on() {
@@ -754,7 +990,7 @@ impl ClientFs {
     }
 
     pub async fn statfs(&self) -> Result<Statfs> {
-        match self.pool.mds(&MdsReq::Statfs).await? {
+        match self.mds(&MdsReq::Statfs).await? {
             MdsResp::Statfs(s) => Ok(s),
             _ => Err(unexpected("Statfs")),
         }
@@ -769,7 +1005,7 @@ impl ClientFs {
         if self.known_without_xattrs(ino) {
             return Err(Error::NoXattr);
         }
-        match self.pool.mds(&MdsReq::GetXattr { ino, name: name.to_string() }).await? {
+        match self.mds(&MdsReq::GetXattr { ino, name: name.to_string() }).await? {
             MdsResp::Bytes(b) => Ok(b),
             _ => Err(unexpected("GetXattr")),
         }
@@ -785,7 +1021,7 @@ impl ClientFs {
         if self.known_without_xattrs(ino) {
             return Ok(Vec::new());
         }
-        match self.pool.mds(&MdsReq::ListXattr { ino }).await? {
+        match self.mds(&MdsReq::ListXattr { ino }).await? {
             MdsResp::Names(n) => Ok(n),
             _ => Err(unexpected("ListXattr")),
         }
@@ -814,6 +1050,10 @@ impl ClientFs {
     /// lease no other client shares (the end is then known here).
     pub async fn write(&self, fh: u64, off: u64, data: Bytes) -> Result<u32> {
         let f = self.handle_file(fh)?;
+        if self.dirops.unapplied(f.ino) {
+            // No objects for a file the MDS does not know yet.
+            self.dirops.barrier().await;
+        }
         let want = Want::of(true, self.handle_appends(fh));
         let n = data.len() as u32;
         let mut pause = Duration::ZERO;
@@ -896,7 +1136,7 @@ impl ClientFs {
         if let Some((size, mtime_ns)) = f.take_meta() {
             let req = MdsReq::UpdateSize { ino: f.ino, size, mtime_ns };
             let snap = self.meta.snap();
-            match self.pool.mds(&req).await {
+            match self.mds(&req).await {
                 // The writer's own cached attributes follow what it published.
                 Ok(MdsResp::Attr(a)) => self.meta.refresh_attr(snap, &a),
                 Ok(_) => return Err(unexpected("UpdateSize")),
@@ -935,7 +1175,7 @@ impl ClientFs {
         }
         let session = self.meta.session();
         let req = MdsReq::SetLock { ino, owner, start: 0, end: u64::MAX, kind: LockKind::Unlock, pid: 0, session };
-        self.pool.mds(&req).await?;
+        self.mds(&req).await?;
         self.lockers.remove(&(ino, owner));
         Ok(())
     }
@@ -943,7 +1183,7 @@ impl ClientFs {
     /// `F_GETLK`: the lock in the way of `[start, end]`, if any.
     pub async fn getlk(&self, ino: u64, owner: u64, start: u64, end: u64, write: bool, pid: u32) -> Result<Option<LockInfo>> {
         let session = self.meta.session();
-        match self.pool.mds(&MdsReq::GetLock { ino, owner, start, end, write, pid, session }).await? {
+        match self.mds(&MdsReq::GetLock { ino, owner, start, end, write, pid, session }).await? {
             MdsResp::Lock(l) => Ok(l),
             _ => Err(unexpected("GetLock")),
         }
@@ -958,7 +1198,7 @@ impl ClientFs {
                 self.lockers.insert((ino, owner), ());
             }
             let session = self.meta.session();
-            match self.pool.mds(&MdsReq::SetLock { ino, owner, start, end, kind, pid, session }).await {
+            match self.mds(&MdsReq::SetLock { ino, owner, start, end, kind, pid, session }).await {
                 Ok(_) => return Ok(()),
                 Err(Error::WouldBlock(_)) if wait => {
                     tokio::time::sleep(pause).await;
@@ -971,6 +1211,8 @@ impl ClientFs {
 
     pub async fn fsync(&self, fh: u64) -> Result<()> {
         let f = self.handle_file(fh)?;
+        // The file's name too, if it was made under a directory lease.
+        self.dirops.barrier().await;
         self.flush_file(&f).await?;
         f.commit(&self.ctx).await
     }

@@ -507,8 +507,13 @@ impl Filesystem for AifsFuse {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        // Every namespace change is durable before it is acknowledged.
-        reply.ok();
+        // Changes the MDS answered are durable; those made here under a
+        // directory lease are once applied.
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            fs.sync_dirs().await;
+            reply.ok();
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod data;
+pub mod dirops;
 pub mod fs;
 pub mod fuse;
 pub mod meta;

@@ -43,6 +43,13 @@ pub struct Snap {
     session: u64,
 }
 
+impl Snap {
+    /// The session current when the snapshot was taken.
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+}
+
 #[derive(Default)]
 struct DirCache {
     names: HashMap<String, Option<u64>>,
@@ -352,6 +359,27 @@ impl MetaCache {
             d.all_names = false;
             d.listing.clear();
             d.complete = false;
+        }
+    }
+
+    /// A directory's write lease was recalled and became a read lease:
+    /// what is cached stays right, but replies still out about it may
+    /// not be (a grant of the lease that crossed the recall, say).
+    pub fn demoted(&self, dir: u64) {
+        self.notice(dir);
+    }
+
+    /// Is `ino` a directory this client caches something of?
+    pub fn knows_dir(&self, ino: u64) -> bool {
+        self.dirs.contains_key(&ino) || self.attrs.get(&ino).is_some_and(|a| a.kind == aifs_common::proto::mds::FileKind::Dir)
+    }
+
+    /// This client changed an entry of `dir` itself at `now_ns` (under
+    /// the directory's write lease): its cached times follow.
+    pub fn touch_dir(&self, dir: u64, now_ns: i64) {
+        if let Some(mut a) = self.attrs.get_mut(&dir) {
+            a.mtime_ns = a.mtime_ns.max(now_ns);
+            a.ctime_ns = a.ctime_ns.max(now_ns);
         }
     }
 

@@ -130,7 +130,9 @@ impl LeaseTable {
 
     /// Drop a session and everything it held (eviction or clean close).
     pub fn close_session(&mut self, s: SessionId) {
-        let Some(sess) = self.sessions.remove(&s) else { return };
+        let Some(sess) = self.sessions.remove(&s) else {
+            return;
+        };
         for ino in sess.touched {
             if let Some(l) = self.inodes.get_mut(&ino) {
                 l.holders.remove(&s);
@@ -221,6 +223,46 @@ impl LeaseTable {
         Decision::Wait { recall: conflicts }
     }
 
+    /// Grant `kind` only if nothing is in the way (no conflicting holder,
+    /// nobody waiting): recalls nobody and queues nothing. A directory's
+    /// write lease is taken this way, when no other client looks at it.
+    pub fn try_acquire(&mut self, s: SessionId, ino: Ino, kind: LeaseKind, now: Instant) -> bool {
+        if !self.is_live(s, now) {
+            return false;
+        }
+        let free = self.inodes.get(&ino).is_none_or(|l| {
+            !l.recalled.contains_key(&s)
+                && l.waiting.keys().all(|w| *w == s)
+                && l.holders.iter().all(|(h, k)| *h == s || LeaseKind::compatible(*k, kind))
+        });
+        if !free {
+            return false;
+        }
+        if let Some(sess) = self.sessions.get_mut(&s) {
+            sess.touched.insert(ino);
+        }
+        self.inodes.entry(ino).or_default().holders.insert(s, kind);
+        true
+    }
+
+    /// A recalled writer kept a read lease (a directory whose changes it
+    /// sent): it holds `Read` now and is no longer recalled. A recalled
+    /// reader gives its lease up, as at `release`.
+    pub fn demote(&mut self, s: SessionId, ino: Ino) {
+        let held = self.inodes.get(&ino).and_then(|l| l.holders.get(&s).copied());
+        match held {
+            // A write lease is exclusive: nobody else holds one to clash
+            // with a read lease. A shared one is not, and goes.
+            Some(LeaseKind::Write) => {
+                if let Some(l) = self.inodes.get_mut(&ino) {
+                    l.holders.insert(s, LeaseKind::Read);
+                    l.recalled.remove(&s);
+                }
+            }
+            _ => self.release(s, ino),
+        }
+    }
+
     /// A holder gives its lease on `ino` back (after a recall, or at close).
     pub fn release(&mut self, s: SessionId, ino: Ino) {
         if let Some(l) = self.inodes.get_mut(&ino) {
@@ -264,7 +306,9 @@ impl LeaseTable {
 
     /// Leases a session holds (for `mdsctl session ls`).
     pub fn count(&self, s: SessionId) -> usize {
-        let Some(sess) = self.sessions.get(&s) else { return 0 };
+        let Some(sess) = self.sessions.get(&s) else {
+            return 0;
+        };
         sess.touched.iter().filter(|i| self.inodes.get(i).is_some_and(|l| l.holders.contains_key(&s))).count()
     }
 }
@@ -283,6 +327,8 @@ mod tests {
         Acquire(u8, u8, LeaseKind),
         Release(u8, u8),
         Downgrade(u8, u8),
+        TryAcquire(u8, u8, LeaseKind),
+        Demote(u8, u8),
         Close(u8),
         Advance(u16),
     }
@@ -292,9 +338,11 @@ mod tests {
         prop_oneof![
             1 => (0u8..4).prop_map(Op::Open),
             3 => (0u8..4).prop_map(Op::Beat),
-            4 => (0u8..4, 0u8..3, kind).prop_map(|(s, i, k)| Op::Acquire(s, i, k)),
+            4 => (0u8..4, 0u8..3, kind.clone()).prop_map(|(s, i, k)| Op::Acquire(s, i, k)),
             2 => (0u8..4, 0u8..3).prop_map(|(s, i)| Op::Release(s, i)),
             1 => (0u8..4, 0u8..3).prop_map(|(s, i)| Op::Downgrade(s, i)),
+            2 => (0u8..4, 0u8..3, kind).prop_map(|(s, i, k)| Op::TryAcquire(s, i, k)),
+            1 => (0u8..4, 0u8..3).prop_map(|(s, i)| Op::Demote(s, i)),
             1 => (0u8..4).prop_map(Op::Close),
             3 => (0u16..6000).prop_map(Op::Advance),
         ]
@@ -331,6 +379,8 @@ mod tests {
                     }
                     Op::Release(s, i) => t.release(s as u64, i as u64),
                     Op::Downgrade(s, i) => t.downgrade(s as u64, i as u64),
+                    Op::TryAcquire(s, i, k) => { t.try_acquire(s as u64, i as u64, k, now); }
+                    Op::Demote(s, i) => t.demote(s as u64, i as u64),
                     Op::Close(s) => t.close_session(s as u64),
                     Op::Advance(ms) => now += Duration::from_millis(ms as u64),
                 }
@@ -461,5 +511,32 @@ mod tests {
         assert_eq!(t.acquire(2, 1, LeaseKind::Read, after), Decision::Granted { kind: LeaseKind::Read });
         assert_eq!(t.remaining(2, after), TERM);
         assert_eq!(t.remaining(1, after), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_directory_writer_is_taken_only_when_nobody_looks_and_demoted_on_recall() {
+        let now = Instant::now();
+        let mut t = LeaseTable::new(TERM);
+        t.open_session(1, now);
+        t.open_session(2, now);
+        assert!(t.try_acquire(1, 7, LeaseKind::Write, now));
+        // a reader elsewhere recalls it; the writer sends its changes and
+        // keeps a read lease, which the reader shares
+        assert_eq!(t.acquire(2, 7, LeaseKind::Read, now), Decision::Wait { recall: vec![1] });
+        t.demote(1, 7);
+        assert_eq!(t.holders(7), vec![(1, LeaseKind::Read)]);
+        assert!(t.recalled(7).is_empty());
+        assert_eq!(t.acquire(2, 7, LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
+        // with another reader there, no write lease is given, and nobody
+        // is recalled for trying
+        assert!(!t.try_acquire(1, 7, LeaseKind::Write, now));
+        assert!(t.recalled(7).is_empty());
+        assert_eq!(t.holders(7), vec![(1, LeaseKind::Read), (2, LeaseKind::Read)]);
+        // a demoted reader recalled again gives its lease up
+        t.demote(2, 7);
+        assert_eq!(t.holders(7), vec![(1, LeaseKind::Read)]);
+        assert!(t.try_acquire(1, 7, LeaseKind::Write, now));
+        // nor is one given to a session that expired
+        assert!(!t.try_acquire(2, 8, LeaseKind::Write, now + TERM));
     }
 }

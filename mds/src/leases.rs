@@ -128,6 +128,26 @@ impl Cluster {
         }
     }
 
+    /// Take `kind` on `ino` for `h` only if nobody else is in the way;
+    /// recalls nobody. Never for a request without a session of its own.
+    pub fn try_acquire(&self, h: &Holder, ino: u64, kind: LeaseKind) -> bool {
+        if h.ephemeral || h.observer {
+            return false;
+        }
+        self.leases.lock().is_ok_and(|mut t| t.try_acquire(h.id, ino, kind, Instant::now()))
+    }
+
+    /// Read leases on directories about to change: a client holding one's
+    /// write lease sends the changes it made there first.
+    pub async fn settle(self: &Arc<Self>, h: &Holder, dirs: &[u64]) -> Result<()> {
+        for (i, d) in dirs.iter().enumerate() {
+            if !dirs[..i].contains(d) {
+                self.acquire(h, *d, LeaseKind::Read).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Read leases on several inodes (a listing's entries).
     pub async fn acquire_read_all(self: &Arc<Self>, h: &Holder, inos: &[u64]) -> Result<()> {
         for ino in inos {
@@ -141,15 +161,20 @@ impl Cluster {
     /// connection once it heartbeats).
     async fn revoke(self: Arc<Self>, session: u64, ino: u64) {
         tracing::debug!(session, ino, "revoking lease");
-        let Some(r) = self.deliver(session, &RecallReq::Revoke { ino }, None).await else { return };
-        if let RecallResp::Err(e) = r {
+        let Some(r) = self.deliver(session, &RecallReq::Revoke { ino }, None).await else {
+            return;
+        };
+        if let RecallResp::Err(e) = &r {
             // It dropped its caches; the write error stays with the client
             // for its next flush, fsync or close.
             tracing::warn!(session, ino, code = e.code, msg = %e.msg, "holder released after a failed flush");
         }
-        tracing::debug!(session, ino, "lease released");
+        tracing::debug!(session, ino, ?r, "lease given back");
         if let Ok(mut t) = self.leases.lock() {
-            t.release(session, ino);
+            match r {
+                RecallResp::Demoted => t.demote(session, ino),
+                _ => t.release(session, ino),
+            }
         }
         self.released.notify_waiters();
     }
@@ -162,7 +187,9 @@ impl Cluster {
             if let Some(conn) = self.conn_of(session) {
                 match call_on::<_, RecallResp>(&conn, req, self.term()).await {
                     Ok(r) => return Some(r),
-                    Err(e) => tracing::debug!(session, error = %e, "recall not delivered; retrying until the session expires"),
+                    Err(e) => {
+                        tracing::debug!(session, error = %e, "recall not delivered; retrying until the session expires")
+                    }
                 }
             }
             tokio::time::sleep(POLL).await;
@@ -195,7 +222,9 @@ impl Cluster {
 
     /// Who holds what on `ino` (`mdsctl leases`).
     pub fn lease_infos(&self, ino: u64) -> Vec<LeaseInfo> {
-        let Ok(t) = self.leases.lock() else { return Vec::new() };
+        let Ok(t) = self.leases.lock() else {
+            return Vec::new();
+        };
         let recalled = t.recalled(ino);
         t.holders(ino)
             .into_iter()

@@ -20,11 +20,14 @@ use crate::store::{
     add_gc, get_inode, next_counter, put_inode, IoResult, ShardStore, COOKIES, DENTRIES, GC, INODES, META, ORPHANS, XATTRS,
 };
 use aifs_common::ids::InodeId;
-use aifs_common::proto::mds::{Attr, DirEntry, FileKind, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
+use aifs_common::proto::mds::{Attr, DirEntry, DirOp, FileKind, Reserved, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use aifs_common::time::now_ns;
 use aifs_common::{Error, Layout, LayoutPolicy, OsdId, Result};
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use std::sync::Arc;
+
+/// Most inode numbers one `Reserve` hands out.
+pub const MAX_RESERVE: u32 = 4096;
 
 /// Longest name in a directory, as in most Linux file systems.
 pub const NAME_MAX: usize = 255;
@@ -255,6 +258,142 @@ fn dir_rec(perm: u32, uid: u32, gid: u32, parent: u64, policy: Option<LayoutPoli
     }
 }
 
+/// What `unlink_here` did.
+enum Unlinked {
+    /// The name is gone (or was already: a change applied again); the
+    /// inode it named.
+    Done(u64),
+    /// The inode lives on another shard: a two-shard unlink is needed.
+    Elsewhere,
+}
+
+/// Remove `name` from `parent` inside the parent shard's transaction,
+/// when its inode lives there too. `expect`: the inode the caller knows
+/// the name as; a missing name is then not an error (already applied).
+fn unlink_here(
+    txn: &WriteTransaction,
+    parent: u64,
+    name: &str,
+    expect: Option<u64>,
+    now: i64,
+    open: &dyn Fn(u64) -> bool,
+) -> Result<Unlinked> {
+    let mut inodes = txn.open_table(INODES).io()?;
+    let mut p = get_inode(&inodes, parent)?;
+    if p.kind != FileKind::Dir {
+        return Err(Error::NotDir);
+    }
+    let mut dentries = txn.open_table(DENTRIES).io()?;
+    let (ino, kind, cookie) = match (dentries.get((parent, name)).io()?.map(|v| v.value()), expect) {
+        (Some(v), _) => v,
+        (None, Some(ino)) => return Ok(Unlinked::Done(ino)),
+        (None, None) => return Err(Error::NotFound),
+    };
+    if expect.is_some_and(|e| e != ino) {
+        return Err(Error::Stale);
+    }
+    if kind_from(kind)? == FileKind::Dir {
+        return Err(Error::IsDir);
+    }
+    if shard_of(ino) != shard_of(parent) {
+        return Ok(Unlinked::Elsewhere);
+    }
+    let mut rec = get_inode(&inodes, ino)?;
+    dentries.remove((parent, name)).io()?;
+    txn.open_table(COOKIES).io()?.remove((parent, cookie)).io()?;
+    p.entries = p.entries.saturating_sub(1);
+    p.mtime_ns = now;
+    p.ctime_ns = now;
+    put_inode(&mut inodes, parent, &p)?;
+    rec.nlink = rec.nlink.saturating_sub(1);
+    rec.ctime_ns = now;
+    if rec.nlink == 0 {
+        drop(inodes);
+        drop(dentries);
+        drop_last_link(txn, ino, &rec, open)?;
+    } else {
+        put_inode(&mut inodes, ino, &rec)?;
+    }
+    Ok(Unlinked::Done(ino))
+}
+
+/// A new regular file's record.
+fn file_rec(mode: u32, uid: u32, gid: u32, parent: u64, layout: Layout, now: i64) -> InodeRec {
+    InodeRec {
+        kind: FileKind::File,
+        perm: mode & 0o7777,
+        nlink: 1,
+        uid,
+        gid,
+        size: 0,
+        atime_ns: now,
+        mtime_ns: now,
+        ctime_ns: now,
+        layout: Some(layout),
+        policy: None,
+        parent,
+        next_cookie: 0,
+        entries: 0,
+        target: None,
+        xattrs: 0,
+    }
+}
+
+/// Enter a new inode `ino` (in the parent's shard) as `name` in `parent`,
+/// whose record `p` the caller read and checked.
+fn add_entry(txn: &WriteTransaction, mut p: InodeRec, parent: u64, name: &str, ino: u64, rec: &InodeRec, now: i64) -> Result<()> {
+    let cookie = p.next_cookie;
+    p.next_cookie += 1;
+    p.entries += 1;
+    p.mtime_ns = now;
+    p.ctime_ns = now;
+    txn.open_table(DENTRIES).io()?.insert((parent, name), (ino, kind_code(rec.kind), cookie)).io()?;
+    txn.open_table(COOKIES).io()?.insert((parent, cookie), name).io()?;
+    let mut inodes = txn.open_table(INODES).io()?;
+    put_inode(&mut inodes, parent, &p)?;
+    put_inode(&mut inodes, ino, rec)
+}
+
+/// Apply one `DirOp::Create` in the parent shard's transaction. The inode
+/// number must have been reserved there and not used yet.
+fn create_reserved(txn: &WriteTransaction, op: &ReservedCreate, now: i64) -> Result<()> {
+    check_name(&op.name)?;
+    op.layout.validate()?;
+    let sid = shard_of(op.parent);
+    if shard_of(op.ino) != sid {
+        return Err(Error::InvalidArgument(format!("inode {:#x} is not of the directory's shard", op.ino)));
+    }
+    let next = txn.open_table(META).io()?.get("next_seq").io()?.map(|v| v.value()).unwrap_or(0);
+    if InodeId(op.ino).seq() >= next {
+        return Err(Error::InvalidArgument(format!("inode {:#x} was never reserved", op.ino)));
+    }
+    let p = get_inode(&txn.open_table(INODES).io()?, op.parent)?;
+    if p.kind != FileKind::Dir {
+        return Err(Error::NotDir);
+    }
+    if let Some(v) = txn.open_table(DENTRIES).io()?.get((op.parent, op.name.as_str())).io()? {
+        // Already applied (a retry after a lost reply), or a clash.
+        return if v.value().0 == op.ino { Ok(()) } else { Err(Error::Exists) };
+    }
+    if txn.open_table(INODES).io()?.get(op.ino).io()?.is_some() {
+        return Err(Error::Exists);
+    }
+    let rec = file_rec(op.mode, op.uid, op.gid, op.parent, op.layout.clone(), op.time_ns);
+    add_entry(txn, p, op.parent, &op.name, op.ino, &rec, now)
+}
+
+/// The fields of a `DirOp::Create`.
+pub struct ReservedCreate {
+    pub parent: u64,
+    pub name: String,
+    pub ino: u64,
+    pub layout: Layout,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub time_ns: i64,
+}
+
 /// Result of a create: the attributes and whether this call made the file.
 pub struct Created {
     pub attr: Attr,
@@ -392,7 +531,9 @@ impl Namespace {
         }
         let mut attrs: std::collections::HashMap<u64, Attr> = std::collections::HashMap::new();
         for (sh, inos) in by_shard {
-            let Some(shard) = self.shards.get(sh as usize) else { continue };
+            let Some(shard) = self.shards.get(sh as usize) else {
+                continue;
+            };
             let got = shard
                 .read(move |t| {
                     let table = t.open_table(INODES).io()?;
@@ -473,12 +614,12 @@ impl Namespace {
         shard
             .mutate(move |txn| {
                 let now = now_ns();
-                let mut inodes = txn.open_table(INODES).io()?;
-                let mut p = get_inode(&inodes, parent)?;
+                let inodes = txn.open_table(INODES).io()?;
+                let p = get_inode(&inodes, parent)?;
                 if p.kind != FileKind::Dir {
                     return Err(Error::NotDir);
                 }
-                let mut dentries = txn.open_table(DENTRIES).io()?;
+                let dentries = txn.open_table(DENTRIES).io()?;
                 let existing = dentries.get((parent, name.as_str())).io()?.map(|v| v.value());
                 if let Some((ino, kind, _)) = existing {
                     if exclusive {
@@ -494,40 +635,140 @@ impl Namespace {
                 let mut meta = txn.open_table(META).io()?;
                 let seq = next_counter(&mut meta, "next_seq", if sid == 0 { 2 } else { 1 })?;
                 let ino = InodeId::new(sid, seq).0;
-                let policy = p.policy.unwrap_or_default();
-                let layout = choose_layout(policy, &up, ino)?;
-                let rec = InodeRec {
-                    kind: FileKind::File,
-                    perm: mode & 0o7777,
-                    nlink: 1,
-                    uid,
-                    gid,
-                    size: 0,
-                    atime_ns: now,
-                    mtime_ns: now,
-                    ctime_ns: now,
-                    layout: Some(layout),
-                    policy: None,
-                    parent,
-                    next_cookie: 0,
-                    entries: 0,
-                    target: None,
-                    xattrs: 0,
-                };
-                let cookie = p.next_cookie;
-                p.next_cookie += 1;
-                p.entries += 1;
-                p.mtime_ns = now;
-                p.ctime_ns = now;
-                dentries.insert((parent, name.as_str()), (ino, kind_code(FileKind::File), cookie)).io()?;
-                txn.open_table(COOKIES).io()?.insert((parent, cookie), name.as_str()).io()?;
-                put_inode(&mut inodes, parent, &p)?;
-                put_inode(&mut inodes, ino, &rec)?;
+                let layout = choose_layout(p.policy.unwrap_or_default(), &up, ino)?;
+                let rec = file_rec(mode, uid, gid, parent, layout, now);
+                drop((inodes, dentries, meta));
+                add_entry(txn, p, parent, &name, ino, &rec, now)?;
                 Ok(Created { attr: rec.attr(ino), created: true })
             })
             .await?
             .resolve(self)
             .await
+    }
+
+    /// Reserve `count` inode numbers in `dir`'s shard for files a client
+    /// will make there under the directory's write lease, each with the
+    /// layout it gets from the directory's default.
+    pub async fn reserve(&self, dir: u64, count: u32) -> Result<Vec<Reserved>> {
+        let count = count.clamp(1, MAX_RESERVE) as u64;
+        let up = self.cluster.up_osds();
+        let shard = self.shard_for(dir)?.clone();
+        let sid = shard.id;
+        shard
+            .mutate(move |txn| {
+                let d = get_inode(&txn.open_table(INODES).io()?, dir)?;
+                if d.kind != FileKind::Dir {
+                    return Err(Error::NotDir);
+                }
+                let policy = d.policy.unwrap_or_default();
+                let mut meta = txn.open_table(META).io()?;
+                let first = next_counter(&mut meta, "next_seq", if sid == 0 { 2 } else { 1 })?;
+                meta.insert("next_seq", first + count).io()?;
+                (first..first + count)
+                    .map(|seq| {
+                        let ino = InodeId::new(sid, seq).0;
+                        Ok(Reserved { ino, layout: choose_layout(policy, &up, ino)? })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// Apply changes a client made under directories' write leases, in
+    /// order; one result each. Changes in one shard commit together; an
+    /// unlink of a name whose inode lives on another shard runs on its own
+    /// (two shards), between the commits of what comes before and after.
+    pub async fn apply(&self, ops: Vec<DirOp>) -> Vec<Result<()>> {
+        let n = ops.len();
+        let mut out: Vec<Option<Result<()>>> = (0..n).map(|_| None).collect();
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<(usize, DirOp)>> = std::collections::BTreeMap::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            let parent = match &op {
+                DirOp::Create { parent, .. } | DirOp::Unlink { parent, .. } => *parent,
+            };
+            by_shard.entry(shard_of(parent)).or_default().push((i, op));
+        }
+        for (sh, mut todo) in by_shard {
+            while !todo.is_empty() {
+                let Some(shard) = self.shards.get(sh as usize).cloned() else {
+                    for (i, _) in todo.drain(..) {
+                        out[i] = Some(Err(Error::Stale));
+                    }
+                    break;
+                };
+                let batch = std::mem::take(&mut todo);
+                let idx: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
+                let cluster = self.cluster.clone();
+                let r = {
+                    let _g = self.topo.read().await;
+                    shard
+                        .mutate(move |txn| {
+                            let now = now_ns();
+                            let open = |ino| cluster.is_open(ino);
+                            let mut done = Vec::new();
+                            let mut rest = Vec::new();
+                            let mut it = batch.into_iter();
+                            for (i, op) in it.by_ref() {
+                                let r = match &op {
+                                    DirOp::Create { parent, name, ino, layout, mode, uid, gid, time_ns, .. } => {
+                                        let c = ReservedCreate {
+                                            parent: *parent,
+                                            name: name.clone(),
+                                            ino: *ino,
+                                            layout: layout.clone(),
+                                            mode: *mode,
+                                            uid: *uid,
+                                            gid: *gid,
+                                            time_ns: *time_ns,
+                                        };
+                                        create_reserved(txn, &c, now)
+                                    }
+                                    DirOp::Unlink { parent, name, ino, time_ns } => {
+                                        match check_name(name)
+                                            .and_then(|_| unlink_here(txn, *parent, name, Some(*ino), (*time_ns).max(now), &open))
+                                        {
+                                            Ok(Unlinked::Done(_)) => Ok(()),
+                                            Ok(Unlinked::Elsewhere) => {
+                                                // Runs outside this commit; the rest after it.
+                                                rest.push((i, op));
+                                                break;
+                                            }
+                                            Err(e) => Err(e),
+                                        }
+                                    }
+                                };
+                                // A storage error undoes the whole commit.
+                                if let Err(Error::Io(m)) = &r {
+                                    return Err(Error::Io(m.clone()));
+                                }
+                                done.push((i, r));
+                            }
+                            rest.extend(it);
+                            Ok((done, rest))
+                        })
+                        .await
+                };
+                match r {
+                    Ok((done, rest)) => {
+                        for (i, r) in done {
+                            out[i] = Some(r);
+                        }
+                        todo = rest;
+                        if let Some((i, DirOp::Unlink { parent, name, .. })) = todo.first() {
+                            out[*i] = Some(self.unlink(*parent, name).await.map(|_| ()));
+                            todo.remove(0);
+                        }
+                    }
+                    Err(e) => {
+                        // Every change in the failed commit fails with it.
+                        for i in idx {
+                            out[i] = Some(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or(Err(Error::Io("change not applied".into())))).collect()
     }
 
     pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32) -> Result<Attr> {
@@ -660,46 +901,13 @@ impl Namespace {
         {
             // Fast path: the entry and its inode share the directory's shard.
             let _g = self.topo.read().await;
-            let sid = shard_of(parent);
             let name = name.to_string();
             let cluster = self.cluster.clone();
             let r = self
                 .shard_for(parent)?
-                .mutate(move |txn| {
-                    let now = now_ns();
-                    let mut inodes = txn.open_table(INODES).io()?;
-                    let mut p = get_inode(&inodes, parent)?;
-                    if p.kind != FileKind::Dir {
-                        return Err(Error::NotDir);
-                    }
-                    let mut dentries = txn.open_table(DENTRIES).io()?;
-                    let (ino, kind, cookie) = match dentries.get((parent, name.as_str())).io()? {
-                        Some(v) => v.value(),
-                        None => return Err(Error::NotFound),
-                    };
-                    if kind_from(kind)? == FileKind::Dir {
-                        return Err(Error::IsDir);
-                    }
-                    if shard_of(ino) != sid {
-                        return Ok(None);
-                    }
-                    let mut rec = get_inode(&inodes, ino)?;
-                    dentries.remove((parent, name.as_str())).io()?;
-                    txn.open_table(COOKIES).io()?.remove((parent, cookie)).io()?;
-                    p.entries = p.entries.saturating_sub(1);
-                    p.mtime_ns = now;
-                    p.ctime_ns = now;
-                    put_inode(&mut inodes, parent, &p)?;
-                    rec.nlink = rec.nlink.saturating_sub(1);
-                    rec.ctime_ns = now;
-                    if rec.nlink == 0 {
-                        drop(inodes);
-                        drop(dentries);
-                        drop_last_link(txn, ino, &rec, &|i| cluster.is_open(i))?;
-                    } else {
-                        put_inode(&mut inodes, ino, &rec)?;
-                    }
-                    Ok(Some(ino))
+                .mutate(move |txn| match unlink_here(txn, parent, &name, None, now_ns(), &|i| cluster.is_open(i))? {
+                    Unlinked::Done(ino) => Ok(Some(ino)),
+                    Unlinked::Elsewhere => Ok(None),
                 })
                 .await?;
             if let Some(ino) = r {

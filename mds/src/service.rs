@@ -8,7 +8,7 @@ use aifs_common::certs::Role;
 use crate::leases::Holder;
 use crate::locks::Lock;
 use aifs_common::lease::LeaseKind;
-use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, FileKind, LeaseMode, LockInfo, LockKind, MdsReply, MdsReq, MdsResp, ShardInfo, Statfs};
+use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsReply, MdsReq, MdsResp, ShardInfo, Statfs};
 use aifs_common::rpc::{Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -37,7 +37,7 @@ const ADMIN: &[Role] = &[Role::Admin];
 impl MdsService {
     /// The reply to a namespace change: the new inode and the directories'
     /// attributes as committed.
-    async fn changed(&self, attr: Option<Attr>, dirs: &[u64]) -> MdsResp {
+    async fn changed(&self, attr: Option<Attr>, dirs: &[u64], writable: u64) -> MdsResp {
         let mut out = Vec::with_capacity(dirs.len());
         for (i, d) in dirs.iter().enumerate() {
             if dirs[..i].contains(d) {
@@ -47,7 +47,7 @@ impl MdsService {
                 out.push(a);
             }
         }
-        MdsResp::Changed { attr, dirs: out }
+        MdsResp::Changed { attr, dirs: out, writable }
     }
 
     pub async fn statfs(&self) -> Statfs {
@@ -105,6 +105,7 @@ impl MdsService {
             MdsReq::Create { parent, name, mode, uid, gid, exclusive } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
+                cl.settle(&h, &[parent]).await?;
                 let c = ns.create(parent, &name, mode, uid, gid, exclusive).await?;
                 // Created and opened: counted at once (an unlink elsewhere
                 // must find it open), closed by the client later.
@@ -130,45 +131,69 @@ impl MdsService {
                     }
                     *grant = h.granted();
                 }
-                self.changed(Some(a), &[parent]).await
+                // Nobody else looks at the directory: this client may go
+                // on making files there itself.
+                let writable = if c.created && cl.try_acquire(&h, parent, LeaseKind::Write) { parent } else { 0 };
+                self.changed(Some(a), &[parent], writable).await
             }
             MdsReq::Mkdir { parent, name, mode, uid, gid } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
+                cl.settle(&h, &[parent]).await?;
                 let a = ns.mkdir(parent, &name, mode, uid, gid).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name])]).await;
-                // The maker holds the new directory's entries: none. If it
-                // changed before the lease was taken, say nothing.
-                cl.acquire(&h, a.ino, LeaseKind::Read).await?;
-                if ns.getattr(a.ino).await.is_ok_and(|now| now.mtime_ns == a.mtime_ns) {
+                // The maker holds the new directory's entries: none, and,
+                // unless someone else looked already, its write lease. If
+                // it changed before the lease was taken, say nothing.
+                let writable = cl.try_acquire(&h, a.ino, LeaseKind::Write);
+                if !writable {
+                    cl.acquire(&h, a.ino, LeaseKind::Read).await?;
+                }
+                let same = ns.getattr(a.ino).await.is_ok_and(|now| now.mtime_ns == a.mtime_ns);
+                if same {
                     *grant = h.granted();
                 }
-                self.changed(Some(a), &[parent]).await
+                let writable = if writable && same { a.ino } else { 0 };
+                self.changed(Some(a), &[parent], writable).await
             }
             MdsReq::Unlink { parent, name } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
+                cl.settle(&h, &[parent]).await?;
                 let ino = ns.unlink(parent, &name).await?;
                 self.gc.wake.notify_one();
                 cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
-                self.changed(None, &[parent]).await
+                self.changed(None, &[parent], 0).await
             }
             MdsReq::Rmdir { parent, name } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
+                // Files made in the directory by a client under its write
+                // lease reach the MDS first.
+                let child = ns.lookup(parent, &name).await?.ino;
+                cl.settle(&h, &[parent, child]).await?;
                 let ino = ns.rmdir(parent, &name).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
-                self.changed(None, &[parent]).await
+                self.changed(None, &[parent], 0).await
             }
             MdsReq::Rename { parent, name, newparent, newname, flags } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
+                let mut dirs = vec![parent, newparent];
+                if let Ok(t) = ns.lookup(newparent, &newname).await {
+                    if t.kind == FileKind::Dir {
+                        // A directory replaced must be empty, counting
+                        // what a client made there under its write lease.
+                        dirs.push(t.ino);
+                    }
+                }
+                cl.settle(&h, &dirs).await?;
                 let (moved, replaced) = ns.rename(parent, &name, newparent, &newname, flags).await?;
                 self.gc.wake.notify_one();
                 let mut changes = vec![(parent, vec![name]), (newparent, vec![newname]), (moved, vec![])];
                 changes.extend(replaced.map(|r| (r, vec![])));
                 cl.invalidate(h.id, changes).await;
-                self.changed(None, &[parent, newparent]).await
+                self.changed(None, &[parent, newparent], 0).await
             }
             MdsReq::Readdir { ino, cookie, max } => {
                 need(peer, NS)?;
@@ -195,9 +220,10 @@ impl MdsService {
             MdsReq::Symlink { parent, name, target, uid, gid } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
+                cl.settle(&h, &[parent]).await?;
                 let a = ns.symlink(parent, &name, &target, uid, gid).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name])]).await;
-                self.changed(Some(a), &[parent]).await
+                self.changed(Some(a), &[parent], 0).await
             }
             MdsReq::Readlink { ino } => {
                 need(peer, NS)?;
@@ -206,9 +232,10 @@ impl MdsService {
             MdsReq::Link { ino, newparent, newname } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
+                cl.settle(&h, &[newparent]).await?;
                 let a = ns.link(ino, newparent, &newname).await?;
                 cl.invalidate(h.id, vec![(newparent, vec![newname]), (ino, vec![])]).await;
-                self.changed(Some(a), &[newparent]).await
+                self.changed(Some(a), &[newparent], 0).await
             }
             MdsReq::Statfs => {
                 need(peer, NS)?;
@@ -400,7 +427,54 @@ impl MdsService {
                 need(peer, ADMIN)?;
                 MdsResp::Leases(cl.lease_infos(ino))
             }
+            MdsReq::Reserve { dir, count } => {
+                need(peer, &[Role::Client])?;
+                MdsResp::Reserved(ns.reserve(dir, count).await?)
+            }
+            MdsReq::Apply { ops } => {
+                need(peer, &[Role::Client])?;
+                self.apply(peer, ops).await
+            }
         })
+    }
+
+    /// Changes a client made under directories' write leases. A file made
+    /// and still open there counts as open and comes with a write lease
+    /// (a read lease if already closed), as a `Create` would.
+    async fn apply(&self, peer: &Arc<Peer>, ops: Vec<DirOp>) -> MdsResp {
+        let cl = &self.ns.cluster;
+        let h = cl.holder(peer);
+        let results = self.ns.apply(ops.clone()).await;
+        let mut changes: Vec<(u64, Vec<String>)> = Vec::new();
+        let mut unlinked = false;
+        for (op, r) in ops.into_iter().zip(&results) {
+            match r {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(?op, error = %e, "change made under a directory lease not applied");
+                    continue;
+                }
+            }
+            match op {
+                DirOp::Create { parent, name, ino, open, .. } => {
+                    if open && h.granted() != 0 {
+                        cl.opened(h.id, ino);
+                    }
+                    cl.try_acquire(&h, ino, if open { LeaseKind::Write } else { LeaseKind::Read });
+                    changes.push((parent, vec![name]));
+                }
+                DirOp::Unlink { parent, name, ino, .. } => {
+                    unlinked = true;
+                    changes.push((parent, vec![name]));
+                    changes.push((ino, vec![]));
+                }
+            }
+        }
+        if unlinked {
+            self.gc.wake.notify_one();
+        }
+        cl.invalidate(h.id, changes).await;
+        MdsResp::Applied(results.into_iter().map(|r| r.err().map(|e| e.to_wire())).collect())
     }
 
     /// Free nameless files nobody has open any more.

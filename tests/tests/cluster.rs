@@ -55,7 +55,7 @@ async fn namespace_operations_and_their_errors() {
     // create, lookup, getattr; a change carries the directory's new attributes
     let before = attr(&c, MdsReq::GetAttr { ino: ROOT }).await.unwrap();
     let f = match mds_call(&c, create(ROOT, "f")).await.unwrap() {
-        MdsResp::Changed { attr: Some(a), dirs } => {
+        MdsResp::Changed { attr: Some(a), dirs, .. } => {
             assert_eq!(dirs.len(), 1);
             assert_eq!(dirs[0].ino, ROOT);
             assert!(dirs[0].mtime_ns >= before.mtime_ns && dirs[0].mtime_ns > 0);

@@ -381,6 +381,13 @@ impl FileState {
         Ok(())
     }
 
+    /// Keep `e` for the application's next write, flush or fsync.
+    pub fn fail(&self, e: Error) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.error.get_or_insert(e);
+        }
+    }
+
     /// The write error kept since the last report, cleared by reading it.
     pub fn take_error(&self) -> Option<Error> {
         self.inner.lock().ok()?.error.take()

@@ -188,8 +188,41 @@ pub enum MdsReq {
     SetLock { ino: u64, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32, session: u64 },
     /// The file was read: its access time becomes now (ctime unchanged).
     Accessed { ino: u64 },
+    /// Inode numbers (with their files' layouts) for `count` files to be
+    /// made in `dir` by a client that holds the directory's write lease.
+    Reserve {
+        dir: u64,
+        count: u32,
+    },
+    /// Namespace changes a client already answered under a directory's
+    /// write lease, applied in order; one result per change.
+    Apply {
+        ops: Vec<DirOp>,
+    },
 }
 message!(MdsReq);
+
+/// A change made by a client under a directory's write lease and sent
+/// later in a batch (`MdsReq::Apply`). Applying one again after a lost
+/// reply changes nothing.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub enum DirOp {
+    /// A regular file with a reserved inode number and its layout, made
+    /// at `time_ns`. `open`: still open on the client (counted as an open
+    /// until its `Close`).
+    Create { parent: u64, name: String, ino: u64, layout: Layout, mode: u32, uid: u32, gid: u32, time_ns: i64, open: bool },
+    /// Remove the name `name`, which the client knows as `ino`.
+    Unlink { parent: u64, name: String, ino: u64, time_ns: i64 },
+}
+
+/// A reserved inode number and the layout its file gets.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub struct Reserved {
+    pub ino: u64,
+    pub layout: Layout,
+}
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[rkyv(derive(Debug))]
@@ -207,8 +240,10 @@ pub enum MdsResp {
     Stripe { policy: Option<LayoutPolicy>, attr: Attr },
     /// A namespace change: the new inode (if one was made or linked) and
     /// the changed directories' attributes after it, so a client need not
-    /// ask for them again within its attribute TTL.
-    Changed { attr: Option<Attr>, dirs: Vec<Attr> },
+    /// ask for them again within its attribute TTL. `writable`: a
+    /// directory (0: none) this client now holds a write lease on, so it
+    /// may create and unlink there itself and send the changes later.
+    Changed { attr: Option<Attr>, dirs: Vec<Attr>, writable: u64 },
     /// `attrs[i]` belongs to `entries[i]`.
     DirPlus { entries: Vec<DirEntry>, attrs: Vec<Attr>, eof: bool, parent: u64 },
     /// A file lease granted (`None` when the session has none to give).
@@ -216,6 +251,9 @@ pub enum MdsResp {
     Leases(Vec<LeaseInfo>),
     /// `GetLock`: the lock in the way, or none.
     Lock(Option<LockInfo>),
+    Reserved(Vec<Reserved>),
+    /// `Apply`: per change, `None` if it was applied.
+    Applied(Vec<Option<WireError>>),
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -288,7 +326,8 @@ pub enum RecallReq {
     /// for a directory the entries `names`): drop it, keep the lease.
     Invalidate { ino: u64, names: Vec<String> },
     /// Give the lease on `ino` back: flush dirty data and size, drop every
-    /// cache of it, then answer.
+    /// cache of it, then answer. The holder of a directory's write lease
+    /// sends the changes it made there and answers `Demoted`.
     Revoke { ino: u64 },
 }
 message!(RecallReq);
@@ -298,5 +337,8 @@ message!(RecallReq);
 pub enum RecallResp {
     Err(WireError),
     Done,
+    /// The write lease became a read lease: every change made under it has
+    /// been applied, and what the client caches is still right.
+    Demoted,
 }
 message!(RecallResp);

@@ -1,0 +1,340 @@
+//! Namespace changes made under a directory's write lease (DESIGN.md,
+//! "Leases"; README, "Creates under a directory lease").
+//!
+//! A client that holds a directory's write lease is the only one that sees
+//! the directory: any other client's lookup, listing or change there
+//! recalls the lease first. So this client may answer creates and unlinks
+//! there itself, as CephFS does with its asynchronous directory operations:
+//! a create takes an inode number (and the file's layout) the MDS reserved
+//! for the directory beforehand, and the change goes to the MDS later,
+//! with others, in one `Apply` that commits them together.
+//!
+//! Order. Changes are numbered as they are queued. Before any other MDS
+//! request this client waits until every change queued before it was
+//! applied (`barrier`), so the MDS never sees a request about a name or a
+//! file it does not know yet. A recall of the lease waits the same way
+//! before it is answered, so the client that asked sees every change.
+//! Data is written to a new file's objects only once its create was
+//! applied, so a client that dies leaves no objects without a file.
+//!
+//! Durability. A change answered here is durable once applied: within one
+//! MDS round trip of the batch before it, at the latest at the next
+//! `fsync` (of the file or the directory), close of the session, or
+//! recall. As on a local file system, a crash before that may lose it.
+use aifs_common::proto::mds::{DirOp, Reserved};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use tokio::sync::Notify;
+
+/// Inode numbers asked for at a time, and the stock below which more are
+/// asked for.
+pub const RESERVE_BATCH: u32 = 512;
+const RESERVE_LOW: usize = 128;
+/// Changes sent in one `Apply`.
+pub const MAX_BATCH: usize = 1024;
+
+#[derive(Default)]
+struct Dir {
+    reserved: VecDeque<Reserved>,
+    /// A `Reserve` is out for this directory.
+    refilling: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Number of the last change queued.
+    last: u64,
+    queue: VecDeque<(u64, DirOp)>,
+    /// Directories whose write lease this client holds.
+    writable: HashMap<u64, Dir>,
+    /// Directories that need more inode numbers reserved.
+    refills: Vec<u64>,
+    /// Files whose create is queued or being applied.
+    unapplied: HashSet<u64>,
+    /// Files whose create is in the batch being applied.
+    in_flight: Vec<u64>,
+}
+
+impl Inner {
+    /// Ask for more inode numbers for `dir` if it runs low.
+    fn want_refill(&mut self, dir: u64) -> bool {
+        match self.writable.get_mut(&dir) {
+            Some(d) if !d.refilling && d.reserved.len() < RESERVE_LOW => {
+                d.refilling = true;
+                self.refills.push(dir);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The queue of changes, and the directories this client may change
+/// itself.
+#[derive(Default)]
+pub struct DirOps {
+    inner: Mutex<Inner>,
+    /// Number of the last change applied (or given up on).
+    applied: AtomicU64,
+    /// Woken when a change is queued or inode numbers are wanted.
+    pub queued: Notify,
+    /// Woken when a batch has been answered.
+    done: Notify,
+}
+
+/// A directory this client changes itself, while `DirOps::local` runs.
+pub struct Local<'a> {
+    inner: &'a mut Inner,
+    dir: u64,
+    pushed: bool,
+}
+
+impl Local<'_> {
+    /// A reserved inode number for a new file here, if one is left.
+    pub fn take(&mut self) -> Option<Reserved> {
+        let r = self.inner.writable.get_mut(&self.dir)?.reserved.pop_front();
+        self.pushed |= self.inner.want_refill(self.dir);
+        r
+    }
+
+    /// Queue a change.
+    pub fn push(&mut self, op: DirOp) {
+        self.inner.last += 1;
+        let n = self.inner.last;
+        if let DirOp::Create { ino, .. } = &op {
+            self.inner.unapplied.insert(*ino);
+        }
+        self.inner.queue.push_back((n, op));
+        self.pushed = true;
+    }
+}
+
+impl DirOps {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding it leaves plain data behind.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The MDS granted this client `dir`'s write lease.
+    pub fn grant(&self, dir: u64) {
+        let mut g = self.lock();
+        g.writable.entry(dir).or_default();
+        if g.want_refill(dir) {
+            drop(g);
+            self.queued.notify_one();
+        }
+    }
+
+    /// Does this client hold `dir`'s write lease?
+    pub fn writable(&self, dir: u64) -> bool {
+        self.lock().writable.contains_key(&dir)
+    }
+
+    /// Run `f` on `dir` if this client holds its write lease; the lease is
+    /// not recalled meanwhile (a recall waits for `f`, then for what it
+    /// queued).
+    pub fn local<R>(&self, dir: u64, f: impl FnOnce(&mut Local) -> Option<R>) -> Option<R> {
+        let mut g = self.lock();
+        if !g.writable.contains_key(&dir) {
+            return None;
+        }
+        let mut l = Local { inner: &mut g, dir, pushed: false };
+        let r = f(&mut l);
+        let pushed = l.pushed;
+        drop(g);
+        if pushed {
+            self.queued.notify_one();
+        }
+        r
+    }
+
+    /// Directories to reserve inode numbers for.
+    pub fn take_refills(&self) -> Vec<u64> {
+        std::mem::take(&mut self.lock().refills)
+    }
+
+    /// Reserved numbers arrived (none: the refill failed).
+    pub fn refilled(&self, dir: u64, got: Vec<Reserved>) {
+        if let Some(d) = self.lock().writable.get_mut(&dir) {
+            d.refilling = false;
+            d.reserved.extend(got);
+        }
+    }
+
+    /// The MDS recalls `dir`'s write lease: from now on changes there go to
+    /// the MDS. Returns the change to wait for before answering, if this
+    /// client held the lease.
+    pub fn revoke(&self, dir: u64) -> Option<u64> {
+        let mut g = self.lock();
+        g.writable.remove(&dir)?;
+        Some(g.last)
+    }
+
+    /// Something about `dir` changed (its default layout, say): the
+    /// layouts reserved there may be old.
+    pub fn forget_reserved(&self, dir: u64) {
+        let mut g = self.lock();
+        if let Some(d) = g.writable.get_mut(&dir) {
+            d.reserved.clear();
+            if g.want_refill(dir) {
+                drop(g);
+                self.queued.notify_one();
+            }
+        }
+    }
+
+    /// The session was lost, and every lease with it.
+    pub fn lost_leases(&self) {
+        self.lock().writable.clear();
+    }
+
+    /// The last change queued so far.
+    pub fn last(&self) -> u64 {
+        self.lock().last
+    }
+
+    /// Wait until change `n` and all before it were answered by the MDS.
+    pub async fn wait(&self, n: u64) {
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.applied.load(Ordering::Acquire) >= n {
+                return;
+            }
+            done.await;
+        }
+    }
+
+    /// Wait until every change queued so far was answered.
+    pub async fn barrier(&self) {
+        let n = self.last();
+        if self.applied.load(Ordering::Acquire) < n {
+            self.wait(n).await;
+        }
+    }
+
+    /// The last handle of `ino` closed. If its create has not been sent,
+    /// it goes as a closed file and no `Close` is needed: true.
+    pub fn closed(&self, ino: u64) -> bool {
+        let mut g = self.lock();
+        for (_, op) in g.queue.iter_mut() {
+            if let DirOp::Create { ino: i, open, .. } = op {
+                if *i == ino {
+                    *open = false;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Is `ino`'s create still on its way to the MDS?
+    pub fn unapplied(&self, ino: u64) -> bool {
+        self.lock().unapplied.contains(&ino)
+    }
+
+    /// The next batch to send, and the number of its last change.
+    pub fn take_batch(&self) -> Option<(Vec<DirOp>, u64)> {
+        let mut g = self.lock();
+        let n = g.queue.len().min(MAX_BATCH);
+        if n == 0 {
+            return None;
+        }
+        let batch: Vec<(u64, DirOp)> = g.queue.drain(..n).collect();
+        let last = batch.last().map(|(s, _)| *s).unwrap_or(0);
+        let ops: Vec<DirOp> = batch.into_iter().map(|(_, op)| op).collect();
+        for op in &ops {
+            if let DirOp::Create { ino, .. } = op {
+                g.in_flight.push(*ino);
+            }
+        }
+        Some((ops, last))
+    }
+
+    /// The batch ending with change `last` was answered.
+    pub fn answered(&self, last: u64) {
+        {
+            let mut g = self.lock();
+            let sent = std::mem::take(&mut g.in_flight);
+            for ino in sent {
+                g.unapplied.remove(&ino);
+            }
+        }
+        self.applied.fetch_max(last, Ordering::AcqRel);
+        self.done.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aifs_common::{Layout, OsdId};
+
+    fn reserved(ino: u64) -> Reserved {
+        Reserved { ino, layout: Layout { stripe_size: 1 << 20, stripe_count: 1, replicas: 1, osds: vec![OsdId(1)] } }
+    }
+
+    fn create(parent: u64, ino: u64) -> DirOp {
+        let layout = reserved(ino).layout;
+        DirOp::Create { parent, name: format!("f{ino}"), ino, layout, mode: 0o644, uid: 0, gid: 0, time_ns: 0, open: true }
+    }
+
+    #[test]
+    fn changes_are_made_only_under_the_lease_and_sent_in_order() {
+        let d = DirOps::default();
+        assert!(d.local(5, |_| Some(())).is_none());
+        d.grant(5);
+        assert_eq!(d.take_refills(), vec![5]);
+        d.grant(5);
+        assert!(d.take_refills().is_empty(), "a second refill while one is out");
+        d.refilled(5, vec![reserved(100), reserved(101)]);
+        for _ in 0..2 {
+            let made = d.local(5, |l| {
+                let r = l.take()?;
+                l.push(create(5, r.ino));
+                Some(r.ino)
+            });
+            assert!(made.is_some());
+        }
+        assert!(d.local(5, |l| l.take()).is_none(), "no numbers left");
+        assert!(d.unapplied(100));
+        // a close before the create is sent needs no Close of its own
+        assert!(d.closed(101));
+        let (ops, last) = d.take_batch().expect("a batch");
+        assert_eq!(last, 2);
+        assert!(matches!(&ops[1], DirOp::Create { ino: 101, open: false, .. }));
+        assert!(!d.closed(100), "already sent: the Close goes after it");
+        assert!(d.unapplied(100));
+        // a recall waits for every change queued before it
+        assert_eq!(d.revoke(5), Some(2));
+        assert!(d.local(5, |_| Some(())).is_none());
+        assert_eq!(d.revoke(5), None);
+        d.answered(last);
+        assert!(!d.unapplied(100));
+    }
+
+    #[tokio::test]
+    async fn a_barrier_waits_for_what_was_queued_before_it() {
+        let d = std::sync::Arc::new(DirOps::default());
+        d.grant(1);
+        d.refilled(1, vec![reserved(7)]);
+        d.local(1, |l| {
+            let r = l.take()?;
+            l.push(create(1, r.ino));
+            Some(())
+        });
+        let waiter = {
+            let d = d.clone();
+            tokio::spawn(async move { d.barrier().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let (_, last) = d.take_batch().expect("a batch");
+        d.answered(last);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.expect("barrier passed").expect("task");
+        // nothing queued: no wait
+        d.barrier().await;
+    }
+}
