@@ -215,19 +215,26 @@ impl DirOps {
         }
     }
 
-    /// The last handle of `ino` closed. If its create has not been sent,
-    /// it goes as a closed file and no `Close` is needed: true.
-    pub fn closed(&self, ino: u64) -> bool {
+    /// The last handle of `ino` closed: the MDS is told with the next
+    /// batch. If the file's create has not been sent yet, it goes as a
+    /// closed file instead.
+    pub fn close(&self, ino: u64) {
         let mut g = self.lock();
-        for (_, op) in g.queue.iter_mut() {
-            if let DirOp::Create { ino: i, open, .. } = op {
-                if *i == ino {
-                    *open = false;
-                    return true;
+        if g.unapplied.contains(&ino) {
+            for (_, op) in g.queue.iter_mut() {
+                if let DirOp::Create { ino: i, open, .. } = op {
+                    if *i == ino {
+                        *open = false;
+                        return;
+                    }
                 }
             }
         }
-        false
+        g.last += 1;
+        let n = g.last;
+        g.queue.push_back((n, DirOp::Close { ino }));
+        drop(g);
+        self.queued.notify_one();
     }
 
     /// Is `ino`'s create still on its way to the MDS?
@@ -301,18 +308,21 @@ mod tests {
         assert!(d.local(5, |l| l.take()).is_none(), "no numbers left");
         assert!(d.unapplied(100));
         // a close before the create is sent needs no Close of its own
-        assert!(d.closed(101));
+        d.close(101);
         let (ops, last) = d.take_batch().expect("a batch");
         assert_eq!(last, 2);
         assert!(matches!(&ops[1], DirOp::Create { ino: 101, open: false, .. }));
-        assert!(!d.closed(100), "already sent: the Close goes after it");
+        // already sent: the close goes after it
+        d.close(100);
         assert!(d.unapplied(100));
         // a recall waits for every change queued before it
-        assert_eq!(d.revoke(5), Some(2));
+        assert_eq!(d.revoke(5), Some(3));
         assert!(d.local(5, |_| Some(())).is_none());
         assert_eq!(d.revoke(5), None);
         d.answered(last);
         assert!(!d.unapplied(100));
+        let (ops, last) = d.take_batch().expect("the close");
+        assert_eq!((ops, last), (vec![DirOp::Close { ino: 100 }], 3));
     }
 
     #[tokio::test]

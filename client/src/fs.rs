@@ -276,7 +276,8 @@ impl ClientFs {
                     break;
                 };
                 loop {
-                    match fs.pool.mds(&MdsReq::Apply { ops: batch.clone() }).await {
+                    let req = MdsReq::Apply { session: fs.meta.session(), ops: batch.clone() };
+                    match fs.pool.mds(&req).await {
                         Ok(MdsResp::Applied(rs)) => {
                             fs.not_applied(&batch, rs).await;
                             break;
@@ -335,6 +336,10 @@ impl ClientFs {
                 DirOp::Unlink { parent, name, ino, .. } => {
                     tracing::error!(parent, name, ino, error = %e, "an unlink made under a directory lease was refused by the MDS");
                     (parent, name, ino)
+                }
+                DirOp::Close { ino } => {
+                    tracing::debug!(ino, error = %e, "close not applied; the session's end releases it");
+                    continue;
                 }
             };
             self.meta.drop_ino(*ino);
@@ -705,11 +710,8 @@ impl ClientFs {
     /// Tell the MDS this client closed its last handle of `ino` (a file
     /// unlinked meanwhile is freed once no client has it open).
     fn send_close(&self, ino: u64) {
-        if self.dirops.closed(ino) {
-            // Its create has not gone yet: it goes as a closed file.
-            return;
-        }
-        self.post(MdsReq::Close { ino, session: self.meta.session() }, "close not delivered; the session's end releases it");
+        // With the next batch of changes: closes come in bursts too.
+        self.dirops.close(ino);
     }
 
     /// Send `req` to the MDS in the background; a failure is only logged

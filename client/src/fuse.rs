@@ -1,6 +1,10 @@
 //! The only `impl fuser::Filesystem`: thin glue over `ClientFs`. Each
-//! callback owns its arguments, spawns the work on tokio and returns at once
+//! callback owns its arguments, hands the work to tokio and returns at once
 //! (STYLE.md §4); the reply travels into the task and is sent exactly once.
+//! Work that needs no waiting (an answer from the lease caches, a create
+//! under a directory lease) is finished on the FUSE thread by polling it
+//! once (`run`): moving it to a tokio worker and back would cost two
+//! thread wake-ups, more than the work itself.
 use crate::fs::{ClientFs, KernelCache, Opened};
 use aifs_common::proto::mds::{Attr, FileKind, LockKind, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use aifs_common::{errno, Error};
@@ -66,6 +70,19 @@ impl AifsFuse {
         AifsFuse { fs, rt, kernel }
     }
 
+    /// Run `work` to its end: here, if it finishes without waiting, else
+    /// on tokio. Polling never blocks: a future that would wait registers
+    /// its waker and returns, and tokio polls it again (with its own
+    /// waker) once spawned.
+    fn run(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut work = Box::pin(work);
+        let _rt = self.rt.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if work.as_mut().poll(&mut cx).is_pending() {
+            self.rt.spawn(work);
+        }
+    }
+
     /// Shared view for handing the session's notifier in after mounting.
     pub fn kernel_view(&self) -> Arc<KernelView> {
         self.kernel.clone()
@@ -122,7 +139,7 @@ macro_rules! spawn_entry {
         let fs = $self.fs.clone();
         let parent = $parent;
         let name = $name.clone();
-        $self.rt.spawn(async move {
+        $self.run(async move {
             match $fut.await {
                 Ok(a) => $reply.entry(&fs.entry_ttl(parent, &name, a.ino), &file_attr(&a), Generation(0)),
                 Err(e) => $reply.error(err(&e)),
@@ -133,7 +150,7 @@ macro_rules! spawn_entry {
 
 macro_rules! spawn_empty {
     ($self:ident, $reply:ident, $fut:expr) => {{
-        $self.rt.spawn(async move {
+        $self.run(async move {
             match $fut.await {
                 Ok(()) => $reply.ok(),
                 Err(e) => $reply.error(err(&e)),
@@ -171,7 +188,7 @@ impl Filesystem for AifsFuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match fs.getattr(ino.0).await {
                 Ok(a) => reply.attr(&fs.ttl(a.ino), &file_attr(&a)),
                 Err(e) => reply.error(err(&e)),
@@ -199,7 +216,7 @@ impl Filesystem for AifsFuse {
     ) {
         let fs = self.fs.clone();
         let set = SetAttr { mode, uid, gid, size, atime: time_set(atime), mtime: time_set(mtime) };
-        self.rt.spawn(async move {
+        self.run(async move {
             match fs.setattr(ino.0, set).await {
                 Ok(a) => reply.attr(&fs.ttl(a.ino), &file_attr(&a)),
                 Err(e) => reply.error(err(&e)),
@@ -209,7 +226,7 @@ impl Filesystem for AifsFuse {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match fs.readlink(ino.0).await {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(err(&e)),
@@ -306,7 +323,7 @@ impl Filesystem for AifsFuse {
         let fs = self.fs.clone();
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let append = flags.0 & libc::O_APPEND != 0;
-        self.rt.spawn(async move {
+        self.run(async move {
             match fs.open(ino.0, write, append).await {
                 Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
                 Err(e) => reply.error(err(&e)),
@@ -326,7 +343,7 @@ impl Filesystem for AifsFuse {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(b) => reply.data(&b),
                 Err(e) => reply.error(err(&e)),
@@ -348,7 +365,7 @@ impl Filesystem for AifsFuse {
     ) {
         let fs = self.fs.clone();
         let data = Bytes::copy_from_slice(data);
-        self.rt.spawn(async move {
+        self.run(async move {
             match fs.write(fh.0, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(err(&e)),
@@ -375,7 +392,7 @@ impl Filesystem for AifsFuse {
     ) {
         let fs = self.fs.clone();
         let write = typ == libc::F_WRLCK;
-        self.rt.spawn(async move {
+        self.run(async move {
             match fs.getlk(ino.0, lock_owner.0, start, end, write, pid).await {
                 Ok(Some(l)) => reply.locked(l.start, l.end, if l.write { libc::F_WRLCK } else { libc::F_RDLCK }, l.pid),
                 Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
@@ -436,7 +453,7 @@ impl Filesystem for AifsFuse {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match fs.getattr(ino.0).await {
                 Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
                 Ok(_) => reply.error(Errno::ENOTDIR),
@@ -447,7 +464,7 @@ impl Filesystem for AifsFuse {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             // Offsets 1 and 2 are `.` and `..`; entries carry their MDS
             // cookie, which stays valid while the directory changes.
             let (entries, parent) = match fs.readdir(ino.0, offset.max(2)).await {
@@ -476,7 +493,7 @@ impl Filesystem for AifsFuse {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             let (entries, parent) = match fs.readdirplus(ino.0, offset.max(2)).await {
                 Ok(r) => r,
                 Err(e) => return reply.error(err(&e)),
@@ -510,7 +527,7 @@ impl Filesystem for AifsFuse {
         // Changes the MDS answered are durable; those made here under a
         // directory lease are once applied.
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             fs.sync_dirs().await;
             reply.ok();
         });
@@ -518,7 +535,7 @@ impl Filesystem for AifsFuse {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match fs.statfs().await {
                 Ok(s) => {
                     const BS: u64 = 4096;
@@ -562,7 +579,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match fs.getxattr(ino.0, &name).await {
                 Ok(v) => xattr_reply(reply, size, &v),
                 Err(e) => reply.error(err(&e)),
@@ -572,7 +589,7 @@ impl Filesystem for AifsFuse {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match fs.listxattr(ino.0).await {
                 Ok(names) => {
                     let mut buf = Vec::new();
@@ -610,7 +627,7 @@ impl Filesystem for AifsFuse {
         let (uid, gid) = (req.uid(), req.gid());
         let exclusive = flags & libc::O_EXCL != 0;
         let append = flags & libc::O_APPEND != 0;
-        self.rt.spawn(async move {
+        self.run(async move {
             match fs.create(parent.0, &name, mode & !umask, uid, gid, exclusive, append).await {
                 Ok(o) => {
                     let ttl = fs.entry_ttl(parent.0, &name, o.attr.ino);

@@ -685,6 +685,11 @@ impl Namespace {
         for (i, op) in ops.into_iter().enumerate() {
             let parent = match &op {
                 DirOp::Create { parent, .. } | DirOp::Unlink { parent, .. } => *parent,
+                // Not a namespace change: nothing to do here.
+                DirOp::Close { .. } => {
+                    out[i] = Some(Ok(()));
+                    continue;
+                }
             };
             by_shard.entry(shard_of(parent)).or_default().push((i, op));
         }
@@ -723,6 +728,7 @@ impl Namespace {
                                         };
                                         create_reserved(txn, &c, now)
                                     }
+                                    DirOp::Close { .. } => Ok(()),
                                     DirOp::Unlink { parent, name, ino, time_ns } => {
                                         match check_name(name)
                                             .and_then(|_| unlink_here(txn, *parent, name, Some(*ino), (*time_ns).max(now), &open))

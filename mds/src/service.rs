@@ -431,9 +431,9 @@ impl MdsService {
                 need(peer, &[Role::Client])?;
                 MdsResp::Reserved(ns.reserve(dir, count).await?)
             }
-            MdsReq::Apply { ops } => {
+            MdsReq::Apply { session, ops } => {
                 need(peer, &[Role::Client])?;
-                self.apply(peer, ops).await
+                self.apply(peer, session, ops).await
             }
         })
     }
@@ -441,12 +441,14 @@ impl MdsService {
     /// Changes a client made under directories' write leases. A file made
     /// and still open there counts as open and comes with a write lease
     /// (a read lease if already closed), as a `Create` would.
-    async fn apply(&self, peer: &Arc<Peer>, ops: Vec<DirOp>) -> MdsResp {
+    async fn apply(&self, peer: &Arc<Peer>, session: u64, ops: Vec<DirOp>) -> MdsResp {
         let cl = &self.ns.cluster;
         let h = cl.holder(peer);
+        let s = cl.session_for(peer, session);
         let results = self.ns.apply(ops.clone()).await;
         let mut changes: Vec<(u64, Vec<String>)> = Vec::new();
         let mut unlinked = false;
+        let mut purge = false;
         for (op, r) in ops.into_iter().zip(&results) {
             match r {
                 Ok(()) => {}
@@ -457,8 +459,8 @@ impl MdsService {
             }
             match op {
                 DirOp::Create { parent, name, ino, open, .. } => {
-                    if open && h.granted() != 0 {
-                        cl.opened(h.id, ino);
+                    if open && s != 0 {
+                        cl.opened(s, ino);
                     }
                     cl.try_acquire(&h, ino, if open { LeaseKind::Write } else { LeaseKind::Read });
                     changes.push((parent, vec![name]));
@@ -468,10 +470,14 @@ impl MdsService {
                     changes.push((parent, vec![name]));
                     changes.push((ino, vec![]));
                 }
+                DirOp::Close { ino } => purge |= cl.closed(s, ino),
             }
         }
         if unlinked {
             self.gc.wake.notify_one();
+        }
+        if purge {
+            self.purge().await;
         }
         cl.invalidate(h.id, changes).await;
         MdsResp::Applied(results.into_iter().map(|r| r.err().map(|e| e.to_wire())).collect())

@@ -190,15 +190,11 @@ pub enum MdsReq {
     Accessed { ino: u64 },
     /// Inode numbers (with their files' layouts) for `count` files to be
     /// made in `dir` by a client that holds the directory's write lease.
-    Reserve {
-        dir: u64,
-        count: u32,
-    },
+    Reserve { dir: u64, count: u32 },
     /// Namespace changes a client already answered under a directory's
-    /// write lease, applied in order; one result per change.
-    Apply {
-        ops: Vec<DirOp>,
-    },
+    /// write lease (and closes), applied in order; one result per change.
+    /// `session`: the session they were made under (as in `Close`).
+    Apply { session: u64, ops: Vec<DirOp> },
 }
 message!(MdsReq);
 
@@ -214,6 +210,8 @@ pub enum DirOp {
     Create { parent: u64, name: String, ino: u64, layout: Layout, mode: u32, uid: u32, gid: u32, time_ns: i64, open: bool },
     /// Remove the name `name`, which the client knows as `ino`.
     Unlink { parent: u64, name: String, ino: u64, time_ns: i64 },
+    /// The client closed its last handle of `ino` (as `MdsReq::Close`).
+    Close { ino: u64 },
 }
 
 /// A reserved inode number and the layout its file gets.
