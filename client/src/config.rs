@@ -18,6 +18,13 @@ pub struct ClientConfig {
     /// the MDS, a baseline for measuring what leases save.
     #[serde(default = "default_true")]
     pub lease_cache: bool,
+    /// Take directories' write leases and answer creates and unlinks there
+    /// without waiting for the MDS, which gets them in batches within a
+    /// round trip (durable at the latest at the next fsync of the file or
+    /// the directory). Off: every create and unlink is durable before it
+    /// returns, at the MDS's pace.
+    #[serde(default = "default_true")]
+    pub dir_leases: bool,
     /// Stripe units of one file in flight to the OSDs at once.
     #[serde(default = "default_write_window")]
     pub write_window: usize,

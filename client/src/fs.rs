@@ -106,6 +106,8 @@ pub struct ClientFs {
     name: String,
     pub meta: MetaCache,
     lease_cache: bool,
+    /// Take directories' write leases (config `dir_leases`).
+    dir_leases: bool,
     /// Session term, learned when the session opens.
     term_ms: AtomicU64,
     kernel: OnceLock<Arc<dyn KernelCache>>,
@@ -176,6 +178,7 @@ impl ClientFs {
             name: cfg.name.clone(),
             meta: MetaCache::new(),
             lease_cache: cfg.lease_cache,
+            dir_leases: cfg.dir_leases && cfg.lease_cache,
             term_ms: AtomicU64::new(0),
             kernel: OnceLock::new(),
             rebind: Notify::new(),
@@ -425,7 +428,7 @@ impl ClientFs {
     /// The MDS granted `dir`'s write lease in a reply to a request sent at
     /// `snap`: kept unless the lease was recalled meanwhile.
     fn writable(&self, snap: Snap, granted: u64, dir: u64) {
-        if dir != 0 && self.cache_on() && granted != 0 && granted == snap.session() && self.meta.quiet_since(snap, dir) {
+        if dir != 0 && self.dir_leases && granted != 0 && granted == snap.session() && self.meta.quiet_since(snap, dir) {
             self.dirops.grant(dir);
         }
     }

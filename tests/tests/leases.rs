@@ -430,3 +430,69 @@ fn times_change_as_posix_says_and_every_mount_sees_them() {
     assert!((m3.ctime(), m3.ctime_nsec()) > (m2.ctime(), m2.ctime_nsec()));
     assert_eq!(m3.len(), 6);
 }
+
+#[test]
+fn creates_under_a_directory_lease_are_batched_and_seen_by_the_next_look_elsewhere() {
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    // A made the directory and nobody else looked: A holds its write lease
+    // and answers creates and unlinks itself, sending them in batches
+    fs::create_dir(a.p("step")).unwrap();
+    let n = 400;
+    let before = mds_requests(&cl);
+    for i in 0..n {
+        fs::write(a.p(&format!("step/rank{i:04}")), []).unwrap();
+    }
+    for i in 0..n / 4 {
+        fs::remove_file(a.p(&format!("step/rank{i:04}"))).unwrap();
+    }
+    let asked = mds_requests(&cl) - before - 1;
+    assert!(asked < n as u64 / 4, "{n} creates and {} unlinks cost {asked} MDS requests", n / 4);
+    // B's first look recalls the lease: every change A made is there
+    let expect: BTreeSet<String> = (n / 4..n).map(|i| format!("rank{i:04}")).collect();
+    assert_eq!(names(&b.p("step")), expect);
+    assert!(!b.p("step/rank0000").exists());
+    assert_eq!(fs::metadata(b.p("step/rank0399")).unwrap().len(), 0);
+    // from now on both go through the MDS, and see each other's changes
+    fs::write(b.p("step/from_b"), b"b").unwrap();
+    assert_eq!(fs::read(a.p("step/from_b")).unwrap(), b"b");
+    fs::write(a.p("step/from_a"), b"a").unwrap();
+    assert_eq!(fs::read(b.p("step/from_a")).unwrap(), b"a");
+    fs::remove_file(a.p("step/rank0100")).unwrap();
+    assert!(!b.p("step/rank0100").exists());
+    // a directory with creates still on their way is not empty to anyone
+    fs::create_dir(a.p("next")).unwrap();
+    fs::write(a.p("next/x"), b"x").unwrap();
+    assert_eq!(fs::remove_dir(b.p("next")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    // data written to a file made under the lease reads back elsewhere
+    fs::create_dir(a.p("data")).unwrap();
+    let body = pattern::bytes(9, 0, 3 * MIB + 5);
+    let mut f = File::create(a.p("data/shard0")).unwrap();
+    f.write_all(&body).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(fs::read(b.p("data/shard0")).unwrap() == body, "B read other bytes than A wrote");
+    // the operator sees who holds the lease
+    let leases = cl.mdsctl(&["leases", a.p("step").to_str().unwrap()]).unwrap();
+    assert!(leases.contains("read"), "mdsctl leases:\n{leases}");
+}
+
+#[test]
+fn creates_under_a_directory_lease_survive_kill_9_once_the_directory_is_fsynced() {
+    let mut cl = ProcCluster::start(3).unwrap();
+    let mut a = cl.mount().unwrap();
+    fs::create_dir(a.p("ckpt")).unwrap();
+    for i in 0..50 {
+        fs::write(a.p(&format!("ckpt/rank{i}")), format!("{i}")).unwrap();
+    }
+    // fsync of the directory: every create made under its lease is durable
+    File::open(a.p("ckpt")).unwrap().sync_all().unwrap();
+    // then the node fails: servers and client die at once
+    cl.kill9_all();
+    a.kill9();
+    cl.start_all().unwrap();
+    let b = cl.mount().unwrap();
+    let expect: BTreeSet<String> = (0..50).map(|i| format!("rank{i}")).collect();
+    assert_eq!(names(&b.p("ckpt")), expect);
+}
