@@ -170,8 +170,12 @@ impl MdsService {
                 let h = cl.holder(peer);
                 // Files made in the directory by a client under its write
                 // lease reach the MDS first.
-                let child = ns.lookup(parent, &name).await?.ino;
-                cl.settle(&h, &[parent, child]).await?;
+                let child = ns.lookup(parent, &name).await?;
+                let mut dirs = vec![parent];
+                if child.kind == FileKind::Dir {
+                    dirs.push(child.ino);
+                }
+                cl.settle(&h, &dirs).await?;
                 let ino = ns.rmdir(parent, &name).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
                 self.changed(None, &[parent], 0).await
