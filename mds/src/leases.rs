@@ -137,18 +137,10 @@ impl Cluster {
         self.leases.lock().is_ok_and(|mut t| t.try_acquire(h.id, ino, kind, Instant::now()))
     }
 
-    /// Read leases on directories about to change: a client holding one's
-    /// write lease sends the changes it made there first.
-    pub async fn settle(self: &Arc<Self>, h: &Holder, dirs: &[u64]) -> Result<()> {
-        for (i, d) in dirs.iter().enumerate() {
-            if !dirs[..i].contains(d) {
-                self.acquire(h, *d, LeaseKind::Read).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Read leases on several inodes (a listing's entries).
+    /// Read leases on several inodes: a listing's entries (their writers
+    /// flush first), or directories about to change (a client holding
+    /// one's write lease sends its changes there first). Asking twice for
+    /// one inode is granted at once.
     pub async fn acquire_read_all(self: &Arc<Self>, h: &Holder, inos: &[u64]) -> Result<()> {
         for ino in inos {
             self.acquire(h, *ino, LeaseKind::Read).await?;

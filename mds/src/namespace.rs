@@ -356,42 +356,33 @@ fn add_entry(txn: &WriteTransaction, mut p: InodeRec, parent: u64, name: &str, i
 
 /// Apply one `DirOp::Create` in the parent shard's transaction. The inode
 /// number must have been reserved there and not used yet.
-fn create_reserved(txn: &WriteTransaction, op: &ReservedCreate, now: i64) -> Result<()> {
-    check_name(&op.name)?;
-    op.layout.validate()?;
-    let sid = shard_of(op.parent);
-    if shard_of(op.ino) != sid {
-        return Err(Error::InvalidArgument(format!("inode {:#x} is not of the directory's shard", op.ino)));
+fn create_reserved(txn: &WriteTransaction, op: &DirOp, now: i64) -> Result<()> {
+    let DirOp::Create { parent, name, ino, layout, mode, uid, gid, time_ns, .. } = op else {
+        return Err(Error::InvalidArgument("not a create".into()));
+    };
+    let (parent, ino) = (*parent, *ino);
+    check_name(name)?;
+    layout.validate()?;
+    if shard_of(ino) != shard_of(parent) {
+        return Err(Error::InvalidArgument(format!("inode {ino:#x} is not of the directory's shard")));
     }
     let next = txn.open_table(META).io()?.get("next_seq").io()?.map(|v| v.value()).unwrap_or(0);
-    if InodeId(op.ino).seq() >= next {
-        return Err(Error::InvalidArgument(format!("inode {:#x} was never reserved", op.ino)));
+    if InodeId(ino).seq() >= next {
+        return Err(Error::InvalidArgument(format!("inode {ino:#x} was never reserved")));
     }
-    let p = get_inode(&txn.open_table(INODES).io()?, op.parent)?;
+    let p = get_inode(&txn.open_table(INODES).io()?, parent)?;
     if p.kind != FileKind::Dir {
         return Err(Error::NotDir);
     }
-    if let Some(v) = txn.open_table(DENTRIES).io()?.get((op.parent, op.name.as_str())).io()? {
+    if let Some(v) = txn.open_table(DENTRIES).io()?.get((parent, name.as_str())).io()? {
         // Already applied (a retry after a lost reply), or a clash.
-        return if v.value().0 == op.ino { Ok(()) } else { Err(Error::Exists) };
+        return if v.value().0 == ino { Ok(()) } else { Err(Error::Exists) };
     }
-    if txn.open_table(INODES).io()?.get(op.ino).io()?.is_some() {
+    if txn.open_table(INODES).io()?.get(ino).io()?.is_some() {
         return Err(Error::Exists);
     }
-    let rec = file_rec(op.mode, op.uid, op.gid, op.parent, op.layout.clone(), op.time_ns);
-    add_entry(txn, p, op.parent, &op.name, op.ino, &rec, now)
-}
-
-/// The fields of a `DirOp::Create`.
-pub struct ReservedCreate {
-    pub parent: u64,
-    pub name: String,
-    pub ino: u64,
-    pub layout: Layout,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub time_ns: i64,
+    let rec = file_rec(*mode, *uid, *gid, parent, layout.clone(), *time_ns);
+    add_entry(txn, p, parent, name, ino, &rec, now)
 }
 
 /// Result of a create: the attributes and whether this call made the file.
@@ -715,19 +706,7 @@ impl Namespace {
                             let mut it = batch.into_iter();
                             for (i, op) in it.by_ref() {
                                 let r = match &op {
-                                    DirOp::Create { parent, name, ino, layout, mode, uid, gid, time_ns, .. } => {
-                                        let c = ReservedCreate {
-                                            parent: *parent,
-                                            name: name.clone(),
-                                            ino: *ino,
-                                            layout: layout.clone(),
-                                            mode: *mode,
-                                            uid: *uid,
-                                            gid: *gid,
-                                            time_ns: *time_ns,
-                                        };
-                                        create_reserved(txn, &c, now)
-                                    }
+                                    DirOp::Create { .. } => create_reserved(txn, &op, now),
                                     DirOp::Close { .. } => Ok(()),
                                     DirOp::Unlink { parent, name, ino, time_ns } => {
                                         match check_name(name)
@@ -793,13 +772,11 @@ impl Namespace {
         shard
             .mutate(move |txn| {
                 let now = now_ns();
-                let mut inodes = txn.open_table(INODES).io()?;
-                let mut p = get_inode(&inodes, parent)?;
+                let p = get_inode(&txn.open_table(INODES).io()?, parent)?;
                 if p.kind != FileKind::Dir {
                     return Err(Error::NotDir);
                 }
-                let mut dentries = txn.open_table(DENTRIES).io()?;
-                if dentries.get((parent, name.as_str())).io()?.is_some() {
+                if txn.open_table(DENTRIES).io()?.get((parent, name.as_str())).io()?.is_some() {
                     return Err(Error::Exists);
                 }
                 let mut meta = txn.open_table(META).io()?;
@@ -823,15 +800,7 @@ impl Namespace {
                     target: Some(target),
                     xattrs: 0,
                 };
-                let cookie = p.next_cookie;
-                p.next_cookie += 1;
-                p.entries += 1;
-                p.mtime_ns = now;
-                p.ctime_ns = now;
-                dentries.insert((parent, name.as_str()), (ino, kind_code(FileKind::Symlink), cookie)).io()?;
-                txn.open_table(COOKIES).io()?.insert((parent, cookie), name.as_str()).io()?;
-                put_inode(&mut inodes, parent, &p)?;
-                put_inode(&mut inodes, ino, &rec)?;
+                add_entry(txn, p, parent, &name, ino, &rec, now)?;
                 Ok(rec.attr(ino))
             })
             .await

@@ -105,7 +105,7 @@ impl MdsService {
             MdsReq::Create { parent, name, mode, uid, gid, exclusive } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                cl.settle(&h, &[parent]).await?;
+                cl.acquire_read_all(&h, &[parent]).await?;
                 let c = ns.create(parent, &name, mode, uid, gid, exclusive).await?;
                 // Created and opened: counted at once (an unlink elsewhere
                 // must find it open), closed by the client later.
@@ -139,7 +139,7 @@ impl MdsService {
             MdsReq::Mkdir { parent, name, mode, uid, gid } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                cl.settle(&h, &[parent]).await?;
+                cl.acquire_read_all(&h, &[parent]).await?;
                 let a = ns.mkdir(parent, &name, mode, uid, gid).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name])]).await;
                 // The maker holds the new directory's entries: none, and,
@@ -159,7 +159,7 @@ impl MdsService {
             MdsReq::Unlink { parent, name } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                cl.settle(&h, &[parent]).await?;
+                cl.acquire_read_all(&h, &[parent]).await?;
                 let ino = ns.unlink(parent, &name).await?;
                 self.gc.wake.notify_one();
                 cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
@@ -175,7 +175,7 @@ impl MdsService {
                 if child.kind == FileKind::Dir {
                     dirs.push(child.ino);
                 }
-                cl.settle(&h, &dirs).await?;
+                cl.acquire_read_all(&h, &dirs).await?;
                 let ino = ns.rmdir(parent, &name).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
                 self.changed(None, &[parent], 0).await
@@ -191,7 +191,7 @@ impl MdsService {
                         dirs.push(t.ino);
                     }
                 }
-                cl.settle(&h, &dirs).await?;
+                cl.acquire_read_all(&h, &dirs).await?;
                 let (moved, replaced) = ns.rename(parent, &name, newparent, &newname, flags).await?;
                 self.gc.wake.notify_one();
                 let mut changes = vec![(parent, vec![name]), (newparent, vec![newname]), (moved, vec![])];
@@ -224,7 +224,7 @@ impl MdsService {
             MdsReq::Symlink { parent, name, target, uid, gid } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                cl.settle(&h, &[parent]).await?;
+                cl.acquire_read_all(&h, &[parent]).await?;
                 let a = ns.symlink(parent, &name, &target, uid, gid).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name])]).await;
                 self.changed(Some(a), &[parent], 0).await
@@ -236,7 +236,7 @@ impl MdsService {
             MdsReq::Link { ino, newparent, newname } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                cl.settle(&h, &[newparent]).await?;
+                cl.acquire_read_all(&h, &[newparent]).await?;
                 let a = ns.link(ino, newparent, &newname).await?;
                 cl.invalidate(h.id, vec![(newparent, vec![newname]), (ino, vec![])]).await;
                 self.changed(Some(a), &[newparent], 0).await
