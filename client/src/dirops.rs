@@ -27,9 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use tokio::sync::Notify;
 
-/// Inode numbers asked for at a time, and the stock below which more are
-/// asked for.
-pub const RESERVE_BATCH: u32 = 512;
+/// The stock of reserved inode numbers below which more are asked for
+/// (`RESERVE_BATCH` at a time).
 const RESERVE_LOW: usize = 128;
 /// Changes sent in one `Apply`.
 pub const MAX_BATCH: usize = 1024;
@@ -116,10 +115,11 @@ impl DirOps {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The MDS granted this client `dir`'s write lease.
-    pub fn grant(&self, dir: u64) {
+    /// The MDS granted this client `dir`'s write lease, with inode numbers
+    /// reserved there.
+    pub fn grant(&self, dir: u64, reserved: Vec<Reserved>) {
         let mut g = self.lock();
-        g.writable.entry(dir).or_default();
+        g.writable.entry(dir).or_default().reserved.extend(reserved);
         if g.want_refill(dir) {
             drop(g);
             self.queued.notify_one();
@@ -292,11 +292,12 @@ mod tests {
     fn changes_are_made_only_under_the_lease_and_sent_in_order() {
         let d = DirOps::default();
         assert!(d.local(5, |_| Some(())).is_none());
-        d.grant(5);
+        d.grant(5, vec![]);
         assert_eq!(d.take_refills(), vec![5]);
-        d.grant(5);
+        d.grant(5, vec![]);
         assert!(d.take_refills().is_empty(), "a second refill while one is out");
-        d.refilled(5, vec![reserved(100), reserved(101)]);
+        d.refilled(5, vec![reserved(100)]);
+        d.grant(5, vec![reserved(101)]);
         for _ in 0..2 {
             let made = d.local(5, |l| {
                 let r = l.take()?;
@@ -328,8 +329,7 @@ mod tests {
     #[tokio::test]
     async fn a_barrier_waits_for_what_was_queued_before_it() {
         let d = std::sync::Arc::new(DirOps::default());
-        d.grant(1);
-        d.refilled(1, vec![reserved(7)]);
+        d.grant(1, vec![reserved(7)]);
         d.local(1, |l| {
             let r = l.take()?;
             l.push(create(1, r.ino));

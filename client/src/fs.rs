@@ -6,11 +6,11 @@
 use crate::config::ClientConfig;
 use crate::data::prefetch;
 use crate::data::writeback::{DataCtx, FileState};
-use crate::dirops::{DirOps, RESERVE_BATCH};
+use crate::dirops::DirOps;
 use crate::meta::{MetaCache, Snap};
 use crate::pool::Pool;
 use aifs_common::certs::Role;
-use aifs_common::proto::mds::{Attr, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs};
+use aifs_common::proto::mds::{Attr, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{self, Identity, Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -427,9 +427,10 @@ impl ClientFs {
 
     /// The MDS granted `dir`'s write lease in a reply to a request sent at
     /// `snap`: kept unless the lease was recalled meanwhile.
-    fn writable(&self, snap: Snap, granted: u64, dir: u64) {
-        if dir != 0 && self.dir_leases && granted != 0 && granted == snap.session() && self.meta.quiet_since(snap, dir) {
-            self.dirops.grant(dir);
+    fn writable(&self, snap: Snap, granted: u64, w: Option<Writable>) {
+        let Some(w) = w else { return };
+        if self.dir_leases && granted != 0 && granted == snap.session() && self.meta.quiet_since(snap, w.dir) {
+            self.dirops.grant(w.dir, w.reserved);
         }
     }
 
@@ -452,7 +453,7 @@ impl ClientFs {
     /// four heartbeats per term.
     async fn open_session(&self) -> Result<u64> {
         let sent = Instant::now();
-        match self.pool.mds(&MdsReq::OpenSession { name: self.name.clone() }).await? {
+        match self.pool.mds(&MdsReq::OpenSession { name: self.name.clone(), dir_leases: self.dir_leases }).await? {
             MdsResp::Session { id, heartbeat_ms } => {
                 self.term_ms.store(heartbeat_ms * 4, Ordering::Relaxed);
                 self.meta.set_session(id, sent, self.term());

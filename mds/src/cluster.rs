@@ -24,6 +24,8 @@ pub struct SessionEntry {
     /// The connection recalls go over: the latest one the session was
     /// opened or heartbeated on.
     pub conn: Option<quinn::Connection>,
+    /// The client takes directories' write leases.
+    pub dir_leases: bool,
 }
 
 pub struct Cluster {
@@ -243,13 +245,13 @@ impl Cluster {
         v
     }
 
-    pub fn open_session(&self, name: String, addr: String) -> u64 {
+    pub fn open_session(&self, name: String, addr: String, dir_leases: bool) -> u64 {
         let id = self.new_session_id();
         tracing::info!(session = id, %name, %addr, "session opened");
         if let Ok(mut l) = self.leases.lock() {
             l.open_session(id, Instant::now());
         }
-        self.sessions.insert(id, SessionEntry { name, addr, conn: None });
+        self.sessions.insert(id, SessionEntry { name, addr, conn: None, dir_leases });
         id
     }
 

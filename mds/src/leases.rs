@@ -137,6 +137,21 @@ impl Cluster {
         self.leases.lock().is_ok_and(|mut t| t.try_acquire(h.id, ino, kind, Instant::now()))
     }
 
+    /// A directory's write lease for a client that takes them, when nobody
+    /// else is in the way.
+    pub fn try_write_dir(&self, h: &Holder, dir: u64) -> bool {
+        let wants = self.sessions.get(&h.id).is_some_and(|s| s.dir_leases);
+        wants && self.try_acquire(h, dir, LeaseKind::Write)
+    }
+
+    /// `h` keeps only a read lease on `ino`.
+    pub fn demote(&self, h: &Holder, ino: u64) {
+        if let Ok(mut t) = self.leases.lock() {
+            t.demote(h.id, ino);
+        }
+        self.released.notify_waiters();
+    }
+
     /// Read leases on several inodes: a listing's entries (their writers
     /// flush first), or directories about to change (a client holding
     /// one's write lease sends its changes there first). Asking twice for

@@ -8,7 +8,7 @@ use aifs_common::certs::Role;
 use crate::leases::Holder;
 use crate::locks::Lock;
 use aifs_common::lease::LeaseKind;
-use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsReply, MdsReq, MdsResp, ShardInfo, Statfs};
+use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsReply, MdsReq, MdsResp, ShardInfo, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -37,7 +37,7 @@ const ADMIN: &[Role] = &[Role::Admin];
 impl MdsService {
     /// The reply to a namespace change: the new inode and the directories'
     /// attributes as committed.
-    async fn changed(&self, attr: Option<Attr>, dirs: &[u64], writable: u64) -> MdsResp {
+    async fn changed(&self, attr: Option<Attr>, dirs: &[u64], writable: Option<Writable>) -> MdsResp {
         let mut out = Vec::with_capacity(dirs.len());
         for (i, d) in dirs.iter().enumerate() {
             if dirs[..i].contains(d) {
@@ -48,6 +48,20 @@ impl MdsService {
             }
         }
         MdsResp::Changed { attr, dirs: out, writable }
+    }
+
+    /// `dir`'s write lease, granted to `h`: sent with inode numbers to
+    /// create there. Without them (the reservation failed) the lease goes
+    /// back at once; the client then creates through the MDS.
+    async fn writable(&self, h: &Holder, dir: u64) -> Option<Writable> {
+        match self.ns.reserve(dir, RESERVE_BATCH).await {
+            Ok(reserved) => Some(Writable { dir, reserved }),
+            Err(e) => {
+                tracing::warn!(dir, error = %e, "no inode numbers reserved; directory write lease given back");
+                self.ns.cluster.demote(h, dir);
+                None
+            }
+        }
     }
 
     pub async fn statfs(&self) -> Statfs {
@@ -133,7 +147,10 @@ impl MdsService {
                 }
                 // Nobody else looks at the directory: this client may go
                 // on making files there itself.
-                let writable = if c.created && cl.try_acquire(&h, parent, LeaseKind::Write) { parent } else { 0 };
+                let writable = match c.created && cl.try_write_dir(&h, parent) {
+                    true => self.writable(&h, parent).await,
+                    false => None,
+                };
                 self.changed(Some(a), &[parent], writable).await
             }
             MdsReq::Mkdir { parent, name, mode, uid, gid } => {
@@ -145,7 +162,7 @@ impl MdsService {
                 // The maker holds the new directory's entries: none, and,
                 // unless someone else looked already, its write lease. If
                 // it changed before the lease was taken, say nothing.
-                let writable = cl.try_acquire(&h, a.ino, LeaseKind::Write);
+                let writable = cl.try_write_dir(&h, a.ino);
                 if !writable {
                     cl.acquire(&h, a.ino, LeaseKind::Read).await?;
                 }
@@ -153,7 +170,10 @@ impl MdsService {
                 if same {
                     *grant = h.granted();
                 }
-                let writable = if writable && same { a.ino } else { 0 };
+                let writable = match writable && same {
+                    true => self.writable(&h, a.ino).await,
+                    false => None,
+                };
                 self.changed(Some(a), &[parent], writable).await
             }
             MdsReq::Unlink { parent, name } => {
@@ -163,7 +183,7 @@ impl MdsService {
                 let ino = ns.unlink(parent, &name).await?;
                 self.gc.wake.notify_one();
                 cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
-                self.changed(None, &[parent], 0).await
+                self.changed(None, &[parent], None).await
             }
             MdsReq::Rmdir { parent, name } => {
                 need(peer, NS)?;
@@ -178,7 +198,7 @@ impl MdsService {
                 cl.acquire_read_all(&h, &dirs).await?;
                 let ino = ns.rmdir(parent, &name).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
-                self.changed(None, &[parent], 0).await
+                self.changed(None, &[parent], None).await
             }
             MdsReq::Rename { parent, name, newparent, newname, flags } => {
                 need(peer, NS)?;
@@ -197,7 +217,7 @@ impl MdsService {
                 let mut changes = vec![(parent, vec![name]), (newparent, vec![newname]), (moved, vec![])];
                 changes.extend(replaced.map(|r| (r, vec![])));
                 cl.invalidate(h.id, changes).await;
-                self.changed(None, &[parent, newparent], 0).await
+                self.changed(None, &[parent, newparent], None).await
             }
             MdsReq::Readdir { ino, cookie, max } => {
                 need(peer, NS)?;
@@ -227,7 +247,7 @@ impl MdsService {
                 cl.acquire_read_all(&h, &[parent]).await?;
                 let a = ns.symlink(parent, &name, &target, uid, gid).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name])]).await;
-                self.changed(Some(a), &[parent], 0).await
+                self.changed(Some(a), &[parent], None).await
             }
             MdsReq::Readlink { ino } => {
                 need(peer, NS)?;
@@ -239,7 +259,7 @@ impl MdsService {
                 cl.acquire_read_all(&h, &[newparent]).await?;
                 let a = ns.link(ino, newparent, &newname).await?;
                 cl.invalidate(h.id, vec![(newparent, vec![newname]), (ino, vec![])]).await;
-                self.changed(Some(a), &[newparent], 0).await
+                self.changed(Some(a), &[newparent], None).await
             }
             MdsReq::Statfs => {
                 need(peer, NS)?;
@@ -309,9 +329,9 @@ impl MdsService {
                 }
                 MdsResp::Done
             }
-            MdsReq::OpenSession { name } => {
+            MdsReq::OpenSession { name, dir_leases } => {
                 need(peer, NS)?;
-                let id = ns.cluster.open_session(name, peer.addr.to_string());
+                let id = ns.cluster.open_session(name, peer.addr.to_string(), dir_leases);
                 ns.cluster.bind(peer, id);
                 MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms }
             }

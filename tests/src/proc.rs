@@ -30,6 +30,8 @@ fn stop(child: &mut Child, signal: i32, grace: Duration) {
     // SAFETY: kill(2) on a pid we spawned and have not yet reaped.
     unsafe {
         libc::kill(child.id() as i32, signal);
+        // a stopped process acts on the signal only once resumed
+        libc::kill(child.id() as i32, libc::SIGCONT);
     }
     let t = Instant::now();
     while t.elapsed() < grace {
@@ -127,6 +129,19 @@ impl ProcCluster {
         }
     }
 
+    /// Stop the MDS (SIGSTOP) until the guard drops: a server that hangs
+    /// rather than dies.
+    pub fn freeze_mds(&self) -> Frozen<'_> {
+        let pid = self.mds.as_ref().map_or(0, |c| c.id() as i32);
+        if pid != 0 {
+            // SAFETY: kill(2) on a pid we spawned and have not yet reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGSTOP);
+            }
+        }
+        Frozen(pid, std::marker::PhantomData)
+    }
+
     /// Wait until the MDS answers and every OSD is up.
     pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -177,6 +192,21 @@ impl ProcCluster {
                 for l in tail.into_iter().rev() {
                     eprintln!("{l}");
                 }
+            }
+        }
+    }
+}
+
+/// A stopped process, resumed (SIGCONT) on drop.
+pub struct Frozen<'a>(i32, std::marker::PhantomData<&'a ProcCluster>);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if self.0 != 0 {
+            // SAFETY: kill(2) on a pid the cluster spawned; the guard
+            // borrows the cluster, which reaps it only later.
+            unsafe {
+                libc::kill(self.0, libc::SIGCONT);
             }
         }
     }

@@ -160,7 +160,9 @@ pub enum MdsReq {
     GetStripe { ino: u64 },
     OsdMap,
     OsdHeartbeat { id: u32, addr: String, capacity: u64, used: u64, objects: u64 },
-    OpenSession { name: String },
+    /// `dir_leases`: the client takes directories' write leases (creates
+    /// and unlinks answered by itself, sent in batches).
+    OpenSession { name: String, dir_leases: bool },
     SessionHeartbeat { id: u64 },
     CloseSession { id: u64 },
     Status,
@@ -214,6 +216,19 @@ pub enum DirOp {
     Close { ino: u64 },
 }
 
+/// How many inode numbers a client holds in reserve per directory it
+/// holds the write lease of (granted with the lease, refilled by `Reserve`).
+pub const RESERVE_BATCH: u32 = 512;
+
+/// A directory's write lease granted with a reply, and the first inode
+/// numbers reserved for creates there.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub struct Writable {
+    pub dir: u64,
+    pub reserved: Vec<Reserved>,
+}
+
 /// A reserved inode number and the layout its file gets.
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[rkyv(derive(Debug))]
@@ -239,9 +254,9 @@ pub enum MdsResp {
     /// A namespace change: the new inode (if one was made or linked) and
     /// the changed directories' attributes after it, so a client need not
     /// ask for them again within its attribute TTL. `writable`: a
-    /// directory (0: none) this client now holds a write lease on, so it
-    /// may create and unlink there itself and send the changes later.
-    Changed { attr: Option<Attr>, dirs: Vec<Attr>, writable: u64 },
+    /// directory this client now holds a write lease on, so it may create
+    /// and unlink there itself and send the changes later.
+    Changed { attr: Option<Attr>, dirs: Vec<Attr>, writable: Option<Writable> },
     /// `attrs[i]` belongs to `entries[i]`.
     DirPlus { entries: Vec<DirEntry>, attrs: Vec<Attr>, eof: bool, parent: u64 },
     /// A file lease granted (`None` when the session has none to give).
