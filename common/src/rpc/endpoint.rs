@@ -67,8 +67,14 @@ fn udp_socket(addr: SocketAddr, cfg: &TransportConfig) -> Result<std::net::UdpSo
     Ok(sock.into())
 }
 
-fn endpoint_config() -> quinn::EndpointConfig {
-    quinn::EndpointConfig::default()
+/// The largest datagram this endpoint accepts is what it tells peers, and
+/// it caps their path-MTU discovery: without raising it from quinn's 1472
+/// bytes, `max_mtu` would never be reached.
+fn endpoint_config(cfg: &TransportConfig) -> Result<quinn::EndpointConfig> {
+    let mut c = quinn::EndpointConfig::default();
+    c.max_udp_payload_size(cfg.max_mtu.max(1200))
+        .map_err(|e| Error::InvalidArgument(format!("transport: max_mtu {}: {e}", cfg.max_mtu)))?;
+    Ok(c)
 }
 
 /// An endpoint that accepts connections (and can also make them).
@@ -76,7 +82,7 @@ pub fn server_endpoint(addr: SocketAddr, id: &Identity, cfg: &TransportConfig) -
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(id.server_crypto()?));
     server.transport_config(Arc::new(transport(cfg)?));
     let sock = udp_socket(addr, cfg)?;
-    let mut ep = quinn::Endpoint::new(endpoint_config(), Some(server), sock, Arc::new(quinn::TokioRuntime))?;
+    let mut ep = quinn::Endpoint::new(endpoint_config(cfg)?, Some(server), sock, Arc::new(quinn::TokioRuntime))?;
     ep.set_default_client_config(client_config(id, cfg)?);
     Ok(ep)
 }
@@ -91,7 +97,7 @@ pub fn client_config(id: &Identity, cfg: &TransportConfig) -> Result<quinn::Clie
 pub fn client_endpoint(id: &Identity, cfg: &TransportConfig) -> Result<quinn::Endpoint> {
     let addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
     let sock = udp_socket(addr, cfg)?;
-    let mut ep = quinn::Endpoint::new(endpoint_config(), None, sock, Arc::new(quinn::TokioRuntime))?;
+    let mut ep = quinn::Endpoint::new(endpoint_config(cfg)?, None, sock, Arc::new(quinn::TokioRuntime))?;
     ep.set_default_client_config(client_config(id, cfg)?);
     Ok(ep)
 }

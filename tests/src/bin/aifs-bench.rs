@@ -117,6 +117,76 @@ fn seq_read(path: &Path, size_mib: usize, label: &str) -> Result<f64> {
     Ok(total as f64 / 1e6 / t.elapsed().as_secs_f64())
 }
 
+/// The transport's ceiling for `seq_read`: the same file's objects read
+/// straight from the OSDs over QUIC by this process, 1 MiB per request and
+/// 16 in flight as the client's prefetch keeps them, with no FUSE and no
+/// client cache between (crcs not checked): MB/s, and the CPU seconds per
+/// GiB of the aifs processes and this one.
+fn raw_quic_read(cl: &ProcCluster, pids: &[u32], path: &Path, size_mib: usize) -> Result<(f64, f64)> {
+    use aifs_common::certs::Role;
+    use aifs_common::config::TransportConfig;
+    use aifs_common::proto::mds::{MdsReply, MdsReq, MdsResp};
+    use aifs_common::proto::osd::{OsdReq, OsdResp};
+    use aifs_common::rpc::{self, Identity, RpcClient};
+    use aifs_common::ObjectId;
+    use futures::StreamExt;
+    use std::os::unix::fs::MetadataExt;
+    let ino = fs::metadata(path)?.ino();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut p = Progress::new(format!("raw QUIC: read {size_mib} MiB"));
+    let me = std::process::id();
+    rt.block_on(async move {
+        let admin = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &TransportConfig::default())?;
+        let mds = RpcClient::new(admin, cl.mds_addr, Role::Mds);
+        let ask = |req: MdsReq| {
+            let mds = &mds;
+            async move { mds.call::<_, MdsReply>(&req, &[]).await.map(|r| r.0.resp) }
+        };
+        let layout = match ask(MdsReq::GetStripe { ino }).await? {
+            MdsResp::Stripe { attr, .. } => attr.layout.context("the file has no layout")?,
+            other => anyhow::bail!("unexpected reply to GetStripe: {other:?}"),
+        };
+        let osds = match ask(MdsReq::OsdMap).await? {
+            MdsResp::OsdMap { osds, .. } => osds,
+            other => anyhow::bail!("unexpected reply to OsdMap: {other:?}"),
+        };
+        let ep = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Client))?, &TransportConfig::default())?;
+        let mut conns = std::collections::HashMap::new();
+        for o in &osds {
+            conns.insert(o.id, std::sync::Arc::new(RpcClient::new(ep.clone(), o.addr.parse()?, Role::Osd)));
+        }
+        let su = layout.stripe_size as u64;
+        let units = (size_mib as u64 * MIB as u64).div_ceil(su);
+        let c0 = cpu_secs(pids) + cpu_secs(&[me]);
+        let t = Instant::now();
+        let reads = futures::stream::iter(0..units)
+            .map(|u| {
+                let (index, off) = layout.locate(u * su);
+                let osd = layout.object_osds(index)[0].0;
+                let c = conns.get(&osd).cloned();
+                async move {
+                    let c = c.context("OSD not in the map")?;
+                    let req = OsdReq::Read { obj: ObjectId { ino, index }, off, len: su as u32 };
+                    match c.call::<_, OsdResp>(&req, &[]).await? {
+                        (OsdResp::Data { .. }, body) => Ok::<usize, anyhow::Error>(body.len()),
+                        (other, _) => anyhow::bail!("unexpected reply to Read: {other:?}"),
+                    }
+                }
+            })
+            .buffer_unordered(16);
+        tokio::pin!(reads);
+        let mut total = 0usize;
+        while let Some(n) = reads.next().await {
+            total += n?;
+            p.tick((total / MIB) as u64, size_mib as u64, "MB/s", 1e6 / MIB as f64);
+        }
+        anyhow::ensure!(total == size_mib * MIB, "read {total} bytes of {}", size_mib * MIB);
+        let secs = t.elapsed().as_secs_f64();
+        let cpu = (cpu_secs(pids) + cpu_secs(&[me]) - c0) / (size_mib as f64 / 1024.0);
+        Ok((total as f64 / 1e6 / secs, cpu))
+    })
+}
+
 /// Run `op(i)` for i in 0..n over `threads` threads: ops/s, timed from
 /// the start to the last thread's finish.
 fn parallel(n: usize, threads: usize, label: String, op: impl Fn(usize) -> std::io::Result<()> + Sync) -> Result<f64> {
@@ -187,14 +257,26 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
-/// One workload set on one directory: (name, unit, value) rows.
-fn workloads(dir: &Path, a: &Args, label: &str, on_aifs: Option<&[u32]>, cpu: &mut Vec<(String, f64)>) -> Result<Vec<(String, &'static str, f64)>> {
+/// What the aifs pass measures besides its rows.
+#[derive(Default)]
+struct Extra {
+    /// ("write" | "read", CPU seconds per GiB of the aifs processes).
+    cpu: Vec<(String, f64)>,
+    /// `raw_quic_read`: (MB/s, CPU seconds per GiB).
+    raw: Vec<(f64, f64)>,
+}
+
+/// One workload set on one directory: (name, unit, value) rows. On aifs
+/// (`aifs`: the cluster and its processes) also the CPU used and the raw
+/// QUIC read of the same file.
+fn workloads(dir: &Path, a: &Args, label: &str, aifs: Option<(&ProcCluster, &[u32])>, x: &mut Extra) -> Result<Vec<(String, &'static str, f64)>> {
+    let on_aifs = aifs.map(|a| a.1);
     let mut out = Vec::new();
     let file = dir.join("bench.seq");
     let c0 = on_aifs.map(cpu_secs);
     out.push((format!("seq write {}, 1 MiB writes + fsync", size_label(a.size_mib)), "MB/s", seq_write(&file, a.size_mib, label)?));
     if let (Some(p), Some(c0)) = (on_aifs, c0) {
-        cpu.push(("write".into(), (cpu_secs(p) - c0) / (a.size_mib as f64 / 1024.0)));
+        x.cpu.push(("write".into(), (cpu_secs(p) - c0) / (a.size_mib as f64 / 1024.0)));
     }
     if !drop_caches() {
         eprintln!("  (cannot drop caches: not root; read figures include the page cache)");
@@ -202,7 +284,11 @@ fn workloads(dir: &Path, a: &Args, label: &str, on_aifs: Option<&[u32]>, cpu: &m
     let c0 = on_aifs.map(cpu_secs);
     out.push((format!("seq read {} after drop_caches", size_label(a.size_mib)), "MB/s", seq_read(&file, a.size_mib, label)?));
     if let (Some(p), Some(c0)) = (on_aifs, c0) {
-        cpu.push(("read".into(), (cpu_secs(p) - c0) / (a.size_mib as f64 / 1024.0)));
+        x.cpu.push(("read".into(), (cpu_secs(p) - c0) / (a.size_mib as f64 / 1024.0)));
+    }
+    if let Some((cl, pids)) = aifs {
+        drop_caches();
+        x.raw.push(raw_quic_read(cl, pids, &file, a.size_mib)?);
     }
     fs::remove_file(&file)?;
     let md = dir.join("bench.meta");
@@ -366,7 +452,7 @@ fn main() -> Result<()> {
         local.path().display()
     );
     let mut res = Results::default();
-    let mut cpu: Vec<(String, f64)> = Vec::new();
+    let mut x = Extra::default();
     let mut lat: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
     let mut md: Vec<(String, Vec<[f64; 4]>)> = Vec::new();
     for r in 1..=a.runs {
@@ -386,8 +472,8 @@ fn main() -> Result<()> {
                 None => lat.push((name, vec![rpc], vec![fuse])),
             }
         }
-        let l = workloads(local.path(), &a, "local", None, &mut Vec::new())?;
-        let f = workloads(&mount.path, &a, "aifs", Some(&pids), &mut cpu)?;
+        let l = workloads(local.path(), &a, "local", None, &mut Extra::default())?;
+        let f = workloads(&mount.path, &a, "aifs", Some((&cluster, &pids)), &mut x)?;
         for ((name, unit, lv), (_, _, av)) in l.into_iter().zip(f) {
             res.add(&name, unit, lv, av);
         }
@@ -399,8 +485,8 @@ fn main() -> Result<()> {
         let (ml, mf) = (median(l), median(f));
         println!("| {name} | {unit} | {ml:.0} | {mf:.0} | {:.2} |", if ml > 0.0 { mf / ml } else { 0.0 });
     }
-    let cw: Vec<f64> = cpu.iter().filter(|c| c.0 == "write").map(|c| c.1).collect();
-    let cr: Vec<f64> = cpu.iter().filter(|c| c.0 == "read").map(|c| c.1).collect();
+    let cw: Vec<f64> = x.cpu.iter().filter(|c| c.0 == "write").map(|c| c.1).collect();
+    let cr: Vec<f64> = x.cpu.iter().filter(|c| c.0 == "read").map(|c| c.1).collect();
     println!();
     println!(
         "median of {} runs each. CPU of all aifs processes (MDS, 3 OSDs, client): {:.2} s per GiB written, {:.2} s per GiB read.",
@@ -408,6 +494,21 @@ fn main() -> Result<()> {
         median(&cw),
         median(&cr)
     );
+    let read_row = res.rows.iter().find(|r| r.0.starts_with("seq read"));
+    if let (Some((name, _, l, f)), false) = (read_row, x.raw.is_empty()) {
+        let (ml, mf) = (median(l), median(f));
+        let rq = median(&x.raw.iter().map(|r| r.0).collect::<Vec<_>>());
+        let rc = median(&x.raw.iter().map(|r| r.1).collect::<Vec<_>>());
+        println!();
+        println!("| {name}, MB/s | local disk | raw QUIC from the OSDs | aifs | raw QUIC/local | aifs/raw QUIC |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        println!("| median of {} | {ml:.0} | {rq:.0} | {mf:.0} | {:.2} | {:.2} |", a.runs, rq / ml.max(1e-9), mf / rq.max(1e-9));
+        println!();
+        println!(
+            "raw QUIC: this process reads the file's objects from the OSDs, 1 MiB requests, 16 in flight, no FUSE, no crc check; \
+             CPU of the aifs processes and the reader: {rc:.2} s per GiB."
+        );
+    }
     println!();
     println!("| metadata latency (median, µs) | MDS over QUIC | through FUSE | FUSE/QUIC |");
     println!("|---|---:|---:|---:|");
