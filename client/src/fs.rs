@@ -10,7 +10,7 @@ use crate::dirops::DirOps;
 use crate::meta::{MetaCache, Snap};
 use crate::pool::Pool;
 use aifs_common::certs::Role;
-use aifs_common::proto::mds::{Attr, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs, Writable, RESERVE_BATCH};
+use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{self, Identity, Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -741,20 +741,21 @@ impl ClientFs {
     /// Take a lease on a file from the MDS (waiting while conflicting
     /// holders flush and release). `first`: this open is counted by the
     /// MDS until a `Close`. Mode `None`: no session, no lease.
-    async fn take_lease(&self, ino: u64, write: Want, first: bool) -> Result<(Attr, LeaseMode)> {
+    async fn take_lease(&self, ino: u64, write: Want, first: bool) -> Result<(Attr, LeaseMode, Vec<Degraded>)> {
         let snap = self.meta.snap();
         let req = MdsReq::Open { ino, write: write != Want::Read, first, exclusive: write == Want::Append };
         let (r, granted) = self.mds_leased(&req).await;
         match r? {
-            MdsResp::Opened { attr, lease } if attr.ino == ino => {
+            MdsResp::Opened { attr, lease, degraded } if attr.ino == ino => {
                 // The lease is recorded even with caching off: writes and
                 // reads check it.
                 self.meta.put_attr(snap, granted, &attr, lease);
                 if let Some(f) = self.files.get(&ino) {
                     // Whoever wrote before us has flushed: their size counts.
                     f.set_size(attr.size, false);
+                    f.add_stale(&degraded);
                 }
-                Ok((attr, lease))
+                Ok((attr, lease, degraded))
             }
             _ => Err(unexpected("Open")),
         }
@@ -776,7 +777,7 @@ impl ClientFs {
             }
         }
         let snap = self.meta.snap();
-        let (a, mode) = self.take_lease(ino, want, true).await?;
+        let (a, mode, degraded) = self.take_lease(ino, want, true).await?;
         match a.kind {
             FileKind::File => {}
             kind => {
@@ -786,6 +787,7 @@ impl ClientFs {
         }
         let keep = held.is_some() && self.meta.quiet_since(snap, ino) && mode != LeaseMode::SharedWrite && !append;
         let f = self.file_state(&a)?;
+        f.add_stale(&degraded);
         if !keep {
             f.set_size(a.size, false);
         }
@@ -1086,7 +1088,7 @@ impl ClientFs {
                 tokio::time::sleep(pause).await;
             }
             pause = (pause * 2).clamp(Duration::from_millis(1), Duration::from_millis(100));
-            let (_, mode) = self.take_lease(f.ino, want, false).await?;
+            let (_, mode, _) = self.take_lease(f.ino, want, false).await?;
             if mode == LeaseMode::None {
                 let _g = f.gate.read().await;
                 f.write(&self.ctx, off, data).await?;

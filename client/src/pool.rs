@@ -1,12 +1,12 @@
 //! Connections from the client to the MDS and the OSDs. The OSD map comes
 //! from the MDS and is refreshed when an OSD is unknown or unreachable.
 use aifs_common::certs::Role;
-use aifs_common::proto::mds::{MdsReply, MdsReq, MdsResp};
+use aifs_common::proto::mds::{MdsReply, MdsReq, MdsResp, OsdState};
 use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
 use aifs_common::{Error, Result};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
@@ -14,6 +14,8 @@ pub struct Pool {
     endpoint: quinn::Endpoint,
     pub mds: RpcClient,
     osds: RwLock<HashMap<u32, Arc<RpcClient>>>,
+    /// OSDs the MDS marked down in the last map fetched.
+    down: RwLock<HashSet<u32>>,
     refresh: tokio::sync::Mutex<()>,
 }
 
@@ -23,6 +25,7 @@ impl Pool {
             mds: RpcClient::new(endpoint.clone(), mds, Role::Mds),
             endpoint,
             osds: RwLock::new(HashMap::new()),
+            down: RwLock::new(HashSet::new()),
             refresh: tokio::sync::Mutex::new(()),
         }
     }
@@ -48,6 +51,9 @@ impl Pool {
         let MdsResp::OsdMap { osds, .. } = self.mds(&MdsReq::OsdMap).await? else {
             return Err(Error::Protocol("unexpected reply to OsdMap".into()));
         };
+        if let Ok(mut d) = self.down.write() {
+            *d = osds.iter().filter(|o| o.state != OsdState::Up).map(|o| o.id).collect();
+        }
         let mut map = self.osds.write().map_err(|_| Error::Io("lock poisoned".into()))?;
         for o in osds {
             let Ok(addr) = o.addr.parse::<SocketAddr>() else { continue };
@@ -57,6 +63,12 @@ impl Pool {
             }
         }
         Ok(())
+    }
+
+    /// Marked down in the last OSD map: tried only when nothing else is
+    /// left.
+    pub fn is_down(&self, id: u32) -> bool {
+        self.down.read().is_ok_and(|d| d.contains(&id))
     }
 
     async fn osd(&self, id: u32) -> Result<Arc<RpcClient>> {

@@ -17,10 +17,10 @@
 use crate::cluster::Cluster;
 use crate::records::{GcJob, InodeRec};
 use crate::store::{
-    add_gc, get_inode, next_counter, put_inode, IoResult, ShardStore, COOKIES, DENTRIES, GC, INODES, META, ORPHANS, XATTRS,
+    add_gc, get_inode, next_counter, put_inode, IoResult, ShardStore, COOKIES, DEGRADED, DENTRIES, GC, INODES, META, ORPHANS, XATTRS,
 };
 use aifs_common::ids::InodeId;
-use aifs_common::proto::mds::{Attr, DirEntry, DirOp, FileKind, Reserved, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
+use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, Reserved, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use aifs_common::time::now_ns;
 use aifs_common::{Error, Layout, LayoutPolicy, OsdId, Result};
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
@@ -84,8 +84,12 @@ fn name_hash(parent: u64, name: &str) -> u64 {
 
 /// Pick the OSDs of a new file's layout: `replicas` distinct OSDs per
 /// object, objects spread from a start point derived from the inode so
-/// files spread evenly. With fewer OSDs up than the stripe count asks for,
-/// the stripe count shrinks (as Lustre does) rather than doubling up.
+/// files spread evenly. Object k's replicas are the `replicas` OSDs from
+/// position start + k on (chained declustering): each object's first
+/// replica is on its own OSD, and an OSD holds first replicas of one object
+/// and later replicas of others, so 3 OSDs carry 3 objects of 2 replicas.
+/// With fewer OSDs up than the stripe count asks for, the stripe count
+/// shrinks (as Lustre does) rather than doubling up first replicas.
 pub fn choose_layout(policy: LayoutPolicy, up: &[u32], ino: u64) -> Result<Layout> {
     policy.validate()?;
     let n = up.len();
@@ -96,9 +100,9 @@ pub fn choose_layout(policy: LayoutPolicy, up: &[u32], ino: u64) -> Result<Layou
     if n < r {
         return Err(Error::NoSpace(format!("{r} replicas need {r} OSDs; {n} up")));
     }
-    let count = (policy.stripe_count as usize).min((n / r).max(1));
+    let count = (policy.stripe_count as usize).min(n);
     let start = (mix(ino) % n as u64) as usize;
-    let osds = (0..count * r).map(|i| OsdId(up[(start + i) % n])).collect();
+    let osds = (0..count).flat_map(|k| (0..r).map(move |j| OsdId(up[(start + k + j) % n]))).collect();
     Ok(Layout { stripe_size: policy.stripe_size, stripe_count: count as u32, replicas: policy.replicas, osds })
 }
 
@@ -233,8 +237,23 @@ fn delete_inode(txn: &WriteTransaction, ino: u64, rec: &InodeRec) -> Result<()> 
     }
     if let Some(layout) = &rec.layout {
         add_gc(txn, &GcJob { ino, layout: layout.clone(), truncate_to: None })?;
+        let mut d = txn.open_table(DEGRADED).io()?;
+        for k in degraded_rows(&d, ino)? {
+            d.remove((ino, k.index, k.osd)).io()?;
+        }
     }
     Ok(())
+}
+
+/// The stale replicas recorded for file `ino`.
+fn degraded_rows(t: &impl ReadableTable<(u64, u32, u32), ()>, ino: u64) -> Result<Vec<Degraded>> {
+    let mut out = Vec::new();
+    for r in t.range((ino, 0, 0)..=(ino, u32::MAX, u32::MAX)).io()? {
+        let (k, _) = r.io()?;
+        let (_, index, osd) = k.value();
+        out.push(Degraded { index, osd });
+    }
+    Ok(out)
 }
 
 fn dir_rec(perm: u32, uid: u32, gid: u32, parent: u64, policy: Option<LayoutPolicy>, now: i64) -> InodeRec {
@@ -451,6 +470,30 @@ impl Namespace {
 
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
         self.shard_for(ino)?.read(move |t| Ok(get_inode(&t.open_table(INODES).io()?, ino)?.attr(ino))).await
+    }
+
+    /// Record replicas of `ino`'s objects as stale. Each must be one of
+    /// its object's replicas in the file's layout.
+    pub async fn mark_degraded(&self, ino: u64, objs: Vec<Degraded>) -> Result<()> {
+        self.shard_for(ino)?
+            .mutate(move |txn| {
+                let rec = get_inode(&txn.open_table(INODES).io()?, ino)?;
+                let layout = rec.layout.ok_or(Error::IsDir)?;
+                let mut d = txn.open_table(DEGRADED).io()?;
+                for o in objs {
+                    if o.index >= layout.stripe_count || !layout.object_osds(o.index).iter().any(|x| x.0 == o.osd) {
+                        return Err(Error::InvalidArgument(format!("osd.{} holds no replica of object {} of inode {ino}", o.osd, o.index)));
+                    }
+                    d.insert((ino, o.index, o.osd), ()).io()?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// The stale replicas of file `ino`'s objects.
+    pub async fn degraded(&self, ino: u64) -> Result<Vec<Degraded>> {
+        self.shard_for(ino)?.read(move |t| degraded_rows(&t.open_table(DEGRADED).io()?, ino)).await
     }
 
     async fn inode(&self, ino: u64) -> Result<InodeRec> {
@@ -1275,8 +1318,8 @@ impl Namespace {
             .await
     }
 
-    /// Inode, entry and pending-GC counts of each shard.
-    pub async fn shard_counts(&self) -> Result<Vec<(u32, u64, u64, u64)>> {
+    /// Inode, entry, pending-GC and stale-replica counts of each shard.
+    pub async fn shard_counts(&self) -> Result<Vec<(u32, u64, u64, u64, u64)>> {
         let mut out = Vec::new();
         for s in &self.shards {
             let id = s.id;
@@ -1287,6 +1330,7 @@ impl Namespace {
                         t.open_table(INODES).io()?.len().io()?,
                         t.open_table(DENTRIES).io()?.len().io()?,
                         t.open_table(GC).io()?.len().io()?,
+                        t.open_table(DEGRADED).io()?.len().io()?,
                     ))
                 })
                 .await?;
@@ -1340,6 +1384,15 @@ mod tests {
                 let o = l.object_osds(k);
                 assert_ne!(o[0], o[1]);
             }
+        }
+        // 3 objects of 2 replicas on 3 OSDs: every OSD first for one
+        let p3 = LayoutPolicy { stripe_size: 1 << 20, stripe_count: 3, replicas: 2 };
+        for ino in 0..20u64 {
+            let l = choose_layout(p3, &[1, 2, 3], ino).unwrap();
+            assert_eq!(l.stripe_count, 3);
+            let firsts: std::collections::BTreeSet<_> = (0..3).map(|k| l.object_osds(k)[0]).collect();
+            assert_eq!(firsts.len(), 3);
+            assert!((0..3).all(|k| l.object_osds(k)[0] != l.object_osds(k)[1]));
         }
         let p = LayoutPolicy { stripe_size: 1 << 20, stripe_count: 8, replicas: 1 };
         assert_eq!(choose_layout(p, &[1, 2, 3], 7).unwrap().stripe_count, 3);

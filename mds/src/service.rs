@@ -362,11 +362,12 @@ impl MdsService {
                     .shard_counts()
                     .await?
                     .into_iter()
-                    .map(|(id, inodes, dentries, pending_gc)| ShardInfo {
+                    .map(|(id, inodes, dentries, pending_gc, degraded)| ShardInfo {
                         id,
                         inodes,
                         dentries,
                         pending_gc,
+                        degraded,
                         commits: ns.shard(id).stats.commits.load(std::sync::atomic::Ordering::Relaxed),
                     })
                     .collect();
@@ -406,7 +407,8 @@ impl MdsService {
                 };
                 *grant = h.granted();
                 let lease = if h.granted() == 0 { LeaseMode::None } else { kind.into() };
-                MdsResp::Opened { attr, lease }
+                let degraded = if attr.kind == FileKind::File { ns.degraded(ino).await? } else { Vec::new() };
+                MdsResp::Opened { attr, lease, degraded }
             }
             MdsReq::Close { ino, session } => {
                 need(peer, NS)?;
@@ -450,6 +452,12 @@ impl MdsService {
             MdsReq::Leases { ino } => {
                 need(peer, ADMIN)?;
                 MdsResp::Leases(cl.lease_infos(ino))
+            }
+            MdsReq::Degraded { ino, objs } => {
+                need(peer, &[Role::Client])?;
+                tracing::warn!(ino, ?objs, "object replicas degraded");
+                ns.mark_degraded(ino, objs).await?;
+                MdsResp::Done
             }
             MdsReq::Reserve { dir, count } => {
                 need(peer, &[Role::Client])?;

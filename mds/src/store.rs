@@ -24,6 +24,9 @@ pub const OSDS: TableDefinition<u32, &[u8]> = TableDefinition::new("osds");
 /// Files with no name left that some client still had open: freed at the
 /// last close (or at start, when no client has anything open).
 pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
+/// Object replicas that missed writes: (file inode, object index, OSD).
+/// Such a replica is stale; nobody reads it until repair rewrites it.
+pub const DEGRADED: TableDefinition<(u64, u32, u32), ()> = TableDefinition::new("degraded");
 
 /// Most mutations folded into one commit.
 const MAX_BATCH: usize = 512;
@@ -68,6 +71,7 @@ impl ShardStore {
             t.open_table(META).io()?;
             t.open_table(OSDS).io()?;
             t.open_table(ORPHANS).io()?;
+            t.open_table(DEGRADED).io()?;
             t.commit().io()?;
         }
         let (tx, rx) = std::sync::mpsc::channel::<Job>();

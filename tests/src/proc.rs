@@ -102,7 +102,8 @@ impl ProcCluster {
         Ok(())
     }
 
-    fn start_osd(&mut self, i: u32) -> Result<()> {
+    /// Start OSD `i` (1-based) again after `kill9_osd`.
+    pub fn start_osd(&mut self, i: u32) -> Result<()> {
         let cfg = self.path(&format!("osd{i}.toml"));
         let log = self.path(&format!("logs/osd{i}.log"));
         self.osds[(i - 1) as usize] = Some(spawn_logged("aifs-osd", &["--config", cfg.to_str().unwrap_or_default()], &log)?);
@@ -115,6 +116,14 @@ impl ProcCluster {
             self.start_osd(i)?;
         }
         self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// `kill -9` OSD `i` (1-based).
+    pub fn kill9_osd(&mut self, i: u32) {
+        if let Some(mut c) = self.osds.get_mut((i - 1) as usize).and_then(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// `kill -9` the MDS and every OSD.

@@ -3,11 +3,20 @@
 //! stores them) and verifies the stored crcs on read.
 use crate::pool::Pool;
 use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp};
-use aifs_common::{Error, Layout, ObjectId, Result};
+use aifs_common::{Error, Layout, ObjectId, OsdId, Result};
 use bytes::{Bytes, BytesMut};
 
-/// Write `data` at `obj_off` of object `index` on every replica at once.
-pub async fn write_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, obj_off: u64, data: Bytes) -> Result<()> {
+/// An OSD that could not be reached (down, gone, partitioned), as opposed
+/// to one that refused the request.
+pub fn unreachable(e: &Error) -> bool {
+    matches!(e, Error::Transport(_) | Error::Unavailable(_))
+}
+
+/// Write `data` at `obj_off` of object `index` on each of its replicas not
+/// in `stale`, all at once. Returns the replicas that could not be reached
+/// (to be recorded as degraded); fails when none took the data or one
+/// refused it.
+pub async fn write_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, obj_off: u64, data: Bytes, stale: &[u32]) -> Result<Vec<u32>> {
     let obj = ObjectId { ino, index };
     let len = u32::try_from(data.len()).map_err(|_| Error::InvalidArgument("write too large".into()))?;
     let crcs = {
@@ -19,29 +28,49 @@ pub async fn write_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, ob
         }
     };
     let req = OsdReq::Write { obj, off: obj_off, len, crcs };
-    let osds = layout.object_osds(index);
-    if osds.is_empty() {
-        return Err(Error::Io(format!("layout has no OSD for object {index}")));
+    let live: Vec<u32> = layout.object_osds(index).iter().map(|o| o.0).filter(|o| !stale.contains(o)).collect();
+    if live.is_empty() {
+        return Err(Error::Io(format!("object {obj} has no replica left to write")));
     }
-    let calls = osds.iter().map(|o| {
+    // An OSD the MDS marked down is not waited for, unless it is the last.
+    let (up, mut missed): (Vec<u32>, Vec<u32>) = live.iter().partition(|o| !pool.is_down(**o));
+    let targets = if up.is_empty() { std::mem::take(&mut missed) } else { up };
+    let calls = targets.iter().map(|&o| {
         let req = &req;
         let payload = [data.clone()];
-        async move { pool.osd_call(o.0, req, &payload).await }
+        async move { pool.osd_call(o, req, &payload).await }
     });
-    for r in futures::future::join_all(calls).await {
-        r?;
+    let mut wrote = 0;
+    let mut last = None;
+    for (o, r) in targets.iter().zip(futures::future::join_all(calls).await) {
+        match r {
+            Ok(_) => wrote += 1,
+            Err(e) if unreachable(&e) => {
+                tracing::warn!(%obj, osd = o, error = %e, "replica not reached by a write");
+                missed.push(*o);
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(())
+    if wrote == 0 {
+        return Err(last.unwrap_or_else(|| Error::Unavailable(format!("no replica of {obj} reached"))));
+    }
+    Ok(missed)
 }
 
 /// Read `[obj_off, obj_off + len)` of object `index`; bytes past the
 /// object's end read as zeros (holes and not-yet-written tails). Replicas
-/// are tried in order; one whose data fails its crc is reported and skipped.
-pub async fn read_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, obj_off: u64, len: u64) -> Result<Bytes> {
+/// in `stale` are never read; the others are tried in order, those on OSDs
+/// marked down last; one whose data fails its crc is reported and skipped.
+pub async fn read_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, obj_off: u64, len: u64, stale: &[u32]) -> Result<Bytes> {
     let obj = ObjectId { ino, index };
     let req = OsdReq::Read { obj, off: obj_off, len: len.min(u32::MAX as u64) as u32 };
-    let mut last = Error::Io(format!("object {obj} has no replica"));
-    for osd in layout.object_osds(index) {
+    let mut last = Error::Io(format!("object {obj} has no replica left to read"));
+    let mut order: Vec<u32> = layout.object_osds(index).iter().map(|o| o.0).filter(|o| !stale.contains(o)).collect();
+    order.sort_by_key(|o| pool.is_down(*o));
+    for osd in order {
+        let osd = OsdId(osd);
         let (resp, body) = match pool.osd_call(osd.0, &req, &[]).await {
             Ok(r) => r,
             Err(e) => {

@@ -35,7 +35,8 @@ impl ReadAhead {
 /// one future per extent, all at once.
 async fn fetch_range(ctx: &DataCtx, f: &FileState, start: u64, end: u64) -> Result<Bytes> {
     let exts = f.layout.extents(start, end - start);
-    let reads = exts.iter().map(|e| read_object(&ctx.pool, &f.layout, f.ino, e.object, e.obj_off, e.len));
+    let stale: Vec<Vec<u32>> = exts.iter().map(|e| f.stale_of(e.object)).collect();
+    let reads = exts.iter().zip(&stale).map(|(e, s)| read_object(&ctx.pool, &f.layout, f.ino, e.object, e.obj_off, e.len, s));
     let parts = futures::future::try_join_all(reads).await?;
     if parts.len() == 1 {
         return Ok(parts.into_iter().next().unwrap_or_default());

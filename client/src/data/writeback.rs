@@ -14,12 +14,13 @@
 //! Ships of one unit are chained, each waiting for the previous, so a
 //! rewritten unit reaches the OSD in the order it was written. The first
 //! error is kept and surfaces at the next write, flush or fsync.
-use super::io::write_object;
+use super::io::{unreachable, write_object};
 use super::prefetch::ReadAhead;
 use crate::pool::Pool;
 use aifs_common::{Error, Layout, ObjectId, Result};
 use bytes::{Bytes, BytesMut};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use aifs_common::proto::mds::{Degraded, MdsReq, MdsResp};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -113,6 +114,9 @@ pub struct FileState {
     /// their bytes are buffered; a recall takes it exclusively to drop the
     /// lease, so no write slips into the buffers after the recall's flush.
     pub gate: tokio::sync::RwLock<()>,
+    /// Replicas of this file's objects that missed writes (from the MDS at
+    /// open, and this client's own reports): never read, no longer written.
+    stale: Mutex<HashSet<Degraded>>,
 }
 
 fn poisoned() -> Error {
@@ -139,6 +143,35 @@ impl FileState {
             opens: AtomicU32::new(0),
             generation: AtomicU64::new(0),
             gate: tokio::sync::RwLock::new(()),
+            stale: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Stale replicas the MDS knows of.
+    pub fn add_stale(&self, d: &[Degraded]) {
+        if let Ok(mut s) = self.stale.lock() {
+            s.extend(d.iter().copied());
+        }
+    }
+
+    /// The OSDs whose replica of object `index` is stale.
+    pub fn stale_of(&self, index: u32) -> Vec<u32> {
+        self.stale.lock().map(|s| s.iter().filter(|d| d.index == index).map(|d| d.osd).collect()).unwrap_or_default()
+    }
+
+    /// Record replicas that missed a write at the MDS, durably, before the
+    /// write counts as done: from then on nobody reads them.
+    async fn degrade(&self, ctx: &DataCtx, objs: Vec<Degraded>) -> Result<()> {
+        if objs.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(ino = self.ino, ?objs, "writing on without unreachable replicas; recording them as degraded");
+        match ctx.pool.mds(&MdsReq::Degraded { ino: self.ino, objs: objs.clone() }).await? {
+            MdsResp::Done => {
+                self.add_stale(&objs);
+                Ok(())
+            }
+            _ => Err(Error::Protocol("unexpected reply to Degraded".into())),
         }
     }
 
@@ -306,14 +339,23 @@ impl FileState {
             if let Some(p) = prev {
                 p.fut.await;
             }
+            let stale = me.stale_of(object);
             let writes = pieces
                 .into_iter()
-                .map(|(obj_off, bytes)| write_object(&ctx.pool, &me.layout, me.ino, object, obj_off, bytes));
+                .map(|(obj_off, bytes)| write_object(&ctx.pool, &me.layout, me.ino, object, obj_off, bytes, &stale));
             let mut failed = None;
+            let mut missed = BTreeSet::new();
             for r in futures::future::join_all(writes).await {
-                if let Err(e) = r {
-                    failed.get_or_insert(e);
+                match r {
+                    Ok(m) => missed.extend(m),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
+            }
+            let missed: Vec<Degraded> = missed.into_iter().map(|osd| Degraded { index: object, osd }).collect();
+            if let Err(e) = me.degrade(&ctx, missed).await {
+                failed.get_or_insert(e);
             }
             drop(budget);
             drop(window);
@@ -412,7 +454,10 @@ impl FileState {
         }
     }
 
-    /// fsync on the OSDs every object written since the last commit.
+    /// fsync on the OSDs every object written since the last commit, on
+    /// each replica not stale. A replica whose OSD cannot be reached is
+    /// recorded as degraded, as long as another replica of its object
+    /// committed.
     pub async fn commit(&self, ctx: &DataCtx) -> Result<()> {
         let objs: Vec<u32> = {
             let mut i = self.inner.lock().map_err(|_| poisoned())?;
@@ -420,19 +465,39 @@ impl FileState {
         };
         let mut per_osd: BTreeMap<u32, Vec<ObjectId>> = BTreeMap::new();
         for &k in &objs {
-            for o in self.layout.object_osds(k) {
+            let stale = self.stale_of(k);
+            for o in self.layout.object_osds(k).iter().filter(|o| !stale.contains(&o.0)) {
                 per_osd.entry(o.0).or_default().push(ObjectId { ino: self.ino, index: k });
             }
         }
         let calls = per_osd.into_iter().map(|(osd, objs)| {
             let pool = ctx.pool.clone();
-            async move { pool.osd_call(osd, &aifs_common::proto::osd::OsdReq::Commit { objs }, &[]).await }
+            async move {
+                let r = pool.osd_call(osd, &aifs_common::proto::osd::OsdReq::Commit { objs: objs.clone() }, &[]).await;
+                (osd, objs, r)
+            }
         });
         let mut res = Ok(());
-        for r in futures::future::join_all(calls).await {
-            if let Err(e) = r {
-                res = Err(e);
+        let mut missed = Vec::new();
+        let mut committed: HashSet<u32> = HashSet::new();
+        for (osd, objs, r) in futures::future::join_all(calls).await {
+            match r {
+                Ok(_) => committed.extend(objs.iter().map(|o| o.index)),
+                Err(e) if unreachable(&e) => {
+                    tracing::warn!(ino = self.ino, osd, error = %e, "replica not reached by a commit");
+                    missed.extend(objs.iter().map(|o| Degraded { index: o.index, osd }));
+                    if res.is_ok() {
+                        res = Err(e);
+                    }
+                }
+                Err(e) => res = Err(e),
             }
+        }
+        // Unreachable replicas are no error where another replica of the
+        // same object committed: they become degraded.
+        let only_unreached = !missed.is_empty() && res.as_ref().err().is_some_and(unreachable);
+        if only_unreached && missed.iter().all(|d| committed.contains(&d.index)) {
+            res = self.degrade(ctx, missed).await;
         }
         if res.is_err() {
             // Keep the objects owed a commit for the next fsync.

@@ -103,6 +103,8 @@ pub struct ShardInfo {
     pub dentries: u64,
     pub commits: u64,
     pub pending_gc: u64,
+    /// Object replicas recorded as stale.
+    pub degraded: u64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
@@ -158,6 +160,9 @@ pub enum MdsReq {
     /// Set a directory's default layout, or an empty file's layout.
     SetStripe { ino: u64, policy: LayoutPolicy },
     GetStripe { ino: u64 },
+    /// A writer could not reach these replicas of a file's objects; the
+    /// other replicas have the data. Answered once recorded durably.
+    Degraded { ino: u64, objs: Vec<Degraded> },
     OsdMap,
     OsdHeartbeat { id: u32, addr: String, capacity: u64, used: u64, objects: u64 },
     /// `dir_leases`: the client takes directories' write leases (creates
@@ -229,6 +234,14 @@ pub struct Writable {
     pub reserved: Vec<Reserved>,
 }
 
+/// One stale replica of an object: object `index` of a file on `osd`.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct Degraded {
+    pub index: u32,
+    pub osd: u32,
+}
+
 /// A reserved inode number and the layout its file gets.
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[rkyv(derive(Debug))]
@@ -260,7 +273,9 @@ pub enum MdsResp {
     /// `attrs[i]` belongs to `entries[i]`.
     DirPlus { entries: Vec<DirEntry>, attrs: Vec<Attr>, eof: bool, parent: u64 },
     /// A file lease granted (`None` when the session has none to give).
-    Opened { attr: Attr, lease: LeaseMode },
+    /// `degraded`: the file's object replicas that are stale (not to be
+    /// read, not written until repaired).
+    Opened { attr: Attr, lease: LeaseMode, degraded: Vec<Degraded> },
     Leases(Vec<LeaseInfo>),
     /// `GetLock`: the lock in the way, or none.
     Lock(Option<LockInfo>),

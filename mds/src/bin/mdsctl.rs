@@ -203,9 +203,11 @@ fn osd_rows(osds: &[OsdInfo]) -> Vec<Vec<String>> {
 fn shard_table(shards: &[ShardInfo]) -> String {
     let rows: Vec<Vec<String>> = shards
         .iter()
-        .map(|x| vec![x.id.to_string(), x.inodes.to_string(), x.dentries.to_string(), x.commits.to_string(), x.pending_gc.to_string()])
+        .map(|x| {
+            vec![x.id.to_string(), x.inodes.to_string(), x.dentries.to_string(), x.commits.to_string(), x.pending_gc.to_string(), x.degraded.to_string()]
+        })
         .collect();
-    table(&["SHARD", "INODES", "ENTRIES", "COMMITS", "GC PENDING"], &rows)
+    table(&["SHARD", "INODES", "ENTRIES", "COMMITS", "GC PENDING", "DEGRADED"], &rows)
 }
 
 fn session_table(sessions: &[SessionInfo]) -> String {
@@ -252,7 +254,8 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 human(s.statfs.avail_bytes),
                 s.statfs.files
             );
-            println!("  requests served: {}\n", s.mds_requests);
+            let degraded: u64 = s.shards.iter().map(|x| x.degraded).sum();
+            println!("  requests served: {}   degraded object replicas: {degraded}\n", s.mds_requests);
             print!("{}", shard_table(&s.shards));
             println!();
             print!("{}", table(&OSD_HEADER, &osd_rows(&s.osds)));

@@ -1,0 +1,90 @@
+//! Faults with real processes and real mounts: OSDs killed while a
+//! checkpoint is written, with two replicas (nothing lost, nothing stale
+//! ever read) and with one (EIO, never zeros). Needs root and /dev/fuse;
+//! `make test` enables the `fuse_tests` feature.
+#![cfg(feature = "fuse_tests")]
+
+use aifs_tests::pattern;
+use aifs_tests::proc::ProcCluster;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+const MIB: usize = 1 << 20;
+
+/// Object replicas the MDS has recorded as stale, over all shards.
+fn degraded(cl: &ProcCluster) -> u64 {
+    let out = cl.mdsctl(&["--json", "status"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["shards"].as_array().unwrap().iter().map(|s| s["degraded"].as_u64().unwrap()).sum()
+}
+
+/// Write a checkpoint of `size_mib` MiB with replicas 2 over 3 OSDs, and
+/// `kill -9` one OSD (chosen by `seed`) part-way through.
+fn checkpoint_through_an_osd_death(seed: u64) {
+    let size_mib: usize = 160;
+    let mut cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    fs::create_dir(a.p("ckpt")).unwrap();
+    cl.mdsctl(&["setstripe", "/ckpt", "--count", "3", "--replicas", "2", "--size", "1M"]).unwrap();
+    let victim = 1 + (seed % 3) as u32;
+    let kill_at = 16 + (seed as usize * 37) % 96;
+    let mut f = File::create(a.p("ckpt/rank0.pt")).unwrap();
+    let mut buf = vec![0u8; MIB];
+    for i in 0..size_mib {
+        if i == kill_at {
+            cl.kill9_osd(victim);
+        }
+        pattern::fill(seed, (i * MIB) as u64, &mut buf);
+        f.write_all(&buf).unwrap();
+    }
+    // the write and its fsync succeed on the surviving replicas
+    f.sync_all().unwrap();
+    drop(f);
+    eprintln!("{}", cl.mdsctl(&["getstripe", "/ckpt/rank0.pt"]).unwrap());
+    assert!(degraded(&cl) > 0, "replicas that missed writes were not recorded");
+    let want = pattern::bytes(seed, 0, size_mib * MIB);
+    // another node reads the checkpoint back whole
+    let b = cl.mount().unwrap();
+    let got = fs::read(b.p("ckpt/rank0.pt")).unwrap();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "read back other bytes than were written (seed {seed})");
+    // the OSD returns with replicas that missed writes: they are never read
+    cl.start_osd(victim).unwrap();
+    cl.wait_ready(Duration::from_secs(20)).unwrap();
+    let c = cl.mount().unwrap();
+    assert!(fs::read(c.p("ckpt/rank0.pt")).unwrap() == want, "a stale replica was read (seed {seed})");
+}
+
+#[test]
+fn replicated_checkpoint_survives_kill_9_of_an_osd_seed_1() {
+    checkpoint_through_an_osd_death(1);
+}
+
+#[test]
+fn replicated_checkpoint_survives_kill_9_of_an_osd_seed_2() {
+    checkpoint_through_an_osd_death(2);
+}
+
+#[test]
+fn with_one_replica_a_lost_osd_is_eio_for_reader_and_writer() {
+    let mut cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    fs::create_dir(a.p("r1")).unwrap();
+    cl.mdsctl(&["setstripe", "/r1", "--count", "3", "--replicas", "1", "--size", "1M"]).unwrap();
+    // 12 units over 3 objects: every OSD holds one object of the file
+    let body = pattern::bytes(5, 0, 12 * MIB);
+    fs::write(a.p("r1/f"), &body).unwrap();
+    File::open(a.p("r1/f")).unwrap().sync_all().unwrap();
+    let w = OpenOptions::new().write(true).open(a.p("r1/f")).unwrap();
+    cl.kill9_osd(1);
+    // a reader on another node gets EIO, never a short or zero-filled file
+    let b = cl.mount().unwrap();
+    let e = fs::read(b.p("r1/f")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "read: {e}");
+    // the writer gets EIO at its next write, flush or fsync
+    let r = w.write_all_at(&body[..3 * MIB], 0).and_then(|_| w.sync_all());
+    let e = r.expect_err("a write to a lost object succeeded");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "write: {e}");
+}
