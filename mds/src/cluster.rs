@@ -45,6 +45,10 @@ pub struct Cluster {
     opens: Mutex<HashMap<u64, HashMap<u64, u32>>>,
     /// Advisory locks across clients (mds/src/locks.rs).
     pub locks: Mutex<crate::locks::LockTable>,
+    /// Files whose replicas are being rewritten (mds/src/repair.rs); opens
+    /// wait for them.
+    repairing: Mutex<std::collections::HashSet<u64>>,
+    repaired: tokio::sync::Notify,
 }
 
 /// What a heartbeat changed.
@@ -69,6 +73,42 @@ impl Cluster {
             released: tokio::sync::Notify::new(),
             opens: Mutex::new(HashMap::new()),
             locks: Mutex::new(Default::default()),
+            repairing: Mutex::new(Default::default()),
+            repaired: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Start repairing `ino` unless a client has it open. Marked before the
+    /// open count is read, and an open counts itself before it looks for the
+    /// mark (`wait_repair`): one of the two always sees the other.
+    pub fn begin_repair(&self, ino: u64) -> bool {
+        let Ok(mut r) = self.repairing.lock() else { return false };
+        r.insert(ino);
+        drop(r);
+        if self.is_open(ino) {
+            self.end_repair(ino);
+            return false;
+        }
+        true
+    }
+
+    pub fn end_repair(&self, ino: u64) {
+        if let Ok(mut r) = self.repairing.lock() {
+            r.remove(&ino);
+        }
+        self.repaired.notify_waiters();
+    }
+
+    /// An open of `ino` (already counted) waits for a repair in progress.
+    pub async fn wait_repair(&self, ino: u64) {
+        loop {
+            let woken = self.repaired.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if !self.repairing.lock().is_ok_and(|r| r.contains(&ino)) {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), woken).await;
         }
     }
 

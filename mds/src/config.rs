@@ -20,6 +20,10 @@ pub struct MdsConfig {
     /// An OSD silent this long is marked down.
     #[serde(default = "default_osd_timeout_ms")]
     pub osd_timeout_ms: u64,
+    /// Bandwidth the background repair of degraded replicas may use, in MB/s
+    /// (0: no limit).
+    #[serde(default = "default_repair_mb_per_s")]
+    pub repair_mb_per_s: u64,
     /// A client session silent this long expires.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
@@ -33,6 +37,9 @@ fn default_shards() -> u32 {
 }
 fn default_osd_timeout_ms() -> u64 {
     5_000
+}
+fn default_repair_mb_per_s() -> u64 {
+    200
 }
 fn default_session_timeout_ms() -> u64 {
     10_000

@@ -53,10 +53,15 @@ impl OsdClients {
     }
 
     pub async fn call(&self, id: u32, req: &OsdReq) -> Result<OsdResp> {
+        self.call_with(id, req, &[]).await.map(|r| r.0)
+    }
+
+    /// A call with payloads both ways (object data).
+    pub async fn call_with(&self, id: u32, req: &OsdReq, payload: &[bytes::Bytes]) -> Result<(OsdResp, bytes::Bytes)> {
         let c = self.get(id)?;
-        match c.call::<_, OsdResp>(req, &[]).await? {
+        match c.call::<_, OsdResp>(req, payload).await? {
             (OsdResp::Err(e), _) => Err(Error::from_wire(e.code, &e.msg)),
-            (r, _) => Ok(r),
+            r => Ok(r),
         }
     }
 }

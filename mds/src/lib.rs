@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod gc;
+pub mod repair;
 pub mod leases;
 pub mod locks;
 pub mod namespace;
@@ -16,6 +17,7 @@ pub mod store;
 
 use crate::cluster::Cluster;
 use crate::gc::{Gc, OsdClients};
+use crate::repair::Repair;
 use crate::namespace::Namespace;
 use crate::records::OsdRec;
 use crate::service::MdsService;
@@ -74,10 +76,19 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     }
     let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport)?;
     let addr = endpoint.local_addr()?;
-    let gc = Arc::new(Gc::new(ns.clone(), Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()))));
-    let svc = Arc::new(MdsService { ns: ns.clone(), gc: gc.clone(), session_heartbeat_ms: cfg.session_timeout_ms / 4, requests: Default::default() });
+    let osd_clients = Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()));
+    let gc = Arc::new(Gc::new(ns.clone(), osd_clients.clone()));
+    let repair = Arc::new(Repair::new(ns.clone(), osd_clients, cfg.repair_mb_per_s));
+    let svc = Arc::new(MdsService {
+        ns: ns.clone(),
+        gc: gc.clone(),
+        repair: repair.clone(),
+        session_heartbeat_ms: cfg.session_timeout_ms / 4,
+        requests: Default::default(),
+    });
     let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc.clone()));
     let gc_task = tokio::spawn(gc.run());
+    let repair_task = tokio::spawn(repair.run());
     let tick_cluster = cluster.clone();
     let tick_svc = svc.clone();
     let ticker = tokio::spawn(async move {
@@ -95,5 +106,5 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
         }
     });
     tracing::info!(%addr, shards = cfg.shards, data = %cfg.data_dir.display(), "MDS serving");
-    Ok(MdsHandle { addr, ns, endpoint, tasks: vec![serve, gc_task, ticker] })
+    Ok(MdsHandle { addr, ns, endpoint, tasks: vec![serve, gc_task, repair_task, ticker] })
 }

@@ -464,7 +464,7 @@ impl Namespace {
         self.shards.get(id as usize).unwrap_or(&self.shards[0])
     }
 
-    fn shard_for(&self, ino: u64) -> Result<&Arc<ShardStore>> {
+    pub fn shard_for(&self, ino: u64) -> Result<&Arc<ShardStore>> {
         self.shards.get(shard_of(ino) as usize).ok_or(Error::Stale)
     }
 

@@ -8,7 +8,7 @@ use aifs_common::certs::Role;
 use crate::leases::Holder;
 use crate::locks::Lock;
 use aifs_common::lease::LeaseKind;
-use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsReply, MdsReq, MdsResp, ShardInfo, Statfs, Writable, RESERVE_BATCH};
+use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsReply, MdsReq, MdsResp, RepairInfo, ShardInfo, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use std::sync::Arc;
 pub struct MdsService {
     pub ns: Arc<Namespace>,
     pub gc: Arc<Gc>,
+    pub repair: Arc<crate::repair::Repair>,
     pub session_heartbeat_ms: u64,
     /// Requests served, heartbeats not counted (`mdsctl status`; the
     /// cached-metadata benchmark counts what leases save).
@@ -141,6 +142,7 @@ impl MdsService {
                         return Err(e);
                     }
                     if !c.created {
+                        cl.wait_repair(a.ino).await;
                         a = ns.getattr(a.ino).await?;
                     }
                     *grant = h.granted();
@@ -316,7 +318,11 @@ impl MdsService {
                 if addr.parse::<std::net::SocketAddr>().is_err() {
                     return Err(Error::InvalidArgument(format!("bad OSD address {addr:?}")));
                 }
-                if let Beat::New = ns.cluster.heartbeat(id, &addr, capacity, used, objects) {
+                let beat = ns.cluster.heartbeat(id, &addr, capacity, used, objects);
+                if !matches!(beat, Beat::Same) {
+                    self.repair.wake.notify_one();
+                }
+                if let Beat::New = beat {
                     let rec = OsdRec { addr, capacity, used };
                     let bytes = rec.encode()?;
                     ns.shard(0)
@@ -378,6 +384,11 @@ impl MdsService {
                     mds_requests: self.requests.load(std::sync::atomic::Ordering::Relaxed),
                     osd_epoch: ns.cluster.epoch(),
                     statfs: self.statfs().await,
+                    repair: RepairInfo {
+                        repaired: self.repair.stats.repaired.load(std::sync::atomic::Ordering::Relaxed),
+                        bytes: self.repair.stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
+                        active: self.repair.stats.active.load(std::sync::atomic::Ordering::Relaxed),
+                    },
                 })
             }
             MdsReq::Open { ino, write, first, exclusive } => {
@@ -386,6 +397,7 @@ impl MdsService {
                 if first && h.granted() != 0 {
                     cl.opened(h.id, ino);
                 }
+                cl.wait_repair(ino).await;
                 let want = match write {
                     false => LeaseKind::Read,
                     // Several writers of one file share it, and cache no data.
@@ -457,6 +469,7 @@ impl MdsService {
                 need(peer, &[Role::Client])?;
                 tracing::warn!(ino, ?objs, "object replicas degraded");
                 ns.mark_degraded(ino, objs).await?;
+                self.repair.wake.notify_one();
                 MdsResp::Done
             }
             MdsReq::Reserve { dir, count } => {

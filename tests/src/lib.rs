@@ -38,6 +38,7 @@ impl TestCluster {
             default_layout: LayoutPolicy { stripe_size: 1 << 20, stripe_count: 3, replicas: 1 },
             osd_timeout_ms: 3_000,
             session_timeout_ms: 10_000,
+            repair_mb_per_s: 200,
             tls: tls(dir.path(), Role::Mds),
             transport: TransportConfig::default(),
         };

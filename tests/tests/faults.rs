@@ -9,7 +9,7 @@ use aifs_tests::proc::ProcCluster;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
 
@@ -55,6 +55,18 @@ fn checkpoint_through_an_osd_death(seed: u64) {
     cl.wait_ready(Duration::from_secs(20)).unwrap();
     let c = cl.mount().unwrap();
     assert!(fs::read(c.p("ckpt/rank0.pt")).unwrap() == want, "a stale replica was read (seed {seed})");
+    drop(c);
+    // and repair rewrites them from the healthy replicas
+    let t = Instant::now();
+    while degraded(&cl) > 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "replicas still degraded after 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // two copies of everything again: with any other OSD gone, the
+    // repaired replicas serve the whole checkpoint
+    cl.kill9_osd(1 + victim % 3);
+    let d = cl.mount().unwrap();
+    assert!(fs::read(d.p("ckpt/rank0.pt")).unwrap() == want, "a repaired replica differs (seed {seed})");
 }
 
 #[test]

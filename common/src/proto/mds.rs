@@ -126,6 +126,19 @@ pub struct ClusterStatus {
     pub statfs: Statfs,
     /// Requests the MDS has served since it started (heartbeats not counted).
     pub mds_requests: u64,
+    pub repair: RepairInfo,
+}
+
+/// Background repair of degraded replicas since the MDS started.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct RepairInfo {
+    /// Replicas rewritten.
+    pub repaired: u64,
+    /// Bytes copied.
+    pub bytes: u64,
+    /// Replicas being rewritten now.
+    pub active: u64,
 }
 
 /// `renameat2` flag: fail with EEXIST instead of replacing the target.

@@ -143,6 +143,7 @@ fn init(dir: &Path, mds: SocketAddr, osds: u32, osd_port: u16, data: Option<Path
         default_layout: LayoutPolicy::default(),
         osd_timeout_ms: 5_000,
         session_timeout_ms: 10_000,
+        repair_mb_per_s: 200,
         tls: tls(Role::Mds),
         transport: TransportConfig::default(),
     };
@@ -255,7 +256,13 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 s.statfs.files
             );
             let degraded: u64 = s.shards.iter().map(|x| x.degraded).sum();
-            println!("  requests served: {}   degraded object replicas: {degraded}\n", s.mds_requests);
+            println!("  requests served: {}", s.mds_requests);
+            println!(
+                "  degraded object replicas: {degraded}   repairing: {}   repaired: {} ({} copied)\n",
+                s.repair.active,
+                s.repair.repaired,
+                human(s.repair.bytes)
+            );
             print!("{}", shard_table(&s.shards));
             println!();
             print!("{}", table(&OSD_HEADER, &osd_rows(&s.osds)));

@@ -1,0 +1,200 @@
+//! Repair of degraded replicas: a replica a writer could not reach (recorded
+//! in the shard's `DEGRADED` table) is rewritten from a healthy replica of
+//! the same object once its OSD is up again, in the background and at most
+//! `repair_mb_per_s`. The copy goes through the MDS: read from the source
+//! OSD, crcs checked, written to the target (which checks them again),
+//! cut to the source's size and fsync'd; only then is the record removed.
+//!
+//! A copy must never race a write: a file is repaired only while no client
+//! has it open, and an open waits while its file is being repaired
+//! (`Cluster::begin_repair`, checked from both sides).
+use crate::cluster::Cluster;
+use crate::gc::OsdClients;
+use crate::namespace::Namespace;
+use crate::store::{IoResult, DEGRADED};
+use redb::ReadableTable;
+use aifs_common::proto::mds::Degraded;
+use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp};
+use aifs_common::{Error, ObjectId, Result};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Records taken from one shard per pass.
+const BATCH: usize = 256;
+/// Bytes copied per read and write.
+const CHUNK: u64 = 4 << 20;
+
+#[derive(Default)]
+pub struct RepairStats {
+    /// Replicas rewritten since the MDS started.
+    pub repaired: AtomicU64,
+    /// Bytes copied since the MDS started.
+    pub bytes: AtomicU64,
+    /// Replicas being rewritten now.
+    pub active: AtomicU64,
+}
+
+pub struct Repair {
+    ns: Arc<Namespace>,
+    osds: Arc<OsdClients>,
+    /// Bytes per second at most (0: no limit).
+    rate: u64,
+    pub wake: tokio::sync::Notify,
+    pub stats: RepairStats,
+}
+
+impl Repair {
+    pub fn new(ns: Arc<Namespace>, osds: Arc<OsdClients>, mb_per_s: u64) -> Self {
+        Repair { ns, osds, rate: mb_per_s * 1_000_000, wake: tokio::sync::Notify::new(), stats: RepairStats::default() }
+    }
+
+    fn cluster(&self) -> &Arc<Cluster> {
+        &self.ns.cluster
+    }
+
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let n = self.pass().await;
+            if n == 0 {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    }
+
+    /// One pass over every shard's records; returns replicas repaired.
+    pub async fn pass(&self) -> usize {
+        let mut done = 0;
+        for s in &self.ns.shards {
+            let rows = s
+                .read(|t| {
+                    let mut v = Vec::new();
+                    for r in t.open_table(DEGRADED).io()?.iter().io()?.take(BATCH) {
+                        let (k, _) = r.io()?;
+                        v.push(k.value());
+                    }
+                    Ok(v)
+                })
+                .await;
+            let rows = match rows {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(shard = s.id, error = %e, "cannot read degraded replicas");
+                    continue;
+                }
+            };
+            let mut by_file: BTreeMap<u64, Vec<Degraded>> = BTreeMap::new();
+            for (ino, index, osd) in rows {
+                by_file.entry(ino).or_default().push(Degraded { index, osd });
+            }
+            for (ino, objs) in by_file {
+                if !self.cluster().begin_repair(ino) {
+                    continue;
+                }
+                done += self.repair_file(ino, &objs).await;
+                self.cluster().end_repair(ino);
+            }
+        }
+        done
+    }
+
+    /// Rewrite the stale replicas of one file whose OSDs are up.
+    async fn repair_file(&self, ino: u64, objs: &[Degraded]) -> usize {
+        let layout = match self.ns.getattr(ino).await.map(|a| a.layout) {
+            Ok(Some(l)) => l,
+            // Gone: its records went with it.
+            _ => return 0,
+        };
+        let up = self.cluster().up_osds();
+        let mut done = 0;
+        for d in objs.iter().filter(|d| up.contains(&d.osd)) {
+            let stale: Vec<u32> = objs.iter().filter(|o| o.index == d.index).map(|o| o.osd).collect();
+            let Some(from) = layout.object_osds(d.index).iter().map(|o| o.0).find(|o| !stale.contains(o) && up.contains(o)) else {
+                tracing::debug!(ino, index = d.index, "no healthy replica up to repair from");
+                continue;
+            };
+            let obj = ObjectId { ino, index: d.index };
+            self.stats.active.fetch_add(1, Ordering::Relaxed);
+            let r = self.copy(obj, from, d.osd).await;
+            self.stats.active.fetch_sub(1, Ordering::Relaxed);
+            let r = match r {
+                Ok(n) => self.settled(ino, *d).await.map(|_| n),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(n) => {
+                    tracing::info!(%obj, from, to = d.osd, bytes = n, "replica repaired");
+                    self.stats.repaired.fetch_add(1, Ordering::Relaxed);
+                    done += 1;
+                }
+                Err(e) => tracing::warn!(%obj, from, to = d.osd, error = %e, "replica repair failed; retried later"),
+            }
+        }
+        done
+    }
+
+    async fn settled(&self, ino: u64, d: Degraded) -> Result<()> {
+        self.ns
+            .shard_for(ino)?
+            .mutate(move |txn| {
+                txn.open_table(DEGRADED).io()?.remove((ino, d.index, d.osd)).io()?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Copy object `obj` from OSD `from` to OSD `to`, durably; returns the
+    /// bytes copied.
+    async fn copy(&self, obj: ObjectId, from: u32, to: u32) -> Result<u64> {
+        let size = match self.osds.call(from, &OsdReq::Stat { obj }).await? {
+            OsdResp::Stat { exists: true, size } => size,
+            OsdResp::Stat { exists: false, .. } => {
+                // Never written on the healthy replica: none anywhere.
+                self.osds.call(to, &OsdReq::Delete { obj }).await?;
+                return Ok(0);
+            }
+            _ => return Err(Error::Protocol("unexpected reply to Stat".into())),
+        };
+        let start = Instant::now();
+        let mut off = 0;
+        while off < size {
+            let len = CHUNK.min(size - off) as u32;
+            let (resp, body) = self.osds.call_with(from, &OsdReq::Read { obj, off, len }, &[]).await?;
+            let OsdResp::Data { off: at, crcs, .. } = resp else {
+                return Err(Error::Protocol("unexpected reply to Read".into()));
+            };
+            if at != off || body.is_empty() {
+                return Err(Error::Protocol(format!("osd.{from} answered a read of {obj} at {off} with {} bytes at {at}", body.len())));
+            }
+            // A bad block on the source is not spread: that replica is for
+            // the checksum repair to mend first.
+            if block_crcs(off, &body) != crcs {
+                return Err(Error::Checksum(format!("{obj} on osd.{from} at {off}")));
+            }
+            let n = body.len() as u64;
+            let req = OsdReq::Write { obj, off, len: n as u32, crcs };
+            self.osds.call_with(to, &req, &[body]).await?;
+            off += n;
+            self.stats.bytes.fetch_add(n, Ordering::Relaxed);
+            self.pace(start, off).await;
+        }
+        self.osds.call(to, &OsdReq::Truncate { obj, size }).await?;
+        self.osds.call(to, &OsdReq::Commit { objs: vec![obj] }).await?;
+        Ok(size)
+    }
+
+    /// Sleep so that `copied` bytes since `start` stay within the rate.
+    async fn pace(&self, start: Instant, copied: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(copied as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
