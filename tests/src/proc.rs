@@ -141,7 +141,16 @@ impl ProcCluster {
     /// Stop the MDS (SIGSTOP) until the guard drops: a server that hangs
     /// rather than dies.
     pub fn freeze_mds(&self) -> Frozen<'_> {
-        let pid = self.mds.as_ref().map_or(0, |c| c.id() as i32);
+        Self::freeze(self.mds.as_ref())
+    }
+
+    /// Stop OSD `i` (1-based) until the guard drops.
+    pub fn freeze_osd(&self, i: u32) -> Frozen<'_> {
+        Self::freeze(self.osds.get((i - 1) as usize).and_then(Option::as_ref))
+    }
+
+    fn freeze(c: Option<&Child>) -> Frozen<'_> {
+        let pid = c.map_or(0, |c| c.id() as i32);
         if pid != 0 {
             // SAFETY: kill(2) on a pid we spawned and have not yet reaped.
             unsafe {

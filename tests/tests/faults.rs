@@ -20,27 +20,48 @@ fn degraded(cl: &ProcCluster) -> u64 {
     v["shards"].as_array().unwrap().iter().map(|s| s["degraded"].as_u64().unwrap()).sum()
 }
 
-/// Write a checkpoint of `size_mib` MiB with replicas 2 over 3 OSDs, and
-/// `kill -9` one OSD (chosen by `seed`) part-way through.
-fn checkpoint_through_an_osd_death(seed: u64) {
+/// MiB `range` of the pattern of `seed`, in 1 MiB writes.
+fn write_mib(f: &mut File, seed: u64, range: std::ops::Range<usize>) {
+    let mut buf = vec![0u8; MIB];
+    for i in range {
+        pattern::fill(seed, (i * MIB) as u64, &mut buf);
+        f.write_all(&buf).unwrap();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// `kill -9`, started again after the write.
+    Kill,
+    /// SIGSTOP, resumed after the write.
+    Stop,
+}
+
+/// Write a checkpoint of `size_mib` MiB with replicas 2 over 3 OSDs, with
+/// one OSD (chosen by `seed`) failing part-way through.
+fn checkpoint_through_an_osd_failure(seed: u64, fault: Fault) {
     let size_mib: usize = 160;
     let mut cl = ProcCluster::start(3).unwrap();
     let a = cl.mount().unwrap();
     fs::create_dir(a.p("ckpt")).unwrap();
     cl.mdsctl(&["setstripe", "/ckpt", "--count", "3", "--replicas", "2", "--size", "1M"]).unwrap();
     let victim = 1 + (seed % 3) as u32;
-    let kill_at = 16 + (seed as usize * 37) % 96;
+    let fail_at = 16 + (seed as usize * 37) % 96;
     let mut f = File::create(a.p("ckpt/rank0.pt")).unwrap();
-    let mut buf = vec![0u8; MIB];
-    for i in 0..size_mib {
-        if i == kill_at {
+    write_mib(&mut f, seed, 0..fail_at);
+    // the rest of the write and its fsync succeed on the surviving replicas
+    match fault {
+        Fault::Kill => {
             cl.kill9_osd(victim);
+            write_mib(&mut f, seed, fail_at..size_mib);
+            f.sync_all().unwrap();
         }
-        pattern::fill(seed, (i * MIB) as u64, &mut buf);
-        f.write_all(&buf).unwrap();
+        Fault::Stop => {
+            let _stopped = cl.freeze_osd(victim);
+            write_mib(&mut f, seed, fail_at..size_mib);
+            f.sync_all().unwrap();
+        }
     }
-    // the write and its fsync succeed on the surviving replicas
-    f.sync_all().unwrap();
     drop(f);
     eprintln!("{}", cl.mdsctl(&["getstripe", "/ckpt/rank0.pt"]).unwrap());
     assert!(degraded(&cl) > 0, "replicas that missed writes were not recorded");
@@ -51,7 +72,9 @@ fn checkpoint_through_an_osd_death(seed: u64) {
     assert_eq!(got.len(), want.len());
     assert!(got == want, "read back other bytes than were written (seed {seed})");
     // the OSD returns with replicas that missed writes: they are never read
-    cl.start_osd(victim).unwrap();
+    if fault == Fault::Kill {
+        cl.start_osd(victim).unwrap();
+    }
     cl.wait_ready(Duration::from_secs(20)).unwrap();
     let c = cl.mount().unwrap();
     assert!(fs::read(c.p("ckpt/rank0.pt")).unwrap() == want, "a stale replica was read (seed {seed})");
@@ -71,12 +94,17 @@ fn checkpoint_through_an_osd_death(seed: u64) {
 
 #[test]
 fn replicated_checkpoint_survives_kill_9_of_an_osd_seed_1() {
-    checkpoint_through_an_osd_death(1);
+    checkpoint_through_an_osd_failure(1, Fault::Kill);
 }
 
 #[test]
 fn replicated_checkpoint_survives_kill_9_of_an_osd_seed_2() {
-    checkpoint_through_an_osd_death(2);
+    checkpoint_through_an_osd_failure(2, Fault::Kill);
+}
+
+#[test]
+fn replicated_checkpoint_survives_a_stopped_osd_seed_3() {
+    checkpoint_through_an_osd_failure(3, Fault::Stop);
 }
 
 #[test]
