@@ -383,6 +383,72 @@ fn mds_requests(cluster: &ProcCluster) -> Result<u64> {
     Ok(v["mds_requests"].as_u64().unwrap_or(0).saturating_sub(1))
 }
 
+/// Object replicas the MDS has recorded as stale, and bytes repaired.
+fn degraded(cluster: &ProcCluster) -> Result<(u64, u64)> {
+    let v: serde_json::Value = serde_json::from_str(&cluster.mdsctl(&["--json", "status"])?)?;
+    let shards = v["shards"].as_array().map(|a| a.iter().map(|s| s["degraded"].as_u64().unwrap_or(0)).sum()).unwrap_or(0);
+    Ok((shards, v["repair"]["bytes"].as_u64().unwrap_or(0)))
+}
+
+/// Checkpoint throughput with 2 replicas against 1 (MB/s of each, write
+/// and read, `runs` times), then one repair: a file of `mib` MiB with 2
+/// replicas written while one OSD is dead, timed from the OSD's return until
+/// no replica is degraded. Returns the rows and (bytes repaired, seconds).
+fn replication(cluster: &mut ProcCluster, mount: &Path, mib: usize, runs: usize) -> Result<(Vec<(String, Vec<f64>, Vec<f64>)>, (u64, f64))> {
+    let mut rows: Vec<(String, Vec<f64>, Vec<f64>)> = ["write", "read"].iter().map(|w| (w.to_string(), Vec::new(), Vec::new())).collect();
+    for r in [1, 2] {
+        let dir = mount.join(format!("replicas{r}"));
+        fs::create_dir_all(&dir)?;
+        cluster.mdsctl(&["setstripe", &format!("/replicas{r}"), "--count", "3", "--replicas", &r.to_string(), "--size", "1M"])?;
+        for run in 0..runs {
+            let file = dir.join(format!("ckpt{run}"));
+            let w = seq_write(&file, mib, &format!("replicas {r}"))?;
+            drop_caches();
+            let rd = seq_read(&file, mib, &format!("replicas {r}"))?;
+            fs::remove_file(&file)?;
+            if r == 1 {
+                rows[0].1.push(w);
+                rows[1].1.push(rd);
+            } else {
+                rows[0].2.push(w);
+                rows[1].2.push(rd);
+            }
+        }
+    }
+    // Repair: the file's layout takes in all three OSDs, then one dies.
+    let file = mount.join("replicas2/degraded");
+    let mut f = File::create(&file)?;
+    cluster.kill9_osd(1);
+    eprintln!("  repair: osd.1 killed; writing {mib} MiB with 2 replicas");
+    let mut buf = vec![0u8; MIB];
+    for i in 0..mib {
+        pattern::fill(7, (i * MIB) as u64, &mut buf);
+        f.write_all(&buf)?;
+    }
+    f.sync_all()?;
+    drop(f);
+    let (stale, bytes0) = degraded(cluster)?;
+    cluster.start_osd(1)?;
+    let t = Instant::now();
+    cluster.wait_ready(Duration::from_secs(30))?;
+    let mut last = Instant::now();
+    loop {
+        let (left, bytes) = degraded(cluster)?;
+        if left == 0 {
+            let secs = t.elapsed().as_secs_f64();
+            eprintln!("  repair: {stale} replicas, {} MiB in {secs:.1} s", (bytes - bytes0) >> 20);
+            fs::remove_file(&file)?;
+            return Ok((rows, (bytes - bytes0, secs)));
+        }
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            eprintln!("  repair: {left} of {stale} replicas left, {} MiB copied", (bytes - bytes0) >> 20);
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "repair not done after 600 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// One pass of a cached-metadata workload: (ops/s, MDS requests).
 fn md_pass(cluster: &ProcCluster, n: usize, label: String, op: impl Fn() -> Result<()>) -> Result<(f64, f64)> {
     let r0 = mds_requests(cluster)?;
@@ -441,7 +507,7 @@ fn cached_metadata(cluster: &ProcCluster, writer: &Path, n: usize, threads: usiz
 
 fn main() -> Result<()> {
     let a = parse_args()?;
-    let cluster = ProcCluster::start(3).context("starting a 3-OSD cluster")?;
+    let mut cluster = ProcCluster::start(3).context("starting a 3-OSD cluster")?;
     let mount = cluster.mount()?;
     let pids = cluster.pids_with(&mount);
     let local = tempfile::Builder::new().prefix("aifs-bench-local-").tempdir_in(&a.local)?;
@@ -524,6 +590,25 @@ fn main() -> Result<()> {
         let (p1, p2) = (col(0), col(1));
         println!("| {name} | {p1:.0} | {p2:.0} | {:.2} | {:.0} | {:.0} |", if p1 > 0.0 { p2 / p1 } else { 0.0 }, col(2), col(3));
     }
+    let mib = a.size_mib.min(1024);
+    let (rows, (bytes, secs)) = replication(&mut cluster, &mount.path, mib, a.runs)?;
+    println!();
+    println!("| checkpoint of {}, stripe 1 MiB x 3, MB/s | replicas 1 | replicas 2 | 2/1 |", size_label(mib));
+    println!("|---|---:|---:|---:|");
+    for (name, one, two) in &rows {
+        let (m1, m2) = (median(one), median(two));
+        let what = if name == "write" { "write, 1 MiB writes + fsync" } else { "read after drop_caches" };
+        println!("| {what} | {m1:.0} | {m2:.0} | {:.2} |", if m1 > 0.0 { m2 / m1 } else { 0.0 });
+    }
+    println!();
+    println!(
+        "repair: {} MiB of replicas that missed a {} write while osd.1 was dead, rewritten in {secs:.1} s from its return \
+         ({:.0} MB/s; limit repair_mb_per_s = 200); 1 GiB at that rate: {:.1} s.",
+        bytes >> 20,
+        size_label(mib),
+        bytes as f64 / 1e6 / secs.max(1e-9),
+        secs * (1u64 << 30) as f64 / bytes.max(1) as f64
+    );
     drop(mount);
     drop(cluster);
     Ok(())
