@@ -128,3 +128,36 @@ fn with_one_replica_a_lost_osd_is_eio_for_reader_and_writer() {
     let e = r.expect_err("a write to a lost object succeeded");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "write: {e}");
 }
+
+#[test]
+fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired() {
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    fs::create_dir(a.p("ckpt")).unwrap();
+    cl.mdsctl(&["setstripe", "/ckpt", "--count", "3", "--replicas", "2", "--size", "1M"]).unwrap();
+    let body = pattern::bytes(11, 0, 6 * MIB);
+    fs::write(a.p("ckpt/model.pt"), &body).unwrap();
+    File::open(a.p("ckpt/model.pt")).unwrap().sync_all().unwrap();
+    // object 0's first replica, the one a reader asks first, on its disk
+    let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "getstripe", "/ckpt/model.pt"]).unwrap()).unwrap();
+    let first = v["objects"].as_array().unwrap().iter().find(|o| o["index"] == 0 && o["replica"] == 0).unwrap().clone();
+    let name = first["object"].as_str().unwrap();
+    let on_disk = cl.path(&format!("data/osd{}/objects/{}/{name}", first["osd"], &name[14..16]));
+    let good = fs::read(&on_disk).unwrap();
+    let at = 300_000u64;
+    let f = OpenOptions::new().write(true).open(&on_disk).unwrap();
+    f.write_all_at(&[good[at as usize] ^ 0x40], at).unwrap();
+    drop(f);
+    // another node reads the right bytes, from the other replica
+    let b = cl.mount().unwrap();
+    assert!(fs::read(b.p("ckpt/model.pt")).unwrap() == body, "a corrupt replica was served");
+    drop(b);
+    assert!(degraded(&cl) > 0, "the corrupt replica was not reported");
+    // repair rewrites it
+    let t = Instant::now();
+    while degraded(&cl) > 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "corrupt replica not repaired after 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(fs::read(&on_disk).unwrap() == good, "the repaired replica differs from what was written");
+}

@@ -62,8 +62,19 @@ pub async fn write_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, ob
 /// Read `[obj_off, obj_off + len)` of object `index`; bytes past the
 /// object's end read as zeros (holes and not-yet-written tails). Replicas
 /// in `stale` are never read; the others are tried in order, those on OSDs
-/// marked down last; one whose data fails its crc is reported and skipped.
-pub async fn read_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, obj_off: u64, len: u64, stale: &[u32]) -> Result<Bytes> {
+/// marked down last. One whose data fails its crc is skipped and added to
+/// `bad`, for the caller to report as degraded (repair rewrites it).
+#[allow(clippy::too_many_arguments)]
+pub async fn read_object(
+    pool: &Pool,
+    layout: &Layout,
+    ino: u64,
+    index: u32,
+    obj_off: u64,
+    len: u64,
+    stale: &[u32],
+    bad: &mut Vec<u32>,
+) -> Result<Bytes> {
     let obj = ObjectId { ino, index };
     let req = OsdReq::Read { obj, off: obj_off, len: len.min(u32::MAX as u64) as u32 };
     let mut last = Error::Io(format!("object {obj} has no replica left to read"));
@@ -99,6 +110,7 @@ pub async fn read_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, obj
         };
         if !ok {
             tracing::warn!(%obj, osd = osd.0, "checksum mismatch on read; trying another replica");
+            bad.push(osd.0);
             last = Error::Checksum(format!("object {obj} on osd.{}", osd.0));
             continue;
         }

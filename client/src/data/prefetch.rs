@@ -5,6 +5,7 @@
 //! gets exactly the bytes it asked for and no read-ahead.
 use super::io::read_object;
 use super::writeback::{DataCtx, FileState};
+use aifs_common::proto::mds::Degraded;
 use aifs_common::{Error, Result};
 use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -35,9 +36,33 @@ impl ReadAhead {
 /// one future per extent, all at once.
 async fn fetch_range(ctx: &DataCtx, f: &FileState, start: u64, end: u64) -> Result<Bytes> {
     let exts = f.layout.extents(start, end - start);
-    let stale: Vec<Vec<u32>> = exts.iter().map(|e| f.stale_of(e.object)).collect();
-    let reads = exts.iter().zip(&stale).map(|(e, s)| read_object(&ctx.pool, &f.layout, f.ino, e.object, e.obj_off, e.len, s));
-    let parts = futures::future::try_join_all(reads).await?;
+    let reads = exts.iter().map(|e| async move {
+        let mut bad = Vec::new();
+        let r = read_object(&ctx.pool, &f.layout, f.ino, e.object, e.obj_off, e.len, &f.stale_of(e.object), &mut bad).await;
+        (r, bad.into_iter().map(|osd| Degraded { index: e.object, osd }).collect::<Vec<_>>())
+    });
+    let mut parts = Vec::with_capacity(exts.len());
+    let mut bad = Vec::new();
+    let mut failed = None;
+    for (r, b) in futures::future::join_all(reads).await {
+        bad.extend(b);
+        match r {
+            Ok(p) => parts.push(p),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    // Replicas that failed their crc are recorded as degraded: nobody
+    // reads them again, and repair rewrites them from a good one.
+    if !bad.is_empty() {
+        if let Err(e) = f.degrade(ctx, bad).await {
+            tracing::warn!(ino = f.ino, error = %e, "could not record replicas that failed their checksum");
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if parts.len() == 1 {
         return Ok(parts.into_iter().next().unwrap_or_default());
     }

@@ -161,11 +161,11 @@ impl FileState {
 
     /// Record replicas that missed a write at the MDS, durably, before the
     /// write counts as done: from then on nobody reads them.
-    async fn degrade(&self, ctx: &DataCtx, objs: Vec<Degraded>) -> Result<()> {
+    pub async fn degrade(&self, ctx: &DataCtx, objs: Vec<Degraded>) -> Result<()> {
         if objs.is_empty() {
             return Ok(());
         }
-        tracing::warn!(ino = self.ino, ?objs, "writing on without unreachable replicas; recording them as degraded");
+        tracing::warn!(ino = self.ino, ?objs, "recording replicas as degraded");
         match ctx.pool.mds(&MdsReq::Degraded { ino: self.ino, objs: objs.clone() }).await? {
             MdsResp::Done => {
                 self.add_stale(&objs);
