@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod config;
+pub mod fsck;
 pub mod gc;
 pub mod repair;
 pub mod leases;
@@ -78,11 +79,13 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     let addr = endpoint.local_addr()?;
     let osd_clients = Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()));
     let gc = Arc::new(Gc::new(ns.clone(), osd_clients.clone()));
-    let repair = Arc::new(Repair::new(ns.clone(), osd_clients, cfg.repair_mb_per_s));
+    let repair = Arc::new(Repair::new(ns.clone(), osd_clients.clone(), cfg.repair_mb_per_s));
+    let fsck = Arc::new(crate::fsck::Fsck::new(ns.clone(), osd_clients, repair.clone()));
     let svc = Arc::new(MdsService {
         ns: ns.clone(),
         gc: gc.clone(),
         repair: repair.clone(),
+        fsck,
         session_heartbeat_ms: cfg.session_timeout_ms / 4,
         requests: Default::default(),
     });

@@ -18,6 +18,7 @@ pub struct MdsService {
     pub ns: Arc<Namespace>,
     pub gc: Arc<Gc>,
     pub repair: Arc<crate::repair::Repair>,
+    pub fsck: Arc<crate::fsck::Fsck>,
     pub session_heartbeat_ms: u64,
     /// Requests served, heartbeats not counted (`mdsctl status`; the
     /// cached-metadata benchmark counts what leases save).
@@ -464,6 +465,14 @@ impl MdsService {
             MdsReq::Leases { ino } => {
                 need(peer, ADMIN)?;
                 MdsResp::Leases(cl.lease_infos(ino))
+            }
+            MdsReq::Fsck { repair } => {
+                need(peer, ADMIN)?;
+                MdsResp::Fsck(self.fsck.start(repair))
+            }
+            MdsReq::FsckStatus => {
+                need(peer, ADMIN)?;
+                MdsResp::Fsck(self.fsck.status())
             }
             MdsReq::Degraded { ino, objs } => {
                 need(peer, &[Role::Client])?;

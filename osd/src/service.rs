@@ -58,6 +58,19 @@ impl OsdService {
                 blocking(move || store.commit(&objs)).await?;
                 Ok((OsdResp::Done, vec![]))
             }
+            OsdReq::List { after, max } => {
+                let max = (max as usize).clamp(1, 100_000);
+                let v = blocking(move || store.list(after, max)).await?;
+                Ok((OsdResp::Objects(v), vec![]))
+            }
+            OsdReq::Verify { obj } => {
+                let r = blocking(move || store.verify(obj)).await?;
+                let (exists, size, bad_blocks) = match r {
+                    Some((size, bad)) => (true, size, bad),
+                    None => (false, 0, 0),
+                };
+                Ok((OsdResp::Verified { exists, size, bad_blocks }, vec![]))
+            }
             OsdReq::Usage => {
                 let u = blocking(move || store.usage()).await?;
                 Ok((OsdResp::Usage { capacity: u.capacity, used: u.used, objects: u.objects }, vec![]))

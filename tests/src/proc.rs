@@ -190,15 +190,23 @@ impl ProcCluster {
 
     /// Run `mdsctl` against this cluster; returns stdout.
     pub fn mdsctl(&self, args: &[&str]) -> Result<String> {
+        match self.mdsctl_status(args)? {
+            (0, out) => Ok(out),
+            (code, _) => bail!("mdsctl {args:?} exited with {code}"),
+        }
+    }
+
+    /// Run `mdsctl`: its exit status (-1: killed by a signal) and stdout.
+    pub fn mdsctl_status(&self, args: &[&str]) -> Result<(i32, String)> {
         let out = Command::new(bin_dir().join("mdsctl"))
             .arg("--config")
             .arg(self.path("admin.toml"))
             .args(args)
             .output()?;
         if !out.status.success() {
-            bail!("mdsctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            eprintln!("mdsctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
     fn dump_logs(&self) {

@@ -161,3 +161,47 @@ fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired() {
     }
     assert!(fs::read(&on_disk).unwrap() == good, "the repaired replica differs from what was written");
 }
+
+#[test]
+fn fsck_finds_missing_corrupt_and_orphan_objects_and_repair_fixes_them() {
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    fs::create_dir(a.p("ckpt")).unwrap();
+    cl.mdsctl(&["setstripe", "/ckpt", "--count", "3", "--replicas", "2", "--size", "1M"]).unwrap();
+    let body = pattern::bytes(13, 0, 6 * MIB + 7);
+    fs::write(a.p("ckpt/opt.pt"), &body).unwrap();
+    File::open(a.p("ckpt/opt.pt")).unwrap().sync_all().unwrap();
+    assert_eq!(cl.mdsctl_status(&["fsck"]).unwrap().0, 0, "a healthy file system is not clean");
+    let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "getstripe", "/ckpt/opt.pt"]).unwrap()).unwrap();
+    let objs = v["objects"].as_array().unwrap();
+    let disk = |o: &serde_json::Value| {
+        let name = o["object"].as_str().unwrap().to_string();
+        cl.path(&format!("data/osd{}/objects/{}/{name}", o["osd"], &name[14..16]))
+    };
+    // one replica lost behind the OSD's back, one with a flipped byte, and
+    // an object of no file
+    let lost = disk(&objs[0]);
+    fs::remove_file(&lost).unwrap();
+    let flipped = disk(&objs[3]);
+    let good = fs::read(&flipped).unwrap();
+    OpenOptions::new().write(true).open(&flipped).unwrap().write_all_at(&[good[1000] ^ 1], 1000).unwrap();
+    let orphan = cl.path("data/osd1/objects/99/0300000000000999.0");
+    fs::write(&orphan, b"left behind").unwrap();
+    let (code, out) = cl.mdsctl_status(&["--json", "fsck"]).unwrap();
+    assert_eq!(code, 4, "fsck found nothing:\n{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((r["missing"].as_u64(), r["corrupt"].as_u64(), r["orphans"].as_u64()), (Some(1), Some(1), Some(1)), "{out}");
+    // --repair hands the replicas to repair and deletes the orphan
+    assert_eq!(cl.mdsctl_status(&["fsck", "--repair"]).unwrap().0, 1);
+    let t = Instant::now();
+    while degraded(&cl) > 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "replicas not repaired after 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!orphan.exists(), "the orphan object is still there");
+    assert!(fs::read(&flipped).unwrap() == good, "the corrupt replica was not rewritten");
+    assert!(lost.exists(), "the lost replica was not rewritten");
+    assert_eq!(cl.mdsctl_status(&["fsck"]).unwrap().0, 0, "not clean after repair");
+    let b = cl.mount().unwrap();
+    assert!(fs::read(b.p("ckpt/opt.pt")).unwrap() == body);
+}

@@ -129,6 +129,52 @@ pub struct ClusterStatus {
     pub repair: RepairInfo,
 }
 
+/// What fsck found wrong with one replica.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub enum FsckKind {
+    /// Absent on this OSD while another replica of the object exists.
+    Missing,
+    /// Blocks whose bytes fail their stored crc.
+    Corrupt,
+    /// An object of no file (and no pending delete).
+    Orphan,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct FsckFinding {
+    pub kind: FsckKind,
+    pub ino: u64,
+    pub index: u32,
+    pub osd: u32,
+}
+
+/// Progress and findings of a check (`mdsctl fsck`).
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, Default, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct FsckReport {
+    pub running: bool,
+    pub repair: bool,
+    /// Files to check, and checked so far.
+    pub files: u64,
+    pub files_done: u64,
+    /// Open files are being written: left out.
+    pub files_skipped: u64,
+    /// Replicas whose every block was read and checked.
+    pub replicas_verified: u64,
+    pub missing: u64,
+    pub corrupt: u64,
+    pub orphans: u64,
+    /// Findings fixed: replicas handed to repair, orphans deleted.
+    pub fixed: u64,
+    /// OSDs down, so not checked.
+    pub osds_skipped: Vec<u32>,
+    /// The first findings (all are counted above).
+    pub findings: Vec<FsckFinding>,
+    pub error: Option<String>,
+}
+
 /// Background repair of degraded replicas since the MDS started.
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
 #[rkyv(derive(Debug))]
@@ -173,6 +219,11 @@ pub enum MdsReq {
     /// Set a directory's default layout, or an empty file's layout.
     SetStripe { ino: u64, policy: LayoutPolicy },
     GetStripe { ino: u64 },
+    /// Admin: start a check of every file's replicas against the OSDs (or
+    /// join the one running); `repair` also fixes what it finds.
+    Fsck { repair: bool },
+    /// Admin: progress and findings of the last check.
+    FsckStatus,
     /// A writer could not reach these replicas of a file's objects; the
     /// other replicas have the data. Answered once recorded durably.
     Degraded { ino: u64, objs: Vec<Degraded> },
@@ -285,6 +336,7 @@ pub enum MdsResp {
     Changed { attr: Option<Attr>, dirs: Vec<Attr>, writable: Option<Writable> },
     /// `attrs[i]` belongs to `entries[i]`.
     DirPlus { entries: Vec<DirEntry>, attrs: Vec<Attr>, eof: bool, parent: u64 },
+    Fsck(FsckReport),
     /// A file lease granted (`None` when the session has none to give).
     /// `degraded`: the file's object replicas that are stale (not to be
     /// read, not written until repaired).

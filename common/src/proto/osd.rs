@@ -39,6 +39,12 @@ pub enum OsdReq {
     /// fsync these objects.
     Commit { objs: Vec<ObjectId> },
     Usage,
+    /// The objects stored, in `ObjectId` order, after `after` (none: from
+    /// the first), at most `max` (fsck).
+    List { after: Option<ObjectId>, max: u32 },
+    /// Read an object whole and check each block against its stored crc
+    /// (fsck's deep scrub).
+    Verify { obj: ObjectId },
 }
 message!(OsdReq, |m| match m {
     OsdReq::Write { len, .. } => *len as u64,
@@ -56,6 +62,11 @@ pub enum OsdResp {
     Data { off: u64, len: u32, crcs: Vec<u32>, obj_size: u64 },
     Stat { exists: bool, size: u64 },
     Usage { capacity: u64, used: u64, objects: u64 },
+    /// `List`: objects with their sizes; fewer than `max` at the end.
+    Objects(Vec<(ObjectId, u64)>),
+    /// `Verify`: the object's size and how many of its blocks fail their
+    /// crc (`exists` false: no such object).
+    Verified { exists: bool, size: u64, bad_blocks: u64 },
 }
 message!(OsdResp, |m| match m {
     OsdResp::Data { len, .. } => *len as u64,

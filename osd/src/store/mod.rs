@@ -38,4 +38,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn stat(&self, obj: ObjectId) -> Result<Option<u64>>;
     fn commit(&self, objs: &[ObjectId]) -> Result<()>;
     fn usage(&self) -> Result<Usage>;
+    /// Objects after `after` in `ObjectId` order, with sizes, at most `max`.
+    fn list(&self, after: Option<ObjectId>, max: usize) -> Result<Vec<(ObjectId, u64)>>;
+    /// (size, blocks whose bytes fail their stored crc); `None` when the
+    /// object does not exist.
+    fn verify(&self, obj: ObjectId) -> Result<Option<(u64, u64)>>;
 }

@@ -1,0 +1,213 @@
+//! `mdsctl fsck`: every file's replicas checked against what the OSDs
+//! store. Lists each OSD's objects first, then reads the namespace (so a
+//! file made in between is never taken for an orphan), then for each object
+//! of each file not open: a replica absent where another exists is missing,
+//! and every present replica is read whole and its blocks checked against
+//! their crcs (a deep scrub). Objects of no file and no pending delete are
+//! orphans. With `repair`, missing and corrupt replicas are recorded as
+//! degraded, for the repair task to rewrite, and orphans are deleted.
+//!
+//! One check runs at a time, in the background; its report is polled.
+use crate::gc::OsdClients;
+use crate::namespace::Namespace;
+use crate::records::{GcJob, InodeRec};
+use crate::repair::Repair;
+use crate::store::{IoResult, DEGRADED, GC, INODES};
+use aifs_common::proto::mds::{Degraded, FileKind, FsckFinding, FsckKind, FsckReport};
+use aifs_common::proto::osd::{OsdReq, OsdResp};
+use aifs_common::{Error, Layout, ObjectId, Result};
+use redb::ReadableTable;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// Findings kept in the report (all are counted).
+const MAX_FINDINGS: usize = 1000;
+/// Objects asked for per `List`.
+const LIST_PAGE: u32 = 10_000;
+
+pub struct Fsck {
+    ns: Arc<Namespace>,
+    osds: Arc<OsdClients>,
+    repair: Arc<Repair>,
+    report: Mutex<FsckReport>,
+}
+
+impl Fsck {
+    pub fn new(ns: Arc<Namespace>, osds: Arc<OsdClients>, repair: Arc<Repair>) -> Self {
+        Fsck { ns, osds, repair, report: Mutex::new(FsckReport::default()) }
+    }
+
+    /// Start a check unless one runs; the report as it stands.
+    pub fn start(self: &Arc<Self>, repair: bool) -> FsckReport {
+        let Ok(mut r) = self.report.lock() else { return FsckReport::default() };
+        if !r.running {
+            *r = FsckReport { running: true, repair, ..Default::default() };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let res = me.check(repair).await;
+                me.update(|r| {
+                    r.running = false;
+                    if let Err(e) = res {
+                        r.error = Some(e.to_string());
+                    }
+                });
+                tracing::info!("fsck finished");
+            });
+            tracing::info!(repair, "fsck started");
+        }
+        r.clone()
+    }
+
+    pub fn status(&self) -> FsckReport {
+        self.report.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut FsckReport)) {
+        if let Ok(mut r) = self.report.lock() {
+            f(&mut r);
+        }
+    }
+
+    fn found(&self, kind: FsckKind, obj: ObjectId, osd: u32) {
+        tracing::warn!(?kind, %obj, osd, "fsck finding");
+        self.update(|r| {
+            match kind {
+                FsckKind::Missing => r.missing += 1,
+                FsckKind::Corrupt => r.corrupt += 1,
+                FsckKind::Orphan => r.orphans += 1,
+            }
+            if r.findings.len() < MAX_FINDINGS {
+                r.findings.push(FsckFinding { kind, ino: obj.ino, index: obj.index, osd });
+            }
+        });
+    }
+
+    /// Every object an OSD stores, with its size.
+    async fn list(&self, osd: u32) -> Result<BTreeMap<ObjectId, u64>> {
+        let mut out = BTreeMap::new();
+        let mut after = None;
+        loop {
+            let OsdResp::Objects(page) = self.osds.call(osd, &OsdReq::List { after, max: LIST_PAGE }).await? else {
+                return Err(Error::Protocol("unexpected reply to List".into()));
+            };
+            let n = page.len();
+            after = page.last().map(|p| p.0);
+            out.extend(page);
+            if n < LIST_PAGE as usize {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Files with their layouts, inodes with a delete pending, and the
+    /// replicas already known to be stale.
+    async fn namespace(&self) -> Result<(Vec<(u64, Layout)>, HashSet<u64>, HashSet<(u64, u32, u32)>)> {
+        let mut files = Vec::new();
+        let mut deleting = HashSet::new();
+        let mut stale = HashSet::new();
+        for s in &self.ns.shards {
+            let (f, d, st) = s
+                .read(|t| {
+                    let mut f = Vec::new();
+                    for r in t.open_table(INODES).io()?.iter().io()? {
+                        let (k, v) = r.io()?;
+                        let rec = InodeRec::decode(v.value())?;
+                        if let (FileKind::File, Some(l)) = (rec.kind, rec.layout) {
+                            f.push((k.value(), l));
+                        }
+                    }
+                    let mut d = Vec::new();
+                    for r in t.open_table(GC).io()?.iter().io()? {
+                        let (_, v) = r.io()?;
+                        if let Ok(job) = GcJob::decode(v.value()) {
+                            d.push(job.ino);
+                        }
+                    }
+                    let mut st = Vec::new();
+                    for r in t.open_table(DEGRADED).io()?.iter().io()? {
+                        st.push(r.io()?.0.value());
+                    }
+                    Ok((f, d, st))
+                })
+                .await?;
+            files.extend(f);
+            deleting.extend(d);
+            stale.extend(st);
+        }
+        Ok((files, deleting, stale))
+    }
+
+    async fn check(&self, repair: bool) -> Result<()> {
+        let cluster = &self.ns.cluster;
+        let up = cluster.up_osds();
+        let down: Vec<u32> = cluster.osd_infos().iter().map(|o| o.id).filter(|o| !up.contains(o)).collect();
+        self.update(|r| r.osds_skipped = down);
+        let mut stored: BTreeMap<u32, BTreeMap<ObjectId, u64>> = BTreeMap::new();
+        for &osd in &up {
+            stored.insert(osd, self.list(osd).await?);
+        }
+        let (files, deleting, stale) = self.namespace().await?;
+        self.update(|r| r.files = files.len() as u64);
+        let mut fix: BTreeMap<u64, Vec<Degraded>> = BTreeMap::new();
+        for (ino, layout) in &files {
+            if cluster.is_open(*ino) {
+                self.update(|r| r.files_skipped += 1);
+                continue;
+            }
+            for index in 0..layout.stripe_count {
+                let obj = ObjectId { ino: *ino, index };
+                let reps: Vec<u32> = layout.object_osds(index).iter().map(|o| o.0).collect();
+                let present = |o: u32| stored.get(&o).is_some_and(|m| m.contains_key(&obj));
+                let anywhere = reps.iter().any(|&o| present(o));
+                for &osd in reps.iter().filter(|o| stored.contains_key(o) && !stale.contains(&(*ino, index, **o))) {
+                    if !present(osd) {
+                        if anywhere {
+                            self.found(FsckKind::Missing, obj, osd);
+                            fix.entry(*ino).or_default().push(Degraded { index, osd });
+                        }
+                        continue;
+                    }
+                    match self.osds.call(osd, &OsdReq::Verify { obj }).await? {
+                        OsdResp::Verified { exists: true, bad_blocks, .. } => {
+                            self.update(|r| r.replicas_verified += 1);
+                            if bad_blocks > 0 {
+                                self.found(FsckKind::Corrupt, obj, osd);
+                                fix.entry(*ino).or_default().push(Degraded { index, osd });
+                            }
+                        }
+                        // Deleted since the listing (the file went too).
+                        OsdResp::Verified { exists: false, .. } => {}
+                        _ => return Err(Error::Protocol("unexpected reply to Verify".into())),
+                    }
+                }
+            }
+            self.update(|r| r.files_done += 1);
+        }
+        let inos: HashSet<u64> = files.iter().map(|f| f.0).collect();
+        let mut orphans = Vec::new();
+        for (&osd, objs) in &stored {
+            for obj in objs.keys().filter(|o| !inos.contains(&o.ino) && !deleting.contains(&o.ino)) {
+                self.found(FsckKind::Orphan, *obj, osd);
+                orphans.push((*obj, osd));
+            }
+        }
+        if !repair {
+            return Ok(());
+        }
+        for (ino, objs) in fix {
+            let n = objs.len() as u64;
+            match self.ns.mark_degraded(ino, objs).await {
+                Ok(()) => self.update(|r| r.fixed += n),
+                Err(e) => tracing::warn!(ino, error = %e, "fsck could not hand replicas to repair"),
+            }
+        }
+        self.repair.wake.notify_one();
+        for (obj, osd) in orphans {
+            match self.osds.call(osd, &OsdReq::Delete { obj }).await {
+                Ok(_) => self.update(|r| r.fixed += 1),
+                Err(e) => tracing::warn!(%obj, osd, error = %e, "fsck could not delete an orphan object"),
+            }
+        }
+        Ok(())
+    }
+}
