@@ -65,10 +65,23 @@ pub struct ProcCluster {
     pub n_osds: u32,
     mds: Option<Child>,
     osds: Vec<Option<Child>>,
+    /// The MDS listens on every address, not only loopback (for OSDs in
+    /// network namespaces of their own).
+    mds_any: bool,
 }
 
 impl ProcCluster {
     pub fn start(n_osds: u32) -> Result<ProcCluster> {
+        Self::start_opts(n_osds, false)
+    }
+
+    /// A cluster whose MDS also answers on non-loopback addresses, so that
+    /// an OSD can be moved into a network namespace (`isolate_osd`).
+    pub fn start_routed(n_osds: u32) -> Result<ProcCluster> {
+        Self::start_opts(n_osds, true)
+    }
+
+    fn start_opts(n_osds: u32, mds_any: bool) -> Result<ProcCluster> {
         let dir = tempfile::Builder::new().prefix("aifs-proc-").tempdir()?;
         let p = ports(1 + n_osds as usize);
         // mdsctl init numbers OSD ports from a base; pick a base with a
@@ -86,7 +99,7 @@ impl ProcCluster {
             bail!("mdsctl init failed");
         }
         std::fs::create_dir_all(dir.path().join("logs"))?;
-        let mut c = ProcCluster { dir, mds_addr, n_osds, mds: None, osds: (0..n_osds).map(|_| None).collect() };
+        let mut c = ProcCluster { dir, mds_addr, n_osds, mds: None, osds: (0..n_osds).map(|_| None).collect(), mds_any };
         c.start_all()?;
         Ok(c)
     }
@@ -98,7 +111,12 @@ impl ProcCluster {
     fn start_mds(&mut self) -> Result<()> {
         let cfg = self.path("mds.toml");
         let log = self.path("logs/mds.log");
-        self.mds = Some(spawn_logged("aifs-mds", &["--config", cfg.to_str().unwrap_or_default()], &log)?);
+        let any = format!("0.0.0.0:{}", self.mds_addr.port());
+        let mut args = vec!["--config", cfg.to_str().unwrap_or_default()];
+        if self.mds_any {
+            args.extend(["--listen", any.as_str()]);
+        }
+        self.mds = Some(spawn_logged("aifs-mds", &args, &log)?);
         Ok(())
     }
 
@@ -116,6 +134,47 @@ impl ProcCluster {
             self.start_osd(i)?;
         }
         self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// Move OSD `i` (1-based) into a network namespace of its own, joined
+    /// to this one by a veth pair, and start it there listening on its end;
+    /// the guard cuts and heals the link (a partition of that OSD from the
+    /// client and the MDS) and removes both when dropped. Needs root and a
+    /// cluster from `start_routed`.
+    pub fn isolate_osd(&mut self, i: u32) -> Result<NetNs> {
+        anyhow::ensure!(self.mds_any, "isolate_osd needs a cluster from start_routed");
+        self.kill9_osd(i);
+        let port = read_listen_port(&self.path(&format!("osd{i}.toml")))?;
+        // 198.18.0.0/15 is set aside for benchmarking networks: a /30 per
+        // OSD port keeps parallel tests apart.
+        let (b, c) = ((port / 64) % 256, (port % 64) * 4);
+        let ns = NetNs { name: format!("aifs-n{port}"), host: format!("av{port}") };
+        let peer = format!("ap{port}");
+        let (here, there) = (format!("198.18.{b}.{}", c + 1), format!("198.18.{b}.{}", c + 2));
+        ip(&["netns", "add", &ns.name])?;
+        ip(&["link", "add", &ns.host, "type", "veth", "peer", "name", &peer, "netns", &ns.name])?;
+        ip(&["addr", "add", &format!("{here}/30"), "dev", &ns.host])?;
+        ip(&["link", "set", &ns.host, "up"])?;
+        ip(&["-n", &ns.name, "addr", "add", &format!("{there}/30"), "dev", &peer])?;
+        ip(&["-n", &ns.name, "link", "set", &peer, "up"])?;
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        let cfg = self.path(&format!("osd{i}.toml"));
+        let log = self.path(&format!("logs/osd{i}.log"));
+        let listen = format!("{there}:{port}");
+        let mds = format!("{here}:{}", self.mds_addr.port());
+        let bin = bin_dir().join("aifs-osd");
+        let args = ["netns", "exec", &ns.name, bin.to_str().unwrap_or_default(), "--config", cfg.to_str().unwrap_or_default(), "--listen", &listen, "--mds", &mds];
+        let f = std::fs::File::create(log)?;
+        let child = Command::new("ip")
+            .args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()?;
+        self.osds[(i - 1) as usize] = Some(child);
+        self.wait_ready(Duration::from_secs(20))?;
+        Ok(ns)
     }
 
     /// `kill -9` OSD `i` (1-based).
@@ -220,6 +279,44 @@ impl ProcCluster {
                 }
             }
         }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let st = Command::new("ip").args(args).stdout(Stdio::null()).status().context("running ip")?;
+    anyhow::ensure!(st.success(), "ip {} failed", args.join(" "));
+    Ok(())
+}
+
+fn read_listen_port(cfg: &Path) -> Result<u16> {
+    let text = std::fs::read_to_string(cfg)?;
+    let line = text.lines().find(|l| l.trim_start().starts_with("listen")).context("no listen address")?;
+    let addr = line.split('"').nth(1).context("listen address not quoted")?;
+    Ok(addr.parse::<SocketAddr>()?.port())
+}
+
+/// A network namespace with a veth pair to this one (`isolate_osd`).
+pub struct NetNs {
+    name: String,
+    /// This namespace's end of the pair.
+    host: String,
+}
+
+impl NetNs {
+    /// Take the link down: nothing passes either way.
+    pub fn cut(&self) -> Result<()> {
+        ip(&["link", "set", &self.host, "down"])
+    }
+
+    pub fn heal(&self) -> Result<()> {
+        ip(&["link", "set", &self.host, "up"])
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host]);
+        let _ = ip(&["netns", "del", &self.name]);
     }
 }
 

@@ -35,17 +35,27 @@ enum Fault {
     Kill,
     /// SIGSTOP, resumed after the write.
     Stop,
+    /// The OSD's network link cut (it runs in a network namespace of its
+    /// own), healed after the write.
+    Partition,
 }
 
 /// Write a checkpoint of `size_mib` MiB with replicas 2 over 3 OSDs, with
 /// one OSD (chosen by `seed`) failing part-way through.
 fn checkpoint_through_an_osd_failure(seed: u64, fault: Fault) {
     let size_mib: usize = 160;
-    let mut cl = ProcCluster::start(3).unwrap();
+    let victim = 1 + (seed % 3) as u32;
+    let mut cl = match fault {
+        Fault::Partition => ProcCluster::start_routed(3).unwrap(),
+        _ => ProcCluster::start(3).unwrap(),
+    };
+    let net = match fault {
+        Fault::Partition => Some(cl.isolate_osd(victim).unwrap()),
+        _ => None,
+    };
     let a = cl.mount().unwrap();
     fs::create_dir(a.p("ckpt")).unwrap();
     cl.mdsctl(&["setstripe", "/ckpt", "--count", "3", "--replicas", "2", "--size", "1M"]).unwrap();
-    let victim = 1 + (seed % 3) as u32;
     let fail_at = 16 + (seed as usize * 37) % 96;
     let mut f = File::create(a.p("ckpt/rank0.pt")).unwrap();
     write_mib(&mut f, seed, 0..fail_at);
@@ -60,6 +70,13 @@ fn checkpoint_through_an_osd_failure(seed: u64, fault: Fault) {
             let _stopped = cl.freeze_osd(victim);
             write_mib(&mut f, seed, fail_at..size_mib);
             f.sync_all().unwrap();
+        }
+        Fault::Partition => {
+            let net = net.as_ref().unwrap();
+            net.cut().unwrap();
+            write_mib(&mut f, seed, fail_at..size_mib);
+            f.sync_all().unwrap();
+            net.heal().unwrap();
         }
     }
     drop(f);
@@ -105,6 +122,11 @@ fn replicated_checkpoint_survives_kill_9_of_an_osd_seed_2() {
 #[test]
 fn replicated_checkpoint_survives_a_stopped_osd_seed_3() {
     checkpoint_through_an_osd_failure(3, Fault::Stop);
+}
+
+#[test]
+fn replicated_checkpoint_survives_a_network_partition_of_an_osd_seed_4() {
+    checkpoint_through_an_osd_failure(4, Fault::Partition);
 }
 
 #[test]
