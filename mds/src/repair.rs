@@ -121,6 +121,14 @@ impl Repair {
             self.stats.active.fetch_add(1, Ordering::Relaxed);
             let r = self.copy(obj, from, d.osd).await;
             self.stats.active.fetch_sub(1, Ordering::Relaxed);
+            // Unlinked meanwhile: its delete may have run before the copy
+            // made the object again, so the copy goes too.
+            if matches!(self.ns.getattr(ino).await, Err(Error::NotFound)) {
+                if let Err(e) = self.osds.call(d.osd, &OsdReq::Delete { obj }).await {
+                    tracing::warn!(%obj, osd = d.osd, error = %e, "copy of a deleted file's object left behind; fsck finds it");
+                }
+                return done;
+            }
             let r = match r {
                 Ok(n) => self.settled(ino, *d).await.map(|_| n),
                 Err(e) => Err(e),
