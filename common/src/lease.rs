@@ -300,6 +300,11 @@ impl LeaseTable {
         self.inodes.get(&ino).map(|l| l.holders.iter().map(|(s, k)| (*s, *k)).collect()).unwrap_or_default()
     }
 
+    /// Inodes someone holds a write lease on.
+    pub fn written(&self) -> Vec<Ino> {
+        self.inodes.iter().filter(|(_, l)| l.holders.values().any(|k| *k == LeaseKind::Write)).map(|(i, _)| *i).collect()
+    }
+
     pub fn recalled(&self, ino: Ino) -> BTreeSet<SessionId> {
         self.inodes.get(&ino).map(|l| l.recalled.keys().copied().collect()).unwrap_or_default()
     }

@@ -16,6 +16,8 @@ pub struct OsdEntry {
     /// None until the OSD is heard from after an MDS start.
     pub last_seen: Option<Instant>,
     pub up: bool,
+    /// Taken out by the operator: no new data, its replicas move away.
+    pub out: bool,
 }
 
 pub struct SessionEntry {
@@ -192,7 +194,7 @@ impl Cluster {
 
     /// An OSD known from the store, down until it heartbeats.
     pub fn load_osd(&self, id: u32, addr: String, capacity: u64, used: u64) {
-        self.osds.insert(id, OsdEntry { addr, capacity, used, objects: 0, last_seen: None, up: false });
+        self.osds.insert(id, OsdEntry { addr, capacity, used, objects: 0, last_seen: None, up: false, out: false });
     }
 
     pub fn heartbeat(&self, id: u32, addr: &str, capacity: u64, used: u64, objects: u64) -> Beat {
@@ -200,7 +202,7 @@ impl Cluster {
         let mut beat = Beat::Same;
         let mut e = self.osds.entry(id).or_insert_with(|| {
             beat = Beat::New;
-            OsdEntry { addr: addr.to_string(), capacity, used, objects, last_seen: None, up: false }
+            OsdEntry { addr: addr.to_string(), capacity, used, objects, last_seen: None, up: false, out: false }
         });
         if e.addr != addr {
             e.addr = addr.to_string();
@@ -262,6 +264,32 @@ impl Cluster {
         v
     }
 
+    /// OSDs new data may go to: up and not taken out.
+    pub fn placeable_osds(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.osds.iter().filter(|e| e.up && !e.out).map(|e| *e.key()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn out_osds(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.osds.iter().filter(|e| e.out).map(|e| *e.key()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Take an OSD out (or back in); false when it is unknown.
+    pub fn set_out(&self, id: u32, out: bool) -> bool {
+        match self.osds.get_mut(&id) {
+            Some(mut e) => {
+                e.out = out;
+                drop(e);
+                self.epoch.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn osd_addr(&self, id: u32) -> Option<String> {
         self.osds.get(&id).map(|e| e.addr.clone())
     }
@@ -279,6 +307,7 @@ impl Cluster {
                 used: e.used,
                 objects: e.objects,
                 last_seen_ms: e.last_seen.map(|t| now.duration_since(t).as_millis() as u64).unwrap_or(u64::MAX),
+                out: e.out,
             })
             .collect();
         v.sort_by_key(|o| o.id);

@@ -3,7 +3,8 @@
 //! file made in between is never taken for an orphan), then for each object
 //! of each file not open: a replica absent where another exists is missing,
 //! and every present replica is read whole and its blocks checked against
-//! their crcs (a deep scrub). Objects of no file and no pending delete are
+//! their crcs (a deep scrub). Objects of no file and no pending delete, or
+//! on an OSD their file's layout does not name (left behind by a move), are
 //! orphans. With `repair`, missing and corrupt replicas are recorded as
 //! degraded, for the repair task to rewrite, and orphans are deleted.
 //!
@@ -24,6 +25,11 @@ use std::sync::{Arc, Mutex};
 const MAX_FINDINGS: usize = 1000;
 /// Objects asked for per `List`.
 const LIST_PAGE: u32 = 10_000;
+
+/// Does `layout` (the file's, if it exists) put object `obj` on `osd`?
+fn placed(layout: Option<&Layout>, obj: ObjectId, osd: u32) -> bool {
+    layout.is_some_and(|l| obj.index < l.stripe_count && l.object_osds(obj.index).iter().any(|o| o.0 == osd))
+}
 
 pub struct Fsck {
     ns: Arc<Namespace>,
@@ -144,7 +150,18 @@ impl Fsck {
         self.update(|r| r.osds_skipped = down);
         let mut stored: BTreeMap<u32, BTreeMap<ObjectId, u64>> = BTreeMap::new();
         for &osd in &up {
-            stored.insert(osd, self.list(osd).await?);
+            match self.list(osd).await {
+                Ok(objs) => {
+                    stored.insert(osd, objs);
+                }
+                // Up by the map but not answering: not checked, like a
+                // down one.
+                Err(e @ (Error::Transport(_) | Error::Unavailable(_))) => {
+                    tracing::warn!(osd, error = %e, "fsck cannot reach an OSD; not checking it");
+                    self.update(|r| r.osds_skipped.push(osd));
+                }
+                Err(e) => return Err(e),
+            }
         }
         let (files, deleting, stale) = self.namespace().await?;
         self.update(|r| r.files = files.len() as u64);
@@ -167,7 +184,14 @@ impl Fsck {
                         }
                         continue;
                     }
-                    match self.osds.call(osd, &OsdReq::Verify { obj }).await? {
+                    let verified = match self.osds.call(osd, &OsdReq::Verify { obj }).await {
+                        Err(e @ (Error::Transport(_) | Error::Unavailable(_))) => {
+                            tracing::warn!(%obj, osd, error = %e, "fsck cannot reach an OSD to verify a replica");
+                            continue;
+                        }
+                        r => r?,
+                    };
+                    match verified {
                         OsdResp::Verified { exists: true, bad_blocks, .. } => {
                             self.update(|r| r.replicas_verified += 1);
                             if bad_blocks > 0 {
@@ -183,12 +207,14 @@ impl Fsck {
             }
             self.update(|r| r.files_done += 1);
         }
-        let inos: HashSet<u64> = files.iter().map(|f| f.0).collect();
+        let layouts: BTreeMap<u64, &Layout> = files.iter().map(|(i, l)| (*i, l)).collect();
         let mut orphans = Vec::new();
         for (&osd, objs) in &stored {
-            for obj in objs.keys().filter(|o| !inos.contains(&o.ino) && !deleting.contains(&o.ino)) {
-                self.found(FsckKind::Orphan, *obj, osd);
-                orphans.push((*obj, osd));
+            for obj in objs.keys().filter(|o| !deleting.contains(&o.ino)) {
+                if !placed(layouts.get(&obj.ino).copied(), *obj, osd) {
+                    self.found(FsckKind::Orphan, *obj, osd);
+                    orphans.push((*obj, osd));
+                }
             }
         }
         if !repair {
@@ -203,9 +229,22 @@ impl Fsck {
         }
         self.repair.wake.notify_one();
         for (obj, osd) in orphans {
-            match self.osds.call(osd, &OsdReq::Delete { obj }).await {
-                Ok(_) => self.update(|r| r.fixed += 1),
-                Err(e) => tracing::warn!(%obj, osd, error = %e, "fsck could not delete an orphan object"),
+            // Checked again with the file held against repair's moves,
+            // which copy an object to its new OSD before the layout names
+            // it: a copy on its way is not an orphan.
+            if !cluster.begin_repair(obj.ino) {
+                continue;
+            }
+            let now = self.ns.getattr(obj.ino).await.ok().and_then(|a| a.layout);
+            let r = match placed(now.as_ref(), obj, osd) {
+                true => None,
+                false => Some(self.osds.call(osd, &OsdReq::Delete { obj }).await),
+            };
+            cluster.end_repair(obj.ino);
+            match r {
+                Some(Ok(_)) => self.update(|r| r.fixed += 1),
+                Some(Err(e)) => tracing::warn!(%obj, osd, error = %e, "fsck could not delete an orphan object"),
+                None => {}
             }
         }
         Ok(())

@@ -22,7 +22,7 @@ use crate::repair::Repair;
 use crate::namespace::Namespace;
 use crate::records::OsdRec;
 use crate::service::MdsService;
-use crate::store::{IoResult, OSDS};
+use crate::store::{IoResult, META, OSDS};
 use aifs_common::rpc::{self, Identity};
 use aifs_common::Result;
 pub use config::MdsConfig;
@@ -72,8 +72,25 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
             Ok(v)
         })
         .await?;
+    let outs = ns
+        .shard(0)
+        .read(|t| {
+            let mut v = Vec::new();
+            for r in t.open_table(META).io()?.range("osd_out."..).io()? {
+                let (k, _) = r.io()?;
+                match k.value().strip_prefix("osd_out.") {
+                    Some(id) => v.extend(id.parse::<u32>().ok()),
+                    None => break,
+                }
+            }
+            Ok(v)
+        })
+        .await?;
     for (osd, rec) in known {
         cluster.load_osd(osd, rec.addr, rec.capacity, rec.used);
+    }
+    for id in outs {
+        cluster.set_out(id, true);
     }
     let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport)?;
     let addr = endpoint.local_addr()?;
@@ -99,9 +116,14 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
         // at start, and after sessions end without closing them.
         tick_svc.purge().await;
         let mut n = 0u64;
+        let mut epoch = tick_cluster.epoch();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             tick_cluster.tick();
+            if tick_cluster.epoch() != epoch {
+                epoch = tick_cluster.epoch();
+                tick_svc.placement_changed().await;
+            }
             n += 1;
             if n.is_multiple_of(4) {
                 tick_svc.purge().await;

@@ -491,6 +491,29 @@ impl Namespace {
             .await
     }
 
+    /// Object `index` of file `ino` now lives on `to` instead of `from`
+    /// (which was taken out), once `to` holds a durable copy. False when the
+    /// layout no longer has `from` there (changed meanwhile).
+    pub async fn move_replica(&self, ino: u64, index: u32, from: u32, to: u32) -> Result<bool> {
+        self.shard_for(ino)?
+            .mutate(move |txn| {
+                let mut inodes = txn.open_table(INODES).io()?;
+                let mut rec = get_inode(&inodes, ino)?;
+                let Some(layout) = rec.layout.as_mut() else { return Ok(false) };
+                let r = layout.replicas as usize;
+                let slots = index as usize * r..(index as usize + 1) * r;
+                let Some(pos) = slots.clone().find(|&i| layout.osds.get(i) == Some(&OsdId(from))) else { return Ok(false) };
+                if layout.osds[slots].contains(&OsdId(to)) {
+                    return Ok(false);
+                }
+                layout.osds[pos] = OsdId(to);
+                put_inode(&mut inodes, ino, &rec)?;
+                txn.open_table(DEGRADED).io()?.remove((ino, index, from)).io()?;
+                Ok(true)
+            })
+            .await
+    }
+
     /// The stale replicas of file `ino`'s objects.
     pub async fn degraded(&self, ino: u64) -> Result<Vec<Degraded>> {
         self.shard_for(ino)?.read(move |t| degraded_rows(&t.open_table(DEGRADED).io()?, ino)).await
@@ -640,7 +663,7 @@ impl Namespace {
     /// Create a regular file, or (not exclusive) open the existing one.
     pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool) -> Result<Created> {
         check_name(name)?;
-        let up = self.cluster.up_osds();
+        let up = self.cluster.placeable_osds();
         let name = name.to_string();
         let _g = self.topo.read().await;
         let shard = self.shard_for(parent)?.clone();
@@ -685,7 +708,7 @@ impl Namespace {
     /// layout it gets from the directory's default.
     pub async fn reserve(&self, dir: u64, count: u32) -> Result<Vec<Reserved>> {
         let count = count.clamp(1, MAX_RESERVE) as u64;
-        let up = self.cluster.up_osds();
+        let up = self.cluster.placeable_osds();
         let shard = self.shard_for(dir)?.clone();
         let sid = shard.id;
         shard
@@ -1195,7 +1218,7 @@ impl Namespace {
 
     pub async fn set_stripe(&self, ino: u64, policy: LayoutPolicy) -> Result<Attr> {
         policy.validate()?;
-        let up = self.cluster.up_osds();
+        let up = self.cluster.placeable_osds();
         let _g = self.topo.read().await;
         self.shard_for(ino)?
             .mutate(move |txn| {

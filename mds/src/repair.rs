@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 const BATCH: usize = 256;
 /// Bytes copied per read and write.
 const CHUNK: u64 = 4 << 20;
+/// Files whose replicas move off OSDs taken out, per pass.
+const DRAIN_BATCH: usize = 64;
 
 #[derive(Default)]
 pub struct RepairStats {
@@ -34,6 +36,8 @@ pub struct RepairStats {
     pub bytes: AtomicU64,
     /// Replicas being rewritten now.
     pub active: AtomicU64,
+    /// Replicas moved off OSDs taken out.
+    pub moved: AtomicU64,
 }
 
 pub struct Repair {
@@ -66,9 +70,10 @@ impl Repair {
         }
     }
 
-    /// One pass over every shard's records; returns replicas repaired.
+    /// One pass over every shard's records, then over files with replicas
+    /// on OSDs taken out; returns replicas repaired or moved.
     pub async fn pass(&self) -> usize {
-        let mut done = 0;
+        let mut done = self.drain().await;
         for s in &self.ns.shards {
             let rows = s
                 .read(|t| {
@@ -140,6 +145,105 @@ impl Repair {
                     done += 1;
                 }
                 Err(e) => tracing::warn!(%obj, from, to = d.osd, error = %e, "replica repair failed; retried later"),
+            }
+        }
+        done
+    }
+
+    /// Move replicas off OSDs taken out (`mdsctl osd out`), a batch of
+    /// files at a time: each object is copied to an OSD that is up, in, and
+    /// not yet one of its replicas, the layout then names the new OSD, and
+    /// the old copy is deleted.
+    async fn drain(&self) -> usize {
+        let out = self.cluster().out_osds();
+        if out.is_empty() {
+            return 0;
+        }
+        let mut files = Vec::new();
+        for s in &self.ns.shards {
+            let out = out.clone();
+            let found = s
+                .read(move |t| {
+                    let mut v = Vec::new();
+                    for r in t.open_table(crate::store::INODES).io()?.iter().io()? {
+                        let (k, val) = r.io()?;
+                        let rec = crate::records::InodeRec::decode(val.value())?;
+                        if let Some(l) = rec.layout.filter(|l| l.osds.iter().any(|o| out.contains(&o.0))) {
+                            v.push((k.value(), l));
+                            if v.len() >= DRAIN_BATCH {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(v)
+                })
+                .await;
+            match found {
+                Ok(v) => files.extend(v),
+                Err(e) => tracing::warn!(shard = s.id, error = %e, "cannot look for replicas to move"),
+            }
+        }
+        let mut done = 0;
+        for (ino, layout) in files {
+            if !self.cluster().begin_repair(ino) {
+                continue;
+            }
+            let n = self.drain_file(ino, &layout, &out).await;
+            self.cluster().end_repair(ino);
+            if n > 0 {
+                // Clients see the new layout at their next open.
+                self.cluster().invalidate(0, vec![(ino, vec![])]).await;
+            }
+            done += n;
+        }
+        done
+    }
+
+    async fn drain_file(&self, ino: u64, layout: &aifs_common::Layout, out: &[u32]) -> usize {
+        let up = self.cluster().up_osds();
+        let targets = self.cluster().placeable_osds();
+        let stale = self.ns.degraded(ino).await.unwrap_or_default();
+        let mut done = 0;
+        for index in 0..layout.stripe_count {
+            let reps: Vec<u32> = layout.object_osds(index).iter().map(|o| o.0).collect();
+            for &from in reps.iter().filter(|o| out.contains(o)) {
+                let free: Vec<u32> = targets.iter().copied().filter(|t| !reps.contains(t)).collect();
+                if free.is_empty() {
+                    tracing::warn!(ino, index, from, "no OSD up and in to move a replica to");
+                    continue;
+                }
+                let to = free[((ino ^ index as u64) % free.len() as u64) as usize];
+                let bad = |o: &u32| stale.iter().any(|d| d.index == index && d.osd == *o);
+                // The copy on the OSD taken out is good unless stale; a
+                // healthy replica elsewhere is preferred.
+                let mut sources: Vec<u32> = reps.iter().copied().filter(|o| up.contains(o) && !bad(o)).collect();
+                sources.sort_by_key(|o| out.contains(o));
+                let Some(&src) = sources.first() else {
+                    tracing::warn!(ino, index, "no healthy replica up to move from");
+                    continue;
+                };
+                let obj = ObjectId { ino, index };
+                self.stats.active.fetch_add(1, Ordering::Relaxed);
+                let r = self.copy(obj, src, to).await;
+                self.stats.active.fetch_sub(1, Ordering::Relaxed);
+                let moved = match r {
+                    Ok(_) => self.ns.move_replica(ino, index, from, to).await,
+                    Err(e) => Err(e),
+                };
+                match moved {
+                    Ok(true) => {
+                        tracing::info!(%obj, from, to, "replica moved off an OSD taken out");
+                        if let Err(e) = self.osds.call(from, &OsdReq::Delete { obj }).await {
+                            tracing::warn!(%obj, osd = from, error = %e, "old replica left behind; fsck finds it");
+                        }
+                        self.stats.moved.fetch_add(1, Ordering::Relaxed);
+                        done += 1;
+                    }
+                    Ok(false) => {
+                        let _ = self.osds.call(to, &OsdReq::Delete { obj }).await;
+                    }
+                    Err(e) => tracing::warn!(%obj, from, to, error = %e, "replica move failed; retried later"),
+                }
             }
         }
         done

@@ -3,7 +3,7 @@ use crate::cluster::Beat;
 use crate::gc::Gc;
 use crate::namespace::Namespace;
 use crate::records::OsdRec;
-use crate::store::{IoResult, OSDS};
+use crate::store::{IoResult, META, OSDS};
 use aifs_common::certs::Role;
 use crate::leases::Holder;
 use crate::locks::Lock;
@@ -63,6 +63,25 @@ impl MdsService {
                 self.ns.cluster.demote(h, dir);
                 None
             }
+        }
+    }
+
+    /// OSDs went down, up, out or in: clients holding directories' write
+    /// leases drop the inode numbers reserved there, whose layouts were
+    /// chosen from the OSDs of before, and reserve new ones.
+    pub async fn placement_changed(&self) {
+        let held = match self.ns.cluster.leases.lock() {
+            Ok(t) => t.written(),
+            Err(_) => return,
+        };
+        let mut dirs = Vec::new();
+        for ino in held {
+            if self.ns.getattr(ino).await.is_ok_and(|a| a.kind == FileKind::Dir) {
+                dirs.push((ino, vec![]));
+            }
+        }
+        if !dirs.is_empty() {
+            self.ns.cluster.invalidate(0, dirs).await;
         }
     }
 
@@ -389,6 +408,7 @@ impl MdsService {
                         repaired: self.repair.stats.repaired.load(std::sync::atomic::Ordering::Relaxed),
                         bytes: self.repair.stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
                         active: self.repair.stats.active.load(std::sync::atomic::Ordering::Relaxed),
+                        moved: self.repair.stats.moved.load(std::sync::atomic::Ordering::Relaxed),
                     },
                 })
             }
@@ -469,6 +489,28 @@ impl MdsService {
             MdsReq::Fsck { repair } => {
                 need(peer, ADMIN)?;
                 MdsResp::Fsck(self.fsck.start(repair))
+            }
+            MdsReq::OsdOut { id, out } => {
+                need(peer, ADMIN)?;
+                if !ns.cluster.osds.contains_key(&id) {
+                    return Err(Error::NotFound);
+                }
+                ns.shard(0)
+                    .mutate(move |txn| {
+                        let mut meta = txn.open_table(META).io()?;
+                        let key = format!("osd_out.{id}");
+                        match out {
+                            true => meta.insert(key.as_str(), 1u64).io()?,
+                            false => meta.remove(key.as_str()).io()?,
+                        };
+                        Ok(())
+                    })
+                    .await?;
+                ns.cluster.set_out(id, out);
+                tracing::warn!(osd = id, out, "OSD taken {}", if out { "out" } else { "in" });
+                self.placement_changed().await;
+                self.repair.wake.notify_one();
+                MdsResp::Done
             }
             MdsReq::FsckStatus => {
                 need(peer, ADMIN)?;

@@ -227,3 +227,38 @@ fn fsck_finds_missing_corrupt_and_orphan_objects_and_repair_fixes_them() {
     let b = cl.mount().unwrap();
     assert!(fs::read(b.p("ckpt/opt.pt")).unwrap() == body);
 }
+
+/// The OSDs holding a replica of a file, from `mdsctl getstripe`.
+fn holders(cl: &ProcCluster, path: &str) -> Vec<u64> {
+    let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "getstripe", path]).unwrap()).unwrap();
+    v["objects"].as_array().unwrap().iter().map(|o| o["osd"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn an_osd_taken_out_has_its_replicas_moved_away_and_gets_no_new_data() {
+    let mut cl = ProcCluster::start(4).unwrap();
+    let a = cl.mount().unwrap();
+    fs::create_dir(a.p("ckpt")).unwrap();
+    cl.mdsctl(&["setstripe", "/ckpt", "--count", "3", "--replicas", "2", "--size", "1M"]).unwrap();
+    let body = pattern::bytes(17, 0, 24 * MIB + 5);
+    fs::write(a.p("ckpt/w.pt"), &body).unwrap();
+    File::open(a.p("ckpt/w.pt")).unwrap().sync_all().unwrap();
+    let out = holders(&cl, "/ckpt/w.pt")[0];
+    cl.mdsctl(&["osd", "out", &out.to_string()]).unwrap();
+    let t = Instant::now();
+    while holders(&cl, "/ckpt/w.pt").contains(&out) {
+        assert!(t.elapsed() < Duration::from_secs(60), "replicas still on osd.{out} after 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(holders(&cl, "/ckpt/w.pt").len() == 6, "a replica was dropped instead of moved");
+    // new files go elsewhere
+    fs::write(a.p("ckpt/new.pt"), b"fresh").unwrap();
+    assert!(!holders(&cl, "/ckpt/new.pt").contains(&out));
+    // the OSD can go: the file reads back whole without it, and fsck (which
+    // skips it) finds every replica in place
+    cl.kill9_osd(out as u32);
+    let b = cl.mount().unwrap();
+    assert!(fs::read(b.p("ckpt/w.pt")).unwrap() == body, "moved replicas differ");
+    let (code, report) = cl.mdsctl_status(&["--json", "fsck"]).unwrap();
+    assert_eq!(code, 0, "{report}");
+}

@@ -82,6 +82,8 @@ pub struct OsdInfo {
     pub objects: u64,
     /// Milliseconds since the last heartbeat (as the MDS saw it).
     pub last_seen_ms: u64,
+    /// Taken out (`mdsctl osd out`): gets no new data, its replicas move.
+    pub out: bool,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
@@ -185,6 +187,8 @@ pub struct RepairInfo {
     pub bytes: u64,
     /// Replicas being rewritten now.
     pub active: u64,
+    /// Replicas moved off OSDs taken out.
+    pub moved: u64,
 }
 
 /// `renameat2` flag: fail with EEXIST instead of replacing the target.
@@ -224,6 +228,9 @@ pub enum MdsReq {
     Fsck { repair: bool },
     /// Admin: progress and findings of the last check.
     FsckStatus,
+    /// Admin: take an OSD out (its replicas move to other OSDs, and it gets
+    /// no new data) or back in.
+    OsdOut { id: u32, out: bool },
     /// A writer could not reach these replicas of a file's objects; the
     /// other replicas have the data. Answered once recorded durably.
     Degraded { ino: u64, objs: Vec<Degraded> },

@@ -101,6 +101,11 @@ enum Cmd {
 enum OsdCmd {
     /// List OSDs with state and capacity.
     Ls,
+    /// Take an OSD out: it gets no new data, and its replicas move to the
+    /// other OSDs in the background (progress in `mdsctl status`).
+    Out { id: u32 },
+    /// Bring an OSD taken out back in.
+    In { id: u32 },
 }
 #[derive(Subcommand)]
 enum ShardCmd {
@@ -194,9 +199,11 @@ fn osd_rows(osds: &[OsdInfo]) -> Vec<Vec<String>> {
         .map(|o| {
             vec![
                 format!("osd.{}", o.id),
-                match o.state {
-                    OsdState::Up => "up".into(),
-                    OsdState::Down => "down".into(),
+                match (o.state, o.out) {
+                    (OsdState::Up, false) => "up".into(),
+                    (OsdState::Down, false) => "down".into(),
+                    (OsdState::Up, true) => "up,out".into(),
+                    (OsdState::Down, true) => "down,out".into(),
                 },
                 o.addr.clone(),
                 human(o.capacity),
@@ -266,9 +273,10 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
             let degraded: u64 = s.shards.iter().map(|x| x.degraded).sum();
             println!("  requests served: {}", s.mds_requests);
             println!(
-                "  degraded object replicas: {degraded}   repairing: {}   repaired: {} ({} copied)\n",
+                "  degraded object replicas: {degraded}   repairing: {}   repaired: {}   moved off OSDs out: {} ({} copied)\n",
                 s.repair.active,
                 s.repair.repaired,
+                s.repair.moved,
                 human(s.repair.bytes)
             );
             print!("{}", shard_table(&s.shards));
@@ -361,6 +369,13 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                     "{p}: stripe_size {} stripe_count {} replicas {}",
                     policy.stripe_size, policy.stripe_count, policy.replicas
                 );
+            }
+        }
+        Cmd::Osd { cmd: OsdCmd::Out { id } } | Cmd::Osd { cmd: OsdCmd::In { id } } => {
+            let out = matches!(args.cmd, Cmd::Osd { cmd: OsdCmd::Out { .. } });
+            match admin.call(&MdsReq::OsdOut { id, out }).await? {
+                MdsResp::Done => println!("osd.{id} {}", if out { "out: its replicas move to the other OSDs" } else { "in" }),
+                _ => bail!("unexpected reply to OsdOut"),
             }
         }
         Cmd::Fsck { repair } => {
