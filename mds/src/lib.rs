@@ -116,14 +116,17 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
         // at start, and after sessions end without closing them.
         tick_svc.purge().await;
         let mut n = 0u64;
-        let mut epoch = tick_cluster.epoch();
+        let mut placeable = tick_cluster.placeable_osds();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             tick_cluster.tick();
-            if tick_cluster.epoch() != epoch {
-                epoch = tick_cluster.epoch();
+            // An OSD that can no longer take data may be in layouts that
+            // clients reserved: those go. OSDs joining leave them be.
+            let now = tick_cluster.placeable_osds();
+            if placeable.iter().any(|o| !now.contains(o)) {
                 tick_svc.placement_changed().await;
             }
+            placeable = now;
             n += 1;
             if n.is_multiple_of(4) {
                 tick_svc.purge().await;

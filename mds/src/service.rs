@@ -66,9 +66,9 @@ impl MdsService {
         }
     }
 
-    /// OSDs went down, up, out or in: clients holding directories' write
-    /// leases drop the inode numbers reserved there, whose layouts were
-    /// chosen from the OSDs of before, and reserve new ones.
+    /// An OSD went down or out: clients holding directories' write leases
+    /// drop the inode numbers reserved there, whose layouts may name it,
+    /// and reserve new ones.
     pub async fn placement_changed(&self) {
         let held = match self.ns.cluster.leases.lock() {
             Ok(t) => t.written(),
@@ -508,7 +508,9 @@ impl MdsService {
                     .await?;
                 ns.cluster.set_out(id, out);
                 tracing::warn!(osd = id, out, "OSD taken {}", if out { "out" } else { "in" });
-                self.placement_changed().await;
+                if out {
+                    self.placement_changed().await;
+                }
                 self.repair.wake.notify_one();
                 MdsResp::Done
             }
