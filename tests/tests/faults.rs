@@ -20,6 +20,15 @@ fn degraded(cl: &ProcCluster) -> u64 {
     v["shards"].as_array().unwrap().iter().map(|s| s["degraded"].as_u64().unwrap()).sum()
 }
 
+/// Wait (a minute at most) until repair leaves no replica degraded.
+fn wait_repaired(cl: &ProcCluster) {
+    let t = Instant::now();
+    while degraded(cl) > 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "replicas still degraded after 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// MiB `range` of the pattern of `seed`, in 1 MiB writes.
 fn write_mib(f: &mut File, seed: u64, range: std::ops::Range<usize>) {
     let mut buf = vec![0u8; MIB];
@@ -97,11 +106,7 @@ fn checkpoint_through_an_osd_failure(seed: u64, fault: Fault) {
     assert!(fs::read(c.p("ckpt/rank0.pt")).unwrap() == want, "a stale replica was read (seed {seed})");
     drop(c);
     // and repair rewrites them from the healthy replicas
-    let t = Instant::now();
-    while degraded(&cl) > 0 {
-        assert!(t.elapsed() < Duration::from_secs(60), "replicas still degraded after 60 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_repaired(&cl);
     // two copies of everything again: with any other OSD gone, the
     // repaired replicas serve the whole checkpoint
     cl.kill9_osd(1 + victim % 3);
@@ -176,11 +181,7 @@ fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired() {
     drop(b);
     assert!(degraded(&cl) > 0, "the corrupt replica was not reported");
     // repair rewrites it
-    let t = Instant::now();
-    while degraded(&cl) > 0 {
-        assert!(t.elapsed() < Duration::from_secs(60), "corrupt replica not repaired after 60 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_repaired(&cl);
     assert!(fs::read(&on_disk).unwrap() == good, "the repaired replica differs from what was written");
 }
 
@@ -215,11 +216,7 @@ fn fsck_finds_missing_corrupt_and_orphan_objects_and_repair_fixes_them() {
     assert_eq!((r["missing"].as_u64(), r["corrupt"].as_u64(), r["orphans"].as_u64()), (Some(1), Some(1), Some(1)), "{out}");
     // --repair hands the replicas to repair and deletes the orphan
     assert_eq!(cl.mdsctl_status(&["fsck", "--repair"]).unwrap().0, 1);
-    let t = Instant::now();
-    while degraded(&cl) > 0 {
-        assert!(t.elapsed() < Duration::from_secs(60), "replicas not repaired after 60 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_repaired(&cl);
     assert!(!orphan.exists(), "the orphan object is still there");
     assert!(fs::read(&flipped).unwrap() == good, "the corrupt replica was not rewritten");
     assert!(lost.exists(), "the lost replica was not rewritten");
