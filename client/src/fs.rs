@@ -287,7 +287,7 @@ impl ClientFs {
                         }
                         // The MDS is away (restarting, say): the batch goes
                         // again; applying a change twice changes nothing.
-                        Err(e @ (Error::Transport(_) | Error::Unavailable(_))) => {
+                        Err(e) if e.unreachable() => {
                             tracing::warn!(error = %e, changes = batch.len(), "changes not delivered to the MDS; retrying");
                             tokio::time::sleep(pause).await;
                             pause = (pause * 2).min(Duration::from_secs(1));

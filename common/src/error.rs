@@ -69,6 +69,12 @@ pub struct WireError {
 }
 
 impl Error {
+    /// The peer could not be reached (down, gone, cut off), as opposed to
+    /// one that answered with a refusal: worth retrying, or going around.
+    pub fn unreachable(&self) -> bool {
+        matches!(self, Error::Transport(_) | Error::Unavailable(_))
+    }
+
     pub fn code(&self) -> u16 {
         match self {
             Error::NotFound => 101,

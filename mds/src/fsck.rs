@@ -156,7 +156,7 @@ impl Fsck {
                 }
                 // Up by the map but not answering: not checked, like a
                 // down one.
-                Err(e @ (Error::Transport(_) | Error::Unavailable(_))) => {
+                Err(e) if e.unreachable() => {
                     tracing::warn!(osd, error = %e, "fsck cannot reach an OSD; not checking it");
                     self.update(|r| r.osds_skipped.push(osd));
                 }
@@ -185,7 +185,7 @@ impl Fsck {
                         continue;
                     }
                     let verified = match self.osds.call(osd, &OsdReq::Verify { obj }).await {
-                        Err(e @ (Error::Transport(_) | Error::Unavailable(_))) => {
+                        Err(e) if e.unreachable() => {
                             tracing::warn!(%obj, osd, error = %e, "fsck cannot reach an OSD to verify a replica");
                             continue;
                         }

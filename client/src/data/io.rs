@@ -3,14 +3,8 @@
 //! stores them) and verifies the stored crcs on read.
 use crate::pool::Pool;
 use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp};
-use aifs_common::{Error, Layout, ObjectId, OsdId, Result};
+use aifs_common::{Error, Layout, ObjectId, Result};
 use bytes::{Bytes, BytesMut};
-
-/// An OSD that could not be reached (down, gone, partitioned), as opposed
-/// to one that refused the request.
-pub fn unreachable(e: &Error) -> bool {
-    matches!(e, Error::Transport(_) | Error::Unavailable(_))
-}
 
 /// Write `data` at `obj_off` of object `index` on each of its replicas not
 /// in `stale`, all at once. Returns the replicas that could not be reached
@@ -45,7 +39,7 @@ pub async fn write_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, ob
     for (o, r) in targets.iter().zip(futures::future::join_all(calls).await) {
         match r {
             Ok(_) => wrote += 1,
-            Err(e) if unreachable(&e) => {
+            Err(e) if e.unreachable() => {
                 tracing::warn!(%obj, osd = o, error = %e, "replica not reached by a write");
                 missed.push(*o);
                 last = Some(e);
@@ -81,11 +75,10 @@ pub async fn read_object(
     let mut order: Vec<u32> = layout.object_osds(index).iter().map(|o| o.0).filter(|o| !stale.contains(o)).collect();
     order.sort_by_key(|o| pool.is_down(*o));
     for osd in order {
-        let osd = OsdId(osd);
-        let (resp, body) = match pool.osd_call(osd.0, &req, &[]).await {
+        let (resp, body) = match pool.osd_call(osd, &req, &[]).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(%obj, osd = osd.0, error = %e, "object read failed");
+                tracing::warn!(%obj, osd, error = %e, "object read failed");
                 last = e;
                 continue;
             }
@@ -95,8 +88,8 @@ pub async fn read_object(
             continue;
         };
         if off > obj_off || off % aifs_common::proto::osd::CRC_BLOCK != 0 || obj_off - off >= aifs_common::proto::osd::CRC_BLOCK {
-            tracing::warn!(%obj, osd = osd.0, off, "OSD answered a read at the wrong offset");
-            last = Error::Protocol(format!("osd.{} answered a read of {obj} at offset {off}", osd.0));
+            tracing::warn!(%obj, osd, off, "OSD answered a read at the wrong offset");
+            last = Error::Protocol(format!("osd.{osd} answered a read of {obj} at offset {off}"));
             continue;
         }
         let ok = {
@@ -109,9 +102,9 @@ pub async fn read_object(
             }
         };
         if !ok {
-            tracing::warn!(%obj, osd = osd.0, "checksum mismatch on read; trying another replica");
-            bad.push(osd.0);
-            last = Error::Checksum(format!("object {obj} on osd.{}", osd.0));
+            tracing::warn!(%obj, osd, "checksum mismatch on read; trying another replica");
+            bad.push(osd);
+            last = Error::Checksum(format!("object {obj} on osd.{osd}"));
             continue;
         }
         return Ok(slice_zero_filled(body, off, obj_off, len));

@@ -14,7 +14,7 @@
 //! Ships of one unit are chained, each waiting for the previous, so a
 //! rewritten unit reaches the OSD in the order it was written. The first
 //! error is kept and surfaces at the next write, flush or fsync.
-use super::io::{unreachable, write_object};
+use super::io::write_object;
 use super::prefetch::ReadAhead;
 use crate::pool::Pool;
 use aifs_common::{Error, Layout, ObjectId, Result};
@@ -483,7 +483,7 @@ impl FileState {
         for (osd, objs, r) in futures::future::join_all(calls).await {
             match r {
                 Ok(_) => committed.extend(objs.iter().map(|o| o.index)),
-                Err(e) if unreachable(&e) => {
+                Err(e) if e.unreachable() => {
                     tracing::warn!(ino = self.ino, osd, error = %e, "replica not reached by a commit");
                     missed.extend(objs.iter().map(|o| Degraded { index: o.index, osd }));
                     if res.is_ok() {
@@ -495,7 +495,7 @@ impl FileState {
         }
         // Unreachable replicas are no error where another replica of the
         // same object committed: they become degraded.
-        let only_unreached = !missed.is_empty() && res.as_ref().err().is_some_and(unreachable);
+        let only_unreached = !missed.is_empty() && res.as_ref().err().is_some_and(Error::unreachable);
         if only_unreached && missed.iter().all(|d| committed.contains(&d.index)) {
             res = self.degrade(ctx, missed).await;
         }
