@@ -368,20 +368,7 @@ impl ClientFs {
             let snap = self.meta.snap();
             let r = l.take()?;
             let now = aifs_common::time::now_ns();
-            let a = Attr {
-                ino: r.ino,
-                kind: FileKind::File,
-                perm: mode & 0o7777,
-                nlink: 1,
-                uid,
-                gid,
-                size: 0,
-                atime_ns: now,
-                mtime_ns: now,
-                ctime_ns: now,
-                layout: Some(r.layout.clone()),
-                xattrs: 0,
-            };
+            let a = Attr::new_file(r.ino, mode, uid, gid, r.layout.clone(), now);
             l.push(DirOp::Create {
                 parent,
                 name: name.to_string(),

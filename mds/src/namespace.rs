@@ -1425,6 +1425,14 @@ mod tests {
     }
 
     #[test]
+    fn a_client_builds_a_new_file_as_the_mds_records_it() {
+        let l = choose_layout(LayoutPolicy { stripe_size: 1 << 20, stripe_count: 2, replicas: 2 }, &[1, 2, 3], 9).unwrap();
+        let ino = InodeId::new(1, 77).0;
+        let now = 1_700_000_000_123_456_789;
+        assert_eq!(file_rec(0o100640, 5, 6, 2, l.clone(), now).attr(ino), Attr::new_file(ino, 0o100640, 5, 6, l, now));
+    }
+
+    #[test]
     fn names_are_checked() {
         assert!(check_name("a").is_ok());
         for bad in ["", ".", "..", "a/b", "a\0b"] {

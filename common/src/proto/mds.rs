@@ -35,6 +35,29 @@ pub struct Attr {
     pub xattrs: u32,
 }
 
+impl Attr {
+    /// A new, empty regular file as the MDS records it at create
+    /// (`file_rec` in mds/src/namespace.rs; a test there keeps the two
+    /// equal): what a client answers itself for a create under a
+    /// directory's write lease.
+    pub fn new_file(ino: u64, mode: u32, uid: u32, gid: u32, layout: Layout, now: i64) -> Attr {
+        Attr {
+            ino,
+            kind: FileKind::File,
+            perm: mode & 0o7777,
+            nlink: 1,
+            uid,
+            gid,
+            size: 0,
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+            layout: Some(layout),
+            xattrs: 0,
+        }
+    }
+}
+
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[rkyv(derive(Debug))]
 pub enum TimeSet {
