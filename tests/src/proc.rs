@@ -14,15 +14,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn spawn_logged(bin: &str, args: &[&str], log: &Path) -> Result<Child> {
+    let mut cmd = Command::new(bin_dir().join(bin));
+    cmd.args(args);
+    logged(cmd, log).with_context(|| format!("spawning {bin} (build with `cargo build --release --bins` first)"))
+}
+
+/// Start `cmd` with its output going to `log`.
+fn logged(mut cmd: Command, log: &Path) -> Result<Child> {
     let f = std::fs::File::create(log)?;
-    let child = Command::new(bin_dir().join(bin))
-        .args(args)
+    let child = cmd
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(f.try_clone()?)
         .stderr(f)
-        .spawn()
-        .with_context(|| format!("spawning {bin} (build with `cargo build --release --bins` first)"))?;
+        .spawn()?;
     Ok(child)
 }
 
@@ -163,16 +168,9 @@ impl ProcCluster {
         let listen = format!("{there}:{port}");
         let mds = format!("{here}:{}", self.mds_addr.port());
         let bin = bin_dir().join("aifs-osd");
-        let args = ["netns", "exec", &ns.name, bin.to_str().unwrap_or_default(), "--config", cfg.to_str().unwrap_or_default(), "--listen", &listen, "--mds", &mds];
-        let f = std::fs::File::create(log)?;
-        let child = Command::new("ip")
-            .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()?;
-        self.osds[(i - 1) as usize] = Some(child);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name]).arg(bin).args(["--config", cfg.to_str().unwrap_or_default(), "--listen", &listen, "--mds", &mds]);
+        self.osds[(i - 1) as usize] = Some(logged(cmd, &log)?);
         self.wait_ready(Duration::from_secs(20))?;
         Ok(ns)
     }
@@ -253,6 +251,25 @@ impl ProcCluster {
             (0, out) => Ok(out),
             (code, _) => bail!("mdsctl {args:?} exited with {code}"),
         }
+    }
+
+    /// `mdsctl --json status`.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.mdsctl(&["--json", "status"])?)?)
+    }
+
+    /// Requests the MDS has served, as `mdsctl status` reports them.
+    pub fn mds_requests(&self) -> Result<u64> {
+        self.status()?["mds_requests"].as_u64().context("no mds_requests in the status")
+    }
+
+    /// Object replicas recorded as degraded over all shards, and bytes
+    /// repair has copied since the MDS started.
+    pub fn degraded(&self) -> Result<(u64, u64)> {
+        let v = self.status()?;
+        let shards = v["shards"].as_array().context("no shards in the status")?;
+        let stale = shards.iter().map(|s| s["degraded"].as_u64().context("a shard without a degraded count")).sum::<Result<u64>>()?;
+        Ok((stale, v["repair"]["bytes"].as_u64().context("no repair bytes in the status")?))
     }
 
     /// Run `mdsctl`: its exit status (-1: killed by a signal) and stdout.

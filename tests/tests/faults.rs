@@ -13,17 +13,10 @@ use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
 
-/// Object replicas the MDS has recorded as stale, over all shards.
-fn degraded(cl: &ProcCluster) -> u64 {
-    let out = cl.mdsctl(&["--json", "status"]).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["shards"].as_array().unwrap().iter().map(|s| s["degraded"].as_u64().unwrap()).sum()
-}
-
 /// Wait (a minute at most) until repair leaves no replica degraded.
 fn wait_repaired(cl: &ProcCluster) {
     let t = Instant::now();
-    while degraded(cl) > 0 {
+    while cl.degraded().unwrap().0 > 0 {
         assert!(t.elapsed() < Duration::from_secs(60), "replicas still degraded after 60 s");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -90,7 +83,7 @@ fn checkpoint_through_an_osd_failure(seed: u64, fault: Fault) {
     }
     drop(f);
     eprintln!("{}", cl.mdsctl(&["getstripe", "/ckpt/rank0.pt"]).unwrap());
-    assert!(degraded(&cl) > 0, "replicas that missed writes were not recorded");
+    assert!(cl.degraded().unwrap().0 > 0, "replicas that missed writes were not recorded");
     let want = pattern::bytes(seed, 0, size_mib * MIB);
     // another node reads the checkpoint back whole
     let b = cl.mount().unwrap();
@@ -179,7 +172,7 @@ fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired() {
     let b = cl.mount().unwrap();
     assert!(fs::read(b.p("ckpt/model.pt")).unwrap() == body, "a corrupt replica was served");
     drop(b);
-    assert!(degraded(&cl) > 0, "the corrupt replica was not reported");
+    assert!(cl.degraded().unwrap().0 > 0, "the corrupt replica was not reported");
     // repair rewrites it
     wait_repaired(&cl);
     assert!(fs::read(&on_disk).unwrap() == good, "the repaired replica differs from what was written");

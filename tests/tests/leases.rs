@@ -17,13 +17,6 @@ fn names(dir: &std::path::Path) -> BTreeSet<String> {
     fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
 }
 
-/// Requests the MDS has served, minus the status call that asks.
-fn mds_requests(cl: &ProcCluster) -> u64 {
-    let out = cl.mdsctl(&["--json", "status"]).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["mds_requests"].as_u64().unwrap()
-}
-
 #[test]
 fn stat_on_one_mount_sees_the_size_of_unflushed_writes_on_another() {
     let cl = ProcCluster::start(3).unwrap();
@@ -168,18 +161,18 @@ fn a_killed_writer_holds_others_up_only_until_its_session_expires() {
 fn two_passes(cl: &ProcCluster, m: &Mount, n: usize) -> [(u64, u64); 2] {
     let mut out = [(0, 0); 2];
     for pass in &mut out {
-        let before = mds_requests(cl);
+        let before = cl.mds_requests().unwrap();
         for i in 0..n {
             fs::metadata(m.p(&format!("many/f{i}"))).unwrap();
         }
-        let mid = mds_requests(cl);
+        let mid = cl.mds_requests().unwrap();
         let mut seen = 0;
         for e in fs::read_dir(m.p("many")).unwrap() {
             e.unwrap().metadata().unwrap();
             seen += 1;
         }
         assert_eq!(seen, n);
-        let after = mds_requests(cl);
+        let after = cl.mds_requests().unwrap();
         *pass = (mid - before - 1, after - mid - 1);
     }
     out
@@ -441,7 +434,7 @@ fn creates_under_a_directory_lease_are_batched_and_seen_by_the_next_look_elsewhe
     // unlinks itself, even while the MDS hangs, and sends them in batches.
     fs::create_dir(a.p("step")).unwrap();
     let n = 400;
-    let before = mds_requests(&cl);
+    let before = cl.mds_requests().unwrap();
     {
         let _frozen = cl.freeze_mds();
         let dir = a.p("step");
@@ -465,7 +458,7 @@ fn creates_under_a_directory_lease_are_batched_and_seen_by_the_next_look_elsewhe
     File::open(a.p("step")).unwrap().sync_all().unwrap();
     // the batch out when the MDS stopped, a refill of inode numbers, the
     // batch of what queued meanwhile, and session heartbeats
-    let asked = mds_requests(&cl) - before - 1;
+    let asked = cl.mds_requests().unwrap() - before - 1;
     assert!(asked <= 10, "{n} creates and {} unlinks cost {asked} MDS requests", n / 4);
     // B's first look recalls the lease: every change A made is there
     let expect: BTreeSet<String> = (n / 4..n).map(|i| format!("rank{i:04}")).collect();

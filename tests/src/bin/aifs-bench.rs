@@ -377,25 +377,16 @@ fn latencies(cluster: &ProcCluster, mount: &Path, run: usize) -> Result<Vec<(Str
     ])
 }
 
-/// Requests the MDS has served so far, not counting the asking.
-fn mds_requests(cluster: &ProcCluster) -> Result<u64> {
-    let v: serde_json::Value = serde_json::from_str(&cluster.mdsctl(&["--json", "status"])?)?;
-    Ok(v["mds_requests"].as_u64().unwrap_or(0).saturating_sub(1))
-}
-
-/// Object replicas the MDS has recorded as stale, and bytes repaired.
-fn degraded(cluster: &ProcCluster) -> Result<(u64, u64)> {
-    let v: serde_json::Value = serde_json::from_str(&cluster.mdsctl(&["--json", "status"])?)?;
-    let shards = v["shards"].as_array().map(|a| a.iter().map(|s| s["degraded"].as_u64().unwrap_or(0)).sum()).unwrap_or(0);
-    Ok((shards, v["repair"]["bytes"].as_u64().unwrap_or(0)))
-}
+/// MB/s per run: [write, read], each [replicas 1, replicas 2].
+type ByReplicas = [[Vec<f64>; 2]; 2];
 
 /// Checkpoint throughput with 2 replicas against 1 (MB/s of each, write
 /// and read, `runs` times), then one repair: a file of `mib` MiB with 2
 /// replicas written while one OSD is dead, timed from the OSD's return until
-/// no replica is degraded. Returns the rows and (bytes repaired, seconds).
-fn replication(cluster: &mut ProcCluster, mount: &Path, mib: usize, runs: usize) -> Result<(Vec<(String, Vec<f64>, Vec<f64>)>, (u64, f64))> {
-    let mut rows: Vec<(String, Vec<f64>, Vec<f64>)> = ["write", "read"].iter().map(|w| (w.to_string(), Vec::new(), Vec::new())).collect();
+/// no replica is degraded. Returns the MB/s of each run and (bytes
+/// repaired, seconds).
+fn replication(cluster: &mut ProcCluster, mount: &Path, mib: usize, runs: usize) -> Result<(ByReplicas, (u64, f64))> {
+    let mut rows = ByReplicas::default();
     for r in [1, 2] {
         let dir = mount.join(format!("replicas{r}"));
         fs::create_dir_all(&dir)?;
@@ -406,13 +397,8 @@ fn replication(cluster: &mut ProcCluster, mount: &Path, mib: usize, runs: usize)
             drop_caches();
             let rd = seq_read(&file, mib, &format!("replicas {r}"))?;
             fs::remove_file(&file)?;
-            if r == 1 {
-                rows[0].1.push(w);
-                rows[1].1.push(rd);
-            } else {
-                rows[0].2.push(w);
-                rows[1].2.push(rd);
-            }
+            rows[0][r - 1].push(w);
+            rows[1][r - 1].push(rd);
         }
     }
     // Repair: the file's layout takes in all three OSDs, then one dies.
@@ -427,13 +413,13 @@ fn replication(cluster: &mut ProcCluster, mount: &Path, mib: usize, runs: usize)
     }
     f.sync_all()?;
     drop(f);
-    let (stale, bytes0) = degraded(cluster)?;
+    let (stale, bytes0) = cluster.degraded()?;
     cluster.start_osd(1)?;
     let t = Instant::now();
     cluster.wait_ready(Duration::from_secs(30))?;
     let mut last = Instant::now();
     loop {
-        let (left, bytes) = degraded(cluster)?;
+        let (left, bytes) = cluster.degraded()?;
         if left == 0 {
             let secs = t.elapsed().as_secs_f64();
             eprintln!("  repair: {stale} replicas, {} MiB in {secs:.1} s", (bytes - bytes0) >> 20);
@@ -451,12 +437,12 @@ fn replication(cluster: &mut ProcCluster, mount: &Path, mib: usize, runs: usize)
 
 /// One pass of a cached-metadata workload: (ops/s, MDS requests).
 fn md_pass(cluster: &ProcCluster, n: usize, label: String, op: impl Fn() -> Result<()>) -> Result<(f64, f64)> {
-    let r0 = mds_requests(cluster)?;
+    let r0 = cluster.mds_requests()?;
     eprintln!("  {label}");
     let t = Instant::now();
     op()?;
     let rate = n as f64 / t.elapsed().as_secs_f64().max(1e-9);
-    let r1 = mds_requests(cluster)?;
+    let r1 = cluster.mds_requests()?;
     Ok((rate, r1.saturating_sub(r0) as f64))
 }
 
@@ -595,9 +581,8 @@ fn main() -> Result<()> {
     println!();
     println!("| checkpoint of {}, stripe 1 MiB x 3, MB/s | replicas 1 | replicas 2 | 2/1 |", size_label(mib));
     println!("|---|---:|---:|---:|");
-    for (name, one, two) in &rows {
+    for (what, [one, two]) in ["write, 1 MiB writes + fsync", "read after drop_caches"].iter().zip(&rows) {
         let (m1, m2) = (median(one), median(two));
-        let what = if name == "write" { "write, 1 MiB writes + fsync" } else { "read after drop_caches" };
         println!("| {what} | {m1:.0} | {m2:.0} | {:.2} |", if m1 > 0.0 { m2 / m1 } else { 0.0 });
     }
     println!();
