@@ -27,6 +27,9 @@ const BATCH: usize = 256;
 const CHUNK: u64 = 4 << 20;
 /// Files whose replicas move off OSDs taken out, per pass.
 const DRAIN_BATCH: usize = 64;
+/// Once a scan found nothing left on the OSDs out, how long until the next
+/// scan looks again (for a file made from a layout reserved just before).
+const DRAINED_RESCAN: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub struct RepairStats {
@@ -47,11 +50,20 @@ pub struct Repair {
     rate: u64,
     pub wake: tokio::sync::Notify,
     pub stats: RepairStats,
+    /// The OSDs out when a scan last found none of their replicas, and when.
+    drained: std::sync::Mutex<Option<(Vec<u32>, Instant)>>,
 }
 
 impl Repair {
     pub fn new(ns: Arc<Namespace>, osds: Arc<OsdClients>, mb_per_s: u64) -> Self {
-        Repair { ns, osds, rate: mb_per_s * 1_000_000, wake: tokio::sync::Notify::new(), stats: RepairStats::default() }
+        Repair {
+            ns,
+            osds,
+            rate: mb_per_s * 1_000_000,
+            wake: tokio::sync::Notify::new(),
+            stats: RepairStats::default(),
+            drained: std::sync::Mutex::new(None),
+        }
     }
 
     fn cluster(&self) -> &Arc<Cluster> {
@@ -159,6 +171,11 @@ impl Repair {
         if out.is_empty() {
             return 0;
         }
+        // Every inode is read per scan: not again every pass once done.
+        let done_lately = |d: &Option<(Vec<u32>, Instant)>| d.as_ref().is_some_and(|(o, at)| *o == out && at.elapsed() < DRAINED_RESCAN);
+        if self.drained.lock().is_ok_and(|d| done_lately(&d)) {
+            return 0;
+        }
         let mut files = Vec::new();
         for s in &self.ns.shards {
             let out = out.clone();
@@ -182,6 +199,9 @@ impl Repair {
                 Ok(v) => files.extend(v),
                 Err(e) => tracing::warn!(shard = s.id, error = %e, "cannot look for replicas to move"),
             }
+        }
+        if let Ok(mut d) = self.drained.lock() {
+            *d = files.is_empty().then(|| (out.clone(), Instant::now()));
         }
         let mut done = 0;
         for (ino, layout) in files {
