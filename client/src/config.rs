@@ -38,6 +38,10 @@ pub struct ClientConfig {
     /// Most stripe units read ahead of a sequential reader.
     #[serde(default = "default_readahead_units")]
     pub readahead_units: usize,
+    /// How long a metadata request is retried while the MDS cannot be
+    /// reached (restarting, say) before it fails with the error.
+    #[serde(default = "default_mds_retry_secs")]
+    pub mds_retry_secs: u64,
     pub tls: TlsConfig,
     #[serde(default)]
     pub transport: TransportConfig,
@@ -60,6 +64,9 @@ fn default_write_budget_mb() -> usize {
 }
 fn default_max_buffered_units() -> usize {
     64
+}
+fn default_mds_retry_secs() -> u64 {
+    180
 }
 fn default_readahead_units() -> usize {
     12

@@ -158,7 +158,7 @@ impl ClientFs {
     pub async fn connect(cfg: &ClientConfig) -> Result<Arc<ClientFs>> {
         let id = Identity::load(&cfg.tls)?;
         let endpoint = rpc::client_endpoint(&id, &cfg.transport)?;
-        let pool = Arc::new(Pool::new(endpoint, cfg.mds));
+        let pool = Arc::new(Pool::new(endpoint, cfg.mds, Duration::from_secs(cfg.mds_retry_secs)));
         let budget_kib = (cfg.write_budget_mb.max(16) * 1024).min(Semaphore::MAX_PERMITS);
         let ctx = Arc::new(DataCtx {
             pool: pool.clone(),
@@ -437,10 +437,15 @@ impl ClientFs {
     }
 
     /// Open a session; returns the heartbeat period in ms. The MDS asks for
-    /// four heartbeats per term.
+    /// four heartbeats per term. A new session after the last one was lost
+    /// (an MDS restart, an expiry) names the old one, which a restarted MDS
+    /// waits for, and counts again the files this client has open.
     async fn open_session(&self) -> Result<u64> {
         let sent = Instant::now();
-        match self.pool.mds(&MdsReq::OpenSession { name: self.name.clone(), dir_leases: self.dir_leases }).await? {
+        let previous = self.meta.session();
+        let open: Vec<u64> = self.files.iter().filter(|f| f.opens.load(Ordering::Acquire) > 0).map(|f| f.ino).collect();
+        let req = MdsReq::OpenSession { name: self.name.clone(), dir_leases: self.dir_leases, previous, open };
+        match self.pool.mds(&req).await? {
             MdsResp::Session { id, heartbeat_ms } => {
                 self.term_ms.store(heartbeat_ms * 4, Ordering::Relaxed);
                 self.meta.set_session(id, sent, self.term());

@@ -1,14 +1,26 @@
 //! Connections from the client to the MDS and the OSDs. The OSD map comes
 //! from the MDS and is refreshed when an OSD is unknown or unreachable.
+//!
+//! MDS requests ride out an MDS restart: one that cannot reach the MDS is
+//! sent again, with a growing pause, for up to `mds_retry_secs`. Requests
+//! that would differ if applied twice carry a request id, so the MDS
+//! answers a retry of one it already applied from its record.
 use aifs_common::certs::Role;
-use aifs_common::proto::mds::{MdsReply, MdsReq, MdsResp, OsdState};
+use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp, OsdState, ReqId};
 use aifs_common::proto::osd::{OsdReq, OsdResp};
+use aifs_common::ids::mix;
 use aifs_common::rpc::RpcClient;
 use aifs_common::{Error, Result};
 use bytes::Bytes;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// First and longest pause between attempts to reach the MDS.
+const MDS_RETRY_MIN: Duration = Duration::from_millis(50);
+const MDS_RETRY_MAX: Duration = Duration::from_secs(1);
 
 pub struct Pool {
     endpoint: quinn::Endpoint,
@@ -17,17 +29,54 @@ pub struct Pool {
     /// OSDs the MDS marked down in the last map fetched.
     down: RwLock<HashSet<u32>>,
     refresh: tokio::sync::Mutex<()>,
+    /// Request ids: this mount's, the next number, and the numbers whose
+    /// answer has not arrived.
+    client: u64,
+    next_seq: AtomicU64,
+    unanswered: Mutex<BTreeSet<u64>>,
+    /// How long a request is retried while the MDS cannot be reached.
+    mds_retry: Duration,
+}
+
+/// A request number, unanswered while this is held.
+struct Ticket<'a> {
+    pool: &'a Pool,
+    seq: u64,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut u) = self.pool.unanswered.lock() {
+            u.remove(&self.seq);
+        }
+    }
 }
 
 impl Pool {
-    pub fn new(endpoint: quinn::Endpoint, mds: SocketAddr) -> Self {
+    pub fn new(endpoint: quinn::Endpoint, mds: SocketAddr, mds_retry: Duration) -> Self {
+        // Unique enough across every mount a cluster sees: the clock, the
+        // process and the endpoint's port, mixed.
+        let port = endpoint.local_addr().map(|a| a.port() as u64).unwrap_or(0);
+        let seed = (aifs_common::time::now_ns() as u64) ^ ((std::process::id() as u64) << 32) ^ (port << 48);
         Pool {
             mds: RpcClient::new(endpoint.clone(), mds, Role::Mds),
             endpoint,
             osds: RwLock::new(HashMap::new()),
             down: RwLock::new(HashSet::new()),
             refresh: tokio::sync::Mutex::new(()),
+            client: mix(seed).max(1),
+            next_seq: AtomicU64::new(1),
+            unanswered: Mutex::new(BTreeSet::new()),
+            mds_retry,
         }
+    }
+
+    fn ticket(&self) -> Ticket<'_> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut u) = self.unanswered.lock() {
+            u.insert(seq);
+        }
+        Ticket { pool: self, seq }
     }
 
     /// One MDS call; an error reply becomes `Err`.
@@ -37,12 +86,41 @@ impl Pool {
 
     /// One MDS call, with the session its leases were granted under (0:
     /// none). An error reply may carry one too: a negative lookup is cached
-    /// under the directory's lease.
+    /// under the directory's lease. While the MDS cannot be reached the
+    /// request is sent again, except a heartbeat or a session close, whose
+    /// senders want to know at once.
     pub async fn mds_leased(&self, req: &MdsReq) -> (Result<MdsResp>, u64) {
-        match self.mds.call::<_, MdsReply>(req, &[]).await {
-            Ok((MdsReply { session, resp: MdsResp::Err(e) }, _)) => (Err(Error::from_wire(e.code, &e.msg)), session),
-            Ok((MdsReply { session, resp }, _)) => (Ok(resp), session),
-            Err(e) => (Err(e), 0),
+        let ticket = req.once_only().then(|| self.ticket());
+        let retries = !matches!(req, MdsReq::SessionHeartbeat { .. } | MdsReq::CloseSession { .. });
+        let started = Instant::now();
+        let mut pause = MDS_RETRY_MIN;
+        let mut attempt = 0u32;
+        loop {
+            let rid = ticket.as_ref().map(|t| ReqId {
+                client: self.client,
+                seq: t.seq,
+                oldest: self.unanswered.lock().ok().and_then(|u| u.first().copied()).unwrap_or(t.seq),
+                retry: attempt > 0,
+            });
+            let call = MdsCall { rid, req: req.clone() };
+            match self.mds.call::<_, MdsReply>(&call, &[]).await {
+                Ok((MdsReply { session, resp: MdsResp::Err(e) }, _)) => return (Err(Error::from_wire(e.code, &e.msg)), session),
+                Ok((MdsReply { session, resp }, _)) => {
+                    if attempt > 0 {
+                        tracing::info!(attempts = attempt + 1, waited = ?started.elapsed(), "MDS answered again");
+                    }
+                    return (Ok(resp), session);
+                }
+                Err(e) if retries && e.unreachable() && started.elapsed() < self.mds_retry => {
+                    if attempt == 0 {
+                        tracing::warn!(error = %e, "MDS unreachable; retrying for up to {:?}", self.mds_retry);
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MDS_RETRY_MAX);
+                }
+                Err(e) => return (Err(e), 0),
+            }
         }
     }
 

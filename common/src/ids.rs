@@ -3,6 +3,14 @@
 use rkyv::{Archive, Deserialize, Serialize};
 use std::fmt;
 
+/// splitmix64's finaliser: a cheap, well-spread 64-bit hash of a number
+/// (placement of inodes and names, ids made from clocks, test patterns).
+pub fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// Bits of an inode number that name its shard. 8 bits allow 256 shards,
 /// far more than one metadata process needs, and leave 2^56 inodes a shard.
 pub const SHARD_BITS: u32 = 8;

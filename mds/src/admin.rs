@@ -2,7 +2,7 @@
 use aifs_common::certs::Role;
 use aifs_common::config::{TlsConfig, TransportConfig};
 use aifs_common::ids::InodeId;
-use aifs_common::proto::mds::{Attr, MdsReply, MdsReq, MdsResp};
+use aifs_common::proto::mds::{Attr, MdsCall, MdsReply, MdsReq, MdsResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ impl Admin {
     }
 
     pub async fn call(&self, req: &MdsReq) -> Result<MdsResp> {
-        Ok(self.mds.call::<_, MdsReply>(req, &[]).await?.0.into_result()?.0)
+        Ok(self.mds.call::<_, MdsReply>(&MdsCall::from(req.clone()), &[]).await?.0.into_result()?.0)
     }
 
     /// Resolve a path inside the file system ("/ckpt/step1", or a path

@@ -51,6 +51,20 @@ pub struct Cluster {
     /// wait for them.
     repairing: Mutex<std::collections::HashSet<u64>>,
     repaired: tokio::sync::Notify,
+    /// After a restart, the clients of the last run that have not come
+    /// back yet (see `in_grace`).
+    grace: Mutex<Option<Grace>>,
+    grace_over: tokio::sync::Notify,
+    started: Instant,
+}
+
+/// Leases live in memory only: after a restart, a client of the last run
+/// may still cache what it leased until it learns its session is gone
+/// (and drops its caches) or its lease term runs out. Until then the MDS
+/// answers nothing that could contradict those caches.
+struct Grace {
+    until: Instant,
+    waiting: std::collections::HashSet<u64>,
 }
 
 /// What a heartbeat changed.
@@ -77,6 +91,68 @@ impl Cluster {
             locks: Mutex::new(Default::default()),
             repairing: Mutex::new(Default::default()),
             repaired: tokio::sync::Notify::new(),
+            grace: Mutex::new(None),
+            grace_over: tokio::sync::Notify::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// At start: wait (at most one lease term) for the sessions the last
+    /// run had to come back.
+    pub fn start_grace(&self, previous: Vec<u64>) {
+        if previous.is_empty() {
+            return;
+        }
+        let term = self.term();
+        tracing::info!(sessions = previous.len(), ?term, "waiting for the clients of the last run to come back");
+        if let Ok(mut g) = self.grace.lock() {
+            *g = Some(Grace { until: Instant::now() + term, waiting: previous.into_iter().collect() });
+        }
+    }
+
+    /// Session `previous` of the last run came back (as a new session).
+    pub fn came_back(&self, previous: u64) {
+        let Ok(mut g) = self.grace.lock() else { return };
+        let Some(gr) = g.as_mut() else { return };
+        if gr.waiting.remove(&previous) && gr.waiting.is_empty() {
+            tracing::info!("every client of the last run came back");
+            *g = None;
+            self.grace_over.notify_waiters();
+        }
+    }
+
+    /// Still waiting: for clients of the last run (until they are all back
+    /// or the term is over), or for the OSDs known from the store to be
+    /// heard from (until one OSD timeout after start), so new files do not
+    /// get layouts without them.
+    pub fn in_grace(&self) -> bool {
+        let now = Instant::now();
+        let clients = match self.grace.lock() {
+            Ok(mut g) => match g.as_ref() {
+                Some(gr) if now >= gr.until => {
+                    tracing::warn!(missing = gr.waiting.len(), "clients of the last run did not come back; their leases are over");
+                    *g = None;
+                    self.grace_over.notify_waiters();
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            },
+            Err(_) => false,
+        };
+        clients || (now.duration_since(self.started) < self.osd_timeout && self.osds.iter().any(|e| e.last_seen.is_none()))
+    }
+
+    /// Wait for the grace after a restart to end (`in_grace`).
+    pub async fn wait_grace(&self) {
+        loop {
+            let woken = self.grace_over.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if !self.in_grace() {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), woken).await;
         }
     }
 
@@ -130,8 +206,10 @@ impl Cluster {
         }
     }
 
+    /// Does any client have `ino` open? During the grace after a restart
+    /// any file may be: the clients of the last run have not said yet.
     pub fn is_open(&self, ino: u64) -> bool {
-        self.opens.lock().map(|o| o.contains_key(&ino)).unwrap_or(true)
+        self.in_grace() || self.opens.lock().map(|o| o.contains_key(&ino)).unwrap_or(true)
     }
 
     /// A session opened `ino` (its first handle on that client).
@@ -226,8 +304,9 @@ impl Cluster {
         beat
     }
 
-    /// Mark OSDs that missed heartbeats down and drop expired sessions.
-    pub fn tick(&self) {
+    /// Mark OSDs that missed heartbeats down and drop expired sessions;
+    /// returns the sessions dropped.
+    pub fn tick(&self) -> Vec<u64> {
         let now = Instant::now();
         let mut changed = false;
         for mut e in self.osds.iter_mut() {
@@ -251,11 +330,12 @@ impl Cluster {
         for id in &expired {
             self.drop_opens(*id);
         }
-        for id in expired {
-            if let Some((_, s)) = self.sessions.remove(&id) {
+        for id in &expired {
+            if let Some((_, s)) = self.sessions.remove(id) {
                 tracing::info!(session = id, name = %s.name, "session expired");
             }
         }
+        expired
     }
 
     pub fn up_osds(&self) -> Vec<u32> {

@@ -12,6 +12,7 @@ pub mod repair;
 pub mod leases;
 pub mod locks;
 pub mod namespace;
+pub mod once;
 pub mod records;
 pub mod service;
 pub mod store;
@@ -92,6 +93,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     for id in outs {
         cluster.set_out(id, true);
     }
+    cluster.start_grace(service::stored_sessions(&ns).await?);
     let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport)?;
     let addr = endpoint.local_addr()?;
     let osd_clients = Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()));
@@ -117,9 +119,29 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
         tick_svc.purge().await;
         let mut n = 0u64;
         let mut placeable = tick_cluster.placeable_osds();
+        let mut grace = tick_cluster.in_grace();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            tick_cluster.tick();
+            let expired = tick_cluster.tick();
+            if !expired.is_empty() {
+                if let Err(e) = tick_svc.forget_sessions(&expired).await {
+                    e.log("forgetting expired sessions failed");
+                }
+            }
+            if grace && !tick_cluster.in_grace() {
+                // Sessions of the last run that never came back.
+                grace = false;
+                let gone: Vec<u64> = match service::stored_sessions(&tick_svc.ns).await {
+                    Ok(v) => v.into_iter().filter(|id| !tick_cluster.sessions.contains_key(id)).collect(),
+                    Err(e) => {
+                        e.log("reading sessions failed");
+                        Vec::new()
+                    }
+                };
+                if let Err(e) = tick_svc.forget_sessions(&gone).await {
+                    e.log("forgetting sessions of the last run failed");
+                }
+            }
             // An OSD that can no longer take data may be in layouts that
             // clients reserved: those go. OSDs joining leave them be.
             let now = tick_cluster.placeable_osds();
@@ -130,6 +152,13 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
             n += 1;
             if n.is_multiple_of(4) {
                 tick_svc.purge().await;
+            }
+            if n.is_multiple_of(120) {
+                for s in &tick_svc.ns.shards {
+                    if let Err(e) = crate::once::sweep(s).await {
+                        e.log("sweeping old request records failed");
+                    }
+                }
             }
         }
     });

@@ -15,12 +15,14 @@
 //! before counts go down, and a renamed entry appears at its new name
 //! before it leaves the old one.
 use crate::cluster::Cluster;
-use crate::records::{GcJob, InodeRec};
+use crate::once::{self, Outcome};
+use crate::records::{GcJob, InodeRec, Intent, Step};
 use crate::store::{
-    add_gc, get_inode, next_counter, put_inode, IoResult, ShardStore, COOKIES, DEGRADED, DENTRIES, GC, INODES, META, ORPHANS, XATTRS,
+    add_gc, get_inode, next_counter, put_inode, IoResult, ShardStore, COOKIES, DEGRADED, DENTRIES, GC, INODES, INTENTS, INTENT_DONE, META,
+    ORPHANS, XATTRS,
 };
-use aifs_common::ids::InodeId;
-use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, Reserved, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
+use aifs_common::ids::{mix, InodeId};
+use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, ReqId, Reserved, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use aifs_common::time::now_ns;
 use aifs_common::{Error, Layout, LayoutPolicy, OsdId, Result};
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
@@ -67,13 +69,6 @@ fn kind_from(c: u8) -> Result<FileKind> {
     }
 }
 
-fn mix(mut x: u64) -> u64 {
-    // splitmix64 finaliser: spreads inode numbers and name hashes evenly.
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 fn name_hash(parent: u64, name: &str) -> u64 {
     let mut h = mix(parent);
     for b in name.bytes() {
@@ -104,17 +99,6 @@ pub fn choose_layout(policy: LayoutPolicy, up: &[u32], ino: u64) -> Result<Layou
     let start = (mix(ino) % n as u64) as usize;
     let osds = (0..count).flat_map(|k| (0..r).map(move |j| OsdId(up[(start + k + j) % n]))).collect();
     Ok(Layout { stripe_size: policy.stripe_size, stripe_count: count as u32, replicas: policy.replicas, osds })
-}
-
-/// One primitive change of a multi-shard operation.
-enum Step {
-    InsertEntry { dir: u64, name: String, ino: u64, kind: FileKind, dir_delta: (i64, i64) },
-    RemoveEntry { dir: u64, name: String, dir_delta: (i64, i64) },
-    CreateInode { ino: u64, rec: InodeRec },
-    SetParent { ino: u64, parent: u64 },
-    AddLink { ino: u64 },
-    DropLink { ino: u64 },
-    DeleteDir { ino: u64 },
 }
 
 impl Step {
@@ -414,6 +398,8 @@ pub struct Namespace {
     pub shards: Vec<Arc<ShardStore>>,
     topo: tokio::sync::RwLock<()>,
     pub cluster: Arc<Cluster>,
+    /// Requests with ids being served (once.rs).
+    running: once::Running,
 }
 
 impl Namespace {
@@ -443,7 +429,7 @@ impl Namespace {
         for i in 0..nshards {
             shards.push(Arc::new(ShardStore::open(dir, i)?));
         }
-        let ns = Namespace { shards, topo: tokio::sync::RwLock::new(()), cluster };
+        let ns = Namespace { shards, topo: tokio::sync::RwLock::new(()), cluster, running: Default::default() };
         ns.shard(0)
             .mutate(move |txn| {
                 let mut inodes = txn.open_table(INODES).io()?;
@@ -455,7 +441,13 @@ impl Namespace {
                 Ok(())
             })
             .await?;
+        ns.roll_forward().await?;
         Ok(ns)
+    }
+
+    /// Serve a request that must not be applied twice (once.rs).
+    async fn once(&self, rid: Option<ReqId>) -> Result<once::Once<'_>> {
+        self.running.begin(rid, &self.shards).await
     }
 
     pub fn shard(&self, id: u32) -> &Arc<ShardStore> {
@@ -661,8 +653,12 @@ impl Namespace {
     }
 
     /// Create a regular file, or (not exclusive) open the existing one.
-    pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool) -> Result<Created> {
+    pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool, rid: Option<ReqId>) -> Result<Created> {
         check_name(name)?;
+        let once = self.once(rid).await?;
+        if let Some((ino, _)) = once.done {
+            return Ok(Created { attr: self.getattr(ino).await?, created: true });
+        }
         let up = self.cluster.placeable_osds();
         let name = name.to_string();
         let _g = self.topo.read().await;
@@ -696,6 +692,7 @@ impl Namespace {
                 let rec = file_rec(mode, uid, gid, parent, layout, now);
                 drop((inodes, dentries, meta));
                 add_entry(txn, p, parent, &name, ino, &rec, now)?;
+                once::record(txn, rid, (ino, 0))?;
                 Ok(Created { attr: rec.attr(ino), created: true })
             })
             .await?
@@ -806,7 +803,7 @@ impl Namespace {
                         }
                         todo = rest;
                         if let Some((i, DirOp::Unlink { parent, name, .. })) = todo.first() {
-                            out[*i] = Some(self.unlink(*parent, name).await.map(|_| ()));
+                            out[*i] = Some(self.unlink(*parent, name, None).await.map(|_| ()));
                             todo.remove(0);
                         }
                     }
@@ -822,8 +819,12 @@ impl Namespace {
         out.into_iter().map(|r| r.unwrap_or(Err(Error::Io("change not applied".into())))).collect()
     }
 
-    pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32) -> Result<Attr> {
+    pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32, rid: Option<ReqId>) -> Result<Attr> {
         check_name(name)?;
+        let once = self.once(rid).await?;
+        if let Some((ino, _)) = once.done {
+            return self.getattr(ino).await;
+        }
         if target.is_empty() {
             return Err(Error::NotFound);
         }
@@ -867,14 +868,33 @@ impl Namespace {
                     xattrs: 0,
                 };
                 add_entry(txn, p, parent, &name, ino, &rec, now)?;
+                once::record(txn, rid, (ino, 0))?;
                 Ok(rec.attr(ino))
             })
             .await
     }
 
     /// Run steps grouped by shard, one commit per shard, shards in the order
-    /// they first appear.
-    async fn run_steps(&self, steps: Vec<Step>) -> Result<()> {
+    /// they first appear; the first commit records `rid`'s outcome. With
+    /// more than one commit, the first also records the rest (an `Intent`)
+    /// and each later one marks itself done in its own shard, so a crash in
+    /// between is rolled forward at start (`roll_forward`): the operation
+    /// happens whole, and a retry of it is answered from the record.
+    async fn run_steps(&self, steps: Vec<Step>, rid: Option<ReqId>, out: Outcome) -> Result<()> {
+        let (first, id, rest) = self.first_commit(steps, rid, out).await?;
+        let shards: Vec<u32> = rest.iter().map(|(sh, _)| *sh).collect();
+        for (k, (sh, steps)) in rest.into_iter().enumerate() {
+            self.intent_commit(first, id, k as u32, sh, steps, false).await?;
+        }
+        if id != 0 {
+            self.forget_intent(first, id, shards);
+        }
+        Ok(())
+    }
+
+    /// The first commit of `run_steps`: its shard, the intent's id (0:
+    /// none needed) and the commits still to make.
+    async fn first_commit(&self, steps: Vec<Step>, rid: Option<ReqId>, out: Outcome) -> Result<(u32, u64, Vec<(u32, Vec<Step>)>)> {
         let mut groups: Vec<(u32, Vec<Step>)> = Vec::new();
         for s in steps {
             let sh = s.shard();
@@ -884,25 +904,121 @@ impl Namespace {
                 _ => groups.push((sh, vec![s])),
             }
         }
-        for (sh, steps) in groups {
-            let shard = self.shard(sh).clone();
-            let cluster = self.cluster.clone();
-            shard
-                .mutate(move |txn| {
-                    let now = now_ns();
-                    let open = |ino| cluster.is_open(ino);
-                    for s in steps {
-                        apply_step(txn, s, now, &open)?;
+        let mut groups = groups.into_iter();
+        let Some((first, steps)) = groups.next() else { return Ok((0, 0, Vec::new())) };
+        let rest: Vec<(u32, Vec<Step>)> = groups.collect();
+        let intent = match rest.is_empty() {
+            true => None,
+            false => Some(Intent { rest: rest.clone() }.encode()?),
+        };
+        let cluster = self.cluster.clone();
+        let id = self
+            .shard(first)
+            .mutate(move |txn| {
+                let now = now_ns();
+                let open = |ino| cluster.is_open(ino);
+                for s in steps {
+                    apply_step(txn, s, now, &open)?;
+                }
+                once::record(txn, rid, out)?;
+                let Some(bytes) = intent else { return Ok(0) };
+                let id = next_counter(&mut txn.open_table(META).io()?, "next_intent", 1)?;
+                txn.open_table(INTENTS).io()?.insert(id, bytes.as_slice()).io()?;
+                Ok(id)
+            })
+            .await?;
+        Ok((first, id, rest))
+    }
+
+    /// Commit `k` after the first of intent `id` (of shard `coord`): its
+    /// steps and the mark that it is done, unless the mark is there already.
+    /// When rolling forward after a crash (`replay`), every file counts as
+    /// open: one that loses its last name stays until after the clients of
+    /// the last run have had the chance to say they have it open.
+    async fn intent_commit(&self, coord: u32, id: u64, k: u32, sh: u32, steps: Vec<Step>, replay: bool) -> Result<()> {
+        let cluster = self.cluster.clone();
+        self.shard(sh)
+            .mutate(move |txn| {
+                let mut marks = txn.open_table(INTENT_DONE).io()?;
+                if marks.get((coord, id, k)).io()?.is_some() {
+                    return Ok(());
+                }
+                marks.insert((coord, id, k), ()).io()?;
+                drop(marks);
+                let now = now_ns();
+                let open = |ino| replay || cluster.is_open(ino);
+                for s in steps {
+                    apply_step(txn, s, now, &open)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Every commit of intent `id` is made: drop it, then its marks (in
+    /// that order: marks without an intent are only clutter, an intent
+    /// without its marks would be applied again).
+    fn forget_intent(&self, coord: u32, id: u64, mut shards: Vec<u32>) {
+        shards.sort_unstable();
+        shards.dedup();
+        let c = self.shard(coord).clone();
+        let others: Vec<Arc<ShardStore>> = shards.iter().map(|s| self.shard(*s).clone()).collect();
+        tokio::spawn(async move {
+            if let Err(e) = c.mutate(move |txn| txn.open_table(INTENTS).io()?.remove(id).io().map(|_| ())).await {
+                e.log("dropping a finished intent failed");
+                return;
+            }
+            for s in others {
+                let r = s.mutate(move |txn| txn.open_table(INTENT_DONE).io()?.retain_in((coord, id, 0)..=(coord, id, u32::MAX), |_, _| false).io());
+                if let Err(e) = r.await {
+                    e.log("dropping an intent's marks failed");
+                }
+            }
+        });
+    }
+
+    /// At start: finish every operation over several shards that a crash
+    /// cut short after its first commit, then drop every mark.
+    async fn roll_forward(&self) -> Result<()> {
+        for coord in 0..self.shards.len() as u32 {
+            let intents = self
+                .shard(coord)
+                .read(|t| {
+                    let mut v = Vec::new();
+                    for r in t.open_table(INTENTS).io()?.iter().io()? {
+                        let (k, val) = r.io()?;
+                        v.push((k.value(), Intent::decode(val.value())));
                     }
-                    Ok(())
+                    Ok(v)
                 })
                 .await?;
+            for (id, intent) in intents {
+                match intent {
+                    Ok(intent) => {
+                        tracing::warn!(shard = coord, intent = id, commits = intent.rest.len(), "finishing an operation over several shards that a crash cut short");
+                        for (k, (sh, steps)) in intent.rest.into_iter().enumerate() {
+                            if let Err(e) = self.intent_commit(coord, id, k as u32, sh, steps, true).await {
+                                e.log("rolling an intent forward failed");
+                            }
+                        }
+                    }
+                    Err(e) => e.log("an unreadable intent is dropped"),
+                }
+                self.shard(coord).mutate(move |txn| txn.open_table(INTENTS).io()?.remove(id).io().map(|_| ())).await?;
+            }
+        }
+        for s in &self.shards {
+            s.mutate(|txn| txn.open_table(INTENT_DONE).io()?.retain(|_, _| false).io()).await?;
         }
         Ok(())
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
+    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, rid: Option<ReqId>) -> Result<Attr> {
         check_name(name)?;
+        let once = self.once(rid).await?;
+        if let Some((ino, _)) = once.done {
+            return self.getattr(ino).await;
+        }
         let _g = self.topo.write().await;
         let p = self.inode(parent).await?;
         if p.kind != FileKind::Dir {
@@ -928,17 +1044,25 @@ impl Namespace {
             .await?;
         let rec = dir_rec(mode, uid, gid, parent, p.policy, now_ns());
         let attr = rec.attr(ino);
-        self.run_steps(vec![
-            Step::CreateInode { ino, rec },
-            Step::InsertEntry { dir: parent, name: name.to_string(), ino, kind: FileKind::Dir, dir_delta: (1, 1) },
-        ])
+        self.run_steps(
+            vec![
+                Step::CreateInode { ino, rec },
+                Step::InsertEntry { dir: parent, name: name.to_string(), ino, kind: FileKind::Dir, dir_delta: (1, 1) },
+            ],
+            rid,
+            (ino, 0),
+        )
         .await?;
         Ok(attr)
     }
 
     /// Returns the unlinked inode.
-    pub async fn unlink(&self, parent: u64, name: &str) -> Result<u64> {
+    pub async fn unlink(&self, parent: u64, name: &str, rid: Option<ReqId>) -> Result<u64> {
         check_name(name)?;
+        let once = self.once(rid).await?;
+        if let Some((ino, _)) = once.done {
+            return Ok(ino);
+        }
         {
             // Fast path: the entry and its inode share the directory's shard.
             let _g = self.topo.read().await;
@@ -947,7 +1071,7 @@ impl Namespace {
             let r = self
                 .shard_for(parent)?
                 .mutate(move |txn| match unlink_here(txn, parent, &name, None, now_ns(), &|i| cluster.is_open(i))? {
-                    Unlinked::Done(ino) => Ok(Some(ino)),
+                    Unlinked::Done(ino) => once::record(txn, rid, (ino, 0)).map(|_| Some(ino)),
                     Unlinked::Elsewhere => Ok(None),
                 })
                 .await?;
@@ -960,17 +1084,18 @@ impl Namespace {
         if kind == FileKind::Dir {
             return Err(Error::IsDir);
         }
-        self.run_steps(vec![
-            Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, 0) },
-            Step::DropLink { ino },
-        ])
-        .await?;
+        self.run_steps(vec![Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, 0) }, Step::DropLink { ino }], rid, (ino, 0))
+            .await?;
         Ok(ino)
     }
 
-/// Returns the removed directory.
-    pub async fn rmdir(&self, parent: u64, name: &str) -> Result<u64> {
+    /// Returns the removed directory.
+    pub async fn rmdir(&self, parent: u64, name: &str, rid: Option<ReqId>) -> Result<u64> {
         check_name(name)?;
+        let once = self.once(rid).await?;
+        if let Some((ino, _)) = once.done {
+            return Ok(ino);
+        }
         let _g = self.topo.write().await;
         let (ino, kind) = self.entry(parent, name).await?;
         if kind != FileKind::Dir {
@@ -980,16 +1105,17 @@ impl Namespace {
         if d.entries > 0 {
             return Err(Error::NotEmpty);
         }
-        self.run_steps(vec![
-            Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, -1) },
-            Step::DeleteDir { ino },
-        ])
-        .await?;
+        self.run_steps(vec![Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, -1) }, Step::DeleteDir { ino }], rid, (ino, 0))
+            .await?;
         Ok(ino)
     }
 
-    pub async fn link(&self, ino: u64, newparent: u64, newname: &str) -> Result<Attr> {
+    pub async fn link(&self, ino: u64, newparent: u64, newname: &str, rid: Option<ReqId>) -> Result<Attr> {
         check_name(newname)?;
+        let once = self.once(rid).await?;
+        if once.done.is_some() {
+            return self.getattr(ino).await;
+        }
         let _g = self.topo.write().await;
         let r = self.inode(ino).await?;
         if r.kind == FileKind::Dir {
@@ -1003,10 +1129,11 @@ impl Namespace {
             Err(Error::NotFound) => {}
             Err(e) => return Err(e),
         }
-        self.run_steps(vec![
-            Step::AddLink { ino },
-            Step::InsertEntry { dir: newparent, name: newname.to_string(), ino, kind: r.kind, dir_delta: (1, 0) },
-        ])
+        self.run_steps(
+            vec![Step::AddLink { ino }, Step::InsertEntry { dir: newparent, name: newname.to_string(), ino, kind: r.kind, dir_delta: (1, 0) }],
+            rid,
+            (ino, 0),
+        )
         .await?;
         self.getattr(ino).await
     }
@@ -1026,9 +1153,13 @@ impl Namespace {
     }
 
     /// Returns the moved inode and the one the new name replaced.
-    pub async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32) -> Result<(u64, Option<u64>)> {
+    pub async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32, rid: Option<ReqId>) -> Result<(u64, Option<u64>)> {
         check_name(name)?;
         check_name(newname)?;
+        let once = self.once(rid).await?;
+        if let Some((moved, replaced)) = once.done {
+            return Ok((moved, (replaced != 0).then_some(replaced)));
+        }
         if flags & !RENAME_NOREPLACE != 0 {
             return Err(Error::InvalidArgument(format!("rename flags {flags:#x} not supported")));
         }
@@ -1102,8 +1233,9 @@ impl Namespace {
         if !is_dir {
             steps.push(Step::DropLink { ino });
         }
-        self.run_steps(steps).await?;
-        Ok((ino, target.map(|t| t.0)))
+        let replaced = target.map(|t| t.0);
+        self.run_steps(steps, rid, (ino, replaced.unwrap_or(0))).await?;
+        Ok((ino, replaced))
     }
 
     /// setattr; returns the new attributes and, for a shrinking truncate,
@@ -1289,12 +1421,16 @@ impl Namespace {
             .await
     }
 
-    pub async fn setxattr(&self, ino: u64, name: &str, value: Vec<u8>, flags: u32) -> Result<()> {
+    pub async fn setxattr(&self, ino: u64, name: &str, value: Vec<u8>, flags: u32, rid: Option<ReqId>) -> Result<()> {
         if name.is_empty() || name.len() > NAME_MAX {
             return Err(Error::Range);
         }
         if value.len() > XATTR_SIZE_MAX {
             return Err(Error::TooBig);
+        }
+        let once = self.once(rid).await?;
+        if once.done.is_some() {
+            return Ok(());
         }
         let name = name.to_string();
         let _g = self.topo.read().await;
@@ -1316,12 +1452,16 @@ impl Namespace {
                 }
                 r.ctime_ns = now_ns();
                 put_inode(&mut inodes, ino, &r)?;
-                Ok(())
+                once::record(txn, rid, (ino, 0))
             })
             .await
     }
 
-    pub async fn removexattr(&self, ino: u64, name: &str) -> Result<()> {
+    pub async fn removexattr(&self, ino: u64, name: &str, rid: Option<ReqId>) -> Result<()> {
+        let once = self.once(rid).await?;
+        if once.done.is_some() {
+            return Ok(());
+        }
         let name = name.to_string();
         let _g = self.topo.read().await;
         self.shard_for(ino)?
@@ -1336,7 +1476,7 @@ impl Namespace {
                 r.xattrs = r.xattrs.saturating_sub(1);
                 r.ctime_ns = now_ns();
                 put_inode(&mut inodes, ino, &r)?;
-                Ok(())
+                once::record(txn, rid, (ino, 0))
             })
             .await
     }
@@ -1439,6 +1579,57 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         assert_eq!(check_name(&"x".repeat(256)), Err(Error::NameTooLong));
+    }
+
+    async fn open_ns(dir: &std::path::Path) -> Namespace {
+        let cluster = Arc::new(Cluster::new(std::time::Duration::from_secs(60), std::time::Duration::from_secs(60)));
+        cluster.heartbeat(1, "127.0.0.1:1", 1 << 40, 0, 0);
+        let policy = LayoutPolicy { stripe_count: 1, ..LayoutPolicy::default() };
+        // The shards' writer threads of a dropped namespace close their
+        // databases a moment later.
+        for _ in 0..100 {
+            if let Ok(ns) = Namespace::open(dir, 4, policy, cluster.clone()).await {
+                return ns;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the namespace does not open again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_operation_over_shards_cut_short_by_a_crash_is_finished_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = InodeId::ROOT.0;
+        let ns = open_ns(dir.path()).await;
+        let name = (0..).map(|i| format!("d{i}")).find(|n| name_hash(root, n) % 4 != 0).unwrap();
+        let d = ns.mkdir(root, &name, 0o755, 0, 0, None).await.unwrap().ino;
+        let f = ns.create(root, "f", 0o644, 0, 0, true, None).await.unwrap().attr.ino;
+        assert_ne!(shard_of(d), shard_of(f));
+        // rename /f -> /d/g as `rename` builds it, stopped after the first
+        // of its three commits as a crash would stop it.
+        let steps = vec![
+            Step::AddLink { ino: f },
+            Step::InsertEntry { dir: d, name: "g".into(), ino: f, kind: FileKind::File, dir_delta: (1, 0) },
+            Step::RemoveEntry { dir: root, name: "f".into(), dir_delta: (-1, 0) },
+            Step::DropLink { ino: f },
+        ];
+        let rid = ReqId { client: 5, seq: 1, oldest: 1, retry: false };
+        let (_, id, rest) = ns.first_commit(steps, Some(rid), (f, 0)).await.unwrap();
+        assert!(id != 0 && rest.len() == 2);
+        assert_eq!(ns.getattr(f).await.unwrap().nlink, 2);
+        drop(ns);
+        let ns = open_ns(dir.path()).await;
+        assert_eq!(ns.lookup(d, "g").await.unwrap().ino, f);
+        assert_eq!(ns.lookup(root, "f").await.map(|a| a.ino), Err(Error::NotFound));
+        assert_eq!(ns.getattr(f).await.unwrap().nlink, 1);
+        // The client's retry is answered from the record.
+        assert_eq!(ns.rename(root, "f", d, "g", 0, Some(ReqId { retry: true, ..rid })).await, Ok((f, None)));
+        // Rolled forward once only: another start changes nothing.
+        drop(ns);
+        let ns = open_ns(dir.path()).await;
+        assert_eq!(ns.getattr(f).await.unwrap().nlink, 1);
+        let (entries, _, _) = ns.readdir(d, 0, 100).await.unwrap();
+        assert_eq!(entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["g"]);
     }
 
     #[test]

@@ -111,3 +111,32 @@ impl OsdRec {
         decode_stored(bytes)
     }
 }
+
+/// One primitive change of an operation over several shards (namespace.rs).
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub enum Step {
+    InsertEntry { dir: u64, name: String, ino: u64, kind: FileKind, dir_delta: (i64, i64) },
+    RemoveEntry { dir: u64, name: String, dir_delta: (i64, i64) },
+    CreateInode { ino: u64, rec: InodeRec },
+    SetParent { ino: u64, parent: u64 },
+    AddLink { ino: u64 },
+    DropLink { ino: u64 },
+    DeleteDir { ino: u64 },
+}
+
+/// The commits an operation over several shards still has to make after
+/// its first: (shard, steps) each, in order. Recorded in the first
+/// commit, so a crash before the last is rolled forward at start.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct Intent {
+    pub rest: Vec<(u32, Vec<Step>)>,
+}
+
+impl Intent {
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        Ok(encode_any(self)?.to_vec())
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        decode_stored(bytes)
+    }
+}

@@ -3,12 +3,13 @@ use crate::cluster::Beat;
 use crate::gc::Gc;
 use crate::namespace::Namespace;
 use crate::records::OsdRec;
-use crate::store::{IoResult, META, OSDS};
+use crate::store::{IoResult, META, OSDS, SESSIONS};
+use redb::ReadableTable;
 use aifs_common::certs::Role;
 use crate::leases::Holder;
 use crate::locks::Lock;
 use aifs_common::lease::LeaseKind;
-use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsReply, MdsReq, MdsResp, RepairInfo, ShardInfo, Statfs, Writable, RESERVE_BATCH};
+use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, ReqId, RepairInfo, ShardInfo, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -34,6 +35,38 @@ fn need(peer: &Peer, roles: &[Role]) -> Result<()> {
 }
 
 const NS: &[Role] = &[Role::Client, Role::Admin];
+
+/// The sessions recorded as open (shard 0): those of the last run, at start.
+pub async fn stored_sessions(ns: &Namespace) -> Result<Vec<u64>> {
+    ns.shard(0)
+        .read(|t| {
+            let mut v = Vec::new();
+            for r in t.open_table(SESSIONS).io()?.iter().io()? {
+                v.push(r.io()?.0.value());
+            }
+            Ok(v)
+        })
+        .await
+}
+
+/// Requests answered during the grace after a restart (`Cluster::in_grace`):
+/// they grant no lease and change nothing a client caches. Everything
+/// else waits for it to end.
+fn after_restart_too(req: &MdsReq) -> bool {
+    matches!(
+        req,
+        MdsReq::OsdHeartbeat { .. }
+            | MdsReq::OsdMap
+            | MdsReq::OpenSession { .. }
+            | MdsReq::SessionHeartbeat { .. }
+            | MdsReq::CloseSession { .. }
+            | MdsReq::EvictSession { .. }
+            | MdsReq::Status
+            | MdsReq::FsckStatus
+            | MdsReq::Leases { .. }
+            | MdsReq::Degraded { .. }
+    )
+}
 const ADMIN: &[Role] = &[Role::Admin];
 
 impl MdsService {
@@ -85,6 +118,21 @@ impl MdsService {
         }
     }
 
+    /// Sessions that ended: a restart does not wait for them.
+    pub async fn forget_sessions(&self, ids: &[u64]) -> Result<()> {
+        let ids = ids.to_vec();
+        self.ns
+            .shard(0)
+            .mutate(move |txn| {
+                let mut t = txn.open_table(SESSIONS).io()?;
+                for id in ids {
+                    t.remove(id).io()?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     pub async fn statfs(&self) -> Statfs {
         let osds = self.ns.cluster.osd_infos();
         let total: u64 = osds.iter().map(|o| o.capacity).sum();
@@ -93,7 +141,7 @@ impl MdsService {
         Statfs { total_bytes: total, used_bytes: used, avail_bytes: total.saturating_sub(used), files }
     }
 
-    async fn handle(&self, peer: &Arc<Peer>, req: MdsReq, grant: &mut u64) -> Result<MdsResp> {
+    async fn handle(&self, peer: &Arc<Peer>, req: MdsReq, rid: Option<ReqId>, grant: &mut u64) -> Result<MdsResp> {
         let ns = &self.ns;
         let cl = &ns.cluster;
         Ok(match req {
@@ -141,7 +189,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
-                let c = ns.create(parent, &name, mode, uid, gid, exclusive).await?;
+                let c = ns.create(parent, &name, mode, uid, gid, exclusive, rid).await?;
                 // Created and opened: counted at once (an unlink elsewhere
                 // must find it open), closed by the client later.
                 let counted = c.attr.kind == FileKind::File && h.granted() != 0;
@@ -179,7 +227,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
-                let a = ns.mkdir(parent, &name, mode, uid, gid).await?;
+                let a = ns.mkdir(parent, &name, mode, uid, gid, rid).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name])]).await;
                 // The maker holds the new directory's entries: none, and,
                 // unless someone else looked already, its write lease. If
@@ -202,7 +250,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
-                let ino = ns.unlink(parent, &name).await?;
+                let ino = ns.unlink(parent, &name, rid).await?;
                 self.gc.wake.notify_one();
                 cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
                 self.changed(None, &[parent], None).await
@@ -212,13 +260,17 @@ impl MdsService {
                 let h = cl.holder(peer);
                 // Files made in the directory by a client under its write
                 // lease reach the MDS first.
-                let child = ns.lookup(parent, &name).await?;
                 let mut dirs = vec![parent];
-                if child.kind == FileKind::Dir {
-                    dirs.push(child.ino);
+                match ns.lookup(parent, &name).await {
+                    Ok(child) if child.kind == FileKind::Dir => dirs.push(child.ino),
+                    Ok(_) => {}
+                    // Gone: `rmdir` says so, or answers a retry of the
+                    // request that removed it.
+                    Err(Error::NotFound) => {}
+                    Err(e) => return Err(e),
                 }
                 cl.acquire_read_all(&h, &dirs).await?;
-                let ino = ns.rmdir(parent, &name).await?;
+                let ino = ns.rmdir(parent, &name, rid).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
                 self.changed(None, &[parent], None).await
             }
@@ -234,7 +286,7 @@ impl MdsService {
                     }
                 }
                 cl.acquire_read_all(&h, &dirs).await?;
-                let (moved, replaced) = ns.rename(parent, &name, newparent, &newname, flags).await?;
+                let (moved, replaced) = ns.rename(parent, &name, newparent, &newname, flags, rid).await?;
                 self.gc.wake.notify_one();
                 let mut changes = vec![(parent, vec![name]), (newparent, vec![newname]), (moved, vec![])];
                 changes.extend(replaced.map(|r| (r, vec![])));
@@ -267,7 +319,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
-                let a = ns.symlink(parent, &name, &target, uid, gid).await?;
+                let a = ns.symlink(parent, &name, &target, uid, gid, rid).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name])]).await;
                 self.changed(Some(a), &[parent], None).await
             }
@@ -279,7 +331,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[newparent]).await?;
-                let a = ns.link(ino, newparent, &newname).await?;
+                let a = ns.link(ino, newparent, &newname, rid).await?;
                 cl.invalidate(h.id, vec![(newparent, vec![newname]), (ino, vec![])]).await;
                 self.changed(Some(a), &[newparent], None).await
             }
@@ -294,7 +346,7 @@ impl MdsService {
             MdsReq::SetXattr { ino, name, value, flags } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                ns.setxattr(ino, &name, value, flags).await?;
+                ns.setxattr(ino, &name, value, flags, rid).await?;
                 cl.invalidate(h.id, vec![(ino, vec![])]).await;
                 MdsResp::Done
             }
@@ -305,7 +357,7 @@ impl MdsService {
             MdsReq::RemoveXattr { ino, name } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                ns.removexattr(ino, &name).await?;
+                ns.removexattr(ino, &name, rid).await?;
                 cl.invalidate(h.id, vec![(ino, vec![])]).await;
                 MdsResp::Done
             }
@@ -355,10 +407,28 @@ impl MdsService {
                 }
                 MdsResp::Done
             }
-            MdsReq::OpenSession { name, dir_leases } => {
+            MdsReq::OpenSession { name, dir_leases, previous, open } => {
                 need(peer, NS)?;
-                let id = ns.cluster.open_session(name, peer.addr.to_string(), dir_leases);
-                ns.cluster.bind(peer, id);
+                let id = cl.open_session(name.clone(), peer.addr.to_string(), dir_leases);
+                // Known durably before it is answered: a restart waits for it.
+                ns.shard(0)
+                    .mutate(move |txn| {
+                        let mut t = txn.open_table(SESSIONS).io()?;
+                        t.insert(id, name.as_str()).io()?;
+                        if previous != 0 {
+                            t.remove(previous).io()?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                if previous != 0 {
+                    tracing::info!(session = id, previous, files = open.len(), "client came back");
+                }
+                for ino in open {
+                    cl.opened(id, ino);
+                }
+                cl.came_back(previous);
+                cl.bind(peer, id);
                 MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms }
             }
             MdsReq::SessionHeartbeat { id } => {
@@ -371,7 +441,9 @@ impl MdsService {
             }
             MdsReq::CloseSession { id } => {
                 need(peer, NS)?;
-                ns.cluster.close_session(id);
+                if ns.cluster.close_session(id) {
+                    self.forget_sessions(&[id]).await?;
+                }
                 MdsResp::Done
             }
             MdsReq::EvictSession { id } => {
@@ -379,6 +451,7 @@ impl MdsService {
                 if !ns.cluster.close_session(id) {
                     return Err(Error::NotFound);
                 }
+                self.forget_sessions(&[id]).await?;
                 tracing::warn!(session = id, by = %peer.addr, "session evicted");
                 MdsResp::Done
             }
@@ -602,15 +675,20 @@ impl MdsService {
 }
 
 impl Service for MdsService {
-    type Req = MdsReq;
+    type Req = MdsCall;
     type Resp = MdsReply;
 
-    async fn call(&self, peer: &Arc<Peer>, req: MdsReq, _payload: Bytes) -> (MdsReply, Vec<Bytes>) {
+    async fn call(&self, peer: &Arc<Peer>, call: MdsCall, _payload: Bytes) -> (MdsReply, Vec<Bytes>) {
+        let MdsCall { rid, req } = call;
         if !matches!(req, MdsReq::OsdHeartbeat { .. } | MdsReq::SessionHeartbeat { .. }) {
             self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        if !after_restart_too(&req) {
+            self.ns.cluster.wait_grace().await;
+        }
+        let rid = rid.filter(|_| req.once_only());
         let mut session = 0;
-        let resp = match self.handle(peer, req, &mut session).await {
+        let resp = match self.handle(peer, req, rid, &mut session).await {
             Ok(r) => r,
             Err(e) => {
                 e.log("mds request failed");

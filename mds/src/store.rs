@@ -27,6 +27,20 @@ pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
 /// Object replicas that missed writes: (file inode, object index, OSD).
 /// Such a replica is stale; nobody reads it until repair rewrites it.
 pub const DEGRADED: TableDefinition<(u64, u32, u32), ()> = TableDefinition::new("degraded");
+/// Requests that must not be applied twice, as answered: (client, request
+/// number) -> (outcome, outcome, unix seconds when recorded). Written in
+/// the request's own transaction (mds/src/once.rs).
+pub const REQUESTS: TableDefinition<(u64, u64), (u64, u64, u64)> = TableDefinition::new("requests");
+/// Client sessions (shard 0) -> the client's name. After a restart the
+/// MDS waits for these to come back before answering anything that could
+/// contradict what they cached.
+pub const SESSIONS: TableDefinition<u64, &str> = TableDefinition::new("sessions");
+/// Changes over several shards whose later commits may not have happened
+/// yet, kept in the shard of the first commit: rolled forward at start.
+pub const INTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("intents");
+/// Which later commits of an intent were made in this shard: (the
+/// intent's shard, its id, the commit's number).
+pub const INTENT_DONE: TableDefinition<(u32, u64, u32), ()> = TableDefinition::new("intent_done");
 
 /// Most mutations folded into one commit.
 const MAX_BATCH: usize = 512;
@@ -72,6 +86,10 @@ impl ShardStore {
             t.open_table(OSDS).io()?;
             t.open_table(ORPHANS).io()?;
             t.open_table(DEGRADED).io()?;
+            t.open_table(REQUESTS).io()?;
+            t.open_table(SESSIONS).io()?;
+            t.open_table(INTENTS).io()?;
+            t.open_table(INTENT_DONE).io()?;
             t.commit().io()?;
         }
         let (tx, rx) = std::sync::mpsc::channel::<Job>();

@@ -4,7 +4,7 @@
 //! every answer (or errno) and the whole tree after each step must agree.
 use aifs_common::errno;
 use aifs_common::ids::InodeId;
-use aifs_common::proto::mds::FileKind;
+use aifs_common::proto::mds::{FileKind, ReqId};
 use aifs_common::{Error, LayoutPolicy};
 use aifs_mds::cluster::Cluster;
 use aifs_mds::namespace::Namespace;
@@ -187,22 +187,22 @@ impl Model {
     }
 }
 
-async fn run_real(ns: &Namespace, m: &Model, dirs: &[u64], files: &[u64], op: &Op) -> Result<Option<u64>, Error> {
+async fn run_real(ns: &Namespace, m: &Model, dirs: &[u64], files: &[u64], op: &Op, rid: Option<ReqId>) -> Result<Option<u64>, Error> {
     let r = |id: u64| m.real[&id];
     match *op {
-        Op::Create(d, x) => ns.create(r(Model::pick(dirs, d)), NAMES[x], 0o644, 0, 0, true).await.map(|c| Some(c.attr.ino)),
-        Op::Mkdir(d, x) => ns.mkdir(r(Model::pick(dirs, d)), NAMES[x], 0o755, 0, 0).await.map(|a| Some(a.ino)),
-        Op::Unlink(d, x) => ns.unlink(r(Model::pick(dirs, d)), NAMES[x]).await.map(|_| None),
-        Op::Rmdir(d, x) => ns.rmdir(r(Model::pick(dirs, d)), NAMES[x]).await.map(|_| None),
+        Op::Create(d, x) => ns.create(r(Model::pick(dirs, d)), NAMES[x], 0o644, 0, 0, true, rid).await.map(|c| Some(c.attr.ino)),
+        Op::Mkdir(d, x) => ns.mkdir(r(Model::pick(dirs, d)), NAMES[x], 0o755, 0, 0, rid).await.map(|a| Some(a.ino)),
+        Op::Unlink(d, x) => ns.unlink(r(Model::pick(dirs, d)), NAMES[x], rid).await.map(|_| None),
+        Op::Rmdir(d, x) => ns.rmdir(r(Model::pick(dirs, d)), NAMES[x], rid).await.map(|_| None),
         Op::Rename(a, x, b, y) => ns
-            .rename(r(Model::pick(dirs, a)), NAMES[x], r(Model::pick(dirs, b)), NAMES[y], 0)
+            .rename(r(Model::pick(dirs, a)), NAMES[x], r(Model::pick(dirs, b)), NAMES[y], 0, rid)
             .await
             .map(|_| None),
         Op::Link(f, d, x) => {
             if files.is_empty() {
                 return Ok(None);
             }
-            ns.link(r(Model::pick(files, f)), r(Model::pick(dirs, d)), NAMES[x]).await.map(|_| None)
+            ns.link(r(Model::pick(files, f)), r(Model::pick(dirs, d)), NAMES[x], rid).await.map(|_| None)
         }
     }
 }
@@ -228,7 +228,11 @@ async fn compare(ns: &Namespace, m: &Model) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
-    fn namespace_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
+    /// Every operation carries a request id; those picked by `retried` are
+    /// sent again as a retry after they were applied (a lost reply): the
+    /// retry gets the same answer, and the tree still matches the model,
+    /// so nothing was applied twice.
+    fn namespace_matches_model(ops in proptest::collection::vec(op(), 1..40), retried in any::<u64>()) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
@@ -236,10 +240,16 @@ proptest! {
             cluster.heartbeat(1, "127.0.0.1:1", 1 << 40, 0, 0);
             let ns = Namespace::open(dir.path(), 4, LayoutPolicy { stripe_count: 1, ..LayoutPolicy::default() }, cluster).await.unwrap();
             let mut m = Model::new();
-            for op in &ops {
+            for (seq, op) in ops.iter().enumerate() {
                 let dirs = m.dirs();
                 let files = m.files();
-                let real = run_real(&ns, &m, &dirs, &files, op).await;
+                let seq = seq as u64 + 1;
+                let rid = ReqId { client: 42, seq, oldest: seq, retry: false };
+                let real = run_real(&ns, &m, &dirs, &files, op, Some(rid)).await;
+                if real.is_ok() && retried & (1 << (seq % 64)) != 0 {
+                    let again = run_real(&ns, &m, &dirs, &files, op, Some(ReqId { retry: true, ..rid })).await;
+                    assert_eq!(again, real, "{op:?}: a retry was answered differently");
+                }
                 let want = m.apply(op);
                 match (&want, &real) {
                     (Ok(Some((id, _))), Ok(Some(ino))) => {

@@ -4,7 +4,7 @@ use crate::config::OsdConfig;
 use crate::store::file::FileStore;
 use crate::store::ObjectStore;
 use aifs_common::certs::Role;
-use aifs_common::proto::mds::{MdsReply, MdsReq, MdsResp};
+use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
 use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::rpc::{self, Identity, Peer, RpcClient, Service};
 use aifs_common::{Error, Result};
@@ -152,7 +152,7 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
                         used: u.used,
                         objects: u.objects,
                     };
-                    match mds.call::<_, MdsReply>(&req, &[]).await {
+                    match mds.call::<_, MdsReply>(&MdsCall::from(req), &[]).await {
                         Ok((MdsReply { resp: MdsResp::Done, .. }, _)) => {
                             if !registered {
                                 tracing::info!(osd = osd_id, mds = %mds.addr(), "registered with MDS");

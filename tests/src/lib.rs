@@ -7,7 +7,7 @@ pub mod proc;
 
 use aifs_common::certs::{self, Role};
 use aifs_common::config::{TlsConfig, TransportConfig};
-use aifs_common::proto::mds::{MdsReply, MdsReq, MdsResp};
+use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::{Error, LayoutPolicy, Result};
 use aifs_mds::{MdsConfig, MdsHandle};
@@ -82,7 +82,7 @@ impl TestCluster {
 
 /// Call the MDS; an error reply becomes `Err`.
 pub async fn mds_call(c: &RpcClient, req: MdsReq) -> Result<MdsResp> {
-    Ok(c.call::<_, MdsReply>(&req, &[]).await?.0.into_result()?.0)
+    Ok(c.call::<_, MdsReply>(&MdsCall::from(req), &[]).await?.0.into_result()?.0)
 }
 
 /// Where the workspace's built binaries are: next to the test executable's

@@ -1,11 +1,7 @@
 //! Test data as a function of (seed, offset): any range can be generated
 //! or checked without keeping a copy.
 
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
+use aifs_common::ids::mix;
 
 /// Fill `buf` with the pattern bytes of `[off, off + buf.len())`.
 pub fn fill(seed: u64, off: u64, buf: &mut [u8]) {

@@ -5,7 +5,7 @@
 use crate::bin_dir;
 use aifs_common::certs::Role;
 use aifs_common::config::TransportConfig;
-use aifs_common::proto::mds::{MdsReply, MdsReq, MdsResp, OsdState};
+use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp, OsdState};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
@@ -19,9 +19,10 @@ fn spawn_logged(bin: &str, args: &[&str], log: &Path) -> Result<Child> {
     logged(cmd, log).with_context(|| format!("spawning {bin} (build with `cargo build --release --bins` first)"))
 }
 
-/// Start `cmd` with its output going to `log`.
+/// Start `cmd` with its output going to the end of `log` (a process
+/// started again adds to what it wrote before).
 fn logged(mut cmd: Command, log: &Path) -> Result<Child> {
-    let f = std::fs::File::create(log)?;
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let child = cmd
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
@@ -113,7 +114,8 @@ impl ProcCluster {
         self.dir.path().join(f)
     }
 
-    fn start_mds(&mut self) -> Result<()> {
+    /// Start the MDS (again, after `kill9_mds`) on its data and address.
+    pub fn start_mds(&mut self) -> Result<()> {
         let cfg = self.path("mds.toml");
         let log = self.path("logs/mds.log");
         let any = format!("0.0.0.0:{}", self.mds_addr.port());
@@ -183,6 +185,14 @@ impl ProcCluster {
         }
     }
 
+    /// `kill -9` the MDS.
+    pub fn kill9_mds(&mut self) {
+        if let Some(mut c) = self.mds.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// `kill -9` the MDS and every OSD.
     pub fn kill9_all(&mut self) {
         for c in self.mds.iter_mut().chain(self.osds.iter_mut().flatten()) {
@@ -228,7 +238,7 @@ impl ProcCluster {
             let t = Instant::now();
             loop {
                 let c = RpcClient::new(ep.clone(), addr, Role::Mds);
-                if let Ok((MdsReply { resp: MdsResp::OsdMap { osds, .. }, .. }, _)) = c.call::<_, MdsReply>(&MdsReq::OsdMap, &[]).await {
+                if let Ok((MdsReply { resp: MdsResp::OsdMap { osds, .. }, .. }, _)) = c.call::<_, MdsReply>(&MdsCall::from(MdsReq::OsdMap), &[]).await {
                     if osds.iter().filter(|o| o.state == OsdState::Up).count() >= n {
                         return Ok(());
                     }

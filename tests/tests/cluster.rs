@@ -241,7 +241,7 @@ async fn layouts_inherit_and_admin_commands_need_the_admin_cert() {
     }
     // sessions: opened, listed, evicted by the admin only; an evicted
     // session's heartbeat is refused as stale
-    let sid = match mds_call(&c, MdsReq::OpenSession { name: "gpu7".into(), dir_leases: true }).await.unwrap() {
+    let sid = match mds_call(&c, MdsReq::OpenSession { name: "gpu7".into(), dir_leases: true, previous: 0, open: vec![] }).await.unwrap() {
         MdsResp::Session { id, .. } => id,
         other => panic!("{other:?}"),
     };
@@ -471,4 +471,39 @@ async fn peers_without_a_cluster_certificate_are_refused() {
     // The server still serves its own.
     let ok = cl.mds_client(Role::Client).unwrap();
     assert!(matches!(mds_call(&ok, MdsReq::Statfs).await, Ok(MdsResp::Statfs(_))));
+}
+
+/// A request sent again with its id after a lost reply is answered as the
+/// first attempt was, not applied again; a request without an id, or a
+/// new one, is applied (and fails) as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_is_answered_from_its_record_not_applied_twice() {
+    use aifs_common::proto::mds::{MdsCall, MdsReply, ReqId};
+    let cl = TestCluster::start(1, 4).await.unwrap();
+    let c = cl.mds_client(Role::Client).unwrap();
+    let send = |req: MdsReq, seq: u64, retry: bool| {
+        let c = &c;
+        async move {
+            let rid = (seq != 0).then_some(ReqId { client: 77, seq, oldest: 1, retry });
+            c.call::<_, MdsReply>(&MdsCall { rid, req }, &[]).await.unwrap().0.into_result().map(|(r, _)| r)
+        }
+    };
+    let ino = |r: Result<MdsResp, Error>| match r {
+        Ok(MdsResp::Changed { attr: Some(a), .. }) => a.ino,
+        other => panic!("{other:?}"),
+    };
+    let d = ino(send(mkdir(ROOT, "ckpt"), 1, false).await);
+    assert_eq!(ino(send(mkdir(ROOT, "ckpt"), 1, true).await), d);
+    assert_eq!(send(mkdir(ROOT, "ckpt"), 2, true).await.unwrap_err(), Error::Exists);
+    let f = ino(send(create(d, "tmp"), 3, false).await);
+    assert_eq!(ino(send(create(d, "tmp"), 3, true).await), f);
+    let mv = MdsReq::Rename { parent: d, name: "tmp".into(), newparent: ROOT, newname: "final".into(), flags: 0 };
+    send(mv.clone(), 4, false).await.unwrap();
+    send(mv.clone(), 4, true).await.unwrap();
+    assert_eq!(send(mv, 0, false).await.unwrap_err(), Error::NotFound);
+    assert_eq!(attr(&c, MdsReq::Lookup { parent: ROOT, name: "final".into() }).await.unwrap().ino, f);
+    let rm = MdsReq::Unlink { parent: ROOT, name: "final".into() };
+    send(rm.clone(), 5, false).await.unwrap();
+    send(rm.clone(), 5, true).await.unwrap();
+    assert_eq!(send(rm, 6, false).await.unwrap_err(), Error::NotFound);
 }

@@ -260,8 +260,12 @@ pub enum MdsReq {
     OsdMap,
     OsdHeartbeat { id: u32, addr: String, capacity: u64, used: u64, objects: u64 },
     /// `dir_leases`: the client takes directories' write leases (creates
-    /// and unlinks answered by itself, sent in batches).
-    OpenSession { name: String, dir_leases: bool },
+    /// and unlinks answered by itself, sent in batches). After an MDS
+    /// restart, `previous` is the session the client had (0: none) and
+    /// `open` the files it still has open, counted again as opens of the
+    /// new session; the MDS holds back conflicting requests until every
+    /// session of its last run has come back or expired.
+    OpenSession { name: String, dir_leases: bool, previous: u64, open: Vec<u64> },
     SessionHeartbeat { id: u64 },
     CloseSession { id: u64 },
     Status,
@@ -298,6 +302,60 @@ pub enum MdsReq {
     Apply { session: u64, ops: Vec<DirOp> },
 }
 message!(MdsReq);
+
+impl MdsReq {
+    /// Applying this request twice differs from applying it once (a
+    /// second create fails with `EEXIST`, a second rename with `ENOENT`):
+    /// it carries a request id, so a retry is answered from the record of
+    /// the first attempt.
+    pub fn once_only(&self) -> bool {
+        matches!(
+            self,
+            MdsReq::Create { .. }
+                | MdsReq::Mkdir { .. }
+                | MdsReq::Unlink { .. }
+                | MdsReq::Rmdir { .. }
+                | MdsReq::Rename { .. }
+                | MdsReq::Symlink { .. }
+                | MdsReq::Link { .. }
+                | MdsReq::SetXattr { .. }
+                | MdsReq::RemoveXattr { .. }
+        )
+    }
+}
+
+/// Names one request of one client: a retry after a lost reply (a broken
+/// connection, an MDS restart) is answered from what the first attempt
+/// recorded, in the same transaction as its change, instead of being
+/// applied again.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[rkyv(derive(Debug))]
+pub struct ReqId {
+    /// Chosen at random by the client for the life of its mount.
+    pub client: u64,
+    pub seq: u64,
+    /// Every request of this client numbered below this one has been
+    /// answered: the MDS may forget their records.
+    pub oldest: u64,
+    /// Sent before: the first attempt may have been applied.
+    pub retry: bool,
+}
+
+/// What goes on the wire to the MDS: a request, with its id when applying
+/// it twice would differ from once (`MdsReq::once_only`).
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub struct MdsCall {
+    pub rid: Option<ReqId>,
+    pub req: MdsReq,
+}
+message!(MdsCall);
+
+impl From<MdsReq> for MdsCall {
+    fn from(req: MdsReq) -> Self {
+        MdsCall { rid: None, req }
+    }
+}
 
 /// A change made by a client under a directory's write lease and sent
 /// later in a batch (`MdsReq::Apply`). Applying one again after a lost

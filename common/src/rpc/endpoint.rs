@@ -70,8 +70,22 @@ fn udp_socket(addr: SocketAddr, cfg: &TransportConfig) -> Result<std::net::UdpSo
 /// The largest datagram this endpoint accepts is what it tells peers, and
 /// it caps their path-MTU discovery: without raising it from quinn's 1472
 /// bytes, `max_mtu` would never be reached.
-fn endpoint_config(cfg: &TransportConfig) -> Result<quinn::EndpointConfig> {
-    let mut c = quinn::EndpointConfig::default();
+///
+/// A server's connection ids and stateless resets are keyed by a secret
+/// that survives its restarts (`Identity::restart_secret`): started again
+/// on its address, it recognises the ids its previous run handed out and
+/// answers their packets with a reset the peer accepts, so the peer drops
+/// the dead connection at once instead of waiting out the idle timeout.
+fn endpoint_config(cfg: &TransportConfig, restart_secret: Option<[u8; 32]>) -> Result<quinn::EndpointConfig> {
+    let mut c = match restart_secret {
+        Some(s) => {
+            let mut c = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &s)));
+            let cid_key = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
+            c.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+            c
+        }
+        None => quinn::EndpointConfig::default(),
+    };
     c.max_udp_payload_size(cfg.max_mtu.max(1200))
         .map_err(|e| Error::InvalidArgument(format!("transport: max_mtu {}: {e}", cfg.max_mtu)))?;
     Ok(c)
@@ -82,7 +96,7 @@ pub fn server_endpoint(addr: SocketAddr, id: &Identity, cfg: &TransportConfig) -
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(id.server_crypto()?));
     server.transport_config(Arc::new(transport(cfg)?));
     let sock = udp_socket(addr, cfg)?;
-    let mut ep = quinn::Endpoint::new(endpoint_config(cfg)?, Some(server), sock, Arc::new(quinn::TokioRuntime))?;
+    let mut ep = quinn::Endpoint::new(endpoint_config(cfg, Some(id.restart_secret()))?, Some(server), sock, Arc::new(quinn::TokioRuntime))?;
     ep.set_default_client_config(client_config(id, cfg)?);
     Ok(ep)
 }
@@ -97,7 +111,7 @@ pub fn client_config(id: &Identity, cfg: &TransportConfig) -> Result<quinn::Clie
 pub fn client_endpoint(id: &Identity, cfg: &TransportConfig) -> Result<quinn::Endpoint> {
     let addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
     let sock = udp_socket(addr, cfg)?;
-    let mut ep = quinn::Endpoint::new(endpoint_config(cfg)?, None, sock, Arc::new(quinn::TokioRuntime))?;
+    let mut ep = quinn::Endpoint::new(endpoint_config(cfg, None)?, None, sock, Arc::new(quinn::TokioRuntime))?;
     ep.set_default_client_config(client_config(id, cfg)?);
     Ok(ep)
 }

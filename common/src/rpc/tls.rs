@@ -9,7 +9,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::sync::Arc;
 
 /// ALPN protocol id; bumped when the wire format changes incompatibly.
-pub const ALPN: &[u8] = b"aifs/1";
+pub const ALPN: &[u8] = b"aifs/2";
 
 fn tls_err(e: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("TLS setup: {e}"))
@@ -66,6 +66,17 @@ impl Identity {
             .map_err(tls_err)?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(tls_err)
+    }
+
+    /// A secret that stays the same across restarts of this server, made
+    /// from its private key (rpc/endpoint.rs, `endpoint_config`).
+    pub fn restart_secret(&self) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"aifs stateless reset key\0");
+        ctx.update(self.key.secret_der());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
     }
 
     pub fn client_crypto(&self) -> Result<quinn::crypto::rustls::QuicClientConfig> {

@@ -125,7 +125,7 @@ fn seq_read(path: &Path, size_mib: usize, label: &str) -> Result<f64> {
 fn raw_quic_read(cl: &ProcCluster, pids: &[u32], path: &Path, size_mib: usize) -> Result<(f64, f64)> {
     use aifs_common::certs::Role;
     use aifs_common::config::TransportConfig;
-    use aifs_common::proto::mds::{MdsReply, MdsReq, MdsResp};
+    use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
     use aifs_common::proto::osd::{OsdReq, OsdResp};
     use aifs_common::rpc::{self, Identity, RpcClient};
     use aifs_common::ObjectId;
@@ -140,7 +140,7 @@ fn raw_quic_read(cl: &ProcCluster, pids: &[u32], path: &Path, size_mib: usize) -
         let mds = RpcClient::new(admin, cl.mds_addr, Role::Mds);
         let ask = |req: MdsReq| {
             let mds = &mds;
-            async move { mds.call::<_, MdsReply>(&req, &[]).await.map(|r| r.0.resp) }
+            async move { mds.call::<_, MdsReply>(&MdsCall::from(req), &[]).await.map(|r| r.0.resp) }
         };
         let layout = match ask(MdsReq::GetStripe { ino }).await? {
             MdsResp::Stripe { attr, .. } => attr.layout.context("the file has no layout")?,
@@ -337,7 +337,7 @@ fn latency_us(n: usize, mut f: impl FnMut(usize)) -> f64 {
 fn latencies(cluster: &ProcCluster, mount: &Path, run: usize) -> Result<Vec<(String, f64, f64)>> {
     use aifs_common::certs::Role;
     use aifs_common::config::TransportConfig;
-    use aifs_common::proto::mds::{MdsReply, MdsReq};
+    use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq};
     use aifs_common::rpc::{self, Identity, RpcClient};
     let n = 500;
     let dir = mount.join(format!("lat{run}"));
@@ -354,11 +354,11 @@ fn latencies(cluster: &ProcCluster, mount: &Path, run: usize) -> Result<Vec<(Str
     };
     let c = RpcClient::new(ep, cluster.mds_addr, Role::Mds);
     let lookup_rpc = latency_us(n, |i| {
-        let _ = rt.block_on(c.call::<_, MdsReply>(&MdsReq::Lookup { parent: ino, name: format!("neg{i}") }, &[]));
+        let _ = rt.block_on(c.call::<_, MdsReply>(&MdsCall::from(MdsReq::Lookup { parent: ino, name: format!("neg{i}") }), &[]));
     });
     let create_rpc = latency_us(n, |i| {
         let req = MdsReq::Create { parent: ino, name: format!("rpc{i}"), mode: 0o644, uid: 0, gid: 0, exclusive: true };
-        let _ = rt.block_on(c.call::<_, MdsReply>(&req, &[]));
+        let _ = rt.block_on(c.call::<_, MdsReply>(&MdsCall::from(req), &[]));
     });
     let lookup_fuse = latency_us(n, |i| {
         let _ = fs::metadata(dir.join(format!("fneg{i}")));
