@@ -10,7 +10,7 @@ use crate::dirops::DirOps;
 use crate::meta::{MetaCache, Snap};
 use crate::pool::Pool;
 use aifs_common::certs::Role;
-use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs, Writable, RESERVE_BATCH};
+use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, HeldLock, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{self, Identity, Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -116,6 +116,9 @@ pub struct ClientFs {
     /// (inode, lock owner) pairs that took a lock through this client: a
     /// close by that owner releases its locks at the MDS.
     lockers: DashMap<(u64, u64), ()>,
+    /// The locks this client holds (as the MDS granted them; session 0),
+    /// to take them again from an MDS that restarted.
+    held_locks: std::sync::Mutex<aifs_common::locks::LockTable>,
     /// Changes made under directories' write leases, on their way to the
     /// MDS (dirops.rs).
     dirops: Arc<DirOps>,
@@ -183,6 +186,7 @@ impl ClientFs {
             kernel: OnceLock::new(),
             rebind: Notify::new(),
             lockers: DashMap::new(),
+            held_locks: Default::default(),
             dirops: Arc::new(DirOps::default()),
         });
         // Every connection to the MDS carries its recalls back to us; a new
@@ -444,9 +448,22 @@ impl ClientFs {
         let sent = Instant::now();
         let previous = self.meta.session();
         let open: Vec<u64> = self.files.iter().filter(|f| f.opens.load(Ordering::Acquire) > 0).map(|f| f.ino).collect();
-        let req = MdsReq::OpenSession { name: self.name.clone(), dir_leases: self.dir_leases, previous, open };
+        let locks: Vec<HeldLock> = match self.held_locks.lock() {
+            Ok(t) => t.all().into_iter().map(|(ino, l)| HeldLock { ino, owner: l.owner, start: l.start, end: l.end, write: l.write, pid: l.pid }).collect(),
+            Err(_) => Vec::new(),
+        };
+        let n_locks = locks.len();
+        let req = MdsReq::OpenSession { name: self.name.clone(), dir_leases: self.dir_leases, previous, open, locks };
         match self.pool.mds(&req).await? {
-            MdsResp::Session { id, heartbeat_ms } => {
+            MdsResp::Session { id, heartbeat_ms, reclaimed } => {
+                if n_locks > 0 && !reclaimed {
+                    // The session ended at the MDS (expired, evicted):
+                    // its locks went with it, and may be others' now.
+                    tracing::error!(locks = n_locks, "the session was lost and the locks it held with it");
+                    if let Ok(mut t) = self.held_locks.lock() {
+                        t.clear();
+                    }
+                }
                 self.term_ms.store(heartbeat_ms * 4, Ordering::Relaxed);
                 self.meta.set_session(id, sent, self.term());
                 Ok(heartbeat_ms)
@@ -1177,6 +1194,9 @@ impl ClientFs {
         let req = MdsReq::SetLock { ino, owner, start: 0, end: u64::MAX, kind: LockKind::Unlock, pid: 0, session };
         self.mds(&req).await?;
         self.lockers.remove(&(ino, owner));
+        if let Ok(mut t) = self.held_locks.lock() {
+            t.unlock(ino, 0, owner, 0, u64::MAX);
+        }
         Ok(())
     }
 
@@ -1199,7 +1219,18 @@ impl ClientFs {
             }
             let session = self.meta.session();
             match self.mds(&MdsReq::SetLock { ino, owner, start, end, kind, pid, session }).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    if let Ok(mut t) = self.held_locks.lock() {
+                        match kind {
+                            LockKind::Unlock => t.unlock(ino, 0, owner, start, end),
+                            k => {
+                                let l = aifs_common::locks::Lock { session: 0, owner, start, end, write: k == LockKind::Write, pid };
+                                let _ = t.set(ino, l);
+                            }
+                        }
+                    }
+                    return Ok(());
+                }
                 Err(Error::WouldBlock(_)) if wait => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(LOCK_RETRY_MAX);

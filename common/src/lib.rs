@@ -11,6 +11,7 @@ pub mod error;
 pub mod ids;
 pub mod layout;
 pub mod lease;
+pub mod locks;
 pub mod logging;
 pub mod proto;
 pub mod rpc;

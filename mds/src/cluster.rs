@@ -1,6 +1,7 @@
 //! What the MDS knows about the rest of the cluster: the OSD map (from
 //! registrations and heartbeats) and client sessions.
-use aifs_common::proto::mds::{OsdInfo, OsdState, SessionInfo};
+use aifs_common::locks::Lock;
+use aifs_common::proto::mds::{HeldLock, OsdInfo, OsdState, SessionInfo};
 use dashmap::DashMap;
 use aifs_common::lease::LeaseTable;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,8 +46,8 @@ pub struct Cluster {
     /// a file that loses its last name while open is kept until the last
     /// close. In memory: after an MDS restart nothing is open.
     opens: Mutex<HashMap<u64, HashMap<u64, u32>>>,
-    /// Advisory locks across clients (mds/src/locks.rs).
-    pub locks: Mutex<crate::locks::LockTable>,
+    /// Advisory locks across clients (common/src/locks.rs).
+    pub locks: Mutex<aifs_common::locks::LockTable>,
     /// Files whose replicas are being rewritten (mds/src/repair.rs); opens
     /// wait for them.
     repairing: Mutex<std::collections::HashSet<u64>>,
@@ -56,6 +57,8 @@ pub struct Cluster {
     grace: Mutex<Option<Grace>>,
     grace_over: tokio::sync::Notify,
     started: Instant,
+    /// The grace is over for good: `in_grace` answers without looking.
+    settled: std::sync::atomic::AtomicBool,
 }
 
 /// Leases live in memory only: after a restart, a client of the last run
@@ -94,6 +97,7 @@ impl Cluster {
             grace: Mutex::new(None),
             grace_over: tokio::sync::Notify::new(),
             started: Instant::now(),
+            settled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -110,15 +114,30 @@ impl Cluster {
         }
     }
 
-    /// Session `previous` of the last run came back (as a new session).
-    pub fn came_back(&self, previous: u64) {
-        let Ok(mut g) = self.grace.lock() else { return };
-        let Some(gr) = g.as_mut() else { return };
-        if gr.waiting.remove(&previous) && gr.waiting.is_empty() {
+    /// Session `previous` of the last run came back as `session`, holding
+    /// `locks`: they are its again. False (and nothing taken) when
+    /// `previous` is not a session the grace waits for: its locks were
+    /// dropped when it ended, and may be someone else's now.
+    pub fn came_back(&self, previous: u64, session: u64, locks: &[HeldLock]) -> bool {
+        let Ok(mut g) = self.grace.lock() else { return false };
+        let Some(gr) = g.as_mut() else { return false };
+        if !gr.waiting.remove(&previous) {
+            return false;
+        }
+        if let Ok(mut t) = self.locks.lock() {
+            for h in locks {
+                let l = Lock { session, owner: h.owner, start: h.start, end: h.end, write: h.write, pid: h.pid };
+                if let Err(c) = t.set(h.ino, l) {
+                    tracing::error!(ino = h.ino, ?l, held_by = ?c, "a lock taken again after the restart conflicts with another; not taken");
+                }
+            }
+        }
+        if gr.waiting.is_empty() {
             tracing::info!("every client of the last run came back");
             *g = None;
             self.grace_over.notify_waiters();
         }
+        true
     }
 
     /// Still waiting: for clients of the last run (until they are all back
@@ -126,6 +145,9 @@ impl Cluster {
     /// heard from (until one OSD timeout after start), so new files do not
     /// get layouts without them.
     pub fn in_grace(&self) -> bool {
+        if self.settled.load(Ordering::Acquire) {
+            return false;
+        }
         let now = Instant::now();
         let clients = match self.grace.lock() {
             Ok(mut g) => match g.as_ref() {
@@ -140,7 +162,12 @@ impl Cluster {
             },
             Err(_) => false,
         };
-        clients || (now.duration_since(self.started) < self.osd_timeout && self.osds.iter().any(|e| e.last_seen.is_none()))
+        let early = now.duration_since(self.started) < self.osd_timeout;
+        let osds = early && self.osds.iter().any(|e| e.last_seen.is_none());
+        if !clients && !early {
+            self.settled.store(true, Ordering::Release);
+        }
+        clients || osds
     }
 
     /// Wait for the grace after a restart to end (`in_grace`).

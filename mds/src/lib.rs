@@ -10,7 +10,6 @@ pub mod fsck;
 pub mod gc;
 pub mod repair;
 pub mod leases;
-pub mod locks;
 pub mod namespace;
 pub mod once;
 pub mod records;

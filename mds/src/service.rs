@@ -7,7 +7,7 @@ use crate::store::{IoResult, META, OSDS, SESSIONS};
 use redb::ReadableTable;
 use aifs_common::certs::Role;
 use crate::leases::Holder;
-use crate::locks::Lock;
+use aifs_common::locks::Lock;
 use aifs_common::lease::LeaseKind;
 use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, ReqId, RepairInfo, ShardInfo, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
@@ -407,7 +407,7 @@ impl MdsService {
                 }
                 MdsResp::Done
             }
-            MdsReq::OpenSession { name, dir_leases, previous, open } => {
+            MdsReq::OpenSession { name, dir_leases, previous, open, locks } => {
                 need(peer, NS)?;
                 let id = cl.open_session(name.clone(), peer.addr.to_string(), dir_leases);
                 // Known durably before it is answered: a restart waits for it.
@@ -421,15 +421,15 @@ impl MdsService {
                         Ok(())
                     })
                     .await?;
+                for ino in &open {
+                    cl.opened(id, *ino);
+                }
+                let reclaimed = cl.came_back(previous, id, &locks);
                 if previous != 0 {
-                    tracing::info!(session = id, previous, files = open.len(), "client came back");
+                    tracing::info!(session = id, previous, files = open.len(), locks = locks.len(), reclaimed, "client came back");
                 }
-                for ino in open {
-                    cl.opened(id, ino);
-                }
-                cl.came_back(previous);
                 cl.bind(peer, id);
-                MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms }
+                MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed }
             }
             MdsReq::SessionHeartbeat { id } => {
                 need(peer, NS)?;

@@ -102,3 +102,13 @@ pub fn free_port() -> u16 {
         .map(|a: SocketAddr| a.port())
         .unwrap_or(0)
 }
+
+/// `flock(2)` on an open file.
+pub fn flock(f: &std::fs::File, op: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a descriptor the file keeps open.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

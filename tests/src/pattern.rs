@@ -23,6 +23,29 @@ pub fn bytes(seed: u64, off: u64, len: usize) -> Vec<u8> {
     v
 }
 
+/// Where the file at `path` first differs from `len` bytes of the pattern
+/// of `seed` (its length counts), read in pieces: `None` when it is the
+/// same. For files too large to hold twice in memory.
+pub fn first_difference(path: &std::path::Path, seed: u64, len: u64) -> std::io::Result<Option<u64>> {
+    use std::io::Read;
+    const PIECE: usize = 8 << 20;
+    let mut f = std::fs::File::open(path)?;
+    let (mut got, mut want) = (vec![0u8; PIECE], vec![0u8; PIECE]);
+    let mut off = 0u64;
+    loop {
+        let n = f.read(&mut got)?;
+        if n == 0 {
+            return Ok((off != len).then_some(off));
+        }
+        let want_n = (len.saturating_sub(off) as usize).min(n);
+        fill(seed, off, &mut want[..want_n]);
+        if let Some(i) = (0..n).find(|&i| i >= want_n || got[i] != want[i]) {
+            return Ok(Some(off + i as u64));
+        }
+        off += n as u64;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -241,7 +241,7 @@ async fn layouts_inherit_and_admin_commands_need_the_admin_cert() {
     }
     // sessions: opened, listed, evicted by the admin only; an evicted
     // session's heartbeat is refused as stale
-    let sid = match mds_call(&c, MdsReq::OpenSession { name: "gpu7".into(), dir_leases: true, previous: 0, open: vec![] }).await.unwrap() {
+    let sid = match mds_call(&c, MdsReq::OpenSession { name: "gpu7".into(), dir_leases: true, previous: 0, open: vec![], locks: vec![] }).await.unwrap() {
         MdsResp::Session { id, .. } => id,
         other => panic!("{other:?}"),
     };

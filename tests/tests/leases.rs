@@ -3,7 +3,7 @@
 //! and /dev/fuse; `make test` enables the `fuse_tests` feature.
 #![cfg(feature = "fuse_tests")]
 
-use aifs_tests::pattern;
+use aifs_tests::{flock, pattern};
 use aifs_tests::proc::{Mount, ProcCluster};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -320,14 +320,6 @@ fn fcntl_lock(f: &File, typ: i32, start: i64, len: i64, wait: bool) -> std::io::
     Ok(())
 }
 
-fn flock(f: &File, op: i32) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid descriptor.
-    if unsafe { libc::flock(f.as_raw_fd(), op) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 #[test]
 fn fcntl_and_flock_locks_conflict_across_mounts() {

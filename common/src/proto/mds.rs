@@ -261,11 +261,13 @@ pub enum MdsReq {
     OsdHeartbeat { id: u32, addr: String, capacity: u64, used: u64, objects: u64 },
     /// `dir_leases`: the client takes directories' write leases (creates
     /// and unlinks answered by itself, sent in batches). After an MDS
-    /// restart, `previous` is the session the client had (0: none) and
-    /// `open` the files it still has open, counted again as opens of the
-    /// new session; the MDS holds back conflicting requests until every
-    /// session of its last run has come back or expired.
-    OpenSession { name: String, dir_leases: bool, previous: u64, open: Vec<u64> },
+    /// restart, `previous` is the session the client had (0: none), `open`
+    /// the files it still has open, counted again as opens of the new
+    /// session, and `locks` the locks it held, taken again if `previous`
+    /// is a session of the MDS's last run (`Session::reclaimed`); the MDS
+    /// holds back conflicting requests until every session of its last
+    /// run has come back or expired.
+    OpenSession { name: String, dir_leases: bool, previous: u64, open: Vec<u64>, locks: Vec<HeldLock> },
     SessionHeartbeat { id: u64 },
     CloseSession { id: u64 },
     Status,
@@ -413,7 +415,9 @@ pub enum MdsResp {
     Dir { entries: Vec<DirEntry>, eof: bool, parent: u64 },
     Statfs(Statfs),
     OsdMap { epoch: u64, osds: Vec<OsdInfo> },
-    Session { id: u64, heartbeat_ms: u64 },
+    /// `reclaimed`: the previous session's locks are the new one's (the
+    /// MDS restarted and waited for this client); otherwise they are lost.
+    Session { id: u64, heartbeat_ms: u64, reclaimed: bool },
     Status(ClusterStatus),
     Stripe { policy: Option<LayoutPolicy>, attr: Attr },
     /// A namespace change: the new inode (if one was made or linked) and
@@ -443,6 +447,18 @@ pub enum LockKind {
     Read = 0,
     Write = 1,
     Unlock = 2,
+}
+
+/// A lock a client holds, sent to take it again after an MDS restart.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub struct HeldLock {
+    pub ino: u64,
+    pub owner: u64,
+    pub start: u64,
+    pub end: u64,
+    pub write: bool,
+    pub pid: u32,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]

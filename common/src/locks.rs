@@ -1,6 +1,7 @@
 //! Advisory byte-range locks (`fcntl` F_SETLK/F_GETLK, and `flock`, which
 //! the kernel sends as a whole-file lock of its own owner), held at the MDS
-//! so that they hold across clients. Pure: no clock, no I/O.
+//! so that they hold across clients; each client keeps a copy of its own,
+//! to take them again from an MDS that restarted. Pure: no clock, no I/O.
 //!
 //! A lock belongs to an owner: the client session and the kernel's lock
 //! owner on that client (a process for POSIX locks, an open file for
@@ -88,6 +89,15 @@ impl LockTable {
 
     pub fn held(&self, ino: u64) -> Vec<Lock> {
         self.by_ino.get(&ino).cloned().unwrap_or_default()
+    }
+
+    /// Every lock held, with its file.
+    pub fn all(&self) -> Vec<(u64, Lock)> {
+        self.by_ino.iter().flat_map(|(ino, v)| v.iter().map(move |l| (*ino, *l))).collect()
+    }
+
+    pub fn clear(&mut self) {
+        self.by_ino.clear();
     }
 }
 
