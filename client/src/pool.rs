@@ -173,9 +173,14 @@ impl Pool {
                 Ok((OsdResp::Err(e), _)) => return Err(Error::from_wire(e.code, &e.msg)),
                 Ok(r) => return Ok(r),
                 Err(Error::Transport(m)) if tries == 0 => {
-                    tracing::debug!(osd = id, error = %m, "OSD call failed; retrying");
                     tries += 1;
                     let _ = self.refresh_osds().await;
+                    if self.is_down(id) {
+                        // Marked down meanwhile: no point waiting out a
+                        // connect timeout too.
+                        return Err(Error::Transport(m));
+                    }
+                    tracing::debug!(osd = id, error = %m, "OSD call failed; retrying");
                 }
                 Err(e) => return Err(e),
             }

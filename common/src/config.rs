@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 /// 64 KiB GSO send; 9000 and 16384 measured fell back to 1200-byte packets)
 /// and whatever a real network allows elsewhere. `max_mtu` is also the
 /// largest datagram an endpoint accepts, which caps the peer's discovery.
+/// A peer silent for `idle_timeout_ms` (keepalives go every `keepalive_ms`)
+/// is taken for dead: 5 s, as long as the MDS waits for an OSD's
+/// heartbeat, bounds how long a write waits on a stopped or cut-off OSD.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportConfig {
@@ -36,8 +39,8 @@ impl Default for TransportConfig {
             conn_window: 64 << 20,
             send_window: 64 << 20,
             socket_buffer: 4 << 20,
-            idle_timeout_ms: 10_000,
-            keepalive_ms: 2_000,
+            idle_timeout_ms: 5_000,
+            keepalive_ms: 1_000,
             max_streams: 1024,
         }
     }

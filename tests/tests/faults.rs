@@ -129,6 +129,16 @@ fn replicated_checkpoint_survives_a_network_partition_of_an_osd_seed_4() {
 }
 
 #[test]
+fn replicated_checkpoint_survives_a_stopped_osd_seed_5() {
+    checkpoint_through_an_osd_failure(5, Fault::Stop, 160);
+}
+
+#[test]
+fn replicated_checkpoint_survives_a_network_partition_of_an_osd_seed_6() {
+    checkpoint_through_an_osd_failure(6, Fault::Partition, 160);
+}
+
+#[test]
 fn with_one_replica_a_lost_osd_is_eio_for_reader_and_writer() {
     let mut cl = ProcCluster::start(3).unwrap();
     let a = cl.mount().unwrap();
@@ -150,8 +160,9 @@ fn with_one_replica_a_lost_osd_is_eio_for_reader_and_writer() {
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "write: {e}");
 }
 
-#[test]
-fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired() {
+/// A byte flipped on disk in the replica a reader asks first of object
+/// `seed % 3`, at an offset chosen by `seed`.
+fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired(seed: u64) {
     let cl = ProcCluster::start(3).unwrap();
     let a = cl.mount().unwrap();
     fs::create_dir(a.p("ckpt")).unwrap();
@@ -161,11 +172,13 @@ fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired() {
     File::open(a.p("ckpt/model.pt")).unwrap().sync_all().unwrap();
     // object 0's first replica, the one a reader asks first, on its disk
     let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "getstripe", "/ckpt/model.pt"]).unwrap()).unwrap();
-    let first = v["objects"].as_array().unwrap().iter().find(|o| o["index"] == 0 && o["replica"] == 0).unwrap().clone();
+    let index = seed % 3;
+    let first = v["objects"].as_array().unwrap().iter().find(|o| o["index"] == index && o["replica"] == 0).unwrap().clone();
     let name = first["object"].as_str().unwrap();
     let on_disk = cl.path(&format!("data/osd{}/objects/{}/{name}", first["osd"], &name[14..16]));
     let good = fs::read(&on_disk).unwrap();
-    let at = 300_000u64;
+    // each object holds 2 MiB of the file
+    let at = (300_000 + seed * 777_777) % (2 * MIB as u64);
     let f = OpenOptions::new().write(true).open(&on_disk).unwrap();
     f.write_all_at(&[good[at as usize] ^ 0x40], at).unwrap();
     drop(f);
@@ -177,6 +190,21 @@ fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired() {
     // repair rewrites it
     wait_repaired(&cl);
     assert!(fs::read(&on_disk).unwrap() == good, "the repaired replica differs from what was written");
+}
+
+#[test]
+fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired_seed_1() {
+    a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired(1);
+}
+
+#[test]
+fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired_seed_2() {
+    a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired(2);
+}
+
+#[test]
+fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired_seed_3() {
+    a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired(3);
 }
 
 #[test]

@@ -435,6 +435,52 @@ fn replication(cluster: &mut ProcCluster, mount: &Path, mib: usize, runs: usize)
     }
 }
 
+/// `kill -9` of the MDS and an immediate restart while a job makes
+/// checkpoint steps (create, write 64 KiB, fsync, rename): the median step
+/// before the kill, the longest step across it, and the time from the new
+/// MDS's start to the first step finished after it.
+fn mds_restart(cluster: &mut ProcCluster, mount: &Path, run: usize) -> Result<(f64, f64, f64)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = mount.join(format!("restart{run}"));
+    fs::create_dir_all(&dir)?;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let job = {
+        let (stop, dir) = (stop.clone(), dir.clone());
+        std::thread::spawn(move || -> std::io::Result<Vec<(Instant, Instant)>> {
+            let mut steps = Vec::new();
+            let body = pattern::bytes(3, 0, 64 << 10);
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let t = Instant::now();
+                let tmp = dir.join(format!(".s{i}.tmp"));
+                let mut f = File::create(&tmp)?;
+                f.write_all(&body)?;
+                f.sync_all()?;
+                fs::rename(&tmp, dir.join(format!("s{i}")))?;
+                steps.push((t, Instant::now()));
+            }
+            Ok(steps)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = Instant::now();
+    cluster.kill9_mds();
+    cluster.start_mds()?;
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(3000));
+    stop.store(true, Ordering::Relaxed);
+    let steps = job.join().map_err(|_| anyhow::anyhow!("the job panicked"))??;
+    let before: Vec<f64> = steps.iter().filter(|s| s.1 < killed).map(|s| (s.1 - s.0).as_secs_f64()).collect();
+    let stall = steps.iter().filter(|s| s.1 >= killed).map(|s| (s.1 - s.0).as_secs_f64()).fold(0.0, f64::max);
+    let back = steps.iter().find(|s| s.1 >= started).map(|s| (s.1 - started).as_secs_f64());
+    let back = back.context("no step finished after the MDS restart")?;
+    eprintln!("  MDS restart: {} steps, longest {stall:.2} s, first step done {back:.2} s after the start", steps.len());
+    fs::remove_dir_all(&dir)?;
+    Ok((median(&before), stall, back))
+}
+
 /// One pass of a cached-metadata workload: (ops/s, MDS requests).
 fn md_pass(cluster: &ProcCluster, n: usize, label: String, op: impl Fn() -> Result<()>) -> Result<(f64, f64)> {
     let r0 = cluster.mds_requests()?;
@@ -594,6 +640,19 @@ fn main() -> Result<()> {
         bytes as f64 / 1e6 / secs.max(1e-9),
         secs * (1u64 << 30) as f64 / bytes.max(1) as f64
     );
+    let mut restarts = Vec::new();
+    for r in 1..=a.runs {
+        restarts.push(mds_restart(&mut cluster, &mount.path, r)?);
+    }
+    let (step, stall, back) = (
+        median(&restarts.iter().map(|r| r.0).collect::<Vec<_>>()),
+        median(&restarts.iter().map(|r| r.1).collect::<Vec<_>>()),
+        median(&restarts.iter().map(|r| r.2).collect::<Vec<_>>()),
+    );
+    println!();
+    println!("| MDS `kill -9` and restart during checkpoint steps (create, 64 KiB, fsync, rename) | one step before | longest step across the restart | longest/before | first step done after the MDS start |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("| median of {} | {:.1} ms | {:.2} s | {:.0} | {:.2} s |", a.runs, step * 1e3, stall, stall / step.max(1e-9), back);
     drop(mount);
     drop(cluster);
     Ok(())
