@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 /// A peer silent for `idle_timeout_ms` (keepalives go every `keepalive_ms`)
 /// is taken for dead: 5 s, as long as the MDS waits for an OSD's
 /// heartbeat, bounds how long a write waits on a stopped or cut-off OSD.
+/// A keepalive to a server that restarted draws a reset at once, so the
+/// keepalive period is also how soon its peers learn of the restart.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportConfig {
@@ -40,7 +42,7 @@ impl Default for TransportConfig {
             send_window: 64 << 20,
             socket_buffer: 4 << 20,
             idle_timeout_ms: 5_000,
-            keepalive_ms: 1_000,
+            keepalive_ms: 500,
             max_streams: 1024,
         }
     }

@@ -139,6 +139,9 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
     let hb = tokio::spawn(async move {
         let mut registered = false;
         loop {
+            // A connection just lost (an MDS restart resets it) is made
+            // again at once: a restarted MDS waits for its OSDs.
+            let mut pause = period;
             let usage = {
                 let s = store.clone();
                 blocking(move || s.usage()).await
@@ -166,6 +169,7 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
                         Err(e) => {
                             if registered {
                                 tracing::warn!(error = %e, "heartbeat to MDS failed");
+                                pause = period.min(Duration::from_millis(100));
                             }
                             registered = false;
                         }
@@ -173,7 +177,7 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read disk usage"),
             }
-            tokio::time::sleep(period).await;
+            tokio::time::sleep(pause).await;
         }
     });
     tracing::info!(osd = cfg.id, %addr, data = %cfg.data_dir.display(), "OSD serving");
