@@ -515,6 +515,12 @@ impl ClientFs {
                 self.tell_kernel(ino, names, pages).await;
                 Ok(RecallResp::Done)
             }
+            RecallReq::Degraded { ino, objs } => {
+                if let Some(f) = self.files.get(&ino) {
+                    f.add_stale(&objs);
+                }
+                Ok(RecallResp::Done)
+            }
             RecallReq::Revoke { ino } if self.dirops.writable(ino) || self.meta.knows_dir(ino) => {
                 // A directory: the changes made here under its write lease
                 // go first; what is cached of it stays right, under the

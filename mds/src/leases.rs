@@ -21,7 +21,7 @@
 //!   reply that raced with a notice (client/src/meta.rs).
 use crate::cluster::Cluster;
 use aifs_common::lease::{Decision, LeaseKind};
-use aifs_common::proto::mds::{LeaseInfo, RecallReq, RecallResp};
+use aifs_common::proto::mds::{Degraded, LeaseInfo, RecallReq, RecallResp};
 use aifs_common::rpc::{call_on, Peer};
 use aifs_common::{Error, Result};
 use std::sync::atomic::Ordering;
@@ -209,17 +209,26 @@ impl Cluster {
     pub async fn invalidate(self: &Arc<Self>, except: u64, changes: Vec<(u64, Vec<String>)>) {
         let mut calls = Vec::new();
         for (ino, names) in changes {
-            let holders = match self.leases.lock() {
-                Ok(t) => t.holders(ino),
-                Err(_) => continue,
-            };
-            for (s, _) in holders {
-                if s != except {
-                    calls.push(self.clone().notify(s, RecallReq::Invalidate { ino, names: names.clone() }));
-                }
+            for s in self.holders_but(ino, except) {
+                calls.push(self.clone().notify(s, RecallReq::Invalidate { ino, names: names.clone() }));
             }
         }
         futures::future::join_all(calls).await;
+    }
+
+    /// Tell every holder of a lease on `ino` except `except` that these of
+    /// its replicas are stale, and wait until each knows (or has expired):
+    /// a client with the file open reads them no more.
+    pub async fn tell_degraded(self: &Arc<Self>, except: u64, ino: u64, objs: Vec<Degraded>) {
+        let calls = self.holders_but(ino, except).into_iter().map(|s| self.clone().notify(s, RecallReq::Degraded { ino, objs: objs.clone() }));
+        futures::future::join_all(calls).await;
+    }
+
+    fn holders_but(&self, ino: u64, except: u64) -> Vec<u64> {
+        match self.leases.lock() {
+            Ok(t) => t.holders(ino).into_iter().map(|(s, _)| s).filter(|s| *s != except).collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     async fn notify(self: Arc<Self>, session: u64, req: RecallReq) {

@@ -594,7 +594,8 @@ impl MdsService {
             MdsReq::Degraded { ino, objs } => {
                 need(peer, &[Role::Client])?;
                 tracing::warn!(ino, ?objs, "object replicas degraded");
-                ns.mark_degraded(ino, objs).await?;
+                ns.mark_degraded(ino, objs.clone()).await?;
+                cl.tell_degraded(cl.holder(peer).id, ino, objs).await;
                 self.repair.wake.notify_one();
                 MdsResp::Done
             }

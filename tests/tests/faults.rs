@@ -160,9 +160,19 @@ fn with_one_replica_a_lost_osd_is_eio_for_reader_and_writer() {
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "write: {e}");
 }
 
-/// A byte flipped on disk in the replica a reader asks first of object
-/// `seed % 3`, at an offset chosen by `seed`.
-fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired(seed: u64) {
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Damage {
+    /// One byte flipped.
+    Flip,
+    /// The object's file deleted (a lost disk block, a wiped file).
+    Delete,
+    /// The object's file cut short.
+    Truncate,
+}
+
+/// The replica a reader asks first of object `seed % 3` damaged on disk,
+/// at an offset chosen by `seed`.
+fn a_damaged_replica_is_served_from_the_other_and_repaired(seed: u64, damage: Damage) {
     let cl = ProcCluster::start(3).unwrap();
     let a = cl.mount().unwrap();
     fs::create_dir(a.p("ckpt")).unwrap();
@@ -179,14 +189,16 @@ fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired(seed: u64
     let good = fs::read(&on_disk).unwrap();
     // each object holds 2 MiB of the file
     let at = (300_000 + seed * 777_777) % (2 * MIB as u64);
-    let f = OpenOptions::new().write(true).open(&on_disk).unwrap();
-    f.write_all_at(&[good[at as usize] ^ 0x40], at).unwrap();
-    drop(f);
+    match damage {
+        Damage::Flip => OpenOptions::new().write(true).open(&on_disk).unwrap().write_all_at(&[good[at as usize] ^ 0x40], at).unwrap(),
+        Damage::Delete => fs::remove_file(&on_disk).unwrap(),
+        Damage::Truncate => OpenOptions::new().write(true).open(&on_disk).unwrap().set_len(at).unwrap(),
+    }
     // another node reads the right bytes, from the other replica
     let b = cl.mount().unwrap();
-    assert!(fs::read(b.p("ckpt/model.pt")).unwrap() == body, "a corrupt replica was served");
+    assert!(fs::read(b.p("ckpt/model.pt")).unwrap() == body, "a damaged replica was served ({damage:?})");
     drop(b);
-    assert!(cl.degraded().unwrap().0 > 0, "the corrupt replica was not reported");
+    assert!(cl.degraded().unwrap().0 > 0, "the damaged replica was not reported ({damage:?})");
     // repair rewrites it
     wait_repaired(&cl);
     assert!(fs::read(&on_disk).unwrap() == good, "the repaired replica differs from what was written");
@@ -194,17 +206,27 @@ fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired(seed: u64
 
 #[test]
 fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired_seed_1() {
-    a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired(1);
+    a_damaged_replica_is_served_from_the_other_and_repaired(1, Damage::Flip);
 }
 
 #[test]
 fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired_seed_2() {
-    a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired(2);
+    a_damaged_replica_is_served_from_the_other_and_repaired(2, Damage::Flip);
 }
 
 #[test]
 fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired_seed_3() {
-    a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired(3);
+    a_damaged_replica_is_served_from_the_other_and_repaired(3, Damage::Flip);
+}
+
+#[test]
+fn a_replica_deleted_on_disk_is_served_from_the_other_and_repaired_seed_4() {
+    a_damaged_replica_is_served_from_the_other_and_repaired(4, Damage::Delete);
+}
+
+#[test]
+fn a_replica_cut_short_on_disk_is_served_from_the_other_and_repaired_seed_5() {
+    a_damaged_replica_is_served_from_the_other_and_repaired(5, Damage::Truncate);
 }
 
 #[test]
@@ -404,4 +426,47 @@ fn checkpoints_survive_kill_9_of_the_mds_seed_2() {
 #[test]
 fn checkpoints_survive_kill_9_of_the_mds_seed_3() {
     checkpoints_survive_kill_9_of_the_mds(3);
+}
+
+/// Two nodes write one file (shared-write, the N-to-1 checkpoint); one
+/// OSD dies while the first overwrites a region, so its replica of that
+/// object misses the write. The second node, which had the file open all
+/// along, is told: after the OSD returns, it reads the new bytes, not the
+/// old ones that replica still holds (their crcs are right).
+#[test]
+fn a_replica_degraded_by_one_writer_is_not_read_by_another_that_has_the_file_open() {
+    let mut cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    fs::create_dir(a.p("ckpt")).unwrap();
+    cl.mdsctl(&["setstripe", "/ckpt", "--count", "3", "--replicas", "2", "--size", "1M"]).unwrap();
+    fs::write(a.p("ckpt/shared.pt"), pattern::bytes(21, 0, 6 * MIB)).unwrap();
+    File::open(a.p("ckpt/shared.pt")).unwrap().sync_all().unwrap();
+    // object 0's first replica: the one a reader asks first
+    let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "getstripe", "/ckpt/shared.pt"]).unwrap()).unwrap();
+    let first = v["objects"].as_array().unwrap().iter().find(|o| o["index"] == 0 && o["replica"] == 0).unwrap().clone();
+    let victim = first["osd"].as_u64().unwrap() as u32;
+    let wa = OpenOptions::new().read(true).write(true).open(a.p("ckpt/shared.pt")).unwrap();
+    // B has the file open too, and has not read it (it learns nothing of
+    // the OSD's death by itself). A few writes on both sides (the same
+    // bytes again) leave both holding shared-write leases, which nothing
+    // below recalls.
+    let wb = OpenOptions::new().read(true).write(true).open(b.p("ckpt/shared.pt")).unwrap();
+    let unit = |k: usize| pattern::bytes(21, (k * MIB) as u64, MIB);
+    wa.write_all_at(&unit(1), MIB as u64).unwrap();
+    wb.write_all_at(&unit(2), 2 * MIB as u64).unwrap();
+    wa.write_all_at(&unit(1), MIB as u64).unwrap();
+    wb.sync_all().unwrap();
+    // A overwrites the first stripe unit (object 0) while its first
+    // replica's OSD is dead
+    cl.kill9_osd(victim);
+    let new = pattern::bytes(22, 0, MIB);
+    wa.write_all_at(&new, 0).unwrap();
+    wa.sync_all().unwrap();
+    assert!(cl.degraded().unwrap().0 > 0, "the replica that missed the write was not recorded");
+    cl.start_osd(victim).unwrap();
+    cl.wait_ready(Duration::from_secs(20)).unwrap();
+    let mut got = vec![0u8; MIB];
+    wb.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == new, "a node with the file open read a replica that missed another node's write");
 }

@@ -58,6 +58,11 @@ pub async fn write_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, ob
 /// in `stale` are never read; the others are tried in order, those on OSDs
 /// marked down last. One whose data fails its crc is skipped and added to
 /// `bad`, for the caller to report as degraded (repair rewrites it).
+///
+/// A replica that ends before the range does may be right (a hole, the
+/// end of the object) or may have lost data (its file gone or cut short
+/// on disk): the other replicas are asked too, and the longest answer
+/// wins; replicas shorter than it are `bad`.
 #[allow(clippy::too_many_arguments)]
 pub async fn read_object(
     pool: &Pool,
@@ -74,6 +79,8 @@ pub async fn read_object(
     let mut last = Error::Io(format!("object {obj} has no replica left to read"));
     let mut order: Vec<u32> = layout.object_osds(index).iter().map(|o| o.0).filter(|o| !stale.contains(o)).collect();
     order.sort_by_key(|o| pool.is_down(*o));
+    // Answers that end before the range does: (end, body, its offset, osd).
+    let mut short: Vec<(u64, Bytes, u64, u32)> = Vec::new();
     for osd in order {
         let (resp, body) = match pool.osd_call(osd, &req, &[]).await {
             Ok(r) => r,
@@ -107,9 +114,26 @@ pub async fn read_object(
             last = Error::Checksum(format!("object {obj} on osd.{osd}"));
             continue;
         }
+        let end = off + body.len() as u64;
+        if end < obj_off + len {
+            short.push((end, body, off, osd));
+            continue;
+        }
+        bad.extend(short.iter().map(|s| s.3));
         return Ok(slice_zero_filled(body, off, obj_off, len));
     }
-    Err(last)
+    let Some(longest) = short.iter().map(|s| s.0).max() else { return Err(last) };
+    let mut pick = None;
+    for (end, body, off, osd) in short {
+        if end < longest {
+            tracing::warn!(%obj, osd, end, longest, "replica shorter than another; reading the longer");
+            bad.push(osd);
+        } else if pick.is_none() {
+            pick = Some((body, off));
+        }
+    }
+    let (body, off) = pick.ok_or(last)?;
+    Ok(slice_zero_filled(body, off, obj_off, len))
 }
 
 /// Cut `[want, want + len)` out of `body` (which starts at `body_off`),

@@ -526,6 +526,10 @@ pub enum RecallReq {
     /// cache of it, then answer. The holder of a directory's write lease
     /// sends the changes it made there and answers `Demoted`.
     Revoke { ino: u64 },
+    /// These replicas of `ino`'s objects are stale (another client could
+    /// not write them, or read bad data from them): never read them, nor
+    /// write them until repaired. Keeps the lease.
+    Degraded { ino: u64, objs: Vec<Degraded> },
 }
 message!(RecallReq);
 
