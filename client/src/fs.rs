@@ -1231,7 +1231,7 @@ impl ClientFs {
                             LockKind::Unlock => t.unlock(ino, 0, owner, start, end),
                             k => {
                                 let l = aifs_common::locks::Lock { session: 0, owner, start, end, write: k == LockKind::Write, pid };
-                                let _ = t.set(ino, l);
+                                t.force(ino, l);
                             }
                         }
                     }

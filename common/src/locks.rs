@@ -56,6 +56,17 @@ impl LockTable {
         Ok(())
     }
 
+    /// Record `lock` as held whatever this table has in its way: a copy
+    /// of grants made elsewhere, which may come in another order than they
+    /// were made (one owner's unlock after another's grant). What it
+    /// overlaps of other owners' locks goes.
+    pub fn force(&mut self, ino: u64, lock: Lock) {
+        while let Some(c) = self.conflict(ino, &lock) {
+            self.unlock(ino, c.session, c.owner, lock.start.max(c.start), lock.end.min(c.end));
+        }
+        let _ = self.set(ino, lock);
+    }
+
     /// Release the owner's locks on `[start, end]`.
     pub fn unlock(&mut self, ino: u64, session: u64, owner: u64, start: u64, end: u64) {
         let Some(v) = self.by_ino.get_mut(&ino) else { return };
@@ -122,6 +133,16 @@ mod tests {
         assert!(t.set(1, lk(1, 1, 0, 9, true)).is_ok());
         assert!(t.set(1, lk(3, 1, 200, u64::MAX, true)).is_ok());
         assert!(t.set(1, lk(1, 1, 300, 300, false)).is_err());
+    }
+
+    #[test]
+    fn a_forced_lock_takes_the_place_of_what_was_in_its_way() {
+        let mut t = LockTable::default();
+        t.set(3, lk(0, 1, 0, 99, true)).unwrap();
+        t.force(3, lk(0, 2, 50, 59, true));
+        let mut held = t.held(3);
+        held.sort_by_key(|l| l.start);
+        assert_eq!(held, vec![lk(0, 1, 0, 49, true), lk(0, 2, 50, 59, true), lk(0, 1, 60, 99, true)]);
     }
 
     #[test]

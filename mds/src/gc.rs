@@ -7,6 +7,7 @@ use crate::namespace::Namespace;
 use crate::records::GcJob;
 use crate::store::{IoResult, GC};
 use aifs_common::certs::Role;
+use aifs_common::proto::mds::Degraded;
 use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
 use aifs_common::{Error, ObjectId, Result};
@@ -116,10 +117,15 @@ impl Gc {
         }
     }
 
-    /// Apply a job on every OSD holding one of the file's objects.
+    /// Apply a job on every OSD holding one of the file's objects. A
+    /// truncate that reaches some replicas of an object but not others
+    /// counts as done: those it missed are recorded as degraded (they
+    /// still hold the bytes cut off), read by nobody, and rewritten by
+    /// repair from a replica that was cut.
     pub async fn apply(&self, job: &GcJob) -> Result<()> {
         let l = &job.layout;
         let mut calls = Vec::new();
+        let mut targets = Vec::new();
         for k in 0..l.stripe_count {
             let obj = ObjectId { ino: job.ino, index: k };
             let req = match job.truncate_to {
@@ -129,13 +135,34 @@ impl Gc {
             for osd in l.object_osds(k) {
                 let req = req.clone();
                 let id = osd.0;
+                targets.push(Degraded { index: k, osd: id });
                 calls.push(async move { self.osds.call(id, &req).await });
             }
         }
-        for r in futures::future::join_all(calls).await {
-            r?;
+        let mut missed = Vec::new();
+        for (t, r) in targets.iter().zip(futures::future::join_all(calls).await) {
+            match r {
+                Ok(_) => {}
+                Err(e) if job.truncate_to.is_some() && e.unreachable() => missed.push((*t, e)),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(())
+        if missed.is_empty() {
+            return Ok(());
+        }
+        // An object none of whose replicas was cut waits for the next pass.
+        for k in 0..l.stripe_count {
+            let all = l.object_osds(k).len();
+            if missed.iter().filter(|(t, _)| t.index == k).count() == all {
+                if let Some((_, e)) = missed.into_iter().find(|(t, _)| t.index == k) {
+                    return Err(e);
+                }
+                return Err(Error::Unavailable(format!("no replica of object {k} of inode {} reached", job.ino)));
+            }
+        }
+        let objs: Vec<Degraded> = missed.into_iter().map(|(t, _)| t).collect();
+        tracing::warn!(ino = job.ino, ?objs, "replicas not reached by a truncate; recorded as degraded");
+        self.ns.mark_degraded(job.ino, objs).await
     }
 
     pub async fn remove(&self, shard: u32, id: u64) -> Result<()> {

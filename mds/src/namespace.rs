@@ -15,7 +15,7 @@
 //! before counts go down, and a renamed entry appears at its new name
 //! before it leaves the old one.
 use crate::cluster::Cluster;
-use crate::once::{self, Outcome};
+use crate::once::{self, Once, Outcome};
 use crate::records::{GcJob, InodeRec, Intent, Step};
 use crate::store::{
     add_gc, get_inode, next_counter, put_inode, IoResult, ShardStore, COOKIES, DEGRADED, DENTRIES, GC, INODES, INTENTS, INTENT_DONE, META,
@@ -445,8 +445,9 @@ impl Namespace {
         Ok(ns)
     }
 
-    /// Serve a request that must not be applied twice (once.rs).
-    async fn once(&self, rid: Option<ReqId>) -> Result<once::Once<'_>> {
+    /// Serve a request that must not be applied twice (once.rs): held
+    /// from its arrival to its answer.
+    pub async fn once(&self, rid: Option<ReqId>) -> Result<Once<'_>> {
         self.running.begin(rid, &self.shards).await
     }
 
@@ -653,12 +654,12 @@ impl Namespace {
     }
 
     /// Create a regular file, or (not exclusive) open the existing one.
-    pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool, rid: Option<ReqId>) -> Result<Created> {
+    pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool, once: &Once<'_>) -> Result<Created> {
         check_name(name)?;
-        let once = self.once(rid).await?;
         if let Some((ino, _)) = once.done {
             return Ok(Created { attr: self.getattr(ino).await?, created: true });
         }
+        let rid = once.rid;
         let up = self.cluster.placeable_osds();
         let name = name.to_string();
         let _g = self.topo.read().await;
@@ -803,7 +804,7 @@ impl Namespace {
                         }
                         todo = rest;
                         if let Some((i, DirOp::Unlink { parent, name, .. })) = todo.first() {
-                            out[*i] = Some(self.unlink(*parent, name, None).await.map(|_| ()));
+                            out[*i] = Some(self.unlink(*parent, name, &Once::none()).await.map(|_| ()));
                             todo.remove(0);
                         }
                     }
@@ -819,12 +820,12 @@ impl Namespace {
         out.into_iter().map(|r| r.unwrap_or(Err(Error::Io("change not applied".into())))).collect()
     }
 
-    pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32, rid: Option<ReqId>) -> Result<Attr> {
+    pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32, once: &Once<'_>) -> Result<Attr> {
         check_name(name)?;
-        let once = self.once(rid).await?;
         if let Some((ino, _)) = once.done {
             return self.getattr(ino).await;
         }
+        let rid = once.rid;
         if target.is_empty() {
             return Err(Error::NotFound);
         }
@@ -1013,12 +1014,12 @@ impl Namespace {
         Ok(())
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, rid: Option<ReqId>) -> Result<Attr> {
+    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, once: &Once<'_>) -> Result<Attr> {
         check_name(name)?;
-        let once = self.once(rid).await?;
         if let Some((ino, _)) = once.done {
             return self.getattr(ino).await;
         }
+        let rid = once.rid;
         let _g = self.topo.write().await;
         let p = self.inode(parent).await?;
         if p.kind != FileKind::Dir {
@@ -1057,12 +1058,12 @@ impl Namespace {
     }
 
     /// Returns the unlinked inode.
-    pub async fn unlink(&self, parent: u64, name: &str, rid: Option<ReqId>) -> Result<u64> {
+    pub async fn unlink(&self, parent: u64, name: &str, once: &Once<'_>) -> Result<u64> {
         check_name(name)?;
-        let once = self.once(rid).await?;
         if let Some((ino, _)) = once.done {
             return Ok(ino);
         }
+        let rid = once.rid;
         {
             // Fast path: the entry and its inode share the directory's shard.
             let _g = self.topo.read().await;
@@ -1090,12 +1091,12 @@ impl Namespace {
     }
 
     /// Returns the removed directory.
-    pub async fn rmdir(&self, parent: u64, name: &str, rid: Option<ReqId>) -> Result<u64> {
+    pub async fn rmdir(&self, parent: u64, name: &str, once: &Once<'_>) -> Result<u64> {
         check_name(name)?;
-        let once = self.once(rid).await?;
         if let Some((ino, _)) = once.done {
             return Ok(ino);
         }
+        let rid = once.rid;
         let _g = self.topo.write().await;
         let (ino, kind) = self.entry(parent, name).await?;
         if kind != FileKind::Dir {
@@ -1110,12 +1111,12 @@ impl Namespace {
         Ok(ino)
     }
 
-    pub async fn link(&self, ino: u64, newparent: u64, newname: &str, rid: Option<ReqId>) -> Result<Attr> {
+    pub async fn link(&self, ino: u64, newparent: u64, newname: &str, once: &Once<'_>) -> Result<Attr> {
         check_name(newname)?;
-        let once = self.once(rid).await?;
         if once.done.is_some() {
             return self.getattr(ino).await;
         }
+        let rid = once.rid;
         let _g = self.topo.write().await;
         let r = self.inode(ino).await?;
         if r.kind == FileKind::Dir {
@@ -1153,13 +1154,13 @@ impl Namespace {
     }
 
     /// Returns the moved inode and the one the new name replaced.
-    pub async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32, rid: Option<ReqId>) -> Result<(u64, Option<u64>)> {
+    pub async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32, once: &Once<'_>) -> Result<(u64, Option<u64>)> {
         check_name(name)?;
         check_name(newname)?;
-        let once = self.once(rid).await?;
         if let Some((moved, replaced)) = once.done {
             return Ok((moved, (replaced != 0).then_some(replaced)));
         }
+        let rid = once.rid;
         if flags & !RENAME_NOREPLACE != 0 {
             return Err(Error::InvalidArgument(format!("rename flags {flags:#x} not supported")));
         }
@@ -1421,17 +1422,17 @@ impl Namespace {
             .await
     }
 
-    pub async fn setxattr(&self, ino: u64, name: &str, value: Vec<u8>, flags: u32, rid: Option<ReqId>) -> Result<()> {
+    pub async fn setxattr(&self, ino: u64, name: &str, value: Vec<u8>, flags: u32, once: &Once<'_>) -> Result<()> {
         if name.is_empty() || name.len() > NAME_MAX {
             return Err(Error::Range);
         }
         if value.len() > XATTR_SIZE_MAX {
             return Err(Error::TooBig);
         }
-        let once = self.once(rid).await?;
         if once.done.is_some() {
             return Ok(());
         }
+        let rid = once.rid;
         let name = name.to_string();
         let _g = self.topo.read().await;
         self.shard_for(ino)?
@@ -1457,11 +1458,11 @@ impl Namespace {
             .await
     }
 
-    pub async fn removexattr(&self, ino: u64, name: &str, rid: Option<ReqId>) -> Result<()> {
-        let once = self.once(rid).await?;
+    pub async fn removexattr(&self, ino: u64, name: &str, once: &Once<'_>) -> Result<()> {
         if once.done.is_some() {
             return Ok(());
         }
+        let rid = once.rid;
         let name = name.to_string();
         let _g = self.topo.read().await;
         self.shard_for(ino)?
@@ -1602,8 +1603,8 @@ mod tests {
         let root = InodeId::ROOT.0;
         let ns = open_ns(dir.path()).await;
         let name = (0..).map(|i| format!("d{i}")).find(|n| name_hash(root, n) % 4 != 0).unwrap();
-        let d = ns.mkdir(root, &name, 0o755, 0, 0, None).await.unwrap().ino;
-        let f = ns.create(root, "f", 0o644, 0, 0, true, None).await.unwrap().attr.ino;
+        let d = ns.mkdir(root, &name, 0o755, 0, 0, &Once::none()).await.unwrap().ino;
+        let f = ns.create(root, "f", 0o644, 0, 0, true, &Once::none()).await.unwrap().attr.ino;
         assert_ne!(shard_of(d), shard_of(f));
         // rename /f -> /d/g as `rename` builds it, stopped after the first
         // of its three commits as a crash would stop it.
@@ -1623,7 +1624,9 @@ mod tests {
         assert_eq!(ns.lookup(root, "f").await.map(|a| a.ino), Err(Error::NotFound));
         assert_eq!(ns.getattr(f).await.unwrap().nlink, 1);
         // The client's retry is answered from the record.
-        assert_eq!(ns.rename(root, "f", d, "g", 0, Some(ReqId { retry: true, ..rid })).await, Ok((f, None)));
+        let retry = ns.once(Some(ReqId { retry: true, ..rid })).await.unwrap();
+        assert_eq!(ns.rename(root, "f", d, "g", 0, &retry).await, Ok((f, None)));
+        drop(retry);
         // Rolled forward once only: another start changes nothing.
         drop(ns);
         let ns = open_ns(dir.path()).await;

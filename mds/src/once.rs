@@ -67,13 +67,22 @@ pub struct Once<'a> {
     _serving: Option<Serving<'a>>,
 }
 
+impl Once<'static> {
+    /// A request without an id: applied as it comes.
+    pub fn none() -> Self {
+        Once { rid: None, done: None, _serving: None }
+    }
+}
+
 impl Running {
     /// Serve `rid`: wait out an attempt of it still running; for a retry,
-    /// look for the record of one that finished (in any shard: the record
-    /// is in the shard of the request's first commit).
+    /// or after such a wait, look for the record of one that finished (in
+    /// any shard: the record is in the shard of the request's first
+    /// commit).
     pub async fn begin<'a>(&'a self, rid: Option<ReqId>, shards: &[Arc<ShardStore>]) -> Result<Once<'a>> {
         let Some(r) = rid else { return Ok(Once { rid, done: None, _serving: None }) };
         let key = (r.client, r.seq);
+        let mut waited = false;
         loop {
             let woken = self.done.notified();
             tokio::pin!(woken);
@@ -82,11 +91,12 @@ impl Running {
             if fresh {
                 break;
             }
+            waited = true;
             woken.await;
         }
         let serving = Serving { running: self, key };
         let mut done = None;
-        if r.retry {
+        if r.retry || waited {
             for s in shards {
                 let found = s.read(move |t| Ok(t.open_table(REQUESTS).io()?.get(key).io()?.map(|v| v.value()))).await?;
                 if let Some((a, b, _)) = found {

@@ -2,6 +2,7 @@
 use crate::cluster::Beat;
 use crate::gc::Gc;
 use crate::namespace::Namespace;
+use crate::once::Once;
 use crate::records::OsdRec;
 use crate::store::{IoResult, META, OSDS, SESSIONS};
 use redb::ReadableTable;
@@ -9,7 +10,7 @@ use aifs_common::certs::Role;
 use crate::leases::Holder;
 use aifs_common::locks::Lock;
 use aifs_common::lease::LeaseKind;
-use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, ReqId, RepairInfo, ShardInfo, Statfs, Writable, RESERVE_BATCH};
+use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, ShardInfo, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -141,7 +142,7 @@ impl MdsService {
         Statfs { total_bytes: total, used_bytes: used, avail_bytes: total.saturating_sub(used), files }
     }
 
-    async fn handle(&self, peer: &Arc<Peer>, req: MdsReq, rid: Option<ReqId>, grant: &mut u64) -> Result<MdsResp> {
+    async fn handle(&self, peer: &Arc<Peer>, req: MdsReq, once: &Once<'_>, grant: &mut u64) -> Result<MdsResp> {
         let ns = &self.ns;
         let cl = &ns.cluster;
         Ok(match req {
@@ -189,7 +190,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
-                let c = ns.create(parent, &name, mode, uid, gid, exclusive, rid).await?;
+                let c = ns.create(parent, &name, mode, uid, gid, exclusive, once).await?;
                 // Created and opened: counted at once (an unlink elsewhere
                 // must find it open), closed by the client later.
                 let counted = c.attr.kind == FileKind::File && h.granted() != 0;
@@ -227,7 +228,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
-                let a = ns.mkdir(parent, &name, mode, uid, gid, rid).await?;
+                let a = ns.mkdir(parent, &name, mode, uid, gid, once).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name])]).await;
                 // The maker holds the new directory's entries: none, and,
                 // unless someone else looked already, its write lease. If
@@ -250,7 +251,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
-                let ino = ns.unlink(parent, &name, rid).await?;
+                let ino = ns.unlink(parent, &name, once).await?;
                 self.gc.wake.notify_one();
                 cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
                 self.changed(None, &[parent], None).await
@@ -270,7 +271,7 @@ impl MdsService {
                     Err(e) => return Err(e),
                 }
                 cl.acquire_read_all(&h, &dirs).await?;
-                let ino = ns.rmdir(parent, &name, rid).await?;
+                let ino = ns.rmdir(parent, &name, once).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
                 self.changed(None, &[parent], None).await
             }
@@ -286,7 +287,7 @@ impl MdsService {
                     }
                 }
                 cl.acquire_read_all(&h, &dirs).await?;
-                let (moved, replaced) = ns.rename(parent, &name, newparent, &newname, flags, rid).await?;
+                let (moved, replaced) = ns.rename(parent, &name, newparent, &newname, flags, once).await?;
                 self.gc.wake.notify_one();
                 let mut changes = vec![(parent, vec![name]), (newparent, vec![newname]), (moved, vec![])];
                 changes.extend(replaced.map(|r| (r, vec![])));
@@ -319,7 +320,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
-                let a = ns.symlink(parent, &name, &target, uid, gid, rid).await?;
+                let a = ns.symlink(parent, &name, &target, uid, gid, once).await?;
                 cl.invalidate(h.id, vec![(parent, vec![name])]).await;
                 self.changed(Some(a), &[parent], None).await
             }
@@ -331,7 +332,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[newparent]).await?;
-                let a = ns.link(ino, newparent, &newname, rid).await?;
+                let a = ns.link(ino, newparent, &newname, once).await?;
                 cl.invalidate(h.id, vec![(newparent, vec![newname]), (ino, vec![])]).await;
                 self.changed(Some(a), &[newparent], None).await
             }
@@ -346,7 +347,7 @@ impl MdsService {
             MdsReq::SetXattr { ino, name, value, flags } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                ns.setxattr(ino, &name, value, flags, rid).await?;
+                ns.setxattr(ino, &name, value, flags, once).await?;
                 cl.invalidate(h.id, vec![(ino, vec![])]).await;
                 MdsResp::Done
             }
@@ -357,7 +358,7 @@ impl MdsService {
             MdsReq::RemoveXattr { ino, name } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                ns.removexattr(ino, &name, rid).await?;
+                ns.removexattr(ino, &name, once).await?;
                 cl.invalidate(h.id, vec![(ino, vec![])]).await;
                 MdsResp::Done
             }
@@ -684,12 +685,18 @@ impl Service for MdsService {
         if !matches!(req, MdsReq::OsdHeartbeat { .. } | MdsReq::SessionHeartbeat { .. }) {
             self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        // Held from arrival to answer: a retry that comes while this attempt
+        // is still served (waiting out the grace or a recall) waits for it
+        // and is then answered from its record.
+        let once = match self.ns.once(rid.filter(|_| req.once_only())).await {
+            Ok(o) => o,
+            Err(e) => return (Self::error(e), vec![]),
+        };
         if !after_restart_too(&req) {
             self.ns.cluster.wait_grace().await;
         }
-        let rid = rid.filter(|_| req.once_only());
         let mut session = 0;
-        let resp = match self.handle(peer, req, rid, &mut session).await {
+        let resp = match self.handle(peer, req, &once, &mut session).await {
             Ok(r) => r,
             Err(e) => {
                 e.log("mds request failed");

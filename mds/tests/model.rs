@@ -189,20 +189,22 @@ impl Model {
 
 async fn run_real(ns: &Namespace, m: &Model, dirs: &[u64], files: &[u64], op: &Op, rid: Option<ReqId>) -> Result<Option<u64>, Error> {
     let r = |id: u64| m.real[&id];
+    let once = ns.once(rid).await?;
+    let once = &once;
     match *op {
-        Op::Create(d, x) => ns.create(r(Model::pick(dirs, d)), NAMES[x], 0o644, 0, 0, true, rid).await.map(|c| Some(c.attr.ino)),
-        Op::Mkdir(d, x) => ns.mkdir(r(Model::pick(dirs, d)), NAMES[x], 0o755, 0, 0, rid).await.map(|a| Some(a.ino)),
-        Op::Unlink(d, x) => ns.unlink(r(Model::pick(dirs, d)), NAMES[x], rid).await.map(|_| None),
-        Op::Rmdir(d, x) => ns.rmdir(r(Model::pick(dirs, d)), NAMES[x], rid).await.map(|_| None),
+        Op::Create(d, x) => ns.create(r(Model::pick(dirs, d)), NAMES[x], 0o644, 0, 0, true, once).await.map(|c| Some(c.attr.ino)),
+        Op::Mkdir(d, x) => ns.mkdir(r(Model::pick(dirs, d)), NAMES[x], 0o755, 0, 0, once).await.map(|a| Some(a.ino)),
+        Op::Unlink(d, x) => ns.unlink(r(Model::pick(dirs, d)), NAMES[x], once).await.map(|_| None),
+        Op::Rmdir(d, x) => ns.rmdir(r(Model::pick(dirs, d)), NAMES[x], once).await.map(|_| None),
         Op::Rename(a, x, b, y) => ns
-            .rename(r(Model::pick(dirs, a)), NAMES[x], r(Model::pick(dirs, b)), NAMES[y], 0, rid)
+            .rename(r(Model::pick(dirs, a)), NAMES[x], r(Model::pick(dirs, b)), NAMES[y], 0, once)
             .await
             .map(|_| None),
         Op::Link(f, d, x) => {
             if files.is_empty() {
                 return Ok(None);
             }
-            ns.link(r(Model::pick(files, f)), r(Model::pick(dirs, d)), NAMES[x], rid).await.map(|_| None)
+            ns.link(r(Model::pick(files, f)), r(Model::pick(dirs, d)), NAMES[x], once).await.map(|_| None)
         }
     }
 }

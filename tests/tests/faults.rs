@@ -470,3 +470,38 @@ fn a_replica_degraded_by_one_writer_is_not_read_by_another_that_has_the_file_ope
     wb.read_exact_at(&mut got, 0).unwrap();
     assert!(got == new, "a node with the file open read a replica that missed another node's write");
 }
+
+/// A file cut short while one OSD is dead: the truncate succeeds, the
+/// replica it could not cut is recorded as degraded, and once the OSD is
+/// back the bytes cut off never reappear (the file grown again reads
+/// zeros there), and repair cuts that replica too.
+#[test]
+fn a_truncate_while_an_osd_is_dead_never_brings_back_the_bytes_cut_off() {
+    let mut cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    fs::create_dir(a.p("ckpt")).unwrap();
+    cl.mdsctl(&["setstripe", "/ckpt", "--count", "3", "--replicas", "2", "--size", "1M"]).unwrap();
+    fs::write(a.p("ckpt/t.pt"), pattern::bytes(31, 0, 6 * MIB)).unwrap();
+    File::open(a.p("ckpt/t.pt")).unwrap().sync_all().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "getstripe", "/ckpt/t.pt"]).unwrap()).unwrap();
+    let first = v["objects"].as_array().unwrap().iter().find(|o| o["index"] == 0 && o["replica"] == 0).unwrap().clone();
+    let victim = first["osd"].as_u64().unwrap() as u32;
+    cl.kill9_osd(victim);
+    let f = OpenOptions::new().write(true).open(a.p("ckpt/t.pt")).unwrap();
+    f.set_len(100_000).unwrap();
+    f.set_len(6 * MIB as u64).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(cl.degraded().unwrap().0 > 0, "the replica the truncate missed was not recorded");
+    cl.start_osd(victim).unwrap();
+    cl.wait_ready(Duration::from_secs(20)).unwrap();
+    let mut want = pattern::bytes(31, 0, 100_000);
+    want.resize(6 * MIB, 0);
+    let b = cl.mount().unwrap();
+    assert!(fs::read(b.p("ckpt/t.pt")).unwrap() == want, "bytes cut off came back");
+    drop(b);
+    wait_repaired(&cl);
+    cl.kill9_osd(1 + victim % 3);
+    let c = cl.mount().unwrap();
+    assert!(fs::read(c.p("ckpt/t.pt")).unwrap() == want, "the repaired replica differs");
+}
