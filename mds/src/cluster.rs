@@ -114,6 +114,11 @@ impl Cluster {
         }
     }
 
+    /// Is `previous` a session of the last run not back yet?
+    pub fn waits_for(&self, previous: u64) -> bool {
+        self.grace.lock().is_ok_and(|g| g.as_ref().is_some_and(|gr| gr.waiting.contains(&previous)))
+    }
+
     /// Session `previous` of the last run came back as `session`, holding
     /// `locks`: they are its again. False (and nothing taken) when
     /// `previous` is not a session the grace waits for: its locks were

@@ -410,7 +410,19 @@ impl MdsService {
             }
             MdsReq::OpenSession { name, dir_leases, previous, open, locks } => {
                 need(peer, NS)?;
+                if let Some((id, reclaimed)) = once.done {
+                    // The reply to an earlier attempt was lost: that session
+                    // is this client's (if this MDS has restarted since, the
+                    // client's next heartbeat finds it gone and it comes
+                    // back naming it, with its locks).
+                    if cl.touch_session(id) {
+                        cl.bind(peer, id);
+                    }
+                    return Ok(MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed: reclaimed != 0 });
+                }
                 let id = cl.open_session(name.clone(), peer.addr.to_string(), dir_leases);
+                let rid = once.rid;
+                let reclaims = cl.waits_for(previous);
                 // Known durably before it is answered: a restart waits for it.
                 ns.shard(0)
                     .mutate(move |txn| {
@@ -419,7 +431,8 @@ impl MdsService {
                         if previous != 0 {
                             t.remove(previous).io()?;
                         }
-                        Ok(())
+                        drop(t);
+                        crate::once::record(txn, rid, (id, reclaims as u64))
                     })
                     .await?;
                 for ino in &open {

@@ -506,4 +506,13 @@ async fn a_retried_request_is_answered_from_its_record_not_applied_twice() {
     send(rm.clone(), 5, false).await.unwrap();
     send(rm.clone(), 5, true).await.unwrap();
     assert_eq!(send(rm, 6, false).await.unwrap_err(), Error::NotFound);
+    // a session open whose reply was lost: the retry gets the same session
+    let open = MdsReq::OpenSession { name: "gpu1".into(), dir_leases: false, previous: 0, open: vec![], locks: vec![] };
+    let sid = |r: Result<MdsResp, Error>| match r {
+        Ok(MdsResp::Session { id, .. }) => id,
+        other => panic!("{other:?}"),
+    };
+    let s1 = sid(send(open.clone(), 7, false).await);
+    assert_eq!(sid(send(open.clone(), 7, true).await), s1);
+    assert_ne!(sid(send(open, 8, false).await), s1);
 }

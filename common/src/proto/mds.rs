@@ -307,7 +307,8 @@ message!(MdsReq);
 
 impl MdsReq {
     /// Applying this request twice differs from applying it once (a
-    /// second create fails with `EEXIST`, a second rename with `ENOENT`):
+    /// second create fails with `EEXIST`, a second rename with `ENOENT`,
+    /// a second session open finds the locks taken by the first):
     /// it carries a request id, so a retry is answered from the record of
     /// the first attempt.
     pub fn once_only(&self) -> bool {
@@ -322,6 +323,9 @@ impl MdsReq {
                 | MdsReq::Link { .. }
                 | MdsReq::SetXattr { .. }
                 | MdsReq::RemoveXattr { .. }
+                // a second session would leave the first, and the locks
+                // it took back, to expire
+                | MdsReq::OpenSession { .. }
         )
     }
 }
