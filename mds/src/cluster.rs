@@ -70,6 +70,21 @@ struct Grace {
     waiting: std::collections::HashSet<u64>,
 }
 
+/// Wait until `done()`, looking again whenever `changed` is notified and
+/// every 100 ms (a condition that turns true with time, or a notice lost
+/// to a poisoned lock, is still seen).
+async fn wait_until(changed: &tokio::sync::Notify, done: impl Fn() -> bool) {
+    loop {
+        let woken = changed.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if done() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), woken).await;
+    }
+}
+
 /// What a heartbeat changed.
 pub enum Beat {
     /// First time heard of this id, or its address changed: persist it.
@@ -177,15 +192,7 @@ impl Cluster {
 
     /// Wait for the grace after a restart to end (`in_grace`).
     pub async fn wait_grace(&self) {
-        loop {
-            let woken = self.grace_over.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            if !self.in_grace() {
-                return;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(100), woken).await;
-        }
+        wait_until(&self.grace_over, || !self.in_grace()).await
     }
 
     /// Start repairing `ino` unless a client has it open. Marked before the
@@ -211,15 +218,7 @@ impl Cluster {
 
     /// An open of `ino` (already counted) waits for a repair in progress.
     pub async fn wait_repair(&self, ino: u64) {
-        loop {
-            let woken = self.repaired.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            if !self.repairing.lock().is_ok_and(|r| r.contains(&ino)) {
-                return;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(100), woken).await;
-        }
+        wait_until(&self.repaired, || !self.repairing.lock().is_ok_and(|r| r.contains(&ino))).await
     }
 
     /// The session a request acts for: the one it names if that is live,
