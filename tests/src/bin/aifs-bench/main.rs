@@ -11,7 +11,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const MIB: usize = 1 << 20;
+mod util;
+
+use util::{cpu_secs, drop_caches, median, size_label, Progress, MIB};
 
 struct Args {
     size_mib: usize,
@@ -40,46 +42,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-fn drop_caches() -> bool {
-    // SAFETY: sync(2) has no preconditions.
-    unsafe { libc::sync() };
-    fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
-}
-
-/// CPU seconds (user + system) used so far by these processes.
-fn cpu_secs(pids: &[u32]) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    pids.iter()
-        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|s| {
-            let rest = s.rsplit_once(')')?.1.to_string();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
-        })
-        .sum()
-}
-
-struct Progress {
-    what: String,
-    start: Instant,
-    last: Instant,
-}
-
-impl Progress {
-    fn new(what: String) -> Self {
-        let now = Instant::now();
-        Progress { what, start: now, last: now }
-    }
-    fn tick(&mut self, done: u64, total: u64, unit: &str, scale: f64) {
-        if self.last.elapsed() >= Duration::from_secs(1) || done == total {
-            self.last = Instant::now();
-            let rate = done as f64 / scale / self.start.elapsed().as_secs_f64().max(1e-9);
-            eprintln!("  {:<34} {:>5.1}%  {rate:>9.1} {unit}", self.what, done as f64 * 100.0 / total as f64);
-        }
-    }
 }
 
 /// Sequential write in 1 MiB writes, fsync at the end: MB/s.
@@ -246,15 +208,6 @@ impl Results {
             None => self.rows.push((name.to_string(), unit.to_string(), vec![local], vec![aifs])),
         }
     }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    if s.is_empty() {
-        return 0.0;
-    }
-    s[s.len() / 2]
 }
 
 /// What the aifs pass measures besides its rows.
@@ -543,6 +496,7 @@ fn main() -> Result<()> {
     let mount = cluster.mount()?;
     let pids = cluster.pids_with(&mount);
     let local = tempfile::Builder::new().prefix("aifs-bench-local-").tempdir_in(&a.local)?;
+
     eprintln!(
         "aifs-bench: {} run(s); aifs at {} (3 OSDs, stripe 1 MiB x 3), local disk at {}",
         a.runs,
@@ -658,10 +612,3 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn size_label(mib: usize) -> String {
-    if mib >= 1024 && mib % 1024 == 0 {
-        format!("{} GiB", mib / 1024)
-    } else {
-        format!("{mib} MiB")
-    }
-}
