@@ -5,16 +5,43 @@ use crate::store::file::FileStore;
 use crate::store::ObjectStore;
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
-use aifs_common::proto::osd::{OsdReq, OsdResp};
+use aifs_common::proto::osd::{OsdReq, OsdResp, OsdStats};
 use aifs_common::rpc::{self, Identity, Peer, RpcClient, Service};
 use aifs_common::{Error, Result};
 use bytes::Bytes;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub struct OsdService {
     store: Arc<dyn ObjectStore>,
+    served: Served,
+}
+
+/// Counters behind `OsdReq::Stats`.
+#[derive(Default)]
+struct Served {
+    reads: AtomicU64,
+    read_bytes: AtomicU64,
+    writes: AtomicU64,
+    write_bytes: AtomicU64,
+}
+
+impl Served {
+    fn count(counter: &AtomicU64, bytes: &AtomicU64, n: usize) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn stats(&self) -> OsdStats {
+        OsdStats {
+            reads: self.reads.load(Ordering::Relaxed),
+            read_bytes: self.read_bytes.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            write_bytes: self.write_bytes.load(Ordering::Relaxed),
+        }
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -23,7 +50,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 impl OsdService {
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        OsdService { store }
+        OsdService { store, served: Served::default() }
     }
 
     async fn handle(&self, req: OsdReq, payload: Bytes) -> Result<(OsdResp, Vec<Bytes>)> {
@@ -33,12 +60,15 @@ impl OsdService {
                 if payload.len() != len as usize {
                     return Err(Error::Protocol("payload length differs from header".into()));
                 }
+                let n = payload.len();
                 blocking(move || store.write(obj, off, &payload, &crcs)).await?;
+                Served::count(&self.served.writes, &self.served.write_bytes, n);
                 Ok((OsdResp::Done, vec![]))
             }
             OsdReq::Read { obj, off, len } => {
                 let out = blocking(move || store.read(obj, off, len as u64)).await?;
                 let n = u32::try_from(out.data.len()).map_err(|_| Error::Io("read reply too large".into()))?;
+                Served::count(&self.served.reads, &self.served.read_bytes, out.data.len());
                 let resp = OsdResp::Data { off: out.off, len: n, crcs: out.crcs, obj_size: out.obj_size };
                 Ok((resp, vec![out.data]))
             }
@@ -71,6 +101,7 @@ impl OsdService {
                 };
                 Ok((OsdResp::Verified { exists, size, bad_blocks }, vec![]))
             }
+            OsdReq::Stats => Ok((OsdResp::Stats(self.served.stats()), vec![])),
             OsdReq::Usage => {
                 let u = blocking(move || store.usage()).await?;
                 Ok((OsdResp::Usage { capacity: u.capacity, used: u.used, objects: u.objects }, vec![]))

@@ -45,6 +45,9 @@ pub enum OsdReq {
     /// Read an object whole and check each block against its stored crc
     /// (fsck's deep scrub).
     Verify { obj: ObjectId },
+    /// What this OSD has served since it started (benchmarks: a load
+    /// served from the client's page cache reads nothing here).
+    Stats,
 }
 message!(OsdReq, |m| match m {
     OsdReq::Write { len, .. } => *len as u64,
@@ -67,6 +70,17 @@ pub enum OsdResp {
     /// `Verify`: the object's size and how many of its blocks fail their
     /// crc (`exists` false: no such object).
     Verified { exists: bool, size: u64, bad_blocks: u64 },
+    Stats(OsdStats),
+}
+
+/// Requests and bytes an OSD has served since it started.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Default, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub struct OsdStats {
+    pub reads: u64,
+    pub read_bytes: u64,
+    pub writes: u64,
+    pub write_bytes: u64,
 }
 message!(OsdResp, |m| match m {
     OsdResp::Data { len, .. } => *len as u64,

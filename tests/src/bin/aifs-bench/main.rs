@@ -11,7 +11,11 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod ckpt;
+mod osds;
+mod plan;
 mod util;
+mod worker;
 
 use util::{cpu_secs, drop_caches, median, size_label, Progress, MIB};
 
@@ -21,10 +25,14 @@ struct Args {
     runs: usize,
     threads: usize,
     local: PathBuf,
+    /// Size of each checkpoint of the pattern table (split over its ranks).
+    ckpt_mib: usize,
+    /// Only the checkpoint-pattern table.
+    ckpt_only: bool,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir() };
+    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().context("missing value");
@@ -34,8 +42,10 @@ fn parse_args() -> Result<Args> {
             "--runs" => a.runs = v()?.parse()?,
             "--threads" => a.threads = v()?.parse()?,
             "--local-dir" => a.local = PathBuf::from(v()?),
+            "--ckpt-mib" => a.ckpt_mib = v()?.parse()?,
+            "--ckpt-only" => a.ckpt_only = true,
             "-h" | "--help" => {
-                println!("aifs-bench [--size-mib 4096] [--files 10000] [--runs 3] [--threads 8] [--local-dir DIR]");
+                println!("aifs-bench [--size-mib 4096] [--files 10000] [--runs 3] [--threads 8] [--local-dir DIR] [--ckpt-mib 1024] [--ckpt-only]");
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument {other}"),
@@ -491,12 +501,19 @@ fn cached_metadata(cluster: &ProcCluster, writer: &Path, n: usize, threads: usiz
 }
 
 fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("worker") {
+        return worker::main(&argv[2..]);
+    }
     let a = parse_args()?;
     let mut cluster = ProcCluster::start(3).context("starting a 3-OSD cluster")?;
     let mount = cluster.mount()?;
     let pids = cluster.pids_with(&mount);
     let local = tempfile::Builder::new().prefix("aifs-bench-local-").tempdir_in(&a.local)?;
-
+    checkpoint_patterns(&cluster, &mount, &pids, local.path(), &a)?;
+    if a.ckpt_only {
+        return Ok(());
+    }
     eprintln!(
         "aifs-bench: {} run(s); aifs at {} (3 OSDs, stripe 1 MiB x 3), local disk at {}",
         a.runs,
@@ -612,3 +629,61 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The checkpoint-pattern table: every pattern on the local disk and on
+/// aifs with 1 and 2 replicas, `runs` times, medians with ratios; then the
+/// CPU each aifs process spent per GiB, and the random-read latencies.
+fn checkpoint_patterns(cluster: &ProcCluster, mount: &aifs_tests::proc::Mount, pids: &[u32], local: &Path, a: &Args) -> Result<()> {
+    let names = ["MDS", "osd.1", "osd.2", "osd.3", "client"];
+    let procs: Vec<(String, u32)> = names.iter().zip(pids).map(|(n, p)| (n.to_string(), *p)).collect();
+    let mut targets = vec![ckpt::Target { label: "local".into(), dir: local.to_path_buf(), procs: vec![], osds: None }];
+    for r in [1, 2] {
+        let dir = mount.path.join(format!("ckpt-r{r}"));
+        fs::create_dir_all(&dir)?;
+        cluster.mdsctl(&["setstripe", &format!("/ckpt-r{r}"), "--count", "3", "--replicas", &r.to_string(), "--size", "1M"])?;
+        let osds = Some(osds::OsdCounters::new(cluster)?);
+        targets.push(ckpt::Target { label: format!("aifs, {r} replica(s)"), dir, procs: procs.clone(), osds });
+    }
+    let mut table = ckpt::Table::default();
+    for run in 1..=a.runs {
+        eprintln!("checkpoint patterns, run {run}/{}", a.runs);
+        for (i, t) in targets.iter().enumerate() {
+            table.add(i, targets.len(), ckpt::run(t, a.ckpt_mib, run)?);
+        }
+    }
+    use ckpt::{is_random, med};
+    println!();
+    println!("| checkpoint pattern, {} per checkpoint, stripe 1 MiB x 3 | unit | local disk | aifs, 1 replica | 1 replica/local | aifs, 2 replicas | 2 replicas/local |", size_label(a.ckpt_mib));
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (name, t) in &table.rows {
+        let rate: Vec<f64> = t.iter().map(|runs| med(runs, |m| m.rate)).collect();
+        let unit = if is_random(name) { "IOPS" } else { "MB/s" };
+        let ratio = |i: usize| if rate[0] > 0.0 { rate[i] / rate[0] } else { 0.0 };
+        println!("| {name} | {unit} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |", rate[0], rate[1], ratio(1), rate[2], ratio(2));
+    }
+    println!();
+    println!("| 4 KiB random reads, µs | local p50 | local p99 | aifs 1 replica p50 | p99 | aifs 2 replicas p50 | p99 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, t) in table.rows.iter().filter(|r| is_random(&r.0)) {
+        let l: Vec<String> = t.iter().flat_map(|runs| [med(runs, |m| m.p50), med(runs, |m| m.p99)]).map(|v| format!("{v:.0}")).collect();
+        println!("| {name} | {} |", l.join(" | "));
+    }
+    println!();
+    println!("| CPU seconds per GiB moved | {} | all aifs, 1 replica | all aifs, 2 replicas |", names.join(" | "));
+    println!("|---|{}---:|---:|", "---:|".repeat(names.len()));
+    for (name, t) in table.rows.iter().filter(|r| !is_random(&r.0)) {
+        let per: Vec<String> = (0..names.len()).map(|k| format!("{:.2}", med(&t[1], |m| m.cpu.get(k).copied().unwrap_or(0.0)))).collect();
+        let all = |i: usize| med(&t[i], |m| m.cpu.iter().sum());
+        println!("| {name} | {} | {:.2} | {:.2} |", per.join(" | "), all(1), all(2));
+    }
+    if let Some((_, t)) = table.rows.iter().find(|r| r.0.starts_with("re-load")) {
+        let osd = |i: usize| med(&t[i], |m| m.osd_read.unwrap_or(0) as f64);
+        println!();
+        println!(
+            "median of {} runs. Per-process CPU columns are for 1 replica. re-load: bytes the OSDs read during the second load: {:.0} (1 replica), {:.0} (2 replicas).",
+            a.runs,
+            osd(1),
+            osd(2)
+        );
+    }
+    Ok(())
+}

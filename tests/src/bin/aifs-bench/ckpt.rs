@@ -1,0 +1,288 @@
+//! The checkpoint patterns of the frameworks, each row run on the local
+//! disk and on aifs (1 and 2 replicas) in the same run: ranks saving a
+//! file each, ranks writing one shared file, loads in file order, shuffled,
+//! from several ranks and across ranks' files, mmap loads, a re-load on the
+//! same mount, and 4 KiB random reads. Every rank is a process of its own
+//! (worker.rs); the parent starts them, lets them go at once and times
+//! them together, with the CPU time each aifs process spent meanwhile.
+use crate::plan::Plan;
+use crate::util::{cpu_secs, drop_caches, median, MIB};
+use crate::worker::{Load, Op};
+use anyhow::{bail, Context, Result};
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where one column of the table runs.
+pub struct Target {
+    pub label: String,
+    pub dir: PathBuf,
+    /// The aifs processes: (name, pid); none for the local disk.
+    pub procs: Vec<(String, u32)>,
+    /// The OSDs' served-bytes counters; none for the local disk.
+    pub osds: Option<crate::osds::OsdCounters>,
+}
+
+/// One row's figures on one target in one run.
+#[derive(Clone, Default)]
+pub struct Measure {
+    /// MB/s, or IOPS for random reads.
+    pub rate: f64,
+    /// Random reads: median and 99th percentile latency, µs.
+    pub p50: f64,
+    pub p99: f64,
+    /// CPU seconds per GiB moved, per process of `Target::procs`.
+    pub cpu: Vec<f64>,
+    /// Bytes the OSDs read while the row ran (re-load: none wanted).
+    pub osd_read: Option<u64>,
+}
+
+/// Random-read rows carry IOPS and latencies instead of MB/s.
+pub fn is_random(row: &str) -> bool {
+    row.starts_with("4 KiB")
+}
+
+/// Workers started and waiting for the word.
+struct Ranks(Vec<(Child, BufReader<std::process::ChildStdout>)>);
+
+impl Ranks {
+    fn start(ops: &[Op]) -> Result<Ranks> {
+        let exe = std::env::current_exe()?;
+        let mut v = Vec::new();
+        for op in ops {
+            let mut c = Command::new(&exe).arg("worker").args(op.args()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+            let out = BufReader::new(c.stdout.take().context("worker stdout")?);
+            v.push((c, out));
+        }
+        let mut r = Ranks(v);
+        for line in r.lines()? {
+            if line != "ready" {
+                bail!("worker said {line:?} instead of ready");
+            }
+        }
+        Ok(r)
+    }
+
+    fn lines(&mut self) -> Result<Vec<String>> {
+        let mut v = Vec::new();
+        for (c, out) in &mut self.0 {
+            let mut line = String::new();
+            out.read_line(&mut line)?;
+            if line.is_empty() {
+                let st = c.wait()?;
+                bail!("a worker exited with {st} (see its stderr above)");
+            }
+            v.push(line.trim().to_string());
+        }
+        Ok(v)
+    }
+
+    /// Let every worker go; their `done` lines (without the word).
+    fn go(mut self, label: &str) -> Result<Vec<Vec<u64>>> {
+        for (c, _) in &mut self.0 {
+            c.stdin.as_mut().context("worker stdin")?.write_all(b"go\n")?;
+        }
+        let stop = AtomicBool::new(false);
+        let lines = std::thread::scope(|s| {
+            s.spawn(|| {
+                let t = Instant::now();
+                let mut last = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if last.elapsed() >= Duration::from_secs(1) {
+                        last = Instant::now();
+                        eprintln!("  {label}: {:.0} s", t.elapsed().as_secs_f64());
+                    }
+                }
+            });
+            let r = self.lines();
+            stop.store(true, Ordering::Relaxed);
+            r
+        })?;
+        for (c, _) in &mut self.0 {
+            c.wait()?;
+        }
+        lines
+            .iter()
+            .map(|l| match l.split_whitespace().collect::<Vec<_>>().split_first() {
+                Some((&"done", rest)) => rest.iter().map(|v| v.parse::<u64>().map_err(Into::into)).collect(),
+                _ => bail!("worker said {l:?} instead of done"),
+            })
+            .collect()
+    }
+}
+
+impl Drop for Ranks {
+    fn drop(&mut self) {
+        for (c, _) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Target {
+    fn cpu(&self) -> Vec<f64> {
+        self.procs.iter().map(|p| cpu_secs(&[p.1])).collect()
+    }
+
+    /// Run `ops` as ranks at once (`then` after they finish, inside the
+    /// timing): what it cost, and the workers' reports.
+    fn time(&self, label: &str, ops: &[Op], then: impl FnOnce() -> Result<()>) -> Result<(Timed, Vec<Vec<u64>>)> {
+        let ranks = Ranks::start(ops)?;
+        let osd0 = self.osds.as_ref().map(|o| o.read_bytes()).transpose()?;
+        let c0 = self.cpu();
+        let t = Instant::now();
+        let said = ranks.go(&format!("{}: {label}", self.label))?;
+        then()?;
+        let secs = t.elapsed().as_secs_f64().max(1e-9);
+        let cpu = self.cpu().iter().zip(c0).map(|(a, b)| a - b).collect();
+        let osd_read = match (&self.osds, osd0) {
+            (Some(o), Some(r0)) => Some(o.read_bytes()?.saturating_sub(r0)),
+            _ => None,
+        };
+        Ok((Timed { label: format!("{}: {label}", self.label), secs, cpu, osd_read }, said))
+    }
+}
+
+/// One timed step: wall seconds, CPU seconds per process, OSD bytes read.
+struct Timed {
+    label: String,
+    secs: f64,
+    cpu: Vec<f64>,
+    osd_read: Option<u64>,
+}
+
+impl Timed {
+    /// The figures with `bytes` moved.
+    fn measure(self, bytes: u64) -> Measure {
+        let gib = (bytes as f64 / (1u64 << 30) as f64).max(1e-9);
+        let rate = bytes as f64 / 1e6 / self.secs;
+        eprintln!("  {}: {rate:.0} MB/s", self.label);
+        Measure { rate, cpu: self.cpu.iter().map(|c| c / gib).collect(), osd_read: self.osd_read, ..Default::default() }
+    }
+}
+
+/// Bytes the workers said they read.
+fn read_by(said: &[Vec<u64>]) -> u64 {
+    said.iter().map(|d| d.first().copied().unwrap_or(0)).sum()
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Write the checkpoint's metadata file as the frameworks do: to a
+/// temporary name, fsync, rename into place.
+fn commit_metadata(dir: &Path) -> Result<()> {
+    let tmp = dir.join(".metadata.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(&vec![7u8; 16 << 10])?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(".metadata"))?;
+    Ok(())
+}
+
+/// Every pattern once on `t`, with checkpoints of `mib` MiB (split over
+/// the ranks): (row, measure) in table order.
+pub fn run(t: &Target, mib: usize, run: usize) -> Result<Vec<(String, Measure)>> {
+    let bytes = (mib * MIB) as u64;
+    let root = t.dir.join(format!("ckpt{run}"));
+    let mut rows = Vec::new();
+    let rank_file = |n: usize, i: usize| root.join(format!("s{n}/rank{i}.distcp"));
+    let seed = |n: usize, i: usize| (100 * n + i) as u64;
+    for n in [1, 2, 4] {
+        let dir = root.join(format!("s{n}"));
+        fs::create_dir_all(&dir)?;
+        let ops: Vec<Op> = (0..n).map(|i| Op::Save { path: path(&rank_file(n, i)), seed: seed(n, i), bytes: bytes / n as u64, base: 0, fresh: true }).collect();
+        let moved = (0..n).map(|i| Plan::new(seed(n, i), bytes / n as u64).size).sum();
+        let (cost, _) = t.time(&format!("save, {n} rank(s)"), &ops, || commit_metadata(&dir))?;
+        rows.push((format!("save: {n} rank(s), a file each, fsync, metadata file renamed in"), cost.measure(moved)));
+    }
+    for n in [2, 4] {
+        let file = root.join(format!("shared{n}.distcp"));
+        File::create(&file)?;
+        let plans: Vec<Plan> = (0..n).map(|i| Plan::new(seed(n, i) + 50, bytes / n as u64)).collect();
+        let slot = plans.iter().map(|p| p.size).max().unwrap_or(0).next_multiple_of(MIB as u64);
+        let ops: Vec<Op> = (0..n)
+            .map(|i| Op::Save { path: path(&file), seed: seed(n, i) + 50, bytes: bytes / n as u64, base: i as u64 * slot, fresh: false })
+            .collect();
+        let moved = plans.iter().map(|p| p.size).sum();
+        let (cost, _) = t.time(&format!("N-to-1, {n} ranks"), &ops, || Ok(()))?;
+        rows.push((format!("N-to-1: {n} ranks write disjoint ranges of one file, fsync"), cost.measure(moved)));
+        fs::remove_file(&file)?;
+    }
+    let one = || (vec![path(&rank_file(1, 0))], vec![seed(1, 0)]);
+    let loads: [(&str, Load, usize); 7] = [
+        ("load: 1 process, sequential 4 MiB reads", Load::Sequential, 1),
+        ("load: 1 process, tensor ranges in file order", Load::Ranges, 1),
+        ("load: 1 process, tensor ranges shuffled", Load::Shuffled, 1),
+        ("load: 4 ranks, each its file's tensors shuffled", Load::Shuffled, 4),
+        ("load: 1 process re-sharding, ranges across 4 ranks' files", Load::Ranges, 0),
+        ("mmap load: every page, in file order", Load::Mmap, 1),
+        ("mmap load: every page, tensors shuffled", Load::MmapShuffled, 1),
+    ];
+    for (name, how, ranks) in loads {
+        let ops: Vec<Op> = match ranks {
+            1 => {
+                let (paths, seeds) = one();
+                vec![Op::Load { paths, seeds, bytes, how }]
+            }
+            0 => vec![Op::Load { paths: (0..4).map(|i| path(&rank_file(4, i))).collect(), seeds: (0..4).map(|i| seed(4, i)).collect(), bytes: bytes / 4, how }],
+            n => (0..n).map(|i| Op::Load { paths: vec![path(&rank_file(n, i))], seeds: vec![seed(n, i)], bytes: bytes / n as u64, how }).collect(),
+        };
+        drop_caches();
+        let (cost, said) = t.time(name, &ops, || Ok(()))?;
+        rows.push((name.to_string(), cost.measure(read_by(&said))));
+    }
+    // A restarted job loads the same file again on the same mount.
+    drop_caches();
+    let (paths, seeds) = one();
+    t.time("first load", &[Op::Load { paths: paths.clone(), seeds: seeds.clone(), bytes, how: Load::Ranges }], || Ok(()))?;
+    let (cost, said) = t.time("re-load", &[Op::Load { paths, seeds, bytes, how: Load::Ranges }], || Ok(()))?;
+    rows.push(("re-load: the same file again on the same mount (page cache)".to_string(), cost.measure(read_by(&said))));
+    let size = Plan::new(seed(1, 0), bytes).size;
+    for (qd, ops) in [(1usize, 4000usize), (16, 16000)] {
+        drop_caches();
+        let op = Op::Random { path: path(&rank_file(1, 0)), size, qd, ops };
+        let (cost, said) = t.time(&format!("4 KiB random reads, QD{qd}"), &[op], || Ok(()))?;
+        let r = said.first().context("no report from the random reader")?;
+        let (n, p50, p99) = (r.first().copied().unwrap_or(0), r.get(1).copied().unwrap_or(0), r.get(2).copied().unwrap_or(0));
+        let mut m = cost.measure(n * 4096);
+        m.rate *= 1e6 / 4096.0;
+        m.p50 = p50 as f64;
+        m.p99 = p99 as f64;
+        rows.push((format!("4 KiB random reads, QD{qd}"), m));
+    }
+    fs::remove_dir_all(&root)?;
+    Ok(rows)
+}
+
+/// Rows across runs and targets: name -> per target -> per run.
+#[derive(Default)]
+pub struct Table {
+    pub rows: Vec<(String, Vec<Vec<Measure>>)>,
+}
+
+impl Table {
+    pub fn add(&mut self, target: usize, targets: usize, rows: Vec<(String, Measure)>) {
+        for (name, m) in rows {
+            let i = match self.rows.iter().position(|r| r.0 == name) {
+                Some(i) => i,
+                None => {
+                    self.rows.push((name, vec![Vec::new(); targets]));
+                    self.rows.len() - 1
+                }
+            };
+            self.rows[i].1[target].push(m);
+        }
+    }
+}
+
+/// Median of one figure of a target's runs.
+pub fn med(runs: &[Measure], f: impl Fn(&Measure) -> f64) -> f64 {
+    median(&runs.iter().map(f).collect::<Vec<_>>())
+}

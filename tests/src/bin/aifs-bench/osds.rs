@@ -1,0 +1,46 @@
+//! The OSDs' own count of what they served (`OsdReq::Stats`), asked over
+//! QUIC with the admin certificate: a load served from the client's page
+//! cache must read nothing on them.
+use aifs_common::certs::Role;
+use aifs_common::config::TransportConfig;
+use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
+use aifs_common::proto::osd::{OsdReq, OsdResp};
+use aifs_common::rpc::{self, Identity, RpcClient};
+use aifs_tests::proc::ProcCluster;
+use anyhow::{bail, Result};
+
+pub struct OsdCounters {
+    rt: tokio::runtime::Runtime,
+    osds: Vec<RpcClient>,
+}
+
+impl OsdCounters {
+    pub fn new(cl: &ProcCluster) -> Result<OsdCounters> {
+        // A worker of its own keeps the connections alive between asks.
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let osds = rt.block_on(async {
+            let ep = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &TransportConfig::default())?;
+            let mds = RpcClient::new(ep.clone(), cl.mds_addr, Role::Mds);
+            let map = match mds.call::<_, MdsReply>(&MdsCall::from(MdsReq::OsdMap), &[]).await?.0.resp {
+                MdsResp::OsdMap { osds, .. } => osds,
+                other => bail!("unexpected reply to OsdMap: {other:?}"),
+            };
+            map.iter().map(|o| Ok(RpcClient::new(ep.clone(), o.addr.parse()?, Role::Osd))).collect::<Result<Vec<_>>>()
+        })?;
+        Ok(OsdCounters { rt, osds })
+    }
+
+    /// Bytes all OSDs have read for their clients since they started.
+    pub fn read_bytes(&self) -> Result<u64> {
+        self.rt.block_on(async {
+            let mut sum = 0;
+            for o in &self.osds {
+                match o.call::<_, OsdResp>(&OsdReq::Stats, &[]).await? {
+                    (OsdResp::Stats(s), _) => sum += s.read_bytes,
+                    (other, _) => bail!("unexpected reply to Stats: {other:?}"),
+                }
+            }
+            Ok(sum)
+        })
+    }
+}
