@@ -74,6 +74,12 @@ pub async fn read_header(recv: &mut quinn::RecvStream) -> Result<AlignedVec> {
     Ok(buf)
 }
 
+/// Payloads at least this large land 4 KiB-aligned in memory, so that an
+/// OSD can hand them to the disk with `O_DIRECT` as they are.
+pub const ALIGNED_PAYLOAD_MIN: u64 = 64 * 1024;
+/// The alignment `O_DIRECT` asks of a buffer.
+pub const PAYLOAD_ALIGN: usize = 4096;
+
 /// Read exactly `len` payload bytes.
 pub async fn read_payload(recv: &mut quinn::RecvStream, len: u64) -> Result<Bytes> {
     if len > MAX_PAYLOAD {
@@ -81,6 +87,9 @@ pub async fn read_payload(recv: &mut quinn::RecvStream, len: u64) -> Result<Byte
     }
     if len == 0 {
         return Ok(Bytes::new());
+    }
+    if len >= ALIGNED_PAYLOAD_MIN {
+        return read_aligned(recv, len as usize).await;
     }
     // Append into spare capacity: no zero-fill of a buffer about to be
     // overwritten, one copy out of quinn's reassembly buffers.
@@ -94,6 +103,27 @@ pub async fn read_payload(recv: &mut quinn::RecvStream, len: u64) -> Result<Byte
         }
     }
     Ok(buf.freeze())
+}
+
+/// `read_payload` into a window of a fresh allocation that starts on a
+/// `PAYLOAD_ALIGN` boundary. The allocation is zeroed by the kernel as its
+/// pages are first touched (a large calloc is a fresh mapping), and each
+/// byte is copied once out of quinn's reassembly buffers, as above.
+async fn read_aligned(recv: &mut quinn::RecvStream, len: usize) -> Result<Bytes> {
+    let mut raw = vec![0u8; len + PAYLOAD_ALIGN];
+    let pad = raw.as_ptr().align_offset(PAYLOAD_ALIGN);
+    let mut got = 0;
+    while got < len {
+        match recv.read_chunk(len - got, true).await {
+            Ok(Some(chunk)) => {
+                raw[pad + got..pad + got + chunk.bytes.len()].copy_from_slice(&chunk.bytes);
+                got += chunk.bytes.len();
+            }
+            Ok(None) => return Err(Error::Protocol(format!("truncated payload: {got} of {len} bytes"))),
+            Err(e) => return Err(Error::Protocol(format!("truncated payload: {e}"))),
+        }
+    }
+    Ok(Bytes::from(raw).slice(pad..pad + len))
 }
 
 /// Write a header frame, then the payload chunks, on a send stream.
