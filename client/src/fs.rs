@@ -5,7 +5,7 @@
 //! opens on this client's connection and are served by `on_recall`.
 use crate::config::ClientConfig;
 use crate::data::prefetch;
-use crate::data::writeback::{DataCtx, FileState};
+use crate::data::file::{DataCtx, FileState};
 use crate::dirops::DirOps;
 use crate::meta::{MetaCache, Snap};
 use crate::pool::Pool;

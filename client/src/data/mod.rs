@@ -1,5 +1,8 @@
-//! The data path: object I/O against OSDs (`io`), write-behind of stripe
-//! units (`writeback`) and sequential read-ahead (`prefetch`).
+//! The data path: the state of an open file (`file`), object I/O against
+//! OSDs (`io`), write-behind of stripe units (`writeback`) and read-ahead
+//! (`prefetch`). `writeback` and `prefetch` both work on `file`'s state
+//! and do not know each other.
+pub mod file;
 pub mod io;
 pub mod prefetch;
 pub mod writeback;

@@ -4,33 +4,12 @@
 //! `readahead_units`. Units behind the reader are dropped. A random reader
 //! gets exactly the bytes it asked for and no read-ahead.
 use super::io::read_object;
-use super::writeback::{DataCtx, FileState};
+use super::file::{DataCtx, FileState, UnitFuture};
 use aifs_common::proto::mds::Degraded;
 use aifs_common::{Error, Result};
 use bytes::{Bytes, BytesMut};
-use futures::future::{BoxFuture, FutureExt, Shared};
-use std::collections::BTreeMap;
+use futures::future::FutureExt;
 use std::sync::Arc;
-
-type UnitFuture = Shared<BoxFuture<'static, Result<Bytes>>>;
-
-#[derive(Default)]
-pub struct ReadAhead {
-    /// Unit the reader was last in.
-    last_unit: Option<u64>,
-    window: usize,
-    cache: BTreeMap<u64, UnitFuture>,
-    /// The file's write generation the cached units were fetched under.
-    generation: u64,
-}
-
-impl ReadAhead {
-    pub fn clear(&mut self) {
-        self.cache.clear();
-        self.window = 0;
-        self.last_unit = None;
-    }
-}
 
 /// Fetch `[start, end)` of the file (end clipped to size by the caller),
 /// one future per extent, all at once.
