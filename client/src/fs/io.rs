@@ -1,0 +1,98 @@
+//! Reads and writes of open files, under the lease each needs.
+use super::*;
+
+impl ClientFs {
+    pub(super) fn handle_file(&self, fh: u64) -> Result<Arc<FileState>> {
+        self.handles.get(&fh).map(|h| h.file.clone()).ok_or(Error::Stale)
+    }
+
+    pub(super) fn handle_appends(&self, fh: u64) -> bool {
+        self.handles.get(&fh).is_some_and(|h| h.append)
+    }
+
+    /// Writes need a write lease: the holder buffers and owns the size. A
+    /// recalled one is taken again first (the MDS makes readers elsewhere
+    /// drop their caches). Without a session, writes go on unleased.
+    /// An `O_APPEND` handle writes at the end of the file, under a write
+    /// lease no other client shares (the end is then known here).
+    pub async fn write(&self, fh: u64, off: u64, data: Bytes) -> Result<u32> {
+        let f = self.handle_file(fh)?;
+        if self.dirops.unapplied(f.ino) {
+            // No objects for a file the MDS does not know yet.
+            self.dirops.barrier().await;
+        }
+        let want = Want::of(true, self.handle_appends(fh));
+        let n = data.len() as u32;
+        let mut pause = Duration::ZERO;
+        loop {
+            {
+                let _g = f.gate.read().await;
+                if want.suits(self.meta.mode(f.ino)) {
+                    let at = match want {
+                        Want::Append => f.append_at(n as u64)?,
+                        _ => off,
+                    };
+                    f.write(&self.ctx, at, data).await?;
+                    if at != off {
+                        // The kernel counted on another offset: its idea
+                        // of the size is wrong now.
+                        self.forget_kernel_attrs(f.ino);
+                    }
+                    return Ok(n);
+                }
+            }
+            if !pause.is_zero() {
+                // Granted but not kept (a notice crossed the reply, or the
+                // session is being renewed): do not spin on the MDS.
+                tokio::time::sleep(pause).await;
+            }
+            pause = (pause * 2).clamp(Duration::from_millis(1), Duration::from_millis(100));
+            let (_, mode, _) = self.take_lease(f.ino, want, false).await?;
+            if mode == LeaseMode::None {
+                let _g = f.gate.read().await;
+                f.write(&self.ctx, off, data).await?;
+                return Ok(n);
+            }
+        }
+    }
+
+    /// After a read, set the access time as Linux's default `relatime`
+    /// does: when it is not newer than the last change, or a day old. The
+    /// kernel leaves atime to FUSE file systems. In the background: a close
+    /// does not wait for it.
+    pub(super) fn touch_atime(&self, ino: u64, (atime, mtime, ctime): (i64, i64, i64)) {
+        const DAY_NS: i64 = 86_400 * 1_000_000_000;
+        let now = aifs_common::time::now_ns();
+        if atime > mtime && atime > ctime && now - atime < DAY_NS {
+            return;
+        }
+        self.post(MdsReq::Accessed { ino }, "access time not set");
+        self.meta.forget_attr(ino);
+    }
+
+    pub(super) fn forget_kernel_attrs(&self, ino: u64) {
+        if let Some(k) = self.kernel.get().cloned() {
+            tokio::task::spawn_blocking(move || k.forget_inode(ino, false));
+        }
+    }
+
+    pub async fn read(&self, fh: u64, off: u64, len: u32) -> Result<Bytes> {
+        let f = self.handle_file(fh)?;
+        if let Some(h) = self.handles.get(&fh) {
+            h.read.store(true, Ordering::Relaxed);
+        }
+        let mut mode = self.meta.mode(f.ino);
+        if mode == LeaseMode::None {
+            // Recalled since the open: a writer elsewhere flushes first.
+            mode = self.take_lease(f.ino, Want::Read, false).await?.1;
+        }
+        if f.has_pending() {
+            // Read your own writes: land buffered data first.
+            f.drain(&self.ctx).await?;
+        }
+        if mode == LeaseMode::SharedWrite {
+            return prefetch::read_direct(&self.ctx, &f, off, len as u64, f.size()).await;
+        }
+        prefetch::read(&self.ctx, &f, off, len as u64, f.size()).await
+    }
+}

@@ -1,0 +1,162 @@
+//! The session: connecting, opening it (again after an MDS restart),
+//! heartbeats, and closing it at unmount.
+use super::*;
+use super::recall::RecallService;
+
+impl ClientFs {
+    /// Connect to the cluster (QUIC + mTLS) and open a session.
+    pub async fn connect(cfg: &ClientConfig) -> Result<Arc<ClientFs>> {
+        let id = Identity::load(&cfg.tls)?;
+        let endpoint = rpc::client_endpoint(&id, &cfg.transport)?;
+        let pool = Arc::new(Pool::new(endpoint, cfg.mds, Duration::from_secs(cfg.mds_retry_secs)));
+        let budget_kib = (cfg.write_budget_mb.max(16) * 1024).min(Semaphore::MAX_PERMITS);
+        let ctx = Arc::new(DataCtx {
+            pool: pool.clone(),
+            budget: Arc::new(Semaphore::new(budget_kib)),
+            budget_kib,
+            write_window: cfg.write_window,
+            max_buffered_units: cfg.max_buffered_units,
+            readahead_units: cfg.readahead_units,
+            pressure: tokio::sync::Notify::new(),
+        });
+        let fs = Arc::new(ClientFs {
+            pool,
+            ctx,
+            files: DashMap::new(),
+            handles: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            name: cfg.name.clone(),
+            meta: MetaCache::new(),
+            lease_cache: cfg.lease_cache,
+            dir_leases: cfg.dir_leases && cfg.lease_cache,
+            term_ms: AtomicU64::new(0),
+            kernel: OnceLock::new(),
+            rebind: Notify::new(),
+            lockers: DashMap::new(),
+            held_locks: Default::default(),
+            dirops: Arc::new(DirOps::default()),
+        });
+        // Every connection to the MDS carries its recalls back to us; a new
+        // one (after a reconnect) gets the session bound by a heartbeat.
+        let weak = Arc::downgrade(&fs);
+        fs.pool.mds.on_connect(Box::new(move |conn| {
+            let svc = Arc::new(RecallService { fs: weak.clone() });
+            tokio::spawn(rpc::serve_conn(svc, Peer::new(Role::Mds, conn)));
+            if let Some(fs) = weak.upgrade() {
+                fs.rebind.notify_one();
+            }
+        }));
+        let weak = Arc::downgrade(&fs);
+        tokio::spawn(async move {
+            // Background flusher: partial units do not sit in memory forever,
+            // and all of them go when a writer runs out of budget.
+            loop {
+                let Some(ctx) = weak.upgrade().map(|fs| fs.ctx.clone()) else {
+                    return;
+                };
+                let older_than = tokio::select! {
+                    _ = tokio::time::sleep(FLUSH_TICK) => Some(STALE_UNIT),
+                    _ = ctx.pressure.notified() => None,
+                };
+                let Some(fs) = weak.upgrade() else { return };
+                let files: Vec<Arc<FileState>> = fs.files.iter().map(|f| f.value().clone()).collect();
+                for f in files {
+                    if let Err(e) = f.ship_buffered(&fs.ctx, older_than) {
+                        tracing::warn!(ino = f.ino, error = %e, "background flush failed");
+                    }
+                }
+            }
+        });
+        tokio::spawn(Self::send_dirops(Arc::downgrade(&fs)));
+        let hb = fs.open_session().await?;
+        fs.pool.refresh_osds().await?;
+        let weak = Arc::downgrade(&fs);
+        tokio::spawn(async move {
+            let period = Duration::from_millis(hb.clamp(200, 10_000));
+            loop {
+                let Some(fs) = weak.upgrade() else { return };
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = fs.rebind.notified() => {}
+                }
+                let id = fs.meta.session();
+                let sent = Instant::now();
+                match fs.pool.mds(&MdsReq::SessionHeartbeat { id }).await {
+                    Ok(_) => fs.meta.renewed(sent, fs.term()),
+                    Err(Error::Stale) => {
+                        tracing::info!("session unknown to the MDS (restart, expiry or eviction); opening a new one");
+                        fs.meta.clear();
+                        fs.dirops.lost_leases();
+                        let _ = fs.open_session().await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "session heartbeat failed"),
+                }
+            }
+        });
+        Ok(fs)
+    }
+
+    /// Where to send kernel cache notices (set once the FUSE session is up).
+    pub fn set_kernel(&self, k: Arc<dyn KernelCache>) {
+        let _ = self.kernel.set(k);
+    }
+
+    pub(super) fn term(&self) -> Duration {
+        Duration::from_millis(self.term_ms.load(Ordering::Relaxed))
+    }
+
+    /// Open a session; returns the heartbeat period in ms. The MDS asks for
+    /// four heartbeats per term. A new session after the last one was lost
+    /// (an MDS restart, an expiry) names the old one, which a restarted MDS
+    /// waits for, and counts again the files this client has open.
+    pub(super) async fn open_session(&self) -> Result<u64> {
+        let sent = Instant::now();
+        let previous = self.meta.session();
+        let open: Vec<u64> = self.files.iter().filter(|f| f.opens.load(Ordering::Acquire) > 0).map(|f| f.ino).collect();
+        let locks: Vec<HeldLock> = match self.held_locks.lock() {
+            Ok(t) => t.all().into_iter().map(|(ino, l)| HeldLock { ino, owner: l.owner, start: l.start, end: l.end, write: l.write, pid: l.pid }).collect(),
+            Err(_) => Vec::new(),
+        };
+        let n_locks = locks.len();
+        let req = MdsReq::OpenSession { name: self.name.clone(), dir_leases: self.dir_leases, previous, open, locks };
+        match self.pool.mds(&req).await? {
+            MdsResp::Session { id, heartbeat_ms, reclaimed } => {
+                if n_locks > 0 && !reclaimed {
+                    // The session ended at the MDS (expired, evicted):
+                    // its locks went with it, and may be others' now.
+                    tracing::error!(locks = n_locks, "the session was lost and the locks it held with it");
+                    if let Ok(mut t) = self.held_locks.lock() {
+                        t.clear();
+                    }
+                }
+                self.term_ms.store(heartbeat_ms * 4, Ordering::Relaxed);
+                self.meta.set_session(id, sent, self.term());
+                Ok(heartbeat_ms)
+            }
+            _ => Err(unexpected("OpenSession")),
+        }
+    }
+
+    /// Flush everything and close the session (unmount).
+    pub async fn shutdown(&self) {
+        let files: Vec<Arc<FileState>> = self.files.iter().map(|f| f.value().clone()).collect();
+        for f in files {
+            if let Err(e) = self.flush_file(&f).await {
+                tracing::warn!(ino = f.ino, error = %e, "flush at unmount failed");
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(30), self.dirops.barrier()).await.is_err() {
+            tracing::error!("changes made under directory leases were not all applied before the unmount");
+        }
+        let id = self.meta.session();
+        self.meta.clear();
+        self.dirops.lost_leases();
+        // An MDS that is gone must not hold up the unmount.
+        let req = MdsReq::CloseSession { id };
+        let close = self.pool.mds(&req);
+        if tokio::time::timeout(Duration::from_secs(2), close).await.is_err() {
+            tracing::warn!("MDS did not answer the session close; its session will expire");
+        }
+        self.pool.mds.close();
+    }
+}
