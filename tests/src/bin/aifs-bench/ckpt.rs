@@ -262,10 +262,11 @@ pub fn run(t: &Target, mib: usize, run: usize) -> Result<Vec<(String, Measure)>>
     Ok(rows)
 }
 
-/// Let the deletes of a run's files finish before the next target's
-/// rows: aifs frees objects in the background, and on a disk mounted with
-/// `discard` the freed blocks are trimmed at the next journal commits,
-/// which slowed the next save by half when it ran into them.
+/// Let the deletes of a run's files finish before the next target's rows:
+/// aifs frees objects in the background after the unlink answers, and no
+/// row should pay for another's cleanup. (Saves on aifs still run slower
+/// after its OSDs deleted objects, also after waiting 40 s with no discard
+/// pending: not explained yet; README, "Checkpoint patterns".)
 fn settle() {
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
