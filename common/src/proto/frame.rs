@@ -105,13 +105,21 @@ pub async fn read_payload(recv: &mut quinn::RecvStream, len: u64) -> Result<Byte
     Ok(buf.freeze())
 }
 
-/// `read_payload` into a window of a fresh allocation that starts on a
-/// `PAYLOAD_ALIGN` boundary. The allocation is zeroed by the kernel as its
-/// pages are first touched (a large calloc is a fresh mapping), and each
-/// byte is copied once out of quinn's reassembly buffers, as above.
-async fn read_aligned(recv: &mut quinn::RecvStream, len: usize) -> Result<Bytes> {
-    let mut raw = vec![0u8; len + PAYLOAD_ALIGN];
+/// A fresh zeroed buffer with room for `len` bytes from offset `pad`,
+/// which is `PAYLOAD_ALIGN`-aligned in memory: `(buffer, pad)`. A large
+/// zeroed allocation is a fresh mapping whose pages the kernel zeroes as
+/// they are first touched, so nothing is written twice. The window becomes
+/// `Bytes::from(buffer).slice(pad..pad + len)` once filled.
+pub fn aligned_zeroed(len: usize) -> (Vec<u8>, usize) {
+    let raw = vec![0u8; len + PAYLOAD_ALIGN];
     let pad = raw.as_ptr().align_offset(PAYLOAD_ALIGN);
+    (raw, pad)
+}
+
+/// `read_payload` into an `aligned_zeroed` window: each byte is copied
+/// once out of quinn's reassembly buffers, as above.
+async fn read_aligned(recv: &mut quinn::RecvStream, len: usize) -> Result<Bytes> {
+    let (mut raw, pad) = aligned_zeroed(len);
     let mut got = 0;
     while got < len {
         match recv.read_chunk(len - got, true).await {

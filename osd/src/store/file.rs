@@ -7,6 +7,7 @@
 //! (moka); a cached handle holds no state of its own, so an evicted and
 //! reopened handle can never disagree with another.
 use super::{ObjectStore, ReadOut, Usage};
+use aifs_common::proto::frame::aligned_zeroed;
 use aifs_common::proto::osd::CRC_BLOCK;
 use aifs_common::{Error, ObjectId, Result};
 use bytes::{Bytes, BytesMut};
@@ -69,8 +70,7 @@ impl Handles {
         // An aligned window into a fresh zeroed allocation (untouched pages,
         // no memset): the disk fills it, the reply shares it.
         let span = len.next_multiple_of(DIRECT_ALIGN);
-        let mut raw = vec![0u8; span + DIRECT_ALIGN];
-        let pad = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        let (mut raw, pad) = aligned_zeroed(span);
         let mut got = 0;
         while got < len {
             match f.read_at(&mut raw[pad + got..pad + span], start + got as u64) {
@@ -97,8 +97,8 @@ impl Handles {
     /// else through the page cache.
     fn write_at(&self, data: &[u8], off: u64) -> Result<()> {
         let aligned = data.len() >= DIRECT_WRITE_MIN
-            && data.len() % DIRECT_ALIGN == 0
-            && off % DIRECT_ALIGN as u64 == 0
+            && data.len().is_multiple_of(DIRECT_ALIGN)
+            && off.is_multiple_of(DIRECT_ALIGN as u64)
             && data.as_ptr().align_offset(DIRECT_ALIGN) == 0;
         if aligned {
             if let Some(f) = self.direct() {
@@ -607,8 +607,7 @@ mod tests {
     /// An aligned buffer of `len` pattern bytes, as the frame reader
     /// lands large payloads.
     fn aligned(len: usize, seed: u8) -> Bytes {
-        let mut raw = vec![0u8; len + DIRECT_ALIGN];
-        let pad = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        let (mut raw, pad) = aligned_zeroed(len);
         for (i, b) in raw[pad..pad + len].iter_mut().enumerate() {
             *b = (i as u8).wrapping_mul(31).wrapping_add(seed);
         }
