@@ -118,15 +118,8 @@ fn raw_quic_read(cl: &ProcCluster, pids: &[u32], path: &Path, size_mib: usize) -
             MdsResp::Stripe { attr, .. } => attr.layout.context("the file has no layout")?,
             other => anyhow::bail!("unexpected reply to GetStripe: {other:?}"),
         };
-        let osds = match ask(MdsReq::OsdMap).await? {
-            MdsResp::OsdMap { osds, .. } => osds,
-            other => anyhow::bail!("unexpected reply to OsdMap: {other:?}"),
-        };
-        let ep = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Client))?, &TransportConfig::default())?;
-        let mut conns = std::collections::HashMap::new();
-        for o in &osds {
-            conns.insert(o.id, std::sync::Arc::new(RpcClient::new(ep.clone(), o.addr.parse()?, Role::Osd)));
-        }
+        let conns: std::collections::HashMap<u32, std::sync::Arc<RpcClient>> =
+            osds::osd_clients(cl, Role::Client).await?.into_iter().map(|(id, c)| (id, std::sync::Arc::new(c))).collect();
         let su = layout.stripe_size as u64;
         let units = (size_mib as u64 * MIB as u64).div_ceil(su);
         let c0 = cpu_secs(pids) + cpu_secs(&[me]);

@@ -14,19 +14,24 @@ pub struct OsdCounters {
     osds: Vec<RpcClient>,
 }
 
+/// A client of every OSD in the MDS's map, holding `role`'s certificate:
+/// (OSD id, client). Runs inside a tokio runtime.
+pub async fn osd_clients(cl: &ProcCluster, role: Role) -> Result<Vec<(u32, RpcClient)>> {
+    let admin = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &TransportConfig::default())?;
+    let mds = RpcClient::new(admin, cl.mds_addr, Role::Mds);
+    let map = match mds.call::<_, MdsReply>(&MdsCall::from(MdsReq::OsdMap), &[]).await?.0.resp {
+        MdsResp::OsdMap { osds, .. } => osds,
+        other => bail!("unexpected reply to OsdMap: {other:?}"),
+    };
+    let ep = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), role))?, &TransportConfig::default())?;
+    map.iter().map(|o| Ok((o.id, RpcClient::new(ep.clone(), o.addr.parse()?, Role::Osd)))).collect()
+}
+
 impl OsdCounters {
     pub fn new(cl: &ProcCluster) -> Result<OsdCounters> {
         // A worker of its own keeps the connections alive between asks.
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-        let osds = rt.block_on(async {
-            let ep = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &TransportConfig::default())?;
-            let mds = RpcClient::new(ep.clone(), cl.mds_addr, Role::Mds);
-            let map = match mds.call::<_, MdsReply>(&MdsCall::from(MdsReq::OsdMap), &[]).await?.0.resp {
-                MdsResp::OsdMap { osds, .. } => osds,
-                other => bail!("unexpected reply to OsdMap: {other:?}"),
-            };
-            map.iter().map(|o| Ok(RpcClient::new(ep.clone(), o.addr.parse()?, Role::Osd))).collect::<Result<Vec<_>>>()
-        })?;
+        let osds = rt.block_on(osd_clients(cl, Role::Admin))?.into_iter().map(|(_, c)| c).collect();
         Ok(OsdCounters { rt, osds })
     }
 
