@@ -6,7 +6,7 @@
 //! (worker.rs); the parent starts them, lets them go at once and times
 //! them together, with the CPU time each aifs process spent meanwhile.
 use crate::plan::Plan;
-use crate::util::{cpu_secs, drop_caches, median, MIB};
+use crate::util::{cpu_secs, drop_caches, median, sync, MIB};
 use crate::worker::{Load, Op};
 use anyhow::{bail, Context, Result};
 use std::fs::{self, File};
@@ -268,11 +268,9 @@ pub fn run(t: &Target, mib: usize, run: usize) -> Result<Vec<(String, Measure)>>
 /// after its OSDs deleted objects, also after waiting 40 s with no discard
 /// pending: not explained yet; README, "Checkpoint patterns".)
 fn settle() {
-    // SAFETY: sync(2) has no preconditions.
-    unsafe { libc::sync() };
+    sync();
     std::thread::sleep(Duration::from_secs(5));
-    // SAFETY: as above.
-    unsafe { libc::sync() };
+    sync();
 }
 
 /// Rows across runs and targets: name -> per target -> per run.

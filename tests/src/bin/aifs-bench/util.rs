@@ -5,9 +5,14 @@ use std::time::{Duration, Instant};
 
 pub const MIB: usize = 1 << 20;
 
-pub fn drop_caches() -> bool {
+/// Write every dirty page to disk (sync(2)).
+pub fn sync() {
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
+}
+
+pub fn drop_caches() -> bool {
+    sync();
     fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
