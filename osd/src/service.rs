@@ -72,6 +72,12 @@ impl OsdService {
                 let resp = OsdResp::Data { off: out.off, len: n, crcs: out.crcs, obj_size: out.obj_size };
                 Ok((resp, vec![out.data]))
             }
+            OsdReq::ReadRange { obj, off, len } => {
+                let out = blocking(move || store.read_range(obj, off, len as u64)).await?;
+                let n = u32::try_from(out.data.len()).map_err(|_| Error::Io("read reply too large".into()))?;
+                Served::count(&self.served.reads, &self.served.read_bytes, out.data.len());
+                Ok((OsdResp::Range { off, len: n, crc: out.crc, obj_size: out.obj_size }, vec![out.data]))
+            }
             OsdReq::Truncate { obj, size } => {
                 blocking(move || store.truncate(obj, size)).await?;
                 Ok((OsdResp::Done, vec![]))

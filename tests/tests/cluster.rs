@@ -338,6 +338,10 @@ async fn objects_round_trip_with_checksums_and_are_freed_on_unlink() {
         }
         other => panic!("{other:?}"),
     }
+    // a range read brings just its bytes, with their crc
+    let (resp, body) = osd.call::<_, OsdResp>(&OsdReq::ReadRange { obj, off: 6000, len: 100 }, &[]).await.unwrap();
+    assert_eq!(resp, OsdResp::Range { off: 6000, len: 100, crc: crc32c::crc32c(&data[1000..1100]), obj_size: 305_000 });
+    assert_eq!(&body[..], &data[1000..1100]);
     assert_eq!(osd.call::<_, OsdResp>(&OsdReq::Commit { objs: vec![obj] }, &[]).await.unwrap().0, OsdResp::Done);
     assert_eq!(osd.call::<_, OsdResp>(&OsdReq::Stat { obj }, &[]).await.unwrap().0, OsdResp::Stat { exists: true, size: 305_000 });
     // truncate through the MDS cuts the object before answering

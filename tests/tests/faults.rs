@@ -171,8 +171,15 @@ enum Damage {
 }
 
 /// The replica a reader asks first of object `seed % 3` damaged on disk,
-/// at an offset chosen by `seed`.
+/// at an offset chosen by `seed`; the reader reads the whole file.
 fn a_damaged_replica_is_served_from_the_other_and_repaired(seed: u64, damage: Damage) {
+    damaged_replica(seed, damage, false)
+}
+
+/// As above; with `page_read` the reader reads only the 4 KiB page around
+/// the damage, at random (which the OSD answers with exactly those bytes,
+/// after checking the block around them itself).
+fn damaged_replica(seed: u64, damage: Damage, page_read: bool) {
     let cl = ProcCluster::start(3).unwrap();
     let a = cl.mount().unwrap();
     fs::create_dir(a.p("ckpt")).unwrap();
@@ -196,7 +203,19 @@ fn a_damaged_replica_is_served_from_the_other_and_repaired(seed: u64, damage: Da
     }
     // another node reads the right bytes, from the other replica
     let b = cl.mount().unwrap();
-    assert!(fs::read(b.p("ckpt/model.pt")).unwrap() == body, "a damaged replica was served ({damage:?})");
+    if page_read {
+        // object offset `at` of object `index`: 1 MiB units, 3 objects
+        let unit = at / MIB as u64 * 3 + index;
+        let page = (unit * MIB as u64 + at % MIB as u64) / 4096 * 4096;
+        let f = File::open(b.p("ckpt/model.pt")).unwrap();
+        // SAFETY: advice on a descriptor we own.
+        unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_RANDOM) };
+        let mut got = vec![0u8; 4096];
+        f.read_exact_at(&mut got, page).unwrap();
+        assert!(got[..] == body[page as usize..page as usize + 4096], "a damaged replica was served to a 4 KiB read");
+    } else {
+        assert!(fs::read(b.p("ckpt/model.pt")).unwrap() == body, "a damaged replica was served ({damage:?})");
+    }
     drop(b);
     assert!(cl.degraded().unwrap().0 > 0, "the damaged replica was not reported ({damage:?})");
     // repair rewrites it
@@ -217,6 +236,11 @@ fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired_seed_2() 
 #[test]
 fn a_flipped_byte_on_one_replica_is_served_from_the_other_and_repaired_seed_3() {
     a_damaged_replica_is_served_from_the_other_and_repaired(3, Damage::Flip);
+}
+
+#[test]
+fn a_flipped_byte_under_a_4k_read_is_caught_by_the_osd_and_served_from_the_other_seed_6() {
+    damaged_replica(6, Damage::Flip, true);
 }
 
 #[test]

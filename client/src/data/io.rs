@@ -2,7 +2,7 @@
 //! crc32c: the client computes block crcs on write (the OSD checks and
 //! stores them) and verifies the stored crcs on read.
 use crate::pool::Pool;
-use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp};
+use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp, CRC_BLOCK};
 use aifs_common::{Error, Layout, ObjectId, Result};
 use bytes::{Bytes, BytesMut};
 
@@ -75,45 +75,29 @@ pub async fn read_object(
     bad: &mut Vec<u32>,
 ) -> Result<Bytes> {
     let obj = ObjectId { ino, index };
-    let req = OsdReq::Read { obj, off: obj_off, len: len.min(u32::MAX as u64) as u32 };
+    let req = read_request(obj, obj_off, len);
     let mut last = Error::Io(format!("object {obj} has no replica left to read"));
     let mut order: Vec<u32> = layout.object_osds(index).iter().map(|o| o.0).filter(|o| !stale.contains(o)).collect();
     order.sort_by_key(|o| pool.is_down(*o));
     // Answers that end before the range does: (end, body, its offset, osd).
     let mut short: Vec<(u64, Bytes, u64, u32)> = Vec::new();
     for osd in order {
-        let (resp, body) = match pool.osd_call(osd, &req, &[]).await {
+        let checked = match pool.osd_call(osd, &req, &[]).await {
+            Ok((resp, body)) => checked(resp, body, obj_off, len).await,
+            Err(e) => Err(e),
+        };
+        let (off, body) = match checked {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(%obj, osd, error = %e, "object read failed");
+                // A crc mismatch, found here or by the OSD, marks the replica.
+                if matches!(e, Error::Checksum(_)) {
+                    bad.push(osd);
+                }
+                tracing::warn!(%obj, osd, error = %e, "object read failed; trying another replica");
                 last = e;
                 continue;
             }
         };
-        let OsdResp::Data { off, crcs, .. } = resp else {
-            last = Error::Protocol("unexpected reply to Read".into());
-            continue;
-        };
-        if off > obj_off || off % aifs_common::proto::osd::CRC_BLOCK != 0 || obj_off - off >= aifs_common::proto::osd::CRC_BLOCK {
-            tracing::warn!(%obj, osd, off, "OSD answered a read at the wrong offset");
-            last = Error::Protocol(format!("osd.{osd} answered a read of {obj} at offset {off}"));
-            continue;
-        }
-        let ok = {
-            let b = body.clone();
-            let check = move || block_crcs(off, &b) == crcs;
-            if body.len() >= 256 * 1024 {
-                tokio::task::spawn_blocking(check).await.unwrap_or(false)
-            } else {
-                check()
-            }
-        };
-        if !ok {
-            tracing::warn!(%obj, osd, "checksum mismatch on read; trying another replica");
-            bad.push(osd);
-            last = Error::Checksum(format!("object {obj} on osd.{osd}"));
-            continue;
-        }
         let end = off + body.len() as u64;
         if end < obj_off + len {
             short.push((end, body, off, osd));
@@ -134,6 +118,50 @@ pub async fn read_object(
     }
     let (body, off) = pick.ok_or(last)?;
     Ok(slice_zero_filled(body, off, obj_off, len))
+}
+
+/// `Read` answers with the whole crc blocks around a range, for the client
+/// to check end to end; a range much smaller than them (a 4 KiB read
+/// would bring 64 KiB) is asked for exactly, and the OSD checks its blocks.
+fn read_request(obj: ObjectId, off: u64, len: u64) -> OsdReq {
+    let len32 = len.min(u32::MAX as u64) as u32;
+    let start = off / CRC_BLOCK * CRC_BLOCK;
+    let end = off.saturating_add(len).div_ceil(CRC_BLOCK).saturating_mul(CRC_BLOCK);
+    let widened = (end - start).saturating_sub(len);
+    if widened.saturating_mul(4) > len {
+        OsdReq::ReadRange { obj, off, len: len32 }
+    } else {
+        OsdReq::Read { obj, off, len: len32 }
+    }
+}
+
+/// A read reply's body and the object offset it starts at, once its crcs
+/// check out: `Data` starts on the block boundary at or before `want` and
+/// carries each block's stored crc; `Range` starts at `want`, is at most
+/// `len` long and carries the crc of its bytes.
+async fn checked(resp: OsdResp, body: Bytes, want: u64, len: u64) -> Result<(u64, Bytes)> {
+    let (off, ok) = match resp {
+        OsdResp::Data { off, crcs, .. } => {
+            if off > want || off % CRC_BLOCK != 0 || want - off >= CRC_BLOCK {
+                return Err(Error::Protocol(format!("a read at {want} answered at offset {off}")));
+            }
+            let b = body.clone();
+            let check = move || block_crcs(off, &b) == crcs;
+            let ok = if body.len() >= 256 * 1024 { tokio::task::spawn_blocking(check).await.unwrap_or(false) } else { check() };
+            (off, ok)
+        }
+        OsdResp::Range { off, crc, .. } => {
+            if off != want || body.len() as u64 > len {
+                return Err(Error::Protocol(format!("a read of {len} at {want} answered with {} at {off}", body.len())));
+            }
+            (off, crc32c::crc32c(&body) == crc)
+        }
+        _ => return Err(Error::Protocol("unexpected reply to a read".into())),
+    };
+    if !ok {
+        return Err(Error::Checksum(format!("read at {want}: bytes differ from their crc")));
+    }
+    Ok((off, body))
 }
 
 /// Cut `[want, want + len)` out of `body` (which starts at `body_off`),

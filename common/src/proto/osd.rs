@@ -33,6 +33,11 @@ pub enum OsdReq {
     Write { obj: ObjectId, off: u64, len: u32, crcs: Vec<u32> },
     /// Read `[off, off + len)`; the OSD widens it to whole blocks.
     Read { obj: ObjectId, off: u64, len: u32 },
+    /// Read exactly `[off, off + len)`: the OSD checks the whole blocks
+    /// around it against their stored crcs and sends only the asked bytes
+    /// (`OsdResp::Range`). For reads much smaller than a block, which
+    /// `Read` would widen to 64 KiB on the wire.
+    ReadRange { obj: ObjectId, off: u64, len: u32 },
     Truncate { obj: ObjectId, size: u64 },
     Delete { obj: ObjectId },
     Stat { obj: ObjectId },
@@ -63,6 +68,10 @@ pub enum OsdResp {
     /// `crcs[i]` covers block `off / CRC_BLOCK + i` as far as the object
     /// extends. Bytes past the object's end are not sent.
     Data { off: u64, len: u32, crcs: Vec<u32>, obj_size: u64 },
+    /// `ReadRange`: `len` bytes follow, the asked range from `off` as far
+    /// as the object extends, each block around them checked against its
+    /// stored crc; `crc` is the crc32c of the bytes sent.
+    Range { off: u64, len: u32, crc: u32, obj_size: u64 },
     Stat { exists: bool, size: u64 },
     Usage { capacity: u64, used: u64, objects: u64 },
     /// `List`: objects with their sizes; fewer than `max` at the end.
@@ -83,6 +92,6 @@ pub struct OsdStats {
     pub write_bytes: u64,
 }
 message!(OsdResp, |m| match m {
-    OsdResp::Data { len, .. } => *len as u64,
+    OsdResp::Data { len, .. } | OsdResp::Range { len, .. } => *len as u64,
     _ => 0,
 });

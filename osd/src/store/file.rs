@@ -577,6 +577,26 @@ mod tests {
         f.write_all_at(&[0xff], 5).unwrap();
         let r = s.read(o, 0, 10).unwrap();
         assert_ne!(block_crcs(r.off, &r.data), r.crcs);
+        // an exact range read checks the whole block, not just its bytes
+        assert!(matches!(s.read_range(o, 4096, 4096), Err(Error::Checksum(_))));
+        let r = s.read_range(o, 70_000, 4096).unwrap();
+        assert_eq!((&r.data[..], r.crc, r.obj_size), (&d[70_000..74_096], crc32c::crc32c(&d[70_000..74_096]), 100_000));
+    }
+
+    #[test]
+    fn range_reads_send_just_the_asked_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        let o = obj(5);
+        let d: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        s.write(o, 0, &d, &block_crcs(0, &d)).unwrap();
+        for (off, len, want) in [(0, 4096, 0..4096), (65_000, 2_000, 65_000..67_000), (199_000, 4096, 199_000..200_000), (300_000, 10, 0..0)] {
+            let r = s.read_range(o, off, len).unwrap();
+            assert_eq!(&r.data[..], &d[want], "read_range({off}, {len})");
+            assert_eq!(r.crc, crc32c::crc32c(&r.data));
+        }
+        let none = s.read_range(obj(6), 100, 10).unwrap();
+        assert_eq!((none.data.len(), none.obj_size), (0, 0));
     }
 
     #[test]

@@ -3,8 +3,17 @@
 //! sidecar of crc32c values, one per `CRC_BLOCK` (DESIGN.md, "checksums").
 pub mod file;
 
-use aifs_common::{ObjectId, Result};
+use aifs_common::proto::osd::block_crcs;
+use aifs_common::{Error, ObjectId, Result};
 use bytes::Bytes;
+
+/// Exactly the asked bytes of an object (`ObjectStore::read_range`).
+pub struct RangeOut {
+    pub data: Bytes,
+    /// crc32c of `data`.
+    pub crc: u32,
+    pub obj_size: u64,
+}
 
 /// Data read from an object: `data` starts at block-aligned object offset
 /// `off`; `crcs[i]` is the stored crc32c of block `off / CRC_BLOCK + i`
@@ -43,4 +52,19 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// (size, blocks whose bytes fail their stored crc); `None` when the
     /// object does not exist.
     fn verify(&self, obj: ObjectId) -> Result<Option<(u64, u64)>>;
+
+    /// `[off, off + len)` as far as the object extends, after checking the
+    /// whole blocks around it against their stored crcs (a mismatch is
+    /// `Error::Checksum`), with the crc32c of just these bytes: a small read
+    /// costs the wire its own length, not its blocks'.
+    fn read_range(&self, obj: ObjectId, off: u64, len: u64) -> Result<RangeOut> {
+        let out = self.read(obj, off, len)?;
+        if block_crcs(out.off, &out.data) != out.crcs {
+            return Err(Error::Checksum(format!("object {obj}: a stored block around [{off}, +{len}) fails its crc")));
+        }
+        let skip = usize::try_from(off.saturating_sub(out.off)).unwrap_or(usize::MAX).min(out.data.len());
+        let end = skip.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)).min(out.data.len());
+        let data = out.data.slice(skip..end);
+        Ok(RangeOut { crc: crc32c::crc32c(&data), data, obj_size: out.obj_size })
+    }
 }
