@@ -33,11 +33,6 @@ pub enum OsdReq {
     Write { obj: ObjectId, off: u64, len: u32, crcs: Vec<u32> },
     /// Read `[off, off + len)`; the OSD widens it to whole blocks.
     Read { obj: ObjectId, off: u64, len: u32 },
-    /// Read exactly `[off, off + len)`: the OSD checks the whole blocks
-    /// around it against their stored crcs and sends only the asked bytes
-    /// (`OsdResp::Range`). For reads much smaller than a block, which
-    /// `Read` would widen to 64 KiB on the wire.
-    ReadRange { obj: ObjectId, off: u64, len: u32 },
     Truncate { obj: ObjectId, size: u64 },
     Delete { obj: ObjectId },
     Stat { obj: ObjectId },
@@ -53,6 +48,12 @@ pub enum OsdReq {
     /// What this OSD has served since it started (benchmarks: a load
     /// served from the client's page cache reads nothing here).
     Stats,
+    /// Read exactly `[off, off + len)`: the OSD checks the whole blocks
+    /// around it against their stored crcs and sends only the asked bytes
+    /// (`OsdResp::Range`). For reads much smaller than a block, which
+    /// `Read` would widen to 64 KiB on the wire.
+    ReadRange { obj: ObjectId, off: u64, len: u32 },
+    // New variants go last: the order is the wire's discriminant.
 }
 message!(OsdReq, |m| match m {
     OsdReq::Write { len, .. } => *len as u64,
@@ -68,10 +69,6 @@ pub enum OsdResp {
     /// `crcs[i]` covers block `off / CRC_BLOCK + i` as far as the object
     /// extends. Bytes past the object's end are not sent.
     Data { off: u64, len: u32, crcs: Vec<u32>, obj_size: u64 },
-    /// `ReadRange`: `len` bytes follow, the asked range from `off` as far
-    /// as the object extends, each block around them checked against its
-    /// stored crc; `crc` is the crc32c of the bytes sent.
-    Range { off: u64, len: u32, crc: u32, obj_size: u64 },
     Stat { exists: bool, size: u64 },
     Usage { capacity: u64, used: u64, objects: u64 },
     /// `List`: objects with their sizes; fewer than `max` at the end.
@@ -80,6 +77,11 @@ pub enum OsdResp {
     /// crc (`exists` false: no such object).
     Verified { exists: bool, size: u64, bad_blocks: u64 },
     Stats(OsdStats),
+    /// `ReadRange`: `len` bytes follow, the asked range from `off` as far
+    /// as the object extends, each block around them checked against its
+    /// stored crc; `crc` is the crc32c of the bytes sent.
+    Range { off: u64, len: u32, crc: u32, obj_size: u64 },
+    // New variants go last: the order is the wire's discriminant.
 }
 
 /// Requests and bytes an OSD has served since it started.
