@@ -465,7 +465,9 @@ async fn peers_without_a_cluster_certificate_are_refused() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![b"aifs/1".to_vec()];
+    // The protocol the servers speak, so that only the missing certificate
+    // stands in the way.
+    tls.alpn_protocols = vec![aifs_common::rpc::tls::ALPN.to_vec()];
     let qc = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(qc)));
