@@ -96,6 +96,8 @@ pub(super) type UnitFuture = Shared<BoxFuture<'static, Result<Bytes>>>;
 pub struct ReadAhead {
     /// Unit the reader was last in.
     pub(super) last_unit: Option<u64>,
+    /// Unit where its current sequential run began.
+    pub(super) run_start: u64,
     pub(super) window: usize,
     pub(super) cache: BTreeMap<u64, UnitFuture>,
     /// The file's write generation the cached units were fetched under.
@@ -107,6 +109,7 @@ impl ReadAhead {
         self.cache.clear();
         self.window = 0;
         self.last_unit = None;
+        self.run_start = 0;
     }
 }
 

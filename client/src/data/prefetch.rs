@@ -1,8 +1,9 @@
 //! Sequential read-ahead (DESIGN.md, "Data"). A reader that keeps reading
 //! near where it left off is sequential: whole stripe units ahead of it are
-//! fetched from all OSDs of the layout at once, the window doubling up to
-//! `readahead_units`. Units behind the reader are dropped. A random reader
-//! gets exactly the bytes it asked for and no read-ahead.
+//! fetched from all OSDs of the layout at once, the window as many units as
+//! the run has covered, up to `readahead_units`. Units behind the reader
+//! are dropped. A random reader gets exactly the bytes it asked for and no
+//! read-ahead.
 use super::io::read_object;
 use super::file::{DataCtx, FileState, UnitFuture};
 use aifs_common::proto::mds::Degraded;
@@ -93,10 +94,13 @@ pub async fn read(ctx: &Arc<DataCtx>, f: &Arc<FileState>, off: u64, len: u64, si
             Some(u) => first + 1 >= u && first <= u + ra.window as u64 + 1,
         };
         if sequential {
-            let max = ctx.readahead_units.max(1);
-            ra.window = (ra.window * 2).clamp(1, max);
+            // As long as the run so far: what is fetched past the end of a
+            // range (a tensor) read whole is at most what was read of it.
+            let run = (last.saturating_sub(ra.run_start) + 1).min(usize::MAX as u64) as usize;
+            ra.window = run.clamp(1, ctx.readahead_units.max(1));
         } else {
             ra.clear();
+            ra.run_start = first;
         }
         ra.last_unit = Some(last);
         if sequential {
