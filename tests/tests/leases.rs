@@ -499,3 +499,30 @@ fn creates_under_a_directory_lease_survive_kill_9_once_the_directory_is_fsynced(
     let expect: BTreeSet<String> = (0..50).map(|i| format!("rank{i}")).collect();
     assert_eq!(names(&b.p("ckpt")), expect);
 }
+
+/// A checkpoint saved and then loaded twice on one mount: the second load
+/// comes from the page cache under the read lease, with every OSD stopped.
+/// The first load sets the access time (relatime), which made the client
+/// forget the file's attributes and open it the second time without its
+/// cached pages.
+#[test]
+fn a_reload_after_the_access_time_update_comes_from_the_page_cache() {
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let body = pattern::bytes(21, 0, 6 * MIB);
+    fs::write(a.p("model.pt"), &body).unwrap();
+    let f = File::open(a.p("model.pt")).unwrap();
+    f.sync_all().unwrap();
+    // the pages the writes left in the page cache go, so the first load
+    // reads from the OSDs, as after a restart
+    // SAFETY: advice on a descriptor we own.
+    assert_eq!(unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
+    drop(f);
+    assert!(fs::read(a.p("model.pt")).unwrap() == body);
+    // the access-time update is posted in the background
+    std::thread::sleep(Duration::from_millis(300));
+    let _stopped: Vec<_> = (1..=3).map(|i| cl.freeze_osd(i)).collect();
+    let t = Instant::now();
+    assert!(fs::read(a.p("model.pt")).unwrap() == body, "the re-load differs");
+    assert!(t.elapsed() < Duration::from_secs(3), "the re-load waited {:?} on the stopped OSDs", t.elapsed());
+}

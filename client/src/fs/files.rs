@@ -98,6 +98,9 @@ impl ClientFs {
                 return Ok(Opened { fh: self.new_handle(&f, append, &attr), attr, keep_cache: keep, direct_io: !keep });
             }
         }
+        // The lease, not the attributes, says whether the pages are still
+        // good: an access-time update forgets the attributes alone.
+        let leased = want.suits(self.meta.mode(ino));
         let snap = self.meta.snap();
         let (a, mode, degraded) = self.take_lease(ino, want, true).await?;
         match a.kind {
@@ -107,7 +110,7 @@ impl ClientFs {
                 return Err(if kind == FileKind::Dir { Error::IsDir } else { Error::InvalidArgument("open of a symlink".into()) });
             }
         }
-        let keep = held.is_some() && self.meta.quiet_since(snap, ino) && mode != LeaseMode::SharedWrite && !append;
+        let keep = leased && self.meta.quiet_since(snap, ino) && mode != LeaseMode::SharedWrite && !append;
         let f = self.file_state(&a)?;
         f.add_stale(&degraded);
         if !keep {
