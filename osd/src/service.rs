@@ -68,6 +68,13 @@ impl OsdService {
         OsdService { store, served: Served::default() }
     }
 
+    /// A read's reply length on the wire, counted as served.
+    fn served_read(&self, data: &Bytes) -> Result<u32> {
+        let n = u32::try_from(data.len()).map_err(|_| Error::Io("read reply too large".into()))?;
+        Served::count(&self.served.reads, &self.served.read_bytes, data.len());
+        Ok(n)
+    }
+
     async fn handle(&self, req: OsdReq, payload: Bytes) -> Result<(OsdResp, Vec<Bytes>)> {
         let store = self.store.clone();
         match req {
@@ -82,15 +89,13 @@ impl OsdService {
             }
             OsdReq::Read { obj, off, len } => {
                 let out = small_or_blocking(len, move || store.read(obj, off, len as u64)).await?;
-                let n = u32::try_from(out.data.len()).map_err(|_| Error::Io("read reply too large".into()))?;
-                Served::count(&self.served.reads, &self.served.read_bytes, out.data.len());
+                let n = self.served_read(&out.data)?;
                 let resp = OsdResp::Data { off: out.off, len: n, crcs: out.crcs, obj_size: out.obj_size };
                 Ok((resp, vec![out.data]))
             }
             OsdReq::ReadRange { obj, off, len } => {
                 let out = small_or_blocking(len, move || store.read_range(obj, off, len as u64)).await?;
-                let n = u32::try_from(out.data.len()).map_err(|_| Error::Io("read reply too large".into()))?;
-                Served::count(&self.served.reads, &self.served.read_bytes, out.data.len());
+                let n = self.served_read(&out.data)?;
                 Ok((OsdResp::Range { off, len: n, crc: out.crc, obj_size: out.obj_size }, vec![out.data]))
             }
             OsdReq::Truncate { obj, size } => {

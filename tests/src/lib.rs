@@ -8,6 +8,7 @@ pub mod proc;
 use aifs_common::certs::{self, Role};
 use aifs_common::config::{TlsConfig, TransportConfig};
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
+use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::{Error, LayoutPolicy, Result};
 use aifs_mds::{MdsConfig, MdsHandle};
@@ -72,12 +73,32 @@ impl TestCluster {
         Err(Error::Unavailable(format!("{n} OSDs did not come up")))
     }
 
+    /// An RPC client of each OSD holding `role`'s certificate.
+    pub fn osd_clients(&self, role: Role) -> Result<Vec<RpcClient>> {
+        let ep = rpc::client_endpoint(&Identity::load(&tls(self.dir.path(), role))?, &TransportConfig::default())?;
+        Ok(self.osds.iter().map(|o| RpcClient::new(ep.clone(), o.addr, Role::Osd)).collect())
+    }
+
     /// An RPC client of the MDS holding `role`'s certificate.
     pub fn mds_client(&self, role: Role) -> Result<RpcClient> {
         let id = Identity::load(&tls(self.dir.path(), role))?;
         let ep = rpc::client_endpoint(&id, &TransportConfig::default())?;
         Ok(RpcClient::new(ep, self.mds.addr, Role::Mds))
     }
+}
+
+/// Bytes the OSDs behind `osds` have read for their clients since they
+/// started (`OsdReq::Stats`): a load served from a client's page cache
+/// adds nothing.
+pub async fn osd_read_bytes(osds: &[RpcClient]) -> Result<u64> {
+    let mut sum = 0;
+    for o in osds {
+        match o.call::<_, OsdResp>(&OsdReq::Stats, &[]).await?.0 {
+            OsdResp::Stats(s) => sum += s.read_bytes,
+            other => return Err(Error::Protocol(format!("unexpected reply to Stats: {other:?}"))),
+        }
+    }
+    Ok(sum)
 }
 
 /// Call the MDS; an error reply becomes `Err`.

@@ -154,23 +154,6 @@ fn clientfs_matches_a_local_file_under_random_writes_truncates_and_reopens() {
     rt.block_on(fs.shutdown());
 }
 
-/// Bytes every OSD has served to readers so far.
-async fn osd_read_bytes(c: &TestCluster) -> u64 {
-    use aifs_common::certs::Role;
-    use aifs_common::proto::osd::{OsdReq, OsdResp};
-    let id = aifs_common::rpc::Identity::load(&aifs_tests::tls(c.dir.path(), Role::Admin)).expect("admin identity");
-    let ep = aifs_common::rpc::client_endpoint(&id, &aifs_common::config::TransportConfig::default()).expect("endpoint");
-    let mut total = 0;
-    for o in &c.osds {
-        let rc = aifs_common::rpc::RpcClient::new(ep.clone(), o.addr, Role::Osd);
-        match rc.call::<_, OsdResp>(&OsdReq::Stats, &[]).await.expect("OSD stats").0 {
-            OsdResp::Stats(s) => total += s.read_bytes,
-            other => panic!("{other:?}"),
-        }
-    }
-    total
-}
-
 /// A tensor read whole from the middle of a checkpoint, in the kernel's
 /// 128 KiB read-ahead requests, fetches at most as much again past its end
 /// (the window grows with the run), not the whole read-ahead window
@@ -185,7 +168,8 @@ fn a_range_read_whole_fetches_at_most_its_own_length_past_its_end() {
         let body = pattern::bytes(3, 0, 40 * MIB as usize);
         fs.write(o.fh, 0, Bytes::from(body.clone())).await.expect("write");
         fs.fsync(o.fh).await.expect("fsync");
-        let before = osd_read_bytes(&cluster).await;
+        let osds = cluster.osd_clients(aifs_common::certs::Role::Admin).expect("OSD clients");
+        let before = aifs_tests::osd_read_bytes(&osds).await.expect("OSD stats");
         // units 5 to 11 of the file
         let (start, len) = (5 * MIB + 300 * 1024, 6 * MIB);
         let mut at = start;
@@ -194,7 +178,7 @@ fn a_range_read_whole_fetches_at_most_its_own_length_past_its_end() {
             assert!(piece[..] == body[at as usize..at as usize + piece.len()], "read at {at} differs");
             at += piece.len() as u64;
         }
-        let fetched = osd_read_bytes(&cluster).await - before;
+        let fetched = aifs_tests::osd_read_bytes(&osds).await.expect("OSD stats") - before;
         let units = 7;
         assert!(fetched <= (2 * units + 1) * MIB + 128 * 1024, "{fetched} bytes fetched for a {len}-byte range");
         fs.release(o.fh).await.expect("release");

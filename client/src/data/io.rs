@@ -13,14 +13,8 @@ use bytes::{Bytes, BytesMut};
 pub async fn write_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, obj_off: u64, data: Bytes, stale: &[u32]) -> Result<Vec<u32>> {
     let obj = ObjectId { ino, index };
     let len = u32::try_from(data.len()).map_err(|_| Error::InvalidArgument("write too large".into()))?;
-    let crcs = {
-        let d = data.clone();
-        if d.len() >= 256 * 1024 {
-            tokio::task::spawn_blocking(move || block_crcs(obj_off, &d)).await.map_err(|e| Error::Io(e.to_string()))?
-        } else {
-            block_crcs(obj_off, &d)
-        }
-    };
+    let d = data.clone();
+    let crcs = crc_work(d.len(), move || block_crcs(obj_off, &d)).await?;
     let req = OsdReq::Write { obj, off: obj_off, len, crcs };
     let live: Vec<u32> = layout.object_osds(index).iter().map(|o| o.0).filter(|o| !stale.contains(o)).collect();
     if live.is_empty() {
@@ -120,6 +114,16 @@ pub async fn read_object(
     Ok(slice_zero_filled(body, off, obj_off, len))
 }
 
+/// Checksum work over `len` bytes: inline when small, on a blocking
+/// thread from 256 KiB, where it would hold up the worker's other requests.
+async fn crc_work<T: Send + 'static>(len: usize, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    if len >= 256 * 1024 {
+        tokio::task::spawn_blocking(f).await.map_err(|e| Error::Io(e.to_string()))
+    } else {
+        Ok(f())
+    }
+}
+
 /// `Read` answers with the whole crc blocks around a range, for the client
 /// to check end to end; a range much smaller than them (a 4 KiB read
 /// would bring 64 KiB) is asked for exactly, and the OSD checks its blocks.
@@ -146,9 +150,7 @@ async fn checked(resp: OsdResp, body: Bytes, want: u64, len: u64) -> Result<(u64
                 return Err(Error::Protocol(format!("a read at {want} answered at offset {off}")));
             }
             let b = body.clone();
-            let check = move || block_crcs(off, &b) == crcs;
-            let ok = if body.len() >= 256 * 1024 { tokio::task::spawn_blocking(check).await.unwrap_or(false) } else { check() };
-            (off, ok)
+            (off, crc_work(b.len(), move || block_crcs(off, &b) == crcs).await.unwrap_or(false))
         }
         OsdResp::Range { off, crc, .. } => {
             if off != want || body.len() as u64 > len {

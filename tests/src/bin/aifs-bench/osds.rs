@@ -4,7 +4,6 @@
 use aifs_common::certs::Role;
 use aifs_common::config::TransportConfig;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
-use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_tests::proc::ProcCluster;
 use anyhow::{bail, Result};
@@ -37,15 +36,6 @@ impl OsdCounters {
 
     /// Bytes all OSDs have read for their clients since they started.
     pub fn read_bytes(&self) -> Result<u64> {
-        self.rt.block_on(async {
-            let mut sum = 0;
-            for o in &self.osds {
-                match o.call::<_, OsdResp>(&OsdReq::Stats, &[]).await? {
-                    (OsdResp::Stats(s), _) => sum += s.read_bytes,
-                    (other, _) => bail!("unexpected reply to Stats: {other:?}"),
-                }
-            }
-            Ok(sum)
-        })
+        Ok(self.rt.block_on(aifs_tests::osd_read_bytes(&self.osds))?)
     }
 }
