@@ -6,6 +6,7 @@
 //! (worker.rs); the parent starts them, lets them go at once and times
 //! them together, with the CPU time each aifs process spent meanwhile.
 use crate::plan::Plan;
+use crate::rawquic::{RawMeasure, RawQuic};
 use crate::util::{cpu_secs, drop_caches, median, sync, MIB};
 use crate::worker::{Load, Op};
 use anyhow::{bail, Context, Result};
@@ -262,6 +263,44 @@ pub fn run(t: &Target, mib: usize, run: usize) -> Result<Vec<(String, Measure)>>
     Ok(rows)
 }
 
+/// The raw-QUIC rows of one run, on the 1-replica directory `dir`: a
+/// checkpoint's bytes written and read back straight from the OSDs, and
+/// the random reads, as (raw row, measure); `raw_row` names the raw row an
+/// aifs row compares with.
+pub fn raw_run(raw: &RawQuic, dir: &Path, mib: usize, run: usize) -> Result<Vec<(String, RawMeasure)>> {
+    let bytes = (mib * MIB) as u64;
+    let file = dir.join(format!("raw{run}.bin"));
+    // The size goes to the MDS first, so that the delete frees the objects.
+    File::create(&file)?.set_len(bytes)?;
+    let mut rows = vec![("write".to_string(), raw.write(&file, bytes)?)];
+    drop_caches();
+    rows.push(("read".to_string(), raw.read(&file, bytes)?));
+    for (qd, ops) in [(1usize, 4000usize), (16, 16000)] {
+        drop_caches();
+        let m = raw.random(&file, bytes, qd, ops)?;
+        eprintln!("  raw QUIC: 4 KiB random reads, QD{qd}: {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs", m.rate, m.p50, m.p99);
+        rows.push((format!("4 KiB random reads, QD{qd}"), m));
+    }
+    fs::remove_file(&file)?;
+    settle();
+    Ok(rows)
+}
+
+/// The raw-QUIC row an aifs row is held against: writes against the raw
+/// write, loads against the raw read, random reads against raw random
+/// reads; none for the re-load, which should not reach the OSDs at all.
+pub fn raw_row(row: &str) -> Option<&str> {
+    if row.starts_with("save") || row.starts_with("N-to-1") {
+        Some("write")
+    } else if row.starts_with("load") || row.starts_with("mmap load") {
+        Some("read")
+    } else if is_random(row) {
+        Some(row)
+    } else {
+        None
+    }
+}
+
 /// Let the deletes of a run's files finish before the next target's rows:
 /// aifs frees objects in the background after the unlink answers, and no
 /// row should pay for another's cleanup. (Saves on aifs still run slower
@@ -273,10 +312,12 @@ fn settle() {
     sync();
 }
 
-/// Rows across runs and targets: name -> per target -> per run.
+/// Rows across runs and targets: name -> per target -> per run; the raw
+/// QUIC rows: name -> per run.
 #[derive(Default)]
 pub struct Table {
     pub rows: Vec<(String, Vec<Vec<Measure>>)>,
+    pub raw: Vec<(String, Vec<RawMeasure>)>,
 }
 
 impl Table {
@@ -290,6 +331,76 @@ impl Table {
                 }
             };
             self.rows[i].1[target].push(m);
+        }
+    }
+
+    pub fn add_raw(&mut self, rows: Vec<(String, RawMeasure)>) {
+        for (name, m) in rows {
+            match self.raw.iter_mut().find(|r| r.0 == name) {
+                Some(r) => r.1.push(m),
+                None => self.raw.push((name, vec![m])),
+            }
+        }
+    }
+
+    /// The median of one figure of the raw row `row` compares with.
+    fn raw_med(&self, row: &str, f: impl Fn(&RawMeasure) -> f64) -> Option<f64> {
+        let want = raw_row(row)?;
+        let runs = &self.raw.iter().find(|r| r.0 == want)?.1;
+        Some(median(&runs.iter().map(f).collect::<Vec<_>>()))
+    }
+
+    /// The tables, medians of `runs` runs: rates with ratios against the
+    /// local disk and against raw QUIC, random-read latencies, and the CPU
+    /// each process (`names`, as in `Target::procs`) spent per GiB.
+    pub fn print(&self, names: &[&str], runs: usize, size: &str) {
+        let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}", a / b) } else { "-".into() };
+        println!();
+        println!("| checkpoint pattern, {size} per checkpoint, stripe 1 MiB x 3 | unit | local disk | aifs, 1 replica | 1 replica/local | aifs, 2 replicas | 2 replicas/local | raw QUIC | 1 replica/raw QUIC |");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (name, t) in &self.rows {
+            let rate: Vec<f64> = t.iter().map(|runs| med(runs, |m| m.rate)).collect();
+            let unit = if is_random(name) { "IOPS" } else { "MB/s" };
+            let raw = self.raw_med(name, |m| m.rate);
+            let raw_col = raw.map_or("-".into(), |r| format!("{r:.0}"));
+            println!(
+                "| {name} | {unit} | {:.0} | {:.0} | {} | {:.0} | {} | {raw_col} | {} |",
+                rate[0],
+                rate[1],
+                ratio(rate[1], rate[0]),
+                rate[2],
+                ratio(rate[2], rate[0]),
+                ratio(rate[1], raw.unwrap_or(0.0))
+            );
+        }
+        println!();
+        println!("| 4 KiB random reads, µs | local p50 | local p99 | aifs 1 replica p50 | p99 | aifs 2 replicas p50 | p99 | raw QUIC p50 | p99 |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (name, t) in self.rows.iter().filter(|r| is_random(&r.0)) {
+            let mut l: Vec<f64> = t.iter().flat_map(|runs| [med(runs, |m| m.p50), med(runs, |m| m.p99)]).collect();
+            l.extend([self.raw_med(name, |m| m.p50).unwrap_or(0.0), self.raw_med(name, |m| m.p99).unwrap_or(0.0)]);
+            let l: Vec<String> = l.iter().map(|v| format!("{v:.0}")).collect();
+            println!("| {name} | {} |", l.join(" | "));
+        }
+        println!();
+        println!("| CPU seconds per GiB moved | {} | all aifs, 1 replica | all aifs, 2 replicas | raw QUIC, with the bench process |", names.join(" | "));
+        println!("|---|{}---:|---:|---:|", "---:|".repeat(names.len()));
+        for (name, t) in self.rows.iter().filter(|r| !is_random(&r.0)) {
+            let per: Vec<String> = (0..names.len()).map(|k| format!("{:.2}", med(&t[1], |m| m.cpu.get(k).copied().unwrap_or(0.0)))).collect();
+            let all = |i: usize| med(&t[i], |m| m.cpu.iter().sum());
+            let raw = self.raw_med(name, |m| m.cpu_per_gib).map_or("-".into(), |c| format!("{c:.2}"));
+            println!("| {name} | {} | {:.2} | {:.2} | {raw} |", per.join(" | "), all(1), all(2));
+        }
+        println!();
+        print!("median of {runs} runs. Per-process CPU columns are for 1 replica. ");
+        println!(
+            "raw QUIC: the bench process writes (then commits) and reads a checkpoint's bytes straight from the OSDs of the 1-replica directory, \
+             a stripe unit per request, {} in flight, no FUSE and no caches; random reads are ReadRange requests.",
+            crate::rawquic::IN_FLIGHT
+        );
+        if let Some((_, t)) = self.rows.iter().find(|r| r.0.starts_with("re-load")) {
+            let osd = |i: usize| med(&t[i], |m| m.osd_read.unwrap_or(0) as f64);
+            println!("re-load: bytes the OSDs read during the second load: {:.0} (1 replica), {:.0} (2 replicas).", osd(1), osd(2));
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 mod ckpt;
 mod osds;
 mod plan;
+mod rawquic;
 mod util;
 mod worker;
 
@@ -29,10 +30,12 @@ struct Args {
     ckpt_mib: usize,
     /// Only the checkpoint-pattern table.
     ckpt_only: bool,
+    /// Only the raw-QUIC rows of that table (the transport's ceiling).
+    raw_only: bool,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false };
+    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false, raw_only: false };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().context("missing value");
@@ -44,8 +47,9 @@ fn parse_args() -> Result<Args> {
             "--local-dir" => a.local = PathBuf::from(v()?),
             "--ckpt-mib" => a.ckpt_mib = v()?.parse()?,
             "--ckpt-only" => a.ckpt_only = true,
+            "--raw-only" => a.raw_only = true,
             "-h" | "--help" => {
-                println!("aifs-bench [--size-mib 4096] [--files 10000] [--runs 3] [--threads 8] [--local-dir DIR] [--ckpt-mib 1024] [--ckpt-only]");
+                println!("aifs-bench [--size-mib 4096] [--files 10000] [--runs 3] [--threads 8] [--local-dir DIR] [--ckpt-mib 1024] [--ckpt-only] [--raw-only]");
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument {other}"),
@@ -87,69 +91,6 @@ fn seq_read(path: &Path, size_mib: usize, label: &str) -> Result<f64> {
     }
     anyhow::ensure!(total == size_mib * MIB, "read {total} bytes, wrote {}", size_mib * MIB);
     Ok(total as f64 / 1e6 / t.elapsed().as_secs_f64())
-}
-
-/// The transport's ceiling for `seq_read`: the same file's objects read
-/// straight from the OSDs over QUIC by this process, 1 MiB per request and
-/// 16 in flight as the client's prefetch keeps them, with no FUSE and no
-/// client cache between (crcs not checked): MB/s, and the CPU seconds per
-/// GiB of the aifs processes and this one.
-fn raw_quic_read(cl: &ProcCluster, pids: &[u32], path: &Path, size_mib: usize) -> Result<(f64, f64)> {
-    use aifs_common::certs::Role;
-    use aifs_common::config::TransportConfig;
-    use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
-    use aifs_common::proto::osd::{OsdReq, OsdResp};
-    use aifs_common::rpc::{self, Identity, RpcClient};
-    use aifs_common::ObjectId;
-    use futures::StreamExt;
-    use std::os::unix::fs::MetadataExt;
-    let ino = fs::metadata(path)?.ino();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let mut p = Progress::new(format!("raw QUIC: read {size_mib} MiB"));
-    let me = std::process::id();
-    rt.block_on(async move {
-        let admin = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &TransportConfig::default())?;
-        let mds = RpcClient::new(admin, cl.mds_addr, Role::Mds);
-        let ask = |req: MdsReq| {
-            let mds = &mds;
-            async move { mds.call::<_, MdsReply>(&MdsCall::from(req), &[]).await.map(|r| r.0.resp) }
-        };
-        let layout = match ask(MdsReq::GetStripe { ino }).await? {
-            MdsResp::Stripe { attr, .. } => attr.layout.context("the file has no layout")?,
-            other => anyhow::bail!("unexpected reply to GetStripe: {other:?}"),
-        };
-        let conns: std::collections::HashMap<u32, std::sync::Arc<RpcClient>> =
-            osds::osd_clients(cl, Role::Client).await?.into_iter().map(|(id, c)| (id, std::sync::Arc::new(c))).collect();
-        let su = layout.stripe_size as u64;
-        let units = (size_mib as u64 * MIB as u64).div_ceil(su);
-        let c0 = cpu_secs(pids) + cpu_secs(&[me]);
-        let t = Instant::now();
-        let reads = futures::stream::iter(0..units)
-            .map(|u| {
-                let (index, off) = layout.locate(u * su);
-                let osd = layout.object_osds(index)[0].0;
-                let c = conns.get(&osd).cloned();
-                async move {
-                    let c = c.context("OSD not in the map")?;
-                    let req = OsdReq::Read { obj: ObjectId { ino, index }, off, len: su as u32 };
-                    match c.call::<_, OsdResp>(&req, &[]).await? {
-                        (OsdResp::Data { .. }, body) => Ok::<usize, anyhow::Error>(body.len()),
-                        (other, _) => anyhow::bail!("unexpected reply to Read: {other:?}"),
-                    }
-                }
-            })
-            .buffer_unordered(16);
-        tokio::pin!(reads);
-        let mut total = 0usize;
-        while let Some(n) = reads.next().await {
-            total += n?;
-            p.tick((total / MIB) as u64, size_mib as u64, "MB/s", 1e6 / MIB as f64);
-        }
-        anyhow::ensure!(total == size_mib * MIB, "read {total} bytes of {}", size_mib * MIB);
-        let secs = t.elapsed().as_secs_f64();
-        let cpu = (cpu_secs(pids) + cpu_secs(&[me]) - c0) / (size_mib as f64 / 1024.0);
-        Ok((total as f64 / 1e6 / secs, cpu))
-    })
 }
 
 /// Run `op(i)` for i in 0..n over `threads` threads: ops/s, timed from
@@ -218,14 +159,14 @@ impl Results {
 struct Extra {
     /// ("write" | "read", CPU seconds per GiB of the aifs processes).
     cpu: Vec<(String, f64)>,
-    /// `raw_quic_read`: (MB/s, CPU seconds per GiB).
+    /// `RawQuic::read` of the same file: (MB/s, CPU seconds per GiB).
     raw: Vec<(f64, f64)>,
 }
 
 /// One workload set on one directory: (name, unit, value) rows. On aifs
 /// (`aifs`: the cluster and its processes) also the CPU used and the raw
 /// QUIC read of the same file.
-fn workloads(dir: &Path, a: &Args, label: &str, aifs: Option<(&ProcCluster, &[u32])>, x: &mut Extra) -> Result<Vec<(String, &'static str, f64)>> {
+fn workloads(dir: &Path, a: &Args, label: &str, aifs: Option<(&rawquic::RawQuic, &[u32])>, x: &mut Extra) -> Result<Vec<(String, &'static str, f64)>> {
     let on_aifs = aifs.map(|a| a.1);
     let mut out = Vec::new();
     let file = dir.join("bench.seq");
@@ -242,9 +183,10 @@ fn workloads(dir: &Path, a: &Args, label: &str, aifs: Option<(&ProcCluster, &[u3
     if let (Some(p), Some(c0)) = (on_aifs, c0) {
         x.cpu.push(("read".into(), (cpu_secs(p) - c0) / (a.size_mib as f64 / 1024.0)));
     }
-    if let Some((cl, pids)) = aifs {
+    if let Some((raw, _)) = aifs {
         drop_caches();
-        x.raw.push(raw_quic_read(cl, pids, &file, a.size_mib)?);
+        let m = raw.read(&file, (a.size_mib * MIB) as u64)?;
+        x.raw.push((m.rate, m.cpu_per_gib));
     }
     fs::remove_file(&file)?;
     let md = dir.join("bench.meta");
@@ -503,8 +445,9 @@ fn main() -> Result<()> {
     let mount = cluster.mount()?;
     let pids = cluster.pids_with(&mount);
     let local = tempfile::Builder::new().prefix("aifs-bench-local-").tempdir_in(&a.local)?;
-    checkpoint_patterns(&cluster, &mount, &pids, local.path(), &a)?;
-    if a.ckpt_only {
+    let raw = rawquic::RawQuic::new(&cluster, &pids)?;
+    checkpoint_patterns(&cluster, &mount, &pids, &raw, local.path(), &a)?;
+    if a.ckpt_only || a.raw_only {
         return Ok(());
     }
     eprintln!(
@@ -535,7 +478,7 @@ fn main() -> Result<()> {
             }
         }
         let l = workloads(local.path(), &a, "local", None, &mut Extra::default())?;
-        let f = workloads(&mount.path, &a, "aifs", Some((&cluster, &pids)), &mut x)?;
+        let f = workloads(&mount.path, &a, "aifs", Some((&raw, &pids)), &mut x)?;
         for ((name, unit, lv), (_, _, av)) in l.into_iter().zip(f) {
             res.add(&name, unit, lv, av);
         }
@@ -617,6 +560,7 @@ fn main() -> Result<()> {
     println!("| MDS `kill -9` and restart during checkpoint steps (create, 64 KiB, fsync, rename) | one step before | longest step across the restart | longest/before | first step done after the MDS start |");
     println!("|---|---:|---:|---:|---:|");
     println!("| median of {} | {:.1} ms | {:.2} s | {:.0} | {:.2} s |", a.runs, step * 1e3, stall, stall / step.max(1e-9), back);
+    drop(raw);
     drop(mount);
     drop(cluster);
     Ok(())
@@ -625,7 +569,7 @@ fn main() -> Result<()> {
 /// The checkpoint-pattern table: every pattern on the local disk and on
 /// aifs with 1 and 2 replicas, `runs` times, medians with ratios; then the
 /// CPU each aifs process spent per GiB, and the random-read latencies.
-fn checkpoint_patterns(cluster: &ProcCluster, mount: &aifs_tests::proc::Mount, pids: &[u32], local: &Path, a: &Args) -> Result<()> {
+fn checkpoint_patterns(cluster: &ProcCluster, mount: &aifs_tests::proc::Mount, pids: &[u32], raw: &rawquic::RawQuic, local: &Path, a: &Args) -> Result<()> {
     let names = ["MDS", "osd.1", "osd.2", "osd.3", "client"];
     let procs: Vec<(String, u32)> = names.iter().zip(pids).map(|(n, p)| (n.to_string(), *p)).collect();
     let mut targets = vec![ckpt::Target { label: "local".into(), dir: local.to_path_buf(), procs: vec![], osds: None }];
@@ -639,44 +583,11 @@ fn checkpoint_patterns(cluster: &ProcCluster, mount: &aifs_tests::proc::Mount, p
     let mut table = ckpt::Table::default();
     for run in 1..=a.runs {
         eprintln!("checkpoint patterns, run {run}/{}", a.runs);
-        for (i, t) in targets.iter().enumerate() {
+        for (i, t) in targets.iter().enumerate().filter(|_| !a.raw_only) {
             table.add(i, targets.len(), ckpt::run(t, a.ckpt_mib, run)?);
         }
+        table.add_raw(ckpt::raw_run(raw, &targets[1].dir, a.ckpt_mib, run)?);
     }
-    use ckpt::{is_random, med};
-    println!();
-    println!("| checkpoint pattern, {} per checkpoint, stripe 1 MiB x 3 | unit | local disk | aifs, 1 replica | 1 replica/local | aifs, 2 replicas | 2 replicas/local |", size_label(a.ckpt_mib));
-    println!("|---|---|---:|---:|---:|---:|---:|");
-    for (name, t) in &table.rows {
-        let rate: Vec<f64> = t.iter().map(|runs| med(runs, |m| m.rate)).collect();
-        let unit = if is_random(name) { "IOPS" } else { "MB/s" };
-        let ratio = |i: usize| if rate[0] > 0.0 { rate[i] / rate[0] } else { 0.0 };
-        println!("| {name} | {unit} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |", rate[0], rate[1], ratio(1), rate[2], ratio(2));
-    }
-    println!();
-    println!("| 4 KiB random reads, µs | local p50 | local p99 | aifs 1 replica p50 | p99 | aifs 2 replicas p50 | p99 |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (name, t) in table.rows.iter().filter(|r| is_random(&r.0)) {
-        let l: Vec<String> = t.iter().flat_map(|runs| [med(runs, |m| m.p50), med(runs, |m| m.p99)]).map(|v| format!("{v:.0}")).collect();
-        println!("| {name} | {} |", l.join(" | "));
-    }
-    println!();
-    println!("| CPU seconds per GiB moved | {} | all aifs, 1 replica | all aifs, 2 replicas |", names.join(" | "));
-    println!("|---|{}---:|---:|", "---:|".repeat(names.len()));
-    for (name, t) in table.rows.iter().filter(|r| !is_random(&r.0)) {
-        let per: Vec<String> = (0..names.len()).map(|k| format!("{:.2}", med(&t[1], |m| m.cpu.get(k).copied().unwrap_or(0.0)))).collect();
-        let all = |i: usize| med(&t[i], |m| m.cpu.iter().sum());
-        println!("| {name} | {} | {:.2} | {:.2} |", per.join(" | "), all(1), all(2));
-    }
-    if let Some((_, t)) = table.rows.iter().find(|r| r.0.starts_with("re-load")) {
-        let osd = |i: usize| med(&t[i], |m| m.osd_read.unwrap_or(0) as f64);
-        println!();
-        println!(
-            "median of {} runs. Per-process CPU columns are for 1 replica. re-load: bytes the OSDs read during the second load: {:.0} (1 replica), {:.0} (2 replicas).",
-            a.runs,
-            osd(1),
-            osd(2)
-        );
-    }
+    table.print(&names, a.runs, &size_label(a.ckpt_mib));
     Ok(())
 }
