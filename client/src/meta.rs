@@ -18,6 +18,7 @@
 //! numbered and the latest `NOTICE_LOG` kept with their inode, so a busy
 //! directory elsewhere does not stop this client from caching.
 use aifs_common::proto::mds::{Attr, DirEntry, LeaseMode};
+use aifs_common::SessionId;
 use dashmap::DashMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,12 +41,12 @@ const ALL: u64 = u64::MAX;
 #[derive(Clone, Copy, Debug)]
 pub struct Snap {
     seq: u64,
-    session: u64,
+    session: Option<SessionId>,
 }
 
 impl Snap {
     /// The session current when the snapshot was taken.
-    pub fn session(&self) -> u64 {
+    pub fn session(&self) -> Option<SessionId> {
         self.session
     }
 }
@@ -70,6 +71,7 @@ pub struct Listed {
 }
 
 pub struct MetaCache {
+    /// The current session's id (0: none yet).
     session: AtomicU64,
     base: Instant,
     /// Nanoseconds after `base` until which the session is certainly live.
@@ -111,13 +113,16 @@ impl MetaCache {
         t.saturating_duration_since(self.base).as_nanos() as u64
     }
 
-    pub fn session(&self) -> u64 {
-        self.session.load(Ordering::Acquire)
+    pub fn session(&self) -> Option<SessionId> {
+        match self.session.load(Ordering::Acquire) {
+            0 => None,
+            id => Some(SessionId(id)),
+        }
     }
 
     /// A (new) session: whatever was cached under another one is gone.
-    pub fn set_session(&self, id: u64, sent_at: Instant, term: Duration) {
-        if self.session.swap(id, Ordering::AcqRel) != id {
+    pub fn set_session(&self, id: SessionId, sent_at: Instant, term: Duration) {
+        if self.session.swap(id.0, Ordering::AcqRel) != id.0 {
             self.clear();
             self.valid_until.store(0, Ordering::Release);
         }
@@ -168,8 +173,8 @@ impl MetaCache {
     /// May a reply about `inos` granted under `granted`, to a request sent
     /// at `snap`, be cached? With `others_only`, notices of this client's
     /// own changes do not count.
-    fn no_notice(&self, snap: Snap, granted: u64, inos: &[u64], others_only: bool) -> bool {
-        if granted == 0 || granted != snap.session || self.session() != snap.session || !self.live() {
+    fn no_notice(&self, snap: Snap, granted: Option<SessionId>, inos: &[u64], others_only: bool) -> bool {
+        if granted.is_none() || granted != snap.session || self.session() != snap.session || !self.live() {
             return false;
         }
         let Ok(l) = self.log.lock() else { return false };
@@ -183,7 +188,7 @@ impl MetaCache {
         !l.iter().any(|(seq, ino, own)| *seq > snap.seq && !(others_only && *own) && (*ino == ALL || inos.contains(ino)))
     }
 
-    fn usable(&self, snap: Snap, granted: u64, inos: &[u64]) -> bool {
+    fn usable(&self, snap: Snap, granted: Option<SessionId>, inos: &[u64]) -> bool {
         self.no_notice(snap, granted, inos, false)
     }
 
@@ -221,7 +226,7 @@ impl MetaCache {
 
     /// Attributes granted with a lease of `mode`. A write lease is not
     /// lowered by a read grant (the MDS keeps it too).
-    pub fn put_attr(&self, snap: Snap, granted: u64, a: &Attr, mode: LeaseMode) {
+    pub fn put_attr(&self, snap: Snap, granted: Option<SessionId>, a: &Attr, mode: LeaseMode) {
         if mode == LeaseMode::None || !self.usable(snap, granted, &[a.ino]) {
             return;
         }
@@ -265,7 +270,7 @@ impl MetaCache {
     }
 
     /// A directory this client just made, leased to it: empty.
-    pub fn new_dir(&self, snap: Snap, granted: u64, dir: u64, parent: u64) {
+    pub fn new_dir(&self, snap: Snap, granted: Option<SessionId>, dir: u64, parent: u64) {
         if !self.usable(snap, granted, &[dir]) {
             return;
         }
@@ -279,7 +284,7 @@ impl MetaCache {
     }
 
     /// A lookup's answer, under the directory's lease.
-    pub fn put_dentry(&self, snap: Snap, granted: u64, dir: u64, name: &str, ino: Option<u64>) {
+    pub fn put_dentry(&self, snap: Snap, granted: Option<SessionId>, dir: u64, name: &str, ino: Option<u64>) {
         if !self.usable(snap, granted, &[dir, ino.unwrap_or(dir)]) {
             return;
         }
@@ -322,7 +327,7 @@ impl MetaCache {
 
     /// A batch of entries read from the MDS after `cookie`: appended when
     /// it continues the cached listing.
-    pub fn put_listing(&self, snap: Snap, granted: u64, dir: u64, cookie: u64, entries: &[DirEntry], eof: bool, parent: u64) {
+    pub fn put_listing(&self, snap: Snap, granted: Option<SessionId>, dir: u64, cookie: u64, entries: &[DirEntry], eof: bool, parent: u64) {
         let mut inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
         inos.push(dir);
         if !self.usable(snap, granted, &inos) {
@@ -436,7 +441,7 @@ mod tests {
 
     fn live_cache() -> MetaCache {
         let m = MetaCache::new();
-        m.set_session(7, Instant::now(), Duration::from_secs(10));
+        m.set_session(SessionId(7), Instant::now(), Duration::from_secs(10));
         m
     }
 
@@ -445,26 +450,26 @@ mod tests {
         let m = live_cache();
         let before = m.snap();
         m.invalidate(5, &[]);
-        m.put_attr(before, 7, &attr(5), LeaseMode::Read);
+        m.put_attr(before, Some(SessionId(7)), &attr(5), LeaseMode::Read);
         assert!(m.attr(5).is_none());
         let after = m.snap();
-        m.put_attr(after, 7, &attr(5), LeaseMode::Read);
+        m.put_attr(after, Some(SessionId(7)), &attr(5), LeaseMode::Read);
         assert!(m.attr(5).is_some());
         // granted under another session, or under none
-        m.put_attr(after, 0, &attr(6), LeaseMode::Read);
-        m.put_attr(after, 8, &attr(6), LeaseMode::Read);
+        m.put_attr(after, None, &attr(6), LeaseMode::Read);
+        m.put_attr(after, Some(SessionId(8)), &attr(6), LeaseMode::Read);
         assert!(m.attr(6).is_none());
         // a notice about another inode does not spoil the reply
         let s = m.snap();
         m.invalidate(9, &[]);
-        m.put_attr(s, 7, &attr(6), LeaseMode::Read);
+        m.put_attr(s, Some(SessionId(7)), &attr(6), LeaseMode::Read);
         assert!(m.attr(6).is_some());
     }
 
     #[test]
     fn an_invalidation_drops_attributes_and_keeps_the_lease() {
         let m = live_cache();
-        m.put_attr(m.snap(), 7, &attr(5), LeaseMode::Write);
+        m.put_attr(m.snap(), Some(SessionId(7)), &attr(5), LeaseMode::Write);
         m.invalidate(5, &[]);
         assert!(m.attr(5).is_none());
         assert_eq!(m.ttl(5), Duration::ZERO);
@@ -480,7 +485,7 @@ mod tests {
         m.local_entry(s, 1, "a", Some(10), false);
         assert!(m.quiet_since(s, 1), "an own create looked like another client's");
         // but a reply about the directory sent before it is not kept
-        m.put_dentry(s, 7, 1, "b", None);
+        m.put_dentry(s, Some(SessionId(7)), 1, "b", None);
         assert_eq!(m.dentry(1, "b"), None);
         m.invalidate(1, &["c".into()]);
         assert!(!m.quiet_since(s, 1));
@@ -489,8 +494,8 @@ mod tests {
     #[test]
     fn a_read_grant_does_not_lower_a_write_lease() {
         let m = live_cache();
-        m.put_attr(m.snap(), 7, &attr(5), LeaseMode::Write);
-        m.put_attr(m.snap(), 7, &attr(5), LeaseMode::Read);
+        m.put_attr(m.snap(), Some(SessionId(7)), &attr(5), LeaseMode::Write);
+        m.put_attr(m.snap(), Some(SessionId(7)), &attr(5), LeaseMode::Read);
         assert_eq!(m.mode(5), LeaseMode::Write);
     }
 
@@ -498,10 +503,10 @@ mod tests {
     fn nothing_counts_once_the_session_may_have_expired() {
         let m = MetaCache::new();
         let long_ago = Instant::now();
-        m.set_session(7, long_ago, Duration::from_millis(1));
+        m.set_session(SessionId(7), long_ago, Duration::from_millis(1));
         std::thread::sleep(Duration::from_millis(5));
         let s = m.snap();
-        m.put_attr(s, 7, &attr(5), LeaseMode::Read);
+        m.put_attr(s, Some(SessionId(7)), &attr(5), LeaseMode::Read);
         assert!(m.attr(5).is_none());
         assert_eq!(m.remaining(), Duration::ZERO);
     }
@@ -510,13 +515,13 @@ mod tests {
     fn listings_are_served_only_where_they_are_known() {
         let m = live_cache();
         let e = |n: u64| DirEntry { name: format!("f{n}"), ino: 100 + n, kind: FileKind::File, cookie: 10 + n };
-        m.put_listing(m.snap(), 7, 1, 2, &[e(0), e(1)], false, 1);
+        m.put_listing(m.snap(), Some(SessionId(7)), 1, 2, &[e(0), e(1)], false, 1);
         assert_eq!(m.listed(1, 2, 100).map(|l| l.entries.len()), Some(2));
         assert_eq!(m.listed(1, 10, 100).map(|l| l.entries.len()), Some(1));
         assert_eq!(m.listed(1, 2, 1).map(|l| l.entries.len()), Some(1));
         // past the end of an incomplete listing: ask the MDS
         assert!(m.listed(1, 11, 100).is_none());
-        m.put_listing(m.snap(), 7, 1, 11, &[e(2)], true, 1);
+        m.put_listing(m.snap(), Some(SessionId(7)), 1, 11, &[e(2)], true, 1);
         assert_eq!(m.listed(1, 12, 100).map(|l| l.entries.len()), Some(0));
         assert_eq!(m.dentry(1, "f2"), Some(Some(102)));
         // the whole directory is known: a missing name needs no lookup

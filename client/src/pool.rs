@@ -10,7 +10,7 @@ use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp, OsdState, ReqI
 use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::ids::mix;
 use aifs_common::rpc::RpcClient;
-use aifs_common::{Error, Result};
+use aifs_common::{Error, Result, SessionId};
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -89,7 +89,7 @@ impl Pool {
     /// under the directory's lease. While the MDS cannot be reached the
     /// request is sent again, except a heartbeat or a session close, whose
     /// senders want to know at once.
-    pub async fn mds_leased(&self, req: &MdsReq) -> (Result<MdsResp>, u64) {
+    pub async fn mds_leased(&self, req: &MdsReq) -> (Result<MdsResp>, Option<SessionId>) {
         let ticket = req.once_only().then(|| self.ticket());
         let retries = !matches!(req, MdsReq::SessionHeartbeat { .. } | MdsReq::CloseSession { .. });
         let started = Instant::now();
@@ -119,7 +119,7 @@ impl Pool {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(MDS_RETRY_MAX);
                 }
-                Err(e) => return (Err(e), 0),
+                Err(e) => return (Err(e), None),
             }
         }
     }

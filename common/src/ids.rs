@@ -75,6 +75,21 @@ impl fmt::Display for OsdId {
     }
 }
 
+/// A client's session at the MDS: what its leases, opens and locks belong
+/// to. Numbered from a clock seed upwards; never 0, so that a reply made
+/// under no session is told apart by `Option`, not by a magic number.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+#[serde(transparent)]
+pub struct SessionId(pub u64);
+
+/// Decimal, as `mdsctl session ls` shows it and `session evict` takes it.
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

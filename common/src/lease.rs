@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-pub type SessionId = u64;
+pub use crate::ids::SessionId;
 pub type Ino = u64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -321,6 +321,7 @@ impl LeaseTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use SessionId as S;
     use proptest::prelude::*;
 
     const TERM: Duration = Duration::from_secs(10);
@@ -373,20 +374,20 @@ mod tests {
             let mut t = LeaseTable::new(TERM);
             for op in ops {
                 match op {
-                    Op::Open(s) => t.open_session(s as u64, now),
-                    Op::Beat(s) => { t.heartbeat(s as u64, now); }
+                    Op::Open(s) => t.open_session(S(s as u64), now),
+                    Op::Beat(s) => { t.heartbeat(S(s as u64), now); }
                     Op::Acquire(s, i, k) => {
-                        if let Decision::Wait { recall } = t.acquire(s as u64, i as u64, k, now) {
+                        if let Decision::Wait { recall } = t.acquire(S(s as u64), i as u64, k, now) {
                             for r in recall {
                                 prop_assert!(t.recalled(i as u64).contains(&r));
                             }
                         }
                     }
-                    Op::Release(s, i) => t.release(s as u64, i as u64),
-                    Op::Downgrade(s, i) => t.downgrade(s as u64, i as u64),
-                    Op::TryAcquire(s, i, k) => { t.try_acquire(s as u64, i as u64, k, now); }
-                    Op::Demote(s, i) => t.demote(s as u64, i as u64),
-                    Op::Close(s) => t.close_session(s as u64),
+                    Op::Release(s, i) => t.release(S(s as u64), i as u64),
+                    Op::Downgrade(s, i) => t.downgrade(S(s as u64), i as u64),
+                    Op::TryAcquire(s, i, k) => { t.try_acquire(S(s as u64), i as u64, k, now); }
+                    Op::Demote(s, i) => t.demote(S(s as u64), i as u64),
+                    Op::Close(s) => t.close_session(S(s as u64)),
                     Op::Advance(ms) => now += Duration::from_millis(ms as u64),
                 }
                 no_conflicts(&t);
@@ -394,9 +395,9 @@ mod tests {
             // Every recall ends: one term of silence later, whoever asks
             // gets the lease, because every holder has expired.
             now += TERM;
-            t.open_session(99, now);
+            t.open_session(S(99), now);
             for ino in 0..3 {
-                prop_assert_eq!(t.acquire(99, ino, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
+                prop_assert_eq!(t.acquire(S(99), ino, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
             }
         }
 
@@ -404,26 +405,26 @@ mod tests {
         fn expiry_frees_everything_a_dead_session_held(kinds in proptest::collection::vec(0u8..3, 1..10)) {
             let mut now = Instant::now();
             let mut t = LeaseTable::new(TERM);
-            t.open_session(1, now);
-            t.open_session(2, now);
+            t.open_session(S(1), now);
+            t.open_session(S(2), now);
             for (i, k) in kinds.iter().enumerate() {
                 let kind = [LeaseKind::Read, LeaseKind::Write, LeaseKind::SharedWrite][*k as usize];
-                prop_assert_eq!(t.acquire(1, i as u64, kind, now), Decision::Granted { kind });
+                prop_assert_eq!(t.acquire(S(1), i as u64, kind, now), Decision::Granted { kind });
             }
             // session 2 keeps heartbeating, session 1 goes silent; the
             // MDS's ticker expires sessions
             let mut expired = Vec::new();
             for _ in 0..11 {
                 now += Duration::from_secs(1);
-                t.heartbeat(2, now);
+                t.heartbeat(S(2), now);
                 expired.extend(t.expire(now));
             }
-            prop_assert_eq!(expired, vec![1]);
-            prop_assert_eq!(t.count(1), 0);
-            prop_assert!(!t.is_live(1, now));
+            prop_assert_eq!(expired, vec![S(1)]);
+            prop_assert_eq!(t.count(S(1)), 0);
+            prop_assert!(!t.is_live(S(1), now));
             for i in 0..kinds.len() {
                 prop_assert!(t.holders(i as u64).is_empty());
-                prop_assert_eq!(t.acquire(2, i as u64, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
+                prop_assert_eq!(t.acquire(S(2), i as u64, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
             }
         }
     }
@@ -434,12 +435,12 @@ mod tests {
     fn reopening_a_session_id_drops_what_it_held() {
         let now = Instant::now();
         let mut t = LeaseTable::new(TERM);
-        t.open_session(0, now);
-        assert!(matches!(t.acquire(0, 0, LeaseKind::Read, now), Decision::Granted { .. }));
-        t.open_session(0, now);
+        t.open_session(S(0), now);
+        assert!(matches!(t.acquire(S(0), 0, LeaseKind::Read, now), Decision::Granted { .. }));
+        t.open_session(S(0), now);
         assert!(t.holders(0).is_empty());
-        t.open_session(9, now + TERM);
-        assert_eq!(t.acquire(9, 0, LeaseKind::Write, now + TERM), Decision::Granted { kind: LeaseKind::Write });
+        t.open_session(S(9), now + TERM);
+        assert_eq!(t.acquire(S(9), 0, LeaseKind::Write, now + TERM), Decision::Granted { kind: LeaseKind::Write });
     }
 
     /// Regression: a session expired by a request's acquire was never
@@ -448,13 +449,13 @@ mod tests {
     fn expire_reports_sessions_a_request_expired() {
         let now = Instant::now();
         let mut t = LeaseTable::new(TERM);
-        t.open_session(1, now);
-        t.open_session(2, now);
-        assert!(matches!(t.acquire(1, 3, LeaseKind::Write, now), Decision::Granted { .. }));
+        t.open_session(S(1), now);
+        t.open_session(S(2), now);
+        assert!(matches!(t.acquire(S(1), 3, LeaseKind::Write, now), Decision::Granted { .. }));
         let later = now + TERM;
-        t.heartbeat(2, later);
-        assert!(matches!(t.acquire(2, 3, LeaseKind::Write, later), Decision::Granted { .. }));
-        assert_eq!(t.expire(later), vec![1]);
+        t.heartbeat(S(2), later);
+        assert!(matches!(t.acquire(S(2), 3, LeaseKind::Write, later), Decision::Granted { .. }));
+        assert_eq!(t.expire(later), vec![S(1)]);
         assert_eq!(t.expire(later), Vec::<SessionId>::new());
     }
 
@@ -463,21 +464,21 @@ mod tests {
         let now = Instant::now();
         let mut t = LeaseTable::new(TERM);
         for s in 1..=3 {
-            t.open_session(s, now);
+            t.open_session(S(s), now);
         }
-        assert_eq!(t.acquire(1, 7, LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
-        assert_eq!(t.acquire(2, 7, LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
-        assert_eq!(t.acquire(3, 7, LeaseKind::Write, now), Decision::Wait { recall: vec![1, 2] });
-        t.release(1, 7);
+        assert_eq!(t.acquire(S(1), 7, LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
+        assert_eq!(t.acquire(S(2), 7, LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
+        assert_eq!(t.acquire(S(3), 7, LeaseKind::Write, now), Decision::Wait { recall: vec![S(1), S(2)] });
+        t.release(S(1), 7);
         // 2 was asked already
-        assert_eq!(t.acquire(3, 7, LeaseKind::Write, now), Decision::Wait { recall: vec![] });
-        t.release(2, 7);
-        assert_eq!(t.acquire(3, 7, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
+        assert_eq!(t.acquire(S(3), 7, LeaseKind::Write, now), Decision::Wait { recall: vec![] });
+        t.release(S(2), 7);
+        assert_eq!(t.acquire(S(3), 7, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
         // shared writers coexist; a reader must wait for them
-        t.release(3, 7);
-        assert_eq!(t.acquire(1, 8, LeaseKind::SharedWrite, now), Decision::Granted { kind: LeaseKind::SharedWrite });
-        assert_eq!(t.acquire(2, 8, LeaseKind::SharedWrite, now), Decision::Granted { kind: LeaseKind::SharedWrite });
-        assert_eq!(t.acquire(3, 8, LeaseKind::Read, now), Decision::Wait { recall: vec![1, 2] });
+        t.release(S(3), 7);
+        assert_eq!(t.acquire(S(1), 8, LeaseKind::SharedWrite, now), Decision::Granted { kind: LeaseKind::SharedWrite });
+        assert_eq!(t.acquire(S(2), 8, LeaseKind::SharedWrite, now), Decision::Granted { kind: LeaseKind::SharedWrite });
+        assert_eq!(t.acquire(S(3), 8, LeaseKind::Read, now), Decision::Wait { recall: vec![S(1), S(2)] });
     }
 
     #[test]
@@ -485,63 +486,63 @@ mod tests {
         let now = Instant::now();
         let mut t = LeaseTable::new(TERM);
         for s in 1..=3 {
-            t.open_session(s, now);
+            t.open_session(S(s), now);
         }
-        assert!(matches!(t.acquire(1, 5, LeaseKind::Read, now), Decision::Granted { .. }));
-        assert_eq!(t.acquire(3, 5, LeaseKind::Write, now), Decision::Wait { recall: vec![1] });
+        assert!(matches!(t.acquire(S(1), 5, LeaseKind::Read, now), Decision::Granted { .. }));
+        assert_eq!(t.acquire(S(3), 5, LeaseKind::Write, now), Decision::Wait { recall: vec![S(1)] });
         // a new reader queues behind the writer, and the recalled reader
         // keeps its lease until it releases, but cannot renew it
-        assert_eq!(t.acquire(2, 5, LeaseKind::Read, now), Decision::Wait { recall: vec![] });
-        assert!(matches!(t.acquire(1, 5, LeaseKind::Read, now), Decision::Wait { .. }));
-        assert_eq!(t.holders(5), vec![(1, LeaseKind::Read)]);
-        assert!(matches!(t.acquire(3, 5, LeaseKind::Write, now), Decision::Wait { .. }));
-        t.release(1, 5);
-        assert_eq!(t.acquire(3, 5, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
-        t.release(3, 5);
-        assert!(matches!(t.acquire(2, 5, LeaseKind::Read, now), Decision::Granted { .. }));
+        assert_eq!(t.acquire(S(2), 5, LeaseKind::Read, now), Decision::Wait { recall: vec![] });
+        assert!(matches!(t.acquire(S(1), 5, LeaseKind::Read, now), Decision::Wait { .. }));
+        assert_eq!(t.holders(5), vec![(S(1), LeaseKind::Read)]);
+        assert!(matches!(t.acquire(S(3), 5, LeaseKind::Write, now), Decision::Wait { .. }));
+        t.release(S(1), 5);
+        assert_eq!(t.acquire(S(3), 5, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
+        t.release(S(3), 5);
+        assert!(matches!(t.acquire(S(2), 5, LeaseKind::Read, now), Decision::Granted { .. }));
     }
 
     #[test]
     fn a_silent_holder_is_waited_for_only_until_its_session_expires() {
         let start = Instant::now();
         let mut t = LeaseTable::new(TERM);
-        t.open_session(1, start);
-        t.open_session(2, start);
-        assert!(matches!(t.acquire(1, 1, LeaseKind::Write, start), Decision::Granted { .. }));
+        t.open_session(S(1), start);
+        t.open_session(S(2), start);
+        assert!(matches!(t.acquire(S(1), 1, LeaseKind::Write, start), Decision::Granted { .. }));
         let later = start + Duration::from_secs(5);
-        t.heartbeat(2, later);
-        assert_eq!(t.acquire(2, 1, LeaseKind::Read, later), Decision::Wait { recall: vec![1] });
+        t.heartbeat(S(2), later);
+        assert_eq!(t.acquire(S(2), 1, LeaseKind::Read, later), Decision::Wait { recall: vec![S(1)] });
         let after = start + TERM;
-        t.heartbeat(2, after);
-        assert_eq!(t.acquire(2, 1, LeaseKind::Read, after), Decision::Granted { kind: LeaseKind::Read });
-        assert_eq!(t.remaining(2, after), TERM);
-        assert_eq!(t.remaining(1, after), Duration::ZERO);
+        t.heartbeat(S(2), after);
+        assert_eq!(t.acquire(S(2), 1, LeaseKind::Read, after), Decision::Granted { kind: LeaseKind::Read });
+        assert_eq!(t.remaining(S(2), after), TERM);
+        assert_eq!(t.remaining(S(1), after), Duration::ZERO);
     }
 
     #[test]
     fn a_directory_writer_is_taken_only_when_nobody_looks_and_demoted_on_recall() {
         let now = Instant::now();
         let mut t = LeaseTable::new(TERM);
-        t.open_session(1, now);
-        t.open_session(2, now);
-        assert!(t.try_acquire(1, 7, LeaseKind::Write, now));
+        t.open_session(S(1), now);
+        t.open_session(S(2), now);
+        assert!(t.try_acquire(S(1), 7, LeaseKind::Write, now));
         // a reader elsewhere recalls it; the writer sends its changes and
         // keeps a read lease, which the reader shares
-        assert_eq!(t.acquire(2, 7, LeaseKind::Read, now), Decision::Wait { recall: vec![1] });
-        t.demote(1, 7);
-        assert_eq!(t.holders(7), vec![(1, LeaseKind::Read)]);
+        assert_eq!(t.acquire(S(2), 7, LeaseKind::Read, now), Decision::Wait { recall: vec![S(1)] });
+        t.demote(S(1), 7);
+        assert_eq!(t.holders(7), vec![(S(1), LeaseKind::Read)]);
         assert!(t.recalled(7).is_empty());
-        assert_eq!(t.acquire(2, 7, LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
+        assert_eq!(t.acquire(S(2), 7, LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
         // with another reader there, no write lease is given, and nobody
         // is recalled for trying
-        assert!(!t.try_acquire(1, 7, LeaseKind::Write, now));
+        assert!(!t.try_acquire(S(1), 7, LeaseKind::Write, now));
         assert!(t.recalled(7).is_empty());
-        assert_eq!(t.holders(7), vec![(1, LeaseKind::Read), (2, LeaseKind::Read)]);
+        assert_eq!(t.holders(7), vec![(S(1), LeaseKind::Read), (S(2), LeaseKind::Read)]);
         // a demoted reader recalled again gives its lease up
-        t.demote(2, 7);
-        assert_eq!(t.holders(7), vec![(1, LeaseKind::Read)]);
-        assert!(t.try_acquire(1, 7, LeaseKind::Write, now));
+        t.demote(S(2), 7);
+        assert_eq!(t.holders(7), vec![(S(1), LeaseKind::Read)]);
+        assert!(t.try_acquire(S(1), 7, LeaseKind::Write, now));
         // nor is one given to a session that expired
-        assert!(!t.try_acquire(2, 8, LeaseKind::Write, now + TERM));
+        assert!(!t.try_acquire(S(2), 8, LeaseKind::Write, now + TERM));
     }
 }

@@ -19,5 +19,5 @@ pub mod shutdown;
 pub mod time;
 
 pub use error::{errno, Error, Result};
-pub use ids::{InodeId, ObjectId, OsdId};
+pub use ids::{InodeId, ObjectId, OsdId, SessionId};
 pub use layout::{Extent, Layout, LayoutPolicy};

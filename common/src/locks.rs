@@ -10,11 +10,12 @@
 //! own locks on that range, splitting them where the range cuts them, as
 //! POSIX says; unlocking a range is the same with nothing put back. A
 //! session that ends loses every lock it held.
+use crate::ids::SessionId;
 use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lock {
-    pub session: u64,
+    pub session: SessionId,
     pub owner: u64,
     /// Inclusive range, as the kernel gives it (`end` = u64::MAX: to EOF).
     pub start: u64,
@@ -28,7 +29,7 @@ impl Lock {
         self.start <= end && start <= self.end
     }
 
-    fn same_owner(&self, session: u64, owner: u64) -> bool {
+    fn same_owner(&self, session: SessionId, owner: u64) -> bool {
         self.session == session && self.owner == owner
     }
 }
@@ -68,7 +69,7 @@ impl LockTable {
     }
 
     /// Release the owner's locks on `[start, end]`.
-    pub fn unlock(&mut self, ino: u64, session: u64, owner: u64, start: u64, end: u64) {
+    pub fn unlock(&mut self, ino: u64, session: SessionId, owner: u64, start: u64, end: u64) {
         let Some(v) = self.by_ino.get_mut(&ino) else { return };
         let mut kept = Vec::with_capacity(v.len() + 1);
         for l in v.drain(..) {
@@ -91,7 +92,7 @@ impl LockTable {
     }
 
     /// A session ended: every lock it held goes.
-    pub fn drop_session(&mut self, session: u64) {
+    pub fn drop_session(&mut self, session: SessionId) {
         self.by_ino.retain(|_, v| {
             v.retain(|l| l.session != session);
             !v.is_empty()
@@ -118,7 +119,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn lk(session: u64, owner: u64, start: u64, end: u64, write: bool) -> Lock {
-        Lock { session, owner, start, end, write, pid: 0 }
+        Lock { session: SessionId(session), owner, start, end, write, pid: 0 }
     }
 
     #[test]
@@ -149,12 +150,12 @@ mod tests {
     fn unlocking_the_middle_splits_a_lock() {
         let mut t = LockTable::default();
         t.set(7, lk(1, 1, 0, 99, true)).unwrap();
-        t.unlock(7, 1, 1, 40, 59);
+        t.unlock(7, SessionId(1), 1, 40, 59);
         let mut held = t.held(7);
         held.sort_by_key(|l| l.start);
         assert_eq!(held, vec![lk(1, 1, 0, 39, true), lk(1, 1, 60, 99, true)]);
         assert!(t.set(7, lk(2, 1, 40, 59, true)).is_ok());
-        t.drop_session(1);
+        t.drop_session(SessionId(1));
         assert_eq!(t.held(7), vec![lk(2, 1, 40, 59, true)]);
     }
 
@@ -168,7 +169,7 @@ mod tests {
                 let end = start + len;
                 match kind {
                     0 | 1 => { let _ = t.set(0, lk(s, o, start, end, kind == 1)); }
-                    _ => t.unlock(0, s, o, start, end),
+                    _ => t.unlock(0, SessionId(s), o, start, end),
                 }
                 let h = t.held(0);
                 for (i, a) in h.iter().enumerate() {

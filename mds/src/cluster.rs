@@ -1,6 +1,7 @@
 //! What the MDS knows about the rest of the cluster: the OSD map (from
 //! registrations and heartbeats) and client sessions.
 use aifs_common::locks::Lock;
+use aifs_common::SessionId;
 use aifs_common::proto::mds::{HeldLock, OsdInfo, OsdState, SessionInfo};
 use dashmap::DashMap;
 use aifs_common::lease::LeaseTable;
@@ -36,7 +37,7 @@ pub struct Cluster {
     epoch: AtomicU64,
     osd_timeout: Duration,
     /// Who each session is; liveness and leases live in `leases`.
-    pub sessions: DashMap<u64, SessionEntry>,
+    pub sessions: DashMap<SessionId, SessionEntry>,
     next_session: AtomicU64,
     /// Sessions and the leases they hold (the pure core, common/src/lease.rs).
     pub leases: Mutex<LeaseTable>,
@@ -45,7 +46,7 @@ pub struct Cluster {
     /// Files each session has open (counted per client, not per handle):
     /// a file that loses its last name while open is kept until the last
     /// close. In memory: after an MDS restart nothing is open.
-    opens: Mutex<HashMap<u64, HashMap<u64, u32>>>,
+    opens: Mutex<HashMap<u64, HashMap<SessionId, u32>>>,
     /// Advisory locks across clients (common/src/locks.rs).
     pub locks: Mutex<aifs_common::locks::LockTable>,
     /// Files whose replicas are being rewritten (mds/src/repair.rs); opens
@@ -67,7 +68,7 @@ pub struct Cluster {
 /// answers nothing that could contradict those caches.
 struct Grace {
     until: Instant,
-    waiting: std::collections::HashSet<u64>,
+    waiting: std::collections::HashSet<SessionId>,
 }
 
 /// Wait until `done()`, looking again whenever `changed` is notified and
@@ -118,7 +119,7 @@ impl Cluster {
 
     /// At start: wait (at most one lease term) for the sessions the last
     /// run had to come back.
-    pub fn start_grace(&self, previous: Vec<u64>) {
+    pub fn start_grace(&self, previous: Vec<SessionId>) {
         if previous.is_empty() {
             return;
         }
@@ -130,7 +131,7 @@ impl Cluster {
     }
 
     /// Is `previous` a session of the last run not back yet?
-    pub fn waits_for(&self, previous: u64) -> bool {
+    pub fn waits_for(&self, previous: SessionId) -> bool {
         self.grace.lock().is_ok_and(|g| g.as_ref().is_some_and(|gr| gr.waiting.contains(&previous)))
     }
 
@@ -138,7 +139,7 @@ impl Cluster {
     /// `locks`: they are its again. False (and nothing taken) when
     /// `previous` is not a session the grace waits for: its locks were
     /// dropped when it ended, and may be someone else's now.
-    pub fn came_back(&self, previous: u64, session: u64, locks: &[HeldLock]) -> bool {
+    pub fn came_back(&self, previous: SessionId, session: SessionId, locks: &[HeldLock]) -> bool {
         let Ok(mut g) = self.grace.lock() else { return false };
         let Some(gr) = g.as_mut() else { return false };
         if !gr.waiting.remove(&previous) {
@@ -222,19 +223,11 @@ impl Cluster {
     }
 
     /// The session a request acts for: the one it names if that is live,
-    /// else the one bound to its connection (0: none).
-    pub fn session_for(&self, peer: &aifs_common::rpc::Peer, named: u64) -> u64 {
+    /// else the one bound to its connection, if live.
+    pub fn session_for(&self, peer: &aifs_common::rpc::Peer, named: Option<SessionId>) -> Option<SessionId> {
         let now = Instant::now();
-        let live = |s: u64| s != 0 && self.leases.lock().map(|t| t.is_live(s, now)).unwrap_or(false);
-        if live(named) {
-            return named;
-        }
-        let bound = peer.session.load(Ordering::Relaxed);
-        if live(bound) {
-            bound
-        } else {
-            0
-        }
+        let live = |s: &SessionId| self.leases.lock().map(|t| t.is_live(*s, now)).unwrap_or(false);
+        named.filter(live).or_else(|| peer.session().filter(live))
     }
 
     /// Does any client have `ino` open? During the grace after a restart
@@ -244,20 +237,20 @@ impl Cluster {
     }
 
     /// A session opened `ino` (its first handle on that client).
-    pub fn opened(&self, session: u64, ino: u64) {
+    pub fn opened(&self, session: SessionId, ino: u64) {
         if let Ok(mut o) = self.opens.lock() {
             let n = o.entry(ino).or_default().entry(session).or_default();
             *n += 1;
-            tracing::debug!(session, ino, opens = *n, "opened");
+            tracing::debug!(%session, ino, opens = *n, "opened");
         }
     }
 
     /// A session closed its last handle of `ino`; true when no session has
     /// it open any more. A session that has it open no more keeps a read
     /// lease where it had a write lease (see `LeaseTable::downgrade`).
-    pub fn closed(&self, session: u64, ino: u64) -> bool {
+    pub fn closed(&self, session: SessionId, ino: u64) -> bool {
         let Ok(mut o) = self.opens.lock() else { return false };
-        tracing::debug!(session, ino, "closed");
+        tracing::debug!(%session, ino, "closed");
         if let Some(by) = o.get_mut(&ino) {
             if let Some(n) = by.get_mut(&session) {
                 *n = n.saturating_sub(1);
@@ -277,7 +270,7 @@ impl Cluster {
     }
 
     /// What a session held besides leases: open counts and locks.
-    fn drop_opens(&self, session: u64) {
+    fn drop_opens(&self, session: SessionId) {
         if let Ok(mut l) = self.locks.lock() {
             l.drop_session(session);
         }
@@ -293,8 +286,8 @@ impl Cluster {
         self.leases.lock().map(|t| t.term()).unwrap_or(Duration::from_secs(10))
     }
 
-    pub fn new_session_id(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
+    pub fn new_session_id(&self) -> SessionId {
+        SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
     }
 
     pub fn epoch(&self) -> u64 {
@@ -337,7 +330,7 @@ impl Cluster {
 
     /// Mark OSDs that missed heartbeats down and drop expired sessions;
     /// returns the sessions dropped.
-    pub fn tick(&self) -> Vec<u64> {
+    pub fn tick(&self) -> Vec<SessionId> {
         let now = Instant::now();
         let mut changed = false;
         for mut e in self.osds.iter_mut() {
@@ -363,7 +356,7 @@ impl Cluster {
         }
         for id in &expired {
             if let Some((_, s)) = self.sessions.remove(id) {
-                tracing::info!(session = id, name = %s.name, "session expired");
+                tracing::info!(session = %id, name = %s.name, "session expired");
             }
         }
         expired
@@ -425,9 +418,9 @@ impl Cluster {
         v
     }
 
-    pub fn open_session(&self, name: String, addr: String, dir_leases: bool) -> u64 {
+    pub fn open_session(&self, name: String, addr: String, dir_leases: bool) -> SessionId {
         let id = self.new_session_id();
-        tracing::info!(session = id, %name, %addr, "session opened");
+        tracing::info!(session = %id, %name, %addr, "session opened");
         if let Ok(mut l) = self.leases.lock() {
             l.open_session(id, Instant::now());
         }
@@ -437,14 +430,14 @@ impl Cluster {
 
     /// False when the session is unknown (expired, evicted, or the MDS
     /// restarted).
-    pub fn touch_session(&self, id: u64) -> bool {
+    pub fn touch_session(&self, id: SessionId) -> bool {
         let now = Instant::now();
         self.leases.lock().map(|mut l| l.is_live(id, now) && l.heartbeat(id, now)).unwrap_or(false)
     }
 
     /// End a session (clean close or eviction) and drop its leases; false
     /// when there was no such session.
-    pub fn close_session(&self, id: u64) -> bool {
+    pub fn close_session(&self, id: SessionId) -> bool {
         if let Ok(mut l) = self.leases.lock() {
             l.close_session(id);
         }
@@ -452,7 +445,7 @@ impl Cluster {
         self.drop_opens(id);
         self.released.notify_waiters();
         if known {
-            tracing::info!(session = id, "session closed");
+            tracing::info!(session = %id, "session closed");
         }
         known
     }

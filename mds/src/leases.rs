@@ -23,8 +23,7 @@ use crate::cluster::Cluster;
 use aifs_common::lease::{Decision, LeaseKind};
 use aifs_common::proto::mds::{Degraded, LeaseInfo, RecallReq, RecallResp};
 use aifs_common::rpc::{call_on, Peer};
-use aifs_common::{Error, Result};
-use std::sync::atomic::Ordering;
+use aifs_common::{Error, Result, SessionId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +35,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// on the connection) is closed, with its leases, when this is dropped.
 pub struct Holder {
     cluster: Arc<Cluster>,
-    pub id: u64,
+    pub id: SessionId,
     ephemeral: bool,
     /// An admin: looks without taking leases, so that `mdsctl` never
     /// recalls what it is asked to show.
@@ -44,13 +43,9 @@ pub struct Holder {
 }
 
 impl Holder {
-    /// The session under which the reply's leases were granted (0: none).
-    pub fn granted(&self) -> u64 {
-        if self.ephemeral {
-            0
-        } else {
-            self.id
-        }
+    /// The session under which the reply's leases were granted, if any.
+    pub fn granted(&self) -> Option<SessionId> {
+        (!self.ephemeral).then_some(self.id)
     }
 }
 
@@ -68,8 +63,8 @@ impl Drop for Holder {
 impl Cluster {
     /// Bind a session to the connection it was opened or heartbeated on:
     /// requests on it are served for the session, recalls go over it.
-    pub fn bind(&self, peer: &Peer, id: u64) {
-        peer.session.store(id, Ordering::Relaxed);
+    pub fn bind(&self, peer: &Peer, id: SessionId) {
+        peer.bind_session(id);
         if let Some(mut s) = self.sessions.get_mut(&id) {
             s.conn = Some(peer.conn.clone());
         }
@@ -77,24 +72,22 @@ impl Cluster {
 
     pub fn holder(self: &Arc<Self>, peer: &Peer) -> Holder {
         let now = Instant::now();
-        let bound = peer.session.load(Ordering::Relaxed);
         let observer = peer.role == aifs_common::certs::Role::Admin;
+        let id = self.new_session_id();
         if let Ok(mut t) = self.leases.lock() {
-            if bound != 0 && t.is_live(bound, now) {
+            if let Some(bound) = peer.session().filter(|b| t.is_live(*b, now)) {
                 return Holder { cluster: self.clone(), id: bound, ephemeral: false, observer };
             }
-            let id = self.new_session_id();
             t.open_session(id, now);
-            return Holder { cluster: self.clone(), id, ephemeral: true, observer };
         }
-        Holder { cluster: self.clone(), id: 0, ephemeral: true, observer }
+        Holder { cluster: self.clone(), id, ephemeral: true, observer }
     }
 
-    fn conn_of(&self, session: u64) -> Option<quinn::Connection> {
+    fn conn_of(&self, session: SessionId) -> Option<quinn::Connection> {
         self.sessions.get(&session).and_then(|s| s.conn.clone())
     }
 
-    fn is_live(&self, session: u64) -> bool {
+    fn is_live(&self, session: SessionId) -> bool {
         self.leases.lock().map(|t| t.is_live(session, Instant::now())).unwrap_or(false)
     }
 
@@ -166,17 +159,17 @@ impl Cluster {
     /// Ask `session` to give its lease on `ino` back; retried while the
     /// session lives (a reconnecting client is reached on its new
     /// connection once it heartbeats).
-    async fn revoke(self: Arc<Self>, session: u64, ino: u64) {
-        tracing::debug!(session, ino, "revoking lease");
+    async fn revoke(self: Arc<Self>, session: SessionId, ino: u64) {
+        tracing::debug!(%session, ino, "revoking lease");
         let Some(r) = self.deliver(session, &RecallReq::Revoke { ino }, None).await else {
             return;
         };
         if let RecallResp::Err(e) = &r {
             // It dropped its caches; the write error stays with the client
             // for its next flush, fsync or close.
-            tracing::warn!(session, ino, code = e.code, msg = %e.msg, "holder released after a failed flush");
+            tracing::warn!(%session, ino, code = e.code, msg = %e.msg, "holder released after a failed flush");
         }
-        tracing::debug!(session, ino, ?r, "lease given back");
+        tracing::debug!(%session, ino, ?r, "lease given back");
         if let Ok(mut t) = self.leases.lock() {
             match r {
                 RecallResp::Demoted => t.demote(session, ino),
@@ -189,13 +182,13 @@ impl Cluster {
     /// Send `req` to `session` over its connection, again every `POLL`
     /// while it fails, until it is answered, the session ends or
     /// `deadline` passes (`None`: only the session's end stops it).
-    async fn deliver(&self, session: u64, req: &RecallReq, deadline: Option<Instant>) -> Option<RecallResp> {
+    async fn deliver(&self, session: SessionId, req: &RecallReq, deadline: Option<Instant>) -> Option<RecallResp> {
         while deadline.is_none_or(|d| Instant::now() < d) && self.is_live(session) {
             if let Some(conn) = self.conn_of(session) {
                 match call_on::<_, RecallResp>(&conn, req, self.term()).await {
                     Ok(r) => return Some(r),
                     Err(e) => {
-                        tracing::debug!(session, error = %e, "recall not delivered; retrying until the session expires")
+                        tracing::debug!(%session, error = %e, "recall not delivered; retrying until the session expires")
                     }
                 }
             }
@@ -206,7 +199,7 @@ impl Cluster {
 
     /// Tell every holder of each `(ino, names)` except `except` to drop what
     /// it caches of it, and wait until each has (or has expired).
-    pub async fn invalidate(self: &Arc<Self>, except: u64, changes: Vec<(u64, Vec<String>)>) {
+    pub async fn invalidate(self: &Arc<Self>, except: Option<SessionId>, changes: Vec<(u64, Vec<String>)>) {
         let mut calls = Vec::new();
         for (ino, names) in changes {
             for s in self.holders_but(ino, except) {
@@ -219,19 +212,19 @@ impl Cluster {
     /// Tell every holder of a lease on `ino` except `except` that these of
     /// its replicas are stale, and wait until each knows (or has expired):
     /// a client with the file open reads them no more.
-    pub async fn tell_degraded(self: &Arc<Self>, except: u64, ino: u64, objs: Vec<Degraded>) {
+    pub async fn tell_degraded(self: &Arc<Self>, except: Option<SessionId>, ino: u64, objs: Vec<Degraded>) {
         let calls = self.holders_but(ino, except).into_iter().map(|s| self.clone().notify(s, RecallReq::Degraded { ino, objs: objs.clone() }));
         futures::future::join_all(calls).await;
     }
 
-    fn holders_but(&self, ino: u64, except: u64) -> Vec<u64> {
+    fn holders_but(&self, ino: u64, except: Option<SessionId>) -> Vec<SessionId> {
         match self.leases.lock() {
-            Ok(t) => t.holders(ino).into_iter().map(|(s, _)| s).filter(|s| *s != except).collect(),
+            Ok(t) => t.holders(ino).into_iter().map(|(s, _)| s).filter(|s| Some(*s) != except).collect(),
             Err(_) => Vec::new(),
         }
     }
 
-    async fn notify(self: Arc<Self>, session: u64, req: RecallReq) {
+    async fn notify(self: Arc<Self>, session: SessionId, req: RecallReq) {
         let deadline = Instant::now() + self.term() + Duration::from_secs(1);
         self.deliver(session, &req, Some(deadline)).await;
     }
@@ -252,7 +245,7 @@ impl Cluster {
     }
 
     /// Another session holds a write lease on `ino` (a writer to share with).
-    pub fn other_writer(&self, session: u64, ino: u64) -> bool {
+    pub fn other_writer(&self, session: SessionId, ino: u64) -> bool {
         self.leases
             .lock()
             .map(|t| t.holders(ino).iter().any(|(s, k)| *s != session && *k != LeaseKind::Read))

@@ -130,7 +130,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
             if grace && !tick_cluster.in_grace() {
                 // Sessions of the last run that never came back.
                 grace = false;
-                let gone: Vec<u64> = match service::stored_sessions(&tick_svc.ns).await {
+                let gone: Vec<aifs_common::SessionId> = match service::stored_sessions(&tick_svc.ns).await {
                     Ok(v) => v.into_iter().filter(|id| !tick_cluster.sessions.contains_key(id)).collect(),
                     Err(e) => {
                         e.log("reading sessions failed");

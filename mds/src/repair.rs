@@ -212,7 +212,7 @@ impl Repair {
             self.cluster().end_repair(ino);
             if n > 0 {
                 // Clients see the new layout at their next open.
-                self.cluster().invalidate(0, vec![(ino, vec![])]).await;
+                self.cluster().invalidate(None, vec![(ino, vec![])]).await;
             }
             done += n;
         }

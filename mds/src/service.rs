@@ -12,7 +12,7 @@ use aifs_common::locks::Lock;
 use aifs_common::lease::LeaseKind;
 use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, ShardInfo, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
-use aifs_common::{Error, Result};
+use aifs_common::{Error, Result, SessionId};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -38,12 +38,12 @@ fn need(peer: &Peer, roles: &[Role]) -> Result<()> {
 const NS: &[Role] = &[Role::Client, Role::Admin];
 
 /// The sessions recorded as open (shard 0): those of the last run, at start.
-pub async fn stored_sessions(ns: &Namespace) -> Result<Vec<u64>> {
+pub async fn stored_sessions(ns: &Namespace) -> Result<Vec<SessionId>> {
     ns.shard(0)
         .read(|t| {
             let mut v = Vec::new();
             for r in t.open_table(SESSIONS).io()?.iter().io()? {
-                v.push(r.io()?.0.value());
+                v.push(SessionId(r.io()?.0.value()));
             }
             Ok(v)
         })
@@ -115,19 +115,19 @@ impl MdsService {
             }
         }
         if !dirs.is_empty() {
-            self.ns.cluster.invalidate(0, dirs).await;
+            self.ns.cluster.invalidate(None, dirs).await;
         }
     }
 
     /// Sessions that ended: a restart does not wait for them.
-    pub async fn forget_sessions(&self, ids: &[u64]) -> Result<()> {
+    pub async fn forget_sessions(&self, ids: &[SessionId]) -> Result<()> {
         let ids = ids.to_vec();
         self.ns
             .shard(0)
             .mutate(move |txn| {
                 let mut t = txn.open_table(SESSIONS).io()?;
                 for id in ids {
-                    t.remove(id).io()?;
+                    t.remove(id.0).io()?;
                 }
                 Ok(())
             })
@@ -142,7 +142,7 @@ impl MdsService {
         Statfs { total_bytes: total, used_bytes: used, avail_bytes: total.saturating_sub(used), files }
     }
 
-    async fn handle(&self, peer: &Arc<Peer>, req: MdsReq, once: &Once<'_>, grant: &mut u64) -> Result<MdsResp> {
+    async fn handle(&self, peer: &Arc<Peer>, req: MdsReq, once: &Once<'_>, grant: &mut Option<SessionId>) -> Result<MdsResp> {
         let ns = &self.ns;
         let cl = &ns.cluster;
         Ok(match req {
@@ -172,7 +172,7 @@ impl MdsService {
                     cl.acquire(&h, ino, LeaseKind::Write).await?;
                 }
                 let (attr, job) = ns.setattr_with(ino, set, Some(claim)).await?;
-                cl.invalidate(h.id, vec![(ino, vec![])]).await;
+                cl.invalidate(Some(h.id), vec![(ino, vec![])]).await;
                 if let Some((shard, id, job)) = job {
                     // Cut the objects before answering, so no later write
                     // can land before the truncate and be cut by it. The
@@ -193,12 +193,12 @@ impl MdsService {
                 let c = ns.create(parent, &name, mode, uid, gid, exclusive, once).await?;
                 // Created and opened: counted at once (an unlink elsewhere
                 // must find it open), closed by the client later.
-                let counted = c.attr.kind == FileKind::File && h.granted() != 0;
+                let counted = c.attr.kind == FileKind::File && h.granted().is_some();
                 if counted {
                     cl.opened(h.id, c.attr.ino);
                 }
                 if c.created {
-                    cl.invalidate(h.id, vec![(parent, vec![name])]).await;
+                    cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
                 }
                 // The creator holds a write lease on the file; an existing
                 // file is opened for writing like any other.
@@ -229,7 +229,7 @@ impl MdsService {
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
                 let a = ns.mkdir(parent, &name, mode, uid, gid, once).await?;
-                cl.invalidate(h.id, vec![(parent, vec![name])]).await;
+                cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
                 // The maker holds the new directory's entries: none, and,
                 // unless someone else looked already, its write lease. If
                 // it changed before the lease was taken, say nothing.
@@ -253,7 +253,7 @@ impl MdsService {
                 cl.acquire_read_all(&h, &[parent]).await?;
                 let ino = ns.unlink(parent, &name, once).await?;
                 self.gc.wake.notify_one();
-                cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
+                cl.invalidate(Some(h.id), vec![(parent, vec![name]), (ino, vec![])]).await;
                 self.changed(None, &[parent], None).await
             }
             MdsReq::Rmdir { parent, name } => {
@@ -272,7 +272,7 @@ impl MdsService {
                 }
                 cl.acquire_read_all(&h, &dirs).await?;
                 let ino = ns.rmdir(parent, &name, once).await?;
-                cl.invalidate(h.id, vec![(parent, vec![name]), (ino, vec![])]).await;
+                cl.invalidate(Some(h.id), vec![(parent, vec![name]), (ino, vec![])]).await;
                 self.changed(None, &[parent], None).await
             }
             MdsReq::Rename { parent, name, newparent, newname, flags } => {
@@ -291,7 +291,7 @@ impl MdsService {
                 self.gc.wake.notify_one();
                 let mut changes = vec![(parent, vec![name]), (newparent, vec![newname]), (moved, vec![])];
                 changes.extend(replaced.map(|r| (r, vec![])));
-                cl.invalidate(h.id, changes).await;
+                cl.invalidate(Some(h.id), changes).await;
                 self.changed(None, &[parent, newparent], None).await
             }
             MdsReq::Readdir { ino, cookie, max } => {
@@ -321,7 +321,7 @@ impl MdsService {
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
                 let a = ns.symlink(parent, &name, &target, uid, gid, once).await?;
-                cl.invalidate(h.id, vec![(parent, vec![name])]).await;
+                cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
                 self.changed(Some(a), &[parent], None).await
             }
             MdsReq::Readlink { ino } => {
@@ -333,7 +333,7 @@ impl MdsService {
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[newparent]).await?;
                 let a = ns.link(ino, newparent, &newname, once).await?;
-                cl.invalidate(h.id, vec![(newparent, vec![newname]), (ino, vec![])]).await;
+                cl.invalidate(Some(h.id), vec![(newparent, vec![newname]), (ino, vec![])]).await;
                 self.changed(Some(a), &[newparent], None).await
             }
             MdsReq::Statfs => {
@@ -348,7 +348,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 ns.setxattr(ino, &name, value, flags, once).await?;
-                cl.invalidate(h.id, vec![(ino, vec![])]).await;
+                cl.invalidate(Some(h.id), vec![(ino, vec![])]).await;
                 MdsResp::Done
             }
             MdsReq::ListXattr { ino } => {
@@ -359,7 +359,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 ns.removexattr(ino, &name, once).await?;
-                cl.invalidate(h.id, vec![(ino, vec![])]).await;
+                cl.invalidate(Some(h.id), vec![(ino, vec![])]).await;
                 MdsResp::Done
             }
             MdsReq::UpdateSize { ino, size, mtime_ns } => {
@@ -368,13 +368,13 @@ impl MdsService {
                 let a = ns.update_size(ino, size, mtime_ns).await?;
                 // Normally nobody else holds a lease while a writer does;
                 // a writer that lost its session may still flush.
-                cl.invalidate(h.id, vec![(ino, vec![])]).await;
+                cl.invalidate(Some(h.id), vec![(ino, vec![])]).await;
                 MdsResp::Attr(a)
             }
             MdsReq::SetStripe { ino, policy } => {
                 need(peer, ADMIN)?;
                 let a = ns.set_stripe(ino, policy).await?;
-                cl.invalidate(0, vec![(ino, vec![])]).await;
+                cl.invalidate(None, vec![(ino, vec![])]).await;
                 MdsResp::Attr(a)
             }
             MdsReq::GetStripe { ino } => {
@@ -411,6 +411,7 @@ impl MdsService {
             MdsReq::OpenSession { name, dir_leases, previous, open, locks } => {
                 need(peer, NS)?;
                 if let Some((id, reclaimed)) = once.done {
+                    let id = SessionId(id);
                     // The reply to an earlier attempt was lost: that session
                     // is this client's (if this MDS has restarted since, the
                     // client's next heartbeat finds it gone and it comes
@@ -422,25 +423,25 @@ impl MdsService {
                 }
                 let id = cl.open_session(name.clone(), peer.addr.to_string(), dir_leases);
                 let rid = once.rid;
-                let reclaims = cl.waits_for(previous);
+                let reclaims = previous.is_some_and(|p| cl.waits_for(p));
                 // Known durably before it is answered: a restart waits for it.
                 ns.shard(0)
                     .mutate(move |txn| {
                         let mut t = txn.open_table(SESSIONS).io()?;
-                        t.insert(id, name.as_str()).io()?;
-                        if previous != 0 {
-                            t.remove(previous).io()?;
+                        t.insert(id.0, name.as_str()).io()?;
+                        if let Some(previous) = previous {
+                            t.remove(previous.0).io()?;
                         }
                         drop(t);
-                        crate::once::record(txn, rid, (id, reclaims as u64))
+                        crate::once::record(txn, rid, (id.0, reclaims as u64))
                     })
                     .await?;
                 for ino in &open {
                     cl.opened(id, *ino);
                 }
-                let reclaimed = cl.came_back(previous, id, &locks);
-                if previous != 0 {
-                    tracing::info!(session = id, previous, files = open.len(), locks = locks.len(), reclaimed, "client came back");
+                let reclaimed = previous.is_some_and(|p| cl.came_back(p, id, &locks));
+                if let Some(previous) = previous {
+                    tracing::info!(session = %id, %previous, files = open.len(), locks = locks.len(), reclaimed, "client came back");
                 }
                 cl.bind(peer, id);
                 MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed }
@@ -466,7 +467,7 @@ impl MdsService {
                     return Err(Error::NotFound);
                 }
                 self.forget_sessions(&[id]).await?;
-                tracing::warn!(session = id, by = %peer.addr, "session evicted");
+                tracing::warn!(session = %id, by = %peer.addr, "session evicted");
                 MdsResp::Done
             }
             MdsReq::Status => {
@@ -502,7 +503,7 @@ impl MdsService {
             MdsReq::Open { ino, write, first, exclusive } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                if first && h.granted() != 0 {
+                if first && h.granted().is_some() {
                     cl.opened(h.id, ino);
                 }
                 cl.wait_repair(ino).await;
@@ -519,28 +520,30 @@ impl MdsService {
                 let (kind, attr) = match got {
                     Ok(x) => x,
                     Err(e) => {
-                        if first && h.granted() != 0 && cl.closed(h.id, ino) {
+                        if first && h.granted().is_some() && cl.closed(h.id, ino) {
                             self.purge().await;
                         }
                         return Err(e);
                     }
                 };
                 *grant = h.granted();
-                let lease = if h.granted() == 0 { LeaseMode::None } else { kind.into() };
+                let lease = if h.granted().is_none() { LeaseMode::None } else { kind.into() };
                 let degraded = if attr.kind == FileKind::File { ns.degraded(ino).await? } else { Vec::new() };
                 MdsResp::Opened { attr, lease, degraded }
             }
             MdsReq::Close { ino, session } => {
                 need(peer, NS)?;
                 let s = cl.session_for(peer, session);
-                if cl.closed(s, ino) {
+                if s.is_some_and(|s| cl.closed(s, ino)) {
                     self.purge().await;
                 }
                 MdsResp::Done
             }
             MdsReq::GetLock { ino, owner, start, end, write, pid, session } => {
                 need(peer, NS)?;
-                let session = cl.session_for(peer, session);
+                // Without a session, a fresh id that owns no lock: every
+                // lock in the way conflicts.
+                let session = cl.session_for(peer, session).unwrap_or_else(|| cl.new_session_id());
                 let want = Lock { session, owner, start, end, write, pid };
                 let t = cl.locks.lock().map_err(|_| Error::Io("lock table poisoned".into()))?;
                 MdsResp::Lock(t.conflict(ino, &want).map(|l| LockInfo { start: l.start, end: l.end, write: l.write, pid: l.pid }))
@@ -549,10 +552,9 @@ impl MdsService {
                 need(peer, NS)?;
                 // Locks live as long as the session: without one there is
                 // no owner to give them back when the client dies.
-                let session = cl.session_for(peer, session);
-                if session == 0 {
+                let Some(session) = cl.session_for(peer, session) else {
                     return Err(Error::Unavailable("no session to hold locks".into()));
-                }
+                };
                 let mut t = cl.locks.lock().map_err(|_| Error::Io("lock table poisoned".into()))?;
                 match kind {
                     LockKind::Unlock => t.unlock(ino, session, owner, start, end),
@@ -566,7 +568,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 let a = ns.accessed(ino).await?;
-                cl.invalidate(h.id, vec![(ino, vec![])]).await;
+                cl.invalidate(Some(h.id), vec![(ino, vec![])]).await;
                 MdsResp::Attr(a)
             }
             MdsReq::Leases { ino } => {
@@ -609,7 +611,7 @@ impl MdsService {
                 need(peer, &[Role::Client])?;
                 tracing::warn!(ino, ?objs, "object replicas degraded");
                 ns.mark_degraded(ino, objs.clone()).await?;
-                cl.tell_degraded(cl.holder(peer).id, ino, objs).await;
+                cl.tell_degraded(Some(cl.holder(peer).id), ino, objs).await;
                 self.repair.wake.notify_one();
                 MdsResp::Done
             }
@@ -627,7 +629,7 @@ impl MdsService {
     /// Changes a client made under directories' write leases. A file made
     /// and still open there counts as open and comes with a write lease
     /// (a read lease if already closed), as a `Create` would.
-    async fn apply(&self, peer: &Arc<Peer>, session: u64, ops: Vec<DirOp>) -> MdsResp {
+    async fn apply(&self, peer: &Arc<Peer>, session: Option<SessionId>, ops: Vec<DirOp>) -> MdsResp {
         let cl = &self.ns.cluster;
         let h = cl.holder(peer);
         let s = cl.session_for(peer, session);
@@ -645,7 +647,7 @@ impl MdsService {
             }
             match op {
                 DirOp::Create { parent, name, ino, open, .. } => {
-                    if open && s != 0 {
+                    if let Some(s) = s.filter(|_| open) {
                         cl.opened(s, ino);
                     }
                     cl.try_acquire(&h, ino, if open { LeaseKind::Write } else { LeaseKind::Read });
@@ -656,7 +658,7 @@ impl MdsService {
                     changes.push((parent, vec![name]));
                     changes.push((ino, vec![]));
                 }
-                DirOp::Close { ino } => purge |= cl.closed(s, ino),
+                DirOp::Close { ino } => purge |= s.is_some_and(|s| cl.closed(s, ino)),
             }
         }
         if unlinked {
@@ -665,7 +667,7 @@ impl MdsService {
         if purge {
             self.purge().await;
         }
-        cl.invalidate(h.id, changes).await;
+        cl.invalidate(Some(h.id), changes).await;
         MdsResp::Applied(results.into_iter().map(|r| r.err().map(|e| e.to_wire())).collect())
     }
 
@@ -708,7 +710,7 @@ impl Service for MdsService {
         if !after_restart_too(&req) {
             self.ns.cluster.wait_grace().await;
         }
-        let mut session = 0;
+        let mut session = None;
         let resp = match self.handle(peer, req, &once, &mut session).await {
             Ok(r) => r,
             Err(e) => {
@@ -720,7 +722,7 @@ impl Service for MdsService {
     }
 
     fn error(e: Error) -> MdsReply {
-        MdsReply { session: 0, resp: MdsResp::Err(e.to_wire()) }
+        MdsReply { session: None, resp: MdsResp::Err(e.to_wire()) }
     }
 
     fn accepts(&self, _role: Role) -> bool {

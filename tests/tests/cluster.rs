@@ -241,7 +241,7 @@ async fn layouts_inherit_and_admin_commands_need_the_admin_cert() {
     }
     // sessions: opened, listed, evicted by the admin only; an evicted
     // session's heartbeat is refused as stale
-    let sid = match mds_call(&c, MdsReq::OpenSession { name: "gpu7".into(), dir_leases: true, previous: 0, open: vec![], locks: vec![] }).await.unwrap() {
+    let sid = match mds_call(&c, MdsReq::OpenSession { name: "gpu7".into(), dir_leases: true, previous: None, open: vec![], locks: vec![] }).await.unwrap() {
         MdsResp::Session { id, .. } => id,
         other => panic!("{other:?}"),
     };
@@ -513,7 +513,7 @@ async fn a_retried_request_is_answered_from_its_record_not_applied_twice() {
     send(rm.clone(), 5, true).await.unwrap();
     assert_eq!(send(rm, 6, false).await.unwrap_err(), Error::NotFound);
     // a session open whose reply was lost: the retry gets the same session
-    let open = MdsReq::OpenSession { name: "gpu1".into(), dir_leases: false, previous: 0, open: vec![], locks: vec![] };
+    let open = MdsReq::OpenSession { name: "gpu1".into(), dir_leases: false, previous: None, open: vec![], locks: vec![] };
     let sid = |r: Result<MdsResp, Error>| match r {
         Ok(MdsResp::Session { id, .. }) => id,
         other => panic!("{other:?}"),

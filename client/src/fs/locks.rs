@@ -2,6 +2,10 @@
 //! take them again after an MDS restart.
 use super::*;
 
+/// The session of every lock in this client's own copy (`held_locks`):
+/// they are all this client's, whatever its session at the MDS is now.
+const OWN: SessionId = SessionId(0);
+
 impl ClientFs {
     /// Release `owner`'s locks on `ino`, if it ever took one here.
     pub async fn unlock_owner(&self, ino: u64, owner: u64) -> Result<()> {
@@ -13,7 +17,7 @@ impl ClientFs {
         self.mds(&req).await?;
         self.lockers.remove(&(ino, owner));
         if let Ok(mut t) = self.held_locks.lock() {
-            t.unlock(ino, 0, owner, 0, u64::MAX);
+            t.unlock(ino, OWN, owner, 0, u64::MAX);
         }
         Ok(())
     }
@@ -40,9 +44,9 @@ impl ClientFs {
                 Ok(_) => {
                     if let Ok(mut t) = self.held_locks.lock() {
                         match kind {
-                            LockKind::Unlock => t.unlock(ino, 0, owner, start, end),
+                            LockKind::Unlock => t.unlock(ino, OWN, owner, start, end),
                             k => {
-                                let l = aifs_common::locks::Lock { session: 0, owner, start, end, write: k == LockKind::Write, pid };
+                                let l = aifs_common::locks::Lock { session: OWN, owner, start, end, write: k == LockKind::Write, pid };
                                 t.force(ino, l);
                             }
                         }

@@ -12,7 +12,7 @@ use crate::pool::Pool;
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, HeldLock, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{self, Identity, Peer, Service};
-use aifs_common::{Error, Result};
+use aifs_common::{Error, Result, SessionId};
 use bytes::Bytes;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,7 +145,7 @@ impl ClientFs {
     }
 
     /// `mds`, with the session the reply's leases were granted under.
-    async fn mds_leased(&self, req: &MdsReq) -> (Result<MdsResp>, u64) {
+    async fn mds_leased(&self, req: &MdsReq) -> (Result<MdsResp>, Option<SessionId>) {
         self.dirops.barrier().await;
         self.pool.mds_leased(req).await
     }

@@ -160,9 +160,9 @@ impl ClientFs {
 
     /// The MDS granted `dir`'s write lease in a reply to a request sent at
     /// `snap`: kept unless the lease was recalled meanwhile.
-    pub(super) fn writable(&self, snap: Snap, granted: u64, w: Option<Writable>) {
+    pub(super) fn writable(&self, snap: Snap, granted: Option<SessionId>, w: Option<Writable>) {
         let Some(w) = w else { return };
-        if self.dir_leases && granted != 0 && granted == snap.session() && self.meta.quiet_since(snap, w.dir) {
+        if self.dir_leases && granted.is_some() && granted == snap.session() && self.meta.quiet_since(snap, w.dir) {
             self.dirops.grant(w.dir, w.reserved);
         }
     }
@@ -183,7 +183,7 @@ impl ClientFs {
     }
 
     /// Cache attributes granted under `granted`.
-    pub(super) fn keep(&self, snap: Snap, granted: u64, a: &Attr, mode: LeaseMode) {
+    pub(super) fn keep(&self, snap: Snap, granted: Option<SessionId>, a: &Attr, mode: LeaseMode) {
         if self.cache_on() {
             self.meta.put_attr(snap, granted, a, mode);
         }

@@ -79,7 +79,10 @@ impl ClientFs {
                     _ = tokio::time::sleep(period) => {}
                     _ = fs.rebind.notified() => {}
                 }
-                let id = fs.meta.session();
+                let Some(id) = fs.meta.session() else {
+                    let _ = fs.open_session().await;
+                    continue;
+                };
                 let sent = Instant::now();
                 match fs.pool.mds(&MdsReq::SessionHeartbeat { id }).await {
                     Ok(_) => fs.meta.renewed(sent, fs.term()),
@@ -152,10 +155,11 @@ impl ClientFs {
         self.meta.clear();
         self.dirops.lost_leases();
         // An MDS that is gone must not hold up the unmount.
-        let req = MdsReq::CloseSession { id };
-        let close = self.pool.mds(&req);
-        if tokio::time::timeout(Duration::from_secs(2), close).await.is_err() {
-            tracing::warn!("MDS did not answer the session close; its session will expire");
+        if let Some(id) = id {
+            let req = MdsReq::CloseSession { id };
+            if tokio::time::timeout(Duration::from_secs(2), self.pool.mds(&req)).await.is_err() {
+                tracing::warn!("MDS did not answer the session close; its session will expire");
+            }
         }
         self.pool.mds.close();
     }

@@ -1,6 +1,7 @@
 //! Metadata service messages (client, OSD and admin to MDS).
 use super::frame::message;
 use crate::error::WireError;
+use crate::ids::SessionId;
 use crate::layout::{Layout, LayoutPolicy};
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -112,7 +113,7 @@ pub struct OsdInfo {
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct SessionInfo {
-    pub id: u64,
+    pub id: SessionId,
     pub name: String,
     pub addr: String,
     pub last_seen_ms: u64,
@@ -261,18 +262,18 @@ pub enum MdsReq {
     OsdHeartbeat { id: u32, addr: String, capacity: u64, used: u64, objects: u64 },
     /// `dir_leases`: the client takes directories' write leases (creates
     /// and unlinks answered by itself, sent in batches). After an MDS
-    /// restart, `previous` is the session the client had (0: none), `open`
+    /// restart, `previous` is the session the client had, `open`
     /// the files it still has open, counted again as opens of the new
     /// session, and `locks` the locks it held, taken again if `previous`
     /// is a session of the MDS's last run (`Session::reclaimed`); the MDS
     /// holds back conflicting requests until every session of its last
     /// run has come back or expired.
-    OpenSession { name: String, dir_leases: bool, previous: u64, open: Vec<u64>, locks: Vec<HeldLock> },
-    SessionHeartbeat { id: u64 },
-    CloseSession { id: u64 },
+    OpenSession { name: String, dir_leases: bool, previous: Option<SessionId>, open: Vec<u64>, locks: Vec<HeldLock> },
+    SessionHeartbeat { id: SessionId },
+    CloseSession { id: SessionId },
     Status,
     /// Admin: end a client's session now, dropping its leases.
-    EvictSession { id: u64 },
+    EvictSession { id: SessionId },
     /// Readdir with each entry's attributes (`ls -l` in one round trip).
     ReaddirPlus { ino: u64, cookie: u64, max: u32 },
     /// Take a lease on a file for reading or for writing (at open, and
@@ -286,13 +287,13 @@ pub enum MdsReq {
     /// The client closed its last handle of a file. Requests that act for
     /// a session name it: the connection they come on may not be bound yet
     /// (after a reconnect).
-    Close { ino: u64, session: u64 },
+    Close { ino: u64, session: Option<SessionId> },
     /// Test for a lock (`F_GETLK`): the first lock in the way, if any.
     /// Ranges are inclusive; `owner` is the kernel's lock owner on the client.
-    GetLock { ino: u64, owner: u64, start: u64, end: u64, write: bool, pid: u32, session: u64 },
+    GetLock { ino: u64, owner: u64, start: u64, end: u64, write: bool, pid: u32, session: Option<SessionId> },
     /// Take (`kind` read or write) or release (unlock) a lock without
     /// waiting: a conflict is `WouldBlock`.
-    SetLock { ino: u64, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32, session: u64 },
+    SetLock { ino: u64, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32, session: Option<SessionId> },
     /// The file was read: its access time becomes now (ctime unchanged).
     Accessed { ino: u64 },
     /// Inode numbers (with their files' layouts) for `count` files to be
@@ -301,7 +302,7 @@ pub enum MdsReq {
     /// Namespace changes a client already answered under a directory's
     /// write lease (and closes), applied in order; one result per change.
     /// `session`: the session they were made under (as in `Close`).
-    Apply { session: u64, ops: Vec<DirOp> },
+    Apply { session: Option<SessionId>, ops: Vec<DirOp> },
 }
 message!(MdsReq);
 
@@ -421,7 +422,7 @@ pub enum MdsResp {
     OsdMap { epoch: u64, osds: Vec<OsdInfo> },
     /// `reclaimed`: the previous session's locks are the new one's (the
     /// MDS restarted and waited for this client); otherwise they are lost.
-    Session { id: u64, heartbeat_ms: u64, reclaimed: bool },
+    Session { id: SessionId, heartbeat_ms: u64, reclaimed: bool },
     Status(ClusterStatus),
     Stripe { policy: Option<LayoutPolicy>, attr: Attr },
     /// A namespace change: the new inode (if one was made or linked) and
@@ -477,22 +478,21 @@ pub struct LockInfo {
 message!(MdsResp);
 
 /// Every MDS reply. `session` is the client session under which the reply
-/// granted read leases, 0 for none (DESIGN.md, "Leases"): with a nonzero
-/// session, the client holds a read lease on every inode whose attributes
-/// the reply carries and on the directory it looked up or listed, and may
-/// cache them (and a negative lookup) until the MDS recalls them or the
-/// session ends.
+/// granted read leases, if any (DESIGN.md, "Leases"): under a session,
+/// the client holds a read lease on every inode whose attributes the reply
+/// carries and on the directory it looked up or listed, and may cache them
+/// (and a negative lookup) until the MDS recalls them or the session ends.
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[rkyv(derive(Debug))]
 pub struct MdsReply {
-    pub session: u64,
+    pub session: Option<SessionId>,
     pub resp: MdsResp,
 }
 message!(MdsReply);
 
 impl MdsReply {
     /// The response (an error reply becomes `Err`) and the lease session.
-    pub fn into_result(self) -> crate::error::Result<(MdsResp, u64)> {
+    pub fn into_result(self) -> crate::error::Result<(MdsResp, Option<SessionId>)> {
         match self.resp {
             MdsResp::Err(e) => Err(crate::error::Error::from_wire(e.code, &e.msg)),
             r => Ok((r, self.session)),
@@ -512,7 +512,7 @@ pub enum LeaseMode {
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct LeaseInfo {
-    pub session: u64,
+    pub session: SessionId,
     pub name: String,
     pub mode: LeaseMode,
     /// Asked to give it back and not yet done.

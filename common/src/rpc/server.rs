@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::proto::frame::{read_header, read_payload, write_frame, Message};
 use bytes::Bytes;
 use std::future::Future;
+use crate::ids::SessionId;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -18,12 +19,25 @@ pub struct Peer {
     pub conn: quinn::Connection,
     /// The client session bound to this connection (0: none); the MDS sets
     /// it when a session is opened or heartbeated over the connection.
-    pub session: std::sync::atomic::AtomicU64,
+    session: std::sync::atomic::AtomicU64,
 }
 
 impl Peer {
     pub fn new(role: Role, conn: quinn::Connection) -> Arc<Peer> {
         Arc::new(Peer { role, addr: conn.remote_address(), conn, session: Default::default() })
+    }
+
+    /// The client session bound to this connection, if any.
+    pub fn session(&self) -> Option<SessionId> {
+        match self.session.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            id => Some(SessionId(id)),
+        }
+    }
+
+    /// Bind `id` to this connection (it opened or heartbeated here).
+    pub fn bind_session(&self, id: SessionId) {
+        self.session.store(id.0, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

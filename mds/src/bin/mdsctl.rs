@@ -310,7 +310,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
             }
         }
         Cmd::Session { cmd: SessionCmd::Evict { id } } => {
-            admin.call(&MdsReq::EvictSession { id }).await.map_err(|e| match e {
+            admin.call(&MdsReq::EvictSession { id: aifs_common::SessionId(id) }).await.map_err(|e| match e {
                 aifs_common::Error::NotFound => anyhow!("no session {id}"),
                 e => anyhow!(e),
             })?;
