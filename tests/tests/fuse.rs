@@ -50,6 +50,14 @@ fn one_gib_striped_checkpoint_round_trips() {
     // 1024 units over 3 objects: 342, 341 and 341 MiB.
     assert_eq!(stripe.matches("\"size\": 358612992").count(), 1, "{stripe}");
     assert_eq!(stripe.matches("\"size\": 357564416").count(), 2, "{stripe}");
+    // the mount set its kernel read-ahead (the default config asks 1 MiB;
+    // only root may set it)
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let dev = fs::metadata(m.p("")).unwrap().dev();
+        let knob = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+        assert_eq!(fs::read_to_string(&knob).unwrap().trim(), "1024", "{knob}");
+    }
     let mut f = File::open(&path).unwrap();
     let mut got = vec![0u8; MIB];
     let mut want = vec![0u8; MIB];

@@ -54,6 +54,9 @@ fn main() -> anyhow::Result<()> {
     fcfg.acl = if root { SessionACL::All } else { SessionACL::Owner };
     fcfg.n_threads = Some(cfg.fuse_threads.max(1));
     fcfg.clone_fd = true;
+    // Resolved before mounting: after it, a lookup of the mount point
+    // would wait on the FUSE session.
+    let mountpoint = std::fs::canonicalize(&args.mountpoint).with_context(|| format!("resolving {}", args.mountpoint.display()))?;
     let fuse = AifsFuse::new(fs, rt.handle().clone());
     let kernel = fuse.kernel_view();
     let mut session = fuser::Session::new(fuse, &args.mountpoint, &fcfg)
@@ -61,6 +64,11 @@ fn main() -> anyhow::Result<()> {
     kernel.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
     tracing::info!(mountpoint = %args.mountpoint.display(), mds = %cfg.mds, "mounted");
+    if cfg.kernel_readahead_kb > 0 {
+        if let Err(e) = set_kernel_readahead(&mountpoint, cfg.kernel_readahead_kb) {
+            tracing::info!(error = %e, "kernel read-ahead left as it was");
+        }
+    }
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let runner = std::thread::Builder::new().name("fuse-session".into()).spawn(move || {
         let r = session.run();
@@ -85,4 +93,49 @@ fn main() -> anyhow::Result<()> {
     }
     tracing::info!("unmounted");
     Ok(())
+}
+
+/// Set the kernel's read-ahead (KiB) of the FUSE mount at `mountpoint`
+/// (resolved), through its backing device's sysfs entry (root only). The
+/// device is found in `/proc/self/mountinfo`, not by `stat`, which would
+/// wait on the FUSE session this thread has not started yet.
+fn set_kernel_readahead(mountpoint: &std::path::Path, kb: u32) -> anyhow::Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    // Fields: id, parent, major:minor, root, mount point (octal escapes).
+    let dev = info
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Some((*f.get(2)?, unescape_mountinfo(f.get(4)?)))
+        })
+        .filter(|(_, at)| std::path::Path::new(at) == mountpoint)
+        .map(|(dev, _)| dev.to_string())
+        .last()
+        .with_context(|| format!("{} is not in /proc/self/mountinfo", mountpoint.display()))?;
+    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    std::fs::write(&knob, kb.to_string()).with_context(|| format!("writing {knob}"))?;
+    tracing::debug!(%knob, kb, "kernel read-ahead set");
+    Ok(())
+}
+
+/// A mountinfo path with its `\ooo` escapes (space, tab, newline,
+/// backslash) decoded.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b.get(i + 1..i + 4).and_then(|d| std::str::from_utf8(d).ok()).and_then(|d| u8::from_str_radix(d, 8).ok());
+        match (b[i], oct) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -7,7 +7,7 @@
 //! (moka); a cached handle holds no state of its own, so an evicted and
 //! reopened handle can never disagree with another.
 use super::{ObjectStore, ReadOut, Usage};
-use aifs_common::proto::frame::aligned_zeroed;
+use aifs_common::proto::frame::aligned_buffer;
 use aifs_common::proto::osd::CRC_BLOCK;
 use aifs_common::{Error, ObjectId, Result};
 use bytes::{Bytes, BytesMut};
@@ -41,6 +41,31 @@ const DIRECT_ALIGN: usize = aifs_common::proto::frame::PAYLOAD_ALIGN;
 /// checkpoint write on the OSDs, and a checkpoint is not read back soon.
 const DIRECT_WRITE_MIN: usize = 128 * 1024;
 
+/// `pread` of up to `max` bytes at `off`, appended to `buf` in its spare
+/// capacity (never beyond it): no zero-fill of memory the disk is about to
+/// write.
+fn pread_append(f: &File, buf: &mut BytesMut, max: usize, off: u64) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let spare = buf.spare_capacity_mut();
+    let max = max.min(spare.len());
+    let off = libc::off_t::try_from(off).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    loop {
+        // SAFETY: the pointer and `max` lie within `buf`'s spare capacity,
+        // which the kernel may write; nothing reads it before `set_len`.
+        let n = unsafe { libc::pread(f.as_raw_fd(), spare.as_mut_ptr().cast(), max, off) };
+        if n >= 0 {
+            // SAFETY: the kernel initialised the first `n` (<= `max`) bytes
+            // of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n as usize) };
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 struct Handles {
     data: File,
     crc: File,
@@ -67,28 +92,27 @@ impl Handles {
     /// `O_DIRECT`; `None` when the file system does not do direct reads.
     fn read_direct(&self, start: u64, len: usize) -> Result<Option<Bytes>> {
         let Some(f) = self.direct() else { return Ok(None) };
-        // An aligned window into a fresh zeroed allocation (untouched pages,
-        // no memset): the disk fills it, the reply shares it.
+        // The disk fills an aligned window of a buffer, the reply shares it.
         let span = len.next_multiple_of(DIRECT_ALIGN);
-        let (mut raw, pad) = aligned_zeroed(span);
-        let mut got = 0;
-        while got < len {
-            match f.read_at(&mut raw[pad + got..pad + span], start + got as u64) {
-                Ok(0) => return Err(Error::Io(format!("{}: ends before byte {}", self.path.display(), start + len as u64))),
-                // A short read is only ever at the end of the file, which
-                // is not aligned: go on through the page cache from there.
-                Ok(n) if n % DIRECT_ALIGN != 0 && got + n < len => {
-                    got += n;
-                    let rest = start + got as u64;
-                    self.data.read_exact_at(&mut raw[pad + got..pad + len], rest)?;
-                    got = len;
-                }
-                Ok(n) => got += n,
+        let (mut buf, pad) = aligned_buffer(span);
+        let mut from = f;
+        while buf.len() - pad < len {
+            let got = buf.len() - pad;
+            let n = match pread_append(from, &mut buf, span - got, start + got as u64) {
+                Ok(n) => n,
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) && got == 0 => return Ok(None),
                 Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                return Err(Error::Io(format!("{}: ends before byte {}", self.path.display(), start + len as u64)));
+            }
+            if n % DIRECT_ALIGN != 0 {
+                // A short read is only ever at the end of the file, which
+                // is not aligned: go on through the page cache from there.
+                from = &self.data;
             }
         }
-        Ok(Some(Bytes::from(raw).slice(pad..pad + len)))
+        Ok(Some(buf.freeze().slice(pad..pad + len)))
     }
 
     /// Write `data` at `off`, straight to the disk when both are aligned
@@ -627,11 +651,9 @@ mod tests {
     /// An aligned buffer of `len` pattern bytes, as the frame reader
     /// lands large payloads.
     fn aligned(len: usize, seed: u8) -> Bytes {
-        let (mut raw, pad) = aligned_zeroed(len);
-        for (i, b) in raw[pad..pad + len].iter_mut().enumerate() {
-            *b = (i as u8).wrapping_mul(31).wrapping_add(seed);
-        }
-        Bytes::from(raw).slice(pad..pad + len)
+        let (mut buf, pad) = aligned_buffer(len);
+        buf.extend((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
+        buf.freeze().slice(pad..)
     }
 
     /// Regression (found by the ClientFs property test): a read of an
