@@ -222,6 +222,16 @@ impl FileStore {
     }
 
     /// Cached handles; `create` makes the files when missing.
+    /// Drop the cached handles of `obj` now. moka keeps an invalidated
+    /// entry until its next housekeeping, and the open descriptors kept a
+    /// deleted object's blocks allocated until then: the file system freed
+    /// them in the middle of the next checkpoint's writes, which ran at
+    /// 0.6-0.7 of the speed of the one after.
+    fn forget_handles(&self, obj: ObjectId) {
+        self.open.invalidate(&obj);
+        self.open.run_pending_tasks();
+    }
+
     fn handles(&self, obj: ObjectId, create: bool) -> Result<Option<Arc<Handles>>> {
         if let Some(h) = self.open.get(&obj) {
             // A file removed behind the OSD's back (by an operator, or a
@@ -231,7 +241,8 @@ impl FileStore {
             if h.data.metadata()?.nlink() > 0 {
                 return Ok(Some(h));
             }
-            self.open.invalidate(&obj);
+            drop(h);
+            self.forget_handles(obj);
         }
         let (dir, data_path, crc_path) = self.paths(obj);
         let existed = data_path.exists();
@@ -418,7 +429,7 @@ impl ObjectStore for FileStore {
 
     fn delete(&self, obj: ObjectId) -> Result<()> {
         let _g = self.lock(obj).write().map_err(|_| Error::Io("lock poisoned".into()))?;
-        self.open.invalidate(&obj);
+        self.forget_handles(obj);
         let (_, data, crc) = self.paths(obj);
         match std::fs::remove_file(&data) {
             Ok(()) => {
@@ -654,6 +665,33 @@ mod tests {
         let (mut buf, pad) = aligned_buffer(len);
         buf.extend((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
         buf.freeze().slice(pad..)
+    }
+
+    /// Descriptors of this process open on deleted files under `dir`.
+    fn deleted_open(dir: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|t| t.starts_with(dir) && t.to_string_lossy().ends_with(" (deleted)"))
+            .count()
+    }
+
+    /// Regression: a deleted object's handles stayed in the cache until its
+    /// next housekeeping, and with them its blocks, freed only in the middle
+    /// of the next checkpoint's writes.
+    #[test]
+    fn a_deleted_object_keeps_no_descriptor_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        let d = vec![7u8; 1 << 20];
+        for i in 0..3 {
+            s.write(obj(i), 0, &d, &block_crcs(0, &d)).unwrap();
+            assert!(s.read(obj(i), 0, 1 << 20).unwrap().data == d);
+        }
+        for i in 0..3 {
+            s.delete(obj(i)).unwrap();
+        }
+        assert_eq!(deleted_open(dir.path()), 0, "deleted objects are still open");
     }
 
     /// Regression (found by the ClientFs property test): a read of an
