@@ -325,7 +325,7 @@ impl Filesystem for AifsFuse {
         let append = flags.0 & libc::O_APPEND != 0;
         self.run(async move {
             match fs.open(ino.0, write, append).await {
-                Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
+                Ok(o) => reply.opened(o.fh.into(), fopen_flags(&o)),
                 Err(e) => reply.error(err(&e)),
             }
         });
@@ -344,7 +344,7 @@ impl Filesystem for AifsFuse {
     ) {
         let fs = self.fs.clone();
         self.run(async move {
-            match fs.read(fh.0, offset, size).await {
+            match fs.read(fh.into(), offset, size).await {
                 Ok(b) => reply.data(&b),
                 Err(e) => reply.error(err(&e)),
             }
@@ -366,7 +366,7 @@ impl Filesystem for AifsFuse {
         let fs = self.fs.clone();
         let data = Bytes::copy_from_slice(data);
         self.run(async move {
-            match fs.write(fh.0, offset, data).await {
+            match fs.write(fh.into(), offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(err(&e)),
             }
@@ -375,7 +375,7 @@ impl Filesystem for AifsFuse {
 
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.flush(fh.0, lock_owner.0));
+        spawn_empty!(self, reply, fs.flush(fh.into(), lock_owner.0));
     }
 
     fn getlk(
@@ -442,13 +442,13 @@ impl Filesystem for AifsFuse {
             if let Some(o) = flock_owner {
                 fs.unlock_owner(ino.0, o).await?;
             }
-            fs.release(fh.0).await
+            fs.release(fh.into()).await
         });
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.fsync(fh.0));
+        spawn_empty!(self, reply, fs.fsync(fh.into()));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -631,7 +631,7 @@ impl Filesystem for AifsFuse {
             match fs.create(parent.0, &name, mode & !umask, uid, gid, exclusive, append).await {
                 Ok(o) => {
                     let ttl = fs.entry_ttl(parent.0, &name, o.attr.ino);
-                    reply.created(&ttl, &file_attr(&o.attr), Generation(0), FileHandle(o.fh), fopen_flags(&o))
+                    reply.created(&ttl, &file_attr(&o.attr), Generation(0), o.fh.into(), fopen_flags(&o))
                 }
                 Err(e) => reply.error(err(&e)),
             }

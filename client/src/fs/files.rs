@@ -53,8 +53,8 @@ impl ClientFs {
         });
     }
 
-    pub(super) fn new_handle(&self, f: &Arc<FileState>, append: bool, a: &Attr) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn new_handle(&self, f: &Arc<FileState>, append: bool, a: &Attr) -> FileHandle {
+        let fh = FileHandle(self.next_fh.fetch_add(1, Ordering::Relaxed));
         let times = (a.atime_ns, a.mtime_ns, a.ctime_ns);
         self.handles.insert(fh, Handle { file: f.clone(), append, read: Default::default(), times });
         fh
@@ -183,14 +183,14 @@ impl ClientFs {
 
     /// A close of one descriptor by `lock_owner`: POSIX drops every lock
     /// the owner holds on the file, whichever descriptor took it.
-    pub async fn flush(&self, fh: u64, lock_owner: u64) -> Result<()> {
+    pub async fn flush(&self, fh: FileHandle, lock_owner: u64) -> Result<()> {
         let f = self.handle_file(fh)?;
         let r = self.flush_file(&f).await;
         self.unlock_owner(f.ino, lock_owner).await?;
         r
     }
 
-    pub async fn fsync(&self, fh: u64) -> Result<()> {
+    pub async fn fsync(&self, fh: FileHandle) -> Result<()> {
         let f = self.handle_file(fh)?;
         // The file's name too, if it was made under a directory lease.
         self.dirops.barrier().await;
@@ -198,7 +198,7 @@ impl ClientFs {
         f.commit(&self.ctx).await
     }
 
-    pub async fn release(&self, fh: u64) -> Result<()> {
+    pub async fn release(&self, fh: FileHandle) -> Result<()> {
         let Some((_, h)) = self.handles.remove(&fh) else {
             return Ok(());
         };

@@ -2,11 +2,11 @@
 use super::*;
 
 impl ClientFs {
-    pub(super) fn handle_file(&self, fh: u64) -> Result<Arc<FileState>> {
+    pub(super) fn handle_file(&self, fh: FileHandle) -> Result<Arc<FileState>> {
         self.handles.get(&fh).map(|h| h.file.clone()).ok_or(Error::Stale)
     }
 
-    pub(super) fn handle_appends(&self, fh: u64) -> bool {
+    pub(super) fn handle_appends(&self, fh: FileHandle) -> bool {
         self.handles.get(&fh).is_some_and(|h| h.append)
     }
 
@@ -15,7 +15,7 @@ impl ClientFs {
     /// drop their caches). Without a session, writes go on unleased.
     /// An `O_APPEND` handle writes at the end of the file, under a write
     /// lease no other client shares (the end is then known here).
-    pub async fn write(&self, fh: u64, off: u64, data: Bytes) -> Result<u32> {
+    pub async fn write(&self, fh: FileHandle, off: u64, data: Bytes) -> Result<u32> {
         let f = self.handle_file(fh)?;
         if self.dirops.unapplied(f.ino) {
             // No objects for a file the MDS does not know yet.
@@ -76,7 +76,7 @@ impl ClientFs {
         }
     }
 
-    pub async fn read(&self, fh: u64, off: u64, len: u32) -> Result<Bytes> {
+    pub async fn read(&self, fh: FileHandle, off: u64, len: u32) -> Result<Bytes> {
         let f = self.handle_file(fh)?;
         if let Some(h) = self.handles.get(&fh) {
             h.read.store(true, Ordering::Relaxed);

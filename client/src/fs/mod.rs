@@ -95,9 +95,26 @@ impl Want {
     }
 }
 
+/// A handle this client gave the kernel for an open file: a key of
+/// `ClientFs`'s handle table, meaningful to this mount only.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct FileHandle(pub u64);
+
+impl From<fuser::FileHandle> for FileHandle {
+    fn from(fh: fuser::FileHandle) -> Self {
+        FileHandle(fh.0)
+    }
+}
+
+impl From<FileHandle> for fuser::FileHandle {
+    fn from(fh: FileHandle) -> Self {
+        fuser::FileHandle(fh.0)
+    }
+}
+
 /// How an open was answered.
 pub struct Opened {
-    pub fh: u64,
+    pub fh: FileHandle,
     pub attr: Attr,
     /// The kernel's cached pages of the file are still good.
     pub keep_cache: bool,
@@ -109,7 +126,7 @@ pub struct ClientFs {
     pub pool: Arc<Pool>,
     ctx: Arc<DataCtx>,
     files: DashMap<u64, Arc<FileState>>,
-    handles: DashMap<u64, Handle>,
+    handles: DashMap<FileHandle, Handle>,
     next_fh: AtomicU64,
     name: String,
     pub meta: MetaCache,
