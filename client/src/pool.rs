@@ -10,7 +10,7 @@ use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp, OsdState, ReqI
 use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::ids::mix;
 use aifs_common::rpc::RpcClient;
-use aifs_common::{Error, Result, SessionId};
+use aifs_common::{Error, OsdId, Result, SessionId};
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -25,9 +25,9 @@ const MDS_RETRY_MAX: Duration = Duration::from_secs(1);
 pub struct Pool {
     endpoint: quinn::Endpoint,
     pub mds: RpcClient,
-    osds: RwLock<HashMap<u32, Arc<RpcClient>>>,
+    osds: RwLock<HashMap<OsdId, Arc<RpcClient>>>,
     /// OSDs the MDS marked down in the last map fetched.
-    down: RwLock<HashSet<u32>>,
+    down: RwLock<HashSet<OsdId>>,
     refresh: tokio::sync::Mutex<()>,
     /// Request ids: this mount's, the next number, and the numbers whose
     /// answer has not arrived.
@@ -130,14 +130,14 @@ impl Pool {
             return Err(Error::Protocol("unexpected reply to OsdMap".into()));
         };
         if let Ok(mut d) = self.down.write() {
-            *d = osds.iter().filter(|o| o.state != OsdState::Up).map(|o| o.id).collect();
+            *d = osds.iter().filter(|o| o.state != OsdState::Up).map(|o| OsdId(o.id)).collect();
         }
         let mut map = self.osds.write().map_err(|_| Error::Io("lock poisoned".into()))?;
         for o in osds {
             let Ok(addr) = o.addr.parse::<SocketAddr>() else { continue };
-            let same = map.get(&o.id).is_some_and(|c| c.addr() == addr);
+            let same = map.get(&OsdId(o.id)).is_some_and(|c| c.addr() == addr);
             if !same {
-                map.insert(o.id, Arc::new(RpcClient::new(self.endpoint.clone(), addr, Role::Osd)));
+                map.insert(OsdId(o.id), Arc::new(RpcClient::new(self.endpoint.clone(), addr, Role::Osd)));
             }
         }
         Ok(())
@@ -145,11 +145,11 @@ impl Pool {
 
     /// Marked down in the last OSD map: tried only when nothing else is
     /// left.
-    pub fn is_down(&self, id: u32) -> bool {
+    pub fn is_down(&self, id: OsdId) -> bool {
         self.down.read().is_ok_and(|d| d.contains(&id))
     }
 
-    async fn osd(&self, id: u32) -> Result<Arc<RpcClient>> {
+    async fn osd(&self, id: OsdId) -> Result<Arc<RpcClient>> {
         if let Some(c) = self.osds.read().map_err(|_| Error::Io("lock poisoned".into()))?.get(&id) {
             return Ok(c.clone());
         }
@@ -159,13 +159,13 @@ impl Pool {
             .map_err(|_| Error::Io("lock poisoned".into()))?
             .get(&id)
             .cloned()
-            .ok_or_else(|| Error::Unavailable(format!("osd.{id} is not in the OSD map")))
+            .ok_or_else(|| Error::Unavailable(format!("{id} is not in the OSD map")))
     }
 
     /// One OSD call. Every OSD request is idempotent, so a transport
     /// failure is retried once after refreshing the OSD map (the OSD may
     /// have restarted, possibly elsewhere).
-    pub async fn osd_call(&self, id: u32, req: &OsdReq, payload: &[Bytes]) -> Result<(OsdResp, Bytes)> {
+    pub async fn osd_call(&self, id: OsdId, req: &OsdReq, payload: &[Bytes]) -> Result<(OsdResp, Bytes)> {
         let mut tries = 0;
         loop {
             let c = self.osd(id).await?;
@@ -180,7 +180,7 @@ impl Pool {
                         // connect timeout too.
                         return Err(Error::Transport(m));
                     }
-                    tracing::debug!(osd = id, error = %m, "OSD call failed; retrying");
+                    tracing::debug!(osd = id.0, error = %m, "OSD call failed; retrying");
                 }
                 Err(e) => return Err(e),
             }

@@ -65,8 +65,9 @@ impl fmt::Display for ObjectId {
     }
 }
 
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize)]
 #[rkyv(derive(Debug))]
+#[serde(transparent)]
 pub struct OsdId(pub u32);
 
 impl fmt::Display for OsdId {

@@ -16,7 +16,7 @@ use crate::repair::Repair;
 use crate::store::{IoResult, DEGRADED, GC, INODES};
 use aifs_common::proto::mds::{Degraded, FileKind, FsckFinding, FsckKind, FsckReport};
 use aifs_common::proto::osd::{OsdReq, OsdResp};
-use aifs_common::{Error, Layout, ObjectId, Result};
+use aifs_common::{Error, Layout, ObjectId, OsdId, Result};
 use redb::ReadableTable;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -180,7 +180,7 @@ impl Fsck {
                     if !present(osd) {
                         if anywhere {
                             self.found(FsckKind::Missing, obj, osd);
-                            fix.entry(*ino).or_default().push(Degraded { index, osd });
+                            fix.entry(*ino).or_default().push(Degraded { index, osd: OsdId(osd) });
                         }
                         continue;
                     }
@@ -196,7 +196,7 @@ impl Fsck {
                             self.update(|r| r.replicas_verified += 1);
                             if bad_blocks > 0 {
                                 self.found(FsckKind::Corrupt, obj, osd);
-                                fix.entry(*ino).or_default().push(Degraded { index, osd });
+                                fix.entry(*ino).or_default().push(Degraded { index, osd: OsdId(osd) });
                             }
                         }
                         // Deleted since the listing (the file went too).

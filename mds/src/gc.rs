@@ -135,7 +135,7 @@ impl Gc {
             for osd in l.object_osds(k) {
                 let req = req.clone();
                 let id = osd.0;
-                targets.push(Degraded { index: k, osd: id });
+                targets.push(Degraded { index: k, osd: *osd });
                 calls.push(async move { self.osds.call(id, &req).await });
             }
         }

@@ -223,7 +223,7 @@ fn delete_inode(txn: &WriteTransaction, ino: u64, rec: &InodeRec) -> Result<()> 
         add_gc(txn, &GcJob { ino, layout: layout.clone(), truncate_to: None })?;
         let mut d = txn.open_table(DEGRADED).io()?;
         for k in degraded_rows(&d, ino)? {
-            d.remove((ino, k.index, k.osd)).io()?;
+            d.remove((ino, k.index, k.osd.0)).io()?;
         }
     }
     Ok(())
@@ -235,7 +235,7 @@ fn degraded_rows(t: &impl ReadableTable<(u64, u32, u32), ()>, ino: u64) -> Resul
     for r in t.range((ino, 0, 0)..=(ino, u32::MAX, u32::MAX)).io()? {
         let (k, _) = r.io()?;
         let (_, index, osd) = k.value();
-        out.push(Degraded { index, osd });
+        out.push(Degraded { index, osd: OsdId(osd) });
     }
     Ok(out)
 }
@@ -474,10 +474,10 @@ impl Namespace {
                 let layout = rec.layout.ok_or(Error::IsDir)?;
                 let mut d = txn.open_table(DEGRADED).io()?;
                 for o in objs {
-                    if o.index >= layout.stripe_count || !layout.object_osds(o.index).iter().any(|x| x.0 == o.osd) {
-                        return Err(Error::InvalidArgument(format!("osd.{} holds no replica of object {} of inode {ino}", o.osd, o.index)));
+                    if o.index >= layout.stripe_count || !layout.object_osds(o.index).iter().any(|x| *x == o.osd) {
+                        return Err(Error::InvalidArgument(format!("{} holds no replica of object {} of inode {ino}", o.osd, o.index)));
                     }
-                    d.insert((ino, o.index, o.osd), ()).io()?;
+                    d.insert((ino, o.index, o.osd.0), ()).io()?;
                 }
                 Ok(())
             })

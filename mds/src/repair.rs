@@ -15,7 +15,7 @@ use crate::store::{IoResult, DEGRADED};
 use redb::ReadableTable;
 use aifs_common::proto::mds::Degraded;
 use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp};
-use aifs_common::{Error, ObjectId, Result};
+use aifs_common::{Error, ObjectId, OsdId, Result};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -106,7 +106,7 @@ impl Repair {
             };
             let mut by_file: BTreeMap<u64, Vec<Degraded>> = BTreeMap::new();
             for (ino, index, osd) in rows {
-                by_file.entry(ino).or_default().push(Degraded { index, osd });
+                by_file.entry(ino).or_default().push(Degraded { index, osd: OsdId(osd) });
             }
             for (ino, objs) in by_file {
                 if !self.cluster().begin_repair(ino) {
@@ -128,21 +128,22 @@ impl Repair {
         };
         let up = self.cluster().up_osds();
         let mut done = 0;
-        for d in objs.iter().filter(|d| up.contains(&d.osd)) {
-            let stale: Vec<u32> = objs.iter().filter(|o| o.index == d.index).map(|o| o.osd).collect();
+        for d in objs.iter().filter(|d| up.contains(&d.osd.0)) {
+            let to = d.osd.0;
+            let stale: Vec<u32> = objs.iter().filter(|o| o.index == d.index).map(|o| o.osd.0).collect();
             let Some(from) = layout.object_osds(d.index).iter().map(|o| o.0).find(|o| !stale.contains(o) && up.contains(o)) else {
                 tracing::debug!(ino, index = d.index, "no healthy replica up to repair from");
                 continue;
             };
             let obj = ObjectId { ino, index: d.index };
             self.stats.active.fetch_add(1, Ordering::Relaxed);
-            let r = self.copy(obj, from, d.osd).await;
+            let r = self.copy(obj, from, to).await;
             self.stats.active.fetch_sub(1, Ordering::Relaxed);
             // Unlinked meanwhile: its delete may have run before the copy
             // made the object again, so the copy goes too.
             if matches!(self.ns.getattr(ino).await, Err(Error::NotFound)) {
-                if let Err(e) = self.osds.call(d.osd, &OsdReq::Delete { obj }).await {
-                    tracing::warn!(%obj, osd = d.osd, error = %e, "copy of a deleted file's object left behind; fsck finds it");
+                if let Err(e) = self.osds.call(to, &OsdReq::Delete { obj }).await {
+                    tracing::warn!(%obj, osd = to, error = %e, "copy of a deleted file's object left behind; fsck finds it");
                 }
                 return done;
             }
@@ -152,11 +153,11 @@ impl Repair {
             };
             match r {
                 Ok(n) => {
-                    tracing::info!(%obj, from, to = d.osd, bytes = n, "replica repaired");
+                    tracing::info!(%obj, from, to, bytes = n, "replica repaired");
                     self.stats.repaired.fetch_add(1, Ordering::Relaxed);
                     done += 1;
                 }
-                Err(e) => tracing::warn!(%obj, from, to = d.osd, error = %e, "replica repair failed; retried later"),
+                Err(e) => tracing::warn!(%obj, from, to, error = %e, "replica repair failed; retried later"),
             }
         }
         done
@@ -233,7 +234,7 @@ impl Repair {
                     continue;
                 }
                 let to = free[((ino ^ index as u64) % free.len() as u64) as usize];
-                let bad = |o: &u32| stale.iter().any(|d| d.index == index && d.osd == *o);
+                let bad = |o: &u32| stale.iter().any(|d| d.index == index && d.osd.0 == *o);
                 // The copy on the OSD taken out is good unless stale; a
                 // healthy replica elsewhere is preferred.
                 let mut sources: Vec<u32> = reps.iter().copied().filter(|o| up.contains(o) && !bad(o)).collect();
@@ -273,7 +274,7 @@ impl Repair {
         self.ns
             .shard_for(ino)?
             .mutate(move |txn| {
-                txn.open_table(DEGRADED).io()?.remove((ino, d.index, d.osd)).io()?;
+                txn.open_table(DEGRADED).io()?.remove((ino, d.index, d.osd.0)).io()?;
                 Ok(())
             })
             .await

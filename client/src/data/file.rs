@@ -6,7 +6,7 @@
 //! read-ahead drop units fetched before it.
 use crate::pool::Pool;
 use aifs_common::proto::mds::{Degraded, MdsReq, MdsResp};
-use aifs_common::{Error, Layout, Result};
+use aifs_common::{Error, Layout, OsdId, Result};
 use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, Shared};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -168,7 +168,7 @@ impl FileState {
     }
 
     /// The OSDs whose replica of object `index` is stale.
-    pub fn stale_of(&self, index: u32) -> Vec<u32> {
+    pub fn stale_of(&self, index: u32) -> Vec<OsdId> {
         self.stale.lock().map(|s| s.iter().filter(|d| d.index == index).map(|d| d.osd).collect()).unwrap_or_default()
     }
 

@@ -3,25 +3,25 @@
 //! stores them) and verifies the stored crcs on read.
 use crate::pool::Pool;
 use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp, CRC_BLOCK};
-use aifs_common::{Error, Layout, ObjectId, Result};
+use aifs_common::{Error, Layout, ObjectId, OsdId, Result};
 use bytes::{Bytes, BytesMut};
 
 /// Write `data` at `obj_off` of object `index` on each of its replicas not
 /// in `stale`, all at once. Returns the replicas that could not be reached
 /// (to be recorded as degraded); fails when none took the data or one
 /// refused it.
-pub async fn write_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, obj_off: u64, data: Bytes, stale: &[u32]) -> Result<Vec<u32>> {
+pub async fn write_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, obj_off: u64, data: Bytes, stale: &[OsdId]) -> Result<Vec<OsdId>> {
     let obj = ObjectId { ino, index };
     let len = u32::try_from(data.len()).map_err(|_| Error::InvalidArgument("write too large".into()))?;
     let d = data.clone();
     let crcs = crc_work(d.len(), move || block_crcs(obj_off, &d)).await?;
     let req = OsdReq::Write { obj, off: obj_off, len, crcs };
-    let live: Vec<u32> = layout.object_osds(index).iter().map(|o| o.0).filter(|o| !stale.contains(o)).collect();
+    let live: Vec<OsdId> = layout.object_osds(index).iter().copied().filter(|o| !stale.contains(o)).collect();
     if live.is_empty() {
         return Err(Error::Io(format!("object {obj} has no replica left to write")));
     }
     // An OSD the MDS marked down is not waited for, unless it is the last.
-    let (up, mut missed): (Vec<u32>, Vec<u32>) = live.iter().partition(|o| !pool.is_down(**o));
+    let (up, mut missed): (Vec<OsdId>, Vec<OsdId>) = live.iter().partition(|o| !pool.is_down(**o));
     let targets = if up.is_empty() { std::mem::take(&mut missed) } else { up };
     let calls = targets.iter().map(|&o| {
         let req = &req;
@@ -34,7 +34,7 @@ pub async fn write_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, ob
         match r {
             Ok(_) => wrote += 1,
             Err(e) if e.unreachable() => {
-                tracing::warn!(%obj, osd = o, error = %e, "replica not reached by a write");
+                tracing::warn!(%obj, osd = o.0, error = %e, "replica not reached by a write");
                 missed.push(*o);
                 last = Some(e);
             }
@@ -65,16 +65,16 @@ pub async fn read_object(
     index: u32,
     obj_off: u64,
     len: u64,
-    stale: &[u32],
-    bad: &mut Vec<u32>,
+    stale: &[OsdId],
+    bad: &mut Vec<OsdId>,
 ) -> Result<Bytes> {
     let obj = ObjectId { ino, index };
     let req = read_request(obj, obj_off, len);
     let mut last = Error::Io(format!("object {obj} has no replica left to read"));
-    let mut order: Vec<u32> = layout.object_osds(index).iter().map(|o| o.0).filter(|o| !stale.contains(o)).collect();
+    let mut order: Vec<OsdId> = layout.object_osds(index).iter().copied().filter(|o| !stale.contains(o)).collect();
     order.sort_by_key(|o| pool.is_down(*o));
     // Answers that end before the range does: (end, body, its offset, osd).
-    let mut short: Vec<(u64, Bytes, u64, u32)> = Vec::new();
+    let mut short: Vec<(u64, Bytes, u64, OsdId)> = Vec::new();
     for osd in order {
         let checked = match pool.osd_call(osd, &req, &[]).await {
             Ok((resp, body)) => checked(resp, body, obj_off, len).await,
@@ -87,7 +87,7 @@ pub async fn read_object(
                 if matches!(e, Error::Checksum(_)) {
                     bad.push(osd);
                 }
-                tracing::warn!(%obj, osd, error = %e, "object read failed; trying another replica");
+                tracing::warn!(%obj, osd = osd.0, error = %e, "object read failed; trying another replica");
                 last = e;
                 continue;
             }
@@ -104,7 +104,7 @@ pub async fn read_object(
     let mut pick = None;
     for (end, body, off, osd) in short {
         if end < longest {
-            tracing::warn!(%obj, osd, end, longest, "replica shorter than another; reading the longer");
+            tracing::warn!(%obj, osd = osd.0, end, longest, "replica shorter than another; reading the longer");
             bad.push(osd);
         } else if pick.is_none() {
             pick = Some((body, off));

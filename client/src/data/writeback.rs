@@ -17,7 +17,7 @@
 use super::file::{poisoned, DataCtx, FileState, Inner, Pieces, Ship, UnitBuf, BUDGET_UNIT};
 use super::io::write_object;
 use aifs_common::proto::mds::Degraded;
-use aifs_common::{Error, ObjectId, Result};
+use aifs_common::{Error, ObjectId, OsdId, Result};
 use bytes::{Bytes, BytesMut};
 use futures::future::FutureExt;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -230,11 +230,11 @@ impl FileState {
             let mut i = self.inner.lock().map_err(|_| poisoned())?;
             std::mem::take(&mut i.written).into_iter().collect()
         };
-        let mut per_osd: BTreeMap<u32, Vec<ObjectId>> = BTreeMap::new();
+        let mut per_osd: BTreeMap<OsdId, Vec<ObjectId>> = BTreeMap::new();
         for &k in &objs {
             let stale = self.stale_of(k);
-            for o in self.layout.object_osds(k).iter().filter(|o| !stale.contains(&o.0)) {
-                per_osd.entry(o.0).or_default().push(ObjectId { ino: self.ino, index: k });
+            for o in self.layout.object_osds(k).iter().filter(|o| !stale.contains(o)) {
+                per_osd.entry(*o).or_default().push(ObjectId { ino: self.ino, index: k });
             }
         }
         let calls = per_osd.into_iter().map(|(osd, objs)| {
@@ -251,7 +251,7 @@ impl FileState {
             match r {
                 Ok(_) => committed.extend(objs.iter().map(|o| o.index)),
                 Err(e) if e.unreachable() => {
-                    tracing::warn!(ino = self.ino, osd, error = %e, "replica not reached by a commit");
+                    tracing::warn!(ino = self.ino, osd = osd.0, error = %e, "replica not reached by a commit");
                     missed.extend(objs.iter().map(|o| Degraded { index: o.index, osd }));
                     if res.is_ok() {
                         res = Err(e);

@@ -1,7 +1,7 @@
 //! Metadata service messages (client, OSD and admin to MDS).
 use super::frame::message;
 use crate::error::WireError;
-use crate::ids::SessionId;
+use crate::ids::{OsdId, SessionId};
 use crate::layout::{Layout, LayoutPolicy};
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -398,7 +398,7 @@ pub struct Writable {
 #[rkyv(derive(Debug))]
 pub struct Degraded {
     pub index: u32,
-    pub osd: u32,
+    pub osd: OsdId,
 }
 
 /// A reserved inode number and the layout its file gets.
