@@ -474,7 +474,7 @@ impl Namespace {
                 let layout = rec.layout.ok_or(Error::IsDir)?;
                 let mut d = txn.open_table(DEGRADED).io()?;
                 for o in objs {
-                    if o.index >= layout.stripe_count || !layout.object_osds(o.index).iter().any(|x| *x == o.osd) {
+                    if o.index >= layout.stripe_count || !layout.object_osds(o.index).contains(&o.osd) {
                         return Err(Error::InvalidArgument(format!("{} holds no replica of object {} of inode {ino}", o.osd, o.index)));
                     }
                     d.insert((ino, o.index, o.osd.0), ()).io()?;

@@ -102,15 +102,17 @@ fn main() -> anyhow::Result<()> {
 fn set_kernel_readahead(mountpoint: &std::path::Path, kb: u32) -> anyhow::Result<()> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     // Fields: id, parent, major:minor, root, mount point (octal escapes).
+    // The last mount there is the one on top.
     let dev = info
         .lines()
+        .rev()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             Some((*f.get(2)?, unescape_mountinfo(f.get(4)?)))
         })
         .filter(|(_, at)| std::path::Path::new(at) == mountpoint)
         .map(|(dev, _)| dev.to_string())
-        .last()
+        .next()
         .with_context(|| format!("{} is not in /proc/self/mountinfo", mountpoint.display()))?;
     let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
     std::fs::write(&knob, kb.to_string()).with_context(|| format!("writing {knob}"))?;
