@@ -13,6 +13,7 @@ pub mod layout;
 pub mod lease;
 pub mod locks;
 pub mod logging;
+pub mod mounts;
 pub mod proto;
 pub mod rpc;
 pub mod shutdown;

@@ -54,16 +54,12 @@ impl Admin {
     }
 }
 
-/// Mount points of aifs on this machine, from /proc/self/mounts.
+/// Mount points of aifs on this machine.
 fn aifs_mounts() -> Vec<PathBuf> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mounts") else { return vec![] };
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (dev, mnt, ty) = (f.next()?, f.next()?, f.next()?);
-            let ours = ty == "fuse.aifs" || (ty == "fuse" && dev == "aifs");
-            ours.then(|| PathBuf::from(mnt.replace("\\040", " ")))
-        })
+    aifs_common::mounts::mounts()
+        .into_iter()
+        .filter(|m| m.fstype == "fuse.aifs" || (m.fstype == "fuse" && m.source == "aifs"))
+        .map(|m| m.point)
         .collect()
 }
 

@@ -97,47 +97,18 @@ fn main() -> anyhow::Result<()> {
 
 /// Set the kernel's read-ahead (KiB) of the FUSE mount at `mountpoint`
 /// (resolved), through its backing device's sysfs entry (root only). The
-/// device is found in `/proc/self/mountinfo`, not by `stat`, which would
-/// wait on the FUSE session this thread has not started yet.
+/// device is found in the mount table, not by `stat`, which would wait on
+/// the FUSE session this thread has not started yet.
 fn set_kernel_readahead(mountpoint: &std::path::Path, kb: u32) -> anyhow::Result<()> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    // Fields: id, parent, major:minor, root, mount point (octal escapes).
     // The last mount there is the one on top.
-    let dev = info
-        .lines()
+    let dev = aifs_common::mounts::mounts()
+        .into_iter()
         .rev()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            Some((*f.get(2)?, unescape_mountinfo(f.get(4)?)))
-        })
-        .filter(|(_, at)| std::path::Path::new(at) == mountpoint)
-        .map(|(dev, _)| dev.to_string())
-        .next()
+        .find(|m| m.point == mountpoint)
+        .map(|m| m.dev)
         .with_context(|| format!("{} is not in /proc/self/mountinfo", mountpoint.display()))?;
     let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
     std::fs::write(&knob, kb.to_string()).with_context(|| format!("writing {knob}"))?;
     tracing::debug!(%knob, kb, "kernel read-ahead set");
     Ok(())
-}
-
-/// A mountinfo path with its `\ooo` escapes (space, tab, newline,
-/// backslash) decoded.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b.get(i + 1..i + 4).and_then(|d| std::str::from_utf8(d).ok()).and_then(|d| u8::from_str_radix(d, 8).ok());
-        match (b[i], oct) {
-            (b'\\', Some(c)) => {
-                out.push(c);
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

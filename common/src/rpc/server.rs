@@ -4,10 +4,10 @@
 use super::tls::peer_role;
 use crate::certs::Role;
 use crate::error::{Error, Result};
+use crate::ids::SessionId;
 use crate::proto::frame::{read_header, read_payload, write_frame, Message};
 use bytes::Bytes;
 use std::future::Future;
-use crate::ids::SessionId;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::Instrument;

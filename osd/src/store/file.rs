@@ -221,7 +221,6 @@ impl FileStore {
         (dir, data, crc)
     }
 
-    /// Cached handles; `create` makes the files when missing.
     /// Drop the cached handles of `obj` now. moka keeps an invalidated
     /// entry until its next housekeeping, and the open descriptors kept a
     /// deleted object's blocks allocated until then: the file system freed
@@ -232,6 +231,7 @@ impl FileStore {
         self.open.run_pending_tasks();
     }
 
+    /// Cached handles; `create` makes the files when missing.
     fn handles(&self, obj: ObjectId, create: bool) -> Result<Option<Arc<Handles>>> {
         if let Some(h) = self.open.get(&obj) {
             // A file removed behind the OSD's back (by an operator, or a
