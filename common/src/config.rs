@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 /// for a moment dropped datagrams of a 16-unit write window (the kernel's
 /// RcvbufErrors: ~120 a GiB), and each drop shrank the congestion window;
 /// 32 MiB dropped none. Packets start at the 1200-byte QUIC
-/// floor and path-MTU discovery raises them up to `max_mtu`: about 6500
-/// bytes on loopback (the largest size that still fits ten segments in one
-/// 64 KiB GSO send; 9000 and 16384 measured fell back to 1200-byte packets)
-/// and whatever a real network allows elsewhere. `max_mtu` is also the
-/// largest datagram an endpoint accepts, which caps the peer's discovery.
+/// floor and path-MTU discovery raises them up to `max_mtu`: 6500 bytes by
+/// default (ten of them fill one 64 KiB GSO send, see `rpc::udp`), and
+/// `LOOPBACK_MAX_MTU` where every peer is on this machine. `max_mtu` is
+/// also the largest datagram an endpoint accepts, which caps the peer's
+/// discovery.
 /// A peer silent for `idle_timeout_ms` (keepalives go every `keepalive_ms`)
 /// is taken for dead: 5 s, as long as the MDS waits for an OSD's
 /// heartbeat, bounds how long a write waits on a stopped or cut-off OSD.
@@ -49,6 +49,25 @@ impl Default for TransportConfig {
             keepalive_ms: 500,
             max_streams: 1024,
         }
+    }
+}
+
+/// The largest packet when every peer is on loopback, whose MTU is 64 KiB:
+/// one send, one AEAD call and one acknowledged packet per 65000 bytes
+/// instead of per 6500. By hand, a 1 GiB save and load each took about 7%
+/// less CPU over all aifs processes (median of 4, against 6500).
+pub const LOOPBACK_MAX_MTU: u16 = 65_000;
+
+impl TransportConfig {
+    /// The settings for a cluster whose MDS is at `ip`: the defaults, with
+    /// loopback's packet size when that is a loopback address (then every
+    /// peer is on this machine).
+    pub fn for_cluster_at(ip: std::net::IpAddr) -> Self {
+        let mut t = TransportConfig::default();
+        if ip.is_loopback() {
+            t.max_mtu = LOOPBACK_MAX_MTU;
+        }
+        t
     }
 }
 
@@ -90,4 +109,16 @@ pub fn local_state_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".aifs").join("local")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TransportConfig, LOOPBACK_MAX_MTU};
+
+    #[test]
+    fn only_a_loopback_cluster_gets_loopback_packets() {
+        assert_eq!(TransportConfig::for_cluster_at([127, 0, 0, 1].into()).max_mtu, LOOPBACK_MAX_MTU);
+        assert_eq!(TransportConfig::for_cluster_at(std::net::Ipv6Addr::LOCALHOST.into()).max_mtu, LOOPBACK_MAX_MTU);
+        assert_eq!(TransportConfig::for_cluster_at([10, 0, 0, 7].into()), TransportConfig::default());
+    }
 }

@@ -234,7 +234,7 @@ impl ProcCluster {
         let n = self.n_osds as usize;
         let addr = self.mds_addr;
         rt.block_on(async move {
-            let ep = rpc::client_endpoint(&id, &TransportConfig::default())?;
+            let ep = rpc::client_endpoint(&id, &TransportConfig::for_cluster_at(addr.ip()))?;
             let t = Instant::now();
             loop {
                 let c = RpcClient::new(ep.clone(), addr, Role::Mds);

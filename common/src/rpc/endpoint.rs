@@ -96,7 +96,12 @@ pub fn server_endpoint(addr: SocketAddr, id: &Identity, cfg: &TransportConfig) -
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(id.server_crypto()?));
     server.transport_config(Arc::new(transport(cfg)?));
     let sock = udp_socket(addr, cfg)?;
-    let mut ep = quinn::Endpoint::new(endpoint_config(cfg, Some(id.restart_secret()))?, Some(server), sock, Arc::new(quinn::TokioRuntime))?;
+    let mut ep = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(cfg, Some(id.restart_secret()))?,
+        Some(server),
+        super::udp::wrap(sock, cfg.max_mtu)?,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     ep.set_default_client_config(client_config(id, cfg)?);
     Ok(ep)
 }
@@ -111,7 +116,62 @@ pub fn client_config(id: &Identity, cfg: &TransportConfig) -> Result<quinn::Clie
 pub fn client_endpoint(id: &Identity, cfg: &TransportConfig) -> Result<quinn::Endpoint> {
     let addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
     let sock = udp_socket(addr, cfg)?;
-    let mut ep = quinn::Endpoint::new(endpoint_config(cfg, None)?, None, sock, Arc::new(quinn::TokioRuntime))?;
+    let mut ep = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(cfg, None)?,
+        None,
+        super::udp::wrap(sock, cfg.max_mtu)?,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     ep.set_default_client_config(client_config(id, cfg)?);
     Ok(ep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::{init_cluster, Role};
+    use crate::config::TlsConfig;
+
+    /// Sends `bytes` from a client to a server on loopback, both allowing
+    /// packets of `max_mtu`, and returns the path MTU the client reached.
+    async fn mtu_after_sending(max_mtu: u16, bytes: usize) -> u16 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        init_cluster(dir.path(), false).expect("certificates");
+        let id = |r: Role| Identity::load(&TlsConfig::in_dir(dir.path(), r.name())).expect("identity");
+        let cfg = TransportConfig { max_mtu, ..TransportConfig::default() };
+        let server = server_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), &id(Role::Osd), &cfg).expect("server");
+        let addr = server.local_addr().expect("server address");
+        let sink = tokio::spawn(async move {
+            let conn = server.accept().await.expect("incoming").await.expect("accepted");
+            let (mut tx, mut rx) = conn.accept_bi().await.expect("stream");
+            let got = rx.read_to_end(usize::MAX).await.expect("read").len();
+            tx.write_all(&got.to_le_bytes()).await.expect("reply");
+            tx.finish().expect("finish");
+            conn.closed().await;
+        });
+        let client = client_endpoint(&id(Role::Client), &cfg).expect("client");
+        let conn = client.connect(addr, Role::Osd.dns_name()).expect("connect").await.expect("handshake");
+        let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..bytes / chunk.len() {
+            tx.write_all(&chunk).await.expect("write");
+        }
+        tx.finish().expect("finish");
+        let got = rx.read_to_end(8).await.expect("reply");
+        assert_eq!(got, (bytes / chunk.len() * chunk.len()).to_le_bytes());
+        let mtu = conn.stats().path.current_mtu;
+        conn.close(0u32.into(), b"done");
+        sink.await.expect("server task");
+        mtu
+    }
+
+    /// Packets bigger than a tenth of a GSO send used to overflow quinn's
+    /// ten-packet batches; the losses sent discovery back to 1200 bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn packets_grow_to_max_mtus_past_a_tenth_of_a_gso_send() {
+        for max_mtu in [9000, crate::config::LOOPBACK_MAX_MTU] {
+            let mtu = mtu_after_sending(max_mtu, 64 << 20).await;
+            assert!(mtu > 6500 && mtu <= max_mtu, "max_mtu {max_mtu}: packets reached {mtu} bytes");
+        }
+    }
 }

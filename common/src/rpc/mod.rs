@@ -7,6 +7,7 @@ pub mod client;
 pub mod endpoint;
 pub mod server;
 pub mod tls;
+mod udp;
 
 pub use client::{call_on, RpcClient};
 pub use endpoint::{client_endpoint, server_endpoint};

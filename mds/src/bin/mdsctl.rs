@@ -149,6 +149,7 @@ fn init(dir: &Path, mds: SocketAddr, osds: u32, osd_port: u16, data: Option<Path
     })?;
     let data = data.unwrap_or_else(|| dir.join("data"));
     let tls = |r: Role| TlsConfig::in_dir(&dir, r.name());
+    let transport = TransportConfig::for_cluster_at(mds.ip());
     let mcfg = MdsConfig {
         listen: mds,
         data_dir: data.join("mds"),
@@ -158,7 +159,7 @@ fn init(dir: &Path, mds: SocketAddr, osds: u32, osd_port: u16, data: Option<Path
         session_timeout_ms: 10_000,
         repair_mb_per_s: 200,
         tls: tls(Role::Mds),
-        transport: TransportConfig::default(),
+        transport: transport.clone(),
     };
     std::fs::write(dir.join("mds.toml"), to_toml(&mcfg)?)?;
     for i in 1..=osds {
@@ -171,27 +172,32 @@ fn init(dir: &Path, mds: SocketAddr, osds: u32, osd_port: u16, data: Option<Path
             data_dir: data.join(format!("osd{i}")),
             heartbeat_ms: 1000,
             tls: tls(Role::Osd),
-            transport: TransportConfig::default(),
+            transport: transport.clone(),
         };
         std::fs::write(dir.join(format!("osd{i}.toml")), to_toml(&ocfg)?)?;
     }
-    let ccfg = aifs_client_config(mds, tls(Role::Client));
+    let ccfg = aifs_client_config(mds, tls(Role::Client), &transport)?;
     std::fs::write(dir.join("client.toml"), ccfg)?;
-    let acfg = AdminConfig { mds, tls: tls(Role::Admin), transport: TransportConfig::default() };
+    let acfg = AdminConfig { mds, tls: tls(Role::Admin), transport };
     std::fs::write(dir.join("admin.toml"), to_toml(&acfg)?)?;
     println!("created cluster CA and certificates for mds, osd, client, admin in {}", dir.display());
     println!("configs: mds.toml, osd1..{osds}.toml, client.toml, admin.toml");
     Ok(())
 }
 
-/// The client config, written as text so mdsctl need not link the client.
-fn aifs_client_config(mds: SocketAddr, tls: TlsConfig) -> String {
-    format!(
+/// The client config, written as text so mdsctl need not link the client;
+/// its transport section only where it differs from the defaults.
+fn aifs_client_config(mds: SocketAddr, tls: TlsConfig, transport: &TransportConfig) -> anyhow::Result<String> {
+    let mut text = format!(
         "mds = \"{mds}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
         tls.ca.display(),
         tls.cert.display(),
         tls.key.display()
-    )
+    );
+    if *transport != TransportConfig::default() {
+        text.push_str(&format!("\n[transport]\n{}", to_toml(transport)?));
+    }
+    Ok(text)
 }
 
 fn osd_rows(osds: &[OsdInfo]) -> Vec<Vec<String>> {

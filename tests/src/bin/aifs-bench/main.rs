@@ -248,7 +248,7 @@ fn latencies(cluster: &ProcCluster, mount: &Path, run: usize) -> Result<Vec<(Str
     let id = Identity::load(&aifs_tests::tls(cluster.dir.path(), Role::Client))?;
     let ep = {
         let _g = rt.enter();
-        rpc::client_endpoint(&id, &TransportConfig::default())?
+        rpc::client_endpoint(&id, &TransportConfig::for_cluster_at(cluster.mds_addr.ip()))?
     };
     let c = RpcClient::new(ep, cluster.mds_addr, Role::Mds);
     let lookup_rpc = latency_us(n, |i| {

@@ -16,13 +16,13 @@ pub struct OsdCounters {
 /// A client of every OSD in the MDS's map, holding `role`'s certificate:
 /// (OSD id, client). Runs inside a tokio runtime.
 pub async fn osd_clients(cl: &ProcCluster, role: Role) -> Result<Vec<(u32, RpcClient)>> {
-    let admin = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &TransportConfig::default())?;
+    let admin = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &TransportConfig::for_cluster_at(cl.mds_addr.ip()))?;
     let mds = RpcClient::new(admin, cl.mds_addr, Role::Mds);
     let map = match mds.call::<_, MdsReply>(&MdsCall::from(MdsReq::OsdMap), &[]).await?.0.resp {
         MdsResp::OsdMap { osds, .. } => osds,
         other => bail!("unexpected reply to OsdMap: {other:?}"),
     };
-    let ep = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), role))?, &TransportConfig::default())?;
+    let ep = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), role))?, &TransportConfig::for_cluster_at(cl.mds_addr.ip()))?;
     map.iter().map(|o| Ok((o.id, RpcClient::new(ep.clone(), o.addr.parse()?, Role::Osd)))).collect()
 }
 
