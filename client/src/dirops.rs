@@ -21,6 +21,7 @@
 //! MDS round trip of the batch before it, at the latest at the next
 //! `fsync` (of the file or the directory), close of the session, or
 //! recall. As on a local file system, a crash before that may lose it.
+use aifs_common::InodeId;
 use aifs_common::proto::mds::{DirOp, Reserved};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,18 +47,18 @@ struct Inner {
     last: u64,
     queue: VecDeque<(u64, DirOp)>,
     /// Directories whose write lease this client holds.
-    writable: HashMap<u64, Dir>,
+    writable: HashMap<InodeId, Dir>,
     /// Directories that need more inode numbers reserved.
-    refills: Vec<u64>,
+    refills: Vec<InodeId>,
     /// Files whose create is queued or being applied.
-    unapplied: HashSet<u64>,
+    unapplied: HashSet<InodeId>,
     /// Files whose create is in the batch being applied.
-    in_flight: Vec<u64>,
+    in_flight: Vec<InodeId>,
 }
 
 impl Inner {
     /// Ask for more inode numbers for `dir` if it runs low.
-    fn want_refill(&mut self, dir: u64) -> bool {
+    fn want_refill(&mut self, dir: InodeId) -> bool {
         match self.writable.get_mut(&dir) {
             Some(d) if !d.refilling && d.reserved.len() < RESERVE_LOW => {
                 d.refilling = true;
@@ -85,7 +86,7 @@ pub struct DirOps {
 /// A directory this client changes itself, while `DirOps::local` runs.
 pub struct Local<'a> {
     inner: &'a mut Inner,
-    dir: u64,
+    dir: InodeId,
     pushed: bool,
 }
 
@@ -117,7 +118,7 @@ impl DirOps {
 
     /// The MDS granted this client `dir`'s write lease, with inode numbers
     /// reserved there.
-    pub fn grant(&self, dir: u64, reserved: Vec<Reserved>) {
+    pub fn grant(&self, dir: InodeId, reserved: Vec<Reserved>) {
         let mut g = self.lock();
         g.writable.entry(dir).or_default().reserved.extend(reserved);
         if g.want_refill(dir) {
@@ -127,14 +128,14 @@ impl DirOps {
     }
 
     /// Does this client hold `dir`'s write lease?
-    pub fn writable(&self, dir: u64) -> bool {
+    pub fn writable(&self, dir: InodeId) -> bool {
         self.lock().writable.contains_key(&dir)
     }
 
     /// Run `f` on `dir` if this client holds its write lease; the lease is
     /// not recalled meanwhile (a recall waits for `f`, then for what it
     /// queued).
-    pub fn local<R>(&self, dir: u64, f: impl FnOnce(&mut Local) -> Option<R>) -> Option<R> {
+    pub fn local<R>(&self, dir: InodeId, f: impl FnOnce(&mut Local) -> Option<R>) -> Option<R> {
         let mut g = self.lock();
         if !g.writable.contains_key(&dir) {
             return None;
@@ -150,12 +151,12 @@ impl DirOps {
     }
 
     /// Directories to reserve inode numbers for.
-    pub fn take_refills(&self) -> Vec<u64> {
+    pub fn take_refills(&self) -> Vec<InodeId> {
         std::mem::take(&mut self.lock().refills)
     }
 
     /// Reserved numbers arrived (none: the refill failed).
-    pub fn refilled(&self, dir: u64, got: Vec<Reserved>) {
+    pub fn refilled(&self, dir: InodeId, got: Vec<Reserved>) {
         if let Some(d) = self.lock().writable.get_mut(&dir) {
             d.refilling = false;
             d.reserved.extend(got);
@@ -165,7 +166,7 @@ impl DirOps {
     /// The MDS recalls `dir`'s write lease: from now on changes there go to
     /// the MDS. Returns the change to wait for before answering, if this
     /// client held the lease.
-    pub fn revoke(&self, dir: u64) -> Option<u64> {
+    pub fn revoke(&self, dir: InodeId) -> Option<u64> {
         let mut g = self.lock();
         g.writable.remove(&dir)?;
         Some(g.last)
@@ -173,7 +174,7 @@ impl DirOps {
 
     /// Something about `dir` changed (its default layout, say): the
     /// layouts reserved there may be old.
-    pub fn forget_reserved(&self, dir: u64) {
+    pub fn forget_reserved(&self, dir: InodeId) {
         let mut g = self.lock();
         if let Some(d) = g.writable.get_mut(&dir) {
             d.reserved.clear();
@@ -218,7 +219,7 @@ impl DirOps {
     /// The last handle of `ino` closed: the MDS is told with the next
     /// batch. If the file's create has not been sent yet, it goes as a
     /// closed file instead.
-    pub fn close(&self, ino: u64) {
+    pub fn close(&self, ino: InodeId) {
         let mut g = self.lock();
         if g.unapplied.contains(&ino) {
             for (_, op) in g.queue.iter_mut() {
@@ -238,7 +239,7 @@ impl DirOps {
     }
 
     /// Is `ino`'s create still on its way to the MDS?
-    pub fn unapplied(&self, ino: u64) -> bool {
+    pub fn unapplied(&self, ino: InodeId) -> bool {
         self.lock().unapplied.contains(&ino)
     }
 
@@ -280,59 +281,59 @@ mod tests {
     use aifs_common::{Layout, OsdId};
 
     fn reserved(ino: u64) -> Reserved {
-        Reserved { ino, layout: Layout { stripe_size: 1 << 20, stripe_count: 1, replicas: 1, osds: vec![OsdId(1)] } }
+        Reserved { ino: InodeId(ino), layout: Layout { stripe_size: 1 << 20, stripe_count: 1, replicas: 1, osds: vec![OsdId(1)] } }
     }
 
-    fn create(parent: u64, ino: u64) -> DirOp {
-        let layout = reserved(ino).layout;
+    fn create(parent: InodeId, ino: InodeId) -> DirOp {
+        let layout = reserved(ino.0).layout;
         DirOp::Create { parent, name: format!("f{ino}"), ino, layout, mode: 0o644, uid: 0, gid: 0, time_ns: 0, open: true }
     }
 
     #[test]
     fn changes_are_made_only_under_the_lease_and_sent_in_order() {
         let d = DirOps::default();
-        assert!(d.local(5, |_| Some(())).is_none());
-        d.grant(5, vec![]);
-        assert_eq!(d.take_refills(), vec![5]);
-        d.grant(5, vec![]);
+        assert!(d.local(InodeId(5), |_| Some(())).is_none());
+        d.grant(InodeId(5), vec![]);
+        assert_eq!(d.take_refills(), vec![InodeId(5)]);
+        d.grant(InodeId(5), vec![]);
         assert!(d.take_refills().is_empty(), "a second refill while one is out");
-        d.refilled(5, vec![reserved(100)]);
-        d.grant(5, vec![reserved(101)]);
+        d.refilled(InodeId(5), vec![reserved(100)]);
+        d.grant(InodeId(5), vec![reserved(101)]);
         for _ in 0..2 {
-            let made = d.local(5, |l| {
+            let made = d.local(InodeId(5), |l| {
                 let r = l.take()?;
-                l.push(create(5, r.ino));
+                l.push(create(InodeId(5), r.ino));
                 Some(r.ino)
             });
             assert!(made.is_some());
         }
-        assert!(d.local(5, |l| l.take()).is_none(), "no numbers left");
-        assert!(d.unapplied(100));
+        assert!(d.local(InodeId(5), |l| l.take()).is_none(), "no numbers left");
+        assert!(d.unapplied(InodeId(100)));
         // a close before the create is sent needs no Close of its own
-        d.close(101);
+        d.close(InodeId(101));
         let (ops, last) = d.take_batch().expect("a batch");
         assert_eq!(last, 2);
-        assert!(matches!(&ops[1], DirOp::Create { ino: 101, open: false, .. }));
+        assert!(matches!(&ops[1], DirOp::Create { ino: InodeId(101), open: false, .. }));
         // already sent: the close goes after it
-        d.close(100);
-        assert!(d.unapplied(100));
+        d.close(InodeId(100));
+        assert!(d.unapplied(InodeId(100)));
         // a recall waits for every change queued before it
-        assert_eq!(d.revoke(5), Some(3));
-        assert!(d.local(5, |_| Some(())).is_none());
-        assert_eq!(d.revoke(5), None);
+        assert_eq!(d.revoke(InodeId(5)), Some(3));
+        assert!(d.local(InodeId(5), |_| Some(())).is_none());
+        assert_eq!(d.revoke(InodeId(5)), None);
         d.answered(last);
-        assert!(!d.unapplied(100));
+        assert!(!d.unapplied(InodeId(100)));
         let (ops, last) = d.take_batch().expect("the close");
-        assert_eq!((ops, last), (vec![DirOp::Close { ino: 100 }], 3));
+        assert_eq!((ops, last), (vec![DirOp::Close { ino: InodeId(100) }], 3));
     }
 
     #[tokio::test]
     async fn a_barrier_waits_for_what_was_queued_before_it() {
         let d = std::sync::Arc::new(DirOps::default());
-        d.grant(1, vec![reserved(7)]);
-        d.local(1, |l| {
+        d.grant(InodeId(1), vec![reserved(7)]);
+        d.local(InodeId(1), |l| {
             let r = l.take()?;
-            l.push(create(1, r.ino));
+            l.push(create(InodeId(1), r.ino));
             Some(())
         });
         let waiter = {

@@ -7,7 +7,7 @@
 //! thread wake-ups, more than the work itself.
 use crate::fs::{ClientFs, KernelCache, Opened};
 use aifs_common::proto::mds::{Attr, FileKind, LockKind, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
-use aifs_common::{errno, Error};
+use aifs_common::{errno, Error, InodeId};
 use bytes::Bytes;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
@@ -48,17 +48,17 @@ impl KernelView {
 }
 
 impl KernelCache for KernelView {
-    fn forget_entry(&self, parent: u64, name: &str) {
+    fn forget_entry(&self, parent: InodeId, name: &str) {
         if let Some(n) = self.notifier.get() {
             // ENOENT: the kernel had no such entry cached.
-            let _ = n.inval_entry(INodeNo(parent), OsStr::new(name));
+            let _ = n.inval_entry(INodeNo(parent.0), OsStr::new(name));
         }
     }
 
-    fn forget_inode(&self, ino: u64, data: bool) {
+    fn forget_inode(&self, ino: InodeId, data: bool) {
         if let Some(n) = self.notifier.get() {
             // Offset -1: attributes only; 0 with length 0: and every page.
-            let _ = n.inval_inode(INodeNo(ino), if data { 0 } else { -1 }, 0);
+            let _ = n.inval_inode(INodeNo(ino.0), if data { 0 } else { -1 }, 0);
         }
     }
 }
@@ -102,6 +102,12 @@ fn valid_name(name: &OsStr) -> Result<String, Errno> {
     }
 }
 
+/// The kernel's inode number as the file system's: the same number (the
+/// root is 1 in both).
+fn id(n: INodeNo) -> InodeId {
+    InodeId(n.0)
+}
+
 pub fn file_attr(a: &Attr) -> FileAttr {
     let kind = match a.kind {
         FileKind::File => FileType::RegularFile,
@@ -109,7 +115,7 @@ pub fn file_attr(a: &Attr) -> FileAttr {
         FileKind::Symlink => FileType::Symlink,
     };
     FileAttr {
-        ino: INodeNo(a.ino),
+        ino: INodeNo(a.ino.0),
         size: a.size,
         blocks: a.size.div_ceil(512),
         atime: aifs_common::time::from_ns(a.atime_ns),
@@ -183,13 +189,13 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_entry!(self, reply, parent.0, name, fs.lookup(parent.0, &name));
+        spawn_entry!(self, reply, id(parent), name, fs.lookup(id(parent), &name));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let fs = self.fs.clone();
         self.run(async move {
-            match fs.getattr(ino.0).await {
+            match fs.getattr(id(ino)).await {
                 Ok(a) => reply.attr(&fs.ttl(a.ino), &file_attr(&a)),
                 Err(e) => reply.error(err(&e)),
             }
@@ -217,7 +223,7 @@ impl Filesystem for AifsFuse {
         let fs = self.fs.clone();
         let set = SetAttr { mode, uid, gid, size, atime: time_set(atime), mtime: time_set(mtime) };
         self.run(async move {
-            match fs.setattr(ino.0, set).await {
+            match fs.setattr(id(ino), set).await {
                 Ok(a) => reply.attr(&fs.ttl(a.ino), &file_attr(&a)),
                 Err(e) => reply.error(err(&e)),
             }
@@ -227,7 +233,7 @@ impl Filesystem for AifsFuse {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let fs = self.fs.clone();
         self.run(async move {
-            match fs.readlink(ino.0).await {
+            match fs.readlink(id(ino)).await {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(err(&e)),
             }
@@ -241,7 +247,7 @@ impl Filesystem for AifsFuse {
         };
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        spawn_entry!(self, reply, parent.0, name, fs.mknod(parent.0, &name, mode & !umask, uid, gid));
+        spawn_entry!(self, reply, id(parent), name, fs.mknod(id(parent), &name, mode & !umask, uid, gid));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
@@ -251,7 +257,7 @@ impl Filesystem for AifsFuse {
         };
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        spawn_entry!(self, reply, parent.0, name, fs.mkdir(parent.0, &name, mode & !umask, uid, gid));
+        spawn_entry!(self, reply, id(parent), name, fs.mkdir(id(parent), &name, mode & !umask, uid, gid));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -260,7 +266,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.unlink(parent.0, &name));
+        spawn_empty!(self, reply, fs.unlink(id(parent), &name));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -269,7 +275,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.rmdir(parent.0, &name));
+        spawn_empty!(self, reply, fs.rmdir(id(parent), &name));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -282,7 +288,7 @@ impl Filesystem for AifsFuse {
         };
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        spawn_entry!(self, reply, parent.0, name, fs.symlink(parent.0, &name, &target, uid, gid));
+        spawn_entry!(self, reply, id(parent), name, fs.symlink(id(parent), &name, &target, uid, gid));
     }
 
     fn rename(
@@ -307,7 +313,7 @@ impl Filesystem for AifsFuse {
             return reply.error(Errno::EINVAL);
         }
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.rename(parent.0, &name, newparent.0, &newname, f));
+        spawn_empty!(self, reply, fs.rename(id(parent), &name, id(newparent), &newname, f));
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
@@ -316,7 +322,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_entry!(self, reply, newparent.0, name, fs.link(ino.0, newparent.0, &name));
+        spawn_entry!(self, reply, id(newparent), name, fs.link(id(ino), id(newparent), &name));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -324,7 +330,7 @@ impl Filesystem for AifsFuse {
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let append = flags.0 & libc::O_APPEND != 0;
         self.run(async move {
-            match fs.open(ino.0, write, append).await {
+            match fs.open(id(ino), write, append).await {
                 Ok(o) => reply.opened(o.fh.into(), fopen_flags(&o)),
                 Err(e) => reply.error(err(&e)),
             }
@@ -393,7 +399,7 @@ impl Filesystem for AifsFuse {
         let fs = self.fs.clone();
         let write = typ == libc::F_WRLCK;
         self.run(async move {
-            match fs.getlk(ino.0, lock_owner.0, start, end, write, pid).await {
+            match fs.getlk(id(ino), lock_owner.0, start, end, write, pid).await {
                 Ok(Some(l)) => reply.locked(l.start, l.end, if l.write { libc::F_WRLCK } else { libc::F_RDLCK }, l.pid),
                 Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
                 Err(e) => reply.error(err(&e)),
@@ -421,7 +427,7 @@ impl Filesystem for AifsFuse {
             _ => return reply.error(Errno::EINVAL),
         };
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.setlk(ino.0, lock_owner.0, start, end, kind, pid, sleep));
+        spawn_empty!(self, reply, fs.setlk(id(ino), lock_owner.0, start, end, kind, pid, sleep));
     }
 
     fn release(
@@ -440,7 +446,7 @@ impl Filesystem for AifsFuse {
         let flock_owner = lock_owner.map(|o| o.0);
         spawn_empty!(self, reply, async move {
             if let Some(o) = flock_owner {
-                fs.unlock_owner(ino.0, o).await?;
+                fs.unlock_owner(id(ino), o).await?;
             }
             fs.release(fh.into()).await
         });
@@ -454,7 +460,7 @@ impl Filesystem for AifsFuse {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
         self.run(async move {
-            match fs.getattr(ino.0).await {
+            match fs.getattr(id(ino)).await {
                 Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
                 Ok(_) => reply.error(Errno::ENOTDIR),
                 Err(e) => reply.error(err(&e)),
@@ -467,14 +473,14 @@ impl Filesystem for AifsFuse {
         self.run(async move {
             // Offsets 1 and 2 are `.` and `..`; entries carry their MDS
             // cookie, which stays valid while the directory changes.
-            let (entries, parent) = match fs.readdir(ino.0, offset.max(2)).await {
+            let (entries, parent) = match fs.readdir(id(ino), offset.max(2)).await {
                 Ok(r) => r,
                 Err(e) => return reply.error(err(&e)),
             };
             if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
                 return reply.ok();
             }
-            if offset < 2 && reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+            if offset < 2 && reply.add(INodeNo(parent.0), 2, FileType::Directory, "..") {
                 return reply.ok();
             }
             for e in entries {
@@ -483,7 +489,7 @@ impl Filesystem for AifsFuse {
                     FileKind::Dir => FileType::Directory,
                     FileKind::Symlink => FileType::Symlink,
                 };
-                if reply.add(INodeNo(e.ino), e.cookie, kind, &e.name) {
+                if reply.add(INodeNo(e.ino.0), e.cookie, kind, &e.name) {
                     break;
                 }
             }
@@ -494,28 +500,28 @@ impl Filesystem for AifsFuse {
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let fs = self.fs.clone();
         self.run(async move {
-            let (entries, parent) = match fs.readdirplus(ino.0, offset.max(2)).await {
+            let (entries, parent) = match fs.readdirplus(id(ino), offset.max(2)).await {
                 Ok(r) => r,
                 Err(e) => return reply.error(err(&e)),
             };
             if offset < 2 {
                 // The kernel takes no attributes from `.` and `..`.
-                let me = match fs.getattr(ino.0).await {
+                let me = match fs.getattr(id(ino)).await {
                     Ok(a) => a,
                     Err(e) => return reply.error(err(&e)),
                 };
                 let fa = file_attr(&me);
-                let ttl = fs.ttl(ino.0);
+                let ttl = fs.ttl(id(ino));
                 if offset < 1 && reply.add(ino, 1, ".", &ttl, &fa, Generation(0)) {
                     return reply.ok();
                 }
-                if reply.add(INodeNo(parent), 2, "..", &ttl, &fa, Generation(0)) {
+                if reply.add(INodeNo(parent.0), 2, "..", &ttl, &fa, Generation(0)) {
                     return reply.ok();
                 }
             }
             for (e, a) in entries {
-                let ttl = fs.entry_ttl(ino.0, &e.name, e.ino);
-                if reply.add(INodeNo(e.ino), e.cookie, &e.name, &ttl, &file_attr(&a), Generation(0)) {
+                let ttl = fs.entry_ttl(id(ino), &e.name, e.ino);
+                if reply.add(INodeNo(e.ino.0), e.cookie, &e.name, &ttl, &file_attr(&a), Generation(0)) {
                     break;
                 }
             }
@@ -570,7 +576,7 @@ impl Filesystem for AifsFuse {
         }
         let value = value.to_vec();
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.setxattr(ino.0, &name, value, f));
+        spawn_empty!(self, reply, fs.setxattr(id(ino), &name, value, f));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -580,7 +586,7 @@ impl Filesystem for AifsFuse {
         };
         let fs = self.fs.clone();
         self.run(async move {
-            match fs.getxattr(ino.0, &name).await {
+            match fs.getxattr(id(ino), &name).await {
                 Ok(v) => xattr_reply(reply, size, &v),
                 Err(e) => reply.error(err(&e)),
             }
@@ -590,7 +596,7 @@ impl Filesystem for AifsFuse {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let fs = self.fs.clone();
         self.run(async move {
-            match fs.listxattr(ino.0).await {
+            match fs.listxattr(id(ino)).await {
                 Ok(names) => {
                     let mut buf = Vec::new();
                     for n in names {
@@ -610,7 +616,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.removexattr(ino.0, &name));
+        spawn_empty!(self, reply, fs.removexattr(id(ino), &name));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -628,9 +634,9 @@ impl Filesystem for AifsFuse {
         let exclusive = flags & libc::O_EXCL != 0;
         let append = flags & libc::O_APPEND != 0;
         self.run(async move {
-            match fs.create(parent.0, &name, mode & !umask, uid, gid, exclusive, append).await {
+            match fs.create(id(parent), &name, mode & !umask, uid, gid, exclusive, append).await {
                 Ok(o) => {
-                    let ttl = fs.entry_ttl(parent.0, &name, o.attr.ino);
+                    let ttl = fs.entry_ttl(id(parent), &name, o.attr.ino);
                     reply.created(&ttl, &file_attr(&o.attr), Generation(0), o.fh.into(), fopen_flags(&o))
                 }
                 Err(e) => reply.error(err(&e)),

@@ -18,7 +18,7 @@
 //! numbered and the latest `NOTICE_LOG` kept with their inode, so a busy
 //! directory elsewhere does not stop this client from caching.
 use aifs_common::proto::mds::{Attr, DirEntry, LeaseMode};
-use aifs_common::SessionId;
+use aifs_common::{InodeId, SessionId};
 use dashmap::DashMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,8 +34,14 @@ const MAX_ATTRS: usize = 1 << 20;
 const MAX_LISTING: usize = 1 << 20;
 /// Recent notices remembered; a reply older than all of them is not cached.
 const NOTICE_LOG: usize = 4096;
-/// Stands for every inode in the notice log.
-const ALL: u64 = u64::MAX;
+
+/// What a notice in the log is about.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Noticed {
+    Inode(InodeId),
+    /// Everything (the session was lost).
+    All,
+}
 
 /// A point to check replies against.
 #[derive(Clone, Copy, Debug)]
@@ -53,7 +59,7 @@ impl Snap {
 
 #[derive(Default)]
 struct DirCache {
-    names: HashMap<String, Option<u64>>,
+    names: HashMap<String, Option<InodeId>>,
     /// `names` holds every entry of the directory: a name not in it does
     /// not exist (a lookup of a missing name needs no round trip).
     all_names: bool,
@@ -61,13 +67,14 @@ struct DirCache {
     listing: Vec<DirEntry>,
     /// The listing reaches the end of the directory.
     complete: bool,
-    parent: u64,
+    /// Known from a listing, or from making the directory here.
+    parent: Option<InodeId>,
 }
 
 /// Entries of a directory from a cookie on, from the cache.
 pub struct Listed {
     pub entries: Vec<DirEntry>,
-    pub parent: u64,
+    pub parent: InodeId,
 }
 
 pub struct MetaCache {
@@ -79,14 +86,14 @@ pub struct MetaCache {
     seq: AtomicU64,
     /// (notice number, inode, from this client's own change) of the
     /// latest notices.
-    log: Mutex<VecDeque<(u64, u64, bool)>>,
+    log: Mutex<VecDeque<(u64, Noticed, bool)>>,
     /// Attributes, good while their inode's lease holds and no notice
     /// about them came.
-    attrs: DashMap<u64, Attr>,
+    attrs: DashMap<InodeId, Attr>,
     /// Leases held on files and directories. An invalidation drops the
     /// attributes and keeps the lease; a revoke drops both.
-    modes: DashMap<u64, LeaseMode>,
-    dirs: DashMap<u64, DirCache>,
+    modes: DashMap<InodeId, LeaseMode>,
+    dirs: DashMap<InodeId, DirCache>,
 }
 
 impl Default for MetaCache {
@@ -150,30 +157,30 @@ impl MetaCache {
     }
 
     /// A notice from the MDS (or a loss of the session).
-    fn notice(&self, ino: u64) {
-        self.log_notice(ino, false);
+    fn notice(&self, ino: InodeId) {
+        self.log_notice(Noticed::Inode(ino), false);
     }
 
     /// A notice of this client's own change: replies still out are stale,
     /// but nobody else changed anything.
-    fn notice_own(&self, ino: u64) {
-        self.log_notice(ino, true);
+    fn notice_own(&self, ino: InodeId) {
+        self.log_notice(Noticed::Inode(ino), true);
     }
 
-    fn log_notice(&self, ino: u64, own: bool) {
+    fn log_notice(&self, what: Noticed, own: bool) {
         if let Ok(mut l) = self.log.lock() {
             let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
             if l.len() >= NOTICE_LOG {
                 l.pop_front();
             }
-            l.push_back((seq, ino, own));
+            l.push_back((seq, what, own));
         }
     }
 
     /// May a reply about `inos` granted under `granted`, to a request sent
     /// at `snap`, be cached? With `others_only`, notices of this client's
     /// own changes do not count.
-    fn no_notice(&self, snap: Snap, granted: Option<SessionId>, inos: &[u64], others_only: bool) -> bool {
+    fn no_notice(&self, snap: Snap, granted: Option<SessionId>, inos: &[InodeId], others_only: bool) -> bool {
         if granted.is_none() || granted != snap.session || self.session() != snap.session || !self.live() {
             return false;
         }
@@ -185,21 +192,28 @@ impl MetaCache {
         if l.front().is_none_or(|(first, _, _)| *first > snap.seq + 1) {
             return false;
         }
-        !l.iter().any(|(seq, ino, own)| *seq > snap.seq && !(others_only && *own) && (*ino == ALL || inos.contains(ino)))
+        !l.iter().any(|(seq, what, own)| {
+            *seq > snap.seq
+                && !(others_only && *own)
+                && match what {
+                    Noticed::All => true,
+                    Noticed::Inode(ino) => inos.contains(ino),
+                }
+        })
     }
 
-    fn usable(&self, snap: Snap, granted: Option<SessionId>, inos: &[u64]) -> bool {
+    fn usable(&self, snap: Snap, granted: Option<SessionId>, inos: &[InodeId]) -> bool {
         self.no_notice(snap, granted, inos, false)
     }
 
     /// Nobody else changed `ino` since `snap` (and the session is the
     /// same): this client's own changes since then do not count.
-    pub fn quiet_since(&self, snap: Snap, ino: u64) -> bool {
+    pub fn quiet_since(&self, snap: Snap, ino: InodeId) -> bool {
         self.no_notice(snap, snap.session, &[ino], true)
     }
 
     /// Leased attributes of `ino` and the lease's mode.
-    pub fn attr(&self, ino: u64) -> Option<(Attr, LeaseMode)> {
+    pub fn attr(&self, ino: InodeId) -> Option<(Attr, LeaseMode)> {
         if !self.live() {
             return None;
         }
@@ -208,7 +222,7 @@ impl MetaCache {
     }
 
     /// The lease this client holds on `ino`.
-    pub fn mode(&self, ino: u64) -> LeaseMode {
+    pub fn mode(&self, ino: InodeId) -> LeaseMode {
         if !self.live() {
             return LeaseMode::None;
         }
@@ -216,7 +230,7 @@ impl MetaCache {
     }
 
     /// Kernel TTL for `ino`: what is left of its lease, zero without one.
-    pub fn ttl(&self, ino: u64) -> Duration {
+    pub fn ttl(&self, ino: InodeId) -> Duration {
         if self.attrs.contains_key(&ino) {
             self.remaining()
         } else {
@@ -257,7 +271,7 @@ impl MetaCache {
 
     /// What the cache knows of `name` in `dir`: `Some(None)` is a cached
     /// negative entry.
-    pub fn dentry(&self, dir: u64, name: &str) -> Option<Option<u64>> {
+    pub fn dentry(&self, dir: InodeId, name: &str) -> Option<Option<InodeId>> {
         if !self.live() {
             return None;
         }
@@ -270,21 +284,21 @@ impl MetaCache {
     }
 
     /// A directory this client just made, leased to it: empty.
-    pub fn new_dir(&self, snap: Snap, granted: Option<SessionId>, dir: u64, parent: u64) {
+    pub fn new_dir(&self, snap: Snap, granted: Option<SessionId>, dir: InodeId, parent: InodeId) {
         if !self.usable(snap, granted, &[dir]) {
             return;
         }
-        self.dirs.insert(dir, DirCache { all_names: true, complete: true, parent, ..Default::default() });
+        self.dirs.insert(dir, DirCache { all_names: true, complete: true, parent: Some(parent), ..Default::default() });
     }
 
     /// Does this client hold `name` in `dir` as `ino`, under the
     /// directory's lease?
-    pub fn dentry_is(&self, dir: u64, name: &str, ino: u64) -> bool {
+    pub fn dentry_is(&self, dir: InodeId, name: &str, ino: InodeId) -> bool {
         self.live() && self.dirs.get(&dir).is_some_and(|d| d.names.get(name) == Some(&Some(ino)))
     }
 
     /// A lookup's answer, under the directory's lease.
-    pub fn put_dentry(&self, snap: Snap, granted: Option<SessionId>, dir: u64, name: &str, ino: Option<u64>) {
+    pub fn put_dentry(&self, snap: Snap, granted: Option<SessionId>, dir: InodeId, name: &str, ino: Option<InodeId>) {
         if !self.usable(snap, granted, &[dir, ino.unwrap_or(dir)]) {
             return;
         }
@@ -295,7 +309,7 @@ impl MetaCache {
     /// names `ino` (`None`: nothing), or unknown (`forget`). If another
     /// client changed the directory while the request was out, the name is
     /// forgotten: that change may be the newer one.
-    pub fn local_entry(&self, snap: Snap, dir: u64, name: &str, ino: Option<u64>, forget: bool) {
+    pub fn local_entry(&self, snap: Snap, dir: InodeId, name: &str, ino: Option<InodeId>, forget: bool) {
         let forget = forget || !self.quiet_since(snap, dir);
         self.notice_own(dir);
         if let Some(mut d) = self.dirs.get_mut(&dir) {
@@ -312,7 +326,7 @@ impl MetaCache {
 
     /// Up to `max` entries after `cookie` from the cached listing, when it
     /// covers them.
-    pub fn listed(&self, dir: u64, cookie: u64, max: usize) -> Option<Listed> {
+    pub fn listed(&self, dir: InodeId, cookie: u64, max: usize) -> Option<Listed> {
         if !self.live() {
             return None;
         }
@@ -322,19 +336,19 @@ impl MetaCache {
             return None;
         }
         let end = d.listing.len().min(at.saturating_add(max));
-        Some(Listed { entries: d.listing[at..end].to_vec(), parent: d.parent })
+        Some(Listed { entries: d.listing[at..end].to_vec(), parent: d.parent? })
     }
 
     /// A batch of entries read from the MDS after `cookie`: appended when
     /// it continues the cached listing.
-    pub fn put_listing(&self, snap: Snap, granted: Option<SessionId>, dir: u64, cookie: u64, entries: &[DirEntry], eof: bool, parent: u64) {
-        let mut inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
+    pub fn put_listing(&self, snap: Snap, granted: Option<SessionId>, dir: InodeId, cookie: u64, entries: &[DirEntry], eof: bool, parent: InodeId) {
+        let mut inos: Vec<InodeId> = entries.iter().map(|e| e.ino).collect();
         inos.push(dir);
         if !self.usable(snap, granted, &inos) {
             return;
         }
         let mut d = self.dirs.entry(dir).or_default();
-        d.parent = parent;
+        d.parent = Some(parent);
         let end = d.listing.last().map(|e| e.cookie).unwrap_or(2);
         if cookie != end || d.complete || d.listing.len() + entries.len() > MAX_LISTING {
             return;
@@ -352,7 +366,7 @@ impl MetaCache {
     /// The MDS says `ino` changed: drop its attributes and, for a
     /// directory, the named entries and the listing (all of it if no names
     /// are given). The lease stays.
-    pub fn invalidate(&self, ino: u64, names: &[String]) {
+    pub fn invalidate(&self, ino: InodeId, names: &[String]) {
         self.notice(ino);
         self.attrs.remove(&ino);
         if names.is_empty() {
@@ -370,18 +384,18 @@ impl MetaCache {
     /// A directory's write lease was recalled and became a read lease:
     /// what is cached stays right, but replies still out about it may
     /// not be (a grant of the lease that crossed the recall, say).
-    pub fn demoted(&self, dir: u64) {
+    pub fn demoted(&self, dir: InodeId) {
         self.notice(dir);
     }
 
     /// Is `ino` a directory this client caches something of?
-    pub fn knows_dir(&self, ino: u64) -> bool {
+    pub fn knows_dir(&self, ino: InodeId) -> bool {
         self.dirs.contains_key(&ino) || self.attrs.get(&ino).is_some_and(|a| a.kind == aifs_common::proto::mds::FileKind::Dir)
     }
 
     /// This client changed an entry of `dir` itself at `now_ns` (under
     /// the directory's write lease): its cached times follow.
-    pub fn touch_dir(&self, dir: u64, now_ns: i64) {
+    pub fn touch_dir(&self, dir: InodeId, now_ns: i64) {
         if let Some(mut a) = self.attrs.get_mut(&dir) {
             a.mtime_ns = a.mtime_ns.max(now_ns);
             a.ctime_ns = a.ctime_ns.max(now_ns);
@@ -389,13 +403,13 @@ impl MetaCache {
     }
 
     /// The lease on `ino` is gone: forget everything about it.
-    pub fn drop_ino(&self, ino: u64) {
+    pub fn drop_ino(&self, ino: InodeId) {
         self.invalidate(ino, &[]);
         self.modes.remove(&ino);
     }
 
     /// A write lease this client gives up at close becomes a read lease.
-    pub fn downgrade(&self, ino: u64) {
+    pub fn downgrade(&self, ino: InodeId) {
         if let Some(mut m) = self.modes.get_mut(&ino) {
             if *m == LeaseMode::Write {
                 *m = LeaseMode::Read;
@@ -404,13 +418,13 @@ impl MetaCache {
     }
 
     /// This client changed `ino`'s attributes (its xattrs): ask again.
-    pub fn forget_attr(&self, ino: u64) {
+    pub fn forget_attr(&self, ino: InodeId) {
         self.notice_own(ino);
         self.attrs.remove(&ino);
     }
 
     pub fn clear(&self) {
-        self.notice(ALL);
+        self.log_notice(Noticed::All, false);
         self.attrs.clear();
         self.modes.clear();
         self.dirs.clear();
@@ -424,7 +438,7 @@ mod tests {
 
     fn attr(ino: u64) -> Attr {
         Attr {
-            ino,
+            ino: InodeId(ino),
             kind: FileKind::File,
             perm: 0o644,
             nlink: 1,
@@ -449,46 +463,46 @@ mod tests {
     fn a_reply_that_raced_with_a_notice_is_not_cached() {
         let m = live_cache();
         let before = m.snap();
-        m.invalidate(5, &[]);
+        m.invalidate(InodeId(5), &[]);
         m.put_attr(before, Some(SessionId(7)), &attr(5), LeaseMode::Read);
-        assert!(m.attr(5).is_none());
+        assert!(m.attr(InodeId(5)).is_none());
         let after = m.snap();
         m.put_attr(after, Some(SessionId(7)), &attr(5), LeaseMode::Read);
-        assert!(m.attr(5).is_some());
+        assert!(m.attr(InodeId(5)).is_some());
         // granted under another session, or under none
         m.put_attr(after, None, &attr(6), LeaseMode::Read);
         m.put_attr(after, Some(SessionId(8)), &attr(6), LeaseMode::Read);
-        assert!(m.attr(6).is_none());
+        assert!(m.attr(InodeId(6)).is_none());
         // a notice about another inode does not spoil the reply
         let s = m.snap();
-        m.invalidate(9, &[]);
+        m.invalidate(InodeId(9), &[]);
         m.put_attr(s, Some(SessionId(7)), &attr(6), LeaseMode::Read);
-        assert!(m.attr(6).is_some());
+        assert!(m.attr(InodeId(6)).is_some());
     }
 
     #[test]
     fn an_invalidation_drops_attributes_and_keeps_the_lease() {
         let m = live_cache();
         m.put_attr(m.snap(), Some(SessionId(7)), &attr(5), LeaseMode::Write);
-        m.invalidate(5, &[]);
-        assert!(m.attr(5).is_none());
-        assert_eq!(m.ttl(5), Duration::ZERO);
-        assert_eq!(m.mode(5), LeaseMode::Write);
-        m.drop_ino(5);
-        assert_eq!(m.mode(5), LeaseMode::None);
+        m.invalidate(InodeId(5), &[]);
+        assert!(m.attr(InodeId(5)).is_none());
+        assert_eq!(m.ttl(InodeId(5)), Duration::ZERO);
+        assert_eq!(m.mode(InodeId(5)), LeaseMode::Write);
+        m.drop_ino(InodeId(5));
+        assert_eq!(m.mode(InodeId(5)), LeaseMode::None);
     }
 
     #[test]
     fn own_changes_are_not_taken_for_someone_elses() {
         let m = live_cache();
         let s = m.snap();
-        m.local_entry(s, 1, "a", Some(10), false);
-        assert!(m.quiet_since(s, 1), "an own create looked like another client's");
+        m.local_entry(s, InodeId(1), "a", Some(InodeId(10)), false);
+        assert!(m.quiet_since(s, InodeId(1)), "an own create looked like another client's");
         // but a reply about the directory sent before it is not kept
-        m.put_dentry(s, Some(SessionId(7)), 1, "b", None);
-        assert_eq!(m.dentry(1, "b"), None);
-        m.invalidate(1, &["c".into()]);
-        assert!(!m.quiet_since(s, 1));
+        m.put_dentry(s, Some(SessionId(7)), InodeId(1), "b", None);
+        assert_eq!(m.dentry(InodeId(1), "b"), None);
+        m.invalidate(InodeId(1), &["c".into()]);
+        assert!(!m.quiet_since(s, InodeId(1)));
     }
 
     #[test]
@@ -496,7 +510,7 @@ mod tests {
         let m = live_cache();
         m.put_attr(m.snap(), Some(SessionId(7)), &attr(5), LeaseMode::Write);
         m.put_attr(m.snap(), Some(SessionId(7)), &attr(5), LeaseMode::Read);
-        assert_eq!(m.mode(5), LeaseMode::Write);
+        assert_eq!(m.mode(InodeId(5)), LeaseMode::Write);
     }
 
     #[test]
@@ -507,32 +521,32 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         let s = m.snap();
         m.put_attr(s, Some(SessionId(7)), &attr(5), LeaseMode::Read);
-        assert!(m.attr(5).is_none());
+        assert!(m.attr(InodeId(5)).is_none());
         assert_eq!(m.remaining(), Duration::ZERO);
     }
 
     #[test]
     fn listings_are_served_only_where_they_are_known() {
         let m = live_cache();
-        let e = |n: u64| DirEntry { name: format!("f{n}"), ino: 100 + n, kind: FileKind::File, cookie: 10 + n };
-        m.put_listing(m.snap(), Some(SessionId(7)), 1, 2, &[e(0), e(1)], false, 1);
-        assert_eq!(m.listed(1, 2, 100).map(|l| l.entries.len()), Some(2));
-        assert_eq!(m.listed(1, 10, 100).map(|l| l.entries.len()), Some(1));
-        assert_eq!(m.listed(1, 2, 1).map(|l| l.entries.len()), Some(1));
+        let e = |n: u64| DirEntry { name: format!("f{n}"), ino: InodeId(100 + n), kind: FileKind::File, cookie: 10 + n };
+        m.put_listing(m.snap(), Some(SessionId(7)), InodeId(1), 2, &[e(0), e(1)], false, InodeId(1));
+        assert_eq!(m.listed(InodeId(1), 2, 100).map(|l| l.entries.len()), Some(2));
+        assert_eq!(m.listed(InodeId(1), 10, 100).map(|l| l.entries.len()), Some(1));
+        assert_eq!(m.listed(InodeId(1), 2, 1).map(|l| l.entries.len()), Some(1));
         // past the end of an incomplete listing: ask the MDS
-        assert!(m.listed(1, 11, 100).is_none());
-        m.put_listing(m.snap(), Some(SessionId(7)), 1, 11, &[e(2)], true, 1);
-        assert_eq!(m.listed(1, 12, 100).map(|l| l.entries.len()), Some(0));
-        assert_eq!(m.dentry(1, "f2"), Some(Some(102)));
+        assert!(m.listed(InodeId(1), 11, 100).is_none());
+        m.put_listing(m.snap(), Some(SessionId(7)), InodeId(1), 11, &[e(2)], true, InodeId(1));
+        assert_eq!(m.listed(InodeId(1), 12, 100).map(|l| l.entries.len()), Some(0));
+        assert_eq!(m.dentry(InodeId(1), "f2"), Some(Some(InodeId(102))));
         // the whole directory is known: a missing name needs no lookup
-        assert_eq!(m.dentry(1, "nope"), Some(None));
-        m.local_entry(m.snap(), 1, "mine", Some(200), false);
-        assert_eq!(m.dentry(1, "mine"), Some(Some(200)));
-        assert_eq!(m.dentry(1, "nope"), Some(None));
-        m.invalidate(1, &["f1".to_string()]);
-        assert_eq!(m.dentry(1, "nope"), None);
-        assert!(m.listed(1, 2, 100).is_none());
-        assert_eq!(m.dentry(1, "f1"), None);
-        assert_eq!(m.dentry(1, "f0"), Some(Some(100)));
+        assert_eq!(m.dentry(InodeId(1), "nope"), Some(None));
+        m.local_entry(m.snap(), InodeId(1), "mine", Some(InodeId(200)), false);
+        assert_eq!(m.dentry(InodeId(1), "mine"), Some(Some(InodeId(200))));
+        assert_eq!(m.dentry(InodeId(1), "nope"), Some(None));
+        m.invalidate(InodeId(1), &["f1".to_string()]);
+        assert_eq!(m.dentry(InodeId(1), "nope"), None);
+        assert!(m.listed(InodeId(1), 2, 100).is_none());
+        assert_eq!(m.dentry(InodeId(1), "f1"), None);
+        assert_eq!(m.dentry(InodeId(1), "f0"), Some(Some(InodeId(100))));
     }
 }

@@ -38,6 +38,11 @@ impl InodeId {
     pub fn seq(self) -> u64 {
         self.0 & SEQ_MASK
     }
+    /// Numbering starts at the root, 1: 0 names no inode, and a reply
+    /// that carries it is malformed.
+    pub fn is_valid(self) -> bool {
+        self.0 != 0
+    }
 }
 
 impl fmt::Debug for InodeId {
@@ -50,12 +55,18 @@ impl fmt::Display for InodeId {
         write!(f, "{:#x}", self.0)
     }
 }
+/// `{:x}` and `{:#x}` as for the number.
+impl fmt::LowerHex for InodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
 
 /// One object of a striped file: object `index` of inode `ino`.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 #[rkyv(derive(Debug))]
 pub struct ObjectId {
-    pub ino: u64,
+    pub ino: InodeId,
     pub index: u32,
 }
 

@@ -20,8 +20,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-pub use crate::ids::SessionId;
-pub type Ino = u64;
+pub use crate::ids::{InodeId, SessionId};
+pub type Ino = InodeId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LeaseKind {
@@ -357,7 +357,7 @@ mod tests {
     /// No two live sessions hold conflicting leases on one inode.
     fn no_conflicts(t: &LeaseTable) {
         for ino in 0..3 {
-            let h = t.holders(ino);
+            let h = t.holders(InodeId(ino));
             for (i, (a, ka)) in h.iter().enumerate() {
                 for (b, kb) in &h[i + 1..] {
                     assert!(a == b || LeaseKind::compatible(*ka, *kb), "ino {ino}: {a}:{ka:?} with {b}:{kb:?}");
@@ -377,16 +377,16 @@ mod tests {
                     Op::Open(s) => t.open_session(S(s as u64), now),
                     Op::Beat(s) => { t.heartbeat(S(s as u64), now); }
                     Op::Acquire(s, i, k) => {
-                        if let Decision::Wait { recall } = t.acquire(S(s as u64), i as u64, k, now) {
+                        if let Decision::Wait { recall } = t.acquire(S(s as u64), InodeId(i as u64), k, now) {
                             for r in recall {
-                                prop_assert!(t.recalled(i as u64).contains(&r));
+                                prop_assert!(t.recalled(InodeId(i as u64)).contains(&r));
                             }
                         }
                     }
-                    Op::Release(s, i) => t.release(S(s as u64), i as u64),
-                    Op::Downgrade(s, i) => t.downgrade(S(s as u64), i as u64),
-                    Op::TryAcquire(s, i, k) => { t.try_acquire(S(s as u64), i as u64, k, now); }
-                    Op::Demote(s, i) => t.demote(S(s as u64), i as u64),
+                    Op::Release(s, i) => t.release(S(s as u64), InodeId(i as u64)),
+                    Op::Downgrade(s, i) => t.downgrade(S(s as u64), InodeId(i as u64)),
+                    Op::TryAcquire(s, i, k) => { t.try_acquire(S(s as u64), InodeId(i as u64), k, now); }
+                    Op::Demote(s, i) => t.demote(S(s as u64), InodeId(i as u64)),
                     Op::Close(s) => t.close_session(S(s as u64)),
                     Op::Advance(ms) => now += Duration::from_millis(ms as u64),
                 }
@@ -397,7 +397,7 @@ mod tests {
             now += TERM;
             t.open_session(S(99), now);
             for ino in 0..3 {
-                prop_assert_eq!(t.acquire(S(99), ino, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
+                prop_assert_eq!(t.acquire(S(99), InodeId(ino), LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
             }
         }
 
@@ -409,7 +409,7 @@ mod tests {
             t.open_session(S(2), now);
             for (i, k) in kinds.iter().enumerate() {
                 let kind = [LeaseKind::Read, LeaseKind::Write, LeaseKind::SharedWrite][*k as usize];
-                prop_assert_eq!(t.acquire(S(1), i as u64, kind, now), Decision::Granted { kind });
+                prop_assert_eq!(t.acquire(S(1), InodeId(i as u64), kind, now), Decision::Granted { kind });
             }
             // session 2 keeps heartbeating, session 1 goes silent; the
             // MDS's ticker expires sessions
@@ -423,8 +423,8 @@ mod tests {
             prop_assert_eq!(t.count(S(1)), 0);
             prop_assert!(!t.is_live(S(1), now));
             for i in 0..kinds.len() {
-                prop_assert!(t.holders(i as u64).is_empty());
-                prop_assert_eq!(t.acquire(S(2), i as u64, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
+                prop_assert!(t.holders(InodeId(i as u64)).is_empty());
+                prop_assert_eq!(t.acquire(S(2), InodeId(i as u64), LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
             }
         }
     }
@@ -436,11 +436,11 @@ mod tests {
         let now = Instant::now();
         let mut t = LeaseTable::new(TERM);
         t.open_session(S(0), now);
-        assert!(matches!(t.acquire(S(0), 0, LeaseKind::Read, now), Decision::Granted { .. }));
+        assert!(matches!(t.acquire(S(0), InodeId(0), LeaseKind::Read, now), Decision::Granted { .. }));
         t.open_session(S(0), now);
-        assert!(t.holders(0).is_empty());
+        assert!(t.holders(InodeId(0)).is_empty());
         t.open_session(S(9), now + TERM);
-        assert_eq!(t.acquire(S(9), 0, LeaseKind::Write, now + TERM), Decision::Granted { kind: LeaseKind::Write });
+        assert_eq!(t.acquire(S(9), InodeId(0), LeaseKind::Write, now + TERM), Decision::Granted { kind: LeaseKind::Write });
     }
 
     /// Regression: a session expired by a request's acquire was never
@@ -451,10 +451,10 @@ mod tests {
         let mut t = LeaseTable::new(TERM);
         t.open_session(S(1), now);
         t.open_session(S(2), now);
-        assert!(matches!(t.acquire(S(1), 3, LeaseKind::Write, now), Decision::Granted { .. }));
+        assert!(matches!(t.acquire(S(1), InodeId(3), LeaseKind::Write, now), Decision::Granted { .. }));
         let later = now + TERM;
         t.heartbeat(S(2), later);
-        assert!(matches!(t.acquire(S(2), 3, LeaseKind::Write, later), Decision::Granted { .. }));
+        assert!(matches!(t.acquire(S(2), InodeId(3), LeaseKind::Write, later), Decision::Granted { .. }));
         assert_eq!(t.expire(later), vec![S(1)]);
         assert_eq!(t.expire(later), Vec::<SessionId>::new());
     }
@@ -466,19 +466,19 @@ mod tests {
         for s in 1..=3 {
             t.open_session(S(s), now);
         }
-        assert_eq!(t.acquire(S(1), 7, LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
-        assert_eq!(t.acquire(S(2), 7, LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
-        assert_eq!(t.acquire(S(3), 7, LeaseKind::Write, now), Decision::Wait { recall: vec![S(1), S(2)] });
-        t.release(S(1), 7);
+        assert_eq!(t.acquire(S(1), InodeId(7), LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
+        assert_eq!(t.acquire(S(2), InodeId(7), LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
+        assert_eq!(t.acquire(S(3), InodeId(7), LeaseKind::Write, now), Decision::Wait { recall: vec![S(1), S(2)] });
+        t.release(S(1), InodeId(7));
         // 2 was asked already
-        assert_eq!(t.acquire(S(3), 7, LeaseKind::Write, now), Decision::Wait { recall: vec![] });
-        t.release(S(2), 7);
-        assert_eq!(t.acquire(S(3), 7, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
+        assert_eq!(t.acquire(S(3), InodeId(7), LeaseKind::Write, now), Decision::Wait { recall: vec![] });
+        t.release(S(2), InodeId(7));
+        assert_eq!(t.acquire(S(3), InodeId(7), LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
         // shared writers coexist; a reader must wait for them
-        t.release(S(3), 7);
-        assert_eq!(t.acquire(S(1), 8, LeaseKind::SharedWrite, now), Decision::Granted { kind: LeaseKind::SharedWrite });
-        assert_eq!(t.acquire(S(2), 8, LeaseKind::SharedWrite, now), Decision::Granted { kind: LeaseKind::SharedWrite });
-        assert_eq!(t.acquire(S(3), 8, LeaseKind::Read, now), Decision::Wait { recall: vec![S(1), S(2)] });
+        t.release(S(3), InodeId(7));
+        assert_eq!(t.acquire(S(1), InodeId(8), LeaseKind::SharedWrite, now), Decision::Granted { kind: LeaseKind::SharedWrite });
+        assert_eq!(t.acquire(S(2), InodeId(8), LeaseKind::SharedWrite, now), Decision::Granted { kind: LeaseKind::SharedWrite });
+        assert_eq!(t.acquire(S(3), InodeId(8), LeaseKind::Read, now), Decision::Wait { recall: vec![S(1), S(2)] });
     }
 
     #[test]
@@ -488,18 +488,18 @@ mod tests {
         for s in 1..=3 {
             t.open_session(S(s), now);
         }
-        assert!(matches!(t.acquire(S(1), 5, LeaseKind::Read, now), Decision::Granted { .. }));
-        assert_eq!(t.acquire(S(3), 5, LeaseKind::Write, now), Decision::Wait { recall: vec![S(1)] });
+        assert!(matches!(t.acquire(S(1), InodeId(5), LeaseKind::Read, now), Decision::Granted { .. }));
+        assert_eq!(t.acquire(S(3), InodeId(5), LeaseKind::Write, now), Decision::Wait { recall: vec![S(1)] });
         // a new reader queues behind the writer, and the recalled reader
         // keeps its lease until it releases, but cannot renew it
-        assert_eq!(t.acquire(S(2), 5, LeaseKind::Read, now), Decision::Wait { recall: vec![] });
-        assert!(matches!(t.acquire(S(1), 5, LeaseKind::Read, now), Decision::Wait { .. }));
-        assert_eq!(t.holders(5), vec![(S(1), LeaseKind::Read)]);
-        assert!(matches!(t.acquire(S(3), 5, LeaseKind::Write, now), Decision::Wait { .. }));
-        t.release(S(1), 5);
-        assert_eq!(t.acquire(S(3), 5, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
-        t.release(S(3), 5);
-        assert!(matches!(t.acquire(S(2), 5, LeaseKind::Read, now), Decision::Granted { .. }));
+        assert_eq!(t.acquire(S(2), InodeId(5), LeaseKind::Read, now), Decision::Wait { recall: vec![] });
+        assert!(matches!(t.acquire(S(1), InodeId(5), LeaseKind::Read, now), Decision::Wait { .. }));
+        assert_eq!(t.holders(InodeId(5)), vec![(S(1), LeaseKind::Read)]);
+        assert!(matches!(t.acquire(S(3), InodeId(5), LeaseKind::Write, now), Decision::Wait { .. }));
+        t.release(S(1), InodeId(5));
+        assert_eq!(t.acquire(S(3), InodeId(5), LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
+        t.release(S(3), InodeId(5));
+        assert!(matches!(t.acquire(S(2), InodeId(5), LeaseKind::Read, now), Decision::Granted { .. }));
     }
 
     #[test]
@@ -508,13 +508,13 @@ mod tests {
         let mut t = LeaseTable::new(TERM);
         t.open_session(S(1), start);
         t.open_session(S(2), start);
-        assert!(matches!(t.acquire(S(1), 1, LeaseKind::Write, start), Decision::Granted { .. }));
+        assert!(matches!(t.acquire(S(1), InodeId(1), LeaseKind::Write, start), Decision::Granted { .. }));
         let later = start + Duration::from_secs(5);
         t.heartbeat(S(2), later);
-        assert_eq!(t.acquire(S(2), 1, LeaseKind::Read, later), Decision::Wait { recall: vec![S(1)] });
+        assert_eq!(t.acquire(S(2), InodeId(1), LeaseKind::Read, later), Decision::Wait { recall: vec![S(1)] });
         let after = start + TERM;
         t.heartbeat(S(2), after);
-        assert_eq!(t.acquire(S(2), 1, LeaseKind::Read, after), Decision::Granted { kind: LeaseKind::Read });
+        assert_eq!(t.acquire(S(2), InodeId(1), LeaseKind::Read, after), Decision::Granted { kind: LeaseKind::Read });
         assert_eq!(t.remaining(S(2), after), TERM);
         assert_eq!(t.remaining(S(1), after), Duration::ZERO);
     }
@@ -525,24 +525,24 @@ mod tests {
         let mut t = LeaseTable::new(TERM);
         t.open_session(S(1), now);
         t.open_session(S(2), now);
-        assert!(t.try_acquire(S(1), 7, LeaseKind::Write, now));
+        assert!(t.try_acquire(S(1), InodeId(7), LeaseKind::Write, now));
         // a reader elsewhere recalls it; the writer sends its changes and
         // keeps a read lease, which the reader shares
-        assert_eq!(t.acquire(S(2), 7, LeaseKind::Read, now), Decision::Wait { recall: vec![S(1)] });
-        t.demote(S(1), 7);
-        assert_eq!(t.holders(7), vec![(S(1), LeaseKind::Read)]);
-        assert!(t.recalled(7).is_empty());
-        assert_eq!(t.acquire(S(2), 7, LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
+        assert_eq!(t.acquire(S(2), InodeId(7), LeaseKind::Read, now), Decision::Wait { recall: vec![S(1)] });
+        t.demote(S(1), InodeId(7));
+        assert_eq!(t.holders(InodeId(7)), vec![(S(1), LeaseKind::Read)]);
+        assert!(t.recalled(InodeId(7)).is_empty());
+        assert_eq!(t.acquire(S(2), InodeId(7), LeaseKind::Read, now), Decision::Granted { kind: LeaseKind::Read });
         // with another reader there, no write lease is given, and nobody
         // is recalled for trying
-        assert!(!t.try_acquire(S(1), 7, LeaseKind::Write, now));
-        assert!(t.recalled(7).is_empty());
-        assert_eq!(t.holders(7), vec![(S(1), LeaseKind::Read), (S(2), LeaseKind::Read)]);
+        assert!(!t.try_acquire(S(1), InodeId(7), LeaseKind::Write, now));
+        assert!(t.recalled(InodeId(7)).is_empty());
+        assert_eq!(t.holders(InodeId(7)), vec![(S(1), LeaseKind::Read), (S(2), LeaseKind::Read)]);
         // a demoted reader recalled again gives its lease up
-        t.demote(S(2), 7);
-        assert_eq!(t.holders(7), vec![(S(1), LeaseKind::Read)]);
-        assert!(t.try_acquire(S(1), 7, LeaseKind::Write, now));
+        t.demote(S(2), InodeId(7));
+        assert_eq!(t.holders(InodeId(7)), vec![(S(1), LeaseKind::Read)]);
+        assert!(t.try_acquire(S(1), InodeId(7), LeaseKind::Write, now));
         // nor is one given to a session that expired
-        assert!(!t.try_acquire(S(2), 8, LeaseKind::Write, now + TERM));
+        assert!(!t.try_acquire(S(2), InodeId(8), LeaseKind::Write, now + TERM));
     }
 }

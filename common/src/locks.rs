@@ -10,7 +10,7 @@
 //! own locks on that range, splitting them where the range cuts them, as
 //! POSIX says; unlocking a range is the same with nothing put back. A
 //! session that ends loses every lock it held.
-use crate::ids::SessionId;
+use crate::ids::{InodeId, SessionId};
 use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,19 +36,19 @@ impl Lock {
 
 #[derive(Default)]
 pub struct LockTable {
-    by_ino: HashMap<u64, Vec<Lock>>,
+    by_ino: HashMap<InodeId, Vec<Lock>>,
 }
 
 impl LockTable {
     /// The first lock another owner holds that `want` conflicts with.
-    pub fn conflict(&self, ino: u64, want: &Lock) -> Option<Lock> {
+    pub fn conflict(&self, ino: InodeId, want: &Lock) -> Option<Lock> {
         self.by_ino.get(&ino)?.iter().copied().find(|l| {
             !l.same_owner(want.session, want.owner) && l.overlaps(want.start, want.end) && (l.write || want.write)
         })
     }
 
     /// Take `lock`, or return the lock in the way.
-    pub fn set(&mut self, ino: u64, lock: Lock) -> Result<(), Lock> {
+    pub fn set(&mut self, ino: InodeId, lock: Lock) -> Result<(), Lock> {
         if let Some(c) = self.conflict(ino, &lock) {
             return Err(c);
         }
@@ -61,7 +61,7 @@ impl LockTable {
     /// of grants made elsewhere, which may come in another order than they
     /// were made (one owner's unlock after another's grant). What it
     /// overlaps of other owners' locks goes.
-    pub fn force(&mut self, ino: u64, lock: Lock) {
+    pub fn force(&mut self, ino: InodeId, lock: Lock) {
         while let Some(c) = self.conflict(ino, &lock) {
             self.unlock(ino, c.session, c.owner, lock.start.max(c.start), lock.end.min(c.end));
         }
@@ -69,7 +69,7 @@ impl LockTable {
     }
 
     /// Release the owner's locks on `[start, end]`.
-    pub fn unlock(&mut self, ino: u64, session: SessionId, owner: u64, start: u64, end: u64) {
+    pub fn unlock(&mut self, ino: InodeId, session: SessionId, owner: u64, start: u64, end: u64) {
         let Some(v) = self.by_ino.get_mut(&ino) else { return };
         let mut kept = Vec::with_capacity(v.len() + 1);
         for l in v.drain(..) {
@@ -99,12 +99,12 @@ impl LockTable {
         });
     }
 
-    pub fn held(&self, ino: u64) -> Vec<Lock> {
+    pub fn held(&self, ino: InodeId) -> Vec<Lock> {
         self.by_ino.get(&ino).cloned().unwrap_or_default()
     }
 
     /// Every lock held, with its file.
-    pub fn all(&self) -> Vec<(u64, Lock)> {
+    pub fn all(&self) -> Vec<(InodeId, Lock)> {
         self.by_ino.iter().flat_map(|(ino, v)| v.iter().map(move |l| (*ino, *l))).collect()
     }
 
@@ -125,23 +125,23 @@ mod tests {
     #[test]
     fn readers_share_writers_exclude_and_owners_never_conflict_with_themselves() {
         let mut t = LockTable::default();
-        assert!(t.set(1, lk(1, 1, 0, 99, false)).is_ok());
-        assert!(t.set(1, lk(2, 1, 50, 149, false)).is_ok());
-        assert_eq!(t.set(1, lk(2, 1, 0, 9, true)), Err(lk(1, 1, 0, 99, false)));
+        assert!(t.set(InodeId(1), lk(1, 1, 0, 99, false)).is_ok());
+        assert!(t.set(InodeId(1), lk(2, 1, 50, 149, false)).is_ok());
+        assert_eq!(t.set(InodeId(1), lk(2, 1, 0, 9, true)), Err(lk(1, 1, 0, 99, false)));
         // same session, other owner (another process on that client)
-        assert!(t.set(1, lk(1, 2, 10, 10, true)).is_err());
+        assert!(t.set(InodeId(1), lk(1, 2, 10, 10, true)).is_err());
         // upgrading its own lock on a range no one else holds
-        assert!(t.set(1, lk(1, 1, 0, 9, true)).is_ok());
-        assert!(t.set(1, lk(3, 1, 200, u64::MAX, true)).is_ok());
-        assert!(t.set(1, lk(1, 1, 300, 300, false)).is_err());
+        assert!(t.set(InodeId(1), lk(1, 1, 0, 9, true)).is_ok());
+        assert!(t.set(InodeId(1), lk(3, 1, 200, u64::MAX, true)).is_ok());
+        assert!(t.set(InodeId(1), lk(1, 1, 300, 300, false)).is_err());
     }
 
     #[test]
     fn a_forced_lock_takes_the_place_of_what_was_in_its_way() {
         let mut t = LockTable::default();
-        t.set(3, lk(0, 1, 0, 99, true)).unwrap();
-        t.force(3, lk(0, 2, 50, 59, true));
-        let mut held = t.held(3);
+        t.set(InodeId(3), lk(0, 1, 0, 99, true)).unwrap();
+        t.force(InodeId(3), lk(0, 2, 50, 59, true));
+        let mut held = t.held(InodeId(3));
         held.sort_by_key(|l| l.start);
         assert_eq!(held, vec![lk(0, 1, 0, 49, true), lk(0, 2, 50, 59, true), lk(0, 1, 60, 99, true)]);
     }
@@ -149,14 +149,14 @@ mod tests {
     #[test]
     fn unlocking_the_middle_splits_a_lock() {
         let mut t = LockTable::default();
-        t.set(7, lk(1, 1, 0, 99, true)).unwrap();
-        t.unlock(7, SessionId(1), 1, 40, 59);
-        let mut held = t.held(7);
+        t.set(InodeId(7), lk(1, 1, 0, 99, true)).unwrap();
+        t.unlock(InodeId(7), SessionId(1), 1, 40, 59);
+        let mut held = t.held(InodeId(7));
         held.sort_by_key(|l| l.start);
         assert_eq!(held, vec![lk(1, 1, 0, 39, true), lk(1, 1, 60, 99, true)]);
-        assert!(t.set(7, lk(2, 1, 40, 59, true)).is_ok());
+        assert!(t.set(InodeId(7), lk(2, 1, 40, 59, true)).is_ok());
         t.drop_session(SessionId(1));
-        assert_eq!(t.held(7), vec![lk(2, 1, 40, 59, true)]);
+        assert_eq!(t.held(InodeId(7)), vec![lk(2, 1, 40, 59, true)]);
     }
 
     proptest! {
@@ -168,10 +168,10 @@ mod tests {
             for (s, o, start, len, kind) in ops {
                 let end = start + len;
                 match kind {
-                    0 | 1 => { let _ = t.set(0, lk(s, o, start, end, kind == 1)); }
-                    _ => t.unlock(0, SessionId(s), o, start, end),
+                    0 | 1 => { let _ = t.set(InodeId(0), lk(s, o, start, end, kind == 1)); }
+                    _ => t.unlock(InodeId(0), SessionId(s), o, start, end),
                 }
-                let h = t.held(0);
+                let h = t.held(InodeId(0));
                 for (i, a) in h.iter().enumerate() {
                     for b in &h[i + 1..] {
                         if a.overlaps(b.start, b.end) {

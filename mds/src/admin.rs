@@ -38,7 +38,7 @@ impl Admin {
     /// under a local aifs mount point) to its attributes.
     pub async fn resolve(&self, path: &Path) -> Result<(String, Attr)> {
         let rel = fs_path(path);
-        let mut attr = match self.call(&MdsReq::GetAttr { ino: InodeId::ROOT.0 }).await? {
+        let mut attr = match self.call(&MdsReq::GetAttr { ino: InodeId::ROOT }).await? {
             MdsResp::Attr(a) => a,
             _ => return Err(Error::Protocol("unexpected reply".into())),
         };

@@ -1,7 +1,7 @@
 //! What the MDS knows about the rest of the cluster: the OSD map (from
 //! registrations and heartbeats) and client sessions.
 use aifs_common::locks::Lock;
-use aifs_common::SessionId;
+use aifs_common::{InodeId, SessionId};
 use aifs_common::proto::mds::{HeldLock, OsdInfo, OsdState, SessionInfo};
 use dashmap::DashMap;
 use aifs_common::lease::LeaseTable;
@@ -46,12 +46,12 @@ pub struct Cluster {
     /// Files each session has open (counted per client, not per handle):
     /// a file that loses its last name while open is kept until the last
     /// close. In memory: after an MDS restart nothing is open.
-    opens: Mutex<HashMap<u64, HashMap<SessionId, u32>>>,
+    opens: Mutex<HashMap<InodeId, HashMap<SessionId, u32>>>,
     /// Advisory locks across clients (common/src/locks.rs).
     pub locks: Mutex<aifs_common::locks::LockTable>,
     /// Files whose replicas are being rewritten (mds/src/repair.rs); opens
     /// wait for them.
-    repairing: Mutex<std::collections::HashSet<u64>>,
+    repairing: Mutex<std::collections::HashSet<InodeId>>,
     repaired: tokio::sync::Notify,
     /// After a restart, the clients of the last run that have not come
     /// back yet (see `in_grace`).
@@ -149,7 +149,7 @@ impl Cluster {
             for h in locks {
                 let l = Lock { session, owner: h.owner, start: h.start, end: h.end, write: h.write, pid: h.pid };
                 if let Err(c) = t.set(h.ino, l) {
-                    tracing::error!(ino = h.ino, ?l, held_by = ?c, "a lock taken again after the restart conflicts with another; not taken");
+                    tracing::error!(ino = %h.ino, ?l, held_by = ?c, "a lock taken again after the restart conflicts with another; not taken");
                 }
             }
         }
@@ -199,7 +199,7 @@ impl Cluster {
     /// Start repairing `ino` unless a client has it open. Marked before the
     /// open count is read, and an open counts itself before it looks for the
     /// mark (`wait_repair`): one of the two always sees the other.
-    pub fn begin_repair(&self, ino: u64) -> bool {
+    pub fn begin_repair(&self, ino: InodeId) -> bool {
         let Ok(mut r) = self.repairing.lock() else { return false };
         r.insert(ino);
         drop(r);
@@ -210,7 +210,7 @@ impl Cluster {
         true
     }
 
-    pub fn end_repair(&self, ino: u64) {
+    pub fn end_repair(&self, ino: InodeId) {
         if let Ok(mut r) = self.repairing.lock() {
             r.remove(&ino);
         }
@@ -218,7 +218,7 @@ impl Cluster {
     }
 
     /// An open of `ino` (already counted) waits for a repair in progress.
-    pub async fn wait_repair(&self, ino: u64) {
+    pub async fn wait_repair(&self, ino: InodeId) {
         wait_until(&self.repaired, || !self.repairing.lock().is_ok_and(|r| r.contains(&ino))).await
     }
 
@@ -232,25 +232,25 @@ impl Cluster {
 
     /// Does any client have `ino` open? During the grace after a restart
     /// any file may be: the clients of the last run have not said yet.
-    pub fn is_open(&self, ino: u64) -> bool {
+    pub fn is_open(&self, ino: InodeId) -> bool {
         self.in_grace() || self.opens.lock().map(|o| o.contains_key(&ino)).unwrap_or(true)
     }
 
     /// A session opened `ino` (its first handle on that client).
-    pub fn opened(&self, session: SessionId, ino: u64) {
+    pub fn opened(&self, session: SessionId, ino: InodeId) {
         if let Ok(mut o) = self.opens.lock() {
             let n = o.entry(ino).or_default().entry(session).or_default();
             *n += 1;
-            tracing::debug!(%session, ino, opens = *n, "opened");
+            tracing::debug!(%session, %ino, opens = *n, "opened");
         }
     }
 
     /// A session closed its last handle of `ino`; true when no session has
     /// it open any more. A session that has it open no more keeps a read
     /// lease where it had a write lease (see `LeaseTable::downgrade`).
-    pub fn closed(&self, session: SessionId, ino: u64) -> bool {
+    pub fn closed(&self, session: SessionId, ino: InodeId) -> bool {
         let Ok(mut o) = self.opens.lock() else { return false };
-        tracing::debug!(%session, ino, "closed");
+        tracing::debug!(%session, %ino, "closed");
         if let Some(by) = o.get_mut(&ino) {
             if let Some(n) = by.get_mut(&session) {
                 *n = n.saturating_sub(1);

@@ -16,7 +16,7 @@ use crate::repair::Repair;
 use crate::store::{IoResult, DEGRADED, GC, INODES};
 use aifs_common::proto::mds::{Degraded, FileKind, FsckFinding, FsckKind, FsckReport};
 use aifs_common::proto::osd::{OsdReq, OsdResp};
-use aifs_common::{Error, Layout, ObjectId, OsdId, Result};
+use aifs_common::{Error, InodeId, Layout, ObjectId, OsdId, Result};
 use redb::ReadableTable;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -83,7 +83,7 @@ impl Fsck {
                 FsckKind::Orphan => r.orphans += 1,
             }
             if r.findings.len() < MAX_FINDINGS {
-                r.findings.push(FsckFinding { kind, ino: obj.ino, index: obj.index, osd });
+                r.findings.push(FsckFinding { kind, ino: obj.ino.0, index: obj.index, osd });
             }
         });
     }
@@ -167,12 +167,12 @@ impl Fsck {
         self.update(|r| r.files = files.len() as u64);
         let mut fix: BTreeMap<u64, Vec<Degraded>> = BTreeMap::new();
         for (ino, layout) in &files {
-            if cluster.is_open(*ino) {
+            if cluster.is_open(InodeId(*ino)) {
                 self.update(|r| r.files_skipped += 1);
                 continue;
             }
             for index in 0..layout.stripe_count {
-                let obj = ObjectId { ino: *ino, index };
+                let obj = ObjectId { ino: InodeId(*ino), index };
                 let reps: Vec<u32> = layout.object_osds(index).iter().map(|o| o.0).collect();
                 let present = |o: u32| stored.get(&o).is_some_and(|m| m.contains_key(&obj));
                 let anywhere = reps.iter().any(|&o| present(o));
@@ -210,8 +210,8 @@ impl Fsck {
         let layouts: BTreeMap<u64, &Layout> = files.iter().map(|(i, l)| (*i, l)).collect();
         let mut orphans = Vec::new();
         for (&osd, objs) in &stored {
-            for obj in objs.keys().filter(|o| !deleting.contains(&o.ino)) {
-                if !placed(layouts.get(&obj.ino).copied(), *obj, osd) {
+            for obj in objs.keys().filter(|o| !deleting.contains(&o.ino.0)) {
+                if !placed(layouts.get(&obj.ino.0).copied(), *obj, osd) {
                     self.found(FsckKind::Orphan, *obj, osd);
                     orphans.push((*obj, osd));
                 }
@@ -222,7 +222,7 @@ impl Fsck {
         }
         for (ino, objs) in fix {
             let n = objs.len() as u64;
-            match self.ns.mark_degraded(ino, objs).await {
+            match self.ns.mark_degraded(InodeId(ino), objs).await {
                 Ok(()) => self.update(|r| r.fixed += n),
                 Err(e) => tracing::warn!(ino, error = %e, "fsck could not hand replicas to repair"),
             }

@@ -10,7 +10,7 @@ use aifs_common::certs::Role;
 use aifs_common::proto::mds::Degraded;
 use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
-use aifs_common::{Error, ObjectId, Result};
+use aifs_common::{Error, InodeId, ObjectId, Result};
 use dashmap::DashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,7 +113,7 @@ impl Gc {
     async fn still_wanted(&self, job: &GcJob) -> bool {
         match job.truncate_to {
             None => true,
-            Some(size) => matches!(self.ns.getattr(job.ino).await, Ok(a) if a.size == size),
+            Some(size) => matches!(self.ns.getattr(InodeId(job.ino)).await, Ok(a) if a.size == size),
         }
     }
 
@@ -127,7 +127,7 @@ impl Gc {
         let mut calls = Vec::new();
         let mut targets = Vec::new();
         for k in 0..l.stripe_count {
-            let obj = ObjectId { ino: job.ino, index: k };
+            let obj = ObjectId { ino: InodeId(job.ino), index: k };
             let req = match job.truncate_to {
                 Some(size) => OsdReq::Truncate { obj, size: l.object_size(size, k) },
                 None => OsdReq::Delete { obj },
@@ -162,7 +162,7 @@ impl Gc {
         }
         let objs: Vec<Degraded> = missed.into_iter().map(|(t, _)| t).collect();
         tracing::warn!(ino = job.ino, ?objs, "replicas not reached by a truncate; recorded as degraded");
-        self.ns.mark_degraded(job.ino, objs).await
+        self.ns.mark_degraded(InodeId(job.ino), objs).await
     }
 
     pub async fn remove(&self, shard: u32, id: u64) -> Result<()> {

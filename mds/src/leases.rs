@@ -23,7 +23,7 @@ use crate::cluster::Cluster;
 use aifs_common::lease::{Decision, LeaseKind};
 use aifs_common::proto::mds::{Degraded, LeaseInfo, RecallReq, RecallResp};
 use aifs_common::rpc::{call_on, Peer};
-use aifs_common::{Error, Result, SessionId};
+use aifs_common::{Error, InodeId, Result, SessionId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -92,7 +92,7 @@ impl Cluster {
     }
 
     /// Take `kind` on `ino` for `h`, recalling whoever is in the way.
-    pub async fn acquire(self: &Arc<Self>, h: &Holder, ino: u64, kind: LeaseKind) -> Result<LeaseKind> {
+    pub async fn acquire(self: &Arc<Self>, h: &Holder, ino: InodeId, kind: LeaseKind) -> Result<LeaseKind> {
         if h.observer {
             return Ok(kind);
         }
@@ -123,7 +123,7 @@ impl Cluster {
 
     /// Take `kind` on `ino` for `h` only if nobody else is in the way;
     /// recalls nobody. Never for a request without a session of its own.
-    pub fn try_acquire(&self, h: &Holder, ino: u64, kind: LeaseKind) -> bool {
+    pub fn try_acquire(&self, h: &Holder, ino: InodeId, kind: LeaseKind) -> bool {
         if h.ephemeral || h.observer {
             return false;
         }
@@ -132,13 +132,13 @@ impl Cluster {
 
     /// A directory's write lease for a client that takes them, when nobody
     /// else is in the way.
-    pub fn try_write_dir(&self, h: &Holder, dir: u64) -> bool {
+    pub fn try_write_dir(&self, h: &Holder, dir: InodeId) -> bool {
         let wants = self.sessions.get(&h.id).is_some_and(|s| s.dir_leases);
         wants && self.try_acquire(h, dir, LeaseKind::Write)
     }
 
     /// `h` keeps only a read lease on `ino`.
-    pub fn demote(&self, h: &Holder, ino: u64) {
+    pub fn demote(&self, h: &Holder, ino: InodeId) {
         if let Ok(mut t) = self.leases.lock() {
             t.demote(h.id, ino);
         }
@@ -149,7 +149,7 @@ impl Cluster {
     /// flush first), or directories about to change (a client holding
     /// one's write lease sends its changes there first). Asking twice for
     /// one inode is granted at once.
-    pub async fn acquire_read_all(self: &Arc<Self>, h: &Holder, inos: &[u64]) -> Result<()> {
+    pub async fn acquire_read_all(self: &Arc<Self>, h: &Holder, inos: &[InodeId]) -> Result<()> {
         for ino in inos {
             self.acquire(h, *ino, LeaseKind::Read).await?;
         }
@@ -159,17 +159,17 @@ impl Cluster {
     /// Ask `session` to give its lease on `ino` back; retried while the
     /// session lives (a reconnecting client is reached on its new
     /// connection once it heartbeats).
-    async fn revoke(self: Arc<Self>, session: SessionId, ino: u64) {
-        tracing::debug!(%session, ino, "revoking lease");
+    async fn revoke(self: Arc<Self>, session: SessionId, ino: InodeId) {
+        tracing::debug!(%session, %ino, "revoking lease");
         let Some(r) = self.deliver(session, &RecallReq::Revoke { ino }, None).await else {
             return;
         };
         if let RecallResp::Err(e) = &r {
             // It dropped its caches; the write error stays with the client
             // for its next flush, fsync or close.
-            tracing::warn!(%session, ino, code = e.code, msg = %e.msg, "holder released after a failed flush");
+            tracing::warn!(%session, %ino, code = e.code, msg = %e.msg, "holder released after a failed flush");
         }
-        tracing::debug!(%session, ino, ?r, "lease given back");
+        tracing::debug!(%session, %ino, ?r, "lease given back");
         if let Ok(mut t) = self.leases.lock() {
             match r {
                 RecallResp::Demoted => t.demote(session, ino),
@@ -199,7 +199,7 @@ impl Cluster {
 
     /// Tell every holder of each `(ino, names)` except `except` to drop what
     /// it caches of it, and wait until each has (or has expired).
-    pub async fn invalidate(self: &Arc<Self>, except: Option<SessionId>, changes: Vec<(u64, Vec<String>)>) {
+    pub async fn invalidate(self: &Arc<Self>, except: Option<SessionId>, changes: Vec<(InodeId, Vec<String>)>) {
         let mut calls = Vec::new();
         for (ino, names) in changes {
             for s in self.holders_but(ino, except) {
@@ -212,12 +212,12 @@ impl Cluster {
     /// Tell every holder of a lease on `ino` except `except` that these of
     /// its replicas are stale, and wait until each knows (or has expired):
     /// a client with the file open reads them no more.
-    pub async fn tell_degraded(self: &Arc<Self>, except: Option<SessionId>, ino: u64, objs: Vec<Degraded>) {
+    pub async fn tell_degraded(self: &Arc<Self>, except: Option<SessionId>, ino: InodeId, objs: Vec<Degraded>) {
         let calls = self.holders_but(ino, except).into_iter().map(|s| self.clone().notify(s, RecallReq::Degraded { ino, objs: objs.clone() }));
         futures::future::join_all(calls).await;
     }
 
-    fn holders_but(&self, ino: u64, except: Option<SessionId>) -> Vec<SessionId> {
+    fn holders_but(&self, ino: InodeId, except: Option<SessionId>) -> Vec<SessionId> {
         match self.leases.lock() {
             Ok(t) => t.holders(ino).into_iter().map(|(s, _)| s).filter(|s| Some(*s) != except).collect(),
             Err(_) => Vec::new(),
@@ -230,7 +230,7 @@ impl Cluster {
     }
 
     /// Who holds what on `ino` (`mdsctl leases`).
-    pub fn lease_infos(&self, ino: u64) -> Vec<LeaseInfo> {
+    pub fn lease_infos(&self, ino: InodeId) -> Vec<LeaseInfo> {
         let Ok(t) = self.leases.lock() else {
             return Vec::new();
         };
@@ -245,7 +245,7 @@ impl Cluster {
     }
 
     /// Another session holds a write lease on `ino` (a writer to share with).
-    pub fn other_writer(&self, session: SessionId, ino: u64) -> bool {
+    pub fn other_writer(&self, session: SessionId, ino: InodeId) -> bool {
         self.leases
             .lock()
             .map(|t| t.holders(ino).iter().any(|(s, k)| *s != session && *k != LeaseKind::Read))

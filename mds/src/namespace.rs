@@ -14,6 +14,10 @@
 //! never a lost file: counts go up before entries appear, entries go away
 //! before counts go down, and a renamed entry appears at its new name
 //! before it leaves the old one.
+//!
+//! Inode numbers are typed (`InodeId`) in every method others call; the
+//! tables key by the bare number, so each such method unwraps its ids
+//! first, and the private helpers below them work on numbers.
 use crate::cluster::Cluster;
 use crate::once::{self, Once, Outcome};
 use crate::records::{GcJob, InodeRec, Intent, Step};
@@ -363,7 +367,7 @@ fn create_reserved(txn: &WriteTransaction, op: &DirOp, now: i64) -> Result<()> {
     let DirOp::Create { parent, name, ino, layout, mode, uid, gid, time_ns, .. } = op else {
         return Err(Error::InvalidArgument("not a create".into()));
     };
-    let (parent, ino) = (*parent, *ino);
+    let (parent, ino) = (parent.0, ino.0);
     check_name(name)?;
     layout.validate()?;
     if shard_of(ino) != shard_of(parent) {
@@ -461,13 +465,15 @@ impl Namespace {
         self.shards.get(shard_of(ino) as usize).ok_or(Error::Stale)
     }
 
-    pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+    pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
+        let ino = ino.0;
         self.shard_for(ino)?.read(move |t| Ok(get_inode(&t.open_table(INODES).io()?, ino)?.attr(ino))).await
     }
 
     /// Record replicas of `ino`'s objects as stale. Each must be one of
     /// its object's replicas in the file's layout.
-    pub async fn mark_degraded(&self, ino: u64, objs: Vec<Degraded>) -> Result<()> {
+    pub async fn mark_degraded(&self, ino: InodeId, objs: Vec<Degraded>) -> Result<()> {
+        let ino = ino.0;
         self.shard_for(ino)?
             .mutate(move |txn| {
                 let rec = get_inode(&txn.open_table(INODES).io()?, ino)?;
@@ -487,7 +493,8 @@ impl Namespace {
     /// Object `index` of file `ino` now lives on `to` instead of `from`
     /// (which was taken out), once `to` holds a durable copy. False when the
     /// layout no longer has `from` there (changed meanwhile).
-    pub async fn move_replica(&self, ino: u64, index: u32, from: u32, to: u32) -> Result<bool> {
+    pub async fn move_replica(&self, ino: InodeId, index: u32, from: u32, to: u32) -> Result<bool> {
+        let ino = ino.0;
         self.shard_for(ino)?
             .mutate(move |txn| {
                 let mut inodes = txn.open_table(INODES).io()?;
@@ -508,7 +515,8 @@ impl Namespace {
     }
 
     /// The stale replicas of file `ino`'s objects.
-    pub async fn degraded(&self, ino: u64) -> Result<Vec<Degraded>> {
+    pub async fn degraded(&self, ino: InodeId) -> Result<Vec<Degraded>> {
+        let ino = ino.0;
         self.shard_for(ino)?.read(move |t| degraded_rows(&t.open_table(DEGRADED).io()?, ino)).await
     }
 
@@ -538,12 +546,14 @@ impl Namespace {
             .await
     }
 
-    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
+    pub async fn lookup(&self, parent: InodeId, name: &str) -> Result<Attr> {
+        let parent = parent.0;
         let (ino, _) = self.entry(parent, name).await?;
-        self.getattr(ino).await
+        self.getattr(InodeId(ino)).await
     }
 
-    pub async fn readdir(&self, ino: u64, cookie: u64, max: u32) -> Result<(Vec<DirEntry>, bool, u64)> {
+    pub async fn readdir(&self, ino: InodeId, cookie: u64, max: u32) -> Result<(Vec<DirEntry>, bool, InodeId)> {
+        let ino = ino.0;
         let max = max.clamp(1, 4096) as usize;
         self.shard_for(ino)?
             .read(move |t| {
@@ -564,10 +574,10 @@ impl Namespace {
                     let name = v.value().to_string();
                     if let Some(e) = dentries.get((ino, name.as_str())).io()? {
                         let (child, kind, _) = e.value();
-                        out.push(DirEntry { name, ino: child, kind: kind_from(kind)?, cookie: k.value().1 });
+                        out.push(DirEntry { name, ino: InodeId(child), kind: kind_from(kind)?, cookie: k.value().1 });
                     }
                 }
-                Ok((out, eof, d.parent))
+                Ok((out, eof, InodeId(d.parent)))
             })
             .await
     }
@@ -577,9 +587,9 @@ impl Namespace {
     pub async fn with_attrs(&self, entries: Vec<DirEntry>) -> Result<Vec<(DirEntry, Attr)>> {
         let mut by_shard: std::collections::BTreeMap<u32, Vec<u64>> = std::collections::BTreeMap::new();
         for e in &entries {
-            by_shard.entry(shard_of(e.ino)).or_default().push(e.ino);
+            by_shard.entry(e.ino.shard()).or_default().push(e.ino.0);
         }
-        let mut attrs: std::collections::HashMap<u64, Attr> = std::collections::HashMap::new();
+        let mut attrs: std::collections::HashMap<InodeId, Attr> = std::collections::HashMap::new();
         for (sh, inos) in by_shard {
             let Some(shard) = self.shards.get(sh as usize) else {
                 continue;
@@ -618,7 +628,7 @@ impl Namespace {
                     Ok(v)
                 })
                 .await?;
-            let done: Vec<u64> = listed.into_iter().filter(|i| !self.cluster.is_open(*i)).collect();
+            let done: Vec<u64> = listed.into_iter().filter(|i| !self.cluster.is_open(InodeId(*i))).collect();
             if done.is_empty() {
                 continue;
             }
@@ -627,7 +637,7 @@ impl Namespace {
             shard
                 .mutate(move |txn| {
                     for ino in done {
-                        if cluster.is_open(ino) {
+                        if cluster.is_open(InodeId(ino)) {
                             continue;
                         }
                         txn.open_table(ORPHANS).io()?.remove(ino).io()?;
@@ -645,7 +655,8 @@ impl Namespace {
         Ok(freed)
     }
 
-    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+    pub async fn readlink(&self, ino: InodeId) -> Result<Vec<u8>> {
+        let ino = ino.0;
         let r = self.inode(ino).await?;
         match (r.kind, r.target) {
             (FileKind::Symlink, Some(t)) => Ok(t.into_bytes()),
@@ -654,10 +665,11 @@ impl Namespace {
     }
 
     /// Create a regular file, or (not exclusive) open the existing one.
-    pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool, once: &Once<'_>) -> Result<Created> {
+    pub async fn create(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool, once: &Once<'_>) -> Result<Created> {
+        let parent = parent.0;
         check_name(name)?;
         if let Some((ino, _)) = once.done {
-            return Ok(Created { attr: self.getattr(ino).await?, created: true });
+            return Ok(Created { attr: self.getattr(InodeId(ino)).await?, created: true });
         }
         let rid = once.rid;
         let up = self.cluster.placeable_osds();
@@ -683,7 +695,7 @@ impl Namespace {
                         FileKind::Dir => Err(Error::IsDir),
                         // The inode may live on another shard (a link or a
                         // rename brought it here): answered from a read.
-                        _ => Ok(Created { attr: Attr { ino, ..placeholder_attr() }, created: false }),
+                        _ => Ok(Created { attr: Attr { ino: InodeId(ino), ..placeholder_attr() }, created: false }),
                     };
                 }
                 let mut meta = txn.open_table(META).io()?;
@@ -704,7 +716,8 @@ impl Namespace {
     /// Reserve `count` inode numbers in `dir`'s shard for files a client
     /// will make there under the directory's write lease, each with the
     /// layout it gets from the directory's default.
-    pub async fn reserve(&self, dir: u64, count: u32) -> Result<Vec<Reserved>> {
+    pub async fn reserve(&self, dir: InodeId, count: u32) -> Result<Vec<Reserved>> {
+        let dir = dir.0;
         let count = count.clamp(1, MAX_RESERVE) as u64;
         let up = self.cluster.placeable_osds();
         let shard = self.shard_for(dir)?.clone();
@@ -722,7 +735,7 @@ impl Namespace {
                 (first..first + count)
                     .map(|seq| {
                         let ino = InodeId::new(sid, seq).0;
-                        Ok(Reserved { ino, layout: choose_layout(policy, &up, ino)? })
+                        Ok(Reserved { ino: InodeId(ino), layout: choose_layout(policy, &up, ino)? })
                     })
                     .collect()
             })
@@ -746,7 +759,7 @@ impl Namespace {
                     continue;
                 }
             };
-            by_shard.entry(shard_of(parent)).or_default().push((i, op));
+            by_shard.entry(parent.shard()).or_default().push((i, op));
         }
         for (sh, mut todo) in by_shard {
             while !todo.is_empty() {
@@ -764,7 +777,7 @@ impl Namespace {
                     shard
                         .mutate(move |txn| {
                             let now = now_ns();
-                            let open = |ino| cluster.is_open(ino);
+                            let open = |ino| cluster.is_open(InodeId(ino));
                             let mut done = Vec::new();
                             let mut rest = Vec::new();
                             let mut it = batch.into_iter();
@@ -774,7 +787,7 @@ impl Namespace {
                                     DirOp::Close { .. } => Ok(()),
                                     DirOp::Unlink { parent, name, ino, time_ns } => {
                                         match check_name(name)
-                                            .and_then(|_| unlink_here(txn, *parent, name, Some(*ino), (*time_ns).max(now), &open))
+                                            .and_then(|_| unlink_here(txn, parent.0, name, Some(ino.0), (*time_ns).max(now), &open))
                                         {
                                             Ok(Unlinked::Done(_)) => Ok(()),
                                             Ok(Unlinked::Elsewhere) => {
@@ -820,10 +833,11 @@ impl Namespace {
         out.into_iter().map(|r| r.unwrap_or(Err(Error::Io("change not applied".into())))).collect()
     }
 
-    pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32, once: &Once<'_>) -> Result<Attr> {
+    pub async fn symlink(&self, parent: InodeId, name: &str, target: &str, uid: u32, gid: u32, once: &Once<'_>) -> Result<Attr> {
+        let parent = parent.0;
         check_name(name)?;
         if let Some((ino, _)) = once.done {
-            return self.getattr(ino).await;
+            return self.getattr(InodeId(ino)).await;
         }
         let rid = once.rid;
         if target.is_empty() {
@@ -917,7 +931,7 @@ impl Namespace {
             .shard(first)
             .mutate(move |txn| {
                 let now = now_ns();
-                let open = |ino| cluster.is_open(ino);
+                let open = |ino| cluster.is_open(InodeId(ino));
                 for s in steps {
                     apply_step(txn, s, now, &open)?;
                 }
@@ -947,7 +961,7 @@ impl Namespace {
                 marks.insert((coord, id, k), ()).io()?;
                 drop(marks);
                 let now = now_ns();
-                let open = |ino| replay || cluster.is_open(ino);
+                let open = |ino| replay || cluster.is_open(InodeId(ino));
                 for s in steps {
                     apply_step(txn, s, now, &open)?;
                 }
@@ -1014,10 +1028,11 @@ impl Namespace {
         Ok(())
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, once: &Once<'_>) -> Result<Attr> {
+    pub async fn mkdir(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32, once: &Once<'_>) -> Result<Attr> {
+        let parent = parent.0;
         check_name(name)?;
         if let Some((ino, _)) = once.done {
-            return self.getattr(ino).await;
+            return self.getattr(InodeId(ino)).await;
         }
         let rid = once.rid;
         let _g = self.topo.write().await;
@@ -1058,7 +1073,12 @@ impl Namespace {
     }
 
     /// Returns the unlinked inode.
-    pub async fn unlink(&self, parent: u64, name: &str, once: &Once<'_>) -> Result<u64> {
+    /// Returns the unlinked inode.
+    pub async fn unlink(&self, parent: InodeId, name: &str, once: &Once<'_>) -> Result<InodeId> {
+        self.unlink_in(parent.0, name, once).await.map(InodeId)
+    }
+
+    async fn unlink_in(&self, parent: u64, name: &str, once: &Once<'_>) -> Result<u64> {
         check_name(name)?;
         if let Some((ino, _)) = once.done {
             return Ok(ino);
@@ -1071,7 +1091,7 @@ impl Namespace {
             let cluster = self.cluster.clone();
             let r = self
                 .shard_for(parent)?
-                .mutate(move |txn| match unlink_here(txn, parent, &name, None, now_ns(), &|i| cluster.is_open(i))? {
+                .mutate(move |txn| match unlink_here(txn, parent, &name, None, now_ns(), &|i| cluster.is_open(InodeId(i)))? {
                     Unlinked::Done(ino) => once::record(txn, rid, (ino, 0)).map(|_| Some(ino)),
                     Unlinked::Elsewhere => Ok(None),
                 })
@@ -1091,7 +1111,11 @@ impl Namespace {
     }
 
     /// Returns the removed directory.
-    pub async fn rmdir(&self, parent: u64, name: &str, once: &Once<'_>) -> Result<u64> {
+    pub async fn rmdir(&self, parent: InodeId, name: &str, once: &Once<'_>) -> Result<InodeId> {
+        self.rmdir_in(parent.0, name, once).await.map(InodeId)
+    }
+
+    async fn rmdir_in(&self, parent: u64, name: &str, once: &Once<'_>) -> Result<u64> {
         check_name(name)?;
         if let Some((ino, _)) = once.done {
             return Ok(ino);
@@ -1111,10 +1135,11 @@ impl Namespace {
         Ok(ino)
     }
 
-    pub async fn link(&self, ino: u64, newparent: u64, newname: &str, once: &Once<'_>) -> Result<Attr> {
+    pub async fn link(&self, ino: InodeId, newparent: InodeId, newname: &str, once: &Once<'_>) -> Result<Attr> {
+        let (ino, newparent) = (ino.0, newparent.0);
         check_name(newname)?;
         if once.done.is_some() {
-            return self.getattr(ino).await;
+            return self.getattr(InodeId(ino)).await;
         }
         let rid = once.rid;
         let _g = self.topo.write().await;
@@ -1136,7 +1161,7 @@ impl Namespace {
             (ino, 0),
         )
         .await?;
-        self.getattr(ino).await
+        self.getattr(InodeId(ino)).await
     }
 
     /// Is `dir` equal to `ancestor` or below it?
@@ -1154,7 +1179,21 @@ impl Namespace {
     }
 
     /// Returns the moved inode and the one the new name replaced.
-    pub async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32, once: &Once<'_>) -> Result<(u64, Option<u64>)> {
+    /// Returns the moved inode and the one its new name replaced, if any.
+    pub async fn rename(
+        &self,
+        parent: InodeId,
+        name: &str,
+        newparent: InodeId,
+        newname: &str,
+        flags: u32,
+        once: &Once<'_>,
+    ) -> Result<(InodeId, Option<InodeId>)> {
+        let (moved, replaced) = self.rename_in(parent.0, name, newparent.0, newname, flags, once).await?;
+        Ok((InodeId(moved), replaced.map(InodeId)))
+    }
+
+    async fn rename_in(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32, once: &Once<'_>) -> Result<(u64, Option<u64>)> {
         check_name(name)?;
         check_name(newname)?;
         if let Some((moved, replaced)) = once.done {
@@ -1242,7 +1281,7 @@ impl Namespace {
     /// setattr; returns the new attributes and, for a shrinking truncate,
     /// the GC job (id, job) that cuts the objects, which the caller runs
     /// before answering.
-    pub async fn setattr(&self, ino: u64, set: SetAttr) -> Result<(Attr, Option<(u32, u64, GcJob)>)> {
+    pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> Result<(Attr, Option<(u32, u64, GcJob)>)> {
         self.setattr_with(ino, set, None).await
     }
 
@@ -1250,10 +1289,11 @@ impl Namespace {
     /// transaction, before the job becomes visible to anyone else.
     pub async fn setattr_with(
         &self,
-        ino: u64,
+        ino: InodeId,
         set: SetAttr,
         claim: Option<Box<dyn Fn(u32, u64) + Send>>,
     ) -> Result<(Attr, Option<(u32, u64, GcJob)>)> {
+        let ino = ino.0;
         let _g = self.topo.read().await;
         let shard = self.shard_for(ino)?.clone();
         let sid = shard.id;
@@ -1317,7 +1357,8 @@ impl Namespace {
 
     /// A read happened: atime becomes now. Unlike a setattr this is not
     /// a change of the inode, so ctime stays.
-    pub async fn accessed(&self, ino: u64) -> Result<Attr> {
+    pub async fn accessed(&self, ino: InodeId) -> Result<Attr> {
+        let ino = ino.0;
         let _g = self.topo.read().await;
         self.shard_for(ino)?
             .mutate(move |txn| {
@@ -1331,7 +1372,8 @@ impl Namespace {
     }
 
     /// A writer's flush: size grows to at least `size`, mtime is set.
-    pub async fn update_size(&self, ino: u64, size: u64, mtime_ns: i64) -> Result<Attr> {
+    pub async fn update_size(&self, ino: InodeId, size: u64, mtime_ns: i64) -> Result<Attr> {
+        let ino = ino.0;
         let _g = self.topo.read().await;
         self.shard_for(ino)?
             .mutate(move |txn| {
@@ -1349,7 +1391,8 @@ impl Namespace {
             .await
     }
 
-    pub async fn set_stripe(&self, ino: u64, policy: LayoutPolicy) -> Result<Attr> {
+    pub async fn set_stripe(&self, ino: InodeId, policy: LayoutPolicy) -> Result<Attr> {
+        let ino = ino.0;
         policy.validate()?;
         let up = self.cluster.placeable_osds();
         let _g = self.topo.read().await;
@@ -1381,7 +1424,8 @@ impl Namespace {
             .await
     }
 
-    pub async fn get_stripe(&self, ino: u64) -> Result<(Option<LayoutPolicy>, Attr)> {
+    pub async fn get_stripe(&self, ino: InodeId) -> Result<(Option<LayoutPolicy>, Attr)> {
+        let ino = ino.0;
         let r = self.inode(ino).await?;
         let policy = match r.kind {
             FileKind::Dir => r.policy,
@@ -1390,7 +1434,8 @@ impl Namespace {
         Ok((policy, r.attr(ino)))
     }
 
-    pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>> {
+    pub async fn getxattr(&self, ino: InodeId, name: &str) -> Result<Vec<u8>> {
+        let ino = ino.0;
         let name = name.to_string();
         self.shard_for(ino)?
             .read(move |t| {
@@ -1403,7 +1448,8 @@ impl Namespace {
             .await
     }
 
-    pub async fn listxattr(&self, ino: u64) -> Result<Vec<String>> {
+    pub async fn listxattr(&self, ino: InodeId) -> Result<Vec<String>> {
+        let ino = ino.0;
         self.shard_for(ino)?
             .read(move |t| {
                 get_inode(&t.open_table(INODES).io()?, ino)?;
@@ -1422,7 +1468,8 @@ impl Namespace {
             .await
     }
 
-    pub async fn setxattr(&self, ino: u64, name: &str, value: Vec<u8>, flags: u32, once: &Once<'_>) -> Result<()> {
+    pub async fn setxattr(&self, ino: InodeId, name: &str, value: Vec<u8>, flags: u32, once: &Once<'_>) -> Result<()> {
+        let ino = ino.0;
         if name.is_empty() || name.len() > NAME_MAX {
             return Err(Error::Range);
         }
@@ -1458,7 +1505,8 @@ impl Namespace {
             .await
     }
 
-    pub async fn removexattr(&self, ino: u64, name: &str, once: &Once<'_>) -> Result<()> {
+    pub async fn removexattr(&self, ino: InodeId, name: &str, once: &Once<'_>) -> Result<()> {
+        let ino = ino.0;
         if once.done.is_some() {
             return Ok(());
         }
@@ -1506,7 +1554,7 @@ impl Namespace {
 
 fn placeholder_attr() -> Attr {
     Attr {
-        ino: 0,
+        ino: InodeId(0),
         kind: FileKind::File,
         perm: 0,
         nlink: 0,
@@ -1568,9 +1616,9 @@ mod tests {
     #[test]
     fn a_client_builds_a_new_file_as_the_mds_records_it() {
         let l = choose_layout(LayoutPolicy { stripe_size: 1 << 20, stripe_count: 2, replicas: 2 }, &[1, 2, 3], 9).unwrap();
-        let ino = InodeId::new(1, 77).0;
+        let ino = InodeId::new(1, 77);
         let now = 1_700_000_000_123_456_789;
-        assert_eq!(file_rec(0o100640, 5, 6, 2, l.clone(), now).attr(ino), Attr::new_file(ino, 0o100640, 5, 6, l, now));
+        assert_eq!(file_rec(0o100640, 5, 6, 2, l.clone(), now).attr(ino.0), Attr::new_file(ino, 0o100640, 5, 6, l, now));
     }
 
     #[test]
@@ -1600,22 +1648,22 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_operation_over_shards_cut_short_by_a_crash_is_finished_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        let root = InodeId::ROOT.0;
+        let root = InodeId::ROOT;
         let ns = open_ns(dir.path()).await;
-        let name = (0..).map(|i| format!("d{i}")).find(|n| name_hash(root, n) % 4 != 0).unwrap();
+        let name = (0..).map(|i| format!("d{i}")).find(|n| name_hash(root.0, n) % 4 != 0).unwrap();
         let d = ns.mkdir(root, &name, 0o755, 0, 0, &Once::none()).await.unwrap().ino;
         let f = ns.create(root, "f", 0o644, 0, 0, true, &Once::none()).await.unwrap().attr.ino;
-        assert_ne!(shard_of(d), shard_of(f));
+        assert_ne!(d.shard(), f.shard());
         // rename /f -> /d/g as `rename` builds it, stopped after the first
         // of its three commits as a crash would stop it.
         let steps = vec![
-            Step::AddLink { ino: f },
-            Step::InsertEntry { dir: d, name: "g".into(), ino: f, kind: FileKind::File, dir_delta: (1, 0) },
-            Step::RemoveEntry { dir: root, name: "f".into(), dir_delta: (-1, 0) },
-            Step::DropLink { ino: f },
+            Step::AddLink { ino: f.0 },
+            Step::InsertEntry { dir: d.0, name: "g".into(), ino: f.0, kind: FileKind::File, dir_delta: (1, 0) },
+            Step::RemoveEntry { dir: root.0, name: "f".into(), dir_delta: (-1, 0) },
+            Step::DropLink { ino: f.0 },
         ];
         let rid = ReqId { client: 5, seq: 1, oldest: 1, retry: false };
-        let (_, id, rest) = ns.first_commit(steps, Some(rid), (f, 0)).await.unwrap();
+        let (_, id, rest) = ns.first_commit(steps, Some(rid), (f.0, 0)).await.unwrap();
         assert!(id != 0 && rest.len() == 2);
         assert_eq!(ns.getattr(f).await.unwrap().nlink, 2);
         drop(ns);

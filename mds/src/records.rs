@@ -1,7 +1,7 @@
 //! What a shard stores, rkyv-encoded and validated on every read from disk.
 use aifs_common::proto::frame::{decode_any, encode_any};
 use aifs_common::proto::mds::{Attr, FileKind};
-use aifs_common::{Layout, LayoutPolicy, Result};
+use aifs_common::{InodeId, Layout, LayoutPolicy, Result};
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Validate and decode a record read from redb, which hands out unaligned
@@ -47,7 +47,7 @@ pub struct InodeRec {
 impl InodeRec {
     pub fn attr(&self, ino: u64) -> Attr {
         Attr {
-            ino,
+            ino: InodeId(ino),
             kind: self.kind,
             perm: self.perm,
             nlink: self.nlink,

@@ -15,7 +15,7 @@ use crate::store::{IoResult, DEGRADED};
 use redb::ReadableTable;
 use aifs_common::proto::mds::Degraded;
 use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp};
-use aifs_common::{Error, ObjectId, OsdId, Result};
+use aifs_common::{Error, InodeId, ObjectId, OsdId, Result};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -109,11 +109,11 @@ impl Repair {
                 by_file.entry(ino).or_default().push(Degraded { index, osd: OsdId(osd) });
             }
             for (ino, objs) in by_file {
-                if !self.cluster().begin_repair(ino) {
+                if !self.cluster().begin_repair(InodeId(ino)) {
                     continue;
                 }
                 done += self.repair_file(ino, &objs).await;
-                self.cluster().end_repair(ino);
+                self.cluster().end_repair(InodeId(ino));
             }
         }
         done
@@ -121,7 +121,7 @@ impl Repair {
 
     /// Rewrite the stale replicas of one file whose OSDs are up.
     async fn repair_file(&self, ino: u64, objs: &[Degraded]) -> usize {
-        let layout = match self.ns.getattr(ino).await.map(|a| a.layout) {
+        let layout = match self.ns.getattr(InodeId(ino)).await.map(|a| a.layout) {
             Ok(Some(l)) => l,
             // Gone: its records went with it.
             _ => return 0,
@@ -135,13 +135,13 @@ impl Repair {
                 tracing::debug!(ino, index = d.index, "no healthy replica up to repair from");
                 continue;
             };
-            let obj = ObjectId { ino, index: d.index };
+            let obj = ObjectId { ino: InodeId(ino), index: d.index };
             self.stats.active.fetch_add(1, Ordering::Relaxed);
             let r = self.copy(obj, from, to).await;
             self.stats.active.fetch_sub(1, Ordering::Relaxed);
             // Unlinked meanwhile: its delete may have run before the copy
             // made the object again, so the copy goes too.
-            if matches!(self.ns.getattr(ino).await, Err(Error::NotFound)) {
+            if matches!(self.ns.getattr(InodeId(ino)).await, Err(Error::NotFound)) {
                 if let Err(e) = self.osds.call(to, &OsdReq::Delete { obj }).await {
                     tracing::warn!(%obj, osd = to, error = %e, "copy of a deleted file's object left behind; fsck finds it");
                 }
@@ -206,14 +206,14 @@ impl Repair {
         }
         let mut done = 0;
         for (ino, layout) in files {
-            if !self.cluster().begin_repair(ino) {
+            if !self.cluster().begin_repair(InodeId(ino)) {
                 continue;
             }
             let n = self.drain_file(ino, &layout, &out).await;
-            self.cluster().end_repair(ino);
+            self.cluster().end_repair(InodeId(ino));
             if n > 0 {
                 // Clients see the new layout at their next open.
-                self.cluster().invalidate(None, vec![(ino, vec![])]).await;
+                self.cluster().invalidate(None, vec![(InodeId(ino), vec![])]).await;
             }
             done += n;
         }
@@ -223,7 +223,7 @@ impl Repair {
     async fn drain_file(&self, ino: u64, layout: &aifs_common::Layout, out: &[u32]) -> usize {
         let up = self.cluster().up_osds();
         let targets = self.cluster().placeable_osds();
-        let stale = self.ns.degraded(ino).await.unwrap_or_default();
+        let stale = self.ns.degraded(InodeId(ino)).await.unwrap_or_default();
         let mut done = 0;
         for index in 0..layout.stripe_count {
             let reps: Vec<u32> = layout.object_osds(index).iter().map(|o| o.0).collect();
@@ -243,12 +243,12 @@ impl Repair {
                     tracing::warn!(ino, index, "no healthy replica up to move from");
                     continue;
                 };
-                let obj = ObjectId { ino, index };
+                let obj = ObjectId { ino: InodeId(ino), index };
                 self.stats.active.fetch_add(1, Ordering::Relaxed);
                 let r = self.copy(obj, src, to).await;
                 self.stats.active.fetch_sub(1, Ordering::Relaxed);
                 let moved = match r {
-                    Ok(_) => self.ns.move_replica(ino, index, from, to).await,
+                    Ok(_) => self.ns.move_replica(InodeId(ino), index, from, to).await,
                     Err(e) => Err(e),
                 };
                 match moved {

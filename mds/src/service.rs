@@ -12,7 +12,7 @@ use aifs_common::locks::Lock;
 use aifs_common::lease::LeaseKind;
 use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, ShardInfo, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
-use aifs_common::{Error, Result, SessionId};
+use aifs_common::{Error, InodeId, Result, SessionId};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -73,7 +73,7 @@ const ADMIN: &[Role] = &[Role::Admin];
 impl MdsService {
     /// The reply to a namespace change: the new inode and the directories'
     /// attributes as committed.
-    async fn changed(&self, attr: Option<Attr>, dirs: &[u64], writable: Option<Writable>) -> MdsResp {
+    async fn changed(&self, attr: Option<Attr>, dirs: &[InodeId], writable: Option<Writable>) -> MdsResp {
         let mut out = Vec::with_capacity(dirs.len());
         for (i, d) in dirs.iter().enumerate() {
             if dirs[..i].contains(d) {
@@ -89,11 +89,11 @@ impl MdsService {
     /// `dir`'s write lease, granted to `h`: sent with inode numbers to
     /// create there. Without them (the reservation failed) the lease goes
     /// back at once; the client then creates through the MDS.
-    async fn writable(&self, h: &Holder, dir: u64) -> Option<Writable> {
+    async fn writable(&self, h: &Holder, dir: InodeId) -> Option<Writable> {
         match self.ns.reserve(dir, RESERVE_BATCH).await {
             Ok(reserved) => Some(Writable { dir, reserved }),
             Err(e) => {
-                tracing::warn!(dir, error = %e, "no inode numbers reserved; directory write lease given back");
+                tracing::warn!(%dir, error = %e, "no inode numbers reserved; directory write lease given back");
                 self.ns.cluster.demote(h, dir);
                 None
             }
@@ -310,7 +310,7 @@ impl MdsService {
                 // writers of them flush first. Entries changed after the
                 // read reach this client as invalidations of the directory.
                 let (entries, eof, parent) = ns.readdir(ino, cookie, max).await?;
-                let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
+                let inos: Vec<InodeId> = entries.iter().map(|e| e.ino).collect();
                 cl.acquire_read_all(&h, &inos).await?;
                 let (entries, attrs): (Vec<DirEntry>, Vec<Attr>) = ns.with_attrs(entries).await?.into_iter().unzip();
                 *grant = h.granted();
@@ -609,7 +609,7 @@ impl MdsService {
             }
             MdsReq::Degraded { ino, objs } => {
                 need(peer, &[Role::Client])?;
-                tracing::warn!(ino, ?objs, "object replicas degraded");
+                tracing::warn!(%ino, ?objs, "object replicas degraded");
                 ns.mark_degraded(ino, objs.clone()).await?;
                 cl.tell_degraded(Some(cl.holder(peer).id), ino, objs).await;
                 self.repair.wake.notify_one();
@@ -634,7 +634,7 @@ impl MdsService {
         let h = cl.holder(peer);
         let s = cl.session_for(peer, session);
         let results = self.ns.apply(ops.clone()).await;
-        let mut changes: Vec<(u64, Vec<String>)> = Vec::new();
+        let mut changes: Vec<(InodeId, Vec<String>)> = Vec::new();
         let mut unlinked = false;
         let mut purge = false;
         for (op, r) in ops.into_iter().zip(&results) {
@@ -685,7 +685,7 @@ impl MdsService {
 
     /// Attributes read under a read lease: a writer elsewhere flushes its
     /// size first.
-    async fn read_attr(&self, h: &Holder, ino: u64) -> Result<Attr> {
+    async fn read_attr(&self, h: &Holder, ino: InodeId) -> Result<Attr> {
         self.ns.cluster.acquire(h, ino, LeaseKind::Read).await?;
         self.ns.getattr(ino).await
     }

@@ -46,7 +46,7 @@ struct Model {
     nlink: BTreeMap<u64, u32>,
     parent: BTreeMap<u64, u64>,
     entries: BTreeMap<u64, BTreeMap<String, u64>>,
-    real: BTreeMap<u64, u64>,
+    real: BTreeMap<u64, InodeId>,
 }
 
 impl Model {
@@ -55,7 +55,7 @@ impl Model {
         m.kind.insert(0, FileKind::Dir);
         m.entries.insert(0, BTreeMap::new());
         m.parent.insert(0, 0);
-        m.real.insert(0, InodeId::ROOT.0);
+        m.real.insert(0, InodeId::ROOT);
         m.next = 1;
         m
     }
@@ -187,7 +187,7 @@ impl Model {
     }
 }
 
-async fn run_real(ns: &Namespace, m: &Model, dirs: &[u64], files: &[u64], op: &Op, rid: Option<ReqId>) -> Result<Option<u64>, Error> {
+async fn run_real(ns: &Namespace, m: &Model, dirs: &[u64], files: &[u64], op: &Op, rid: Option<ReqId>) -> Result<Option<InodeId>, Error> {
     let r = |id: u64| m.real[&id];
     let once = ns.once(rid).await?;
     let once = &once;
@@ -213,8 +213,8 @@ async fn run_real(ns: &Namespace, m: &Model, dirs: &[u64], files: &[u64], op: &O
 async fn compare(ns: &Namespace, m: &Model) {
     for (dir, entries) in &m.entries {
         let (got, _, _) = ns.readdir(m.real[dir], 0, 4096).await.expect("readdir");
-        let got: BTreeMap<String, u64> = got.into_iter().map(|e| (e.name, e.ino)).collect();
-        let want: BTreeMap<String, u64> = entries.iter().map(|(n, id)| (n.clone(), m.real[id])).collect();
+        let got: BTreeMap<String, InodeId> = got.into_iter().map(|e| (e.name, e.ino)).collect();
+        let want: BTreeMap<String, InodeId> = entries.iter().map(|(n, id)| (n.clone(), m.real[id])).collect();
         assert_eq!(got, want, "entries of model dir {dir}");
         let a = ns.getattr(m.real[dir]).await.expect("dir attr");
         let subdirs = entries.values().filter(|id| m.kind[id] == FileKind::Dir).count() as u32;

@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 const MIB: u64 = 1 << 20;
-const ROOT: u64 = 1;
+const ROOT: aifs_common::InodeId = aifs_common::InodeId::ROOT;
 
 #[derive(Clone, Debug)]
 enum Op {

@@ -11,7 +11,7 @@ use aifs_common::{Error, LayoutPolicy, ObjectId};
 use aifs_tests::{mds_call, TestCluster};
 use std::time::Duration;
 
-const ROOT: u64 = InodeId::ROOT.0;
+const ROOT: InodeId = InodeId::ROOT;
 
 async fn attr(c: &RpcClient, req: MdsReq) -> Result<Attr, Error> {
     match mds_call(c, req).await? {
@@ -20,15 +20,15 @@ async fn attr(c: &RpcClient, req: MdsReq) -> Result<Attr, Error> {
     }
 }
 
-fn create(parent: u64, name: &str) -> MdsReq {
+fn create(parent: InodeId, name: &str) -> MdsReq {
     MdsReq::Create { parent, name: name.into(), mode: 0o644, uid: 0, gid: 0, exclusive: true }
 }
 
-fn mkdir(parent: u64, name: &str) -> MdsReq {
+fn mkdir(parent: InodeId, name: &str) -> MdsReq {
     MdsReq::Mkdir { parent, name: name.into(), mode: 0o755, uid: 0, gid: 0 }
 }
 
-async fn names(c: &RpcClient, ino: u64) -> Vec<String> {
+async fn names(c: &RpcClient, ino: InodeId) -> Vec<String> {
     let mut out = Vec::new();
     let mut cookie = 0;
     loop {
@@ -66,13 +66,13 @@ async fn namespace_operations_and_their_errors() {
     assert_eq!(f.kind, FileKind::File);
     let l = f.layout.clone().unwrap();
     assert_eq!((l.stripe_count, l.replicas, l.osds.len()), (3, 1, 3));
-    assert_eq!(f.ino >> 56, 0, "a file takes its directory's shard");
+    assert_eq!(f.ino.shard(), 0, "a file takes its directory's shard");
     assert_eq!(attr(&c, MdsReq::Lookup { parent: ROOT, name: "f".into() }).await.unwrap().ino, f.ino);
     assert_eq!(attr(&c, create(ROOT, "f")).await, Err(Error::Exists));
     let again = MdsReq::Create { parent: ROOT, name: "f".into(), mode: 0o644, uid: 0, gid: 0, exclusive: false };
     assert_eq!(attr(&c, again).await.unwrap().ino, f.ino, "non-exclusive create opens the existing file");
     assert_eq!(attr(&c, MdsReq::Lookup { parent: ROOT, name: "nope".into() }).await, Err(Error::NotFound));
-    assert_eq!(attr(&c, MdsReq::GetAttr { ino: 0x77 }).await, Err(Error::NotFound));
+    assert_eq!(attr(&c, MdsReq::GetAttr { ino: InodeId(0x77) }).await, Err(Error::NotFound));
     assert_eq!(attr(&c, MdsReq::Lookup { parent: f.ino, name: "x".into() }).await, Err(Error::NotDir));
     assert!(matches!(attr(&c, create(ROOT, "a/b")).await, Err(Error::InvalidArgument(_))));
     assert_eq!(attr(&c, create(ROOT, &"n".repeat(256))).await, Err(Error::NameTooLong));
@@ -95,7 +95,7 @@ async fn namespace_operations_and_their_errors() {
     assert_eq!(attr(&c, mkdir(ROOT, "d")).await, Err(Error::Exists));
     assert_eq!(attr(&c, mkdir(f.ino, "x")).await, Err(Error::NotDir));
     let g = attr(&c, create(d.ino, "g")).await.unwrap();
-    assert_eq!(InodeId(g.ino).shard(), InodeId(d.ino).shard());
+    assert_eq!(g.ino.shard(), d.ino.shard());
     assert_eq!(attr(&c, MdsReq::GetAttr { ino: ROOT }).await.unwrap().nlink, 3);
 
     // readdir: offsets stay valid while entries come and go
@@ -132,7 +132,7 @@ async fn namespace_operations_and_their_errors() {
 
     // rename: same dir, across dirs, replacing, NOREPLACE, into own subtree
     let sub = attr(&c, mkdir(d.ino, "sub")).await.unwrap();
-    let rn = |p: u64, n: &str, np: u64, nn: &str, flags: u32| MdsReq::Rename { parent: p, name: n.into(), newparent: np, newname: nn.into(), flags };
+    let rn = |p: InodeId, n: &str, np: InodeId, nn: &str, flags: u32| MdsReq::Rename { parent: p, name: n.into(), newparent: np, newname: nn.into(), flags };
     mds_call(&c, rn(d.ino, "e0", d.ino, "e0b", 0)).await.unwrap();
     mds_call(&c, rn(d.ino, "e0b", ROOT, "moved", 0)).await.unwrap();
     assert!(names(&c, ROOT).await.contains(&"moved".to_string()));
@@ -415,7 +415,7 @@ async fn malformed_frames_get_errors_and_the_server_serves_on() {
     // The OSD: a write header announcing more payload than any stripe unit,
     // and one whose payload is cut short. Both get errors; reads go on.
     let osd = cl.osds[0].addr;
-    let obj = ObjectId { ino: 5, index: 0 };
+    let obj = ObjectId { ino: InodeId(5), index: 0 };
     let huge = OsdReq::Write { obj, off: 0, len: u32::MAX, crcs: vec![] };
     let short = OsdReq::Write { obj, off: 0, len: 1000, crcs: block_crcs(0, &[0u8; 1000]) };
     for req in [huge, short] {

@@ -6,7 +6,7 @@
 //! read-ahead drop units fetched before it.
 use crate::pool::Pool;
 use aifs_common::proto::mds::{Degraded, MdsReq, MdsResp};
-use aifs_common::{Error, Layout, OsdId, Result};
+use aifs_common::{Error, InodeId, Layout, OsdId, Result};
 use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, Shared};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -114,7 +114,7 @@ impl ReadAhead {
 }
 
 pub struct FileState {
-    pub ino: u64,
+    pub ino: InodeId,
     pub layout: Layout,
     pub(super) inner: Mutex<Inner>,
     pub(super) window: Arc<Semaphore>,
@@ -137,7 +137,7 @@ pub(super) fn poisoned() -> Error {
 }
 
 impl FileState {
-    pub fn new(ino: u64, layout: Layout, size: u64, ctx: &DataCtx) -> Self {
+    pub fn new(ino: InodeId, layout: Layout, size: u64, ctx: &DataCtx) -> Self {
         FileState {
             ino,
             layout,
@@ -178,7 +178,7 @@ impl FileState {
         if objs.is_empty() {
             return Ok(());
         }
-        tracing::warn!(ino = self.ino, ?objs, "recording replicas as degraded");
+        tracing::warn!(ino = %self.ino, ?objs, "recording replicas as degraded");
         match ctx.pool.mds(&MdsReq::Degraded { ino: self.ino, objs: objs.clone() }).await? {
             MdsResp::Done => {
                 self.add_stale(&objs);

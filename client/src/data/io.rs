@@ -3,14 +3,14 @@
 //! stores them) and verifies the stored crcs on read.
 use crate::pool::Pool;
 use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp, CRC_BLOCK};
-use aifs_common::{Error, Layout, ObjectId, OsdId, Result};
+use aifs_common::{Error, InodeId, Layout, ObjectId, OsdId, Result};
 use bytes::{Bytes, BytesMut};
 
 /// Write `data` at `obj_off` of object `index` on each of its replicas not
 /// in `stale`, all at once. Returns the replicas that could not be reached
 /// (to be recorded as degraded); fails when none took the data or one
 /// refused it.
-pub async fn write_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, obj_off: u64, data: Bytes, stale: &[OsdId]) -> Result<Vec<OsdId>> {
+pub async fn write_object(pool: &Pool, layout: &Layout, ino: InodeId, index: u32, obj_off: u64, data: Bytes, stale: &[OsdId]) -> Result<Vec<OsdId>> {
     let obj = ObjectId { ino, index };
     let len = u32::try_from(data.len()).map_err(|_| Error::InvalidArgument("write too large".into()))?;
     let d = data.clone();
@@ -61,7 +61,7 @@ pub async fn write_object(pool: &Pool, layout: &Layout, ino: u64, index: u32, ob
 pub async fn read_object(
     pool: &Pool,
     layout: &Layout,
-    ino: u64,
+    ino: InodeId,
     index: u32,
     obj_off: u64,
     len: u64,

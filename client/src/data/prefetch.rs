@@ -37,7 +37,7 @@ async fn fetch_range(ctx: &DataCtx, f: &FileState, start: u64, end: u64) -> Resu
     // reads them again, and repair rewrites them from a good one.
     if !bad.is_empty() {
         if let Err(e) = f.degrade(ctx, bad).await {
-            tracing::warn!(ino = f.ino, error = %e, "could not record replicas that failed their checksum");
+            tracing::warn!(ino = %f.ino, error = %e, "could not record replicas that failed their checksum");
         }
     }
     if let Some(e) = failed {

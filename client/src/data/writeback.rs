@@ -160,7 +160,7 @@ impl FileState {
             if let Ok(mut i) = me.inner.lock() {
                 match failed {
                     Some(e) => {
-                        tracing::warn!(ino = me.ino, unit, error = %e, "write-behind failed");
+                        tracing::warn!(ino = %me.ino, unit, error = %e, "write-behind failed");
                         i.error.get_or_insert(e);
                     }
                     None => {
@@ -251,7 +251,7 @@ impl FileState {
             match r {
                 Ok(_) => committed.extend(objs.iter().map(|o| o.index)),
                 Err(e) if e.unreachable() => {
-                    tracing::warn!(ino = self.ino, osd = osd.0, error = %e, "replica not reached by a commit");
+                    tracing::warn!(ino = %self.ino, osd = osd.0, error = %e, "replica not reached by a commit");
                     missed.extend(objs.iter().map(|o| Degraded { index: o.index, osd }));
                     if res.is_ok() {
                         res = Err(e);

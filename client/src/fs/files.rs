@@ -1,5 +1,6 @@
 //! Open files: leases taken at open, one `FileState` per file shared by
 //! its handles, and flush, fsync and release publishing size and mtime.
+use aifs_common::InodeId;
 use super::*;
 
 impl ClientFs {
@@ -27,7 +28,7 @@ impl ClientFs {
 
     /// The state of a file this client already has open, with one more
     /// handle counted; `None` if it has none.
-    pub(super) fn reopen(&self, ino: u64) -> Option<Arc<FileState>> {
+    pub(super) fn reopen(&self, ino: InodeId) -> Option<Arc<FileState>> {
         let f = self.files.get(&ino)?;
         f.opens.fetch_add(1, Ordering::AcqRel);
         Some(f.clone())
@@ -35,7 +36,7 @@ impl ClientFs {
 
     /// Tell the MDS this client closed its last handle of `ino` (a file
     /// unlinked meanwhile is freed once no client has it open).
-    pub(super) fn send_close(&self, ino: u64) {
+    pub(super) fn send_close(&self, ino: InodeId) {
         // With the next batch of changes: closes come in bursts too.
         self.dirops.close(ino);
     }
@@ -63,7 +64,7 @@ impl ClientFs {
     /// Take a lease on a file from the MDS (waiting while conflicting
     /// holders flush and release). `first`: this open is counted by the
     /// MDS until a `Close`. Mode `None`: no session, no lease.
-    pub(super) async fn take_lease(&self, ino: u64, write: Want, first: bool) -> Result<(Attr, LeaseMode, Vec<Degraded>)> {
+    pub(super) async fn take_lease(&self, ino: InodeId, write: Want, first: bool) -> Result<(Attr, LeaseMode, Vec<Degraded>)> {
         let snap = self.meta.snap();
         let req = MdsReq::Open { ino, write: write != Want::Read, first, exclusive: write == Want::Append };
         let (r, granted) = self.mds_leased(&req).await;
@@ -88,7 +89,7 @@ impl ClientFs {
     /// counts the open and grants a lease (recalling writers or readers in
     /// the way); the kernel keeps its pages if the lease this client held
     /// before was never recalled meanwhile.
-    pub async fn open(&self, ino: u64, write: bool, append: bool) -> Result<Opened> {
+    pub async fn open(&self, ino: InodeId, write: bool, append: bool) -> Result<Opened> {
         let want = Want::of(write, append);
         let held = self.meta.attr(ino).filter(|(a, m)| want.suits(*m) && a.kind == FileKind::File);
         if let Some((a, m)) = &held {
@@ -123,7 +124,7 @@ impl ClientFs {
         Ok(Opened { fh: self.new_handle(&f, append, &attr), attr, keep_cache: keep, direct_io })
     }
 
-    pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool, append: bool) -> Result<Opened> {
+    pub async fn create(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool, append: bool) -> Result<Opened> {
         if let Some(r) = self.create_here(parent, name, mode, uid, gid, exclusive) {
             let a = r?;
             let f = self.file_state(&a)?;
@@ -133,7 +134,7 @@ impl ClientFs {
         let snap = self.meta.snap();
         let (r, granted) = self.mds_leased(&req).await;
         let a = match r? {
-            MdsResp::Changed { attr: Some(a), dirs, writable } if a.ino != 0 => {
+            MdsResp::Changed { attr: Some(a), dirs, writable } if a.ino.is_valid() => {
                 self.changed_dirs(snap, &dirs);
                 self.writable(snap, granted, writable);
                 a

@@ -1,4 +1,5 @@
 //! Reads and writes of open files, under the lease each needs.
+use aifs_common::InodeId;
 use super::*;
 
 impl ClientFs {
@@ -60,7 +61,7 @@ impl ClientFs {
     /// does: when it is not newer than the last change, or a day old. The
     /// kernel leaves atime to FUSE file systems. In the background: a close
     /// does not wait for it.
-    pub(super) fn touch_atime(&self, ino: u64, (atime, mtime, ctime): (i64, i64, i64)) {
+    pub(super) fn touch_atime(&self, ino: InodeId, (atime, mtime, ctime): (i64, i64, i64)) {
         const DAY_NS: i64 = 86_400 * 1_000_000_000;
         let now = aifs_common::time::now_ns();
         if atime > mtime && atime > ctime && now - atime < DAY_NS {
@@ -70,7 +71,7 @@ impl ClientFs {
         self.meta.forget_attr(ino);
     }
 
-    pub(super) fn forget_kernel_attrs(&self, ino: u64) {
+    pub(super) fn forget_kernel_attrs(&self, ino: InodeId) {
         if let Some(k) = self.kernel.get().cloned() {
             tokio::task::spawn_blocking(move || k.forget_inode(ino, false));
         }

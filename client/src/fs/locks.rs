@@ -1,5 +1,6 @@
 //! POSIX and flock locks, held at the MDS; this client keeps a copy to
 //! take them again after an MDS restart.
+use aifs_common::InodeId;
 use super::*;
 
 /// The session of every lock in this client's own copy (`held_locks`):
@@ -8,7 +9,7 @@ const OWN: SessionId = SessionId(0);
 
 impl ClientFs {
     /// Release `owner`'s locks on `ino`, if it ever took one here.
-    pub async fn unlock_owner(&self, ino: u64, owner: u64) -> Result<()> {
+    pub async fn unlock_owner(&self, ino: InodeId, owner: u64) -> Result<()> {
         if !self.lockers.contains_key(&(ino, owner)) {
             return Ok(());
         }
@@ -23,7 +24,7 @@ impl ClientFs {
     }
 
     /// `F_GETLK`: the lock in the way of `[start, end]`, if any.
-    pub async fn getlk(&self, ino: u64, owner: u64, start: u64, end: u64, write: bool, pid: u32) -> Result<Option<LockInfo>> {
+    pub async fn getlk(&self, ino: InodeId, owner: u64, start: u64, end: u64, write: bool, pid: u32) -> Result<Option<LockInfo>> {
         let session = self.meta.session();
         match self.mds(&MdsReq::GetLock { ino, owner, start, end, write, pid, session }).await? {
             MdsResp::Lock(l) => Ok(l),
@@ -33,7 +34,7 @@ impl ClientFs {
 
     /// `F_SETLK` / `F_SETLKW` (and `flock`). A waiting lock asks again
     /// with a growing pause until it is granted.
-    pub async fn setlk(&self, ino: u64, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32, wait: bool) -> Result<()> {
+    pub async fn setlk(&self, ino: InodeId, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32, wait: bool) -> Result<()> {
         let mut pause = LOCK_RETRY_MIN;
         loop {
             if kind != LockKind::Unlock {

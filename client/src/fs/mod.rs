@@ -12,7 +12,7 @@ use crate::pool::Pool;
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, HeldLock, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{self, Identity, Peer, Service};
-use aifs_common::{Error, Result, SessionId};
+use aifs_common::{Error, InodeId, Result, SessionId};
 use bytes::Bytes;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,9 +51,9 @@ const LOCK_RETRY_MAX: Duration = Duration::from_millis(200);
 /// The kernel's caches, as the FUSE glue exposes them.
 pub trait KernelCache: Send + Sync + 'static {
     /// Forget the entry `name` in `parent`.
-    fn forget_entry(&self, parent: u64, name: &str);
+    fn forget_entry(&self, parent: InodeId, name: &str);
     /// Forget `ino`'s attributes, and with `data` its cached pages.
-    fn forget_inode(&self, ino: u64, data: bool);
+    fn forget_inode(&self, ino: InodeId, data: bool);
 }
 
 /// An open file handle.
@@ -125,7 +125,7 @@ pub struct Opened {
 pub struct ClientFs {
     pub pool: Arc<Pool>,
     ctx: Arc<DataCtx>,
-    files: DashMap<u64, Arc<FileState>>,
+    files: DashMap<InodeId, Arc<FileState>>,
     handles: DashMap<FileHandle, Handle>,
     next_fh: AtomicU64,
     name: String,
@@ -140,7 +140,7 @@ pub struct ClientFs {
     rebind: Notify,
     /// (inode, lock owner) pairs that took a lock through this client: a
     /// close by that owner releases its locks at the MDS.
-    lockers: DashMap<(u64, u64), ()>,
+    lockers: DashMap<(InodeId, u64), ()>,
     /// The locks this client holds (as the MDS granted them; session 0),
     /// to take them again from an MDS that restarted.
     held_locks: std::sync::Mutex<aifs_common::locks::LockTable>,

@@ -1,6 +1,7 @@
 //! Names and attributes: lookups, attributes, creates, removes and
 //! renames, listings, xattrs, and the changes made under directories'
 //! write leases on their way to the MDS (dirops.rs).
+use aifs_common::InodeId;
 use super::*;
 
 impl ClientFs {
@@ -60,7 +61,7 @@ impl ClientFs {
                 Ok(MdsResp::Reserved(v)) => v,
                 Ok(_) => Vec::new(),
                 Err(e) => {
-                    tracing::debug!(dir, error = %e, "no inode numbers reserved; creates there go to the MDS");
+                    tracing::debug!(%dir, error = %e, "no inode numbers reserved; creates there go to the MDS");
                     Vec::new()
                 }
             };
@@ -76,18 +77,18 @@ impl ClientFs {
             let e = Error::from_wire(e.code, &e.msg);
             let (parent, name, ino) = match op {
                 DirOp::Create { parent, name, ino, .. } => {
-                    tracing::error!(parent, name, ino, error = %e, "a file made under a directory lease was refused by the MDS; it does not exist");
+                    tracing::error!(%parent, name, %ino, error = %e, "a file made under a directory lease was refused by the MDS; it does not exist");
                     if let Some(f) = self.files.get(ino) {
                         f.fail(Error::Io(format!("file {name:?} was never created at the MDS: {e}")));
                     }
                     (parent, name, ino)
                 }
                 DirOp::Unlink { parent, name, ino, .. } => {
-                    tracing::error!(parent, name, ino, error = %e, "an unlink made under a directory lease was refused by the MDS");
+                    tracing::error!(%parent, name, %ino, error = %e, "an unlink made under a directory lease was refused by the MDS");
                     (parent, name, ino)
                 }
                 DirOp::Close { ino } => {
-                    tracing::debug!(ino, error = %e, "close not applied; the session's end releases it");
+                    tracing::debug!(%ino, error = %e, "close not applied; the session's end releases it");
                     continue;
                 }
             };
@@ -100,7 +101,7 @@ impl ClientFs {
     /// A create answered here, under the directory's write lease, with an
     /// inode number reserved there. `None`: the MDS must answer (no lease,
     /// no number left, or the name is not known to be free).
-    pub(super) fn create_here(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool) -> Option<Result<Attr>> {
+    pub(super) fn create_here(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool) -> Option<Result<Attr>> {
         if !self.cache_on() {
             return None;
         }
@@ -136,7 +137,7 @@ impl ClientFs {
 
     /// An unlink answered here, under the directory's write lease, of a
     /// name this client knows. `None`: the MDS must answer.
-    pub(super) fn unlink_here(&self, parent: u64, name: &str) -> Option<Result<()>> {
+    pub(super) fn unlink_here(&self, parent: InodeId, name: &str) -> Option<Result<()>> {
         if !self.cache_on() {
             return None;
         }
@@ -174,7 +175,7 @@ impl ClientFs {
     }
 
     /// The kernel TTL for `a`: what is left of its lease.
-    pub fn ttl(&self, ino: u64) -> Duration {
+    pub fn ttl(&self, ino: InodeId) -> Duration {
         self.meta.ttl(ino)
     }
 
@@ -189,7 +190,7 @@ impl ClientFs {
         }
     }
 
-    pub(super) fn cached(&self, ino: u64) -> Option<(Attr, LeaseMode)> {
+    pub(super) fn cached(&self, ino: InodeId) -> Option<(Attr, LeaseMode)> {
         if self.cache_on() {
             self.meta.attr(ino)
         } else {
@@ -215,7 +216,7 @@ impl ClientFs {
         }
     }
 
-    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
+    pub async fn lookup(&self, parent: InodeId, name: &str) -> Result<Attr> {
         if self.cache_on() {
             match self.meta.dentry(parent, name) {
                 Some(None) => return Err(Error::NotFound),
@@ -230,7 +231,7 @@ impl ClientFs {
         let snap = self.meta.snap();
         let (r, granted) = self.mds_leased(&MdsReq::Lookup { parent, name: name.to_string() }).await;
         match r {
-            Ok(MdsResp::Attr(a)) if a.ino != 0 => {
+            Ok(MdsResp::Attr(a)) if a.ino.is_valid() => {
                 if self.cache_on() {
                     self.meta.put_dentry(snap, granted, parent, name, Some(a.ino));
                 }
@@ -250,7 +251,7 @@ impl ClientFs {
 
     /// Kernel TTL for an entry: its directory's and its inode's leases,
     /// if this client holds `name` as `ino`.
-    pub fn entry_ttl(&self, parent: u64, name: &str, ino: u64) -> Duration {
+    pub fn entry_ttl(&self, parent: InodeId, name: &str, ino: InodeId) -> Duration {
         if self.cache_on() && self.meta.dentry_is(parent, name, ino) {
             self.meta.ttl(ino)
         } else {
@@ -259,7 +260,7 @@ impl ClientFs {
     }
 
     /// Attributes: from the cache under a lease, else from the MDS.
-    pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+    pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
         if let Some((a, _)) = self.cached(ino) {
             return Ok(self.overlay(a));
         }
@@ -274,7 +275,7 @@ impl ClientFs {
         }
     }
 
-    pub async fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr> {
+    pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> Result<Attr> {
         let file = self.files.get(&ino).map(|f| f.clone());
         if let Some(f) = &file {
             if set.size.is_some() || set.mtime.is_some() || set.atime.is_some() {
@@ -312,14 +313,14 @@ impl ClientFs {
         }
     }
 
-    pub(super) async fn made(&self, req: MdsReq, parent: u64, name: &str, what: &str) -> Result<Attr> {
+    pub(super) async fn made(&self, req: MdsReq, parent: InodeId, name: &str, what: &str) -> Result<Attr> {
         let snap = self.meta.snap();
-        let a = self.change(snap, req, what).await?.filter(|a| a.ino != 0).ok_or_else(|| unexpected(what))?;
+        let a = self.change(snap, req, what).await?.filter(|a| a.ino.is_valid()).ok_or_else(|| unexpected(what))?;
         self.meta.local_entry(snap, parent, name, Some(a.ino), false);
         Ok(a)
     }
 
-    pub async fn mknod(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
+    pub async fn mknod(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
             return Err(Error::NotPermitted("only regular files can be made with mknod".into()));
         }
@@ -331,12 +332,12 @@ impl ClientFs {
     }
 
     /// The new directory comes leased to its maker, known to be empty.
-    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
+    pub async fn mkdir(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
         let snap = self.meta.snap();
         let req = MdsReq::Mkdir { parent, name: name.to_string(), mode, uid, gid };
         let (r, granted) = self.mds_leased(&req).await;
         match r? {
-            MdsResp::Changed { attr: Some(a), dirs, writable } if a.ino != 0 => {
+            MdsResp::Changed { attr: Some(a), dirs, writable } if a.ino.is_valid() => {
                 self.changed_dirs(snap, &dirs);
                 self.meta.local_entry(snap, parent, name, Some(a.ino), false);
                 if self.cache_on() {
@@ -350,22 +351,22 @@ impl ClientFs {
         }
     }
 
-    pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32) -> Result<Attr> {
+    pub async fn symlink(&self, parent: InodeId, name: &str, target: &str, uid: u32, gid: u32) -> Result<Attr> {
         let req = MdsReq::Symlink { parent, name: name.to_string(), target: target.to_string(), uid, gid };
         self.made(req, parent, name, "Symlink").await
     }
 
-    pub async fn link(&self, ino: u64, newparent: u64, newname: &str) -> Result<Attr> {
+    pub async fn link(&self, ino: InodeId, newparent: InodeId, newname: &str) -> Result<Attr> {
         self.meta.forget_attr(ino);
         self.made(MdsReq::Link { ino, newparent, newname: newname.to_string() }, newparent, newname, "Link").await
     }
 
     /// The inode this client's cache says `name` in `dir` is.
-    pub(super) fn cached_child(&self, dir: u64, name: &str) -> Option<u64> {
+    pub(super) fn cached_child(&self, dir: InodeId, name: &str) -> Option<InodeId> {
         self.meta.dentry(dir, name).flatten()
     }
 
-    pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+    pub async fn unlink(&self, parent: InodeId, name: &str) -> Result<()> {
         if let Some(r) = self.unlink_here(parent, name) {
             return r;
         }
@@ -379,7 +380,7 @@ impl ClientFs {
         r.map(|_| ())
     }
 
-    pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+    pub async fn rmdir(&self, parent: InodeId, name: &str) -> Result<()> {
         let child = self.cached_child(parent, name);
         let snap = self.meta.snap();
         let r = self.change(snap, MdsReq::Rmdir { parent, name: name.to_string() }, "Rmdir").await;
@@ -390,7 +391,7 @@ impl ClientFs {
         r.map(|_| ())
     }
 
-    pub async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32) -> Result<()> {
+    pub async fn rename(&self, parent: InodeId, name: &str, newparent: InodeId, newname: &str, flags: u32) -> Result<()> {
         let moved = self.cached_child(parent, name);
         let replaced = self.cached_child(newparent, newname);
         let req = MdsReq::Rename { parent, name: name.to_string(), newparent, newname: newname.to_string(), flags };
@@ -406,7 +407,7 @@ impl ClientFs {
         r.map(|_| ())
     }
 
-    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+    pub async fn readlink(&self, ino: InodeId) -> Result<Vec<u8>> {
         match self.mds(&MdsReq::Readlink { ino }).await? {
             MdsResp::Bytes(b) => Ok(b),
             _ => Err(unexpected("Readlink")),
@@ -414,7 +415,7 @@ impl ClientFs {
     }
 
     /// Entries after `cookie`, and the directory's parent.
-    pub async fn readdir(&self, ino: u64, cookie: u64) -> Result<(Vec<DirEntry>, u64)> {
+    pub async fn readdir(&self, ino: InodeId, cookie: u64) -> Result<(Vec<DirEntry>, InodeId)> {
         if self.cache_on() {
             if let Some(l) = self.meta.listed(ino, cookie, READDIR_BATCH as usize) {
                 return Ok((l.entries, l.parent));
@@ -435,7 +436,7 @@ impl ClientFs {
 
     /// Entries after `cookie` with their attributes, and the directory's
     /// parent.
-    pub async fn readdirplus(&self, ino: u64, cookie: u64) -> Result<(Vec<(DirEntry, Attr)>, u64)> {
+    pub async fn readdirplus(&self, ino: InodeId, cookie: u64) -> Result<(Vec<(DirEntry, Attr)>, InodeId)> {
         if self.cache_on() {
             if let Some(l) = self.meta.listed(ino, cookie, READDIR_BATCH as usize) {
                 let mut out = Vec::with_capacity(l.entries.len().min(READDIR_BATCH as usize));
@@ -479,11 +480,11 @@ impl ClientFs {
     }
 
     /// The attributes cached under a lease say `ino` has no xattrs.
-    pub(super) fn known_without_xattrs(&self, ino: u64) -> bool {
+    pub(super) fn known_without_xattrs(&self, ino: InodeId) -> bool {
         self.cached(ino).is_some_and(|(a, _)| a.xattrs == 0)
     }
 
-    pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>> {
+    pub async fn getxattr(&self, ino: InodeId, name: &str) -> Result<Vec<u8>> {
         if self.known_without_xattrs(ino) {
             return Err(Error::NoXattr);
         }
@@ -493,13 +494,13 @@ impl ClientFs {
         }
     }
 
-    pub async fn setxattr(&self, ino: u64, name: &str, value: Vec<u8>, flags: u32) -> Result<()> {
+    pub async fn setxattr(&self, ino: InodeId, name: &str, value: Vec<u8>, flags: u32) -> Result<()> {
         let r = self.change(self.meta.snap(), MdsReq::SetXattr { ino, name: name.to_string(), value, flags }, "SetXattr").await;
         self.meta.forget_attr(ino);
         r.map(|_| ())
     }
 
-    pub async fn listxattr(&self, ino: u64) -> Result<Vec<String>> {
+    pub async fn listxattr(&self, ino: InodeId) -> Result<Vec<String>> {
         if self.known_without_xattrs(ino) {
             return Ok(Vec::new());
         }
@@ -509,7 +510,7 @@ impl ClientFs {
         }
     }
 
-    pub async fn removexattr(&self, ino: u64, name: &str) -> Result<()> {
+    pub async fn removexattr(&self, ino: InodeId, name: &str) -> Result<()> {
         let r = self.change(self.meta.snap(), MdsReq::RemoveXattr { ino, name: name.to_string() }, "RemoveXattr").await;
         self.meta.forget_attr(ino);
         r.map(|_| ())

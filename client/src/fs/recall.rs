@@ -1,5 +1,6 @@
 //! The MDS's recalls: serving them on this client's connection,
 //! flushing and dropping what they name, and telling the kernel.
+use aifs_common::InodeId;
 use super::*;
 
 /// Serves the MDS's recalls on this client's connection.
@@ -85,7 +86,7 @@ impl ClientFs {
         }
     }
 
-    pub(super) async fn tell_kernel(&self, ino: u64, names: Vec<String>, data: bool) {
+    pub(super) async fn tell_kernel(&self, ino: InodeId, names: Vec<String>, data: bool) {
         let Some(k) = self.kernel.get().cloned() else {
             return;
         };
@@ -96,7 +97,7 @@ impl ClientFs {
             k.forget_inode(ino, data);
         });
         if tokio::time::timeout(KERNEL_NOTICE_WAIT, job).await.is_err() {
-            tracing::debug!(ino, "kernel notice still pending; answering the recall");
+            tracing::debug!(%ino, "kernel notice still pending; answering the recall");
         }
     }
 }

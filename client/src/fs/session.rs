@@ -1,5 +1,6 @@
 //! The session: connecting, opening it (again after an MDS restart),
 //! heartbeats, and closing it at unmount.
+use aifs_common::InodeId;
 use super::*;
 use super::recall::RecallService;
 
@@ -62,7 +63,7 @@ impl ClientFs {
                 let files: Vec<Arc<FileState>> = fs.files.iter().map(|f| f.value().clone()).collect();
                 for f in files {
                     if let Err(e) = f.ship_buffered(&fs.ctx, older_than) {
-                        tracing::warn!(ino = f.ino, error = %e, "background flush failed");
+                        tracing::warn!(ino = %f.ino, error = %e, "background flush failed");
                     }
                 }
             }
@@ -115,7 +116,7 @@ impl ClientFs {
     pub(super) async fn open_session(&self) -> Result<u64> {
         let sent = Instant::now();
         let previous = self.meta.session();
-        let open: Vec<u64> = self.files.iter().filter(|f| f.opens.load(Ordering::Acquire) > 0).map(|f| f.ino).collect();
+        let open: Vec<InodeId> = self.files.iter().filter(|f| f.opens.load(Ordering::Acquire) > 0).map(|f| f.ino).collect();
         let locks: Vec<HeldLock> = match self.held_locks.lock() {
             Ok(t) => t.all().into_iter().map(|(ino, l)| HeldLock { ino, owner: l.owner, start: l.start, end: l.end, write: l.write, pid: l.pid }).collect(),
             Err(_) => Vec::new(),
@@ -145,7 +146,7 @@ impl ClientFs {
         let files: Vec<Arc<FileState>> = self.files.iter().map(|f| f.value().clone()).collect();
         for f in files {
             if let Err(e) = self.flush_file(&f).await {
-                tracing::warn!(ino = f.ino, error = %e, "flush at unmount failed");
+                tracing::warn!(ino = %f.ino, error = %e, "flush at unmount failed");
             }
         }
         if tokio::time::timeout(Duration::from_secs(30), self.dirops.barrier()).await.is_err() {

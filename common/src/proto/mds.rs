@@ -1,7 +1,7 @@
 //! Metadata service messages (client, OSD and admin to MDS).
 use super::frame::message;
 use crate::error::WireError;
-use crate::ids::{OsdId, SessionId};
+use crate::ids::{InodeId, OsdId, SessionId};
 use crate::layout::{Layout, LayoutPolicy};
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -17,7 +17,7 @@ pub enum FileKind {
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[rkyv(derive(Debug))]
 pub struct Attr {
-    pub ino: u64,
+    pub ino: InodeId,
     pub kind: FileKind,
     /// Permission bits (`mode & 0o7777`).
     pub perm: u32,
@@ -41,7 +41,7 @@ impl Attr {
     /// (`file_rec` in mds/src/namespace.rs; a test there keeps the two
     /// equal): what a client answers itself for a create under a
     /// directory's write lease.
-    pub fn new_file(ino: u64, mode: u32, uid: u32, gid: u32, layout: Layout, now: i64) -> Attr {
+    pub fn new_file(ino: InodeId, mode: u32, uid: u32, gid: u32, layout: Layout, now: i64) -> Attr {
         Attr {
             ino,
             kind: FileKind::File,
@@ -81,7 +81,7 @@ pub struct SetAttr {
 #[rkyv(derive(Debug))]
 pub struct DirEntry {
     pub name: String,
-    pub ino: u64,
+    pub ino: InodeId,
     pub kind: FileKind,
     /// Position to resume after this entry: stays valid while other
     /// entries are added or removed.
@@ -224,29 +224,29 @@ pub const XATTR_REPLACE: u32 = 2;
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[rkyv(derive(Debug))]
 pub enum MdsReq {
-    Lookup { parent: u64, name: String },
-    GetAttr { ino: u64 },
-    SetAttr { ino: u64, set: SetAttr },
+    Lookup { parent: InodeId, name: String },
+    GetAttr { ino: InodeId },
+    SetAttr { ino: InodeId, set: SetAttr },
     /// Regular file (create and mknod).
-    Create { parent: u64, name: String, mode: u32, uid: u32, gid: u32, exclusive: bool },
-    Mkdir { parent: u64, name: String, mode: u32, uid: u32, gid: u32 },
-    Unlink { parent: u64, name: String },
-    Rmdir { parent: u64, name: String },
-    Rename { parent: u64, name: String, newparent: u64, newname: String, flags: u32 },
-    Readdir { ino: u64, cookie: u64, max: u32 },
-    Symlink { parent: u64, name: String, target: String, uid: u32, gid: u32 },
-    Readlink { ino: u64 },
-    Link { ino: u64, newparent: u64, newname: String },
+    Create { parent: InodeId, name: String, mode: u32, uid: u32, gid: u32, exclusive: bool },
+    Mkdir { parent: InodeId, name: String, mode: u32, uid: u32, gid: u32 },
+    Unlink { parent: InodeId, name: String },
+    Rmdir { parent: InodeId, name: String },
+    Rename { parent: InodeId, name: String, newparent: InodeId, newname: String, flags: u32 },
+    Readdir { ino: InodeId, cookie: u64, max: u32 },
+    Symlink { parent: InodeId, name: String, target: String, uid: u32, gid: u32 },
+    Readlink { ino: InodeId },
+    Link { ino: InodeId, newparent: InodeId, newname: String },
     Statfs,
-    GetXattr { ino: u64, name: String },
-    SetXattr { ino: u64, name: String, value: Vec<u8>, flags: u32 },
-    ListXattr { ino: u64 },
-    RemoveXattr { ino: u64, name: String },
+    GetXattr { ino: InodeId, name: String },
+    SetXattr { ino: InodeId, name: String, value: Vec<u8>, flags: u32 },
+    ListXattr { ino: InodeId },
+    RemoveXattr { ino: InodeId, name: String },
     /// A writer publishes size and mtime at flush: size is merged as a maximum.
-    UpdateSize { ino: u64, size: u64, mtime_ns: i64 },
+    UpdateSize { ino: InodeId, size: u64, mtime_ns: i64 },
     /// Set a directory's default layout, or an empty file's layout.
-    SetStripe { ino: u64, policy: LayoutPolicy },
-    GetStripe { ino: u64 },
+    SetStripe { ino: InodeId, policy: LayoutPolicy },
+    GetStripe { ino: InodeId },
     /// Admin: start a check of every file's replicas against the OSDs (or
     /// join the one running); `repair` also fixes what it finds.
     Fsck { repair: bool },
@@ -257,7 +257,7 @@ pub enum MdsReq {
     OsdOut { id: u32, out: bool },
     /// A writer could not reach these replicas of a file's objects; the
     /// other replicas have the data. Answered once recorded durably.
-    Degraded { ino: u64, objs: Vec<Degraded> },
+    Degraded { ino: InodeId, objs: Vec<Degraded> },
     OsdMap,
     OsdHeartbeat { id: u32, addr: String, capacity: u64, used: u64, objects: u64 },
     /// `dir_leases`: the client takes directories' write leases (creates
@@ -268,37 +268,37 @@ pub enum MdsReq {
     /// is a session of the MDS's last run (`Session::reclaimed`); the MDS
     /// holds back conflicting requests until every session of its last
     /// run has come back or expired.
-    OpenSession { name: String, dir_leases: bool, previous: Option<SessionId>, open: Vec<u64>, locks: Vec<HeldLock> },
+    OpenSession { name: String, dir_leases: bool, previous: Option<SessionId>, open: Vec<InodeId>, locks: Vec<HeldLock> },
     SessionHeartbeat { id: SessionId },
     CloseSession { id: SessionId },
     Status,
     /// Admin: end a client's session now, dropping its leases.
     EvictSession { id: SessionId },
     /// Readdir with each entry's attributes (`ls -l` in one round trip).
-    ReaddirPlus { ino: u64, cookie: u64, max: u32 },
+    ReaddirPlus { ino: InodeId, cookie: u64, max: u32 },
     /// Take a lease on a file for reading or for writing (at open, and
     /// again after a recall): answered once conflicting holders released.
     /// `first`: the client's first open handle of the file, counted until
     /// its `Close` (a file unlinked while open lives until then).
     /// `exclusive`: a write lease shared with no other writer (appends).
-    Open { ino: u64, write: bool, first: bool, exclusive: bool },
+    Open { ino: InodeId, write: bool, first: bool, exclusive: bool },
     /// Admin: who holds which lease on an inode.
-    Leases { ino: u64 },
+    Leases { ino: InodeId },
     /// The client closed its last handle of a file. Requests that act for
     /// a session name it: the connection they come on may not be bound yet
     /// (after a reconnect).
-    Close { ino: u64, session: Option<SessionId> },
+    Close { ino: InodeId, session: Option<SessionId> },
     /// Test for a lock (`F_GETLK`): the first lock in the way, if any.
     /// Ranges are inclusive; `owner` is the kernel's lock owner on the client.
-    GetLock { ino: u64, owner: u64, start: u64, end: u64, write: bool, pid: u32, session: Option<SessionId> },
+    GetLock { ino: InodeId, owner: u64, start: u64, end: u64, write: bool, pid: u32, session: Option<SessionId> },
     /// Take (`kind` read or write) or release (unlock) a lock without
     /// waiting: a conflict is `WouldBlock`.
-    SetLock { ino: u64, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32, session: Option<SessionId> },
+    SetLock { ino: InodeId, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32, session: Option<SessionId> },
     /// The file was read: its access time becomes now (ctime unchanged).
-    Accessed { ino: u64 },
+    Accessed { ino: InodeId },
     /// Inode numbers (with their files' layouts) for `count` files to be
     /// made in `dir` by a client that holds the directory's write lease.
-    Reserve { dir: u64, count: u32 },
+    Reserve { dir: InodeId, count: u32 },
     /// Namespace changes a client already answered under a directory's
     /// write lease (and closes), applied in order; one result per change.
     /// `session`: the session they were made under (as in `Close`).
@@ -373,11 +373,11 @@ pub enum DirOp {
     /// A regular file with a reserved inode number and its layout, made
     /// at `time_ns`. `open`: still open on the client (counted as an open
     /// until its `Close`).
-    Create { parent: u64, name: String, ino: u64, layout: Layout, mode: u32, uid: u32, gid: u32, time_ns: i64, open: bool },
+    Create { parent: InodeId, name: String, ino: InodeId, layout: Layout, mode: u32, uid: u32, gid: u32, time_ns: i64, open: bool },
     /// Remove the name `name`, which the client knows as `ino`.
-    Unlink { parent: u64, name: String, ino: u64, time_ns: i64 },
+    Unlink { parent: InodeId, name: String, ino: InodeId, time_ns: i64 },
     /// The client closed its last handle of `ino` (as `MdsReq::Close`).
-    Close { ino: u64 },
+    Close { ino: InodeId },
 }
 
 /// How many inode numbers a client holds in reserve per directory it
@@ -389,7 +389,7 @@ pub const RESERVE_BATCH: u32 = 512;
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[rkyv(derive(Debug))]
 pub struct Writable {
-    pub dir: u64,
+    pub dir: InodeId,
     pub reserved: Vec<Reserved>,
 }
 
@@ -405,7 +405,7 @@ pub struct Degraded {
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[rkyv(derive(Debug))]
 pub struct Reserved {
-    pub ino: u64,
+    pub ino: InodeId,
     pub layout: Layout,
 }
 
@@ -417,7 +417,7 @@ pub enum MdsResp {
     Done,
     Bytes(Vec<u8>),
     Names(Vec<String>),
-    Dir { entries: Vec<DirEntry>, eof: bool, parent: u64 },
+    Dir { entries: Vec<DirEntry>, eof: bool, parent: InodeId },
     Statfs(Statfs),
     OsdMap { epoch: u64, osds: Vec<OsdInfo> },
     /// `reclaimed`: the previous session's locks are the new one's (the
@@ -432,7 +432,7 @@ pub enum MdsResp {
     /// and unlink there itself and send the changes later.
     Changed { attr: Option<Attr>, dirs: Vec<Attr>, writable: Option<Writable> },
     /// `attrs[i]` belongs to `entries[i]`.
-    DirPlus { entries: Vec<DirEntry>, attrs: Vec<Attr>, eof: bool, parent: u64 },
+    DirPlus { entries: Vec<DirEntry>, attrs: Vec<Attr>, eof: bool, parent: InodeId },
     Fsck(FsckReport),
     /// A file lease granted (`None` when the session has none to give).
     /// `degraded`: the file's object replicas that are stale (not to be
@@ -458,7 +458,7 @@ pub enum LockKind {
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[rkyv(derive(Debug))]
 pub struct HeldLock {
-    pub ino: u64,
+    pub ino: InodeId,
     pub owner: u64,
     pub start: u64,
     pub end: u64,
@@ -525,15 +525,15 @@ pub struct LeaseInfo {
 pub enum RecallReq {
     /// Something the client caches of `ino` changed (its attributes, or
     /// for a directory the entries `names`): drop it, keep the lease.
-    Invalidate { ino: u64, names: Vec<String> },
+    Invalidate { ino: InodeId, names: Vec<String> },
     /// Give the lease on `ino` back: flush dirty data and size, drop every
     /// cache of it, then answer. The holder of a directory's write lease
     /// sends the changes it made there and answers `Demoted`.
-    Revoke { ino: u64 },
+    Revoke { ino: InodeId },
     /// These replicas of `ino`'s objects are stale (another client could
     /// not write them, or read bad data from them): never read them, nor
     /// write them until repaired. Keeps the lease.
-    Degraded { ino: u64, objs: Vec<Degraded> },
+    Degraded { ino: InodeId, objs: Vec<Degraded> },
 }
 message!(RecallReq);
 

@@ -13,7 +13,7 @@ mod tests {
     use super::frame::{prefix, Message, MAX_HEADER};
     use super::mds::{MdsReq, MdsResp};
     use super::osd::{OsdReq, OsdResp};
-    use crate::ids::ObjectId;
+    use crate::ids::{InodeId, ObjectId};
     use proptest::prelude::*;
     use rkyv::util::AlignedVec;
 
@@ -27,7 +27,7 @@ mod tests {
     /// every deployed peer; bump the ALPN id when it must change.
     #[test]
     fn golden_lookup_frame() {
-        let req = MdsReq::Lookup { parent: 1, name: "ckpt".into() };
+        let req = MdsReq::Lookup { parent: InodeId::ROOT, name: "ckpt".into() };
         let bytes = req.encode().unwrap();
         assert_eq!(bytes.as_slice(), GOLDEN_LOOKUP, "MdsReq::Lookup encoding drifted: {:?}", bytes.as_slice());
         assert_eq!(MdsReq::decode(&aligned(GOLDEN_LOOKUP)).unwrap(), req);
@@ -35,7 +35,7 @@ mod tests {
 
     #[test]
     fn golden_write_frame() {
-        let req = OsdReq::Write { obj: ObjectId { ino: 0x0200_0000_0000_0005, index: 2 }, off: 65536, len: 4096, crcs: vec![0xDEAD_BEEF] };
+        let req = OsdReq::Write { obj: ObjectId { ino: InodeId(0x0200_0000_0000_0005), index: 2 }, off: 65536, len: 4096, crcs: vec![0xDEAD_BEEF] };
         let bytes = req.encode().unwrap();
         assert_eq!(bytes.as_slice(), GOLDEN_WRITE, "OsdReq::Write encoding drifted: {:?}", bytes.as_slice());
         assert_eq!(req.payload_len(), 4096);
@@ -70,7 +70,7 @@ mod tests {
 
     #[test]
     fn truncated_and_garbage_headers_fail_cleanly() {
-        let good = MdsReq::Rename { parent: 1, name: "a".into(), newparent: 2, newname: "b".into(), flags: 0 }.encode().unwrap();
+        let good = MdsReq::Rename { parent: InodeId(1), name: "a".into(), newparent: InodeId(2), newname: "b".into(), flags: 0 }.encode().unwrap();
         for cut in 0..good.len() {
             let _ = MdsReq::decode(&aligned(&good[..cut]));
         }
@@ -93,14 +93,14 @@ mod tests {
 
         #[test]
         fn requests_round_trip(parent in any::<u64>(), name in "[a-z0-9._-]{1,255}", mode in any::<u32>(), excl in any::<bool>()) {
-            let req = MdsReq::Create { parent, name, mode, uid: 1, gid: 2, exclusive: excl };
+            let req = MdsReq::Create { parent: InodeId(parent), name, mode, uid: 1, gid: 2, exclusive: excl };
             let enc = req.encode().unwrap();
             prop_assert_eq!(MdsReq::decode(&enc).unwrap(), req);
         }
 
         #[test]
         fn object_requests_round_trip(ino in any::<u64>(), index in any::<u32>(), off in any::<u64>(), crcs in proptest::collection::vec(any::<u32>(), 0..32)) {
-            let req = OsdReq::Write { obj: ObjectId { ino, index }, off, len: crcs.len() as u32, crcs };
+            let req = OsdReq::Write { obj: ObjectId { ino: InodeId(ino), index }, off, len: crcs.len() as u32, crcs };
             let enc = req.encode().unwrap();
             prop_assert_eq!(OsdReq::decode(&enc).unwrap(), req);
         }

@@ -6,7 +6,7 @@ use aifs_common::config::{local_state_dir, to_toml, TlsConfig, TransportConfig};
 use aifs_common::proto::mds::{LeaseMode, MdsReq, MdsResp, OsdInfo, OsdState, SessionInfo, ShardInfo};
 use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
-use aifs_common::{LayoutPolicy, ObjectId};
+use aifs_common::{InodeId, LayoutPolicy, ObjectId};
 use aifs_mds::admin::{human, parse_size, table, use_pct, Admin, AdminConfig};
 use aifs_mds::MdsConfig;
 use anyhow::{anyhow, bail, Context};
@@ -426,7 +426,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                     let rows: Vec<Vec<String>> = r
                         .findings
                         .iter()
-                        .map(|f| vec![format!("{:?}", f.kind).to_lowercase(), ObjectId { ino: f.ino, index: f.index }.to_string(), format!("osd.{}", f.osd)])
+                        .map(|f| vec![format!("{:?}", f.kind).to_lowercase(), ObjectId { ino: InodeId(f.ino), index: f.index }.to_string(), format!("osd.{}", f.osd)])
                         .collect();
                     print!("{}", table(&["FINDING", "OBJECT", "OSD"], &rows));
                 }
@@ -505,7 +505,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!("{p}");
-            println!("  inode:        {:#x} (shard {})", attr.ino, aifs_common::InodeId(attr.ino).shard());
+            println!("  inode:        {:#x} (shard {})", attr.ino, attr.ino.shard());
             if let Some(pol) = policy {
                 let what = if attr.layout.is_some() { "" } else { " (default for new files)" };
                 println!("  stripe_size:  {}{what}", pol.stripe_size);

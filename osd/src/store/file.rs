@@ -9,7 +9,7 @@
 use super::{ObjectStore, ReadOut, Usage};
 use aifs_common::proto::frame::aligned_buffer;
 use aifs_common::proto::osd::CRC_BLOCK;
-use aifs_common::{Error, ObjectId, Result};
+use aifs_common::{Error, InodeId, ObjectId, Result};
 use bytes::{Bytes, BytesMut};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -164,7 +164,7 @@ fn parse_object_name(name: &str) -> Option<ObjectId> {
     if ino.len() != 16 {
         return None;
     }
-    Some(ObjectId { ino: u64::from_str_radix(ino, 16).ok()?, index: index.parse().ok()? })
+    Some(ObjectId { ino: InodeId(u64::from_str_radix(ino, 16).ok()?), index: index.parse().ok()? })
 }
 
 fn blocks_for(size: u64) -> u64 {
@@ -210,12 +210,12 @@ impl FileStore {
     }
 
     fn lock(&self, obj: ObjectId) -> &RwLock<()> {
-        let h = obj.ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (obj.index as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let h = obj.ino.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (obj.index as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         &self.locks[(h >> 32) as usize % LOCK_STRIPES]
     }
 
     fn paths(&self, obj: ObjectId) -> (PathBuf, PathBuf, PathBuf) {
-        let dir = self.root.join("objects").join(format!("{:02x}", obj.ino & 0xff));
+        let dir = self.root.join("objects").join(format!("{:02x}", obj.ino.0 & 0xff));
         let data = dir.join(format!("{obj}"));
         let crc = dir.join(format!("{obj}.crc"));
         (dir, data, crc)
@@ -542,7 +542,7 @@ mod tests {
     use aifs_common::proto::osd::block_crcs;
 
     fn obj(i: u32) -> ObjectId {
-        ObjectId { ino: 42, index: i }
+        ObjectId { ino: InodeId(42), index: i }
     }
 
     fn check_all(s: &FileStore, o: ObjectId) {
@@ -744,11 +744,11 @@ mod tests {
         let s = FileStore::open(dir.path()).unwrap();
         let d = vec![3u8; 200_000];
         for (ino, index) in [(0x200, 1), (0x100, 0), (0x200, 0)] {
-            s.write(ObjectId { ino, index }, 0, &d, &block_crcs(0, &d)).unwrap();
+            s.write(ObjectId { ino: InodeId(ino), index }, 0, &d, &block_crcs(0, &d)).unwrap();
         }
         let all = s.list(None, 10).unwrap();
         let ids: Vec<ObjectId> = all.iter().map(|o| o.0).collect();
-        assert_eq!(ids, vec![ObjectId { ino: 0x100, index: 0 }, ObjectId { ino: 0x200, index: 0 }, ObjectId { ino: 0x200, index: 1 }]);
+        assert_eq!(ids, vec![ObjectId { ino: InodeId(0x100), index: 0 }, ObjectId { ino: InodeId(0x200), index: 0 }, ObjectId { ino: InodeId(0x200), index: 1 }]);
         assert!(all.iter().all(|o| o.1 == 200_000));
         assert_eq!(s.list(Some(ids[0]), 1).unwrap().iter().map(|o| o.0).collect::<Vec<_>>(), vec![ids[1]]);
         assert!(s.list(Some(ids[2]), 10).unwrap().is_empty());

@@ -242,7 +242,7 @@ fn latencies(cluster: &ProcCluster, mount: &Path, run: usize) -> Result<Vec<(Str
     fs::create_dir(&dir)?;
     let ino = {
         use std::os::unix::fs::MetadataExt;
-        fs::metadata(&dir)?.ino()
+        aifs_common::InodeId(fs::metadata(&dir)?.ino())
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let id = Identity::load(&aifs_tests::tls(cluster.dir.path(), Role::Client))?;

@@ -13,7 +13,7 @@ use aifs_common::layout::Layout;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
 use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
-use aifs_common::ObjectId;
+use aifs_common::{InodeId, ObjectId};
 use aifs_tests::proc::ProcCluster;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -47,7 +47,7 @@ pub struct RawMeasure {
 
 /// A file on the mount, as the OSDs know it.
 struct Objects {
-    ino: u64,
+    ino: InodeId,
     layout: Layout,
 }
 
@@ -81,7 +81,7 @@ impl RawQuic {
     }
 
     fn objects(&self, path: &Path) -> Result<Objects> {
-        let ino = std::fs::metadata(path)?.ino();
+        let ino = InodeId(std::fs::metadata(path)?.ino());
         let resp = self.rt.block_on(self.mds.call::<_, MdsReply>(&MdsCall::from(MdsReq::GetStripe { ino }), &[]))?.0.resp;
         match resp {
             MdsResp::Stripe { attr, .. } => Ok(Objects { ino, layout: attr.layout.context("the file has no layout")? }),
