@@ -130,14 +130,14 @@ impl Pool {
             return Err(Error::Protocol("unexpected reply to OsdMap".into()));
         };
         if let Ok(mut d) = self.down.write() {
-            *d = osds.iter().filter(|o| o.state != OsdState::Up).map(|o| OsdId(o.id)).collect();
+            *d = osds.iter().filter(|o| o.state != OsdState::Up).map(|o| o.id).collect();
         }
         let mut map = self.osds.write().map_err(|_| Error::Io("lock poisoned".into()))?;
         for o in osds {
             let Ok(addr) = o.addr.parse::<SocketAddr>() else { continue };
-            let same = map.get(&OsdId(o.id)).is_some_and(|c| c.addr() == addr);
+            let same = map.get(&o.id).is_some_and(|c| c.addr() == addr);
             if !same {
-                map.insert(OsdId(o.id), Arc::new(RpcClient::new(self.endpoint.clone(), addr, Role::Osd)));
+                map.insert(o.id, Arc::new(RpcClient::new(self.endpoint.clone(), addr, Role::Osd)));
             }
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! What the MDS knows about the rest of the cluster: the OSD map (from
 //! registrations and heartbeats) and client sessions.
 use aifs_common::locks::Lock;
-use aifs_common::{InodeId, SessionId};
+use aifs_common::{InodeId, OsdId, SessionId};
 use aifs_common::proto::mds::{HeldLock, OsdInfo, OsdState, SessionInfo};
 use dashmap::DashMap;
 use aifs_common::lease::LeaseTable;
@@ -404,7 +404,7 @@ impl Cluster {
             .osds
             .iter()
             .map(|e| OsdInfo {
-                id: *e.key(),
+                id: OsdId(*e.key()),
                 addr: e.addr.clone(),
                 state: if e.up { OsdState::Up } else { OsdState::Down },
                 capacity: e.capacity,

@@ -83,7 +83,7 @@ impl Fsck {
                 FsckKind::Orphan => r.orphans += 1,
             }
             if r.findings.len() < MAX_FINDINGS {
-                r.findings.push(FsckFinding { kind, ino: obj.ino.0, index: obj.index, osd });
+                r.findings.push(FsckFinding { kind, ino: obj.ino.0, index: obj.index, osd: OsdId(osd) });
             }
         });
     }
@@ -146,7 +146,7 @@ impl Fsck {
     async fn check(&self, repair: bool) -> Result<()> {
         let cluster = &self.ns.cluster;
         let up = cluster.up_osds();
-        let down: Vec<u32> = cluster.osd_infos().iter().map(|o| o.id).filter(|o| !up.contains(o)).collect();
+        let down: Vec<OsdId> = cluster.osd_infos().iter().map(|o| o.id).filter(|o| !up.contains(&o.0)).collect();
         self.update(|r| r.osds_skipped = down);
         let mut stored: BTreeMap<u32, BTreeMap<ObjectId, u64>> = BTreeMap::new();
         for &osd in &up {
@@ -158,7 +158,7 @@ impl Fsck {
                 // down one.
                 Err(e) if e.unreachable() => {
                     tracing::warn!(osd, error = %e, "fsck cannot reach an OSD; not checking it");
-                    self.update(|r| r.osds_skipped.push(osd));
+                    self.update(|r| r.osds_skipped.push(OsdId(osd)));
                 }
                 Err(e) => return Err(e),
             }

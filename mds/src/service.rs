@@ -12,7 +12,7 @@ use aifs_common::locks::Lock;
 use aifs_common::lease::LeaseKind;
 use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, ShardInfo, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
-use aifs_common::{Error, InodeId, Result, SessionId};
+use aifs_common::{Error, InodeId, OsdId, Result, SessionId};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -386,7 +386,7 @@ impl MdsService {
                 need(peer, &[Role::Client, Role::Admin, Role::Osd])?;
                 MdsResp::OsdMap { epoch: ns.cluster.epoch(), osds: ns.cluster.osd_infos() }
             }
-            MdsReq::OsdHeartbeat { id, addr, capacity, used, objects } => {
+            MdsReq::OsdHeartbeat { id: OsdId(id), addr, capacity, used, objects } => {
                 need(peer, &[Role::Osd])?;
                 if addr.parse::<std::net::SocketAddr>().is_err() {
                     return Err(Error::InvalidArgument(format!("bad OSD address {addr:?}")));
@@ -579,7 +579,7 @@ impl MdsService {
                 need(peer, ADMIN)?;
                 MdsResp::Fsck(self.fsck.start(repair))
             }
-            MdsReq::OsdOut { id, out } => {
+            MdsReq::OsdOut { id: OsdId(id), out } => {
                 need(peer, ADMIN)?;
                 if !ns.cluster.osds.contains_key(&id) {
                     return Err(Error::NotFound);

@@ -7,7 +7,7 @@ use aifs_common::certs::Role;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
 use aifs_common::proto::osd::{OsdReq, OsdResp, OsdStats};
 use aifs_common::rpc::{self, Identity, Peer, RpcClient, Service};
-use aifs_common::{Error, Result};
+use aifs_common::{Error, OsdId, Result};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -206,7 +206,7 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
             match usage {
                 Ok(u) => {
                     let req = MdsReq::OsdHeartbeat {
-                        id: osd_id,
+                        id: OsdId(osd_id),
                         addr: advertise.to_string(),
                         capacity: u.capacity,
                         used: u.used,

@@ -256,7 +256,7 @@ async fn layouts_inherit_and_admin_commands_need_the_admin_cert() {
     assert_eq!(mds_call(&c, MdsReq::SessionHeartbeat { id: sid }).await, Err(Error::Stale));
 
     // OSD heartbeats need the OSD certificate
-    let hb = MdsReq::OsdHeartbeat { id: 99, addr: "127.0.0.1:1".into(), capacity: 1, used: 0, objects: 0 };
+    let hb = MdsReq::OsdHeartbeat { id: aifs_common::OsdId(99), addr: "127.0.0.1:1".into(), capacity: 1, used: 0, objects: 0 };
     assert!(matches!(mds_call(&c, hb).await, Err(Error::Unauthorized(_))));
 }
 

@@ -98,7 +98,7 @@ pub enum OsdState {
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct OsdInfo {
-    pub id: u32,
+    pub id: OsdId,
     pub addr: String,
     pub state: OsdState,
     pub capacity: u64,
@@ -173,7 +173,7 @@ pub struct FsckFinding {
     pub kind: FsckKind,
     pub ino: u64,
     pub index: u32,
-    pub osd: u32,
+    pub osd: OsdId,
 }
 
 /// Progress and findings of a check (`mdsctl fsck`).
@@ -195,7 +195,7 @@ pub struct FsckReport {
     /// Findings fixed: replicas handed to repair, orphans deleted.
     pub fixed: u64,
     /// OSDs down, so not checked.
-    pub osds_skipped: Vec<u32>,
+    pub osds_skipped: Vec<OsdId>,
     /// The first findings (all are counted above).
     pub findings: Vec<FsckFinding>,
     pub error: Option<String>,
@@ -254,12 +254,12 @@ pub enum MdsReq {
     FsckStatus,
     /// Admin: take an OSD out (its replicas move to other OSDs, and it gets
     /// no new data) or back in.
-    OsdOut { id: u32, out: bool },
+    OsdOut { id: OsdId, out: bool },
     /// A writer could not reach these replicas of a file's objects; the
     /// other replicas have the data. Answered once recorded durably.
     Degraded { ino: InodeId, objs: Vec<Degraded> },
     OsdMap,
-    OsdHeartbeat { id: u32, addr: String, capacity: u64, used: u64, objects: u64 },
+    OsdHeartbeat { id: OsdId, addr: String, capacity: u64, used: u64, objects: u64 },
     /// `dir_leases`: the client takes directories' write leases (creates
     /// and unlinks answered by itself, sent in batches). After an MDS
     /// restart, `previous` is the session the client had, `open`

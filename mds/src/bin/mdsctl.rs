@@ -6,7 +6,7 @@ use aifs_common::config::{local_state_dir, to_toml, TlsConfig, TransportConfig};
 use aifs_common::proto::mds::{LeaseMode, MdsReq, MdsResp, OsdInfo, OsdState, SessionInfo, ShardInfo};
 use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
-use aifs_common::{InodeId, LayoutPolicy, ObjectId};
+use aifs_common::{InodeId, LayoutPolicy, ObjectId, OsdId};
 use aifs_mds::admin::{human, parse_size, table, use_pct, Admin, AdminConfig};
 use aifs_mds::MdsConfig;
 use anyhow::{anyhow, bail, Context};
@@ -204,7 +204,7 @@ fn osd_rows(osds: &[OsdInfo]) -> Vec<Vec<String>> {
     osds.iter()
         .map(|o| {
             vec![
-                format!("osd.{}", o.id),
+                o.id.to_string(),
                 match (o.state, o.out) {
                     (OsdState::Up, false) => "up".into(),
                     (OsdState::Down, false) => "down".into(),
@@ -333,7 +333,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 .iter()
                 .map(|o| {
                     vec![
-                        format!("osd.{}", o.id),
+                        o.id.to_string(),
                         human(o.capacity),
                         human(o.used),
                         human(o.capacity.saturating_sub(o.used)),
@@ -379,7 +379,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
         }
         Cmd::Osd { cmd: OsdCmd::Out { id } } | Cmd::Osd { cmd: OsdCmd::In { id } } => {
             let out = matches!(args.cmd, Cmd::Osd { cmd: OsdCmd::Out { .. } });
-            match admin.call(&MdsReq::OsdOut { id, out }).await? {
+            match admin.call(&MdsReq::OsdOut { id: OsdId(id), out }).await? {
                 MdsResp::Done => println!("osd.{id} {}", if out { "out: its replicas move to the other OSDs" } else { "in" }),
                 _ => bail!("unexpected reply to OsdOut"),
             }
@@ -415,7 +415,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                     r.files_done, r.files_skipped, r.replicas_verified
                 );
                 if !r.osds_skipped.is_empty() {
-                    println!("  OSDs down, not checked: {:?}", r.osds_skipped);
+                    println!("  OSDs down, not checked: {}", r.osds_skipped.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", "));
                 }
                 println!("  missing replicas: {}   corrupt replicas: {}   orphan objects: {}", r.missing, r.corrupt, r.orphans);
                 if r.repair {
@@ -426,7 +426,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                     let rows: Vec<Vec<String>> = r
                         .findings
                         .iter()
-                        .map(|f| vec![format!("{:?}", f.kind).to_lowercase(), ObjectId { ino: InodeId(f.ino), index: f.index }.to_string(), format!("osd.{}", f.osd)])
+                        .map(|f| vec![format!("{:?}", f.kind).to_lowercase(), ObjectId { ino: InodeId(f.ino), index: f.index }.to_string(), f.osd.to_string()])
                         .collect();
                     print!("{}", table(&["FINDING", "OBJECT", "OSD"], &rows));
                 }
@@ -476,7 +476,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 for k in 0..l.stripe_count {
                     for (r, osd) in l.object_osds(k).iter().enumerate() {
                         let obj = ObjectId { ino: attr.ino, index: k };
-                        let info = osds.iter().find(|o| o.id == osd.0);
+                        let info = osds.iter().find(|o| o.id == *osd);
                         let size = match info.and_then(|o| o.addr.parse::<SocketAddr>().ok()) {
                             Some(addr) => {
                                 let c = RpcClient::new(admin.endpoint.clone(), addr, Role::Osd);

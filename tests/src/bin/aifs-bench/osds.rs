@@ -5,6 +5,7 @@ use aifs_common::certs::Role;
 use aifs_common::config::TransportConfig;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
+use aifs_common::OsdId;
 use aifs_tests::proc::ProcCluster;
 use anyhow::{bail, Result};
 
@@ -15,7 +16,7 @@ pub struct OsdCounters {
 
 /// A client of every OSD in the MDS's map, holding `role`'s certificate:
 /// (OSD id, client). Runs inside a tokio runtime.
-pub async fn osd_clients(cl: &ProcCluster, role: Role) -> Result<Vec<(u32, RpcClient)>> {
+pub async fn osd_clients(cl: &ProcCluster, role: Role) -> Result<Vec<(OsdId, RpcClient)>> {
     let admin = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &TransportConfig::for_cluster_at(cl.mds_addr.ip()))?;
     let mds = RpcClient::new(admin, cl.mds_addr, Role::Mds);
     let map = match mds.call::<_, MdsReply>(&MdsCall::from(MdsReq::OsdMap), &[]).await?.0.resp {

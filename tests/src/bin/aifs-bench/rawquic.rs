@@ -69,7 +69,7 @@ impl RawQuic {
         let (mds, osds) = rt.block_on(async {
             let admin = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &TransportConfig::for_cluster_at(cl.mds_addr.ip()))?;
             let mds = RpcClient::new(admin, cl.mds_addr, Role::Mds);
-            let osds: HashMap<u32, Arc<RpcClient>> = osds::osd_clients(cl, Role::Client).await?.into_iter().map(|(id, c)| (id, Arc::new(c))).collect();
+            let osds: HashMap<u32, Arc<RpcClient>> = osds::osd_clients(cl, Role::Client).await?.into_iter().map(|(id, c)| (id.0, Arc::new(c))).collect();
             for c in osds.values() {
                 c.connection().await?;
             }
