@@ -309,6 +309,12 @@ impl LeaseTable {
         self.inodes.get(&ino).map(|l| l.recalled.keys().copied().collect()).unwrap_or_default()
     }
 
+    /// Sessions waiting for a lease on `ino`, with the kind each asked for.
+    #[cfg(test)]
+    fn waiting(&self, ino: Ino) -> Vec<(SessionId, LeaseKind)> {
+        self.inodes.get(&ino).map(|l| l.waiting.iter().map(|(s, (k, _))| (*s, *k)).collect()).unwrap_or_default()
+    }
+
     /// Leases a session holds (for `mdsctl session ls`).
     pub fn count(&self, s: SessionId) -> usize {
         let Some(sess) = self.sessions.get(&s) else {
@@ -392,8 +398,33 @@ mod tests {
                 }
                 no_conflicts(&t);
             }
-            // Every recall ends: one term of silence later, whoever asks
-            // gets the lease, because every holder has expired.
+            // Every recall ends as soon as its holders answer, with no time
+            // passing: a newcomer asks for a write lease on each inode; every
+            // recalled holder gives its lease back, every waiter asks again
+            // (as the MDS's waiting requests do), and within a few rounds
+            // the newcomer holds the lease.
+            t.open_session(S(98), now);
+            for ino in (0..3).map(InodeId) {
+                let mut granted = false;
+                for _ in 0..32 {
+                    if let Decision::Granted { .. } = t.acquire(S(98), ino, LeaseKind::Write, now) {
+                        granted = true;
+                        break;
+                    }
+                    for h in t.recalled(ino) {
+                        t.release(h, ino);
+                    }
+                    for (w, k) in t.waiting(ino) {
+                        if w != S(98) {
+                            t.acquire(w, ino, k, now);
+                        }
+                    }
+                }
+                prop_assert!(granted, "{:?}: recalls answered, yet no write lease: holders {:?}", ino, t.holders(ino));
+                t.release(S(98), ino);
+            }
+            // And one term of silence later, whoever asks gets the lease,
+            // because every holder has expired.
             now += TERM;
             t.open_session(S(99), now);
             for ino in 0..3 {

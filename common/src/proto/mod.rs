@@ -68,17 +68,35 @@ mod tests {
         assert_eq!(prefix(&[1, 2, 3]).unwrap(), 3u32.to_le_bytes());
     }
 
+    /// What a damaged header decodes to, if anything, is a well-formed
+    /// request: checked on decode, it encodes and decodes back to itself.
+    fn refused_or_well_formed(bytes: &[u8]) -> bool {
+        match MdsReq::decode(&aligned(bytes)) {
+            Err(_) => true,
+            Ok(req) => {
+                let again = req.encode().expect("a decoded request encodes");
+                assert_eq!(MdsReq::decode(&again).expect("and decodes again"), req);
+                false
+            }
+        }
+    }
+
     #[test]
     fn truncated_and_garbage_headers_fail_cleanly() {
         let good = MdsReq::Rename { parent: InodeId(1), name: "a".into(), newparent: InodeId(2), newname: "b".into(), flags: 0 }.encode().unwrap();
-        for cut in 0..good.len() {
-            let _ = MdsReq::decode(&aligned(&good[..cut]));
-        }
+        let refused_cuts = (0..good.len()).filter(|&cut| refused_or_well_formed(&good[..cut])).count();
         assert!(MdsReq::decode(&aligned(&good[..good.len() / 2])).is_err());
-        let mut bad = good.to_vec();
-        let last = bad.len() - 1;
-        bad[last] ^= 0x7f;
-        let _ = MdsReq::decode(&aligned(&bad));
+        assert!(refused_cuts > good.len() / 2, "only {refused_cuts} of {} truncations refused", good.len());
+        // Every byte flipped every way: refused, or still a valid request.
+        let mut refused_flips = 0;
+        for at in 0..good.len() {
+            for mask in [0x01u8, 0x80, 0xff] {
+                let mut bad = good.to_vec();
+                bad[at] ^= mask;
+                refused_flips += usize::from(refused_or_well_formed(&bad));
+            }
+        }
+        assert!(refused_flips > 0, "no flipped byte was caught by validation");
     }
 
     proptest! {
