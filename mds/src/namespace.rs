@@ -1309,9 +1309,7 @@ impl Namespace {
                         FileKind::Symlink => return Err(Error::InvalidArgument("truncate of a symlink".into())),
                         FileKind::File => {}
                     }
-                    if size > i64::MAX as u64 {
-                        return Err(Error::FileTooBig);
-                    }
+                    check_size(size)?;
                 }
                 if let Some(m) = set.mode {
                     r.perm = m & 0o7777;
@@ -1382,6 +1380,7 @@ impl Namespace {
                 if r.kind != FileKind::File {
                     return Err(Error::InvalidArgument("size update on a non-file".into()));
                 }
+                check_size(size)?;
                 r.size = r.size.max(size);
                 r.mtime_ns = r.mtime_ns.max(mtime_ns);
                 r.ctime_ns = r.ctime_ns.max(mtime_ns);
@@ -1549,6 +1548,15 @@ impl Namespace {
             out.push(c);
         }
         Ok(out)
+    }
+}
+
+/// A file's size is an `off_t`: at most `i64::MAX`, whether a truncate
+/// or a client's flush sets it.
+fn check_size(size: u64) -> Result<()> {
+    match size > i64::MAX as u64 {
+        true => Err(Error::FileTooBig),
+        false => Ok(()),
     }
 }
 

@@ -88,6 +88,11 @@ async fn namespace_operations_and_their_errors() {
     assert_eq!(a.size, 10);
     let a = attr(&c, MdsReq::UpdateSize { ino: f.ino, size: 50, mtime_ns: 2 }).await.unwrap();
     assert_eq!(a.size, 50);
+    // sizes past off_t are refused, from a flush as from a truncate
+    assert_eq!(attr(&c, MdsReq::UpdateSize { ino: f.ino, size: u64::MAX, mtime_ns: 2 }).await, Err(Error::FileTooBig));
+    let huge = SetAttr { size: Some(1 << 63), ..Default::default() };
+    assert_eq!(attr(&c, MdsReq::SetAttr { ino: f.ino, set: huge }).await, Err(Error::FileTooBig));
+    assert_eq!(attr(&c, MdsReq::GetAttr { ino: f.ino }).await.unwrap().size, 50);
 
     // mkdir on (usually) another shard; files inside take the dir's shard
     let d = attr(&c, mkdir(ROOT, "d")).await.unwrap();
