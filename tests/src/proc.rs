@@ -104,6 +104,11 @@ impl ProcCluster {
         if !st.success() {
             bail!("mdsctl init failed");
         }
+        if mds_any {
+            // OSDs of a routed cluster may be moved onto a veth link: the
+            // network init would have configured for, not loopback's.
+            network_transport(dir.path())?;
+        }
         std::fs::create_dir_all(dir.path().join("logs"))?;
         let mut c = ProcCluster { dir, mds_addr, n_osds, mds: None, osds: (0..n_osds).map(|_| None).collect(), mds_any };
         c.start_all()?;
@@ -360,6 +365,21 @@ impl Drop for Frozen<'_> {
             }
         }
     }
+}
+
+/// Rewrite the configs in `dir` from loopback's packet size to the
+/// default for a network.
+fn network_transport(dir: &Path) -> Result<()> {
+    let looped = format!("max_mtu = {}", aifs_common::config::LOOPBACK_MAX_MTU);
+    let network = format!("max_mtu = {}", TransportConfig::default().max_mtu);
+    for e in std::fs::read_dir(dir)? {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let text = std::fs::read_to_string(&path)?;
+            std::fs::write(&path, text.replace(&looped, &network))?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for ProcCluster {
