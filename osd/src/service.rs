@@ -181,6 +181,9 @@ impl Drop for OsdHandle {
     }
 }
 
+/// How often an OSD that lost the MDS says it still cannot reach it.
+const STILL_UNREACHABLE: Duration = Duration::from_secs(5);
+
 /// Open the store, listen, and start heartbeating to the MDS.
 pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
     let id = Identity::load(&cfg.tls)?;
@@ -195,6 +198,7 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
     let period = Duration::from_millis(cfg.heartbeat_ms.max(50));
     let hb = tokio::spawn(async move {
         let mut registered = false;
+        let mut unreachable_since = None;
         loop {
             // A connection just lost (an MDS restart resets it) is made
             // again at once: a restarted MDS waits for its OSDs.
@@ -227,6 +231,11 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
                             if registered {
                                 tracing::warn!(error = %e, "heartbeat to MDS failed");
                                 pause = period.min(Duration::from_millis(100));
+                                unreachable_since = Some(std::time::Instant::now());
+                            } else if unreachable_since.is_some_and(|t| t.elapsed() >= STILL_UNREACHABLE) {
+                                // Still failing: say so now and then, with why.
+                                tracing::warn!(error = %e, "MDS still unreachable");
+                                unreachable_since = Some(std::time::Instant::now());
                             }
                             registered = false;
                         }
