@@ -1,6 +1,5 @@
 //! Open files: leases taken at open, one `FileState` per file shared by
 //! its handles, and flush, fsync and release publishing size and mtime.
-use aifs_common::InodeId;
 use super::*;
 
 impl ClientFs {

@@ -1,5 +1,4 @@
 //! Reads and writes of open files, under the lease each needs.
-use aifs_common::InodeId;
 use super::*;
 
 impl ClientFs {

@@ -1,6 +1,5 @@
 //! POSIX and flock locks, held at the MDS; this client keeps a copy to
 //! take them again after an MDS restart.
-use aifs_common::InodeId;
 use super::*;
 
 /// The session of every lock in this client's own copy (`held_locks`):

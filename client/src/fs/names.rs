@@ -1,7 +1,6 @@
 //! Names and attributes: lookups, attributes, creates, removes and
 //! renames, listings, xattrs, and the changes made under directories'
 //! write leases on their way to the MDS (dirops.rs).
-use aifs_common::InodeId;
 use super::*;
 
 impl ClientFs {

@@ -1,6 +1,5 @@
 //! The MDS's recalls: serving them on this client's connection,
 //! flushing and dropping what they name, and telling the kernel.
-use aifs_common::InodeId;
 use super::*;
 
 /// Serves the MDS's recalls on this client's connection.

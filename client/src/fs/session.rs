@@ -1,6 +1,5 @@
 //! The session: connecting, opening it (again after an MDS restart),
 //! heartbeats, and closing it at unmount.
-use aifs_common::InodeId;
 use super::*;
 use super::recall::RecallService;
 
