@@ -119,6 +119,12 @@ impl ProcCluster {
         self.dir.path().join(f)
     }
 
+    /// The transport settings the cluster's processes run with, as
+    /// `mdsctl init` (and a routed cluster's rewrite) put in its configs.
+    pub fn transport(&self) -> Result<TransportConfig> {
+        Ok(aifs_common::config::load::<aifs_mds::admin::AdminConfig>(&self.path("admin.toml"))?.transport)
+    }
+
     /// Start the MDS (again, after `kill9_mds`) on its data and address.
     pub fn start_mds(&mut self) -> Result<()> {
         let cfg = self.path("mds.toml");
@@ -238,8 +244,9 @@ impl ProcCluster {
         let id = Identity::load(&crate::tls(self.dir.path(), Role::Admin))?;
         let n = self.n_osds as usize;
         let addr = self.mds_addr;
+        let transport = self.transport()?;
         rt.block_on(async move {
-            let ep = rpc::client_endpoint(&id, &TransportConfig::for_cluster_at(addr.ip()))?;
+            let ep = rpc::client_endpoint(&id, &transport)?;
             let t = Instant::now();
             loop {
                 let c = RpcClient::new(ep.clone(), addr, Role::Mds);
@@ -368,17 +375,22 @@ impl Drop for Frozen<'_> {
 }
 
 /// Rewrite the configs in `dir` from loopback's packet size to the
-/// default for a network.
+/// default for a network; fails if none had it to rewrite.
 fn network_transport(dir: &Path) -> Result<()> {
     let looped = format!("max_mtu = {}", aifs_common::config::LOOPBACK_MAX_MTU);
     let network = format!("max_mtu = {}", TransportConfig::default().max_mtu);
+    let mut rewritten = 0;
     for e in std::fs::read_dir(dir)? {
         let path = e?.path();
         if path.extension().is_some_and(|x| x == "toml") {
             let text = std::fs::read_to_string(&path)?;
-            std::fs::write(&path, text.replace(&looped, &network))?;
+            if text.contains(&looped) {
+                std::fs::write(&path, text.replace(&looped, &network))?;
+                rewritten += 1;
+            }
         }
     }
+    anyhow::ensure!(rewritten > 0, "no config in {} has `{looped}` to rewrite", dir.display());
     Ok(())
 }
 

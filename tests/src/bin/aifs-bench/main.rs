@@ -234,7 +234,6 @@ fn latency_us(n: usize, mut f: impl FnMut(usize)) -> f64 {
 /// alone, against the same operation through the FUSE mount.
 fn latencies(cluster: &ProcCluster, mount: &Path, run: usize) -> Result<Vec<(String, f64, f64)>> {
     use aifs_common::certs::Role;
-    use aifs_common::config::TransportConfig;
     use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq};
     use aifs_common::rpc::{self, Identity, RpcClient};
     let n = 500;
@@ -248,7 +247,7 @@ fn latencies(cluster: &ProcCluster, mount: &Path, run: usize) -> Result<Vec<(Str
     let id = Identity::load(&aifs_tests::tls(cluster.dir.path(), Role::Client))?;
     let ep = {
         let _g = rt.enter();
-        rpc::client_endpoint(&id, &TransportConfig::for_cluster_at(cluster.mds_addr.ip()))?
+        rpc::client_endpoint(&id, &cluster.transport()?)?
     };
     let c = RpcClient::new(ep, cluster.mds_addr, Role::Mds);
     let lookup_rpc = latency_us(n, |i| {

@@ -2,7 +2,6 @@
 //! QUIC with the admin certificate: a load served from the client's page
 //! cache must read nothing on them.
 use aifs_common::certs::Role;
-use aifs_common::config::TransportConfig;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::OsdId;
@@ -17,13 +16,14 @@ pub struct OsdCounters {
 /// A client of every OSD in the MDS's map, holding `role`'s certificate:
 /// (OSD id, client). Runs inside a tokio runtime.
 pub async fn osd_clients(cl: &ProcCluster, role: Role) -> Result<Vec<(OsdId, RpcClient)>> {
-    let admin = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &TransportConfig::for_cluster_at(cl.mds_addr.ip()))?;
+    let transport = cl.transport()?;
+    let admin = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &transport)?;
     let mds = RpcClient::new(admin, cl.mds_addr, Role::Mds);
     let map = match mds.call::<_, MdsReply>(&MdsCall::from(MdsReq::OsdMap), &[]).await?.0.resp {
         MdsResp::OsdMap { osds, .. } => osds,
         other => bail!("unexpected reply to OsdMap: {other:?}"),
     };
-    let ep = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), role))?, &TransportConfig::for_cluster_at(cl.mds_addr.ip()))?;
+    let ep = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), role))?, &transport)?;
     map.iter().map(|o| Ok((o.id, RpcClient::new(ep.clone(), o.addr.parse()?, Role::Osd)))).collect()
 }
 

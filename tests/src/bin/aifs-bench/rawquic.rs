@@ -8,7 +8,6 @@ use crate::osds;
 use crate::plan::shuffle;
 use crate::util::{cpu_secs, Progress, MIB};
 use aifs_common::certs::Role;
-use aifs_common::config::TransportConfig;
 use aifs_common::layout::Layout;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
 use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp};
@@ -67,7 +66,7 @@ impl RawQuic {
     pub fn new(cl: &ProcCluster, aifs_pids: &[u32]) -> Result<RawQuic> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let (mds, osds) = rt.block_on(async {
-            let admin = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &TransportConfig::for_cluster_at(cl.mds_addr.ip()))?;
+            let admin = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &cl.transport()?)?;
             let mds = RpcClient::new(admin, cl.mds_addr, Role::Mds);
             let osds: HashMap<u32, Arc<RpcClient>> = osds::osd_clients(cl, Role::Client).await?.into_iter().map(|(id, c)| (id.0, Arc::new(c))).collect();
             for c in osds.values() {
