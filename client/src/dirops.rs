@@ -281,7 +281,8 @@ mod tests {
     use aifs_common::{Layout, OsdId};
 
     fn reserved(ino: u64) -> Reserved {
-        Reserved { ino: InodeId(ino), layout: Layout { stripe_size: 1 << 20, stripe_count: 1, replicas: 1, osds: vec![OsdId(1)] } }
+        let cap = aifs_common::cap::Minter::new(&[1; 32], 60_000).grant(InodeId(ino), aifs_common::cap::READ | aifs_common::cap::WRITE, 0);
+        Reserved { ino: InodeId(ino), layout: Layout { stripe_size: 1 << 20, stripe_count: 1, replicas: 1, osds: vec![OsdId(1)] }, cap }
     }
 
     fn create(parent: InodeId, ino: InodeId) -> DirOp {

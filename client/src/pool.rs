@@ -7,7 +7,7 @@
 //! answers a retry of one it already applied from its record.
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp, OsdState, ReqId};
-use aifs_common::proto::osd::{OsdReq, OsdResp};
+use aifs_common::proto::osd::{OsdCall, OsdResp};
 use aifs_common::ids::mix;
 use aifs_common::rpc::RpcClient;
 use aifs_common::{Error, OsdId, Result, SessionId};
@@ -165,7 +165,7 @@ impl Pool {
     /// One OSD call. Every OSD request is idempotent, so a transport
     /// failure is retried once after refreshing the OSD map (the OSD may
     /// have restarted, possibly elsewhere).
-    pub async fn osd_call(&self, id: OsdId, req: &OsdReq, payload: &[Bytes]) -> Result<(OsdResp, Bytes)> {
+    pub async fn osd_call(&self, id: OsdId, req: &OsdCall, payload: &[Bytes]) -> Result<(OsdResp, Bytes)> {
         let mut tries = 0;
         loop {
             let c = self.osd(id).await?;

@@ -5,6 +5,7 @@
 //! docs point there rather than repeat it.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod cap;
 pub mod certs;
 pub mod config;
 pub mod error;

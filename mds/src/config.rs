@@ -27,6 +27,10 @@ pub struct MdsConfig {
     /// A client session silent this long expires.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// How long a capability lives: a client renews it while it holds a
+    /// lease, so this bounds how long access outlives a lease.
+    #[serde(default = "default_cap_term_ms")]
+    pub cap_term_ms: u64,
     pub tls: TlsConfig,
     #[serde(default)]
     pub transport: TransportConfig,
@@ -40,6 +44,9 @@ fn default_osd_timeout_ms() -> u64 {
 }
 fn default_repair_mb_per_s() -> u64 {
     200
+}
+fn default_cap_term_ms() -> u64 {
+    60_000
 }
 fn default_session_timeout_ms() -> u64 {
     10_000

@@ -8,7 +8,7 @@ use crate::records::GcJob;
 use crate::store::{IoResult, GC};
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::Degraded;
-use aifs_common::proto::osd::{OsdReq, OsdResp};
+use aifs_common::proto::osd::{OsdCall, OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
 use aifs_common::{Error, InodeId, ObjectId, Result};
 use dashmap::DashMap;
@@ -57,10 +57,11 @@ impl OsdClients {
         self.call_with(id, req, &[]).await.map(|r| r.0)
     }
 
-    /// A call with payloads both ways (object data).
+    /// A call with payloads both ways (object data). The MDS's own
+    /// requests need no capability: its certificate's role allows them.
     pub async fn call_with(&self, id: u32, req: &OsdReq, payload: &[bytes::Bytes]) -> Result<(OsdResp, bytes::Bytes)> {
         let c = self.get(id)?;
-        match c.call::<_, OsdResp>(req, payload).await? {
+        match c.call::<_, OsdResp>(&OsdCall::from(req.clone()), payload).await? {
             (OsdResp::Err(e), _) => Err(Error::from_wire(e.code, &e.msg)),
             r => Ok(r),
         }

@@ -121,6 +121,13 @@ impl Cluster {
         }
     }
 
+    /// Does `session` hold a lease on `ino` that allows `kind` (a write
+    /// lease of either kind allows writing; any lease allows reading)?
+    pub fn holds(&self, session: SessionId, ino: InodeId, kind: LeaseKind) -> bool {
+        let Ok(t) = self.leases.lock() else { return false };
+        t.holders(ino).iter().any(|(s, k)| *s == session && (kind == LeaseKind::Read || *k != LeaseKind::Read))
+    }
+
     /// Take `kind` on `ino` for `h` only if nobody else is in the way;
     /// recalls nobody. Never for a request without a session of its own.
     pub fn try_acquire(&self, h: &Holder, ino: InodeId, kind: LeaseKind) -> bool {

@@ -4,6 +4,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
+pub mod caps;
 pub mod cluster;
 pub mod config;
 pub mod fsck;
@@ -99,8 +100,10 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     let gc = Arc::new(Gc::new(ns.clone(), osd_clients.clone()));
     let repair = Arc::new(Repair::new(ns.clone(), osd_clients.clone(), cfg.repair_mb_per_s));
     let fsck = Arc::new(crate::fsck::Fsck::new(ns.clone(), osd_clients, repair.clone()));
+    let caps = crate::caps::Caps::open(&ns, cfg.cap_term_ms).await?;
     let svc = Arc::new(MdsService {
         ns: ns.clone(),
+        caps,
         gc: gc.clone(),
         repair: repair.clone(),
         fsck,

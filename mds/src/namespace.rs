@@ -26,7 +26,7 @@ use crate::store::{
     ORPHANS, XATTRS,
 };
 use aifs_common::ids::{mix, InodeId};
-use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, ReqId, Reserved, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
+use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, ReqId, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use aifs_common::time::now_ns;
 use aifs_common::{Error, Layout, LayoutPolicy, OsdId, Result};
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
@@ -716,7 +716,7 @@ impl Namespace {
     /// Reserve `count` inode numbers in `dir`'s shard for files a client
     /// will make there under the directory's write lease, each with the
     /// layout it gets from the directory's default.
-    pub async fn reserve(&self, dir: InodeId, count: u32) -> Result<Vec<Reserved>> {
+    pub async fn reserve(&self, dir: InodeId, count: u32) -> Result<Vec<(InodeId, Layout)>> {
         let dir = dir.0;
         let count = count.clamp(1, MAX_RESERVE) as u64;
         let up = self.cluster.placeable_osds();
@@ -735,7 +735,7 @@ impl Namespace {
                 (first..first + count)
                     .map(|seq| {
                         let ino = InodeId::new(sid, seq).0;
-                        Ok(Reserved { ino: InodeId(ino), layout: choose_layout(policy, &up, ino)? })
+                        Ok((InodeId(ino), choose_layout(policy, &up, ino)?))
                     })
                     .collect()
             })

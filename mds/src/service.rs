@@ -10,14 +10,16 @@ use aifs_common::certs::Role;
 use crate::leases::Holder;
 use aifs_common::locks::Lock;
 use aifs_common::lease::LeaseKind;
-use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, ShardInfo, Statfs, Writable, RESERVE_BATCH};
+use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, Reserved, ShardInfo, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
+use aifs_common::cap::Cap;
 use aifs_common::{Error, InodeId, OsdId, Result, SessionId};
 use bytes::Bytes;
 use std::sync::Arc;
 
 pub struct MdsService {
     pub ns: Arc<Namespace>,
+    pub caps: crate::caps::Caps,
     pub gc: Arc<Gc>,
     pub repair: Arc<crate::repair::Repair>,
     pub fsck: Arc<crate::fsck::Fsck>,
@@ -74,6 +76,12 @@ impl MdsService {
     /// The reply to a namespace change: the new inode and the directories'
     /// attributes as committed.
     async fn changed(&self, attr: Option<Attr>, dirs: &[InodeId], writable: Option<Writable>) -> MdsResp {
+        self.changed_file(attr, dirs, writable, None).await
+    }
+
+    /// `changed`, for a change that made or opened a file: with its
+    /// capability.
+    async fn changed_file(&self, attr: Option<Attr>, dirs: &[InodeId], writable: Option<Writable>, cap: Option<Cap>) -> MdsResp {
         let mut out = Vec::with_capacity(dirs.len());
         for (i, d) in dirs.iter().enumerate() {
             if dirs[..i].contains(d) {
@@ -83,14 +91,14 @@ impl MdsService {
                 out.push(a);
             }
         }
-        MdsResp::Changed { attr, dirs: out, writable }
+        MdsResp::Changed { attr, dirs: out, writable, cap }
     }
 
     /// `dir`'s write lease, granted to `h`: sent with inode numbers to
     /// create there. Without them (the reservation failed) the lease goes
     /// back at once; the client then creates through the MDS.
     async fn writable(&self, h: &Holder, dir: InodeId) -> Option<Writable> {
-        match self.ns.reserve(dir, RESERVE_BATCH).await {
+        match self.reserve(dir, RESERVE_BATCH).await {
             Ok(reserved) => Some(Writable { dir, reserved }),
             Err(e) => {
                 tracing::warn!(%dir, error = %e, "no inode numbers reserved; directory write lease given back");
@@ -98,6 +106,13 @@ impl MdsService {
                 None
             }
         }
+    }
+
+    /// Inode numbers for files to be made in `dir`, each with its layout
+    /// and the capability to write it.
+    async fn reserve(&self, dir: InodeId, count: u32) -> Result<Vec<Reserved>> {
+        let v = self.ns.reserve(dir, count).await?;
+        Ok(v.into_iter().map(|(ino, layout)| Reserved { ino, layout, cap: self.caps.grant(ino, true) }).collect())
     }
 
     /// An OSD went down or out: clients holding directories' write leases
@@ -222,7 +237,8 @@ impl MdsService {
                     true => self.writable(&h, parent).await,
                     false => None,
                 };
-                self.changed(Some(a), &[parent], writable).await
+                let cap = (a.kind == FileKind::File).then(|| self.caps.grant(a.ino, true));
+                self.changed_file(Some(a), &[parent], writable, cap).await
             }
             MdsReq::Mkdir { parent, name, mode, uid, gid } => {
                 need(peer, NS)?;
@@ -406,7 +422,7 @@ impl MdsService {
                         .await?;
                     self.gc.wake.notify_one();
                 }
-                MdsResp::Done
+                MdsResp::CapKeys(self.caps.keys())
             }
             MdsReq::OpenSession { name, dir_leases, previous, open, locks } => {
                 need(peer, NS)?;
@@ -529,7 +545,7 @@ impl MdsService {
                 *grant = h.granted();
                 let lease = if h.granted().is_none() { LeaseMode::None } else { kind.into() };
                 let degraded = if attr.kind == FileKind::File { ns.degraded(ino).await? } else { Vec::new() };
-                MdsResp::Opened { attr, lease, degraded }
+                MdsResp::Opened { attr, lease, degraded, cap: self.caps.grant(ino, write) }
             }
             MdsReq::Close { ino, session } => {
                 need(peer, NS)?;
@@ -617,11 +633,15 @@ impl MdsService {
             }
             MdsReq::Reserve { dir, count } => {
                 need(peer, &[Role::Client])?;
-                MdsResp::Reserved(ns.reserve(dir, count).await?)
+                MdsResp::Reserved(self.reserve(dir, count).await?)
             }
             MdsReq::Apply { session, ops } => {
                 need(peer, &[Role::Client])?;
                 self.apply(peer, session, ops).await
+            }
+            MdsReq::Cap { ino, write } => {
+                need(peer, &[Role::Client])?;
+                self.renew_cap(peer, ino, write).await?
             }
         })
     }
@@ -669,6 +689,25 @@ impl MdsService {
         }
         cl.invalidate(Some(h.id), changes).await;
         MdsResp::Applied(results.into_iter().map(|r| r.err().map(|e| e.to_wire())).collect())
+    }
+
+    /// A new capability over `ino` for a client whose current one nears its
+    /// end. A session that holds a lease that suits gets it at once, even
+    /// while the lease is being recalled (it may need it to flush);
+    /// anyone else takes the lease first, as `Open` does.
+    async fn renew_cap(&self, peer: &Arc<Peer>, ino: InodeId, write: bool) -> Result<MdsResp> {
+        let cl = &self.ns.cluster;
+        let h = cl.holder(peer);
+        let want = if write { LeaseKind::Write } else { LeaseKind::Read };
+        let held = h.granted().is_some_and(|s| cl.holds(s, ino, want));
+        if !held {
+            let want = if write && cl.other_writer(h.id, ino) { LeaseKind::SharedWrite } else { want };
+            cl.acquire(&h, ino, want).await?;
+        }
+        if self.ns.getattr(ino).await?.kind != FileKind::File {
+            return Err(Error::InvalidArgument(format!("{ino} is not a file")));
+        }
+        Ok(MdsResp::Cap(self.caps.grant(ino, write)))
     }
 
     /// Free nameless files nobody has open any more.

@@ -21,6 +21,9 @@ pub const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xa
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const GC: TableDefinition<u64, &[u8]> = TableDefinition::new("gc");
 pub const OSDS: TableDefinition<u32, &[u8]> = TableDefinition::new("osds");
+/// Secrets of the cluster (shard 0): "cap_master", from which the keys
+/// that authenticate capabilities come (mds/src/caps.rs).
+pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// Files with no name left that some client still had open: freed at the
 /// last close (or at start, when no client has anything open).
 pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");

@@ -5,18 +5,22 @@ use crate::store::file::FileStore;
 use crate::store::ObjectStore;
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
-use aifs_common::proto::osd::{OsdReq, OsdResp, OsdStats};
+use aifs_common::cap::{self, Cap, Keyring};
+use aifs_common::proto::osd::{Needs, OsdCall, OsdReq, OsdResp, OsdStats};
 use aifs_common::rpc::{self, Identity, Peer, RpcClient, Service};
 use aifs_common::{Error, OsdId, Result};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub struct OsdService {
     store: Arc<dyn ObjectStore>,
     served: Served,
+    /// The keys that authenticate clients' capabilities, from the MDS's
+    /// heartbeat replies.
+    keys: Arc<RwLock<Keyring>>,
 }
 
 /// Counters behind `OsdReq::Stats`.
@@ -64,8 +68,31 @@ async fn small_or_blocking<T: Send + 'static>(len: u32, f: impl FnOnce() -> Resu
 }
 
 impl OsdService {
-    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        OsdService { store, served: Served::default() }
+    pub fn new(store: Arc<dyn ObjectStore>, keys: Arc<RwLock<Keyring>>) -> Self {
+        OsdService { store, served: Served::default(), keys }
+    }
+
+    /// May `role` ask for `req` with `cap`? The mds and admin roles may do
+    /// anything; a client needs a capability over the object's file that
+    /// grants what the request does (common/src/cap.rs), and may not list,
+    /// verify, stat, truncate or delete at all.
+    fn authorize(&self, role: Role, cap: Option<&Cap>, req: &OsdReq) -> Result<()> {
+        if matches!(role, Role::Mds | Role::Admin) {
+            return Ok(());
+        }
+        match req.needs() {
+            Needs::Nothing => Ok(()),
+            Needs::Operator => Err(Error::Unauthorized(format!("a {} certificate cannot do this", role.name()))),
+            Needs::Cap(ino, rights) => {
+                let keys = self.keys.read().map_err(|_| Error::Io("capability keys poisoned".into()))?;
+                if keys.is_empty() {
+                    // Not heard from the MDS since it started: not ready,
+                    // as if down (a write goes on with the other replicas).
+                    return Err(Error::Unavailable("OSD has no capability keys from the MDS yet".into()));
+                }
+                keys.check(cap, ino, rights, cap::now_ms())
+            }
+        }
     }
 
     /// A read's reply length on the wire, counted as served.
@@ -137,11 +164,16 @@ impl OsdService {
 }
 
 impl Service for OsdService {
-    type Req = OsdReq;
+    type Req = OsdCall;
     type Resp = OsdResp;
 
-    async fn call(&self, peer: &Arc<Peer>, req: OsdReq, payload: Bytes) -> (OsdResp, Vec<Bytes>) {
-        match self.handle(req, payload).await {
+    async fn call(&self, peer: &Arc<Peer>, call: OsdCall, payload: Bytes) -> (OsdResp, Vec<Bytes>) {
+        let OsdCall { cap, req } = call;
+        let r = match self.authorize(peer.role, cap.as_ref(), &req) {
+            Ok(()) => self.handle(req, payload).await,
+            Err(e) => Err(e),
+        };
+        match r {
             Ok(r) => r,
             Err(e) => {
                 e.log(&format!("osd request from {} failed", peer.addr));
@@ -155,7 +187,7 @@ impl Service for OsdService {
     }
 
     fn accepts(&self, role: Role) -> bool {
-        matches!(role, Role::Client | Role::Mds | Role::Admin | Role::Osd)
+        matches!(role, Role::Client | Role::Mds | Role::Admin)
     }
 }
 
@@ -191,7 +223,8 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
     let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport)?;
     let addr = endpoint.local_addr()?;
     let advertise = cfg.advertise.unwrap_or(addr);
-    let svc = Arc::new(OsdService::new(store.clone()));
+    let keys = Arc::new(RwLock::new(Keyring::default()));
+    let svc = Arc::new(OsdService::new(store.clone(), keys.clone()));
     let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc));
     let mds = RpcClient::new(endpoint.clone(), cfg.mds, Role::Mds);
     let osd_id = cfg.id;
@@ -217,7 +250,11 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
                         objects: u.objects,
                     };
                     match mds.call::<_, MdsReply>(&MdsCall::from(req), &[]).await {
-                        Ok((MdsReply { resp: MdsResp::Done, .. }, _)) => {
+                        Ok((MdsReply { resp: MdsResp::CapKeys(k), .. }, _)) => {
+                            match keys.write() {
+                                Ok(mut ring) => ring.install(&k),
+                                Err(_) => tracing::error!("capability keys poisoned"),
+                            }
                             if !registered {
                                 tracing::info!(osd = osd_id, mds = %mds.addr(), "registered with MDS");
                                 registered = true;

@@ -8,7 +8,7 @@ pub mod proc;
 use aifs_common::certs::{self, Role};
 use aifs_common::config::{TlsConfig, TransportConfig};
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
-use aifs_common::proto::osd::{OsdReq, OsdResp};
+use aifs_common::proto::osd::{OsdCall, OsdReq, OsdResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::{Error, LayoutPolicy, Result};
 use aifs_mds::{MdsConfig, MdsHandle};
@@ -30,19 +30,26 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn start(osds: u32, shards: u32) -> Result<TestCluster> {
+        Self::start_with(osds, shards, |_| {}).await
+    }
+
+    /// `start`, with the MDS's settings changed by `tune` first.
+    pub async fn start_with(osds: u32, shards: u32, tune: impl FnOnce(&mut MdsConfig)) -> Result<TestCluster> {
         let dir = tempfile::tempdir()?;
         certs::init_cluster(dir.path(), false)?;
-        let mcfg = MdsConfig {
+        let mut mcfg = MdsConfig {
             listen: "127.0.0.1:0".parse().map_err(|_| Error::InvalidArgument("addr".into()))?,
             data_dir: dir.path().join("mds"),
             shards,
             default_layout: LayoutPolicy { stripe_size: 1 << 20, stripe_count: 3, replicas: 1 },
             osd_timeout_ms: 3_000,
             session_timeout_ms: 10_000,
+            cap_term_ms: 60_000,
             repair_mb_per_s: 200,
             tls: tls(dir.path(), Role::Mds),
             transport: TransportConfig::default(),
         };
+        tune(&mut mcfg);
         let mds = aifs_mds::start(mcfg).await?;
         let mut handles = Vec::new();
         for i in 1..=osds {
@@ -93,7 +100,7 @@ impl TestCluster {
 pub async fn osd_read_bytes(osds: &[RpcClient]) -> Result<u64> {
     let mut sum = 0;
     for o in osds {
-        match o.call::<_, OsdResp>(&OsdReq::Stats, &[]).await?.0 {
+        match o.call::<_, OsdResp>(&OsdCall::from(OsdReq::Stats), &[]).await?.0 {
             OsdResp::Stats(s) => sum += s.read_bytes,
             other => return Err(Error::Protocol(format!("unexpected reply to Stats: {other:?}"))),
         }

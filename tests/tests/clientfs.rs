@@ -185,3 +185,39 @@ fn a_range_read_whole_fetches_at_most_its_own_length_past_its_end() {
     });
     rt.block_on(fs.shutdown());
 }
+
+/// Capabilities live `cap_term_ms` (2 s here): a file kept open longer, and
+/// one made from an inode number reserved before its capability ran out,
+/// are written, fsync'd and read back under renewed ones. Without renewal
+/// the OSDs refuse the second write as stale.
+#[test]
+fn capabilities_are_renewed_for_files_kept_open_past_their_term() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let cluster = rt.block_on(TestCluster::start_with(3, 2, |m| m.cap_term_ms = 2000)).expect("cluster");
+    let fs = rt.block_on(client(&cluster));
+    rt.block_on(async {
+        let body = pattern::bytes(9, 0, 2 * MIB as usize);
+        let held = fs.create(ROOT, "held", 0o644, 0, 0, true, false).await.expect("create");
+        fs.write(held.fh, 0, Bytes::copy_from_slice(&body[..MIB as usize])).await.expect("first write");
+        fs.fsync(held.fh).await.expect("first fsync");
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        fs.write(held.fh, MIB, Bytes::copy_from_slice(&body[MIB as usize..])).await.expect("write past the term");
+        fs.fsync(held.fh).await.expect("fsync past the term");
+        // Made here, under the root's write lease, from a number reserved
+        // with the first create.
+        let later = fs.create(ROOT, "later", 0o644, 0, 0, true, false).await.expect("create from a reserved number");
+        fs.write(later.fh, 0, Bytes::copy_from_slice(&body)).await.expect("write of the late file");
+        fs.fsync(later.fh).await.expect("fsync of the late file");
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        for (o, what) in [(&held, "held"), (&later, "later")] {
+            let mut at = 0;
+            while at < 2 * MIB {
+                let piece = fs.read(o.fh, at, MIB as u32).await.unwrap_or_else(|e| panic!("read of {what}: {e}"));
+                assert!(!piece.is_empty() && piece[..] == body[at as usize..at as usize + piece.len()], "{what} differs at {at}");
+                at += piece.len() as u64;
+            }
+            fs.release(o.fh).await.expect("release");
+        }
+    });
+    rt.block_on(fs.shutdown());
+}

@@ -5,7 +5,8 @@ use aifs_common::certs::Role;
 use aifs_common::config::{TlsConfig, TransportConfig};
 use aifs_common::ids::InodeId;
 use aifs_common::proto::mds::{Attr, FileKind, MdsReq, MdsResp, SetAttr, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
-use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp};
+use aifs_common::cap::Cap;
+use aifs_common::proto::osd::{block_crcs, OsdCall, OsdReq, OsdResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::{Error, LayoutPolicy, ObjectId};
 use aifs_tests::{mds_call, TestCluster};
@@ -315,24 +316,43 @@ async fn metadata_survives_a_restart_of_the_mds() {
     assert!(bad.is_err());
 }
 
+/// Create `name` in the root through `c`: its attributes and the
+/// capability that came with the create.
+async fn create_with_cap(c: &RpcClient, name: &str) -> (Attr, Cap) {
+    match mds_call(c, create(ROOT, name)).await.unwrap() {
+        MdsResp::Changed { attr: Some(a), cap: Some(cap), .. } => (a, cap),
+        other => panic!("create: {other:?}"),
+    }
+}
+
+/// An OSD client under `role`'s certificate.
+fn osd_client(cl: &TestCluster, role: Role, osd: aifs_common::OsdId) -> RpcClient {
+    let id = Identity::load(&aifs_tests::tls(cl.dir.path(), role)).unwrap();
+    let ep = rpc::client_endpoint(&id, &TransportConfig::default()).unwrap();
+    RpcClient::new(ep, cl.osds[(osd.0 - 1) as usize].addr, Role::Osd)
+}
+
+async fn osd_call(c: &RpcClient, cap: Option<Cap>, req: OsdReq, payload: &[bytes::Bytes]) -> (OsdResp, bytes::Bytes) {
+    c.call::<_, OsdResp>(&OsdCall { cap, req }, payload).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_round_trip_with_checksums_and_are_freed_on_unlink() {
     let cl = TestCluster::start(3, 2).await.unwrap();
     let c = cl.mds_client(Role::Client).unwrap();
-    let f = attr(&c, create(ROOT, "obj")).await.unwrap();
+    let (f, cap) = create_with_cap(&c, "obj").await;
     let l = f.layout.unwrap();
-    let id = Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Client)).unwrap();
-    let ep = rpc::client_endpoint(&id, &TransportConfig::default()).unwrap();
-    let osd_addr = |o: u32| cl.osds[(o - 1) as usize].addr;
     let obj = ObjectId { ino: f.ino, index: 0 };
-    let osd = RpcClient::new(ep.clone(), osd_addr(l.osds[0].0), Role::Osd);
+    let osd = osd_client(&cl, Role::Client, l.osds[0]);
+    let admin = osd_client(&cl, Role::Admin, l.osds[0]);
+    let cap = Some(cap);
     let data = bytes::Bytes::from(aifs_tests::pattern::bytes(1, 0, 300_000));
     let req = OsdReq::Write { obj, off: 5000, len: data.len() as u32, crcs: block_crcs(5000, &data) };
-    assert_eq!(osd.call::<_, OsdResp>(&req, &[data.clone()]).await.unwrap().0, OsdResp::Done);
+    assert_eq!(osd_call(&osd, cap, req, &[data.clone()]).await.0, OsdResp::Done);
     // a write whose crcs do not match its bytes is refused
     let req = OsdReq::Write { obj, off: 0, len: 10, crcs: vec![1] };
-    assert!(matches!(osd.call::<_, OsdResp>(&req, &[bytes::Bytes::from_static(&[0u8; 10])]).await.unwrap().0, OsdResp::Err(e) if e.code == 202));
-    let (resp, body) = osd.call::<_, OsdResp>(&OsdReq::Read { obj, off: 6000, len: 100 }, &[]).await.unwrap();
+    assert!(matches!(osd_call(&osd, cap, req, &[bytes::Bytes::from_static(&[0u8; 10])]).await.0, OsdResp::Err(e) if e.code == 202));
+    let (resp, body) = osd_call(&osd, cap, OsdReq::Read { obj, off: 6000, len: 100 }, &[]).await;
     match resp {
         OsdResp::Data { off, crcs, obj_size, .. } => {
             assert_eq!(off, 0, "reads widen to whole checksum blocks");
@@ -344,26 +364,78 @@ async fn objects_round_trip_with_checksums_and_are_freed_on_unlink() {
         other => panic!("{other:?}"),
     }
     // a range read brings just its bytes, with their crc
-    let (resp, body) = osd.call::<_, OsdResp>(&OsdReq::ReadRange { obj, off: 6000, len: 100 }, &[]).await.unwrap();
+    let (resp, body) = osd_call(&osd, cap, OsdReq::ReadRange { obj, off: 6000, len: 100 }, &[]).await;
     assert_eq!(resp, OsdResp::Range { off: 6000, len: 100, crc: crc32c::crc32c(&data[1000..1100]), obj_size: 305_000 });
     assert_eq!(&body[..], &data[1000..1100]);
-    assert_eq!(osd.call::<_, OsdResp>(&OsdReq::Commit { objs: vec![obj] }, &[]).await.unwrap().0, OsdResp::Done);
-    assert_eq!(osd.call::<_, OsdResp>(&OsdReq::Stat { obj }, &[]).await.unwrap().0, OsdResp::Stat { exists: true, size: 305_000 });
+    assert_eq!(osd_call(&osd, cap, OsdReq::Commit { objs: vec![obj] }, &[]).await.0, OsdResp::Done);
+    let stat = || osd_call(&admin, None, OsdReq::Stat { obj }, &[]);
+    assert_eq!(stat().await.0, OsdResp::Stat { exists: true, size: 305_000 });
     // truncate through the MDS cuts the object before answering
     attr(&c, MdsReq::UpdateSize { ino: f.ino, size: 305_000, mtime_ns: 0 }).await.unwrap();
     attr(&c, MdsReq::SetAttr { ino: f.ino, set: SetAttr { size: Some(1000), ..Default::default() } }).await.unwrap();
-    assert_eq!(osd.call::<_, OsdResp>(&OsdReq::Stat { obj }, &[]).await.unwrap().0, OsdResp::Stat { exists: true, size: 1000 });
+    assert_eq!(stat().await.0, OsdResp::Stat { exists: true, size: 1000 });
     // unlink frees it in the background
     mds_call(&c, MdsReq::Unlink { parent: ROOT, name: "obj".into() }).await.unwrap();
     let mut gone = false;
     for _ in 0..100 {
-        if osd.call::<_, OsdResp>(&OsdReq::Stat { obj }, &[]).await.unwrap().0 == (OsdResp::Stat { exists: false, size: 0 }) {
+        if stat().await.0 == (OsdResp::Stat { exists: false, size: 0 }) {
             gone = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gone, "object not freed after unlink");
+}
+
+/// A client certificate alone opens no object: each object request needs
+/// a capability from the MDS over that file, granting what it does, and
+/// whole-store requests need the mds or admin role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_alone_opens_no_object() {
+    let cl = TestCluster::start(1, 1).await.unwrap();
+    let c = cl.mds_client(Role::Client).unwrap();
+    let (f, rw) = create_with_cap(&c, "mine").await;
+    let (other, _) = create_with_cap(&c, "theirs").await;
+    let osd = osd_client(&cl, Role::Client, aifs_common::OsdId(1));
+    let obj = ObjectId { ino: f.ino, index: 0 };
+    let data = bytes::Bytes::from_static(b"checkpoint");
+    let write = || OsdReq::Write { obj, off: 0, len: 10, crcs: block_crcs(0, &data) };
+    let read = || OsdReq::Read { obj, off: 0, len: 10 };
+    let refused = |r: &OsdResp| matches!(r, OsdResp::Err(e) if e.code == 304);
+
+    assert!(refused(&osd_call(&osd, None, write(), &[data.clone()]).await.0), "write without a capability");
+    assert!(refused(&osd_call(&osd, None, read(), &[]).await.0), "read without a capability");
+    assert_eq!(osd_call(&osd, Some(rw), write(), &[data.clone()]).await.0, OsdResp::Done);
+    // Another file's capability, or this one altered, opens nothing.
+    let (_, theirs) = match mds_call(&c, MdsReq::Open { ino: other.ino, write: true, first: false, exclusive: false }).await.unwrap() {
+        MdsResp::Opened { attr, cap, .. } => (attr, cap),
+        r => panic!("{r:?}"),
+    };
+    assert!(refused(&osd_call(&osd, Some(theirs), read(), &[]).await.0), "another file's capability");
+    let mut forged = theirs;
+    forged.ino = f.ino;
+    assert!(refused(&osd_call(&osd, Some(forged), read(), &[]).await.0), "a capability altered to name this file");
+    let mut longer = rw;
+    longer.expires_ms += 3_600_000;
+    assert!(refused(&osd_call(&osd, Some(longer), read(), &[]).await.0), "a capability altered to last longer");
+    // A read open's capability reads, and does not write.
+    let ro = match mds_call(&c, MdsReq::Open { ino: f.ino, write: false, first: false, exclusive: false }).await.unwrap() {
+        MdsResp::Opened { cap, .. } => cap,
+        r => panic!("{r:?}"),
+    };
+    assert!(matches!(osd_call(&osd, Some(ro), read(), &[]).await.0, OsdResp::Data { .. }));
+    assert!(refused(&osd_call(&osd, Some(ro), write(), &[data.clone()]).await.0), "write under a read capability");
+    // A renewal grants the same.
+    match mds_call(&c, MdsReq::Cap { ino: f.ino, write: true }).await.unwrap() {
+        MdsResp::Cap(cap) => assert_eq!(osd_call(&osd, Some(cap), write(), &[data.clone()]).await.0, OsdResp::Done),
+        r => panic!("{r:?}"),
+    }
+    // Whole-store requests are the operator's, capability or not.
+    for req in [OsdReq::Delete { obj }, OsdReq::Truncate { obj, size: 0 }, OsdReq::Stat { obj }, OsdReq::Verify { obj }, OsdReq::List { after: None, max: 10 }] {
+        assert!(refused(&osd_call(&osd, Some(rw), req.clone(), &[]).await.0), "{req:?} from a client");
+    }
+    let admin = osd_client(&cl, Role::Admin, aifs_common::OsdId(1));
+    assert_eq!(osd_call(&admin, None, OsdReq::Stat { obj }, &[]).await.0, OsdResp::Stat { exists: true, size: 10 });
 }
 
 /// Open a raw stream to the MDS and send `bytes`; returns what came back.
@@ -426,7 +498,7 @@ async fn malformed_frames_get_errors_and_the_server_serves_on() {
     let huge = OsdReq::Write { obj, off: 0, len: u32::MAX, crcs: vec![] };
     let short = OsdReq::Write { obj, off: 0, len: 1000, crcs: block_crcs(0, &[0u8; 1000]) };
     for req in [huge, short] {
-        let h = aifs_common::proto::Message::encode(&req).unwrap();
+        let h = aifs_common::proto::Message::encode(&OsdCall::from(req.clone())).unwrap();
         let mut frame = (h.len() as u32).to_le_bytes().to_vec();
         frame.extend_from_slice(&h);
         frame.extend_from_slice(&[0u8; 10]);
@@ -441,7 +513,7 @@ async fn malformed_frames_get_errors_and_the_server_serves_on() {
         assert!(matches!(resp, OsdResp::Err(ref e) if e.code == 302), "{req:?}: {resp:?}");
     }
     let oc = RpcClient::new(ep.clone(), osd, Role::Osd);
-    assert!(matches!(oc.call::<_, OsdResp>(&OsdReq::Usage, &[]).await.unwrap().0, OsdResp::Usage { .. }));
+    assert!(matches!(oc.call::<_, OsdResp>(&OsdCall::from(OsdReq::Usage), &[]).await.unwrap().0, OsdResp::Usage { .. }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,10 @@
 //! size and mtime it owes the MDS. Both pipelines work on this state and
 //! neither knows the other: a write bumps `generation`, which is what makes
 //! read-ahead drop units fetched before it.
+use super::cap::CapSlot;
+use crate::dirops::DirOps;
 use crate::pool::Pool;
+use aifs_common::cap::Cap;
 use aifs_common::proto::mds::{Degraded, MdsReq, MdsResp};
 use aifs_common::{Error, InodeId, Layout, OsdId, Result};
 use bytes::{Bytes, BytesMut};
@@ -21,6 +24,9 @@ pub(super) const BUDGET_UNIT: usize = 1024;
 /// What every file's data path shares.
 pub struct DataCtx {
     pub pool: Arc<Pool>,
+    /// Changes made under directories' write leases, queued for the MDS: a
+    /// capability is renewed only for a file the MDS knows.
+    pub dirops: Arc<DirOps>,
     pub budget: Arc<Semaphore>,
     pub budget_kib: usize,
     pub write_window: usize,
@@ -116,6 +122,8 @@ impl ReadAhead {
 pub struct FileState {
     pub ino: InodeId,
     pub layout: Layout,
+    /// What lets this client touch the file's objects on the OSDs.
+    pub caps: CapSlot,
     pub(super) inner: Mutex<Inner>,
     pub(super) window: Arc<Semaphore>,
     pub ra: Mutex<ReadAhead>,
@@ -137,10 +145,11 @@ pub(super) fn poisoned() -> Error {
 }
 
 impl FileState {
-    pub fn new(ino: InodeId, layout: Layout, size: u64, ctx: &DataCtx) -> Self {
+    pub fn new(ino: InodeId, layout: Layout, cap: Option<Cap>, size: u64, ctx: &DataCtx) -> Self {
         FileState {
             ino,
             layout,
+            caps: CapSlot::new(ino, cap),
             inner: Mutex::new(Inner {
                 units: BTreeMap::new(),
                 ships: HashMap::new(),

@@ -1,21 +1,23 @@
 //! Reading and writing one object range on the OSDs, with end-to-end
 //! crc32c: the client computes block crcs on write (the OSD checks and
 //! stores them) and verifies the stored crcs on read.
-use crate::pool::Pool;
+use super::cap::CapSlot;
+use super::file::DataCtx;
 use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp, CRC_BLOCK};
-use aifs_common::{Error, InodeId, Layout, ObjectId, OsdId, Result};
+use aifs_common::{Error, Layout, ObjectId, OsdId, Result};
 use bytes::{Bytes, BytesMut};
 
 /// Write `data` at `obj_off` of object `index` on each of its replicas not
 /// in `stale`, all at once. Returns the replicas that could not be reached
 /// (to be recorded as degraded); fails when none took the data or one
-/// refused it.
-pub async fn write_object(pool: &Pool, layout: &Layout, ino: InodeId, index: u32, obj_off: u64, data: Bytes, stale: &[OsdId]) -> Result<Vec<OsdId>> {
-    let obj = ObjectId { ino, index };
+/// refused it. `caps`: the file's capability.
+pub async fn write_object(ctx: &DataCtx, caps: &CapSlot, layout: &Layout, index: u32, obj_off: u64, data: Bytes, stale: &[OsdId]) -> Result<Vec<OsdId>> {
+    let obj = ObjectId { ino: caps.ino, index };
+    let pool = &ctx.pool;
     let len = u32::try_from(data.len()).map_err(|_| Error::InvalidArgument("write too large".into()))?;
     let d = data.clone();
     let crcs = crc_work(d.len(), move || block_crcs(obj_off, &d)).await?;
-    let req = OsdReq::Write { obj, off: obj_off, len, crcs };
+    let req = caps.request(ctx, OsdReq::Write { obj, off: obj_off, len, crcs }).await?;
     let live: Vec<OsdId> = layout.object_osds(index).iter().copied().filter(|o| !stale.contains(o)).collect();
     if live.is_empty() {
         return Err(Error::Io(format!("object {obj} has no replica left to write")));
@@ -26,7 +28,7 @@ pub async fn write_object(pool: &Pool, layout: &Layout, ino: InodeId, index: u32
     let calls = targets.iter().map(|&o| {
         let req = &req;
         let payload = [data.clone()];
-        async move { pool.osd_call(o, req, &payload).await }
+        async move { caps.call(ctx, o, req, &payload).await }
     });
     let mut wrote = 0;
     let mut last = None;
@@ -59,24 +61,25 @@ pub async fn write_object(pool: &Pool, layout: &Layout, ino: InodeId, index: u32
 /// wins; replicas shorter than it are `bad`.
 #[allow(clippy::too_many_arguments)]
 pub async fn read_object(
-    pool: &Pool,
+    ctx: &DataCtx,
+    caps: &CapSlot,
     layout: &Layout,
-    ino: InodeId,
     index: u32,
     obj_off: u64,
     len: u64,
     stale: &[OsdId],
     bad: &mut Vec<OsdId>,
 ) -> Result<Bytes> {
-    let obj = ObjectId { ino, index };
-    let req = read_request(obj, obj_off, len);
+    let obj = ObjectId { ino: caps.ino, index };
+    let pool = &ctx.pool;
+    let req = caps.request(ctx, read_request(obj, obj_off, len)).await?;
     let mut last = Error::Io(format!("object {obj} has no replica left to read"));
     let mut order: Vec<OsdId> = layout.object_osds(index).iter().copied().filter(|o| !stale.contains(o)).collect();
     order.sort_by_key(|o| pool.is_down(*o));
     // Answers that end before the range does: (end, body, its offset, osd).
     let mut short: Vec<(u64, Bytes, u64, OsdId)> = Vec::new();
     for osd in order {
-        let checked = match pool.osd_call(osd, &req, &[]).await {
+        let checked = match caps.call(ctx, osd, &req, &[]).await {
             Ok((resp, body)) => checked(resp, body, obj_off, len).await,
             Err(e) => Err(e),
         };

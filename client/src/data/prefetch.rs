@@ -18,7 +18,7 @@ async fn fetch_range(ctx: &DataCtx, f: &FileState, start: u64, end: u64) -> Resu
     let exts = f.layout.extents(start, end - start);
     let reads = exts.iter().map(|e| async move {
         let mut bad = Vec::new();
-        let r = read_object(&ctx.pool, &f.layout, f.ino, e.object, e.obj_off, e.len, &f.stale_of(e.object), &mut bad).await;
+        let r = read_object(ctx, &f.caps, &f.layout, e.object, e.obj_off, e.len, &f.stale_of(e.object), &mut bad).await;
         (r, bad.into_iter().map(|osd| Degraded { index: e.object, osd }).collect::<Vec<_>>())
     });
     let mut parts = Vec::with_capacity(exts.len());

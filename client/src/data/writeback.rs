@@ -140,7 +140,7 @@ impl FileState {
             let stale = me.stale_of(object);
             let writes = pieces
                 .into_iter()
-                .map(|(obj_off, bytes)| write_object(&ctx.pool, &me.layout, me.ino, object, obj_off, bytes, &stale));
+                .map(|(obj_off, bytes)| write_object(&ctx, &me.caps, &me.layout, object, obj_off, bytes, &stale));
             let mut failed = None;
             let mut missed = BTreeSet::new();
             for r in futures::future::join_all(writes).await {
@@ -237,12 +237,13 @@ impl FileState {
                 per_osd.entry(*o).or_default().push(ObjectId { ino: self.ino, index: k });
             }
         }
-        let calls = per_osd.into_iter().map(|(osd, objs)| {
-            let pool = ctx.pool.clone();
-            async move {
-                let r = pool.osd_call(osd, &aifs_common::proto::osd::OsdReq::Commit { objs: objs.clone() }, &[]).await;
-                (osd, objs, r)
-            }
+        let calls = per_osd.into_iter().map(|(osd, objs)| async move {
+            let req = aifs_common::proto::osd::OsdReq::Commit { objs: objs.clone() };
+            let r = match self.caps.request(ctx, req).await {
+                Ok(call) => self.caps.call(ctx, osd, &call, &[]).await,
+                Err(e) => Err(e),
+            };
+            (osd, objs, r)
         });
         let mut res = Ok(());
         let mut missed = Vec::new();

@@ -6,15 +6,19 @@ impl ClientFs {
     /// The file's state for one more open handle, made from `a` if this
     /// client has none. The MDS counted this open (`Open` with `first`, or
     /// `Create`); if another handle's state won the race to be made, that
-    /// count is given back, so the MDS counts one open per state.
-    pub(super) fn file_state(&self, a: &Attr) -> Result<Arc<FileState>> {
+    /// count is given back, so the MDS counts one open per state. `cap`:
+    /// the capability granted with the open, kept by the state.
+    pub(super) fn file_state(&self, a: &Attr, cap: Cap) -> Result<Arc<FileState>> {
         let layout = a.layout.clone().ok_or_else(|| Error::Io(format!("file {:#x} has no layout", a.ino)))?;
         layout.validate()?;
         let mut made = false;
         let f = self.files.entry(a.ino).or_insert_with(|| {
             made = true;
-            Arc::new(FileState::new(a.ino, layout, a.size, &self.ctx))
+            Arc::new(FileState::new(a.ino, layout, Some(cap), a.size, &self.ctx))
         });
+        if !made {
+            f.caps.set(cap);
+        }
         // Counted while the map entry is held, so a release of another
         // handle cannot drop the state in between.
         f.opens.fetch_add(1, Ordering::AcqRel);
@@ -62,13 +66,15 @@ impl ClientFs {
 
     /// Take a lease on a file from the MDS (waiting while conflicting
     /// holders flush and release). `first`: this open is counted by the
-    /// MDS until a `Close`. Mode `None`: no session, no lease.
-    pub(super) async fn take_lease(&self, ino: InodeId, write: Want, first: bool) -> Result<(Attr, LeaseMode, Vec<Degraded>)> {
+    /// MDS until a `Close`. Mode `None`: no session, no lease. The
+    /// capability granted with it goes to the file's state, if any, and
+    /// is returned.
+    pub(super) async fn take_lease(&self, ino: InodeId, write: Want, first: bool) -> Result<(Attr, LeaseMode, Vec<Degraded>, Cap)> {
         let snap = self.meta.snap();
         let req = MdsReq::Open { ino, write: write != Want::Read, first, exclusive: write == Want::Append };
         let (r, granted) = self.mds_leased(&req).await;
         match r? {
-            MdsResp::Opened { attr, lease, degraded } if attr.ino == ino => {
+            MdsResp::Opened { attr, lease, degraded, cap } if attr.ino == ino => {
                 // The lease is recorded even with caching off: writes and
                 // reads check it.
                 self.meta.put_attr(snap, granted, &attr, lease);
@@ -76,8 +82,9 @@ impl ClientFs {
                     // Whoever wrote before us has flushed: their size counts.
                     f.set_size(attr.size, false);
                     f.add_stale(&degraded);
+                    f.caps.set(cap);
                 }
-                Ok((attr, lease, degraded))
+                Ok((attr, lease, degraded, cap))
             }
             _ => Err(unexpected("Open")),
         }
@@ -102,7 +109,7 @@ impl ClientFs {
         // good: an access-time update forgets the attributes alone.
         let leased = want.suits(self.meta.mode(ino));
         let snap = self.meta.snap();
-        let (a, mode, degraded) = self.take_lease(ino, want, true).await?;
+        let (a, mode, degraded, cap) = self.take_lease(ino, want, true).await?;
         match a.kind {
             FileKind::File => {}
             kind => {
@@ -111,7 +118,7 @@ impl ClientFs {
             }
         }
         let keep = leased && self.meta.quiet_since(snap, ino) && mode != LeaseMode::SharedWrite && !append;
-        let f = self.file_state(&a)?;
+        let f = self.file_state(&a, cap)?;
         f.add_stale(&degraded);
         if !keep {
             f.set_size(a.size, false);
@@ -125,19 +132,20 @@ impl ClientFs {
 
     pub async fn create(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool, append: bool) -> Result<Opened> {
         if let Some(r) = self.create_here(parent, name, mode, uid, gid, exclusive) {
-            let a = r?;
-            let f = self.file_state(&a)?;
+            let (a, cap) = r?;
+            let f = self.file_state(&a, cap)?;
             return Ok(Opened { fh: self.new_handle(&f, append, &a), attr: a, keep_cache: false, direct_io: append });
         }
         let req = MdsReq::Create { parent, name: name.to_string(), mode, uid, gid, exclusive };
         let snap = self.meta.snap();
         let (r, granted) = self.mds_leased(&req).await;
-        let a = match r? {
-            MdsResp::Changed { attr: Some(a), dirs, writable } if a.ino.is_valid() => {
+        let (a, cap) = match r? {
+            MdsResp::Changed { attr: Some(a), dirs, writable, cap: Some(cap) } if a.ino.is_valid() => {
                 self.changed_dirs(snap, &dirs);
                 self.writable(snap, granted, writable);
-                a
+                (a, cap)
             }
+            MdsResp::Changed { attr: Some(a), .. } if a.kind != FileKind::File => return Err(Error::IsDir),
             _ => return Err(unexpected("Create")),
         };
         if a.kind != FileKind::File {
@@ -146,7 +154,7 @@ impl ClientFs {
         // The creator holds a write lease on the new file.
         self.meta.put_attr(snap, granted, &a, LeaseMode::Write);
         self.meta.local_entry(snap, parent, name, Some(a.ino), false);
-        let f = self.file_state(&a)?;
+        let f = self.file_state(&a, cap)?;
         f.set_size(a.size, false);
         Ok(Opened { fh: self.new_handle(&f, append, &a), attr: a, keep_cache: false, direct_io: append })
     }

@@ -47,7 +47,7 @@ impl ClientFs {
                 tokio::time::sleep(pause).await;
             }
             pause = (pause * 2).clamp(Duration::from_millis(1), Duration::from_millis(100));
-            let (_, mode, _) = self.take_lease(f.ino, want, false).await?;
+            let (_, mode, _, _) = self.take_lease(f.ino, want, false).await?;
             if mode == LeaseMode::None {
                 let _g = f.gate.read().await;
                 f.write(&self.ctx, off, data).await?;

@@ -9,6 +9,7 @@ use crate::data::file::{DataCtx, FileState};
 use crate::dirops::DirOps;
 use crate::meta::{MetaCache, Snap};
 use crate::pool::Pool;
+use aifs_common::cap::Cap;
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, HeldLock, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{self, Identity, Peer, Service};

@@ -100,7 +100,7 @@ impl ClientFs {
     /// A create answered here, under the directory's write lease, with an
     /// inode number reserved there. `None`: the MDS must answer (no lease,
     /// no number left, or the name is not known to be free).
-    pub(super) fn create_here(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool) -> Option<Result<Attr>> {
+    pub(super) fn create_here(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool) -> Option<Result<(Attr, Cap)>> {
         if !self.cache_on() {
             return None;
         }
@@ -130,7 +130,7 @@ impl ClientFs {
             self.meta.put_attr(snap, snap.session(), &a, LeaseMode::Write);
             self.meta.local_entry(snap, parent, name, Some(a.ino), false);
             self.meta.touch_dir(parent, now);
-            Some(Ok(a))
+            Some(Ok((a, r.cap)))
         })
     }
 
@@ -336,7 +336,7 @@ impl ClientFs {
         let req = MdsReq::Mkdir { parent, name: name.to_string(), mode, uid, gid };
         let (r, granted) = self.mds_leased(&req).await;
         match r? {
-            MdsResp::Changed { attr: Some(a), dirs, writable } if a.ino.is_valid() => {
+            MdsResp::Changed { attr: Some(a), dirs, writable, .. } if a.ino.is_valid() => {
                 self.changed_dirs(snap, &dirs);
                 self.meta.local_entry(snap, parent, name, Some(a.ino), false);
                 if self.cache_on() {

@@ -10,8 +10,10 @@ impl ClientFs {
         let endpoint = rpc::client_endpoint(&id, &cfg.transport)?;
         let pool = Arc::new(Pool::new(endpoint, cfg.mds, Duration::from_secs(cfg.mds_retry_secs)));
         let budget_kib = (cfg.write_budget_mb.max(16) * 1024).min(Semaphore::MAX_PERMITS);
+        let dirops = Arc::new(DirOps::default());
         let ctx = Arc::new(DataCtx {
             pool: pool.clone(),
+            dirops: dirops.clone(),
             budget: Arc::new(Semaphore::new(budget_kib)),
             budget_kib,
             write_window: cfg.write_window,
@@ -34,7 +36,7 @@ impl ClientFs {
             rebind: Notify::new(),
             lockers: DashMap::new(),
             held_locks: Default::default(),
-            dirops: Arc::new(DirOps::default()),
+            dirops,
         });
         // Every connection to the MDS carries its recalls back to us; a new
         // one (after a reconnect) gets the session bound by a heartbeat.

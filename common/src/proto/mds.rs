@@ -1,5 +1,6 @@
 //! Metadata service messages (client, OSD and admin to MDS).
 use super::frame::message;
+use crate::cap::{Cap, CapKey};
 use crate::error::WireError;
 use crate::ids::{InodeId, OsdId, SessionId};
 use crate::layout::{Layout, LayoutPolicy};
@@ -303,6 +304,11 @@ pub enum MdsReq {
     /// write lease (and closes), applied in order; one result per change.
     /// `session`: the session they were made under (as in `Close`).
     Apply { session: Option<SessionId>, ops: Vec<DirOp> },
+    /// A new capability over a file whose current one nears its end: given
+    /// at once to a session that holds a lease on it (one being recalled
+    /// too: it may be flushing), else as an `Open` would, taking a lease.
+    Cap { ino: InodeId, write: bool },
+    // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);
 
@@ -407,6 +413,8 @@ pub struct Degraded {
 pub struct Reserved {
     pub ino: InodeId,
     pub layout: Layout,
+    /// Read and write over the file to be made with this number.
+    pub cap: Cap,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
@@ -429,21 +437,28 @@ pub enum MdsResp {
     /// the changed directories' attributes after it, so a client need not
     /// ask for them again within its attribute TTL. `writable`: a
     /// directory this client now holds a write lease on, so it may create
-    /// and unlink there itself and send the changes later.
-    Changed { attr: Option<Attr>, dirs: Vec<Attr>, writable: Option<Writable> },
+    /// and unlink there itself and send the changes later. `cap`: the
+    /// capability over a file made (or opened) by the change.
+    Changed { attr: Option<Attr>, dirs: Vec<Attr>, writable: Option<Writable>, cap: Option<Cap> },
     /// `attrs[i]` belongs to `entries[i]`.
     DirPlus { entries: Vec<DirEntry>, attrs: Vec<Attr>, eof: bool, parent: InodeId },
     Fsck(FsckReport),
     /// A file lease granted (`None` when the session has none to give).
     /// `degraded`: the file's object replicas that are stale (not to be
-    /// read, not written until repaired).
-    Opened { attr: Attr, lease: LeaseMode, degraded: Vec<Degraded> },
+    /// read, not written until repaired). `cap`: what the OSDs want to see
+    /// for the file's objects (read, or read and write).
+    Opened { attr: Attr, lease: LeaseMode, degraded: Vec<Degraded>, cap: Cap },
     Leases(Vec<LeaseInfo>),
     /// `GetLock`: the lock in the way, or none.
     Lock(Option<LockInfo>),
     Reserved(Vec<Reserved>),
     /// `Apply`: per change, `None` if it was applied.
     Applied(Vec<Option<WireError>>),
+    /// `Cap`: a renewed capability.
+    Cap(Cap),
+    /// `OsdHeartbeat`: the keys that authenticate capabilities now.
+    CapKeys(Vec<CapKey>),
+    // New variants go last: the order is the wire's discriminant.
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]

@@ -2,7 +2,8 @@
 //! after the header, never through rkyv.
 use super::frame::message;
 use crate::error::WireError;
-use crate::ids::ObjectId;
+use crate::cap::{Cap, READ, WRITE};
+use crate::ids::{InodeId, ObjectId};
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Checksum granule: one crc32c per 64 KiB block of an object. The stripe
@@ -59,6 +60,52 @@ message!(OsdReq, |m| match m {
     OsdReq::Write { len, .. } => *len as u64,
     _ => 0,
 });
+
+/// Who may ask for a request, and what a client needs for it.
+pub enum Needs {
+    /// A capability over this inode granting these rights.
+    Cap(InodeId, u8),
+    /// Nothing: counters that name no object.
+    Nothing,
+    /// The mds or admin role: whole-store scans, deletes, truncates.
+    Operator,
+}
+
+impl OsdReq {
+    pub fn needs(&self) -> Needs {
+        match self {
+            OsdReq::Write { obj, .. } => Needs::Cap(obj.ino, WRITE),
+            OsdReq::Read { obj, .. } | OsdReq::ReadRange { obj, .. } => Needs::Cap(obj.ino, READ),
+            // One file's objects, as a client's fsync sends them; a commit
+            // of several files' objects is the operator's.
+            OsdReq::Commit { objs } => match objs.first() {
+                Some(o) if objs.iter().all(|x| x.ino == o.ino) => Needs::Cap(o.ino, WRITE),
+                Some(_) => Needs::Operator,
+                None => Needs::Nothing,
+            },
+            OsdReq::Usage | OsdReq::Stats => Needs::Nothing,
+            OsdReq::Truncate { .. } | OsdReq::Delete { .. } | OsdReq::Stat { .. } | OsdReq::List { .. } | OsdReq::Verify { .. } => {
+                Needs::Operator
+            }
+        }
+    }
+}
+
+/// What goes on the wire to an OSD: a request, with the capability that
+/// allows it when it comes from a client (`OsdReq::needs`).
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub struct OsdCall {
+    pub cap: Option<Cap>,
+    pub req: OsdReq,
+}
+message!(OsdCall, |m| m.req.payload_len());
+
+impl From<OsdReq> for OsdCall {
+    fn from(req: OsdReq) -> Self {
+        OsdCall { cap: None, req }
+    }
+}
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[rkyv(derive(Debug))]

@@ -9,7 +9,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::sync::Arc;
 
 /// ALPN protocol id; bumped when the wire format changes incompatibly.
-pub const ALPN: &[u8] = b"aifs/2";
+pub const ALPN: &[u8] = b"aifs/3";
 
 fn tls_err(e: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("TLS setup: {e}"))

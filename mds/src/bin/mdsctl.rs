@@ -4,7 +4,7 @@
 use aifs_common::certs::{self, Role};
 use aifs_common::config::{local_state_dir, to_toml, TlsConfig, TransportConfig};
 use aifs_common::proto::mds::{LeaseMode, MdsReq, MdsResp, OsdInfo, OsdState, SessionInfo, ShardInfo};
-use aifs_common::proto::osd::{OsdReq, OsdResp};
+use aifs_common::proto::osd::{OsdCall, OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
 use aifs_common::{InodeId, LayoutPolicy, ObjectId, OsdId};
 use aifs_mds::admin::{human, parse_size, table, use_pct, Admin, AdminConfig};
@@ -157,6 +157,7 @@ fn init(dir: &Path, mds: SocketAddr, osds: u32, osd_port: u16, data: Option<Path
         default_layout: LayoutPolicy::default(),
         osd_timeout_ms: 5_000,
         session_timeout_ms: 10_000,
+        cap_term_ms: 60_000,
         repair_mb_per_s: 200,
         tls: tls(Role::Mds),
         transport: transport.clone(),
@@ -480,7 +481,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                         let size = match info.and_then(|o| o.addr.parse::<SocketAddr>().ok()) {
                             Some(addr) => {
                                 let c = RpcClient::new(admin.endpoint.clone(), addr, Role::Osd);
-                                match c.call::<_, OsdResp>(&OsdReq::Stat { obj }, &[]).await {
+                                match c.call::<_, OsdResp>(&OsdCall::from(OsdReq::Stat { obj }), &[]).await {
                                     Ok((OsdResp::Stat { exists: true, size }, _)) => Some(size),
                                     Ok((OsdResp::Stat { exists: false, .. }, _)) => None,
                                     _ => None,

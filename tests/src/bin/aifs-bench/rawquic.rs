@@ -1,6 +1,6 @@
 //! The transport's ceiling: a file's objects written and read straight
 //! from the OSDs over QUIC by the bench process itself, with the client's
-//! certificate, as many requests in flight as the client keeps, and no
+//! certificate and a capability from the MDS, as many requests in flight as the client keeps, and no
 //! FUSE, no kernel page cache and no client cache between. Each aifs row
 //! can then be read against what the same OSDs, network stack and TLS give
 //! on the same two cores in the same run.
@@ -10,7 +10,8 @@ use crate::util::{cpu_secs, Progress, MIB};
 use aifs_common::certs::Role;
 use aifs_common::layout::Layout;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
-use aifs_common::proto::osd::{block_crcs, OsdReq, OsdResp};
+use aifs_common::cap::Cap;
+use aifs_common::proto::osd::{block_crcs, OsdCall, OsdReq, OsdResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::{InodeId, ObjectId};
 use aifs_tests::proc::ProcCluster;
@@ -29,6 +30,8 @@ pub const IN_FLIGHT: usize = 16;
 pub struct RawQuic {
     rt: tokio::runtime::Runtime,
     mds: RpcClient,
+    /// The MDS as a client: capabilities come from it.
+    mds_client: RpcClient,
     osds: HashMap<u32, Arc<RpcClient>>,
     /// The aifs processes and this one, whose CPU a step is charged.
     pids: Vec<u32>,
@@ -48,6 +51,7 @@ pub struct RawMeasure {
 struct Objects {
     ino: InodeId,
     layout: Layout,
+    cap: Cap,
 }
 
 impl Objects {
@@ -58,6 +62,10 @@ impl Objects {
         let osd = self.layout.object_osds(index).first().map_or(u32::MAX, |o| o.0);
         (ObjectId { ino: self.ino, index }, obj_off, osd)
     }
+
+    fn call(&self, req: OsdReq) -> OsdCall {
+        OsdCall { cap: Some(self.cap), req }
+    }
 }
 
 impl RawQuic {
@@ -65,26 +73,33 @@ impl RawQuic {
     /// before any step is timed.
     pub fn new(cl: &ProcCluster, aifs_pids: &[u32]) -> Result<RawQuic> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let (mds, osds) = rt.block_on(async {
+        let (mds, mds_client, osds) = rt.block_on(async {
             let admin = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &cl.transport()?)?;
             let mds = RpcClient::new(admin, cl.mds_addr, Role::Mds);
+            let client = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Client))?, &cl.transport()?)?;
+            let mds_client = RpcClient::new(client, cl.mds_addr, Role::Mds);
             let osds: HashMap<u32, Arc<RpcClient>> = osds::osd_clients(cl, Role::Client).await?.into_iter().map(|(id, c)| (id.0, Arc::new(c))).collect();
             for c in osds.values() {
                 c.connection().await?;
             }
-            anyhow::Ok((mds, osds))
+            anyhow::Ok((mds, mds_client, osds))
         })?;
         let mut pids = aifs_pids.to_vec();
         pids.push(std::process::id());
-        Ok(RawQuic { rt, mds, osds, pids })
+        Ok(RawQuic { rt, mds, mds_client, osds, pids })
     }
 
     fn objects(&self, path: &Path) -> Result<Objects> {
         let ino = InodeId(std::fs::metadata(path)?.ino());
         let resp = self.rt.block_on(self.mds.call::<_, MdsReply>(&MdsCall::from(MdsReq::GetStripe { ino }), &[]))?.0.resp;
-        match resp {
-            MdsResp::Stripe { attr, .. } => Ok(Objects { ino, layout: attr.layout.context("the file has no layout")? }),
+        let layout = match resp {
+            MdsResp::Stripe { attr, .. } => attr.layout.context("the file has no layout")?,
             other => bail!("unexpected reply to GetStripe: {other:?}"),
+        };
+        let call = MdsCall::from(MdsReq::Cap { ino, write: true });
+        match self.rt.block_on(self.mds_client.call::<_, MdsReply>(&call, &[]))?.0.resp {
+            MdsResp::Cap(cap) => Ok(Objects { ino, layout, cap }),
+            other => bail!("unexpected reply to Cap: {other:?}"),
         }
     }
 
@@ -114,10 +129,10 @@ impl RawQuic {
             let writes = futures::stream::iter(0..bytes.div_ceil(su))
                 .map(|u| {
                     let (obj, off, osd) = objs.place(u * su);
-                    let (c, unit) = (self.osd(osd), unit.clone());
+                    let (c, unit, objs) = (self.osd(osd), unit.clone(), &objs);
                     async move {
                         let crcs = block_crcs(off, &unit);
-                        let req = OsdReq::Write { obj, off, len: unit.len() as u32, crcs };
+                        let req = objs.call(OsdReq::Write { obj, off, len: unit.len() as u32, crcs });
                         match c?.call::<_, OsdResp>(&req, &[unit]).await? {
                             (OsdResp::Done, _) => Ok::<_, anyhow::Error>((obj, osd, su)),
                             (other, _) => bail!("unexpected reply to Write: {other:?}"),
@@ -137,8 +152,8 @@ impl RawQuic {
                 total += n;
                 p.tick(total / MIB as u64, bytes / MIB as u64, "MB/s", 1e6 / MIB as f64);
             }
-            for (osd, objs) in written {
-                match self.osd(osd)?.call::<_, OsdResp>(&OsdReq::Commit { objs }, &[]).await? {
+            for (osd, list) in written {
+                match self.osd(osd)?.call::<_, OsdResp>(&objs.call(OsdReq::Commit { objs: list }), &[]).await? {
                     (OsdResp::Done, _) => {}
                     (other, _) => bail!("unexpected reply to Commit: {other:?}"),
                 }
@@ -159,9 +174,9 @@ impl RawQuic {
             let reads = futures::stream::iter(0..bytes.div_ceil(su))
                 .map(|u| {
                     let (obj, off, osd) = objs.place(u * su);
-                    let c = self.osd(osd);
+                    let (c, objs) = (self.osd(osd), &objs);
                     async move {
-                        match c?.call::<_, OsdResp>(&OsdReq::Read { obj, off, len: su as u32 }, &[]).await? {
+                        match c?.call::<_, OsdResp>(&objs.call(OsdReq::Read { obj, off, len: su as u32 }), &[]).await? {
                             (OsdResp::Data { .. }, body) => Ok::<_, anyhow::Error>(body.len() as u64),
                             (other, _) => bail!("unexpected reply to Read: {other:?}"),
                         }
@@ -191,10 +206,10 @@ impl RawQuic {
             let reads = futures::stream::iter(offs)
                 .map(|off| {
                     let (obj, obj_off, osd) = objs.place(off);
-                    let c = self.osd(osd);
+                    let (c, objs) = (self.osd(osd), &objs);
                     async move {
                         let t = Instant::now();
-                        match c?.call::<_, OsdResp>(&OsdReq::ReadRange { obj, off: obj_off, len: 4096 }, &[]).await? {
+                        match c?.call::<_, OsdResp>(&objs.call(OsdReq::ReadRange { obj, off: obj_off, len: 4096 }), &[]).await? {
                             (OsdResp::Range { .. }, _) => Ok::<_, anyhow::Error>(t.elapsed().as_secs_f64() * 1e6),
                             (other, _) => bail!("unexpected reply to ReadRange: {other:?}"),
                         }

@@ -1,0 +1,51 @@
+//! The MDS's side of capabilities (common/src/cap.rs, DESIGN.md "Trust"):
+//! the master secret, made once at random and kept in shard 0's store so
+//! that a restart keeps every capability granted before it valid, and the
+//! grants that go with opens, creates, reservations and renewals.
+use crate::namespace::Namespace;
+use crate::store::{IoResult, SECRETS};
+use redb::ReadableTable;
+use aifs_common::cap::{self, Cap, CapKey, Minter, READ, WRITE};
+use aifs_common::{Error, InodeId, Result};
+
+const MASTER: &str = "cap_master";
+
+pub struct Caps {
+    minter: Minter,
+}
+
+impl Caps {
+    /// The cluster's master secret, made on the first start.
+    pub async fn open(ns: &Namespace, term_ms: u64) -> Result<Caps> {
+        let fresh: [u8; 32] = cap::random_bytes()?;
+        let master = ns
+            .shard(0)
+            .mutate(move |txn| {
+                let mut t = txn.open_table(SECRETS).io()?;
+                let stored: Option<[u8; 32]> = match t.get(MASTER).io()? {
+                    Some(v) => Some(v.value().try_into().map_err(|_| Error::Io("stored capability secret is not 32 bytes".into()))?),
+                    None => None,
+                };
+                match stored {
+                    Some(m) => Ok(m),
+                    None => {
+                        t.insert(MASTER, &fresh[..]).io()?;
+                        Ok(fresh)
+                    }
+                }
+            })
+            .await?;
+        Ok(Caps { minter: Minter::new(&master, term_ms.max(1000)) })
+    }
+
+    /// Read, and write too when `write`, over `ino`'s objects.
+    pub fn grant(&self, ino: InodeId, write: bool) -> Cap {
+        let rights = if write { READ | WRITE } else { READ };
+        self.minter.grant(ino, rights, cap::now_ms())
+    }
+
+    /// What OSDs are handed with each heartbeat reply.
+    pub fn keys(&self) -> Vec<CapKey> {
+        self.minter.keys_around(cap::now_ms())
+    }
+}
