@@ -276,15 +276,23 @@ pub fn raw_run(raw: &RawQuic, dir: &Path, mib: usize, run: usize) -> Result<Vec<
     drop_caches();
     rows.push(("read".to_string(), raw.read(&file, bytes)?));
     for (qd, ops) in [(1usize, 4000usize), (16, 16000)] {
-        drop_caches();
-        let m = raw.random(&file, bytes, qd, ops)?;
-        eprintln!("  raw QUIC: 4 KiB random reads, QD{qd}: {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs", m.rate, m.p50, m.p99);
-        rows.push((format!("4 KiB random reads, QD{qd}"), m));
+        // With and without a capability to check, alternately: the
+        // difference is what checking one costs each request.
+        for capped in [true, false] {
+            drop_caches();
+            let m = raw.random(&file, bytes, qd, ops, capped)?;
+            let name = format!("4 KiB random reads, QD{qd}{}", if capped { "" } else { NO_CAP });
+            eprintln!("  raw QUIC: {name}: {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs", m.rate, m.p50, m.p99);
+            rows.push((name, m));
+        }
     }
     fs::remove_file(&file)?;
     settle();
     Ok(rows)
 }
+
+/// Names the raw random-read rows made without a capability to check.
+const NO_CAP: &str = ", no capability";
 
 /// The raw-QUIC row an aifs row is held against: writes against the raw
 /// write, loads against the raw read, random reads against raw random
@@ -398,9 +406,38 @@ impl Table {
              a stripe unit per request, {} in flight, no FUSE and no caches; random reads are ReadRange requests.",
             crate::rawquic::IN_FLIGHT
         );
+        self.print_cap_cost();
         if let Some((_, t)) = self.rows.iter().find(|r| r.0.starts_with("re-load")) {
             let osd = |i: usize| med(&t[i], |m| m.osd_read.unwrap_or(0) as f64);
             println!("re-load: bytes the OSDs read during the second load: {:.0} (1 replica), {:.0} (2 replicas).", osd(1), osd(2));
+        }
+    }
+}
+
+impl Table {
+    /// What checking a capability costs an OSD request: raw QUIC random
+    /// reads with one (client certificate) against the same without
+    /// (admin certificate), run alternately.
+    fn print_cap_cost(&self) {
+        let raw = |name: &str| self.raw.iter().find(|r| r.0 == name).map(|r| &r.1);
+        let rows: Vec<_> = self.raw.iter().filter_map(|(name, with)| Some((name, with, raw(&format!("{name}{NO_CAP}"))?))).collect();
+        if rows.is_empty() {
+            return;
+        }
+        println!();
+        println!("| capability check, raw QUIC | IOPS with | IOPS without | with/without | p50 µs with | without | p99 µs with | without |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (name, with, without) in rows {
+            let m = |v: &Vec<RawMeasure>, f: fn(&RawMeasure) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+            let (a, b) = (m(with, |x| x.rate), m(without, |x| x.rate));
+            println!(
+                "| {name} | {a:.0} | {b:.0} | {:.3} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                if b > 0.0 { a / b } else { 0.0 },
+                m(with, |x| x.p50),
+                m(without, |x| x.p50),
+                m(with, |x| x.p99),
+                m(without, |x| x.p99)
+            );
         }
     }
 }

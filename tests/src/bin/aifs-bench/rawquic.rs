@@ -33,6 +33,9 @@ pub struct RawQuic {
     /// The MDS as a client: capabilities come from it.
     mds_client: RpcClient,
     osds: HashMap<u32, Arc<RpcClient>>,
+    /// The same OSDs under the admin certificate, which needs no
+    /// capability: what checking one costs is the difference.
+    admin_osds: HashMap<u32, Arc<RpcClient>>,
     /// The aifs processes and this one, whose CPU a step is charged.
     pids: Vec<u32>,
 }
@@ -73,20 +76,21 @@ impl RawQuic {
     /// before any step is timed.
     pub fn new(cl: &ProcCluster, aifs_pids: &[u32]) -> Result<RawQuic> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let (mds, mds_client, osds) = rt.block_on(async {
+        let (mds, mds_client, osds, admin_osds) = rt.block_on(async {
             let admin = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin))?, &cl.transport()?)?;
             let mds = RpcClient::new(admin, cl.mds_addr, Role::Mds);
             let client = rpc::client_endpoint(&Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Client))?, &cl.transport()?)?;
             let mds_client = RpcClient::new(client, cl.mds_addr, Role::Mds);
             let osds: HashMap<u32, Arc<RpcClient>> = osds::osd_clients(cl, Role::Client).await?.into_iter().map(|(id, c)| (id.0, Arc::new(c))).collect();
-            for c in osds.values() {
+            let admin_osds: HashMap<u32, Arc<RpcClient>> = osds::osd_clients(cl, Role::Admin).await?.into_iter().map(|(id, c)| (id.0, Arc::new(c))).collect();
+            for c in osds.values().chain(admin_osds.values()) {
                 c.connection().await?;
             }
-            anyhow::Ok((mds, mds_client, osds))
+            anyhow::Ok((mds, mds_client, osds, admin_osds))
         })?;
         let mut pids = aifs_pids.to_vec();
         pids.push(std::process::id());
-        Ok(RawQuic { rt, mds, mds_client, osds, pids })
+        Ok(RawQuic { rt, mds, mds_client, osds, admin_osds, pids })
     }
 
     fn objects(&self, path: &Path) -> Result<Objects> {
@@ -198,18 +202,23 @@ impl RawQuic {
 
     /// `ops` 4 KiB reads at distinct random offsets of the first `size`
     /// bytes, `qd` at a time, each a `ReadRange` as the client sends it:
-    /// IOPS and latency percentiles.
-    pub fn random(&self, path: &Path, size: u64, qd: usize, ops: usize) -> Result<RawMeasure> {
+    /// IOPS and latency percentiles. `capped`: with the client's
+    /// certificate and a capability, as the client sends them; else under
+    /// the admin certificate, which the OSD checks no capability for.
+    pub fn random(&self, path: &Path, size: u64, qd: usize, ops: usize, capped: bool) -> Result<RawMeasure> {
         let objs = self.objects(path)?;
+        let osds = if capped { &self.osds } else { &self.admin_osds };
+        let cap = capped.then_some(objs.cap);
         let offs: Vec<u64> = shuffle((size / 4096) as usize, size ^ qd as u64 ^ 0x5a).into_iter().take(ops).map(|b| b as u64 * 4096).collect();
         let step = async {
             let reads = futures::stream::iter(offs)
                 .map(|off| {
                     let (obj, obj_off, osd) = objs.place(off);
-                    let (c, objs) = (self.osd(osd), &objs);
+                    let c = osds.get(&osd).cloned().with_context(|| format!("osd.{osd} is not in the map"));
                     async move {
                         let t = Instant::now();
-                        match c?.call::<_, OsdResp>(&objs.call(OsdReq::ReadRange { obj, off: obj_off, len: 4096 }), &[]).await? {
+                        let call = OsdCall { cap, req: OsdReq::ReadRange { obj, off: obj_off, len: 4096 } };
+                        match c?.call::<_, OsdResp>(&call, &[]).await? {
                             (OsdResp::Range { .. }, _) => Ok::<_, anyhow::Error>(t.elapsed().as_secs_f64() * 1e6),
                             (other, _) => bail!("unexpected reply to ReadRange: {other:?}"),
                         }
