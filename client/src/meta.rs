@@ -78,8 +78,8 @@ pub struct Listed {
 }
 
 pub struct MetaCache {
-    /// The current session's id (0: none yet).
-    session: AtomicU64,
+    /// The current session's id.
+    session: Mutex<Option<SessionId>>,
     base: Instant,
     /// Nanoseconds after `base` until which the session is certainly live.
     valid_until: AtomicU64,
@@ -105,7 +105,7 @@ impl Default for MetaCache {
 impl MetaCache {
     pub fn new() -> Self {
         MetaCache {
-            session: AtomicU64::new(0),
+            session: Mutex::new(None),
             base: Instant::now(),
             valid_until: AtomicU64::new(0),
             seq: AtomicU64::new(0),
@@ -121,15 +121,13 @@ impl MetaCache {
     }
 
     pub fn session(&self) -> Option<SessionId> {
-        match self.session.load(Ordering::Acquire) {
-            0 => None,
-            id => Some(SessionId(id)),
-        }
+        self.session.lock().ok().and_then(|s| *s)
     }
 
     /// A (new) session: whatever was cached under another one is gone.
     pub fn set_session(&self, id: SessionId, sent_at: Instant, term: Duration) {
-        if self.session.swap(id.0, Ordering::AcqRel) != id.0 {
+        let before = self.session.lock().map(|mut s| s.replace(id)).unwrap_or(None);
+        if before != Some(id) {
             self.clear();
             self.valid_until.store(0, Ordering::Release);
         }

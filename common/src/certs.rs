@@ -81,12 +81,29 @@ pub fn init_cluster(dir: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// A certificate of its own for one node in `role`, signed by the CA in
+/// `ca_dir` (`ca.pem`, `ca.key`) and written to `out/<name>.pem/.key`: a
+/// session opened under it answers to it alone.
+pub fn issue_node(ca_dir: &Path, role: Role, name: &str, out: &Path) -> Result<()> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') || name.len() > 64 {
+        return Err(Error::InvalidArgument(format!("node name {name:?}: 1 to 64 letters, digits, '-', '_' or '.'")));
+    }
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key"))?).map_err(cert_err)?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    std::fs::create_dir_all(out)?;
+    issue_named(out, role, name, &format!("aifs {} {name}", role.name()), &issuer)
+}
+
 /// Sign a certificate for `role`, written as `<file_stem>.pem/.key`.
 fn issue(dir: &Path, role: Role, file_stem: &str, issuer: &Issuer<'_, KeyPair>) -> Result<()> {
+    issue_named(dir, role, file_stem, &format!("aifs {}", role.name()), issuer)
+}
+
+fn issue_named(dir: &Path, role: Role, file_stem: &str, common_name: &str, issuer: &Issuer<'_, KeyPair>) -> Result<()> {
     let key = KeyPair::generate().map_err(cert_err)?;
     let mut p = CertificateParams::new(vec![role.dns_name().to_string()]).map_err(cert_err)?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("aifs {}", role.name()));
+    dn.push(DnType::CommonName, common_name);
     p.distinguished_name = dn;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];

@@ -88,19 +88,65 @@ impl fmt::Display for OsdId {
 }
 
 /// A client's session at the MDS: what its leases, opens and locks belong
-/// to. Numbered from a clock seed upwards; never 0, so that a reply made
-/// under no session is told apart by `Option`, not by a magic number.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize)]
+/// to. Random (`SessionId::random`): knowing one's own says nothing of
+/// another's. A reply made under no session is told apart by `Option`.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 #[rkyv(derive(Debug))]
-#[serde(transparent)]
-pub struct SessionId(pub u64);
+pub struct SessionId(pub u128);
 
-/// Decimal, as `mdsctl session ls` shows it and `session evict` takes it.
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+/// In JSON as its hex string: a 128-bit number does not survive most JSON
+/// readers.
+impl serde::Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
+
+impl SessionId {
+    /// Set in ids made for one request's leases (no session of its own),
+    /// never in a session's: the two cannot meet.
+    const EPHEMERAL: u128 = 1 << 127;
+
+    /// A new session's id: 127 random bits, so that no client can guess
+    /// another's (a session is also bound to its certificate).
+    pub fn random() -> crate::Result<SessionId> {
+        Ok(SessionId(u128::from_le_bytes(crate::cap::random_bytes()?) & !Self::EPHEMERAL))
+    }
+
+    /// The `n`th id for a request without a session.
+    pub fn ephemeral(n: u64) -> SessionId {
+        SessionId(Self::EPHEMERAL | n as u128)
+    }
+
+    /// The id's two halves, low first, for stores that keep u64s.
+    pub fn halves(self) -> (u64, u64) {
+        (self.0 as u64, (self.0 >> 64) as u64)
+    }
+
+    pub fn from_halves(lo: u64, hi: u64) -> SessionId {
+        SessionId(((hi as u128) << 64) | lo as u128)
+    }
+}
+
+/// 32 hex digits, as `mdsctl session ls` shows it and `session evict`
+/// takes it.
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::str::FromStr for SessionId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u128::from_str_radix(s, 16).map(SessionId)
+    }
+}
+
+/// Who a peer is: the SHA-256 of its certificate. A session belongs to the
+/// owner that opened it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct Owner(pub [u8; 32]);
 
 #[cfg(test)]
 mod tests {

@@ -380,20 +380,20 @@ mod tests {
             let mut t = LeaseTable::new(TERM);
             for op in ops {
                 match op {
-                    Op::Open(s) => t.open_session(S(s as u64), now),
-                    Op::Beat(s) => { t.heartbeat(S(s as u64), now); }
+                    Op::Open(s) => t.open_session(S(s as u128), now),
+                    Op::Beat(s) => { t.heartbeat(S(s as u128), now); }
                     Op::Acquire(s, i, k) => {
-                        if let Decision::Wait { recall } = t.acquire(S(s as u64), InodeId(i as u64), k, now) {
+                        if let Decision::Wait { recall } = t.acquire(S(s as u128), InodeId(i as u64), k, now) {
                             for r in recall {
                                 prop_assert!(t.recalled(InodeId(i as u64)).contains(&r));
                             }
                         }
                     }
-                    Op::Release(s, i) => t.release(S(s as u64), InodeId(i as u64)),
-                    Op::Downgrade(s, i) => t.downgrade(S(s as u64), InodeId(i as u64)),
-                    Op::TryAcquire(s, i, k) => { t.try_acquire(S(s as u64), InodeId(i as u64), k, now); }
-                    Op::Demote(s, i) => t.demote(S(s as u64), InodeId(i as u64)),
-                    Op::Close(s) => t.close_session(S(s as u64)),
+                    Op::Release(s, i) => t.release(S(s as u128), InodeId(i as u64)),
+                    Op::Downgrade(s, i) => t.downgrade(S(s as u128), InodeId(i as u64)),
+                    Op::TryAcquire(s, i, k) => { t.try_acquire(S(s as u128), InodeId(i as u64), k, now); }
+                    Op::Demote(s, i) => t.demote(S(s as u128), InodeId(i as u64)),
+                    Op::Close(s) => t.close_session(S(s as u128)),
                     Op::Advance(ms) => now += Duration::from_millis(ms as u64),
                 }
                 no_conflicts(&t);

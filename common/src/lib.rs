@@ -21,5 +21,5 @@ pub mod shutdown;
 pub mod time;
 
 pub use error::{errno, Error, Result};
-pub use ids::{InodeId, ObjectId, OsdId, SessionId};
+pub use ids::{InodeId, ObjectId, OsdId, Owner, SessionId};
 pub use layout::{Extent, Layout, LayoutPolicy};

@@ -119,7 +119,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn lk(session: u64, owner: u64, start: u64, end: u64, write: bool) -> Lock {
-        Lock { session: SessionId(session), owner, start, end, write, pid: 0 }
+        Lock { session: SessionId(session.into()), owner, start, end, write, pid: 0 }
     }
 
     #[test]
@@ -169,7 +169,7 @@ mod tests {
                 let end = start + len;
                 match kind {
                     0 | 1 => { let _ = t.set(InodeId(0), lk(s, o, start, end, kind == 1)); }
-                    _ => t.unlock(InodeId(0), SessionId(s), o, start, end),
+                    _ => t.unlock(InodeId(0), SessionId(s.into()), o, start, end),
                 }
                 let h = t.held(InodeId(0));
                 for (i, a) in h.iter().enumerate() {

@@ -1,7 +1,8 @@
 //! What the MDS knows about the rest of the cluster: the OSD map (from
 //! registrations and heartbeats) and client sessions.
 use aifs_common::locks::Lock;
-use aifs_common::{InodeId, OsdId, SessionId};
+use aifs_common::rpc::Peer;
+use aifs_common::{Error, InodeId, OsdId, Owner, Result, SessionId};
 use aifs_common::proto::mds::{HeldLock, OsdInfo, OsdState, SessionInfo};
 use dashmap::DashMap;
 use aifs_common::lease::LeaseTable;
@@ -23,6 +24,8 @@ pub struct OsdEntry {
 }
 
 pub struct SessionEntry {
+    /// The certificate that opened it: only it may act for the session.
+    pub owner: Owner,
     pub name: String,
     pub addr: String,
     /// The connection recalls go over: the latest one the session was
@@ -38,7 +41,8 @@ pub struct Cluster {
     osd_timeout: Duration,
     /// Who each session is; liveness and leases live in `leases`.
     pub sessions: DashMap<SessionId, SessionEntry>,
-    next_session: AtomicU64,
+    /// Numbers the ids of requests served without a session.
+    next_ephemeral: AtomicU64,
     /// Sessions and the leases they hold (the pure core, common/src/lease.rs).
     pub leases: Mutex<LeaseTable>,
     /// Woken whenever leases are given back or sessions end.
@@ -68,7 +72,8 @@ pub struct Cluster {
 /// answers nothing that could contradict those caches.
 struct Grace {
     until: Instant,
-    waiting: std::collections::HashSet<SessionId>,
+    /// With the owner each may come back under.
+    waiting: HashMap<SessionId, Owner>,
 }
 
 /// Wait until `done()`, looking again whenever `changed` is notified and
@@ -97,13 +102,12 @@ pub enum Beat {
 
 impl Cluster {
     pub fn new(osd_timeout: Duration, session_timeout: Duration) -> Self {
-        let seed = aifs_common::time::now_ns().unsigned_abs() << 8;
         Cluster {
             osds: DashMap::new(),
             epoch: AtomicU64::new(1),
             osd_timeout,
             sessions: DashMap::new(),
-            next_session: AtomicU64::new(seed),
+            next_ephemeral: AtomicU64::new(1),
             leases: Mutex::new(LeaseTable::new(session_timeout)),
             released: tokio::sync::Notify::new(),
             opens: Mutex::new(HashMap::new()),
@@ -119,7 +123,7 @@ impl Cluster {
 
     /// At start: wait (at most one lease term) for the sessions the last
     /// run had to come back.
-    pub fn start_grace(&self, previous: Vec<SessionId>) {
+    pub fn start_grace(&self, previous: Vec<(SessionId, Owner)>) {
         if previous.is_empty() {
             return;
         }
@@ -132,7 +136,7 @@ impl Cluster {
 
     /// Is `previous` a session of the last run not back yet?
     pub fn waits_for(&self, previous: SessionId) -> bool {
-        self.grace.lock().is_ok_and(|g| g.as_ref().is_some_and(|gr| gr.waiting.contains(&previous)))
+        self.grace.lock().is_ok_and(|g| g.as_ref().is_some_and(|gr| gr.waiting.contains_key(&previous)))
     }
 
     /// Session `previous` of the last run came back as `session`, holding
@@ -142,7 +146,7 @@ impl Cluster {
     pub fn came_back(&self, previous: SessionId, session: SessionId, locks: &[HeldLock]) -> bool {
         let Ok(mut g) = self.grace.lock() else { return false };
         let Some(gr) = g.as_mut() else { return false };
-        if !gr.waiting.remove(&previous) {
+        if gr.waiting.remove(&previous).is_none() {
             return false;
         }
         if let Ok(mut t) = self.locks.lock() {
@@ -223,11 +227,33 @@ impl Cluster {
     }
 
     /// The session a request acts for: the one it names if that is live,
-    /// else the one bound to its connection, if live.
-    pub fn session_for(&self, peer: &aifs_common::rpc::Peer, named: Option<SessionId>) -> Option<SessionId> {
+    /// else the one bound to its connection, if live. Naming a session
+    /// another certificate opened is refused.
+    pub fn session_for(&self, peer: &Peer, named: Option<SessionId>) -> Result<Option<SessionId>> {
+        if let Some(n) = named {
+            self.check_owner(peer, n)?;
+        }
         let now = Instant::now();
         let live = |s: &SessionId| self.leases.lock().map(|t| t.is_live(*s, now)).unwrap_or(false);
-        named.filter(live).or_else(|| peer.session().filter(live))
+        Ok(named.filter(live).or_else(|| peer.session().filter(live)))
+    }
+
+    /// May `peer` act for session `id`? Yes if its certificate opened it,
+    /// or if no such session is known (what it asks then finds nothing).
+    /// A session of the last run, not back yet, answers to the
+    /// certificate that opened it then.
+    pub fn check_owner(&self, peer: &Peer, id: SessionId) -> Result<()> {
+        let owner = match self.sessions.get(&id) {
+            Some(s) => Some(s.owner),
+            None => self.grace.lock().ok().and_then(|g| g.as_ref().and_then(|gr| gr.waiting.get(&id).copied())),
+        };
+        match owner {
+            Some(o) if o != peer.owner => {
+                tracing::warn!(session = %id, peer = %peer.addr, "request names a session another certificate opened; refused");
+                Err(Error::Unauthorized(format!("session {id} is not this certificate's")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Does any client have `ino` open? During the grace after a restart
@@ -286,8 +312,9 @@ impl Cluster {
         self.leases.lock().map(|t| t.term()).unwrap_or(Duration::from_secs(10))
     }
 
+    /// An id for one request served without a session of its own.
     pub fn new_session_id(&self) -> SessionId {
-        SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
+        SessionId::ephemeral(self.next_ephemeral.fetch_add(1, Ordering::Relaxed))
     }
 
     pub fn epoch(&self) -> u64 {
@@ -418,14 +445,16 @@ impl Cluster {
         v
     }
 
-    pub fn open_session(&self, name: String, addr: String, dir_leases: bool) -> SessionId {
-        let id = self.new_session_id();
+    /// A new session for `peer`'s certificate, with a random id.
+    pub fn open_session(&self, name: String, peer: &Peer, dir_leases: bool) -> Result<SessionId> {
+        let id = SessionId::random()?;
+        let addr = peer.addr.to_string();
         tracing::info!(session = %id, %name, %addr, "session opened");
         if let Ok(mut l) = self.leases.lock() {
             l.open_session(id, Instant::now());
         }
-        self.sessions.insert(id, SessionEntry { name, addr, conn: None, dir_leases });
-        id
+        self.sessions.insert(id, SessionEntry { owner: peer.owner, name, addr, conn: None, dir_leases });
+        Ok(id)
     }
 
     /// False when the session is unknown (expired, evicted, or the MDS

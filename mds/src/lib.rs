@@ -134,7 +134,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
                 // Sessions of the last run that never came back.
                 grace = false;
                 let gone: Vec<aifs_common::SessionId> = match service::stored_sessions(&tick_svc.ns).await {
-                    Ok(v) => v.into_iter().filter(|id| !tick_cluster.sessions.contains_key(id)).collect(),
+                    Ok(v) => v.into_iter().map(|(id, _)| id).filter(|id| !tick_cluster.sessions.contains_key(id)).collect(),
                     Err(e) => {
                         e.log("reading sessions failed");
                         Vec::new()

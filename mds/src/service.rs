@@ -13,7 +13,7 @@ use aifs_common::lease::LeaseKind;
 use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, Reserved, ShardInfo, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
 use aifs_common::cap::Cap;
-use aifs_common::{Error, InodeId, OsdId, Result, SessionId};
+use aifs_common::{Error, InodeId, OsdId, Owner, Result, SessionId};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -39,13 +39,31 @@ fn need(peer: &Peer, roles: &[Role]) -> Result<()> {
 
 const NS: &[Role] = &[Role::Client, Role::Admin];
 
-/// The sessions recorded as open (shard 0): those of the last run, at start.
-pub async fn stored_sessions(ns: &Namespace) -> Result<Vec<SessionId>> {
+/// A session open's outcome as its at-most-once record keeps it (two
+/// u64s): the id's halves, with `reclaimed` in the top bit, which no
+/// session's id has set (`SessionId::random`).
+fn pack_session(id: SessionId, reclaimed: bool) -> (u64, u64) {
+    let (lo, hi) = id.halves();
+    (lo, hi | (reclaimed as u64) << 63)
+}
+
+fn unpack_session((lo, hi): (u64, u64)) -> (SessionId, bool) {
+    (SessionId::from_halves(lo, hi & !(1 << 63)), hi >> 63 == 1)
+}
+
+/// The sessions recorded as open (shard 0), with their owners: those of
+/// the last run, at start.
+pub async fn stored_sessions(ns: &Namespace) -> Result<Vec<(SessionId, Owner)>> {
     ns.shard(0)
         .read(|t| {
             let mut v = Vec::new();
             for r in t.open_table(SESSIONS).io()?.iter().io()? {
-                v.push(SessionId(r.io()?.0.value()));
+                let (k, val) = r.io()?;
+                let owner = val.value().get(..32).and_then(|o| o.try_into().ok()).map(Owner);
+                match owner {
+                    Some(o) => v.push((SessionId(k.value()), o)),
+                    None => tracing::warn!(session = %SessionId(k.value()), "stored session has no owner; not waited for"),
+                }
             }
             Ok(v)
         })
@@ -426,30 +444,36 @@ impl MdsService {
             }
             MdsReq::OpenSession { name, dir_leases, previous, open, locks } => {
                 need(peer, NS)?;
-                if let Some((id, reclaimed)) = once.done {
-                    let id = SessionId(id);
+                if let Some(done) = once.done {
+                    let (id, reclaimed) = unpack_session(done);
                     // The reply to an earlier attempt was lost: that session
                     // is this client's (if this MDS has restarted since, the
                     // client's next heartbeat finds it gone and it comes
                     // back naming it, with its locks).
+                    cl.check_owner(peer, id)?;
                     if cl.touch_session(id) {
                         cl.bind(peer, id);
                     }
-                    return Ok(MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed: reclaimed != 0 });
+                    return Ok(MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed });
                 }
-                let id = cl.open_session(name.clone(), peer.addr.to_string(), dir_leases);
+                if let Some(p) = previous {
+                    cl.check_owner(peer, p)?;
+                }
+                let id = cl.open_session(name.clone(), peer, dir_leases)?;
                 let rid = once.rid;
                 let reclaims = previous.is_some_and(|p| cl.waits_for(p));
+                let mut stored = peer.owner.0.to_vec();
+                stored.extend_from_slice(name.as_bytes());
                 // Known durably before it is answered: a restart waits for it.
                 ns.shard(0)
                     .mutate(move |txn| {
                         let mut t = txn.open_table(SESSIONS).io()?;
-                        t.insert(id.0, name.as_str()).io()?;
+                        t.insert(id.0, stored.as_slice()).io()?;
                         if let Some(previous) = previous {
                             t.remove(previous.0).io()?;
                         }
                         drop(t);
-                        crate::once::record(txn, rid, (id.0, reclaims as u64))
+                        crate::once::record(txn, rid, pack_session(id, reclaims))
                     })
                     .await?;
                 for ino in &open {
@@ -464,6 +488,7 @@ impl MdsService {
             }
             MdsReq::SessionHeartbeat { id } => {
                 need(peer, NS)?;
+                cl.check_owner(peer, id)?;
                 if !ns.cluster.touch_session(id) {
                     return Err(Error::Stale);
                 }
@@ -472,6 +497,7 @@ impl MdsService {
             }
             MdsReq::CloseSession { id } => {
                 need(peer, NS)?;
+                cl.check_owner(peer, id)?;
                 if ns.cluster.close_session(id) {
                     self.forget_sessions(&[id]).await?;
                 }
@@ -549,7 +575,7 @@ impl MdsService {
             }
             MdsReq::Close { ino, session } => {
                 need(peer, NS)?;
-                let s = cl.session_for(peer, session);
+                let s = cl.session_for(peer, session)?;
                 if s.is_some_and(|s| cl.closed(s, ino)) {
                     self.purge().await;
                 }
@@ -559,7 +585,7 @@ impl MdsService {
                 need(peer, NS)?;
                 // Without a session, a fresh id that owns no lock: every
                 // lock in the way conflicts.
-                let session = cl.session_for(peer, session).unwrap_or_else(|| cl.new_session_id());
+                let session = cl.session_for(peer, session)?.unwrap_or_else(|| cl.new_session_id());
                 let want = Lock { session, owner, start, end, write, pid };
                 let t = cl.locks.lock().map_err(|_| Error::Io("lock table poisoned".into()))?;
                 MdsResp::Lock(t.conflict(ino, &want).map(|l| LockInfo { start: l.start, end: l.end, write: l.write, pid: l.pid }))
@@ -568,7 +594,7 @@ impl MdsService {
                 need(peer, NS)?;
                 // Locks live as long as the session: without one there is
                 // no owner to give them back when the client dies.
-                let Some(session) = cl.session_for(peer, session) else {
+                let Some(session) = cl.session_for(peer, session)? else {
                     return Err(Error::Unavailable("no session to hold locks".into()));
                 };
                 let mut t = cl.locks.lock().map_err(|_| Error::Io("lock table poisoned".into()))?;
@@ -652,7 +678,10 @@ impl MdsService {
     async fn apply(&self, peer: &Arc<Peer>, session: Option<SessionId>, ops: Vec<DirOp>) -> MdsResp {
         let cl = &self.ns.cluster;
         let h = cl.holder(peer);
-        let s = cl.session_for(peer, session);
+        let s = match cl.session_for(peer, session) {
+            Ok(s) => s,
+            Err(e) => return MdsResp::Err(e.to_wire()),
+        };
         let results = self.ns.apply(ops.clone()).await;
         let mut changes: Vec<(InodeId, Vec<String>)> = Vec::new();
         let mut unlinked = false;

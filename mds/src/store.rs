@@ -34,10 +34,11 @@ pub const DEGRADED: TableDefinition<(u64, u32, u32), ()> = TableDefinition::new(
 /// number) -> (outcome, outcome, unix seconds when recorded). Written in
 /// the request's own transaction (mds/src/once.rs).
 pub const REQUESTS: TableDefinition<(u64, u64), (u64, u64, u64)> = TableDefinition::new("requests");
-/// Client sessions (shard 0) -> the client's name. After a restart the
-/// MDS waits for these to come back before answering anything that could
-/// contradict what they cached.
-pub const SESSIONS: TableDefinition<u64, &str> = TableDefinition::new("sessions");
+/// Client sessions (shard 0) -> their owner (the hash of the certificate
+/// that opened them, 32 bytes) and the client's name. After a restart
+/// the MDS waits for these to come back, each under its own certificate,
+/// before answering anything that could contradict what they cached.
+pub const SESSIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("client_sessions");
 /// Changes over several shards whose later commits may not have happened
 /// yet, kept in the shard of the first commit: rolled forward at start.
 pub const INTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("intents");

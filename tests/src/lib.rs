@@ -87,6 +87,16 @@ impl TestCluster {
     }
 
     /// An RPC client of the MDS holding `role`'s certificate.
+    /// An MDS client under a certificate of its own, issued for node
+    /// `name` by the cluster's CA.
+    pub fn mds_client_of_node(&self, role: Role, name: &str) -> Result<RpcClient> {
+        let nodes = self.dir.path().join("nodes");
+        certs::issue_node(self.dir.path(), role, name, &nodes)?;
+        let t = aifs_common::config::TlsConfig { ca: self.dir.path().join("ca.pem"), cert: nodes.join(format!("{name}.pem")), key: nodes.join(format!("{name}.key")) };
+        let ep = rpc::client_endpoint(&Identity::load(&t)?, &TransportConfig::default())?;
+        Ok(RpcClient::new(ep, self.mds.addr, Role::Mds))
+    }
+
     pub fn mds_client(&self, role: Role) -> Result<RpcClient> {
         let id = Identity::load(&tls(self.dir.path(), role))?;
         let ep = rpc::client_endpoint(&id, &TransportConfig::default())?;

@@ -266,6 +266,38 @@ async fn layouts_inherit_and_admin_commands_need_the_admin_cert() {
     assert!(matches!(mds_call(&c, hb).await, Err(Error::Unauthorized(_))));
 }
 
+/// A session answers to the certificate that opened it: another node's
+/// client certificate, of the same cluster, can neither heartbeat it,
+/// close it, act for it, nor take its place; its id is random.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_answer_only_to_the_certificate_that_opened_them() {
+    let cl = TestCluster::start(1, 1).await.unwrap();
+    let a = cl.mds_client_of_node(Role::Client, "gpu-a").unwrap();
+    let b = cl.mds_client_of_node(Role::Client, "gpu-b").unwrap();
+    let open = |previous| MdsReq::OpenSession { name: "n".into(), dir_leases: false, previous, open: vec![], locks: vec![] };
+    let session = |r: MdsResp| match r {
+        MdsResp::Session { id, .. } => id,
+        other => panic!("{other:?}"),
+    };
+    let sa = session(mds_call(&a, open(None)).await.unwrap());
+    let sb = session(mds_call(&b, open(None)).await.unwrap());
+    // Random, not counted up: the ids share no long prefix.
+    assert!(sa.0.abs_diff(sb.0) > 1 << 64, "{sa} and {sb} look sequential");
+    let refused = |r: Result<MdsResp, Error>| matches!(r, Err(Error::Unauthorized(_)));
+    assert!(refused(mds_call(&b, MdsReq::SessionHeartbeat { id: sa }).await), "heartbeat of another's session");
+    assert!(refused(mds_call(&b, MdsReq::CloseSession { id: sa }).await), "close of another's session");
+    assert!(refused(mds_call(&b, open(Some(sa))).await), "taking another's session's place");
+    let ino = attr(&a, create(ROOT, "f")).await.unwrap().ino;
+    let lock = |session| MdsReq::SetLock { ino, owner: 1, start: 0, end: 9, kind: aifs_common::proto::mds::LockKind::Write, pid: 1, session: Some(session) };
+    assert!(refused(mds_call(&b, lock(sa)).await), "a lock under another's session");
+    assert!(refused(mds_call(&b, MdsReq::Close { ino, session: Some(sa) }).await), "a close under another's session");
+    // Its owner still has it, untouched.
+    mds_call(&a, MdsReq::SessionHeartbeat { id: sa }).await.unwrap();
+    mds_call(&a, lock(sa)).await.unwrap();
+    mds_call(&b, MdsReq::SessionHeartbeat { id: sb }).await.unwrap();
+    mds_call(&a, MdsReq::CloseSession { id: sa }).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_survives_a_restart_of_the_mds() {
     let dir;

@@ -43,7 +43,7 @@ mod tests {
     }
 
     /// Tag 0 (Lookup), parent = 1, name "ckpt" inline, padded to the
-    /// largest request variant.
+    /// largest request variant (16-byte aligned: session ids are u128).
     const GOLDEN_LOOKUP: &[u8] = &[
         0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,
         99, 107, 112, 116, 255, 255, 255, 255, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -51,7 +51,7 @@ mod tests {
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
     /// The crc array, then tag 0 (Write), object, offset, length and the
     /// relative pointer to the crcs.

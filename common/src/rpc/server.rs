@@ -4,7 +4,7 @@
 use super::tls::peer_role;
 use crate::certs::Role;
 use crate::error::{Error, Result};
-use crate::ids::SessionId;
+use crate::ids::{Owner, SessionId};
 use crate::proto::frame::{read_header, read_payload, write_frame, Message};
 use bytes::Bytes;
 use std::future::Future;
@@ -17,27 +17,29 @@ pub struct Peer {
     pub role: Role,
     pub addr: SocketAddr,
     pub conn: quinn::Connection,
-    /// The client session bound to this connection (0: none); the MDS sets
-    /// it when a session is opened or heartbeated over the connection.
-    session: std::sync::atomic::AtomicU64,
+    /// Who the peer is: its certificate's hash.
+    pub owner: Owner,
+    /// The client session bound to this connection; the MDS sets it when
+    /// a session is opened or heartbeated over the connection.
+    session: std::sync::Mutex<Option<SessionId>>,
 }
 
 impl Peer {
     pub fn new(role: Role, conn: quinn::Connection) -> Arc<Peer> {
-        Arc::new(Peer { role, addr: conn.remote_address(), conn, session: Default::default() })
+        let owner = super::tls::peer_owner(&conn);
+        Arc::new(Peer { role, addr: conn.remote_address(), conn, owner, session: Default::default() })
     }
 
     /// The client session bound to this connection, if any.
     pub fn session(&self) -> Option<SessionId> {
-        match self.session.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => None,
-            id => Some(SessionId(id)),
-        }
+        self.session.lock().ok().and_then(|s| *s)
     }
 
     /// Bind `id` to this connection (it opened or heartbeated here).
     pub fn bind_session(&self, id: SessionId) {
-        self.session.store(id.0, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut s) = self.session.lock() {
+            *s = Some(id);
+        }
     }
 }
 

@@ -100,6 +100,20 @@ impl Identity {
 
 /// The role a connected peer proved with its certificate (already verified
 /// against the CA by the handshake).
+/// The hash of the peer's certificate (all zeros if it showed none, which
+/// the handshake does not let happen).
+pub fn peer_owner(conn: &quinn::Connection) -> crate::ids::Owner {
+    let leaf = conn.peer_identity().and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok()).and_then(|c| c.first().cloned());
+    match leaf {
+        Some(der) => {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, der.as_ref()).as_ref());
+            crate::ids::Owner(h)
+        }
+        None => crate::ids::Owner::default(),
+    }
+}
+
 pub fn peer_role(conn: &quinn::Connection) -> Option<Role> {
     let id = conn.peer_identity()?;
     let certs = id.downcast::<Vec<CertificateDer<'static>>>().ok()?;

@@ -116,8 +116,9 @@ enum ShardCmd {
 enum SessionCmd {
     /// List client sessions.
     Ls,
-    /// End a client's session now (its mount must open a new one).
-    Evict { id: u64 },
+    /// End a client's session now (its mount must open a new one). ID as
+    /// `session ls` shows it (32 hex digits).
+    Evict { id: aifs_common::SessionId },
 }
 
 fn main() {
@@ -317,7 +318,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
             }
         }
         Cmd::Session { cmd: SessionCmd::Evict { id } } => {
-            admin.call(&MdsReq::EvictSession { id: aifs_common::SessionId(id) }).await.map_err(|e| match e {
+            admin.call(&MdsReq::EvictSession { id }).await.map_err(|e| match e {
                 aifs_common::Error::NotFound => anyhow!("no session {id}"),
                 e => anyhow!(e),
             })?;
