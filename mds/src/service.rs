@@ -459,6 +459,10 @@ impl MdsService {
                 if let Some(p) = previous {
                     cl.check_owner(peer, p)?;
                 }
+                // Names as long as a file name at most: `session ls` shows them.
+                if name.len() > 255 {
+                    return Err(Error::NameTooLong);
+                }
                 let id = cl.open_session(name.clone(), peer, dir_leases)?;
                 let rid = once.rid;
                 let reclaims = previous.is_some_and(|p| cl.waits_for(p));

@@ -431,17 +431,23 @@ impl Mount {
     /// A mount whose client config has `settings` (top-level TOML lines)
     /// added to the cluster's client.toml.
     pub fn with_settings(c: &ProcCluster, settings: &str) -> Result<Mount> {
+        let mut cfg = c.path("client.toml");
+        if !settings.is_empty() {
+            let base = std::fs::read_to_string(&cfg)?;
+            let n = std::fs::read_dir(c.path("logs"))?.count();
+            cfg = c.path(&format!("client{n}.toml"));
+            std::fs::write(&cfg, format!("{settings}\n{base}"))?;
+        }
+        Self::with_config(c, &cfg)
+    }
+
+    /// A mount of `c` by a client with the config at `cfg`.
+    pub fn with_config(c: &ProcCluster, cfg: &Path) -> Result<Mount> {
         let dir = tempfile::Builder::new().prefix("aifs-mnt-").tempdir()?;
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path)?;
         let n = std::fs::read_dir(c.path("logs"))?.count();
         let log = c.path(&format!("logs/client{n}.log"));
-        let mut cfg = c.path("client.toml");
-        if !settings.is_empty() {
-            let base = std::fs::read_to_string(&cfg)?;
-            cfg = c.path(&format!("client{n}.toml"));
-            std::fs::write(&cfg, format!("{settings}\n{base}"))?;
-        }
         let child = spawn_logged(
             "aifs-mount",
             &["--config", cfg.to_str().unwrap_or_default(), path.to_str().unwrap_or_default()],

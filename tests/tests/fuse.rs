@@ -286,6 +286,27 @@ fn symlinks_hard_links_xattrs_and_statfs() {
     assert_eq!(out.matches("\"Up\"").count(), 3, "{out}");
 }
 
+/// `mdsctl cert issue` gives a node a certificate and a config of its
+/// own: a mount under it works beside one under the shared certificate,
+/// and its session shows under its name. Bad names and roles are refused.
+#[test]
+fn a_node_with_its_own_certificate_mounts_with_the_config_issued_for_it() {
+    let cl = ProcCluster::start(1).unwrap();
+    let nodes = cl.path("nodes");
+    let nodes = nodes.to_str().unwrap();
+    let out = cl.mdsctl(&["cert", "issue", "--role", "client", "--name", "gpu-node-7", "--out", nodes]).unwrap();
+    assert!(out.contains("gpu-node-7.pem"), "{out}");
+    let own = aifs_tests::proc::Mount::with_config(&cl, &cl.path("nodes/gpu-node-7.toml")).unwrap();
+    fs::write(own.p("ckpt"), b"rank 0").unwrap();
+    let shared = cl.mount().unwrap();
+    assert_eq!(fs::read(shared.p("ckpt")).unwrap(), b"rank 0");
+    let ls = cl.mdsctl(&["session", "ls"]).unwrap();
+    assert!(ls.contains("gpu-node-7"), "{ls}");
+    for (role, name) in [("client", "../escape"), ("osd", "osd-9"), ("root", "x")] {
+        assert!(cl.mdsctl(&["cert", "issue", "--role", role, "--name", name, "--out", nodes]).is_err(), "{role} {name}");
+    }
+}
+
 #[test]
 fn unmount_by_signal_and_by_fusermount_is_clean() {
     let cl = ProcCluster::start(1).unwrap();

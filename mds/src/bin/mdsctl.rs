@@ -68,6 +68,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SessionCmd,
     },
+    /// Certificates of single nodes.
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
+    },
     /// Capacity and use, per OSD and in total.
     Df,
     /// Set the default layout of a directory, or the layout of an empty file.
@@ -113,6 +118,24 @@ enum ShardCmd {
     Ls,
 }
 #[derive(Subcommand)]
+enum CertCmd {
+    /// Sign a certificate of its own for one node with the cluster CA (the
+    /// `ca.key` beside the admin config's `ca.pem`), and write
+    /// OUT/NAME.pem, OUT/NAME.key and a config OUT/NAME.toml for it. A
+    /// session a client opens under it answers to it alone.
+    Issue {
+        /// client or admin.
+        #[arg(long)]
+        role: String,
+        /// The node's name: letters, digits, '-', '_', '.'.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum SessionCmd {
     /// List client sessions.
     Ls,
@@ -137,8 +160,36 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     let cfg: AdminConfig = aifs_common::config::load(&cfg_path).with_context(|| {
         format!("no admin config at {}; pass --config, or start a local cluster with `make run`", cfg_path.display())
     })?;
+    if let Cmd::Cert { cmd: CertCmd::Issue { role, name, out } } = &args.cmd {
+        return issue_cert(&cfg, role, name, out);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(run(args, cfg))
+}
+
+/// `mdsctl cert issue`: the certificate and a config that uses it, for the
+/// cluster `cfg` names.
+fn issue_cert(cfg: &AdminConfig, role: &str, name: &str, out: &Path) -> anyhow::Result<()> {
+    let role = match role {
+        "client" => Role::Client,
+        "admin" => Role::Admin,
+        "osd" => bail!("per-node OSD certificates are not issued yet: an OSD id must be bound to its certificate first"),
+        other => bail!("unknown role {other:?}: client or admin"),
+    };
+    let ca_dir = cfg.tls.ca.parent().ok_or_else(|| anyhow!("the admin config's CA path has no directory"))?;
+    certs::issue_node(ca_dir, role, name, out)
+        .with_context(|| format!("signing with the CA key in {} (it must be readable here)", ca_dir.display()))?;
+    let out = out.canonicalize()?;
+    let tls = TlsConfig { ca: cfg.tls.ca.clone(), cert: out.join(format!("{name}.pem")), key: out.join(format!("{name}.key")) };
+    let text = match role {
+        Role::Client => format!("name = \"{name}\"\n{}", aifs_client_config(cfg.mds, tls, &cfg.transport)?),
+        _ => to_toml(&AdminConfig { mds: cfg.mds, tls, transport: cfg.transport.clone() })?,
+    };
+    let conf = out.join(format!("{name}.toml"));
+    std::fs::write(&conf, text)?;
+    println!("issued a {} certificate for {name}: {}", role.name(), out.join(format!("{name}.pem")).display());
+    println!("config: {} (aifs-mount --config / mdsctl --config)", conf.display());
+    Ok(())
 }
 
 fn init(dir: &Path, mds: SocketAddr, osds: u32, osd_port: u16, data: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
@@ -255,7 +306,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
         }
     };
     match args.cmd {
-        Cmd::Init { .. } => unreachable!("handled before connecting"),
+        Cmd::Init { .. } | Cmd::Cert { .. } => unreachable!("handled before connecting"),
         Cmd::Status => {
             let s = status().await?;
             if args.json {
