@@ -13,7 +13,7 @@
 use super::file::DataCtx;
 use aifs_common::cap::{now_ms, Cap, READ, WRITE};
 use aifs_common::proto::mds::{MdsReq, MdsResp};
-use aifs_common::proto::osd::{OsdCall, OsdReq, OsdResp};
+use aifs_common::proto::osd::{Needs, OsdCall, OsdReq, OsdResp};
 use aifs_common::{Error, InodeId, OsdId, Result};
 use bytes::Bytes;
 use std::sync::Mutex;
@@ -117,9 +117,12 @@ impl CapSlot {
     }
 }
 
+/// The rights the OSD will want for `req` (`OsdReq::needs`, the OSD's
+/// own table); a request no capability allows is sent with a read one,
+/// for the OSD to refuse.
 fn rights_for(req: &OsdReq) -> u8 {
-    match req {
-        OsdReq::Write { .. } | OsdReq::Commit { .. } => WRITE,
-        _ => READ,
+    match req.needs() {
+        Needs::Cap(_, rights) => rights,
+        Needs::Nothing | Needs::Operator => READ,
     }
 }

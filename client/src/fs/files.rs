@@ -145,12 +145,10 @@ impl ClientFs {
                 self.writable(snap, granted, writable);
                 (a, cap)
             }
+            // A name that was there already and is no file: no capability.
             MdsResp::Changed { attr: Some(a), .. } if a.kind != FileKind::File => return Err(Error::IsDir),
             _ => return Err(unexpected("Create")),
         };
-        if a.kind != FileKind::File {
-            return Err(Error::IsDir);
-        }
         // The creator holds a write lease on the new file.
         self.meta.put_attr(snap, granted, &a, LeaseMode::Write);
         self.meta.local_entry(snap, parent, name, Some(a.ino), false);
