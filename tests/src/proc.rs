@@ -51,12 +51,19 @@ fn stop(child: &mut Child, signal: i32, grace: Duration) {
 }
 
 /// `n` consecutive ports free for UDP right now (mdsctl init numbers OSD
-/// ports from a base), chosen at random so parallel tests rarely collide.
+/// ports from a base), chosen at random so parallel tests rarely collide,
+/// and below the kernel's ephemeral range, so that no endpoint another test
+/// opens on port 0 can take one between this check and the bind.
 fn ports(n: usize) -> Vec<u16> {
     use rand::RngExt;
     let mut rng = rand::rng();
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32_768);
+    let top = ephemeral.max(12_000) - n as u16;
     for _ in 0..200 {
-        let base: u16 = rng.random_range(20_000..60_000);
+        let base: u16 = rng.random_range(10_000..top);
         let held: Vec<_> = (0..n as u16).map_while(|i| std::net::UdpSocket::bind(("127.0.0.1", base + i)).ok()).collect();
         if held.len() == n {
             return (0..n as u16).map(|i| base + i).collect();
@@ -111,7 +118,11 @@ impl ProcCluster {
         }
         std::fs::create_dir_all(dir.path().join("logs"))?;
         let mut c = ProcCluster { dir, mds_addr, n_osds, mds: None, osds: (0..n_osds).map(|_| None).collect(), mds_any };
-        c.start_all()?;
+        if let Err(e) = c.start_all() {
+            // dropped without a panic, so the logs would go unseen
+            c.dump_logs();
+            return Err(e);
+        }
         Ok(c)
     }
 
