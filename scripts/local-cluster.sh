@@ -25,16 +25,17 @@ admin() { "$BIN/mdsctl" --config "$STATE/admin.toml" "$@"; }
 
 init_state() {
   mkdir -p "$STATE" "$RUN" "$LOGS"
-  if [ ! -f "$STATE/ca.pem" ]; then
-    "$BIN/mdsctl" init --dir "$STATE" --mds "127.0.0.1:$MDS_PORT" --osds "$OSDS" --osd-port "$OSD_PORT" >/dev/null
-    echo "created cluster state in $STATE"
+  # osd1.pem: state made before each OSD had a certificate naming its id
+  # gets new certificates (its data stays).
+  if [ ! -f "$STATE/ca.pem" ] || [ ! -f "$STATE/osd1.pem" ]; then
+    "$BIN/mdsctl" init --dir "$STATE" --mds "127.0.0.1:$MDS_PORT" --osds "$OSDS" --osd-port "$OSD_PORT" --force >/dev/null
+    echo "created cluster state in $STATE (its CA in $STATE-ca)"
   fi
-  # More OSDs than the state was made with: derive their configs from osd1.
+  # More OSDs than the state was made with: a certificate and config each.
   for i in $(seq 1 "$OSDS"); do
-    if [ ! -f "$STATE/osd$i.toml" ]; then
-      sed -e "s/^id = .*/id = $i/" \
-          -e "s/^listen = .*/listen = \"127.0.0.1:$((OSD_PORT + i - 1))\"/" \
-          -e "s#/data/osd1\"#/data/osd$i\"#" "$STATE/osd1.toml" > "$STATE/osd$i.toml"
+    if [ ! -f "$STATE/osd$i.pem" ]; then
+      "$BIN/mdsctl" --config "$STATE/admin.toml" cert --ca-dir "$STATE-ca" issue --role osd --id "$i" --name "osd$i" \
+        --out "$STATE" --listen "127.0.0.1:$((OSD_PORT + i - 1))" --data "$STATE/data/osd$i" >/dev/null
     fi
   done
 }

@@ -81,12 +81,14 @@ pub struct TlsConfig {
 }
 
 impl TlsConfig {
-    /// The conventional file names in a directory made by `mdsctl init`.
-    pub fn in_dir(dir: &Path, role: &str) -> Self {
+    /// The conventional file names in a directory made by `mdsctl init`:
+    /// `ca.pem`, and `<stem>.pem`, `<stem>.key` (`mds`, `client`, `admin`,
+    /// `osd<id>`).
+    pub fn in_dir(dir: &Path, stem: &str) -> Self {
         TlsConfig {
             ca: dir.join("ca.pem"),
-            cert: dir.join(format!("{role}.pem")),
-            key: dir.join(format!("{role}.key")),
+            cert: dir.join(format!("{stem}.pem")),
+            key: dir.join(format!("{stem}.key")),
         }
     }
 }

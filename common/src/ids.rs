@@ -143,10 +143,34 @@ impl std::str::FromStr for SessionId {
     }
 }
 
-/// Who a peer is: the SHA-256 of its certificate. A session belongs to the
-/// owner that opened it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+/// Who a peer is: the SHA-256 of its certificate's public key (so a
+/// renewed certificate, same key, is the same owner). A session belongs to
+/// the owner that opened it; a revocation names owners.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
 pub struct Owner(pub [u8; 32]);
+
+/// 64 hex digits, as `mdsctl cert ls` shows it.
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::str::FromStr for Owner {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        let bad = || crate::Error::InvalidArgument(format!("{s:?} is not 64 hex digits"));
+        if s.len() != 64 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Owner(out))
+    }
+}
 
 #[cfg(test)]
 mod tests {

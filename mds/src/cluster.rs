@@ -466,6 +466,11 @@ impl Cluster {
 
     /// End a session (clean close or eviction) and drop its leases; false
     /// when there was no such session.
+    /// The sessions `owner` opened.
+    pub fn sessions_of(&self, owner: Owner) -> Vec<SessionId> {
+        self.sessions.iter().filter(|s| s.owner == owner).map(|s| *s.key()).collect()
+    }
+
     pub fn close_session(&self, id: SessionId) -> bool {
         if let Ok(mut l) = self.leases.lock() {
             l.close_session(id);

@@ -10,6 +10,7 @@ pub mod config;
 pub mod fsck;
 pub mod gc;
 pub mod repair;
+pub mod revoked;
 pub mod leases;
 pub mod namespace;
 pub mod once;
@@ -94,7 +95,9 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
         cluster.set_out(id, true);
     }
     cluster.start_grace(service::stored_sessions(&ns).await?);
-    let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport)?;
+    let revoked = crate::revoked::Revocations::open(&ns).await?;
+    let gate = revoked.gate.clone();
+    let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport, gate.clone())?;
     let addr = endpoint.local_addr()?;
     let osd_clients = Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()));
     let gc = Arc::new(Gc::new(ns.clone(), osd_clients.clone()));
@@ -104,13 +107,14 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     let svc = Arc::new(MdsService {
         ns: ns.clone(),
         caps,
+        revoked,
         gc: gc.clone(),
         repair: repair.clone(),
         fsck,
         session_heartbeat_ms: cfg.session_timeout_ms / 4,
         requests: Default::default(),
     });
-    let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc.clone()));
+    let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc.clone(), gate));
     let gc_task = tokio::spawn(gc.run());
     let repair_task = tokio::spawn(repair.run());
     let tick_cluster = cluster.clone();

@@ -20,6 +20,7 @@ use std::sync::Arc;
 pub struct MdsService {
     pub ns: Arc<Namespace>,
     pub caps: crate::caps::Caps,
+    pub revoked: crate::revoked::Revocations,
     pub gc: Arc<Gc>,
     pub repair: Arc<crate::repair::Repair>,
     pub fsck: Arc<crate::fsck::Fsck>,
@@ -86,6 +87,8 @@ fn after_restart_too(req: &MdsReq) -> bool {
             | MdsReq::FsckStatus
             | MdsReq::Leases { .. }
             | MdsReq::Degraded { .. }
+            | MdsReq::Revoke { .. }
+            | MdsReq::Revoked
     )
 }
 const ADMIN: &[Role] = &[Role::Admin];
@@ -420,8 +423,12 @@ impl MdsService {
                 need(peer, &[Role::Client, Role::Admin, Role::Osd])?;
                 MdsResp::OsdMap { epoch: ns.cluster.epoch(), osds: ns.cluster.osd_infos() }
             }
-            MdsReq::OsdHeartbeat { id: OsdId(id), addr, capacity, used, objects } => {
+            MdsReq::OsdHeartbeat { id: OsdId(id), addr, capacity, used, objects, revoked_known } => {
                 need(peer, &[Role::Osd])?;
+                if !aifs_common::rpc::tls::peer_is_osd(&peer.conn, id) {
+                    tracing::warn!(osd = id, peer = %peer.addr, "heartbeat for an OSD id its certificate does not name; refused");
+                    return Err(Error::Unauthorized(format!("this certificate is not OSD {id}'s")));
+                }
                 if addr.parse::<std::net::SocketAddr>().is_err() {
                     return Err(Error::InvalidArgument(format!("bad OSD address {addr:?}")));
                 }
@@ -440,7 +447,22 @@ impl MdsService {
                         .await?;
                     self.gc.wake.notify_one();
                 }
-                MdsResp::CapKeys(self.caps.keys())
+                MdsResp::OsdBeat { keys: self.caps.keys(), revoked: self.revoked.for_osd(revoked_known) }
+            }
+            MdsReq::Revoke { owner, name } => {
+                need(peer, ADMIN)?;
+                let connections = self.revoked.revoke(ns, owner, &name).await?;
+                let sessions = ns.cluster.sessions_of(owner);
+                for id in &sessions {
+                    ns.cluster.close_session(*id);
+                }
+                self.forget_sessions(&sessions).await?;
+                tracing::warn!(%owner, name, connections, sessions = sessions.len(), by = %peer.addr, "certificate revoked");
+                MdsResp::RevokeDone { connections: connections as u32, sessions: sessions.len() as u32 }
+            }
+            MdsReq::Revoked => {
+                need(peer, ADMIN)?;
+                MdsResp::Revoked(crate::revoked::Revocations::list(ns).await?)
             }
             MdsReq::OpenSession { name, dir_leases, previous, open, locks } => {
                 need(peer, NS)?;

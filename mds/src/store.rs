@@ -24,6 +24,9 @@ pub const OSDS: TableDefinition<u32, &[u8]> = TableDefinition::new("osds");
 /// Secrets of the cluster (shard 0): "cap_master", from which the keys
 /// that authenticate capabilities come (mds/src/caps.rs).
 pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// Revoked certificates (shard 0): owner (32 bytes) -> when (unix ms, 8
+/// bytes LE) and the name it was issued as (mds/src/revoked.rs).
+pub const REVOKED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("revoked");
 /// Files with no name left that some client still had open: freed at the
 /// last close (or at start, when no client has anything open).
 pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");

@@ -220,12 +220,14 @@ const STILL_UNREACHABLE: Duration = Duration::from_secs(5);
 pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
     let id = Identity::load(&cfg.tls)?;
     let store: Arc<dyn ObjectStore> = Arc::new(FileStore::open(&cfg.data_dir)?);
-    let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport)?;
+    // the revoked certificates, as the MDS last sent them
+    let gate = Arc::new(rpc::Gate::default());
+    let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport, gate.clone())?;
     let addr = endpoint.local_addr()?;
     let advertise = cfg.advertise.unwrap_or(addr);
     let keys = Arc::new(RwLock::new(Keyring::default()));
     let svc = Arc::new(OsdService::new(store.clone(), keys.clone()));
-    let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc));
+    let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc, gate.clone()));
     let mds = RpcClient::new(endpoint.clone(), cfg.mds, Role::Mds);
     let osd_id = cfg.id;
     let period = Duration::from_millis(cfg.heartbeat_ms.max(50));
@@ -248,12 +250,17 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
                         capacity: u.capacity,
                         used: u.used,
                         objects: u.objects,
+                        revoked_known: gate.revoked_count() as u32,
                     };
                     match mds.call::<_, MdsReply>(&MdsCall::from(req), &[]).await {
-                        Ok((MdsReply { resp: MdsResp::CapKeys(k), .. }, _)) => {
+                        Ok((MdsReply { resp: MdsResp::OsdBeat { keys: k, revoked }, .. }, _)) => {
                             match keys.write() {
                                 Ok(mut ring) => ring.install(&k),
                                 Err(_) => tracing::error!("capability keys poisoned"),
+                            }
+                            if let Some(owners) = revoked {
+                                let closed = gate.revoke(owners);
+                                tracing::info!(revoked = gate.revoked_count(), closed, "revocation list updated");
                             }
                             if !registered {
                                 tracing::info!(osd = osd_id, mds = %mds.addr(), "registered with MDS");

@@ -36,7 +36,7 @@ impl TestCluster {
     /// `start`, with the MDS's settings changed by `tune` first.
     pub async fn start_with(osds: u32, shards: u32, tune: impl FnOnce(&mut MdsConfig)) -> Result<TestCluster> {
         let dir = tempfile::tempdir()?;
-        certs::init_cluster(dir.path(), false)?;
+        certs::init_cluster(dir.path(), &dir.path().join("ca"), osds, false)?;
         let mut mcfg = MdsConfig {
             listen: "127.0.0.1:0".parse().map_err(|_| Error::InvalidArgument("addr".into()))?,
             data_dir: dir.path().join("mds"),
@@ -60,7 +60,7 @@ impl TestCluster {
                 mds: mds.addr,
                 data_dir: dir.path().join(format!("osd{i}")),
                 heartbeat_ms: 100,
-                tls: tls(dir.path(), Role::Osd),
+                tls: TlsConfig::in_dir(dir.path(), &format!("osd{i}")),
                 transport: TransportConfig::default(),
             };
             handles.push(aifs_osd::start(ocfg).await?);
@@ -91,10 +91,15 @@ impl TestCluster {
     /// `name` by the cluster's CA.
     pub fn mds_client_of_node(&self, role: Role, name: &str) -> Result<RpcClient> {
         let nodes = self.dir.path().join("nodes");
-        certs::issue_node(self.dir.path(), role, name, &nodes)?;
+        self.ca()?.issue(&certs::Node::new(role, name, None)?, &nodes, certs::DEFAULT_DAYS)?;
         let t = aifs_common::config::TlsConfig { ca: self.dir.path().join("ca.pem"), cert: nodes.join(format!("{name}.pem")), key: nodes.join(format!("{name}.key")) };
         let ep = rpc::client_endpoint(&Identity::load(&t)?, &TransportConfig::default())?;
         Ok(RpcClient::new(ep, self.mds.addr, Role::Mds))
+    }
+
+    /// The cluster's CA (in `ca/` of its directory).
+    pub fn ca(&self) -> Result<certs::Ca> {
+        certs::Ca::open(&self.dir.path().join("ca"))
     }
 
     pub fn mds_client(&self, role: Role) -> Result<RpcClient> {

@@ -104,6 +104,8 @@ impl ProcCluster {
         let st = Command::new(bin_dir().join("mdsctl"))
             .args(["init", "--dir"])
             .arg(dir.path())
+            .arg("--ca-dir")
+            .arg(dir.path().join("ca"))
             .args(["--mds", &mds_addr.to_string(), "--osds", &n_osds.to_string(), "--osd-port", &base.to_string()])
             .stdout(Stdio::null())
             .status()
@@ -270,6 +272,24 @@ impl ProcCluster {
                     bail!("cluster not ready after {timeout:?}");
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    }
+
+    /// Ask OSD `i` (1-based) for its usage under the certificate `tls`
+    /// names: a request any certificate of the cluster may make.
+    pub fn osd_usage_as(&self, i: u32, tls: &aifs_common::config::TlsConfig) -> aifs_common::Result<()> {
+        use aifs_common::proto::osd::{OsdCall, OsdReq, OsdResp};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let port = read_listen_port(&self.path(&format!("osd{i}.toml"))).map_err(|e| aifs_common::Error::Io(e.to_string()))?;
+        let addr = SocketAddr::new(self.mds_addr.ip(), port);
+        let transport = self.transport().map_err(|e| aifs_common::Error::Io(e.to_string()))?;
+        rt.block_on(async move {
+            let ep = rpc::client_endpoint(&Identity::load(tls)?, &transport)?;
+            let c = RpcClient::new(ep, addr, Role::Osd);
+            match c.call::<_, OsdResp>(&OsdCall::from(OsdReq::Usage), &[]).await?.0 {
+                OsdResp::Err(e) => Err(aifs_common::Error::from_wire(e.code, &e.msg)),
+                _ => Ok(()),
             }
         })
     }

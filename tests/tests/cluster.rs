@@ -262,8 +262,55 @@ async fn layouts_inherit_and_admin_commands_need_the_admin_cert() {
     assert_eq!(mds_call(&c, MdsReq::SessionHeartbeat { id: sid }).await, Err(Error::Stale));
 
     // OSD heartbeats need the OSD certificate
-    let hb = MdsReq::OsdHeartbeat { id: aifs_common::OsdId(99), addr: "127.0.0.1:1".into(), capacity: 1, used: 0, objects: 0 };
-    assert!(matches!(mds_call(&c, hb).await, Err(Error::Unauthorized(_))));
+    assert!(matches!(mds_call(&c, heartbeat(99)).await, Err(Error::Unauthorized(_))));
+}
+
+fn heartbeat(id: u32) -> MdsReq {
+    MdsReq::OsdHeartbeat { id: aifs_common::OsdId(id), addr: "127.0.0.1:1".into(), capacity: 1, used: 0, objects: 0, revoked_known: 0 }
+}
+
+/// An OSD's certificate names its id: it cannot heartbeat as another OSD
+/// (and so move that OSD's address to itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_osd_certificate_speaks_for_its_own_id_alone() {
+    let cl = TestCluster::start(2, 1).await.unwrap();
+    let osd1 = Identity::load(&TlsConfig::in_dir(cl.dir.path(), "osd1")).unwrap();
+    let c = RpcClient::new(rpc::client_endpoint(&osd1, &TransportConfig::default()).unwrap(), cl.mds.addr, Role::Mds);
+    assert!(matches!(mds_call(&c, heartbeat(2)).await, Err(Error::Unauthorized(_))), "osd1 spoke for osd 2");
+    assert!(matches!(mds_call(&c, heartbeat(3)).await, Err(Error::Unauthorized(_))), "osd1 registered an osd 3");
+    let before = cl.mds.ns.cluster.osd_infos().into_iter().find(|o| o.id.0 == 2).unwrap().addr;
+    assert_ne!(before, "127.0.0.1:1", "osd 2's address was moved");
+    assert!(matches!(mds_call(&c, heartbeat(1)).await, Ok(MdsResp::OsdBeat { .. })));
+}
+
+/// Certificates are valid for a bounded time: an expired one is refused
+/// in the handshake. A renewal signs the same key again, so the node stays
+/// who it was: its session answers to the renewed certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_certificates_are_refused_and_a_renewal_keeps_the_node_who_it_was() {
+    use aifs_common::certs::{Node, DEFAULT_DAYS};
+    let cl = TestCluster::start(1, 1).await.unwrap();
+    let ca = cl.ca().unwrap();
+    let nodes = cl.dir.path().join("nodes");
+    let client_as = |stem: &str| {
+        let t = TlsConfig { ca: cl.dir.path().join("ca.pem"), cert: nodes.join(format!("{stem}.pem")), key: nodes.join(format!("{stem}.key")) };
+        RpcClient::new(rpc::client_endpoint(&Identity::load(&t).unwrap(), &TransportConfig::default()).unwrap(), cl.mds.addr, Role::Mds)
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    ca.issue_until(&Node::new(Role::Client, "old", None).unwrap(), &nodes, now - Duration::from_secs(60)).unwrap();
+    assert!(matches!(mds_call(&client_as("old"), MdsReq::Statfs).await, Err(Error::Transport(_))), "an expired certificate was accepted");
+
+    ca.issue(&Node::new(Role::Client, "gpu-x", None).unwrap(), &nodes, 1).unwrap();
+    let first = client_as("gpu-x");
+    let sid = match mds_call(&first, MdsReq::OpenSession { name: "x".into(), dir_leases: false, previous: None, open: vec![], locks: vec![] }).await.unwrap() {
+        MdsResp::Session { id, .. } => id,
+        other => panic!("{other:?}"),
+    };
+    let old_pem = std::fs::read(nodes.join("gpu-x.pem")).unwrap();
+    ca.renew("gpu-x", &nodes, DEFAULT_DAYS).unwrap();
+    assert_ne!(std::fs::read(nodes.join("gpu-x.pem")).unwrap(), old_pem);
+    let renewed = client_as("gpu-x");
+    assert!(matches!(mds_call(&renewed, MdsReq::SessionHeartbeat { id: sid }).await, Ok(MdsResp::Done)), "the renewed certificate lost its session");
 }
 
 /// A session answers to the certificate that opened it: another node's
@@ -553,7 +600,7 @@ async fn peers_without_a_cluster_certificate_are_refused() {
     let cl = TestCluster::start(1, 1).await.unwrap();
     // A certificate from another cluster's CA.
     let other = tempfile::tempdir().unwrap();
-    aifs_common::certs::init_cluster(other.path(), false).unwrap();
+    aifs_common::certs::init_cluster(other.path(), &other.path().join("ca"), 0, false).unwrap();
     let foreign = TlsConfig {
         ca: cl.dir.path().join("ca.pem"),
         cert: other.path().join("client.pem"),

@@ -294,7 +294,9 @@ fn a_node_with_its_own_certificate_mounts_with_the_config_issued_for_it() {
     let cl = ProcCluster::start(1).unwrap();
     let nodes = cl.path("nodes");
     let nodes = nodes.to_str().unwrap();
-    let out = cl.mdsctl(&["cert", "issue", "--role", "client", "--name", "gpu-node-7", "--out", nodes]).unwrap();
+    let ca = cl.path("ca");
+    let ca = ca.to_str().unwrap();
+    let out = cl.mdsctl(&["cert", "--ca-dir", ca, "issue", "--role", "client", "--name", "gpu-node-7", "--out", nodes]).unwrap();
     assert!(out.contains("gpu-node-7.pem"), "{out}");
     let own = aifs_tests::proc::Mount::with_config(&cl, &cl.path("nodes/gpu-node-7.toml")).unwrap();
     fs::write(own.p("ckpt"), b"rank 0").unwrap();
@@ -303,8 +305,69 @@ fn a_node_with_its_own_certificate_mounts_with_the_config_issued_for_it() {
     let ls = cl.mdsctl(&["session", "ls"]).unwrap();
     assert!(ls.contains("gpu-node-7"), "{ls}");
     for (role, name) in [("client", "../escape"), ("osd", "osd-9"), ("root", "x")] {
-        assert!(cl.mdsctl(&["cert", "issue", "--role", role, "--name", name, "--out", nodes]).is_err(), "{role} {name}");
+        assert!(cl.mdsctl(&["cert", "--ca-dir", ca, "issue", "--role", role, "--name", name, "--out", nodes]).is_err(), "{role} {name}");
     }
+}
+
+/// `mdsctl cert revoke`: the node's mount is cut off at its next request
+/// to the MDS (EACCES), it cannot mount again, OSDs refuse it within a
+/// heartbeat, and all of that outlives an MDS restart. Other nodes go on.
+#[test]
+fn a_revoked_certificate_is_refused_by_every_server_and_its_mount_cut_off() {
+    let mut cl = ProcCluster::start(1).unwrap();
+    let (ca, nodes) = (cl.path("ca"), cl.path("nodes"));
+    let cert = |args: &[&str]| {
+        let mut all = vec!["cert", "--ca-dir", ca.to_str().unwrap()];
+        all.extend_from_slice(args);
+        cl.mdsctl(&all)
+    };
+    cert(&["issue", "--role", "client", "--name", "gpu-r", "--out", nodes.to_str().unwrap()]).unwrap();
+    let cfg = cl.path("nodes/gpu-r.toml");
+    let tls = aifs_common::config::TlsConfig { ca: cl.path("ca.pem"), cert: cl.path("nodes/gpu-r.pem"), key: cl.path("nodes/gpu-r.key") };
+    let own = aifs_tests::proc::Mount::with_config(&cl, &cfg).unwrap();
+    let body = pattern::bytes(3, 0, 2 << 20);
+    fs::write(own.p("ckpt"), &body).unwrap();
+    File::open(own.p("ckpt")).unwrap().sync_all().unwrap();
+    cl.osd_usage_as(1, &tls).unwrap();
+    let shared = cl.mount().unwrap();
+
+    let out = cert(&["revoke", "gpu-r"]).unwrap();
+    assert!(out.contains("revoked gpu-r") && out.contains("1 session(s) ended"), "{out}");
+    let ls = cert(&["ls"]).unwrap();
+    let state = |name: &str| ls.lines().find(|l| l.starts_with(&format!("{name} "))).map(|l| l.split_whitespace().nth(6).unwrap_or("").to_string());
+    assert_eq!(state("gpu-r").as_deref(), Some("revoked"), "{ls}");
+    assert_eq!(state("client").as_deref(), Some("valid"), "{ls}");
+
+    // the revoked mount: its next question to the MDS is refused (once
+    // what it cached under its leases, which it can no longer renew, ends)
+    fs::write(shared.p("after"), b"x").unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        match fs::metadata(own.p("after")) {
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => break,
+            r => assert!(t.elapsed() < std::time::Duration::from_secs(15), "a revoked node still reached the MDS: {r:?}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(aifs_tests::proc::Mount::with_config(&cl, &cfg).is_err(), "a revoked certificate mounted");
+    // the OSD refuses it once its next heartbeat brings the list
+    let t = std::time::Instant::now();
+    loop {
+        match cl.osd_usage_as(1, &tls) {
+            Err(aifs_common::Error::Unauthorized(m)) if m.contains("revoked") => break,
+            r => assert!(t.elapsed() < std::time::Duration::from_secs(10), "the OSD still serves a revoked certificate: {r:?}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(fs::read(shared.p("ckpt")).unwrap() == body, "another node lost its way");
+
+    // a restarted MDS, and the OSDs it tells, still refuse it
+    cl.kill9_mds();
+    cl.start_mds().unwrap();
+    cl.wait_ready(std::time::Duration::from_secs(20)).unwrap();
+    assert!(aifs_tests::proc::Mount::with_config(&cl, &cfg).is_err(), "a revoked certificate mounted after an MDS restart");
+    let again = cl.mount().unwrap();
+    assert!(fs::read(again.p("ckpt")).unwrap() == body);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 use super::frame::message;
 use crate::cap::{Cap, CapKey};
 use crate::error::WireError;
-use crate::ids::{InodeId, OsdId, SessionId};
+use crate::ids::{InodeId, OsdId, Owner, SessionId};
 use crate::layout::{Layout, LayoutPolicy};
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -260,7 +260,8 @@ pub enum MdsReq {
     /// other replicas have the data. Answered once recorded durably.
     Degraded { ino: InodeId, objs: Vec<Degraded> },
     OsdMap,
-    OsdHeartbeat { id: OsdId, addr: String, capacity: u64, used: u64, objects: u64 },
+    /// `revoked_known`: how many revoked certificates the OSD knows of.
+    OsdHeartbeat { id: OsdId, addr: String, capacity: u64, used: u64, objects: u64, revoked_known: u32 },
     /// `dir_leases`: the client takes directories' write leases (creates
     /// and unlinks answered by itself, sent in batches). After an MDS
     /// restart, `previous` is the session the client had, `open`
@@ -308,6 +309,11 @@ pub enum MdsReq {
     /// at once to a session that holds a lease on it (one being recalled
     /// too: it may be flushing), else as an `Open` would, taking a lease.
     Cap { ino: InodeId, write: bool },
+    /// Admin: refuse the certificate of `owner` (issued as `name`) from now
+    /// on, on the MDS and every OSD, and end its connections and sessions.
+    Revoke { owner: Owner, name: String },
+    /// Admin: the revoked certificates.
+    Revoked,
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);
@@ -456,9 +462,23 @@ pub enum MdsResp {
     Applied(Vec<Option<WireError>>),
     /// `Cap`: a renewed capability.
     Cap(Cap),
-    /// `OsdHeartbeat`: the keys that authenticate capabilities now.
-    CapKeys(Vec<CapKey>),
+    /// `OsdHeartbeat`: the keys that authenticate capabilities now, and
+    /// every revoked owner if the OSD knows fewer than there are.
+    OsdBeat { keys: Vec<CapKey>, revoked: Option<Vec<Owner>> },
+    /// `Revoke`: the connections closed and the sessions ended.
+    RevokeDone { connections: u32, sessions: u32 },
+    /// `Revoked`.
+    Revoked(Vec<Revocation>),
     // New variants go last: the order is the wire's discriminant.
+}
+
+/// A revoked certificate: its owner, the name it was issued as, and when.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub struct Revocation {
+    pub owner: Owner,
+    pub name: String,
+    pub at_ms: u64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]

@@ -25,7 +25,7 @@ pub struct RpcClient {
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
     /// The last failed connection attempt: calls queued behind it fail at
     /// once instead of each waiting out its own connect timeout.
-    failed: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    failed: std::sync::Mutex<Option<(std::time::Instant, Error)>>,
     on_connect: std::sync::OnceLock<OnConnect>,
 }
 
@@ -58,7 +58,7 @@ impl RpcClient {
         if let Ok(f) = self.failed.lock() {
             if let Some((at, why)) = f.as_ref() {
                 if at.elapsed() < RECONNECT_BACKOFF {
-                    return Err(Error::Transport(why.clone()));
+                    return Err(why.clone());
                 }
             }
         }
@@ -70,7 +70,7 @@ impl RpcClient {
             tokio::time::timeout(CONNECT_TIMEOUT, connecting)
                 .await
                 .map_err(|_| Error::Transport(format!("connect {}: timed out", self.addr)))?
-                .map_err(|e| Error::Transport(format!("connect {}: {e}", self.addr)))
+                .map_err(|e| lost(self.addr, &e))
         };
         match attempt.await {
             Ok(conn) => {
@@ -85,11 +85,7 @@ impl RpcClient {
             }
             Err(e) => {
                 if let Ok(mut f) = self.failed.lock() {
-                    let why = match &e {
-                        Error::Transport(m) => m.clone(),
-                        other => other.to_string(),
-                    };
-                    *f = Some((std::time::Instant::now(), why));
+                    *f = Some((std::time::Instant::now(), e.clone()));
                 }
                 Err(e)
             }
@@ -107,19 +103,23 @@ impl RpcClient {
             let conn = self.connection().await?;
             match conn.open_bi().await {
                 Ok(s) => break (conn, s),
-                Err(e) if attempt == 0 => {
+                Err(e) if attempt == 0 && !revoked(&e) => {
                     tracing::debug!(addr = %self.addr, error = %e, "stream open failed; reconnecting");
                     self.forget(&conn).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(Error::Transport(format!("open stream to {}: {e}", self.addr))),
+                Err(e) => return Err(lost(self.addr, &e)),
             }
         };
         let r = exchange(&mut send, &mut recv, &header, payload, self.addr, CALL_TIMEOUT).await;
         if let Err(Error::Transport(_)) = &r {
+            let refused = conn.close_reason().filter(revoked);
             // Only this call's connection: another call may already have
             // replaced it with a healthy one.
             self.forget(&conn).await;
+            if let Some(e) = refused {
+                return Err(lost(self.addr, &e));
+            }
         }
         r
     }
@@ -140,6 +140,28 @@ impl RpcClient {
                 c.close(0u32.into(), b"bye");
             }
         }
+    }
+}
+
+/// The server refused this node's certificate as revoked: in the handshake
+/// (TLS alert 44, certificate_revoked) or by closing a live connection.
+fn revoked(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => c.error_code == quinn::VarInt::from_u32(super::gate::REVOKED),
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code == quinn::TransportErrorCode::crypto(44),
+        quinn::ConnectionError::TransportError(t) => t.code == quinn::TransportErrorCode::crypto(44),
+        _ => false,
+    }
+}
+
+/// A lost or refused connection to `addr` as an error: a revoked
+/// certificate is `Unauthorized`, which no caller retries; anything else
+/// is a transport failure.
+fn lost(addr: SocketAddr, e: &quinn::ConnectionError) -> Error {
+    if revoked(e) {
+        Error::Unauthorized(format!("{addr} refuses this node's certificate: it is revoked"))
+    } else {
+        Error::Transport(format!("connection to {addr}: {e}"))
     }
 }
 

@@ -1,5 +1,6 @@
 //! QUIC endpoints: UDP sockets with large buffers, transport settings from
 //! `TransportConfig`.
+use super::gate::Gate;
 use super::tls::Identity;
 use crate::config::TransportConfig;
 use crate::error::{Error, Result};
@@ -92,8 +93,9 @@ fn endpoint_config(cfg: &TransportConfig, restart_secret: Option<[u8; 32]>) -> R
 }
 
 /// An endpoint that accepts connections (and can also make them).
-pub fn server_endpoint(addr: SocketAddr, id: &Identity, cfg: &TransportConfig) -> Result<quinn::Endpoint> {
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(id.server_crypto()?));
+/// `gate` holds the revoked certificates the handshake refuses.
+pub fn server_endpoint(addr: SocketAddr, id: &Identity, cfg: &TransportConfig, gate: Arc<Gate>) -> Result<quinn::Endpoint> {
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(id.server_crypto(gate)?));
     server.transport_config(Arc::new(transport(cfg)?));
     let sock = udp_socket(addr, cfg)?;
     let mut ep = quinn::Endpoint::new_with_abstract_socket(
@@ -136,10 +138,10 @@ mod tests {
     /// packets of `max_mtu`, and returns the path MTU the client reached.
     async fn mtu_after_sending(max_mtu: u16, bytes: usize) -> u16 {
         let dir = tempfile::tempdir().expect("temp dir");
-        init_cluster(dir.path(), false).expect("certificates");
-        let id = |r: Role| Identity::load(&TlsConfig::in_dir(dir.path(), r.name())).expect("identity");
+        init_cluster(dir.path(), &dir.path().join("ca"), 1, false).expect("certificates");
+        let id = |stem: &str| Identity::load(&TlsConfig::in_dir(dir.path(), stem)).expect("identity");
         let cfg = TransportConfig { max_mtu, ..TransportConfig::default() };
-        let server = server_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), &id(Role::Osd), &cfg).expect("server");
+        let server = server_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), &id("osd1"), &cfg, Default::default()).expect("server");
         let addr = server.local_addr().expect("server address");
         let sink = tokio::spawn(async move {
             let conn = server.accept().await.expect("incoming").await.expect("accepted");
@@ -149,7 +151,7 @@ mod tests {
             tx.finish().expect("finish");
             conn.closed().await;
         });
-        let client = client_endpoint(&id(Role::Client), &cfg).expect("client");
+        let client = client_endpoint(&id("client"), &cfg).expect("client");
         let conn = client.connect(addr, Role::Osd.dns_name()).expect("connect").await.expect("handshake");
         let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
         let chunk = vec![7u8; 1 << 20];

@@ -2,14 +2,17 @@
 //! one QUIC connection per peer pair, one bidirectional stream per call,
 //! mutual TLS with the cluster CA. `tls` builds the rustls configurations,
 //! `endpoint` the UDP sockets and transport settings, `client` makes calls
-//! and `server` serves a `Service`.
+//! `server` serves a `Service`, and `gate` keeps revoked
+//! certificates out.
 pub mod client;
 pub mod endpoint;
+pub mod gate;
 pub mod server;
 pub mod tls;
 mod udp;
 
 pub use client::{call_on, RpcClient};
 pub use endpoint::{client_endpoint, server_endpoint};
+pub use gate::Gate;
 pub use server::{serve, serve_conn, Peer, Service};
 pub use tls::Identity;

@@ -1,6 +1,7 @@
 //! Serving a `Service`: a task per connection, a task per stream. A bad
 //! frame gets an error reply (or a reset stream) and a log line; the
 //! connection and everyone else's are served on.
+use super::gate::Gate;
 use super::tls::peer_role;
 use crate::certs::Role;
 use crate::error::{Error, Result};
@@ -54,10 +55,13 @@ pub trait Service: Send + Sync + 'static {
     fn accepts(&self, role: Role) -> bool;
 }
 
-/// Accept connections until the endpoint is closed.
-pub async fn serve<S: Service>(endpoint: quinn::Endpoint, svc: Arc<S>) {
+/// Accept connections until the endpoint is closed. `gate` (the one the
+/// endpoint's handshake checks) tracks them, to close those of a
+/// certificate revoked later.
+pub async fn serve<S: Service>(endpoint: quinn::Endpoint, svc: Arc<S>, gate: Arc<Gate>) {
     while let Some(incoming) = endpoint.accept().await {
         let svc = svc.clone();
+        let gate = gate.clone();
         let remote = incoming.remote_address();
         tokio::spawn(async move {
             let conn = match incoming.await {
@@ -78,8 +82,14 @@ pub async fn serve<S: Service>(endpoint: quinn::Endpoint, svc: Arc<S>) {
                 return;
             }
             let peer = Peer::new(role, conn.clone());
+            if !gate.enter(peer.owner, &conn) {
+                // revoked between its handshake and here
+                conn.close(super::gate::REVOKED.into(), b"certificate revoked");
+                return;
+            }
             tracing::debug!(peer = %remote, role = role.name(), "connected");
             serve_conn(svc, peer).instrument(tracing::debug_span!("conn", peer = %remote)).await;
+            gate.leave(&conn);
         });
     }
 }

@@ -3,13 +3,16 @@
 //! certificate against the same CA and the role's DNS name.
 use crate::certs::Role;
 use crate::config::TlsConfig;
+use super::gate::Gate;
 use crate::error::{Error, Result};
 use rustls::pki_types::pem::PemObject;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use std::sync::Arc;
 
 /// ALPN protocol id; bumped when the wire format changes incompatibly.
-pub const ALPN: &[u8] = b"aifs/3";
+pub const ALPN: &[u8] = b"aifs/4";
 
 fn tls_err(e: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("TLS setup: {e}"))
@@ -60,11 +63,14 @@ impl Identity {
         Arc::new(p)
     }
 
-    pub fn server_crypto(&self) -> Result<quinn::crypto::rustls::QuicServerConfig> {
+    /// A server's side: a client must show a certificate the CA signed,
+    /// still valid, and not revoked in `gate`.
+    pub fn server_crypto(&self, gate: Arc<Gate>) -> Result<quinn::crypto::rustls::QuicServerConfig> {
         let provider = Self::provider();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+        let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
             .build()
             .map_err(tls_err)?;
+        let verifier = Arc::new(Unrevoked { inner, gate });
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?
@@ -98,30 +104,86 @@ impl Identity {
     }
 }
 
-/// The role a connected peer proved with its certificate (already verified
-/// against the CA by the handshake).
-/// The hash of the peer's certificate (all zeros if it showed none, which
-/// the handshake does not let happen).
-pub fn peer_owner(conn: &quinn::Connection) -> crate::ids::Owner {
-    let leaf = conn.peer_identity().and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok()).and_then(|c| c.first().cloned());
-    match leaf {
-        Some(der) => {
-            let mut h = [0u8; 32];
-            h.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, der.as_ref()).as_ref());
-            crate::ids::Owner(h)
+/// The client certificate verifier of every server: the CA's, and then the
+/// revocation list.
+#[derive(Debug)]
+struct Unrevoked {
+    inner: Arc<dyn ClientCertVerifier>,
+    gate: Arc<Gate>,
+}
+
+impl ClientCertVerifier for Unrevoked {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        match crate::certs::owner_of(end_entity.as_ref()) {
+            Some(o) if !self.gate.is_revoked(&o) => Ok(ok),
+            Some(o) => {
+                tracing::warn!(owner = %o, "revoked certificate refused");
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))
+            }
+            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)),
         }
-        None => crate::ids::Owner::default(),
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
-pub fn peer_role(conn: &quinn::Connection) -> Option<Role> {
+/// The leaf certificate a connected peer showed (verified by the handshake).
+fn peer_leaf(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
     let id = conn.peer_identity()?;
     let certs = id.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    let leaf = certs.first()?;
-    let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
-    Role::ALL.into_iter().find(|r| {
-        ServerName::try_from(r.dns_name())
-            .map(|n| cert.verify_is_valid_for_subject_name(&n).is_ok())
-            .unwrap_or(false)
-    })
+    certs.first().cloned()
+}
+
+/// Who the peer is (`certs::owner_of` its certificate; all zeros if it
+/// showed none, which the handshake does not let happen).
+pub fn peer_owner(conn: &quinn::Connection) -> crate::ids::Owner {
+    peer_leaf(conn).and_then(|der| crate::certs::owner_of(der.as_ref())).unwrap_or_default()
+}
+
+/// Whether the peer's certificate carries the DNS name `name`.
+fn peer_named(conn: &quinn::Connection, name: &str) -> bool {
+    let Some(leaf) = peer_leaf(conn) else { return false };
+    let (Ok(cert), Ok(n)) = (webpki::EndEntityCert::try_from(&leaf), ServerName::try_from(name)) else { return false };
+    cert.verify_is_valid_for_subject_name(&n).is_ok()
+}
+
+/// The role a connected peer proved with its certificate (already verified
+/// against the CA by the handshake).
+pub fn peer_role(conn: &quinn::Connection) -> Option<Role> {
+    Role::ALL.into_iter().find(|r| peer_named(conn, r.dns_name()))
+}
+
+/// Whether the peer's certificate is OSD `id`'s.
+pub fn peer_is_osd(conn: &quinn::Connection, id: u32) -> bool {
+    peer_named(conn, &crate::certs::osd_dns_name(id))
 }

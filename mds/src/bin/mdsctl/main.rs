@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod cert;
+
 #[derive(Parser)]
 #[command(name = "mdsctl", version, about = "Administer an aifs cluster")]
 struct Args {
@@ -35,6 +37,11 @@ enum Cmd {
         /// Directory for certificates and configs.
         #[arg(long)]
         dir: PathBuf,
+        /// Directory for the CA's key and the record of what it signs
+        /// (default: DIR with `-ca` added); keep it apart, offline if you
+        /// can: `mdsctl cert` needs it, no daemon does.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
         /// MDS address written into the configs.
         #[arg(long, default_value = "127.0.0.1:7000")]
         mds: SocketAddr,
@@ -68,11 +75,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SessionCmd,
     },
-    /// Certificates of single nodes.
-    Cert {
-        #[command(subcommand)]
-        cmd: CertCmd,
-    },
+    /// Certificates of single nodes: issue, renew, revoke, list.
+    Cert(cert::CertArgs),
     /// Capacity and use, per OSD and in total.
     Df,
     /// Set the default layout of a directory, or the layout of an empty file.
@@ -117,23 +121,6 @@ enum ShardCmd {
     /// List metadata shards.
     Ls,
 }
-#[derive(Subcommand)]
-enum CertCmd {
-    /// Sign a certificate of its own for one node with the cluster CA (the
-    /// `ca.key` beside the admin config's `ca.pem`), and write
-    /// OUT/NAME.pem, OUT/NAME.key and a config OUT/NAME.toml for it. A
-    /// session a client opens under it answers to it alone.
-    Issue {
-        /// client or admin.
-        #[arg(long)]
-        role: String,
-        /// The node's name: letters, digits, '-', '_', '.'.
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        out: PathBuf,
-    },
-}
 
 #[derive(Subcommand)]
 enum SessionCmd {
@@ -153,50 +140,27 @@ fn main() {
 }
 
 fn real_main(args: Args) -> anyhow::Result<()> {
-    if let Cmd::Init { dir, mds, osds, osd_port, data, force } = &args.cmd {
-        return init(dir, *mds, *osds, *osd_port, data.clone(), *force);
+    if let Cmd::Init { dir, ca_dir, mds, osds, osd_port, data, force } = &args.cmd {
+        return init(dir, ca_dir.clone(), *mds, *osds, *osd_port, data.clone(), *force);
     }
     let cfg_path = args.config.clone().unwrap_or_else(|| local_state_dir().join("admin.toml"));
     let cfg: AdminConfig = aifs_common::config::load(&cfg_path).with_context(|| {
         format!("no admin config at {}; pass --config, or start a local cluster with `make run`", cfg_path.display())
     })?;
-    if let Cmd::Cert { cmd: CertCmd::Issue { role, name, out } } = &args.cmd {
-        return issue_cert(&cfg, role, name, out);
-    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    if let Cmd::Cert(cert) = &args.cmd {
+        return rt.block_on(cert.run(&cfg, args.json));
+    }
     rt.block_on(run(args, cfg))
 }
 
-/// `mdsctl cert issue`: the certificate and a config that uses it, for the
-/// cluster `cfg` names.
-fn issue_cert(cfg: &AdminConfig, role: &str, name: &str, out: &Path) -> anyhow::Result<()> {
-    let role = match role {
-        "client" => Role::Client,
-        "admin" => Role::Admin,
-        "osd" => bail!("per-node OSD certificates are not issued yet: an OSD id must be bound to its certificate first"),
-        other => bail!("unknown role {other:?}: client or admin"),
-    };
-    let ca_dir = cfg.tls.ca.parent().ok_or_else(|| anyhow!("the admin config's CA path has no directory"))?;
-    certs::issue_node(ca_dir, role, name, out)
-        .with_context(|| format!("signing with the CA key in {} (it must be readable here)", ca_dir.display()))?;
-    let out = out.canonicalize()?;
-    let tls = TlsConfig { ca: cfg.tls.ca.clone(), cert: out.join(format!("{name}.pem")), key: out.join(format!("{name}.key")) };
-    let text = match role {
-        Role::Client => format!("name = \"{name}\"\n{}", aifs_client_config(cfg.mds, tls, &cfg.transport)?),
-        _ => to_toml(&AdminConfig { mds: cfg.mds, tls, transport: cfg.transport.clone() })?,
-    };
-    let conf = out.join(format!("{name}.toml"));
-    std::fs::write(&conf, text)?;
-    println!("issued a {} certificate for {name}: {}", role.name(), out.join(format!("{name}.pem")).display());
-    println!("config: {} (aifs-mount --config / mdsctl --config)", conf.display());
-    Ok(())
-}
 
-fn init(dir: &Path, mds: SocketAddr, osds: u32, osd_port: u16, data: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
+fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: SocketAddr, osds: u32, osd_port: u16, data: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
-    certs::init_cluster(&dir, force).map_err(|e| match e {
-        aifs_common::Error::Exists => anyhow!("{} already holds a cluster CA (use --force to replace it)", dir.display()),
+    let ca_dir = ca_dir.unwrap_or_else(|| cert::default_ca_dir(&dir));
+    certs::init_cluster(&dir, &ca_dir, osds, force).map_err(|e| match e {
+        aifs_common::Error::Exists => anyhow!("{} already holds a cluster CA (use --force to replace it)", ca_dir.display()),
         e => anyhow!(e),
     })?;
     let data = data.unwrap_or_else(|| dir.join("data"));
@@ -224,7 +188,7 @@ fn init(dir: &Path, mds: SocketAddr, osds: u32, osd_port: u16, data: Option<Path
             mds,
             data_dir: data.join(format!("osd{i}")),
             heartbeat_ms: 1000,
-            tls: tls(Role::Osd),
+            tls: TlsConfig::in_dir(&dir, &format!("osd{i}")),
             transport: transport.clone(),
         };
         std::fs::write(dir.join(format!("osd{i}.toml")), to_toml(&ocfg)?)?;
@@ -233,14 +197,15 @@ fn init(dir: &Path, mds: SocketAddr, osds: u32, osd_port: u16, data: Option<Path
     std::fs::write(dir.join("client.toml"), ccfg)?;
     let acfg = AdminConfig { mds, tls: tls(Role::Admin), transport };
     std::fs::write(dir.join("admin.toml"), to_toml(&acfg)?)?;
-    println!("created cluster CA and certificates for mds, osd, client, admin in {}", dir.display());
+    println!("created certificates for mds, osd1..{osds}, client, admin in {}", dir.display());
+    println!("the cluster CA's key is in {}: keep it apart from the nodes; `mdsctl cert` needs it", ca_dir.display());
     println!("configs: mds.toml, osd1..{osds}.toml, client.toml, admin.toml");
     Ok(())
 }
 
 /// The client config, written as text so mdsctl need not link the client;
 /// its transport section only where it differs from the defaults.
-fn aifs_client_config(mds: SocketAddr, tls: TlsConfig, transport: &TransportConfig) -> anyhow::Result<String> {
+pub(crate) fn aifs_client_config(mds: SocketAddr, tls: TlsConfig, transport: &TransportConfig) -> anyhow::Result<String> {
     let mut text = format!(
         "mds = \"{mds}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
         tls.ca.display(),
@@ -306,7 +271,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
         }
     };
     match args.cmd {
-        Cmd::Init { .. } | Cmd::Cert { .. } => unreachable!("handled before connecting"),
+        Cmd::Init { .. } | Cmd::Cert(_) => unreachable!("handled before connecting"),
         Cmd::Status => {
             let s = status().await?;
             if args.json {
