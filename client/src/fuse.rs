@@ -108,12 +108,20 @@ fn id(n: INodeNo) -> InodeId {
     InodeId(n.0)
 }
 
-pub fn file_attr(a: &Attr) -> FileAttr {
-    let kind = match a.kind {
+fn file_type(k: FileKind) -> FileType {
+    match k {
         FileKind::File => FileType::RegularFile,
         FileKind::Dir => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
-    };
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+pub fn file_attr(a: &Attr) -> FileAttr {
+    let kind = file_type(a.kind);
     FileAttr {
         ino: INodeNo(a.ino.0),
         size: a.size,
@@ -127,7 +135,7 @@ pub fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: a.layout.as_ref().map(|l| l.stripe_size).unwrap_or(4096),
         flags: 0,
     }
@@ -240,14 +248,14 @@ impl Filesystem for AifsFuse {
         });
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let name = match valid_name(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        spawn_entry!(self, reply, id(parent), name, fs.mknod(id(parent), &name, mode & !umask, uid, gid));
+        spawn_entry!(self, reply, id(parent), name, fs.mknod(id(parent), &name, mode & !umask, rdev, uid, gid));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
@@ -484,12 +492,7 @@ impl Filesystem for AifsFuse {
                 return reply.ok();
             }
             for e in entries {
-                let kind = match e.kind {
-                    FileKind::File => FileType::RegularFile,
-                    FileKind::Dir => FileType::Directory,
-                    FileKind::Symlink => FileType::Symlink,
-                };
-                if reply.add(INodeNo(e.ino.0), e.cookie, kind, &e.name) {
+                if reply.add(INodeNo(e.ino.0), e.cookie, file_type(e.kind), &e.name) {
                     break;
                 }
             }

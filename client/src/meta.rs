@@ -448,6 +448,7 @@ mod tests {
             ctime_ns: 0,
             layout: None,
             xattrs: 0,
+            rdev: 0,
         }
     }
 

@@ -90,11 +90,14 @@ pub struct LeaseTable {
     /// Sessions expired by a request since `expire` last reported them:
     /// their owner (the MDS) still has to drop what it keeps beside leases.
     reaped: Vec<SessionId>,
+    /// Sessions `expire` closed because they left a recall unanswered for
+    /// a whole term while still heartbeating, not yet reported.
+    unresponsive: Vec<SessionId>,
 }
 
 impl LeaseTable {
     pub fn new(term: Duration) -> Self {
-        LeaseTable { term, sessions: BTreeMap::new(), inodes: BTreeMap::new(), reaped: Vec::new() }
+        LeaseTable { term, sessions: BTreeMap::new(), inodes: BTreeMap::new(), reaped: Vec::new(), unresponsive: Vec::new() }
     }
 
     pub fn term(&self) -> Duration {
@@ -166,6 +169,20 @@ impl LeaseTable {
     /// runs this; requests run the cheap part.
     pub fn expire(&mut self, now: Instant) -> Vec<SessionId> {
         self.expire_sessions(now);
+        // A holder that heartbeats but has not given back a lease it was
+        // asked for in a whole term would hold everyone else up for ever:
+        // its session ends as if it had gone silent.
+        let term = self.term;
+        let stuck: BTreeSet<SessionId> = self
+            .inodes
+            .values()
+            .flat_map(|l| l.recalled.iter().filter(|(_, since)| now.saturating_duration_since(**since) >= term).map(|(s, _)| *s))
+            .collect();
+        for s in &stuck {
+            self.close_session(*s);
+        }
+        self.reaped.extend(&stuck);
+        self.unresponsive.extend(&stuck);
         // Every session expired since the last call, here or by a request.
         let dead = std::mem::take(&mut self.reaped);
         // A waiter that stopped asking for a whole term has given up.
@@ -175,6 +192,12 @@ impl LeaseTable {
             !l.is_empty()
         });
         dead
+    }
+
+    /// The sessions `expire` closed for leaving a recall unanswered, since
+    /// the last call (they are among those `expire` returned).
+    pub fn take_unresponsive(&mut self) -> Vec<SessionId> {
+        std::mem::take(&mut self.unresponsive)
     }
 
     /// Ask for `kind` on `ino` for session `s`.
@@ -488,6 +511,35 @@ mod tests {
         assert!(matches!(t.acquire(S(2), InodeId(3), LeaseKind::Write, later), Decision::Granted { .. }));
         assert_eq!(t.expire(later), vec![S(1)]);
         assert_eq!(t.expire(later), Vec::<SessionId>::new());
+    }
+
+    /// A holder that keeps heartbeating but never gives back what it was
+    /// asked for is evicted one term after the recall; before that it is
+    /// waited for.
+    #[test]
+    fn a_holder_that_heartbeats_but_never_answers_a_recall_is_evicted_after_a_term() {
+        let now = Instant::now();
+        let mut t = LeaseTable::new(TERM);
+        t.open_session(S(1), now);
+        t.open_session(S(2), now);
+        let ino = InodeId(5);
+        assert!(matches!(t.acquire(S(1), ino, LeaseKind::Write, now), Decision::Granted { .. }));
+        assert_eq!(t.acquire(S(2), ino, LeaseKind::Write, now), Decision::Wait { recall: vec![S(1)] });
+        let almost = now + TERM - Duration::from_millis(1);
+        for s in [S(1), S(2)] {
+            assert!(t.heartbeat(s, almost));
+        }
+        assert!(t.expire(almost).is_empty());
+        assert!(t.take_unresponsive().is_empty());
+        let later = now + TERM;
+        for s in [S(1), S(2)] {
+            assert!(t.heartbeat(s, later));
+        }
+        assert_eq!(t.expire(later), vec![S(1)]);
+        assert_eq!(t.take_unresponsive(), vec![S(1)]);
+        assert!(t.take_unresponsive().is_empty());
+        assert!(!t.heartbeat(S(1), later), "the evicted session lives on");
+        assert_eq!(t.acquire(S(2), ino, LeaseKind::Write, later), Decision::Granted { kind: LeaseKind::Write });
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use aifs_common::locks::Lock;
 use aifs_common::rpc::Peer;
 use aifs_common::{Error, InodeId, OsdId, Owner, Result, SessionId};
-use aifs_common::proto::mds::{HeldLock, OsdInfo, OsdState, SessionInfo};
+use aifs_common::proto::mds::{EvictionInfo, HeldLock, OsdInfo, OsdState, SessionInfo};
 use dashmap::DashMap;
 use aifs_common::lease::LeaseTable;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,7 +64,13 @@ pub struct Cluster {
     started: Instant,
     /// The grace is over for good: `in_grace` answers without looking.
     settled: std::sync::atomic::AtomicBool,
+    /// The latest sessions ended by the MDS rather than by their clients
+    /// (`mdsctl session ls`), newest last.
+    evictions: Mutex<std::collections::VecDeque<EvictionInfo>>,
 }
+
+/// Evictions `mdsctl session ls` shows.
+const EVICTIONS_KEPT: usize = 32;
 
 /// Leases live in memory only: after a restart, a client of the last run
 /// may still cache what it leased until it learns its session is gone
@@ -118,7 +124,24 @@ impl Cluster {
             grace_over: tokio::sync::Notify::new(),
             started: Instant::now(),
             settled: std::sync::atomic::AtomicBool::new(false),
+            evictions: Mutex::new(Default::default()),
         }
+    }
+
+    /// Record that session `id` was ended by the MDS, and why.
+    pub fn record_eviction(&self, id: SessionId, why: &str) {
+        let name = self.sessions.get(&id).map(|s| s.name.clone()).unwrap_or_default();
+        tracing::warn!(session = %id, name, why, "session evicted");
+        if let Ok(mut e) = self.evictions.lock() {
+            if e.len() == EVICTIONS_KEPT {
+                e.pop_front();
+            }
+            e.push_back(EvictionInfo { id, name, why: why.to_string(), at_ms: aifs_common::cap::now_ms() });
+        }
+    }
+
+    pub fn evictions(&self) -> Vec<EvictionInfo> {
+        self.evictions.lock().map(|e| e.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// At start: wait (at most one lease term) for the sessions the last
@@ -371,10 +394,13 @@ impl Cluster {
         if changed {
             self.epoch.fetch_add(1, Ordering::Relaxed);
         }
-        let expired = match self.leases.lock() {
-            Ok(mut l) => l.expire(now),
-            Err(_) => Vec::new(),
+        let (expired, unresponsive) = match self.leases.lock() {
+            Ok(mut l) => (l.expire(now), l.take_unresponsive()),
+            Err(_) => Default::default(),
         };
+        for id in unresponsive {
+            self.record_eviction(id, "left a lease recall unanswered for a whole term while heartbeating");
+        }
         if !expired.is_empty() {
             self.released.notify_waiters();
         }

@@ -14,7 +14,7 @@ use crate::namespace::Namespace;
 use crate::records::{GcJob, InodeRec};
 use crate::repair::Repair;
 use crate::store::{IoResult, DEGRADED, GC, INODES};
-use aifs_common::proto::mds::{Degraded, FileKind, FsckFinding, FsckKind, FsckReport};
+use aifs_common::proto::mds::{Attr, Degraded, FileKind, FsckFinding, FsckKind, FsckReport};
 use aifs_common::proto::osd::{OsdReq, OsdResp};
 use aifs_common::{Error, InodeId, Layout, ObjectId, OsdId, Result};
 use redb::ReadableTable;
@@ -29,6 +29,19 @@ const LIST_PAGE: u32 = 10_000;
 /// Does `layout` (the file's, if it exists) put object `obj` on `osd`?
 fn placed(layout: Option<&Layout>, obj: ObjectId, osd: u32) -> bool {
     layout.is_some_and(|l| obj.index < l.stripe_count && l.object_osds(obj.index).iter().any(|o| o.0 == osd))
+}
+
+/// Is object `obj` on `osd`, listed as an orphan, one still, given its
+/// file's attributes read again (`now`)? Only if the file is gone or its
+/// layout does not place the object there: a read that failed for any
+/// other reason (a busy or failing store) proves nothing, and the object
+/// is kept.
+fn still_orphan(now: &Result<Attr>, obj: ObjectId, osd: u32) -> bool {
+    match now {
+        Ok(a) => !placed(a.layout.as_ref(), obj, osd),
+        Err(Error::NotFound) => true,
+        Err(_) => false,
+    }
 }
 
 pub struct Fsck {
@@ -235,10 +248,13 @@ impl Fsck {
             if !cluster.begin_repair(obj.ino) {
                 continue;
             }
-            let now = self.ns.getattr(obj.ino).await.ok().and_then(|a| a.layout);
-            let r = match placed(now.as_ref(), obj, osd) {
-                true => None,
-                false => Some(self.osds.call(osd, &OsdReq::Delete { obj }).await),
+            let now = self.ns.getattr(obj.ino).await;
+            if let Err(e) = now.as_ref().map(|_| ()).or_else(|e| if matches!(e, Error::NotFound) { Ok(()) } else { Err(e) }) {
+                tracing::warn!(%obj, osd, error = %e, "fsck could not read the file of an object it found no layout for; kept");
+            }
+            let r = match still_orphan(&now, obj, osd) {
+                false => None,
+                true => Some(self.osds.call(osd, &OsdReq::Delete { obj }).await),
             };
             cluster.end_repair(obj.ino);
             match r {
@@ -248,5 +264,26 @@ impl Fsck {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_is_an_orphan_only_when_its_file_is_known_not_to_place_it() {
+        let layout = Layout { stripe_size: 1 << 20, stripe_count: 1, replicas: 1, osds: vec![OsdId(1)] };
+        let (home, elsewhere) = (1, 2);
+        let obj = ObjectId { ino: InodeId(7), index: 0 };
+        let mut a = Attr::new_file(InodeId(7), 0o644, 0, 0, layout, 0);
+        assert!(!still_orphan(&Ok(a.clone()), obj, home));
+        assert!(still_orphan(&Ok(a.clone()), obj, elsewhere));
+        assert!(still_orphan(&Err(Error::NotFound), obj, home));
+        for e in [Error::Io("disk".into()), Error::Unavailable("busy".into()), Error::Stale] {
+            assert!(!still_orphan(&Err(e.clone()), obj, home), "{e:?} deleted an object");
+        }
+        a.layout = None;
+        assert!(still_orphan(&Ok(a), obj, home));
     }
 }

@@ -60,6 +60,18 @@ fn shard_of(ino: u64) -> u32 {
     InodeId(ino).shard()
 }
 
+/// What `make_node` makes.
+struct Node {
+    kind: FileKind,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    /// Symlinks: the target.
+    target: Option<String>,
+    /// Device nodes: the device number.
+    rdev: u32,
+}
+
 fn kind_code(k: FileKind) -> u8 {
     k as u8
 }
@@ -69,6 +81,10 @@ fn kind_from(c: u8) -> Result<FileKind> {
         1 => Ok(FileKind::File),
         2 => Ok(FileKind::Dir),
         3 => Ok(FileKind::Symlink),
+        4 => Ok(FileKind::Fifo),
+        5 => Ok(FileKind::Socket),
+        6 => Ok(FileKind::CharDev),
+        7 => Ok(FileKind::BlockDev),
         other => Err(Error::Io(format!("metadata store: bad file kind {other}"))),
     }
 }
@@ -427,12 +443,19 @@ impl Namespace {
                     )));
                 }
             }
-            Err(_) => std::fs::write(&marker, format!("{nshards}\n"))?,
+            // only a marker that is not there is made; one that cannot be
+            // read is an error, never overwritten
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                crate::store::write_durably(&marker, format!("{nshards}\n").as_bytes())?
+            }
+            Err(e) => return Err(Error::Io(format!("{}: {e}", marker.display()))),
         }
         let mut shards = Vec::new();
         for i in 0..nshards {
             shards.push(Arc::new(ShardStore::open(dir, i)?));
         }
+        // the names of store files just made
+        crate::store::sync_dir(dir)?;
         let ns = Namespace { shards, topo: tokio::sync::RwLock::new(()), cluster, running: Default::default() };
         ns.shard(0)
             .mutate(move |txn| {
@@ -834,20 +857,37 @@ impl Namespace {
     }
 
     pub async fn symlink(&self, parent: InodeId, name: &str, target: &str, uid: u32, gid: u32, once: &Once<'_>) -> Result<Attr> {
-        let parent = parent.0;
-        check_name(name)?;
-        if let Some((ino, _)) = once.done {
-            return self.getattr(InodeId(ino)).await;
-        }
-        let rid = once.rid;
         if target.is_empty() {
             return Err(Error::NotFound);
         }
         if target.len() > PATH_MAX {
             return Err(Error::NameTooLong);
         }
+        let node = Node { kind: FileKind::Symlink, perm: 0o777, uid, gid, target: Some(target.to_string()), rdev: 0 };
+        self.make_node(parent, name, node, once).await
+    }
+
+    /// A special file (FIFO, socket, device node) of `kind`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(&self, parent: InodeId, name: &str, kind: FileKind, mode: u32, uid: u32, gid: u32, rdev: u32, once: &Once<'_>) -> Result<Attr> {
+        if !matches!(kind, FileKind::Fifo | FileKind::Socket | FileKind::CharDev | FileKind::BlockDev) {
+            return Err(Error::InvalidArgument(format!("mknod makes special files, not {kind:?}")));
+        }
+        let rdev = if kind.is_device() { rdev } else { 0 };
+        let node = Node { kind, perm: mode & 0o7777, uid, gid, target: None, rdev };
+        self.make_node(parent, name, node, once).await
+    }
+
+    /// A new inode of no data (a symlink, a special file) named `name` in
+    /// `parent`.
+    async fn make_node(&self, parent: InodeId, name: &str, node: Node, once: &Once<'_>) -> Result<Attr> {
+        let parent = parent.0;
+        check_name(name)?;
+        if let Some((ino, _)) = once.done {
+            return self.getattr(InodeId(ino)).await;
+        }
+        let rid = once.rid;
         let name = name.to_string();
-        let target = target.to_string();
         let _g = self.topo.read().await;
         let shard = self.shard_for(parent)?.clone();
         let sid = shard.id;
@@ -865,12 +905,13 @@ impl Namespace {
                 let seq = next_counter(&mut meta, "next_seq", if sid == 0 { 2 } else { 1 })?;
                 let ino = InodeId::new(sid, seq).0;
                 let rec = InodeRec {
-                    kind: FileKind::Symlink,
-                    perm: 0o777,
+                    kind: node.kind,
+                    perm: node.perm,
                     nlink: 1,
-                    uid,
-                    gid,
-                    size: 0,
+                    uid: node.uid,
+                    gid: node.gid,
+                    // a device node's number (records.rs)
+                    size: u64::from(node.rdev),
                     atime_ns: now,
                     mtime_ns: now,
                     ctime_ns: now,
@@ -879,7 +920,7 @@ impl Namespace {
                     parent,
                     next_cookie: 0,
                     entries: 0,
-                    target: Some(target),
+                    target: node.target,
                     xattrs: 0,
                 };
                 add_entry(txn, p, parent, &name, ino, &rec, now)?;
@@ -1306,8 +1347,9 @@ impl Namespace {
                 if let Some(size) = set.size {
                     match r.kind {
                         FileKind::Dir => return Err(Error::IsDir),
-                        FileKind::Symlink => return Err(Error::InvalidArgument("truncate of a symlink".into())),
                         FileKind::File => {}
+                        // (a device node's `size` is its number)
+                        other => return Err(Error::InvalidArgument(format!("truncate of a {other:?}"))),
                     }
                     check_size(size)?;
                 }
@@ -1414,7 +1456,7 @@ impl Namespace {
                             inodes = txn.open_table(INODES).io()?;
                         }
                     }
-                    FileKind::Symlink => return Err(Error::InvalidArgument("symlinks have no layout".into())),
+                    other => return Err(Error::InvalidArgument(format!("a {other:?} has no layout"))),
                 }
                 r.ctime_ns = now_ns();
                 put_inode(&mut inodes, ino, &r)?;
@@ -1574,6 +1616,7 @@ fn placeholder_attr() -> Attr {
         ctime_ns: 0,
         layout: None,
         xattrs: 0,
+        rdev: 0,
     }
 }
 
@@ -1651,6 +1694,24 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         panic!("the namespace does not open again");
+    }
+
+    /// The shard count marker is part of the on-disk format: one that is
+    /// there but cannot be read stops the MDS, and is left as it was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_shard_marker_is_refused_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("shards");
+        std::fs::write(&marker, [0xff, 0xfe, b'\n']).unwrap();
+        let cluster = Arc::new(Cluster::new(std::time::Duration::from_secs(60), std::time::Duration::from_secs(60)));
+        let r = Namespace::open(dir.path(), 4, LayoutPolicy::default(), cluster).await;
+        assert!(r.is_err(), "opened over a marker it could not read");
+        assert_eq!(std::fs::read(&marker).unwrap(), [0xff, 0xfe, b'\n']);
+        // a missing one is made, whole
+        let fresh = tempfile::tempdir().unwrap();
+        drop(open_ns(fresh.path()).await);
+        assert_eq!(std::fs::read_to_string(fresh.path().join("shards")).unwrap(), "4\n");
+        assert!(!fresh.path().join("shards.tmp").exists());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,8 @@ pub struct InodeRec {
 }
 
 impl InodeRec {
+    /// Device nodes keep their device number in `size` (they have no
+    /// data), which keeps the record's layout as it was before they came.
     pub fn attr(&self, ino: u64) -> Attr {
         Attr {
             ino: InodeId(ino),
@@ -57,12 +59,14 @@ impl InodeRec {
                 FileKind::File => self.size,
                 FileKind::Dir => 4096,
                 FileKind::Symlink => self.target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+                FileKind::Fifo | FileKind::Socket | FileKind::CharDev | FileKind::BlockDev => 0,
             },
             atime_ns: self.atime_ns,
             mtime_ns: self.mtime_ns,
             ctime_ns: self.ctime_ns,
             layout: self.layout.clone(),
             xattrs: self.xattrs,
+            rdev: if self.kind.is_device() { self.size as u32 } else { 0 },
         }
     }
 

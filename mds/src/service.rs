@@ -361,6 +361,17 @@ impl MdsService {
                 cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
                 self.changed(Some(a), &[parent], None).await
             }
+            MdsReq::Mknod { parent, name, kind, mode, uid, gid, rdev } => {
+                need(peer, NS)?;
+                if kind.is_device() && uid != 0 {
+                    return Err(Error::NotPermitted("only root makes device nodes".into()));
+                }
+                let h = cl.holder(peer);
+                cl.acquire_read_all(&h, &[parent]).await?;
+                let a = ns.mknod(parent, &name, kind, mode, uid, gid, rdev, once).await?;
+                cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
+                self.changed(Some(a), &[parent], None).await
+            }
             MdsReq::Readlink { ino } => {
                 need(peer, NS)?;
                 MdsResp::Bytes(ns.readlink(ino).await?)
@@ -454,6 +465,7 @@ impl MdsService {
                 let connections = self.revoked.revoke(ns, owner, &name).await?;
                 let sessions = ns.cluster.sessions_of(owner);
                 for id in &sessions {
+                    ns.cluster.record_eviction(*id, &format!("certificate {name} revoked"));
                     ns.cluster.close_session(*id);
                 }
                 self.forget_sessions(&sessions).await?;
@@ -531,11 +543,12 @@ impl MdsService {
             }
             MdsReq::EvictSession { id } => {
                 need(peer, ADMIN)?;
-                if !ns.cluster.close_session(id) {
+                if !ns.cluster.sessions.contains_key(&id) {
                     return Err(Error::NotFound);
                 }
+                ns.cluster.record_eviction(id, &format!("mdsctl session evict, from {}", peer.addr));
+                ns.cluster.close_session(id);
                 self.forget_sessions(&[id]).await?;
-                tracing::warn!(session = %id, by = %peer.addr, "session evicted");
                 MdsResp::Done
             }
             MdsReq::Status => {
@@ -557,6 +570,7 @@ impl MdsService {
                     shards,
                     osds: ns.cluster.osd_infos(),
                     sessions: ns.cluster.session_infos(),
+                    evictions: ns.cluster.evictions(),
                     mds_requests: self.requests.load(std::sync::atomic::Ordering::Relaxed),
                     osd_epoch: ns.cluster.epoch(),
                     statfs: self.statfs().await,
@@ -582,7 +596,13 @@ impl MdsService {
                     true => LeaseKind::Write,
                 };
                 let got = match cl.acquire(&h, ino, want).await {
-                    Ok(k) => ns.getattr(ino).await.map(|a| (k, a)),
+                    // only a regular file is opened here, and gets a
+                    // capability over objects (the kernel opens the others)
+                    Ok(k) => ns.getattr(ino).await.and_then(|a| match a.kind {
+                        FileKind::File => Ok((k, a)),
+                        FileKind::Dir => Err(Error::IsDir),
+                        other => Err(Error::InvalidArgument(format!("open of a {other:?} for data"))),
+                    }),
                     Err(e) => Err(e),
                 };
                 let (kind, attr) = match got {

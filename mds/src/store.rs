@@ -77,6 +77,27 @@ pub struct ShardStore {
     pub stats: Arc<StoreStats>,
 }
 
+/// Make `dir`'s entries (files made or renamed in it) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Write `path` whole or not at all, and durably: a temporary file beside
+/// it, synced, renamed over it, and the directory synced.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().ok_or_else(|| Error::InvalidArgument(format!("{} has no directory", path.display())))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
 impl ShardStore {
     pub fn open(dir: &Path, id: u32) -> Result<ShardStore> {
         std::fs::create_dir_all(dir)?;

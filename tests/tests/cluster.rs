@@ -680,3 +680,67 @@ async fn a_retried_request_is_answered_from_its_record_not_applied_twice() {
     assert_eq!(sid(send(open.clone(), 7, true).await), s1);
     assert_ne!(sid(send(open, 8, false).await), s1);
 }
+
+/// The MDS decides for itself what mknod may make: device nodes for uid 0
+/// alone, special kinds only, and a device node's number is no size a
+/// truncate could change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mknod_makes_special_files_and_device_nodes_for_root_alone() {
+    let cl = TestCluster::start(1, 2).await.unwrap();
+    let c = cl.mds_client(Role::Client).unwrap();
+    let node = |name: &str, kind: FileKind, uid: u32| MdsReq::Mknod { parent: ROOT, name: name.into(), kind, mode: 0o640, uid, gid: 0, rdev: 0x0703 };
+    assert!(matches!(attr(&c, node("dev", FileKind::CharDev, 1000)).await, Err(Error::NotPermitted(_))), "a user made a device node");
+    assert!(matches!(attr(&c, node("f", FileKind::File, 0)).await, Err(Error::InvalidArgument(_))));
+    let fifo = attr(&c, node("fifo", FileKind::Fifo, 1000)).await.unwrap();
+    assert_eq!((fifo.kind, fifo.perm, fifo.uid, fifo.rdev, fifo.layout), (FileKind::Fifo, 0o640, 1000, 0, None));
+    let dev = attr(&c, node("dev", FileKind::BlockDev, 0)).await.unwrap();
+    assert_eq!((dev.kind, dev.size, dev.rdev), (FileKind::BlockDev, 0, 0x0703));
+    let set = SetAttr { mode: None, uid: None, gid: None, size: Some(5), atime: None, mtime: None };
+    assert!(matches!(mds_call(&c, MdsReq::SetAttr { ino: dev.ino, set }).await, Err(Error::InvalidArgument(_))));
+    assert_eq!(attr(&c, MdsReq::GetAttr { ino: dev.ino }).await.unwrap().rdev, 0x0703);
+    assert!(matches!(mds_call(&c, MdsReq::Open { ino: fifo.ino, write: false, first: true, exclusive: false }).await, Err(_)), "a FIFO opened for data");
+}
+
+/// A holder that keeps its session alive but never answers a recall holds
+/// the others up for one lease term, not for ever: then it is evicted, the
+/// waiting open is granted, and the eviction is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_ignores_recalls_is_evicted_after_a_term() {
+    let cl = TestCluster::start_with(1, 1, |m| m.session_timeout_ms = 2_000).await.unwrap();
+    let admin = cl.mds_client(Role::Admin).unwrap();
+    let open_session = |name: &str| MdsReq::OpenSession { name: name.into(), dir_leases: false, previous: None, open: vec![], locks: vec![] };
+    let session = |r: MdsResp| match r {
+        MdsResp::Session { id, .. } => id,
+        other => panic!("{other:?}"),
+    };
+    // a raw client: it heartbeats, but serves no recall
+    let deaf = std::sync::Arc::new(cl.mds_client_of_node(Role::Client, "deaf").unwrap());
+    let sid = session(mds_call(&deaf, open_session("deaf")).await.unwrap());
+    let ino = attr(&deaf, create(ROOT, "f")).await.unwrap().ino;
+    let open = |ino| MdsReq::Open { ino, write: true, first: true, exclusive: true };
+    mds_call(&deaf, open(ino)).await.unwrap();
+    // both heartbeat, as a mount does
+    let heartbeat = |c: std::sync::Arc<RpcClient>, id| {
+        tokio::spawn(async move {
+            while mds_call(&c, MdsReq::SessionHeartbeat { id }).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let beat = heartbeat(deaf.clone(), sid);
+    let other = std::sync::Arc::new(cl.mds_client_of_node(Role::Client, "other").unwrap());
+    let other_beat = heartbeat(other.clone(), session(mds_call(&other, open_session("other")).await.unwrap()));
+    let t = std::time::Instant::now();
+    let r = mds_call(&other, open(ino)).await;
+    assert!(matches!(r, Ok(MdsResp::Opened { .. })), "{r:?} after {:?}", t.elapsed());
+    assert!(t.elapsed() >= Duration::from_millis(1_500), "granted before the holder was given its term: {:?}", t.elapsed());
+    tokio::time::timeout(Duration::from_secs(5), beat).await.expect("the evicted session still heartbeats").unwrap();
+    match mds_call(&admin, MdsReq::Status).await.unwrap() {
+        MdsResp::Status(s) => {
+            assert!(!s.sessions.iter().any(|x| x.id == sid));
+            assert!(s.evictions.iter().any(|e| e.id == sid && e.name == "deaf" && e.why.contains("recall")), "{:?}", s.evictions);
+        }
+        other => panic!("{other:?}"),
+    }
+    other_beat.abort();
+}

@@ -319,9 +319,15 @@ impl ClientFs {
         Ok(a)
     }
 
-    pub async fn mknod(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
+    /// A regular file (left closed), or a special file: a FIFO, a socket
+    /// (`bind`), a device node.
+    pub async fn mknod(&self, parent: InodeId, name: &str, mode: u32, rdev: u32, uid: u32, gid: u32) -> Result<Attr> {
+        if let Some(kind) = FileKind::special(mode) {
+            let req = MdsReq::Mknod { parent, name: name.to_string(), kind, mode, uid, gid, rdev };
+            return self.made(req, parent, name, "Mknod").await;
+        }
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            return Err(Error::NotPermitted("only regular files can be made with mknod".into()));
+            return Err(Error::InvalidArgument(format!("mknod of mode {mode:o}")));
         }
         let req = MdsReq::Create { parent, name: name.to_string(), mode, uid, gid, exclusive: true };
         let a = self.made(req, parent, name, "Create").await?;

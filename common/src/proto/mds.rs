@@ -12,6 +12,31 @@ pub enum FileKind {
     File = 1,
     Dir = 2,
     Symlink = 3,
+    /// Special files: an inode, a name and attributes here; what they do
+    /// (a pipe, a socket's address, a device) is the local kernel's.
+    Fifo = 4,
+    Socket = 5,
+    CharDev = 6,
+    BlockDev = 7,
+}
+
+impl FileKind {
+    /// The kind of a special file `mknod` makes with `mode` (its
+    /// `S_IFMT` bits); `None` for the other kinds.
+    pub fn special(mode: u32) -> Option<FileKind> {
+        match mode & libc::S_IFMT {
+            libc::S_IFIFO => Some(FileKind::Fifo),
+            libc::S_IFSOCK => Some(FileKind::Socket),
+            libc::S_IFCHR => Some(FileKind::CharDev),
+            libc::S_IFBLK => Some(FileKind::BlockDev),
+            _ => None,
+        }
+    }
+
+    /// A device node: it has a device number (`rdev`).
+    pub fn is_device(self) -> bool {
+        matches!(self, FileKind::CharDev | FileKind::BlockDev)
+    }
 }
 
 /// Attributes of an inode as the MDS knows them.
@@ -35,6 +60,8 @@ pub struct Attr {
     /// answers `getxattr` itself within its attribute TTL (`ls -l` asks
     /// for two on every file).
     pub xattrs: u32,
+    /// Device nodes: the device number (`st_rdev`); else 0.
+    pub rdev: u32,
 }
 
 impl Attr {
@@ -56,6 +83,7 @@ impl Attr {
             ctime_ns: now,
             layout: Some(layout),
             xattrs: 0,
+            rdev: 0,
         }
     }
 }
@@ -154,6 +182,19 @@ pub struct ClusterStatus {
     /// Requests the MDS has served since it started (heartbeats not counted).
     pub mds_requests: u64,
     pub repair: RepairInfo,
+    /// The latest sessions the MDS ended itself, oldest first.
+    pub evictions: Vec<EvictionInfo>,
+}
+
+/// A session the MDS ended: by an operator, a revocation, or because it
+/// held up others.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct EvictionInfo {
+    pub id: SessionId,
+    pub name: String,
+    pub why: String,
+    pub at_ms: u64,
 }
 
 /// What fsck found wrong with one replica.
@@ -314,6 +355,9 @@ pub enum MdsReq {
     Revoke { owner: Owner, name: String },
     /// Admin: the revoked certificates.
     Revoked,
+    /// A special file (`FileKind::special`): a FIFO, a socket, or (made by
+    /// uid 0 only) a device node with its number `rdev`.
+    Mknod { parent: InodeId, name: String, kind: FileKind, mode: u32, uid: u32, gid: u32, rdev: u32 },
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);
@@ -333,6 +377,7 @@ impl MdsReq {
                 | MdsReq::Rmdir { .. }
                 | MdsReq::Rename { .. }
                 | MdsReq::Symlink { .. }
+                | MdsReq::Mknod { .. }
                 | MdsReq::Link { .. }
                 | MdsReq::SetXattr { .. }
                 | MdsReq::RemoveXattr { .. }

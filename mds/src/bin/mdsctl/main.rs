@@ -260,6 +260,15 @@ fn session_table(sessions: &[SessionInfo]) -> String {
     table(&["SESSION", "NAME", "ADDRESS", "LEASES", "LAST HEARD"], &rows)
 }
 
+fn eviction_table(evictions: &[aifs_common::proto::mds::EvictionInfo]) -> String {
+    let now = aifs_common::cap::now_ms();
+    let rows: Vec<Vec<String>> = evictions
+        .iter()
+        .map(|e| vec![e.id.to_string(), e.name.clone(), format!("{:.0}s ago", now.saturating_sub(e.at_ms) as f64 / 1000.0), e.why.clone()])
+        .collect();
+    table(&["EVICTED SESSION", "NAME", "WHEN", "WHY"], &rows)
+}
+
 const OSD_HEADER: [&str; 8] = ["OSD", "STATE", "ADDRESS", "SIZE", "USED", "USE%", "OBJECTS", "LAST HEARD"];
 
 async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
@@ -328,9 +337,12 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
         Cmd::Session { cmd: SessionCmd::Ls } => {
             let s = status().await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&s.sessions)?);
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"sessions": s.sessions, "evictions": s.evictions}))?);
             } else {
                 print!("{}", session_table(&s.sessions));
+                if !s.evictions.is_empty() {
+                    print!("\n{}", eviction_table(&s.evictions));
+                }
             }
         }
         Cmd::Session { cmd: SessionCmd::Evict { id } } => {
