@@ -185,7 +185,7 @@ async fn ls(ca: &Ca, cfg: &AdminConfig, json: bool) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = issued
         .iter()
         .map(|i| {
-            vec![i.name.clone(), i.role.clone(), i.osd.map(|o| o.to_string()).unwrap_or_else(|| "-".into()), expiry(i), state(i).into(), i.owner[..16].to_string()]
+            vec![i.name.clone(), i.role.clone(), i.osd.map(|o| o.to_string()).unwrap_or_else(|| "-".into()), expiry(i), state(i).into(), i.owner.get(..16).unwrap_or(&i.owner).to_string()]
         })
         .collect();
     print!("{}", table(&["NAME", "ROLE", "OSD", "EXPIRES", "STATE", "OWNER"], &rows));
