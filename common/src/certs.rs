@@ -12,13 +12,13 @@
 //! signed (`Issued`), from which `mdsctl cert ls`, `renew` and `revoke`
 //! work.
 use crate::error::{Error, Result};
-use crate::ids::Owner;
+use crate::ids::{hex, unhex, Owner};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PublicKeyData, SignatureAlgorithm,
 };
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How long a certificate `mdsctl init` or `cert issue` signs is valid.
 pub const DEFAULT_DAYS: u32 = 365;
@@ -92,7 +92,7 @@ fn cert_err(e: rcgen::Error) -> Error {
 }
 
 fn unix_now() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+    Duration::from_millis(crate::cap::now_ms())
 }
 
 /// A certificate's time, `since` the epoch.
@@ -119,17 +119,6 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
 }
 
 /// What a certificate is for: a role, a node name (its files' stem) and,

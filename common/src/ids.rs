@@ -150,25 +150,31 @@ impl std::str::FromStr for SessionId {
 #[rkyv(derive(Debug))]
 pub struct Owner(pub [u8; 32]);
 
+/// Bytes as lower-case hex, two digits each.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes `hex` wrote; `None` for anything else.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+}
+
 /// 64 hex digits, as `mdsctl cert ls` shows it.
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        f.write_str(&hex(&self.0))
     }
 }
 
 impl std::str::FromStr for Owner {
     type Err = crate::Error;
     fn from_str(s: &str) -> crate::Result<Self> {
-        let bad = || crate::Error::InvalidArgument(format!("{s:?} is not 64 hex digits"));
-        if s.len() != 64 || !s.is_ascii() {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(Owner(out))
+        let bytes = unhex(s).and_then(|v| <[u8; 32]>::try_from(v).ok());
+        bytes.map(Owner).ok_or_else(|| crate::Error::InvalidArgument(format!("{s:?} is not 64 hex digits")))
     }
 }
 

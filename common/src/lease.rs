@@ -169,29 +169,25 @@ impl LeaseTable {
     /// runs this; requests run the cheap part.
     pub fn expire(&mut self, now: Instant) -> Vec<SessionId> {
         self.expire_sessions(now);
-        // A holder that heartbeats but has not given back a lease it was
-        // asked for in a whole term would hold everyone else up for ever:
-        // its session ends as if it had gone silent.
         let term = self.term;
-        let stuck: BTreeSet<SessionId> = self
-            .inodes
-            .values()
-            .flat_map(|l| l.recalled.iter().filter(|(_, since)| now.saturating_duration_since(**since) >= term).map(|(s, _)| *s))
-            .collect();
+        // One pass over the inodes: a waiter that stopped asking for a
+        // whole term has given up; a holder that heartbeats but has not
+        // given back a lease it was asked for in a whole term would hold
+        // everyone else up for ever, so its session ends as if it had gone
+        // silent.
+        let mut stuck = BTreeSet::new();
+        self.inodes.retain(|_, l| {
+            l.waiting.retain(|_, (_, since)| now.saturating_duration_since(*since) < term);
+            stuck.extend(l.recalled.iter().filter(|(_, since)| now.saturating_duration_since(**since) >= term).map(|(s, _)| *s));
+            !l.is_empty()
+        });
         for s in &stuck {
             self.close_session(*s);
         }
         self.reaped.extend(&stuck);
         self.unresponsive.extend(&stuck);
         // Every session expired since the last call, here or by a request.
-        let dead = std::mem::take(&mut self.reaped);
-        // A waiter that stopped asking for a whole term has given up.
-        let term = self.term;
-        self.inodes.retain(|_, l| {
-            l.waiting.retain(|_, (_, since)| now.saturating_duration_since(*since) < term);
-            !l.is_empty()
-        });
-        dead
+        std::mem::take(&mut self.reaped)
     }
 
     /// The sessions `expire` closed for leaving a recall unanswered, since

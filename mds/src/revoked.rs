@@ -72,7 +72,6 @@ impl Revocations {
     /// What an OSD that knows `known` revoked owners is sent: all of them,
     /// if it knows fewer than there are (the list only grows).
     pub fn for_osd(&self, known: u32) -> Option<Vec<Owner>> {
-        let all = self.gate.revoked();
-        (all.len() != known as usize).then_some(all)
+        (self.gate.revoked_count() != known as usize).then(|| self.gate.revoked())
     }
 }

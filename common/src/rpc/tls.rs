@@ -170,20 +170,25 @@ pub fn peer_owner(conn: &quinn::Connection) -> crate::ids::Owner {
     peer_leaf(conn).and_then(|der| crate::certs::owner_of(der.as_ref())).unwrap_or_default()
 }
 
-/// Whether the peer's certificate carries the DNS name `name`.
-fn peer_named(conn: &quinn::Connection, name: &str) -> bool {
-    let Some(leaf) = peer_leaf(conn) else { return false };
-    let (Ok(cert), Ok(n)) = (webpki::EndEntityCert::try_from(&leaf), ServerName::try_from(name)) else { return false };
-    cert.verify_is_valid_for_subject_name(&n).is_ok()
+/// Which of `names` the peer's certificate carries as DNS names (parsed
+/// once for all of them).
+fn peer_names<'n>(conn: &quinn::Connection, names: impl IntoIterator<Item = &'n str>) -> Vec<&'n str> {
+    let Some(leaf) = peer_leaf(conn) else { return Vec::new() };
+    let Ok(cert) = webpki::EndEntityCert::try_from(&leaf) else { return Vec::new() };
+    names
+        .into_iter()
+        .filter(|n| ServerName::try_from(*n).is_ok_and(|sn| cert.verify_is_valid_for_subject_name(&sn).is_ok()))
+        .collect()
 }
 
 /// The role a connected peer proved with its certificate (already verified
 /// against the CA by the handshake).
 pub fn peer_role(conn: &quinn::Connection) -> Option<Role> {
-    Role::ALL.into_iter().find(|r| peer_named(conn, r.dns_name()))
+    let found = peer_names(conn, Role::ALL.map(Role::dns_name));
+    Role::ALL.into_iter().find(|r| found.contains(&r.dns_name()))
 }
 
 /// Whether the peer's certificate is OSD `id`'s.
 pub fn peer_is_osd(conn: &quinn::Connection, id: u32) -> bool {
-    peer_named(conn, &crate::certs::osd_dns_name(id))
+    !peer_names(conn, [crate::certs::osd_dns_name(id).as_str()]).is_empty()
 }

@@ -164,7 +164,7 @@ async fn ls(ca: &Ca, cfg: &AdminConfig, json: bool) -> anyhow::Result<()> {
         Ok(_) => bail!("unexpected reply to Revoked"),
         Err(e) => bail!("asking the MDS which certificates are revoked: {e}"),
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = aifs_common::cap::now_ms() / 1000;
     let state = |i: &Issued| {
         if revoked.iter().any(|r| r.owner.to_string() == i.owner) {
             "revoked"
@@ -194,7 +194,7 @@ async fn ls(ca: &Ca, cfg: &AdminConfig, json: bool) -> anyhow::Result<()> {
 
 /// When a certificate ends, as days from now.
 fn expiry(i: &Issued) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = aifs_common::cap::now_ms() / 1000;
     match i.not_after_s.checked_sub(now) {
         Some(left) => format!("in {} days", left / 86_400),
         None => format!("{} days ago", (now - i.not_after_s) / 86_400),
