@@ -279,6 +279,7 @@ impl DirOps {
 mod tests {
     use super::*;
     use aifs_common::{Layout, OsdId};
+    use aifs_common::perm::Cred;
 
     fn reserved(ino: u64) -> Reserved {
         let cap = aifs_common::cap::Minter::new(&[1; 32], 60_000).grant(InodeId(ino), aifs_common::cap::READ | aifs_common::cap::WRITE, 0);
@@ -287,7 +288,7 @@ mod tests {
 
     fn create(parent: InodeId, ino: InodeId) -> DirOp {
         let layout = reserved(ino.0).layout;
-        DirOp::Create { parent, name: format!("f{ino}"), ino, layout, mode: 0o644, uid: 0, gid: 0, time_ns: 0, open: true }
+        DirOp::Create { parent, name: format!("f{ino}"), ino, layout, mode: 0o644, cred: Cred::root(), time_ns: 0, open: true }
     }
 
     #[test]

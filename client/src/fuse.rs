@@ -5,6 +5,7 @@
 //! under a directory lease) is finished on the FUSE thread by polling it
 //! once (`run`): moving it to a tokio worker and back would cost two
 //! thread wake-ups, more than the work itself.
+use crate::cred::Caller;
 use crate::fs::{ClientFs, KernelCache, Opened};
 use aifs_common::proto::mds::{Attr, FileKind, LockKind, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use aifs_common::{errno, Error, InodeId};
@@ -70,15 +71,16 @@ impl AifsFuse {
         AifsFuse { fs, rt, kernel }
     }
 
-    /// Run `work` to its end: here, if it finishes without waiting, else
-    /// on tokio. Polling never blocks: a future that would wait registers
-    /// its waker and returns, and tokio polls it again (with its own
-    /// waker) once spawned.
-    fn run(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
-        let mut work = Box::pin(work);
+    /// Run `work` for the caller of `req` (client/src/cred.rs) to its end:
+    /// here, if it finishes without waiting, else on tokio. Polling never
+    /// blocks: a future that would wait registers its waker and returns,
+    /// and tokio polls it again (with its own waker) once spawned.
+    fn run(&self, req: &Request, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let caller = Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() };
+        let mut work = Box::pin(crate::cred::scope(caller, work));
         let _rt = self.rt.enter();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if work.as_mut().poll(&mut cx).is_pending() {
+        if std::future::Future::poll(work.as_mut(), &mut cx).is_pending() {
             self.rt.spawn(work);
         }
     }
@@ -149,11 +151,11 @@ fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
 }
 
 macro_rules! spawn_entry {
-    ($self:ident, $reply:ident, $parent:expr, $name:expr, $fut:expr) => {{
+    ($self:ident, $req:ident, $reply:ident, $parent:expr, $name:expr, $fut:expr) => {{
         let fs = $self.fs.clone();
         let parent = $parent;
         let name = $name.clone();
-        $self.run(async move {
+        $self.run($req, async move {
             match $fut.await {
                 Ok(a) => $reply.entry(&fs.entry_ttl(parent, &name, a.ino), &file_attr(&a), Generation(0)),
                 Err(e) => $reply.error(err(&e)),
@@ -163,8 +165,8 @@ macro_rules! spawn_entry {
 }
 
 macro_rules! spawn_empty {
-    ($self:ident, $reply:ident, $fut:expr) => {{
-        $self.run(async move {
+    ($self:ident, $req:ident, $reply:ident, $fut:expr) => {{
+        $self.run($req, async move {
             match $fut.await {
                 Ok(()) => $reply.ok(),
                 Err(e) => $reply.error(err(&e)),
@@ -191,18 +193,18 @@ impl Filesystem for AifsFuse {
         self.rt.block_on(async move { fs.shutdown().await });
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = match valid_name(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_entry!(self, reply, id(parent), name, fs.lookup(id(parent), &name));
+        spawn_entry!(self, req, reply, id(parent), name, fs.lookup(id(parent), &name));
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let fs = self.fs.clone();
-        self.run(async move {
+        self.run(req, async move {
             match fs.getattr(id(ino)).await {
                 Ok(a) => reply.attr(&fs.ttl(a.ino), &file_attr(&a)),
                 Err(e) => reply.error(err(&e)),
@@ -212,7 +214,7 @@ impl Filesystem for AifsFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -230,7 +232,7 @@ impl Filesystem for AifsFuse {
     ) {
         let fs = self.fs.clone();
         let set = SetAttr { mode, uid, gid, size, atime: time_set(atime), mtime: time_set(mtime) };
-        self.run(async move {
+        self.run(req, async move {
             match fs.setattr(id(ino), set).await {
                 Ok(a) => reply.attr(&fs.ttl(a.ino), &file_attr(&a)),
                 Err(e) => reply.error(err(&e)),
@@ -238,9 +240,9 @@ impl Filesystem for AifsFuse {
         });
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let fs = self.fs.clone();
-        self.run(async move {
+        self.run(req, async move {
             match fs.readlink(id(ino)).await {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(err(&e)),
@@ -254,8 +256,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        let (uid, gid) = (req.uid(), req.gid());
-        spawn_entry!(self, reply, id(parent), name, fs.mknod(id(parent), &name, mode & !umask, rdev, uid, gid));
+        spawn_entry!(self, req, reply, id(parent), name, fs.mknod(id(parent), &name, mode & !umask, rdev));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
@@ -264,26 +265,25 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        let (uid, gid) = (req.uid(), req.gid());
-        spawn_entry!(self, reply, id(parent), name, fs.mkdir(id(parent), &name, mode & !umask, uid, gid));
+        spawn_entry!(self, req, reply, id(parent), name, fs.mkdir(id(parent), &name, mode & !umask));
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = match valid_name(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.unlink(id(parent), &name));
+        spawn_empty!(self, req, reply, fs.unlink(id(parent), &name));
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = match valid_name(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.rmdir(id(parent), &name));
+        spawn_empty!(self, req, reply, fs.rmdir(id(parent), &name));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -295,13 +295,12 @@ impl Filesystem for AifsFuse {
             return reply.error(Errno::EINVAL);
         };
         let fs = self.fs.clone();
-        let (uid, gid) = (req.uid(), req.gid());
-        spawn_entry!(self, reply, id(parent), name, fs.symlink(id(parent), &name, &target, uid, gid));
+        spawn_entry!(self, req, reply, id(parent), name, fs.symlink(id(parent), &name, &target));
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -321,23 +320,23 @@ impl Filesystem for AifsFuse {
             return reply.error(Errno::EINVAL);
         }
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.rename(id(parent), &name, id(newparent), &newname, f));
+        spawn_empty!(self, req, reply, fs.rename(id(parent), &name, id(newparent), &newname, f));
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let name = match valid_name(newname) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_entry!(self, reply, id(newparent), name, fs.link(id(ino), id(newparent), &name));
+        spawn_entry!(self, req, reply, id(newparent), name, fs.link(id(ino), id(newparent), &name));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let append = flags.0 & libc::O_APPEND != 0;
-        self.run(async move {
+        self.run(req, async move {
             match fs.open(id(ino), write, append).await {
                 Ok(o) => reply.opened(o.fh.into(), fopen_flags(&o)),
                 Err(e) => reply.error(err(&e)),
@@ -347,7 +346,7 @@ impl Filesystem for AifsFuse {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -357,7 +356,7 @@ impl Filesystem for AifsFuse {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.run(async move {
+        self.run(req, async move {
             match fs.read(fh.into(), offset, size).await {
                 Ok(b) => reply.data(&b),
                 Err(e) => reply.error(err(&e)),
@@ -367,7 +366,7 @@ impl Filesystem for AifsFuse {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -379,7 +378,7 @@ impl Filesystem for AifsFuse {
     ) {
         let fs = self.fs.clone();
         let data = Bytes::copy_from_slice(data);
-        self.run(async move {
+        self.run(req, async move {
             match fs.write(fh.into(), offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(err(&e)),
@@ -387,14 +386,14 @@ impl Filesystem for AifsFuse {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.flush(fh.into(), lock_owner.0));
+        spawn_empty!(self, req, reply, fs.flush(fh.into(), lock_owner.0));
     }
 
     fn getlk(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         lock_owner: LockOwner,
@@ -406,7 +405,7 @@ impl Filesystem for AifsFuse {
     ) {
         let fs = self.fs.clone();
         let write = typ == libc::F_WRLCK;
-        self.run(async move {
+        self.run(req, async move {
             match fs.getlk(id(ino), lock_owner.0, start, end, write, pid).await {
                 Ok(Some(l)) => reply.locked(l.start, l.end, if l.write { libc::F_WRLCK } else { libc::F_RDLCK }, l.pid),
                 Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
@@ -417,7 +416,7 @@ impl Filesystem for AifsFuse {
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         lock_owner: LockOwner,
@@ -435,12 +434,12 @@ impl Filesystem for AifsFuse {
             _ => return reply.error(Errno::EINVAL),
         };
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.setlk(id(ino), lock_owner.0, start, end, kind, pid, sleep));
+        spawn_empty!(self, req, reply, fs.setlk(id(ino), lock_owner.0, start, end, kind, pid, sleep));
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -452,7 +451,7 @@ impl Filesystem for AifsFuse {
         // With a lock owner: the last close of an open file that took
         // `flock` locks, which go with it.
         let flock_owner = lock_owner.map(|o| o.0);
-        spawn_empty!(self, reply, async move {
+        spawn_empty!(self, req, reply, async move {
             if let Some(o) = flock_owner {
                 fs.unlock_owner(id(ino), o).await?;
             }
@@ -460,14 +459,14 @@ impl Filesystem for AifsFuse {
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.fsync(fh.into()));
+        spawn_empty!(self, req, reply, fs.fsync(fh.into()));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        self.run(async move {
+        self.run(req, async move {
             match fs.getattr(id(ino)).await {
                 Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
                 Ok(_) => reply.error(Errno::ENOTDIR),
@@ -476,9 +475,9 @@ impl Filesystem for AifsFuse {
         });
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let fs = self.fs.clone();
-        self.run(async move {
+        self.run(req, async move {
             // Offsets 1 and 2 are `.` and `..`; entries carry their MDS
             // cookie, which stays valid while the directory changes.
             let (entries, parent) = match fs.readdir(id(ino), offset.max(2)).await {
@@ -500,9 +499,9 @@ impl Filesystem for AifsFuse {
         });
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let fs = self.fs.clone();
-        self.run(async move {
+        self.run(req, async move {
             let (entries, parent) = match fs.readdirplus(id(ino), offset.max(2)).await {
                 Ok(r) => r,
                 Err(e) => return reply.error(err(&e)),
@@ -532,19 +531,19 @@ impl Filesystem for AifsFuse {
         });
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(&self, req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         // Changes the MDS answered are durable; those made here under a
         // directory lease are once applied.
         let fs = self.fs.clone();
-        self.run(async move {
+        self.run(req, async move {
             fs.sync_dirs().await;
             reply.ok();
         });
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let fs = self.fs.clone();
-        self.run(async move {
+        self.run(req, async move {
             match fs.statfs().await {
                 Ok(s) => {
                     const BS: u64 = 4096;
@@ -565,7 +564,7 @@ impl Filesystem for AifsFuse {
         });
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
         let name = match valid_name(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -579,16 +578,16 @@ impl Filesystem for AifsFuse {
         }
         let value = value.to_vec();
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.setxattr(id(ino), &name, value, f));
+        spawn_empty!(self, req, reply, fs.setxattr(id(ino), &name, value, f));
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = match valid_name(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        self.run(async move {
+        self.run(req, async move {
             match fs.getxattr(id(ino), &name).await {
                 Ok(v) => xattr_reply(reply, size, &v),
                 Err(e) => reply.error(err(&e)),
@@ -596,9 +595,9 @@ impl Filesystem for AifsFuse {
         });
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let fs = self.fs.clone();
-        self.run(async move {
+        self.run(req, async move {
             match fs.listxattr(id(ino)).await {
                 Ok(names) => {
                     let mut buf = Vec::new();
@@ -613,13 +612,13 @@ impl Filesystem for AifsFuse {
         });
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = match valid_name(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_empty!(self, reply, fs.removexattr(id(ino), &name));
+        spawn_empty!(self, req, reply, fs.removexattr(id(ino), &name));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -633,11 +632,10 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        let (uid, gid) = (req.uid(), req.gid());
         let exclusive = flags & libc::O_EXCL != 0;
         let append = flags & libc::O_APPEND != 0;
-        self.run(async move {
-            match fs.create(id(parent), &name, mode & !umask, uid, gid, exclusive, append).await {
+        self.run(req, async move {
+            match fs.create(id(parent), &name, mode & !umask, exclusive, append).await {
                 Ok(o) => {
                     let ttl = fs.entry_ttl(id(parent), &name, o.attr.ino);
                     reply.created(&ttl, &file_attr(&o.attr), Generation(0), o.fh.into(), fopen_flags(&o))

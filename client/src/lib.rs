@@ -3,6 +3,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod config;
+pub mod cred;
 pub mod data;
 pub mod dirops;
 pub mod fs;

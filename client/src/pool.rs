@@ -102,7 +102,7 @@ impl Pool {
                 oldest: self.unanswered.lock().ok().and_then(|u| u.first().copied()).unwrap_or(t.seq),
                 retry: attempt > 0,
             });
-            let call = MdsCall { rid, req: req.clone() };
+            let call = MdsCall { rid, cred: crate::cred::current(), req: req.clone() };
             match self.mds.call::<_, MdsReply>(&call, &[]).await {
                 Ok((MdsReply { session, resp: MdsResp::Err(e) }, _)) => return (Err(Error::from_wire(e.code, &e.msg)), session),
                 Ok((MdsReply { session, resp }, _)) => {

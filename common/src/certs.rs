@@ -121,13 +121,19 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// What a certificate is for: a role, a node name (its files' stem) and,
-/// for an OSD, the id it may claim.
+/// The DNS name that marks a client certificate whose root is squashed:
+/// the MDS maps its uid and gid 0 to the anonymous ids (common/src/perm.rs).
+pub const ROOT_SQUASH_DNS: &str = "root-squash.client.aifs";
+
+/// What a certificate is for: a role, a node name (its files' stem), for
+/// an OSD the id it may claim, and for a client whether its root is
+/// squashed.
 #[derive(Clone, Debug)]
 pub struct Node {
     pub role: Role,
     pub name: String,
     pub osd: Option<u32>,
+    pub root_squash: bool,
 }
 
 impl Node {
@@ -142,14 +148,25 @@ impl Node {
         match (role, osd) {
             (Role::Osd, None) => Err(Error::InvalidArgument("an OSD certificate needs the OSD's id".into())),
             (Role::Osd, Some(0)) => Err(Error::InvalidArgument("OSD ids start at 1".into())),
-            (Role::Osd, Some(_)) | (_, None) => Ok(Node { role, name: name.to_string(), osd }),
+            (Role::Osd, Some(_)) | (_, None) => Ok(Node { role, name: name.to_string(), osd, root_squash: false }),
             (_, Some(_)) => Err(Error::InvalidArgument("only an OSD certificate names an OSD id".into())),
+        }
+    }
+
+    /// A client whose root is squashed by the MDS.
+    pub fn root_squashed(self) -> Result<Node> {
+        match self.role {
+            Role::Client => Ok(Node { root_squash: true, ..self }),
+            r => Err(Error::InvalidArgument(format!("root squash is for client certificates, not {}", r.name()))),
         }
     }
 
     fn dns_names(&self) -> Vec<String> {
         let mut v = vec![self.role.dns_name().to_string()];
         v.extend(self.osd.map(osd_dns_name));
+        if self.root_squash {
+            v.push(ROOT_SQUASH_DNS.to_string());
+        }
         v
     }
 }
@@ -167,6 +184,8 @@ pub struct Issued {
     pub owner: String,
     /// The raw public key (hex), to sign a renewal over.
     pub public_key: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub root_squash: bool,
 }
 
 impl Issued {
@@ -176,7 +195,11 @@ impl Issued {
 
     fn node(&self) -> Result<Node> {
         let role = Role::parse(&self.role).ok_or_else(|| Error::Io(format!("issued record {}: role {:?}", self.name, self.role)))?;
-        Node::new(role, &self.name, self.osd)
+        let node = Node::new(role, &self.name, self.osd)?;
+        match self.root_squash {
+            true => node.root_squashed(),
+            false => Ok(node),
+        }
     }
 }
 
@@ -281,6 +304,7 @@ impl Ca {
             not_after_s: not_after.as_secs(),
             owner: owner.to_string(),
             public_key: hex(key.der_bytes()),
+            root_squash: node.root_squash,
         };
         std::fs::write(out.join(format!("{}.pem", node.name)), cert.pem())?;
         let text = toml::to_string(&rec).map_err(|e| Error::Io(format!("issued record: {e}")))?;
@@ -366,5 +390,8 @@ mod tests {
         assert!(Node::new(Role::Osd, "osd0", Some(0)).is_err());
         assert!(Node::new(Role::Client, "c", Some(3)).is_err());
         assert_eq!(Node::new(Role::Osd, "osd3", Some(3)).unwrap().dns_names(), ["osd.aifs", "3.osd.aifs"]);
+        let squashed = Node::new(Role::Client, "c", None).unwrap().root_squashed().unwrap();
+        assert_eq!(squashed.dns_names(), ["client.aifs", ROOT_SQUASH_DNS]);
+        assert!(Node::new(Role::Admin, "a", None).unwrap().root_squashed().is_err());
     }
 }

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod locks;
 pub mod logging;
 pub mod mounts;
+pub mod perm;
 pub mod proto;
 pub mod rpc;
 pub mod shutdown;

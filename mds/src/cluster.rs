@@ -35,6 +35,16 @@ pub struct SessionEntry {
     pub dir_leases: bool,
 }
 
+/// A session's opens of one file: how many (one per client-side file
+/// state), and whether one of them was granted for writing after a
+/// permission check, so that the session takes its lease again (after a
+/// recall) without a new check, as an open descriptor outlives a chmod.
+#[derive(Default, Clone, Copy)]
+struct OpenCount {
+    n: u32,
+    write: bool,
+}
+
 pub struct Cluster {
     pub osds: DashMap<u32, OsdEntry>,
     epoch: AtomicU64,
@@ -50,7 +60,7 @@ pub struct Cluster {
     /// Files each session has open (counted per client, not per handle):
     /// a file that loses its last name while open is kept until the last
     /// close. In memory: after an MDS restart nothing is open.
-    opens: Mutex<HashMap<InodeId, HashMap<SessionId, u32>>>,
+    opens: Mutex<HashMap<InodeId, HashMap<SessionId, OpenCount>>>,
     /// Advisory locks across clients (common/src/locks.rs).
     pub locks: Mutex<aifs_common::locks::LockTable>,
     /// Files whose replicas are being rewritten (mds/src/repair.rs); opens
@@ -285,13 +295,21 @@ impl Cluster {
         self.in_grace() || self.opens.lock().map(|o| o.contains_key(&ino)).unwrap_or(true)
     }
 
-    /// A session opened `ino` (its first handle on that client).
-    pub fn opened(&self, session: SessionId, ino: InodeId) {
+    /// A session opened `ino` (its first handle on that client), for
+    /// writing if `write`.
+    pub fn opened(&self, session: SessionId, ino: InodeId, write: bool) {
         if let Ok(mut o) = self.opens.lock() {
-            let n = o.entry(ino).or_default().entry(session).or_default();
-            *n += 1;
-            tracing::debug!(%session, %ino, opens = *n, "opened");
+            let c = o.entry(ino).or_default().entry(session).or_default();
+            c.n += 1;
+            c.write |= write;
+            tracing::debug!(%session, %ino, opens = c.n, write, "opened");
         }
+    }
+
+    /// Has `session` `ino` open: `Some(true)` for writing too.
+    pub fn open_rights(&self, session: SessionId, ino: InodeId) -> Option<bool> {
+        let o = self.opens.lock().ok()?;
+        o.get(&ino)?.get(&session).map(|c| c.write)
     }
 
     /// A session closed its last handle of `ino`; true when no session has
@@ -301,9 +319,9 @@ impl Cluster {
         let Ok(mut o) = self.opens.lock() else { return false };
         tracing::debug!(%session, %ino, "closed");
         if let Some(by) = o.get_mut(&ino) {
-            if let Some(n) = by.get_mut(&session) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
+            if let Some(c) = by.get_mut(&session) {
+                c.n = c.n.saturating_sub(1);
+                if c.n == 0 {
                     by.remove(&session);
                     if let Ok(mut l) = self.leases.lock() {
                         l.downgrade(session, ino);

@@ -31,9 +31,19 @@ pub struct MdsConfig {
     /// lease, so this bounds how long access outlives a lease.
     #[serde(default = "default_cap_term_ms")]
     pub cap_term_ms: u64,
+    /// The uid and gid that uid and gid 0 become for a client whose
+    /// certificate squashes its root (`mdsctl cert issue --root-squash`).
+    #[serde(default = "default_anon")]
+    pub anon_uid: u32,
+    #[serde(default = "default_anon")]
+    pub anon_gid: u32,
     pub tls: TlsConfig,
     #[serde(default)]
     pub transport: TransportConfig,
+}
+
+fn default_anon() -> u32 {
+    aifs_common::perm::ANON_ID
 }
 
 fn default_shards() -> u32 {

@@ -112,6 +112,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
         repair: repair.clone(),
         fsck,
         session_heartbeat_ms: cfg.session_timeout_ms / 4,
+        anon: (cfg.anon_uid, cfg.anon_gid),
         requests: Default::default(),
     });
     let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc.clone(), gate));

@@ -15,6 +15,10 @@
 //! before counts go down, and a renamed entry appears at its new name
 //! before it leaves the old one.
 //!
+//! Permissions are checked inside the transaction that makes the change,
+//! against the records it reads (common/src/perm.rs), for the `Cred` the
+//! request acts for: a chmod between check and change cannot slip in.
+//!
 //! Inode numbers are typed (`InodeId`) in every method others call; the
 //! tables key by the bare number, so each such method unwraps its ids
 //! first, and the private helpers below them work on numbers.
@@ -27,6 +31,7 @@ use crate::store::{
 };
 use aifs_common::ids::{mix, InodeId};
 use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, ReqId, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
+use aifs_common::perm::{self, Cred};
 use aifs_common::time::now_ns;
 use aifs_common::{Error, Layout, LayoutPolicy, OsdId, Result};
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
@@ -60,12 +65,12 @@ fn shard_of(ino: u64) -> u32 {
     InodeId(ino).shard()
 }
 
-/// What `make_node` makes.
+/// What `make_node` makes, and for whom (its owner, as the directory
+/// decides: `perm::new_owner`).
 struct Node {
     kind: FileKind,
     perm: u32,
-    uid: u32,
-    gid: u32,
+    cred: Cred,
     /// Symlinks: the target.
     target: Option<String>,
     /// Device nodes: the device number.
@@ -300,12 +305,14 @@ fn unlink_here(
     expect: Option<u64>,
     now: i64,
     open: &dyn Fn(u64) -> bool,
+    cred: &Cred,
 ) -> Result<Unlinked> {
     let mut inodes = txn.open_table(INODES).io()?;
     let mut p = get_inode(&inodes, parent)?;
     if p.kind != FileKind::Dir {
         return Err(Error::NotDir);
     }
+    perm::access(p.perms(), cred, perm::X)?;
     let mut dentries = txn.open_table(DENTRIES).io()?;
     let (ino, kind, cookie) = match (dentries.get((parent, name)).io()?.map(|v| v.value()), expect) {
         (Some(v), _) => v,
@@ -322,6 +329,7 @@ fn unlink_here(
         return Ok(Unlinked::Elsewhere);
     }
     let mut rec = get_inode(&inodes, ino)?;
+    perm::may_delete(p.perms(), rec.uid, cred)?;
     dentries.remove((parent, name)).io()?;
     txn.open_table(COOKIES).io()?.remove((parent, cookie)).io()?;
     p.entries = p.entries.saturating_sub(1);
@@ -380,7 +388,7 @@ fn add_entry(txn: &WriteTransaction, mut p: InodeRec, parent: u64, name: &str, i
 /// Apply one `DirOp::Create` in the parent shard's transaction. The inode
 /// number must have been reserved there and not used yet.
 fn create_reserved(txn: &WriteTransaction, op: &DirOp, now: i64) -> Result<()> {
-    let DirOp::Create { parent, name, ino, layout, mode, uid, gid, time_ns, .. } = op else {
+    let DirOp::Create { parent, name, ino, layout, mode, cred, time_ns, .. } = op else {
         return Err(Error::InvalidArgument("not a create".into()));
     };
     let (parent, ino) = (parent.0, ino.0);
@@ -397,6 +405,7 @@ fn create_reserved(txn: &WriteTransaction, op: &DirOp, now: i64) -> Result<()> {
     if p.kind != FileKind::Dir {
         return Err(Error::NotDir);
     }
+    perm::access(p.perms(), cred, perm::X)?;
     if let Some(v) = txn.open_table(DENTRIES).io()?.get((parent, name.as_str())).io()? {
         // Already applied (a retry after a lost reply), or a clash.
         return if v.value().0 == ino { Ok(()) } else { Err(Error::Exists) };
@@ -404,7 +413,9 @@ fn create_reserved(txn: &WriteTransaction, op: &DirOp, now: i64) -> Result<()> {
     if txn.open_table(INODES).io()?.get(ino).io()?.is_some() {
         return Err(Error::Exists);
     }
-    let rec = file_rec(*mode, *uid, *gid, parent, layout.clone(), *time_ns);
+    perm::may_create(p.perms(), cred)?;
+    let (uid, gid, mode) = perm::new_owner(p.perms(), cred, FileKind::File, *mode);
+    let rec = file_rec(mode, uid, gid, parent, layout.clone(), *time_ns);
     add_entry(txn, p, parent, name, ino, &rec, now)
 }
 
@@ -548,15 +559,19 @@ impl Namespace {
     }
 
     /// The entry `name` in `parent`: (ino, kind). ENOTDIR if parent is not a
-    /// directory.
-    async fn entry(&self, parent: u64, name: &str) -> Result<(u64, FileKind)> {
+    /// directory; for `cred`, when given, EACCES if it may not search it.
+    async fn entry_as(&self, parent: u64, name: &str, cred: Option<&Cred>) -> Result<(u64, FileKind)> {
         check_name(name)?;
         let name = name.to_string();
+        let cred = cred.cloned();
         self.shard_for(parent)?
             .read(move |t| {
                 let p = get_inode(&t.open_table(INODES).io()?, parent)?;
                 if p.kind != FileKind::Dir {
                     return Err(Error::NotDir);
+                }
+                if let Some(c) = &cred {
+                    perm::access(p.perms(), c, perm::X)?;
                 }
                 match t.open_table(DENTRIES).io()?.get((parent, name.as_str())).io()? {
                     Some(v) => {
@@ -569,21 +584,23 @@ impl Namespace {
             .await
     }
 
-    pub async fn lookup(&self, parent: InodeId, name: &str) -> Result<Attr> {
+    pub async fn lookup(&self, parent: InodeId, name: &str, cred: &Cred) -> Result<Attr> {
         let parent = parent.0;
-        let (ino, _) = self.entry(parent, name).await?;
+        let (ino, _) = self.entry_as(parent, name, Some(cred)).await?;
         self.getattr(InodeId(ino)).await
     }
 
-    pub async fn readdir(&self, ino: InodeId, cookie: u64, max: u32) -> Result<(Vec<DirEntry>, bool, InodeId)> {
+    pub async fn readdir(&self, ino: InodeId, cookie: u64, max: u32, cred: &Cred) -> Result<(Vec<DirEntry>, bool, InodeId)> {
         let ino = ino.0;
         let max = max.clamp(1, 4096) as usize;
+        let cred = cred.clone();
         self.shard_for(ino)?
             .read(move |t| {
                 let d = get_inode(&t.open_table(INODES).io()?, ino)?;
                 if d.kind != FileKind::Dir {
                     return Err(Error::NotDir);
                 }
+                perm::access(d.perms(), &cred, perm::R)?;
                 let cookies = t.open_table(COOKIES).io()?;
                 let dentries = t.open_table(DENTRIES).io()?;
                 let mut out = Vec::new();
@@ -688,7 +705,7 @@ impl Namespace {
     }
 
     /// Create a regular file, or (not exclusive) open the existing one.
-    pub async fn create(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool, once: &Once<'_>) -> Result<Created> {
+    pub async fn create(&self, parent: InodeId, name: &str, mode: u32, cred: &Cred, exclusive: bool, once: &Once<'_>) -> Result<Created> {
         let parent = parent.0;
         check_name(name)?;
         if let Some((ino, _)) = once.done {
@@ -697,6 +714,7 @@ impl Namespace {
         let rid = once.rid;
         let up = self.cluster.placeable_osds();
         let name = name.to_string();
+        let cred = cred.clone();
         let _g = self.topo.read().await;
         let shard = self.shard_for(parent)?.clone();
         let sid = shard.id;
@@ -708,6 +726,7 @@ impl Namespace {
                 if p.kind != FileKind::Dir {
                     return Err(Error::NotDir);
                 }
+                perm::access(p.perms(), &cred, perm::X)?;
                 let dentries = txn.open_table(DENTRIES).io()?;
                 let existing = dentries.get((parent, name.as_str())).io()?.map(|v| v.value());
                 if let Some((ino, kind, _)) = existing {
@@ -721,6 +740,8 @@ impl Namespace {
                         _ => Ok(Created { attr: Attr { ino: InodeId(ino), ..placeholder_attr() }, created: false }),
                     };
                 }
+                perm::may_create(p.perms(), &cred)?;
+                let (uid, gid, mode) = perm::new_owner(p.perms(), &cred, FileKind::File, mode);
                 let mut meta = txn.open_table(META).io()?;
                 let seq = next_counter(&mut meta, "next_seq", if sid == 0 { 2 } else { 1 })?;
                 let ino = InodeId::new(sid, seq).0;
@@ -808,9 +829,9 @@ impl Namespace {
                                 let r = match &op {
                                     DirOp::Create { .. } => create_reserved(txn, &op, now),
                                     DirOp::Close { .. } => Ok(()),
-                                    DirOp::Unlink { parent, name, ino, time_ns } => {
+                                    DirOp::Unlink { parent, name, ino, time_ns, cred } => {
                                         match check_name(name)
-                                            .and_then(|_| unlink_here(txn, parent.0, name, Some(ino.0), (*time_ns).max(now), &open))
+                                            .and_then(|_| unlink_here(txn, parent.0, name, Some(ino.0), (*time_ns).max(now), &open, cred))
                                         {
                                             Ok(Unlinked::Done(_)) => Ok(()),
                                             Ok(Unlinked::Elsewhere) => {
@@ -839,8 +860,8 @@ impl Namespace {
                             out[i] = Some(r);
                         }
                         todo = rest;
-                        if let Some((i, DirOp::Unlink { parent, name, .. })) = todo.first() {
-                            out[*i] = Some(self.unlink(*parent, name, &Once::none()).await.map(|_| ()));
+                        if let Some((i, DirOp::Unlink { parent, name, cred, .. })) = todo.first() {
+                            out[*i] = Some(self.unlink(*parent, name, cred, &Once::none()).await.map(|_| ()));
                             todo.remove(0);
                         }
                     }
@@ -856,25 +877,29 @@ impl Namespace {
         out.into_iter().map(|r| r.unwrap_or(Err(Error::Io("change not applied".into())))).collect()
     }
 
-    pub async fn symlink(&self, parent: InodeId, name: &str, target: &str, uid: u32, gid: u32, once: &Once<'_>) -> Result<Attr> {
+    pub async fn symlink(&self, parent: InodeId, name: &str, target: &str, cred: &Cred, once: &Once<'_>) -> Result<Attr> {
         if target.is_empty() {
             return Err(Error::NotFound);
         }
         if target.len() > PATH_MAX {
             return Err(Error::NameTooLong);
         }
-        let node = Node { kind: FileKind::Symlink, perm: 0o777, uid, gid, target: Some(target.to_string()), rdev: 0 };
+        let node = Node { kind: FileKind::Symlink, perm: 0o777, cred: cred.clone(), target: Some(target.to_string()), rdev: 0 };
         self.make_node(parent, name, node, once).await
     }
 
-    /// A special file (FIFO, socket, device node) of `kind`.
+    /// A special file (FIFO, socket, device node) of `kind`; device nodes
+    /// for root alone.
     #[allow(clippy::too_many_arguments)]
-    pub async fn mknod(&self, parent: InodeId, name: &str, kind: FileKind, mode: u32, uid: u32, gid: u32, rdev: u32, once: &Once<'_>) -> Result<Attr> {
+    pub async fn mknod(&self, parent: InodeId, name: &str, kind: FileKind, mode: u32, cred: &Cred, rdev: u32, once: &Once<'_>) -> Result<Attr> {
         if !matches!(kind, FileKind::Fifo | FileKind::Socket | FileKind::CharDev | FileKind::BlockDev) {
             return Err(Error::InvalidArgument(format!("mknod makes special files, not {kind:?}")));
         }
+        if kind.is_device() && !cred.is_root() {
+            return Err(Error::NotPermitted("only root makes device nodes".into()));
+        }
         let rdev = if kind.is_device() { rdev } else { 0 };
-        let node = Node { kind, perm: mode & 0o7777, uid, gid, target: None, rdev };
+        let node = Node { kind, perm: mode & 0o7777, cred: cred.clone(), target: None, rdev };
         self.make_node(parent, name, node, once).await
     }
 
@@ -898,18 +923,21 @@ impl Namespace {
                 if p.kind != FileKind::Dir {
                     return Err(Error::NotDir);
                 }
+                perm::access(p.perms(), &node.cred, perm::X)?;
                 if txn.open_table(DENTRIES).io()?.get((parent, name.as_str())).io()?.is_some() {
                     return Err(Error::Exists);
                 }
+                perm::may_create(p.perms(), &node.cred)?;
+                let (uid, gid, perm) = perm::new_owner(p.perms(), &node.cred, node.kind, node.perm);
                 let mut meta = txn.open_table(META).io()?;
                 let seq = next_counter(&mut meta, "next_seq", if sid == 0 { 2 } else { 1 })?;
                 let ino = InodeId::new(sid, seq).0;
                 let rec = InodeRec {
                     kind: node.kind,
-                    perm: node.perm,
+                    perm,
                     nlink: 1,
-                    uid: node.uid,
-                    gid: node.gid,
+                    uid,
+                    gid,
                     // a device node's number (records.rs)
                     size: u64::from(node.rdev),
                     atime_ns: now,
@@ -1069,7 +1097,7 @@ impl Namespace {
         Ok(())
     }
 
-    pub async fn mkdir(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32, once: &Once<'_>) -> Result<Attr> {
+    pub async fn mkdir(&self, parent: InodeId, name: &str, mode: u32, cred: &Cred, once: &Once<'_>) -> Result<Attr> {
         let parent = parent.0;
         check_name(name)?;
         if let Some((ino, _)) = once.done {
@@ -1078,14 +1106,12 @@ impl Namespace {
         let rid = once.rid;
         let _g = self.topo.write().await;
         let p = self.inode(parent).await?;
-        if p.kind != FileKind::Dir {
-            return Err(Error::NotDir);
-        }
-        match self.entry(parent, name).await {
+        match self.entry_as(parent, name, Some(cred)).await {
             Ok(_) => return Err(Error::Exists),
             Err(Error::NotFound) => {}
             Err(e) => return Err(e),
         }
+        perm::may_create(p.perms(), cred)?;
         if p.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
         }
@@ -1099,6 +1125,7 @@ impl Namespace {
                 Ok(InodeId::new(sid, seq).0)
             })
             .await?;
+        let (uid, gid, mode) = perm::new_owner(p.perms(), cred, FileKind::Dir, mode);
         let rec = dir_rec(mode, uid, gid, parent, p.policy, now_ns());
         let attr = rec.attr(ino);
         self.run_steps(
@@ -1114,12 +1141,11 @@ impl Namespace {
     }
 
     /// Returns the unlinked inode.
-    /// Returns the unlinked inode.
-    pub async fn unlink(&self, parent: InodeId, name: &str, once: &Once<'_>) -> Result<InodeId> {
-        self.unlink_in(parent.0, name, once).await.map(InodeId)
+    pub async fn unlink(&self, parent: InodeId, name: &str, cred: &Cred, once: &Once<'_>) -> Result<InodeId> {
+        self.unlink_in(parent.0, name, cred, once).await.map(InodeId)
     }
 
-    async fn unlink_in(&self, parent: u64, name: &str, once: &Once<'_>) -> Result<u64> {
+    async fn unlink_in(&self, parent: u64, name: &str, cred: &Cred, once: &Once<'_>) -> Result<u64> {
         check_name(name)?;
         if let Some((ino, _)) = once.done {
             return Ok(ino);
@@ -1130,9 +1156,10 @@ impl Namespace {
             let _g = self.topo.read().await;
             let name = name.to_string();
             let cluster = self.cluster.clone();
+            let c = cred.clone();
             let r = self
                 .shard_for(parent)?
-                .mutate(move |txn| match unlink_here(txn, parent, &name, None, now_ns(), &|i| cluster.is_open(InodeId(i)))? {
+                .mutate(move |txn| match unlink_here(txn, parent, &name, None, now_ns(), &|i| cluster.is_open(InodeId(i)), &c)? {
                     Unlinked::Done(ino) => once::record(txn, rid, (ino, 0)).map(|_| Some(ino)),
                     Unlinked::Elsewhere => Ok(None),
                 })
@@ -1142,32 +1169,34 @@ impl Namespace {
             }
         }
         let _g = self.topo.write().await;
-        let (ino, kind) = self.entry(parent, name).await?;
+        let (ino, kind) = self.entry_as(parent, name, Some(cred)).await?;
         if kind == FileKind::Dir {
             return Err(Error::IsDir);
         }
+        perm::may_delete(self.inode(parent).await?.perms(), self.inode(ino).await?.uid, cred)?;
         self.run_steps(vec![Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, 0) }, Step::DropLink { ino }], rid, (ino, 0))
             .await?;
         Ok(ino)
     }
 
     /// Returns the removed directory.
-    pub async fn rmdir(&self, parent: InodeId, name: &str, once: &Once<'_>) -> Result<InodeId> {
-        self.rmdir_in(parent.0, name, once).await.map(InodeId)
+    pub async fn rmdir(&self, parent: InodeId, name: &str, cred: &Cred, once: &Once<'_>) -> Result<InodeId> {
+        self.rmdir_in(parent.0, name, cred, once).await.map(InodeId)
     }
 
-    async fn rmdir_in(&self, parent: u64, name: &str, once: &Once<'_>) -> Result<u64> {
+    async fn rmdir_in(&self, parent: u64, name: &str, cred: &Cred, once: &Once<'_>) -> Result<u64> {
         check_name(name)?;
         if let Some((ino, _)) = once.done {
             return Ok(ino);
         }
         let rid = once.rid;
         let _g = self.topo.write().await;
-        let (ino, kind) = self.entry(parent, name).await?;
+        let (ino, kind) = self.entry_as(parent, name, Some(cred)).await?;
         if kind != FileKind::Dir {
             return Err(Error::NotDir);
         }
         let d = self.inode(ino).await?;
+        perm::may_delete(self.inode(parent).await?.perms(), d.uid, cred)?;
         if d.entries > 0 {
             return Err(Error::NotEmpty);
         }
@@ -1176,7 +1205,7 @@ impl Namespace {
         Ok(ino)
     }
 
-    pub async fn link(&self, ino: InodeId, newparent: InodeId, newname: &str, once: &Once<'_>) -> Result<Attr> {
+    pub async fn link(&self, ino: InodeId, newparent: InodeId, newname: &str, cred: &Cred, once: &Once<'_>) -> Result<Attr> {
         let (ino, newparent) = (ino.0, newparent.0);
         check_name(newname)?;
         if once.done.is_some() {
@@ -1191,11 +1220,12 @@ impl Namespace {
         if r.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
         }
-        match self.entry(newparent, newname).await {
+        match self.entry_as(newparent, newname, Some(cred)).await {
             Ok(_) => return Err(Error::Exists),
             Err(Error::NotFound) => {}
             Err(e) => return Err(e),
         }
+        perm::may_create(self.inode(newparent).await?.perms(), cred)?;
         self.run_steps(
             vec![Step::AddLink { ino }, Step::InsertEntry { dir: newparent, name: newname.to_string(), ino, kind: r.kind, dir_delta: (1, 0) }],
             rid,
@@ -1219,7 +1249,23 @@ impl Namespace {
         Err(Error::Io("directory tree too deep or looped".into()))
     }
 
-    /// Returns the moved inode and the one the new name replaced.
+    /// May `cred` move `ino` out of `parent` into `newparent` (`np`),
+    /// replacing `target`? As an unlink from one and a create (or unlink)
+    /// in the other; a directory that changes parent must be writable too
+    /// (its `..` changes).
+    async fn may_rename(&self, parent: u64, ino: u64, newparent: u64, np: &InodeRec, target: Option<u64>, cred: &Cred) -> Result<()> {
+        let src = self.inode(ino).await?;
+        perm::may_delete(self.inode(parent).await?.perms(), src.uid, cred)?;
+        match target {
+            Some(t) => perm::may_delete(np.perms(), self.inode(t).await?.uid, cred)?,
+            None => perm::may_create(np.perms(), cred)?,
+        }
+        if src.kind == FileKind::Dir && newparent != parent {
+            perm::access(src.perms(), cred, perm::W)?;
+        }
+        Ok(())
+    }
+
     /// Returns the moved inode and the one its new name replaced, if any.
     pub async fn rename(
         &self,
@@ -1228,13 +1274,15 @@ impl Namespace {
         newparent: InodeId,
         newname: &str,
         flags: u32,
+        cred: &Cred,
         once: &Once<'_>,
     ) -> Result<(InodeId, Option<InodeId>)> {
-        let (moved, replaced) = self.rename_in(parent.0, name, newparent.0, newname, flags, once).await?;
+        let (moved, replaced) = self.rename_in(parent.0, name, newparent.0, newname, flags, cred, once).await?;
         Ok((InodeId(moved), replaced.map(InodeId)))
     }
 
-    async fn rename_in(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32, once: &Once<'_>) -> Result<(u64, Option<u64>)> {
+    #[allow(clippy::too_many_arguments)]
+    async fn rename_in(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32, cred: &Cred, once: &Once<'_>) -> Result<(u64, Option<u64>)> {
         check_name(name)?;
         check_name(newname)?;
         if let Some((moved, replaced)) = once.done {
@@ -1245,12 +1293,12 @@ impl Namespace {
             return Err(Error::InvalidArgument(format!("rename flags {flags:#x} not supported")));
         }
         let _g = self.topo.write().await;
-        let (ino, kind) = self.entry(parent, name).await?;
+        let (ino, kind) = self.entry_as(parent, name, Some(cred)).await?;
         let np = self.inode(newparent).await?;
         if np.kind != FileKind::Dir {
             return Err(Error::NotDir);
         }
-        let target = match self.entry(newparent, newname).await {
+        let target = match self.entry_as(newparent, newname, Some(cred)).await {
             Ok(t) => Some(t),
             Err(Error::NotFound) => None,
             Err(e) => return Err(e),
@@ -1258,6 +1306,7 @@ impl Namespace {
         if parent == newparent && name == newname {
             return Ok((ino, None));
         }
+        self.may_rename(parent, ino, newparent, &np, target.map(|t| t.0), cred).await?;
         if kind == FileKind::Dir && parent != newparent && self.is_within(newparent, ino).await? {
             return Err(Error::InvalidArgument("cannot move a directory into itself".into()));
         }
@@ -1322,19 +1371,24 @@ impl Namespace {
     /// setattr; returns the new attributes and, for a shrinking truncate,
     /// the GC job (id, job) that cuts the objects, which the caller runs
     /// before answering.
-    pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> Result<(Attr, Option<(u32, u64, GcJob)>)> {
-        self.setattr_with(ino, set, None).await
+    pub async fn setattr(&self, ino: InodeId, set: SetAttr, cred: &Cred) -> Result<(Attr, Option<(u32, u64, GcJob)>)> {
+        self.setattr_with(ino, set, cred, false, None).await
     }
 
-    /// setattr that reports a truncate's GC job id to `claim` inside the
-    /// transaction, before the job becomes visible to anyone else.
+    /// setattr by `cred` (`perm::setattr`; `open_for_write`: the caller's
+    /// session has the file open for writing) that reports a truncate's GC
+    /// job id to `claim` inside the transaction, before the job becomes
+    /// visible to anyone else.
     pub async fn setattr_with(
         &self,
         ino: InodeId,
-        set: SetAttr,
+        mut set: SetAttr,
+        cred: &Cred,
+        open_for_write: bool,
         claim: Option<Box<dyn Fn(u32, u64) + Send>>,
     ) -> Result<(Attr, Option<(u32, u64, GcJob)>)> {
         let ino = ino.0;
+        let cred = cred.clone();
         let _g = self.topo.read().await;
         let shard = self.shard_for(ino)?.clone();
         let sid = shard.id;
@@ -1343,6 +1397,7 @@ impl Namespace {
                 let now = now_ns();
                 let mut inodes = txn.open_table(INODES).io()?;
                 let mut r = get_inode(&inodes, ino)?;
+                perm::setattr(r.perms(), &cred, &mut set, open_for_write)?;
                 let mut job = None;
                 if let Some(size) = set.size {
                     match r.kind {
@@ -1411,7 +1466,8 @@ impl Namespace {
             .await
     }
 
-    /// A writer's flush: size grows to at least `size`, mtime is set.
+    /// A writer's flush: size grows to at least `size`, mtime is set, and
+    /// setuid (and executable setgid) are cleared, as a write clears them.
     pub async fn update_size(&self, ino: InodeId, size: u64, mtime_ns: i64) -> Result<Attr> {
         let ino = ino.0;
         let _g = self.topo.read().await;
@@ -1424,6 +1480,7 @@ impl Namespace {
                 }
                 check_size(size)?;
                 r.size = r.size.max(size);
+                r.perm = perm::after_write(r.perm);
                 r.mtime_ns = r.mtime_ns.max(mtime_ns);
                 r.ctime_ns = r.ctime_ns.max(mtime_ns);
                 put_inode(&mut inodes, ino, &r)?;
@@ -1475,12 +1532,14 @@ impl Namespace {
         Ok((policy, r.attr(ino)))
     }
 
-    pub async fn getxattr(&self, ino: InodeId, name: &str) -> Result<Vec<u8>> {
+    pub async fn getxattr(&self, ino: InodeId, name: &str, cred: &Cred) -> Result<Vec<u8>> {
         let ino = ino.0;
         let name = name.to_string();
+        let cred = cred.clone();
         self.shard_for(ino)?
             .read(move |t| {
-                get_inode(&t.open_table(INODES).io()?, ino)?;
+                let r = get_inode(&t.open_table(INODES).io()?, ino)?;
+                perm::xattr(r.perms(), &cred, &name, false)?;
                 match t.open_table(XATTRS).io()?.get((ino, name.as_str())).io()? {
                     Some(v) => Ok(v.value().to_vec()),
                     None => Err(Error::NoXattr),
@@ -1509,7 +1568,7 @@ impl Namespace {
             .await
     }
 
-    pub async fn setxattr(&self, ino: InodeId, name: &str, value: Vec<u8>, flags: u32, once: &Once<'_>) -> Result<()> {
+    pub async fn setxattr(&self, ino: InodeId, name: &str, value: Vec<u8>, flags: u32, cred: &Cred, once: &Once<'_>) -> Result<()> {
         let ino = ino.0;
         if name.is_empty() || name.len() > NAME_MAX {
             return Err(Error::Range);
@@ -1522,11 +1581,13 @@ impl Namespace {
         }
         let rid = once.rid;
         let name = name.to_string();
+        let cred = cred.clone();
         let _g = self.topo.read().await;
         self.shard_for(ino)?
             .mutate(move |txn| {
                 let mut inodes = txn.open_table(INODES).io()?;
                 let mut r = get_inode(&inodes, ino)?;
+                perm::xattr(r.perms(), &cred, &name, true)?;
                 let mut x = txn.open_table(XATTRS).io()?;
                 let exists = x.get((ino, name.as_str())).io()?.is_some();
                 if flags & XATTR_CREATE != 0 && exists {
@@ -1546,18 +1607,20 @@ impl Namespace {
             .await
     }
 
-    pub async fn removexattr(&self, ino: InodeId, name: &str, once: &Once<'_>) -> Result<()> {
+    pub async fn removexattr(&self, ino: InodeId, name: &str, cred: &Cred, once: &Once<'_>) -> Result<()> {
         let ino = ino.0;
         if once.done.is_some() {
             return Ok(());
         }
         let rid = once.rid;
         let name = name.to_string();
+        let cred = cred.clone();
         let _g = self.topo.read().await;
         self.shard_for(ino)?
             .mutate(move |txn| {
                 let mut inodes = txn.open_table(INODES).io()?;
                 let mut r = get_inode(&inodes, ino)?;
+                perm::xattr(r.perms(), &cred, &name, true)?;
                 let mut x = txn.open_table(XATTRS).io()?;
                 if x.get((ino, name.as_str())).io()?.is_none() {
                     return Err(Error::NoXattr);
@@ -1720,8 +1783,8 @@ mod tests {
         let root = InodeId::ROOT;
         let ns = open_ns(dir.path()).await;
         let name = (0..).map(|i| format!("d{i}")).find(|n| name_hash(root.0, n) % 4 != 0).unwrap();
-        let d = ns.mkdir(root, &name, 0o755, 0, 0, &Once::none()).await.unwrap().ino;
-        let f = ns.create(root, "f", 0o644, 0, 0, true, &Once::none()).await.unwrap().attr.ino;
+        let d = ns.mkdir(root, &name, 0o755, &Cred::root(), &Once::none()).await.unwrap().ino;
+        let f = ns.create(root, "f", 0o644, &Cred::root(), true, &Once::none()).await.unwrap().attr.ino;
         assert_ne!(d.shard(), f.shard());
         // rename /f -> /d/g as `rename` builds it, stopped after the first
         // of its three commits as a crash would stop it.
@@ -1737,18 +1800,18 @@ mod tests {
         assert_eq!(ns.getattr(f).await.unwrap().nlink, 2);
         drop(ns);
         let ns = open_ns(dir.path()).await;
-        assert_eq!(ns.lookup(d, "g").await.unwrap().ino, f);
-        assert_eq!(ns.lookup(root, "f").await.map(|a| a.ino), Err(Error::NotFound));
+        assert_eq!(ns.lookup(d, "g", &Cred::root()).await.unwrap().ino, f);
+        assert_eq!(ns.lookup(root, "f", &Cred::root()).await.map(|a| a.ino), Err(Error::NotFound));
         assert_eq!(ns.getattr(f).await.unwrap().nlink, 1);
         // The client's retry is answered from the record.
         let retry = ns.once(Some(ReqId { retry: true, ..rid })).await.unwrap();
-        assert_eq!(ns.rename(root, "f", d, "g", 0, &retry).await, Ok((f, None)));
+        assert_eq!(ns.rename(root, "f", d, "g", 0, &Cred::root(), &retry).await, Ok((f, None)));
         drop(retry);
         // Rolled forward once only: another start changes nothing.
         drop(ns);
         let ns = open_ns(dir.path()).await;
         assert_eq!(ns.getattr(f).await.unwrap().nlink, 1);
-        let (entries, _, _) = ns.readdir(d, 0, 100).await.unwrap();
+        let (entries, _, _) = ns.readdir(d, 0, 100, &Cred::root()).await.unwrap();
         assert_eq!(entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["g"]);
     }
 

@@ -45,6 +45,11 @@ pub struct InodeRec {
 }
 
 impl InodeRec {
+    /// What permission checks look at (common/src/perm.rs).
+    pub fn perms(&self) -> aifs_common::perm::Perms {
+        aifs_common::perm::Perms { kind: self.kind, perm: self.perm, uid: self.uid, gid: self.gid }
+    }
+
     /// Device nodes keep their device number in `size` (they have no
     /// data), which keeps the record's layout as it was before they came.
     pub fn attr(&self, ino: u64) -> Attr {

@@ -13,6 +13,7 @@ use aifs_common::lease::LeaseKind;
 use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, Reserved, ShardInfo, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
 use aifs_common::cap::Cap;
+use aifs_common::perm::{self, Cred};
 use aifs_common::{Error, InodeId, OsdId, Owner, Result, SessionId};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct MdsService {
     pub repair: Arc<crate::repair::Repair>,
     pub fsck: Arc<crate::fsck::Fsck>,
     pub session_heartbeat_ms: u64,
+    /// What a squashed root becomes: (uid, gid).
+    pub anon: (u32, u32),
     /// Requests served, heartbeats not counted (`mdsctl status`; the
     /// cached-metadata benchmark counts what leases save).
     pub requests: std::sync::atomic::AtomicU64,
@@ -178,7 +181,32 @@ impl MdsService {
         Statfs { total_bytes: total, used_bytes: used, avail_bytes: total.saturating_sub(used), files }
     }
 
-    async fn handle(&self, peer: &Arc<Peer>, req: MdsReq, once: &Once<'_>, grant: &mut Option<SessionId>) -> Result<MdsResp> {
+    /// Who a request from `peer` acts for: the credentials it sent, root
+    /// squashed where its certificate says so. Admin certificates (and
+    /// OSDs, which touch no namespace) act as root.
+    fn cred(&self, peer: &Peer, sent: Cred) -> Result<Cred> {
+        sent.check()?;
+        Ok(match peer.role {
+            Role::Client if peer.root_squash => sent.squash(self.anon.0, self.anon.1),
+            Role::Client => sent,
+            Role::Admin | Role::Osd | Role::Mds => Cred::root(),
+        })
+    }
+
+    /// May `cred` open `ino` (read, or `write`)? A session that has it open
+    /// already with those rights may (after a recall it takes its lease
+    /// again, and an open descriptor outlives a chmod); anyone else as the
+    /// file's mode says.
+    async fn may_open(&self, h: &Holder, ino: InodeId, write: bool, cred: &Cred) -> Result<()> {
+        let held = h.granted().and_then(|s| self.ns.cluster.open_rights(s, ino));
+        if held.is_some_and(|w| w || !write) {
+            return Ok(());
+        }
+        let a = self.ns.getattr(ino).await?;
+        perm::access((&a).into(), cred, if write { perm::W } else { perm::R })
+    }
+
+    async fn handle(&self, peer: &Arc<Peer>, req: MdsReq, cred: &Cred, once: &Once<'_>, grant: &mut Option<SessionId>) -> Result<MdsResp> {
         let ns = &self.ns;
         let cl = &ns.cluster;
         Ok(match req {
@@ -188,7 +216,7 @@ impl MdsService {
                 cl.acquire(&h, parent, LeaseKind::Read).await?;
                 // A negative answer is cached under the directory's lease.
                 *grant = h.granted();
-                let a = ns.lookup(parent, &name).await?;
+                let a = ns.lookup(parent, &name, cred).await?;
                 MdsResp::Attr(self.read_attr(&h, a.ino).await?)
             }
             MdsReq::GetAttr { ino } => {
@@ -203,11 +231,15 @@ impl MdsService {
                 let gc = self.gc.clone();
                 let claim: Box<dyn Fn(u32, u64) + Send> = Box::new(move |shard, id| gc.claim(shard, id));
                 let h = cl.holder(peer);
+                let open_for_write = h.granted().and_then(|s| cl.open_rights(s, ino)) == Some(true);
                 if set.size.is_some() {
+                    // Checked before the lease is taken: a write lease is
+                    // held only by those who may write.
+                    perm::setattr((&ns.getattr(ino).await?).into(), cred, &mut set.clone(), open_for_write)?;
                     // Writers elsewhere flush before the size changes under them.
                     cl.acquire(&h, ino, LeaseKind::Write).await?;
                 }
-                let (attr, job) = ns.setattr_with(ino, set, Some(claim)).await?;
+                let (attr, job) = ns.setattr_with(ino, set, cred, open_for_write, Some(claim)).await?;
                 cl.invalidate(Some(h.id), vec![(ino, vec![])]).await;
                 if let Some((shard, id, job)) = job {
                     // Cut the objects before answering, so no later write
@@ -222,16 +254,20 @@ impl MdsService {
                 }
                 MdsResp::Attr(attr)
             }
-            MdsReq::Create { parent, name, mode, uid, gid, exclusive } => {
+            MdsReq::Create { parent, name, mode, exclusive } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
-                let c = ns.create(parent, &name, mode, uid, gid, exclusive, once).await?;
+                let c = ns.create(parent, &name, mode, cred, exclusive, once).await?;
+                if !c.created && c.attr.kind == FileKind::File {
+                    // An existing file is opened for writing like any other.
+                    self.may_open(&h, c.attr.ino, true, cred).await?;
+                }
                 // Created and opened: counted at once (an unlink elsewhere
                 // must find it open), closed by the client later.
                 let counted = c.attr.kind == FileKind::File && h.granted().is_some();
                 if counted {
-                    cl.opened(h.id, c.attr.ino);
+                    cl.opened(h.id, c.attr.ino, true);
                 }
                 if c.created {
                     cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
@@ -261,11 +297,11 @@ impl MdsService {
                 let cap = (a.kind == FileKind::File).then(|| self.caps.grant(a.ino, true));
                 self.changed_file(Some(a), &[parent], writable, cap).await
             }
-            MdsReq::Mkdir { parent, name, mode, uid, gid } => {
+            MdsReq::Mkdir { parent, name, mode } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
-                let a = ns.mkdir(parent, &name, mode, uid, gid, once).await?;
+                let a = ns.mkdir(parent, &name, mode, cred, once).await?;
                 cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
                 // The maker holds the new directory's entries: none, and,
                 // unless someone else looked already, its write lease. If
@@ -288,7 +324,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
-                let ino = ns.unlink(parent, &name, once).await?;
+                let ino = ns.unlink(parent, &name, cred, once).await?;
                 self.gc.wake.notify_one();
                 cl.invalidate(Some(h.id), vec![(parent, vec![name]), (ino, vec![])]).await;
                 self.changed(None, &[parent], None).await
@@ -299,7 +335,7 @@ impl MdsService {
                 // Files made in the directory by a client under its write
                 // lease reach the MDS first.
                 let mut dirs = vec![parent];
-                match ns.lookup(parent, &name).await {
+                match ns.lookup(parent, &name, cred).await {
                     Ok(child) if child.kind == FileKind::Dir => dirs.push(child.ino),
                     Ok(_) => {}
                     // Gone: `rmdir` says so, or answers a retry of the
@@ -308,7 +344,7 @@ impl MdsService {
                     Err(e) => return Err(e),
                 }
                 cl.acquire_read_all(&h, &dirs).await?;
-                let ino = ns.rmdir(parent, &name, once).await?;
+                let ino = ns.rmdir(parent, &name, cred, once).await?;
                 cl.invalidate(Some(h.id), vec![(parent, vec![name]), (ino, vec![])]).await;
                 self.changed(None, &[parent], None).await
             }
@@ -316,7 +352,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 let mut dirs = vec![parent, newparent];
-                if let Ok(t) = ns.lookup(newparent, &newname).await {
+                if let Ok(t) = ns.lookup(newparent, &newname, cred).await {
                     if t.kind == FileKind::Dir {
                         // A directory replaced must be empty, counting
                         // what a client made there under its write lease.
@@ -324,7 +360,7 @@ impl MdsService {
                     }
                 }
                 cl.acquire_read_all(&h, &dirs).await?;
-                let (moved, replaced) = ns.rename(parent, &name, newparent, &newname, flags, once).await?;
+                let (moved, replaced) = ns.rename(parent, &name, newparent, &newname, flags, cred, once).await?;
                 self.gc.wake.notify_one();
                 let mut changes = vec![(parent, vec![name]), (newparent, vec![newname]), (moved, vec![])];
                 changes.extend(replaced.map(|r| (r, vec![])));
@@ -335,7 +371,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire(&h, ino, LeaseKind::Read).await?;
-                let (entries, eof, parent) = ns.readdir(ino, cookie, max).await?;
+                let (entries, eof, parent) = ns.readdir(ino, cookie, max, cred).await?;
                 *grant = h.granted();
                 MdsResp::Dir { entries, eof, parent }
             }
@@ -346,29 +382,26 @@ impl MdsService {
                 // Leases on the entries before their attributes are read:
                 // writers of them flush first. Entries changed after the
                 // read reach this client as invalidations of the directory.
-                let (entries, eof, parent) = ns.readdir(ino, cookie, max).await?;
+                let (entries, eof, parent) = ns.readdir(ino, cookie, max, cred).await?;
                 let inos: Vec<InodeId> = entries.iter().map(|e| e.ino).collect();
                 cl.acquire_read_all(&h, &inos).await?;
                 let (entries, attrs): (Vec<DirEntry>, Vec<Attr>) = ns.with_attrs(entries).await?.into_iter().unzip();
                 *grant = h.granted();
                 MdsResp::DirPlus { entries, attrs, eof, parent }
             }
-            MdsReq::Symlink { parent, name, target, uid, gid } => {
+            MdsReq::Symlink { parent, name, target } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
-                let a = ns.symlink(parent, &name, &target, uid, gid, once).await?;
+                let a = ns.symlink(parent, &name, &target, cred, once).await?;
                 cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
                 self.changed(Some(a), &[parent], None).await
             }
-            MdsReq::Mknod { parent, name, kind, mode, uid, gid, rdev } => {
+            MdsReq::Mknod { parent, name, kind, mode, rdev } => {
                 need(peer, NS)?;
-                if kind.is_device() && uid != 0 {
-                    return Err(Error::NotPermitted("only root makes device nodes".into()));
-                }
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
-                let a = ns.mknod(parent, &name, kind, mode, uid, gid, rdev, once).await?;
+                let a = ns.mknod(parent, &name, kind, mode, cred, rdev, once).await?;
                 cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
                 self.changed(Some(a), &[parent], None).await
             }
@@ -380,7 +413,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[newparent]).await?;
-                let a = ns.link(ino, newparent, &newname, once).await?;
+                let a = ns.link(ino, newparent, &newname, cred, once).await?;
                 cl.invalidate(Some(h.id), vec![(newparent, vec![newname]), (ino, vec![])]).await;
                 self.changed(Some(a), &[newparent], None).await
             }
@@ -390,12 +423,12 @@ impl MdsService {
             }
             MdsReq::GetXattr { ino, name } => {
                 need(peer, NS)?;
-                MdsResp::Bytes(ns.getxattr(ino, &name).await?)
+                MdsResp::Bytes(ns.getxattr(ino, &name, cred).await?)
             }
             MdsReq::SetXattr { ino, name, value, flags } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                ns.setxattr(ino, &name, value, flags, once).await?;
+                ns.setxattr(ino, &name, value, flags, cred, once).await?;
                 cl.invalidate(Some(h.id), vec![(ino, vec![])]).await;
                 MdsResp::Done
             }
@@ -406,7 +439,7 @@ impl MdsService {
             MdsReq::RemoveXattr { ino, name } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                ns.removexattr(ino, &name, once).await?;
+                ns.removexattr(ino, &name, cred, once).await?;
                 cl.invalidate(Some(h.id), vec![(ino, vec![])]).await;
                 MdsResp::Done
             }
@@ -488,7 +521,7 @@ impl MdsService {
                     if cl.touch_session(id) {
                         cl.bind(peer, id);
                     }
-                    return Ok(MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed });
+                    return Ok(MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed, root_squash: peer.root_squash.then_some(self.anon) });
                 }
                 if let Some(p) = previous {
                     cl.check_owner(peer, p)?;
@@ -515,14 +548,14 @@ impl MdsService {
                     })
                     .await?;
                 for ino in &open {
-                    cl.opened(id, *ino);
+                    cl.opened(id, *ino, false);
                 }
                 let reclaimed = previous.is_some_and(|p| cl.came_back(p, id, &locks));
                 if let Some(previous) = previous {
                     tracing::info!(session = %id, %previous, files = open.len(), locks = locks.len(), reclaimed, "client came back");
                 }
                 cl.bind(peer, id);
-                MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed }
+                MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed, root_squash: peer.root_squash.then_some(self.anon) }
             }
             MdsReq::SessionHeartbeat { id } => {
                 need(peer, NS)?;
@@ -585,8 +618,9 @@ impl MdsService {
             MdsReq::Open { ino, write, first, exclusive } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
+                self.may_open(&h, ino, write, cred).await?;
                 if first && h.granted().is_some() {
-                    cl.opened(h.id, ino);
+                    cl.opened(h.id, ino, write);
                 }
                 cl.wait_repair(ino).await;
                 let want = match write {
@@ -713,7 +747,7 @@ impl MdsService {
             }
             MdsReq::Cap { ino, write } => {
                 need(peer, &[Role::Client])?;
-                self.renew_cap(peer, ino, write).await?
+                self.renew_cap(peer, ino, write, cred).await?
             }
         })
     }
@@ -743,7 +777,7 @@ impl MdsService {
             match op {
                 DirOp::Create { parent, name, ino, open, .. } => {
                     if let Some(s) = s.filter(|_| open) {
-                        cl.opened(s, ino);
+                        cl.opened(s, ino, true);
                     }
                     cl.try_acquire(&h, ino, if open { LeaseKind::Write } else { LeaseKind::Read });
                     changes.push((parent, vec![name]));
@@ -770,12 +804,14 @@ impl MdsService {
     /// end. A session that holds a lease that suits gets it at once, even
     /// while the lease is being recalled (it may need it to flush);
     /// anyone else takes the lease first, as `Open` does.
-    async fn renew_cap(&self, peer: &Arc<Peer>, ino: InodeId, write: bool) -> Result<MdsResp> {
+    async fn renew_cap(&self, peer: &Arc<Peer>, ino: InodeId, write: bool, cred: &Cred) -> Result<MdsResp> {
         let cl = &self.ns.cluster;
         let h = cl.holder(peer);
         let want = if write { LeaseKind::Write } else { LeaseKind::Read };
+        // A lease that suits was granted after a permission check.
         let held = h.granted().is_some_and(|s| cl.holds(s, ino, want));
         if !held {
+            self.may_open(&h, ino, write, cred).await?;
             let want = if write && cl.other_writer(h.id, ino) { LeaseKind::SharedWrite } else { want };
             cl.acquire(&h, ino, want).await?;
         }
@@ -810,7 +846,11 @@ impl Service for MdsService {
     type Resp = MdsReply;
 
     async fn call(&self, peer: &Arc<Peer>, call: MdsCall, _payload: Bytes) -> (MdsReply, Vec<Bytes>) {
-        let MdsCall { rid, req } = call;
+        let MdsCall { rid, cred, req } = call;
+        let cred = match self.cred(peer, cred) {
+            Ok(c) => c,
+            Err(e) => return (Self::error(e), vec![]),
+        };
         if !matches!(req, MdsReq::OsdHeartbeat { .. } | MdsReq::SessionHeartbeat { .. }) {
             self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -825,7 +865,7 @@ impl Service for MdsService {
             self.ns.cluster.wait_grace().await;
         }
         let mut session = None;
-        let resp = match self.handle(peer, req, &once, &mut session).await {
+        let resp = match self.handle(peer, req, &cred, &once, &mut session).await {
             Ok(r) => r,
             Err(e) => {
                 e.log("mds request failed");

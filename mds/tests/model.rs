@@ -4,6 +4,7 @@
 //! every answer (or errno) and the whole tree after each step must agree.
 use aifs_common::errno;
 use aifs_common::ids::InodeId;
+use aifs_common::perm::Cred;
 use aifs_common::proto::mds::{FileKind, ReqId};
 use aifs_common::{Error, LayoutPolicy};
 use aifs_mds::cluster::Cluster;
@@ -191,20 +192,21 @@ async fn run_real(ns: &Namespace, m: &Model, dirs: &[u64], files: &[u64], op: &O
     let r = |id: u64| m.real[&id];
     let once = ns.once(rid).await?;
     let once = &once;
+    let root = Cred::root();
     match *op {
-        Op::Create(d, x) => ns.create(r(Model::pick(dirs, d)), NAMES[x], 0o644, 0, 0, true, once).await.map(|c| Some(c.attr.ino)),
-        Op::Mkdir(d, x) => ns.mkdir(r(Model::pick(dirs, d)), NAMES[x], 0o755, 0, 0, once).await.map(|a| Some(a.ino)),
-        Op::Unlink(d, x) => ns.unlink(r(Model::pick(dirs, d)), NAMES[x], once).await.map(|_| None),
-        Op::Rmdir(d, x) => ns.rmdir(r(Model::pick(dirs, d)), NAMES[x], once).await.map(|_| None),
+        Op::Create(d, x) => ns.create(r(Model::pick(dirs, d)), NAMES[x], 0o644, &root, true, once).await.map(|c| Some(c.attr.ino)),
+        Op::Mkdir(d, x) => ns.mkdir(r(Model::pick(dirs, d)), NAMES[x], 0o755, &root, once).await.map(|a| Some(a.ino)),
+        Op::Unlink(d, x) => ns.unlink(r(Model::pick(dirs, d)), NAMES[x], &root, once).await.map(|_| None),
+        Op::Rmdir(d, x) => ns.rmdir(r(Model::pick(dirs, d)), NAMES[x], &root, once).await.map(|_| None),
         Op::Rename(a, x, b, y) => ns
-            .rename(r(Model::pick(dirs, a)), NAMES[x], r(Model::pick(dirs, b)), NAMES[y], 0, once)
+            .rename(r(Model::pick(dirs, a)), NAMES[x], r(Model::pick(dirs, b)), NAMES[y], 0, &root, once)
             .await
             .map(|_| None),
         Op::Link(f, d, x) => {
             if files.is_empty() {
                 return Ok(None);
             }
-            ns.link(r(Model::pick(files, f)), r(Model::pick(dirs, d)), NAMES[x], once).await.map(|_| None)
+            ns.link(r(Model::pick(files, f)), r(Model::pick(dirs, d)), NAMES[x], &root, once).await.map(|_| None)
         }
     }
 }
@@ -212,7 +214,7 @@ async fn run_real(ns: &Namespace, m: &Model, dirs: &[u64], files: &[u64], op: &O
 /// The real tree must equal the model: names, kinds, inode identity, links.
 async fn compare(ns: &Namespace, m: &Model) {
     for (dir, entries) in &m.entries {
-        let (got, _, _) = ns.readdir(m.real[dir], 0, 4096).await.expect("readdir");
+        let (got, _, _) = ns.readdir(m.real[dir], 0, 4096, &Cred::root()).await.expect("readdir");
         let got: BTreeMap<String, InodeId> = got.into_iter().map(|e| (e.name, e.ino)).collect();
         let want: BTreeMap<String, InodeId> = entries.iter().map(|(n, id)| (n.clone(), m.real[id])).collect();
         assert_eq!(got, want, "entries of model dir {dir}");

@@ -46,6 +46,8 @@ impl TestCluster {
             session_timeout_ms: 10_000,
             cap_term_ms: 60_000,
             repair_mb_per_s: 200,
+            anon_uid: aifs_common::perm::ANON_ID,
+            anon_gid: aifs_common::perm::ANON_ID,
             tls: tls(dir.path(), Role::Mds),
             transport: TransportConfig::default(),
         };
@@ -86,12 +88,17 @@ impl TestCluster {
         Ok(self.osds.iter().map(|o| RpcClient::new(ep.clone(), o.addr, Role::Osd)).collect())
     }
 
-    /// An RPC client of the MDS holding `role`'s certificate.
     /// An MDS client under a certificate of its own, issued for node
     /// `name` by the cluster's CA.
     pub fn mds_client_of_node(&self, role: Role, name: &str) -> Result<RpcClient> {
+        self.mds_client_as(certs::Node::new(role, name, None)?)
+    }
+
+    /// An MDS client under a certificate issued for `node`.
+    pub fn mds_client_as(&self, node: certs::Node) -> Result<RpcClient> {
         let nodes = self.dir.path().join("nodes");
-        self.ca()?.issue(&certs::Node::new(role, name, None)?, &nodes, certs::DEFAULT_DAYS)?;
+        let name = node.name.clone();
+        self.ca()?.issue(&node, &nodes, certs::DEFAULT_DAYS)?;
         let t = aifs_common::config::TlsConfig { ca: self.dir.path().join("ca.pem"), cert: nodes.join(format!("{name}.pem")), key: nodes.join(format!("{name}.key")) };
         let ep = rpc::client_endpoint(&Identity::load(&t)?, &TransportConfig::default())?;
         Ok(RpcClient::new(ep, self.mds.addr, Role::Mds))
@@ -102,6 +109,7 @@ impl TestCluster {
         certs::Ca::open(&self.dir.path().join("ca"))
     }
 
+    /// An RPC client of the MDS holding `role`'s certificate.
     pub fn mds_client(&self, role: Role) -> Result<RpcClient> {
         let id = Identity::load(&tls(self.dir.path(), role))?;
         let ep = rpc::client_endpoint(&id, &TransportConfig::default())?;
@@ -123,9 +131,14 @@ pub async fn osd_read_bytes(osds: &[RpcClient]) -> Result<u64> {
     Ok(sum)
 }
 
-/// Call the MDS; an error reply becomes `Err`.
+/// Call the MDS (as root); an error reply becomes `Err`.
 pub async fn mds_call(c: &RpcClient, req: MdsReq) -> Result<MdsResp> {
-    Ok(c.call::<_, MdsReply>(&MdsCall::from(req), &[]).await?.0.into_result()?.0)
+    mds_call_as(c, req, aifs_common::perm::Cred::root()).await
+}
+
+/// Call the MDS for `cred`; an error reply becomes `Err`.
+pub async fn mds_call_as(c: &RpcClient, req: MdsReq, cred: aifs_common::perm::Cred) -> Result<MdsResp> {
+    Ok(c.call::<_, MdsReply>(&MdsCall::new(req, cred), &[]).await?.0.into_result()?.0)
 }
 
 /// Where the workspace's built binaries are: next to the test executable's

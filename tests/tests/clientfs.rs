@@ -69,7 +69,7 @@ impl Reference {
 /// every read and, at the end, the whole file and its size.
 async fn run(fs: &Arc<ClientFs>, dir: &std::path::Path, name: &str, ops: &[Op]) -> Result<(), TestCaseError> {
     let reference = Reference(OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.join(name)).expect("reference file"));
-    let o = fs.create(ROOT, name, 0o644, 0, 0, true, false).await.map_err(|e| TestCaseError::fail(format!("create: {e}")))?;
+    let o = fs.create(ROOT, name, 0o644, true, false).await.map_err(|e| TestCaseError::fail(format!("create: {e}")))?;
     let ino = o.attr.ino;
     let mut fh = o.fh;
     for (i, op) in ops.iter().enumerate() {
@@ -164,7 +164,7 @@ fn a_range_read_whole_fetches_at_most_its_own_length_past_its_end() {
     let cluster = rt.block_on(TestCluster::start(3, 2)).expect("cluster");
     let fs = rt.block_on(client(&cluster));
     rt.block_on(async {
-        let o = fs.create(ROOT, "ckpt", 0o644, 0, 0, true, false).await.expect("create");
+        let o = fs.create(ROOT, "ckpt", 0o644, true, false).await.expect("create");
         let body = pattern::bytes(3, 0, 40 * MIB as usize);
         fs.write(o.fh, 0, Bytes::from(body.clone())).await.expect("write");
         fs.fsync(o.fh).await.expect("fsync");
@@ -197,7 +197,7 @@ fn capabilities_are_renewed_for_files_kept_open_past_their_term() {
     let fs = rt.block_on(client(&cluster));
     rt.block_on(async {
         let body = pattern::bytes(9, 0, 2 * MIB as usize);
-        let held = fs.create(ROOT, "held", 0o644, 0, 0, true, false).await.expect("create");
+        let held = fs.create(ROOT, "held", 0o644, true, false).await.expect("create");
         fs.write(held.fh, 0, Bytes::copy_from_slice(&body[..MIB as usize])).await.expect("first write");
         fs.fsync(held.fh).await.expect("first fsync");
         tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
@@ -205,7 +205,7 @@ fn capabilities_are_renewed_for_files_kept_open_past_their_term() {
         fs.fsync(held.fh).await.expect("fsync past the term");
         // Made here, under the root's write lease, from a number reserved
         // with the first create.
-        let later = fs.create(ROOT, "later", 0o644, 0, 0, true, false).await.expect("create from a reserved number");
+        let later = fs.create(ROOT, "later", 0o644, true, false).await.expect("create from a reserved number");
         fs.write(later.fh, 0, Bytes::copy_from_slice(&body)).await.expect("write of the late file");
         fs.fsync(later.fh).await.expect("fsync of the late file");
         tokio::time::sleep(std::time::Duration::from_millis(2500)).await;

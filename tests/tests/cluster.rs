@@ -9,7 +9,8 @@ use aifs_common::cap::Cap;
 use aifs_common::proto::osd::{block_crcs, OsdCall, OsdReq, OsdResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::{Error, LayoutPolicy, ObjectId};
-use aifs_tests::{mds_call, TestCluster};
+use aifs_common::perm::Cred;
+use aifs_tests::{mds_call, mds_call_as, TestCluster};
 use std::time::Duration;
 
 const ROOT: InodeId = InodeId::ROOT;
@@ -22,11 +23,11 @@ async fn attr(c: &RpcClient, req: MdsReq) -> Result<Attr, Error> {
 }
 
 fn create(parent: InodeId, name: &str) -> MdsReq {
-    MdsReq::Create { parent, name: name.into(), mode: 0o644, uid: 0, gid: 0, exclusive: true }
+    MdsReq::Create { parent, name: name.into(), mode: 0o644, exclusive: true }
 }
 
 fn mkdir(parent: InodeId, name: &str) -> MdsReq {
-    MdsReq::Mkdir { parent, name: name.into(), mode: 0o755, uid: 0, gid: 0 }
+    MdsReq::Mkdir { parent, name: name.into(), mode: 0o755 }
 }
 
 async fn names(c: &RpcClient, ino: InodeId) -> Vec<String> {
@@ -70,7 +71,7 @@ async fn namespace_operations_and_their_errors() {
     assert_eq!(f.ino.shard(), 0, "a file takes its directory's shard");
     assert_eq!(attr(&c, MdsReq::Lookup { parent: ROOT, name: "f".into() }).await.unwrap().ino, f.ino);
     assert_eq!(attr(&c, create(ROOT, "f")).await, Err(Error::Exists));
-    let again = MdsReq::Create { parent: ROOT, name: "f".into(), mode: 0o644, uid: 0, gid: 0, exclusive: false };
+    let again = MdsReq::Create { parent: ROOT, name: "f".into(), mode: 0o644, exclusive: false };
     assert_eq!(attr(&c, again).await.unwrap().ino, f.ino, "non-exclusive create opens the existing file");
     assert_eq!(attr(&c, MdsReq::Lookup { parent: ROOT, name: "nope".into() }).await, Err(Error::NotFound));
     assert_eq!(attr(&c, MdsReq::GetAttr { ino: InodeId(0x77) }).await, Err(Error::NotFound));
@@ -164,7 +165,7 @@ async fn namespace_operations_and_their_errors() {
     assert_eq!(attr(&c, MdsReq::GetAttr { ino: empty.ino }).await, Err(Error::NotFound));
 
     // symlink, readlink
-    let s = attr(&c, MdsReq::Symlink { parent: ROOT, name: "s".into(), target: "d/g".into(), uid: 0, gid: 0 }).await.unwrap();
+    let s = attr(&c, MdsReq::Symlink { parent: ROOT, name: "s".into(), target: "d/g".into() }).await.unwrap();
     assert_eq!(s.kind, FileKind::Symlink);
     assert_eq!(mds_call(&c, MdsReq::Readlink { ino: s.ino }).await.unwrap(), MdsResp::Bytes(b"d/g".to_vec()));
     assert!(matches!(mds_call(&c, MdsReq::Readlink { ino: f.ino }).await, Err(Error::InvalidArgument(_))));
@@ -381,9 +382,9 @@ async fn metadata_survives_a_restart_of_the_mds() {
         }
     }
     let ns = ns.expect("shards could not be reopened");
-    let d = ns.lookup(ROOT, "keep").await.unwrap();
-    assert_eq!(ns.lookup(d.ino, "file").await.unwrap().ino, ino);
-    assert_eq!(ns.getxattr(ino, "user.x").await.unwrap(), b"v");
+    let d = ns.lookup(ROOT, "keep", &Cred::root()).await.unwrap();
+    assert_eq!(ns.lookup(d.ino, "file", &Cred::root()).await.unwrap().ino, ino);
+    assert_eq!(ns.getxattr(ino, "user.x", &Cred::root()).await.unwrap(), b"v");
     // the shard count is part of the format
     let bad = aifs_mds::namespace::Namespace::open(
         &dir.path().join("mds"),
@@ -649,7 +650,7 @@ async fn a_retried_request_is_answered_from_its_record_not_applied_twice() {
         let c = &c;
         async move {
             let rid = (seq != 0).then_some(ReqId { client: 77, seq, oldest: 1, retry });
-            c.call::<_, MdsReply>(&MdsCall { rid, req }, &[]).await.unwrap().0.into_result().map(|(r, _)| r)
+            c.call::<_, MdsReply>(&MdsCall { rid, ..MdsCall::from(req) }, &[]).await.unwrap().0.into_result().map(|(r, _)| r)
         }
     };
     let ino = |r: Result<MdsResp, Error>| match r {
@@ -688,12 +689,18 @@ async fn a_retried_request_is_answered_from_its_record_not_applied_twice() {
 async fn mknod_makes_special_files_and_device_nodes_for_root_alone() {
     let cl = TestCluster::start(1, 2).await.unwrap();
     let c = cl.mds_client(Role::Client).unwrap();
-    let node = |name: &str, kind: FileKind, uid: u32| MdsReq::Mknod { parent: ROOT, name: name.into(), kind, mode: 0o640, uid, gid: 0, rdev: 0x0703 };
-    assert!(matches!(attr(&c, node("dev", FileKind::CharDev, 1000)).await, Err(Error::NotPermitted(_))), "a user made a device node");
-    assert!(matches!(attr(&c, node("f", FileKind::File, 0)).await, Err(Error::InvalidArgument(_))));
-    let fifo = attr(&c, node("fifo", FileKind::Fifo, 1000)).await.unwrap();
-    assert_eq!((fifo.kind, fifo.perm, fifo.uid, fifo.rdev, fifo.layout), (FileKind::Fifo, 0o640, 1000, 0, None));
-    let dev = attr(&c, node("dev", FileKind::BlockDev, 0)).await.unwrap();
+    let node = |name: &str, kind: FileKind| MdsReq::Mknod { parent: ROOT, name: name.into(), kind, mode: 0o640, rdev: 0x0703 };
+    let user = Cred::user(1000, 100, vec![]);
+    assert!(matches!(mds_call(&c, MdsReq::SetAttr { ino: ROOT, set: SetAttr { mode: Some(0o777), ..Default::default() } }).await, Ok(_)));
+    let as_user = |req| mds_call_as(&c, req, user.clone());
+    assert!(matches!(as_user(node("dev", FileKind::CharDev)).await, Err(Error::NotPermitted(_))), "a user made a device node");
+    assert!(matches!(attr(&c, node("f", FileKind::File)).await, Err(Error::InvalidArgument(_))));
+    let fifo = match as_user(node("fifo", FileKind::Fifo)).await.unwrap() {
+        MdsResp::Changed { attr: Some(a), .. } => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((fifo.kind, fifo.perm, fifo.uid, fifo.gid, fifo.rdev, fifo.layout), (FileKind::Fifo, 0o640, 1000, 100, 0, None));
+    let dev = attr(&c, node("dev", FileKind::BlockDev)).await.unwrap();
     assert_eq!((dev.kind, dev.size, dev.rdev), (FileKind::BlockDev, 0, 0x0703));
     let set = SetAttr { mode: None, uid: None, gid: None, size: Some(5), atime: None, mtime: None };
     assert!(matches!(mds_call(&c, MdsReq::SetAttr { ino: dev.ino, set }).await, Err(Error::InvalidArgument(_))));

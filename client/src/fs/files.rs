@@ -130,13 +130,13 @@ impl ClientFs {
         Ok(Opened { fh: self.new_handle(&f, append, &attr), attr, keep_cache: keep, direct_io })
     }
 
-    pub async fn create(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool, append: bool) -> Result<Opened> {
-        if let Some(r) = self.create_here(parent, name, mode, uid, gid, exclusive) {
+    pub async fn create(&self, parent: InodeId, name: &str, mode: u32, exclusive: bool, append: bool) -> Result<Opened> {
+        if let Some(r) = self.create_here(parent, name, mode, exclusive) {
             let (a, cap) = r?;
             let f = self.file_state(&a, cap)?;
             return Ok(Opened { fh: self.new_handle(&f, append, &a), attr: a, keep_cache: false, direct_io: append });
         }
-        let req = MdsReq::Create { parent, name: name.to_string(), mode, uid, gid, exclusive };
+        let req = MdsReq::Create { parent, name: name.to_string(), mode, exclusive };
         let snap = self.meta.snap();
         let (r, granted) = self.mds_leased(&req).await;
         let (a, cap) = match r? {

@@ -12,6 +12,7 @@ use crate::pool::Pool;
 use aifs_common::cap::Cap;
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, HeldLock, LeaseMode, LockInfo, LockKind, MdsReq, MdsResp, RecallReq, RecallResp, SetAttr, Statfs, Writable, RESERVE_BATCH};
+use aifs_common::perm::{self, Perms};
 use aifs_common::rpc::{self, Identity, Peer, Service};
 use aifs_common::{Error, InodeId, Result, SessionId};
 use bytes::Bytes;
@@ -136,6 +137,9 @@ pub struct ClientFs {
     dir_leases: bool,
     /// Session term, learned when the session opens.
     term_ms: AtomicU64,
+    /// What this node's root acts as at the MDS, if squashed (told at
+    /// session open): what the client answers itself is checked for it.
+    root_squash: std::sync::Mutex<Option<(u32, u32)>>,
     kernel: OnceLock<Arc<dyn KernelCache>>,
     /// Woken when a new MDS connection needs the session bound to it.
     rebind: Notify,

@@ -98,12 +98,18 @@ impl ClientFs {
     }
 
     /// A create answered here, under the directory's write lease, with an
-    /// inode number reserved there. `None`: the MDS must answer (no lease,
-    /// no number left, or the name is not known to be free).
-    pub(super) fn create_here(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32, exclusive: bool) -> Option<Result<(Attr, Cap)>> {
+    /// inode number reserved there, owned as the MDS will own it
+    /// (`perm::new_owner`). `None`: the MDS must answer (no lease, no
+    /// number left, the name is not known to be free, or the caller may
+    /// not create there: the MDS says why).
+    pub(super) fn create_here(&self, parent: InodeId, name: &str, mode: u32, exclusive: bool) -> Option<Result<(Attr, Cap)>> {
         if !self.cache_on() {
             return None;
         }
+        let cred = self.caller();
+        let dir = Perms::from(&self.meta.attr(parent)?.0);
+        perm::may_create(dir, &cred).ok()?;
+        let (uid, gid, mode) = perm::new_owner(dir, &cred, FileKind::File, mode);
         self.dirops.local(parent, |l| {
             match self.meta.dentry(parent, name)? {
                 None => {}
@@ -121,8 +127,7 @@ impl ClientFs {
                 ino: r.ino,
                 layout: r.layout,
                 mode,
-                uid,
-                gid,
+                cred,
                 time_ns: now,
                 open: true,
             });
@@ -140,6 +145,8 @@ impl ClientFs {
         if !self.cache_on() {
             return None;
         }
+        let cred = self.caller();
+        let dir = Perms::from(&self.meta.attr(parent)?.0);
         self.dirops.local(parent, |l| {
             let Some(ino) = self.meta.dentry(parent, name)? else {
                 return Some(Err(Error::NotFound));
@@ -148,9 +155,10 @@ impl ClientFs {
             if a.kind == FileKind::Dir {
                 return Some(Err(Error::IsDir));
             }
+            perm::may_delete(dir, a.uid, &cred).ok()?;
             let snap = self.meta.snap();
             let now = aifs_common::time::now_ns();
-            l.push(DirOp::Unlink { parent, name: name.to_string(), ino, time_ns: now });
+            l.push(DirOp::Unlink { parent, name: name.to_string(), ino, time_ns: now, cred });
             self.meta.local_entry(snap, parent, name, None, false);
             self.meta.forget_attr(ino);
             self.meta.touch_dir(parent, now);
@@ -321,15 +329,15 @@ impl ClientFs {
 
     /// A regular file (left closed), or a special file: a FIFO, a socket
     /// (`bind`), a device node.
-    pub async fn mknod(&self, parent: InodeId, name: &str, mode: u32, rdev: u32, uid: u32, gid: u32) -> Result<Attr> {
+    pub async fn mknod(&self, parent: InodeId, name: &str, mode: u32, rdev: u32) -> Result<Attr> {
         if let Some(kind) = FileKind::special(mode) {
-            let req = MdsReq::Mknod { parent, name: name.to_string(), kind, mode, uid, gid, rdev };
+            let req = MdsReq::Mknod { parent, name: name.to_string(), kind, mode, rdev };
             return self.made(req, parent, name, "Mknod").await;
         }
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
             return Err(Error::InvalidArgument(format!("mknod of mode {mode:o}")));
         }
-        let req = MdsReq::Create { parent, name: name.to_string(), mode, uid, gid, exclusive: true };
+        let req = MdsReq::Create { parent, name: name.to_string(), mode, exclusive: true };
         let a = self.made(req, parent, name, "Create").await?;
         // The MDS counts a create as an open; mknod leaves nothing open.
         self.send_close(a.ino);
@@ -337,9 +345,9 @@ impl ClientFs {
     }
 
     /// The new directory comes leased to its maker, known to be empty.
-    pub async fn mkdir(&self, parent: InodeId, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
+    pub async fn mkdir(&self, parent: InodeId, name: &str, mode: u32) -> Result<Attr> {
         let snap = self.meta.snap();
-        let req = MdsReq::Mkdir { parent, name: name.to_string(), mode, uid, gid };
+        let req = MdsReq::Mkdir { parent, name: name.to_string(), mode };
         let (r, granted) = self.mds_leased(&req).await;
         match r? {
             MdsResp::Changed { attr: Some(a), dirs, writable, .. } if a.ino.is_valid() => {
@@ -356,8 +364,8 @@ impl ClientFs {
         }
     }
 
-    pub async fn symlink(&self, parent: InodeId, name: &str, target: &str, uid: u32, gid: u32) -> Result<Attr> {
-        let req = MdsReq::Symlink { parent, name: name.to_string(), target: target.to_string(), uid, gid };
+    pub async fn symlink(&self, parent: InodeId, name: &str, target: &str) -> Result<Attr> {
+        let req = MdsReq::Symlink { parent, name: name.to_string(), target: target.to_string() };
         self.made(req, parent, name, "Symlink").await
     }
 

@@ -32,6 +32,7 @@ impl ClientFs {
             lease_cache: cfg.lease_cache,
             dir_leases: cfg.dir_leases && cfg.lease_cache,
             term_ms: AtomicU64::new(0),
+            root_squash: Default::default(),
             kernel: OnceLock::new(),
             rebind: Notify::new(),
             lockers: DashMap::new(),
@@ -106,6 +107,17 @@ impl ClientFs {
         let _ = self.kernel.set(k);
     }
 
+    /// Who the caller of the request being served is, as the MDS will
+    /// see it (root squashed if this node's is): for what the client
+    /// answers itself.
+    pub(super) fn caller(&self) -> aifs_common::perm::Cred {
+        let c = crate::cred::current();
+        match self.root_squash.lock().ok().and_then(|s| *s) {
+            Some((uid, gid)) => c.squash(uid, gid),
+            None => c,
+        }
+    }
+
     pub(super) fn term(&self) -> Duration {
         Duration::from_millis(self.term_ms.load(Ordering::Relaxed))
     }
@@ -125,7 +137,10 @@ impl ClientFs {
         let n_locks = locks.len();
         let req = MdsReq::OpenSession { name: self.name.clone(), dir_leases: self.dir_leases, previous, open, locks };
         match self.pool.mds(&req).await? {
-            MdsResp::Session { id, heartbeat_ms, reclaimed } => {
+            MdsResp::Session { id, heartbeat_ms, reclaimed, root_squash } => {
+                if let Ok(mut s) = self.root_squash.lock() {
+                    *s = root_squash;
+                }
                 if n_locks > 0 && !reclaimed {
                     // The session ended at the MDS (expired, evicted):
                     // its locks went with it, and may be others' now.

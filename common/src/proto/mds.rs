@@ -4,6 +4,7 @@ use crate::cap::{Cap, CapKey};
 use crate::error::WireError;
 use crate::ids::{InodeId, OsdId, Owner, SessionId};
 use crate::layout::{Layout, LayoutPolicy};
+use crate::perm::Cred;
 use rkyv::{Archive, Deserialize, Serialize};
 
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -269,14 +270,15 @@ pub enum MdsReq {
     Lookup { parent: InodeId, name: String },
     GetAttr { ino: InodeId },
     SetAttr { ino: InodeId, set: SetAttr },
-    /// Regular file (create and mknod).
-    Create { parent: InodeId, name: String, mode: u32, uid: u32, gid: u32, exclusive: bool },
-    Mkdir { parent: InodeId, name: String, mode: u32, uid: u32, gid: u32 },
+    /// A regular file, owned by the caller (`MdsCall::cred`) as its
+    /// directory decides (`perm::new_owner`), as is every inode made.
+    Create { parent: InodeId, name: String, mode: u32, exclusive: bool },
+    Mkdir { parent: InodeId, name: String, mode: u32 },
     Unlink { parent: InodeId, name: String },
     Rmdir { parent: InodeId, name: String },
     Rename { parent: InodeId, name: String, newparent: InodeId, newname: String, flags: u32 },
     Readdir { ino: InodeId, cookie: u64, max: u32 },
-    Symlink { parent: InodeId, name: String, target: String, uid: u32, gid: u32 },
+    Symlink { parent: InodeId, name: String, target: String },
     Readlink { ino: InodeId },
     Link { ino: InodeId, newparent: InodeId, newname: String },
     Statfs,
@@ -357,7 +359,7 @@ pub enum MdsReq {
     Revoked,
     /// A special file (`FileKind::special`): a FIFO, a socket, or (made by
     /// uid 0 only) a device node with its number `rdev`.
-    Mknod { parent: InodeId, name: String, kind: FileKind, mode: u32, uid: u32, gid: u32, rdev: u32 },
+    Mknod { parent: InodeId, name: String, kind: FileKind, mode: u32, rdev: u32 },
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);
@@ -406,18 +408,29 @@ pub struct ReqId {
 }
 
 /// What goes on the wire to the MDS: a request, with its id when applying
-/// it twice would differ from once (`MdsReq::once_only`).
+/// it twice would differ from once (`MdsReq::once_only`), and who it acts
+/// for: the MDS checks permissions for `cred` (common/src/perm.rs), root
+/// squashed if the caller's certificate says so, and admin certificates
+/// act as root.
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[rkyv(derive(Debug))]
 pub struct MdsCall {
     pub rid: Option<ReqId>,
+    pub cred: Cred,
     pub req: MdsReq,
 }
 message!(MdsCall);
 
+impl MdsCall {
+    pub fn new(req: MdsReq, cred: Cred) -> MdsCall {
+        MdsCall { rid: None, cred, req }
+    }
+}
+
+/// A call made as root: tools, OSDs and tests.
 impl From<MdsReq> for MdsCall {
     fn from(req: MdsReq) -> Self {
-        MdsCall { rid: None, req }
+        MdsCall::new(req, Cred::root())
     }
 }
 
@@ -428,11 +441,12 @@ impl From<MdsReq> for MdsCall {
 #[rkyv(derive(Debug))]
 pub enum DirOp {
     /// A regular file with a reserved inode number and its layout, made
-    /// at `time_ns`. `open`: still open on the client (counted as an open
-    /// until its `Close`).
-    Create { parent: InodeId, name: String, ino: InodeId, layout: Layout, mode: u32, uid: u32, gid: u32, time_ns: i64, open: bool },
-    /// Remove the name `name`, which the client knows as `ino`.
-    Unlink { parent: InodeId, name: String, ino: InodeId, time_ns: i64 },
+    /// at `time_ns` by `cred` (checked and owned as a `Create` would be).
+    /// `open`: still open on the client (counted as an open until its
+    /// `Close`).
+    Create { parent: InodeId, name: String, ino: InodeId, layout: Layout, mode: u32, cred: Cred, time_ns: i64, open: bool },
+    /// Remove the name `name`, which the client knows as `ino`, for `cred`.
+    Unlink { parent: InodeId, name: String, ino: InodeId, time_ns: i64, cred: Cred },
     /// The client closed its last handle of `ino` (as `MdsReq::Close`).
     Close { ino: InodeId },
 }
@@ -481,7 +495,9 @@ pub enum MdsResp {
     OsdMap { epoch: u64, osds: Vec<OsdInfo> },
     /// `reclaimed`: the previous session's locks are the new one's (the
     /// MDS restarted and waited for this client); otherwise they are lost.
-    Session { id: SessionId, heartbeat_ms: u64, reclaimed: bool },
+    /// `root_squash`: the (uid, gid) this certificate's root acts as,
+    /// for the client's own checks of what it answers itself.
+    Session { id: SessionId, heartbeat_ms: u64, reclaimed: bool, root_squash: Option<(u32, u32)> },
     Status(ClusterStatus),
     Stripe { policy: Option<LayoutPolicy>, attr: Attr },
     /// A namespace change: the new inode (if one was made or linked) and

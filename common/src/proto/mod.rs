@@ -11,7 +11,8 @@ pub use frame::{Message, MAX_HEADER, MAX_PAYLOAD};
 #[cfg(test)]
 mod tests {
     use super::frame::{prefix, Message, MAX_HEADER};
-    use super::mds::{MdsReq, MdsResp};
+    use super::mds::{MdsCall, MdsReq, MdsResp};
+    use crate::perm::Cred;
     use super::osd::{OsdReq, OsdResp};
     use crate::ids::{InodeId, ObjectId};
     use proptest::prelude::*;
@@ -110,10 +111,12 @@ mod tests {
         }
 
         #[test]
-        fn requests_round_trip(parent in any::<u64>(), name in "[a-z0-9._-]{1,255}", mode in any::<u32>(), excl in any::<bool>()) {
-            let req = MdsReq::Create { parent: InodeId(parent), name, mode, uid: 1, gid: 2, exclusive: excl };
-            let enc = req.encode().unwrap();
-            prop_assert_eq!(MdsReq::decode(&enc).unwrap(), req);
+        fn requests_round_trip(parent in any::<u64>(), name in "[a-z0-9._-]{1,255}", mode in any::<u32>(), excl in any::<bool>(),
+                               uid in any::<u32>(), groups in proptest::collection::vec(any::<u32>(), 0..64)) {
+            let req = MdsReq::Create { parent: InodeId(parent), name, mode, exclusive: excl };
+            let call = MdsCall::new(req, Cred::user(uid, uid ^ 1, groups));
+            let enc = call.encode().unwrap();
+            prop_assert_eq!(MdsCall::decode(&enc).unwrap(), call);
         }
 
         #[test]

@@ -20,6 +20,9 @@ pub struct Peer {
     pub conn: quinn::Connection,
     /// Who the peer is: its certificate's hash.
     pub owner: Owner,
+    /// Its certificate marks a client whose root is squashed
+    /// (`certs::ROOT_SQUASH_DNS`).
+    pub root_squash: bool,
     /// The client session bound to this connection; the MDS sets it when
     /// a session is opened or heartbeated over the connection.
     session: std::sync::Mutex<Option<SessionId>>,
@@ -28,7 +31,8 @@ pub struct Peer {
 impl Peer {
     pub fn new(role: Role, conn: quinn::Connection) -> Arc<Peer> {
         let owner = super::tls::peer_owner(&conn);
-        Arc::new(Peer { role, addr: conn.remote_address(), conn, owner, session: Default::default() })
+        let root_squash = role == Role::Client && super::tls::peer_root_squashed(&conn);
+        Arc::new(Peer { role, addr: conn.remote_address(), conn, owner, root_squash, session: Default::default() })
     }
 
     /// The client session bound to this connection, if any.

@@ -12,7 +12,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use std::sync::Arc;
 
 /// ALPN protocol id; bumped when the wire format changes incompatibly.
-pub const ALPN: &[u8] = b"aifs/4";
+pub const ALPN: &[u8] = b"aifs/5";
 
 fn tls_err(e: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("TLS setup: {e}"))
@@ -186,6 +186,11 @@ fn peer_names<'n>(conn: &quinn::Connection, names: impl IntoIterator<Item = &'n 
 pub fn peer_role(conn: &quinn::Connection) -> Option<Role> {
     let found = peer_names(conn, Role::ALL.map(Role::dns_name));
     Role::ALL.into_iter().find(|r| found.contains(&r.dns_name()))
+}
+
+/// Whether the peer's certificate marks a client whose root is squashed.
+pub fn peer_root_squashed(conn: &quinn::Connection) -> bool {
+    !peer_names(conn, [crate::certs::ROOT_SQUASH_DNS]).is_empty()
 }
 
 /// Whether the peer's certificate is OSD `id`'s.

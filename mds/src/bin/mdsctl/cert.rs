@@ -46,6 +46,10 @@ enum CertCmd {
         /// Days the certificate is valid.
         #[arg(long, default_value_t = certs::DEFAULT_DAYS)]
         days: u32,
+        /// A client whose root the MDS treats as nobody (uid and gid 0
+        /// become the MDS's anon_uid and anon_gid, 65534 by default).
+        #[arg(long)]
+        root_squash: bool,
     },
     /// A new certificate over the same key for NAME, valid for DAYS from
     /// now, into OUT/NAME.pem: put it in place of the node's old one and
@@ -84,9 +88,10 @@ impl CertArgs {
 
     pub async fn run(&self, cfg: &AdminConfig, json: bool) -> anyhow::Result<()> {
         match &self.cmd {
-            CertCmd::Issue { role, name, out, id, listen, data, days } => {
+            CertCmd::Issue { role, name, out, id, listen, data, days, root_squash } => {
                 let role = Role::parse(role).filter(|r| *r != Role::Mds).ok_or_else(|| anyhow!("unknown role {role:?}: client, osd or admin"))?;
                 let node = Node::new(role, name, *id)?;
+                let node = if *root_squash { node.root_squashed()? } else { node };
                 let osd = match role {
                     Role::Osd => Some(OsdPlace { listen: listen.ok_or_else(|| anyhow!("an OSD needs --listen ADDR"))?, data: data.clone() }),
                     _ => None,
@@ -177,7 +182,10 @@ async fn ls(ca: &Ca, cfg: &AdminConfig, json: bool) -> anyhow::Result<()> {
     if json {
         let v: Vec<_> = issued
             .iter()
-            .map(|i| serde_json::json!({"name": i.name, "role": i.role, "osd": i.osd, "not_after_s": i.not_after_s, "owner": i.owner, "state": state(i)}))
+            .map(|i| {
+                serde_json::json!({"name": i.name, "role": i.role, "osd": i.osd, "root_squash": i.root_squash,
+                                   "not_after_s": i.not_after_s, "owner": i.owner, "state": state(i)})
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -185,7 +193,9 @@ async fn ls(ca: &Ca, cfg: &AdminConfig, json: bool) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = issued
         .iter()
         .map(|i| {
-            vec![i.name.clone(), i.role.clone(), i.osd.map(|o| o.to_string()).unwrap_or_else(|| "-".into()), expiry(i), state(i).into(), i.owner.get(..16).unwrap_or(&i.owner).to_string()]
+            let role = if i.root_squash { format!("{} (root squashed)", i.role) } else { i.role.clone() };
+            let osd = i.osd.map(|o| o.to_string()).unwrap_or_else(|| "-".into());
+            vec![i.name.clone(), role, osd, expiry(i), state(i).into(), i.owner.get(..16).unwrap_or(&i.owner).to_string()]
         })
         .collect();
     print!("{}", table(&["NAME", "ROLE", "OSD", "EXPIRES", "STATE", "OWNER"], &rows));

@@ -175,6 +175,8 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: SocketAddr, osds: u32, osd_por
         session_timeout_ms: 10_000,
         cap_term_ms: 60_000,
         repair_mb_per_s: 200,
+        anon_uid: aifs_common::perm::ANON_ID,
+        anon_gid: aifs_common::perm::ANON_ID,
         tls: tls(Role::Mds),
         transport: transport.clone(),
     };

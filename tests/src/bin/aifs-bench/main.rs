@@ -254,7 +254,7 @@ fn latencies(cluster: &ProcCluster, mount: &Path, run: usize) -> Result<Vec<(Str
         let _ = rt.block_on(c.call::<_, MdsReply>(&MdsCall::from(MdsReq::Lookup { parent: ino, name: format!("neg{i}") }), &[]));
     });
     let create_rpc = latency_us(n, |i| {
-        let req = MdsReq::Create { parent: ino, name: format!("rpc{i}"), mode: 0o644, uid: 0, gid: 0, exclusive: true };
+        let req = MdsReq::Create { parent: ino, name: format!("rpc{i}"), mode: 0o644, exclusive: true };
         let _ = rt.block_on(c.call::<_, MdsReply>(&MdsCall::from(req), &[]));
     });
     let lookup_fuse = latency_us(n, |i| {
