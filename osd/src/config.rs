@@ -21,9 +21,42 @@ pub struct OsdConfig {
     /// Milliseconds between heartbeats to the MDS.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    #[serde(default)]
+    pub limits: OsdLimits,
     pub tls: TlsConfig,
     #[serde(default)]
     pub transport: TransportConfig,
+}
+
+/// What one peer, and all of them, may hold of the OSD's memory
+/// (common/src/rpc/budget.rs).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OsdLimits {
+    /// Object bytes in flight (writes being received, reads not yet taken
+    /// by their peer) in all, in MiB.
+    #[serde(default = "default_inflight_mb")]
+    pub inflight_mb: u64,
+    /// The same, for one connection.
+    #[serde(default = "default_inflight_per_conn_mb")]
+    pub inflight_per_conn_mb: u64,
+}
+
+impl Default for OsdLimits {
+    fn default() -> Self {
+        OsdLimits { inflight_mb: default_inflight_mb(), inflight_per_conn_mb: default_inflight_per_conn_mb() }
+    }
+}
+
+/// Enough for every client's write window (16 units of 1 MiB per file,
+/// several files) and read-ahead at once; a few GPU nodes' worth.
+fn default_inflight_mb() -> u64 {
+    1024
+}
+
+/// One client's write window and read-ahead over a handful of files.
+fn default_inflight_per_conn_mb() -> u64 {
+    256
 }
 
 fn default_heartbeat_ms() -> u64 {

@@ -6,5 +6,5 @@ pub mod config;
 pub mod service;
 pub mod store;
 
-pub use config::OsdConfig;
+pub use config::{OsdConfig, OsdLimits};
 pub use service::{start, OsdHandle};

@@ -1,13 +1,13 @@
 //! OSD request handling: one function per request, each running the store
 //! on a blocking thread (STYLE.md §4), and the heartbeat loop to the MDS.
-use crate::config::OsdConfig;
+use crate::config::{OsdConfig, OsdLimits};
 use crate::store::file::FileStore;
 use crate::store::ObjectStore;
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
 use aifs_common::cap::{self, Cap, Keyring};
 use aifs_common::proto::osd::{Needs, OsdCall, OsdReq, OsdResp, OsdStats};
-use aifs_common::rpc::{self, Identity, Peer, RpcClient, Service};
+use aifs_common::rpc::{self, Budget, Identity, Peer, RpcClient, Service};
 use aifs_common::{Error, OsdId, Result};
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -21,6 +21,8 @@ pub struct OsdService {
     /// The keys that authenticate clients' capabilities, from the MDS's
     /// heartbeat replies.
     keys: Arc<RwLock<Keyring>>,
+    /// Object bytes in flight, per connection and in all.
+    budget: Budget,
 }
 
 /// Counters behind `OsdReq::Stats`.
@@ -68,8 +70,9 @@ async fn small_or_blocking<T: Send + 'static>(len: u32, f: impl FnOnce() -> Resu
 }
 
 impl OsdService {
-    pub fn new(store: Arc<dyn ObjectStore>, keys: Arc<RwLock<Keyring>>) -> Self {
-        OsdService { store, served: Served::default(), keys }
+    pub fn new(store: Arc<dyn ObjectStore>, keys: Arc<RwLock<Keyring>>, limits: &OsdLimits) -> Self {
+        let budget = Budget::new(limits.inflight_mb << 20, limits.inflight_per_conn_mb << 20);
+        OsdService { store, served: Served::default(), keys, budget }
     }
 
     /// May `role` ask for `req` with `cap`? The mds and admin roles may do
@@ -189,6 +192,17 @@ impl Service for OsdService {
     fn accepts(&self, role: Role) -> bool {
         matches!(role, Role::Client | Role::Mds | Role::Admin)
     }
+
+    fn budget(&self) -> Option<&Budget> {
+        Some(&self.budget)
+    }
+
+    fn cost(&self, call: &OsdCall) -> u64 {
+        match call.req {
+            OsdReq::Write { len, .. } | OsdReq::Read { len, .. } | OsdReq::ReadRange { len, .. } => u64::from(len),
+            _ => 0,
+        }
+    }
 }
 
 /// A running OSD.
@@ -226,7 +240,7 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
     let addr = endpoint.local_addr()?;
     let advertise = cfg.advertise.unwrap_or(addr);
     let keys = Arc::new(RwLock::new(Keyring::default()));
-    let svc = Arc::new(OsdService::new(store.clone(), keys.clone()));
+    let svc = Arc::new(OsdService::new(store.clone(), keys.clone(), &cfg.limits));
     let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc, gate.clone()));
     let mds = RpcClient::new(endpoint.clone(), cfg.mds, Role::Mds);
     let osd_id = cfg.id;

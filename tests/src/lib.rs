@@ -35,6 +35,11 @@ impl TestCluster {
 
     /// `start`, with the MDS's settings changed by `tune` first.
     pub async fn start_with(osds: u32, shards: u32, tune: impl FnOnce(&mut MdsConfig)) -> Result<TestCluster> {
+        Self::start_limited(osds, shards, tune, aifs_osd::OsdLimits::default()).await
+    }
+
+    /// `start_with`, the OSDs held to `limits`.
+    pub async fn start_limited(osds: u32, shards: u32, tune: impl FnOnce(&mut MdsConfig), limits: aifs_osd::OsdLimits) -> Result<TestCluster> {
         let dir = tempfile::tempdir()?;
         certs::init_cluster(dir.path(), &dir.path().join("ca"), osds, false)?;
         let mut mcfg = MdsConfig {
@@ -62,6 +67,7 @@ impl TestCluster {
                 mds: mds.addr,
                 data_dir: dir.path().join(format!("osd{i}")),
                 heartbeat_ms: 100,
+                limits: limits.clone(),
                 tls: TlsConfig::in_dir(dir.path(), &format!("osd{i}")),
                 transport: TransportConfig::default(),
             };

@@ -221,3 +221,34 @@ fn capabilities_are_renewed_for_files_kept_open_past_their_term() {
     });
     rt.block_on(fs.shutdown());
 }
+
+/// OSDs that may hold 2 MiB in all and 1 MiB per connection still serve a
+/// client whose write window and read-ahead ask for far more at once:
+/// requests wait for their bytes (common/src/rpc/budget.rs), none is
+/// refused or stuck, and every byte comes back.
+#[test]
+fn a_checkpoint_passes_through_osds_whose_memory_budget_is_smaller_than_its_window() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let limits = aifs_osd::OsdLimits { inflight_mb: 2, inflight_per_conn_mb: 1 };
+    let cluster = rt.block_on(TestCluster::start_limited(3, 2, |_| {}, limits)).expect("cluster");
+    let fs = rt.block_on(client(&cluster));
+    rt.block_on(async {
+        let o = fs.create(ROOT, "ckpt", 0o644, true, false).await.expect("create");
+        let body = pattern::bytes(9, 0, 48 * MIB as usize);
+        // one 16 MiB write and many small ones
+        fs.write(o.fh, 0, Bytes::from(body[..16 * MIB as usize].to_vec())).await.expect("write");
+        for (i, chunk) in body[16 * MIB as usize..].chunks(256 * 1024).enumerate() {
+            fs.write(o.fh, 16 * MIB + (i as u64) * 256 * 1024, Bytes::from(chunk.to_vec())).await.expect("write");
+        }
+        fs.fsync(o.fh).await.expect("fsync");
+        let mut at = 0;
+        while at < body.len() as u64 {
+            let piece = fs.read(o.fh, at, 4 * MIB as u32).await.expect("read");
+            assert!(!piece.is_empty(), "short read at {at}");
+            assert!(piece[..] == body[at as usize..at as usize + piece.len()], "read at {at} differs");
+            at += piece.len() as u64;
+        }
+        fs.release(o.fh).await.expect("release");
+    });
+    rt.block_on(fs.shutdown());
+}

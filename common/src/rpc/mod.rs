@@ -2,8 +2,9 @@
 //! one QUIC connection per peer pair, one bidirectional stream per call,
 //! mutual TLS with the cluster CA. `tls` builds the rustls configurations,
 //! `endpoint` the UDP sockets and transport settings, `client` makes calls
-//! `server` serves a `Service`, and `gate` keeps revoked
-//! certificates out.
+//! `server` serves a `Service` (within a `budget` of bytes in flight),
+//! and `gate` keeps revoked certificates out.
+pub mod budget;
 pub mod client;
 pub mod endpoint;
 pub mod gate;
@@ -11,6 +12,7 @@ pub mod server;
 pub mod tls;
 mod udp;
 
+pub use budget::Budget;
 pub use client::{call_on, RpcClient};
 pub use endpoint::{client_endpoint, server_endpoint};
 pub use gate::Gate;

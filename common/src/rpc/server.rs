@@ -1,6 +1,7 @@
 //! Serving a `Service`: a task per connection, a task per stream. A bad
 //! frame gets an error reply (or a reset stream) and a log line; the
 //! connection and everyone else's are served on.
+use super::budget::{Budget, ConnBudget};
 use super::gate::Gate;
 use super::tls::peer_role;
 use crate::certs::Role;
@@ -57,6 +58,16 @@ pub trait Service: Send + Sync + 'static {
     fn error(e: Error) -> Self::Resp;
     /// Roles allowed to connect at all.
     fn accepts(&self, role: Role) -> bool;
+    /// The bytes in flight this server allows (budget.rs); none: no bound
+    /// beyond the header limit (services whose requests carry no data).
+    fn budget(&self) -> Option<&Budget> {
+        None
+    }
+    /// Bytes `req` holds while served: its payload, and the data its
+    /// reply carries.
+    fn cost(&self, _req: &Self::Req) -> u64 {
+        0
+    }
 }
 
 /// Accept connections until the endpoint is closed. `gate` (the one the
@@ -101,6 +112,7 @@ pub async fn serve<S: Service>(endpoint: quinn::Endpoint, svc: Arc<S>, gate: Arc
 /// Serve the streams `peer` opens on its connection until it closes. A
 /// client serves its server's recall streams this way.
 pub async fn serve_conn<S: Service>(svc: Arc<S>, peer: Arc<Peer>) {
+    let share = svc.budget().map(|b| Arc::new(b.for_conn()));
     loop {
         let (send, recv) = match peer.conn.accept_bi().await {
             Ok(s) => s,
@@ -111,20 +123,37 @@ pub async fn serve_conn<S: Service>(svc: Arc<S>, peer: Arc<Peer>) {
         };
         let svc = svc.clone();
         let peer = peer.clone();
-        tokio::spawn(async move { serve_stream(svc, peer, send, recv).await });
+        let share = share.clone();
+        tokio::spawn(async move { serve_stream(svc, peer, share, send, recv).await });
     }
 }
 
-async fn read_request<S: Service>(recv: &mut quinn::RecvStream) -> Result<(S::Req, Bytes)> {
+/// A request's header and payload, the payload read once the request's
+/// bytes are held (`_held`, until the reply is out).
+async fn read_request<S: Service>(svc: &S, share: Option<&ConnBudget>, recv: &mut quinn::RecvStream) -> Result<(S::Req, Bytes, Option<super::budget::Held>)> {
     let hdr = read_header(recv).await?;
     let req = S::Req::decode(&hdr)?;
+    let held = match (svc.budget(), share) {
+        (Some(b), Some(c)) => Some(b.take(c, svc.cost(&req)).await),
+        _ => None,
+    };
     let body = read_payload(recv, req.payload_len()).await?;
-    Ok((req, body))
+    Ok((req, body, held))
 }
 
-async fn serve_stream<S: Service>(svc: Arc<S>, peer: Arc<Peer>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let (resp, payload) = match read_request::<S>(&mut recv).await {
-        Ok((req, body)) => svc.call(&peer, req, body).await,
+async fn serve_stream<S: Service>(
+    svc: Arc<S>,
+    peer: Arc<Peer>,
+    share: Option<Arc<ConnBudget>>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let mut _held = None;
+    let (resp, payload) = match read_request(&*svc, share.as_deref(), &mut recv).await {
+        Ok((req, body, held)) => {
+            _held = held;
+            svc.call(&peer, req, body).await
+        }
         Err(e) => {
             tracing::warn!(peer = %peer.addr, error = %e, "bad request frame");
             let _ = recv.stop(1u32.into());

@@ -129,6 +129,7 @@ fn issue(ca: &Ca, cfg: &AdminConfig, node: &Node, out: &Path, days: u32, osd: Op
             mds: cfg.mds,
             data_dir: place.data.unwrap_or_else(|| PathBuf::from(format!("/var/lib/aifs/osd{id}"))),
             heartbeat_ms: 1000,
+            limits: Default::default(),
             tls,
             transport: cfg.transport.clone(),
         })?,

@@ -190,6 +190,7 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: SocketAddr, osds: u32, osd_por
             mds,
             data_dir: data.join(format!("osd{i}")),
             heartbeat_ms: 1000,
+            limits: Default::default(),
             tls: TlsConfig::in_dir(&dir, &format!("osd{i}")),
             transport: transport.clone(),
         };
