@@ -53,7 +53,12 @@ pub struct ClientConfig {
 }
 
 fn default_name() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "client".into())
+    let host = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
+    if host.is_empty() {
+        "client".into()
+    } else {
+        host
+    }
 }
 fn default_fuse_threads() -> usize {
     4

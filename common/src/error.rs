@@ -40,6 +40,9 @@ pub enum Error {
     TooBig,
     #[error("resource temporarily unavailable: {0}")]
     WouldBlock(String),
+    /// A session has as many files open as the MDS lets one have.
+    #[error("too many open files: {0}")]
+    TooManyOpen(String),
     // Storage (2xx)
     #[error("no space left: {0}")]
     NoSpace(String),
@@ -93,6 +96,7 @@ impl Error {
             Error::NotSupported(_) => 114,
             Error::TooBig => 115,
             Error::WouldBlock(_) => 116,
+            Error::TooManyOpen(_) => 117,
             Error::NoSpace(_) => 201,
             Error::Checksum(_) => 202,
             Error::Io(_) => 203,
@@ -110,6 +114,7 @@ impl Error {
             | Error::NotPermitted(m)
             | Error::NotSupported(m)
             | Error::WouldBlock(m)
+            | Error::TooManyOpen(m)
             | Error::NoSpace(m)
             | Error::Checksum(m)
             | Error::Io(m)
@@ -144,6 +149,7 @@ impl Error {
             114 => Error::NotSupported(m),
             115 => Error::TooBig,
             116 => Error::WouldBlock(m),
+            117 => Error::TooManyOpen(m),
             201 => Error::NoSpace(m),
             202 => Error::Checksum(m),
             203 => Error::Io(m),
@@ -198,6 +204,7 @@ pub fn errno(e: &Error) -> i32 {
         Error::NotSupported(_) => libc::EOPNOTSUPP,
         Error::TooBig => libc::E2BIG,
         Error::WouldBlock(_) => libc::EAGAIN,
+        Error::TooManyOpen(_) => libc::ENFILE,
         Error::NoSpace(_) => libc::ENOSPC,
         Error::Checksum(_) => libc::EIO,
         Error::Io(_) => libc::EIO,
@@ -232,6 +239,7 @@ mod tests {
             Error::NotSupported("x".into()),
             Error::TooBig,
             Error::WouldBlock("x".into()),
+            Error::TooManyOpen("x".into()),
             Error::NoSpace("x".into()),
             Error::Checksum("x".into()),
             Error::Io("x".into()),

@@ -334,6 +334,17 @@ impl LeaseTable {
         self.inodes.get(&ino).map(|l| l.waiting.iter().map(|(s, (k, _))| (*s, *k)).collect()).unwrap_or_default()
     }
 
+    /// Inodes a session holds, waits for or was recalled from: what it
+    /// costs the table, in O(1) (`count` is exact).
+    pub fn touched(&self, s: SessionId) -> usize {
+        self.sessions.get(&s).map(|sess| sess.touched.len()).unwrap_or(0)
+    }
+
+    /// Would a lease on `ino` take session `s` past `max` inodes?
+    pub fn past_limit(&self, s: SessionId, ino: Ino, max: usize) -> bool {
+        self.sessions.get(&s).is_some_and(|sess| sess.touched.len() >= max && !sess.touched.contains(&ino))
+    }
+
     /// Leases a session holds (for `mdsctl session ls`).
     pub fn count(&self, s: SessionId) -> usize {
         let Some(sess) = self.sessions.get(&s) else {

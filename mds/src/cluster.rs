@@ -45,6 +45,38 @@ struct OpenCount {
     write: bool,
 }
 
+/// What one client session may hold at the MDS (mds.toml
+/// `[session_limits]`): a client that caches a huge tree, or opens files
+/// without end, costs the MDS a bounded amount of memory.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SessionLimits {
+    /// Leases (and waits and recalls) on distinct inodes. Past this,
+    /// lookups, stats and listings are answered without a lease (the
+    /// client does not cache what they return) until it gives some back.
+    #[serde(default = "default_max_leases")]
+    pub max_leases: u32,
+    /// Distinct files open (one count per file, however many handles the
+    /// client has): an open past this fails with ENFILE.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: u32,
+}
+
+/// About 20 MB of lease table for one session.
+fn default_max_leases() -> u32 {
+    100_000
+}
+
+fn default_max_open_files() -> u32 {
+    100_000
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits { max_leases: default_max_leases(), max_open_files: default_max_open_files() }
+    }
+}
+
 pub struct Cluster {
     pub osds: DashMap<u32, OsdEntry>,
     epoch: AtomicU64,
@@ -61,6 +93,11 @@ pub struct Cluster {
     /// a file that loses its last name while open is kept until the last
     /// close. In memory: after an MDS restart nothing is open.
     opens: Mutex<HashMap<InodeId, HashMap<SessionId, OpenCount>>>,
+    /// Files each session has open (the number of its entries in `opens`),
+    /// held to `limits.max_open_files`; updated under `opens`' lock.
+    open_files: DashMap<SessionId, u32>,
+    /// What one session may hold.
+    pub limits: SessionLimits,
     /// Advisory locks across clients (common/src/locks.rs).
     pub locks: Mutex<aifs_common::locks::LockTable>,
     /// Files whose replicas are being rewritten (mds/src/repair.rs); opens
@@ -127,6 +164,8 @@ impl Cluster {
             leases: Mutex::new(LeaseTable::new(session_timeout)),
             released: tokio::sync::Notify::new(),
             opens: Mutex::new(HashMap::new()),
+            open_files: DashMap::new(),
+            limits: SessionLimits::default(),
             locks: Mutex::new(Default::default()),
             repairing: Mutex::new(Default::default()),
             repaired: tokio::sync::Notify::new(),
@@ -300,10 +339,24 @@ impl Cluster {
     pub fn opened(&self, session: SessionId, ino: InodeId, write: bool) {
         if let Ok(mut o) = self.opens.lock() {
             let c = o.entry(ino).or_default().entry(session).or_default();
+            if c.n == 0 {
+                *self.open_files.entry(session).or_default() += 1;
+            }
             c.n += 1;
             c.write |= write;
             tracing::debug!(%session, %ino, opens = c.n, write, "opened");
         }
+    }
+
+    /// May `session` open one more file (`limits.max_open_files`)? One it
+    /// has open already always.
+    pub fn may_open_more(&self, session: SessionId, ino: InodeId) -> Result<()> {
+        let n = self.open_files.get(&session).map(|n| *n).unwrap_or(0);
+        if n < self.limits.max_open_files || self.open_rights(session, ino).is_some() {
+            return Ok(());
+        }
+        tracing::warn!(%session, open = n, "session at its limit of open files");
+        Err(Error::TooManyOpen(format!("{n} files open by this client (max_open_files)")))
     }
 
     /// Has `session` `ino` open: `Some(true)` for writing too.
@@ -323,6 +376,9 @@ impl Cluster {
                 c.n = c.n.saturating_sub(1);
                 if c.n == 0 {
                     by.remove(&session);
+                    if let Some(mut n) = self.open_files.get_mut(&session) {
+                        *n = n.saturating_sub(1);
+                    }
                     if let Ok(mut l) = self.leases.lock() {
                         l.downgrade(session, ino);
                     }
@@ -346,6 +402,7 @@ impl Cluster {
                 by.remove(&session);
                 !by.is_empty()
             });
+            self.open_files.remove(&session);
         }
     }
 
@@ -491,6 +548,10 @@ impl Cluster {
 
     /// A new session for `peer`'s certificate, with a random id.
     pub fn open_session(&self, name: String, peer: &Peer, dir_leases: bool) -> Result<SessionId> {
+        // Shown in tables and logs (its length is checked with the request).
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument("a session's name is not empty and has no control characters".into()));
+        }
         let id = SessionId::random()?;
         let addr = peer.addr.to_string();
         tracing::info!(session = %id, %name, %addr, "session opened");

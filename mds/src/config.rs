@@ -37,6 +37,9 @@ pub struct MdsConfig {
     pub anon_uid: u32,
     #[serde(default = "default_anon")]
     pub anon_gid: u32,
+    /// What one client session may hold (leases, open files).
+    #[serde(default)]
+    pub session_limits: crate::cluster::SessionLimits,
     pub tls: TlsConfig,
     #[serde(default)]
     pub transport: TransportConfig,

@@ -83,6 +83,30 @@ impl Cluster {
         Holder { cluster: self.clone(), id, ephemeral: true, observer }
     }
 
+    /// The holder for a request that only reads `ino` (a lookup in it, a
+    /// stat, a listing): `holder`, but one of its own for this request
+    /// alone when the bound session holds as many leases as it may
+    /// (`SessionLimits`) and none on `ino`: the reply then grants none,
+    /// and the client caches nothing of it.
+    pub fn reader(self: &Arc<Self>, peer: &Peer, ino: InodeId) -> Holder {
+        self.within_limit(self.holder(peer), ino)
+    }
+
+    /// `h`, or, if a lease on `ino` would take its session past its
+    /// limit, a holder of its own for the rest of the request.
+    pub fn within_limit(self: &Arc<Self>, h: Holder, ino: InodeId) -> Holder {
+        let full = !h.ephemeral && self.leases.lock().is_ok_and(|t| t.past_limit(h.id, ino, self.limits.max_leases as usize));
+        if !full {
+            return h;
+        }
+        tracing::debug!(session = %h.id, "session at its lease limit: answered without a lease");
+        let id = self.new_session_id();
+        if let Ok(mut t) = self.leases.lock() {
+            t.open_session(id, Instant::now());
+        }
+        Holder { cluster: self.clone(), id, ephemeral: true, observer: h.observer }
+    }
+
     fn conn_of(&self, session: SessionId) -> Option<quinn::Connection> {
         self.sessions.get(&session).and_then(|s| s.conn.clone())
     }

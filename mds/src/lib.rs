@@ -58,10 +58,9 @@ impl Drop for MdsHandle {
 
 pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     let id = Identity::load(&cfg.tls)?;
-    let cluster = Arc::new(Cluster::new(
-        Duration::from_millis(cfg.osd_timeout_ms),
-        Duration::from_millis(cfg.session_timeout_ms),
-    ));
+    let mut cluster = Cluster::new(Duration::from_millis(cfg.osd_timeout_ms), Duration::from_millis(cfg.session_timeout_ms));
+    cluster.limits = cfg.session_limits.clone();
+    let cluster = Arc::new(cluster);
     let ns = Arc::new(Namespace::open(&cfg.data_dir, cfg.shards, cfg.default_layout, cluster.clone()).await?);
     let known = ns
         .shard(0)

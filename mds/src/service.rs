@@ -212,16 +212,18 @@ impl MdsService {
         Ok(match req {
             MdsReq::Lookup { parent, name } => {
                 need(peer, NS)?;
-                let h = cl.holder(peer);
+                let h = cl.reader(peer, parent);
                 cl.acquire(&h, parent, LeaseKind::Read).await?;
                 // A negative answer is cached under the directory's lease.
                 *grant = h.granted();
                 let a = ns.lookup(parent, &name, cred).await?;
+                let h = cl.within_limit(h, a.ino);
+                *grant = h.granted();
                 MdsResp::Attr(self.read_attr(&h, a.ino).await?)
             }
             MdsReq::GetAttr { ino } => {
                 need(peer, NS)?;
-                let h = cl.holder(peer);
+                let h = cl.reader(peer, ino);
                 let a = self.read_attr(&h, ino).await?;
                 *grant = h.granted();
                 MdsResp::Attr(a)
@@ -257,6 +259,9 @@ impl MdsService {
             MdsReq::Create { parent, name, mode, exclusive } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
+                if let Some(s) = h.granted() {
+                    cl.may_open_more(s, InodeId(0))?;
+                }
                 cl.acquire_read_all(&h, &[parent]).await?;
                 let c = ns.create(parent, &name, mode, cred, exclusive, once).await?;
                 if !c.created && c.attr.kind == FileKind::File {
@@ -369,7 +374,7 @@ impl MdsService {
             }
             MdsReq::Readdir { ino, cookie, max } => {
                 need(peer, NS)?;
-                let h = cl.holder(peer);
+                let h = cl.reader(peer, ino);
                 cl.acquire(&h, ino, LeaseKind::Read).await?;
                 let (entries, eof, parent) = ns.readdir(ino, cookie, max, cred).await?;
                 *grant = h.granted();
@@ -377,7 +382,7 @@ impl MdsService {
             }
             MdsReq::ReaddirPlus { ino, cookie, max } => {
                 need(peer, NS)?;
-                let h = cl.holder(peer);
+                let h = cl.reader(peer, ino);
                 cl.acquire(&h, ino, LeaseKind::Read).await?;
                 // Leases on the entries before their attributes are read:
                 // writers of them flush first. Entries changed after the
@@ -620,6 +625,7 @@ impl MdsService {
                 let h = cl.holder(peer);
                 self.may_open(&h, ino, write, cred).await?;
                 if first && h.granted().is_some() {
+                    cl.may_open_more(h.id, ino)?;
                     cl.opened(h.id, ino, write);
                 }
                 cl.wait_repair(ino).await;

@@ -53,6 +53,7 @@ impl TestCluster {
             repair_mb_per_s: 200,
             anon_uid: aifs_common::perm::ANON_ID,
             anon_gid: aifs_common::perm::ANON_ID,
+            session_limits: Default::default(),
             tls: tls(dir.path(), Role::Mds),
             transport: TransportConfig::default(),
         };

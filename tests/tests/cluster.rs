@@ -751,3 +751,41 @@ async fn a_holder_that_ignores_recalls_is_evicted_after_a_term() {
     }
     other_beat.abort();
 }
+
+/// What one session may hold is bounded: past `max_open_files` an open
+/// fails with ENFILE (until a close), past `max_leases` lookups and stats
+/// are answered without a lease; and a session's name is a name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_holds_no_more_than_its_limits() {
+    use aifs_common::proto::mds::{MdsCall, MdsReply};
+    use aifs_mds::cluster::SessionLimits;
+    let cl = TestCluster::start_with(1, 1, |m| m.session_limits = SessionLimits { max_leases: 4, max_open_files: 2 }).await.unwrap();
+    // files another client made, before this one holds anything
+    for i in 0..2 {
+        mds_call(&cl.mds_client(Role::Client).unwrap(), create(ROOT, &format!("other{i}"))).await.unwrap();
+    }
+    let c = cl.mds_client_of_node(Role::Client, "greedy").unwrap();
+    let open_session = |name: String| MdsReq::OpenSession { name, dir_leases: false, previous: None, open: vec![], locks: vec![] };
+    assert!(matches!(mds_call(&c, open_session("x".repeat(256))).await, Err(Error::NameTooLong)));
+    assert!(matches!(mds_call(&c, open_session("bad\nname".into())).await, Err(Error::InvalidArgument(_))));
+    let sid = match mds_call(&c, open_session("greedy".into())).await.unwrap() {
+        MdsResp::Session { id, .. } => id,
+        other => panic!("{other:?}"),
+    };
+    let a = attr(&c, create(ROOT, "a")).await.unwrap().ino;
+    attr(&c, create(ROOT, "b")).await.unwrap();
+    assert!(matches!(attr(&c, create(ROOT, "c")).await, Err(Error::TooManyOpen(_))), "a third file opened");
+    assert_eq!(aifs_common::errno(&Error::TooManyOpen(String::new())), libc::ENFILE);
+    mds_call(&c, MdsReq::Close { ino: a, session: Some(sid) }).await.unwrap();
+    let d = attr(&c, create(ROOT, "c")).await.unwrap().ino;
+    // leases on ROOT, a, b, c (4): a stat of another file comes without
+    // one; of a file it holds, with it
+    let granted = |req: MdsReq| {
+        let c = &c;
+        async move { c.call::<_, MdsReply>(&MdsCall::from(req), &[]).await.unwrap().0.session }
+    };
+    assert_eq!(granted(MdsReq::GetAttr { ino: d }).await, Some(sid), "a stat of a file it holds lost its lease");
+    let other = attr(&c, MdsReq::Lookup { parent: ROOT, name: "other0".into() }).await.unwrap();
+    assert_eq!(granted(MdsReq::GetAttr { ino: other.ino }).await, None, "a lease past the session's limit");
+    assert_eq!(cl.mds.ns.cluster.leases.lock().unwrap().touched(sid), 4);
+}

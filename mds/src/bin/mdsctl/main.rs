@@ -177,6 +177,7 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: SocketAddr, osds: u32, osd_por
         repair_mb_per_s: 200,
         anon_uid: aifs_common::perm::ANON_ID,
         anon_gid: aifs_common::perm::ANON_ID,
+        session_limits: Default::default(),
         tls: tls(Role::Mds),
         transport: transport.clone(),
     };
