@@ -13,7 +13,7 @@
 //! the session already opened, not by these.
 use aifs_common::perm::{Cred, MAX_GROUPS};
 use dashmap::DashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The caller of one FUSE request, as the kernel names it.
@@ -57,7 +57,7 @@ const GROUPS_TTL: Duration = Duration::from_secs(2);
 /// Processes whose groups are remembered; past this the memory starts over.
 const GROUPS_CACHED: usize = 4096;
 
-type GroupCache = DashMap<u32, (Instant, Arc<Vec<u32>>)>;
+type GroupCache = DashMap<u32, (Instant, Vec<u32>)>;
 
 /// The supplementary groups of process `pid`: none if it is gone, or for
 /// the kernel's own requests (pid 0).
@@ -69,14 +69,14 @@ fn groups_of(pid: u32) -> Vec<u32> {
     let cache = CACHE.get_or_init(DashMap::new);
     if let Some(e) = cache.get(&pid) {
         if e.0.elapsed() < GROUPS_TTL {
-            return e.1.as_ref().clone();
+            return e.1.clone();
         }
     }
     let groups = std::fs::read_to_string(format!("/proc/{pid}/status")).map(|s| parse_groups(&s)).unwrap_or_default();
     if cache.len() >= GROUPS_CACHED {
         cache.clear();
     }
-    cache.insert(pid, (Instant::now(), Arc::new(groups.clone())));
+    cache.insert(pid, (Instant::now(), groups.clone()));
     groups
 }
 

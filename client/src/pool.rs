@@ -95,6 +95,7 @@ impl Pool {
         let started = Instant::now();
         let mut pause = MDS_RETRY_MIN;
         let mut attempt = 0u32;
+        let cred = crate::cred::current();
         loop {
             let rid = ticket.as_ref().map(|t| ReqId {
                 client: self.client,
@@ -102,7 +103,7 @@ impl Pool {
                 oldest: self.unanswered.lock().ok().and_then(|u| u.first().copied()).unwrap_or(t.seq),
                 retry: attempt > 0,
             });
-            let call = MdsCall { rid, cred: crate::cred::current(), req: req.clone() };
+            let call = MdsCall { rid, cred: cred.clone(), req: req.clone() };
             match self.mds.call::<_, MdsReply>(&call, &[]).await {
                 Ok((MdsReply { session, resp: MdsResp::Err(e) }, _)) => return (Err(Error::from_wire(e.code, &e.msg)), session),
                 Ok((MdsReply { session, resp }, _)) => {

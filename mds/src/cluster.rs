@@ -348,11 +348,11 @@ impl Cluster {
         }
     }
 
-    /// May `session` open one more file (`limits.max_open_files`)? One it
-    /// has open already always.
-    pub fn may_open_more(&self, session: SessionId, ino: InodeId) -> Result<()> {
+    /// May `session` open one more file (`limits.max_open_files`): `ino`,
+    /// or a new one (`None`)? One it has open already always.
+    pub fn may_open_more(&self, session: SessionId, ino: Option<InodeId>) -> Result<()> {
         let n = self.open_files.get(&session).map(|n| *n).unwrap_or(0);
-        if n < self.limits.max_open_files || self.open_rights(session, ino).is_some() {
+        if n < self.limits.max_open_files || ino.is_some_and(|i| self.open_rights(session, i).is_some()) {
             return Ok(());
         }
         tracing::warn!(%session, open = n, "session at its limit of open files");

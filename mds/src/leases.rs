@@ -71,14 +71,20 @@ impl Cluster {
     }
 
     pub fn holder(self: &Arc<Self>, peer: &Peer) -> Holder {
-        let now = Instant::now();
         let observer = peer.role == aifs_common::certs::Role::Admin;
+        let bound = self.leases.lock().ok().and_then(|t| peer.session().filter(|b| t.is_live(*b, Instant::now())));
+        match bound {
+            Some(id) => Holder { cluster: self.clone(), id, ephemeral: false, observer },
+            None => self.own_holder(observer),
+        }
+    }
+
+    /// A session made for one request, closed with its leases when the
+    /// holder is dropped.
+    fn own_holder(self: &Arc<Self>, observer: bool) -> Holder {
         let id = self.new_session_id();
         if let Ok(mut t) = self.leases.lock() {
-            if let Some(bound) = peer.session().filter(|b| t.is_live(*b, now)) {
-                return Holder { cluster: self.clone(), id: bound, ephemeral: false, observer };
-            }
-            t.open_session(id, now);
+            t.open_session(id, Instant::now());
         }
         Holder { cluster: self.clone(), id, ephemeral: true, observer }
     }
@@ -100,11 +106,7 @@ impl Cluster {
             return h;
         }
         tracing::debug!(session = %h.id, "session at its lease limit: answered without a lease");
-        let id = self.new_session_id();
-        if let Ok(mut t) = self.leases.lock() {
-            t.open_session(id, Instant::now());
-        }
-        Holder { cluster: self.clone(), id, ephemeral: true, observer: h.observer }
+        self.own_holder(h.observer)
     }
 
     fn conn_of(&self, session: SessionId) -> Option<quinn::Connection> {

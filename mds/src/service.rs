@@ -260,7 +260,7 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 if let Some(s) = h.granted() {
-                    cl.may_open_more(s, InodeId(0))?;
+                    cl.may_open_more(s, None)?;
                 }
                 cl.acquire_read_all(&h, &[parent]).await?;
                 let c = ns.create(parent, &name, mode, cred, exclusive, once).await?;
@@ -625,7 +625,7 @@ impl MdsService {
                 let h = cl.holder(peer);
                 self.may_open(&h, ino, write, cred).await?;
                 if first && h.granted().is_some() {
-                    cl.may_open_more(h.id, ino)?;
+                    cl.may_open_more(h.id, Some(ino))?;
                     cl.opened(h.id, ino, write);
                 }
                 cl.wait_repair(ino).await;
