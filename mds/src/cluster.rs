@@ -334,6 +334,12 @@ impl Cluster {
         self.in_grace() || self.opens.lock().map(|o| o.contains_key(&ino)).unwrap_or(true)
     }
 
+    /// Does any client have `ino` open for writing (or may it, during the
+    /// grace after a restart)?
+    pub fn open_for_write(&self, ino: InodeId) -> bool {
+        self.in_grace() || self.opens.lock().map(|o| o.get(&ino).is_some_and(|by| by.values().any(|c| c.write))).unwrap_or(true)
+    }
+
     /// A session opened `ino` (its first handle on that client), for
     /// writing if `write`.
     pub fn opened(&self, session: SessionId, ino: InodeId, write: bool) {

@@ -3,6 +3,7 @@
 //! then removed. A job whose OSD is down stays queued and is retried, so a
 //! crash or an outage never leaks objects.
 use crate::cluster::Cluster;
+use crate::leases::Holder;
 use crate::namespace::Namespace;
 use crate::records::GcJob;
 use crate::store::{IoResult, GC};
@@ -10,6 +11,7 @@ use aifs_common::certs::Role;
 use aifs_common::proto::mds::Degraded;
 use aifs_common::proto::osd::{OsdCall, OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
+use aifs_common::lease::LeaseKind;
 use aifs_common::{Error, InodeId, ObjectId, Result};
 use dashmap::DashMap;
 use std::net::SocketAddr;
@@ -68,13 +70,61 @@ impl OsdClients {
     }
 }
 
+/// How long a replayed truncate waits for the file's writers to give
+/// their leases back before it is deferred to a later pass.
+const REPLAY_LEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// A request's hold on a file's GC jobs (`Gc::claim`).
+pub struct Claim {
+    gc: Arc<Gc>,
+    ino: u64,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.gc.claimed.lock() {
+            if let Some(n) = c.get_mut(&self.ino) {
+                *n -= 1;
+                if *n == 0 {
+                    c.remove(&self.ino);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Replay {
+    Apply,
+    /// The job no longer applies: forget it.
+    Drop,
+    /// Not now: a later pass looks again.
+    Defer,
+}
+
+/// A queued truncate to `cut_to` for a file that now has `size` (`None`:
+/// the file is gone; its delete frees the objects). While anyone else may
+/// be writing, bytes past `cut_to` may be written but not yet published,
+/// so the size says nothing: wait. Once nobody writes, a file of another
+/// size has been written or resized since, and cutting could destroy the
+/// newer data.
+fn replay_truncate(cut_to: u64, size: Option<u64>, written: bool) -> Replay {
+    match size {
+        None => Replay::Drop,
+        Some(_) if written => Replay::Defer,
+        Some(s) if s == cut_to => Replay::Apply,
+        Some(_) => Replay::Drop,
+    }
+}
+
 pub struct Gc {
     pub ns: Arc<Namespace>,
     pub osds: Arc<OsdClients>,
     pub wake: tokio::sync::Notify,
-    /// Jobs a request handler is applying itself (a truncate answers only
-    /// after its cut): the background pass leaves them alone.
-    claimed: std::sync::Mutex<std::collections::BTreeSet<(u32, u64)>>,
+    /// Files a request handler is truncating itself (a truncate answers
+    /// only after its cut), with how many: the background pass leaves their
+    /// jobs alone.
+    claimed: std::sync::Mutex<std::collections::BTreeMap<u64, usize>>,
     /// Per shard, the job id the next pass starts after, so a run of jobs
     /// stuck on a down OSD does not hide the ones behind it.
     cursor: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
@@ -91,31 +141,41 @@ impl Gc {
         }
     }
 
-    pub fn claim(&self, shard: u32, id: u64) {
+    /// Keep the background pass off `ino`'s jobs until the claim is dropped.
+    pub fn claim(self: &Arc<Self>, ino: InodeId) -> Claim {
         if let Ok(mut c) = self.claimed.lock() {
-            c.insert((shard, id));
+            *c.entry(ino.0).or_default() += 1;
         }
+        Claim { gc: self.clone(), ino: ino.0 }
     }
 
-    pub fn unclaim(&self, shard: u32, id: u64) {
-        if let Ok(mut c) = self.claimed.lock() {
-            c.remove(&(shard, id));
-        }
+    fn is_claimed(&self, ino: u64) -> bool {
+        self.claimed.lock().map(|c| c.contains_key(&ino)).unwrap_or(true)
     }
 
-    fn is_claimed(&self, shard: u32, id: u64) -> bool {
-        self.claimed.lock().map(|c| c.contains(&(shard, id))).unwrap_or(true)
-    }
-
-    /// A truncate left behind (its OSD was down when the request ran) is
-    /// applied only while the file still has the size it cut to: once the
-    /// file has been written or resized since, cutting again could destroy
-    /// newer data, so the job is dropped.
-    async fn still_wanted(&self, job: &GcJob) -> bool {
-        match job.truncate_to {
-            None => true,
-            Some(size) => matches!(self.ns.getattr(InodeId(job.ino)).await, Ok(a) if a.size == size),
+    /// Whether to apply `job` now. A truncate left behind (its OSD was
+    /// down when the request ran) waits while any client has the file open
+    /// for writing, and is replayed under a write lease the MDS takes on
+    /// the file itself: holders of write leases are recalled first, so
+    /// they publish what they wrote, and none can write while the cut runs.
+    /// The returned holder keeps that lease until it is dropped.
+    async fn replay(&self, job: &GcJob) -> (Replay, Option<Holder>) {
+        let Some(cut_to) = job.truncate_to else { return (Replay::Apply, None) };
+        let ino = InodeId(job.ino);
+        let cl = &self.ns.cluster;
+        if cl.open_for_write(ino) {
+            return (Replay::Defer, None);
         }
+        let h = cl.own_holder(false);
+        if !matches!(tokio::time::timeout(REPLAY_LEASE_WAIT, cl.acquire(&h, ino, LeaseKind::Write)).await, Ok(Ok(_))) {
+            return (Replay::Defer, None);
+        }
+        let size = match self.ns.getattr(ino).await {
+            Ok(a) => Some(a.size),
+            Err(Error::NotFound) => None,
+            Err(_) => return (Replay::Defer, None),
+        };
+        (replay_truncate(cut_to, size, cl.open_for_write(ino)), Some(h))
     }
 
     /// Apply a job on every OSD holding one of the file's objects. A
@@ -205,26 +265,31 @@ impl Gc {
                 let next = if jobs.len() < GC_BATCH { 0 } else { jobs.last().map(|j| j.0 + 1).unwrap_or(0) };
                 c.insert(sid, next);
             }
-            let jobs: Vec<_> = jobs.into_iter().filter(|(id, _)| !self.is_claimed(sid, *id)).collect();
+            let jobs: Vec<_> = jobs.into_iter().filter(|(_, j)| !j.as_ref().is_ok_and(|j| self.is_claimed(j.ino))).collect();
             let mut finished = Vec::new();
             for chunk in jobs.chunks(GC_PARALLEL) {
                 let rs = futures::future::join_all(chunk.iter().map(|(id, job)| async move {
-                    match job {
-                        Ok(job) if !self.still_wanted(job).await => {
+                    let job = match job {
+                        Ok(job) => job,
+                        Err(e) => {
+                            tracing::error!(shard = sid, job = id, error = %e, "corrupt GC record dropped");
+                            return Some(*id);
+                        }
+                    };
+                    let (replay, _lease) = self.replay(job).await;
+                    match replay {
+                        Replay::Drop => {
                             tracing::warn!(ino = job.ino, "stale truncate job dropped: the file changed since");
                             Some(*id)
                         }
-                        Ok(job) => match self.apply(job).await {
+                        Replay::Defer => None,
+                        Replay::Apply => match self.apply(job).await {
                             Ok(()) => Some(*id),
                             Err(e) => {
                                 tracing::debug!(ino = job.ino, error = %e, "GC job deferred");
                                 None
                             }
                         },
-                        Err(e) => {
-                            tracing::error!(shard = sid, job = id, error = %e, "corrupt GC record dropped");
-                            Some(*id)
-                        }
                     }
                 }))
                 .await;
@@ -235,7 +300,7 @@ impl Gc {
                 let r = s
                     .mutate(move |txn| {
                         let mut gc = txn.open_table(GC).io()?;
-                        for id in finished {
+                        for &id in &finished {
                             gc.remove(id).io()?;
                         }
                         Ok(())
@@ -260,5 +325,20 @@ impl Gc {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_truncate_is_replayed_only_on_a_file_nobody_writes_that_kept_its_size() {
+        assert_eq!(replay_truncate(100, Some(100), false), Replay::Apply);
+        // bytes past 100 may be written but not yet published: not cut
+        assert_eq!(replay_truncate(100, Some(100), true), Replay::Defer);
+        assert_eq!(replay_truncate(100, Some(5000), true), Replay::Defer);
+        assert_eq!(replay_truncate(100, Some(5000), false), Replay::Drop);
+        assert_eq!(replay_truncate(100, None, false), Replay::Drop);
     }
 }

@@ -81,7 +81,7 @@ impl Cluster {
 
     /// A session made for one request, closed with its leases when the
     /// holder is dropped.
-    fn own_holder(self: &Arc<Self>, observer: bool) -> Holder {
+    pub fn own_holder(self: &Arc<Self>, observer: bool) -> Holder {
         let id = self.new_session_id();
         if let Ok(mut t) = self.leases.lock() {
             t.open_session(id, Instant::now());

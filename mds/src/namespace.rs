@@ -513,7 +513,7 @@ impl Namespace {
                 let rec = get_inode(&txn.open_table(INODES).io()?, ino)?;
                 let layout = rec.layout.ok_or(Error::IsDir)?;
                 let mut d = txn.open_table(DEGRADED).io()?;
-                for o in objs {
+                for o in &objs {
                     if o.index >= layout.stripe_count || !layout.object_osds(o.index).contains(&o.osd) {
                         return Err(Error::InvalidArgument(format!("{} holds no replica of object {} of inode {ino}", o.osd, o.index)));
                     }
@@ -676,7 +676,7 @@ impl Namespace {
             let cluster = self.cluster.clone();
             shard
                 .mutate(move |txn| {
-                    for ino in done {
+                    for &ino in &done {
                         if cluster.is_open(InodeId(ino)) {
                             continue;
                         }
@@ -824,7 +824,7 @@ impl Namespace {
                             let open = |ino| cluster.is_open(InodeId(ino));
                             let mut done = Vec::new();
                             let mut rest = Vec::new();
-                            let mut it = batch.into_iter();
+                            let mut it = batch.iter().cloned();
                             for (i, op) in it.by_ref() {
                                 let r = match &op {
                                     DirOp::Create { .. } => create_reserved(txn, &op, now),
@@ -948,7 +948,7 @@ impl Namespace {
                     parent,
                     next_cookie: 0,
                     entries: 0,
-                    target: node.target,
+                    target: node.target.clone(),
                     xattrs: 0,
                 };
                 add_entry(txn, p, parent, &name, ino, &rec, now)?;
@@ -1001,11 +1001,11 @@ impl Namespace {
             .mutate(move |txn| {
                 let now = now_ns();
                 let open = |ino| cluster.is_open(InodeId(ino));
-                for s in steps {
+                for s in steps.iter().cloned() {
                     apply_step(txn, s, now, &open)?;
                 }
                 once::record(txn, rid, out)?;
-                let Some(bytes) = intent else { return Ok(0) };
+                let Some(bytes) = &intent else { return Ok(0) };
                 let id = next_counter(&mut txn.open_table(META).io()?, "next_intent", 1)?;
                 txn.open_table(INTENTS).io()?.insert(id, bytes.as_slice()).io()?;
                 Ok(id)
@@ -1031,7 +1031,7 @@ impl Namespace {
                 drop(marks);
                 let now = now_ns();
                 let open = |ino| replay || cluster.is_open(InodeId(ino));
-                for s in steps {
+                for s in steps.iter().cloned() {
                     apply_step(txn, s, now, &open)?;
                 }
                 Ok(())
@@ -1372,20 +1372,17 @@ impl Namespace {
     /// the GC job (id, job) that cuts the objects, which the caller runs
     /// before answering.
     pub async fn setattr(&self, ino: InodeId, set: SetAttr, cred: &Cred) -> Result<(Attr, Option<(u32, u64, GcJob)>)> {
-        self.setattr_with(ino, set, cred, false, None).await
+        self.setattr_with(ino, set, cred, false).await
     }
 
     /// setattr by `cred` (`perm::setattr`; `open_for_write`: the caller's
-    /// session has the file open for writing) that reports a truncate's GC
-    /// job id to `claim` inside the transaction, before the job becomes
-    /// visible to anyone else.
+    /// session has the file open for writing).
     pub async fn setattr_with(
         &self,
         ino: InodeId,
-        mut set: SetAttr,
+        set: SetAttr,
         cred: &Cred,
         open_for_write: bool,
-        claim: Option<Box<dyn Fn(u32, u64) + Send>>,
     ) -> Result<(Attr, Option<(u32, u64, GcJob)>)> {
         let ino = ino.0;
         let cred = cred.clone();
@@ -1397,6 +1394,7 @@ impl Namespace {
                 let now = now_ns();
                 let mut inodes = txn.open_table(INODES).io()?;
                 let mut r = get_inode(&inodes, ino)?;
+                let mut set = set.clone();
                 perm::setattr(r.perms(), &cred, &mut set, open_for_write)?;
                 let mut job = None;
                 if let Some(size) = set.size {
@@ -1423,9 +1421,6 @@ impl Namespace {
                             let j = GcJob { ino, layout: layout.clone(), truncate_to: Some(size) };
                             drop(inodes);
                             let id = add_gc(txn, &j)?;
-                            if let Some(c) = &claim {
-                                c(sid, id);
-                            }
                             inodes = txn.open_table(INODES).io()?;
                             job = Some((sid, id, j));
                         }

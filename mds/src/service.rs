@@ -165,7 +165,7 @@ impl MdsService {
             .shard(0)
             .mutate(move |txn| {
                 let mut t = txn.open_table(SESSIONS).io()?;
-                for id in ids {
+                for id in &ids {
                     t.remove(id.0).io()?;
                 }
                 Ok(())
@@ -230,8 +230,6 @@ impl MdsService {
             }
             MdsReq::SetAttr { ino, set } => {
                 need(peer, NS)?;
-                let gc = self.gc.clone();
-                let claim: Box<dyn Fn(u32, u64) + Send> = Box::new(move |shard, id| gc.claim(shard, id));
                 let h = cl.holder(peer);
                 let open_for_write = h.granted().and_then(|s| cl.open_rights(s, ino)) == Some(true);
                 if set.size.is_some() {
@@ -241,18 +239,16 @@ impl MdsService {
                     // Writers elsewhere flush before the size changes under them.
                     cl.acquire(&h, ino, LeaseKind::Write).await?;
                 }
-                let (attr, job) = ns.setattr_with(ino, set, cred, open_for_write, Some(claim)).await?;
+                // The background GC pass stays off this file's jobs until
+                // this request has cut the objects itself.
+                let _claim = self.gc.claim(ino);
+                let (attr, job) = ns.setattr_with(ino, set, cred, open_for_write).await?;
                 cl.invalidate(Some(h.id), vec![(ino, vec![])]).await;
                 if let Some((shard, id, job)) = job {
                     // Cut the objects before answering, so no later write
-                    // can land before the truncate and be cut by it. The
-                    // job is claimed: the background pass stays off it.
-                    let r = self.gc.apply(&job).await;
-                    if r.is_ok() {
-                        let _ = self.gc.remove(shard, id).await;
-                    }
-                    self.gc.unclaim(shard, id);
-                    r?;
+                    // can land before the truncate and be cut by it.
+                    self.gc.apply(&job).await?;
+                    let _ = self.gc.remove(shard, id).await;
                 }
                 MdsResp::Attr(attr)
             }

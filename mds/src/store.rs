@@ -3,8 +3,11 @@
 //! closures; the writer runs every queued closure in one write transaction,
 //! commits once (one fsync for the batch) and only then answers each.
 //!
-//! A mutation closure must do all its checks before its first write: if it
-//! returns an error, whatever it wrote still commits with the batch.
+//! A mutation that fails (returns an error, or panics) leaves nothing
+//! behind: the batch's transaction is thrown away and the mutations that
+//! succeeded run again, without it, in a new one. So a closure may write
+//! before its last check, and must be a pure function of the transaction
+//! it is given (it can run more than once).
 use crate::records::{GcJob, InodeRec};
 use aifs_common::{Error, Result};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -61,8 +64,83 @@ impl<T, E: std::fmt::Display> IoResult<T> for std::result::Result<T, E> {
     }
 }
 
-type Deliver = Box<dyn FnOnce(Result<()>) + Send>;
-type Job = Box<dyn FnOnce(&WriteTransaction) -> Deliver + Send>;
+/// A queued mutation: run (perhaps more than once, each time in a fresh
+/// transaction), then answered once with the commit's outcome.
+trait Job: Send {
+    /// Run against `txn`; keep the outcome; true if it succeeded.
+    fn run(&mut self, txn: &WriteTransaction) -> bool;
+    /// Answer the caller: its own error, or the value once `commit` is Ok.
+    fn answer(self: Box<Self>, commit: Result<()>);
+}
+
+struct Call<F, T> {
+    f: F,
+    outcome: Option<Result<T>>,
+    reply: tokio::sync::oneshot::Sender<Result<T>>,
+}
+
+impl<F, T> Job for Call<F, T>
+where
+    F: Fn(&WriteTransaction) -> Result<T> + Send,
+    T: Send,
+{
+    fn run(&mut self, txn: &WriteTransaction) -> bool {
+        // A bug in one mutation must not take the shard down with it.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.f)(txn)))
+            .unwrap_or_else(|_| Err(Error::Io("a metadata mutation panicked".into())));
+        let ok = r.is_ok();
+        self.outcome = Some(r);
+        ok
+    }
+
+    fn answer(self: Box<Self>, commit: Result<()>) {
+        let r = match self.outcome {
+            Some(Ok(v)) => commit.map(|()| v),
+            Some(Err(e)) => Err(e),
+            None => commit.and(Err(Error::Io("metadata mutation never ran".into()))),
+        };
+        let _ = self.reply.send(r);
+    }
+}
+
+/// Run `jobs` in one transaction and commit it, answering each. A job
+/// that fails is answered with its error and the rest run again without
+/// it, in a new transaction, until a pass where all succeed.
+fn commit_batch(db: &redb::Database, shard: u32, mut jobs: Vec<Box<dyn Job>>, stats: &StoreStats) {
+    while !jobs.is_empty() {
+        let txn = match db.begin_write() {
+            Ok(t) => t,
+            Err(e) => {
+                let err = Error::Io(format!("metadata store: {e}"));
+                tracing::error!(shard, error = %err, "cannot begin transaction");
+                for j in jobs {
+                    j.answer(Err(err.clone()));
+                }
+                return;
+            }
+        };
+        let (ok, failed): (Vec<_>, Vec<_>) = jobs.into_iter().map(|mut j| (j.run(&txn), j)).partition(|(ok, _)| *ok);
+        jobs = ok.into_iter().map(|(_, j)| j).collect();
+        if !failed.is_empty() {
+            // Its partial writes are in `txn`: throw them away.
+            let _ = txn.abort();
+            for (_, j) in failed {
+                j.answer(Ok(()));
+            }
+            continue;
+        }
+        let res = txn.commit().io();
+        if let Err(e) = &res {
+            tracing::error!(shard, error = %e, "commit failed");
+        }
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.mutations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        for j in jobs {
+            j.answer(res.clone());
+        }
+        return;
+    }
+}
 
 #[derive(Default)]
 pub struct StoreStats {
@@ -73,7 +151,7 @@ pub struct StoreStats {
 pub struct ShardStore {
     pub id: u32,
     db: Arc<redb::Database>,
-    tx: std::sync::mpsc::Sender<Job>,
+    tx: std::sync::mpsc::Sender<Box<dyn Job>>,
     pub stats: Arc<StoreStats>,
 }
 
@@ -120,7 +198,7 @@ impl ShardStore {
             t.open_table(INTENT_DONE).io()?;
             t.commit().io()?;
         }
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn Job>>();
         let stats = Arc::new(StoreStats::default());
         let wdb = db.clone();
         let wstats = stats.clone();
@@ -133,64 +211,22 @@ impl ShardStore {
                         Err(_) => break,
                     }
                 }
-                let txn = match wdb.begin_write() {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let err = Error::Io(format!("metadata store: {e}"));
-                        tracing::error!(shard = id, error = %err, "cannot begin transaction");
-                        // The jobs never ran: answer each with the error.
-                        drop(batch);
-                        continue;
-                    }
-                };
-                let n = batch.len() as u64;
-                let mut delivers: Vec<Deliver> = Vec::with_capacity(batch.len());
-                let mut panicked = false;
-                for j in batch {
-                    // A bug in one mutation must not take the shard down
-                    // with it, nor commit half of what it did.
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| j(&txn))) {
-                        Ok(d) => delivers.push(d),
-                        Err(_) => panicked = true,
-                    }
-                }
-                if panicked {
-                    tracing::error!(shard = id, "a metadata mutation panicked; its batch is rolled back");
-                    let _ = txn.abort();
-                    for d in delivers {
-                        d(Err(Error::Io("metadata transaction aborted".into())));
-                    }
-                    continue;
-                }
-                let res = txn.commit().io();
-                if let Err(e) = &res {
-                    tracing::error!(shard = id, error = %e, "commit failed");
-                }
-                wstats.commits.fetch_add(1, Ordering::Relaxed);
-                wstats.mutations.fetch_add(n, Ordering::Relaxed);
-                for d in delivers {
-                    d(res.clone());
-                }
+                commit_batch(&wdb, id, batch, &wstats);
             }
         })?;
         Ok(ShardStore { id, db, tx, stats })
     }
 
-    /// Run `f` in the next group commit; answer once it is durable.
+    /// Run `f` in the next group commit; answer once it is durable. If `f`
+    /// fails, nothing it wrote is kept. `f` may run more than once.
     pub async fn mutate<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
+        f: impl Fn(&WriteTransaction) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let (otx, orx) = tokio::sync::oneshot::channel::<Result<T>>();
-        let job: Job = Box::new(move |txn| {
-            let r = f(txn);
-            Box::new(move |commit: Result<()>| {
-                let _ = otx.send(commit.and(r));
-            })
-        });
+        let (reply, orx) = tokio::sync::oneshot::channel::<Result<T>>();
+        let job: Box<dyn Job> = Box::new(Call { f, outcome: None, reply });
         self.tx.send(job).map_err(|_| Error::Io("shard writer stopped".into()))?;
-        // A job dropped unrun (transaction could not begin) closes the channel.
-        orx.await.map_err(|_| Error::Io("metadata transaction could not start".into()))?
+        orx.await.map_err(|_| Error::Io("shard writer stopped".into()))?
     }
 
     /// Read committed state on a blocking thread.
@@ -231,4 +267,49 @@ pub fn add_gc(txn: &WriteTransaction, job: &GcJob) -> Result<u64> {
     let mut gc = txn.open_table(GC).io()?;
     gc.insert(id, job.encode()?.as_slice()).io()?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(db: &redb::Database, key: &str) -> Option<u64> {
+        let t = db.begin_read().ok()?;
+        t.open_table(META).ok()?.get(key).ok()?.map(|v| v.value())
+    }
+
+    /// A mutation that writes and then fails (or panics) leaves nothing in
+    /// the store, even when it shares its commit with mutations that
+    /// succeed: they are kept, whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_mutation_commits_nothing_of_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(ShardStore::open(dir.path(), 0).unwrap());
+        let put = |key: &'static str, fail: u8| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.mutate(move |txn| {
+                    next_counter(&mut txn.open_table(META).io()?, key, 7)?;
+                    match fail {
+                        1 => Err(Error::Exists),
+                        2 => panic!("a bug in a mutation"),
+                        _ => Ok(key),
+                    }
+                })
+                .await
+            })
+        };
+        // Queued together, they share commits.
+        let jobs: Vec<_> = (0..40).map(|i| put(["kept", "failed", "panicked"][i % 3], (i % 3) as u8)).collect();
+        let mut outcomes = Vec::new();
+        for j in jobs {
+            outcomes.push(j.await.unwrap());
+        }
+        assert!(outcomes.iter().step_by(3).all(|r| *r == Ok("kept")));
+        assert!(outcomes.iter().skip(1).step_by(3).all(|r| *r == Err(Error::Exists)));
+        assert!(outcomes.iter().skip(2).step_by(3).all(|r| matches!(r, Err(Error::Io(_)))));
+        assert_eq!(get(&s.db, "kept"), Some(7 + 14), "every successful mutation counts once");
+        assert_eq!(get(&s.db, "failed"), None, "a failed mutation's write was committed");
+        assert_eq!(get(&s.db, "panicked"), None, "a panicked mutation's write was committed");
+    }
 }
