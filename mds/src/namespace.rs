@@ -30,7 +30,7 @@ use crate::store::{
     ORPHANS, XATTRS,
 };
 use aifs_common::ids::{mix, InodeId};
-use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, ReqId, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
+use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, ReqId, SetAttr, TimeSet, MAX_DEGRADED_LIST, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use aifs_common::perm::{self, Cred};
 use aifs_common::time::now_ns;
 use aifs_common::{Error, Layout, LayoutPolicy, OsdId, Result};
@@ -505,7 +505,9 @@ impl Namespace {
     }
 
     /// Record replicas of `ino`'s objects as stale. Each must be one of
-    /// its object's replicas in the file's layout.
+    /// its object's replicas in the file's layout, and each object keeps
+    /// one replica not recorded: a report that would leave none (every
+    /// copy missed the write, so the write failed) is refused whole.
     pub async fn mark_degraded(&self, ino: InodeId, objs: Vec<Degraded>) -> Result<()> {
         let ino = ino.0;
         self.shard_for(ino)?
@@ -519,7 +521,64 @@ impl Namespace {
                     }
                     d.insert((ino, o.index, o.osd.0), ()).io()?;
                 }
+                let stale = degraded_rows(&d, ino)?;
+                for o in &objs {
+                    let replicas = layout.object_osds(o.index);
+                    if replicas.iter().all(|r| stale.contains(&Degraded { index: o.index, osd: *r })) {
+                        return Err(Error::Io(format!("object {} of inode {ino:#x} would have no healthy replica left", o.index)));
+                    }
+                }
                 Ok(())
+            })
+            .await
+    }
+
+    /// Stale replicas recorded: of `ino`, or of every file (the first
+    /// `MAX_DEGRADED_LIST`).
+    pub async fn list_degraded(&self, ino: Option<InodeId>) -> Result<Vec<(InodeId, Degraded)>> {
+        let shards = match ino {
+            Some(i) => vec![self.shard_for(i.0)?.clone()],
+            None => self.shards.clone(),
+        };
+        let mut out = Vec::new();
+        for s in shards {
+            let left = MAX_DEGRADED_LIST.saturating_sub(out.len());
+            out.extend(
+                s.read(move |t| {
+                    let d = t.open_table(DEGRADED).io()?;
+                    let mut v = Vec::new();
+                    let rows = match ino {
+                        Some(i) => d.range((i.0, 0, 0)..=(i.0, u32::MAX, u32::MAX)).io()?,
+                        None => d.iter().io()?,
+                    };
+                    for r in rows.take(left) {
+                        let (ino, index, osd) = r.io()?.0.value();
+                        v.push((InodeId(ino), Degraded { index, osd: OsdId(osd) }));
+                    }
+                    Ok(v)
+                })
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Forget the stale-replica records of `ino` (those of object `index`
+    /// and/or on `osd` if given); returns those forgotten.
+    pub async fn clear_degraded(&self, ino: InodeId, index: Option<u32>, osd: Option<OsdId>) -> Result<Vec<(InodeId, Degraded)>> {
+        let i = ino.0;
+        self.shard_for(i)?
+            .mutate(move |txn| {
+                get_inode(&txn.open_table(INODES).io()?, i)?;
+                let mut d = txn.open_table(DEGRADED).io()?;
+                let gone: Vec<Degraded> = degraded_rows(&d, i)?
+                    .into_iter()
+                    .filter(|g| index.is_none_or(|k| g.index == k) && osd.is_none_or(|o| g.osd == o))
+                    .collect();
+                for g in &gone {
+                    d.remove((i, g.index, g.osd.0)).io()?;
+                }
+                Ok(gone.into_iter().map(|g| (ino, g)).collect())
             })
             .await
     }

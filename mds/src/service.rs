@@ -90,6 +90,8 @@ fn after_restart_too(req: &MdsReq) -> bool {
             | MdsReq::FsckStatus
             | MdsReq::Leases { .. }
             | MdsReq::Degraded { .. }
+            | MdsReq::DegradedList { .. }
+            | MdsReq::ClearDegraded { .. }
             | MdsReq::Revoke { .. }
             | MdsReq::Revoked
     )
@@ -727,12 +729,28 @@ impl MdsService {
                 self.repair.wake.notify_one();
                 MdsResp::Done
             }
+            MdsReq::DegradedList { ino } => {
+                need(peer, ADMIN)?;
+                MdsResp::DegradedList(ns.list_degraded(ino).await?)
+            }
+            MdsReq::ClearDegraded { ino, index, osd } => {
+                need(peer, ADMIN)?;
+                let gone = ns.clear_degraded(ino, index, osd).await?;
+                tracing::warn!(%ino, ?gone, "stale-replica records cleared by an admin");
+                MdsResp::DegradedList(gone)
+            }
             MdsReq::FsckStatus => {
                 need(peer, ADMIN)?;
                 MdsResp::Fsck(self.fsck.status())
             }
             MdsReq::Degraded { ino, objs } => {
                 need(peer, &[Role::Client])?;
+                // Only a writer of the file reports the replicas it missed.
+                let writer = cl.in_grace() || cl.holder(peer).granted().is_some_and(|s| cl.holds(s, ino, LeaseKind::Write) || cl.open_rights(s, ino) == Some(true));
+                if !writer {
+                    tracing::warn!(%ino, peer = %peer.addr, "degraded replicas reported by a client that does not write the file; refused");
+                    return Err(Error::NotPermitted("only a writer of the file reports its replicas degraded".into()));
+                }
                 tracing::warn!(%ino, ?objs, "object replicas degraded");
                 ns.mark_degraded(ino, objs.clone()).await?;
                 cl.tell_degraded(Some(cl.holder(peer).id), ino, objs).await;

@@ -789,3 +789,68 @@ async fn a_session_holds_no_more_than_its_limits() {
     assert_eq!(granted(MdsReq::GetAttr { ino: other.ino }).await, None, "a lease past the session's limit");
     assert_eq!(cl.mds.ns.cluster.leases.lock().unwrap().touched(sid), 4);
 }
+
+/// Only a writer of a file reports its replicas stale, and never the last
+/// healthy replica of an object (a report that would leave none is
+/// refused whole). An admin lists the records and clears them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_replicas_come_from_writers_and_one_healthy_copy_always_stays() {
+    use aifs_common::proto::mds::{Degraded, OsdState};
+    let cl = TestCluster::start_with(4, 1, |c| c.osd_timeout_ms = 1_000).await.unwrap();
+    let c = cl.mds_client(Role::Client).unwrap();
+    let other = cl.mds_client(Role::Client).unwrap();
+    let admin = cl.mds_client(Role::Admin).unwrap();
+    let d = attr(&other, mkdir(ROOT, "rep")).await.unwrap();
+    let p = LayoutPolicy { stripe_size: 1 << 20, stripe_count: 1, replicas: 3 };
+    mds_call(&admin, MdsReq::SetStripe { ino: d.ino, policy: p }).await.unwrap();
+    // (a session opened after that change: this client serves no recalls)
+    let sid = match mds_call(&c, MdsReq::OpenSession { name: "writer".into(), dir_leases: false, previous: None, open: vec![], locks: vec![] }).await.unwrap() {
+        MdsResp::Session { id, .. } => id,
+        other => panic!("{other:?}"),
+    };
+    let f = attr(&c, create(d.ino, "f")).await.unwrap();
+    let r = f.layout.unwrap().object_osds(0).to_vec();
+    // Two of the three replicas' OSDs go down, so repair leaves their
+    // records alone while the test looks.
+    for o in &r[..2] {
+        cl.osds[(o.0 - 1) as usize].shutdown();
+    }
+    let t = std::time::Instant::now();
+    loop {
+        match mds_call(&admin, MdsReq::Status).await.unwrap() {
+            MdsResp::Status(s) if s.osds.iter().filter(|o| r[..2].contains(&o.id) && o.state == OsdState::Down).count() == 2 => break,
+            _ => assert!(t.elapsed() < Duration::from_secs(20), "the OSDs are not seen down"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stale = |osds: &[aifs_common::OsdId]| MdsReq::Degraded { ino: f.ino, objs: osds.iter().map(|&osd| Degraded { index: 0, osd }).collect() };
+    let listed = |req| {
+        let admin = &admin;
+        async move {
+            match mds_call(admin, req).await.unwrap() {
+                MdsResp::DegradedList(l) => l.into_iter().map(|(i, d)| (i, d.osd)).collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    mds_call(&c, MdsReq::SessionHeartbeat { id: sid }).await.unwrap();
+    // not a writer of the file: no session with it open
+    assert!(matches!(mds_call(&other, stale(&r[..1])).await, Err(Error::NotPermitted(_))));
+    // every replica at once: refused, and nothing recorded
+    let got = mds_call(&c, stale(&r)).await;
+    assert!(matches!(got, Err(Error::Io(_))), "{got:?}");
+    assert_eq!(listed(MdsReq::DegradedList { ino: None }).await, vec![]);
+    mds_call(&c, stale(&r[..2])).await.unwrap();
+    // the last healthy replica
+    assert!(matches!(mds_call(&c, stale(&r[2..])).await, Err(Error::Io(_))));
+    let mut want = vec![(f.ino, r[0]), (f.ino, r[1])];
+    want.sort_by_key(|w| w.1 .0);
+    assert_eq!(listed(MdsReq::DegradedList { ino: Some(f.ino) }).await, want);
+    assert!(matches!(mds_call(&c, MdsReq::DegradedList { ino: None }).await, Err(Error::Unauthorized(_))));
+    assert!(matches!(mds_call(&c, MdsReq::ClearDegraded { ino: f.ino, index: None, osd: None }).await, Err(Error::Unauthorized(_))));
+    // the admin forgets one record, then the rest
+    assert_eq!(listed(MdsReq::ClearDegraded { ino: f.ino, index: None, osd: Some(r[0]) }).await, vec![(f.ino, r[0])]);
+    assert_eq!(listed(MdsReq::DegradedList { ino: None }).await, vec![(f.ino, r[1])]);
+    assert_eq!(listed(MdsReq::ClearDegraded { ino: f.ino, index: Some(0), osd: None }).await, vec![(f.ino, r[1])]);
+    assert_eq!(listed(MdsReq::DegradedList { ino: None }).await, vec![]);
+}

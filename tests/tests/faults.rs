@@ -496,6 +496,10 @@ fn a_replica_degraded_by_one_writer_is_not_read_by_another_that_has_the_file_ope
     wa.write_all_at(&new, 0).unwrap();
     wa.sync_all().unwrap();
     assert!(cl.degraded().unwrap().0 > 0, "the replica that missed the write was not recorded");
+    // the operator sees which (its OSD is dead: repair cannot take it yet)
+    let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "degraded", "ls", "/ckpt/shared.pt"]).unwrap()).unwrap();
+    let stale = v["stale"].as_array().unwrap();
+    assert!(stale.iter().any(|s| s["object"] == 0 && s["osd"] == victim), "mdsctl degraded ls: {v}");
     cl.start_osd(victim).unwrap();
     cl.wait_ready(Duration::from_secs(20)).unwrap();
     let mut got = vec![0u8; MIB];

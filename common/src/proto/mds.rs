@@ -360,9 +360,20 @@ pub enum MdsReq {
     /// A special file (`FileKind::special`): a FIFO, a socket, or (made by
     /// uid 0 only) a device node with its number `rdev`.
     Mknod { parent: InodeId, name: String, kind: FileKind, mode: u32, rdev: u32 },
+    /// Admin: the stale replicas recorded, of one file or of all (at most
+    /// `MAX_DEGRADED_LIST`).
+    DegradedList { ino: Option<InodeId> },
+    /// Admin: forget stale-replica records of a file (all, or those of one
+    /// object and/or one OSD), so that those replicas are read again. For
+    /// a replica known to hold the file's data after all (restored by
+    /// hand, or the last copy left when the healthy ones are lost).
+    ClearDegraded { ino: InodeId, index: Option<u32>, osd: Option<OsdId> },
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);
+
+/// Most stale replicas one `DegradedList` reply names.
+pub const MAX_DEGRADED_LIST: usize = 10_000;
 
 impl MdsReq {
     /// Applying this request twice differs from applying it once (a
@@ -530,6 +541,9 @@ pub enum MdsResp {
     RevokeDone { connections: u32, sessions: u32 },
     /// `Revoked`.
     Revoked(Vec<Revocation>),
+    /// `DegradedList`, `ClearDegraded`: stale replicas (listed, or no
+    /// longer recorded).
+    DegradedList(Vec<(InodeId, Degraded)>),
     // New variants go last: the order is the wire's discriminant.
 }
 

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod cert;
+mod degraded;
 
 #[derive(Parser)]
 #[command(name = "mdsctl", version, about = "Administer an aifs cluster")]
@@ -104,6 +105,11 @@ enum Cmd {
     },
     /// Show which client sessions hold which lease on a file or directory.
     Leases { path: PathBuf },
+    /// Stale object replicas: list them, or forget their records.
+    Degraded {
+        #[command(subcommand)]
+        cmd: degraded::DegradedCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -469,6 +475,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 std::process::exit(if r.repair && r.fixed == problems { 1 } else { 4 });
             }
         }
+        Cmd::Degraded { cmd } => cmd.run(&admin, args.json).await?,
         Cmd::Leases { path } => {
             let (p, attr) = admin.resolve(&path).await?;
             let leases = match admin.call(&MdsReq::Leases { ino: attr.ino }).await? {
