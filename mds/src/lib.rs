@@ -159,6 +159,13 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
             if n.is_multiple_of(4) {
                 tick_svc.purge().await;
             }
+            if n.is_multiple_of(120) && !tick_cluster.in_grace() {
+                match tick_svc.ns.drop_reservations(|o| !tick_cluster.sessions_of(o).is_empty()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(numbers = n, "inode numbers reserved by clients that are gone released"),
+                    Err(e) => e.log("releasing reserved inode numbers failed"),
+                }
+            }
             if n.is_multiple_of(120) {
                 for s in &tick_svc.ns.shards {
                     if let Err(e) = crate::once::sweep(s).await {

@@ -24,16 +24,16 @@
 //! first, and the private helpers below them work on numbers.
 use crate::cluster::Cluster;
 use crate::once::{self, Once, Outcome};
-use crate::records::{GcJob, InodeRec, Intent, Step};
+use crate::records::{GcJob, InodeRec, Intent, Reservation, Step};
 use crate::store::{
     add_gc, get_inode, next_counter, put_inode, IoResult, ShardStore, COOKIES, DEGRADED, DENTRIES, GC, INODES, INTENTS, INTENT_DONE, META,
-    ORPHANS, XATTRS,
+    ORPHANS, RESERVED, XATTRS,
 };
 use aifs_common::ids::{mix, InodeId};
 use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, ReqId, SetAttr, TimeSet, MAX_DEGRADED_LIST, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use aifs_common::perm::{self, Cred};
 use aifs_common::time::now_ns;
-use aifs_common::{Error, Layout, LayoutPolicy, OsdId, Result};
+use aifs_common::{Error, Layout, LayoutPolicy, OsdId, Owner, Result};
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use std::sync::Arc;
 
@@ -387,35 +387,44 @@ fn add_entry(txn: &WriteTransaction, mut p: InodeRec, parent: u64, name: &str, i
 
 /// Apply one `DirOp::Create` in the parent shard's transaction. The inode
 /// number must have been reserved there and not used yet.
-fn create_reserved(txn: &WriteTransaction, op: &DirOp, now: i64) -> Result<()> {
+/// A file made under a directory's write lease (`DirOp::Create`) by a
+/// client under certificate `owner`: its number must be one reserved for
+/// that certificate, and its layout the one reserved with it.
+fn create_reserved(txn: &WriteTransaction, op: &DirOp, now: i64, owner: Owner) -> Result<()> {
     let DirOp::Create { parent, name, ino, layout, mode, cred, time_ns, .. } = op else {
         return Err(Error::InvalidArgument("not a create".into()));
     };
     let (parent, ino) = (parent.0, ino.0);
     check_name(name)?;
-    layout.validate()?;
     if shard_of(ino) != shard_of(parent) {
         return Err(Error::InvalidArgument(format!("inode {ino:#x} is not of the directory's shard")));
     }
-    let next = txn.open_table(META).io()?.get("next_seq").io()?.map(|v| v.value()).unwrap_or(0);
-    if InodeId(ino).seq() >= next {
-        return Err(Error::InvalidArgument(format!("inode {ino:#x} was never reserved")));
+    if let Some(v) = txn.open_table(DENTRIES).io()?.get((parent, name.as_str())).io()? {
+        // Already applied (a retry after a lost reply), or a clash.
+        return if v.value().0 == ino { Ok(()) } else { Err(Error::Exists) };
+    }
+    let r = match txn.open_table(RESERVED).io()?.get(ino).io()? {
+        Some(v) => Reservation::decode(v.value())?,
+        None => return Err(Error::InvalidArgument(format!("inode {ino:#x} is not reserved (never, or used already)"))),
+    };
+    if r.owner != owner.0 {
+        return Err(Error::NotPermitted(format!("inode {ino:#x} is reserved for another client")));
+    }
+    if r.layout != *layout {
+        return Err(Error::InvalidArgument(format!("inode {ino:#x} was reserved with another layout")));
     }
     let p = get_inode(&txn.open_table(INODES).io()?, parent)?;
     if p.kind != FileKind::Dir {
         return Err(Error::NotDir);
     }
     perm::access(p.perms(), cred, perm::X)?;
-    if let Some(v) = txn.open_table(DENTRIES).io()?.get((parent, name.as_str())).io()? {
-        // Already applied (a retry after a lost reply), or a clash.
-        return if v.value().0 == ino { Ok(()) } else { Err(Error::Exists) };
-    }
     if txn.open_table(INODES).io()?.get(ino).io()?.is_some() {
         return Err(Error::Exists);
     }
     perm::may_create(p.perms(), cred)?;
     let (uid, gid, mode) = perm::new_owner(p.perms(), cred, FileKind::File, *mode);
     let rec = file_rec(mode, uid, gid, parent, layout.clone(), *time_ns);
+    txn.open_table(RESERVED).io()?.remove(ino).io()?;
     add_entry(txn, p, parent, name, ino, &rec, now)
 }
 
@@ -531,6 +540,39 @@ impl Namespace {
                 Ok(())
             })
             .await
+    }
+
+    /// Forget the inode numbers reserved for certificates no client uses
+    /// any more (`live` is false for them): numbers a client took and then
+    /// dropped (its directory lease recalled) or never used before it went.
+    pub async fn drop_reservations(&self, live: impl Fn(Owner) -> bool) -> Result<usize> {
+        let mut n = 0;
+        for s in &self.shards {
+            let rows = s
+                .read(|t| {
+                    let mut v = Vec::new();
+                    for r in t.open_table(RESERVED).io()?.iter().io()? {
+                        let (k, val) = r.io()?;
+                        v.push((k.value(), Reservation::decode(val.value()).map(|r| Owner(r.owner)).ok()));
+                    }
+                    Ok(v)
+                })
+                .await?;
+            let gone: Vec<u64> = rows.into_iter().filter(|(_, o)| !o.is_some_and(&live)).map(|(ino, _)| ino).collect();
+            if gone.is_empty() {
+                continue;
+            }
+            n += gone.len();
+            s.mutate(move |txn| {
+                let mut t = txn.open_table(RESERVED).io()?;
+                for ino in &gone {
+                    t.remove(ino).io()?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(n)
     }
 
     /// Stale replicas recorded: of `ino`, or of every file (the first
@@ -819,7 +861,7 @@ impl Namespace {
     /// Reserve `count` inode numbers in `dir`'s shard for files a client
     /// will make there under the directory's write lease, each with the
     /// layout it gets from the directory's default.
-    pub async fn reserve(&self, dir: InodeId, count: u32) -> Result<Vec<(InodeId, Layout)>> {
+    pub async fn reserve(&self, dir: InodeId, count: u32, owner: Owner) -> Result<Vec<(InodeId, Layout)>> {
         let dir = dir.0;
         let count = count.clamp(1, MAX_RESERVE) as u64;
         let up = self.cluster.placeable_osds();
@@ -835,10 +877,13 @@ impl Namespace {
                 let mut meta = txn.open_table(META).io()?;
                 let first = next_counter(&mut meta, "next_seq", if sid == 0 { 2 } else { 1 })?;
                 meta.insert("next_seq", first + count).io()?;
+                let mut reserved = txn.open_table(RESERVED).io()?;
                 (first..first + count)
                     .map(|seq| {
                         let ino = InodeId::new(sid, seq).0;
-                        Ok((InodeId(ino), choose_layout(policy, &up, ino)?))
+                        let layout = choose_layout(policy, &up, ino)?;
+                        reserved.insert(ino, Reservation { owner: owner.0, layout: layout.clone() }.encode()?.as_slice()).io()?;
+                        Ok((InodeId(ino), layout))
                     })
                     .collect()
             })
@@ -849,7 +894,7 @@ impl Namespace {
     /// order; one result each. Changes in one shard commit together; an
     /// unlink of a name whose inode lives on another shard runs on its own
     /// (two shards), between the commits of what comes before and after.
-    pub async fn apply(&self, ops: Vec<DirOp>) -> Vec<Result<()>> {
+    pub async fn apply(&self, ops: Vec<DirOp>, owner: Owner) -> Vec<Result<()>> {
         let n = ops.len();
         let mut out: Vec<Option<Result<()>>> = (0..n).map(|_| None).collect();
         let mut by_shard: std::collections::BTreeMap<u32, Vec<(usize, DirOp)>> = std::collections::BTreeMap::new();
@@ -886,7 +931,7 @@ impl Namespace {
                             let mut it = batch.iter().cloned();
                             for (i, op) in it.by_ref() {
                                 let r = match &op {
-                                    DirOp::Create { .. } => create_reserved(txn, &op, now),
+                                    DirOp::Create { .. } => create_reserved(txn, &op, now, owner),
                                     DirOp::Close { .. } => Ok(()),
                                     DirOp::Unlink { parent, name, ino, time_ns, cred } => {
                                         match check_name(name)

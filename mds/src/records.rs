@@ -104,6 +104,23 @@ impl GcJob {
     }
 }
 
+/// An inode number reserved for a client (`store::RESERVED`): only a create
+/// under the same certificate, with this layout, may use it.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct Reservation {
+    pub owner: [u8; 32],
+    pub layout: Layout,
+}
+
+impl Reservation {
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        Ok(encode_any(self)?.to_vec())
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        decode_stored(bytes)
+    }
+}
+
 /// An OSD the MDS has heard from, persisted so a restarted MDS knows it.
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 pub struct OsdRec {

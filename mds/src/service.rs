@@ -123,8 +123,8 @@ impl MdsService {
     /// `dir`'s write lease, granted to `h`: sent with inode numbers to
     /// create there. Without them (the reservation failed) the lease goes
     /// back at once; the client then creates through the MDS.
-    async fn writable(&self, h: &Holder, dir: InodeId) -> Option<Writable> {
-        match self.reserve(dir, RESERVE_BATCH).await {
+    async fn writable(&self, h: &Holder, dir: InodeId, owner: Owner) -> Option<Writable> {
+        match self.reserve(dir, RESERVE_BATCH, owner).await {
             Ok(reserved) => Some(Writable { dir, reserved }),
             Err(e) => {
                 tracing::warn!(%dir, error = %e, "no inode numbers reserved; directory write lease given back");
@@ -136,8 +136,8 @@ impl MdsService {
 
     /// Inode numbers for files to be made in `dir`, each with its layout
     /// and the capability to write it.
-    async fn reserve(&self, dir: InodeId, count: u32) -> Result<Vec<Reserved>> {
-        let v = self.ns.reserve(dir, count).await?;
+    async fn reserve(&self, dir: InodeId, count: u32, owner: Owner) -> Result<Vec<Reserved>> {
+        let v = self.ns.reserve(dir, count, owner).await?;
         Ok(v.into_iter().map(|(ino, layout)| Reserved { ino, layout, cap: self.caps.grant(ino, true) }).collect())
     }
 
@@ -294,7 +294,7 @@ impl MdsService {
                 // Nobody else looks at the directory: this client may go
                 // on making files there itself.
                 let writable = match c.created && cl.try_write_dir(&h, parent) {
-                    true => self.writable(&h, parent).await,
+                    true => self.writable(&h, parent, peer.owner).await,
                     false => None,
                 };
                 let cap = (a.kind == FileKind::File).then(|| self.caps.grant(a.ino, true));
@@ -318,7 +318,7 @@ impl MdsService {
                     *grant = h.granted();
                 }
                 let writable = match writable && same {
-                    true => self.writable(&h, a.ino).await,
+                    true => self.writable(&h, a.ino, peer.owner).await,
                     false => None,
                 };
                 self.changed(Some(a), &[parent], writable).await
@@ -759,7 +759,7 @@ impl MdsService {
             }
             MdsReq::Reserve { dir, count } => {
                 need(peer, &[Role::Client])?;
-                MdsResp::Reserved(self.reserve(dir, count).await?)
+                MdsResp::Reserved(self.reserve(dir, count, peer.owner).await?)
             }
             MdsReq::Apply { session, ops } => {
                 need(peer, &[Role::Client])?;
@@ -782,7 +782,7 @@ impl MdsService {
             Ok(s) => s,
             Err(e) => return MdsResp::Err(e.to_wire()),
         };
-        let results = self.ns.apply(ops.clone()).await;
+        let results = self.ns.apply(ops.clone(), peer.owner).await;
         let mut changes: Vec<(InodeId, Vec<String>)> = Vec::new();
         let mut unlinked = false;
         let mut purge = false;

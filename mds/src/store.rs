@@ -52,6 +52,12 @@ pub const INTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("intents")
 /// intent's shard, its id, the commit's number).
 pub const INTENT_DONE: TableDefinition<(u32, u64, u32), ()> = TableDefinition::new("intent_done");
 
+/// Inode numbers reserved for creates a client answers itself under a
+/// directory's write lease (`MdsReq::Reserve`) -> the reservation
+/// (records.rs): who holds it and the layout the file must have. Taken
+/// by the create that uses the number.
+pub const RESERVED: TableDefinition<u64, &[u8]> = TableDefinition::new("reserved");
+
 /// Most mutations folded into one commit.
 const MAX_BATCH: usize = 512;
 
@@ -192,6 +198,7 @@ impl ShardStore {
             t.open_table(OSDS).io()?;
             t.open_table(ORPHANS).io()?;
             t.open_table(DEGRADED).io()?;
+            t.open_table(RESERVED).io()?;
             t.open_table(REQUESTS).io()?;
             t.open_table(SESSIONS).io()?;
             t.open_table(INTENTS).io()?;

@@ -854,3 +854,56 @@ async fn stale_replicas_come_from_writers_and_one_healthy_copy_always_stays() {
     assert_eq!(listed(MdsReq::ClearDegraded { ino: f.ino, index: Some(0), osd: None }).await, vec![(f.ino, r[1])]);
     assert_eq!(listed(MdsReq::DegradedList { ino: None }).await, vec![]);
 }
+
+/// One change made under a directory's write lease, applied: its error.
+async fn apply(c: &RpcClient, op: aifs_common::proto::mds::DirOp) -> Option<Error> {
+    match mds_call(c, MdsReq::Apply { session: None, ops: vec![op] }).await.unwrap() {
+        MdsResp::Applied(v) => v[0].clone().map(|e| Error::from_wire(e.code, &e.msg)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Files made under a directory's write lease (`Apply`) use inode numbers
+/// the MDS reserved for that client's certificate, each with the layout
+/// reserved with it: no other unused number, no number another client
+/// holds, no layout of the client's choosing, no number used once already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_made_under_a_directory_lease_take_only_numbers_reserved_for_their_client() {
+    use aifs_common::proto::mds::{DirOp, Reserved};
+    let cl = TestCluster::start(3, 1).await.unwrap();
+    let a = cl.mds_client_of_node(Role::Client, "a").unwrap();
+    let b = cl.mds_client_of_node(Role::Client, "b").unwrap();
+    let d = attr(&a, mkdir(ROOT, "d")).await.unwrap();
+    let r: Vec<Reserved> = match mds_call(&a, MdsReq::Reserve { dir: d.ino, count: 4 }).await.unwrap() {
+        MdsResp::Reserved(v) => v,
+        other => panic!("{other:?}"),
+    };
+    let create = |ino: InodeId, name: &str, layout: aifs_common::Layout| DirOp::Create {
+        parent: d.ino,
+        name: name.into(),
+        ino,
+        layout,
+        mode: 0o644,
+        cred: Cred::root(),
+        time_ns: 0,
+        open: false,
+    };
+    // a number nobody reserved: the next the counter gives
+    let never = InodeId::new(d.ino.shard(), r[3].ino.seq() + 1);
+    assert!(matches!(apply(&a, create(never, "x0", r[0].layout.clone())).await, Some(Error::InvalidArgument(_))));
+    // a number reserved for another client
+    assert!(matches!(apply(&b, create(r[0].ino, "x1", r[0].layout.clone())).await, Some(Error::NotPermitted(_))));
+    // a layout other than the one reserved
+    let mut other = r[1].layout.clone();
+    other.osds.rotate_left(1);
+    assert!(matches!(apply(&a, create(r[1].ino, "x2", other)).await, Some(Error::InvalidArgument(_))));
+    // as reserved: made, and a retry of it is answered the same
+    assert_eq!(apply(&a, create(r[0].ino, "x3", r[0].layout.clone())).await, None);
+    assert_eq!(apply(&a, create(r[0].ino, "x3", r[0].layout.clone())).await, None);
+    // used once (its delete may still be pending): never again
+    mds_call(&a, MdsReq::Unlink { parent: d.ino, name: "x3".into() }).await.unwrap();
+    assert!(matches!(apply(&a, create(r[0].ino, "x4", r[0].layout.clone())).await, Some(Error::InvalidArgument(_))));
+    assert_eq!(names(&a, d.ino).await, Vec::<String>::new());
+    assert_eq!(apply(&a, create(r[1].ino, "x5", r[1].layout.clone())).await, None);
+    assert_eq!(names(&a, d.ino).await, vec!["x5".to_string()]);
+}
