@@ -154,6 +154,15 @@ impl Cluster {
         t.holders(ino).iter().any(|(s, k)| *s == session && (kind == LeaseKind::Read || *k != LeaseKind::Read))
     }
 
+    /// Does `h`'s session use `ino`: hold a lease on it, or have it open
+    /// (for writing, if `write`)? Anyone may, during the grace after a
+    /// restart, before sessions have said what they hold.
+    pub fn uses(&self, h: &Holder, ino: InodeId, write: bool) -> bool {
+        let kind = if write { LeaseKind::Write } else { LeaseKind::Read };
+        self.in_grace()
+            || h.granted().is_some_and(|s| self.holds(s, ino, kind) || self.open_rights(s, ino).is_some_and(|w| w || !write))
+    }
+
     /// Take `kind` on `ino` for `h` only if nobody else is in the way;
     /// recalls nobody. Never for a request without a session of its own.
     pub fn try_acquire(&self, h: &Holder, ino: InodeId, kind: LeaseKind) -> bool {

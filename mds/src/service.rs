@@ -449,6 +449,11 @@ impl MdsService {
             MdsReq::UpdateSize { ino, size, mtime_ns } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
+                // A writer publishes what it wrote; anyone else needs the
+                // right to write.
+                if !cl.uses(&h, ino, true) {
+                    self.may_open(&h, ino, true, cred).await?;
+                }
                 let a = ns.update_size(ino, size, mtime_ns).await?;
                 // Normally nobody else holds a lease while a writer does;
                 // a writer that lost its session may still flush.
@@ -745,11 +750,11 @@ impl MdsService {
             }
             MdsReq::Degraded { ino, objs } => {
                 need(peer, &[Role::Client])?;
-                // Only a writer of the file reports the replicas it missed.
-                let writer = cl.in_grace() || cl.holder(peer).granted().is_some_and(|s| cl.holds(s, ino, LeaseKind::Write) || cl.open_rights(s, ino) == Some(true));
-                if !writer {
-                    tracing::warn!(%ino, peer = %peer.addr, "degraded replicas reported by a client that does not write the file; refused");
-                    return Err(Error::NotPermitted("only a writer of the file reports its replicas degraded".into()));
+                // Only a client that uses the file reports its replicas: a
+                // writer those it missed, a reader those failing their crcs.
+                if !cl.uses(&cl.holder(peer), ino, false) {
+                    tracing::warn!(%ino, peer = %peer.addr, "degraded replicas reported by a client that does not use the file; refused");
+                    return Err(Error::NotPermitted("only a client with the file open reports its replicas degraded".into()));
                 }
                 tracing::warn!(%ino, ?objs, "object replicas degraded");
                 ns.mark_degraded(ino, objs.clone()).await?;

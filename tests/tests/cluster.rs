@@ -790,11 +790,11 @@ async fn a_session_holds_no_more_than_its_limits() {
     assert_eq!(cl.mds.ns.cluster.leases.lock().unwrap().touched(sid), 4);
 }
 
-/// Only a writer of a file reports its replicas stale, and never the last
+/// Only a client using a file reports its replicas stale, and never the last
 /// healthy replica of an object (a report that would leave none is
 /// refused whole). An admin lists the records and clears them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_replicas_come_from_writers_and_one_healthy_copy_always_stays() {
+async fn stale_replicas_come_from_users_of_the_file_and_one_healthy_copy_always_stays() {
     use aifs_common::proto::mds::{Degraded, OsdState};
     let cl = TestCluster::start_with(4, 1, |c| c.osd_timeout_ms = 1_000).await.unwrap();
     let c = cl.mds_client(Role::Client).unwrap();
@@ -834,7 +834,7 @@ async fn stale_replicas_come_from_writers_and_one_healthy_copy_always_stays() {
         }
     };
     mds_call(&c, MdsReq::SessionHeartbeat { id: sid }).await.unwrap();
-    // not a writer of the file: no session with it open
+    // a client that does not use the file: no session with it open
     assert!(matches!(mds_call(&other, stale(&r[..1])).await, Err(Error::NotPermitted(_))));
     // every replica at once: refused, and nothing recorded
     let got = mds_call(&c, stale(&r)).await;

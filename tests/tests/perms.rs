@@ -93,6 +93,9 @@ async fn the_mds_checks_modes_for_the_credentials_sent() {
     assert_eq!(prog.perm, 0o4755);
     let after = made(&c, &alice, MdsReq::UpdateSize { ino: prog.ino, size: 10, mtime_ns: 1 }).await;
     assert_eq!(after.perm, 0o755, "a write left setuid on");
+    // Publishing a size is for writers: bob may not grow alice's file.
+    assert!(denied(as_(&c, &bob, MdsReq::UpdateSize { ino: prog.ino, size: 1 << 30, mtime_ns: 2 }).await));
+    assert_eq!(made(&c, &alice, MdsReq::GetAttr { ino: prog.ino }).await.size, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
