@@ -43,6 +43,9 @@ pub enum Error {
     /// A session has as many files open as the MDS lets one have.
     #[error("too many open files: {0}")]
     TooManyOpen(String),
+    /// A session holds as many lock segments as the MDS lets one hold.
+    #[error("no locks available: {0}")]
+    NoLocks(String),
     // Storage (2xx)
     #[error("no space left: {0}")]
     NoSpace(String),
@@ -97,6 +100,7 @@ impl Error {
             Error::TooBig => 115,
             Error::WouldBlock(_) => 116,
             Error::TooManyOpen(_) => 117,
+            Error::NoLocks(_) => 118,
             Error::NoSpace(_) => 201,
             Error::Checksum(_) => 202,
             Error::Io(_) => 203,
@@ -115,6 +119,7 @@ impl Error {
             | Error::NotSupported(m)
             | Error::WouldBlock(m)
             | Error::TooManyOpen(m)
+            | Error::NoLocks(m)
             | Error::NoSpace(m)
             | Error::Checksum(m)
             | Error::Io(m)
@@ -150,6 +155,7 @@ impl Error {
             115 => Error::TooBig,
             116 => Error::WouldBlock(m),
             117 => Error::TooManyOpen(m),
+            118 => Error::NoLocks(m),
             201 => Error::NoSpace(m),
             202 => Error::Checksum(m),
             203 => Error::Io(m),
@@ -205,6 +211,7 @@ pub fn errno(e: &Error) -> i32 {
         Error::TooBig => libc::E2BIG,
         Error::WouldBlock(_) => libc::EAGAIN,
         Error::TooManyOpen(_) => libc::ENFILE,
+        Error::NoLocks(_) => libc::ENOLCK,
         Error::NoSpace(_) => libc::ENOSPC,
         Error::Checksum(_) => libc::EIO,
         Error::Io(_) => libc::EIO,
@@ -240,6 +247,7 @@ mod tests {
             Error::TooBig,
             Error::WouldBlock("x".into()),
             Error::TooManyOpen("x".into()),
+            Error::NoLocks("x".into()),
             Error::NoSpace("x".into()),
             Error::Checksum("x".into()),
             Error::Io("x".into()),

@@ -9,7 +9,9 @@
 //! overlap and either is a write lock. Setting a lock replaces the owner's
 //! own locks on that range, splitting them where the range cuts them, as
 //! POSIX says; unlocking a range is the same with nothing put back. A
-//! session that ends loses every lock it held.
+//! session that ends loses every lock it held. A session holds at most as
+//! many lock segments as its limit: a set, or an unlock that splits one,
+//! that would take it past is refused (`ENOLCK`), and leaves all as it was.
 use crate::ids::{InodeId, SessionId};
 use std::collections::HashMap;
 
@@ -37,9 +39,75 @@ impl Lock {
 #[derive(Default)]
 pub struct LockTable {
     by_ino: HashMap<InodeId, Vec<Lock>>,
+    /// Segments held per session.
+    counts: HashMap<SessionId, usize>,
+}
+
+/// Why a lock was not set.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Another owner's lock in the way.
+    Conflict(Lock),
+    /// The session would hold more segments than its limit.
+    TooMany,
+}
+
+/// `v` without `owner`'s locks on `[start, end]`: the parts outside the
+/// range stay, so a lock cut in the middle becomes two.
+fn cut(v: &[Lock], session: SessionId, owner: u64, start: u64, end: u64) -> Vec<Lock> {
+    let mut kept = Vec::with_capacity(v.len() + 1);
+    for l in v.iter().copied() {
+        if !l.same_owner(session, owner) || !l.overlaps(start, end) {
+            kept.push(l);
+            continue;
+        }
+        if l.start < start {
+            kept.push(Lock { end: start - 1, ..l });
+        }
+        if l.end > end {
+            kept.push(Lock { start: end + 1, ..l });
+        }
+    }
+    kept
 }
 
 impl LockTable {
+    /// Lock segments `session` holds.
+    pub fn count(&self, session: SessionId) -> usize {
+        self.counts.get(&session).copied().unwrap_or(0)
+    }
+
+    /// Make `v` the locks on `ino` if `session` then holds at most `max`.
+    fn store(&mut self, ino: InodeId, session: SessionId, v: Vec<Lock>, max: usize) -> Result<(), Refused> {
+        let mine = |v: &[Lock]| v.iter().filter(|l| l.session == session).count();
+        let before = self.by_ino.get(&ino).map(|o| mine(o)).unwrap_or(0);
+        let after = self.count(session) - before + mine(&v);
+        if after > max && mine(&v) > before {
+            return Err(Refused::TooMany);
+        }
+        // Other sessions' counts change only through `force`.
+        let mut delta: HashMap<SessionId, isize> = HashMap::new();
+        for l in self.by_ino.get(&ino).into_iter().flatten() {
+            *delta.entry(l.session).or_default() -= 1;
+        }
+        for l in &v {
+            *delta.entry(l.session).or_default() += 1;
+        }
+        for (s, d) in delta {
+            let n = self.counts.entry(s).or_default();
+            *n = n.saturating_add_signed(d);
+            if *n == 0 {
+                self.counts.remove(&s);
+            }
+        }
+        if v.is_empty() {
+            self.by_ino.remove(&ino);
+        } else {
+            self.by_ino.insert(ino, v);
+        }
+        Ok(())
+    }
+
     /// The first lock another owner holds that `want` conflicts with.
     pub fn conflict(&self, ino: InodeId, want: &Lock) -> Option<Lock> {
         self.by_ino.get(&ino)?.iter().copied().find(|l| {
@@ -49,12 +117,20 @@ impl LockTable {
 
     /// Take `lock`, or return the lock in the way.
     pub fn set(&mut self, ino: InodeId, lock: Lock) -> Result<(), Lock> {
+        self.set_within(ino, lock, usize::MAX).map_err(|r| match r {
+            Refused::Conflict(c) => c,
+            Refused::TooMany => unreachable!("no limit"),
+        })
+    }
+
+    /// Take `lock` if its session then holds at most `max` segments.
+    pub fn set_within(&mut self, ino: InodeId, lock: Lock, max: usize) -> Result<(), Refused> {
         if let Some(c) = self.conflict(ino, &lock) {
-            return Err(c);
+            return Err(Refused::Conflict(c));
         }
-        self.unlock(ino, lock.session, lock.owner, lock.start, lock.end);
-        self.by_ino.entry(ino).or_default().push(lock);
-        Ok(())
+        let mut v = cut(self.by_ino.get(&ino).map(Vec::as_slice).unwrap_or(&[]), lock.session, lock.owner, lock.start, lock.end);
+        v.push(lock);
+        self.store(ino, lock.session, v, max)
     }
 
     /// Record `lock` as held whatever this table has in its way: a copy
@@ -70,25 +146,15 @@ impl LockTable {
 
     /// Release the owner's locks on `[start, end]`.
     pub fn unlock(&mut self, ino: InodeId, session: SessionId, owner: u64, start: u64, end: u64) {
-        let Some(v) = self.by_ino.get_mut(&ino) else { return };
-        let mut kept = Vec::with_capacity(v.len() + 1);
-        for l in v.drain(..) {
-            if !l.same_owner(session, owner) || !l.overlaps(start, end) {
-                kept.push(l);
-                continue;
-            }
-            if l.start < start {
-                kept.push(Lock { end: start - 1, ..l });
-            }
-            if l.end > end {
-                kept.push(Lock { start: end + 1, ..l });
-            }
-        }
-        if kept.is_empty() {
-            self.by_ino.remove(&ino);
-        } else {
-            *v = kept;
-        }
+        let _ = self.unlock_within(ino, session, owner, start, end, usize::MAX);
+    }
+
+    /// `unlock`, refused if it splits a lock and the session would then
+    /// hold more than `max` segments.
+    pub fn unlock_within(&mut self, ino: InodeId, session: SessionId, owner: u64, start: u64, end: u64, max: usize) -> Result<(), Refused> {
+        let Some(v) = self.by_ino.get(&ino) else { return Ok(()) };
+        let kept = cut(v, session, owner, start, end);
+        self.store(ino, session, kept, max)
     }
 
     /// A session ended: every lock it held goes.
@@ -97,6 +163,7 @@ impl LockTable {
             v.retain(|l| l.session != session);
             !v.is_empty()
         });
+        self.counts.remove(&session);
     }
 
     pub fn held(&self, ino: InodeId) -> Vec<Lock> {
@@ -110,6 +177,7 @@ impl LockTable {
 
     pub fn clear(&mut self) {
         self.by_ino.clear();
+        self.counts.clear();
     }
 }
 
@@ -159,6 +227,34 @@ mod tests {
         assert_eq!(t.held(InodeId(7)), vec![lk(2, 1, 40, 59, true)]);
     }
 
+    #[test]
+    fn a_session_holds_no_more_segments_than_its_limit() {
+        let mut t = LockTable::default();
+        let s = SessionId(1);
+        for i in 0..3 {
+            t.set_within(InodeId(i), lk(1, 1, 0, 99, true), 4).unwrap();
+        }
+        t.set_within(InodeId(0), lk(1, 1, 200, 299, true), 4).unwrap();
+        assert_eq!(t.count(s), 4);
+        // a fifth segment, on any file: refused, nothing changed
+        assert_eq!(t.set_within(InodeId(3), lk(1, 1, 0, 9, true), 4), Err(Refused::TooMany));
+        // an unlock that splits one in two: refused too (ENOLCK)
+        assert_eq!(t.unlock_within(InodeId(1), s, 1, 40, 59, 4), Err(Refused::TooMany));
+        assert_eq!(t.held(InodeId(1)), vec![lk(1, 1, 0, 99, true)]);
+        // replacing a lock, or trimming one, takes nothing more
+        t.set_within(InodeId(1), lk(1, 1, 0, 99, false), 4).unwrap();
+        t.unlock_within(InodeId(1), s, 1, 0, 49, 4).unwrap();
+        assert_eq!(t.count(s), 4);
+        t.unlock_within(InodeId(2), s, 1, 0, u64::MAX, 4).unwrap();
+        assert_eq!(t.count(s), 3);
+        t.set_within(InodeId(3), lk(1, 1, 0, 9, true), 4).unwrap();
+        // other sessions are counted apart
+        t.set_within(InodeId(3), lk(2, 1, 10, 19, true), 4).unwrap();
+        assert_eq!((t.count(s), t.count(SessionId(2))), (4, 1));
+        t.drop_session(s);
+        assert_eq!((t.count(s), t.count(SessionId(2))), (0, 1));
+    }
+
     proptest! {
         /// Whatever is set and unlocked, no two owners ever hold
         /// conflicting locks, and each owner's locks never overlap.
@@ -168,10 +264,14 @@ mod tests {
             for (s, o, start, len, kind) in ops {
                 let end = start + len;
                 match kind {
-                    0 | 1 => { let _ = t.set(InodeId(0), lk(s, o, start, end, kind == 1)); }
-                    _ => t.unlock(InodeId(0), SessionId(s.into()), o, start, end),
+                    0 | 1 => { let _ = t.set_within(InodeId(0), lk(s, o, start, end, kind == 1), 6); }
+                    _ => { let _ = t.unlock_within(InodeId(0), SessionId(s.into()), o, start, end, 6); }
                 }
                 let h = t.held(InodeId(0));
+                for s in 0..3u64 {
+                    let n = h.iter().filter(|l| l.session == SessionId(s.into())).count();
+                    prop_assert_eq!(t.count(SessionId(s.into())), n, "counted segments differ from those held");
+                }
                 for (i, a) in h.iter().enumerate() {
                     for b in &h[i + 1..] {
                         if a.overlaps(b.start, b.end) {

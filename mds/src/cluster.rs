@@ -60,6 +60,15 @@ pub struct SessionLimits {
     /// client has): an open past this fails with ENFILE.
     #[serde(default = "default_max_open_files")]
     pub max_open_files: u32,
+    /// Byte-range lock segments held (a lock split by an unlock counts
+    /// twice): a lock, or an unlock that splits one, past this fails with
+    /// ENOLCK.
+    #[serde(default = "default_max_locks")]
+    pub max_locks: usize,
+}
+
+fn default_max_locks() -> usize {
+    100_000
 }
 
 /// About 20 MB of lease table for one session.
@@ -73,7 +82,7 @@ fn default_max_open_files() -> u32 {
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        SessionLimits { max_leases: default_max_leases(), max_open_files: default_max_open_files() }
+        SessionLimits { max_leases: default_max_leases(), max_open_files: default_max_open_files(), max_locks: default_max_locks() }
     }
 }
 

@@ -8,7 +8,7 @@ use crate::store::{IoResult, META, OSDS, SESSIONS};
 use redb::ReadableTable;
 use aifs_common::certs::Role;
 use crate::leases::Holder;
-use aifs_common::locks::Lock;
+use aifs_common::locks::{Lock, Refused};
 use aifs_common::lease::LeaseKind;
 use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, Reserved, ShardInfo, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
@@ -687,13 +687,19 @@ impl MdsService {
                     return Err(Error::Unavailable("no session to hold locks".into()));
                 };
                 let mut t = cl.locks.lock().map_err(|_| Error::Io("lock table poisoned".into()))?;
-                match kind {
-                    LockKind::Unlock => t.unlock(ino, session, owner, start, end),
-                    k => t
-                        .set(ino, Lock { session, owner, start, end, write: k == LockKind::Write, pid })
-                        .map_err(|c| Error::WouldBlock(format!("held by pid {} on another owner", c.pid)))?,
+                let max = cl.limits.max_locks;
+                let r = match kind {
+                    LockKind::Unlock => t.unlock_within(ino, session, owner, start, end, max),
+                    k => t.set_within(ino, Lock { session, owner, start, end, write: k == LockKind::Write, pid }, max),
+                };
+                match r {
+                    Ok(()) => MdsResp::Done,
+                    Err(Refused::Conflict(c)) => return Err(Error::WouldBlock(format!("held by pid {} on another owner", c.pid))),
+                    Err(Refused::TooMany) => {
+                        tracing::warn!(%session, held = t.count(session), "session at its limit of lock segments");
+                        return Err(Error::NoLocks(format!("{} lock segments held by this client (max_locks)", t.count(session))));
+                    }
                 }
-                MdsResp::Done
             }
             MdsReq::Accessed { ino } => {
                 need(peer, NS)?;

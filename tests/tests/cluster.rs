@@ -759,7 +759,7 @@ async fn a_holder_that_ignores_recalls_is_evicted_after_a_term() {
 async fn a_session_holds_no_more_than_its_limits() {
     use aifs_common::proto::mds::{MdsCall, MdsReply};
     use aifs_mds::cluster::SessionLimits;
-    let cl = TestCluster::start_with(1, 1, |m| m.session_limits = SessionLimits { max_leases: 4, max_open_files: 2 }).await.unwrap();
+    let cl = TestCluster::start_with(1, 1, |m| m.session_limits = SessionLimits { max_leases: 4, max_open_files: 2, max_locks: 3 }).await.unwrap();
     // files another client made, before this one holds anything
     for i in 0..2 {
         mds_call(&cl.mds_client(Role::Client).unwrap(), create(ROOT, &format!("other{i}"))).await.unwrap();
@@ -788,6 +788,17 @@ async fn a_session_holds_no_more_than_its_limits() {
     let other = attr(&c, MdsReq::Lookup { parent: ROOT, name: "other0".into() }).await.unwrap();
     assert_eq!(granted(MdsReq::GetAttr { ino: other.ino }).await, None, "a lease past the session's limit");
     assert_eq!(cl.mds.ns.cluster.leases.lock().unwrap().touched(sid), 4);
+    // three lock segments; a fourth, or an unlock that would split one, is ENOLCK
+    use aifs_common::proto::mds::LockKind;
+    let lock = |start: u64, end: u64, kind: LockKind| MdsReq::SetLock { ino: d, owner: 1, start, end, kind, pid: 7, session: Some(sid) };
+    for k in 0..3 {
+        mds_call(&c, lock(k * 100, k * 100 + 9, LockKind::Write)).await.unwrap();
+    }
+    assert!(matches!(mds_call(&c, lock(1000, 1009, LockKind::Write)).await, Err(Error::NoLocks(_))));
+    assert!(matches!(mds_call(&c, lock(3, 4, LockKind::Unlock)).await, Err(Error::NoLocks(_))));
+    assert_eq!(aifs_common::errno(&Error::NoLocks(String::new())), libc::ENOLCK);
+    mds_call(&c, lock(0, 9, LockKind::Unlock)).await.unwrap();
+    mds_call(&c, lock(1000, 1009, LockKind::Read)).await.unwrap();
 }
 
 /// Only a client using a file reports its replicas stale, and never the last
