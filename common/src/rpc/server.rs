@@ -7,7 +7,7 @@ use super::tls::peer_role;
 use crate::certs::Role;
 use crate::error::{Error, Result};
 use crate::ids::{Owner, SessionId};
-use crate::proto::frame::{read_header, read_payload, write_frame, Message};
+use crate::proto::frame::{read_header, read_payload, write_frame, Message, MAX_HEADER, MAX_PAYLOAD};
 use bytes::Bytes;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -141,6 +141,19 @@ async fn read_request<S: Service>(svc: &S, share: Option<&ConnBudget>, recv: &mu
     Ok((req, body, held))
 }
 
+/// The encoded reply, or, if it is larger than a frame may be, the error
+/// `TooBig` in its place: the peer learns at once that asking again is no
+/// use (a dropped stream would be retried).
+fn reply_frame<R: Message>(resp: R, payload: Vec<Bytes>, error: fn(Error) -> R) -> Result<(rkyv::util::AlignedVec, Vec<Bytes>)> {
+    let header = resp.encode()?;
+    let bytes: u64 = payload.iter().map(|p| p.len() as u64).sum();
+    if header.len() <= MAX_HEADER as usize && bytes <= MAX_PAYLOAD {
+        return Ok((header, payload));
+    }
+    tracing::warn!(header = header.len(), payload = bytes, "reply larger than a frame; answered with E2BIG");
+    Ok((error(Error::TooBig).encode()?, Vec::new()))
+}
+
 async fn serve_stream<S: Service>(
     svc: Arc<S>,
     peer: Arc<Peer>,
@@ -160,8 +173,8 @@ async fn serve_stream<S: Service>(
             (S::error(e), Vec::new())
         }
     };
-    let header = match resp.encode() {
-        Ok(h) => h,
+    let (header, payload) = match reply_frame(resp, payload, S::error) {
+        Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode response");
             let _ = send.reset(2u32.into());
@@ -173,4 +186,29 @@ async fn serve_stream<S: Service>(
         return;
     }
     let _ = send.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::mds::{DirEntry, FileKind, MdsResp};
+
+    /// A reply past the header limit (a listing of 20,000 long names) is
+    /// sent as an error that says so, never dropped.
+    #[test]
+    fn a_reply_too_big_for_a_frame_becomes_an_error() {
+        let entry = |i: u64| DirEntry { name: format!("{i:0>250}"), ino: crate::ids::InodeId(i), kind: FileKind::File, cookie: i };
+        let err = |e: Error| MdsResp::Err(e.to_wire());
+        let small = MdsResp::Dir { entries: (0..10).map(entry).collect(), eof: true, parent: crate::ids::InodeId(1) };
+        let (h, _) = reply_frame(small.clone(), vec![], err).unwrap();
+        assert_eq!(MdsResp::decode(&h).unwrap(), small);
+        let big = MdsResp::Dir { entries: (0..20_000).map(entry).collect(), eof: true, parent: crate::ids::InodeId(1) };
+        assert!(big.encode().unwrap().len() > MAX_HEADER as usize);
+        let (h, p) = reply_frame(big, vec![], err).unwrap();
+        assert!(p.is_empty());
+        match MdsResp::decode(&h).unwrap() {
+            MdsResp::Err(w) => assert!(matches!(Error::from_wire(w.code, &w.msg), Error::TooBig)),
+            other => panic!("{other:?}"),
+        }
+    }
 }
