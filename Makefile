@@ -4,16 +4,18 @@
 #   make mount   mount one more client of the running local cluster at $(MNT)
 #   make test    the whole test suite (FUSE tests need root and /dev/fuse)
 #   make bench   benchmarks against the local disk, one table
+#   make fuzz    random and mutated frames at the MDS and an OSD ($(FUZZ_FRAMES))
 MNT ?= /mnt/ai
 OSDS ?= 3
 DETACH ?= 0
 PREFIX ?= /usr/local
+FUZZ_FRAMES ?= 10000000
 export MNT OSDS DETACH
 
 CARGO ?= cargo
 TEST_FEATURES = --features aifs-tests/fuse_tests
 
-.PHONY: all build deps run stop mount test bench install clean
+.PHONY: all build deps run stop mount test bench fuzz install clean
 
 all: build
 
@@ -42,6 +44,10 @@ test: deps
 
 bench: deps build
 	@scripts/bench.sh
+
+fuzz: deps
+	$(CARGO) build --release -p aifs-tests --bin aifs-fuzz
+	target/release/aifs-fuzz --frames $(FUZZ_FRAMES)
 
 install: build
 	install -m 0755 target/release/aifs-mds target/release/aifs-osd target/release/aifs-mount target/release/mdsctl $(PREFIX)/bin/
