@@ -2,13 +2,13 @@
 //! on a blocking thread (STYLE.md §4), and the heartbeat loop to the MDS.
 use crate::config::{OsdConfig, OsdLimits};
 use crate::store::file::FileStore;
-use crate::store::ObjectStore;
+use crate::store::{range_of, ObjectStore, ReadOut};
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
 use aifs_common::cap::{self, Cap, Keyring};
 use aifs_common::proto::osd::{Needs, OsdCall, OsdReq, OsdResp, OsdStats};
 use aifs_common::rpc::{self, Budget, Identity, Peer, RpcClient, Service};
-use aifs_common::{Error, OsdId, Result};
+use aifs_common::{Error, ObjectId, OsdId, Result};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,12 +61,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// other connections too long.
 const INLINE_READ_MAX: u32 = 128 * 1024;
 
-async fn small_or_blocking<T: Send + 'static>(len: u32, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+/// A read of `len` bytes: on the worker itself if it is small and the
+/// object is free (`ObjectStore::read_now`; a worker never waits on an
+/// object's lock, which a long write or check may hold), else on a
+/// blocking thread.
+async fn read_object(store: &Arc<dyn ObjectStore>, obj: ObjectId, off: u64, len: u32) -> Result<ReadOut> {
     if len <= INLINE_READ_MAX {
-        f()
-    } else {
-        blocking(f).await
+        if let Some(r) = store.read_now(obj, off, len as u64) {
+            return r;
+        }
     }
+    let store = store.clone();
+    blocking(move || store.read(obj, off, len as u64)).await
 }
 
 impl OsdService {
@@ -118,13 +124,13 @@ impl OsdService {
                 Ok((OsdResp::Done, vec![]))
             }
             OsdReq::Read { obj, off, len } => {
-                let out = small_or_blocking(len, move || store.read(obj, off, len as u64)).await?;
+                let out = read_object(&store, obj, off, len).await?;
                 let n = self.served_read(&out.data)?;
                 let resp = OsdResp::Data { off: out.off, len: n, crcs: out.crcs, obj_size: out.obj_size };
                 Ok((resp, vec![out.data]))
             }
             OsdReq::ReadRange { obj, off, len } => {
-                let out = small_or_blocking(len, move || store.read_range(obj, off, len as u64)).await?;
+                let out = range_of(obj, read_object(&store, obj, off, len).await?, off, len as u64)?;
                 let n = self.served_read(&out.data)?;
                 Ok((OsdResp::Range { off, len: n, crc: out.crc, obj_size: out.obj_size }, vec![out.data]))
             }

@@ -30,6 +30,13 @@ impl Service for RecallService {
     }
 }
 impl ClientFs {
+    /// Serve recalls arriving on `conn`, a connection of its own rather
+    /// than one of the MDS pool's (the fuzzer's, acting as the MDS).
+    pub fn serve_recalls(self: &Arc<Self>, conn: quinn::Connection) {
+        let svc = Arc::new(RecallService { fs: Arc::downgrade(self) });
+        tokio::spawn(rpc::serve_conn(svc, Peer::new(Role::Mds, conn)));
+    }
+
     /// The MDS recalls or invalidates something this client caches.
     pub async fn on_recall(&self, req: RecallReq) -> Result<RecallResp> {
         match req {

@@ -58,13 +58,24 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// `Error::Checksum`), with the crc32c of just these bytes: a small read
     /// costs the wire its own length, not its blocks'.
     fn read_range(&self, obj: ObjectId, off: u64, len: u64) -> Result<RangeOut> {
-        let out = self.read(obj, off, len)?;
-        if block_crcs(out.off, &out.data) != out.crcs {
-            return Err(Error::Checksum(format!("object {obj}: a stored block around [{off}, +{len}) fails its crc")));
-        }
-        let skip = usize::try_from(off.saturating_sub(out.off)).unwrap_or(usize::MAX).min(out.data.len());
-        let end = skip.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)).min(out.data.len());
-        let data = out.data.slice(skip..end);
-        Ok(RangeOut { crc: crc32c::crc32c(&data), data, obj_size: out.obj_size })
+        range_of(obj, self.read(obj, off, len)?, off, len)
     }
+
+    /// `read`, if it can run without waiting for the object (a write,
+    /// truncate or check of it in progress): `None` if it would wait. For
+    /// callers on an async worker, which must never block on a lock.
+    fn read_now(&self, _obj: ObjectId, _off: u64, _len: u64) -> Option<Result<ReadOut>> {
+        None
+    }
+}
+
+/// `[off, off + len)` of what `read` gave (`ObjectStore::read_range`).
+pub fn range_of(obj: ObjectId, out: ReadOut, off: u64, len: u64) -> Result<RangeOut> {
+    if block_crcs(out.off, &out.data) != out.crcs {
+        return Err(Error::Checksum(format!("object {obj}: a stored block around [{off}, +{len}) fails its crc")));
+    }
+    let skip = usize::try_from(off.saturating_sub(out.off)).unwrap_or(usize::MAX).min(out.data.len());
+    let end = skip.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)).min(out.data.len());
+    let data = out.data.slice(skip..end);
+    Ok(RangeOut { crc: crc32c::crc32c(&data), data, obj_size: out.obj_size })
 }

@@ -1,6 +1,8 @@
 //! `make fuzz`: random frames, and frames mutated from real requests,
 //! thrown at the MDS and at an OSD of an in-process cluster (real QUIC,
-//! real mTLS, real stores on disk), under every certificate role. It
+//! real mTLS, real stores on disk), under every certificate role, and at
+//! a client's recall handler (a `ClientFs` of that cluster, with files
+//! open, serving recalls on a connection the fuzzer makes as the MDS). It
 //! checks that nothing panics, that both servers keep answering a
 //! well-formed request within a few seconds all along, and that the
 //! process's memory stays bounded; it prints a line a second and a summary.
@@ -82,6 +84,22 @@ fn mds_corpus() -> Result<Vec<Vec<u8>>> {
         MdsReq::DegradedList { ino: None },
     ];
     reqs.into_iter().map(|r| Ok(frame(&MdsCall::new(r, Cred::user(1000, 1000, vec![10, 20])).encode()?, &[]))).collect()
+}
+
+fn recall_corpus(inos: &[InodeId]) -> Result<Vec<Vec<u8>>> {
+    use aifs_common::proto::mds::{Degraded, RecallReq};
+    let mut out = Vec::new();
+    for &ino in inos {
+        for r in [
+            RecallReq::Invalidate { ino, names: vec!["a".into(), "f0".into()] },
+            RecallReq::Invalidate { ino, names: vec![] },
+            RecallReq::Revoke { ino },
+            RecallReq::Degraded { ino, objs: vec![Degraded { index: 0, osd: OsdId(1) }] },
+        ] {
+            out.push(frame(&r.encode()?, &[]));
+        }
+    }
+    Ok(out)
 }
 
 fn osd_corpus() -> Result<Vec<Vec<u8>>> {
@@ -209,13 +227,52 @@ async fn throw(t: Arc<Target>, ep: quinn::Endpoint, seed: u64, n: u64, k: usize,
 fn is_error_reply(reply: &[u8]) -> bool {
     let mut a = rkyv::util::AlignedVec::<16>::new();
     a.extend_from_slice(&reply[4..]);
-    matches!(MdsResp::decode(&a), Ok(MdsResp::Err(_))) || matches!(OsdResp::decode(&a), Ok(OsdResp::Err(_)))
+    use aifs_common::proto::mds::RecallResp;
+    matches!(MdsResp::decode(&a), Ok(MdsResp::Err(_)))
+        || matches!(OsdResp::decode(&a), Ok(OsdResp::Err(_)))
+        || matches!(RecallResp::decode(&a), Ok(RecallResp::Err(_)))
 }
 
 fn rss() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kb = s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
     kb.unwrap_or(0) * 1024
+}
+
+/// A client of `cl` with files open and written, serving recalls on every
+/// connection made to the returned address (under the MDS certificate):
+/// the client, the inodes it uses, the address.
+async fn recall_target(cl: &TestCluster) -> Result<(Arc<aifs_client::fs::ClientFs>, Vec<InodeId>, SocketAddr)> {
+    let dir = cl.dir.path();
+    let cfg = format!(
+        "mds = \"{}\"\nname = \"fuzz\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        cl.mds.addr,
+        dir.join("ca.pem").display(),
+        dir.join("client.pem").display(),
+        dir.join("client.key").display()
+    );
+    let path = dir.join("client-fuzz.toml");
+    std::fs::write(&path, cfg)?;
+    let cfg: aifs_client::config::ClientConfig = aifs_common::config::load(&path)?;
+    let fs = aifs_client::fs::ClientFs::connect(&cfg).await?;
+    let mut inos = vec![InodeId::ROOT];
+    for i in 0..3 {
+        let o = fs.create(InodeId::ROOT, &format!("f{i}"), 0o644, false, false).await?;
+        fs.write(o.fh, 0, bytes::Bytes::from(vec![i as u8; 100_000])).await?;
+        inos.push(o.attr.ino);
+    }
+    let id = Identity::load(&TlsConfig::in_dir(dir, "client"))?;
+    let ep = rpc::server_endpoint("127.0.0.1:0".parse()?, &id, &TransportConfig::default(), Arc::default())?;
+    let addr = ep.local_addr()?;
+    let serving = fs.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = ep.accept().await {
+            if let Ok(conn) = incoming.await {
+                serving.serve_recalls(conn);
+            }
+        }
+    });
+    Ok((fs, inos, addr))
 }
 
 /// Both servers answer a well-formed request within `HEALTH_DEADLINE`.
@@ -265,6 +322,12 @@ async fn run(frames: u64, seed: u64, streams: usize) -> Result<()> {
     let mds = cl.mds_client(Role::Admin)?;
     let osd = RpcClient::new(rpc::client_endpoint(&Identity::load(&aifs_tests::tls(dir, Role::Admin))?, &TransportConfig::default())?, cl.osds[0].addr, Role::Osd);
     healthy(&mds, &osd).await?;
+    let (fs, inos, recall_addr) = recall_target(&cl).await?;
+    let targets = [
+        targets[0].clone(),
+        targets[1].clone(),
+        Arc::new(Target { name: "recall", addr: recall_addr, server: Role::Client, corpus: recall_corpus(&inos)? }),
+    ];
     let rss0 = rss();
     let tallies: Vec<Arc<Tally>> = targets.iter().map(|_| Arc::new(Tally::default())).collect();
     let per = frames / (targets.len() * certs.len()) as u64;
@@ -284,6 +347,9 @@ async fn run(frames: u64, seed: u64, streams: usize) -> Result<()> {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         slowest = slowest.max(healthy(&mds, &osd).await?);
+        if let Err(e) = tokio::time::timeout(HEALTH_DEADLINE, fs.getattr(inos[1])).await.map_err(|_| aifs_common::Error::Io("timed out".into())).and_then(|r| r) {
+            bail!("the client stopped answering: {e}");
+        }
         peak = peak.max(rss());
         let sent: u64 = tallies.iter().map(|t| t.sent.load(Ordering::Relaxed)).sum();
         let secs = start.elapsed().as_secs_f64();
