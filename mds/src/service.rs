@@ -770,6 +770,10 @@ impl MdsService {
             }
             MdsReq::Reserve { dir, count } => {
                 need(peer, &[Role::Client])?;
+                // Numbers are for creates under the directory's write lease.
+                if !cl.holder(peer).granted().is_some_and(|s| cl.holds(s, dir, LeaseKind::Write)) {
+                    return Err(Error::NotPermitted("inode numbers are reserved for the holder of the directory's write lease".into()));
+                }
                 MdsResp::Reserved(self.reserve(dir, count, peer.owner).await?)
             }
             MdsReq::Apply { session, ops } => {

@@ -884,11 +884,15 @@ async fn files_made_under_a_directory_lease_take_only_numbers_reserved_for_their
     let cl = TestCluster::start(3, 1).await.unwrap();
     let a = cl.mds_client_of_node(Role::Client, "a").unwrap();
     let b = cl.mds_client_of_node(Role::Client, "b").unwrap();
+    // a makes the directory, and so holds its write lease
+    mds_call(&a, MdsReq::OpenSession { name: "a".into(), dir_leases: true, previous: None, open: vec![], locks: vec![] }).await.unwrap();
     let d = attr(&a, mkdir(ROOT, "d")).await.unwrap();
     let r: Vec<Reserved> = match mds_call(&a, MdsReq::Reserve { dir: d.ino, count: 4 }).await.unwrap() {
         MdsResp::Reserved(v) => v,
         other => panic!("{other:?}"),
     };
+    // numbers are for the holder of the directory's write lease alone
+    assert!(matches!(mds_call(&b, MdsReq::Reserve { dir: d.ino, count: 4 }).await, Err(Error::NotPermitted(_))));
     let create = |ino: InodeId, name: &str, layout: aifs_common::Layout| DirOp::Create {
         parent: d.ino,
         name: name.into(),
