@@ -7,7 +7,7 @@
 //! thread wake-ups, more than the work itself.
 use crate::cred::Caller;
 use crate::fs::{ClientFs, KernelCache, Opened};
-use aifs_common::proto::mds::{Attr, FileKind, LockKind, SetAttr, TimeSet, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
+use aifs_common::proto::mds::{Attr, FileKind, LockKind, SetAttr, TimeSet, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use aifs_common::{errno, Error, InodeId};
 use bytes::Bytes;
 use fuser::{
@@ -316,7 +316,10 @@ impl Filesystem for AifsFuse {
         if flags.contains(RenameFlags::RENAME_NOREPLACE) {
             f |= RENAME_NOREPLACE;
         }
-        if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            f |= RENAME_EXCHANGE;
+        }
+        if !(flags - RenameFlags::RENAME_NOREPLACE - RenameFlags::RENAME_EXCHANGE).is_empty() || f == RENAME_NOREPLACE | RENAME_EXCHANGE {
             return reply.error(Errno::EINVAL);
         }
         let fs = self.fs.clone();

@@ -30,7 +30,7 @@ use crate::store::{
     ORPHANS, RESERVED, XATTRS,
 };
 use aifs_common::ids::{mix, InodeId};
-use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, ReqId, SetAttr, TimeSet, MAX_DEGRADED_LIST, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
+use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, ReqId, SetAttr, TimeSet, MAX_DEGRADED_LIST, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use aifs_common::perm::{self, Cred};
 use aifs_common::time::now_ns;
 use aifs_common::{Error, Layout, LayoutPolicy, OsdId, Owner, Result};
@@ -1393,6 +1393,9 @@ impl Namespace {
             return Ok((moved, (replaced != 0).then_some(replaced)));
         }
         let rid = once.rid;
+        if flags == RENAME_EXCHANGE {
+            return self.exchange(parent, name, newparent, newname, cred, rid).await;
+        }
         if flags & !RENAME_NOREPLACE != 0 {
             return Err(Error::InvalidArgument(format!("rename flags {flags:#x} not supported")));
         }
@@ -1470,6 +1473,53 @@ impl Namespace {
         let replaced = target.map(|t| t.0);
         self.run_steps(steps, rid, (ino, replaced.unwrap_or(0))).await?;
         Ok((ino, replaced))
+    }
+
+    /// `renameat2(RENAME_EXCHANGE)`: `parent/name` and `newparent/newname`
+    /// swap inodes, atomically, over shards too (one intent). Each move is
+    /// checked as a rename replacing the other; a directory that changes
+    /// parent takes its subdirectory link along.
+    async fn exchange(&self, parent: u64, name: &str, newparent: u64, newname: &str, cred: &Cred, rid: Option<ReqId>) -> Result<(u64, Option<u64>)> {
+        let _g = self.topo.write().await;
+        let (a, akind) = self.entry_as(parent, name, Some(cred)).await?;
+        let (b, bkind) = self.entry_as(newparent, newname, Some(cred)).await?;
+        if a == b {
+            return Ok((a, None));
+        }
+        let (a_dir, b_dir) = (akind == FileKind::Dir, bkind == FileKind::Dir);
+        let np = self.inode(newparent).await?;
+        self.may_rename(parent, a, newparent, &np, Some(b), cred).await?;
+        if parent != newparent {
+            if b_dir {
+                perm::access(self.inode(b).await?.perms(), cred, perm::W)?;
+            }
+            if (a_dir && self.is_within(newparent, a).await?) || (b_dir && self.is_within(parent, b).await?) {
+                return Err(Error::InvalidArgument("cannot move a directory into itself".into()));
+            }
+        }
+        // Subdirectory links that cross: +1 where a directory arrives in
+        // place of a file, -1 where it leaves one.
+        let crossing = if parent == newparent { 0 } else { a_dir as i64 - b_dir as i64 };
+        let room = |d: &InodeRec, delta: i64| delta <= 0 || d.nlink < LINK_MAX;
+        if !room(&np, crossing) || !room(&self.inode(parent).await?, -crossing) {
+            return Err(Error::TooManyLinks);
+        }
+        // Non-directories hold an extra link while the swap is under way
+        // (a crash between shards' commits leaves a leak, never a freed
+        // inode that a name still points to, as in rename).
+        let files: Vec<u64> = [(a, a_dir), (b, b_dir)].iter().filter(|(_, d)| !d).map(|(i, _)| *i).collect();
+        let mut steps: Vec<Step> = files.iter().map(|&ino| Step::AddLink { ino }).collect();
+        steps.push(Step::InsertEntry { dir: newparent, name: newname.to_string(), ino: a, kind: akind, dir_delta: (0, crossing) });
+        steps.push(Step::InsertEntry { dir: parent, name: name.to_string(), ino: b, kind: bkind, dir_delta: (0, -crossing) });
+        if a_dir {
+            steps.push(Step::SetParent { ino: a, parent: newparent });
+        }
+        if b_dir {
+            steps.push(Step::SetParent { ino: b, parent });
+        }
+        steps.extend(files.iter().map(|&ino| Step::DropLink { ino }));
+        self.run_steps(steps, rid, (a, b)).await?;
+        Ok((a, Some(b)))
     }
 
     /// setattr; returns the new attributes and, for a shrinking truncate,

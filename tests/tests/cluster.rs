@@ -4,7 +4,7 @@
 use aifs_common::certs::Role;
 use aifs_common::config::{TlsConfig, TransportConfig};
 use aifs_common::ids::InodeId;
-use aifs_common::proto::mds::{Attr, FileKind, MdsReq, MdsResp, SetAttr, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
+use aifs_common::proto::mds::{Attr, FileKind, MdsReq, MdsResp, SetAttr, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use aifs_common::cap::Cap;
 use aifs_common::proto::osd::{block_crcs, OsdCall, OsdReq, OsdResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
@@ -163,6 +163,39 @@ async fn namespace_operations_and_their_errors() {
     assert_eq!(attr(&c, MdsReq::Lookup { parent: d.ino, name: "empty2".into() }).await.unwrap().ino, empty.ino);
     mds_call(&c, MdsReq::Rmdir { parent: d.ino, name: "empty2".into() }).await.unwrap();
     assert_eq!(attr(&c, MdsReq::GetAttr { ino: empty.ino }).await, Err(Error::NotFound));
+
+    // exchange: two names swap inodes, across directories on two shards
+    let lookup = |p: InodeId, n: &str| attr(&c, MdsReq::Lookup { parent: p, name: n.into() });
+    let mut far = String::new();
+    for i in 0..64 {
+        far = format!("far{i}");
+        if attr(&c, mkdir(ROOT, &far)).await.unwrap().ino.shard() != ROOT.shard() {
+            break;
+        }
+    }
+    let fd = attr(&c, MdsReq::Lookup { parent: ROOT, name: far.clone() }).await.unwrap();
+    let x = attr(&c, create(ROOT, "x")).await.unwrap();
+    let y = attr(&c, create(fd.ino, "y")).await.unwrap();
+    assert_ne!(x.ino.shard(), y.ino.shard(), "the swap crosses shards");
+    assert_eq!(mds_call(&c, rn(ROOT, "x", fd.ino, "absent", RENAME_EXCHANGE)).await, Err(Error::NotFound));
+    assert!(matches!(mds_call(&c, rn(ROOT, "x", fd.ino, "y", RENAME_EXCHANGE | RENAME_NOREPLACE)).await, Err(Error::InvalidArgument(_))));
+    mds_call(&c, rn(ROOT, "x", fd.ino, "y", RENAME_EXCHANGE)).await.unwrap();
+    assert_eq!((lookup(ROOT, "x").await.unwrap().ino, lookup(fd.ino, "y").await.unwrap().ino), (y.ino, x.ino));
+    assert_eq!((lookup(ROOT, "x").await.unwrap().nlink, lookup(fd.ino, "y").await.unwrap().nlink), (1, 1), "no link gained or lost");
+    // a directory swapped with a file: its link moves with it, and its `..`
+    let xd = attr(&c, mkdir(ROOT, "xd")).await.unwrap();
+    let c = &c;
+    let links = |i: InodeId| async move { attr(c, MdsReq::GetAttr { ino: i }).await.unwrap().nlink };
+    let (root_links, fd_links) = (links(ROOT).await, links(fd.ino).await);
+    mds_call(&c, rn(ROOT, "xd", fd.ino, "y", RENAME_EXCHANGE)).await.unwrap();
+    assert_eq!((links(ROOT).await, links(fd.ino).await), (root_links - 1, fd_links + 1));
+    assert_eq!((lookup(ROOT, "xd").await.unwrap().ino, lookup(fd.ino, "y").await.unwrap().ino), (x.ino, xd.ino));
+    match mds_call(&c, MdsReq::Readdir { ino: xd.ino, cookie: 0, max: 4 }).await.unwrap() {
+        MdsResp::Dir { parent, .. } => assert_eq!(parent, fd.ino),
+        other => panic!("{other:?}"),
+    }
+    // a directory never lands inside itself
+    assert!(matches!(mds_call(&c, rn(ROOT, &far, fd.ino, "y", RENAME_EXCHANGE)).await, Err(Error::InvalidArgument(_))));
 
     // symlink, readlink
     let s = attr(&c, MdsReq::Symlink { parent: ROOT, name: "s".into(), target: "d/g".into() }).await.unwrap();

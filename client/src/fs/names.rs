@@ -2,6 +2,7 @@
 //! renames, listings, xattrs, and the changes made under directories'
 //! write leases on their way to the MDS (dirops.rs).
 use super::*;
+use aifs_common::proto::mds::RENAME_EXCHANGE;
 
 impl ClientFs {
     /// Send the changes made under directory leases, a batch at a time
@@ -411,10 +412,13 @@ impl ClientFs {
         let snap = self.meta.snap();
         let r = self.change(snap, req, "Rename").await;
         let ok = r.is_ok();
-        self.meta.local_entry(snap, parent, name, None, !ok);
+        // An exchange leaves the other inode at the old name.
+        let left = if flags & RENAME_EXCHANGE != 0 { replaced } else { None };
+        self.meta.local_entry(snap, parent, name, left, !ok || (left.is_none() && flags & RENAME_EXCHANGE != 0));
         self.meta.local_entry(snap, newparent, newname, moved, !ok || moved.is_none());
         for ino in [moved, replaced].into_iter().flatten() {
-            // A moved directory's `..` changed; a replaced inode lost a link.
+            // A moved directory's `..` changed; a replaced inode lost a
+            // link (or, exchanged, its name and perhaps its `..`).
             self.meta.drop_ino(ino);
         }
         r.map(|_| ())

@@ -260,6 +260,8 @@ pub struct RepairInfo {
 
 /// `renameat2` flag: fail with EEXIST instead of replacing the target.
 pub const RENAME_NOREPLACE: u32 = 1;
+/// `renameat2` flag: swap the two names, which must both exist.
+pub const RENAME_EXCHANGE: u32 = 2;
 /// `setxattr` flags.
 pub const XATTR_CREATE: u32 = 1;
 pub const XATTR_REPLACE: u32 = 2;
