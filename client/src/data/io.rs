@@ -13,11 +13,19 @@ use bytes::{Bytes, BytesMut};
 /// refused it. `caps`: the file's capability.
 pub async fn write_object(ctx: &DataCtx, caps: &CapSlot, layout: &Layout, index: u32, obj_off: u64, data: Bytes, stale: &[OsdId]) -> Result<Vec<OsdId>> {
     let obj = ObjectId { ino: caps.ino, index };
-    let pool = &ctx.pool;
     let len = u32::try_from(data.len()).map_err(|_| Error::InvalidArgument("write too large".into()))?;
     let d = data.clone();
     let crcs = crc_work(d.len(), move || block_crcs(obj_off, &d)).await?;
-    let req = caps.request(ctx, OsdReq::Write { obj, off: obj_off, len, crcs }).await?;
+    let req = OsdReq::Write { obj, off: obj_off, len, crcs };
+    to_replicas(ctx, caps, layout, index, req, data, stale).await
+}
+
+/// Send a change of object `index` (`req`, with `payload`) to each of its
+/// replicas not in `stale`, all at once; as `write_object`.
+pub async fn to_replicas(ctx: &DataCtx, caps: &CapSlot, layout: &Layout, index: u32, req: OsdReq, payload: Bytes, stale: &[OsdId]) -> Result<Vec<OsdId>> {
+    let obj = ObjectId { ino: caps.ino, index };
+    let pool = &ctx.pool;
+    let req = caps.request(ctx, req).await?;
     let live: Vec<OsdId> = layout.object_osds(index).iter().copied().filter(|o| !stale.contains(o)).collect();
     if live.is_empty() {
         return Err(Error::Io(format!("object {obj} has no replica left to write")));
@@ -27,7 +35,7 @@ pub async fn write_object(ctx: &DataCtx, caps: &CapSlot, layout: &Layout, index:
     let targets = if up.is_empty() { std::mem::take(&mut missed) } else { up };
     let calls = targets.iter().map(|&o| {
         let req = &req;
-        let payload = [data.clone()];
+        let payload = [payload.clone()];
         async move { caps.call(ctx, o, req, &payload).await }
     });
     let mut wrote = 0;
@@ -36,7 +44,7 @@ pub async fn write_object(ctx: &DataCtx, caps: &CapSlot, layout: &Layout, index:
         match r {
             Ok(_) => wrote += 1,
             Err(e) if e.unreachable() => {
-                tracing::warn!(%obj, osd = o.0, error = %e, "replica not reached by a write");
+                tracing::warn!(%obj, osd = o.0, error = %e, "replica not reached by a change");
                 missed.push(*o);
                 last = Some(e);
             }

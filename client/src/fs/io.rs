@@ -17,30 +17,38 @@ impl ClientFs {
     /// lease no other client shares (the end is then known here).
     pub async fn write(&self, fh: FileHandle, off: u64, data: Bytes) -> Result<u32> {
         let f = self.handle_file(fh)?;
+        let want = Want::of(true, self.handle_appends(fh));
+        let n = data.len() as u32;
+        let (_g, leased) = self.write_gate(&f, want).await?;
+        let at = match want {
+            Want::Append if leased => f.append_at(n as u64)?,
+            _ => off,
+        };
+        f.write(&self.ctx, at, data).await?;
+        if at != off {
+            // The kernel counted on another offset: its idea of the size
+            // is wrong now.
+            self.forget_kernel_attrs(f.ino);
+        }
+        Ok(n)
+    }
+
+    /// Wait until this client may change `f` as `want` asks: with the
+    /// lease it needs (taken again if recalled), or unleased without a
+    /// session (then `false`). The guard keeps a recall from dropping the
+    /// lease until the caller's change is buffered or done.
+    pub(super) async fn write_gate<'a>(&self, f: &'a FileState, want: Want) -> Result<(tokio::sync::RwLockReadGuard<'a, ()>, bool)> {
         if self.dirops.unapplied(f.ino) {
             // No objects for a file the MDS does not know yet.
             self.dirops.barrier().await;
         }
-        let want = Want::of(true, self.handle_appends(fh));
-        let n = data.len() as u32;
         let mut pause = Duration::ZERO;
         loop {
-            {
-                let _g = f.gate.read().await;
-                if want.suits(self.meta.mode(f.ino)) {
-                    let at = match want {
-                        Want::Append => f.append_at(n as u64)?,
-                        _ => off,
-                    };
-                    f.write(&self.ctx, at, data).await?;
-                    if at != off {
-                        // The kernel counted on another offset: its idea
-                        // of the size is wrong now.
-                        self.forget_kernel_attrs(f.ino);
-                    }
-                    return Ok(n);
-                }
+            let g = f.gate.read().await;
+            if want.suits(self.meta.mode(f.ino)) {
+                return Ok((g, true));
             }
+            drop(g);
             if !pause.is_zero() {
                 // Granted but not kept (a notice crossed the reply, or the
                 // session is being renewed): do not spin on the MDS.
@@ -49,9 +57,7 @@ impl ClientFs {
             pause = (pause * 2).clamp(Duration::from_millis(1), Duration::from_millis(100));
             let (_, mode, _, _) = self.take_lease(f.ino, want, false).await?;
             if mode == LeaseMode::None {
-                let _g = f.gate.read().await;
-                f.write(&self.ctx, off, data).await?;
-                return Ok(n);
+                return Ok((f.gate.read().await, false));
             }
         }
     }
