@@ -127,7 +127,9 @@ pub fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino.0),
         size: a.size,
-        blocks: a.size.div_ceil(512),
+        // What the OSDs hold, once measured after a change; till then the
+        // size (holes and all).
+        blocks: a.allocated.unwrap_or(a.size).div_ceil(512),
         atime: aifs_common::time::from_ns(a.atime_ns),
         mtime: aifs_common::time::from_ns(a.mtime_ns),
         ctime: aifs_common::time::from_ns(a.ctime_ns),
@@ -387,6 +389,11 @@ impl Filesystem for AifsFuse {
                 Err(e) => reply.error(err(&e)),
             }
         });
+    }
+
+    fn fallocate(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        spawn_empty!(self, req, reply, fs.fallocate(fh.into(), offset, length, mode));
     }
 
     fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {

@@ -449,6 +449,7 @@ mod tests {
             layout: None,
             xattrs: 0,
             rdev: 0,
+            allocated: None,
         }
     }
 

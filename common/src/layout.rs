@@ -163,6 +163,30 @@ impl Layout {
         size
     }
 
+    /// The part of `[off, off + len)` in each object: (object, object
+    /// offset, length). A file range is one range in each object it
+    /// touches, since an object holds its units in file order.
+    pub fn object_ranges(&self, off: u64, len: u64) -> Vec<(u32, u64, u64)> {
+        let Some(last) = off.checked_add(len).and_then(|e| e.checked_sub(1)).filter(|_| len > 0) else {
+            return Vec::new();
+        };
+        let (su, count) = (self.su(), self.stripe_count as u64);
+        let (u0, u1) = (off / su, last / su);
+        let mut out = Vec::with_capacity(count.min(u1 - u0 + 1) as usize);
+        for k in 0..count {
+            // This object's first and last units in [u0, u1].
+            let first = u0 + (k + count - u0 % count) % count;
+            if first > u1 {
+                continue;
+            }
+            let end_unit = u1 - (u1 % count + count - k) % count;
+            let start = if first == u0 { self.locate(off).1 } else { first / count * su };
+            let end = if end_unit == u1 { self.locate(last).1 + 1 } else { end_unit / count * su + su };
+            out.push((k as u32, start, end - start));
+        }
+        out
+    }
+
     /// The OSDs holding object `object`, first replica first.
     pub fn object_osds(&self, object: u32) -> &[OsdId] {
         let r = self.replicas as usize;
@@ -192,6 +216,19 @@ mod tests {
             let (obj, obj_off) = l.locate(off);
             prop_assert!(obj < count);
             prop_assert_eq!(l.file_offset(obj, obj_off), off);
+        }
+
+        #[test]
+        fn object_ranges_cover_what_the_extents_put_in_each_object(su in 1u32..8, count in 1u32..6, off in 0u64..(1 << 26), len in 0u64..(1 << 24)) {
+            let l = layout(su, count);
+            let mut want: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+            for e in l.extents(off, len) {
+                let r = want.entry(e.object).or_insert((e.obj_off, e.obj_off));
+                prop_assert_eq!(r.1, e.obj_off, "an object's part is contiguous");
+                r.1 = e.obj_off + e.len;
+            }
+            let want: Vec<(u32, u64, u64)> = want.into_iter().map(|(k, (s, e))| (k, s, e - s)).collect();
+            prop_assert_eq!(l.object_ranges(off, len), want);
         }
 
         #[test]

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod fsck;
 pub mod gc;
+pub mod meter;
 pub mod repair;
 pub mod revoked;
 pub mod leases;
@@ -101,6 +102,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     let osd_clients = Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()));
     let gc = Arc::new(Gc::new(ns.clone(), osd_clients.clone()));
     let repair = Arc::new(Repair::new(ns.clone(), osd_clients.clone(), cfg.repair_mb_per_s));
+    let meter = Arc::new(crate::meter::Meter::new(ns.clone(), osd_clients.clone()));
     let fsck = Arc::new(crate::fsck::Fsck::new(ns.clone(), osd_clients, repair.clone()));
     let caps = crate::caps::Caps::open(&ns, cfg.cap_term_ms).await?;
     let svc = Arc::new(MdsService {
@@ -108,6 +110,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
         caps,
         revoked,
         gc: gc.clone(),
+        meter: meter.clone(),
         repair: repair.clone(),
         fsck,
         session_heartbeat_ms: cfg.session_timeout_ms / 4,
@@ -117,6 +120,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc.clone(), gate));
     let gc_task = tokio::spawn(gc.run());
     let repair_task = tokio::spawn(repair.run());
+    let meter_task = tokio::spawn(meter.run());
     let tick_cluster = cluster.clone();
     let tick_svc = svc.clone();
     let ticker = tokio::spawn(async move {
@@ -176,5 +180,5 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
         }
     });
     tracing::info!(%addr, shards = cfg.shards, data = %cfg.data_dir.display(), "MDS serving");
-    Ok(MdsHandle { addr, ns, endpoint, tasks: vec![serve, gc_task, repair_task, ticker] })
+    Ok(MdsHandle { addr, ns, endpoint, tasks: vec![serve, gc_task, repair_task, meter_task, ticker] })
 }

@@ -27,7 +27,7 @@ use crate::once::{self, Once, Outcome};
 use crate::records::{GcJob, InodeRec, Intent, Reservation, Step};
 use crate::store::{
     add_gc, get_inode, next_counter, put_inode, IoResult, ShardStore, COOKIES, DEGRADED, DENTRIES, GC, INODES, INTENTS, INTENT_DONE, META,
-    ORPHANS, RESERVED, XATTRS,
+    ORPHANS, RESERVED, XATTRS, ALLOCATED,
 };
 use aifs_common::ids::{mix, InodeId};
 use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, ReqId, SetAttr, TimeSet, MAX_DEGRADED_LIST, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
@@ -230,9 +230,18 @@ fn drop_last_link(txn: &WriteTransaction, ino: u64, rec: &InodeRec, open: &dyn F
     delete_inode(txn, ino, rec)
 }
 
+/// `rec`'s attributes, with the disk space its data held on the OSDs
+/// when last measured (`held`: the `ALLOCATED` table).
+fn attr_held(held: &impl ReadableTable<u64, u64>, rec: &InodeRec, ino: u64) -> Result<Attr> {
+    let mut a = rec.attr(ino);
+    a.allocated = held.get(ino).io()?.map(|v| v.value());
+    Ok(a)
+}
+
 /// Remove an inode, its xattrs, and queue its objects for deletion.
 fn delete_inode(txn: &WriteTransaction, ino: u64, rec: &InodeRec) -> Result<()> {
     txn.open_table(INODES).io()?.remove(ino).io()?;
+    txn.open_table(ALLOCATED).io()?.remove(ino).io()?;
     let mut x = txn.open_table(XATTRS).io()?;
     let names: Vec<String> = x
         .range((ino, "")..)
@@ -510,7 +519,27 @@ impl Namespace {
 
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
         let ino = ino.0;
-        self.shard_for(ino)?.read(move |t| Ok(get_inode(&t.open_table(INODES).io()?, ino)?.attr(ino))).await
+        self.shard_for(ino)?
+            .read(move |t| attr_held(&t.open_table(ALLOCATED).io()?, &get_inode(&t.open_table(INODES).io()?, ino)?, ino))
+            .await
+    }
+
+    /// Record that `ino`'s data holds `bytes` of disk on the OSDs (a file
+    /// gone since is left alone).
+    pub async fn set_allocated(&self, ino: InodeId, bytes: u64) -> Result<()> {
+        let ino = ino.0;
+        let _g = self.topo.read().await;
+        self.shard_for(ino)?
+            .mutate(move |txn| {
+                match get_inode(&txn.open_table(INODES).io()?, ino) {
+                    Ok(_) => {}
+                    Err(Error::NotFound) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+                txn.open_table(ALLOCATED).io()?.insert(ino, bytes).io()?;
+                Ok(())
+            })
+            .await
     }
 
     /// Record replicas of `ino`'s objects as stale. Each must be one of
@@ -738,10 +767,11 @@ impl Namespace {
             let got = shard
                 .read(move |t| {
                     let table = t.open_table(INODES).io()?;
+                    let held = t.open_table(ALLOCATED).io()?;
                     let mut v = Vec::with_capacity(inos.len());
                     for i in inos {
                         match get_inode(&table, i) {
-                            Ok(r) => v.push(r.attr(i)),
+                            Ok(r) => v.push(attr_held(&held, &r, i)?),
                             Err(Error::NotFound) => {}
                             Err(e) => return Err(e),
                         }
@@ -1594,7 +1624,7 @@ impl Namespace {
                 }
                 r.ctime_ns = now;
                 put_inode(&mut inodes, ino, &r)?;
-                Ok((r.attr(ino), job))
+                Ok((attr_held(&txn.open_table(ALLOCATED).io()?, &r, ino)?, job))
             })
             .await
     }
@@ -1610,7 +1640,7 @@ impl Namespace {
                 let mut r = get_inode(&inodes, ino)?;
                 r.atime_ns = r.atime_ns.max(now_ns());
                 put_inode(&mut inodes, ino, &r)?;
-                Ok(r.attr(ino))
+                attr_held(&txn.open_table(ALLOCATED).io()?, &r, ino)
             })
             .await
     }
@@ -1633,7 +1663,7 @@ impl Namespace {
                 r.mtime_ns = r.mtime_ns.max(mtime_ns);
                 r.ctime_ns = r.ctime_ns.max(mtime_ns);
                 put_inode(&mut inodes, ino, &r)?;
-                Ok(r.attr(ino))
+                attr_held(&txn.open_table(ALLOCATED).io()?, &r, ino)
             })
             .await
     }
@@ -1829,6 +1859,7 @@ fn placeholder_attr() -> Attr {
         layout: None,
         xattrs: 0,
         rdev: 0,
+        allocated: None,
     }
 }
 

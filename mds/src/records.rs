@@ -72,6 +72,7 @@ impl InodeRec {
             layout: self.layout.clone(),
             xattrs: self.xattrs,
             rdev: if self.kind.is_device() { self.size as u32 } else { 0 },
+            allocated: None,
         }
     }
 

@@ -23,6 +23,8 @@ pub struct MdsService {
     pub caps: crate::caps::Caps,
     pub revoked: crate::revoked::Revocations,
     pub gc: Arc<Gc>,
+    /// Measures files' disk use after they change (`st_blocks`).
+    pub meter: Arc<crate::meter::Meter>,
     pub repair: Arc<crate::repair::Repair>,
     pub fsck: Arc<crate::fsck::Fsck>,
     pub session_heartbeat_ms: u64,
@@ -251,6 +253,7 @@ impl MdsService {
                     // can land before the truncate and be cut by it.
                     self.gc.apply(&job).await?;
                     let _ = self.gc.remove(shard, id).await;
+                    self.meter.changed(ino);
                 }
                 MdsResp::Attr(attr)
             }
@@ -455,6 +458,7 @@ impl MdsService {
                     self.may_open(&h, ino, true, cred).await?;
                 }
                 let a = ns.update_size(ino, size, mtime_ns).await?;
+                self.meter.changed(ino);
                 // Normally nobody else holds a lease while a writer does;
                 // a writer that lost its session may still flush.
                 cl.invalidate(Some(h.id), vec![(ino, vec![])]).await;
@@ -665,6 +669,10 @@ impl MdsService {
             MdsReq::Close { ino, session } => {
                 need(peer, NS)?;
                 let s = cl.session_for(peer, session)?;
+                if s.and_then(|s| cl.open_rights(s, ino)) == Some(true) {
+                    // Closing a file written: fallocate changes no size.
+                    self.meter.changed(ino);
+                }
                 if s.is_some_and(|s| cl.closed(s, ino)) {
                     self.purge().await;
                 }

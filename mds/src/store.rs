@@ -57,6 +57,9 @@ pub const INTENT_DONE: TableDefinition<(u32, u64, u32), ()> = TableDefinition::n
 /// (records.rs): who holds it and the layout the file must have. Taken
 /// by the create that uses the number.
 pub const RESERVED: TableDefinition<u64, &[u8]> = TableDefinition::new("reserved");
+/// Files: bytes of disk their data holds on the OSDs, as last measured
+/// (meter.rs); what `st_blocks` reports.
+pub const ALLOCATED: TableDefinition<u64, u64> = TableDefinition::new("allocated");
 
 /// Most mutations folded into one commit.
 const MAX_BATCH: usize = 512;
@@ -199,6 +202,7 @@ impl ShardStore {
             t.open_table(ORPHANS).io()?;
             t.open_table(DEGRADED).io()?;
             t.open_table(RESERVED).io()?;
+            t.open_table(ALLOCATED).io()?;
             t.open_table(REQUESTS).io()?;
             t.open_table(SESSIONS).io()?;
             t.open_table(INTENTS).io()?;

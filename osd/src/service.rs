@@ -6,7 +6,7 @@ use crate::store::{range_of, ObjectStore, ReadOut};
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
 use aifs_common::cap::{self, Cap, Keyring};
-use aifs_common::proto::osd::{Needs, OsdCall, OsdReq, OsdResp, OsdStats};
+use aifs_common::proto::osd::{Needs, OsdCall, OsdReq, OsdResp, OsdStats, MAX_ALLOCATED_QUERY};
 use aifs_common::rpc::{self, Budget, Identity, Peer, RpcClient, Service};
 use aifs_common::{Error, ObjectId, OsdId, Result};
 use bytes::Bytes;
@@ -164,6 +164,17 @@ impl OsdService {
                 Ok((OsdResp::Verified { exists, size, bad_blocks }, vec![]))
             }
             OsdReq::Stats => Ok((OsdResp::Stats(self.served.stats()), vec![])),
+            OsdReq::Allocate { obj, off, len, mode } => {
+                blocking(move || store.allocate(obj, off, len, mode)).await?;
+                Ok((OsdResp::Done, vec![]))
+            }
+            OsdReq::Allocated { objs } => {
+                if objs.len() > MAX_ALLOCATED_QUERY {
+                    return Err(Error::InvalidArgument(format!("{} objects asked, at most {MAX_ALLOCATED_QUERY}", objs.len())));
+                }
+                let v = blocking(move || objs.iter().map(|&o| store.allocated(o)).collect::<Result<Vec<u64>>>()).await?;
+                Ok((OsdResp::Allocated(v), vec![]))
+            }
             OsdReq::Usage => {
                 let u = blocking(move || store.usage()).await?;
                 Ok((OsdResp::Usage { capacity: u.capacity, used: u.used, objects: u.objects }, vec![]))

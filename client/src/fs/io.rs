@@ -1,5 +1,6 @@
 //! Reads and writes of open files, under the lease each needs.
 use super::*;
+use aifs_common::proto::osd::AllocMode;
 
 impl ClientFs {
     pub(super) fn handle_file(&self, fh: FileHandle) -> Result<Arc<FileState>> {
@@ -31,6 +32,25 @@ impl ClientFs {
             self.forget_kernel_attrs(f.ino);
         }
         Ok(n)
+    }
+
+    /// `fallocate(2)`. Mode 0 and `KEEP_SIZE` reserve space on the OSDs,
+    /// so a later write there cannot fail with ENOSPC; `PUNCH_HOLE` (with
+    /// `KEEP_SIZE`, as Linux demands) makes a hole that holds no space;
+    /// `ZERO_RANGE` makes zeros with space under them. Other modes
+    /// (collapse, insert, unshare) are EOPNOTSUPP, as on file systems
+    /// without them.
+    pub async fn fallocate(&self, fh: FileHandle, off: u64, len: u64, mode: i32) -> Result<()> {
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let how = match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            0 => AllocMode::Reserve,
+            libc::FALLOC_FL_PUNCH_HOLE if keep => AllocMode::Punch,
+            libc::FALLOC_FL_ZERO_RANGE => AllocMode::Zero,
+            _ => return Err(Error::NotSupported(format!("fallocate mode {mode:#x}"))),
+        };
+        let f = self.handle_file(fh)?;
+        let _g = self.write_gate(&f, Want::Write).await?;
+        f.allocate(&self.ctx, off, len, how, !keep).await
     }
 
     /// Wait until this client may change `f` as `want` asks: with the

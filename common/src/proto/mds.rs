@@ -63,6 +63,9 @@ pub struct Attr {
     pub xattrs: u32,
     /// Device nodes: the device number (`st_rdev`); else 0.
     pub rdev: u32,
+    /// Files: bytes of disk their data holds on the OSDs (one replica),
+    /// as last measured after a change (`st_blocks`); `None` until then.
+    pub allocated: Option<u64>,
 }
 
 impl Attr {
@@ -85,6 +88,7 @@ impl Attr {
             layout: Some(layout),
             xattrs: 0,
             rdev: 0,
+            allocated: None,
         }
     }
 }

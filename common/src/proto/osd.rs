@@ -54,8 +54,30 @@ pub enum OsdReq {
     /// (`OsdResp::Range`). For reads much smaller than a block, which
     /// `Read` would widen to 64 KiB on the wire.
     ReadRange { obj: ObjectId, off: u64, len: u32 },
+    /// `fallocate` of `[off, off + len)` of an object; its size never
+    /// changes (the file's size is the MDS's).
+    Allocate { obj: ObjectId, off: u64, len: u64, mode: AllocMode },
+    /// The bytes of disk each object holds (`OsdResp::Allocated`), for
+    /// the MDS's `st_blocks`; at most `MAX_ALLOCATED_QUERY` objects.
+    Allocated { objs: Vec<ObjectId> },
     // New variants go last: the order is the wire's discriminant.
 }
+/// Objects one `OsdReq::Allocated` may name.
+pub const MAX_ALLOCATED_QUERY: usize = 4096;
+
+/// What an `OsdReq::Allocate` does to its range.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub enum AllocMode {
+    /// Reserve disk space, so that later writes there cannot fail for
+    /// lack of it; the bytes are unchanged.
+    Reserve,
+    /// Make the range a hole: zeros, and no disk space held.
+    Punch,
+    /// Make the range zeros, with disk space reserved under it.
+    Zero,
+}
+
 message!(OsdReq, |m| match m {
     OsdReq::Write { len, .. } => *len as u64,
     _ => 0,
@@ -74,7 +96,7 @@ pub enum Needs {
 impl OsdReq {
     pub fn needs(&self) -> Needs {
         match self {
-            OsdReq::Write { obj, .. } => Needs::Cap(obj.ino, WRITE),
+            OsdReq::Write { obj, .. } | OsdReq::Allocate { obj, .. } => Needs::Cap(obj.ino, WRITE),
             OsdReq::Read { obj, .. } | OsdReq::ReadRange { obj, .. } => Needs::Cap(obj.ino, READ),
             // One file's objects, as a client's fsync sends them; a commit
             // of several files' objects is the operator's.
@@ -84,7 +106,12 @@ impl OsdReq {
                 None => Needs::Nothing,
             },
             OsdReq::Usage | OsdReq::Stats => Needs::Nothing,
-            OsdReq::Truncate { .. } | OsdReq::Delete { .. } | OsdReq::Stat { .. } | OsdReq::List { .. } | OsdReq::Verify { .. } => {
+            OsdReq::Truncate { .. }
+            | OsdReq::Delete { .. }
+            | OsdReq::Stat { .. }
+            | OsdReq::List { .. }
+            | OsdReq::Verify { .. }
+            | OsdReq::Allocated { .. } => {
                 Needs::Operator
             }
         }
@@ -128,6 +155,9 @@ pub enum OsdResp {
     /// as the object extends, each block around them checked against its
     /// stored crc; `crc` is the crc32c of the bytes sent.
     Range { off: u64, len: u32, crc: u32, obj_size: u64 },
+    /// `Allocated`: disk bytes held by each object asked, in order (0 for
+    /// one that does not exist).
+    Allocated(Vec<u64>),
     // New variants go last: the order is the wire's discriminant.
 }
 

@@ -8,7 +8,7 @@
 //! reopened handle can never disagree with another.
 use super::{ObjectStore, ReadOut, Usage};
 use aifs_common::proto::frame::aligned_buffer;
-use aifs_common::proto::osd::CRC_BLOCK;
+use aifs_common::proto::osd::{AllocMode, CRC_BLOCK};
 use aifs_common::{Error, InodeId, ObjectId, Result};
 use bytes::{Bytes, BytesMut};
 use std::fs::{File, OpenOptions};
@@ -160,6 +160,31 @@ fn next_data(f: &File, off: u64, size: u64) -> Result<u64> {
     match std::io::Error::last_os_error().raw_os_error() {
         Some(libc::ENXIO) => Ok(size),
         _ => Ok(off),
+    }
+}
+
+/// `fallocate(2)` of `[off, off + len)` with `mode`'s flags.
+fn fallocate(f: &File, mode: libc::c_int, off: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(o), Ok(l)) = (libc::off_t::try_from(off), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: fallocate on a descriptor this `File` owns; no memory is
+    // passed.
+    match unsafe { libc::fallocate(f.as_raw_fd(), mode, o, l) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// An errno from `fallocate` as the error a client should see: a file
+/// system that cannot do it says so (EOPNOTSUPP), not "I/O error".
+fn fallocate_error(e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => Error::NotSupported("the OSD's file system cannot fallocate this way".into()),
+        Some(libc::ENOSPC) => Error::NoSpace("OSD disk full".into()),
+        Some(libc::EFBIG) => Error::FileTooBig,
+        _ => e.into(),
     }
 }
 
@@ -558,6 +583,56 @@ impl ObjectStore for FileStore {
         }
     }
 
+    fn allocate(&self, obj: ObjectId, off: u64, len: u64, mode: AllocMode) -> Result<()> {
+        let end = off.checked_add(len).filter(|e| *e <= MAX_OBJECT_SIZE).ok_or(Error::FileTooBig)?;
+        if len == 0 {
+            return Err(Error::InvalidArgument("fallocate of no bytes".into()));
+        }
+        if mode != AllocMode::Punch {
+            // More than the disk has fails before it takes anything: a
+            // file system may keep what it allocated before running out.
+            let u = self.usage()?;
+            let free = u.capacity.saturating_sub(u.used);
+            if len > free {
+                return Err(Error::NoSpace(format!("{len} bytes asked, {free} free")));
+            }
+        }
+        let _g = self.lock(obj).write().map_err(|_| Error::Io("lock poisoned".into()))?;
+        // A hole punched in a missing object is there already.
+        let Some(h) = self.handles(obj, mode != AllocMode::Punch)? else { return Ok(()) };
+        let size = h.data.metadata()?.len();
+        // Bytes inside the object become zeros; past its end they read as
+        // zeros already, and only space is reserved there.
+        let cut_end = end.min(size);
+        if mode != AllocMode::Reserve && off < cut_end {
+            let zeroed = match mode {
+                AllocMode::Zero => fallocate(&h.data, libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, off, cut_end - off),
+                _ => Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
+            };
+            if zeroed.is_err() {
+                // Punch (and, for a zero range, reserve again below).
+                fallocate(&h.data, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, cut_end - off).map_err(fallocate_error)?;
+            }
+            Self::refresh_crcs(&h, off / CRC_BLOCK, blocks_for(cut_end), size, (off, cut_end), |_, _, _| None)?;
+        }
+        if mode != AllocMode::Punch {
+            // The range's crcs too: a later write there grows the table.
+            let b0 = off / CRC_BLOCK;
+            fallocate(&h.crc, libc::FALLOC_FL_KEEP_SIZE, b0 * 4, (blocks_for(end) - b0) * 4).map_err(fallocate_error)?;
+            fallocate(&h.data, libc::FALLOC_FL_KEEP_SIZE, off, len).map_err(fallocate_error)?;
+        }
+        Ok(())
+    }
+
+    fn allocated(&self, obj: ObjectId) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(self.paths(obj).1) {
+            Ok(m) => Ok(m.blocks() * 512),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn usage(&self) -> Result<Usage> {
         let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
         let path = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
@@ -622,6 +697,42 @@ mod tests {
         // and never brings a deleted object back
         s.truncate(o, 10).unwrap();
         assert_eq!(s.stat(o).unwrap(), None);
+    }
+
+    #[test]
+    fn fallocate_reserves_punches_and_zeroes_and_the_crcs_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        let o = obj(0);
+        let d: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251 + 1) as u8).collect();
+        s.write(o, 0, &d, &block_crcs(0, &d)).unwrap();
+        let held = s.allocated(o).unwrap();
+        assert!(held >= 1_000_000, "{held}");
+        // an unaligned hole: zeros there, the rest unchanged, crcs right
+        s.allocate(o, 70_001, 600_000, AllocMode::Punch).unwrap();
+        check_all(&s, o);
+        let r = s.read(o, 0, MAX_READ).unwrap();
+        assert!(r.data[70_001..670_001].iter().all(|&b| b == 0));
+        assert_eq!((&r.data[..70_001], &r.data[670_001..]), (&d[..70_001], &d[670_001..]));
+        assert!(s.allocated(o).unwrap() <= held - 500_000, "the hole gave its space back");
+        assert_eq!(s.stat(o).unwrap(), Some(1_000_000));
+        // zeros over the end: the size stays, space is held past it
+        s.allocate(o, 900_000, 4_000_000, AllocMode::Zero).unwrap();
+        check_all(&s, o);
+        assert!(s.read(o, 900_000, 100_000).unwrap().data[..].iter().skip(900_000 % CRC_BLOCK as usize).all(|&b| b == 0));
+        assert_eq!(s.stat(o).unwrap(), Some(1_000_000));
+        assert!(s.allocated(o).unwrap() >= 4_000_000);
+        // space for a missing object; a hole in one makes none
+        s.allocate(obj(1), 0, 8 << 20, AllocMode::Reserve).unwrap();
+        assert_eq!(s.stat(obj(1)).unwrap(), Some(0));
+        assert!(s.allocated(obj(1)).unwrap() >= 8 << 20);
+        s.allocate(obj(2), 0, 4096, AllocMode::Punch).unwrap();
+        assert_eq!((s.stat(obj(2)).unwrap(), s.allocated(obj(2)).unwrap()), (None, 0));
+        assert_eq!(s.allocate(o, MAX_OBJECT_SIZE, 1, AllocMode::Reserve), Err(Error::FileTooBig));
+        assert!(matches!(s.allocate(o, 0, 0, AllocMode::Reserve), Err(Error::InvalidArgument(_))));
+        // more than the disk holds takes nothing
+        assert!(matches!(s.allocate(obj(3), 0, MAX_OBJECT_SIZE, AllocMode::Reserve), Err(Error::NoSpace(_))));
+        assert_eq!(s.stat(obj(3)).unwrap(), None);
     }
 
     #[test]

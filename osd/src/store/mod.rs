@@ -3,7 +3,7 @@
 //! sidecar of crc32c values, one per `CRC_BLOCK` (DESIGN.md, "checksums").
 pub mod file;
 
-use aifs_common::proto::osd::block_crcs;
+use aifs_common::proto::osd::{block_crcs, AllocMode};
 use aifs_common::{Error, ObjectId, Result};
 use bytes::Bytes;
 
@@ -52,6 +52,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// (size, blocks whose bytes fail their stored crc); `None` when the
     /// object does not exist.
     fn verify(&self, obj: ObjectId) -> Result<Option<(u64, u64)>>;
+    /// `fallocate` of `[off, off + len)` (`AllocMode`); the object's size
+    /// stays, and its stored crcs follow any bytes zeroed.
+    fn allocate(&self, obj: ObjectId, off: u64, len: u64, mode: AllocMode) -> Result<()>;
+    /// Bytes of disk the object's data holds (0 if it does not exist).
+    fn allocated(&self, obj: ObjectId) -> Result<u64>;
 
     /// `[off, off + len)` as far as the object extends, after checking the
     /// whole blocks around it against their stored crcs (a mismatch is

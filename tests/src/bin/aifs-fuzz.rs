@@ -115,6 +115,9 @@ fn osd_corpus() -> Result<Vec<Vec<u8>>> {
         OsdReq::List { after: None, max: 100 },
         OsdReq::Verify { obj },
         OsdReq::Usage,
+        // (Not `Allocate`: a mutated length would reserve real disk under
+        // the operator's certificate, up to all of it.)
+        OsdReq::Allocated { objs: vec![obj] },
     ] {
         out.push(frame(&OsdCall::from(r).encode()?, &[]));
     }
