@@ -186,6 +186,7 @@ impl From<std::io::Error> for Error {
         match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound,
             std::io::ErrorKind::StorageFull => Error::NoSpace(e.to_string()),
+            std::io::ErrorKind::FileTooLarge => Error::FileTooBig,
             _ => Error::Io(e.to_string()),
         }
     }

@@ -1,6 +1,13 @@
 //! `FileStore`: objects as files under `<root>/objects/<xx>/<ino>.<index>`,
 //! with a sidecar `<...>.crc` holding one little-endian u32 per 64 KiB block.
 //!
+//! Each crc is stored XOR the crc of a zero block (the store's `key`), so
+//! an entry a zero block has is 0, which is what a hole in the sidecar
+//! reads as: a hole in an object needs no crcs written, and a 1-byte write
+//! 16 TiB into an object writes one entry, not 1 GiB of them. A store made
+//! before this (no `crc-format` file beside `objects`) keeps its crcs as
+//! they are (key 0) and writes every entry, as then.
+//!
 //! Concurrency: every operation on an object holds that object's lock from a
 //! fixed table of striped `RwLock`s (writers exclusive, readers shared), so a
 //! reader never sees data newer than its crc. Open file handles are cached
@@ -26,6 +33,9 @@ const OPEN_CACHE: u64 = 4096;
 pub const MAX_OBJECT_SIZE: u64 = 16 << 40;
 /// Crc entries computed and written per batch when a hole is filled.
 const CRC_BATCH: u64 = 64 * 1024;
+/// Entries of a gap's whole zero blocks left unwritten (a hole in the
+/// sidecar) from this many up: a page of them.
+const SPARSE_CRC_MIN: u64 = 1024;
 /// Largest read answered in one reply (it travels as one payload).
 pub const MAX_READ: u64 = aifs_common::proto::MAX_PAYLOAD - 2 * CRC_BLOCK;
 
@@ -73,6 +83,8 @@ struct Handles {
     /// wanted it (`None`: the file system refused it).
     direct: OnceLock<Option<File>>,
     path: PathBuf,
+    /// The store's crc key.
+    key: u32,
 }
 
 impl Handles {
@@ -144,7 +156,12 @@ pub struct FileStore {
     locks: Vec<RwLock<()>>,
     open: moka::sync::Cache<ObjectId, Arc<Handles>>,
     objects: AtomicU64,
+    /// XORed into every stored crc (see above).
+    key: u32,
 }
+
+/// Marks a store whose crcs are keyed (see above).
+const CRC_FORMAT_FILE: &str = "crc-format";
 
 /// Where data starts again at or after `off` in `f` (`SEEK_DATA`): `size`
 /// when only a hole is left, `off` where the file system cannot tell.
@@ -216,6 +233,15 @@ fn blocks_for(size: u64) -> u64 {
 impl FileStore {
     pub fn open(root: &Path) -> Result<FileStore> {
         let objdir = root.join("objects");
+        let format = root.join(CRC_FORMAT_FILE);
+        if !objdir.exists() {
+            // A new store: keyed crcs, said durably before any object.
+            std::fs::create_dir_all(root)?;
+            std::fs::write(&format, "keyed by the zero block's crc\n")?;
+            File::open(&format)?.sync_all()?;
+            File::open(root)?.sync_all()?;
+        }
+        let key = if format.exists() { zero_block_crc() } else { 0 };
         std::fs::create_dir_all(&objdir)?;
         // All 256 fan-out directories exist from the start and their names
         // are durable, so a commit only ever has to sync the leaf directory.
@@ -248,6 +274,7 @@ impl FileStore {
             locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
             open: moka::sync::Cache::new(OPEN_CACHE),
             objects: AtomicU64::new(count),
+            key,
         })
     }
 
@@ -308,7 +335,7 @@ impl FileStore {
         if !existed {
             self.objects.fetch_add(1, Ordering::Relaxed);
         }
-        let h = Arc::new(Handles { data, crc, direct: OnceLock::new(), path: data_path });
+        let h = Arc::new(Handles { data, crc, direct: OnceLock::new(), path: data_path, key: self.key });
         self.open.insert(obj, h.clone());
         Ok(Some(h))
     }
@@ -323,13 +350,13 @@ impl FileStore {
             }
             got += r;
         }
-        Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) ^ h.key).collect())
     }
 
     fn write_crcs(h: &Handles, first: u64, crcs: &[u32]) -> Result<()> {
         let mut raw = Vec::with_capacity(crcs.len() * 4);
         for c in crcs {
-            raw.extend_from_slice(&c.to_le_bytes());
+            raw.extend_from_slice(&(c ^ h.key).to_le_bytes());
         }
         h.crc.write_all_at(&raw, first * 4)?;
         Ok(())
@@ -344,6 +371,10 @@ impl FileStore {
     /// Recompute the crcs of blocks `[b0, b1)` for an object now `size`
     /// long, where `[gap0, gap1)` is known to be zeros (a hole just made)
     /// and `known(b)` may supply a crc for a block wholly rewritten.
+    ///
+    /// With keyed crcs, the whole blocks of a large gap get no entries
+    /// written: the sidecar gets a hole there (punched where it had
+    /// entries, grown past its end), which reads as the zero block's crc.
     fn refresh_crcs(
         h: &Handles,
         b0: u64,
@@ -351,6 +382,35 @@ impl FileStore {
         size: u64,
         gap: (u64, u64),
         known: impl Fn(u64, u64, u64) -> Option<u32>,
+    ) -> Result<()> {
+        let z0 = gap.0.div_ceil(CRC_BLOCK).clamp(b0, b1);
+        let z1 = (gap.1.min(size) / CRC_BLOCK).clamp(z0, b1);
+        if h.key != zero_block_crc() || z1 - z0 < SPARSE_CRC_MIN {
+            return Self::write_crc_range(h, b0, b1, size, gap, &known);
+        }
+        Self::write_crc_range(h, b0, z0, size, gap, &known)?;
+        let had = h.crc.metadata()?.len();
+        if had > z0 * 4 {
+            let n = had.min(z1 * 4) - z0 * 4;
+            if fallocate(&h.crc, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, z0 * 4, n).is_err() {
+                // No holes here: zero entries written out.
+                Self::write_crc_range(h, z0, had.min(z1 * 4) / 4, size, gap, &known)?;
+            }
+        }
+        if had < z1 * 4 {
+            h.crc.set_len(z1 * 4)?;
+        }
+        Self::write_crc_range(h, z1, b1, size, gap, &known)
+    }
+
+    /// `refresh_crcs` for `[b0, b1)`, every entry written.
+    fn write_crc_range(
+        h: &Handles,
+        b0: u64,
+        b1: u64,
+        size: u64,
+        gap: (u64, u64),
+        known: &impl Fn(u64, u64, u64) -> Option<u32>,
     ) -> Result<()> {
         let mut first = b0;
         while first < b1 {
@@ -733,6 +793,55 @@ mod tests {
         // more than the disk holds takes nothing
         assert!(matches!(s.allocate(obj(3), 0, MAX_OBJECT_SIZE, AllocMode::Reserve), Err(Error::NoSpace(_))));
         assert_eq!(s.stat(obj(3)).unwrap(), None);
+    }
+
+    /// Disk bytes `obj`'s crc sidecar holds.
+    fn crc_disk(s: &FileStore, o: ObjectId) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(s.paths(o).2).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn a_far_write_leaves_a_hole_in_the_crcs_not_a_gigabyte_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        let o = obj(9);
+        s.write(o, 0, b"head", &block_crcs(0, b"head")).unwrap();
+        // (ext4 files end 4 KiB short of 16 TiB; 4 TiB held 256 MiB of crcs)
+        let far = (4 << 40) - 1;
+        s.write(o, far, b"x", &block_crcs(far, b"x")).unwrap();
+        assert!(crc_disk(&s, o) < 1 << 20, "{} bytes of crcs for two blocks", crc_disk(&s, o));
+        for at in [0, CRC_BLOCK, 2 << 40, far - 10] {
+            let r = s.read(o, at, 100).unwrap();
+            assert_eq!(block_crcs(r.off, &r.data), r.crcs, "crcs at {at}");
+        }
+        assert_eq!(&s.read(o, far, 1).unwrap().data[..][(far % CRC_BLOCK) as usize..], b"x");
+        // a hole punched over written blocks reads as zeros with their crcs
+        let d = vec![3u8; 40 * CRC_BLOCK as usize];
+        s.write(o, CRC_BLOCK, &d, &block_crcs(CRC_BLOCK, &d)).unwrap();
+        s.allocate(o, 0, 1 << 30, AllocMode::Punch).unwrap();
+        let r = s.read(o, 0, 41 * CRC_BLOCK).unwrap();
+        assert!(r.data.iter().all(|&b| b == 0));
+        assert_eq!(block_crcs(r.off, &r.data), r.crcs);
+    }
+
+    #[test]
+    fn a_store_made_before_keyed_crcs_keeps_them_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("objects")).unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        let o = obj(10);
+        let d = vec![9u8; 100_000];
+        s.write(o, 0, &d, &block_crcs(0, &d)).unwrap();
+        check_all(&s, o);
+        let raw = std::fs::read(s.paths(o).2).unwrap();
+        let stored: Vec<u32> = raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        assert_eq!(stored, block_crcs(0, &d));
+        drop(s);
+        // and a new store says it keys them, durably, from the start
+        let fresh = tempfile::tempdir().unwrap();
+        FileStore::open(fresh.path()).unwrap();
+        assert!(fresh.path().join(CRC_FORMAT_FILE).exists());
     }
 
     #[test]
