@@ -24,7 +24,19 @@ enum Op {
     Fsync,
     /// close (flush and release), then open again for writing.
     Reopen,
+    /// `fallocate` with one of `FALLOC_MODES`.
+    Fallocate { off: u64, len: u64, mode: i32 },
 }
+
+/// The modes checkpoint writers use: preallocation (growing the file or
+/// not), a punched hole, a zeroed range (growing the file or not).
+const FALLOC_MODES: [i32; 5] = [
+    0,
+    libc::FALLOC_FL_KEEP_SIZE,
+    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    libc::FALLOC_FL_ZERO_RANGE,
+    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+];
 
 /// Offsets near stripe-unit and block edges as often as anywhere else.
 fn offset() -> impl Strategy<Value = u64> {
@@ -46,6 +58,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (offset(), length()).prop_map(|(off, len)| Op::Read { off, len }),
         1 => Just(Op::Fsync),
         1 => Just(Op::Reopen),
+        2 => (offset(), length(), 0..FALLOC_MODES.len()).prop_map(|(off, len, m)| Op::Fallocate { off, len, mode: FALLOC_MODES[m] }),
     ]
 }
 
@@ -103,6 +116,13 @@ async fn run(fs: &Arc<ClientFs>, dir: &std::path::Path, name: &str, ops: &[Op]) 
                     got.iter().zip(&want).position(|(a, b)| a != b));
             }
             Op::Fsync => fs.fsync(fh).await.map_err(fail)?,
+            Op::Fallocate { off, len, mode } => {
+                use std::os::fd::AsRawFd;
+                // SAFETY: fallocate on a descriptor `reference` owns.
+                let rc = unsafe { libc::fallocate(reference.0.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) };
+                prop_assert_eq!(rc, 0, "reference fallocate: {}", std::io::Error::last_os_error());
+                fs.fallocate(fh, off, len, mode).await.map_err(fail)?;
+            }
             Op::Reopen => {
                 fs.flush(fh, 0).await.map_err(fail)?;
                 fs.release(fh).await.map_err(fail)?;
@@ -140,7 +160,7 @@ async fn client(c: &TestCluster) -> Arc<ClientFs> {
 }
 
 #[test]
-fn clientfs_matches_a_local_file_under_random_writes_truncates_and_reopens() {
+fn clientfs_matches_a_local_file_under_random_writes_truncates_fallocates_and_reopens() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let cluster = rt.block_on(TestCluster::start(3, 2)).expect("cluster");
     let fs = rt.block_on(client(&cluster));
