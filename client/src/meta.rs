@@ -416,6 +416,14 @@ impl MetaCache {
     }
 
     /// This client changed `ino`'s attributes (its xattrs): ask again.
+    /// The disk `ino`'s data holds, as the MDS measured it: the cached
+    /// attributes take it (`st_blocks`).
+    pub fn set_allocated(&self, ino: InodeId, bytes: u64) {
+        if let Some(mut a) = self.attrs.get_mut(&ino) {
+            a.allocated = Some(bytes);
+        }
+    }
+
     pub fn forget_attr(&self, ino: InodeId) {
         self.notice_own(ino);
         self.attrs.remove(&ino);

@@ -259,6 +259,14 @@ impl Cluster {
         futures::future::join_all(calls).await;
     }
 
+    /// Tell every holder of a lease on `ino` how much disk its data now
+    /// holds (meter.rs), and wait until each knows (or has expired): its
+    /// cached attributes take the figure without asking again.
+    pub async fn tell_allocated(self: &Arc<Self>, ino: InodeId, bytes: u64) {
+        let calls = self.holders_but(ino, None).into_iter().map(|s| self.clone().notify(s, RecallReq::Allocated { ino, bytes }));
+        futures::future::join_all(calls).await;
+    }
+
     fn holders_but(&self, ino: InodeId, except: Option<SessionId>) -> Vec<SessionId> {
         match self.leases.lock() {
             Ok(t) => t.holders(ino).into_iter().map(|(s, _)| s).filter(|s| Some(*s) != except).collect(),

@@ -55,11 +55,11 @@ impl Meter {
             for ino in batch {
                 match self.measure(ino).await {
                     Ok(Some(bytes)) => match self.ns.set_allocated(ino, bytes).await {
-                        // Clients caching the file's attributes drop them;
-                        // one slow to answer holds up no other file.
+                        // Clients caching the file's attributes take the new
+                        // figure; one slow to answer holds up no other file.
                         Ok(()) => {
                             let cl = self.ns.cluster.clone();
-                            tokio::spawn(async move { cl.invalidate(None, vec![(ino, vec![])]).await });
+                            tokio::spawn(async move { cl.tell_allocated(ino, bytes).await });
                         }
                         Err(e) => e.log("recording a file's disk use failed"),
                     },

@@ -55,6 +55,12 @@ impl ClientFs {
                 self.tell_kernel(ino, names, pages).await;
                 Ok(RecallResp::Done)
             }
+            RecallReq::Allocated { ino, bytes } => {
+                // The kernel asks again, and is answered from the cache.
+                self.meta.set_allocated(ino, bytes);
+                self.forget_kernel_attrs(ino);
+                Ok(RecallResp::Done)
+            }
             RecallReq::Degraded { ino, objs } => {
                 if let Some(f) = self.files.get(&ino) {
                     f.add_stale(&objs);

@@ -650,6 +650,9 @@ pub enum RecallReq {
     /// not write them, or read bad data from them): never read them, nor
     /// write them until repaired. Keeps the lease.
     Degraded { ino: InodeId, objs: Vec<Degraded> },
+    /// `ino`'s data now holds `bytes` of disk on the OSDs (`st_blocks`):
+    /// the new figure, for the attributes cached. Keeps the lease.
+    Allocated { ino: InodeId, bytes: u64 },
 }
 message!(RecallReq);
 
