@@ -175,3 +175,17 @@ pub fn flock(f: &std::fs::File, op: i32) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// `fallocate(2)` of `[off, off + len)` on an open file.
+pub fn fallocate(f: &std::fs::File, mode: i32, off: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(o), Ok(l)) = (libc::off_t::try_from(off), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: fallocate(2) on a descriptor the file keeps open; no memory
+    // is passed.
+    if unsafe { libc::fallocate(f.as_raw_fd(), mode, o, l) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

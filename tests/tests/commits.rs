@@ -5,25 +5,17 @@
 //! Needs root and /dev/fuse; `make test` enables the `fuse_tests` feature.
 #![cfg(feature = "fuse_tests")]
 
+use aifs_tests::fallocate;
 use aifs_tests::proc::ProcCluster;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
-
-fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> std::io::Result<()> {
-    // SAFETY: fallocate on a descriptor `f` owns; no memory is passed.
-    match unsafe { libc::fallocate(f.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
-}
 
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     let (a, b) = (CString::new(a.as_os_str().as_bytes())?, CString::new(b.as_os_str().as_bytes())?);
