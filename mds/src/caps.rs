@@ -38,10 +38,14 @@ impl Caps {
         Ok(Caps { minter: Minter::new(&master, term_ms.max(1000)) })
     }
 
-    /// Read, and write too when `write`, over `ino`'s objects.
-    pub fn grant(&self, ino: InodeId, write: bool) -> Cap {
-        let rights = if write { READ | WRITE } else { READ };
+    /// `rights` (`READ`, `WRITE`) over `ino`'s objects.
+    pub fn grant(&self, ino: InodeId, rights: u8) -> Cap {
         self.minter.grant(ino, rights, cap::now_ms())
+    }
+
+    /// Read and write over a file just made, for its maker.
+    pub fn grant_new(&self, ino: InodeId) -> Cap {
+        self.grant(ino, READ | WRITE)
     }
 
     /// What OSDs are handed with each heartbeat reply.

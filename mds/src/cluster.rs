@@ -1,5 +1,6 @@
 //! What the MDS knows about the rest of the cluster: the OSD map (from
 //! registrations and heartbeats) and client sessions.
+use aifs_common::cap::WRITE;
 use aifs_common::locks::Lock;
 use aifs_common::rpc::Peer;
 use aifs_common::{Error, InodeId, OsdId, Owner, Result, SessionId};
@@ -36,13 +37,14 @@ pub struct SessionEntry {
 }
 
 /// A session's opens of one file: how many (one per client-side file
-/// state), and whether one of them was granted for writing after a
-/// permission check, so that the session takes its lease again (after a
-/// recall) without a new check, as an open descriptor outlives a chmod.
+/// state), and the rights over its data (`cap::READ`, `cap::WRITE`) they
+/// were granted after a permission check, so that the session takes its
+/// lease and capability again (after a recall, near a capability's end)
+/// without a new check, as an open descriptor outlives a chmod.
 #[derive(Default, Clone, Copy)]
 struct OpenCount {
     n: u32,
-    write: bool,
+    rights: u8,
 }
 
 /// What one client session may hold at the MDS (mds.toml
@@ -346,20 +348,20 @@ impl Cluster {
     /// Does any client have `ino` open for writing (or may it, during the
     /// grace after a restart)?
     pub fn open_for_write(&self, ino: InodeId) -> bool {
-        self.in_grace() || self.opens.lock().map(|o| o.get(&ino).is_some_and(|by| by.values().any(|c| c.write))).unwrap_or(true)
+        self.in_grace() || self.opens.lock().map(|o| o.get(&ino).is_some_and(|by| by.values().any(|c| c.rights & WRITE != 0))).unwrap_or(true)
     }
 
-    /// A session opened `ino` (its first handle on that client), for
-    /// writing if `write`.
-    pub fn opened(&self, session: SessionId, ino: InodeId, write: bool) {
+    /// A session opened `ino` (its first handle on that client), granted
+    /// `rights` over its data.
+    pub fn opened(&self, session: SessionId, ino: InodeId, rights: u8) {
         if let Ok(mut o) = self.opens.lock() {
             let c = o.entry(ino).or_default().entry(session).or_default();
             if c.n == 0 {
                 *self.open_files.entry(session).or_default() += 1;
             }
             c.n += 1;
-            c.write |= write;
-            tracing::debug!(%session, %ino, opens = c.n, write, "opened");
+            c.rights |= rights;
+            tracing::debug!(%session, %ino, opens = c.n, rights, "opened");
         }
     }
 
@@ -374,10 +376,15 @@ impl Cluster {
         Err(Error::TooManyOpen(format!("{n} files open by this client (max_open_files)")))
     }
 
-    /// Has `session` `ino` open: `Some(true)` for writing too.
-    pub fn open_rights(&self, session: SessionId, ino: InodeId) -> Option<bool> {
+    /// Has `session` `ino` open, with which rights over its data?
+    pub fn open_rights(&self, session: SessionId, ino: InodeId) -> Option<u8> {
         let o = self.opens.lock().ok()?;
-        o.get(&ino)?.get(&session).map(|c| c.write)
+        o.get(&ino)?.get(&session).map(|c| c.rights)
+    }
+
+    /// Has `session` `ino` open for writing?
+    pub fn open_for_writing(&self, session: SessionId, ino: InodeId) -> bool {
+        self.open_rights(session, ino).is_some_and(|r| r & WRITE != 0)
     }
 
     /// A session closed its last handle of `ino`; true when no session has

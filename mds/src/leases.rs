@@ -20,6 +20,7 @@
 //!   committed state or is among those notified. The client discards a
 //!   reply that raced with a notice (client/src/meta.rs).
 use crate::cluster::Cluster;
+use aifs_common::cap::WRITE;
 use aifs_common::lease::{Decision, LeaseKind};
 use aifs_common::proto::mds::{Degraded, LeaseInfo, RecallReq, RecallResp};
 use aifs_common::rpc::{call_on, Peer};
@@ -160,7 +161,7 @@ impl Cluster {
     pub fn uses(&self, h: &Holder, ino: InodeId, write: bool) -> bool {
         let kind = if write { LeaseKind::Write } else { LeaseKind::Read };
         self.in_grace()
-            || h.granted().is_some_and(|s| self.holds(s, ino, kind) || self.open_rights(s, ino).is_some_and(|w| w || !write))
+            || h.granted().is_some_and(|s| self.holds(s, ino, kind) || self.open_rights(s, ino).is_some_and(|r| !write || r & WRITE != 0))
     }
 
     /// Take `kind` on `ino` for `h` only if nobody else is in the way;

@@ -12,7 +12,7 @@ use aifs_common::locks::{Lock, Refused};
 use aifs_common::lease::LeaseKind;
 use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, Reserved, ShardInfo, Statfs, Writable, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
-use aifs_common::cap::Cap;
+use aifs_common::cap::{Cap, READ, WRITE};
 use aifs_common::perm::{self, Cred};
 use aifs_common::{Error, InodeId, OsdId, Owner, Result, SessionId};
 use bytes::Bytes;
@@ -140,7 +140,7 @@ impl MdsService {
     /// and the capability to write it.
     async fn reserve(&self, dir: InodeId, count: u32, owner: Owner) -> Result<Vec<Reserved>> {
         let v = self.ns.reserve(dir, count, owner).await?;
-        Ok(v.into_iter().map(|(ino, layout)| Reserved { ino, layout, cap: self.caps.grant(ino, true) }).collect())
+        Ok(v.into_iter().map(|(ino, layout)| Reserved { ino, layout, cap: self.caps.grant_new(ino) }).collect())
     }
 
     /// An OSD went down or out: clients holding directories' write leases
@@ -201,13 +201,23 @@ impl MdsService {
     /// already with those rights may (after a recall it takes its lease
     /// again, and an open descriptor outlives a chmod); anyone else as the
     /// file's mode says.
-    async fn may_open(&self, h: &Holder, ino: InodeId, write: bool, cred: &Cred) -> Result<()> {
-        let held = h.granted().and_then(|s| self.ns.cluster.open_rights(s, ino));
-        if held.is_some_and(|w| w || !write) {
-            return Ok(());
+    /// The rights over `ino`'s data that a capability for this caller
+    /// carries: those `h`'s session was granted when it opened the file;
+    /// write (if `write`) or read (if not), which the caller must be
+    /// allowed; and read on a write open if the caller may read. So a
+    /// write-only file opened for writing gives no read.
+    async fn rights(&self, h: &Holder, ino: InodeId, write: bool, cred: &Cred) -> Result<u8> {
+        let held = h.granted().and_then(|s| self.ns.cluster.open_rights(s, ino)).unwrap_or(0);
+        let need = if write { WRITE } else { READ };
+        if held & (need | READ) == need | READ {
+            return Ok(held);
         }
         let a = self.ns.getattr(ino).await?;
-        perm::access((&a).into(), cred, if write { perm::W } else { perm::R })
+        if held & need == 0 {
+            perm::access((&a).into(), cred, if write { perm::W } else { perm::R })?;
+        }
+        let read = held & READ != 0 || perm::access((&a).into(), cred, perm::R).is_ok();
+        Ok(held | need | if read { READ } else { 0 })
     }
 
     async fn handle(&self, peer: &Arc<Peer>, req: MdsReq, cred: &Cred, once: &Once<'_>, grant: &mut Option<SessionId>) -> Result<MdsResp> {
@@ -235,7 +245,7 @@ impl MdsService {
             MdsReq::SetAttr { ino, set } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                let open_for_write = h.granted().and_then(|s| cl.open_rights(s, ino)) == Some(true);
+                let open_for_write = h.granted().is_some_and(|s| cl.open_for_writing(s, ino));
                 if set.size.is_some() {
                     // Checked before the lease is taken: a write lease is
                     // held only by those who may write.
@@ -265,15 +275,17 @@ impl MdsService {
                 }
                 cl.acquire_read_all(&h, &[parent]).await?;
                 let c = ns.create(parent, &name, mode, cred, exclusive, once).await?;
-                if !c.created && c.attr.kind == FileKind::File {
-                    // An existing file is opened for writing like any other.
-                    self.may_open(&h, c.attr.ino, true, cred).await?;
-                }
+                // An existing file is opened for writing like any other.
+                let rights = match (c.created, c.attr.kind) {
+                    (true, _) => READ | WRITE,
+                    (false, FileKind::File) => self.rights(&h, c.attr.ino, true, cred).await?,
+                    (false, _) => 0,
+                };
                 // Created and opened: counted at once (an unlink elsewhere
                 // must find it open), closed by the client later.
                 let counted = c.attr.kind == FileKind::File && h.granted().is_some();
                 if counted {
-                    cl.opened(h.id, c.attr.ino, true);
+                    cl.opened(h.id, c.attr.ino, rights);
                 }
                 if c.created {
                     cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
@@ -300,7 +312,7 @@ impl MdsService {
                     true => self.writable(&h, parent, peer.owner).await,
                     false => None,
                 };
-                let cap = (a.kind == FileKind::File).then(|| self.caps.grant(a.ino, true));
+                let cap = (a.kind == FileKind::File).then(|| self.caps.grant(a.ino, rights));
                 self.changed_file(Some(a), &[parent], writable, cap).await
             }
             MdsReq::Mkdir { parent, name, mode } => {
@@ -455,7 +467,7 @@ impl MdsService {
                 // A writer publishes what it wrote; anyone else needs the
                 // right to write.
                 if !cl.uses(&h, ino, true) {
-                    self.may_open(&h, ino, true, cred).await?;
+                    self.rights(&h, ino, true, cred).await?;
                 }
                 let a = ns.update_size(ino, size, mtime_ns).await?;
                 self.meter.changed(ino);
@@ -560,7 +572,8 @@ impl MdsService {
                     })
                     .await?;
                 for ino in &open {
-                    cl.opened(id, *ino, false);
+                    // with rights unknown: a new check on the next open
+                    cl.opened(id, *ino, 0);
                 }
                 let reclaimed = previous.is_some_and(|p| cl.came_back(p, id, &locks));
                 if let Some(previous) = previous {
@@ -630,10 +643,10 @@ impl MdsService {
             MdsReq::Open { ino, write, first, exclusive } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                self.may_open(&h, ino, write, cred).await?;
+                let rights = self.rights(&h, ino, write, cred).await?;
                 if first && h.granted().is_some() {
                     cl.may_open_more(h.id, Some(ino))?;
-                    cl.opened(h.id, ino, write);
+                    cl.opened(h.id, ino, rights);
                 }
                 cl.wait_repair(ino).await;
                 let want = match write {
@@ -664,12 +677,12 @@ impl MdsService {
                 *grant = h.granted();
                 let lease = if h.granted().is_none() { LeaseMode::None } else { kind.into() };
                 let degraded = if attr.kind == FileKind::File { ns.degraded(ino).await? } else { Vec::new() };
-                MdsResp::Opened { attr, lease, degraded, cap: self.caps.grant(ino, write) }
+                MdsResp::Opened { attr, lease, degraded, cap: self.caps.grant(ino, rights) }
             }
             MdsReq::Close { ino, session } => {
                 need(peer, NS)?;
                 let s = cl.session_for(peer, session)?;
-                if s.and_then(|s| cl.open_rights(s, ino)) == Some(true) {
+                if s.is_some_and(|s| cl.open_for_writing(s, ino)) {
                     // Closing a file written: fallocate changes no size.
                     self.meter.changed(ino);
                 }
@@ -820,7 +833,7 @@ impl MdsService {
             match op {
                 DirOp::Create { parent, name, ino, open, .. } => {
                     if let Some(s) = s.filter(|_| open) {
-                        cl.opened(s, ino, true);
+                        cl.opened(s, ino, READ | WRITE);
                     }
                     cl.try_acquire(&h, ino, if open { LeaseKind::Write } else { LeaseKind::Read });
                     changes.push((parent, vec![name]));
@@ -844,24 +857,29 @@ impl MdsService {
     }
 
     /// A new capability over `ino` for a client whose current one nears its
-    /// end. A session that holds a lease that suits gets it at once, even
-    /// while the lease is being recalled (it may need it to flush);
-    /// anyone else takes the lease first, as `Open` does.
+    /// end, or lacks a right. A session that holds a write lease gets write
+    /// at once, even while the lease is being recalled (it may need it to
+    /// flush): a write lease is granted after a permission check. Read
+    /// comes from the session's opens or a check (a read lease is also
+    /// held by whoever looked the file up). A session without a lease that
+    /// suits takes it first, as `Open` does.
     async fn renew_cap(&self, peer: &Arc<Peer>, ino: InodeId, write: bool, cred: &Cred) -> Result<MdsResp> {
         let cl = &self.ns.cluster;
         let h = cl.holder(peer);
         let want = if write { LeaseKind::Write } else { LeaseKind::Read };
-        // A lease that suits was granted after a permission check.
         let held = h.granted().is_some_and(|s| cl.holds(s, ino, want));
+        let rights = match held && write {
+            true => WRITE | h.granted().and_then(|s| cl.open_rights(s, ino)).unwrap_or(0),
+            false => self.rights(&h, ino, write, cred).await?,
+        };
         if !held {
-            self.may_open(&h, ino, write, cred).await?;
             let want = if write && cl.other_writer(h.id, ino) { LeaseKind::SharedWrite } else { want };
             cl.acquire(&h, ino, want).await?;
         }
         if self.ns.getattr(ino).await?.kind != FileKind::File {
             return Err(Error::InvalidArgument(format!("{ino} is not a file")));
         }
-        Ok(MdsResp::Cap(self.caps.grant(ino, write)))
+        Ok(MdsResp::Cap(self.caps.grant(ino, rights)))
     }
 
     /// Free nameless files nobody has open any more.

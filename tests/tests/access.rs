@@ -58,6 +58,15 @@ fn other_uids_get_what_posix_gives_them_through_a_mount() {
     assert!(!ok, "another user read a 0600 file");
     let (ok, _) = as_user(1000, 100, &[], &format!("mkdir {}", q(&a.p("top"))));
     assert!(!ok, "a user made a name in root's 0755 directory");
+    // A write-only file takes writes, on each mount, from a capability
+    // that reads nothing; its owner cannot read it, root can.
+    let (ok, err) = as_user(1000, 100, &[], &format!("printf abc > {0}/wo && chmod 200 {0}/wo && printf def >> {0}/wo", q(&b.p("home"))));
+    assert!(ok, "{err}");
+    let (ok, err) = as_user(1000, 100, &[], &format!("printf ghi >> {}", q(&a.p("home/wo"))));
+    assert!(ok, "{err}");
+    let (ok, _) = as_user(1000, 100, &[], &format!("cat {}", q(&a.p("home/wo"))));
+    assert!(!ok, "the owner read a 0200 file");
+    assert_eq!(fs::read(b.p("home/wo")).unwrap(), b"abcdefghi");
 
     // A setgid directory hands its group down, on this mount and the other.
     fs::create_dir(a.p("proj")).unwrap();

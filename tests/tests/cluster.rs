@@ -551,6 +551,56 @@ async fn a_client_certificate_alone_opens_no_object() {
     assert_eq!(osd_call(&admin, None, OsdReq::Stat { obj }, &[]).await.0, OsdResp::Stat { exists: true, size: 10 });
 }
 
+/// A capability carries the rights the caller has: a write-only file opened
+/// for writing gives no read, and neither a write lease nor a read lease
+/// taken by a lookup or a stat yields a read capability by renewal to
+/// someone who may not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capability_carries_only_the_rights_its_caller_has() {
+    let cl = TestCluster::start(1, 1).await.unwrap();
+    let c = cl.mds_client(Role::Client).unwrap();
+    mds_call(&c, MdsReq::OpenSession { name: "n".into(), dir_leases: false, previous: None, open: vec![], locks: vec![] }).await.unwrap();
+    let (f, _) = create_with_cap(&c, "write-only").await;
+    let owner = Cred::user(1000, 100, vec![]);
+    let set = SetAttr { mode: Some(0o200), uid: Some(1000), gid: Some(100), ..Default::default() };
+    attr(&c, MdsReq::SetAttr { ino: f.ino, set }).await.unwrap();
+    // the creator's open ends: its rights go with it
+    mds_call(&c, MdsReq::Close { ino: f.ino, session: None }).await.unwrap();
+
+    let osd = osd_client(&cl, Role::Client, aifs_common::OsdId(1));
+    let obj = ObjectId { ino: f.ino, index: 0 };
+    let data = bytes::Bytes::from_static(b"checkpoint");
+    let write = || OsdReq::Write { obj, off: 0, len: 10, crcs: block_crcs(0, &data) };
+    let read = || OsdReq::Read { obj, off: 0, len: 10 };
+    let refused = |r: &OsdResp| matches!(r, OsdResp::Err(e) if e.code == 304);
+    let denied = |r: Result<MdsResp, Error>| matches!(r, Err(Error::PermissionDenied));
+
+    let open = |write| MdsReq::Open { ino: f.ino, write, first: true, exclusive: false };
+    let wo = match mds_call_as(&c, open(true), owner.clone()).await.unwrap() {
+        MdsResp::Opened { cap, .. } => cap,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(osd_call(&osd, Some(wo), write(), &[data.clone()]).await.0, OsdResp::Done);
+    assert!(refused(&osd_call(&osd, Some(wo), read(), &[]).await.0), "a write-only open's capability read");
+    assert!(denied(mds_call_as(&c, open(false), owner.clone()).await), "a write-only file opened for reading");
+    // The session holds a write lease and a write open: neither reads.
+    let renew = |write| MdsReq::Cap { ino: f.ino, write };
+    assert!(denied(mds_call_as(&c, renew(false), owner.clone()).await), "a read capability by renewal under a write lease");
+    match mds_call_as(&c, renew(true), owner.clone()).await.unwrap() {
+        MdsResp::Cap(cap) => assert!(refused(&osd_call(&osd, Some(cap), read(), &[]).await.0), "a renewed write capability read"),
+        r => panic!("{r:?}"),
+    }
+    // A file another user looked at (a read lease) stays closed to them.
+    let (g, _) = create_with_cap(&c, "private").await;
+    attr(&c, MdsReq::SetAttr { ino: g.ino, set: SetAttr { mode: Some(0o600), ..Default::default() } }).await.unwrap();
+    mds_call(&c, MdsReq::Close { ino: g.ino, session: None }).await.unwrap();
+    let other = Cred::user(2000, 200, vec![]);
+    mds_call_as(&c, MdsReq::GetAttr { ino: g.ino }, other.clone()).await.unwrap();
+    assert!(denied(mds_call_as(&c, MdsReq::Cap { ino: g.ino, write: false }, other.clone()).await), "a read capability by renewal under a stat's lease");
+    // while its owner (root) reads it
+    assert!(matches!(mds_call(&c, MdsReq::Cap { ino: g.ino, write: false }).await, Ok(MdsResp::Cap(_))));
+}
+
 /// Open a raw stream to the MDS and send `bytes`; returns what came back.
 /// The server may stop reading a bad frame before all of it arrived, so a
 /// refused write does not end the exchange: its reply is still read.
