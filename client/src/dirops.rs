@@ -282,7 +282,7 @@ mod tests {
     use aifs_common::perm::Cred;
 
     fn reserved(ino: u64) -> Reserved {
-        let cap = aifs_common::cap::Minter::new(&[1; 32], 60_000).grant(InodeId(ino), aifs_common::cap::READ | aifs_common::cap::WRITE, 0);
+        let cap = aifs_common::cap::Minter::new(&[1; 32], 60_000).grant(InodeId(ino), aifs_common::cap::READ | aifs_common::cap::WRITE, 1, 0);
         Reserved { ino: InodeId(ino), layout: Layout { stripe_size: 1 << 20, stripe_count: 1, replicas: 1, osds: vec![OsdId(1)] }, cap }
     }
 

@@ -2,15 +2,18 @@
 //! (DESIGN.md, "Trust"). A client certificate alone opens no object.
 //!
 //! The MDS grants a capability with each open, create, reservation and
-//! lease it hands a client: the inode, the rights (read, or read and
-//! write), an expiry and the epoch of the key that authenticates it. The
+//! lease it hands a client: the inode, the rights (read, write or both),
+//! how many objects the file's layout has, an expiry and the epoch of the
+//! key that authenticates it. The
 //! key is HMAC-SHA256 of a master secret that only the MDS holds and the
 //! epoch (one epoch per `KEY_PERIOD_S`): keys rotate by themselves, and
 //! the MDS hands the OSDs, in each heartbeat reply, the keys of the epochs
 //! around now, never the master secret. An OSD checks the capability of
 //! every object request from a client: its MAC under the key of its epoch,
-//! that it names the object's inode and grants the rights the request
-//! needs, and that it has not expired. The mds and admin roles need none.
+//! that it names the object's inode, that the object is one of the
+//! layout's, that it grants the rights the request needs, and that it has
+//! not expired. So a client makes no objects its file's layout does not
+//! have. The mds and admin roles need none.
 //!
 //! A capability ends with its lease: the MDS renews one (`MdsReq::Cap`)
 //! only for a session that still holds a lease on the file, or takes one
@@ -20,7 +23,7 @@
 //! Like `lease.rs`, this core never reads the clock: callers pass `now`
 //! (milliseconds since the epoch, as the expiry is stated), so tests step it.
 use crate::error::{Error, Result};
-use crate::ids::InodeId;
+use crate::ids::{InodeId, ObjectId};
 use ring::hmac;
 use rkyv::{Archive, Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -38,26 +41,29 @@ pub const WRITE: u8 = 2;
 /// Bytes of an HMAC-SHA256 tag.
 const MAC_LEN: usize = 32;
 
-/// A grant of `rights` over inode `ino`'s objects until `expires_ms`,
+/// A grant of `rights` over inode `ino`'s `objects` objects until `expires_ms`,
 /// authenticated under the key of epoch `key`.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[rkyv(derive(Debug))]
 pub struct Cap {
     pub ino: InodeId,
     pub rights: u8,
+    /// The file's layout has objects `0..objects` (its stripe count).
+    pub objects: u32,
     pub expires_ms: u64,
     pub key: u32,
     pub mac: [u8; MAC_LEN],
 }
 
 impl Cap {
-    /// The bytes the MAC covers, in a fixed order.
-    fn signed(ino: InodeId, rights: u8, expires_ms: u64, key: u32) -> [u8; 21] {
-        let mut b = [0u8; 21];
-        b[..8].copy_from_slice(&ino.0.to_le_bytes());
-        b[8] = rights;
-        b[9..17].copy_from_slice(&expires_ms.to_le_bytes());
-        b[17..].copy_from_slice(&key.to_le_bytes());
+    /// The bytes the MAC covers: every field but the MAC, in a fixed order.
+    fn signed(&self) -> [u8; 25] {
+        let mut b = [0u8; 25];
+        b[..8].copy_from_slice(&self.ino.0.to_le_bytes());
+        b[8] = self.rights;
+        b[9..13].copy_from_slice(&self.objects.to_le_bytes());
+        b[13..21].copy_from_slice(&self.expires_ms.to_le_bytes());
+        b[21..].copy_from_slice(&self.key.to_le_bytes());
         b
     }
 
@@ -112,11 +118,12 @@ impl Minter {
         [e.saturating_sub(1), e, e.saturating_add(1)].into_iter().map(|e| self.key(e)).collect()
     }
 
-    pub fn grant(&self, ino: InodeId, rights: u8, now_ms: u64) -> Cap {
+    pub fn grant(&self, ino: InodeId, rights: u8, objects: u32, now_ms: u64) -> Cap {
         let key = epoch_at(now_ms);
         let expires_ms = now_ms.saturating_add(self.term_ms);
-        let mac = mac(&self.key(key).key, &Cap::signed(ino, rights, expires_ms, key));
-        Cap { ino, rights, expires_ms, key, mac }
+        let mut cap = Cap { ino, rights, objects, expires_ms, key, mac: [0; MAC_LEN] };
+        cap.mac = mac(&self.key(key).key, &cap.signed());
+        cap
     }
 }
 
@@ -141,24 +148,27 @@ impl Keyring {
         self.keys.is_empty()
     }
 
-    /// Does `cap` let its bearer do what needs `rights` on inode `ino`'s
-    /// objects at `now_ms`? A forged, altered or foreign capability is
+    /// Does `cap` let its bearer do what needs `rights` on object `obj`
+    /// at `now_ms`? A forged, altered or foreign capability is
     /// `Unauthorized`; an expired one, or one under a key this OSD does
     /// not have (yet), is `Stale`: the client asks the MDS for a new one.
-    pub fn check(&self, cap: Option<&Cap>, ino: InodeId, rights: u8, now_ms: u64) -> Result<()> {
+    pub fn check(&self, cap: Option<&Cap>, obj: ObjectId, rights: u8, now_ms: u64) -> Result<()> {
+        let ino = obj.ino;
         let Some(cap) = cap else {
             return Err(Error::Unauthorized("object request without a capability".into()));
         };
         let Some(key) = self.keys.get(&cap.key) else {
             return Err(Error::Stale);
         };
-        let data = Cap::signed(cap.ino, cap.rights, cap.expires_ms, cap.key);
         // Compared in constant time: timing must not tell how much matched.
-        if hmac::verify(key, &data, &cap.mac).is_err() {
+        if hmac::verify(key, &cap.signed(), &cap.mac).is_err() {
             return Err(Error::Unauthorized("capability does not verify".into()));
         }
         if cap.ino != ino {
             return Err(Error::Unauthorized(format!("capability for {} used on {ino}", cap.ino)));
+        }
+        if obj.index >= cap.objects {
+            return Err(Error::Unauthorized(format!("{obj} is not in its file's layout of {} objects", cap.objects)));
         }
         if !cap.grants(rights) {
             return Err(Error::Unauthorized(format!("capability for {ino} does not grant this")));
@@ -197,64 +207,75 @@ mod tests {
         k
     }
 
+    fn obj(ino: u64) -> ObjectId {
+        ObjectId { ino: InodeId(ino), index: 0 }
+    }
+
     #[test]
     fn a_grant_checks_until_it_expires() {
         let m = Minter::new(&[7; 32], 60_000);
         let osd = osd_of(&m, T0);
-        let cap = m.grant(InodeId(5), READ | WRITE, T0);
-        assert_eq!(osd.check(Some(&cap), InodeId(5), WRITE, T0 + 59_999), Ok(()));
-        assert_eq!(osd.check(Some(&cap), InodeId(5), READ, T0), Ok(()));
-        assert_eq!(osd.check(Some(&cap), InodeId(5), READ, T0 + 60_000), Err(Error::Stale));
+        let cap = m.grant(InodeId(5), READ | WRITE, 3, T0);
+        assert_eq!(osd.check(Some(&cap), obj(5), WRITE, T0 + 59_999), Ok(()));
+        assert_eq!(osd.check(Some(&cap), obj(5), READ, T0), Ok(()));
+        assert_eq!(osd.check(Some(&cap), obj(5), READ, T0 + 60_000), Err(Error::Stale));
     }
 
     #[test]
     fn rights_inode_and_secret_are_enforced() {
         let m = Minter::new(&[7; 32], 60_000);
         let osd = osd_of(&m, T0);
-        let read = m.grant(InodeId(5), READ, T0);
-        assert!(matches!(osd.check(Some(&read), InodeId(5), WRITE, T0), Err(Error::Unauthorized(_))));
-        assert!(matches!(osd.check(Some(&read), InodeId(6), READ, T0), Err(Error::Unauthorized(_))));
-        assert!(matches!(osd.check(None, InodeId(5), READ, T0), Err(Error::Unauthorized(_))));
+        let read = m.grant(InodeId(5), READ, 3, T0);
+        assert!(matches!(osd.check(Some(&read), obj(5), WRITE, T0), Err(Error::Unauthorized(_))));
+        assert!(matches!(osd.check(Some(&read), obj(6), READ, T0), Err(Error::Unauthorized(_))));
+        assert!(matches!(osd.check(None, obj(5), READ, T0), Err(Error::Unauthorized(_))));
+        // The layout's objects only: 0, 1 and 2 of three.
+        let third = ObjectId { ino: InodeId(5), index: 2 };
+        assert_eq!(osd.check(Some(&read), third, READ, T0), Ok(()));
+        let fourth = ObjectId { ino: InodeId(5), index: 3 };
+        assert!(matches!(osd.check(Some(&read), fourth, READ, T0), Err(Error::Unauthorized(_))));
         // Signed with another master secret: same epoch, wrong key.
-        let other = Minter::new(&[8; 32], 60_000).grant(InodeId(5), READ, T0);
-        assert!(matches!(osd.check(Some(&other), InodeId(5), READ, T0), Err(Error::Unauthorized(_))));
+        let other = Minter::new(&[8; 32], 60_000).grant(InodeId(5), READ, 3, T0);
+        assert!(matches!(osd.check(Some(&other), obj(5), READ, T0), Err(Error::Unauthorized(_))));
     }
 
     #[test]
     fn keys_rotate_and_old_epochs_go() {
         let m = Minter::new(&[7; 32], 60_000);
         let mut osd = osd_of(&m, T0);
-        let cap = m.grant(InodeId(5), READ, T0);
+        let cap = m.grant(InodeId(5), READ, 1, T0);
         // Two periods later the OSD holds keys of later epochs only: a cap
         // under a key it dropped is stale, never accepted.
         osd.install(&m.keys_around(T0 + 2 * KEY_PERIOD_S * 1000));
-        assert_eq!(osd.check(Some(&cap), InodeId(5), READ, T0), Err(Error::Stale));
+        assert_eq!(osd.check(Some(&cap), obj(5), READ, T0), Err(Error::Stale));
         // Just across a rotation, a cap signed before it still checks.
         let edge = (T0 / 1000 / KEY_PERIOD_S + 1) * KEY_PERIOD_S * 1000;
-        let before = m.grant(InodeId(5), READ, edge - 1);
+        let before = m.grant(InodeId(5), READ, 1, edge - 1);
         let osd = osd_of(&m, edge + 1);
-        assert_eq!(osd.check(Some(&before), InodeId(5), READ, edge + 1), Ok(()));
-        assert!(Keyring::default().check(Some(&before), InodeId(5), READ, edge).is_err());
+        assert_eq!(osd.check(Some(&before), obj(5), READ, edge + 1), Ok(()));
+        assert!(Keyring::default().check(Some(&before), obj(5), READ, edge).is_err());
     }
 
     proptest! {
         /// Any change to any field of a capability makes it fail, except
         /// one that leaves the grant as it was.
         #[test]
-        fn altered_caps_never_check(field in 0usize..5, bit in 0u32..64, by in 1u8..=255) {
+        fn altered_caps_never_check(field in 0usize..6, bit in 0u32..64, by in 1u8..=255) {
             let m = Minter::new(&[3; 32], 600_000);
             let osd = osd_of(&m, T0);
-            let cap = m.grant(InodeId(0x0100_0000_0000_0042), READ, T0);
+            let cap = m.grant(InodeId(0x0100_0000_0000_0042), READ, 1, T0);
             let mut bad = cap;
             match field {
                 0 => bad.ino = InodeId(cap.ino.0 ^ (1 << bit)),
                 1 => bad.rights ^= by,
                 2 => bad.expires_ms ^= 1 << bit,
                 3 => bad.key ^= 1 << (bit % 32),
+                4 => bad.objects ^= 1 << (bit % 32),
                 _ => bad.mac[(bit % MAC_LEN as u32) as usize] ^= by,
             }
             prop_assume!(bad != cap);
-            prop_assert!(osd.check(Some(&bad), bad.ino, bad.rights & (READ | WRITE), T0).is_err());
+            let first = ObjectId { ino: bad.ino, index: 0 };
+            prop_assert!(osd.check(Some(&bad), first, bad.rights & (READ | WRITE), T0).is_err());
         }
     }
 }

@@ -6,7 +6,8 @@ use crate::namespace::Namespace;
 use crate::store::{IoResult, SECRETS};
 use redb::ReadableTable;
 use aifs_common::cap::{self, Cap, CapKey, Minter, READ, WRITE};
-use aifs_common::{Error, InodeId, Result};
+use aifs_common::proto::mds::Attr;
+use aifs_common::{Error, InodeId, Layout, Result};
 
 const MASTER: &str = "cap_master";
 
@@ -38,14 +39,17 @@ impl Caps {
         Ok(Caps { minter: Minter::new(&master, term_ms.max(1000)) })
     }
 
-    /// `rights` (`READ`, `WRITE`) over `ino`'s objects.
-    pub fn grant(&self, ino: InodeId, rights: u8) -> Cap {
-        self.minter.grant(ino, rights, cap::now_ms())
+    /// `rights` (`READ`, `WRITE`) over file `a`'s objects: those of its
+    /// layout (none without one).
+    pub fn grant(&self, a: &Attr, rights: u8) -> Cap {
+        let objects = a.layout.as_ref().map_or(0, |l| l.stripe_count);
+        self.minter.grant(a.ino, rights, objects, cap::now_ms())
     }
 
-    /// Read and write over a file just made, for its maker.
-    pub fn grant_new(&self, ino: InodeId) -> Cap {
-        self.grant(ino, READ | WRITE)
+    /// Read and write over a file to be made as `ino` with `layout`, for
+    /// its maker.
+    pub fn grant_new(&self, ino: InodeId, layout: &Layout) -> Cap {
+        self.minter.grant(ino, READ | WRITE, layout.stripe_count, cap::now_ms())
     }
 
     /// What OSDs are handed with each heartbeat reply.

@@ -140,7 +140,7 @@ impl MdsService {
     /// and the capability to write it.
     async fn reserve(&self, dir: InodeId, count: u32, owner: Owner) -> Result<Vec<Reserved>> {
         let v = self.ns.reserve(dir, count, owner).await?;
-        Ok(v.into_iter().map(|(ino, layout)| Reserved { ino, layout, cap: self.caps.grant_new(ino) }).collect())
+        Ok(v.into_iter().map(|(ino, layout)| Reserved { ino, cap: self.caps.grant_new(ino, &layout), layout }).collect())
     }
 
     /// An OSD went down or out: clients holding directories' write leases
@@ -312,7 +312,7 @@ impl MdsService {
                     true => self.writable(&h, parent, peer.owner).await,
                     false => None,
                 };
-                let cap = (a.kind == FileKind::File).then(|| self.caps.grant(a.ino, rights));
+                let cap = (a.kind == FileKind::File).then(|| self.caps.grant(&a, rights));
                 self.changed_file(Some(a), &[parent], writable, cap).await
             }
             MdsReq::Mkdir { parent, name, mode } => {
@@ -677,7 +677,8 @@ impl MdsService {
                 *grant = h.granted();
                 let lease = if h.granted().is_none() { LeaseMode::None } else { kind.into() };
                 let degraded = if attr.kind == FileKind::File { ns.degraded(ino).await? } else { Vec::new() };
-                MdsResp::Opened { attr, lease, degraded, cap: self.caps.grant(ino, rights) }
+                let cap = self.caps.grant(&attr, rights);
+                MdsResp::Opened { attr, lease, degraded, cap }
             }
             MdsReq::Close { ino, session } => {
                 need(peer, NS)?;
@@ -876,10 +877,11 @@ impl MdsService {
             let want = if write && cl.other_writer(h.id, ino) { LeaseKind::SharedWrite } else { want };
             cl.acquire(&h, ino, want).await?;
         }
-        if self.ns.getattr(ino).await?.kind != FileKind::File {
+        let a = self.ns.getattr(ino).await?;
+        if a.kind != FileKind::File {
             return Err(Error::InvalidArgument(format!("{ino} is not a file")));
         }
-        Ok(MdsResp::Cap(self.caps.grant(ino, rights)))
+        Ok(MdsResp::Cap(self.caps.grant(&a, rights)))
     }
 
     /// Free nameless files nobody has open any more.

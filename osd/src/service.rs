@@ -92,14 +92,14 @@ impl OsdService {
         match req.needs() {
             Needs::Nothing => Ok(()),
             Needs::Operator => Err(Error::Unauthorized(format!("a {} certificate cannot do this", role.name()))),
-            Needs::Cap(ino, rights) => {
+            Needs::Cap(obj, rights) => {
                 let keys = self.keys.read().map_err(|_| Error::Io("capability keys poisoned".into()))?;
                 if keys.is_empty() {
                     // Not heard from the MDS since it started: not ready,
                     // as if down (a write goes on with the other replicas).
                     return Err(Error::Unavailable("OSD has no capability keys from the MDS yet".into()));
                 }
-                keys.check(cap, ino, rights, cap::now_ms())
+                keys.check(cap, obj, rights, cap::now_ms())
             }
         }
     }

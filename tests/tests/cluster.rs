@@ -531,6 +531,10 @@ async fn a_client_certificate_alone_opens_no_object() {
     let mut longer = rw;
     longer.expires_ms += 3_600_000;
     assert!(refused(&osd_call(&osd, Some(longer), read(), &[]).await.0), "a capability altered to last longer");
+    // Objects past the file's layout are not the capability's to make.
+    let beyond = ObjectId { ino: f.ino, index: f.layout.as_ref().unwrap().stripe_count };
+    let far = OsdReq::Write { obj: beyond, off: 0, len: 10, crcs: block_crcs(0, &data) };
+    assert!(refused(&osd_call(&osd, Some(rw), far, &[data.clone()]).await.0), "a write to an object the layout has not");
     // A read open's capability reads, and does not write.
     let ro = match mds_call(&c, MdsReq::Open { ino: f.ino, write: false, first: false, exclusive: false }).await.unwrap() {
         MdsResp::Opened { cap, .. } => cap,

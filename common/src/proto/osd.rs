@@ -3,7 +3,7 @@
 use super::frame::message;
 use crate::error::WireError;
 use crate::cap::{Cap, READ, WRITE};
-use crate::ids::{InodeId, ObjectId};
+use crate::ids::ObjectId;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Checksum granule: one crc32c per 64 KiB block of an object. The stripe
@@ -85,8 +85,9 @@ message!(OsdReq, |m| match m {
 
 /// Who may ask for a request, and what a client needs for it.
 pub enum Needs {
-    /// A capability over this inode granting these rights.
-    Cap(InodeId, u8),
+    /// A capability over the object's file granting these rights (for
+    /// several objects of one file: the one with the highest index).
+    Cap(ObjectId, u8),
     /// Nothing: counters that name no object.
     Nothing,
     /// The mds or admin role: whole-store scans, deletes, truncates.
@@ -96,12 +97,15 @@ pub enum Needs {
 impl OsdReq {
     pub fn needs(&self) -> Needs {
         match self {
-            OsdReq::Write { obj, .. } | OsdReq::Allocate { obj, .. } => Needs::Cap(obj.ino, WRITE),
-            OsdReq::Read { obj, .. } | OsdReq::ReadRange { obj, .. } => Needs::Cap(obj.ino, READ),
+            OsdReq::Write { obj, .. } | OsdReq::Allocate { obj, .. } => Needs::Cap(*obj, WRITE),
+            OsdReq::Read { obj, .. } | OsdReq::ReadRange { obj, .. } => Needs::Cap(*obj, READ),
             // One file's objects, as a client's fsync sends them; a commit
             // of several files' objects is the operator's.
             OsdReq::Commit { objs } => match objs.first() {
-                Some(o) if objs.iter().all(|x| x.ino == o.ino) => Needs::Cap(o.ino, WRITE),
+                Some(o) if objs.iter().all(|x| x.ino == o.ino) => {
+                    let last = objs.iter().max_by_key(|x| x.index).unwrap_or(o);
+                    Needs::Cap(*last, WRITE)
+                }
                 Some(_) => Needs::Operator,
                 None => Needs::Nothing,
             },
