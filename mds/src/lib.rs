@@ -16,6 +16,7 @@ pub mod leases;
 pub mod namespace;
 pub mod once;
 pub mod records;
+pub mod reservations;
 pub mod service;
 pub mod store;
 
