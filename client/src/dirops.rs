@@ -54,9 +54,15 @@ struct Inner {
     unapplied: HashSet<InodeId>,
     /// Files whose create is in the batch being applied.
     in_flight: Vec<InodeId>,
+    /// Reserved numbers this client will not use: to give back.
+    unused: Vec<InodeId>,
 }
 
 impl Inner {
+    fn give_back(&mut self, reserved: impl IntoIterator<Item = Reserved>) {
+        self.unused.extend(reserved.into_iter().map(|r| r.ino));
+    }
+
     /// Ask for more inode numbers for `dir` if it runs low.
     fn want_refill(&mut self, dir: InodeId) -> bool {
         match self.writable.get_mut(&dir) {
@@ -157,10 +163,20 @@ impl DirOps {
 
     /// Reserved numbers arrived (none: the refill failed).
     pub fn refilled(&self, dir: InodeId, got: Vec<Reserved>) {
-        if let Some(d) = self.lock().writable.get_mut(&dir) {
-            d.refilling = false;
-            d.reserved.extend(got);
+        let mut g = self.lock();
+        match g.writable.get_mut(&dir) {
+            Some(d) => {
+                d.refilling = false;
+                d.reserved.extend(got);
+            }
+            // the lease went meanwhile
+            None => g.give_back(got),
         }
+    }
+
+    /// Reserved numbers to give back to the MDS.
+    pub fn take_unused(&self) -> Vec<InodeId> {
+        std::mem::take(&mut self.lock().unused)
     }
 
     /// The MDS recalls `dir`'s write lease: from now on changes there go to
@@ -168,8 +184,12 @@ impl DirOps {
     /// client held the lease.
     pub fn revoke(&self, dir: InodeId) -> Option<u64> {
         let mut g = self.lock();
-        g.writable.remove(&dir)?;
-        Some(g.last)
+        let d = g.writable.remove(&dir)?;
+        g.give_back(d.reserved);
+        let last = g.last;
+        drop(g);
+        self.queued.notify_one();
+        Some(last)
     }
 
     /// Something about `dir` changed (its default layout, say): the
@@ -177,17 +197,23 @@ impl DirOps {
     pub fn forget_reserved(&self, dir: InodeId) {
         let mut g = self.lock();
         if let Some(d) = g.writable.get_mut(&dir) {
-            d.reserved.clear();
-            if g.want_refill(dir) {
-                drop(g);
-                self.queued.notify_one();
-            }
+            let old = std::mem::take(&mut d.reserved);
+            g.give_back(old);
+            g.want_refill(dir);
+            drop(g);
+            self.queued.notify_one();
         }
     }
 
     /// The session was lost, and every lease with it.
     pub fn lost_leases(&self) {
-        self.lock().writable.clear();
+        let mut g = self.lock();
+        let dirs = std::mem::take(&mut g.writable);
+        for (_, d) in dirs {
+            g.give_back(d.reserved);
+        }
+        drop(g);
+        self.queued.notify_one();
     }
 
     /// The last change queued so far.
@@ -327,6 +353,28 @@ mod tests {
         assert!(!d.unapplied(InodeId(100)));
         let (ops, last) = d.take_batch().expect("the close");
         assert_eq!((ops, last), (vec![DirOp::Close { ino: InodeId(100) }], 3));
+    }
+
+    /// Numbers this client will not use are given back: those left when
+    /// the lease goes or is lost, those of a layout changed, and a refill
+    /// that comes after the lease went; never one a create took.
+    #[test]
+    fn numbers_left_unused_are_given_back() {
+        let d = DirOps::default();
+        d.grant(InodeId(5), vec![reserved(100), reserved(101), reserved(102)]);
+        d.grant(InodeId(6), vec![reserved(200)]);
+        let took = d.local(InodeId(5), |l| l.take()).map(|r| r.ino);
+        assert_eq!(took, Some(InodeId(100)));
+        d.forget_reserved(InodeId(6));
+        assert_eq!(d.take_unused(), vec![InodeId(200)]);
+        d.refilled(InodeId(6), vec![reserved(201)]);
+        assert!(d.revoke(InodeId(5)).is_some());
+        assert_eq!(d.take_unused(), vec![InodeId(101), InodeId(102)]);
+        d.refilled(InodeId(5), vec![reserved(103)]);
+        assert_eq!(d.take_unused(), vec![InodeId(103)], "a refill after the lease went");
+        d.lost_leases();
+        assert_eq!(d.take_unused(), vec![InodeId(201)]);
+        assert!(d.take_unused().is_empty());
     }
 
     #[tokio::test]

@@ -67,6 +67,16 @@ pub struct SessionLimits {
     /// ENOLCK.
     #[serde(default = "default_max_locks")]
     pub max_locks: usize,
+    /// Inode numbers reserved for one certificate (all its sessions) and
+    /// neither used by a create nor given back: a `Reserve` past this
+    /// fails, and the client creates through the MDS instead.
+    #[serde(default = "default_max_reserved")]
+    pub max_reserved: u64,
+}
+
+/// 32 directories' worth of numbers (`RESERVE_BATCH`), about 2 MB of store.
+fn default_max_reserved() -> u64 {
+    16_384
 }
 
 fn default_max_locks() -> usize {
@@ -84,7 +94,12 @@ fn default_max_open_files() -> u32 {
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        SessionLimits { max_leases: default_max_leases(), max_open_files: default_max_open_files(), max_locks: default_max_locks() }
+        SessionLimits {
+            max_leases: default_max_leases(),
+            max_open_files: default_max_open_files(),
+            max_locks: default_max_locks(),
+            max_reserved: default_max_reserved(),
+        }
     }
 }
 

@@ -446,6 +446,8 @@ pub struct Namespace {
     pub cluster: Arc<Cluster>,
     /// Requests with ids being served (once.rs).
     running: once::Running,
+    /// Inode numbers reserved per certificate (reservations.rs).
+    pub reserved: crate::reservations::Counts,
 }
 
 impl Namespace {
@@ -482,7 +484,7 @@ impl Namespace {
         }
         // the names of store files just made
         crate::store::sync_dir(dir)?;
-        let ns = Namespace { shards, topo: tokio::sync::RwLock::new(()), cluster, running: Default::default() };
+        let ns = Namespace { shards, topo: tokio::sync::RwLock::new(()), cluster, running: Default::default(), reserved: Default::default() };
         ns.shard(0)
             .mutate(move |txn| {
                 let mut inodes = txn.open_table(INODES).io()?;
@@ -495,6 +497,7 @@ impl Namespace {
             })
             .await?;
         ns.roll_forward().await?;
+        ns.count_reservations().await?;
         Ok(ns)
     }
 
@@ -858,6 +861,7 @@ impl Namespace {
     /// (two shards), between the commits of what comes before and after.
     pub async fn apply(&self, ops: Vec<DirOp>, owner: Owner) -> Vec<Result<()>> {
         let n = ops.len();
+        let creates: Vec<bool> = ops.iter().map(|op| matches!(op, DirOp::Create { .. })).collect();
         let mut out: Vec<Option<Result<()>>> = (0..n).map(|_| None).collect();
         let mut by_shard: std::collections::BTreeMap<u32, Vec<(usize, DirOp)>> = std::collections::BTreeMap::new();
         for (i, op) in ops.into_iter().enumerate() {
@@ -940,7 +944,12 @@ impl Namespace {
                 }
             }
         }
-        out.into_iter().map(|r| r.unwrap_or(Err(Error::Io("change not applied".into())))).collect()
+        let out: Vec<Result<()>> = out.into_iter().map(|r| r.unwrap_or(Err(Error::Io("change not applied".into())))).collect();
+        // (a create applied again after a lost reply is counted twice: the
+        // next sweep recounts)
+        let used = out.iter().zip(&creates).filter(|(r, c)| **c && r.is_ok()).count();
+        self.reserved.sub(owner, used as u64);
+        out
     }
 
     pub async fn symlink(&self, parent: InodeId, name: &str, target: &str, cred: &Cred, once: &Once<'_>) -> Result<Attr> {

@@ -10,7 +10,7 @@ use aifs_common::certs::Role;
 use crate::leases::Holder;
 use aifs_common::locks::{Lock, Refused};
 use aifs_common::lease::LeaseKind;
-use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, Reserved, ShardInfo, Statfs, Writable, RESERVE_BATCH};
+use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, Reserved, ShardInfo, Statfs, Writable, MAX_UNRESERVE, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
 use aifs_common::cap::{Cap, READ, WRITE};
 use aifs_common::perm::{self, Cred};
@@ -797,6 +797,14 @@ impl MdsService {
                     return Err(Error::NotPermitted("inode numbers are reserved for the holder of the directory's write lease".into()));
                 }
                 MdsResp::Reserved(self.reserve(dir, count, peer.owner).await?)
+            }
+            MdsReq::Unreserve { inos } => {
+                need(peer, &[Role::Client])?;
+                if inos.len() > MAX_UNRESERVE {
+                    return Err(Error::InvalidArgument(format!("{} numbers given back at once (at most {MAX_UNRESERVE})", inos.len())));
+                }
+                ns.unreserve(&inos, peer.owner).await?;
+                MdsResp::Done
             }
             MdsReq::Apply { session, ops } => {
                 need(peer, &[Role::Client])?;

@@ -846,7 +846,7 @@ async fn a_holder_that_ignores_recalls_is_evicted_after_a_term() {
 async fn a_session_holds_no_more_than_its_limits() {
     use aifs_common::proto::mds::{MdsCall, MdsReply};
     use aifs_mds::cluster::SessionLimits;
-    let cl = TestCluster::start_with(1, 1, |m| m.session_limits = SessionLimits { max_leases: 4, max_open_files: 2, max_locks: 3 }).await.unwrap();
+    let cl = TestCluster::start_with(1, 1, |m| m.session_limits = SessionLimits { max_leases: 4, max_open_files: 2, max_locks: 3, max_reserved: 16_384 }).await.unwrap();
     // files another client made, before this one holds anything
     for i in 0..2 {
         mds_call(&cl.mds_client(Role::Client).unwrap(), create(ROOT, &format!("other{i}"))).await.unwrap();
@@ -886,6 +886,52 @@ async fn a_session_holds_no_more_than_its_limits() {
     assert_eq!(aifs_common::errno(&Error::NoLocks(String::new())), libc::ENOLCK);
     mds_call(&c, lock(0, 9, LockKind::Unlock)).await.unwrap();
     mds_call(&c, lock(1000, 1009, LockKind::Read)).await.unwrap();
+}
+
+/// Inode numbers reserved for creates under a directory's write lease are
+/// bounded per certificate (`max_reserved`) and freed when the client gives
+/// them back: a create under one given back is refused, and the room is
+/// there again. Another certificate cannot give back what is not its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_numbers_are_bounded_per_certificate_and_given_back() {
+    use aifs_common::proto::mds::{DirOp, Reserved, RESERVE_BATCH};
+    use aifs_mds::cluster::SessionLimits;
+    let cl = TestCluster::start_with(1, 1, |m| m.session_limits = SessionLimits { max_reserved: 600, ..Default::default() }).await.unwrap();
+    let c = cl.mds_client_of_node(Role::Client, "maker").unwrap();
+    let other = cl.mds_client_of_node(Role::Client, "other").unwrap();
+    let d = attr(&other, mkdir(ROOT, "d")).await.unwrap().ino;
+    mds_call(&c, MdsReq::OpenSession { name: "maker".into(), dir_leases: true, previous: None, open: vec![], locks: vec![] }).await.unwrap();
+    // The first create there brings the directory's write lease and a batch.
+    let first = match mds_call(&c, create(d, "first")).await.unwrap() {
+        MdsResp::Changed { writable: Some(w), .. } => w.reserved,
+        r => panic!("no write lease: {r:?}"),
+    };
+    assert_eq!(first.len(), RESERVE_BATCH as usize);
+    let reserve = |count| MdsReq::Reserve { dir: d, count };
+    assert!(matches!(mds_call(&c, reserve(RESERVE_BATCH)).await, Err(Error::TooManyOpen(_))), "reserved past max_reserved");
+    let more = match mds_call(&c, reserve(600 - RESERVE_BATCH)).await.unwrap() {
+        MdsResp::Reserved(v) => v,
+        r => panic!("{r:?}"),
+    };
+    assert!(matches!(mds_call(&c, reserve(1)).await, Err(Error::TooManyOpen(_))));
+    // Given back by another certificate: nothing changes.
+    let inos: Vec<InodeId> = first.iter().map(|r| r.ino).collect();
+    mds_call(&other, MdsReq::Unreserve { inos: inos.clone() }).await.unwrap();
+    assert!(matches!(mds_call(&c, reserve(1)).await, Err(Error::TooManyOpen(_))), "another certificate gave back the maker's numbers");
+    // Given back by the maker: gone, and the room is there again.
+    mds_call(&c, MdsReq::Unreserve { inos }).await.unwrap();
+    let make = |r: &Reserved, name: &str| DirOp::Create { parent: d, name: name.into(), ino: r.ino, layout: r.layout.clone(), mode: 0o644, cred: Cred::root(), time_ns: 0, open: false };
+    let ops = vec![make(&first[0], "given-back"), make(&more[0], "kept")];
+    match mds_call(&c, MdsReq::Apply { session: None, ops }).await.unwrap() {
+        MdsResp::Applied(rs) => {
+            assert!(rs[0].is_some(), "a create under a number given back was applied");
+            assert!(rs[1].is_none(), "a create under a number held was refused: {:?}", rs[1]);
+        }
+        r => panic!("{r:?}"),
+    }
+    assert!(matches!(mds_call(&c, reserve(RESERVE_BATCH)).await, Ok(MdsResp::Reserved(v)) if v.len() == RESERVE_BATCH as usize));
+    let too_many = vec![InodeId(1); aifs_common::proto::mds::MAX_UNRESERVE + 1];
+    assert!(matches!(mds_call(&c, MdsReq::Unreserve { inos: too_many }).await, Err(Error::InvalidArgument(_))));
 }
 
 /// Only a client using a file reports its replicas stale, and never the last

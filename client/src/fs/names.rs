@@ -2,7 +2,7 @@
 //! renames, listings, xattrs, and the changes made under directories'
 //! write leases on their way to the MDS (dirops.rs).
 use super::*;
-use aifs_common::proto::mds::RENAME_EXCHANGE;
+use aifs_common::proto::mds::{MAX_UNRESERVE, RENAME_EXCHANGE};
 
 impl ClientFs {
     /// Send the changes made under directory leases, a batch at a time
@@ -21,6 +21,7 @@ impl ClientFs {
             loop {
                 // Numbers for directories running low first: without them
                 // creates there go to the MDS, behind every queued change.
+                fs.unreserve(&ops).await;
                 fs.reserve(&ops).await;
                 let Some((batch, last)) = ops.take_batch() else {
                     break;
@@ -66,6 +67,18 @@ impl ClientFs {
                 }
             };
             ops.refilled(dir, got);
+        }
+    }
+
+    /// Give back the inode numbers reserved for directories where this
+    /// client makes no more files itself (lease recalled or lost, layout
+    /// changed): they count against its certificate until then.
+    pub(super) async fn unreserve(&self, ops: &DirOps) {
+        let unused = ops.take_unused();
+        for inos in unused.chunks(MAX_UNRESERVE) {
+            if let Err(e) = self.pool.mds(&MdsReq::Unreserve { inos: inos.to_vec() }).await {
+                tracing::debug!(numbers = inos.len(), error = %e, "reserved inode numbers not given back; the MDS drops them once this client is gone");
+            }
         }
     }
 

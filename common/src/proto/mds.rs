@@ -374,6 +374,11 @@ pub enum MdsReq {
     /// a replica known to hold the file's data after all (restored by
     /// hand, or the last copy left when the healthy ones are lost).
     ClearDegraded { ino: InodeId, index: Option<u32>, osd: Option<OsdId> },
+    /// Inode numbers reserved for this client's certificate that it will
+    /// not use (the directory's write lease went, or its layout changed),
+    /// given back: at most `MAX_UNRESERVE`. Numbers reserved for another
+    /// certificate, or used already, are left as they are.
+    Unreserve { inos: Vec<InodeId> },
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);
@@ -471,6 +476,9 @@ pub enum DirOp {
 /// How many inode numbers a client holds in reserve per directory it
 /// holds the write lease of (granted with the lease, refilled by `Reserve`).
 pub const RESERVE_BATCH: u32 = 512;
+
+/// Most inode numbers one `Unreserve` gives back.
+pub const MAX_UNRESERVE: usize = 4096;
 
 /// A directory's write lease granted with a reply, and the first inode
 /// numbers reserved for creates there.

@@ -74,6 +74,7 @@ fn mds_corpus() -> Result<Vec<Vec<u8>>> {
         MdsReq::Open { ino: f, write: true, first: true, exclusive: false },
         MdsReq::UpdateSize { ino: f, size: 1 << 20, mtime_ns: 1 },
         MdsReq::Reserve { dir: root, count: 8 },
+        MdsReq::Unreserve { inos: vec![f] },
         MdsReq::Apply {
             session: None,
             ops: vec![DirOp::Create { parent: root, name: "r".into(), ino: f, layout, mode: 0o644, cred: Cred::root(), time_ns: 0, open: false }],
