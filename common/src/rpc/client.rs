@@ -194,10 +194,49 @@ async fn exchange<Resp: Message>(
 }
 
 /// One call on a connection the caller already has, in either direction:
-/// the MDS uses it to send lease recalls on a client's connection.
+/// the MDS uses it to send lease recalls on a client's connection. Opening
+/// the stream is bounded by `limit` too: a peer that takes none of the
+/// streams opened to it runs out of stream credit, and a call that waited
+/// for more would wait as long as the connection lives.
 pub async fn call_on<Req: Message, Resp: Message>(conn: &quinn::Connection, req: &Req, limit: Duration) -> Result<Resp> {
     let header = req.encode()?;
     let addr = conn.remote_address();
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Transport(format!("open stream to {addr}: {e}")))?;
+    let opened = tokio::time::timeout(limit, conn.open_bi())
+        .await
+        .map_err(|_| Error::Transport(format!("{addr} took no new stream in {limit:?}")))?;
+    let (mut send, mut recv) = opened.map_err(|e| Error::Transport(format!("open stream to {addr}: {e}")))?;
     Ok(exchange::<Resp>(&mut send, &mut recv, &header, &[], addr, limit).await?.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::init_cluster;
+    use crate::config::{TlsConfig, TransportConfig};
+    use crate::proto::mds::{MdsReq, MdsResp};
+    use crate::rpc::{client_endpoint, server_endpoint, Identity};
+
+    /// A peer that allows one stream at a time and takes none: every call
+    /// to it ends within its limit, the second and later ones too, which
+    /// find no stream credit left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_to_a_peer_that_takes_no_streams_end_within_their_limit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        init_cluster(dir.path(), &dir.path().join("ca"), 1, false).expect("certificates");
+        let id = |stem: &str| Identity::load(&TlsConfig::in_dir(dir.path(), stem)).expect("identity");
+        let server = server_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), &id("mds"), &TransportConfig::default(), Default::default()).expect("server");
+        let addr = server.local_addr().expect("server address");
+        let srv = server.clone();
+        let accepted = tokio::spawn(async move { srv.accept().await.expect("incoming").await.expect("accepted") });
+        let deaf = client_endpoint(&id("client"), &TransportConfig { max_streams: 1, ..TransportConfig::default() }).expect("client");
+        let _held = deaf.connect(addr, Role::Mds.dns_name()).expect("connect").await.expect("handshake");
+        let conn = accepted.await.expect("server task");
+        let limit = Duration::from_millis(300);
+        for i in 0..3 {
+            let t = std::time::Instant::now();
+            let r = tokio::time::timeout(Duration::from_secs(10), call_on::<_, MdsResp>(&conn, &MdsReq::Statfs, limit)).await;
+            assert!(matches!(r, Ok(Err(Error::Transport(_)))), "call {i}: {r:?}");
+            assert!(t.elapsed() < limit * 3, "call {i} took {:?}", t.elapsed());
+        }
+    }
 }
