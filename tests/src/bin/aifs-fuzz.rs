@@ -5,7 +5,10 @@
 //! open, serving recalls on a connection the fuzzer makes as the MDS). It
 //! checks that nothing panics, that both servers keep answering a
 //! well-formed request within a few seconds all along, and that the
-//! process's memory stays bounded; it prints a line a second and a summary.
+//! process's memory stays bounded: its live heap (every allocation, counted)
+//! peaks no higher in the second half of the run than in the first, give
+//! or take `HEAP_SLACK`, and its resident memory never grows past
+//! `RSS_SLACK`. It prints a line a second and a summary.
 //!
 //! `aifs-fuzz [--frames N] [--seed S] [--streams K]`: N frames in all
 //! (default 10,000,000), K in flight (default 64).
@@ -19,6 +22,7 @@ use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::{InodeId, Layout, ObjectId, OsdId};
 use aifs_tests::TestCluster;
 use anyhow::{bail, Context, Result};
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +32,97 @@ use std::time::{Duration, Instant};
 const HEALTH_DEADLINE: Duration = Duration::from_secs(10);
 /// Growth of resident memory over the run that counts as unbounded.
 const RSS_SLACK: u64 = 1 << 30;
+/// How much higher the live heap may peak in the second half of the run
+/// than in the first before it counts as still growing.
+const HEAP_SLACK: u64 = 32 << 20;
+
+/// The system allocator, counting the bytes allocated and not yet freed.
+struct Counting;
+
+static LIVE: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: each call forwards to the system allocator with the same
+// arguments; the counter only follows what it hands out and takes back.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: AllocLayout) -> *mut u8 {
+        // SAFETY: as the caller promised for `l`.
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            LIVE.fetch_add(l.size() as u64, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, l: AllocLayout) -> *mut u8 {
+        // SAFETY: as the caller promised for `l`.
+        let p = unsafe { System.alloc_zeroed(l) };
+        if !p.is_null() {
+            LIVE.fetch_add(l.size() as u64, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, l: AllocLayout) {
+        // SAFETY: `p` came from this allocator with `l`.
+        unsafe { System.dealloc(p, l) };
+        LIVE.fetch_sub(l.size() as u64, Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, l: AllocLayout, size: usize) -> *mut u8 {
+        // SAFETY: `p` came from this allocator with `l`.
+        let q = unsafe { System.realloc(p, l, size) };
+        if !q.is_null() {
+            LIVE.fetch_add(size as u64, Ordering::Relaxed);
+            LIVE.fetch_sub(l.size() as u64, Ordering::Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Memory over a run: the live heap and resident memory at the start, and
+/// their peaks (the heap's in each half of the run).
+struct Memory {
+    rss0: u64,
+    heap0: u64,
+    rss_peak: u64,
+    heap_peaks: [u64; 2],
+}
+
+impl Memory {
+    fn start() -> Memory {
+        let (rss0, heap0) = (rss(), LIVE.load(Ordering::Relaxed));
+        Memory { rss0, heap0, rss_peak: rss0, heap_peaks: [heap0; 2] }
+    }
+
+    /// A sample taken in the first or (`late`) the second half of the run.
+    fn sample(&mut self, late: bool) -> (u64, u64) {
+        let (r, h) = (rss(), LIVE.load(Ordering::Relaxed));
+        self.rss_peak = self.rss_peak.max(r);
+        let half = &mut self.heap_peaks[late as usize];
+        *half = (*half).max(h);
+        (r, h)
+    }
+
+    fn report(&self) {
+        let [early, late] = self.heap_peaks.map(|b| b >> 20);
+        println!("  resident memory: {} MiB at start, {} MiB at peak", self.rss0 >> 20, self.rss_peak >> 20);
+        println!("  live heap: {} MiB at start, peak {early} MiB in the first half of the run, {late} MiB in the second", self.heap0 >> 20);
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.rss_peak > self.rss0 + RSS_SLACK {
+            bail!("resident memory grew by {} MiB", (self.rss_peak - self.rss0) >> 20);
+        }
+        let [early, late] = self.heap_peaks;
+        if late > early + HEAP_SLACK {
+            bail!("the live heap was still growing: its peak rose by {} MiB from the first half to the second", (late - early) >> 20);
+        }
+        Ok(())
+    }
+}
 
 static PANICS: AtomicU64 = AtomicU64::new(0);
 
@@ -243,6 +338,20 @@ fn rss() -> u64 {
     kb.unwrap_or(0) * 1024
 }
 
+/// What each target was sent and answered.
+fn report(targets: &[Arc<Target>], tallies: &[Arc<Tally>]) {
+    for (t, y) in targets.iter().zip(tallies) {
+        println!(
+            "  {}: {} sent, {} answered ({} with an error), {} streams closed without an answer",
+            t.name,
+            y.sent.load(Ordering::Relaxed),
+            y.answered.load(Ordering::Relaxed),
+            y.errors.load(Ordering::Relaxed),
+            y.cut.load(Ordering::Relaxed)
+        );
+    }
+}
+
 /// A client of `cl` with files open and written, serving recalls on every
 /// connection made to the returned address (under the MDS certificate):
 /// the client, the inodes it uses, the address.
@@ -332,7 +441,7 @@ async fn run(frames: u64, seed: u64, streams: usize) -> Result<()> {
         targets[1].clone(),
         Arc::new(Target { name: "recall", addr: recall_addr, server: Role::Client, corpus: recall_corpus(&inos)? }),
     ];
-    let rss0 = rss();
+    let mut mem = Memory::start();
     let tallies: Vec<Arc<Tally>> = targets.iter().map(|_| Arc::new(Tally::default())).collect();
     let per = frames / (targets.len() * certs.len()) as u64;
     let mut jobs = Vec::new();
@@ -346,7 +455,7 @@ async fn run(frames: u64, seed: u64, streams: usize) -> Result<()> {
         }
     }
     let start = Instant::now();
-    let (mut peak, mut slowest) = (rss0, Duration::ZERO);
+    let mut slowest = Duration::ZERO;
     let total = per * jobs.len() as u64;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -354,14 +463,15 @@ async fn run(frames: u64, seed: u64, streams: usize) -> Result<()> {
         if let Err(e) = tokio::time::timeout(HEALTH_DEADLINE, fs.getattr(inos[1])).await.map_err(|_| aifs_common::Error::Io("timed out".into())).and_then(|r| r) {
             bail!("the client stopped answering: {e}");
         }
-        peak = peak.max(rss());
         let sent: u64 = tallies.iter().map(|t| t.sent.load(Ordering::Relaxed)).sum();
+        let (rss, heap) = mem.sample(sent >= total / 2);
         let secs = start.elapsed().as_secs_f64();
         println!(
-            "{sent:>10} of {total} frames  {:>7.0}/s  rss {} MiB (start {})  slowest health check {} ms  panics {}",
+            "{sent:>10} of {total} frames  {:>7.0}/s  rss {} MiB  heap {} MiB  sessions {}  slowest health check {} ms  panics {}",
             sent as f64 / secs,
-            rss() >> 20,
-            rss0 >> 20,
+            rss >> 20,
+            heap >> 20,
+            cl.mds.ns.cluster.sessions.len(),
             slowest.as_millis(),
             PANICS.load(Ordering::Relaxed)
         );
@@ -374,25 +484,15 @@ async fn run(frames: u64, seed: u64, streams: usize) -> Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     println!("\nfuzz: {total} frames in {secs:.0} s ({:.0}/s), seed {seed}", total as f64 / secs);
-    for (t, y) in targets.iter().zip(&tallies) {
-        println!(
-            "  {}: {} sent, {} answered ({} with an error), {} streams closed without an answer",
-            t.name,
-            y.sent.load(Ordering::Relaxed),
-            y.answered.load(Ordering::Relaxed),
-            y.errors.load(Ordering::Relaxed),
-            y.cut.load(Ordering::Relaxed)
-        );
-    }
-    println!("  resident memory: {} MiB at start, {} MiB at peak; slowest health check {} ms", rss0 >> 20, peak >> 20, slowest.as_millis());
+    report(&targets, &tallies);
+    mem.report();
+    println!("  slowest health check {} ms", slowest.as_millis());
     let panics = PANICS.load(Ordering::Relaxed);
     println!("  panics: {panics}");
     if panics > 0 {
         bail!("{panics} panics");
     }
-    if peak > rss0 + RSS_SLACK {
-        bail!("memory grew by {} MiB", (peak - rss0) >> 20);
-    }
+    mem.check()?;
     healthy(&mds, &osd).await?;
     Ok(())
 }
