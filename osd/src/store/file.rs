@@ -8,13 +8,16 @@
 //! before this (no `crc-format` file beside `objects`) keeps its crcs as
 //! they are (key 0) and writes every entry, as then.
 //!
+//! An open object's files, its direct I/O and its crc entries are in
+//! handles.rs.
+//!
 //! Concurrency: every operation on an object holds that object's lock from a
 //! fixed table of striped `RwLock`s (writers exclusive, readers shared), so a
 //! reader never sees data newer than its crc. Open file handles are cached
 //! (moka); a cached handle holds no state of its own, so an evicted and
 //! reopened handle can never disagree with another.
+use super::handles::{blocks_for, fallocate, zero_block_crc, Handles};
 use super::{ObjectStore, ReadOut, Usage};
-use aifs_common::proto::frame::aligned_buffer;
 use aifs_common::proto::osd::{AllocMode, CRC_BLOCK};
 use aifs_common::{Error, InodeId, ObjectId, Result};
 use bytes::{Bytes, BytesMut};
@@ -31,125 +34,13 @@ const OPEN_CACHE: u64 = 4096;
 /// Largest object: 16 TiB. Bounds the crc table (1 GiB at most) that an
 /// extending write or a wild offset from the network can make the OSD write.
 pub const MAX_OBJECT_SIZE: u64 = 16 << 40;
-/// Crc entries computed and written per batch when a hole is filled.
-const CRC_BATCH: u64 = 64 * 1024;
-/// Entries of a gap's whole zero blocks left unwritten (a hole in the
-/// sidecar) from this many up: a page of them.
-const SPARSE_CRC_MIN: u64 = 1024;
-/// Largest read answered in one reply (it travels as one payload).
-pub const MAX_READ: u64 = aifs_common::proto::MAX_PAYLOAD - 2 * CRC_BLOCK;
-
 /// Reads at least this large bypass the page cache (`O_DIRECT`): the disk
 /// writes straight into the reply's buffer, with no copy out of the page
 /// cache and no page cache to fill; a checkpoint is read once, at restart.
 const DIRECT_READ_MIN: u64 = 128 * 1024;
-/// Alignment of buffer, offset and length that `O_DIRECT` asks for.
-const DIRECT_ALIGN: usize = aifs_common::proto::frame::PAYLOAD_ALIGN;
-/// Writes at least this large, aligned in offset, length and memory (the
-/// frame reader lands large payloads aligned), go to the disk with
-/// `O_DIRECT`: the copy into the page cache was a quarter of the CPU of a
-/// checkpoint write on the OSDs, and a checkpoint is not read back soon.
-const DIRECT_WRITE_MIN: usize = 128 * 1024;
 
-/// `pread` of up to `max` bytes at `off`, appended to `buf` in its spare
-/// capacity (never beyond it): no zero-fill of memory the disk is about to
-/// write.
-fn pread_append(f: &File, buf: &mut BytesMut, max: usize, off: u64) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let spare = buf.spare_capacity_mut();
-    let max = max.min(spare.len());
-    let off = libc::off_t::try_from(off).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    loop {
-        // SAFETY: the pointer and `max` lie within `buf`'s spare capacity,
-        // which the kernel may write; nothing reads it before `set_len`.
-        let n = unsafe { libc::pread(f.as_raw_fd(), spare.as_mut_ptr().cast(), max, off) };
-        if n >= 0 {
-            // SAFETY: the kernel initialised the first `n` (<= `max`) bytes
-            // of the spare capacity.
-            unsafe { buf.set_len(buf.len() + n as usize) };
-            return Ok(n as usize);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-struct Handles {
-    data: File,
-    crc: File,
-    /// The data file opened with `O_DIRECT`, once a large read or write
-    /// wanted it (`None`: the file system refused it).
-    direct: OnceLock<Option<File>>,
-    path: PathBuf,
-    /// The store's crc key.
-    key: u32,
-}
-
-impl Handles {
-    fn direct(&self) -> Option<&File> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let f = self.direct.get_or_init(|| match OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(&self.path) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::debug!(path = %self.path.display(), error = %e, "no O_DIRECT; going through the page cache");
-                None
-            }
-        });
-        f.as_ref()
-    }
-
-    /// `len` bytes at `start` (aligned to `DIRECT_ALIGN`), read with
-    /// `O_DIRECT`; `None` when the file system does not do direct reads.
-    fn read_direct(&self, start: u64, len: usize) -> Result<Option<Bytes>> {
-        let Some(f) = self.direct() else { return Ok(None) };
-        // The disk fills an aligned window of a buffer, the reply shares it.
-        let span = len.next_multiple_of(DIRECT_ALIGN);
-        let (mut buf, pad) = aligned_buffer(span);
-        let mut from = f;
-        while buf.len() - pad < len {
-            let got = buf.len() - pad;
-            let n = match pread_append(from, &mut buf, span - got, start + got as u64) {
-                Ok(n) => n,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && got == 0 => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            if n == 0 {
-                return Err(Error::Io(format!("{}: ends before byte {}", self.path.display(), start + len as u64)));
-            }
-            if n % DIRECT_ALIGN != 0 {
-                // A short read is only ever at the end of the file, which
-                // is not aligned: go on through the page cache from there.
-                from = &self.data;
-            }
-        }
-        Ok(Some(buf.freeze().slice(pad..pad + len)))
-    }
-
-    /// Write `data` at `off`, straight to the disk when both are aligned
-    /// for `O_DIRECT` (the kernel first writes back and then drops cached
-    /// pages of the range, so buffered readers and writers stay coherent),
-    /// else through the page cache.
-    fn write_at(&self, data: &[u8], off: u64) -> Result<()> {
-        let aligned = data.len() >= DIRECT_WRITE_MIN
-            && data.len().is_multiple_of(DIRECT_ALIGN)
-            && off.is_multiple_of(DIRECT_ALIGN as u64)
-            && data.as_ptr().align_offset(DIRECT_ALIGN) == 0;
-        if aligned {
-            if let Some(f) = self.direct() {
-                match f.write_all_at(data, off) {
-                    Ok(()) => return Ok(()),
-                    // Refused before any byte moved: the page cache takes it.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        self.data.write_all_at(data, off)?;
-        Ok(())
-    }
-}
+/// Largest read answered in one reply (it travels as one payload).
+pub const MAX_READ: u64 = aifs_common::proto::MAX_PAYLOAD - 2 * CRC_BLOCK;
 
 pub struct FileStore {
     root: PathBuf,
@@ -180,20 +71,6 @@ fn next_data(f: &File, off: u64, size: u64) -> Result<u64> {
     }
 }
 
-/// `fallocate(2)` of `[off, off + len)` with `mode`'s flags.
-fn fallocate(f: &File, mode: libc::c_int, off: u64, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (Ok(o), Ok(l)) = (libc::off_t::try_from(off), libc::off_t::try_from(len)) else {
-        return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
-    };
-    // SAFETY: fallocate on a descriptor this `File` owns; no memory is
-    // passed.
-    match unsafe { libc::fallocate(f.as_raw_fd(), mode, o, l) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
-}
-
 /// An errno from `fallocate` as the error a client should see: a file
 /// system that cannot do it says so (EOPNOTSUPP), not "I/O error".
 fn fallocate_error(e: std::io::Error) -> Error {
@@ -205,18 +82,6 @@ fn fallocate_error(e: std::io::Error) -> Error {
     }
 }
 
-fn zero_block_crc() -> u32 {
-    static C: OnceLock<u32> = OnceLock::new();
-    *C.get_or_init(|| crc32c::crc32c(&vec![0u8; CRC_BLOCK as usize]))
-}
-
-fn crc_of_zeros(len: u64) -> u32 {
-    if len == CRC_BLOCK {
-        return zero_block_crc();
-    }
-    crc32c::crc32c(&vec![0u8; len as usize])
-}
-
 /// `<16 hex digits of ino>.<index>`: an object's data file name.
 fn parse_object_name(name: &str) -> Option<ObjectId> {
     let (ino, index) = name.split_once('.')?;
@@ -224,10 +89,6 @@ fn parse_object_name(name: &str) -> Option<ObjectId> {
         return None;
     }
     Some(ObjectId { ino: InodeId(u64::from_str_radix(ino, 16).ok()?), index: index.parse().ok()? })
-}
-
-fn blocks_for(size: u64) -> u64 {
-    size.div_ceil(CRC_BLOCK)
 }
 
 impl FileStore {
@@ -340,100 +201,6 @@ impl FileStore {
         Ok(Some(h))
     }
 
-    fn read_crcs(h: &Handles, first: u64, n: u64) -> Result<Vec<u32>> {
-        let mut raw = vec![0u8; (n * 4) as usize];
-        let mut got = 0usize;
-        while got < raw.len() {
-            let r = h.crc.read_at(&mut raw[got..], first * 4 + got as u64)?;
-            if r == 0 {
-                return Err(Error::Checksum(format!("crc table short at block {}", first + got as u64 / 4)));
-            }
-            got += r;
-        }
-        Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) ^ h.key).collect())
-    }
-
-    fn write_crcs(h: &Handles, first: u64, crcs: &[u32]) -> Result<()> {
-        let mut raw = Vec::with_capacity(crcs.len() * 4);
-        for c in crcs {
-            raw.extend_from_slice(&(c ^ h.key).to_le_bytes());
-        }
-        h.crc.write_all_at(&raw, first * 4)?;
-        Ok(())
-    }
-
-    fn block_crc_from_disk(h: &Handles, start: u64, end: u64) -> Result<u32> {
-        let mut buf = vec![0u8; (end - start) as usize];
-        h.data.read_exact_at(&mut buf, start)?;
-        Ok(crc32c::crc32c(&buf))
-    }
-
-    /// Recompute the crcs of blocks `[b0, b1)` for an object now `size`
-    /// long, where `[gap0, gap1)` is known to be zeros (a hole just made)
-    /// and `known(b)` may supply a crc for a block wholly rewritten.
-    ///
-    /// With keyed crcs, the whole blocks of a large gap get no entries
-    /// written: the sidecar gets a hole there (punched where it had
-    /// entries, grown past its end), which reads as the zero block's crc.
-    fn refresh_crcs(
-        h: &Handles,
-        b0: u64,
-        b1: u64,
-        size: u64,
-        gap: (u64, u64),
-        known: impl Fn(u64, u64, u64) -> Option<u32>,
-    ) -> Result<()> {
-        let z0 = gap.0.div_ceil(CRC_BLOCK).clamp(b0, b1);
-        let z1 = (gap.1.min(size) / CRC_BLOCK).clamp(z0, b1);
-        if h.key != zero_block_crc() || z1 - z0 < SPARSE_CRC_MIN {
-            return Self::write_crc_range(h, b0, b1, size, gap, &known);
-        }
-        Self::write_crc_range(h, b0, z0, size, gap, &known)?;
-        let had = h.crc.metadata()?.len();
-        if had > z0 * 4 {
-            let n = had.min(z1 * 4) - z0 * 4;
-            if fallocate(&h.crc, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, z0 * 4, n).is_err() {
-                // No holes here: zero entries written out.
-                Self::write_crc_range(h, z0, had.min(z1 * 4) / 4, size, gap, &known)?;
-            }
-        }
-        if had < z1 * 4 {
-            h.crc.set_len(z1 * 4)?;
-        }
-        Self::write_crc_range(h, z1, b1, size, gap, &known)
-    }
-
-    /// `refresh_crcs` for `[b0, b1)`, every entry written.
-    fn write_crc_range(
-        h: &Handles,
-        b0: u64,
-        b1: u64,
-        size: u64,
-        gap: (u64, u64),
-        known: &impl Fn(u64, u64, u64) -> Option<u32>,
-    ) -> Result<()> {
-        let mut first = b0;
-        while first < b1 {
-            let last = (first + CRC_BATCH).min(b1);
-            let mut out = Vec::with_capacity((last - first) as usize);
-            for b in first..last {
-                let start = b * CRC_BLOCK;
-                let end = ((b + 1) * CRC_BLOCK).min(size);
-                let crc = if let Some(c) = known(b, start, end) {
-                    c
-                } else if start >= gap.0 && end <= gap.1 {
-                    crc_of_zeros(end - start)
-                } else {
-                    Self::block_crc_from_disk(h, start, end)?
-                };
-                out.push(crc);
-            }
-            Self::write_crcs(h, first, &out)?;
-            first = last;
-        }
-        Ok(())
-    }
-
     /// `read`, under the object's lock.
     fn read_locked(&self, obj: ObjectId, off: u64, len: u64) -> Result<ReadOut> {
         if len > MAX_READ {
@@ -464,7 +231,7 @@ impl FileStore {
             }
         };
         let b0 = start / CRC_BLOCK;
-        let crcs = Self::read_crcs(&h, b0, blocks_for(end) - b0)?;
+        let crcs = h.read_crcs(b0, blocks_for(end) - b0)?;
         Ok(ReadOut { off: start, data, crcs, obj_size: size })
     }
 }
@@ -492,7 +259,7 @@ impl ObjectStore for FileStore {
         let gap = if off > old { (old, off) } else { (0, 0) };
         // Map the client's per-piece crcs onto whole blocks it rewrote.
         let first_write_block = off / CRC_BLOCK;
-        Self::refresh_crcs(&h, first, last, size, gap, |b, start, bend| {
+        h.refresh_crcs(first, last, size, gap, |b, start, bend| {
             if start >= off && bend <= end && b >= first_write_block {
                 let idx = (b - first_write_block) as usize;
                 // A piece equals the block only if it starts at the block
@@ -534,7 +301,7 @@ impl ObjectStore for FileStore {
         h.crc.set_len(blocks_for(size) * 4)?;
         if size % CRC_BLOCK != 0 {
             let b = size / CRC_BLOCK;
-            Self::refresh_crcs(&h, b, b + 1, size, (0, 0), |_, _, _| None)?;
+            h.refresh_crcs(b, b + 1, size, (0, 0), |_, _, _| None)?;
         }
         // The MDS forgets its GC job once this answers: make the cut stick.
         h.data.sync_data()?;
@@ -628,7 +395,7 @@ impl ObjectStore for FileStore {
             let hole_end = next_data(&h.data, off, size)? / CRC_BLOCK * CRC_BLOCK;
             if hole_end > off {
                 let n = step.min(hole_end - off);
-                let stored = Self::read_crcs(&h, off / CRC_BLOCK, n / CRC_BLOCK)?;
+                let stored = h.read_crcs(off / CRC_BLOCK, n / CRC_BLOCK)?;
                 bad += stored.iter().filter(|c| **c != zero_block_crc()).count() as u64;
                 off += n;
                 continue;
@@ -636,7 +403,7 @@ impl ObjectStore for FileStore {
             let n = step.min(size - off);
             let mut buf = vec![0u8; n as usize];
             h.data.read_exact_at(&mut buf, off)?;
-            let stored = Self::read_crcs(&h, off / CRC_BLOCK, blocks_for(n))?;
+            let stored = h.read_crcs(off / CRC_BLOCK, blocks_for(n))?;
             let got = aifs_common::proto::osd::block_crcs(off, &buf);
             bad += got.iter().zip(&stored).filter(|(a, b)| a != b).count() as u64;
             off += n;
@@ -673,7 +440,7 @@ impl ObjectStore for FileStore {
                 // Punch (and, for a zero range, reserve again below).
                 fallocate(&h.data, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, cut_end - off).map_err(fallocate_error)?;
             }
-            Self::refresh_crcs(&h, off / CRC_BLOCK, blocks_for(cut_end), size, (off, cut_end), |_, _, _| None)?;
+            h.refresh_crcs(off / CRC_BLOCK, blocks_for(cut_end), size, (off, cut_end), |_, _, _| None)?;
         }
         if mode != AllocMode::Punch {
             // The range's crcs too: a later write there grows the table.
@@ -717,6 +484,8 @@ impl ObjectStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::handles::DIRECT_ALIGN;
+    use aifs_common::proto::frame::aligned_buffer;
     use aifs_common::proto::osd::block_crcs;
 
     fn obj(i: u32) -> ObjectId {
@@ -997,7 +766,7 @@ mod tests {
         assert!(t.elapsed() < std::time::Duration::from_secs(20), "a 64 GiB hole was read: {:?}", t.elapsed());
         // a crc inside the hole damaged
         let h = s.handles(o, false).unwrap().unwrap();
-        FileStore::write_crcs(&h, 1000, &[1]).unwrap();
+        h.write_crcs(1000, &[1]).unwrap();
         assert_eq!(s.verify(o).unwrap(), Some((far + 70_000, 1)));
     }
 

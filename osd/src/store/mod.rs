@@ -2,6 +2,7 @@
 //! service relies on; `file::FileStore` keeps each object as a data file and a
 //! sidecar of crc32c values, one per `CRC_BLOCK` (DESIGN.md, "checksums").
 pub mod file;
+mod handles;
 
 use aifs_common::proto::osd::{block_crcs, AllocMode};
 use aifs_common::{Error, ObjectId, Result};
