@@ -134,7 +134,8 @@ impl Namespace {
         Ok(())
     }
 
-    /// Count what each certificate holds, from the store.
+    /// Count what each certificate holds, from the store (a row that does
+    /// not read goes, as in the sweep).
     pub async fn count_reservations(&self) -> Result<()> {
         self.drop_reservations(|_| true).await.map(|_| ())
     }

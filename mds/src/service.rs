@@ -197,15 +197,14 @@ impl MdsService {
         })
     }
 
-    /// May `cred` open `ino` (read, or `write`)? A session that has it open
-    /// already with those rights may (after a recall it takes its lease
-    /// again, and an open descriptor outlives a chmod); anyone else as the
-    /// file's mode says.
-    /// The rights over `ino`'s data that a capability for this caller
-    /// carries: those `h`'s session was granted when it opened the file;
-    /// write (if `write`) or read (if not), which the caller must be
-    /// allowed; and read on a write open if the caller may read. So a
-    /// write-only file opened for writing gives no read.
+    /// May `cred` open `ino` (read, or `write`), and with which rights over
+    /// its data does a capability for this caller come? Those `h`'s session
+    /// was granted when it opened the file, without a new check (after a
+    /// recall it takes its lease again, and an open descriptor outlives a
+    /// chmod); write (if `write`) or read (if not), which the file's mode
+    /// must allow the caller, else the error; and read on a write open if
+    /// the caller may read. So a write-only file opened for writing gives
+    /// no read.
     async fn rights(&self, h: &Holder, ino: InodeId, write: bool, cred: &Cred) -> Result<u8> {
         let held = h.granted().and_then(|s| self.ns.cluster.open_rights(s, ino)).unwrap_or(0);
         let need = if write { WRITE } else { READ };

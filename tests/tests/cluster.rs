@@ -500,6 +500,43 @@ async fn objects_round_trip_with_checksums_and_are_freed_on_unlink() {
     assert!(gone, "object not freed after unlink");
 }
 
+/// Object 0 of a file on OSD 1, as a client certificate reaches it: the
+/// requests the capability tests send there, and whether the OSD refused
+/// one as unauthorized.
+struct ObjectProbe {
+    osd: RpcClient,
+    obj: ObjectId,
+    data: bytes::Bytes,
+}
+
+impl ObjectProbe {
+    fn new(cl: &TestCluster, ino: InodeId) -> ObjectProbe {
+        let osd = osd_client(cl, Role::Client, aifs_common::OsdId(1));
+        ObjectProbe { osd, obj: ObjectId { ino, index: 0 }, data: bytes::Bytes::from_static(b"checkpoint") }
+    }
+
+    fn write(&self) -> OsdReq {
+        OsdReq::Write { obj: self.obj, off: 0, len: 10, crcs: block_crcs(0, &self.data) }
+    }
+
+    fn read(&self) -> OsdReq {
+        OsdReq::Read { obj: self.obj, off: 0, len: 10 }
+    }
+
+    /// `req` under `cap`; a write carries the probe's bytes.
+    async fn send(&self, cap: Option<Cap>, req: OsdReq) -> OsdResp {
+        let payload = match req {
+            OsdReq::Write { .. } => vec![self.data.clone()],
+            _ => vec![],
+        };
+        osd_call(&self.osd, cap, req, &payload).await.0
+    }
+}
+
+fn refused(r: &OsdResp) -> bool {
+    matches!(r, OsdResp::Err(e) if e.code == 304)
+}
+
 /// A client certificate alone opens no object: each object request needs
 /// a capability from the MDS over that file, granting what it does, and
 /// whole-store requests need the mds or admin role.
@@ -509,50 +546,45 @@ async fn a_client_certificate_alone_opens_no_object() {
     let c = cl.mds_client(Role::Client).unwrap();
     let (f, rw) = create_with_cap(&c, "mine").await;
     let (other, _) = create_with_cap(&c, "theirs").await;
-    let osd = osd_client(&cl, Role::Client, aifs_common::OsdId(1));
-    let obj = ObjectId { ino: f.ino, index: 0 };
-    let data = bytes::Bytes::from_static(b"checkpoint");
-    let write = || OsdReq::Write { obj, off: 0, len: 10, crcs: block_crcs(0, &data) };
-    let read = || OsdReq::Read { obj, off: 0, len: 10 };
-    let refused = |r: &OsdResp| matches!(r, OsdResp::Err(e) if e.code == 304);
+    let p = ObjectProbe::new(&cl, f.ino);
 
-    assert!(refused(&osd_call(&osd, None, write(), &[data.clone()]).await.0), "write without a capability");
-    assert!(refused(&osd_call(&osd, None, read(), &[]).await.0), "read without a capability");
-    assert_eq!(osd_call(&osd, Some(rw), write(), &[data.clone()]).await.0, OsdResp::Done);
+    assert!(refused(&p.send(None, p.write()).await), "write without a capability");
+    assert!(refused(&p.send(None, p.read()).await), "read without a capability");
+    assert_eq!(p.send(Some(rw), p.write()).await, OsdResp::Done);
     // Another file's capability, or this one altered, opens nothing.
     let (_, theirs) = match mds_call(&c, MdsReq::Open { ino: other.ino, write: true, first: false, exclusive: false }).await.unwrap() {
         MdsResp::Opened { attr, cap, .. } => (attr, cap),
         r => panic!("{r:?}"),
     };
-    assert!(refused(&osd_call(&osd, Some(theirs), read(), &[]).await.0), "another file's capability");
+    assert!(refused(&p.send(Some(theirs), p.read()).await), "another file's capability");
     let mut forged = theirs;
     forged.ino = f.ino;
-    assert!(refused(&osd_call(&osd, Some(forged), read(), &[]).await.0), "a capability altered to name this file");
+    assert!(refused(&p.send(Some(forged), p.read()).await), "a capability altered to name this file");
     let mut longer = rw;
     longer.expires_ms += 3_600_000;
-    assert!(refused(&osd_call(&osd, Some(longer), read(), &[]).await.0), "a capability altered to last longer");
+    assert!(refused(&p.send(Some(longer), p.read()).await), "a capability altered to last longer");
     // Objects past the file's layout are not the capability's to make.
     let beyond = ObjectId { ino: f.ino, index: f.layout.as_ref().unwrap().stripe_count };
-    let far = OsdReq::Write { obj: beyond, off: 0, len: 10, crcs: block_crcs(0, &data) };
-    assert!(refused(&osd_call(&osd, Some(rw), far, &[data.clone()]).await.0), "a write to an object the layout has not");
+    let far = OsdReq::Write { obj: beyond, off: 0, len: 10, crcs: block_crcs(0, &p.data) };
+    assert!(refused(&p.send(Some(rw), far).await), "a write to an object the layout has not");
     // A read open's capability reads, and does not write.
     let ro = match mds_call(&c, MdsReq::Open { ino: f.ino, write: false, first: false, exclusive: false }).await.unwrap() {
         MdsResp::Opened { cap, .. } => cap,
         r => panic!("{r:?}"),
     };
-    assert!(matches!(osd_call(&osd, Some(ro), read(), &[]).await.0, OsdResp::Data { .. }));
-    assert!(refused(&osd_call(&osd, Some(ro), write(), &[data.clone()]).await.0), "write under a read capability");
+    assert!(matches!(p.send(Some(ro), p.read()).await, OsdResp::Data { .. }));
+    assert!(refused(&p.send(Some(ro), p.write()).await), "write under a read capability");
     // A renewal grants the same.
     match mds_call(&c, MdsReq::Cap { ino: f.ino, write: true }).await.unwrap() {
-        MdsResp::Cap(cap) => assert_eq!(osd_call(&osd, Some(cap), write(), &[data.clone()]).await.0, OsdResp::Done),
+        MdsResp::Cap(cap) => assert_eq!(p.send(Some(cap), p.write()).await, OsdResp::Done),
         r => panic!("{r:?}"),
     }
     // Whole-store requests are the operator's, capability or not.
-    for req in [OsdReq::Delete { obj }, OsdReq::Truncate { obj, size: 0 }, OsdReq::Stat { obj }, OsdReq::Verify { obj }, OsdReq::List { after: None, max: 10 }] {
-        assert!(refused(&osd_call(&osd, Some(rw), req.clone(), &[]).await.0), "{req:?} from a client");
+    for req in [OsdReq::Delete { obj: p.obj }, OsdReq::Truncate { obj: p.obj, size: 0 }, OsdReq::Stat { obj: p.obj }, OsdReq::Verify { obj: p.obj }, OsdReq::List { after: None, max: 10 }] {
+        assert!(refused(&p.send(Some(rw), req.clone()).await), "{req:?} from a client");
     }
     let admin = osd_client(&cl, Role::Admin, aifs_common::OsdId(1));
-    assert_eq!(osd_call(&admin, None, OsdReq::Stat { obj }, &[]).await.0, OsdResp::Stat { exists: true, size: 10 });
+    assert_eq!(osd_call(&admin, None, OsdReq::Stat { obj: p.obj }, &[]).await.0, OsdResp::Stat { exists: true, size: 10 });
 }
 
 /// A capability carries the rights the caller has: a write-only file opened
@@ -571,12 +603,7 @@ async fn a_capability_carries_only_the_rights_its_caller_has() {
     // the creator's open ends: its rights go with it
     mds_call(&c, MdsReq::Close { ino: f.ino, session: None }).await.unwrap();
 
-    let osd = osd_client(&cl, Role::Client, aifs_common::OsdId(1));
-    let obj = ObjectId { ino: f.ino, index: 0 };
-    let data = bytes::Bytes::from_static(b"checkpoint");
-    let write = || OsdReq::Write { obj, off: 0, len: 10, crcs: block_crcs(0, &data) };
-    let read = || OsdReq::Read { obj, off: 0, len: 10 };
-    let refused = |r: &OsdResp| matches!(r, OsdResp::Err(e) if e.code == 304);
+    let p = ObjectProbe::new(&cl, f.ino);
     let denied = |r: Result<MdsResp, Error>| matches!(r, Err(Error::PermissionDenied));
 
     let open = |write| MdsReq::Open { ino: f.ino, write, first: true, exclusive: false };
@@ -584,14 +611,14 @@ async fn a_capability_carries_only_the_rights_its_caller_has() {
         MdsResp::Opened { cap, .. } => cap,
         r => panic!("{r:?}"),
     };
-    assert_eq!(osd_call(&osd, Some(wo), write(), &[data.clone()]).await.0, OsdResp::Done);
-    assert!(refused(&osd_call(&osd, Some(wo), read(), &[]).await.0), "a write-only open's capability read");
+    assert_eq!(p.send(Some(wo), p.write()).await, OsdResp::Done);
+    assert!(refused(&p.send(Some(wo), p.read()).await), "a write-only open's capability read");
     assert!(denied(mds_call_as(&c, open(false), owner.clone()).await), "a write-only file opened for reading");
     // The session holds a write lease and a write open: neither reads.
     let renew = |write| MdsReq::Cap { ino: f.ino, write };
     assert!(denied(mds_call_as(&c, renew(false), owner.clone()).await), "a read capability by renewal under a write lease");
     match mds_call_as(&c, renew(true), owner.clone()).await.unwrap() {
-        MdsResp::Cap(cap) => assert!(refused(&osd_call(&osd, Some(cap), read(), &[]).await.0), "a renewed write capability read"),
+        MdsResp::Cap(cap) => assert!(refused(&p.send(Some(cap), p.read()).await), "a renewed write capability read"),
         r => panic!("{r:?}"),
     }
     // A file another user looked at (a read lease) stays closed to them.
