@@ -645,14 +645,33 @@ impl Filesystem for AifsFuse {
         let exclusive = flags & libc::O_EXCL != 0;
         let append = flags & libc::O_APPEND != 0;
         self.run(req, async move {
-            match fs.create(id(parent), &name, mode & !umask, exclusive, append).await {
-                Ok(o) => {
-                    let ttl = fs.entry_ttl(id(parent), &name, o.attr.ino);
-                    reply.created(&ttl, &file_attr(&o.attr), Generation(0), o.fh.into(), fopen_flags(&o))
-                }
-                Err(e) => reply.error(err(&e)),
-            }
+            let o = fs.create(id(parent), &name, mode & !umask, exclusive, append).await;
+            reply_created(&fs, reply, id(parent), &name, o)
         });
+    }
+
+    /// `open(O_TMPFILE)`: a file with no name, which `linkat` can name
+    /// unless `O_EXCL` was given.
+    fn tmpfile(&self, req: &Request, parent: INodeNo, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        let fs = self.fs.clone();
+        let linkable = flags & libc::O_EXCL == 0;
+        let append = flags & libc::O_APPEND != 0;
+        self.run(req, async move {
+            // no name: the kernel caches no entry (ttl 0)
+            let o = fs.tmpfile(id(parent), mode & !umask, linkable, append).await;
+            reply_created(&fs, reply, id(parent), "", o)
+        });
+    }
+}
+
+/// Answer a create or tmpfile that opened `o` (named `name` in `parent`).
+fn reply_created(fs: &ClientFs, reply: ReplyCreate, parent: InodeId, name: &str, o: Result<Opened, Error>) {
+    match o {
+        Ok(o) => {
+            let ttl = fs.entry_ttl(parent, name, o.attr.ino);
+            reply.created(&ttl, &file_attr(&o.attr), Generation(0), o.fh.into(), fopen_flags(&o))
+        }
+        Err(e) => reply.error(err(&e)),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod fsck;
 pub mod gc;
 pub mod meter;
+pub mod nameless;
 pub mod repair;
 pub mod revoked;
 pub mod leases;

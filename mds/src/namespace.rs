@@ -27,7 +27,7 @@ use crate::once::{self, Once, Outcome};
 use crate::records::{GcJob, InodeRec, Intent, Reservation, Step};
 use crate::store::{
     add_gc, get_inode, next_counter, put_inode, IoResult, ShardStore, COOKIES, DEGRADED, DENTRIES, GC, INODES, INTENTS, INTENT_DONE, META,
-    ORPHANS, RESERVED, XATTRS, ALLOCATED,
+    LINKABLE, ORPHANS, RESERVED, XATTRS, ALLOCATED,
 };
 use aifs_common::ids::{mix, InodeId};
 use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, ReqId, SetAttr, TimeSet, MAX_DEGRADED_LIST, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
@@ -190,6 +190,11 @@ fn apply_step(txn: &WriteTransaction, step: Step, now: i64, open: &dyn Fn(u64) -
         }
         Step::AddLink { ino } => {
             let mut r = get_inode(&inodes, ino)?;
+            if r.nlink == 0 {
+                // A nameless file (O_TMPFILE) gets its first name.
+                txn.open_table(ORPHANS).io()?.remove(ino).io()?;
+                txn.open_table(LINKABLE).io()?.remove(ino).io()?;
+            }
             r.nlink += 1;
             r.ctime_ns = now;
             put_inode(&mut inodes, ino, &r)?;
@@ -239,6 +244,7 @@ fn attr_held(held: &impl ReadableTable<u64, u64>, rec: &InodeRec, ino: u64) -> R
 fn delete_inode(txn: &WriteTransaction, ino: u64, rec: &InodeRec) -> Result<()> {
     txn.open_table(INODES).io()?.remove(ino).io()?;
     txn.open_table(ALLOCATED).io()?.remove(ino).io()?;
+    txn.open_table(LINKABLE).io()?.remove(ino).io()?;
     let mut x = txn.open_table(XATTRS).io()?;
     let names: Vec<String> = x
         .range((ino, "")..)
@@ -354,12 +360,13 @@ fn unlink_here(
     Ok(Unlinked::Done(ino))
 }
 
-/// A new regular file's record.
-fn file_rec(mode: u32, uid: u32, gid: u32, parent: u64, layout: Layout, now: i64) -> InodeRec {
+/// A new regular file's record: with one name, or none (`nlink` 0, a
+/// nameless file: nameless.rs).
+pub(crate) fn file_rec(mode: u32, uid: u32, gid: u32, parent: u64, layout: Layout, nlink: u32, now: i64) -> InodeRec {
     InodeRec {
         kind: FileKind::File,
         perm: mode & 0o7777,
-        nlink: 1,
+        nlink,
         uid,
         gid,
         size: 0,
@@ -429,7 +436,7 @@ fn create_reserved(txn: &WriteTransaction, op: &DirOp, now: i64, owner: Owner) -
     }
     perm::may_create(p.perms(), cred)?;
     let (uid, gid, mode) = perm::new_owner(p.perms(), cred, FileKind::File, *mode);
-    let rec = file_rec(mode, uid, gid, parent, layout.clone(), *time_ns);
+    let rec = file_rec(mode, uid, gid, parent, layout.clone(), 1, *time_ns);
     txn.open_table(RESERVED).io()?.remove(ino).io()?;
     add_entry(txn, p, parent, name, ino, &rec, now)
 }
@@ -442,7 +449,7 @@ pub struct Created {
 
 pub struct Namespace {
     pub shards: Vec<Arc<ShardStore>>,
-    topo: tokio::sync::RwLock<()>,
+    pub(crate) topo: tokio::sync::RwLock<()>,
     pub cluster: Arc<Cluster>,
     /// Requests with ids being served (once.rs).
     running: once::Running,
@@ -844,7 +851,7 @@ impl Namespace {
                 let seq = next_counter(&mut meta, "next_seq", if sid == 0 { 2 } else { 1 })?;
                 let ino = InodeId::new(sid, seq).0;
                 let layout = choose_layout(p.policy.unwrap_or_default(), &up, ino)?;
-                let rec = file_rec(mode, uid, gid, parent, layout, now);
+                let rec = file_rec(mode, uid, gid, parent, layout, 1, now);
                 drop((inodes, dentries, meta));
                 add_entry(txn, p, parent, &name, ino, &rec, now)?;
                 once::record(txn, rid, (ino, 0))?;
@@ -1280,7 +1287,10 @@ impl Namespace {
         Ok(ino)
     }
 
-    pub async fn link(&self, ino: InodeId, newparent: InodeId, newname: &str, cred: &Cred, once: &Once<'_>) -> Result<Attr> {
+    /// A new name for `ino`. A nameless file gets one only if it was made
+    /// linkable (`O_TMPFILE` without `O_EXCL`) and the caller has it open
+    /// (`opened`); otherwise ENOENT, as Linux answers.
+    pub async fn link(&self, ino: InodeId, newparent: InodeId, newname: &str, cred: &Cred, opened: bool, once: &Once<'_>) -> Result<Attr> {
         let (ino, newparent) = (ino.0, newparent.0);
         check_name(newname)?;
         if once.done.is_some() {
@@ -1294,6 +1304,9 @@ impl Namespace {
         }
         if r.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
+        }
+        if r.nlink == 0 && !(opened && self.linkable(ino).await?) {
+            return Err(Error::NotFound);
         }
         match self.entry_as(newparent, newname, Some(cred)).await {
             Ok(_) => return Err(Error::Exists),
@@ -1853,7 +1866,7 @@ mod tests {
         let l = choose_layout(LayoutPolicy { stripe_size: 1 << 20, stripe_count: 2, replicas: 2 }, &[1, 2, 3], 9).unwrap();
         let ino = InodeId::new(1, 77);
         let now = 1_700_000_000_123_456_789;
-        assert_eq!(file_rec(0o100640, 5, 6, 2, l.clone(), now).attr(ino.0), Attr::new_file(ino, 0o100640, 5, 6, l, now));
+        assert_eq!(file_rec(0o100640, 5, 6, 2, l.clone(), 1, now).attr(ino.0), Attr::new_file(ino, 0o100640, 5, 6, l, now));
     }
 
     #[test]

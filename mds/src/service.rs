@@ -314,6 +314,25 @@ impl MdsService {
                 let cap = (a.kind == FileKind::File).then(|| self.caps.grant(&a, rights));
                 self.changed_file(Some(a), &[parent], writable, cap).await
             }
+            MdsReq::TmpFile { parent, mode, linkable } => {
+                need(peer, NS)?;
+                let h = cl.holder(peer);
+                // Open from birth: without a session it would be freed at once.
+                let s = h.granted().ok_or_else(|| Error::InvalidArgument("a file with no name is made by a client session".into()))?;
+                cl.may_open_more(s, None)?;
+                let a = ns.tmpfile(parent, mode, cred, linkable, s, once).await?;
+                // Nobody else can reach it before it has a name, so the
+                // maker's write lease is at hand.
+                if let Err(e) = cl.acquire(&h, a.ino, LeaseKind::Write).await {
+                    if cl.closed(s, a.ino) {
+                        self.purge().await;
+                    }
+                    return Err(e);
+                }
+                *grant = h.granted();
+                let cap = self.caps.grant(&a, READ | WRITE);
+                self.changed_file(Some(a), &[], None, Some(cap)).await
+            }
             MdsReq::Mkdir { parent, name, mode } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
@@ -430,7 +449,9 @@ impl MdsService {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[newparent]).await?;
-                let a = ns.link(ino, newparent, &newname, cred, once).await?;
+                // (a nameless file is named only by a session that has it open)
+                let opened = h.granted().is_some_and(|s| cl.open_rights(s, ino).is_some());
+                let a = ns.link(ino, newparent, &newname, cred, opened, once).await?;
                 cl.invalidate(Some(h.id), vec![(newparent, vec![newname]), (ino, vec![])]).await;
                 self.changed(Some(a), &[newparent], None).await
             }

@@ -33,6 +33,10 @@ pub const REVOKED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("revoked
 /// Files with no name left that some client still had open: freed at the
 /// last close (or at start, when no client has anything open).
 pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
+/// Nameless files made by `open(O_TMPFILE)` without `O_EXCL`: a `link`
+/// may still name them (an orphan that lost its names may not be named
+/// again). Cleared by that link, or when the file is freed.
+pub const LINKABLE: TableDefinition<u64, ()> = TableDefinition::new("linkable");
 /// Object replicas that missed writes: (file inode, object index, OSD).
 /// Such a replica is stale; nobody reads it until repair rewrites it.
 pub const DEGRADED: TableDefinition<(u64, u32, u32), ()> = TableDefinition::new("degraded");
@@ -200,6 +204,7 @@ impl ShardStore {
             t.open_table(META).io()?;
             t.open_table(OSDS).io()?;
             t.open_table(ORPHANS).io()?;
+            t.open_table(LINKABLE).io()?;
             t.open_table(DEGRADED).io()?;
             t.open_table(RESERVED).io()?;
             t.open_table(ALLOCATED).io()?;

@@ -206,7 +206,7 @@ async fn run_real(ns: &Namespace, m: &Model, dirs: &[u64], files: &[u64], op: &O
             if files.is_empty() {
                 return Ok(None);
             }
-            ns.link(r(Model::pick(files, f)), r(Model::pick(dirs, d)), NAMES[x], &root, once).await.map(|_| None)
+            ns.link(r(Model::pick(files, f)), r(Model::pick(dirs, d)), NAMES[x], &root, false, once).await.map(|_| None)
         }
     }
 }

@@ -822,6 +822,59 @@ async fn mknod_makes_special_files_and_device_nodes_for_root_alone() {
     assert!(matches!(mds_call(&c, MdsReq::Open { ino: fifo.ino, write: false, first: true, exclusive: false }).await, Err(_)), "a FIFO opened for data");
 }
 
+/// A file with no name (`O_TMPFILE`) is made under a session only, in a
+/// directory its caller may write; a name is given to it only by a session
+/// that has it open, only if it was made linkable, and only once (named
+/// and unlinked again, it is an ordinary orphan). Left with no name, it is
+/// freed at its last close. Its name may be in another shard's directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nameless_file_is_named_only_by_a_session_that_has_it_open() {
+    let cl = TestCluster::start(1, 4).await.unwrap();
+    let c = cl.mds_client_of_node(Role::Client, "maker").unwrap();
+    let other = cl.mds_client_of_node(Role::Client, "other").unwrap();
+    let tmp = |parent, linkable| MdsReq::TmpFile { parent, mode: 0o640, linkable };
+    assert!(matches!(mds_call(&c, tmp(ROOT, true)).await, Err(Error::InvalidArgument(_))), "made outside a session");
+    let open = |name: &str| MdsReq::OpenSession { name: name.into(), dir_leases: false, previous: None, open: vec![], locks: vec![] };
+    let s = match mds_call(&c, open("maker")).await.unwrap() {
+        MdsResp::Session { id, .. } => id,
+        r => panic!("{r:?}"),
+    };
+    // (`other` opens no session: it would have to answer recalls)
+    let mut dirs = Vec::new();
+    for i in 0..8 {
+        dirs.push(attr(&c, mkdir(ROOT, &format!("d{i}"))).await.unwrap().ino);
+    }
+    let d = dirs[0];
+    let e = *dirs.iter().find(|x| x.shard() != d.shard()).expect("a directory on another shard");
+    let user = Cred::user(1000, 100, vec![]);
+    assert!(matches!(mds_call_as(&c, tmp(d, true), user).await, Err(Error::PermissionDenied)), "made in a directory the caller may not write");
+
+    let made = attr(&c, tmp(d, true)).await.unwrap();
+    assert_eq!((made.kind, made.nlink, made.perm, made.ino.shard()), (FileKind::File, 0, 0o640, d.shard()));
+    assert!(names(&c, d).await.is_empty(), "a nameless file has an entry");
+    let link = |ino, dir, name: &str| MdsReq::Link { ino, newparent: dir, newname: name.into() };
+    assert!(matches!(mds_call(&other, link(made.ino, e, "stolen")).await, Err(Error::NotFound)), "named by a client without it open");
+    let named = attr(&c, link(made.ino, e, "latest")).await.unwrap();
+    assert_eq!(named.nlink, 1);
+    assert_eq!(attr(&c, MdsReq::Lookup { parent: e, name: "latest".into() }).await.unwrap().ino, made.ino);
+    // Named once: unlinked again while open, it cannot be named again.
+    mds_call(&c, MdsReq::Unlink { parent: e, name: "latest".into() }).await.unwrap();
+    assert!(matches!(mds_call(&c, link(made.ino, e, "again")).await, Err(Error::NotFound)), "an orphan named again");
+
+    let excl = attr(&c, tmp(d, false)).await.unwrap();
+    assert!(matches!(mds_call(&c, link(excl.ino, d, "x")).await, Err(Error::NotFound)), "an O_EXCL file named");
+    let kept = attr(&c, tmp(d, true)).await.unwrap();
+    attr(&c, link(kept.ino, d, "kept")).await.unwrap();
+    // Closed: the nameless ones are freed, the named one stays.
+    for a in [&made, &excl, &kept] {
+        mds_call(&c, MdsReq::Close { ino: a.ino, session: Some(s) }).await.unwrap();
+    }
+    for a in [&made, &excl] {
+        assert!(matches!(attr(&other, MdsReq::GetAttr { ino: a.ino }).await, Err(Error::NotFound)), "a nameless file outlived its last close");
+    }
+    assert_eq!(attr(&other, MdsReq::GetAttr { ino: kept.ino }).await.unwrap().nlink, 1);
+}
+
 /// A holder that keeps its session alive but never answers a recall holds
 /// the others up for one lease term, not for ever: then it is evicted, the
 /// waiting open is granted, and the eviction is reported.

@@ -1,7 +1,8 @@
 //! The calls checkpoint writers commit with, through a real mount:
 //! `fallocate` in each mode a writer uses (preallocation, punch hole, zero
 //! range), `st_blocks` from what the OSDs really hold, and
-//! `renameat2(RENAME_EXCHANGE)` swapping a "latest" pointer.
+//! `renameat2(RENAME_EXCHANGE)` swapping a "latest" pointer, and
+//! `open(O_TMPFILE)` with `linkat` naming a file once it is whole.
 //! Needs root and /dev/fuse; `make test` enables the `fuse_tests` feature.
 #![cfg(feature = "fuse_tests")]
 
@@ -10,6 +11,7 @@ use aifs_tests::proc::ProcCluster;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
@@ -21,6 +23,30 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     let (a, b) = (CString::new(a.as_os_str().as_bytes())?, CString::new(b.as_os_str().as_bytes())?);
     // SAFETY: two NUL-terminated paths we own.
     match unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// `open(dir, O_TMPFILE | flags, 0640)`: a file with no name in `dir`.
+fn tmpfile(dir: &Path, flags: i32) -> std::io::Result<File> {
+    let d = CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: a NUL-terminated path we own.
+    let fd = unsafe { libc::open(d.as_ptr(), libc::O_TMPFILE | flags, 0o640) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just opened, owned by nothing else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Name the file `f` has open `to`: `linkat` of its /proc/self/fd link,
+/// as any user may (`AT_EMPTY_PATH` needs a capability).
+fn link_open(f: &File, to: &Path) -> std::io::Result<()> {
+    let from = CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
+    let to = CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: two NUL-terminated paths we own.
+    match unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) } {
         0 => Ok(()),
         _ => Err(std::io::Error::last_os_error()),
     }
@@ -121,4 +147,63 @@ fn rename_exchange_swaps_two_names_through_a_mount() {
     assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
     let e = exchange(&a.p("ckpt"), &a.p("ckpt/latest/model.pt")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+}
+
+/// `open(O_TMPFILE)` and `linkat`: a checkpoint written with no name
+/// appears under its name whole, in its own directory or in one on another
+/// shard, for another mount too. One made with `O_EXCL` cannot be named,
+/// and a nameless file is freed at its last close.
+#[test]
+fn o_tmpfile_then_linkat_names_a_file_once_it_is_whole() {
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    fs::create_dir(a.p("ckpt")).unwrap();
+    let shard = |rel: &str| aifs_common::ids::InodeId(fs::metadata(a.p(rel)).unwrap().ino()).shard();
+    let other = (0..16)
+        .map(|i| format!("step{i}"))
+        .find(|d| {
+            fs::create_dir(a.p(d)).unwrap();
+            shard(d) != shard("ckpt")
+        })
+        .expect("a directory on another shard");
+    let inodes = || -> u64 {
+        let s = cl.status().unwrap();
+        s["shards"].as_array().unwrap().iter().map(|s| s["inodes"].as_u64().unwrap()).sum()
+    };
+    let before = inodes();
+
+    let data: Vec<u8> = (0..3 * MIB + 5).map(|i| (i % 253) as u8).collect();
+    let mut f = tmpfile(&a.p("ckpt"), libc::O_RDWR).unwrap();
+    f.write_all(&data).unwrap();
+    let m = f.metadata().unwrap();
+    assert_eq!((m.nlink(), m.len(), m.mode() & 0o7777), (0, data.len() as u64, 0o640));
+    assert_eq!(fs::read_dir(b.p("ckpt")).unwrap().count(), 0, "a nameless file shows in its directory");
+    link_open(&f, &a.p("ckpt/model.pt")).unwrap();
+    assert_eq!(f.metadata().unwrap().nlink(), 1);
+    assert!(fs::read(b.p("ckpt/model.pt")).unwrap() == data, "the named file is not what was written");
+    drop(f);
+
+    // named in a directory on another shard
+    let mut g = tmpfile(&a.p("ckpt"), libc::O_WRONLY).unwrap();
+    g.write_all(b"step 200").unwrap();
+    link_open(&g, &a.p(&format!("{other}/latest"))).unwrap();
+    drop(g);
+    assert_eq!(fs::read_to_string(b.p(&format!("{other}/latest"))).unwrap(), "step 200");
+
+    // O_EXCL: never to be named; it and one left nameless go at close
+    let mut x = tmpfile(&a.p("ckpt"), libc::O_RDWR | libc::O_EXCL).unwrap();
+    x.write_all(b"scratch").unwrap();
+    assert_eq!(link_open(&x, &a.p("ckpt/x")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    let mut y = tmpfile(&a.p(&other), libc::O_RDWR).unwrap();
+    y.write_all(b"scratch").unwrap();
+    y.sync_all().unwrap();
+    assert_eq!(inodes(), before + 4, "two named files and two open nameless ones");
+    drop((x, y));
+    let t = Instant::now();
+    while inodes() != before + 2 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(inodes(), before + 2, "a nameless file outlived its last close");
+    assert_eq!(fs::read_dir(b.p("ckpt")).unwrap().count(), 1);
 }

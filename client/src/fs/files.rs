@@ -157,6 +157,25 @@ impl ClientFs {
         Ok(Opened { fh: self.new_handle(&f, append, &a), attr: a, keep_cache: false, direct_io: append })
     }
 
+    /// A file with no name in `parent` (`open(O_TMPFILE)`), made by the
+    /// MDS and open for writing here. `linkable` (no `O_EXCL`): a `link`
+    /// from this client may name it; else, and if none does, the MDS frees
+    /// it at its last close.
+    pub async fn tmpfile(&self, parent: InodeId, mode: u32, linkable: bool, append: bool) -> Result<Opened> {
+        let req = MdsReq::TmpFile { parent, mode, linkable };
+        let snap = self.meta.snap();
+        let (r, granted) = self.mds_leased(&req).await;
+        let (a, cap) = match r? {
+            MdsResp::Changed { attr: Some(a), cap: Some(cap), .. } if a.ino.is_valid() && a.kind == FileKind::File => (a, cap),
+            _ => return Err(unexpected("TmpFile")),
+        };
+        // The maker holds a write lease on it, as on a file it created.
+        self.meta.put_attr(snap, granted, &a, LeaseMode::Write);
+        let f = self.file_state(&a, cap)?;
+        f.set_size(a.size, false);
+        Ok(Opened { fh: self.new_handle(&f, append, &a), attr: a, keep_cache: false, direct_io: append })
+    }
+
     /// Land buffered data and publish size and mtime. A write error stays
     /// for the application's next flush, fsync or close.
     pub(super) async fn publish(&self, f: &Arc<FileState>) -> Result<()> {

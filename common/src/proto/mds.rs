@@ -379,6 +379,12 @@ pub enum MdsReq {
     /// given back: at most `MAX_UNRESERVE`. Numbers reserved for another
     /// certificate, or used already, are left as they are.
     Unreserve { inos: Vec<InodeId> },
+    /// A regular file with no name (`open(O_TMPFILE)`), made with
+    /// `parent`'s layout policy and ownership rules and opened for writing
+    /// by the caller's session, which must exist: nlink 0 until a `Link`
+    /// from that session names it (only if `linkable`: no `O_EXCL`), freed
+    /// at its last close if none does. Answered as `Create` is.
+    TmpFile { parent: InodeId, mode: u32, linkable: bool },
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);
@@ -403,6 +409,7 @@ impl MdsReq {
                 | MdsReq::Symlink { .. }
                 | MdsReq::Mknod { .. }
                 | MdsReq::Link { .. }
+                | MdsReq::TmpFile { .. }
                 | MdsReq::SetXattr { .. }
                 | MdsReq::RemoveXattr { .. }
                 // a second session would leave the first, and the locks

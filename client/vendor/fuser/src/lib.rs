@@ -983,6 +983,15 @@ pub trait Filesystem: Send + Sync + 'static {
         reply.error(Errno::ENOSYS);
     }
 
+    /// (vendored change) Make and open a file with no name in directory
+    /// `parent` (`open(O_TMPFILE)`): its nlink is 0 until a `link` names
+    /// it. Answered as `create` is. Unless implemented, `ENOSYS`, which
+    /// the kernel turns into `EOPNOTSUPP` for the rest of the mount.
+    fn tmpfile(&self, _req: &Request, parent: INodeNo, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        warn!("[Not Implemented] tmpfile(parent: {parent:#x?}, mode: {mode}, umask: {umask:#x?}, flags: {flags:#x?})");
+        reply.error(Errno::ENOSYS);
+    }
+
     /// Copy the specified range from the source inode to the destination inode
     fn copy_file_range(
         &self,
