@@ -72,6 +72,17 @@ pub struct SessionLimits {
     /// fails, and the client creates through the MDS instead.
     #[serde(default = "default_max_reserved")]
     pub max_reserved: u64,
+    /// Live sessions of one certificate (one node's mounts): an
+    /// `OpenSession` past this fails with ENFILE until one closes or
+    /// expires (one that comes back after a lost session or an MDS restart
+    /// counts only itself: the session it names is live no more).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u32,
+}
+
+/// Far more mounts than one node runs; each costs a lease table entry.
+fn default_max_sessions() -> u32 {
+    256
 }
 
 /// 32 directories' worth of numbers (`RESERVE_BATCH`), about 2 MB of store.
@@ -99,6 +110,7 @@ impl Default for SessionLimits {
             max_open_files: default_max_open_files(),
             max_locks: default_max_locks(),
             max_reserved: default_max_reserved(),
+            max_sessions: default_max_sessions(),
         }
     }
 }
@@ -584,10 +596,16 @@ impl Cluster {
     }
 
     /// A new session for `peer`'s certificate, with a random id.
+    /// A new session for `peer`'s certificate, within `limits.max_sessions`.
     pub fn open_session(&self, name: String, peer: &Peer, dir_leases: bool) -> Result<SessionId> {
         // Shown in tables and logs (its length is checked with the request).
         if name.is_empty() || name.chars().any(char::is_control) {
             return Err(Error::InvalidArgument("a session's name is not empty and has no control characters".into()));
+        }
+        let live = self.live_sessions_of(peer.owner).len();
+        if live >= self.limits.max_sessions as usize {
+            tracing::warn!(owner = %peer.owner, %name, live, "certificate at its limit of sessions");
+            return Err(Error::TooManyOpen(format!("{live} sessions open under this certificate (max_sessions)")));
         }
         let id = SessionId::random()?;
         let addr = peer.addr.to_string();
@@ -606,13 +624,24 @@ impl Cluster {
         self.leases.lock().map(|mut l| l.is_live(id, now) && l.heartbeat(id, now)).unwrap_or(false)
     }
 
-    /// End a session (clean close or eviction) and drop its leases; false
-    /// when there was no such session.
     /// The sessions `owner` opened.
     pub fn sessions_of(&self, owner: Owner) -> Vec<SessionId> {
         self.sessions.iter().filter(|s| s.owner == owner).map(|s| *s.key()).collect()
     }
 
+    /// The sessions `owner` opened that have not expired (the sweep
+    /// forgets expired ones a little later).
+    fn live_sessions_of(&self, owner: Owner) -> Vec<SessionId> {
+        let mut ids = self.sessions_of(owner);
+        let now = Instant::now();
+        if let Ok(l) = self.leases.lock() {
+            ids.retain(|s| l.is_live(*s, now));
+        }
+        ids
+    }
+
+    /// End a session (clean close or eviction) and drop its leases; false
+    /// when there was no such session.
     pub fn close_session(&self, id: SessionId) -> bool {
         if let Ok(mut l) = self.leases.lock() {
             l.close_session(id);

@@ -926,7 +926,7 @@ async fn a_holder_that_ignores_recalls_is_evicted_after_a_term() {
 async fn a_session_holds_no_more_than_its_limits() {
     use aifs_common::proto::mds::{MdsCall, MdsReply};
     use aifs_mds::cluster::SessionLimits;
-    let cl = TestCluster::start_with(1, 1, |m| m.session_limits = SessionLimits { max_leases: 4, max_open_files: 2, max_locks: 3, max_reserved: 16_384 }).await.unwrap();
+    let cl = TestCluster::start_with(1, 1, |m| m.session_limits = SessionLimits { max_leases: 4, max_open_files: 2, max_locks: 3, max_reserved: 16_384, max_sessions: 2 }).await.unwrap();
     // files another client made, before this one holds anything
     for i in 0..2 {
         mds_call(&cl.mds_client(Role::Client).unwrap(), create(ROOT, &format!("other{i}"))).await.unwrap();
@@ -966,6 +966,16 @@ async fn a_session_holds_no_more_than_its_limits() {
     assert_eq!(aifs_common::errno(&Error::NoLocks(String::new())), libc::ENOLCK);
     mds_call(&c, lock(0, 9, LockKind::Unlock)).await.unwrap();
     mds_call(&c, lock(1000, 1009, LockKind::Read)).await.unwrap();
+    // two live sessions per certificate (naming a live one as `previous`
+    // does not end it); one closed makes room; other certificates have
+    // their own
+    mds_call(&c, open_session("second".into())).await.unwrap();
+    assert!(matches!(mds_call(&c, open_session("third".into())).await, Err(Error::TooManyOpen(_))), "a third session");
+    let replace = MdsReq::OpenSession { name: "again".into(), dir_leases: false, previous: Some(sid), open: vec![], locks: vec![] };
+    assert!(matches!(mds_call(&c, replace).await, Err(Error::TooManyOpen(_))), "a third session in place of a live one");
+    mds_call(&c, MdsReq::CloseSession { id: sid }).await.unwrap();
+    mds_call(&c, open_session("third".into())).await.unwrap();
+    mds_call(&cl.mds_client(Role::Client).unwrap(), open_session("another certificate".into())).await.unwrap();
 }
 
 /// Inode numbers reserved for creates under a directory's write lease are

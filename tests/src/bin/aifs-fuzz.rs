@@ -170,6 +170,8 @@ fn mds_corpus() -> Result<Vec<Vec<u8>>> {
         MdsReq::UpdateSize { ino: f, size: 1 << 20, mtime_ns: 1 },
         MdsReq::Reserve { dir: root, count: 8 },
         MdsReq::Unreserve { inos: vec![f] },
+        MdsReq::TmpFile { parent: root, mode: 0o600, linkable: true },
+        MdsReq::Link { ino: f, newparent: root, newname: "lz".into() },
         MdsReq::Apply {
             session: None,
             ops: vec![DirOp::Create { parent: root, name: "r".into(), ino: f, layout, mode: 0o644, cred: Cred::root(), time_ns: 0, open: false }],
