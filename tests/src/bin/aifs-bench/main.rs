@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod ckpt;
+mod meta;
 mod osds;
 mod plan;
 mod rawquic;
@@ -32,10 +33,14 @@ struct Args {
     ckpt_only: bool,
     /// Only the raw-QUIC rows of that table (the transport's ceiling).
     raw_only: bool,
+    /// Directories of the metadata-rates table.
+    dirs: usize,
+    /// Only the metadata-rates table.
+    meta_only: bool,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false, raw_only: false };
+    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false, raw_only: false, dirs: 1000, meta_only: false };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().context("missing value");
@@ -48,8 +53,13 @@ fn parse_args() -> Result<Args> {
             "--ckpt-mib" => a.ckpt_mib = v()?.parse()?,
             "--ckpt-only" => a.ckpt_only = true,
             "--raw-only" => a.raw_only = true,
+            "--dirs" => a.dirs = v()?.parse()?,
+            "--meta-only" => a.meta_only = true,
             "-h" | "--help" => {
-                println!("aifs-bench [--size-mib 4096] [--files 10000] [--runs 3] [--threads 8] [--local-dir DIR] [--ckpt-mib 1024] [--ckpt-only] [--raw-only]");
+                println!(
+                    "aifs-bench [--size-mib 4096] [--files 10000] [--dirs 1000] [--runs 3] [--threads 8] [--local-dir DIR] [--ckpt-mib 1024] \
+                     [--ckpt-only] [--raw-only] [--meta-only]"
+                );
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument {other}"),
@@ -444,11 +454,15 @@ fn main() -> Result<()> {
     let mount = cluster.mount()?;
     let pids = cluster.pids_with(&mount);
     let local = tempfile::Builder::new().prefix("aifs-bench-local-").tempdir_in(&a.local)?;
+    if a.meta_only {
+        return metadata_rates(&cluster, &mount, local.path(), &a);
+    }
     let raw = rawquic::RawQuic::new(&cluster, &pids)?;
     checkpoint_patterns(&cluster, &mount, &pids, &raw, local.path(), &a)?;
     if a.ckpt_only || a.raw_only {
         return Ok(());
     }
+    metadata_rates(&cluster, &mount, local.path(), &a)?;
     eprintln!(
         "aifs-bench: {} run(s); aifs at {} (3 OSDs, stripe 1 MiB x 3), local disk at {}",
         a.runs,
@@ -562,6 +576,19 @@ fn main() -> Result<()> {
     drop(raw);
     drop(mount);
     drop(cluster);
+    Ok(())
+}
+
+/// The metadata-rates table (meta.rs), local disk and aifs alternating.
+fn metadata_rates(cluster: &ProcCluster, mount: &aifs_tests::proc::Mount, local: &Path, a: &Args) -> Result<()> {
+    let mut table = meta::Table::default();
+    for run in 1..=a.runs {
+        eprintln!("metadata rates, run {run}/{}", a.runs);
+        let l = meta::pass(&meta::Side::Local(local), a.files, a.dirs, run)?;
+        let f = meta::pass(&meta::Side::Aifs(&mount.path, cluster), a.files, a.dirs, run)?;
+        table.add(l, f);
+    }
+    table.print(a.runs);
     Ok(())
 }
 
