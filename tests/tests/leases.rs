@@ -178,6 +178,10 @@ fn two_passes(cl: &ProcCluster, m: &Mount, n: usize) -> [(u64, u64); 2] {
     out
 }
 
+/// A mount that never saw the files lists their directory ahead after a
+/// few stats miss (statahead), so the first pass asks the MDS far fewer
+/// times than there are names; the second pass asks (nearly) nothing.
+/// Without the lease cache, every pass asks for every name.
 #[test]
 fn cached_metadata_is_served_without_asking_the_mds_again() {
     const N: usize = 400;
@@ -189,7 +193,7 @@ fn cached_metadata_is_served_without_asking_the_mds_again() {
     }
     let leased = cl.mount().unwrap();
     let [first, second] = two_passes(&cl, &leased, N);
-    assert!(first.0 >= N as u64 / 2, "first stat pass asked the MDS only {} times", first.0);
+    assert!(first.0 <= N as u64 / 4, "first stat pass asked the MDS {} times for {N} names: no statahead", first.0);
     assert!(second.0 + second.1 <= 10, "second pass still asked the MDS {second:?} times (first {first:?})");
     // the same without the lease cache: every pass asks again
     let plain = Mount::with_settings(&cl, "lease_cache = false").unwrap();

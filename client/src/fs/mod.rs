@@ -28,6 +28,7 @@ mod locks;
 mod names;
 mod recall;
 mod session;
+mod statahead;
 
 
 /// How often the background flusher looks for stale partial units.
@@ -152,6 +153,8 @@ pub struct ClientFs {
     /// Changes made under directories' write leases, on their way to the
     /// MDS (dirops.rs).
     dirops: Arc<DirOps>,
+    /// Directories whose lookups keep missing the cache (statahead.rs).
+    statahead: statahead::Statahead,
 }
 
 fn unexpected(what: &str) -> Error {

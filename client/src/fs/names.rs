@@ -237,7 +237,7 @@ impl ClientFs {
         }
     }
 
-    pub async fn lookup(&self, parent: InodeId, name: &str) -> Result<Attr> {
+    pub async fn lookup(self: &Arc<Self>, parent: InodeId, name: &str) -> Result<Attr> {
         if self.cache_on() {
             match self.meta.dentry(parent, name) {
                 Some(None) => return Err(Error::NotFound),
@@ -248,6 +248,7 @@ impl ClientFs {
                 }
                 None => {}
             }
+            self.looked_up_uncached(parent);
         }
         let snap = self.meta.snap();
         let (r, granted) = self.mds_leased(&MdsReq::Lookup { parent, name: name.to_string() }).await;

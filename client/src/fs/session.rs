@@ -38,6 +38,7 @@ impl ClientFs {
             lockers: DashMap::new(),
             held_locks: Default::default(),
             dirops,
+            statahead: Default::default(),
         });
         // Every connection to the MDS carries its recalls back to us; a new
         // one (after a reconnect) gets the session bound by a heartbeat.

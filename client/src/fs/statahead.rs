@@ -1,0 +1,90 @@
+//! Statahead. A job that stats many names of a directory this node has
+//! nothing of cached (a restarted job finding its rank files, a loader
+//! checking a checkpoint's shards) would pay one MDS round trip per name.
+//! After a few lookups in one directory miss the cache, the client lists
+//! the directory with its attributes (`ReaddirPlus`, a batch at a time) in
+//! the background, under the leases that come with the listing, and the
+//! lookups after it are answered from the cache (Lustre's statahead does
+//! the same for `ls -l` and `stat` scans). A lookup never waits for the
+//! listing: until its batch arrives, it asks the MDS as before.
+use super::{ClientFs, READDIR_BATCH};
+use aifs_common::InodeId;
+use dashmap::DashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Lookups that miss in one directory before it is listed.
+const MISSES: u32 = 8;
+/// A directory is listed at most this often: one that keeps changing
+/// under another writer would otherwise be listed over and over.
+const EVERY: Duration = Duration::from_secs(5);
+/// Most entries listed ahead (128 batches): past them, lookups ask the
+/// MDS, and the session's lease budget (`max_leases`) is not spent on a
+/// directory the job may want a few names of.
+const MAX_ENTRIES: usize = 1 << 16;
+
+#[derive(Default)]
+pub(super) struct Statahead(DashMap<InodeId, Scan>);
+
+#[derive(Default)]
+struct Scan {
+    misses: u32,
+    running: bool,
+    last: Option<Instant>,
+}
+
+impl Statahead {
+    /// A lookup in `dir` missed the cache: true when it is time to list
+    /// `dir` (the caller then does, and says when it is `done`).
+    fn missed(&self, dir: InodeId) -> bool {
+        let mut s = self.0.entry(dir).or_default();
+        s.misses += 1;
+        let due = s.misses >= MISSES && !s.running && s.last.is_none_or(|t| t.elapsed() >= EVERY);
+        if due {
+            s.running = true;
+        }
+        due
+    }
+
+    fn done(&self, dir: InodeId) {
+        if let Some(mut s) = self.0.get_mut(&dir) {
+            *s = Scan { misses: 0, running: false, last: Some(Instant::now()) };
+        }
+        // Directories listed long ago need no record.
+        if self.0.len() > 4096 {
+            self.0.retain(|_, s| s.running || s.last.is_some_and(|t| t.elapsed() < EVERY));
+        }
+    }
+}
+
+impl ClientFs {
+    /// A lookup in `dir` missed the cache: list `dir` ahead if lookups
+    /// there keep missing.
+    pub(super) fn looked_up_uncached(self: &Arc<Self>, dir: InodeId) {
+        if !self.cache_on() || !self.statahead.missed(dir) {
+            return;
+        }
+        let fs = self.clone();
+        tokio::spawn(async move {
+            // (cookies 1 and 2 are `.` and `..`)
+            let mut cookie = 2;
+            let mut seen = 0;
+            loop {
+                match fs.readdirplus(dir, cookie).await {
+                    Ok((batch, _)) => {
+                        seen += batch.len();
+                        match batch.last() {
+                            Some((e, _)) if batch.len() == READDIR_BATCH as usize && seen < MAX_ENTRIES => cookie = e.cookie,
+                            _ => break,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%dir, error = %e, "statahead stopped");
+                        break;
+                    }
+                }
+            }
+            fs.statahead.done(dir);
+        });
+    }
+}
