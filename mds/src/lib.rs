@@ -11,6 +11,7 @@ pub mod fsck;
 pub mod gc;
 pub mod meter;
 pub mod nameless;
+pub mod numbers;
 pub mod repair;
 pub mod revoked;
 pub mod leases;

@@ -9,7 +9,7 @@
 use crate::cluster::Cluster;
 use crate::namespace::{choose_layout, file_rec, Namespace};
 use crate::once::{self, Once};
-use crate::store::{get_inode, next_counter, put_inode, IoResult, INODES, LINKABLE, META, ORPHANS};
+use crate::store::{get_inode, put_inode, IoResult, INODES, LINKABLE, ORPHANS};
 use aifs_common::cap::{READ, WRITE};
 use aifs_common::ids::{InodeId, SessionId};
 use aifs_common::perm::{self, Cred};
@@ -63,11 +63,9 @@ impl Namespace {
         let parent = parent.0;
         let _g = self.topo.read().await;
         let shard = self.shard_for(parent)?.clone();
-        let sid = shard.id;
-        // A number first, in a commit of its own, so that it is counted
-        // open before the file exists (a crash in between skips a number).
-        let seq = shard.mutate(move |txn| next_counter(&mut txn.open_table(META).io()?, "next_seq", if sid == 0 { 2 } else { 1 })).await?;
-        let ino = InodeId::new(sid, seq);
+        // A number first, so that it is counted open before the file
+        // exists (a crash in between skips a number).
+        let ino = self.numbers.take(&shard).await?;
         let pin = Pin::new(&self.cluster, session, ino);
         let up = self.cluster.placeable_osds();
         let (cred, rid) = (cred.clone(), once.rid);

@@ -455,6 +455,8 @@ pub struct Namespace {
     running: once::Running,
     /// Inode numbers reserved per certificate (reservations.rs).
     pub reserved: crate::reservations::Counts,
+    /// Inode numbers handed out ahead of a commit (numbers.rs).
+    pub(crate) numbers: crate::numbers::Numbers,
 }
 
 impl Namespace {
@@ -491,7 +493,8 @@ impl Namespace {
         }
         // the names of store files just made
         crate::store::sync_dir(dir)?;
-        let ns = Namespace { shards, topo: tokio::sync::RwLock::new(()), cluster, running: Default::default(), reserved: Default::default() };
+        let numbers = crate::numbers::Numbers::new(shards.len());
+        let ns = Namespace { shards, topo: tokio::sync::RwLock::new(()), cluster, running: Default::default(), reserved: Default::default(), numbers };
         ns.shard(0)
             .mutate(move |txn| {
                 let mut inodes = txn.open_table(INODES).io()?;
@@ -848,7 +851,7 @@ impl Namespace {
                 perm::may_create(p.perms(), &cred)?;
                 let (uid, gid, mode) = perm::new_owner(p.perms(), &cred, FileKind::File, mode);
                 let mut meta = txn.open_table(META).io()?;
-                let seq = next_counter(&mut meta, "next_seq", if sid == 0 { 2 } else { 1 })?;
+                let seq = next_counter(&mut meta, "next_seq", crate::numbers::first_seq(sid))?;
                 let ino = InodeId::new(sid, seq).0;
                 let layout = choose_layout(p.policy.unwrap_or_default(), &up, ino)?;
                 let rec = file_rec(mode, uid, gid, parent, layout, 1, now);
@@ -1012,7 +1015,7 @@ impl Namespace {
                 perm::may_create(p.perms(), &node.cred)?;
                 let (uid, gid, perm) = perm::new_owner(p.perms(), &node.cred, node.kind, node.perm);
                 let mut meta = txn.open_table(META).io()?;
-                let seq = next_counter(&mut meta, "next_seq", if sid == 0 { 2 } else { 1 })?;
+                let seq = next_counter(&mut meta, "next_seq", crate::numbers::first_seq(sid))?;
                 let ino = InodeId::new(sid, seq).0;
                 let rec = InodeRec {
                     kind: node.kind,
@@ -1198,15 +1201,7 @@ impl Namespace {
             return Err(Error::TooManyLinks);
         }
         let target = (name_hash(parent, name) % self.shards.len() as u64) as u32;
-        let sid = target;
-        let ino = self
-            .shard(target)
-            .mutate(move |txn| {
-                let mut meta = txn.open_table(META).io()?;
-                let seq = next_counter(&mut meta, "next_seq", if sid == 0 { 2 } else { 1 })?;
-                Ok(InodeId::new(sid, seq).0)
-            })
-            .await?;
+        let ino = self.numbers.take(self.shard(target)).await?.0;
         let (uid, gid, mode) = perm::new_owner(p.perms(), cred, FileKind::Dir, mode);
         let rec = dir_rec(mode, uid, gid, parent, p.policy, now_ns());
         let attr = rec.attr(ino);

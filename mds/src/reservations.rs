@@ -87,7 +87,7 @@ impl Namespace {
                 }
                 let policy = d.policy.unwrap_or_default();
                 let mut meta = txn.open_table(META).io()?;
-                let first = next_counter(&mut meta, "next_seq", if sid == 0 { 2 } else { 1 })?;
+                let first = next_counter(&mut meta, "next_seq", crate::numbers::first_seq(sid))?;
                 meta.insert("next_seq", first + count).io()?;
                 let mut reserved = txn.open_table(RESERVED).io()?;
                 (first..first + count)
