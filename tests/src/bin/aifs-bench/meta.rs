@@ -62,15 +62,20 @@ pub fn pass(side: &Side, files: usize, dirs: usize, run: usize) -> Result<Vec<(S
         let t = format!("{th} thread(s)");
         rows.push((format!("mkdir {dirs}, {t}"), parallel(dirs, th, format!("{label}: mkdir, {t}"), |i| fs::create_dir(sub(i)))?));
         rows.push((format!("rmdir {dirs}, {t}"), parallel(dirs, th, format!("{label}: rmdir, {t}"), |i| fs::remove_dir(sub(i)))?));
-        rows.push((format!("create {files}, {t}"), parallel(files, th, format!("{label}: create, {t}"), |i| File::create(file(i)).map(|_| ()))?));
+        let create = |i: usize| File::create(file(i)).map(|_| ());
+        rows.push((format!("create {files}, {t}"), parallel(files, th, format!("{label}: create, {t}"), create)?));
+        rows.push((format!("unlink {files}, {t}"), parallel(files, th, format!("{label}: unlink, {t}"), |i| fs::remove_file(file(i)))?));
+        // Made again for the reader, which then keeps leases on them: the
+        // maker's changes there would wait on it (another table's rows).
+        parallel(files, th, format!("{label}: create again, {t}"), create)?;
         {
-            // (the reader goes before the unlinks: its leases would cost
-            // each unlink a recall, which is another table's row)
             let (cold, _reader) = side.cold(&rel)?;
             let at = |i: usize| cold.join(format!("rank{i:06}.pt"));
             rows.push((format!("stat {files}, cold, {t}"), parallel(files, th, format!("{label}: cold stat, {t}"), |i| fs::metadata(at(i)).map(|_| ()))?));
         }
-        rows.push((format!("unlink {files}, {t}"), parallel(files, th, format!("{label}: unlink, {t}"), |i| fs::remove_file(file(i)))?));
+        for i in 0..files {
+            fs::remove_file(file(i))?;
+        }
         fs::remove_dir(&d)?;
     }
     Ok(rows)
