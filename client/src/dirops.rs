@@ -26,6 +26,7 @@ use aifs_common::proto::mds::{DirOp, Reserved};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// The stock of reserved inode numbers below which more are asked for
@@ -34,11 +35,18 @@ const RESERVE_LOW: usize = 128;
 /// Changes sent in one `Apply`.
 pub const MAX_BATCH: usize = 1024;
 
-#[derive(Default)]
 struct Dir {
     reserved: VecDeque<Reserved>,
     /// A `Reserve` is out for this directory.
     refilling: bool,
+    /// When a number was last taken here (or the lease granted).
+    used: Instant,
+}
+
+impl Default for Dir {
+    fn default() -> Dir {
+        Dir { reserved: VecDeque::new(), refilling: false, used: Instant::now() }
+    }
 }
 
 #[derive(Default)]
@@ -99,7 +107,9 @@ pub struct Local<'a> {
 impl Local<'_> {
     /// A reserved inode number for a new file here, if one is left.
     pub fn take(&mut self) -> Option<Reserved> {
-        let r = self.inner.writable.get_mut(&self.dir)?.reserved.pop_front();
+        let d = self.inner.writable.get_mut(&self.dir)?;
+        d.used = Instant::now();
+        let r = d.reserved.pop_front();
         self.pushed |= self.inner.want_refill(self.dir);
         r
     }
@@ -123,14 +133,34 @@ impl DirOps {
     }
 
     /// The MDS granted this client `dir`'s write lease, with inode numbers
-    /// reserved there.
+    /// reserved there (a new directory's comes with none: many are made
+    /// and never filled). More are asked for when a create takes one and
+    /// few are left, or finds none (that create goes to the MDS).
     pub fn grant(&self, dir: InodeId, reserved: Vec<Reserved>) {
         let mut g = self.lock();
-        g.writable.entry(dir).or_default().reserved.extend(reserved);
-        if g.want_refill(dir) {
-            drop(g);
-            self.queued.notify_one();
+        let d = g.writable.entry(dir).or_default();
+        d.reserved.extend(reserved);
+        d.used = Instant::now();
+    }
+
+    /// Give back the numbers of directories no create has taken one from
+    /// for `idle`; the leases stay (a create there asks for more). What a
+    /// certificate holds is bounded at the MDS: numbers kept by directories
+    /// done with would leave none for the next ones.
+    pub fn give_back_idle(&self, idle: Duration) {
+        let mut g = self.lock();
+        let done: Vec<Reserved> = g
+            .writable
+            .values_mut()
+            .filter(|d| !d.refilling && !d.reserved.is_empty() && d.used.elapsed() >= idle)
+            .flat_map(|d| std::mem::take(&mut d.reserved))
+            .collect();
+        if done.is_empty() {
+            return;
         }
+        g.give_back(done);
+        drop(g);
+        self.queued.notify_one();
     }
 
     /// Does this client hold `dir`'s write lease?
@@ -322,8 +352,11 @@ mod tests {
         let d = DirOps::default();
         assert!(d.local(InodeId(5), |_| Some(())).is_none());
         d.grant(InodeId(5), vec![]);
+        assert!(d.take_refills().is_empty(), "numbers asked for before a create needs one");
+        assert!(d.local(InodeId(5), |l| l.take()).is_none());
         assert_eq!(d.take_refills(), vec![InodeId(5)]);
         d.grant(InodeId(5), vec![]);
+        assert!(d.local(InodeId(5), |l| l.take()).is_none());
         assert!(d.take_refills().is_empty(), "a second refill while one is out");
         d.refilled(InodeId(5), vec![reserved(100)]);
         d.grant(InodeId(5), vec![reserved(101)]);
@@ -372,8 +405,19 @@ mod tests {
         assert_eq!(d.take_unused(), vec![InodeId(101), InodeId(102)]);
         d.refilled(InodeId(5), vec![reserved(103)]);
         assert_eq!(d.take_unused(), vec![InodeId(103)], "a refill after the lease went");
+        // a directory no create has taken from for a while: its numbers
+        // go back, its lease stays
+        d.grant(InodeId(7), vec![reserved(300), reserved(301)]);
+        d.give_back_idle(Duration::from_secs(60));
+        assert!(d.take_unused().is_empty(), "numbers of a directory just granted given back");
+        d.give_back_idle(Duration::ZERO);
+        let mut back = d.take_unused();
+        back.sort_by_key(|i| i.0);
+        assert_eq!(back, vec![InodeId(201), InodeId(300), InodeId(301)]);
+        assert!(d.local(InodeId(7), |_| Some(())).is_some(), "the lease went with the numbers");
+        d.grant(InodeId(6), vec![reserved(202)]);
         d.lost_leases();
-        assert_eq!(d.take_unused(), vec![InodeId(201)]);
+        assert_eq!(d.take_unused(), vec![InodeId(202)]);
         assert!(d.take_unused().is_empty());
     }
 

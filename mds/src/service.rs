@@ -100,6 +100,7 @@ fn after_restart_too(req: &MdsReq) -> bool {
 }
 const ADMIN: &[Role] = &[Role::Admin];
 
+
 impl MdsService {
     /// The reply to a namespace change: the new inode and the directories'
     /// attributes as committed.
@@ -125,14 +126,29 @@ impl MdsService {
     /// `dir`'s write lease, granted to `h`: sent with inode numbers to
     /// create there. Without them (the reservation failed) the lease goes
     /// back at once; the client then creates through the MDS.
-    async fn writable(&self, h: &Holder, dir: InodeId, owner: Owner) -> Option<Writable> {
-        match self.reserve(dir, RESERVE_BATCH, owner).await {
+    async fn writable(&self, h: &Holder, dir: InodeId, owner: Owner, count: u32) -> Option<Writable> {
+        if count == 0 {
+            return Some(Writable { dir, reserved: Vec::new() });
+        }
+        match self.reserve(dir, count, owner).await {
             Ok(reserved) => Some(Writable { dir, reserved }),
             Err(e) => {
                 tracing::warn!(%dir, error = %e, "no inode numbers reserved; directory write lease given back");
                 self.ns.cluster.demote(h, dir);
                 None
             }
+        }
+    }
+
+    /// How many inode numbers come with a new directory's write lease: a
+    /// batch, so that its first creates need no MDS (one that hangs, say),
+    /// while the certificate holds under half its `max_reserved`; past
+    /// that, none (many directories are made and never filled): the
+    /// client asks for them at its first create there.
+    fn new_dir_reserve(&self, owner: Owner) -> u32 {
+        match self.ns.reserved.held(owner) < self.ns.cluster.limits.max_reserved / 2 {
+            true => RESERVE_BATCH,
+            false => 0,
         }
     }
 
@@ -308,7 +324,7 @@ impl MdsService {
                 // Nobody else looks at the directory: this client may go
                 // on making files there itself.
                 let writable = match c.created && cl.try_write_dir(&h, parent) {
-                    true => self.writable(&h, parent, peer.owner).await,
+                    true => self.writable(&h, parent, peer.owner, RESERVE_BATCH).await,
                     false => None,
                 };
                 let cap = (a.kind == FileKind::File).then(|| self.caps.grant(&a, rights));
@@ -351,7 +367,7 @@ impl MdsService {
                     *grant = h.granted();
                 }
                 let writable = match writable && same {
-                    true => self.writable(&h, a.ino, peer.owner).await,
+                    true => self.writable(&h, a.ino, peer.owner, self.new_dir_reserve(peer.owner)).await,
                     false => None,
                 };
                 self.changed(Some(a), &[parent], writable).await

@@ -530,3 +530,27 @@ fn a_reload_after_the_access_time_update_comes_from_the_page_cache() {
     assert!(fs::read(a.p("model.pt")).unwrap() == body, "the re-load differs");
     assert!(t.elapsed() < Duration::from_secs(3), "the re-load waited {:?} on the stopped OSDs", t.elapsed());
 }
+
+/// Many directories made, none filled, do not use up the inode numbers a
+/// certificate may hold (`max_reserved`): a directory made after dozens of
+/// others still takes its files under its write lease, after at most one
+/// create through the MDS, and so does an old one.
+#[test]
+fn directories_made_in_bulk_leave_numbers_for_the_files_made_later() {
+    let cl = ProcCluster::start(1).unwrap();
+    let a = cl.mount().unwrap();
+    fs::create_dir(a.p("ckpt")).unwrap();
+    // 64 directories of a batch (512) each would be twice max_reserved
+    for i in 0..64 {
+        fs::create_dir(a.p(&format!("ckpt/step{i:02}"))).unwrap();
+    }
+    for dir in ["ckpt/step63", "ckpt/step40", "ckpt/step01"] {
+        let before = cl.mds_requests().unwrap();
+        for i in 0..200 {
+            File::create(a.p(&format!("{dir}/rank{i:03}"))).unwrap();
+        }
+        File::open(a.p(dir)).unwrap().sync_all().unwrap();
+        let asked = cl.mds_requests().unwrap() - before - 1;
+        assert!(asked <= 20, "200 creates in {dir} cost {asked} MDS requests");
+    }
+}

@@ -37,6 +37,10 @@ const FLUSH_TICK: Duration = Duration::from_secs(1);
 /// dirty_expire does for page cache).
 const STALE_UNIT: Duration = Duration::from_secs(5);
 
+/// A directory no create has taken a reserved inode number from for this
+/// long gives its numbers back (dirops.rs, `give_back_idle`).
+const IDLE_RESERVED: Duration = Duration::from_secs(30);
+
 /// Entries fetched per readdir call to the MDS.
 const READDIR_BATCH: u32 = 512;
 

@@ -415,6 +415,11 @@ impl ClientFs {
         self.meta.local_entry(snap, parent, name, None, r.is_err());
         if let Some(c) = child {
             self.meta.drop_ino(c);
+            if r.is_ok() {
+                // Its write lease, if held, went with it: numbers reserved
+                // there go back.
+                self.dirops.revoke(c);
+            }
         }
         r.map(|_| ())
     }

@@ -63,6 +63,7 @@ impl ClientFs {
                     _ = ctx.pressure.notified() => None,
                 };
                 let Some(fs) = weak.upgrade() else { return };
+                fs.dirops.give_back_idle(IDLE_RESERVED);
                 let files: Vec<Arc<FileState>> = fs.files.iter().map(|f| f.value().clone()).collect();
                 for f in files {
                     if let Err(e) = f.ship_buffered(&fs.ctx, older_than) {
