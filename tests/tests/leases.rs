@@ -551,6 +551,8 @@ fn directories_made_in_bulk_leave_numbers_for_the_files_made_later() {
         }
         File::open(a.p(dir)).unwrap().sync_all().unwrap();
         let asked = cl.mds_requests().unwrap() - before - 1;
-        assert!(asked <= 20, "200 creates in {dir} cost {asked} MDS requests");
+        // (each through the MDS: a create and a close, 400; under the
+        // lease, batches of them, a refill and heartbeats)
+        assert!(asked <= 80, "200 creates in {dir} cost {asked} MDS requests");
     }
 }
