@@ -374,7 +374,7 @@ impl Cluster {
 
     /// Does any client have `ino` open for writing (or may it, during the
     /// grace after a restart)?
-    pub fn open_for_write(&self, ino: InodeId) -> bool {
+    pub fn any_writer(&self, ino: InodeId) -> bool {
         self.in_grace() || self.opens.lock().map(|o| o.get(&ino).is_some_and(|by| by.values().any(|c| c.rights & WRITE != 0))).unwrap_or(true)
     }
 
@@ -410,7 +410,7 @@ impl Cluster {
     }
 
     /// Has `session` `ino` open for writing?
-    pub fn open_for_writing(&self, session: SessionId, ino: InodeId) -> bool {
+    pub fn session_writes(&self, session: SessionId, ino: InodeId) -> bool {
         self.open_rights(session, ino).is_some_and(|r| r & WRITE != 0)
     }
 

@@ -163,7 +163,7 @@ impl Gc {
         let Some(cut_to) = job.truncate_to else { return (Replay::Apply, None) };
         let ino = InodeId(job.ino);
         let cl = &self.ns.cluster;
-        if cl.open_for_write(ino) {
+        if cl.any_writer(ino) {
             return (Replay::Defer, None);
         }
         let h = cl.own_holder(false);
@@ -175,7 +175,7 @@ impl Gc {
             Err(Error::NotFound) => None,
             Err(_) => return (Replay::Defer, None),
         };
-        (replay_truncate(cut_to, size, cl.open_for_write(ino)), Some(h))
+        (replay_truncate(cut_to, size, cl.any_writer(ino)), Some(h))
     }
 
     /// Apply a job on every OSD holding one of the file's objects. A

@@ -260,7 +260,7 @@ impl MdsService {
             MdsReq::SetAttr { ino, set } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                let open_for_write = h.granted().is_some_and(|s| cl.open_for_writing(s, ino));
+                let open_for_write = h.granted().is_some_and(|s| cl.session_writes(s, ino));
                 if set.size.is_some() {
                     // Checked before the lease is taken: a write lease is
                     // held only by those who may write.
@@ -719,7 +719,7 @@ impl MdsService {
             MdsReq::Close { ino, session } => {
                 need(peer, NS)?;
                 let s = cl.session_for(peer, session)?;
-                if s.is_some_and(|s| cl.open_for_writing(s, ino)) {
+                if s.is_some_and(|s| cl.session_writes(s, ino)) {
                     // Closing a file written: fallocate changes no size.
                     self.meter.changed(ino);
                 }
