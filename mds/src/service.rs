@@ -500,10 +500,11 @@ impl MdsService {
             MdsReq::UpdateSize { ino, size, mtime_ns } => {
                 need(peer, NS)?;
                 let h = cl.holder(peer);
-                // A writer publishes what it wrote; anyone else needs the
-                // right to write.
-                if !cl.uses(&h, ino, true) {
-                    self.rights(&h, ino, true, cred).await?;
+                // A writer publishes what it wrote (it holds the write
+                // lease, or has the file open for writing); anyone else
+                // needs the right to write.
+                if !cl.uses(&h, ino, true) && !h.granted().is_some_and(|s| cl.session_writes(s, ino)) {
+                    perm::access((&ns.getattr(ino).await?).into(), cred, perm::W)?;
                 }
                 let a = ns.update_size(ino, size, mtime_ns).await?;
                 self.meter.changed(ino);
