@@ -18,6 +18,9 @@ const MISSES: u32 = 8;
 /// A directory is listed at most this often: one that keeps changing
 /// under another writer would otherwise be listed over and over.
 const EVERY: Duration = Duration::from_secs(5);
+/// Directories remembered: past this, those neither being listed nor
+/// listed within `EVERY` are forgotten (their misses start again).
+const MAX_DIRS: usize = 4096;
 /// Most entries listed ahead (128 batches): past them, lookups ask the
 /// MDS, and the session's lease budget (`max_leases`) is not spent on a
 /// directory the job may want a few names of.
@@ -37,6 +40,9 @@ impl Statahead {
     /// A lookup in `dir` missed the cache: true when it is time to list
     /// `dir` (the caller then does, and says when it is `done`).
     fn missed(&self, dir: InodeId) -> bool {
+        if self.0.len() >= MAX_DIRS && !self.0.contains_key(&dir) {
+            self.0.retain(|_, s| s.running || s.last.is_some_and(|t| t.elapsed() < EVERY));
+        }
         let mut s = self.0.entry(dir).or_default();
         s.misses += 1;
         let due = s.misses >= MISSES && !s.running && s.last.is_none_or(|t| t.elapsed() >= EVERY);
@@ -49,10 +55,6 @@ impl Statahead {
     fn done(&self, dir: InodeId) {
         if let Some(mut s) = self.0.get_mut(&dir) {
             *s = Scan { misses: 0, running: false, last: Some(Instant::now()) };
-        }
-        // Directories listed long ago need no record.
-        if self.0.len() > 4096 {
-            self.0.retain(|_, s| s.running || s.last.is_some_and(|t| t.elapsed() < EVERY));
         }
     }
 }
@@ -86,5 +88,38 @@ impl ClientFs {
             }
             fs.statahead.done(dir);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_is_listed_after_its_misses_once_at_a_time_and_the_record_stays_bounded() {
+        let s = Statahead::default();
+        let d = InodeId(7);
+        for _ in 1..MISSES {
+            assert!(!s.missed(d));
+        }
+        assert!(s.missed(d), "not listed after {MISSES} misses");
+        for _ in 0..2 * MISSES {
+            assert!(!s.missed(d), "listed again while a listing is out");
+        }
+        s.done(d);
+        for _ in 0..2 * MISSES {
+            assert!(!s.missed(d), "listed again within {EVERY:?}");
+        }
+        // Lookups that miss once each in many directories: forgotten
+        // past MAX_DIRS, but not the one being listed.
+        let busy = InodeId(8);
+        for _ in 0..MISSES {
+            s.missed(busy);
+        }
+        for i in 0..3 * MAX_DIRS as u64 {
+            s.missed(InodeId(1_000 + i));
+        }
+        assert!(s.0.len() <= MAX_DIRS + 1, "{} directories remembered", s.0.len());
+        assert!(s.0.get(&busy).is_some_and(|b| b.running));
     }
 }
