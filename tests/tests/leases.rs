@@ -13,6 +13,16 @@ use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
 
+/// Does `worker` finish within `limit` (polled)? For work that must not
+/// wait on a stopped MDS.
+fn finishes_within<T>(worker: &std::thread::JoinHandle<T>, limit: Duration) -> bool {
+    let t = Instant::now();
+    while !worker.is_finished() && t.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    worker.is_finished()
+}
+
 fn names(dir: &std::path::Path) -> BTreeSet<String> {
     fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
 }
@@ -443,11 +453,7 @@ fn creates_under_a_directory_lease_are_batched_and_seen_by_the_next_look_elsewhe
             }
             Ok(())
         });
-        let t = Instant::now();
-        while !worker.is_finished() && t.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(worker.is_finished(), "creates and unlinks under the lease waited for the stopped MDS");
+        assert!(finishes_within(&worker, Duration::from_secs(30)), "creates and unlinks under the lease waited for the stopped MDS");
         worker.join().unwrap().unwrap();
     }
     // fsync of the directory: everything A did there is at the MDS
@@ -557,11 +563,7 @@ fn directories_made_in_bulk_leave_numbers_for_the_files_made_later() {
             }
             Ok(())
         });
-        let t = Instant::now();
-        while !worker.is_finished() && t.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(worker.is_finished(), "creates in {dir} waited for the stopped MDS: no write lease with numbers");
+        assert!(finishes_within(&worker, Duration::from_secs(30)), "creates in {dir} waited for the stopped MDS: no write lease with numbers");
         worker.join().unwrap().unwrap();
     }
     assert_eq!(fs::read_dir(a.p("ckpt/step63")).unwrap().count(), 201);
