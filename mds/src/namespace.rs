@@ -25,7 +25,7 @@
 use crate::cluster::Cluster;
 use crate::once::{self, Once, Outcome};
 use crate::records::{GcJob, InodeRec, Intent, Reservation, Step};
-use crate::store::{
+use crate::store::{Txn, 
     add_gc, get_inode, next_counter, put_inode, IoResult, ShardStore, COOKIES, DEGRADED, DENTRIES, GC, INODES, INTENTS, INTENT_DONE, META,
     LINKABLE, ORPHANS, RESERVED, XATTRS, ALLOCATED,
 };
@@ -34,7 +34,7 @@ use aifs_common::proto::mds::{Attr, Degraded, DirEntry, DirOp, FileKind, ReqId, 
 use aifs_common::perm::{self, Cred};
 use aifs_common::time::now_ns;
 use aifs_common::{Error, Layout, LayoutPolicy, OsdId, Owner, Result};
-use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata};
 use std::sync::Arc;
 
 /// Longest name in a directory, as in most Linux file systems.
@@ -146,7 +146,7 @@ fn adjust(v: u64, d: i64) -> u64 {
 
 /// Apply one step inside a write transaction. Steps are checked before they
 /// are built, so the only errors here are storage errors.
-fn apply_step(txn: &WriteTransaction, step: Step, now: i64, open: &dyn Fn(u64) -> bool) -> Result<()> {
+fn apply_step(txn: &Txn, step: Step, now: i64, open: &dyn Fn(u64) -> bool) -> Result<()> {
     let mut inodes = txn.open_table(INODES).io()?;
     match step {
         Step::InsertEntry { dir, name, ino, kind, dir_delta } => {
@@ -221,7 +221,7 @@ fn apply_step(txn: &WriteTransaction, step: Step, now: i64, open: &dyn Fn(u64) -
 
 /// An inode lost its last name: removed, unless a client has it open (a
 /// file only); then it stays, nameless, until the last close.
-fn drop_last_link(txn: &WriteTransaction, ino: u64, rec: &InodeRec, open: &dyn Fn(u64) -> bool) -> Result<()> {
+fn drop_last_link(txn: &Txn, ino: u64, rec: &InodeRec, open: &dyn Fn(u64) -> bool) -> Result<()> {
     if rec.kind == FileKind::File && open(ino) {
         let mut r = rec.clone();
         r.nlink = 0;
@@ -241,7 +241,7 @@ fn attr_held(held: &impl ReadableTable<u64, u64>, rec: &InodeRec, ino: u64) -> R
 }
 
 /// Remove an inode, its xattrs, and queue its objects for deletion.
-fn delete_inode(txn: &WriteTransaction, ino: u64, rec: &InodeRec) -> Result<()> {
+fn delete_inode(txn: &Txn, ino: u64, rec: &InodeRec) -> Result<()> {
     txn.open_table(INODES).io()?.remove(ino).io()?;
     txn.open_table(ALLOCATED).io()?.remove(ino).io()?;
     txn.open_table(LINKABLE).io()?.remove(ino).io()?;
@@ -311,7 +311,7 @@ enum Unlinked {
 /// when its inode lives there too. `expect`: the inode the caller knows
 /// the name as; a missing name is then not an error (already applied).
 fn unlink_here(
-    txn: &WriteTransaction,
+    txn: &Txn,
     parent: u64,
     name: &str,
     expect: Option<u64>,
@@ -385,7 +385,7 @@ pub(crate) fn file_rec(mode: u32, uid: u32, gid: u32, parent: u64, layout: Layou
 
 /// Enter a new inode `ino` (in the parent's shard) as `name` in `parent`,
 /// whose record `p` the caller read and checked.
-fn add_entry(txn: &WriteTransaction, mut p: InodeRec, parent: u64, name: &str, ino: u64, rec: &InodeRec, now: i64) -> Result<()> {
+fn add_entry(txn: &Txn, mut p: InodeRec, parent: u64, name: &str, ino: u64, rec: &InodeRec, now: i64) -> Result<()> {
     let cookie = p.next_cookie;
     p.next_cookie += 1;
     p.entries += 1;
@@ -403,7 +403,7 @@ fn add_entry(txn: &WriteTransaction, mut p: InodeRec, parent: u64, name: &str, i
 /// A file made under a directory's write lease (`DirOp::Create`) by a
 /// client under certificate `owner`: its number must be one reserved for
 /// that certificate, and its layout the one reserved with it.
-fn create_reserved(txn: &WriteTransaction, op: &DirOp, now: i64, owner: Owner) -> Result<()> {
+fn create_reserved(txn: &Txn, op: &DirOp, now: i64, owner: Owner) -> Result<()> {
     let DirOp::Create { parent, name, ino, layout, mode, cred, time_ns, .. } = op else {
         return Err(Error::InvalidArgument("not a create".into()));
     };

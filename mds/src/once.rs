@@ -5,10 +5,10 @@
 //! and answer) finds the record and is answered from it. Records go when
 //! the client says every earlier request was answered (`ReqId::oldest`),
 //! or after `RETAIN` when the client never comes back.
-use crate::store::{IoResult, ShardStore, REQUESTS};
+use crate::store::{IoResult, ShardStore, Txn, REQUESTS};
 use aifs_common::proto::mds::ReqId;
 use aifs_common::Result;
-use redb::{ReadableTable, WriteTransaction};
+use redb::ReadableTable;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +26,7 @@ fn unix_secs() -> u64 {
 
 /// Record `rid`'s outcome in the transaction applying it, and forget the
 /// client's requests it says were answered.
-pub fn record(txn: &WriteTransaction, rid: Option<ReqId>, out: Outcome) -> Result<()> {
+pub fn record(txn: &Txn, rid: Option<ReqId>, out: Outcome) -> Result<()> {
     let Some(rid) = rid else { return Ok(()) };
     let mut t = txn.open_table(REQUESTS).io()?;
     if rid.oldest > 0 {

@@ -10,60 +10,15 @@
 //! it is given (it can run more than once).
 use crate::records::{GcJob, InodeRec};
 use aifs_common::{Error, Result};
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
-/// (dir, name) -> (ino, kind, cookie)
-pub const DENTRIES: TableDefinition<(u64, &str), (u64, u8, u64)> = TableDefinition::new("dentries");
-/// (dir, cookie) -> name: readdir order, stable under inserts and removes.
-pub const COOKIES: TableDefinition<(u64, u64), &str> = TableDefinition::new("cookies");
-pub const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs");
-pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-pub const GC: TableDefinition<u64, &[u8]> = TableDefinition::new("gc");
-pub const OSDS: TableDefinition<u32, &[u8]> = TableDefinition::new("osds");
-/// Secrets of the cluster (shard 0): "cap_master", from which the keys
-/// that authenticate capabilities come (mds/src/caps.rs).
-pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
-/// Revoked certificates (shard 0): owner (32 bytes) -> when (unix ms, 8
-/// bytes LE) and the name it was issued as (mds/src/revoked.rs).
-pub const REVOKED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("revoked");
-/// Files with no name left that some client still had open: freed at the
-/// last close (or at start, when no client has anything open).
-pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
-/// Nameless files made by `open(O_TMPFILE)` without `O_EXCL`: a `link`
-/// may still name them (an orphan that lost its names may not be named
-/// again). Cleared by that link, or when the file is freed.
-pub const LINKABLE: TableDefinition<u64, ()> = TableDefinition::new("linkable");
-/// Object replicas that missed writes: (file inode, object index, OSD).
-/// Such a replica is stale; nobody reads it until repair rewrites it.
-pub const DEGRADED: TableDefinition<(u64, u32, u32), ()> = TableDefinition::new("degraded");
-/// Requests that must not be applied twice, as answered: (client, request
-/// number) -> (outcome, outcome, unix seconds when recorded). Written in
-/// the request's own transaction (mds/src/once.rs).
-pub const REQUESTS: TableDefinition<(u64, u64), (u64, u64, u64)> = TableDefinition::new("requests");
-/// Client sessions (shard 0) -> their owner (the hash of the certificate
-/// that opened them, 32 bytes) and the client's name. After a restart
-/// the MDS waits for these to come back, each under its own certificate,
-/// before answering anything that could contradict what they cached.
-pub const SESSIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("client_sessions");
-/// Changes over several shards whose later commits may not have happened
-/// yet, kept in the shard of the first commit: rolled forward at start.
-pub const INTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("intents");
-/// Which later commits of an intent were made in this shard: (the
-/// intent's shard, its id, the commit's number).
-pub const INTENT_DONE: TableDefinition<(u32, u64, u32), ()> = TableDefinition::new("intent_done");
-
-/// Inode numbers reserved for creates a client answers itself under a
-/// directory's write lease (`MdsReq::Reserve`) -> the reservation
-/// (records.rs): who holds it and the layout the file must have. Taken
-/// by the create that uses the number.
-pub const RESERVED: TableDefinition<u64, &[u8]> = TableDefinition::new("reserved");
-/// Files: bytes of disk their data holds on the OSDs, as last measured
-/// (meter.rs); what `st_blocks` reports.
-pub const ALLOCATED: TableDefinition<u64, u64> = TableDefinition::new("allocated");
+pub mod tables;
+pub mod txn;
+pub use tables::*;
+pub use txn::Txn;
 
 /// Most mutations folded into one commit.
 const MAX_BATCH: usize = 512;
@@ -81,7 +36,7 @@ impl<T, E: std::fmt::Display> IoResult<T> for std::result::Result<T, E> {
 /// transaction), then answered once with the commit's outcome.
 trait Job: Send {
     /// Run against `txn`; keep the outcome; true if it succeeded.
-    fn run(&mut self, txn: &WriteTransaction) -> bool;
+    fn run(&mut self, txn: &Txn) -> bool;
     /// Answer the caller: its own error, or the value once `commit` is Ok.
     fn answer(self: Box<Self>, commit: Result<()>);
 }
@@ -94,10 +49,10 @@ struct Call<F, T> {
 
 impl<F, T> Job for Call<F, T>
 where
-    F: Fn(&WriteTransaction) -> Result<T> + Send,
+    F: Fn(&Txn) -> Result<T> + Send,
     T: Send,
 {
-    fn run(&mut self, txn: &WriteTransaction) -> bool {
+    fn run(&mut self, txn: &Txn) -> bool {
         // A bug in one mutation must not take the shard down with it.
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.f)(txn)))
             .unwrap_or_else(|_| Err(Error::Io("a metadata mutation panicked".into())));
@@ -132,7 +87,9 @@ fn commit_batch(db: &redb::Database, shard: u32, mut jobs: Vec<Box<dyn Job>>, st
                 return;
             }
         };
-        let (ok, failed): (Vec<_>, Vec<_>) = jobs.into_iter().map(|mut j| (j.run(&txn), j)).partition(|(ok, _)| *ok);
+        let recorded = Txn::new(&txn);
+        let (ok, failed): (Vec<_>, Vec<_>) = jobs.into_iter().map(|mut j| (j.run(&recorded), j)).partition(|(ok, _)| *ok);
+        drop(recorded);
         jobs = ok.into_iter().map(|(_, j)| j).collect();
         if !failed.is_empty() {
             // Its partial writes are in `txn`: throw them away.
@@ -195,23 +152,9 @@ impl ShardStore {
         let db = Arc::new(redb::Database::create(dir.join(format!("shard-{id}.redb"))).io()?);
         {
             let t = db.begin_write().io()?;
-            for def in [INODES, GC] {
-                t.open_table(def).io()?;
+            for table in TABLES {
+                table.create(&t)?;
             }
-            t.open_table(DENTRIES).io()?;
-            t.open_table(COOKIES).io()?;
-            t.open_table(XATTRS).io()?;
-            t.open_table(META).io()?;
-            t.open_table(OSDS).io()?;
-            t.open_table(ORPHANS).io()?;
-            t.open_table(LINKABLE).io()?;
-            t.open_table(DEGRADED).io()?;
-            t.open_table(RESERVED).io()?;
-            t.open_table(ALLOCATED).io()?;
-            t.open_table(REQUESTS).io()?;
-            t.open_table(SESSIONS).io()?;
-            t.open_table(INTENTS).io()?;
-            t.open_table(INTENT_DONE).io()?;
             t.commit().io()?;
         }
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn Job>>();
@@ -237,7 +180,7 @@ impl ShardStore {
     /// fails, nothing it wrote is kept. `f` may run more than once.
     pub async fn mutate<T: Send + 'static>(
         &self,
-        f: impl Fn(&WriteTransaction) -> Result<T> + Send + 'static,
+        f: impl Fn(&Txn) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, orx) = tokio::sync::oneshot::channel::<Result<T>>();
         let job: Box<dyn Job> = Box::new(Call { f, outcome: None, reply });
@@ -266,18 +209,18 @@ pub fn get_inode<T: ReadableTable<u64, &'static [u8]>>(t: &T, ino: u64) -> Resul
     }
 }
 
-pub fn put_inode(t: &mut redb::Table<u64, &'static [u8]>, ino: u64, rec: &InodeRec) -> Result<()> {
+pub fn put_inode(t: &mut txn::Table<u64, &'static [u8]>, ino: u64, rec: &InodeRec) -> Result<()> {
     t.insert(ino, rec.encode()?.as_slice()).io()?;
     Ok(())
 }
 
-pub fn next_counter(t: &mut redb::Table<&'static str, u64>, key: &str, first: u64) -> Result<u64> {
+pub fn next_counter(t: &mut txn::Table<&'static str, u64>, key: &str, first: u64) -> Result<u64> {
     let cur = t.get(key).io()?.map(|v| v.value()).unwrap_or(first);
     t.insert(key, cur + 1).io()?;
     Ok(cur)
 }
 
-pub fn add_gc(txn: &WriteTransaction, job: &GcJob) -> Result<u64> {
+pub fn add_gc(txn: &Txn, job: &GcJob) -> Result<u64> {
     let mut meta = txn.open_table(META).io()?;
     let id = next_counter(&mut meta, "next_gc", 1)?;
     let mut gc = txn.open_table(GC).io()?;
