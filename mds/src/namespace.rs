@@ -489,7 +489,7 @@ impl Namespace {
         }
         let mut shards = Vec::new();
         for i in 0..nshards {
-            shards.push(Arc::new(ShardStore::open(dir, i)?));
+            shards.push(Arc::new(ShardStore::open(dir, i).await?));
         }
         // the names of store files just made
         crate::store::sync_dir(dir)?;

@@ -133,9 +133,9 @@ pub async fn sweep(shard: &ShardStore) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn one_shard() -> (tempfile::TempDir, Arc<ShardStore>, Vec<Arc<ShardStore>>) {
+    async fn one_shard() -> (tempfile::TempDir, Arc<ShardStore>, Vec<Arc<ShardStore>>) {
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(ShardStore::open(dir.path(), 0).unwrap());
+        let s = Arc::new(ShardStore::open(dir.path(), 0).await.unwrap());
         (dir, s.clone(), vec![s])
     }
 
@@ -145,7 +145,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retry_finds_the_record_and_answered_requests_are_forgotten() {
-        let (_dir, s, shards) = one_shard();
+        let (_dir, s, shards) = one_shard().await;
         let running = Running::default();
         s.mutate(|txn| record(txn, rid(1, 0), (11, 0))).await.unwrap();
         s.mutate(|txn| record(txn, rid(2, 1), (22, 5))).await.unwrap();
@@ -163,7 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retry_waits_for_its_first_attempt() {
-        let (_dir, s, shards) = one_shard();
+        let (_dir, s, shards) = one_shard().await;
         let running = Running::default();
         let first = running.begin(rid(9, 0), &shards).await.unwrap();
         let retry = running.begin(rid(9, 0), &shards);

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub mod raft;
 pub mod tables;
 pub mod txn;
 pub use tables::*;
@@ -71,44 +72,81 @@ where
     }
 }
 
-/// Run `jobs` in one transaction and commit it, answering each. A job
-/// that fails is answered with its error and the rest run again without
-/// it, in a new transaction, until a pass where all succeed.
-fn commit_batch(db: &redb::Database, shard: u32, mut jobs: Vec<Box<dyn Job>>, stats: &StoreStats) {
-    while !jobs.is_empty() {
-        let txn = match db.begin_write() {
-            Ok(t) => t,
-            Err(e) => {
-                let err = Error::Io(format!("metadata store: {e}"));
-                tracing::error!(shard, error = %err, "cannot begin transaction");
-                for j in jobs {
-                    j.answer(Err(err.clone()));
+/// The shard's writer thread: runs queued mutations in batches and has
+/// each batch's changes committed through the shard's group.
+struct Writer {
+    db: Arc<redb::Database>,
+    raft: raft::ShardRaft,
+    rt: tokio::runtime::Handle,
+    shard: u32,
+    stats: Arc<StoreStats>,
+}
+
+impl Writer {
+    fn run(self, rx: std::sync::mpsc::Receiver<Box<dyn Job>>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
                 }
-                return;
             }
-        };
-        let recorded = Txn::new(&txn);
-        let (ok, failed): (Vec<_>, Vec<_>) = jobs.into_iter().map(|mut j| (j.run(&recorded), j)).partition(|(ok, _)| *ok);
-        drop(recorded);
-        jobs = ok.into_iter().map(|(_, j)| j).collect();
-        if !failed.is_empty() {
-            // Its partial writes are in `txn`: throw them away.
+            self.commit_batch(batch);
+        }
+        // The store was dropped: stop the group, which closes the files.
+        if let Err(e) = self.rt.block_on(self.raft.shutdown()) {
+            tracing::warn!(shard = self.shard, error = %e, "stopping shard group");
+        }
+    }
+
+    /// Run `jobs` in one transaction and commit their changes, answering
+    /// each. A job that fails is answered with its error and the rest run
+    /// again without it, in a new transaction, until a pass where all
+    /// succeed. The transaction itself is never committed: its changes
+    /// reach the database when the group applies the entry that carries
+    /// them, after the log has them durably.
+    fn commit_batch(&self, mut jobs: Vec<Box<dyn Job>>) {
+        let shard = self.shard;
+        while !jobs.is_empty() {
+            let txn = match self.db.begin_write() {
+                Ok(t) => t,
+                Err(e) => {
+                    let err = Error::Io(format!("metadata store: {e}"));
+                    tracing::error!(shard, error = %err, "cannot begin transaction");
+                    for j in jobs {
+                        j.answer(Err(err.clone()));
+                    }
+                    return;
+                }
+            };
+            let recorded = Txn::new(&txn);
+            let (ok, failed): (Vec<_>, Vec<_>) = jobs.into_iter().map(|mut j| (j.run(&recorded), j)).partition(|(ok, _)| *ok);
+            let changes = recorded.take_changes();
+            drop(recorded);
             let _ = txn.abort();
-            for (_, j) in failed {
-                j.answer(Ok(()));
+            jobs = ok.into_iter().map(|(_, j)| j).collect();
+            if !failed.is_empty() {
+                for (_, j) in failed {
+                    j.answer(Ok(()));
+                }
+                continue;
             }
-            continue;
+            let res = if changes.changes.is_empty() {
+                Ok(())
+            } else {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.rt.block_on(self.raft.client_write(changes)).map(|_| ()).map_err(|e| Error::Io(format!("shard {shard}: commit: {e}")))
+            };
+            if let Err(e) = &res {
+                tracing::error!(shard, error = %e, "commit failed");
+            }
+            self.stats.mutations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            for j in jobs {
+                j.answer(res.clone());
+            }
+            return;
         }
-        let res = txn.commit().io();
-        if let Err(e) = &res {
-            tracing::error!(shard, error = %e, "commit failed");
-        }
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats.mutations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        for j in jobs {
-            j.answer(res.clone());
-        }
-        return;
     }
 }
 
@@ -147,7 +185,9 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 impl ShardStore {
-    pub fn open(dir: &Path, id: u32) -> Result<ShardStore> {
+    /// Open shard `id`'s database in `dir` and start its group; ready once
+    /// everything the log holds is applied.
+    pub async fn open(dir: &Path, id: u32) -> Result<ShardStore> {
         std::fs::create_dir_all(dir)?;
         let db = Arc::new(redb::Database::create(dir.join(format!("shard-{id}.redb"))).io()?);
         {
@@ -157,22 +197,11 @@ impl ShardStore {
             }
             t.commit().io()?;
         }
+        let raft = raft::start(dir, id, db.clone()).await?;
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn Job>>();
         let stats = Arc::new(StoreStats::default());
-        let wdb = db.clone();
-        let wstats = stats.clone();
-        std::thread::Builder::new().name(format!("shard-{id}-commit")).spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(j) => batch.push(j),
-                        Err(_) => break,
-                    }
-                }
-                commit_batch(&wdb, id, batch, &wstats);
-            }
-        })?;
+        let writer = Writer { db: db.clone(), raft, rt: tokio::runtime::Handle::current(), shard: id, stats: stats.clone() };
+        std::thread::Builder::new().name(format!("shard-{id}-commit")).spawn(move || writer.run(rx))?;
         Ok(ShardStore { id, db, tx, stats })
     }
 
@@ -243,7 +272,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_mutation_commits_nothing_of_what_it_wrote() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(ShardStore::open(dir.path(), 0).unwrap());
+        let s = Arc::new(ShardStore::open(dir.path(), 0).await.unwrap());
         let put = |key: &'static str, fail: u8| {
             let s = s.clone();
             tokio::spawn(async move {
