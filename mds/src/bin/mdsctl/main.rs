@@ -138,6 +138,14 @@ enum SessionCmd {
 }
 
 fn main() {
+    // Output piped into `head` and the like ends quietly when the reader
+    // closes the pipe, as with other command-line tools, instead of
+    // panicking on the failed write.
+    // SAFETY: called first in main, before any other thread exists; it
+    // sets the disposition of one signal to its default.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     aifs_common::logging::init();
     if let Err(e) = real_main(Args::parse()) {
         eprintln!("mdsctl: {e:#}");
@@ -254,10 +262,23 @@ fn shard_table(shards: &[ShardInfo]) -> String {
     let rows: Vec<Vec<String>> = shards
         .iter()
         .map(|x| {
-            vec![x.id.to_string(), x.inodes.to_string(), x.dentries.to_string(), x.commits.to_string(), x.pending_gc.to_string(), x.degraded.to_string()]
+            let members: Vec<String> = x.members.iter().map(|m| m.to_string()).collect();
+            vec![
+                x.id.to_string(),
+                members.join(","),
+                x.leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                x.term.to_string(),
+                format!("{}/{}", x.applied, x.last_log),
+                x.snapshot.to_string(),
+                x.inodes.to_string(),
+                x.dentries.to_string(),
+                x.commits.to_string(),
+                x.pending_gc.to_string(),
+                x.degraded.to_string(),
+            ]
         })
         .collect();
-    table(&["SHARD", "INODES", "ENTRIES", "COMMITS", "GC PENDING", "DEGRADED"], &rows)
+    table(&["SHARD", "MEMBERS", "LEADER", "TERM", "APPLIED/LOG", "SNAPSHOT", "INODES", "ENTRIES", "COMMITS", "GC PENDING", "DEGRADED"], &rows)
 }
 
 fn session_table(sessions: &[SessionInfo]) -> String {
