@@ -652,13 +652,22 @@ impl MdsService {
                     .shard_counts()
                     .await?
                     .into_iter()
-                    .map(|(id, inodes, dentries, pending_gc, degraded)| ShardInfo {
-                        id,
-                        inodes,
-                        dentries,
-                        pending_gc,
-                        degraded,
-                        commits: ns.shard(id).stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+                    .map(|(id, inodes, dentries, pending_gc, degraded)| {
+                        let (members, leader, term, last_log, applied, snapshot) = ns.shard(id).group();
+                        ShardInfo {
+                            id,
+                            inodes,
+                            dentries,
+                            pending_gc,
+                            degraded,
+                            commits: ns.shard(id).stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+                            members,
+                            leader,
+                            term,
+                            last_log,
+                            applied,
+                            snapshot,
+                        }
                     })
                     .collect();
                 MdsResp::Status(ClusterStatus {

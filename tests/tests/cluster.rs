@@ -276,6 +276,11 @@ async fn layouts_inherit_and_admin_commands_need_the_admin_cert() {
         MdsResp::Status(s) => {
             assert_eq!(s.shards.len(), 4);
             assert_eq!(s.osds.len(), 3);
+            // each shard a one-member group led here, its log applied
+            for x in &s.shards {
+                assert_eq!((x.members.as_slice(), x.leader), (&[1u64][..], Some(1)), "shard {}", x.id);
+                assert!(x.term >= 1 && x.applied > 0 && x.applied <= x.last_log, "shard {}: {x:?}", x.id);
+            }
         }
         other => panic!("{other:?}"),
     }

@@ -165,6 +165,16 @@ pub struct ShardInfo {
     pub pending_gc: u64,
     /// Object replicas recorded as stale.
     pub degraded: u64,
+    /// The shard's Raft group (mds/src/store/raft): its voting members,
+    pub members: Vec<u64>,
+    /// the member leading it (None while there is no leader) and its term,
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// the index of the last entry in the log, of the last applied, and
+    /// of the last in the snapshot (0: none).
+    pub last_log: u64,
+    pub applied: u64,
+    pub snapshot: u64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]

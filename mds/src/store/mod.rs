@@ -159,6 +159,8 @@ pub struct StoreStats {
 pub struct ShardStore {
     pub id: u32,
     db: Arc<redb::Database>,
+    /// What the shard's group reports of itself.
+    raft: tokio::sync::watch::Receiver<openraft::RaftMetrics<raft::NodeId, openraft::BasicNode>>,
     tx: std::sync::mpsc::Sender<Box<dyn Job>>,
     pub stats: Arc<StoreStats>,
 }
@@ -188,6 +190,11 @@ impl ShardStore {
     /// Open shard `id`'s database in `dir` and start its group; ready once
     /// everything the log holds is applied.
     pub async fn open(dir: &Path, id: u32) -> Result<ShardStore> {
+        Self::open_with(dir, id, raft::SNAPSHOT_EVERY).await
+    }
+
+    /// [`ShardStore::open`], with a snapshot every `snapshot_every` entries.
+    pub async fn open_with(dir: &Path, id: u32, snapshot_every: u64) -> Result<ShardStore> {
         std::fs::create_dir_all(dir)?;
         let db = Arc::new(redb::Database::create(dir.join(format!("shard-{id}.redb"))).io()?);
         {
@@ -197,12 +204,13 @@ impl ShardStore {
             }
             t.commit().io()?;
         }
-        let raft = raft::start(dir, id, db.clone()).await?;
+        let raft = raft::start(dir, id, db.clone(), snapshot_every).await?;
+        let metrics = raft.metrics();
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn Job>>();
         let stats = Arc::new(StoreStats::default());
         let writer = Writer { db: db.clone(), raft, rt: tokio::runtime::Handle::current(), shard: id, stats: stats.clone() };
         std::thread::Builder::new().name(format!("shard-{id}-commit")).spawn(move || writer.run(rx))?;
-        Ok(ShardStore { id, db, tx, stats })
+        Ok(ShardStore { id, db, raft: metrics, tx, stats })
     }
 
     /// Run `f` in the next group commit; answer once it is durable. If `f`
@@ -215,6 +223,15 @@ impl ShardStore {
         let job: Box<dyn Job> = Box::new(Call { f, outcome: None, reply });
         self.tx.send(job).map_err(|_| Error::Io("shard writer stopped".into()))?;
         orx.await.map_err(|_| Error::Io("shard writer stopped".into()))?
+    }
+
+    /// The shard's group: (voters, leader, term, last log index, last
+    /// applied index, last index in the snapshot).
+    pub fn group(&self) -> (Vec<u64>, Option<u64>, u64, u64, u64, u64) {
+        let m = self.raft.borrow();
+        let voters = m.membership_config.membership().voter_ids().collect();
+        let index = |l: Option<openraft::LogId<u64>>| l.map(|l| l.index).unwrap_or(0);
+        (voters, m.current_leader, m.current_term, m.last_log_index.unwrap_or(0), index(m.last_applied), index(m.snapshot))
     }
 
     /// Read committed state on a blocking thread.
@@ -264,6 +281,59 @@ mod tests {
     fn get(db: &redb::Database, key: &str) -> Option<u64> {
         let t = db.begin_read().ok()?;
         t.open_table(META).ok()?.get(key).ok()?.map(|v| v.value())
+    }
+
+    /// A shard that took snapshots and purged its log opens again with
+    /// every row: those in the snapshot and those logged after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shard_opens_again_from_its_snapshot_and_the_log_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        async fn put(s: &ShardStore, i: u64) -> Result<()> {
+            s.mutate(move |txn| {
+                txn.open_table(INODES).io()?.insert(i, format!("row {i}").as_bytes()).io()?;
+                Ok(())
+            })
+            .await
+        }
+        let s = ShardStore::open_with(dir.path(), 0, 40).await.unwrap();
+        for i in 0..300 {
+            put(&s, i).await.unwrap();
+        }
+        let mut waited = 0;
+        while !(s.group().5 > 0 && s.raft.borrow().purged.is_some()) {
+            assert!(waited < 200, "no snapshot was taken and no log purged");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        assert!(dir.path().join("shard-0.snapshot").exists());
+        drop(s);
+        let mut tries = 0;
+        let s = loop {
+            // the group of the dropped store lets go of the files a moment later
+            match ShardStore::open_with(dir.path(), 0, 40).await {
+                Ok(s) => break s,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "not yet");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("the shard does not open again: {e}"),
+            }
+        };
+        put(&s, 300).await.unwrap();
+        let rows = s
+            .read(|t| {
+                let inodes = t.open_table(INODES).io()?;
+                (0..=300u64).map(|i| Ok(inodes.get(i).io()?.map(|v| v.value().to_vec()))).collect::<Result<Vec<_>>>()
+            })
+            .await
+            .unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(row.as_deref(), Some(format!("row {i}").as_bytes()), "row {i}");
+        }
+        let (members, leader, _, last_log, applied, snapshot) = s.group();
+        assert_eq!((members, leader), (vec![raft::SELF], Some(raft::SELF)));
+        assert!(snapshot > 0 && applied == last_log && last_log > 300, "{snapshot} {applied} {last_log}");
     }
 
     /// A mutation that writes and then fails (or panics) leaves nothing in

@@ -45,7 +45,10 @@ pub const SELF: NodeId = 1;
 
 /// Entries between snapshots: each entry is one group commit of up to 512
 /// mutations, and a snapshot writes the whole shard out.
-const SNAPSHOT_EVERY: u64 = 20_000;
+pub const SNAPSHOT_EVERY: u64 = 20_000;
+
+/// Entries kept in the log behind a snapshot, for members a little behind.
+const KEEP_BEHIND_SNAPSHOT: u64 = 1_000;
 
 /// How long a start may take to become its groups' leader and apply its
 /// log.
@@ -106,8 +109,9 @@ fn raft_err(what: &str, e: impl std::fmt::Display) -> Error {
 
 /// Start shard `shard`'s group over `db` (the shard's database) and wait
 /// until this process leads it with every logged entry applied, so the
-/// mutations that run next see all that was acknowledged before.
-pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>) -> Result<ShardRaft> {
+/// mutations that run next see all that was acknowledged before. A
+/// snapshot is taken every `snapshot_every` entries.
+pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>, snapshot_every: u64) -> Result<ShardRaft> {
     let log = LogStore::open(&dir.join(format!("shard-{shard}.log.redb")))?;
     let machine = Machine::new(db, dir, shard)?;
     let config = Config {
@@ -115,7 +119,8 @@ pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>) -> Result<Sh
         heartbeat_interval: 100,
         election_timeout_min: 300,
         election_timeout_max: 600,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: KEEP_BEHIND_SNAPSHOT.min(snapshot_every),
         ..Default::default()
     }
     .validate()
