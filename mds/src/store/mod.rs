@@ -190,11 +190,12 @@ impl ShardStore {
     /// Open shard `id`'s database in `dir` and start its group; ready once
     /// everything the log holds is applied.
     pub async fn open(dir: &Path, id: u32) -> Result<ShardStore> {
-        Self::open_with(dir, id, raft::SNAPSHOT_EVERY).await
+        Self::open_with(dir, id, raft::LOG_BEFORE_SNAPSHOT).await
     }
 
-    /// [`ShardStore::open`], with a snapshot every `snapshot_every` entries.
-    pub async fn open_with(dir: &Path, id: u32, snapshot_every: u64) -> Result<ShardStore> {
+    /// [`ShardStore::open`], with a snapshot once the log has grown by
+    /// `log_before_snapshot` bytes, or by the database's size if more.
+    pub async fn open_with(dir: &Path, id: u32, log_before_snapshot: u64) -> Result<ShardStore> {
         std::fs::create_dir_all(dir)?;
         let db = Arc::new(redb::Database::create(dir.join(format!("shard-{id}.redb"))).io()?);
         {
@@ -204,7 +205,7 @@ impl ShardStore {
             }
             t.commit().io()?;
         }
-        let raft = raft::start(dir, id, db.clone(), snapshot_every).await?;
+        let raft = raft::start(dir, id, db.clone(), log_before_snapshot).await?;
         let metrics = raft.metrics();
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn Job>>();
         let stats = Arc::new(StoreStats::default());
@@ -283,25 +284,29 @@ mod tests {
         t.open_table(META).ok()?.get(key).ok()?.map(|v| v.value())
     }
 
-    /// A shard that took snapshots and purged its log opens again with
+    /// A shard whose log outgrew it takes a snapshot, and opens again with
     /// every row: those in the snapshot and those logged after it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_shard_opens_again_from_its_snapshot_and_the_log_after_it() {
         let dir = tempfile::tempdir().unwrap();
+        // 20 rows written over and over: the log grows past the database.
+        fn row(i: u64) -> Vec<u8> {
+            format!("row {i} ").repeat(1000).into_bytes()
+        }
         async fn put(s: &ShardStore, i: u64) -> Result<()> {
             s.mutate(move |txn| {
-                txn.open_table(INODES).io()?.insert(i, format!("row {i}").as_bytes()).io()?;
+                txn.open_table(INODES).io()?.insert(i % 20, row(i).as_slice()).io()?;
                 Ok(())
             })
             .await
         }
-        let s = ShardStore::open_with(dir.path(), 0, 40).await.unwrap();
-        for i in 0..300 {
+        let s = ShardStore::open_with(dir.path(), 0, 1).await.unwrap();
+        for i in 0..600 {
             put(&s, i).await.unwrap();
         }
         let mut waited = 0;
-        while !(s.group().5 > 0 && s.raft.borrow().purged.is_some()) {
-            assert!(waited < 200, "no snapshot was taken and no log purged");
+        while s.group().5 == 0 {
+            assert!(waited < 200, "no snapshot was taken");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             waited += 1;
         }
@@ -310,7 +315,7 @@ mod tests {
         let mut tries = 0;
         let s = loop {
             // the group of the dropped store lets go of the files a moment later
-            match ShardStore::open_with(dir.path(), 0, 40).await {
+            match ShardStore::open_with(dir.path(), 0, 1).await {
                 Ok(s) => break s,
                 Err(e) if tries < 100 => {
                     tries += 1;
@@ -320,20 +325,21 @@ mod tests {
                 Err(e) => panic!("the shard does not open again: {e}"),
             }
         };
-        put(&s, 300).await.unwrap();
+        put(&s, 600).await.unwrap();
         let rows = s
             .read(|t| {
                 let inodes = t.open_table(INODES).io()?;
-                (0..=300u64).map(|i| Ok(inodes.get(i).io()?.map(|v| v.value().to_vec()))).collect::<Result<Vec<_>>>()
+                (0..20u64).map(|i| Ok(inodes.get(i).io()?.map(|v| v.value().to_vec()))).collect::<Result<Vec<_>>>()
             })
             .await
             .unwrap();
-        for (i, row) in rows.iter().enumerate() {
-            assert_eq!(row.as_deref(), Some(format!("row {i}").as_bytes()), "row {i}");
+        for (k, got) in rows.iter().enumerate() {
+            let last = if k == 0 { 600 } else { 580 + k as u64 };
+            assert_eq!(got.as_deref(), Some(row(last).as_slice()), "row {k}");
         }
         let (members, leader, _, last_log, applied, snapshot) = s.group();
         assert_eq!((members, leader), (vec![raft::SELF], Some(raft::SELF)));
-        assert!(snapshot > 0 && applied == last_log && last_log > 300, "{snapshot} {applied} {last_log}");
+        assert!(snapshot > 0 && applied == last_log && last_log > 600, "{snapshot} {applied} {last_log}");
     }
 
     /// A mutation that writes and then fails (or panics) leaves nothing in

@@ -16,6 +16,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// index -> DiskEntry
@@ -47,6 +48,8 @@ pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StResult<T> 
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Bytes of entries appended since the store was opened.
+    pub appended: Arc<AtomicU64>,
 }
 
 impl LogStore {
@@ -56,7 +59,7 @@ impl LogStore {
         t.open_table(LOG).io()?;
         t.open_table(STATE).io()?;
         t.commit().io()?;
-        Ok(LogStore { db: Arc::new(db) })
+        Ok(LogStore { db: Arc::new(db), appended: Arc::default() })
     }
 
     fn state<T>(db: &Database, key: &str, dec: impl FnOnce(&[u8]) -> aifs_common::Result<T>) -> StResult<Option<T>> {
@@ -141,6 +144,7 @@ impl RaftLogStorage<Cfg> for LogStore {
         for e in entries {
             rows.push((e.log_id.index, encode(&DiskEntry::from(&e)).map_err(write_err)?));
         }
+        self.appended.fetch_add(rows.iter().map(|(_, b)| b.len() as u64).sum(), Ordering::Relaxed);
         let db = self.db.clone();
         let r = blocking(move || {
             let t = db.begin_write().map_err(write_err)?;

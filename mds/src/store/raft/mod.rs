@@ -23,7 +23,8 @@ use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{BasicNode, Config, SnapshotPolicy};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,9 +44,14 @@ pub type ShardRaft = openraft::Raft<Cfg>;
 /// This process's member id in the groups it holds.
 pub const SELF: NodeId = 1;
 
-/// Entries between snapshots: each entry is one group commit of up to 512
-/// mutations, and a snapshot writes the whole shard out.
-pub const SNAPSHOT_EVERY: u64 = 20_000;
+/// A snapshot writes every row of the shard, so one is taken only once the
+/// log has grown, since the last, by this many bytes or by the size of the
+/// shard's database, whichever is more: the cost of snapshots stays in
+/// proportion to what was logged, and the log to about the shard's size.
+pub const LOG_BEFORE_SNAPSHOT: u64 = 256 << 20;
+
+/// How often the log's growth is looked at.
+const SNAPSHOT_CHECK: Duration = Duration::from_secs(1);
 
 /// Entries kept in the log behind a snapshot, for members a little behind.
 const KEEP_BEHIND_SNAPSHOT: u64 = 1_000;
@@ -110,17 +116,19 @@ fn raft_err(what: &str, e: impl std::fmt::Display) -> Error {
 /// Start shard `shard`'s group over `db` (the shard's database) and wait
 /// until this process leads it with every logged entry applied, so the
 /// mutations that run next see all that was acknowledged before. A
-/// snapshot is taken every `snapshot_every` entries.
-pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>, snapshot_every: u64) -> Result<ShardRaft> {
+/// snapshot is taken once the log has grown by `log_before_snapshot`
+/// bytes, or by the database's size if more ([`LOG_BEFORE_SNAPSHOT`]).
+pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>, log_before_snapshot: u64) -> Result<ShardRaft> {
     let log = LogStore::open(&dir.join(format!("shard-{shard}.log.redb")))?;
+    let appended = log.appended.clone();
     let machine = Machine::new(db, dir, shard)?;
     let config = Config {
         cluster_name: format!("aifs-shard-{shard}"),
         heartbeat_interval: 100,
         election_timeout_min: 300,
         election_timeout_max: 600,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
-        max_in_snapshot_log_to_keep: KEEP_BEHIND_SNAPSHOT.min(snapshot_every),
+        snapshot_policy: SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: KEEP_BEHIND_SNAPSHOT,
         ..Default::default()
     }
     .validate()
@@ -144,7 +152,29 @@ pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>, snapshot_eve
         )
         .await
         .map_err(|e| raft_err(&format!("shard {shard} did not become ready"), e))?;
+    tokio::spawn(snapshot_when_grown(raft.clone(), appended, dir.join(format!("shard-{shard}.redb")), log_before_snapshot));
     Ok(raft)
+}
+
+/// Take a snapshot whenever the log has grown past what [`start`] says;
+/// ends with the group.
+async fn snapshot_when_grown(raft: ShardRaft, appended: Arc<AtomicU64>, db: PathBuf, floor: u64) {
+    let running = raft.metrics();
+    let mut since = 0;
+    loop {
+        tokio::time::sleep(SNAPSHOT_CHECK).await;
+        if running.has_changed().is_err() {
+            return;
+        }
+        let now = appended.load(Ordering::Relaxed);
+        let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+        if now - since > floor.max(size) {
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            since = now;
+        }
+    }
 }
 
 #[cfg(test)]
