@@ -6,7 +6,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 /// Validate and decode a record read from redb, which hands out unaligned
 /// slices: copied into aligned memory first.
-fn decode_stored<T>(bytes: &[u8]) -> Result<T>
+pub(crate) fn decode_stored<T>(bytes: &[u8]) -> Result<T>
 where
     T: Archive,
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>

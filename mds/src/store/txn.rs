@@ -11,7 +11,7 @@
 //! of every table a shard has.
 use super::tables::TABLES;
 use super::IoResult;
-use aifs_common::proto::frame::{decode_any, encode_any};
+use aifs_common::proto::frame::encode_any;
 use aifs_common::{Error, Result};
 use redb::{AccessGuard, Key, Range, ReadableTableMetadata, TableDefinition, TableHandle, TableStats, Value, WriteTransaction};
 use rkyv::{Archive, Deserialize, Serialize};
@@ -40,9 +40,7 @@ impl ChangeSet {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let mut a = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-        a.extend_from_slice(bytes);
-        decode_any(&a)
+        crate::records::decode_stored(bytes)
     }
 
     /// Write every change into `txn`, in order.

@@ -3,24 +3,13 @@
 //! nowhere else.
 use super::{Cfg, NodeId};
 use crate::store::txn::ChangeSet;
-use aifs_common::proto::frame::{decode_any, encode_any};
+use aifs_common::proto::frame::encode_any;
 use aifs_common::Result;
 use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StoredMembership, Vote};
 use rkyv::{Archive, Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Validate and decode a record read from disk (redb hands out unaligned
-/// slices: copied into aligned memory first).
-pub fn decode<T>(bytes: &[u8]) -> Result<T>
-where
-    T: Archive,
-    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
-        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
-{
-    let mut a = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-    a.extend_from_slice(bytes);
-    decode_any(&a)
-}
+pub(crate) use crate::records::decode_stored as decode;
 
 pub fn encode<T>(v: &T) -> Result<Vec<u8>>
 where
