@@ -342,6 +342,36 @@ mod tests {
         assert!(snapshot > 0 && applied == last_log && last_log > 600, "{snapshot} {applied} {last_log}");
     }
 
+    /// A shard database made before shards were Raft groups (its tables
+    /// and rows, no log beside it) opens with every row, and takes new
+    /// mutations on top of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shard_from_before_its_group_opens_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = redb::Database::create(dir.path().join("shard-0.redb")).unwrap();
+            let t = db.begin_write().unwrap();
+            for table in TABLES {
+                table.create(&t).unwrap();
+            }
+            t.open_table(INODES).unwrap().insert(7, b"old row".as_slice()).unwrap();
+            t.open_table(META).unwrap().insert("next_ino", 99).unwrap();
+            t.commit().unwrap();
+        }
+        let s = ShardStore::open(dir.path(), 0).await.unwrap();
+        let next = s.mutate(|txn| next_counter(&mut txn.open_table(META).io()?, "next_ino", 1)).await.unwrap();
+        assert_eq!(next, 99, "the old counter was kept");
+        let (old, counter) = s
+            .read(|t| {
+                let old = t.open_table(INODES).io()?.get(7).io()?.map(|v| v.value().to_vec());
+                Ok((old, t.open_table(META).io()?.get("next_ino").io()?.map(|v| v.value())))
+            })
+            .await
+            .unwrap();
+        assert_eq!((old.as_deref(), counter), (Some(b"old row".as_slice()), Some(100)));
+        assert!(dir.path().join("shard-0.log.redb").exists());
+    }
+
     /// A mutation that writes and then fails (or panics) leaves nothing in
     /// the store, even when it shares its commit with mutations that
     /// succeed: they are kept, whole.
