@@ -136,24 +136,13 @@ impl<'t, K: Key + 'static, V: Value + 'static> Table<'t, K, V> {
     /// Keep the rows for which `keep` says true; remove (and record) the rest.
     pub fn retain<F: for<'f> FnMut(K::SelfType<'f>, V::SelfType<'f>) -> bool>(
         &mut self,
-        mut keep: F,
+        keep: F,
     ) -> std::result::Result<(), redb::StorageError> {
-        let mut gone = Vec::new();
-        self.inner.retain(|k, v| {
-            let kb = bytes::<K>(&k);
-            let kept = keep(k, v);
-            if !kept {
-                gone.push(kb);
-            }
-            kept
-        })?;
-        for k in gone {
-            self.record(k, None);
-        }
-        Ok(())
+        self.retain_in::<K::SelfType<'_>, F>(.., keep)
     }
 
-    /// [`Table::retain`] over the rows in `range`.
+    /// Keep the rows in `range` for which `keep` says true; remove (and
+    /// record) the rest.
     pub fn retain_in<'a, KR, F: for<'f> FnMut(K::SelfType<'f>, V::SelfType<'f>) -> bool>(
         &mut self,
         range: impl RangeBounds<KR> + 'a,
