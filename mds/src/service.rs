@@ -653,7 +653,7 @@ impl MdsService {
                     .await?
                     .into_iter()
                     .map(|(id, inodes, dentries, pending_gc, degraded)| {
-                        let (members, leader, term, last_log, applied, snapshot) = ns.shard(id).group();
+                        let g = ns.shard(id).group();
                         ShardInfo {
                             id,
                             inodes,
@@ -661,12 +661,12 @@ impl MdsService {
                             pending_gc,
                             degraded,
                             commits: ns.shard(id).stats.commits.load(std::sync::atomic::Ordering::Relaxed),
-                            members,
-                            leader,
-                            term,
-                            last_log,
-                            applied,
-                            snapshot,
+                            members: g.members,
+                            leader: g.leader,
+                            term: g.term,
+                            last_log: g.last_log,
+                            applied: g.applied,
+                            snapshot: g.snapshot,
                         }
                     })
                     .collect();

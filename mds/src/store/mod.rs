@@ -1,7 +1,9 @@
 //! A shard's persistent store: one redb database per shard, and a writer
 //! thread that group-commits (DESIGN.md, "Metadata"). Mutations queue up as
 //! closures; the writer runs every queued closure in one write transaction,
-//! commits once (one fsync for the batch) and only then answers each.
+//! has the changes they recorded committed through the shard's Raft group
+//! as one entry (one log sync for the batch; raft/) and only then answers
+//! each.
 //!
 //! A mutation that fails (returns an error, or panics) leaves nothing
 //! behind: the batch's transaction is thrown away and the mutations that
@@ -156,6 +158,21 @@ pub struct StoreStats {
     pub mutations: AtomicU64,
 }
 
+/// A shard's Raft group as it reports itself (`mdsctl shard ls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupState {
+    /// The voting members.
+    pub members: Vec<u64>,
+    /// The member leading it, if any, and its term.
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// Index of the last entry in the log, of the last applied, and of the
+    /// last in the snapshot (0: none).
+    pub last_log: u64,
+    pub applied: u64,
+    pub snapshot: u64,
+}
+
 pub struct ShardStore {
     pub id: u32,
     db: Arc<redb::Database>,
@@ -226,13 +243,18 @@ impl ShardStore {
         orx.await.map_err(|_| Error::Io("shard writer stopped".into()))?
     }
 
-    /// The shard's group: (voters, leader, term, last log index, last
-    /// applied index, last index in the snapshot).
-    pub fn group(&self) -> (Vec<u64>, Option<u64>, u64, u64, u64, u64) {
+    /// What the shard's group reports of itself.
+    pub fn group(&self) -> GroupState {
         let m = self.raft.borrow();
-        let voters = m.membership_config.membership().voter_ids().collect();
         let index = |l: Option<openraft::LogId<u64>>| l.map(|l| l.index).unwrap_or(0);
-        (voters, m.current_leader, m.current_term, m.last_log_index.unwrap_or(0), index(m.last_applied), index(m.snapshot))
+        GroupState {
+            members: m.membership_config.membership().voter_ids().collect(),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log: m.last_log_index.unwrap_or(0),
+            applied: index(m.last_applied),
+            snapshot: index(m.snapshot),
+        }
     }
 
     /// Read committed state on a blocking thread.
@@ -305,7 +327,7 @@ mod tests {
             put(&s, i).await.unwrap();
         }
         let mut waited = 0;
-        while s.group().5 == 0 {
+        while s.group().snapshot == 0 {
             assert!(waited < 200, "no snapshot was taken");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             waited += 1;
@@ -337,9 +359,9 @@ mod tests {
             let last = if k == 0 { 600 } else { 580 + k as u64 };
             assert_eq!(got.as_deref(), Some(row(last).as_slice()), "row {k}");
         }
-        let (members, leader, _, last_log, applied, snapshot) = s.group();
-        assert_eq!((members, leader), (vec![raft::SELF], Some(raft::SELF)));
-        assert!(snapshot > 0 && applied == last_log && last_log > 600, "{snapshot} {applied} {last_log}");
+        let g = s.group();
+        assert_eq!((g.members.as_slice(), g.leader), (&[raft::SELF][..], Some(raft::SELF)));
+        assert!(g.snapshot > 0 && g.applied == g.last_log && g.last_log > 600, "{g:?}");
     }
 
     /// A shard database made before shards were Raft groups (its tables
