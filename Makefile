@@ -1,5 +1,6 @@
 # aifs: local cluster, tests and benchmarks.
-#   make run     build, start one MDS and $(OSDS) OSDs on 127.0.0.1, mount at $(MNT)
+#   make run     build, start one MDS and $(OSDS) OSDs on 127.0.0.1, mount at $(MNT);
+#                MDS=3 starts three MDS processes, each shard replicated over them
 #   make stop    unmount and stop everything `make run` / `make mount` started
 #   make mount   mount one more client of the running local cluster at $(MNT)
 #   make test    the whole test suite (FUSE tests need root and /dev/fuse)
@@ -7,10 +8,11 @@
 #   make fuzz    random and mutated frames at the MDS and an OSD ($(FUZZ_FRAMES))
 MNT ?= /mnt/ai
 OSDS ?= 3
+MDS ?= 1
 DETACH ?= 0
 PREFIX ?= /usr/local
 FUZZ_FRAMES ?= 10000000
-export MNT OSDS DETACH
+export MNT OSDS MDS DETACH
 
 CARGO ?= cargo
 TEST_FEATURES = --features aifs-tests/fuse_tests

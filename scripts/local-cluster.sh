@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A local aifs cluster on loopback: one MDS, $OSDS OSDs, and FUSE mounts.
+# A local aifs cluster on loopback: one MDS (or $MDS of them, each shard
+# replicated over all), $OSDS OSDs, and FUSE mounts.
 #   local-cluster.sh start        start everything and mount at $MNT
 #                                 (stays in the foreground unless DETACH=1;
 #                                 Ctrl-C stops it all)
@@ -13,6 +14,7 @@ BIN="${BIN:-$ROOT/target/release}"
 STATE="${STATE:-${AIFS_HOME:-$HOME/.aifs}/local}"
 MNT="${MNT:-/mnt/ai}"
 OSDS="${OSDS:-3}"
+MDS="${MDS:-1}"
 MDS_PORT="${MDS_PORT:-7000}"
 OSD_PORT="${OSD_PORT:-7101}"
 DETACH="${DETACH:-0}"
@@ -20,6 +22,9 @@ RUN="$STATE/run"
 LOGS="$STATE/logs"
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# The MDS processes: "mds" alone, or mds1..mdsN replicating every shard.
+mds_names() { if [ "$MDS" = 1 ]; then echo mds; else seq -f 'mds%g' 1 "$MDS"; fi; }
+any_mds_alive() { local p; for p in "$RUN"/mds*.pid; do alive "$p" && return 0; done; return 1; }
 is_mounted() { grep -qs " $(realpath -m "$1") fuse" /proc/self/mounts; }
 admin() { "$BIN/mdsctl" --config "$STATE/admin.toml" "$@"; }
 
@@ -27,8 +32,16 @@ init_state() {
   mkdir -p "$STATE" "$RUN" "$LOGS"
   # osd1.pem: state made before each OSD had a certificate naming its id
   # gets new certificates (its data stays).
+  if [ -f "$STATE/ca.pem" ] && [ "$(cat "$STATE/mds-count" 2>/dev/null || echo 1)" != "$MDS" ]; then
+    echo "error: the state in $STATE was made for $(cat "$STATE/mds-count" 2>/dev/null || echo 1) MDS process(es), not MDS=$MDS;" \
+      "run with that, or remove $STATE (its data goes with it)" >&2
+    exit 1
+  fi
   if [ ! -f "$STATE/ca.pem" ] || [ ! -f "$STATE/osd1.pem" ]; then
-    "$BIN/mdsctl" init --dir "$STATE" --mds "127.0.0.1:$MDS_PORT" --osds "$OSDS" --osd-port "$OSD_PORT" --force >/dev/null
+    local addrs
+    addrs="$(seq "$MDS_PORT" "$((MDS_PORT + MDS - 1))" | sed 's/^/127.0.0.1:/' | paste -sd, -)"
+    "$BIN/mdsctl" init --dir "$STATE" --mds "$addrs" --osds "$OSDS" --osd-port "$OSD_PORT" --force >/dev/null
+    echo "$MDS" > "$STATE/mds-count"
     echo "created cluster state in $STATE (its CA in $STATE-ca)"
   fi
   # More OSDs than the state was made with: a certificate and config each.
@@ -83,7 +96,7 @@ stop_all() {
     rm -f "$m" "$pid"
     echo "unmounted $dir"
   done
-  for p in "$RUN"/osd*.pid "$RUN"/mds.pid; do
+  for p in "$RUN"/osd*.pid "$RUN"/mds*.pid; do
     if alive "$p"; then
       kill "$(cat "$p")" 2>/dev/null || true
       for _ in $(seq 1 50); do alive "$p" || break; sleep 0.1; done
@@ -96,14 +109,16 @@ stop_all() {
 
 start() {
   init_state
-  if alive "$RUN/mds.pid"; then
+  if any_mds_alive; then
     echo "a local cluster is already running (state in $STATE); \`make stop\` first" >&2
     exit 1
   fi
   # Own sessions: Ctrl-C reaches this script, which stops things in order
   # (unmount first), rather than every process at once.
-  setsid "$BIN/aifs-mds" --config "$STATE/mds.toml" >"$LOGS/mds.log" 2>&1 &
-  echo $! > "$RUN/mds.pid"
+  for m in $(mds_names); do
+    setsid "$BIN/aifs-mds" --config "$STATE/$m.toml" >"$LOGS/$m.log" 2>&1 &
+    echo $! > "$RUN/$m.pid"
+  done
   for i in $(seq 1 "$OSDS"); do
     setsid "$BIN/aifs-osd" --config "$STATE/osd$i.toml" >"$LOGS/osd$i.log" 2>&1 &
     echo $! > "$RUN/osd$i.pid"
@@ -112,7 +127,11 @@ start() {
   if ! mount_client "$MNT"; then stop_all; exit 1; fi
   echo
   echo "aifs local cluster is up:"
-  echo "  mds    127.0.0.1:$MDS_PORT   pid $(cat "$RUN/mds.pid")"
+  local port="$MDS_PORT"
+  for m in $(mds_names); do
+    echo "  $m$( [ "$m" = mds ] && echo '   ' || echo '  ')127.0.0.1:$port   pid $(cat "$RUN/$m.pid")"
+    port=$((port + 1))
+  done
   for i in $(seq 1 "$OSDS"); do
     echo "  osd.$i  127.0.0.1:$((OSD_PORT + i - 1))   pid $(cat "$RUN/osd$i.pid")"
   done
@@ -125,7 +144,7 @@ start() {
   if [ "$DETACH" = "1" ]; then return 0; fi
   echo "  Ctrl-C                   the same as make stop"
   trap 'echo; stop_all; exit 0' INT TERM
-  while alive "$RUN/mds.pid"; do sleep 1; done
+  while any_mds_alive; do sleep 1; done
   echo "the MDS exited; stopping" >&2
   stop_all
 }
@@ -135,7 +154,7 @@ case "${1:-}" in
   stop) stop_all ;;
   mount)
     [ -n "${2:-}" ] || { echo "usage: $0 mount DIR" >&2; exit 2; }
-    alive "$RUN/mds.pid" || { echo "no local cluster is running; \`make run\` first" >&2; exit 1; }
+    any_mds_alive || { echo "no local cluster is running; \`make run\` first" >&2; exit 1; }
     mount_client "$2" && echo "mounted $(realpath -m "$2")" ;;
   *) echo "usage: $0 start|stop|mount DIR" >&2; exit 2 ;;
 esac

@@ -1,12 +1,12 @@
 use aifs_common::config::{TlsConfig, TransportConfig};
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
-    /// The MDS to talk to.
-    pub mds: SocketAddr,
+    /// The MDS to talk to: one address, or a list of the members of a
+    /// replicated MDS (calls go to whichever leads).
+    pub mds: aifs_common::config::MdsAddrs,
     /// Name this mount gives its session (shown by `mdsctl status`).
     #[serde(default = "default_name")]
     pub name: String,

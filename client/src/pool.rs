@@ -53,13 +53,14 @@ impl Drop for Ticket<'_> {
 }
 
 impl Pool {
-    pub fn new(endpoint: quinn::Endpoint, mds: SocketAddr, mds_retry: Duration) -> Self {
+    /// `mds`: a client of the MDS (of its members, if replicated).
+    pub fn new(endpoint: quinn::Endpoint, mds: RpcClient, mds_retry: Duration) -> Self {
         // Unique enough across every mount a cluster sees: the clock, the
         // process and the endpoint's port, mixed.
         let port = endpoint.local_addr().map(|a| a.port() as u64).unwrap_or(0);
         let seed = (aifs_common::time::now_ns() as u64) ^ ((std::process::id() as u64) << 32) ^ (port << 48);
         Pool {
-            mds: RpcClient::new(endpoint.clone(), mds, Role::Mds),
+            mds,
             endpoint,
             osds: RwLock::new(HashMap::new()),
             down: RwLock::new(HashSet::new()),
@@ -104,23 +105,40 @@ impl Pool {
                 retry: attempt > 0,
             });
             let call = MdsCall { rid, cred: cred.clone(), req: req.clone() };
-            match self.mds.call::<_, MdsReply>(&call, &[]).await {
-                Ok((MdsReply { session, resp: MdsResp::Err(e) }, _)) => return (Err(Error::from_wire(e.code, &e.msg)), session),
-                Ok((MdsReply { session, resp }, _)) => {
+            let (r, session) = match self.mds.call::<_, MdsReply>(&call, &[]).await {
+                Ok((MdsReply { session, resp: MdsResp::Err(e) }, _)) => match Error::from_wire(e.code, &e.msg) {
+                    // A member that does not lead: go to the one it names.
+                    Error::NotLeader(hint) => (Err(Error::NotLeader(hint)), None),
+                    e => return (Err(e), session),
+                },
+                Ok((MdsReply { session, resp }, _)) => (Ok(resp), session),
+                Err(e) => (Err(e), None),
+            };
+            if let Err(Error::NotLeader(hint)) = &r {
+                // Go to the one named, whether or not this call is retried.
+                self.mds.redirect(hint).await;
+            }
+            match r {
+                Err(e) if retries && e.unreachable() && started.elapsed() < self.mds_retry => {
+                    if attempt == 0 {
+                        tracing::warn!(error = %e, "MDS unreachable or not leading; retrying for up to {:?}", self.mds_retry);
+                    }
+                    attempt += 1;
+                    if !matches!(&e, Error::NotLeader(hint) if !hint.is_empty()) {
+                        if !matches!(e, Error::NotLeader(_)) {
+                            self.mds.redirect("").await;
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(MDS_RETRY_MAX);
+                    }
+                }
+                Ok(resp) => {
                     if attempt > 0 {
                         tracing::info!(attempts = attempt + 1, waited = ?started.elapsed(), "MDS answered again");
                     }
                     return (Ok(resp), session);
                 }
-                Err(e) if retries && e.unreachable() && started.elapsed() < self.mds_retry => {
-                    if attempt == 0 {
-                        tracing::warn!(error = %e, "MDS unreachable; retrying for up to {:?}", self.mds_retry);
-                    }
-                    attempt += 1;
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MDS_RETRY_MAX);
-                }
-                Err(e) => return (Err(e), None),
+                Err(e) => return (Err(e), session),
             }
         }
     }

@@ -93,6 +93,71 @@ impl TlsConfig {
     }
 }
 
+/// The MDS processes a node may reach: one address, or the members of a
+/// replicated MDS. In a config file, `mds = "ADDR"` or `mds = ["ADDR", ...]`;
+/// on a command line, addresses separated by commas. Calls go to whichever
+/// leads (`rpc::RpcClient::any_of`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MdsAddrs(pub Vec<std::net::SocketAddr>);
+
+impl MdsAddrs {
+    pub fn one(addr: std::net::SocketAddr) -> Self {
+        MdsAddrs(vec![addr])
+    }
+
+    /// The first listed: where a one-MDS cluster is, and the address shown
+    /// when one is wanted.
+    pub fn first(&self) -> std::net::SocketAddr {
+        self.0[0]
+    }
+}
+
+impl std::fmt::Display for MdsAddrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all: Vec<String> = self.0.iter().map(|a| a.to_string()).collect();
+        f.write_str(&all.join(","))
+    }
+}
+
+impl std::str::FromStr for MdsAddrs {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let addrs = s
+            .split(',')
+            .map(|a| a.trim().parse().map_err(|e| format!("MDS address {a:?}: {e}")))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if addrs.is_empty() {
+            return Err("no MDS address".into());
+        }
+        Ok(MdsAddrs(addrs))
+    }
+}
+
+impl Serialize for MdsAddrs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            all => all.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MdsAddrs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(std::net::SocketAddr),
+            Many(Vec<std::net::SocketAddr>),
+        }
+        match OneOrMany::deserialize(d)? {
+            OneOrMany::One(a) => Ok(MdsAddrs(vec![a])),
+            OneOrMany::Many(v) if !v.is_empty() => Ok(MdsAddrs(v)),
+            OneOrMany::Many(_) => Err(serde::de::Error::custom("mds: no address listed")),
+        }
+    }
+}
+
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::InvalidArgument(format!("cannot read config {}: {e}", path.display())))?;
@@ -115,7 +180,22 @@ pub fn local_state_dir() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::{TransportConfig, LOOPBACK_MAX_MTU};
+    use super::{MdsAddrs, TransportConfig, LOOPBACK_MAX_MTU};
+
+    #[test]
+    fn mds_addresses_read_as_one_or_a_list() {
+        #[derive(serde::Deserialize, serde::Serialize)]
+        struct C {
+            mds: MdsAddrs,
+        }
+        let one: C = toml::from_str("mds = \"127.0.0.1:7000\"").unwrap();
+        assert_eq!(one.mds, MdsAddrs::one(([127, 0, 0, 1], 7000).into()));
+        assert_eq!(toml::to_string(&one).unwrap().trim(), "mds = \"127.0.0.1:7000\"");
+        let many: C = toml::from_str("mds = [\"127.0.0.1:7000\", \"127.0.0.1:7001\"]").unwrap();
+        assert_eq!(many.mds, "127.0.0.1:7000, 127.0.0.1:7001".parse().unwrap());
+        assert!(toml::from_str::<C>("mds = []").is_err());
+        assert!("".parse::<MdsAddrs>().is_err());
+    }
 
     #[test]
     fn only_a_loopback_cluster_gets_loopback_packets() {

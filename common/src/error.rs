@@ -64,6 +64,10 @@ pub enum Error {
     Stale,
     #[error("not authorized: {0}")]
     Unauthorized(String),
+    /// This MDS does not lead the metadata groups; the message is the
+    /// address of the one that does, if known (empty if not).
+    #[error("not the metadata leader (leader: {0:?})")]
+    NotLeader(String),
 }
 
 /// An error as sent on the wire.
@@ -78,7 +82,7 @@ impl Error {
     /// The peer could not be reached (down, gone, cut off), as opposed to
     /// one that answered with a refusal: worth retrying, or going around.
     pub fn unreachable(&self) -> bool {
-        matches!(self, Error::Transport(_) | Error::Unavailable(_))
+        matches!(self, Error::Transport(_) | Error::Unavailable(_) | Error::NotLeader(_))
     }
 
     pub fn code(&self) -> u16 {
@@ -109,6 +113,7 @@ impl Error {
             Error::Protocol(_) => 302,
             Error::Stale => 303,
             Error::Unauthorized(_) => 304,
+            Error::NotLeader(_) => 305,
         }
     }
 
@@ -126,7 +131,8 @@ impl Error {
             | Error::Unavailable(m)
             | Error::Transport(m)
             | Error::Protocol(m)
-            | Error::Unauthorized(m) => m.clone(),
+            | Error::Unauthorized(m)
+            | Error::NotLeader(m) => m.clone(),
             _ => String::new(),
         }
     }
@@ -164,6 +170,7 @@ impl Error {
             302 => Error::Protocol(m),
             303 => Error::Stale,
             304 => Error::Unauthorized(m),
+            305 => Error::NotLeader(m),
             other => Error::Protocol(format!("unknown error code {other}: {msg}")),
         }
     }
@@ -221,6 +228,7 @@ pub fn errno(e: &Error) -> i32 {
         Error::Protocol(_) => libc::EIO,
         Error::Stale => libc::ESTALE,
         Error::Unauthorized(_) => libc::EACCES,
+        Error::NotLeader(_) => libc::EIO,
     }
 }
 
@@ -257,6 +265,7 @@ mod tests {
             Error::Protocol("x".into()),
             Error::Stale,
             Error::Unauthorized("x".into()),
+            Error::NotLeader("127.0.0.1:1".into()),
         ];
         for e in all {
             let w = e.to_wire();

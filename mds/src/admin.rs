@@ -1,18 +1,17 @@
 //! Client side of `mdsctl`: admin config, path resolution and output.
-use aifs_common::certs::Role;
 use aifs_common::config::{TlsConfig, TransportConfig};
 use aifs_common::ids::InodeId;
-use aifs_common::proto::mds::{Attr, MdsCall, MdsReply, MdsReq, MdsResp};
+use aifs_common::proto::mds::{Attr, MdsCall, MdsReq, MdsResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    pub mds: SocketAddr,
+    /// The MDS: one address, or the members of a replicated MDS.
+    pub mds: aifs_common::config::MdsAddrs,
     pub tls: TlsConfig,
     #[serde(default)]
     pub transport: TransportConfig,
@@ -27,11 +26,11 @@ impl Admin {
     pub fn connect(cfg: &AdminConfig) -> Result<Admin> {
         let id = Identity::load(&cfg.tls)?;
         let endpoint = rpc::client_endpoint(&id, &cfg.transport)?;
-        Ok(Admin { mds: RpcClient::new(endpoint.clone(), cfg.mds, Role::Mds), endpoint })
+        Ok(Admin { mds: RpcClient::of_members(endpoint.clone(), &cfg.mds, &id, &cfg.transport)?, endpoint })
     }
 
     pub async fn call(&self, req: &MdsReq) -> Result<MdsResp> {
-        Ok(self.mds.call::<_, MdsReply>(&MdsCall::from(req.clone()), &[]).await?.0.into_result()?.0)
+        Ok(rpc::leader::call_leader(&self.mds, &MdsCall::from(req.clone())).await?.into_result()?.0)
     }
 
     /// Resolve a path inside the file system ("/ckpt/step1", or a path

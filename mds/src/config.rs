@@ -10,6 +10,15 @@ pub struct MdsConfig {
     pub listen: SocketAddr,
     /// One redb file per shard lives here.
     pub data_dir: PathBuf,
+    /// This MDS's id among `members`.
+    #[serde(default = "default_id")]
+    pub id: u64,
+    /// The MDS processes every shard is replicated over (a Raft group of
+    /// them per shard), this one among them, each with the address it
+    /// serves at. Fixed when the file system is created. None listed:
+    /// this process alone, with one-member groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Member>,
     /// Number of metadata shards. Fixed when the file system is created.
     #[serde(default = "default_shards")]
     pub shards: u32,
@@ -43,6 +52,37 @@ pub struct MdsConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub transport: TransportConfig,
+}
+
+/// One MDS process of a replicated MDS.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u64,
+    pub addr: SocketAddr,
+}
+
+impl MdsConfig {
+    /// Who this process's groups are made of (`raft::Members`, without
+    /// the network to reach them).
+    pub fn group_members(&self) -> aifs_common::Result<(u64, std::collections::BTreeMap<u64, String>)> {
+        if self.members.is_empty() {
+            let solo = crate::store::raft::Members::solo();
+            return Ok((solo.me, solo.all));
+        }
+        let all: std::collections::BTreeMap<u64, String> = self.members.iter().map(|m| (m.id, m.addr.to_string())).collect();
+        if all.len() != self.members.len() {
+            return Err(aifs_common::Error::InvalidArgument("members: an id is listed twice".into()));
+        }
+        if !all.contains_key(&self.id) {
+            return Err(aifs_common::Error::InvalidArgument(format!("members: this MDS's id {} is not listed", self.id)));
+        }
+        Ok((self.id, all))
+    }
+}
+
+fn default_id() -> u64 {
+    1
 }
 
 fn default_anon() -> u32 {

@@ -1,12 +1,13 @@
-//! The metadata server: N shards in one process (DESIGN.md, "Metadata"),
-//! the OSD map, client sessions and object GC; plus the `mdsctl` admin
-//! tool's client side.
+//! The metadata server: N shards, each a Raft group of one or several MDS
+//! processes (DESIGN.md, "Metadata"), the OSD map, client sessions and
+//! object GC; plus the `mdsctl` admin tool's client side.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
 pub mod caps;
 pub mod cluster;
 pub mod config;
+pub mod front;
 pub mod fsck;
 pub mod gc;
 pub mod meter;
@@ -18,12 +19,15 @@ pub mod leases;
 pub mod namespace;
 pub mod once;
 pub mod records;
+pub mod replica;
 pub mod reservations;
 pub mod service;
 pub mod store;
 
 use crate::cluster::Cluster;
+use crate::front::{Active, Front};
 use crate::gc::{Gc, OsdClients};
+use crate::replica::Replica;
 use crate::repair::Repair;
 use crate::namespace::Namespace;
 use crate::records::OsdRec;
@@ -40,16 +44,80 @@ use std::time::Duration;
 /// A running MDS.
 pub struct MdsHandle {
     pub addr: SocketAddr,
-    pub ns: Arc<Namespace>,
+    pub front: Arc<Front>,
     endpoint: quinn::Endpoint,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl MdsHandle {
+    /// The namespace, while this process leads and serves it.
+    pub fn ns(&self) -> Option<Arc<Namespace>> {
+        self.front.active().map(|a| a.svc.ns.clone())
+    }
+
     pub fn shutdown(&self) {
         self.endpoint.close(0u32.into(), b"shutdown");
         for t in &self.tasks {
             t.abort();
+        }
+        self.front.set_active(None);
+        // The groups stop too (and let go of their files), if a runtime
+        // is there to run that.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let replica = self.front.replica.clone();
+            rt.spawn(async move { replica.shutdown().await });
+        }
+    }
+}
+
+/// How often leadership is looked at.
+const LEAD_TICK: Duration = Duration::from_millis(50);
+
+/// Start the MDS: its endpoint, its groups, and the namespace service
+/// whenever this process leads them. A one-member MDS serves when this
+/// returns; a member of several serves once it is elected.
+pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
+    let id = Identity::load(&cfg.tls)?;
+    // Revoked certificates are loaded into it when the namespace starts.
+    let gate = Arc::new(aifs_common::rpc::Gate::default());
+    let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport, gate.clone())?;
+    let addr = endpoint.local_addr()?;
+    let (me, all) = cfg.group_members()?;
+    let solo = all.len() == 1;
+    let peers = match solo {
+        true => None,
+        false => Some(crate::store::raft::net::PeerClients::new(endpoint.clone(), rpc::endpoint::member_client_config(&id, &cfg.transport)?)),
+    };
+    let members = crate::store::raft::Members { me, all, peers };
+    let replica = Arc::new(Replica::open(&cfg.data_dir, cfg.shards, members).await?);
+    let front = Arc::new(Front::new(replica.clone()));
+    if solo {
+        front.set_active(Some(serve_namespace(&cfg, &replica, &endpoint, &gate).await?));
+    }
+    let serve = tokio::spawn(rpc::serve(endpoint.clone(), front.clone(), gate.clone()));
+    let lead = tokio::spawn(lead(cfg.clone(), front.clone(), endpoint.clone(), gate));
+    tracing::info!(%addr, id = me, members = replica.members.all.len(), shards = cfg.shards, data = %cfg.data_dir.display(), "MDS serving");
+    Ok(MdsHandle { addr, front, endpoint, tasks: vec![serve, lead] })
+}
+
+/// Start the namespace service whenever this process is ready to lead
+/// every group, and stop it when it loses one: the service then starts as
+/// after a restart, with a grace for the clients to come back.
+async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate: Arc<aifs_common::rpc::Gate>) {
+    let replica = front.replica.clone();
+    loop {
+        tokio::time::sleep(LEAD_TICK).await;
+        replica.claim().await;
+        let serving = front.active().is_some();
+        if serving && replica.lost_a_group() && !replica.members.is_solo() {
+            tracing::warn!(leader = %replica.leader_addr(), "no longer leading every shard; the namespace stops here");
+            front.set_active(None);
+        } else if !serving && replica.ready() {
+            tracing::info!("leading every shard; the namespace starts here");
+            match serve_namespace(&cfg, &replica, &endpoint, &gate).await {
+                Ok(a) => front.set_active(Some(a)),
+                Err(e) => e.log("starting the namespace failed"),
+            }
         }
     }
 }
@@ -60,12 +128,13 @@ impl Drop for MdsHandle {
     }
 }
 
-pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
-    let id = Identity::load(&cfg.tls)?;
+/// The namespace service over `replica`'s groups, which this process
+/// leads, with the tasks beside it (GC, repair, metering, the ticker).
+async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::Endpoint, gate: &Arc<aifs_common::rpc::Gate>) -> Result<Active> {
     let mut cluster = Cluster::new(Duration::from_millis(cfg.osd_timeout_ms), Duration::from_millis(cfg.session_timeout_ms));
     cluster.limits = cfg.session_limits.clone();
     let cluster = Arc::new(cluster);
-    let ns = Arc::new(Namespace::open(&cfg.data_dir, cfg.shards, cfg.default_layout, cluster.clone()).await?);
+    let ns = Arc::new(Namespace::over(replica.stores()?, cfg.default_layout.clone(), cluster.clone()).await?);
     let known = ns
         .shard(0)
         .read(|t| {
@@ -98,10 +167,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
         cluster.set_out(id, true);
     }
     cluster.start_grace(service::stored_sessions(&ns).await?);
-    let revoked = crate::revoked::Revocations::open(&ns).await?;
-    let gate = revoked.gate.clone();
-    let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport, gate.clone())?;
-    let addr = endpoint.local_addr()?;
+    let revoked = crate::revoked::Revocations::open(&ns, gate.clone()).await?;
     let osd_clients = Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()));
     let gc = Arc::new(Gc::new(ns.clone(), osd_clients.clone()));
     let repair = Arc::new(Repair::new(ns.clone(), osd_clients.clone(), cfg.repair_mb_per_s));
@@ -120,7 +186,6 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
         anon: (cfg.anon_uid, cfg.anon_gid),
         requests: Default::default(),
     });
-    let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc.clone(), gate));
     let gc_task = tokio::spawn(gc.run());
     let repair_task = tokio::spawn(repair.run());
     let meter_task = tokio::spawn(meter.run());
@@ -182,6 +247,5 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
             }
         }
     });
-    tracing::info!(%addr, shards = cfg.shards, data = %cfg.data_dir.display(), "MDS serving");
-    Ok(MdsHandle { addr, ns, endpoint, tasks: vec![serve, gc_task, repair_task, meter_task, ticker] })
+    Ok(Active { svc, tasks: vec![gc_task, repair_task, meter_task, ticker] })
 }

@@ -459,40 +459,52 @@ pub struct Namespace {
     pub(crate) numbers: crate::numbers::Numbers,
 }
 
+/// The shard count is part of the on-disk format (inode numbers name
+/// shards): `dir` remembers the one it was made with, and refuses another.
+pub fn check_shard_count(dir: &std::path::Path, nshards: u32) -> Result<()> {
+    if nshards == 0 || nshards > aifs_common::ids::MAX_SHARDS {
+        return Err(Error::InvalidArgument(format!("shards must be 1..={}", aifs_common::ids::MAX_SHARDS)));
+    }
+    let marker = dir.join("shards");
+    std::fs::create_dir_all(dir)?;
+    match std::fs::read_to_string(&marker) {
+        Ok(s) => {
+            let have: u32 = s.trim().parse().map_err(|_| Error::Io(format!("{} is corrupt", marker.display())))?;
+            if have != nshards {
+                return Err(Error::InvalidArgument(format!(
+                    "metadata in {} was made with {have} shards, config says {nshards}",
+                    dir.display()
+                )));
+            }
+        }
+        // only a marker that is not there is made; one that cannot be
+        // read is an error, never overwritten
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::store::write_durably(&marker, format!("{nshards}\n").as_bytes())?
+        }
+        Err(e) => return Err(Error::Io(format!("{}: {e}", marker.display()))),
+    }
+    Ok(())
+}
+
 impl Namespace {
     /// Open (or create) the shards and make the root directory if missing.
     pub async fn open(dir: &std::path::Path, nshards: u32, root_policy: LayoutPolicy, cluster: Arc<Cluster>) -> Result<Self> {
-        if nshards == 0 || nshards > aifs_common::ids::MAX_SHARDS {
-            return Err(Error::InvalidArgument(format!("shards must be 1..={}", aifs_common::ids::MAX_SHARDS)));
-        }
-        root_policy.validate()?;
-        // The shard count is part of the on-disk format: inode numbers name
-        // shards. Refuse to reopen with a different count.
-        let marker = dir.join("shards");
-        std::fs::create_dir_all(dir)?;
-        match std::fs::read_to_string(&marker) {
-            Ok(s) => {
-                let have: u32 = s.trim().parse().map_err(|_| Error::Io(format!("{} is corrupt", marker.display())))?;
-                if have != nshards {
-                    return Err(Error::InvalidArgument(format!(
-                        "metadata in {} was made with {have} shards, config says {nshards}",
-                        dir.display()
-                    )));
-                }
-            }
-            // only a marker that is not there is made; one that cannot be
-            // read is an error, never overwritten
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                crate::store::write_durably(&marker, format!("{nshards}\n").as_bytes())?
-            }
-            Err(e) => return Err(Error::Io(format!("{}: {e}", marker.display()))),
-        }
+        check_shard_count(dir, nshards)?;
         let mut shards = Vec::new();
         for i in 0..nshards {
             shards.push(Arc::new(ShardStore::open(dir, i).await?));
         }
         // the names of store files just made
         crate::store::sync_dir(dir)?;
+        Self::over(shards, root_policy, cluster).await
+    }
+
+    /// The namespace over shard stores already open (and led here): makes
+    /// the root directory if missing, and finishes what a crash left half
+    /// done.
+    pub async fn over(shards: Vec<Arc<ShardStore>>, root_policy: LayoutPolicy, cluster: Arc<Cluster>) -> Result<Self> {
+        root_policy.validate()?;
         let numbers = crate::numbers::Numbers::new(shards.len());
         let ns = Namespace { shards, topo: tokio::sync::RwLock::new(()), cluster, running: Default::default(), reserved: Default::default(), numbers };
         ns.shard(0)

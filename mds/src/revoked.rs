@@ -23,9 +23,9 @@ fn decode(owner: &[u8], val: &[u8]) -> Result<Revocation> {
 }
 
 impl Revocations {
-    /// The list as stored, loaded into a new gate.
-    pub async fn open(ns: &Namespace) -> Result<Revocations> {
-        let gate = Arc::new(Gate::default());
+    /// The list as stored, loaded into `gate` (the one the endpoint's
+    /// handshake checks).
+    pub async fn open(ns: &Namespace, gate: Arc<Gate>) -> Result<Revocations> {
         gate.revoke(Self::list(ns).await?.into_iter().map(|r| r.owner));
         Ok(Revocations { gate })
     }

@@ -808,6 +808,11 @@ impl MdsService {
                 self.repair.wake.notify_one();
                 MdsResp::Done
             }
+            // Answered by the MDS's front (front.rs) before it comes here.
+            MdsReq::Raft { .. } => {
+                need(peer, &[Role::Mds])?;
+                return Err(Error::Protocol("a Raft message reached the namespace service".into()));
+            }
             MdsReq::DegradedList { ino } => {
                 need(peer, ADMIN)?;
                 MdsResp::DegradedList(ns.list_degraded(ino).await?)

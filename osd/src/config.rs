@@ -14,8 +14,9 @@ pub struct OsdConfig {
     /// listening on 0.0.0.0).
     #[serde(default)]
     pub advertise: Option<SocketAddr>,
-    /// The MDS to register with.
-    pub mds: SocketAddr,
+    /// The MDS to register with: one address, or the members of a
+    /// replicated MDS.
+    pub mds: aifs_common::config::MdsAddrs,
     /// Where objects live.
     pub data_dir: PathBuf,
     /// Milliseconds between heartbeats to the MDS.

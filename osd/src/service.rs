@@ -259,7 +259,7 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
     let keys = Arc::new(RwLock::new(Keyring::default()));
     let svc = Arc::new(OsdService::new(store.clone(), keys.clone(), &cfg.limits));
     let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc, gate.clone()));
-    let mds = RpcClient::new(endpoint.clone(), cfg.mds, Role::Mds);
+    let mds = RpcClient::of_members(endpoint.clone(), &cfg.mds, &id, &cfg.transport)?;
     let osd_id = cfg.id;
     let period = Duration::from_millis(cfg.heartbeat_ms.max(50));
     let hb = tokio::spawn(async move {
@@ -283,8 +283,17 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
                         objects: u.objects,
                         revoked_known: gate.revoked_count() as u32,
                     };
-                    match mds.call::<_, MdsReply>(&MdsCall::from(req), &[]).await {
-                        Ok((MdsReply { resp: MdsResp::OsdBeat { keys: k, revoked }, .. }, _)) => {
+                    let sent = mds.call::<_, MdsReply>(&MdsCall::from(req), &[]).await.map(|(r, _)| r);
+                    let answer = match rpc::leader::follow(&mds, sent).await {
+                        rpc::leader::Next::Done(r) => r,
+                        // Another member of a replicated MDS leads: beat there at once.
+                        rpc::leader::Next::Again(p) => {
+                            tokio::time::sleep(p).await;
+                            continue;
+                        }
+                    };
+                    match answer {
+                        Ok(MdsReply { resp: MdsResp::OsdBeat { keys: k, revoked }, .. }) => {
                             match keys.write() {
                                 Ok(mut ring) => ring.install(&k),
                                 Err(_) => tracing::error!("capability keys poisoned"),
@@ -298,7 +307,7 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
                                 registered = true;
                             }
                         }
-                        Ok((MdsReply { resp: MdsResp::Err(e), .. }, _)) => {
+                        Ok(MdsReply { resp: MdsResp::Err(e), .. }) => {
                             tracing::warn!(code = e.code, msg = %e.msg, "MDS refused heartbeat")
                         }
                         Ok(_) => tracing::warn!("unexpected heartbeat reply"),

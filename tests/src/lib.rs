@@ -43,6 +43,8 @@ impl TestCluster {
         let dir = tempfile::tempdir()?;
         certs::init_cluster(dir.path(), &dir.path().join("ca"), osds, false)?;
         let mut mcfg = MdsConfig {
+            id: 1,
+            members: Vec::new(),
             listen: "127.0.0.1:0".parse().map_err(|_| Error::InvalidArgument("addr".into()))?,
             data_dir: dir.path().join("mds"),
             shards,
@@ -65,7 +67,7 @@ impl TestCluster {
                 id: i,
                 listen: "127.0.0.1:0".parse().map_err(|_| Error::InvalidArgument("addr".into()))?,
                 advertise: None,
-                mds: mds.addr,
+                mds: aifs_common::config::MdsAddrs::one(mds.addr),
                 data_dir: dir.path().join(format!("osd{i}")),
                 heartbeat_ms: 100,
                 limits: limits.clone(),
@@ -79,9 +81,15 @@ impl TestCluster {
         Ok(c)
     }
 
+    /// The MDS's namespace (this in-process MDS is its only member, and
+    /// serves from its start).
+    pub fn ns(&self) -> std::sync::Arc<aifs_mds::namespace::Namespace> {
+        self.mds.ns().expect("a one-member MDS serves from its start")
+    }
+
     pub async fn wait_osds_up(&self, n: usize) -> Result<()> {
         for _ in 0..100 {
-            if self.mds.ns.cluster.up_osds().len() >= n {
+            if self.ns().cluster.up_osds().len() >= n {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -74,9 +74,13 @@ fn ports(n: usize) -> Vec<u16> {
 
 pub struct ProcCluster {
     pub dir: tempfile::TempDir,
+    /// The (first) MDS's address.
     pub mds_addr: SocketAddr,
+    /// Every MDS member's address: one, or those of a replicated MDS.
+    pub mds_addrs: Vec<SocketAddr>,
     pub n_osds: u32,
-    mds: Option<Child>,
+    /// The MDS processes, by member (member id = index + 1).
+    mds: Vec<Option<Child>>,
     osds: Vec<Option<Child>>,
     /// The MDS listens on every address, not only loopback (for OSDs in
     /// network namespaces of their own).
@@ -85,28 +89,36 @@ pub struct ProcCluster {
 
 impl ProcCluster {
     pub fn start(n_osds: u32) -> Result<ProcCluster> {
-        Self::start_opts(n_osds, false)
+        Self::start_opts(1, n_osds, false)
+    }
+
+    /// A cluster whose every shard is replicated over `n_mds` MDS
+    /// processes (configs `mds1.toml`...).
+    pub fn start_replicated(n_mds: usize, n_osds: u32) -> Result<ProcCluster> {
+        Self::start_opts(n_mds, n_osds, false)
     }
 
     /// A cluster whose MDS also answers on non-loopback addresses, so that
     /// an OSD can be moved into a network namespace (`isolate_osd`).
     pub fn start_routed(n_osds: u32) -> Result<ProcCluster> {
-        Self::start_opts(n_osds, true)
+        Self::start_opts(1, n_osds, true)
     }
 
-    fn start_opts(n_osds: u32, mds_any: bool) -> Result<ProcCluster> {
+    fn start_opts(n_mds: usize, n_osds: u32, mds_any: bool) -> Result<ProcCluster> {
         let dir = tempfile::Builder::new().prefix("aifs-proc-").tempdir()?;
-        let p = ports(1 + n_osds as usize);
+        let p = ports(n_mds + n_osds as usize);
         // mdsctl init numbers OSD ports from a base; pick a base with a
         // free run by asking for consecutive ports near a free one.
-        let base = p[1];
-        let mds_addr: SocketAddr = format!("127.0.0.1:{}", p[0]).parse()?;
+        let base = p[n_mds];
+        let mds_addrs: Vec<SocketAddr> = p[..n_mds].iter().map(|port| SocketAddr::from(([127, 0, 0, 1], *port))).collect();
+        let mds_addr = mds_addrs[0];
+        let listed = aifs_common::config::MdsAddrs(mds_addrs.clone()).to_string();
         let st = Command::new(bin_dir().join("mdsctl"))
             .args(["init", "--dir"])
             .arg(dir.path())
             .arg("--ca-dir")
             .arg(dir.path().join("ca"))
-            .args(["--mds", &mds_addr.to_string(), "--osds", &n_osds.to_string(), "--osd-port", &base.to_string()])
+            .args(["--mds", &listed, "--osds", &n_osds.to_string(), "--osd-port", &base.to_string()])
             .stdout(Stdio::null())
             .status()
             .context("running mdsctl init")?;
@@ -119,7 +131,8 @@ impl ProcCluster {
             network_transport(dir.path())?;
         }
         std::fs::create_dir_all(dir.path().join("logs"))?;
-        let mut c = ProcCluster { dir, mds_addr, n_osds, mds: None, osds: (0..n_osds).map(|_| None).collect(), mds_any };
+        let mds = (0..n_mds).map(|_| None).collect();
+        let mut c = ProcCluster { dir, mds_addr, mds_addrs, n_osds, mds, osds: (0..n_osds).map(|_| None).collect(), mds_any };
         if let Err(e) = c.start_all() {
             // dropped without a panic, so the logs would go unseen
             c.dump_logs();
@@ -138,17 +151,68 @@ impl ProcCluster {
         Ok(aifs_common::config::load::<aifs_mds::admin::AdminConfig>(&self.path("admin.toml"))?.transport)
     }
 
-    /// Start the MDS (again, after `kill9_mds`) on its data and address.
+    /// Start the MDS (again, after `kill9_mds`) on its data and address:
+    /// every member of a replicated one.
     pub fn start_mds(&mut self) -> Result<()> {
-        let cfg = self.path("mds.toml");
-        let log = self.path("logs/mds.log");
+        for id in 1..=self.mds.len() as u64 {
+            self.start_mds_member(id)?;
+        }
+        Ok(())
+    }
+
+    /// The config file of MDS member `id`.
+    fn mds_config(&self, id: u64) -> PathBuf {
+        match self.mds.len() {
+            1 => self.path("mds.toml"),
+            _ => self.path(&format!("mds{id}.toml")),
+        }
+    }
+
+    /// Start MDS member `id` (1-based; 1 for an MDS of one process).
+    pub fn start_mds_member(&mut self, id: u64) -> Result<()> {
+        let cfg = self.mds_config(id);
+        let log = self.path(&format!("logs/mds{id}.log"));
         let any = format!("0.0.0.0:{}", self.mds_addr.port());
         let mut args = vec!["--config", cfg.to_str().unwrap_or_default()];
         if self.mds_any {
             args.extend(["--listen", any.as_str()]);
         }
-        self.mds = Some(spawn_logged("aifs-mds", &args, &log)?);
+        let child = spawn_logged("aifs-mds", &args, &log)?;
+        self.mds[(id - 1) as usize] = Some(child);
         Ok(())
+    }
+
+    /// `kill -9` MDS member `id`.
+    pub fn kill9_mds_member(&mut self, id: u64) {
+        if let Some(mut c) = self.mds.get_mut((id - 1) as usize).and_then(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The data directory of MDS member `id`, as its config names it.
+    pub fn mds_data_dir(&self, id: u64) -> Result<PathBuf> {
+        Ok(aifs_common::config::load::<aifs_mds::MdsConfig>(&self.mds_config(id))?.data_dir)
+    }
+
+    /// The member leading every shard, once one does (`mdsctl shard ls`).
+    pub fn mds_leader(&self, timeout: Duration) -> Result<u64> {
+        let t = Instant::now();
+        loop {
+            if let Ok(out) = self.mdsctl(&["--json", "shard", "ls"]) {
+                let v: serde_json::Value = serde_json::from_str(&out)?;
+                let leaders: Vec<Option<u64>> = v.as_array().context("shard ls is a list")?.iter().map(|s| s["leader"].as_u64()).collect();
+                if let Some(Some(l)) = leaders.first() {
+                    if leaders.iter().all(|x| *x == Some(*l)) {
+                        return Ok(*l);
+                    }
+                }
+            }
+            if t.elapsed() > timeout {
+                bail!("no MDS member leads every shard after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Start OSD `i` (1-based) again after `kill9_osd`.
@@ -209,9 +273,10 @@ impl ProcCluster {
         }
     }
 
-    /// `kill -9` the MDS.
+    /// `kill -9` the MDS (every member).
     pub fn kill9_mds(&mut self) {
-        if let Some(mut c) = self.mds.take() {
+        for c in self.mds.iter_mut().filter_map(Option::take) {
+            let mut c = c;
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -219,11 +284,13 @@ impl ProcCluster {
 
     /// `kill -9` the MDS and every OSD.
     pub fn kill9_all(&mut self) {
-        for c in self.mds.iter_mut().chain(self.osds.iter_mut().flatten()) {
+        for c in self.mds.iter_mut().flatten().chain(self.osds.iter_mut().flatten()) {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.mds = None;
+        for m in &mut self.mds {
+            *m = None;
+        }
         for o in &mut self.osds {
             *o = None;
         }
@@ -232,7 +299,7 @@ impl ProcCluster {
     /// Stop the MDS (SIGSTOP) until the guard drops: a server that hangs
     /// rather than dies.
     pub fn freeze_mds(&self) -> Frozen<'_> {
-        Self::freeze(self.mds.as_ref())
+        Self::freeze(self.mds.first().and_then(Option::as_ref))
     }
 
     /// Stop OSD `i` (1-based) until the guard drops.
@@ -256,14 +323,14 @@ impl ProcCluster {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let id = Identity::load(&crate::tls(self.dir.path(), Role::Admin))?;
         let n = self.n_osds as usize;
-        let addr = self.mds_addr;
+        let addrs = aifs_common::config::MdsAddrs(self.mds_addrs.clone());
         let transport = self.transport()?;
         rt.block_on(async move {
             let ep = rpc::client_endpoint(&id, &transport)?;
             let t = Instant::now();
             loop {
-                let c = RpcClient::new(ep.clone(), addr, Role::Mds);
-                if let Ok((MdsReply { resp: MdsResp::OsdMap { osds, .. }, .. }, _)) = c.call::<_, MdsReply>(&MdsCall::from(MdsReq::OsdMap), &[]).await {
+                let c = RpcClient::any_of(ep.clone(), &addrs, Role::Mds);
+                if let Ok(MdsReply { resp: MdsResp::OsdMap { osds, .. }, .. }) = rpc::leader::call_leader(&c, &MdsCall::from(MdsReq::OsdMap)).await {
                     if osds.iter().filter(|o| o.state == OsdState::Up).count() >= n {
                         return Ok(());
                     }
@@ -433,7 +500,7 @@ impl Drop for ProcCluster {
         for c in self.osds.iter_mut().flatten() {
             stop(c, libc::SIGTERM, Duration::from_secs(3));
         }
-        if let Some(c) = self.mds.as_mut() {
+        for c in self.mds.iter_mut().flatten() {
             stop(c, libc::SIGTERM, Duration::from_secs(3));
         }
     }
@@ -554,7 +621,7 @@ impl Mount {
 impl ProcCluster {
     /// Pids of the MDS, the OSDs and a mount's client.
     pub fn pids_with(&self, m: &Mount) -> Vec<u32> {
-        let mut v: Vec<u32> = self.mds.iter().chain(self.osds.iter().flatten()).map(|c| c.id()).collect();
+        let mut v: Vec<u32> = self.mds.iter().flatten().chain(self.osds.iter().flatten()).map(|c| c.id()).collect();
         v.extend(m.child.as_ref().map(|c| c.id()));
         v
     }

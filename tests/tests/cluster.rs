@@ -317,7 +317,7 @@ async fn an_osd_certificate_speaks_for_its_own_id_alone() {
     let c = RpcClient::new(rpc::client_endpoint(&osd1, &TransportConfig::default()).unwrap(), cl.mds.addr, Role::Mds);
     assert!(matches!(mds_call(&c, heartbeat(2)).await, Err(Error::Unauthorized(_))), "osd1 spoke for osd 2");
     assert!(matches!(mds_call(&c, heartbeat(3)).await, Err(Error::Unauthorized(_))), "osd1 registered an osd 3");
-    let before = cl.mds.ns.cluster.osd_infos().into_iter().find(|o| o.id.0 == 2).unwrap().addr;
+    let before = cl.ns().cluster.osd_infos().into_iter().find(|o| o.id.0 == 2).unwrap().addr;
     assert_ne!(before, "127.0.0.1:1", "osd 2's address was moved");
     assert!(matches!(mds_call(&c, heartbeat(1)).await, Ok(MdsResp::OsdBeat { .. })));
 }
@@ -959,7 +959,7 @@ async fn a_session_holds_no_more_than_its_limits() {
     assert_eq!(granted(MdsReq::GetAttr { ino: d }).await, Some(sid), "a stat of a file it holds lost its lease");
     let other = attr(&c, MdsReq::Lookup { parent: ROOT, name: "other0".into() }).await.unwrap();
     assert_eq!(granted(MdsReq::GetAttr { ino: other.ino }).await, None, "a lease past the session's limit");
-    assert_eq!(cl.mds.ns.cluster.leases.lock().unwrap().touched(sid), 4);
+    assert_eq!(cl.ns().cluster.leases.lock().unwrap().touched(sid), 4);
     // three lock segments; a fourth, or an unlock that would split one, is ENOLCK
     use aifs_common::proto::mds::LockKind;
     let lock = |start: u64, end: u64, kind: LockKind| MdsReq::SetLock { ino: d, owner: 1, start, end, kind, pid: 7, session: Some(sid) };

@@ -4,7 +4,6 @@ use aifs_client::{ClientConfig, ClientFs};
 use anyhow::Context;
 use clap::Parser;
 use fuser::{Config, MountOption, SessionACL};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -15,9 +14,10 @@ struct Args {
     config: PathBuf,
     /// Where to mount.
     mountpoint: PathBuf,
-    /// Override the MDS address.
+    /// Override the MDS address (several, comma-separated, for a
+    /// replicated MDS).
     #[arg(long)]
-    mds: Option<SocketAddr>,
+    mds: Option<aifs_common::config::MdsAddrs>,
     /// Override the session name.
     #[arg(long)]
     name: Option<String>,

@@ -8,7 +8,8 @@ impl ClientFs {
     pub async fn connect(cfg: &ClientConfig) -> Result<Arc<ClientFs>> {
         let id = Identity::load(&cfg.tls)?;
         let endpoint = rpc::client_endpoint(&id, &cfg.transport)?;
-        let pool = Arc::new(Pool::new(endpoint, cfg.mds, Duration::from_secs(cfg.mds_retry_secs)));
+        let mds = aifs_common::rpc::RpcClient::of_members(endpoint.clone(), &cfg.mds, &id, &cfg.transport)?;
+        let pool = Arc::new(Pool::new(endpoint, mds, Duration::from_secs(cfg.mds_retry_secs)));
         let budget_kib = (cfg.write_budget_mb.max(16) * 1024).min(Semaphore::MAX_PERMITS);
         let dirops = Arc::new(DirOps::default());
         let ctx = Arc::new(DataCtx {

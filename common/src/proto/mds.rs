@@ -395,6 +395,10 @@ pub enum MdsReq {
     /// from that session names it (only if `linkable`: no `O_EXCL`), freed
     /// at its last close if none does. Answered as `Create` is.
     TmpFile { parent: InodeId, mode: u32, linkable: bool },
+    /// MDS to MDS: one message of shard `shard`'s Raft group (an append,
+    /// a vote, a snapshot chunk): `len` bytes of the MDS's raft codec,
+    /// raw after the header. Only another MDS's certificate may send it.
+    Raft { shard: u32, len: u64 },
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);
@@ -458,7 +462,10 @@ pub struct MdsCall {
     pub cred: Cred,
     pub req: MdsReq,
 }
-message!(MdsCall);
+message!(MdsCall, |m| match m.req {
+    MdsReq::Raft { len, .. } => len,
+    _ => 0,
+});
 
 impl MdsCall {
     pub fn new(req: MdsReq, cred: Cred) -> MdsCall {
@@ -575,6 +582,9 @@ pub enum MdsResp {
     /// `DegradedList`, `ClearDegraded`: stale replicas (listed, or no
     /// longer recorded).
     DegradedList(Vec<(InodeId, Degraded)>),
+    /// `Raft`: the group's answer, `len` bytes of the MDS's raft codec raw
+    /// after the header.
+    Raft { len: u64 },
     // New variants go last: the order is the wire's discriminant.
 }
 
@@ -629,7 +639,10 @@ pub struct MdsReply {
     pub session: Option<SessionId>,
     pub resp: MdsResp,
 }
-message!(MdsReply);
+message!(MdsReply, |m| match m.resp {
+    MdsResp::Raft { len } => len,
+    _ => 0,
+});
 
 impl MdsReply {
     /// The response (an error reply becomes `Err`) and the lease session.

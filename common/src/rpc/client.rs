@@ -17,16 +17,24 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// on it, such as lease recalls).
 pub type OnConnect = Box<dyn Fn(quinn::Connection) + Send + Sync>;
 
-/// A client of one server (an MDS or one OSD).
+/// A client of one server (an MDS or one OSD), or of whichever of several
+/// serves (the members of a replicated MDS): calls go to one address at a
+/// time, and move to the next when it cannot be reached or says another
+/// leads ([`RpcClient::redirect`]).
 pub struct RpcClient {
     endpoint: quinn::Endpoint,
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
+    /// Index in `addrs` of the one calls go to.
+    at: std::sync::atomic::AtomicUsize,
     role: Role,
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
-    /// The last failed connection attempt: calls queued behind it fail at
-    /// once instead of each waiting out its own connect timeout.
-    failed: std::sync::Mutex<Option<(std::time::Instant, Error)>>,
+    /// The last failed connection attempt and the address it was to: calls
+    /// queued behind it fail at once instead of each waiting out its own
+    /// connect timeout.
+    failed: std::sync::Mutex<Option<(std::time::Instant, Error, SocketAddr)>>,
     on_connect: std::sync::OnceLock<OnConnect>,
+    /// Connections are made with this instead of the endpoint's default.
+    config: Option<quinn::ClientConfig>,
 }
 
 /// After a failed connect, how long further calls fail without trying.
@@ -35,7 +43,39 @@ const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 impl RpcClient {
     /// `role` is the role the server must prove (its certificate's name).
     pub fn new(endpoint: quinn::Endpoint, addr: SocketAddr, role: Role) -> Self {
-        RpcClient { endpoint, addr, role, conn: tokio::sync::Mutex::new(None), failed: std::sync::Mutex::new(None), on_connect: std::sync::OnceLock::new() }
+        Self::any_of(endpoint, &crate::config::MdsAddrs::one(addr), role)
+    }
+
+    /// A client of whichever of `addrs` serves; the first is tried first.
+    pub fn any_of(endpoint: quinn::Endpoint, addrs: &crate::config::MdsAddrs, role: Role) -> Self {
+        RpcClient {
+            endpoint,
+            addrs: addrs.0.clone(),
+            at: Default::default(),
+            role,
+            conn: tokio::sync::Mutex::new(None),
+            failed: std::sync::Mutex::new(None),
+            on_connect: std::sync::OnceLock::new(),
+            config: None,
+        }
+    }
+
+    /// A client of whichever of `addrs` (members of a replicated MDS)
+    /// serves, holding identity `id`: with more than one address, its
+    /// connections leave a silent member sooner
+    /// (`endpoint::member_client_config`).
+    pub fn of_members(endpoint: quinn::Endpoint, addrs: &crate::config::MdsAddrs, id: &super::Identity, transport: &crate::config::TransportConfig) -> Result<Self> {
+        let c = Self::any_of(endpoint, addrs, Role::Mds);
+        if addrs.0.len() < 2 {
+            return Ok(c);
+        }
+        Ok(c.with_config(super::endpoint::member_client_config(id, transport)?))
+    }
+
+    /// Make connections with `config` instead of the endpoint's default.
+    pub fn with_config(mut self, config: quinn::ClientConfig) -> Self {
+        self.config = Some(config);
+        self
     }
 
     /// Set once, before the first call: run `f` on every new connection.
@@ -43,8 +83,41 @@ impl RpcClient {
         let _ = self.on_connect.set(f);
     }
 
+    /// The address calls go to now.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[self.at.load(std::sync::atomic::Ordering::Relaxed) % self.addrs.len()]
+    }
+
+    /// How many addresses this client may call.
+    pub fn members(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// Every address, as a config would list them.
+    pub fn addrs(&self) -> crate::config::MdsAddrs {
+        crate::config::MdsAddrs(self.addrs.clone())
+    }
+
+    /// Calls go to another address from now on: `hint` if it is one of
+    /// this client's, else the next. The connection to the old one is
+    /// closed. Nothing changes for a client of one address.
+    pub async fn redirect(&self, hint: &str) {
+        if self.addrs.len() < 2 {
+            return;
+        }
+        let was = self.at.load(std::sync::atomic::Ordering::Relaxed);
+        let to = match hint.parse::<SocketAddr>().ok().and_then(|h| self.addrs.iter().position(|a| *a == h)) {
+            Some(i) => i,
+            None => (was + 1) % self.addrs.len(),
+        };
+        if to == was % self.addrs.len() {
+            return;
+        }
+        self.at.store(to, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(from = %self.addrs[was % self.addrs.len()], to = %self.addrs[to], "calls go to another server");
+        if let Some(c) = self.conn.lock().await.take() {
+            c.close(0u32.into(), b"redirected");
+        }
     }
 
     /// The live connection, made anew if there is none or it was lost.
@@ -55,22 +128,24 @@ impl RpcClient {
                 return Ok(c.clone());
             }
         }
+        let addr = self.addr();
         if let Ok(f) = self.failed.lock() {
-            if let Some((at, why)) = f.as_ref() {
-                if at.elapsed() < RECONNECT_BACKOFF {
+            if let Some((at, why, to)) = f.as_ref() {
+                if *to == addr && at.elapsed() < RECONNECT_BACKOFF {
                     return Err(why.clone());
                 }
             }
         }
         let attempt = async {
-            let connecting = self
-                .endpoint
-                .connect(self.addr, self.role.dns_name())
-                .map_err(|e| Error::Transport(format!("connect {}: {e}", self.addr)))?;
+            let connecting = match &self.config {
+                Some(c) => self.endpoint.connect_with(c.clone(), addr, self.role.dns_name()),
+                None => self.endpoint.connect(addr, self.role.dns_name()),
+            }
+            .map_err(|e| Error::Transport(format!("connect {addr}: {e}")))?;
             tokio::time::timeout(CONNECT_TIMEOUT, connecting)
                 .await
-                .map_err(|_| Error::Transport(format!("connect {}: timed out", self.addr)))?
-                .map_err(|e| lost(self.addr, &e))
+                .map_err(|_| Error::Transport(format!("connect {addr}: timed out")))?
+                .map_err(|e| lost(addr, &e))
         };
         match attempt.await {
             Ok(conn) => {
@@ -85,8 +160,11 @@ impl RpcClient {
             }
             Err(e) => {
                 if let Ok(mut f) = self.failed.lock() {
-                    *f = Some((std::time::Instant::now(), e.clone()));
+                    *f = Some((std::time::Instant::now(), e.clone(), addr));
                 }
+                // The next attempt goes to the next address, if there is one.
+                let next = self.addrs.iter().position(|a| *a == addr).map_or(0, |i| (i + 1) % self.addrs.len());
+                self.at.store(next, std::sync::atomic::Ordering::Relaxed);
                 Err(e)
             }
         }
@@ -104,21 +182,22 @@ impl RpcClient {
             match conn.open_bi().await {
                 Ok(s) => break (conn, s),
                 Err(e) if attempt == 0 && !revoked(&e) => {
-                    tracing::debug!(addr = %self.addr, error = %e, "stream open failed; reconnecting");
+                    tracing::debug!(addr = %conn.remote_address(), error = %e, "stream open failed; reconnecting");
                     self.forget(&conn).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(lost(self.addr, &e)),
+                Err(e) => return Err(lost(conn.remote_address(), &e)),
             }
         };
-        let r = exchange(&mut send, &mut recv, &header, payload, self.addr, CALL_TIMEOUT).await;
+        let addr = conn.remote_address();
+        let r = exchange(&mut send, &mut recv, &header, payload, addr, CALL_TIMEOUT).await;
         if let Err(Error::Transport(_)) = &r {
             let refused = conn.close_reason().filter(revoked);
             // Only this call's connection: another call may already have
             // replaced it with a healthy one.
             self.forget(&conn).await;
             if let Some(e) = refused {
-                return Err(lost(self.addr, &e));
+                return Err(lost(addr, &e));
             }
         }
         r

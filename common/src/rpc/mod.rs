@@ -3,11 +3,13 @@
 //! mutual TLS with the cluster CA. `tls` builds the rustls configurations,
 //! `endpoint` the UDP sockets and transport settings, `client` makes calls
 //! `server` serves a `Service` (within a `budget` of bytes in flight),
-//! and `gate` keeps revoked certificates out.
+//! `gate` keeps revoked certificates out, and `leader` finds the MDS
+//! process that serves.
 pub mod budget;
 pub mod client;
 pub mod endpoint;
 pub mod gate;
+pub mod leader;
 pub mod server;
 pub mod tls;
 mod udp;

@@ -82,6 +82,8 @@ struct Writer {
     rt: tokio::runtime::Handle,
     shard: u32,
     stats: Arc<StoreStats>,
+    /// The group was started for this store alone, and stops with it.
+    owns_group: bool,
 }
 
 impl Writer {
@@ -97,6 +99,9 @@ impl Writer {
             self.commit_batch(batch);
         }
         // The store was dropped: stop the group, which closes the files.
+        if !self.owns_group {
+            return;
+        }
         if let Err(e) = self.rt.block_on(self.raft.shutdown()) {
             tracing::warn!(shard = self.shard, error = %e, "stopping shard group");
         }
@@ -138,7 +143,12 @@ impl Writer {
                 Ok(())
             } else {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.rt.block_on(self.raft.client_write(changes)).map(|_| ()).map_err(|e| Error::Io(format!("shard {shard}: commit: {e}")))
+                self.rt.block_on(self.raft.client_write(changes)).map(|_| ()).map_err(|e| match e.forward_to_leader() {
+                    // Another process leads now (or none does): the caller
+                    // is told where to go.
+                    Some(f) => Error::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default()),
+                    None => Error::Io(format!("shard {shard}: commit: {e}")),
+                })
             };
             if let Err(e) = &res {
                 tracing::error!(shard, error = %e, "commit failed");
@@ -213,20 +223,31 @@ impl ShardStore {
     /// [`ShardStore::open`], with a snapshot once the log has grown by
     /// `log_before_snapshot` bytes, or by the database's size if more.
     pub async fn open_with(dir: &Path, id: u32, log_before_snapshot: u64) -> Result<ShardStore> {
+        let db = Self::open_db(dir, id)?;
+        let raft = raft::start(dir, id, db.clone(), log_before_snapshot, &raft::Members::solo()).await?;
+        Self::over(id, db, raft, true)
+    }
+
+    /// Open (or make, with every table) shard `id`'s database in `dir`.
+    pub fn open_db(dir: &Path, id: u32) -> Result<Arc<redb::Database>> {
         std::fs::create_dir_all(dir)?;
         let db = Arc::new(redb::Database::create(dir.join(format!("shard-{id}.redb"))).io()?);
-        {
-            let t = db.begin_write().io()?;
-            for table in TABLES {
-                table.create(&t)?;
-            }
-            t.commit().io()?;
+        let t = db.begin_write().io()?;
+        for table in TABLES {
+            table.create(&t)?;
         }
-        let raft = raft::start(dir, id, db.clone(), log_before_snapshot).await?;
+        t.commit().io()?;
+        Ok(db)
+    }
+
+    /// The store of shard `id` over its database and its group, which this
+    /// process must lead for mutations to commit. With `owns_group`, the
+    /// group stops when the store is dropped.
+    pub fn over(id: u32, db: Arc<redb::Database>, raft: raft::ShardRaft, owns_group: bool) -> Result<ShardStore> {
         let metrics = raft.metrics();
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn Job>>();
         let stats = Arc::new(StoreStats::default());
-        let writer = Writer { db: db.clone(), raft, rt: tokio::runtime::Handle::current(), shard: id, stats: stats.clone() };
+        let writer = Writer { db: db.clone(), raft, rt: tokio::runtime::Handle::current(), shard: id, stats: stats.clone(), owns_group };
         std::thread::Builder::new().name(format!("shard-{id}-commit")).spawn(move || writer.run(rx))?;
         Ok(ShardStore { id, db, raft: metrics, tx, stats })
     }

@@ -17,9 +17,10 @@ struct Args {
     /// Override the listen address.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Override the MDS address.
+    /// Override the MDS address (several, comma-separated, for a
+    /// replicated MDS).
     #[arg(long)]
-    mds: Option<SocketAddr>,
+    mds: Option<aifs_common::config::MdsAddrs>,
     /// Override the data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,

@@ -473,7 +473,7 @@ async fn run(frames: u64, seed: u64, streams: usize) -> Result<()> {
             sent as f64 / secs,
             rss >> 20,
             heap >> 20,
-            cl.mds.ns.cluster.sessions.len(),
+            cl.ns().cluster.sessions.len(),
             slowest.as_millis(),
             PANICS.load(Ordering::Relaxed)
         );

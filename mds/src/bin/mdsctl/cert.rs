@@ -121,19 +121,19 @@ fn issue(ca: &Ca, cfg: &AdminConfig, node: &Node, out: &Path, days: u32, osd: Op
     let name = &node.name;
     let tls = TlsConfig { ca: cfg.tls.ca.clone(), cert: out.join(format!("{name}.pem")), key: out.join(format!("{name}.key")) };
     let text = match (node.role, osd, node.osd) {
-        (Role::Client, ..) => format!("name = \"{name}\"\n{}", crate::aifs_client_config(cfg.mds, tls, &cfg.transport)?),
+        (Role::Client, ..) => format!("name = \"{name}\"\n{}", crate::aifs_client_config(&cfg.mds, tls, &cfg.transport)?),
         (Role::Osd, Some(place), Some(id)) => to_toml(&aifs_osd::OsdConfig {
             id,
             listen: place.listen,
             advertise: None,
-            mds: cfg.mds,
+            mds: cfg.mds.clone(),
             data_dir: place.data.unwrap_or_else(|| PathBuf::from(format!("/var/lib/aifs/osd{id}"))),
             heartbeat_ms: 1000,
             limits: Default::default(),
             tls,
             transport: cfg.transport.clone(),
         })?,
-        _ => to_toml(&AdminConfig { mds: cfg.mds, tls, transport: cfg.transport.clone() })?,
+        _ => to_toml(&AdminConfig { mds: cfg.mds.clone(), tls, transport: cfg.transport.clone() })?,
     };
     let conf = out.join(format!("{name}.toml"));
     std::fs::write(&conf, text)?;

@@ -2,12 +2,13 @@
 //! certificate; without `--config` it uses the local cluster that
 //! `make run` started.
 use aifs_common::certs::{self, Role};
-use aifs_common::config::{local_state_dir, to_toml, TlsConfig, TransportConfig};
+use aifs_common::config::{local_state_dir, to_toml, MdsAddrs, TlsConfig, TransportConfig};
 use aifs_common::proto::mds::{LeaseMode, MdsReq, MdsResp, OsdInfo, OsdState, SessionInfo, ShardInfo};
 use aifs_common::proto::osd::{OsdCall, OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
 use aifs_common::{InodeId, LayoutPolicy, ObjectId, OsdId};
 use aifs_mds::admin::{human, parse_size, table, use_pct, Admin, AdminConfig};
+use aifs_mds::config::Member;
 use aifs_mds::MdsConfig;
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
@@ -43,9 +44,11 @@ enum Cmd {
         /// can: `mdsctl cert` needs it, no daemon does.
         #[arg(long)]
         ca_dir: Option<PathBuf>,
-        /// MDS address written into the configs.
+        /// MDS address written into the configs. Several, comma-separated,
+        /// make a replicated MDS: one config per member (mds1.toml, ...),
+        /// each shard a Raft group over all of them.
         #[arg(long, default_value = "127.0.0.1:7000")]
-        mds: SocketAddr,
+        mds: MdsAddrs,
         /// Number of OSD configs to write.
         #[arg(long, default_value_t = 3)]
         osds: u32,
@@ -155,7 +158,7 @@ fn main() {
 
 fn real_main(args: Args) -> anyhow::Result<()> {
     if let Cmd::Init { dir, ca_dir, mds, osds, osd_port, data, force } = &args.cmd {
-        return init(dir, ca_dir.clone(), *mds, *osds, *osd_port, data.clone(), *force);
+        return init(dir, ca_dir.clone(), mds, *osds, *osd_port, data.clone(), *force);
     }
     let cfg_path = args.config.clone().unwrap_or_else(|| local_state_dir().join("admin.toml"));
     let cfg: AdminConfig = aifs_common::config::load(&cfg_path).with_context(|| {
@@ -169,7 +172,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
 }
 
 
-fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: SocketAddr, osds: u32, osd_port: u16, data: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
+fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: &MdsAddrs, osds: u32, osd_port: u16, data: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
     let ca_dir = ca_dir.unwrap_or_else(|| cert::default_ca_dir(&dir));
@@ -179,9 +182,13 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: SocketAddr, osds: u32, osd_por
     })?;
     let data = data.unwrap_or_else(|| dir.join("data"));
     let tls = |r: Role| TlsConfig::in_dir(&dir, r.name());
-    let transport = TransportConfig::for_cluster_at(mds.ip());
-    let mcfg = MdsConfig {
-        listen: mds,
+    let transport = TransportConfig::for_cluster_at(mds.first().ip());
+    let replicated = mds.0.len() > 1;
+    let members: Vec<Member> = if replicated { mds.0.iter().zip(1..).map(|(a, id)| Member { id, addr: *a }).collect() } else { Vec::new() };
+    let mut mcfg = MdsConfig {
+        id: 1,
+        members,
+        listen: mds.first(),
         data_dir: data.join("mds"),
         shards: 4,
         default_layout: LayoutPolicy::default(),
@@ -195,14 +202,24 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: SocketAddr, osds: u32, osd_por
         tls: tls(Role::Mds),
         transport: transport.clone(),
     };
-    std::fs::write(dir.join("mds.toml"), to_toml(&mcfg)?)?;
+    if replicated {
+        for (i, addr) in mds.0.iter().enumerate() {
+            let id = i as u64 + 1;
+            mcfg.id = id;
+            mcfg.listen = *addr;
+            mcfg.data_dir = data.join(format!("mds{id}"));
+            std::fs::write(dir.join(format!("mds{id}.toml")), to_toml(&mcfg)?)?;
+        }
+    } else {
+        std::fs::write(dir.join("mds.toml"), to_toml(&mcfg)?)?;
+    }
     for i in 1..=osds {
         let port = osd_port.checked_add((i - 1) as u16).ok_or_else(|| anyhow!("OSD port out of range"))?;
         let ocfg = aifs_osd::OsdConfig {
             id: i,
-            listen: SocketAddr::new(mds.ip(), port),
+            listen: SocketAddr::new(mds.first().ip(), port),
             advertise: None,
-            mds,
+            mds: mds.clone(),
             data_dir: data.join(format!("osd{i}")),
             heartbeat_ms: 1000,
             limits: Default::default(),
@@ -213,19 +230,25 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: SocketAddr, osds: u32, osd_por
     }
     let ccfg = aifs_client_config(mds, tls(Role::Client), &transport)?;
     std::fs::write(dir.join("client.toml"), ccfg)?;
-    let acfg = AdminConfig { mds, tls: tls(Role::Admin), transport };
+    let acfg = AdminConfig { mds: mds.clone(), tls: tls(Role::Admin), transport };
     std::fs::write(dir.join("admin.toml"), to_toml(&acfg)?)?;
     println!("created certificates for mds, osd1..{osds}, client, admin in {}", dir.display());
     println!("the cluster CA's key is in {}: keep it apart from the nodes; `mdsctl cert` needs it", ca_dir.display());
-    println!("configs: mds.toml, osd1..{osds}.toml, client.toml, admin.toml");
+    let mds_configs = if replicated { format!("mds1..{}.toml", mds.0.len()) } else { "mds.toml".into() };
+    println!("configs: {mds_configs}, osd1..{osds}.toml, client.toml, admin.toml");
     Ok(())
 }
 
 /// The client config, written as text so mdsctl need not link the client;
 /// its transport section only where it differs from the defaults.
-pub(crate) fn aifs_client_config(mds: SocketAddr, tls: TlsConfig, transport: &TransportConfig) -> anyhow::Result<String> {
+pub(crate) fn aifs_client_config(mds: &MdsAddrs, tls: TlsConfig, transport: &TransportConfig) -> anyhow::Result<String> {
+    #[derive(serde::Serialize)]
+    struct Mds<'a> {
+        mds: &'a MdsAddrs,
+    }
     let mut text = format!(
-        "mds = \"{mds}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        "{}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        to_toml(&Mds { mds })?,
         tls.ca.display(),
         tls.cert.display(),
         tls.key.display()

@@ -6,23 +6,23 @@
 //! mutations wrote, row by row, so a member applies bytes and never runs
 //! a mutation's logic.
 //!
-//! Today every group has one member, this process, so an entry is
-//! committed once it is durable in the local log. Groups over several
-//! processes need the MDS-to-MDS transport, which is not built yet:
-//! [`Peers`] says so to openraft if it ever asks for another member.
+//! A group has one member (this process: an entry is committed once it
+//! is durable in the local log) or the MDS processes of the config's
+//! `members`, which reach each other over QUIC (net.rs). Then whichever
+//! process leads shard 0's group claims the others, and the others give
+//! up what they lead (replica.rs), so that one process leads them all.
 pub mod codec;
 mod log;
 mod machine;
+pub mod net;
 
 pub use log::LogStore;
 pub use machine::Machine;
 
 use crate::store::txn::ChangeSet;
 use aifs_common::{Error, Result};
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{BasicNode, Config, SnapshotPolicy};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,8 +41,36 @@ openraft::declare_raft_types!(
 pub type NodeId = u64;
 pub type ShardRaft = openraft::Raft<Cfg>;
 
-/// This process's member id in the groups it holds.
+/// This process's member id in one-member groups.
 pub const SELF: NodeId = 1;
+
+/// Who a process's groups are made of.
+#[derive(Clone)]
+pub struct Members {
+    /// This process's id among them.
+    pub me: NodeId,
+    /// Every member and the address its MDS serves at.
+    pub all: BTreeMap<NodeId, String>,
+    /// How to reach the others (none for a one-member group).
+    pub peers: Option<net::PeerClients>,
+}
+
+impl Members {
+    /// This process alone.
+    pub fn solo() -> Members {
+        Members { me: SELF, all: BTreeMap::from([(SELF, "local".to_string())]), peers: None }
+    }
+
+    pub fn is_solo(&self) -> bool {
+        self.all.len() == 1
+    }
+}
+
+/// Heartbeats go this often; a member that hears none for a random time
+/// in the election range stands for election.
+pub const HEARTBEAT_MS: u64 = 100;
+pub const ELECTION_MIN_MS: u64 = 300;
+pub const ELECTION_MAX_MS: u64 = 600;
 
 /// A snapshot writes every row of the shard, so one is taken only once the
 /// log has grown, since the last, by this many bytes or by the size of the
@@ -60,83 +88,44 @@ const KEEP_BEHIND_SNAPSHOT: u64 = 1_000;
 /// log.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Other members of a group, reached over the network: none yet.
-pub struct Peers;
-
-/// A member this process cannot reach.
-pub struct NoPeer {
-    target: NodeId,
-}
-
-impl NoPeer {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        let why = format!("MDS member {} cannot be reached: this MDS holds one-member groups only", self.target);
-        RPCError::Unreachable(Unreachable::new(&std::io::Error::other(why)))
-    }
-}
-
-impl RaftNetworkFactory<Cfg> for Peers {
-    type Network = NoPeer;
-
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> NoPeer {
-        NoPeer { target }
-    }
-}
-
-impl RaftNetwork<Cfg> for NoPeer {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<Cfg>,
-        _option: RPCOption,
-    ) -> std::result::Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<Cfg>,
-        _option: RPCOption,
-    ) -> std::result::Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>> {
-        Err(self.unreachable())
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> std::result::Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
-    }
-}
-
 fn raft_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Io(format!("{what}: {e}"))
 }
 
-/// Start shard `shard`'s group over `db` (the shard's database) and wait
-/// until this process leads it with every logged entry applied, so the
-/// mutations that run next see all that was acknowledged before. A
+/// Start shard `shard`'s group over `db` (the shard's database). A
+/// one-member group is ready when this returns: led here, with every
+/// logged entry applied, so the mutations that run next see all that was
+/// acknowledged before. A group of several members is made if it is new
+/// (every member makes the same first entry) and left to elect. A
 /// snapshot is taken once the log has grown by `log_before_snapshot`
 /// bytes, or by the database's size if more ([`LOG_BEFORE_SNAPSHOT`]).
-pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>, log_before_snapshot: u64) -> Result<ShardRaft> {
+pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>, log_before_snapshot: u64, members: &Members) -> Result<ShardRaft> {
     let log = LogStore::open(&dir.join(format!("shard-{shard}.log.redb")))?;
     let appended = log.appended.clone();
     let machine = Machine::new(db, dir, shard)?;
     let config = Config {
         cluster_name: format!("aifs-shard-{shard}"),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: HEARTBEAT_MS,
+        election_timeout_min: ELECTION_MIN_MS,
+        election_timeout_max: ELECTION_MAX_MS,
+        // An append must fit one message (`frame::MAX_PAYLOAD`): an entry
+        // is at most one batch of mutations.
+        max_payload_entries: 64,
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: KEEP_BEHIND_SNAPSHOT,
         ..Default::default()
     }
     .validate()
     .map_err(|e| raft_err("raft config", e))?;
-    let raft = ShardRaft::new(SELF, Arc::new(config), Peers, log, machine).await.map_err(|e| raft_err("starting shard group", e))?;
+    let network = net::Peers { shard, clients: members.peers.clone() };
+    let raft = ShardRaft::new(members.me, Arc::new(config), network, log, machine).await.map_err(|e| raft_err("starting shard group", e))?;
     if !raft.is_initialized().await.map_err(|e| raft_err("shard group", e))? {
-        let members = std::collections::BTreeMap::from([(SELF, BasicNode::new("local"))]);
-        raft.initialize(members).await.map_err(|e| raft_err("making shard group", e))?;
+        let all: BTreeMap<NodeId, BasicNode> = members.all.iter().map(|(id, a)| (*id, BasicNode::new(a))).collect();
+        raft.initialize(all).await.map_err(|e| raft_err("making shard group", e))?;
+    }
+    tokio::spawn(snapshot_when_grown(raft.clone(), appended, dir.join(format!("shard-{shard}.redb")), log_before_snapshot));
+    if !members.is_solo() {
+        return Ok(raft);
     }
     // The only voter: no reason to wait out an election timeout.
     if raft.metrics().borrow().current_leader != Some(SELF) {
@@ -152,7 +141,6 @@ pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>, log_before_s
         )
         .await
         .map_err(|e| raft_err(&format!("shard {shard} did not become ready"), e))?;
-    tokio::spawn(snapshot_when_grown(raft.clone(), appended, dir.join(format!("shard-{shard}.redb")), log_before_snapshot));
     Ok(raft)
 }
 

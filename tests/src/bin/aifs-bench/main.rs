@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod ckpt;
+mod failover;
 mod meta;
 mod osds;
 mod plan;
@@ -37,10 +38,12 @@ struct Args {
     dirs: usize,
     /// Only the metadata-rates table.
     meta_only: bool,
+    /// Only the MDS-leader-failover table.
+    failover_only: bool,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false, raw_only: false, dirs: 1000, meta_only: false };
+    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false, raw_only: false, dirs: 1000, meta_only: false, failover_only: false };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().context("missing value");
@@ -55,10 +58,11 @@ fn parse_args() -> Result<Args> {
             "--raw-only" => a.raw_only = true,
             "--dirs" => a.dirs = v()?.parse()?,
             "--meta-only" => a.meta_only = true,
+            "--failover-only" => a.failover_only = true,
             "-h" | "--help" => {
                 println!(
                     "aifs-bench [--size-mib 4096] [--files 10000] [--dirs 1000] [--runs 3] [--threads 8] [--local-dir DIR] [--ckpt-mib 1024] \
-                     [--ckpt-only] [--raw-only] [--meta-only]"
+                     [--ckpt-only] [--raw-only] [--meta-only] [--failover-only]"
                 );
                 std::process::exit(0);
             }
@@ -450,6 +454,9 @@ fn main() -> Result<()> {
         return worker::main(&argv[2..]);
     }
     let a = parse_args()?;
+    if a.failover_only {
+        return failover::table(a.runs);
+    }
     let mut cluster = ProcCluster::start(3).context("starting a 3-OSD cluster")?;
     let mount = cluster.mount()?;
     let pids = cluster.pids_with(&mount);
@@ -576,7 +583,7 @@ fn main() -> Result<()> {
     drop(raw);
     drop(mount);
     drop(cluster);
-    Ok(())
+    failover::table(a.runs)
 }
 
 /// The metadata-rates table (meta.rs), local disk and aifs alternating.

@@ -1,0 +1,53 @@
+//! Calls to a replicated MDS: only the process that leads the shards'
+//! groups serves; the others answer "not leader", naming the leader when
+//! they know it. A call follows those answers, and moves on from a member
+//! it cannot reach, until one serves or an election has had time to end.
+use super::RpcClient;
+use crate::error::{Error, Result};
+use crate::proto::mds::{MdsCall, MdsReply, MdsResp};
+use std::time::{Duration, Instant};
+
+/// How long a call looks for the leader: a few elections' worth.
+pub const FIND_LEADER: Duration = Duration::from_secs(10);
+
+/// The pause before asking again when no member knows a leader yet.
+const NO_LEADER_PAUSE: Duration = Duration::from_millis(100);
+
+/// What to do after an answer (or none) from one member.
+pub enum Next {
+    /// Use this outcome.
+    Done(Result<MdsReply>),
+    /// Ask again, after `pause`: another member was chosen.
+    Again(Duration),
+}
+
+/// Look at one attempt's outcome and, if another member should be asked,
+/// point `mds` at it.
+pub async fn follow(mds: &RpcClient, r: Result<MdsReply>) -> Next {
+    match r {
+        Ok(MdsReply { resp: MdsResp::Err(e), .. }) if e.code == Error::NotLeader(String::new()).code() => {
+            mds.redirect(&e.msg).await;
+            Next::Again(if e.msg.is_empty() { NO_LEADER_PAUSE } else { Duration::ZERO })
+        }
+        Err(e) if e.unreachable() && mds.members() > 1 => {
+            mds.redirect("").await;
+            Next::Again(NO_LEADER_PAUSE)
+        }
+        other => Next::Done(other),
+    }
+}
+
+/// One call to whichever member of `mds` leads, for up to [`FIND_LEADER`].
+pub async fn call_leader(mds: &RpcClient, call: &MdsCall) -> Result<MdsReply> {
+    let started = Instant::now();
+    loop {
+        let r = mds.call::<_, MdsReply>(call, &[]).await.map(|(reply, _)| reply);
+        match follow(mds, r).await {
+            Next::Done(r) => return r,
+            Next::Again(_) if started.elapsed() >= FIND_LEADER => {
+                return Err(Error::Unavailable(format!("no MDS of {} leads (looked for {FIND_LEADER:?})", mds.addrs())))
+            }
+            Next::Again(pause) => tokio::time::sleep(pause).await,
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! What answers on the MDS's endpoint: Raft messages from the other MDS
+//! processes, always; every other request, by the namespace service while
+//! this process leads the shards' groups, and otherwise by "not leader",
+//! naming the process that leads if one is known, so that clients, OSDs and
+//! `mdsctl` go there.
+use crate::replica::Replica;
+use crate::service::MdsService;
+use aifs_common::certs::Role;
+use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
+use aifs_common::rpc::{Peer, Service};
+use aifs_common::Error;
+use bytes::Bytes;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// How long a request waits for this leader's lease to be renewed (a
+/// heartbeat round late) before it is told to go elsewhere.
+const LEASE_WAIT: Duration = Duration::from_millis(500);
+
+/// The namespace service and the tasks that run beside it while this
+/// process leads; stopped when it is dropped.
+pub struct Active {
+    pub svc: Arc<MdsService>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub struct Front {
+    pub replica: Arc<Replica>,
+    active: RwLock<Option<Arc<Active>>>,
+}
+
+impl Front {
+    pub fn new(replica: Arc<Replica>) -> Self {
+        Front { replica, active: RwLock::new(None) }
+    }
+
+    /// The namespace service, while it runs here.
+    pub fn active(&self) -> Option<Arc<Active>> {
+        self.active.read().ok().and_then(|a| a.clone())
+    }
+
+    pub fn set_active(&self, a: Option<Active>) {
+        if let Ok(mut cur) = self.active.write() {
+            *cur = a.map(Arc::new);
+        }
+    }
+
+    /// The service, once this process leads within its lease; waits a
+    /// little for a lease a heartbeat round late.
+    async fn leading(&self) -> Option<Arc<Active>> {
+        let until = tokio::time::Instant::now() + LEASE_WAIT;
+        loop {
+            if let Some(a) = self.active() {
+                if self.replica.leads_all() {
+                    return Some(a);
+                }
+            } else {
+                return None;
+            }
+            if tokio::time::Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn raft(&self, peer: &Arc<Peer>, shard: u32, payload: Bytes) -> aifs_common::Result<(MdsReply, Vec<Bytes>)> {
+        if peer.role != Role::Mds {
+            return Err(Error::Unauthorized(format!("a {} certificate cannot send Raft messages", peer.role.name())));
+        }
+        let out = self.replica.serve(shard, &payload).await?;
+        Ok((MdsReply { session: None, resp: MdsResp::Raft { len: out.len() as u64 } }, vec![Bytes::from(out)]))
+    }
+}
+
+impl Service for Front {
+    type Req = MdsCall;
+    type Resp = MdsReply;
+
+    async fn call(&self, peer: &Arc<Peer>, call: MdsCall, payload: Bytes) -> (MdsReply, Vec<Bytes>) {
+        if let MdsReq::Raft { shard, .. } = call.req {
+            return self.raft(peer, shard, payload).await.unwrap_or_else(|e| (Self::error(e), vec![]));
+        }
+        match self.leading().await {
+            Some(a) => a.svc.call(peer, call, payload).await,
+            None => (Self::error(Error::NotLeader(self.replica.leader_addr())), vec![]),
+        }
+    }
+
+    fn error(e: Error) -> MdsReply {
+        MdsReply { session: None, resp: MdsResp::Err(e.to_wire()) }
+    }
+
+    fn accepts(&self, _role: Role) -> bool {
+        true
+    }
+}

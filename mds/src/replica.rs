@@ -1,0 +1,179 @@
+//! This process's part in the shards' Raft groups (DESIGN.md, "Metadata
+//! that survives losing a machine"): the groups are opened when the
+//! process starts and live as long as it does, led here or not. The
+//! namespace service runs over them only while this process leads every
+//! one ([`Replica::ready`]); front.rs answers everyone else "not leader".
+//!
+//! One process leads all shards, so that an operation over two shards
+//! never spans processes: the process that leads shard 0's group stands
+//! for election in every other group ([`Replica::claim`]), and a process
+//! that leads another group but not shard 0's stops its heartbeats there,
+//! so that the group elects again. Every group elects by itself too: a
+//! claimant whose log is behind in a group cannot win it until another
+//! member, elected, has brought its log up to date.
+//!
+//! A leader serves reads under a lease: only while a majority acknowledged
+//! its heartbeats within [`LEASE`], shorter than the time before a member
+//! would vote for anyone else (openraft's lease, the election timeout's
+//! upper bound, counted from when the member heard the heartbeat, which
+//! is after the leader sent it).
+use crate::store::raft::{self, net, Members, NodeId, ShardRaft};
+use crate::store::ShardStore;
+use aifs_common::Result;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long after its last majority acknowledgement a leader answers.
+pub const LEASE: Duration = Duration::from_millis(raft::ELECTION_MAX_MS * 2 / 3);
+
+/// How long a claim of a group waits before trying again.
+const CLAIM_EVERY: Duration = Duration::from_millis(raft::ELECTION_MAX_MS);
+
+pub struct Group {
+    pub shard: u32,
+    pub db: Arc<redb::Database>,
+    pub raft: ShardRaft,
+    /// When a majority last acknowledged this member as leader.
+    acked: Arc<Mutex<Option<Instant>>>,
+    /// When this process last stood for election here.
+    claimed: Mutex<Option<Instant>>,
+}
+
+pub struct Replica {
+    pub members: Members,
+    pub groups: Vec<Group>,
+}
+
+impl Replica {
+    /// Open the `nshards` shard databases in `dir` and start their groups
+    /// over `members`. One-member groups are led here when this returns.
+    pub async fn open(dir: &Path, nshards: u32, members: Members) -> Result<Replica> {
+        crate::namespace::check_shard_count(dir, nshards)?;
+        let mut groups = Vec::new();
+        for shard in 0..nshards {
+            let db = ShardStore::open_db(dir, shard)?;
+            let raft = raft::start(dir, shard, db.clone(), raft::LOG_BEFORE_SNAPSHOT, &members).await?;
+            let acked = Arc::new(Mutex::new(None));
+            tokio::spawn(watch_acks(raft.clone(), members.me, acked.clone()));
+            groups.push(Group { shard, db, raft, acked, claimed: Mutex::new(None) });
+        }
+        // the names of store files just made
+        crate::store::sync_dir(dir)?;
+        Ok(Replica { members, groups })
+    }
+
+    /// Shard stores over the groups, for a namespace to run on while this
+    /// process leads them.
+    pub fn stores(&self) -> Result<Vec<Arc<ShardStore>>> {
+        self.groups.iter().map(|g| Ok(Arc::new(ShardStore::over(g.shard, g.db.clone(), g.raft.clone(), false)?))).collect()
+    }
+
+    pub fn group(&self, shard: u32) -> Option<&Group> {
+        self.groups.get(shard as usize)
+    }
+
+    /// This process leads every group, each within its lease.
+    pub fn leads_all(&self) -> bool {
+        let me = self.members.me;
+        self.groups.iter().all(|g| {
+            g.raft.metrics().borrow().current_leader == Some(me)
+                && (self.members.is_solo() || g.acked.lock().ok().and_then(|a| *a).is_some_and(|at| at.elapsed() < LEASE))
+        })
+    }
+
+    /// Some group is not led here: another member leads it, or none does.
+    pub fn lost_a_group(&self) -> bool {
+        let me = self.members.me;
+        self.groups.iter().any(|g| g.raft.metrics().borrow().current_leader != Some(me))
+    }
+
+    /// The namespace may start here: every group led here, in its lease,
+    /// with its whole log applied in this term (so it holds everything
+    /// acknowledged before).
+    pub fn ready(&self) -> bool {
+        self.leads_all()
+            && self.groups.iter().all(|g| {
+                let m = g.raft.metrics().borrow().clone();
+                m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term && Some(l.index) == m.last_log_index)
+            })
+    }
+
+    /// The address of the process leading shard 0's group, as its
+    /// membership names it, if one leads and it is another.
+    pub fn leader_addr(&self) -> String {
+        let m = self.groups[0].raft.metrics().borrow().clone();
+        match m.current_leader {
+            Some(id) if id != self.members.me => m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+
+    /// One step towards one process leading every group: stand for
+    /// election in each group not led here while this process leads shard
+    /// 0's; stop heartbeats in those led here while it does not.
+    pub async fn claim(&self) {
+        let me = self.members.me;
+        if self.members.is_solo() {
+            return;
+        }
+        let leads_zero = self.groups[0].raft.metrics().borrow().current_leader == Some(me);
+        for g in &self.groups[1..] {
+            let leader = g.raft.metrics().borrow().current_leader;
+            g.raft.runtime_config().heartbeat(leads_zero || leader != Some(me));
+            if !leads_zero || leader == Some(me) {
+                continue;
+            }
+            let due = match g.claimed.lock() {
+                Ok(mut c) => {
+                    let due = c.is_none_or(|at| at.elapsed() >= CLAIM_EVERY);
+                    if due {
+                        *c = Some(Instant::now());
+                    }
+                    due
+                }
+                Err(_) => false,
+            };
+            if due {
+                tracing::info!(shard = g.shard, "standing for election: this MDS leads shard 0");
+                if let Err(e) = g.raft.trigger().elect().await {
+                    tracing::warn!(shard = g.shard, error = %e, "could not stand for election");
+                }
+            }
+        }
+    }
+
+    /// Answer a Raft message for shard `shard`'s group from another MDS.
+    pub async fn serve(&self, shard: u32, msg: &[u8]) -> Result<Vec<u8>> {
+        let g = self.group(shard).ok_or_else(|| aifs_common::Error::InvalidArgument(format!("no shard {shard} here")))?;
+        net::serve(&g.raft, msg).await
+    }
+
+    /// Stop every group.
+    pub async fn shutdown(&self) {
+        for g in &self.groups {
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(shard = g.shard, error = %e, "stopping shard group");
+            }
+        }
+    }
+}
+
+/// Keep `acked` at when a majority last acknowledged `me` as leader of
+/// `raft`'s group: from each report, its age subtracted from when it was
+/// seen (a report seen late only makes the lease look older).
+async fn watch_acks(raft: ShardRaft, me: NodeId, acked: Arc<Mutex<Option<Instant>>>) {
+    let mut rx = raft.metrics();
+    while rx.changed().await.is_ok() {
+        let at = {
+            let m = rx.borrow_and_update();
+            match (m.current_leader == Some(me), m.millis_since_quorum_ack) {
+                (true, Some(ms)) => Instant::now().checked_sub(Duration::from_millis(ms)),
+                _ => None,
+            }
+        };
+        if let Ok(mut a) = acked.lock() {
+            *a = at;
+        }
+    }
+}

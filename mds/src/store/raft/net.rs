@@ -1,0 +1,227 @@
+//! Raft between MDS processes: openraft's three messages (append, vote,
+//! snapshot chunk) as rkyv structs of the codec's plain types, carried as
+//! `MdsReq::Raft` over the MDS's own QUIC endpoint with mTLS. The sender
+//! is the RPC client of one peer MDS ([`Peers`]); the receiver is
+//! [`serve`], which the MDS calls only for a caller whose certificate is
+//! an MDS's.
+use super::codec::{decode, encode, DiskEntry, DiskLogId, DiskStoredMembership, DiskVote};
+use super::{Cfg, NodeId, ShardRaft};
+use aifs_common::certs::Role;
+use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
+use aifs_common::rpc::RpcClient;
+use aifs_common::{Error, Result};
+use bytes::Bytes;
+use dashmap::DashMap;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{BasicNode, LogId, SnapshotMeta};
+use rkyv::{Archive, Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// One message to a member of a group.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub enum WireReq {
+    Append { vote: DiskVote, prev: Option<DiskLogId>, entries: Vec<DiskEntry>, commit: Option<DiskLogId> },
+    Vote { vote: DiskVote, last: Option<DiskLogId> },
+    Snapshot { vote: DiskVote, last: Option<DiskLogId>, membership: DiskStoredMembership, id: String, offset: u64, data: Vec<u8>, done: bool },
+}
+
+/// Its answer.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub enum WireResp {
+    Appended(Appended),
+    Voted { vote: DiskVote, granted: bool, last: Option<DiskLogId> },
+    Installed { vote: DiskVote },
+    /// The member could not take it (its group stopped, a snapshot chunk
+    /// out of order): why, in words.
+    Refused(String),
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub enum Appended {
+    Success,
+    Partial(Option<DiskLogId>),
+    Conflict,
+    HigherVote(DiskVote),
+}
+
+fn log_id(l: &Option<LogId<NodeId>>) -> Option<DiskLogId> {
+    l.as_ref().map(DiskLogId::from)
+}
+
+fn from_disk(l: &Option<DiskLogId>) -> Option<LogId<NodeId>> {
+    l.as_ref().map(LogId::from)
+}
+
+/// Answer `req` as shard group `raft`'s member.
+pub async fn serve(raft: &ShardRaft, req: &[u8]) -> Result<Vec<u8>> {
+    let resp = match decode::<WireReq>(req)? {
+        WireReq::Append { vote, prev, entries, commit } => {
+            let rpc = AppendEntriesRequest::<Cfg> {
+                vote: (&vote).into(),
+                prev_log_id: from_disk(&prev),
+                entries: entries.into_iter().map(Into::into).collect(),
+                leader_commit: from_disk(&commit),
+            };
+            match raft.append_entries(rpc).await {
+                Ok(AppendEntriesResponse::Success) => WireResp::Appended(Appended::Success),
+                Ok(AppendEntriesResponse::PartialSuccess(l)) => WireResp::Appended(Appended::Partial(log_id(&l))),
+                Ok(AppendEntriesResponse::Conflict) => WireResp::Appended(Appended::Conflict),
+                Ok(AppendEntriesResponse::HigherVote(v)) => WireResp::Appended(Appended::HigherVote((&v).into())),
+                Err(e) => WireResp::Refused(e.to_string()),
+            }
+        }
+        WireReq::Vote { vote, last } => match raft.vote(VoteRequest { vote: (&vote).into(), last_log_id: from_disk(&last) }).await {
+            Ok(r) => WireResp::Voted { vote: (&r.vote).into(), granted: r.vote_granted, last: log_id(&r.last_log_id) },
+            Err(e) => WireResp::Refused(e.to_string()),
+        },
+        WireReq::Snapshot { vote, last, membership, id, offset, data, done } => {
+            let rpc = InstallSnapshotRequest::<Cfg> {
+                vote: (&vote).into(),
+                meta: SnapshotMeta { last_log_id: from_disk(&last), last_membership: (&membership).into(), snapshot_id: id },
+                offset,
+                data,
+                done,
+            };
+            match raft.install_snapshot(rpc).await {
+                Ok(r) => WireResp::Installed { vote: (&r.vote).into() },
+                Err(e) => WireResp::Refused(e.to_string()),
+            }
+        }
+    };
+    encode(&resp)
+}
+
+/// One RPC client per peer MDS, shared by every group's network.
+#[derive(Clone)]
+pub struct PeerClients {
+    endpoint: quinn::Endpoint,
+    /// Connections leave a silent peer soon (`member_client_config`).
+    config: quinn::ClientConfig,
+    clients: Arc<DashMap<SocketAddr, Arc<RpcClient>>>,
+}
+
+impl PeerClients {
+    pub fn new(endpoint: quinn::Endpoint, config: quinn::ClientConfig) -> Self {
+        PeerClients { endpoint, config, clients: Default::default() }
+    }
+
+    fn to(&self, addr: SocketAddr) -> Arc<RpcClient> {
+        let new = || Arc::new(RpcClient::new(self.endpoint.clone(), addr, Role::Mds).with_config(self.config.clone()));
+        self.clients.entry(addr).or_insert_with(new).clone()
+    }
+}
+
+/// The network of shard `shard`'s group: members are reached at the
+/// address their membership entry names.
+pub struct Peers {
+    pub shard: u32,
+    /// None: a one-member group, which never sends.
+    pub clients: Option<PeerClients>,
+}
+
+/// The way to one member of one group.
+pub struct Peer {
+    shard: u32,
+    target: NodeId,
+    client: std::result::Result<Arc<RpcClient>, String>,
+}
+
+impl RaftNetworkFactory<Cfg> for Peers {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        let client = match &self.clients {
+            None => Err(format!("MDS {target} cannot be reached: this MDS holds one-member groups only")),
+            Some(c) => node.addr.parse::<SocketAddr>().map(|a| c.to(a)).map_err(|e| format!("MDS {target} has a bad address {:?}: {e}", node.addr)),
+        };
+        Peer { shard: self.shard, target, client }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> = std::result::Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+fn unreachable<E: std::error::Error>(why: String) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(why)))
+}
+
+fn refused<E: std::error::Error>(why: String) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(why)))
+}
+
+impl Peer {
+    /// Send `req`; its answer, or why there is none as openraft wants it:
+    /// unreachable (back off) or a network error (try again).
+    async fn send<E: std::error::Error>(&self, req: &WireReq, option: &RPCOption) -> std::result::Result<WireResp, RPCError<NodeId, BasicNode, E>> {
+        let client = self.client.as_ref().map_err(|e| unreachable(e.clone()))?;
+        let body = encode(req).map_err(|e| refused(e.to_string()))?;
+        let call = MdsCall::from(MdsReq::Raft { shard: self.shard, len: body.len() as u64 });
+        let sent = tokio::time::timeout(option.hard_ttl(), client.call::<_, MdsReply>(&call, &[Bytes::from(body)])).await;
+        let target = self.target;
+        let (reply, bytes) = match sent {
+            Err(_) => return Err(refused(format!("MDS {target}: no answer in {:?}", option.hard_ttl()))),
+            Ok(Err(e)) if e.unreachable() => return Err(unreachable(format!("MDS {target}: {e}"))),
+            Ok(Err(e)) => return Err(refused(format!("MDS {target}: {e}"))),
+            Ok(Ok(r)) => r,
+        };
+        match reply.resp {
+            MdsResp::Raft { .. } => match decode::<WireResp>(&bytes) {
+                Ok(WireResp::Refused(why)) => Err(refused(format!("MDS {target}: {why}"))),
+                Ok(r) => Ok(r),
+                Err(e) => Err(refused(format!("MDS {target}: {e}"))),
+            },
+            MdsResp::Err(e) => Err(refused(format!("MDS {target}: {}", Error::from_wire(e.code, &e.msg)))),
+            other => Err(refused(format!("MDS {target}: unexpected answer {other:?}"))),
+        }
+    }
+}
+
+fn unexpected<E: std::error::Error>(target: NodeId, r: WireResp) -> RPCError<NodeId, BasicNode, E> {
+    refused(format!("MDS {target}: answer of another kind: {r:?}"))
+}
+
+impl RaftNetwork<Cfg> for Peer {
+    async fn append_entries(&mut self, rpc: AppendEntriesRequest<Cfg>, option: RPCOption) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let req = WireReq::Append {
+            vote: (&rpc.vote).into(),
+            prev: log_id(&rpc.prev_log_id),
+            entries: rpc.entries.iter().map(DiskEntry::from).collect(),
+            commit: log_id(&rpc.leader_commit),
+        };
+        match self.send(&req, &option).await? {
+            WireResp::Appended(a) => Ok(match a {
+                Appended::Success => AppendEntriesResponse::Success,
+                Appended::Partial(l) => AppendEntriesResponse::PartialSuccess(from_disk(&l)),
+                Appended::Conflict => AppendEntriesResponse::Conflict,
+                Appended::HigherVote(v) => AppendEntriesResponse::HigherVote((&v).into()),
+            }),
+            other => Err(unexpected(self.target, other)),
+        }
+    }
+
+    async fn install_snapshot(&mut self, rpc: InstallSnapshotRequest<Cfg>, option: RPCOption) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        let req = WireReq::Snapshot {
+            vote: (&rpc.vote).into(),
+            last: log_id(&rpc.meta.last_log_id),
+            membership: (&rpc.meta.last_membership).into(),
+            id: rpc.meta.snapshot_id,
+            offset: rpc.offset,
+            data: rpc.data,
+            done: rpc.done,
+        };
+        match self.send(&req, &option).await? {
+            WireResp::Installed { vote } => Ok(InstallSnapshotResponse { vote: (&vote).into() }),
+            other => Err(unexpected(self.target, other)),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        let req = WireReq::Vote { vote: (&rpc.vote).into(), last: log_id(&rpc.last_log_id) };
+        match self.send(&req, &option).await? {
+            WireResp::Voted { vote, granted, last } => Ok(VoteResponse { vote: (&vote).into(), vote_granted: granted, last_log_id: from_disk(&last) }),
+            other => Err(unexpected(self.target, other)),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! A replicated MDS: every shard a Raft group over three `aifs-mds`
+//! processes, real OSDs and a real mount. Losing any one MDS process
+//! (`kill -9`, or its whole data directory) loses no acknowledged
+//! metadata, and a checkpoint being written goes on through the leader's
+//! death. Needs root and /dev/fuse; `make test` enables `fuse_tests`.
+#![cfg(feature = "fuse_tests")]
+
+use aifs_tests::pattern;
+use aifs_tests::proc::ProcCluster;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+const MIB: usize = 1 << 20;
+
+/// How long a leader change may take to show in `mdsctl shard ls`.
+const ELECTION: Duration = Duration::from_secs(30);
+
+/// Write `mib` MiB of the pattern of `seed` to `path`, in 1 MiB writes,
+/// and fsync it.
+fn write_file(path: &Path, seed: u64, mib: usize) {
+    let mut f = File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    let mut buf = vec![0u8; MIB];
+    for i in 0..mib {
+        pattern::fill(seed, (i * MIB) as u64, &mut buf);
+        f.write_all(&buf).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+    f.sync_all().unwrap_or_else(|e| panic!("fsync {}: {e}", path.display()));
+}
+
+fn check_file(path: &Path, seed: u64, mib: usize) {
+    let len = fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display())).len();
+    assert_eq!(len, (mib * MIB) as u64, "{} has the wrong size", path.display());
+    let diff = pattern::first_difference(path, seed, len).unwrap();
+    assert_eq!(diff, None, "{} differs from what was written", path.display());
+}
+
+/// Files `names` made in `dir`, each holding its own name, fsynced with
+/// the directory.
+fn make_named(dir: &Path, names: std::ops::Range<u32>) {
+    fs::create_dir_all(dir).unwrap();
+    for i in names {
+        fs::write(dir.join(format!("f{i}")), format!("{i}")).unwrap();
+    }
+    File::open(dir).unwrap().sync_all().unwrap();
+}
+
+fn check_named(dir: &Path, names: std::ops::Range<u32>) {
+    for i in names {
+        let p = dir.join(format!("f{i}"));
+        assert_eq!(fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())), format!("{i}"));
+    }
+}
+
+/// The leader is killed while four ranks write their shards of a
+/// checkpoint: every write and fsync succeeds, a new leader takes over,
+/// and every byte reads back; the old leader comes back as a follower,
+/// and the next leader's death loses nothing either.
+#[test]
+fn a_checkpoint_goes_on_through_the_mds_leaders_death() {
+    let mut cl = ProcCluster::start_replicated(3, 3).unwrap();
+    let m = cl.mount().unwrap();
+    let first = cl.mds_leader(ELECTION).unwrap();
+    make_named(&m.p("before"), 0..50);
+    let root = m.path.clone();
+    let ranks: Vec<_> = (0..4u64)
+        .map(|r| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let dir = root.join(format!("step1/rank{r}"));
+                fs::create_dir_all(&dir).unwrap();
+                for part in 0..6u64 {
+                    write_file(&dir.join(format!("part{part}")), r * 100 + part, 4);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    cl.kill9_mds_member(first);
+    for r in ranks {
+        r.join().expect("a rank's writes failed through the leader's death");
+    }
+    let second = cl.mds_leader(ELECTION).unwrap();
+    assert_ne!(second, first, "the killed member still leads");
+    for r in 0..4u64 {
+        for part in 0..6u64 {
+            check_file(&m.p(&format!("step1/rank{r}/part{part}")), r * 100 + part, 4);
+        }
+    }
+    check_named(&m.p("before"), 0..50);
+    // The old leader rejoins as a follower; then the new one dies too.
+    cl.start_mds_member(first).unwrap();
+    make_named(&m.p("after"), 0..50);
+    std::thread::sleep(Duration::from_secs(2));
+    cl.kill9_mds_member(second);
+    let third = cl.mds_leader(ELECTION).unwrap();
+    assert!(third != second, "the killed member still leads");
+    check_named(&m.p("before"), 0..50);
+    check_named(&m.p("after"), 0..50);
+    check_file(&m.p("step1/rank3/part5"), 305, 4);
+}
+
+/// A member whose data directory is lost comes back empty and catches up
+/// from the others: with the third member down it forms the majority
+/// that takes new metadata, and it then leads with everything, the
+/// metadata from before its loss among it.
+#[test]
+fn a_member_with_a_wiped_data_directory_catches_up_and_holds_everything() {
+    let mut cl = ProcCluster::start_replicated(3, 3).unwrap();
+    let m = cl.mount().unwrap();
+    let leader = cl.mds_leader(ELECTION).unwrap();
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let (wiped, other) = (others[0], others[1]);
+    make_named(&m.p("old"), 0..100);
+    write_file(&m.p("old/data"), 7, 8);
+    cl.kill9_mds_member(wiped);
+    let dir = cl.mds_data_dir(wiped).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+    cl.start_mds_member(wiped).unwrap();
+    // Without `other`, nothing commits unless the wiped member acks it.
+    cl.kill9_mds_member(other);
+    make_named(&m.p("new"), 0..100);
+    write_file(&m.p("new/data"), 8, 8);
+    // The leader dies and `other` comes back, behind: only the member
+    // that was wiped holds the newest entries, so it must lead.
+    cl.kill9_mds_member(leader);
+    cl.start_mds_member(other).unwrap();
+    let now = cl.mds_leader(ELECTION).unwrap();
+    assert_eq!(now, wiped, "the member holding the newest entries leads");
+    check_named(&m.p("old"), 0..100);
+    check_named(&m.p("new"), 0..100);
+    check_file(&m.p("old/data"), 7, 8);
+    check_file(&m.p("new/data"), 8, 8);
+}
