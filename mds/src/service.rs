@@ -10,7 +10,7 @@ use aifs_common::certs::Role;
 use crate::leases::Holder;
 use aifs_common::locks::{Lock, Refused};
 use aifs_common::lease::LeaseKind;
-use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, Reserved, ShardInfo, Statfs, Writable, MAX_UNRESERVE, RESERVE_BATCH};
+use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, MemberInfo, RepairInfo, Reserved, ShardInfo, Statfs, Writable, MAX_UNRESERVE, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
 use aifs_common::cap::{Cap, READ, WRITE};
 use aifs_common::perm::{self, Cred};
@@ -99,6 +99,28 @@ fn after_restart_too(req: &MdsReq) -> bool {
     )
 }
 const ADMIN: &[Role] = &[Role::Admin];
+
+/// The MDS processes of the shards' groups (`groups`, one per shard, as
+/// this process, their leader, sees them).
+fn members(groups: &[crate::store::GroupState]) -> Vec<MemberInfo> {
+    let Some(first) = groups.first() else { return Vec::new() };
+    first
+        .nodes
+        .iter()
+        .map(|(id, addr)| MemberInfo {
+            id: *id,
+            addr: addr.clone(),
+            leader: first.leader == Some(*id),
+            matched: groups
+                .iter()
+                .map(|g| match g.leader == Some(*id) {
+                    true => g.last_log,
+                    false => g.matched.iter().find(|(m, _)| m == id).map_or(0, |(_, i)| *i),
+                })
+                .collect(),
+        })
+        .collect()
+}
 
 
 impl MdsService {
@@ -648,12 +670,14 @@ impl MdsService {
             }
             MdsReq::Status => {
                 need(peer, ADMIN)?;
+                let groups: Vec<_> = ns.shards.iter().map(|s| s.group()).collect();
+                let members = members(&groups);
                 let shards = ns
                     .shard_counts()
                     .await?
                     .into_iter()
                     .map(|(id, inodes, dentries, pending_gc, degraded)| {
-                        let g = ns.shard(id).group();
+                        let g = groups.get(id as usize).cloned().unwrap_or_else(|| ns.shard(id).group());
                         ShardInfo {
                             id,
                             inodes,
@@ -675,6 +699,7 @@ impl MdsService {
                     osds: ns.cluster.osd_infos(),
                     sessions: ns.cluster.session_infos(),
                     evictions: ns.cluster.evictions(),
+                    members,
                     mds_requests: self.requests.load(std::sync::atomic::Ordering::Relaxed),
                     osd_epoch: ns.cluster.epoch(),
                     statfs: self.statfs().await,

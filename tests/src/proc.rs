@@ -302,6 +302,12 @@ impl ProcCluster {
         Self::freeze(self.mds.first().and_then(Option::as_ref))
     }
 
+    /// Stop MDS member `id` (SIGSTOP) until the guard drops: a member cut
+    /// off from everyone, which then comes back thinking nothing changed.
+    pub fn freeze_mds_member(&self, id: u64) -> Frozen<'_> {
+        Self::freeze(self.mds.get((id - 1) as usize).and_then(Option::as_ref))
+    }
+
     /// Stop OSD `i` (1-based) until the guard drops.
     pub fn freeze_osd(&self, i: u32) -> Frozen<'_> {
         Self::freeze(self.osds.get((i - 1) as usize).and_then(Option::as_ref))

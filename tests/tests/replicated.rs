@@ -53,6 +53,35 @@ fn check_named(dir: &Path, names: std::ops::Range<u32>) {
     }
 }
 
+/// `mdsctl mds ls --json`: each member's id, whether it leads, and the
+/// log it holds per shard.
+fn members(cl: &ProcCluster) -> Vec<(u64, bool, Vec<u64>)> {
+    let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "mds", "ls"]).unwrap()).unwrap();
+    let list = v.as_array().expect("mds ls is a list");
+    list.iter()
+        .map(|m| {
+            let matched = m["matched"].as_array().expect("matched").iter().map(|i| i.as_u64().expect("an index")).collect();
+            (m["id"].as_u64().expect("an id"), m["leader"].as_bool().expect("leader"), matched)
+        })
+        .collect()
+}
+
+/// Wait until the leader knows `id` holds every shard's log as far as it
+/// does itself.
+fn wait_caught_up(cl: &ProcCluster, id: u64) {
+    let t = std::time::Instant::now();
+    loop {
+        let ms = members(cl);
+        let leader = ms.iter().find(|m| m.1).map(|m| m.2.clone());
+        let it = ms.iter().find(|m| m.0 == id).map(|m| m.2.clone());
+        if leader.is_some() && leader == it {
+            return;
+        }
+        assert!(t.elapsed() < ELECTION, "MDS {id} did not catch up: {ms:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The leader is killed while four ranks write their shards of a
 /// checkpoint: every write and fsync succeeds, a new leader takes over,
 /// and every byte reads back; the old leader comes back as a follower,
@@ -62,6 +91,9 @@ fn a_checkpoint_goes_on_through_the_mds_leaders_death() {
     let mut cl = ProcCluster::start_replicated(3, 3).unwrap();
     let m = cl.mount().unwrap();
     let first = cl.mds_leader(ELECTION).unwrap();
+    let ms = members(&cl);
+    assert_eq!(ms.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2, 3], "{ms:?}");
+    assert_eq!(ms.iter().filter(|m| m.1).map(|m| m.0).collect::<Vec<_>>(), vec![first], "{ms:?}");
     make_named(&m.p("before"), 0..50);
     let root = m.path.clone();
     let ranks: Vec<_> = (0..4u64)
@@ -92,7 +124,7 @@ fn a_checkpoint_goes_on_through_the_mds_leaders_death() {
     // The old leader rejoins as a follower; then the new one dies too.
     cl.start_mds_member(first).unwrap();
     make_named(&m.p("after"), 0..50);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_caught_up(&cl, first);
     cl.kill9_mds_member(second);
     let third = cl.mds_leader(ELECTION).unwrap();
     assert!(third != second, "the killed member still leads");
@@ -118,6 +150,7 @@ fn a_member_with_a_wiped_data_directory_catches_up_and_holds_everything() {
     let dir = cl.mds_data_dir(wiped).unwrap();
     fs::remove_dir_all(&dir).unwrap();
     cl.start_mds_member(wiped).unwrap();
+    wait_caught_up(&cl, wiped);
     // Without `other`, nothing commits unless the wiped member acks it.
     cl.kill9_mds_member(other);
     make_named(&m.p("new"), 0..100);
@@ -132,4 +165,42 @@ fn a_member_with_a_wiped_data_directory_catches_up_and_holds_everything() {
     check_named(&m.p("new"), 0..100);
     check_file(&m.p("old/data"), 7, 8);
     check_file(&m.p("new/data"), 8, 8);
+}
+
+/// A leader cut off from the others (stopped, so that it hears nothing
+/// and says nothing) while they elect another and take new metadata
+/// never answers from what it holds when it comes back: asked directly,
+/// it says where the leader is, and the name made without it is found
+/// through the mount.
+#[test]
+fn a_leader_cut_off_never_answers_from_stale_metadata() {
+    use aifs_common::certs::Role;
+    use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
+    use aifs_common::rpc::{self, Identity, RpcClient};
+    let cl = ProcCluster::start_replicated(3, 3).unwrap();
+    let m = cl.mount().unwrap();
+    let old = cl.mds_leader(ELECTION).unwrap();
+    make_named(&m.p("before"), 0..10);
+    let frozen = cl.freeze_mds_member(old);
+    let new = cl.mds_leader(ELECTION).unwrap();
+    assert_ne!(new, old);
+    make_named(&m.p("made-without-it"), 0..10);
+    drop(frozen);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let answer = rt.block_on(async {
+        let id = Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Admin)).unwrap();
+        let ep = rpc::client_endpoint(&id, &cl.transport().unwrap()).unwrap();
+        let only_old = RpcClient::new(ep, cl.mds_addrs[(old - 1) as usize], Role::Mds);
+        let ask = MdsCall::from(MdsReq::Lookup { parent: aifs_common::InodeId::ROOT, name: "made-without-it".into() });
+        only_old.call::<_, MdsReply>(&ask, &[]).await.unwrap().0.resp
+    });
+    match answer {
+        MdsResp::Err(e) => {
+            let e = aifs_common::Error::from_wire(e.code, &e.msg);
+            assert!(matches!(e, aifs_common::Error::NotLeader(_)), "the old leader answered {e:?}");
+        }
+        other => panic!("the old leader answered {other:?}"),
+    }
+    check_named(&m.p("made-without-it"), 0..10);
+    check_named(&m.p("before"), 0..10);
 }

@@ -199,6 +199,21 @@ pub struct ClusterStatus {
     pub repair: RepairInfo,
     /// The latest sessions the MDS ended itself, oldest first.
     pub evictions: Vec<EvictionInfo>,
+    /// The MDS processes every shard is replicated over (one: this one).
+    pub members: Vec<MemberInfo>,
+}
+
+/// One MDS process of the shards' groups, as the leader sees it.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct MemberInfo {
+    pub id: u64,
+    /// The address it serves at.
+    pub addr: String,
+    /// It leads every shard (the one answering).
+    pub leader: bool,
+    /// Per shard, the index of the last log entry it is known to hold.
+    pub matched: Vec<u64>,
 }
 
 /// A session the MDS ended: by an operator, a revocation, or because it

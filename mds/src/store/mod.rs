@@ -181,6 +181,11 @@ pub struct GroupState {
     pub last_log: u64,
     pub applied: u64,
     pub snapshot: u64,
+    /// Every member and the address its MDS serves at.
+    pub nodes: Vec<(u64, String)>,
+    /// While this member leads: the index of the last entry each other
+    /// member is known to hold.
+    pub matched: Vec<(u64, u64)>,
 }
 
 pub struct ShardStore {
@@ -275,6 +280,8 @@ impl ShardStore {
             last_log: m.last_log_index.unwrap_or(0),
             applied: index(m.last_applied),
             snapshot: index(m.snapshot),
+            nodes: m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+            matched: m.replication.iter().flatten().map(|(id, l)| (*id, index(*l))).collect(),
         }
     }
 

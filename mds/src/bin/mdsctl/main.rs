@@ -3,7 +3,7 @@
 //! `make run` started.
 use aifs_common::certs::{self, Role};
 use aifs_common::config::{local_state_dir, to_toml, MdsAddrs, TlsConfig, TransportConfig};
-use aifs_common::proto::mds::{LeaseMode, MdsReq, MdsResp, OsdInfo, OsdState, SessionInfo, ShardInfo};
+use aifs_common::proto::mds::{LeaseMode, MdsReq, MdsResp, MemberInfo, OsdInfo, OsdState, SessionInfo, ShardInfo};
 use aifs_common::proto::osd::{OsdCall, OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
 use aifs_common::{InodeId, LayoutPolicy, ObjectId, OsdId};
@@ -74,6 +74,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ShardCmd,
     },
+    /// MDS process commands (the members every shard is replicated over).
+    Mds {
+        #[command(subcommand)]
+        cmd: MdsCmd,
+    },
     /// Client session commands.
     Session {
         #[command(subcommand)]
@@ -128,6 +133,13 @@ enum OsdCmd {
 #[derive(Subcommand)]
 enum ShardCmd {
     /// List metadata shards.
+    Ls,
+}
+
+#[derive(Subcommand)]
+enum MdsCmd {
+    /// List the MDS processes: address, which one leads, and per shard the
+    /// last log entry each is known to hold.
     Ls,
 }
 
@@ -304,6 +316,17 @@ fn shard_table(shards: &[ShardInfo]) -> String {
     table(&["SHARD", "MEMBERS", "LEADER", "TERM", "APPLIED/LOG", "SNAPSHOT", "INODES", "ENTRIES", "COMMITS", "GC PENDING", "DEGRADED"], &rows)
 }
 
+fn member_table(members: &[MemberInfo]) -> String {
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            let matched: Vec<String> = m.matched.iter().map(|i| i.to_string()).collect();
+            vec![m.id.to_string(), m.addr.clone(), if m.leader { "leader" } else { "follower" }.into(), matched.join(",")]
+        })
+        .collect();
+    table(&["ID", "ADDR", "ROLE", "LOG HELD (PER SHARD)"], &rows)
+}
+
 fn session_table(sessions: &[SessionInfo]) -> String {
     let rows: Vec<Vec<String>> = sessions
         .iter()
@@ -386,6 +409,14 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&s.shards)?);
             } else {
                 print!("{}", shard_table(&s.shards));
+            }
+        }
+        Cmd::Mds { cmd: MdsCmd::Ls } => {
+            let s = status().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&s.members)?);
+            } else {
+                print!("{}", member_table(&s.members));
             }
         }
         Cmd::Session { cmd: SessionCmd::Ls } => {

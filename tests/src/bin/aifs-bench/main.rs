@@ -40,10 +40,12 @@ struct Args {
     meta_only: bool,
     /// Only the MDS-leader-failover table.
     failover_only: bool,
+    /// MDS processes every shard is replicated over.
+    mds: usize,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false, raw_only: false, dirs: 1000, meta_only: false, failover_only: false };
+    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false, raw_only: false, dirs: 1000, meta_only: false, failover_only: false, mds: 1 };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().context("missing value");
@@ -59,10 +61,11 @@ fn parse_args() -> Result<Args> {
             "--dirs" => a.dirs = v()?.parse()?,
             "--meta-only" => a.meta_only = true,
             "--failover-only" => a.failover_only = true,
+            "--mds" => a.mds = v()?.parse()?,
             "-h" | "--help" => {
                 println!(
                     "aifs-bench [--size-mib 4096] [--files 10000] [--dirs 1000] [--runs 3] [--threads 8] [--local-dir DIR] [--ckpt-mib 1024] \
-                     [--ckpt-only] [--raw-only] [--meta-only] [--failover-only]"
+                     [--ckpt-only] [--raw-only] [--meta-only] [--failover-only] [--mds 1]"
                 );
                 std::process::exit(0);
             }
@@ -457,7 +460,13 @@ fn main() -> Result<()> {
     if a.failover_only {
         return failover::table(a.runs);
     }
-    let mut cluster = ProcCluster::start(3).context("starting a 3-OSD cluster")?;
+    // the other tables name the processes they measure one MDS at a time
+    anyhow::ensure!(a.mds == 1 || a.meta_only, "--mds N goes with --meta-only");
+    let mut cluster = match a.mds {
+        1 => ProcCluster::start(3),
+        n => ProcCluster::start_replicated(n, 3),
+    }
+    .context("starting a 3-OSD cluster")?;
     let mount = cluster.mount()?;
     let pids = cluster.pids_with(&mount);
     let local = tempfile::Builder::new().prefix("aifs-bench-local-").tempdir_in(&a.local)?;
