@@ -316,6 +316,15 @@ fn shard_table(shards: &[ShardInfo]) -> String {
     table(&["SHARD", "MEMBERS", "LEADER", "TERM", "APPLIED/LOG", "SNAPSHOT", "INODES", "ENTRIES", "COMMITS", "GC PENDING", "DEGRADED"], &rows)
 }
 
+/// Print a listing: `v` as JSON with `--json`, else the table `text` makes.
+fn show<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(v)?),
+        false => print!("{}", text()),
+    }
+    Ok(())
+}
+
 fn member_table(members: &[MemberInfo]) -> String {
     let rows: Vec<Vec<String>> = members
         .iter()
@@ -397,27 +406,15 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
         }
         Cmd::Osd { cmd: OsdCmd::Ls } => {
             let s = status().await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&s.osds)?);
-            } else {
-                print!("{}", table(&OSD_HEADER, &osd_rows(&s.osds)));
-            }
+            show(args.json, &s.osds, || table(&OSD_HEADER, &osd_rows(&s.osds)))?;
         }
         Cmd::Shard { cmd: ShardCmd::Ls } => {
             let s = status().await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&s.shards)?);
-            } else {
-                print!("{}", shard_table(&s.shards));
-            }
+            show(args.json, &s.shards, || shard_table(&s.shards))?;
         }
         Cmd::Mds { cmd: MdsCmd::Ls } => {
             let s = status().await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&s.members)?);
-            } else {
-                print!("{}", member_table(&s.members));
-            }
+            show(args.json, &s.members, || member_table(&s.members))?;
         }
         Cmd::Session { cmd: SessionCmd::Ls } => {
             let s = status().await?;
