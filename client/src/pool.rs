@@ -124,10 +124,10 @@ impl Pool {
                         tracing::warn!(error = %e, "MDS unreachable or not leading; retrying for up to {:?}", self.mds_retry);
                     }
                     attempt += 1;
+                    // The leader named is asked at once; otherwise (no
+                    // leader known, or a member the client moved past)
+                    // after a pause.
                     if !matches!(&e, Error::NotLeader(hint) if !hint.is_empty()) {
-                        if !matches!(e, Error::NotLeader(_)) {
-                            self.mds.redirect("").await;
-                        }
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(MDS_RETRY_MAX);
                     }

@@ -19,8 +19,9 @@ pub type OnConnect = Box<dyn Fn(quinn::Connection) + Send + Sync>;
 
 /// A client of one server (an MDS or one OSD), or of whichever of several
 /// serves (the members of a replicated MDS): calls go to one address at a
-/// time, and move to the next when it cannot be reached or says another
-/// leads ([`RpcClient::redirect`]).
+/// time, and move to the next when it cannot be reached (here, once per
+/// failure of that address) or says another leads
+/// ([`RpcClient::redirect`]).
 pub struct RpcClient {
     endpoint: quinn::Endpoint,
     addrs: Vec<SocketAddr>,
@@ -120,6 +121,17 @@ impl RpcClient {
         }
     }
 
+    /// Calls go past `addr`, a member that could not be reached, to the
+    /// next address; unless they go elsewhere already (another call that
+    /// failed with it, or a redirect, moved them), so that every call
+    /// failing at once moves them one step, not one each.
+    fn move_past(&self, addr: SocketAddr) {
+        let n = self.addrs.len();
+        if let Some(i) = self.addrs.iter().position(|a| *a == addr).filter(|_| n > 1) {
+            let _ = self.at.compare_exchange(i, (i + 1) % n, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The live connection, made anew if there is none or it was lost.
     pub async fn connection(&self) -> Result<quinn::Connection> {
         let mut guard = self.conn.lock().await;
@@ -162,9 +174,7 @@ impl RpcClient {
                 if let Ok(mut f) = self.failed.lock() {
                     *f = Some((std::time::Instant::now(), e.clone(), addr));
                 }
-                // The next attempt goes to the next address, if there is one.
-                let next = self.addrs.iter().position(|a| *a == addr).map_or(0, |i| (i + 1) % self.addrs.len());
-                self.at.store(next, std::sync::atomic::Ordering::Relaxed);
+                self.move_past(addr);
                 Err(e)
             }
         }
@@ -186,7 +196,10 @@ impl RpcClient {
                     self.forget(&conn).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(lost(conn.remote_address(), &e)),
+                Err(e) => {
+                    self.move_past(conn.remote_address());
+                    return Err(lost(conn.remote_address(), &e));
+                }
             }
         };
         let addr = conn.remote_address();
@@ -196,6 +209,7 @@ impl RpcClient {
             // Only this call's connection: another call may already have
             // replaced it with a healthy one.
             self.forget(&conn).await;
+            self.move_past(addr);
             if let Some(e) = refused {
                 return Err(lost(addr, &e));
             }

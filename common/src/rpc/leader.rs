@@ -29,10 +29,8 @@ pub async fn follow(mds: &RpcClient, r: Result<MdsReply>) -> Next {
             mds.redirect(&e.msg).await;
             Next::Again(if e.msg.is_empty() { NO_LEADER_PAUSE } else { Duration::ZERO })
         }
-        Err(e) if e.unreachable() && mds.members() > 1 => {
-            mds.redirect("").await;
-            Next::Again(NO_LEADER_PAUSE)
-        }
+        // The client has moved past the member it could not reach.
+        Err(e) if e.unreachable() && mds.members() > 1 => Next::Again(NO_LEADER_PAUSE),
         other => Next::Done(other),
     }
 }

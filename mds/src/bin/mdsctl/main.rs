@@ -215,12 +215,11 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: &MdsAddrs, osds: u32, osd_port
         transport: transport.clone(),
     };
     if replicated {
-        for (i, addr) in mds.0.iter().enumerate() {
-            let id = i as u64 + 1;
-            mcfg.id = id;
-            mcfg.listen = *addr;
-            mcfg.data_dir = data.join(format!("mds{id}"));
-            std::fs::write(dir.join(format!("mds{id}.toml")), to_toml(&mcfg)?)?;
+        for m in mcfg.members.clone() {
+            mcfg.id = m.id;
+            mcfg.listen = m.addr;
+            mcfg.data_dir = data.join(format!("mds{}", m.id));
+            std::fs::write(dir.join(format!("mds{}.toml", m.id)), to_toml(&mcfg)?)?;
         }
     } else {
         std::fs::write(dir.join("mds.toml"), to_toml(&mcfg)?)?;
