@@ -4,6 +4,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
+pub mod applied;
 pub mod caps;
 pub mod cluster;
 pub mod config;

@@ -2,7 +2,7 @@
 //! lease"): a client that holds a directory's write lease makes files there
 //! itself, under numbers (each with its layout) the MDS set aside for its
 //! certificate in the `RESERVED` table. A create applied later consumes its
-//! number (`namespace::create_reserved`). A client gives back the numbers
+//! number (`applied::create_reserved`). A client gives back the numbers
 //! it will not use (`Unreserve`: the directory's lease went, or its layout
 //! changed), and a periodic sweep forgets those of certificates no client
 //! uses any more. What one certificate holds is bounded
