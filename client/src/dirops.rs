@@ -5,9 +5,11 @@
 //! the directory: any other client's lookup, listing or change there
 //! recalls the lease first. So this client may answer creates and unlinks
 //! there itself, as CephFS does with its asynchronous directory operations:
-//! a create takes an inode number (and the file's layout) the MDS reserved
-//! for the directory beforehand, and the change goes to the MDS later,
-//! with others, in one `Apply` that commits them together.
+//! a create (or mkdir) takes an inode number (and the file's layout) the
+//! MDS reserved for the directory beforehand, and the change goes to the
+//! MDS later, with others, in one `Apply` that commits them together. A
+//! directory made here comes with its write lease; one removed here must
+//! be known empty under its own write lease.
 //!
 //! Order. Changes are numbered as they are queued. Before any other MDS
 //! request this client waits until every change queued before it was
@@ -41,11 +43,14 @@ struct Dir {
     refilling: bool,
     /// When a number was last taken here (or the lease granted).
     used: Instant,
+    /// Removed here: nothing more is made here, and a recall still waits
+    /// for the removal to reach the MDS.
+    gone: bool,
 }
 
 impl Default for Dir {
     fn default() -> Dir {
-        Dir { reserved: VecDeque::new(), refilling: false, used: Instant::now() }
+        Dir { reserved: VecDeque::new(), refilling: false, used: Instant::now(), gone: false }
     }
 }
 
@@ -58,12 +63,16 @@ struct Inner {
     writable: HashMap<InodeId, Dir>,
     /// Directories that need more inode numbers reserved.
     refills: Vec<InodeId>,
-    /// Files whose create is queued or being applied.
+    /// Files and directories whose create (mkdir) is queued or being
+    /// applied.
     unapplied: HashSet<InodeId>,
-    /// Files whose create is in the batch being applied.
+    /// Files and directories whose create is in the batch being applied.
     in_flight: Vec<InodeId>,
     /// Reserved numbers this client will not use: to give back.
     unused: Vec<InodeId>,
+    /// Directories removed here, with the number of their removal: their
+    /// lease goes once it was applied.
+    gone: Vec<(u64, InodeId)>,
 }
 
 impl Inner {
@@ -114,11 +123,36 @@ impl Local<'_> {
         r
     }
 
+    /// Does this client hold the write lease of `dir` (another directory
+    /// than the one changed)?
+    pub fn holds(&self, dir: InodeId) -> bool {
+        self.inner.writable.get(&dir).is_some_and(|d| !d.gone)
+    }
+
+    /// A directory made here by the change just queued: its maker holds
+    /// its write lease (the MDS records it as it applies the change), and
+    /// no inode numbers yet (a create there asks for some).
+    pub fn made_dir(&mut self, dir: InodeId) {
+        self.inner.writable.insert(dir, Dir::default());
+    }
+
+    /// The directory `dir`, whose write lease this client holds, was
+    /// removed by the change just queued. Its lease stays until the MDS
+    /// applied that: a recall meanwhile waits for it.
+    pub fn removed_dir(&mut self, dir: InodeId) {
+        let Some(d) = self.inner.writable.get_mut(&dir) else { return };
+        d.gone = true;
+        let left = std::mem::take(&mut d.reserved);
+        self.inner.give_back(left);
+        let n = self.inner.last;
+        self.inner.gone.push((n, dir));
+    }
+
     /// Queue a change.
     pub fn push(&mut self, op: DirOp) {
         self.inner.last += 1;
         let n = self.inner.last;
-        if let DirOp::Create { ino, .. } = &op {
+        if let DirOp::Create { ino, .. } | DirOp::Mkdir { ino, .. } = &op {
             self.inner.unapplied.insert(*ino);
         }
         self.inner.queue.push_back((n, op));
@@ -173,7 +207,7 @@ impl DirOps {
     /// queued).
     pub fn local<R>(&self, dir: InodeId, f: impl FnOnce(&mut Local) -> Option<R>) -> Option<R> {
         let mut g = self.lock();
-        if !g.writable.contains_key(&dir) {
+        if !g.writable.get(&dir).is_some_and(|d| !d.gone) {
             return None;
         }
         let mut l = Local { inner: &mut g, dir, pushed: false };
@@ -186,9 +220,13 @@ impl DirOps {
         r
     }
 
-    /// Directories to reserve inode numbers for.
+    /// Directories to reserve inode numbers for: those the MDS knows (a
+    /// directory made here waits for its mkdir to be applied).
     pub fn take_refills(&self) -> Vec<InodeId> {
-        std::mem::take(&mut self.lock().refills)
+        let mut g = self.lock();
+        let (later, now): (Vec<InodeId>, Vec<InodeId>) = std::mem::take(&mut g.refills).into_iter().partition(|d| g.unapplied.contains(d));
+        g.refills = later;
+        now
     }
 
     /// Reserved numbers arrived (none: the refill failed).
@@ -310,7 +348,7 @@ impl DirOps {
         let last = batch.last().map(|(s, _)| *s).unwrap_or(0);
         let ops: Vec<DirOp> = batch.into_iter().map(|(_, op)| op).collect();
         for op in &ops {
-            if let DirOp::Create { ino, .. } = op {
+            if let DirOp::Create { ino, .. } | DirOp::Mkdir { ino, .. } = op {
                 g.in_flight.push(*ino);
             }
         }
@@ -324,6 +362,13 @@ impl DirOps {
             let sent = std::mem::take(&mut g.in_flight);
             for ino in sent {
                 g.unapplied.remove(&ino);
+            }
+            let (removed, left): (Vec<_>, Vec<_>) = std::mem::take(&mut g.gone).into_iter().partition(|(n, _)| *n <= last);
+            g.gone = left;
+            for (_, dir) in removed {
+                if g.writable.get(&dir).is_some_and(|d| d.gone) {
+                    g.writable.remove(&dir);
+                }
             }
         }
         self.applied.fetch_max(last, Ordering::AcqRel);
@@ -419,6 +464,49 @@ mod tests {
         d.lost_leases();
         assert_eq!(d.take_unused(), vec![InodeId(202)]);
         assert!(d.take_unused().is_empty());
+    }
+
+    fn mkdir(parent: u64, ino: InodeId) -> DirOp {
+        DirOp::Mkdir { parent: InodeId(parent), name: format!("d{ino}"), ino, mode: 0o755, cred: Cred::root(), time_ns: 0 }
+    }
+
+    /// A directory made here comes with its write lease, and gets inode
+    /// numbers only once the MDS knows it; one removed here makes nothing
+    /// more, but its lease (and a recall's wait) lasts until the removal
+    /// was applied.
+    #[test]
+    fn directories_made_and_removed_here() {
+        let d = DirOps::default();
+        d.grant(InodeId(5), vec![reserved(100), reserved(101)]);
+        let make = |d: &DirOps| {
+            d.local(InodeId(5), |l| {
+                let r = l.take()?;
+                l.push(mkdir(5, r.ino));
+                l.made_dir(r.ino);
+                Some(r.ino)
+            })
+        };
+        let (a, b) = (make(&d).expect("made"), make(&d).expect("made"));
+        assert!(d.writable(a) && d.local(a, |l| Some(l.holds(b))) == Some(true));
+        assert!(d.local(a, |l| l.take()).is_none(), "numbers before any were reserved");
+        assert_eq!(d.take_refills(), vec![InodeId(5)], "numbers asked for a directory the MDS does not know yet");
+        let (_, last) = d.take_batch().expect("the mkdirs");
+        d.answered(last);
+        assert_eq!(d.take_refills(), vec![a]);
+        for dir in [a, b] {
+            d.local(InodeId(5), |l| {
+                l.push(DirOp::Rmdir { parent: InodeId(5), name: format!("d{dir}"), ino: dir, time_ns: 0, cred: Cred::root() });
+                l.removed_dir(dir);
+                Some(())
+            });
+        }
+        assert!(d.local(a, |_| Some(())).is_none(), "a change in a directory removed here");
+        assert!(d.writable(a) && d.writable(b), "the lease went before the removal was applied");
+        // a recall waits for the removal
+        assert_eq!(d.revoke(b), Some(4));
+        let (_, last) = d.take_batch().expect("the rmdirs");
+        d.answered(last);
+        assert!(!d.writable(a), "the lease of a directory removed stays after the removal");
     }
 
     #[tokio::test]

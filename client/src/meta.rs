@@ -392,12 +392,19 @@ impl MetaCache {
     }
 
     /// This client changed an entry of `dir` itself at `now_ns` (under
-    /// the directory's write lease): its cached times follow.
-    pub fn touch_dir(&self, dir: InodeId, now_ns: i64) {
+    /// the directory's write lease), adding `links` subdirectories: its
+    /// cached times and link count follow.
+    pub fn touch_dir(&self, dir: InodeId, now_ns: i64, links: i32) {
         if let Some(mut a) = self.attrs.get_mut(&dir) {
             a.mtime_ns = a.mtime_ns.max(now_ns);
             a.ctime_ns = a.ctime_ns.max(now_ns);
+            a.nlink = a.nlink.saturating_add_signed(links);
         }
+    }
+
+    /// Does the cache hold every name of `dir`, and none?
+    pub fn known_empty(&self, dir: InodeId) -> bool {
+        self.live() && self.dirs.get(&dir).is_some_and(|d| d.all_names && d.names.values().all(|v| v.is_none()))
     }
 
     /// The lease on `ino` is gone: forget everything about it.

@@ -2,7 +2,9 @@
 //!
 //! Placement: a directory's entries live in the directory's shard; a file
 //! created in D gets its inode from D's shard; a new directory goes to the
-//! shard `hash(parent, name) % shards`. So create, lookup, getattr,
+//! shard `hash(parent, name) % shards`, unless a client made it under
+//! the parent's write lease (applied.rs): then it takes a number reserved
+//! in the parent's shard, like a file. So create, lookup, getattr,
 //! setattr, unlink and readdir in one directory touch one shard and run as
 //! one group-committed job, under the shared side of `topo`.
 //!
@@ -45,8 +47,7 @@ pub const PATH_MAX: usize = 4096;
 pub const XATTR_SIZE_MAX: usize = 64 * 1024;
 /// First readdir cookie for real entries: 1 and 2 are `.` and `..`.
 pub const FIRST_COOKIE: u64 = 3;
-/// Most links to one inode.
-pub const LINK_MAX: u32 = 65_000;
+pub use aifs_common::proto::mds::LINK_MAX;
 
 pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
@@ -74,7 +75,7 @@ struct Node {
     rdev: u32,
 }
 
-fn kind_code(k: FileKind) -> u8 {
+pub(crate) fn kind_code(k: FileKind) -> u8 {
     k as u8
 }
 
@@ -241,7 +242,7 @@ fn attr_held(held: &impl ReadableTable<u64, u64>, rec: &InodeRec, ino: u64) -> R
 }
 
 /// Remove an inode, its xattrs, and queue its objects for deletion.
-fn delete_inode(txn: &Txn, ino: u64, rec: &InodeRec) -> Result<()> {
+pub(crate) fn delete_inode(txn: &Txn, ino: u64, rec: &InodeRec) -> Result<()> {
     txn.open_table(INODES).io()?.remove(ino).io()?;
     txn.open_table(ALLOCATED).io()?.remove(ino).io()?;
     txn.open_table(LINKABLE).io()?.remove(ino).io()?;
@@ -277,7 +278,7 @@ fn degraded_rows(t: &impl ReadableTable<(u64, u32, u32), ()>, ino: u64) -> Resul
     Ok(out)
 }
 
-fn dir_rec(perm: u32, uid: u32, gid: u32, parent: u64, policy: Option<LayoutPolicy>, now: i64) -> InodeRec {
+pub(crate) fn dir_rec(perm: u32, uid: u32, gid: u32, parent: u64, policy: Option<LayoutPolicy>, now: i64) -> InodeRec {
     InodeRec {
         kind: FileKind::Dir,
         perm: perm & 0o7777,
@@ -1698,7 +1699,7 @@ impl Created {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1730,11 +1731,12 @@ mod tests {
     }
 
     #[test]
-    fn a_client_builds_a_new_file_as_the_mds_records_it() {
+    fn a_client_builds_a_new_file_or_directory_as_the_mds_records_it() {
         let l = choose_layout(LayoutPolicy { stripe_size: 1 << 20, stripe_count: 2, replicas: 2 }, &[1, 2, 3], 9).unwrap();
         let ino = InodeId::new(1, 77);
         let now = 1_700_000_000_123_456_789;
         assert_eq!(file_rec(0o100640, 5, 6, 2, l.clone(), 1, now).attr(ino.0), Attr::new_file(ino, 0o100640, 5, 6, l, now));
+        assert_eq!(dir_rec(0o42750, 5, 6, 2, None, now).attr(ino.0), Attr::new_dir(ino, 0o42750, 5, 6, now));
     }
 
     #[test]
@@ -1746,7 +1748,7 @@ mod tests {
         assert_eq!(check_name(&"x".repeat(256)), Err(Error::NameTooLong));
     }
 
-    async fn open_ns(dir: &std::path::Path) -> Namespace {
+    pub(crate) async fn open_ns(dir: &std::path::Path) -> Namespace {
         let cluster = Arc::new(Cluster::new(std::time::Duration::from_secs(60), std::time::Duration::from_secs(60)));
         cluster.heartbeat(1, "127.0.0.1:1", 1 << 40, 0, 0);
         let policy = LayoutPolicy { stripe_count: 1, ..LayoutPolicy::default() };

@@ -923,7 +923,16 @@ impl MdsService {
                     cl.try_acquire(&h, ino, if open { LeaseKind::Write } else { LeaseKind::Read });
                     changes.push((parent, vec![name]));
                 }
-                DirOp::Unlink { parent, name, ino, .. } => {
+                DirOp::Mkdir { parent, name, ino, .. } => {
+                    // Nobody else has seen it: its maker's write lease is
+                    // at hand, as the client already took it.
+                    if !cl.try_write_dir(&h, ino) {
+                        tracing::warn!(%ino, "the write lease of a directory made under its parent's write lease was not granted");
+                        cl.try_acquire(&h, ino, LeaseKind::Read);
+                    }
+                    changes.push((parent, vec![name]));
+                }
+                DirOp::Unlink { parent, name, ino, .. } | DirOp::Rmdir { parent, name, ino, .. } => {
                     unlinked = true;
                     changes.push((parent, vec![name]));
                     changes.push((ino, vec![]));

@@ -8,7 +8,7 @@ use aifs_tests::proc::{Mount, ProcCluster};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
@@ -395,7 +395,6 @@ fn o_trunc_on_one_mount_is_seen_by_the_other() {
 
 #[test]
 fn times_change_as_posix_says_and_every_mount_sees_them() {
-    use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::PermissionsExt;
     let cl = ProcCluster::start(3).unwrap();
     let a = cl.mount().unwrap();
@@ -499,15 +498,70 @@ fn creates_under_a_directory_lease_survive_kill_9_once_the_directory_is_fsynced(
     for i in 0..50 {
         fs::write(a.p(&format!("ckpt/rank{i}")), format!("{i}")).unwrap();
     }
-    // fsync of the directory: every create made under its lease is durable
+    for i in 0..10 {
+        fs::create_dir(a.p(&format!("ckpt/sub{i}"))).unwrap();
+    }
+    for i in 0..3 {
+        fs::remove_dir(a.p(&format!("ckpt/sub{i}"))).unwrap();
+    }
+    // fsync of the directory: every change made under its lease is durable
     File::open(a.p("ckpt")).unwrap().sync_all().unwrap();
     // then the node fails: servers and client die at once
     cl.kill9_all();
     a.kill9();
     cl.start_all().unwrap();
     let b = cl.mount().unwrap();
-    let expect: BTreeSet<String> = (0..50).map(|i| format!("rank{i}")).collect();
+    let expect: BTreeSet<String> = (0..50).map(|i| format!("rank{i}")).chain((3..10).map(|i| format!("sub{i}"))).collect();
     assert_eq!(names(&b.p("ckpt")), expect);
+    assert_eq!(fs::metadata(b.p("ckpt")).unwrap().nlink(), 2 + 7);
+}
+
+/// Directories made and removed under their parent's write lease are
+/// answered by the client, even while the MDS hangs, owned and counted as
+/// the MDS records them once the parent is fsynced; another mount sees
+/// them all, and a directory with a name in it is removed by no one.
+#[test]
+fn directories_made_and_removed_under_the_parents_lease_are_seen_elsewhere() {
+    let cl = ProcCluster::start(1).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    fs::create_dir(a.p("ckpt")).unwrap();
+    let n = 200;
+    {
+        let _frozen = cl.freeze_mds();
+        let dir = a.p("ckpt");
+        let worker = std::thread::spawn(move || -> std::io::Result<()> {
+            for i in 0..n {
+                fs::DirBuilder::new().mode(0o750).create(dir.join(format!("step{i:03}")))?;
+            }
+            for i in 0..n / 4 {
+                fs::remove_dir(dir.join(format!("step{i:03}")))?;
+            }
+            fs::create_dir(dir.join("tmp"))?;
+            fs::remove_dir(dir.join("tmp"))
+        });
+        assert!(finishes_within(&worker, Duration::from_secs(30)), "mkdirs and rmdirs under the lease waited for the stopped MDS");
+        worker.join().unwrap().unwrap();
+        assert_eq!(fs::metadata(a.p("ckpt")).unwrap().nlink(), 2 + 150);
+    }
+    File::open(a.p("ckpt")).unwrap().sync_all().unwrap();
+    let expect: BTreeSet<String> = (n / 4..n).map(|i| format!("step{i:03}")).collect();
+    assert_eq!(names(&b.p("ckpt")), expect);
+    assert_eq!(fs::metadata(b.p("ckpt")).unwrap().nlink(), 2 + 150);
+    for name in ["ckpt/step050", "ckpt/step199"] {
+        let (ma, mb) = (fs::metadata(a.p(name)).unwrap(), fs::metadata(b.p(name)).unwrap());
+        assert!(mb.is_dir() && mb.mode() & 0o7777 == 0o750 && mb.nlink() == 2, "{name}: {mb:?}");
+        assert_eq!((ma.ino(), ma.mode(), ma.uid(), ma.gid()), (mb.ino(), mb.mode(), mb.uid(), mb.gid()));
+    }
+    // a name made elsewhere, or made here in a directory made here,
+    // keeps the directory
+    fs::write(b.p("ckpt/step100/from_b"), b"b").unwrap();
+    assert_eq!(fs::remove_dir(a.p("ckpt/step100")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    fs::write(a.p("ckpt/step101/from_a"), b"a").unwrap();
+    assert_eq!(fs::remove_dir(b.p("ckpt/step101")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    assert_eq!(fs::read(b.p("ckpt/step101/from_a")).unwrap(), b"a");
+    fs::remove_dir(b.p("ckpt/step102")).unwrap();
+    assert!(!a.p("ckpt/step102").exists());
 }
 
 /// A checkpoint saved and then loaded twice on one mount: the second load

@@ -2,7 +2,7 @@
 //! renames, listings, xattrs, and the changes made under directories'
 //! write leases on their way to the MDS (dirops.rs).
 use super::*;
-use aifs_common::proto::mds::{MAX_UNRESERVE, RENAME_EXCHANGE};
+use aifs_common::proto::mds::{LINK_MAX, MAX_UNRESERVE, RENAME_EXCHANGE};
 
 impl ClientFs {
     /// Send the changes made under directory leases, a batch at a time
@@ -100,6 +100,15 @@ impl ClientFs {
                     tracing::error!(%parent, name, %ino, error = %e, "an unlink made under a directory lease was refused by the MDS");
                     (parent, name, ino)
                 }
+                DirOp::Mkdir { parent, name, ino, .. } => {
+                    tracing::error!(%parent, name, %ino, error = %e, "a directory made under its parent's lease was refused by the MDS; it does not exist");
+                    self.dirops.revoke(*ino);
+                    (parent, name, ino)
+                }
+                DirOp::Rmdir { parent, name, ino, .. } => {
+                    tracing::error!(%parent, name, %ino, error = %e, "an rmdir made under a directory lease was refused by the MDS");
+                    (parent, name, ino)
+                }
                 DirOp::Close { ino } => {
                     tracing::debug!(%ino, error = %e, "close not applied; the session's end releases it");
                     continue;
@@ -148,7 +157,7 @@ impl ClientFs {
             // The creator holds a write lease on the new file.
             self.meta.put_attr(snap, snap.session(), &a, LeaseMode::Write);
             self.meta.local_entry(snap, parent, name, Some(a.ino), false);
-            self.meta.touch_dir(parent, now);
+            self.meta.touch_dir(parent, now, 0);
             Some(Ok((a, r.cap)))
         })
     }
@@ -175,7 +184,73 @@ impl ClientFs {
             l.push(DirOp::Unlink { parent, name: name.to_string(), ino, time_ns: now, cred });
             self.meta.local_entry(snap, parent, name, None, false);
             self.meta.forget_attr(ino);
-            self.meta.touch_dir(parent, now);
+            self.meta.touch_dir(parent, now, 0);
+            Some(Ok(()))
+        })
+    }
+
+    /// A mkdir answered here, under the parent's write lease, with an inode
+    /// number reserved there (the directory lives in its parent's shard),
+    /// owned as the MDS will own it. The maker holds the new directory's
+    /// write lease, and knows it empty. `None`: the MDS must answer.
+    pub(super) fn mkdir_here(&self, parent: InodeId, name: &str, mode: u32) -> Option<Result<Attr>> {
+        if !self.cache_on() {
+            return None;
+        }
+        let cred = self.caller();
+        let (pa, _) = self.meta.attr(parent)?;
+        if pa.nlink >= LINK_MAX {
+            return None;
+        }
+        let dir = Perms::from(&pa);
+        perm::may_create(dir, &cred).ok()?;
+        let (uid, gid, mode) = perm::new_owner(dir, &cred, FileKind::Dir, mode);
+        self.dirops.local(parent, |l| {
+            if self.meta.dentry(parent, name)?.is_some() {
+                return Some(Err(Error::Exists));
+            }
+            let snap = self.meta.snap();
+            let r = l.take()?;
+            let now = aifs_common::time::now_ns();
+            let a = Attr::new_dir(r.ino, mode, uid, gid, now);
+            l.push(DirOp::Mkdir { parent, name: name.to_string(), ino: r.ino, mode, cred, time_ns: now });
+            l.made_dir(r.ino);
+            self.meta.put_attr(snap, snap.session(), &a, LeaseMode::Read);
+            self.meta.new_dir(snap, snap.session(), a.ino, parent);
+            self.meta.local_entry(snap, parent, name, Some(a.ino), false);
+            self.meta.touch_dir(parent, now, 1);
+            Some(Ok(a))
+        })
+    }
+
+    /// An rmdir answered here, under the parent's write lease, of a
+    /// directory this client holds the write lease of and knows empty.
+    /// `None`: the MDS must answer.
+    pub(super) fn rmdir_here(&self, parent: InodeId, name: &str) -> Option<Result<()>> {
+        if !self.cache_on() {
+            return None;
+        }
+        let cred = self.caller();
+        let dir = Perms::from(&self.meta.attr(parent)?.0);
+        self.dirops.local(parent, |l| {
+            let Some(ino) = self.meta.dentry(parent, name)? else {
+                return Some(Err(Error::NotFound));
+            };
+            let (a, _) = self.meta.attr(ino)?;
+            if a.kind != FileKind::Dir {
+                return Some(Err(Error::NotDir));
+            }
+            if !l.holds(ino) || !self.meta.known_empty(ino) {
+                return None;
+            }
+            perm::may_delete(dir, a.uid, &cred).ok()?;
+            let snap = self.meta.snap();
+            let now = aifs_common::time::now_ns();
+            l.push(DirOp::Rmdir { parent, name: name.to_string(), ino, time_ns: now, cred });
+            l.removed_dir(ino);
+            self.meta.local_entry(snap, parent, name, None, false);
+            self.meta.drop_ino(ino);
+            self.meta.touch_dir(parent, now, -1);
             Some(Ok(()))
         })
     }
@@ -361,6 +436,9 @@ impl ClientFs {
 
     /// The new directory comes leased to its maker, known to be empty.
     pub async fn mkdir(&self, parent: InodeId, name: &str, mode: u32) -> Result<Attr> {
+        if let Some(r) = self.mkdir_here(parent, name, mode) {
+            return r;
+        }
         let snap = self.meta.snap();
         let req = MdsReq::Mkdir { parent, name: name.to_string(), mode };
         let (r, granted) = self.mds_leased(&req).await;
@@ -409,6 +487,9 @@ impl ClientFs {
     }
 
     pub async fn rmdir(&self, parent: InodeId, name: &str) -> Result<()> {
+        if let Some(r) = self.rmdir_here(parent, name) {
+            return r;
+        }
         let child = self.cached_child(parent, name);
         let snap = self.meta.snap();
         let r = self.change(snap, MdsReq::Rmdir { parent, name: name.to_string() }, "Rmdir").await;

@@ -91,6 +91,28 @@ impl Attr {
             allocated: None,
         }
     }
+
+    /// A new directory's attributes as the MDS records them (`dir_rec` in
+    /// mds/src/namespace.rs; a test there keeps the two equal): what a
+    /// client answers itself for a mkdir under the parent's write lease.
+    pub fn new_dir(ino: InodeId, mode: u32, uid: u32, gid: u32, now: i64) -> Attr {
+        Attr {
+            ino,
+            kind: FileKind::Dir,
+            perm: mode & 0o7777,
+            nlink: 2,
+            uid,
+            gid,
+            size: 4096,
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+            layout: None,
+            xattrs: 0,
+            rdev: 0,
+            allocated: None,
+        }
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -510,7 +532,27 @@ pub enum DirOp {
     Unlink { parent: InodeId, name: String, ino: InodeId, time_ns: i64, cred: Cred },
     /// The client closed its last handle of `ino` (as `MdsReq::Close`).
     Close { ino: InodeId },
+    /// A directory with a reserved inode number (of the parent's shard),
+    /// made at `time_ns` by `cred` (checked and owned as a `Mkdir` would
+    /// be). Its maker holds its write lease.
+    Mkdir { parent: InodeId, name: String, ino: InodeId, mode: u32, cred: Cred, time_ns: i64 },
+    /// Remove the directory `name`, which the client knows as `ino`, holds
+    /// the write lease of and knows to be empty, for `cred`.
+    Rmdir { parent: InodeId, name: String, ino: InodeId, time_ns: i64, cred: Cred },
 }
+
+impl DirOp {
+    /// The directory whose entries the change changes (`None`: a close).
+    pub fn parent(&self) -> Option<InodeId> {
+        match self {
+            DirOp::Create { parent, .. } | DirOp::Unlink { parent, .. } | DirOp::Mkdir { parent, .. } | DirOp::Rmdir { parent, .. } => Some(*parent),
+            DirOp::Close { .. } => None,
+        }
+    }
+}
+
+/// Most links to one inode (a directory: subdirectories plus two).
+pub const LINK_MAX: u32 = 65_000;
 
 /// How many inode numbers a client holds in reserve per directory it
 /// holds the write lease of (granted with the lease, refilled by `Reserve`).
