@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
     fcfg.acl = if root { SessionACL::All } else { SessionACL::Owner };
     fcfg.n_threads = Some(cfg.fuse_threads.max(1));
     fcfg.clone_fd = true;
+    fcfg.uring_depth = cfg.fuse_uring_depth;
     // Resolved before mounting: after it, a lookup of the mount point
     // would wait on the FUSE session.
     let mountpoint = std::fs::canonicalize(&args.mountpoint).with_context(|| format!("resolving {}", args.mountpoint.display()))?;

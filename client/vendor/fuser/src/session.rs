@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use std::os::fd::BorrowedFd;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -139,6 +140,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// One io_uring queue per CPU, if the kernel took them at INIT.
+    rings: Vec<crate::uring::Ring>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +189,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            rings: Vec::new(),
         };
 
         session.handshake()?;
@@ -214,6 +218,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            rings: Vec::new(),
         };
 
         session.handshake()?;
@@ -252,6 +257,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            rings,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -286,6 +292,7 @@ impl<FS: Filesystem> Session<FS> {
                 channels.push(ch.clone());
             }
         }
+        let ch_for_rings = ch.clone();
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
@@ -306,6 +313,22 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
+        let mut queues = Vec::with_capacity(rings.len());
+        let mut ring_threads = Vec::with_capacity(rings.len());
+        for ring in rings {
+            queues.push(ring.queue());
+            let thread_name = format!("fuser-ring-{}", ring.qid());
+            let event_loop = SessionEventLoop {
+                thread_name: thread_name.clone(),
+                filesystem: filesystem.clone(),
+                ch: ch_for_rings.clone(),
+                allowed,
+                session_owner,
+            };
+            let fd = event_loop.ch.as_fd().as_raw_fd();
+            ring_threads.push(thread::Builder::new().name(thread_name).spawn(move || crate::uring::serve(ring, fd, &event_loop))?);
+        }
+
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
             let res = match thread.join() {
@@ -320,6 +343,17 @@ impl<FS: Filesystem> Session<FS> {
                 }
             }
         }
+        // The connection ended: the ring threads stop too.
+        for q in &queues {
+            q.stop();
+        }
+        for thread in ring_threads {
+            match thread.join() {
+                Ok(Err(e)) => warn!("FUSE ring thread: {e}"),
+                Ok(Ok(())) => {}
+                Err(_) => return Err(io::Error::other("FUSE ring thread panicked")),
+            }
+        }
 
         let Some(filesystem) = Arc::get_mut(&mut filesystem) else {
             return Err(io::Error::other(
@@ -330,6 +364,25 @@ impl<FS: Filesystem> Session<FS> {
         filesystem.destroy();
 
         reply
+    }
+
+    /// If the kernel offers FUSE over io_uring and the config asks for it,
+    /// make the queues now and ask for it: once the kernel hears yes,
+    /// every request waits until each CPU's queue has an entry, so the
+    /// queues must exist before the INIT reply.
+    fn offer_rings(&mut self, offered: InitFlags, config: &mut KernelConfig) {
+        if self.config.uring_depth == 0 || !offered.contains(InitFlags::FUSE_OVER_IO_URING) {
+            return;
+        }
+        let payload = (config.max_write as usize).max(config.max_pages() as usize * page_size::get()).max(abi::consts::FUSE_MIN_READ_BUFFER);
+        match crate::uring::rings(self.config.uring_depth, payload) {
+            Ok(rings) => {
+                info!("FUSE over io_uring: {} queues of {} entries", rings.len(), self.config.uring_depth);
+                self.rings = rings;
+                let _ = config.add_capabilities(InitFlags::FUSE_OVER_IO_URING);
+            }
+            Err(e) => warn!("FUSE over io_uring offered but not set up, so /dev/fuse serves: {e}"),
+        }
     }
 
     fn handshake(&mut self) -> io::Result<()> {
@@ -428,6 +481,8 @@ impl<FS: Filesystem> Session<FS> {
                     .send_ll(&ResponseErrno(errno));
                 return Err(error);
             }
+
+            self.offer_rings(init.capabilities(), &mut config);
 
             // Remember the ABI version supported by kernel and mark the session initialized.
             self.proto_version = Some(v);

@@ -18,6 +18,9 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// Serve requests over io_uring, with this many entries per CPU's
+    /// queue, if the kernel offers it (`fuse.enable_uring=1`); 0: never.
+    pub uring_depth: usize,
 }
 
 /// Mount options accepted by the FUSE filesystem type
