@@ -16,10 +16,9 @@ pub struct ClientConfig {
     /// Serve FUSE over io_uring where the kernel offers it (Linux 6.14 and
     /// later, with `fuse.enable_uring=1`): one queue per CPU, with this
     /// many requests in flight each, each with a payload buffer of 1 MiB
-    /// (touched only as large requests use it). A request is answered on
-    /// its caller's CPU. 0 (the default, until a reload after a close
-    /// keeps its page cache as reliably as over `/dev/fuse`): always
-    /// `/dev/fuse`.
+    /// (touched only as large requests use it; entries are reused most
+    /// recent first). A request is answered on its caller's CPU. 0:
+    /// always `/dev/fuse`.
     #[serde(default = "default_fuse_uring_depth")]
     pub fuse_uring_depth: usize,
     /// Cache metadata under the MDS's leases (and let the kernel cache it
@@ -73,7 +72,7 @@ fn default_fuse_threads() -> usize {
     4
 }
 fn default_fuse_uring_depth() -> usize {
-    0
+    16
 }
 fn default_true() -> bool {
     true

@@ -117,7 +117,9 @@ impl ClientFs {
                 return Err(if kind == FileKind::Dir { Error::IsDir } else { Error::InvalidArgument("open of a symlink".into()) });
             }
         }
-        let keep = leased && self.meta.quiet_since(snap, ino) && mode != LeaseMode::SharedWrite && !append;
+        let quiet = self.meta.quiet_since(snap, ino);
+        let keep = leased && quiet && mode != LeaseMode::SharedWrite && !append;
+        tracing::debug!(%ino, leased, quiet, ?mode, keep, "open: the kernel keeps its pages?");
         let f = self.file_state(&a, cap)?;
         f.add_stale(&degraded);
         if !keep {
