@@ -210,13 +210,8 @@ impl Queue {
             }
         }
         if !fits {
-            // The kernel fails the request: an out header with EIO.
             error!("a FUSE answer of {total} bytes does not fit a ring entry");
-            let unique = self.commit_ids[ent as usize].load(Ordering::Relaxed);
-            let mut oh = [0u8; OUT_HEADER_SZ];
-            oh[..4].copy_from_slice(&(OUT_HEADER_SZ as u32).to_ne_bytes());
-            oh[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
-            oh[8..].copy_from_slice(&unique.to_ne_bytes());
+            let oh = self.eio(ent);
             // SAFETY: as above.
             unsafe { std::ptr::copy_nonoverlapping(oh.as_ptr(), h, OUT_HEADER_SZ) };
             at = OUT_HEADER_SZ;
@@ -228,6 +223,16 @@ impl Queue {
             self.wake();
         }
         Ok(())
+    }
+
+    /// An out header failing the request entry `ent` holds with EIO.
+    fn eio(&self, ent: u16) -> [u8; OUT_HEADER_SZ] {
+        let unique = self.commit_ids[ent as usize].load(Ordering::Relaxed);
+        let mut oh = [0u8; OUT_HEADER_SZ];
+        oh[..4].copy_from_slice(&(OUT_HEADER_SZ as u32).to_ne_bytes());
+        oh[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
+        oh[8..].copy_from_slice(&unique.to_ne_bytes());
+        oh
     }
 
     fn wake(&self) {
@@ -368,11 +373,7 @@ fn serve_queue<FS: Filesystem>(q: &Arc<Queue>, ring: &mut IoUring<squeue::Entry1
                 Some(req) => req.dispatch(se),
                 None => {
                     error!("an unreadable FUSE request on ring queue {}", q.qid);
-                    let mut oh = [0u8; OUT_HEADER_SZ];
-                    oh[..4].copy_from_slice(&(OUT_HEADER_SZ as u32).to_ne_bytes());
-                    oh[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
-                    oh[8..].copy_from_slice(&q.commit_ids[ent as usize].load(Ordering::Relaxed).to_ne_bytes());
-                    q.answer(ent, &[IoSlice::new(&oh)])?;
+                    q.answer(ent, &[IoSlice::new(&q.eio(ent))])?;
                 }
             }
         }
