@@ -4,10 +4,10 @@
 //! would have checked the request, against the records its commit reads.
 //! Applying a change twice (a batch sent again after a lost reply)
 //! changes nothing.
-use crate::namespace::{add_entry, check_name, delete_inode, dir_rec, file_rec, shard_of, unlink_here, Namespace, Unlinked, LINK_MAX};
+use crate::namespace::{add_entry, apply_step, check_name, dir_rec, file_rec, kind_code, shard_of, unlink_here, Namespace, Unlinked, LINK_MAX};
 use crate::once::Once;
-use crate::records::{InodeRec, Reservation};
-use crate::store::{get_inode, put_inode, IoResult, Txn, COOKIES, DENTRIES, INODES, RESERVED};
+use crate::records::{InodeRec, Reservation, Step};
+use crate::store::{get_inode, IoResult, Txn, DENTRIES, INODES, RESERVED};
 use aifs_common::ids::InodeId;
 use aifs_common::perm::{self, Cred};
 use aifs_common::proto::mds::{DirOp, FileKind};
@@ -260,39 +260,36 @@ fn mkdir_reserved(txn: &Txn, parent: u64, name: &str, ino: u64, mode: u32, cred:
 }
 
 /// Remove the empty directory `name` (known to the client as `ino`, in
-/// its parent's shard) from `parent`. A name already gone is this change
+/// its parent's shard) from `parent`, checked as the MDS checks an rmdir
+/// and then made with the same steps. A name already gone is this change
 /// applied before.
 fn rmdir_here(txn: &Txn, parent: u64, name: &str, ino: u64, now: i64, cred: &Cred) -> Result<()> {
-    let mut inodes = txn.open_table(INODES).io()?;
-    let mut p = get_inode(&inodes, parent)?;
-    if p.kind != FileKind::Dir {
-        return Err(Error::NotDir);
+    {
+        let inodes = txn.open_table(INODES).io()?;
+        let p = get_inode(&inodes, parent)?;
+        if p.kind != FileKind::Dir {
+            return Err(Error::NotDir);
+        }
+        perm::access(p.perms(), cred, perm::X)?;
+        let Some((found, kind, _)) = txn.open_table(DENTRIES).io()?.get((parent, name)).io()?.map(|v| v.value()) else {
+            return Ok(());
+        };
+        if found != ino {
+            return Err(Error::Stale);
+        }
+        let d = get_inode(&inodes, ino)?;
+        if d.kind != FileKind::Dir || kind != kind_code(FileKind::Dir) {
+            return Err(Error::NotDir);
+        }
+        perm::may_delete(p.perms(), d.uid, cred)?;
+        if d.entries > 0 {
+            return Err(Error::NotEmpty);
+        }
     }
-    perm::access(p.perms(), cred, perm::X)?;
-    let mut dentries = txn.open_table(DENTRIES).io()?;
-    let Some((found, kind, cookie)) = dentries.get((parent, name)).io()?.map(|v| v.value()) else {
-        return Ok(());
-    };
-    if found != ino {
-        return Err(Error::Stale);
-    }
-    let d = get_inode(&inodes, ino)?;
-    if d.kind != FileKind::Dir || kind != crate::namespace::kind_code(FileKind::Dir) {
-        return Err(Error::NotDir);
-    }
-    perm::may_delete(p.perms(), d.uid, cred)?;
-    if d.entries > 0 {
-        return Err(Error::NotEmpty);
-    }
-    dentries.remove((parent, name)).io()?;
-    txn.open_table(COOKIES).io()?.remove((parent, cookie)).io()?;
-    p.entries = p.entries.saturating_sub(1);
-    p.nlink = p.nlink.saturating_sub(1);
-    p.mtime_ns = now;
-    p.ctime_ns = now;
-    put_inode(&mut inodes, parent, &p)?;
-    drop((inodes, dentries));
-    delete_inode(txn, ino, &d)
+    // A directory is never open: nothing keeps it nameless.
+    let open = |_| false;
+    apply_step(txn, Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, -1) }, now, &open)?;
+    apply_step(txn, Step::DeleteDir { ino }, now, &open)
 }
 
 #[cfg(test)]

@@ -147,7 +147,7 @@ fn adjust(v: u64, d: i64) -> u64 {
 
 /// Apply one step inside a write transaction. Steps are checked before they
 /// are built, so the only errors here are storage errors.
-fn apply_step(txn: &Txn, step: Step, now: i64, open: &dyn Fn(u64) -> bool) -> Result<()> {
+pub(crate) fn apply_step(txn: &Txn, step: Step, now: i64, open: &dyn Fn(u64) -> bool) -> Result<()> {
     let mut inodes = txn.open_table(INODES).io()?;
     match step {
         Step::InsertEntry { dir, name, ino, kind, dir_delta } => {
@@ -242,7 +242,7 @@ fn attr_held(held: &impl ReadableTable<u64, u64>, rec: &InodeRec, ino: u64) -> R
 }
 
 /// Remove an inode, its xattrs, and queue its objects for deletion.
-pub(crate) fn delete_inode(txn: &Txn, ino: u64, rec: &InodeRec) -> Result<()> {
+fn delete_inode(txn: &Txn, ino: u64, rec: &InodeRec) -> Result<()> {
     txn.open_table(INODES).io()?.remove(ino).io()?;
     txn.open_table(ALLOCATED).io()?.remove(ino).io()?;
     txn.open_table(LINKABLE).io()?.remove(ino).io()?;
