@@ -19,6 +19,12 @@ pub struct MdsConfig {
     /// this process alone, with one-member groups.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<Member>,
+    /// This process joins a replicated MDS that exists already, as a new
+    /// member or one whose data directory was lost: its groups start
+    /// empty and wait for the leader to add it (`mdsctl mds add`), instead
+    /// of being made from `members`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
     /// Number of metadata shards. Fixed when the file system is created.
     #[serde(default = "default_shards")]
     pub shards: u32,
@@ -52,6 +58,13 @@ pub struct MdsConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub transport: TransportConfig,
+    /// When the shards' groups take snapshots and purge their logs.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub raft: crate::store::raft::LogUpkeep,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// One MDS process of a replicated MDS.
@@ -63,10 +76,16 @@ pub struct Member {
 }
 
 impl MdsConfig {
+    /// This process alone, with one-member groups.
+    pub fn is_solo(&self) -> bool {
+        self.members.is_empty() && !self.join
+    }
+
     /// Who this process's groups are made of (`raft::Members`, without
-    /// the network to reach them).
+    /// the network to reach them). A process that joins need not be
+    /// listed: the leader adds it.
     pub fn group_members(&self) -> aifs_common::Result<(u64, std::collections::BTreeMap<u64, String>)> {
-        if self.members.is_empty() {
+        if self.is_solo() {
             let solo = crate::store::raft::Members::solo();
             return Ok((solo.me, solo.all));
         }
@@ -74,7 +93,7 @@ impl MdsConfig {
         if all.len() != self.members.len() {
             return Err(aifs_common::Error::InvalidArgument("members: an id is listed twice".into()));
         }
-        if !all.contains_key(&self.id) {
+        if !all.contains_key(&self.id) && !self.join {
             return Err(aifs_common::Error::InvalidArgument(format!("members: this MDS's id {} is not listed", self.id)));
         }
         Ok((self.id, all))

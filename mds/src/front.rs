@@ -79,6 +79,23 @@ impl Front {
         let out = self.replica.serve(shard, &payload).await?;
         Ok((MdsReply { session: None, resp: MdsResp::Raft { len: out.len() as u64 } }, vec![Bytes::from(out)]))
     }
+
+    /// A step of a membership change (membership.rs), taken by the leader
+    /// of every group for an admin.
+    async fn membership(&self, peer: &Arc<Peer>, req: &MdsReq) -> aifs_common::Result<MdsResp> {
+        if peer.role != Role::Admin {
+            return Err(Error::Unauthorized(format!("a {} certificate cannot change the MDS's members", peer.role.name())));
+        }
+        if self.leading().await.is_none() {
+            return Err(Error::NotLeader(self.replica.leader_addr()));
+        }
+        let change = match req {
+            MdsReq::AddMember { id, addr } => self.replica.add_member(*id, addr).await?,
+            MdsReq::RemoveMember { id } => self.replica.remove_member(*id).await?,
+            _ => return Err(Error::Protocol("not a membership change".into())),
+        };
+        Ok(MdsResp::Member(change))
+    }
 }
 
 impl Service for Front {
@@ -88,6 +105,10 @@ impl Service for Front {
     async fn call(&self, peer: &Arc<Peer>, call: MdsCall, payload: Bytes) -> (MdsReply, Vec<Bytes>) {
         if let MdsReq::Raft { shard, .. } = call.req {
             return self.raft(peer, shard, payload).await.unwrap_or_else(|e| (Self::error(e), vec![]));
+        }
+        if matches!(call.req, MdsReq::AddMember { .. } | MdsReq::RemoveMember { .. }) {
+            let resp = self.membership(peer, &call.req).await.unwrap_or_else(|e| MdsResp::Err(e.to_wire()));
+            return (MdsReply { session: None, resp }, vec![]);
         }
         match self.leading().await {
             Some(a) => a.svc.call(peer, call, payload).await,

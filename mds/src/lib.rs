@@ -11,6 +11,7 @@ pub mod config;
 pub mod front;
 pub mod fsck;
 pub mod gc;
+pub mod membership;
 pub mod meter;
 pub mod nameless;
 pub mod numbers;
@@ -74,6 +75,9 @@ impl MdsHandle {
 /// How often leadership is looked at.
 const LEAD_TICK: Duration = Duration::from_millis(50);
 
+/// Every this many ticks the members that hold the log are recorded.
+const RECORD_HOLDERS_EVERY: u64 = 20;
+
 /// Start the MDS: its endpoint, its groups, and the namespace service
 /// whenever this process leads them. A one-member MDS serves when this
 /// returns; a member of several serves once it is elected.
@@ -84,18 +88,24 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     let endpoint = rpc::server_endpoint(cfg.listen, &id, &cfg.transport, gate.clone())?;
     let addr = endpoint.local_addr()?;
     let (me, all) = cfg.group_members()?;
-    let solo = all.len() == 1;
+    let solo = cfg.is_solo();
     let peers = match solo {
         true => None,
         false => Some(crate::store::raft::net::PeerClients::new(endpoint.clone(), rpc::endpoint::member_client_config(&id, &cfg.transport)?)),
     };
-    let members = crate::store::raft::Members { me, all, peers };
-    let replica = Arc::new(Replica::open(&cfg.data_dir, cfg.shards, members).await?);
+    let members = crate::store::raft::Members { me, all, peers, join: cfg.join };
+    let replica = Arc::new(Replica::open(&cfg.data_dir, cfg.shards, members, &cfg.raft).await?);
     let front = Arc::new(Front::new(replica.clone()));
     if solo {
         front.set_active(Some(serve_namespace(&cfg, &replica, &endpoint, &gate).await?));
     }
     let serve = tokio::spawn(rpc::serve(endpoint.clone(), front.clone(), gate.clone()));
+    // Served first: the others ask this process the same question.
+    if let Err(e) = replica.make_groups().await {
+        endpoint.close(0u32.into(), b"not started");
+        serve.abort();
+        return Err(e);
+    }
     let lead = tokio::spawn(lead(cfg.clone(), front.clone(), endpoint.clone(), gate));
     tracing::info!(%addr, id = me, members = replica.members.all.len(), shards = cfg.shards, data = %cfg.data_dir.display(), "MDS serving");
     Ok(MdsHandle { addr, front, endpoint, tasks: vec![serve, lead] })
@@ -106,10 +116,19 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
 /// after a restart, with a grace for the clients to come back.
 async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate: Arc<aifs_common::rpc::Gate>) {
     let replica = front.replica.clone();
+    let mut holders = std::collections::BTreeSet::new();
+    let mut tick = 0u64;
     loop {
         tokio::time::sleep(LEAD_TICK).await;
+        tick += 1;
         replica.claim().await;
-        let serving = front.active().is_some();
+        let active = front.active();
+        if let Some(a) = active.as_ref().filter(|_| tick % RECORD_HOLDERS_EVERY == 0) {
+            if let Err(e) = crate::membership::record_holders(&replica, &a.svc.ns, &mut holders).await {
+                e.log("recording the members that hold the log");
+            }
+        }
+        let serving = active.is_some();
         if serving && replica.lost_a_group() && !replica.members.is_solo() {
             tracing::warn!(leader = %replica.leader_addr(), "no longer leading every shard; the namespace stops here");
             front.set_active(None);

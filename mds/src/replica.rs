@@ -21,6 +21,7 @@ use crate::store::raft::{self, net, Members, NodeId, ShardRaft};
 use crate::store::ShardStore;
 use aifs_common::Result;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,24 +44,40 @@ pub struct Group {
 pub struct Replica {
     pub members: Members,
     pub groups: Vec<Group>,
+    /// The groups are new here and wait to be made (`make_groups`): no
+    /// Raft message but `Held` is taken until then.
+    unmade: AtomicBool,
 }
 
 impl Replica {
     /// Open the `nshards` shard databases in `dir` and start their groups
-    /// over `members`. One-member groups are led here when this returns.
-    pub async fn open(dir: &Path, nshards: u32, members: Members) -> Result<Replica> {
+    /// over `members`, their logs kept as `upkeep` says. One-member groups are led here when this returns.
+    pub async fn open(dir: &Path, nshards: u32, members: Members, upkeep: &raft::LogUpkeep) -> Result<Replica> {
         crate::namespace::check_shard_count(dir, nshards)?;
         let mut groups = Vec::new();
         for shard in 0..nshards {
             let db = ShardStore::open_db(dir, shard)?;
-            let raft = raft::start(dir, shard, db.clone(), raft::LOG_BEFORE_SNAPSHOT, &members).await?;
+            let raft = raft::start(dir, shard, db.clone(), upkeep, &members).await?;
             let acked = Arc::new(Mutex::new(None));
             tokio::spawn(watch_acks(raft.clone(), members.me, acked.clone()));
             groups.push(Group { shard, db, raft, acked, claimed: Mutex::new(None) });
         }
         // the names of store files just made
         crate::store::sync_dir(dir)?;
-        Ok(Replica { members, groups })
+        let mut unmade = false;
+        for g in &groups {
+            unmade |= !members.is_solo() && !members.join && !g.raft.is_initialized().await.map_err(|e| aifs_common::Error::Io(format!("shard group: {e}")))?;
+        }
+        Ok(Replica { members, groups, unmade: AtomicBool::new(unmade) })
+    }
+
+    /// The groups are new here and wait for [`Replica::make_groups`].
+    pub fn unmade(&self) -> bool {
+        self.unmade.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_made(&self) {
+        self.unmade.store(false, Ordering::Release);
     }
 
     /// Shard stores over the groups, for a namespace to run on while this
@@ -146,7 +163,12 @@ impl Replica {
     /// Answer a Raft message for shard `shard`'s group from another MDS.
     pub async fn serve(&self, shard: u32, msg: &[u8]) -> Result<Vec<u8>> {
         let g = self.group(shard).ok_or_else(|| aifs_common::Error::InvalidArgument(format!("no shard {shard} here")))?;
-        net::serve(&g.raft, msg).await
+        let db = g.db.clone();
+        let held = |member| match shard {
+            0 => crate::membership::recorded_held(&db, member),
+            _ => Ok(false),
+        };
+        net::serve(&g.raft, msg, !self.unmade(), held).await
     }
 
     /// Stop every group.

@@ -10,7 +10,7 @@ use aifs_common::certs::Role;
 use crate::leases::Holder;
 use aifs_common::locks::{Lock, Refused};
 use aifs_common::lease::LeaseKind;
-use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, MemberInfo, RepairInfo, Reserved, ShardInfo, Statfs, Writable, MAX_UNRESERVE, RESERVE_BATCH};
+use aifs_common::proto::mds::{Attr, ClusterStatus, DirEntry, DirOp, FileKind, LeaseMode, LockInfo, LockKind, MdsCall, MdsReply, MdsReq, MdsResp, RepairInfo, Reserved, ShardInfo, Statfs, Writable, MAX_UNRESERVE, RESERVE_BATCH};
 use aifs_common::rpc::{Peer, Service};
 use aifs_common::cap::{Cap, READ, WRITE};
 use aifs_common::perm::{self, Cred};
@@ -99,29 +99,6 @@ fn after_restart_too(req: &MdsReq) -> bool {
     )
 }
 const ADMIN: &[Role] = &[Role::Admin];
-
-/// The MDS processes of the shards' groups (`groups`, one per shard, as
-/// this process, their leader, sees them).
-fn members(groups: &[crate::store::GroupState]) -> Vec<MemberInfo> {
-    let Some(first) = groups.first() else { return Vec::new() };
-    first
-        .nodes
-        .iter()
-        .map(|(id, addr)| MemberInfo {
-            id: *id,
-            addr: addr.clone(),
-            leader: first.leader == Some(*id),
-            matched: groups
-                .iter()
-                .map(|g| match g.leader == Some(*id) {
-                    true => g.last_log,
-                    false => g.matched.iter().find(|(m, _)| m == id).map_or(0, |(_, i)| *i),
-                })
-                .collect(),
-        })
-        .collect()
-}
-
 
 impl MdsService {
     /// The reply to a namespace change: the new inode and the directories'
@@ -671,7 +648,7 @@ impl MdsService {
             MdsReq::Status => {
                 need(peer, ADMIN)?;
                 let groups: Vec<_> = ns.shards.iter().map(|s| s.group()).collect();
-                let members = members(&groups);
+                let members = crate::membership::member_infos(ns, &groups).await?;
                 let shards = ns
                     .shard_counts()
                     .await?
@@ -833,10 +810,14 @@ impl MdsService {
                 self.repair.wake.notify_one();
                 MdsResp::Done
             }
-            // Answered by the MDS's front (front.rs) before it comes here.
+            // Answered by the MDS's front (front.rs) before they come here.
             MdsReq::Raft { .. } => {
                 need(peer, &[Role::Mds])?;
                 return Err(Error::Protocol("a Raft message reached the namespace service".into()));
+            }
+            MdsReq::AddMember { .. } | MdsReq::RemoveMember { .. } => {
+                need(peer, ADMIN)?;
+                return Err(Error::Protocol("a membership change reached the namespace service".into()));
             }
             MdsReq::DegradedList { ino } => {
                 need(peer, ADMIN)?;

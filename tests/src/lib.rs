@@ -45,6 +45,7 @@ impl TestCluster {
         let mut mcfg = MdsConfig {
             id: 1,
             members: Vec::new(),
+            join: false,
             listen: "127.0.0.1:0".parse().map_err(|_| Error::InvalidArgument("addr".into()))?,
             data_dir: dir.path().join("mds"),
             shards,
@@ -58,6 +59,7 @@ impl TestCluster {
             session_limits: Default::default(),
             tls: tls(dir.path(), Role::Mds),
             transport: TransportConfig::default(),
+            raft: Default::default(),
         };
         tune(&mut mcfg);
         let mds = aifs_mds::start(mcfg).await?;

@@ -81,6 +81,9 @@ pub struct ProcCluster {
     pub n_osds: u32,
     /// The MDS processes, by member (member id = index + 1).
     mds: Vec<Option<Child>>,
+    /// What each member starts with beyond its config (a member that
+    /// joins: `--join`, and its id, address and directory if it is new).
+    mds_args: Vec<Vec<String>>,
     osds: Vec<Option<Child>>,
     /// The MDS listens on every address, not only loopback (for OSDs in
     /// network namespaces of their own).
@@ -89,22 +92,28 @@ pub struct ProcCluster {
 
 impl ProcCluster {
     pub fn start(n_osds: u32) -> Result<ProcCluster> {
-        Self::start_opts(1, n_osds, false)
+        Self::start_opts(1, n_osds, false, "")
     }
 
     /// A cluster whose every shard is replicated over `n_mds` MDS
     /// processes (configs `mds1.toml`...).
     pub fn start_replicated(n_mds: usize, n_osds: u32) -> Result<ProcCluster> {
-        Self::start_opts(n_mds, n_osds, false)
+        Self::start_opts(n_mds, n_osds, false, "")
+    }
+
+    /// [`ProcCluster::start_replicated`], with `toml` added to every MDS
+    /// config (a table of its own, such as `[raft]`).
+    pub fn start_replicated_with(n_mds: usize, n_osds: u32, toml: &str) -> Result<ProcCluster> {
+        Self::start_opts(n_mds, n_osds, false, toml)
     }
 
     /// A cluster whose MDS also answers on non-loopback addresses, so that
     /// an OSD can be moved into a network namespace (`isolate_osd`).
     pub fn start_routed(n_osds: u32) -> Result<ProcCluster> {
-        Self::start_opts(1, n_osds, true)
+        Self::start_opts(1, n_osds, true, "")
     }
 
-    fn start_opts(n_mds: usize, n_osds: u32, mds_any: bool) -> Result<ProcCluster> {
+    fn start_opts(n_mds: usize, n_osds: u32, mds_any: bool, mds_toml: &str) -> Result<ProcCluster> {
         let dir = tempfile::Builder::new().prefix("aifs-proc-").tempdir()?;
         let p = ports(n_mds + n_osds as usize);
         // mdsctl init numbers OSD ports from a base; pick a base with a
@@ -125,6 +134,12 @@ impl ProcCluster {
         if !st.success() {
             bail!("mdsctl init failed");
         }
+        for id in 1..=n_mds {
+            let cfg = dir.path().join(if n_mds == 1 { "mds.toml".to_string() } else { format!("mds{id}.toml") });
+            let mut text = std::fs::read_to_string(&cfg)?;
+            text.push_str(mds_toml);
+            std::fs::write(&cfg, text)?;
+        }
         if mds_any {
             // OSDs of a routed cluster may be moved onto a veth link: the
             // network init would have configured for, not loopback's.
@@ -132,7 +147,8 @@ impl ProcCluster {
         }
         std::fs::create_dir_all(dir.path().join("logs"))?;
         let mds = (0..n_mds).map(|_| None).collect();
-        let mut c = ProcCluster { dir, mds_addr, mds_addrs, n_osds, mds, osds: (0..n_osds).map(|_| None).collect(), mds_any };
+        let mds_args = vec![Vec::new(); n_mds];
+        let mut c = ProcCluster { dir, mds_addr, mds_addrs, n_osds, mds, mds_args, osds: (0..n_osds).map(|_| None).collect(), mds_any };
         if let Err(e) = c.start_all() {
             // dropped without a panic, so the logs would go unseen
             c.dump_logs();
@@ -160,12 +176,34 @@ impl ProcCluster {
         Ok(())
     }
 
-    /// The config file of MDS member `id`.
+    /// The config file of MDS member `id` (a member added later starts
+    /// from the first one's, with its own id, address and directory).
     fn mds_config(&self, id: u64) -> PathBuf {
-        match self.mds.len() {
+        match self.mds_addrs.len() {
             1 => self.path("mds.toml"),
+            n if id as usize > n => self.path("mds1.toml"),
             _ => self.path(&format!("mds{id}.toml")),
         }
+    }
+
+    /// Start member `id` again, on an empty data directory (it was lost),
+    /// to wait for `mdsctl mds add` rather than rejoin as configured.
+    pub fn start_mds_member_joining(&mut self, id: u64) -> Result<()> {
+        self.mds_args[(id - 1) as usize] = vec!["--join".into()];
+        self.start_mds_member(id)
+    }
+
+    /// Start a new MDS process, to be added with `mdsctl mds add`: its
+    /// member id and address.
+    pub fn start_new_mds_member(&mut self) -> Result<(u64, SocketAddr)> {
+        let id = self.mds.len() as u64 + 1;
+        let addr = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        let data = self.path(&format!("data/mds{id}"));
+        let args = ["--id", &id.to_string(), "--listen", &addr.to_string(), "--data-dir", data.to_str().unwrap_or_default(), "--join"];
+        self.mds.push(None);
+        self.mds_args.push(args.iter().map(|a| a.to_string()).collect());
+        self.start_mds_member(id)?;
+        Ok((id, addr))
     }
 
     /// Start MDS member `id` (1-based; 1 for an MDS of one process).
@@ -177,6 +215,7 @@ impl ProcCluster {
         if self.mds_any {
             args.extend(["--listen", any.as_str()]);
         }
+        args.extend(self.mds_args[(id - 1) as usize].iter().map(String::as_str));
         let child = spawn_logged("aifs-mds", &args, &log)?;
         self.mds[(id - 1) as usize] = Some(child);
         Ok(())
@@ -190,8 +229,27 @@ impl ProcCluster {
         }
     }
 
+    /// Wait up to `timeout` for MDS member `id` to end by itself: how it
+    /// ended, or None if it still runs.
+    pub fn wait_mds_member_exit(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            let child = self.mds.get_mut((id - 1) as usize).and_then(Option::as_mut)?;
+            if let Ok(Some(st)) = child.try_wait() {
+                self.mds[(id - 1) as usize] = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
     /// The data directory of MDS member `id`, as its config names it.
     pub fn mds_data_dir(&self, id: u64) -> Result<PathBuf> {
+        let args = &self.mds_args[(id - 1) as usize];
+        if let Some(dir) = args.iter().position(|a| a == "--data-dir").and_then(|i| args.get(i + 1)) {
+            return Ok(PathBuf::from(dir));
+        }
         Ok(aifs_common::config::load::<aifs_mds::MdsConfig>(&self.mds_config(id))?.data_dir)
     }
 
@@ -658,3 +716,4 @@ impl Mount {
         is_mounted(&self.path)
     }
 }
+

@@ -66,6 +66,34 @@ fn members(cl: &ProcCluster) -> Vec<(u64, bool, Vec<u64>)> {
         .collect()
 }
 
+/// The members that vote, as `mdsctl mds ls --json` shows them.
+fn voters(cl: &ProcCluster) -> Vec<u64> {
+    let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "mds", "ls"]).unwrap()).unwrap();
+    let list = v.as_array().expect("mds ls is a list");
+    list.iter().filter(|m| m["voter"].as_bool().expect("voter")).map(|m| m["id"].as_u64().expect("an id")).collect()
+}
+
+/// Per shard, the index of the last entry in the leader's snapshot
+/// (`mdsctl shard ls --json`).
+fn snapshots(cl: &ProcCluster) -> Vec<u64> {
+    let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "shard", "ls"]).unwrap()).unwrap();
+    v.as_array().expect("shard ls is a list").iter().map(|s| s["snapshot"].as_u64().expect("snapshot")).collect()
+}
+
+/// Wait until member `id` is recorded as having held the log.
+fn wait_held(cl: &ProcCluster, id: u64) {
+    let t = std::time::Instant::now();
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "mds", "ls"]).unwrap()).unwrap();
+        let list = v.as_array().expect("mds ls is a list");
+        if list.iter().any(|m| m["id"].as_u64() == Some(id) && m["held"].as_bool() == Some(true)) {
+            return;
+        }
+        assert!(t.elapsed() < ELECTION, "MDS {id} is not recorded as holding the log: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Wait until the leader knows `id` holds every shard's log as far as it
 /// does itself.
 fn wait_caught_up(cl: &ProcCluster, id: u64) {
@@ -133,10 +161,11 @@ fn a_checkpoint_goes_on_through_the_mds_leaders_death() {
     check_file(&m.p("step1/rank3/part5"), 305, 4);
 }
 
-/// A member whose data directory is lost comes back empty and catches up
-/// from the others: with the third member down it forms the majority
-/// that takes new metadata, and it then leads with everything, the
-/// metadata from before its loss among it.
+/// A member whose data directory is lost is taken out (`mdsctl mds
+/// remove`), comes back empty with `--join`, and is added again (`mdsctl
+/// mds add`): it catches up as a learner before it votes. With the third
+/// member down it then forms the majority that takes new metadata, and it
+/// leads with everything, the metadata from before its loss among it.
 #[test]
 fn a_member_with_a_wiped_data_directory_catches_up_and_holds_everything() {
     let mut cl = ProcCluster::start_replicated(3, 3).unwrap();
@@ -146,10 +175,24 @@ fn a_member_with_a_wiped_data_directory_catches_up_and_holds_everything() {
     let (wiped, other) = (others[0], others[1]);
     make_named(&m.p("old"), 0..100);
     write_file(&m.p("old/data"), 7, 8);
+    wait_held(&cl, wiped);
     cl.kill9_mds_member(wiped);
     let dir = cl.mds_data_dir(wiped).unwrap();
     fs::remove_dir_all(&dir).unwrap();
+    // Started again as configured, it would vote having forgotten its
+    // votes: it refuses, and says what to do.
     cl.start_mds_member(wiped).unwrap();
+    let ended = cl.wait_mds_member_exit(wiped, Duration::from_secs(20));
+    assert!(ended.is_some_and(|st| !st.success()), "a member with a lost data directory started as configured: {ended:?}");
+    let log = fs::read_to_string(cl.path(&format!("logs/mds{wiped}.log"))).unwrap();
+    assert!(log.contains("mdsctl mds remove"), "{log}");
+    cl.mdsctl(&["mds", "remove", &wiped.to_string()]).unwrap();
+    assert!(members(&cl).iter().all(|m| m.0 != wiped), "{:?}", members(&cl));
+    make_named(&m.p("while-out"), 0..20);
+    cl.start_mds_member_joining(wiped).unwrap();
+    let addr = cl.mds_addrs[(wiped - 1) as usize].to_string();
+    cl.mdsctl(&["mds", "add", &addr, "--id", &wiped.to_string()]).unwrap();
+    assert!(voters(&cl).contains(&wiped), "{:?}", members(&cl));
     wait_caught_up(&cl, wiped);
     // Without `other`, nothing commits unless the wiped member acks it.
     cl.kill9_mds_member(other);
@@ -162,9 +205,56 @@ fn a_member_with_a_wiped_data_directory_catches_up_and_holds_everything() {
     let now = cl.mds_leader(ELECTION).unwrap();
     assert_eq!(now, wiped, "the member holding the newest entries leads");
     check_named(&m.p("old"), 0..100);
+    check_named(&m.p("while-out"), 0..20);
     check_named(&m.p("new"), 0..100);
     check_file(&m.p("old/data"), 7, 8);
     check_file(&m.p("new/data"), 8, 8);
+}
+
+/// A new MDS process joins a running replicated MDS (`mdsctl mds add`)
+/// from the shards' snapshots, their logs purged past what it lacks, and
+/// then votes: once the leader is taken out (`mdsctl mds remove`) and
+/// another member killed, it is one of the two left, a majority, that go
+/// on taking metadata, and nothing is lost.
+#[test]
+fn an_mds_added_from_snapshots_votes_and_taking_out_the_leader_loses_nothing() {
+    let purge_soon = "\n[raft]\nsnapshot_after_bytes = 1\nkeep_behind_snapshot = 4\n";
+    let mut cl = ProcCluster::start_replicated_with(3, 3, purge_soon).unwrap();
+    let m = cl.mount().unwrap();
+    let mut made = 0;
+    let t = std::time::Instant::now();
+    while !snapshots(&cl).iter().any(|s| *s > 4) {
+        assert!(t.elapsed() < Duration::from_secs(120), "no shard took a snapshot: {:?}", snapshots(&cl));
+        make_named(&m.p("old"), made..made + 200);
+        made += 200;
+    }
+    let snapped: Vec<usize> = snapshots(&cl).iter().enumerate().filter(|(_, s)| **s > 4).map(|(i, _)| i).collect();
+    let (new, addr) = cl.start_new_mds_member().unwrap();
+    assert_eq!(new, 4);
+    let out = cl.mdsctl(&["--json", "mds", "add", &addr.to_string()]).unwrap();
+    let added: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(added["id"].as_u64(), Some(4), "{out}");
+    assert_eq!(voters(&cl), vec![1, 2, 3, 4]);
+    let dir = cl.mds_data_dir(new).unwrap();
+    for shard in snapped {
+        assert!(dir.join(format!("shard-{shard}.snapshot")).exists(), "shard {shard}'s snapshot was not sent to the new MDS");
+    }
+    let leader = cl.mds_leader(ELECTION).unwrap();
+    cl.mdsctl(&["mds", "remove", &leader.to_string()]).unwrap();
+    let next = cl.mds_leader(ELECTION).unwrap();
+    assert_ne!(next, leader, "the member taken out still leads");
+    assert!(members(&cl).iter().all(|m| m.0 != leader), "{:?}", members(&cl));
+    cl.kill9_mds_member(leader);
+    make_named(&m.p("after"), 0..50);
+    wait_caught_up(&cl, new);
+    // Of the three voters left, kill one that is neither the new member
+    // nor the leader: the new member is half of the majority now.
+    let victim = voters(&cl).into_iter().find(|id| *id != new && *id != next).expect("a third voter");
+    cl.kill9_mds_member(victim);
+    make_named(&m.p("with-the-new-one"), 0..50);
+    check_named(&m.p("old"), 0..made);
+    check_named(&m.p("after"), 0..50);
+    check_named(&m.p("with-the-new-one"), 0..50);
 }
 
 /// A leader cut off from the others (stopped, so that it hears nothing

@@ -234,6 +234,11 @@ pub struct MemberInfo {
     pub addr: String,
     /// It leads every shard (the one answering).
     pub leader: bool,
+    /// It votes (otherwise it is a learner, catching up before it does).
+    pub voter: bool,
+    /// It is recorded as having held the log: started again with no data,
+    /// it refuses to run (it must be taken out and added again).
+    pub held: bool,
     /// Per shard, the index of the last log entry it is known to hold.
     pub matched: Vec<u64>,
 }
@@ -436,6 +441,15 @@ pub enum MdsReq {
     /// a vote, a snapshot chunk): `len` bytes of the MDS's raft codec,
     /// raw after the header. Only another MDS's certificate may send it.
     Raft { shard: u32, len: u64 },
+    /// Admin: one step of adding the MDS process at `addr` to every
+    /// shard's group: a learner where it is not yet a member, a voter
+    /// where it holds the log as far as the leader. `id` 0: the leader
+    /// picks a free one. Sent again until the answer says it votes in
+    /// every group (`MdsResp::Member`); each step is safe to repeat.
+    AddMember { id: u64, addr: String },
+    /// Admin: one step of taking MDS process `id` out of every shard's
+    /// group; sent again until the answer says it is in none.
+    RemoveMember { id: u64 },
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);
@@ -642,7 +656,24 @@ pub enum MdsResp {
     /// `Raft`: the group's answer, `len` bytes of the MDS's raft codec raw
     /// after the header.
     Raft { len: u64 },
+    /// `AddMember`, `RemoveMember`: where that MDS process stands now.
+    Member(MemberChange),
     // New variants go last: the order is the wire's discriminant.
+}
+
+/// Where one MDS process stands in the shards' groups during a change of
+/// membership.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct MemberChange {
+    pub id: u64,
+    pub addr: String,
+    /// Groups it votes in, and groups it only learns in.
+    pub voter_in: u32,
+    pub learner_in: u32,
+    pub shards: u32,
+    /// Log entries it lacks, summed over the groups it learns in.
+    pub behind: u64,
 }
 
 /// A revoked certificate: its owner, the name it was issued as, and when.

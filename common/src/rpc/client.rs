@@ -24,7 +24,9 @@ pub type OnConnect = Box<dyn Fn(quinn::Connection) + Send + Sync>;
 /// ([`RpcClient::redirect`]).
 pub struct RpcClient {
     endpoint: quinn::Endpoint,
-    addrs: Vec<SocketAddr>,
+    /// The config's addresses, and members named by redirects since (an
+    /// MDS process added after the config was written).
+    addrs: std::sync::RwLock<Vec<SocketAddr>>,
     /// Index in `addrs` of the one calls go to.
     at: std::sync::atomic::AtomicUsize,
     role: Role,
@@ -51,7 +53,7 @@ impl RpcClient {
     pub fn any_of(endpoint: quinn::Endpoint, addrs: &crate::config::MdsAddrs, role: Role) -> Self {
         RpcClient {
             endpoint,
-            addrs: addrs.0.clone(),
+            addrs: std::sync::RwLock::new(addrs.0.clone()),
             at: Default::default(),
             role,
             conn: tokio::sync::Mutex::new(None),
@@ -84,38 +86,53 @@ impl RpcClient {
         let _ = self.on_connect.set(f);
     }
 
+    fn addr_list(&self) -> Vec<SocketAddr> {
+        self.addrs.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
     /// The address calls go to now.
     pub fn addr(&self) -> SocketAddr {
-        self.addrs[self.at.load(std::sync::atomic::Ordering::Relaxed) % self.addrs.len()]
+        let addrs = self.addr_list();
+        addrs[self.at.load(std::sync::atomic::Ordering::Relaxed) % addrs.len()]
     }
 
     /// How many addresses this client may call.
     pub fn members(&self) -> usize {
-        self.addrs.len()
+        self.addr_list().len()
     }
 
     /// Every address, as a config would list them.
     pub fn addrs(&self) -> crate::config::MdsAddrs {
-        crate::config::MdsAddrs(self.addrs.clone())
+        crate::config::MdsAddrs(self.addr_list())
     }
 
     /// Calls go to another address from now on: `hint` if it is one of
     /// this client's, else the next. The connection to the old one is
     /// closed. Nothing changes for a client of one address.
     pub async fn redirect(&self, hint: &str) {
-        if self.addrs.len() < 2 {
-            return;
-        }
-        let was = self.at.load(std::sync::atomic::Ordering::Relaxed);
-        let to = match hint.parse::<SocketAddr>().ok().and_then(|h| self.addrs.iter().position(|a| *a == h)) {
-            Some(i) => i,
-            None => (was + 1) % self.addrs.len(),
+        let hint = hint.parse::<SocketAddr>().ok();
+        let (addrs, to) = {
+            let Ok(mut addrs) = self.addrs.write() else { return };
+            if addrs.len() < 2 {
+                return;
+            }
+            let was = self.at.load(std::sync::atomic::Ordering::Relaxed);
+            let to = match hint.map(|h| (h, addrs.iter().position(|a| *a == h))) {
+                Some((_, Some(i))) => i,
+                // A member the config does not name: added since.
+                Some((h, None)) => {
+                    addrs.push(h);
+                    addrs.len() - 1
+                }
+                None => (was + 1) % addrs.len(),
+            };
+            if to == was % addrs.len() {
+                return;
+            }
+            self.at.store(to, std::sync::atomic::Ordering::Relaxed);
+            (addrs.clone(), to)
         };
-        if to == was % self.addrs.len() {
-            return;
-        }
-        self.at.store(to, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(from = %self.addrs[was % self.addrs.len()], to = %self.addrs[to], "calls go to another server");
+        tracing::debug!(to = %addrs[to], "calls go to another server");
         if let Some(c) = self.conn.lock().await.take() {
             c.close(0u32.into(), b"redirected");
         }
@@ -126,8 +143,9 @@ impl RpcClient {
     /// failed with it, or a redirect, moved them), so that every call
     /// failing at once moves them one step, not one each.
     fn move_past(&self, addr: SocketAddr) {
-        let n = self.addrs.len();
-        if let Some(i) = self.addrs.iter().position(|a| *a == addr).filter(|_| n > 1) {
+        let addrs = self.addr_list();
+        let n = addrs.len();
+        if let Some(i) = addrs.iter().position(|a| *a == addr).filter(|_| n > 1) {
             let _ = self.at.compare_exchange(i, (i + 1) % n, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed);
         }
     }

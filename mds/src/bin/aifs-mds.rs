@@ -20,6 +20,14 @@ struct Args {
     /// Override the number of shards (only when creating a new file system).
     #[arg(long)]
     shards: Option<u32>,
+    /// Override this MDS's member id.
+    #[arg(long)]
+    id: Option<u64>,
+    /// Join a replicated MDS that exists already (as a new member, or one
+    /// whose data directory was lost): start with empty groups and wait for
+    /// `mdsctl mds add ADDR` on the leader.
+    #[arg(long)]
+    join: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +43,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.shards {
         cfg.shards = v;
     }
+    if let Some(v) = args.id {
+        cfg.id = v;
+    }
+    cfg.join |= args.join;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let h = aifs_mds::start(cfg).await.context("starting MDS")?;

@@ -222,14 +222,15 @@ impl ShardStore {
     /// Open shard `id`'s database in `dir` and start its group; ready once
     /// everything the log holds is applied.
     pub async fn open(dir: &Path, id: u32) -> Result<ShardStore> {
-        Self::open_with(dir, id, raft::LOG_BEFORE_SNAPSHOT).await
+        Self::open_with(dir, id, raft::LogUpkeep::default().snapshot_after_bytes).await
     }
 
     /// [`ShardStore::open`], with a snapshot once the log has grown by
     /// `log_before_snapshot` bytes, or by the database's size if more.
     pub async fn open_with(dir: &Path, id: u32, log_before_snapshot: u64) -> Result<ShardStore> {
         let db = Self::open_db(dir, id)?;
-        let raft = raft::start(dir, id, db.clone(), log_before_snapshot, &raft::Members::solo()).await?;
+        let upkeep = raft::LogUpkeep { snapshot_after_bytes: log_before_snapshot, ..Default::default() };
+        let raft = raft::start(dir, id, db.clone(), &upkeep, &raft::Members::solo()).await?;
         Self::over(id, db, raft, true)
     }
 

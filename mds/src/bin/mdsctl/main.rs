@@ -3,7 +3,7 @@
 //! `make run` started.
 use aifs_common::certs::{self, Role};
 use aifs_common::config::{local_state_dir, to_toml, MdsAddrs, TlsConfig, TransportConfig};
-use aifs_common::proto::mds::{LeaseMode, MdsReq, MdsResp, MemberInfo, OsdInfo, OsdState, SessionInfo, ShardInfo};
+use aifs_common::proto::mds::{LeaseMode, MdsReq, MdsResp, OsdInfo, OsdState, SessionInfo, ShardInfo};
 use aifs_common::proto::osd::{OsdCall, OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
 use aifs_common::{InodeId, LayoutPolicy, ObjectId, OsdId};
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 mod cert;
 mod degraded;
+mod members;
 
 #[derive(Parser)]
 #[command(name = "mdsctl", version, about = "Administer an aifs cluster")]
@@ -77,7 +78,7 @@ enum Cmd {
     /// MDS process commands (the members every shard is replicated over).
     Mds {
         #[command(subcommand)]
-        cmd: MdsCmd,
+        cmd: members::MdsCmd,
     },
     /// Client session commands.
     Session {
@@ -136,12 +137,6 @@ enum ShardCmd {
     Ls,
 }
 
-#[derive(Subcommand)]
-enum MdsCmd {
-    /// List the MDS processes: address, which one leads, and per shard the
-    /// last log entry each is known to hold.
-    Ls,
-}
 
 #[derive(Subcommand)]
 enum SessionCmd {
@@ -200,6 +195,7 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: &MdsAddrs, osds: u32, osd_port
     let mut mcfg = MdsConfig {
         id: 1,
         members,
+        join: false,
         listen: mds.first(),
         data_dir: data.join("mds"),
         shards: 4,
@@ -213,6 +209,7 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: &MdsAddrs, osds: u32, osd_port
         session_limits: Default::default(),
         tls: tls(Role::Mds),
         transport: transport.clone(),
+        raft: Default::default(),
     };
     if replicated {
         for m in mcfg.members.clone() {
@@ -324,17 +321,6 @@ fn show<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce() -> String) -
     Ok(())
 }
 
-fn member_table(members: &[MemberInfo]) -> String {
-    let rows: Vec<Vec<String>> = members
-        .iter()
-        .map(|m| {
-            let matched: Vec<String> = m.matched.iter().map(|i| i.to_string()).collect();
-            vec![m.id.to_string(), m.addr.clone(), if m.leader { "leader" } else { "follower" }.into(), matched.join(",")]
-        })
-        .collect();
-    table(&["ID", "ADDR", "ROLE", "LOG HELD (PER SHARD)"], &rows)
-}
-
 fn session_table(sessions: &[SessionInfo]) -> String {
     let rows: Vec<Vec<String>> = sessions
         .iter()
@@ -411,10 +397,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
             let s = status().await?;
             show(args.json, &s.shards, || shard_table(&s.shards))?;
         }
-        Cmd::Mds { cmd: MdsCmd::Ls } => {
-            let s = status().await?;
-            show(args.json, &s.members, || member_table(&s.members))?;
-        }
+        Cmd::Mds { cmd } => cmd.run(&admin, args.json).await?,
         Cmd::Session { cmd: SessionCmd::Ls } => {
             let s = status().await?;
             if args.json {

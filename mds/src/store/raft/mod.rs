@@ -53,16 +53,20 @@ pub struct Members {
     pub all: BTreeMap<NodeId, String>,
     /// How to reach the others (none for a one-member group).
     pub peers: Option<net::PeerClients>,
+    /// The groups exist elsewhere: this process waits to be added to
+    /// them rather than making them from `all`.
+    pub join: bool,
 }
 
 impl Members {
     /// This process alone.
     pub fn solo() -> Members {
-        Members { me: SELF, all: BTreeMap::from([(SELF, "local".to_string())]), peers: None }
+        Members { me: SELF, all: BTreeMap::from([(SELF, "local".to_string())]), peers: None, join: false }
     }
 
+    /// One-member groups, never to have more.
     pub fn is_solo(&self) -> bool {
-        self.all.len() == 1
+        self.peers.is_none()
     }
 }
 
@@ -72,17 +76,29 @@ pub const HEARTBEAT_MS: u64 = 100;
 pub const ELECTION_MIN_MS: u64 = 300;
 pub const ELECTION_MAX_MS: u64 = 600;
 
-/// A snapshot writes every row of the shard, so one is taken only once the
-/// log has grown, since the last, by this many bytes or by the size of the
-/// shard's database, whichever is more: the cost of snapshots stays in
-/// proportion to what was logged, and the log to about the shard's size.
-pub const LOG_BEFORE_SNAPSHOT: u64 = 256 << 20;
+/// How the groups' logs are kept short (MdsConfig's `[raft]`).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogUpkeep {
+    /// A snapshot writes every row of the shard, so one is taken only once
+    /// the log has grown, since the last, by this many bytes or by the size
+    /// of the shard's database, whichever is more: the cost of snapshots
+    /// stays in proportion to what was logged, and the log to about the
+    /// shard's size.
+    pub snapshot_after_bytes: u64,
+    /// Entries kept in the log behind a snapshot, for members a little
+    /// behind; one further behind is sent the snapshot.
+    pub keep_behind_snapshot: u64,
+}
+
+impl Default for LogUpkeep {
+    fn default() -> Self {
+        LogUpkeep { snapshot_after_bytes: 256 << 20, keep_behind_snapshot: 1_000 }
+    }
+}
 
 /// How often the log's growth is looked at.
 const SNAPSHOT_CHECK: Duration = Duration::from_secs(1);
-
-/// Entries kept in the log behind a snapshot, for members a little behind.
-const KEEP_BEHIND_SNAPSHOT: u64 = 1_000;
 
 /// How long a start may take to become its groups' leader and apply its
 /// log.
@@ -95,11 +111,11 @@ fn raft_err(what: &str, e: impl std::fmt::Display) -> Error {
 /// Start shard `shard`'s group over `db` (the shard's database). A
 /// one-member group is ready when this returns: led here, with every
 /// logged entry applied, so the mutations that run next see all that was
-/// acknowledged before. A group of several members is made if it is new
-/// (every member makes the same first entry) and left to elect. A
-/// snapshot is taken once the log has grown by `log_before_snapshot`
-/// bytes, or by the database's size if more ([`LOG_BEFORE_SNAPSHOT`]).
-pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>, log_before_snapshot: u64, members: &Members) -> Result<ShardRaft> {
+/// acknowledged before. A group of several members is left as it is:
+/// elected from what it holds, or empty, either for [`make_group`] or, if
+/// the process joins, for the leader to fill. Snapshots are taken and the
+/// log purged as `upkeep` says.
+pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>, upkeep: &LogUpkeep, members: &Members) -> Result<ShardRaft> {
     let log = LogStore::open(&dir.join(format!("shard-{shard}.log.redb")))?;
     let appended = log.appended.clone();
     let machine = Machine::new(db, dir, shard)?;
@@ -112,18 +128,17 @@ pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>, log_before_s
         // is at most one batch of mutations.
         max_payload_entries: 64,
         snapshot_policy: SnapshotPolicy::Never,
-        max_in_snapshot_log_to_keep: KEEP_BEHIND_SNAPSHOT,
+        max_in_snapshot_log_to_keep: upkeep.keep_behind_snapshot,
         ..Default::default()
     }
     .validate()
     .map_err(|e| raft_err("raft config", e))?;
     let network = net::Peers { shard, clients: members.peers.clone() };
     let raft = ShardRaft::new(members.me, Arc::new(config), network, log, machine).await.map_err(|e| raft_err("starting shard group", e))?;
-    if !raft.is_initialized().await.map_err(|e| raft_err("shard group", e))? {
-        let all: BTreeMap<NodeId, BasicNode> = members.all.iter().map(|(id, a)| (*id, BasicNode::new(a))).collect();
-        raft.initialize(all).await.map_err(|e| raft_err("making shard group", e))?;
+    if members.is_solo() {
+        make_group(&raft, members).await?;
     }
-    tokio::spawn(snapshot_when_grown(raft.clone(), appended, dir.join(format!("shard-{shard}.redb")), log_before_snapshot));
+    tokio::spawn(snapshot_when_grown(raft.clone(), appended, dir.join(format!("shard-{shard}.redb")), upkeep.snapshot_after_bytes));
     if !members.is_solo() {
         return Ok(raft);
     }
@@ -142,6 +157,16 @@ pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>, log_before_s
         .await
         .map_err(|e| raft_err(&format!("shard {shard} did not become ready"), e))?;
     Ok(raft)
+}
+
+/// Make `raft`'s group, if it is new, of the config's `members`: every
+/// member makes the same first entry.
+pub async fn make_group(raft: &ShardRaft, members: &Members) -> Result<()> {
+    if raft.is_initialized().await.map_err(|e| raft_err("shard group", e))? {
+        return Ok(());
+    }
+    let all: BTreeMap<NodeId, BasicNode> = members.all.iter().map(|(id, a)| (*id, BasicNode::new(a))).collect();
+    raft.initialize(all).await.map_err(|e| raft_err("making shard group", e))
 }
 
 /// Take a snapshot whenever the log has grown past what [`start`] says;

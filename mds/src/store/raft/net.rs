@@ -26,6 +26,10 @@ pub enum WireReq {
     Append { vote: DiskVote, prev: Option<DiskLogId>, entries: Vec<DiskEntry>, commit: Option<DiskLogId> },
     Vote { vote: DiskVote, last: Option<DiskLogId> },
     Snapshot { vote: DiskVote, last: Option<DiskLogId>, membership: DiskStoredMembership, id: String, offset: u64, data: Vec<u8>, done: bool },
+    /// Has `member` been recorded as holding the log (shard 0's only)? A
+    /// member starting with an empty data directory asks, to learn whether
+    /// it lost one (membership.rs).
+    Held { member: NodeId },
 }
 
 /// Its answer.
@@ -37,6 +41,7 @@ pub enum WireResp {
     /// The member could not take it (its group stopped, a snapshot chunk
     /// out of order): why, in words.
     Refused(String),
+    Held(bool),
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
@@ -55,9 +60,13 @@ fn from_disk(l: &Option<DiskLogId>) -> Option<LogId<NodeId>> {
     l.as_ref().map(LogId::from)
 }
 
-/// Answer `req` as shard group `raft`'s member.
-pub async fn serve(raft: &ShardRaft, req: &[u8]) -> Result<Vec<u8>> {
+/// Answer `req` as shard group `raft`'s member; `held`, whether a member
+/// has been recorded as holding the log. A group not `made` yet answers
+/// only that.
+pub async fn serve(raft: &ShardRaft, req: &[u8], made: bool, held: impl FnOnce(NodeId) -> Result<bool>) -> Result<Vec<u8>> {
     let resp = match decode::<WireReq>(req)? {
+        WireReq::Held { member } => WireResp::Held(held(member)?),
+        _ if !made => WireResp::Refused("this MDS is starting: its groups are not made yet".into()),
         WireReq::Append { vote, prev, entries, commit } => {
             let rpc = AppendEntriesRequest::<Cfg> {
                 vote: (&vote).into(),
@@ -112,6 +121,26 @@ impl PeerClients {
         let new = || Arc::new(RpcClient::new(self.endpoint.clone(), addr, Role::Mds).with_config(self.config.clone()));
         self.clients.entry(addr).or_insert_with(new).clone()
     }
+
+    /// Send `req` for shard `shard`'s group to the MDS at `addr`; its
+    /// answer within `limit`.
+    pub async fn ask(&self, addr: SocketAddr, shard: u32, req: &WireReq, limit: std::time::Duration) -> Result<WireResp> {
+        exchange(&self.to(addr), shard, req, limit).await
+    }
+}
+
+/// Send `req` for shard `shard`'s group over `client`; the answer within
+/// `limit` (a late one is an I/O error, not the peer unreachable).
+async fn exchange(client: &RpcClient, shard: u32, req: &WireReq, limit: std::time::Duration) -> Result<WireResp> {
+    let body = encode(req)?;
+    let call = MdsCall::from(MdsReq::Raft { shard, len: body.len() as u64 });
+    let sent = tokio::time::timeout(limit, client.call::<_, MdsReply>(&call, &[Bytes::from(body)])).await;
+    let (reply, bytes) = sent.map_err(|_| Error::Io(format!("no answer in {limit:?}")))??;
+    match reply.resp {
+        MdsResp::Raft { .. } => decode::<WireResp>(&bytes),
+        MdsResp::Err(e) => Err(Error::from_wire(e.code, &e.msg)),
+        other => Err(Error::Protocol(format!("unexpected answer {other:?}"))),
+    }
 }
 
 /// The network of shard `shard`'s group: members are reached at the
@@ -156,24 +185,12 @@ impl Peer {
     /// unreachable (back off) or a network error (try again).
     async fn send<E: std::error::Error>(&self, req: &WireReq, option: &RPCOption) -> std::result::Result<WireResp, RPCError<NodeId, BasicNode, E>> {
         let client = self.client.as_ref().map_err(|e| unreachable(e.clone()))?;
-        let body = encode(req).map_err(|e| refused(e.to_string()))?;
-        let call = MdsCall::from(MdsReq::Raft { shard: self.shard, len: body.len() as u64 });
-        let sent = tokio::time::timeout(option.hard_ttl(), client.call::<_, MdsReply>(&call, &[Bytes::from(body)])).await;
         let target = self.target;
-        let (reply, bytes) = match sent {
-            Err(_) => return Err(refused(format!("MDS {target}: no answer in {:?}", option.hard_ttl()))),
-            Ok(Err(e)) if e.unreachable() => return Err(unreachable(format!("MDS {target}: {e}"))),
-            Ok(Err(e)) => return Err(refused(format!("MDS {target}: {e}"))),
-            Ok(Ok(r)) => r,
-        };
-        match reply.resp {
-            MdsResp::Raft { .. } => match decode::<WireResp>(&bytes) {
-                Ok(WireResp::Refused(why)) => Err(refused(format!("MDS {target}: {why}"))),
-                Ok(r) => Ok(r),
-                Err(e) => Err(refused(format!("MDS {target}: {e}"))),
-            },
-            MdsResp::Err(e) => Err(refused(format!("MDS {target}: {}", Error::from_wire(e.code, &e.msg)))),
-            other => Err(refused(format!("MDS {target}: unexpected answer {other:?}"))),
+        match exchange(client, self.shard, req, option.hard_ttl()).await {
+            Ok(WireResp::Refused(why)) => Err(refused(format!("MDS {target}: {why}"))),
+            Ok(r) => Ok(r),
+            Err(e) if e.unreachable() => Err(unreachable(format!("MDS {target}: {e}"))),
+            Err(e) => Err(refused(format!("MDS {target}: {e}"))),
         }
     }
 }

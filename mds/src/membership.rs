@@ -1,0 +1,291 @@
+//! Adding and removing MDS processes (`mdsctl mds add`, `mdsctl mds
+//! remove`): the leader changes the membership of every shard's group, one
+//! step per request, so that a change survives a leader's death half way
+//! (the next leader takes the next step) and a lost answer (a step done
+//! twice changes nothing).
+//!
+//! A new process joins each group as a learner, is sent the log or a
+//! snapshot, and is made a voter only once it holds the log about as far
+//! as the leader: a voter that has nothing would count towards a majority
+//! while holding none of what was acknowledged. A process leaves each
+//! group as a voter and as a node at once (openraft passes through a joint
+//! configuration, so both majorities agree); shard 0's group last, since
+//! whoever leads shard 0 claims the rest (replica.rs).
+//!
+//! A member that lost its data directory has forgotten its votes too, so
+//! it must not come back as a voter by itself: it could vote twice in one
+//! term, and two leaders could be elected in it. The leader records in
+//! shard 0 each member it has seen holding the log ([`record_holders`]);
+//! a member that starts with no group asks the others first
+//! ([`Replica::make_groups`]), and refuses to start if one of them says it
+//! held the log: the way back is `mdsctl mds remove`, then `--join` and
+//! `mdsctl mds add`.
+use crate::namespace::Namespace;
+use crate::replica::{Group, Replica};
+use crate::store::raft::{self, net, NodeId};
+use crate::store::{IoResult, META};
+use aifs_common::proto::mds::{MemberChange, MemberInfo};
+use aifs_common::{Error, Result};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics};
+use redb::ReadableDatabase;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A learner is made a voter once it lacks at most this many of the
+/// leader's entries: a group that keeps taking writes never waits for one
+/// that lacks none.
+const CATCH_UP_SLACK: u64 = 64;
+
+/// How long a member with no groups waits for the others to say whether
+/// it held the log before; one that cannot be asked is taken to be new
+/// too (a cluster being made, its members starting one after another).
+const ASK_FOR: Duration = Duration::from_secs(3);
+
+/// How long a leader taken out of the groups waits to have stepped down.
+const STEP_DOWN: Duration = Duration::from_secs(5);
+
+type Metrics = RaftMetrics<NodeId, BasicNode>;
+
+/// Shard 0's META key recording that member `id` has held the log.
+fn held_key(id: NodeId) -> String {
+    format!("member_held.{id}")
+}
+
+/// Member `id` is recorded, in `db` (shard 0's database), as having held
+/// the log.
+pub fn recorded_held(db: &redb::Database, id: NodeId) -> Result<bool> {
+    let t = db.begin_read().io()?;
+    let meta = match t.open_table(META) {
+        Ok(m) => m,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(Error::Io(format!("meta table: {e}"))),
+    };
+    Ok(meta.get(held_key(id).as_str()).io()?.is_some())
+}
+
+/// Record, in shard 0, each member shard 0's leader (this process) knows
+/// to hold its log and `recorded` does not name yet.
+pub async fn record_holders(replica: &Replica, ns: &Namespace, recorded: &mut BTreeSet<NodeId>) -> Result<()> {
+    let Some(g) = replica.group(0) else { return Ok(()) };
+    let m = g.raft.metrics().borrow().clone();
+    let holders: Vec<NodeId> = m.membership_config.membership().voter_ids().filter(|id| *id == replica.members.me || behind(&m, *id) < m.last_log_index.unwrap_or(0)).collect();
+    let new: Vec<NodeId> = holders.into_iter().filter(|id| !recorded.contains(id)).collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let write = new.clone();
+    ns.shard(0)
+        .mutate(move |txn| {
+            let mut meta = txn.open_table(META).io()?;
+            for id in &write {
+                meta.insert(held_key(*id).as_str(), 1u64).io()?;
+            }
+            Ok(())
+        })
+        .await?;
+    recorded.extend(new);
+    Ok(())
+}
+
+fn change_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader(f.leader_node.map(|n| n.addr).unwrap_or_default()),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Error::Unavailable(format!("membership change refused: {e}")),
+        RaftError::Fatal(e) => Error::Io(format!("shard group stopped: {e}")),
+    }
+}
+
+fn votes(membership: &openraft::Membership<NodeId, BasicNode>, id: NodeId) -> bool {
+    membership.voter_ids().any(|v| v == id)
+}
+
+/// How far member `id` is behind the leader in a group `m` reports on.
+fn behind(m: &Metrics, id: NodeId) -> u64 {
+    let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index);
+    m.last_log_index.unwrap_or(0).saturating_sub(matched)
+}
+
+/// The MDS processes of the shards' groups (`groups`, one per shard, as
+/// this process, their leader, sees them).
+pub async fn member_infos(ns: &Namespace, groups: &[crate::store::GroupState]) -> Result<Vec<MemberInfo>> {
+    let Some(first) = groups.first() else { return Ok(Vec::new()) };
+    let ids: Vec<NodeId> = first.nodes.iter().map(|(id, _)| *id).collect();
+    let held = ns
+        .shard(0)
+        .read(move |t| {
+            let meta = t.open_table(META).io()?;
+            ids.iter().map(|id| Ok(meta.get(held_key(*id).as_str()).io()?.is_some())).collect::<Result<Vec<bool>>>()
+        })
+        .await?;
+    let infos = first.nodes.iter().zip(held).map(|((id, addr), held)| MemberInfo {
+        id: *id,
+        addr: addr.clone(),
+        leader: first.leader == Some(*id),
+        voter: first.members.contains(id),
+        held,
+        matched: groups
+            .iter()
+            .map(|g| match g.leader == Some(*id) {
+                true => g.last_log,
+                false => g.matched.iter().find(|(m, _)| m == id).map_or(0, |(_, i)| *i),
+            })
+            .collect(),
+    });
+    Ok(infos.collect())
+}
+
+impl Replica {
+    /// Make the groups, new here, of the config's members, unless another
+    /// member says this one held the log before (see the top of this
+    /// file). Answers no Raft message but that question until then.
+    pub async fn make_groups(&self) -> Result<()> {
+        if !self.unmade() {
+            return Ok(());
+        }
+        let me = self.members.me;
+        if let Some(peers) = &self.members.peers {
+            let mut left: Vec<(NodeId, SocketAddr)> =
+                self.members.all.iter().filter(|(id, _)| **id != me).filter_map(|(id, a)| a.parse().ok().map(|a| (*id, a))).collect();
+            let until = Instant::now() + ASK_FOR;
+            while !left.is_empty() && Instant::now() < until {
+                let mut still = Vec::new();
+                for (id, addr) in left {
+                    match peers.ask(addr, 0, &net::WireReq::Held { member: me }, Duration::from_secs(1)).await {
+                        Ok(net::WireResp::Held(true)) => {
+                            return Err(Error::InvalidArgument(format!(
+                                "MDS {me} starts with no data, but MDS {id} ({addr}) says it held the metadata log before: its data directory was lost, and with it its votes. \
+                                 Take it out (`mdsctl mds remove {me}`), then start it with --join and add it again (`mdsctl mds add ADDR --id {me}`)"
+                            )))
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(peer = id, error = %e, "asking whether this MDS held the log");
+                            still.push((id, addr));
+                        }
+                    }
+                }
+                left = still;
+                if !left.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        for g in &self.groups {
+            raft::make_group(&g.raft, &self.members).await?;
+        }
+        self.set_made();
+        Ok(())
+    }
+
+    /// The id of the process serving at `addr` in any group, if one does.
+    fn id_at(&self, addr: &str) -> Option<NodeId> {
+        self.groups.iter().find_map(|g| {
+            let m = g.raft.metrics().borrow().clone();
+            let mut nodes = m.membership_config.membership().nodes();
+            nodes.find(|(_, n)| n.addr == addr).map(|(id, _)| *id)
+        })
+    }
+
+    /// The highest member id any group has known.
+    fn highest_id(&self) -> NodeId {
+        let ids = self.groups.iter().flat_map(|g| g.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).collect::<Vec<_>>());
+        ids.max().unwrap_or(0)
+    }
+
+    /// The address member `id` has in any group, if it is in one.
+    fn addr_of(&self, id: NodeId) -> Option<String> {
+        self.groups.iter().find_map(|g| g.raft.metrics().borrow().membership_config.membership().get_node(&id).map(|n| n.addr.clone()))
+    }
+
+    /// One step of adding the MDS at `addr` as member `id` (0: a free id,
+    /// or the one `addr` already has) to every group.
+    pub async fn add_member(&self, id: NodeId, addr: &str) -> Result<MemberChange> {
+        if self.members.is_solo() {
+            return Err(Error::InvalidArgument(
+                "this MDS runs alone (no `members` in its config); a replicated MDS is made with `mdsctl init --mds A,B,C`".into(),
+            ));
+        }
+        addr.parse::<SocketAddr>().map_err(|e| Error::InvalidArgument(format!("{addr:?} is not an address (IP:PORT): {e}")))?;
+        let id = match (id, self.id_at(addr)) {
+            (0, Some(had)) => had,
+            (0, None) => self.highest_id() + 1,
+            (id, Some(had)) if had != id => return Err(Error::InvalidArgument(format!("{addr} is MDS {had}'s address already"))),
+            (id, _) => id,
+        };
+        if let Some(was) = self.addr_of(id).filter(|a| a != addr) {
+            return Err(Error::InvalidArgument(format!("MDS {id} is a member already, at {was}; `mdsctl mds remove {id}` first")));
+        }
+        let mut change = MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 0, shards: self.groups.len() as u32, behind: 0 };
+        for g in &self.groups {
+            self.add_step(g, id, addr, &mut change).await?;
+        }
+        Ok(change)
+    }
+
+    async fn add_step(&self, g: &Group, id: NodeId, addr: &str, change: &mut MemberChange) -> Result<()> {
+        let m = g.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if votes(membership, id) {
+            change.voter_in += 1;
+            return Ok(());
+        }
+        if membership.get_node(&id).is_none() {
+            tracing::info!(shard = g.shard, id, addr, "adding MDS as a learner");
+            g.raft.add_learner(id, BasicNode::new(addr), false).await.map_err(change_err)?;
+            change.learner_in += 1;
+            change.behind += m.last_log_index.unwrap_or(0);
+            return Ok(());
+        }
+        let lacks = behind(&m, id);
+        if lacks > CATCH_UP_SLACK {
+            change.learner_in += 1;
+            change.behind += lacks;
+            return Ok(());
+        }
+        tracing::info!(shard = g.shard, id, "MDS caught up: it votes from now on");
+        g.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true).await.map_err(change_err)?;
+        change.voter_in += 1;
+        Ok(())
+    }
+
+    /// One step of taking member `id` out of every group: shard 0's last.
+    pub async fn remove_member(&self, id: NodeId) -> Result<MemberChange> {
+        let addr = self.addr_of(id).ok_or_else(|| Error::InvalidArgument(format!("there is no MDS {id} (see `mdsctl mds ls`)")))?;
+        for g in self.groups.iter().rev() {
+            let m = g.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let change = if votes(membership, id) {
+                if membership.voter_ids().count() == 1 {
+                    return Err(Error::InvalidArgument(format!("MDS {id} is shard {}'s only voter", g.shard)));
+                }
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            } else if membership.get_node(&id).is_some() {
+                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+            } else {
+                continue;
+            };
+            tracing::info!(shard = g.shard, id, "removing MDS from the shard's group");
+            g.raft.change_membership(change, false).await.map_err(change_err)?;
+        }
+        if id == self.members.me {
+            // Taken out, this process steps down once the change is
+            // applied; answered before, an operator would see it lead.
+            for g in &self.groups {
+                let stepped = g.raft.wait(Some(STEP_DOWN)).metrics(|m| m.state != openraft::ServerState::Leader, "stepped down").await;
+                if let Err(e) = stepped {
+                    tracing::warn!(shard = g.shard, error = %e, "still leading the shard's group after being taken out");
+                }
+            }
+        }
+        let mut change = MemberChange { id, addr, voter_in: 0, learner_in: 0, shards: self.groups.len() as u32, behind: 0 };
+        for g in &self.groups {
+            let m = g.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            change.voter_in += votes(membership, id) as u32;
+            change.learner_in += (!votes(membership, id) && membership.get_node(&id).is_some()) as u32;
+        }
+        Ok(change)
+    }
+}
