@@ -86,7 +86,9 @@ impl Front {
         if peer.role != Role::Admin {
             return Err(Error::Unauthorized(format!("a {} certificate cannot change the MDS's members", peer.role.name())));
         }
-        if self.leading().await.is_none() {
+        // Shard 0's leader takes the steps, serving or not: one that took
+        // itself out of some groups still finishes taking itself out.
+        if !self.replica.leads_zero() {
             return Err(Error::NotLeader(self.replica.leader_addr()));
         }
         let change = match req {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod front;
 pub mod fsck;
 pub mod gc;
+pub mod holders;
 pub mod membership;
 pub mod meter;
 pub mod nameless;
@@ -104,6 +105,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     if let Err(e) = replica.make_groups().await {
         endpoint.close(0u32.into(), b"not started");
         serve.abort();
+        replica.shutdown().await;
         return Err(e);
     }
     let lead = tokio::spawn(lead(cfg.clone(), front.clone(), endpoint.clone(), gate));
@@ -124,8 +126,12 @@ async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate
         replica.claim().await;
         let active = front.active();
         if let Some(a) = active.as_ref().filter(|_| tick % RECORD_HOLDERS_EVERY == 0) {
-            if let Err(e) = crate::membership::record_holders(&replica, &a.svc.ns, &mut holders).await {
-                e.log("recording the members that hold the log");
+            // Bounded: a shard 0 that cannot commit must not hold up the
+            // loop that notices it lost the lead.
+            match tokio::time::timeout(LEAD_TICK * 10, crate::holders::record_holders(&replica, &a.svc.ns, &mut holders)).await {
+                Ok(Err(e)) => e.log("recording the members that hold the log"),
+                Err(_) => tracing::debug!("recording the members that hold the log: no commit in time"),
+                Ok(Ok(())) => {}
             }
         }
         let serving = active.is_some();

@@ -7,87 +7,39 @@
 //! A new process joins each group as a learner, is sent the log or a
 //! snapshot, and is made a voter only once it holds the log about as far
 //! as the leader: a voter that has nothing would count towards a majority
-//! while holding none of what was acknowledged. A process leaves each
-//! group as a voter and as a node at once (openraft passes through a joint
-//! configuration, so both majorities agree); shard 0's group last, since
-//! whoever leads shard 0 claims the rest (replica.rs).
+//! while holding none of what was acknowledged. It votes in shard 0's
+//! group last, once it votes in every other: whoever leads shard 0 claims
+//! the rest (replica.rs), which a member that does not vote there cannot
+//! win. For the same reason a member leaves shard 0's group first, except
+//! the leader taking itself out, which leaves it last so that it goes on
+//! leading the steps. A process leaves each group as a voter and as a node
+//! at once (openraft passes through a joint configuration, so both
+//! majorities agree; a joint configuration a dead leader left behind is
+//! finished by the next step). One step runs at a time.
 //!
-//! A member that lost its data directory has forgotten its votes too, so
-//! it must not come back as a voter by itself: it could vote twice in one
-//! term, and two leaders could be elected in it. The leader records in
-//! shard 0 each member it has seen holding the log ([`record_holders`]);
-//! a member that starts with no group asks the others first
-//! ([`Replica::make_groups`]), and refuses to start if one of them says it
-//! held the log: the way back is `mdsctl mds remove`, then `--join` and
-//! `mdsctl mds add`.
+//! A process that lost its data directory comes back only this way, as a
+//! learner first: holders.rs.
 use crate::namespace::Namespace;
 use crate::replica::{Group, Replica};
-use crate::store::raft::{self, net, NodeId};
+use crate::store::raft::NodeId;
 use crate::store::{IoResult, META};
 use aifs_common::proto::mds::{MemberChange, MemberInfo};
 use aifs_common::{Error, Result};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers, RaftMetrics};
-use redb::ReadableDatabase;
+use openraft::{BasicNode, ChangeMembers, Membership, RaftMetrics};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A learner is made a voter once it lacks at most this many of the
 /// leader's entries: a group that keeps taking writes never waits for one
 /// that lacks none.
 const CATCH_UP_SLACK: u64 = 64;
 
-/// How long a member with no groups waits for the others to say whether
-/// it held the log before; one that cannot be asked is taken to be new
-/// too (a cluster being made, its members starting one after another).
-const ASK_FOR: Duration = Duration::from_secs(3);
-
 /// How long a leader taken out of the groups waits to have stepped down.
 const STEP_DOWN: Duration = Duration::from_secs(5);
 
 type Metrics = RaftMetrics<NodeId, BasicNode>;
-
-/// Shard 0's META key recording that member `id` has held the log.
-fn held_key(id: NodeId) -> String {
-    format!("member_held.{id}")
-}
-
-/// Member `id` is recorded, in `db` (shard 0's database), as having held
-/// the log.
-pub fn recorded_held(db: &redb::Database, id: NodeId) -> Result<bool> {
-    let t = db.begin_read().io()?;
-    let meta = match t.open_table(META) {
-        Ok(m) => m,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-        Err(e) => return Err(Error::Io(format!("meta table: {e}"))),
-    };
-    Ok(meta.get(held_key(id).as_str()).io()?.is_some())
-}
-
-/// Record, in shard 0, each member shard 0's leader (this process) knows
-/// to hold its log and `recorded` does not name yet.
-pub async fn record_holders(replica: &Replica, ns: &Namespace, recorded: &mut BTreeSet<NodeId>) -> Result<()> {
-    let Some(g) = replica.group(0) else { return Ok(()) };
-    let m = g.raft.metrics().borrow().clone();
-    let holders: Vec<NodeId> = m.membership_config.membership().voter_ids().filter(|id| *id == replica.members.me || behind(&m, *id) < m.last_log_index.unwrap_or(0)).collect();
-    let new: Vec<NodeId> = holders.into_iter().filter(|id| !recorded.contains(id)).collect();
-    if new.is_empty() {
-        return Ok(());
-    }
-    let write = new.clone();
-    ns.shard(0)
-        .mutate(move |txn| {
-            let mut meta = txn.open_table(META).io()?;
-            for id in &write {
-                meta.insert(held_key(*id).as_str(), 1u64).io()?;
-            }
-            Ok(())
-        })
-        .await?;
-    recorded.extend(new);
-    Ok(())
-}
 
 fn change_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
     match e {
@@ -97,8 +49,13 @@ fn change_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Erro
     }
 }
 
-fn votes(membership: &openraft::Membership<NodeId, BasicNode>, id: NodeId) -> bool {
+fn votes(membership: &Membership<NodeId, BasicNode>, id: NodeId) -> bool {
     membership.voter_ids().any(|v| v == id)
+}
+
+/// A joint configuration: a change begun and not finished.
+fn joint(membership: &Membership<NodeId, BasicNode>) -> bool {
+    membership.get_joint_config().len() > 1
 }
 
 /// How far member `id` is behind the leader in a group `m` reports on.
@@ -116,7 +73,7 @@ pub async fn member_infos(ns: &Namespace, groups: &[crate::store::GroupState]) -
         .shard(0)
         .read(move |t| {
             let meta = t.open_table(META).io()?;
-            ids.iter().map(|id| Ok(meta.get(held_key(*id).as_str()).io()?.is_some())).collect::<Result<Vec<bool>>>()
+            crate::holders::held_in(&meta, &ids)
         })
         .await?;
     let infos = first.nodes.iter().zip(held).map(|((id, addr), held)| MemberInfo {
@@ -137,48 +94,6 @@ pub async fn member_infos(ns: &Namespace, groups: &[crate::store::GroupState]) -
 }
 
 impl Replica {
-    /// Make the groups, new here, of the config's members, unless another
-    /// member says this one held the log before (see the top of this
-    /// file). Answers no Raft message but that question until then.
-    pub async fn make_groups(&self) -> Result<()> {
-        if !self.unmade() {
-            return Ok(());
-        }
-        let me = self.members.me;
-        if let Some(peers) = &self.members.peers {
-            let mut left: Vec<(NodeId, SocketAddr)> =
-                self.members.all.iter().filter(|(id, _)| **id != me).filter_map(|(id, a)| a.parse().ok().map(|a| (*id, a))).collect();
-            let until = Instant::now() + ASK_FOR;
-            while !left.is_empty() && Instant::now() < until {
-                let mut still = Vec::new();
-                for (id, addr) in left {
-                    match peers.ask(addr, 0, &net::WireReq::Held { member: me }, Duration::from_secs(1)).await {
-                        Ok(net::WireResp::Held(true)) => {
-                            return Err(Error::InvalidArgument(format!(
-                                "MDS {me} starts with no data, but MDS {id} ({addr}) says it held the metadata log before: its data directory was lost, and with it its votes. \
-                                 Take it out (`mdsctl mds remove {me}`), then start it with --join and add it again (`mdsctl mds add ADDR --id {me}`)"
-                            )))
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::debug!(peer = id, error = %e, "asking whether this MDS held the log");
-                            still.push((id, addr));
-                        }
-                    }
-                }
-                left = still;
-                if !left.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-        for g in &self.groups {
-            raft::make_group(&g.raft, &self.members).await?;
-        }
-        self.set_made();
-        Ok(())
-    }
-
     /// The id of the process serving at `addr` in any group, if one does.
     fn id_at(&self, addr: &str) -> Option<NodeId> {
         self.groups.iter().find_map(|g| {
@@ -217,17 +132,27 @@ impl Replica {
         if let Some(was) = self.addr_of(id).filter(|a| a != addr) {
             return Err(Error::InvalidArgument(format!("MDS {id} is a member already, at {was}; `mdsctl mds remove {id}` first")));
         }
+        let _one = self.changing.lock().await;
         let mut change = MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 0, shards: self.groups.len() as u32, behind: 0 };
-        for g in &self.groups {
-            self.add_step(g, id, addr, &mut change).await?;
+        for g in self.groups.iter().skip(1) {
+            self.add_step(g, id, addr, true, &mut change).await?;
+        }
+        let others_vote = change.voter_in + 1 == change.shards;
+        if let Some(zero) = self.groups.first() {
+            self.add_step(zero, id, addr, others_vote, &mut change).await?;
         }
         Ok(change)
     }
 
-    async fn add_step(&self, g: &Group, id: NodeId, addr: &str, change: &mut MemberChange) -> Result<()> {
+    /// Add `id` to `g`'s group as a learner, or make it a voter there if it
+    /// has caught up and `may_vote`.
+    async fn add_step(&self, g: &Group, id: NodeId, addr: &str, may_vote: bool, change: &mut MemberChange) -> Result<()> {
         let m = g.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        if votes(membership, id) {
+        if let Some(was) = membership.get_node(&id).filter(|n| n.addr != addr) {
+            return Err(Error::InvalidArgument(format!("MDS {id} is at {} in shard {}'s group, not {addr}", was.addr, g.shard)));
+        }
+        if votes(membership, id) && !joint(membership) {
             change.voter_in += 1;
             return Ok(());
         }
@@ -239,7 +164,7 @@ impl Replica {
             return Ok(());
         }
         let lacks = behind(&m, id);
-        if lacks > CATCH_UP_SLACK {
+        if lacks > CATCH_UP_SLACK || !may_vote {
             change.learner_in += 1;
             change.behind += lacks;
             return Ok(());
@@ -250,10 +175,18 @@ impl Replica {
         Ok(())
     }
 
-    /// One step of taking member `id` out of every group: shard 0's last.
+    /// One step of taking member `id` out of every group. Answered for an
+    /// id in no group too (the step before may have been the last, its
+    /// answer lost).
     pub async fn remove_member(&self, id: NodeId) -> Result<MemberChange> {
-        let addr = self.addr_of(id).ok_or_else(|| Error::InvalidArgument(format!("there is no MDS {id} (see `mdsctl mds ls`)")))?;
-        for g in self.groups.iter().rev() {
+        let _one = self.changing.lock().await;
+        let addr = self.addr_of(id).unwrap_or_default();
+        let me = self.members.me;
+        let order: Vec<&Group> = match id == me {
+            true => self.groups.iter().rev().collect(),
+            false => self.groups.iter().collect(),
+        };
+        for g in order {
             let m = g.raft.metrics().borrow().clone();
             let membership = m.membership_config.membership();
             let change = if votes(membership, id) {

@@ -47,6 +47,15 @@ pub struct Replica {
     /// The groups are new here and wait to be made (`make_groups`): no
     /// Raft message but `Held` is taken until then.
     unmade: AtomicBool,
+    /// Held through each step of a membership change: one at a time.
+    pub(crate) changing: tokio::sync::Mutex<()>,
+}
+
+/// `m` reports its member `me` leading: in the leader's state (a leader
+/// taken out of the group steps down to learner, and still names itself
+/// as the leader it last knew).
+pub fn leads(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>, me: NodeId) -> bool {
+    m.state == openraft::ServerState::Leader && m.current_leader == Some(me)
 }
 
 impl Replica {
@@ -66,9 +75,9 @@ impl Replica {
         crate::store::sync_dir(dir)?;
         let mut unmade = false;
         for g in &groups {
-            unmade |= !members.is_solo() && !members.join && !g.raft.is_initialized().await.map_err(|e| aifs_common::Error::Io(format!("shard group: {e}")))?;
+            unmade |= !members.is_solo() && !g.raft.is_initialized().await.map_err(|e| aifs_common::Error::Io(format!("shard group: {e}")))?;
         }
-        Ok(Replica { members, groups, unmade: AtomicBool::new(unmade) })
+        Ok(Replica { members, groups, unmade: AtomicBool::new(unmade), changing: Default::default() })
     }
 
     /// The groups are new here and wait for [`Replica::make_groups`].
@@ -94,15 +103,20 @@ impl Replica {
     pub fn leads_all(&self) -> bool {
         let me = self.members.me;
         self.groups.iter().all(|g| {
-            g.raft.metrics().borrow().current_leader == Some(me)
+            leads(&g.raft.metrics().borrow(), me)
                 && (self.members.is_solo() || g.acked.lock().ok().and_then(|a| *a).is_some_and(|at| at.elapsed() < LEASE))
         })
+    }
+
+    /// This process leads shard 0's group.
+    pub fn leads_zero(&self) -> bool {
+        self.groups.first().is_some_and(|g| leads(&g.raft.metrics().borrow(), self.members.me))
     }
 
     /// Some group is not led here: another member leads it, or none does.
     pub fn lost_a_group(&self) -> bool {
         let me = self.members.me;
-        self.groups.iter().any(|g| g.raft.metrics().borrow().current_leader != Some(me))
+        self.groups.iter().any(|g| !leads(&g.raft.metrics().borrow(), me))
     }
 
     /// The namespace may start here: every group led here, in its lease,
@@ -120,6 +134,9 @@ impl Replica {
     /// membership names it, if one leads and it is another.
     pub fn leader_addr(&self) -> String {
         let m = self.groups[0].raft.metrics().borrow().clone();
+        if leads(&m, self.members.me) {
+            return String::new();
+        }
         match m.current_leader {
             Some(id) if id != self.members.me => m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default(),
             _ => String::new(),
@@ -134,11 +151,11 @@ impl Replica {
         if self.members.is_solo() {
             return;
         }
-        let leads_zero = self.groups[0].raft.metrics().borrow().current_leader == Some(me);
+        let leads_zero = self.leads_zero();
         for g in &self.groups[1..] {
-            let leader = g.raft.metrics().borrow().current_leader;
-            g.raft.runtime_config().heartbeat(leads_zero || leader != Some(me));
-            if !leads_zero || leader == Some(me) {
+            let here = leads(&g.raft.metrics().borrow(), me);
+            g.raft.runtime_config().heartbeat(leads_zero || !here);
+            if !leads_zero || here {
                 continue;
             }
             let due = match g.claimed.lock() {
@@ -163,12 +180,7 @@ impl Replica {
     /// Answer a Raft message for shard `shard`'s group from another MDS.
     pub async fn serve(&self, shard: u32, msg: &[u8]) -> Result<Vec<u8>> {
         let g = self.group(shard).ok_or_else(|| aifs_common::Error::InvalidArgument(format!("no shard {shard} here")))?;
-        let db = g.db.clone();
-        let held = |member| match shard {
-            0 => crate::membership::recorded_held(&db, member),
-            _ => Ok(false),
-        };
-        net::serve(&g.raft, msg, !self.unmade(), held).await
+        net::serve(&g.raft, msg, !self.unmade(), |member| self.standing(member)).await
     }
 
     /// Stop every group.
@@ -189,7 +201,7 @@ async fn watch_acks(raft: ShardRaft, me: NodeId, acked: Arc<Mutex<Option<Instant
     while rx.changed().await.is_ok() {
         let at = {
             let m = rx.borrow_and_update();
-            match (m.current_leader == Some(me), m.millis_since_quorum_ack) {
+            match (leads(&m, me), m.millis_since_quorum_ack) {
                 (true, Some(ms)) => Instant::now().checked_sub(Duration::from_millis(ms)),
                 _ => None,
             }

@@ -684,6 +684,11 @@ impl Mount {
 
 impl ProcCluster {
     /// Pids of the MDS, the OSDs and a mount's client.
+    /// The MDS processes running, by member.
+    pub fn mds_pids(&self) -> Vec<u32> {
+        self.mds.iter().flatten().map(|c| c.id()).collect()
+    }
+
     pub fn pids_with(&self, m: &Mount) -> Vec<u32> {
         let mut v: Vec<u32> = self.mds.iter().flatten().chain(self.osds.iter().flatten()).map(|c| c.id()).collect();
         v.extend(m.child.as_ref().map(|c| c.id()));

@@ -186,6 +186,10 @@ fn a_member_with_a_wiped_data_directory_catches_up_and_holds_everything() {
     assert!(ended.is_some_and(|st| !st.success()), "a member with a lost data directory started as configured: {ended:?}");
     let log = fs::read_to_string(cl.path(&format!("logs/mds{wiped}.log"))).unwrap();
     assert!(log.contains("mdsctl mds remove"), "{log}");
+    // Nor does --join let it back in while it still votes.
+    cl.start_mds_member_joining(wiped).unwrap();
+    let ended = cl.wait_mds_member_exit(wiped, Duration::from_secs(20));
+    assert!(ended.is_some_and(|st| !st.success()), "a member with a lost data directory joined while still a voter: {ended:?}");
     cl.mdsctl(&["mds", "remove", &wiped.to_string()]).unwrap();
     assert!(members(&cl).iter().all(|m| m.0 != wiped), "{:?}", members(&cl));
     make_named(&m.p("while-out"), 0..20);

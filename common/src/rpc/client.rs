@@ -87,7 +87,7 @@ impl RpcClient {
     }
 
     fn addr_list(&self) -> Vec<SocketAddr> {
-        self.addrs.read().map(|a| a.clone()).unwrap_or_default()
+        self.addrs.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The address calls go to now.
@@ -112,8 +112,8 @@ impl RpcClient {
     pub async fn redirect(&self, hint: &str) {
         let hint = hint.parse::<SocketAddr>().ok();
         let (addrs, to) = {
-            let Ok(mut addrs) = self.addrs.write() else { return };
-            if addrs.len() < 2 {
+            let mut addrs = self.addrs.write().unwrap_or_else(|e| e.into_inner());
+            if addrs.len() < 2 && hint.is_none_or(|h| addrs.contains(&h)) {
                 return;
             }
             let was = self.at.load(std::sync::atomic::Ordering::Relaxed);

@@ -60,7 +60,7 @@ impl MdsCmd {
                 let mut req = MdsReq::RemoveMember { id: *id };
                 let c = steps(admin, &mut req, json, |c| (c.voter_in + c.learner_in, 0)).await?;
                 if !json {
-                    println!("MDS {} ({}) is in no shard group now", c.id, c.addr);
+                    println!("MDS {} is in no shard group now", c.id);
                 }
             }
         }

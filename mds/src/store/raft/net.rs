@@ -26,9 +26,9 @@ pub enum WireReq {
     Append { vote: DiskVote, prev: Option<DiskLogId>, entries: Vec<DiskEntry>, commit: Option<DiskLogId> },
     Vote { vote: DiskVote, last: Option<DiskLogId> },
     Snapshot { vote: DiskVote, last: Option<DiskLogId>, membership: DiskStoredMembership, id: String, offset: u64, data: Vec<u8>, done: bool },
-    /// Has `member` been recorded as holding the log (shard 0's only)? A
-    /// member starting with an empty data directory asks, to learn whether
-    /// it lost one (membership.rs).
+    /// Has `member` been recorded as holding the log, and does it vote in
+    /// shard 0's group? A member starting with no groups asks, to learn
+    /// whether it lost its data (holders.rs).
     Held { member: NodeId },
 }
 
@@ -41,7 +41,7 @@ pub enum WireResp {
     /// The member could not take it (its group stopped, a snapshot chunk
     /// out of order): why, in words.
     Refused(String),
-    Held(bool),
+    Held { held: bool, votes: bool },
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
@@ -60,12 +60,15 @@ fn from_disk(l: &Option<DiskLogId>) -> Option<LogId<NodeId>> {
     l.as_ref().map(LogId::from)
 }
 
-/// Answer `req` as shard group `raft`'s member; `held`, whether a member
-/// has been recorded as holding the log. A group not `made` yet answers
-/// only that.
-pub async fn serve(raft: &ShardRaft, req: &[u8], made: bool, held: impl FnOnce(NodeId) -> Result<bool>) -> Result<Vec<u8>> {
+/// Answer `req` as shard group `raft`'s member; `standing`, whether a
+/// member has been recorded as holding the log and votes. A group not
+/// `made` yet answers only that.
+pub async fn serve(raft: &ShardRaft, req: &[u8], made: bool, standing: impl FnOnce(NodeId) -> Result<(bool, bool)>) -> Result<Vec<u8>> {
     let resp = match decode::<WireReq>(req)? {
-        WireReq::Held { member } => WireResp::Held(held(member)?),
+        WireReq::Held { member } => {
+            let (held, votes) = standing(member)?;
+            WireResp::Held { held, votes }
+        }
         _ if !made => WireResp::Refused("this MDS is starting: its groups are not made yet".into()),
         WireReq::Append { vote, prev, entries, commit } => {
             let rpc = AppendEntriesRequest::<Cfg> {
@@ -138,7 +141,8 @@ async fn exchange(client: &RpcClient, shard: u32, req: &WireReq, limit: std::tim
     let (reply, bytes) = sent.map_err(|_| Error::Io(format!("no answer in {limit:?}")))??;
     match reply.resp {
         MdsResp::Raft { .. } => decode::<WireResp>(&bytes),
-        MdsResp::Err(e) => Err(Error::from_wire(e.code, &e.msg)),
+        // The peer's own error: it answered, so not "unreachable".
+        MdsResp::Err(e) => Err(Error::Io(format!("refused: {}", Error::from_wire(e.code, &e.msg)))),
         other => Err(Error::Protocol(format!("unexpected answer {other:?}"))),
     }
 }
