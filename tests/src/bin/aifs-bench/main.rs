@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod ckpt;
+mod clients;
 mod failover;
 mod meta;
 mod osds;
@@ -40,12 +41,14 @@ struct Args {
     meta_only: bool,
     /// Only the MDS-leader-failover table.
     failover_only: bool,
+    /// Only the many-client-sessions table (and its model).
+    clients_only: bool,
     /// MDS processes every shard is replicated over.
     mds: usize,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false, raw_only: false, dirs: 1000, meta_only: false, failover_only: false, mds: 1 };
+    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false, raw_only: false, dirs: 1000, meta_only: false, failover_only: false, clients_only: false, mds: 1 };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().context("missing value");
@@ -61,11 +64,12 @@ fn parse_args() -> Result<Args> {
             "--dirs" => a.dirs = v()?.parse()?,
             "--meta-only" => a.meta_only = true,
             "--failover-only" => a.failover_only = true,
+            "--clients-only" => a.clients_only = true,
             "--mds" => a.mds = v()?.parse()?,
             "-h" | "--help" => {
                 println!(
                     "aifs-bench [--size-mib 4096] [--files 10000] [--dirs 1000] [--runs 3] [--threads 8] [--local-dir DIR] [--ckpt-mib 1024] \
-                     [--ckpt-only] [--raw-only] [--meta-only] [--failover-only] [--mds 1]"
+                     [--ckpt-only] [--raw-only] [--meta-only] [--failover-only] [--clients-only] [--mds 1]"
                 );
                 std::process::exit(0);
             }
@@ -460,6 +464,9 @@ fn main() -> Result<()> {
     if a.failover_only {
         return failover::table(a.runs);
     }
+    if a.clients_only {
+        return clients::table(a.runs);
+    }
     // the other tables name the processes they measure one MDS at a time
     anyhow::ensure!(a.mds == 1 || a.meta_only, "--mds N goes with --meta-only");
     let mut cluster = match a.mds {
@@ -592,7 +599,8 @@ fn main() -> Result<()> {
     drop(raw);
     drop(mount);
     drop(cluster);
-    failover::table(a.runs)
+    failover::table(a.runs)?;
+    clients::table(a.runs)
 }
 
 /// The metadata-rates table (meta.rs), local disk and aifs alternating.
