@@ -12,6 +12,7 @@
 //! way back. The members of a file system being made answer "no", so they
 //! make the same first entry each; a process started with `--join` makes
 //! none and waits for the leader to add it.
+use crate::membership;
 use crate::namespace::Namespace;
 use crate::replica::Replica;
 use crate::store::raft::{self, net, NodeId};
@@ -56,7 +57,7 @@ pub async fn record_holders(replica: &Replica, ns: &Namespace, recorded: &mut BT
     let Some(g) = replica.group(0) else { return Ok(()) };
     let m = g.raft.metrics().borrow().clone();
     let me = replica.members.me;
-    let holds = |id: &NodeId| *id == me || m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).is_some_and(|l| l.index > 0);
+    let holds = |id: &NodeId| *id == me || membership::matched(&m, *id) > 0;
     let new: Vec<NodeId> = m.membership_config.membership().voter_ids().filter(|id| holds(id) && !recorded.contains(id)).collect();
     if new.is_empty() {
         return Ok(());
@@ -81,7 +82,7 @@ impl Replica {
     /// group as this member knows it.
     pub fn standing(&self, id: NodeId) -> Result<(bool, bool)> {
         let Some(g) = self.group(0) else { return Ok((false, false)) };
-        let votes = g.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+        let votes = membership::votes(g.raft.metrics().borrow().membership_config.membership(), id);
         Ok((recorded_held(&g.db, id)?, votes))
     }
 

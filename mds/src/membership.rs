@@ -27,7 +27,7 @@ use aifs_common::proto::mds::{MemberChange, MemberInfo};
 use aifs_common::{Error, Result};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Membership, RaftMetrics};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -49,7 +49,8 @@ fn change_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Erro
     }
 }
 
-fn votes(membership: &Membership<NodeId, BasicNode>, id: NodeId) -> bool {
+/// `id` votes in the group `membership` describes.
+pub(crate) fn votes(membership: &Membership<NodeId, BasicNode>, id: NodeId) -> bool {
     membership.voter_ids().any(|v| v == id)
 }
 
@@ -58,10 +59,15 @@ fn joint(membership: &Membership<NodeId, BasicNode>) -> bool {
     membership.get_joint_config().len() > 1
 }
 
+/// The index of the last entry member `id` is known to hold, in a group
+/// `m` (its leader) reports on; 0 if none.
+pub(crate) fn matched(m: &Metrics, id: NodeId) -> u64 {
+    m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index)
+}
+
 /// How far member `id` is behind the leader in a group `m` reports on.
 fn behind(m: &Metrics, id: NodeId) -> u64 {
-    let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index);
-    m.last_log_index.unwrap_or(0).saturating_sub(matched)
+    m.last_log_index.unwrap_or(0).saturating_sub(matched(m, id))
 }
 
 /// The MDS processes of the shards' groups (`groups`, one per shard, as
@@ -94,24 +100,16 @@ pub async fn member_infos(ns: &Namespace, groups: &[crate::store::GroupState]) -
 }
 
 impl Replica {
-    /// The id of the process serving at `addr` in any group, if one does.
-    fn id_at(&self, addr: &str) -> Option<NodeId> {
-        self.groups.iter().find_map(|g| {
-            let m = g.raft.metrics().borrow().clone();
-            let mut nodes = m.membership_config.membership().nodes();
-            nodes.find(|(_, n)| n.addr == addr).map(|(id, _)| *id)
-        })
-    }
-
-    /// The highest member id any group has known.
-    fn highest_id(&self) -> NodeId {
-        let ids = self.groups.iter().flat_map(|g| g.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).collect::<Vec<_>>());
-        ids.max().unwrap_or(0)
-    }
-
-    /// The address member `id` has in any group, if it is in one.
-    fn addr_of(&self, id: NodeId) -> Option<String> {
-        self.groups.iter().find_map(|g| g.raft.metrics().borrow().membership_config.membership().get_node(&id).map(|n| n.addr.clone()))
+    /// Every member some group names, with its address (as the first
+    /// group naming it has it).
+    fn known(&self) -> BTreeMap<NodeId, String> {
+        let mut all = BTreeMap::new();
+        for g in &self.groups {
+            for (id, n) in g.raft.metrics().borrow().membership_config.membership().nodes() {
+                all.entry(*id).or_insert_with(|| n.addr.clone());
+            }
+        }
+        all
     }
 
     /// One step of adding the MDS at `addr` as member `id` (0: a free id,
@@ -123,13 +121,14 @@ impl Replica {
             ));
         }
         addr.parse::<SocketAddr>().map_err(|e| Error::InvalidArgument(format!("{addr:?} is not an address (IP:PORT): {e}")))?;
-        let id = match (id, self.id_at(addr)) {
+        let known = self.known();
+        let id = match (id, known.iter().find(|(_, a)| *a == addr).map(|(id, _)| *id)) {
             (0, Some(had)) => had,
-            (0, None) => self.highest_id() + 1,
+            (0, None) => known.keys().max().copied().unwrap_or(0) + 1,
             (id, Some(had)) if had != id => return Err(Error::InvalidArgument(format!("{addr} is MDS {had}'s address already"))),
             (id, _) => id,
         };
-        if let Some(was) = self.addr_of(id).filter(|a| a != addr) {
+        if let Some(was) = known.get(&id).filter(|a| *a != addr) {
             return Err(Error::InvalidArgument(format!("MDS {id} is a member already, at {was}; `mdsctl mds remove {id}` first")));
         }
         let _one = self.changing.lock().await;
@@ -180,7 +179,7 @@ impl Replica {
     /// answer lost).
     pub async fn remove_member(&self, id: NodeId) -> Result<MemberChange> {
         let _one = self.changing.lock().await;
-        let addr = self.addr_of(id).unwrap_or_default();
+        let addr = self.known().remove(&id).unwrap_or_default();
         let me = self.members.me;
         let order: Vec<&Group> = match id == me {
             true => self.groups.iter().rev().collect(),
@@ -202,7 +201,7 @@ impl Replica {
             tracing::info!(shard = g.shard, id, "removing MDS from the shard's group");
             g.raft.change_membership(change, false).await.map_err(change_err)?;
         }
-        if id == self.members.me {
+        if id == me {
             // Taken out, this process steps down once the change is
             // applied; answered before, an operator would see it lead.
             for g in &self.groups {

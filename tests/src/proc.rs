@@ -134,12 +134,6 @@ impl ProcCluster {
         if !st.success() {
             bail!("mdsctl init failed");
         }
-        for id in 1..=n_mds {
-            let cfg = dir.path().join(if n_mds == 1 { "mds.toml".to_string() } else { format!("mds{id}.toml") });
-            let mut text = std::fs::read_to_string(&cfg)?;
-            text.push_str(mds_toml);
-            std::fs::write(&cfg, text)?;
-        }
         if mds_any {
             // OSDs of a routed cluster may be moved onto a veth link: the
             // network init would have configured for, not loopback's.
@@ -149,6 +143,12 @@ impl ProcCluster {
         let mds = (0..n_mds).map(|_| None).collect();
         let mds_args = vec![Vec::new(); n_mds];
         let mut c = ProcCluster { dir, mds_addr, mds_addrs, n_osds, mds, mds_args, osds: (0..n_osds).map(|_| None).collect(), mds_any };
+        for id in 1..=n_mds as u64 {
+            let cfg = c.mds_config(id);
+            let mut text = std::fs::read_to_string(&cfg)?;
+            text.push_str(mds_toml);
+            std::fs::write(&cfg, text)?;
+        }
         if let Err(e) = c.start_all() {
             // dropped without a panic, so the logs would go unseen
             c.dump_logs();
