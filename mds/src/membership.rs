@@ -121,6 +121,8 @@ impl Replica {
             ));
         }
         addr.parse::<SocketAddr>().map_err(|e| Error::InvalidArgument(format!("{addr:?} is not an address (IP:PORT): {e}")))?;
+        // Held from the choice of id on: two adds at once pick different ones.
+        let _one = self.changing.lock().await;
         let known = self.known();
         let id = match (id, known.iter().find(|(_, a)| *a == addr).map(|(id, _)| *id)) {
             (0, Some(had)) => had,
@@ -131,7 +133,6 @@ impl Replica {
         if let Some(was) = known.get(&id).filter(|a| *a != addr) {
             return Err(Error::InvalidArgument(format!("MDS {id} is a member already, at {was}; `mdsctl mds remove {id}` first")));
         }
-        let _one = self.changing.lock().await;
         let mut change = MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 0, shards: self.groups.len() as u32, behind: 0 };
         for g in self.groups.iter().skip(1) {
             self.add_step(g, id, addr, true, &mut change).await?;
