@@ -92,7 +92,7 @@ impl Pool {
     /// senders want to know at once.
     pub async fn mds_leased(&self, req: &MdsReq) -> (Result<MdsResp>, Option<SessionId>) {
         let ticket = req.once_only().then(|| self.ticket());
-        let retries = !matches!(req, MdsReq::SessionHeartbeat { .. } | MdsReq::CloseSession { .. });
+        let retries = req.rule().retried;
         let started = Instant::now();
         let mut pause = MDS_RETRY_MIN;
         let mut attempt = 0u32;

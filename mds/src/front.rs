@@ -72,20 +72,14 @@ impl Front {
         }
     }
 
-    async fn raft(&self, peer: &Arc<Peer>, shard: u32, payload: Bytes) -> aifs_common::Result<(MdsReply, Vec<Bytes>)> {
-        if peer.role != Role::Mds {
-            return Err(Error::Unauthorized(format!("a {} certificate cannot send Raft messages", peer.role.name())));
-        }
+    async fn raft(&self, shard: u32, payload: Bytes) -> aifs_common::Result<(MdsReply, Vec<Bytes>)> {
         let out = self.replica.serve(shard, &payload).await?;
         Ok((MdsReply { session: None, resp: MdsResp::Raft { len: out.len() as u64 } }, vec![Bytes::from(out)]))
     }
 
     /// A step of a membership change (membership.rs), taken by the leader
     /// of every group for an admin.
-    async fn membership(&self, peer: &Arc<Peer>, req: &MdsReq) -> aifs_common::Result<MdsResp> {
-        if peer.role != Role::Admin {
-            return Err(Error::Unauthorized(format!("a {} certificate cannot change the MDS's members", peer.role.name())));
-        }
+    async fn membership(&self, req: &MdsReq) -> aifs_common::Result<MdsResp> {
         // Shard 0's leader takes the steps, serving or not: one that took
         // itself out of some groups still finishes taking itself out.
         if !self.replica.leads_zero() {
@@ -100,16 +94,30 @@ impl Front {
     }
 }
 
+/// Whether `peer`'s certificate may send `req`.
+pub fn allowed(peer: &Peer, req: &MdsReq) -> aifs_common::Result<()> {
+    let rule = req.rule();
+    match rule.allows(peer.role) {
+        true => Ok(()),
+        false => Err(Error::Unauthorized(format!("a {} certificate cannot send {}", peer.role.name(), rule.name))),
+    }
+}
+
 impl Service for Front {
     type Req = MdsCall;
     type Resp = MdsReply;
 
     async fn call(&self, peer: &Arc<Peer>, call: MdsCall, payload: Bytes) -> (MdsReply, Vec<Bytes>) {
+        // Who may send what is checked here, before any member's state is
+        // touched, from the one table (common/src/proto/requests.rs).
+        if let Err(e) = allowed(peer, &call.req) {
+            return (Self::error(e), vec![]);
+        }
         if let MdsReq::Raft { shard, .. } = call.req {
-            return self.raft(peer, shard, payload).await.unwrap_or_else(|e| (Self::error(e), vec![]));
+            return self.raft(shard, payload).await.unwrap_or_else(|e| (Self::error(e), vec![]));
         }
         if matches!(call.req, MdsReq::AddMember { .. } | MdsReq::RemoveMember { .. }) {
-            let resp = self.membership(peer, &call.req).await.unwrap_or_else(|e| MdsResp::Err(e.to_wire()));
+            let resp = self.membership(&call.req).await.unwrap_or_else(|e| MdsResp::Err(e.to_wire()));
             return (MdsReply { session: None, resp }, vec![]);
         }
         match self.leading().await {

@@ -1,4 +1,6 @@
-//! MDS request dispatch: one arm per request, with the role each needs.
+//! MDS request dispatch: one arm per request. Who may send each, and how
+//! it is retried and held during the grace, is the table in
+//! common/src/proto/requests.rs, checked by the front (front.rs).
 use crate::cluster::Beat;
 use crate::gc::Gc;
 use crate::namespace::Namespace;
@@ -35,15 +37,6 @@ pub struct MdsService {
     pub requests: std::sync::atomic::AtomicU64,
 }
 
-fn need(peer: &Peer, roles: &[Role]) -> Result<()> {
-    if roles.contains(&peer.role) {
-        Ok(())
-    } else {
-        Err(Error::Unauthorized(format!("a {} certificate cannot do this", peer.role.name())))
-    }
-}
-
-const NS: &[Role] = &[Role::Client, Role::Admin];
 
 /// A session open's outcome as its at-most-once record keeps it (two
 /// u64s): the id's halves, with `reclaimed` in the top bit, which no
@@ -76,29 +69,6 @@ pub async fn stored_sessions(ns: &Namespace) -> Result<Vec<(SessionId, Owner)>> 
         .await
 }
 
-/// Requests answered during the grace after a restart (`Cluster::in_grace`):
-/// they grant no lease and change nothing a client caches. Everything
-/// else waits for it to end.
-fn after_restart_too(req: &MdsReq) -> bool {
-    matches!(
-        req,
-        MdsReq::OsdHeartbeat { .. }
-            | MdsReq::OsdMap
-            | MdsReq::OpenSession { .. }
-            | MdsReq::SessionHeartbeat { .. }
-            | MdsReq::CloseSession { .. }
-            | MdsReq::EvictSession { .. }
-            | MdsReq::Status
-            | MdsReq::FsckStatus
-            | MdsReq::Leases { .. }
-            | MdsReq::Degraded { .. }
-            | MdsReq::DegradedList { .. }
-            | MdsReq::ClearDegraded { .. }
-            | MdsReq::Revoke { .. }
-            | MdsReq::Revoked
-    )
-}
-const ADMIN: &[Role] = &[Role::Admin];
 
 impl MdsService {
     /// The reply to a namespace change: the new inode and the directories'
@@ -239,7 +209,6 @@ impl MdsService {
         let cl = &ns.cluster;
         Ok(match req {
             MdsReq::Lookup { parent, name } => {
-                need(peer, NS)?;
                 let h = cl.reader(peer, parent);
                 cl.acquire(&h, parent, LeaseKind::Read).await?;
                 // A negative answer is cached under the directory's lease.
@@ -250,14 +219,12 @@ impl MdsService {
                 MdsResp::Attr(self.read_attr(&h, a.ino).await?)
             }
             MdsReq::GetAttr { ino } => {
-                need(peer, NS)?;
                 let h = cl.reader(peer, ino);
                 let a = self.read_attr(&h, ino).await?;
                 *grant = h.granted();
                 MdsResp::Attr(a)
             }
             MdsReq::SetAttr { ino, set } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 let open_for_write = h.granted().is_some_and(|s| cl.session_writes(s, ino));
                 if set.size.is_some() {
@@ -282,7 +249,6 @@ impl MdsService {
                 MdsResp::Attr(attr)
             }
             MdsReq::Create { parent, name, mode, exclusive } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 if let Some(s) = h.granted() {
                     cl.may_open_more(s, None)?;
@@ -330,7 +296,6 @@ impl MdsService {
                 self.changed_file(Some(a), &[parent], writable, cap).await
             }
             MdsReq::TmpFile { parent, mode, linkable } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 // Open from birth: without a session it would be freed at once.
                 let s = h.granted().ok_or_else(|| Error::InvalidArgument("a file with no name is made by a client session".into()))?;
@@ -349,7 +314,6 @@ impl MdsService {
                 self.changed_file(Some(a), &[], None, Some(cap)).await
             }
             MdsReq::Mkdir { parent, name, mode } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
                 let a = ns.mkdir(parent, &name, mode, cred, once).await?;
@@ -372,7 +336,6 @@ impl MdsService {
                 self.changed(Some(a), &[parent], writable).await
             }
             MdsReq::Unlink { parent, name } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
                 let ino = ns.unlink(parent, &name, cred, once).await?;
@@ -381,7 +344,6 @@ impl MdsService {
                 self.changed(None, &[parent], None).await
             }
             MdsReq::Rmdir { parent, name } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 // Files made in the directory by a client under its write
                 // lease reach the MDS first.
@@ -400,7 +362,6 @@ impl MdsService {
                 self.changed(None, &[parent], None).await
             }
             MdsReq::Rename { parent, name, newparent, newname, flags } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 let mut dirs = vec![parent, newparent];
                 if let Ok(t) = ns.lookup(newparent, &newname, cred).await {
@@ -419,7 +380,6 @@ impl MdsService {
                 self.changed(None, &[parent, newparent], None).await
             }
             MdsReq::Readdir { ino, cookie, max } => {
-                need(peer, NS)?;
                 let h = cl.reader(peer, ino);
                 cl.acquire(&h, ino, LeaseKind::Read).await?;
                 let (entries, eof, parent) = ns.readdir(ino, cookie, max, cred).await?;
@@ -427,7 +387,6 @@ impl MdsService {
                 MdsResp::Dir { entries, eof, parent }
             }
             MdsReq::ReaddirPlus { ino, cookie, max } => {
-                need(peer, NS)?;
                 let h = cl.reader(peer, ino);
                 cl.acquire(&h, ino, LeaseKind::Read).await?;
                 // Leases on the entries before their attributes are read:
@@ -441,7 +400,6 @@ impl MdsService {
                 MdsResp::DirPlus { entries, attrs, eof, parent }
             }
             MdsReq::Symlink { parent, name, target } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
                 let a = ns.symlink(parent, &name, &target, cred, once).await?;
@@ -449,7 +407,6 @@ impl MdsService {
                 self.changed(Some(a), &[parent], None).await
             }
             MdsReq::Mknod { parent, name, kind, mode, rdev } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[parent]).await?;
                 let a = ns.mknod(parent, &name, kind, mode, cred, rdev, once).await?;
@@ -457,11 +414,9 @@ impl MdsService {
                 self.changed(Some(a), &[parent], None).await
             }
             MdsReq::Readlink { ino } => {
-                need(peer, NS)?;
                 MdsResp::Bytes(ns.readlink(ino).await?)
             }
             MdsReq::Link { ino, newparent, newname } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 cl.acquire_read_all(&h, &[newparent]).await?;
                 // (a nameless file is named only by a session that has it open)
@@ -471,33 +426,27 @@ impl MdsService {
                 self.changed(Some(a), &[newparent], None).await
             }
             MdsReq::Statfs => {
-                need(peer, NS)?;
                 MdsResp::Statfs(self.statfs().await)
             }
             MdsReq::GetXattr { ino, name } => {
-                need(peer, NS)?;
                 MdsResp::Bytes(ns.getxattr(ino, &name, cred).await?)
             }
             MdsReq::SetXattr { ino, name, value, flags } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 ns.setxattr(ino, &name, value, flags, cred, once).await?;
                 cl.invalidate(Some(h.id), vec![(ino, vec![])]).await;
                 MdsResp::Done
             }
             MdsReq::ListXattr { ino } => {
-                need(peer, NS)?;
                 MdsResp::Names(ns.listxattr(ino).await?)
             }
             MdsReq::RemoveXattr { ino, name } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 ns.removexattr(ino, &name, cred, once).await?;
                 cl.invalidate(Some(h.id), vec![(ino, vec![])]).await;
                 MdsResp::Done
             }
             MdsReq::UpdateSize { ino, size, mtime_ns } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 // A writer publishes what it wrote (it holds the write
                 // lease, or has the file open for writing); anyone else
@@ -513,22 +462,18 @@ impl MdsService {
                 MdsResp::Attr(a)
             }
             MdsReq::SetStripe { ino, policy } => {
-                need(peer, ADMIN)?;
                 let a = ns.set_stripe(ino, policy).await?;
                 cl.invalidate(None, vec![(ino, vec![])]).await;
                 MdsResp::Attr(a)
             }
             MdsReq::GetStripe { ino } => {
-                need(peer, NS)?;
                 let (policy, attr) = ns.get_stripe(ino).await?;
                 MdsResp::Stripe { policy, attr }
             }
             MdsReq::OsdMap => {
-                need(peer, &[Role::Client, Role::Admin, Role::Osd])?;
                 MdsResp::OsdMap { epoch: ns.cluster.epoch(), osds: ns.cluster.osd_infos() }
             }
             MdsReq::OsdHeartbeat { id: OsdId(id), addr, capacity, used, objects, revoked_known } => {
-                need(peer, &[Role::Osd])?;
                 if !aifs_common::rpc::tls::peer_is_osd(&peer.conn, id) {
                     tracing::warn!(osd = id, peer = %peer.addr, "heartbeat for an OSD id its certificate does not name; refused");
                     return Err(Error::Unauthorized(format!("this certificate is not OSD {id}'s")));
@@ -554,7 +499,6 @@ impl MdsService {
                 MdsResp::OsdBeat { keys: self.caps.keys(), revoked: self.revoked.for_osd(revoked_known) }
             }
             MdsReq::Revoke { owner, name } => {
-                need(peer, ADMIN)?;
                 let connections = self.revoked.revoke(ns, owner, &name).await?;
                 let sessions = ns.cluster.sessions_of(owner);
                 for id in &sessions {
@@ -566,11 +510,9 @@ impl MdsService {
                 MdsResp::RevokeDone { connections: connections as u32, sessions: sessions.len() as u32 }
             }
             MdsReq::Revoked => {
-                need(peer, ADMIN)?;
                 MdsResp::Revoked(crate::revoked::Revocations::list(ns).await?)
             }
             MdsReq::OpenSession { name, dir_leases, previous, open, locks } => {
-                need(peer, NS)?;
                 if let Some(done) = once.done {
                     let (id, reclaimed) = unpack_session(done);
                     // The reply to an earlier attempt was lost: that session
@@ -619,7 +561,6 @@ impl MdsService {
                 MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed, root_squash: peer.root_squash.then_some(self.anon) }
             }
             MdsReq::SessionHeartbeat { id } => {
-                need(peer, NS)?;
                 cl.check_owner(peer, id)?;
                 if !ns.cluster.touch_session(id) {
                     return Err(Error::Stale);
@@ -628,7 +569,6 @@ impl MdsService {
                 MdsResp::Done
             }
             MdsReq::CloseSession { id } => {
-                need(peer, NS)?;
                 cl.check_owner(peer, id)?;
                 if ns.cluster.close_session(id) {
                     self.forget_sessions(&[id]).await?;
@@ -636,7 +576,6 @@ impl MdsService {
                 MdsResp::Done
             }
             MdsReq::EvictSession { id } => {
-                need(peer, ADMIN)?;
                 if !ns.cluster.sessions.contains_key(&id) {
                     return Err(Error::NotFound);
                 }
@@ -646,7 +585,6 @@ impl MdsService {
                 MdsResp::Done
             }
             MdsReq::Status => {
-                need(peer, ADMIN)?;
                 let groups: Vec<_> = ns.shards.iter().map(|s| s.group()).collect();
                 let members = crate::membership::member_infos(ns, &groups).await?;
                 let shards = ns
@@ -689,7 +627,6 @@ impl MdsService {
                 })
             }
             MdsReq::Open { ino, write, first, exclusive } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 let rights = self.rights(&h, ino, write, cred).await?;
                 if first && h.granted().is_some() {
@@ -729,7 +666,6 @@ impl MdsService {
                 MdsResp::Opened { attr, lease, degraded, cap }
             }
             MdsReq::Close { ino, session } => {
-                need(peer, NS)?;
                 let s = cl.session_for(peer, session)?;
                 if s.is_some_and(|s| cl.session_writes(s, ino)) {
                     // Closing a file written: fallocate changes no size.
@@ -741,7 +677,6 @@ impl MdsService {
                 MdsResp::Done
             }
             MdsReq::GetLock { ino, owner, start, end, write, pid, session } => {
-                need(peer, NS)?;
                 // Without a session, a fresh id that owns no lock: every
                 // lock in the way conflicts.
                 let session = cl.session_for(peer, session)?.unwrap_or_else(|| cl.new_session_id());
@@ -750,7 +685,6 @@ impl MdsService {
                 MdsResp::Lock(t.conflict(ino, &want).map(|l| LockInfo { start: l.start, end: l.end, write: l.write, pid: l.pid }))
             }
             MdsReq::SetLock { ino, owner, start, end, kind, pid, session } => {
-                need(peer, NS)?;
                 // Locks live as long as the session: without one there is
                 // no owner to give them back when the client dies.
                 let Some(session) = cl.session_for(peer, session)? else {
@@ -772,22 +706,18 @@ impl MdsService {
                 }
             }
             MdsReq::Accessed { ino } => {
-                need(peer, NS)?;
                 let h = cl.holder(peer);
                 let a = ns.accessed(ino).await?;
                 cl.invalidate(Some(h.id), vec![(ino, vec![])]).await;
                 MdsResp::Attr(a)
             }
             MdsReq::Leases { ino } => {
-                need(peer, ADMIN)?;
                 MdsResp::Leases(cl.lease_infos(ino))
             }
             MdsReq::Fsck { repair } => {
-                need(peer, ADMIN)?;
                 MdsResp::Fsck(self.fsck.start(repair))
             }
             MdsReq::OsdOut { id: OsdId(id), out } => {
-                need(peer, ADMIN)?;
                 if !ns.cluster.osds.contains_key(&id) {
                     return Err(Error::NotFound);
                 }
@@ -811,30 +741,21 @@ impl MdsService {
                 MdsResp::Done
             }
             // Answered by the MDS's front (front.rs) before they come here.
-            MdsReq::Raft { .. } => {
-                need(peer, &[Role::Mds])?;
-                return Err(Error::Protocol("a Raft message reached the namespace service".into()));
-            }
-            MdsReq::AddMember { .. } | MdsReq::RemoveMember { .. } => {
-                need(peer, ADMIN)?;
-                return Err(Error::Protocol("a membership change reached the namespace service".into()));
+            MdsReq::Raft { .. } | MdsReq::AddMember { .. } | MdsReq::RemoveMember { .. } => {
+                return Err(Error::Protocol(format!("{} reached the namespace service", req.rule().name)));
             }
             MdsReq::DegradedList { ino } => {
-                need(peer, ADMIN)?;
                 MdsResp::DegradedList(ns.list_degraded(ino).await?)
             }
             MdsReq::ClearDegraded { ino, index, osd } => {
-                need(peer, ADMIN)?;
                 let gone = ns.clear_degraded(ino, index, osd).await?;
                 tracing::warn!(%ino, ?gone, "stale-replica records cleared by an admin");
                 MdsResp::DegradedList(gone)
             }
             MdsReq::FsckStatus => {
-                need(peer, ADMIN)?;
                 MdsResp::Fsck(self.fsck.status())
             }
             MdsReq::Degraded { ino, objs } => {
-                need(peer, &[Role::Client])?;
                 // Only a client that uses the file reports its replicas: a
                 // writer those it missed, a reader those failing their crcs.
                 if !cl.uses(&cl.holder(peer), ino, false) {
@@ -848,7 +769,6 @@ impl MdsService {
                 MdsResp::Done
             }
             MdsReq::Reserve { dir, count } => {
-                need(peer, &[Role::Client])?;
                 // Numbers are for creates under the directory's write lease.
                 if !cl.holder(peer).granted().is_some_and(|s| cl.holds(s, dir, LeaseKind::Write)) {
                     return Err(Error::NotPermitted("inode numbers are reserved for the holder of the directory's write lease".into()));
@@ -856,7 +776,6 @@ impl MdsService {
                 MdsResp::Reserved(self.reserve(dir, count, peer.owner).await?)
             }
             MdsReq::Unreserve { inos } => {
-                need(peer, &[Role::Client])?;
                 if inos.len() > MAX_UNRESERVE {
                     return Err(Error::InvalidArgument(format!("{} numbers given back at once (at most {MAX_UNRESERVE})", inos.len())));
                 }
@@ -864,11 +783,9 @@ impl MdsService {
                 MdsResp::Done
             }
             MdsReq::Apply { session, ops } => {
-                need(peer, &[Role::Client])?;
                 self.apply(peer, session, ops).await
             }
             MdsReq::Cap { ino, write } => {
-                need(peer, &[Role::Client])?;
                 self.renew_cap(peer, ino, write, cred).await?
             }
         })
@@ -988,17 +905,18 @@ impl Service for MdsService {
             Ok(c) => c,
             Err(e) => return (Self::error(e), vec![]),
         };
-        if !matches!(req, MdsReq::OsdHeartbeat { .. } | MdsReq::SessionHeartbeat { .. }) {
+        let rule = req.rule();
+        if rule.counted {
             self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         // Held from arrival to answer: a retry that comes while this attempt
         // is still served (waiting out the grace or a recall) waits for it
         // and is then answered from its record.
-        let once = match self.ns.once(rid.filter(|_| req.once_only())).await {
+        let once = match self.ns.once(rid.filter(|_| rule.once)).await {
             Ok(o) => o,
             Err(e) => return (Self::error(e), vec![]),
         };
-        if !after_restart_too(&req) {
+        if !rule.grace {
             self.ns.cluster.wait_grace().await;
         }
         let mut session = None;

@@ -457,33 +457,6 @@ message!(MdsReq);
 /// Most stale replicas one `DegradedList` reply names.
 pub const MAX_DEGRADED_LIST: usize = 10_000;
 
-impl MdsReq {
-    /// Applying this request twice differs from applying it once (a
-    /// second create fails with `EEXIST`, a second rename with `ENOENT`,
-    /// a second session open finds the locks taken by the first):
-    /// it carries a request id, so a retry is answered from the record of
-    /// the first attempt.
-    pub fn once_only(&self) -> bool {
-        matches!(
-            self,
-            MdsReq::Create { .. }
-                | MdsReq::Mkdir { .. }
-                | MdsReq::Unlink { .. }
-                | MdsReq::Rmdir { .. }
-                | MdsReq::Rename { .. }
-                | MdsReq::Symlink { .. }
-                | MdsReq::Mknod { .. }
-                | MdsReq::Link { .. }
-                | MdsReq::TmpFile { .. }
-                | MdsReq::SetXattr { .. }
-                | MdsReq::RemoveXattr { .. }
-                // a second session would leave the first, and the locks
-                // it took back, to expire
-                | MdsReq::OpenSession { .. }
-        )
-    }
-}
-
 /// Names one request of one client: a retry after a lost reply (a broken
 /// connection, an MDS restart) is answered from what the first attempt
 /// recorded, in the same transaction as its change, instead of being

@@ -5,6 +5,7 @@
 pub mod frame;
 pub mod mds;
 pub mod osd;
+pub mod requests;
 
 pub use frame::{Message, MAX_HEADER, MAX_PAYLOAD};
 

@@ -1,0 +1,163 @@
+//! The one table of MDS requests: for each, its name (logs and metrics),
+//! the certificate roles that may send it, and four promises that the
+//! client and the MDS keep alike:
+//!
+//! - `once`: applying it twice differs from applying it once (a second
+//!   create fails with `EEXIST`, a second rename with `ENOENT`, a second
+//!   session open finds the locks the first took back). The client sends
+//!   it with a request id (`ReqId`), and the MDS answers a retry from the
+//!   record of the first attempt (mds/src/once.rs).
+//! - `grace`: answered during the grace after an MDS restart or leader
+//!   change, while sessions of the last run come back: it grants no lease
+//!   and changes nothing a client caches. Every other request waits for
+//!   the grace to end.
+//! - `retried`: the client sends it again while the MDS cannot be
+//!   reached. A heartbeat and a session close are not: their senders want
+//!   to know at once.
+//! - `counted`: served work, counted in `mdsctl status`; heartbeats are
+//!   not.
+//!
+//! A new request gets its row here, in the one `match` with no `_` arm,
+//! so it cannot be added without choosing each of these.
+
+use super::mds::MdsReq;
+use crate::certs::Role;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub name: &'static str,
+    pub roles: &'static [Role],
+    pub once: bool,
+    pub grace: bool,
+    pub retried: bool,
+    pub counted: bool,
+}
+
+/// Namespace requests: clients, and admins (who act as root).
+const NS: &[Role] = &[Role::Client, Role::Admin];
+const CLIENT: &[Role] = &[Role::Client];
+const ADMIN: &[Role] = &[Role::Admin];
+const OSD: &[Role] = &[Role::Osd];
+const MDS: &[Role] = &[Role::Mds];
+const MAP_READERS: &[Role] = &[Role::Client, Role::Admin, Role::Osd];
+
+/// A request applied as often as it is sent, retried, counted, and held
+/// back during the grace: the common case, refined below.
+const fn row(name: &'static str, roles: &'static [Role]) -> Rule {
+    Rule { name, roles, once: false, grace: false, retried: true, counted: true }
+}
+
+impl Rule {
+    const fn once(mut self) -> Self {
+        self.once = true;
+        self
+    }
+
+    const fn in_grace(mut self) -> Self {
+        self.grace = true;
+        self
+    }
+
+    const fn not_retried(mut self) -> Self {
+        self.retried = false;
+        self
+    }
+
+    const fn uncounted(mut self) -> Self {
+        self.counted = false;
+        self
+    }
+
+    /// Whether a certificate of `role` may send the request.
+    pub fn allows(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+impl MdsReq {
+    /// This request's row of the table.
+    pub fn rule(&self) -> Rule {
+        use MdsReq::*;
+        match self {
+            Lookup { .. } => row("lookup", NS),
+            GetAttr { .. } => row("getattr", NS),
+            SetAttr { .. } => row("setattr", NS),
+            Create { .. } => row("create", NS).once(),
+            TmpFile { .. } => row("tmpfile", NS).once(),
+            Mkdir { .. } => row("mkdir", NS).once(),
+            Unlink { .. } => row("unlink", NS).once(),
+            Rmdir { .. } => row("rmdir", NS).once(),
+            Rename { .. } => row("rename", NS).once(),
+            Link { .. } => row("link", NS).once(),
+            Symlink { .. } => row("symlink", NS).once(),
+            Mknod { .. } => row("mknod", NS).once(),
+            Readlink { .. } => row("readlink", NS),
+            Readdir { .. } => row("readdir", NS),
+            ReaddirPlus { .. } => row("readdirplus", NS),
+            Statfs => row("statfs", NS),
+            GetXattr { .. } => row("getxattr", NS),
+            ListXattr { .. } => row("listxattr", NS),
+            SetXattr { .. } => row("setxattr", NS).once(),
+            RemoveXattr { .. } => row("removexattr", NS).once(),
+            UpdateSize { .. } => row("update_size", NS),
+            Accessed { .. } => row("accessed", NS),
+            GetStripe { .. } => row("getstripe", NS),
+            SetStripe { .. } => row("setstripe", ADMIN),
+            Open { .. } => row("open", NS),
+            Close { .. } => row("close", NS),
+            GetLock { .. } => row("getlock", NS),
+            SetLock { .. } => row("setlock", NS),
+            Cap { .. } => row("cap", CLIENT),
+            Reserve { .. } => row("reserve", CLIENT),
+            Unreserve { .. } => row("unreserve", CLIENT),
+            Apply { .. } => row("apply", CLIENT),
+            Degraded { .. } => row("degraded", CLIENT).in_grace(),
+            // A second session would leave the first, and the locks it
+            // took back, to expire.
+            OpenSession { .. } => row("open_session", NS).once().in_grace(),
+            SessionHeartbeat { .. } => row("session_heartbeat", NS).in_grace().not_retried().uncounted(),
+            CloseSession { .. } => row("close_session", NS).in_grace().not_retried(),
+            OsdMap => row("osd_map", MAP_READERS).in_grace(),
+            OsdHeartbeat { .. } => row("osd_heartbeat", OSD).in_grace().uncounted(),
+            Status => row("status", ADMIN).in_grace(),
+            EvictSession { .. } => row("evict_session", ADMIN).in_grace(),
+            Leases { .. } => row("leases", ADMIN).in_grace(),
+            Fsck { .. } => row("fsck", ADMIN),
+            FsckStatus => row("fsck_status", ADMIN).in_grace(),
+            OsdOut { .. } => row("osd_out", ADMIN),
+            DegradedList { .. } => row("degraded_list", ADMIN).in_grace(),
+            ClearDegraded { .. } => row("clear_degraded", ADMIN).in_grace(),
+            Revoke { .. } => row("revoke", ADMIN).in_grace(),
+            Revoked => row("revoked", ADMIN).in_grace(),
+            // Answered by every member's front (mds/src/front.rs), never
+            // by the namespace service.
+            Raft { .. } => row("raft", MDS).in_grace().uncounted(),
+            AddMember { .. } => row("add_member", ADMIN).in_grace(),
+            RemoveMember { .. } => row("remove_member", ADMIN).in_grace(),
+        }
+    }
+
+    /// Applying this request twice differs from applying it once: it
+    /// carries a request id (`Rule::once`).
+    pub fn once_only(&self) -> bool {
+        self.rule().once
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::InodeId;
+
+    #[test]
+    fn the_table_keeps_the_promises_the_wire_relies_on() {
+        let create = MdsReq::Create { parent: InodeId(1), name: "f".into(), mode: 0o644, exclusive: false };
+        assert!(create.once_only() && !create.rule().grace && create.rule().allows(Role::Client));
+        assert!(!create.rule().allows(Role::Osd));
+        let beat = MdsReq::SessionHeartbeat { id: crate::SessionId(0) };
+        assert!(beat.rule().grace && !beat.rule().retried && !beat.rule().counted);
+        let raft = MdsReq::Raft { shard: 0, len: 0 };
+        assert!(raft.rule().allows(Role::Mds) && !raft.rule().allows(Role::Admin));
+        assert!(!MdsReq::GetAttr { ino: InodeId(1) }.once_only());
+    }
+}
