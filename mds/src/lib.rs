@@ -21,6 +21,7 @@ pub mod revoked;
 pub mod leases;
 pub mod namespace;
 pub mod once;
+mod ops;
 pub mod records;
 pub mod replica;
 pub mod reservations;
@@ -192,7 +193,7 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
     for id in outs {
         cluster.set_out(id, true);
     }
-    cluster.start_grace(service::stored_sessions(&ns).await?);
+    cluster.start_grace(ops::stored_sessions(&ns).await?);
     let revoked = crate::revoked::Revocations::open(&ns, gate.clone()).await?;
     let osd_clients = Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()));
     let gc = Arc::new(Gc::new(ns.clone(), osd_clients.clone()));
@@ -235,7 +236,7 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
             if grace && !tick_cluster.in_grace() {
                 // Sessions of the last run that never came back.
                 grace = false;
-                let gone: Vec<aifs_common::SessionId> = match service::stored_sessions(&tick_svc.ns).await {
+                let gone: Vec<aifs_common::SessionId> = match ops::stored_sessions(&tick_svc.ns).await {
                     Ok(v) => v.into_iter().map(|(id, _)| id).filter(|id| !tick_cluster.sessions.contains_key(id)).collect(),
                     Err(e) => {
                         e.log("reading sessions failed");

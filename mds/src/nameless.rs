@@ -7,9 +7,10 @@
 //! has it open may give it its first name, in any directory of any shard
 //! (`Namespace::link`, a two-shard link when it must).
 use crate::cluster::Cluster;
-use crate::namespace::{choose_layout, file_rec, Namespace};
+use crate::namespace::{choose_layout, delete_inode, file_rec, Namespace};
 use crate::once::{self, Once};
 use crate::store::{get_inode, put_inode, IoResult, INODES, LINKABLE, ORPHANS};
+use redb::ReadableTable;
 use aifs_common::cap::{READ, WRITE};
 use aifs_common::ids::{InodeId, SessionId};
 use aifs_common::perm::{self, Cred};
@@ -97,5 +98,49 @@ impl Namespace {
     /// May a `link` give nameless file `ino` a name?
     pub async fn linkable(&self, ino: u64) -> Result<bool> {
         self.shard_for(ino)?.read(move |t| Ok(t.open_table(LINKABLE).io()?.get(ino).io()?.is_some())).await
+    }
+}
+
+impl Namespace {
+    /// Free the nameless files no client has open any more; returns how
+    /// many. Run at the last close of a file, after a session ends, and at
+    /// start (when nothing is open).
+    pub async fn purge_orphans(&self) -> Result<usize> {
+        let mut freed = 0;
+        for shard in &self.shards {
+            let listed = shard
+                .read(|t| {
+                    let mut v = Vec::new();
+                    for r in t.open_table(ORPHANS).io()?.iter().io()? {
+                        v.push(r.io()?.0.value());
+                    }
+                    Ok(v)
+                })
+                .await?;
+            let done: Vec<u64> = listed.into_iter().filter(|i| !self.cluster.is_open(InodeId(*i))).collect();
+            if done.is_empty() {
+                continue;
+            }
+            freed += done.len();
+            let cluster = self.cluster.clone();
+            shard
+                .mutate(move |txn| {
+                    for &ino in &done {
+                        if cluster.is_open(InodeId(ino)) {
+                            continue;
+                        }
+                        txn.open_table(ORPHANS).io()?.remove(ino).io()?;
+                        let rec = match get_inode(&txn.open_table(INODES).io()?, ino) {
+                            Ok(r) if r.nlink == 0 => r,
+                            Ok(_) | Err(Error::NotFound) => continue,
+                            Err(e) => return Err(e),
+                        };
+                        delete_inode(txn, ino, &rec)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        Ok(freed)
     }
 }

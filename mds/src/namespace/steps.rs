@@ -1,0 +1,337 @@
+//! Operations over two shards as lists of primitive steps, one commit per
+//! shard, with an intent record in the first so that a crash between
+//! commits is finished at start (`roll_forward`).
+use crate::once::{self, Outcome};
+use crate::records::{GcJob, InodeRec, Intent, Step};
+use crate::store::{Txn, add_gc, get_inode, next_counter, put_inode, IoResult, ShardStore, COOKIES, DEGRADED, DENTRIES, INODES, INTENTS, INTENT_DONE, META, LINKABLE, ORPHANS, XATTRS, ALLOCATED};
+use aifs_common::ids::InodeId;
+use aifs_common::proto::mds::{FileKind, ReqId};
+use aifs_common::time::now_ns;
+use aifs_common::Result;
+use redb::ReadableTable;
+use std::sync::Arc;
+use super::{shard_of, kind_code, Namespace, degraded_rows};
+
+impl Step {
+    fn shard(&self) -> u32 {
+        match self {
+            Step::InsertEntry { dir, .. } | Step::RemoveEntry { dir, .. } => shard_of(*dir),
+            Step::CreateInode { ino, .. }
+            | Step::SetParent { ino, .. }
+            | Step::AddLink { ino }
+            | Step::DropLink { ino }
+            | Step::DeleteDir { ino } => shard_of(*ino),
+        }
+    }
+}
+
+pub(crate) fn adjust(v: u64, d: i64) -> u64 {
+    if d >= 0 {
+        v.saturating_add(d as u64)
+    } else {
+        v.saturating_sub(d.unsigned_abs())
+    }
+}
+
+/// Apply one step inside a write transaction. Steps are checked before they
+/// are built, so the only errors here are storage errors.
+pub(crate) fn apply_step(txn: &Txn, step: Step, now: i64, open: &dyn Fn(u64) -> bool) -> Result<()> {
+    let mut inodes = txn.open_table(INODES).io()?;
+    match step {
+        Step::InsertEntry { dir, name, ino, kind, dir_delta } => {
+            let mut d = get_inode(&inodes, dir)?;
+            let mut dentries = txn.open_table(DENTRIES).io()?;
+            let mut cookies = txn.open_table(COOKIES).io()?;
+            if let Some(old) = dentries.remove((dir, name.as_str())).io()? {
+                let (_, _, c) = old.value();
+                cookies.remove((dir, c)).io()?;
+            }
+            let cookie = d.next_cookie;
+            d.next_cookie += 1;
+            dentries.insert((dir, name.as_str()), (ino, kind_code(kind), cookie)).io()?;
+            cookies.insert((dir, cookie), name.as_str()).io()?;
+            d.entries = adjust(d.entries, dir_delta.0);
+            d.nlink = adjust(d.nlink as u64, dir_delta.1) as u32;
+            d.mtime_ns = now;
+            d.ctime_ns = now;
+            put_inode(&mut inodes, dir, &d)?;
+        }
+        Step::RemoveEntry { dir, name, dir_delta } => {
+            let mut d = get_inode(&inodes, dir)?;
+            let mut dentries = txn.open_table(DENTRIES).io()?;
+            let mut cookies = txn.open_table(COOKIES).io()?;
+            if let Some(old) = dentries.remove((dir, name.as_str())).io()? {
+                let (_, _, c) = old.value();
+                cookies.remove((dir, c)).io()?;
+            }
+            d.entries = adjust(d.entries, dir_delta.0);
+            d.nlink = adjust(d.nlink as u64, dir_delta.1) as u32;
+            d.mtime_ns = now;
+            d.ctime_ns = now;
+            put_inode(&mut inodes, dir, &d)?;
+        }
+        Step::CreateInode { ino, rec } => put_inode(&mut inodes, ino, &rec)?,
+        Step::SetParent { ino, parent } => {
+            let mut r = get_inode(&inodes, ino)?;
+            r.parent = parent;
+            r.ctime_ns = now;
+            put_inode(&mut inodes, ino, &r)?;
+        }
+        Step::AddLink { ino } => {
+            let mut r = get_inode(&inodes, ino)?;
+            if r.nlink == 0 {
+                // A nameless file (O_TMPFILE) gets its first name.
+                txn.open_table(ORPHANS).io()?.remove(ino).io()?;
+                txn.open_table(LINKABLE).io()?.remove(ino).io()?;
+            }
+            r.nlink += 1;
+            r.ctime_ns = now;
+            put_inode(&mut inodes, ino, &r)?;
+        }
+        Step::DropLink { ino } => {
+            let mut r = get_inode(&inodes, ino)?;
+            r.nlink = r.nlink.saturating_sub(1);
+            r.ctime_ns = now;
+            if r.nlink == 0 || r.kind == FileKind::Dir {
+                drop(inodes);
+                drop_last_link(txn, ino, &r, open)?;
+            } else {
+                put_inode(&mut inodes, ino, &r)?;
+            }
+        }
+        Step::DeleteDir { ino } => {
+            let r = get_inode(&inodes, ino)?;
+            drop(inodes);
+            delete_inode(txn, ino, &r)?;
+        }
+    }
+    Ok(())
+}
+
+/// An inode lost its last name: removed, unless a client has it open (a
+/// file only); then it stays, nameless, until the last close.
+pub(crate) fn drop_last_link(txn: &Txn, ino: u64, rec: &InodeRec, open: &dyn Fn(u64) -> bool) -> Result<()> {
+    if rec.kind == FileKind::File && open(ino) {
+        let mut r = rec.clone();
+        r.nlink = 0;
+        put_inode(&mut txn.open_table(INODES).io()?, ino, &r)?;
+        txn.open_table(ORPHANS).io()?.insert(ino, ()).io()?;
+        return Ok(());
+    }
+    delete_inode(txn, ino, rec)
+}
+
+/// Remove an inode, its xattrs, and queue its objects for deletion.
+pub(crate) fn delete_inode(txn: &Txn, ino: u64, rec: &InodeRec) -> Result<()> {
+    txn.open_table(INODES).io()?.remove(ino).io()?;
+    txn.open_table(ALLOCATED).io()?.remove(ino).io()?;
+    txn.open_table(LINKABLE).io()?.remove(ino).io()?;
+    let mut x = txn.open_table(XATTRS).io()?;
+    let names: Vec<String> = x
+        .range((ino, "")..)
+        .io()?
+        .map_while(|r| r.ok())
+        .take_while(|(k, _)| k.value().0 == ino)
+        .map(|(k, _)| k.value().1.to_string())
+        .collect();
+    for n in names {
+        x.remove((ino, n.as_str())).io()?;
+    }
+    if let Some(layout) = &rec.layout {
+        add_gc(txn, &GcJob { ino, layout: layout.clone(), truncate_to: None })?;
+        let mut d = txn.open_table(DEGRADED).io()?;
+        for k in degraded_rows(&d, ino)? {
+            d.remove((ino, k.index, k.osd.0)).io()?;
+        }
+    }
+    Ok(())
+}
+
+impl Namespace {
+    /// Run steps grouped by shard, one commit per shard, shards in the order
+    /// they first appear; the first commit records `rid`'s outcome. With
+    /// more than one commit, the first also records the rest (an `Intent`)
+    /// and each later one marks itself done in its own shard, so a crash in
+    /// between is rolled forward at start (`roll_forward`): the operation
+    /// happens whole, and a retry of it is answered from the record.
+    pub(crate) async fn run_steps(&self, steps: Vec<Step>, rid: Option<ReqId>, out: Outcome) -> Result<()> {
+        let (first, id, rest) = self.first_commit(steps, rid, out).await?;
+        let shards: Vec<u32> = rest.iter().map(|(sh, _)| *sh).collect();
+        for (k, (sh, steps)) in rest.into_iter().enumerate() {
+            self.intent_commit(first, id, k as u32, sh, steps, false).await?;
+        }
+        if id != 0 {
+            self.forget_intent(first, id, shards);
+        }
+        Ok(())
+    }
+
+    /// The first commit of `run_steps`: its shard, the intent's id (0:
+    /// none needed) and the commits still to make.
+    async fn first_commit(&self, steps: Vec<Step>, rid: Option<ReqId>, out: Outcome) -> Result<(u32, u64, Vec<(u32, Vec<Step>)>)> {
+        let mut groups: Vec<(u32, Vec<Step>)> = Vec::new();
+        for s in steps {
+            let sh = s.shard();
+            // Merge only into the last group, so the order across shards holds.
+            match groups.last_mut() {
+                Some((g, v)) if *g == sh => v.push(s),
+                _ => groups.push((sh, vec![s])),
+            }
+        }
+        let mut groups = groups.into_iter();
+        let Some((first, steps)) = groups.next() else { return Ok((0, 0, Vec::new())) };
+        let rest: Vec<(u32, Vec<Step>)> = groups.collect();
+        let intent = match rest.is_empty() {
+            true => None,
+            false => Some(Intent { rest: rest.clone() }.encode()?),
+        };
+        let cluster = self.cluster.clone();
+        let id = self
+            .shard(first)
+            .mutate(move |txn| {
+                let now = now_ns();
+                let open = |ino| cluster.is_open(InodeId(ino));
+                for s in steps.iter().cloned() {
+                    apply_step(txn, s, now, &open)?;
+                }
+                once::record(txn, rid, out)?;
+                let Some(bytes) = &intent else { return Ok(0) };
+                let id = next_counter(&mut txn.open_table(META).io()?, "next_intent", 1)?;
+                txn.open_table(INTENTS).io()?.insert(id, bytes.as_slice()).io()?;
+                Ok(id)
+            })
+            .await?;
+        Ok((first, id, rest))
+    }
+
+    /// Commit `k` after the first of intent `id` (of shard `coord`): its
+    /// steps and the mark that it is done, unless the mark is there already.
+    /// When rolling forward after a crash (`replay`), every file counts as
+    /// open: one that loses its last name stays until after the clients of
+    /// the last run have had the chance to say they have it open.
+    async fn intent_commit(&self, coord: u32, id: u64, k: u32, sh: u32, steps: Vec<Step>, replay: bool) -> Result<()> {
+        let cluster = self.cluster.clone();
+        self.shard(sh)
+            .mutate(move |txn| {
+                let mut marks = txn.open_table(INTENT_DONE).io()?;
+                if marks.get((coord, id, k)).io()?.is_some() {
+                    return Ok(());
+                }
+                marks.insert((coord, id, k), ()).io()?;
+                drop(marks);
+                let now = now_ns();
+                let open = |ino| replay || cluster.is_open(InodeId(ino));
+                for s in steps.iter().cloned() {
+                    apply_step(txn, s, now, &open)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Every commit of intent `id` is made: drop it, then its marks (in
+    /// that order: marks without an intent are only clutter, an intent
+    /// without its marks would be applied again).
+    fn forget_intent(&self, coord: u32, id: u64, mut shards: Vec<u32>) {
+        shards.sort_unstable();
+        shards.dedup();
+        let c = self.shard(coord).clone();
+        let others: Vec<Arc<ShardStore>> = shards.iter().map(|s| self.shard(*s).clone()).collect();
+        tokio::spawn(async move {
+            if let Err(e) = c.mutate(move |txn| txn.open_table(INTENTS).io()?.remove(id).io().map(|_| ())).await {
+                e.log("dropping a finished intent failed");
+                return;
+            }
+            for s in others {
+                let r = s.mutate(move |txn| txn.open_table(INTENT_DONE).io()?.retain_in((coord, id, 0)..=(coord, id, u32::MAX), |_, _| false).io());
+                if let Err(e) = r.await {
+                    e.log("dropping an intent's marks failed");
+                }
+            }
+        });
+    }
+
+    /// At start: finish every operation over several shards that a crash
+    /// cut short after its first commit, then drop every mark.
+    pub(crate) async fn roll_forward(&self) -> Result<()> {
+        for coord in 0..self.shards.len() as u32 {
+            let intents = self
+                .shard(coord)
+                .read(|t| {
+                    let mut v = Vec::new();
+                    for r in t.open_table(INTENTS).io()?.iter().io()? {
+                        let (k, val) = r.io()?;
+                        v.push((k.value(), Intent::decode(val.value())));
+                    }
+                    Ok(v)
+                })
+                .await?;
+            for (id, intent) in intents {
+                match intent {
+                    Ok(intent) => {
+                        tracing::warn!(shard = coord, intent = id, commits = intent.rest.len(), "finishing an operation over several shards that a crash cut short");
+                        for (k, (sh, steps)) in intent.rest.into_iter().enumerate() {
+                            if let Err(e) = self.intent_commit(coord, id, k as u32, sh, steps, true).await {
+                                e.log("rolling an intent forward failed");
+                            }
+                        }
+                    }
+                    Err(e) => e.log("an unreadable intent is dropped"),
+                }
+                self.shard(coord).mutate(move |txn| txn.open_table(INTENTS).io()?.remove(id).io().map(|_| ())).await?;
+            }
+        }
+        for s in &self.shards {
+            s.mutate(|txn| txn.open_table(INTENT_DONE).io()?.retain(|_, _| false).io()).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespace::name_hash;
+    use crate::namespace::tests::open_ns;
+    use crate::once::Once;
+    use aifs_common::perm::Cred;
+    use aifs_common::Error;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_operation_over_shards_cut_short_by_a_crash_is_finished_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = InodeId::ROOT;
+        let ns = open_ns(dir.path()).await;
+        let name = (0..).map(|i| format!("d{i}")).find(|n| name_hash(root.0, n) % 4 != 0).unwrap();
+        let d = ns.mkdir(root, &name, 0o755, &Cred::root(), &Once::none()).await.unwrap().ino;
+        let f = ns.create(root, "f", 0o644, &Cred::root(), true, &Once::none()).await.unwrap().attr.ino;
+        assert_ne!(d.shard(), f.shard());
+        // rename /f -> /d/g as `rename` builds it, stopped after the first
+        // of its three commits as a crash would stop it.
+        let steps = vec![
+            Step::AddLink { ino: f.0 },
+            Step::InsertEntry { dir: d.0, name: "g".into(), ino: f.0, kind: FileKind::File, dir_delta: (1, 0) },
+            Step::RemoveEntry { dir: root.0, name: "f".into(), dir_delta: (-1, 0) },
+            Step::DropLink { ino: f.0 },
+        ];
+        let rid = ReqId { client: 5, seq: 1, oldest: 1, retry: false };
+        let (_, id, rest) = ns.first_commit(steps, Some(rid), (f.0, 0)).await.unwrap();
+        assert!(id != 0 && rest.len() == 2);
+        assert_eq!(ns.getattr(f).await.unwrap().nlink, 2);
+        drop(ns);
+        let ns = open_ns(dir.path()).await;
+        assert_eq!(ns.lookup(d, "g", &Cred::root()).await.unwrap().ino, f);
+        assert_eq!(ns.lookup(root, "f", &Cred::root()).await.map(|a| a.ino), Err(Error::NotFound));
+        assert_eq!(ns.getattr(f).await.unwrap().nlink, 1);
+        // The client's retry is answered from the record.
+        let retry = ns.once(Some(ReqId { retry: true, ..rid })).await.unwrap();
+        assert_eq!(ns.rename(root, "f", d, "g", 0, &Cred::root(), &retry).await, Ok((f, None)));
+        drop(retry);
+        // Rolled forward once only: another start changes nothing.
+        drop(ns);
+        let ns = open_ns(dir.path()).await;
+        assert_eq!(ns.getattr(f).await.unwrap().nlink, 1);
+        let (entries, _, _) = ns.readdir(d, 0, 100, &Cred::root()).await.unwrap();
+        assert_eq!(entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["g"]);
+    }
+}

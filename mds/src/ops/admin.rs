@@ -1,0 +1,84 @@
+//! Admin requests: the cluster's status, fsck, who holds a lease, and
+//! revoking a certificate.
+use crate::service::MdsService;
+use super::Call;
+use aifs_common::{InodeId, Owner, Result};
+use aifs_common::proto::mds::{ClusterStatus, MdsResp, RepairInfo, ShardInfo};
+
+impl MdsService {
+    pub(crate) async fn revoke(&self, c: &mut Call<'_>, owner: Owner, name: String) -> Result<MdsResp> {
+        let peer = c.peer;
+        let ns = &self.ns;
+        let connections = self.revoked.revoke(ns, owner, &name).await?;
+        let sessions = ns.cluster.sessions_of(owner);
+        for id in &sessions {
+            ns.cluster.record_eviction(*id, &format!("certificate {name} revoked"));
+            ns.cluster.close_session(*id);
+        }
+        self.forget_sessions(&sessions).await?;
+        tracing::warn!(%owner, name, connections, sessions = sessions.len(), by = %peer.addr, "certificate revoked");
+        Ok(MdsResp::RevokeDone { connections: connections as u32, sessions: sessions.len() as u32 })
+    }
+
+    pub(crate) async fn revoked(&self, _c: &mut Call<'_>) -> Result<MdsResp> {
+        let ns = &self.ns;
+        Ok(MdsResp::Revoked(crate::revoked::Revocations::list(ns).await?))
+    }
+
+    pub(crate) async fn status(&self, _c: &mut Call<'_>) -> Result<MdsResp> {
+        let ns = &self.ns;
+        let groups: Vec<_> = ns.shards.iter().map(|s| s.group()).collect();
+        let members = crate::membership::member_infos(ns, &groups).await?;
+        let shards = ns
+            .shard_counts()
+            .await?
+            .into_iter()
+            .map(|(id, inodes, dentries, pending_gc, degraded)| {
+                let g = groups.get(id as usize).cloned().unwrap_or_else(|| ns.shard(id).group());
+                ShardInfo {
+                    id,
+                    inodes,
+                    dentries,
+                    pending_gc,
+                    degraded,
+                    commits: ns.shard(id).stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+                    members: g.members,
+                    leader: g.leader,
+                    term: g.term,
+                    last_log: g.last_log,
+                    applied: g.applied,
+                    snapshot: g.snapshot,
+                }
+            })
+            .collect();
+        Ok(MdsResp::Status(ClusterStatus {
+            shards,
+            osds: ns.cluster.osd_infos(),
+            sessions: ns.cluster.session_infos(),
+            evictions: ns.cluster.evictions(),
+            members,
+            mds_requests: self.requests.load(std::sync::atomic::Ordering::Relaxed),
+            osd_epoch: ns.cluster.epoch(),
+            statfs: self.statfs().await,
+            repair: RepairInfo {
+                repaired: self.repair.stats.repaired.load(std::sync::atomic::Ordering::Relaxed),
+                bytes: self.repair.stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
+                active: self.repair.stats.active.load(std::sync::atomic::Ordering::Relaxed),
+                moved: self.repair.stats.moved.load(std::sync::atomic::Ordering::Relaxed),
+            },
+        }))
+    }
+
+    pub(crate) async fn leases(&self, _c: &mut Call<'_>, ino: InodeId) -> Result<MdsResp> {
+        let cl = &self.ns.cluster;
+        Ok(MdsResp::Leases(cl.lease_infos(ino)))
+    }
+
+    pub(crate) async fn fsck(&self, _c: &mut Call<'_>, repair: bool) -> Result<MdsResp> {
+        Ok(MdsResp::Fsck(self.fsck.start(repair)))
+    }
+
+    pub(crate) async fn fsck_status(&self, _c: &mut Call<'_>) -> Result<MdsResp> {
+        Ok(MdsResp::Fsck(self.fsck.status()))
+    }
+}

@@ -1,0 +1,116 @@
+//! Changes a client answered itself under directories' write leases
+//! (applied.rs holds their transaction), and the inode numbers reserved
+//! for them: `Apply`, `Reserve`, `Unreserve`.
+use crate::leases::Holder;
+use crate::service::MdsService;
+use super::Call;
+use aifs_common::{Error, InodeId, Owner, Result, SessionId};
+use aifs_common::cap::{READ, WRITE};
+use aifs_common::lease::LeaseKind;
+use aifs_common::proto::mds::{DirOp, MAX_UNRESERVE, MdsResp, Reserved, Writable};
+use aifs_common::rpc::Peer;
+use std::sync::Arc;
+
+impl MdsService {
+    /// Inode numbers for files to be made in `dir`, each with its layout
+    /// and the capability to write it.
+    pub(crate) async fn reserve_numbers(&self, dir: InodeId, count: u32, owner: Owner) -> Result<Vec<Reserved>> {
+        let v = self.ns.reserve(dir, count, owner).await?;
+        Ok(v.into_iter().map(|(ino, layout)| Reserved { ino, cap: self.caps.grant_new(ino, &layout), layout }).collect())
+    }
+
+    /// `dir`'s write lease, granted to `h`: sent with inode numbers to
+    /// create there. Without them (the reservation failed) the lease goes
+    /// back at once; the client then creates through the MDS.
+    pub(crate) async fn writable(&self, h: &Holder, dir: InodeId, owner: Owner, count: u32) -> Option<Writable> {
+        if count == 0 {
+            return Some(Writable { dir, reserved: Vec::new() });
+        }
+        match self.reserve_numbers(dir, count, owner).await {
+            Ok(reserved) => Some(Writable { dir, reserved }),
+            Err(e) => {
+                tracing::warn!(%dir, error = %e, "no inode numbers reserved; directory write lease given back");
+                self.ns.cluster.demote(h, dir);
+                None
+            }
+        }
+    }
+
+    /// Changes a client made under directories' write leases. A file made
+    /// and still open there counts as open and comes with a write lease
+    /// (a read lease if already closed), as a `Create` would.
+    pub(crate) async fn apply(&self, peer: &Arc<Peer>, session: Option<SessionId>, ops: Vec<DirOp>) -> MdsResp {
+        let cl = &self.ns.cluster;
+        let h = cl.holder(peer);
+        let s = match cl.session_for(peer, session) {
+            Ok(s) => s,
+            Err(e) => return MdsResp::Err(e.to_wire()),
+        };
+        let results = self.ns.apply(ops.clone(), peer.owner).await;
+        let mut changes: Vec<(InodeId, Vec<String>)> = Vec::new();
+        let mut unlinked = false;
+        let mut purge = false;
+        for (op, r) in ops.into_iter().zip(&results) {
+            match r {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(?op, error = %e, "change made under a directory lease not applied");
+                    continue;
+                }
+            }
+            match op {
+                DirOp::Create { parent, name, ino, open, .. } => {
+                    if let Some(s) = s.filter(|_| open) {
+                        cl.opened(s, ino, READ | WRITE);
+                    }
+                    cl.try_acquire(&h, ino, if open { LeaseKind::Write } else { LeaseKind::Read });
+                    changes.push((parent, vec![name]));
+                }
+                DirOp::Mkdir { parent, name, ino, .. } => {
+                    // Nobody else has seen it: its maker's write lease is
+                    // at hand, as the client already took it.
+                    if !cl.try_write_dir(&h, ino) {
+                        tracing::warn!(%ino, "the write lease of a directory made under its parent's write lease was not granted");
+                        cl.try_acquire(&h, ino, LeaseKind::Read);
+                    }
+                    changes.push((parent, vec![name]));
+                }
+                DirOp::Unlink { parent, name, ino, .. } | DirOp::Rmdir { parent, name, ino, .. } => {
+                    unlinked = true;
+                    changes.push((parent, vec![name]));
+                    changes.push((ino, vec![]));
+                }
+                DirOp::Close { ino } => purge |= s.is_some_and(|s| cl.closed(s, ino)),
+            }
+        }
+        if unlinked {
+            self.gc.wake.notify_one();
+        }
+        if purge {
+            self.purge().await;
+        }
+        cl.invalidate(Some(h.id), changes).await;
+        MdsResp::Applied(results.into_iter().map(|r| r.err().map(|e| e.to_wire())).collect())
+    }
+
+    pub(crate) async fn reserve(&self, c: &mut Call<'_>, dir: InodeId, count: u32) -> Result<MdsResp> {
+        let peer = c.peer;
+        let cl = &self.ns.cluster;
+        // Numbers are for creates under the directory's write lease.
+        if !cl.holder(peer).granted().is_some_and(|s| cl.holds(s, dir, LeaseKind::Write)) {
+            return Err(Error::NotPermitted("inode numbers are reserved for the holder of the directory's write lease".into()));
+        }
+        Ok(MdsResp::Reserved(self.reserve_numbers(dir, count, peer.owner).await?))
+    }
+
+    pub(crate) async fn unreserve(&self, c: &mut Call<'_>, inos: Vec<InodeId>) -> Result<MdsResp> {
+        let peer = c.peer;
+        let _once = c.once;
+        let ns = &self.ns;
+        if inos.len() > MAX_UNRESERVE {
+            return Err(Error::InvalidArgument(format!("{} numbers given back at once (at most {MAX_UNRESERVE})", inos.len())));
+        }
+        ns.unreserve(&inos, peer.owner).await?;
+        Ok(MdsResp::Done)
+    }
+}

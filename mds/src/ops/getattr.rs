@@ -1,0 +1,33 @@
+//! `GetAttr` under a read lease, and `Statfs`.
+use crate::leases::Holder;
+use crate::service::MdsService;
+use super::Call;
+use aifs_common::{InodeId, Result};
+use aifs_common::lease::LeaseKind;
+use aifs_common::proto::mds::{Attr, MdsResp, Statfs};
+
+impl MdsService {
+    pub async fn statfs(&self) -> Statfs {
+        let osds = self.ns.cluster.osd_infos();
+        let total: u64 = osds.iter().map(|o| o.capacity).sum();
+        let used: u64 = osds.iter().map(|o| o.used).sum();
+        let files = self.ns.shard_counts().await.map(|v| v.iter().map(|c| c.1).sum()).unwrap_or(0);
+        Statfs { total_bytes: total, used_bytes: used, avail_bytes: total.saturating_sub(used), files }
+    }
+
+    /// Attributes read under a read lease: a writer elsewhere flushes its
+    /// size first.
+    pub(crate) async fn read_attr(&self, h: &Holder, ino: InodeId) -> Result<Attr> {
+        self.ns.cluster.acquire(h, ino, LeaseKind::Read).await?;
+        self.ns.getattr(ino).await
+    }
+
+    pub(crate) async fn get_attr(&self, c: &mut Call<'_>, ino: InodeId) -> Result<MdsResp> {
+        let peer = c.peer;
+        let cl = &self.ns.cluster;
+        let h = cl.reader(peer, ino);
+        let a = self.read_attr(&h, ino).await?;
+        c.grant = h.granted();
+        Ok(MdsResp::Attr(a))
+    }
+}

@@ -1,0 +1,92 @@
+//! `Mkdir`: the entry in the parent's shard, the new directory on the
+//! shard its name hashes to, as steps over both (namespace/steps.rs);
+//! the maker gets the new directory's write lease.
+use crate::namespace::{check_name, dir_rec, name_hash, LINK_MAX, Namespace};
+use crate::once::Once;
+use crate::records::Step;
+use crate::service::MdsService;
+use super::Call;
+use aifs_common::{Error, InodeId, Owner, Result};
+use aifs_common::lease::LeaseKind;
+use aifs_common::perm::{self, Cred};
+use aifs_common::proto::mds::{Attr, FileKind, MdsResp, RESERVE_BATCH};
+use aifs_common::time::now_ns;
+
+impl Namespace {
+    pub async fn mkdir(&self, parent: InodeId, name: &str, mode: u32, cred: &Cred, once: &Once<'_>) -> Result<Attr> {
+        let parent = parent.0;
+        check_name(name)?;
+        if let Some((ino, _)) = once.done {
+            return self.getattr(InodeId(ino)).await;
+        }
+        let rid = once.rid;
+        let _g = self.topo.write().await;
+        let p = self.inode(parent).await?;
+        match self.entry_as(parent, name, Some(cred)).await {
+            Ok(_) => return Err(Error::Exists),
+            Err(Error::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        perm::may_create(p.perms(), cred)?;
+        if p.nlink >= LINK_MAX {
+            return Err(Error::TooManyLinks);
+        }
+        let target = (name_hash(parent, name) % self.shards.len() as u64) as u32;
+        let ino = self.numbers.take(self.shard(target)).await?.0;
+        let (uid, gid, mode) = perm::new_owner(p.perms(), cred, FileKind::Dir, mode);
+        let rec = dir_rec(mode, uid, gid, parent, p.policy, now_ns());
+        let attr = rec.attr(ino);
+        self.run_steps(
+            vec![
+                Step::CreateInode { ino, rec },
+                Step::InsertEntry { dir: parent, name: name.to_string(), ino, kind: FileKind::Dir, dir_delta: (1, 1) },
+            ],
+            rid,
+            (ino, 0),
+        )
+        .await?;
+        Ok(attr)
+    }
+}
+
+impl MdsService {
+    /// How many inode numbers come with a new directory's write lease: a
+    /// batch, so that its first creates need no MDS (one that hangs, say),
+    /// while the certificate holds under half its `max_reserved`; past
+    /// that, none (many directories are made and never filled): the
+    /// client asks for them at its first create there.
+    pub(crate) fn new_dir_reserve(&self, owner: Owner) -> u32 {
+        match self.ns.reserved.held(owner) < self.ns.cluster.limits.max_reserved / 2 {
+            true => RESERVE_BATCH,
+            false => 0,
+        }
+    }
+
+    pub(crate) async fn mkdir(&self, c: &mut Call<'_>, parent: InodeId, name: String, mode: u32) -> Result<MdsResp> {
+        let peer = c.peer;
+        let cred = c.cred;
+        let once = c.once;
+        let ns = &self.ns;
+        let cl = &self.ns.cluster;
+        let h = cl.holder(peer);
+        cl.acquire_read_all(&h, &[parent]).await?;
+        let a = ns.mkdir(parent, &name, mode, cred, once).await?;
+        cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
+        // The maker holds the new directory's entries: none, and,
+        // unless someone else looked already, its write lease. If
+        // it changed before the lease was taken, say nothing.
+        let writable = cl.try_write_dir(&h, a.ino);
+        if !writable {
+            cl.acquire(&h, a.ino, LeaseKind::Read).await?;
+        }
+        let same = ns.getattr(a.ino).await.is_ok_and(|now| now.mtime_ns == a.mtime_ns);
+        if same {
+            c.grant = h.granted();
+        }
+        let writable = match writable && same {
+            true => self.writable(&h, a.ino, peer.owner, self.new_dir_reserve(peer.owner)).await,
+            false => None,
+        };
+        Ok(self.changed(Some(a), &[parent], writable).await)
+    }
+}

@@ -1,0 +1,45 @@
+//! One file per operation: each holds the request's checks and lease
+//! steps (`impl MdsService`) and its transaction over the shards
+//! (`impl Namespace`). The mechanics they share (placement, records,
+//! steps over two shards) are in namespace/; who may send a request and
+//! how it is retried is the table in common/src/proto/requests.rs.
+
+use crate::once::Once;
+use aifs_common::perm::Cred;
+use aifs_common::rpc::Peer;
+use aifs_common::SessionId;
+use std::sync::Arc;
+
+mod admin;
+mod apply;
+mod close;
+mod create;
+mod getattr;
+mod locks;
+mod open;
+mod osd;
+mod session;
+mod link;
+mod lookup;
+mod mkdir;
+mod readdir;
+mod rename;
+mod rmdir;
+mod setattr;
+mod stripe;
+mod symlink;
+mod unlink;
+mod xattr;
+
+pub use session::stored_sessions;
+
+/// One request being served: who sent it, for whom it acts (root
+/// squashed where the certificate says so), its at-most-once record, and
+/// the session under which its answer grants leases (sent back with the
+/// reply, so that the client files them under the right session).
+pub(crate) struct Call<'a> {
+    pub peer: &'a Arc<Peer>,
+    pub cred: &'a Cred,
+    pub once: &'a Once<'a>,
+    pub grant: Option<SessionId>,
+}

@@ -1,0 +1,146 @@
+//! Client sessions: open (and come back after a restart or leader
+//! change, with open files and locks), heartbeat, close, evict; and the
+//! sessions recorded durably so that a restart waits for them.
+use crate::namespace::Namespace;
+use crate::service::MdsService;
+use crate::store::{IoResult, SESSIONS};
+use super::Call;
+use aifs_common::{Error, InodeId, Owner, Result, SessionId};
+use aifs_common::proto::mds::{HeldLock, MdsResp};
+use redb::ReadableTable;
+
+/// A session open's outcome as its at-most-once record keeps it (two
+/// u64s): the id's halves, with `reclaimed` in the top bit, which no
+/// session's id has set (`SessionId::random`).
+fn pack_session(id: SessionId, reclaimed: bool) -> (u64, u64) {
+    let (lo, hi) = id.halves();
+    (lo, hi | (reclaimed as u64) << 63)
+}
+
+fn unpack_session((lo, hi): (u64, u64)) -> (SessionId, bool) {
+    (SessionId::from_halves(lo, hi & !(1 << 63)), hi >> 63 == 1)
+}
+
+/// The sessions recorded as open (shard 0), with their owners: those of
+/// the last run, at start.
+pub async fn stored_sessions(ns: &Namespace) -> Result<Vec<(SessionId, Owner)>> {
+    ns.shard(0)
+        .read(|t| {
+            let mut v = Vec::new();
+            for r in t.open_table(SESSIONS).io()?.iter().io()? {
+                let (k, val) = r.io()?;
+                let owner = val.value().get(..32).and_then(|o| o.try_into().ok()).map(Owner);
+                match owner {
+                    Some(o) => v.push((SessionId(k.value()), o)),
+                    None => tracing::warn!(session = %SessionId(k.value()), "stored session has no owner; not waited for"),
+                }
+            }
+            Ok(v)
+        })
+        .await
+}
+
+impl MdsService {
+    /// Sessions that ended: a restart does not wait for them.
+    pub async fn forget_sessions(&self, ids: &[SessionId]) -> Result<()> {
+        let ids = ids.to_vec();
+        self.ns
+            .shard(0)
+            .mutate(move |txn| {
+                let mut t = txn.open_table(SESSIONS).io()?;
+                for id in &ids {
+                    t.remove(id.0).io()?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    pub(crate) async fn open_session(&self, c: &mut Call<'_>, name: String, dir_leases: bool, previous: Option<SessionId>, open: Vec<InodeId>, locks: Vec<HeldLock>) -> Result<MdsResp> {
+        let peer = c.peer;
+        let once = c.once;
+        let ns = &self.ns;
+        let cl = &self.ns.cluster;
+        if let Some(done) = once.done {
+            let (id, reclaimed) = unpack_session(done);
+            // The reply to an earlier attempt was lost: that session
+            // is this client's (if this MDS has restarted since, the
+            // client's next heartbeat finds it gone and it comes
+            // back naming it, with its locks).
+            cl.check_owner(peer, id)?;
+            if cl.touch_session(id) {
+                cl.bind(peer, id);
+            }
+            return Ok(MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed, root_squash: peer.root_squash.then_some(self.anon) });
+        }
+        if let Some(p) = previous {
+            cl.check_owner(peer, p)?;
+        }
+        // Names as long as a file name at most: `session ls` shows them.
+        if name.len() > 255 {
+            return Err(Error::NameTooLong);
+        }
+        let id = cl.open_session(name.clone(), peer, dir_leases)?;
+        let rid = once.rid;
+        let reclaims = previous.is_some_and(|p| cl.waits_for(p));
+        let mut stored = peer.owner.0.to_vec();
+        stored.extend_from_slice(name.as_bytes());
+        // Known durably before it is answered: a restart waits for it.
+        ns.shard(0)
+            .mutate(move |txn| {
+                let mut t = txn.open_table(SESSIONS).io()?;
+                t.insert(id.0, stored.as_slice()).io()?;
+                if let Some(previous) = previous {
+                    t.remove(previous.0).io()?;
+                }
+                drop(t);
+                crate::once::record(txn, rid, pack_session(id, reclaims))
+            })
+            .await?;
+        for ino in &open {
+            // with rights unknown: a new check on the next open
+            cl.opened(id, *ino, 0);
+        }
+        let reclaimed = previous.is_some_and(|p| cl.came_back(p, id, &locks));
+        if let Some(previous) = previous {
+            tracing::info!(session = %id, %previous, files = open.len(), locks = locks.len(), reclaimed, "client came back");
+        }
+        cl.bind(peer, id);
+        Ok(MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed, root_squash: peer.root_squash.then_some(self.anon) })
+    }
+
+    pub(crate) async fn session_heartbeat(&self, c: &mut Call<'_>, id: SessionId) -> Result<MdsResp> {
+        let peer = c.peer;
+        let ns = &self.ns;
+        let cl = &self.ns.cluster;
+        cl.check_owner(peer, id)?;
+        if !ns.cluster.touch_session(id) {
+            return Err(Error::Stale);
+        }
+        ns.cluster.bind(peer, id);
+        Ok(MdsResp::Done)
+    }
+
+    pub(crate) async fn close_session(&self, c: &mut Call<'_>, id: SessionId) -> Result<MdsResp> {
+        let peer = c.peer;
+        let ns = &self.ns;
+        let cl = &self.ns.cluster;
+        cl.check_owner(peer, id)?;
+        if ns.cluster.close_session(id) {
+            self.forget_sessions(&[id]).await?;
+        }
+        Ok(MdsResp::Done)
+    }
+
+    pub(crate) async fn evict_session(&self, c: &mut Call<'_>, id: SessionId) -> Result<MdsResp> {
+        let peer = c.peer;
+        let ns = &self.ns;
+        if !ns.cluster.sessions.contains_key(&id) {
+            return Err(Error::NotFound);
+        }
+        ns.cluster.record_eviction(id, &format!("mdsctl session evict, from {}", peer.addr));
+        ns.cluster.close_session(id);
+        self.forget_sessions(&[id]).await?;
+        Ok(MdsResp::Done)
+    }
+}
