@@ -18,6 +18,7 @@
 //! upper bound, counted from when the member heard the heartbeat, which
 //! is after the leader sent it).
 use crate::store::raft::{self, net, Members, NodeId, ShardRaft};
+use crate::store::media::Disk;
 use crate::store::ShardStore;
 use aifs_common::Result;
 use std::path::Path;
@@ -65,8 +66,8 @@ impl Replica {
         crate::namespace::check_shard_count(dir, nshards)?;
         let mut groups = Vec::new();
         for shard in 0..nshards {
-            let db = ShardStore::open_db(dir, shard)?;
-            let raft = raft::start(dir, shard, db.clone(), upkeep, &members).await?;
+            let db = ShardStore::open_db(&Disk, dir, shard)?;
+            let raft = raft::start(&Disk, dir, shard, db.clone(), upkeep, &members).await?;
             let acked = Arc::new(Mutex::new(None));
             tokio::spawn(watch_acks(raft.clone(), members.me, acked.clone()));
             groups.push(Group { shard, db, raft, acked, claimed: Mutex::new(None) });

@@ -43,6 +43,8 @@ use aifs_common::{Error, LayoutPolicy, Result};
 use redb::{ReadableTable, ReadableTableMetadata};
 use std::sync::Arc;
 
+#[cfg(test)]
+mod crash;
 mod placement;
 mod replicas;
 mod rows;
@@ -143,10 +145,16 @@ pub fn check_shard_count(dir: &std::path::Path, nshards: u32) -> Result<()> {
 impl Namespace {
     /// Open (or create) the shards and make the root directory if missing.
     pub async fn open(dir: &std::path::Path, nshards: u32, root_policy: LayoutPolicy, cluster: Arc<Cluster>) -> Result<Self> {
+        Self::open_on(&crate::store::media::Disk, dir, nshards, root_policy, cluster).await
+    }
+
+    /// [`Namespace::open`], with the shards' databases on `media`.
+    pub async fn open_on(media: &dyn crate::store::media::Media, dir: &std::path::Path, nshards: u32, root_policy: LayoutPolicy, cluster: Arc<Cluster>) -> Result<Self> {
         check_shard_count(dir, nshards)?;
+        let snapshot_after = crate::store::raft::LogUpkeep::default().snapshot_after_bytes;
         let mut shards = Vec::new();
         for i in 0..nshards {
-            shards.push(Arc::new(ShardStore::open(dir, i).await?));
+            shards.push(Arc::new(ShardStore::open_on(media, dir, i, snapshot_after).await?));
         }
         // the names of store files just made
         crate::store::sync_dir(dir)?;
@@ -302,9 +310,15 @@ pub(crate) mod tests {
         assert_eq!(check_name(&"x".repeat(256)), Err(Error::NameTooLong));
     }
 
-    pub(crate) async fn open_ns(dir: &std::path::Path) -> Namespace {
+    /// A cluster with one OSD up, for layouts.
+    pub(crate) fn test_cluster() -> Arc<Cluster> {
         let cluster = Arc::new(Cluster::new(std::time::Duration::from_secs(60), std::time::Duration::from_secs(60)));
         cluster.heartbeat(1, "127.0.0.1:1", 1 << 40, 0, 0);
+        cluster
+    }
+
+    pub(crate) async fn open_ns(dir: &std::path::Path) -> Namespace {
+        let cluster = test_cluster();
         let policy = LayoutPolicy { stripe_count: 1, ..LayoutPolicy::default() };
         // The shards' writer threads of a dropped namespace close their
         // databases a moment later.

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub mod media;
 pub mod raft;
 pub mod tables;
 pub mod txn;
@@ -228,16 +229,21 @@ impl ShardStore {
     /// [`ShardStore::open`], with a snapshot once the log has grown by
     /// `log_before_snapshot` bytes, or by the database's size if more.
     pub async fn open_with(dir: &Path, id: u32, log_before_snapshot: u64) -> Result<ShardStore> {
-        let db = Self::open_db(dir, id)?;
+        Self::open_on(&media::Disk, dir, id, log_before_snapshot).await
+    }
+
+    /// [`ShardStore::open_with`], with the databases on `media`.
+    pub async fn open_on(media: &dyn media::Media, dir: &Path, id: u32, log_before_snapshot: u64) -> Result<ShardStore> {
+        let db = Self::open_db(media, dir, id)?;
         let upkeep = raft::LogUpkeep { snapshot_after_bytes: log_before_snapshot, ..Default::default() };
-        let raft = raft::start(dir, id, db.clone(), &upkeep, &raft::Members::solo()).await?;
+        let raft = raft::start(media, dir, id, db.clone(), &upkeep, &raft::Members::solo()).await?;
         Self::over(id, db, raft, true)
     }
 
     /// Open (or make, with every table) shard `id`'s database in `dir`.
-    pub fn open_db(dir: &Path, id: u32) -> Result<Arc<redb::Database>> {
+    pub fn open_db(media: &dyn media::Media, dir: &Path, id: u32) -> Result<Arc<redb::Database>> {
         std::fs::create_dir_all(dir)?;
-        let db = Arc::new(redb::Database::create(dir.join(format!("shard-{id}.redb"))).io()?);
+        let db = Arc::new(media.database(&dir.join(format!("shard-{id}.redb")))?);
         let t = db.begin_write().io()?;
         for table in TABLES {
             table.create(&t)?;

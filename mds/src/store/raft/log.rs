@@ -9,6 +9,7 @@
 //! for.
 use super::codec::{decode, encode, DiskEntry, DiskLogId, DiskVote};
 use super::{Cfg, NodeId};
+use crate::store::media::Media;
 use crate::store::IoResult;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
@@ -53,8 +54,8 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub fn open(path: &Path) -> aifs_common::Result<LogStore> {
-        let db = Database::create(path).io()?;
+    pub fn open(media: &dyn Media, path: &Path) -> aifs_common::Result<LogStore> {
+        let db = media.database(path)?;
         let t = db.begin_write().io()?;
         t.open_table(LOG).io()?;
         t.open_table(STATE).io()?;

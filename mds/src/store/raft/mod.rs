@@ -19,6 +19,7 @@ pub mod net;
 pub use log::LogStore;
 pub use machine::Machine;
 
+use crate::store::media::Media;
 use crate::store::txn::ChangeSet;
 use aifs_common::{Error, Result};
 use openraft::{BasicNode, Config, SnapshotPolicy};
@@ -115,8 +116,8 @@ fn raft_err(what: &str, e: impl std::fmt::Display) -> Error {
 /// elected from what it holds, or empty, either for [`make_group`] or, if
 /// the process joins, for the leader to fill. Snapshots are taken and the
 /// log purged as `upkeep` says.
-pub async fn start(dir: &Path, shard: u32, db: Arc<redb::Database>, upkeep: &LogUpkeep, members: &Members) -> Result<ShardRaft> {
-    let log = LogStore::open(&dir.join(format!("shard-{shard}.log.redb")))?;
+pub async fn start(media: &dyn Media, dir: &Path, shard: u32, db: Arc<redb::Database>, upkeep: &LogUpkeep, members: &Members) -> Result<ShardRaft> {
+    let log = LogStore::open(media, &dir.join(format!("shard-{shard}.log.redb")))?;
     let appended = log.appended.clone();
     let machine = Machine::new(db, dir, shard)?;
     let config = Config {
@@ -207,7 +208,7 @@ mod tests {
                 table.create(&t).unwrap();
             }
             t.commit().unwrap();
-            let log = LogStore::open(&dir.path().join("shard-0.log.redb")).unwrap();
+            let log = LogStore::open(&crate::store::media::Disk, &dir.path().join("shard-0.log.redb")).unwrap();
             let machine = Machine::new(db, dir.path(), 0).unwrap();
             Ok((dir, log, machine))
         }
