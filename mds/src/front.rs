@@ -1,8 +1,8 @@
 //! What answers on the MDS's endpoint: Raft messages from the other MDS
-//! processes, always; every other request, by the namespace service while
-//! this process leads the shards' groups, and otherwise by "not leader",
-//! naming the process that leads if one is known, so that clients, OSDs and
-//! `mdsctl` go there.
+//! processes, and the members' addresses, always; every other request, by
+//! the namespace service while this process leads the shards' groups, and
+//! otherwise by "not leader", naming the process that leads if one is
+//! known, so that clients, OSDs and `mdsctl` go there.
 use crate::replica::Replica;
 use crate::service::MdsService;
 use aifs_common::certs::Role;
@@ -115,6 +115,9 @@ impl Service for Front {
         }
         if let MdsReq::Raft { shard, .. } = call.req {
             return self.raft(shard, payload).await.unwrap_or_else(|e| (Self::error(e), vec![]));
+        }
+        if let MdsReq::Members = call.req {
+            return (MdsReply { session: None, resp: MdsResp::Addrs(self.replica.addrs()) }, vec![]);
         }
         if matches!(call.req, MdsReq::AddMember { .. } | MdsReq::RemoveMember { .. }) {
             let resp = self.membership(&call.req).await.unwrap_or_else(|e| MdsResp::Err(e.to_wire()));

@@ -125,6 +125,9 @@ async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate
         tokio::time::sleep(LEAD_TICK).await;
         tick += 1;
         replica.claim().await;
+        if let Err(e) = replica.name_myself().await {
+            e.log("writing this MDS's address into its groups");
+        }
         let active = front.active();
         if let Some(a) = active.as_ref().filter(|_| tick % RECORD_HOLDERS_EVERY == 0) {
             // Bounded: a shard 0 that cannot commit must not hold up the

@@ -19,6 +19,13 @@
 //!
 //! A process that lost its data directory comes back only this way, as a
 //! learner first: holders.rs.
+//!
+//! A one-process MDS grows the same way once it has an address in its
+//! groups: its groups were made with one member, id 1, reached by no one
+//! ("local"). Started again with `members` naming it as id 1 at its
+//! address, it leads them again by itself, and its leader loop writes
+//! that address into each group (`name_myself`); then `mds add` adds
+//! processes as to any replicated MDS.
 use crate::namespace::Namespace;
 use crate::replica::{Group, Replica};
 use crate::store::raft::NodeId;
@@ -100,6 +107,35 @@ pub async fn member_infos(ns: &Namespace, groups: &[crate::store::GroupState]) -
 }
 
 impl Replica {
+    /// Write this process's address, as its config gives it, into each
+    /// group it leads whose membership names it otherwise: a one-process
+    /// MDS's groups name it "local", which no other member can reach.
+    /// Changes nothing else about the groups (openraft `SetNodes` of this
+    /// member alone).
+    pub async fn name_myself(&self) -> Result<()> {
+        let me = self.members.me;
+        let Some(addr) = self.members.all.get(&me).filter(|_| !self.members.is_solo()) else { return Ok(()) };
+        for g in &self.groups {
+            let (led, had) = {
+                let m = g.raft.metrics().borrow().clone();
+                (crate::replica::leads(&m, me), m.membership_config.membership().get_node(&me).map(|n| n.addr.clone()))
+            };
+            if !led || had.as_deref().is_none_or(|a| a == addr) {
+                continue;
+            }
+            let nodes = BTreeMap::from([(me, BasicNode { addr: addr.clone() })]);
+            g.raft.change_membership(ChangeMembers::SetNodes(nodes), false).await.map_err(change_err)?;
+            tracing::info!(shard = g.shard, was = ?had, now = %addr, "this MDS's address written into the shard's group");
+        }
+        Ok(())
+    }
+
+    /// The addresses of the members the groups name (none for a
+    /// one-process MDS, which no one reaches but at its config's address).
+    pub fn addrs(&self) -> Vec<String> {
+        self.known().into_values().filter(|a| a.parse::<SocketAddr>().is_ok()).collect()
+    }
+
     /// Every member some group names, with its address (as the first
     /// group naming it has it).
     fn known(&self) -> BTreeMap<NodeId, String> {
@@ -117,7 +153,7 @@ impl Replica {
     pub async fn add_member(&self, id: NodeId, addr: &str) -> Result<MemberChange> {
         if self.members.is_solo() {
             return Err(Error::InvalidArgument(
-                "this MDS runs alone (no `members` in its config); a replicated MDS is made with `mdsctl init --mds A,B,C`".into(),
+                "this MDS runs alone (no `members` in its config): stop it, add `members = [{ id = 1, addr = \"IP:PORT\" }]` (its own address) to its config, start it again, then add processes".into(),
             ));
         }
         addr.parse::<SocketAddr>().map_err(|e| Error::InvalidArgument(format!("{addr:?} is not an address (IP:PORT): {e}")))?;

@@ -77,6 +77,17 @@ impl Replica {
         let mut unmade = false;
         for g in &groups {
             unmade |= !members.is_solo() && !g.raft.is_initialized().await.map_err(|e| aifs_common::Error::Io(format!("shard group: {e}")))?;
+            let m = g.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let alone = membership.get_node(&raft::SELF).is_some_and(|n| n.addr == raft::SOLO_ADDR);
+            if !members.is_solo() && alone && members.me != raft::SELF {
+                return Err(aifs_common::Error::InvalidArgument(format!(
+                    "{} was made by a one-process MDS, whose member id is {}: give this process `id = {}` to grow it",
+                    dir.display(),
+                    raft::SELF,
+                    raft::SELF
+                )));
+            }
         }
         Ok(Replica { members, groups, unmade: AtomicBool::new(unmade), changing: Default::default() })
     }

@@ -193,6 +193,29 @@ impl ProcCluster {
         self.start_mds_member(id)
     }
 
+    /// Give a one-process MDS a member list naming itself, id 1 at its
+    /// address (the first step of growing it; it takes effect when it
+    /// starts again).
+    pub fn name_solo_mds(&self) -> Result<()> {
+        let cfg = self.mds_config(1);
+        let text = std::fs::read_to_string(&cfg)?;
+        // a top-level key: before the config's first table
+        std::fs::write(&cfg, format!("members = [{{ id = 1, addr = \"{}\" }}]\n{text}", self.mds_addr))?;
+        Ok(())
+    }
+
+    /// Point `mdsctl` at these MDS addresses (as an operator lists the
+    /// processes of a grown MDS in admin.toml).
+    pub fn set_admin_mds(&self, addrs: &[SocketAddr]) -> Result<()> {
+        let path = self.path("admin.toml");
+        let text = std::fs::read_to_string(&path)?;
+        let listed: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        let mut out: Vec<String> = text.lines().filter(|l| !l.starts_with("mds = ")).map(str::to_string).collect();
+        out.insert(0, format!("mds = [{}]", listed.join(", ")));
+        std::fs::write(&path, out.join("\n") + "\n")?;
+        Ok(())
+    }
+
     /// Start a new MDS process, to be added with `mdsctl mds add`: its
     /// member id and address.
     pub fn start_new_mds_member(&mut self) -> Result<(u64, SocketAddr)> {
@@ -286,7 +309,11 @@ impl ProcCluster {
         for i in 1..=self.n_osds {
             self.start_osd(i)?;
         }
-        self.wait_ready(Duration::from_secs(20))
+        // Several replicated clusters starting at once on two cores have
+        // been seen to take about 20 s to elect the first leader of every
+        // shard (cause not found; see the README's Tests section).
+        let ready = if self.mds_addrs.len() > 1 { Duration::from_secs(45) } else { Duration::from_secs(20) };
+        self.wait_ready(ready)
     }
 
     /// Move OSD `i` (1-based) into a network namespace of its own, joined

@@ -298,3 +298,46 @@ fn a_leader_cut_off_never_answers_from_stale_metadata() {
     check_named(&m.p("made-without-it"), 0..10);
     check_named(&m.p("before"), 0..10);
 }
+
+/// A one-process MDS (what `make run` starts) grows into a replicated
+/// one: `mds add` refuses it alone and says how; started again with
+/// `members` naming itself, it writes its address into its groups, takes
+/// two processes with `mds add`, and the mount, whose config names only
+/// the first, learns of them: when the first is killed, a new leader
+/// serves it and nothing made before or after is lost.
+#[test]
+fn a_one_process_mds_grows_to_three_and_loses_nothing_when_the_first_dies() {
+    let mut cl = ProcCluster::start(3).unwrap();
+    let m = cl.mount().unwrap();
+    make_named(&m.p("alone"), 0..100);
+    let (code, _) = cl.mdsctl_status(&["mds", "add", "127.0.0.1:1"]).unwrap();
+    assert_ne!(code, 0, "a one-process MDS took a member without a member list");
+    cl.kill9_mds_member(1);
+    cl.name_solo_mds().unwrap();
+    cl.start_mds_member(1).unwrap();
+    assert_eq!(cl.mds_leader(ELECTION).unwrap(), 1);
+    let mut addrs = vec![cl.mds_addr];
+    for want in [2, 3] {
+        let (id, addr) = cl.start_new_mds_member().unwrap();
+        assert_eq!(id, want);
+        cl.mdsctl(&["mds", "add", &addr.to_string()]).unwrap();
+        addrs.push(addr);
+    }
+    assert_eq!(voters(&cl), vec![1, 2, 3]);
+    let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "mds", "ls"]).unwrap()).unwrap();
+    let first = v.as_array().unwrap().iter().find(|m| m["id"].as_u64() == Some(1)).cloned().unwrap();
+    assert_eq!(first["addr"].as_str(), Some(cl.mds_addr.to_string().as_str()), "the first process's address is not in its groups: {v}");
+    make_named(&m.p("grown"), 0..50);
+    wait_caught_up(&cl, 2);
+    wait_caught_up(&cl, 3);
+    // The mount asks for the members every 10 s.
+    std::thread::sleep(aifs_common::rpc::leader::LEARN_EVERY + Duration::from_secs(3));
+    cl.set_admin_mds(&addrs).unwrap();
+    cl.kill9_mds_member(1);
+    let next = cl.mds_leader(ELECTION).unwrap();
+    assert_ne!(next, 1, "the killed process still leads");
+    make_named(&m.p("without-the-first"), 0..50);
+    check_named(&m.p("alone"), 0..100);
+    check_named(&m.p("grown"), 0..50);
+    check_named(&m.p("without-the-first"), 0..50);
+}

@@ -79,6 +79,7 @@ impl ClientFs {
         let weak = Arc::downgrade(&fs);
         tokio::spawn(async move {
             let period = Duration::from_millis(hb.clamp(200, 10_000));
+            let mut learned = None;
             loop {
                 let Some(fs) = weak.upgrade() else { return };
                 tokio::select! {
@@ -99,6 +100,11 @@ impl ClientFs {
                         let _ = fs.open_session().await;
                     }
                     Err(e) => tracing::warn!(error = %e, "session heartbeat failed"),
+                }
+                if aifs_common::rpc::leader::learn_due(&mut learned) {
+                    if let Err(e) = aifs_common::rpc::leader::learn_members(&fs.pool.mds).await {
+                        tracing::debug!(error = %e, "asking for the MDS processes' addresses failed");
+                    }
                 }
             }
         });

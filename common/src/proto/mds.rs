@@ -450,6 +450,10 @@ pub enum MdsReq {
     /// Admin: one step of taking MDS process `id` out of every shard's
     /// group; sent again until the answer says it is in none.
     RemoveMember { id: u64 },
+    /// The addresses of the MDS processes the shards' groups are made of
+    /// (answered by any of them): a client or OSD whose config names
+    /// fewer (an MDS grown since) learns where else the leader may be.
+    Members,
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);
@@ -631,6 +635,8 @@ pub enum MdsResp {
     Raft { len: u64 },
     /// `AddMember`, `RemoveMember`: where that MDS process stands now.
     Member(MemberChange),
+    /// `Members`: the MDS processes' addresses.
+    Addrs(Vec<String>),
     // New variants go last: the order is the wire's discriminant.
 }
 

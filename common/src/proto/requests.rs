@@ -129,11 +129,13 @@ impl MdsReq {
             ClearDegraded { .. } => row("clear_degraded", ADMIN).in_grace(),
             Revoke { .. } => row("revoke", ADMIN).in_grace(),
             Revoked => row("revoked", ADMIN).in_grace(),
-            // Answered by every member's front (mds/src/front.rs), never
-            // by the namespace service.
+            // Answered by the front (mds/src/front.rs), never by the
+            // namespace service: Raft and Members by every member,
+            // membership changes by shard 0's leader.
             Raft { .. } => row("raft", MDS).in_grace().uncounted(),
             AddMember { .. } => row("add_member", ADMIN).in_grace(),
             RemoveMember { .. } => row("remove_member", ADMIN).in_grace(),
+            Members => row("members", MAP_READERS).in_grace().uncounted(),
         }
     }
 

@@ -38,6 +38,9 @@ pub struct RpcClient {
     on_connect: std::sync::OnceLock<OnConnect>,
     /// Connections are made with this instead of the endpoint's default.
     config: Option<quinn::ClientConfig>,
+    /// Or with this, once there are several addresses (members of a
+    /// replicated MDS, named by the config or learned since).
+    member_config: Option<quinn::ClientConfig>,
 }
 
 /// After a failed connect, how long further calls fail without trying.
@@ -60,6 +63,7 @@ impl RpcClient {
             failed: std::sync::Mutex::new(None),
             on_connect: std::sync::OnceLock::new(),
             config: None,
+            member_config: None,
         }
     }
 
@@ -68,11 +72,22 @@ impl RpcClient {
     /// connections leave a silent member sooner
     /// (`endpoint::member_client_config`).
     pub fn of_members(endpoint: quinn::Endpoint, addrs: &crate::config::MdsAddrs, id: &super::Identity, transport: &crate::config::TransportConfig) -> Result<Self> {
-        let c = Self::any_of(endpoint, addrs, Role::Mds);
-        if addrs.0.len() < 2 {
-            return Ok(c);
+        let mut c = Self::any_of(endpoint, addrs, Role::Mds);
+        c.member_config = Some(super::endpoint::member_client_config(id, transport)?);
+        Ok(c)
+    }
+
+    /// Add the members in `addrs` this client does not know yet (an MDS
+    /// grown since its config was written), so that it goes to them when
+    /// the one it calls fails. Calls go where they went.
+    pub fn learn(&self, addrs: &[SocketAddr]) {
+        let mut known = self.addrs.write().unwrap_or_else(|e| e.into_inner());
+        for a in addrs {
+            if !known.contains(a) {
+                tracing::info!(addr = %a, "learned of another MDS process");
+                known.push(*a);
+            }
         }
-        Ok(c.with_config(super::endpoint::member_client_config(id, transport)?))
     }
 
     /// Make connections with `config` instead of the endpoint's default.
@@ -167,7 +182,8 @@ impl RpcClient {
             }
         }
         let attempt = async {
-            let connecting = match &self.config {
+            let member = self.member_config.as_ref().filter(|_| self.members() > 1);
+            let connecting = match self.config.as_ref().or(member) {
                 Some(c) => self.endpoint.connect_with(c.clone(), addr, self.role.dns_name()),
                 None => self.endpoint.connect(addr, self.role.dns_name()),
             }

@@ -4,11 +4,17 @@
 //! it cannot reach, until one serves or an election has had time to end.
 use super::RpcClient;
 use crate::error::{Error, Result};
-use crate::proto::mds::{MdsCall, MdsReply, MdsResp};
+use crate::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// How long a call looks for the leader: a few elections' worth.
 pub const FIND_LEADER: Duration = Duration::from_secs(10);
+
+/// How often a client or an OSD asks for the MDS processes' addresses
+/// (`learn_members`): an MDS grown since its config was written is known
+/// before the process it calls dies.
+pub const LEARN_EVERY: Duration = Duration::from_secs(10);
 
 /// The pause before asking again when no member knows a leader yet.
 const NO_LEADER_PAUSE: Duration = Duration::from_millis(100);
@@ -48,4 +54,29 @@ pub async fn call_leader(mds: &RpcClient, call: &MdsCall) -> Result<MdsReply> {
             Next::Again(pause) => tokio::time::sleep(pause).await,
         }
     }
+}
+
+/// Ask whichever member `mds` calls for the MDS processes' addresses, and
+/// add those it does not know (`RpcClient::learn`).
+pub async fn learn_members(mds: &RpcClient) -> Result<()> {
+    let (reply, _) = mds.call::<_, MdsReply>(&MdsCall::from(MdsReq::Members), &[]).await?;
+    match reply.resp {
+        MdsResp::Addrs(addrs) => {
+            let addrs: Vec<SocketAddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            mds.learn(&addrs);
+            Ok(())
+        }
+        MdsResp::Err(e) => Err(Error::from_wire(e.code, &e.msg)),
+        other => Err(Error::Protocol(format!("unexpected reply to Members: {other:?}"))),
+    }
+}
+
+/// Whether `learn_members` is due: never asked, or not for `LEARN_EVERY`;
+/// marks it asked now when it is.
+pub fn learn_due(last: &mut Option<Instant>) -> bool {
+    let due = last.is_none_or(|t| t.elapsed() >= LEARN_EVERY);
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
 }

@@ -45,6 +45,9 @@ pub type ShardRaft = openraft::Raft<Cfg>;
 /// This process's member id in one-member groups.
 pub const SELF: NodeId = 1;
 
+/// Its address there: none, as no other member reaches it.
+pub const SOLO_ADDR: &str = "local";
+
 /// Who a process's groups are made of.
 #[derive(Clone)]
 pub struct Members {
@@ -62,7 +65,7 @@ pub struct Members {
 impl Members {
     /// This process alone.
     pub fn solo() -> Members {
-        Members { me: SELF, all: BTreeMap::from([(SELF, "local".to_string())]), peers: None, join: false }
+        Members { me: SELF, all: BTreeMap::from([(SELF, SOLO_ADDR.to_string())]), peers: None, join: false }
     }
 
     /// One-member groups, never to have more.
