@@ -116,8 +116,10 @@ impl Replica {
         let me = self.members.me;
         let Some(addr) = self.members.all.get(&me).filter(|_| !self.members.is_solo()) else { return Ok(()) };
         for g in &self.groups {
+            // Looked at every leader tick: read in place, not cloned.
             let (led, had) = {
-                let m = g.raft.metrics().borrow().clone();
+                let rx = g.raft.metrics();
+                let m = rx.borrow();
                 (crate::replica::leads(&m, me), m.membership_config.membership().get_node(&me).map(|n| n.addr.clone()))
             };
             if !led || had.as_deref().is_none_or(|a| a == addr) {

@@ -221,10 +221,7 @@ async fn run_cut_at(cut: u64) -> Option<()> {
     for op in RUN {
         match tokio::time::timeout(Duration::from_secs(10), apply(&ns, *op)).await {
             Ok(Ok(())) => answered += 1,
-            Ok(Err(e)) if media.is_off() => {
-                let _ = e;
-                break;
-            }
+            Ok(Err(_)) if media.is_off() => break,
             Ok(Err(e)) => panic!("{op:?} failed with the power on: {e}"),
             Err(_) => {
                 assert!(media.is_off(), "{op:?} hung with the power on");
