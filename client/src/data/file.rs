@@ -135,6 +135,11 @@ pub struct FileState {
     /// their bytes are buffered; a recall takes it exclusively to drop the
     /// lease, so no write slips into the buffers after the recall's flush.
     pub gate: tokio::sync::RwLock<()>,
+    /// Held from taking the unpublished size until the MDS has it. A
+    /// second publisher (a recall arriving while a close publishes) waits
+    /// for the first: answering the recall before the size is at the MDS
+    /// would let the next writer start from the old end of the file.
+    pub publishing: tokio::sync::Mutex<()>,
     /// Replicas of this file's objects that missed writes (from the MDS at
     /// open, and this client's own reports): never read, no longer written.
     pub(super) stale: Mutex<HashSet<Degraded>>,
@@ -165,6 +170,7 @@ impl FileState {
             opens: AtomicU32::new(0),
             generation: AtomicU64::new(0),
             gate: tokio::sync::RwLock::new(()),
+            publishing: tokio::sync::Mutex::new(()),
             stale: Mutex::new(HashSet::new()),
         }
     }

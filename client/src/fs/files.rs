@@ -182,6 +182,7 @@ impl ClientFs {
     /// for the application's next flush, fsync or close.
     pub(super) async fn publish(&self, f: &Arc<FileState>) -> Result<()> {
         f.drain(&self.ctx).await?;
+        let _one_at_a_time = f.publishing.lock().await;
         if let Some((size, mtime_ns)) = f.take_meta() {
             let req = MdsReq::UpdateSize { ino: f.ino, size, mtime_ns };
             let snap = self.meta.snap();
