@@ -140,6 +140,10 @@ pub struct FileState {
     /// for the first: answering the recall before the size is at the MDS
     /// would let the next writer start from the old end of the file.
     pub publishing: tokio::sync::Mutex<()>,
+    /// Its lease was recalled since it last took one: others may have
+    /// changed the size since, so an open asks the MDS rather than reuse
+    /// this state as it is.
+    pub recalled: std::sync::atomic::AtomicBool,
     /// Replicas of this file's objects that missed writes (from the MDS at
     /// open, and this client's own reports): never read, no longer written.
     pub(super) stale: Mutex<HashSet<Degraded>>,
@@ -171,6 +175,7 @@ impl FileState {
             generation: AtomicU64::new(0),
             gate: tokio::sync::RwLock::new(()),
             publishing: tokio::sync::Mutex::new(()),
+            recalled: Default::default(),
             stale: Mutex::new(HashSet::new()),
         }
     }

@@ -30,9 +30,10 @@ impl ClientFs {
     }
 
     /// The state of a file this client already has open, with one more
-    /// handle counted; `None` if it has none.
+    /// handle counted; `None` if it has none, or if its lease was recalled
+    /// since (the MDS then has the size).
     pub(super) fn reopen(&self, ino: InodeId) -> Option<Arc<FileState>> {
-        let f = self.files.get(&ino)?;
+        let f = self.files.get(&ino).filter(|f| !f.recalled.load(Ordering::Acquire))?;
         f.opens.fetch_add(1, Ordering::AcqRel);
         Some(f.clone())
     }
@@ -81,6 +82,7 @@ impl ClientFs {
                 if let Some(f) = self.files.get(&ino) {
                     // Whoever wrote before us has flushed: their size counts.
                     f.set_size(attr.size, false);
+                    f.recalled.store(false, Ordering::Release);
                     f.add_stale(&degraded);
                     f.caps.set(cap);
                 }
@@ -180,9 +182,12 @@ impl ClientFs {
 
     /// Land buffered data and publish size and mtime. A write error stays
     /// for the application's next flush, fsync or close.
-    pub(super) async fn publish(&self, f: &Arc<FileState>) -> Result<()> {
+    pub(super) async fn publish(&self, f: &Arc<FileState>, others: Others) -> Result<()> {
         f.drain(&self.ctx).await?;
-        let _one_at_a_time = f.publishing.lock().await;
+        let _one_at_a_time = match others {
+            Others::Wait => Some(f.publishing.lock().await),
+            Others::Pass => f.publishing.try_lock().ok(),
+        };
         if let Some((size, mtime_ns)) = f.take_meta() {
             let req = MdsReq::UpdateSize { ino: f.ino, size, mtime_ns };
             let snap = self.meta.snap();
@@ -201,8 +206,8 @@ impl ClientFs {
 
     /// Land buffered data and publish size and mtime; report the first
     /// write error since the last report.
-    pub(super) async fn flush_file(&self, f: &Arc<FileState>) -> Result<()> {
-        let r = self.publish(f).await;
+    pub(super) async fn flush_file(&self, f: &Arc<FileState>, others: Others) -> Result<()> {
+        let r = self.publish(f, others).await;
         if let Some(e) = f.take_error() {
             return Err(e);
         }
@@ -213,7 +218,7 @@ impl ClientFs {
     /// the owner holds on the file, whichever descriptor took it.
     pub async fn flush(&self, fh: FileHandle, lock_owner: u64) -> Result<()> {
         let f = self.handle_file(fh)?;
-        let r = self.flush_file(&f).await;
+        let r = self.flush_file(&f, Others::Pass).await;
         self.unlock_owner(f.ino, lock_owner).await?;
         r
     }
@@ -222,7 +227,7 @@ impl ClientFs {
         let f = self.handle_file(fh)?;
         // The file's name too, if it was made under a directory lease.
         self.dirops.barrier().await;
-        self.flush_file(&f).await?;
+        self.flush_file(&f, Others::Wait).await?;
         f.commit(&self.ctx).await
     }
 
@@ -234,7 +239,9 @@ impl ClientFs {
         if h.read.load(Ordering::Relaxed) {
             self.touch_atime(f.ino, h.times);
         }
-        let res = self.flush_file(&f).await;
+        // The kernel sends RELEASE in the background, once no process
+        // holds the open file any more: waiting holds nobody up.
+        let res = self.flush_file(&f, Others::Wait).await;
         if f.opens.fetch_sub(1, Ordering::AcqRel) == 1 {
             // Keep the state while anything is unpublished: the next open,
             // close or the unmount publishes it.

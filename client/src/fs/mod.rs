@@ -74,6 +74,22 @@ struct Handle {
     times: (i64, i64, i64),
 }
 
+/// Whether a publish of a file's size waits for one already on its way.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Others {
+    /// It waits: a recall, fsync, truncate or unmount promises that the
+    /// size is at the MDS when it returns (a recall answered sooner lets
+    /// the next writer start from the old end of the file).
+    Wait,
+    /// It does not: a close (FLUSH). A child's `exec` closes every
+    /// descriptor it inherited, each a FLUSH here; one that waited on a
+    /// publish held up by an unreachable MDS would hold up the exec, even
+    /// of the MDS itself. The size gets there anyway: the publish on its
+    /// way was started by a recall or fsync of this file, and the RELEASE
+    /// of the last descriptor waits for it before the lease is lowered.
+    Pass,
+}
+
 /// The lease a file operation needs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Want {

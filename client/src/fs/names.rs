@@ -378,7 +378,7 @@ impl ClientFs {
             if set.size.is_some() || set.mtime.is_some() || set.atime.is_some() {
                 // Data written before a truncate must land before it, and a
                 // size/mtime published later must not undo an explicit time.
-                self.flush_file(f).await?;
+                self.flush_file(f, Others::Wait).await?;
             }
         }
         let size = set.size;

@@ -87,7 +87,8 @@ impl ClientFs {
                             let _g = f.gate.write().await;
                             self.meta.drop_ino(ino);
                         }
-                        res = self.publish(&f).await;
+                        res = self.publish(&f, Others::Wait).await;
+                        f.recalled.store(true, Ordering::Release);
                         f.forget_cached();
                     }
                     None => self.meta.drop_ino(ino),

@@ -170,7 +170,7 @@ impl ClientFs {
     pub async fn shutdown(&self) {
         let files: Vec<Arc<FileState>> = self.files.iter().map(|f| f.value().clone()).collect();
         for f in files {
-            if let Err(e) = self.flush_file(&f).await {
+            if let Err(e) = self.flush_file(&f, Others::Wait).await {
                 tracing::warn!(ino = %f.ino, error = %e, "flush at unmount failed");
             }
         }
