@@ -158,8 +158,8 @@ impl Fsck {
 
     async fn check(&self, repair: bool) -> Result<()> {
         let cluster = &self.ns.cluster;
-        let up = cluster.up_osds();
-        let down: Vec<OsdId> = cluster.osd_infos().iter().map(|o| o.id).filter(|o| !up.contains(&o.0)).collect();
+        let up = cluster.osds.up();
+        let down: Vec<OsdId> = cluster.osds.infos().iter().map(|o| o.id).filter(|o| !up.contains(&o.0)).collect();
         self.update(|r| r.osds_skipped = down);
         let mut stored: BTreeMap<u32, BTreeMap<ObjectId, u64>> = BTreeMap::new();
         for &osd in &up {

@@ -3,7 +3,7 @@
 //! then removed. A job whose OSD is down stays queued and is retried, so a
 //! crash or an outage never leaks objects.
 use crate::cluster::Cluster;
-use crate::leases::Holder;
+use crate::cluster::Holder;
 use crate::namespace::Namespace;
 use crate::records::GcJob;
 use crate::store::{IoResult, GC};
@@ -41,7 +41,7 @@ impl OsdClients {
     pub fn get(&self, id: u32) -> Result<Arc<RpcClient>> {
         let addr: SocketAddr = self
             .cluster
-            .osd_addr(id)
+            .osds.addr(id)
             .ok_or_else(|| Error::Unavailable(format!("osd.{id} unknown")))?
             .parse()
             .map_err(|_| Error::Unavailable(format!("osd.{id} has a bad address")))?;

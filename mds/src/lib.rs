@@ -18,7 +18,6 @@ pub mod nameless;
 pub mod numbers;
 pub mod repair;
 pub mod revoked;
-pub mod leases;
 pub mod namespace;
 pub mod once;
 mod ops;
@@ -191,10 +190,10 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
         })
         .await?;
     for (osd, rec) in known {
-        cluster.load_osd(osd, rec.addr, rec.capacity, rec.used);
+        cluster.osds.load(osd, rec.addr, rec.capacity, rec.used);
     }
     for id in outs {
-        cluster.set_out(id, true);
+        cluster.osds.set_out(id, true);
     }
     cluster.start_grace(ops::stored_sessions(&ns).await?);
     let revoked = crate::revoked::Revocations::open(&ns, gate.clone()).await?;
@@ -226,7 +225,7 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
         // at start, and after sessions end without closing them.
         tick_svc.purge().await;
         let mut n = 0u64;
-        let mut placeable = tick_cluster.placeable_osds();
+        let mut placeable = tick_cluster.osds.placeable();
         let mut grace = tick_cluster.in_grace();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -252,7 +251,7 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
             }
             // An OSD that can no longer take data may be in layouts that
             // clients reserved: those go. OSDs joining leave them be.
-            let now = tick_cluster.placeable_osds();
+            let now = tick_cluster.osds.placeable();
             if placeable.iter().any(|o| !now.contains(o)) {
                 tick_svc.placement_changed().await;
             }

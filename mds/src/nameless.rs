@@ -68,7 +68,7 @@ impl Namespace {
         // exists (a crash in between skips a number).
         let ino = self.numbers.take(&shard).await?;
         let pin = Pin::new(&self.cluster, session, ino);
-        let up = self.cluster.placeable_osds();
+        let up = self.cluster.osds.placeable();
         let (cred, rid) = (cred.clone(), once.rid);
         let a = shard
             .mutate(move |txn| {

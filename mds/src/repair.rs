@@ -126,7 +126,7 @@ impl Repair {
             // Gone: its records went with it.
             _ => return 0,
         };
-        let up = self.cluster().up_osds();
+        let up = self.cluster().osds.up();
         let mut done = 0;
         for d in objs.iter().filter(|d| up.contains(&d.osd.0)) {
             let to = d.osd.0;
@@ -168,7 +168,7 @@ impl Repair {
     /// not yet one of its replicas, the layout then names the new OSD, and
     /// the old copy is deleted.
     async fn drain(&self) -> usize {
-        let out = self.cluster().out_osds();
+        let out = self.cluster().osds.taken_out();
         if out.is_empty() {
             return 0;
         }
@@ -221,8 +221,8 @@ impl Repair {
     }
 
     async fn drain_file(&self, ino: u64, layout: &aifs_common::Layout, out: &[u32]) -> usize {
-        let up = self.cluster().up_osds();
-        let targets = self.cluster().placeable_osds();
+        let up = self.cluster().osds.up();
+        let targets = self.cluster().osds.placeable();
         let stale = self.ns.degraded(InodeId(ino)).await.unwrap_or_default();
         let mut done = 0;
         for index in 0..layout.stripe_count {

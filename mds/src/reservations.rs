@@ -76,7 +76,7 @@ impl Namespace {
         if held + count > self.cluster.limits.max_reserved {
             return Err(Error::TooManyOpen(format!("{held} inode numbers reserved by this client's certificate (max_reserved)")));
         }
-        let up = self.cluster.placeable_osds();
+        let up = self.cluster.osds.placeable();
         let shard = self.shard_for(dir)?.clone();
         let sid = shard.id;
         let got: Vec<(InodeId, Layout)> = shard

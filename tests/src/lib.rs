@@ -91,7 +91,7 @@ impl TestCluster {
 
     pub async fn wait_osds_up(&self, n: usize) -> Result<()> {
         for _ in 0..100 {
-            if self.ns().cluster.up_osds().len() >= n {
+            if self.ns().cluster.osds.up().len() >= n {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -317,7 +317,7 @@ async fn an_osd_certificate_speaks_for_its_own_id_alone() {
     let c = RpcClient::new(rpc::client_endpoint(&osd1, &TransportConfig::default()).unwrap(), cl.mds.addr, Role::Mds);
     assert!(matches!(mds_call(&c, heartbeat(2)).await, Err(Error::Unauthorized(_))), "osd1 spoke for osd 2");
     assert!(matches!(mds_call(&c, heartbeat(3)).await, Err(Error::Unauthorized(_))), "osd1 registered an osd 3");
-    let before = cl.ns().cluster.osd_infos().into_iter().find(|o| o.id.0 == 2).unwrap().addr;
+    let before = cl.ns().cluster.osds.infos().into_iter().find(|o| o.id.0 == 2).unwrap().addr;
     assert_ne!(before, "127.0.0.1:1", "osd 2's address was moved");
     assert!(matches!(mds_call(&c, heartbeat(1)).await, Ok(MdsResp::OsdBeat { .. })));
 }

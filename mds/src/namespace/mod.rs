@@ -313,7 +313,7 @@ pub(crate) mod tests {
     /// A cluster with one OSD up, for layouts.
     pub(crate) fn test_cluster() -> Arc<Cluster> {
         let cluster = Arc::new(Cluster::new(std::time::Duration::from_secs(60), std::time::Duration::from_secs(60)));
-        cluster.heartbeat(1, "127.0.0.1:1", 1 << 40, 0, 0);
+        cluster.osds.heartbeat(1, "127.0.0.1:1", 1 << 40, 0, 0);
         cluster
     }
 

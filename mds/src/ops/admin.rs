@@ -53,12 +53,12 @@ impl MdsService {
             .collect();
         Ok(MdsResp::Status(ClusterStatus {
             shards,
-            osds: ns.cluster.osd_infos(),
+            osds: ns.cluster.osds.infos(),
             sessions: ns.cluster.session_infos(),
             evictions: ns.cluster.evictions(),
             members,
             mds_requests: self.requests.load(std::sync::atomic::Ordering::Relaxed),
-            osd_epoch: ns.cluster.epoch(),
+            osd_epoch: ns.cluster.osds.epoch(),
             statfs: self.statfs().await,
             repair: RepairInfo {
                 repaired: self.repair.stats.repaired.load(std::sync::atomic::Ordering::Relaxed),

@@ -1,7 +1,7 @@
 //! Changes a client answered itself under directories' write leases
 //! (applied.rs holds their transaction), and the inode numbers reserved
 //! for them: `Apply`, `Reserve`, `Unreserve`.
-use crate::leases::Holder;
+use crate::cluster::Holder;
 use crate::service::MdsService;
 use super::Call;
 use aifs_common::{Error, InodeId, Owner, Result, SessionId};

@@ -54,7 +54,7 @@ impl Namespace {
             return Ok(Created { attr: self.getattr(InodeId(ino)).await?, created: true });
         }
         let rid = once.rid;
-        let up = self.cluster.placeable_osds();
+        let up = self.cluster.osds.placeable();
         let name = name.to_string();
         let cred = cred.clone();
         let _g = self.topo.read().await;

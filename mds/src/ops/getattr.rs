@@ -1,5 +1,5 @@
 //! `GetAttr` under a read lease, and `Statfs`.
-use crate::leases::Holder;
+use crate::cluster::Holder;
 use crate::service::MdsService;
 use super::Call;
 use aifs_common::{InodeId, Result};
@@ -8,7 +8,7 @@ use aifs_common::proto::mds::{Attr, MdsResp, Statfs};
 
 impl MdsService {
     pub async fn statfs(&self) -> Statfs {
-        let osds = self.ns.cluster.osd_infos();
+        let osds = self.ns.cluster.osds.infos();
         let total: u64 = osds.iter().map(|o| o.capacity).sum();
         let used: u64 = osds.iter().map(|o| o.used).sum();
         let files = self.ns.shard_counts().await.map(|v| v.iter().map(|c| c.1).sum()).unwrap_or(0);

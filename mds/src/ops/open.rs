@@ -1,6 +1,6 @@
 //! `Open` and `Cap`: a lease on a file for reading or writing, and the
 //! capability over its objects that the OSDs check.
-use crate::leases::Holder;
+use crate::cluster::Holder;
 use crate::service::MdsService;
 use super::Call;
 use aifs_common::{Error, InodeId, Result};

@@ -30,7 +30,7 @@ impl MdsService {
 
     pub(crate) async fn osd_map(&self, _c: &mut Call<'_>) -> Result<MdsResp> {
         let ns = &self.ns;
-        Ok(MdsResp::OsdMap { epoch: ns.cluster.epoch(), osds: ns.cluster.osd_infos() })
+        Ok(MdsResp::OsdMap { epoch: ns.cluster.osds.epoch(), osds: ns.cluster.osds.infos() })
     }
 
     pub(crate) async fn osd_heartbeat(&self, c: &mut Call<'_>, OsdId(id): OsdId, addr: String, capacity: u64, used: u64, objects: u64, revoked_known: u32) -> Result<MdsResp> {
@@ -43,7 +43,7 @@ impl MdsService {
         if addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(Error::InvalidArgument(format!("bad OSD address {addr:?}")));
         }
-        let beat = ns.cluster.heartbeat(id, &addr, capacity, used, objects);
+        let beat = ns.cluster.osds.heartbeat(id, &addr, capacity, used, objects);
         if !matches!(beat, Beat::Same) {
             self.repair.wake.notify_one();
         }
@@ -63,7 +63,7 @@ impl MdsService {
 
     pub(crate) async fn osd_out(&self, _c: &mut Call<'_>, OsdId(id): OsdId, out: bool) -> Result<MdsResp> {
         let ns = &self.ns;
-        if !ns.cluster.osds.contains_key(&id) {
+        if !ns.cluster.osds.knows(id) {
             return Err(Error::NotFound);
         }
         ns.shard(0)
@@ -77,7 +77,7 @@ impl MdsService {
                 Ok(())
             })
             .await?;
-        ns.cluster.set_out(id, out);
+        ns.cluster.osds.set_out(id, out);
         tracing::warn!(osd = id, out, "OSD taken {}", if out { "out" } else { "in" });
         if out {
             self.placement_changed().await;

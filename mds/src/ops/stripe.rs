@@ -13,7 +13,7 @@ impl Namespace {
     pub async fn set_stripe(&self, ino: InodeId, policy: LayoutPolicy) -> Result<Attr> {
         let ino = ino.0;
         policy.validate()?;
-        let up = self.cluster.placeable_osds();
+        let up = self.cluster.osds.placeable();
         let _g = self.topo.read().await;
         self.shard_for(ino)?
             .mutate(move |txn| {

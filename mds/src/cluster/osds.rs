@@ -1,0 +1,169 @@
+//! The OSD map: every OSD known (from the store and from registrations),
+//! up or down by its heartbeats, in or out by the operator, and an epoch
+//! that moves with each change.
+use aifs_common::OsdId;
+use aifs_common::proto::mds::{OsdInfo, OsdState};
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct OsdEntry {
+    pub addr: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub objects: u64,
+    /// None until the OSD is heard from after an MDS start.
+    pub last_seen: Option<Instant>,
+    pub up: bool,
+    /// Taken out by the operator: no new data, its replicas move away.
+    pub out: bool,
+}
+
+/// What a heartbeat changed.
+pub enum Beat {
+    /// First time heard of this id, or its address changed: persist it.
+    New,
+    /// Came back up.
+    Up,
+    Same,
+}
+
+pub struct OsdMap {
+    osds: DashMap<u32, OsdEntry>,
+    epoch: AtomicU64,
+    /// Silent this long, an OSD is marked down.
+    timeout: Duration,
+}
+
+impl OsdMap {
+    pub fn new(timeout: Duration) -> Self {
+        OsdMap { osds: DashMap::new(), epoch: AtomicU64::new(1), timeout }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    fn changed(&self) {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn knows(&self, id: u32) -> bool {
+        self.osds.contains_key(&id)
+    }
+
+    /// Is an OSD known from the store not heard from since the start?
+    pub fn any_unheard(&self) -> bool {
+        self.osds.iter().any(|e| e.last_seen.is_none())
+    }
+
+    /// An OSD known from the store, down until it heartbeats.
+    pub fn load(&self, id: u32, addr: String, capacity: u64, used: u64) {
+        self.osds.insert(id, OsdEntry { addr, capacity, used, objects: 0, last_seen: None, up: false, out: false });
+    }
+
+    pub fn heartbeat(&self, id: u32, addr: &str, capacity: u64, used: u64, objects: u64) -> Beat {
+        let now = Instant::now();
+        let mut beat = Beat::Same;
+        let mut e = self.osds.entry(id).or_insert_with(|| {
+            beat = Beat::New;
+            OsdEntry { addr: addr.to_string(), capacity, used, objects, last_seen: None, up: false, out: false }
+        });
+        if e.addr != addr {
+            e.addr = addr.to_string();
+            beat = Beat::New;
+        }
+        e.capacity = capacity;
+        e.used = used;
+        e.objects = objects;
+        e.last_seen = Some(now);
+        if !e.up {
+            e.up = true;
+            if matches!(beat, Beat::Same) {
+                beat = Beat::Up;
+            }
+            tracing::info!(osd = id, addr, "OSD up");
+        }
+        drop(e);
+        if !matches!(beat, Beat::Same) {
+            self.changed();
+        }
+        beat
+    }
+
+    /// Mark the OSDs that missed their heartbeats down.
+    pub fn mark_silent_down(&self, now: Instant) {
+        let mut changed = false;
+        for mut e in self.osds.iter_mut() {
+            let fresh = e.last_seen.is_some_and(|t| now.duration_since(t) < self.timeout);
+            if e.up && !fresh {
+                e.up = false;
+                changed = true;
+                tracing::warn!(osd = *e.key(), "OSD missed heartbeats; marked down");
+            }
+        }
+        if changed {
+            self.changed();
+        }
+    }
+
+    fn sorted(&self, keep: impl Fn(&OsdEntry) -> bool) -> Vec<u32> {
+        let mut v: Vec<u32> = self.osds.iter().filter(|e| keep(e.value())).map(|e| *e.key()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn up(&self) -> Vec<u32> {
+        self.sorted(|e| e.up)
+    }
+
+    /// OSDs new data may go to: up and not taken out.
+    pub fn placeable(&self) -> Vec<u32> {
+        self.sorted(|e| e.up && !e.out)
+    }
+
+    pub fn taken_out(&self) -> Vec<u32> {
+        self.sorted(|e| e.out)
+    }
+
+    /// Take an OSD out (or back in); false when it is unknown.
+    pub fn set_out(&self, id: u32, out: bool) -> bool {
+        match self.osds.get_mut(&id) {
+            Some(mut e) => {
+                e.out = out;
+                drop(e);
+                self.changed();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn addr(&self, id: u32) -> Option<String> {
+        self.osds.get(&id).map(|e| e.addr.clone())
+    }
+
+    pub fn infos(&self) -> Vec<OsdInfo> {
+        let now = Instant::now();
+        let mut v: Vec<OsdInfo> = self
+            .osds
+            .iter()
+            .map(|e| OsdInfo {
+                id: OsdId(*e.key()),
+                addr: e.addr.clone(),
+                state: if e.up { OsdState::Up } else { OsdState::Down },
+                capacity: e.capacity,
+                used: e.used,
+                objects: e.objects,
+                last_seen_ms: e.last_seen.map(|t| now.duration_since(t).as_millis() as u64).unwrap_or(u64::MAX),
+                out: e.out,
+            })
+            .collect();
+        v.sort_by_key(|o| o.id);
+        v
+    }
+}
