@@ -267,10 +267,8 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
         let mut unreachable_since = None;
         let mut learned = None;
         loop {
-            if registered && rpc::leader::learn_due(&mut learned) {
-                if let Err(e) = rpc::leader::learn_members(&mds).await {
-                    tracing::debug!(error = %e, "asking for the MDS processes' addresses failed");
-                }
+            if registered {
+                rpc::leader::learn_members_when_due(&mds, &mut learned).await;
             }
             // A connection just lost (an MDS restart resets it) is made
             // again at once: a restarted MDS waits for its OSDs.

@@ -101,11 +101,7 @@ impl ClientFs {
                     }
                     Err(e) => tracing::warn!(error = %e, "session heartbeat failed"),
                 }
-                if aifs_common::rpc::leader::learn_due(&mut learned) {
-                    if let Err(e) = aifs_common::rpc::leader::learn_members(&fs.pool.mds).await {
-                        tracing::debug!(error = %e, "asking for the MDS processes' addresses failed");
-                    }
-                }
+                aifs_common::rpc::leader::learn_members_when_due(&fs.pool.mds, &mut learned).await;
             }
         });
         Ok(fs)

@@ -57,8 +57,19 @@ pub async fn call_leader(mds: &RpcClient, call: &MdsCall) -> Result<MdsReply> {
 }
 
 /// Ask whichever member `mds` calls for the MDS processes' addresses, and
-/// add those it does not know (`RpcClient::learn`).
-pub async fn learn_members(mds: &RpcClient) -> Result<()> {
+/// add those it does not know (`RpcClient::learn`), if `LEARN_EVERY` has
+/// passed since `last` (or it never asked). A failure is only logged: it
+/// asks again next time.
+pub async fn learn_members_when_due(mds: &RpcClient, last: &mut Option<Instant>) {
+    if !learn_due(last) {
+        return;
+    }
+    if let Err(e) = learn_members(mds).await {
+        tracing::debug!(error = %e, "asking for the MDS processes' addresses failed");
+    }
+}
+
+async fn learn_members(mds: &RpcClient) -> Result<()> {
     let (reply, _) = mds.call::<_, MdsReply>(&MdsCall::from(MdsReq::Members), &[]).await?;
     match reply.resp {
         MdsResp::Addrs(addrs) => {
@@ -73,7 +84,7 @@ pub async fn learn_members(mds: &RpcClient) -> Result<()> {
 
 /// Whether `learn_members` is due: never asked, or not for `LEARN_EVERY`;
 /// marks it asked now when it is.
-pub fn learn_due(last: &mut Option<Instant>) -> bool {
+fn learn_due(last: &mut Option<Instant>) -> bool {
     let due = last.is_none_or(|t| t.elapsed() >= LEARN_EVERY);
     if due {
         *last = Some(Instant::now());
