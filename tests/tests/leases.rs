@@ -381,6 +381,33 @@ fn fcntl_and_flock_locks_conflict_across_mounts() {
     }
 }
 
+/// A reader whose lease was recalled while it held the file open, and
+/// that learns the new size from a stat (which grants a read lease of its
+/// own) before it reads on through the old handle, reads every byte the
+/// writer added: the open file's state took the size again.
+#[test]
+fn a_reader_holding_a_file_open_reads_what_another_mount_appended() {
+    let cl = ProcCluster::start(3).unwrap();
+    let a = cl.mount().unwrap();
+    let b = cl.mount().unwrap();
+    let first = 2 * MIB + 5;
+    fs::write(a.p("grows"), pattern::bytes(8, 0, first)).unwrap();
+    let r = File::open(b.p("grows")).unwrap();
+    let mut got = vec![0u8; first];
+    r.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == pattern::bytes(8, 0, first));
+    for step in 1..4usize {
+        let end = first * (step + 1);
+        let mut w = OpenOptions::new().append(true).open(a.p("grows")).unwrap();
+        w.write_all(&pattern::bytes(8, (end - first) as u64, first)).unwrap();
+        drop(w);
+        assert_eq!(fs::metadata(b.p("grows")).unwrap().len(), end as u64, "step {step}");
+        let mut tail = vec![0u8; first];
+        r.read_exact_at(&mut tail, (end - first) as u64).unwrap_or_else(|e| panic!("step {step}: reading the appended bytes: {e}"));
+        assert!(tail == pattern::bytes(8, (end - first) as u64, first), "step {step}: other bytes than appended");
+    }
+}
+
 #[test]
 fn o_trunc_on_one_mount_is_seen_by_the_other() {
     let cl = ProcCluster::start(3).unwrap();

@@ -108,8 +108,11 @@ impl ClientFs {
             h.read.store(true, Ordering::Relaxed);
         }
         let mut mode = self.meta.mode(f.ino);
-        if mode == LeaseMode::None {
+        if mode == LeaseMode::None || f.recalled.load(Ordering::Acquire) {
             // Recalled since the open: a writer elsewhere flushes first.
+            // Even with a lease back from a lookup or stat, which leaves
+            // the open file's size as it was before the recall, the
+            // lease is taken again here for the size.
             mode = self.take_lease(f.ino, Want::Read, false).await?.1;
         }
         if f.has_pending() {
