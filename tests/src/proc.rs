@@ -92,28 +92,34 @@ pub struct ProcCluster {
 
 impl ProcCluster {
     pub fn start(n_osds: u32) -> Result<ProcCluster> {
-        Self::start_opts(1, n_osds, false, "")
+        Self::start_opts(1, n_osds, false, &|t| t)
     }
 
     /// A cluster whose every shard is replicated over `n_mds` MDS
     /// processes (configs `mds1.toml`...).
     pub fn start_replicated(n_mds: usize, n_osds: u32) -> Result<ProcCluster> {
-        Self::start_opts(n_mds, n_osds, false, "")
+        Self::start_opts(n_mds, n_osds, false, &|t| t)
     }
 
     /// [`ProcCluster::start_replicated`], with `toml` added to every MDS
     /// config (a table of its own, such as `[raft]`).
     pub fn start_replicated_with(n_mds: usize, n_osds: u32, toml: &str) -> Result<ProcCluster> {
-        Self::start_opts(n_mds, n_osds, false, toml)
+        Self::start_opts(n_mds, n_osds, false, &|t| t + toml)
+    }
+
+    /// A cluster of one MDS process whose config `mdsctl init` wrote is
+    /// changed by `edit` (to set a value of a table it has).
+    pub fn start_edited(n_osds: u32, edit: &dyn Fn(String) -> String) -> Result<ProcCluster> {
+        Self::start_opts(1, n_osds, false, edit)
     }
 
     /// A cluster whose MDS also answers on non-loopback addresses, so that
     /// an OSD can be moved into a network namespace (`isolate_osd`).
     pub fn start_routed(n_osds: u32) -> Result<ProcCluster> {
-        Self::start_opts(1, n_osds, true, "")
+        Self::start_opts(1, n_osds, true, &|t| t)
     }
 
-    fn start_opts(n_mds: usize, n_osds: u32, mds_any: bool, mds_toml: &str) -> Result<ProcCluster> {
+    fn start_opts(n_mds: usize, n_osds: u32, mds_any: bool, edit: &dyn Fn(String) -> String) -> Result<ProcCluster> {
         let dir = tempfile::Builder::new().prefix("aifs-proc-").tempdir()?;
         let p = ports(n_mds + n_osds as usize);
         // mdsctl init numbers OSD ports from a base; pick a base with a
@@ -145,9 +151,8 @@ impl ProcCluster {
         let mut c = ProcCluster { dir, mds_addr, mds_addrs, n_osds, mds, mds_args, osds: (0..n_osds).map(|_| None).collect(), mds_any };
         for id in 1..=n_mds as u64 {
             let cfg = c.mds_config(id);
-            let mut text = std::fs::read_to_string(&cfg)?;
-            text.push_str(mds_toml);
-            std::fs::write(&cfg, text)?;
+            let text = std::fs::read_to_string(&cfg)?;
+            std::fs::write(&cfg, edit(text))?;
         }
         if let Err(e) = c.start_all() {
             // dropped without a panic, so the logs would go unseen
