@@ -5,13 +5,15 @@
 //! (intents, namespace/steps.rs). It must then hold every operation that
 //! was answered, and the one cut short either whole or not at all, with
 //! every name's inode present and link counts that agree with the names.
+//! Then the client's retry of the one cut short (the same request id, or
+//! the same batch of changes made under a directory's write lease) must
+//! succeed and leave it whole, applied once.
 use super::tests::test_cluster;
 use super::Namespace;
-use crate::once::Once;
 use crate::store::media::Memory;
 use aifs_common::perm::Cred;
-use aifs_common::proto::mds::{FileKind, SetAttr};
-use aifs_common::{InodeId, LayoutPolicy, Result};
+use aifs_common::proto::mds::{DirOp, FileKind, ReqId, SetAttr};
+use aifs_common::{Error, InodeId, LayoutPolicy, Owner, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -25,7 +27,22 @@ enum Op {
     Unlink(&'static str),
     Rmdir(&'static str),
     Truncate(&'static str, u64),
+    /// Changes a client made under directories' write leases, sent in one
+    /// `Apply` (their new inodes from numbers reserved before).
+    Batch(&'static [Leased]),
 }
+
+/// One change of a [`Op::Batch`].
+#[derive(Clone, Copy, Debug)]
+enum Leased {
+    Create(&'static str),
+    Mkdir(&'static str),
+    Unlink(&'static str),
+    Rmdir(&'static str),
+}
+
+/// The certificate the batches' numbers are reserved for.
+const OWNER: Owner = Owner([7; 32]);
 
 /// Directories land on shards by the hash of their names, so the run has
 /// operations within one shard and across two, in both orders.
@@ -46,6 +63,9 @@ const RUN: &[Op] = &[
     Op::Rename("/a/g2", "/b/f1"),
     Op::Rmdir("/c"),
     Op::Unlink("/a/f1link"),
+    // /a and /b are on different shards: the batch commits once in each.
+    Op::Batch(&[Leased::Create("/a/r0"), Leased::Create("/b/r1"), Leased::Mkdir("/a/step"), Leased::Create("/a/r2")]),
+    Op::Batch(&[Leased::Unlink("/a/r0"), Leased::Rmdir("/a/step"), Leased::Create("/b/r3"), Leased::Unlink("/b/r1")]),
 ];
 
 /// What each path names after some prefix of the run: a file (with the
@@ -87,6 +107,22 @@ fn model(n: usize) -> Tree {
                 t.remove(p);
             }
             Op::Truncate(..) => {}
+            Op::Batch(changes) => {
+                for c in changes {
+                    match *c {
+                        Leased::Create(p) => {
+                            next_file += 1;
+                            t.insert(p.into(), Some(next_file));
+                        }
+                        Leased::Mkdir(p) => {
+                            t.insert(p.into(), None);
+                        }
+                        Leased::Unlink(p) | Leased::Rmdir(p) => {
+                            t.remove(p);
+                        }
+                    }
+                }
+            }
         }
     }
     t
@@ -100,8 +136,19 @@ async fn resolve(ns: &Namespace, path: &str) -> Result<InodeId> {
     Ok(ino)
 }
 
-async fn apply(ns: &Namespace, op: Op) -> Result<()> {
-    let (root, once) = (Cred::root(), Once::none());
+/// How the run sends one operation: the request id it goes with (`retry`
+/// when sent again after a crash), and for a batch the changes built for
+/// it, kept to be sent again as they were.
+#[derive(Default)]
+struct Sent {
+    seq: u64,
+    retry: bool,
+    batch: Option<Vec<DirOp>>,
+}
+
+async fn apply(ns: &Namespace, op: Op, sent: &mut Sent) -> Result<()> {
+    let root = Cred::root();
+    let once = ns.once(Some(ReqId { client: 7, seq: sent.seq, oldest: 0, retry: sent.retry })).await?;
     let at = |p: &'static str| async move {
         let (dir, name) = split(p);
         Ok::<_, aifs_common::Error>((resolve(ns, dir).await?, name))
@@ -135,7 +182,46 @@ async fn apply(ns: &Namespace, op: Op) -> Result<()> {
             let ino = resolve(ns, p).await?;
             ns.setattr(ino, SetAttr { size: Some(size), ..Default::default() }, &root).await.map(drop)
         }
+        Op::Batch(changes) => {
+            if sent.batch.is_none() {
+                sent.batch = Some(build(ns, changes).await?);
+            }
+            let ops = sent.batch.clone().unwrap_or_default();
+            ns.apply(ops, OWNER).await.into_iter().collect()
+        }
     }
+}
+
+/// A batch's changes as a client makes them under the directories' write
+/// leases: new inodes from numbers reserved in each parent beforehand.
+async fn build(ns: &Namespace, changes: &[Leased]) -> Result<Vec<DirOp>> {
+    let mut numbers: HashMap<InodeId, Vec<(InodeId, aifs_common::Layout)>> = HashMap::new();
+    for c in changes {
+        if let Leased::Create(p) | Leased::Mkdir(p) = *c {
+            let dir = resolve(ns, split(p).0).await?;
+            let got = ns.reserve(dir, 1, OWNER).await?;
+            numbers.entry(dir).or_default().extend(got);
+        }
+    }
+    let time_ns = aifs_common::time::now_ns();
+    let mut ops = Vec::new();
+    for c in changes {
+        let cred = Cred::root();
+        let (Leased::Create(p) | Leased::Mkdir(p) | Leased::Unlink(p) | Leased::Rmdir(p)) = *c;
+        let (dir, name) = split(p);
+        let (parent, name) = (resolve(ns, dir).await?, name.to_string());
+        let mut number = || numbers.get_mut(&parent).and_then(|v| v.pop()).ok_or_else(|| Error::Io(format!("no number reserved for {p}")));
+        ops.push(match *c {
+            Leased::Create(_) => {
+                let (ino, layout) = number()?;
+                DirOp::Create { parent, name, ino, layout, mode: 0o644, cred, time_ns, open: false }
+            }
+            Leased::Mkdir(_) => DirOp::Mkdir { parent, name, ino: number()?.0, mode: 0o755, cred, time_ns },
+            Leased::Unlink(_) => DirOp::Unlink { parent, name, ino: resolve(ns, p).await?, time_ns, cred },
+            Leased::Rmdir(_) => DirOp::Rmdir { parent, name, ino: resolve(ns, p).await?, time_ns, cred },
+        });
+    }
+    Ok(ops)
 }
 
 /// The tree as the namespace holds it, with each file named by its inode
@@ -210,16 +296,20 @@ async fn open(media: &Memory, dir: &std::path::Path) -> Result<Namespace> {
     Namespace::open_on(media, dir, 4, policy, test_cluster()).await
 }
 
-/// Run the operations with the power cut at the `cut`th write or sync;
-/// None if the run ended first.
-async fn run_cut_at(cut: u64) -> Option<()> {
+/// Run the operations with the power cut at the `cut`th write or sync,
+/// then start from what the disk holds: what was synced, and with `torn`
+/// some of the writes since too (whole or torn, picked by `cut`); None if
+/// the run ended first.
+async fn run_cut_at(cut: u64, torn: bool) -> Option<()> {
     let dir = tempfile::tempdir().unwrap();
     let media = Memory::new();
     let ns = open(&media, dir.path()).await.expect("a new namespace opens");
     media.cut_after(cut);
     let mut answered = 0;
-    for op in RUN {
-        match tokio::time::timeout(Duration::from_secs(10), apply(&ns, *op)).await {
+    let mut sent = Sent::default();
+    for (seq, op) in RUN.iter().enumerate() {
+        sent = Sent { seq: seq as u64 + 1, ..Sent::default() };
+        match tokio::time::timeout(Duration::from_secs(10), apply(&ns, *op, &mut sent)).await {
             Ok(Ok(())) => answered += 1,
             Ok(Err(_)) if media.is_off() => break,
             Ok(Err(e)) => panic!("{op:?} failed with the power on: {e}"),
@@ -233,19 +323,29 @@ async fn run_cut_at(cut: u64) -> Option<()> {
         return None;
     }
     drop(ns);
-    let after = media.after_crash();
+    let after = if torn { media.after_torn_crash(cut) } else { media.after_crash() };
     // The shards' writer threads stop their groups a moment after the
     // namespace is dropped; the old groups touch only the old images.
-    let ns = open(&after, dir.path()).await.unwrap_or_else(|e| panic!("cut at write {cut}: the namespace does not open again: {e}"));
-    let got = walk(&ns).await.unwrap_or_else(|e| panic!("cut at write {cut}, after {answered} answered: {e}"));
-    let whole = answered < RUN.len() && same(&got, &model(answered + 1));
+    let ns = open(&after, dir.path()).await.unwrap_or_else(|e| panic!("cut at write {cut} (torn: {torn}): the namespace does not open again: {e}"));
+    let got = walk(&ns).await.unwrap_or_else(|e| panic!("cut at write {cut} (torn: {torn}), after {answered} answered: {e}"));
+    let short = RUN.get(answered).copied();
+    let whole = short.is_some() && same(&got, &model(answered + 1));
+    // A batch commits once per shard: the client sends it again, whole.
+    let batch = matches!(short, Some(Op::Batch(_)));
     assert!(
-        same(&got, &model(answered)) || whole,
-        "cut at write {cut}: {answered} operations answered, {:?} cut short; the namespace holds {got:?}",
-        RUN.get(answered)
+        same(&got, &model(answered)) || whole || batch,
+        "cut at write {cut} (torn: {torn}): {answered} operations answered, {short:?} cut short; the namespace holds {got:?}"
     );
+    if let Some(op) = short {
+        // The client sends it again, as it was.
+        sent.retry = true;
+        apply(&ns, op, &mut sent).await.unwrap_or_else(|e| panic!("cut at write {cut} (torn: {torn}): {op:?} sent again failed: {e}"));
+        let got = walk(&ns).await.unwrap_or_else(|e| panic!("cut at write {cut} (torn: {torn}), {op:?} sent again: {e}"));
+        assert!(same(&got, &model(answered + 1)), "cut at write {cut} (torn: {torn}): {op:?} sent again; the namespace holds {got:?}");
+    }
     // and goes on
-    apply(&ns, Op::Create("/after")).await.unwrap_or_else(|e| panic!("cut at write {cut}: a create after the restart failed: {e}"));
+    let mut next = Sent { seq: RUN.len() as u64 + 1, ..Sent::default() };
+    apply(&ns, Op::Create("/after"), &mut next).await.unwrap_or_else(|e| panic!("cut at write {cut} (torn: {torn}): a create after the restart failed: {e}"));
     Some(())
 }
 
@@ -256,8 +356,9 @@ async fn a_power_cut_at_any_write_loses_nothing_answered_and_leaves_no_half_oper
     let media = Memory::new();
     let ns = open(&media, dir.path()).await.unwrap();
     let start = media.events();
-    for op in RUN {
-        apply(&ns, *op).await.unwrap_or_else(|e| panic!("{op:?}: {e}"));
+    for (seq, op) in RUN.iter().enumerate() {
+        let mut sent = Sent { seq: seq as u64 + 1, ..Sent::default() };
+        apply(&ns, *op, &mut sent).await.unwrap_or_else(|e| panic!("{op:?}: {e}"));
     }
     let got = walk(&ns).await.unwrap();
     assert!(same(&got, &model(RUN.len())), "the run without a crash: {got:?}");
@@ -265,9 +366,10 @@ async fn a_power_cut_at_any_write_loses_nothing_answered_and_leaves_no_half_oper
     drop(ns);
     let mut cuts = 0;
     for cut in 1..=total {
-        if run_cut_at(cut).await.is_some() {
+        if run_cut_at(cut, false).await.is_some() {
             cuts += 1;
         }
+        run_cut_at(cut, true).await;
     }
     assert!(cuts as u64 >= total / 2, "only {cuts} of {total} cuts fell within the run");
 }

@@ -3,8 +3,10 @@
 //! MDS does. `Memory` keeps each as two images, what was written and what
 //! was synced, so that a test can cut the power at any write or sync of
 //! any of them (`Memory::cut_after`) and start again from what a disk
-//! would still hold (`Memory::after_crash`): the synced images, every
-//! write since the last sync lost.
+//! would still hold: the synced images, every write since the last sync
+//! lost (`Memory::after_crash`), or with some of those writes on the disk
+//! after all, whole or torn at a sector (`Memory::after_torn_crash`), as
+//! a disk that writes back in any order leaves them.
 //!
 //! Snapshot files and the shard-count marker are written beside them in
 //! the directory given, always on disk.
@@ -43,11 +45,63 @@ pub struct Memory {
     power: Arc<Power>,
 }
 
-/// One database's bytes: as written, and as of its last sync.
+/// One database's bytes: as written, and as of its last sync, with the
+/// changes made since that sync in the order they were made.
 #[derive(Default)]
 struct Image {
     live: Mutex<Vec<u8>>,
     synced: Mutex<Vec<u8>>,
+    unsynced: Mutex<Vec<Change>>,
+}
+
+#[derive(Clone)]
+enum Change {
+    Write(usize, Vec<u8>),
+    SetLen(usize),
+}
+
+/// The unit a disk writes whole: a write cut by the power keeps a prefix
+/// of its sectors.
+const SECTOR: usize = 512;
+
+/// A small deterministic generator (xorshift64*), so that a failing cut
+/// comes out the same again.
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+impl Image {
+    /// The synced bytes with some of the changes since, chosen by `dice`:
+    /// each kept whole, lost, or (a write) kept in its first sectors only.
+    fn torn(&self, dice: &mut Dice) -> Vec<u8> {
+        let mut bytes = self.synced.lock().map(|s| s.clone()).unwrap_or_default();
+        let changes = self.unsynced.lock().map(|c| c.clone()).unwrap_or_default();
+        for c in changes {
+            match (c, dice.next() % 3) {
+                (_, 0) => {}
+                (Change::SetLen(len), _) => bytes.resize(len, 0),
+                (Change::Write(at, data), how) => {
+                    let keep = match how {
+                        1 => data.len(),
+                        _ => (dice.next() as usize % data.len().div_ceil(SECTOR).max(1)) * SECTOR,
+                    };
+                    let data = &data[..keep.min(data.len())];
+                    if bytes.len() < at + data.len() {
+                        bytes.resize(at + data.len(), 0);
+                    }
+                    bytes[at..at + data.len()].copy_from_slice(data);
+                }
+            }
+        }
+        bytes
+    }
 }
 
 /// Counts writes and syncs, and fails every one from the cut on.
@@ -101,15 +155,29 @@ impl Memory {
     /// What a disk holds after the crash: each database as of its last
     /// sync, with the power on.
     pub fn after_crash(&self) -> Memory {
-        let images = self.images.lock().map(|m| m.clone()).unwrap_or_default();
-        let synced = images
+        self.after(|img| img.synced.lock().map(|s| s.clone()).unwrap_or_default())
+    }
+
+    /// What a disk that writes back in any order may hold after the crash:
+    /// each database as of its last sync, with some of the writes since
+    /// on it too, whole or in their first sectors, as `seed` picks.
+    pub fn after_torn_crash(&self, seed: u64) -> Memory {
+        let mut dice = Dice(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        self.after(|img| img.torn(&mut dice))
+    }
+
+    fn after(&self, mut bytes: impl FnMut(&Image) -> Vec<u8>) -> Memory {
+        let mut images: Vec<(PathBuf, Arc<Image>)> = self.images.lock().map(|m| m.clone()).unwrap_or_default().into_iter().collect();
+        // The same seed tears the same databases the same way.
+        images.sort_by(|a, b| a.0.cmp(&b.0));
+        let disk = images
             .into_iter()
             .map(|(path, img)| {
-                let bytes = img.synced.lock().map(|s| s.clone()).unwrap_or_default();
-                (path, Arc::new(Image { live: Mutex::new(bytes.clone()), synced: Mutex::new(bytes) }))
+                let b = bytes(&img);
+                (path, Arc::new(Image { live: Mutex::new(b.clone()), synced: Mutex::new(b), unsynced: Mutex::default() }))
             })
             .collect();
-        Memory { images: Mutex::new(synced), power: Arc::default() }
+        Memory { images: Mutex::new(disk), power: Arc::default() }
     }
 }
 
@@ -163,7 +231,9 @@ impl redb::StorageBackend for Backend {
         if !self.power.event() {
             return Err(off());
         }
-        lock(&self.image.live)?.resize(usize::try_from(len).map_err(|_| range())?, 0);
+        let len = usize::try_from(len).map_err(|_| range())?;
+        lock(&self.image.live)?.resize(len, 0);
+        self.image.unsynced.lock().map_err(|_| std::io::Error::other("image poisoned"))?.push(Change::SetLen(len));
         Ok(())
     }
 
@@ -173,6 +243,7 @@ impl redb::StorageBackend for Backend {
         }
         let live = lock(&self.image.live)?.clone();
         *lock(&self.image.synced)? = live;
+        self.image.unsynced.lock().map_err(|_| std::io::Error::other("image poisoned"))?.clear();
         Ok(())
     }
 
@@ -183,6 +254,7 @@ impl redb::StorageBackend for Backend {
         let mut live = lock(&self.image.live)?;
         let start = usize::try_from(offset).map_err(|_| range())?;
         live.get_mut(start..start + data.len()).ok_or_else(range)?.copy_from_slice(data);
+        self.image.unsynced.lock().map_err(|_| std::io::Error::other("image poisoned"))?.push(Change::Write(start, data.to_vec()));
         Ok(())
     }
 }
@@ -226,5 +298,30 @@ mod tests {
         assert_eq!(keys(&db), vec![1], "the crash kept more, or less, than was synced");
         put(&db, 4, true).unwrap();
         assert_eq!(keys(&db), vec![1, 4]);
+    }
+
+    /// Whatever part of an unsynced commit reaches the disk, the database
+    /// opens with every synced commit and none that was cut.
+    #[test]
+    fn a_torn_crash_keeps_what_was_synced_and_opens() {
+        let p = Path::new("/nowhere/db.redb");
+        let mut differed = 0;
+        for seed in 0..64 {
+            let m = Memory::new();
+            let db = m.database(p).unwrap();
+            put(&db, 1, true).unwrap();
+            put(&db, 2, false).unwrap();
+            m.cut_after(3);
+            let _ = put(&db, 3, true);
+            drop(db);
+            let clean = m.after_crash();
+            let torn = m.after_torn_crash(seed);
+            let image = |m: &Memory| m.images.lock().unwrap().get(p).map(|i| i.live.lock().unwrap().clone());
+            differed += usize::from(image(&clean) != image(&torn));
+            let db = torn.database(p).unwrap_or_else(|e| panic!("seed {seed}: a torn image does not open: {e}"));
+            let k = keys(&db);
+            assert!(k == vec![1] || k == vec![1, 2], "seed {seed}: the torn image holds {k:?}");
+        }
+        assert!(differed > 0, "no seed kept any unsynced write");
     }
 }
