@@ -9,7 +9,9 @@
 //! ([`Replica::make_groups`]), and answers no other Raft message until it
 //! has heard from a majority of them (counting itself): if one says this
 //! member held the log and still votes, it refuses to start, naming the
-//! way back. The members of a file system being made answer "no", so they
+//! way back; if one says it held the log and was taken out since, it
+//! refuses to start without `--join` (its id is reused for a new process
+//! only through `mdsctl mds add`). The members of a file system being made answer "no", so they
 //! make the same first entry each; a process started with `--join` makes
 //! none and waits for the leader to add it.
 use crate::membership;
@@ -119,6 +121,9 @@ impl Replica {
             for (id, addr) in left {
                 match peers.ask(addr, 0, &net::WireReq::Held { member: me }, ASK_TIMEOUT).await {
                     Ok(net::WireResp::Held { held: true, votes: true }) => return Err(lost(me, id, addr)),
+                    // Taken out since: made as configured, its groups
+                    // would start a second history beside the cluster's.
+                    Ok(net::WireResp::Held { held: true, votes: false }) if !self.members.join => return Err(removed(me, id, addr)),
                     Ok(net::WireResp::Held { .. }) => need = need.saturating_sub(1),
                     Ok(other) => return Err(Error::Protocol(format!("MDS {id} ({addr}) answered {other:?}"))),
                     Err(e) => {
@@ -138,6 +143,13 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+fn removed(me: NodeId, id: NodeId, addr: SocketAddr) -> Error {
+    Error::InvalidArgument(format!(
+        "MDS {me} starts with no data and without --join, but MDS {id} ({addr}) says it held the metadata log before \
+         and was taken out of the groups since: start it with --join and add it again (`mdsctl mds add ADDR --id {me}`)"
+    ))
 }
 
 fn lost(me: NodeId, id: NodeId, addr: SocketAddr) -> Error {

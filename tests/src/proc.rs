@@ -198,6 +198,12 @@ impl ProcCluster {
         self.start_mds_member(id)
     }
 
+    /// Start member `id` again as its config says (no `--join`).
+    pub fn start_mds_member_as_configured(&mut self, id: u64) -> Result<()> {
+        self.mds_args[(id - 1) as usize].clear();
+        self.start_mds_member(id)
+    }
+
     /// Give a one-process MDS a member list naming itself, id 1 at its
     /// address (the first step of growing it; it takes effect when it
     /// starts again).

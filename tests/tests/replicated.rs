@@ -192,6 +192,13 @@ fn a_member_with_a_wiped_data_directory_catches_up_and_holds_everything() {
     assert!(ended.is_some_and(|st| !st.success()), "a member with a lost data directory joined while still a voter: {ended:?}");
     cl.mdsctl(&["mds", "remove", &wiped.to_string()]).unwrap();
     assert!(members(&cl).iter().all(|m| m.0 != wiped), "{:?}", members(&cl));
+    // Taken out, started as configured it would make groups of a history
+    // of its own: it refuses, and names --join.
+    cl.start_mds_member_as_configured(wiped).unwrap();
+    let ended = cl.wait_mds_member_exit(wiped, Duration::from_secs(20));
+    assert!(ended.is_some_and(|st| !st.success()), "a member taken out started as configured: {ended:?}");
+    let log = fs::read_to_string(cl.path(&format!("logs/mds{wiped}.log"))).unwrap();
+    assert!(log.contains("taken out of the groups since"), "{log}");
     make_named(&m.p("while-out"), 0..20);
     cl.start_mds_member_joining(wiped).unwrap();
     let addr = cl.mds_addrs[(wiped - 1) as usize].to_string();
