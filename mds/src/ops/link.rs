@@ -49,13 +49,8 @@ impl Namespace {
 
 impl MdsService {
     pub(crate) async fn link(&self, c: &mut Call<'_>, ino: InodeId, newparent: InodeId, newname: String) -> Result<MdsResp> {
-        let peer = c.peer;
-        let cred = c.cred;
-        let once = c.once;
-        let ns = &self.ns;
-        let cl = &self.ns.cluster;
-        let h = cl.holder(peer);
-        cl.acquire_read_all(&h, &[newparent]).await?;
+        let (ns, cl, cred, once) = (&self.ns, &self.ns.cluster, c.cred, c.once);
+        let h = self.changing(c, &[newparent]).await?;
         // (a nameless file is named only by a session that has it open)
         let opened = h.granted().is_some_and(|s| cl.open_rights(s, ino).is_some());
         let a = ns.link(ino, newparent, &newname, cred, opened, once).await?;

@@ -63,13 +63,8 @@ impl MdsService {
     }
 
     pub(crate) async fn mkdir(&self, c: &mut Call<'_>, parent: InodeId, name: String, mode: u32) -> Result<MdsResp> {
-        let peer = c.peer;
-        let cred = c.cred;
-        let once = c.once;
-        let ns = &self.ns;
-        let cl = &self.ns.cluster;
-        let h = cl.holder(peer);
-        cl.acquire_read_all(&h, &[parent]).await?;
+        let (ns, cl, cred, once) = (&self.ns, &self.ns.cluster, c.cred, c.once);
+        let h = self.changing(c, &[parent]).await?;
         let a = ns.mkdir(parent, &name, mode, cred, once).await?;
         cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
         // The maker holds the new directory's entries: none, and,
@@ -84,7 +79,7 @@ impl MdsService {
             c.grant = h.granted();
         }
         let writable = match writable && same {
-            true => self.writable(&h, a.ino, peer.owner, self.new_dir_reserve(peer.owner)).await,
+            true => self.writable(&h, a.ino, c.peer.owner, self.new_dir_reserve(c.peer.owner)).await,
             false => None,
         };
         Ok(self.changed(Some(a), &[parent], writable).await)

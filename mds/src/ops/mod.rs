@@ -4,10 +4,12 @@
 //! steps over two shards) are in namespace/; who may send a request and
 //! how it is retried is the table in common/src/proto/requests.rs.
 
+use crate::cluster::Holder;
 use crate::once::Once;
+use crate::service::MdsService;
 use aifs_common::perm::Cred;
 use aifs_common::rpc::Peer;
-use aifs_common::SessionId;
+use aifs_common::{InodeId, Result, SessionId};
 use std::sync::Arc;
 
 mod admin;
@@ -42,4 +44,16 @@ pub(crate) struct Call<'a> {
     pub cred: &'a Cred,
     pub once: &'a Once<'a>,
     pub grant: Option<SessionId>,
+}
+
+impl MdsService {
+    /// The caller, as the holder of leases, once it holds read leases on
+    /// `dirs`, the directories its change is about to change: a client
+    /// holding one's write lease sends what it made there first.
+    pub(crate) async fn changing(&self, c: &Call<'_>, dirs: &[InodeId]) -> Result<Holder> {
+        let cl = &self.ns.cluster;
+        let h = cl.holder(c.peer);
+        cl.acquire_read_all(&h, dirs).await?;
+        Ok(h)
+    }
 }

@@ -196,12 +196,7 @@ impl Namespace {
 
 impl MdsService {
     pub(crate) async fn rename(&self, c: &mut Call<'_>, parent: InodeId, name: String, newparent: InodeId, newname: String, flags: u32) -> Result<MdsResp> {
-        let peer = c.peer;
-        let cred = c.cred;
-        let once = c.once;
-        let ns = &self.ns;
-        let cl = &self.ns.cluster;
-        let h = cl.holder(peer);
+        let (ns, cl, cred, once) = (&self.ns, &self.ns.cluster, c.cred, c.once);
         let mut dirs = vec![parent, newparent];
         if let Ok(t) = ns.lookup(newparent, &newname, cred).await {
             if t.kind == FileKind::Dir {
@@ -210,7 +205,7 @@ impl MdsService {
                 dirs.push(t.ino);
             }
         }
-        cl.acquire_read_all(&h, &dirs).await?;
+        let h = self.changing(c, &dirs).await?;
         let (moved, replaced) = ns.rename(parent, &name, newparent, &newname, flags, cred, once).await?;
         self.gc.wake.notify_one();
         let mut changes = vec![(parent, vec![name]), (newparent, vec![newname]), (moved, vec![])];

@@ -39,12 +39,7 @@ impl Namespace {
 
 impl MdsService {
     pub(crate) async fn rmdir(&self, c: &mut Call<'_>, parent: InodeId, name: String) -> Result<MdsResp> {
-        let peer = c.peer;
-        let cred = c.cred;
-        let once = c.once;
-        let ns = &self.ns;
-        let cl = &self.ns.cluster;
-        let h = cl.holder(peer);
+        let (ns, cl, cred, once) = (&self.ns, &self.ns.cluster, c.cred, c.once);
         // Files made in the directory by a client under its write
         // lease reach the MDS first.
         let mut dirs = vec![parent];
@@ -56,7 +51,7 @@ impl MdsService {
             Err(Error::NotFound) => {}
             Err(e) => return Err(e),
         }
-        cl.acquire_read_all(&h, &dirs).await?;
+        let h = self.changing(c, &dirs).await?;
         let ino = ns.rmdir(parent, &name, cred, once).await?;
         cl.invalidate(Some(h.id), vec![(parent, vec![name]), (ino, vec![])]).await;
         Ok(self.changed(None, &[parent], None).await)

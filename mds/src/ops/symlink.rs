@@ -118,26 +118,16 @@ impl Namespace {
 
 impl MdsService {
     pub(crate) async fn symlink(&self, c: &mut Call<'_>, parent: InodeId, name: String, target: String) -> Result<MdsResp> {
-        let peer = c.peer;
-        let cred = c.cred;
-        let once = c.once;
-        let ns = &self.ns;
-        let cl = &self.ns.cluster;
-        let h = cl.holder(peer);
-        cl.acquire_read_all(&h, &[parent]).await?;
+        let (ns, cl, cred, once) = (&self.ns, &self.ns.cluster, c.cred, c.once);
+        let h = self.changing(c, &[parent]).await?;
         let a = ns.symlink(parent, &name, &target, cred, once).await?;
         cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
         Ok(self.changed(Some(a), &[parent], None).await)
     }
 
     pub(crate) async fn mknod(&self, c: &mut Call<'_>, parent: InodeId, name: String, kind: FileKind, mode: u32, rdev: u32) -> Result<MdsResp> {
-        let peer = c.peer;
-        let cred = c.cred;
-        let once = c.once;
-        let ns = &self.ns;
-        let cl = &self.ns.cluster;
-        let h = cl.holder(peer);
-        cl.acquire_read_all(&h, &[parent]).await?;
+        let (ns, cl, cred, once) = (&self.ns, &self.ns.cluster, c.cred, c.once);
+        let h = self.changing(c, &[parent]).await?;
         let a = ns.mknod(parent, &name, kind, mode, cred, rdev, once).await?;
         cl.invalidate(Some(h.id), vec![(parent, vec![name])]).await;
         Ok(self.changed(Some(a), &[parent], None).await)

@@ -54,13 +54,8 @@ impl Namespace {
 
 impl MdsService {
     pub(crate) async fn unlink(&self, c: &mut Call<'_>, parent: InodeId, name: String) -> Result<MdsResp> {
-        let peer = c.peer;
-        let cred = c.cred;
-        let once = c.once;
-        let ns = &self.ns;
-        let cl = &self.ns.cluster;
-        let h = cl.holder(peer);
-        cl.acquire_read_all(&h, &[parent]).await?;
+        let (ns, cl, cred, once) = (&self.ns, &self.ns.cluster, c.cred, c.once);
+        let h = self.changing(c, &[parent]).await?;
         let ino = ns.unlink(parent, &name, cred, once).await?;
         self.gc.wake.notify_one();
         cl.invalidate(Some(h.id), vec![(parent, vec![name]), (ino, vec![])]).await;
