@@ -599,6 +599,7 @@ fn main() -> Result<()> {
     drop(raw);
     drop(mount);
     drop(cluster);
+    replicated_metadata_rates(local.path(), &a)?;
     failover::table(a.runs)?;
     clients::table(a.runs)
 }
@@ -612,8 +613,17 @@ fn metadata_rates(cluster: &ProcCluster, mount: &aifs_tests::proc::Mount, local:
         let f = meta::pass(&meta::Side::Aifs(&mount.path, cluster), a.files, a.dirs, run)?;
         table.add(l, f);
     }
-    table.print(a.runs);
+    table.print(a.runs, cluster.mds_addrs.len());
     Ok(())
+}
+
+/// The metadata-rates table again over three MDS processes, each commit
+/// replicated to a second member before it is answered; the local disk
+/// measured beside it again, in the same run.
+fn replicated_metadata_rates(local: &Path, a: &Args) -> Result<()> {
+    let cluster = ProcCluster::start_replicated(3, 3).context("starting a cluster of 3 MDS processes")?;
+    let mount = cluster.mount()?;
+    metadata_rates(&cluster, &mount, local, a)
 }
 
 /// The checkpoint-pattern table: every pattern on the local disk and on

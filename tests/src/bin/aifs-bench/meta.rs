@@ -98,9 +98,11 @@ impl Table {
         }
     }
 
-    pub fn print(&self, runs: usize) {
+    /// The table; `mds`: how many MDS processes the aifs column had.
+    pub fn print(&self, runs: usize, mds: usize) {
         println!();
-        println!("| metadata in one directory, ops/s (median of {runs}) | local disk | aifs | aifs/local |");
+        let over = if mds == 1 { "1 MDS process".to_string() } else { format!("{mds} MDS processes") };
+        println!("| metadata in one directory, ops/s (median of {runs}) | local disk | aifs, {over} | aifs/local |");
         println!("|---|---:|---:|---:|");
         for (name, l, a) in &self.0 {
             let (ml, ma) = (median(l), median(a));
