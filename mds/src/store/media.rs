@@ -210,7 +210,7 @@ fn range() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, "past the end of the image")
 }
 
-fn lock(m: &Mutex<Vec<u8>>) -> std::io::Result<std::sync::MutexGuard<'_, Vec<u8>>> {
+fn lock<T>(m: &Mutex<T>) -> std::io::Result<std::sync::MutexGuard<'_, T>> {
     m.lock().map_err(|_| std::io::Error::other("image poisoned"))
 }
 
@@ -233,7 +233,7 @@ impl redb::StorageBackend for Backend {
         }
         let len = usize::try_from(len).map_err(|_| range())?;
         lock(&self.image.live)?.resize(len, 0);
-        self.image.unsynced.lock().map_err(|_| std::io::Error::other("image poisoned"))?.push(Change::SetLen(len));
+        lock(&self.image.unsynced)?.push(Change::SetLen(len));
         Ok(())
     }
 
@@ -243,7 +243,7 @@ impl redb::StorageBackend for Backend {
         }
         let live = lock(&self.image.live)?.clone();
         *lock(&self.image.synced)? = live;
-        self.image.unsynced.lock().map_err(|_| std::io::Error::other("image poisoned"))?.clear();
+        lock(&self.image.unsynced)?.clear();
         Ok(())
     }
 
@@ -254,7 +254,7 @@ impl redb::StorageBackend for Backend {
         let mut live = lock(&self.image.live)?;
         let start = usize::try_from(offset).map_err(|_| range())?;
         live.get_mut(start..start + data.len()).ok_or_else(range)?.copy_from_slice(data);
-        self.image.unsynced.lock().map_err(|_| std::io::Error::other("image poisoned"))?.push(Change::Write(start, data.to_vec()));
+        lock(&self.image.unsynced)?.push(Change::Write(start, data.to_vec()));
         Ok(())
     }
 }
