@@ -11,9 +11,9 @@
 //! member held the log and still votes, it refuses to start, naming the
 //! way back; if one says it held the log and was taken out since, it
 //! refuses to start without `--join` (its id is reused for a new process
-//! only through `mdsctl mds add`). The members of a file system being made answer "no", so they
-//! make the same first entry each; a process started with `--join` makes
-//! none and waits for the leader to add it.
+//! only through `mdsctl mds add`). The members of a file system being
+//! made answer "no", so they make the same first entry each; a process
+//! started with `--join` makes none and waits for the leader to add it.
 use crate::membership;
 use crate::namespace::Namespace;
 use crate::replica::Replica;

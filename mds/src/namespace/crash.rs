@@ -27,18 +27,10 @@ enum Op {
     Unlink(&'static str),
     Rmdir(&'static str),
     Truncate(&'static str, u64),
-    /// Changes a client made under directories' write leases, sent in one
-    /// `Apply` (their new inodes from numbers reserved before).
-    Batch(&'static [Leased]),
-}
-
-/// One change of a [`Op::Batch`].
-#[derive(Clone, Copy, Debug)]
-enum Leased {
-    Create(&'static str),
-    Mkdir(&'static str),
-    Unlink(&'static str),
-    Rmdir(&'static str),
+    /// Changes a client made under directories' write leases (creates,
+    /// mkdirs, unlinks and rmdirs), sent in one `Apply` (their new inodes
+    /// from numbers reserved before).
+    Batch(&'static [Op]),
 }
 
 /// The certificate the batches' numbers are reserved for.
@@ -64,8 +56,8 @@ const RUN: &[Op] = &[
     Op::Rmdir("/c"),
     Op::Unlink("/a/f1link"),
     // /a and /b are on different shards: the batch commits once in each.
-    Op::Batch(&[Leased::Create("/a/r0"), Leased::Create("/b/r1"), Leased::Mkdir("/a/step"), Leased::Create("/a/r2")]),
-    Op::Batch(&[Leased::Unlink("/a/r0"), Leased::Rmdir("/a/step"), Leased::Create("/b/r3"), Leased::Unlink("/b/r1")]),
+    Op::Batch(&[Op::Create("/a/r0"), Op::Create("/b/r1"), Op::Mkdir("/a/step"), Op::Create("/a/r2")]),
+    Op::Batch(&[Op::Unlink("/a/r0"), Op::Rmdir("/a/step"), Op::Create("/b/r3"), Op::Unlink("/b/r1")]),
 ];
 
 /// What each path names after some prefix of the run: a file (with the
@@ -83,49 +75,43 @@ fn model(n: usize) -> Tree {
     let mut t = Tree::new();
     let mut next_file = 0;
     for op in &RUN[..n] {
-        match *op {
-            Op::Mkdir(p) => {
-                t.insert(p.into(), None);
+        model_op(&mut t, &mut next_file, *op);
+    }
+    t
+}
+
+/// `t` after `op`; files made are numbered on from `next_file`.
+fn model_op(t: &mut Tree, next_file: &mut u32, op: Op) {
+    match op {
+        Op::Mkdir(p) => {
+            t.insert(p.into(), None);
+        }
+        Op::Create(p) => {
+            *next_file += 1;
+            t.insert(p.into(), Some(*next_file));
+        }
+        Op::Rename(from, to) => {
+            let moved: Vec<(String, Option<u32>)> =
+                t.iter().filter(|(k, _)| *k == from || k.starts_with(&format!("{from}/"))).map(|(k, v)| (k.clone(), *v)).collect();
+            for (k, v) in moved {
+                t.remove(&k);
+                t.insert(format!("{to}{}", &k[from.len()..]), v);
             }
-            Op::Create(p) => {
-                next_file += 1;
-                t.insert(p.into(), Some(next_file));
-            }
-            Op::Rename(from, to) => {
-                let moved: Vec<(String, Option<u32>)> =
-                    t.iter().filter(|(k, _)| *k == from || k.starts_with(&format!("{from}/"))).map(|(k, v)| (k.clone(), *v)).collect();
-                for (k, v) in moved {
-                    t.remove(&k);
-                    t.insert(format!("{to}{}", &k[from.len()..]), v);
-                }
-            }
-            Op::Link(from, to) => {
-                let f = t[from];
-                t.insert(to.into(), f);
-            }
-            Op::Unlink(p) | Op::Rmdir(p) => {
-                t.remove(p);
-            }
-            Op::Truncate(..) => {}
-            Op::Batch(changes) => {
-                for c in changes {
-                    match *c {
-                        Leased::Create(p) => {
-                            next_file += 1;
-                            t.insert(p.into(), Some(next_file));
-                        }
-                        Leased::Mkdir(p) => {
-                            t.insert(p.into(), None);
-                        }
-                        Leased::Unlink(p) | Leased::Rmdir(p) => {
-                            t.remove(p);
-                        }
-                    }
-                }
+        }
+        Op::Link(from, to) => {
+            let f = t[from];
+            t.insert(to.into(), f);
+        }
+        Op::Unlink(p) | Op::Rmdir(p) => {
+            t.remove(p);
+        }
+        Op::Truncate(..) => {}
+        Op::Batch(changes) => {
+            for c in changes {
+                model_op(t, next_file, *c);
             }
         }
     }
-    t
 }
 
 async fn resolve(ns: &Namespace, path: &str) -> Result<InodeId> {
@@ -194,10 +180,11 @@ async fn apply(ns: &Namespace, op: Op, sent: &mut Sent) -> Result<()> {
 
 /// A batch's changes as a client makes them under the directories' write
 /// leases: new inodes from numbers reserved in each parent beforehand.
-async fn build(ns: &Namespace, changes: &[Leased]) -> Result<Vec<DirOp>> {
+async fn build(ns: &Namespace, changes: &[Op]) -> Result<Vec<DirOp>> {
+    let not_leased = |c: &Op| Error::InvalidArgument(format!("{c:?} is not a change made under a directory lease"));
     let mut numbers: HashMap<InodeId, Vec<(InodeId, aifs_common::Layout)>> = HashMap::new();
     for c in changes {
-        if let Leased::Create(p) | Leased::Mkdir(p) = *c {
+        if let Op::Create(p) | Op::Mkdir(p) = *c {
             let dir = resolve(ns, split(p).0).await?;
             let got = ns.reserve(dir, 1, OWNER).await?;
             numbers.entry(dir).or_default().extend(got);
@@ -207,18 +194,19 @@ async fn build(ns: &Namespace, changes: &[Leased]) -> Result<Vec<DirOp>> {
     let mut ops = Vec::new();
     for c in changes {
         let cred = Cred::root();
-        let (Leased::Create(p) | Leased::Mkdir(p) | Leased::Unlink(p) | Leased::Rmdir(p)) = *c;
+        let (Op::Create(p) | Op::Mkdir(p) | Op::Unlink(p) | Op::Rmdir(p)) = *c else { return Err(not_leased(c)) };
         let (dir, name) = split(p);
         let (parent, name) = (resolve(ns, dir).await?, name.to_string());
         let mut number = || numbers.get_mut(&parent).and_then(|v| v.pop()).ok_or_else(|| Error::Io(format!("no number reserved for {p}")));
         ops.push(match *c {
-            Leased::Create(_) => {
+            Op::Create(_) => {
                 let (ino, layout) = number()?;
                 DirOp::Create { parent, name, ino, layout, mode: 0o644, cred, time_ns, open: false }
             }
-            Leased::Mkdir(_) => DirOp::Mkdir { parent, name, ino: number()?.0, mode: 0o755, cred, time_ns },
-            Leased::Unlink(_) => DirOp::Unlink { parent, name, ino: resolve(ns, p).await?, time_ns, cred },
-            Leased::Rmdir(_) => DirOp::Rmdir { parent, name, ino: resolve(ns, p).await?, time_ns, cred },
+            Op::Mkdir(_) => DirOp::Mkdir { parent, name, ino: number()?.0, mode: 0o755, cred, time_ns },
+            Op::Unlink(_) => DirOp::Unlink { parent, name, ino: resolve(ns, p).await?, time_ns, cred },
+            Op::Rmdir(_) => DirOp::Rmdir { parent, name, ino: resolve(ns, p).await?, time_ns, cred },
+            _ => return Err(not_leased(c)),
         });
     }
     Ok(ops)
