@@ -120,12 +120,24 @@ impl ProcCluster {
     }
 
     fn start_opts(n_mds: usize, n_osds: u32, mds_any: bool, edit: &dyn Fn(String) -> String) -> Result<ProcCluster> {
-        let dir = tempfile::Builder::new().prefix("aifs-proc-").tempdir()?;
         let p = ports(n_mds + n_osds as usize);
         // mdsctl init numbers OSD ports from a base; pick a base with a
         // free run by asking for consecutive ports near a free one.
-        let base = p[n_mds];
         let mds_addrs: Vec<SocketAddr> = p[..n_mds].iter().map(|port| SocketAddr::from(([127, 0, 0, 1], *port))).collect();
+        let mut c = Self::configure(mds_addrs, p[n_mds], n_osds, mds_any, edit)?;
+        c.mds_any = mds_any;
+        c.start_or_dump()?;
+        Ok(c)
+    }
+
+    /// Write the configs of a cluster whose MDS members are known at
+    /// `mds_addrs` and whose OSDs listen from port `osd_base` on (`mdsctl
+    /// init`, then `edit` on each MDS config), and start nothing. With
+    /// `network`, the transport is set for a network rather than loopback.
+    fn configure(mds_addrs: Vec<SocketAddr>, osd_base: u16, n_osds: u32, network: bool, edit: &dyn Fn(String) -> String) -> Result<ProcCluster> {
+        let dir = tempfile::Builder::new().prefix("aifs-proc-").tempdir()?;
+        let n_mds = mds_addrs.len();
+        let base = osd_base;
         let mds_addr = mds_addrs[0];
         let listed = aifs_common::config::MdsAddrs(mds_addrs.clone()).to_string();
         let st = Command::new(bin_dir().join("mdsctl"))
@@ -140,26 +152,32 @@ impl ProcCluster {
         if !st.success() {
             bail!("mdsctl init failed");
         }
-        if mds_any {
-            // OSDs of a routed cluster may be moved onto a veth link: the
-            // network init would have configured for, not loopback's.
+        if network {
+            // Processes on veth links: the network init would have
+            // configured for, not loopback's.
             network_transport(dir.path())?;
         }
         std::fs::create_dir_all(dir.path().join("logs"))?;
         let mds = (0..n_mds).map(|_| None).collect();
         let mds_args = vec![Vec::new(); n_mds];
-        let mut c = ProcCluster { dir, mds_addr, mds_addrs, n_osds, mds, mds_args, osds: (0..n_osds).map(|_| None).collect(), mds_any };
+        let osds = (0..n_osds).map(|_| None).collect();
+        let c = ProcCluster { dir, mds_addr, mds_addrs, n_osds, mds, mds_args, osds, mds_any: false };
         for id in 1..=n_mds as u64 {
             let cfg = c.mds_config(id);
             let text = std::fs::read_to_string(&cfg)?;
             std::fs::write(&cfg, edit(text))?;
         }
-        if let Err(e) = c.start_all() {
-            // dropped without a panic, so the logs would go unseen
-            c.dump_logs();
-            return Err(e);
-        }
         Ok(c)
+    }
+
+    /// Start every process, or say why not with the logs printed
+    /// (a cluster dropped without a panic would not show them).
+    fn start_or_dump(&mut self) -> Result<()> {
+        let started = self.start_all();
+        if started.is_err() {
+            self.dump_logs();
+        }
+        started
     }
 
     pub fn path(&self, f: &str) -> PathBuf {
@@ -336,19 +354,8 @@ impl ProcCluster {
         anyhow::ensure!(self.mds_any, "isolate_osd needs a cluster from start_routed");
         self.kill9_osd(i);
         let port = read_listen_port(&self.path(&format!("osd{i}.toml")))?;
-        // 198.18.0.0/15 is set aside for benchmarking networks: a /30 per
-        // OSD port keeps parallel tests apart.
-        let (b, c) = ((port / 64) % 256, (port % 64) * 4);
-        let ns = NetNs { name: format!("aifs-n{port}"), host: format!("av{port}") };
-        let peer = format!("ap{port}");
-        let (here, there) = (format!("198.18.{b}.{}", c + 1), format!("198.18.{b}.{}", c + 2));
-        ip(&["netns", "add", &ns.name])?;
-        ip(&["link", "add", &ns.host, "type", "veth", "peer", "name", &peer, "netns", &ns.name])?;
-        ip(&["addr", "add", &format!("{here}/30"), "dev", &ns.host])?;
-        ip(&["link", "set", &ns.host, "up"])?;
-        ip(&["-n", &ns.name, "addr", "add", &format!("{there}/30"), "dev", &peer])?;
-        ip(&["-n", &ns.name, "link", "set", &peer, "up"])?;
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        let ns = NetNs::make(port)?;
+        let (here, there) = (ns.here, ns.there);
         let cfg = self.path(&format!("osd{i}.toml"));
         let log = self.path(&format!("logs/osd{i}.log"));
         let listen = format!("{there}:{port}");
@@ -539,9 +546,29 @@ pub struct NetNs {
     name: String,
     /// This namespace's end of the pair.
     host: String,
+    /// The address of this namespace's end, and of the other's.
+    pub here: std::net::Ipv4Addr,
+    pub there: std::net::Ipv4Addr,
 }
 
 impl NetNs {
+    /// A namespace named after `port` (a port this test holds, so that
+    /// parallel tests keep apart), its end of the pair up with a /30 of
+    /// 198.18.0.0/15 (set aside for benchmarking networks).
+    fn make(port: u16) -> Result<NetNs> {
+        let (b, c) = (((port / 64) % 256) as u8, ((port % 64) * 4) as u8);
+        let peer = format!("ap{port}");
+        let ns = NetNs { name: format!("aifs-n{port}"), host: format!("av{port}"), here: [198, 18, b, c + 1].into(), there: [198, 18, b, c + 2].into() };
+        ip(&["netns", "add", &ns.name])?;
+        ip(&["link", "add", &ns.host, "type", "veth", "peer", "name", &peer, "netns", &ns.name])?;
+        ip(&["addr", "add", &format!("{}/30", ns.here), "dev", &ns.host])?;
+        ip(&["link", "set", &ns.host, "up"])?;
+        ip(&["-n", &ns.name, "addr", "add", &format!("{}/30", ns.there), "dev", &peer])?;
+        ip(&["-n", &ns.name, "link", "set", &peer, "up"])?;
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
     /// Take the link down: nothing passes either way.
     pub fn cut(&self) -> Result<()> {
         ip(&["link", "set", &self.host, "down"])
