@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod spread;
+pub use spread::Link;
+
 fn spawn_logged(bin: &str, args: &[&str], log: &Path) -> Result<Child> {
     let mut cmd = Command::new(bin_dir().join(bin));
     cmd.args(args);
@@ -88,6 +91,9 @@ pub struct ProcCluster {
     /// The MDS listens on every address, not only loopback (for OSDs in
     /// network namespaces of their own).
     mds_any: bool,
+    /// Each MDS process in a network namespace of its own, behind a relay
+    /// (`start_spread`); stopped after the processes.
+    spread: Option<spread::Spread>,
 }
 
 impl ProcCluster {
@@ -161,7 +167,7 @@ impl ProcCluster {
         let mds = (0..n_mds).map(|_| None).collect();
         let mds_args = vec![Vec::new(); n_mds];
         let osds = (0..n_osds).map(|_| None).collect();
-        let c = ProcCluster { dir, mds_addr, mds_addrs, n_osds, mds, mds_args, osds, mds_any: false };
+        let c = ProcCluster { dir, mds_addr, mds_addrs, n_osds, mds, mds_args, osds, mds_any: false, spread: None };
         for id in 1..=n_mds as u64 {
             let cfg = c.mds_config(id);
             let text = std::fs::read_to_string(&cfg)?;
@@ -268,7 +274,10 @@ impl ProcCluster {
             args.extend(["--listen", any.as_str()]);
         }
         args.extend(self.mds_args[(id - 1) as usize].iter().map(String::as_str));
-        let child = spawn_logged("aifs-mds", &args, &log)?;
+        let child = match &self.spread {
+            Some(s) => logged(s.mds_command(id, &args)?, &log)?,
+            None => spawn_logged("aifs-mds", &args, &log)?,
+        };
         self.mds[(id - 1) as usize] = Some(child);
         Ok(())
     }
@@ -514,7 +523,7 @@ impl ProcCluster {
         Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
-    fn dump_logs(&self) {
+    pub fn dump_logs(&self) {
         if let Ok(rd) = std::fs::read_dir(self.path("logs")) {
             for e in rd.flatten() {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
@@ -541,7 +550,8 @@ fn read_listen_port(cfg: &Path) -> Result<u16> {
     Ok(addr.parse::<SocketAddr>()?.port())
 }
 
-/// A network namespace with a veth pair to this one (`isolate_osd`).
+/// A network namespace with a veth pair to this one (`isolate_osd`,
+/// `start_spread`).
 pub struct NetNs {
     name: String,
     /// This namespace's end of the pair.
@@ -554,7 +564,8 @@ pub struct NetNs {
 impl NetNs {
     /// A namespace named after `port` (a port this test holds, so that
     /// parallel tests keep apart), its end of the pair up with a /30 of
-    /// 198.18.0.0/15 (set aside for benchmarking networks).
+    /// 198.18.0.0/15 (set aside for benchmarking networks), and the way
+    /// to this namespace's other addresses through this one's end.
     fn make(port: u16) -> Result<NetNs> {
         let (b, c) = (((port / 64) % 256) as u8, ((port % 64) * 4) as u8);
         let peer = format!("ap{port}");
@@ -566,6 +577,7 @@ impl NetNs {
         ip(&["-n", &ns.name, "addr", "add", &format!("{}/30", ns.there), "dev", &peer])?;
         ip(&["-n", &ns.name, "link", "set", &peer, "up"])?;
         ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns.name, "route", "add", "default", "via", &ns.here.to_string()])?;
         Ok(ns)
     }
 

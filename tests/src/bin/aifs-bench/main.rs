@@ -18,6 +18,7 @@ mod meta;
 mod osds;
 mod plan;
 mod rawquic;
+mod scale;
 mod util;
 mod worker;
 
@@ -43,12 +44,14 @@ struct Args {
     failover_only: bool,
     /// Only the many-client-sessions table (and its model).
     clients_only: bool,
+    /// Only the scaling run (MDS processes in network namespaces).
+    scale_only: bool,
     /// MDS processes every shard is replicated over.
     mds: usize,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false, raw_only: false, dirs: 1000, meta_only: false, failover_only: false, clients_only: false, mds: 1 };
+    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false, raw_only: false, dirs: 1000, meta_only: false, failover_only: false, clients_only: false, scale_only: false, mds: 1 };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().context("missing value");
@@ -65,11 +68,12 @@ fn parse_args() -> Result<Args> {
             "--meta-only" => a.meta_only = true,
             "--failover-only" => a.failover_only = true,
             "--clients-only" => a.clients_only = true,
+            "--scale-only" => a.scale_only = true,
             "--mds" => a.mds = v()?.parse()?,
             "-h" | "--help" => {
                 println!(
                     "aifs-bench [--size-mib 4096] [--files 10000] [--dirs 1000] [--runs 3] [--threads 8] [--local-dir DIR] [--ckpt-mib 1024] \
-                     [--ckpt-only] [--raw-only] [--meta-only] [--failover-only] [--clients-only] [--mds 1]"
+                     [--ckpt-only] [--raw-only] [--meta-only] [--failover-only] [--clients-only] [--scale-only] [--mds 1]"
                 );
                 std::process::exit(0);
             }
@@ -467,6 +471,9 @@ fn main() -> Result<()> {
     if a.clients_only {
         return clients::table(a.runs);
     }
+    if a.scale_only {
+        return scale::table(a.runs);
+    }
     // the other tables name the processes they measure one MDS at a time
     anyhow::ensure!(a.mds == 1 || a.meta_only, "--mds N goes with --meta-only");
     let mut cluster = match a.mds {
@@ -601,7 +608,8 @@ fn main() -> Result<()> {
     drop(cluster);
     replicated_metadata_rates(local.path(), &a)?;
     failover::table(a.runs)?;
-    clients::table(a.runs)
+    clients::table(a.runs)?;
+    scale::table(a.runs)
 }
 
 /// The metadata-rates table (meta.rs), local disk and aifs alternating.

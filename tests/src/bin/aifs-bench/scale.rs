@@ -1,0 +1,191 @@
+//! The scaling run: metadata from many clients over many directories,
+//! with the MDS processes on hosts of their own (`ProcCluster::
+//! start_spread`), so that what limits the rate is the network rather
+//! than this machine's two shared cores. Each MDS host's link carries
+//! [`LINK`]'s bytes a second, both ways together, after a delay each way;
+//! a rate can grow with the MDS processes only as far as the work is
+//! spread over their links.
+//!
+//! Each of [`CLIENTS`] sessions, on a QUIC connection of its own as a
+//! mount is, makes files in a directory of its own through the MDS, one
+//! after another: create (durable, opened), stat, close, unlink; four
+//! requests a file. Rows: 1, 2, 3 and 4 MDS processes (one-member groups
+//! for one; every shard's group over all of them otherwise), each against
+//! the one process of the same run.
+use crate::util::{cpu_secs, median};
+use aifs_common::certs::Role;
+use aifs_common::config::MdsAddrs;
+use aifs_common::ids::InodeId;
+use aifs_common::proto::mds::{MdsReq, MdsResp};
+use aifs_common::rpc::{self, Identity, RpcClient};
+use aifs_common::SessionId;
+use aifs_tests::mds_call_leader as mds_call;
+use aifs_tests::proc::{Link, ProcCluster};
+use anyhow::{bail, Context, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Simulated client nodes, each with a directory of its own.
+const CLIENTS: usize = 64;
+
+/// How long each run's load goes on.
+const RUN_FOR: Duration = Duration::from_secs(4);
+
+/// An MDS host's link: 1 ms each way, and 1.5 MB/s (12 Mbit/s) both ways
+/// together. A file's four requests and their answers take about 2.5 KB
+/// on the wire, so one link carries about 600 files a second: about half
+/// a core of one MDS process's CPU on this machine (4 MB/s links kept one
+/// process a full core busy at 60% of the link, the cores the limit
+/// again).
+const LINK: Link = Link { delay: Duration::from_millis(1), bytes_per_s: Some(1_500_000) };
+
+/// MDS processes in each row.
+const PROCESSES: [usize; 4] = [1, 2, 3, 4];
+
+struct Client {
+    rpc: RpcClient,
+    session: SessionId,
+    dir: InodeId,
+}
+
+/// One run: files made, over how many seconds, the MDS processes' CPU
+/// seconds, the bytes of the busiest link, and the share of datagrams
+/// the links dropped (a full queue).
+struct Run {
+    files: f64,
+    secs: f64,
+    cpu: f64,
+    busiest: f64,
+    dropped: f64,
+}
+
+async fn connect(cl: &ProcCluster) -> Result<Vec<Arc<Client>>> {
+    let id = Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Client))?;
+    let transport = cl.transport()?;
+    let members = MdsAddrs(cl.mds_addrs.clone());
+    // The directories are made by a caller of no session: it holds no
+    // lease that a simulated client, which answers no recall, would be
+    // asked to give back.
+    let setup = RpcClient::of_members(rpc::client_endpoint(&id, &transport)?, &members, &id, &transport)?;
+    let mut out = Vec::new();
+    for i in 0..CLIENTS {
+        let dir = match mds_call(&setup, MdsReq::Mkdir { parent: InodeId::ROOT, name: format!("node{i}"), mode: 0o755 }).await? {
+            MdsResp::Changed { attr: Some(a), .. } => a.ino,
+            other => bail!("unexpected reply to Mkdir: {other:?}"),
+        };
+        // An endpoint each: a socket each, as nodes have.
+        let rpc = RpcClient::of_members(rpc::client_endpoint(&id, &transport)?, &members, &id, &transport)?;
+        let open = MdsReq::OpenSession { name: format!("scale{i}"), dir_leases: false, previous: None, open: vec![], locks: vec![] };
+        let MdsResp::Session { id: session, .. } = mds_call(&rpc, open).await? else { bail!("unexpected reply to OpenSession") };
+        out.push(Arc::new(Client { rpc, session, dir }));
+    }
+    Ok(out)
+}
+
+/// One file's metadata: create, stat, close, unlink.
+async fn file(c: &Client, name: String) -> Result<()> {
+    let create = MdsReq::Create { parent: c.dir, name: name.clone(), mode: 0o644, exclusive: true };
+    let ino = match mds_call(&c.rpc, create).await? {
+        MdsResp::Changed { attr: Some(a), .. } | MdsResp::Opened { attr: a, .. } => a.ino,
+        other => bail!("unexpected reply to Create: {other:?}"),
+    };
+    mds_call(&c.rpc, MdsReq::GetAttr { ino }).await?;
+    mds_call(&c.rpc, MdsReq::Close { ino, session: Some(c.session) }).await?;
+    mds_call(&c.rpc, MdsReq::Unlink { parent: c.dir, name }).await?;
+    Ok(())
+}
+
+/// Every client makes files for [`RUN_FOR`], heartbeating its session
+/// each second as a mount does.
+async fn load(clients: &[Arc<Client>], run: usize) -> Result<(f64, f64)> {
+    let files = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let until = t + RUN_FOR;
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let (c, files) = (c.clone(), files.clone());
+            tokio::spawn(async move {
+                let mut beat = Instant::now();
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    file(&c, format!("run{run}-{n}")).await?;
+                    files.fetch_add(1, Ordering::Relaxed);
+                    n += 1;
+                    if beat.elapsed() > Duration::from_secs(1) {
+                        mds_call(&c.rpc, MdsReq::SessionHeartbeat { id: c.session }).await?;
+                        beat = Instant::now();
+                    }
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.context("a simulated client stopped")??;
+    }
+    Ok((files.load(Ordering::Relaxed) as f64, t.elapsed().as_secs_f64()))
+}
+
+/// `runs` runs over `n` MDS processes.
+fn measure(n: usize, runs: usize) -> Result<Vec<Run>> {
+    let cl = ProcCluster::start_spread(n, 3, LINK, &|t| t).with_context(|| format!("starting {n} MDS processes in namespaces of their own"))?;
+    let out = runs_over(&cl, n, runs);
+    if out.is_err() {
+        cl.dump_logs();
+    }
+    out
+}
+
+fn runs_over(cl: &ProcCluster, n: usize, runs: usize) -> Result<Vec<Run>> {
+    let pids = cl.mds_pids();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let clients = rt.block_on(connect(cl))?;
+    let mut out = Vec::new();
+    for r in 1..=runs {
+        eprintln!("scale: {n} MDS process(es), run {r}/{runs}, {CLIENTS} sessions");
+        let links = cl.mds_links();
+        let before: Vec<u64> = links.iter().map(|l| l.bytes.load(Ordering::Relaxed)).collect();
+        let counts = || links.iter().map(|l| (l.datagrams.load(Ordering::Relaxed), l.dropped.load(Ordering::Relaxed))).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let (sent0, dropped0) = counts();
+        let cpu0 = cpu_secs(&pids);
+        let (files, secs) = rt.block_on(load(&clients, r))?;
+        let cpu = cpu_secs(&pids) - cpu0;
+        let busiest = links.iter().zip(&before).map(|(l, b)| l.bytes.load(Ordering::Relaxed) - b).max().unwrap_or(0) as f64;
+        let (sent, dropped) = counts();
+        let dropped = (dropped - dropped0) as f64 / ((sent - sent0) + (dropped - dropped0)).max(1) as f64;
+        out.push(Run { files, secs, cpu, busiest, dropped });
+    }
+    drop(clients);
+    Ok(out)
+}
+
+/// The table: each row the median of `runs` runs.
+pub fn table(runs: usize) -> Result<()> {
+    let mut rows = Vec::new();
+    for n in PROCESSES {
+        rows.push((n, measure(n, runs)?));
+    }
+    let med = |v: &[Run], f: &dyn Fn(&Run) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+    let one = med(&rows[0].1, &|r| r.files / r.secs);
+    let link_mb = LINK.bytes_per_s.unwrap_or(0) as f64 / 1e6;
+    println!();
+    println!(
+        "| {CLIENTS} sessions, a directory each; MDS hosts on links of {link_mb:.1} MB/s, {} ms each way | files/s (4 requests each) | / 1 process | target 0.8 x N | busiest link MB/s | datagrams dropped | MDS CPU µs/file |",
+        LINK.delay.as_millis()
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (n, v) in &rows {
+        let rate = med(v, &|r| r.files / r.secs);
+        println!(
+            "| {n} MDS process(es) | {rate:.0} | {:.2} | {:.1} | {:.2} | {:.2}% | {:.0} |",
+            rate / one.max(1e-9),
+            0.8 * *n as f64,
+            med(v, &|r| r.busiest / r.secs / 1e6),
+            med(v, &|r| r.dropped * 100.0),
+            med(v, &|r| r.cpu * 1e6 / r.files.max(1.0)),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! A UDP relay that plays a network link: every datagram is held for a set
+//! delay before it goes on, and, if the link has a rate, waits its turn
+//! behind the bytes already on the wire, as on a wire of that many bytes
+//! a second. This kernel has no netem qdisc, so the scaling run
+//! (`ProcCluster::start_spread`, `aifs-bench --scale-only`) puts one of
+//! these in front of each MDS process to make the network, not this
+//! machine's two cores, the limit.
+//!
+//! Data flow. The relay listens at the address its MDS is known by. A
+//! datagram from a new source gets a socket of its own towards the target
+//! (so the target tells sources apart by that socket's port), and what the
+//! target sends back to that socket goes to the source from the listening
+//! socket. Both directions share one queue: the link is one wire, with
+//! its rate shared by what goes in and what comes out. The delay is the
+//! same for every datagram, so the queue is in order of departure.
+//! A queue longer than [`QUEUE_LIMIT`] drops what arrives, as a router's
+//! does; QUIC sends it again.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Datagrams queued on one link before it drops what comes.
+const QUEUE_LIMIT: u64 = 4096;
+
+/// Largest datagram relayed (UDP's own limit).
+const MAX_DATAGRAM: usize = 65_535;
+
+/// How one link behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct Link {
+    /// Each datagram is held this long, each way.
+    pub delay: Duration,
+    /// Bytes a second the link carries, both ways together; None: no limit.
+    pub bytes_per_s: Option<u64>,
+}
+
+/// What a link has carried and dropped.
+#[derive(Default, Debug)]
+pub struct LinkStats {
+    pub datagrams: AtomicU64,
+    pub bytes: AtomicU64,
+    pub dropped: AtomicU64,
+    queued: AtomicU64,
+}
+
+/// A datagram waiting for its time on the wire.
+struct Held {
+    due: Instant,
+    from: Arc<UdpSocket>,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// Relays running on a thread of their own; stopped on drop.
+pub struct Relays {
+    rt: Option<tokio::runtime::Runtime>,
+    pub links: Vec<(SocketAddr, Arc<LinkStats>)>,
+}
+
+impl Relays {
+    pub fn new() -> std::io::Result<Relays> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("relay").enable_all().build()?;
+        Ok(Relays { rt: Some(rt), links: Vec::new() })
+    }
+
+    /// Relay what arrives at `listen` to `target` and back, over `link`.
+    pub fn add(&mut self, listen: SocketAddr, target: SocketAddr, link: Link) -> std::io::Result<Arc<LinkStats>> {
+        let Some(rt) = &self.rt else { return Err(std::io::Error::other("relays stopped")) };
+        let sock = Arc::new(rt.block_on(async { UdpSocket::bind(listen).await })?);
+        let stats = Arc::new(LinkStats::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        rt.spawn(wire(rx, link, stats.clone()));
+        rt.spawn(listen_side(sock, target, link.delay, tx, stats.clone()));
+        self.links.push((listen, stats.clone()));
+        Ok(stats)
+    }
+}
+
+impl Drop for Relays {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Put `bytes` on the link's queue, unless it is full.
+fn hold(tx: &mpsc::UnboundedSender<Held>, stats: &LinkStats, delay: Duration, from: &Arc<UdpSocket>, to: SocketAddr, bytes: &[u8]) {
+    if stats.queued.load(Ordering::Relaxed) >= QUEUE_LIMIT {
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    stats.queued.fetch_add(1, Ordering::Relaxed);
+    let _ = tx.send(Held { due: Instant::now() + delay, from: from.clone(), to, bytes: bytes.to_vec() });
+}
+
+/// The listening side: datagrams from sources towards the target, each
+/// source through a socket of its own.
+async fn listen_side(sock: Arc<UdpSocket>, target: SocketAddr, delay: Duration, tx: mpsc::UnboundedSender<Held>, stats: Arc<LinkStats>) {
+    let mut towards: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let bind = SocketAddr::new(sock.local_addr().map(|a| a.ip()).unwrap_or([0, 0, 0, 0].into()), 0);
+    loop {
+        let Ok((n, src)) = sock.recv_from(&mut buf).await else { continue };
+        let up = match towards.get(&src) {
+            Some(u) => u.clone(),
+            None => {
+                let Ok(u) = UdpSocket::bind(bind).await.map(Arc::new) else { continue };
+                tokio::spawn(target_side(u.clone(), sock.clone(), src, delay, tx.clone(), stats.clone()));
+                towards.insert(src, u.clone());
+                u
+            }
+        };
+        hold(&tx, &stats, delay, &up, target, &buf[..n]);
+    }
+}
+
+/// What the target sends back to one source's socket goes to the source.
+async fn target_side(up: Arc<UdpSocket>, down: Arc<UdpSocket>, src: SocketAddr, delay: Duration, tx: mpsc::UnboundedSender<Held>, stats: Arc<LinkStats>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let Ok(n) = up.recv(&mut buf).await else { continue };
+        hold(&tx, &stats, delay, &down, src, &buf[..n]);
+    }
+}
+
+/// The wire: each datagram leaves once its delay is over and the bytes
+/// before it have gone at the link's rate.
+async fn wire(mut rx: mpsc::UnboundedReceiver<Held>, link: Link, stats: Arc<LinkStats>) {
+    let mut free_at = Instant::now();
+    while let Some(h) = rx.recv().await {
+        let mut leave = h.due;
+        if let Some(rate) = link.bytes_per_s {
+            leave = leave.max(free_at);
+            free_at = leave + Duration::from_secs_f64(h.bytes.len() as f64 / rate.max(1) as f64);
+        }
+        tokio::time::sleep_until(leave).await;
+        stats.queued.fetch_sub(1, Ordering::Relaxed);
+        if h.from.send_to(&h.bytes, h.to).await.is_ok() {
+            stats.datagrams.fetch_add(1, Ordering::Relaxed);
+            stats.bytes.fetch_add(h.bytes.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo() -> (std::net::UdpSocket, SocketAddr) {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = s.local_addr().unwrap();
+        let e = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = e.recv_from(&mut buf) {
+                let _ = e.send_to(&buf[..n], from);
+            }
+        });
+        (s, a)
+    }
+
+    fn free_udp() -> SocketAddr {
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    }
+
+    /// A round trip through the relay takes the delay twice, each source
+    /// gets its own answers, and a rate spaces datagrams out.
+    #[test]
+    fn datagrams_are_held_for_the_delay_each_way_and_answered_to_their_source() {
+        let (_keep, target) = echo();
+        let mut relays = Relays::new().unwrap();
+        let listen = free_udp();
+        let delay = Duration::from_millis(30);
+        let stats = relays.add(listen, target, Link { delay, bytes_per_s: None }).unwrap();
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let t = std::time::Instant::now();
+        a.send_to(b"from a", listen).unwrap();
+        b.send_to(b"from b", listen).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = a.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"from a"[..], listen));
+        let n = b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"from b");
+        assert!(t.elapsed() >= delay * 2, "answered after {:?}", t.elapsed());
+        assert_eq!(stats.datagrams.load(Ordering::Relaxed), 4);
+
+        // 10 datagrams of 1,000 bytes at 20,000 bytes a second, there and
+        // back: 20,000 bytes on the wire take a second.
+        let listen = free_udp();
+        relays.add(listen, target, Link { delay: Duration::ZERO, bytes_per_s: Some(20_000) }).unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..10 {
+            a.send_to(&[7u8; 1000], listen).unwrap();
+        }
+        let mut big = [0u8; 2048];
+        for _ in 0..10 {
+            assert_eq!(a.recv(&mut big).unwrap(), 1000);
+        }
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(900), "10 round trips of 1,000 bytes took {took:?}");
+    }
+}
