@@ -37,7 +37,7 @@ pub struct Group {
     pub db: Arc<redb::Database>,
     pub raft: ShardRaft,
     /// When a majority last acknowledged this member as leader.
-    acked: Arc<Mutex<Option<Instant>>>,
+    acked: crate::store::Acked,
     /// When this process last stood for election here.
     claimed: Mutex<Option<Instant>>,
 }
@@ -104,7 +104,8 @@ impl Replica {
     /// Shard stores over the groups, for a namespace to run on while this
     /// process leads them.
     pub fn stores(&self) -> Result<Vec<Arc<ShardStore>>> {
-        self.groups.iter().map(|g| Ok(Arc::new(ShardStore::over(g.shard, g.db.clone(), g.raft.clone(), false)?))).collect()
+        let acked = |g: &Group| (!self.members.is_solo()).then(|| g.acked.clone());
+        self.groups.iter().map(|g| Ok(Arc::new(ShardStore::over(g.shard, g.db.clone(), g.raft.clone(), false, acked(g))?))).collect()
     }
 
     pub fn group(&self, shard: u32) -> Option<&Group> {
@@ -208,7 +209,7 @@ impl Replica {
 /// Keep `acked` at when a majority last acknowledged `me` as leader of
 /// `raft`'s group: from each report, its age subtracted from when it was
 /// seen (a report seen late only makes the lease look older).
-async fn watch_acks(raft: ShardRaft, me: NodeId, acked: Arc<Mutex<Option<Instant>>>) {
+async fn watch_acks(raft: ShardRaft, me: NodeId, acked: crate::store::Acked) {
     let mut rx = raft.metrics();
     while rx.changed().await.is_ok() {
         let at = {

@@ -14,9 +14,12 @@
 //! its rate shared by what goes in and what comes out. The delay is the
 //! same for every datagram, so the queue is in order of departure.
 //! A queue longer than [`QUEUE_LIMIT`] drops what arrives, as a router's
-//! does; QUIC sends it again.
+//! does; QUIC sends it again. A link can also be cut for some sources
+//! only (`LinkStats::cut_from`): what they send, and what goes back to
+//! them, is dropped, while everyone else gets through (a partition that
+//! parts an MDS from the other members but not from its clients).
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,13 +42,25 @@ pub struct Link {
     pub bytes_per_s: Option<u64>,
 }
 
-/// What a link has carried and dropped.
+/// What a link has carried and dropped, and whom it no longer carries.
 #[derive(Default, Debug)]
 pub struct LinkStats {
     pub datagrams: AtomicU64,
     pub bytes: AtomicU64,
     pub dropped: AtomicU64,
     queued: AtomicU64,
+    cut: std::sync::RwLock<Vec<IpAddr>>,
+}
+
+impl LinkStats {
+    /// Drop everything from and to these sources (none: heal the link).
+    pub fn cut_from(&self, sources: &[IpAddr]) {
+        *self.cut.write().unwrap_or_else(|e| e.into_inner()) = sources.to_vec();
+    }
+
+    fn is_cut(&self, source: IpAddr) -> bool {
+        self.cut.read().unwrap_or_else(|e| e.into_inner()).contains(&source)
+    }
 }
 
 /// A datagram waiting for its time on the wire.
@@ -89,9 +104,10 @@ impl Drop for Relays {
     }
 }
 
-/// Put `bytes` on the link's queue, unless it is full.
-fn hold(tx: &mpsc::UnboundedSender<Held>, stats: &LinkStats, delay: Duration, from: &Arc<UdpSocket>, to: SocketAddr, bytes: &[u8]) {
-    if stats.queued.load(Ordering::Relaxed) >= QUEUE_LIMIT {
+/// Put `bytes`, from or to the source `peer`, on the link's queue, unless
+/// the queue is full or the link is cut for that source.
+fn hold(tx: &mpsc::UnboundedSender<Held>, stats: &LinkStats, delay: Duration, from: &Arc<UdpSocket>, to: SocketAddr, peer: IpAddr, bytes: &[u8]) {
+    if stats.queued.load(Ordering::Relaxed) >= QUEUE_LIMIT || stats.is_cut(peer) {
         stats.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
@@ -116,7 +132,7 @@ async fn listen_side(sock: Arc<UdpSocket>, target: SocketAddr, delay: Duration, 
                 u
             }
         };
-        hold(&tx, &stats, delay, &up, target, &buf[..n]);
+        hold(&tx, &stats, delay, &up, target, src.ip(), &buf[..n]);
     }
 }
 
@@ -125,7 +141,7 @@ async fn target_side(up: Arc<UdpSocket>, down: Arc<UdpSocket>, src: SocketAddr, 
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let Ok(n) = up.recv(&mut buf).await else { continue };
-        hold(&tx, &stats, delay, &down, src, &buf[..n]);
+        hold(&tx, &stats, delay, &down, src, src.ip(), &buf[..n]);
     }
 }
 
@@ -141,10 +157,11 @@ async fn wire(mut rx: mpsc::UnboundedReceiver<Held>, link: Link, stats: Arc<Link
         }
         tokio::time::sleep_until(leave).await;
         stats.queued.fetch_sub(1, Ordering::Relaxed);
-        if h.from.send_to(&h.bytes, h.to).await.is_ok() {
-            stats.datagrams.fetch_add(1, Ordering::Relaxed);
-            stats.bytes.fetch_add(h.bytes.len() as u64, Ordering::Relaxed);
-        }
+        // Counted as it goes on the wire: its receiver may look at the
+        // counts as soon as it has it.
+        stats.datagrams.fetch_add(1, Ordering::Relaxed);
+        stats.bytes.fetch_add(h.bytes.len() as u64, Ordering::Relaxed);
+        let _ = h.from.send_to(&h.bytes, h.to).await;
     }
 }
 
@@ -176,6 +193,7 @@ mod tests {
         let (_keep, target) = echo();
         let mut relays = Relays::new().unwrap();
         let listen = free_udp();
+        let listen_first = listen;
         let delay = Duration::from_millis(30);
         let stats = relays.add(listen, target, Link { delay, bytes_per_s: None }).unwrap();
         let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -207,5 +225,22 @@ mod tests {
         }
         let took = t.elapsed();
         assert!(took >= Duration::from_millis(900), "10 round trips of 1,000 bytes took {took:?}");
+
+        // Cut for one source only: the other still gets through, and the
+        // cut one again once healed.
+        stats.cut_from(&[b.local_addr().unwrap().ip()]);
+        b.send_to(b"cut", listen_first).unwrap();
+        b.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        assert!(b.recv(&mut buf).is_err(), "a cut source was answered");
+        let other = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+        other.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        other.send_to(b"not cut", listen_first).unwrap();
+        let n = other.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"not cut");
+        stats.cut_from(&[]);
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        b.send_to(b"healed", listen_first).unwrap();
+        let n = b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"healed");
     }
 }

@@ -85,7 +85,23 @@ struct Writer {
     stats: Arc<StoreStats>,
     /// The group was started for this store alone, and stops with it.
     owns_group: bool,
+    /// When a majority last acknowledged this process as the group's
+    /// leader (replica.rs keeps it); None for a one-member group.
+    acked: Option<Acked>,
 }
+
+/// When a majority last acknowledged this member as its group's leader
+/// (None: it does not lead, or no majority has yet).
+pub type Acked = Arc<std::sync::Mutex<Option<std::time::Instant>>>;
+
+/// A commit that no majority has acknowledged the leader for this long
+/// is given up by its callers (not by the writer): by then the others,
+/// if they can reach each other, have elected a leader of their own
+/// (twice the longest election timeout).
+const GIVE_UP: std::time::Duration = std::time::Duration::from_millis(raft::ELECTION_MAX_MS * 2);
+
+/// How often a commit in flight looks at the acknowledgements.
+const ACK_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Writer {
     fn run(self, rx: std::sync::mpsc::Receiver<Box<dyn Job>>) {
@@ -140,26 +156,72 @@ impl Writer {
                 }
                 continue;
             }
-            let res = if changes.changes.is_empty() {
-                Ok(())
-            } else {
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.rt.block_on(self.raft.client_write(changes)).map(|_| ()).map_err(|e| match e.forward_to_leader() {
-                    // Another process leads now (or none does): the caller
-                    // is told where to go.
-                    Some(f) => Error::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default()),
-                    None => Error::Io(format!("shard {shard}: commit: {e}")),
-                })
-            };
-            if let Err(e) = &res {
-                tracing::error!(shard, error = %e, "commit failed");
-            }
             self.stats.mutations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            for j in jobs {
-                j.answer(res.clone());
+            if changes.changes.is_empty() {
+                for j in jobs {
+                    j.answer(Ok(()));
+                }
+            } else {
+                self.commit(changes, jobs);
             }
             return;
         }
+    }
+
+    /// Commit `changes` through the group and answer `jobs` with the
+    /// outcome. A leader parted from the other members would hold its
+    /// callers until the partition ends, while the others elect a leader
+    /// and serve: so once no majority has acknowledged this one for
+    /// [`GIVE_UP`], the callers are told to go elsewhere ("not leader",
+    /// no leader named) and this thread waits on. The entry may yet
+    /// commit (the leader was only slow), so the next batch must not be
+    /// computed without it; a caller that sends again, to whichever
+    /// member leads, does so with its request id, which finds the first
+    /// attempt's outcome where it committed.
+    fn commit(&self, changes: txn::ChangeSet, jobs: Vec<Box<dyn Job>>) {
+        let shard = self.shard;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        let mut waiting = Some(jobs);
+        let started = std::time::Instant::now();
+        let res = self.rt.block_on(async {
+            let write = self.raft.client_write(changes);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    r = &mut write => return r.map(|_| ()).map_err(|e| match e.forward_to_leader() {
+                        // Another process leads now (or none does): the
+                        // caller is told where to go.
+                        Some(f) => Error::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default()),
+                        None => Error::Io(format!("shard {shard}: commit: {e}")),
+                    }),
+                    _ = tokio::time::sleep(ACK_CHECK) => {
+                        if self.unacknowledged(started) {
+                            if let Some(jobs) = waiting.take() {
+                                tracing::warn!(shard, mutations = jobs.len(), "no majority acknowledges this leader: its callers go elsewhere while the commit waits");
+                                for j in jobs {
+                                    j.answer(Err(Error::NotLeader(String::new())));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        if let Err(e) = &res {
+            tracing::error!(shard, error = %e, "commit failed");
+        }
+        for j in waiting.into_iter().flatten() {
+            j.answer(res.clone());
+        }
+    }
+
+    /// No majority has acknowledged this process as leader for
+    /// [`GIVE_UP`], or since before a commit that began at `started` (a
+    /// leader not yet acknowledged at all).
+    fn unacknowledged(&self, started: std::time::Instant) -> bool {
+        let Some(acked) = &self.acked else { return false };
+        let since = acked.lock().ok().and_then(|a| *a).unwrap_or(started);
+        since.elapsed() > GIVE_UP
     }
 }
 
@@ -237,7 +299,7 @@ impl ShardStore {
         let db = Self::open_db(media, dir, id)?;
         let upkeep = raft::LogUpkeep { snapshot_after_bytes: log_before_snapshot, ..Default::default() };
         let raft = raft::start(media, dir, id, db.clone(), &upkeep, &raft::Members::solo()).await?;
-        Self::over(id, db, raft, true)
+        Self::over(id, db, raft, true, None)
     }
 
     /// Open (or make, with every table) shard `id`'s database in `dir`.
@@ -255,11 +317,13 @@ impl ShardStore {
     /// The store of shard `id` over its database and its group, which this
     /// process must lead for mutations to commit. With `owns_group`, the
     /// group stops when the store is dropped.
-    pub fn over(id: u32, db: Arc<redb::Database>, raft: raft::ShardRaft, owns_group: bool) -> Result<ShardStore> {
+    /// `acked` (None for a one-member group) says when a majority last
+    /// acknowledged this process as the group's leader.
+    pub fn over(id: u32, db: Arc<redb::Database>, raft: raft::ShardRaft, owns_group: bool, acked: Option<Acked>) -> Result<ShardStore> {
         let metrics = raft.metrics();
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn Job>>();
         let stats = Arc::new(StoreStats::default());
-        let writer = Writer { db: db.clone(), raft, rt: tokio::runtime::Handle::current(), shard: id, stats: stats.clone(), owns_group };
+        let writer = Writer { db: db.clone(), raft, rt: tokio::runtime::Handle::current(), shard: id, stats: stats.clone(), owns_group, acked };
         std::thread::Builder::new().name(format!("shard-{id}-commit")).spawn(move || writer.run(rx))?;
         Ok(ShardStore { id, db, raft: metrics, tx, stats })
     }

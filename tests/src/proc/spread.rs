@@ -71,4 +71,25 @@ impl ProcCluster {
     pub fn mds_links(&self) -> Vec<Arc<LinkStats>> {
         self.spread.as_ref().map(|s| s.relays.links.iter().map(|(_, st)| st.clone()).collect()).unwrap_or_default()
     }
+
+    /// Part MDS member `id` from the other members, in both directions,
+    /// but not from clients, OSDs or `mdsctl`: its link drops what the
+    /// others send it and its answers to them, and theirs drop what it
+    /// sends them. `heal_mds_links` ends it.
+    pub fn cut_mds_from_members(&self, id: u64) -> Result<()> {
+        let s = self.spread.as_ref().context("not a spread cluster")?;
+        let i = (id - 1) as usize;
+        let peers: Vec<std::net::IpAddr> = s.nets.iter().enumerate().filter(|(k, _)| *k != i).map(|(_, ns)| ns.there.into()).collect();
+        let it: std::net::IpAddr = s.nets.get(i).context("no such member")?.there.into();
+        for (k, (_, link)) in s.relays.links.iter().enumerate() {
+            link.cut_from(if k == i { &peers } else { std::slice::from_ref(&it) });
+        }
+        Ok(())
+    }
+
+    pub fn heal_mds_links(&self) {
+        for (_, link) in self.spread.iter().flat_map(|s| &s.relays.links) {
+            link.cut_from(&[]);
+        }
+    }
 }
