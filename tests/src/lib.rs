@@ -154,25 +154,14 @@ pub async fn mds_call(c: &RpcClient, req: MdsReq) -> Result<MdsResp> {
     mds_call_as(c, req, aifs_common::perm::Cred::root()).await
 }
 
-/// Call the MDS (as root) at whichever member leads it: a member that
-/// does not names the one that does, and the call goes there, for up to
-/// [`ELECTION`] (the call was not run where it was refused).
+/// Call the MDS (as root) at whichever member leads it, as `mdsctl`
+/// does (`rpc::leader::call_leader`); an error reply becomes `Err`.
 pub async fn mds_call_leader(c: &RpcClient, req: MdsReq) -> Result<MdsResp> {
-    let until = std::time::Instant::now() + ELECTION;
-    loop {
-        match mds_call(c, req.clone()).await {
-            Err(Error::NotLeader(hint)) if std::time::Instant::now() < until => {
-                c.redirect(&hint).await;
-                if hint.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            r => return r,
-        }
-    }
+    let call = MdsCall::new(req, aifs_common::perm::Cred::root());
+    Ok(rpc::leader::call_leader(c, &call).await?.into_result()?.0)
 }
 
-/// How long an MDS election may take in a test.
+/// How long a leader change may take to show in a test.
 pub const ELECTION: Duration = Duration::from_secs(30);
 
 /// Call the MDS for `cred`; an error reply becomes `Err`.

@@ -7,15 +7,13 @@
 
 use aifs_tests::pattern;
 use aifs_tests::proc::ProcCluster;
+use aifs_tests::ELECTION;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
 const MIB: usize = 1 << 20;
-
-/// How long a leader change may take to show in `mdsctl shard ls`.
-const ELECTION: Duration = Duration::from_secs(30);
 
 /// Write `mib` MiB of the pattern of `seed` to `path`, in 1 MiB writes,
 /// and fsync it.

@@ -126,9 +126,9 @@ impl ProcCluster {
     }
 
     fn start_opts(n_mds: usize, n_osds: u32, mds_any: bool, edit: &dyn Fn(String) -> String) -> Result<ProcCluster> {
+        // mdsctl init numbers OSD ports from a base: the run after the
+        // MDS's ports.
         let p = ports(n_mds + n_osds as usize);
-        // mdsctl init numbers OSD ports from a base; pick a base with a
-        // free run by asking for consecutive ports near a free one.
         let mds_addrs: Vec<SocketAddr> = p[..n_mds].iter().map(|port| SocketAddr::from(([127, 0, 0, 1], *port))).collect();
         let mut c = Self::configure(mds_addrs, p[n_mds], n_osds, mds_any, edit)?;
         c.mds_any = mds_any;
@@ -143,7 +143,6 @@ impl ProcCluster {
     fn configure(mds_addrs: Vec<SocketAddr>, osd_base: u16, n_osds: u32, network: bool, edit: &dyn Fn(String) -> String) -> Result<ProcCluster> {
         let dir = tempfile::Builder::new().prefix("aifs-proc-").tempdir()?;
         let n_mds = mds_addrs.len();
-        let base = osd_base;
         let mds_addr = mds_addrs[0];
         let listed = aifs_common::config::MdsAddrs(mds_addrs.clone()).to_string();
         let st = Command::new(bin_dir().join("mdsctl"))
@@ -151,7 +150,7 @@ impl ProcCluster {
             .arg(dir.path())
             .arg("--ca-dir")
             .arg(dir.path().join("ca"))
-            .args(["--mds", &listed, "--osds", &n_osds.to_string(), "--osd-port", &base.to_string()])
+            .args(["--mds", &listed, "--osds", &n_osds.to_string(), "--osd-port", &osd_base.to_string()])
             .stdout(Stdio::null())
             .status()
             .context("running mdsctl init")?;
