@@ -94,7 +94,7 @@ impl Namespace {
                 let cluster = self.cluster.clone();
                 let b = b.clone();
                 let r = {
-                    let _g = self.topo.read().await;
+                    let _g = self.fences.shared_on(sh).await;
                     shard.mutate(move |txn| commit(txn, &batch, &b, &|ino| cluster.is_open(InodeId(ino)))).await
                 };
                 match r {

@@ -62,7 +62,7 @@ impl Namespace {
             return Ok(a);
         }
         let parent = parent.0;
-        let _g = self.topo.read().await;
+        let _g = self.fences.shared(parent).await;
         let shard = self.shard_for(parent)?.clone();
         // A number first, so that it is counted open before the file
         // exists (a crash in between skips a number).

@@ -114,7 +114,7 @@ fn model_op(t: &mut Tree, next_file: &mut u32, op: Op) {
     }
 }
 
-async fn resolve(ns: &Namespace, path: &str) -> Result<InodeId> {
+pub(super) async fn resolve(ns: &Namespace, path: &str) -> Result<InodeId> {
     let mut ino = InodeId::ROOT;
     for name in path.split('/').filter(|s| !s.is_empty()) {
         ino = ns.lookup(ino, name, &Cred::root()).await?.ino;
@@ -215,7 +215,7 @@ async fn build(ns: &Namespace, changes: &[Op]) -> Result<Vec<DirOp>> {
 /// The tree as the namespace holds it, with each file named by its inode
 /// mapped to the model's file ids in the order first met; checks that
 /// every name's inode is there and that link counts agree with the names.
-async fn walk(ns: &Namespace) -> std::result::Result<BTreeMap<String, Option<InodeId>>, String> {
+pub(super) async fn walk(ns: &Namespace) -> std::result::Result<BTreeMap<String, Option<InodeId>>, String> {
     let mut out = BTreeMap::new();
     let mut names: HashMap<InodeId, u32> = HashMap::new();
     let mut dirs = vec![("".to_string(), InodeId::ROOT)];

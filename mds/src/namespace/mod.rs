@@ -6,11 +6,12 @@
 //! the parent's write lease (applied.rs): then it takes a number reserved
 //! in the parent's shard, like a file. So create, lookup, getattr,
 //! setattr, unlink and readdir in one directory touch one shard and run as
-//! one group-committed job, under the shared side of `topo`.
+//! one group-committed job, holding that shard's fence shared
+//! (fences.rs).
 //!
 //! Operations that may touch two shards (mkdir, rmdir, rename, link, and
-//! unlink of a name whose inode lives elsewhere) take `topo` exclusively,
-//! check everything first, then apply a list of primitive `Step`s grouped
+//! unlink of a name whose inode lives elsewhere) hold the fences of the
+//! shards they touch exclusively, check everything first, then apply a list of primitive `Step`s grouped
 //! per shard, one commit per shard, in an order chosen so that a crash
 //! between commits leaves at worst an extra link (a leak a scan reclaims),
 //! never a lost file: counts go up before entries appear, entries go away
@@ -45,11 +46,15 @@ use std::sync::Arc;
 
 #[cfg(test)]
 mod crash;
+#[cfg(test)]
+mod races;
+mod fences;
 mod placement;
 mod replicas;
 mod rows;
 mod steps;
 
+pub(crate) use fences::Held;
 pub use placement::choose_layout;
 pub(crate) use placement::name_hash;
 pub(crate) use rows::{add_entry, attr_held, degraded_rows, dir_rec, file_rec, unlink_here, Unlinked};
@@ -104,7 +109,8 @@ pub struct Created {
 
 pub struct Namespace {
     pub shards: Vec<Arc<ShardStore>>,
-    pub(crate) topo: tokio::sync::RwLock<()>,
+    /// What keeps a change's checks true until it commits (fences.rs).
+    pub(crate) fences: fences::Fences,
     pub cluster: Arc<Cluster>,
     /// Requests with ids being served (once.rs).
     running: once::Running,
@@ -167,7 +173,8 @@ impl Namespace {
     pub async fn over(shards: Vec<Arc<ShardStore>>, root_policy: LayoutPolicy, cluster: Arc<Cluster>) -> Result<Self> {
         root_policy.validate()?;
         let numbers = crate::numbers::Numbers::new(shards.len());
-        let ns = Namespace { shards, topo: tokio::sync::RwLock::new(()), cluster, running: Default::default(), reserved: Default::default(), numbers };
+        let fences = fences::Fences::new(shards.len());
+        let ns = Namespace { shards, fences, cluster, running: Default::default(), reserved: Default::default(), numbers };
         ns.shard(0)
             .mutate(move |txn| {
                 let mut inodes = txn.open_table(INODES).io()?;
@@ -209,6 +216,16 @@ impl Namespace {
 
     pub(crate) async fn inode(&self, ino: u64) -> Result<InodeRec> {
         self.shard_for(ino)?.read(move |t| get_inode(&t.open_table(INODES).io()?, ino)).await
+    }
+
+    /// `dir` and the inode its entry `name` leads to, if there is one:
+    /// what a change of that entry touches (fences.rs).
+    pub(crate) async fn entry_shards(&self, dir: u64, name: &str) -> Result<Vec<u64>> {
+        let mut v = vec![dir];
+        if let Ok((ino, _)) = self.entry_as(dir, name, None).await {
+            v.push(ino);
+        }
+        Ok(v)
     }
 
     /// The entry `name` in `parent`: (ino, kind). ENOTDIR if parent is not a

@@ -12,7 +12,7 @@ impl Namespace {
     /// gone since is left alone).
     pub async fn set_allocated(&self, ino: InodeId, bytes: u64) -> Result<()> {
         let ino = ino.0;
-        let _g = self.topo.read().await;
+        let _g = self.fences.shared(ino).await;
         self.shard_for(ino)?
             .mutate(move |txn| {
                 match get_inode(&txn.open_table(INODES).io()?, ino) {

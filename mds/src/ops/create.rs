@@ -57,7 +57,7 @@ impl Namespace {
         let up = self.cluster.osds.placeable();
         let name = name.to_string();
         let cred = cred.clone();
-        let _g = self.topo.read().await;
+        let _g = self.fences.shared(parent).await;
         let shard = self.shard_for(parent)?.clone();
         let sid = shard.id;
         shard

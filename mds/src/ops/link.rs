@@ -20,7 +20,7 @@ impl Namespace {
             return self.getattr(InodeId(ino)).await;
         }
         let rid = once.rid;
-        let _g = self.topo.write().await;
+        let _g = self.fences.over(&[ino, newparent]).await;
         let r = self.inode(ino).await?;
         if r.kind == FileKind::Dir {
             return Err(Error::NotPermitted("hard link to a directory".into()));

@@ -1,7 +1,7 @@
 //! `Mkdir`: the entry in the parent's shard, the new directory on the
 //! shard its name hashes to, as steps over both (namespace/steps.rs);
 //! the maker gets the new directory's write lease.
-use crate::namespace::{check_name, dir_rec, name_hash, LINK_MAX, Namespace};
+use crate::namespace::{check_name, dir_rec, name_hash, shard_of, LINK_MAX, Namespace};
 use crate::once::Once;
 use crate::records::Step;
 use crate::service::MdsService;
@@ -20,7 +20,8 @@ impl Namespace {
             return self.getattr(InodeId(ino)).await;
         }
         let rid = once.rid;
-        let _g = self.topo.write().await;
+        let target = (name_hash(parent, name) % self.shards.len() as u64) as u32;
+        let _g = self.fences.over_shards(&[shard_of(parent), target]).await;
         let p = self.inode(parent).await?;
         match self.entry_as(parent, name, Some(cred)).await {
             Ok(_) => return Err(Error::Exists),
@@ -31,7 +32,6 @@ impl Namespace {
         if p.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
         }
-        let target = (name_hash(parent, name) % self.shards.len() as u64) as u32;
         let ino = self.numbers.take(self.shard(target)).await?.0;
         let (uid, gid, mode) = perm::new_owner(p.perms(), cred, FileKind::Dir, mode);
         let rec = dir_rec(mode, uid, gid, parent, p.policy, now_ns());

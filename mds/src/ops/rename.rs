@@ -1,6 +1,6 @@
 //! `Rename`, with `RENAME_NOREPLACE` and `RENAME_EXCHANGE`: steps over the
 //! shards it touches, never a directory into its own subtree.
-use crate::namespace::{check_name, LINK_MAX, Namespace};
+use crate::namespace::{check_name, Held, LINK_MAX, Namespace};
 use crate::once::Once;
 use crate::records::{InodeRec, Step};
 use crate::service::MdsService;
@@ -22,6 +22,18 @@ impl Namespace {
             dir = self.inode(dir).await?.parent;
         }
         Err(Error::Io("directory tree too deep or looped".into()))
+    }
+
+    /// The fences a rename of `parent/name` to `newparent/newname` holds:
+    /// the shards of both directories and of the inodes both names lead
+    /// to; one that may move a directory to another parent is taken alone.
+    async fn fenced_rename(&self, parent: u64, name: &str, newparent: u64, newname: &str) -> Result<Held<'_>> {
+        let find = || async move {
+            let mut v = self.entry_shards(parent, name).await?;
+            v.extend(self.entry_shards(newparent, newname).await?);
+            Ok(v)
+        };
+        self.fences.over_found(parent != newparent, find).await
     }
 
     /// May `cred` move `ino` out of `parent` into `newparent` (`np`),
@@ -70,7 +82,7 @@ impl Namespace {
         if flags & !RENAME_NOREPLACE != 0 {
             return Err(Error::InvalidArgument(format!("rename flags {flags:#x} not supported")));
         }
-        let _g = self.topo.write().await;
+        let _g = self.fenced_rename(parent, name, newparent, newname).await?;
         let (ino, kind) = self.entry_as(parent, name, Some(cred)).await?;
         let np = self.inode(newparent).await?;
         if np.kind != FileKind::Dir {
@@ -151,7 +163,7 @@ impl Namespace {
     /// checked as a rename replacing the other; a directory that changes
     /// parent takes its subdirectory link along.
     async fn exchange(&self, parent: u64, name: &str, newparent: u64, newname: &str, cred: &Cred, rid: Option<ReqId>) -> Result<(u64, Option<u64>)> {
-        let _g = self.topo.write().await;
+        let _g = self.fenced_rename(parent, name, newparent, newname).await?;
         let (a, akind) = self.entry_as(parent, name, Some(cred)).await?;
         let (b, bkind) = self.entry_as(newparent, newname, Some(cred)).await?;
         if a == b {

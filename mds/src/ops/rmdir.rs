@@ -21,7 +21,7 @@ impl Namespace {
             return Ok(ino);
         }
         let rid = once.rid;
-        let _g = self.topo.write().await;
+        let _g = self.fences.over_found(false, || self.entry_shards(parent, name)).await?;
         let (ino, kind) = self.entry_as(parent, name, Some(cred)).await?;
         if kind != FileKind::Dir {
             return Err(Error::NotDir);

@@ -39,7 +39,7 @@ impl Namespace {
     ) -> Result<(Attr, Option<(u32, u64, GcJob)>)> {
         let ino = ino.0;
         let cred = cred.clone();
-        let _g = self.topo.read().await;
+        let _g = self.fences.shared(ino).await;
         let shard = self.shard_for(ino)?.clone();
         let sid = shard.id;
         shard
@@ -102,7 +102,7 @@ impl Namespace {
     /// a change of the inode, so ctime stays.
     pub async fn accessed(&self, ino: InodeId) -> Result<Attr> {
         let ino = ino.0;
-        let _g = self.topo.read().await;
+        let _g = self.fences.shared(ino).await;
         self.shard_for(ino)?
             .mutate(move |txn| {
                 let mut inodes = txn.open_table(INODES).io()?;
@@ -118,7 +118,7 @@ impl Namespace {
     /// setuid (and executable setgid) are cleared, as a write clears them.
     pub async fn update_size(&self, ino: InodeId, size: u64, mtime_ns: i64) -> Result<Attr> {
         let ino = ino.0;
-        let _g = self.topo.read().await;
+        let _g = self.fences.shared(ino).await;
         self.shard_for(ino)?
             .mutate(move |txn| {
                 let mut inodes = txn.open_table(INODES).io()?;

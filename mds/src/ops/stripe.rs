@@ -14,7 +14,7 @@ impl Namespace {
         let ino = ino.0;
         policy.validate()?;
         let up = self.cluster.osds.placeable();
-        let _g = self.topo.read().await;
+        let _g = self.fences.shared(ino).await;
         self.shard_for(ino)?
             .mutate(move |txn| {
                 let mut inodes = txn.open_table(INODES).io()?;

@@ -70,7 +70,7 @@ impl Namespace {
         }
         let rid = once.rid;
         let name = name.to_string();
-        let _g = self.topo.read().await;
+        let _g = self.fences.shared(parent).await;
         let shard = self.shard_for(parent)?.clone();
         let sid = shard.id;
         shard

@@ -25,7 +25,7 @@ impl Namespace {
         let rid = once.rid;
         {
             // Fast path: the entry and its inode share the directory's shard.
-            let _g = self.topo.read().await;
+            let _g = self.fences.shared(parent).await;
             let name = name.to_string();
             let cluster = self.cluster.clone();
             let c = cred.clone();
@@ -40,7 +40,7 @@ impl Namespace {
                 return Ok(ino);
             }
         }
-        let _g = self.topo.write().await;
+        let _g = self.fences.over_found(false, || self.entry_shards(parent, name)).await?;
         let (ino, kind) = self.entry_as(parent, name, Some(cred)).await?;
         if kind == FileKind::Dir {
             return Err(Error::IsDir);

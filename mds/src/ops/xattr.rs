@@ -62,7 +62,7 @@ impl Namespace {
         let rid = once.rid;
         let name = name.to_string();
         let cred = cred.clone();
-        let _g = self.topo.read().await;
+        let _g = self.fences.shared(ino).await;
         self.shard_for(ino)?
             .mutate(move |txn| {
                 let mut inodes = txn.open_table(INODES).io()?;
@@ -95,7 +95,7 @@ impl Namespace {
         let rid = once.rid;
         let name = name.to_string();
         let cred = cred.clone();
-        let _g = self.topo.read().await;
+        let _g = self.fences.shared(ino).await;
         self.shard_for(ino)?
             .mutate(move |txn| {
                 let mut inodes = txn.open_table(INODES).io()?;

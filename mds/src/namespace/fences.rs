@@ -1,0 +1,159 @@
+//! Fences: what keeps a change's checks true until it commits.
+//!
+//! A change confined to one shard checks and writes in one transaction of
+//! that shard's writer, so it needs nothing more than the shard's fence
+//! held shared, to stay out of the way of a change over several shards.
+//! Such a change (mkdir, rmdir, rename, link, an unlink whose inode lives
+//! elsewhere) reads first and commits after, one shard at a time: it holds
+//! the fence of every shard it reads or writes exclusively, taken in shard
+//! order so that two of them never wait on each other. Changes over
+//! different shards go on side by side; one shard's fence is the unit a
+//! change led from another process will take (DESIGN.md, "Metadata").
+//!
+//! Which shards a change touches may depend on the entries it looks up
+//! (the inode a name leads to), which can change until the fences are
+//! held: [`Fences::over_found`] looks again under them and starts over
+//! when the answer moved.
+//!
+//! A directory moved to another parent must not land below itself, which
+//! is checked by walking up from the new parent through shards no fence
+//! covers; only such a move changes a directory's parent, so such moves
+//! are taken one at a time ([`Fences::moves`], before any fence).
+use super::shard_of;
+use aifs_common::Result;
+use std::future::Future;
+use tokio::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+pub(crate) struct Fences {
+    shards: Vec<RwLock<()>>,
+    moves: Mutex<()>,
+}
+
+/// Fences held exclusively, released on drop.
+pub(crate) struct Held<'a> {
+    _moves: Option<MutexGuard<'a, ()>>,
+    _fences: Vec<RwLockWriteGuard<'a, ()>>,
+}
+
+impl Fences {
+    pub(crate) fn new(nshards: usize) -> Self {
+        Fences { shards: (0..nshards.max(1)).map(|_| RwLock::new(())).collect(), moves: Mutex::new(()) }
+    }
+
+    /// The fence of the shard `ino` lives on (shard 0's for a number that
+    /// names no shard here: such an inode is found nowhere anyway).
+    fn of(&self, shard: u32) -> &RwLock<()> {
+        self.shards.get(shard as usize).unwrap_or(&self.shards[0])
+    }
+
+    /// For a change confined to `ino`'s shard.
+    pub(crate) async fn shared(&self, ino: u64) -> RwLockReadGuard<'_, ()> {
+        self.of(shard_of(ino)).read().await
+    }
+
+    /// For a change confined to shard `shard`.
+    pub(crate) async fn shared_on(&self, shard: u32) -> RwLockReadGuard<'_, ()> {
+        self.of(shard).read().await
+    }
+
+    /// For a change over the shards of `inos`, all known beforehand.
+    pub(crate) async fn over(&self, inos: &[u64]) -> Held<'_> {
+        self.take(false, &shards(inos)).await
+    }
+
+    /// For a change over `shards`, all known beforehand.
+    pub(crate) async fn over_shards(&self, shards: &[u32]) -> Held<'_> {
+        let mut v = shards.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        self.take(false, &v).await
+    }
+
+    /// For a change over shards found by `find`, which names the inodes
+    /// it will touch: taken, then `find` asked again under them until it
+    /// names no other shard. `moves`: the change may move a directory to
+    /// another parent.
+    pub(crate) async fn over_found<F, Fut>(&self, moves: bool, find: F) -> Result<Held<'_>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Vec<u64>>>,
+    {
+        let mut inos = find().await?;
+        loop {
+            let held = self.take(moves, &shards(&inos)).await;
+            let now = find().await?;
+            if shards(&now).iter().all(|s| shards(&inos).contains(s)) {
+                return Ok(held);
+            }
+            drop(held);
+            inos = now;
+        }
+    }
+
+    /// `shards` sorted, each once.
+    async fn take(&self, moves: bool, shards: &[u32]) -> Held<'_> {
+        let moves = match moves {
+            true => Some(self.moves.lock().await),
+            false => None,
+        };
+        let mut fences = Vec::new();
+        for s in shards {
+            fences.push(self.of(*s).write().await);
+        }
+        Held { _moves: moves, _fences: fences }
+    }
+}
+
+/// The shards of `inos`, each once, in order (the order fences are taken
+/// in; a number that names no shard here counts as shard 0, as `of` does).
+fn shards(inos: &[u64]) -> Vec<u32> {
+    let mut v: Vec<u32> = inos.iter().map(|i| shard_of(*i)).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aifs_common::InodeId;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn ino(shard: u32) -> u64 {
+        InodeId::new(shard, 7).0
+    }
+
+    #[tokio::test]
+    async fn a_change_over_two_shards_waits_only_for_changes_on_those_shards() {
+        let f = Arc::new(Fences::new(4));
+        let held = f.over(&[ino(1), ino(2)]).await;
+        // Shards 0 and 3 go on.
+        let _a = tokio::time::timeout(Duration::from_secs(5), f.shared(ino(0))).await.expect("shard 0 is free");
+        let _b = tokio::time::timeout(Duration::from_secs(5), f.over(&[ino(3), ino(0)])).await;
+        assert!(_b.is_err(), "shard 0 is held shared above");
+        drop(_a);
+        let _b = tokio::time::timeout(Duration::from_secs(5), f.over(&[ino(3), ino(0)])).await.expect("shards 0 and 3 are free");
+        // Shard 2 waits until the change lets go.
+        assert!(tokio::time::timeout(Duration::from_millis(100), f.shared(ino(2))).await.is_err());
+        drop(held);
+        let _c = tokio::time::timeout(Duration::from_secs(5), f.shared(ino(2))).await.expect("shard 2 is free again");
+    }
+
+    #[tokio::test]
+    async fn fences_are_taken_again_when_the_change_found_another_shard() {
+        let f = Fences::new(4);
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        // The first look says shard 1; the name then leads to shard 3.
+        let held = f
+            .over_found(false, || {
+                let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move { Ok(vec![ino(0), ino(if n == 0 { 1 } else { 3 })]) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert!(tokio::time::timeout(Duration::from_millis(100), f.shared(ino(3))).await.is_err(), "shard 3 is held");
+        drop(held);
+    }
+}
