@@ -11,6 +11,7 @@ pub mod config;
 pub mod front;
 pub mod fsck;
 pub mod gc;
+pub mod handover;
 pub mod holders;
 pub mod membership;
 pub mod meter;
@@ -119,10 +120,12 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
 async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate: Arc<aifs_common::rpc::Gate>) {
     let replica = front.replica.clone();
     let mut holders = std::collections::BTreeSet::new();
+    let mut handover = crate::handover::Handover::default();
     let mut tick = 0u64;
     loop {
         tokio::time::sleep(LEAD_TICK).await;
         tick += 1;
+        handover.tick(&replica, &front).await;
         replica.claim().await;
         if let Err(e) = replica.name_myself().await {
             e.log("writing this MDS's address into its groups");

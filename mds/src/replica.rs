@@ -48,6 +48,9 @@ pub struct Replica {
     /// The groups are new here and wait to be made (`make_groups`): no
     /// Raft message but `Held` is taken until then.
     unmade: AtomicBool,
+    /// This process hands the lead over (handover.rs): it sends no
+    /// heartbeats, claims no group and serves nothing.
+    yielding: AtomicBool,
     /// Held through each step of a membership change: one at a time.
     pub(crate) changing: tokio::sync::Mutex<()>,
 }
@@ -89,7 +92,7 @@ impl Replica {
                 )));
             }
         }
-        Ok(Replica { members, groups, unmade: AtomicBool::new(unmade), changing: Default::default() })
+        Ok(Replica { members, groups, unmade: AtomicBool::new(unmade), yielding: AtomicBool::new(false), changing: Default::default() })
     }
 
     /// The groups are new here and wait for [`Replica::make_groups`].
@@ -112,10 +115,20 @@ impl Replica {
         self.groups.get(shard as usize)
     }
 
-    /// This process leads every group, each within its lease.
+    /// This process hands the lead over, or stops doing so.
+    pub fn set_yielding(&self, on: bool) {
+        self.yielding.store(on, Ordering::Release);
+    }
+
+    pub fn yielding(&self) -> bool {
+        self.yielding.load(Ordering::Acquire)
+    }
+
+    /// This process leads every group, each within its lease, and is not
+    /// handing the lead over.
     pub fn leads_all(&self) -> bool {
         let me = self.members.me;
-        self.groups.iter().all(|g| {
+        !self.yielding() && self.groups.iter().all(|g| {
             leads(&g.raft.metrics().borrow(), me)
                 && (self.members.is_solo() || g.acked.lock().ok().and_then(|a| *a).is_some_and(|at| at.elapsed() < LEASE))
         })
@@ -158,10 +171,19 @@ impl Replica {
 
     /// One step towards one process leading every group: stand for
     /// election in each group not led here while this process leads shard
-    /// 0's; stop heartbeats in those led here while it does not.
+    /// 0's; stop heartbeats in those led here while it does not, and in
+    /// all of them while it hands the lead over.
     pub async fn claim(&self) {
         let me = self.members.me;
         if self.members.is_solo() {
+            return;
+        }
+        let yielding = self.yielding();
+        self.groups[0].raft.runtime_config().heartbeat(!yielding);
+        if yielding {
+            for g in &self.groups[1..] {
+                g.raft.runtime_config().heartbeat(false);
+            }
             return;
         }
         let leads_zero = self.leads_zero();

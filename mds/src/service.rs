@@ -120,6 +120,7 @@ impl MdsService {
             Unreserve { inos } => self.unreserve(c, inos).await,
             Apply { session, ops } => Ok(self.apply(c.peer, session, ops).await),
             Cap { ino, write } => self.renew_cap(c.peer, ino, write, c.cred).await,
+            MoveShard { shard, to } => self.move_shard(c, shard, to).await,
         }
     }
 }

@@ -346,3 +346,64 @@ fn a_one_process_mds_grows_to_three_and_loses_nothing_when_the_first_dies() {
     check_named(&m.p("grown"), 0..50);
     check_named(&m.p("without-the-first"), 0..50);
 }
+
+/// `mdsctl shard move` hands the lead to the member asked for while a
+/// mount makes files, and nothing is lost; the wish outlives that
+/// member's death: another member leads meanwhile, and the wanted one is
+/// handed the lead again once it is back. A shard or member that does
+/// not exist is refused, naming it.
+#[test]
+fn the_lead_moves_to_the_member_asked_for_and_back_to_it_after_its_restart() {
+    let mut cl = ProcCluster::start_replicated(3, 3).unwrap();
+    let m = cl.mount().unwrap();
+    let first = cl.mds_leader(ELECTION).unwrap();
+    let to = if first == 3 { 2 } else { 3 };
+    let (code, _) = cl.mdsctl_status(&["shard", "move", "9", "--to", &to.to_string()]).unwrap();
+    assert_ne!(code, 0, "a move of shard 9 of 4 was accepted");
+    let (code, _) = cl.mdsctl_status(&["shard", "move", "0", "--to", "7"]).unwrap();
+    assert_ne!(code, 0, "a move to MDS 7, which is not a member, was accepted");
+    // A mount makes files all along; the longest wait for one is the
+    // stall the move costs it.
+    let dir = m.p("during");
+    fs::create_dir_all(&dir).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let maker = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut n, mut longest) = (0u32, Duration::ZERO);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                fs::write(dir.join(format!("f{n}")), format!("{n}")).unwrap();
+                longest = longest.max(t.elapsed());
+                n += 1;
+            }
+            (n, longest)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let out = cl.mdsctl(&["shard", "move", "0", "--to", &to.to_string()]).unwrap();
+    assert!(out.contains(&format!("MDS {to} leads shard 0")), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (made, longest) = maker.join().expect("the mount's creates failed through the move");
+    eprintln!("{made} files made through the move; the longest create took {longest:?}");
+    assert_eq!(cl.mds_leader(ELECTION).unwrap(), to);
+    let shards: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "shard", "ls"]).unwrap()).unwrap();
+    for s in shards.as_array().unwrap() {
+        assert_eq!((s["leader"].as_u64(), s["wanted"].as_u64()), (Some(to), Some(to)), "{s}");
+    }
+    check_named(&dir, 0..made);
+    // The wanted member dies: another leads. Back, it leads again.
+    cl.kill9_mds_member(to);
+    let other = cl.mds_leader(ELECTION).unwrap();
+    assert_ne!(other, to);
+    make_named(&m.p("after"), 0..20);
+    cl.start_mds_member(to).unwrap();
+    let t = std::time::Instant::now();
+    while cl.mds_leader(ELECTION).unwrap() != to {
+        assert!(t.elapsed() < ELECTION * 2, "MDS {to}, back, was not handed the lead again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check_named(&dir, 0..made);
+    check_named(&m.p("after"), 0..20);
+}

@@ -197,6 +197,9 @@ pub struct ShardInfo {
     pub last_log: u64,
     pub applied: u64,
     pub snapshot: u64,
+    /// The member an operator asked to lead it (`mdsctl shard move`), if
+    /// any: it is handed the lead whenever it answers and holds the log.
+    pub wanted: Option<u64>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
@@ -454,6 +457,12 @@ pub enum MdsReq {
     /// (answered by any of them): a client or OSD whose config names
     /// fewer (an MDS grown since) learns where else the leader may be.
     Members,
+    /// Admin: hand the lead of shard `shard` to MDS process `to` (a voter
+    /// in every group), now and whenever it is back after a failure.
+    /// While one process leads every shard they move together. Answered
+    /// once the wish is recorded; the move follows within seconds
+    /// (`Status` shows it).
+    MoveShard { shard: u32, to: u64 },
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);

@@ -29,6 +29,7 @@ impl MdsService {
         let ns = &self.ns;
         let groups: Vec<_> = ns.shards.iter().map(|s| s.group()).collect();
         let members = crate::membership::member_infos(ns, &groups).await?;
+        let wanted = crate::handover::wanted(ns).await?.map(|w| w.to);
         let shards = ns
             .shard_counts()
             .await?
@@ -48,6 +49,7 @@ impl MdsService {
                     last_log: g.last_log,
                     applied: g.applied,
                     snapshot: g.snapshot,
+                    wanted,
                 }
             })
             .collect();
@@ -67,6 +69,14 @@ impl MdsService {
                 moved: self.repair.stats.moved.load(std::sync::atomic::Ordering::Relaxed),
             },
         }))
+    }
+
+    /// `mdsctl shard move`: the wish recorded; the lead loops act on it
+    /// (handover.rs).
+    pub(crate) async fn move_shard(&self, _c: &mut Call<'_>, shard: u32, to: u64) -> Result<MdsResp> {
+        crate::handover::want(&self.ns, shard, to).await?;
+        tracing::info!(shard, to, "MDS {to} is wanted to lead");
+        Ok(MdsResp::Done)
     }
 
     pub(crate) async fn leases(&self, _c: &mut Call<'_>, ino: InodeId) -> Result<MdsResp> {

@@ -3,7 +3,7 @@
 //! `make run` started.
 use aifs_common::certs::{self, Role};
 use aifs_common::config::{local_state_dir, to_toml, MdsAddrs, TlsConfig, TransportConfig};
-use aifs_common::proto::mds::{LeaseMode, MdsReq, MdsResp, OsdInfo, OsdState, SessionInfo, ShardInfo};
+use aifs_common::proto::mds::{LeaseMode, MdsReq, MdsResp, OsdInfo, OsdState, SessionInfo};
 use aifs_common::proto::osd::{OsdCall, OsdReq, OsdResp};
 use aifs_common::rpc::RpcClient;
 use aifs_common::{InodeId, LayoutPolicy, ObjectId, OsdId};
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 mod cert;
 mod degraded;
 mod members;
+mod shards;
 
 #[derive(Parser)]
 #[command(name = "mdsctl", version, about = "Administer an aifs cluster")]
@@ -73,7 +74,7 @@ enum Cmd {
     /// Shard commands.
     Shard {
         #[command(subcommand)]
-        cmd: ShardCmd,
+        cmd: shards::ShardCmd,
     },
     /// MDS process commands (the members every shard is replicated over).
     Mds {
@@ -130,11 +131,6 @@ enum OsdCmd {
     Out { id: u32 },
     /// Bring an OSD taken out back in.
     In { id: u32 },
-}
-#[derive(Subcommand)]
-enum ShardCmd {
-    /// List metadata shards.
-    Ls,
 }
 
 
@@ -289,29 +285,6 @@ fn osd_rows(osds: &[OsdInfo]) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn shard_table(shards: &[ShardInfo]) -> String {
-    let rows: Vec<Vec<String>> = shards
-        .iter()
-        .map(|x| {
-            let members: Vec<String> = x.members.iter().map(|m| m.to_string()).collect();
-            vec![
-                x.id.to_string(),
-                members.join(","),
-                x.leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
-                x.term.to_string(),
-                format!("{}/{}", x.applied, x.last_log),
-                x.snapshot.to_string(),
-                x.inodes.to_string(),
-                x.dentries.to_string(),
-                x.commits.to_string(),
-                x.pending_gc.to_string(),
-                x.degraded.to_string(),
-            ]
-        })
-        .collect();
-    table(&["SHARD", "MEMBERS", "LEADER", "TERM", "APPLIED/LOG", "SNAPSHOT", "INODES", "ENTRIES", "COMMITS", "GC PENDING", "DEGRADED"], &rows)
-}
-
 /// Print a listing: `v` as JSON with `--json`, else the table `text` makes.
 fn show<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
     match json {
@@ -383,7 +356,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 s.repair.moved,
                 human(s.repair.bytes)
             );
-            print!("{}", shard_table(&s.shards));
+            print!("{}", shards::shard_table(&s.shards));
             println!();
             print!("{}", table(&OSD_HEADER, &osd_rows(&s.osds)));
             println!();
@@ -393,10 +366,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
             let s = status().await?;
             show(args.json, &s.osds, || table(&OSD_HEADER, &osd_rows(&s.osds)))?;
         }
-        Cmd::Shard { cmd: ShardCmd::Ls } => {
-            let s = status().await?;
-            show(args.json, &s.shards, || shard_table(&s.shards))?;
-        }
+        Cmd::Shard { cmd } => cmd.run(&admin, args.json).await?,
         Cmd::Mds { cmd } => cmd.run(&admin, args.json).await?,
         Cmd::Session { cmd: SessionCmd::Ls } => {
             let s = status().await?;
