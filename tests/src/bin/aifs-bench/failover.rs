@@ -3,7 +3,10 @@
 //! each writing their files of a checkpoint (create, 4 MiB in 1 MiB
 //! writes, fsync), and the leader killed with `kill -9` a third of the
 //! way through. Each run also writes the same checkpoint with no fault,
-//! the baseline; the killed member is started again between runs.
+//! the baseline, and once more with the lead handed to another member
+//! (`mdsctl shard move`) a third of the way through, as an operator
+//! empties a host; the killed member is started again between runs, and
+//! is handed the lead back (it was the one wanted).
 use crate::util::{median, MIB};
 use aifs_tests::pattern;
 use aifs_tests::proc::ProcCluster;
@@ -64,12 +67,22 @@ pub fn table(runs: usize) -> Result<()> {
     let mut cl = ProcCluster::start_replicated(3, 3).context("starting a cluster of 3 MDS processes")?;
     let m = cl.mount()?;
     let (mut base_job, mut kill_job, mut base_worst, mut kill_worst, mut base_file) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut move_job, mut move_worst) = (vec![], vec![]);
     for run in 1..=runs {
         eprintln!("failover run {run}/{runs}: a checkpoint with no fault");
         let (job, times) = checkpoint(&m.path, &format!("calm{run}"), None)?;
         base_job.push(job);
         base_worst.push(times.iter().cloned().fold(0.0, f64::max));
         base_file.push(median(&times));
+        let from = cl.mds_leader(Duration::from_secs(30))?;
+        let to = from % 3 + 1;
+        eprintln!("failover run {run}/{runs}: the same checkpoint, the lead moved from MDS {from} to MDS {to} a third of the way in");
+        let mut moved = Ok(String::new());
+        let mut hand_over = || moved = cl.mdsctl(&["shard", "move", "0", "--to", &to.to_string()]);
+        let (job, times) = checkpoint(&m.path, &format!("move{run}"), Some(&mut hand_over))?;
+        moved.context("mdsctl shard move")?;
+        move_job.push(job);
+        move_worst.push(times.iter().cloned().fold(0.0, f64::max));
         let leader = cl.mds_leader(Duration::from_secs(30))?;
         eprintln!("failover run {run}/{runs}: the same checkpoint, MDS {leader} (the leader) killed a third of the way in");
         let mut kill = || cl.kill9_mds_member(leader);
@@ -77,24 +90,31 @@ pub fn table(runs: usize) -> Result<()> {
         kill_job.push(job);
         kill_worst.push(times.iter().cloned().fold(0.0, f64::max));
         cl.start_mds_member(leader)?;
-        // the member back in before the next run's leader is killed
-        std::thread::sleep(Duration::from_secs(2));
+        // Back, the member killed (the one wanted) is handed the lead
+        // again before the next run.
+        let t = Instant::now();
+        while cl.mds_leader(Duration::from_secs(30))? != leader {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "MDS {leader}, back, was not handed the lead again");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     let ckpt = format!("{RANKS} ranks x {FILES} files of {FILE_MIB} MiB, fsync each");
     println!();
-    println!("| MDS leader killed, 3 MDS processes ({ckpt}) | no fault | leader killed | killed/no fault |");
-    println!("|---|---:|---:|---:|");
-    let row = |what: &str, a: &[f64], b: &[f64]| {
-        let (ma, mb) = (median(a), median(b));
-        println!("| {what} | {ma:.2} | {mb:.2} | {:.2} |", if ma > 0.0 { mb / ma } else { 0.0 });
+    println!("| MDS leader killed or lead moved, 3 MDS processes ({ckpt}) | no fault | leader killed | lead moved | killed/no fault | moved/no fault |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let row = |what: &str, a: &[f64], b: &[f64], c: &[f64]| {
+        let (ma, mb, mc) = (median(a), median(b), median(c));
+        let ratio = |x: f64| if ma > 0.0 { x / ma } else { 0.0 };
+        println!("| {what} | {ma:.2} | {mb:.2} | {mc:.2} | {:.2} | {:.2} |", ratio(mb), ratio(mc));
     };
-    row("checkpoint, s", &base_job, &kill_job);
-    row("slowest file, s", &base_worst, &kill_worst);
+    row("checkpoint, s", &base_job, &kill_job, &move_job);
+    row("slowest file, s", &base_worst, &kill_worst, &move_worst);
     println!();
     println!(
-        "median of {runs} runs; stall (slowest file with the leader killed, less the median file with no fault, {:.2} s): {:.2} s",
+        "median of {runs} runs; stall (slowest file less the median file with no fault, {:.2} s): {:.2} s with the leader killed, {:.2} s with the lead moved",
         median(&base_file),
-        median(&kill_worst) - median(&base_file)
+        median(&kill_worst) - median(&base_file),
+        median(&move_worst) - median(&base_file)
     );
     Ok(())
 }
