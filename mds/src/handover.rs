@@ -193,6 +193,15 @@ impl Handover {
         }
         let Some(active) = front.active() else { return };
         self.not_before = Some(now + LOOK_EVERY);
+        if !is_member(replica, w.to) {
+            // Taken out (`mdsctl mds remove`): the wish goes with it.
+            let r = active.svc.ns.shard(0).mutate(|txn| txn.open_table(META).io()?.remove(WANTED).io().map(|_| ())).await;
+            match r {
+                Ok(()) => tracing::info!(to = w.to, "MDS {} is no longer a member: no member is wanted to lead", w.to),
+                Err(e) => e.log("forgetting which MDS was wanted to lead"),
+            }
+            return;
+        }
         if !ready_to_lead(replica, w.to) || !answers(replica, w.to).await {
             return;
         }
@@ -215,6 +224,11 @@ impl Handover {
 
 fn g0_raft(replica: &Replica) -> &crate::store::raft::ShardRaft {
     &replica.groups[0].raft
+}
+
+/// `id` is in shard 0's group, voting or learning.
+fn is_member(replica: &Replica, id: NodeId) -> bool {
+    g0_raft(replica).metrics().borrow().membership_config.membership().get_node(&id).is_some()
 }
 
 /// `to` votes in every group and holds each group's log as far as this

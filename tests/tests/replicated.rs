@@ -249,10 +249,21 @@ fn an_mds_added_from_snapshots_votes_and_taking_out_the_leader_loses_nothing() {
         assert!(dir.join(format!("shard-{shard}.snapshot")).exists(), "shard {shard}'s snapshot was not sent to the new MDS");
     }
     let leader = cl.mds_leader(ELECTION).unwrap();
+    // Wanted to lead, and then taken out: the wish goes with it.
+    cl.mdsctl(&["shard", "move", "0", "--to", &leader.to_string()]).unwrap();
     cl.mdsctl(&["mds", "remove", &leader.to_string()]).unwrap();
     let next = cl.mds_leader(ELECTION).unwrap();
     assert_ne!(next, leader, "the member taken out still leads");
     assert!(members(&cl).iter().all(|m| m.0 != leader), "{:?}", members(&cl));
+    let t = std::time::Instant::now();
+    loop {
+        let shards: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "shard", "ls"]).unwrap()).unwrap();
+        if shards[0]["wanted"].is_null() {
+            break;
+        }
+        assert!(t.elapsed() < ELECTION, "MDS {leader}, taken out, is still wanted to lead: {shards}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     cl.kill9_mds_member(leader);
     make_named(&m.p("after"), 0..50);
     wait_caught_up(&cl, new);
