@@ -11,12 +11,12 @@
 //!
 //! Operations that may touch two shards (mkdir, rmdir, rename, link, and
 //! unlink of a name whose inode lives elsewhere) hold the fences of the
-//! shards they touch exclusively, check everything first, then apply a list of primitive `Step`s grouped
-//! per shard, one commit per shard, in an order chosen so that a crash
-//! between commits leaves at worst an extra link (a leak a scan reclaims),
-//! never a lost file: counts go up before entries appear, entries go away
-//! before counts go down, and a renamed entry appears at its new name
-//! before it leaves the old one.
+//! shards they touch exclusively, check everything first, then apply a
+//! list of primitive `Step`s grouped per shard, one commit per shard, in
+//! an order chosen so that a crash between commits leaves at worst an
+//! extra link (a leak a scan reclaims), never a lost file: counts go up
+//! before entries appear, entries go away before counts go down, and a
+//! renamed entry appears at its new name before it leaves the old one.
 //!
 //! Permissions are checked inside the transaction that makes the change,
 //! against the records it reads (common/src/perm.rs), for the `Cred` the
@@ -46,10 +46,10 @@ use std::sync::Arc;
 
 #[cfg(test)]
 mod crash;
-#[cfg(test)]
-mod races;
 mod fences;
 mod placement;
+#[cfg(test)]
+mod races;
 mod replicas;
 mod rows;
 mod steps;
