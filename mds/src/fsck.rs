@@ -126,7 +126,7 @@ impl Fsck {
         let mut stale = HashSet::new();
         for s in &self.ns.shards {
             let (f, d, st) = s
-                .read(|t| {
+                .scan(|t| {
                     let mut f = Vec::new();
                     for r in t.open_table(INODES).io()?.iter().io()? {
                         let (k, v) = r.io()?;

@@ -109,7 +109,7 @@ impl Namespace {
         let mut freed = 0;
         for shard in &self.shards {
             let listed = shard
-                .read(|t| {
+                .scan(|t| {
                     let mut v = Vec::new();
                     for r in t.open_table(ORPHANS).io()?.iter().io()? {
                         v.push(r.io()?.0.value());

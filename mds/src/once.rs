@@ -114,7 +114,7 @@ impl Running {
 pub async fn sweep(shard: &ShardStore) -> Result<()> {
     let cutoff = unix_secs().saturating_sub(RETAIN.as_secs());
     let any_old = shard
-        .read(move |t| {
+        .scan(move |t| {
             for r in t.open_table(REQUESTS).io()?.iter().io()? {
                 if r.io()?.1.value().2 < cutoff {
                     return Ok(true);

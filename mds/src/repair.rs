@@ -181,7 +181,7 @@ impl Repair {
         for s in &self.ns.shards {
             let out = out.clone();
             let found = s
-                .read(move |t| {
+                .scan(move |t| {
                     let mut v = Vec::new();
                     for r in t.open_table(crate::store::INODES).io()?.iter().io()? {
                         let (k, val) = r.io()?;

@@ -54,7 +54,7 @@ impl Counts {
 /// record reads.
 async fn rows(shard: &ShardStore) -> Result<Vec<(u64, Option<Owner>)>> {
     shard
-        .read(|t| {
+        .scan(|t| {
             let mut v = Vec::new();
             for r in t.open_table(RESERVED).io()?.iter().io()? {
                 let (k, val) = r.io()?;

@@ -66,7 +66,7 @@ impl Namespace {
         for s in shards {
             let left = MAX_DEGRADED_LIST.saturating_sub(out.len());
             out.extend(
-                s.read(move |t| {
+                s.scan(move |t| {
                     let d = t.open_table(DEGRADED).io()?;
                     let mut v = Vec::new();
                     let rows = match ino {

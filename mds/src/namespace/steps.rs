@@ -257,7 +257,7 @@ impl Namespace {
         for coord in 0..self.shards.len() as u32 {
             let intents = self
                 .shard(coord)
-                .read(|t| {
+                .scan(|t| {
                     let mut v = Vec::new();
                     for r in t.open_table(INTENTS).io()?.iter().io()? {
                         let (k, val) = r.io()?;

@@ -25,7 +25,7 @@ fn unpack_session((lo, hi): (u64, u64)) -> (SessionId, bool) {
 /// the last run, at start.
 pub async fn stored_sessions(ns: &Namespace) -> Result<Vec<(SessionId, Owner)>> {
     ns.shard(0)
-        .read(|t| {
+        .scan(|t| {
             let mut v = Vec::new();
             for r in t.open_table(SESSIONS).io()?.iter().io()? {
                 let (k, val) = r.io()?;
