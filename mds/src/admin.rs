@@ -1,7 +1,7 @@
 //! Client side of `mdsctl`: admin config, path resolution and output.
 use aifs_common::config::{TlsConfig, TransportConfig};
 use aifs_common::ids::InodeId;
-use aifs_common::proto::mds::{Attr, MdsCall, MdsReq, MdsResp};
+use aifs_common::proto::mds::{Attr, ClusterStatus, MdsCall, MdsReq, MdsResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,14 @@ impl Admin {
 
     pub async fn call(&self, req: &MdsReq) -> Result<MdsResp> {
         Ok(rpc::leader::call_leader(&self.mds, &MdsCall::from(req.clone())).await?.into_result()?.0)
+    }
+
+    /// The cluster's status, as the leader answers it.
+    pub async fn status(&self) -> Result<ClusterStatus> {
+        match self.call(&MdsReq::Status).await? {
+            MdsResp::Status(s) => Ok(s),
+            _ => Err(Error::Protocol("unexpected reply to Status".into())),
+        }
     }
 
     /// Resolve a path inside the file system ("/ckpt/step1", or a path

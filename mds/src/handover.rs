@@ -32,7 +32,7 @@ use crate::replica::{leads, Replica};
 use crate::store::raft::{net, NodeId};
 use crate::store::{IoResult, META};
 use aifs_common::{Error, Result};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use std::time::{Duration, Instant};
 
 /// Shard 0's META keys: the member wanted to lead, and the last round of
@@ -76,12 +76,7 @@ fn wanted_in(meta: &impl ReadableTable<&'static str, u64>) -> Result<Option<Want
 
 /// The wish in `db`, this member's copy of shard 0.
 pub fn wanted_here(db: &redb::Database) -> Result<Option<Wanted>> {
-    let t = db.begin_read().io()?;
-    match t.open_table(META) {
-        Ok(meta) => wanted_in(&meta),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(Error::Io(format!("meta table: {e}"))),
-    }
+    Ok(crate::store::with_meta(db, wanted_in)?.flatten())
 }
 
 /// The wish, read through the namespace's shard 0.

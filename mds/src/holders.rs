@@ -20,7 +20,7 @@ use crate::replica::Replica;
 use crate::store::raft::{self, net, NodeId};
 use crate::store::{IoResult, META};
 use aifs_common::{Error, Result};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -45,12 +45,7 @@ pub fn held_in(meta: &impl ReadableTable<&'static str, u64>, ids: &[NodeId]) -> 
 /// Member `id` is recorded, in `db` (shard 0's database), as having held
 /// the log.
 pub fn recorded_held(db: &redb::Database, id: NodeId) -> Result<bool> {
-    let t = db.begin_read().io()?;
-    match t.open_table(META) {
-        Ok(meta) => Ok(held_in(&meta, &[id])?.first().copied().unwrap_or(false)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
-        Err(e) => Err(Error::Io(format!("meta table: {e}"))),
-    }
+    Ok(crate::store::with_meta(db, |meta| held_in(meta, &[id]))?.and_then(|h| h.first().copied()).unwrap_or(false))
 }
 
 /// Record, in shard 0, each voter that shard 0's leader (this process)

@@ -65,7 +65,7 @@ const RUN: &[Op] = &[
 /// directory.
 type Tree = BTreeMap<String, Option<u32>>;
 
-fn split(path: &str) -> (&str, &str) {
+pub(super) fn split(path: &str) -> (&str, &str) {
     let i = path.rfind('/').unwrap_or(0);
     (if i == 0 { "/" } else { &path[..i] }, &path[i + 1..])
 }

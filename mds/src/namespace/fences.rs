@@ -63,10 +63,7 @@ impl Fences {
 
     /// For a change over `shards`, all known beforehand.
     pub(crate) async fn over_shards(&self, shards: &[u32]) -> Held<'_> {
-        let mut v = shards.to_vec();
-        v.sort_unstable();
-        v.dedup();
-        self.take(false, &v).await
+        self.take(false, &in_order(shards.to_vec())).await
     }
 
     /// For a change over shards found by `find`, which names the inodes
@@ -107,7 +104,11 @@ impl Fences {
 /// The shards of `inos`, each once, in order (the order fences are taken
 /// in; a number that names no shard here counts as shard 0, as `of` does).
 fn shards(inos: &[u64]) -> Vec<u32> {
-    let mut v: Vec<u32> = inos.iter().map(|i| shard_of(*i)).collect();
+    in_order(inos.iter().map(|i| shard_of(*i)).collect())
+}
+
+/// `v` sorted, each once: the order fences are taken in.
+fn in_order(mut v: Vec<u32>) -> Vec<u32> {
     v.sort_unstable();
     v.dedup();
     v

@@ -5,7 +5,7 @@
 //! the tree must then hold together: every name's inode there, link and
 //! subdirectory counts that agree with the names, and every directory
 //! reachable from the root (none moved below itself).
-use super::crash::{resolve, walk};
+use super::crash::{resolve, split, walk};
 use super::tests::open_ns;
 use super::Namespace;
 use crate::once::Once;
@@ -28,11 +28,6 @@ fn path(r: u64) -> String {
         p += &format!("/n{}", (r >> (12 + 4 * level)) % NAMES as u64);
     }
     p
-}
-
-fn split(p: &str) -> (&str, &str) {
-    let i = p.rfind('/').unwrap_or(0);
-    (&p[..i], &p[i + 1..])
 }
 
 /// One change picked by `r`; its errors are the races' expected losers.

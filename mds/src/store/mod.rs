@@ -383,6 +383,17 @@ impl ShardStore {
 
 // Table helpers shared by reads and writes.
 
+/// `f` over `db`'s META table as this member holds it, read in place;
+/// None where the table is not made yet (a group waiting to be filled).
+pub fn with_meta<T>(db: &redb::Database, f: impl FnOnce(&redb::ReadOnlyTable<&'static str, u64>) -> Result<T>) -> Result<Option<T>> {
+    let t = db.begin_read().io()?;
+    match t.open_table(META) {
+        Ok(meta) => f(&meta).map(Some),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(Error::Io(format!("meta table: {e}"))),
+    }
+}
+
 pub fn get_inode<T: ReadableTable<u64, &'static [u8]>>(t: &T, ino: u64) -> Result<InodeRec> {
     match t.get(ino).io()? {
         Some(v) => InodeRec::decode(v.value()),

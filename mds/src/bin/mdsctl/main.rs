@@ -317,16 +317,10 @@ const OSD_HEADER: [&str; 8] = ["OSD", "STATE", "ADDRESS", "SIZE", "USED", "USE%"
 
 async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
     let admin = Admin::connect(&cfg)?;
-    let status = || async {
-        match admin.call(&MdsReq::Status).await? {
-            MdsResp::Status(s) => Ok(s),
-            _ => Err(anyhow!("unexpected reply to Status")),
-        }
-    };
     match args.cmd {
         Cmd::Init { .. } | Cmd::Cert(_) => unreachable!("handled before connecting"),
         Cmd::Status => {
-            let s = status().await?;
+            let s = admin.status().await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(());
@@ -363,13 +357,13 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
             print!("{}", session_table(&s.sessions));
         }
         Cmd::Osd { cmd: OsdCmd::Ls } => {
-            let s = status().await?;
+            let s = admin.status().await?;
             show(args.json, &s.osds, || table(&OSD_HEADER, &osd_rows(&s.osds)))?;
         }
         Cmd::Shard { cmd } => cmd.run(&admin, args.json).await?,
         Cmd::Mds { cmd } => cmd.run(&admin, args.json).await?,
         Cmd::Session { cmd: SessionCmd::Ls } => {
-            let s = status().await?;
+            let s = admin.status().await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({"sessions": s.sessions, "evictions": s.evictions}))?);
             } else {
@@ -387,7 +381,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
             println!("evicted session {id}");
         }
         Cmd::Df => {
-            let s = status().await?;
+            let s = admin.status().await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({"total": s.statfs, "osds": s.osds}))?);
                 return Ok(());

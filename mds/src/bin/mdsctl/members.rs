@@ -43,7 +43,7 @@ impl MdsCmd {
     pub async fn run(&self, admin: &Admin, json: bool) -> anyhow::Result<()> {
         match self {
             MdsCmd::Ls => {
-                let MdsResp::Status(s) = admin.call(&MdsReq::Status).await? else { bail!("unexpected reply to Status") };
+                let s = admin.status().await?;
                 match json {
                     true => println!("{}", serde_json::to_string_pretty(&s.members)?),
                     false => print!("{}", member_table(&s.members)),

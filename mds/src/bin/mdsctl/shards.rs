@@ -1,8 +1,8 @@
 //! `mdsctl shard`: the metadata shards, each a Raft group; listing them,
 //! and handing a shard's lead to a chosen MDS process.
-use aifs_common::proto::mds::{ClusterStatus, MdsReq, MdsResp, ShardInfo};
+use aifs_common::proto::mds::{ClusterStatus, MdsReq, ShardInfo};
 use aifs_mds::admin::{table, Admin};
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use clap::Subcommand;
 use std::time::{Duration, Instant};
 
@@ -27,18 +27,11 @@ pub enum ShardCmd {
 /// log).
 const MOVE_WAIT: Duration = Duration::from_secs(30);
 
-async fn status(admin: &Admin) -> anyhow::Result<ClusterStatus> {
-    match admin.call(&MdsReq::Status).await? {
-        MdsResp::Status(s) => Ok(s),
-        _ => Err(anyhow!("unexpected reply to Status")),
-    }
-}
-
 impl ShardCmd {
     pub async fn run(&self, admin: &Admin, json: bool) -> anyhow::Result<()> {
         match self {
             ShardCmd::Ls => {
-                let s = status(admin).await?;
+                let s = admin.status().await?;
                 match json {
                     true => println!("{}", serde_json::to_string_pretty(&s.shards)?),
                     false => print!("{}", shard_table(&s.shards)),
@@ -65,7 +58,7 @@ async fn wait_moved(admin: &Admin, shard: u32, to: u64, json: bool) -> anyhow::R
     let mut said = Instant::now();
     loop {
         // Between leaders no one answers for a moment: asked again.
-        let s = status(admin).await;
+        let s = admin.status().await;
         let led = s.as_ref().ok().and_then(|s| s.shards.iter().find(|x| x.id == shard)).and_then(|x| x.leader);
         if let (Ok(s), Some(l)) = (&s, led) {
             if l == to {
