@@ -97,6 +97,13 @@ impl Namespace {
 
     /// May a `link` give nameless file `ino` a name?
     pub async fn linkable(&self, ino: u64) -> Result<bool> {
+        let shard = crate::namespace::shard_of(ino);
+        if let Some(r) = self.elsewhere(shard) {
+            return match r.read(shard, crate::namespace::twophase::ShardRead::Linkable(ino)).await? {
+                crate::namespace::twophase::ShardReply::Flag(f) => Ok(f),
+                other => Err(aifs_common::Error::Protocol(format!("linkable read answered with {other:?}"))),
+            };
+        }
         self.shard_for(ino)?.read(move |t| Ok(t.open_table(LINKABLE).io()?.get(ino).io()?.is_some())).await
     }
 }

@@ -18,32 +18,50 @@
 //! A directory moved to another parent must not land below itself, which
 //! is checked by walking up from the new parent through shards no fence
 //! covers; only such a move changes a directory's parent, so such moves
-//! are taken one at a time ([`Fences::moves`], before any fence).
+//! are taken one at a time ([`Fences::moves`], before any fence). When
+//! other processes lead some shards, such a move also holds shard 0's
+//! fence, wherever it is led, so that moves coordinated from different
+//! processes are taken one at a time too.
+//!
+//! A shard led by another process is fenced there, by a prepare
+//! (twophase.rs), in the same order as the fences held here.
 use super::shard_of;
-use aifs_common::Result;
+use super::twophase::{OpId, Prepared, Remote, ShardMsg};
+use aifs_common::{Error, Result};
 use std::future::Future;
-use tokio::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
+use tokio::sync::{Mutex, MutexGuard, OwnedRwLockWriteGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub(crate) struct Fences {
-    shards: Vec<RwLock<()>>,
+    shards: Vec<Arc<RwLock<()>>>,
     moves: Mutex<()>,
+    /// The shards other processes lead, and the way to them.
+    remote: Option<Arc<Remote>>,
 }
 
-/// Fences held exclusively, released on drop.
+/// Fences held exclusively, released on drop; with the shards prepared
+/// at other processes, if any.
 pub(crate) struct Held<'a> {
     _moves: Option<MutexGuard<'a, ()>>,
     _fences: Vec<RwLockWriteGuard<'a, ()>>,
+    pub(crate) prepared: Option<Prepared>,
 }
 
 impl Fences {
-    pub(crate) fn new(nshards: usize) -> Self {
-        Fences { shards: (0..nshards.max(1)).map(|_| RwLock::new(())).collect(), moves: Mutex::new(()) }
+    pub(crate) fn new(nshards: usize, remote: Option<Arc<Remote>>) -> Self {
+        Fences { shards: (0..nshards.max(1)).map(|_| Arc::new(RwLock::new(()))).collect(), moves: Mutex::new(()), remote }
     }
 
     /// The fence of the shard `ino` lives on (shard 0's for a number that
     /// names no shard here: such an inode is found nowhere anyway).
-    fn of(&self, shard: u32) -> &RwLock<()> {
+    fn of(&self, shard: u32) -> &Arc<RwLock<()>> {
         self.shards.get(shard as usize).unwrap_or(&self.shards[0])
+    }
+
+    /// Shard `shard`'s fence, held exclusively for an operation
+    /// coordinated elsewhere (twophase.rs).
+    pub(crate) async fn owned(&self, shard: u32) -> OwnedRwLockWriteGuard<()> {
+        self.of(shard).clone().write_owned().await
     }
 
     /// For a change confined to `ino`'s shard.
@@ -56,28 +74,29 @@ impl Fences {
         self.of(shard).read().await
     }
 
-    /// For a change over the shards of `inos`, all known beforehand.
-    pub(crate) async fn over(&self, inos: &[u64]) -> Held<'_> {
-        self.take(false, &shards(inos)).await
+    /// For a change over the shards of `inos`, all known beforehand,
+    /// whose home is the directory `home` (twophase.rs).
+    pub(crate) async fn over(&self, home: u64, inos: &[u64]) -> Result<Held<'_>> {
+        self.take(false, shard_of(home), shards(inos)).await
     }
 
     /// For a change over `shards`, all known beforehand.
-    pub(crate) async fn over_shards(&self, shards: &[u32]) -> Held<'_> {
-        self.take(false, &in_order(shards.to_vec())).await
+    pub(crate) async fn over_shards(&self, home: u64, shards: &[u32]) -> Result<Held<'_>> {
+        self.take(false, shard_of(home), in_order(shards.to_vec())).await
     }
 
     /// For a change over shards found by `find`, which names the inodes
     /// it will touch: taken, then `find` asked again under them until it
     /// names no other shard. `moves`: the change may move a directory to
     /// another parent.
-    pub(crate) async fn over_found<F, Fut>(&self, moves: bool, find: F) -> Result<Held<'_>>
+    pub(crate) async fn over_found<F, Fut>(&self, moves: bool, home: u64, find: F) -> Result<Held<'_>>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Vec<u64>>>,
     {
         let mut inos = find().await?;
         loop {
-            let held = self.take(moves, &shards(&inos)).await;
+            let held = self.take(moves, shard_of(home), shards(&inos)).await?;
             let now = find().await?;
             if shards(&now).iter().all(|s| shards(&inos).contains(s)) {
                 return Ok(held);
@@ -87,17 +106,36 @@ impl Fences {
         }
     }
 
-    /// `shards` sorted, each once.
-    async fn take(&self, moves: bool, shards: &[u32]) -> Held<'_> {
+    /// `shards` sorted, each once: the ones led here fenced here, the
+    /// others prepared at their leaders, in that one order.
+    async fn take(&self, moves: bool, home: u32, mut shards: Vec<u32>) -> Result<Held<'_>> {
+        let remote = self.remote.as_ref().filter(|r| shards.iter().any(|s| r.elsewhere(*s)) || (moves && r.elsewhere(0)));
+        if let Some(r) = remote {
+            if r.elsewhere(home) {
+                return Err(Error::NotLeader(String::new()));
+            }
+            if moves {
+                shards = in_order([shards, vec![0]].concat());
+            }
+        }
         let moves = match moves {
             true => Some(self.moves.lock().await),
             false => None,
         };
-        let mut fences = Vec::new();
+        let mut held = Held { _moves: moves, _fences: Vec::new(), prepared: None };
         for s in shards {
-            fences.push(self.of(*s).write().await);
+            match remote.filter(|r| r.elsewhere(s)) {
+                Some(r) => {
+                    let p = held.prepared.get_or_insert_with(|| Prepared { op: OpId::new(home), open: Vec::new(), decided: false, remote: r.clone() });
+                    // (listed first: a prepare whose answer was lost is
+                    // aborted all the same)
+                    p.open.push(s);
+                    r.ask(ShardMsg::Prepare { shard: s, op: p.op }).await?;
+                }
+                None => held._fences.push(self.of(s).write().await),
+            }
         }
-        Held { _moves: moves, _fences: fences }
+        Ok(held)
     }
 }
 
@@ -127,14 +165,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_over_two_shards_waits_only_for_changes_on_those_shards() {
-        let f = Arc::new(Fences::new(4));
-        let held = f.over(&[ino(1), ino(2)]).await;
+        let f = Arc::new(Fences::new(4, None));
+        let held = f.over(ino(1), &[ino(1), ino(2)]).await.unwrap();
         // Shards 0 and 3 go on.
         let _a = tokio::time::timeout(Duration::from_secs(5), f.shared(ino(0))).await.expect("shard 0 is free");
-        let _b = tokio::time::timeout(Duration::from_secs(5), f.over(&[ino(3), ino(0)])).await;
+        let _b = tokio::time::timeout(Duration::from_secs(5), f.over(ino(0), &[ino(3), ino(0)])).await;
         assert!(_b.is_err(), "shard 0 is held shared above");
         drop(_a);
-        let _b = tokio::time::timeout(Duration::from_secs(5), f.over(&[ino(3), ino(0)])).await.expect("shards 0 and 3 are free");
+        let _b = tokio::time::timeout(Duration::from_secs(5), f.over(ino(0), &[ino(3), ino(0)])).await.expect("shards 0 and 3 are free").unwrap();
         // Shard 2 waits until the change lets go.
         assert!(tokio::time::timeout(Duration::from_millis(100), f.shared(ino(2))).await.is_err());
         drop(held);
@@ -143,11 +181,11 @@ mod tests {
 
     #[tokio::test]
     async fn fences_are_taken_again_when_the_change_found_another_shard() {
-        let f = Fences::new(4);
+        let f = Fences::new(4, None);
         let calls = std::sync::atomic::AtomicU32::new(0);
         // The first look says shard 1; the name then leads to shard 3.
         let held = f
-            .over_found(false, || {
+            .over_found(false, ino(0), || {
                 let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 async move { Ok(vec![ino(0), ino(if n == 0 { 1 } else { 3 })]) }
             })

@@ -45,6 +45,8 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use std::sync::Arc;
 
 #[cfg(test)]
+mod across;
+#[cfg(test)]
 mod crash;
 mod fences;
 mod placement;
@@ -53,6 +55,7 @@ mod races;
 mod replicas;
 mod rows;
 mod steps;
+pub mod twophase;
 
 pub(crate) use fences::Held;
 pub use placement::choose_layout;
@@ -118,6 +121,10 @@ pub struct Namespace {
     pub reserved: crate::reservations::Counts,
     /// Inode numbers handed out ahead of a commit (numbers.rs).
     pub(crate) numbers: crate::numbers::Numbers,
+    /// The shards other processes lead, if any, and the way to them.
+    pub(crate) remote: Option<Arc<twophase::Remote>>,
+    /// Fences held here for operations coordinated elsewhere.
+    pub(crate) holding: twophase::Holding,
 }
 
 /// The shard count is part of the on-disk format (inode numbers name
@@ -171,11 +178,35 @@ impl Namespace {
     /// the root directory if missing, and finishes what a crash left half
     /// done.
     pub async fn over(shards: Vec<Arc<ShardStore>>, root_policy: LayoutPolicy, cluster: Arc<Cluster>) -> Result<Self> {
+        Self::start(shards, root_policy, cluster, None).await
+    }
+
+    /// [`Namespace::over`] the shards led here, where `remote` names the
+    /// others: what a crash left prepared for operations coordinated
+    /// elsewhere is settled in the background, each such shard fenced
+    /// until it is (twophase.rs).
+    pub async fn over_led(shards: Vec<Arc<ShardStore>>, root_policy: LayoutPolicy, cluster: Arc<Cluster>, remote: Arc<twophase::Remote>) -> Result<Arc<Self>> {
+        let ns = Arc::new(Self::start(shards, root_policy, cluster, Some(remote)).await?);
+        ns.settle_all().await;
+        Ok(ns)
+    }
+
+    async fn start(shards: Vec<Arc<ShardStore>>, root_policy: LayoutPolicy, cluster: Arc<Cluster>, remote: Option<Arc<twophase::Remote>>) -> Result<Self> {
         root_policy.validate()?;
         let numbers = crate::numbers::Numbers::new(shards.len());
-        let fences = fences::Fences::new(shards.len());
-        let ns = Namespace { shards, fences, cluster, running: Default::default(), reserved: Default::default(), numbers };
-        ns.shard(0)
+        let fences = fences::Fences::new(shards.len(), remote.clone());
+        let holding = Default::default();
+        let ns = Namespace { shards, fences, cluster, running: Default::default(), reserved: Default::default(), numbers, remote, holding };
+        if ns.elsewhere(0).is_none() {
+            ns.make_root(root_policy).await?;
+        }
+        ns.roll_forward().await?;
+        ns.count_reservations().await?;
+        Ok(ns)
+    }
+
+    async fn make_root(&self, root_policy: LayoutPolicy) -> Result<()> {
+        self.shard(0)
             .mutate(move |txn| {
                 let mut inodes = txn.open_table(INODES).io()?;
                 if inodes.get(InodeId::ROOT.0).io()?.is_none() {
@@ -185,10 +216,7 @@ impl Namespace {
                 }
                 Ok(())
             })
-            .await?;
-        ns.roll_forward().await?;
-        ns.count_reservations().await?;
-        Ok(ns)
+            .await
     }
 
     /// Serve a request that must not be applied twice (once.rs): held
@@ -209,12 +237,22 @@ impl Namespace {
 
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
         let ino = ino.0;
+        if let Some(r) = self.elsewhere(shard_of(ino)) {
+            return match r.read(shard_of(ino), twophase::ShardRead::Attr(ino)).await? {
+                twophase::ShardReply::Attr(a) => Ok(a),
+                other => Err(Error::Protocol(format!("attribute read answered with {other:?}"))),
+            };
+        }
         self.shard_for(ino)?
             .read(move |t| attr_held(&t.open_table(ALLOCATED).io()?, &get_inode(&t.open_table(INODES).io()?, ino)?, ino))
             .await
     }
 
+    /// The record of `ino`, read where its shard is led.
     pub(crate) async fn inode(&self, ino: u64) -> Result<InodeRec> {
+        if let Some(r) = self.elsewhere(shard_of(ino)) {
+            return twophase::expect_inode(r.read(shard_of(ino), twophase::ShardRead::Inode(ino)).await?);
+        }
         self.shard_for(ino)?.read(move |t| get_inode(&t.open_table(INODES).io()?, ino)).await
     }
 
@@ -234,6 +272,9 @@ impl Namespace {
         check_name(name)?;
         let name = name.to_string();
         let cred = cred.cloned();
+        if let Some(r) = self.elsewhere(shard_of(parent)) {
+            return twophase::expect_entry(r.read(shard_of(parent), twophase::ShardRead::Entry { dir: parent, name, cred }).await?);
+        }
         self.shard_for(parent)?
             .read(move |t| {
                 let p = get_inode(&t.open_table(INODES).io()?, parent)?;

@@ -12,6 +12,7 @@ use crate::once::Once;
 use crate::store::INODES;
 use crate::store::IoResult;
 use aifs_common::perm::Cred;
+use aifs_common::InodeId;
 use aifs_common::proto::mds::FileKind;
 use redb::ReadableTable;
 use std::sync::Arc;
@@ -30,11 +31,14 @@ fn path(r: u64) -> String {
     p
 }
 
-/// One change picked by `r`; its errors are the races' expected losers.
-async fn change(ns: &Namespace, r: u64) {
+/// One change picked by `r`, sent to the namespace that `to` says leads
+/// the change's home directory; its errors are the races' expected losers.
+pub(super) async fn change(to: &(dyn Fn(InodeId) -> Arc<Namespace> + Sync), r: u64) {
     let (a, b) = (path(r >> 4), path(r >> 20));
     let ((ad, an), (bd, bn)) = (split(&a), split(&b));
-    let (Ok(ap), Ok(bp)) = (resolve(ns, ad).await, resolve(ns, bd).await) else { return };
+    let any = to(InodeId::ROOT);
+    let (Ok(ap), Ok(bp)) = (resolve(&any, ad).await, resolve(&any, bd).await) else { return };
+    let ns = to(if r % 7 == 4 { bp } else { ap });
     let (c, o) = (Cred::root(), Once::none());
     let _ = match r % 7 {
         0 => ns.mkdir(ap, an, 0o755, &c, &o).await.map(|_| ()),
@@ -49,7 +53,7 @@ async fn change(ns: &Namespace, r: u64) {
     };
 }
 
-fn next(x: &mut u64) -> u64 {
+pub(super) fn next(x: &mut u64) -> u64 {
     *x ^= *x << 13;
     *x ^= *x >> 7;
     *x ^= *x << 17;
@@ -71,7 +75,7 @@ async fn racing_changes_over_shards_leave_a_tree_that_holds_together() {
                 tokio::spawn(async move {
                     let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (round << 32) ^ (t + 1);
                     for _ in 0..60 {
-                        change(&ns, next(&mut x)).await;
+                        change(&|_| ns.clone(), next(&mut x)).await;
                     }
                 })
             })
@@ -79,22 +83,28 @@ async fn racing_changes_over_shards_leave_a_tree_that_holds_together() {
         for t in tasks {
             t.await.unwrap();
         }
-        let tree = walk(&ns).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
-        let reachable = tree.values().filter(|v| v.is_none()).count() + 1;
-        let mut stored = 0;
-        for s in &ns.shards {
-            stored += s
-                .read(|t| {
-                    let mut n = 0;
-                    for r in t.open_table(INODES).io()?.iter().io()? {
-                        let (_, v) = r.io()?;
-                        n += (crate::records::InodeRec::decode(v.value())?.kind == FileKind::Dir) as usize;
-                    }
-                    Ok(n)
-                })
-                .await
-                .unwrap();
-        }
-        assert_eq!(stored, reachable, "round {round}: directories stored but not reachable from the root: {tree:?}");
+        holds_together(&ns, &format!("round {round}")).await;
     }
+}
+
+/// Every name's inode there, counts that agree, and every directory
+/// stored reachable from the root.
+pub(super) async fn holds_together(ns: &Namespace, when: &str) {
+    let tree = walk(ns).await.unwrap_or_else(|e| panic!("{when}: {e}"));
+    let reachable = tree.values().filter(|v| v.is_none()).count() + 1;
+    let mut stored = 0;
+    for s in &ns.shards {
+        stored += s
+            .read(|t| {
+                let mut n = 0;
+                for r in t.open_table(INODES).io()?.iter().io()? {
+                    let (_, v) = r.io()?;
+                    n += (crate::records::InodeRec::decode(v.value())?.kind == FileKind::Dir) as usize;
+                }
+                Ok(n)
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(stored, reachable, "{when}: directories stored but not reachable from the root: {tree:?}");
 }

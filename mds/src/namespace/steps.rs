@@ -10,7 +10,9 @@ use aifs_common::time::now_ns;
 use aifs_common::Result;
 use redb::ReadableTable;
 use std::sync::Arc;
-use super::{shard_of, kind_code, Namespace, degraded_rows};
+use super::{shard_of, kind_code, Namespace, degraded_rows, Held};
+use super::twophase::{OpId, ShardMsg};
+use aifs_common::Error;
 
 impl Step {
     fn shard(&self) -> u32 {
@@ -147,6 +149,20 @@ pub(crate) fn delete_inode(txn: &Txn, ino: u64, rec: &InodeRec) -> Result<()> {
     Ok(())
 }
 
+/// Steps grouped by shard, in order: a group per run of one shard's steps.
+fn by_shard(steps: Vec<Step>) -> Vec<(u32, Vec<Step>)> {
+    let mut groups: Vec<(u32, Vec<Step>)> = Vec::new();
+    for s in steps {
+        let sh = s.shard();
+        // Merge only into the last group, so the order across shards holds.
+        match groups.last_mut() {
+            Some((g, v)) if *g == sh => v.push(s),
+            _ => groups.push((sh, vec![s])),
+        }
+    }
+    groups
+}
+
 impl Namespace {
     /// Run steps grouped by shard, one commit per shard, shards in the order
     /// they first appear; the first commit records `rid`'s outcome. With
@@ -154,41 +170,69 @@ impl Namespace {
     /// and each later one marks itself done in its own shard, so a crash in
     /// between is rolled forward at start (`roll_forward`): the operation
     /// happens whole, and a retry of it is answered from the record.
-    pub(crate) async fn run_steps(&self, steps: Vec<Step>, rid: Option<ReqId>, out: Outcome) -> Result<()> {
-        let (first, id, rest) = self.first_commit(steps, rid, out).await?;
-        let shards: Vec<u32> = rest.iter().map(|(sh, _)| *sh).collect();
-        for (k, (sh, steps)) in rest.into_iter().enumerate() {
-            self.intent_commit(first, id, k as u32, sh, steps, false).await?;
+    ///
+    /// With shards prepared at other processes (`held`), the first commit
+    /// is made in the home shard (one with no steps, if the first steps
+    /// are elsewhere): it is the decision (twophase.rs).
+    pub(crate) async fn run_steps(&self, held: &mut Held<'_>, steps: Vec<Step>, rid: Option<ReqId>, out: Outcome) -> Result<()> {
+        let mut groups = by_shard(steps);
+        let op = held.prepared.as_ref().map(|p| p.op);
+        if let Some(op) = op {
+            if groups.first().map(|g| g.0) != Some(op.coord) {
+                groups.insert(0, (op.coord, Vec::new()));
+            }
+        }
+        // Every shard led elsewhere that the steps change was prepared.
+        let open = held.prepared.as_ref().map(|p| p.open.as_slice()).unwrap_or(&[]);
+        if let Some((sh, _)) = groups.iter().find(|(sh, _)| self.elsewhere(*sh).is_some() && !open.contains(sh)) {
+            return Err(Error::Io(format!("shard {sh}, led elsewhere, would change without a prepare")));
+        }
+        let mut groups = groups.into_iter();
+        let Some((first, steps)) = groups.next() else { return Ok(()) };
+        let rest: Vec<(u32, Vec<Step>)> = groups.collect();
+        let id = self.first_commit(first, steps, &rest, rid, out, op.map(|o| o.id)).await?;
+        if let Some(p) = held.prepared.as_mut() {
+            // Decided: a shard with steps to make is never aborted now,
+            // only those with none are let go (when `held` drops).
+            p.decided = true;
+            p.open.retain(|s| !rest.iter().any(|(r, _)| r == s));
+        }
+        let mut local = Vec::new();
+        for (k, (sh, steps)) in rest.iter().enumerate() {
+            let Some(p) = held.prepared.as_ref().filter(|p| p.remote.elsewhere(*sh)) else {
+                local.push(*sh);
+                self.intent_commit(first, id, k as u32, *sh, steps.clone(), false).await?;
+                continue;
+            };
+            let last = !rest[k + 1..].iter().any(|(s, _)| s == sh);
+            let msg = ShardMsg::Commit { shard: *sh, op: p.op, k: k as u32, steps: steps.clone(), last };
+            // Should this fail, the shard asks how the operation ended,
+            // and the intent stays until the next start here.
+            p.remote.ask(msg).await?;
         }
         if id != 0 {
-            self.forget_intent(first, id, shards);
+            self.forget_intent(first, id, local);
         }
         Ok(())
     }
 
-    /// The first commit of `run_steps`: its shard, the intent's id (0:
-    /// none needed) and the commits still to make.
-    async fn first_commit(&self, steps: Vec<Step>, rid: Option<ReqId>, out: Outcome) -> Result<(u32, u64, Vec<(u32, Vec<Step>)>)> {
-        let mut groups: Vec<(u32, Vec<Step>)> = Vec::new();
-        for s in steps {
-            let sh = s.shard();
-            // Merge only into the last group, so the order across shards holds.
-            match groups.last_mut() {
-                Some((g, v)) if *g == sh => v.push(s),
-                _ => groups.push((sh, vec![s])),
-            }
-        }
-        let mut groups = groups.into_iter();
-        let Some((first, steps)) = groups.next() else { return Ok((0, 0, Vec::new())) };
-        let rest: Vec<(u32, Vec<Step>)> = groups.collect();
+    /// The first commit of `run_steps`, in shard `first`, with the commits
+    /// still to make (`rest`) as its intent; returns the intent's id (0:
+    /// none needed). `decided`: the id of an operation over processes,
+    /// refused if the home shard's leader was asked how it ended first.
+    pub(super) async fn first_commit(&self, first: u32, steps: Vec<Step>, rest: &[(u32, Vec<Step>)], rid: Option<ReqId>, out: Outcome, decided: Option<u64>) -> Result<u64> {
         let intent = match rest.is_empty() {
             true => None,
-            false => Some(Intent { rest: rest.clone() }.encode()?),
+            false => Some(Intent { rest: rest.to_vec() }.encode()?),
         };
         let cluster = self.cluster.clone();
-        let id = self
-            .shard(first)
+        self.shard(first)
             .mutate(move |txn| {
+                if let Some(id) = decided {
+                    if txn.open_table(INTENTS).io()?.get(id).io()?.is_some() {
+                        return Err(Error::Unavailable("the operation was given up while it waited; try again".into()));
+                    }
+                }
                 let now = now_ns();
                 let open = |ino| cluster.is_open(InodeId(ino));
                 for s in steps.iter().cloned() {
@@ -196,12 +240,14 @@ impl Namespace {
                 }
                 once::record(txn, rid, out)?;
                 let Some(bytes) = &intent else { return Ok(0) };
-                let id = next_counter(&mut txn.open_table(META).io()?, "next_intent", 1)?;
+                let id = match decided {
+                    Some(id) => id,
+                    None => next_counter(&mut txn.open_table(META).io()?, "next_intent", 1)?,
+                };
                 txn.open_table(INTENTS).io()?.insert(id, bytes.as_slice()).io()?;
                 Ok(id)
             })
-            .await?;
-        Ok((first, id, rest))
+            .await
     }
 
     /// Commit `k` after the first of intent `id` (of shard `coord`): its
@@ -252,39 +298,81 @@ impl Namespace {
     }
 
     /// At start: finish every operation over several shards that a crash
-    /// cut short after its first commit, then drop every mark.
+    /// cut short after its first commit, then drop every mark of those.
+    /// The intents of shards led here only; an aborted operation's record
+    /// (an empty intent, twophase.rs) is dropped: no decision from before
+    /// this lead can commit now.
     pub(crate) async fn roll_forward(&self) -> Result<()> {
-        for coord in 0..self.shards.len() as u32 {
+        let mut kept = std::collections::HashSet::new();
+        for coord in self.led_shards() {
             let intents = self
                 .shard(coord)
                 .scan(|t| {
                     let mut v = Vec::new();
                     for r in t.open_table(INTENTS).io()?.iter().io()? {
                         let (k, val) = r.io()?;
-                        v.push((k.value(), Intent::decode(val.value())));
+                        let bytes = val.value();
+                        v.push((k.value(), (!bytes.is_empty()).then(|| Intent::decode(bytes))));
                     }
                     Ok(v)
                 })
                 .await?;
             for (id, intent) in intents {
-                match intent {
-                    Ok(intent) => {
-                        tracing::warn!(shard = coord, intent = id, commits = intent.rest.len(), "finishing an operation over several shards that a crash cut short");
-                        for (k, (sh, steps)) in intent.rest.into_iter().enumerate() {
-                            if let Err(e) = self.intent_commit(coord, id, k as u32, sh, steps, true).await {
-                                e.log("rolling an intent forward failed");
-                            }
-                        }
+                let finished = match intent {
+                    Some(Ok(intent)) => self.finish(coord, id, intent).await,
+                    Some(Err(e)) => {
+                        e.log("an unreadable intent is dropped");
+                        true
                     }
-                    Err(e) => e.log("an unreadable intent is dropped"),
+                    None => true,
+                };
+                match finished {
+                    true => self.shard(coord).mutate(move |txn| txn.open_table(INTENTS).io()?.remove(id).io().map(|_| ())).await?,
+                    false => _ = kept.insert((coord, id)),
                 }
-                self.shard(coord).mutate(move |txn| txn.open_table(INTENTS).io()?.remove(id).io().map(|_| ())).await?;
             }
         }
-        for s in &self.shards {
-            s.mutate(|txn| txn.open_table(INTENT_DONE).io()?.retain(|_, _| false).io()).await?;
+        // Marks of operations coordinated elsewhere stay until their last
+        // commit here (twophase.rs), as do those of an intent kept.
+        let led: Vec<bool> = (0..self.shards.len() as u32).map(|c| self.elsewhere(c).is_none()).collect();
+        for s in self.led_shards() {
+            let (led, kept) = (led.clone(), kept.clone());
+            self.shard(s)
+                .mutate(move |txn| {
+                    let ours = |c: u32| led.get(c as usize).copied().unwrap_or(false);
+                    txn.open_table(INTENT_DONE).io()?.retain(|(c, id, _), _| !ours(c) || kept.contains(&(c, id))).io()
+                })
+                .await?;
         }
         Ok(())
+    }
+
+    /// Make intent `id`'s later commits, in shards led here and at the
+    /// leaders of the others; false if one could not be made (a shard
+    /// led elsewhere then asks how the operation ended).
+    async fn finish(&self, coord: u32, id: u64, intent: Intent) -> bool {
+        tracing::warn!(shard = coord, intent = id, commits = intent.rest.len(), "finishing an operation over several shards that a crash cut short");
+        let mut all = true;
+        for (k, (sh, steps)) in intent.rest.iter().enumerate() {
+            let r = match self.elsewhere(*sh) {
+                None => self.intent_commit(coord, id, k as u32, *sh, steps.clone(), true).await,
+                Some(remote) => {
+                    let last = !intent.rest[k + 1..].iter().any(|(s, _)| s == sh);
+                    let op = OpId { coord, id };
+                    remote.ask(ShardMsg::Commit { shard: *sh, op, k: k as u32, steps: steps.clone(), last }).await.map(|_| ())
+                }
+            };
+            if let Err(e) = r {
+                e.log("rolling an intent forward failed");
+                all = false;
+            }
+        }
+        all
+    }
+
+    /// The shards this process leads.
+    pub(crate) fn led_shards(&self) -> Vec<u32> {
+        (0..self.shards.len() as u32).filter(|s| self.elsewhere(*s).is_none()).collect()
     }
 }
 
@@ -315,8 +403,10 @@ mod tests {
             Step::DropLink { ino: f.0 },
         ];
         let rid = ReqId { client: 5, seq: 1, oldest: 1, retry: false };
-        let (_, id, rest) = ns.first_commit(steps, Some(rid), (f.0, 0)).await.unwrap();
-        assert!(id != 0 && rest.len() == 2);
+        let mut groups = by_shard(steps);
+        let (first, steps) = groups.remove(0);
+        let id = ns.first_commit(first, steps, &groups, Some(rid), (f.0, 0), None).await.unwrap();
+        assert!(id != 0 && groups.len() == 2);
         assert_eq!(ns.getattr(f).await.unwrap().nlink, 2);
         drop(ns);
         let ns = open_ns(dir.path()).await;

@@ -20,7 +20,7 @@ impl Namespace {
             return self.getattr(InodeId(ino)).await;
         }
         let rid = once.rid;
-        let _g = self.fences.over(&[ino, newparent]).await;
+        let mut held = self.fences.over(newparent, &[ino, newparent]).await?;
         let r = self.inode(ino).await?;
         if r.kind == FileKind::Dir {
             return Err(Error::NotPermitted("hard link to a directory".into()));
@@ -38,6 +38,7 @@ impl Namespace {
         }
         perm::may_create(self.inode(newparent).await?.perms(), cred)?;
         self.run_steps(
+            &mut held,
             vec![Step::AddLink { ino }, Step::InsertEntry { dir: newparent, name: newname.to_string(), ino, kind: r.kind, dir_delta: (1, 0) }],
             rid,
             (ino, 0),

@@ -1,6 +1,7 @@
 //! `Mkdir`: the entry in the parent's shard, the new directory on the
-//! shard its name hashes to, as steps over both (namespace/steps.rs);
-//! the maker gets the new directory's write lease.
+//! shard its name hashes to (the parent's, when another process leads
+//! that one), as steps over both (namespace/steps.rs); the maker gets the
+//! new directory's write lease.
 use crate::namespace::{check_name, dir_rec, name_hash, shard_of, LINK_MAX, Namespace};
 use crate::once::Once;
 use crate::records::Step;
@@ -20,8 +21,13 @@ impl Namespace {
             return self.getattr(InodeId(ino)).await;
         }
         let rid = once.rid;
-        let target = (name_hash(parent, name) % self.shards.len() as u64) as u32;
-        let _g = self.fences.over_shards(&[shard_of(parent), target]).await;
+        // A new directory goes to a shard led here: a mkdir needs no
+        // other process.
+        let target = match (name_hash(parent, name) % self.shards.len() as u64) as u32 {
+            t if self.elsewhere(t).is_some() => shard_of(parent),
+            t => t,
+        };
+        let mut held = self.fences.over_shards(parent, &[shard_of(parent), target]).await?;
         let p = self.inode(parent).await?;
         match self.entry_as(parent, name, Some(cred)).await {
             Ok(_) => return Err(Error::Exists),
@@ -37,6 +43,7 @@ impl Namespace {
         let rec = dir_rec(mode, uid, gid, parent, p.policy, now_ns());
         let attr = rec.attr(ino);
         self.run_steps(
+            &mut held,
             vec![
                 Step::CreateInode { ino, rec },
                 Step::InsertEntry { dir: parent, name: name.to_string(), ino, kind: FileKind::Dir, dir_delta: (1, 1) },

@@ -33,7 +33,7 @@ impl Namespace {
             v.extend(self.entry_shards(newparent, newname).await?);
             Ok(v)
         };
-        self.fences.over_found(parent != newparent, find).await
+        self.fences.over_found(parent != newparent, parent, find).await
     }
 
     /// May `cred` move `ino` out of `parent` into `newparent` (`np`),
@@ -82,7 +82,7 @@ impl Namespace {
         if flags & !RENAME_NOREPLACE != 0 {
             return Err(Error::InvalidArgument(format!("rename flags {flags:#x} not supported")));
         }
-        let _g = self.fenced_rename(parent, name, newparent, newname).await?;
+        let mut held = self.fenced_rename(parent, name, newparent, newname).await?;
         let (ino, kind) = self.entry_as(parent, name, Some(cred)).await?;
         let np = self.inode(newparent).await?;
         if np.kind != FileKind::Dir {
@@ -154,7 +154,7 @@ impl Namespace {
             steps.push(Step::DropLink { ino });
         }
         let replaced = target.map(|t| t.0);
-        self.run_steps(steps, rid, (ino, replaced.unwrap_or(0))).await?;
+        self.run_steps(&mut held, steps, rid, (ino, replaced.unwrap_or(0))).await?;
         Ok((ino, replaced))
     }
 
@@ -163,7 +163,7 @@ impl Namespace {
     /// checked as a rename replacing the other; a directory that changes
     /// parent takes its subdirectory link along.
     async fn exchange(&self, parent: u64, name: &str, newparent: u64, newname: &str, cred: &Cred, rid: Option<ReqId>) -> Result<(u64, Option<u64>)> {
-        let _g = self.fenced_rename(parent, name, newparent, newname).await?;
+        let mut held = self.fenced_rename(parent, name, newparent, newname).await?;
         let (a, akind) = self.entry_as(parent, name, Some(cred)).await?;
         let (b, bkind) = self.entry_as(newparent, newname, Some(cred)).await?;
         if a == b {
@@ -201,7 +201,7 @@ impl Namespace {
             steps.push(Step::SetParent { ino: b, parent });
         }
         steps.extend(files.iter().map(|&ino| Step::DropLink { ino }));
-        self.run_steps(steps, rid, (a, b)).await?;
+        self.run_steps(&mut held, steps, rid, (a, b)).await?;
         Ok((a, Some(b)))
     }
 }

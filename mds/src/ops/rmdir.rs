@@ -21,7 +21,7 @@ impl Namespace {
             return Ok(ino);
         }
         let rid = once.rid;
-        let _g = self.fences.over_found(false, || self.entry_shards(parent, name)).await?;
+        let mut held = self.fences.over_found(false, parent, || self.entry_shards(parent, name)).await?;
         let (ino, kind) = self.entry_as(parent, name, Some(cred)).await?;
         if kind != FileKind::Dir {
             return Err(Error::NotDir);
@@ -31,7 +31,7 @@ impl Namespace {
         if d.entries > 0 {
             return Err(Error::NotEmpty);
         }
-        self.run_steps(vec![Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, -1) }, Step::DeleteDir { ino }], rid, (ino, 0))
+        self.run_steps(&mut held, vec![Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, -1) }, Step::DeleteDir { ino }], rid, (ino, 0))
             .await?;
         Ok(ino)
     }

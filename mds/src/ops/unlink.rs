@@ -40,13 +40,13 @@ impl Namespace {
                 return Ok(ino);
             }
         }
-        let _g = self.fences.over_found(false, || self.entry_shards(parent, name)).await?;
+        let mut held = self.fences.over_found(false, parent, || self.entry_shards(parent, name)).await?;
         let (ino, kind) = self.entry_as(parent, name, Some(cred)).await?;
         if kind == FileKind::Dir {
             return Err(Error::IsDir);
         }
         perm::may_delete(self.inode(parent).await?.perms(), self.inode(ino).await?.uid, cred)?;
-        self.run_steps(vec![Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, 0) }, Step::DropLink { ino }], rid, (ino, 0))
+        self.run_steps(&mut held, vec![Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, 0) }, Step::DropLink { ino }], rid, (ino, 0))
             .await?;
         Ok(ino)
     }

@@ -43,6 +43,10 @@ pub const INTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("intents")
 /// Which later commits of an intent were made in this shard: (the
 /// intent's shard, its id, the commit's number).
 pub const INTENT_DONE: TableDefinition<(u32, u64, u32), ()> = TableDefinition::new("intent_done");
+/// Operations coordinated by another shard's leader that this shard is
+/// prepared for, its fence held (namespace/twophase.rs): (home shard,
+/// operation) -> unix seconds when prepared.
+pub const PREPARED: TableDefinition<(u32, u64), u64> = TableDefinition::new("prepared");
 
 /// Inode numbers reserved for creates a client answers itself under a
 /// directory's write lease (`MdsReq::Reserve`) -> the reservation
@@ -55,9 +59,9 @@ pub const ALLOCATED: TableDefinition<u64, u64> = TableDefinition::new("allocated
 
 /// Every table, in the order whose index names a table in a replicated
 /// change (txn.rs): add new tables at the end, never reorder.
-pub static TABLES: [&dyn AnyTable; 18] = [
+pub static TABLES: [&dyn AnyTable; 19] = [
     &INODES, &DENTRIES, &COOKIES, &XATTRS, &META, &GC, &OSDS, &SECRETS, &REVOKED, &ORPHANS, &LINKABLE, &DEGRADED,
-    &REQUESTS, &SESSIONS, &INTENTS, &INTENT_DONE, &RESERVED, &ALLOCATED,
+    &REQUESTS, &SESSIONS, &INTENTS, &INTENT_DONE, &RESERVED, &ALLOCATED, &PREPARED,
 ];
 
 #[cfg(test)]
