@@ -1,5 +1,6 @@
 //! What answers on the MDS's endpoint: Raft messages from the other MDS
-//! processes, and the members' addresses, always; every other request, by
+//! processes, and the members' addresses, always; the two phases'
+//! messages (shardnet.rs) by the namespace served here; every other request, by
 //! the namespace service while this process leads the shards' groups, and
 //! otherwise by "not leader", naming the process that leads if one is
 //! known, so that clients, OSDs and `mdsctl` go there.
@@ -115,6 +116,13 @@ impl Service for Front {
         }
         if let MdsReq::Raft { shard, .. } = call.req {
             return self.raft(shard, payload).await.unwrap_or_else(|e| (Self::error(e), vec![]));
+        }
+        if let MdsReq::Shard { .. } = call.req {
+            let r = match self.leading().await {
+                Some(a) => crate::shardnet::answer(&a.svc.ns, &payload).await,
+                None => Err(Error::NotLeader(self.replica.leader_addr())),
+            };
+            return r.unwrap_or_else(|e| (Self::error(e), vec![]));
         }
         if let MdsReq::Members = call.req {
             return (MdsReply { session: None, resp: MdsResp::Addrs(self.replica.addrs()) }, vec![]);

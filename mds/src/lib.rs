@@ -26,6 +26,7 @@ pub mod records;
 pub mod replica;
 pub mod reservations;
 pub mod service;
+pub mod shardnet;
 pub mod store;
 
 use crate::cluster::Cluster;

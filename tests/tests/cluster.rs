@@ -1150,3 +1150,38 @@ async fn files_made_under_a_directory_lease_take_only_numbers_reserved_for_their
     assert_eq!(apply(&a, create(r[1].ino, "x5", r[1].layout.clone())).await, None);
     assert_eq!(names(&a, d.ino).await, vec!["x5".to_string()]);
 }
+
+/// The two phases' messages between MDS processes (mds/src/shardnet.rs),
+/// sent the way a coordinator sends them: answered for an MDS
+/// certificate, the namespace's own errors carried through; refused for
+/// a client's; bytes that do not decode get an error, and the MDS serves
+/// on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_messages_are_answered_for_another_mds_alone() {
+    use aifs_common::proto::frame::encode_any;
+    use aifs_common::proto::mds::{MdsCall, MdsReply};
+    use aifs_mds::namespace::twophase::{Peers, ShardMsg, ShardRead, ShardReply};
+    use bytes::Bytes;
+    let cl = TestCluster::start(1, 1).await.unwrap();
+    let id = Identity::load(&TlsConfig::in_dir(cl.dir.path(), "mds")).unwrap();
+    let ep = rpc::client_endpoint(&id, &TransportConfig::default()).unwrap();
+    let clients = aifs_mds::store::raft::net::PeerClients::new(ep, rpc::endpoint::member_client_config(&id, &TransportConfig::default()).unwrap());
+    let addr = cl.mds.addr;
+    let links = aifs_mds::shardnet::ShardLinks::new(clients, std::sync::Arc::new(move |_| Some(addr)));
+    let read = ShardMsg::Read { shard: 0, read: ShardRead::Inode(ROOT.0) };
+    match links.send(read.clone()).await.unwrap() {
+        ShardReply::Inode(rec) => assert_eq!(rec.kind, FileKind::Dir),
+        other => panic!("{other:?}"),
+    }
+    let missing = ShardMsg::Read { shard: 0, read: ShardRead::Entry { dir: ROOT.0, name: "nope".into(), cred: None } };
+    assert_eq!(links.send(missing).await, Err(Error::NotFound));
+    let send = |c: RpcClient, body: Vec<u8>| async move {
+        let call = MdsCall::from(MdsReq::Shard { shard: 0, len: body.len() as u64 });
+        c.call::<_, MdsReply>(&call, &[Bytes::from(body)]).await.unwrap().0.into_result()
+    };
+    let r = send(cl.mds_client(Role::Client).unwrap(), encode_any(&read).unwrap().to_vec()).await;
+    assert!(matches!(r, Err(Error::Unauthorized(_))), "a client's certificate sent a shard message: {r:?}");
+    let r = send(cl.mds_client(Role::Mds).unwrap(), vec![0xa5; 40]).await;
+    assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
+    assert!(matches!(links.send(read).await, Ok(ShardReply::Inode(_))));
+}

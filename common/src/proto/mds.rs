@@ -463,6 +463,11 @@ pub enum MdsReq {
     /// once the wish is recorded; the move follows within seconds
     /// (`Status` shows it).
     MoveShard { shard: u32, to: u64 },
+    /// MDS to MDS: one message of an operation over shards led from
+    /// different processes, for the leader of shard `shard`
+    /// (mds/src/namespace/twophase.rs): `len` bytes rkyv-encoded, raw
+    /// after the header. Only another MDS's certificate may send it.
+    Shard { shard: u32, len: u64 },
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);
@@ -500,7 +505,7 @@ pub struct MdsCall {
     pub req: MdsReq,
 }
 message!(MdsCall, |m| match m.req {
-    MdsReq::Raft { len, .. } => len,
+    MdsReq::Raft { len, .. } | MdsReq::Shard { len, .. } => len,
     _ => 0,
 });
 
@@ -646,6 +651,8 @@ pub enum MdsResp {
     Member(MemberChange),
     /// `Members`: the MDS processes' addresses.
     Addrs(Vec<String>),
+    /// `Shard`: the answer, `len` bytes raw after the header.
+    Shard { len: u64 },
     // New variants go last: the order is the wire's discriminant.
 }
 
@@ -716,7 +723,7 @@ pub struct MdsReply {
     pub resp: MdsResp,
 }
 message!(MdsReply, |m| match m.resp {
-    MdsResp::Raft { len } => len,
+    MdsResp::Raft { len } | MdsResp::Shard { len } => len,
     _ => 0,
 });
 

@@ -131,8 +131,10 @@ impl MdsReq {
             Revoked => row("revoked", ADMIN).in_grace(),
             // Answered by the front (mds/src/front.rs), never by the
             // namespace service: Raft and Members by every member,
-            // membership changes by shard 0's leader.
+            // membership changes by shard 0's leader, a shard message of
+            // the two phases by the namespace served there.
             Raft { .. } => row("raft", MDS).in_grace().uncounted(),
+            Shard { .. } => row("shard", MDS).in_grace(),
             AddMember { .. } => row("add_member", ADMIN).in_grace(),
             RemoveMember { .. } => row("remove_member", ADMIN).in_grace(),
             Members => row("members", MAP_READERS).in_grace().uncounted(),
@@ -161,6 +163,8 @@ mod tests {
         assert!(beat.rule().grace && !beat.rule().retried && !beat.rule().counted);
         let raft = MdsReq::Raft { shard: 0, len: 0 };
         assert!(raft.rule().allows(Role::Mds) && !raft.rule().allows(Role::Admin));
+        let shard = MdsReq::Shard { shard: 0, len: 0 };
+        assert!(shard.rule().allows(Role::Mds) && !shard.rule().allows(Role::Client) && !shard.rule().allows(Role::Admin));
         assert!(!MdsReq::GetAttr { ino: InodeId(1) }.once_only());
     }
 }

@@ -308,13 +308,14 @@ impl Namespace {
             .await?;
         let mut settled = 0;
         for op in rows.into_iter().filter(|o| only.is_none_or(|x| x == *o)) {
-            let Some(remote) = self.remote.clone() else { break };
-            let outcome = match remote.elsewhere(op.coord) {
-                true => match remote.ask(ShardMsg::Outcome { op }).await? {
+            // (a home shard led here answers at once: a prepare that names
+            // it and was never followed up is aborted)
+            let outcome = match self.elsewhere(op.coord) {
+                Some(remote) => match remote.ask(ShardMsg::Outcome { op }).await? {
                     ShardReply::Outcome(o) => o,
                     other => return Err(Error::Protocol(format!("outcome answered with {other:?}"))),
                 },
-                false => self.outcome(op).await?,
+                None => self.outcome(op).await?,
             };
             tracing::warn!(shard, ?op, committed = outcome.is_some(), "settled an operation whose coordinator fell silent");
             let cluster = self.cluster.clone();

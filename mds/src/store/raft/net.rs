@@ -120,7 +120,7 @@ impl PeerClients {
         PeerClients { endpoint, config, clients: Default::default() }
     }
 
-    fn to(&self, addr: SocketAddr) -> Arc<RpcClient> {
+    pub(crate) fn to(&self, addr: SocketAddr) -> Arc<RpcClient> {
         let new = || Arc::new(RpcClient::new(self.endpoint.clone(), addr, Role::Mds).with_config(self.config.clone()));
         self.clients.entry(addr).or_insert_with(new).clone()
     }
