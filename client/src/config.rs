@@ -4,6 +4,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
+    /// Log filter, in `RUST_LOG`'s syntax (`info,aifs_mds=debug`);
+    /// `RUST_LOG`, when set, wins. Default: info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// `text` (default) or `json`: one object a line, for log shippers.
+    #[serde(default, skip_serializing_if = "aifs_common::logging::LogFormat::is_text")]
+    pub log_format: aifs_common::logging::LogFormat,
     /// The MDS to talk to: one address, or a list of the members of a
     /// replicated MDS (calls go to whichever leads).
     pub mds: aifs_common::config::MdsAddrs,

@@ -42,8 +42,21 @@ impl Admin {
     }
 
     /// Resolve a path inside the file system ("/ckpt/step1", or a path
-    /// under a local aifs mount point) to its attributes.
-    pub async fn resolve(&self, path: &Path) -> Result<(String, Attr)> {
+    /// under a local aifs mount point) to its attributes; an error names
+    /// the path, and says so when it is a local one outside any mount.
+    pub async fn resolve(&self, path: &Path) -> anyhow::Result<(String, Attr)> {
+        match self.resolve_in(path).await {
+            Err(Error::NotFound) if !on_a_mount(path) && path.exists() => Err(anyhow::anyhow!(
+                "{} is not on an aifs mount: name a path under one, or one from the file system's root (such as /ckpt/step1)",
+                path.display()
+            )),
+            Err(Error::NotFound) => Err(anyhow::anyhow!("{}: no such file or directory in aifs", path.display())),
+            Err(Error::NotDir) => Err(anyhow::anyhow!("{}: a component of the path is not a directory", path.display())),
+            r => r.map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        }
+    }
+
+    async fn resolve_in(&self, path: &Path) -> Result<(String, Attr)> {
         let rel = fs_path(path);
         let mut attr = match self.call(&MdsReq::GetAttr { ino: InodeId::ROOT }).await? {
             MdsResp::Attr(a) => a,
@@ -70,21 +83,35 @@ fn aifs_mounts() -> Vec<PathBuf> {
         .collect()
 }
 
-/// A path relative to the file system root: strips a local mount point
-/// prefix when the path lies under one.
-pub fn fs_path(path: &Path) -> PathBuf {
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
-    };
+/// `path`, absolute (relative ones from the working directory).
+fn absolute(path: &Path) -> PathBuf {
+    match path.is_absolute() {
+        true => path.to_path_buf(),
+        false => std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf()),
+    }
+}
+
+/// The aifs mount point `abs` lies under, the deepest if several.
+fn mount_of(abs: &Path) -> Option<PathBuf> {
     let mut best: Option<PathBuf> = None;
     for m in aifs_mounts() {
         if abs.starts_with(&m) && best.as_ref().is_none_or(|b| m.as_os_str().len() > b.as_os_str().len()) {
             best = Some(m);
         }
     }
-    let p = match best {
+    best
+}
+
+/// Does `path` lie under a local aifs mount point?
+pub fn on_a_mount(path: &Path) -> bool {
+    mount_of(&absolute(path)).is_some()
+}
+
+/// A path relative to the file system root: strips a local mount point
+/// prefix when the path lies under one.
+pub fn fs_path(path: &Path) -> PathBuf {
+    let abs = absolute(path);
+    let p = match mount_of(&abs) {
         Some(m) => abs.strip_prefix(&m).map(|p| p.to_path_buf()).unwrap_or_default(),
         None => path.strip_prefix("/").map(|p| p.to_path_buf()).unwrap_or_else(|_| path.to_path_buf()),
     };

@@ -7,6 +7,13 @@ use std::path::PathBuf;
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct MdsConfig {
+    /// Log filter, in `RUST_LOG`'s syntax (`info,aifs_mds=debug`);
+    /// `RUST_LOG`, when set, wins. Default: info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// `text` (default) or `json`: one object a line, for log shippers.
+    #[serde(default, skip_serializing_if = "aifs_common::logging::LogFormat::is_text")]
+    pub log_format: aifs_common::logging::LogFormat,
     pub listen: SocketAddr,
     /// One redb file per shard lives here.
     pub data_dir: PathBuf,

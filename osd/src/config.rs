@@ -27,6 +27,13 @@ pub struct OsdConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub transport: TransportConfig,
+    /// Log filter, in `RUST_LOG`'s syntax (`info,aifs_mds=debug`);
+    /// `RUST_LOG`, when set, wins. Default: info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// `text` (default) or `json`: one object a line, for log shippers.
+    #[serde(default, skip_serializing_if = "aifs_common::logging::LogFormat::is_text")]
+    pub log_format: aifs_common::logging::LogFormat,
 }
 
 /// What one peer, and all of them, may hold of the OSD's memory

@@ -61,6 +61,8 @@ impl TestCluster {
             tls: tls(dir.path(), Role::Mds),
             transport: TransportConfig::default(),
             raft: Default::default(),
+            log: None,
+            log_format: Default::default(),
         };
         tune(&mut mcfg);
         let mds = aifs_mds::start(mcfg).await?;
@@ -76,6 +78,8 @@ impl TestCluster {
                 limits: limits.clone(),
                 tls: TlsConfig::in_dir(dir.path(), &format!("osd{i}")),
                 transport: TransportConfig::default(),
+                log: None,
+                log_format: Default::default(),
             };
             handles.push(aifs_osd::start(ocfg).await?);
         }

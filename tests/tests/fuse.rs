@@ -479,3 +479,75 @@ fn close_to_open_across_two_mounts() {
     assert_eq!(fs::read(b.p("latest")).unwrap(), b"short");
     drop(held);
 }
+
+/// mdsctl says what is wrong and names its object: a layout the cluster
+/// cannot place is refused (not accepted, to fail every create under it
+/// with ENOSPC), a local path outside any mount is said to be one, an
+/// OSD that does not exist is named, and `--help` lists the exit codes.
+#[test]
+fn mdsctl_refuses_what_cannot_be_placed_and_names_what_is_wrong() {
+    let cl = ProcCluster::start(3).unwrap();
+    let m = cl.mount().unwrap();
+    fs::create_dir(m.p("ckpt")).unwrap();
+    let refused = |args: &[&str], says: &str| {
+        let (code, _, err) = cl.mdsctl_output(args).unwrap();
+        assert_eq!(code, 1, "mdsctl {args:?}: {err}");
+        assert!(err.contains(says), "mdsctl {args:?} said {err:?}, not {says:?}");
+    };
+    refused(&["setstripe", "/ckpt", "--replicas", "5"], "5 replicas need 5 OSDs that take data; the cluster has 3");
+    refused(&["setstripe", "/ckpt", "--count", "99"], "a stripe over 99 objects needs 99 OSDs that take data; the cluster has 3");
+    // What fits is taken, through the mount's path as through the root's.
+    let mount_path = m.p("ckpt");
+    cl.mdsctl(&["setstripe", mount_path.to_str().unwrap(), "--count", "3", "--replicas", "3"]).unwrap();
+    assert!(cl.mdsctl(&["getstripe", "/ckpt"]).unwrap().contains("replicas:     3"));
+    // An OSD taken out takes no new data: three copies no longer fit.
+    cl.mdsctl(&["osd", "out", "3"]).unwrap();
+    refused(&["setstripe", "/ckpt", "--replicas", "3"], "3 replicas need 3 OSDs that take data; the cluster has 2");
+    cl.mdsctl(&["osd", "in", "3"]).unwrap();
+    refused(&["getstripe", "/tmp"], "/tmp is not on an aifs mount");
+    refused(&["getstripe", "/no-such-dir"], "/no-such-dir: no such file or directory in aifs");
+    refused(&["osd", "out", "9"], "there is no OSD 9");
+    let (code, help, _) = cl.mdsctl_output(&["--help"]).unwrap();
+    assert_eq!(code, 0);
+    assert!(help.contains("Exit status:") && help.contains("8  fsck: it could not run"), "{help}");
+}
+
+/// Daemon logs an operator can use: an MDS whose config says
+/// `log_format = "json"` writes one JSON object a line, filtered as its
+/// `log` says; the others, logging to files, write no colour codes; a
+/// filter that does not parse stops the daemon with its name.
+#[test]
+fn daemon_logs_follow_their_config_and_carry_no_colour_into_files() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        eprintln!("RUST_LOG is set and wins over the configs: skipped");
+        return;
+    }
+    let json = |t: String| format!("log = \"warn,aifs_mds=info\"\nlog_format = \"json\"\n{t}");
+    let cl = ProcCluster::start_edited(3, &json).unwrap();
+    let m = cl.mount().unwrap();
+    fs::create_dir(m.p("d")).unwrap();
+    drop(m);
+    let mut mds_lines = 0;
+    for e in fs::read_dir(cl.path("logs")).unwrap() {
+        let path = e.unwrap().path();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains('\u{1b}'), "{} holds colour codes", path.display());
+        if !path.file_name().unwrap().to_str().unwrap().starts_with("mds") {
+            continue;
+        }
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} in {} is not JSON: {e}", path.display()));
+            let (level, target) = (v["level"].as_str().unwrap(), v["target"].as_str().unwrap());
+            assert!(v["fields"]["message"].is_string(), "{line}");
+            assert!(target.starts_with("aifs_mds") || level == "WARN" || level == "ERROR", "the filter let through {line}");
+            mds_lines += 1;
+        }
+    }
+    assert!(mds_lines > 0, "the MDS logged nothing");
+    // A filter that does not parse: the MDS does not start, and says why.
+    let text = fs::read_to_string(cl.mds_config(1)).unwrap().replace("warn,aifs_mds=info", "aifs_mds=loud");
+    fs::write(cl.path("bad.toml"), text).unwrap();
+    let out = std::process::Command::new(aifs_tests::bin_dir().join("aifs-mds")).arg("--config").arg(cl.path("bad.toml")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("log filter \"aifs_mds=loud\""), "{}: {err}", out.status);
+}

@@ -27,9 +27,9 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    aifs_common::logging::init();
     let args = Args::parse();
     let mut cfg: ClientConfig = aifs_common::config::load(&args.config)?;
+    aifs_common::logging::init_with(cfg.log.as_deref(), cfg.log_format)?;
     if let Some(v) = args.mds {
         cfg.mds = v;
     }

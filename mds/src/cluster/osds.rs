@@ -126,6 +126,12 @@ impl OsdMap {
         self.sorted(|e| e.up && !e.out)
     }
 
+    /// OSDs that take new data once up: every one known and not taken
+    /// out, down ones included (they come back).
+    pub fn taking_data(&self) -> Vec<u32> {
+        self.sorted(|e| !e.out)
+    }
+
     pub fn taken_out(&self) -> Vec<u32> {
         self.sorted(|e| e.out)
     }

@@ -10,9 +10,28 @@ use aifs_common::proto::mds::{Attr, FileKind, MdsResp};
 use aifs_common::time::now_ns;
 
 impl Namespace {
+    /// Refuse a policy the cluster cannot place: each object's copies on
+    /// different OSDs, and a stripe's objects on different OSDs, among
+    /// those that take data (down ones count: they come back). Accepted,
+    /// such a policy would fail every create under it with ENOSPC.
+    fn placeable(&self, p: LayoutPolicy) -> Result<()> {
+        let n = self.cluster.osds.taking_data().len();
+        if p.replicas as usize > n {
+            return Err(Error::InvalidArgument(format!("{} replicas need {} OSDs that take data; the cluster has {n}", p.replicas, p.replicas)));
+        }
+        if p.stripe_count as usize > n {
+            return Err(Error::InvalidArgument(format!(
+                "a stripe over {} objects needs {} OSDs that take data; the cluster has {n}",
+                p.stripe_count, p.stripe_count
+            )));
+        }
+        Ok(())
+    }
+
     pub async fn set_stripe(&self, ino: InodeId, policy: LayoutPolicy) -> Result<Attr> {
         let ino = ino.0;
         policy.validate()?;
+        self.placeable(policy)?;
         let up = self.cluster.osds.placeable();
         let _g = self.fences.shared(ino).await;
         self.shard_for(ino)?

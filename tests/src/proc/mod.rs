@@ -26,8 +26,11 @@ fn spawn_logged(bin: &str, args: &[&str], log: &Path) -> Result<Child> {
 /// started again adds to what it wrote before).
 fn logged(mut cmd: Command, log: &Path) -> Result<Child> {
     let f = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    // (the daemons log at info unless RUST_LOG or their config says else)
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env_remove("RUST_LOG");
+    }
     let child = cmd
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(f.try_clone()?)
         .stderr(f)
@@ -206,7 +209,7 @@ impl ProcCluster {
 
     /// The config file of MDS member `id` (a member added later starts
     /// from the first one's, with its own id, address and directory).
-    fn mds_config(&self, id: u64) -> PathBuf {
+    pub fn mds_config(&self, id: u64) -> PathBuf {
         match self.mds_addrs.len() {
             1 => self.path("mds.toml"),
             n if id as usize > n => self.path("mds1.toml"),
@@ -511,15 +514,23 @@ impl ProcCluster {
 
     /// Run `mdsctl`: its exit status (-1: killed by a signal) and stdout.
     pub fn mdsctl_status(&self, args: &[&str]) -> Result<(i32, String)> {
+        let (code, out, err) = self.mdsctl_output(args)?;
+        if code != 0 {
+            eprintln!("mdsctl {args:?}: {err}");
+        }
+        Ok((code, out))
+    }
+
+    /// Run `mdsctl`: its exit status (-1: killed by a signal), stdout and
+    /// stderr.
+    pub fn mdsctl_output(&self, args: &[&str]) -> Result<(i32, String, String)> {
         let out = Command::new(bin_dir().join("mdsctl"))
             .arg("--config")
             .arg(self.path("admin.toml"))
             .args(args)
             .output()?;
-        if !out.status.success() {
-            eprintln!("mdsctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Ok((out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr)))
     }
 
     pub fn dump_logs(&self) {

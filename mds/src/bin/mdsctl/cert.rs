@@ -132,6 +132,8 @@ fn issue(ca: &Ca, cfg: &AdminConfig, node: &Node, out: &Path, days: u32, osd: Op
             limits: Default::default(),
             tls,
             transport: cfg.transport.clone(),
+            log: None,
+            log_format: Default::default(),
         })?,
         _ => to_toml(&AdminConfig { mds: cfg.mds.clone(), tls, transport: cfg.transport.clone() })?,
     };

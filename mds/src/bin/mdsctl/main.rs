@@ -20,8 +20,17 @@ mod degraded;
 mod members;
 mod shards;
 
+/// What `mdsctl --help` says of its exit status.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  done
+  1  an error, named on standard error (fsck: every problem found was fixed)
+  2  a command line it does not understand
+  4  fsck: problems left
+  8  fsck: it could not run or finish (an error, named on standard error)";
+
 #[derive(Parser)]
-#[command(name = "mdsctl", version, about = "Administer an aifs cluster")]
+#[command(name = "mdsctl", version, about = "Administer an aifs cluster", after_help = EXIT_STATUS)]
 struct Args {
     /// Admin config (MDS address and admin certificate). Default: the local
     /// cluster of `make run`, $AIFS_HOME/local/admin.toml or ~/.aifs/local/admin.toml.
@@ -107,7 +116,7 @@ enum Cmd {
     Getstripe { path: PathBuf },
     /// Check every file's replicas against the OSDs (missing replicas,
     /// blocks failing their crc, objects of no file). Exit status: 0 clean,
-    /// 1 everything found was fixed, 4 problems left.
+    /// 1 everything found was fixed, 4 problems left, 8 it could not run.
     Fsck {
         /// Hand missing and corrupt replicas to repair, delete orphans.
         #[arg(long)]
@@ -153,9 +162,13 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     aifs_common::logging::init();
-    if let Err(e) = real_main(Args::parse()) {
+    let args = Args::parse();
+    // fsck's own codes, as fsck(8)'s: 1 and 4 say what it found, so that
+    // it could not run says 8.
+    let failed = if matches!(args.cmd, Cmd::Fsck { .. }) { 8 } else { 1 };
+    if let Err(e) = real_main(args) {
         eprintln!("mdsctl: {e:#}");
-        std::process::exit(1);
+        std::process::exit(failed);
     }
 }
 
@@ -206,6 +219,8 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: &MdsAddrs, osds: u32, osd_port
         tls: tls(Role::Mds),
         transport: transport.clone(),
         raft: Default::default(),
+        log: None,
+        log_format: Default::default(),
     };
     if replicated {
         for m in mcfg.members.clone() {
@@ -229,6 +244,8 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: &MdsAddrs, osds: u32, osd_port
             limits: Default::default(),
             tls: TlsConfig::in_dir(&dir, &format!("osd{i}")),
             transport: transport.clone(),
+            log: None,
+            log_format: Default::default(),
         };
         std::fs::write(dir.join(format!("osd{i}.toml")), to_toml(&ocfg)?)?;
     }
@@ -437,9 +454,11 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
         }
         Cmd::Osd { cmd: OsdCmd::Out { id } } | Cmd::Osd { cmd: OsdCmd::In { id } } => {
             let out = matches!(args.cmd, Cmd::Osd { cmd: OsdCmd::Out { .. } });
-            match admin.call(&MdsReq::OsdOut { id: OsdId(id), out }).await? {
-                MdsResp::Done => println!("osd.{id} {}", if out { "out: its replicas move to the other OSDs" } else { "in" }),
-                _ => bail!("unexpected reply to OsdOut"),
+            match admin.call(&MdsReq::OsdOut { id: OsdId(id), out }).await {
+                Ok(MdsResp::Done) => println!("osd.{id} {}", if out { "out: its replicas move to the other OSDs" } else { "in" }),
+                Err(aifs_common::Error::NotFound) => bail!("there is no OSD {id} (`mdsctl osd ls` lists them)"),
+                Err(e) => return Err(e.into()),
+                Ok(_) => bail!("unexpected reply to OsdOut"),
             }
         }
         Cmd::Fsck { repair } => {
