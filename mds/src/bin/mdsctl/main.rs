@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 mod cert;
 mod degraded;
 mod members;
+mod progress;
+mod repair;
 mod shards;
 
 /// What `mdsctl --help` says of its exit status.
@@ -128,6 +130,11 @@ enum Cmd {
     Degraded {
         #[command(subcommand)]
         cmd: degraded::DegradedCmd,
+    },
+    /// The background repair of stale replicas and moves off OSDs taken out.
+    Repair {
+        #[command(subcommand)]
+        cmd: repair::RepairCmd,
     },
 }
 
@@ -465,21 +472,19 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
             let MdsResp::Fsck(mut r) = admin.call(&MdsReq::Fsck { repair }).await? else {
                 bail!("unexpected reply to Fsck");
             };
-            let mut last = std::time::Instant::now();
+            let mut shown = progress::Progress::new("fsck", "files");
             while r.running {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 let MdsResp::Fsck(now) = admin.call(&MdsReq::FsckStatus).await? else {
                     bail!("unexpected reply to FsckStatus");
                 };
                 r = now;
-                if !args.json && last.elapsed() >= std::time::Duration::from_secs(1) {
-                    last = std::time::Instant::now();
-                    eprintln!(
-                        "fsck: {}/{} files, {} replicas verified; {} missing, {} corrupt, {} orphans",
-                        r.files_done, r.files, r.replicas_verified, r.missing, r.corrupt, r.orphans
-                    );
+                if !args.json {
+                    let detail = || format!("{} replicas verified; {} missing, {} corrupt, {} orphans", r.replicas_verified, r.missing, r.corrupt, r.orphans);
+                    shown.show(r.files_done, r.files, detail);
                 }
             }
+            shown.done();
             if let Some(e) = &r.error {
                 bail!("fsck stopped: {e}");
             }
@@ -513,6 +518,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
             }
         }
         Cmd::Degraded { cmd } => cmd.run(&admin, args.json).await?,
+        Cmd::Repair { cmd } => cmd.run(&admin, args.json).await?,
         Cmd::Leases { path } => {
             let (p, attr) = admin.resolve(&path).await?;
             let leases = match admin.call(&MdsReq::Leases { ino: attr.ino }).await? {
