@@ -11,6 +11,7 @@ OSDS ?= 3
 MDS ?= 1
 DETACH ?= 0
 PREFIX ?= /usr/local
+SBINDIR ?= /sbin
 FUZZ_FRAMES ?= 10000000
 export MNT OSDS MDS DETACH
 
@@ -51,8 +52,13 @@ fuzz: deps
 	$(CARGO) build --release -p aifs-tests --bin aifs-fuzz
 	target/release/aifs-fuzz --frames $(FUZZ_FRAMES)
 
+# The binaries, and the helper mount(8) runs for type fuse.aifs (mount -t
+# fuse.aifs, fstab), told where aifs-mount is.
 install: build
-	install -m 0755 target/release/aifs-mds target/release/aifs-osd target/release/aifs-mount target/release/mdsctl $(PREFIX)/bin/
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SBINDIR)
+	install -m 0755 target/release/aifs-mds target/release/aifs-osd target/release/aifs-mount target/release/mdsctl $(DESTDIR)$(PREFIX)/bin/
+	sed 's|@BINDIR@|$(PREFIX)/bin|' scripts/mount.fuse.aifs > $(DESTDIR)$(SBINDIR)/mount.fuse.aifs
+	chmod 0755 $(DESTDIR)$(SBINDIR)/mount.fuse.aifs
 
 clean:
 	$(CARGO) clean

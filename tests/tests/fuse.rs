@@ -551,3 +551,62 @@ fn daemon_logs_follow_their_config_and_carry_no_colour_into_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("log filter \"aifs_mds=loud\""), "{}: {err}", out.status);
 }
+
+/// Unmounts (lazily) a mount the test made itself, even when it fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The helper mount(8) runs for type fuse.aifs (`mount -t fuse.aifs
+/// CONFIG DIR`, an fstab line), called the way mount(8) calls it: it
+/// returns once the file system is there, the options applied (`ro`) or
+/// accepted (`_netdev`, `x-systemd.automount`); `umount` ends the client
+/// process; an option aifs does not know is refused, named, with
+/// mount(8)'s failure code.
+#[test]
+fn the_mount_helper_mounts_as_mount_8_calls_it_and_umount_ends_the_client() {
+    let cl = ProcCluster::start(3).unwrap();
+    let m = cl.mount().unwrap();
+    fs::write(m.p("before"), b"made elsewhere").unwrap();
+    drop(m);
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("ai");
+    fs::create_dir(&mp).unwrap();
+    let helper = |opts: &str| {
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mount.fuse.aifs"))
+            .arg(cl.path("client.toml"))
+            .arg(&mp)
+            .args(["-o", opts])
+            .env("AIFS_MOUNT", aifs_tests::bin_dir().join("aifs-mount"))
+            .env("AIFS_LOG_DIR", cl.path("logs"))
+            .output()
+            .unwrap()
+    };
+    let out = helper("ro,_netdev,x-systemd.automount,name=helper");
+    let _guard = Unmount(mp.clone());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let here = aifs_common::mounts::mounts().into_iter().any(|x| x.point == mp && x.fstype == "fuse.aifs");
+    assert!(here, "the helper returned before the mount was there");
+    assert_eq!(fs::read(mp.join("before")).unwrap(), b"made elsewhere");
+    let e = fs::write(mp.join("x"), b"no").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "a mount with -o ro took a write");
+    let client = || {
+        let out = std::process::Command::new("pgrep").args(["-f", &format!("aifs-mount.*{}", mp.display())]).output().unwrap();
+        !out.stdout.is_empty()
+    };
+    assert!(client(), "no aifs-mount process serves the mount");
+    assert!(std::process::Command::new("umount").arg(&mp).status().unwrap().success());
+    let t = std::time::Instant::now();
+    while client() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "aifs-mount still runs 10 s after umount");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = helper("rw,frobnicate");
+    assert_eq!(out.status.code(), Some(32));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"frobnicate\" is not one aifs knows"), "{err}");
+}

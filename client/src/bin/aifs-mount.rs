@@ -6,8 +6,16 @@ use clap::Parser;
 use fuser::{Config, MountOption, SessionACL};
 use std::path::PathBuf;
 
+/// The other ways to mount, for `--help`.
+const MOUNT_FORMS: &str = "\
+aifs-mount runs in the foreground until the file system is unmounted.
+Installed (make install), mount(8) and fstab mount it in the background:
+  mount -t fuse.aifs /etc/aifs/client.toml /mnt/ai [-o ro,name=gpu7]
+  /etc/fstab:  /etc/aifs/client.toml /mnt/ai fuse.aifs _netdev,allow_other 0 0
+  umount /mnt/ai    flushes what is written and ends the client";
+
 #[derive(Parser)]
-#[command(name = "aifs-mount", version, about = "Mount an aifs file system through FUSE")]
+#[command(name = "aifs-mount", version, about = "Mount an aifs file system through FUSE", after_help = MOUNT_FORMS)]
 struct Args {
     /// TOML config file (see README, "Configuration").
     #[arg(long, short)]
@@ -24,6 +32,44 @@ struct Args {
     /// Override the number of FUSE threads.
     #[arg(long)]
     threads: Option<usize>,
+    /// Mount options, comma-separated, as mount(8) passes them: `ro`,
+    /// `rw`, `allow_other`, `name=NAME`, `threads=N`. Those meant for
+    /// mount(8), systemd or the kernel that aifs always applies or that
+    /// have no meaning here (`defaults`, `_netdev`, `noauto`, `nofail`,
+    /// `x-systemd.*`, `nodev`, `default_permissions`, ...) are accepted;
+    /// any other is refused, named.
+    #[arg(short = 'o', long = "options", value_delimiter = ',')]
+    options: Vec<String>,
+}
+
+/// What `-o` sets beyond the config.
+#[derive(Default)]
+struct Options {
+    read_only: bool,
+    allow_other: bool,
+}
+
+/// Apply mount(8)-style options to `cfg`.
+fn mount_options(opts: &[String], cfg: &mut ClientConfig) -> anyhow::Result<Options> {
+    // Taken as given: aifs always mounts nodev with the kernel checking
+    // permissions; the rest are for mount(8), systemd, or the user's
+    // fstab bookkeeping.
+    const ACCEPTED: [&str; 15] =
+        ["defaults", "_netdev", "auto", "noauto", "nofail", "user", "nouser", "users", "owner", "nodev", "suid", "nosuid", "exec", "noexec", "default_permissions"];
+    let mut o = Options::default();
+    for opt in opts.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        match opt.split_once('=') {
+            Some(("name", v)) => cfg.name = v.to_string(),
+            Some(("threads", v)) => cfg.fuse_threads = v.parse().with_context(|| format!("mount option {opt}: not a number"))?,
+            Some(("comment", _)) => {}
+            _ if opt == "ro" => o.read_only = true,
+            _ if opt == "rw" => o.read_only = false,
+            _ if opt == "allow_other" => o.allow_other = true,
+            _ if opt.starts_with("x-") || ACCEPTED.contains(&opt) => {}
+            _ => anyhow::bail!("mount option {opt:?} is not one aifs knows (see aifs-mount --help)"),
+        }
+    }
+    Ok(o)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +85,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.threads {
         cfg.fuse_threads = v;
     }
+    let opts = mount_options(&args.options, &mut cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let fs = rt.block_on(ClientFs::connect(&cfg)).context("connecting to the cluster")?;
     let mut fcfg = Config::default();
@@ -46,12 +93,12 @@ fn main() -> anyhow::Result<()> {
         MountOption::FSName("aifs".into()),
         MountOption::Subtype("aifs".into()),
         MountOption::DefaultPermissions,
-        MountOption::RW,
+        if opts.read_only { MountOption::RO } else { MountOption::RW },
         MountOption::NoDev,
     ];
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
-    fcfg.acl = if root { SessionACL::All } else { SessionACL::Owner };
+    fcfg.acl = if root || opts.allow_other { SessionACL::All } else { SessionACL::Owner };
     fcfg.n_threads = Some(cfg.fuse_threads.max(1));
     fcfg.clone_fd = true;
     fcfg.uring_depth = cfg.fuse_uring_depth;

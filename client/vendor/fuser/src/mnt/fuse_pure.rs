@@ -477,14 +477,34 @@ fn fuse_mount_sys(
         source = name;
     }
 
+    // The type is "fuse.SUBTYPE" when there is a subtype, as libfuse
+    // mounts it (what mount(8), findmnt and fstab lines name); a kernel
+    // that knows no such type gets plain "fuse".
     #[cfg(target_os = "linux")]
-    let result = nix::mount::mount(
-        Some(source),
-        mountpoint,
-        Some("fuse"),
-        flags,
-        Some(mount_options.as_str()),
-    );
+    let result = {
+        let subtype = options.iter().find_map(|x| match x {
+            MountOption::Subtype(s) => Some(s.as_str()),
+            _ => None,
+        });
+        let typed = subtype.map(|s| format!("fuse.{s}"));
+        let first = nix::mount::mount(
+            Some(source),
+            mountpoint,
+            Some(typed.as_deref().unwrap_or("fuse")),
+            flags,
+            Some(mount_options.as_str()),
+        );
+        match first {
+            Err(nix::errno::Errno::ENODEV) if typed.is_some() => nix::mount::mount(
+                Some(source),
+                mountpoint,
+                Some("fuse"),
+                flags,
+                Some(mount_options.as_str()),
+            ),
+            other => other,
+        }
+    };
     #[cfg(target_os = "macos")]
     let result = nix::mount::mount(source, mountpoint, flags, Some(mount_options.as_str()));
 
