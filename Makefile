@@ -12,6 +12,7 @@ MDS ?= 1
 DETACH ?= 0
 PREFIX ?= /usr/local
 SBINDIR ?= /sbin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 FUZZ_FRAMES ?= 10000000
 export MNT OSDS MDS DETACH
 
@@ -52,13 +53,14 @@ fuzz: deps
 	$(CARGO) build --release -p aifs-tests --bin aifs-fuzz
 	target/release/aifs-fuzz --frames $(FUZZ_FRAMES)
 
-# The binaries, and the helper mount(8) runs for type fuse.aifs (mount -t
-# fuse.aifs, fstab), told where aifs-mount is.
+# The binaries, the helper mount(8) runs for type fuse.aifs (mount -t
+# fuse.aifs, fstab) and the systemd units, told where the binaries are.
 install: build
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SBINDIR)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR)
 	install -m 0755 target/release/aifs-mds target/release/aifs-osd target/release/aifs-mount target/release/mdsctl $(DESTDIR)$(PREFIX)/bin/
 	sed 's|@BINDIR@|$(PREFIX)/bin|' scripts/mount.fuse.aifs > $(DESTDIR)$(SBINDIR)/mount.fuse.aifs
 	chmod 0755 $(DESTDIR)$(SBINDIR)/mount.fuse.aifs
+	for u in scripts/systemd/*; do sed 's|@BINDIR@|$(PREFIX)/bin|' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u); done
 
 clean:
 	$(CARGO) clean

@@ -1185,3 +1185,29 @@ async fn shard_messages_are_answered_for_another_mds_alone() {
     assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
     assert!(matches!(links.send(read).await, Ok(ShardReply::Inode(_))));
 }
+
+/// The systemd units `make install` puts in place parse and name
+/// binaries that are there (`systemd-analyze verify`, where that tool
+/// exists: it needs no running systemd).
+#[test]
+fn the_systemd_units_verify() {
+    if std::process::Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("no systemd-analyze here: the units are not verified");
+        return;
+    }
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/systemd");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = aifs_tests::bin_dir();
+    let mut units = Vec::new();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap().replace("@BINDIR@", bin.to_str().unwrap());
+        let to = dir.path().join(p.file_name().unwrap());
+        std::fs::write(&to, text).unwrap();
+        units.push(to);
+    }
+    assert_eq!(units.len(), 3, "aifs-mds.service, aifs-osd@.service, mnt-ai.mount");
+    let out = std::process::Command::new("systemd-analyze").arg("verify").args(&units).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "systemd-analyze verify: {}: {err}", out.status);
+}
