@@ -99,10 +99,7 @@ impl Namespace {
     pub async fn linkable(&self, ino: u64) -> Result<bool> {
         let shard = crate::namespace::shard_of(ino);
         if let Some(r) = self.elsewhere(shard) {
-            return match r.read(shard, crate::namespace::twophase::ShardRead::Linkable(ino)).await? {
-                crate::namespace::twophase::ShardReply::Flag(f) => Ok(f),
-                other => Err(aifs_common::Error::Protocol(format!("linkable read answered with {other:?}"))),
-            };
+            return crate::namespace::twophase::expect_flag(r.read(shard, crate::namespace::twophase::ShardRead::Linkable(ino)).await?);
         }
         self.shard_for(ino)?.read(move |t| Ok(t.open_table(LINKABLE).io()?.get(ino).io()?.is_some())).await
     }

@@ -182,29 +182,12 @@ async fn a_directory_moves_between_processes_and_never_below_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_changes_from_two_processes_leave_a_tree_that_holds_together() {
     let (c, a, b, _) = Cluster2::new().await;
-    let to = {
+    let to: super::races::Route = {
         let (a, b) = (a.clone(), b.clone());
-        move |dir: InodeId| if A[dir.shard() as usize % 4] { a.clone() } else { b.clone() }
+        Arc::new(move |dir: InodeId| if A[dir.shard() as usize % 4] { a.clone() } else { b.clone() })
     };
-    let to = Arc::new(to);
     for round in 0..4u64 {
-        for d in 0..3 {
-            let _ = a.mkdir(InodeId::ROOT, &format!("d{d}"), 0o755, &root(), &Once::none()).await;
-        }
-        let tasks: Vec<_> = (0..8u64)
-            .map(|t| {
-                let to = to.clone();
-                tokio::spawn(async move {
-                    let mut x = 0xD1B5_4A32_D192_ED03u64 ^ (round << 32) ^ (t + 1);
-                    for _ in 0..40 {
-                        super::races::change(&*to, super::races::next(&mut x)).await;
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            tokio::time::timeout(Duration::from_secs(60), t).await.expect("changes from two processes stuck").unwrap();
-        }
+        super::races::race_round(&to, 0xD1B5_4A32_D192_ED03, round, 40).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(leftovers(&a, &[0, 1]).await, (0, 0));

@@ -238,10 +238,7 @@ impl Namespace {
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
         let ino = ino.0;
         if let Some(r) = self.elsewhere(shard_of(ino)) {
-            return match r.read(shard_of(ino), twophase::ShardRead::Attr(ino)).await? {
-                twophase::ShardReply::Attr(a) => Ok(a),
-                other => Err(Error::Protocol(format!("attribute read answered with {other:?}"))),
-            };
+            return twophase::expect_attr(r.read(shard_of(ino), twophase::ShardRead::Attr(ino)).await?);
         }
         self.shard_for(ino)?
             .read(move |t| attr_held(&t.open_table(ALLOCATED).io()?, &get_inode(&t.open_table(INODES).io()?, ino)?, ino))

@@ -33,7 +33,7 @@ fn path(r: u64) -> String {
 
 /// One change picked by `r`, sent to the namespace that `to` says leads
 /// the change's home directory; its errors are the races' expected losers.
-pub(super) async fn change(to: &(dyn Fn(InodeId) -> Arc<Namespace> + Sync), r: u64) {
+async fn change(to: &(dyn Fn(InodeId) -> Arc<Namespace> + Send + Sync), r: u64) {
     let (a, b) = (path(r >> 4), path(r >> 20));
     let ((ad, an), (bd, bn)) = (split(&a), split(&b));
     let any = to(InodeId::ROOT);
@@ -53,7 +53,7 @@ pub(super) async fn change(to: &(dyn Fn(InodeId) -> Arc<Namespace> + Sync), r: u
     };
 }
 
-pub(super) fn next(x: &mut u64) -> u64 {
+fn next(x: &mut u64) -> u64 {
     *x ^= *x << 13;
     *x ^= *x >> 7;
     *x ^= *x << 17;
@@ -64,26 +64,40 @@ pub(super) fn next(x: &mut u64) -> u64 {
 async fn racing_changes_over_shards_leave_a_tree_that_holds_together() {
     let dir = tempfile::tempdir().unwrap();
     let ns = Arc::new(open_ns(dir.path()).await);
-    let c = Cred::root();
+    let to: Route = {
+        let ns = ns.clone();
+        Arc::new(move |_| ns.clone())
+    };
     for round in 0..6u64 {
-        for d in 0..DIRS {
-            let _ = ns.mkdir(aifs_common::InodeId::ROOT, &format!("d{d}"), 0o755, &c, &Once::none()).await;
-        }
-        let tasks: Vec<_> = (0..8u64)
-            .map(|t| {
-                let ns = ns.clone();
-                tokio::spawn(async move {
-                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (round << 32) ^ (t + 1);
-                    for _ in 0..60 {
-                        change(&|_| ns.clone(), next(&mut x)).await;
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
+        race_round(&to, 0x9E37_79B9_7F4A_7C15, round, 60).await;
         holds_together(&ns, &format!("round {round}")).await;
+    }
+}
+
+/// The namespace that serves a change whose home directory is given.
+pub(super) type Route = Arc<dyn Fn(InodeId) -> Arc<Namespace> + Send + Sync>;
+
+/// One round of the race: the top directories made again where they
+/// went, then eight tasks of `changes` changes each, drawn from `seed`
+/// and `round`, each sent where `to` says; a minute at most.
+pub(super) async fn race_round(to: &Route, seed: u64, round: u64, changes: usize) {
+    let c = Cred::root();
+    for d in 0..DIRS {
+        let _ = to(InodeId::ROOT).mkdir(InodeId::ROOT, &format!("d{d}"), 0o755, &c, &Once::none()).await;
+    }
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let to = to.clone();
+            tokio::spawn(async move {
+                let mut x = seed ^ (round << 32) ^ (t + 1);
+                for _ in 0..changes {
+                    change(&*to, next(&mut x)).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        tokio::time::timeout(std::time::Duration::from_secs(60), t).await.expect("racing changes stuck").unwrap();
     }
 }
 

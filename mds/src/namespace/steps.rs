@@ -149,6 +149,11 @@ pub(crate) fn delete_inode(txn: &Txn, ino: u64, rec: &InodeRec) -> Result<()> {
     Ok(())
 }
 
+/// Drop the marks of intent `id` of shard `coord` in this shard.
+pub(super) fn drop_marks(txn: &Txn, coord: u32, id: u64) -> Result<()> {
+    txn.open_table(INTENT_DONE).io()?.retain_in((coord, id, 0)..=(coord, id, u32::MAX), |_, _| false).io()
+}
+
 /// Steps grouped by shard, in order: a group per run of one shard's steps.
 fn by_shard(steps: Vec<Step>) -> Vec<(u32, Vec<Step>)> {
     let mut groups: Vec<(u32, Vec<Step>)> = Vec::new();
@@ -289,7 +294,7 @@ impl Namespace {
                 return;
             }
             for s in others {
-                let r = s.mutate(move |txn| txn.open_table(INTENT_DONE).io()?.retain_in((coord, id, 0)..=(coord, id, u32::MAX), |_, _| false).io());
+                let r = s.mutate(move |txn| drop_marks(txn, coord, id));
                 if let Err(e) = r.await {
                     e.log("dropping an intent's marks failed");
                 }

@@ -186,7 +186,7 @@ impl Holding {
 /// commit of it made, or aborted). The shard's last commit drops the row
 /// and the marks.
 fn commit_here(txn: &Txn, op: OpId, k: u32, steps: &[Step], last: bool, open: &dyn Fn(u64) -> bool) -> Result<()> {
-    let mut rows = txn.open_table(PREPARED).io()?;
+    let rows = txn.open_table(PREPARED).io()?;
     if rows.get((op.coord, op.id)).io()?.is_none() {
         return Ok(());
     }
@@ -198,16 +198,17 @@ fn commit_here(txn: &Txn, op: OpId, k: u32, steps: &[Step], last: bool, open: &d
             super::apply_step(txn, s, now, open)?;
         }
     }
-    if last {
-        rows.remove((op.coord, op.id)).io()?;
-        marks.retain_in((op.coord, op.id, 0)..=(op.coord, op.id, u32::MAX), |_, _| false).io()?;
+    drop((rows, marks));
+    match last {
+        true => forget_here(txn, op),
+        false => Ok(()),
     }
-    Ok(())
 }
 
+/// This shard is prepared for `op` no more: its row and marks go.
 fn forget_here(txn: &Txn, op: OpId) -> Result<()> {
     txn.open_table(PREPARED).io()?.remove((op.coord, op.id)).io()?;
-    txn.open_table(INTENT_DONE).io()?.retain_in((op.coord, op.id, 0)..=(op.coord, op.id, u32::MAX), |_, _| false).io()
+    super::steps::drop_marks(txn, op.coord, op.id)
 }
 
 impl Namespace {
@@ -399,6 +400,20 @@ pub(crate) fn expect_inode(r: ShardReply) -> Result<InodeRec> {
     match r {
         ShardReply::Inode(i) => Ok(i),
         other => Err(Error::Protocol(format!("inode read answered with {other:?}"))),
+    }
+}
+
+pub(crate) fn expect_attr(r: ShardReply) -> Result<Attr> {
+    match r {
+        ShardReply::Attr(a) => Ok(a),
+        other => Err(Error::Protocol(format!("attribute read answered with {other:?}"))),
+    }
+}
+
+pub(crate) fn expect_flag(r: ShardReply) -> Result<bool> {
+    match r {
+        ShardReply::Flag(f) => Ok(f),
+        other => Err(Error::Protocol(format!("flag read answered with {other:?}"))),
     }
 }
 
