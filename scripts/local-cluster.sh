@@ -18,6 +18,10 @@ MDS="${MDS:-1}"
 MDS_PORT="${MDS_PORT:-7000}"
 OSD_PORT="${OSD_PORT:-7101}"
 DETACH="${DETACH:-0}"
+# Prometheus metrics over HTTP on loopback: the MDS at this port (MDS=3:
+# mds1 at it, mds2 and mds3 below it), osd.N at this port + N, and the
+# mounts from this port + 100 up. METRICS_PORT= serves none.
+METRICS_PORT="${METRICS_PORT-9500}"
 RUN="$STATE/run"
 LOGS="$STATE/logs"
 
@@ -27,6 +31,8 @@ mds_names() { if [ "$MDS" = 1 ]; then echo mds; else seq -f 'mds%g' 1 "$MDS"; fi
 any_mds_alive() { local p; for p in "$RUN"/mds*.pid; do alive "$p" && return 0; done; return 1; }
 is_mounted() { grep -qs " $(realpath -m "$1") fuse" /proc/self/mounts; }
 admin() { "$BIN/mdsctl" --config "$STATE/admin.toml" "$@"; }
+# The flag that serves a daemon's metrics at loopback port $1, if any are served.
+metrics_flag() { if [ -n "$METRICS_PORT" ]; then echo "--metrics-listen 127.0.0.1:$1"; fi; }
 
 init_state() {
   mkdir -p "$STATE" "$RUN" "$LOGS"
@@ -70,7 +76,13 @@ mount_client() {
   mkdir -p "$dir"
   if [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then echo "error: $dir is not empty" >&2; return 1; fi
   name="$(echo "$dir" | tr '/' '_')"
-  setsid "$BIN/aifs-mount" --config "$STATE/client.toml" --name "$(hostname)$dir" "$dir" >"$LOGS/client$name.log" 2>&1 &
+  local metrics=()
+  if [ -n "$METRICS_PORT" ]; then
+    shopt -s nullglob
+    local mounts=("$RUN"/client*.mnt)
+    metrics=(--metrics-listen "127.0.0.1:$((METRICS_PORT + 100 + ${#mounts[@]}))")
+  fi
+  setsid "$BIN/aifs-mount" --config "$STATE/client.toml" --name "$(hostname)$dir" "${metrics[@]}" "$dir" >"$LOGS/client$name.log" 2>&1 &
   echo $! > "$RUN/client$name.pid"
   echo "$dir" > "$RUN/client$name.mnt"
   for _ in $(seq 1 100); do
@@ -115,12 +127,14 @@ start() {
   fi
   # Own sessions: Ctrl-C reaches this script, which stops things in order
   # (unmount first), rather than every process at once.
+  local k=0
   for m in $(mds_names); do
-    setsid "$BIN/aifs-mds" --config "$STATE/$m.toml" >"$LOGS/$m.log" 2>&1 &
+    setsid "$BIN/aifs-mds" --config "$STATE/$m.toml" $(metrics_flag $((METRICS_PORT - k))) >"$LOGS/$m.log" 2>&1 &
     echo $! > "$RUN/$m.pid"
+    k=$((k + 1))
   done
   for i in $(seq 1 "$OSDS"); do
-    setsid "$BIN/aifs-osd" --config "$STATE/osd$i.toml" >"$LOGS/osd$i.log" 2>&1 &
+    setsid "$BIN/aifs-osd" --config "$STATE/osd$i.toml" $(metrics_flag $((METRICS_PORT + i))) >"$LOGS/osd$i.log" 2>&1 &
     echo $! > "$RUN/osd$i.pid"
   done
   if ! wait_osds "$OSDS"; then stop_all; exit 1; fi
@@ -137,6 +151,9 @@ start() {
   done
   echo "  mount  $MNT"
   echo "  state  $STATE (logs in $LOGS)"
+  if [ -n "$METRICS_PORT" ]; then
+    echo "  metrics  http://127.0.0.1:$METRICS_PORT/metrics (MDS), ports $((METRICS_PORT + 1))-$((METRICS_PORT + OSDS)) (OSDs), $((METRICS_PORT + 100)) (the mount)"
+  fi
   echo
   echo "  $BIN/mdsctl status       cluster state"
   echo "  make mount MNT=/mnt/ai2  a second client"

@@ -14,6 +14,10 @@ pub struct ClientConfig {
     /// The MDS to talk to: one address, or a list of the members of a
     /// replicated MDS (calls go to whichever leads).
     pub mds: aifs_common::config::MdsAddrs,
+    /// Where Prometheus metrics are served over HTTP (`127.0.0.1:9600`);
+    /// none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
     /// Name this mount gives its session (shown by `mdsctl status`).
     #[serde(default = "default_name")]
     pub name: String,

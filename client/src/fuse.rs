@@ -71,13 +71,14 @@ impl AifsFuse {
         AifsFuse { fs, rt, kernel }
     }
 
-    /// Run `work` for the caller of `req` (client/src/cred.rs) to its end:
-    /// here, if it finishes without waiting, else on tokio. Polling never
-    /// blocks: a future that would wait registers its waker and returns,
-    /// and tokio polls it again (with its own waker) once spawned.
-    fn run(&self, req: &Request, work: impl std::future::Future<Output = ()> + Send + 'static) {
+    /// Run `work`, FUSE operation `op`, for the caller of `req`
+    /// (client/src/cred.rs) to its end, timed (metrics.rs): here, if it
+    /// finishes without waiting, else on tokio. Polling never blocks: a
+    /// future that would wait registers its waker and returns, and tokio
+    /// polls it again (with its own waker) once spawned.
+    fn run(&self, op: &'static str, req: &Request, work: impl std::future::Future<Output = ()> + Send + 'static) {
         let caller = Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() };
-        let mut work = Box::pin(crate::cred::scope(caller, work));
+        let mut work = Box::pin(crate::cred::scope(caller, self.fs.metrics.timed(op, work)));
         let _rt = self.rt.enter();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         if std::future::Future::poll(work.as_mut(), &mut cx).is_pending() {
@@ -91,7 +92,9 @@ impl AifsFuse {
     }
 }
 
+/// The errno a FUSE operation answers with, counted.
 fn err(e: &Error) -> Errno {
+    crate::metrics::count_error(e);
     Errno::from_i32(errno(e))
 }
 
@@ -153,11 +156,11 @@ fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
 }
 
 macro_rules! spawn_entry {
-    ($self:ident, $req:ident, $reply:ident, $parent:expr, $name:expr, $fut:expr) => {{
+    ($self:ident, $op:literal, $req:ident, $reply:ident, $parent:expr, $name:expr, $fut:expr) => {{
         let fs = $self.fs.clone();
         let parent = $parent;
         let name = $name.clone();
-        $self.run($req, async move {
+        $self.run($op, $req, async move {
             match $fut.await {
                 Ok(a) => $reply.entry(&fs.entry_ttl(parent, &name, a.ino), &file_attr(&a), Generation(0)),
                 Err(e) => $reply.error(err(&e)),
@@ -167,8 +170,8 @@ macro_rules! spawn_entry {
 }
 
 macro_rules! spawn_empty {
-    ($self:ident, $req:ident, $reply:ident, $fut:expr) => {{
-        $self.run($req, async move {
+    ($self:ident, $op:literal, $req:ident, $reply:ident, $fut:expr) => {{
+        $self.run($op, $req, async move {
             match $fut.await {
                 Ok(()) => $reply.ok(),
                 Err(e) => $reply.error(err(&e)),
@@ -201,12 +204,12 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_entry!(self, req, reply, id(parent), name, fs.lookup(id(parent), &name));
+        spawn_entry!(self, "lookup", req, reply, id(parent), name, fs.lookup(id(parent), &name));
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let fs = self.fs.clone();
-        self.run(req, async move {
+        self.run("getattr", req, async move {
             match fs.getattr(id(ino)).await {
                 Ok(a) => reply.attr(&fs.ttl(a.ino), &file_attr(&a)),
                 Err(e) => reply.error(err(&e)),
@@ -234,7 +237,7 @@ impl Filesystem for AifsFuse {
     ) {
         let fs = self.fs.clone();
         let set = SetAttr { mode, uid, gid, size, atime: time_set(atime), mtime: time_set(mtime) };
-        self.run(req, async move {
+        self.run("setattr", req, async move {
             match fs.setattr(id(ino), set).await {
                 Ok(a) => reply.attr(&fs.ttl(a.ino), &file_attr(&a)),
                 Err(e) => reply.error(err(&e)),
@@ -244,7 +247,7 @@ impl Filesystem for AifsFuse {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let fs = self.fs.clone();
-        self.run(req, async move {
+        self.run("readlink", req, async move {
             match fs.readlink(id(ino)).await {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(err(&e)),
@@ -258,7 +261,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_entry!(self, req, reply, id(parent), name, fs.mknod(id(parent), &name, mode & !umask, rdev));
+        spawn_entry!(self, "mknod", req, reply, id(parent), name, fs.mknod(id(parent), &name, mode & !umask, rdev));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
@@ -267,7 +270,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_entry!(self, req, reply, id(parent), name, fs.mkdir(id(parent), &name, mode & !umask));
+        spawn_entry!(self, "mkdir", req, reply, id(parent), name, fs.mkdir(id(parent), &name, mode & !umask));
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -276,7 +279,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_empty!(self, req, reply, fs.unlink(id(parent), &name));
+        spawn_empty!(self, "unlink", req, reply, fs.unlink(id(parent), &name));
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -285,7 +288,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_empty!(self, req, reply, fs.rmdir(id(parent), &name));
+        spawn_empty!(self, "rmdir", req, reply, fs.rmdir(id(parent), &name));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -297,7 +300,7 @@ impl Filesystem for AifsFuse {
             return reply.error(Errno::EINVAL);
         };
         let fs = self.fs.clone();
-        spawn_entry!(self, req, reply, id(parent), name, fs.symlink(id(parent), &name, &target));
+        spawn_entry!(self, "symlink", req, reply, id(parent), name, fs.symlink(id(parent), &name, &target));
     }
 
     fn rename(
@@ -325,7 +328,7 @@ impl Filesystem for AifsFuse {
             return reply.error(Errno::EINVAL);
         }
         let fs = self.fs.clone();
-        spawn_empty!(self, req, reply, fs.rename(id(parent), &name, id(newparent), &newname, f));
+        spawn_empty!(self, "rename", req, reply, fs.rename(id(parent), &name, id(newparent), &newname, f));
     }
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
@@ -334,14 +337,14 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_entry!(self, req, reply, id(newparent), name, fs.link(id(ino), id(newparent), &name));
+        spawn_entry!(self, "link", req, reply, id(newparent), name, fs.link(id(ino), id(newparent), &name));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let append = flags.0 & libc::O_APPEND != 0;
-        self.run(req, async move {
+        self.run("open", req, async move {
             match fs.open(id(ino), write, append).await {
                 Ok(o) => reply.opened(o.fh.into(), fopen_flags(&o)),
                 Err(e) => reply.error(err(&e)),
@@ -361,7 +364,7 @@ impl Filesystem for AifsFuse {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.run(req, async move {
+        self.run("read", req, async move {
             match fs.read(fh.into(), offset, size).await {
                 Ok(b) => reply.data(&b),
                 Err(e) => reply.error(err(&e)),
@@ -383,7 +386,7 @@ impl Filesystem for AifsFuse {
     ) {
         let fs = self.fs.clone();
         let data = Bytes::copy_from_slice(data);
-        self.run(req, async move {
+        self.run("write", req, async move {
             match fs.write(fh.into(), offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(err(&e)),
@@ -393,12 +396,12 @@ impl Filesystem for AifsFuse {
 
     fn fallocate(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        spawn_empty!(self, req, reply, fs.fallocate(fh.into(), offset, length, mode));
+        spawn_empty!(self, "fallocate", req, reply, fs.fallocate(fh.into(), offset, length, mode));
     }
 
     fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        spawn_empty!(self, req, reply, fs.flush(fh.into(), lock_owner.0));
+        spawn_empty!(self, "flush", req, reply, fs.flush(fh.into(), lock_owner.0));
     }
 
     fn getlk(
@@ -415,7 +418,7 @@ impl Filesystem for AifsFuse {
     ) {
         let fs = self.fs.clone();
         let write = typ == libc::F_WRLCK;
-        self.run(req, async move {
+        self.run("getlk", req, async move {
             match fs.getlk(id(ino), lock_owner.0, start, end, write, pid).await {
                 Ok(Some(l)) => reply.locked(l.start, l.end, if l.write { libc::F_WRLCK } else { libc::F_RDLCK }, l.pid),
                 Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
@@ -444,7 +447,7 @@ impl Filesystem for AifsFuse {
             _ => return reply.error(Errno::EINVAL),
         };
         let fs = self.fs.clone();
-        spawn_empty!(self, req, reply, fs.setlk(id(ino), lock_owner.0, start, end, kind, pid, sleep));
+        spawn_empty!(self, "setlk", req, reply, fs.setlk(id(ino), lock_owner.0, start, end, kind, pid, sleep));
     }
 
     fn release(
@@ -461,7 +464,7 @@ impl Filesystem for AifsFuse {
         // With a lock owner: the last close of an open file that took
         // `flock` locks, which go with it.
         let flock_owner = lock_owner.map(|o| o.0);
-        spawn_empty!(self, req, reply, async move {
+        spawn_empty!(self, "release", req, reply, async move {
             if let Some(o) = flock_owner {
                 fs.unlock_owner(id(ino), o).await?;
             }
@@ -471,12 +474,12 @@ impl Filesystem for AifsFuse {
 
     fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        spawn_empty!(self, req, reply, fs.fsync(fh.into()));
+        spawn_empty!(self, "fsync", req, reply, fs.fsync(fh.into()));
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        self.run(req, async move {
+        self.run("opendir", req, async move {
             match fs.getattr(id(ino)).await {
                 Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
                 Ok(_) => reply.error(Errno::ENOTDIR),
@@ -487,7 +490,7 @@ impl Filesystem for AifsFuse {
 
     fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let fs = self.fs.clone();
-        self.run(req, async move {
+        self.run("readdir", req, async move {
             // Offsets 1 and 2 are `.` and `..`; entries carry their MDS
             // cookie, which stays valid while the directory changes.
             let (entries, parent) = match fs.readdir(id(ino), offset.max(2)).await {
@@ -511,7 +514,7 @@ impl Filesystem for AifsFuse {
 
     fn readdirplus(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let fs = self.fs.clone();
-        self.run(req, async move {
+        self.run("readdirplus", req, async move {
             let (entries, parent) = match fs.readdirplus(id(ino), offset.max(2)).await {
                 Ok(r) => r,
                 Err(e) => return reply.error(err(&e)),
@@ -545,7 +548,7 @@ impl Filesystem for AifsFuse {
         // Changes the MDS answered are durable; those made here under a
         // directory lease are once applied.
         let fs = self.fs.clone();
-        self.run(req, async move {
+        self.run("fsyncdir", req, async move {
             fs.sync_dirs().await;
             reply.ok();
         });
@@ -553,7 +556,7 @@ impl Filesystem for AifsFuse {
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let fs = self.fs.clone();
-        self.run(req, async move {
+        self.run("statfs", req, async move {
             match fs.statfs().await {
                 Ok(s) => {
                     const BS: u64 = 4096;
@@ -588,7 +591,7 @@ impl Filesystem for AifsFuse {
         }
         let value = value.to_vec();
         let fs = self.fs.clone();
-        spawn_empty!(self, req, reply, fs.setxattr(id(ino), &name, value, f));
+        spawn_empty!(self, "setxattr", req, reply, fs.setxattr(id(ino), &name, value, f));
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -597,7 +600,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        self.run(req, async move {
+        self.run("getxattr", req, async move {
             match fs.getxattr(id(ino), &name).await {
                 Ok(v) => xattr_reply(reply, size, &v),
                 Err(e) => reply.error(err(&e)),
@@ -607,7 +610,7 @@ impl Filesystem for AifsFuse {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let fs = self.fs.clone();
-        self.run(req, async move {
+        self.run("listxattr", req, async move {
             match fs.listxattr(id(ino)).await {
                 Ok(names) => {
                     let mut buf = Vec::new();
@@ -628,7 +631,7 @@ impl Filesystem for AifsFuse {
             Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
-        spawn_empty!(self, req, reply, fs.removexattr(id(ino), &name));
+        spawn_empty!(self, "removexattr", req, reply, fs.removexattr(id(ino), &name));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -644,7 +647,7 @@ impl Filesystem for AifsFuse {
         let fs = self.fs.clone();
         let exclusive = flags & libc::O_EXCL != 0;
         let append = flags & libc::O_APPEND != 0;
-        self.run(req, async move {
+        self.run("create", req, async move {
             let o = fs.create(id(parent), &name, mode & !umask, exclusive, append).await;
             reply_created(&fs, reply, id(parent), &name, o)
         });
@@ -656,7 +659,7 @@ impl Filesystem for AifsFuse {
         let fs = self.fs.clone();
         let linkable = flags & libc::O_EXCL == 0;
         let append = flags & libc::O_APPEND != 0;
-        self.run(req, async move {
+        self.run("tmpfile", req, async move {
             // no name: the kernel caches no entry (ttl 0)
             let o = fs.tmpfile(id(parent), mode & !umask, linkable, append).await;
             reply_created(&fs, reply, id(parent), "", o)

@@ -9,6 +9,7 @@ pub mod dirops;
 pub mod fs;
 pub mod fuse;
 pub mod meta;
+pub mod metrics;
 pub mod pool;
 
 pub use config::ClientConfig;

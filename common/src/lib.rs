@@ -14,6 +14,7 @@ pub mod layout;
 pub mod lease;
 pub mod locks;
 pub mod logging;
+pub mod metrics;
 pub mod mounts;
 pub mod perm;
 pub mod proto;

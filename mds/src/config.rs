@@ -15,6 +15,10 @@ pub struct MdsConfig {
     #[serde(default, skip_serializing_if = "aifs_common::logging::LogFormat::is_text")]
     pub log_format: aifs_common::logging::LogFormat,
     pub listen: SocketAddr,
+    /// Where Prometheus metrics are served over HTTP (`127.0.0.1:9500`);
+    /// none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
     /// One redb file per shard lives here.
     pub data_dir: PathBuf,
     /// This MDS's id among `members`.

@@ -9,6 +9,7 @@ use crate::service::MdsService;
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
 use aifs_common::rpc::{Peer, Service};
+use aifs_common::metrics::RpcMetrics;
 use aifs_common::Error;
 use bytes::Bytes;
 use std::sync::{Arc, RwLock};
@@ -36,11 +37,13 @@ impl Drop for Active {
 pub struct Front {
     pub replica: Arc<Replica>,
     active: RwLock<Option<Arc<Active>>>,
+    /// Requests counted for the metrics endpoint, if there is one.
+    rpc: Option<Arc<RpcMetrics>>,
 }
 
 impl Front {
-    pub fn new(replica: Arc<Replica>) -> Self {
-        Front { replica, active: RwLock::new(None) }
+    pub fn new(replica: Arc<Replica>, rpc: Option<Arc<RpcMetrics>>) -> Self {
+        Front { replica, active: RwLock::new(None), rpc }
     }
 
     /// The namespace service, while it runs here.
@@ -143,5 +146,20 @@ impl Service for Front {
 
     fn accepts(&self, _role: Role) -> bool {
         true
+    }
+
+    fn metrics(&self) -> Option<&RpcMetrics> {
+        self.rpc.as_deref()
+    }
+
+    fn op_name(call: &MdsCall) -> &'static str {
+        call.req.rule().name
+    }
+
+    fn error_kind(reply: &MdsReply) -> Option<&'static str> {
+        match &reply.resp {
+            MdsResp::Err(w) => Some(aifs_common::metrics::error_kind(&Error::from_wire(w.code, ""))),
+            _ => None,
+        }
     }
 }

@@ -15,6 +15,7 @@ pub mod handover;
 pub mod holders;
 pub mod membership;
 pub mod meter;
+pub mod metrics;
 pub mod nameless;
 pub mod numbers;
 pub mod repair;
@@ -27,6 +28,7 @@ pub mod replica;
 pub mod reservations;
 pub mod service;
 pub mod shardnet;
+pub mod slowest;
 pub mod store;
 
 use crate::cluster::Cluster;
@@ -52,6 +54,8 @@ pub struct MdsHandle {
     pub front: Arc<Front>,
     endpoint: quinn::Endpoint,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The metrics endpoint, if configured; stops with the handle.
+    pub metrics: Option<aifs_common::metrics::MetricsServer>,
 }
 
 impl MdsHandle {
@@ -98,7 +102,16 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     };
     let members = crate::store::raft::Members { me, all, peers, join: cfg.join };
     let replica = Arc::new(Replica::open(&cfg.data_dir, cfg.shards, members, &cfg.raft).await?);
-    let front = Arc::new(Front::new(replica.clone()));
+    let (registry, rpc_metrics) = crate::metrics::registry();
+    let counted = cfg.metrics_listen.as_ref().map(|_| rpc_metrics);
+    let front = Arc::new(Front::new(replica.clone(), counted));
+    let metrics = match cfg.metrics_listen.as_ref().map(|l| crate::metrics::start(l, registry, front.clone())) {
+        Some(Err(e)) => {
+            replica.shutdown().await;
+            return Err(e);
+        }
+        started => started.transpose()?,
+    };
     if solo {
         front.set_active(Some(serve_namespace(&cfg, &replica, &endpoint, &gate).await?));
     }
@@ -112,7 +125,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     }
     let lead = tokio::spawn(lead(cfg.clone(), front.clone(), endpoint.clone(), gate));
     tracing::info!(%addr, id = me, members = replica.members.all.len(), shards = cfg.shards, data = %cfg.data_dir.display(), "MDS serving");
-    Ok(MdsHandle { addr, front, endpoint, tasks: vec![serve, lead] })
+    Ok(MdsHandle { addr, front, endpoint, tasks: vec![serve, lead], metrics })
 }
 
 /// Start the namespace service whenever this process is ready to lead
@@ -218,6 +231,7 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
         session_heartbeat_ms: cfg.session_timeout_ms / 4,
         anon: (cfg.anon_uid, cfg.anon_gid),
         requests: Default::default(),
+        slowest: Default::default(),
     });
     let gc_task = tokio::spawn(gc.run());
     let repair_task = tokio::spawn(repair.run());

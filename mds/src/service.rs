@@ -30,6 +30,8 @@ pub struct MdsService {
     /// Requests served, heartbeats not counted (`mdsctl status`; the
     /// cached-metadata benchmark counts what leases save).
     pub requests: std::sync::atomic::AtomicU64,
+    /// The slowest requests of the last minute (`mdsctl top`).
+    pub slowest: crate::slowest::Slowest,
 }
 
 impl MdsService {
@@ -94,11 +96,11 @@ impl MdsService {
             SetStripe { ino, policy } => self.set_stripe(c, ino, policy).await,
             GetStripe { ino } => self.get_stripe(c, ino).await,
             OsdMap => self.osd_map(c).await,
-            OsdHeartbeat { id, addr, capacity, used, objects, revoked_known } => self.osd_heartbeat(c, id, addr, capacity, used, objects, revoked_known).await,
+            OsdHeartbeat { id, addr, usage, revoked_known } => self.osd_heartbeat(c, id, addr, usage, revoked_known).await,
             Revoke { owner, name } => self.revoke(c, owner, name).await,
             Revoked => self.revoked(c).await,
             OpenSession { name, dir_leases, previous, open, locks } => self.open_session(c, name, dir_leases, previous, open, locks).await,
-            SessionHeartbeat { id } => self.session_heartbeat(c, id).await,
+            SessionHeartbeat { id, io } => self.session_heartbeat(c, id, io).await,
             CloseSession { id } => self.close_session(c, id).await,
             EvictSession { id } => self.evict_session(c, id).await,
             Status => self.status(c).await,
@@ -136,8 +138,13 @@ impl Service for MdsService {
             Err(e) => return (Self::error(e), vec![]),
         };
         let rule = req.rule();
+        let arrived = std::time::Instant::now();
+        let session = peer.session();
         if rule.counted {
             self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(id) = session {
+                self.ns.cluster.count_request(id);
+            }
         }
         // Held from arrival to answer: a retry that comes while this attempt
         // is still served (waiting out the grace or a recall) waits for it
@@ -157,6 +164,9 @@ impl Service for MdsService {
                 MdsResp::Err(e.to_wire())
             }
         };
+        if rule.counted {
+            self.slowest.record(rule.name, session, arrived.elapsed());
+        }
         (MdsReply { session: c.grant, resp }, vec![])
     }
 

@@ -241,7 +241,7 @@ proptest! {
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let cluster = Arc::new(Cluster::new(Duration::from_secs(60), Duration::from_secs(60)));
-            cluster.osds.heartbeat(1, "127.0.0.1:1", 1 << 40, 0, 0);
+            cluster.osds.heartbeat(1, "127.0.0.1:1", &aifs_common::proto::mds::OsdUsage { capacity: 1 << 40, ..Default::default() });
             let ns = Namespace::open(dir.path(), 4, LayoutPolicy { stripe_count: 1, ..LayoutPolicy::default() }, cluster).await.unwrap();
             let mut m = Model::new();
             for (seq, op) in ops.iter().enumerate() {

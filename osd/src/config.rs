@@ -10,6 +10,10 @@ pub struct OsdConfig {
     pub id: u32,
     /// Address to listen on for client and MDS connections.
     pub listen: SocketAddr,
+    /// Where Prometheus metrics are served over HTTP (`127.0.0.1:9501`);
+    /// none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
     /// Address clients should use, when it differs from `listen` (e.g.
     /// listening on 0.0.0.0).
     #[serde(default)]

@@ -4,10 +4,12 @@ use crate::config::{OsdConfig, OsdLimits};
 use crate::store::file::FileStore;
 use crate::store::{range_of, ObjectStore, ReadOut};
 use aifs_common::certs::Role;
-use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
+use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp, OsdUsage};
 use aifs_common::cap::{self, Cap, Keyring};
 use aifs_common::proto::osd::{Needs, OsdCall, OsdReq, OsdResp, OsdStats, MAX_ALLOCATED_QUERY};
+use aifs_common::metrics::{MetricsServer, RpcMetrics};
 use aifs_common::rpc::{self, Budget, Identity, Peer, RpcClient, Service};
+use prometheus_client::registry::Registry;
 use aifs_common::{Error, ObjectId, OsdId, Result};
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -17,12 +19,14 @@ use std::time::Duration;
 
 pub struct OsdService {
     store: Arc<dyn ObjectStore>,
-    served: Served,
+    served: Arc<Served>,
     /// The keys that authenticate clients' capabilities, from the MDS's
     /// heartbeat replies.
     keys: Arc<RwLock<Keyring>>,
     /// Object bytes in flight, per connection and in all.
     budget: Budget,
+    /// Requests counted for the metrics endpoint, if there is one.
+    rpc: Option<Arc<RpcMetrics>>,
 }
 
 /// Counters behind `OsdReq::Stats`.
@@ -76,9 +80,9 @@ async fn read_object(store: &Arc<dyn ObjectStore>, obj: ObjectId, off: u64, len:
 }
 
 impl OsdService {
-    pub fn new(store: Arc<dyn ObjectStore>, keys: Arc<RwLock<Keyring>>, limits: &OsdLimits) -> Self {
+    pub fn new(store: Arc<dyn ObjectStore>, keys: Arc<RwLock<Keyring>>, limits: &OsdLimits, rpc: Option<Arc<RpcMetrics>>) -> Self {
         let budget = Budget::new(limits.inflight_mb << 20, limits.inflight_per_conn_mb << 20);
-        OsdService { store, served: Served::default(), keys, budget }
+        OsdService { store, served: Arc::new(Served::default()), keys, budget, rpc }
     }
 
     /// May `role` ask for `req` with `cap`? The mds and admin roles may do
@@ -220,6 +224,21 @@ impl Service for OsdService {
             _ => 0,
         }
     }
+
+    fn metrics(&self) -> Option<&RpcMetrics> {
+        self.rpc.as_deref()
+    }
+
+    fn op_name(call: &OsdCall) -> &'static str {
+        call.req.name()
+    }
+
+    fn error_kind(resp: &OsdResp) -> Option<&'static str> {
+        match resp {
+            OsdResp::Err(w) => Some(aifs_common::metrics::error_kind(&Error::from_wire(w.code, ""))),
+            _ => None,
+        }
+    }
 }
 
 /// A running OSD.
@@ -227,6 +246,8 @@ pub struct OsdHandle {
     pub addr: SocketAddr,
     endpoint: quinn::Endpoint,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The metrics endpoint, if configured; stops with the handle.
+    pub metrics: Option<MetricsServer>,
 }
 
 impl OsdHandle {
@@ -257,7 +278,15 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
     let addr = endpoint.local_addr()?;
     let advertise = cfg.advertise.unwrap_or(addr);
     let keys = Arc::new(RwLock::new(Keyring::default()));
-    let svc = Arc::new(OsdService::new(store.clone(), keys.clone(), &cfg.limits));
+    let mut registry = Registry::with_prefix("aifs_osd");
+    let rpc_metrics = RpcMetrics::register(&mut registry);
+    let counted = cfg.metrics_listen.as_ref().map(|_| rpc_metrics);
+    let svc = Arc::new(OsdService::new(store.clone(), keys.clone(), &cfg.limits, counted));
+    let metrics = match &cfg.metrics_listen {
+        Some(listen) => Some(crate::metrics::start(listen, registry, store.clone())?),
+        None => None,
+    };
+    let served = svc.served.clone();
     let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc, gate.clone()));
     let mds = RpcClient::of_members(endpoint.clone(), &cfg.mds, &id, &cfg.transport)?;
     let osd_id = cfg.id;
@@ -282,9 +311,7 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
                     let req = MdsReq::OsdHeartbeat {
                         id: OsdId(osd_id),
                         addr: advertise.to_string(),
-                        capacity: u.capacity,
-                        used: u.used,
-                        objects: u.objects,
+                        usage: OsdUsage { capacity: u.capacity, used: u.used, objects: u.objects, served: served.stats() },
                         revoked_known: gate.revoked_count() as u32,
                     };
                     let sent = mds.call::<_, MdsReply>(&MdsCall::from(req), &[]).await.map(|(r, _)| r);
@@ -335,5 +362,5 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
         }
     });
     tracing::info!(osd = cfg.id, %addr, data = %cfg.data_dir.display(), "OSD serving");
-    Ok(OsdHandle { addr, endpoint, tasks: vec![serve, hb] })
+    Ok(OsdHandle { addr, endpoint, tasks: vec![serve, hb], metrics })
 }

@@ -48,6 +48,7 @@ impl TestCluster {
             members: Vec::new(),
             join: false,
             listen: "127.0.0.1:0".parse().map_err(|_| Error::InvalidArgument("addr".into()))?,
+            metrics_listen: None,
             data_dir: dir.path().join("mds"),
             shards,
             default_layout: LayoutPolicy { stripe_size: 1 << 20, stripe_count: 3, replicas: 1 },
@@ -71,6 +72,7 @@ impl TestCluster {
             let ocfg = OsdConfig {
                 id: i,
                 listen: "127.0.0.1:0".parse().map_err(|_| Error::InvalidArgument("addr".into()))?,
+                metrics_listen: None,
                 advertise: None,
                 mds: aifs_common::config::MdsAddrs::one(mds.addr),
                 data_dir: dir.path().join(format!("osd{i}")),

@@ -290,7 +290,7 @@ async fn layouts_inherit_and_admin_commands_need_the_admin_cert() {
         MdsResp::Session { id, .. } => id,
         other => panic!("{other:?}"),
     };
-    mds_call(&c, MdsReq::SessionHeartbeat { id: sid }).await.unwrap();
+    mds_call(&c, MdsReq::SessionHeartbeat { id: sid, io: Default::default() }).await.unwrap();
     match mds_call(&admin, MdsReq::Status).await.unwrap() {
         MdsResp::Status(s) => assert!(s.sessions.iter().any(|x| x.id == sid && x.name == "gpu7" && x.leases == 0)),
         other => panic!("{other:?}"),
@@ -298,14 +298,14 @@ async fn layouts_inherit_and_admin_commands_need_the_admin_cert() {
     assert!(matches!(mds_call(&c, MdsReq::EvictSession { id: sid }).await, Err(Error::Unauthorized(_))));
     mds_call(&admin, MdsReq::EvictSession { id: sid }).await.unwrap();
     assert_eq!(mds_call(&admin, MdsReq::EvictSession { id: sid }).await, Err(Error::NotFound));
-    assert_eq!(mds_call(&c, MdsReq::SessionHeartbeat { id: sid }).await, Err(Error::Stale));
+    assert_eq!(mds_call(&c, MdsReq::SessionHeartbeat { id: sid, io: Default::default() }).await, Err(Error::Stale));
 
     // OSD heartbeats need the OSD certificate
     assert!(matches!(mds_call(&c, heartbeat(99)).await, Err(Error::Unauthorized(_))));
 }
 
 fn heartbeat(id: u32) -> MdsReq {
-    MdsReq::OsdHeartbeat { id: aifs_common::OsdId(id), addr: "127.0.0.1:1".into(), capacity: 1, used: 0, objects: 0, revoked_known: 0 }
+    MdsReq::OsdHeartbeat { id: aifs_common::OsdId(id), addr: "127.0.0.1:1".into(), usage: aifs_common::proto::mds::OsdUsage { capacity: 1, ..Default::default() }, revoked_known: 0 }
 }
 
 /// An OSD's certificate names its id: it cannot heartbeat as another OSD
@@ -349,7 +349,7 @@ async fn expired_certificates_are_refused_and_a_renewal_keeps_the_node_who_it_wa
     ca.renew("gpu-x", &nodes, DEFAULT_DAYS).unwrap();
     assert_ne!(std::fs::read(nodes.join("gpu-x.pem")).unwrap(), old_pem);
     let renewed = client_as("gpu-x");
-    assert!(matches!(mds_call(&renewed, MdsReq::SessionHeartbeat { id: sid }).await, Ok(MdsResp::Done)), "the renewed certificate lost its session");
+    assert!(matches!(mds_call(&renewed, MdsReq::SessionHeartbeat { id: sid, io: Default::default() }).await, Ok(MdsResp::Done)), "the renewed certificate lost its session");
 }
 
 /// A session answers to the certificate that opened it: another node's
@@ -370,7 +370,7 @@ async fn sessions_answer_only_to_the_certificate_that_opened_them() {
     // Random, not counted up: the ids share no long prefix.
     assert!(sa.0.abs_diff(sb.0) > 1 << 64, "{sa} and {sb} look sequential");
     let refused = |r: Result<MdsResp, Error>| matches!(r, Err(Error::Unauthorized(_)));
-    assert!(refused(mds_call(&b, MdsReq::SessionHeartbeat { id: sa }).await), "heartbeat of another's session");
+    assert!(refused(mds_call(&b, MdsReq::SessionHeartbeat { id: sa, io: Default::default() }).await), "heartbeat of another's session");
     assert!(refused(mds_call(&b, MdsReq::CloseSession { id: sa }).await), "close of another's session");
     assert!(refused(mds_call(&b, open(Some(sa))).await), "taking another's session's place");
     let ino = attr(&a, create(ROOT, "f")).await.unwrap().ino;
@@ -378,9 +378,9 @@ async fn sessions_answer_only_to_the_certificate_that_opened_them() {
     assert!(refused(mds_call(&b, lock(sa)).await), "a lock under another's session");
     assert!(refused(mds_call(&b, MdsReq::Close { ino, session: Some(sa) }).await), "a close under another's session");
     // Its owner still has it, untouched.
-    mds_call(&a, MdsReq::SessionHeartbeat { id: sa }).await.unwrap();
+    mds_call(&a, MdsReq::SessionHeartbeat { id: sa, io: Default::default() }).await.unwrap();
     mds_call(&a, lock(sa)).await.unwrap();
-    mds_call(&b, MdsReq::SessionHeartbeat { id: sb }).await.unwrap();
+    mds_call(&b, MdsReq::SessionHeartbeat { id: sb, io: Default::default() }).await.unwrap();
     mds_call(&a, MdsReq::CloseSession { id: sa }).await.unwrap();
 }
 
@@ -901,7 +901,7 @@ async fn a_holder_that_ignores_recalls_is_evicted_after_a_term() {
     // both heartbeat, as a mount does
     let heartbeat = |c: std::sync::Arc<RpcClient>, id| {
         tokio::spawn(async move {
-            while mds_call(&c, MdsReq::SessionHeartbeat { id }).await.is_ok() {
+            while mds_call(&c, MdsReq::SessionHeartbeat { id, io: Default::default() }).await.is_ok() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
@@ -1072,7 +1072,7 @@ async fn stale_replicas_come_from_users_of_the_file_and_one_healthy_copy_always_
             }
         }
     };
-    mds_call(&c, MdsReq::SessionHeartbeat { id: sid }).await.unwrap();
+    mds_call(&c, MdsReq::SessionHeartbeat { id: sid, io: Default::default() }).await.unwrap();
     // a client that does not use the file: no session with it open
     assert!(matches!(mds_call(&other, stale(&r[..1])).await, Err(Error::NotPermitted(_))));
     // every replica at once: refused, and nothing recorded

@@ -32,6 +32,10 @@ struct Args {
     /// Override the number of FUSE threads.
     #[arg(long)]
     threads: Option<usize>,
+    /// Serve Prometheus metrics over HTTP at this address (overrides the
+    /// config's `metrics_listen`).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Mount options, comma-separated, as mount(8) passes them: `ro`,
     /// `rw`, `allow_other`, `name=NAME`, `threads=N`. Those meant for
     /// mount(8), systemd or the kernel that aifs always applies or that
@@ -85,9 +89,17 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.threads {
         cfg.fuse_threads = v;
     }
+    if let Some(v) = args.metrics_listen {
+        cfg.metrics_listen = Some(v);
+    }
     let opts = mount_options(&args.options, &mut cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let fs = rt.block_on(ClientFs::connect(&cfg)).context("connecting to the cluster")?;
+    // Served until the mount ends.
+    let _metrics = match &cfg.metrics_listen {
+        Some(listen) => Some(fs.metrics.serve(listen).context("serving metrics")?),
+        None => None,
+    };
     let mut fcfg = Config::default();
     fcfg.mount_options = vec![
         MountOption::FSName("aifs".into()),

@@ -35,6 +35,8 @@ pub struct DataCtx {
     /// Rung when a writer finds the budget spent: the flusher then ships
     /// every file's buffered units, not only stale ones.
     pub pressure: tokio::sync::Notify,
+    /// Write-back and read-ahead bytes are counted here.
+    pub metrics: Arc<crate::metrics::ClientMetrics>,
 }
 
 pub(super) struct UnitBuf {

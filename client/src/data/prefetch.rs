@@ -109,6 +109,9 @@ pub async fn read(ctx: &Arc<DataCtx>, f: &Arc<FileState>, off: u64, len: u64, si
             for u in first..=horizon {
                 if !ra.cache.contains_key(&u) {
                     ra.cache.insert(u, unit_future(ctx, f, u, size));
+                    if u > last {
+                        ctx.metrics.readahead_bytes.inc_by((size - u * su).min(su));
+                    }
                 }
             }
             Some((first..=last).filter_map(|u| ra.cache.get(&u).map(|fu| (u, fu.clone()))).collect())

@@ -138,6 +138,7 @@ impl FileState {
                 p.fut.await;
             }
             let stale = me.stale_of(object);
+            let bytes: u64 = pieces.iter().map(|(_, b)| b.len() as u64).sum();
             let writes = pieces
                 .into_iter()
                 .map(|(obj_off, bytes)| write_object(&ctx, &me.caps, &me.layout, object, obj_off, bytes, &stale));
@@ -165,6 +166,7 @@ impl FileState {
                     }
                     None => {
                         i.written.insert(object);
+                        ctx.metrics.writeback_bytes.inc_by(bytes);
                     }
                 }
             }

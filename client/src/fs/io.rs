@@ -31,6 +31,7 @@ impl ClientFs {
             // is wrong now.
             self.forget_kernel_attrs(f.ino);
         }
+        self.metrics.written_bytes.inc_by(u64::from(n));
         Ok(n)
     }
 
@@ -119,9 +120,11 @@ impl ClientFs {
             // Read your own writes: land buffered data first.
             f.drain(&self.ctx).await?;
         }
-        if mode == LeaseMode::SharedWrite {
-            return prefetch::read_direct(&self.ctx, &f, off, len as u64, f.size()).await;
-        }
-        prefetch::read(&self.ctx, &f, off, len as u64, f.size()).await
+        let data = match mode {
+            LeaseMode::SharedWrite => prefetch::read_direct(&self.ctx, &f, off, len as u64, f.size()).await?,
+            _ => prefetch::read(&self.ctx, &f, off, len as u64, f.size()).await?,
+        };
+        self.metrics.read_bytes.inc_by(data.len() as u64);
+        Ok(data)
     }
 }

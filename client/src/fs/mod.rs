@@ -175,6 +175,8 @@ pub struct ClientFs {
     dirops: Arc<DirOps>,
     /// Directories whose lookups keep missing the cache (statahead.rs).
     statahead: statahead::Statahead,
+    /// What the mount counts (metrics.rs); the data paths hold it too.
+    pub metrics: Arc<crate::metrics::ClientMetrics>,
 }
 
 fn unexpected(what: &str) -> Error {

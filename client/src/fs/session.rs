@@ -12,6 +12,7 @@ impl ClientFs {
         let pool = Arc::new(Pool::new(endpoint, mds, Duration::from_secs(cfg.mds_retry_secs)));
         let budget_kib = (cfg.write_budget_mb.max(16) * 1024).min(Semaphore::MAX_PERMITS);
         let dirops = Arc::new(DirOps::default());
+        let metrics = crate::metrics::ClientMetrics::new();
         let ctx = Arc::new(DataCtx {
             pool: pool.clone(),
             dirops: dirops.clone(),
@@ -21,6 +22,7 @@ impl ClientFs {
             max_buffered_units: cfg.max_buffered_units,
             readahead_units: cfg.readahead_units,
             pressure: tokio::sync::Notify::new(),
+            metrics: metrics.clone(),
         });
         let fs = Arc::new(ClientFs {
             pool,
@@ -40,6 +42,7 @@ impl ClientFs {
             held_locks: Default::default(),
             dirops,
             statahead: Default::default(),
+            metrics,
         });
         // Every connection to the MDS carries its recalls back to us; a new
         // one (after a reconnect) gets the session bound by a heartbeat.
@@ -91,7 +94,7 @@ impl ClientFs {
                     continue;
                 };
                 let sent = Instant::now();
-                match fs.pool.mds(&MdsReq::SessionHeartbeat { id }).await {
+                match fs.pool.mds(&MdsReq::SessionHeartbeat { id, io: fs.metrics.io() }).await {
                     Ok(_) => fs.meta.renewed(sent, fs.term()),
                     Err(Error::Stale) => {
                         tracing::info!("session unknown to the MDS (restart, expiry or eviction); opening a new one");

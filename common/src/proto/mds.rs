@@ -5,6 +5,7 @@ use crate::error::WireError;
 use crate::ids::{InodeId, OsdId, Owner, SessionId};
 use crate::layout::{Layout, LayoutPolicy};
 use crate::perm::Cred;
+use super::osd::OsdStats;
 use rkyv::{Archive, Deserialize, Serialize};
 
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -164,6 +165,20 @@ pub struct OsdInfo {
     pub last_seen_ms: u64,
     /// Taken out (`mdsctl osd out`): gets no new data, its replicas move.
     pub out: bool,
+    /// What it has served since it started, as of its last heartbeat.
+    pub served: OsdStats,
+    /// What it served a second, between its last two heartbeats.
+    pub rate: OsdStats,
+}
+
+/// What an OSD says of itself in each heartbeat.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Default, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub struct OsdUsage {
+    pub capacity: u64,
+    pub used: u64,
+    pub objects: u64,
+    pub served: OsdStats,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
@@ -175,6 +190,43 @@ pub struct SessionInfo {
     pub last_seen_ms: u64,
     /// Leases the session holds.
     pub leases: u64,
+    /// Requests the MDS served for it (heartbeats not counted).
+    pub requests: u64,
+    /// What the client did, since it started, as of its last heartbeat.
+    pub io: ClientIo,
+    /// A second, between its last two heartbeats.
+    pub rate: SessionRate,
+}
+
+/// What a client did through its mount since it started: file system
+/// operations, and the bytes its readers and writers moved.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Default, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct ClientIo {
+    pub ops: u64,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+}
+
+/// A session's load, a second.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Default, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct SessionRate {
+    pub ops: u64,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    pub mds_requests: u64,
+}
+
+/// One of the slowest requests the MDS served lately.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct SlowOp {
+    pub op: String,
+    pub session: Option<SessionId>,
+    pub micros: u64,
+    /// How long ago it was answered.
+    pub ago_ms: u64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
@@ -226,6 +278,8 @@ pub struct ClusterStatus {
     pub evictions: Vec<EvictionInfo>,
     /// The MDS processes every shard is replicated over (one: this one).
     pub members: Vec<MemberInfo>,
+    /// The slowest requests of the last minute, slowest first.
+    pub slowest: Vec<SlowOp>,
 }
 
 /// One MDS process of the shards' groups, as the leader sees it.
@@ -365,7 +419,7 @@ pub enum MdsReq {
     Degraded { ino: InodeId, objs: Vec<Degraded> },
     OsdMap,
     /// `revoked_known`: how many revoked certificates the OSD knows of.
-    OsdHeartbeat { id: OsdId, addr: String, capacity: u64, used: u64, objects: u64, revoked_known: u32 },
+    OsdHeartbeat { id: OsdId, addr: String, usage: OsdUsage, revoked_known: u32 },
     /// `dir_leases`: the client takes directories' write leases (creates
     /// and unlinks answered by itself, sent in batches). After an MDS
     /// restart, `previous` is the session the client had, `open`
@@ -375,7 +429,8 @@ pub enum MdsReq {
     /// holds back conflicting requests until every session of its last
     /// run has come back or expired.
     OpenSession { name: String, dir_leases: bool, previous: Option<SessionId>, open: Vec<InodeId>, locks: Vec<HeldLock> },
-    SessionHeartbeat { id: SessionId },
+    /// `io`: what the client did since it started (`mdsctl top`).
+    SessionHeartbeat { id: SessionId, io: ClientIo },
     CloseSession { id: SessionId },
     Status,
     /// Admin: end a client's session now, dropping its leases.

@@ -62,6 +62,27 @@ pub enum OsdReq {
     Allocated { objs: Vec<ObjectId> },
     // New variants go last: the order is the wire's discriminant.
 }
+impl OsdReq {
+    /// The request's name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OsdReq::Write { .. } => "write",
+            OsdReq::Read { .. } => "read",
+            OsdReq::Truncate { .. } => "truncate",
+            OsdReq::Delete { .. } => "delete",
+            OsdReq::Stat { .. } => "stat",
+            OsdReq::Commit { .. } => "commit",
+            OsdReq::Usage => "usage",
+            OsdReq::List { .. } => "list",
+            OsdReq::Verify { .. } => "verify",
+            OsdReq::Stats => "stats",
+            OsdReq::ReadRange { .. } => "read_range",
+            OsdReq::Allocate { .. } => "allocate",
+            OsdReq::Allocated { .. } => "allocated",
+        }
+    }
+}
+
 /// Objects one `OsdReq::Allocated` may name.
 pub const MAX_ALLOCATED_QUERY: usize = 4096;
 
@@ -166,7 +187,7 @@ pub enum OsdResp {
 }
 
 /// Requests and bytes an OSD has served since it started.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Default, PartialEq, Eq, Debug)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Default, PartialEq, Eq, Debug, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct OsdStats {
     pub reads: u64,

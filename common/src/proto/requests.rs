@@ -159,7 +159,7 @@ mod tests {
         let create = MdsReq::Create { parent: InodeId(1), name: "f".into(), mode: 0o644, exclusive: false };
         assert!(create.once_only() && !create.rule().grace && create.rule().allows(Role::Client));
         assert!(!create.rule().allows(Role::Osd));
-        let beat = MdsReq::SessionHeartbeat { id: crate::SessionId(0) };
+        let beat = MdsReq::SessionHeartbeat { id: crate::SessionId(0), io: Default::default() };
         assert!(beat.rule().grace && !beat.rule().retried && !beat.rule().counted);
         let raft = MdsReq::Raft { shard: 0, len: 0 };
         assert!(raft.rule().allows(Role::Mds) && !raft.rule().allows(Role::Admin));

@@ -68,6 +68,18 @@ pub trait Service: Send + Sync + 'static {
     fn cost(&self, _req: &Self::Req) -> u64 {
         0
     }
+    /// What this server counts of the requests it serves (metrics.rs).
+    fn metrics(&self) -> Option<&crate::metrics::RpcMetrics> {
+        None
+    }
+    /// The operation `req` asks for, as a metrics label.
+    fn op_name(_req: &Self::Req) -> &'static str {
+        "request"
+    }
+    /// The kind of error `resp` carries, if it is one (a metrics label).
+    fn error_kind(_resp: &Self::Resp) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Accept connections until the endpoint is closed. `gate` (the one the
@@ -162,17 +174,25 @@ async fn serve_stream<S: Service>(
     mut recv: quinn::RecvStream,
 ) {
     let mut _held = None;
+    let mut counted = None;
     let (resp, payload) = match read_request(&*svc, share.as_deref(), &mut recv).await {
         Ok((req, body, held)) => {
             _held = held;
+            counted = svc.metrics().map(|m| m.start(S::op_name(&req), body.len() as u64));
             svc.call(&peer, req, body).await
         }
         Err(e) => {
             tracing::warn!(peer = %peer.addr, error = %e, "bad request frame");
+            if let Some(m) = svc.metrics() {
+                m.bad_frame();
+            }
             let _ = recv.stop(1u32.into());
             (S::error(e), Vec::new())
         }
     };
+    if let Some(call) = counted {
+        call.done(S::error_kind(&resp), payload.iter().map(|p| p.len() as u64).sum());
+    }
     let (header, payload) = match reply_frame(resp, payload, S::error) {
         Ok(r) => r,
         Err(e) => {

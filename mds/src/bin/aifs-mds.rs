@@ -28,6 +28,10 @@ struct Args {
     /// `mdsctl mds add ADDR` on the leader.
     #[arg(long)]
     join: bool,
+    /// Serve Prometheus metrics over HTTP at this address (overrides the
+    /// config's `metrics_listen`).
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +51,9 @@ fn main() -> anyhow::Result<()> {
         cfg.id = v;
     }
     cfg.join |= args.join;
+    if let Some(v) = args.metrics_listen {
+        cfg.metrics_listen = Some(v);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let h = aifs_mds::start(cfg).await.context("starting MDS")?;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 mod grace;
 mod leases;
+pub mod load;
 mod opens;
 mod osds;
 mod sessions;

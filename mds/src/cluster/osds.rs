@@ -2,7 +2,8 @@
 //! up or down by its heartbeats, in or out by the operator, and an epoch
 //! that moves with each change.
 use aifs_common::OsdId;
-use aifs_common::proto::mds::{OsdInfo, OsdState};
+use aifs_common::proto::mds::{OsdInfo, OsdState, OsdUsage};
+use aifs_common::proto::osd::OsdStats;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,6 +13,9 @@ pub struct OsdEntry {
     pub capacity: u64,
     pub used: u64,
     pub objects: u64,
+    /// What it has served since it started, as of its last heartbeat.
+    pub served: OsdStats,
+    pub load: super::load::OsdLoad,
     /// None until the OSD is heard from after an MDS start.
     pub last_seen: Option<Instant>,
     pub up: bool,
@@ -63,23 +67,25 @@ impl OsdMap {
 
     /// An OSD known from the store, down until it heartbeats.
     pub fn load(&self, id: u32, addr: String, capacity: u64, used: u64) {
-        self.osds.insert(id, OsdEntry { addr, capacity, used, objects: 0, last_seen: None, up: false, out: false });
+        self.osds.insert(id, OsdEntry { addr, capacity, used, objects: 0, served: OsdStats::default(), load: Default::default(), last_seen: None, up: false, out: false });
     }
 
-    pub fn heartbeat(&self, id: u32, addr: &str, capacity: u64, used: u64, objects: u64) -> Beat {
+    pub fn heartbeat(&self, id: u32, addr: &str, u: &OsdUsage) -> Beat {
         let now = Instant::now();
         let mut beat = Beat::Same;
         let mut e = self.osds.entry(id).or_insert_with(|| {
             beat = Beat::New;
-            OsdEntry { addr: addr.to_string(), capacity, used, objects, last_seen: None, up: false, out: false }
+            OsdEntry { addr: addr.to_string(), capacity: u.capacity, used: u.used, objects: u.objects, served: u.served, load: Default::default(), last_seen: None, up: false, out: false }
         });
         if e.addr != addr {
             e.addr = addr.to_string();
             beat = Beat::New;
         }
-        e.capacity = capacity;
-        e.used = used;
-        e.objects = objects;
+        e.capacity = u.capacity;
+        e.used = u.used;
+        e.objects = u.objects;
+        e.served = u.served;
+        e.load.beat(u.served, now);
         e.last_seen = Some(now);
         if !e.up {
             e.up = true;
@@ -167,6 +173,8 @@ impl OsdMap {
                 objects: e.objects,
                 last_seen_ms: e.last_seen.map(|t| now.duration_since(t).as_millis() as u64).unwrap_or(u64::MAX),
                 out: e.out,
+                served: e.served,
+                rate: e.load.rate,
             })
             .collect();
         v.sort_by_key(|o| o.id);

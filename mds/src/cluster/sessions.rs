@@ -4,7 +4,7 @@
 use super::Cluster;
 use aifs_common::rpc::Peer;
 use aifs_common::{Error, Owner, Result, SessionId};
-use aifs_common::proto::mds::{EvictionInfo, SessionInfo};
+use aifs_common::proto::mds::{ClientIo, EvictionInfo, SessionInfo};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -21,6 +21,8 @@ pub struct SessionEntry {
     pub conn: Option<quinn::Connection>,
     /// The client takes directories' write leases.
     pub dir_leases: bool,
+    /// What it does (`mdsctl top`).
+    pub load: super::load::SessionLoad,
 }
 
 /// What one client session may hold at the MDS (mds.toml
@@ -166,7 +168,7 @@ impl Cluster {
         if let Ok(mut l) = self.leases.lock() {
             l.open_session(id, Instant::now());
         }
-        self.sessions.insert(id, SessionEntry { owner: peer.owner, name, addr, conn: None, dir_leases });
+        self.sessions.insert(id, SessionEntry { owner: peer.owner, name, addr, conn: None, dir_leases, load: Default::default() });
         Ok(id)
     }
 
@@ -178,6 +180,20 @@ impl Cluster {
         self.leases.lock().map(|mut l| l.is_live(id, now) && l.heartbeat(id, now)).unwrap_or(false)
     }
 
+
+    /// A request served for `id`.
+    pub fn count_request(&self, id: SessionId) {
+        if let Some(s) = self.sessions.get(&id) {
+            s.load.served();
+        }
+    }
+
+    /// `id`'s client reported `io` in a heartbeat.
+    pub fn report_io(&self, id: SessionId, io: ClientIo) {
+        if let Some(s) = self.sessions.get(&id) {
+            s.load.beat(io, Instant::now());
+        }
+    }
 
     /// The sessions `owner` opened.
     pub fn sessions_of(&self, owner: Owner) -> Vec<SessionId> {
@@ -219,12 +235,18 @@ impl Cluster {
         let mut v: Vec<SessionInfo> = self
             .sessions
             .iter()
-            .map(|s| SessionInfo {
-                id: *s.key(),
-                name: s.name.clone(),
-                addr: s.addr.clone(),
-                last_seen_ms: (l.term().saturating_sub(l.remaining(*s.key(), now))).as_millis() as u64,
-                leases: l.count(*s.key()) as u64,
+            .map(|s| {
+                let (requests, io, rate) = s.load.view();
+                SessionInfo {
+                    id: *s.key(),
+                    name: s.name.clone(),
+                    addr: s.addr.clone(),
+                    last_seen_ms: (l.term().saturating_sub(l.remaining(*s.key(), now))).as_millis() as u64,
+                    leases: l.count(*s.key()) as u64,
+                    requests,
+                    io,
+                    rate,
+                }
             })
             .collect();
         v.sort_by_key(|s| s.id);

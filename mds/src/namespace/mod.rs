@@ -368,7 +368,7 @@ pub(crate) mod tests {
     /// A cluster with one OSD up, for layouts.
     pub(crate) fn test_cluster() -> Arc<Cluster> {
         let cluster = Arc::new(Cluster::new(std::time::Duration::from_secs(60), std::time::Duration::from_secs(60)));
-        cluster.osds.heartbeat(1, "127.0.0.1:1", 1 << 40, 0, 0);
+        cluster.osds.heartbeat(1, "127.0.0.1:1", &aifs_common::proto::mds::OsdUsage { capacity: 1 << 40, ..Default::default() });
         cluster
     }
 

@@ -59,6 +59,7 @@ impl MdsService {
             sessions: ns.cluster.session_infos(),
             evictions: ns.cluster.evictions(),
             members,
+            slowest: self.slowest.list(),
             mds_requests: self.requests.load(std::sync::atomic::Ordering::Relaxed),
             osd_epoch: ns.cluster.osds.epoch(),
             statfs: self.statfs().await,

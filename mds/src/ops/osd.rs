@@ -6,7 +6,7 @@ use crate::service::MdsService;
 use crate::store::{IoResult, META, OSDS};
 use super::Call;
 use aifs_common::{Error, InodeId, OsdId, Result};
-use aifs_common::proto::mds::{Degraded, FileKind, MdsResp};
+use aifs_common::proto::mds::{Degraded, FileKind, MdsResp, OsdUsage};
 
 impl MdsService {
     /// An OSD went down or out: clients holding directories' write leases
@@ -33,7 +33,7 @@ impl MdsService {
         Ok(MdsResp::OsdMap { epoch: ns.cluster.osds.epoch(), osds: ns.cluster.osds.infos() })
     }
 
-    pub(crate) async fn osd_heartbeat(&self, c: &mut Call<'_>, OsdId(id): OsdId, addr: String, capacity: u64, used: u64, objects: u64, revoked_known: u32) -> Result<MdsResp> {
+    pub(crate) async fn osd_heartbeat(&self, c: &mut Call<'_>, OsdId(id): OsdId, addr: String, usage: OsdUsage, revoked_known: u32) -> Result<MdsResp> {
         let peer = c.peer;
         let ns = &self.ns;
         if !aifs_common::rpc::tls::peer_is_osd(&peer.conn, id) {
@@ -43,12 +43,12 @@ impl MdsService {
         if addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(Error::InvalidArgument(format!("bad OSD address {addr:?}")));
         }
-        let beat = ns.cluster.osds.heartbeat(id, &addr, capacity, used, objects);
+        let beat = ns.cluster.osds.heartbeat(id, &addr, &usage);
         if !matches!(beat, Beat::Same) {
             self.repair.wake.notify_one();
         }
         if let Beat::New = beat {
-            let rec = OsdRec { addr, capacity, used };
+            let rec = OsdRec { addr, capacity: usage.capacity, used: usage.used };
             let bytes = rec.encode()?;
             ns.shard(0)
                 .mutate(move |txn| {

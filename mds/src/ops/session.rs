@@ -6,7 +6,7 @@ use crate::service::MdsService;
 use crate::store::{IoResult, SESSIONS};
 use super::Call;
 use aifs_common::{Error, InodeId, Owner, Result, SessionId};
-use aifs_common::proto::mds::{HeldLock, MdsResp};
+use aifs_common::proto::mds::{ClientIo, HeldLock, MdsResp};
 use redb::ReadableTable;
 
 /// A session open's outcome as its at-most-once record keeps it (two
@@ -109,7 +109,7 @@ impl MdsService {
         Ok(MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed, root_squash: peer.root_squash.then_some(self.anon) })
     }
 
-    pub(crate) async fn session_heartbeat(&self, c: &mut Call<'_>, id: SessionId) -> Result<MdsResp> {
+    pub(crate) async fn session_heartbeat(&self, c: &mut Call<'_>, id: SessionId, io: ClientIo) -> Result<MdsResp> {
         let peer = c.peer;
         let ns = &self.ns;
         let cl = &self.ns.cluster;
@@ -118,6 +118,7 @@ impl MdsService {
             return Err(Error::Stale);
         }
         ns.cluster.bind(peer, id);
+        ns.cluster.report_io(id, io);
         Ok(MdsResp::Done)
     }
 

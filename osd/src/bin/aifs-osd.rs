@@ -24,6 +24,10 @@ struct Args {
     /// Override the data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP at this address (overrides the
+    /// config's `metrics_listen`).
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +45,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.data_dir {
         cfg.data_dir = v;
+    }
+    if let Some(v) = args.metrics_listen {
+        cfg.metrics_listen = Some(v);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {

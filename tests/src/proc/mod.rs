@@ -133,17 +133,37 @@ impl ProcCluster {
         // MDS's ports.
         let p = ports(n_mds + n_osds as usize);
         let mds_addrs: Vec<SocketAddr> = p[..n_mds].iter().map(|port| SocketAddr::from(([127, 0, 0, 1], *port))).collect();
-        let mut c = Self::configure(mds_addrs, p[n_mds], n_osds, mds_any, edit)?;
+        let mut c = Self::configure(mds_addrs, p[n_mds], n_osds, mds_any, edit, &[])?;
         c.mds_any = mds_any;
         c.start_or_dump()?;
         Ok(c)
     }
 
+    /// A cluster of one MDS process whose daemons serve Prometheus
+    /// metrics (`mdsctl init --metrics-port`): the MDS at the port
+    /// returned, OSD i at that port + i.
+    pub fn start_with_metrics(n_osds: u32) -> Result<(ProcCluster, u16)> {
+        let p = ports(1 + n_osds as usize);
+        let metrics = ports(1 + n_osds as usize)[0];
+        let mds_addrs = vec![SocketAddr::from(([127, 0, 0, 1], p[0]))];
+        let mut c = Self::configure(mds_addrs, p[1], n_osds, false, &|t| t, &["--metrics-port", &metrics.to_string()])?;
+        c.start_or_dump()?;
+        Ok((c, metrics))
+    }
+
     /// Write the configs of a cluster whose MDS members are known at
     /// `mds_addrs` and whose OSDs listen from port `osd_base` on (`mdsctl
-    /// init`, then `edit` on each MDS config), and start nothing. With
-    /// `network`, the transport is set for a network rather than loopback.
-    fn configure(mds_addrs: Vec<SocketAddr>, osd_base: u16, n_osds: u32, network: bool, edit: &dyn Fn(String) -> String) -> Result<ProcCluster> {
+    /// init` with `init_args` besides, then `edit` on each MDS config),
+    /// and start nothing. With `network`, the transport is set for a
+    /// network rather than loopback.
+    fn configure(
+        mds_addrs: Vec<SocketAddr>,
+        osd_base: u16,
+        n_osds: u32,
+        network: bool,
+        edit: &dyn Fn(String) -> String,
+        init_args: &[&str],
+    ) -> Result<ProcCluster> {
         let dir = tempfile::Builder::new().prefix("aifs-proc-").tempdir()?;
         let n_mds = mds_addrs.len();
         let mds_addr = mds_addrs[0];
@@ -154,6 +174,7 @@ impl ProcCluster {
             .arg("--ca-dir")
             .arg(dir.path().join("ca"))
             .args(["--mds", &listed, "--osds", &n_osds.to_string(), "--osd-port", &osd_base.to_string()])
+            .args(init_args)
             .stdout(Stdio::null())
             .status()
             .context("running mdsctl init")?;

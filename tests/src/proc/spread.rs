@@ -61,7 +61,7 @@ impl ProcCluster {
         }
         // Members known at addresses other than loopback's: `mdsctl init`
         // writes the network's transport settings itself.
-        let mut c = Self::configure(known, p[n_mds], n_osds, false, edit)?;
+        let mut c = Self::configure(known, p[n_mds], n_osds, false, edit, &[])?;
         c.spread = Some(Spread { relays, nets, inside });
         c.start_or_dump()?;
         Ok(c)

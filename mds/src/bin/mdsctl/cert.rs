@@ -43,6 +43,9 @@ enum CertCmd {
         /// An OSD's data directory (default /var/lib/aifs/osd<ID>).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Where an OSD serves its Prometheus metrics (none by default).
+        #[arg(long)]
+        metrics_listen: Option<String>,
         /// Days the certificate is valid.
         #[arg(long, default_value_t = certs::DEFAULT_DAYS)]
         days: u32,
@@ -88,12 +91,16 @@ impl CertArgs {
 
     pub async fn run(&self, cfg: &AdminConfig, json: bool) -> anyhow::Result<()> {
         match &self.cmd {
-            CertCmd::Issue { role, name, out, id, listen, data, days, root_squash } => {
+            CertCmd::Issue { role, name, out, id, listen, data, metrics_listen, days, root_squash } => {
                 let role = Role::parse(role).filter(|r| *r != Role::Mds).ok_or_else(|| anyhow!("unknown role {role:?}: client, osd or admin"))?;
                 let node = Node::new(role, name, *id)?;
                 let node = if *root_squash { node.root_squashed()? } else { node };
                 let osd = match role {
-                    Role::Osd => Some(OsdPlace { listen: listen.ok_or_else(|| anyhow!("an OSD needs --listen ADDR"))?, data: data.clone() }),
+                    Role::Osd => Some(OsdPlace {
+                        listen: listen.ok_or_else(|| anyhow!("an OSD needs --listen ADDR"))?,
+                        data: data.clone(),
+                        metrics_listen: metrics_listen.clone(),
+                    }),
                     _ => None,
                 };
                 issue(&self.ca(cfg)?, cfg, &node, out, *days, osd)
@@ -113,6 +120,7 @@ impl CertArgs {
 struct OsdPlace {
     listen: SocketAddr,
     data: Option<PathBuf>,
+    metrics_listen: Option<String>,
 }
 
 fn issue(ca: &Ca, cfg: &AdminConfig, node: &Node, out: &Path, days: u32, osd: Option<OsdPlace>) -> anyhow::Result<()> {
@@ -125,6 +133,7 @@ fn issue(ca: &Ca, cfg: &AdminConfig, node: &Node, out: &Path, days: u32, osd: Op
         (Role::Osd, Some(place), Some(id)) => to_toml(&aifs_osd::OsdConfig {
             id,
             listen: place.listen,
+            metrics_listen: place.metrics_listen,
             advertise: None,
             mds: cfg.mds.clone(),
             data_dir: place.data.unwrap_or_else(|| PathBuf::from(format!("/var/lib/aifs/osd{id}"))),

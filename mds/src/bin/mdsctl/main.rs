@@ -13,7 +13,7 @@ use aifs_mds::MdsConfig;
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 mod cert;
 mod degraded;
@@ -21,6 +21,7 @@ mod members;
 mod progress;
 mod repair;
 mod shards;
+mod top;
 
 /// What `mdsctl --help` says of its exit status.
 const EXIT_STATUS: &str = "\
@@ -48,35 +49,19 @@ struct Args {
 #[derive(Subcommand)]
 enum Cmd {
     /// Create a cluster CA, certificates for every role, and config files.
-    Init {
-        /// Directory for certificates and configs.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Directory for the CA's key and the record of what it signs
-        /// (default: DIR with `-ca` added); keep it apart, offline if you
-        /// can: `mdsctl cert` needs it, no daemon does.
-        #[arg(long)]
-        ca_dir: Option<PathBuf>,
-        /// MDS address written into the configs. Several, comma-separated,
-        /// make a replicated MDS: one config per member (mds1.toml, ...),
-        /// each shard a Raft group over all of them.
-        #[arg(long, default_value = "127.0.0.1:7000")]
-        mds: MdsAddrs,
-        /// Number of OSD configs to write.
-        #[arg(long, default_value_t = 3)]
-        osds: u32,
-        /// First OSD port; OSD i listens on this + i - 1.
-        #[arg(long, default_value_t = 7101)]
-        osd_port: u16,
-        /// Root of the daemons' data directories (default: DIR/data).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Replace an existing CA.
-        #[arg(long)]
-        force: bool,
-    },
+    Init(InitArgs),
     /// Shards, OSDs and client sessions.
-    Status,
+    Status {
+        /// Refresh every `--interval` seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+    },
+    /// A live view of the load: operations and bytes a second per client
+    /// session, each OSD's load, the slowest MDS requests.
+    Top(top::TopArgs),
     /// OSD commands.
     Osd {
         #[command(subcommand)]
@@ -138,6 +123,40 @@ enum Cmd {
     },
 }
 
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Directory for certificates and configs.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Directory for the CA's key and the record of what it signs
+    /// (default: DIR with `-ca` added); keep it apart, offline if you
+    /// can: `mdsctl cert` needs it, no daemon does.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// MDS address written into the configs. Several, comma-separated,
+    /// make a replicated MDS: one config per member (mds1.toml, ...),
+    /// each shard a Raft group over all of them.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    mds: MdsAddrs,
+    /// Number of OSD configs to write.
+    #[arg(long, default_value_t = 3)]
+    osds: u32,
+    /// First OSD port; OSD i listens on this + i - 1.
+    #[arg(long, default_value_t = 7101)]
+    osd_port: u16,
+    /// Root of the daemons' data directories (default: DIR/data).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Replace an existing CA.
+    #[arg(long)]
+    force: bool,
+    /// Serve Prometheus metrics from every daemon: the MDS at this port
+    /// (members 2, 3, ... at the ports below it), OSD i at this port + i,
+    /// on the MDS's address.
+    #[arg(long)]
+    metrics_port: Option<u16>,
+}
+
 #[derive(Subcommand)]
 enum OsdCmd {
     /// List OSDs with state and capacity.
@@ -180,8 +199,8 @@ fn main() {
 }
 
 fn real_main(args: Args) -> anyhow::Result<()> {
-    if let Cmd::Init { dir, ca_dir, mds, osds, osd_port, data, force } = &args.cmd {
-        return init(dir, ca_dir.clone(), mds, *osds, *osd_port, data.clone(), *force);
+    if let Cmd::Init(init_args) = &args.cmd {
+        return init(init_args);
     }
     let cfg_path = args.config.clone().unwrap_or_else(|| local_state_dir().join("admin.toml"));
     let cfg: AdminConfig = aifs_common::config::load(&cfg_path).with_context(|| {
@@ -195,15 +214,20 @@ fn real_main(args: Args) -> anyhow::Result<()> {
 }
 
 
-fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: &MdsAddrs, osds: u32, osd_port: u16, data: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let dir = dir.canonicalize()?;
-    let ca_dir = ca_dir.unwrap_or_else(|| cert::default_ca_dir(&dir));
-    certs::init_cluster(&dir, &ca_dir, osds, force).map_err(|e| match e {
+fn init(args: &InitArgs) -> anyhow::Result<()> {
+    let InitArgs { mds, osds, osd_port, force, .. } = args;
+    let (osds, osd_port) = (*osds, *osd_port);
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = args.dir.canonicalize()?;
+    let ca_dir = args.ca_dir.clone().unwrap_or_else(|| cert::default_ca_dir(&dir));
+    // The port of metrics endpoint `n` below (MDS members) or above (OSDs) the base.
+    let metrics_at = |port: Option<u16>| port.map(|p| SocketAddr::new(mds.first().ip(), p).to_string());
+    let base = args.metrics_port;
+    certs::init_cluster(&dir, &ca_dir, osds, *force).map_err(|e| match e {
         aifs_common::Error::Exists => anyhow!("{} already holds a cluster CA (use --force to replace it)", ca_dir.display()),
         e => anyhow!(e),
     })?;
-    let data = data.unwrap_or_else(|| dir.join("data"));
+    let data = args.data.clone().unwrap_or_else(|| dir.join("data"));
     let tls = |r: Role| TlsConfig::in_dir(&dir, r.name());
     let transport = TransportConfig::for_cluster_at(mds.first().ip());
     let replicated = mds.0.len() > 1;
@@ -213,6 +237,7 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: &MdsAddrs, osds: u32, osd_port
         members,
         join: false,
         listen: mds.first(),
+        metrics_listen: metrics_at(base),
         data_dir: data.join("mds"),
         shards: 4,
         default_layout: LayoutPolicy::default(),
@@ -233,6 +258,7 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: &MdsAddrs, osds: u32, osd_port
         for m in mcfg.members.clone() {
             mcfg.id = m.id;
             mcfg.listen = m.addr;
+            mcfg.metrics_listen = metrics_at(base.and_then(|p| p.checked_sub((m.id - 1) as u16)));
             mcfg.data_dir = data.join(format!("mds{}", m.id));
             std::fs::write(dir.join(format!("mds{}.toml", m.id)), to_toml(&mcfg)?)?;
         }
@@ -244,6 +270,7 @@ fn init(dir: &Path, ca_dir: Option<PathBuf>, mds: &MdsAddrs, osds: u32, osd_port
         let ocfg = aifs_osd::OsdConfig {
             id: i,
             listen: SocketAddr::new(mds.first().ip(), port),
+            metrics_listen: metrics_at(base.and_then(|p| p.checked_add(i as u16))),
             advertise: None,
             mds: mds.clone(),
             data_dir: data.join(format!("osd{i}")),
@@ -337,49 +364,58 @@ fn eviction_table(evictions: &[aifs_common::proto::mds::EvictionInfo]) -> String
     table(&["EVICTED SESSION", "NAME", "WHEN", "WHY"], &rows)
 }
 
+/// What `mdsctl status` prints.
+fn status_text(s: &aifs_common::proto::mds::ClusterStatus, mds: &MdsAddrs) -> String {
+    let up = s.osds.iter().filter(|o| o.state == OsdState::Up).count();
+    let degraded: u64 = s.shards.iter().map(|x| x.degraded).sum();
+    let (shards, osds, sessions) = (s.shards.len(), s.osds.len(), s.sessions.len());
+    let fs = &s.statfs;
+    let (used, total, avail) = (human(fs.used_bytes), human(fs.total_bytes), human(fs.avail_bytes));
+    let r = &s.repair;
+    format!(
+        "cluster: mds {mds}  osd map epoch {}\n  \
+         shards: {shards}   osds: {up} up / {osds} total   sessions: {sessions}\n  \
+         capacity: {used} used of {total} ({avail} available), {} inodes\n\n  \
+         requests served: {}\n  \
+         degraded object replicas: {degraded}   repairing: {}   repaired: {}   moved off OSDs out: {} ({} copied)\n\n\
+         {}\n{}\n{}",
+        s.osd_epoch,
+        fs.files,
+        s.mds_requests,
+        r.active,
+        r.repaired,
+        r.moved,
+        human(r.bytes),
+        shards::shard_table(&s.shards),
+        table(&OSD_HEADER, &osd_rows(&s.osds)),
+        session_table(&s.sessions)
+    )
+}
+
 const OSD_HEADER: [&str; 8] = ["OSD", "STATE", "ADDRESS", "SIZE", "USED", "USE%", "OBJECTS", "LAST HEARD"];
 
 async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
     let admin = Admin::connect(&cfg)?;
     match args.cmd {
-        Cmd::Init { .. } | Cmd::Cert(_) => unreachable!("handled before connecting"),
-        Cmd::Status => {
-            let s = admin.status().await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-                return Ok(());
+        Cmd::Init(_) | Cmd::Cert(_) => unreachable!("handled before connecting"),
+        Cmd::Status { watch: true, interval } => {
+            if !(interval > 0.0 && interval.is_finite()) {
+                bail!("--interval must be a positive number of seconds");
             }
-            let up = s.osds.iter().filter(|o| o.state == OsdState::Up).count();
-            println!("cluster: mds {}  osd map epoch {}", cfg.mds, s.osd_epoch);
-            println!(
-                "  shards: {}   osds: {} up / {} total   sessions: {}",
-                s.shards.len(),
-                up,
-                s.osds.len(),
-                s.sessions.len()
-            );
-            println!(
-                "  capacity: {} used of {} ({} available), {} inodes\n",
-                human(s.statfs.used_bytes),
-                human(s.statfs.total_bytes),
-                human(s.statfs.avail_bytes),
-                s.statfs.files
-            );
-            let degraded: u64 = s.shards.iter().map(|x| x.degraded).sum();
-            println!("  requests served: {}", s.mds_requests);
-            println!(
-                "  degraded object replicas: {degraded}   repairing: {}   repaired: {}   moved off OSDs out: {} ({} copied)\n",
-                s.repair.active,
-                s.repair.repaired,
-                s.repair.moved,
-                human(s.repair.bytes)
-            );
-            print!("{}", shards::shard_table(&s.shards));
-            println!();
-            print!("{}", table(&OSD_HEADER, &osd_rows(&s.osds)));
-            println!();
-            print!("{}", session_table(&s.sessions));
+            let look = || async {
+                let s = admin.status().await?;
+                match args.json {
+                    true => Ok(serde_json::to_string(&s)? + "\n"),
+                    false => Ok(status_text(&s, &cfg.mds)),
+                }
+            };
+            top::watch(std::time::Duration::from_secs_f64(interval), look).await?;
         }
+        Cmd::Status { watch: false, .. } => {
+            let s = admin.status().await?;
+            show(args.json, &s, || status_text(&s, &cfg.mds))?;
+        }
+        Cmd::Top(ref top_args) => top::top(&admin, top_args, args.json).await?,
         Cmd::Osd { cmd: OsdCmd::Ls } => {
             let s = admin.status().await?;
             show(args.json, &s.osds, || table(&OSD_HEADER, &osd_rows(&s.osds)))?;

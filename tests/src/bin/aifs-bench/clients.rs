@@ -151,8 +151,8 @@ fn keep_alive(clients: &[Arc<Client>]) -> tokio::task::JoinHandle<()> {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             for c in &clients {
-                let _ = mds_call(&c.rpc, MdsReq::SessionHeartbeat { id: c.session }).await;
-                let _ = mds_call(&c.leased.rpc, MdsReq::SessionHeartbeat { id: c.leased.session }).await;
+                let _ = mds_call(&c.rpc, MdsReq::SessionHeartbeat { id: c.session, io: Default::default() }).await;
+                let _ = mds_call(&c.leased.rpc, MdsReq::SessionHeartbeat { id: c.leased.session, io: Default::default() }).await;
             }
         }
     })
@@ -195,7 +195,7 @@ where
 }
 
 async fn heartbeat(c: Arc<Client>, _: u64) -> Result<u64> {
-    mds_call(&c.rpc, MdsReq::SessionHeartbeat { id: c.session }).await?;
+    mds_call(&c.rpc, MdsReq::SessionHeartbeat { id: c.session, io: Default::default() }).await?;
     Ok(1)
 }
 

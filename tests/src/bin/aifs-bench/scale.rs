@@ -114,7 +114,7 @@ async fn load(clients: &[Arc<Client>], run: usize) -> Result<(f64, f64)> {
                     files.fetch_add(1, Ordering::Relaxed);
                     n += 1;
                     if beat.elapsed() > Duration::from_secs(1) {
-                        mds_call(&c.rpc, MdsReq::SessionHeartbeat { id: c.session }).await?;
+                        mds_call(&c.rpc, MdsReq::SessionHeartbeat { id: c.session, io: Default::default() }).await?;
                         beat = Instant::now();
                     }
                 }

@@ -1,0 +1,123 @@
+//! What `mdsctl top` shows of each session and OSD: what they did as of
+//! their last heartbeat, and how much a second between their last two
+//! (the MDS's own requests for a session are counted as it serves them).
+//! A rate needs two heartbeats at least [`MIN_SPAN`] apart: one sent early
+//! (a reconnect) keeps the earlier mark, so the span only grows.
+use aifs_common::proto::mds::{ClientIo, SessionRate};
+use aifs_common::proto::osd::OsdStats;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The shortest span a rate is taken over.
+pub const MIN_SPAN: Duration = Duration::from_millis(500);
+
+/// `later - earlier` a second, over `span`.
+fn per_sec(later: u64, earlier: u64, span: Duration) -> u64 {
+    (later.saturating_sub(earlier) as f64 / span.as_secs_f64()) as u64
+}
+
+/// A session's load.
+#[derive(Default)]
+pub struct SessionLoad {
+    /// Requests the MDS served for it.
+    requests: AtomicU64,
+    beats: Mutex<Beats>,
+}
+
+#[derive(Default)]
+struct Beats {
+    io: ClientIo,
+    /// The last heartbeat a rate was taken at: when, what the client
+    /// reported, and the requests served by then.
+    mark: Option<(Instant, ClientIo, u64)>,
+    rate: SessionRate,
+}
+
+impl SessionLoad {
+    pub fn served(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A heartbeat at `now` reporting `io`.
+    pub fn beat(&self, io: ClientIo, now: Instant) {
+        let requests = self.requests.load(Ordering::Relaxed);
+        let Ok(mut b) = self.beats.lock() else { return };
+        b.io = io;
+        match b.mark {
+            Some((at, _, _)) if now.saturating_duration_since(at) < MIN_SPAN => {}
+            Some((at, was, req_was)) => {
+                let span = now.saturating_duration_since(at);
+                b.rate = SessionRate {
+                    ops: per_sec(io.ops, was.ops, span),
+                    read_bytes: per_sec(io.read_bytes, was.read_bytes, span),
+                    written_bytes: per_sec(io.written_bytes, was.written_bytes, span),
+                    mds_requests: per_sec(requests, req_was, span),
+                };
+                b.mark = Some((now, io, requests));
+            }
+            None => b.mark = Some((now, io, requests)),
+        }
+    }
+
+    /// Requests served, what the client last reported, and the rates.
+    pub fn view(&self) -> (u64, ClientIo, SessionRate) {
+        let requests = self.requests.load(Ordering::Relaxed);
+        match self.beats.lock() {
+            Ok(b) => (requests, b.io, b.rate),
+            Err(_) => (requests, ClientIo::default(), SessionRate::default()),
+        }
+    }
+}
+
+/// An OSD's load: what it reported `now`, against its last mark.
+#[derive(Default, Clone, Copy)]
+pub struct OsdLoad {
+    mark: Option<(Instant, OsdStats)>,
+    pub rate: OsdStats,
+}
+
+impl OsdLoad {
+    pub fn beat(&mut self, served: OsdStats, now: Instant) {
+        match self.mark {
+            Some((at, _)) if now.saturating_duration_since(at) < MIN_SPAN => {}
+            Some((at, was)) => {
+                let span = now.saturating_duration_since(at);
+                self.rate = OsdStats {
+                    reads: per_sec(served.reads, was.reads, span),
+                    read_bytes: per_sec(served.read_bytes, was.read_bytes, span),
+                    writes: per_sec(served.writes, was.writes, span),
+                    write_bytes: per_sec(served.write_bytes, was.write_bytes, span),
+                };
+                self.mark = Some((now, served));
+            }
+            None => self.mark = Some((now, served)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_taken_between_heartbeats_far_enough_apart() {
+        let l = SessionLoad::default();
+        let t0 = Instant::now();
+        let io = |ops, r, w| ClientIo { ops, read_bytes: r, written_bytes: w };
+        l.beat(io(0, 0, 0), t0);
+        l.served();
+        l.served();
+        // Too soon after the mark: reported, no rate yet.
+        l.beat(io(5, 0, 0), t0 + Duration::from_millis(100));
+        assert_eq!(l.view(), (2, io(5, 0, 0), SessionRate::default()));
+        l.beat(io(10, 4 << 20, 2 << 20), t0 + Duration::from_secs(2));
+        let (requests, _, rate) = l.view();
+        assert_eq!(requests, 2);
+        assert_eq!(rate, SessionRate { ops: 5, read_bytes: 2 << 20, written_bytes: 1 << 20, mds_requests: 1 });
+        let mut o = OsdLoad::default();
+        o.beat(OsdStats { reads: 10, ..Default::default() }, t0);
+        o.beat(OsdStats { reads: 30, write_bytes: 1000, ..Default::default() }, t0 + Duration::from_secs(1));
+        assert_eq!(o.rate, OsdStats { reads: 20, write_bytes: 1000, ..Default::default() });
+    }
+}

@@ -1,0 +1,86 @@
+//! The MDS's Prometheus metrics (`metrics_listen`): its requests by
+//! operation (counted by the RPC server, common/src/metrics.rs), and,
+//! sampled at each scrape, what this process holds while it serves the
+//! namespace: sessions, leases, replicas recorded stale, being repaired
+//! and repaired. A member that does not lead reports `leader 0` and no
+//! namespace figures.
+use crate::front::Front;
+use aifs_common::metrics::{serve, MetricsServer, RpcMetrics};
+use aifs_common::Result;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a scrape waits for the shards' counts.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Default, Clone)]
+struct Sampled {
+    leader: Gauge,
+    sessions: Gauge,
+    leases: Gauge,
+    degraded: Gauge,
+    repairing: Gauge,
+    repaired: Gauge,
+    repaired_bytes: Gauge,
+    moved: Gauge,
+    osds_up: Gauge,
+}
+
+impl Sampled {
+    fn register(&self, reg: &mut Registry) {
+        reg.register("leader", "1 while this process serves the namespace", self.leader.clone());
+        reg.register("sessions", "Client sessions open", self.sessions.clone());
+        reg.register("leases", "Leases the sessions hold", self.leases.clone());
+        reg.register("replicas_degraded", "Replicas recorded stale, left to repair", self.degraded.clone());
+        reg.register("replicas_repairing", "Replicas being rewritten now", self.repairing.clone());
+        reg.register("replicas_repaired", "Replicas rewritten since this process began to lead", self.repaired.clone());
+        reg.register("repaired_bytes", "Bytes copied by repair since this process began to lead", self.repaired_bytes.clone());
+        reg.register("replicas_moved", "Replicas moved off OSDs taken out since this process began to lead", self.moved.clone());
+        reg.register("osds_up", "OSDs that answer their heartbeats", self.osds_up.clone());
+    }
+
+    /// Read what `front` serves now; zeros where it serves nothing.
+    fn refresh(&self, front: &Front, rt: &tokio::runtime::Handle) {
+        let Some(active) = front.active() else {
+            for g in [&self.leader, &self.sessions, &self.leases, &self.degraded, &self.repairing, &self.repaired, &self.repaired_bytes, &self.moved, &self.osds_up] {
+                g.set(0);
+            }
+            return;
+        };
+        let svc = &active.svc;
+        let ns = &svc.ns;
+        self.leader.set(1);
+        let sessions = ns.cluster.session_infos();
+        self.sessions.set(sessions.len() as i64);
+        self.leases.set(sessions.iter().map(|s| s.leases as i64).sum());
+        let counts = rt.block_on(async { tokio::time::timeout(SAMPLE_TIMEOUT, ns.shard_counts()).await });
+        if let Ok(Ok(counts)) = counts {
+            self.degraded.set(counts.iter().map(|c| c.4 as i64).sum());
+        }
+        let stats = &svc.repair.stats;
+        self.repairing.set(stats.active.load(Ordering::Relaxed) as i64);
+        self.repaired.set(stats.repaired.load(Ordering::Relaxed) as i64);
+        self.repaired_bytes.set(stats.bytes.load(Ordering::Relaxed) as i64);
+        self.moved.set(stats.moved.load(Ordering::Relaxed) as i64);
+        let up = ns.cluster.osds.infos().iter().filter(|o| o.state == aifs_common::proto::mds::OsdState::Up).count();
+        self.osds_up.set(up as i64);
+    }
+}
+
+/// The registry with the request counters the front fills.
+pub fn registry() -> (Registry, Arc<RpcMetrics>) {
+    let mut reg = Registry::with_prefix("aifs_mds");
+    let rpc = RpcMetrics::register(&mut reg);
+    (reg, rpc)
+}
+
+/// Serve `reg` at `listen`, sampling `front` at each scrape.
+pub fn start(listen: &str, mut reg: Registry, front: Arc<Front>) -> Result<MetricsServer> {
+    let sampled = Sampled::default();
+    sampled.register(&mut reg);
+    let rt = tokio::runtime::Handle::current();
+    serve(listen, reg, move || sampled.refresh(&front, &rt))
+}
