@@ -5,4 +5,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 [ "$(id -u)" -eq 0 ] || echo "note: not root: caches cannot be dropped and FUSE may refuse allow_other" >&2
 # shellcheck disable=SC2086
-exec "$ROOT/target/release/aifs-bench" ${BENCH_ARGS:-}
+exec "$ROOT/target/release/aifs-bench" --plots "$ROOT/target/bench" ${BENCH_ARGS:-}

@@ -26,6 +26,7 @@ struct Sampled {
     repaired: Gauge,
     repaired_bytes: Gauge,
     moved: Gauge,
+    to_move: Gauge,
     osds_up: Gauge,
 }
 
@@ -39,13 +40,14 @@ impl Sampled {
         reg.register("replicas_repaired", "Replicas rewritten since this process began to lead", self.repaired.clone());
         reg.register("repaired_bytes", "Bytes copied by repair since this process began to lead", self.repaired_bytes.clone());
         reg.register("replicas_moved", "Replicas moved off OSDs taken out since this process began to lead", self.moved.clone());
+        reg.register("replicas_to_move", "Replicas on OSDs taken out still to move", self.to_move.clone());
         reg.register("osds_up", "OSDs that answer their heartbeats", self.osds_up.clone());
     }
 
     /// Read what `front` serves now; zeros where it serves nothing.
     fn refresh(&self, front: &Front, rt: &tokio::runtime::Handle) {
         let Some(active) = front.active() else {
-            for g in [&self.leader, &self.sessions, &self.leases, &self.degraded, &self.repairing, &self.repaired, &self.repaired_bytes, &self.moved, &self.osds_up] {
+            for g in [&self.leader, &self.sessions, &self.leases, &self.degraded, &self.repairing, &self.repaired, &self.repaired_bytes, &self.moved, &self.to_move, &self.osds_up] {
                 g.set(0);
             }
             return;
@@ -65,6 +67,7 @@ impl Sampled {
         self.repaired.set(stats.repaired.load(Ordering::Relaxed) as i64);
         self.repaired_bytes.set(stats.bytes.load(Ordering::Relaxed) as i64);
         self.moved.set(stats.moved.load(Ordering::Relaxed) as i64);
+        self.to_move.set(stats.to_move.load(Ordering::Relaxed) as i64);
         let up = ns.cluster.osds.infos().iter().filter(|o| o.state == aifs_common::proto::mds::OsdState::Up).count();
         self.osds_up.set(up as i64);
     }

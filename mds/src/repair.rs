@@ -27,6 +27,9 @@ const BATCH: usize = 256;
 const CHUNK: u64 = 4 << 20;
 /// Files whose replicas move off OSDs taken out, per pass.
 const DRAIN_BATCH: usize = 64;
+/// How often the replicas left on OSDs taken out are counted whole.
+const COUNT_EVERY: Duration = Duration::from_secs(5);
+
 /// Once a scan found nothing left on the OSDs out, how long until the next
 /// scan looks again (for a file made from a layout reserved just before).
 const DRAINED_RESCAN: Duration = Duration::from_secs(60);
@@ -41,6 +44,10 @@ pub struct RepairStats {
     pub active: AtomicU64,
     /// Replicas moved off OSDs taken out.
     pub moved: AtomicU64,
+    /// Replicas on OSDs taken out still to move, as last counted.
+    pub to_move: AtomicU64,
+    /// When `to_move` was last counted.
+    counted: std::sync::Mutex<Option<Instant>>,
 }
 
 pub struct Repair {
@@ -170,6 +177,7 @@ impl Repair {
     async fn drain(&self) -> usize {
         let out = self.cluster().osds.taken_out();
         if out.is_empty() {
+            self.stats.to_move.store(0, Ordering::Relaxed);
             return 0;
         }
         // Every inode is read per scan: not again every pass once done.
@@ -177,30 +185,10 @@ impl Repair {
         if self.drained.lock().is_ok_and(|d| done_lately(&d)) {
             return 0;
         }
-        let mut files = Vec::new();
-        for s in &self.ns.shards {
-            let out = out.clone();
-            let found = s
-                .scan(move |t| {
-                    let mut v = Vec::new();
-                    for r in t.open_table(crate::store::INODES).io()?.iter().io()? {
-                        let (k, val) = r.io()?;
-                        let rec = crate::records::InodeRec::decode(val.value())?;
-                        if let Some(l) = rec.layout.filter(|l| l.osds.iter().any(|o| out.contains(&o.0))) {
-                            v.push((k.value(), l));
-                            if v.len() >= DRAIN_BATCH {
-                                break;
-                            }
-                        }
-                    }
-                    Ok(v)
-                })
-                .await;
-            match found {
-                Ok(v) => files.extend(v),
-                Err(e) => tracing::warn!(shard = s.id, error = %e, "cannot look for replicas to move"),
-            }
-        }
+        // The scan stops at a batch, but for a count of what is left
+        // (`mdsctl repair status`) now and then.
+        let count = self.stats.counted.lock().map(|c| c.is_none_or(|at| at.elapsed() >= COUNT_EVERY)).unwrap_or(false);
+        let files = self.scan_out(&out, count).await;
         if let Ok(mut d) = self.drained.lock() {
             *d = files.is_empty().then(|| (out.clone(), Instant::now()));
         }
@@ -218,6 +206,59 @@ impl Repair {
             done += n;
         }
         done
+    }
+
+    /// Count the replicas on the OSDs taken out now (`osd out` answers
+    /// once it is known, so that a watcher sees it from the start).
+    pub async fn count_to_move(&self) {
+        let out = self.cluster().osds.taken_out();
+        match out.is_empty() {
+            true => self.stats.to_move.store(0, Ordering::Relaxed),
+            false => drop(self.scan_out(&out, true).await),
+        }
+    }
+
+    /// Files with replicas on the OSDs `out`, a batch of them; with
+    /// `count`, every file is looked at and the replicas left counted into
+    /// `stats.to_move` (also when none are left).
+    async fn scan_out(&self, out: &[u32], count: bool) -> Vec<(u64, aifs_common::Layout)> {
+        let mut files = Vec::new();
+        let mut left = 0u64;
+        for s in &self.ns.shards {
+            let out = out.to_vec();
+            let found = s
+                .scan(move |t| {
+                    let (mut v, mut left) = (Vec::new(), 0u64);
+                    for r in t.open_table(crate::store::INODES).io()?.iter().io()? {
+                        let (k, val) = r.io()?;
+                        let rec = crate::records::InodeRec::decode(val.value())?;
+                        if let Some(l) = rec.layout.filter(|l| l.osds.iter().any(|o| out.contains(&o.0))) {
+                            left += l.osds.iter().filter(|o| out.contains(&o.0)).count() as u64;
+                            if v.len() < DRAIN_BATCH {
+                                v.push((k.value(), l));
+                            } else if !count {
+                                break;
+                            }
+                        }
+                    }
+                    Ok((v, left))
+                })
+                .await;
+            match found {
+                Ok((v, n)) => {
+                    files.extend(v);
+                    left += n;
+                }
+                Err(e) => tracing::warn!(shard = s.id, error = %e, "cannot look for replicas to move"),
+            }
+        }
+        if count || files.is_empty() {
+            self.stats.to_move.store(left, Ordering::Relaxed);
+            if let Ok(mut c) = self.stats.counted.lock() {
+                *c = Some(Instant::now());
+            }
+        }
+        files
     }
 
     async fn drain_file(&self, ino: u64, layout: &aifs_common::Layout, out: &[u32]) -> usize {
@@ -258,6 +299,7 @@ impl Repair {
                             tracing::warn!(%obj, osd = from, error = %e, "old replica left behind; fsck finds it");
                         }
                         self.stats.moved.fetch_add(1, Ordering::Relaxed);
+                        let _ = self.stats.to_move.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(1)));
                         done += 1;
                     }
                     Ok(false) => {

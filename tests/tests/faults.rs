@@ -25,10 +25,16 @@ fn wait_repaired(cl: &ProcCluster) {
 /// `mdsctl repair status --watch`, until it ends by itself when nothing
 /// is left (a minute at most): its last line.
 fn watch_repair(cl: &ProcCluster) -> String {
+    watch_until_done(cl, &["repair", "status", "--watch"])
+}
+
+/// `mdsctl ARGS` that watches until nothing is left (a minute at most):
+/// its last line.
+fn watch_until_done(cl: &ProcCluster, args: &[&str]) -> String {
     let mut child = std::process::Command::new(aifs_tests::bin_dir().join("mdsctl"))
         .arg("--config")
         .arg(cl.path("admin.toml"))
-        .args(["repair", "status", "--watch"])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -37,7 +43,7 @@ fn watch_repair(cl: &ProcCluster) -> String {
     while child.try_wait().unwrap().is_none() {
         if t.elapsed() > Duration::from_secs(60) {
             let _ = child.kill();
-            panic!("mdsctl repair status --watch still watching after 60 s");
+            panic!("mdsctl {args:?} still watching after 60 s");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -341,7 +347,9 @@ fn an_osd_taken_out_has_its_replicas_moved_away_and_gets_no_new_data() {
     fs::write(a.p("ckpt/w.pt"), &body).unwrap();
     File::open(a.p("ckpt/w.pt")).unwrap().sync_all().unwrap();
     let out = holders(&cl, "/ckpt/w.pt")[0];
-    cl.mdsctl(&["osd", "out", &out.to_string()]).unwrap();
+    // Followed until nothing is left to move: it counted what there was.
+    let last = watch_until_done(&cl, &["osd", "out", &out.to_string(), "--watch"]);
+    assert!(last.contains(", 0 to move off OSDs out") && !last.contains(" 0 moved off"), "{last}");
     let t = Instant::now();
     while holders(&cl, "/ckpt/w.pt").contains(&out) {
         assert!(t.elapsed() < Duration::from_secs(60), "replicas still on osd.{out} after 60 s");
@@ -562,7 +570,7 @@ fn a_truncate_while_an_osd_is_dead_never_brings_back_the_bytes_cut_off() {
     drop(b);
     // The operator follows the repair to its end.
     let last = watch_repair(&cl);
-    assert!(last.starts_with("0 stale replicas left, 0 being rewritten; ") && !last.contains("; 0 repaired"), "{last}");
+    assert!(last.starts_with("0 stale replicas left, 0 to move off OSDs out, 0 being rewritten; ") && !last.contains("; 0 repaired"), "{last}");
     let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "repair", "status"]).unwrap()).unwrap();
     assert!(v["left"] == 0 && v["repaired"].as_u64().unwrap() > 0, "{v}");
     cl.kill9_osd(1 + victim % 3);

@@ -369,6 +369,8 @@ pub struct RepairInfo {
     pub active: u64,
     /// Replicas moved off OSDs taken out.
     pub moved: u64,
+    /// Replicas on OSDs taken out still to move (counted every few seconds).
+    pub to_move: u64,
 }
 
 /// `renameat2` flag: fail with EEXIST instead of replacing the target.

@@ -68,6 +68,7 @@ impl MdsService {
                 bytes: self.repair.stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
                 active: self.repair.stats.active.load(std::sync::atomic::Ordering::Relaxed),
                 moved: self.repair.stats.moved.load(std::sync::atomic::Ordering::Relaxed),
+                to_move: self.repair.stats.to_move.load(std::sync::atomic::Ordering::Relaxed),
             },
         }))
     }

@@ -82,6 +82,7 @@ impl MdsService {
         if out {
             self.placement_changed().await;
         }
+        self.repair.count_to_move().await;
         self.repair.wake.notify_one();
         Ok(MdsResp::Done)
     }

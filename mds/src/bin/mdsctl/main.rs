@@ -162,8 +162,13 @@ enum OsdCmd {
     /// List OSDs with state and capacity.
     Ls,
     /// Take an OSD out: it gets no new data, and its replicas move to the
-    /// other OSDs in the background (progress in `mdsctl status`).
-    Out { id: u32 },
+    /// other OSDs in the background (progress in `mdsctl repair status`).
+    Out {
+        id: u32,
+        /// Follow the move until nothing is left, as `repair status --watch`.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Bring an OSD taken out back in.
     In { id: u32 },
 }
@@ -377,7 +382,7 @@ fn status_text(s: &aifs_common::proto::mds::ClusterStatus, mds: &MdsAddrs) -> St
          shards: {shards}   osds: {up} up / {osds} total   sessions: {sessions}\n  \
          capacity: {used} used of {total} ({avail} available), {} inodes\n\n  \
          requests served: {}\n  \
-         degraded object replicas: {degraded}   repairing: {}   repaired: {}   moved off OSDs out: {} ({} copied)\n\n\
+         degraded object replicas: {degraded}   repairing: {}   repaired: {}   moved off OSDs out: {} ({} copied), {} to move\n\n\
          {}\n{}\n{}",
         s.osd_epoch,
         fs.files,
@@ -386,6 +391,7 @@ fn status_text(s: &aifs_common::proto::mds::ClusterStatus, mds: &MdsAddrs) -> St
         r.repaired,
         r.moved,
         human(r.bytes),
+        r.to_move,
         shards::shard_table(&s.shards),
         table(&OSD_HEADER, &osd_rows(&s.osds)),
         session_table(&s.sessions)
@@ -495,13 +501,19 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 );
             }
         }
-        Cmd::Osd { cmd: OsdCmd::Out { id } } | Cmd::Osd { cmd: OsdCmd::In { id } } => {
-            let out = matches!(args.cmd, Cmd::Osd { cmd: OsdCmd::Out { .. } });
+        Cmd::Osd { cmd: OsdCmd::Out { id, .. } } | Cmd::Osd { cmd: OsdCmd::In { id } } => {
+            let (out, watch) = match args.cmd {
+                Cmd::Osd { cmd: OsdCmd::Out { watch, .. } } => (true, watch),
+                _ => (false, false),
+            };
             match admin.call(&MdsReq::OsdOut { id: OsdId(id), out }).await {
                 Ok(MdsResp::Done) => println!("osd.{id} {}", if out { "out: its replicas move to the other OSDs" } else { "in" }),
                 Err(aifs_common::Error::NotFound) => bail!("there is no OSD {id} (`mdsctl osd ls` lists them)"),
                 Err(e) => return Err(e.into()),
                 Ok(_) => bail!("unexpected reply to OsdOut"),
+            }
+            if watch {
+                repair::RepairCmd::Status { watch: true }.run(&admin, args.json).await?;
             }
         }
         Cmd::Fsck { repair } => {

@@ -39,6 +39,8 @@ async fn sample(admin: &Admin) -> anyhow::Result<Sample> {
 struct Report {
     /// Stale replicas recorded, over all shards.
     left: u64,
+    /// Replicas on OSDs taken out still to move.
+    to_move: u64,
     repairing: u64,
     repaired: u64,
     moved_off_osds_out: u64,
@@ -53,6 +55,7 @@ impl Report {
         let done = |s: &Sample| s.info.repaired + s.info.moved;
         Report {
             left: b.left,
+            to_move: b.info.to_move,
             repairing: b.info.active,
             repaired: b.info.repaired,
             moved_off_osds_out: b.info.moved,
@@ -64,8 +67,9 @@ impl Report {
 
     fn line(&self) -> String {
         format!(
-            "{} stale replicas left, {} being rewritten; {} repaired and {} moved off OSDs out since the MDS started ({} copied); now {}/s, {:.1} replicas/s",
+            "{} stale replicas left, {} to move off OSDs out, {} being rewritten; {} repaired and {} moved off OSDs out since the MDS started ({} copied); now {}/s, {:.1} replicas/s",
             self.left,
+            self.to_move,
             self.repairing,
             self.repaired,
             self.moved_off_osds_out,
@@ -96,10 +100,11 @@ impl RepairCmd {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = sample(admin).await?;
             let r = Report::between(&before, &now);
-            let finished = now.left == 0 && now.info.active == 0;
+            let left = now.left + now.info.to_move;
+            let finished = left == 0 && now.info.active == 0;
             match json {
                 true => println!("{}", serde_json::to_string(&r)?),
-                false => shown.show(done(&now), done(&now) + now.left, || format!("{} being rewritten, {}/s", r.repairing, human(r.bytes_per_s))),
+                false => shown.show(done(&now), done(&now) + left, || format!("{} being rewritten, {}/s", r.repairing, human(r.bytes_per_s))),
             }
             before = now;
             if finished {

@@ -35,6 +35,10 @@ pub struct Measure {
     /// Random reads: median and 99th percentile latency, µs.
     pub p50: f64,
     pub p99: f64,
+    /// Random reads: (percentile, µs) at each of `worker::LATENCY_PCTS`.
+    pub pcts: Vec<(f64, f64)>,
+    /// MB/s the ranks moved, each tenth of a second: (seconds, MB/s).
+    pub trace: Vec<(f64, f64)>,
     /// CPU seconds per GiB moved, per process of `Target::procs`.
     pub cpu: Vec<f64>,
     /// Bytes the OSDs read while the row ran (re-load: none wanted).
@@ -81,38 +85,52 @@ impl Ranks {
         Ok(v)
     }
 
-    /// Let every worker go; their `done` lines (without the word).
-    fn go(mut self, label: &str) -> Result<Vec<Vec<u64>>> {
+    /// Let every worker go; their `done` lines (without the word), and
+    /// the MB/s they moved each `TRACE_EVERY` (`Measure::trace`).
+    fn go(mut self, label: &str) -> Result<(Vec<Vec<u64>>, Vec<(f64, f64)>)> {
         for (c, _) in &mut self.0 {
             c.stdin.as_mut().context("worker stdin")?.write_all(b"go\n")?;
         }
+        let pids: Vec<u32> = self.0.iter().map(|(c, _)| c.id()).collect();
         let stop = AtomicBool::new(false);
-        let lines = std::thread::scope(|s| {
-            s.spawn(|| {
+        let (lines, trace) = std::thread::scope(|s| {
+            let tracer = s.spawn(|| {
                 let t = Instant::now();
                 let mut last = Instant::now();
+                let mut trace = Vec::new();
+                let mut moved = io_bytes(&pids);
+                let mut at = 0.0;
                 while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(TRACE_EVERY);
+                    let (now, bytes) = (t.elapsed().as_secs_f64(), io_bytes(&pids));
+                    // A worker that ended takes its count with it: no point.
+                    if bytes >= moved {
+                        trace.push((now, (bytes - moved) as f64 / 1e6 / (now - at)));
+                    }
+                    (moved, at) = (bytes, now);
                     if last.elapsed() >= Duration::from_secs(1) {
                         last = Instant::now();
-                        eprintln!("  {label}: {:.0} s", t.elapsed().as_secs_f64());
+                        eprintln!("  {label}: {:.0} s", now);
                     }
                 }
+                trace
             });
             let r = self.lines();
             stop.store(true, Ordering::Relaxed);
-            r
-        })?;
+            (r, tracer.join().unwrap_or_default())
+        });
+        let lines = lines?;
         for (c, _) in &mut self.0 {
             c.wait()?;
         }
-        lines
+        let said = lines
             .iter()
             .map(|l| match l.split_whitespace().collect::<Vec<_>>().split_first() {
                 Some((&"done", rest)) => rest.iter().map(|v| v.parse::<u64>().map_err(Into::into)).collect(),
                 _ => bail!("worker said {l:?} instead of done"),
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((said, trace))
     }
 }
 
@@ -137,7 +155,7 @@ impl Target {
         let osd0 = self.osds.as_ref().map(|o| o.read_bytes()).transpose()?;
         let c0 = self.cpu();
         let t = Instant::now();
-        let said = ranks.go(&format!("{}: {label}", self.label))?;
+        let (said, trace) = ranks.go(&format!("{}: {label}", self.label))?;
         then()?;
         let secs = t.elapsed().as_secs_f64().max(1e-9);
         let cpu = self.cpu().iter().zip(c0).map(|(a, b)| a - b).collect();
@@ -145,7 +163,7 @@ impl Target {
             (Some(o), Some(r0)) => Some(o.read_bytes()?.saturating_sub(r0)),
             _ => None,
         };
-        Ok((Timed { label: format!("{}: {label}", self.label), secs, cpu, osd_read }, said))
+        Ok((Timed { label: format!("{}: {label}", self.label), secs, cpu, osd_read, trace }, said))
     }
 }
 
@@ -155,6 +173,7 @@ struct Timed {
     secs: f64,
     cpu: Vec<f64>,
     osd_read: Option<u64>,
+    trace: Vec<(f64, f64)>,
 }
 
 impl Timed {
@@ -163,8 +182,24 @@ impl Timed {
         let gib = (bytes as f64 / (1u64 << 30) as f64).max(1e-9);
         let rate = bytes as f64 / 1e6 / self.secs;
         eprintln!("  {}: {rate:.0} MB/s", self.label);
-        Measure { rate, cpu: self.cpu.iter().map(|c| c / gib).collect(), osd_read: self.osd_read, ..Default::default() }
+        Measure { rate, cpu: self.cpu.iter().map(|c| c / gib).collect(), osd_read: self.osd_read, trace: self.trace, ..Default::default() }
     }
+}
+
+/// How often `Ranks::go` samples what the ranks moved.
+const TRACE_EVERY: Duration = Duration::from_millis(100);
+
+/// Bytes `pids` passed through read and write calls so far (`rchar` and
+/// `wchar` of /proc/PID/io; pages an mmap load touches are not counted).
+fn io_bytes(pids: &[u32]) -> u64 {
+    let one = |pid: &u32| -> u64 {
+        let text = fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with("rchar:") || l.starts_with("wchar:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    };
+    pids.iter().map(one).sum()
 }
 
 /// Bytes the workers said they read.
@@ -251,11 +286,14 @@ pub fn run(t: &Target, mib: usize, run: usize) -> Result<Vec<(String, Measure)>>
         let op = Op::Random { path: path(&rank_file(1, 0)), size, qd, ops };
         let (cost, said) = t.time(&format!("4 KiB random reads, QD{qd}"), &[op], || Ok(()))?;
         let r = said.first().context("no report from the random reader")?;
-        let (n, p50, p99) = (r.first().copied().unwrap_or(0), r.get(1).copied().unwrap_or(0), r.get(2).copied().unwrap_or(0));
+        let pcts: Vec<(f64, f64)> = crate::worker::LATENCY_PCTS.iter().zip(r.iter().skip(1)).map(|(q, v)| (*q, *v as f64)).collect();
+        let at = |q: f64| pcts.iter().find(|p| p.0 == q).map_or(0, |p| p.1 as u64);
+        let (n, p50, p99) = (r.first().copied().unwrap_or(0), at(50.0), at(99.0));
         let mut m = cost.measure(n * 4096);
         m.rate *= 1e6 / 4096.0;
         m.p50 = p50 as f64;
         m.p99 = p99 as f64;
+        m.pcts = pcts;
         rows.push((format!("4 KiB random reads, QD{qd}"), m));
     }
     fs::remove_dir_all(&root)?;

@@ -17,6 +17,7 @@ mod failover;
 mod meta;
 mod osds;
 mod plan;
+mod plot;
 mod rawquic;
 mod scale;
 mod util;
@@ -48,10 +49,12 @@ struct Args {
     scale_only: bool,
     /// MDS processes every shard is replicated over.
     mds: usize,
+    /// Where the checkpoint table's plots go.
+    plots: PathBuf,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false, raw_only: false, dirs: 1000, meta_only: false, failover_only: false, clients_only: false, scale_only: false, mds: 1 };
+    let mut a = Args { size_mib: 4096, files: 10_000, runs: 3, threads: 8, local: std::env::temp_dir(), ckpt_mib: 1024, ckpt_only: false, raw_only: false, dirs: 1000, meta_only: false, failover_only: false, clients_only: false, scale_only: false, mds: 1, plots: PathBuf::from("target/bench") };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().context("missing value");
@@ -70,10 +73,11 @@ fn parse_args() -> Result<Args> {
             "--clients-only" => a.clients_only = true,
             "--scale-only" => a.scale_only = true,
             "--mds" => a.mds = v()?.parse()?,
+            "--plots" => a.plots = PathBuf::from(v()?),
             "-h" | "--help" => {
                 println!(
                     "aifs-bench [--size-mib 4096] [--files 10000] [--dirs 1000] [--runs 3] [--threads 8] [--local-dir DIR] [--ckpt-mib 1024] \
-                     [--ckpt-only] [--raw-only] [--meta-only] [--failover-only] [--clients-only] [--scale-only] [--mds 1]"
+                     [--ckpt-only] [--raw-only] [--meta-only] [--failover-only] [--clients-only] [--scale-only] [--mds 1] [--plots target/bench]"
                 );
                 std::process::exit(0);
             }
@@ -657,5 +661,11 @@ fn checkpoint_patterns(cluster: &ProcCluster, mount: &aifs_tests::proc::Mount, p
         table.add_raw(ckpt::raw_run(raw, &targets[1].dir, a.ckpt_mib, run)?);
     }
     table.print(&names, a.runs, &size_label(a.ckpt_mib));
+    if !a.raw_only {
+        let labels: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
+        for p in plot::write(&table, &labels, &a.plots, &size_label(a.ckpt_mib))? {
+            println!("plot: {}", p.display());
+        }
+    }
     Ok(())
 }

@@ -98,6 +98,9 @@ impl Op {
     }
 }
 
+/// The latency percentiles a random reader reports, in this order.
+pub const LATENCY_PCTS: [f64; 5] = [50.0, 90.0, 99.0, 99.9, 100.0];
+
 /// `aifs-bench worker ...`: run one rank and report on stdout.
 pub fn main(args: &[String]) -> Result<()> {
     let op = Op::parse(args)?;
@@ -131,7 +134,9 @@ pub fn main(args: &[String]) -> Result<()> {
             let mut lat = random_reads(&f, size, qd, ops)?;
             lat.sort_unstable();
             let pick = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
-            writeln!(out, "done {} {} {}", lat.len(), pick(0.5), pick(0.99))?;
+            // After the count: the percentiles of `LATENCY_PCTS`, µs.
+            let pcts: Vec<String> = LATENCY_PCTS.iter().map(|q| pick(q / 100.0).to_string()).collect();
+            writeln!(out, "done {} {}", lat.len(), pcts.join(" "))?;
         }
     }
     Ok(())
