@@ -610,3 +610,53 @@ fn the_mount_helper_mounts_as_mount_8_calls_it_and_umount_ends_the_client() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"frobnicate\" is not one aifs knows"), "{err}");
 }
+
+/// Removes the helper a test put into /sbin, even when it fails.
+struct Uninstall(std::path::PathBuf);
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// An fstab line of type fuse.aifs, through mount(8) itself: `mount -a`
+/// over an fstab naming only it (`-T`) finds the helper in /sbin, as
+/// `make install` puts it, and mounts; `umount` ends the client. The
+/// helper is linked into /sbin for the test and taken away after; a
+/// machine that has one installed already keeps it, and the test uses it.
+#[test]
+fn an_fstab_line_mounts_with_mount_a() {
+    let sbin = std::path::PathBuf::from("/sbin/mount.fuse.aifs");
+    let _installed = match sbin.exists() {
+        true => None,
+        false => {
+            std::os::unix::fs::symlink(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mount.fuse.aifs"), &sbin).unwrap();
+            Some(Uninstall(sbin))
+        }
+    };
+    let cl = ProcCluster::start(3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("ai");
+    fs::create_dir(&mp).unwrap();
+    let fstab = dir.path().join("fstab");
+    fs::write(&fstab, format!("# aifs\n{} {} fuse.aifs _netdev,nofail,name=fstab 0 0\n", cl.path("client.toml").display(), mp.display())).unwrap();
+    let out = std::process::Command::new("mount")
+        .arg("-a")
+        .arg("-T")
+        .arg(&fstab)
+        .env("AIFS_MOUNT", aifs_tests::bin_dir().join("aifs-mount"))
+        .env("AIFS_LOG_DIR", cl.path("logs"))
+        .output()
+        .unwrap();
+    let _guard = Unmount(mp.clone());
+    assert!(out.status.success(), "mount -a: {}", String::from_utf8_lossy(&out.stderr));
+    let here = aifs_common::mounts::mounts().into_iter().any(|x| x.point == mp && x.fstype == "fuse.aifs");
+    assert!(here, "mount -a returned without aifs mounted at {}", mp.display());
+    fs::write(mp.join("through-fstab"), b"yes").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "session", "ls"]).unwrap()).unwrap();
+    assert!(v["sessions"].as_array().unwrap().iter().any(|s| s["name"] == "fstab"), "the fstab line's name= was not applied: {v}");
+    assert!(std::process::Command::new("umount").arg(&mp).status().unwrap().success());
+    let m = cl.mount().unwrap();
+    assert_eq!(fs::read(m.p("through-fstab")).unwrap(), b"yes");
+}

@@ -225,8 +225,9 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     let dir = args.dir.canonicalize()?;
     let ca_dir = args.ca_dir.clone().unwrap_or_else(|| cert::default_ca_dir(&dir));
-    // The port of metrics endpoint `n` below (MDS members) or above (OSDs) the base.
-    let metrics_at = |port: Option<u16>| port.map(|p| SocketAddr::new(mds.first().ip(), p).to_string());
+    // A metrics endpoint on `ip` at `port`: MDS member k at the base - (k - 1),
+    // OSD i at the base + i, so that they part on one host as on several.
+    let metrics_at = |ip: std::net::IpAddr, port: Option<u16>| port.map(|p| SocketAddr::new(ip, p).to_string());
     let base = args.metrics_port;
     certs::init_cluster(&dir, &ca_dir, osds, *force).map_err(|e| match e {
         aifs_common::Error::Exists => anyhow!("{} already holds a cluster CA (use --force to replace it)", ca_dir.display()),
@@ -242,7 +243,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         members,
         join: false,
         listen: mds.first(),
-        metrics_listen: metrics_at(base),
+        metrics_listen: metrics_at(mds.first().ip(), base),
         data_dir: data.join("mds"),
         shards: 4,
         default_layout: LayoutPolicy::default(),
@@ -263,7 +264,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         for m in mcfg.members.clone() {
             mcfg.id = m.id;
             mcfg.listen = m.addr;
-            mcfg.metrics_listen = metrics_at(base.and_then(|p| p.checked_sub((m.id - 1) as u16)));
+            mcfg.metrics_listen = metrics_at(m.addr.ip(), base.and_then(|p| p.checked_sub((m.id - 1) as u16)));
             mcfg.data_dir = data.join(format!("mds{}", m.id));
             std::fs::write(dir.join(format!("mds{}.toml", m.id)), to_toml(&mcfg)?)?;
         }
@@ -275,7 +276,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         let ocfg = aifs_osd::OsdConfig {
             id: i,
             listen: SocketAddr::new(mds.first().ip(), port),
-            metrics_listen: metrics_at(base.and_then(|p| p.checked_add(i as u16))),
+            metrics_listen: metrics_at(mds.first().ip(), base.and_then(|p| p.checked_add(i as u16))),
             advertise: None,
             mds: mds.clone(),
             data_dir: data.join(format!("osd{i}")),
@@ -292,10 +293,11 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
     std::fs::write(dir.join("client.toml"), ccfg)?;
     let acfg = AdminConfig { mds: mds.clone(), tls: tls(Role::Admin), transport };
     std::fs::write(dir.join("admin.toml"), to_toml(&acfg)?)?;
-    println!("created certificates for mds, osd1..{osds}, client, admin in {}", dir.display());
+    let osd_names = |ext: &str| if osds == 0 { String::new() } else { format!("osd1..{osds}{ext}, ") };
+    println!("created certificates for mds, {}client, admin in {}", osd_names(""), dir.display());
     println!("the cluster CA's key is in {}: keep it apart from the nodes; `mdsctl cert` needs it", ca_dir.display());
     let mds_configs = if replicated { format!("mds1..{}.toml", mds.0.len()) } else { "mds.toml".into() };
-    println!("configs: {mds_configs}, osd1..{osds}.toml, client.toml, admin.toml");
+    println!("configs: {mds_configs}, {}client.toml, admin.toml", osd_names(".toml"));
     Ok(())
 }
 
