@@ -54,8 +54,8 @@ impl ClientMetrics {
         reg.register("fuse_errors", "FUSE operations answered with an error, by operation and kind", m.errors.clone());
         reg.register("read_bytes", "Bytes returned to readers", m.read_bytes.clone());
         reg.register("written_bytes", "Bytes taken from writers", m.written_bytes.clone());
-        reg.register("writeback_bytes", "Bytes write-back shipped to the OSDs (each replica counted once)", m.writeback_bytes.clone());
-        reg.register("readahead_bytes", "Bytes read ahead of sequential readers", m.readahead_bytes.clone());
+        reg.register("writeback_bytes", "File bytes write-back shipped to the OSDs and saw land (once, whatever the replicas)", m.writeback_bytes.clone());
+        reg.register("readahead_bytes", "File bytes asked of the OSDs ahead of sequential readers", m.readahead_bytes.clone());
         if let Ok(mut r) = m.registry.lock() {
             *r = Some(reg);
         }

@@ -154,6 +154,11 @@ fn answer(req: tiny_http::Request, reg: &Registry, refresh: &impl Fn()) {
     let _ = req.respond(resp);
 }
 
+/// The kind of an error as it came over the wire, as a label.
+pub fn wire_error_kind(w: &crate::error::WireError) -> &'static str {
+    error_kind(&Error::from_wire(w.code, ""))
+}
+
 /// The kind of an error, as a label: its variant's name.
 pub fn error_kind(e: &Error) -> &'static str {
     match e {

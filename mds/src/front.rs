@@ -158,7 +158,7 @@ impl Service for Front {
 
     fn error_kind(reply: &MdsReply) -> Option<&'static str> {
         match &reply.resp {
-            MdsResp::Err(w) => Some(aifs_common::metrics::error_kind(&Error::from_wire(w.code, ""))),
+            MdsResp::Err(w) => Some(aifs_common::metrics::wire_error_kind(w)),
             _ => None,
         }
     }

@@ -54,8 +54,8 @@ pub struct MdsHandle {
     pub front: Arc<Front>,
     endpoint: quinn::Endpoint,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// The metrics endpoint, if configured; stops with the handle.
-    pub metrics: Option<aifs_common::metrics::MetricsServer>,
+    /// The metrics endpoint, if configured; stops at shutdown.
+    metrics: std::sync::Mutex<Option<aifs_common::metrics::MetricsServer>>,
 }
 
 impl MdsHandle {
@@ -65,6 +65,9 @@ impl MdsHandle {
     }
 
     pub fn shutdown(&self) {
+        if let Ok(mut m) = self.metrics.lock() {
+            m.take();
+        }
         self.endpoint.close(0u32.into(), b"shutdown");
         for t in &self.tasks {
             t.abort();
@@ -125,7 +128,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
     }
     let lead = tokio::spawn(lead(cfg.clone(), front.clone(), endpoint.clone(), gate));
     tracing::info!(%addr, id = me, members = replica.members.all.len(), shards = cfg.shards, data = %cfg.data_dir.display(), "MDS serving");
-    Ok(MdsHandle { addr, front, endpoint, tasks: vec![serve, lead], metrics })
+    Ok(MdsHandle { addr, front, endpoint, tasks: vec![serve, lead], metrics: std::sync::Mutex::new(metrics) })
 }
 
 /// Start the namespace service whenever this process is ready to lead

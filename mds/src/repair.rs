@@ -224,6 +224,7 @@ impl Repair {
     async fn scan_out(&self, out: &[u32], count: bool) -> Vec<(u64, aifs_common::Layout)> {
         let mut files = Vec::new();
         let mut left = 0u64;
+        let mut failed = false;
         for s in &self.ns.shards {
             let out = out.to_vec();
             let found = s
@@ -249,10 +250,14 @@ impl Repair {
                     files.extend(v);
                     left += n;
                 }
-                Err(e) => tracing::warn!(shard = s.id, error = %e, "cannot look for replicas to move"),
+                Err(e) => {
+                    tracing::warn!(shard = s.id, error = %e, "cannot look for replicas to move");
+                    failed = true;
+                }
             }
         }
-        if count || files.is_empty() {
+        // A shard not looked at would make the count short: kept as it was.
+        if (count || files.is_empty()) && !failed {
             self.stats.to_move.store(left, Ordering::Relaxed);
             if let Ok(mut c) = self.stats.counted.lock() {
                 *c = Some(Instant::now());

@@ -235,7 +235,7 @@ impl Service for OsdService {
 
     fn error_kind(resp: &OsdResp) -> Option<&'static str> {
         match resp {
-            OsdResp::Err(w) => Some(aifs_common::metrics::error_kind(&Error::from_wire(w.code, ""))),
+            OsdResp::Err(w) => Some(aifs_common::metrics::wire_error_kind(w)),
             _ => None,
         }
     }
@@ -246,12 +246,15 @@ pub struct OsdHandle {
     pub addr: SocketAddr,
     endpoint: quinn::Endpoint,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// The metrics endpoint, if configured; stops with the handle.
-    pub metrics: Option<MetricsServer>,
+    /// The metrics endpoint, if configured; stops at shutdown.
+    metrics: std::sync::Mutex<Option<MetricsServer>>,
 }
 
 impl OsdHandle {
     pub fn shutdown(&self) {
+        if let Ok(mut m) = self.metrics.lock() {
+            m.take();
+        }
         self.endpoint.close(0u32.into(), b"shutdown");
         for t in &self.tasks {
             t.abort();
@@ -362,5 +365,5 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
         }
     });
     tracing::info!(osd = cfg.id, %addr, data = %cfg.data_dir.display(), "OSD serving");
-    Ok(OsdHandle { addr, endpoint, tasks: vec![serve, hb], metrics })
+    Ok(OsdHandle { addr, endpoint, tasks: vec![serve, hb], metrics: std::sync::Mutex::new(metrics) })
 }

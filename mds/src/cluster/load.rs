@@ -13,9 +13,19 @@ use std::time::{Duration, Instant};
 pub const MIN_SPAN: Duration = Duration::from_millis(500);
 
 /// `later - earlier` a second, over `span`.
-fn per_sec(later: u64, earlier: u64, span: Duration) -> u64 {
-    (later.saturating_sub(earlier) as f64 / span.as_secs_f64()) as u64
+pub fn per_sec(later: u64, earlier: u64, span: Duration) -> u64 {
+    (later.saturating_sub(earlier) as f64 / span.as_secs_f64().max(1e-3)) as u64
 }
+
+/// A rate taken over `span` no longer holds once its source has been
+/// silent for three such spans (at least `MIN_SILENT`): it stopped
+/// heartbeating, and did nothing we know of since.
+fn lapsed(mark: Instant, span: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(mark) > (span * 3).max(MIN_SILENT)
+}
+
+/// The shortest silence after which a rate is taken as lapsed.
+const MIN_SILENT: Duration = Duration::from_secs(5);
 
 /// A session's load.
 #[derive(Default)]
@@ -32,6 +42,8 @@ struct Beats {
     /// reported, and the requests served by then.
     mark: Option<(Instant, ClientIo, u64)>,
     rate: SessionRate,
+    /// What `rate` was taken over.
+    span: Duration,
 }
 
 impl SessionLoad {
@@ -54,17 +66,25 @@ impl SessionLoad {
                     written_bytes: per_sec(io.written_bytes, was.written_bytes, span),
                     mds_requests: per_sec(requests, req_was, span),
                 };
+                b.span = span;
                 b.mark = Some((now, io, requests));
             }
             None => b.mark = Some((now, io, requests)),
         }
     }
 
-    /// Requests served, what the client last reported, and the rates.
-    pub fn view(&self) -> (u64, ClientIo, SessionRate) {
+    /// Requests served, what the client last reported, and the rates
+    /// (zero once they lapsed).
+    pub fn view(&self, now: Instant) -> (u64, ClientIo, SessionRate) {
         let requests = self.requests.load(Ordering::Relaxed);
         match self.beats.lock() {
-            Ok(b) => (requests, b.io, b.rate),
+            Ok(b) => {
+                let rate = match b.mark {
+                    Some((at, _, _)) if !lapsed(at, b.span, now) => b.rate,
+                    _ => SessionRate::default(),
+                };
+                (requests, b.io, rate)
+            }
             Err(_) => (requests, ClientIo::default(), SessionRate::default()),
         }
     }
@@ -74,7 +94,8 @@ impl SessionLoad {
 #[derive(Default, Clone, Copy)]
 pub struct OsdLoad {
     mark: Option<(Instant, OsdStats)>,
-    pub rate: OsdStats,
+    rate: OsdStats,
+    span: Duration,
 }
 
 impl OsdLoad {
@@ -89,9 +110,18 @@ impl OsdLoad {
                     writes: per_sec(served.writes, was.writes, span),
                     write_bytes: per_sec(served.write_bytes, was.write_bytes, span),
                 };
+                self.span = span;
                 self.mark = Some((now, served));
             }
             None => self.mark = Some((now, served)),
+        }
+    }
+
+    /// The rate, zero once it lapsed.
+    pub fn rate(&self, now: Instant) -> OsdStats {
+        match self.mark {
+            Some((at, _)) if !lapsed(at, self.span, now) => self.rate,
+            _ => OsdStats::default(),
         }
     }
 }
@@ -110,14 +140,18 @@ mod tests {
         l.served();
         // Too soon after the mark: reported, no rate yet.
         l.beat(io(5, 0, 0), t0 + Duration::from_millis(100));
-        assert_eq!(l.view(), (2, io(5, 0, 0), SessionRate::default()));
+        assert_eq!(l.view(t0 + Duration::from_millis(100)), (2, io(5, 0, 0), SessionRate::default()));
         l.beat(io(10, 4 << 20, 2 << 20), t0 + Duration::from_secs(2));
-        let (requests, _, rate) = l.view();
+        let (requests, _, rate) = l.view(t0 + Duration::from_secs(2));
         assert_eq!(requests, 2);
         assert_eq!(rate, SessionRate { ops: 5, read_bytes: 2 << 20, written_bytes: 1 << 20, mds_requests: 1 });
         let mut o = OsdLoad::default();
         o.beat(OsdStats { reads: 10, ..Default::default() }, t0);
         o.beat(OsdStats { reads: 30, write_bytes: 1000, ..Default::default() }, t0 + Duration::from_secs(1));
-        assert_eq!(o.rate, OsdStats { reads: 20, write_bytes: 1000, ..Default::default() });
+        let at = t0 + Duration::from_secs(1);
+        assert_eq!(o.rate(at), OsdStats { reads: 20, write_bytes: 1000, ..Default::default() });
+        // Silent since: the rates lapse.
+        assert_eq!(o.rate(at + Duration::from_secs(6)), OsdStats::default());
+        assert_eq!(l.view(t0 + Duration::from_secs(9)).2, SessionRate::default());
     }
 }

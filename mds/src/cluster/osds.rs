@@ -174,7 +174,7 @@ impl OsdMap {
                 last_seen_ms: e.last_seen.map(|t| now.duration_since(t).as_millis() as u64).unwrap_or(u64::MAX),
                 out: e.out,
                 served: e.served,
-                rate: e.load.rate,
+                rate: if e.up { e.load.rate(now) } else { Default::default() },
             })
             .collect();
         v.sort_by_key(|o| o.id);

@@ -236,7 +236,7 @@ impl Cluster {
             .sessions
             .iter()
             .map(|s| {
-                let (requests, io, rate) = s.load.view();
+                let (requests, io, rate) = s.load.view(now);
                 SessionInfo {
                     id: *s.key(),
                     name: s.name.clone(),

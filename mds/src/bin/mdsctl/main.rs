@@ -407,9 +407,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
     match args.cmd {
         Cmd::Init(_) | Cmd::Cert(_) => unreachable!("handled before connecting"),
         Cmd::Status { watch: true, interval } => {
-            if !(interval > 0.0 && interval.is_finite()) {
-                bail!("--interval must be a positive number of seconds");
-            }
+            let every = top::interval(interval)?;
             let look = || async {
                 let s = admin.status().await?;
                 match args.json {
@@ -417,7 +415,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                     false => Ok(status_text(&s, &cfg.mds)),
                 }
             };
-            top::watch(std::time::Duration::from_secs_f64(interval), look).await?;
+            top::watch(every, args.json, look).await?;
         }
         Cmd::Status { watch: false, .. } => {
             let s = admin.status().await?;
@@ -509,6 +507,7 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 _ => (false, false),
             };
             match admin.call(&MdsReq::OsdOut { id: OsdId(id), out }).await {
+                Ok(MdsResp::Done) if args.json => println!("{}", serde_json::json!({"osd": id, "out": out})),
                 Ok(MdsResp::Done) => println!("osd.{id} {}", if out { "out: its replicas move to the other OSDs" } else { "in" }),
                 Err(aifs_common::Error::NotFound) => bail!("there is no OSD {id} (`mdsctl osd ls` lists them)"),
                 Err(e) => return Err(e.into()),

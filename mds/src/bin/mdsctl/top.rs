@@ -71,7 +71,15 @@ struct Slow {
 
 /// `later - earlier` a second over `span` seconds.
 fn rate(later: u64, earlier: u64, span: f64) -> u64 {
-    (later.saturating_sub(earlier) as f64 / span.max(1e-3)) as u64
+    aifs_mds::cluster::load::per_sec(later, earlier, Duration::from_secs_f64(span.max(0.0)))
+}
+
+/// `--interval`'s seconds, refused unless positive.
+pub fn interval(secs: f64) -> anyhow::Result<Duration> {
+    match secs > 0.0 && secs.is_finite() {
+        true => Ok(Duration::from_secs_f64(secs)),
+        false => anyhow::bail!("--interval must be a positive number of seconds"),
+    }
 }
 
 impl Sample {
@@ -96,7 +104,9 @@ impl Sample {
                 leases: s.leases,
             })
             .collect();
-        sessions.sort_by_key(|s| std::cmp::Reverse((s.read_bytes_per_s + s.written_bytes_per_s, s.ops_per_s + s.mds_requests_per_s)));
+        sessions.sort_by_key(|s| {
+            std::cmp::Reverse((s.read_bytes_per_s.saturating_add(s.written_bytes_per_s), s.ops_per_s.saturating_add(s.mds_requests_per_s)))
+        });
         let osds = now
             .osds
             .iter()
@@ -181,9 +191,7 @@ impl Sample {
 }
 
 pub async fn top(admin: &Admin, args: &TopArgs, json: bool) -> anyhow::Result<()> {
-    if !(args.interval > 0.0 && args.interval.is_finite()) {
-        anyhow::bail!("--interval must be a positive number of seconds");
-    }
+    let every = interval(args.interval)?;
     let mut before = admin.status().await?;
     let mut at = Instant::now();
     let first = Duration::from_secs_f64(if args.once { 1.0 } else { args.interval.min(1.0) });
@@ -196,21 +204,21 @@ pub async fn top(admin: &Admin, args: &TopArgs, json: bool) -> anyhow::Result<()
         match (json, args.once) {
             (true, true) => println!("{}", serde_json::to_string_pretty(&sample)?),
             (true, false) => println!("{}", serde_json::to_string(&sample)?),
-            (false, _) => show(&sample.text(), !args.once),
+            (false, _) => show(&sample.text(), !args.once, false),
         }
         if args.once {
             return Ok(());
         }
         before = now;
-        tokio::time::sleep(Duration::from_secs_f64(args.interval)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
 /// Print `text` as the new screen: on a terminal in place of the last
-/// (`refresh`), else after it with the time.
-fn show(text: &str, refresh: bool) {
+/// (`refresh`), else after it with the time; `json` lines as they are.
+fn show(text: &str, refresh: bool, json: bool) {
     let mut out = std::io::stdout().lock();
-    let _ = match (refresh, out.is_terminal()) {
+    let _ = match (refresh && !json, out.is_terminal()) {
         (true, true) => write!(out, "\x1b[H\x1b[2J{text}"),
         (true, false) => write!(out, "--- {}\n{text}\n", aifs_common::time::now_ns() / 1_000_000_000),
         (false, _) => write!(out, "{text}"),
@@ -218,14 +226,15 @@ fn show(text: &str, refresh: bool) {
     let _ = out.flush();
 }
 
-/// Print what `look` renders every `interval`, until interrupted.
-pub async fn watch<F, Fut>(interval: Duration, look: F) -> anyhow::Result<()>
+/// Print what `look` renders every `interval` (`json`: a line each), until
+/// interrupted.
+pub async fn watch<F, Fut>(interval: Duration, json: bool, look: F) -> anyhow::Result<()>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = anyhow::Result<String>>,
 {
     loop {
-        show(&look().await?, true);
+        show(&look().await?, true, json);
         tokio::time::sleep(interval).await;
     }
 }
