@@ -446,61 +446,8 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
             })?;
             println!("evicted session {id}");
         }
-        Cmd::Df => {
-            let s = admin.status().await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"total": s.statfs, "osds": s.osds}))?);
-                return Ok(());
-            }
-            let mut rows: Vec<Vec<String>> = s
-                .osds
-                .iter()
-                .map(|o| {
-                    vec![
-                        o.id.to_string(),
-                        human(o.capacity),
-                        human(o.used),
-                        human(o.capacity.saturating_sub(o.used)),
-                        use_pct(o.used, o.capacity),
-                    ]
-                })
-                .collect();
-            let t = &s.statfs;
-            rows.push(vec![
-                "total".into(),
-                human(t.total_bytes),
-                human(t.used_bytes),
-                human(t.avail_bytes),
-                use_pct(t.used_bytes, t.total_bytes),
-            ]);
-            print!("{}", table(&["OSD", "SIZE", "USED", "AVAIL", "USE%"], &rows));
-        }
-        Cmd::Setstripe { path, size, count, replicas } => {
-            let (p, attr) = admin.resolve(&path).await?;
-            let current = match admin.call(&MdsReq::GetStripe { ino: attr.ino }).await? {
-                MdsResp::Stripe { policy, .. } => policy.unwrap_or_default(),
-                _ => bail!("unexpected reply to GetStripe"),
-            };
-            let mut policy = current;
-            if let Some(s) = size {
-                policy.stripe_size = u32::try_from(parse_size(&s)?).map_err(|_| anyhow!("stripe size too large"))?;
-            }
-            if let Some(c) = count {
-                policy.stripe_count = c;
-            }
-            if let Some(r) = replicas {
-                policy.replicas = r;
-            }
-            admin.call(&MdsReq::SetStripe { ino: attr.ino, policy }).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"path": p, "layout": policy}))?);
-            } else {
-                println!(
-                    "{p}: stripe_size {} stripe_count {} replicas {}",
-                    policy.stripe_size, policy.stripe_count, policy.replicas
-                );
-            }
-        }
+        Cmd::Df => df(&admin, args.json).await?,
+        Cmd::Setstripe { path, size, count, replicas } => setstripe(&admin, args.json, &path, size, count, replicas).await?,
         Cmd::Osd { cmd: OsdCmd::Out { id, .. } } | Cmd::Osd { cmd: OsdCmd::In { id } } => {
             let (out, watch) = match args.cmd {
                 Cmd::Osd { cmd: OsdCmd::Out { watch, .. } } => (true, watch),
@@ -517,145 +464,218 @@ async fn run(args: Args, cfg: AdminConfig) -> anyhow::Result<()> {
                 repair::RepairCmd::Status { watch: true }.run(&admin, args.json).await?;
             }
         }
-        Cmd::Fsck { repair } => {
-            let MdsResp::Fsck(mut r) = admin.call(&MdsReq::Fsck { repair }).await? else {
-                bail!("unexpected reply to Fsck");
-            };
-            let mut shown = progress::Progress::new("fsck", "files");
-            while r.running {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                let MdsResp::Fsck(now) = admin.call(&MdsReq::FsckStatus).await? else {
-                    bail!("unexpected reply to FsckStatus");
-                };
-                r = now;
-                if !args.json {
-                    let detail = || format!("{} replicas verified; {} missing, {} corrupt, {} orphans", r.replicas_verified, r.missing, r.corrupt, r.orphans);
-                    shown.show(r.files_done, r.files, detail);
-                }
-            }
-            shown.done();
-            if let Some(e) = &r.error {
-                bail!("fsck stopped: {e}");
-            }
-            let problems = r.missing + r.corrupt + r.orphans;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!(
-                    "fsck: {} files checked ({} open, left out), {} replicas verified",
-                    r.files_done, r.files_skipped, r.replicas_verified
-                );
-                if !r.osds_skipped.is_empty() {
-                    println!("  OSDs down, not checked: {}", r.osds_skipped.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", "));
-                }
-                println!("  missing replicas: {}   corrupt replicas: {}   orphan objects: {}", r.missing, r.corrupt, r.orphans);
-                if r.repair {
-                    println!("  fixed: {} (replicas handed to repair: see mdsctl status)", r.fixed);
-                }
-                if !r.findings.is_empty() {
-                    println!();
-                    let rows: Vec<Vec<String>> = r
-                        .findings
-                        .iter()
-                        .map(|f| vec![format!("{:?}", f.kind).to_lowercase(), ObjectId { ino: InodeId(f.ino), index: f.index }.to_string(), f.osd.to_string()])
-                        .collect();
-                    print!("{}", table(&["FINDING", "OBJECT", "OSD"], &rows));
-                }
-            }
-            if problems > 0 {
-                std::process::exit(if r.repair && r.fixed == problems { 1 } else { 4 });
-            }
-        }
+        Cmd::Fsck { repair } => fsck(&admin, args.json, repair).await?,
         Cmd::Degraded { cmd } => cmd.run(&admin, args.json).await?,
         Cmd::Repair { cmd } => cmd.run(&admin, args.json).await?,
-        Cmd::Leases { path } => {
-            let (p, attr) = admin.resolve(&path).await?;
-            let leases = match admin.call(&MdsReq::Leases { ino: attr.ino }).await? {
-                MdsResp::Leases(l) => l,
-                _ => bail!("unexpected reply to Leases"),
-            };
-            if args.json {
-                let v = serde_json::json!({"path": p, "ino": format!("{:#x}", attr.ino), "leases": leases});
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            println!("{p} (inode {:#x})", attr.ino);
-            let rows: Vec<Vec<String>> = leases
+        Cmd::Leases { path } => leases(&admin, args.json, &path).await?,
+        Cmd::Getstripe { path } => getstripe(&admin, args.json, &path).await?,
+    }
+    Ok(())
+}
+
+/// `mdsctl df`: capacity and use per OSD and in total.
+async fn df(admin: &Admin, json: bool) -> anyhow::Result<()> {
+    let s = admin.status().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"total": s.statfs, "osds": s.osds}))?);
+        return Ok(());
+    }
+    let mut rows: Vec<Vec<String>> = s
+        .osds
+        .iter()
+        .map(|o| {
+            vec![
+                o.id.to_string(),
+                human(o.capacity),
+                human(o.used),
+                human(o.capacity.saturating_sub(o.used)),
+                use_pct(o.used, o.capacity),
+            ]
+        })
+        .collect();
+    let t = &s.statfs;
+    rows.push(vec![
+        "total".into(),
+        human(t.total_bytes),
+        human(t.used_bytes),
+        human(t.avail_bytes),
+        use_pct(t.used_bytes, t.total_bytes),
+    ]);
+    print!("{}", table(&["OSD", "SIZE", "USED", "AVAIL", "USE%"], &rows));
+    Ok(())
+}
+
+/// `mdsctl setstripe`: a directory's default layout, or an empty file's.
+async fn setstripe(admin: &Admin, json: bool, path: &std::path::Path, size: Option<String>, count: Option<u32>, replicas: Option<u32>) -> anyhow::Result<()> {
+    let (p, attr) = admin.resolve(path).await?;
+    let current = match admin.call(&MdsReq::GetStripe { ino: attr.ino }).await? {
+        MdsResp::Stripe { policy, .. } => policy.unwrap_or_default(),
+        _ => bail!("unexpected reply to GetStripe"),
+    };
+    let mut policy = current;
+    if let Some(s) = size {
+        policy.stripe_size = u32::try_from(parse_size(&s)?).map_err(|_| anyhow!("stripe size too large"))?;
+    }
+    if let Some(c) = count {
+        policy.stripe_count = c;
+    }
+    if let Some(r) = replicas {
+        policy.replicas = r;
+    }
+    admin.call(&MdsReq::SetStripe { ino: attr.ino, policy }).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"path": p, "layout": policy}))?);
+    } else {
+        println!(
+            "{p}: stripe_size {} stripe_count {} replicas {}",
+            policy.stripe_size, policy.stripe_count, policy.replicas
+        );
+    }
+    Ok(())
+}
+
+/// `mdsctl fsck`: started on the MDS and followed to its end; exits 1 or 4 as fsck(8) does when it found problems.
+async fn fsck(admin: &Admin, json: bool, repair: bool) -> anyhow::Result<()> {
+    let MdsResp::Fsck(mut r) = admin.call(&MdsReq::Fsck { repair }).await? else {
+        bail!("unexpected reply to Fsck");
+    };
+    let mut shown = progress::Progress::new("fsck", "files");
+    while r.running {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let MdsResp::Fsck(now) = admin.call(&MdsReq::FsckStatus).await? else {
+            bail!("unexpected reply to FsckStatus");
+        };
+        r = now;
+        if !json {
+            let detail = || format!("{} replicas verified; {} missing, {} corrupt, {} orphans", r.replicas_verified, r.missing, r.corrupt, r.orphans);
+            shown.show(r.files_done, r.files, detail);
+        }
+    }
+    shown.done();
+    if let Some(e) = &r.error {
+        bail!("fsck stopped: {e}");
+    }
+    let problems = r.missing + r.corrupt + r.orphans;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "fsck: {} files checked ({} open, left out), {} replicas verified",
+            r.files_done, r.files_skipped, r.replicas_verified
+        );
+        if !r.osds_skipped.is_empty() {
+            println!("  OSDs down, not checked: {}", r.osds_skipped.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", "));
+        }
+        println!("  missing replicas: {}   corrupt replicas: {}   orphan objects: {}", r.missing, r.corrupt, r.orphans);
+        if r.repair {
+            println!("  fixed: {} (replicas handed to repair: see mdsctl status)", r.fixed);
+        }
+        if !r.findings.is_empty() {
+            println!();
+            let rows: Vec<Vec<String>> = r
+                .findings
                 .iter()
-                .map(|l| {
-                    let mode = match l.mode {
-                        LeaseMode::None => "none",
-                        LeaseMode::Read => "read",
-                        LeaseMode::Write => "write",
-                        LeaseMode::SharedWrite => "shared-write",
-                    };
-                    vec![l.session.to_string(), l.name.clone(), mode.to_string(), if l.recalled { "recalling" } else { "" }.to_string()]
-                })
+                .map(|f| vec![format!("{:?}", f.kind).to_lowercase(), ObjectId { ino: InodeId(f.ino), index: f.index }.to_string(), f.osd.to_string()])
                 .collect();
-            print!("{}", table(&["SESSION", "NAME", "LEASE", "STATE"], &rows));
+            print!("{}", table(&["FINDING", "OBJECT", "OSD"], &rows));
         }
-        Cmd::Getstripe { path } => {
-            let (p, attr) = admin.resolve(&path).await?;
-            let (policy, attr) = match admin.call(&MdsReq::GetStripe { ino: attr.ino }).await? {
-                MdsResp::Stripe { policy, attr } => (policy, attr),
-                _ => bail!("unexpected reply to GetStripe"),
+    }
+    if problems > 0 {
+        std::process::exit(if r.repair && r.fixed == problems { 1 } else { 4 });
+    }
+    Ok(())
+}
+
+/// `mdsctl leases`: which session holds which lease on a path.
+async fn leases(admin: &Admin, json: bool, path: &std::path::Path) -> anyhow::Result<()> {
+    let (p, attr) = admin.resolve(path).await?;
+    let leases = match admin.call(&MdsReq::Leases { ino: attr.ino }).await? {
+        MdsResp::Leases(l) => l,
+        _ => bail!("unexpected reply to Leases"),
+    };
+    if json {
+        let v = serde_json::json!({"path": p, "ino": format!("{:#x}", attr.ino), "leases": leases});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{p} (inode {:#x})", attr.ino);
+    let rows: Vec<Vec<String>> = leases
+        .iter()
+        .map(|l| {
+            let mode = match l.mode {
+                LeaseMode::None => "none",
+                LeaseMode::Read => "read",
+                LeaseMode::Write => "write",
+                LeaseMode::SharedWrite => "shared-write",
             };
-            let osds = match admin.call(&MdsReq::OsdMap).await? {
-                MdsResp::OsdMap { osds, .. } => osds,
-                _ => bail!("unexpected reply to OsdMap"),
-            };
-            let mut objects = Vec::new();
-            if let Some(l) = &attr.layout {
-                for k in 0..l.stripe_count {
-                    for (r, osd) in l.object_osds(k).iter().enumerate() {
-                        let obj = ObjectId { ino: attr.ino, index: k };
-                        let info = osds.iter().find(|o| o.id == *osd);
-                        let size = match info.and_then(|o| o.addr.parse::<SocketAddr>().ok()) {
-                            Some(addr) => {
-                                let c = RpcClient::new(admin.endpoint.clone(), addr, Role::Osd);
-                                match c.call::<_, OsdResp>(&OsdCall::from(OsdReq::Stat { obj }), &[]).await {
-                                    Ok((OsdResp::Stat { exists: true, size }, _)) => Some(size),
-                                    Ok((OsdResp::Stat { exists: false, .. }, _)) => None,
-                                    _ => None,
-                                }
-                            }
-                            None => None,
-                        };
-                        objects.push((k, r, osd.0, obj.to_string(), size));
+            vec![l.session.to_string(), l.name.clone(), mode.to_string(), if l.recalled { "recalling" } else { "" }.to_string()]
+        })
+        .collect();
+    print!("{}", table(&["SESSION", "NAME", "LEASE", "STATE"], &rows));
+    Ok(())
+}
+
+/// `mdsctl getstripe`: a path's layout, and a file's objects with their sizes on the OSDs.
+async fn getstripe(admin: &Admin, json: bool, path: &std::path::Path) -> anyhow::Result<()> {
+    let (p, attr) = admin.resolve(path).await?;
+    let (policy, attr) = match admin.call(&MdsReq::GetStripe { ino: attr.ino }).await? {
+        MdsResp::Stripe { policy, attr } => (policy, attr),
+        _ => bail!("unexpected reply to GetStripe"),
+    };
+    let osds = match admin.call(&MdsReq::OsdMap).await? {
+        MdsResp::OsdMap { osds, .. } => osds,
+        _ => bail!("unexpected reply to OsdMap"),
+    };
+    let mut objects = Vec::new();
+    if let Some(l) = &attr.layout {
+        for k in 0..l.stripe_count {
+            for (r, osd) in l.object_osds(k).iter().enumerate() {
+                let obj = ObjectId { ino: attr.ino, index: k };
+                let info = osds.iter().find(|o| o.id == *osd);
+                let size = match info.and_then(|o| o.addr.parse::<SocketAddr>().ok()) {
+                    Some(addr) => {
+                        let c = RpcClient::new(admin.endpoint.clone(), addr, Role::Osd);
+                        match c.call::<_, OsdResp>(&OsdCall::from(OsdReq::Stat { obj }), &[]).await {
+                            Ok((OsdResp::Stat { exists: true, size }, _)) => Some(size),
+                            Ok((OsdResp::Stat { exists: false, .. }, _)) => None,
+                            _ => None,
+                        }
                     }
-                }
-            }
-            if args.json {
-                let objs: Vec<_> = objects
-                    .iter()
-                    .map(|(k, r, o, name, size)| serde_json::json!({"index": k, "replica": r, "osd": o, "object": name, "size": size}))
-                    .collect();
-                let v = serde_json::json!({
-                    "path": p, "ino": format!("{:#x}", attr.ino), "size": attr.size,
-                    "layout": policy, "objects": objs,
-                });
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            println!("{p}");
-            println!("  inode:        {:#x} (shard {})", attr.ino, attr.ino.shard());
-            if let Some(pol) = policy {
-                let what = if attr.layout.is_some() { "" } else { " (default for new files)" };
-                println!("  stripe_size:  {}{what}", pol.stripe_size);
-                println!("  stripe_count: {}", pol.stripe_count);
-                println!("  replicas:     {}", pol.replicas);
-            }
-            if attr.layout.is_some() {
-                println!("  size:         {} ({})\n", attr.size, human(attr.size));
-                let rows: Vec<Vec<String>> = objects
-                    .iter()
-                    .map(|(k, r, o, name, size)| {
-                        vec![k.to_string(), r.to_string(), format!("osd.{o}"), name.clone(), size.map(|s| s.to_string()).unwrap_or_else(|| "-".into())]
-                    })
-                    .collect();
-                print!("{}", table(&["OBJ", "REPLICA", "OSD", "OBJECT", "BYTES"], &rows));
+                    None => None,
+                };
+                objects.push((k, r, osd.0, obj.to_string(), size));
             }
         }
+    }
+    if json {
+        let objs: Vec<_> = objects
+            .iter()
+            .map(|(k, r, o, name, size)| serde_json::json!({"index": k, "replica": r, "osd": o, "object": name, "size": size}))
+            .collect();
+        let v = serde_json::json!({
+            "path": p, "ino": format!("{:#x}", attr.ino), "size": attr.size,
+            "layout": policy, "objects": objs,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{p}");
+    println!("  inode:        {:#x} (shard {})", attr.ino, attr.ino.shard());
+    if let Some(pol) = policy {
+        let what = if attr.layout.is_some() { "" } else { " (default for new files)" };
+        println!("  stripe_size:  {}{what}", pol.stripe_size);
+        println!("  stripe_count: {}", pol.stripe_count);
+        println!("  replicas:     {}", pol.replicas);
+    }
+    if attr.layout.is_some() {
+        println!("  size:         {} ({})\n", attr.size, human(attr.size));
+        let rows: Vec<Vec<String>> = objects
+            .iter()
+            .map(|(k, r, o, name, size)| {
+                vec![k.to_string(), r.to_string(), format!("osd.{o}"), name.clone(), size.map(|s| s.to_string()).unwrap_or_else(|| "-".into())]
+            })
+            .collect();
+        print!("{}", table(&["OBJ", "REPLICA", "OSD", "OBJECT", "BYTES"], &rows));
     }
     Ok(())
 }
