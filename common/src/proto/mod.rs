@@ -6,6 +6,7 @@ pub mod frame;
 pub mod mds;
 pub mod osd;
 pub mod requests;
+pub mod status;
 
 pub use frame::{Message, MAX_HEADER, MAX_PAYLOAD};
 
