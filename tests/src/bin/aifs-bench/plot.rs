@@ -56,20 +56,20 @@ pub fn write(t: &Table, labels: &[String], dir: &Path, size: &str) -> Result<Vec
     Ok(out)
 }
 
-/// MB/s over seconds, a line per target.
-fn over_time(path: &Path, title: &str, lines: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
-    let xmax = lines.iter().flat_map(|l| l.1.iter().map(|p| p.0)).fold(0.1, f64::max);
-    let ymax = lines.iter().flat_map(|l| l.1.iter().map(|p| p.1)).fold(1.0, f64::max) * 1.1;
-    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+/// A chart's frame: the picture at `path`, its title, label areas.
+fn frame<'a, 'p>(root: &'a DrawingArea<SVGBackend<'p>, plotters::coord::Shift>, title: &str) -> Result<ChartBuilder<'a, 'a, SVGBackend<'p>>> {
     root.fill(&WHITE).map_err(plot_err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..xmax, 0.0..ymax)
-        .map_err(plot_err)?;
-    chart.configure_mesh().x_desc("seconds").y_desc("MB/s").draw().map_err(plot_err)?;
+    let mut b = ChartBuilder::on(root);
+    b.caption(title, ("sans-serif", 18)).margin(12).x_label_area_size(40).y_label_area_size(70);
+    Ok(b)
+}
+
+/// Draw `lines` (a label and its points each) on `chart`, with a legend.
+fn draw_lines<'a, X, Y>(chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>, lines: &[(String, Vec<(f64, f64)>)]) -> Result<()>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
     for (i, (label, points)) in lines.iter().enumerate() {
         let c = colour(i);
         chart
@@ -79,6 +79,17 @@ fn over_time(path: &Path, title: &str, lines: &[(String, Vec<(f64, f64)>)]) -> R
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).draw().map_err(plot_err)?;
+    Ok(())
+}
+
+/// MB/s over seconds, a line per target.
+fn over_time(path: &Path, title: &str, lines: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+    let xmax = lines.iter().flat_map(|l| l.1.iter().map(|p| p.0)).fold(0.1, f64::max);
+    let ymax = lines.iter().flat_map(|l| l.1.iter().map(|p| p.1)).fold(1.0, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+    let mut chart = frame(&root, title)?.build_cartesian_2d(0.0..xmax, 0.0..ymax).map_err(plot_err)?;
+    chart.configure_mesh().x_desc("seconds").y_desc("MB/s").draw().map_err(plot_err)?;
+    draw_lines(&mut chart, lines)?;
     root.present().map_err(plot_err)?;
     Ok(())
 }
@@ -89,15 +100,8 @@ fn percentiles(path: &Path, title: &str, lines: &[(String, Vec<(f64, f64)>)]) ->
     let pcts: Vec<f64> = lines.iter().map(|l| l.1.iter().map(|p| p.0).collect::<Vec<_>>()).max_by_key(|v| v.len()).unwrap_or_default();
     let ymax = lines.iter().flat_map(|l| l.1.iter().map(|p| p.1)).fold(10.0, f64::max) * 1.5;
     let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
     let n = pcts.len().max(1);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(-0.3..(n as f64 - 0.7), (1.0..ymax).log_scale())
-        .map_err(plot_err)?;
+    let mut chart = frame(&root, title)?.build_cartesian_2d(-0.3..(n as f64 - 0.7), (1.0..ymax).log_scale()).map_err(plot_err)?;
     let label = |x: &f64| {
         let i = x.round();
         match (i - x).abs() < 1e-6 && i >= 0.0 {
@@ -113,16 +117,10 @@ fn percentiles(path: &Path, title: &str, lines: &[(String, Vec<(f64, f64)>)]) ->
         .y_desc("µs")
         .draw()
         .map_err(plot_err)?;
-    for (i, (name, points)) in lines.iter().enumerate() {
-        let c = colour(i);
-        let xy: Vec<(f64, f64)> = points.iter().enumerate().map(|(k, p)| (k as f64, p.1.max(1.0))).collect();
-        chart
-            .draw_series(LineSeries::new(xy, c.stroke_width(2)))
-            .map_err(plot_err)?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-    }
-    chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).draw().map_err(plot_err)?;
+    // Evenly spaced: the k-th percentile at k.
+    let spaced: Vec<(String, Vec<(f64, f64)>)> =
+        lines.iter().map(|(name, points)| (name.clone(), points.iter().enumerate().map(|(k, p)| (k as f64, p.1.max(1.0))).collect())).collect();
+    draw_lines(&mut chart, &spaced)?;
     root.present().map_err(plot_err)?;
     Ok(())
 }
