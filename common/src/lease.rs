@@ -87,6 +87,10 @@ pub struct LeaseTable {
     term: Duration,
     sessions: BTreeMap<SessionId, Session>,
     inodes: BTreeMap<Ino, InodeLeases>,
+    /// Inodes that have had a waiter or a recalled holder since `expire`
+    /// last looked (a superset): the only ones its pass visits, so that a
+    /// tick costs what is in flight, not every lease held.
+    pending: BTreeSet<Ino>,
     /// Sessions expired by a request since `expire` last reported them:
     /// their owner (the MDS) still has to drop what it keeps beside leases.
     reaped: Vec<SessionId>,
@@ -97,7 +101,14 @@ pub struct LeaseTable {
 
 impl LeaseTable {
     pub fn new(term: Duration) -> Self {
-        LeaseTable { term, sessions: BTreeMap::new(), inodes: BTreeMap::new(), reaped: Vec::new(), unresponsive: Vec::new() }
+        LeaseTable {
+            term,
+            sessions: BTreeMap::new(),
+            inodes: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            reaped: Vec::new(),
+            unresponsive: Vec::new(),
+        }
     }
 
     pub fn term(&self) -> Duration {
@@ -170,16 +181,22 @@ impl LeaseTable {
     pub fn expire(&mut self, now: Instant) -> Vec<SessionId> {
         self.expire_sessions(now);
         let term = self.term;
-        // One pass over the inodes: a waiter that stopped asking for a
-        // whole term has given up; a holder that heartbeats but has not
-        // given back a lease it was asked for in a whole term would hold
-        // everyone else up for ever, so its session ends as if it had gone
-        // silent.
+        // One pass over the inodes with waiters or recalls: a waiter that
+        // stopped asking for a whole term has given up; a holder that
+        // heartbeats but has not given back a lease it was asked for in a
+        // whole term would hold everyone else up for ever, so its session
+        // ends as if it had gone silent.
         let mut stuck = BTreeSet::new();
-        self.inodes.retain(|_, l| {
+        let inodes = &mut self.inodes;
+        self.pending.retain(|ino| {
+            let Some(l) = inodes.get_mut(ino) else { return false };
             l.waiting.retain(|_, (_, since)| now.saturating_duration_since(*since) < term);
             stuck.extend(l.recalled.iter().filter(|(_, since)| now.saturating_duration_since(**since) >= term).map(|(s, _)| *s));
-            !l.is_empty()
+            let in_flight = !l.waiting.is_empty() || !l.recalled.is_empty();
+            if l.is_empty() {
+                inodes.remove(ino);
+            }
+            in_flight
         });
         for s in &stuck {
             self.close_session(*s);
@@ -212,6 +229,7 @@ impl LeaseTable {
             // it (it may be flushing), so it waits for its own release like
             // anyone else, behind those already waiting.
             l.waiting.entry(s).or_insert((kind, now)).0 = kind;
+            self.pending.insert(ino);
             return Decision::Wait { recall: Vec::new() };
         }
         if let Some(&held) = l.holders.get(&s) {
@@ -238,6 +256,7 @@ impl LeaseTable {
             l.recalled.insert(*c, now);
         }
         l.waiting.entry(s).or_insert((kind, now)).0 = kind;
+        self.pending.insert(ino);
         conflicts.sort_unstable();
         Decision::Wait { recall: conflicts }
     }

@@ -9,7 +9,7 @@ use crate::records::GcJob;
 use crate::store::{IoResult, GC};
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::Degraded;
-use aifs_common::proto::osd::{OsdCall, OsdReq, OsdResp};
+use aifs_common::proto::osd::{OsdCall, OsdReq, OsdResp, MAX_DELETE_BATCH};
 use aifs_common::rpc::RpcClient;
 use aifs_common::lease::LeaseKind;
 use aifs_common::{Error, InodeId, ObjectId, Result};
@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Jobs taken from one shard per pass.
-const GC_BATCH: usize = 256;
-/// Jobs applied at once.
+const GC_BATCH: usize = 1024;
+/// Truncate jobs applied at once (deletes go out batched per OSD).
 const GC_PARALLEL: usize = 16;
 /// After a wake-up, wait this long so one pass (and one commit to clear
 /// the queue) covers a burst of unlinks instead of one each.
@@ -226,6 +226,36 @@ impl Gc {
         self.ns.mark_degraded(InodeId(job.ino), objs).await
     }
 
+    /// Delete the objects of every job in `jobs` (deletes all), batched
+    /// per OSD: one request per OSD for up to `MAX_DELETE_BATCH` objects
+    /// instead of one per object. Returns the ids of the jobs whose every
+    /// OSD answered; the others wait for a later pass.
+    async fn delete_batched(&self, jobs: &[(u64, &GcJob)]) -> Vec<u64> {
+        let mut per_osd: std::collections::BTreeMap<u32, Vec<(ObjectId, u64)>> = Default::default();
+        for (id, job) in jobs {
+            let l = &job.layout;
+            for k in 0..l.stripe_count {
+                for osd in l.object_osds(k) {
+                    per_osd.entry(osd.0).or_default().push((ObjectId { ino: InodeId(job.ino), index: k }, *id));
+                }
+            }
+        }
+        let calls = per_osd.iter().flat_map(|(osd, objs)| objs.chunks(MAX_DELETE_BATCH).map(move |c| (*osd, c)));
+        let results = futures::future::join_all(calls.map(|(osd, chunk)| async move {
+            let req = OsdReq::DeleteMany { objs: chunk.iter().map(|(o, _)| *o).collect() };
+            (chunk, self.osds.call(osd, &req).await)
+        }))
+        .await;
+        let mut failed = std::collections::BTreeSet::new();
+        for (chunk, r) in results {
+            if let Err(e) = r {
+                tracing::debug!(objects = chunk.len(), error = %e, "GC deletes deferred");
+                failed.extend(chunk.iter().map(|(_, id)| *id));
+            }
+        }
+        jobs.iter().map(|(id, _)| *id).filter(|id| !failed.contains(id)).collect()
+    }
+
     pub async fn remove(&self, shard: u32, id: u64) -> Result<()> {
         self.ns
             .shard(shard)
@@ -266,7 +296,11 @@ impl Gc {
                 c.insert(sid, next);
             }
             let jobs: Vec<_> = jobs.into_iter().filter(|(_, j)| !j.as_ref().is_ok_and(|j| self.is_claimed(j.ino))).collect();
-            let mut finished = Vec::new();
+            // Deletes go out together; truncates (and corrupt records)
+            // one by one below.
+            let (deletes, jobs): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, j)| j.as_ref().is_ok_and(|j| j.truncate_to.is_none()));
+            let deletes: Vec<(u64, &GcJob)> = deletes.iter().filter_map(|(id, j)| j.as_ref().ok().map(|j| (*id, j))).collect();
+            let mut finished = self.delete_batched(&deletes).await;
             for chunk in jobs.chunks(GC_PARALLEL) {
                 let rs = futures::future::join_all(chunk.iter().map(|(id, job)| async move {
                     let job = match job {

@@ -6,7 +6,7 @@ use crate::store::{range_of, ObjectStore, ReadOut};
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp, OsdUsage};
 use aifs_common::cap::{self, Cap, Keyring};
-use aifs_common::proto::osd::{Needs, OsdCall, OsdReq, OsdResp, OsdStats, MAX_ALLOCATED_QUERY};
+use aifs_common::proto::osd::{Needs, OsdCall, OsdReq, OsdResp, OsdStats, MAX_ALLOCATED_QUERY, MAX_DELETE_BATCH};
 use aifs_common::metrics::{MetricsServer, RpcMetrics};
 use aifs_common::rpc::{self, Budget, Identity, Peer, RpcClient, Service};
 use prometheus_client::registry::Registry;
@@ -143,7 +143,14 @@ impl OsdService {
                 Ok((OsdResp::Done, vec![]))
             }
             OsdReq::Delete { obj } => {
-                blocking(move || store.delete(obj)).await?;
+                blocking(move || store.delete(&[obj])).await?;
+                Ok((OsdResp::Done, vec![]))
+            }
+            OsdReq::DeleteMany { objs } => {
+                if objs.len() > MAX_DELETE_BATCH {
+                    return Err(Error::InvalidArgument(format!("{} objects in one delete; at most {MAX_DELETE_BATCH}", objs.len())));
+                }
+                blocking(move || store.delete(&objs)).await?;
                 Ok((OsdResp::Done, vec![]))
             }
             OsdReq::Stat { obj } => {

@@ -505,6 +505,55 @@ async fn objects_round_trip_with_checksums_and_are_freed_on_unlink() {
     assert!(gone, "object not freed after unlink");
 }
 
+/// Unlinked files' objects go in batches (one `DeleteMany` per OSD for a
+/// pass's jobs): every file's objects, on every OSD, are freed; a batch
+/// past the limit is refused and the OSD serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_unlinked_files_are_freed_in_batches() {
+    let cl = TestCluster::start(3, 2).await.unwrap();
+    let c = cl.mds_client(Role::Client).unwrap();
+    let admins: Vec<RpcClient> = (1..=3).map(|o| osd_client(&cl, Role::Admin, aifs_common::OsdId(o))).collect();
+    let data = bytes::Bytes::from_static(b"shard");
+    let mut objs = Vec::new();
+    for i in 0..40 {
+        let (f, cap) = create_with_cap(&c, &format!("rank{i}")).await;
+        let l = f.layout.unwrap();
+        for k in 0..l.stripe_count {
+            let obj = ObjectId { ino: f.ino, index: k };
+            for osd in l.object_osds(k) {
+                let w = osd_client(&cl, Role::Client, *osd);
+                let req = OsdReq::Write { obj, off: 0, len: 5, crcs: block_crcs(0, &data) };
+                assert_eq!(osd_call(&w, Some(cap), req, &[data.clone()]).await.0, OsdResp::Done);
+                objs.push((obj, osd.0));
+            }
+        }
+    }
+    assert!(objs.len() >= 40);
+    for i in 0..40 {
+        mds_call(&c, MdsReq::Unlink { parent: ROOT, name: format!("rank{i}") }).await.unwrap();
+    }
+    let exists = |obj: ObjectId, osd: u32| {
+        let a = &admins[(osd - 1) as usize];
+        async move { osd_call(a, None, OsdReq::Stat { obj }, &[]).await.0 != OsdResp::Stat { exists: false, size: 0 } }
+    };
+    let mut left = objs.len();
+    for _ in 0..100 {
+        left = 0;
+        for &(obj, osd) in &objs {
+            left += exists(obj, osd).await as usize;
+        }
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 0, "objects of unlinked files left on the OSDs");
+    let too_many = vec![objs[0].0; aifs_common::proto::osd::MAX_DELETE_BATCH + 1];
+    let (r, _) = osd_call(&admins[0], None, OsdReq::DeleteMany { objs: too_many }, &[]).await;
+    assert!(matches!(r, OsdResp::Err(ref e) if e.code == Error::InvalidArgument(String::new()).code()), "{r:?}");
+    assert!(matches!(osd_call(&admins[0], None, OsdReq::Usage, &[]).await.0, OsdResp::Usage { .. }));
+}
+
 /// Object 0 of a file on OSD 1, as a client certificate reaches it: the
 /// requests the capability tests send there, and whether the OSD refused
 /// one as unauthorized.
@@ -585,7 +634,7 @@ async fn a_client_certificate_alone_opens_no_object() {
         r => panic!("{r:?}"),
     }
     // Whole-store requests are the operator's, capability or not.
-    for req in [OsdReq::Delete { obj: p.obj }, OsdReq::Truncate { obj: p.obj, size: 0 }, OsdReq::Stat { obj: p.obj }, OsdReq::Verify { obj: p.obj }, OsdReq::List { after: None, max: 10 }] {
+    for req in [OsdReq::Delete { obj: p.obj }, OsdReq::DeleteMany { objs: vec![p.obj] }, OsdReq::Truncate { obj: p.obj, size: 0 }, OsdReq::Stat { obj: p.obj }, OsdReq::Verify { obj: p.obj }, OsdReq::List { after: None, max: 10 }] {
         assert!(refused(&p.send(Some(rw), req.clone()).await), "{req:?} from a client");
     }
     let admin = osd_client(&cl, Role::Admin, aifs_common::OsdId(1));

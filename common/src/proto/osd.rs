@@ -60,6 +60,9 @@ pub enum OsdReq {
     /// The bytes of disk each object holds (`OsdResp::Allocated`), for
     /// the MDS's `st_blocks`; at most `MAX_ALLOCATED_QUERY` objects.
     Allocated { objs: Vec<ObjectId> },
+    /// Delete these objects, at most `MAX_DELETE_BATCH` (the MDS's GC:
+    /// one request and one directory sync for many files' objects).
+    DeleteMany { objs: Vec<ObjectId> },
     // New variants go last: the order is the wire's discriminant.
 }
 impl OsdReq {
@@ -79,12 +82,16 @@ impl OsdReq {
             OsdReq::ReadRange { .. } => "read_range",
             OsdReq::Allocate { .. } => "allocate",
             OsdReq::Allocated { .. } => "allocated",
+            OsdReq::DeleteMany { .. } => "delete_many",
         }
     }
 }
 
 /// Objects one `OsdReq::Allocated` may name.
 pub const MAX_ALLOCATED_QUERY: usize = 4096;
+
+/// Objects one `OsdReq::DeleteMany` may name.
+pub const MAX_DELETE_BATCH: usize = 4096;
 
 /// What an `OsdReq::Allocate` does to its range.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -133,6 +140,7 @@ impl OsdReq {
             OsdReq::Usage | OsdReq::Stats => Needs::Nothing,
             OsdReq::Truncate { .. }
             | OsdReq::Delete { .. }
+            | OsdReq::DeleteMany { .. }
             | OsdReq::Stat { .. }
             | OsdReq::List { .. }
             | OsdReq::Verify { .. }

@@ -49,6 +49,10 @@ pub struct FileStore {
     objects: AtomicU64,
     /// XORed into every stored crc (see above).
     key: u32,
+    /// Directories that lost names in a delete whose sync failed: the next
+    /// delete syncs them, since the names it finds gone may be gone only
+    /// in memory.
+    unsynced: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
 }
 
 /// Marks a store whose crcs are keyed (see above).
@@ -136,7 +140,33 @@ impl FileStore {
             open: moka::sync::Cache::new(OPEN_CACHE),
             objects: AtomicU64::new(count),
             key,
+            unsynced: Default::default(),
         })
+    }
+
+    /// Remove each object's files; the directory of every name removed
+    /// goes into `dirs`, for the caller to sync, even when a later one
+    /// fails.
+    fn remove_objects(&self, objs: &[ObjectId], dirs: &mut std::collections::BTreeSet<PathBuf>) -> Result<()> {
+        let gone = |p: &Path| match std::fs::remove_file(p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        };
+        for &obj in objs {
+            let _g = self.lock(obj).write().map_err(|_| Error::Io("lock poisoned".into()))?;
+            self.forget_handles(obj);
+            let (dir, data, crc) = self.paths(obj);
+            let had_data = gone(&data)?;
+            if had_data {
+                self.objects.fetch_sub(1, Ordering::Relaxed);
+                dirs.insert(dir.clone());
+            }
+            if gone(&crc)? {
+                dirs.insert(dir);
+            }
+        }
+        Ok(())
     }
 
     fn lock(&self, obj: ObjectId) -> &RwLock<()> {
@@ -309,25 +339,26 @@ impl ObjectStore for FileStore {
         Ok(())
     }
 
-    fn delete(&self, obj: ObjectId) -> Result<()> {
-        let _g = self.lock(obj).write().map_err(|_| Error::Io("lock poisoned".into()))?;
-        self.forget_handles(obj);
-        let (_, data, crc) = self.paths(obj);
-        match std::fs::remove_file(&data) {
-            Ok(()) => {
-                self.objects.fetch_sub(1, Ordering::Relaxed);
+    fn delete(&self, objs: &[ObjectId]) -> Result<()> {
+        let mut dirs = std::mem::take(&mut *self.unsynced.lock().map_err(|_| Error::Io("lock poisoned".into()))?);
+        let removed = self.remove_objects(objs, &mut dirs);
+        // The MDS forgets its GC jobs once this answers: make it stick,
+        // one sync per directory that lost a name, however many. (Objects
+        // never written, most of a burst of unlinked empty files, cost no
+        // sync.) What is not synced is tried again by the next delete.
+        let mut left = dirs.clone();
+        let synced = dirs.iter().try_for_each(|d| {
+            File::open(d)?.sync_all()?;
+            left.remove(d);
+            Ok::<(), std::io::Error>(())
+        });
+        if !left.is_empty() {
+            if let Ok(mut u) = self.unsynced.lock() {
+                u.extend(left);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
         }
-        match std::fs::remove_file(&crc) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        // The MDS forgets its GC job once this answers: make it stick.
-        File::open(self.paths(obj).0)?.sync_all()?;
-        Ok(())
+        removed?;
+        Ok(synced?)
     }
 
     fn stat(&self, obj: ObjectId) -> Result<Option<u64>> {
@@ -497,6 +528,32 @@ mod tests {
         assert_eq!(block_crcs(r.off, &r.data), r.crcs, "stored crcs must match bytes");
     }
 
+    /// One delete of many objects over several fan-out directories,
+    /// some never written: all go, the count follows, and the others stay.
+    #[test]
+    fn a_delete_of_many_objects_removes_each_and_only_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        let d = vec![3u8; 5000];
+        let objs: Vec<ObjectId> = (0..6).flat_map(|ino| (0..2).map(move |index| ObjectId { ino: InodeId(ino * 97), index })).collect();
+        for &o in &objs {
+            s.write(o, 0, &d, &block_crcs(0, &d)).unwrap();
+        }
+        assert_eq!(s.usage().unwrap().objects, 12);
+        let missing = ObjectId { ino: InodeId(5), index: 0 };
+        let mut gone: Vec<ObjectId> = objs[..8].to_vec();
+        gone.push(missing);
+        s.delete(&gone).unwrap();
+        for o in &objs[..8] {
+            assert_eq!(s.stat(*o).unwrap(), None, "{o} deleted");
+        }
+        for o in &objs[8..] {
+            assert_eq!(s.stat(*o).unwrap(), Some(5000), "{o} kept");
+        }
+        assert_eq!(s.usage().unwrap().objects, 4);
+        s.delete(&[]).unwrap();
+    }
+
     #[test]
     fn crcs_follow_writes_holes_and_truncates() {
         let dir = tempfile::tempdir().unwrap();
@@ -521,7 +578,7 @@ mod tests {
         s.truncate(o, 3_000_000).unwrap();
         check_all(&s, o);
         assert_eq!(s.stat(o).unwrap(), Some(150_001));
-        s.delete(o).unwrap();
+        s.delete(&[o]).unwrap();
         assert_eq!(s.stat(o).unwrap(), None);
         // and never brings a deleted object back
         s.truncate(o, 10).unwrap();
@@ -721,7 +778,7 @@ mod tests {
             assert!(s.read(obj(i), 0, 1 << 20).unwrap().data == d);
         }
         for i in 0..3 {
-            s.delete(obj(i)).unwrap();
+            s.delete(&[obj(i)]).unwrap();
         }
         assert_eq!(deleted_open(dir.path()), 0, "deleted objects are still open");
     }

@@ -43,7 +43,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn write(&self, obj: ObjectId, off: u64, data: &[u8], crcs: &[u32]) -> Result<()>;
     fn read(&self, obj: ObjectId, off: u64, len: u64) -> Result<ReadOut>;
     fn truncate(&self, obj: ObjectId, size: u64) -> Result<()>;
-    fn delete(&self, obj: ObjectId) -> Result<()>;
+    /// Remove objects (those already gone are fine), durably once it
+    /// returns.
+    fn delete(&self, objs: &[ObjectId]) -> Result<()>;
     /// `None` when the object does not exist.
     fn stat(&self, obj: ObjectId) -> Result<Option<u64>>;
     fn commit(&self, objs: &[ObjectId]) -> Result<()>;
