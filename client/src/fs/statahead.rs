@@ -21,9 +21,11 @@ const EVERY: Duration = Duration::from_secs(5);
 /// Directories remembered: past this, those neither being listed nor
 /// listed within `EVERY` are forgotten (their misses start again).
 const MAX_DIRS: usize = 4096;
-/// Most entries listed ahead (128 batches): past them, lookups ask the
-/// MDS, and the session's lease budget (`max_leases`) is not spent on a
-/// directory the job may want a few names of.
+/// Most entries listed ahead at once (128 batches), so that the
+/// session's lease budget (`max_leases`) is not spent on a directory the
+/// job may want a few names of. Lookups that go on missing past them
+/// (a scan of a larger directory) list the next window at once, from
+/// where the last stopped.
 const MAX_ENTRIES: usize = 1 << 16;
 
 #[derive(Default)]
@@ -34,27 +36,35 @@ struct Scan {
     misses: u32,
     running: bool,
     last: Option<Instant>,
+    /// The cookie the last listing stopped at, its window full: the
+    /// directory goes on past it.
+    resume: Option<u64>,
 }
 
 impl Statahead {
-    /// A lookup in `dir` missed the cache: true when it is time to list
-    /// `dir` (the caller then does, and says when it is `done`).
-    fn missed(&self, dir: InodeId) -> bool {
+    /// A lookup in `dir` missed the cache: the cookie to list `dir` from
+    /// when it is time to (the caller then does, and says when it is
+    /// `done`): the start, or where the last window stopped.
+    fn missed(&self, dir: InodeId) -> Option<u64> {
         if self.0.len() >= MAX_DIRS && !self.0.contains_key(&dir) {
             self.0.retain(|_, s| s.running || s.last.is_some_and(|t| t.elapsed() < EVERY));
         }
         let mut s = self.0.entry(dir).or_default();
         s.misses += 1;
-        let due = s.misses >= MISSES && !s.running && s.last.is_none_or(|t| t.elapsed() >= EVERY);
-        if due {
-            s.running = true;
+        let rested = s.resume.is_some() || s.last.is_none_or(|t| t.elapsed() >= EVERY);
+        if s.misses < MISSES || s.running || !rested {
+            return None;
         }
-        due
+        s.running = true;
+        // (cookies 1 and 2 are `.` and `..`)
+        Some(s.resume.unwrap_or(2))
     }
 
-    fn done(&self, dir: InodeId) {
+    /// The listing of `dir` ended; `resume`: it stopped with its window
+    /// full, at that cookie.
+    fn done(&self, dir: InodeId, resume: Option<u64>) {
         if let Some(mut s) = self.0.get_mut(&dir) {
-            *s = Scan { misses: 0, running: false, last: Some(Instant::now()) };
+            *s = Scan { misses: 0, running: false, last: Some(Instant::now()), resume };
         }
     }
 }
@@ -63,30 +73,34 @@ impl ClientFs {
     /// A lookup in `dir` missed the cache: list `dir` ahead if lookups
     /// there keep missing.
     pub(super) fn looked_up_uncached(self: &Arc<Self>, dir: InodeId) {
-        if !self.cache_on() || !self.statahead.missed(dir) {
+        if !self.cache_on() {
             return;
         }
+        let Some(mut cookie) = self.statahead.missed(dir) else { return };
         let fs = self.clone();
         tokio::spawn(async move {
-            // (cookies 1 and 2 are `.` and `..`)
-            let mut cookie = 2;
             let mut seen = 0;
-            loop {
+            let resume = loop {
                 match fs.readdirplus(dir, cookie).await {
                     Ok((batch, _)) => {
                         seen += batch.len();
                         match batch.last() {
-                            Some((e, _)) if batch.len() == READDIR_BATCH as usize && seen < MAX_ENTRIES => cookie = e.cookie,
-                            _ => break,
+                            Some((e, _)) if batch.len() == READDIR_BATCH as usize => {
+                                cookie = e.cookie;
+                                if seen >= MAX_ENTRIES {
+                                    break Some(cookie);
+                                }
+                            }
+                            _ => break None,
                         }
                     }
                     Err(e) => {
                         tracing::debug!(%dir, error = %e, "statahead stopped");
-                        break;
+                        break None;
                     }
                 }
-            }
-            fs.statahead.done(dir);
+            };
+            fs.statahead.done(dir, resume);
         });
     }
 }
@@ -100,15 +114,31 @@ mod tests {
         let s = Statahead::default();
         let d = InodeId(7);
         for _ in 1..MISSES {
-            assert!(!s.missed(d));
+            assert_eq!(s.missed(d), None);
         }
-        assert!(s.missed(d), "not listed after {MISSES} misses");
+        assert_eq!(s.missed(d), Some(2), "not listed from the start after {MISSES} misses");
         for _ in 0..2 * MISSES {
-            assert!(!s.missed(d), "listed again while a listing is out");
+            assert_eq!(s.missed(d), None, "listed again while a listing is out");
         }
-        s.done(d);
+        s.done(d, None);
         for _ in 0..2 * MISSES {
-            assert!(!s.missed(d), "listed again within {EVERY:?}");
+            assert_eq!(s.missed(d), None, "listed again within {EVERY:?}");
+        }
+        // A listing that stopped with its window full goes on from its
+        // last cookie as soon as lookups miss again, then rests.
+        let big = InodeId(9);
+        for _ in 1..MISSES {
+            s.missed(big);
+        }
+        assert_eq!(s.missed(big), Some(2));
+        s.done(big, Some(70_000));
+        for _ in 1..MISSES {
+            assert_eq!(s.missed(big), None);
+        }
+        assert_eq!(s.missed(big), Some(70_000), "the next window is not listed from where the last stopped");
+        s.done(big, None);
+        for _ in 0..2 * MISSES {
+            assert_eq!(s.missed(big), None, "listed again within {EVERY:?} after its end");
         }
         // Lookups that miss once each in many directories: forgotten
         // past MAX_DIRS, but not the one being listed.
