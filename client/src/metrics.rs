@@ -7,6 +7,8 @@
 //! The FUSE glue runs each callback's work in `timed`, which records its
 //! latency at its end; an error it answers with is counted by
 //! `count_error`, which finds the operation in the task-local scope.
+//! Until the metrics are served (no `metrics_listen`), only the count of
+//! all operations is kept, for the heartbeat.
 use aifs_common::metrics::{error_kind, histograms, serve, Histograms, Label, MetricsServer};
 use aifs_common::proto::mds::ClientIo;
 use aifs_common::{Error, Result};
@@ -14,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -29,6 +32,8 @@ pub struct ClientMetrics {
     pub readahead_bytes: Counter,
     /// Until `serve` takes it.
     registry: Mutex<Option<Registry>>,
+    /// `serve` was called: operations are timed and errors counted.
+    served: AtomicBool,
 }
 
 tokio::task_local! {
@@ -48,6 +53,7 @@ impl ClientMetrics {
             writeback_bytes: Counter::default(),
             readahead_bytes: Counter::default(),
             registry: Mutex::new(None),
+            served: AtomicBool::new(false),
         };
         reg.register("fuse_requests", "FUSE operations answered, by operation", m.ops.clone());
         reg.register("fuse_request_duration_seconds", "Time from a FUSE operation's arrival to its answer", m.latency.clone());
@@ -66,13 +72,20 @@ impl ClientMetrics {
     pub fn serve(&self, listen: &str) -> Result<MetricsServer> {
         let reg = self.registry.lock().ok().and_then(|mut r| r.take());
         let reg = reg.ok_or_else(|| Error::InvalidArgument("the client's metrics are served already".into()))?;
-        serve(listen, reg, || {})
+        let server = serve(listen, reg, || {})?;
+        self.served.store(true, Ordering::Release);
+        Ok(server)
     }
 
     /// Run `work`, FUSE operation `op`, timing it.
     pub fn timed<F: Future>(self: &Arc<Self>, op: &'static str, work: F) -> impl Future<Output = F::Output> {
         let m = self.clone();
         OP.scope((op, self.clone()), async move {
+            if !m.served.load(Ordering::Acquire) {
+                let out = work.await;
+                m.all_ops.inc();
+                return out;
+            }
             let start = Instant::now();
             let out = work.await;
             let label = [("op", op)];
@@ -91,7 +104,11 @@ impl ClientMetrics {
 
 /// The FUSE operation running now answers with `e`.
 pub fn count_error(e: &Error) {
-    let _ = OP.try_with(|(op, m)| m.errors.get_or_create(&[("op", op), ("kind", error_kind(e))]).inc());
+    let _ = OP.try_with(|(op, m)| {
+        if m.served.load(Ordering::Acquire) {
+            m.errors.get_or_create(&[("op", op), ("kind", error_kind(e))]).inc();
+        }
+    });
 }
 
 #[cfg(test)]
@@ -101,14 +118,18 @@ mod tests {
     #[tokio::test]
     async fn operations_are_timed_and_their_errors_counted() {
         let m = ClientMetrics::new();
+        // Not served: counted for the heartbeat only.
+        m.timed("lookup", async { count_error(&Error::NotFound) }).await;
+        assert_eq!(m.io().ops, 1);
+        assert_eq!(m.ops.get_or_create(&[("op", "lookup")]).get(), 0);
+        let _server = m.serve("127.0.0.1:0").unwrap();
+        assert!(m.serve("127.0.0.1:0").is_err());
         m.timed("lookup", async { count_error(&Error::NotFound) }).await;
         m.timed("read", async {}).await;
         // Outside an operation: not counted, no panic.
         count_error(&Error::NotFound);
-        assert_eq!(m.io().ops, 2);
+        assert_eq!(m.io().ops, 3);
         assert_eq!(m.errors.get_or_create(&[("op", "lookup"), ("kind", "not_found")]).get(), 1);
         assert_eq!(m.ops.get_or_create(&[("op", "read")]).get(), 1);
-        assert!(m.serve("127.0.0.1:0").is_ok());
-        assert!(m.serve("127.0.0.1:0").is_err());
     }
 }

@@ -31,23 +31,33 @@ struct Sampled {
 }
 
 impl Sampled {
+    /// Every gauge, with its name and help: registered, and zeroed where
+    /// nothing is served, from this one list.
+    fn all(&self) -> [(&'static str, &'static str, &Gauge); 10] {
+        [
+            ("leader", "1 while this process serves the namespace", &self.leader),
+            ("sessions", "Client sessions open", &self.sessions),
+            ("leases", "Leases the sessions hold", &self.leases),
+            ("replicas_degraded", "Replicas recorded stale, left to repair", &self.degraded),
+            ("replicas_repairing", "Replicas being rewritten now", &self.repairing),
+            ("replicas_repaired", "Replicas rewritten since this process began to lead", &self.repaired),
+            ("repaired_bytes", "Bytes copied by repair since this process began to lead", &self.repaired_bytes),
+            ("replicas_moved", "Replicas moved off OSDs taken out since this process began to lead", &self.moved),
+            ("replicas_to_move", "Replicas on OSDs taken out still to move", &self.to_move),
+            ("osds_up", "OSDs that answer their heartbeats", &self.osds_up),
+        ]
+    }
+
     fn register(&self, reg: &mut Registry) {
-        reg.register("leader", "1 while this process serves the namespace", self.leader.clone());
-        reg.register("sessions", "Client sessions open", self.sessions.clone());
-        reg.register("leases", "Leases the sessions hold", self.leases.clone());
-        reg.register("replicas_degraded", "Replicas recorded stale, left to repair", self.degraded.clone());
-        reg.register("replicas_repairing", "Replicas being rewritten now", self.repairing.clone());
-        reg.register("replicas_repaired", "Replicas rewritten since this process began to lead", self.repaired.clone());
-        reg.register("repaired_bytes", "Bytes copied by repair since this process began to lead", self.repaired_bytes.clone());
-        reg.register("replicas_moved", "Replicas moved off OSDs taken out since this process began to lead", self.moved.clone());
-        reg.register("replicas_to_move", "Replicas on OSDs taken out still to move", self.to_move.clone());
-        reg.register("osds_up", "OSDs that answer their heartbeats", self.osds_up.clone());
+        for (name, help, g) in self.all() {
+            reg.register(name, help, g.clone());
+        }
     }
 
     /// Read what `front` serves now; zeros where it serves nothing.
     fn refresh(&self, front: &Front, rt: &tokio::runtime::Handle) {
         let Some(active) = front.active() else {
-            for g in [&self.leader, &self.sessions, &self.leases, &self.degraded, &self.repairing, &self.repaired, &self.repaired_bytes, &self.moved, &self.to_move, &self.osds_up] {
+            for (_, _, g) in self.all() {
                 g.set(0);
             }
             return;

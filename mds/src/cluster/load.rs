@@ -27,23 +27,50 @@ fn lapsed(mark: Instant, span: Duration, now: Instant) -> bool {
 /// The shortest silence after which a rate is taken as lapsed.
 const MIN_SILENT: Duration = Duration::from_secs(5);
 
+/// Counts reported by heartbeats, and their rate (`R`) between the last
+/// two marks far enough apart: what sessions and OSDs share.
+#[derive(Default, Clone, Copy)]
+pub struct Marked<C, R> {
+    /// The last heartbeat a rate was taken at, and its counts.
+    mark: Option<(Instant, C)>,
+    rate: R,
+    /// What `rate` was taken over.
+    span: Duration,
+}
+
+impl<C: Copy, R: Copy + Default> Marked<C, R> {
+    /// A heartbeat at `now` with `counts`; `rate_of(now, then, span)`
+    /// makes a rate of two marks' counts.
+    fn beat(&mut self, counts: C, now: Instant, rate_of: impl Fn(&C, &C, Duration) -> R) {
+        match self.mark {
+            Some((at, _)) if now.saturating_duration_since(at) < MIN_SPAN => {}
+            Some((at, was)) => {
+                let span = now.saturating_duration_since(at);
+                self.rate = rate_of(&counts, &was, span);
+                self.span = span;
+                self.mark = Some((now, counts));
+            }
+            None => self.mark = Some((now, counts)),
+        }
+    }
+
+    /// The rate, zero once it lapsed.
+    fn rate(&self, now: Instant) -> R {
+        match self.mark {
+            Some((at, _)) if !lapsed(at, self.span, now) => self.rate,
+            _ => R::default(),
+        }
+    }
+}
+
 /// A session's load.
 #[derive(Default)]
 pub struct SessionLoad {
     /// Requests the MDS served for it.
     requests: AtomicU64,
-    beats: Mutex<Beats>,
-}
-
-#[derive(Default)]
-struct Beats {
-    io: ClientIo,
-    /// The last heartbeat a rate was taken at: when, what the client
-    /// reported, and the requests served by then.
-    mark: Option<(Instant, ClientIo, u64)>,
-    rate: SessionRate,
-    /// What `rate` was taken over.
-    span: Duration,
+    /// What the client last reported, and its marks: the client's counts
+    /// with the requests served by then.
+    beats: Mutex<(ClientIo, Marked<(ClientIo, u64), SessionRate>)>,
 }
 
 impl SessionLoad {
@@ -55,22 +82,13 @@ impl SessionLoad {
     pub fn beat(&self, io: ClientIo, now: Instant) {
         let requests = self.requests.load(Ordering::Relaxed);
         let Ok(mut b) = self.beats.lock() else { return };
-        b.io = io;
-        match b.mark {
-            Some((at, _, _)) if now.saturating_duration_since(at) < MIN_SPAN => {}
-            Some((at, was, req_was)) => {
-                let span = now.saturating_duration_since(at);
-                b.rate = SessionRate {
-                    ops: per_sec(io.ops, was.ops, span),
-                    read_bytes: per_sec(io.read_bytes, was.read_bytes, span),
-                    written_bytes: per_sec(io.written_bytes, was.written_bytes, span),
-                    mds_requests: per_sec(requests, req_was, span),
-                };
-                b.span = span;
-                b.mark = Some((now, io, requests));
-            }
-            None => b.mark = Some((now, io, requests)),
-        }
+        b.0 = io;
+        b.1.beat((io, requests), now, |(io, req), (was, req_was), span| SessionRate {
+            ops: per_sec(io.ops, was.ops, span),
+            read_bytes: per_sec(io.read_bytes, was.read_bytes, span),
+            written_bytes: per_sec(io.written_bytes, was.written_bytes, span),
+            mds_requests: per_sec(*req, *req_was, span),
+        });
     }
 
     /// Requests served, what the client last reported, and the rates
@@ -78,51 +96,29 @@ impl SessionLoad {
     pub fn view(&self, now: Instant) -> (u64, ClientIo, SessionRate) {
         let requests = self.requests.load(Ordering::Relaxed);
         match self.beats.lock() {
-            Ok(b) => {
-                let rate = match b.mark {
-                    Some((at, _, _)) if !lapsed(at, b.span, now) => b.rate,
-                    _ => SessionRate::default(),
-                };
-                (requests, b.io, rate)
-            }
+            Ok(b) => (requests, b.0, b.1.rate(now)),
             Err(_) => (requests, ClientIo::default(), SessionRate::default()),
         }
     }
 }
 
-/// An OSD's load: what it reported `now`, against its last mark.
+/// An OSD's load: what it reported, against its last mark.
 #[derive(Default, Clone, Copy)]
-pub struct OsdLoad {
-    mark: Option<(Instant, OsdStats)>,
-    rate: OsdStats,
-    span: Duration,
-}
+pub struct OsdLoad(Marked<OsdStats, OsdStats>);
 
 impl OsdLoad {
     pub fn beat(&mut self, served: OsdStats, now: Instant) {
-        match self.mark {
-            Some((at, _)) if now.saturating_duration_since(at) < MIN_SPAN => {}
-            Some((at, was)) => {
-                let span = now.saturating_duration_since(at);
-                self.rate = OsdStats {
-                    reads: per_sec(served.reads, was.reads, span),
-                    read_bytes: per_sec(served.read_bytes, was.read_bytes, span),
-                    writes: per_sec(served.writes, was.writes, span),
-                    write_bytes: per_sec(served.write_bytes, was.write_bytes, span),
-                };
-                self.span = span;
-                self.mark = Some((now, served));
-            }
-            None => self.mark = Some((now, served)),
-        }
+        self.0.beat(served, now, |served, was, span| OsdStats {
+            reads: per_sec(served.reads, was.reads, span),
+            read_bytes: per_sec(served.read_bytes, was.read_bytes, span),
+            writes: per_sec(served.writes, was.writes, span),
+            write_bytes: per_sec(served.write_bytes, was.write_bytes, span),
+        });
     }
 
     /// The rate, zero once it lapsed.
     pub fn rate(&self, now: Instant) -> OsdStats {
-        match self.mark {
-            Some((at, _)) if !lapsed(at, self.span, now) => self.rate,
-            _ => OsdStats::default(),
-        }
+        self.0.rate(now)
     }
 }
 
