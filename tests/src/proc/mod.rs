@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod mount;
+mod netns;
 mod spread;
+pub use mount::Mount;
+pub use netns::{Frozen, NetNs};
 pub use spread::Link;
 
 fn spawn_logged(bin: &str, args: &[&str], log: &Path) -> Result<Child> {
@@ -568,80 +572,12 @@ impl ProcCluster {
     }
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    let st = Command::new("ip").args(args).stdout(Stdio::null()).status().context("running ip")?;
-    anyhow::ensure!(st.success(), "ip {} failed", args.join(" "));
-    Ok(())
-}
 
 fn read_listen_port(cfg: &Path) -> Result<u16> {
     let text = std::fs::read_to_string(cfg)?;
     let line = text.lines().find(|l| l.trim_start().starts_with("listen")).context("no listen address")?;
     let addr = line.split('"').nth(1).context("listen address not quoted")?;
     Ok(addr.parse::<SocketAddr>()?.port())
-}
-
-/// A network namespace with a veth pair to this one (`isolate_osd`,
-/// `start_spread`).
-pub struct NetNs {
-    name: String,
-    /// This namespace's end of the pair.
-    host: String,
-    /// The address of this namespace's end, and of the other's.
-    pub here: std::net::Ipv4Addr,
-    pub there: std::net::Ipv4Addr,
-}
-
-impl NetNs {
-    /// A namespace named after `port` (a port this test holds, so that
-    /// parallel tests keep apart), its end of the pair up with a /30 of
-    /// 198.18.0.0/15 (set aside for benchmarking networks), and the way
-    /// to this namespace's other addresses through this one's end.
-    fn make(port: u16) -> Result<NetNs> {
-        let (b, c) = (((port / 64) % 256) as u8, ((port % 64) * 4) as u8);
-        let peer = format!("ap{port}");
-        let ns = NetNs { name: format!("aifs-n{port}"), host: format!("av{port}"), here: [198, 18, b, c + 1].into(), there: [198, 18, b, c + 2].into() };
-        ip(&["netns", "add", &ns.name])?;
-        ip(&["link", "add", &ns.host, "type", "veth", "peer", "name", &peer, "netns", &ns.name])?;
-        ip(&["addr", "add", &format!("{}/30", ns.here), "dev", &ns.host])?;
-        ip(&["link", "set", &ns.host, "up"])?;
-        ip(&["-n", &ns.name, "addr", "add", &format!("{}/30", ns.there), "dev", &peer])?;
-        ip(&["-n", &ns.name, "link", "set", &peer, "up"])?;
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ns.name, "route", "add", "default", "via", &ns.here.to_string()])?;
-        Ok(ns)
-    }
-
-    /// Take the link down: nothing passes either way.
-    pub fn cut(&self) -> Result<()> {
-        ip(&["link", "set", &self.host, "down"])
-    }
-
-    pub fn heal(&self) -> Result<()> {
-        ip(&["link", "set", &self.host, "up"])
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = ip(&["link", "del", &self.host]);
-        let _ = ip(&["netns", "del", &self.name]);
-    }
-}
-
-/// A stopped process, resumed (SIGCONT) on drop.
-pub struct Frozen<'a>(i32, std::marker::PhantomData<&'a ProcCluster>);
-
-impl Drop for Frozen<'_> {
-    fn drop(&mut self) {
-        if self.0 != 0 {
-            // SAFETY: kill(2) on a pid the cluster spawned; the guard
-            // borrows the cluster, which reaps it only later.
-            unsafe {
-                libc::kill(self.0, libc::SIGCONT);
-            }
-        }
-    }
 }
 
 /// Rewrite the configs in `dir` from loopback's packet size to the
@@ -678,155 +614,16 @@ impl Drop for ProcCluster {
     }
 }
 
-fn is_mounted(path: &Path) -> bool {
-    let p = path.to_string_lossy().replace(' ', "\\040");
-    std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(p.as_str())))
-        .unwrap_or(false)
-}
-
-/// A FUSE mount of a cluster in a fresh temp dir.
-pub struct Mount {
-    pub path: PathBuf,
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-impl Mount {
-    pub fn new(c: &ProcCluster) -> Result<Mount> {
-        Self::with_settings(c, "")
-    }
-
-    /// A mount whose client config has `settings` (top-level TOML lines)
-    /// added to the cluster's client.toml.
-    pub fn with_settings(c: &ProcCluster, settings: &str) -> Result<Mount> {
-        let mut cfg = c.path("client.toml");
-        if !settings.is_empty() {
-            let base = std::fs::read_to_string(&cfg)?;
-            let n = std::fs::read_dir(c.path("logs"))?.count();
-            cfg = c.path(&format!("client{n}.toml"));
-            std::fs::write(&cfg, format!("{settings}\n{base}"))?;
-        }
-        Self::with_config(c, &cfg)
-    }
-
-    /// A mount of `c` by a client with the config at `cfg`.
-    pub fn with_config(c: &ProcCluster, cfg: &Path) -> Result<Mount> {
-        let dir = tempfile::Builder::new().prefix("aifs-mnt-").tempdir()?;
-        let path = dir.path().join("mnt");
-        std::fs::create_dir(&path)?;
-        let n = std::fs::read_dir(c.path("logs"))?.count();
-        let log = c.path(&format!("logs/client{n}.log"));
-        let child = spawn_logged(
-            "aifs-mount",
-            &["--config", cfg.to_str().unwrap_or_default(), path.to_str().unwrap_or_default()],
-            &log,
-        )?;
-        let mut m = Mount { path, child: Some(child), _dir: dir, log };
-        let t = Instant::now();
-        while !is_mounted(&m.path) {
-            if let Some(ch) = m.child.as_mut() {
-                if let Ok(Some(st)) = ch.try_wait() {
-                    bail!("aifs-mount exited with {st}: {}", std::fs::read_to_string(&m.log).unwrap_or_default());
-                }
-            }
-            if t.elapsed() > Duration::from_secs(15) {
-                bail!("mount did not appear");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(m)
-    }
-
-    pub fn p(&self, rel: &str) -> PathBuf {
-        self.path.join(rel)
-    }
-
-    /// Unmount now (as `fusermount3 -u` would) and wait for the client to exit.
-    pub fn unmount(&mut self) {
-        if is_mounted(&self.path) {
-            let ok = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.path)
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-            }
-        }
-        if let Some(mut c) = self.child.take() {
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            stop(&mut c, libc::SIGKILL, Duration::from_secs(1));
-        }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- {} ----\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
-        }
-        self.unmount();
-    }
-}
-
-impl Mount {
-    /// `kill -9` the client process, then detach the dead mount.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
 impl ProcCluster {
-    /// Pids of the MDS, the OSDs and a mount's client.
     /// The MDS processes running, by member.
     pub fn mds_pids(&self) -> Vec<u32> {
         self.mds.iter().flatten().map(|c| c.id()).collect()
     }
 
+    /// Pids of the MDS, the OSDs and a mount's client.
     pub fn pids_with(&self, m: &Mount) -> Vec<u32> {
         let mut v: Vec<u32> = self.mds.iter().flatten().chain(self.osds.iter().flatten()).map(|c| c.id()).collect();
         v.extend(m.child.as_ref().map(|c| c.id()));
         v
     }
 }
-
-impl Mount {
-    /// SIGTERM the client (as an init system would) and wait for it to
-    /// unmount and exit; true if it exited by itself within `timeout`.
-    pub fn terminate(&mut self, timeout: Duration) -> bool {
-        let Some(mut c) = self.child.take() else { return true };
-        // SAFETY: kill(2) on a pid we spawned and have not yet reaped.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        let t = Instant::now();
-        while t.elapsed() < timeout {
-            if let Ok(Some(_)) = c.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        false
-    }
-
-    pub fn is_mounted(&self) -> bool {
-        is_mounted(&self.path)
-    }
-}
-
