@@ -1,5 +1,5 @@
 //! What answers on the MDS's endpoint: Raft messages from the other MDS
-//! processes, and the members' addresses, always; the two phases'
+//! processes, the members' addresses and who leads, always; the two phases'
 //! messages (shardnet.rs) by the namespace served here; every other request, by
 //! the namespace service while this process leads the shards' groups, and
 //! otherwise by "not leader", naming the process that leads if one is
@@ -129,6 +129,9 @@ impl Service for Front {
         }
         if let MdsReq::Members = call.req {
             return (MdsReply { session: None, resp: MdsResp::Addrs(self.replica.addrs()) }, vec![]);
+        }
+        if let MdsReq::Leader = call.req {
+            return (MdsReply { session: None, resp: MdsResp::Leader { addr: self.replica.leading_addr() } }, vec![]);
         }
         if matches!(call.req, MdsReq::AddMember { .. } | MdsReq::RemoveMember { .. }) {
             let resp = self.membership(&call.req).await.unwrap_or_else(|e| MdsResp::Err(e.to_wire()));

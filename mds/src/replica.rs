@@ -169,6 +169,16 @@ impl Replica {
         }
     }
 
+    /// The address of the process leading shard 0's group, this one's
+    /// included, as the membership names it ("" if none is known).
+    pub fn leading_addr(&self) -> String {
+        let m = self.groups[0].raft.metrics().borrow().clone();
+        match m.current_leader {
+            Some(id) if id != self.members.me || leads(&m, id) => m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+
     /// One step towards one process leading every group: stand for
     /// election in each group not led here while this process leads shard
     /// 0's; stop heartbeats in those led here while it does not, and in

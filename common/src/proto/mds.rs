@@ -297,6 +297,11 @@ pub enum MdsReq {
     /// (mds/src/namespace/twophase.rs): `len` bytes rkyv-encoded, raw
     /// after the header. Only another MDS's certificate may send it.
     Shard { shard: u32, len: u64 },
+    /// Which MDS process leads, as this one knows (answered by any of
+    /// them, `MdsResp::Leader`): a caller whose call goes unanswered at
+    /// one member asks another, and leaves a member that no longer leads
+    /// without waiting for its connection to fall silent.
+    Leader,
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);
@@ -482,6 +487,9 @@ pub enum MdsResp {
     Addrs(Vec<String>),
     /// `Shard`: the answer, `len` bytes raw after the header.
     Shard { len: u64 },
+    /// `Leader`: the address of the process that leads shard 0's group
+    /// ("" when the one asked knows of none).
+    Leader { addr: String },
     // New variants go last: the order is the wire's discriminant.
 }
 

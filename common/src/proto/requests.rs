@@ -130,7 +130,7 @@ impl MdsReq {
             Revoke { .. } => row("revoke", ADMIN).in_grace(),
             Revoked => row("revoked", ADMIN).in_grace(),
             // Answered by the front (mds/src/front.rs), never by the
-            // namespace service: Raft and Members by every member,
+            // namespace service: Raft, Members and Leader by every member,
             // membership changes by shard 0's leader, a shard message of
             // the two phases by the namespace served there.
             Raft { .. } => row("raft", MDS).in_grace().uncounted(),
@@ -138,6 +138,7 @@ impl MdsReq {
             AddMember { .. } => row("add_member", ADMIN).in_grace(),
             RemoveMember { .. } => row("remove_member", ADMIN).in_grace(),
             Members => row("members", MAP_READERS).in_grace().uncounted(),
+            Leader => row("leader", MAP_READERS).in_grace().uncounted(),
             MoveShard { .. } => row("move_shard", ADMIN).in_grace(),
         }
     }

@@ -41,6 +41,8 @@ pub struct RpcClient {
     /// Or with this, once there are several addresses (members of a
     /// replicated MDS, named by the config or learned since).
     member_config: Option<quinn::ClientConfig>,
+    /// Who leads, as another member last said (leader.rs, `watched`).
+    pub(super) probe: super::leader::Probe,
 }
 
 /// After a failed connect, how long further calls fail without trying.
@@ -64,6 +66,7 @@ impl RpcClient {
             on_connect: std::sync::OnceLock::new(),
             config: None,
             member_config: None,
+            probe: Default::default(),
         }
     }
 
@@ -101,7 +104,7 @@ impl RpcClient {
         let _ = self.on_connect.set(f);
     }
 
-    fn addr_list(&self) -> Vec<SocketAddr> {
+    pub(super) fn addr_list(&self) -> Vec<SocketAddr> {
         self.addrs.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -163,6 +166,17 @@ impl RpcClient {
         if let Some(i) = addrs.iter().position(|a| *a == addr).filter(|_| n > 1) {
             let _ = self.at.compare_exchange(i, (i + 1) % n, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// A connection of its own to member `addr` (not the one calls use),
+    /// for a question to it alone.
+    pub(super) async fn connect_member(&self, addr: SocketAddr) -> Result<quinn::Connection> {
+        let config = self.member_config.clone().ok_or_else(|| Error::InvalidArgument("not a client of MDS members".into()))?;
+        let connecting = self.endpoint.connect_with(config, addr, self.role.dns_name()).map_err(|e| Error::Transport(format!("connect {addr}: {e}")))?;
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| Error::Transport(format!("connect {addr}: timed out")))?
+            .map_err(|e| lost(addr, &e))
     }
 
     /// The live connection, made anew if there is none or it was lost.
@@ -237,7 +251,11 @@ impl RpcClient {
             }
         };
         let addr = conn.remote_address();
-        let r = exchange(&mut send, &mut recv, &header, payload, addr, CALL_TIMEOUT).await;
+        let exchanged = exchange(&mut send, &mut recv, &header, payload, addr, CALL_TIMEOUT);
+        let r = match self.member_config.is_some() && self.members() > 1 {
+            true => super::leader::watched(self, addr, exchanged).await,
+            false => exchanged.await,
+        };
         if let Err(Error::Transport(_)) = &r {
             let refused = conn.close_reason().filter(revoked);
             // Only this call's connection: another call may already have

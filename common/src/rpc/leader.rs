@@ -2,6 +2,9 @@
 //! groups serves; the others answer "not leader", naming the leader when
 //! they know it. A call follows those answers, and moves on from a member
 //! it cannot reach, until one serves or an election has had time to end.
+//! A call that goes unanswered for a while asks another member who leads
+//! (`watched`): a leader that died or was cut off is left as soon as
+//! another is elected, not once its connection falls silent.
 use super::RpcClient;
 use crate::error::{Error, Result};
 use crate::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
@@ -18,6 +21,80 @@ pub const LEARN_EVERY: Duration = Duration::from_secs(10);
 
 /// The pause before asking again when no member knows a leader yet.
 const NO_LEADER_PAUSE: Duration = Duration::from_millis(100);
+
+/// After this long without an answer from a member, a call asks another
+/// member who leads; again after twice as long, and so on up to
+/// `LEADER_CHECK_MAX` (a call that waits out a recall or a grace asks
+/// a few times, not every tick). A leader that died is left once one
+/// of these finds another elected, before its connection falls silent
+/// (`endpoint::MEMBER_IDLE`), which stays the backstop.
+const LEADER_CHECK: Duration = Duration::from_millis(400);
+const LEADER_CHECK_MAX: Duration = Duration::from_secs(4);
+/// How long one such question may take.
+const PROBE_LIMIT: Duration = Duration::from_secs(1);
+
+/// The last answer to `Leader` a client had from another member: its
+/// calls share it, and one question is out at a time.
+#[derive(Default)]
+pub struct Probe {
+    last: tokio::sync::Mutex<Option<(Instant, Option<SocketAddr>)>>,
+    /// Which other member is asked next, in turn.
+    turn: std::sync::atomic::AtomicUsize,
+}
+
+/// Run `work`, a call to member `addr` of `mds`. While it goes unanswered,
+/// ask another member who leads (`LEADER_CHECK` and later); if it names
+/// another process, the call ends as if its connection were lost (its
+/// caller sends it again, with the same request id) and calls go to the
+/// one named.
+pub(super) async fn watched<T>(mds: &RpcClient, addr: SocketAddr, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::pin!(work);
+    let mut wait = LEADER_CHECK;
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(LEADER_CHECK_MAX);
+        let named = tokio::select! {
+            r = &mut work => return r,
+            named = leader_elsewhere(mds, addr) => named,
+        };
+        if let Some(leader) = named {
+            tracing::info!(%addr, %leader, "a call waits at an MDS process that no longer leads; going to the one that does");
+            mds.redirect(&leader.to_string()).await;
+            return Err(Error::Transport(format!("{addr} no longer leads ({leader} does)")));
+        }
+    }
+}
+
+/// The leader another member of `mds` names, if it is not `addr`: asked
+/// now, or the answer another call had less than `LEADER_CHECK` ago.
+async fn leader_elsewhere(mds: &RpcClient, addr: SocketAddr) -> Option<SocketAddr> {
+    let mut last = mds.probe.last.lock().await;
+    let named = match *last {
+        Some((at, named)) if at.elapsed() < LEADER_CHECK => named,
+        _ => {
+            let others: Vec<SocketAddr> = mds.addr_list().into_iter().filter(|a| *a != addr).collect();
+            let other = *others.get(mds.probe.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % others.len().max(1))?;
+            let named = tokio::time::timeout(PROBE_LIMIT, ask_leader(mds, other)).await.ok().flatten();
+            *last = Some((Instant::now(), named));
+            named
+        }
+    };
+    named.filter(|l| *l != addr)
+}
+
+/// Member `other`'s answer to `Leader`, on a connection of its own.
+async fn ask_leader(mds: &RpcClient, other: SocketAddr) -> Option<SocketAddr> {
+    let conn = mds.connect_member(other).await.ok()?;
+    let r = super::client::call_on::<_, MdsReply>(&conn, &MdsCall::from(MdsReq::Leader), PROBE_LIMIT).await;
+    conn.close(0u32.into(), b"asked who leads");
+    match r {
+        Ok(MdsReply { resp: MdsResp::Leader { addr }, .. }) => addr.parse().ok(),
+        _ => None,
+    }
+}
 
 /// What to do after an answer (or none) from one member.
 pub enum Next {
@@ -90,4 +167,79 @@ fn learn_due(last: &mut Option<Instant>) -> bool {
         *last = Some(Instant::now());
     }
     due
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::{init_cluster, Role};
+    use crate::config::{MdsAddrs, TlsConfig, TransportConfig};
+    use crate::rpc::{client_endpoint, server_endpoint, serve, Identity, Peer, Service};
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    /// A member of a replicated MDS as a caller sees it: one that took
+    /// the call and never answers (a leader cut off from its group, whose
+    /// connection still answers keepalives), or one that leads and says so.
+    struct Member {
+        leads: Option<SocketAddr>,
+        served: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Service for Member {
+        type Req = MdsCall;
+        type Resp = MdsReply;
+
+        async fn call(&self, _peer: &Arc<Peer>, call: MdsCall, _payload: Bytes) -> (MdsReply, Vec<Bytes>) {
+            let Some(me) = self.leads else {
+                return std::future::pending().await;
+            };
+            let resp = match call.req {
+                MdsReq::Leader => MdsResp::Leader { addr: me.to_string() },
+                _ => {
+                    self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    MdsResp::Done
+                }
+            };
+            (MdsReply { session: None, resp }, vec![])
+        }
+
+        fn error(e: Error) -> MdsReply {
+            MdsReply { session: None, resp: MdsResp::Err(e.to_wire()) }
+        }
+
+        fn accepts(&self, _role: Role) -> bool {
+            true
+        }
+    }
+
+    fn member(dir: &std::path::Path, leads: bool) -> (SocketAddr, Arc<Member>, quinn::Endpoint) {
+        let id = Identity::load(&TlsConfig::in_dir(dir, "mds")).expect("identity");
+        let ep = server_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), &id, &TransportConfig::default(), Default::default()).expect("server");
+        let addr = ep.local_addr().expect("address");
+        let m = Arc::new(Member { leads: leads.then_some(addr), served: Default::default() });
+        tokio::spawn(serve(ep.clone(), m.clone(), Default::default()));
+        (addr, m, ep)
+    }
+
+    /// A call that waits at a member that no longer leads goes to the
+    /// leader another member names, although the first one's connection
+    /// stays alive (without the question it would wait out the call's
+    /// whole limit, a minute).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_stuck_at_a_member_that_no_longer_leads_goes_to_the_leader() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        init_cluster(dir.path(), &dir.path().join("ca"), 1, false).expect("certificates");
+        let (stuck, _, _a) = member(dir.path(), false);
+        let (leader, led, _b) = member(dir.path(), true);
+        let id = Identity::load(&TlsConfig::in_dir(dir.path(), "client")).expect("identity");
+        let ep = client_endpoint(&id, &TransportConfig::default()).expect("client");
+        let c = RpcClient::of_members(ep, &MdsAddrs(vec![stuck, leader]), &id, &TransportConfig::default()).expect("client");
+        assert_eq!(c.addr(), stuck);
+        let call = MdsCall::from(MdsReq::Statfs);
+        let r = tokio::time::timeout(Duration::from_secs(20), call_leader(&c, &call)).await;
+        assert!(matches!(r, Ok(Ok(MdsReply { resp: MdsResp::Done, .. }))), "{r:?}");
+        assert_eq!(c.addr(), leader, "calls did not move to the leader");
+        assert_eq!(led.served.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
 }
