@@ -124,12 +124,18 @@ impl Pool {
                         tracing::warn!(error = %e, "MDS unreachable or not leading; retrying for up to {:?}", self.mds_retry);
                     }
                     attempt += 1;
-                    // The leader named is asked at once; otherwise (no
-                    // leader known, or a member the client moved past)
-                    // after a pause.
-                    if !matches!(&e, Error::NotLeader(hint) if !hint.is_empty()) {
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(MDS_RETRY_MAX);
+                    // The leader named is asked at once; a member that
+                    // knows of none (an election is on) after a short
+                    // pause, not a growing one, so that the new leader is
+                    // found soon after it starts; a member the client
+                    // could not reach after a pause that grows.
+                    match &e {
+                        Error::NotLeader(hint) if !hint.is_empty() => {}
+                        Error::NotLeader(_) => tokio::time::sleep(MDS_RETRY_MIN).await,
+                        _ => {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(MDS_RETRY_MAX);
+                        }
                     }
                 }
                 Ok(resp) => {

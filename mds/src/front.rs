@@ -58,16 +58,17 @@ impl Front {
     }
 
     /// The service, once this process leads within its lease; waits a
-    /// little for a lease a heartbeat round late.
+    /// little for a lease a heartbeat round late, and for the namespace
+    /// of a process just elected in shard 0 to start (claiming the other
+    /// groups, applying their logs): sent away, the caller would find no
+    /// one else to go to and wait longer.
     async fn leading(&self) -> Option<Arc<Active>> {
         let until = tokio::time::Instant::now() + LEASE_WAIT;
         loop {
-            if let Some(a) = self.active() {
-                if self.replica.leads_all() {
-                    return Some(a);
-                }
-            } else {
-                return None;
+            match self.active() {
+                Some(a) if self.replica.leads_all() => return Some(a),
+                None if !self.replica.leads_zero() || self.replica.yielding() => return None,
+                _ => {}
             }
             if tokio::time::Instant::now() >= until {
                 return None;

@@ -23,23 +23,59 @@ pub const LEARN_EVERY: Duration = Duration::from_secs(10);
 const NO_LEADER_PAUSE: Duration = Duration::from_millis(100);
 
 /// After this long without an answer from a member, a call asks another
-/// member who leads; again after twice as long, and so on up to
-/// `LEADER_CHECK_MAX` (a call that waits out a recall or a grace asks
-/// a few times, not every tick). A leader that died is left once one
-/// of these finds another elected, before its connection falls silent
+/// member who leads, and again every as long for `STEADY_CHECKS` times
+/// (an election takes about a second), then at doubling intervals up to
+/// `LEADER_CHECK_MAX` (a call that waits out a recall or a grace asks a
+/// few times, not every tick). A leader that died is left once one of
+/// these finds another elected, before its connection falls silent
 /// (`endpoint::MEMBER_IDLE`), which stays the backstop.
 const LEADER_CHECK: Duration = Duration::from_millis(400);
+const STEADY_CHECKS: u32 = 5;
 const LEADER_CHECK_MAX: Duration = Duration::from_secs(4);
 /// How long one such question may take.
 const PROBE_LIMIT: Duration = Duration::from_secs(1);
 
 /// The last answer to `Leader` a client had from another member: its
-/// calls share it, and one question is out at a time.
+/// calls share it, and one question is out at a time, on a connection
+/// kept to that member (a question is then a stream, not a handshake:
+/// every client of a large cluster asks at once when a leader dies).
 #[derive(Default)]
 pub struct Probe {
-    last: tokio::sync::Mutex<Option<(Instant, Option<SocketAddr>)>>,
-    /// Which other member is asked next, in turn.
+    last: tokio::sync::Mutex<Asked>,
+    /// Which other member is asked, in turn: the next once one fails to
+    /// answer.
     turn: std::sync::atomic::AtomicUsize,
+    /// Calls that have asked and not ended: the connection is closed when
+    /// the last ends, so that an idle client keeps none open.
+    asking: std::sync::atomic::AtomicUsize,
+}
+
+/// A call that asked who leads; the last to end closes the connection.
+struct Asking<'a>(&'a Probe);
+
+impl<'a> Asking<'a> {
+    fn new(p: &'a Probe) -> Self {
+        p.asking.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Asking(p)
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if self.0.asking.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            if let Ok(mut last) = self.0.last.try_lock() {
+                if let Some(c) = last.conn.take() {
+                    c.close(0u32.into(), b"done asking");
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Asked {
+    answer: Option<(Instant, Option<SocketAddr>)>,
+    conn: Option<quinn::Connection>,
 }
 
 /// Run `work`, a call to member `addr` of `mds`. While it goes unanswered,
@@ -50,12 +86,16 @@ pub struct Probe {
 pub(super) async fn watched<T>(mds: &RpcClient, addr: SocketAddr, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     tokio::pin!(work);
     let mut wait = LEADER_CHECK;
-    loop {
+    let mut asking = None;
+    for asked in 1u32.. {
         tokio::select! {
             r = &mut work => return r,
             _ = tokio::time::sleep(wait) => {}
         }
-        wait = (wait * 2).min(LEADER_CHECK_MAX);
+        asking.get_or_insert_with(|| Asking::new(&mds.probe));
+        if asked >= STEADY_CHECKS {
+            wait = (wait * 2).min(LEADER_CHECK_MAX);
+        }
         let named = tokio::select! {
             r = &mut work => return r,
             named = leader_elsewhere(mds, addr) => named,
@@ -66,33 +106,50 @@ pub(super) async fn watched<T>(mds: &RpcClient, addr: SocketAddr, work: impl std
             return Err(Error::Transport(format!("{addr} no longer leads ({leader} does)")));
         }
     }
+    work.await
 }
 
 /// The leader another member of `mds` names, if it is not `addr`: asked
 /// now, or the answer another call had less than `LEADER_CHECK` ago.
 async fn leader_elsewhere(mds: &RpcClient, addr: SocketAddr) -> Option<SocketAddr> {
     let mut last = mds.probe.last.lock().await;
-    let named = match *last {
+    let named = match last.answer {
         Some((at, named)) if at.elapsed() < LEADER_CHECK => named,
         _ => {
             let others: Vec<SocketAddr> = mds.addr_list().into_iter().filter(|a| *a != addr).collect();
-            let other = *others.get(mds.probe.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % others.len().max(1))?;
-            let named = tokio::time::timeout(PROBE_LIMIT, ask_leader(mds, other)).await.ok().flatten();
-            *last = Some((Instant::now(), named));
+            let turn = &mds.probe.turn;
+            let other = *others.get(turn.load(std::sync::atomic::Ordering::Relaxed) % others.len().max(1))?;
+            let asked = tokio::time::timeout(PROBE_LIMIT, ask_leader(mds, &mut last.conn, other)).await;
+            let named = match asked {
+                Ok(Ok(named)) => named,
+                _ => {
+                    // Ask the next member next time.
+                    turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    last.conn = None;
+                    None
+                }
+            };
+            last.answer = Some((Instant::now(), named));
             named
         }
     };
     named.filter(|l| *l != addr)
 }
 
-/// Member `other`'s answer to `Leader`, on a connection of its own.
-async fn ask_leader(mds: &RpcClient, other: SocketAddr) -> Option<SocketAddr> {
-    let conn = mds.connect_member(other).await.ok()?;
-    let r = super::client::call_on::<_, MdsReply>(&conn, &MdsCall::from(MdsReq::Leader), PROBE_LIMIT).await;
-    conn.close(0u32.into(), b"asked who leads");
+/// Member `other`'s answer to `Leader` (the address it names, if any), on
+/// the connection kept for these questions, made anew if it is to
+/// another member or was lost.
+async fn ask_leader(mds: &RpcClient, conn: &mut Option<quinn::Connection>, other: SocketAddr) -> Result<Option<SocketAddr>> {
+    let kept = conn.take().filter(|c| c.remote_address() == other && c.close_reason().is_none());
+    let c = match kept {
+        Some(c) => c,
+        None => mds.connect_member(other).await?,
+    };
+    let r = super::client::call_on::<_, MdsReply>(&c, &MdsCall::from(MdsReq::Leader), PROBE_LIMIT).await?;
+    *conn = Some(c);
     match r {
-        Ok(MdsReply { resp: MdsResp::Leader { addr }, .. }) => addr.parse().ok(),
-        _ => None,
+        MdsReply { resp: MdsResp::Leader { addr }, .. } => Ok(addr.parse().ok()),
+        other => Err(Error::Protocol(format!("unexpected reply to Leader: {other:?}"))),
     }
 }
 
