@@ -35,6 +35,10 @@ pub struct RpcClient {
     /// queued behind it fail at once instead of each waiting out its own
     /// connect timeout.
     failed: std::sync::Mutex<Option<(std::time::Instant, Error, SocketAddr)>>,
+    /// A member left because another named a different leader, and when:
+    /// a redirect that names no one skips it for `LEFT_FOR` (it is most
+    /// likely dead, and a connection to a dead host waits out a handshake).
+    left: std::sync::Mutex<Option<(std::time::Instant, SocketAddr)>>,
     on_connect: std::sync::OnceLock<OnConnect>,
     /// Connections are made with this instead of the endpoint's default.
     config: Option<quinn::ClientConfig>,
@@ -47,6 +51,9 @@ pub struct RpcClient {
 
 /// After a failed connect, how long further calls fail without trying.
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a member left for another leader is skipped by redirects that
+/// name no one: an election's worth and more.
+const LEFT_FOR: Duration = Duration::from_secs(5);
 
 impl RpcClient {
     /// `role` is the role the server must prove (its certificate's name).
@@ -63,6 +70,7 @@ impl RpcClient {
             role,
             conn: tokio::sync::Mutex::new(None),
             failed: std::sync::Mutex::new(None),
+            left: std::sync::Mutex::new(None),
             on_connect: std::sync::OnceLock::new(),
             config: None,
             member_config: None,
@@ -142,7 +150,14 @@ impl RpcClient {
                     addrs.push(h);
                     addrs.len() - 1
                 }
-                None => (was + 1) % addrs.len(),
+                None => {
+                    let left = self.left.lock().ok().and_then(|l| *l).filter(|(at, _)| at.elapsed() < LEFT_FOR).map(|(_, a)| a);
+                    let next = (was + 1) % addrs.len();
+                    match left {
+                        Some(a) if addrs[next] == a && addrs.len() > 2 => (next + 1) % addrs.len(),
+                        _ => next,
+                    }
+                }
             };
             if to == was % addrs.len() {
                 return;
@@ -154,6 +169,14 @@ impl RpcClient {
         if let Some(c) = self.conn.lock().await.take() {
             c.close(0u32.into(), b"redirected");
         }
+    }
+
+    /// Calls leave member `addr` for `leader`, which another member names.
+    pub(super) async fn leave_for(&self, addr: SocketAddr, leader: SocketAddr) {
+        if let Ok(mut l) = self.left.lock() {
+            *l = Some((std::time::Instant::now(), addr));
+        }
+        self.redirect(&leader.to_string()).await;
     }
 
     /// Calls go past `addr`, a member that could not be reached, to the

@@ -102,7 +102,7 @@ pub(super) async fn watched<T>(mds: &RpcClient, addr: SocketAddr, work: impl std
         };
         if let Some(leader) = named {
             tracing::info!(%addr, %leader, "a call waits at an MDS process that no longer leads; going to the one that does");
-            mds.redirect(&leader.to_string()).await;
+            mds.leave_for(addr, leader).await;
             return Err(Error::Transport(format!("{addr} no longer leads ({leader} does)")));
         }
     }
