@@ -159,20 +159,17 @@ impl Replica {
     /// The address of the process leading shard 0's group, as its
     /// membership names it, if one leads and it is another.
     pub fn leader_addr(&self) -> String {
-        let m = self.groups[0].raft.metrics().borrow().clone();
-        if leads(&m, self.members.me) {
-            return String::new();
-        }
-        match m.current_leader {
-            Some(id) if id != self.members.me => m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default(),
-            _ => String::new(),
+        match self.leads_zero() {
+            true => String::new(),
+            false => self.leading_addr(),
         }
     }
 
     /// The address of the process leading shard 0's group, this one's
     /// included, as the membership names it ("" if none is known).
     pub fn leading_addr(&self) -> String {
-        let m = self.groups[0].raft.metrics().borrow().clone();
+        let m = self.groups[0].raft.metrics();
+        let m = m.borrow();
         match m.current_leader {
             Some(id) if id != self.members.me || leads(&m, id) => m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default(),
             _ => String::new(),

@@ -195,7 +195,17 @@ impl RpcClient {
     /// for a question to it alone.
     pub(super) async fn connect_member(&self, addr: SocketAddr) -> Result<quinn::Connection> {
         let config = self.member_config.clone().ok_or_else(|| Error::InvalidArgument("not a client of MDS members".into()))?;
-        let connecting = self.endpoint.connect_with(config, addr, self.role.dns_name()).map_err(|e| Error::Transport(format!("connect {addr}: {e}")))?;
+        self.dial(addr, Some(config)).await
+    }
+
+    /// A new connection to `addr` with `config` (the endpoint's default if
+    /// none), given up after [`CONNECT_TIMEOUT`].
+    async fn dial(&self, addr: SocketAddr, config: Option<quinn::ClientConfig>) -> Result<quinn::Connection> {
+        let connecting = match config {
+            Some(c) => self.endpoint.connect_with(c, addr, self.role.dns_name()),
+            None => self.endpoint.connect(addr, self.role.dns_name()),
+        }
+        .map_err(|e| Error::Transport(format!("connect {addr}: {e}")))?;
         tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| Error::Transport(format!("connect {addr}: timed out")))?
@@ -218,19 +228,8 @@ impl RpcClient {
                 }
             }
         }
-        let attempt = async {
-            let member = self.member_config.as_ref().filter(|_| self.members() > 1);
-            let connecting = match self.config.as_ref().or(member) {
-                Some(c) => self.endpoint.connect_with(c.clone(), addr, self.role.dns_name()),
-                None => self.endpoint.connect(addr, self.role.dns_name()),
-            }
-            .map_err(|e| Error::Transport(format!("connect {addr}: {e}")))?;
-            tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-                .await
-                .map_err(|_| Error::Transport(format!("connect {addr}: timed out")))?
-                .map_err(|e| lost(addr, &e))
-        };
-        match attempt.await {
+        let member = self.member_config.as_ref().filter(|_| self.members() > 1);
+        match self.dial(addr, self.config.as_ref().or(member).cloned()).await {
             Ok(conn) => {
                 if let Ok(mut f) = self.failed.lock() {
                     *f = None;

@@ -87,12 +87,14 @@ pub(super) async fn watched<T>(mds: &RpcClient, addr: SocketAddr, work: impl std
     tokio::pin!(work);
     let mut wait = LEADER_CHECK;
     let mut asking = None;
-    for asked in 1u32.. {
+    let mut asked = 0u32;
+    loop {
         tokio::select! {
             r = &mut work => return r,
             _ = tokio::time::sleep(wait) => {}
         }
         asking.get_or_insert_with(|| Asking::new(&mds.probe));
+        asked += 1;
         if asked >= STEADY_CHECKS {
             wait = (wait * 2).min(LEADER_CHECK_MAX);
         }
@@ -106,7 +108,6 @@ pub(super) async fn watched<T>(mds: &RpcClient, addr: SocketAddr, work: impl std
             return Err(Error::Transport(format!("{addr} no longer leads ({leader} does)")));
         }
     }
-    work.await
 }
 
 /// The leader another member of `mds` names, if it is not `addr`: asked
