@@ -19,6 +19,9 @@ use std::time::Duration;
 /// heartbeat round late) before it is told to go elsewhere.
 const LEASE_WAIT: Duration = Duration::from_millis(500);
 
+/// The longest a question of who leads waits for news.
+const LEADER_WAIT_MAX: Duration = Duration::from_secs(1);
+
 /// The namespace service and the tasks that run beside it while this
 /// process leads; stopped when it is dropped.
 pub struct Active {
@@ -131,8 +134,10 @@ impl Service for Front {
         if let MdsReq::Members = call.req {
             return (MdsReply { session: None, resp: MdsResp::Addrs(self.replica.addrs()) }, vec![]);
         }
-        if let MdsReq::Leader = call.req {
-            return (MdsReply { session: None, resp: MdsResp::Leader { addr: self.replica.leading_addr() } }, vec![]);
+        if let MdsReq::Leader { past, wait_ms } = &call.req {
+            let wait = Duration::from_millis(u64::from(*wait_ms)).min(LEADER_WAIT_MAX);
+            let addr = self.replica.leader_other_than(past, wait).await;
+            return (MdsReply { session: None, resp: MdsResp::Leader { addr } }, vec![]);
         }
         if matches!(call.req, MdsReq::AddMember { .. } | MdsReq::RemoveMember { .. }) {
             let resp = self.membership(&call.req).await.unwrap_or_else(|e| MdsResp::Err(e.to_wire()));

@@ -115,6 +115,12 @@ pub struct Handover {
 }
 
 impl Handover {
+    /// A round's window is open for another member: this one stands for
+    /// no election.
+    pub fn barred(&self) -> bool {
+        self.elect_off
+    }
+
     pub async fn tick(&mut self, replica: &Replica, front: &Front) {
         if replica.members.is_solo() {
             return;

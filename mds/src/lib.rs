@@ -30,6 +30,7 @@ pub mod service;
 pub mod shardnet;
 pub mod slowest;
 pub mod store;
+pub mod takeover;
 
 use crate::cluster::Cluster;
 use crate::front::{Active, Front};
@@ -82,10 +83,15 @@ impl MdsHandle {
     }
 }
 
-/// How often leadership is looked at.
+/// How often leadership is looked at while the namespace runs here.
 const LEAD_TICK: Duration = Duration::from_millis(50);
 
-/// Every this many ticks the members that hold the log are recorded.
+/// And while it does not: a process just elected in shard 0 claims the
+/// other groups, then starts its namespace, each at a tick.
+const FOLLOW_TICK: Duration = Duration::from_millis(20);
+
+/// Every this many ticks of a serving leader the members that hold the
+/// log are recorded.
 const RECORD_HOLDERS_EVERY: u64 = 20;
 
 /// Start the MDS: its endpoint, its groups, and the namespace service
@@ -138,11 +144,13 @@ async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate
     let replica = front.replica.clone();
     let mut holders = std::collections::BTreeSet::new();
     let mut handover = crate::handover::Handover::default();
+    let mut takeover = crate::takeover::Takeover::default();
     let mut tick = 0u64;
     loop {
-        tokio::time::sleep(LEAD_TICK).await;
+        tokio::time::sleep(if front.active().is_some() { LEAD_TICK } else { FOLLOW_TICK }).await;
         tick += 1;
         handover.tick(&replica, &front).await;
+        takeover.tick(&replica, handover.barred()).await;
         replica.claim().await;
         if let Err(e) = replica.name_myself().await {
             e.log("writing this MDS's address into its groups");

@@ -40,6 +40,16 @@ pub struct Group {
     acked: crate::store::Acked,
     /// When this process last stood for election here.
     claimed: Mutex<Option<Instant>>,
+    /// When an append of the leader of this member's term last came.
+    heard: Mutex<Option<Instant>>,
+}
+
+impl Group {
+    /// When an append of the leader of this member's term last came
+    /// (takeover.rs); None before the first.
+    pub fn heard(&self) -> Option<Instant> {
+        self.heard.lock().ok().and_then(|h| *h)
+    }
 }
 
 pub struct Replica {
@@ -73,7 +83,7 @@ impl Replica {
             let raft = raft::start(&Disk, dir, shard, db.clone(), upkeep, &members).await?;
             let acked = Arc::new(Mutex::new(None));
             tokio::spawn(watch_acks(raft.clone(), members.me, acked.clone()));
-            groups.push(Group { shard, db, raft, acked, claimed: Mutex::new(None) });
+            groups.push(Group { shard, db, raft, acked, claimed: Mutex::new(None), heard: Mutex::new(None) });
         }
         // the names of store files just made
         crate::store::sync_dir(dir)?;
@@ -168,12 +178,21 @@ impl Replica {
     /// The address of the process leading shard 0's group, this one's
     /// included, as the membership names it ("" if none is known).
     pub fn leading_addr(&self) -> String {
-        let m = self.groups[0].raft.metrics();
-        let m = m.borrow();
-        match m.current_leader {
-            Some(id) if id != self.members.me || leads(&m, id) => m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default(),
-            _ => String::new(),
-        }
+        leading_addr_in(&self.groups[0].raft.metrics().borrow(), self.members.me)
+    }
+
+    /// [`Replica::leading_addr`] once it names a process other than
+    /// `past` (the one a caller waits at), or as it is after `wait`.
+    pub async fn leader_other_than(&self, past: &str, wait: Duration) -> String {
+        let past: Option<std::net::SocketAddr> = past.parse().ok();
+        let me = self.members.me;
+        let news = |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| {
+            let addr = leading_addr_in(m, me);
+            !addr.is_empty() && addr.parse().ok() != past
+        };
+        let mut rx = self.groups[0].raft.metrics();
+        let _ = tokio::time::timeout(wait, rx.wait_for(news)).await;
+        self.leading_addr()
     }
 
     /// One step towards one process leading every group: stand for
@@ -222,7 +241,12 @@ impl Replica {
     /// Answer a Raft message for shard `shard`'s group from another MDS.
     pub async fn serve(&self, shard: u32, msg: &[u8]) -> Result<Vec<u8>> {
         let g = self.group(shard).ok_or_else(|| aifs_common::Error::InvalidArgument(format!("no shard {shard} here")))?;
-        net::serve(&g.raft, msg, !self.unmade(), |member| self.standing(member)).await
+        let heard = || {
+            if let Ok(mut h) = g.heard.lock() {
+                *h = Some(Instant::now());
+            }
+        };
+        net::serve(&g.raft, msg, !self.unmade(), |member| self.standing(member), heard).await
     }
 
     /// Stop every group.
@@ -232,6 +256,15 @@ impl Replica {
                 tracing::warn!(shard = g.shard, error = %e, "stopping shard group");
             }
         }
+    }
+}
+
+/// The address of the process `m` names as shard 0's leader, `me`
+/// included only while it leads ("" if none is known).
+fn leading_addr_in(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>, me: NodeId) -> String {
+    match m.current_leader {
+        Some(id) if id != me || leads(m, id) => m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default(),
+        _ => String::new(),
     }
 }
 

@@ -298,7 +298,7 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
     };
     let served = svc.served.clone();
     let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc, gate.clone()));
-    let mds = RpcClient::of_members(endpoint.clone(), &cfg.mds, &id, &cfg.transport)?;
+    let mds = RpcClient::of_members(endpoint.clone(), &cfg.mds, &id, &cfg.transport)?.with_first_check(rpc::leader::BEAT_CHECK);
     let osd_id = cfg.id;
     let period = Duration::from_millis(cfg.heartbeat_ms.max(50));
     let hb = tokio::spawn(async move {

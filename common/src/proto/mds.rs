@@ -299,9 +299,12 @@ pub enum MdsReq {
     Shard { shard: u32, len: u64 },
     /// Which MDS process leads, as this one knows (answered by any of
     /// them, `MdsResp::Leader`): a caller whose call goes unanswered at
-    /// one member asks another, and leaves a member that no longer leads
-    /// without waiting for its connection to fall silent.
-    Leader,
+    /// member `past` asks another, and leaves a member that no longer
+    /// leads without waiting for its connection to fall silent. The
+    /// answer waits up to `wait_ms` (at most a second) for a leader other
+    /// than `past` to be known, so that the caller hears of an election
+    /// as it ends.
+    Leader { past: String, wait_ms: u32 },
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);

@@ -138,7 +138,7 @@ impl MdsReq {
             AddMember { .. } => row("add_member", ADMIN).in_grace(),
             RemoveMember { .. } => row("remove_member", ADMIN).in_grace(),
             Members => row("members", MAP_READERS).in_grace().uncounted(),
-            Leader => row("leader", MAP_READERS).in_grace().uncounted(),
+            Leader { .. } => row("leader", MAP_READERS).in_grace().uncounted(),
             MoveShard { .. } => row("move_shard", ADMIN).in_grace(),
         }
     }

@@ -102,6 +102,13 @@ impl RpcClient {
     }
 
     /// Make connections with `config` instead of the endpoint's default.
+    /// Calls that go unanswered this long ask another member who leads
+    /// (leader.rs; `BEAT_CHECK` for heartbeats).
+    pub fn with_first_check(mut self, wait: Duration) -> Self {
+        self.probe.first_check = wait;
+        self
+    }
+
     pub fn with_config(mut self, config: quinn::ClientConfig) -> Self {
         self.config = Some(config);
         self

@@ -23,24 +23,38 @@ pub const LEARN_EVERY: Duration = Duration::from_secs(10);
 const NO_LEADER_PAUSE: Duration = Duration::from_millis(100);
 
 /// After this long without an answer from a member, a call asks another
-/// member who leads, and again every as long for `STEADY_CHECKS` times
-/// (an election takes about a second), then at doubling intervals up to
+/// member who leads. The member holds the question up to `LEADER_WAIT`
+/// for a leader other than the one the call waits at, so the caller hears
+/// of an election as it ends; the call asks again `QUESTION_GAP` after
+/// each answer, `STEADY_CHECKS` times in all (an election takes about a
+/// second), then at doubling intervals from `LEADER_CHECK` up to
 /// `LEADER_CHECK_MAX` (a call that waits out a recall or a grace asks a
-/// few times, not every tick). A leader that died is left once one of
-/// these finds another elected, before its connection falls silent
+/// few times, not every tick). A leader that died is left as soon as
+/// another is elected, before its connection falls silent
 /// (`endpoint::MEMBER_IDLE`), which stays the backstop.
 const LEADER_CHECK: Duration = Duration::from_millis(400);
+const LEADER_WAIT: Duration = Duration::from_millis(600);
+const QUESTION_GAP: Duration = Duration::from_millis(50);
 const STEADY_CHECKS: u32 = 5;
 const LEADER_CHECK_MAX: Duration = Duration::from_secs(4);
-/// How long one such question may take.
-const PROBE_LIMIT: Duration = Duration::from_secs(1);
+/// How long one such question may take, its wait at the member included.
+const PROBE_LIMIT: Duration = Duration::from_millis(LEADER_WAIT.as_millis() as u64 + 400);
+/// An answer this fresh is shared by the calls that wanted it meanwhile.
+const SHARED_ANSWER: Duration = Duration::from_millis(100);
+
+/// The first question's delay for a client whose calls are all answered
+/// in milliseconds (an OSD's heartbeats, `RpcClient::with_first_check`):
+/// the sooner an OSD beats at a new leader, the sooner that leader's
+/// grace ends (mds/src/cluster/grace.rs waits for the OSDs).
+pub const BEAT_CHECK: Duration = Duration::from_millis(100);
 
 /// The last answer to `Leader` a client had from another member: its
 /// calls share it, and one question is out at a time, on a connection
 /// kept to that member (a question is then a stream, not a handshake:
 /// every client of a large cluster asks at once when a leader dies).
-#[derive(Default)]
 pub struct Probe {
+    /// How long a call waits for its answer before it first asks.
+    pub(super) first_check: Duration,
     last: tokio::sync::Mutex<Asked>,
     /// Which other member is asked, in turn: the next once one fails to
     /// answer.
@@ -48,6 +62,12 @@ pub struct Probe {
     /// Calls that have asked and not ended: the connection is closed when
     /// the last ends, so that an idle client keeps none open.
     asking: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe { first_check: LEADER_CHECK, last: Default::default(), turn: Default::default(), asking: Default::default() }
+    }
 }
 
 /// A call that asked who leads; the last to end closes the connection.
@@ -79,13 +99,13 @@ struct Asked {
 }
 
 /// Run `work`, a call to member `addr` of `mds`. While it goes unanswered,
-/// ask another member who leads (`LEADER_CHECK` and later); if it names
-/// another process, the call ends as if its connection were lost (its
-/// caller sends it again, with the same request id) and calls go to the
-/// one named.
+/// ask another member who leads (after `Probe::first_check`, and later);
+/// if it names another process, calls go to the one named and this one
+/// ends as if `addr` had answered "not leader" naming it (its caller
+/// sends it again at once, with the same request id).
 pub(super) async fn watched<T>(mds: &RpcClient, addr: SocketAddr, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     tokio::pin!(work);
-    let mut wait = LEADER_CHECK;
+    let mut wait = mds.probe.first_check;
     let mut asking = None;
     let mut asked = 0u32;
     loop {
@@ -95,9 +115,11 @@ pub(super) async fn watched<T>(mds: &RpcClient, addr: SocketAddr, work: impl std
         }
         asking.get_or_insert_with(|| Asking::new(&mds.probe));
         asked += 1;
-        if asked >= STEADY_CHECKS {
-            wait = (wait * 2).min(LEADER_CHECK_MAX);
-        }
+        wait = match asked {
+            n if n < STEADY_CHECKS => QUESTION_GAP,
+            n if n == STEADY_CHECKS => LEADER_CHECK,
+            _ => (wait * 2).min(LEADER_CHECK_MAX),
+        };
         let named = tokio::select! {
             r = &mut work => return r,
             named = leader_elsewhere(mds, addr) => named,
@@ -105,22 +127,24 @@ pub(super) async fn watched<T>(mds: &RpcClient, addr: SocketAddr, work: impl std
         if let Some(leader) = named {
             tracing::info!(%addr, %leader, "a call waits at an MDS process that no longer leads; going to the one that does");
             mds.leave_for(addr, leader).await;
-            return Err(Error::Transport(format!("{addr} no longer leads ({leader} does)")));
+            // As if `addr` had answered "not leader" naming the leader:
+            // its caller sends the call there at once.
+            return Err(Error::NotLeader(leader.to_string()));
         }
     }
 }
 
 /// The leader another member of `mds` names, if it is not `addr`: asked
-/// now, or the answer another call had less than `LEADER_CHECK` ago.
+/// now, or the answer another call had less than `SHARED_ANSWER` ago.
 async fn leader_elsewhere(mds: &RpcClient, addr: SocketAddr) -> Option<SocketAddr> {
     let mut last = mds.probe.last.lock().await;
     let named = match last.answer {
-        Some((at, named)) if at.elapsed() < LEADER_CHECK => named,
+        Some((at, named)) if at.elapsed() < SHARED_ANSWER => named,
         _ => {
             let others: Vec<SocketAddr> = mds.addr_list().into_iter().filter(|a| *a != addr).collect();
             let turn = &mds.probe.turn;
             let other = *others.get(turn.load(std::sync::atomic::Ordering::Relaxed) % others.len().max(1))?;
-            let asked = tokio::time::timeout(PROBE_LIMIT, ask_leader(mds, &mut last.conn, other)).await;
+            let asked = tokio::time::timeout(PROBE_LIMIT, ask_leader(mds, &mut last.conn, other, addr)).await;
             let named = match asked {
                 Ok(Ok(named)) => named,
                 _ => {
@@ -137,16 +161,18 @@ async fn leader_elsewhere(mds: &RpcClient, addr: SocketAddr) -> Option<SocketAdd
     named.filter(|l| *l != addr)
 }
 
-/// Member `other`'s answer to `Leader` (the address it names, if any), on
-/// the connection kept for these questions, made anew if it is to
-/// another member or was lost.
-async fn ask_leader(mds: &RpcClient, conn: &mut Option<quinn::Connection>, other: SocketAddr) -> Result<Option<SocketAddr>> {
+/// Member `other`'s answer to `Leader` (the address it names, if any,
+/// once it is not `past` or `LEADER_WAIT` has passed), on the connection
+/// kept for these questions, made anew if it is to another member or was
+/// lost.
+async fn ask_leader(mds: &RpcClient, conn: &mut Option<quinn::Connection>, other: SocketAddr, past: SocketAddr) -> Result<Option<SocketAddr>> {
     let kept = conn.take().filter(|c| c.remote_address() == other && c.close_reason().is_none());
     let c = match kept {
         Some(c) => c,
         None => mds.connect_member(other).await?,
     };
-    let r = super::client::call_on::<_, MdsReply>(&c, &MdsCall::from(MdsReq::Leader), PROBE_LIMIT).await?;
+    let req = MdsReq::Leader { past: past.to_string(), wait_ms: LEADER_WAIT.as_millis() as u32 };
+    let r = super::client::call_on::<_, MdsReply>(&c, &MdsCall::from(req), PROBE_LIMIT).await?;
     *conn = Some(c);
     match r {
         MdsReply { resp: MdsResp::Leader { addr }, .. } => Ok(addr.parse().ok()),
@@ -165,15 +191,17 @@ pub enum Next {
 /// Look at one attempt's outcome and, if another member should be asked,
 /// point `mds` at it.
 pub async fn follow(mds: &RpcClient, r: Result<MdsReply>) -> Next {
-    match r {
-        Ok(MdsReply { resp: MdsResp::Err(e), .. }) if e.code == Error::NotLeader(String::new()).code() => {
-            mds.redirect(&e.msg).await;
-            Next::Again(if e.msg.is_empty() { NO_LEADER_PAUSE } else { Duration::ZERO })
-        }
+    // "Not leader", answered by the member or concluded while the call
+    // waited there (`watched`), with the leader's address if one is known.
+    let named = match &r {
+        Ok(MdsReply { resp: MdsResp::Err(e), .. }) if e.code == Error::NotLeader(String::new()).code() => e.msg.clone(),
+        Err(Error::NotLeader(hint)) => hint.clone(),
         // The client has moved past the member it could not reach.
-        Err(e) if e.unreachable() && mds.members() > 1 => Next::Again(NO_LEADER_PAUSE),
-        other => Next::Done(other),
-    }
+        Err(e) if e.unreachable() && mds.members() > 1 => return Next::Again(NO_LEADER_PAUSE),
+        _ => return Next::Done(r),
+    };
+    mds.redirect(&named).await;
+    Next::Again(if named.is_empty() { NO_LEADER_PAUSE } else { Duration::ZERO })
 }
 
 /// One call to whichever member of `mds` leads, for up to [`FIND_LEADER`].
@@ -242,6 +270,8 @@ mod tests {
     struct Member {
         leads: Option<SocketAddr>,
         served: std::sync::atomic::AtomicUsize,
+        /// The member each question of who leads said the caller waits at.
+        asked_past: std::sync::Mutex<Vec<String>>,
     }
 
     impl Service for Member {
@@ -253,7 +283,10 @@ mod tests {
                 return std::future::pending().await;
             };
             let resp = match call.req {
-                MdsReq::Leader => MdsResp::Leader { addr: me.to_string() },
+                MdsReq::Leader { past, .. } => {
+                    self.asked_past.lock().expect("lock").push(past);
+                    MdsResp::Leader { addr: me.to_string() }
+                }
                 _ => {
                     self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     MdsResp::Done
@@ -275,7 +308,7 @@ mod tests {
         let id = Identity::load(&TlsConfig::in_dir(dir, "mds")).expect("identity");
         let ep = server_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), &id, &TransportConfig::default(), Default::default()).expect("server");
         let addr = ep.local_addr().expect("address");
-        let m = Arc::new(Member { leads: leads.then_some(addr), served: Default::default() });
+        let m = Arc::new(Member { leads: leads.then_some(addr), served: Default::default(), asked_past: Default::default() });
         tokio::spawn(serve(ep.clone(), m.clone(), Default::default()));
         (addr, m, ep)
     }
@@ -299,5 +332,8 @@ mod tests {
         assert!(matches!(r, Ok(Ok(MdsReply { resp: MdsResp::Done, .. }))), "{r:?}");
         assert_eq!(c.addr(), leader, "calls did not move to the leader");
         assert_eq!(led.served.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // The question named the member the call waited at, so that the
+        // one asked can hold it until another leads.
+        assert_eq!(*led.asked_past.lock().expect("lock"), vec![stuck.to_string()]);
     }
 }

@@ -62,8 +62,15 @@ fn from_disk(l: &Option<DiskLogId>) -> Option<LogId<NodeId>> {
 
 /// Answer `req` as shard group `raft`'s member; `standing`, whether a
 /// member has been recorded as holding the log and votes. A group not
-/// `made` yet answers only that.
-pub async fn serve(raft: &ShardRaft, req: &[u8], made: bool, standing: impl FnOnce(NodeId) -> Result<(bool, bool)>) -> Result<Vec<u8>> {
+/// `made` yet answers only that. `heard` is called when an append from
+/// the leader of this member's term is taken.
+pub async fn serve(
+    raft: &ShardRaft,
+    req: &[u8],
+    made: bool,
+    standing: impl FnOnce(NodeId) -> Result<(bool, bool)>,
+    heard: impl FnOnce(),
+) -> Result<Vec<u8>> {
     let resp = match decode::<WireReq>(req)? {
         WireReq::Held { member } => {
             let (held, votes) = standing(member)?;
@@ -77,13 +84,15 @@ pub async fn serve(raft: &ShardRaft, req: &[u8], made: bool, standing: impl FnOn
                 entries: entries.into_iter().map(Into::into).collect(),
                 leader_commit: from_disk(&commit),
             };
-            match raft.append_entries(rpc).await {
+            let resp = match raft.append_entries(rpc).await {
                 Ok(AppendEntriesResponse::Success) => WireResp::Appended(Appended::Success),
                 Ok(AppendEntriesResponse::PartialSuccess(l)) => WireResp::Appended(Appended::Partial(log_id(&l))),
                 Ok(AppendEntriesResponse::Conflict) => WireResp::Appended(Appended::Conflict),
-                Ok(AppendEntriesResponse::HigherVote(v)) => WireResp::Appended(Appended::HigherVote((&v).into())),
-                Err(e) => WireResp::Refused(e.to_string()),
-            }
+                Ok(AppendEntriesResponse::HigherVote(v)) => return encode(&WireResp::Appended(Appended::HigherVote((&v).into()))),
+                Err(e) => return encode(&WireResp::Refused(e.to_string())),
+            };
+            heard();
+            resp
         }
         WireReq::Vote { vote, last } => match raft.vote(VoteRequest { vote: (&vote).into(), last_log_id: from_disk(&last) }).await {
             Ok(r) => WireResp::Voted { vote: (&r.vote).into(), granted: r.vote_granted, last: log_id(&r.last_log_id) },
