@@ -611,6 +611,29 @@ impl Drop for ProcCluster {
         for c in self.mds.iter_mut().flatten() {
             stop(c, libc::SIGTERM, Duration::from_secs(3));
         }
+        if let Some(to) = std::env::var_os("AIFS_KEEP_LOGS") {
+            self.keep_logs(Path::new(&to));
+        }
+    }
+}
+
+impl ProcCluster {
+    /// Copy the processes' logs into a new directory under `to`
+    /// (`AIFS_KEEP_LOGS=DIR`: a test's or a bench's run looked at after).
+    fn keep_logs(&self, to: &Path) {
+        let name = self.dir.path().file_name().unwrap_or_default();
+        let dest = to.join(name);
+        let copied = std::fs::create_dir_all(&dest).and_then(|()| {
+            for e in std::fs::read_dir(self.path("logs"))? {
+                let e = e?;
+                std::fs::copy(e.path(), dest.join(e.file_name()))?;
+            }
+            Ok(())
+        });
+        match copied {
+            Ok(()) => eprintln!("logs kept in {}", dest.display()),
+            Err(e) => eprintln!("could not keep the logs in {}: {e}", dest.display()),
+        }
     }
 }
 
