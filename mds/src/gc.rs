@@ -55,6 +55,20 @@ impl OsdClients {
         Ok(c)
     }
 
+    /// Ask OSDs `ids` to heartbeat now (`OsdReq::Beat`): a process that
+    /// has just taken the lead waits for them in its grace. One that does
+    /// not answer within a second beats in its own time.
+    pub async fn ask_to_beat(&self, ids: Vec<u32>) {
+        let asked = ids.into_iter().map(|id| async move {
+            match tokio::time::timeout(Duration::from_secs(1), self.call(id, &OsdReq::Beat)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(osd = id, error = %e, "asking an OSD to heartbeat now"),
+                Err(_) => tracing::debug!(osd = id, "asking an OSD to heartbeat now: no answer"),
+            }
+        });
+        futures::future::join_all(asked).await;
+    }
+
     pub async fn call(&self, id: u32, req: &OsdReq) -> Result<OsdResp> {
         self.call_with(id, req, &[]).await.map(|r| r.0)
     }

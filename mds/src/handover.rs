@@ -13,9 +13,9 @@
 //! 1. The leader commits the next round number, then stops its
 //!    heartbeats in every group ([`Replica::set_yielding`]).
 //! 2. Every member sees the new round in its copy of shard 0. For
-//!    [`WINDOW`] the others stand for no election, and the wanted member
-//!    stands in shard 0's group as soon as its members' lease of the old
-//!    leader lets them vote. Elected there, it claims the other groups
+//!    [`WINDOW`], or until the wanted member leads, the others stand for
+//!    no election, and the wanted member stands in shard 0's group as
+//!    soon as its members' lease of the old leader lets them vote. Elected there, it claims the other groups
 //!    as any shard 0 leader does; the old leader, which no longer leads
 //!    shard 0, lets them go.
 //! 3. Should the wanted member not be elected within the window (it died
@@ -151,6 +151,12 @@ impl Handover {
                 tracing::info!(round, "the lead is being handed to MDS {}", want.map_or(0, |w| w.to));
                 self.seen = Some((round, now));
             }
+        }
+        // The round is over once the wanted member leads: should it die
+        // then, the others must be free to stand at once (takeover.rs).
+        let taken = want.is_some_and(|w| g0_raft(replica).metrics().borrow().current_leader == Some(w.to));
+        if taken {
+            self.seen = Some((round, now.checked_sub(WINDOW).unwrap_or(now)));
         }
         let open = self.seen.is_some_and(|(_, at)| at.elapsed() < WINDOW);
         let mine = want.is_some_and(|w| w.to == replica.members.me);

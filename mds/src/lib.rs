@@ -226,6 +226,10 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
     cluster.start_grace(ops::stored_sessions(&ns).await?);
     let revoked = crate::revoked::Revocations::open(&ns, gate.clone()).await?;
     let osd_clients = Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()));
+    tokio::spawn({
+        let (c, ids) = (osd_clients.clone(), cluster.osds.unheard());
+        async move { c.ask_to_beat(ids).await }
+    });
     let gc = Arc::new(Gc::new(ns.clone(), osd_clients.clone()));
     let repair = Arc::new(Repair::new(ns.clone(), osd_clients.clone(), cfg.repair_mb_per_s));
     let meter = Arc::new(crate::meter::Meter::new(ns.clone(), osd_clients.clone()));

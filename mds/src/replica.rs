@@ -29,6 +29,10 @@ use std::time::{Duration, Instant};
 /// How long after its last majority acknowledgement a leader answers.
 pub const LEASE: Duration = Duration::from_millis(raft::ELECTION_MAX_MS * 2 / 3);
 
+/// A leader whose appends have not come for this long (its lease, which
+/// heartbeats renew every `raft::HEARTBEAT_MS`) is not named to callers.
+const SILENT: Duration = Duration::from_millis(raft::ELECTION_MAX_MS);
+
 /// How long a claim of a group waits before trying again.
 const CLAIM_EVERY: Duration = Duration::from_millis(raft::ELECTION_MAX_MS);
 
@@ -176,9 +180,16 @@ impl Replica {
     }
 
     /// The address of the process leading shard 0's group, this one's
-    /// included, as the membership names it ("" if none is known).
+    /// included, as the membership names it: "" if none is known, or if
+    /// the one this member knows has been silent past its lease (most
+    /// likely dead: named, callers would only wait out a handshake there).
     pub fn leading_addr(&self) -> String {
-        leading_addr_in(&self.groups[0].raft.metrics().borrow(), self.members.me)
+        leading_addr_in(&self.groups[0].raft.metrics().borrow(), self.members.me, self.leader_silent())
+    }
+
+    /// No append of shard 0's leader has come for [`SILENT`].
+    fn leader_silent(&self) -> bool {
+        self.groups[0].heard().is_none_or(|at| at.elapsed() >= SILENT)
     }
 
     /// [`Replica::leading_addr`] once it names a process other than
@@ -187,7 +198,7 @@ impl Replica {
         let past: Option<std::net::SocketAddr> = past.parse().ok();
         let me = self.members.me;
         let news = |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| {
-            let addr = leading_addr_in(m, me);
+            let addr = leading_addr_in(m, me, self.leader_silent());
             !addr.is_empty() && addr.parse().ok() != past
         };
         let mut rx = self.groups[0].raft.metrics();
@@ -259,11 +270,13 @@ impl Replica {
     }
 }
 
-/// The address of the process `m` names as shard 0's leader, `me`
-/// included only while it leads ("" if none is known).
-fn leading_addr_in(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>, me: NodeId) -> String {
+/// The address of the process `m` names as shard 0's leader: `me` only
+/// while it leads, another only if it is not `silent` ("" if none).
+fn leading_addr_in(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>, me: NodeId, silent: bool) -> String {
     match m.current_leader {
-        Some(id) if id != me || leads(m, id) => m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default(),
+        Some(id) if (id == me && leads(m, id)) || (id != me && !silent) => {
+            m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default()
+        }
         _ => String::new(),
     }
 }

@@ -27,6 +27,8 @@ pub struct OsdService {
     budget: Budget,
     /// Requests counted for the metrics endpoint, if there is one.
     rpc: Option<Arc<RpcMetrics>>,
+    /// Wakes the heartbeat loop (`OsdReq::Beat`).
+    beat: Arc<tokio::sync::Notify>,
 }
 
 /// Counters behind `OsdReq::Stats`.
@@ -82,7 +84,7 @@ async fn read_object(store: &Arc<dyn ObjectStore>, obj: ObjectId, off: u64, len:
 impl OsdService {
     pub fn new(store: Arc<dyn ObjectStore>, keys: Arc<RwLock<Keyring>>, limits: &OsdLimits, rpc: Option<Arc<RpcMetrics>>) -> Self {
         let budget = Budget::new(limits.inflight_mb << 20, limits.inflight_per_conn_mb << 20);
-        OsdService { store, served: Arc::new(Served::default()), keys, budget, rpc }
+        OsdService { store, served: Arc::new(Served::default()), keys, budget, rpc, beat: Default::default() }
     }
 
     /// May `role` ask for `req` with `cap`? The mds and admin roles may do
@@ -185,6 +187,10 @@ impl OsdService {
                 }
                 let v = blocking(move || objs.iter().map(|&o| store.allocated(o)).collect::<Result<Vec<u64>>>()).await?;
                 Ok((OsdResp::Allocated(v), vec![]))
+            }
+            OsdReq::Beat => {
+                self.beat.notify_one();
+                Ok((OsdResp::Done, vec![]))
             }
             OsdReq::Usage => {
                 let u = blocking(move || store.usage()).await?;
@@ -297,6 +303,7 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
         None => None,
     };
     let served = svc.served.clone();
+    let beat = svc.beat.clone();
     let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc, gate.clone()));
     let mds = RpcClient::of_members(endpoint.clone(), &cfg.mds, &id, &cfg.transport)?.with_first_check(rpc::leader::BEAT_CHECK);
     let osd_id = cfg.id;
@@ -368,7 +375,10 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read disk usage"),
             }
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = beat.notified() => {}
+            }
         }
     });
     tracing::info!(osd = cfg.id, %addr, data = %cfg.data_dir.display(), "OSD serving");

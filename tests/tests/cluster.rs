@@ -454,6 +454,49 @@ async fn osd_call(c: &RpcClient, cap: Option<Cap>, req: OsdReq, payload: &[bytes
     c.call::<_, OsdResp>(&OsdCall { cap, req }, payload).await.unwrap()
 }
 
+/// How long since the MDS last heard OSD `id`.
+fn last_heard(cl: &TestCluster, id: u32) -> Duration {
+    let o = cl.ns().cluster.osds.infos().into_iter().find(|o| o.id.0 == id).expect("the OSD is in the map");
+    Duration::from_millis(o.last_seen_ms)
+}
+
+/// An OSD asked to heartbeat (`OsdReq::Beat`, as an MDS process that has
+/// just taken the lead asks its OSDs, whose heartbeats its grace waits
+/// for) beats at once, not at its next period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_osd_asked_to_heartbeat_beats_at_once() {
+    let cl = TestCluster::start(1, 1).await.unwrap();
+    let nodes = cl.dir.path().join("nodes");
+    cl.ca().unwrap().issue(&aifs_common::certs::Node::new(Role::Osd, "osd2", Some(2)).unwrap(), &nodes, 1).unwrap();
+    let cfg = aifs_osd::OsdConfig {
+        id: 2,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
+        advertise: None,
+        mds: aifs_common::config::MdsAddrs::one(cl.mds.addr),
+        data_dir: cl.dir.path().join("osd2"),
+        heartbeat_ms: 3_600_000,
+        limits: Default::default(),
+        tls: TlsConfig { ca: cl.dir.path().join("ca.pem"), cert: nodes.join("osd2.pem"), key: nodes.join("osd2.key") },
+        transport: TransportConfig::default(),
+        log: None,
+        log_format: Default::default(),
+    };
+    let osd = aifs_osd::start(cfg).await.unwrap();
+    cl.wait_osds_up(2).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(last_heard(&cl, 2) >= Duration::from_millis(800), "an hour's period, yet it beat again");
+    let id = Identity::load(&aifs_tests::tls(cl.dir.path(), Role::Mds)).unwrap();
+    let ep = rpc::client_endpoint(&id, &TransportConfig::default()).unwrap();
+    let mds_cert = RpcClient::new(ep, osd.addr, Role::Osd);
+    assert_eq!(osd_call(&mds_cert, None, OsdReq::Beat, &[]).await.0, OsdResp::Done);
+    let t = std::time::Instant::now();
+    while last_heard(&cl, 2) >= Duration::from_millis(500) {
+        assert!(t.elapsed() < Duration::from_secs(10), "the OSD did not beat when asked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_round_trip_with_checksums_and_are_freed_on_unlink() {
     let cl = TestCluster::start(3, 2).await.unwrap();
@@ -634,7 +677,7 @@ async fn a_client_certificate_alone_opens_no_object() {
         r => panic!("{r:?}"),
     }
     // Whole-store requests are the operator's, capability or not.
-    for req in [OsdReq::Delete { obj: p.obj }, OsdReq::DeleteMany { objs: vec![p.obj] }, OsdReq::Truncate { obj: p.obj, size: 0 }, OsdReq::Stat { obj: p.obj }, OsdReq::Verify { obj: p.obj }, OsdReq::List { after: None, max: 10 }] {
+    for req in [OsdReq::Beat, OsdReq::Delete { obj: p.obj }, OsdReq::DeleteMany { objs: vec![p.obj] }, OsdReq::Truncate { obj: p.obj, size: 0 }, OsdReq::Stat { obj: p.obj }, OsdReq::Verify { obj: p.obj }, OsdReq::List { after: None, max: 10 }] {
         assert!(refused(&p.send(Some(rw), req.clone()).await), "{req:?} from a client");
     }
     let admin = osd_client(&cl, Role::Admin, aifs_common::OsdId(1));

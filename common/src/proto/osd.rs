@@ -63,6 +63,10 @@ pub enum OsdReq {
     /// Delete these objects, at most `MAX_DELETE_BATCH` (the MDS's GC:
     /// one request and one directory sync for many files' objects).
     DeleteMany { objs: Vec<ObjectId> },
+    /// Heartbeat to the MDS now, not at the next period: an MDS process
+    /// that has just taken the lead asks its OSDs, whose heartbeats its
+    /// grace waits for (mds/src/cluster/grace.rs).
+    Beat,
     // New variants go last: the order is the wire's discriminant.
 }
 impl OsdReq {
@@ -83,6 +87,7 @@ impl OsdReq {
             OsdReq::Allocate { .. } => "allocate",
             OsdReq::Allocated { .. } => "allocated",
             OsdReq::DeleteMany { .. } => "delete_many",
+            OsdReq::Beat => "beat",
         }
     }
 }
@@ -141,6 +146,7 @@ impl OsdReq {
             OsdReq::Truncate { .. }
             | OsdReq::Delete { .. }
             | OsdReq::DeleteMany { .. }
+            | OsdReq::Beat
             | OsdReq::Stat { .. }
             | OsdReq::List { .. }
             | OsdReq::Verify { .. }

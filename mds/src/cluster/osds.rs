@@ -65,6 +65,11 @@ impl OsdMap {
         self.osds.iter().any(|e| e.last_seen.is_none())
     }
 
+    /// The OSDs known from the store not heard from since the start.
+    pub fn unheard(&self) -> Vec<u32> {
+        self.osds.iter().filter(|e| e.last_seen.is_none()).map(|e| *e.key()).collect()
+    }
+
     /// An OSD known from the store, down until it heartbeats.
     pub fn load(&self, id: u32, addr: String, capacity: u64, used: u64) {
         self.osds.insert(id, OsdEntry { addr, capacity, used, objects: 0, served: OsdStats::default(), load: Default::default(), last_seen: None, up: false, out: false });
