@@ -15,9 +15,9 @@
 //! 2. Every member sees the new round in its copy of shard 0. For
 //!    [`WINDOW`], or until the wanted member leads, the others stand for
 //!    no election, and the wanted member stands in shard 0's group as
-//!    soon as its members' lease of the old leader lets them vote. Elected there, it claims the other groups
-//!    as any shard 0 leader does; the old leader, which no longer leads
-//!    shard 0, lets them go.
+//!    soon as its members' lease of the old leader lets them vote.
+//!    Elected there, it claims the other groups as any shard 0 leader
+//!    does; the old leader, which no longer leads shard 0, lets them go.
 //! 3. Should the wanted member not be elected within the window (it died
 //!    meanwhile), the old leader takes its heartbeats back, or any member
 //!    is elected as after a failure, and the next try waits

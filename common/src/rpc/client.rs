@@ -101,7 +101,6 @@ impl RpcClient {
         }
     }
 
-    /// Make connections with `config` instead of the endpoint's default.
     /// Calls that go unanswered this long ask another member who leads
     /// (leader.rs; `BEAT_CHECK` for heartbeats).
     pub fn with_first_check(mut self, wait: Duration) -> Self {
@@ -109,6 +108,7 @@ impl RpcClient {
         self
     }
 
+    /// Make connections with `config` instead of the endpoint's default.
     pub fn with_config(mut self, config: quinn::ClientConfig) -> Self {
         self.config = Some(config);
         self
