@@ -11,6 +11,14 @@ use aifs_common::{Error, InodeId, Layout, Result};
 
 const MASTER: &str = "cap_master";
 
+/// The master secret in `t`, if made.
+fn stored(t: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<[u8; 32]>> {
+    match t.get(MASTER).io()? {
+        Some(v) => Ok(Some(v.value().try_into().map_err(|_| Error::Io("stored capability secret is not 32 bytes".into()))?)),
+        None => Ok(None),
+    }
+}
+
 pub struct Caps {
     minter: Minter,
 }
@@ -19,23 +27,31 @@ impl Caps {
     /// The cluster's master secret, made on the first start.
     pub async fn open(ns: &Namespace, term_ms: u64) -> Result<Caps> {
         let fresh: [u8; 32] = cap::random_bytes()?;
-        let master = ns
-            .shard(0)
-            .mutate(move |txn| {
-                let mut t = txn.open_table(SECRETS).io()?;
-                let stored: Option<[u8; 32]> = match t.get(MASTER).io()? {
-                    Some(v) => Some(v.value().try_into().map_err(|_| Error::Io("stored capability secret is not 32 bytes".into()))?),
-                    None => None,
-                };
-                match stored {
-                    Some(m) => Ok(m),
-                    None => {
-                        t.insert(MASTER, &fresh[..]).io()?;
-                        Ok(fresh)
-                    }
-                }
-            })
-            .await?;
+        let master = match ns.elsewhere(0) {
+            // Shard 0's leader makes the secret; the others read it from
+            // their copy of shard 0.
+            Some(_) => ns
+                .shard(0)
+                .read(|t| match t.open_table(SECRETS) {
+                    Ok(t) => stored(&t)?.ok_or_else(|| Error::Unavailable("shard 0's leader has not made the capability secret yet".into())),
+                    Err(e) => Err(Error::Unavailable(format!("no capability secret yet: {e}"))),
+                })
+                .await?,
+            None => {
+                ns.shard(0)
+                    .mutate(move |txn| {
+                        let mut t = txn.open_table(SECRETS).io()?;
+                        match stored(&t)? {
+                            Some(m) => Ok(m),
+                            None => {
+                                t.insert(MASTER, &fresh[..]).io()?;
+                                Ok(fresh)
+                            }
+                        }
+                    })
+                    .await?
+            }
+        };
         Ok(Caps { minter: Minter::new(&master, term_ms.max(1000)) })
     }
 

@@ -36,6 +36,12 @@ pub struct MdsConfig {
     /// of being made from `members`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub join: bool,
+    /// Shards other than 0 may be led by other processes than shard 0's
+    /// (`mdsctl shard move N --to ID`, placing.rs). Off by default:
+    /// clients do not route by shard yet, so a mount reaches only the
+    /// shards led with shard 0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spread: bool,
     /// Number of metadata shards. Fixed when the file system is created.
     #[serde(default = "default_shards")]
     pub shards: u32,

@@ -1,9 +1,11 @@
 //! What answers on the MDS's endpoint: Raft messages from the other MDS
 //! processes, the members' addresses and who leads, always; the two phases'
 //! messages (shardnet.rs) by the namespace served here; every other request, by
-//! the namespace service while this process leads the shards' groups, and
-//! otherwise by "not leader", naming the process that leads if one is
-//! known, so that clients, OSDs and `mdsctl` go there.
+//! the namespace service while this process leads the shard it is routed
+//! by (`MdsReq::routed_by`: the shard of the inode it names, shard 0 for
+//! what is the cluster's), and otherwise by "not leader", naming the
+//! process that leads that shard if one is known, so that clients, OSDs
+//! and `mdsctl` go there.
 use crate::replica::Replica;
 use crate::service::MdsService;
 use aifs_common::certs::Role;
@@ -27,6 +29,14 @@ const LEADER_WAIT_MAX: Duration = Duration::from_secs(1);
 pub struct Active {
     pub svc: Arc<MdsService>,
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The shards the service serves (the groups it was started over).
+    pub led: Vec<bool>,
+}
+
+impl Active {
+    pub fn serves(&self, shard: u32) -> bool {
+        self.led.get(shard as usize).copied().unwrap_or(false)
+    }
 }
 
 impl Drop for Active {
@@ -60,17 +70,25 @@ impl Front {
         }
     }
 
-    /// The service, once this process leads within its lease; waits a
-    /// little for a lease a heartbeat round late, and for the namespace
-    /// of a process just elected in shard 0 to start (claiming the other
-    /// groups, applying their logs): sent away, the caller would find no
-    /// one else to go to and wait longer.
-    async fn leading(&self) -> Option<Arc<Active>> {
+    /// The shard whose leader answers `req`: one there is, else 0 (where
+    /// an inode of a shard there is not will not be found).
+    fn route(&self, req: &MdsReq) -> u32 {
+        req.routed_by().map(|i| i.shard()).filter(|s| self.replica.group(*s).is_some()).unwrap_or(0)
+    }
+
+    /// The service, once this process leads `shard` within its lease and
+    /// serves it; waits a little for a lease a heartbeat round late, and
+    /// for the namespace of a process just elected to start (claiming the
+    /// other groups, applying their logs): sent away, the caller would
+    /// find no one else to go to and wait longer.
+    async fn leading(&self, shard: u32) -> Option<Arc<Active>> {
         let until = tokio::time::Instant::now() + LEASE_WAIT;
         loop {
+            let starting = self.replica.leads_zero() || self.replica.wanted().get(shard as usize).copied().unwrap_or(false);
             match self.active() {
-                Some(a) if self.replica.leads_all() => return Some(a),
-                None if !self.replica.leads_zero() || self.replica.yielding() => return None,
+                Some(a) if a.serves(shard) && self.replica.leads_shard(shard) => return Some(a),
+                Some(a) if !a.serves(shard) => return None,
+                None if !starting || self.replica.yielding() => return None,
                 _ => {}
             }
             if tokio::time::Instant::now() >= until {
@@ -124,10 +142,10 @@ impl Service for Front {
         if let MdsReq::Raft { shard, .. } = call.req {
             return self.raft(shard, payload).await.unwrap_or_else(|e| (Self::error(e), vec![]));
         }
-        if let MdsReq::Shard { .. } = call.req {
-            let r = match self.leading().await {
+        if let MdsReq::Shard { shard, .. } = call.req {
+            let r = match self.leading(shard).await {
                 Some(a) => crate::shardnet::answer(&a.svc.ns, &payload).await,
-                None => Err(Error::NotLeader(self.replica.leader_addr())),
+                None => Err(Error::NotLeader(self.replica.leader_hint(shard))),
             };
             return r.unwrap_or_else(|e| (Self::error(e), vec![]));
         }
@@ -143,9 +161,10 @@ impl Service for Front {
             let resp = self.membership(&call.req).await.unwrap_or_else(|e| MdsResp::Err(e.to_wire()));
             return (MdsReply { session: None, resp }, vec![]);
         }
-        match self.leading().await {
+        let shard = self.route(&call.req);
+        match self.leading(shard).await {
             Some(a) => a.svc.call(peer, call, payload).await,
-            None => (Self::error(Error::NotLeader(self.replica.leader_addr())), vec![]),
+            None => (Self::error(Error::NotLeader(self.replica.leader_hint(shard))), vec![]),
         }
     }
 

@@ -283,7 +283,7 @@ impl Gc {
     /// One pass over every shard's queue; returns jobs completed.
     pub async fn pass(&self) -> usize {
         let mut done = 0;
-        for s in &self.ns.shards {
+        for s in self.ns.led() {
             let sid = s.id;
             let after = self.cursor.lock().ok().and_then(|c| c.get(&sid).copied()).unwrap_or(0);
             let jobs = s

@@ -238,14 +238,14 @@ fn is_member(replica: &Replica, id: NodeId) -> bool {
     g0_raft(replica).metrics().borrow().membership_config.membership().get_node(&id).is_some()
 }
 
-/// `to` votes in every group and holds each group's log as far as this
-/// leader, less [`CAUGHT_UP`] entries.
+/// `to` votes in every group this leader leads and holds each one's log
+/// as far as it, less [`CAUGHT_UP`] entries (the groups of shards placed
+/// elsewhere stay where they are, placing.rs).
 fn ready_to_lead(replica: &Replica, to: NodeId) -> bool {
     replica.groups.iter().all(|g| {
         let m = g.raft.metrics().borrow().clone();
-        leads(&m, replica.members.me)
-            && votes(m.membership_config.membership(), to)
-            && matched(&m, to) + CAUGHT_UP >= m.last_log_index.unwrap_or(0)
+        !leads(&m, replica.members.me)
+            || (votes(m.membership_config.membership(), to) && matched(&m, to) + CAUGHT_UP >= m.last_log_index.unwrap_or(0))
     })
 }
 

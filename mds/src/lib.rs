@@ -23,6 +23,7 @@ pub mod revoked;
 pub mod namespace;
 pub mod once;
 mod ops;
+pub mod placing;
 pub mod records;
 pub mod replica;
 pub mod reservations;
@@ -122,7 +123,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
         started => started.transpose()?,
     };
     if solo {
-        front.set_active(Some(serve_namespace(&cfg, &replica, &endpoint, &gate).await?));
+        front.set_active(Some(serve_namespace(&cfg, &replica, &endpoint, &gate, replica.wanted()).await?));
     }
     let serve = tokio::spawn(rpc::serve(endpoint.clone(), front.clone(), gate.clone()));
     // Served first: the others ask this process the same question.
@@ -138,8 +139,9 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
 }
 
 /// Start the namespace service whenever this process is ready to lead
-/// every group, and stop it when it loses one: the service then starts as
-/// after a restart, with a grace for the clients to come back.
+/// every group it is to lead (replica.rs), and stop it when it loses one
+/// or the groups it is to lead change: the service then starts as after
+/// a restart, with a grace for the clients to come back.
 async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate: Arc<aifs_common::rpc::Gate>) {
     let replica = front.replica.clone();
     let mut holders = std::collections::BTreeSet::new();
@@ -156,7 +158,7 @@ async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate
             e.log("writing this MDS's address into its groups");
         }
         let active = front.active();
-        if let Some(a) = active.as_ref().filter(|_| tick % RECORD_HOLDERS_EVERY == 0) {
+        if let Some(a) = active.as_ref().filter(|a| a.serves(0) && tick % RECORD_HOLDERS_EVERY == 0) {
             // Bounded: a shard 0 that cannot commit must not hold up the
             // loop that notices it lost the lead.
             match tokio::time::timeout(LEAD_TICK * 10, crate::holders::record_holders(&replica, &a.svc.ns, &mut holders)).await {
@@ -165,18 +167,30 @@ async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate
                 Ok(Ok(())) => {}
             }
         }
-        let serving = active.is_some();
-        if serving && replica.lost_a_group() && !replica.members.is_solo() {
-            tracing::warn!(leader = %replica.leader_addr(), "no longer leading every shard; the namespace stops here");
-            front.set_active(None);
-        } else if !serving && replica.ready() {
-            tracing::info!("leading every shard; the namespace starts here");
-            match serve_namespace(&cfg, &replica, &endpoint, &gate).await {
-                Ok(a) => front.set_active(Some(a)),
-                Err(e) => e.log("starting the namespace failed"),
+        let wanted = replica.wanted();
+        match active {
+            Some(a) if !replica.members.is_solo() && (replica.lost_any(&a.led) || a.led != wanted) => {
+                let lost = replica.lost_any(&a.led);
+                tracing::warn!(lost, leader = %replica.leader_addr(), serving = %shard_list(&a.led), to_lead = %shard_list(&wanted), "the shards led here changed; the namespace stops here");
+                front.set_active(None);
             }
+            Some(_) => {}
+            None if replica.ready_for(&wanted) => {
+                tracing::info!(shards = %shard_list(&wanted), "leading the shards this MDS is to lead; the namespace starts here");
+                match serve_namespace(&cfg, &replica, &endpoint, &gate, wanted).await {
+                    Ok(a) => front.set_active(Some(a)),
+                    Err(e) => e.log("starting the namespace failed"),
+                }
+            }
+            None => {}
         }
     }
+}
+
+/// The shards `led` marks, as "0,2,3".
+fn shard_list(led: &[bool]) -> String {
+    let ids: Vec<String> = led.iter().enumerate().filter(|(_, l)| **l).map(|(i, _)| i.to_string()).collect();
+    ids.join(",")
 }
 
 impl Drop for MdsHandle {
@@ -185,13 +199,46 @@ impl Drop for MdsHandle {
     }
 }
 
-/// The namespace service over `replica`'s groups, which this process
+/// The namespace over `replica`'s groups: over all of them, or over the
+/// ones `led` marks with the way to the other shards' leaders.
+async fn namespace_over(cfg: &MdsConfig, replica: &Arc<Replica>, led: &[bool], cluster: Arc<Cluster>) -> Result<Arc<Namespace>> {
+    if !led.contains(&false) {
+        return Ok(Arc::new(Namespace::over(replica.stores()?, cfg.default_layout.clone(), cluster).await?));
+    }
+    let peers = replica.members.peers.clone().ok_or_else(|| aifs_common::Error::InvalidArgument("one-member groups are all led here".into()))?;
+    let r = replica.clone();
+    let leader_of: crate::shardnet::LeaderOf = Arc::new(move |shard| r.leading_addr_of(shard).parse().ok());
+    let remote = crate::namespace::twophase::Remote::new(led.to_vec(), Arc::new(crate::shardnet::ShardLinks::new(peers, leader_of)));
+    Namespace::over_led(replica.stores()?, cfg.default_layout.clone(), cluster, remote).await
+}
+
+/// A process that serves shards but not shard 0 takes the OSD map from
+/// shard 0's leader, where the OSDs heartbeat.
+async fn follow_osd_map(replica: &Replica, cluster: &Cluster) -> Result<()> {
+    use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
+    use aifs_common::Error;
+    let Some(peers) = &replica.members.peers else { return Ok(()) };
+    let addr: SocketAddr = replica.leading_addr_of(0).parse().map_err(|_| Error::Unavailable("no leader of shard 0 is known".into()))?;
+    let call = MdsCall::from(MdsReq::OsdMap);
+    let asked = tokio::time::timeout(Duration::from_secs(2), peers.to(addr).call::<_, MdsReply>(&call, &[])).await;
+    let (reply, _) = asked.map_err(|_| Error::Unavailable(format!("shard 0's leader at {addr} gave no OSD map")))??;
+    match reply.resp {
+        MdsResp::OsdMap { osds, .. } => Ok(cluster.osds.adopt(&osds)),
+        MdsResp::Err(e) => Err(Error::from_wire(e.code, &e.msg)),
+        other => Err(Error::Protocol(format!("the OSD map asked for, {other:?} came"))),
+    }
+}
+
+/// The namespace service over the groups `led` marks, which this process
 /// leads, with the tasks beside it (GC, repair, metering, the ticker).
-async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::Endpoint, gate: &Arc<aifs_common::rpc::Gate>) -> Result<Active> {
+async fn serve_namespace(cfg: &MdsConfig, replica: &Arc<Replica>, endpoint: &quinn::Endpoint, gate: &Arc<aifs_common::rpc::Gate>, led: Vec<bool>) -> Result<Active> {
     let mut cluster = Cluster::new(Duration::from_millis(cfg.osd_timeout_ms), Duration::from_millis(cfg.session_timeout_ms));
     cluster.limits = cfg.session_limits.clone();
     let cluster = Arc::new(cluster);
-    let ns = Arc::new(Namespace::over(replica.stores()?, cfg.default_layout.clone(), cluster.clone()).await?);
+    let ns = namespace_over(cfg, replica, &led, cluster.clone()).await?;
+    // What is the cluster's (sessions, the OSDs' heartbeats) is kept where
+    // shard 0 is led.
+    let zero = led[0];
     let known = ns
         .shard(0)
         .read(|t| {
@@ -223,13 +270,17 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
     for id in outs {
         cluster.osds.set_out(id, true);
     }
-    cluster.start_grace(ops::stored_sessions(&ns).await?);
+    if zero {
+        cluster.start_grace(ops::stored_sessions(&ns).await?);
+    }
     let revoked = crate::revoked::Revocations::open(&ns, gate.clone()).await?;
     let osd_clients = Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()));
-    tokio::spawn({
-        let (c, ids) = (osd_clients.clone(), cluster.osds.unheard());
-        async move { c.ask_to_beat(ids).await }
-    });
+    if zero {
+        tokio::spawn({
+            let (c, ids) = (osd_clients.clone(), cluster.osds.unheard());
+            async move { c.ask_to_beat(ids).await }
+        });
+    }
     let gc = Arc::new(Gc::new(ns.clone(), osd_clients.clone()));
     let repair = Arc::new(Repair::new(ns.clone(), osd_clients.clone(), cfg.repair_mb_per_s));
     let meter = Arc::new(crate::meter::Meter::new(ns.clone(), osd_clients.clone()));
@@ -244,6 +295,7 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
         repair: repair.clone(),
         fsck,
         session_heartbeat_ms: cfg.session_timeout_ms / 4,
+        spread: cfg.spread,
         anon: (cfg.anon_uid, cfg.anon_gid),
         requests: Default::default(),
         slowest: Default::default(),
@@ -253,6 +305,7 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
     let meter_task = tokio::spawn(meter.run());
     let tick_cluster = cluster.clone();
     let tick_svc = svc.clone();
+    let tick_replica = replica.clone();
     let ticker = tokio::spawn(async move {
         // Files unlinked while open are freed once nobody has them open:
         // at start, and after sessions end without closing them.
@@ -261,6 +314,11 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
         let mut placeable = tick_cluster.osds.placeable();
         let mut grace = tick_cluster.in_grace();
         loop {
+            if !zero {
+                if let Err(e) = follow_osd_map(&tick_replica, &tick_cluster).await {
+                    tracing::debug!(error = %e, "the OSD map of shard 0's leader could not be had");
+                }
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
             let expired = tick_cluster.tick();
             if !expired.is_empty() {
@@ -268,7 +326,7 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
                     e.log("forgetting expired sessions failed");
                 }
             }
-            if grace && !tick_cluster.in_grace() {
+            if grace && !tick_cluster.in_grace() && zero {
                 // Sessions of the last run that never came back.
                 grace = false;
                 let gone: Vec<aifs_common::SessionId> = match ops::stored_sessions(&tick_svc.ns).await {
@@ -301,7 +359,7 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
                 }
             }
             if n.is_multiple_of(120) {
-                for s in &tick_svc.ns.shards {
+                for s in tick_svc.ns.led() {
                     if let Err(e) = crate::once::sweep(s).await {
                         e.log("sweeping old request records failed");
                     }
@@ -309,5 +367,5 @@ async fn serve_namespace(cfg: &MdsConfig, replica: &Replica, endpoint: &quinn::E
             }
         }
     });
-    Ok(Active { svc, tasks: vec![gc_task, repair_task, meter_task, ticker] })
+    Ok(Active { svc, tasks: vec![gc_task, repair_task, meter_task, ticker], led })
 }

@@ -111,7 +111,7 @@ impl Namespace {
     /// start (when nothing is open).
     pub async fn purge_orphans(&self) -> Result<usize> {
         let mut freed = 0;
-        for shard in &self.shards {
+        for shard in self.led() {
             let listed = shard
                 .scan(|t| {
                     let mut v = Vec::new();

@@ -93,7 +93,7 @@ impl Repair {
     /// on OSDs taken out; returns replicas repaired or moved.
     pub async fn pass(&self) -> usize {
         let mut done = self.drain().await;
-        for s in &self.ns.shards {
+        for s in self.ns.led() {
             let rows = s
                 .read(|t| {
                     let mut v = Vec::new();
@@ -225,7 +225,7 @@ impl Repair {
         let mut files = Vec::new();
         let mut left = 0u64;
         let mut failed = false;
-        for s in &self.ns.shards {
+        for s in self.ns.led() {
             let out = out.to_vec();
             let found = s
                 .scan(move |t| {

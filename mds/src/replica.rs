@@ -1,22 +1,26 @@
 //! This process's part in the shards' Raft groups (DESIGN.md, "Metadata
 //! that survives losing a machine"): the groups are opened when the
 //! process starts and live as long as it does, led here or not. The
-//! namespace service runs over them only while this process leads every
-//! one ([`Replica::ready`]); front.rs answers everyone else "not leader".
+//! namespace service runs over the groups this process is to lead only
+//! while it leads every one of them ([`Replica::ready_for`]); front.rs
+//! answers requests for the other shards "not leader", naming theirs.
 //!
-//! One process leads all shards, so that an operation over two shards
-//! never spans processes: the process that leads shard 0's group stands
-//! for election in every other group ([`Replica::claim`]), and a process
-//! that leads another group but not shard 0's stops its heartbeats there,
-//! so that the group elects again. Every group elects by itself too: a
-//! claimant whose log is behind in a group cannot win it until another
-//! member, elected, has brought its log up to date.
+//! Which groups a process is to lead ([`Replica::wanted`]): shard 0's
+//! while it leads it, with every other group not placed on another
+//! member that answers (placing.rs); and the groups placed on it. With
+//! nothing placed, one process leads all shards. A process stands for
+//! election in each group it is to lead and does not ([`Replica::claim`]),
+//! and stops its heartbeats in each it leads and is not to, so that the
+//! group elects again. Every group elects by itself too: a claimant whose
+//! log is behind in a group cannot win it until another member, elected,
+//! has brought its log up to date.
 //!
 //! A leader serves reads under a lease: only while a majority acknowledged
 //! its heartbeats within [`LEASE`], shorter than the time before a member
 //! would vote for anyone else (openraft's lease, the election timeout's
 //! upper bound, counted from when the member heard the heartbeat, which
 //! is after the leader sent it).
+use crate::placing::Placement;
 use crate::store::raft::{self, net, Members, NodeId, ShardRaft};
 use crate::store::media::Disk;
 use crate::store::ShardStore;
@@ -35,6 +39,11 @@ const SILENT: Duration = Duration::from_millis(raft::ELECTION_MAX_MS);
 
 /// How long a claim of a group waits before trying again.
 const CLAIM_EVERY: Duration = Duration::from_millis(raft::ELECTION_MAX_MS);
+
+/// A member placed to lead a shard that has not answered shard 0's
+/// leader for this long (its heartbeats go every `raft::HEARTBEAT_MS`)
+/// is taken for down: shard 0's leader leads the shard meanwhile.
+const ANSWERS_WITHIN: Duration = Duration::from_secs(1);
 
 pub struct Group {
     pub shard: u32,
@@ -67,6 +76,10 @@ pub struct Replica {
     yielding: AtomicBool,
     /// Held through each step of a membership change: one at a time.
     pub(crate) changing: tokio::sync::Mutex<()>,
+    /// The groups this process is to lead, as the last claim found.
+    wanted: Mutex<Vec<bool>>,
+    /// When the groups were opened here.
+    opened: Instant,
 }
 
 /// `m` reports its member `me` leading: in the leader's state (a leader
@@ -106,7 +119,8 @@ impl Replica {
                 )));
             }
         }
-        Ok(Replica { members, groups, unmade: AtomicBool::new(unmade), yielding: AtomicBool::new(false), changing: Default::default() })
+        let wanted = Mutex::new(vec![members.is_solo(); groups.len()]);
+        Ok(Replica { members, groups, unmade: AtomicBool::new(unmade), yielding: AtomicBool::new(false), changing: Default::default(), wanted, opened: Instant::now() })
     }
 
     /// The groups are new here and wait for [`Replica::make_groups`].
@@ -138,14 +152,51 @@ impl Replica {
         self.yielding.load(Ordering::Acquire)
     }
 
-    /// This process leads every group, each within its lease, and is not
-    /// handing the lead over.
-    pub fn leads_all(&self) -> bool {
+    /// This process leads `g` within its lease.
+    fn leads_in_lease(&self, g: &Group) -> bool {
+        leads(&g.raft.metrics().borrow(), self.members.me)
+            && (self.members.is_solo() || g.acked.lock().ok().and_then(|a| *a).is_some_and(|at| at.elapsed() < LEASE))
+    }
+
+    /// This process leads each group `led` marks, each within its lease,
+    /// and is not handing the lead over.
+    pub fn leads_each(&self, led: &[bool]) -> bool {
+        !self.yielding() && self.groups.iter().zip(led).filter(|(_, l)| **l).all(|(g, _)| self.leads_in_lease(g))
+    }
+
+    /// This process leads shard `shard`'s group within its lease, and is
+    /// not handing the lead over.
+    pub fn leads_shard(&self, shard: u32) -> bool {
+        !self.yielding() && self.group(shard).is_some_and(|g| self.leads_in_lease(g))
+    }
+
+    /// The groups this process is to lead, as the last claim found (all
+    /// of them for one-member groups).
+    pub fn wanted(&self) -> Vec<bool> {
+        self.wanted.lock().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    /// Whether this process is to lead `g`, given `placed` and whether
+    /// it leads shard 0.
+    fn wants(&self, g: &Group, placed: &Placement, leads_zero: bool) -> bool {
+        if g.shard == 0 {
+            return leads_zero;
+        }
         let me = self.members.me;
-        !self.yielding() && self.groups.iter().all(|g| {
-            leads(&g.raft.metrics().borrow(), me)
-                && (self.members.is_solo() || g.acked.lock().ok().and_then(|a| *a).is_some_and(|at| at.elapsed() < LEASE))
-        })
+        let voter = |id: &NodeId| crate::membership::votes(g.raft.metrics().borrow().membership_config.membership(), *id);
+        match placed.get(&g.shard).copied().filter(voter) {
+            Some(p) if p == me => true,
+            Some(p) if leads_zero && self.answers(p) => false,
+            _ => leads_zero,
+        }
+    }
+
+    /// Member `id` answered this process's Raft messages within
+    /// [`ANSWERS_WITHIN`].
+    fn answers(&self, id: NodeId) -> bool {
+        let Some(peers) = &self.members.peers else { return false };
+        let addr = self.groups[0].raft.metrics().borrow().membership_config.membership().get_node(&id).and_then(|n| n.addr.parse().ok());
+        addr.is_some_and(|a| peers.answers(a, ANSWERS_WITHIN))
     }
 
     /// This process leads shard 0's group.
@@ -153,18 +204,20 @@ impl Replica {
         self.groups.first().is_some_and(|g| leads(&g.raft.metrics().borrow(), self.members.me))
     }
 
-    /// Some group is not led here: another member leads it, or none does.
-    pub fn lost_a_group(&self) -> bool {
+    /// Some group `led` marks is not led here: another member leads it,
+    /// or none does.
+    pub fn lost_any(&self, led: &[bool]) -> bool {
         let me = self.members.me;
-        self.groups.iter().any(|g| !leads(&g.raft.metrics().borrow(), me))
+        self.groups.iter().zip(led).any(|(g, l)| *l && !leads(&g.raft.metrics().borrow(), me))
     }
 
-    /// The namespace may start here: every group led here, in its lease,
-    /// with its whole log applied in this term (so it holds everything
-    /// acknowledged before).
-    pub fn ready(&self) -> bool {
-        self.leads_all()
-            && self.groups.iter().all(|g| {
+    /// The namespace may start here over the groups `led` marks (one at
+    /// least): each led here, in its lease, with its whole log applied in
+    /// this term (so it holds everything acknowledged before).
+    pub fn ready_for(&self, led: &[bool]) -> bool {
+        led.contains(&true)
+            && self.leads_each(led)
+            && self.groups.iter().zip(led).filter(|(_, l)| **l).all(|(g, _)| {
                 let m = g.raft.metrics().borrow().clone();
                 m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term && Some(l.index) == m.last_log_index)
             })
@@ -184,12 +237,30 @@ impl Replica {
     /// the one this member knows has been silent past its lease (most
     /// likely dead: named, callers would only wait out a handshake there).
     pub fn leading_addr(&self) -> String {
-        leading_addr_in(&self.groups[0].raft.metrics().borrow(), self.members.me, self.leader_silent())
+        self.leading_addr_of(0)
+    }
+
+    /// [`Replica::leading_addr`] of shard `shard`'s group ("" for a shard
+    /// there is not).
+    pub fn leading_addr_of(&self, shard: u32) -> String {
+        match self.group(shard) {
+            Some(g) => leading_addr_in(&g.raft.metrics().borrow(), self.members.me, silent(g)),
+            None => String::new(),
+        }
+    }
+
+    /// The address of the process leading shard `shard`'s group, if one
+    /// leads and it is another: where its requests are sent.
+    pub fn leader_hint(&self, shard: u32) -> String {
+        match self.group(shard).is_some_and(|g| leads(&g.raft.metrics().borrow(), self.members.me)) {
+            true => String::new(),
+            false => self.leading_addr_of(shard),
+        }
     }
 
     /// No append of shard 0's leader has come for [`SILENT`].
     fn leader_silent(&self) -> bool {
-        self.groups[0].heard().is_none_or(|at| at.elapsed() >= SILENT)
+        silent(&self.groups[0])
     }
 
     /// [`Replica::leading_addr`] once it names a process other than
@@ -206,28 +277,48 @@ impl Replica {
         self.leading_addr()
     }
 
-    /// One step towards one process leading every group: stand for
-    /// election in each group not led here while this process leads shard
-    /// 0's; stop heartbeats in those led here while it does not, and in
-    /// all of them while it hands the lead over.
+    /// One step towards each group led where it is to be: stand for
+    /// election in each group this process is to lead and does not; stop
+    /// heartbeats in those led here that it is not to lead, and in all of
+    /// them while it hands the lead over.
     pub async fn claim(&self) {
         let me = self.members.me;
         if self.members.is_solo() {
             return;
         }
+        let placed = match crate::placing::placement_here(&self.groups[0].db) {
+            Ok(p) => p,
+            // Nothing changes until it can be read.
+            Err(e) => return e.log("reading where the shards are placed"),
+        };
         let yielding = self.yielding();
         self.groups[0].raft.runtime_config().heartbeat(!yielding);
         if yielding {
             for g in &self.groups[1..] {
                 g.raft.runtime_config().heartbeat(false);
             }
+            self.set_wanted(vec![false; self.groups.len()]);
             return;
         }
         let leads_zero = self.leads_zero();
+        let wanted: Vec<bool> = self.groups.iter().map(|g| self.wants(g, &placed, leads_zero)).collect();
         for g in &self.groups[1..] {
-            let here = leads(&g.raft.metrics().borrow(), me);
-            g.raft.runtime_config().heartbeat(leads_zero || !here);
-            if !leads_zero || here {
+            let m = g.raft.metrics().borrow().clone();
+            let here = leads(&m, me);
+            let want = wanted[g.shard as usize];
+            // A shard's member placed is let go to once it holds the log:
+            // it could not be elected before, and would only unsettle
+            // the group trying.
+            let placed_elsewhere = placed.get(&g.shard).filter(|p| **p != me);
+            let holding = here && !want && placed_elsewhere.is_some_and(|p| crate::membership::matched(&m, *p) + crate::handover::CAUGHT_UP < m.last_log_index.unwrap_or(0));
+            g.raft.runtime_config().heartbeat(want || !here || holding);
+            if !want || here {
+                continue;
+            }
+            // The member placed stands once the leader let go of it (its
+            // appends stopped): the leader has brought its log up to date.
+            // Just started, it first gives a leader the time to be heard.
+            if placed.get(&g.shard) == Some(&me) && (!silent(g) || self.opened.elapsed() < SILENT) {
                 continue;
             }
             let due = match g.claimed.lock() {
@@ -241,11 +332,18 @@ impl Replica {
                 Err(_) => false,
             };
             if due {
-                tracing::info!(shard = g.shard, "standing for election: this MDS leads shard 0");
+                tracing::info!(shard = g.shard, placed = placed.get(&g.shard).is_some_and(|p| *p == me), "standing for election: this MDS is to lead the shard");
                 if let Err(e) = g.raft.trigger().elect().await {
                     tracing::warn!(shard = g.shard, error = %e, "could not stand for election");
                 }
             }
+        }
+        self.set_wanted(wanted);
+    }
+
+    fn set_wanted(&self, wanted: Vec<bool>) {
+        if let Ok(mut w) = self.wanted.lock() {
+            *w = wanted;
         }
     }
 
@@ -270,7 +368,12 @@ impl Replica {
     }
 }
 
-/// The address of the process `m` names as shard 0's leader: `me` only
+/// No append of `g`'s leader has come for [`SILENT`].
+fn silent(g: &Group) -> bool {
+    g.heard().is_none_or(|at| at.elapsed() >= SILENT)
+}
+
+/// The address of the process `m` names as its group's leader: `me` only
 /// while it leads, another only if it is not `silent` ("" if none).
 fn leading_addr_in(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>, me: NodeId, silent: bool) -> String {
     match m.current_leader {

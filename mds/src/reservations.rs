@@ -147,7 +147,7 @@ impl Namespace {
     pub async fn drop_reservations(&self, live: impl Fn(Owner) -> bool) -> Result<usize> {
         let mut n = 0;
         let mut kept: HashMap<Owner, u64> = HashMap::new();
-        for s in &self.shards {
+        for s in self.led() {
             let mut gone = Vec::new();
             for (ino, owner) in rows(s).await? {
                 match owner.filter(|o| live(*o)) {

@@ -25,6 +25,8 @@ pub struct MdsService {
     pub repair: Arc<crate::repair::Repair>,
     pub fsck: Arc<crate::fsck::Fsck>,
     pub session_heartbeat_ms: u64,
+    /// Shards other than 0 may be placed apart (placing.rs).
+    pub spread: bool,
     /// What a squashed root becomes: (uid, gid).
     pub anon: (u32, u32),
     /// Requests served, heartbeats not counted (`mdsctl status`; the

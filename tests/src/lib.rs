@@ -47,6 +47,7 @@ impl TestCluster {
             id: 1,
             members: Vec::new(),
             join: false,
+            spread: false,
             listen: "127.0.0.1:0".parse().map_err(|_| Error::InvalidArgument("addr".into()))?,
             metrics_listen: None,
             data_dir: dir.path().join("mds"),

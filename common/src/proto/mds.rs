@@ -391,6 +391,13 @@ impl DirOp {
             DirOp::Close { .. } => None,
         }
     }
+
+    /// The inode the change is about.
+    pub fn ino(&self) -> InodeId {
+        match self {
+            DirOp::Create { ino, .. } | DirOp::Unlink { ino, .. } | DirOp::Close { ino } | DirOp::Mkdir { ino, .. } | DirOp::Rmdir { ino, .. } => *ino,
+        }
+    }
 }
 
 /// Most links to one inode (a directory: subdirectories plus two).

@@ -22,6 +22,7 @@
 
 use super::mds::MdsReq;
 use crate::certs::Role;
+use crate::InodeId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {
@@ -39,7 +40,9 @@ const CLIENT: &[Role] = &[Role::Client];
 const ADMIN: &[Role] = &[Role::Admin];
 const OSD: &[Role] = &[Role::Osd];
 const MDS: &[Role] = &[Role::Mds];
-const MAP_READERS: &[Role] = &[Role::Client, Role::Admin, Role::Osd];
+/// The OSD map and who leads: an MDS process that does not lead shard 0
+/// follows the OSD map of the one that does.
+const MAP_READERS: &[Role] = &[Role::Client, Role::Admin, Role::Osd, Role::Mds];
 
 /// A request applied as often as it is sent, retried, counted, and held
 /// back during the grace: the common case, refined below.
@@ -143,6 +146,31 @@ impl MdsReq {
         }
     }
 
+    /// The inode whose shard's leader answers this request; None: shard
+    /// 0's leader, which keeps what is the cluster's (sessions, the OSD
+    /// map, admin state). A change over two directories goes to the
+    /// leader of the one whose entry it names first, its coordinator
+    /// (mds/src/namespace/twophase.rs).
+    pub fn routed_by(&self) -> Option<InodeId> {
+        use MdsReq::*;
+        match self {
+            Lookup { parent, .. } | Create { parent, .. } | TmpFile { parent, .. } | Mkdir { parent, .. } => Some(*parent),
+            Unlink { parent, .. } | Rmdir { parent, .. } | Rename { parent, .. } | Symlink { parent, .. } | Mknod { parent, .. } => Some(*parent),
+            Link { newparent, .. } => Some(*newparent),
+            GetAttr { ino } | SetAttr { ino, .. } | Readlink { ino } | Readdir { ino, .. } | ReaddirPlus { ino, .. } => Some(*ino),
+            GetXattr { ino, .. } | ListXattr { ino } | SetXattr { ino, .. } | RemoveXattr { ino, .. } => Some(*ino),
+            UpdateSize { ino, .. } | Accessed { ino } | GetStripe { ino } | SetStripe { ino, .. } | Open { ino, .. } | Close { ino, .. } => Some(*ino),
+            GetLock { ino, .. } | SetLock { ino, .. } | Cap { ino, .. } | Degraded { ino, .. } | Leases { ino } | ClearDegraded { ino, .. } => Some(*ino),
+            Reserve { dir, .. } => Some(*dir),
+            Unreserve { inos } => inos.first().copied(),
+            Apply { ops, .. } => ops.first().map(|o| o.parent().unwrap_or_else(|| o.ino())),
+            DegradedList { ino } => *ino,
+            Statfs | OpenSession { .. } | SessionHeartbeat { .. } | CloseSession { .. } | OsdMap | OsdHeartbeat { .. } => None,
+            Status | EvictSession { .. } | Fsck { .. } | FsckStatus | OsdOut { .. } | Revoke { .. } | Revoked => None,
+            Raft { .. } | Shard { .. } | AddMember { .. } | RemoveMember { .. } | Members | Leader { .. } | MoveShard { .. } => None,
+        }
+    }
+
     /// Applying this request twice differs from applying it once: it
     /// carries a request id (`Rule::once`).
     pub fn once_only(&self) -> bool {
@@ -153,7 +181,6 @@ impl MdsReq {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::InodeId;
 
     #[test]
     fn the_table_keeps_the_promises_the_wire_relies_on() {
@@ -167,5 +194,8 @@ mod tests {
         let shard = MdsReq::Shard { shard: 0, len: 0 };
         assert!(shard.rule().allows(Role::Mds) && !shard.rule().allows(Role::Client) && !shard.rule().allows(Role::Admin));
         assert!(!MdsReq::GetAttr { ino: InodeId(1) }.once_only());
+        let link = MdsReq::Link { ino: InodeId(1), newparent: InodeId(2), newname: "l".into() };
+        assert_eq!(link.routed_by(), Some(InodeId(2)), "a link is coordinated where its new name goes");
+        assert_eq!(MdsReq::OsdMap.routed_by(), None);
     }
 }

@@ -106,6 +106,19 @@ impl OsdMap {
         beat
     }
 
+    /// The map of shard 0's leader, where the OSDs heartbeat, taken here
+    /// as their heartbeats relayed: an OSD up there is heard from now,
+    /// one down there is left to miss its heartbeats here.
+    pub fn adopt(&self, infos: &[OsdInfo]) {
+        for o in infos {
+            if o.state == OsdState::Up {
+                let usage = OsdUsage { capacity: o.capacity, used: o.used, objects: o.objects, served: o.served };
+                self.heartbeat(o.id.0, &o.addr, &usage);
+            }
+            self.set_out(o.id.0, o.out);
+        }
+    }
+
     /// Mark the OSDs that missed their heartbeats down.
     pub fn mark_silent_down(&self, now: Instant) {
         let mut changed = false;

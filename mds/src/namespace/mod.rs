@@ -225,6 +225,18 @@ impl Namespace {
         self.running.begin(rid, &self.shards).await
     }
 
+    /// The shards led here: all of them unless shards are spread over
+    /// processes. Background work (GC, repair, purges, sweeps) changes
+    /// these only.
+    pub fn led(&self) -> impl Iterator<Item = &Arc<ShardStore>> {
+        self.shards.iter().filter(|s| self.elsewhere(s.id).is_none())
+    }
+
+    /// Every shard is led here.
+    pub fn leads_all(&self) -> bool {
+        self.led().count() == self.shards.len()
+    }
+
     pub fn shard(&self, id: u32) -> &Arc<ShardStore> {
         // Inode numbers from the wire may name a shard that does not exist;
         // those are routed to shard 0, where the inode will not be found.

@@ -2,7 +2,7 @@
 //! revoking a certificate.
 use crate::service::MdsService;
 use super::Call;
-use aifs_common::{InodeId, Owner, Result};
+use aifs_common::{Error, InodeId, Owner, Result};
 use aifs_common::proto::mds::{ClusterStatus, MdsResp, RepairInfo, ShardInfo};
 
 impl MdsService {
@@ -30,6 +30,7 @@ impl MdsService {
         let groups: Vec<_> = ns.shards.iter().map(|s| s.group()).collect();
         let members = crate::membership::member_infos(ns, &groups).await?;
         let wanted = crate::handover::wanted(ns).await?.map(|w| w.to);
+        let placed = crate::placing::placement(ns).await?;
         let shards = ns
             .shard_counts()
             .await?
@@ -49,7 +50,7 @@ impl MdsService {
                     last_log: g.last_log,
                     applied: g.applied,
                     snapshot: g.snapshot,
-                    wanted,
+                    wanted: placed.get(&id).copied().or(wanted),
                 }
             })
             .collect();
@@ -75,9 +76,16 @@ impl MdsService {
 
     /// `mdsctl shard move`: the wish recorded; the lead loops act on it
     /// (handover.rs).
+    /// Shard 0, and every shard while shards are not spread, is handed
+    /// over (handover.rs); another is placed (placing.rs).
     pub(crate) async fn move_shard(&self, _c: &mut Call<'_>, shard: u32, to: u64) -> Result<MdsResp> {
-        crate::handover::want(&self.ns, shard, to).await?;
-        tracing::info!(shard, to, "MDS {to} is wanted to lead");
+        if shard != 0 && self.spread {
+            crate::placing::place(&self.ns, shard, to).await?;
+            tracing::info!(shard, to, "shard {shard} placed on MDS {to}");
+        } else {
+            crate::handover::want(&self.ns, shard, to).await?;
+            tracing::info!(shard, to, "MDS {to} is wanted to lead");
+        }
         Ok(MdsResp::Done)
     }
 
@@ -87,6 +95,11 @@ impl MdsService {
     }
 
     pub(crate) async fn fsck(&self, _c: &mut Call<'_>, repair: bool) -> Result<MdsResp> {
+        if !self.ns.leads_all() {
+            // Another process's shards, read here, may lack its last
+            // files: their objects would look like leaks.
+            return Err(Error::Unavailable("fsck reads every shard where it is led, and shards are led by several MDS processes; place them with shard 0 first".into()));
+        }
         Ok(MdsResp::Fsck(self.fsck.start(repair)))
     }
 

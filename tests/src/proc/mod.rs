@@ -120,6 +120,12 @@ impl ProcCluster {
         Self::start_opts(n_mds, n_osds, false, &|t| t + toml)
     }
 
+    /// [`ProcCluster::start_replicated`], each MDS config that `mdsctl
+    /// init` wrote changed by `edit`.
+    pub fn start_replicated_edited(n_mds: usize, n_osds: u32, edit: &dyn Fn(String) -> String) -> Result<ProcCluster> {
+        Self::start_opts(n_mds, n_osds, false, edit)
+    }
+
     /// A cluster of one MDS process whose config `mdsctl init` wrote is
     /// changed by `edit` (to set a value of a table it has).
     pub fn start_edited(n_osds: u32, edit: &dyn Fn(String) -> String) -> Result<ProcCluster> {

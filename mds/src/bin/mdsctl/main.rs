@@ -242,6 +242,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         id: 1,
         members,
         join: false,
+        spread: false,
         listen: mds.first(),
         metrics_listen: metrics_at(mds.first().ip(), base),
         data_dir: data.join("mds"),

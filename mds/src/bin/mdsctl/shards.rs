@@ -13,8 +13,9 @@ pub enum ShardCmd {
     Ls,
     /// Hand the lead of SHARD to MDS process ID (a voter in every group,
     /// see `mds ls`), now and whenever ID is back after a failure. While
-    /// one process leads every shard, they all move. Returns once ID
-    /// leads and serves.
+    /// one process leads every shard, they all move; with `spread = true`
+    /// in the MDS config, a shard other than 0 moves alone. Returns once
+    /// ID leads it.
     Move {
         shard: u32,
         #[arg(long)]
@@ -43,7 +44,7 @@ impl ShardCmd {
                 let s = wait_moved(admin, *shard, *to, json).await?;
                 match json {
                     true => println!("{}", serde_json::to_string_pretty(&s.shards)?),
-                    false => println!("MDS {to} leads shard {shard} (with every shard), after {:.1}s", started.elapsed().as_secs_f64()),
+                    false => println!("MDS {to} leads shard {shard}, after {:.1}s", started.elapsed().as_secs_f64()),
                 }
             }
         }

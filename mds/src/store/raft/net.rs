@@ -122,11 +122,21 @@ pub struct PeerClients {
     /// Connections leave a silent peer soon (`member_client_config`).
     config: quinn::ClientConfig,
     clients: Arc<DashMap<SocketAddr, Arc<RpcClient>>>,
+    /// When each peer last answered a Raft message of any group.
+    answered: Answered,
 }
+
+type Answered = Arc<DashMap<SocketAddr, std::time::Instant>>;
 
 impl PeerClients {
     pub fn new(endpoint: quinn::Endpoint, config: quinn::ClientConfig) -> Self {
-        PeerClients { endpoint, config, clients: Default::default() }
+        PeerClients { endpoint, config, clients: Default::default(), answered: Default::default() }
+    }
+
+    /// The peer at `addr` answered a Raft message within `within`: a
+    /// leader sends its members one at least every heartbeat.
+    pub fn answers(&self, addr: SocketAddr, within: std::time::Duration) -> bool {
+        self.answered.get(&addr).is_some_and(|at| at.elapsed() < within)
     }
 
     pub(crate) fn to(&self, addr: SocketAddr) -> Arc<RpcClient> {
@@ -169,6 +179,7 @@ pub struct Peer {
     shard: u32,
     target: NodeId,
     client: std::result::Result<Arc<RpcClient>, String>,
+    answered: Option<Answered>,
 }
 
 impl RaftNetworkFactory<Cfg> for Peers {
@@ -179,7 +190,8 @@ impl RaftNetworkFactory<Cfg> for Peers {
             None => Err(format!("MDS {target} cannot be reached: this MDS holds one-member groups only")),
             Some(c) => node.addr.parse::<SocketAddr>().map(|a| c.to(a)).map_err(|e| format!("MDS {target} has a bad address {:?}: {e}", node.addr)),
         };
-        Peer { shard: self.shard, target, client }
+        let answered = self.clients.as_ref().map(|c| c.answered.clone());
+        Peer { shard: self.shard, target, client, answered }
     }
 }
 
@@ -199,7 +211,11 @@ impl Peer {
     async fn send<E: std::error::Error>(&self, req: &WireReq, option: &RPCOption) -> std::result::Result<WireResp, RPCError<NodeId, BasicNode, E>> {
         let client = self.client.as_ref().map_err(|e| unreachable(e.clone()))?;
         let target = self.target;
-        match exchange(client, self.shard, req, option.hard_ttl()).await {
+        let answer = exchange(client, self.shard, req, option.hard_ttl()).await;
+        if let (Ok(_), Some(a)) = (&answer, &self.answered) {
+            a.insert(client.addr(), std::time::Instant::now());
+        }
+        match answer {
             Ok(WireResp::Refused(why)) => Err(refused(format!("MDS {target}: {why}"))),
             Ok(r) => Ok(r),
             Err(e) if e.unreachable() => Err(unreachable(format!("MDS {target}: {e}"))),

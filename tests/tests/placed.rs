@@ -1,0 +1,156 @@
+//! Shards led by different MDS processes (`spread = true`,
+//! mds/src/placing.rs): three real `aifs-mds` processes, a shard placed
+//! on a member that does not lead shard 0, requests sent by an admin
+//! client that follows "not leader" answers as every caller does, and
+//! changes over two shards led from two processes, their two phases over
+//! the MDS's own QUIC endpoint.
+use aifs_common::proto::mds::{Attr, MdsReq, MdsResp};
+use aifs_common::{Error, InodeId};
+use aifs_mds::admin::{Admin, AdminConfig};
+use aifs_tests::proc::ProcCluster;
+use aifs_tests::ELECTION;
+use std::time::{Duration, Instant};
+
+const PLACED: u32 = 2;
+
+fn attr_of(r: MdsResp) -> Attr {
+    match r {
+        MdsResp::Attr(a) => a,
+        MdsResp::Changed { attr: Some(a), .. } => a,
+        other => panic!("no attributes in {other:?}"),
+    }
+}
+
+struct Caller {
+    rt: tokio::runtime::Runtime,
+    admin: Admin,
+}
+
+impl Caller {
+    fn new(cl: &ProcCluster) -> Caller {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let cfg: AdminConfig = aifs_common::config::load(&cl.path("admin.toml")).unwrap();
+        let admin = rt.block_on(async { Admin::connect(&cfg) }).unwrap();
+        Caller { rt, admin }
+    }
+
+    fn call(&self, req: MdsReq) -> aifs_common::Result<MdsResp> {
+        self.rt.block_on(self.admin.call(&req))
+    }
+
+    fn mkdir(&self, parent: InodeId, name: &str) -> Attr {
+        attr_of(self.call(MdsReq::Mkdir { parent, name: name.into(), mode: 0o755 }).unwrap())
+    }
+
+    fn create(&self, parent: InodeId, name: &str) -> Attr {
+        attr_of(self.call(MdsReq::Create { parent, name: name.into(), mode: 0o644, exclusive: true }).unwrap())
+    }
+
+    fn lookup(&self, parent: InodeId, name: &str) -> aifs_common::Result<Attr> {
+        self.call(MdsReq::Lookup { parent, name: name.into() }).map(attr_of)
+    }
+
+    fn rename(&self, parent: InodeId, name: &str, newparent: InodeId, newname: &str) {
+        self.call(MdsReq::Rename { parent, name: name.into(), newparent, newname: newname.into(), flags: 0 }).unwrap();
+    }
+
+    /// Ask only the member at `addr`; "not leader" comes back as an error.
+    fn ask_only(&self, cl: &ProcCluster, id: u64, req: MdsReq) -> aifs_common::Result<MdsResp> {
+        use aifs_common::certs::Role;
+        use aifs_common::proto::mds::{MdsCall, MdsReply};
+        let only = aifs_common::rpc::RpcClient::new(self.admin.endpoint.clone(), cl.mds_addrs[(id - 1) as usize], Role::Mds);
+        let (reply, _) = self.rt.block_on(only.call::<_, MdsReply>(&MdsCall::from(req), &[]))?;
+        reply.into_result().map(|(r, _)| r)
+    }
+}
+
+/// Each shard's leader, as `mdsctl shard ls` says.
+fn leaders(cl: &ProcCluster) -> Vec<Option<u64>> {
+    let out = cl.mdsctl(&["--json", "shard", "ls"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array().unwrap().iter().map(|s| s["leader"].as_u64()).collect()
+}
+
+/// Until shard `shard` is led by a member `ok` accepts; that member.
+fn wait_led(cl: &ProcCluster, shard: usize, ok: impl Fn(u64) -> bool, what: &str) -> u64 {
+    let t = Instant::now();
+    loop {
+        if let Some(Some(l)) = cl.mdsctl(&["--json", "shard", "ls"]).ok().map(|_| leaders(cl)).and_then(|l| l.get(shard).copied()) {
+            if ok(l) {
+                return l;
+            }
+        }
+        assert!(t.elapsed() < ELECTION, "shard {shard}: {what} after {ELECTION:?}; leaders {:?}", leaders(cl));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A shard placed on a member that does not lead shard 0 is led and
+/// served there: its requests, sent to shard 0's leader, are sent on;
+/// renames between it and shard 0 go both ways; with its member killed,
+/// shard 0's leader leads it and nothing is lost; back, the member leads
+/// it again.
+#[test]
+fn a_shard_placed_apart_is_served_where_placed_and_comes_back_with_its_member() {
+    let mut cl = ProcCluster::start_replicated_edited(3, 3, &|t| format!("spread = true\n{t}")).unwrap();
+    let first = cl.mds_leader(ELECTION).unwrap();
+    let to = if first == 3 { 2 } else { 3 };
+    let c = Caller::new(&cl);
+    // Directories made while one process leads all land on every shard.
+    let dirs: Vec<Attr> = (0..16).map(|i| c.mkdir(InodeId::ROOT, &format!("d{i}"))).collect();
+    let d = dirs.iter().find(|a| a.ino.shard() == PLACED).expect("no directory landed on the shard to place").clone();
+    let d_name = format!("d{}", dirs.iter().position(|a| a.ino == d.ino).unwrap());
+    c.create(d.ino, "before");
+    c.create(InodeId::ROOT, "x");
+
+    let out = cl.mdsctl(&["shard", "move", &PLACED.to_string(), "--to", &to.to_string()]).unwrap();
+    assert!(out.contains(&format!("MDS {to} leads shard {PLACED}")), "{out}");
+    let led = leaders(&cl);
+    for (shard, l) in led.iter().enumerate() {
+        let want = if shard as u32 == PLACED { to } else { first };
+        assert_eq!(*l, Some(want), "shard {shard}: {led:?}");
+    }
+    let shards: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "shard", "ls"]).unwrap()).unwrap();
+    assert_eq!(shards[PLACED as usize]["wanted"].as_u64(), Some(to), "{shards}");
+
+    // Served where placed, and only there.
+    let f = c.create(d.ino, "made-there");
+    assert_eq!(f.ino.shard(), PLACED);
+    assert!(c.ask_only(&cl, to, MdsReq::GetAttr { ino: f.ino }).is_ok());
+    match c.ask_only(&cl, first, MdsReq::GetAttr { ino: f.ino }) {
+        Err(Error::NotLeader(hint)) => assert_eq!(hint, cl.mds_addrs[(to - 1) as usize].to_string()),
+        other => panic!("shard 0's leader answered a request for shard {PLACED} with {other:?}"),
+    }
+    match c.ask_only(&cl, to, MdsReq::GetAttr { ino: InodeId::ROOT }) {
+        Err(Error::NotLeader(hint)) => assert_eq!(hint, cl.mds_addrs[(first - 1) as usize].to_string()),
+        other => panic!("the placed member answered a request for shard 0 with {other:?}"),
+    }
+    // Across the two processes, coordinated by each side in turn.
+    c.rename(InodeId::ROOT, "x", d.ino, "x");
+    assert!(matches!(c.lookup(InodeId::ROOT, "x"), Err(Error::NotFound)));
+    let x = c.lookup(d.ino, "x").unwrap();
+    c.rename(d.ino, "before", InodeId::ROOT, "from-there");
+    assert!(matches!(c.lookup(d.ino, "before"), Err(Error::NotFound)));
+    c.lookup(InodeId::ROOT, "from-there").unwrap();
+    // A directory made in the placed shard's directory stays on a shard
+    // led there.
+    let sub = c.mkdir(d.ino, "sub");
+    assert_eq!(sub.ino.shard(), PLACED);
+
+    // Its member dies: shard 0's leader leads the shard meanwhile.
+    cl.kill9_mds_member(to);
+    wait_led(&cl, PLACED as usize, |l| l != to, "still led by the dead member");
+    assert_eq!(c.lookup(d.ino, "x").unwrap().ino, x.ino);
+    assert_eq!(c.lookup(d.ino, "made-there").unwrap().ino, f.ino);
+    assert_eq!(c.lookup(InodeId::ROOT, &d_name).unwrap().ino, d.ino);
+    c.create(d.ino, "while-away");
+
+    // Back, it leads its shard again, and holds what was made meanwhile.
+    cl.start_mds_member(to).unwrap();
+    wait_led(&cl, PLACED as usize, |l| l == to, "not led by its member again");
+    assert_eq!(leaders(&cl)[0], Some(first));
+    for name in ["x", "made-there", "while-away", "sub"] {
+        c.lookup(d.ino, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    assert!(c.ask_only(&cl, to, MdsReq::Lookup { parent: d.ino, name: "while-away".into() }).is_ok());
+}
