@@ -173,17 +173,51 @@ async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate
                 let lost = replica.lost_any(&a.led);
                 tracing::warn!(lost, leader = %replica.leader_addr(), serving = %shard_list(&a.led), to_lead = %shard_list(&wanted), "the shards led here changed; the namespace stops here");
                 front.set_active(None);
+                if !lost {
+                    let_go(a).await;
+                }
+                replica.set_kept(vec![false; wanted.len()]);
             }
             Some(_) => {}
             None if replica.ready_for(&wanted) => {
                 tracing::info!(shards = %shard_list(&wanted), "leading the shards this MDS is to lead; the namespace starts here");
-                match serve_namespace(&cfg, &replica, &endpoint, &gate, wanted).await {
-                    Ok(a) => front.set_active(Some(a)),
+                match serve_namespace(&cfg, &replica, &endpoint, &gate, wanted.clone()).await {
+                    Ok(a) => {
+                        front.set_active(Some(a));
+                        replica.set_kept(wanted);
+                    }
                     Err(e) => e.log("starting the namespace failed"),
                 }
             }
             None => {}
         }
+    }
+}
+
+/// How long a service that lets shards go waits for the requests it
+/// began.
+const LET_GO_WAIT: Duration = Duration::from_secs(5);
+
+/// A service stopped because shards it still leads go elsewhere: the
+/// requests it began finish, and what they left half done (an intent,
+/// whose steps in the shards going were to commit where they were led
+/// with no prepared row) is carried over by this namespace, in which
+/// those shards are still its own, before their heartbeats stop
+/// (`Replica::set_kept`). Carried over by the next service instead, the
+/// steps would be sent to the shard's new leader, which, finding no
+/// prepared row, would take them for made already.
+async fn let_go(a: Arc<Active>) {
+    let until = tokio::time::Instant::now() + LET_GO_WAIT;
+    // Each request being served holds the service.
+    while Arc::strong_count(&a) > 1 {
+        if tokio::time::Instant::now() >= until {
+            tracing::warn!("requests of the service stopped still run after {LET_GO_WAIT:?}; what they leave half done is carried over by the next one");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Err(e) = a.svc.ns.roll_forward().await {
+        e.log("carrying over what the stopped service left half done");
     }
 }
 
@@ -199,13 +233,14 @@ impl Drop for MdsHandle {
     }
 }
 
-/// The namespace over `replica`'s groups: over all of them, or over the
-/// ones `led` marks with the way to the other shards' leaders.
+/// The namespace over `replica`'s groups: over the ones `led` marks, with
+/// the way to the other shards' leaders. Even leading them all, a member
+/// of replicated groups settles what the shards hold prepared: a shard
+/// may have been led elsewhere since (placing.rs).
 async fn namespace_over(cfg: &MdsConfig, replica: &Arc<Replica>, led: &[bool], cluster: Arc<Cluster>) -> Result<Arc<Namespace>> {
-    if !led.contains(&false) {
+    let Some(peers) = replica.members.peers.clone() else {
         return Ok(Arc::new(Namespace::over(replica.stores()?, cfg.default_layout.clone(), cluster).await?));
-    }
-    let peers = replica.members.peers.clone().ok_or_else(|| aifs_common::Error::InvalidArgument("one-member groups are all led here".into()))?;
+    };
     let r = replica.clone();
     let leader_of: crate::shardnet::LeaderOf = Arc::new(move |shard| r.leading_addr_of(shard).parse().ok());
     let remote = crate::namespace::twophase::Remote::new(led.to_vec(), Arc::new(crate::shardnet::ShardLinks::new(peers, leader_of)));

@@ -78,6 +78,10 @@ pub struct Replica {
     pub(crate) changing: tokio::sync::Mutex<()>,
     /// The groups this process is to lead, as the last claim found.
     wanted: Mutex<Vec<bool>>,
+    /// The groups the namespace service here covers, or covered until
+    /// it let them go (its requests done, its intents carried over):
+    /// their heartbeats go on until then.
+    kept: Mutex<Vec<bool>>,
     /// When the groups were opened here.
     opened: Instant,
 }
@@ -120,7 +124,8 @@ impl Replica {
             }
         }
         let wanted = Mutex::new(vec![members.is_solo(); groups.len()]);
-        Ok(Replica { members, groups, unmade: AtomicBool::new(unmade), yielding: AtomicBool::new(false), changing: Default::default(), wanted, opened: Instant::now() })
+        let kept = Mutex::new(vec![false; groups.len()]);
+        Ok(Replica { members, groups, unmade: AtomicBool::new(unmade), yielding: AtomicBool::new(false), changing: Default::default(), wanted, kept, opened: Instant::now() })
     }
 
     /// The groups are new here and wait for [`Replica::make_groups`].
@@ -302,6 +307,7 @@ impl Replica {
         }
         let leads_zero = self.leads_zero();
         let wanted: Vec<bool> = self.groups.iter().map(|g| self.wants(g, &placed, leads_zero)).collect();
+        let kept = self.kept.lock().map(|k| k.clone()).unwrap_or_default();
         for g in &self.groups[1..] {
             let m = g.raft.metrics().borrow().clone();
             let here = leads(&m, me);
@@ -310,7 +316,8 @@ impl Replica {
             // it could not be elected before, and would only unsettle
             // the group trying.
             let placed_elsewhere = placed.get(&g.shard).filter(|p| **p != me);
-            let holding = here && !want && placed_elsewhere.is_some_and(|p| crate::membership::matched(&m, *p) + crate::handover::CAUGHT_UP < m.last_log_index.unwrap_or(0));
+            let behind = placed_elsewhere.is_some_and(|p| crate::membership::matched(&m, *p) + crate::handover::CAUGHT_UP < m.last_log_index.unwrap_or(0));
+            let holding = here && !want && (behind || kept.get(g.shard as usize).copied().unwrap_or(false));
             g.raft.runtime_config().heartbeat(want || !here || holding);
             if !want || here {
                 continue;
@@ -339,6 +346,14 @@ impl Replica {
             }
         }
         self.set_wanted(wanted);
+    }
+
+    /// The groups the namespace service here covers, until it has let
+    /// them go ([`Replica::claim`] keeps their heartbeats going).
+    pub fn set_kept(&self, kept: Vec<bool>) {
+        if let Ok(mut k) = self.kept.lock() {
+            *k = kept;
+        }
     }
 
     fn set_wanted(&self, wanted: Vec<bool>) {

@@ -50,6 +50,19 @@ impl Caller {
         self.call(MdsReq::Lookup { parent, name: name.into() }).map(attr_of)
     }
 
+    /// [`Caller::lookup`], asked again while the answer is neither the
+    /// entry nor its absence (a leader just elected may not serve yet).
+    fn lookup_surely(&self, parent: InodeId, name: &str) -> aifs_common::Result<Attr> {
+        let t = Instant::now();
+        loop {
+            match self.lookup(parent, name) {
+                Err(e) if !matches!(e, Error::NotFound) && t.elapsed() < ELECTION => eprintln!("lookup of {name}: {e}; asking again"),
+                r => return r,
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn rename(&self, parent: InodeId, name: &str, newparent: InodeId, newname: &str) {
         self.call(MdsReq::Rename { parent, name: name.into(), newparent, newname: newname.into(), flags: 0 }).unwrap();
     }
@@ -64,23 +77,33 @@ impl Caller {
     }
 }
 
-/// Each shard's leader, as `mdsctl shard ls` says.
+/// Each shard's leader, as `mdsctl shard ls` says (asked again while no
+/// one answers it, as between two leaders of shard 0).
 fn leaders(cl: &ProcCluster) -> Vec<Option<u64>> {
-    let out = cl.mdsctl(&["--json", "shard", "ls"]).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v.as_array().unwrap().iter().map(|s| s["leader"].as_u64()).collect()
+    let t = Instant::now();
+    loop {
+        match cl.mdsctl(&["--json", "shard", "ls"]) {
+            Ok(out) => {
+                let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+                return v.as_array().unwrap().iter().map(|s| s["leader"].as_u64()).collect();
+            }
+            Err(e) => assert!(t.elapsed() < ELECTION, "mdsctl shard ls: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Until shard `shard` is led by a member `ok` accepts; that member.
 fn wait_led(cl: &ProcCluster, shard: usize, ok: impl Fn(u64) -> bool, what: &str) -> u64 {
     let t = Instant::now();
     loop {
-        if let Some(Some(l)) = cl.mdsctl(&["--json", "shard", "ls"]).ok().map(|_| leaders(cl)).and_then(|l| l.get(shard).copied()) {
+        let now = leaders(cl);
+        if let Some(Some(l)) = now.get(shard).copied() {
             if ok(l) {
                 return l;
             }
         }
-        assert!(t.elapsed() < ELECTION, "shard {shard}: {what} after {ELECTION:?}; leaders {:?}", leaders(cl));
+        assert!(t.elapsed() < ELECTION, "shard {shard}: {what} after {ELECTION:?}; leaders {now:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -153,4 +176,62 @@ fn a_shard_placed_apart_is_served_where_placed_and_comes_back_with_its_member() 
         c.lookup(d.ino, name).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     assert!(c.ask_only(&cl, to, MdsReq::Lookup { parent: d.ino, name: "while-away".into() }).is_ok());
+}
+
+/// Renames between shard 0 and a shard placed apart, made all along
+/// while that shard moves to its member, loses it to a `kill -9` and
+/// comes back to it: every file is afterwards in exactly one of the two
+/// directories, the inode it was made as, with one link.
+#[test]
+fn renames_across_two_processes_keep_every_file_through_moves_and_a_death() {
+    const FILES: usize = 12;
+    let mut cl = ProcCluster::start_replicated_edited(3, 3, &|t| format!("spread = true\n{t}")).unwrap();
+    let first = cl.mds_leader(ELECTION).unwrap();
+    let to = if first == 3 { 2 } else { 3 };
+    let c = Caller::new(&cl);
+    let d = (0..16).map(|i| c.mkdir(InodeId::ROOT, &format!("d{i}"))).find(|a| a.ino.shard() == PLACED).expect("no directory on the shard to place");
+    let made: Vec<InodeId> = (0..FILES).map(|i| c.create(InodeId::ROOT, &format!("f{i}")).ino).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renamer = {
+        let (r, stop, dir) = (Caller::new(&cl), stop.clone(), d.ino);
+        std::thread::spawn(move || {
+            let (mut done, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for i in 0..FILES {
+                    let name = format!("f{i}");
+                    // Where it is now decides where it goes: an answer
+                    // lost to a leader change leaves the caller unsure.
+                    let (from, to) = match r.lookup(InodeId::ROOT, &name) {
+                        Ok(_) => (InodeId::ROOT, dir),
+                        Err(_) => (dir, InodeId::ROOT),
+                    };
+                    match r.call(MdsReq::Rename { parent: from, name: name.clone(), newparent: to, newname: name, flags: 0 }) {
+                        Ok(_) => done += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+            }
+            (done, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    cl.mdsctl(&["shard", "move", &PLACED.to_string(), "--to", &to.to_string()]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    cl.kill9_mds_member(to);
+    wait_led(&cl, PLACED as usize, |l| l != to, "still led by the dead member");
+    std::thread::sleep(Duration::from_millis(1000));
+    cl.start_mds_member(to).unwrap();
+    wait_led(&cl, PLACED as usize, |l| l == to, "not led by its member again");
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (done, failed) = renamer.join().unwrap();
+    eprintln!("{done} renames across the two processes, {failed} answered with an error");
+    assert!(done > FILES as u32, "too few renames were made to tell anything: {done}");
+    for (i, ino) in made.iter().enumerate() {
+        let name = format!("f{i}");
+        let looked: Vec<aifs_common::Result<Attr>> = [InodeId::ROOT, d.ino].iter().map(|dir| c.lookup_surely(*dir, &name)).collect();
+        let found: Vec<Attr> = looked.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        assert_eq!(found.len(), 1, "{name} is in {} directories: {looked:?}; its inode: {:?}", found.len(), c.call(MdsReq::GetAttr { ino: *ino }));
+        assert_eq!((found[0].ino, found[0].nlink), (*ino, 1), "{name}");
+    }
 }

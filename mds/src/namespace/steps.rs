@@ -287,7 +287,8 @@ impl Namespace {
         shards.sort_unstable();
         shards.dedup();
         let c = self.shard(coord).clone();
-        let others: Vec<Arc<ShardStore>> = shards.iter().map(|s| self.shard(*s).clone()).collect();
+        // Marks in shards led elsewhere stay (twophase.rs, `forget_here`).
+        let others: Vec<Arc<ShardStore>> = shards.iter().filter(|s| self.elsewhere(**s).is_none()).map(|s| self.shard(*s).clone()).collect();
         tokio::spawn(async move {
             if let Err(e) = c.mutate(move |txn| txn.open_table(INTENTS).io()?.remove(id).io().map(|_| ())).await {
                 e.log("dropping a finished intent failed");

@@ -183,8 +183,7 @@ impl Holding {
 
 /// Apply commit `k` of `op` in this shard's transaction, unless it was
 /// (its mark is there) or the shard is no longer prepared for `op` (every
-/// commit of it made, or aborted). The shard's last commit drops the row
-/// and the marks.
+/// commit of it made, or aborted). The shard's last commit drops the row.
 fn commit_here(txn: &Txn, op: OpId, k: u32, steps: &[Step], last: bool, open: &dyn Fn(u64) -> bool) -> Result<()> {
     let rows = txn.open_table(PREPARED).io()?;
     if rows.get((op.coord, op.id)).io()?.is_none() {
@@ -205,10 +204,15 @@ fn commit_here(txn: &Txn, op: OpId, k: u32, steps: &[Step], last: bool, open: &d
     }
 }
 
-/// This shard is prepared for `op` no more: its row and marks go.
+/// This shard is prepared for `op` no more: its row goes. Its marks stay
+/// while the coordinator may still hold the intent: should the two
+/// shards come to be led by one process before the intent is dropped,
+/// that process rolls the intent forward here as a local commit, which
+/// only the marks keep from applying the steps again (a rename's new
+/// name, linked twice). They go at a start of the process that leads the
+/// coordinator's shard and this one (`Namespace::roll_forward`).
 fn forget_here(txn: &Txn, op: OpId) -> Result<()> {
-    txn.open_table(PREPARED).io()?.remove((op.coord, op.id)).io()?;
-    super::steps::drop_marks(txn, op.coord, op.id)
+    txn.open_table(PREPARED).io()?.remove((op.coord, op.id)).io().map(|_| ())
 }
 
 impl Namespace {
