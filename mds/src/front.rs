@@ -84,11 +84,11 @@ impl Front {
     async fn leading(&self, shard: u32) -> Option<Arc<Active>> {
         let until = tokio::time::Instant::now() + LEASE_WAIT;
         loop {
-            let starting = self.replica.leads_zero() || self.replica.wanted().get(shard as usize).copied().unwrap_or(false);
             match self.active() {
                 Some(a) if a.serves(shard) && self.replica.leads_shard(shard) => return Some(a),
                 Some(a) if !a.serves(shard) => return None,
-                None if !starting || self.replica.yielding() => return None,
+                // Not starting a service that will serve it.
+                None if !(self.replica.leads_zero() || self.replica.is_to_lead(shard)) || self.replica.yielding() => return None,
                 _ => {}
             }
             if tokio::time::Instant::now() >= until {

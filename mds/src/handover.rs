@@ -26,7 +26,7 @@
 //! The clients see what they see when a leader dies, shorter: "not
 //! leader" answers, then the new leader's grace.
 use crate::front::Front;
-use crate::membership::{matched, votes};
+use crate::membership::{behind, votes};
 use crate::namespace::Namespace;
 use crate::replica::{leads, Replica};
 use crate::store::raft::{net, NodeId};
@@ -245,7 +245,7 @@ fn ready_to_lead(replica: &Replica, to: NodeId) -> bool {
     replica.groups.iter().all(|g| {
         let m = g.raft.metrics().borrow().clone();
         !leads(&m, replica.members.me)
-            || (votes(m.membership_config.membership(), to) && matched(&m, to) + CAUGHT_UP >= m.last_log_index.unwrap_or(0))
+            || (votes(m.membership_config.membership(), to) && behind(&m, to) <= CAUGHT_UP)
     })
 }
 

@@ -162,9 +162,9 @@ async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate
             }
         }
         let wanted = replica.wanted();
+        let lost = active.as_ref().is_some_and(|a| replica.lost_any(&a.led));
         match active {
-            Some(a) if !replica.members.is_solo() && (replica.lost_any(&a.led) || a.led != wanted) => {
-                let lost = replica.lost_any(&a.led);
+            Some(a) if !replica.members.is_solo() && (lost || a.led != wanted) => {
                 tracing::warn!(lost, leader = %replica.leader_addr(), serving = %shard_list(&a.led), to_lead = %shard_list(&wanted), "the shards led here changed; the namespace stops here");
                 front.set_active(None);
                 if !lost {

@@ -73,7 +73,7 @@ pub(crate) fn matched(m: &Metrics, id: NodeId) -> u64 {
 }
 
 /// How far member `id` is behind the leader in a group `m` reports on.
-fn behind(m: &Metrics, id: NodeId) -> u64 {
+pub(crate) fn behind(m: &Metrics, id: NodeId) -> u64 {
     m.last_log_index.unwrap_or(0).saturating_sub(matched(m, id))
 }
 

@@ -181,6 +181,11 @@ impl Replica {
         self.wanted.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
+    /// Shard `shard`'s group is among those this process is to lead.
+    pub fn is_to_lead(&self, shard: u32) -> bool {
+        self.wanted.lock().is_ok_and(|w| w.get(shard as usize).copied().unwrap_or(false))
+    }
+
     /// Whether this process is to lead `g`, given `placed` and whether
     /// it leads shard 0.
     fn wants(&self, g: &Group, placed: &Placement, leads_zero: bool) -> bool {
@@ -231,10 +236,7 @@ impl Replica {
     /// The address of the process leading shard 0's group, as its
     /// membership names it, if one leads and it is another.
     pub fn leader_addr(&self) -> String {
-        match self.leads_zero() {
-            true => String::new(),
-            false => self.leading_addr(),
-        }
+        self.leader_hint(0)
     }
 
     /// The address of the process leading shard 0's group, this one's
@@ -316,7 +318,7 @@ impl Replica {
             // it could not be elected before, and would only unsettle
             // the group trying.
             let placed_elsewhere = placed.get(&g.shard).filter(|p| **p != me);
-            let behind = placed_elsewhere.is_some_and(|p| crate::membership::matched(&m, *p) + crate::handover::CAUGHT_UP < m.last_log_index.unwrap_or(0));
+            let behind = placed_elsewhere.is_some_and(|p| crate::membership::behind(&m, *p) > crate::handover::CAUGHT_UP);
             let holding = here && !want && (behind || kept.get(g.shard as usize).copied().unwrap_or(false));
             g.raft.runtime_config().heartbeat(want || !here || holding);
             if !want || here {
