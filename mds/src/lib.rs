@@ -167,7 +167,11 @@ async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate
             Some(a) if !replica.members.is_solo() && (lost || a.led != wanted) => {
                 tracing::warn!(lost, leader = %replica.leader_addr(), serving = %shard_list(&a.led), to_lead = %shard_list(&wanted), "the shards led here changed; the namespace stops here");
                 front.set_active(None);
-                if !lost {
+                // Only shards given up need what the service left half done
+                // carried over here; one that takes shards on leads them
+                // itself next.
+                let gives_up = a.led.iter().zip(&wanted).any(|(had, to)| *had && !*to);
+                if !lost && gives_up {
                     serving::let_go(a).await;
                 }
                 replica.set_kept(vec![false; wanted.len()]);
