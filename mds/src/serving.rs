@@ -125,6 +125,7 @@ pub(crate) async fn serve_namespace(cfg: &MdsConfig, replica: &Arc<Replica>, end
     let gc_task = tokio::spawn(gc.run());
     let repair_task = tokio::spawn(repair.run());
     let meter_task = tokio::spawn(meter.run());
+    cluster.begin_serving();
     let ticker = tokio::spawn(tick(svc.clone(), cluster, replica.clone(), zero));
     Ok(Active { svc, tasks: vec![gc_task, repair_task, meter_task, ticker], led })
 }

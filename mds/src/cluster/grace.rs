@@ -91,7 +91,8 @@ impl Cluster {
             },
             Err(_) => false,
         };
-        let early = now.duration_since(self.started) < self.osds.timeout();
+        let started = self.started.lock().map(|s| *s).unwrap_or(now);
+        let early = now.duration_since(started) < self.osds.timeout();
         let osds = early && self.osds.any_unheard();
         if !clients && !early {
             self.settled.store(true, Ordering::Release);
@@ -100,8 +101,38 @@ impl Cluster {
     }
 
 
+    /// The service answers from now on: the OSDs known from the store
+    /// have one OSD timeout from now to be heard before new files get
+    /// layouts without them. Counted from the cluster's making instead, a
+    /// namespace slow to open (its shards' logs applied, half-done
+    /// operations settled) left them no time at all, and the first
+    /// creates after a leader change failed with ENOSPC.
+    pub fn begin_serving(&self) {
+        if let Ok(mut s) = self.started.lock() {
+            *s = Instant::now();
+        }
+    }
+
     /// Wait for the grace after a restart to end (`in_grace`).
     pub async fn wait_grace(&self) {
         wait_until(&self.grace_over, || !self.in_grace()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cluster;
+    use std::time::Duration;
+
+    #[test]
+    fn the_osds_window_to_be_heard_counts_from_when_the_service_answers() {
+        let c = Cluster::new(Duration::from_millis(200), Duration::from_secs(10));
+        c.osds.load(1, "127.0.0.1:1".into(), 1 << 30, 0);
+        // The namespace took longer to open than the whole window.
+        std::thread::sleep(Duration::from_millis(250));
+        c.begin_serving();
+        assert!(c.in_grace(), "new files would get layouts before the OSDs could be heard");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!c.in_grace(), "an OSD that never beats holds the grace past its timeout");
     }
 }

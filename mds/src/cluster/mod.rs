@@ -53,7 +53,9 @@ pub struct Cluster {
     /// back yet (see `in_grace`).
     grace: Mutex<Option<Grace>>,
     grace_over: tokio::sync::Notify,
-    started: Instant,
+    /// When the service began to answer (`begin_serving`): the OSDs'
+    /// window to be heard counts from then.
+    started: Mutex<Instant>,
     /// The grace is over for good: `in_grace` answers without looking.
     settled: std::sync::atomic::AtomicBool,
     /// The latest sessions ended by the MDS rather than by their clients
@@ -92,7 +94,7 @@ impl Cluster {
             repaired: tokio::sync::Notify::new(),
             grace: Mutex::new(None),
             grace_over: tokio::sync::Notify::new(),
-            started: Instant::now(),
+            started: Mutex::new(Instant::now()),
             settled: std::sync::atomic::AtomicBool::new(false),
             evictions: Mutex::new(Default::default()),
         }
