@@ -11,6 +11,7 @@ pub mod fuse;
 pub mod meta;
 pub mod metrics;
 pub mod pool;
+pub mod route;
 
 pub use config::ClientConfig;
 pub use fs::ClientFs;

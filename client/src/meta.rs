@@ -9,7 +9,9 @@
 //!   send time of the last answered heartbeat plus most of the term. A
 //!   session that may have expired has lost its leases, so nothing here
 //!   counts past that instant, and the kernel is never given a TTL that
-//!   outlives it.
+//!   outlives it. With shards led by several MDS processes the client has
+//!   a session with each it uses, and the cache counts on the one that
+//!   lapses first.
 //!
 //! Races. A reply is cached only if it was granted under the current
 //! session and no notice (invalidation, revoke, local drop) about the
@@ -78,11 +80,14 @@ pub struct Listed {
 }
 
 pub struct MetaCache {
-    /// The current session's id.
+    /// The current session's id (with the process that leads shard 0).
     session: Mutex<Option<SessionId>>,
     base: Instant,
     /// Nanoseconds after `base` until which the session is certainly live.
     valid_until: AtomicU64,
+    /// The sessions with other MDS processes (shards led apart), each
+    /// with its own `valid_until`.
+    others: Mutex<HashMap<SessionId, u64>>,
     seq: AtomicU64,
     /// (notice number, inode, from this client's own change) of the
     /// latest notices.
@@ -108,6 +113,7 @@ impl MetaCache {
             session: Mutex::new(None),
             base: Instant::now(),
             valid_until: AtomicU64::new(0),
+            others: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             log: Mutex::new(VecDeque::with_capacity(NOTICE_LOG)),
             attrs: DashMap::new(),
@@ -140,10 +146,63 @@ impl MetaCache {
         self.valid_until.fetch_max(until, Ordering::AcqRel);
     }
 
-    /// How much longer the session's leases certainly last.
+    /// A session with another MDS process, opened with a request sent at
+    /// `sent_at`: what it leases counts for as long as it is renewed.
+    pub fn add_other(&self, id: SessionId, sent_at: Instant, term: Duration) {
+        if let Ok(mut o) = self.others.lock() {
+            o.insert(id, 0);
+        }
+        self.renew_other(id, sent_at, term);
+    }
+
+    /// A heartbeat of session `id` with another process, sent at
+    /// `sent_at`, was answered.
+    pub fn renew_other(&self, id: SessionId, sent_at: Instant, term: Duration) {
+        let until = self.nanos(sent_at) + term.mul_f64(TERM_SHARE).as_nanos() as u64;
+        if let Ok(mut o) = self.others.lock() {
+            if let Some(v) = o.get_mut(&id) {
+                *v = (*v).max(until);
+            }
+        }
+    }
+
+    /// Session `id` with another process is over (lost there, or that
+    /// process leads nothing this client uses): what it leased is gone,
+    /// and this client does not tell the leases of one process from
+    /// another's, so nothing cached counts any more.
+    pub fn drop_other(&self, id: SessionId) {
+        let had = self.others.lock().ok().and_then(|mut o| o.remove(&id)).is_some();
+        if had {
+            self.clear();
+        }
+    }
+
+    /// This client's sessions with other processes.
+    pub fn others(&self) -> Vec<SessionId> {
+        self.others.lock().map(|o| o.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// Granted under one of this client's current sessions.
+    fn is_current(&self, granted: Option<SessionId>) -> bool {
+        let Some(g) = granted else { return false };
+        self.session() == Some(g) || self.others.lock().is_ok_and(|o| o.contains_key(&g))
+    }
+
+    /// `granted` is one of this client's sessions, and the one with shard
+    /// 0's leader is still that of `snap`.
+    pub fn granted_now(&self, snap: Snap, granted: Option<SessionId>) -> bool {
+        self.is_current(granted) && self.session() == snap.session
+    }
+
+    /// How much longer the session's leases certainly last (the soonest
+    /// to lapse of this client's sessions').
     pub fn remaining(&self) -> Duration {
         let now = self.nanos(Instant::now());
-        Duration::from_nanos(self.valid_until.load(Ordering::Acquire).saturating_sub(now))
+        let mut until = self.valid_until.load(Ordering::Acquire);
+        if let Ok(o) = self.others.lock() {
+            until = o.values().fold(until, |u, v| u.min(*v));
+        }
+        Duration::from_nanos(until.saturating_sub(now))
     }
 
     fn live(&self) -> bool {
@@ -179,7 +238,7 @@ impl MetaCache {
     /// at `snap`, be cached? With `others_only`, notices of this client's
     /// own changes do not count.
     fn no_notice(&self, snap: Snap, granted: Option<SessionId>, inos: &[InodeId], others_only: bool) -> bool {
-        if granted.is_none() || granted != snap.session || self.session() != snap.session || !self.live() {
+        if !self.is_current(granted) || self.session() != snap.session || !self.live() {
             return false;
         }
         let Ok(l) = self.log.lock() else { return false };

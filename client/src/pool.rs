@@ -10,6 +10,7 @@ use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp, OsdState, ReqI
 use aifs_common::proto::osd::{OsdCall, OsdResp};
 use aifs_common::ids::mix;
 use aifs_common::rpc::RpcClient;
+use crate::route::{Proc, Routes};
 use aifs_common::{Error, OsdId, Result, SessionId};
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -24,7 +25,11 @@ const MDS_RETRY_MAX: Duration = Duration::from_secs(1);
 
 pub struct Pool {
     endpoint: quinn::Endpoint,
+    /// Shard 0's leader, where everything goes but what `routes` sends
+    /// elsewhere.
     pub mds: RpcClient,
+    /// Shards led by other MDS processes (client/src/route.rs).
+    pub routes: Routes,
     osds: RwLock<HashMap<OsdId, Arc<RpcClient>>>,
     /// OSDs the MDS marked down in the last map fetched.
     down: RwLock<HashSet<OsdId>>,
@@ -61,6 +66,7 @@ impl Pool {
         let seed = (aifs_common::time::now_ns() as u64) ^ ((std::process::id() as u64) << 32) ^ (port << 48);
         Pool {
             mds,
+            routes: Routes::default(),
             endpoint,
             osds: RwLock::new(HashMap::new()),
             down: RwLock::new(HashSet::new()),
@@ -97,6 +103,8 @@ impl Pool {
         let mut pause = MDS_RETRY_MIN;
         let mut attempt = 0u32;
         let cred = crate::cred::current();
+        // A shard other than 0 may be led by another process.
+        let shard = req.routed_by().map(|i| i.shard()).filter(|s| *s != 0 && !req.per_process());
         loop {
             let rid = ticket.as_ref().map(|t| ReqId {
                 client: self.client,
@@ -104,19 +112,37 @@ impl Pool {
                 oldest: self.unanswered.lock().ok().and_then(|u| u.first().copied()).unwrap_or(t.seq),
                 retry: attempt > 0,
             });
-            let call = MdsCall { rid, cred: cred.clone(), req: req.clone() };
-            let (r, session) = match self.mds.call::<_, MdsReply>(&call, &[]).await {
-                Ok((MdsReply { session, resp: MdsResp::Err(e) }, _)) => match Error::from_wire(e.code, &e.msg) {
+            let proc = shard.and_then(|s| self.routes.proc_for(s, self.mds.addr(), &self.endpoint));
+            let mut req = req.clone();
+            let r = match &proc {
+                Some(p) => self.session_at(p).await.map(|id| req.set_session(id)),
+                None => Ok(()),
+            };
+            let call = MdsCall { rid, cred: cred.clone(), req };
+            let rpc = proc.as_ref().map_or(&self.mds, |p| &p.rpc);
+            let sent = match r {
+                Ok(()) => rpc.call::<_, MdsReply>(&call, &[]).await.map(|(r, _)| r),
+                Err(e) => Err(e),
+            };
+            let (r, session) = match sent {
+                Ok(MdsReply { session, resp: MdsResp::Err(e) }) => match Error::from_wire(e.code, &e.msg) {
                     // A member that does not lead: go to the one it names.
                     Error::NotLeader(hint) => (Err(Error::NotLeader(hint)), None),
                     e => return (Err(e), session),
                 },
-                Ok((MdsReply { session, resp }, _)) => (Ok(resp), session),
+                Ok(MdsReply { session, resp }) => (Ok(resp), session),
                 Err(e) => (Err(e), None),
             };
-            if let Err(Error::NotLeader(hint)) = &r {
+            match (&r, shard) {
                 // Go to the one named, whether or not this call is retried.
-                self.mds.redirect(hint).await;
+                (Err(Error::NotLeader(hint)), Some(s)) => self.routes.moved(s, hint, self.mds.addr()),
+                (Err(Error::NotLeader(hint)), None) => self.mds.redirect(hint).await,
+                (Err(e), Some(s)) if e.unreachable() => {
+                    if let Some(p) = &proc {
+                        self.routes.unreachable(s, p.rpc.addr());
+                    }
+                }
+                _ => {}
             }
             match r {
                 Err(e) if retries && e.unreachable() && started.elapsed() < self.mds_retry => {
@@ -130,7 +156,9 @@ impl Pool {
                     // found soon after it starts; a member the client
                     // could not reach after a pause that grows.
                     match &e {
-                        Error::NotLeader(hint) if !hint.is_empty() => {}
+                        // Asked at once, unless two processes keep naming
+                        // each other (each between two services).
+                        Error::NotLeader(hint) if !hint.is_empty() && attempt < 3 => {}
                         Error::NotLeader(_) => tokio::time::sleep(MDS_RETRY_MIN).await,
                         _ => {
                             tokio::time::sleep(pause).await;
@@ -146,6 +174,99 @@ impl Pool {
                 }
                 Err(e) => return (Err(e), session),
             }
+        }
+    }
+
+    /// This client's session with process `p`, opened (naming the
+    /// sessions this client has and the one it lost there) if it has none.
+    async fn session_at(&self, p: &Proc) -> Result<SessionId> {
+        let mut s = p.session.lock().await;
+        if let Some(id) = *s {
+            return Ok(id);
+        }
+        let keeper = self.routes.keeper().ok_or_else(|| Error::Unavailable("the file system is gone".into()))?;
+        let open = keeper.open_request(self.routes.former());
+        let sent = Instant::now();
+        let call = MdsCall { rid: None, cred: crate::cred::current(), req: open };
+        match p.rpc.call::<_, MdsReply>(&call, &[]).await?.0.resp {
+            MdsResp::Session { id, .. } => {
+                keeper.opened(id, sent);
+                *s = Some(id);
+                Ok(id)
+            }
+            MdsResp::Err(e) => Err(Error::from_wire(e.code, &e.msg)),
+            _ => Err(Error::Protocol("unexpected reply to OpenSession".into())),
+        }
+    }
+
+    /// Heartbeat this client's session with every other process it
+    /// speaks to, and close those no shard goes to any more. A session
+    /// lost there loses its leases; a process that leads nothing now is
+    /// left.
+    pub async fn beat_procs(&self, io: aifs_common::proto::mds::ClientIo) {
+        let Some(keeper) = self.routes.keeper() else { return };
+        let (procs, gone) = self.routes.procs();
+        for p in gone {
+            if let Some(id) = p.session.lock().await.take() {
+                self.routes.lost(id);
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.call_at(&p, MdsReq::CloseSession { id })).await;
+            }
+            p.rpc.close();
+        }
+        for (addr, p) in procs {
+            let Some(id) = *p.session.lock().await else { continue };
+            let sent = Instant::now();
+            match self.call_at(&p, MdsReq::SessionHeartbeat { id, io: io.clone() }).await {
+                Ok(_) => keeper.renewed(id, sent),
+                Err(e @ (Error::Stale | Error::NotLeader(_))) => {
+                    tracing::info!(%addr, error = %e, "session with an MDS process lost; its leases with it");
+                    *p.session.lock().await = None;
+                    self.routes.lost(id);
+                }
+                Err(e) => tracing::warn!(%addr, error = %e, "session heartbeat failed"),
+            }
+        }
+    }
+
+    /// Learn from shard 0's leader where every shard is led, and open a
+    /// session with each process named that has none from this client
+    /// yet: one that took shards over waits for the clients that may
+    /// hold leases on them, whether or not they use those shards now.
+    pub async fn learn_shards(&self) {
+        let call = MdsCall { rid: None, cred: crate::cred::current(), req: MdsReq::ShardLeaders };
+        let leaders = match self.mds.call::<_, MdsReply>(&call, &[]).await {
+            Ok((MdsReply { resp: MdsResp::Addrs(v), .. }, _)) => v,
+            Ok(_) | Err(_) => return,
+        };
+        let home = self.mds.addr();
+        for (shard, addr) in leaders.iter().enumerate().skip(1) {
+            self.routes.moved(shard as u32, addr, home);
+        }
+        for (shard, _) in leaders.iter().enumerate().skip(1) {
+            if let Some(p) = self.routes.proc_for(shard as u32, home, &self.endpoint) {
+                if let Err(e) = self.session_at(&p).await {
+                    tracing::debug!(addr = %p.rpc.addr(), error = %e, "no session with an MDS process that leads a shard");
+                }
+            }
+        }
+    }
+
+    /// One call to process `p` itself, answered there or not at all.
+    async fn call_at(&self, p: &Proc, req: MdsReq) -> Result<MdsResp> {
+        let call = MdsCall { rid: None, cred: crate::cred::current(), req };
+        match p.rpc.call::<_, MdsReply>(&call, &[]).await?.0.resp {
+            MdsResp::Err(e) => Err(Error::from_wire(e.code, &e.msg)),
+            r => Ok(r),
+        }
+    }
+
+    /// Close this client's sessions with other processes (unmount).
+    pub async fn close_procs(&self) {
+        for p in self.routes.all() {
+            if let Some(id) = p.session.lock().await.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.call_at(&p, MdsReq::CloseSession { id })).await;
+            }
+            p.rpc.close();
         }
     }
 

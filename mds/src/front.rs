@@ -152,6 +152,11 @@ impl Service for Front {
         if let MdsReq::Members = call.req {
             return (MdsReply { session: None, resp: MdsResp::Addrs(self.replica.addrs()) }, vec![]);
         }
+        if let MdsReq::ShardLeaders = call.req {
+            let n = self.replica.shards();
+            let leaders = (0..n).map(|s| self.replica.leading_addr_of(s)).collect();
+            return (MdsReply { session: None, resp: MdsResp::Addrs(leaders) }, vec![]);
+        }
         if let MdsReq::Leader { past, wait_ms } = &call.req {
             let wait = Duration::from_millis(u64::from(*wait_ms)).min(LEADER_WAIT_MAX);
             let addr = self.replica.leader_other_than(past, wait).await;
@@ -161,7 +166,12 @@ impl Service for Front {
             let resp = self.membership(&call.req).await.unwrap_or_else(|e| MdsResp::Err(e.to_wire()));
             return (MdsReply { session: None, resp }, vec![]);
         }
-        let shard = self.route(&call.req);
+        let shard = match call.req.per_process() {
+            // A session is with the process the client addresses: any
+            // that serves a shard keeps its own.
+            true => self.active().and_then(|a| a.led.iter().position(|l| *l)).map_or(0, |s| s as u32),
+            false => self.route(&call.req),
+        };
         match self.leading(shard).await {
             Some(a) => a.svc.call(peer, call, payload).await,
             None => (Self::error(Error::NotLeader(self.replica.leader_hint(shard))), vec![]),

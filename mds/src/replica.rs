@@ -148,6 +148,11 @@ impl Replica {
         self.groups.get(shard as usize)
     }
 
+    /// How many shards (groups) there are.
+    pub fn shards(&self) -> u32 {
+        self.groups.len() as u32
+    }
+
     /// This process hands the lead over, or stops doing so.
     pub fn set_yielding(&self, on: bool) {
         self.yielding.store(on, Ordering::Release);

@@ -88,13 +88,13 @@ pub(crate) async fn serve_namespace(cfg: &MdsConfig, replica: &Arc<Replica>, end
     cluster.limits = cfg.session_limits.clone();
     let cluster = Arc::new(cluster);
     let ns = namespace_over(cfg, replica, &led, cluster.clone()).await?;
-    // What is the cluster's (sessions, the OSDs' heartbeats) is kept where
+    // What is the cluster's (the OSDs' heartbeats, the map) is kept where
     // shard 0 is led.
     let zero = led[0];
     load_osd_map(&ns, &cluster).await?;
-    if zero {
-        cluster.start_grace(ops::stored_sessions(&ns).await?);
-    }
+    // Clients' sessions are with each process: the sessions recorded in
+    // the shards led here are those that may hold leases on them.
+    cluster.start_grace(ops::stored_sessions(&ns).await?);
     let revoked = crate::revoked::Revocations::open(&ns, gate.clone()).await?;
     let osd_clients = Arc::new(OsdClients::new(endpoint.clone(), cluster.clone()));
     if zero {
@@ -191,7 +191,7 @@ async fn tick(svc: Arc<MdsService>, cluster: Arc<Cluster>, replica: Arc<Replica>
                 e.log("forgetting expired sessions failed");
             }
         }
-        if grace && !cluster.in_grace() && zero {
+        if grace && !cluster.in_grace() {
             // Sessions of the last run that never came back.
             grace = false;
             let gone: Vec<aifs_common::SessionId> = match ops::stored_sessions(&svc.ns).await {

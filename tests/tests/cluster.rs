@@ -286,7 +286,7 @@ async fn layouts_inherit_and_admin_commands_need_the_admin_cert() {
     }
     // sessions: opened, listed, evicted by the admin only; an evicted
     // session's heartbeat is refused as stale
-    let sid = match mds_call(&c, MdsReq::OpenSession { name: "gpu7".into(), dir_leases: true, previous: None, open: vec![], locks: vec![] }).await.unwrap() {
+    let sid = match mds_call(&c, MdsReq::OpenSession { name: "gpu7".into(), dir_leases: true, previous: vec![], open: vec![], locks: vec![] }).await.unwrap() {
         MdsResp::Session { id, .. } => id,
         other => panic!("{other:?}"),
     };
@@ -341,7 +341,7 @@ async fn expired_certificates_are_refused_and_a_renewal_keeps_the_node_who_it_wa
 
     ca.issue(&Node::new(Role::Client, "gpu-x", None).unwrap(), &nodes, 1).unwrap();
     let first = client_as("gpu-x");
-    let sid = match mds_call(&first, MdsReq::OpenSession { name: "x".into(), dir_leases: false, previous: None, open: vec![], locks: vec![] }).await.unwrap() {
+    let sid = match mds_call(&first, MdsReq::OpenSession { name: "x".into(), dir_leases: false, previous: vec![], open: vec![], locks: vec![] }).await.unwrap() {
         MdsResp::Session { id, .. } => id,
         other => panic!("{other:?}"),
     };
@@ -365,14 +365,14 @@ async fn sessions_answer_only_to_the_certificate_that_opened_them() {
         MdsResp::Session { id, .. } => id,
         other => panic!("{other:?}"),
     };
-    let sa = session(mds_call(&a, open(None)).await.unwrap());
-    let sb = session(mds_call(&b, open(None)).await.unwrap());
+    let sa = session(mds_call(&a, open(vec![])).await.unwrap());
+    let sb = session(mds_call(&b, open(vec![])).await.unwrap());
     // Random, not counted up: the ids share no long prefix.
     assert!(sa.0.abs_diff(sb.0) > 1 << 64, "{sa} and {sb} look sequential");
     let refused = |r: Result<MdsResp, Error>| matches!(r, Err(Error::Unauthorized(_)));
     assert!(refused(mds_call(&b, MdsReq::SessionHeartbeat { id: sa, io: Default::default() }).await), "heartbeat of another's session");
     assert!(refused(mds_call(&b, MdsReq::CloseSession { id: sa }).await), "close of another's session");
-    assert!(refused(mds_call(&b, open(Some(sa))).await), "taking another's session's place");
+    assert!(refused(mds_call(&b, open(vec![sa])).await), "taking another's session's place");
     let ino = attr(&a, create(ROOT, "f")).await.unwrap().ino;
     let lock = |session| MdsReq::SetLock { ino, owner: 1, start: 0, end: 9, kind: aifs_common::proto::mds::LockKind::Write, pid: 1, session: Some(session) };
     assert!(refused(mds_call(&b, lock(sa)).await), "a lock under another's session");
@@ -692,7 +692,7 @@ async fn a_client_certificate_alone_opens_no_object() {
 async fn a_capability_carries_only_the_rights_its_caller_has() {
     let cl = TestCluster::start(1, 1).await.unwrap();
     let c = cl.mds_client(Role::Client).unwrap();
-    mds_call(&c, MdsReq::OpenSession { name: "n".into(), dir_leases: false, previous: None, open: vec![], locks: vec![] }).await.unwrap();
+    mds_call(&c, MdsReq::OpenSession { name: "n".into(), dir_leases: false, previous: vec![], open: vec![], locks: vec![] }).await.unwrap();
     let (f, _) = create_with_cap(&c, "write-only").await;
     let owner = Cred::user(1000, 100, vec![]);
     let set = SetAttr { mode: Some(0o200), uid: Some(1000), gid: Some(100), ..Default::default() };
@@ -883,7 +883,7 @@ async fn a_retried_request_is_answered_from_its_record_not_applied_twice() {
     send(rm.clone(), 5, true).await.unwrap();
     assert_eq!(send(rm, 6, false).await.unwrap_err(), Error::NotFound);
     // a session open whose reply was lost: the retry gets the same session
-    let open = MdsReq::OpenSession { name: "gpu1".into(), dir_leases: false, previous: None, open: vec![], locks: vec![] };
+    let open = MdsReq::OpenSession { name: "gpu1".into(), dir_leases: false, previous: vec![], open: vec![], locks: vec![] };
     let sid = |r: Result<MdsResp, Error>| match r {
         Ok(MdsResp::Session { id, .. }) => id,
         other => panic!("{other:?}"),
@@ -931,7 +931,7 @@ async fn a_nameless_file_is_named_only_by_a_session_that_has_it_open() {
     let other = cl.mds_client_of_node(Role::Client, "other").unwrap();
     let tmp = |parent, linkable| MdsReq::TmpFile { parent, mode: 0o640, linkable };
     assert!(matches!(mds_call(&c, tmp(ROOT, true)).await, Err(Error::InvalidArgument(_))), "made outside a session");
-    let open = |name: &str| MdsReq::OpenSession { name: name.into(), dir_leases: false, previous: None, open: vec![], locks: vec![] };
+    let open = |name: &str| MdsReq::OpenSession { name: name.into(), dir_leases: false, previous: vec![], open: vec![], locks: vec![] };
     let s = match mds_call(&c, open("maker")).await.unwrap() {
         MdsResp::Session { id, .. } => id,
         r => panic!("{r:?}"),
@@ -979,7 +979,7 @@ async fn a_nameless_file_is_named_only_by_a_session_that_has_it_open() {
 async fn a_holder_that_ignores_recalls_is_evicted_after_a_term() {
     let cl = TestCluster::start_with(1, 1, |m| m.session_timeout_ms = 2_000).await.unwrap();
     let admin = cl.mds_client(Role::Admin).unwrap();
-    let open_session = |name: &str| MdsReq::OpenSession { name: name.into(), dir_leases: false, previous: None, open: vec![], locks: vec![] };
+    let open_session = |name: &str| MdsReq::OpenSession { name: name.into(), dir_leases: false, previous: vec![], open: vec![], locks: vec![] };
     let session = |r: MdsResp| match r {
         MdsResp::Session { id, .. } => id,
         other => panic!("{other:?}"),
@@ -1029,7 +1029,7 @@ async fn a_session_holds_no_more_than_its_limits() {
         mds_call(&cl.mds_client(Role::Client).unwrap(), create(ROOT, &format!("other{i}"))).await.unwrap();
     }
     let c = cl.mds_client_of_node(Role::Client, "greedy").unwrap();
-    let open_session = |name: String| MdsReq::OpenSession { name, dir_leases: false, previous: None, open: vec![], locks: vec![] };
+    let open_session = |name: String| MdsReq::OpenSession { name, dir_leases: false, previous: vec![], open: vec![], locks: vec![] };
     assert!(matches!(mds_call(&c, open_session("x".repeat(256))).await, Err(Error::NameTooLong)));
     assert!(matches!(mds_call(&c, open_session("bad\nname".into())).await, Err(Error::InvalidArgument(_))));
     let sid = match mds_call(&c, open_session("greedy".into())).await.unwrap() {
@@ -1068,7 +1068,7 @@ async fn a_session_holds_no_more_than_its_limits() {
     // their own
     mds_call(&c, open_session("second".into())).await.unwrap();
     assert!(matches!(mds_call(&c, open_session("third".into())).await, Err(Error::TooManyOpen(_))), "a third session");
-    let replace = MdsReq::OpenSession { name: "again".into(), dir_leases: false, previous: Some(sid), open: vec![], locks: vec![] };
+    let replace = MdsReq::OpenSession { name: "again".into(), dir_leases: false, previous: vec![sid], open: vec![], locks: vec![] };
     assert!(matches!(mds_call(&c, replace).await, Err(Error::TooManyOpen(_))), "a third session in place of a live one");
     mds_call(&c, MdsReq::CloseSession { id: sid }).await.unwrap();
     mds_call(&c, open_session("third".into())).await.unwrap();
@@ -1087,7 +1087,7 @@ async fn reserved_numbers_are_bounded_per_certificate_and_given_back() {
     let c = cl.mds_client_of_node(Role::Client, "maker").unwrap();
     let other = cl.mds_client_of_node(Role::Client, "other").unwrap();
     let d = attr(&other, mkdir(ROOT, "d")).await.unwrap().ino;
-    mds_call(&c, MdsReq::OpenSession { name: "maker".into(), dir_leases: true, previous: None, open: vec![], locks: vec![] }).await.unwrap();
+    mds_call(&c, MdsReq::OpenSession { name: "maker".into(), dir_leases: true, previous: vec![], open: vec![], locks: vec![] }).await.unwrap();
     // The first create there brings the directory's write lease and a batch.
     let first = match mds_call(&c, create(d, "first")).await.unwrap() {
         MdsResp::Changed { writable: Some(w), .. } => w.reserved,
@@ -1135,7 +1135,7 @@ async fn stale_replicas_come_from_users_of_the_file_and_one_healthy_copy_always_
     let p = LayoutPolicy { stripe_size: 1 << 20, stripe_count: 1, replicas: 3 };
     mds_call(&admin, MdsReq::SetStripe { ino: d.ino, policy: p }).await.unwrap();
     // (a session opened after that change: this client serves no recalls)
-    let sid = match mds_call(&c, MdsReq::OpenSession { name: "writer".into(), dir_leases: false, previous: None, open: vec![], locks: vec![] }).await.unwrap() {
+    let sid = match mds_call(&c, MdsReq::OpenSession { name: "writer".into(), dir_leases: false, previous: vec![], open: vec![], locks: vec![] }).await.unwrap() {
         MdsResp::Session { id, .. } => id,
         other => panic!("{other:?}"),
     };
@@ -1205,7 +1205,7 @@ async fn files_made_under_a_directory_lease_take_only_numbers_reserved_for_their
     let a = cl.mds_client_of_node(Role::Client, "a").unwrap();
     let b = cl.mds_client_of_node(Role::Client, "b").unwrap();
     // a makes the directory, and so holds its write lease
-    mds_call(&a, MdsReq::OpenSession { name: "a".into(), dir_leases: true, previous: None, open: vec![], locks: vec![] }).await.unwrap();
+    mds_call(&a, MdsReq::OpenSession { name: "a".into(), dir_leases: true, previous: vec![], open: vec![], locks: vec![] }).await.unwrap();
     let d = attr(&a, mkdir(ROOT, "d")).await.unwrap();
     let r: Vec<Reserved> = match mds_call(&a, MdsReq::Reserve { dir: d.ino, count: 4 }).await.unwrap() {
         MdsResp::Reserved(v) => v,

@@ -235,3 +235,76 @@ fn renames_across_two_processes_keep_every_file_through_moves_and_a_death() {
         assert_eq!((found[0].ino, found[0].nlink), (*ino, 1), "{name}");
     }
 }
+
+/// A mount over a shard placed apart: its requests for that shard go to
+/// the process that leads it, under a session of the mount's there (the
+/// leases and locks it holds are that process's), while everything else
+/// goes to shard 0's leader. The placed member killed, the mount goes on
+/// through shard 0's leader, which takes the lock back with the session;
+/// with the member back, the mount follows the shard to it again.
+#[cfg(feature = "fuse_tests")]
+#[test]
+fn a_mount_speaks_to_the_process_that_leads_a_shard_and_keeps_its_lock_through_moves() {
+    use aifs_common::proto::mds::LeaseMode;
+    use aifs_tests::flock;
+    use std::os::unix::fs::MetadataExt;
+    let mut cl = ProcCluster::start_replicated_edited(3, 3, &|t| format!("spread = true\n{t}")).unwrap();
+    let first = cl.mds_leader(ELECTION).unwrap();
+    let to = if first == 3 { 2 } else { 3 };
+    let (m, other) = (cl.mount().unwrap(), cl.mount().unwrap());
+    let d = (0..16)
+        .map(|i| {
+            let p = m.p(&format!("d{i}"));
+            std::fs::create_dir(&p).unwrap();
+            p
+        })
+        .find(|p| InodeId(std::fs::metadata(p).unwrap().ino()).shard() == PLACED)
+        .expect("no directory on the shard to place");
+    std::fs::write(d.join("before"), b"made before the move").unwrap();
+    cl.mdsctl(&["shard", "move", &PLACED.to_string(), "--to", &to.to_string()]).unwrap();
+    wait_led(&cl, PLACED as usize, |l| l == to, "not led by the member placed");
+
+    // Made, written and read through the placed process.
+    let data = aifs_tests::pattern::bytes(7, 0, 3 << 20);
+    std::fs::write(d.join("after"), &data).unwrap();
+    assert!(std::fs::read(d.join("after")).unwrap() == data);
+    assert_eq!(std::fs::read(d.join("before")).unwrap(), b"made before the move");
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(d.join("after")).unwrap();
+    let ino = InodeId(f.metadata().unwrap().ino());
+    assert_eq!(ino.shard(), PLACED);
+    flock(&f, libc::LOCK_EX).unwrap();
+    let c = Caller::new(&cl);
+    let held = match c.call(MdsReq::Leases { ino }).unwrap() {
+        MdsResp::Leases(v) => v,
+        other => panic!("{other:?}"),
+    };
+    assert!(held.iter().any(|l| l.mode == LeaseMode::Write), "the placed process granted the mount no write lease on a file it has open for writing: {held:?}");
+    let theirs = std::fs::File::open(other.p(&format!("{}/after", d.file_name().unwrap().to_str().unwrap()))).unwrap();
+    let busy = |f: &std::fs::File| flock(f, libc::LOCK_EX | libc::LOCK_NB).is_err();
+    assert!(busy(&theirs), "a lock held through the placed process is not seen by another mount");
+    // Shard 0's leader's entries are still its own.
+    std::fs::write(m.p("at-the-root"), b"root").unwrap();
+
+    // The placed member dies: the shard's requests go back to shard 0's
+    // leader, which takes the session and the lock back.
+    cl.kill9_mds_member(to);
+    wait_led(&cl, PLACED as usize, |l| l != to, "still led by the dead member");
+    std::fs::write(d.join("while-away"), b"made while its member was dead").unwrap();
+    assert!(std::fs::read(d.join("after")).unwrap() == data);
+    assert!(busy(&theirs), "the lock was lost when its shard's leader died");
+
+    cl.start_mds_member(to).unwrap();
+    wait_led(&cl, PLACED as usize, |l| l == to, "not led by its member again");
+    std::fs::write(d.join("back"), b"made with its member back").unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["after", "back", "before", "while-away"]);
+    assert_eq!(std::fs::read(m.p("at-the-root")).unwrap(), b"root");
+    assert!(busy(&theirs), "the lock was lost when its shard went back to its member");
+    flock(&f, libc::LOCK_UN).unwrap();
+    let t = Instant::now();
+    while busy(&theirs) {
+        assert!(t.elapsed() < ELECTION, "a lock given back is still held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -74,8 +74,10 @@ impl ClientFs {
     /// client makes no more files itself (lease recalled or lost, layout
     /// changed): they count against its certificate until then.
     pub(super) async fn unreserve(&self, ops: &DirOps) {
-        let unused = ops.take_unused();
-        for inos in unused.chunks(MAX_UNRESERVE) {
+        let mut unused = ops.take_unused();
+        // Each shard's to the process that leads it.
+        unused.sort_by_key(|i| i.shard());
+        for inos in unused.chunk_by(|a, b| a.shard() == b.shard()).flat_map(|s| s.chunks(MAX_UNRESERVE)) {
             if let Err(e) = self.pool.mds(&MdsReq::Unreserve { inos: inos.to_vec() }).await {
                 tracing::debug!(numbers = inos.len(), error = %e, "reserved inode numbers not given back; the MDS drops them once this client is gone");
             }
@@ -259,7 +261,7 @@ impl ClientFs {
     /// `snap`: kept unless the lease was recalled meanwhile.
     pub(super) fn writable(&self, snap: Snap, granted: Option<SessionId>, w: Option<Writable>) {
         let Some(w) = w else { return };
-        if self.dir_leases && granted.is_some() && granted == snap.session() && self.meta.quiet_since(snap, w.dir) {
+        if self.dir_leases && self.meta.granted_now(snap, granted) && self.meta.quiet_since(snap, w.dir) {
             self.dirops.grant(w.dir, w.reserved);
         }
     }

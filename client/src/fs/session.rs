@@ -2,6 +2,7 @@
 //! heartbeats, and closing it at unmount.
 use super::*;
 use super::recall::RecallService;
+use crate::route::SessionKeeper;
 
 impl ClientFs {
     /// Connect to the cluster (QUIC + mTLS) and open a session.
@@ -10,6 +11,7 @@ impl ClientFs {
         let endpoint = rpc::client_endpoint(&id, &cfg.transport)?;
         let mds = aifs_common::rpc::RpcClient::of_members(endpoint.clone(), &cfg.mds, &id, &cfg.transport)?;
         let pool = Arc::new(Pool::new(endpoint, mds, Duration::from_secs(cfg.mds_retry_secs)));
+        let _ = pool.routes.config.set(aifs_common::rpc::endpoint::member_client_config(&id, &cfg.transport)?);
         let budget_kib = (cfg.write_budget_mb.max(16) * 1024).min(Semaphore::MAX_PERMITS);
         let dirops = Arc::new(DirOps::default());
         let metrics = crate::metrics::ClientMetrics::new();
@@ -48,12 +50,12 @@ impl ClientFs {
         // one (after a reconnect) gets the session bound by a heartbeat.
         let weak = Arc::downgrade(&fs);
         fs.pool.mds.on_connect(Box::new(move |conn| {
-            let svc = Arc::new(RecallService { fs: weak.clone() });
-            tokio::spawn(rpc::serve_conn(svc, Peer::new(Role::Mds, conn)));
             if let Some(fs) = weak.upgrade() {
-                fs.rebind.notify_one();
+                fs.serve_mds_conn(conn);
             }
         }));
+        let keeper: std::sync::Weak<dyn SessionKeeper> = Arc::downgrade(&fs) as _;
+        let _ = fs.pool.routes.keeper.set(keeper);
         let weak = Arc::downgrade(&fs);
         tokio::spawn(async move {
             // Background flusher: partial units do not sit in memory forever,
@@ -79,6 +81,7 @@ impl ClientFs {
         tokio::spawn(Self::send_dirops(Arc::downgrade(&fs)));
         let hb = fs.open_session().await?;
         fs.pool.refresh_osds().await?;
+        fs.pool.learn_shards().await;
         let weak = Arc::downgrade(&fs);
         tokio::spawn(async move {
             let period = Duration::from_millis(hb.clamp(200, 10_000));
@@ -104,6 +107,8 @@ impl ClientFs {
                     }
                     Err(e) => tracing::warn!(error = %e, "session heartbeat failed"),
                 }
+                fs.pool.beat_procs(fs.metrics.io()).await;
+                fs.pool.learn_shards().await;
                 aifs_common::rpc::leader::learn_members_when_due(&fs.pool.mds, &mut learned).await;
             }
         });
@@ -134,16 +139,33 @@ impl ClientFs {
     /// four heartbeats per term. A new session after the last one was lost
     /// (an MDS restart, an expiry) names the old one, which a restarted MDS
     /// waits for, and counts again the files this client has open.
-    pub(super) async fn open_session(&self) -> Result<u64> {
-        let sent = Instant::now();
-        let previous = self.meta.session();
+    /// The request that opens a session naming `previous`, with the files
+    /// this client has open and the locks it holds (each process takes
+    /// those of the shards it leads).
+    fn session_request(&self, previous: Vec<SessionId>) -> MdsReq {
         let open: Vec<InodeId> = self.files.iter().filter(|f| f.opens.load(Ordering::Acquire) > 0).map(|f| f.ino).collect();
         let locks: Vec<HeldLock> = match self.held_locks.lock() {
             Ok(t) => t.all().into_iter().map(|(ino, l)| HeldLock { ino, owner: l.owner, start: l.start, end: l.end, write: l.write, pid: l.pid }).collect(),
             Err(_) => Vec::new(),
         };
-        let n_locks = locks.len();
-        let req = MdsReq::OpenSession { name: self.name.clone(), dir_leases: self.dir_leases, previous, open, locks };
+        MdsReq::OpenSession { name: self.name.clone(), dir_leases: self.dir_leases, previous, open, locks }
+    }
+
+    /// A new connection to an MDS process: its recalls are served, and
+    /// the session bound to it by the next heartbeat.
+    fn serve_mds_conn(self: &Arc<Self>, conn: quinn::Connection) {
+        let svc = Arc::new(RecallService { fs: Arc::downgrade(self) });
+        tokio::spawn(rpc::serve_conn(svc, Peer::new(Role::Mds, conn)));
+        self.rebind.notify_one();
+    }
+
+    pub(super) async fn open_session(&self) -> Result<u64> {
+        let sent = Instant::now();
+        // The sessions this client has elsewhere are named too: the
+        // process that leads shard 0 now may have led their shards.
+        let previous: Vec<SessionId> = self.meta.session().into_iter().chain(self.meta.others()).chain(self.pool.routes.former()).collect();
+        let n_locks = self.held_locks.lock().map(|t| t.all().len()).unwrap_or(0);
+        let req = self.session_request(previous);
         match self.pool.mds(&req).await? {
             MdsResp::Session { id, heartbeat_ms, reclaimed, root_squash } => {
                 if let Ok(mut s) = self.root_squash.lock() {
@@ -158,6 +180,9 @@ impl ClientFs {
                     }
                 }
                 self.term_ms.store(heartbeat_ms * 4, Ordering::Relaxed);
+                if let Some(old) = self.meta.session().filter(|old| *old != id) {
+                    self.pool.routes.remember(old);
+                }
                 self.meta.set_session(id, sent, self.term());
                 Ok(heartbeat_ms)
             }
@@ -179,6 +204,7 @@ impl ClientFs {
         let id = self.meta.session();
         self.meta.clear();
         self.dirops.lost_leases();
+        self.pool.close_procs().await;
         // An MDS that is gone must not hold up the unmount.
         if let Some(id) = id {
             let req = MdsReq::CloseSession { id };
@@ -187,5 +213,29 @@ impl ClientFs {
             }
         }
         self.pool.mds.close();
+    }
+}
+
+impl SessionKeeper for ClientFs {
+    fn open_request(&self, previous: Vec<SessionId>) -> MdsReq {
+        let previous = previous.into_iter().chain(self.meta.session()).chain(self.meta.others()).collect();
+        self.session_request(previous)
+    }
+
+    fn opened(&self, id: SessionId, sent: Instant) {
+        self.meta.add_other(id, sent, self.term());
+    }
+
+    fn renewed(&self, id: SessionId, sent: Instant) {
+        self.meta.renew_other(id, sent, self.term());
+    }
+
+    fn lost(&self, id: SessionId) {
+        self.meta.drop_other(id);
+        self.dirops.lost_leases();
+    }
+
+    fn connected(self: Arc<Self>, conn: quinn::Connection) {
+        self.serve_mds_conn(conn);
     }
 }

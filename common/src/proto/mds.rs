@@ -196,13 +196,16 @@ pub enum MdsReq {
     OsdHeartbeat { id: OsdId, addr: String, usage: OsdUsage, revoked_known: u32 },
     /// `dir_leases`: the client takes directories' write leases (creates
     /// and unlinks answered by itself, sent in batches). After an MDS
-    /// restart, `previous` is the session the client had, `open`
-    /// the files it still has open, counted again as opens of the new
-    /// session, and `locks` the locks it held, taken again if `previous`
-    /// is a session of the MDS's last run (`Session::reclaimed`); the MDS
-    /// holds back conflicting requests until every session of its last
-    /// run has come back or expired.
-    OpenSession { name: String, dir_leases: bool, previous: Option<SessionId>, open: Vec<InodeId>, locks: Vec<HeldLock> },
+    /// restart or a leader change, `previous` are the sessions the client
+    /// had (one per MDS process it spoke to), `open` the files it still
+    /// has open, counted again as opens of the new session, and `locks`
+    /// the locks it held, taken again if one of `previous` is a session
+    /// the MDS waits for (`Session::reclaimed`); the MDS holds back
+    /// conflicting requests until every session it waits for has come
+    /// back or expired. Answered by the process it is sent to, as the
+    /// session's heartbeats and close: a client has a session with each
+    /// process that leads a shard it uses.
+    OpenSession { name: String, dir_leases: bool, previous: Vec<SessionId>, open: Vec<InodeId>, locks: Vec<HeldLock> },
     /// `io`: what the client did since it started (`mdsctl top`).
     SessionHeartbeat { id: SessionId, io: ClientIo },
     CloseSession { id: SessionId },
@@ -286,6 +289,11 @@ pub enum MdsReq {
     /// (answered by any of them): a client or OSD whose config names
     /// fewer (an MDS grown since) learns where else the leader may be.
     Members,
+    /// Where each shard is led, by shard: the leading process's address,
+    /// "" where none is known (answered by any member). A client opens a
+    /// session with each process it names, so that one taking a shard
+    /// over finds the clients that may hold its leases.
+    ShardLeaders,
     /// Admin: hand the lead of shard `shard` to MDS process `to` (a voter
     /// in every group), now and whenever it is back after a failure.
     /// While one process leads every shard they move together. Answered

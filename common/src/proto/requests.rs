@@ -22,7 +22,7 @@
 
 use super::mds::MdsReq;
 use crate::certs::Role;
-use crate::InodeId;
+use crate::{InodeId, SessionId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {
@@ -141,14 +141,15 @@ impl MdsReq {
             AddMember { .. } => row("add_member", ADMIN).in_grace(),
             RemoveMember { .. } => row("remove_member", ADMIN).in_grace(),
             Members => row("members", MAP_READERS).in_grace().uncounted(),
+            ShardLeaders => row("shard_leaders", MAP_READERS).in_grace().uncounted(),
             Leader { .. } => row("leader", MAP_READERS).in_grace().uncounted(),
             MoveShard { .. } => row("move_shard", ADMIN).in_grace(),
         }
     }
 
     /// The inode whose shard's leader answers this request; None: shard
-    /// 0's leader, which keeps what is the cluster's (sessions, the OSD
-    /// map, admin state). A change over two directories goes to the
+    /// 0's leader, which keeps what is the cluster's (the OSD map, admin
+    /// state), unless it is `per_process`. A change over two directories goes to the
     /// leader of the one whose entry it names first, its coordinator
     /// (mds/src/namespace/twophase.rs).
     pub fn routed_by(&self) -> Option<InodeId> {
@@ -167,7 +168,24 @@ impl MdsReq {
             DegradedList { ino } => *ino,
             Statfs | OpenSession { .. } | SessionHeartbeat { .. } | CloseSession { .. } | OsdMap | OsdHeartbeat { .. } => None,
             Status | EvictSession { .. } | Fsck { .. } | FsckStatus | OsdOut { .. } | Revoke { .. } | Revoked => None,
-            Raft { .. } | Shard { .. } | AddMember { .. } | RemoveMember { .. } | Members | Leader { .. } | MoveShard { .. } => None,
+            Raft { .. } | Shard { .. } | AddMember { .. } | RemoveMember { .. } | Members | ShardLeaders | Leader { .. } | MoveShard { .. } => None,
+        }
+    }
+
+    /// Answered by the MDS process it is sent to, if that process serves
+    /// any shard: a client's session is with each process it speaks to.
+    pub fn per_process(&self) -> bool {
+        matches!(self, MdsReq::OpenSession { .. } | MdsReq::SessionHeartbeat { .. } | MdsReq::CloseSession { .. })
+    }
+
+    /// Name `session` as the one this request is made under, for a
+    /// request that names one (a close, a lock, applied directory
+    /// changes): the client's session with the process it goes to.
+    pub fn set_session(&mut self, id: SessionId) {
+        use MdsReq::*;
+        match self {
+            Close { session, .. } | GetLock { session, .. } | SetLock { session, .. } | Apply { session, .. } => *session = Some(id),
+            _ => {}
         }
     }
 

@@ -232,6 +232,11 @@ impl Namespace {
         self.shards.iter().filter(|s| self.elsewhere(s.id).is_none())
     }
 
+    /// Shard `shard` exists and is led here.
+    pub fn leads(&self, shard: u32) -> bool {
+        (shard as usize) < self.shards.len() && self.elsewhere(shard).is_none()
+    }
+
     /// Every shard is led here.
     pub fn leads_all(&self) -> bool {
         self.led().count() == self.shards.len()

@@ -21,42 +21,78 @@ fn unpack_session((lo, hi): (u64, u64)) -> (SessionId, bool) {
     (SessionId::from_halves(lo, hi & !(1 << 63)), hi >> 63 == 1)
 }
 
-/// The sessions recorded as open (shard 0), with their owners: those of
-/// the last run, at start.
+/// The sessions recorded as open in the shards led here, with their
+/// owners: at start, those that may hold leases on these shards' inodes.
+/// A process records each session it opens in every shard it leads, so
+/// that whichever process leads one of them next waits for its clients.
 pub async fn stored_sessions(ns: &Namespace) -> Result<Vec<(SessionId, Owner)>> {
-    ns.shard(0)
-        .scan(|t| {
-            let mut v = Vec::new();
-            for r in t.open_table(SESSIONS).io()?.iter().io()? {
-                let (k, val) = r.io()?;
-                let owner = val.value().get(..32).and_then(|o| o.try_into().ok()).map(Owner);
-                match owner {
-                    Some(o) => v.push((SessionId(k.value()), o)),
-                    None => tracing::warn!(session = %SessionId(k.value()), "stored session has no owner; not waited for"),
+    let mut all = std::collections::BTreeMap::new();
+    for shard in ns.led() {
+        let found = shard
+            .scan(|t| {
+                let mut v = Vec::new();
+                for r in t.open_table(SESSIONS).io()?.iter().io()? {
+                    let (k, val) = r.io()?;
+                    let owner = val.value().get(..32).and_then(|o| o.try_into().ok()).map(Owner);
+                    match owner {
+                        Some(o) => v.push((SessionId(k.value()), o)),
+                        None => tracing::warn!(session = %SessionId(k.value()), "stored session has no owner; not waited for"),
+                    }
                 }
-            }
-            Ok(v)
-        })
-        .await
+                Ok(v)
+            })
+            .await?;
+        all.extend(found);
+    }
+    Ok(all.into_iter().collect())
+}
+
+/// Record session `id` (`stored`: its owner and name) in every shard led
+/// here, and drop `previous`, the sessions it replaces; `rid`'s record
+/// (the open's at-most-once answer) goes with the first shard's.
+async fn store_session(ns: &Namespace, id: SessionId, stored: Vec<u8>, previous: Vec<SessionId>, rid: Option<aifs_common::proto::mds::ReqId>, answer: (u64, u64)) -> Result<()> {
+    for (k, shard) in ns.led().enumerate() {
+        let (stored, previous) = (stored.clone(), previous.clone());
+        shard
+            .mutate(move |txn| {
+                let mut t = txn.open_table(SESSIONS).io()?;
+                t.insert(id.0, stored.as_slice()).io()?;
+                for p in &previous {
+                    t.remove(p.0).io()?;
+                }
+                drop(t);
+                match k {
+                    0 => crate::once::record(txn, rid, answer),
+                    _ => Ok(()),
+                }
+            })
+            .await?;
+    }
+    Ok(())
 }
 
 impl MdsService {
     /// Sessions that ended: a restart does not wait for them.
     pub async fn forget_sessions(&self, ids: &[SessionId]) -> Result<()> {
-        let ids = ids.to_vec();
-        self.ns
-            .shard(0)
-            .mutate(move |txn| {
-                let mut t = txn.open_table(SESSIONS).io()?;
-                for id in &ids {
-                    t.remove(id.0).io()?;
-                }
-                Ok(())
-            })
-            .await
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for shard in self.ns.led() {
+            let ids = ids.to_vec();
+            shard
+                .mutate(move |txn| {
+                    let mut t = txn.open_table(SESSIONS).io()?;
+                    for id in &ids {
+                        t.remove(id.0).io()?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        Ok(())
     }
 
-    pub(crate) async fn open_session(&self, c: &mut Call<'_>, name: String, dir_leases: bool, previous: Option<SessionId>, open: Vec<InodeId>, locks: Vec<HeldLock>) -> Result<MdsResp> {
+    pub(crate) async fn open_session(&self, c: &mut Call<'_>, name: String, dir_leases: bool, previous: Vec<SessionId>, open: Vec<InodeId>, locks: Vec<HeldLock>) -> Result<MdsResp> {
         let peer = c.peer;
         let once = c.once;
         let ns = &self.ns;
@@ -73,36 +109,35 @@ impl MdsService {
             }
             return Ok(MdsResp::Session { id, heartbeat_ms: self.session_heartbeat_ms, reclaimed, root_squash: peer.root_squash.then_some(self.anon) });
         }
-        if let Some(p) = previous {
-            cl.check_owner(peer, p)?;
+        for p in &previous {
+            cl.check_owner(peer, *p)?;
         }
         // Names as long as a file name at most: `session ls` shows them.
         if name.len() > 255 {
             return Err(Error::NameTooLong);
         }
         let id = cl.open_session(name.clone(), peer, dir_leases)?;
-        let rid = once.rid;
-        let reclaims = previous.is_some_and(|p| cl.waits_for(p));
+        // The one of `previous` this process waits for, if any: its locks
+        // are taken again.
+        let back = previous.iter().copied().find(|p| cl.waits_for(*p));
         let mut stored = peer.owner.0.to_vec();
         stored.extend_from_slice(name.as_bytes());
         // Known durably before it is answered: a restart waits for it.
-        ns.shard(0)
-            .mutate(move |txn| {
-                let mut t = txn.open_table(SESSIONS).io()?;
-                t.insert(id.0, stored.as_slice()).io()?;
-                if let Some(previous) = previous {
-                    t.remove(previous.0).io()?;
-                }
-                drop(t);
-                crate::once::record(txn, rid, pack_session(id, reclaims))
-            })
-            .await?;
-        for ino in &open {
+        store_session(ns, id, stored, previous.clone(), once.rid, pack_session(id, back.is_some())).await?;
+        // Only what lives in the shards led here counts here.
+        let here = |ino: &InodeId| ns.leads(ino.shard());
+        for ino in open.iter().filter(|i| here(i)) {
             // with rights unknown: a new check on the next open
             cl.opened(id, *ino, 0);
         }
-        let reclaimed = previous.is_some_and(|p| cl.came_back(p, id, &locks));
-        if let Some(previous) = previous {
+        let locks: Vec<HeldLock> = locks.into_iter().filter(|l| here(&l.ino)).collect();
+        let reclaimed = back.is_some_and(|p| cl.came_back(p, id, &locks));
+        // Every other session it names that this process waited for is
+        // back too: the same client.
+        for p in previous.iter().filter(|p| Some(**p) != back) {
+            cl.came_back(*p, id, &[]);
+        }
+        if let Some(previous) = back {
             tracing::info!(session = %id, %previous, files = open.len(), locks = locks.len(), reclaimed, "client came back");
         }
         cl.bind(peer, id);

@@ -176,7 +176,7 @@ fn mds_corpus() -> Result<Vec<Vec<u8>>> {
             session: None,
             ops: vec![DirOp::Create { parent: root, name: "r".into(), ino: f, layout, mode: 0o644, cred: Cred::root(), time_ns: 0, open: false }],
         },
-        MdsReq::OpenSession { name: "fuzz".into(), dir_leases: true, previous: None, open: vec![], locks: vec![] },
+        MdsReq::OpenSession { name: "fuzz".into(), dir_leases: true, previous: vec![], open: vec![], locks: vec![] },
         MdsReq::Statfs,
         MdsReq::Status,
         MdsReq::DegradedList { ino: None },

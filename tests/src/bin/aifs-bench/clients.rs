@@ -126,7 +126,7 @@ async fn connect(cl: &ProcCluster) -> Result<Vec<Arc<Client>>> {
 
 async fn open_session(ep: &quinn::Endpoint, cl: &ProcCluster, name: String, dir_leases: bool) -> Result<(RpcClient, SessionId)> {
     let rpc = RpcClient::new(ep.clone(), cl.mds_addr, Role::Mds);
-    let open = MdsReq::OpenSession { name, dir_leases, previous: None, open: vec![], locks: vec![] };
+    let open = MdsReq::OpenSession { name, dir_leases, previous: vec![], open: vec![], locks: vec![] };
     let MdsResp::Session { id, .. } = mds_call(&rpc, open).await? else { bail!("unexpected reply to OpenSession") };
     Ok((rpc, id))
 }

@@ -76,7 +76,7 @@ async fn connect(cl: &ProcCluster) -> Result<Vec<Arc<Client>>> {
         };
         // An endpoint each: a socket each, as nodes have.
         let rpc = RpcClient::of_members(rpc::client_endpoint(&id, &transport)?, &members, &id, &transport)?;
-        let open = MdsReq::OpenSession { name: format!("scale{i}"), dir_leases: false, previous: None, open: vec![], locks: vec![] };
+        let open = MdsReq::OpenSession { name: format!("scale{i}"), dir_leases: false, previous: vec![], open: vec![], locks: vec![] };
         let MdsResp::Session { id: session, .. } = mds_call(&rpc, open).await? else { bail!("unexpected reply to OpenSession") };
         out.push(Arc::new(Client { rpc, session, dir }));
     }
