@@ -199,9 +199,12 @@ impl Replica {
         }
         let me = self.members.me;
         let voter = |id: &NodeId| crate::membership::votes(g.raft.metrics().borrow().membership_config.membership(), *id);
+        // A placed member whose appends in the group still come leads it,
+        // however late its answers to this process are (a busy link).
+        let leading_there = |p: NodeId| !silent(g) && g.raft.metrics().borrow().current_leader == Some(p);
         match placed.get(&g.shard).copied().filter(voter) {
             Some(p) if p == me => true,
-            Some(p) if leads_zero && self.answers(p) => false,
+            Some(p) if leads_zero && (self.answers(p) || leading_there(p)) => false,
             _ => leads_zero,
         }
     }

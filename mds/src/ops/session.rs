@@ -48,26 +48,26 @@ pub async fn stored_sessions(ns: &Namespace) -> Result<Vec<(SessionId, Owner)>> 
 }
 
 /// Record session `id` (`stored`: its owner and name) in every shard led
-/// here, and drop `previous`, the sessions it replaces; `rid`'s record
+/// here, all at once (each shard's commit joins the others' of the
+/// moment), and drop `previous`, the sessions it replaces; `rid`'s record
 /// (the open's at-most-once answer) goes with the first shard's.
 async fn store_session(ns: &Namespace, id: SessionId, stored: Vec<u8>, previous: Vec<SessionId>, rid: Option<aifs_common::proto::mds::ReqId>, answer: (u64, u64)) -> Result<()> {
-    for (k, shard) in ns.led().enumerate() {
+    let commits = ns.led().enumerate().map(|(k, shard)| {
         let (stored, previous) = (stored.clone(), previous.clone());
-        shard
-            .mutate(move |txn| {
-                let mut t = txn.open_table(SESSIONS).io()?;
-                t.insert(id.0, stored.as_slice()).io()?;
-                for p in &previous {
-                    t.remove(p.0).io()?;
-                }
-                drop(t);
-                match k {
-                    0 => crate::once::record(txn, rid, answer),
-                    _ => Ok(()),
-                }
-            })
-            .await?;
-    }
+        shard.mutate(move |txn| {
+            let mut t = txn.open_table(SESSIONS).io()?;
+            t.insert(id.0, stored.as_slice()).io()?;
+            for p in &previous {
+                t.remove(p.0).io()?;
+            }
+            drop(t);
+            match k {
+                0 => crate::once::record(txn, rid, answer),
+                _ => Ok(()),
+            }
+        })
+    });
+    futures::future::try_join_all(commits).await?;
     Ok(())
 }
 
@@ -77,18 +77,17 @@ impl MdsService {
         if ids.is_empty() {
             return Ok(());
         }
-        for shard in self.ns.led() {
+        let commits = self.ns.led().map(|shard| {
             let ids = ids.to_vec();
-            shard
-                .mutate(move |txn| {
-                    let mut t = txn.open_table(SESSIONS).io()?;
-                    for id in &ids {
-                        t.remove(id.0).io()?;
-                    }
-                    Ok(())
-                })
-                .await?;
-        }
+            shard.mutate(move |txn| {
+                let mut t = txn.open_table(SESSIONS).io()?;
+                for id in &ids {
+                    t.remove(id.0).io()?;
+                }
+                Ok(())
+            })
+        });
+        futures::future::try_join_all(commits).await?;
         Ok(())
     }
 
