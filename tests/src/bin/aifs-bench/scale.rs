@@ -6,12 +6,16 @@
 //! a rate can grow with the MDS processes only as far as the work is
 //! spread over their links.
 //!
-//! Each of [`CLIENTS`] sessions, on a QUIC connection of its own as a
-//! mount is, makes files in a directory of its own through the MDS, one
+//! Each of [`CLIENTS`] simulated nodes, on QUIC connections of its own as
+//! a mount's, makes files in a directory of its own through the MDS, one
 //! after another: create (durable, opened), stat, close, unlink; four
 //! requests a file. Rows: 1, 2, 3 and 4 MDS processes (one-member groups
 //! for one; every shard's group over all of them otherwise), each against
-//! the one process of the same run.
+//! the one process of the same run. With several, the [`SHARDS`] shards'
+//! leadership is spread evenly over the processes (`spread = true`,
+//! `mdsctl shard move`), and each node sends each request to the process
+//! that leads its shard, with a session there, through the mount's own
+//! routing (`aifs_client::pool::Pool`, client/src/route.rs).
 use crate::util::{cpu_secs, median};
 use aifs_common::certs::Role;
 use aifs_common::config::MdsAddrs;
@@ -21,6 +25,8 @@ use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::SessionId;
 use aifs_tests::mds_call_leader as mds_call;
 use aifs_tests::proc::{Link, ProcCluster};
+use aifs_client::pool::Pool;
+use aifs_client::route::SessionKeeper;
 use anyhow::{bail, Context, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,10 +49,31 @@ const LINK: Link = Link { delay: Duration::from_millis(1), bytes_per_s: Some(1_5
 /// MDS processes in each row.
 const PROCESSES: [usize; 4] = [1, 2, 3, 4];
 
+/// Shards: a multiple of every row's process count, so that each process
+/// can lead as many.
+const SHARDS: u32 = 12;
+
 struct Client {
-    rpc: RpcClient,
-    session: SessionId,
+    pool: Pool,
+    /// Its session with shard 0's leader, opened again when lost there.
+    session: std::sync::Mutex<SessionId>,
     dir: InodeId,
+    /// The pool's sessions with other processes: a name, nothing else.
+    _keeper: Arc<dyn SessionKeeper>,
+}
+
+/// A simulated node keeps sessions with no files open and no locks, and
+/// caches nothing.
+struct Bare(String);
+
+impl SessionKeeper for Bare {
+    fn open_request(&self, previous: Vec<SessionId>) -> MdsReq {
+        MdsReq::OpenSession { name: self.0.clone(), dir_leases: false, previous, open: vec![], locks: vec![] }
+    }
+    fn opened(&self, _: SessionId, _: Instant) {}
+    fn renewed(&self, _: SessionId, _: Instant) {}
+    fn lost(&self, _: SessionId) {}
+    fn connected(self: Arc<Self>, _: quinn::Connection) {}
 }
 
 /// One run: files made, over how many seconds, the MDS processes' CPU
@@ -68,31 +95,101 @@ async fn connect(cl: &ProcCluster) -> Result<Vec<Arc<Client>>> {
     // lease that a simulated client, which answers no recall, would be
     // asked to give back.
     let setup = RpcClient::of_members(rpc::client_endpoint(&id, &transport)?, &members, &id, &transport)?;
-    let mut out = Vec::new();
+    // Made while one process leads every shard: spread over all of them.
+    let mut dirs = Vec::new();
     for i in 0..CLIENTS {
-        let dir = match mds_call(&setup, MdsReq::Mkdir { parent: InodeId::ROOT, name: format!("node{i}"), mode: 0o755 }).await? {
-            MdsResp::Changed { attr: Some(a), .. } => a.ino,
+        match mds_call(&setup, MdsReq::Mkdir { parent: InodeId::ROOT, name: format!("node{i}"), mode: 0o755 }).await? {
+            MdsResp::Changed { attr: Some(a), .. } => dirs.push(a.ino),
             other => bail!("unexpected reply to Mkdir: {other:?}"),
-        };
-        // An endpoint each: a socket each, as nodes have.
-        let rpc = RpcClient::of_members(rpc::client_endpoint(&id, &transport)?, &members, &id, &transport)?;
-        let open = MdsReq::OpenSession { name: format!("scale{i}"), dir_leases: false, previous: vec![], open: vec![], locks: vec![] };
-        let MdsResp::Session { id: session, .. } = mds_call(&rpc, open).await? else { bail!("unexpected reply to OpenSession") };
-        out.push(Arc::new(Client { rpc, session, dir }));
+        }
     }
-    Ok(out)
+    spread_shards(cl)?;
+    // All at once: a session opened first must not expire while the
+    // last ones open.
+    let nodes = dirs.into_iter().enumerate().map(|(i, dir)| {
+        let (id, transport, members) = (&id, &transport, &members);
+        async move {
+            // An endpoint each: a socket each, as nodes have.
+            let endpoint = rpc::client_endpoint(id, transport)?;
+            let rpc = RpcClient::of_members(endpoint.clone(), members, id, transport)?;
+            let pool = Pool::new(endpoint, rpc, Duration::from_secs(60));
+            let _ = pool.routes.config.set(rpc::endpoint::member_client_config(id, transport)?);
+            let keeper: Arc<dyn SessionKeeper> = Arc::new(Bare(format!("scale{i}")));
+            let _ = pool.routes.keeper.set(Arc::downgrade(&keeper));
+            let open = MdsReq::OpenSession { name: format!("scale{i}"), dir_leases: false, previous: vec![], open: vec![], locks: vec![] };
+            let MdsResp::Session { id: session, .. } = pool.mds(&open).await? else { bail!("unexpected reply to OpenSession") };
+            pool.learn_shards().await;
+            anyhow::Ok(Arc::new(Client { pool, session: std::sync::Mutex::new(session), dir, _keeper: keeper }))
+        }
+    });
+    futures::future::try_join_all(nodes).await
+}
+
+/// Shard `k` led by the `k mod N`th process counted from shard 0's
+/// leader: as many shards led by each.
+fn spread_shards(cl: &ProcCluster) -> Result<()> {
+    let n = cl.mds_addrs.len() as u64;
+    if n < 2 {
+        return Ok(());
+    }
+    let leader = cl.mds_leader(aifs_tests::ELECTION)?;
+    let placed = |k: u32| (leader - 1 + k as u64) % n + 1;
+    for k in 1..SHARDS {
+        if placed(k) != leader {
+            cl.mdsctl(&["shard", "move", &k.to_string(), "--to", &placed(k).to_string()])?;
+        }
+    }
+    let t = Instant::now();
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "shard", "ls"])?)?;
+        let led: Vec<Option<u64>> = v.as_array().context("shard ls")?.iter().map(|s| s["leader"].as_u64()).collect();
+        if led.iter().enumerate().all(|(k, l)| *l == Some(placed(k as u32))) {
+            // Each process starts its service over the shards it leads
+            // now, after a grace with no sessions to wait for.
+            std::thread::sleep(Duration::from_secs(2));
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("shards not led where placed after 60 s: {led:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+impl Client {
+    fn session(&self) -> SessionId {
+        *self.session.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Heartbeat its sessions, as a mount does: one lost with shard 0's
+    /// leader (its service started again) is opened again, naming it.
+    async fn heartbeat(&self) -> Result<()> {
+        let id = self.session();
+        match self.pool.mds(&MdsReq::SessionHeartbeat { id, io: Default::default() }).await {
+            Ok(_) => {}
+            Err(aifs_common::Error::Stale) => {
+                let open = self._keeper.open_request(vec![id]);
+                let MdsResp::Session { id, .. } = self.pool.mds(&open).await? else { bail!("unexpected reply to OpenSession") };
+                *self.session.lock().unwrap_or_else(|e| e.into_inner()) = id;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.pool.beat_procs(Default::default()).await;
+        self.pool.learn_shards().await;
+        Ok(())
+    }
 }
 
 /// One file's metadata: create, stat, close, unlink.
 async fn file(c: &Client, name: String) -> Result<()> {
     let create = MdsReq::Create { parent: c.dir, name: name.clone(), mode: 0o644, exclusive: true };
-    let ino = match mds_call(&c.rpc, create).await? {
+    let ino = match c.pool.mds(&create).await? {
         MdsResp::Changed { attr: Some(a), .. } | MdsResp::Opened { attr: a, .. } => a.ino,
         other => bail!("unexpected reply to Create: {other:?}"),
     };
-    mds_call(&c.rpc, MdsReq::GetAttr { ino }).await?;
-    mds_call(&c.rpc, MdsReq::Close { ino, session: Some(c.session) }).await?;
-    mds_call(&c.rpc, MdsReq::Unlink { parent: c.dir, name }).await?;
+    c.pool.mds(&MdsReq::GetAttr { ino }).await?;
+    c.pool.mds(&MdsReq::Close { ino, session: Some(c.session()) }).await?;
+    c.pool.mds(&MdsReq::Unlink { parent: c.dir, name }).await?;
     Ok(())
 }
 
@@ -114,7 +211,7 @@ async fn load(clients: &[Arc<Client>], run: usize) -> Result<(f64, f64)> {
                     files.fetch_add(1, Ordering::Relaxed);
                     n += 1;
                     if beat.elapsed() > Duration::from_secs(1) {
-                        mds_call(&c.rpc, MdsReq::SessionHeartbeat { id: c.session, io: Default::default() }).await?;
+                        c.heartbeat().await?;
                         beat = Instant::now();
                     }
                 }
@@ -130,7 +227,7 @@ async fn load(clients: &[Arc<Client>], run: usize) -> Result<(f64, f64)> {
 
 /// `runs` runs over `n` MDS processes.
 fn measure(n: usize, runs: usize) -> Result<Vec<Run>> {
-    let cl = ProcCluster::start_spread(n, 3, LINK, &|t| t).with_context(|| format!("starting {n} MDS processes in namespaces of their own"))?;
+    let cl = ProcCluster::start_spread(n, 3, LINK, &|t| format!("spread = true\n{}", t.replace("shards = 4\n", &format!("shards = {SHARDS}\n")))).with_context(|| format!("starting {n} MDS processes in namespaces of their own"))?;
     let out = runs_over(&cl, n, runs);
     if out.is_err() {
         cl.dump_logs();
