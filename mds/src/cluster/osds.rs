@@ -37,11 +37,14 @@ pub struct OsdMap {
     epoch: AtomicU64,
     /// Silent this long, an OSD is marked down.
     timeout: Duration,
+    /// The map is shard 0's leader's, relayed (`adopt`): who is up is
+    /// what it says, not how late its relays come.
+    relayed: std::sync::atomic::AtomicBool,
 }
 
 impl OsdMap {
     pub fn new(timeout: Duration) -> Self {
-        OsdMap { osds: DashMap::new(), epoch: AtomicU64::new(1), timeout }
+        OsdMap { osds: DashMap::new(), epoch: AtomicU64::new(1), timeout, relayed: Default::default() }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -108,19 +111,36 @@ impl OsdMap {
 
     /// The map of shard 0's leader, where the OSDs heartbeat, taken here
     /// as their heartbeats relayed: an OSD up there is heard from now,
-    /// one down there is left to miss its heartbeats here.
+    /// one down there is down here. From the first on, this map no longer
+    /// marks OSDs down by itself: relays late on a busy link are not
+    /// OSDs missing heartbeats (with every OSD marked down so, new files
+    /// failed with ENOSPC in the scaling run).
     pub fn adopt(&self, infos: &[OsdInfo]) {
+        self.relayed.store(true, Ordering::Release);
+        let mut changed = false;
         for o in infos {
             if o.state == OsdState::Up {
                 let usage = OsdUsage { capacity: o.capacity, used: o.used, objects: o.objects, served: o.served };
                 self.heartbeat(o.id.0, &o.addr, &usage);
+            } else if let Some(mut e) = self.osds.get_mut(&o.id.0) {
+                if e.up {
+                    e.up = false;
+                    changed = true;
+                    tracing::warn!(osd = o.id.0, "OSD down in shard 0's leader's map; marked down");
+                }
             }
             self.set_out(o.id.0, o.out);
+        }
+        if changed {
+            self.changed();
         }
     }
 
     /// Mark the OSDs that missed their heartbeats down.
     pub fn mark_silent_down(&self, now: Instant) {
+        if self.relayed.load(Ordering::Acquire) {
+            return;
+        }
         let mut changed = false;
         for mut e in self.osds.iter_mut() {
             let fresh = e.last_seen.is_some_and(|t| now.duration_since(t) < self.timeout);
@@ -197,5 +217,28 @@ impl OsdMap {
             .collect();
         v.sort_by_key(|o| o.id);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relayed_map_follows_shard_0s_leader_and_not_its_own_clock() {
+        let leader = OsdMap::new(Duration::from_secs(60));
+        leader.heartbeat(1, "127.0.0.1:1", &OsdUsage::default());
+        leader.heartbeat(2, "127.0.0.1:2", &OsdUsage::default());
+        let here = OsdMap::new(Duration::from_millis(20));
+        here.adopt(&leader.infos());
+        assert_eq!(here.up(), vec![1, 2]);
+        // The next relay is late: the OSDs are still up here.
+        std::thread::sleep(Duration::from_millis(40));
+        here.mark_silent_down(Instant::now());
+        assert_eq!(here.up(), vec![1, 2], "OSDs marked down for a relay that came late");
+        // Down at the leader: down here.
+        leader.mark_silent_down(Instant::now() + Duration::from_secs(61));
+        here.adopt(&leader.infos());
+        assert!(here.up().is_empty());
     }
 }
