@@ -200,30 +200,40 @@ impl Pool {
     }
 
     /// Heartbeat this client's session with every other process it
-    /// speaks to, and close those no shard goes to any more. A session
-    /// lost there loses its leases; a process that leads nothing now is
-    /// left.
+    /// speaks to. A session lost there loses its leases; a process that
+    /// leads nothing now, or that cannot be reached and leads nothing
+    /// this client knows of, is left (its session's leases count no
+    /// more: the cache counts on the session that lapses first).
     pub async fn beat_procs(&self, io: aifs_common::proto::mds::ClientIo) {
         let Some(keeper) = self.routes.keeper() else { return };
-        let (procs, gone) = self.routes.procs();
-        for p in gone {
-            if let Some(id) = p.session.lock().await.take() {
-                self.routes.lost(id);
-                let _ = tokio::time::timeout(Duration::from_secs(2), self.call_at(&p, MdsReq::CloseSession { id })).await;
-            }
-            p.rpc.close();
-        }
-        for (addr, p) in procs {
+        for (addr, p, used) in self.routes.procs() {
             let Some(id) = *p.session.lock().await else { continue };
             let sent = Instant::now();
-            match self.call_at(&p, MdsReq::SessionHeartbeat { id, io: io.clone() }).await {
-                Ok(_) => keeper.renewed(id, sent),
+            let lost = match self.call_at(&p, MdsReq::SessionHeartbeat { id, io: io.clone() }).await {
+                Ok(_) => {
+                    keeper.renewed(id, sent);
+                    false
+                }
                 Err(e @ (Error::Stale | Error::NotLeader(_))) => {
                     tracing::info!(%addr, error = %e, "session with an MDS process lost; its leases with it");
-                    *p.session.lock().await = None;
-                    self.routes.lost(id);
+                    true
                 }
-                Err(e) => tracing::warn!(%addr, error = %e, "session heartbeat failed"),
+                Err(e) if !used => {
+                    tracing::info!(%addr, error = %e, "an MDS process that leads no shard of this client's cannot be reached; left");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "session heartbeat failed");
+                    false
+                }
+            };
+            if lost {
+                *p.session.lock().await = None;
+                self.routes.lost(id);
+                if !used {
+                    self.routes.forget(addr);
+                    p.rpc.close();
+                }
             }
         }
     }

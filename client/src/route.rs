@@ -113,14 +113,22 @@ impl Routes {
         }
     }
 
-    /// The processes this client has sessions with, and those no shard
-    /// is routed to any more (taken out of the table).
-    pub fn procs(&self) -> (Vec<(SocketAddr, Arc<Proc>)>, Vec<Arc<Proc>>) {
+    /// The processes this client speaks to besides shard 0's leader,
+    /// each with whether a shard is routed to it now. One no shard goes
+    /// to keeps its session while it answers: the shard map read from a
+    /// member between two leaders may name shard 0's leader for a moment,
+    /// and a session closed then would give back its locks.
+    pub fn procs(&self) -> Vec<(SocketAddr, Arc<Proc>, bool)> {
         let used: Vec<SocketAddr> = self.shards.read().map(|s| s.values().copied().collect()).unwrap_or_default();
-        let Ok(mut procs) = self.procs.write() else { return Default::default() };
-        let unused: Vec<SocketAddr> = procs.keys().filter(|a| !used.contains(a)).copied().collect();
-        let gone = unused.iter().filter_map(|a| procs.remove(a)).collect();
-        (procs.iter().map(|(a, p)| (*a, p.clone())).collect(), gone)
+        let Ok(procs) = self.procs.read() else { return Vec::new() };
+        procs.iter().map(|(a, p)| (*a, p.clone(), used.contains(a))).collect()
+    }
+
+    /// Speak to the process at `addr` no more.
+    pub fn forget(&self, addr: SocketAddr) {
+        if let Ok(mut procs) = self.procs.write() {
+            procs.remove(&addr);
+        }
     }
 
     /// Session `id` with a process is over.
