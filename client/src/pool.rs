@@ -185,16 +185,13 @@ impl Pool {
             return Ok(id);
         }
         let keeper = self.routes.keeper().ok_or_else(|| Error::Unavailable("the file system is gone".into()))?;
-        let open = keeper.open_request(self.routes.former());
         let sent = Instant::now();
-        let call = MdsCall { rid: None, cred: crate::cred::current(), req: open };
-        match p.rpc.call::<_, MdsReply>(&call, &[]).await?.0.resp {
+        match self.call_at(p, keeper.open_request(self.routes.former())).await? {
             MdsResp::Session { id, .. } => {
                 keeper.opened(id, sent);
                 *s = Some(id);
                 Ok(id)
             }
-            MdsResp::Err(e) => Err(Error::from_wire(e.code, &e.msg)),
             _ => Err(Error::Protocol("unexpected reply to OpenSession".into())),
         }
     }
@@ -243,6 +240,10 @@ impl Pool {
     /// yet: one that took shards over waits for the clients that may
     /// hold leases on them, whether or not they use those shards now.
     pub async fn learn_shards(&self) {
+        // One process leads every shard of an MDS with one member.
+        if self.mds.members() < 2 {
+            return;
+        }
         let call = MdsCall { rid: None, cred: crate::cred::current(), req: MdsReq::ShardLeaders };
         let leaders = match self.mds.call::<_, MdsReply>(&call, &[]).await {
             Ok((MdsReply { resp: MdsResp::Addrs(v), .. }, _)) => v,
@@ -272,7 +273,7 @@ impl Pool {
 
     /// Close this client's sessions with other processes (unmount).
     pub async fn close_procs(&self) {
-        for p in self.routes.all() {
+        for (_, p, _) in self.routes.procs() {
             if let Some(id) = p.session.lock().await.take() {
                 let _ = tokio::time::timeout(Duration::from_secs(2), self.call_at(&p, MdsReq::CloseSession { id })).await;
             }

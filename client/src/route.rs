@@ -156,11 +156,6 @@ impl Routes {
         self.former.lock().map(|f| f.iter().copied().collect()).unwrap_or_default()
     }
 
-    /// Every process this client speaks to besides shard 0's leader.
-    pub fn all(&self) -> Vec<Arc<Proc>> {
-        self.procs.read().map(|p| p.values().cloned().collect()).unwrap_or_default()
-    }
-
     pub fn keeper(&self) -> Option<Arc<dyn SessionKeeper>> {
         self.keeper.get().and_then(|k| k.upgrade())
     }

@@ -161,11 +161,8 @@ impl ClientFs {
 
     pub(super) async fn open_session(&self) -> Result<u64> {
         let sent = Instant::now();
-        // The sessions this client has elsewhere are named too: the
-        // process that leads shard 0 now may have led their shards.
-        let previous: Vec<SessionId> = self.meta.session().into_iter().chain(self.meta.others()).chain(self.pool.routes.former()).collect();
         let n_locks = self.held_locks.lock().map(|t| t.all().len()).unwrap_or(0);
-        let req = self.session_request(previous);
+        let req = self.open_request(self.pool.routes.former());
         match self.pool.mds(&req).await? {
             MdsResp::Session { id, heartbeat_ms, reclaimed, root_squash } => {
                 if let Ok(mut s) = self.root_squash.lock() {
@@ -217,6 +214,8 @@ impl ClientFs {
 }
 
 impl SessionKeeper for ClientFs {
+    /// Names every session this client has as well as `previous`: the
+    /// process it goes to may have led the shards of any of them.
     fn open_request(&self, previous: Vec<SessionId>) -> MdsReq {
         let previous = previous.into_iter().chain(self.meta.session()).chain(self.meta.others()).collect();
         self.session_request(previous)

@@ -3,7 +3,7 @@
 //! sessions recorded durably so that a restart waits for them.
 use crate::namespace::Namespace;
 use crate::service::MdsService;
-use crate::store::{IoResult, SESSIONS};
+use crate::store::{IoResult, Txn, SESSIONS};
 use super::Call;
 use aifs_common::{Error, InodeId, Owner, Result, SessionId};
 use aifs_common::proto::mds::{ClientIo, HeldLock, MdsResp};
@@ -52,9 +52,9 @@ pub async fn stored_sessions(ns: &Namespace) -> Result<Vec<(SessionId, Owner)>> 
 /// moment), and drop `previous`, the sessions it replaces; `rid`'s record
 /// (the open's at-most-once answer) goes with the first shard's.
 async fn store_session(ns: &Namespace, id: SessionId, stored: Vec<u8>, previous: Vec<SessionId>, rid: Option<aifs_common::proto::mds::ReqId>, answer: (u64, u64)) -> Result<()> {
-    let commits = ns.led().enumerate().map(|(k, shard)| {
+    in_each_led(ns, |k| {
         let (stored, previous) = (stored.clone(), previous.clone());
-        shard.mutate(move |txn| {
+        move |txn: &Txn| {
             let mut t = txn.open_table(SESSIONS).io()?;
             t.insert(id.0, stored.as_slice()).io()?;
             for p in &previous {
@@ -65,9 +65,18 @@ async fn store_session(ns: &Namespace, id: SessionId, stored: Vec<u8>, previous:
                 0 => crate::once::record(txn, rid, answer),
                 _ => Ok(()),
             }
-        })
-    });
-    futures::future::try_join_all(commits).await?;
+        }
+    })
+    .await
+}
+
+/// Commit `change(k)` in the `k`th shard led here, in every one of them
+/// at once (each commit joins the others' of the moment).
+async fn in_each_led<F>(ns: &Namespace, change: impl Fn(usize) -> F) -> Result<()>
+where
+    F: Fn(&Txn) -> Result<()> + Send + 'static,
+{
+    futures::future::try_join_all(ns.led().enumerate().map(|(k, shard)| shard.mutate(change(k)))).await?;
     Ok(())
 }
 
@@ -77,18 +86,17 @@ impl MdsService {
         if ids.is_empty() {
             return Ok(());
         }
-        let commits = self.ns.led().map(|shard| {
+        in_each_led(&self.ns, |_| {
             let ids = ids.to_vec();
-            shard.mutate(move |txn| {
+            move |txn: &Txn| {
                 let mut t = txn.open_table(SESSIONS).io()?;
                 for id in &ids {
                     t.remove(id.0).io()?;
                 }
                 Ok(())
-            })
-        });
-        futures::future::try_join_all(commits).await?;
-        Ok(())
+            }
+        })
+        .await
     }
 
     pub(crate) async fn open_session(&self, c: &mut Call<'_>, name: String, dir_leases: bool, previous: Vec<SessionId>, open: Vec<InodeId>, locks: Vec<HeldLock>) -> Result<MdsResp> {

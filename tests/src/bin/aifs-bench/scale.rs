@@ -59,7 +59,7 @@ struct Client {
     session: std::sync::Mutex<SessionId>,
     dir: InodeId,
     /// The pool's sessions with other processes: a name, nothing else.
-    _keeper: Arc<dyn SessionKeeper>,
+    keeper: Arc<dyn SessionKeeper>,
 }
 
 /// A simulated node keeps sessions with no files open and no locks, and
@@ -119,7 +119,7 @@ async fn connect(cl: &ProcCluster) -> Result<Vec<Arc<Client>>> {
             let open = MdsReq::OpenSession { name: format!("scale{i}"), dir_leases: false, previous: vec![], open: vec![], locks: vec![] };
             let MdsResp::Session { id: session, .. } = pool.mds(&open).await? else { bail!("unexpected reply to OpenSession") };
             pool.learn_shards().await;
-            anyhow::Ok(Arc::new(Client { pool, session: std::sync::Mutex::new(session), dir, _keeper: keeper }))
+            anyhow::Ok(Arc::new(Client { pool, session: std::sync::Mutex::new(session), dir, keeper }))
         }
     });
     futures::future::try_join_all(nodes).await
@@ -168,7 +168,7 @@ impl Client {
         match self.pool.mds(&MdsReq::SessionHeartbeat { id, io: Default::default() }).await {
             Ok(_) => {}
             Err(aifs_common::Error::Stale) => {
-                let open = self._keeper.open_request(vec![id]);
+                let open = self.keeper.open_request(vec![id]);
                 let MdsResp::Session { id, .. } = self.pool.mds(&open).await? else { bail!("unexpected reply to OpenSession") };
                 *self.session.lock().unwrap_or_else(|e| e.into_inner()) = id;
             }
