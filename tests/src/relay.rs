@@ -13,8 +13,9 @@
 //! socket. Both directions share one queue: the link is one wire, with
 //! its rate shared by what goes in and what comes out. The delay is the
 //! same for every datagram, so the queue is in order of departure.
-//! A queue longer than [`QUEUE_LIMIT`] drops what arrives, as a router's
-//! does; QUIC sends it again. A link can also be cut for some sources
+//! A link with a rate holds at most [`QUEUE_TIME`] of its bytes waiting,
+//! and drops what arrives beyond that, as a router's queue does; QUIC
+//! sends it again. A link can also be cut for some sources
 //! only (`LinkStats::cut_from`): what they send, and what goes back to
 //! them, is dropped, while everyone else gets through (a partition that
 //! parts an MDS from the other members but not from its clients).
@@ -27,8 +28,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// Datagrams queued on one link before it drops what comes.
-const QUEUE_LIMIT: u64 = 4096;
+/// The most a link with a rate keeps waiting, in time on its wire: about
+/// what a router's port buffers. (A queue of seconds would hold every
+/// exchange behind the bulk traffic for that long, and no Raft group
+/// could keep a leader over it.)
+const QUEUE_TIME: Duration = Duration::from_millis(50);
 
 /// Largest datagram relayed (UDP's own limit).
 const MAX_DATAGRAM: usize = 65_535;
@@ -48,6 +52,11 @@ pub struct LinkStats {
     pub datagrams: AtomicU64,
     pub bytes: AtomicU64,
     pub dropped: AtomicU64,
+    /// Of `bytes`, those of exchanges with the sources of `from_members`.
+    pub member_bytes: AtomicU64,
+    /// Sources that are other MDS members (`ProcCluster::start_spread`).
+    pub from_members: std::sync::RwLock<Vec<IpAddr>>,
+    /// Bytes waiting for the wire.
     queued: AtomicU64,
     cut: std::sync::RwLock<Vec<IpAddr>>,
 }
@@ -69,6 +78,8 @@ struct Held {
     from: Arc<UdpSocket>,
     to: SocketAddr,
     bytes: Vec<u8>,
+    /// From or to another MDS member.
+    member: bool,
 }
 
 /// Relays running on a thread of their own; stopped on drop.
@@ -90,7 +101,7 @@ impl Relays {
         let stats = Arc::new(LinkStats::default());
         let (tx, rx) = mpsc::unbounded_channel();
         rt.spawn(wire(rx, link, stats.clone()));
-        rt.spawn(listen_side(sock, target, link.delay, tx, stats.clone()));
+        rt.spawn(listen_side(sock, target, link, tx, stats.clone()));
         self.links.push((listen, stats.clone()));
         Ok(stats)
     }
@@ -106,18 +117,20 @@ impl Drop for Relays {
 
 /// Put `bytes`, from or to the source `peer`, on the link's queue, unless
 /// the queue is full or the link is cut for that source.
-fn hold(tx: &mpsc::UnboundedSender<Held>, stats: &LinkStats, delay: Duration, from: &Arc<UdpSocket>, to: SocketAddr, peer: IpAddr, bytes: &[u8]) {
-    if stats.queued.load(Ordering::Relaxed) >= QUEUE_LIMIT || stats.is_cut(peer) {
+fn hold(tx: &mpsc::UnboundedSender<Held>, stats: &LinkStats, link: Link, from: &Arc<UdpSocket>, to: SocketAddr, peer: IpAddr, bytes: &[u8]) {
+    let room = link.bytes_per_s.map_or(u64::MAX, |r| (r as f64 * QUEUE_TIME.as_secs_f64()) as u64);
+    if stats.queued.load(Ordering::Relaxed) + bytes.len() as u64 > room || stats.is_cut(peer) {
         stats.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    stats.queued.fetch_add(1, Ordering::Relaxed);
-    let _ = tx.send(Held { due: Instant::now() + delay, from: from.clone(), to, bytes: bytes.to_vec() });
+    stats.queued.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    let member = stats.from_members.read().unwrap_or_else(|e| e.into_inner()).contains(&peer);
+    let _ = tx.send(Held { due: Instant::now() + link.delay, from: from.clone(), to, bytes: bytes.to_vec(), member });
 }
 
 /// The listening side: datagrams from sources towards the target, each
 /// source through a socket of its own.
-async fn listen_side(sock: Arc<UdpSocket>, target: SocketAddr, delay: Duration, tx: mpsc::UnboundedSender<Held>, stats: Arc<LinkStats>) {
+async fn listen_side(sock: Arc<UdpSocket>, target: SocketAddr, link: Link, tx: mpsc::UnboundedSender<Held>, stats: Arc<LinkStats>) {
     let mut towards: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let bind = SocketAddr::new(sock.local_addr().map(|a| a.ip()).unwrap_or([0, 0, 0, 0].into()), 0);
@@ -127,21 +140,21 @@ async fn listen_side(sock: Arc<UdpSocket>, target: SocketAddr, delay: Duration, 
             Some(u) => u.clone(),
             None => {
                 let Ok(u) = UdpSocket::bind(bind).await.map(Arc::new) else { continue };
-                tokio::spawn(target_side(u.clone(), sock.clone(), src, delay, tx.clone(), stats.clone()));
+                tokio::spawn(target_side(u.clone(), sock.clone(), src, link, tx.clone(), stats.clone()));
                 towards.insert(src, u.clone());
                 u
             }
         };
-        hold(&tx, &stats, delay, &up, target, src.ip(), &buf[..n]);
+        hold(&tx, &stats, link, &up, target, src.ip(), &buf[..n]);
     }
 }
 
 /// What the target sends back to one source's socket goes to the source.
-async fn target_side(up: Arc<UdpSocket>, down: Arc<UdpSocket>, src: SocketAddr, delay: Duration, tx: mpsc::UnboundedSender<Held>, stats: Arc<LinkStats>) {
+async fn target_side(up: Arc<UdpSocket>, down: Arc<UdpSocket>, src: SocketAddr, link: Link, tx: mpsc::UnboundedSender<Held>, stats: Arc<LinkStats>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let Ok(n) = up.recv(&mut buf).await else { continue };
-        hold(&tx, &stats, delay, &down, src, src.ip(), &buf[..n]);
+        hold(&tx, &stats, link, &down, src, src.ip(), &buf[..n]);
     }
 }
 
@@ -156,11 +169,14 @@ async fn wire(mut rx: mpsc::UnboundedReceiver<Held>, link: Link, stats: Arc<Link
             free_at = leave + Duration::from_secs_f64(h.bytes.len() as f64 / rate.max(1) as f64);
         }
         tokio::time::sleep_until(leave).await;
-        stats.queued.fetch_sub(1, Ordering::Relaxed);
+        stats.queued.fetch_sub(h.bytes.len() as u64, Ordering::Relaxed);
         // Counted as it goes on the wire: its receiver may look at the
         // counts as soon as it has it.
         stats.datagrams.fetch_add(1, Ordering::Relaxed);
         stats.bytes.fetch_add(h.bytes.len() as u64, Ordering::Relaxed);
+        if h.member {
+            stats.member_bytes.fetch_add(h.bytes.len() as u64, Ordering::Relaxed);
+        }
         let _ = h.from.send_to(&h.bytes, h.to).await;
     }
 }
@@ -211,20 +227,31 @@ mod tests {
         assert!(t.elapsed() >= delay * 2, "answered after {:?}", t.elapsed());
         assert_eq!(stats.datagrams.load(Ordering::Relaxed), 4);
 
-        // 10 datagrams of 1,000 bytes at 20,000 bytes a second, there and
-        // back: 20,000 bytes on the wire take a second.
+        // 10 round trips of 1,000 bytes at 20,000 bytes a second: 20,000
+        // bytes on the wire take a second.
         let listen = free_udp();
-        relays.add(listen, target, Link { delay: Duration::ZERO, bytes_per_s: Some(20_000) }).unwrap();
+        let slow = relays.add(listen, target, Link { delay: Duration::ZERO, bytes_per_s: Some(20_000) }).unwrap();
         let t = std::time::Instant::now();
-        for _ in 0..10 {
-            a.send_to(&[7u8; 1000], listen).unwrap();
-        }
         let mut big = [0u8; 2048];
         for _ in 0..10 {
+            a.send_to(&[7u8; 1000], listen).unwrap();
             assert_eq!(a.recv(&mut big).unwrap(), 1000);
         }
         let took = t.elapsed();
         assert!(took >= Duration::from_millis(900), "10 round trips of 1,000 bytes took {took:?}");
+        // 10 at once: the queue holds 50 ms of the wire, 1,000 bytes, so
+        // all but the first (or the first two, if the first has left
+        // before the second comes) are dropped.
+        for _ in 0..10 {
+            a.send_to(&[7u8; 1000], listen).unwrap();
+        }
+        a.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut answered = 0;
+        while a.recv(&mut big).is_ok() {
+            answered += 1;
+        }
+        assert!((1..=2).contains(&answered), "{answered} of 10 datagrams sent at once got through a queue of one");
+        assert!(slow.dropped.load(Ordering::Relaxed) >= 8);
 
         // Cut for one source only: the other still gets through, and the
         // cut one again once healed.

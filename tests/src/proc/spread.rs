@@ -56,8 +56,10 @@ impl ProcCluster {
         let known: Vec<SocketAddr> = nets.iter().zip(&p).map(|(ns, port)| SocketAddr::from((ns.here, *port))).collect();
         let inside: Vec<SocketAddr> = nets.iter().zip(&p).map(|(ns, port)| SocketAddr::from((ns.there, *port))).collect();
         let mut relays = Relays::new()?;
+        let members: Vec<std::net::IpAddr> = nets.iter().map(|ns| ns.there.into()).collect();
         for (k, i) in known.iter().zip(&inside) {
-            relays.add(*k, *i, link)?;
+            let stats = relays.add(*k, *i, link)?;
+            *stats.from_members.write().unwrap_or_else(|e| e.into_inner()) = members.clone();
         }
         // Members known at addresses other than loopback's: `mdsctl init`
         // writes the network's transport settings itself.
