@@ -749,8 +749,9 @@ async fn malformed_frames_get_errors_and_the_server_serves_on() {
     let good = aifs_common::proto::Message::encode(&MdsReq::Statfs).unwrap();
     let mut garbage_hdr = (64u32).to_le_bytes().to_vec();
     garbage_hdr.extend_from_slice(&[0xAB; 64]);
-    let mut truncated = (good.len() as u32 + 10).to_le_bytes().to_vec();
-    truncated.extend_from_slice(&good);
+    let mut truncated = aifs_common::proto::frame::framed_header(&good).unwrap();
+    let promised = u32::from_le_bytes([truncated[0], truncated[1], truncated[2], truncated[3]]) + 10;
+    truncated[..4].copy_from_slice(&promised.to_le_bytes());
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage header", garbage_hdr),
         ("oversized length", (u32::MAX).to_le_bytes().to_vec()),
@@ -762,8 +763,7 @@ async fn malformed_frames_get_errors_and_the_server_serves_on() {
         // Every bad frame is answered with a protocol error.
         let reply = raw(&ep, addr, &bytes).await.unwrap_or_else(|e| panic!("{what}: no reply ({e})"));
         assert!(reply.len() > 4, "{what}: a reply of {} bytes", reply.len());
-        let mut a = rkyv::util::AlignedVec::<16>::new();
-        a.extend_from_slice(&reply[4..]);
+        let a = aifs_common::proto::frame::unpack(&reply[4..], 1 << 20).unwrap();
         let resp: MdsResp = aifs_common::proto::Message::decode(&a).unwrap();
         assert!(matches!(resp, MdsResp::Err(ref e) if e.code == 302), "{what}: expected a protocol error reply, got {resp:?}");
         // and a well-formed request on a fresh connection still works
@@ -790,16 +790,14 @@ async fn malformed_frames_get_errors_and_the_server_serves_on() {
     let short = OsdReq::Write { obj, off: 0, len: 1000, crcs: block_crcs(0, &[0u8; 1000]) };
     for req in [huge, short] {
         let h = aifs_common::proto::Message::encode(&OsdCall::from(req.clone())).unwrap();
-        let mut frame = (h.len() as u32).to_le_bytes().to_vec();
-        frame.extend_from_slice(&h);
+        let mut frame = aifs_common::proto::frame::framed_header(&h).unwrap();
         frame.extend_from_slice(&[0u8; 10]);
         let conn = ep.connect(osd, "osd.aifs").unwrap().await.unwrap();
         let (mut s, mut r) = conn.open_bi().await.unwrap();
         s.write_all(&frame).await.unwrap();
         s.finish().unwrap();
         let reply = r.read_to_end(1 << 20).await.unwrap();
-        let mut a = rkyv::util::AlignedVec::<16>::new();
-        a.extend_from_slice(&reply[4..]);
+        let a = aifs_common::proto::frame::unpack(&reply[4..], 1 << 20).unwrap();
         let resp: OsdResp = aifs_common::proto::Message::decode(&a).unwrap();
         assert!(matches!(resp, OsdResp::Err(ref e) if e.code == 302), "{req:?}: {resp:?}");
     }

@@ -1,8 +1,15 @@
 //! Framing of one request or response on a QUIC stream:
-//! `u32 little-endian header length | rkyv header | raw payload bytes`.
+//! `u32 little-endian length | packed rkyv header | raw payload bytes`.
 //! The header is checked with bytecheck (`rkyv::from_bytes`, never the
 //! unchecked accessors) before anything reads it; the payload length comes
 //! from the validated header and is bounded.
+//!
+//! Packed: an archived enum is as large as its largest variant, so a
+//! request or an answer of a few fields is mostly zeros (a Raft append's
+//! call header: 169 of 176 bytes; a small answer: 270 of 272). On the
+//! wire the header's runs of zeros are left out ([`pack`], [`unpack`]):
+//! a sequence of `varint zeros | varint n | n bytes`, which cuts a small
+//! call's header and answer from about 450 bytes to about 20.
 use crate::error::{Error, Result};
 use bytes::{Bytes, BytesMut};
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
@@ -17,6 +24,91 @@ use rkyv::{Archive, Deserialize, Serialize};
 pub const MAX_HEADER: u32 = 4 << 20;
 /// Largest raw payload on one stream: a stripe unit is at most 64 MiB.
 pub const MAX_PAYLOAD: u64 = 64 << 20;
+
+/// What packing may add to a header with no runs of zeros to leave out:
+/// the first run's two lengths.
+const PACK_SLACK: u32 = 16;
+
+/// Runs of zeros shorter than this stay in the bytes around them: leaving
+/// one out costs up to this many bytes of lengths.
+const MIN_RUN: usize = 4;
+
+/// A packed header read from a peer may unpack to at most this many
+/// times its size, plus [`UNPACK_FREE`]: a peer makes this side hold
+/// little more memory than it sends. The free part holds the largest
+/// header of zeros a request may rightly carry (an xattr value of 64 KiB),
+/// so that one is answered for what it is (E2BIG past the xattr limit),
+/// not refused as malformed.
+const UNPACK_RATIO: usize = 64;
+const UNPACK_FREE: usize = 128 << 10;
+
+fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn get_varint(bytes: &[u8], at: &mut usize) -> Result<usize> {
+    let mut n: usize = 0;
+    for shift in (0..35).step_by(7) {
+        let b = *bytes.get(*at).ok_or_else(|| Error::Protocol("packed header: truncated length".into()))?;
+        *at += 1;
+        n |= ((b & 0x7f) as usize) << shift;
+        if b & 0x80 == 0 {
+            return Ok(n);
+        }
+    }
+    Err(Error::Protocol("packed header: length too long".into()))
+}
+
+/// `bytes` with its runs of [`MIN_RUN`] zeros or more left out.
+pub fn pack(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() / 4 + 8);
+    pack_into(&mut out, bytes);
+    out
+}
+
+fn pack_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut i = 0;
+    while i < bytes.len() {
+        let zeros = bytes[i..].iter().take_while(|b| **b == 0).count();
+        let start = i + zeros;
+        // The literal bytes run to the next run of MIN_RUN zeros.
+        let mut end = start;
+        while end < bytes.len() {
+            let run = bytes[end..].iter().take(MIN_RUN).take_while(|b| **b == 0).count();
+            if run == MIN_RUN || end + run == bytes.len() && run > 0 {
+                break;
+            }
+            end += run.max(1);
+        }
+        put_varint(out, zeros);
+        put_varint(out, end - start);
+        out.extend_from_slice(&bytes[start..end]);
+        i = end;
+    }
+}
+
+/// The bytes `packed` was made from, into aligned memory: at most `limit`
+/// of them. Malformed input is an error, never a panic.
+pub fn unpack(packed: &[u8], limit: usize) -> Result<AlignedVec> {
+    let mut out = AlignedVec::<16>::with_capacity(packed.len().min(limit));
+    let mut at = 0;
+    while at < packed.len() {
+        let zeros = get_varint(packed, &mut at)?;
+        let n = get_varint(packed, &mut at)?;
+        let literal = packed.get(at..at.saturating_add(n)).ok_or_else(|| Error::Protocol("packed header: truncated bytes".into()))?;
+        at += n;
+        if out.len().saturating_add(zeros).saturating_add(n) > limit {
+            return Err(Error::Protocol(format!("packed header unpacks past {limit} bytes")));
+        }
+        out.resize(out.len() + zeros, 0);
+        out.extend_from_slice(literal);
+    }
+    Ok(out)
+}
 
 /// A wire message. `payload_len` is the number of raw bytes that follow the
 /// header on the same stream.
@@ -44,26 +136,32 @@ where
     rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(|e| Error::Protocol(format!("malformed header: {e}")))
 }
 
-/// The 4-byte length prefix for a header.
-pub fn prefix(header: &[u8]) -> Result<[u8; 4]> {
-    let n = u32::try_from(header.len()).map_err(|_| Error::Protocol("header too large".into()))?;
-    if n > MAX_HEADER {
-        return Err(Error::Protocol(format!("header of {n} bytes exceeds {MAX_HEADER}")));
+/// A header as it goes on the wire: the 4-byte length of the packed
+/// header, then the packed header.
+pub fn framed_header(header: &[u8]) -> Result<Vec<u8>> {
+    if header.len() > MAX_HEADER as usize {
+        return Err(Error::Protocol(format!("header of {} bytes exceeds {MAX_HEADER}", header.len())));
     }
-    Ok(n.to_le_bytes())
+    let mut out = Vec::with_capacity(4 + header.len() / 4 + 8);
+    out.extend_from_slice(&[0; 4]);
+    pack_into(&mut out, header);
+    let n = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&n.to_le_bytes());
+    Ok(out)
 }
 
-/// Read one length-prefixed header from a stream into aligned memory.
+/// Read one length-prefixed packed header from a stream, unpacked into
+/// aligned memory.
 pub async fn read_header(recv: &mut quinn::RecvStream) -> Result<AlignedVec> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.map_err(|e| Error::Protocol(format!("truncated frame length: {e}")))?;
     let n = u32::from_le_bytes(len);
-    if n == 0 || n > MAX_HEADER {
-        return Err(Error::Protocol(format!("header length {n} out of range 1..={MAX_HEADER}")));
+    if n == 0 || n > MAX_HEADER + PACK_SLACK {
+        return Err(Error::Protocol(format!("header length {n} out of range 1..={}", MAX_HEADER + PACK_SLACK)));
     }
     // Grow with the bytes that actually arrive: a peer that announces a
     // large header and sends nothing pins no memory.
-    let mut buf = AlignedVec::<16>::with_capacity((n as usize).min(64 * 1024));
+    let mut buf = Vec::with_capacity((n as usize).min(64 * 1024));
     while buf.len() < n as usize {
         match recv.read_chunk(n as usize - buf.len(), true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
@@ -71,7 +169,7 @@ pub async fn read_header(recv: &mut quinn::RecvStream) -> Result<AlignedVec> {
             Err(e) => return Err(Error::Protocol(format!("truncated header: {e}"))),
         }
     }
-    Ok(buf)
+    unpack(&buf, (MAX_HEADER as usize).min(buf.len() * UNPACK_RATIO + UNPACK_FREE))
 }
 
 /// Payloads at least this large land 4 KiB-aligned in memory, so that an
@@ -138,10 +236,8 @@ async fn read_aligned(recv: &mut quinn::RecvStream, len: usize) -> Result<Bytes>
 
 /// Write a header frame, then the payload chunks, on a send stream.
 pub async fn write_frame(send: &mut quinn::SendStream, header: &[u8], payload: &[Bytes]) -> Result<()> {
-    let p = prefix(header)?;
-    let mut chunks = Vec::with_capacity(2 + payload.len());
-    chunks.push(Bytes::copy_from_slice(&p));
-    chunks.push(Bytes::copy_from_slice(header));
+    let mut chunks = Vec::with_capacity(1 + payload.len());
+    chunks.push(Bytes::from(framed_header(header)?));
     chunks.extend(payload.iter().filter(|b| !b.is_empty()).cloned());
     send.write_all_chunks(&mut chunks).await.map_err(|e| Error::Transport(format!("send: {e}")))?;
     Ok(())

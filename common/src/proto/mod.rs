@@ -12,7 +12,7 @@ pub use frame::{Message, MAX_HEADER, MAX_PAYLOAD};
 
 #[cfg(test)]
 mod tests {
-    use super::frame::{prefix, Message, MAX_HEADER};
+    use super::frame::{framed_header, pack, unpack, Message, MAX_HEADER};
     use super::mds::{MdsCall, MdsReq, MdsResp};
     use crate::perm::Cred;
     use super::osd::{OsdReq, OsdResp};
@@ -67,8 +67,43 @@ mod tests {
 
     #[test]
     fn oversized_headers_are_refused() {
-        assert!(prefix(&vec![0u8; MAX_HEADER as usize + 1]).is_err());
-        assert_eq!(prefix(&[1, 2, 3]).unwrap(), 3u32.to_le_bytes());
+        assert!(framed_header(&vec![0u8; MAX_HEADER as usize + 1]).is_err());
+        assert_eq!(framed_header(&[1, 2, 3]).unwrap(), [5, 0, 0, 0, 0, 3, 1, 2, 3]);
+    }
+
+    /// The golden Lookup header as it goes on the wire: its length, then
+    /// runs of zeros left out (`zeros | n | n bytes`). 112 bytes in 15.
+    #[test]
+    fn golden_packed_lookup_frame() {
+        let framed = framed_header(GOLDEN_LOOKUP).unwrap();
+        assert_eq!(framed, [15, 0, 0, 0, 8, 1, 1, 7, 8, 99, 107, 112, 116, 255, 255, 255, 255, 88, 0]);
+        assert_eq!(unpack(&framed[4..], MAX_HEADER as usize).unwrap().as_slice(), GOLDEN_LOOKUP);
+    }
+
+    #[test]
+    fn malformed_packed_headers_fail_cleanly() {
+        let limit = MAX_HEADER as usize;
+        // A length cut short, bytes promised and not there, a length
+        // that never ends.
+        assert!(unpack(&[0x80], limit).is_err());
+        assert!(unpack(&[0, 5, 1, 2], limit).is_err());
+        assert!(unpack(&[0xff; 8], limit).is_err());
+        // Past the limit.
+        assert!(unpack(&[100, 0], 99).is_err());
+        assert_eq!(unpack(&[100, 0], 100).unwrap().len(), 100);
+        assert_eq!(unpack(&[], limit).unwrap().len(), 0);
+    }
+
+    /// The sizes that made packing worth it: a call and an answer of the
+    /// largest enums, with a few fields each.
+    #[test]
+    fn small_calls_and_answers_pack_to_a_few_bytes() {
+        let call = MdsCall::new(MdsReq::GetAttr { ino: InodeId(0x0100_0000_0000_0005) }, Cred::user(1000, 1000, vec![]));
+        let answer = MdsResp::Done;
+        for bytes in [call.encode().unwrap(), answer.encode().unwrap()] {
+            let packed = pack(&bytes);
+            assert!(packed.len() * 5 < bytes.len(), "{} bytes packed to {}", bytes.len(), packed.len());
+        }
     }
 
     /// What a damaged header decodes to, if anything, is a well-formed
@@ -119,6 +154,20 @@ mod tests {
             let call = MdsCall::new(req, Cred::user(uid, uid ^ 1, groups));
             let enc = call.encode().unwrap();
             prop_assert_eq!(MdsCall::decode(&enc).unwrap(), call);
+        }
+
+        /// Any bytes unpack to themselves, whatever their zeros.
+        #[test]
+        fn packing_round_trips(bytes in proptest::collection::vec(prop_oneof![Just(0u8), Just(0u8), any::<u8>()], 0..2048)) {
+            let packed = pack(&bytes);
+            prop_assert!(packed.len() <= bytes.len() + 8);
+            let unpacked = unpack(&packed, MAX_HEADER as usize).unwrap();
+            prop_assert_eq!(unpacked.as_slice(), &bytes[..]);
+        }
+
+        #[test]
+        fn random_packed_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = unpack(&bytes, MAX_HEADER as usize);
         }
 
         #[test]

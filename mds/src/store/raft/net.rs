@@ -7,7 +7,9 @@
 use super::codec::{decode, encode, DiskEntry, DiskLogId, DiskStoredMembership, DiskVote};
 use super::{Cfg, NodeId, ShardRaft};
 use aifs_common::certs::Role;
+use aifs_common::proto::frame::{pack, unpack};
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp};
+use aifs_common::proto::MAX_PAYLOAD;
 use aifs_common::rpc::RpcClient;
 use aifs_common::{Error, Result};
 use bytes::Bytes;
@@ -71,7 +73,7 @@ pub async fn serve(
     standing: impl FnOnce(NodeId) -> Result<(bool, bool)>,
     heard: impl FnOnce(),
 ) -> Result<Vec<u8>> {
-    let resp = match decode::<WireReq>(req)? {
+    let resp = match decode::<WireReq>(&unpack(req, MAX_PAYLOAD as usize)?)? {
         WireReq::Held { member } => {
             let (held, votes) = standing(member)?;
             WireResp::Held { held, votes }
@@ -88,8 +90,8 @@ pub async fn serve(
                 Ok(AppendEntriesResponse::Success) => WireResp::Appended(Appended::Success),
                 Ok(AppendEntriesResponse::PartialSuccess(l)) => WireResp::Appended(Appended::Partial(log_id(&l))),
                 Ok(AppendEntriesResponse::Conflict) => WireResp::Appended(Appended::Conflict),
-                Ok(AppendEntriesResponse::HigherVote(v)) => return encode(&WireResp::Appended(Appended::HigherVote((&v).into()))),
-                Err(e) => return encode(&WireResp::Refused(e.to_string())),
+                Ok(AppendEntriesResponse::HigherVote(v)) => return packed(&WireResp::Appended(Appended::HigherVote((&v).into()))),
+                Err(e) => return packed(&WireResp::Refused(e.to_string())),
             };
             heard();
             resp
@@ -112,7 +114,18 @@ pub async fn serve(
             }
         }
     };
-    encode(&resp)
+    packed(&resp)
+}
+
+/// A Raft message as it crosses the network: rkyv, its runs of zeros
+/// left out as a frame's header's are (most of a small message is the
+/// padding of its enums; a follower's bytes a file are what limits the
+/// scaling run).
+fn packed<T>(v: &T) -> Result<Vec<u8>>
+where
+    T: for<'a> rkyv::Serialize<rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>>,
+{
+    Ok(pack(&encode(v)?))
 }
 
 /// One RPC client per peer MDS, shared by every group's network.
@@ -154,12 +167,12 @@ impl PeerClients {
 /// Send `req` for shard `shard`'s group over `client`; the answer within
 /// `limit` (a late one is an I/O error, not the peer unreachable).
 async fn exchange(client: &RpcClient, shard: u32, req: &WireReq, limit: std::time::Duration) -> Result<WireResp> {
-    let body = encode(req)?;
+    let body = packed(req)?;
     let call = MdsCall::from(MdsReq::Raft { shard, len: body.len() as u64 });
     let sent = tokio::time::timeout(limit, client.call::<_, MdsReply>(&call, &[Bytes::from(body)])).await;
     let (reply, bytes) = sent.map_err(|_| Error::Io(format!("no answer in {limit:?}")))??;
     match reply.resp {
-        MdsResp::Raft { .. } => decode::<WireResp>(&bytes),
+        MdsResp::Raft { .. } => decode::<WireResp>(&unpack(&bytes, MAX_PAYLOAD as usize)?),
         // The peer's own error: it answered, so not "unreachable".
         MdsResp::Err(e) => Err(Error::Io(format!("refused: {}", Error::from_wire(e.code, &e.msg)))),
         other => Err(Error::Protocol(format!("unexpected answer {other:?}"))),

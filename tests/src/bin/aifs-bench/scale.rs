@@ -38,13 +38,13 @@ const CLIENTS: usize = 64;
 /// How long each run's load goes on.
 const RUN_FOR: Duration = Duration::from_secs(4);
 
-/// An MDS host's link: 1 ms each way, and 1.5 MB/s (12 Mbit/s) both ways
-/// together. A file's four requests and their answers take about 2.5 KB
-/// on the wire, so one link carries about 600 files a second: about half
-/// a core of one MDS process's CPU on this machine (4 MB/s links kept one
-/// process a full core busy at 60% of the link, the cores the limit
-/// again).
-const LINK: Link = Link { delay: Duration::from_millis(1), bytes_per_s: Some(1_500_000) };
+/// An MDS host's link: 1 ms each way, and 0.5 MB/s (4 Mbit/s) both ways
+/// together. A file's four requests and their answers take about 0.9 KB
+/// on the wire (packed headers), so one link carries about 550 files a
+/// second: about half a core of one MDS process's CPU on this machine.
+/// (At 1.5 MB/s one process used 1.4 cores at 80% of its link, the
+/// cores the limit again.)
+const LINK: Link = Link { delay: Duration::from_millis(1), bytes_per_s: Some(1_000_000) };
 
 /// MDS processes in each row.
 const PROCESSES: [usize; 4] = [1, 2, 3, 4];
