@@ -11,6 +11,7 @@ use aifs_common::proto::osd::{OsdCall, OsdResp};
 use aifs_common::ids::mix;
 use aifs_common::rpc::RpcClient;
 use crate::route::{Proc, Routes};
+use aifs_common::perm::Cred;
 use aifs_common::{Error, OsdId, Result, SessionId};
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -113,18 +114,7 @@ impl Pool {
                 retry: attempt > 0,
             });
             let proc = shard.and_then(|s| self.routes.proc_for(s, self.mds.addr(), &self.endpoint));
-            let mut req = req.clone();
-            let r = match &proc {
-                Some(p) => self.session_at(p).await.map(|id| req.set_session(id)),
-                None => Ok(()),
-            };
-            let call = MdsCall { rid, cred: cred.clone(), req };
-            let rpc = proc.as_ref().map_or(&self.mds, |p| &p.rpc);
-            let sent = match r {
-                Ok(()) => rpc.call::<_, MdsReply>(&call, &[]).await.map(|(r, _)| r),
-                Err(e) => Err(e),
-            };
-            let (r, session) = match sent {
+            let (r, session) = match self.send(proc.as_deref(), req, rid, cred.clone()).await {
                 Ok(MdsReply { session, resp: MdsResp::Err(e) }) => match Error::from_wire(e.code, &e.msg) {
                     // A member that does not lead: go to the one it names.
                     Error::NotLeader(hint) => (Err(Error::NotLeader(hint)), None),
@@ -175,6 +165,17 @@ impl Pool {
                 Err(e) => return (Err(e), session),
             }
         }
+    }
+
+    /// Send `req` once: to shard 0's leader, or to process `proc` under
+    /// this client's session there (opened first if it has none).
+    async fn send(&self, proc: Option<&Proc>, req: &MdsReq, rid: Option<ReqId>, cred: Cred) -> Result<MdsReply> {
+        let mut req = req.clone();
+        if let Some(p) = proc {
+            req.set_session(self.session_at(p).await?);
+        }
+        let rpc = proc.map_or(&self.mds, |p| &p.rpc);
+        rpc.call::<_, MdsReply>(&MdsCall { rid, cred, req }, &[]).await.map(|(r, _)| r)
     }
 
     /// This client's session with process `p`, opened (naming the
