@@ -129,6 +129,24 @@ pub fn allowed(peer: &Peer, req: &MdsReq) -> aifs_common::Result<()> {
     }
 }
 
+impl Front {
+    /// A heartbeat for a session this process does not know, while
+    /// another process leads shard 0, is for the session the client has
+    /// there: its pool was sent here by a "not leader" that named no one
+    /// (a leader no majority acknowledged for a moment). It is told to go
+    /// to shard 0's leader, not that its session is gone, which would
+    /// empty its cache and open another. (A session with this process
+    /// that it lost is opened again either way.)
+    fn home_elsewhere(&self, reply: MdsReply) -> MdsReply {
+        match &reply.resp {
+            MdsResp::Err(e) if Error::from_wire(e.code, &e.msg) == Error::Stale && !self.replica.leads_zero() => {
+                Self::error(Error::NotLeader(self.replica.leader_hint(0)))
+            }
+            _ => reply,
+        }
+    }
+}
+
 impl Service for Front {
     type Req = MdsCall;
     type Resp = MdsReply;
@@ -172,8 +190,12 @@ impl Service for Front {
             true => self.active().and_then(|a| a.led.iter().position(|l| *l)).map_or(0, |s| s as u32),
             false => self.route(&call.req),
         };
+        let heartbeat = matches!(call.req, MdsReq::SessionHeartbeat { .. });
         match self.leading(shard).await {
-            Some(a) => a.svc.call(peer, call, payload).await,
+            Some(a) => {
+                let (reply, body) = a.svc.call(peer, call, payload).await;
+                (if heartbeat { self.home_elsewhere(reply) } else { reply }, body)
+            }
             None => (Self::error(Error::NotLeader(self.replica.leader_hint(shard))), vec![]),
         }
     }

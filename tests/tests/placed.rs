@@ -148,6 +148,17 @@ fn a_shard_placed_apart_is_served_where_placed_and_comes_back_with_its_member() 
         Err(Error::NotLeader(hint)) => assert_eq!(hint, cl.mds_addrs[(first - 1) as usize].to_string()),
         other => panic!("the placed member answered a request for shard 0 with {other:?}"),
     }
+    // A heartbeat for the session a client has with shard 0's leader,
+    // sent to the placed member (as a pool sent on by a "not leader" that
+    // named no one sends it): told where to go, not that it is gone.
+    let open = MdsReq::OpenSession { name: "home".into(), dir_leases: false, previous: vec![], open: vec![], locks: vec![] };
+    let Ok(MdsResp::Session { id, .. }) = c.ask_only(&cl, first, open) else { panic!("no session opened at shard 0's leader") };
+    let beat = || MdsReq::SessionHeartbeat { id, io: Default::default() };
+    match c.ask_only(&cl, to, beat()) {
+        Err(Error::NotLeader(hint)) => assert_eq!(hint, cl.mds_addrs[(first - 1) as usize].to_string()),
+        other => panic!("the placed member answered a heartbeat for a session it does not hold with {other:?}"),
+    }
+    assert_eq!(c.ask_only(&cl, first, beat()), Ok(MdsResp::Done));
     // Across the two processes, coordinated by each side in turn.
     c.rename(InodeId::ROOT, "x", d.ino, "x");
     assert!(matches!(c.lookup(InodeId::ROOT, "x"), Err(Error::NotFound)));
