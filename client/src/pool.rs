@@ -106,6 +106,9 @@ impl Pool {
         let cred = crate::cred::current();
         // A shard other than 0 may be led by another process.
         let shard = req.routed_by().map(|i| i.shard()).filter(|s| *s != 0 && !req.per_process());
+        if matches!(req, MdsReq::OpenSession { .. }) {
+            self.find_home().await;
+        }
         loop {
             let rid = ticket.as_ref().map(|t| ReqId {
                 client: self.client,
@@ -241,15 +244,10 @@ impl Pool {
     /// yet: one that took shards over waits for the clients that may
     /// hold leases on them, whether or not they use those shards now.
     pub async fn learn_shards(&self) {
-        // One process leads every shard of an MDS with one member.
-        if self.mds.members() < 2 {
-            return;
+        let Some(leaders) = self.shard_leaders().await else { return };
+        if let Some(zero) = leaders.first().filter(|a| !a.is_empty()) {
+            self.mds.redirect(zero).await;
         }
-        let call = MdsCall { rid: None, cred: crate::cred::current(), req: MdsReq::ShardLeaders };
-        let leaders = match self.mds.call::<_, MdsReply>(&call, &[]).await {
-            Ok((MdsReply { resp: MdsResp::Addrs(v), .. }, _)) => v,
-            Ok(_) | Err(_) => return,
-        };
         let home = self.mds.addr();
         for (shard, addr) in leaders.iter().enumerate().skip(1) {
             self.routes.moved(shard as u32, addr, home);
@@ -260,6 +258,30 @@ impl Pool {
                     tracing::debug!(addr = %p.rpc.addr(), error = %e, "no session with an MDS process that leads a shard");
                 }
             }
+        }
+    }
+
+    /// Where each shard is led, as the process asked knows it; None for
+    /// an MDS of one member (one process leads every shard) or no answer.
+    async fn shard_leaders(&self) -> Option<Vec<String>> {
+        if self.mds.members() < 2 {
+            return None;
+        }
+        let call = MdsCall { rid: None, cred: crate::cred::current(), req: MdsReq::ShardLeaders };
+        match self.mds.call::<_, MdsReply>(&call, &[]).await {
+            Ok((MdsReply { resp: MdsResp::Addrs(v), .. }, _)) => Some(v),
+            Ok(_) | Err(_) => None,
+        }
+    }
+
+    /// Send the home session's open to shard 0's leader. Any process that
+    /// leads a shard answers an open itself (its sessions are its own),
+    /// so a mount whose first member leads other shards only would open
+    /// its home session there, and find it unknown at shard 0's leader at
+    /// its first heartbeat (the scaling run's mounts did, on every start).
+    async fn find_home(&self) {
+        if let Some(zero) = self.shard_leaders().await.and_then(|l| l.into_iter().next()).filter(|a| !a.is_empty()) {
+            self.mds.redirect(&zero).await;
         }
     }
 

@@ -157,6 +157,7 @@ impl MdsService {
         let cl = &self.ns.cluster;
         cl.check_owner(peer, id)?;
         if !ns.cluster.touch_session(id) {
+            tracing::info!(session = %id, recorded = ns.cluster.sessions.contains_key(&id), "heartbeat for a session that is not live here");
             return Err(Error::Stale);
         }
         ns.cluster.bind(peer, id);
