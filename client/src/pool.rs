@@ -244,10 +244,7 @@ impl Pool {
     /// yet: one that took shards over waits for the clients that may
     /// hold leases on them, whether or not they use those shards now.
     pub async fn learn_shards(&self) {
-        let Some(leaders) = self.shard_leaders().await else { return };
-        if let Some(zero) = leaders.first().filter(|a| !a.is_empty()) {
-            self.mds.redirect(zero).await;
-        }
+        let Some(leaders) = self.find_home().await else { return };
         let home = self.mds.addr();
         for (shard, addr) in leaders.iter().enumerate().skip(1) {
             self.routes.moved(shard as u32, addr, home);
@@ -274,15 +271,19 @@ impl Pool {
         }
     }
 
-    /// Send the home session's open to shard 0's leader. Any process that
-    /// leads a shard answers an open itself (its sessions are its own),
-    /// so a mount whose first member leads other shards only would open
-    /// its home session there, and find it unknown at shard 0's leader at
-    /// its first heartbeat (the scaling run's mounts did, on every start).
-    async fn find_home(&self) {
-        if let Some(zero) = self.shard_leaders().await.and_then(|l| l.into_iter().next()).filter(|a| !a.is_empty()) {
-            self.mds.redirect(&zero).await;
+    /// Send the calls for shard 0's leader (the home session's first of
+    /// all) to the process that leads shard 0 now; where each shard is
+    /// led, as [`Pool::shard_leaders`]. Any process that leads a shard
+    /// answers a session open itself (its sessions are its own), so a
+    /// mount whose first member leads other shards only would open its
+    /// home session there, and find it unknown at shard 0's leader at its
+    /// first heartbeat (the scaling run's simulated nodes did).
+    async fn find_home(&self) -> Option<Vec<String>> {
+        let leaders = self.shard_leaders().await?;
+        if let Some(zero) = leaders.first().filter(|a| !a.is_empty()) {
+            self.mds.redirect(zero).await;
         }
+        Some(leaders)
     }
 
     /// One call to process `p` itself, answered there or not at all.
