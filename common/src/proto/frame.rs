@@ -42,7 +42,8 @@ const MIN_RUN: usize = 4;
 const UNPACK_RATIO: usize = 64;
 const UNPACK_FREE: usize = 128 << 10;
 
-fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+/// `n` in 7-bit groups, low first, the high bit set on all but the last.
+pub fn put_varint(out: &mut Vec<u8>, mut n: usize) {
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
         n >>= 7;
@@ -50,17 +51,19 @@ fn put_varint(out: &mut Vec<u8>, mut n: usize) {
     out.push(n as u8);
 }
 
-fn get_varint(bytes: &[u8], at: &mut usize) -> Result<usize> {
+/// The number [`put_varint`] wrote at `at` in `bytes`; `at` moves past it.
+/// At most five groups (35 bits).
+pub fn get_varint(bytes: &[u8], at: &mut usize) -> Result<usize> {
     let mut n: usize = 0;
     for shift in (0..35).step_by(7) {
-        let b = *bytes.get(*at).ok_or_else(|| Error::Protocol("packed header: truncated length".into()))?;
+        let b = *bytes.get(*at).ok_or_else(|| Error::Protocol("truncated length".into()))?;
         *at += 1;
         n |= ((b & 0x7f) as usize) << shift;
         if b & 0x80 == 0 {
             return Ok(n);
         }
     }
-    Err(Error::Protocol("packed header: length too long".into()))
+    Err(Error::Protocol("length too long".into()))
 }
 
 /// `bytes` with its runs of [`MIN_RUN`] zeros or more left out.

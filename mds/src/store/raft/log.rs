@@ -97,7 +97,7 @@ impl RaftLogReader<Cfg> for LogStore {
             let mut out = Vec::new();
             for row in log.range::<u64>((start, end)).map_err(read_err)? {
                 let (_, v) = row.map_err(read_err)?;
-                out.push(decode::<DiskEntry>(v.value()).map_err(read_err)?.into());
+                out.push(decode::<DiskEntry>(v.value()).and_then(Entry::try_from).map_err(read_err)?);
             }
             Ok(out)
         })

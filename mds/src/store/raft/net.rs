@@ -83,7 +83,7 @@ pub async fn serve(
             let rpc = AppendEntriesRequest::<Cfg> {
                 vote: (&vote).into(),
                 prev_log_id: from_disk(&prev),
-                entries: entries.into_iter().map(Into::into).collect(),
+                entries: entries.into_iter().map(TryInto::try_into).collect::<Result<_>>()?,
                 leader_commit: from_disk(&commit),
             };
             let resp = match raft.append_entries(rpc).await {
