@@ -83,7 +83,8 @@ struct Made {
     before: Before,
 }
 
-/// The rows a batch of mutations changed, in the order they changed them.
+/// The rows a batch of mutations changed: each once, as the batch left it
+/// ([`Txn::take_changes`]).
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, Default)]
 pub struct ChangeSet {
     pub changes: Vec<Change>,
@@ -100,9 +101,9 @@ impl ChangeSet {
 
     /// The set as a log entry holds it, and a follower's link carries it:
     /// `varint count`, then each change as `table | varint key length |
-    /// key | varint value length + 1 (0: removed) | value`. An archived [`Change`] spends
-    /// about 20 bytes on its lengths and offsets, more than many of the
-    /// rows it carries.
+    /// key | varint value length + 1 (0: removed) | value`. An archived
+    /// [`Change`] spends about 20 bytes on its lengths and offsets, more
+    /// than many of the rows it carries.
     pub fn to_compact(&self) -> Vec<u8> {
         let size: usize = self.changes.iter().map(|c| 8 + c.key.len() + c.value.as_ref().map_or(0, Vec::len)).sum();
         let mut out = Vec::with_capacity(size);
