@@ -52,18 +52,19 @@ pub fn put_varint(out: &mut Vec<u8>, mut n: usize) {
 }
 
 /// The number [`put_varint`] wrote at `at` in `bytes`; `at` moves past it.
-/// At most five groups (35 bits).
-pub fn get_varint(bytes: &[u8], at: &mut usize) -> Result<usize> {
+/// At most five groups (35 bits). The error says what was wrong, for the
+/// caller to name what it was reading.
+pub fn get_varint(bytes: &[u8], at: &mut usize) -> std::result::Result<usize, &'static str> {
     let mut n: usize = 0;
     for shift in (0..35).step_by(7) {
-        let b = *bytes.get(*at).ok_or_else(|| Error::Protocol("truncated length".into()))?;
+        let b = *bytes.get(*at).ok_or("truncated length")?;
         *at += 1;
         n |= ((b & 0x7f) as usize) << shift;
         if b & 0x80 == 0 {
             return Ok(n);
         }
     }
-    Err(Error::Protocol("length too long".into()))
+    Err("length too long")
 }
 
 /// `bytes` with its runs of [`MIN_RUN`] zeros or more left out.
@@ -99,9 +100,10 @@ fn pack_into(out: &mut Vec<u8>, bytes: &[u8]) {
 pub fn unpack(packed: &[u8], limit: usize) -> Result<AlignedVec> {
     let mut out = AlignedVec::<16>::with_capacity(packed.len().min(limit));
     let mut at = 0;
+    let varint = |at: &mut usize| get_varint(packed, at).map_err(|e| Error::Protocol(format!("packed header: {e}")));
     while at < packed.len() {
-        let zeros = get_varint(packed, &mut at)?;
-        let n = get_varint(packed, &mut at)?;
+        let zeros = varint(&mut at)?;
+        let n = varint(&mut at)?;
         let literal = packed.get(at..at.saturating_add(n)).ok_or_else(|| Error::Protocol("packed header: truncated bytes".into()))?;
         at += n;
         if out.len().saturating_add(zeros).saturating_add(n) > limit {

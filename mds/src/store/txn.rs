@@ -125,9 +125,9 @@ impl ChangeSet {
 
     /// The set [`Self::to_compact`] wrote; anything malformed is an error.
     pub fn from_compact(bytes: &[u8]) -> Result<Self> {
-        let bad = |e: Error| Error::Io(format!("metadata change set: {e}"));
+        let bad = |e: &str| Error::Io(format!("metadata change set: {e}"));
         let take = |at: &mut usize, n: usize| -> Result<Vec<u8>> {
-            let s = bytes.get(*at..at.saturating_add(n)).ok_or_else(|| Error::Io("metadata change set: truncated".into()))?;
+            let s = bytes.get(*at..at.saturating_add(n)).ok_or_else(|| bad("truncated"))?;
             *at += n;
             Ok(s.to_vec())
         };
@@ -146,7 +146,7 @@ impl ChangeSet {
             changes.push(Change { table, key, value });
         }
         if at != bytes.len() {
-            return Err(Error::Io(format!("metadata change set: {} bytes after its {count} changes", bytes.len() - at)));
+            return Err(bad(&format!("{} bytes after its {count} changes", bytes.len() - at)));
         }
         Ok(ChangeSet { changes })
     }
