@@ -315,6 +315,34 @@ fn a_leader_cut_off_never_answers_from_stale_metadata() {
     check_named(&m.p("before"), 0..10);
 }
 
+/// Files a mount made under its directory's write lease, whose changes
+/// reach the leader just as it loses its majority, are sent again to
+/// whichever member leads next, not dropped: the leader answers "not
+/// leader" for the batch, not a refusal of each change in it.
+#[test]
+fn changes_made_under_a_lease_outlive_the_leader_losing_its_majority() {
+    let cl = ProcCluster::start_replicated(3, 3).unwrap();
+    let m = cl.mount().unwrap();
+    let leader = cl.mds_leader(ELECTION).unwrap();
+    // The first files take the directory's write lease and its numbers.
+    let dir = m.p("leased");
+    make_named(&dir, 0..20);
+    let frozen: Vec<_> = (1..=3).filter(|id| *id != leader).map(|id| cl.freeze_mds_member(id)).collect();
+    // Answered by the mount; their batch reaches the leader within its
+    // lease, and its commit waits for members that do not answer.
+    let maker = {
+        let dir = dir.clone();
+        std::thread::spawn(move || (20..25).map(|i| fs::write(dir.join(format!("f{i}")), format!("{i}"))).collect::<Vec<_>>())
+    };
+    std::thread::sleep(Duration::from_secs(4));
+    drop(frozen);
+    for (i, r) in (20..).zip(maker.join().unwrap()) {
+        r.unwrap_or_else(|e| panic!("f{i}: {e}"));
+    }
+    File::open(&dir).unwrap().sync_all().unwrap();
+    check_named(&dir, 0..25);
+}
+
 /// A one-process MDS (what `make run` starts) grows into a replicated
 /// one: `mds add` refuses it alone and says how; started again with
 /// `members` naming itself, it writes its address into its groups, takes

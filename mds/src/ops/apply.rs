@@ -47,6 +47,14 @@ impl MdsService {
             Err(e) => return MdsResp::Err(e.to_wire()),
         };
         let results = self.ns.apply(ops.clone(), peer.owner).await;
+        // A change that could not commit here (this process lost its
+        // shard's lead meanwhile) was not refused: the whole batch is
+        // sent elsewhere, as a request that found no leader is (applying
+        // a change twice changes nothing). Answered as refused, the
+        // client would drop a file it already told its caller was made.
+        if let Some(e) = results.iter().filter_map(|r| r.as_ref().err()).find(|e| e.unreachable()) {
+            return MdsResp::Err(e.to_wire());
+        }
         let mut changes: Vec<(InodeId, Vec<String>)> = Vec::new();
         let mut unlinked = false;
         let mut purge = false;
