@@ -167,7 +167,13 @@ impl Handover {
             }
             self.elect_off = off;
         }
-        if open && mine && !replica.leads_zero() && self.stood.is_none_or(|at| at.elapsed() >= STAND_EVERY) {
+        // It stands once the old leader's appends have stopped for the
+        // members' lease: an append still on its way (a commit made just
+        // before the round) has reached it by then, where a member already
+        // standing, with its higher term, would refuse it, and then lack
+        // an entry the others hold and lose every vote of the window.
+        let stand = open && mine && !replica.leads_zero() && replica.leader_silent();
+        if stand && self.stood.is_none_or(|at| at.elapsed() >= STAND_EVERY) {
             self.stood = Some(now);
             if let Err(e) = g0_raft(replica).trigger().elect().await {
                 tracing::warn!(error = %e, "could not stand for election in shard 0's group");
@@ -225,6 +231,11 @@ impl Handover {
         // service stops, and starts again if the round fails.
         drop(active);
         front.set_active(None);
+        // Nor does it hold on to any group once the round ends: the next
+        // leader carries over what the service left half done, and a
+        // group still led here with heartbeats going would never fall
+        // silent for the wanted member to stand in.
+        replica.set_kept(vec![false; replica.groups.len()]);
         replica.claim().await;
     }
 }

@@ -274,7 +274,7 @@ impl Replica {
     }
 
     /// No append of shard 0's leader has come for [`SILENT`].
-    fn leader_silent(&self) -> bool {
+    pub(crate) fn leader_silent(&self) -> bool {
         silent(&self.groups[0])
     }
 
@@ -332,10 +332,15 @@ impl Replica {
             if !want || here {
                 continue;
             }
-            // The member placed stands once the leader let go of it (its
-            // appends stopped): the leader has brought its log up to date.
-            // Just started, it first gives a leader the time to be heard.
-            if placed.get(&g.shard) == Some(&me) && (!silent(g) || self.opened.elapsed() < SILENT) {
+            // A member stands once the group's leader has let go of it
+            // (its appends stopped for the members' lease of it): that
+            // leader brought its log up to date, and the members may vote
+            // for another. A bid made sooner fails, and its higher term
+            // unseats the leader, which wins again by its own timer with
+            // the vote of the member whose bid failed: the two can go on
+            // unseating each other. Just started, a member first gives a
+            // leader the time to be heard.
+            if !silent(g) || self.opened.elapsed() < SILENT {
                 continue;
             }
             let due = match g.claimed.lock() {
