@@ -51,13 +51,50 @@ pub struct Group {
     pub raft: ShardRaft,
     /// When a majority last acknowledged this member as leader.
     acked: crate::store::Acked,
-    /// When this process last stood for election here.
-    claimed: Mutex<Option<Instant>>,
+    /// This process's bids for the lead here since it last led the group
+    /// or heard a leader of it.
+    claims: Mutex<Claims>,
     /// When an append of the leader of this member's term last came.
     heard: Mutex<Option<Instant>>,
 }
 
+/// Bids for a group's lead: when the last was made, and how many have
+/// been made since the group was last led here or a leader was heard.
+#[derive(Default)]
+struct Claims {
+    last: Option<Instant>,
+    made: u32,
+}
+
+/// The longest wait between two bids: [`CLAIM_EVERY`] doubled this often.
+const CLAIM_DOUBLINGS: u32 = 3;
+
 impl Group {
+    /// Whether this process may bid for the lead now, counting the bid.
+    /// Each bid that did not bring the lead waits twice as long as the
+    /// last, up to [`CLAIM_EVERY`] times 2^[`CLAIM_DOUBLINGS`]. A bid
+    /// from a member whose log is behind fails, and its higher term,
+    /// every 600 ms, kept a new cluster's group from electing anyone
+    /// for 10 s: the members that could win need the quiet between
+    /// bids for their own timers.
+    fn claim_due(&self) -> bool {
+        let Ok(mut c) = self.claims.lock() else { return false };
+        let wait = CLAIM_EVERY * (1 << c.made.min(CLAIM_DOUBLINGS));
+        let due = c.last.is_none_or(|at| at.elapsed() >= wait);
+        if due {
+            *c = Claims { last: Some(Instant::now()), made: c.made + 1 };
+        }
+        due
+    }
+
+    /// The group is led here, or a leader of it was heard: the next bid
+    /// waits [`CLAIM_EVERY`] at most.
+    fn claims_answered(&self) {
+        if let Ok(mut c) = self.claims.lock() {
+            c.made = 0;
+        }
+    }
+
     /// When an append of the leader of this member's term last came
     /// (takeover.rs); None before the first.
     pub fn heard(&self) -> Option<Instant> {
@@ -104,7 +141,7 @@ impl Replica {
             let raft = raft::start(&Disk, dir, shard, db.clone(), upkeep, &members).await?;
             let acked = Arc::new(Mutex::new(None));
             tokio::spawn(watch_acks(raft.clone(), members.me, acked.clone()));
-            groups.push(Group { shard, db, raft, acked, claimed: Mutex::new(None), heard: Mutex::new(None) });
+            groups.push(Group { shard, db, raft, acked, claims: Mutex::default(), heard: Mutex::new(None) });
         }
         // the names of store files just made
         crate::store::sync_dir(dir)?;
@@ -329,6 +366,9 @@ impl Replica {
             let behind = placed_elsewhere.is_some_and(|p| crate::membership::behind(&m, *p) > crate::handover::CAUGHT_UP);
             let holding = here && !want && (behind || kept.get(g.shard as usize).copied().unwrap_or(false));
             g.raft.runtime_config().heartbeat(want || !here || holding);
+            if here || !silent(g) {
+                g.claims_answered();
+            }
             if !want || here {
                 continue;
             }
@@ -343,17 +383,7 @@ impl Replica {
             if !silent(g) || self.opened.elapsed() < SILENT {
                 continue;
             }
-            let due = match g.claimed.lock() {
-                Ok(mut c) => {
-                    let due = c.is_none_or(|at| at.elapsed() >= CLAIM_EVERY);
-                    if due {
-                        *c = Some(Instant::now());
-                    }
-                    due
-                }
-                Err(_) => false,
-            };
-            if due {
+            if g.claim_due() {
                 tracing::info!(shard = g.shard, placed = placed.get(&g.shard).is_some_and(|p| *p == me), "standing for election: this MDS is to lead the shard");
                 if let Err(e) = g.raft.trigger().elect().await {
                     tracing::warn!(shard = g.shard, error = %e, "could not stand for election");
