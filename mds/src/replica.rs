@@ -366,7 +366,8 @@ impl Replica {
             let behind = placed_elsewhere.is_some_and(|p| crate::membership::behind(&m, *p) > crate::handover::CAUGHT_UP);
             let holding = here && !want && (behind || kept.get(g.shard as usize).copied().unwrap_or(false));
             g.raft.runtime_config().heartbeat(want || !here || holding);
-            if here || !silent(g) {
+            let quiet = silent(g);
+            if here || !quiet {
                 g.claims_answered();
             }
             if !want || here {
@@ -380,7 +381,7 @@ impl Replica {
             // the vote of the member whose bid failed: the two can go on
             // unseating each other. Just started, a member first gives a
             // leader the time to be heard.
-            if !silent(g) || self.opened.elapsed() < SILENT {
+            if !quiet || self.opened.elapsed() < SILENT {
                 continue;
             }
             if g.claim_due() {
