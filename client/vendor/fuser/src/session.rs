@@ -260,7 +260,11 @@ impl<FS: Filesystem> Session<FS> {
             rings,
         } = self;
 
-        let n_threads = config.n_threads.unwrap_or(1);
+        // With io_uring queues, `/dev/fuse` carries only what the rings do
+        // not (FORGET, INTERRUPT, and requests before the rings are
+        // registered): one reader is enough, and it gathers forgets.
+        let gather_forgets = !rings.is_empty();
+        let n_threads = if gather_forgets { 1 } else { config.n_threads.unwrap_or(1) };
 
         if !cfg!(target_os = "linux") && n_threads != 1 {
             // TODO: check whether it works on macOS/FreeBSD and enable if it works.
@@ -309,7 +313,7 @@ impl<FS: Filesystem> Session<FS> {
             threads.push(
                 thread::Builder::new()
                     .name(thread_name)
-                    .spawn(move || event_loop.event_loop())?,
+                    .spawn(move || event_loop.event_loop(gather_forgets))?,
             );
         }
 
@@ -566,6 +570,10 @@ impl SessionUnmounter {
     }
 }
 
+/// How long a `/dev/fuse` reader beside io_uring queues lets forgets gather.
+/// An INTERRUPT that comes meanwhile waits as long.
+const FORGET_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
 pub(crate) struct SessionEventLoop<FS: Filesystem> {
     /// Cache thread name for faster `debug!`.
     pub(crate) thread_name: String,
@@ -576,7 +584,12 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
-    fn event_loop(&self) -> io::Result<()> {
+    /// Serves `/dev/fuse` until the connection ends. With `gather_forgets`
+    /// the loop waits [`FORGET_GATHER`] after each FORGET before reading on:
+    /// an unlink's evicted inode then costs the unlinking thread no wake-up
+    /// of this one (the kernel wakes only a reader that waits), and the
+    /// forgets meanwhile come in one BATCH_FORGET.
+    fn event_loop(&self, gather_forgets: bool) -> io::Result<()> {
         // Buffer for receiving requests from the kernel. Only one is allocated and
         // it is reused immediately after dispatching to conserve memory and allocations.
         let mut buf = FuseReadBuf::new();
@@ -592,7 +605,11 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());
                         } else {
-                            req.dispatch(self)
+                            let forget = matches!(req.request.operation(), Ok(Operation::Forget(_) | Operation::BatchForget(_)));
+                            req.dispatch(self);
+                            if forget && gather_forgets {
+                                thread::sleep(FORGET_GATHER);
+                            }
                         }
                     }
                     // Quit loop on illegal request
