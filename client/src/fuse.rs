@@ -190,6 +190,10 @@ impl Filesystem for AifsFuse {
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         // fcntl and flock locks go to the MDS, so they hold across clients.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
+        // Lookups and readdirs in one directory run side by side (ranks
+        // opening their shards in one checkpoint directory): without it
+        // the kernel takes a mutex of the directory's around each.
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         Ok(())
     }
 
