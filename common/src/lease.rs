@@ -318,6 +318,21 @@ impl LeaseTable {
         }
     }
 
+    /// `ino` no longer exists (its number is never used again): every
+    /// lease on it goes, and with it its place in each session's budget.
+    /// A request still waiting for it is granted at its next look.
+    pub fn forget(&mut self, ino: Ino) {
+        let Some(l) = self.inodes.remove(&ino) else {
+            return;
+        };
+        for s in l.holders.keys().chain(l.recalled.keys()).chain(l.waiting.keys()) {
+            if let Some(sess) = self.sessions.get_mut(s) {
+                sess.touched.remove(&ino);
+            }
+        }
+        self.pending.remove(&ino);
+    }
+
     /// A writer closed the file: its write lease becomes a read lease
     /// (nothing of it is buffered any more), so readers elsewhere need not
     /// recall it. A shared-write lease stays (readers conflict with the
@@ -521,6 +536,33 @@ mod tests {
         assert!(t.holders(InodeId(0)).is_empty());
         t.open_session(S(9), now + TERM);
         assert_eq!(t.acquire(S(9), InodeId(0), LeaseKind::Write, now + TERM), Decision::Granted { kind: LeaseKind::Write });
+    }
+
+    /// Leases on an inode that is gone leave every session's budget: a
+    /// job that makes and removes files all day must not fill it.
+    #[test]
+    fn a_forgotten_inode_leaves_every_budget_and_the_rest_stays() {
+        let now = Instant::now();
+        let mut t = LeaseTable::new(TERM);
+        let (gone, kept) = (InodeId(7), InodeId(8));
+        for s in [S(1), S(2), S(3)] {
+            t.open_session(s, now);
+        }
+        for s in [S(1), S(2)] {
+            assert!(matches!(t.acquire(s, gone, LeaseKind::Read, now), Decision::Granted { .. }));
+            assert!(matches!(t.acquire(s, kept, LeaseKind::Read, now), Decision::Granted { .. }));
+        }
+        // A writer waits for the readers of `gone` to give it back.
+        assert!(matches!(t.acquire(S(3), gone, LeaseKind::Write, now), Decision::Wait { .. }));
+        t.forget(gone);
+        assert!(t.holders(gone).is_empty() && t.recalled(gone).is_empty());
+        for s in [S(1), S(2)] {
+            assert_eq!((t.count(s), t.touched(s)), (1, 1));
+            assert!(!t.past_limit(s, InodeId(9), 2));
+        }
+        assert_eq!(t.touched(S(3)), 0);
+        assert_eq!(t.holders(kept).len(), 2);
+        assert_eq!(t.acquire(S(3), gone, LeaseKind::Write, now), Decision::Granted { kind: LeaseKind::Write });
     }
 
     /// Regression: a session expired by a request's acquire was never

@@ -704,3 +704,45 @@ fn directories_made_in_bulk_leave_numbers_for_the_files_made_later() {
     }
     assert_eq!(fs::read_dir(a.p("ckpt/step63")).unwrap().count(), 201);
 }
+
+/// A job that makes and removes files all day (checkpoints rotated
+/// out) holds leases only on what exists: leases on removed files and
+/// directories leave its session's budget (`max_leases`), which would
+/// otherwise fill, leaving the mount nothing it may cache, and make each
+/// create cost the MDS more (the table grew by a lease a file).
+#[test]
+fn leases_on_removed_files_and_directories_leave_the_sessions_budget() {
+    const LIMIT: usize = 200;
+    let cl = ProcCluster::start_edited(3, &|t| t.replace("max_leases = 100000", &format!("max_leases = {LIMIT}"))).unwrap();
+    let m = cl.mount().unwrap();
+    fs::create_dir(m.p("ckpt")).unwrap();
+    for round in 0..3 {
+        let step = m.p(&format!("ckpt/step{round}"));
+        fs::create_dir(&step).unwrap();
+        for i in 0..LIMIT {
+            File::create(step.join(format!("rank{i}"))).unwrap();
+        }
+        for i in 0..LIMIT {
+            fs::remove_file(step.join(format!("rank{i}"))).unwrap();
+        }
+        fs::remove_dir(&step).unwrap();
+    }
+    let held = || -> u64 {
+        let out = cl.mdsctl(&["--json", "session", "ls"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["sessions"].as_array().unwrap().iter().map(|s| s["leases"].as_u64().unwrap()).sum()
+    };
+    // The MDS frees a removed file's objects, and forgets its leases,
+    // within a second or so of the unlink reaching it.
+    let t = Instant::now();
+    let mut n = held();
+    while n > 4 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        n = held();
+    }
+    assert!(n <= 4, "the session still holds {n} leases with nothing but `ckpt` left");
+    // and what exists is still cached under a lease
+    fs::write(m.p("ckpt/latest"), b"step2").unwrap();
+    assert_eq!(fs::read(m.p("ckpt/latest")).unwrap(), b"step2");
+    assert!(held() >= 1);
+}

@@ -148,6 +148,22 @@ impl Cluster {
         }
     }
 
+    /// `inos` no longer exist (deleted, their numbers never used again):
+    /// every lease on them goes, and with it its place in its session's
+    /// budget (`max_leases`), which a job making and removing files would
+    /// otherwise fill.
+    pub fn forget_gone(&self, inos: &[InodeId]) {
+        if inos.is_empty() {
+            return;
+        }
+        if let Ok(mut t) = self.leases.lock() {
+            for ino in inos {
+                t.forget(*ino);
+            }
+        }
+        self.released.notify_waiters();
+    }
+
     /// Does `session` hold a lease on `ino` that allows `kind` (a write
     /// lease of either kind allows writing; any lease allows reading)?
     pub fn holds(&self, session: SessionId, ino: InodeId, kind: LeaseKind) -> bool {

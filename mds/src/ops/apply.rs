@@ -58,6 +58,7 @@ impl MdsService {
         let mut changes: Vec<(InodeId, Vec<String>)> = Vec::new();
         let mut unlinked = false;
         let mut purge = false;
+        let mut removed_dirs = Vec::new();
         for (op, r) in ops.into_iter().zip(&results) {
             match r {
                 Ok(()) => {}
@@ -83,7 +84,14 @@ impl MdsService {
                     }
                     changes.push((parent, vec![name]));
                 }
-                DirOp::Unlink { parent, name, ino, .. } | DirOp::Rmdir { parent, name, ino, .. } => {
+                DirOp::Rmdir { parent, name, ino, .. } => {
+                    removed_dirs.push(ino);
+                    changes.push((parent, vec![name]));
+                    changes.push((ino, vec![]));
+                }
+                DirOp::Unlink { parent, name, ino, .. } => {
+                    // The file's leases go once the GC finds it gone (it
+                    // may be open still).
                     unlinked = true;
                     changes.push((parent, vec![name]));
                     changes.push((ino, vec![]));
@@ -98,6 +106,7 @@ impl MdsService {
             self.purge().await;
         }
         cl.invalidate(Some(h.id), changes).await;
+        cl.forget_gone(&removed_dirs);
         MdsResp::Applied(results.into_iter().map(|r| r.err().map(|e| e.to_wire())).collect())
     }
 
