@@ -706,8 +706,8 @@ fn directories_made_in_bulk_leave_numbers_for_the_files_made_later() {
 }
 
 /// A job that makes and removes files all day (checkpoints rotated
-/// out) holds leases only on what exists: leases on removed files and
-/// directories leave its session's budget (`max_leases`), which would
+/// out) holds leases only on what exists: leases on removed files,
+/// symlinks and directories leave its session's budget (`max_leases`), which would
 /// otherwise fill, leaving the mount nothing it may cache, and make each
 /// create cost the MDS more (the table grew by a lease a file).
 #[test]
@@ -722,8 +722,16 @@ fn leases_on_removed_files_and_directories_leave_the_sessions_budget() {
         for i in 0..LIMIT {
             File::create(step.join(format!("rank{i}"))).unwrap();
         }
+        // links to the latest step, as some jobs keep
+        for i in 0..20 {
+            std::os::unix::fs::symlink(format!("rank{i}"), step.join(format!("latest{i}"))).unwrap();
+            assert_eq!(fs::read_link(step.join(format!("latest{i}"))).unwrap().to_str(), Some(format!("rank{i}").as_str()));
+        }
         for i in 0..LIMIT {
             fs::remove_file(step.join(format!("rank{i}"))).unwrap();
+        }
+        for i in 0..20 {
+            fs::remove_file(step.join(format!("latest{i}"))).unwrap();
         }
         fs::remove_dir(&step).unwrap();
     }

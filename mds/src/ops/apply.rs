@@ -58,7 +58,7 @@ impl MdsService {
         let mut changes: Vec<(InodeId, Vec<String>)> = Vec::new();
         let mut unlinked = false;
         let mut purge = false;
-        let mut removed_dirs = Vec::new();
+        let (mut removed_dirs, mut removed) = (Vec::new(), Vec::new());
         for (op, r) in ops.into_iter().zip(&results) {
             match r {
                 Ok(()) => {}
@@ -90,9 +90,8 @@ impl MdsService {
                     changes.push((ino, vec![]));
                 }
                 DirOp::Unlink { parent, name, ino, .. } => {
-                    // The file's leases go once the GC finds it gone (it
-                    // may be open still).
                     unlinked = true;
+                    removed.push(ino);
                     changes.push((parent, vec![name]));
                     changes.push((ino, vec![]));
                 }
@@ -107,6 +106,7 @@ impl MdsService {
         }
         cl.invalidate(Some(h.id), changes).await;
         cl.forget_gone(&removed_dirs);
+        self.forget_if_gone(removed).await;
         MdsResp::Applied(results.into_iter().map(|r| r.err().map(|e| e.to_wire())).collect())
     }
 
