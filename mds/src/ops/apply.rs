@@ -58,7 +58,7 @@ impl MdsService {
         let mut changes: Vec<(InodeId, Vec<String>)> = Vec::new();
         let mut unlinked = false;
         let mut purge = false;
-        let (mut removed_dirs, mut removed) = (Vec::new(), Vec::new());
+        let mut removed = Vec::new();
         for (op, r) in ops.into_iter().zip(&results) {
             match r {
                 Ok(()) => {}
@@ -84,12 +84,7 @@ impl MdsService {
                     }
                     changes.push((parent, vec![name]));
                 }
-                DirOp::Rmdir { parent, name, ino, .. } => {
-                    removed_dirs.push(ino);
-                    changes.push((parent, vec![name]));
-                    changes.push((ino, vec![]));
-                }
-                DirOp::Unlink { parent, name, ino, .. } => {
+                DirOp::Unlink { parent, name, ino, .. } | DirOp::Rmdir { parent, name, ino, .. } => {
                     unlinked = true;
                     removed.push(ino);
                     changes.push((parent, vec![name]));
@@ -105,7 +100,6 @@ impl MdsService {
             self.purge().await;
         }
         cl.invalidate(Some(h.id), changes).await;
-        cl.forget_gone(&removed_dirs);
         self.forget_if_gone(removed).await;
         MdsResp::Applied(results.into_iter().map(|r| r.err().map(|e| e.to_wire())).collect())
     }

@@ -601,11 +601,12 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                 Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
-                        if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                        let op = req.request.operation();
+                        let forget = matches!(op, Ok(Operation::Forget(_) | Operation::BatchForget(_)));
+                        if let Ok(Operation::Destroy(_)) = op {
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());
                         } else {
-                            let forget = matches!(req.request.operation(), Ok(Operation::Forget(_) | Operation::BatchForget(_)));
                             req.dispatch(self);
                             if forget && gather_forgets {
                                 thread::sleep(FORGET_GATHER);
