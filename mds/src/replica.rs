@@ -135,10 +135,11 @@ impl Replica {
     /// over `members`, their logs kept as `upkeep` says. One-member groups are led here when this returns.
     pub async fn open(dir: &Path, nshards: u32, members: Members, upkeep: &raft::LogUpkeep) -> Result<Replica> {
         crate::namespace::check_shard_count(dir, nshards)?;
+        let logs = raft::Logs::open(&Disk, dir)?;
         let mut groups = Vec::new();
         for shard in 0..nshards {
             let db = ShardStore::open_db(&Disk, dir, shard)?;
-            let raft = raft::start(&Disk, dir, shard, db.clone(), upkeep, &members).await?;
+            let raft = raft::start(&logs, dir, shard, db.clone(), upkeep, &members).await?;
             let acked = Arc::new(Mutex::new(None));
             tokio::spawn(watch_acks(raft.clone(), members.me, acked.clone()));
             groups.push(Group { shard, db, raft, acked, claims: Mutex::default(), heard: Mutex::new(None) });

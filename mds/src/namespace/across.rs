@@ -6,6 +6,7 @@ use super::tests::test_cluster;
 use super::twophase::{OpId, Peers, Remote, ShardMsg, ShardReply};
 use super::*;
 use crate::records::Step;
+use crate::store::media::Disk;
 use crate::store::{INTENTS, PREPARED};
 use aifs_common::proto::frame::{decode_any, encode_any};
 use futures::future::BoxFuture;
@@ -73,12 +74,7 @@ impl Cluster2 {
         // b's own directory holds the stores of the shards it leads.
         std::fs::create_dir_all(&dirs[1]).unwrap();
         for shard in [2, 3] {
-            for entry in std::fs::read_dir(&dirs[0]).unwrap() {
-                let name = entry.unwrap().file_name().into_string().unwrap();
-                if name.starts_with(&format!("shard-{shard}")) {
-                    std::fs::rename(dirs[0].join(&name), dirs[1].join(&name)).unwrap();
-                }
-            }
+            move_shard(&dirs[0], &dirs[1], shard).await;
         }
         let c = Cluster2 { _tmp: tmp, dirs, link: Arc::default() };
         let (a, b) = (c.side(A).await, c.side(B).await);
@@ -100,12 +96,35 @@ impl Cluster2 {
     }
 
     async fn open(&self, dir: &Path, led: [bool; 4], policy: LayoutPolicy) -> Result<Arc<Namespace>> {
+        let logs = crate::store::raft::Logs::open(&Disk, dir)?;
+        let snapshot_after = crate::store::raft::LogUpkeep::default().snapshot_after_bytes;
         let mut shards = Vec::new();
         for i in 0..4 {
-            shards.push(Arc::new(ShardStore::open(dir, i).await?));
+            shards.push(Arc::new(ShardStore::open_on(&Disk, &logs, dir, i, snapshot_after).await?));
         }
         let remote = Remote::new(led.to_vec(), self.link.clone());
         Namespace::over_led(shards, policy, test_cluster(), remote).await
+    }
+}
+
+/// Move shard `shard`'s store and log from directory `from` to `to`, once
+/// the groups of a namespace dropped just before let go of the files.
+async fn move_shard(from: &Path, to: &Path, shard: u32) {
+    for tries in 0.. {
+        match crate::store::raft::log::move_log(from, to, shard) {
+            Ok(()) => break,
+            Err(e) if tries < 100 => {
+                tracing::debug!(error = %e, "not yet");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("shard {shard}'s log does not move: {e}"),
+        }
+    }
+    for entry in std::fs::read_dir(from).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.starts_with(&format!("shard-{shard}.")) {
+            std::fs::rename(from.join(&name), to.join(&name)).unwrap();
+        }
     }
 }
 
@@ -194,11 +213,8 @@ async fn racing_changes_from_two_processes_leave_a_tree_that_holds_together() {
     assert_eq!(leftovers(&b, &[2, 3]).await, (0, 0));
     // Gathered in one process again, the tree holds together.
     drop((a, b, to));
-    for entry in std::fs::read_dir(&c.dirs[1]).unwrap() {
-        let name = entry.unwrap().file_name().into_string().unwrap();
-        if name.starts_with("shard-2") || name.starts_with("shard-3") {
-            std::fs::rename(c.dirs[1].join(&name), c.dirs[0].join(&name)).unwrap();
-        }
+    for shard in [2, 3] {
+        move_shard(&c.dirs[1], &c.dirs[0], shard).await;
     }
     let one = super::tests::open_ns(&c.dirs[0]).await;
     super::races::holds_together(&one, "after the races").await;

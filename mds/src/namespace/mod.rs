@@ -165,9 +165,10 @@ impl Namespace {
     pub async fn open_on(media: &dyn crate::store::media::Media, dir: &std::path::Path, nshards: u32, root_policy: LayoutPolicy, cluster: Arc<Cluster>) -> Result<Self> {
         check_shard_count(dir, nshards)?;
         let snapshot_after = crate::store::raft::LogUpkeep::default().snapshot_after_bytes;
+        let logs = crate::store::raft::Logs::open(media, dir)?;
         let mut shards = Vec::new();
         for i in 0..nshards {
-            shards.push(Arc::new(ShardStore::open_on(media, dir, i, snapshot_after).await?));
+            shards.push(Arc::new(ShardStore::open_on(media, &logs, dir, i, snapshot_after).await?));
         }
         // the names of store files just made
         crate::store::sync_dir(dir)?;

@@ -1,6 +1,6 @@
-//! Where a shard's databases live: its store (`shard-N.redb`) and its
-//! Raft log (`shard-N.log.redb`). `Disk` keeps them in files, as every
-//! MDS does. `Memory` keeps each as two images, what was written and what
+//! Where the MDS's databases live: each shard's store (`shard-N.redb`)
+//! and the shards' Raft logs (`raft-log.redb`). `Disk` keeps them in
+//! files, as every MDS does. `Memory` keeps each as two images, what was written and what
 //! was synced, so that a test can cut the power at any write or sync of
 //! any of them (`Memory::cut_after`) and start again from what a disk
 //! would still hold: the synced images, every write since the last sync

@@ -290,15 +290,17 @@ impl ShardStore {
 
     /// [`ShardStore::open`], with a snapshot once the log has grown by
     /// `log_before_snapshot` bytes, or by the database's size if more.
+    /// The only shard open in `dir`: its log database is its own.
     pub async fn open_with(dir: &Path, id: u32, log_before_snapshot: u64) -> Result<ShardStore> {
-        Self::open_on(&media::Disk, dir, id, log_before_snapshot).await
+        Self::open_on(&media::Disk, &raft::Logs::open(&media::Disk, dir)?, dir, id, log_before_snapshot).await
     }
 
-    /// [`ShardStore::open_with`], with the databases on `media`.
-    pub async fn open_on(media: &dyn media::Media, dir: &Path, id: u32, log_before_snapshot: u64) -> Result<ShardStore> {
+    /// [`ShardStore::open_with`], with the databases on `media` and the
+    /// log in `logs`, which the other shards open in `dir` share.
+    pub async fn open_on(media: &dyn media::Media, logs: &Arc<raft::Logs>, dir: &Path, id: u32, log_before_snapshot: u64) -> Result<ShardStore> {
         let db = Self::open_db(media, dir, id)?;
         let upkeep = raft::LogUpkeep { snapshot_after_bytes: log_before_snapshot, ..Default::default() };
-        let raft = raft::start(media, dir, id, db.clone(), &upkeep, &raft::Members::solo()).await?;
+        let raft = raft::start(logs, dir, id, db.clone(), &upkeep, &raft::Members::solo()).await?;
         Self::over(id, db, raft, true, None)
     }
 
@@ -457,19 +459,7 @@ mod tests {
         }
         assert!(dir.path().join("shard-0.snapshot").exists());
         drop(s);
-        let mut tries = 0;
-        let s = loop {
-            // the group of the dropped store lets go of the files a moment later
-            match ShardStore::open_with(dir.path(), 0, 1).await {
-                Ok(s) => break s,
-                Err(e) if tries < 100 => {
-                    tries += 1;
-                    tracing::debug!(error = %e, "not yet");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("the shard does not open again: {e}"),
-            }
-        };
+        let s = open_again(dir.path(), |_| Ok(())).await;
         put(&s, 600).await.unwrap();
         let rows = s
             .read(|t| {
@@ -494,6 +484,63 @@ mod tests {
         }
         assert_eq!((g.members.as_slice(), g.leader), (&[raft::SELF][..], Some(raft::SELF)));
         assert!(g.snapshot > 0 && g.applied == g.last_log && g.last_log > 600, "{g:?}");
+    }
+
+    /// Shard 0 in `dir` opened again once the group of the store dropped
+    /// before has let go of its files (a moment later), `then` done to the
+    /// files first.
+    async fn open_again(dir: &Path, then: impl Fn(&Path) -> std::result::Result<(), redb::Error>) -> ShardStore {
+        let mut done = false;
+        for _ in 0..100 {
+            if !done {
+                match then(dir) {
+                    Ok(()) => done = true,
+                    Err(e) => tracing::debug!(error = %e, "not yet"),
+                }
+            }
+            if done {
+                match ShardStore::open_with(dir, 0, 1).await {
+                    Ok(s) => return s,
+                    Err(e) => tracing::debug!(error = %e, "not yet"),
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the shard does not open again");
+    }
+
+    /// A log kept the way it was before the shards shared one database
+    /// (`shard-N.log.redb`) is moved into the shared one at the next
+    /// start, and the entries only it holds are applied: the store's
+    /// database is put back to before them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_of_its_own_from_before_is_moved_in_and_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        async fn put(s: &ShardStore, k: u64) -> Result<()> {
+            s.mutate(move |txn| {
+                txn.open_table(INODES).io()?.insert(k, format!("row {k}").as_bytes()).io()?;
+                Ok(())
+            })
+            .await
+        }
+        let s = ShardStore::open(dir.path(), 0).await.unwrap();
+        put(&s, 1).await.unwrap();
+        drop(s);
+        let before = dir.path().join("before.redb");
+        let s = open_again(dir.path(), |d| Ok(std::fs::copy(d.join("shard-0.redb"), &before).map(drop)?)).await;
+        for k in 2..=5 {
+            put(&s, k).await.unwrap();
+        }
+        drop(s);
+        let s = open_again(dir.path(), |d| {
+            raft::log::to_legacy(d, 0)?;
+            Ok(std::fs::rename(&before, d.join("shard-0.redb"))?)
+        })
+        .await;
+        let rows = s.read(|t| (1..=5u64).map(|k| Ok(t.open_table(INODES).io()?.get(k).io()?.is_some())).collect::<Result<Vec<_>>>()).await.unwrap();
+        assert_eq!(rows, vec![true; 5], "rows 2-5 were only in the old log");
+        assert!(!dir.path().join("shard-0.log.redb").exists(), "the old log stayed");
+        put(&s, 6).await.unwrap();
     }
 
     /// A shard database made before shards were Raft groups (its tables
@@ -523,7 +570,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((old.as_deref(), counter), (Some(b"old row".as_slice()), Some(100)));
-        assert!(dir.path().join("shard-0.log.redb").exists());
+        assert!(dir.path().join(raft::log::FILE).exists());
     }
 
     /// A mutation that writes and then fails (or panics) leaves nothing in

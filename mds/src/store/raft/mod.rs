@@ -1,7 +1,8 @@
 //! Each shard is a Raft group (openraft; DESIGN.md, "Metadata that
 //! survives losing a machine"). The shard's redb database is the state
 //! machine (machine.rs), changed only by applying committed entries; the
-//! log and vote are in a database of their own (log.rs). An entry carries
+//! logs and votes of all the process's shards share a database of their
+//! own, and its commits (log.rs). An entry carries
 //! the change set of one group commit (txn.rs): what the leader's
 //! mutations wrote, row by row, so a member applies bytes and never runs
 //! a mutation's logic.
@@ -12,14 +13,13 @@
 //! process leads shard 0's group claims the others, and the others give
 //! up what they lead (replica.rs), so that one process leads them all.
 pub mod codec;
-mod log;
+pub mod log;
 mod machine;
 pub mod net;
 
-pub use log::LogStore;
+pub use log::{LogStore, Logs};
 pub use machine::Machine;
 
-use crate::store::media::Media;
 use crate::store::txn::ChangeSet;
 use aifs_common::{Error, Result};
 use openraft::{BasicNode, Config, SnapshotPolicy};
@@ -118,9 +118,9 @@ fn raft_err(what: &str, e: impl std::fmt::Display) -> Error {
 /// acknowledged before. A group of several members is left as it is:
 /// elected from what it holds, or empty, either for [`make_group`] or, if
 /// the process joins, for the leader to fill. Snapshots are taken and the
-/// log purged as `upkeep` says.
-pub async fn start(media: &dyn Media, dir: &Path, shard: u32, db: Arc<redb::Database>, upkeep: &LogUpkeep, members: &Members) -> Result<ShardRaft> {
-    let log = LogStore::open(media, &dir.join(format!("shard-{shard}.log.redb")))?;
+/// log purged as `upkeep` says. Its log is kept in `logs`.
+pub async fn start(logs: &Arc<Logs>, dir: &Path, shard: u32, db: Arc<redb::Database>, upkeep: &LogUpkeep, members: &Members) -> Result<ShardRaft> {
+    let log = logs.store(dir, shard)?;
     let appended = log.appended.clone();
     let machine = Machine::new(db, dir, shard)?;
     let config = Config {
@@ -211,7 +211,7 @@ mod tests {
                 table.create(&t).unwrap();
             }
             t.commit().unwrap();
-            let log = LogStore::open(&crate::store::media::Disk, &dir.path().join("shard-0.log.redb")).unwrap();
+            let log = Logs::open(&crate::store::media::Disk, dir.path()).unwrap().store(dir.path(), 0).unwrap();
             let machine = Machine::new(db, dir.path(), 0).unwrap();
             Ok((dir, log, machine))
         }
