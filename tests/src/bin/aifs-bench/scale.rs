@@ -20,7 +20,7 @@ use crate::util::{cpu_secs, median};
 use aifs_common::certs::Role;
 use aifs_common::config::MdsAddrs;
 use aifs_common::ids::InodeId;
-use aifs_common::proto::mds::{MdsReq, MdsResp};
+use aifs_common::proto::mds::{MdsReq, MdsResp, RecallReq, RecallResp};
 use aifs_common::rpc::{self, Identity, RpcClient};
 use aifs_common::SessionId;
 use aifs_tests::mds_call_leader as mds_call;
@@ -63,8 +63,31 @@ struct Client {
 }
 
 /// A simulated node keeps sessions with no files open and no locks, and
-/// caches nothing.
+/// caches nothing: it gives back at once every lease the MDS recalls. (It
+/// once left recalls unanswered: a lease its session with one process
+/// held, carried to the next leader of the shard, then stood in the way
+/// of its requests through another for the whole wait, and the run
+/// failed with "not released by its holders".)
 struct Bare(String);
+
+struct NothingCached;
+
+impl rpc::Service for NothingCached {
+    type Req = RecallReq;
+    type Resp = RecallResp;
+
+    async fn call(&self, _: &Arc<rpc::Peer>, _: RecallReq, _: bytes::Bytes) -> (RecallResp, Vec<bytes::Bytes>) {
+        (RecallResp::Done, vec![])
+    }
+
+    fn error(e: aifs_common::Error) -> RecallResp {
+        RecallResp::Err(e.to_wire())
+    }
+
+    fn accepts(&self, role: Role) -> bool {
+        role == Role::Mds
+    }
+}
 
 impl SessionKeeper for Bare {
     fn open_request(&self, previous: Vec<SessionId>) -> MdsReq {
@@ -73,7 +96,9 @@ impl SessionKeeper for Bare {
     fn opened(&self, _: SessionId, _: Instant) {}
     fn renewed(&self, _: SessionId, _: Instant) {}
     fn lost(&self, _: SessionId) {}
-    fn connected(self: Arc<Self>, _: quinn::Connection) {}
+    fn connected(self: Arc<Self>, conn: quinn::Connection) {
+        tokio::spawn(rpc::serve_conn(Arc::new(NothingCached), rpc::Peer::new(Role::Mds, conn)));
+    }
 }
 
 /// One run: files made, over how many seconds, the MDS processes' CPU
