@@ -104,6 +104,32 @@ fn random_writes_match_a_local_file() {
     }
 }
 
+/// Temporary files (made, unlinked at once, then written and read back
+/// through the descriptor, as Python's `tempfile.TemporaryFile` does)
+/// keep their data until closed. The mount answers the create and the
+/// unlink itself under the directory's write lease and sends both to the
+/// MDS in one batch, which must count the file open before it applies
+/// the unlink.
+#[test]
+fn files_unlinked_while_open_keep_their_data_until_closed() {
+    let cl = ProcCluster::start(3).unwrap();
+    let m = cl.mount().unwrap();
+    fs::create_dir(m.p("tmp")).unwrap();
+    for i in 0..20u64 {
+        let p = m.p(&format!("tmp/t{i}"));
+        let mut f = OpenOptions::new().read(true).write(true).create_new(true).open(&p).unwrap();
+        fs::remove_file(&p).unwrap();
+        let data = pattern::bytes(i, 0, MIB + 4096 * i as usize);
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap_or_else(|e| panic!("temporary file {i}: fsync after the unlink: {e}"));
+        let mut back = Vec::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut back).unwrap();
+        assert!(back == data, "temporary file {i}: read back {} bytes, not what was written", back.len());
+    }
+    assert!(listing(&m.p("tmp")).is_empty());
+}
+
 #[test]
 fn sparse_files_and_truncation() {
     let cl = ProcCluster::start(3).unwrap();

@@ -39,6 +39,14 @@ impl MdsService {
     /// Changes a client made under directories' write leases. A file made
     /// and still open there counts as open and comes with a write lease
     /// (a read lease if already closed), as a `Create` would.
+    ///
+    /// It counts as open from before the batch is applied: a file made
+    /// and unlinked in one batch while its maker still has it open (a
+    /// temporary file: open, unlink, then write and read through the
+    /// descriptor) must stay, nameless, until the last close, as any
+    /// file unlinked while open does. Counted only after, the unlink
+    /// found it closed and removed it with its data, and the descriptor's
+    /// next fsync failed with ENOENT.
     pub(crate) async fn apply(&self, peer: &Arc<Peer>, session: Option<SessionId>, ops: Vec<DirOp>) -> MdsResp {
         let cl = &self.ns.cluster;
         let h = cl.holder(peer);
@@ -46,13 +54,27 @@ impl MdsService {
             Ok(s) => s,
             Err(e) => return MdsResp::Err(e.to_wire()),
         };
+        let made_open: Vec<(usize, InodeId)> = ops.iter().enumerate().filter(|(_, op)| matches!(op, DirOp::Create { open: true, .. })).map(|(i, op)| (i, op.ino())).collect();
+        if let Some(s) = s {
+            for (_, ino) in &made_open {
+                cl.opened(s, *ino, READ | WRITE);
+            }
+        }
         let results = self.ns.apply(ops.clone(), peer.owner).await;
         // A change that could not commit here (this process lost its
         // shard's lead meanwhile) was not refused: the whole batch is
         // sent elsewhere, as a request that found no leader is (applying
         // a change twice changes nothing). Answered as refused, the
         // client would drop a file it already told its caller was made.
-        if let Some(e) = results.iter().filter_map(|r| r.as_ref().err()).find(|e| e.unreachable()) {
+        let unreachable = results.iter().filter_map(|r| r.as_ref().err()).find(|e| e.unreachable()).cloned();
+        if let Some(s) = s {
+            for (i, ino) in &made_open {
+                if unreachable.is_some() || results.get(*i).is_none_or(|r| r.is_err()) {
+                    cl.closed(s, *ino);
+                }
+            }
+        }
+        if let Some(e) = unreachable {
             return MdsResp::Err(e.to_wire());
         }
         let mut changes: Vec<(InodeId, Vec<String>)> = Vec::new();
@@ -69,9 +91,6 @@ impl MdsService {
             }
             match op {
                 DirOp::Create { parent, name, ino, open, .. } => {
-                    if let Some(s) = s.filter(|_| open) {
-                        cl.opened(s, ino, READ | WRITE);
-                    }
                     cl.try_acquire(&h, ino, if open { LeaseKind::Write } else { LeaseKind::Read });
                     changes.push((parent, vec![name]));
                 }
