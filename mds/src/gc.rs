@@ -6,7 +6,7 @@ use crate::cluster::Cluster;
 use crate::cluster::Holder;
 use crate::namespace::Namespace;
 use crate::records::GcJob;
-use crate::store::{IoResult, GC, INODES};
+use crate::store::{IoResult, GC};
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::Degraded;
 use aifs_common::proto::osd::{OsdCall, OsdReq, OsdResp, MAX_DELETE_BATCH};
@@ -288,28 +288,16 @@ impl Gc {
             let after = self.cursor.lock().ok().and_then(|c| c.get(&sid).copied()).unwrap_or(0);
             let jobs = s
                 .read(move |t| {
-                    let inodes = t.open_table(INODES).io()?;
-                    let (mut v, mut gone) = (Vec::new(), Vec::new());
+                    let mut v = Vec::new();
                     for r in t.open_table(GC).io()?.range(after..).io()?.take(GC_BATCH) {
                         let (k, val) = r.io()?;
-                        let job = GcJob::decode(val.value());
-                        // A delete whose inode is gone (not a layout
-                        // replaced on an empty file, which stays).
-                        if let Ok(j) = &job {
-                            if j.truncate_to.is_none() && inodes.get(j.ino).io()?.is_none() {
-                                gone.push(InodeId(j.ino));
-                            }
-                        }
-                        v.push((k.value(), job));
+                        v.push((k.value(), GcJob::decode(val.value())));
                     }
-                    Ok((v, gone))
+                    Ok(v)
                 })
                 .await;
             let jobs = match jobs {
-                Ok((j, gone)) => {
-                    self.ns.cluster.forget_gone(&gone);
-                    j
-                }
+                Ok(j) => j,
                 Err(e) => {
                     tracing::warn!(shard = sid, error = %e, "cannot read GC queue");
                     continue;

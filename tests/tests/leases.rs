@@ -707,7 +707,8 @@ fn directories_made_in_bulk_leave_numbers_for_the_files_made_later() {
 
 /// A job that makes and removes files all day (checkpoints rotated
 /// out) holds leases only on what exists: leases on removed files,
-/// symlinks and directories leave its session's budget (`max_leases`),
+/// symlinks (unlinked, or replaced by a rename, as `ln -sfn` does) and
+/// directories leave its session's budget (`max_leases`),
 /// which would otherwise fill, leaving the mount nothing it may cache,
 /// and make each create cost the MDS more (the table grew by a lease a
 /// file).
@@ -728,12 +729,19 @@ fn leases_on_removed_files_and_directories_leave_the_sessions_budget() {
             std::os::unix::fs::symlink(format!("rank{i}"), step.join(format!("latest{i}"))).unwrap();
             assert_eq!(fs::read_link(step.join(format!("latest{i}"))).unwrap().to_str(), Some(format!("rank{i}").as_str()));
         }
+        // a link to the newest rank moved along, each new one renamed over the last
+        for i in 0..20 {
+            std::os::unix::fs::symlink(format!("rank{i}"), step.join("next")).unwrap();
+            fs::rename(step.join("next"), step.join("newest")).unwrap();
+        }
+        assert_eq!(fs::read_link(step.join("newest")).unwrap().to_str(), Some("rank19"));
         for i in 0..LIMIT {
             fs::remove_file(step.join(format!("rank{i}"))).unwrap();
         }
         for i in 0..20 {
             fs::remove_file(step.join(format!("latest{i}"))).unwrap();
         }
+        fs::remove_file(step.join("newest")).unwrap();
         fs::remove_dir(&step).unwrap();
     }
     let held = || -> u64 {

@@ -197,6 +197,17 @@ impl Namespace {
         let numbers = crate::numbers::Numbers::new(shards.len());
         let fences = fences::Fences::new(shards.len(), remote.clone());
         let holding = Default::default();
+        // Every lease on an inode goes with its row: a job that makes and
+        // removes files would otherwise fill its session's budget
+        // (`max_leases`) with leases on files long gone.
+        for s in &shards {
+            let cl = Arc::downgrade(&cluster);
+            s.when_gone(Arc::new(move |inos: &[u64]| {
+                if let Some(cl) = cl.upgrade() {
+                    cl.forget_gone(&inos.iter().map(|i| InodeId(*i)).collect::<Vec<_>>());
+                }
+            }));
+        }
         let ns = Namespace { shards, fences, cluster, running: Default::default(), reserved: Default::default(), numbers, remote, holding };
         if ns.elsewhere(0).is_none() {
             ns.make_root(root_policy).await?;

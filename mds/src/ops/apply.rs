@@ -80,7 +80,11 @@ impl MdsService {
         let mut changes: Vec<(InodeId, Vec<String>)> = Vec::new();
         let mut unlinked = false;
         let mut purge = false;
-        let mut removed = Vec::new();
+        // Made and removed in this batch, and not kept open: gone before
+        // a lease could be granted on it, and its commit already forgot
+        // the leases on it (the store's gone hook, namespace/mod.rs).
+        let removed: std::collections::HashSet<InodeId> = ops.iter().filter(|op| matches!(op, DirOp::Unlink { .. } | DirOp::Rmdir { .. })).map(|op| op.ino()).collect();
+        let gone = |ino: InodeId, open: bool| removed.contains(&ino) && !(open && s.is_some());
         for (op, r) in ops.into_iter().zip(&results) {
             match r {
                 Ok(()) => {}
@@ -90,6 +94,8 @@ impl MdsService {
                 }
             }
             match op {
+                DirOp::Create { parent, name, ino, open, .. } if gone(ino, open) => changes.push((parent, vec![name])),
+                DirOp::Mkdir { parent, name, ino, .. } if gone(ino, false) => changes.push((parent, vec![name])),
                 DirOp::Create { parent, name, ino, open, .. } => {
                     cl.try_acquire(&h, ino, if open { LeaseKind::Write } else { LeaseKind::Read });
                     changes.push((parent, vec![name]));
@@ -105,7 +111,6 @@ impl MdsService {
                 }
                 DirOp::Unlink { parent, name, ino, .. } | DirOp::Rmdir { parent, name, ino, .. } => {
                     unlinked = true;
-                    removed.push(ino);
                     changes.push((parent, vec![name]));
                     changes.push((ino, vec![]));
                 }
@@ -119,7 +124,6 @@ impl MdsService {
             self.purge().await;
         }
         cl.invalidate(Some(h.id), changes).await;
-        self.forget_if_gone(removed).await;
         MdsResp::Applied(results.into_iter().map(|r| r.err().map(|e| e.to_wire())).collect())
     }
 

@@ -54,7 +54,6 @@ impl MdsService {
         let h = self.changing(c, &dirs).await?;
         let ino = ns.rmdir(parent, &name, cred, once).await?;
         cl.invalidate(Some(h.id), vec![(parent, vec![name]), (ino, vec![])]).await;
-        cl.forget_gone(&[ino]);
         Ok(self.changed(None, &[parent], None).await)
     }
 }

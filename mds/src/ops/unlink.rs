@@ -5,7 +5,6 @@ use crate::namespace::{check_name, unlink_here, Namespace, Unlinked};
 use crate::once::{self, Once};
 use crate::records::Step;
 use crate::service::MdsService;
-use crate::store::{IoResult, INODES};
 use super::Call;
 use aifs_common::{Error, InodeId, Result};
 use aifs_common::perm::{self, Cred};
@@ -60,35 +59,6 @@ impl MdsService {
         let ino = ns.unlink(parent, &name, cred, once).await?;
         self.gc.wake.notify_one();
         cl.invalidate(Some(h.id), vec![(parent, vec![name]), (ino, vec![])]).await;
-        self.forget_if_gone(vec![ino]).await;
         Ok(self.changed(None, &[parent], None).await)
-    }
-
-    /// Inodes that lost a name: the leases on those that are gone with it
-    /// go now. A symlink or a device has no objects for the GC to free, so
-    /// the GC never finds it (gc.rs forgets freed files'); a file still
-    /// open is not gone, and its leases go when it is freed.
-    pub(crate) async fn forget_if_gone(&self, mut inos: Vec<InodeId>) {
-        inos.sort_by_key(|i| i.shard());
-        for same in inos.chunk_by(|a, b| a.shard() == b.shard()) {
-            let Ok(store) = self.ns.shard_for(same[0].0) else { continue };
-            let asked: Vec<InodeId> = same.to_vec();
-            let gone = store
-                .read(move |t| {
-                    let rows = t.open_table(INODES).io()?;
-                    let mut gone = Vec::new();
-                    for ino in asked {
-                        if rows.get(ino.0).io()?.is_none() {
-                            gone.push(ino);
-                        }
-                    }
-                    Ok(gone)
-                })
-                .await;
-            match gone {
-                Ok(gone) => self.ns.cluster.forget_gone(&gone),
-                Err(e) => tracing::debug!(error = %e, "leases on removed inodes kept until the GC or the session's end"),
-            }
-        }
     }
 }

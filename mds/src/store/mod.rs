@@ -88,7 +88,11 @@ struct Writer {
     /// When a majority last acknowledged this process as the group's
     /// leader (replica.rs keeps it); None for a one-member group.
     acked: Option<Acked>,
+    gone: Arc<std::sync::OnceLock<GoneHook>>,
 }
+
+/// Told the inodes whose rows a commit removed ([`ShardStore::when_gone`]).
+pub type GoneHook = Arc<dyn Fn(&[u64]) + Send + Sync>;
 
 /// When a majority last acknowledged this member as its group's leader
 /// (None: it does not lead, or no majority has yet).
@@ -146,6 +150,7 @@ impl Writer {
             };
             let recorded = Txn::new(&txn);
             let (ok, failed): (Vec<_>, Vec<_>) = jobs.into_iter().map(|mut j| (j.run(&recorded), j)).partition(|(ok, _)| *ok);
+            let gone = recorded.removed_inodes();
             let changes = recorded.take_changes();
             drop(recorded);
             let _ = txn.abort();
@@ -157,19 +162,22 @@ impl Writer {
                 continue;
             }
             self.stats.mutations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            if changes.changes.is_empty() {
-                for j in jobs {
-                    j.answer(Ok(()));
+            let committed = changes.changes.is_empty() || self.commit(changes, &mut jobs);
+            for j in jobs {
+                j.answer(Ok(()));
+            }
+            if committed && !gone.is_empty() {
+                if let Some(tell) = self.gone.get() {
+                    tell(&gone);
                 }
-            } else {
-                self.commit(changes, jobs);
             }
             return;
         }
     }
 
-    /// Commit `changes` through the group and answer `jobs` with the
-    /// outcome. A leader parted from the other members would hold its
+    /// Commit `changes` through the group; whether it committed. `jobs`
+    /// are answered here if it did not, and left to the caller to answer
+    /// if it did. A leader parted from the other members would hold its
     /// callers until the partition ends, while the others elect a leader
     /// and serve: so once no majority has acknowledged this one for
     /// [`GIVE_UP`], the callers are told to go elsewhere ("not leader",
@@ -178,10 +186,10 @@ impl Writer {
     /// computed without it; a caller that sends again, to whichever
     /// member leads, does so with its request id, which finds the first
     /// attempt's outcome where it committed.
-    fn commit(&self, changes: txn::ChangeSet, jobs: Vec<Box<dyn Job>>) {
+    fn commit(&self, changes: txn::ChangeSet, jobs: &mut Vec<Box<dyn Job>>) -> bool {
         let shard = self.shard;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        let mut waiting = Some(jobs);
+        let mut waiting = Some(std::mem::take(jobs));
         let started = std::time::Instant::now();
         let res = self.rt.block_on(async {
             let write = self.raft.client_write(changes);
@@ -207,11 +215,18 @@ impl Writer {
                 }
             }
         });
-        if let Err(e) = &res {
-            tracing::error!(shard, error = %e, "commit failed");
-        }
-        for j in waiting.into_iter().flatten() {
-            j.answer(res.clone());
+        match res {
+            Ok(()) => {
+                *jobs = waiting.unwrap_or_default();
+                true
+            }
+            Err(e) => {
+                tracing::error!(shard, error = %e, "commit failed");
+                for j in waiting.into_iter().flatten() {
+                    j.answer(Err(e.clone()));
+                }
+                false
+            }
         }
     }
 
@@ -258,6 +273,7 @@ pub struct ShardStore {
     raft: tokio::sync::watch::Receiver<openraft::RaftMetrics<raft::NodeId, openraft::BasicNode>>,
     tx: std::sync::mpsc::Sender<Box<dyn Job>>,
     pub stats: Arc<StoreStats>,
+    gone: Arc<std::sync::OnceLock<GoneHook>>,
 }
 
 /// Make `dir`'s entries (files made or renamed in it) durable.
@@ -325,9 +341,16 @@ impl ShardStore {
         let metrics = raft.metrics();
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn Job>>();
         let stats = Arc::new(StoreStats::default());
-        let writer = Writer { db: db.clone(), raft, rt: tokio::runtime::Handle::current(), shard: id, stats: stats.clone(), owns_group, acked };
+        let gone = Arc::default();
+        let writer = Writer { db: db.clone(), raft, rt: tokio::runtime::Handle::current(), shard: id, stats: stats.clone(), owns_group, acked, gone: Arc::clone(&gone) };
         std::thread::Builder::new().name(format!("shard-{id}-commit")).spawn(move || writer.run(rx))?;
-        Ok(ShardStore { id, db, raft: metrics, tx, stats })
+        Ok(ShardStore { id, db, raft: metrics, tx, stats, gone })
+    }
+
+    /// Have `tell` told, after each commit, the inodes whose rows it
+    /// removed (the first hook set stays).
+    pub fn when_gone(&self, tell: GoneHook) {
+        let _ = self.gone.set(tell);
     }
 
     /// Run `f` in the next group commit; answer once it is durable. If `f`

@@ -193,6 +193,19 @@ impl<'a> Txn<'a> {
     /// row once, as the transaction left it (rows are independent, so
     /// their order does not matter); nothing for a row it made and
     /// removed; a patch for a row rewritten at the same length.
+    /// The inodes whose rows this transaction removed and left removed,
+    /// made in it or not (a change set leaves out a row made and removed
+    /// in it). Read before [`Txn::take_changes`], which takes the record.
+    pub fn removed_inodes(&self) -> Vec<u64> {
+        let tag = table_tag(TableHandle::name(&super::INODES));
+        let log = self.log.borrow();
+        let mut last: HashMap<&[u8], bool> = HashMap::new();
+        for m in log.iter().filter(|m| m.change.table == tag) {
+            last.insert(&m.change.key, m.change.value.is_none());
+        }
+        last.into_iter().filter(|(_, removed)| *removed).filter_map(|(k, _)| <[u8; 8]>::try_from(k).ok().map(u64::from_le_bytes)).collect()
+    }
+
     pub fn take_changes(&self) -> ChangeSet {
         let made = std::mem::take(&mut *self.log.borrow_mut());
         let mut last: HashMap<(u8, Vec<u8>), (usize, Before)> = HashMap::with_capacity(made.len());
