@@ -83,7 +83,8 @@ impl MdsService {
         // Made and removed in this batch, and not kept open: gone before
         // a lease could be granted on it, and its commit already forgot
         // the leases on it (the store's gone hook, namespace/mod.rs).
-        let removed: std::collections::HashSet<InodeId> = ops.iter().filter(|op| matches!(op, DirOp::Unlink { .. } | DirOp::Rmdir { .. })).map(|op| op.ino()).collect();
+        let removed: std::collections::HashSet<InodeId> =
+            ops.iter().zip(&results).filter(|(op, r)| r.is_ok() && matches!(op, DirOp::Unlink { .. } | DirOp::Rmdir { .. })).map(|(op, _)| op.ino()).collect();
         let gone = |ino: InodeId, open: bool| removed.contains(&ino) && !(open && s.is_some());
         for (op, r) in ops.into_iter().zip(&results) {
             match r {
