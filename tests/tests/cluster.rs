@@ -1241,6 +1241,45 @@ async fn files_made_under_a_directory_lease_take_only_numbers_reserved_for_their
     assert_eq!(names(&a, d.ino).await, vec!["x5".to_string()]);
 }
 
+/// A file made open under a directory's write lease counts as open once
+/// however often its batch comes: sent again after a lost reply, the
+/// create found the file made and counted it open a second time, so the
+/// client's one close left it open, and once unlinked its data stayed
+/// until the session ended. Here it is freed at that close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_again_counts_its_open_files_once() {
+    use aifs_common::proto::mds::{DirOp, Reserved};
+    let cl = TestCluster::start(3, 1).await.unwrap();
+    let a = cl.mds_client_of_node(Role::Client, "a").unwrap();
+    let sid = match mds_call(&a, MdsReq::OpenSession { name: "a".into(), dir_leases: true, previous: vec![], open: vec![], locks: vec![] }).await.unwrap() {
+        MdsResp::Session { id, .. } => id,
+        other => panic!("{other:?}"),
+    };
+    let d = attr(&a, mkdir(ROOT, "d")).await.unwrap();
+    let r: Reserved = match mds_call(&a, MdsReq::Reserve { dir: d.ino, count: 1 }).await.unwrap() {
+        MdsResp::Reserved(mut v) => v.remove(0),
+        other => panic!("{other:?}"),
+    };
+    let batch = |ops: Vec<DirOp>| {
+        let a = &a;
+        async move {
+            match mds_call(a, MdsReq::Apply { session: Some(sid), ops }).await.unwrap() {
+                MdsResp::Applied(v) => assert!(v.iter().all(|e| e.is_none()), "{v:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let made = DirOp::Create { parent: d.ino, name: "tmp".into(), ino: r.ino, layout: r.layout.clone(), mode: 0o600, cred: Cred::root(), time_ns: 0, open: true };
+    batch(vec![made.clone()]).await;
+    // the reply was lost: the same batch again
+    batch(vec![made]).await;
+    batch(vec![DirOp::Unlink { parent: d.ino, name: "tmp".into(), ino: r.ino, time_ns: 0, cred: Cred::root() }]).await;
+    assert!(attr(&a, MdsReq::GetAttr { ino: r.ino }).await.is_ok(), "an open file lost its inode at its unlink");
+    batch(vec![DirOp::Close { ino: r.ino }]).await;
+    let after = attr(&a, MdsReq::GetAttr { ino: r.ino }).await;
+    assert!(matches!(after, Err(Error::NotFound)), "the file is still there after its one close: {after:?}");
+}
+
 /// The two phases' messages between MDS processes (mds/src/shardnet.rs),
 /// sent the way a coordinator sends them: answered for an MDS
 /// certificate, the namespace's own errors carried through; refused for

@@ -65,15 +65,37 @@ impl Cluster {
     /// A session opened `ino` (its first handle on that client), granted
     /// `rights` over its data.
     pub fn opened(&self, session: SessionId, ino: InodeId, rights: u8) {
-        if let Ok(mut o) = self.opens.lock() {
-            let c = o.entry(ino).or_default().entry(session).or_default();
-            if c.n == 0 {
-                *self.open_files.entry(session).or_default() += 1;
-            }
-            c.n += 1;
-            c.rights |= rights;
-            tracing::debug!(%session, %ino, opens = c.n, rights, "opened");
+        self.count_open(session, ino, rights, false);
+    }
+
+
+    /// A session made `ino` under a directory's write lease and has it
+    /// open (`DirOp::Create`, one client-side file state): counted once,
+    /// however often the change comes. It comes again in a batch sent
+    /// again after a lost reply, and after the client's new session
+    /// already named it open; counted each time, the session's one close
+    /// left it open for good, and an unlinked file's data stayed until
+    /// the session ended. True if this call counted it.
+    pub fn made_open(&self, session: SessionId, ino: InodeId, rights: u8) -> bool {
+        self.count_open(session, ino, rights, true)
+    }
+
+
+    /// Count an open of `ino` by `session` (with `once`, only if it has
+    /// none); true if counted.
+    fn count_open(&self, session: SessionId, ino: InodeId, rights: u8, once: bool) -> bool {
+        let Ok(mut o) = self.opens.lock() else { return false };
+        let c = o.entry(ino).or_default().entry(session).or_default();
+        c.rights |= rights;
+        if once && c.n > 0 {
+            return false;
         }
+        if c.n == 0 {
+            *self.open_files.entry(session).or_default() += 1;
+        }
+        c.n += 1;
+        tracing::debug!(%session, %ino, opens = c.n, rights, "opened");
+        true
     }
 
 

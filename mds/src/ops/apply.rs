@@ -54,12 +54,12 @@ impl MdsService {
             Ok(s) => s,
             Err(e) => return MdsResp::Err(e.to_wire()),
         };
-        let made_open: Vec<(usize, InodeId)> = ops.iter().enumerate().filter(|(_, op)| matches!(op, DirOp::Create { open: true, .. })).map(|(i, op)| (i, op.ino())).collect();
-        if let Some(s) = s {
-            for (_, ino) in &made_open {
-                cl.opened(s, *ino, READ | WRITE);
-            }
-        }
+        // The opens this batch counted (not those an earlier attempt of
+        // it, or the session's reopen, counted already).
+        let made_open: Vec<(usize, InodeId)> = match s {
+            Some(s) => ops.iter().enumerate().filter(|(_, op)| matches!(op, DirOp::Create { open: true, .. }) && cl.made_open(s, op.ino(), READ | WRITE)).map(|(i, op)| (i, op.ino())).collect(),
+            None => Vec::new(),
+        };
         let results = self.ns.apply(ops.clone(), peer.owner).await;
         // A change that could not commit here (this process lost its
         // shard's lead meanwhile) was not refused: the whole batch is
