@@ -319,3 +319,69 @@ fn a_mount_speaks_to_the_process_that_leads_a_shard_and_keeps_its_lock_through_m
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Renames coordinated by another process that name a directory of a
+/// shard placed apart are seen by a mount that caches that directory
+/// under the placed process's leases: a file moved in is found after the
+/// mount listed the directory, and while it holds the directory's write
+/// lease (it answers creates there itself) a create of the name moved in
+/// finds the file; a file moved out is gone. The renames come from an
+/// admin client, which holds no leases, so no lookup of its own at the
+/// placed process recalls anything first, as a mount's would.
+#[cfg(feature = "fuse_tests")]
+#[test]
+fn a_rename_into_a_shard_placed_apart_reaches_the_mounts_that_cache_its_directory() {
+    let cl = ProcCluster::start_replicated_edited(3, 3, &|t| format!("spread = true\n{t}")).unwrap();
+    let first = cl.mds_leader(ELECTION).unwrap();
+    let to = if first == 3 { 2 } else { 3 };
+    let c = Caller::new(&cl);
+    let d = (0..16).map(|i| c.mkdir(InodeId::ROOT, &format!("d{i}"))).find(|a| a.ino.shard() == PLACED).expect("no directory on the shard to place");
+    let name = (0..16).map(|i| format!("d{i}")).find(|n| c.lookup(InodeId::ROOT, n).is_ok_and(|a| a.ino == d.ino)).unwrap();
+    cl.mdsctl(&["shard", "move", &PLACED.to_string(), "--to", &to.to_string()]).unwrap();
+    wait_led(&cl, PLACED as usize, |l| l == to, "not led by the member placed");
+    let other = cl.mount().unwrap();
+    let theirs = other.p(&name);
+    let listed = |dir: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    // Moved in from the root, whose shard shard 0's leader leads: two
+    // processes, in two phases.
+    let move_in = |file: &str| {
+        c.create(InodeId::ROOT, file);
+        c.rename(InodeId::ROOT, file, d.ino, file);
+    };
+
+    c.create(d.ino, "before");
+    assert_eq!(listed(&theirs), ["before"]);
+    assert!(std::fs::metadata(theirs.join("moved")).is_err());
+    move_in("moved");
+    assert!(std::fs::metadata(theirs.join("moved")).is_ok(), "a mount that listed the directory does not see the file moved in");
+    assert_eq!(listed(&theirs), ["before", "moved"]);
+
+    // The mount makes files there under the directory's write lease.
+    std::fs::write(theirs.join("lease"), b"under the write lease").unwrap();
+    std::fs::write(theirs.join("lease2"), b"under the write lease").unwrap();
+    move_in("second");
+    let made = std::fs::OpenOptions::new().write(true).create_new(true).open(theirs.join("second"));
+    assert!(made.is_err(), "a mount made a file over the name of one moved in through another process");
+    assert_eq!(listed(&theirs), ["before", "lease", "lease2", "moved", "second"]);
+    assert_eq!(c.lookup(d.ino, "second").unwrap().size, 0);
+    // The mount moves a file in itself while it holds the write lease:
+    // the prepare takes the lease back from the very client waiting for
+    // the rename, which gives it back at once.
+    std::fs::write(theirs.join("third"), b"under the write lease").unwrap();
+    std::fs::write(other.p("own"), b"moved in by the lease holder").unwrap();
+    let t = Instant::now();
+    std::fs::rename(other.p("own"), theirs.join("own")).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3), "a rename by the write lease's holder waited {:?}", t.elapsed());
+    assert_eq!(std::fs::read(theirs.join("own")).unwrap(), b"moved in by the lease holder");
+    std::fs::remove_file(theirs.join("own")).unwrap();
+    std::fs::remove_file(theirs.join("third")).unwrap();
+
+    // Moved out again: gone from the mount's view.
+    c.rename(d.ino, "moved", InodeId::ROOT, "away");
+    assert!(std::fs::metadata(theirs.join("moved")).is_err(), "a mount still sees a file moved out through another process");
+    assert_eq!(listed(&theirs), ["before", "lease", "lease2", "second"]);
+}

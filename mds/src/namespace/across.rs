@@ -6,6 +6,7 @@ use super::tests::test_cluster;
 use super::twophase::{OpId, Peers, Remote, ShardMsg, ShardReply};
 use super::*;
 use crate::records::Step;
+use aifs_common::lease::LeaseKind;
 use crate::store::media::Disk;
 use crate::store::{INTENTS, PREPARED};
 use aifs_common::proto::frame::{decode_any, encode_any};
@@ -180,6 +181,32 @@ async fn operations_over_shards_led_from_two_processes_happen_whole() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(leftovers(&a, &[0, 1]).await, (0, 0));
     assert_eq!(leftovers(&b, &[2, 3]).await, (0, 0));
+}
+
+/// A change coordinated by one process takes back the write leases the
+/// other granted on the directories it names there before it reads
+/// them: a client holding one answers creates there itself, and the
+/// change's checks must see what it made. Here the holder never answers,
+/// so the rename into its directory waits until it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_from_another_process_waits_for_write_leases_on_its_directories() {
+    let (_c, a, b, [d2, _]) = Cluster2::new().await;
+    let writer = b.cluster.own_holder(false);
+    assert_eq!(b.cluster.acquire(&writer, d2, LeaseKind::Write).await, Ok(LeaseKind::Write));
+    let rename = {
+        let a = a.clone();
+        tokio::spawn(async move { a.rename(InodeId::ROOT, "f", d2, "g", 0, &root(), &Once::none()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!rename.is_finished(), "the rename went ahead while another client held the directory's write lease");
+    assert!(can_create(&b, d2, "meanwhile").await, "the shard was fenced while its write lease was taken back");
+    drop(writer);
+    let moved = tokio::time::timeout(Duration::from_secs(5), rename).await.expect("the rename still waits after the lease went").unwrap();
+    assert!(moved.is_ok(), "{moved:?}");
+    assert!(b.lookup(d2, "g", &root()).await.is_ok());
+    // Its read lease went with it: the write lease is there to take again.
+    let again = tokio::time::timeout(Duration::from_secs(1), b.cluster.acquire(&b.cluster.own_holder(false), d2, LeaseKind::Write)).await;
+    assert_eq!(again, Ok(Ok(LeaseKind::Write)), "the prepare's read lease outlived the rename");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

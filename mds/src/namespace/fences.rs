@@ -77,12 +77,12 @@ impl Fences {
     /// For a change over the shards of `inos`, all known beforehand,
     /// whose home is the directory `home` (twophase.rs).
     pub(crate) async fn over(&self, home: u64, inos: &[u64]) -> Result<Held<'_>> {
-        self.take(false, shard_of(home), shards(inos)).await
+        self.take(false, shard_of(home), shards(inos), inos).await
     }
 
     /// For a change over `shards`, all known beforehand.
     pub(crate) async fn over_shards(&self, home: u64, shards: &[u32]) -> Result<Held<'_>> {
-        self.take(false, shard_of(home), in_order(shards.to_vec())).await
+        self.take(false, shard_of(home), in_order(shards.to_vec()), &[]).await
     }
 
     /// For a change over shards found by `find`, which names the inodes
@@ -96,7 +96,7 @@ impl Fences {
     {
         let mut inos = find().await?;
         loop {
-            let held = self.take(moves, shard_of(home), shards(&inos)).await?;
+            let held = self.take(moves, shard_of(home), shards(&inos), &inos).await?;
             let now = find().await?;
             if shards(&now).iter().all(|s| shards(&inos).contains(s)) {
                 return Ok(held);
@@ -107,8 +107,9 @@ impl Fences {
     }
 
     /// `shards` sorted, each once: the ones led here fenced here, the
-    /// others prepared at their leaders, in that one order.
-    async fn take(&self, moves: bool, home: u32, mut shards: Vec<u32>) -> Result<Held<'_>> {
+    /// others prepared at their leaders, in that one order, each told
+    /// which of `inos` (what the change names) live there.
+    async fn take(&self, moves: bool, home: u32, mut shards: Vec<u32>, inos: &[u64]) -> Result<Held<'_>> {
         let remote = self.remote.as_ref().filter(|r| shards.iter().any(|s| r.elsewhere(*s)) || (moves && r.elsewhere(0)));
         if let Some(r) = remote {
             if r.elsewhere(home) {
@@ -130,7 +131,8 @@ impl Fences {
                     // (listed first: a prepare whose answer was lost is
                     // aborted all the same)
                     p.open.push(s);
-                    r.ask(ShardMsg::Prepare { shard: s, op: p.op }).await?;
+                    let inos = inos.iter().copied().filter(|i| shard_of(*i) == s).collect();
+                    r.ask(ShardMsg::Prepare { shard: s, op: p.op, inos }).await?;
                 }
                 None => held._fences.push(self.of(s).write().await),
             }

@@ -24,6 +24,7 @@
 //! way, holding its fence until they are, and rolls forward the intents
 //! of the shards it leads, sending the steps of shards led elsewhere.
 use super::Namespace;
+use crate::cluster::Holder;
 use crate::records::{InodeRec, Intent, Step};
 use crate::store::{IoResult, Txn, INTENTS, INTENT_DONE, PREPARED};
 use aifs_common::perm::Cred;
@@ -71,7 +72,9 @@ pub enum ShardRead {
 /// What one shard's leader is asked by another's.
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub enum ShardMsg {
-    Prepare { shard: u32, op: OpId },
+    /// `inos`: what the operation names in the shard (its directories'
+    /// write leases, granted there, are taken back first).
+    Prepare { shard: u32, op: OpId, inos: Vec<u64> },
     Read { shard: u32, read: ShardRead },
     /// Commit `k` of the operation's intent; `last`: the shard's last.
     Commit { shard: u32, op: OpId, k: u32, steps: Vec<Step>, last: bool },
@@ -159,15 +162,21 @@ impl Drop for Prepared {
     }
 }
 
-/// The fences this process holds for operations coordinated elsewhere,
-/// by (shard, operation).
+/// What this process holds for an operation coordinated elsewhere: the
+/// shard's fence, and read leases on the directories it names there.
+struct Hold {
+    _fence: OwnedRwLockWriteGuard<()>,
+    _leases: Holder,
+}
+
+/// The holds of operations coordinated elsewhere, by (shard, operation).
 #[derive(Default)]
-pub(crate) struct Holding(Mutex<HashMap<(u32, OpId), OwnedRwLockWriteGuard<()>>>);
+pub(crate) struct Holding(Mutex<HashMap<(u32, OpId), Hold>>);
 
 impl Holding {
-    fn put(&self, shard: u32, op: OpId, g: OwnedRwLockWriteGuard<()>) {
+    fn put(&self, shard: u32, op: OpId, hold: Hold) {
         if let Ok(mut m) = self.0.lock() {
-            m.insert((shard, op), g);
+            m.insert((shard, op), hold);
         }
     }
 
@@ -227,7 +236,7 @@ impl Namespace {
             return Err(Error::NotLeader(String::new()));
         }
         match msg {
-            ShardMsg::Prepare { shard, op } => self.prepare(shard, op).await.map(|_| ShardReply::Done),
+            ShardMsg::Prepare { shard, op, inos } => self.prepare(shard, op, &inos).await.map(|_| ShardReply::Done),
             ShardMsg::Read { shard: _, read } => self.read_here(read).await,
             ShardMsg::Commit { shard, op, k, steps, last } => {
                 let cluster = self.cluster.clone();
@@ -250,14 +259,32 @@ impl Namespace {
 
     /// Take `shard`'s fence for `op` and log that it is held; a watcher
     /// asks how `op` ended should no word come.
-    async fn prepare(&self, shard: u32, op: OpId) -> Result<()> {
+    ///
+    /// First the write leases granted here on the directories `op` names
+    /// (`inos`) are taken back, as a change made here takes them back
+    /// before its checks: a client that holds one answers creates there
+    /// itself, and could make a name the operation's checks, read while
+    /// the create waits to be applied, found free. Read leases held for
+    /// `op` until it ends keep them from being granted again meanwhile.
+    /// They are taken before the fence: a client gives its write lease
+    /// back only once its changes there are applied, which the fence
+    /// would hold up.
+    async fn prepare(&self, shard: u32, op: OpId, inos: &[u64]) -> Result<()> {
         if self.holding.has(shard, op) {
             return Ok(());
         }
-        let g = self.fences.owned(shard).await;
+        let leases = self.cluster.own_holder(false);
+        let mut dirs = Vec::new();
+        for ino in inos.iter().filter(|i| super::shard_of(**i) == shard) {
+            if self.inode(*ino).await.is_ok_and(|r| r.kind == FileKind::Dir) {
+                dirs.push(aifs_common::InodeId(*ino));
+            }
+        }
+        self.cluster.acquire_read_all(&leases, &dirs).await?;
+        let fence = self.fences.owned(shard).await;
         let secs = aifs_common::time::now_ns() as u64 / 1_000_000_000;
         self.shard(shard).mutate(move |txn| txn.open_table(PREPARED).io()?.insert((op.coord, op.id), secs).io().map(|_| ())).await?;
-        self.holding.put(shard, op, g);
+        self.holding.put(shard, op, Hold { _fence: fence, _leases: leases });
         Ok(())
     }
 
@@ -388,7 +415,7 @@ impl Namespace {
     /// [`Namespace::serve_shard`], with a watch on each prepare.
     pub async fn answer_shard(self: &Arc<Self>, msg: ShardMsg) -> Result<ShardReply> {
         let watch = match &msg {
-            ShardMsg::Prepare { shard, op } => Some((*shard, *op)),
+            ShardMsg::Prepare { shard, op, .. } => Some((*shard, *op)),
             _ => None,
         };
         let r = self.serve_shard(msg).await?;
