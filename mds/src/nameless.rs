@@ -54,13 +54,18 @@ impl Namespace {
     /// with read and write rights.
     pub async fn tmpfile(&self, parent: InodeId, mode: u32, cred: &Cred, linkable: bool, session: SessionId, once: &Once<'_>) -> Result<Attr> {
         if let Some((ino, _)) = once.done {
-            // Made by a first attempt whose answer was lost: open again.
+            // Made by a first attempt whose answer was lost: open again,
+            // unless that attempt counted it here.
             let ino = InodeId(ino);
+            if !self.cluster.counts_open(once.rid, true) {
+                return self.getattr(ino).await;
+            }
             let pin = Pin::new(&self.cluster, session, ino);
             let a = self.getattr(ino).await?;
             pin.keep();
             return Ok(a);
         }
+        self.cluster.counts_open(once.rid, false);
         let parent = parent.0;
         let _g = self.fences.shared(parent).await;
         let shard = self.shard_for(parent)?.clone();

@@ -1280,6 +1280,43 @@ async fn a_batch_sent_again_counts_its_open_files_once() {
     assert!(matches!(after, Err(Error::NotFound)), "the file is still there after its one close: {after:?}");
 }
 
+/// A create, or a nameless file, sent again after a lost reply to the
+/// process that counted its open counts it once: the client's one close
+/// frees the file once it has no name. (Counted twice, the file stayed
+/// until the session ended.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_sent_again_counts_its_open_once() {
+    use aifs_common::proto::mds::{MdsCall, MdsReply, ReqId};
+    let cl = TestCluster::start(1, 1).await.unwrap();
+    let c = cl.mds_client_of_node(Role::Client, "a").unwrap();
+    let sid = match mds_call(&c, MdsReq::OpenSession { name: "a".into(), dir_leases: false, previous: vec![], open: vec![], locks: vec![] }).await.unwrap() {
+        MdsResp::Session { id, .. } => id,
+        other => panic!("{other:?}"),
+    };
+    let send = |req: MdsReq, seq: u64, retry: bool| {
+        let c = &c;
+        async move {
+            let rid = Some(ReqId { client: 78, seq, oldest: 1, retry });
+            match c.call::<_, MdsReply>(&MdsCall { rid, ..MdsCall::from(req) }, &[]).await.unwrap().0.into_result().map(|(r, _)| r) {
+                Ok(MdsResp::Changed { attr: Some(a), .. }) | Ok(MdsResp::Attr(a)) => a.ino,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let f = send(create(ROOT, "f"), 1, false).await;
+    assert_eq!(send(create(ROOT, "f"), 1, true).await, f);
+    let tmp = MdsReq::TmpFile { parent: ROOT, mode: 0o600, linkable: false };
+    let t = send(tmp.clone(), 2, false).await;
+    assert_eq!(send(tmp, 2, true).await, t);
+    mds_call(&c, MdsReq::Unlink { parent: ROOT, name: "f".into() }).await.unwrap();
+    for ino in [f, t] {
+        assert!(attr(&c, MdsReq::GetAttr { ino }).await.is_ok(), "an open file lost its inode before its close");
+        mds_call(&c, MdsReq::Close { ino, session: Some(sid) }).await.unwrap();
+        let after = attr(&c, MdsReq::GetAttr { ino }).await;
+        assert!(matches!(after, Err(Error::NotFound)), "a file without a name is still there after its one close: {after:?}");
+    }
+}
+
 /// The two phases' messages between MDS processes (mds/src/shardnet.rs),
 /// sent the way a coordinator sends them: answered for an MDS
 /// certificate, the namespace's own errors carried through; refused for

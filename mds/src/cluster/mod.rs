@@ -38,6 +38,9 @@ pub struct Cluster {
     /// a file that loses its last name while open is kept until the last
     /// close. In memory: after an MDS restart nothing is open.
     opens: Mutex<HashMap<InodeId, HashMap<SessionId, OpenCount>>>,
+    /// The requests (by client, its numbers) whose open was counted here:
+    /// see `counts_open`.
+    counted: Mutex<HashMap<u64, std::collections::BTreeSet<u64>>>,
     /// Files each session has open (the number of its entries in `opens`),
     /// held to `limits.max_open_files`; updated under `opens`' lock.
     open_files: DashMap<SessionId, u32>,
@@ -87,6 +90,7 @@ impl Cluster {
             leases: Mutex::new(LeaseTable::new(session_timeout)),
             released: tokio::sync::Notify::new(),
             opens: Mutex::new(HashMap::new()),
+            counted: Mutex::new(HashMap::new()),
             open_files: DashMap::new(),
             limits: SessionLimits::default(),
             locks: Mutex::new(Default::default()),

@@ -3,7 +3,13 @@
 //! wait for.
 use super::{wait_until, Cluster};
 use aifs_common::cap::WRITE;
+use aifs_common::proto::mds::ReqId;
 use aifs_common::{Error, InodeId, Result, SessionId};
+
+/// Clients whose counted requests are remembered (`counts_open`).
+const MAX_COUNTING_CLIENTS: usize = 100_000;
+/// Counted requests remembered per client: more than it has unanswered.
+const MAX_COUNTED_PER_CLIENT: usize = 4096;
 
 /// A session's opens of one file: how many (one per client-side file
 /// state), and the rights over its data (`cap::READ`, `cap::WRITE`) they
@@ -78,6 +84,35 @@ impl Cluster {
     /// the session ended. True if this call counted it.
     pub fn made_open(&self, session: SessionId, ino: InodeId, rights: u8) -> bool {
         self.count_open(session, ino, rights, true)
+    }
+
+
+    /// Should a create or nameless file made by request `rid` count its
+    /// open here? Not when it is sent again after a lost reply
+    /// (`retried`: answered from the record of an attempt that was
+    /// applied) and an attempt of it counted the open here already:
+    /// counted twice, the client's one close left the file open until
+    /// the session ended. An attempt that ran at a process since dead, or
+    /// before a restart, counted nothing here, and the retry counts. The
+    /// requests counted are kept until the client says they were answered
+    /// (`ReqId::oldest`).
+    pub fn counts_open(&self, rid: Option<ReqId>, retried: bool) -> bool {
+        let Some(rid) = rid else { return true };
+        let Ok(mut counted) = self.counted.lock() else { return true };
+        if counted.len() >= MAX_COUNTING_CLIENTS && !counted.contains_key(&rid.client) {
+            // Clients gone for good leave a few numbers each.
+            counted.clear();
+        }
+        let seqs = counted.entry(rid.client).or_default();
+        *seqs = seqs.split_off(&rid.oldest);
+        if retried && seqs.contains(&rid.seq) {
+            return false;
+        }
+        seqs.insert(rid.seq);
+        if seqs.len() > MAX_COUNTED_PER_CLIENT {
+            seqs.pop_first();
+        }
+        true
     }
 
 
