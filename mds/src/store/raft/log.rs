@@ -87,6 +87,9 @@ enum Op {
     /// Drop the entries up to this index, recording the log id purged.
     Purge(u64, Vec<u8>),
     Vote(Vec<u8>),
+    /// A write whose commit panics, as a bug in the store would.
+    #[cfg(test)]
+    Panic,
 }
 
 struct Write {
@@ -113,6 +116,8 @@ impl Write {
             Op::Vote(vote) => {
                 t.open_table(state)?.insert("vote", vote.as_slice())?;
             }
+            #[cfg(test)]
+            Op::Panic => panic!("a write that panics"),
         }
         Ok(())
     }
@@ -209,12 +214,42 @@ impl Logs {
         }
     }
 
+    /// Commit `batch`: a panic in it is that batch's error, so that the
+    /// writes waiting on it hear of it and the queue is drained on. Were
+    /// the drain to end with it, the queue would stay marked as being
+    /// drained, and every later write of every group here would wait
+    /// for good.
     fn commit(&self, batch: &[Write]) -> Result<(), String> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit_once(batch))).unwrap_or_else(|p| {
+            let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+            Err(format!("the log's commit panicked: {what}"))
+        })
+    }
+
+    fn commit_once(&self, batch: &[Write]) -> Result<(), String> {
         let t = self.db.begin_write().map_err(|e| e.to_string())?;
         for w in batch {
             w.run(&t).map_err(|e| e.to_string())?;
         }
         t.commit().map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit that panics fails its writes, and the queue goes on:
+    /// the next write is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_that_panics_fails_its_writes_and_the_next_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::open(&crate::store::media::Disk, dir.path()).unwrap();
+        let names = Names::of(0);
+        let failed = logs.write(&names, Op::Panic).await;
+        assert!(failed.is_err(), "{failed:?}");
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), logs.write(&names, Op::Vote(vec![1, 2, 3]))).await;
+        assert!(matches!(next, Ok(Ok(()))), "the write after a panic: {next:?}");
     }
 }
 
