@@ -111,20 +111,12 @@ impl Fences {
     /// which of `inos` (what the change names) live there.
     async fn take(&self, moves: bool, home: u32, mut shards: Vec<u32>, inos: &[u64]) -> Result<Held<'_>> {
         let remote = self.remote.as_ref().filter(|r| shards.iter().any(|s| r.elsewhere(*s)) || (moves && r.elsewhere(0)));
-        let on = |s: u32| -> Vec<u64> { inos.iter().copied().filter(|i| shard_of(*i) == s).collect() };
         if let Some(r) = remote {
             if r.elsewhere(home) {
                 return Err(Error::NotLeader(String::new()));
             }
             if moves {
                 shards = in_order([shards, vec![0]].concat());
-            }
-            // Write leases on what the change names in shards led
-            // elsewhere go back before any fence is held here: a client
-            // gives one back once its queued changes are applied, and
-            // some of those may be for a shard this change fences.
-            for s in shards.iter().copied().filter(|s| r.elsewhere(*s) && !on(*s).is_empty()) {
-                r.ask(ShardMsg::Recall { shard: s, inos: on(s) }).await?;
             }
         }
         let moves = match moves {
@@ -139,7 +131,8 @@ impl Fences {
                     // (listed first: a prepare whose answer was lost is
                     // aborted all the same)
                     p.open.push(s);
-                    r.ask(ShardMsg::Prepare { shard: s, op: p.op, inos: on(s) }).await?;
+                    let inos = inos.iter().copied().filter(|i| shard_of(*i) == s).collect();
+                    r.ask(ShardMsg::Prepare { shard: s, op: p.op, inos }).await?;
                 }
                 None => held._fences.push(self.of(s).write().await),
             }

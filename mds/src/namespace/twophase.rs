@@ -72,12 +72,8 @@ pub enum ShardRead {
 /// What one shard's leader is asked by another's.
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub enum ShardMsg {
-    /// Sent before any fence is taken: take back the write leases
-    /// granted on the directories among `inos` (what the operation names
-    /// in the shard).
-    Recall { shard: u32, inos: Vec<u64> },
-    /// `inos`: as for `Recall`; read leases on those directories are held
-    /// for the operation until it ends.
+    /// `inos`: what the operation names in the shard (its directories'
+    /// write leases, granted there, are taken back first).
     Prepare { shard: u32, op: OpId, inos: Vec<u64> },
     Read { shard: u32, read: ShardRead },
     /// Commit `k` of the operation's intent; `last`: the shard's last.
@@ -91,7 +87,7 @@ impl ShardMsg {
     /// The shard whose leader answers.
     pub fn shard(&self) -> u32 {
         match self {
-            ShardMsg::Recall { shard, .. } | ShardMsg::Prepare { shard, .. } | ShardMsg::Read { shard, .. } | ShardMsg::Commit { shard, .. } | ShardMsg::Abort { shard, .. } => *shard,
+            ShardMsg::Prepare { shard, .. } | ShardMsg::Read { shard, .. } | ShardMsg::Commit { shard, .. } | ShardMsg::Abort { shard, .. } => *shard,
             ShardMsg::Outcome { op } => op.coord,
         }
     }
@@ -240,10 +236,6 @@ impl Namespace {
             return Err(Error::NotLeader(String::new()));
         }
         match msg {
-            ShardMsg::Recall { shard, inos } => {
-                let dirs = self.dirs_here(shard, &inos).await;
-                self.cluster.acquire_read_all(&self.cluster.own_holder(false), &dirs).await.map(|_| ShardReply::Done)
-            }
             ShardMsg::Prepare { shard, op, inos } => self.prepare(shard, op, &inos).await.map(|_| ShardReply::Done),
             ShardMsg::Read { shard: _, read } => self.read_here(read).await,
             ShardMsg::Commit { shard, op, k, steps, last } => {
@@ -265,38 +257,29 @@ impl Namespace {
         }
     }
 
-    /// The directories among `inos` that live in `shard`.
-    async fn dirs_here(&self, shard: u32, inos: &[u64]) -> Vec<aifs_common::InodeId> {
+    /// Take `shard`'s fence for `op` and log that it is held; a watcher
+    /// asks how `op` ended should no word come.
+    ///
+    /// First the write leases granted here on the directories `op` names
+    /// (`inos`) are taken back, as a change made here takes them back
+    /// before its checks: a client that holds one answers creates there
+    /// itself, and could make a name the operation's checks, read while
+    /// the create waits to be applied, found free. Read leases held for
+    /// `op` until it ends keep them from being granted again meanwhile.
+    /// They are taken before the fence: a client gives its write lease
+    /// back only once its changes there are applied, which the fence
+    /// would hold up.
+    async fn prepare(&self, shard: u32, op: OpId, inos: &[u64]) -> Result<()> {
+        if self.holding.has(shard, op) {
+            return Ok(());
+        }
+        let leases = self.cluster.own_holder(false);
         let mut dirs = Vec::new();
         for ino in inos.iter().filter(|i| super::shard_of(**i) == shard) {
             if self.inode(*ino).await.is_ok_and(|r| r.kind == FileKind::Dir) {
                 dirs.push(aifs_common::InodeId(*ino));
             }
         }
-        dirs
-    }
-
-    /// Take `shard`'s fence for `op` and log that it is held; a watcher
-    /// asks how `op` ended should no word come.
-    ///
-    /// The write leases granted here on the directories `op` names
-    /// (`inos`) are taken back first, as a change made here takes them
-    /// back before its checks: a client that holds one answers creates
-    /// there itself, and could make a name the operation's checks, read
-    /// while the create waits to be applied, found free. Read leases held
-    /// for `op` until it ends keep them from being granted again
-    /// meanwhile. They are taken before the fence, since a client gives
-    /// its write lease back only once its changes there are applied,
-    /// which the fence would hold up; and the coordinator has had them
-    /// taken back already (`Recall`) before it took any fence of its own,
-    /// which those changes might wait for too. So this finds them gone,
-    /// unless one was granted again in between.
-    async fn prepare(&self, shard: u32, op: OpId, inos: &[u64]) -> Result<()> {
-        if self.holding.has(shard, op) {
-            return Ok(());
-        }
-        let leases = self.cluster.own_holder(false);
-        let dirs = self.dirs_here(shard, inos).await;
         self.cluster.acquire_read_all(&leases, &dirs).await?;
         let fence = self.fences.owned(shard).await;
         let secs = aifs_common::time::now_ns() as u64 / 1_000_000_000;
