@@ -65,6 +65,7 @@ impl Namespace {
             pin.keep();
             return Ok(a);
         }
+        // (remembered as counting, for a retry of this request)
         self.cluster.counts_open(once.rid, false);
         let parent = parent.0;
         let _g = self.fences.shared(parent).await;

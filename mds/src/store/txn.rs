@@ -189,10 +189,6 @@ impl<'a> Txn<'a> {
         Ok(Table { inner: self.inner.open_table(def)?, tag, log: &self.log })
     }
 
-    /// What the transaction changed so far, as little as says it: each
-    /// row once, as the transaction left it (rows are independent, so
-    /// their order does not matter); nothing for a row it made and
-    /// removed; a patch for a row rewritten at the same length.
     /// The inodes whose rows this transaction removed and left removed,
     /// made in it or not (a change set leaves out a row made and removed
     /// in it). Read before [`Txn::take_changes`], which takes the record.
@@ -206,6 +202,10 @@ impl<'a> Txn<'a> {
         last.into_iter().filter(|(_, removed)| *removed).filter_map(|(k, _)| <[u8; 8]>::try_from(k).ok().map(u64::from_le_bytes)).collect()
     }
 
+    /// What the transaction changed so far, as little as says it: each
+    /// row once, as the transaction left it (rows are independent, so
+    /// their order does not matter); nothing for a row it made and
+    /// removed; a patch for a row rewritten at the same length.
     pub fn take_changes(&self) -> ChangeSet {
         let made = std::mem::take(&mut *self.log.borrow_mut());
         let mut last: HashMap<(u8, Vec<u8>), (usize, Before)> = HashMap::with_capacity(made.len());
