@@ -22,6 +22,14 @@ async fn attr(c: &RpcClient, req: MdsReq) -> Result<Attr, Error> {
     }
 }
 
+/// A new session named `name` for `c`'s client: its id.
+async fn open_session(c: &RpcClient, name: &str, dir_leases: bool) -> aifs_common::SessionId {
+    match mds_call(c, MdsReq::OpenSession { name: name.into(), dir_leases, previous: vec![], open: vec![], locks: vec![] }).await.unwrap() {
+        MdsResp::Session { id, .. } => id,
+        other => panic!("{other:?}"),
+    }
+}
+
 fn create(parent: InodeId, name: &str) -> MdsReq {
     MdsReq::Create { parent, name: name.into(), mode: 0o644, exclusive: true }
 }
@@ -286,10 +294,7 @@ async fn layouts_inherit_and_admin_commands_need_the_admin_cert() {
     }
     // sessions: opened, listed, evicted by the admin only; an evicted
     // session's heartbeat is refused as stale
-    let sid = match mds_call(&c, MdsReq::OpenSession { name: "gpu7".into(), dir_leases: true, previous: vec![], open: vec![], locks: vec![] }).await.unwrap() {
-        MdsResp::Session { id, .. } => id,
-        other => panic!("{other:?}"),
-    };
+    let sid = open_session(&c, "gpu7", true).await;
     mds_call(&c, MdsReq::SessionHeartbeat { id: sid, io: Default::default() }).await.unwrap();
     match mds_call(&admin, MdsReq::Status).await.unwrap() {
         MdsResp::Status(s) => assert!(s.sessions.iter().any(|x| x.id == sid && x.name == "gpu7" && x.leases == 0)),
@@ -341,10 +346,7 @@ async fn expired_certificates_are_refused_and_a_renewal_keeps_the_node_who_it_wa
 
     ca.issue(&Node::new(Role::Client, "gpu-x", None).unwrap(), &nodes, 1).unwrap();
     let first = client_as("gpu-x");
-    let sid = match mds_call(&first, MdsReq::OpenSession { name: "x".into(), dir_leases: false, previous: vec![], open: vec![], locks: vec![] }).await.unwrap() {
-        MdsResp::Session { id, .. } => id,
-        other => panic!("{other:?}"),
-    };
+    let sid = open_session(&first, "x", false).await;
     let old_pem = std::fs::read(nodes.join("gpu-x.pem")).unwrap();
     ca.renew("gpu-x", &nodes, DEFAULT_DAYS).unwrap();
     assert_ne!(std::fs::read(nodes.join("gpu-x.pem")).unwrap(), old_pem);
@@ -1133,10 +1135,7 @@ async fn stale_replicas_come_from_users_of_the_file_and_one_healthy_copy_always_
     let p = LayoutPolicy { stripe_size: 1 << 20, stripe_count: 1, replicas: 3 };
     mds_call(&admin, MdsReq::SetStripe { ino: d.ino, policy: p }).await.unwrap();
     // (a session opened after that change: this client serves no recalls)
-    let sid = match mds_call(&c, MdsReq::OpenSession { name: "writer".into(), dir_leases: false, previous: vec![], open: vec![], locks: vec![] }).await.unwrap() {
-        MdsResp::Session { id, .. } => id,
-        other => panic!("{other:?}"),
-    };
+    let sid = open_session(&c, "writer", false).await;
     let f = attr(&c, create(d.ino, "f")).await.unwrap();
     let r = f.layout.unwrap().object_osds(0).to_vec();
     // Two of the three replicas' OSDs go down, so repair leaves their
@@ -1251,10 +1250,7 @@ async fn a_batch_sent_again_counts_its_open_files_once() {
     use aifs_common::proto::mds::{DirOp, Reserved};
     let cl = TestCluster::start(3, 1).await.unwrap();
     let a = cl.mds_client_of_node(Role::Client, "a").unwrap();
-    let sid = match mds_call(&a, MdsReq::OpenSession { name: "a".into(), dir_leases: true, previous: vec![], open: vec![], locks: vec![] }).await.unwrap() {
-        MdsResp::Session { id, .. } => id,
-        other => panic!("{other:?}"),
-    };
+    let sid = open_session(&a, "a", true).await;
     let d = attr(&a, mkdir(ROOT, "d")).await.unwrap();
     let r: Reserved = match mds_call(&a, MdsReq::Reserve { dir: d.ino, count: 1 }).await.unwrap() {
         MdsResp::Reserved(mut v) => v.remove(0),
@@ -1289,10 +1285,7 @@ async fn a_create_sent_again_counts_its_open_once() {
     use aifs_common::proto::mds::{MdsCall, MdsReply, ReqId};
     let cl = TestCluster::start(1, 1).await.unwrap();
     let c = cl.mds_client_of_node(Role::Client, "a").unwrap();
-    let sid = match mds_call(&c, MdsReq::OpenSession { name: "a".into(), dir_leases: false, previous: vec![], open: vec![], locks: vec![] }).await.unwrap() {
-        MdsResp::Session { id, .. } => id,
-        other => panic!("{other:?}"),
-    };
+    let sid = open_session(&c, "a", false).await;
     let send = |req: MdsReq, seq: u64, retry: bool| {
         let c = &c;
         async move {
