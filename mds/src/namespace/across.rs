@@ -209,6 +209,32 @@ async fn a_change_from_another_process_waits_for_write_leases_on_its_directories
     assert_eq!(again, Ok(Ok(LeaseKind::Write)), "the prepare's read lease outlived the rename");
 }
 
+/// A client gives a directory's write lease back only once its queued
+/// changes are applied, and one of them may be for a shard that the
+/// coordinator of a change over two processes fences: the coordinator
+/// must not hold its fences while the prepare waits for that lease. Here
+/// the holder first makes a file in the root (shard 0, the rename's home,
+/// fenced by its coordinator), and only then lets the lease go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_lets_its_fences_go_while_a_lease_it_needs_waits_on_them() {
+    let (_c, a, b, [d2, _]) = Cluster2::new().await;
+    let writer = b.cluster.own_holder(false);
+    assert_eq!(b.cluster.acquire(&writer, d2, LeaseKind::Write).await, Ok(LeaseKind::Write));
+    let rename = {
+        let a = a.clone();
+        tokio::spawn(async move { a.rename(InodeId::ROOT, "f", d2, "g", 0, &root(), &Once::none()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (cred, once) = (root(), Once::none());
+    let queued = tokio::time::timeout(Duration::from_secs(10), a.create(InodeId::ROOT, "queued", 0o644, &cred, true, &once)).await;
+    assert!(queued.is_ok_and(|r| r.is_ok()), "the coordinator held its fence on the root while the lease was on its way back");
+    drop(writer);
+    let moved = tokio::time::timeout(Duration::from_secs(5), rename).await.expect("the rename still waits after the lease went").unwrap();
+    assert!(moved.is_ok(), "{moved:?}");
+    assert!(b.lookup(d2, "g", &root()).await.is_ok());
+    assert!(a.lookup(InodeId::ROOT, "queued", &root()).await.is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_moves_between_processes_and_never_below_itself() {
     let (_c, a, b, [d2, d3]) = Cluster2::new().await;

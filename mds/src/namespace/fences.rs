@@ -24,13 +24,28 @@
 //! processes are taken one at a time too.
 //!
 //! A shard led by another process is fenced there, by a prepare
-//! (twophase.rs), in the same order as the fences held here.
+//! (twophase.rs), in the same order as the fences held here. A prepare
+//! first takes back the write leases granted there on the directories
+//! the change names, and a client gives one back only once its queued
+//! changes are applied, some of which may be for a shard fenced here: so
+//! a prepare that waits too long for them answers `WouldBlock`, and the
+//! change lets every fence go, pauses while the client's queue drains,
+//! and takes them all again ([`Fences::take`]).
 use super::shard_of;
 use super::twophase::{OpId, Prepared, Remote, ShardMsg};
 use aifs_common::{Error, Result};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, MutexGuard, OwnedRwLockWriteGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// How long a change whose prepares keep finding write leases on their
+/// way back takes its fences again before it fails.
+const BUSY_FOR: Duration = Duration::from_secs(20);
+/// The first pause between two tries; each doubles it, up to
+/// [`BUSY_PAUSE_MAX`].
+const BUSY_PAUSE: Duration = Duration::from_millis(20);
+const BUSY_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 pub(crate) struct Fences {
     shards: Vec<Arc<RwLock<()>>>,
@@ -108,8 +123,29 @@ impl Fences {
 
     /// `shards` sorted, each once: the ones led here fenced here, the
     /// others prepared at their leaders, in that one order, each told
-    /// which of `inos` (what the change names) live there.
-    async fn take(&self, moves: bool, home: u32, mut shards: Vec<u32>, inos: &[u64]) -> Result<Held<'_>> {
+    /// which of `inos` (what the change names) live there. A prepare
+    /// whose directories' write leases are still on their way back
+    /// (`WouldBlock`) may wait on a client whose queued changes wait on a
+    /// fence held here: every fence is let go (the prepared shards
+    /// aborted), and taken again after a pause, for up to [`BUSY_FOR`].
+    async fn take(&self, moves: bool, home: u32, shards: Vec<u32>, inos: &[u64]) -> Result<Held<'_>> {
+        let until = Instant::now() + BUSY_FOR;
+        let mut pause = BUSY_PAUSE;
+        loop {
+            match self.take_once(moves, home, shards.clone(), inos).await {
+                Err(Error::WouldBlock(why)) if Instant::now() + pause < until => {
+                    tracing::debug!(%why, ?pause, "a prepare waits for write leases; fences let go until they are back");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(BUSY_PAUSE_MAX);
+                }
+                Err(Error::WouldBlock(why)) => return Err(Error::Unavailable(why)),
+                r => return r,
+            }
+        }
+    }
+
+    /// One try of [`Fences::take`].
+    async fn take_once(&self, moves: bool, home: u32, mut shards: Vec<u32>, inos: &[u64]) -> Result<Held<'_>> {
         let remote = self.remote.as_ref().filter(|r| shards.iter().any(|s| r.elsewhere(*s)) || (moves && r.elsewhere(0)));
         if let Some(r) = remote {
             if r.elsewhere(home) {

@@ -42,6 +42,13 @@ use tokio::sync::OwnedRwLockWriteGuard;
 /// before it asks how the operation ended.
 pub const PREPARED_FOR: Duration = Duration::from_secs(5);
 
+/// How long a prepare waits for the write leases on its directories to
+/// come back before it answers `WouldBlock`, and the coordinator lets its
+/// fences go and tries again (fences.rs): a client gives one back once
+/// its queued changes are applied, and those may wait on a fence the
+/// coordinator holds.
+pub const RECALL_UNDER_FENCES: Duration = Duration::from_secs(1);
+
 /// An operation over shards led from different processes: its home shard
 /// and a number drawn at random there (unique across the home shard's
 /// leaders without a commit to draw it).
@@ -268,7 +275,9 @@ impl Namespace {
     /// `op` until it ends keep them from being granted again meanwhile.
     /// They are taken before the fence: a client gives its write lease
     /// back only once its changes there are applied, which the fence
-    /// would hold up.
+    /// would hold up. Its changes elsewhere may wait on the coordinator's
+    /// fences, so the wait is cut at [`RECALL_UNDER_FENCES`]: the
+    /// coordinator then lets them go and prepares again.
     async fn prepare(&self, shard: u32, op: OpId, inos: &[u64]) -> Result<()> {
         if self.holding.has(shard, op) {
             return Ok(());
@@ -280,7 +289,8 @@ impl Namespace {
                 dirs.push(aifs_common::InodeId(*ino));
             }
         }
-        self.cluster.acquire_read_all(&leases, &dirs).await?;
+        let recalled = tokio::time::timeout(RECALL_UNDER_FENCES, self.cluster.acquire_read_all(&leases, &dirs)).await;
+        recalled.map_err(|_| Error::WouldBlock(format!("write leases on directories of shard {shard} are still being given back")))??;
         let fence = self.fences.owned(shard).await;
         let secs = aifs_common::time::now_ns() as u64 / 1_000_000_000;
         self.shard(shard).mutate(move |txn| txn.open_table(PREPARED).io()?.insert((op.coord, op.id), secs).io().map(|_| ())).await?;
