@@ -98,7 +98,7 @@ impl Pool {
     /// request is sent again, except a heartbeat or a session close, whose
     /// senders want to know at once.
     pub async fn mds_leased(&self, req: &MdsReq) -> (Result<MdsResp>, Option<SessionId>) {
-        let ticket = req.once_only().then(|| self.ticket());
+        let ticket = req.carries_id().then(|| self.ticket());
         let retries = req.rule().retried;
         let started = Instant::now();
         let mut pause = MDS_RETRY_MIN;

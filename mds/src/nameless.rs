@@ -57,7 +57,7 @@ impl Namespace {
             // Made by a first attempt whose answer was lost: open again,
             // unless that attempt counted it here.
             let ino = InodeId(ino);
-            if !self.cluster.counts_open(once.rid, true) {
+            if !self.cluster.counts(once.rid, true) {
                 return self.getattr(ino).await;
             }
             let pin = Pin::new(&self.cluster, session, ino);
@@ -66,7 +66,7 @@ impl Namespace {
             return Ok(a);
         }
         // (remembered as counting, for a retry of this request)
-        self.cluster.counts_open(once.rid, false);
+        self.cluster.counts(once.rid, false);
         let parent = parent.0;
         let _g = self.fences.shared(parent).await;
         let shard = self.shard_for(parent)?.clone();

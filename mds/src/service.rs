@@ -159,7 +159,7 @@ impl Service for MdsService {
         if !rule.grace {
             self.ns.cluster.wait_grace().await;
         }
-        let mut c = Call { peer, cred: &cred, once: &once, grant: None };
+        let mut c = Call { peer, cred: &cred, once: &once, rid: rid.filter(|_| rule.numbered), grant: None };
         let resp = match self.handle(&mut c, req).await {
             Ok(r) => r,
             Err(e) => {

@@ -1310,6 +1310,60 @@ async fn a_create_sent_again_counts_its_open_once() {
     }
 }
 
+/// An open or a close sent again after a lost reply to the process that
+/// counted it counts once: an open counted twice kept a file with no name
+/// until the session ended; a close counted twice freed a file that
+/// another of the client's opens still used (one not yet closed when the
+/// next began, each a file state of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_or_a_close_sent_again_counts_once() {
+    use aifs_common::proto::mds::{MdsCall, MdsReply, ReqId};
+    let cl = TestCluster::start(1, 1).await.unwrap();
+    let c = cl.mds_client_of_node(Role::Client, "a").unwrap();
+    let sid = open_session(&c, "a", false).await;
+    let send = |req: MdsReq, seq: u64, retry: bool| {
+        let c = &c;
+        async move {
+            let rid = Some(ReqId { client: 79, seq, oldest: 1, retry });
+            let r = c.call::<_, MdsReply>(&MdsCall { rid, ..MdsCall::from(req) }, &[]).await.unwrap().0.into_result();
+            assert!(r.is_ok(), "{r:?}");
+        }
+    };
+    let open = |ino| MdsReq::Open { ino, write: false, first: true, exclusive: false };
+    let close = |ino| MdsReq::Close { ino, session: Some(sid) };
+    let made = |name: &'static str| {
+        let c = &c;
+        async move {
+            let ino = attr(c, create(ROOT, name)).await.unwrap().ino;
+            mds_call(c, close(ino)).await.unwrap();
+            ino
+        }
+    };
+    let unlinked = |name: &'static str, ino| {
+        let c = &c;
+        async move {
+            mds_call(c, MdsReq::Unlink { parent: ROOT, name: name.into() }).await.unwrap();
+            attr(c, MdsReq::GetAttr { ino }).await.is_ok()
+        }
+    };
+    // One open, sent twice; one close.
+    let f = made("f").await;
+    send(open(f), 1, false).await;
+    send(open(f), 1, true).await;
+    send(close(f), 2, false).await;
+    assert!(!unlinked("f", f).await, "a file without a name is still there after its one close");
+    // Two opens; the first close sent twice.
+    let g = made("g").await;
+    send(open(g), 3, false).await;
+    send(open(g), 4, false).await;
+    send(close(g), 5, false).await;
+    send(close(g), 5, true).await;
+    assert!(unlinked("g", g).await, "a file one open still uses lost its inode at its unlink");
+    send(close(g), 6, false).await;
+    let after = attr(&c, MdsReq::GetAttr { ino: g }).await;
+    assert!(matches!(after, Err(Error::NotFound)), "a file without a name is still there after its last close: {after:?}");
+}
+
 /// The two phases' messages between MDS processes (mds/src/shardnet.rs),
 /// sent the way a coordinator sends them: answered for an MDS
 /// certificate, the namespace's own errors carried through; refused for

@@ -338,7 +338,7 @@ pub struct ReqId {
 }
 
 /// What goes on the wire to the MDS: a request, with its id when applying
-/// it twice would differ from once (`MdsReq::once_only`), and who it acts
+/// it twice would differ from once (`MdsReq::carries_id`), and who it acts
 /// for: the MDS checks permissions for `cred` (common/src/perm.rs), root
 /// squashed if the caller's certificate says so, and admin certificates
 /// act as root.

@@ -7,6 +7,10 @@
 //!   session open finds the locks the first took back). The client sends
 //!   it with a request id (`ReqId`), and the MDS answers a retry from the
 //!   record of the first attempt (mds/src/once.rs).
+//! - `numbered`: it carries a request id too, with no record kept: what
+//!   it changes lives in the memory of the process that served it (an
+//!   open or a close counts the session's opens of a file there), and
+//!   that process tells a retry from a first attempt it served.
 //! - `grace`: answered during the grace after an MDS restart or leader
 //!   change, while sessions of the last run come back: it grants no lease
 //!   and changes nothing a client caches. Every other request waits for
@@ -29,6 +33,7 @@ pub struct Rule {
     pub name: &'static str,
     pub roles: &'static [Role],
     pub once: bool,
+    pub numbered: bool,
     pub grace: bool,
     pub retried: bool,
     pub counted: bool,
@@ -47,12 +52,17 @@ const MAP_READERS: &[Role] = &[Role::Client, Role::Admin, Role::Osd, Role::Mds];
 /// A request applied as often as it is sent, retried, counted, and held
 /// back during the grace: the common case, refined below.
 const fn row(name: &'static str, roles: &'static [Role]) -> Rule {
-    Rule { name, roles, once: false, grace: false, retried: true, counted: true }
+    Rule { name, roles, once: false, numbered: false, grace: false, retried: true, counted: true }
 }
 
 impl Rule {
     const fn once(mut self) -> Self {
         self.once = true;
+        self
+    }
+
+    const fn numbered(mut self) -> Self {
+        self.numbered = true;
         self
     }
 
@@ -106,8 +116,8 @@ impl MdsReq {
             Accessed { .. } => row("accessed", NS),
             GetStripe { .. } => row("getstripe", NS),
             SetStripe { .. } => row("setstripe", ADMIN),
-            Open { .. } => row("open", NS),
-            Close { .. } => row("close", NS),
+            Open { .. } => row("open", NS).numbered(),
+            Close { .. } => row("close", NS).numbered(),
             GetLock { .. } => row("getlock", NS),
             SetLock { .. } => row("setlock", NS),
             Cap { .. } => row("cap", CLIENT),
@@ -189,10 +199,16 @@ impl MdsReq {
         }
     }
 
-    /// Applying this request twice differs from applying it once: it
-    /// carries a request id (`Rule::once`).
+    /// Applying this request twice differs from applying it once: the
+    /// MDS answers a retry from its record (`Rule::once`).
     pub fn once_only(&self) -> bool {
         self.rule().once
+    }
+
+    /// It carries a request id (`Rule::once` or `Rule::numbered`).
+    pub fn carries_id(&self) -> bool {
+        let r = self.rule();
+        r.once || r.numbered
     }
 }
 
@@ -212,6 +228,10 @@ mod tests {
         let shard = MdsReq::Shard { shard: 0, len: 0 };
         assert!(shard.rule().allows(Role::Mds) && !shard.rule().allows(Role::Client) && !shard.rule().allows(Role::Admin));
         assert!(!MdsReq::GetAttr { ino: InodeId(1) }.once_only());
+        assert!(!MdsReq::GetAttr { ino: InodeId(1) }.carries_id());
+        let open = MdsReq::Open { ino: InodeId(1), write: false, first: true, exclusive: false };
+        assert!(open.carries_id() && !open.once_only(), "a retried open is told from a first one, and has no record");
+        assert!(create.carries_id());
         let link = MdsReq::Link { ino: InodeId(1), newparent: InodeId(2), newname: "l".into() };
         assert_eq!(link.routed_by(), Some(InodeId(2)), "a link is coordinated where its new name goes");
         assert_eq!(MdsReq::OsdMap.routed_by(), None);

@@ -38,8 +38,8 @@ pub struct Cluster {
     /// a file that loses its last name while open is kept until the last
     /// close. In memory: after an MDS restart nothing is open.
     opens: Mutex<HashMap<InodeId, HashMap<SessionId, OpenCount>>>,
-    /// The requests (by client, its numbers) whose open was counted here:
-    /// see `counts_open`.
+    /// The requests (by client, its numbers) that changed the open counts
+    /// here: see `Cluster::counts`.
     counted: Mutex<HashMap<u64, std::collections::BTreeSet<u64>>>,
     /// Files each session has open (the number of its entries in `opens`),
     /// held to `limits.max_open_files`; updated under `opens`' lock.

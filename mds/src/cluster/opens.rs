@@ -6,7 +6,7 @@ use aifs_common::cap::WRITE;
 use aifs_common::proto::mds::ReqId;
 use aifs_common::{Error, InodeId, Result, SessionId};
 
-/// Clients whose counted requests are remembered (`counts_open`).
+/// Clients whose counted requests are remembered (`Cluster::counts`).
 const MAX_COUNTING_CLIENTS: usize = 100_000;
 /// Counted requests remembered per client: more than it has unanswered.
 const MAX_COUNTED_PER_CLIENT: usize = 4096;
@@ -87,16 +87,16 @@ impl Cluster {
     }
 
 
-    /// Should a create or nameless file made by request `rid` count its
-    /// open here? Not when it is sent again after a lost reply
-    /// (`retried`: answered from the record of an attempt that was
-    /// applied) and an attempt of it counted the open here already:
-    /// counted twice, the client's one close left the file open until
-    /// the session ended. An attempt that ran at a process since dead, or
-    /// before a restart, counted nothing here, and the retry counts. The
-    /// requests counted are kept until the client says they were answered
-    /// (`ReqId::oldest`).
-    pub fn counts_open(&self, rid: Option<ReqId>, retried: bool) -> bool {
+    /// Should request `rid` (an open, a close, a create or nameless file
+    /// that opens what it makes) change the open counts here? Not when it
+    /// is sent again after a lost reply (`retried`) and an attempt of it
+    /// changed them here already: an open counted twice, the client's one
+    /// close left the file open until the session ended (and an unlinked
+    /// file's data stayed); a close counted twice closed another open of
+    /// the file. An attempt that ran at a process since dead, or before a
+    /// restart, changed nothing here, and the retry does. The requests are
+    /// kept until the client says they were answered (`ReqId::oldest`).
+    pub fn counts(&self, rid: Option<ReqId>, retried: bool) -> bool {
         let Some(rid) = rid else { return true };
         let Ok(mut counted) = self.counted.lock() else { return true };
         if counted.len() >= MAX_COUNTING_CLIENTS && !counted.contains_key(&rid.client) {
@@ -113,6 +113,18 @@ impl Cluster {
             seqs.pop_first();
         }
         true
+    }
+
+
+    /// Request `rid` changed the open counts and then undid its change (an
+    /// open that failed): a retry of it changes them again.
+    pub fn uncount(&self, rid: Option<ReqId>) {
+        let Some(rid) = rid else { return };
+        if let Ok(mut counted) = self.counted.lock() {
+            if let Some(seqs) = counted.get_mut(&rid.client) {
+                seqs.remove(&rid.seq);
+            }
+        }
     }
 
 

@@ -26,7 +26,9 @@ impl MdsService {
             // Closing a file written: fallocate changes no size.
             self.meter.changed(ino);
         }
-        if s.is_some_and(|s| cl.closed(s, ino)) {
+        // (a close sent again after a lost reply counts once)
+        let counted = s.filter(|_| cl.counts(c.rid, c.rid.is_some_and(|r| r.retry)));
+        if counted.is_some_and(|s| cl.closed(s, ino)) {
             self.purge().await;
         }
         Ok(MdsResp::Done)

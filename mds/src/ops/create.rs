@@ -121,7 +121,7 @@ impl MdsService {
         };
         // Created and opened: counted at once (an unlink elsewhere
         // must find it open), closed by the client later.
-        let counted = made.attr.kind == FileKind::File && h.granted().is_some() && cl.counts_open(once.rid, once.done.is_some());
+        let counted = made.attr.kind == FileKind::File && h.granted().is_some() && cl.counts(once.rid, once.done.is_some());
         if counted {
             cl.opened(h.id, made.attr.ino, rights);
         }

@@ -8,6 +8,7 @@ use crate::cluster::Holder;
 use crate::once::Once;
 use crate::service::MdsService;
 use aifs_common::perm::Cred;
+use aifs_common::proto::mds::ReqId;
 use aifs_common::rpc::Peer;
 use aifs_common::{InodeId, Result, SessionId};
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub(crate) struct Call<'a> {
     pub peer: &'a Arc<Peer>,
     pub cred: &'a Cred,
     pub once: &'a Once<'a>,
+    /// A `numbered` request's id (requests.rs).
+    pub rid: Option<ReqId>,
     pub grant: Option<SessionId>,
 }
 

@@ -68,8 +68,13 @@ impl MdsService {
         let cl = &self.ns.cluster;
         let h = cl.holder(peer);
         let rights = self.rights(&h, ino, write, cred).await?;
-        if first && h.granted().is_some() {
-            cl.may_open_more(h.id, Some(ino))?;
+        // (an open sent again after a lost reply counts once)
+        let counts = first && h.granted().is_some() && cl.counts(c.rid, c.rid.is_some_and(|r| r.retry));
+        if counts {
+            if let Err(e) = cl.may_open_more(h.id, Some(ino)) {
+                cl.uncount(c.rid);
+                return Err(e);
+            }
             cl.opened(h.id, ino, rights);
         }
         cl.wait_repair(ino).await;
@@ -92,8 +97,11 @@ impl MdsService {
         let (kind, attr) = match got {
             Ok(x) => x,
             Err(e) => {
-                if first && h.granted().is_some() && cl.closed(h.id, ino) {
-                    self.purge().await;
+                if counts {
+                    cl.uncount(c.rid);
+                    if cl.closed(h.id, ino) {
+                        self.purge().await;
+                    }
                 }
                 return Err(e);
             }
