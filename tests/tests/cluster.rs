@@ -238,8 +238,9 @@ async fn namespace_operations_and_their_errors() {
 
     // readdir with attributes: one attr per entry, matching it
     match mds_call(&c, MdsReq::ReaddirPlus { ino: d.ino, cookie: 0, max: 100 }).await.unwrap() {
-        MdsResp::DirPlus { entries, attrs, eof, parent } => {
+        MdsResp::DirPlus { entries, attrs, eof, parent, no_lease } => {
             assert!(eof);
+            assert!(no_lease.is_empty(), "one process leads every shard: {no_lease:?}");
             assert_eq!(parent, ROOT);
             assert_eq!(entries.len(), attrs.len());
             assert!(!entries.is_empty());

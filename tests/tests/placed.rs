@@ -15,7 +15,7 @@ const PLACED: u32 = 2;
 
 fn attr_of(r: MdsResp) -> Attr {
     match r {
-        MdsResp::Attr(a) => a,
+        MdsResp::Attr(a) | MdsResp::AttrNoLease(a) => a,
         MdsResp::Changed { attr: Some(a), .. } => a,
         other => panic!("no attributes in {other:?}"),
     }
@@ -337,6 +337,7 @@ fn a_rename_into_a_shard_placed_apart_reaches_the_mounts_that_cache_its_director
     let c = Caller::new(&cl);
     let d = (0..16).map(|i| c.mkdir(InodeId::ROOT, &format!("d{i}"))).find(|a| a.ino.shard() == PLACED).expect("no directory on the shard to place");
     let name = (0..16).map(|i| format!("d{i}")).find(|n| c.lookup(InodeId::ROOT, n).is_ok_and(|a| a.ino == d.ino)).unwrap();
+    let (ename, e) = (0..16).map(|i| format!("e{i}")).map(|n| (n.clone(), c.mkdir(InodeId::ROOT, &n))).find(|(_, a)| a.ino.shard() == PLACED).unwrap();
     cl.mdsctl(&["shard", "move", &PLACED.to_string(), "--to", &to.to_string()]).unwrap();
     wait_led(&cl, PLACED as usize, |l| l == to, "not led by the member placed");
     let other = cl.mount().unwrap();
@@ -384,4 +385,13 @@ fn a_rename_into_a_shard_placed_apart_reaches_the_mounts_that_cache_its_director
     c.rename(d.ino, "moved", InodeId::ROOT, "away");
     assert!(std::fs::metadata(theirs.join("moved")).is_err(), "a mount still sees a file moved out through another process");
     assert_eq!(listed(&theirs), ["before", "lease", "lease2", "second"]);
+
+    // A directory of the shard placed apart, looked up in the root at
+    // shard 0's leader: its attributes change where its shard is led, and
+    // are leased there, so a change made there reaches the mount (leased
+    // with the lookup, they were never recalled).
+    let nlink = |p: &std::path::Path| std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(p).unwrap());
+    let before = nlink(&other.p(&ename));
+    c.mkdir(e.ino, "sub");
+    assert_eq!(nlink(&other.p(&ename)), before + 1, "a mount kept the attributes of a directory changed where its shard is led");
 }

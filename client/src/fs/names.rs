@@ -337,6 +337,14 @@ impl ClientFs {
                 self.keep(snap, granted, &a, LeaseMode::Read);
                 Ok(self.overlay(a))
             }
+            // An inode whose shard another process leads: its attributes
+            // are leased there, by a getattr (which goes to that process).
+            Ok(MdsResp::AttrNoLease(a)) if a.ino.is_valid() => {
+                if self.cache_on() {
+                    self.meta.put_dentry(snap, granted, parent, name, Some(a.ino));
+                }
+                Ok(self.getattr(a.ino).await.unwrap_or_else(|_| self.overlay(a)))
+            }
             Ok(_) => Err(unexpected("Lookup")),
             Err(Error::NotFound) => {
                 if self.cache_on() {
@@ -577,9 +585,9 @@ impl ClientFs {
         let snap = self.meta.snap();
         let (r, granted) = self.mds_leased(&MdsReq::ReaddirPlus { ino, cookie, max: READDIR_BATCH }).await;
         match r? {
-            MdsResp::DirPlus { entries, attrs, parent, eof } if entries.len() == attrs.len() => {
+            MdsResp::DirPlus { entries, attrs, parent, eof, no_lease } if entries.len() == attrs.len() => {
                 if self.cache_on() {
-                    for a in &attrs {
+                    for a in attrs.iter().filter(|a| !no_lease.contains(&a.ino)) {
                         self.meta.put_attr(snap, granted, a, LeaseMode::Read);
                     }
                     self.meta.put_listing(snap, granted, ino, cookie, &entries, eof, parent);

@@ -450,6 +450,12 @@ pub struct Reserved {
 pub enum MdsResp {
     Err(WireError),
     Attr(Attr),
+    /// A lookup's answer for an inode whose shard another MDS process
+    /// leads: its attributes, read there, with no lease on them (a lease
+    /// on an inode is granted where its shard is led, which recalls it).
+    /// The entry is cached under the directory's lease, the attributes
+    /// not at all.
+    AttrNoLease(Attr),
     Done,
     Bytes(Vec<u8>),
     Names(Vec<String>),
@@ -471,7 +477,9 @@ pub enum MdsResp {
     /// capability over a file made (or opened) by the change.
     Changed { attr: Option<Attr>, dirs: Vec<Attr>, writable: Option<Writable>, cap: Option<Cap> },
     /// `attrs[i]` belongs to `entries[i]`.
-    DirPlus { entries: Vec<DirEntry>, attrs: Vec<Attr>, eof: bool, parent: InodeId },
+    /// `no_lease`: the entries whose inode's shard another MDS process
+    /// leads; their attributes come with no lease (`AttrNoLease`).
+    DirPlus { entries: Vec<DirEntry>, attrs: Vec<Attr>, eof: bool, parent: InodeId, no_lease: Vec<InodeId> },
     Fsck(FsckReport),
     /// A file lease granted (`None` when the session has none to give).
     /// `degraded`: the file's object replicas that are stale (not to be

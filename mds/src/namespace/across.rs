@@ -235,6 +235,20 @@ async fn a_change_lets_its_fences_go_while_a_lease_it_needs_waits_on_them() {
     assert!(a.lookup(InodeId::ROOT, "queued", &root()).await.is_ok());
 }
 
+/// A listing with attributes made by one process reads those of inodes
+/// in the other's shards where they are led, not in its own copy of
+/// those shards (which lags the leader's; here, left as it was when the
+/// other process took them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_reads_attributes_where_their_shard_is_led() {
+    let (_c, a, b, [d2, _]) = Cluster2::new().await;
+    b.mkdir(d2, "sub", 0o755, &root(), &Once::none()).await.unwrap();
+    let (entries, _, _) = a.readdir(InodeId::ROOT, 0, 100, &root()).await.unwrap();
+    let listed = a.with_attrs(entries).await.unwrap();
+    let nlink = listed.iter().find(|(e, _)| e.ino == d2).map(|(_, at)| at.nlink);
+    assert_eq!(nlink, Some(3), "the attributes of a directory led elsewhere came from a stale copy");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_moves_between_processes_and_never_below_itself() {
     let (_c, a, b, [d2, d3]) = Cluster2::new().await;

@@ -71,6 +71,9 @@ impl OpId {
 pub enum ShardRead {
     Inode(u64),
     Attr(u64),
+    /// Several inodes' attributes, all in the shard (those not found left
+    /// out).
+    Attrs(Vec<u64>),
     /// The entry, checked as `Namespace::entry_as` checks it.
     Entry { dir: u64, name: String, cred: Option<Cred> },
     Linkable(u64),
@@ -105,6 +108,7 @@ pub enum ShardReply {
     Done,
     Inode(InodeRec),
     Attr(Attr),
+    Attrs(Vec<Attr>),
     Entry(u64, FileKind),
     Flag(bool),
     /// `Some`: committed, with the intent's commits after the first;
@@ -220,6 +224,17 @@ fn commit_here(txn: &Txn, op: OpId, k: u32, steps: &[Step], last: bool, open: &d
     }
 }
 
+/// What `steps` change, as the clients caching it are told: the entries
+/// and the inodes.
+fn touched(steps: &[Step]) -> Vec<(aifs_common::InodeId, Vec<String>)> {
+    use aifs_common::InodeId;
+    let each = |s: &Step| match s {
+        Step::InsertEntry { dir, name, .. } | Step::RemoveEntry { dir, name, .. } => (InodeId(*dir), vec![name.clone()]),
+        Step::CreateInode { ino, .. } | Step::SetParent { ino, .. } | Step::AddLink { ino } | Step::DropLink { ino } | Step::DeleteDir { ino } => (InodeId(*ino), vec![]),
+    };
+    steps.iter().map(each).collect()
+}
+
 /// This shard is prepared for `op` no more: its row goes. Its marks stay
 /// while the coordinator may still hold the intent: should the two
 /// shards come to be led by one process before the intent is dropped,
@@ -247,12 +262,18 @@ impl Namespace {
             ShardMsg::Read { shard: _, read } => self.read_here(read).await,
             ShardMsg::Commit { shard, op, k, steps, last } => {
                 let cluster = self.cluster.clone();
+                let changed = touched(&steps);
                 self.shard(shard)
                     .mutate(move |txn| commit_here(txn, op, k, &steps, last, &|ino| cluster.is_open(aifs_common::InodeId(ino))))
                     .await?;
                 if last {
                     self.holding.drop_one(shard, op);
                 }
+                // Before the answer: the coordinator answers its client
+                // after this, and a mount caching what changed here must
+                // have let it go by then (the coordinator tells those
+                // that hold leases at its own process).
+                self.cluster.invalidate(None, changed).await;
                 Ok(ShardReply::Done)
             }
             ShardMsg::Abort { shard, op } => {
@@ -302,6 +323,10 @@ impl Namespace {
         Ok(match read {
             ShardRead::Inode(ino) => ShardReply::Inode(self.inode(ino).await?),
             ShardRead::Attr(ino) => ShardReply::Attr(self.getattr(aifs_common::InodeId(ino)).await?),
+            ShardRead::Attrs(inos) => match inos.first() {
+                Some(first) => ShardReply::Attrs(self.attrs_here(super::shard_of(*first), inos).await?),
+                None => ShardReply::Attrs(Vec::new()),
+            },
             ShardRead::Entry { dir, name, cred } => {
                 let (ino, kind) = self.entry_as(dir, &name, cred.as_ref()).await?;
                 ShardReply::Entry(ino, kind)
@@ -448,6 +473,13 @@ pub(crate) fn expect_attr(r: ShardReply) -> Result<Attr> {
     match r {
         ShardReply::Attr(a) => Ok(a),
         other => Err(Error::Protocol(format!("attribute read answered with {other:?}"))),
+    }
+}
+
+pub(crate) fn expect_attrs(r: ShardReply) -> Result<Vec<Attr>> {
+    match r {
+        ShardReply::Attrs(a) => Ok(a),
+        other => Err(Error::Protocol(format!("attributes read answered with {other:?}"))),
     }
 }
 

@@ -27,6 +27,11 @@ impl MdsService {
         // A negative answer is cached under the directory's lease.
         c.grant = h.granted();
         let a = ns.lookup(parent, &name, cred).await?;
+        if ns.elsewhere(a.ino.shard()).is_some() {
+            // Leased here, the attributes would never be recalled: they
+            // change where the inode's shard is led.
+            return Ok(MdsResp::AttrNoLease(a));
+        }
         let h = cl.within_limit(h, a.ino);
         c.grant = h.granted();
         Ok(MdsResp::Attr(self.read_attr(&h, a.ino).await?))

@@ -1,5 +1,6 @@
 //! `Readdir` and `ReaddirPlus`: a directory's entries by cookie, under
 //! its read lease, with each entry's attributes for the second.
+use crate::namespace::twophase::{self, ShardRead};
 use crate::namespace::{attr_held, kind_from, Namespace};
 use crate::service::MdsService;
 use crate::store::{get_inode, ALLOCATED, COOKIES, DENTRIES, INODES, IoResult};
@@ -43,7 +44,8 @@ impl Namespace {
     }
 
     /// Entries of a readdir with their attributes: one read per shard the
-    /// inodes live on. An entry whose inode vanished in between is left out.
+    /// inodes live on, made where the shard is led. An entry whose inode
+    /// vanished in between is left out.
     pub async fn with_attrs(&self, entries: Vec<DirEntry>) -> Result<Vec<(DirEntry, Attr)>> {
         let mut by_shard: std::collections::BTreeMap<u32, Vec<u64>> = std::collections::BTreeMap::new();
         for e in &entries {
@@ -51,27 +53,35 @@ impl Namespace {
         }
         let mut attrs: std::collections::HashMap<InodeId, Attr> = std::collections::HashMap::new();
         for (sh, inos) in by_shard {
-            let Some(shard) = self.shards.get(sh as usize) else {
-                continue;
+            let got = match self.elsewhere(sh) {
+                // (this process's copy of that shard may lag its leader's)
+                Some(r) => twophase::expect_attrs(r.read(sh, ShardRead::Attrs(inos)).await?)?,
+                None => self.attrs_here(sh, inos).await?,
             };
-            let got = shard
-                .read(move |t| {
-                    let table = t.open_table(INODES).io()?;
-                    let held = t.open_table(ALLOCATED).io()?;
-                    let mut v = Vec::with_capacity(inos.len());
-                    for i in inos {
-                        match get_inode(&table, i) {
-                            Ok(r) => v.push(attr_held(&held, &r, i)?),
-                            Err(Error::NotFound) => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    Ok(v)
-                })
-                .await?;
             attrs.extend(got.into_iter().map(|a| (a.ino, a)));
         }
         Ok(entries.into_iter().filter_map(|e| attrs.get(&e.ino).cloned().map(|a| (e, a))).collect())
+    }
+
+    /// The attributes of `inos`, all in shard `sh`, read from this
+    /// process's copy; those not found are left out.
+    pub(crate) async fn attrs_here(&self, sh: u32, inos: Vec<u64>) -> Result<Vec<Attr>> {
+        let Some(shard) = self.shards.get(sh as usize) else { return Ok(Vec::new()) };
+        shard
+            .read(move |t| {
+                let table = t.open_table(INODES).io()?;
+                let held = t.open_table(ALLOCATED).io()?;
+                let mut v = Vec::with_capacity(inos.len());
+                for i in inos {
+                    match get_inode(&table, i) {
+                        Ok(r) => v.push(attr_held(&held, &r, i)?),
+                        Err(Error::NotFound) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(v)
+            })
+            .await
     }
 }
 
@@ -99,10 +109,12 @@ impl MdsService {
         // writers of them flush first. Entries changed after the
         // read reach this client as invalidations of the directory.
         let (entries, eof, parent) = ns.readdir(ino, cookie, max, cred).await?;
-        let inos: Vec<InodeId> = entries.iter().map(|e| e.ino).collect();
-        cl.acquire_read_all(&h, &inos).await?;
+        // (no lease here on an inode whose shard another process leads:
+        // its changes are made there, which would not recall it)
+        let (here, no_lease): (Vec<InodeId>, Vec<InodeId>) = entries.iter().map(|e| e.ino).partition(|i| ns.elsewhere(i.shard()).is_none());
+        cl.acquire_read_all(&h, &here).await?;
         let (entries, attrs): (Vec<DirEntry>, Vec<Attr>) = ns.with_attrs(entries).await?.into_iter().unzip();
         c.grant = h.granted();
-        Ok(MdsResp::DirPlus { entries, attrs, eof, parent })
+        Ok(MdsResp::DirPlus { entries, attrs, eof, parent, no_lease })
     }
 }
