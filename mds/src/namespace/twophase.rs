@@ -259,7 +259,7 @@ impl Namespace {
         }
         match msg {
             ShardMsg::Prepare { shard, op, inos } => self.prepare(shard, op, &inos).await.map(|_| ShardReply::Done),
-            ShardMsg::Read { shard: _, read } => self.read_here(read).await,
+            ShardMsg::Read { shard, read } => self.read_here(shard, read).await,
             ShardMsg::Commit { shard, op, k, steps, last } => {
                 let cluster = self.cluster.clone();
                 let changed = touched(&steps);
@@ -319,14 +319,14 @@ impl Namespace {
         Ok(())
     }
 
-    async fn read_here(&self, read: ShardRead) -> Result<ShardReply> {
+    /// Answer `read` of shard `shard`, led here.
+    async fn read_here(&self, shard: u32, read: ShardRead) -> Result<ShardReply> {
         Ok(match read {
             ShardRead::Inode(ino) => ShardReply::Inode(self.inode(ino).await?),
             ShardRead::Attr(ino) => ShardReply::Attr(self.getattr(aifs_common::InodeId(ino)).await?),
-            ShardRead::Attrs(inos) => match inos.first() {
-                Some(first) => ShardReply::Attrs(self.attrs_here(super::shard_of(*first), inos).await?),
-                None => ShardReply::Attrs(Vec::new()),
-            },
+            // (read in the shard checked to be led here: an inode of another
+            // shard is not found there, and left out)
+            ShardRead::Attrs(inos) => ShardReply::Attrs(self.attrs_here(shard, inos).await?),
             ShardRead::Entry { dir, name, cred } => {
                 let (ino, kind) = self.entry_as(dir, &name, cred.as_ref()).await?;
                 ShardReply::Entry(ino, kind)
