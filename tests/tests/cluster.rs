@@ -1277,21 +1277,27 @@ async fn a_batch_sent_again_counts_its_open_files_once() {
     assert!(matches!(after, Err(Error::NotFound)), "the file is still there after its one close: {after:?}");
 }
 
+/// `req` sent as request `seq` of client `client` (`retry`: as sent again
+/// after a lost reply).
+async fn call_numbered(c: &RpcClient, client: u64, req: MdsReq, seq: u64, retry: bool) -> Result<MdsResp, Error> {
+    use aifs_common::proto::mds::{MdsCall, MdsReply, ReqId};
+    let rid = Some(ReqId { client, seq, oldest: 1, retry });
+    c.call::<_, MdsReply>(&MdsCall { rid, ..MdsCall::from(req) }, &[]).await.unwrap().0.into_result().map(|(r, _)| r)
+}
+
 /// A create, or a nameless file, sent again after a lost reply to the
 /// process that counted its open counts it once: the client's one close
 /// frees the file once it has no name. (Counted twice, the file stayed
 /// until the session ended.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_sent_again_counts_its_open_once() {
-    use aifs_common::proto::mds::{MdsCall, MdsReply, ReqId};
     let cl = TestCluster::start(1, 1).await.unwrap();
     let c = cl.mds_client_of_node(Role::Client, "a").unwrap();
     let sid = open_session(&c, "a", false).await;
     let send = |req: MdsReq, seq: u64, retry: bool| {
         let c = &c;
         async move {
-            let rid = Some(ReqId { client: 78, seq, oldest: 1, retry });
-            match c.call::<_, MdsReply>(&MdsCall { rid, ..MdsCall::from(req) }, &[]).await.unwrap().0.into_result().map(|(r, _)| r) {
+            match call_numbered(c, 78, req, seq, retry).await {
                 Ok(MdsResp::Changed { attr: Some(a), .. }) | Ok(MdsResp::Attr(a)) => a.ino,
                 other => panic!("{other:?}"),
             }
@@ -1318,15 +1324,13 @@ async fn a_create_sent_again_counts_its_open_once() {
 /// next began, each a file state of its own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_or_a_close_sent_again_counts_once() {
-    use aifs_common::proto::mds::{MdsCall, MdsReply, ReqId};
     let cl = TestCluster::start(1, 1).await.unwrap();
     let c = cl.mds_client_of_node(Role::Client, "a").unwrap();
     let sid = open_session(&c, "a", false).await;
     let send = |req: MdsReq, seq: u64, retry: bool| {
         let c = &c;
         async move {
-            let rid = Some(ReqId { client: 79, seq, oldest: 1, retry });
-            let r = c.call::<_, MdsReply>(&MdsCall { rid, ..MdsCall::from(req) }, &[]).await.unwrap().0.into_result();
+            let r = call_numbered(c, 79, req, seq, retry).await;
             assert!(r.is_ok(), "{r:?}");
         }
     };

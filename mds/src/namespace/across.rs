@@ -152,6 +152,16 @@ fn root() -> Cred {
     Cred::root()
 }
 
+/// A holder at `b` of the write lease on `d2` (it never answers a
+/// recall), and `/f` being renamed to `d2/g` by `a`.
+async fn rename_into_a_leased_directory(a: &Arc<Namespace>, b: &Arc<Namespace>, d2: InodeId) -> (crate::cluster::Holder, tokio::task::JoinHandle<Result<(InodeId, Option<InodeId>)>>) {
+    let writer = b.cluster.own_holder(false);
+    assert_eq!(b.cluster.acquire(&writer, d2, LeaseKind::Write).await, Ok(LeaseKind::Write));
+    let a = a.clone();
+    let rename = tokio::spawn(async move { a.rename(InodeId::ROOT, "f", d2, "g", 0, &root(), &Once::none()).await });
+    (writer, rename)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_over_shards_led_from_two_processes_happen_whole() {
     let (_c, a, b, [d2, _]) = Cluster2::new().await;
@@ -191,12 +201,7 @@ async fn operations_over_shards_led_from_two_processes_happen_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_from_another_process_waits_for_write_leases_on_its_directories() {
     let (_c, a, b, [d2, _]) = Cluster2::new().await;
-    let writer = b.cluster.own_holder(false);
-    assert_eq!(b.cluster.acquire(&writer, d2, LeaseKind::Write).await, Ok(LeaseKind::Write));
-    let rename = {
-        let a = a.clone();
-        tokio::spawn(async move { a.rename(InodeId::ROOT, "f", d2, "g", 0, &root(), &Once::none()).await })
-    };
+    let (writer, rename) = rename_into_a_leased_directory(&a, &b, d2).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!rename.is_finished(), "the rename went ahead while another client held the directory's write lease");
     assert!(can_create(&b, d2, "meanwhile").await, "the shard was fenced while its write lease was taken back");
@@ -218,12 +223,7 @@ async fn a_change_from_another_process_waits_for_write_leases_on_its_directories
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_lets_its_fences_go_while_a_lease_it_needs_waits_on_them() {
     let (_c, a, b, [d2, _]) = Cluster2::new().await;
-    let writer = b.cluster.own_holder(false);
-    assert_eq!(b.cluster.acquire(&writer, d2, LeaseKind::Write).await, Ok(LeaseKind::Write));
-    let rename = {
-        let a = a.clone();
-        tokio::spawn(async move { a.rename(InodeId::ROOT, "f", d2, "g", 0, &root(), &Once::none()).await })
-    };
+    let (writer, rename) = rename_into_a_leased_directory(&a, &b, d2).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (cred, once) = (root(), Once::none());
     let queued = tokio::time::timeout(Duration::from_secs(10), a.create(InodeId::ROOT, "queued", 0o644, &cred, true, &once)).await;
