@@ -103,9 +103,13 @@ impl Front {
         Ok((MdsReply { session: None, resp: MdsResp::Raft { len: out.len() as u64 } }, vec![Bytes::from(out)]))
     }
 
-    /// A step of a membership change (membership.rs), taken by the leader
-    /// of every group for an admin.
+    /// A step of a membership change (membership.rs), taken by shard 0's
+    /// leader for an admin, or one group's part of it, taken by that
+    /// group's leader for shard 0's.
     async fn membership(&self, req: &MdsReq) -> aifs_common::Result<MdsResp> {
+        if let MdsReq::GroupMember { shard, step } = req {
+            return Ok(MdsResp::Member(self.replica.take_group_step(*shard, step).await?));
+        }
         // Shard 0's leader takes the steps, serving or not: one that took
         // itself out of some groups still finishes taking itself out.
         if !self.replica.leads_zero() {
@@ -180,7 +184,7 @@ impl Service for Front {
             let addr = self.replica.leader_other_than(past, wait).await;
             return (MdsReply { session: None, resp: MdsResp::Leader { addr } }, vec![]);
         }
-        if matches!(call.req, MdsReq::AddMember { .. } | MdsReq::RemoveMember { .. }) {
+        if matches!(call.req, MdsReq::AddMember { .. } | MdsReq::RemoveMember { .. } | MdsReq::GroupMember { .. }) {
             let resp = self.membership(&call.req).await.unwrap_or_else(|e| MdsResp::Err(e.to_wire()));
             return (MdsReply { session: None, resp }, vec![]);
         }

@@ -12,7 +12,10 @@
 //! the rest (replica.rs), which a member that does not vote there cannot
 //! win. For the same reason a member leaves shard 0's group first, except
 //! the leader taking itself out, which leaves it last so that it goes on
-//! leading the steps. A process leaves each group as a voter and as a node
+//! leading the steps. Shard 0's leader takes every step, and sends the
+//! step of a group another process leads (a shard placed apart,
+//! placing.rs) to that process: openraft changes a group's membership
+//! only at its leader. A process leaves each group as a voter and as a node
 //! at once (openraft passes through a joint configuration, so both
 //! majorities agree; a joint configuration a dead leader left behind is
 //! finished by the next step). One step runs at a time.
@@ -30,7 +33,7 @@ use crate::namespace::Namespace;
 use crate::replica::{Group, Replica};
 use crate::store::raft::NodeId;
 use crate::store::{IoResult, META};
-use aifs_common::proto::mds::{MemberChange, MemberInfo};
+use aifs_common::proto::mds::{GroupStep, MdsCall, MdsReply, MdsReq, MdsResp, MemberChange, MemberInfo};
 use aifs_common::{Error, Result};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Membership, RaftMetrics};
@@ -45,6 +48,10 @@ const CATCH_UP_SLACK: u64 = 64;
 
 /// How long a leader taken out of the groups waits to have stepped down.
 const STEP_DOWN: Duration = Duration::from_secs(5);
+
+/// How long shard 0's leader waits for another process to take a step in
+/// a group it leads (a voter's removal waits for that leader to step down).
+const STEP_WITHIN: Duration = Duration::from_secs(20);
 
 type Metrics = RaftMetrics<NodeId, BasicNode>;
 
@@ -172,45 +179,15 @@ impl Replica {
             return Err(Error::InvalidArgument(format!("MDS {id} is a member already, at {was}; `mdsctl mds remove {id}` first")));
         }
         let mut change = MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 0, shards: self.groups.len() as u32, behind: 0 };
+        let add = |vote| GroupStep::Add { id, addr: addr.to_string(), vote };
         for g in self.groups.iter().skip(1) {
-            self.add_step(g, id, addr, true, &mut change).await?;
+            tally(&mut change, &self.group_step(g, add(true)).await?);
         }
         let others_vote = change.voter_in + 1 == change.shards;
         if let Some(zero) = self.groups.first() {
-            self.add_step(zero, id, addr, others_vote, &mut change).await?;
+            tally(&mut change, &self.group_step(zero, add(others_vote)).await?);
         }
         Ok(change)
-    }
-
-    /// Add `id` to `g`'s group as a learner, or make it a voter there if it
-    /// has caught up and `may_vote`.
-    async fn add_step(&self, g: &Group, id: NodeId, addr: &str, may_vote: bool, change: &mut MemberChange) -> Result<()> {
-        let m = g.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        if let Some(was) = membership.get_node(&id).filter(|n| n.addr != addr) {
-            return Err(Error::InvalidArgument(format!("MDS {id} is at {} in shard {}'s group, not {addr}", was.addr, g.shard)));
-        }
-        if votes(membership, id) && !joint(membership) {
-            change.voter_in += 1;
-            return Ok(());
-        }
-        if membership.get_node(&id).is_none() {
-            tracing::info!(shard = g.shard, id, addr, "adding MDS as a learner");
-            g.raft.add_learner(id, BasicNode::new(addr), false).await.map_err(change_err)?;
-            change.learner_in += 1;
-            change.behind += m.last_log_index.unwrap_or(0);
-            return Ok(());
-        }
-        let lacks = behind(&m, id);
-        if lacks > CATCH_UP_SLACK || !may_vote {
-            change.learner_in += 1;
-            change.behind += lacks;
-            return Ok(());
-        }
-        tracing::info!(shard = g.shard, id, "MDS caught up: it votes from now on");
-        g.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true).await.map_err(change_err)?;
-        change.voter_in += 1;
-        Ok(())
     }
 
     /// One step of taking member `id` out of every group. Answered for an
@@ -219,44 +196,130 @@ impl Replica {
     pub async fn remove_member(&self, id: NodeId) -> Result<MemberChange> {
         let _one = self.changing.lock().await;
         let addr = self.known().remove(&id).unwrap_or_default();
-        let me = self.members.me;
-        let order: Vec<&Group> = match id == me {
+        let order: Vec<&Group> = match id == self.members.me {
             true => self.groups.iter().rev().collect(),
             false => self.groups.iter().collect(),
         };
-        for g in order {
-            let m = g.raft.metrics().borrow().clone();
-            let membership = m.membership_config.membership();
-            let change = if votes(membership, id) {
-                if membership.voter_ids().count() == 1 {
-                    return Err(Error::InvalidArgument(format!("MDS {id} is shard {}'s only voter", g.shard)));
-                }
-                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-            } else if membership.get_node(&id).is_some() {
-                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-            } else {
-                continue;
-            };
-            tracing::info!(shard = g.shard, id, "removing MDS from the shard's group");
-            g.raft.change_membership(change, false).await.map_err(change_err)?;
-        }
-        if id == me {
-            // Taken out, this process steps down once the change is
-            // applied; answered before, an operator would see it lead.
-            for g in &self.groups {
-                let stepped = g.raft.wait(Some(STEP_DOWN)).metrics(|m| m.state != openraft::ServerState::Leader, "stepped down").await;
-                if let Err(e) = stepped {
-                    tracing::warn!(shard = g.shard, error = %e, "still leading the shard's group after being taken out");
-                }
-            }
-        }
         let mut change = MemberChange { id, addr, voter_in: 0, learner_in: 0, shards: self.groups.len() as u32, behind: 0 };
-        for g in &self.groups {
-            let m = g.raft.metrics().borrow().clone();
-            let membership = m.membership_config.membership();
-            change.voter_in += votes(membership, id) as u32;
-            change.learner_in += (!votes(membership, id) && membership.get_node(&id).is_some()) as u32;
+        for g in order {
+            tally(&mut change, &self.group_step(g, GroupStep::Remove { id }).await?);
         }
         Ok(change)
     }
+
+    /// Take `step` in `g`'s group: here if this process leads it, else at
+    /// the process that does (a group placed apart, placing.rs). That
+    /// group's count after the step.
+    async fn group_step(&self, g: &Group, step: GroupStep) -> Result<MemberChange> {
+        if crate::replica::leads(&g.raft.metrics().borrow(), self.members.me) {
+            return self.step_here(g, &step).await;
+        }
+        let shard = g.shard;
+        let unknown = || Error::Unavailable(format!("no leader of shard {shard}'s group is known"));
+        let at: SocketAddr = self.leader_hint(shard).parse().map_err(|_| unknown())?;
+        let peers = self.members.peers.as_ref().ok_or_else(unknown)?;
+        let call = MdsCall::from(MdsReq::GroupMember { shard, step });
+        let sent = tokio::time::timeout(STEP_WITHIN, peers.to(at).call::<_, MdsReply>(&call, &[])).await;
+        let gone = |why: String| Error::Unavailable(format!("shard {shard}'s leader at {at}: {why}"));
+        let (reply, _) = sent.map_err(|_| gone(format!("no answer in {STEP_WITHIN:?}")))?.map_err(|e| gone(e.to_string()))?;
+        match reply.resp {
+            MdsResp::Member(c) => Ok(c),
+            // Its lead moved meanwhile: the admin asks shard 0's leader
+            // again, not the process named, which takes no steps.
+            MdsResp::Err(e) => Err(match Error::from_wire(e.code, &e.msg) {
+                Error::NotLeader(_) => gone("no longer leads the group".into()),
+                e => e,
+            }),
+            other => Err(Error::Protocol(format!("a group's membership step answered with {other:?}"))),
+        }
+    }
+
+    /// Answer `MdsReq::GroupMember`, sent by shard 0's leader: take the
+    /// step in shard `shard`'s group if this process leads it.
+    pub async fn take_group_step(&self, shard: u32, step: &GroupStep) -> Result<MemberChange> {
+        let g = self.group(shard).ok_or_else(|| Error::InvalidArgument(format!("there is no shard {shard}")))?;
+        if !crate::replica::leads(&g.raft.metrics().borrow(), self.members.me) {
+            return Err(Error::NotLeader(self.leader_hint(shard)));
+        }
+        let _one = self.changing.lock().await;
+        self.step_here(g, step).await
+    }
+
+    async fn step_here(&self, g: &Group, step: &GroupStep) -> Result<MemberChange> {
+        match step {
+            GroupStep::Add { id, addr, vote } => add_step(g, *id, addr, *vote).await,
+            GroupStep::Remove { id } => self.remove_step(g, *id).await,
+        }
+    }
+
+    /// Take member `id` out of `g`'s group, which this process leads.
+    async fn remove_step(&self, g: &Group, id: NodeId) -> Result<MemberChange> {
+        let change = {
+            let m = g.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            if votes(membership, id) {
+                if membership.voter_ids().count() == 1 {
+                    return Err(Error::InvalidArgument(format!("MDS {id} is shard {}'s only voter", g.shard)));
+                }
+                Some(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+            } else if membership.get_node(&id).is_some() {
+                Some(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+            } else {
+                None
+            }
+        };
+        if let Some(change) = change {
+            tracing::info!(shard = g.shard, id, "removing MDS from the shard's group");
+            g.raft.change_membership(change, false).await.map_err(change_err)?;
+        }
+        if id == self.members.me {
+            // Taken out, this process steps down once the change is
+            // applied; answered before, an operator would see it lead.
+            let stepped = g.raft.wait(Some(STEP_DOWN)).metrics(|m| m.state != openraft::ServerState::Leader, "stepped down").await;
+            if let Err(e) = stepped {
+                tracing::warn!(shard = g.shard, error = %e, "still leading the shard's group after being taken out");
+            }
+        }
+        Ok(count(g, id, ""))
+    }
+}
+
+/// `one`, a group's count, added to `change`'s.
+fn tally(change: &mut MemberChange, one: &MemberChange) {
+    change.voter_in += one.voter_in;
+    change.learner_in += one.learner_in;
+    change.behind += one.behind;
+}
+
+/// Where member `id` is in `g`'s group: one group's count.
+fn count(g: &Group, id: NodeId, addr: &str) -> MemberChange {
+    let m = g.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voter = votes(membership, id) && !joint(membership);
+    let learner = !voter && membership.get_node(&id).is_some();
+    let behind = if learner { behind(&m, id) } else { 0 };
+    MemberChange { id, addr: addr.to_string(), voter_in: voter as u32, learner_in: learner as u32, shards: 1, behind }
+}
+
+/// Add `id` to `g`'s group as a learner, or make it a voter there if it
+/// has caught up and `may_vote`. The group's count after the step.
+async fn add_step(g: &Group, id: NodeId, addr: &str, may_vote: bool) -> Result<MemberChange> {
+    let m = g.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    if let Some(was) = membership.get_node(&id).filter(|n| n.addr != addr) {
+        return Err(Error::InvalidArgument(format!("MDS {id} is at {} in shard {}'s group, not {addr}", was.addr, g.shard)));
+    }
+    if membership.get_node(&id).is_none() {
+        tracing::info!(shard = g.shard, id, addr, "adding MDS as a learner");
+        g.raft.add_learner(id, BasicNode::new(addr), false).await.map_err(change_err)?;
+        // It holds nothing yet.
+        let lacks = m.last_log_index.unwrap_or(0);
+        return Ok(MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 1, shards: 1, behind: lacks });
+    }
+    let voter = votes(membership, id) && !joint(membership);
+    if !voter && behind(&m, id) <= CATCH_UP_SLACK && may_vote {
+        tracing::info!(shard = g.shard, id, "MDS caught up: it votes from now on");
+        g.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true).await.map_err(change_err)?;
+    }
+    Ok(count(g, id, addr))
 }

@@ -115,7 +115,7 @@ impl MdsService {
             Fsck { repair } => self.fsck(c, repair).await,
             OsdOut { id, out } => self.osd_out(c, id, out).await,
             // Answered by the MDS's front (front.rs) before they come here.
-            Raft { .. } | Shard { .. } | AddMember { .. } | RemoveMember { .. } | Members | ShardLeaders | Leader { .. } => Err(Error::Protocol(format!("{} reached the namespace service", req.rule().name))),
+            Raft { .. } | Shard { .. } | AddMember { .. } | RemoveMember { .. } | GroupMember { .. } | Members | ShardLeaders | Leader { .. } => Err(Error::Protocol(format!("{} reached the namespace service", req.rule().name))),
             DegradedList { ino } => self.degraded_list(c, ino).await,
             ClearDegraded { ino, index, osd } => self.clear_degraded(c, ino, index, osd).await,
             FsckStatus => self.fsck_status(c).await,

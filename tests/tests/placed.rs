@@ -93,6 +93,21 @@ fn leaders(cl: &ProcCluster) -> Vec<Option<u64>> {
     }
 }
 
+/// Until every shard's voters (`mdsctl shard ls --json`) pass `ok`,
+/// as `what` says (a follower's view of a group may lag its leader's).
+fn wait_voters(cl: &ProcCluster, ok: impl Fn(&[u64]) -> bool, what: &str) {
+    let t = Instant::now();
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "shard", "ls"]).unwrap()).unwrap();
+        let voters: Vec<Vec<u64>> = v.as_array().unwrap().iter().map(|s| s["members"].as_array().unwrap().iter().filter_map(|m| m.as_u64()).collect()).collect();
+        if voters.iter().all(|v| ok(v)) {
+            return;
+        }
+        assert!(t.elapsed() < ELECTION, "{what} after {ELECTION:?}: voters per shard {voters:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Until shard `shard` is led by a member `ok` accepts; that member.
 fn wait_led(cl: &ProcCluster, shard: usize, ok: impl Fn(u64) -> bool, what: &str) -> u64 {
     let t = Instant::now();
@@ -394,4 +409,40 @@ fn a_rename_into_a_shard_placed_apart_reaches_the_mounts_that_cache_its_director
     let before = nlink(&other.p(&ename));
     c.mkdir(e.ino, "sub");
     assert_eq!(nlink(&other.p(&ename)), before + 1, "a mount kept the attributes of a directory changed where its shard is led");
+}
+
+/// `mdsctl mds add` and `mds remove` while a shard is placed apart: the
+/// step of the placed shard's group is taken by the process leading it,
+/// the only one openraft lets change it. A new process comes to vote in
+/// every group; the member leading the placed shard is taken out of every
+/// group, another leads that shard, and nothing made there is lost.
+#[test]
+fn members_join_and_leave_every_group_while_a_shard_is_placed_apart() {
+    let mut cl = ProcCluster::start_replicated_edited(3, 3, &|t| format!("spread = true\n{t}")).unwrap();
+    let first = cl.mds_leader(ELECTION).unwrap();
+    let to = if first == 3 { 2 } else { 3 };
+    let c = Caller::new(&cl);
+    let d = (0..16).map(|i| c.mkdir(InodeId::ROOT, &format!("d{i}"))).find(|a| a.ino.shard() == PLACED).expect("no directory on the shard to place");
+    cl.mdsctl(&["shard", "move", &PLACED.to_string(), "--to", &to.to_string()]).unwrap();
+    wait_led(&cl, PLACED as usize, |l| l == to, "not led by the member placed");
+    let f = c.create(d.ino, "made-there");
+
+    let (new, addr) = cl.start_new_mds_member().unwrap();
+    let out = cl.mdsctl(&["--json", "mds", "add", &addr.to_string()]).unwrap();
+    let added: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(added["id"].as_u64(), Some(new), "{out}");
+    wait_voters(&cl, |v| v.contains(&new), &format!("MDS {new} does not vote in every group"));
+    assert_eq!(leaders(&cl)[PLACED as usize], Some(to));
+    c.create(d.ino, "with-four");
+
+    // Taken out, the member leading the placed shard leaves every group
+    // (its own step there included), and another leads the shard.
+    cl.mdsctl(&["mds", "remove", &to.to_string()]).unwrap();
+    wait_voters(&cl, |v| !v.contains(&to) && v.len() == 3, &format!("MDS {to} still votes somewhere"));
+    wait_led(&cl, PLACED as usize, |l| l != to, "still led by the member taken out");
+    cl.kill9_mds_member(to);
+    assert_eq!(c.lookup_surely(d.ino, "made-there").unwrap().ino, f.ino);
+    c.lookup(d.ino, "with-four").unwrap();
+    c.create(d.ino, "after");
+    c.lookup(d.ino, "after").unwrap();
 }

@@ -313,9 +313,27 @@ pub enum MdsReq {
     /// than `past` to be known, so that the caller hears of an election
     /// as it ends.
     Leader { past: String, wait_ms: u32 },
+    /// MDS to MDS: shard `shard`'s group's part of an `AddMember` or
+    /// `RemoveMember`, sent by shard 0's leader, which takes the steps, to
+    /// the leader of a group it does not lead (openraft changes a group's
+    /// membership only at its leader). Answered with that one group's
+    /// count (`MdsResp::Member`, `shards` 1). Only another MDS's
+    /// certificate may send it.
+    GroupMember { shard: u32, step: GroupStep },
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);
+
+/// One group's step of a membership change (`MdsReq::GroupMember`).
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[rkyv(derive(Debug))]
+pub enum GroupStep {
+    /// Add MDS `id` at `addr` as a learner, or make it a voter once it
+    /// holds the log about as far as the leader and `vote` allows.
+    Add { id: u64, addr: String, vote: bool },
+    /// Take MDS `id` out, as a voter and as a node at once.
+    Remove { id: u64 },
+}
 
 /// Most stale replicas one `DegradedList` reply names.
 pub const MAX_DEGRADED_LIST: usize = 10_000;

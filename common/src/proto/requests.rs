@@ -144,7 +144,8 @@ impl MdsReq {
             Revoked => row("revoked", ADMIN).in_grace(),
             // Answered by the front (mds/src/front.rs), never by the
             // namespace service: Raft, Members and Leader by every member,
-            // membership changes by shard 0's leader, a shard message of
+            // membership changes by shard 0's leader (their steps for a
+            // group led elsewhere by that group's leader), a shard message of
             // the two phases by the namespace served there.
             Raft { .. } => row("raft", MDS).in_grace().uncounted(),
             Shard { .. } => row("shard", MDS).in_grace(),
@@ -154,6 +155,7 @@ impl MdsReq {
             ShardLeaders => row("shard_leaders", MAP_READERS).in_grace().uncounted(),
             Leader { .. } => row("leader", MAP_READERS).in_grace().uncounted(),
             MoveShard { .. } => row("move_shard", ADMIN).in_grace(),
+            GroupMember { .. } => row("group_member", MDS).in_grace(),
         }
     }
 
@@ -179,6 +181,7 @@ impl MdsReq {
             Statfs | OpenSession { .. } | SessionHeartbeat { .. } | CloseSession { .. } | OsdMap | OsdHeartbeat { .. } => None,
             Status | EvictSession { .. } | Fsck { .. } | FsckStatus | OsdOut { .. } | Revoke { .. } | Revoked => None,
             Raft { .. } | Shard { .. } | AddMember { .. } | RemoveMember { .. } | Members | ShardLeaders | Leader { .. } | MoveShard { .. } => None,
+            GroupMember { .. } => None,
         }
     }
 
@@ -215,6 +218,7 @@ impl MdsReq {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::mds::GroupStep;
 
     #[test]
     fn the_table_keeps_the_promises_the_wire_relies_on() {
@@ -227,6 +231,8 @@ mod tests {
         assert!(raft.rule().allows(Role::Mds) && !raft.rule().allows(Role::Admin));
         let shard = MdsReq::Shard { shard: 0, len: 0 };
         assert!(shard.rule().allows(Role::Mds) && !shard.rule().allows(Role::Client) && !shard.rule().allows(Role::Admin));
+        let step = MdsReq::GroupMember { shard: 1, step: GroupStep::Remove { id: 2 } };
+        assert!(step.rule().allows(Role::Mds) && !step.rule().allows(Role::Admin), "an admin changes membership through shard 0's leader");
         assert!(!MdsReq::GetAttr { ino: InodeId(1) }.once_only());
         assert!(!MdsReq::GetAttr { ino: InodeId(1) }.carries_id());
         let open = MdsReq::Open { ino: InodeId(1), write: false, first: true, exclusive: false };
