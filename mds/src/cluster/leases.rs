@@ -301,6 +301,24 @@ impl Cluster {
         self.deliver(session, &req, Some(deadline)).await;
     }
 
+    /// A client's session that has no connection to be told on: a change
+    /// to what it holds a lease on waits for it until the notice's
+    /// deadline, or until its holder is dropped, which ends it.
+    #[cfg(test)]
+    pub(crate) fn unreachable_client(self: &Arc<Self>) -> Holder {
+        let h = self.own_holder(false);
+        let entry = super::sessions::SessionEntry {
+            owner: aifs_common::Owner([0; 32]),
+            name: "unreachable".into(),
+            addr: String::new(),
+            conn: None,
+            dir_leases: false,
+            load: Default::default(),
+        };
+        self.sessions.insert(h.id, entry);
+        h
+    }
+
     /// Who holds what on `ino` (`mdsctl leases`).
     pub fn lease_infos(&self, ino: InodeId) -> Vec<LeaseInfo> {
         let Ok(t) = self.leases.lock() else {

@@ -366,3 +366,28 @@ async fn a_decision_after_the_prepared_shard_gave_up_is_refused() {
     assert_eq!(a.lookup(InodeId::ROOT, "g", &root()).await.map(|x| x.ino), Err(Error::NotFound));
     assert!(b.lookup(d2, "f", &root()).await.is_ok());
 }
+
+/// A prepared shard that settles by itself an operation its coordinator
+/// decided before falling silent tells the clients caching what the
+/// settle changes, as it does for a commit sent to it. The one caching
+/// the directory here has no connection, so the settle waits for it
+/// until it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_tells_the_clients_that_cache_what_it_changes() {
+    let (_c, a, b, [d2, _]) = Cluster2::new().await;
+    let reader = b.cluster.unreachable_client();
+    assert_eq!(b.cluster.acquire(&reader, d2, LeaseKind::Read).await, Ok(LeaseKind::Read));
+    let (op, mut steps, f) = prepared_rename(&a, d2).await;
+    let (first, s) = steps.remove(0);
+    a.first_commit(first, s, &steps, None, (f, 0), Some(op.id)).await.unwrap();
+    let settle = {
+        let b = b.clone();
+        tokio::spawn(async move { b.settle(2, Some(op)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!settle.is_finished(), "the settle changed the directory without telling the client caching it");
+    drop(reader);
+    let settled = tokio::time::timeout(Duration::from_secs(5), settle).await.expect("the settle still waits after the client went").unwrap();
+    assert_eq!(settled, Ok(1));
+    assert_eq!(b.lookup(d2, "f", &root()).await.map(|x| x.ino), Err(Error::NotFound));
+}

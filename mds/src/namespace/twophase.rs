@@ -385,13 +385,15 @@ impl Namespace {
                 None => self.outcome(op).await?,
             };
             tracing::warn!(shard, ?op, committed = outcome.is_some(), "settled an operation whose coordinator fell silent");
+            // This shard's commits, each with its place in the intent.
+            let mine: Vec<(u32, Vec<Step>)> = match outcome {
+                Some(rest) => rest.into_iter().enumerate().filter(|(_, (s, _))| *s == shard).map(|(k, (_, st))| (k as u32, st)).collect(),
+                None => Vec::new(),
+            };
+            let changed: Vec<_> = mine.iter().flat_map(|(_, steps)| touched(steps)).collect();
             let cluster = self.cluster.clone();
             self.shard(shard)
                 .mutate(move |txn| {
-                    let mine: Vec<(u32, &Vec<Step>)> = match &outcome {
-                        Some(rest) => rest.iter().enumerate().filter(|(_, (s, _))| *s == shard).map(|(k, (_, st))| (k as u32, st)).collect(),
-                        None => Vec::new(),
-                    };
                     let open = |ino| cluster.is_open(aifs_common::InodeId(ino));
                     for (i, (k, steps)) in mine.iter().enumerate() {
                         commit_here(txn, op, *k, steps, i + 1 == mine.len(), &open)?;
@@ -400,6 +402,9 @@ impl Namespace {
                 })
                 .await?;
             self.holding.drop_one(shard, op);
+            // As for a commit sent here: the clients caching what changed
+            // let it go.
+            self.cluster.invalidate(None, changed).await;
             settled += 1;
         }
         Ok(settled)
