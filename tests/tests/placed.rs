@@ -433,6 +433,18 @@ fn members_join_and_leave_every_group_while_a_shard_is_placed_apart() {
     assert_eq!(added["id"].as_u64(), Some(new), "{out}");
     wait_voters(&cl, |v| v.contains(&new), &format!("MDS {new} does not vote in every group"));
     assert_eq!(leaders(&cl)[PLACED as usize], Some(to));
+    // How far it holds the placed group's log is known at that group's
+    // leader, and `mds ls` (answered by shard 0's leader) says it.
+    let t = Instant::now();
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "mds", "ls"]).unwrap()).unwrap();
+        let held = v.as_array().unwrap().iter().find(|m| m["id"].as_u64() == Some(new)).and_then(|m| m["matched"][PLACED as usize].as_u64());
+        if held.is_some_and(|i| i > 0) {
+            break;
+        }
+        assert!(t.elapsed() < ELECTION, "mds ls shows none of shard {PLACED}'s log held by MDS {new}: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     c.create(d.ino, "with-four");
 
     // Taken out, the member leading the placed shard leaves every group

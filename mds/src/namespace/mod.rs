@@ -326,22 +326,38 @@ impl Namespace {
     pub async fn shard_counts(&self) -> Result<Vec<(u32, u64, u64, u64, u64)>> {
         let mut out = Vec::new();
         for s in &self.shards {
-            let id = s.id;
-            let c = s
-                .read(move |t| {
-                    Ok((
-                        id,
-                        t.open_table(INODES).io()?.len().io()?,
-                        t.open_table(DENTRIES).io()?.len().io()?,
-                        t.open_table(GC).io()?.len().io()?,
-                        t.open_table(DEGRADED).io()?.len().io()?,
-                    ))
-                })
-                .await?;
-            out.push(c);
+            let (inodes, dentries, gc, degraded) = counts_of(s).await?;
+            out.push((s.id, inodes, dentries, gc, degraded));
         }
         Ok(out)
     }
+
+    /// Shard `id` as this process holds it: its counts and commits, its
+    /// group as the member here reports it (`wanted` left to the caller),
+    /// and, while this process leads it, how far each other member holds
+    /// its log.
+    pub async fn shard_status(&self, id: u32) -> Result<(aifs_common::proto::status::ShardInfo, Vec<(u64, u64)>)> {
+        let s = self.shard(id);
+        let (inodes, dentries, pending_gc, degraded) = counts_of(s).await?;
+        let g = s.group();
+        let commits = s.stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+        let (members, leader, term, last_log, applied, snapshot) = (g.members, g.leader, g.term, g.last_log, g.applied, g.snapshot);
+        let info = aifs_common::proto::status::ShardInfo { id, inodes, dentries, commits, pending_gc, degraded, members, leader, term, last_log, applied, snapshot, wanted: None };
+        Ok((info, g.matched))
+    }
+}
+
+/// A shard's inodes, entries, files awaiting GC and stale replicas.
+async fn counts_of(s: &ShardStore) -> Result<(u64, u64, u64, u64)> {
+    s.read(|t| {
+        Ok((
+            t.open_table(INODES).io()?.len().io()?,
+            t.open_table(DENTRIES).io()?.len().io()?,
+            t.open_table(GC).io()?.len().io()?,
+            t.open_table(DEGRADED).io()?.len().io()?,
+        ))
+    })
+    .await
 }
 
 #[cfg(test)]

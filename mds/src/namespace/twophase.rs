@@ -28,6 +28,7 @@ use crate::cluster::Holder;
 use crate::records::{InodeRec, Intent, Step};
 use crate::store::{IoResult, Txn, INTENTS, INTENT_DONE, PREPARED};
 use aifs_common::perm::Cred;
+use aifs_common::proto::status::ShardInfo;
 use aifs_common::proto::mds::{Attr, FileKind};
 use aifs_common::{Error, Result};
 use futures::future::BoxFuture;
@@ -77,6 +78,9 @@ pub enum ShardRead {
     /// The entry, checked as `Namespace::entry_as` checks it.
     Entry { dir: u64, name: String, cred: Option<Cred> },
     Linkable(u64),
+    /// The shard's counts and group as its leader has them (`mdsctl
+    /// status`, `shard ls`, `mds ls` at shard 0's leader).
+    Status,
 }
 
 /// What one shard's leader is asked by another's.
@@ -114,6 +118,9 @@ pub enum ShardReply {
     /// `Some`: committed, with the intent's commits after the first;
     /// `None`: aborted.
     Outcome(Option<Vec<(u32, Vec<Step>)>>),
+    /// The shard's counts and group, with how far each member holds its
+    /// log (`GroupState::matched`).
+    Status(ShardInfo, Vec<(u64, u64)>),
 }
 
 /// Carries messages to the leader of the shard they name.
@@ -332,6 +339,10 @@ impl Namespace {
                 ShardReply::Entry(ino, kind)
             }
             ShardRead::Linkable(ino) => ShardReply::Flag(self.linkable(ino).await?),
+            ShardRead::Status => {
+                let (info, matched) = self.shard_status(shard).await?;
+                ShardReply::Status(info, matched)
+            }
         })
     }
 

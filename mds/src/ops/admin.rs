@@ -3,7 +3,13 @@
 use crate::service::MdsService;
 use super::Call;
 use aifs_common::{Error, InodeId, Owner, Result};
+use crate::namespace::twophase::{ShardRead, ShardReply};
+use crate::store::GroupState;
 use aifs_common::proto::mds::{ClusterStatus, MdsResp, RepairInfo, ShardInfo};
+
+/// How long `mdsctl status` waits for a shard's leader elsewhere to give
+/// that shard's status before it shows this process's copy.
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl MdsService {
     pub(crate) async fn revoke(&self, c: &mut Call<'_>, owner: Owner, name: String) -> Result<MdsResp> {
@@ -27,33 +33,17 @@ impl MdsService {
 
     pub(crate) async fn status(&self, _c: &mut Call<'_>) -> Result<MdsResp> {
         let ns = &self.ns;
-        let groups: Vec<_> = ns.shards.iter().map(|s| s.group()).collect();
-        let members = crate::membership::member_infos(ns, &groups).await?;
         let wanted = crate::handover::wanted(ns).await?.map(|w| w.to);
         let placed = crate::placing::placement(ns).await?;
-        let shards = ns
-            .shard_counts()
-            .await?
-            .into_iter()
-            .map(|(id, inodes, dentries, pending_gc, degraded)| {
-                let g = groups.get(id as usize).cloned().unwrap_or_else(|| ns.shard(id).group());
-                ShardInfo {
-                    id,
-                    inodes,
-                    dentries,
-                    pending_gc,
-                    degraded,
-                    commits: ns.shard(id).stats.commits.load(std::sync::atomic::Ordering::Relaxed),
-                    members: g.members,
-                    leader: g.leader,
-                    term: g.term,
-                    last_log: g.last_log,
-                    applied: g.applied,
-                    snapshot: g.snapshot,
-                    wanted: placed.get(&id).copied().or(wanted),
-                }
-            })
-            .collect();
+        let (mut shards, mut groups) = (Vec::new(), Vec::new());
+        for id in 0..ns.shards.len() as u32 {
+            let (info, matched) = self.shard_status(id).await?;
+            let nodes = ns.shard(id).group().nodes;
+            let (members, leader, term, last_log, applied, snapshot) = (info.members.clone(), info.leader, info.term, info.last_log, info.applied, info.snapshot);
+            groups.push(GroupState { members, leader, term, last_log, applied, snapshot, nodes, matched });
+            shards.push(ShardInfo { wanted: placed.get(&id).copied().or(wanted), ..info });
+        }
+        let members = crate::membership::member_infos(ns, &groups).await?;
         Ok(MdsResp::Status(ClusterStatus {
             shards,
             osds: ns.cluster.osds.infos(),
@@ -72,6 +62,23 @@ impl MdsService {
                 to_move: self.repair.stats.to_move.load(std::sync::atomic::Ordering::Relaxed),
             },
         }))
+    }
+
+    /// Shard `id` as its leader has it: asked of that process for a shard
+    /// led elsewhere (its commits are counted there, and only it knows
+    /// how far the other members hold the log), read here otherwise, or
+    /// when that process does not answer.
+    async fn shard_status(&self, id: u32) -> Result<(ShardInfo, Vec<(u64, u64)>)> {
+        let ns = &self.ns;
+        if let Some(remote) = ns.elsewhere(id) {
+            match tokio::time::timeout(STATUS_WAIT, remote.read(id, ShardRead::Status)).await {
+                Ok(Ok(ShardReply::Status(info, matched))) => return Ok((info, matched)),
+                Ok(Ok(other)) => tracing::warn!(shard = id, ?other, "a shard's status answered with something else; showing this process's copy"),
+                Ok(Err(e)) => tracing::debug!(shard = id, error = %e, "a shard's leader did not give its status; showing this process's copy"),
+                Err(_) => tracing::debug!(shard = id, "a shard's leader gave no status in time; showing this process's copy"),
+            }
+        }
+        ns.shard_status(id).await
     }
 
     /// `mdsctl shard move`: the wish recorded; the lead loops act on it
