@@ -63,6 +63,11 @@ fn change_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Erro
     }
 }
 
+/// `addr` as a member's address, or why it is none.
+fn address(addr: &str) -> Result<SocketAddr> {
+    addr.parse().map_err(|e| Error::InvalidArgument(format!("{addr:?} is not an address (IP:PORT): {e}")))
+}
+
 /// `id` votes in the group `membership` describes.
 pub(crate) fn votes(membership: &Membership<NodeId, BasicNode>, id: NodeId) -> bool {
     membership.voter_ids().any(|v| v == id)
@@ -165,7 +170,7 @@ impl Replica {
                 "this MDS runs alone (no `members` in its config): stop it, add `members = [{ id = 1, addr = \"IP:PORT\" }]` (its own address) to its config, start it again, then add processes".into(),
             ));
         }
-        addr.parse::<SocketAddr>().map_err(|e| Error::InvalidArgument(format!("{addr:?} is not an address (IP:PORT): {e}")))?;
+        address(addr)?;
         // Held from the choice of id on: two adds at once pick different ones.
         let _one = self.changing.lock().await;
         let known = self.known();
@@ -238,6 +243,9 @@ impl Replica {
     /// step in shard `shard`'s group if this process leads it.
     pub async fn take_group_step(&self, shard: u32, step: &GroupStep) -> Result<MemberChange> {
         let g = self.group(shard).ok_or_else(|| Error::InvalidArgument(format!("there is no shard {shard}")))?;
+        if let GroupStep::Add { addr, .. } = step {
+            address(addr)?;
+        }
         if !crate::replica::leads(&g.raft.metrics().borrow(), self.members.me) {
             return Err(Error::NotLeader(self.leader_hint(shard)));
         }
