@@ -77,6 +77,16 @@ impl Caller {
     }
 }
 
+/// Three MDS processes with `spread = true`; shard 0's leader, and the
+/// member the tests place shard [`PLACED`] on (one that does not lead
+/// shard 0).
+fn spread_cluster() -> (ProcCluster, u64, u64) {
+    let cl = ProcCluster::start_replicated_edited(3, 3, &|t| format!("spread = true\n{t}")).unwrap();
+    let first = cl.mds_leader(ELECTION).unwrap();
+    let to = if first == 3 { 2 } else { 3 };
+    (cl, first, to)
+}
+
 /// Each shard's leader, as `mdsctl shard ls` says (asked again while no
 /// one answers it, as between two leaders of shard 0).
 fn leaders(cl: &ProcCluster) -> Vec<Option<u64>> {
@@ -130,9 +140,7 @@ fn wait_led(cl: &ProcCluster, shard: usize, ok: impl Fn(u64) -> bool, what: &str
 /// it again.
 #[test]
 fn a_shard_placed_apart_is_served_where_placed_and_comes_back_with_its_member() {
-    let mut cl = ProcCluster::start_replicated_edited(3, 3, &|t| format!("spread = true\n{t}")).unwrap();
-    let first = cl.mds_leader(ELECTION).unwrap();
-    let to = if first == 3 { 2 } else { 3 };
+    let (mut cl, first, to) = spread_cluster();
     let c = Caller::new(&cl);
     // Directories made while one process leads all land on every shard.
     let dirs: Vec<Attr> = (0..16).map(|i| c.mkdir(InodeId::ROOT, &format!("d{i}"))).collect();
@@ -211,9 +219,7 @@ fn a_shard_placed_apart_is_served_where_placed_and_comes_back_with_its_member() 
 #[test]
 fn renames_across_two_processes_keep_every_file_through_moves_and_a_death() {
     const FILES: usize = 12;
-    let mut cl = ProcCluster::start_replicated_edited(3, 3, &|t| format!("spread = true\n{t}")).unwrap();
-    let first = cl.mds_leader(ELECTION).unwrap();
-    let to = if first == 3 { 2 } else { 3 };
+    let (mut cl, _, to) = spread_cluster();
     let c = Caller::new(&cl);
     let d = (0..16).map(|i| c.mkdir(InodeId::ROOT, &format!("d{i}"))).find(|a| a.ino.shard() == PLACED).expect("no directory on the shard to place");
     let made: Vec<InodeId> = (0..FILES).map(|i| c.create(InodeId::ROOT, &format!("f{i}")).ino).collect();
@@ -274,9 +280,7 @@ fn a_mount_speaks_to_the_process_that_leads_a_shard_and_keeps_its_lock_through_m
     use aifs_common::proto::mds::LeaseMode;
     use aifs_tests::flock;
     use std::os::unix::fs::MetadataExt;
-    let mut cl = ProcCluster::start_replicated_edited(3, 3, &|t| format!("spread = true\n{t}")).unwrap();
-    let first = cl.mds_leader(ELECTION).unwrap();
-    let to = if first == 3 { 2 } else { 3 };
+    let (mut cl, _, to) = spread_cluster();
     let (m, other) = (cl.mount().unwrap(), cl.mount().unwrap());
     let d = (0..16)
         .map(|i| {
@@ -346,9 +350,7 @@ fn a_mount_speaks_to_the_process_that_leads_a_shard_and_keeps_its_lock_through_m
 #[cfg(feature = "fuse_tests")]
 #[test]
 fn a_rename_into_a_shard_placed_apart_reaches_the_mounts_that_cache_its_directory() {
-    let cl = ProcCluster::start_replicated_edited(3, 3, &|t| format!("spread = true\n{t}")).unwrap();
-    let first = cl.mds_leader(ELECTION).unwrap();
-    let to = if first == 3 { 2 } else { 3 };
+    let (cl, _, to) = spread_cluster();
     let c = Caller::new(&cl);
     let d = (0..16).map(|i| c.mkdir(InodeId::ROOT, &format!("d{i}"))).find(|a| a.ino.shard() == PLACED).expect("no directory on the shard to place");
     let name = (0..16).map(|i| format!("d{i}")).find(|n| c.lookup(InodeId::ROOT, n).is_ok_and(|a| a.ino == d.ino)).unwrap();
@@ -418,9 +420,7 @@ fn a_rename_into_a_shard_placed_apart_reaches_the_mounts_that_cache_its_director
 /// group, another leads that shard, and nothing made there is lost.
 #[test]
 fn members_join_and_leave_every_group_while_a_shard_is_placed_apart() {
-    let mut cl = ProcCluster::start_replicated_edited(3, 3, &|t| format!("spread = true\n{t}")).unwrap();
-    let first = cl.mds_leader(ELECTION).unwrap();
-    let to = if first == 3 { 2 } else { 3 };
+    let (mut cl, _, to) = spread_cluster();
     let c = Caller::new(&cl);
     let d = (0..16).map(|i| c.mkdir(InodeId::ROOT, &format!("d{i}"))).find(|a| a.ino.shard() == PLACED).expect("no directory on the shard to place");
     cl.mdsctl(&["shard", "move", &PLACED.to_string(), "--to", &to.to_string()]).unwrap();

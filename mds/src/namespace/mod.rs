@@ -341,8 +341,21 @@ impl Namespace {
         let (inodes, dentries, pending_gc, degraded) = counts_of(s).await?;
         let g = s.group();
         let commits = s.stats.commits.load(std::sync::atomic::Ordering::Relaxed);
-        let (members, leader, term, last_log, applied, snapshot) = (g.members, g.leader, g.term, g.last_log, g.applied, g.snapshot);
-        let info = aifs_common::proto::status::ShardInfo { id, inodes, dentries, commits, pending_gc, degraded, members, leader, term, last_log, applied, snapshot, wanted: None };
+        let info = aifs_common::proto::status::ShardInfo {
+            id,
+            inodes,
+            dentries,
+            commits,
+            pending_gc,
+            degraded,
+            members: g.members,
+            leader: g.leader,
+            term: g.term,
+            last_log: g.last_log,
+            applied: g.applied,
+            snapshot: g.snapshot,
+            wanted: None,
+        };
         Ok((info, g.matched))
     }
 }

@@ -35,13 +35,15 @@ impl MdsService {
         let ns = &self.ns;
         let wanted = crate::handover::wanted(ns).await?.map(|w| w.to);
         let placed = crate::placing::placement(ns).await?;
+        // Asked of every shard's leader at once: a status waits
+        // `STATUS_WAIT` at most, however many leaders are silent.
+        let statuses = futures::future::try_join_all((0..ns.shards.len() as u32).map(|id| self.shard_status(id))).await?;
         let (mut shards, mut groups) = (Vec::new(), Vec::new());
-        for id in 0..ns.shards.len() as u32 {
-            let (info, matched) = self.shard_status(id).await?;
-            let nodes = ns.shard(id).group().nodes;
-            let (members, leader, term, last_log, applied, snapshot) = (info.members.clone(), info.leader, info.term, info.last_log, info.applied, info.snapshot);
-            groups.push(GroupState { members, leader, term, last_log, applied, snapshot, nodes, matched });
-            shards.push(ShardInfo { wanted: placed.get(&id).copied().or(wanted), ..info });
+        for (info, matched) in statuses {
+            let nodes = ns.shard(info.id).group().nodes;
+            let i = &info;
+            groups.push(GroupState { members: i.members.clone(), leader: i.leader, term: i.term, last_log: i.last_log, applied: i.applied, snapshot: i.snapshot, nodes, matched });
+            shards.push(ShardInfo { wanted: placed.get(&info.id).copied().or(wanted), ..info });
         }
         let members = crate::membership::member_infos(ns, &groups).await?;
         Ok(MdsResp::Status(ClusterStatus {
