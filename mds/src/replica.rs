@@ -56,6 +56,8 @@ pub struct Group {
     claims: Mutex<Claims>,
     /// When an append of the leader of this member's term last came.
     heard: Mutex<Option<Instant>>,
+    /// The group's one writer; each namespace service takes a handle.
+    store: ShardStore,
 }
 
 /// Bids for a group's lead: when the last was made, and how many have
@@ -142,7 +144,8 @@ impl Replica {
             let raft = raft::start(&logs, dir, shard, db.clone(), upkeep, &members).await?;
             let acked = Arc::new(Mutex::new(None));
             tokio::spawn(watch_acks(raft.clone(), members.me, acked.clone()));
-            groups.push(Group { shard, db, raft, acked, claims: Mutex::default(), heard: Mutex::new(None) });
+            let store = ShardStore::over(shard, db.clone(), raft.clone(), false, (!members.is_solo()).then(|| acked.clone()))?;
+            groups.push(Group { shard, db, raft, acked, claims: Mutex::default(), heard: Mutex::new(None), store });
         }
         // the names of store files just made
         crate::store::sync_dir(dir)?;
@@ -176,10 +179,10 @@ impl Replica {
     }
 
     /// Shard stores over the groups, for a namespace to run on while this
-    /// process leads them.
-    pub fn stores(&self) -> Result<Vec<Arc<ShardStore>>> {
-        let acked = |g: &Group| (!self.members.is_solo()).then(|| g.acked.clone());
-        self.groups.iter().map(|g| Ok(Arc::new(ShardStore::over(g.shard, g.db.clone(), g.raft.clone(), false, acked(g))?))).collect()
+    /// process leads them: the handles of the services before it are
+    /// refused from now on (`ShardStore::successor`).
+    pub fn stores(&self) -> Vec<Arc<ShardStore>> {
+        self.groups.iter().map(|g| Arc::new(g.store.successor())).collect()
     }
 
     pub fn group(&self, shard: u32) -> Option<&Group> {

@@ -56,12 +56,12 @@ pub(crate) async fn let_go(a: Arc<Active>) {
 /// may have been led elsewhere since (placing.rs).
 async fn namespace_over(cfg: &MdsConfig, replica: &Arc<Replica>, led: &[bool], cluster: Arc<Cluster>) -> Result<Arc<Namespace>> {
     let Some(peers) = replica.members.peers.clone() else {
-        return Ok(Arc::new(Namespace::over(replica.stores()?, cfg.default_layout.clone(), cluster).await?));
+        return Ok(Arc::new(Namespace::over(replica.stores(), cfg.default_layout.clone(), cluster).await?));
     };
     let r = replica.clone();
     let leader_of: crate::shardnet::LeaderOf = Arc::new(move |shard| r.leading_addr_of(shard).parse().ok());
     let remote = crate::namespace::twophase::Remote::new(led.to_vec(), Arc::new(crate::shardnet::ShardLinks::new(peers, leader_of)));
-    Namespace::over_led(replica.stores()?, cfg.default_layout.clone(), cluster, remote).await
+    Namespace::over_led(replica.stores(), cfg.default_layout.clone(), cluster, remote).await
 }
 
 /// A process that serves shards but not shard 0 takes the OSD map from

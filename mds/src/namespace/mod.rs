@@ -209,6 +209,7 @@ impl Namespace {
             }));
         }
         let ns = Namespace { shards, fences, cluster, running: Default::default(), reserved: Default::default(), numbers, remote, holding };
+        ns.after_earlier_services().await?;
         if ns.elsewhere(0).is_none() {
             ns.make_root(root_policy).await?;
         }

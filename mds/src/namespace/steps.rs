@@ -14,6 +14,10 @@ use super::{shard_of, kind_code, Namespace, degraded_rows, Held};
 use super::twophase::{OpId, ShardMsg};
 use aifs_common::Error;
 
+/// How long a new service waits for the commits the one before it left
+/// running (`after_earlier_services`).
+const EARLIER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Step {
     fn shard(&self) -> u32 {
         match self {
@@ -303,6 +307,20 @@ impl Namespace {
         });
     }
 
+    /// At start, before anything is read: wait for what a service before
+    /// this one over the same groups had its shards' writers running
+    /// (store/mod.rs, `ShardStore::successor`), so that an intent its
+    /// request just made is found by `roll_forward`. Bounded: a commit
+    /// stuck at a leader parted from its group fails the start, which
+    /// the lead loop tries again.
+    pub(super) async fn after_earlier_services(&self) -> Result<()> {
+        for s in self.led_shards() {
+            let flushed = tokio::time::timeout(EARLIER_WAIT, self.shard(s).mutate(|_| Ok(())));
+            flushed.await.map_err(|_| Error::Unavailable(format!("shard {s} still commits what the last service sent")))??;
+        }
+        Ok(())
+    }
+
     /// At start: finish every operation over several shards that a crash
     /// cut short after its first commit, then drop every mark of those.
     /// The intents of shards led here only; an aborted operation's record
@@ -429,5 +447,45 @@ mod tests {
         assert_eq!(ns.getattr(f).await.unwrap().nlink, 1);
         let (entries, _, _) = ns.readdir(d, 0, 100, &Cred::root()).await.unwrap();
         assert_eq!(entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["g"]);
+    }
+
+    /// A service stops while a request of its own is between the commits
+    /// of an operation over shards, and the next service over the same
+    /// groups starts at once (lib.rs's lead loop, when this process takes
+    /// a shard on): it finishes the operation and drops its marks. What
+    /// the old request sends then is refused; made, it would apply the
+    /// steps again, and a second DropLink would take the file's last
+    /// link, and the file with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_service_cannot_make_again_what_the_next_one_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = InodeId::ROOT;
+        let ns = open_ns(dir.path()).await;
+        let name = (0..).map(|i| format!("d{i}")).find(|n| name_hash(root.0, n) % 4 != 0).unwrap();
+        let d = ns.mkdir(root, &name, 0o755, &Cred::root(), &Once::none()).await.unwrap().ino;
+        let f = ns.create(root, "f", 0o644, &Cred::root(), true, &Once::none()).await.unwrap().attr.ino;
+        // rename /f -> /d/g, as in the test above, after its first commit.
+        let steps = vec![
+            Step::AddLink { ino: f.0 },
+            Step::InsertEntry { dir: d.0, name: "g".into(), ino: f.0, kind: FileKind::File, dir_delta: (1, 0) },
+            Step::RemoveEntry { dir: root.0, name: "f".into(), dir_delta: (-1, 0) },
+            Step::DropLink { ino: f.0 },
+        ];
+        let mut groups = by_shard(steps);
+        let (first, steps) = groups.remove(0);
+        let id = ns.first_commit(first, steps, &groups, None, (f.0, 0), None).await.unwrap();
+        let stores = ns.shards.iter().map(|s| Arc::new(s.successor())).collect();
+        let policy = aifs_common::LayoutPolicy { stripe_count: 1, ..Default::default() };
+        let next = Namespace::over(stores, policy, ns.cluster.clone()).await.unwrap();
+        assert_eq!(next.getattr(f).await.unwrap().nlink, 1, "rolled forward by the next service");
+        for (k, (sh, steps)) in groups.iter().enumerate() {
+            let r = ns.intent_commit(first, id, k as u32, *sh, steps.clone(), false).await;
+            assert!(matches!(r, Err(Error::Unavailable(_))), "commit {k} of the stopped service: {r:?}");
+        }
+        assert_eq!(next.getattr(f).await.unwrap().nlink, 1);
+        assert_eq!(next.lookup(d, "g", &Cred::root()).await.unwrap().ino, f);
+        assert_eq!(next.lookup(root, "f", &Cred::root()).await.map(|a| a.ino), Err(Error::NotFound));
+        // The next service writes as before.
+        next.create(d, "h", 0o644, &Cred::root(), true, &Once::none()).await.unwrap();
     }
 }

@@ -10,6 +10,13 @@
 //! succeeded run again, without it, in a new one. So a closure may write
 //! before its last check, and must be a pure function of the transaction
 //! it is given (it can run more than once).
+//!
+//! One writer per shard for the life of the process: each namespace
+//! service takes its own handle on it ([`ShardStore::successor`]), and
+//! from then on what the handles before it send is refused. A request of
+//! a service that stopped can so never write beside the next one, which
+//! carries over what that request left half done (steps.rs,
+//! `roll_forward`) and would otherwise see it made twice.
 use crate::records::{GcJob, InodeRec};
 use aifs_common::{Error, Result};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
@@ -41,12 +48,15 @@ impl<T, E: std::fmt::Display> IoResult<T> for std::result::Result<T, E> {
 trait Job: Send {
     /// Run against `txn`; keep the outcome; true if it succeeded.
     fn run(&mut self, txn: &Txn) -> bool;
+    /// The generation of the handle that sent it.
+    fn generation(&self) -> u64;
     /// Answer the caller: its own error, or the value once `commit` is Ok.
     fn answer(self: Box<Self>, commit: Result<()>);
 }
 
 struct Call<F, T> {
     f: F,
+    generation: u64,
     outcome: Option<Result<T>>,
     reply: tokio::sync::oneshot::Sender<Result<T>>,
 }
@@ -63,6 +73,10 @@ where
         let ok = r.is_ok();
         self.outcome = Some(r);
         ok
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn answer(self: Box<Self>, commit: Result<()>) {
@@ -88,11 +102,14 @@ struct Writer {
     /// When a majority last acknowledged this process as the group's
     /// leader (replica.rs keeps it); None for a one-member group.
     acked: Option<Acked>,
-    gone: Arc<std::sync::OnceLock<GoneHook>>,
+    gone: Gone,
+    /// The generation of the newest handle: only its jobs run.
+    current: Arc<AtomicU64>,
 }
 
 /// Told the inodes whose rows a commit removed ([`ShardStore::when_gone`]).
 pub type GoneHook = Arc<dyn Fn(&[u64]) + Send + Sync>;
+type Gone = Arc<std::sync::RwLock<Option<GoneHook>>>;
 
 /// When a majority last acknowledged this member as its group's leader
 /// (None: it does not lead, or no majority has yet).
@@ -134,8 +151,15 @@ impl Writer {
     /// succeed. The transaction itself is never committed: its changes
     /// reach the database when the group applies the entry that carries
     /// them, after the log has them durably.
-    fn commit_batch(&self, mut jobs: Vec<Box<dyn Job>>) {
+    fn commit_batch(&self, jobs: Vec<Box<dyn Job>>) {
         let shard = self.shard;
+        // Checked once, before the batch runs: a handle made meanwhile
+        // waits for this batch before its first job (`successor`).
+        let current = self.current.load(Ordering::Acquire);
+        let (stale, mut jobs): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.generation() < current);
+        for j in stale {
+            j.answer(Err(Error::Unavailable("the service this request began in has stopped; try again".into())));
+        }
         while !jobs.is_empty() {
             let txn = match self.db.begin_write() {
                 Ok(t) => t,
@@ -167,7 +191,8 @@ impl Writer {
                 j.answer(Ok(()));
             }
             if committed && !gone.is_empty() {
-                if let Some(tell) = self.gone.get() {
+                let tell = self.gone.read().ok().and_then(|t| t.clone());
+                if let Some(tell) = tell {
                     tell(&gone);
                 }
             }
@@ -273,7 +298,10 @@ pub struct ShardStore {
     raft: tokio::sync::watch::Receiver<openraft::RaftMetrics<raft::NodeId, openraft::BasicNode>>,
     tx: std::sync::mpsc::Sender<Box<dyn Job>>,
     pub stats: Arc<StoreStats>,
-    gone: Arc<std::sync::OnceLock<GoneHook>>,
+    gone: Gone,
+    /// Shared with the writer: the newest handle's generation.
+    current: Arc<AtomicU64>,
+    generation: u64,
 }
 
 /// Make `dir`'s entries (files made or renamed in it) durable.
@@ -341,16 +369,37 @@ impl ShardStore {
         let metrics = raft.metrics();
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn Job>>();
         let stats = Arc::new(StoreStats::default());
-        let gone = Arc::default();
-        let writer = Writer { db: db.clone(), raft, rt: tokio::runtime::Handle::current(), shard: id, stats: stats.clone(), owns_group, acked, gone: Arc::clone(&gone) };
+        let (gone, current) = (Gone::default(), Arc::new(AtomicU64::new(0)));
+        let writer = Writer { db: db.clone(), raft, rt: tokio::runtime::Handle::current(), shard: id, stats: stats.clone(), owns_group, acked, gone: gone.clone(), current: current.clone() };
         std::thread::Builder::new().name(format!("shard-{id}-commit")).spawn(move || writer.run(rx))?;
-        Ok(ShardStore { id, db, raft: metrics, tx, stats, gone })
+        Ok(ShardStore { id, db, raft: metrics, tx, stats, gone, current, generation: 0 })
+    }
+
+    /// A handle on the same writer for the next namespace service: what
+    /// this handle and every earlier one send from now on is refused
+    /// ("unavailable", which a client sends again). A batch the writer
+    /// already runs finishes first, so the new handle's first mutation
+    /// sees everything the old ones made.
+    pub fn successor(&self) -> ShardStore {
+        let generation = self.current.fetch_add(1, Ordering::AcqRel) + 1;
+        ShardStore {
+            id: self.id,
+            db: self.db.clone(),
+            raft: self.raft.clone(),
+            tx: self.tx.clone(),
+            stats: self.stats.clone(),
+            gone: self.gone.clone(),
+            current: self.current.clone(),
+            generation,
+        }
     }
 
     /// Have `tell` told, after each commit, the inodes whose rows it
-    /// removed (the first hook set stays).
+    /// removed (the last hook set replaces the one before).
     pub fn when_gone(&self, tell: GoneHook) {
-        let _ = self.gone.set(tell);
+        if let Ok(mut g) = self.gone.write() {
+            *g = Some(tell);
+        }
     }
 
     /// Run `f` in the next group commit; answer once it is durable. If `f`
@@ -360,7 +409,7 @@ impl ShardStore {
         f: impl Fn(&Txn) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, orx) = tokio::sync::oneshot::channel::<Result<T>>();
-        let job: Box<dyn Job> = Box::new(Call { f, outcome: None, reply });
+        let job: Box<dyn Job> = Box::new(Call { f, generation: self.generation, outcome: None, reply });
         self.tx.send(job).map_err(|_| Error::Io("shard writer stopped".into()))?;
         orx.await.map_err(|_| Error::Io("shard writer stopped".into()))?
     }
