@@ -23,27 +23,32 @@ use std::time::Duration;
 const LET_GO_WAIT: Duration = Duration::from_secs(5);
 
 /// A service stopped because shards it still leads go elsewhere: the
-/// requests it began finish, and what they left half done (an intent,
-/// whose steps in the shards going were to commit where they were led
-/// with no prepared row) is carried over by this namespace, in which
-/// those shards are still its own, before their heartbeats stop
+/// requests it began finish (for a while), and what they left half done
+/// (an intent, whose steps in the shards going were to commit where they
+/// were led with no prepared row) is carried over by this namespace, in
+/// which those shards are still its own, before their heartbeats stop
 /// (`Replica::set_kept`). Carried over by the next service instead, the
 /// steps would be sent to the shard's new leader, which, finding no
 /// prepared row, would take them for made already.
 pub(crate) async fn let_go(a: Arc<Active>) {
     let until = tokio::time::Instant::now() + LET_GO_WAIT;
     // Each request being served holds the service.
-    while Arc::strong_count(&a) > 1 {
-        if tokio::time::Instant::now() >= until {
-            tracing::warn!("requests of the service stopped still run after {LET_GO_WAIT:?}; what they leave half done is carried over by the next one");
-            return;
-        }
+    while Arc::strong_count(&a) > 1 && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    if Arc::strong_count(&a) > 1 {
+        tracing::warn!("requests of the stopped service still run after {LET_GO_WAIT:?}; what they send from now on is refused");
+    }
+    // On handles of its own: a request still running must not make a
+    // commit of its operation again after the roll-forward made it.
+    let ns = match a.svc.ns.taken_over().await {
+        Ok(ns) => ns,
+        Err(e) => return e.log("carrying over what the stopped service left half done"),
+    };
     // Bounded: a step for a shard led by a process that is gone waits
     // for its answer far longer (shardnet.rs), and no service runs here
     // meanwhile.
-    match tokio::time::timeout(LET_GO_WAIT, a.svc.ns.roll_forward()).await {
+    match tokio::time::timeout(LET_GO_WAIT, ns.roll_forward()).await {
         Ok(Err(e)) => e.log("carrying over what the stopped service left half done"),
         Err(_) => tracing::warn!("carrying over what the stopped service left half done took past {LET_GO_WAIT:?}; the next one does the rest"),
         Ok(Ok(())) => {}

@@ -194,9 +194,6 @@ impl Namespace {
 
     async fn start(shards: Vec<Arc<ShardStore>>, root_policy: LayoutPolicy, cluster: Arc<Cluster>, remote: Option<Arc<twophase::Remote>>) -> Result<Self> {
         root_policy.validate()?;
-        let numbers = crate::numbers::Numbers::new(shards.len());
-        let fences = fences::Fences::new(shards.len(), remote.clone());
-        let holding = Default::default();
         // Every lease on an inode goes with its row: a job that makes and
         // removes files would otherwise fill its session's budget
         // (`max_leases`) with leases on files long gone.
@@ -208,13 +205,40 @@ impl Namespace {
                 }
             }));
         }
-        let ns = Namespace { shards, fences, cluster, running: Default::default(), reserved: Default::default(), numbers, remote, holding };
+        let ns = Self::bare(shards, cluster, remote);
         ns.after_earlier_services().await?;
         if ns.elsewhere(0).is_none() {
             ns.make_root(root_policy).await?;
         }
         ns.roll_forward().await?;
         ns.count_reservations().await?;
+        Ok(ns)
+    }
+
+    /// A namespace over `shards`, with nothing held, reserved or running.
+    fn bare(shards: Vec<Arc<ShardStore>>, cluster: Arc<Cluster>, remote: Option<Arc<twophase::Remote>>) -> Self {
+        Namespace {
+            numbers: crate::numbers::Numbers::new(shards.len()),
+            fences: fences::Fences::new(shards.len(), remote.clone()),
+            shards,
+            cluster,
+            running: Default::default(),
+            reserved: Default::default(),
+            remote,
+            holding: Default::default(),
+        }
+    }
+
+    /// This namespace over new handles on its shards' writers, which
+    /// refuse from now on what this one's requests still send
+    /// (store/mod.rs): for a service that lets shards go to carry over
+    /// what its requests left half done although some still run
+    /// (serving.rs, `let_go`), with none of them making a commit again
+    /// after the roll-forward dropped its marks.
+    pub(crate) async fn taken_over(&self) -> Result<Namespace> {
+        let shards = self.shards.iter().map(|s| Arc::new(s.successor())).collect();
+        let ns = Self::bare(shards, self.cluster.clone(), self.remote.clone());
+        ns.after_earlier_services().await?;
         Ok(ns)
     }
 

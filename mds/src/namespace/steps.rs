@@ -409,34 +409,55 @@ mod tests {
     use aifs_common::perm::Cred;
     use aifs_common::Error;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_operation_over_shards_cut_short_by_a_crash_is_finished_at_start() {
-        let dir = tempfile::tempdir().unwrap();
+    /// rename /f -> /d/g as `rename` builds it, stopped after the first of
+    /// its three commits as a crash, or a service that stops, would stop it.
+    struct Cut {
+        ns: Namespace,
+        d: InodeId,
+        f: InodeId,
+        first: u32,
+        id: u64,
+        rest: Vec<(u32, Vec<Step>)>,
+    }
+
+    async fn rename_cut_short(dir: &std::path::Path, rid: Option<ReqId>) -> Cut {
         let root = InodeId::ROOT;
-        let ns = open_ns(dir.path()).await;
+        let ns = open_ns(dir).await;
         let name = (0..).map(|i| format!("d{i}")).find(|n| name_hash(root.0, n) % 4 != 0).unwrap();
         let d = ns.mkdir(root, &name, 0o755, &Cred::root(), &Once::none()).await.unwrap().ino;
         let f = ns.create(root, "f", 0o644, &Cred::root(), true, &Once::none()).await.unwrap().attr.ino;
         assert_ne!(d.shard(), f.shard());
-        // rename /f -> /d/g as `rename` builds it, stopped after the first
-        // of its three commits as a crash would stop it.
         let steps = vec![
             Step::AddLink { ino: f.0 },
             Step::InsertEntry { dir: d.0, name: "g".into(), ino: f.0, kind: FileKind::File, dir_delta: (1, 0) },
             Step::RemoveEntry { dir: root.0, name: "f".into(), dir_delta: (-1, 0) },
             Step::DropLink { ino: f.0 },
         ];
-        let rid = ReqId { client: 5, seq: 1, oldest: 1, retry: false };
-        let mut groups = by_shard(steps);
-        let (first, steps) = groups.remove(0);
-        let id = ns.first_commit(first, steps, &groups, Some(rid), (f.0, 0), None).await.unwrap();
-        assert!(id != 0 && groups.len() == 2);
+        let mut rest = by_shard(steps);
+        let (first, steps) = rest.remove(0);
+        let id = ns.first_commit(first, steps, &rest, rid, (f.0, 0), None).await.unwrap();
+        assert!(id != 0 && rest.len() == 2);
         assert_eq!(ns.getattr(f).await.unwrap().nlink, 2);
+        Cut { ns, d, f, first, id, rest }
+    }
+
+    /// The rename is whole in `ns`: /d/g is the file `f`, with one link,
+    /// and /f is gone.
+    async fn renamed(ns: &Namespace, d: InodeId, f: InodeId) {
+        assert_eq!(ns.getattr(f).await.unwrap().nlink, 1);
+        assert_eq!(ns.lookup(d, "g", &Cred::root()).await.unwrap().ino, f);
+        assert_eq!(ns.lookup(InodeId::ROOT, "f", &Cred::root()).await.map(|a| a.ino), Err(Error::NotFound));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_operation_over_shards_cut_short_by_a_crash_is_finished_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let rid = ReqId { client: 5, seq: 1, oldest: 1, retry: false };
+        let Cut { ns, d, f, .. } = rename_cut_short(dir.path(), Some(rid)).await;
+        let root = InodeId::ROOT;
         drop(ns);
         let ns = open_ns(dir.path()).await;
-        assert_eq!(ns.lookup(d, "g", &Cred::root()).await.unwrap().ino, f);
-        assert_eq!(ns.lookup(root, "f", &Cred::root()).await.map(|a| a.ino), Err(Error::NotFound));
-        assert_eq!(ns.getattr(f).await.unwrap().nlink, 1);
+        renamed(&ns, d, f).await;
         // The client's retry is answered from the record.
         let retry = ns.once(Some(ReqId { retry: true, ..rid })).await.unwrap();
         assert_eq!(ns.rename(root, "f", d, "g", 0, &Cred::root(), &retry).await, Ok((f, None)));
@@ -449,43 +470,42 @@ mod tests {
         assert_eq!(entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["g"]);
     }
 
+    /// After `next` rolled the cut rename forward (and dropped its marks),
+    /// the later commits the old namespace's request would still make are
+    /// refused; made, they would apply the steps again, and a second
+    /// DropLink would take the file's last link, and the file with it.
+    async fn old_commits_refused(cut: &Cut, next: &Namespace) {
+        renamed(next, cut.d, cut.f).await;
+        for (k, (sh, steps)) in cut.rest.iter().enumerate() {
+            let r = cut.ns.intent_commit(cut.first, cut.id, k as u32, *sh, steps.clone(), false).await;
+            assert!(matches!(r, Err(Error::Unavailable(_))), "commit {k} of the stopped service: {r:?}");
+        }
+        renamed(next, cut.d, cut.f).await;
+        next.create(cut.d, "h", 0o644, &Cred::root(), true, &Once::none()).await.unwrap();
+    }
+
     /// A service stops while a request of its own is between the commits
     /// of an operation over shards, and the next service over the same
     /// groups starts at once (lib.rs's lead loop, when this process takes
-    /// a shard on): it finishes the operation and drops its marks. What
-    /// the old request sends then is refused; made, it would apply the
-    /// steps again, and a second DropLink would take the file's last
-    /// link, and the file with it.
+    /// a shard on) and finishes the operation.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stopped_service_cannot_make_again_what_the_next_one_finished() {
         let dir = tempfile::tempdir().unwrap();
-        let root = InodeId::ROOT;
-        let ns = open_ns(dir.path()).await;
-        let name = (0..).map(|i| format!("d{i}")).find(|n| name_hash(root.0, n) % 4 != 0).unwrap();
-        let d = ns.mkdir(root, &name, 0o755, &Cred::root(), &Once::none()).await.unwrap().ino;
-        let f = ns.create(root, "f", 0o644, &Cred::root(), true, &Once::none()).await.unwrap().attr.ino;
-        // rename /f -> /d/g, as in the test above, after its first commit.
-        let steps = vec![
-            Step::AddLink { ino: f.0 },
-            Step::InsertEntry { dir: d.0, name: "g".into(), ino: f.0, kind: FileKind::File, dir_delta: (1, 0) },
-            Step::RemoveEntry { dir: root.0, name: "f".into(), dir_delta: (-1, 0) },
-            Step::DropLink { ino: f.0 },
-        ];
-        let mut groups = by_shard(steps);
-        let (first, steps) = groups.remove(0);
-        let id = ns.first_commit(first, steps, &groups, None, (f.0, 0), None).await.unwrap();
-        let stores = ns.shards.iter().map(|s| Arc::new(s.successor())).collect();
+        let cut = rename_cut_short(dir.path(), None).await;
+        let stores = cut.ns.shards.iter().map(|s| Arc::new(s.successor())).collect();
         let policy = aifs_common::LayoutPolicy { stripe_count: 1, ..Default::default() };
-        let next = Namespace::over(stores, policy, ns.cluster.clone()).await.unwrap();
-        assert_eq!(next.getattr(f).await.unwrap().nlink, 1, "rolled forward by the next service");
-        for (k, (sh, steps)) in groups.iter().enumerate() {
-            let r = ns.intent_commit(first, id, k as u32, *sh, steps.clone(), false).await;
-            assert!(matches!(r, Err(Error::Unavailable(_))), "commit {k} of the stopped service: {r:?}");
-        }
-        assert_eq!(next.getattr(f).await.unwrap().nlink, 1);
-        assert_eq!(next.lookup(d, "g", &Cred::root()).await.unwrap().ino, f);
-        assert_eq!(next.lookup(root, "f", &Cred::root()).await.map(|a| a.ino), Err(Error::NotFound));
-        // The next service writes as before.
-        next.create(d, "h", 0o644, &Cred::root(), true, &Once::none()).await.unwrap();
+        let next = Namespace::over(stores, policy, cut.ns.cluster.clone()).await.unwrap();
+        old_commits_refused(&cut, &next).await;
+    }
+
+    /// A service that lets shards go rolls forward what a request of its
+    /// own still runs through (serving.rs, `let_go`, once its wait is up).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_service_letting_shards_go_refuses_its_requests_once_it_rolled_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let cut = rename_cut_short(dir.path(), None).await;
+        let over = cut.ns.taken_over().await.unwrap();
+        over.roll_forward().await.unwrap();
+        old_commits_refused(&cut, &over).await;
     }
 }
