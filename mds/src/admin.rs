@@ -66,7 +66,9 @@ impl Admin {
             let Component::Normal(name) = c else { continue };
             let name = name.to_str().ok_or_else(|| Error::InvalidArgument("path is not UTF-8".into()))?;
             attr = match self.call(&MdsReq::Lookup { parent: attr.ino, name: name.to_string() }).await? {
-                MdsResp::Attr(a) => a,
+                // No lease: an inode of a shard led by another process
+                // than its directory's.
+                MdsResp::Attr(a) | MdsResp::AttrNoLease(a) => a,
                 _ => return Err(Error::Protocol("unexpected reply".into())),
             };
         }

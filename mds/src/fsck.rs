@@ -9,6 +9,11 @@
 //! degraded, for the repair task to rewrite, and orphans are deleted.
 //!
 //! One check runs at a time, in the background; its report is polled.
+//! It covers the shards this process leads: their files, and the objects
+//! whose inodes are theirs. Shard 0's leader adds up the checks of the
+//! processes that lead the others (ops/fsck.rs): each reads its shards as
+//! their leader, knows which of their files are open, and holds them
+//! against its own repair's moves.
 use crate::gc::OsdClients;
 use crate::namespace::Namespace;
 use crate::records::{GcJob, InodeRec};
@@ -21,8 +26,6 @@ use redb::ReadableTable;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-/// Findings kept in the report (all are counted).
-const MAX_FINDINGS: usize = 1000;
 /// Objects asked for per `List`.
 const LIST_PAGE: u32 = 10_000;
 
@@ -95,7 +98,7 @@ impl Fsck {
                 FsckKind::Corrupt => r.corrupt += 1,
                 FsckKind::Orphan => r.orphans += 1,
             }
-            if r.findings.len() < MAX_FINDINGS {
+            if r.findings.len() < FsckReport::MAX_FINDINGS {
                 r.findings.push(FsckFinding { kind, ino: obj.ino.0, index: obj.index, osd: OsdId(osd) });
             }
         });
@@ -124,7 +127,7 @@ impl Fsck {
         let mut files = Vec::new();
         let mut deleting = HashSet::new();
         let mut stale = HashSet::new();
-        for s in &self.ns.shards {
+        for s in self.ns.led() {
             let (f, d, st) = s
                 .scan(|t| {
                     let mut f = Vec::new();
@@ -164,7 +167,8 @@ impl Fsck {
         let mut stored: BTreeMap<u32, BTreeMap<ObjectId, u64>> = BTreeMap::new();
         for &osd in &up {
             match self.list(osd).await {
-                Ok(objs) => {
+                Ok(mut objs) => {
+                    objs.retain(|o, _| self.ns.leads(o.ino.shard()));
                     stored.insert(osd, objs);
                 }
                 // Up by the map but not answering: not checked, like a

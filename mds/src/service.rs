@@ -24,6 +24,8 @@ pub struct MdsService {
     pub meter: Arc<crate::meter::Meter>,
     pub repair: Arc<crate::repair::Repair>,
     pub fsck: Arc<crate::fsck::Fsck>,
+    /// The groups, their members and who leads them.
+    pub replica: Arc<crate::replica::Replica>,
     pub session_heartbeat_ms: u64,
     /// Shards other than 0 may be placed apart (placing.rs).
     pub spread: bool,
@@ -113,6 +115,7 @@ impl MdsService {
             Accessed { ino } => self.accessed(c, ino).await,
             Leases { ino } => self.leases(c, ino).await,
             Fsck { repair } => self.fsck(c, repair).await,
+            FsckHere { repair } => self.fsck_here(c, repair).await,
             OsdOut { id, out } => self.osd_out(c, id, out).await,
             // Answered by the MDS's front (front.rs) before they come here.
             Raft { .. } | Shard { .. } | AddMember { .. } | RemoveMember { .. } | GroupMember { .. } | Members | ShardLeaders | Leader { .. } => Err(Error::Protocol(format!("{} reached the namespace service", req.rule().name))),

@@ -121,6 +121,7 @@ pub(crate) async fn serve_namespace(cfg: &MdsConfig, replica: &Arc<Replica>, end
         meter: meter.clone(),
         repair: repair.clone(),
         fsck,
+        replica: replica.clone(),
         session_heartbeat_ms: cfg.session_timeout_ms / 4,
         spread: cfg.spread,
         anon: (cfg.anon_uid, cfg.anon_gid),

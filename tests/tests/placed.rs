@@ -282,14 +282,7 @@ fn a_mount_speaks_to_the_process_that_leads_a_shard_and_keeps_its_lock_through_m
     use std::os::unix::fs::MetadataExt;
     let (mut cl, _, to) = spread_cluster();
     let (m, other) = (cl.mount().unwrap(), cl.mount().unwrap());
-    let d = (0..16)
-        .map(|i| {
-            let p = m.p(&format!("d{i}"));
-            std::fs::create_dir(&p).unwrap();
-            p
-        })
-        .find(|p| InodeId(std::fs::metadata(p).unwrap().ino()).shard() == PLACED)
-        .expect("no directory on the shard to place");
+    let d = placed_dir(&m);
     std::fs::write(d.join("before"), b"made before the move").unwrap();
     cl.mdsctl(&["shard", "move", &PLACED.to_string(), "--to", &to.to_string()]).unwrap();
     wait_led(&cl, PLACED as usize, |l| l == to, "not led by the member placed");
@@ -337,6 +330,71 @@ fn a_mount_speaks_to_the_process_that_leads_a_shard_and_keeps_its_lock_through_m
         assert!(t.elapsed() < ELECTION, "a lock given back is still held");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A directory made through `m` in the shard to place.
+#[cfg(feature = "fuse_tests")]
+fn placed_dir(m: &aifs_tests::proc::Mount) -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    (0..16)
+        .map(|i| {
+            let p = m.p(&format!("d{i}"));
+            std::fs::create_dir(&p).unwrap();
+            p
+        })
+        .find(|p| InodeId(std::fs::metadata(p).unwrap().ino()).shard() == PLACED)
+        .expect("no directory on the shard to place")
+}
+
+/// `mdsctl fsck` while a shard is placed apart: shard 0's leader checks
+/// the shards it leads and has the placed member check its own, where
+/// their rows are current and their objects held against its repair's
+/// moves. A replica lost and an object of no file, both of the placed
+/// shard, are found there; `--repair` rewrites the one and deletes the
+/// other. Before, fsck refused to run while shards were spread.
+#[cfg(feature = "fuse_tests")]
+#[test]
+fn fsck_checks_a_shard_placed_apart_where_it_is_led() {
+    use std::os::unix::fs::MetadataExt;
+    let (cl, _, to) = spread_cluster();
+    let m = cl.mount().unwrap();
+    let d = placed_dir(&m);
+    let dname = d.file_name().unwrap().to_str().unwrap().to_string();
+    cl.mdsctl(&["setstripe", &format!("/{dname}"), "--count", "2", "--replicas", "2", "--size", "1M"]).unwrap();
+    cl.mdsctl(&["shard", "move", &PLACED.to_string(), "--to", &to.to_string()]).unwrap();
+    wait_led(&cl, PLACED as usize, |l| l == to, "not led by the member placed");
+    let body = aifs_tests::pattern::bytes(11, 0, (3 << 20) + 5);
+    std::fs::write(d.join("opt.pt"), &body).unwrap();
+    std::fs::File::open(d.join("opt.pt")).unwrap().sync_all().unwrap();
+    std::fs::write(m.p("at-the-root"), b"root").unwrap();
+    let (code, out) = cl.mdsctl_status(&["fsck"]).unwrap();
+    assert_eq!(code, 0, "a healthy file system over spread shards is not clean:\n{out}");
+
+    let path = format!("/{dname}/opt.pt");
+    let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "getstripe", &path]).unwrap()).unwrap();
+    let objs = v["objects"].as_array().unwrap();
+    let on_disk = |osd: &serde_json::Value, name: &str| cl.path(&format!("data/osd{osd}/objects/{}/{name}", &name[14..16]));
+    let lost = on_disk(&objs[0]["osd"], objs[0]["object"].as_str().unwrap());
+    std::fs::remove_file(&lost).unwrap();
+    let ino = std::fs::metadata(d.join("opt.pt")).unwrap().ino();
+    assert_eq!(InodeId(ino).shard(), PLACED);
+    let orphan = on_disk(&objs[1]["osd"], &format!("{:016x}.0", ino + 0x900));
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, b"left behind").unwrap();
+    let (code, out) = cl.mdsctl_status(&["--json", "fsck"]).unwrap();
+    assert_eq!(code, 4, "fsck found nothing:\n{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((r["missing"].as_u64(), r["corrupt"].as_u64(), r["orphans"].as_u64()), (Some(1), Some(0), Some(1)), "{out}");
+
+    assert_eq!(cl.mdsctl_status(&["fsck", "--repair"]).unwrap().0, 1);
+    let t = Instant::now();
+    while !lost.exists() || orphan.exists() || cl.degraded().unwrap().0 > 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "not repaired after 60 s: lost replica back {}, orphan gone {}", lost.exists(), !orphan.exists());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out) = cl.mdsctl_status(&["fsck"]).unwrap();
+    assert_eq!(code, 0, "not clean after repair:\n{out}");
+    assert!(std::fs::read(cl.mount().unwrap().p(&format!("{dname}/opt.pt"))).unwrap() == body);
 }
 
 /// Renames coordinated by another process that name a directory of a

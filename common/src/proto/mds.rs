@@ -320,6 +320,13 @@ pub enum MdsReq {
     /// count (`MdsResp::Member`, `shards` 1). Only another MDS's
     /// certificate may send it.
     GroupMember { shard: u32, step: GroupStep },
+    /// MDS to MDS: `mdsctl fsck` while shards are led by several
+    /// processes. Shard 0's leader has each other process that leads a
+    /// shard check the files and objects of the shards it leads (`repair`
+    /// Some: start a check there, or join the one running; None: its
+    /// progress), and adds the reports up (`MdsResp::Fsck`). Only another
+    /// MDS's certificate may send it.
+    FsckHere { repair: Option<bool> },
     // New variants go last: the order is the wire's discriminant.
 }
 message!(MdsReq);

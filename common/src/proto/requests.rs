@@ -156,6 +156,7 @@ impl MdsReq {
             Leader { .. } => row("leader", MAP_READERS).in_grace().uncounted(),
             MoveShard { .. } => row("move_shard", ADMIN).in_grace(),
             GroupMember { .. } => row("group_member", MDS).in_grace(),
+            FsckHere { .. } => row("fsck_here", MDS),
         }
     }
 
@@ -181,14 +182,15 @@ impl MdsReq {
             Statfs | OpenSession { .. } | SessionHeartbeat { .. } | CloseSession { .. } | OsdMap | OsdHeartbeat { .. } => None,
             Status | EvictSession { .. } | Fsck { .. } | FsckStatus | OsdOut { .. } | Revoke { .. } | Revoked => None,
             Raft { .. } | Shard { .. } | AddMember { .. } | RemoveMember { .. } | Members | ShardLeaders | Leader { .. } | MoveShard { .. } => None,
-            GroupMember { .. } => None,
+            GroupMember { .. } | FsckHere { .. } => None,
         }
     }
 
     /// Answered by the MDS process it is sent to, if that process serves
-    /// any shard: a client's session is with each process it speaks to.
+    /// any shard: a client's session is with each process it speaks to,
+    /// and each checks the files of the shards it leads.
     pub fn per_process(&self) -> bool {
-        matches!(self, MdsReq::OpenSession { .. } | MdsReq::SessionHeartbeat { .. } | MdsReq::CloseSession { .. })
+        matches!(self, MdsReq::OpenSession { .. } | MdsReq::SessionHeartbeat { .. } | MdsReq::CloseSession { .. } | MdsReq::FsckHere { .. })
     }
 
     /// Name `session` as the one this request is made under, for a

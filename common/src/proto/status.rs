@@ -219,6 +219,35 @@ pub struct FsckReport {
     pub error: Option<String>,
 }
 
+impl FsckReport {
+    /// Findings kept in a report (all are counted).
+    pub const MAX_FINDINGS: usize = 1000;
+
+    /// Add `part`, a check of other shards, to this report: counts added,
+    /// findings kept up to [`Self::MAX_FINDINGS`], the first error kept.
+    pub fn add(&mut self, part: FsckReport) {
+        self.running |= part.running;
+        self.files += part.files;
+        self.files_done += part.files_done;
+        self.files_skipped += part.files_skipped;
+        self.replicas_verified += part.replicas_verified;
+        self.missing += part.missing;
+        self.corrupt += part.corrupt;
+        self.orphans += part.orphans;
+        self.fixed += part.fixed;
+        for o in part.osds_skipped {
+            if !self.osds_skipped.contains(&o) {
+                self.osds_skipped.push(o);
+            }
+        }
+        let room = Self::MAX_FINDINGS.saturating_sub(self.findings.len());
+        self.findings.extend(part.findings.into_iter().take(room));
+        if self.error.is_none() {
+            self.error = part.error;
+        }
+    }
+}
+
 /// Background repair of degraded replicas since the MDS started.
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug, serde::Serialize)]
 #[rkyv(derive(Debug))]

@@ -1,8 +1,8 @@
-//! Admin requests: the cluster's status, fsck, who holds a lease, and
-//! revoking a certificate.
+//! Admin requests: the cluster's status, who holds a lease, and revoking
+//! a certificate (fsck: fsck.rs).
 use crate::service::MdsService;
 use super::Call;
-use aifs_common::{Error, InodeId, Owner, Result};
+use aifs_common::{InodeId, Owner, Result};
 use crate::namespace::twophase::{ShardRead, ShardReply};
 use crate::store::GroupState;
 use aifs_common::proto::mds::{ClusterStatus, MdsResp, RepairInfo, ShardInfo};
@@ -103,16 +103,4 @@ impl MdsService {
         Ok(MdsResp::Leases(cl.lease_infos(ino)))
     }
 
-    pub(crate) async fn fsck(&self, _c: &mut Call<'_>, repair: bool) -> Result<MdsResp> {
-        if !self.ns.leads_all() {
-            // Another process's shards, read here, may lack its last
-            // files: their objects would look like leaks.
-            return Err(Error::Unavailable("fsck reads every shard where it is led, and shards are led by several MDS processes; place them with shard 0 first".into()));
-        }
-        Ok(MdsResp::Fsck(self.fsck.start(repair)))
-    }
-
-    pub(crate) async fn fsck_status(&self, _c: &mut Call<'_>) -> Result<MdsResp> {
-        Ok(MdsResp::Fsck(self.fsck.status()))
-    }
 }

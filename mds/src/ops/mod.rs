@@ -16,6 +16,7 @@ use std::sync::Arc;
 mod admin;
 mod apply;
 mod close;
+mod fsck;
 mod create;
 mod getattr;
 mod locks;
