@@ -70,7 +70,9 @@ impl Sampled {
         self.leases.set(sessions.iter().map(|s| s.leases as i64).sum());
         let counts = rt.block_on(async { tokio::time::timeout(SAMPLE_TIMEOUT, ns.shard_counts()).await });
         if let Ok(Ok(counts)) = counts {
-            self.degraded.set(counts.iter().map(|c| c.4 as i64).sum());
+            // The shards led here, whose repair runs here: over several
+            // processes, each shard is counted by one.
+            self.degraded.set(counts.iter().filter(|c| ns.leads(c.0)).map(|c| c.4 as i64).sum());
         }
         let stats = &svc.repair.stats;
         self.repairing.set(stats.active.load(Ordering::Relaxed) as i64);
