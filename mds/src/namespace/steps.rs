@@ -293,15 +293,20 @@ impl Namespace {
         let c = self.shard(coord).clone();
         // Marks in shards led elsewhere stay (twophase.rs, `forget_here`).
         let others: Vec<Arc<ShardStore>> = shards.iter().filter(|s| self.elsewhere(**s).is_none()).map(|s| self.shard(*s).clone()).collect();
+        // Refused once the next service over these shards began (store/mod.rs):
+        // its start rolled the intent forward and dropped its marks.
+        let failed = |e: Error, what: &str| match e {
+            Error::Unavailable(_) => tracing::debug!(error = %e, "{what}: left to the next service"),
+            e => e.log(what),
+        };
         tokio::spawn(async move {
             if let Err(e) = c.mutate(move |txn| txn.open_table(INTENTS).io()?.remove(id).io().map(|_| ())).await {
-                e.log("dropping a finished intent failed");
-                return;
+                return failed(e, "dropping a finished intent failed");
             }
             for s in others {
                 let r = s.mutate(move |txn| drop_marks(txn, coord, id));
                 if let Err(e) = r.await {
-                    e.log("dropping an intent's marks failed");
+                    failed(e, "dropping an intent's marks failed");
                 }
             }
         });
