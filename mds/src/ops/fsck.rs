@@ -40,7 +40,10 @@ impl MdsService {
     async fn with_the_other_parts(&self, mut report: FsckReport, repair: Option<bool>) -> FsckReport {
         let parts = self.other_leaders().into_iter().map(|(addr, shards)| async move {
             let part = self.fsck_part(&addr, repair).await;
-            part.map_err(|e| format!("the MDS at {addr}, which leads shards {shards:?}, gave no fsck report: {e}"))
+            part.map_err(|e| match addr.is_empty() {
+                true => format!("no MDS is known to lead shards {shards:?}, which are not checked"),
+                false => format!("the MDS at {addr}, which leads shards {shards:?}, gave no fsck report: {e}"),
+            })
         });
         for part in futures::future::join_all(parts).await {
             match part {
