@@ -162,7 +162,7 @@ impl Handover {
         let mine = want.is_some_and(|w| w.to == replica.members.me);
         let off = open && !mine;
         if off != self.elect_off {
-            for g in &replica.groups {
+            for g in replica.held() {
                 g.raft.runtime_config().elect(!off);
             }
             self.elect_off = off;
@@ -235,13 +235,13 @@ impl Handover {
         // leader carries over what the service left half done, and a
         // group still led here with heartbeats going would never fall
         // silent for the wanted member to stand in.
-        replica.set_kept(vec![false; replica.groups.len()]);
+        replica.set_kept(vec![false; replica.shards() as usize]);
         replica.claim().await;
     }
 }
 
 fn g0_raft(replica: &Replica) -> &crate::store::raft::ShardRaft {
-    &replica.groups[0].raft
+    &replica.zero().raft
 }
 
 /// `id` is in shard 0's group, voting or learning.
@@ -253,7 +253,7 @@ fn is_member(replica: &Replica, id: NodeId) -> bool {
 /// as far as it, less [`CAUGHT_UP`] entries (the groups of shards placed
 /// elsewhere stay where they are, placing.rs).
 fn ready_to_lead(replica: &Replica, to: NodeId) -> bool {
-    replica.groups.iter().all(|g| {
+    replica.held().iter().all(|g| {
         let m = g.raft.metrics().borrow().clone();
         !leads(&m, replica.members.me)
             || (votes(m.membership_config.membership(), to) && behind(&m, to) <= CAUGHT_UP)

@@ -95,7 +95,7 @@ impl Replica {
             self.ask_members(peers).await?;
         }
         if !self.members.join {
-            for g in &self.groups {
+            for g in self.held() {
                 raft::make_group(&g.raft, &self.members).await?;
             }
         }

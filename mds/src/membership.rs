@@ -127,7 +127,7 @@ impl Replica {
     pub async fn name_myself(&self) -> Result<()> {
         let me = self.members.me;
         let Some(addr) = self.members.all.get(&me).filter(|_| !self.members.is_solo()) else { return Ok(()) };
-        for g in &self.groups {
+        for g in self.held() {
             // Looked at every leader tick: read in place, not cloned.
             let (led, had) = {
                 let rx = g.raft.metrics();
@@ -154,7 +154,7 @@ impl Replica {
     /// group naming it has it).
     fn known(&self) -> BTreeMap<NodeId, String> {
         let mut all = BTreeMap::new();
-        for g in &self.groups {
+        for g in self.held() {
             for (id, n) in g.raft.metrics().borrow().membership_config.membership().nodes() {
                 all.entry(*id).or_insert_with(|| n.addr.clone());
             }
@@ -183,15 +183,13 @@ impl Replica {
         if let Some(was) = known.get(&id).filter(|a| *a != addr) {
             return Err(Error::InvalidArgument(format!("MDS {id} is a member already, at {was}; `mdsctl mds remove {id}` first")));
         }
-        let mut change = MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 0, shards: self.groups.len() as u32, behind: 0 };
+        let mut change = MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 0, shards: self.shards(), behind: 0 };
         let add = |vote| GroupStep::Add { id, addr: addr.to_string(), vote };
-        for g in self.groups.iter().skip(1) {
+        for g in self.held().iter().filter(|g| g.shard != 0) {
             tally(&mut change, &self.group_step(g, add(true)).await?);
         }
         let others_vote = change.voter_in + 1 == change.shards;
-        if let Some(zero) = self.groups.first() {
-            tally(&mut change, &self.group_step(zero, add(others_vote)).await?);
-        }
+        tally(&mut change, &self.group_step(self.zero(), add(others_vote)).await?);
         Ok(change)
     }
 
@@ -201,12 +199,12 @@ impl Replica {
     pub async fn remove_member(&self, id: NodeId) -> Result<MemberChange> {
         let _one = self.changing.lock().await;
         let addr = self.known().remove(&id).unwrap_or_default();
-        let order: Vec<&Group> = match id == self.members.me {
-            true => self.groups.iter().rev().collect(),
-            false => self.groups.iter().collect(),
-        };
-        let mut change = MemberChange { id, addr, voter_in: 0, learner_in: 0, shards: self.groups.len() as u32, behind: 0 };
-        for g in order {
+        let mut order = self.held();
+        if id == self.members.me {
+            order.reverse();
+        }
+        let mut change = MemberChange { id, addr, voter_in: 0, learner_in: 0, shards: self.shards(), behind: 0 };
+        for g in &order {
             tally(&mut change, &self.group_step(g, GroupStep::Remove { id }).await?);
         }
         Ok(change)
@@ -250,7 +248,7 @@ impl Replica {
             return Err(Error::NotLeader(self.leader_hint(shard)));
         }
         let _one = self.changing.lock().await;
-        self.step_here(g, step).await
+        self.step_here(&g, step).await
     }
 
     async fn step_here(&self, g: &Group, step: &GroupStep) -> Result<MemberChange> {

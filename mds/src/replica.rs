@@ -27,7 +27,7 @@ use crate::store::ShardStore;
 use aifs_common::Result;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// How long after its last majority acknowledgement a leader answers.
@@ -106,7 +106,11 @@ impl Group {
 
 pub struct Replica {
     pub members: Members,
-    pub groups: Vec<Group>,
+    /// Shard 0's group, whose members are every MDS process.
+    zero: Arc<Group>,
+    /// The groups this process is a member of, by shard (None: one it is
+    /// not in). Read through [`Replica::held`] and [`Replica::group`].
+    groups: RwLock<Vec<Option<Arc<Group>>>>,
     /// The groups are new here and wait to be made (`make_groups`): no
     /// Raft message but `Held` is taken until then.
     unmade: AtomicBool,
@@ -145,8 +149,11 @@ impl Replica {
             let acked = Arc::new(Mutex::new(None));
             tokio::spawn(watch_acks(raft.clone(), members.me, acked.clone()));
             let store = ShardStore::over(shard, db.clone(), raft.clone(), false, (!members.is_solo()).then(|| acked.clone()))?;
-            groups.push(Group { shard, db, raft, acked, claims: Mutex::default(), heard: Mutex::new(None), store });
+            groups.push(Arc::new(Group { shard, db, raft, acked, claims: Mutex::default(), heard: Mutex::new(None), store }));
         }
+        let Some(zero) = groups.first().cloned() else {
+            return Err(aifs_common::Error::InvalidArgument("an MDS needs one shard at least".into()));
+        };
         // the names of store files just made
         crate::store::sync_dir(dir)?;
         let mut unmade = false;
@@ -166,7 +173,8 @@ impl Replica {
         }
         let wanted = Mutex::new(vec![members.is_solo(); groups.len()]);
         let kept = Mutex::new(vec![false; groups.len()]);
-        Ok(Replica { members, groups, unmade: AtomicBool::new(unmade), yielding: AtomicBool::new(false), changing: Default::default(), wanted, kept, opened: Instant::now() })
+        let groups = RwLock::new(groups.into_iter().map(Some).collect());
+        Ok(Replica { members, zero, groups, unmade: AtomicBool::new(unmade), yielding: AtomicBool::new(false), changing: Default::default(), wanted, kept, opened: Instant::now() })
     }
 
     /// The groups are new here and wait for [`Replica::make_groups`].
@@ -182,16 +190,28 @@ impl Replica {
     /// process leads them: the handles of the services before it are
     /// refused from now on (`ShardStore::successor`).
     pub fn stores(&self) -> Vec<Arc<ShardStore>> {
-        self.groups.iter().map(|g| Arc::new(g.store.successor())).collect()
+        self.held().iter().map(|g| Arc::new(g.store.successor())).collect()
     }
 
-    pub fn group(&self, shard: u32) -> Option<&Group> {
-        self.groups.get(shard as usize)
+    /// Shard `shard`'s group, if this process is a member of it.
+    pub fn group(&self, shard: u32) -> Option<Arc<Group>> {
+        self.groups.read().unwrap_or_else(PoisonError::into_inner).get(shard as usize).cloned().flatten()
     }
 
-    /// How many shards (groups) there are.
+    /// Every group this process is a member of, in shard order.
+    pub fn held(&self) -> Vec<Arc<Group>> {
+        self.groups.read().unwrap_or_else(PoisonError::into_inner).iter().flatten().cloned().collect()
+    }
+
+    /// Shard 0's group, which every member holds.
+    pub fn zero(&self) -> &Group {
+        &self.zero
+    }
+
+    /// How many shards there are, whether this process is in their
+    /// groups or not.
     pub fn shards(&self) -> u32 {
-        self.groups.len() as u32
+        self.groups.read().unwrap_or_else(PoisonError::into_inner).len() as u32
     }
 
     /// This process hands the lead over, or stops doing so.
@@ -203,6 +223,11 @@ impl Replica {
         self.yielding.load(Ordering::Acquire)
     }
 
+    /// The groups `led` marks, by shard (None for one not held here).
+    fn marked<'a>(&'a self, led: &'a [bool]) -> impl Iterator<Item = Option<Arc<Group>>> + 'a {
+        led.iter().enumerate().filter(|(_, l)| **l).map(|(s, _)| self.group(s as u32))
+    }
+
     /// This process leads `g` within its lease.
     fn leads_in_lease(&self, g: &Group) -> bool {
         leads(&g.raft.metrics().borrow(), self.members.me)
@@ -212,13 +237,13 @@ impl Replica {
     /// This process leads each group `led` marks, each within its lease,
     /// and is not handing the lead over.
     pub fn leads_each(&self, led: &[bool]) -> bool {
-        !self.yielding() && self.groups.iter().zip(led).filter(|(_, l)| **l).all(|(g, _)| self.leads_in_lease(g))
+        !self.yielding() && self.marked(led).all(|g| g.as_ref().is_some_and(|g| self.leads_in_lease(g)))
     }
 
     /// This process leads shard `shard`'s group within its lease, and is
     /// not handing the lead over.
     pub fn leads_shard(&self, shard: u32) -> bool {
-        !self.yielding() && self.group(shard).is_some_and(|g| self.leads_in_lease(g))
+        !self.yielding() && self.group(shard).is_some_and(|g| self.leads_in_lease(&g))
     }
 
     /// The groups this process is to lead, as the last claim found (all
@@ -254,20 +279,20 @@ impl Replica {
     /// [`ANSWERS_WITHIN`].
     fn answers(&self, id: NodeId) -> bool {
         let Some(peers) = &self.members.peers else { return false };
-        let addr = self.groups[0].raft.metrics().borrow().membership_config.membership().get_node(&id).and_then(|n| n.addr.parse().ok());
+        let addr = self.zero.raft.metrics().borrow().membership_config.membership().get_node(&id).and_then(|n| n.addr.parse().ok());
         addr.is_some_and(|a| peers.answers(a, ANSWERS_WITHIN))
     }
 
     /// This process leads shard 0's group.
     pub fn leads_zero(&self) -> bool {
-        self.groups.first().is_some_and(|g| leads(&g.raft.metrics().borrow(), self.members.me))
+        leads(&self.zero.raft.metrics().borrow(), self.members.me)
     }
 
     /// Some group `led` marks is not led here: another member leads it,
     /// or none does.
     pub fn lost_any(&self, led: &[bool]) -> bool {
         let me = self.members.me;
-        self.groups.iter().zip(led).any(|(g, l)| *l && !leads(&g.raft.metrics().borrow(), me))
+        self.marked(led).any(|g| g.is_none_or(|g| !leads(&g.raft.metrics().borrow(), me)))
     }
 
     /// The namespace may start here over the groups `led` marks (one at
@@ -276,7 +301,8 @@ impl Replica {
     pub fn ready_for(&self, led: &[bool]) -> bool {
         led.contains(&true)
             && self.leads_each(led)
-            && self.groups.iter().zip(led).filter(|(_, l)| **l).all(|(g, _)| {
+            && self.marked(led).all(|g| {
+                let Some(g) = g else { return false };
                 let m = g.raft.metrics().borrow().clone();
                 m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term && Some(l.index) == m.last_log_index)
             })
@@ -300,7 +326,7 @@ impl Replica {
     /// there is not).
     pub fn leading_addr_of(&self, shard: u32) -> String {
         match self.group(shard) {
-            Some(g) => leading_addr_in(&g.raft.metrics().borrow(), self.members.me, silent(g)),
+            Some(g) => leading_addr_in(&g.raft.metrics().borrow(), self.members.me, silent(&g)),
             None => String::new(),
         }
     }
@@ -316,7 +342,7 @@ impl Replica {
 
     /// No append of shard 0's leader has come for [`SILENT`].
     pub(crate) fn leader_silent(&self) -> bool {
-        silent(&self.groups[0])
+        silent(&self.zero)
     }
 
     /// [`Replica::leading_addr`] once it names a process other than
@@ -328,7 +354,7 @@ impl Replica {
             let addr = leading_addr_in(m, me, self.leader_silent());
             !addr.is_empty() && addr.parse().ok() != past
         };
-        let mut rx = self.groups[0].raft.metrics();
+        let mut rx = self.zero.raft.metrics();
         let _ = tokio::time::timeout(wait, rx.wait_for(news)).await;
         self.leading_addr()
     }
@@ -342,24 +368,25 @@ impl Replica {
         if self.members.is_solo() {
             return;
         }
-        let placed = match crate::placing::placement_here(&self.groups[0].db) {
+        let placed = match crate::placing::placement_here(&self.zero.db) {
             Ok(p) => p,
             // Nothing changes until it can be read.
             Err(e) => return e.log("reading where the shards are placed"),
         };
         let yielding = self.yielding();
-        self.groups[0].raft.runtime_config().heartbeat(!yielding);
+        self.zero.raft.runtime_config().heartbeat(!yielding);
+        let others: Vec<Arc<Group>> = self.held().into_iter().filter(|g| g.shard != 0).collect();
         if yielding {
-            for g in &self.groups[1..] {
+            for g in &others {
                 g.raft.runtime_config().heartbeat(false);
             }
-            self.set_wanted(vec![false; self.groups.len()]);
+            self.set_wanted(vec![false; self.shards() as usize]);
             return;
         }
         let leads_zero = self.leads_zero();
-        let wanted: Vec<bool> = self.groups.iter().map(|g| self.wants(g, &placed, leads_zero)).collect();
+        let wanted: Vec<bool> = (0..self.shards()).map(|s| self.group(s).is_some_and(|g| self.wants(&g, &placed, leads_zero))).collect();
         let kept = self.kept.lock().map(|k| k.clone()).unwrap_or_default();
-        for g in &self.groups[1..] {
+        for g in &others {
             let m = g.raft.metrics().borrow().clone();
             let here = leads(&m, me);
             let want = wanted[g.shard as usize];
@@ -425,7 +452,7 @@ impl Replica {
 
     /// Stop every group.
     pub async fn shutdown(&self) {
-        for g in &self.groups {
+        for g in self.held() {
             if let Err(e) = g.raft.shutdown().await {
                 tracing::warn!(shard = g.shard, error = %e, "stopping shard group");
             }
