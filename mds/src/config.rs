@@ -45,6 +45,12 @@ pub struct MdsConfig {
     /// Number of metadata shards. Fixed when the file system is created.
     #[serde(default = "default_shards")]
     pub shards: u32,
+    /// How many of `members` each shard's group but shard 0's is made of
+    /// (0: every member; shard 0's group always has every member). Fixed
+    /// when the file system is created, and the same in every member's
+    /// config: each makes the groups it is listed in.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub group_size: usize,
     /// Layout of the root directory, inherited by everything below it that
     /// has no layout of its own.
     #[serde(default)]
@@ -93,6 +99,12 @@ pub struct Member {
 }
 
 impl MdsConfig {
+    /// Shards other than 0 are led apart from it: `spread` is on, or the
+    /// groups are over subsets of the members (`group_size`).
+    pub fn spreads(&self) -> bool {
+        self.spread || (self.group_size > 0 && self.group_size < self.members.len())
+    }
+
     /// This process alone, with one-member groups.
     pub fn is_solo(&self) -> bool {
         self.members.is_empty() && !self.join

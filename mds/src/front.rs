@@ -73,7 +73,7 @@ impl Front {
     /// The shard whose leader answers `req`: one there is, else 0 (where
     /// an inode of a shard there is not will not be found).
     fn route(&self, req: &MdsReq) -> u32 {
-        req.routed_by().map(|i| i.shard()).filter(|s| self.replica.group(*s).is_some()).unwrap_or(0)
+        req.routed_by().map(|i| i.shard()).filter(|s| *s < self.replica.shards()).unwrap_or(0)
     }
 
     /// The service, once this process leads `shard` within its lease and
@@ -88,7 +88,9 @@ impl Front {
                 Some(a) if a.serves(shard) && self.replica.leads_shard(shard) => return Some(a),
                 Some(a) if !a.serves(shard) => return None,
                 // Not starting a service that will serve it.
-                None if !(self.replica.leads_zero() || self.replica.is_to_lead(shard)) || self.replica.yielding() => return None,
+                None if !((self.replica.leads_zero() && self.replica.group(shard).is_some()) || self.replica.is_to_lead(shard)) || self.replica.yielding() => {
+                    return None
+                }
                 _ => {}
             }
             if tokio::time::Instant::now() >= until {

@@ -85,15 +85,15 @@ pub async fn wanted(ns: &Namespace) -> Result<Option<Wanted>> {
 }
 
 /// Record that member `to` is wanted to lead (`mdsctl shard move`). It
-/// must vote in every group: a leader must be one.
+/// must vote in shard 0's group: a leader must be one. It takes with it
+/// the other groups led here that it votes in (the others stay led here,
+/// `ready_to_lead`).
 pub async fn want(ns: &Namespace, shard: u32, to: NodeId) -> Result<()> {
     if shard as usize >= ns.shards.len() {
         return Err(Error::InvalidArgument(format!("there is no shard {shard} (shards 0 to {})", ns.shards.len() - 1)));
     }
-    for s in &ns.shards {
-        if !s.group().members.contains(&to) {
-            return Err(Error::InvalidArgument(format!("MDS {to} does not vote in shard {}'s group (see `mdsctl mds ls`)", s.id)));
-        }
+    if !ns.shard(0).group().members.contains(&to) {
+        return Err(Error::InvalidArgument(format!("MDS {to} does not vote in shard 0's group (see `mdsctl mds ls`)")));
     }
     ns.shard(0).mutate(move |txn| txn.open_table(META).io()?.insert(WANTED, to).io().map(|_| ())).await
 }
@@ -249,15 +249,16 @@ fn is_member(replica: &Replica, id: NodeId) -> bool {
     g0_raft(replica).metrics().borrow().membership_config.membership().get_node(&id).is_some()
 }
 
-/// `to` votes in every group this leader leads and holds each one's log
-/// as far as it, less [`CAUGHT_UP`] entries (the groups of shards placed
-/// elsewhere stay where they are, placing.rs).
+/// `to` votes in shard 0's group, and holds the log of each group this
+/// leader leads and it votes in as far as it, less [`CAUGHT_UP`]
+/// entries (the groups of shards placed elsewhere stay where they are,
+/// placing.rs, and those it is not in stay led here).
 fn ready_to_lead(replica: &Replica, to: NodeId) -> bool {
-    replica.held().iter().all(|g| {
-        let m = g.raft.metrics().borrow().clone();
-        !leads(&m, replica.members.me)
-            || (votes(m.membership_config.membership(), to) && behind(&m, to) <= CAUGHT_UP)
-    })
+    votes(replica.zero().raft.metrics().borrow().membership_config.membership(), to)
+        && replica.held().iter().all(|g| {
+            let m = g.raft.metrics().borrow().clone();
+            !leads(&m, replica.members.me) || !votes(m.membership_config.membership(), to) || behind(&m, to) <= CAUGHT_UP
+        })
 }
 
 /// `to` answers a question over the members' network now.

@@ -96,7 +96,7 @@ impl Replica {
         }
         if !self.members.join {
             for g in self.held() {
-                raft::make_group(&g.raft, &self.members).await?;
+                raft::make_group(&g.raft, g.shard, &self.members).await?;
             }
         }
         self.set_made();

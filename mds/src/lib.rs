@@ -18,6 +18,7 @@ pub mod meter;
 pub mod metrics;
 pub mod nameless;
 pub mod numbers;
+pub mod others;
 pub mod repair;
 pub mod revoked;
 pub mod namespace;
@@ -85,6 +86,39 @@ const LEAD_TICK: Duration = Duration::from_millis(50);
 /// other groups, then starts its namespace, each at a tick.
 const FOLLOW_TICK: Duration = Duration::from_millis(20);
 
+/// Failed starts of the namespace in a row. Each try waits twice as long
+/// as the one before (from [`FOLLOW_TICK`] to about a second), and a
+/// failure is logged as a warning once every [`SAY_AGAIN`]: a process
+/// leading a group apart from shard 0's leader may find shard 0 not
+/// ready yet (no capability secret in a new file system) for a second
+/// or more.
+#[derive(Default)]
+struct Starts {
+    failed: u32,
+    last: Option<std::time::Instant>,
+    said: Option<std::time::Instant>,
+}
+
+const SAY_AGAIN: Duration = Duration::from_secs(5);
+
+impl Starts {
+    fn due(&self) -> bool {
+        self.last.is_none_or(|at| at.elapsed() >= FOLLOW_TICK * (1 << self.failed.min(6)))
+    }
+
+    fn failed(&mut self, e: &aifs_common::Error) {
+        self.failed += 1;
+        self.last = Some(std::time::Instant::now());
+        match self.said.is_none_or(|at| at.elapsed() >= SAY_AGAIN) {
+            true => {
+                self.said = self.last;
+                e.log("starting the namespace failed");
+            }
+            false => tracing::debug!(error = %e, tries = self.failed, "starting the namespace failed again"),
+        }
+    }
+}
+
 /// Every this many ticks of a serving leader the members that hold the
 /// log are recorded.
 const RECORD_HOLDERS_EVERY: u64 = 20;
@@ -104,7 +138,7 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
         true => None,
         false => Some(crate::store::raft::net::PeerClients::new(endpoint.clone(), rpc::endpoint::member_client_config(&id, &cfg.transport)?)),
     };
-    let members = crate::store::raft::Members { me, all, peers, join: cfg.join };
+    let members = crate::store::raft::Members { me, all, peers, join: cfg.join, group_size: cfg.group_size };
     let replica = Arc::new(Replica::open(&cfg.data_dir, cfg.shards, members, &cfg.raft).await?);
     let (registry, rpc_metrics) = crate::metrics::registry();
     let counted = cfg.metrics_listen.as_ref().map(|_| rpc_metrics);
@@ -128,8 +162,9 @@ pub async fn start(cfg: MdsConfig) -> Result<MdsHandle> {
         return Err(e);
     }
     let lead = tokio::spawn(lead(cfg.clone(), front.clone(), endpoint.clone(), gate));
+    let others = tokio::spawn(replica.clone().watch_others());
     tracing::info!(%addr, id = me, members = replica.members.all.len(), shards = cfg.shards, data = %cfg.data_dir.display(), "MDS serving");
-    Ok(MdsHandle { addr, front, endpoint, tasks: vec![serve, lead], metrics: std::sync::Mutex::new(metrics) })
+    Ok(MdsHandle { addr, front, endpoint, tasks: vec![serve, lead, others], metrics: std::sync::Mutex::new(metrics) })
 }
 
 /// Start the namespace service whenever this process is ready to lead
@@ -141,6 +176,7 @@ async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate
     let mut holders = std::collections::BTreeSet::new();
     let mut handover = crate::handover::Handover::default();
     let mut takeover = crate::takeover::Takeover::default();
+    let mut starts = Starts::default();
     let mut tick = 0u64;
     loop {
         tokio::time::sleep(if front.active().is_some() { LEAD_TICK } else { FOLLOW_TICK }).await;
@@ -177,14 +213,15 @@ async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate
                 replica.set_kept(vec![false; wanted.len()]);
             }
             Some(_) => {}
-            None if replica.ready_for(&wanted) => {
+            None if replica.ready_for(&wanted) && starts.due() => {
                 tracing::info!(shards = %shard_list(&wanted), "leading the shards this MDS is to lead; the namespace starts here");
                 match serving::serve_namespace(&cfg, &replica, &endpoint, &gate, wanted.clone()).await {
                     Ok(a) => {
+                        starts = Starts::default();
                         front.set_active(Some(a));
                         replica.set_kept(wanted);
                     }
-                    Err(e) => e.log("starting the namespace failed"),
+                    Err(e) => starts.failed(&e),
                 }
             }
             None => {}

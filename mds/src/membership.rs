@@ -183,14 +183,37 @@ impl Replica {
         if let Some(was) = known.get(&id).filter(|a| *a != addr) {
             return Err(Error::InvalidArgument(format!("MDS {id} is a member already, at {was}; `mdsctl mds remove {id}` first")));
         }
-        let mut change = MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 0, shards: self.shards(), behind: 0 };
+        let into = self.groups_to_join(id)?;
+        let mut change = MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 0, shards: into.len() as u32 + 1, behind: 0 };
         let add = |vote| GroupStep::Add { id, addr: addr.to_string(), vote };
-        for g in self.held().iter().filter(|g| g.shard != 0) {
-            tally(&mut change, &self.group_step(g, add(true)).await?);
+        for shard in into {
+            tally(&mut change, &self.group_step(shard, add(true)).await?);
         }
         let others_vote = change.voter_in + 1 == change.shards;
-        tally(&mut change, &self.group_step(self.zero(), add(others_vote)).await?);
+        tally(&mut change, &self.group_step(0, add(others_vote)).await?);
         Ok(change)
+    }
+
+    /// The groups other than shard 0's that member `id` is added to: all
+    /// of them while groups are over every member; else each that has
+    /// fewer voters than `group_size` or has `id` in it already (an add
+    /// is taken one step at a time, and `id` may be a learner there).
+    fn groups_to_join(&self, id: NodeId) -> Result<Vec<u32>> {
+        let size = self.members.group_size;
+        let mut into = Vec::new();
+        for shard in 1..self.shards() {
+            let unknown = || Error::Unavailable(format!("shard {shard}'s members are not known here yet; try again"));
+            let voters = self.voters_of(shard).ok_or_else(unknown)?;
+            // A learner there already (an add is taken a step at a time).
+            let nodes: Vec<NodeId> = match self.group(shard) {
+                Some(g) => g.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).collect(),
+                None => voters.clone(),
+            };
+            if size == 0 || voters.len() < size || nodes.contains(&id) {
+                into.push(shard);
+            }
+        }
+        Ok(into)
     }
 
     /// One step of taking member `id` out of every group. Answered for an
@@ -199,25 +222,25 @@ impl Replica {
     pub async fn remove_member(&self, id: NodeId) -> Result<MemberChange> {
         let _one = self.changing.lock().await;
         let addr = self.known().remove(&id).unwrap_or_default();
-        let mut order = self.held();
+        let mut order: Vec<u32> = (0..self.shards()).collect();
         if id == self.members.me {
             order.reverse();
         }
         let mut change = MemberChange { id, addr, voter_in: 0, learner_in: 0, shards: self.shards(), behind: 0 };
-        for g in &order {
-            tally(&mut change, &self.group_step(g, GroupStep::Remove { id }).await?);
+        for shard in order {
+            tally(&mut change, &self.group_step(shard, GroupStep::Remove { id }).await?);
         }
         Ok(change)
     }
 
-    /// Take `step` in `g`'s group: here if this process leads it, else at
-    /// the process that does (a group placed apart, placing.rs). That
-    /// group's count after the step.
-    async fn group_step(&self, g: &Group, step: GroupStep) -> Result<MemberChange> {
-        if crate::replica::leads(&g.raft.metrics().borrow(), self.members.me) {
-            return self.step_here(g, &step).await;
+    /// Take `step` in shard `shard`'s group: here if this process leads
+    /// it, else at the process that does (a group placed apart,
+    /// placing.rs, or one this process is not in). That group's count
+    /// after the step.
+    async fn group_step(&self, shard: u32, step: GroupStep) -> Result<MemberChange> {
+        if let Some(g) = self.group(shard).filter(|g| crate::replica::leads(&g.raft.metrics().borrow(), self.members.me)) {
+            return self.step_here(&g, &step).await;
         }
-        let shard = g.shard;
         let unknown = || Error::Unavailable(format!("no leader of shard {shard}'s group is known"));
         let at: SocketAddr = self.leader_hint(shard).parse().map_err(|_| unknown())?;
         let peers = self.members.peers.as_ref().ok_or_else(unknown)?;

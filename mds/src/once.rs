@@ -97,7 +97,7 @@ impl Running {
         let serving = Serving { running: self, key };
         let mut done = None;
         if r.retry || waited {
-            for s in shards {
+            for s in shards.iter().filter(|s| s.held()) {
                 let found = s.read(move |t| Ok(t.open_table(REQUESTS).io()?.get(key).io()?.map(|v| v.value()))).await?;
                 if let Some((a, b, _)) = found {
                     tracing::info!(client = r.client, seq = r.seq, "retried request answered from its record");

@@ -53,11 +53,11 @@ pub async fn placement(ns: &Namespace) -> Result<Placement> {
 
 /// Place `shard` (not 0: shard 0 is handed over, handover.rs) on member
 /// `to`, which must vote in its group.
-pub async fn place(ns: &Namespace, shard: u32, to: NodeId) -> Result<()> {
-    let Some(s) = ns.shards.get(shard as usize).filter(|_| shard != 0) else {
+pub async fn place(ns: &Namespace, shard: u32, to: NodeId, voters: &[NodeId]) -> Result<()> {
+    if shard == 0 || shard as usize >= ns.shards.len() {
         return Err(Error::InvalidArgument(format!("shard {shard} cannot be placed apart (shards 1 to {})", ns.shards.len().saturating_sub(1))));
     };
-    if !s.group().members.contains(&to) {
+    if !voters.contains(&to) {
         return Err(Error::InvalidArgument(format!("MDS {to} does not vote in shard {shard}'s group (see `mdsctl mds ls`)")));
     }
     let key = format!("{PLACED}{shard}");
@@ -73,11 +73,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let ns = crate::namespace::tests::open_ns(tmp.path()).await;
         assert!(placement(&ns).await.unwrap().is_empty());
-        place(&ns, 2, crate::store::raft::SELF).await.unwrap();
-        place(&ns, 3, crate::store::raft::SELF).await.unwrap();
+        let voters = [crate::store::raft::SELF];
+        place(&ns, 2, crate::store::raft::SELF, &voters).await.unwrap();
+        place(&ns, 3, crate::store::raft::SELF, &voters).await.unwrap();
         assert_eq!(placement(&ns).await.unwrap(), Placement::from([(2, crate::store::raft::SELF), (3, crate::store::raft::SELF)]));
-        assert!(matches!(place(&ns, 0, crate::store::raft::SELF).await, Err(Error::InvalidArgument(_))));
-        assert!(matches!(place(&ns, 9, crate::store::raft::SELF).await, Err(Error::InvalidArgument(_))));
-        assert!(matches!(place(&ns, 1, 77).await, Err(Error::InvalidArgument(_))));
+        assert!(matches!(place(&ns, 0, crate::store::raft::SELF, &voters).await, Err(Error::InvalidArgument(_))));
+        assert!(matches!(place(&ns, 9, crate::store::raft::SELF, &voters).await, Err(Error::InvalidArgument(_))));
+        assert!(matches!(place(&ns, 1, 77, &voters).await, Err(Error::InvalidArgument(_))));
     }
 }

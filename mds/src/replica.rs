@@ -72,6 +72,17 @@ struct Claims {
 const CLAIM_DOUBLINGS: u32 = 3;
 
 impl Group {
+    /// Open shard `shard`'s database in `dir` and start its group over
+    /// `members`, its log in `logs`.
+    async fn open(logs: &Arc<raft::Logs>, dir: &Path, shard: u32, members: &Members, upkeep: &raft::LogUpkeep) -> Result<Group> {
+        let db = ShardStore::open_db(&Disk, dir, shard)?;
+        let raft = raft::start(logs, dir, shard, db.clone(), upkeep, members).await?;
+        let acked = Arc::new(Mutex::new(None));
+        tokio::spawn(watch_acks(raft.clone(), members.me, acked.clone()));
+        let store = ShardStore::over(shard, db.clone(), raft.clone(), false, (!members.is_solo()).then(|| acked.clone()))?;
+        Ok(Group { shard, db, raft, acked, claims: Mutex::default(), heard: Mutex::new(None), store })
+    }
+
     /// Whether this process may bid for the lead now, counting the bid.
     /// Each bid that did not bring the lead waits twice as long as the
     /// last, up to [`CLAIM_EVERY`] times 2^[`CLAIM_DOUBLINGS`]. A bid
@@ -127,6 +138,14 @@ pub struct Replica {
     kept: Mutex<Vec<bool>>,
     /// When the groups were opened here.
     opened: Instant,
+    /// What a group joined later is opened with ([`Replica::open_group`]).
+    logs: Arc<raft::Logs>,
+    dir: std::path::PathBuf,
+    upkeep: raft::LogUpkeep,
+    /// Held while a group is opened: once each.
+    opening: tokio::sync::Mutex<()>,
+    /// Who leads the groups not held here, as their members say.
+    pub(crate) others: crate::others::Others,
 }
 
 /// `m` reports its member `me` leading: in the leader's state (a leader
@@ -137,27 +156,40 @@ pub fn leads(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>, me: NodeId)
 }
 
 impl Replica {
-    /// Open the `nshards` shard databases in `dir` and start their groups
-    /// over `members`, their logs kept as `upkeep` says. One-member groups are led here when this returns.
+    /// Open the databases in `dir` of the `nshards` shards whose groups
+    /// this process is a member of, and start those groups over
+    /// `members`, their logs kept as `upkeep` says. One-member groups are
+    /// led here when this returns.
+    ///
+    /// Which groups: in a new directory, shard 0's and those
+    /// [`Members::of_shard`] lists this process in (only shard 0's for a
+    /// process that joins: the others are opened as their leaders send
+    /// to it, [`Replica::serve`]); else those whose databases are there.
     pub async fn open(dir: &Path, nshards: u32, members: Members, upkeep: &raft::LogUpkeep) -> Result<Replica> {
+        if nshards == 0 {
+            return Err(aifs_common::Error::InvalidArgument("an MDS needs one shard at least".into()));
+        }
+        let new = !dir.join(ShardStore::file_name(0)).exists();
         crate::namespace::check_shard_count(dir, nshards)?;
         let logs = raft::Logs::open(&Disk, dir)?;
+        let held = |shard: u32| match new {
+            true => shard == 0 || (!members.join && members.of_shard(shard).contains_key(&members.me)),
+            false => shard == 0 || dir.join(ShardStore::file_name(shard)).exists(),
+        };
         let mut groups = Vec::new();
         for shard in 0..nshards {
-            let db = ShardStore::open_db(&Disk, dir, shard)?;
-            let raft = raft::start(&logs, dir, shard, db.clone(), upkeep, &members).await?;
-            let acked = Arc::new(Mutex::new(None));
-            tokio::spawn(watch_acks(raft.clone(), members.me, acked.clone()));
-            let store = ShardStore::over(shard, db.clone(), raft.clone(), false, (!members.is_solo()).then(|| acked.clone()))?;
-            groups.push(Arc::new(Group { shard, db, raft, acked, claims: Mutex::default(), heard: Mutex::new(None), store }));
+            groups.push(match held(shard) {
+                true => Some(Arc::new(Group::open(&logs, dir, shard, &members, upkeep).await?)),
+                false => None,
+            });
         }
-        let Some(zero) = groups.first().cloned() else {
-            return Err(aifs_common::Error::InvalidArgument("an MDS needs one shard at least".into()));
+        let Some(zero) = groups.first().cloned().flatten() else {
+            return Err(aifs_common::Error::Io("shard 0's group did not open".into()));
         };
         // the names of store files just made
         crate::store::sync_dir(dir)?;
         let mut unmade = false;
-        for g in &groups {
+        for g in groups.iter().flatten() {
             unmade |= !members.is_solo() && !g.raft.is_initialized().await.map_err(|e| aifs_common::Error::Io(format!("shard group: {e}")))?;
             let m = g.raft.metrics().borrow().clone();
             let membership = m.membership_config.membership();
@@ -173,8 +205,41 @@ impl Replica {
         }
         let wanted = Mutex::new(vec![members.is_solo(); groups.len()]);
         let kept = Mutex::new(vec![false; groups.len()]);
-        let groups = RwLock::new(groups.into_iter().map(Some).collect());
-        Ok(Replica { members, zero, groups, unmade: AtomicBool::new(unmade), yielding: AtomicBool::new(false), changing: Default::default(), wanted, kept, opened: Instant::now() })
+        Ok(Replica {
+            members,
+            zero,
+            groups: RwLock::new(groups),
+            unmade: AtomicBool::new(unmade),
+            yielding: AtomicBool::new(false),
+            changing: Default::default(),
+            wanted,
+            kept,
+            opened: Instant::now(),
+            logs,
+            dir: dir.to_path_buf(),
+            upkeep: upkeep.clone(),
+            opening: Default::default(),
+            others: Default::default(),
+        })
+    }
+
+    /// Shard `shard`'s group, opened here if it is not yet: this process
+    /// is being added to it (its leader sends to it).
+    async fn open_group(&self, shard: u32) -> Result<Arc<Group>> {
+        let _one = self.opening.lock().await;
+        if let Some(g) = self.group(shard) {
+            return Ok(g);
+        }
+        if shard >= self.shards() {
+            return Err(aifs_common::Error::InvalidArgument(format!("there is no shard {shard}")));
+        }
+        let g = Arc::new(Group::open(&self.logs, &self.dir, shard, &self.members, &self.upkeep).await?);
+        crate::store::sync_dir(&self.dir)?;
+        tracing::info!(shard, "joined the shard's group: its leader sent to this MDS");
+        if let Some(slot) = self.groups.write().unwrap_or_else(PoisonError::into_inner).get_mut(shard as usize) {
+            *slot = Some(g.clone());
+        }
+        Ok(g)
     }
 
     /// The groups are new here and wait for [`Replica::make_groups`].
@@ -189,8 +254,14 @@ impl Replica {
     /// Shard stores over the groups, for a namespace to run on while this
     /// process leads them: the handles of the services before it are
     /// refused from now on (`ShardStore::successor`).
+    /// A shard whose group has no member here gets a stand-in that
+    /// refuses every read and write (`ShardStore::not_held`).
     pub fn stores(&self) -> Vec<Arc<ShardStore>> {
-        self.held().iter().map(|g| Arc::new(g.store.successor())).collect()
+        let store = |s| match self.group(s) {
+            Some(g) => g.store.successor(),
+            None => ShardStore::not_held(s),
+        };
+        (0..self.shards()).map(|s| Arc::new(store(s))).collect()
     }
 
     /// Shard `shard`'s group, if this process is a member of it.
@@ -259,19 +330,29 @@ impl Replica {
 
     /// Whether this process is to lead `g`, given `placed` and whether
     /// it leads shard 0.
+    ///
+    /// Unless a member that answers is placed to lead it, a group is led
+    /// by shard 0's leader, or, in a group shard 0's leader does not vote
+    /// in (groups over subsets), by whichever member the group's own
+    /// timers elected.
     fn wants(&self, g: &Group, placed: &Placement, leads_zero: bool) -> bool {
         if g.shard == 0 {
             return leads_zero;
         }
         let me = self.members.me;
         let voter = |id: &NodeId| crate::membership::votes(g.raft.metrics().borrow().membership_config.membership(), *id);
+        let zero_leader = self.zero.raft.metrics().borrow().current_leader;
+        let steward = match zero_leader.filter(voter) {
+            Some(_) => leads_zero,
+            None => leads(&g.raft.metrics().borrow(), me),
+        };
         // A placed member whose appends in the group still come leads it,
         // however late its answers to this process are (a busy link).
         let leading_there = |p: NodeId| !silent(g) && g.raft.metrics().borrow().current_leader == Some(p);
         match placed.get(&g.shard).copied().filter(voter) {
             Some(p) if p == me => true,
-            Some(p) if leads_zero && (self.answers(p) || leading_there(p)) => false,
-            _ => leads_zero,
+            Some(p) if steward && (self.answers(p) || leading_there(p)) => false,
+            _ => steward,
         }
     }
 
@@ -322,12 +403,13 @@ impl Replica {
         self.leading_addr_of(0)
     }
 
-    /// [`Replica::leading_addr`] of shard `shard`'s group ("" for a shard
-    /// there is not).
+    /// [`Replica::leading_addr`] of shard `shard`'s group; for a group
+    /// not held here, as its members last said (others.rs); "" for a
+    /// shard there is not.
     pub fn leading_addr_of(&self, shard: u32) -> String {
         match self.group(shard) {
             Some(g) => leading_addr_in(&g.raft.metrics().borrow(), self.members.me, silent(&g)),
-            None => String::new(),
+            None => self.others.leader_addr(shard),
         }
     }
 
@@ -439,15 +521,21 @@ impl Replica {
         }
     }
 
-    /// Answer a Raft message for shard `shard`'s group from another MDS.
+    /// Answer a Raft message for shard `shard`'s group from another MDS;
+    /// one for a group not held here makes this process a member of it
+    /// (its leader adds it, membership.rs), once its groups are made.
     pub async fn serve(&self, shard: u32, msg: &[u8]) -> Result<Vec<u8>> {
-        let g = self.group(shard).ok_or_else(|| aifs_common::Error::InvalidArgument(format!("no shard {shard} here")))?;
+        let g = match self.group(shard) {
+            Some(g) => g,
+            None if !self.unmade() => self.open_group(shard).await?,
+            None => return Err(aifs_common::Error::Unavailable("this MDS is starting: its groups are not made yet".into())),
+        };
         let heard = || {
             if let Ok(mut h) = g.heard.lock() {
                 *h = Some(Instant::now());
             }
         };
-        net::serve(&g.raft, msg, !self.unmade(), |member| self.standing(member), heard).await
+        net::serve(&g.raft, msg, !self.unmade(), |member| self.standing(member), heard, || self.report()).await
     }
 
     /// Stop every group.

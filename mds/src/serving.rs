@@ -123,7 +123,7 @@ pub(crate) async fn serve_namespace(cfg: &MdsConfig, replica: &Arc<Replica>, end
         fsck,
         replica: replica.clone(),
         session_heartbeat_ms: cfg.session_timeout_ms / 4,
-        spread: cfg.spread,
+        spread: cfg.spreads(),
         anon: (cfg.anon_uid, cfg.anon_gid),
         requests: Default::default(),
         slowest: Default::default(),

@@ -48,6 +48,7 @@ impl TestCluster {
             members: Vec::new(),
             join: false,
             spread: false,
+            group_size: 0,
             listen: "127.0.0.1:0".parse().map_err(|_| Error::InvalidArgument("addr".into()))?,
             metrics_listen: None,
             data_dir: dir.path().join("mds"),

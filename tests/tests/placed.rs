@@ -516,3 +516,87 @@ fn members_join_and_leave_every_group_while_a_shard_is_placed_apart() {
     c.create(d.ino, "after");
     c.lookup(d.ino, "after").unwrap();
 }
+
+/// Each shard's voters, as `mdsctl shard ls --json` says.
+fn voters(cl: &ProcCluster) -> Vec<Vec<u64>> {
+    let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "shard", "ls"]).unwrap()).unwrap();
+    v.as_array().unwrap().iter().map(|s| s["members"].as_array().unwrap().iter().filter_map(|m| m.as_u64()).collect()).collect()
+}
+
+/// Until each shard's voters pass `ok` (shard, its voters).
+fn wait_groups(cl: &ProcCluster, ok: impl Fn(usize, &[u64]) -> bool, what: &str) -> Vec<Vec<u64>> {
+    let t = Instant::now();
+    loop {
+        let now = voters(cl);
+        if now.iter().enumerate().all(|(s, v)| ok(s, v)) {
+            return now;
+        }
+        assert!(t.elapsed() < ELECTION, "{what} after {ELECTION:?}: voters per shard {now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Four MDS processes with `group_size = 3`: shard 0's group is over all
+/// four, every other over three, and each process keeps the databases of
+/// its own groups only. Files made in directories on every shard are all
+/// there after a `kill -9` of shard 0's leader (new directories go to
+/// shards led where they are made: before the kill on that leader's, and
+/// after it on the next one's, which between them cover every shard).
+/// Once the dead member is taken out and a new process added, the new
+/// one joins the groups left with two voters (opening them as their
+/// leaders send to it), and still nothing is lost.
+#[test]
+fn groups_over_three_of_four_processes_lose_nothing_when_one_dies_and_is_replaced() {
+    let mut cl = ProcCluster::start_replicated_edited(4, 3, &|t| format!("group_size = 3\n{t}")).unwrap();
+    let dead = wait_led(&cl, 0, |_| true, "no leader");
+    let groups = wait_groups(&cl, |s, v| v.len() == if s == 0 { 4 } else { 3 }, "groups not over 4 and 3 members");
+    for (shard, v) in groups.iter().enumerate() {
+        for id in 1..=4u64 {
+            let db = cl.path(&format!("data/mds{id}/shard-{shard}.redb"));
+            assert_eq!(db.exists(), v.contains(&id), "MDS {id}, shard {shard}'s database: groups {groups:?}");
+        }
+    }
+    // Every shard led, by a member of its group.
+    for s in 0..groups.len() {
+        wait_led(&cl, s, |l| groups[s].contains(&l), "not led by a member");
+    }
+    let c = Caller::new(&cl);
+    let made = |prefix: &str| -> Vec<Attr> {
+        let dirs: Vec<Attr> = (0..16).map(|i| c.mkdir(InodeId::ROOT, &format!("{prefix}{i}"))).collect();
+        for (i, d) in dirs.iter().enumerate() {
+            c.create(d.ino, &format!("f{i}"));
+        }
+        dirs
+    };
+    let before = made("d");
+
+    cl.kill9_mds_member(dead);
+    for s in 0..groups.len() {
+        wait_led(&cl, s, |l| l != dead && groups[s].contains(&l), "not led by a member left");
+    }
+    for (i, d) in before.iter().enumerate() {
+        c.lookup_surely(d.ino, &format!("f{i}")).unwrap_or_else(|e| panic!("d{i}/f{i} on shard {}: {e}", d.ino.shard()));
+        c.create(d.ino, &format!("g{i}"));
+    }
+    let after = made("e");
+    let on: std::collections::BTreeSet<u32> = before.iter().chain(&after).map(|d| d.ino.shard()).collect();
+    assert_eq!(on.len(), groups.len(), "directories on shards {on:?} only");
+
+    cl.mdsctl(&["mds", "remove", &dead.to_string()]).unwrap();
+    let left = wait_groups(&cl, |_, v| !v.contains(&dead), &format!("MDS {dead} still votes somewhere"));
+    let (new, addr) = cl.start_new_mds_member().unwrap();
+    cl.mdsctl(&["mds", "add", &addr.to_string(), "--id", &new.to_string()]).unwrap();
+    let now = wait_groups(&cl, |s, v| v.len() == if s == 0 { 4 } else { 3 }, "groups not back to 4 and 3 members");
+    for (shard, v) in now.iter().enumerate() {
+        assert_eq!(v.contains(&new), left[shard].len() < if shard == 0 { 4 } else { 3 }, "shard {shard}: {left:?} then {now:?}");
+        assert_eq!(cl.path(&format!("data/mds{new}/shard-{shard}.redb")).exists(), v.contains(&new), "MDS {new}, shard {shard}: groups {now:?}");
+    }
+    for (i, d) in before.iter().enumerate() {
+        for name in [format!("f{i}"), format!("g{i}")] {
+            c.lookup_surely(d.ino, &name).unwrap_or_else(|e| panic!("d{i}/{name}: {e}"));
+        }
+    }
+    for (i, d) in after.iter().enumerate() {
+        c.lookup_surely(d.ino, &format!("f{i}")).unwrap_or_else(|e| panic!("e{i}/f{i}: {e}"));
+    }
+}

@@ -347,10 +347,11 @@ impl Namespace {
     }
 
 
-    /// Inode, entry, pending-GC and stale-replica counts of each shard.
+    /// Inode, entry, pending-GC and stale-replica counts of each shard
+    /// whose group has a member here.
     pub async fn shard_counts(&self) -> Result<Vec<(u32, u64, u64, u64, u64)>> {
         let mut out = Vec::new();
-        for s in &self.shards {
+        for s in self.shards.iter().filter(|s| s.held()) {
             let (inodes, dentries, gc, degraded) = counts_of(s).await?;
             out.push((s.id, inodes, dentries, gc, degraded));
         }

@@ -80,7 +80,31 @@ impl MdsService {
                 Err(_) => tracing::debug!(shard = id, "a shard's leader gave no status in time; showing this process's copy"),
             }
         }
+        if !ns.shard(id).held() {
+            return Ok((self.seen_status(id), Vec::new()));
+        }
         ns.shard_status(id).await
+    }
+
+    /// Shard `id`, whose group has no member here, as its members last
+    /// said (others.rs): its voters, leader and inode count.
+    fn seen_status(&self, id: u32) -> ShardInfo {
+        let seen = self.replica.others.last(id);
+        ShardInfo {
+            id,
+            inodes: seen.as_ref().map_or(0, |g| g.inodes),
+            dentries: 0,
+            commits: 0,
+            pending_gc: 0,
+            degraded: 0,
+            members: seen.as_ref().map(|g| g.voters.clone()).unwrap_or_default(),
+            leader: seen.and_then(|g| g.leader),
+            term: 0,
+            last_log: 0,
+            applied: 0,
+            snapshot: 0,
+            wanted: None,
+        }
     }
 
     /// `mdsctl shard move`: the wish recorded; the lead loops act on it
@@ -89,7 +113,8 @@ impl MdsService {
     /// over (handover.rs); another is placed (placing.rs).
     pub(crate) async fn move_shard(&self, _c: &mut Call<'_>, shard: u32, to: u64) -> Result<MdsResp> {
         if shard != 0 && self.spread {
-            crate::placing::place(&self.ns, shard, to).await?;
+            let voters = self.replica.voters_of(shard).ok_or_else(|| aifs_common::Error::Unavailable(format!("shard {shard}'s members are not known here yet; try again")))?;
+            crate::placing::place(&self.ns, shard, to, &voters).await?;
             tracing::info!(shard, to, "shard {shard} placed on MDS {to}");
         } else {
             crate::handover::want(&self.ns, shard, to).await?;

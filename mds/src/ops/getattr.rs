@@ -11,7 +11,10 @@ impl MdsService {
         let osds = self.ns.cluster.osds.infos();
         let total: u64 = osds.iter().map(|o| o.capacity).sum();
         let used: u64 = osds.iter().map(|o| o.used).sum();
-        let files = self.ns.shard_counts().await.map(|v| v.iter().map(|c| c.1).sum()).unwrap_or(0);
+        let here: u64 = self.ns.shard_counts().await.map(|v| v.iter().map(|c| c.1).sum()).unwrap_or(0);
+        // Shards not held here, as their members last counted them.
+        let elsewhere: u64 = (0..self.replica.shards()).filter(|s| self.replica.group(*s).is_none()).filter_map(|s| self.replica.others.last(s)).map(|g| g.inodes).sum();
+        let files = here + elsewhere;
         Statfs { total_bytes: total, used_bytes: used, avail_bytes: total.saturating_sub(used), files }
     }
 

@@ -293,7 +293,9 @@ pub struct GroupState {
 
 pub struct ShardStore {
     pub id: u32,
-    db: Arc<redb::Database>,
+    /// None where this process is not a member of the shard's group
+    /// ([`ShardStore::not_held`]).
+    db: Option<Arc<redb::Database>>,
     /// What the shard's group reports of itself.
     raft: tokio::sync::watch::Receiver<openraft::RaftMetrics<raft::NodeId, openraft::BasicNode>>,
     tx: std::sync::mpsc::Sender<Box<dyn Job>>,
@@ -348,10 +350,15 @@ impl ShardStore {
         Self::over(id, db, raft, true, None)
     }
 
+    /// The name of shard `id`'s database in its directory.
+    pub fn file_name(id: u32) -> String {
+        format!("shard-{id}.redb")
+    }
+
     /// Open (or make, with every table) shard `id`'s database in `dir`.
     pub fn open_db(media: &dyn media::Media, dir: &Path, id: u32) -> Result<Arc<redb::Database>> {
         std::fs::create_dir_all(dir)?;
-        let db = Arc::new(media.database(&dir.join(format!("shard-{id}.redb")))?);
+        let db = Arc::new(media.database(&dir.join(Self::file_name(id)))?);
         let t = db.begin_write().io()?;
         for table in TABLES {
             table.create(&t)?;
@@ -372,7 +379,29 @@ impl ShardStore {
         let (gone, current) = (Gone::default(), Arc::new(AtomicU64::new(0)));
         let writer = Writer { db: db.clone(), raft, rt: tokio::runtime::Handle::current(), shard: id, stats: stats.clone(), owns_group, acked, gone: gone.clone(), current: current.clone() };
         std::thread::Builder::new().name(format!("shard-{id}-commit")).spawn(move || writer.run(rx))?;
-        Ok(ShardStore { id, db, raft: metrics, tx, stats, gone, current, generation: 0 })
+        Ok(ShardStore { id, db: Some(db), raft: metrics, tx, stats, gone, current, generation: 0 })
+    }
+
+    /// A stand-in for shard `id` where this process is not a member of
+    /// its group (its groups are a subset, replica.rs): every read and
+    /// mutation is refused, and its group reports no one.
+    pub fn not_held(id: u32) -> ShardStore {
+        let (tx, _) = std::sync::mpsc::channel::<Box<dyn Job>>();
+        let (_, raft) = tokio::sync::watch::channel(openraft::RaftMetrics::new_initial(0));
+        let stats = Arc::default();
+        ShardStore { id, db: None, raft, tx, stats, gone: Gone::default(), current: Arc::default(), generation: 0 }
+    }
+
+    /// This process is a member of the shard's group: its reads and
+    /// mutations are served.
+    pub fn held(&self) -> bool {
+        self.db.is_some()
+    }
+
+    /// The shard's database, if its group has a member here.
+    fn db(&self) -> Result<&Arc<redb::Database>> {
+        let id = self.id;
+        self.db.as_ref().ok_or_else(|| Error::Unavailable(format!("shard {id}'s group has no member in this MDS")))
     }
 
     /// A handle on the same writer for the next namespace service: what
@@ -408,6 +437,7 @@ impl ShardStore {
         &self,
         f: impl Fn(&Txn) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.db()?;
         let (reply, orx) = tokio::sync::oneshot::channel::<Result<T>>();
         let job: Box<dyn Job> = Box::new(Call { f, generation: self.generation, outcome: None, reply });
         self.tx.send(job).map_err(|_| Error::Io("shard writer stopped".into()))?;
@@ -437,7 +467,7 @@ impl ShardStore {
     /// `aifs-bench --clients-only`). A read over a whole table is a
     /// [`ShardStore::scan`].
     pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T> + Send + 'static) -> Result<T> {
-        let t = self.db.begin_read().io()?;
+        let t = self.db()?.begin_read().io()?;
         f(&t)
     }
 
@@ -445,7 +475,7 @@ impl ShardStore {
     /// grows with a table (fsck, repair's and the start's scans), which
     /// must not hold up the requests sharing this runtime thread.
     pub async fn scan<T: Send + 'static>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T> + Send + 'static) -> Result<T> {
-        let db = self.db.clone();
+        let db = self.db()?.clone();
         tokio::task::spawn_blocking(move || {
             let t = db.begin_read().io()?;
             f(&t)
@@ -675,8 +705,8 @@ mod tests {
         assert!(outcomes.iter().step_by(3).all(|r| *r == Ok("kept")));
         assert!(outcomes.iter().skip(1).step_by(3).all(|r| *r == Err(Error::Exists)));
         assert!(outcomes.iter().skip(2).step_by(3).all(|r| matches!(r, Err(Error::Io(_)))));
-        assert_eq!(get(&s.db, "kept"), Some(7 + 14), "every successful mutation counts once");
-        assert_eq!(get(&s.db, "failed"), None, "a failed mutation's write was committed");
-        assert_eq!(get(&s.db, "panicked"), None, "a panicked mutation's write was committed");
+        assert_eq!(get(s.db().unwrap(), "kept"), Some(7 + 14), "every successful mutation counts once");
+        assert_eq!(get(s.db().unwrap(), "failed"), None, "a failed mutation's write was committed");
+        assert_eq!(get(s.db().unwrap(), "panicked"), None, "a panicked mutation's write was committed");
     }
 }

@@ -135,9 +135,13 @@ struct InitArgs {
     ca_dir: Option<PathBuf>,
     /// MDS address written into the configs. Several, comma-separated,
     /// make a replicated MDS: one config per member (mds1.toml, ...),
-    /// each shard a Raft group over all of them.
+    /// each shard a Raft group over them (see --group-size).
     #[arg(long, default_value = "127.0.0.1:7000")]
     mds: MdsAddrs,
+    /// How many of the MDS processes each shard's group but shard 0's is
+    /// made of (shard 0's has all of them); 0: all of them.
+    #[arg(long, default_value_t = 0)]
+    group_size: usize,
     /// Number of OSD configs to write.
     #[arg(long, default_value_t = 3)]
     osds: u32,
@@ -220,7 +224,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
 
 
 fn init(args: &InitArgs) -> anyhow::Result<()> {
-    let InitArgs { mds, osds, osd_port, force, .. } = args;
+    let InitArgs { mds, osds, osd_port, force, group_size, .. } = args;
     let (osds, osd_port) = (*osds, *osd_port);
     std::fs::create_dir_all(&args.dir)?;
     let dir = args.dir.canonicalize()?;
@@ -243,6 +247,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         members,
         join: false,
         spread: false,
+        group_size: *group_size,
         listen: mds.first(),
         metrics_listen: metrics_at(mds.first().ip(), base),
         data_dir: data.join("mds"),

@@ -60,12 +60,28 @@ pub struct Members {
     /// The groups exist elsewhere: this process waits to be added to
     /// them rather than making them from `all`.
     pub join: bool,
+    /// How many of `all` each group but shard 0's is made of in a new
+    /// file system (0: every one). Shard 0's group has every member.
+    pub group_size: usize,
 }
 
 impl Members {
     /// This process alone.
     pub fn solo() -> Members {
-        Members { me: SELF, all: BTreeMap::from([(SELF, SOLO_ADDR.to_string())]), peers: None, join: false }
+        Members { me: SELF, all: BTreeMap::from([(SELF, SOLO_ADDR.to_string())]), peers: None, join: false, group_size: 0 }
+    }
+
+    /// The members shard `shard`'s group is made of in a new file system:
+    /// every one for shard 0; for another, [`Members::group_size`] of them
+    /// in id order, starting at the (shard - 1)th and counting round, so
+    /// that each member is in as many groups.
+    pub fn of_shard(&self, shard: u32) -> BTreeMap<NodeId, String> {
+        let n = self.all.len();
+        if shard == 0 || self.group_size == 0 || self.group_size >= n {
+            return self.all.clone();
+        }
+        let ids: Vec<(&NodeId, &String)> = self.all.iter().collect();
+        (0..self.group_size).map(|i| ids[(shard as usize - 1 + i) % n]).map(|(id, a)| (*id, a.clone())).collect()
     }
 
     /// One-member groups, never to have more.
@@ -140,7 +156,7 @@ pub async fn start(logs: &Arc<Logs>, dir: &Path, shard: u32, db: Arc<redb::Datab
     let network = net::Peers { shard, clients: members.peers.clone() };
     let raft = ShardRaft::new(members.me, Arc::new(config), network, log, machine).await.map_err(|e| raft_err("starting shard group", e))?;
     if members.is_solo() {
-        make_group(&raft, members).await?;
+        make_group(&raft, shard, members).await?;
     }
     tokio::spawn(snapshot_when_grown(raft.clone(), appended, dir.join(format!("shard-{shard}.redb")), upkeep.snapshot_after_bytes));
     if !members.is_solo() {
@@ -163,13 +179,14 @@ pub async fn start(logs: &Arc<Logs>, dir: &Path, shard: u32, db: Arc<redb::Datab
     Ok(raft)
 }
 
-/// Make `raft`'s group, if it is new, of the config's `members`: every
-/// member makes the same first entry.
-pub async fn make_group(raft: &ShardRaft, members: &Members) -> Result<()> {
+/// Make `raft`'s group (shard `shard`'s), if it is new, of the config's
+/// `members` ([`Members::of_shard`]): each of them makes the same first
+/// entry.
+pub async fn make_group(raft: &ShardRaft, shard: u32, members: &Members) -> Result<()> {
     if raft.is_initialized().await.map_err(|e| raft_err("shard group", e))? {
         return Ok(());
     }
-    let all: BTreeMap<NodeId, BasicNode> = members.all.iter().map(|(id, a)| (*id, BasicNode::new(a))).collect();
+    let all: BTreeMap<NodeId, BasicNode> = members.of_shard(shard).iter().map(|(id, a)| (*id, BasicNode::new(a))).collect();
     raft.initialize(all).await.map_err(|e| raft_err("making shard group", e))
 }
 

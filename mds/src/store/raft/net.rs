@@ -32,6 +32,25 @@ pub enum WireReq {
     /// shard 0's group? A member starting with no groups asks, to learn
     /// whether it lost its data (holders.rs).
     Held { member: NodeId },
+    /// Which groups does the member hold, and who leads them as it sees
+    /// it? Asked by the members outside some groups (others.rs).
+    Groups,
+}
+
+/// A group as one of its members sees it (`WireResp::Groups`).
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct GroupSeen {
+    pub shard: u32,
+    /// The member that answers leads the group, within its lease.
+    pub leads: bool,
+    /// The leader it knows, and its address ("" if it knows none that
+    /// is not silent).
+    pub leader: Option<NodeId>,
+    pub leader_addr: String,
+    /// The voting members.
+    pub voters: Vec<NodeId>,
+    /// The inodes in the member's copy of the shard (for statfs).
+    pub inodes: u64,
 }
 
 /// Its answer.
@@ -44,6 +63,7 @@ pub enum WireResp {
     /// out of order): why, in words.
     Refused(String),
     Held { held: bool, votes: bool },
+    Groups(Vec<GroupSeen>),
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
@@ -65,19 +85,22 @@ fn from_disk(l: &Option<DiskLogId>) -> Option<LogId<NodeId>> {
 /// Answer `req` as shard group `raft`'s member; `standing`, whether a
 /// member has been recorded as holding the log and votes. A group not
 /// `made` yet answers only that. `heard` is called when an append from
-/// the leader of this member's term is taken.
+/// the leader of this member's term is taken; `report` says what this
+/// process holds (`WireReq::Groups`).
 pub async fn serve(
     raft: &ShardRaft,
     req: &[u8],
     made: bool,
     standing: impl FnOnce(NodeId) -> Result<(bool, bool)>,
     heard: impl FnOnce(),
+    report: impl FnOnce() -> Vec<GroupSeen>,
 ) -> Result<Vec<u8>> {
     let resp = match decode::<WireReq>(&unpack(req, MAX_PAYLOAD as usize)?)? {
         WireReq::Held { member } => {
             let (held, votes) = standing(member)?;
             WireResp::Held { held, votes }
         }
+        WireReq::Groups => WireResp::Groups(report()),
         _ if !made => WireResp::Refused("this MDS is starting: its groups are not made yet".into()),
         WireReq::Append { vote, prev, entries, commit } => {
             let rpc = AppendEntriesRequest::<Cfg> {
