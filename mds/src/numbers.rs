@@ -33,21 +33,19 @@ impl Numbers {
 
     /// A number of `shard` never given before.
     pub async fn take(&self, shard: &ShardStore) -> Result<InodeId> {
-        let sid = shard.id;
+        self.take_with(shard.id, block(shard)).await
+    }
+
+    /// A number of shard `sid` never given before, from a block `refill`
+    /// takes (at that shard's leader, [`block`]) if none is left here.
+    pub async fn take_with(&self, sid: u32, refill: impl std::future::Future<Output = Result<u64>>) -> Result<InodeId> {
         let Some(left) = self.0.get(sid as usize) else {
             return Err(aifs_common::Error::Stale);
         };
         if let Some(seq) = left.lock().ok().and_then(|mut r| r.next()) {
             return Ok(InodeId::new(sid, seq));
         }
-        let start = shard
-            .mutate(move |txn| {
-                let mut meta = txn.open_table(META).io()?;
-                let cur = next_counter(&mut meta, "next_seq", first_seq(sid))?;
-                meta.insert("next_seq", cur + BLOCK).io()?;
-                Ok(cur)
-            })
-            .await?;
+        let start = refill.await?;
         // Two callers that both found the block empty each took one; the
         // later one's replaces the other's remainder (skipped, not reused).
         if let Ok(mut r) = left.lock() {
@@ -55,4 +53,18 @@ impl Numbers {
         }
         Ok(InodeId::new(sid, start))
     }
+}
+
+/// Take a block of [`BLOCK`] numbers from `shard`'s counter (a commit;
+/// this process leads the shard): its first number.
+pub async fn block(shard: &ShardStore) -> Result<u64> {
+    let sid = shard.id;
+    shard
+        .mutate(move |txn| {
+            let mut meta = txn.open_table(META).io()?;
+            let cur = next_counter(&mut meta, "next_seq", first_seq(sid))?;
+            meta.insert("next_seq", cur + BLOCK).io()?;
+            Ok(cur)
+        })
+        .await
 }

@@ -189,10 +189,11 @@ fn a_shard_placed_apart_is_served_where_placed_and_comes_back_with_its_member() 
     c.rename(d.ino, "before", InodeId::ROOT, "from-there");
     assert!(matches!(c.lookup(d.ino, "before"), Err(Error::NotFound)));
     c.lookup(InodeId::ROOT, "from-there").unwrap();
-    // A directory made in the placed shard's directory stays on a shard
-    // led there.
+    // Directories made in the placed shard's directory spread over the
+    // shards by name, those led by shard 0's leader too.
     let sub = c.mkdir(d.ino, "sub");
-    assert_eq!(sub.ino.shard(), PLACED);
+    let subs: std::collections::BTreeSet<u32> = (0..8).map(|i| c.mkdir(d.ino, &format!("sub{i}")).ino.shard()).chain([sub.ino.shard()]).collect();
+    assert!(subs.iter().any(|s| *s != PLACED), "every directory made in shard {PLACED}'s directory is on it: {subs:?}");
 
     // Its member dies: shard 0's leader leads the shard meanwhile.
     cl.kill9_mds_member(to);
@@ -538,16 +539,16 @@ fn wait_groups(cl: &ProcCluster, ok: impl Fn(usize, &[u64]) -> bool, what: &str)
 
 /// Four MDS processes with `group_size = 3`: shard 0's group is over all
 /// four, every other over three, and each process keeps the databases of
-/// its own groups only. Files made in directories on every shard are all
-/// there after a `kill -9` of shard 0's leader (new directories go to
-/// shards led where they are made: before the kill on that leader's, and
-/// after it on the next one's, which between them cover every shard).
-/// Once the dead member is taken out and a new process added, the new
+/// its own groups only. New directories spread over every shard, those
+/// led apart from shard 0 too, and the files made in them are all there
+/// after a `kill -9` of shard 0's leader. Once the dead member is taken out and a new process added, the new
 /// one joins the groups left with two voters (opening them as their
 /// leaders send to it), and still nothing is lost.
 #[test]
 fn groups_over_three_of_four_processes_lose_nothing_when_one_dies_and_is_replaced() {
-    let mut cl = ProcCluster::start_replicated_edited(4, 3, &|t| format!("group_size = 3\n{t}")).unwrap();
+    // `mdsctl init` makes groups of three over more than three processes.
+    let mut cl = ProcCluster::start_replicated(4, 3).unwrap();
+    assert!(std::fs::read_to_string(cl.mds_config(1)).unwrap().contains("group_size = 3\n"));
     let dead = wait_led(&cl, 0, |_| true, "no leader");
     let groups = wait_groups(&cl, |s, v| v.len() == if s == 0 { 4 } else { 3 }, "groups not over 4 and 3 members");
     for (shard, v) in groups.iter().enumerate() {
@@ -569,6 +570,8 @@ fn groups_over_three_of_four_processes_lose_nothing_when_one_dies_and_is_replace
         dirs
     };
     let before = made("d");
+    let on: std::collections::BTreeSet<u32> = before.iter().map(|d| d.ino.shard()).collect();
+    assert_eq!(on.len(), groups.len(), "directories on shards {on:?} only");
 
     cl.kill9_mds_member(dead);
     for s in 0..groups.len() {
@@ -579,8 +582,6 @@ fn groups_over_three_of_four_processes_lose_nothing_when_one_dies_and_is_replace
         c.create(d.ino, &format!("g{i}"));
     }
     let after = made("e");
-    let on: std::collections::BTreeSet<u32> = before.iter().chain(&after).map(|d| d.ino.shard()).collect();
-    assert_eq!(on.len(), groups.len(), "directories on shards {on:?} only");
 
     cl.mdsctl(&["mds", "remove", &dead.to_string()]).unwrap();
     let left = wait_groups(&cl, |_, v| !v.contains(&dead), &format!("MDS {dead} still votes somewhere"));

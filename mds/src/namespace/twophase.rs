@@ -95,13 +95,20 @@ pub enum ShardMsg {
     Abort { shard: u32, op: OpId },
     /// Asked of the home shard's leader.
     Outcome { op: OpId },
+    /// A block of the shard's inode numbers (numbers.rs), for a new
+    /// directory made elsewhere to live in it.
+    Numbers { shard: u32 },
 }
 
 impl ShardMsg {
     /// The shard whose leader answers.
     pub fn shard(&self) -> u32 {
         match self {
-            ShardMsg::Prepare { shard, .. } | ShardMsg::Read { shard, .. } | ShardMsg::Commit { shard, .. } | ShardMsg::Abort { shard, .. } => *shard,
+            ShardMsg::Prepare { shard, .. }
+            | ShardMsg::Read { shard, .. }
+            | ShardMsg::Commit { shard, .. }
+            | ShardMsg::Abort { shard, .. }
+            | ShardMsg::Numbers { shard } => *shard,
             ShardMsg::Outcome { op } => op.coord,
         }
     }
@@ -121,6 +128,8 @@ pub enum ShardReply {
     /// The shard's counts and group, with how far each member holds its
     /// log (`GroupState::matched`).
     Status(ShardInfo, Vec<(u64, u64)>),
+    /// The first of a block of inode numbers.
+    Numbers(u64),
 }
 
 /// Carries messages to the leader of the shard they name.
@@ -289,7 +298,22 @@ impl Namespace {
                 Ok(ShardReply::Done)
             }
             ShardMsg::Outcome { op } => self.outcome(op).await.map(ShardReply::Outcome),
+            ShardMsg::Numbers { shard } => crate::numbers::block(self.shard(shard)).await.map(ShardReply::Numbers),
         }
+    }
+
+    /// A number of shard `shard` never given before, for a new inode
+    /// there: from this process's block of the shard's numbers, refilled
+    /// at the shard's leader when it runs out.
+    pub(crate) async fn number_in(&self, shard: u32) -> Result<aifs_common::InodeId> {
+        let Some(r) = self.elsewhere(shard) else { return self.numbers.take(self.shard(shard)).await };
+        let refill = async move {
+            match r.ask(ShardMsg::Numbers { shard }).await? {
+                ShardReply::Numbers(start) => Ok(start),
+                other => Err(Error::Protocol(format!("inode numbers answered with {other:?}"))),
+            }
+        };
+        self.numbers.take_with(shard, refill).await
     }
 
     /// Take `shard`'s fence for `op` and log that it is held; a watcher

@@ -21,12 +21,12 @@ impl Namespace {
             return self.getattr(InodeId(ino)).await;
         }
         let rid = once.rid;
-        // A new directory goes to a shard led here: a mkdir needs no
-        // other process.
-        let target = match (name_hash(parent, name) % self.shards.len() as u64) as u32 {
-            t if self.elsewhere(t).is_some() => shard_of(parent),
-            t => t,
-        };
+        // New directories spread over every shard by their names, those
+        // led by other processes too (their inode numbers come in blocks
+        // from those shards' leaders, and the mkdir is a two-phase
+        // change): made in one place, they would load only the shards
+        // led where they were made.
+        let target = (name_hash(parent, name) % self.shards.len() as u64) as u32;
         let mut held = self.fences.over_shards(parent, &[shard_of(parent), target]).await?;
         let p = self.inode(parent).await?;
         match self.entry_as(parent, name, Some(cred)).await {
@@ -38,7 +38,7 @@ impl Namespace {
         if p.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
         }
-        let ino = self.numbers.take(self.shard(target)).await?.0;
+        let ino = self.number_in(target).await?.0;
         let (uid, gid, mode) = perm::new_owner(p.perms(), cred, FileKind::Dir, mode);
         let rec = dir_rec(mode, uid, gid, parent, p.policy, now_ns());
         let attr = rec.attr(ino);
