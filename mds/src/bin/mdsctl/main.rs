@@ -139,8 +139,10 @@ struct InitArgs {
     #[arg(long, default_value = "127.0.0.1:7000")]
     mds: MdsAddrs,
     /// How many of the MDS processes each shard's group but shard 0's is
-    /// made of (shard 0's has all of them); 0: all of them.
-    #[arg(long, default_value_t = 0)]
+    /// made of (shard 0's has all of them), when there are more; 0: all
+    /// of them. A replicated MDS made over this many processes or fewer
+    /// has every group over all of them, and `mdsctl mds add` grows each.
+    #[arg(long, default_value_t = 3)]
     group_size: usize,
     /// Number of OSD configs to write.
     #[arg(long, default_value_t = 3)]
@@ -247,7 +249,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         members,
         join: false,
         spread: false,
-        group_size: *group_size,
+        group_size: if mds.0.len() > *group_size { *group_size } else { 0 },
         listen: mds.first(),
         metrics_listen: metrics_at(mds.first().ip(), base),
         data_dir: data.join("mds"),

@@ -122,7 +122,8 @@ async fn connect(cl: &ProcCluster) -> Result<Vec<Arc<Client>>> {
     // lease that a simulated client, which answers no recall, would be
     // asked to give back.
     let setup = RpcClient::of_members(rpc::client_endpoint(&id, &transport)?, &members, &id, &transport)?;
-    // Made while one process leads every shard: spread over all of them.
+    // Spread over every shard by their names (a mkdir takes a number of
+    // a shard led elsewhere from its leader).
     let mut dirs = Vec::new();
     for i in 0..CLIENTS {
         match mds_call(&setup, MdsReq::Mkdir { parent: InodeId::ROOT, name: format!("node{i}"), mode: 0o755 }).await? {
@@ -152,15 +153,28 @@ async fn connect(cl: &ProcCluster) -> Result<Vec<Arc<Client>>> {
     futures::future::try_join_all(nodes).await
 }
 
-/// Shard `k` led by the `k mod N`th process counted from shard 0's
-/// leader: as many shards led by each.
+/// Each shard led by a voter of its group, as many by each process as
+/// the groups allow: shard k by the voter leading fewest so far, the
+/// `k mod N`th process counted from shard 0's leader first among equals
+/// (with groups over every process, shard k by that one).
 fn spread_shards(cl: &ProcCluster) -> Result<()> {
     let n = cl.mds_addrs.len() as u64;
     if n < 2 {
         return Ok(());
     }
-    let leader = cl.mds_leader(aifs_tests::ELECTION)?;
-    let placed = |k: u32| (leader - 1 + k as u64) % n + 1;
+    let groups = shard_groups(cl)?;
+    let leader = groups.first().and_then(|g| g.0).context("shard 0 has no leader")?;
+    let mut load = vec![0usize; n as usize + 1];
+    load[leader as usize] += 1;
+    let mut places = vec![leader];
+    for (k, (_, voters)) in groups.iter().enumerate().skip(1) {
+        let first = (leader - 1 + k as u64) % n + 1;
+        let from = |id: u64| (id + n - first) % n;
+        let p = *voters.iter().min_by_key(|id| (load[**id as usize], from(**id))).context("a shard's group has no voters")?;
+        load[p as usize] += 1;
+        places.push(p);
+    }
+    let placed = |k: u32| places[k as usize];
     for k in 1..SHARDS {
         if placed(k) != leader {
             cl.mdsctl(&["shard", "move", &k.to_string(), "--to", &placed(k).to_string()])?;
@@ -178,6 +192,28 @@ fn spread_shards(cl: &ProcCluster) -> Result<()> {
         }
         if t.elapsed() > Duration::from_secs(60) {
             bail!("shards not led where placed after 60 s: {led:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Each shard's leader and voters (`mdsctl shard ls`), once every shard
+/// has a leader.
+fn shard_groups(cl: &ProcCluster) -> Result<Vec<(Option<u64>, Vec<u64>)>> {
+    let t = Instant::now();
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&cl.mdsctl(&["--json", "shard", "ls"])?)?;
+        let groups: Vec<(Option<u64>, Vec<u64>)> = v
+            .as_array()
+            .context("shard ls")?
+            .iter()
+            .map(|s| (s["leader"].as_u64(), s["members"].as_array().map(|m| m.iter().filter_map(|i| i.as_u64()).collect()).unwrap_or_default()))
+            .collect();
+        if groups.iter().all(|g| g.0.is_some()) {
+            return Ok(groups);
+        }
+        if t.elapsed() > aifs_tests::ELECTION {
+            bail!("shards without a leader after {:?}: {groups:?}", aifs_tests::ELECTION);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -254,9 +290,16 @@ async fn load(clients: &[Arc<Client>], run: usize) -> Result<(f64, f64)> {
     Ok((files.load(Ordering::Relaxed) as f64, t.elapsed().as_secs_f64()))
 }
 
-/// `runs` runs over `n` MDS processes.
-fn measure(n: usize, runs: usize) -> Result<Vec<Run>> {
-    let cl = ProcCluster::start_spread(n, 3, LINK, &|t| format!("spread = true\n{}", t.replace("shards = 4\n", &format!("shards = {SHARDS}\n")))).with_context(|| format!("starting {n} MDS processes in namespaces of their own"))?;
+/// `runs` runs over `n` MDS processes; with `all`, every shard's group
+/// over all of them (else over three, `mdsctl init`'s `--group-size`,
+/// once there are more).
+fn measure(n: usize, all: bool, runs: usize) -> Result<Vec<Run>> {
+    let edit = |t: String| {
+        let t = t.replace("shards = 4\n", &format!("shards = {SHARDS}\n"));
+        let t = if all { t.replace("group_size = 3\n", "") } else { t };
+        format!("spread = true\n{t}")
+    };
+    let cl = ProcCluster::start_spread(n, 3, LINK, &edit).with_context(|| format!("starting {n} MDS processes in namespaces of their own"))?;
     let out = runs_over(&cl, n, runs);
     if out.is_err() {
         cl.dump_logs();
@@ -295,10 +338,14 @@ fn runs_over(cl: &ProcCluster, n: usize, runs: usize) -> Result<Vec<Run>> {
 pub fn table(runs: usize) -> Result<()> {
     let mut rows = Vec::new();
     for n in PROCESSES {
-        rows.push((n, measure(n, runs)?));
+        rows.push((n, "", measure(n, false, runs)?));
+    }
+    // Groups over three of four processes against groups over all four.
+    if let Some(n) = PROCESSES.into_iter().max().filter(|n| *n > 3) {
+        rows.push((n, ", every group over all", measure(n, true, runs)?));
     }
     let med = |v: &[Run], f: &dyn Fn(&Run) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
-    let one = med(&rows[0].1, &|r| r.files / r.secs);
+    let one = med(&rows[0].2, &|r| r.files / r.secs);
     let link_mb = LINK.bytes_per_s.unwrap_or(0) as f64 / 1e6;
     println!();
     println!(
@@ -306,10 +353,10 @@ pub fn table(runs: usize) -> Result<()> {
         LINK.delay.as_millis()
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (n, v) in &rows {
+    for (n, groups, v) in &rows {
         let rate = med(v, &|r| r.files / r.secs);
         println!(
-            "| {n} MDS process(es) | {rate:.0} | {:.2} | {:.1} | {:.2} | {:.0}% | {:.2}% | {:.0} |",
+            "| {n} MDS process(es){groups} | {rate:.0} | {:.2} | {:.1} | {:.2} | {:.0}% | {:.2}% | {:.0} |",
             rate / one.max(1e-9),
             0.8 * *n as f64,
             med(v, &|r| r.busiest / r.secs / 1e6),
