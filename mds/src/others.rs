@@ -90,20 +90,24 @@ impl Replica {
     }
 
     /// The groups held here as this process sees them: what it answers
-    /// `WireReq::Groups` with.
+    /// `WireReq::Groups` with. A group it was taken out of (its database
+    /// stays, and is opened again at a restart) is left out: what it
+    /// knows of it is old.
     pub fn report(&self) -> Vec<GroupSeen> {
+        let me = self.members.me;
         self.held()
             .iter()
-            .map(|g| {
+            .filter_map(|g| {
                 let m = g.raft.metrics().borrow().clone();
-                GroupSeen {
+                m.membership_config.membership().get_node(&me)?;
+                Some(GroupSeen {
                     shard: g.shard,
                     leads: self.leads_shard(g.shard),
                     leader: m.current_leader,
                     leader_addr: self.leading_addr_of(g.shard),
                     voters: m.membership_config.membership().voter_ids().collect(),
                     inodes: inode_count(&g.db).unwrap_or(0),
-                }
+                })
             })
             .collect()
     }

@@ -25,8 +25,20 @@ impl Namespace {
         // led by other processes too (their inode numbers come in blocks
         // from those shards' leaders, and the mkdir is a two-phase
         // change): made in one place, they would load only the shards
-        // led where they were made.
-        let target = (name_hash(parent, name) % self.shards.len() as u64) as u32;
+        // led where they were made. Should that shard's leader not be
+        // known or not answer (being elected), the directory goes to its
+        // parent's shard, led here: a mkdir does not wait on another
+        // shard's election. The number is taken before the checks (one
+        // a failed mkdir leaves unused is never given).
+        let hashed = (name_hash(parent, name) % self.shards.len() as u64) as u32;
+        let (target, ino) = match self.number_in(hashed).await {
+            Ok(ino) => (hashed, ino.0),
+            Err(e) if self.elsewhere(hashed).is_some() => {
+                tracing::debug!(shard = hashed, error = %e, "no number of the shard a new directory hashes to: made in its parent's");
+                (shard_of(parent), self.number_in(shard_of(parent)).await?.0)
+            }
+            Err(e) => return Err(e),
+        };
         let mut held = self.fences.over_shards(parent, &[shard_of(parent), target]).await?;
         let p = self.inode(parent).await?;
         match self.entry_as(parent, name, Some(cred)).await {
@@ -38,7 +50,6 @@ impl Namespace {
         if p.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
         }
-        let ino = self.number_in(target).await?.0;
         let (uid, gid, mode) = perm::new_owner(p.perms(), cred, FileKind::Dir, mode);
         let rec = dir_rec(mode, uid, gid, parent, p.policy, now_ns());
         let attr = rec.attr(ino);
