@@ -79,6 +79,33 @@ fn inode_count(db: &redb::Database) -> aifs_common::Result<u64> {
     db.begin_read().io()?.open_table(crate::store::INODES).io()?.len().io()
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(shard: u32, leads: bool, leader: NodeId) -> GroupSeen {
+        GroupSeen { shard, leads, leader: Some(leader), leader_addr: format!("10.0.0.{leader}:7000"), voters: vec![1, 2, 3], inodes: 7 }
+    }
+
+    /// A member's word that it leads is not overturned by another's
+    /// older view while it is believed; a newer leader's word is taken.
+    #[test]
+    fn a_leaders_own_word_wins_over_a_members_hint() {
+        let o = Others::default();
+        assert_eq!(o.leader_addr(2), "");
+        o.heard(seen(2, false, 1));
+        assert_eq!(o.leader_addr(2), "10.0.0.1:7000");
+        o.heard(seen(2, true, 3));
+        o.heard(seen(2, false, 1));
+        assert_eq!(o.leader_addr(2), "10.0.0.3:7000", "a stale hint replaced the leader's word");
+        o.heard(seen(2, true, 2));
+        assert_eq!(o.leader_addr(2), "10.0.0.2:7000");
+        assert_eq!(o.voters(2), Some(vec![1, 2, 3]));
+        assert_eq!(o.last(2).map(|g| g.inodes), Some(7));
+        assert_eq!(o.voters(1), None);
+    }
+}
+
 impl Replica {
     /// The voters of shard `shard`'s group: as this process's member of
     /// it sees them, or as its members last said (None if none did).

@@ -241,4 +241,35 @@ mod tests {
     fn the_log_and_state_machine_pass_openrafts_suite() {
         Suite::test_all(Builder).unwrap();
     }
+
+    fn members(n: u64, group_size: usize) -> Members {
+        let all = (1..=n).map(|id| (id, format!("10.0.0.{id}:7000"))).collect();
+        Members { me: 1, all, peers: None, join: false, group_size }
+    }
+
+    /// Shard 0's group is over every member; each other shard's over
+    /// `group_size` distinct members, each member in as many groups
+    /// (over a whole round of shards); with `group_size` 0, or not fewer
+    /// than the members, every group is over all of them.
+    #[test]
+    fn groups_of_a_size_are_spread_evenly_over_the_members() {
+        let m = members(5, 3);
+        assert_eq!(m.of_shard(0), m.all);
+        let mut count = BTreeMap::<NodeId, usize>::new();
+        for shard in 1..=5 {
+            let g = m.of_shard(shard);
+            assert_eq!(g.len(), 3, "shard {shard}: {g:?}");
+            assert!(g.iter().all(|(id, a)| m.all.get(id) == Some(a)));
+            for id in g.keys() {
+                *count.entry(*id).or_default() += 1;
+            }
+        }
+        assert_eq!(count.values().copied().collect::<Vec<_>>(), vec![3; 5], "{count:?}");
+        assert_eq!(m.of_shard(1).keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(m.of_shard(5).keys().copied().collect::<Vec<_>>(), vec![1, 2, 5]);
+        for (n, size) in [(3, 3), (2, 3), (4, 0)] {
+            let m = members(n, size);
+            assert!((0..8).all(|s| m.of_shard(s) == m.all), "{n} members, groups of {size}");
+        }
+    }
 }
