@@ -202,8 +202,7 @@ impl Replica {
         let size = self.members.group_size;
         let mut into = Vec::new();
         for shard in 1..self.shards() {
-            let unknown = || Error::Unavailable(format!("shard {shard}'s members are not known here yet; try again"));
-            let voters = self.voters_of(shard).ok_or_else(unknown)?;
+            let voters = self.voters_of(shard)?;
             // A learner there already (an add is taken a step at a time).
             let nodes: Vec<NodeId> = match self.group(shard) {
                 Some(g) => g.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).collect(),

@@ -108,11 +108,12 @@ mod tests {
 
 impl Replica {
     /// The voters of shard `shard`'s group: as this process's member of
-    /// it sees them, or as its members last said (None if none did).
-    pub fn voters_of(&self, shard: u32) -> Option<Vec<NodeId>> {
+    /// it sees them, or as its members last said ("unavailable" if none
+    /// did lately).
+    pub fn voters_of(&self, shard: u32) -> aifs_common::Result<Vec<NodeId>> {
         match self.group(shard) {
-            Some(g) => Some(g.raft.metrics().borrow().membership_config.membership().voter_ids().collect()),
-            None => self.others.voters(shard),
+            Some(g) => Ok(g.raft.metrics().borrow().membership_config.membership().voter_ids().collect()),
+            None => self.others.voters(shard).ok_or_else(|| aifs_common::Error::Unavailable(format!("shard {shard}'s members are not known here yet; try again"))),
         }
     }
 

@@ -113,7 +113,7 @@ impl MdsService {
     /// over (handover.rs); another is placed (placing.rs).
     pub(crate) async fn move_shard(&self, _c: &mut Call<'_>, shard: u32, to: u64) -> Result<MdsResp> {
         if shard != 0 && self.spread {
-            let voters = self.replica.voters_of(shard).ok_or_else(|| aifs_common::Error::Unavailable(format!("shard {shard}'s members are not known here yet; try again")))?;
+            let voters = self.replica.voters_of(shard)?;
             crate::placing::place(&self.ns, shard, to, &voters).await?;
             tracing::info!(shard, to, "shard {shard} placed on MDS {to}");
         } else {

@@ -158,7 +158,7 @@ pub async fn start(logs: &Arc<Logs>, dir: &Path, shard: u32, db: Arc<redb::Datab
     if members.is_solo() {
         make_group(&raft, shard, members).await?;
     }
-    tokio::spawn(snapshot_when_grown(raft.clone(), appended, dir.join(format!("shard-{shard}.redb")), upkeep.snapshot_after_bytes));
+    tokio::spawn(snapshot_when_grown(raft.clone(), appended, dir.join(crate::store::ShardStore::file_name(shard)), upkeep.snapshot_after_bytes));
     if !members.is_solo() {
         return Ok(raft);
     }
