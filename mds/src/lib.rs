@@ -87,28 +87,32 @@ const LEAD_TICK: Duration = Duration::from_millis(50);
 const FOLLOW_TICK: Duration = Duration::from_millis(20);
 
 /// Failed starts of the namespace in a row. Each try waits twice as long
-/// as the one before (from [`FOLLOW_TICK`] to about a second), and a
+/// as the one before (from [`FOLLOW_TICK`] to about a second), unless
+/// shard 0's copy here has applied something since the last one, and a
 /// failure is logged as a warning once every [`SAY_AGAIN`]: a process
 /// leading a group apart from shard 0's leader may find shard 0 not
 /// ready yet (no capability secret in a new file system) for a second
-/// or more.
+/// or more, and starts as soon as the secret reaches it.
 #[derive(Default)]
 struct Starts {
     failed: u32,
     last: Option<std::time::Instant>,
     said: Option<std::time::Instant>,
+    /// Shard 0's last applied index here at the last failure.
+    zero_at: Option<u64>,
 }
 
 const SAY_AGAIN: Duration = Duration::from_secs(5);
 
 impl Starts {
-    fn due(&self) -> bool {
-        self.last.is_none_or(|at| at.elapsed() >= FOLLOW_TICK * (1 << self.failed.min(6)))
+    fn due(&self, zero_applied: Option<u64>) -> bool {
+        self.last.is_none_or(|at| zero_applied != self.zero_at || at.elapsed() >= FOLLOW_TICK * (1 << self.failed.min(6)))
     }
 
-    fn failed(&mut self, e: &aifs_common::Error) {
+    fn failed(&mut self, e: &aifs_common::Error, zero_applied: Option<u64>) {
         self.failed += 1;
         self.last = Some(std::time::Instant::now());
+        self.zero_at = zero_applied;
         match self.said.is_none_or(|at| at.elapsed() >= SAY_AGAIN) {
             true => {
                 self.said = self.last;
@@ -213,7 +217,7 @@ async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate
                 replica.set_kept(vec![false; wanted.len()]);
             }
             Some(_) => {}
-            None if replica.ready_for(&wanted) && starts.due() => {
+            None if replica.ready_for(&wanted) && starts.due(replica.zero_applied()) => {
                 tracing::info!(shards = %shard_list(&wanted), "leading the shards this MDS is to lead; the namespace starts here");
                 match serving::serve_namespace(&cfg, &replica, &endpoint, &gate, wanted.clone()).await {
                     Ok(a) => {
@@ -221,7 +225,7 @@ async fn lead(cfg: MdsConfig, front: Arc<Front>, endpoint: quinn::Endpoint, gate
                         front.set_active(Some(a));
                         replica.set_kept(wanted);
                     }
-                    Err(e) => starts.failed(&e),
+                    Err(e) => starts.failed(&e, replica.zero_applied()),
                 }
             }
             None => {}

@@ -364,6 +364,11 @@ impl Replica {
         addr.is_some_and(|a| peers.answers(a, ANSWERS_WITHIN))
     }
 
+    /// The index of the last entry shard 0's copy here has applied.
+    pub fn zero_applied(&self) -> Option<u64> {
+        self.zero.raft.metrics().borrow().last_applied.map(|l| l.index)
+    }
+
     /// This process leads shard 0's group.
     pub fn leads_zero(&self) -> bool {
         leads(&self.zero.raft.metrics().borrow(), self.members.me)

@@ -97,6 +97,9 @@ pub(crate) async fn serve_namespace(cfg: &MdsConfig, replica: &Arc<Replica>, end
     // shard 0 is led.
     let zero = led[0];
     load_osd_map(&ns, &cluster).await?;
+    if !zero {
+        cluster.osds.follow_relays();
+    }
     // Clients' sessions are with each process: the sessions recorded in
     // the shards led here are those that may hold leases on them.
     cluster.start_grace(ops::stored_sessions(&ns).await?);

@@ -63,6 +63,19 @@ impl Caller {
         }
     }
 
+    /// Until MDS `id` serves `shard`: a getattr there of a number no
+    /// inode has finds nothing, rather than "not leader" or "starting".
+    fn wait_serving(&self, cl: &ProcCluster, id: u64, shard: u32) {
+        let t = Instant::now();
+        loop {
+            match self.ask_only(cl, id, MdsReq::GetAttr { ino: InodeId::new(shard, u64::MAX >> 9) }) {
+                Err(Error::NotFound) => return,
+                r => assert!(t.elapsed() < ELECTION, "MDS {id} does not serve shard {shard}: {r:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn rename(&self, parent: InodeId, name: &str, newparent: InodeId, newname: &str) {
         self.call(MdsReq::Rename { parent, name: name.into(), newparent, newname: newname.into(), flags: 0 }).unwrap();
     }
@@ -557,11 +570,13 @@ fn groups_over_three_of_four_processes_lose_nothing_when_one_dies_and_is_replace
             assert_eq!(db.exists(), v.contains(&id), "MDS {id}, shard {shard}'s database: groups {groups:?}");
         }
     }
-    // Every shard led, by a member of its group.
-    for s in 0..groups.len() {
-        wait_led(&cl, s, |l| groups[s].contains(&l), "not led by a member");
-    }
+    // Every shard led, by a member of its group, whose namespace serves
+    // it (until then, a mkdir puts the directory in its parent's shard).
     let c = Caller::new(&cl);
+    for s in 0..groups.len() {
+        let l = wait_led(&cl, s, |l| groups[s].contains(&l), "not led by a member");
+        c.wait_serving(&cl, l, s as u32);
+    }
     let made = |prefix: &str| -> Vec<Attr> {
         let dirs: Vec<Attr> = (0..16).map(|i| c.mkdir(InodeId::ROOT, &format!("{prefix}{i}"))).collect();
         for (i, d) in dirs.iter().enumerate() {

@@ -71,8 +71,9 @@ impl Cluster {
 
     /// Still waiting: for clients of the last run (until they are all back
     /// or the term is over), or for the OSDs known from the store to be
-    /// heard from (until one OSD timeout after start), so new files do not
-    /// get layouts without them.
+    /// heard from, or for a map relayed from shard 0's leader to name an
+    /// OSD up (each until one OSD timeout after start), so new files do
+    /// not get layouts without them, or fail with ENOSPC.
     pub fn in_grace(&self) -> bool {
         if self.settled.load(Ordering::Acquire) {
             return false;
@@ -93,7 +94,7 @@ impl Cluster {
         };
         let started = self.started.lock().map(|s| *s).unwrap_or(now);
         let early = now.duration_since(started) < self.osds.timeout();
-        let osds = early && self.osds.any_unheard();
+        let osds = early && (self.osds.any_unheard() || self.osds.awaits_relay());
         if !clients && !early {
             self.settled.store(true, Ordering::Release);
         }
@@ -134,5 +135,21 @@ mod tests {
         assert!(c.in_grace(), "new files would get layouts before the OSDs could be heard");
         std::thread::sleep(Duration::from_millis(250));
         assert!(!c.in_grace(), "an OSD that never beats holds the grace past its timeout");
+    }
+
+    #[test]
+    fn a_map_to_be_relayed_holds_new_files_until_it_names_an_osd_up() {
+        use aifs_common::proto::mds::OsdUsage;
+        let c = Cluster::new(Duration::from_secs(10), Duration::from_secs(10));
+        c.osds.follow_relays();
+        c.begin_serving();
+        assert!(c.in_grace(), "new files would fail with ENOSPC before the first relay");
+        // Shard 0's leader had heard from no OSD yet either.
+        c.osds.adopt(&[]);
+        assert!(c.in_grace(), "an empty relay ended the wait");
+        let leader = crate::cluster::osds::OsdMap::new(Duration::from_secs(10));
+        leader.heartbeat(1, "127.0.0.1:1", &OsdUsage::default());
+        c.osds.adopt(&leader.infos());
+        assert!(!c.in_grace(), "a relay naming an OSD up did not end the wait");
     }
 }

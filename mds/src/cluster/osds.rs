@@ -40,11 +40,14 @@ pub struct OsdMap {
     /// The map is shard 0's leader's, relayed (`adopt`): who is up is
     /// what it says, not how late its relays come.
     relayed: std::sync::atomic::AtomicBool,
+    /// The map is to come relayed from shard 0's leader: this process
+    /// does not lead shard 0, so no OSD heartbeats here.
+    follows: std::sync::atomic::AtomicBool,
 }
 
 impl OsdMap {
     pub fn new(timeout: Duration) -> Self {
-        OsdMap { osds: DashMap::new(), epoch: AtomicU64::new(1), timeout, relayed: Default::default() }
+        OsdMap { osds: DashMap::new(), epoch: AtomicU64::new(1), timeout, relayed: Default::default(), follows: Default::default() }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -71,6 +74,18 @@ impl OsdMap {
     /// The OSDs known from the store not heard from since the start.
     pub fn unheard(&self) -> Vec<u32> {
         self.osds.iter().filter(|e| e.last_seen.is_none()).map(|e| *e.key()).collect()
+    }
+
+    /// The map is to come relayed from shard 0's leader ([`OsdMap::adopt`]).
+    pub fn follow_relays(&self) {
+        self.follows.store(true, Ordering::Release);
+    }
+
+    /// A map to come relayed has no OSD up yet: the first relay has not
+    /// come, or came from a shard 0's leader that had heard from none
+    /// (it started as this process did, in a new cluster).
+    pub fn awaits_relay(&self) -> bool {
+        self.follows.load(Ordering::Acquire) && !self.osds.iter().any(|e| e.up)
     }
 
     /// An OSD known from the store, down until it heartbeats.
