@@ -21,6 +21,7 @@ pub mod numbers;
 pub mod others;
 pub mod repair;
 pub mod revoked;
+pub mod seats;
 pub mod namespace;
 pub mod once;
 mod ops;

@@ -186,33 +186,41 @@ impl Replica {
         let into = self.groups_to_join(id)?;
         let mut change = MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 0, shards: into.len() as u32 + 1, behind: 0 };
         let add = |vote| GroupStep::Add { id, addr: addr.to_string(), vote };
-        for shard in into {
-            tally(&mut change, &self.group_step(shard, add(true)).await?);
+        for join in into {
+            let one = self.group_step(join.shard, add(true)).await?;
+            tally(&mut change, &one);
+            // It votes there: the voter whose seat it takes leaves.
+            for out in join.evict.iter().filter(|_| one.voter_in == 1) {
+                tracing::info!(shard = join.shard, id, out, "the added MDS votes in the shard's group: the member it takes the seat of leaves");
+                self.group_step(join.shard, GroupStep::Remove { id: *out }).await?;
+            }
         }
         let others_vote = change.voter_in + 1 == change.shards;
         tally(&mut change, &self.group_step(0, add(others_vote)).await?);
         Ok(change)
     }
 
-    /// The groups other than shard 0's that member `id` is added to: all
-    /// of them while groups are over every member; else each that has
-    /// fewer voters than `group_size` or has `id` in it already (an add
-    /// is taken one step at a time, and `id` may be a learner there).
-    fn groups_to_join(&self, id: NodeId) -> Result<Vec<u32>> {
+    /// The groups other than shard 0's that member `id` is added to, and
+    /// whom it takes the seat of in each: all of them, taking no one's,
+    /// while groups are over every member; else as seats.rs plans.
+    fn groups_to_join(&self, id: NodeId) -> Result<Vec<crate::seats::Join>> {
+        use crate::seats::{GroupNow, Join};
         let size = self.members.group_size;
-        let mut into = Vec::new();
+        if size == 0 {
+            return Ok((1..self.shards()).map(|shard| Join { shard, evict: Vec::new() }).collect());
+        }
+        let mut now = Vec::new();
         for shard in 1..self.shards() {
             let voters = self.voters_of(shard)?;
             // A learner there already (an add is taken a step at a time).
-            let nodes: Vec<NodeId> = match self.group(shard) {
-                Some(g) => g.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).collect(),
-                None => voters.clone(),
+            let has_new = match self.group(shard) {
+                Some(g) => g.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some(),
+                None => voters.contains(&id) || self.others.learners(shard).contains(&id),
             };
-            if size == 0 || voters.len() < size || nodes.contains(&id) {
-                into.push(shard);
-            }
+            now.push(GroupNow { shard, voters, has_new });
         }
-        Ok(into)
+        let members: BTreeSet<NodeId> = self.zero().raft.metrics().borrow().membership_config.membership().voter_ids().chain([id]).collect();
+        Ok(crate::seats::plan(&now, &members, id, size))
     }
 
     /// One step of taking member `id` out of every group. Answered for an
@@ -262,6 +270,10 @@ impl Replica {
     /// Answer `MdsReq::GroupMember`, sent by shard 0's leader: take the
     /// step in shard `shard`'s group if this process leads it.
     pub async fn take_group_step(&self, shard: u32, step: &GroupStep) -> Result<MemberChange> {
+        if let GroupStep::Leave { index } = step {
+            self.leave_group(shard, *index).await?;
+            return Ok(MemberChange { id: self.members.me, addr: String::new(), voter_in: 0, learner_in: 0, shards: 1, behind: 0 });
+        }
         let g = self.group(shard).ok_or_else(|| Error::InvalidArgument(format!("there is no shard {shard}")))?;
         if let GroupStep::Add { addr, .. } = step {
             address(addr)?;
@@ -277,15 +289,17 @@ impl Replica {
         match step {
             GroupStep::Add { id, addr, vote } => add_step(g, *id, addr, *vote).await,
             GroupStep::Remove { id } => self.remove_step(g, *id).await,
+            GroupStep::Leave { .. } => Err(Error::Protocol("a group's leader does not leave it this way".into())),
         }
     }
 
     /// Take member `id` out of `g`'s group, which this process leads.
     async fn remove_step(&self, g: &Group, id: NodeId) -> Result<MemberChange> {
-        let change = {
+        let (change, was_at) = {
             let m = g.raft.metrics().borrow().clone();
             let membership = m.membership_config.membership();
-            if votes(membership, id) {
+            let was_at = membership.get_node(&id).map(|n| n.addr.clone());
+            let change = if votes(membership, id) {
                 if membership.voter_ids().count() == 1 {
                     return Err(Error::InvalidArgument(format!("MDS {id} is shard {}'s only voter", g.shard)));
                 }
@@ -294,21 +308,59 @@ impl Replica {
                 Some(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
             } else {
                 None
-            }
+            };
+            (change, was_at)
         };
         if let Some(change) = change {
             tracing::info!(shard = g.shard, id, "removing MDS from the shard's group");
             g.raft.change_membership(change, false).await.map_err(change_err)?;
         }
+        if id != self.members.me && g.shard != 0 {
+            self.tell_to_leave(g, id, was_at);
+        }
         if id == self.members.me {
             // Taken out, this process steps down once the change is
             // applied; answered before, an operator would see it lead.
+            // Then it drops its copy, as another member taken out would
+            // when told to (shard 0's excepted: every process holds it).
             let stepped = g.raft.wait(Some(STEP_DOWN)).metrics(|m| m.state != openraft::ServerState::Leader, "stepped down").await;
-            if let Err(e) = stepped {
-                tracing::warn!(shard = g.shard, error = %e, "still leading the shard's group after being taken out");
+            match stepped {
+                Err(e) => tracing::warn!(shard = g.shard, error = %e, "still leading the shard's group after being taken out"),
+                Ok(m) if g.shard != 0 => {
+                    let index = m.membership_config.log_id().map_or(0, |l| l.index);
+                    if let Err(e) = self.leave_group(g.shard, index).await {
+                        e.log("dropping this MDS's copy of a group it was taken out of");
+                    }
+                }
+                Ok(_) => {}
             }
         }
         Ok(count(g, id, ""))
+    }
+}
+
+impl Replica {
+    /// Tell member `id`, taken out of `g`'s group (which this process
+    /// leads), to drop its copy; in the background, as it may be down
+    /// (a dead process is taken out so), and once more at each step
+    /// that finds it out (the first word may be lost).
+    /// Its address: as the group named it (`was_at`), or as shard 0's
+    /// group does.
+    fn tell_to_leave(&self, g: &Group, id: NodeId, was_at: Option<String>) {
+        let index = g.raft.metrics().borrow().membership_config.log_id().map_or(0, |l| l.index);
+        let addr = was_at.or_else(|| self.zero().raft.metrics().borrow().membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
+        let addr = addr.and_then(|a| a.parse::<SocketAddr>().ok());
+        let (Some(addr), Some(peers)) = (addr, self.members.peers.clone()) else { return };
+        let call = MdsCall::from(MdsReq::GroupMember { shard: g.shard, step: GroupStep::Leave { index } });
+        let shard = g.shard;
+        tokio::spawn(async move {
+            match tokio::time::timeout(STEP_WITHIN, peers.to(addr).call::<_, MdsReply>(&call, &[])).await {
+                Ok(Ok((MdsReply { resp: MdsResp::Member(_), .. }, _))) => tracing::info!(shard, id, "the MDS taken out of the shard's group dropped its copy"),
+                Ok(Ok((reply, _))) => tracing::debug!(shard, id, answer = ?reply.resp, "telling an MDS to leave the shard's group"),
+                Ok(Err(e)) => tracing::debug!(shard, id, error = %e, "telling an MDS to leave the shard's group"),
+                Err(_) => tracing::debug!(shard, id, "telling an MDS to leave the shard's group: no answer"),
+            }
+        });
     }
 }
 

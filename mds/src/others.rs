@@ -64,6 +64,12 @@ impl Others {
         self.believed(shard).map(|g| g.voters)
     }
 
+    /// The members of shard `shard`'s group that do not vote yet, as its
+    /// members say.
+    pub fn learners(&self, shard: u32) -> Vec<NodeId> {
+        self.believed(shard).map(|g| g.learners).unwrap_or_default()
+    }
+
     /// What its members last said of shard `shard`'s group, believed or
     /// not: its leader, voters and inode count.
     pub fn last(&self, shard: u32) -> Option<GroupSeen> {
@@ -84,7 +90,7 @@ mod tests {
     use super::*;
 
     fn seen(shard: u32, leads: bool, leader: NodeId) -> GroupSeen {
-        GroupSeen { shard, leads, leader: Some(leader), leader_addr: format!("10.0.0.{leader}:7000"), voters: vec![1, 2, 3], inodes: 7 }
+        GroupSeen { shard, leads, leader: Some(leader), leader_addr: format!("10.0.0.{leader}:7000"), voters: vec![1, 2, 3], learners: vec![], inodes: 7 }
     }
 
     /// A member's word that it leads is not overturned by another's
@@ -134,6 +140,7 @@ impl Replica {
                     leader: m.current_leader,
                     leader_addr: self.leading_addr_of(g.shard),
                     voters: m.membership_config.membership().voter_ids().collect(),
+                    learners: m.membership_config.membership().learner_ids().collect(),
                     inodes: inode_count(&g.db).unwrap_or(0),
                 })
             })

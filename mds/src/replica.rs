@@ -25,6 +25,7 @@ use crate::store::raft::{self, net, Members, NodeId, ShardRaft};
 use crate::store::media::Disk;
 use crate::store::ShardStore;
 use aifs_common::Result;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -44,6 +45,10 @@ const CLAIM_EVERY: Duration = Duration::from_millis(raft::ELECTION_MAX_MS);
 /// leader for this long (its heartbeats go every `raft::HEARTBEAT_MS`)
 /// is taken for down: shard 0's leader leads the shard meanwhile.
 const ANSWERS_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long a group left here is not opened again by a message from its
+/// leader: one sent before it took this process out may come late.
+const LEFT_LATELY: Duration = Duration::from_secs(10);
 
 pub struct Group {
     pub shard: u32,
@@ -142,8 +147,11 @@ pub struct Replica {
     logs: Arc<raft::Logs>,
     dir: std::path::PathBuf,
     upkeep: raft::LogUpkeep,
-    /// Held while a group is opened: once each.
+    /// Held while a group is opened or left: once each.
     opening: tokio::sync::Mutex<()>,
+    /// The groups this process left lately, and when: a message their
+    /// leader sent before does not open them again ([`Replica::serve`]).
+    left: Mutex<BTreeMap<u32, Instant>>,
     /// Who leads the groups not held here, as their members say.
     pub(crate) others: crate::others::Others,
 }
@@ -219,6 +227,7 @@ impl Replica {
             dir: dir.to_path_buf(),
             upkeep: upkeep.clone(),
             opening: Default::default(),
+            left: Default::default(),
             others: Default::default(),
         })
     }
@@ -240,6 +249,42 @@ impl Replica {
             *slot = Some(g.clone());
         }
         Ok(g)
+    }
+
+    /// Drop this process's copy of shard `shard`'s group, which its
+    /// leader took it out of at log index `index`
+    /// (`GroupStep::Leave`): stop it, and remove its database and its
+    /// log. Not if this process has seen a later membership of the
+    /// group (it was added back since), or leads it; never shard 0's,
+    /// which every process holds.
+    pub async fn leave_group(&self, shard: u32, index: u64) -> Result<()> {
+        if shard == 0 {
+            return Err(aifs_common::Error::InvalidArgument("no MDS leaves shard 0's group this way".into()));
+        }
+        let _one = self.opening.lock().await;
+        let Some(g) = self.group(shard) else { return Ok(()) };
+        let (later, led) = {
+            let m = g.raft.metrics().borrow().clone();
+            (m.membership_config.log_id().is_some_and(|l| l.index > index), leads(&m, self.members.me))
+        };
+        if later || led {
+            tracing::info!(shard, index, later, led, "asked to leave the shard's group: staying");
+            return Ok(());
+        }
+        if let Some(slot) = self.groups.write().unwrap_or_else(PoisonError::into_inner).get_mut(shard as usize) {
+            *slot = None;
+        }
+        self.left.lock().unwrap_or_else(PoisonError::into_inner).insert(shard, Instant::now());
+        if let Err(e) = g.raft.shutdown().await {
+            tracing::warn!(shard, error = %e, "stopping the shard's group to leave it");
+        }
+        self.logs.forget(shard).await?;
+        // A namespace service may still hold the database open: its file
+        // goes once that closes.
+        std::fs::remove_file(self.dir.join(ShardStore::file_name(shard))).map_err(|e| aifs_common::Error::Io(format!("removing shard {shard}'s database: {e}")))?;
+        crate::store::sync_dir(&self.dir)?;
+        tracing::info!(shard, index, "left the shard's group: its database and log are removed here");
+        Ok(())
     }
 
     /// The groups are new here and wait for [`Replica::make_groups`].
@@ -532,6 +577,7 @@ impl Replica {
     pub async fn serve(&self, shard: u32, msg: &[u8]) -> Result<Vec<u8>> {
         let g = match self.group(shard) {
             Some(g) => g,
+            None if self.just_left(shard) => return Err(aifs_common::Error::Unavailable(format!("this MDS left shard {shard}'s group moments ago"))),
             None if !self.unmade() => self.open_group(shard).await?,
             None => return Err(aifs_common::Error::Unavailable("this MDS is starting: its groups are not made yet".into())),
         };
@@ -541,6 +587,11 @@ impl Replica {
             }
         };
         net::serve(&g.raft, msg, !self.unmade(), |member| self.standing(member), heard, || self.report()).await
+    }
+
+    /// This process left shard `shard`'s group within [`LEFT_LATELY`].
+    fn just_left(&self, shard: u32) -> bool {
+        self.left.lock().unwrap_or_else(PoisonError::into_inner).get(&shard).is_some_and(|at| at.elapsed() < LEFT_LATELY)
     }
 
     /// Stop every group.

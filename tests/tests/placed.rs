@@ -616,3 +616,67 @@ fn groups_over_three_of_four_processes_lose_nothing_when_one_dies_and_is_replace
         c.lookup_surely(d.ino, &format!("f{i}")).unwrap_or_else(|e| panic!("e{i}/f{i}: {e}"));
     }
 }
+
+/// Four MDS processes in groups of three: of the three groups besides
+/// shard 0's, one process votes in three and the others in two. A fifth,
+/// added with `mds add`, takes a seat from the one in three, which drops
+/// its copy of that shard (database and log) once it is out; every file
+/// is still there, and the shard whose group changed takes new files.
+#[test]
+fn a_process_added_to_full_groups_takes_a_seat_and_the_one_that_gave_it_drops_its_copy() {
+    let mut cl = ProcCluster::start_replicated(4, 3).unwrap();
+    let groups = wait_groups(&cl, |s, v| v.len() == if s == 0 { 4 } else { 3 }, "groups not over 4 and 3 members");
+    let seats = |g: &[Vec<u64>], id: u64| g[1..].iter().filter(|v| v.contains(&id)).count();
+    let busiest = (1..=4).max_by_key(|id| seats(&groups, *id)).unwrap();
+    assert_eq!(seats(&groups, busiest), 3, "groups {groups:?}");
+    let c = Caller::new(&cl);
+    for s in 0..groups.len() {
+        let l = wait_led(&cl, s, |l| groups[s].contains(&l), "not led by a member");
+        c.wait_serving(&cl, l, s as u32);
+    }
+    let dirs: Vec<Attr> = (0..16).map(|i| c.mkdir(InodeId::ROOT, &format!("d{i}"))).collect();
+    for (i, d) in dirs.iter().enumerate() {
+        c.create(d.ino, &format!("f{i}"));
+    }
+
+    let (new, addr) = cl.start_new_mds_member().unwrap();
+    cl.mdsctl(&["mds", "add", &addr.to_string(), "--id", &new.to_string()]).unwrap();
+    // Shard 0's leader hears of the groups it is not in within moments.
+    let t = Instant::now();
+    let now = loop {
+        let now = voters(&cl);
+        let sized = now.iter().enumerate().all(|(s, v)| v.len() == if s == 0 { 5 } else { 3 });
+        if sized && seats(&now, new) == 1 {
+            break now;
+        }
+        assert!(t.elapsed() < ELECTION, "the added MDS votes in no group, or groups are not over 5 and 3: {groups:?} then {now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(seats(&now, busiest), 2, "MDS {busiest} gave up a seat: {groups:?} then {now:?}");
+    let moved = (1..now.len()).find(|s| now[*s].contains(&new)).unwrap();
+    assert!(groups[moved].contains(&busiest) && !now[moved].contains(&busiest), "shard {moved}: {groups:?} then {now:?}");
+    // The one that left drops its copy; the one that joined holds one.
+    let gone = cl.path(&format!("data/mds{busiest}/shard-{moved}.redb"));
+    let t = Instant::now();
+    while gone.exists() {
+        assert!(t.elapsed() < ELECTION, "{} is still there", gone.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(cl.path(&format!("data/mds{new}/shard-{moved}.redb")).exists());
+    for (i, d) in dirs.iter().enumerate() {
+        c.lookup_surely(d.ino, &format!("f{i}")).unwrap_or_else(|e| panic!("d{i}/f{i} on shard {}: {e}", d.ino.shard()));
+    }
+    let on_moved: Vec<&Attr> = dirs.iter().filter(|d| d.ino.shard() as usize == moved).collect();
+    assert!(!on_moved.is_empty(), "no directory on shard {moved}");
+    for d in on_moved {
+        let t = Instant::now();
+        // Asked again while the group elects; made by a lost try, it exists.
+        loop {
+            match c.call(MdsReq::Create { parent: d.ino, name: "after".into(), mode: 0o644, exclusive: true }) {
+                Ok(_) | Err(Error::Exists) => break,
+                Err(e) => assert!(t.elapsed() < ELECTION, "a create on shard {moved} after the move: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

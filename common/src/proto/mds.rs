@@ -340,6 +340,11 @@ pub enum GroupStep {
     Add { id: u64, addr: String, vote: bool },
     /// Take MDS `id` out, as a voter and as a node at once.
     Remove { id: u64 },
+    /// Sent by the group's leader to the MDS it took out, once that is
+    /// committed at log index `index`: drop the group's copy (its
+    /// database and its log), unless it has seen a later membership of
+    /// the group (added back since).
+    Leave { index: u64 },
 }
 
 /// Most stale replicas one `DegradedList` reply names.

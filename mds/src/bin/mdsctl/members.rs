@@ -19,7 +19,9 @@ pub enum MdsCmd {
     /// Add the MDS process serving at ADDR, started with `--join` (or
     /// `join = true`) on an empty data directory: it learns every shard's
     /// log (or a snapshot), then votes. Returns once it votes in every
-    /// shard's group.
+    /// shard's group, or with groups of `group_size`, in shard 0's, in
+    /// those short of voters, and in those it takes a seat in from the
+    /// process in the most groups.
     Add {
         addr: SocketAddr,
         /// Its member id (default: the next free one). Give a process

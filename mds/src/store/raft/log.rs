@@ -87,6 +87,8 @@ enum Op {
     /// Drop the entries up to this index, recording the log id purged.
     Purge(u64, Vec<u8>),
     Vote(Vec<u8>),
+    /// Drop the shard's log and vote: this process left its group.
+    Forget,
     /// A write whose commit panics, as a bug in the store would.
     #[cfg(test)]
     Panic,
@@ -115,6 +117,10 @@ impl Write {
             }
             Op::Vote(vote) => {
                 t.open_table(state)?.insert("vote", vote.as_slice())?;
+            }
+            Op::Forget => {
+                t.delete_table(log)?;
+                t.delete_table(state)?;
             }
             #[cfg(test)]
             Op::Panic => panic!("a write that panics"),
@@ -164,6 +170,12 @@ impl Logs {
             crate::store::sync_dir(dir)?;
         }
         Ok(LogStore { logs: self.clone(), names, appended: Arc::default() })
+    }
+
+    /// Drop shard `shard`'s log and vote, once its group has stopped
+    /// here: this process was taken out of it.
+    pub async fn forget(self: &Arc<Self>, shard: u32) -> aifs_common::Result<()> {
+        self.write(&Names::of(shard), Op::Forget).await.map_err(|e| aifs_common::Error::Io(format!("dropping shard {shard}'s log: {e}")))
     }
 
     fn copy_legacy(path: &Path, t: &WriteTransaction, names: &Names) -> Result<(), redb::Error> {

@@ -49,6 +49,8 @@ pub struct GroupSeen {
     pub leader_addr: String,
     /// The voting members.
     pub voters: Vec<NodeId>,
+    /// The members that do not vote yet (being added).
+    pub learners: Vec<NodeId>,
     /// The inodes in the member's copy of the shard (for statfs).
     pub inodes: u64,
 }

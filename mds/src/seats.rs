@@ -1,0 +1,140 @@
+//! Which groups a process added to the MDS votes in, when each shard's
+//! group but shard 0's is over `group_size` of the processes
+//! (membership.rs). A group with fewer voters takes it in. So does a
+//! full group whose busiest voter is in two groups more than the new
+//! process would be: the new process joins there and that voter leaves
+//! once it votes, so that an added process takes its share of the
+//! groups (the Raft traffic, the applying, the leading) rather than
+//! voting in shard 0's group alone.
+//!
+//! The plan is made again at each step of the add from the groups as
+//! they are, so it must come out the same half way through: a group the
+//! new process already learns or votes in counts as one of its seats,
+//! and a group it votes in that is over the size counts as giving up a
+//! voter already.
+use crate::store::raft::NodeId;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A group other than shard 0's, as shard 0's leader sees it.
+pub struct GroupNow {
+    pub shard: u32,
+    pub voters: Vec<NodeId>,
+    /// The process being added is a member there already (a learner,
+    /// or a voter).
+    pub has_new: bool,
+}
+
+/// A group the process added is to vote in, and the voters to take out
+/// of it once it does.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Join {
+    pub shard: u32,
+    pub evict: Vec<NodeId>,
+}
+
+/// Where process `new` is to vote among `groups` of `size` voters each,
+/// `members` being every process (shard 0's voters). A voter that is no
+/// member holds no seat: it is being taken out of every group (shard
+/// 0's first), or a group not held here is seen as it was before.
+pub fn plan(groups: &[GroupNow], members: &BTreeSet<NodeId>, new: NodeId, size: usize) -> Vec<Join> {
+    let mut seats: BTreeMap<u32, BTreeSet<NodeId>> = groups
+        .iter()
+        .map(|g| {
+            let mut v: BTreeSet<NodeId> = g.voters.iter().copied().filter(|m| members.contains(m)).collect();
+            if g.has_new || v.len() < size {
+                v.insert(new);
+            }
+            (g.shard, v)
+        })
+        .collect();
+    let count = |seats: &BTreeMap<u32, BTreeSet<NodeId>>, m: NodeId| seats.values().filter(|v| v.contains(&m)).count();
+    // Groups the new process is in beyond their size give up their
+    // busiest voters.
+    let over: Vec<u32> = seats.iter().filter(|(_, v)| v.contains(&new) && v.len() > size).map(|(s, _)| *s).collect();
+    for shard in over {
+        while seats[&shard].len() > size {
+            let others: Vec<NodeId> = seats[&shard].iter().copied().filter(|m| *m != new).collect();
+            let Some(busiest) = others.into_iter().max_by_key(|m| (count(&seats, *m), Reverse(*m))) else { break };
+            seats.entry(shard).or_default().remove(&busiest);
+        }
+    }
+    // Then seats move from the busiest process while it is in two groups
+    // more than the new one.
+    loop {
+        let mine = count(&seats, new);
+        let busiest = members.iter().copied().filter(|m| *m != new).max_by_key(|m| (count(&seats, *m), Reverse(*m)));
+        let Some(from) = busiest.filter(|m| count(&seats, *m) > mine + 1) else { break };
+        let Some(v) = seats.values_mut().find(|v| v.contains(&from) && !v.contains(&new)) else { break };
+        v.remove(&from);
+        v.insert(new);
+    }
+    groups
+        .iter()
+        .filter(|g| seats[&g.shard].contains(&new))
+        .map(|g| Join { shard: g.shard, evict: g.voters.iter().copied().filter(|m| !seats[&g.shard].contains(m)).collect() })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn groups(voters: &[&[NodeId]], new: NodeId) -> Vec<GroupNow> {
+        voters.iter().enumerate().map(|(i, v)| GroupNow { shard: i as u32 + 1, voters: v.to_vec(), has_new: v.contains(&new) }).collect()
+    }
+
+    fn seats_after(now: &[GroupNow], joins: &[Join], new: NodeId) -> Vec<BTreeSet<NodeId>> {
+        now.iter()
+            .map(|g| {
+                let mut v: BTreeSet<NodeId> = g.voters.iter().copied().collect();
+                if let Some(j) = joins.iter().find(|j| j.shard == g.shard) {
+                    v.insert(new);
+                    j.evict.iter().for_each(|e| {
+                        v.remove(e);
+                    });
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// Four processes in groups of three over three shards (3, 2, 2, 2
+    /// seats): a fifth takes one seat, from the process that had three.
+    #[test]
+    fn an_added_process_takes_a_seat_from_the_busiest() {
+        let now = groups(&[&[1, 2, 3], &[2, 3, 4], &[3, 4, 1]], 5);
+        let members = BTreeSet::from([1, 2, 3, 4, 5]);
+        let joins = plan(&now, &members, 5, 3);
+        assert_eq!(joins, vec![Join { shard: 1, evict: vec![3] }]);
+        let after = seats_after(&now, &joins, 5);
+        assert!(after.iter().all(|v| v.len() == 3), "{after:?}");
+        // The same plan half way: a learner there, then a voter with the
+        // busiest still in, then the busiest gone: nothing more moves.
+        let learning = vec![GroupNow { shard: 1, voters: vec![1, 2, 3], has_new: true }, GroupNow { shard: 2, voters: vec![2, 3, 4], has_new: false }, GroupNow { shard: 3, voters: vec![3, 4, 1], has_new: false }];
+        assert_eq!(plan(&learning, &members, 5, 3), joins);
+        let voting = groups(&[&[1, 2, 3, 5], &[2, 3, 4], &[3, 4, 1]], 5);
+        assert_eq!(plan(&voting, &members, 5, 3), joins);
+        let done = groups(&[&[1, 2, 5], &[2, 3, 4], &[3, 4, 1]], 5);
+        assert_eq!(plan(&done, &members, 5, 3), vec![Join { shard: 1, evict: vec![] }]);
+    }
+
+    /// Groups short of voters take the new process first; a seat moves
+    /// from the busiest only while it is in two groups more than the new
+    /// process (the lowest id first among equals), and no further.
+    #[test]
+    fn short_groups_first_then_seats_move_only_from_a_process_two_ahead() {
+        let members = BTreeSet::from([1, 2, 3, 4]);
+        let now = groups(&[&[1, 2], &[2, 3, 1], &[3, 1]], 4);
+        let joins = plan(&now, &members, 4, 3);
+        assert_eq!(joins, vec![Join { shard: 1, evict: vec![] }, Join { shard: 3, evict: vec![] }]);
+        // A process taken out of shard 0's group (being removed), still
+        // seen in another: its seat there is free.
+        let removing = groups(&[&[1, 2, 3], &[2, 3, 9], &[3, 1]], 4);
+        assert_eq!(plan(&removing, &members, 4, 3), vec![Join { shard: 2, evict: vec![9] }, Join { shard: 3, evict: vec![] }]);
+        let two_each = groups(&[&[1, 2, 3], &[2, 3, 1]], 4);
+        assert_eq!(plan(&two_each, &members, 4, 3), vec![Join { shard: 1, evict: vec![1] }]);
+        let one_each = groups(&[&[1, 2, 3]], 4);
+        assert_eq!(plan(&one_each, &members, 4, 3), vec![]);
+    }
+}
