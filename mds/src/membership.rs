@@ -337,15 +337,12 @@ impl Replica {
         }
         Ok(count(g, id, ""))
     }
-}
 
-impl Replica {
     /// Tell member `id`, taken out of `g`'s group (which this process
-    /// leads), to drop its copy; in the background, as it may be down
-    /// (a dead process is taken out so), and once more at each step
-    /// that finds it out (the first word may be lost).
-    /// Its address: as the group named it (`was_at`), or as shard 0's
-    /// group does.
+    /// leads), to drop its copy: at its address as the group named it
+    /// (`was_at`), or as shard 0's group does. In the background, as it
+    /// may be down (a dead process is taken out so), and again at each
+    /// step that finds it out (the first word may be lost).
     fn tell_to_leave(&self, g: &Group, id: NodeId, was_at: Option<String>) {
         let index = g.raft.metrics().borrow().membership_config.log_id().map_or(0, |l| l.index);
         let addr = was_at.or_else(|| self.zero().raft.metrics().borrow().membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
