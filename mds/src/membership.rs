@@ -73,6 +73,11 @@ pub(crate) fn votes(membership: &Membership<NodeId, BasicNode>, id: NodeId) -> b
     membership.voter_ids().any(|v| v == id)
 }
 
+/// The log index of the membership `m` reports (0 for none).
+pub(crate) fn membership_index(m: &Metrics) -> u64 {
+    m.membership_config.log_id().map_or(0, |l| l.index)
+}
+
 /// A joint configuration: a change begun and not finished.
 fn joint(membership: &Membership<NodeId, BasicNode>) -> bool {
     membership.get_joint_config().len() > 1
@@ -327,8 +332,7 @@ impl Replica {
             match stepped {
                 Err(e) => tracing::warn!(shard = g.shard, error = %e, "still leading the shard's group after being taken out"),
                 Ok(m) if g.shard != 0 => {
-                    let index = m.membership_config.log_id().map_or(0, |l| l.index);
-                    if let Err(e) = self.leave_group(g.shard, index).await {
+                    if let Err(e) = self.leave_group(g.shard, membership_index(&m)).await {
                         e.log("dropping this MDS's copy of a group it was taken out of");
                     }
                 }
@@ -344,7 +348,7 @@ impl Replica {
     /// may be down (a dead process is taken out so), and again at each
     /// step that finds it out (the first word may be lost).
     fn tell_to_leave(&self, g: &Group, id: NodeId, was_at: Option<String>) {
-        let index = g.raft.metrics().borrow().membership_config.log_id().map_or(0, |l| l.index);
+        let index = membership_index(&g.raft.metrics().borrow());
         let addr = was_at.or_else(|| self.zero().raft.metrics().borrow().membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
         let addr = addr.and_then(|a| a.parse::<SocketAddr>().ok());
         let (Some(addr), Some(peers)) = (addr, self.members.peers.clone()) else { return };

@@ -264,8 +264,9 @@ impl Replica {
         let _one = self.opening.lock().await;
         let Some(g) = self.group(shard) else { return Ok(()) };
         let (later, led) = {
-            let m = g.raft.metrics().borrow().clone();
-            (m.membership_config.log_id().is_some_and(|l| l.index > index), leads(&m, self.members.me))
+            let rx = g.raft.metrics();
+            let m = rx.borrow();
+            (crate::membership::membership_index(&m) > index, leads(&m, self.members.me))
         };
         if later || led {
             tracing::info!(shard, index, later, led, "asked to leave the shard's group: staying");

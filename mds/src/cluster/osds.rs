@@ -38,16 +38,15 @@ pub struct OsdMap {
     /// Silent this long, an OSD is marked down.
     timeout: Duration,
     /// The map is shard 0's leader's, relayed (`adopt`): who is up is
-    /// what it says, not how late its relays come.
+    /// what it says, not how late its relays come. Set from the start of
+    /// a namespace that does not lead shard 0, where no OSD heartbeats
+    /// ([`OsdMap::follow_relays`]), or at the first relay.
     relayed: std::sync::atomic::AtomicBool,
-    /// The map is to come relayed from shard 0's leader: this process
-    /// does not lead shard 0, so no OSD heartbeats here.
-    follows: std::sync::atomic::AtomicBool,
 }
 
 impl OsdMap {
     pub fn new(timeout: Duration) -> Self {
-        OsdMap { osds: DashMap::new(), epoch: AtomicU64::new(1), timeout, relayed: Default::default(), follows: Default::default() }
+        OsdMap { osds: DashMap::new(), epoch: AtomicU64::new(1), timeout, relayed: Default::default() }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -78,14 +77,14 @@ impl OsdMap {
 
     /// The map is to come relayed from shard 0's leader ([`OsdMap::adopt`]).
     pub fn follow_relays(&self) {
-        self.follows.store(true, Ordering::Release);
+        self.relayed.store(true, Ordering::Release);
     }
 
     /// A map to come relayed has no OSD up yet: the first relay has not
     /// come, or came from a shard 0's leader that had heard from none
     /// (it started as this process did, in a new cluster).
     pub fn awaits_relay(&self) -> bool {
-        self.follows.load(Ordering::Acquire) && !self.osds.iter().any(|e| e.up)
+        self.relayed.load(Ordering::Acquire) && !self.osds.iter().any(|e| e.up)
     }
 
     /// An OSD known from the store, down until it heartbeats.
