@@ -65,7 +65,11 @@ async fn namespace_over(cfg: &MdsConfig, replica: &Arc<Replica>, led: &[bool], c
     };
     let r = replica.clone();
     let leader_of: crate::shardnet::LeaderOf = Arc::new(move |shard| r.leading_addr_of(shard).parse().ok());
-    let remote = crate::namespace::twophase::Remote::new(led.to_vec(), Arc::new(crate::shardnet::ShardLinks::new(peers, leader_of)));
+    // Groups over some of the processes: shard 0's, over all of them,
+    // costs each change more copies than the others'.
+    let spare_zero = cfg.group_size > 0;
+    let links = Arc::new(crate::shardnet::ShardLinks::new(peers, leader_of));
+    let remote = crate::namespace::twophase::Remote::sparing_zero(led.to_vec(), links, spare_zero);
     Namespace::over_led(replica.stores(), cfg.default_layout.clone(), cluster, remote).await
 }
 

@@ -97,14 +97,37 @@ impl Cluster2 {
     }
 
     async fn open(&self, dir: &Path, led: [bool; 4], policy: LayoutPolicy) -> Result<Arc<Namespace>> {
-        let logs = crate::store::raft::Logs::open(&Disk, dir)?;
-        let snapshot_after = crate::store::raft::LogUpkeep::default().snapshot_after_bytes;
-        let mut shards = Vec::new();
-        for i in 0..4 {
-            shards.push(Arc::new(ShardStore::open_on(&Disk, &logs, dir, i, snapshot_after).await?));
+        open_side(dir, Remote::new(led.to_vec(), self.link.clone()), policy).await
+    }
+}
+
+/// A namespace over the four shards' stores in `dir`, leading those
+/// `remote` says.
+async fn open_side(dir: &Path, remote: Arc<Remote>, policy: LayoutPolicy) -> Result<Arc<Namespace>> {
+    let logs = crate::store::raft::Logs::open(&Disk, dir)?;
+    let snapshot_after = crate::store::raft::LogUpkeep::default().snapshot_after_bytes;
+    let mut shards = Vec::new();
+    for i in 0..4 {
+        shards.push(Arc::new(ShardStore::open_on(&Disk, &logs, dir, i, snapshot_after).await?));
+    }
+    Namespace::over_led(shards, policy, test_cluster(), remote).await
+}
+
+/// With groups over some of the processes, shard 0's is over all of
+/// them: new directories go to every other shard and not to it; with
+/// groups over all, to every shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_directories_spare_shard_zero_when_its_group_is_the_widest() {
+    let tmp = tempfile::tempdir().unwrap();
+    for spare in [false, true] {
+        let remote = Remote::sparing_zero(vec![true; 4], Arc::new(Link::default()), spare);
+        let ns = open_side(&tmp.path().join(spare.to_string()), remote, LayoutPolicy::default()).await.unwrap();
+        let mut on = std::collections::BTreeSet::new();
+        for i in 0..32 {
+            on.insert(ns.mkdir(InodeId::ROOT, &format!("d{i}"), 0o755, &Cred::root(), &Once::none()).await.unwrap().ino.shard());
         }
-        let remote = Remote::new(led.to_vec(), self.link.clone());
-        Namespace::over_led(shards, policy, test_cluster(), remote).await
+        let every: std::collections::BTreeSet<u32> = (u32::from(spare)..4).collect();
+        assert_eq!(on, every, "sparing shard 0: {spare}");
     }
 }
 

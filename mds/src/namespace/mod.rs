@@ -289,6 +289,16 @@ impl Namespace {
         self.shards.get(shard_of(ino) as usize).ok_or(Error::Stale)
     }
 
+    /// The shard a new directory `name` in `parent` goes to, by its
+    /// name's hash: any shard, or any but shard 0 when that one's group
+    /// is the wider (`Remote::spare_zero`). Shard 0 keeps the root, the
+    /// cluster's records and its share of the old directories.
+    pub(crate) fn dir_shard(&self, parent: u64, name: &str) -> u32 {
+        let n = self.shards.len() as u64;
+        let first = u64::from(n > 1 && self.remote.as_ref().is_some_and(|r| r.spare_zero));
+        (first + name_hash(parent, name) % (n - first)) as u32
+    }
+
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
         let ino = ino.0;
         if let Some(r) = self.elsewhere(shard_of(ino)) {

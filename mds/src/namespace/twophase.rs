@@ -141,11 +141,20 @@ pub trait Peers: Send + Sync {
 pub struct Remote {
     led: Vec<bool>,
     pub(crate) peers: Arc<dyn Peers>,
+    /// New directories go to the shards but shard 0 (`Namespace::
+    /// dir_shard`): its group is over every process, wider than the
+    /// others (`group_size`).
+    pub(crate) spare_zero: bool,
 }
 
 impl Remote {
     pub fn new(led: Vec<bool>, peers: Arc<dyn Peers>) -> Arc<Remote> {
-        Arc::new(Remote { led, peers })
+        Arc::new(Remote { led, peers, spare_zero: false })
+    }
+
+    /// As `new`, and with `spare_zero`.
+    pub fn sparing_zero(led: Vec<bool>, peers: Arc<dyn Peers>, spare_zero: bool) -> Arc<Remote> {
+        Arc::new(Remote { led, peers, spare_zero })
     }
 
     /// Is `shard` led by another process?

@@ -2,7 +2,7 @@
 //! shard its name hashes to (the parent's, when another process leads
 //! that one), as steps over both (namespace/steps.rs); the maker gets the
 //! new directory's write lease.
-use crate::namespace::{check_name, dir_rec, name_hash, shard_of, LINK_MAX, Namespace};
+use crate::namespace::{check_name, dir_rec, shard_of, LINK_MAX, Namespace};
 use crate::once::Once;
 use crate::records::Step;
 use crate::service::MdsService;
@@ -21,8 +21,8 @@ impl Namespace {
             return self.getattr(InodeId(ino)).await;
         }
         let rid = once.rid;
-        // New directories spread over every shard by their names, those
-        // led by other processes too (their inode numbers come in blocks
+        // New directories spread over the shards by their names
+        // (`Namespace::dir_shard`), those led by other processes too (their inode numbers come in blocks
         // from those shards' leaders, and the mkdir is a two-phase
         // change): made in one place, they would load only the shards
         // led where they were made. Should that shard's leader not be
@@ -30,7 +30,7 @@ impl Namespace {
         // parent's shard, led here: a mkdir does not wait on another
         // shard's election. The number is taken before the checks (one
         // a failed mkdir leaves unused is never given).
-        let hashed = (name_hash(parent, name) % self.shards.len() as u64) as u32;
+        let hashed = self.dir_shard(parent, name);
         let (target, ino) = match self.number_in(hashed).await {
             Ok(ino) => (hashed, ino.0),
             Err(e) if self.elsewhere(hashed).is_some() => {
