@@ -1,17 +1,24 @@
 //! The scaling run: metadata from many clients over many directories,
 //! with the MDS processes on hosts of their own (`ProcCluster::
 //! start_spread`), so that what limits the rate is the network rather
-//! than this machine's two shared cores. Each MDS host's link carries
-//! [`LINK`]'s bytes a second, both ways together, after a delay each way;
-//! a rate can grow with the MDS processes only as far as the work is
-//! spread over their links.
+//! than this machine's two shared cores. Each MDS host's link carries a
+//! set number of bytes a second, both ways together, after a delay each
+//! way; a rate can grow with the MDS processes only as far as the work
+//! is spread over their links.
 //!
 //! Each of [`CLIENTS`] simulated nodes, on QUIC connections of its own as
 //! a mount's, makes files in a directory of its own through the MDS, one
 //! after another: create (durable, opened), stat, close, unlink; four
-//! requests a file. Rows: 1, 2, 3 and 4 MDS processes (one-member groups
-//! for one; every shard's group over all of them otherwise), each against
-//! the one process of the same run. With several, the [`SHARDS`] shards'
+//! requests a file. Two tables, each row against the one process of its
+//! table in the same run:
+//! - shards over processes, with no copies: 1, 2 and 4 processes, each
+//!   shard's group but shard 0's one process ([`Groups::One`]), on
+//!   [`SHARDED_LINK`]s;
+//! - groups of three: 1, 2, 3 and 4 processes (every group over all of
+//!   them up to three), and four with every group over all four, on
+//!   [`LINK`]s.
+//!
+//! With several processes, the [`SHARDS`] shards'
 //! leadership is spread evenly over the processes (`spread = true`,
 //! `mdsctl shard move`), and each node sends each request to the process
 //! that leads its shard, with a session there, through the mount's own
@@ -38,20 +45,30 @@ const CLIENTS: usize = 64;
 /// How long each run's load goes on.
 const RUN_FOR: Duration = Duration::from_secs(4);
 
-/// An MDS host's link: 1 ms each way, and 0.5 MB/s (4 Mbit/s) both ways
-/// together. A file's four requests and their answers take about 0.9 KB
-/// on the wire (packed headers), so one link carries about 550 files a
-/// second: about half a core of one MDS process's CPU on this machine.
-/// (At 1.5 MB/s one process used 1.4 cores at 80% of its link, the
-/// cores the limit again.)
+/// Load before the runs, not measured.
+const WARM_UP: Duration = Duration::from_secs(2);
+
+/// An MDS host's link in the table of groups of three: 1 ms each way,
+/// and 1.0 MB/s (8 Mbit/s) both ways together. A file's four requests
+/// and their answers take about 0.9 KB on the wire (packed headers), so
+/// one link carries about 1,000 files a second, at about 1.2 cores of one
+/// MDS process's CPU on this machine. (At 1.5 MB/s one process used 1.4
+/// cores at 80% of its link, the cores the limit again.)
 const LINK: Link = Link { delay: Duration::from_millis(1), bytes_per_s: Some(1_000_000) };
 
-/// MDS processes in each row.
-const PROCESSES: [usize; 4] = [1, 2, 3, 4];
+/// An MDS host's link in the table of shards over processes with no
+/// copies: a fifth of [`LINK`], so that four processes running their
+/// links full (about 200 files a second each) stay within the two cores
+/// with the 64 sessions and the relays, and the links, not the cores,
+/// are what limits every row. (At 0.25 MB/s the four processes' links
+/// ran at 0.19-0.24 MB/s, the cores short again.)
+const SHARDED_LINK: Link = Link { delay: Duration::from_millis(1), bytes_per_s: Some(200_000) };
 
-/// Shards: a multiple of every row's process count, so that each process
-/// can lead as many.
-const SHARDS: u32 = 12;
+/// Shards: shard 0 and a multiple of every row's process count, so that
+/// each process can lead as many of the shards new directories go to
+/// (all but shard 0 where groups are over some of the processes,
+/// `Namespace::dir_shard`).
+const SHARDS: u32 = 13;
 
 struct Client {
     pool: Pool,
@@ -132,8 +149,7 @@ async fn connect(cl: &ProcCluster) -> Result<Vec<Arc<Client>>> {
         }
     }
     spread_shards(cl)?;
-    // All at once: a session opened first must not expire while the
-    // last ones open.
+    // All at once, as nodes start a job.
     let nodes = dirs.into_iter().enumerate().map(|(i, dir)| {
         let (id, transport, members) = (&id, &transport, &members);
         async move {
@@ -147,7 +163,9 @@ async fn connect(cl: &ProcCluster) -> Result<Vec<Arc<Client>>> {
             let open = MdsReq::OpenSession { name: format!("scale{i}"), dir_leases: false, previous: vec![], open: vec![], locks: vec![] };
             let MdsResp::Session { id: session, .. } = pool.mds(&open).await? else { bail!("unexpected reply to OpenSession") };
             pool.learn_shards().await;
-            anyhow::Ok(Arc::new(Client { pool, session: std::sync::Mutex::new(session), dir, keeper }))
+            let client = Arc::new(Client { pool, session: std::sync::Mutex::new(session), dir, keeper });
+            tokio::spawn(Client::beat(Arc::downgrade(&client)));
+            anyhow::Ok(client)
         }
     });
     futures::future::try_join_all(nodes).await
@@ -224,6 +242,20 @@ impl Client {
         *self.session.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Heartbeat each second while the node lives, as a mount does, on a
+    /// timer of its own, whatever its requests wait for (the first
+    /// sessions would lapse while the last nodes connect over a slow
+    /// link).
+    async fn beat(me: std::sync::Weak<Client>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(c) = me.upgrade() else { return };
+            if let Err(e) = c.heartbeat().await {
+                tracing::warn!(error = %e, "a simulated node's heartbeat failed");
+            }
+        }
+    }
+
     /// Heartbeat its sessions, as a mount does: one lost with shard 0's
     /// leader (its service started again) is opened again, naming it; a
     /// heartbeat that fails otherwise (a leader being elected) is tried
@@ -258,27 +290,21 @@ async fn file(c: &Client, name: String) -> Result<()> {
     Ok(())
 }
 
-/// Every client makes files for [`RUN_FOR`], heartbeating its session
-/// each second as a mount does.
-async fn load(clients: &[Arc<Client>], run: usize) -> Result<(f64, f64)> {
+/// Every client makes files for `time`.
+async fn load(clients: &[Arc<Client>], run: usize, time: Duration) -> Result<(f64, f64)> {
     let files = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
-    let until = t + RUN_FOR;
+    let until = t + time;
     let tasks: Vec<_> = clients
         .iter()
         .map(|c| {
             let (c, files) = (c.clone(), files.clone());
             tokio::spawn(async move {
-                let mut beat = Instant::now();
                 let mut n = 0u64;
                 while Instant::now() < until {
                     file(&c, format!("run{run}-{n}")).await?;
                     files.fetch_add(1, Ordering::Relaxed);
                     n += 1;
-                    if beat.elapsed() > Duration::from_secs(1) {
-                        c.heartbeat().await?;
-                        beat = Instant::now();
-                    }
                 }
                 anyhow::Ok(())
             })
@@ -290,16 +316,30 @@ async fn load(clients: &[Arc<Client>], run: usize) -> Result<(f64, f64)> {
     Ok((files.load(Ordering::Relaxed) as f64, t.elapsed().as_secs_f64()))
 }
 
-/// `runs` runs over `n` MDS processes; with `all`, every shard's group
-/// over all of them (else over three, `mdsctl init`'s `--group-size`,
-/// once there are more).
-fn measure(n: usize, all: bool, runs: usize) -> Result<Vec<Run>> {
+/// What each shard's group but shard 0's is made of in a row.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Groups {
+    /// `mdsctl init`'s default: three processes once there are more.
+    Three,
+    /// Every process.
+    All,
+    /// One process: shards over processes, with no copies.
+    One,
+}
+
+/// `runs` runs over `n` MDS processes, their groups made as `groups`.
+fn measure(n: usize, groups: Groups, link: Link, runs: usize) -> Result<Vec<Run>> {
     let edit = |t: String| {
         let t = t.replace("shards = 4\n", &format!("shards = {SHARDS}\n"));
-        let t = if all { t.replace("group_size = 3\n", "") } else { t };
-        format!("spread = true\n{t}")
+        let t = t.replace("group_size = 3\n", "");
+        let size = match groups {
+            Groups::Three if n > 3 => "group_size = 3\n",
+            Groups::One if n > 1 => "group_size = 1\n",
+            _ => "",
+        };
+        format!("spread = true\n{size}{t}")
     };
-    let cl = ProcCluster::start_spread(n, 3, LINK, &edit).with_context(|| format!("starting {n} MDS processes in namespaces of their own"))?;
+    let cl = ProcCluster::start_spread(n, 3, link, &edit).with_context(|| format!("starting {n} MDS processes in namespaces of their own"))?;
     let out = runs_over(&cl, n, runs);
     if out.is_err() {
         cl.dump_logs();
@@ -311,6 +351,9 @@ fn runs_over(cl: &ProcCluster, n: usize, runs: usize) -> Result<Vec<Run>> {
     let pids = cl.mds_pids();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let clients = rt.block_on(connect(cl))?;
+    // Not measured: each node's first requests to each process open a
+    // connection and a session there.
+    rt.block_on(load(&clients, 0, WARM_UP))?;
     let mut out = Vec::new();
     for r in 1..=runs {
         eprintln!("scale: {n} MDS process(es), run {r}/{runs}, {CLIENTS} sessions");
@@ -321,8 +364,10 @@ fn runs_over(cl: &ProcCluster, n: usize, runs: usize) -> Result<Vec<Run>> {
         let counts = || links.iter().map(|l| (l.datagrams.load(Ordering::Relaxed), l.dropped.load(Ordering::Relaxed))).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
         let (sent0, dropped0) = counts();
         let cpu0 = cpu_secs(&pids);
-        let (files, secs) = rt.block_on(load(&clients, r))?;
+        let (files, secs) = rt.block_on(load(&clients, r, RUN_FOR))?;
         let cpu = cpu_secs(&pids) - cpu0;
+        let each: Vec<String> = links.iter().zip(&before).map(|(l, b)| format!("{:.2}", (l.bytes.load(Ordering::Relaxed) - b) as f64 / secs / 1e6)).collect();
+        eprintln!("scale: {:.0} files/s, links {} MB/s", files / secs, each.join(" "));
         let busiest = links.iter().zip(&before).map(|(l, b)| l.bytes.load(Ordering::Relaxed) - b).max().unwrap_or(0) as f64;
         let (sent, dropped) = counts();
         let dropped = (dropped - dropped0) as f64 / ((sent - sent0) + (dropped - dropped0)).max(1) as f64;
@@ -334,27 +379,41 @@ fn runs_over(cl: &ProcCluster, n: usize, runs: usize) -> Result<Vec<Run>> {
     Ok(out)
 }
 
-/// The table: each row the median of `runs` runs.
+/// The two tables: each row the median of `runs` runs, against the one
+/// process of its own table.
 pub fn table(runs: usize) -> Result<()> {
-    let mut rows = Vec::new();
-    for n in PROCESSES {
-        rows.push((n, "", measure(n, false, runs)?));
-    }
-    // Groups over three of four processes against groups over all four.
-    if let Some(n) = PROCESSES.into_iter().max().filter(|n| *n > 3) {
-        rows.push((n, ", every group over all", measure(n, true, runs)?));
-    }
+    let one = |n| (n, Groups::One);
+    let sharded = rows(&[one(1), one(2), one(4)], SHARDED_LINK, runs)?;
+    let three = |n| (n, Groups::Three);
+    let copied = rows(&[three(1), three(2), three(3), three(4), (4, Groups::All)], LINK, runs)?;
+    print_table("shards over processes, no copies", SHARDED_LINK, &sharded);
+    print_table("groups of three", LINK, &copied);
+    Ok(())
+}
+
+type Row = (usize, Groups, Vec<Run>);
+
+fn rows(plan: &[(usize, Groups)], link: Link, runs: usize) -> Result<Vec<Row>> {
+    plan.iter().map(|(n, g)| Ok((*n, *g, measure(*n, *g, link, runs)?))).collect()
+}
+
+fn print_table(what: &str, link: Link, rows: &[Row]) {
     let med = |v: &[Run], f: &dyn Fn(&Run) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
-    let one = med(&rows[0].2, &|r| r.files / r.secs);
-    let link_mb = LINK.bytes_per_s.unwrap_or(0) as f64 / 1e6;
+    let one = rows.first().map(|r| med(&r.2, &|r| r.files / r.secs)).unwrap_or(0.0);
+    let link_mb = link.bytes_per_s.unwrap_or(0) as f64 / 1e6;
     println!();
     println!(
-        "| {CLIENTS} sessions, a directory each; MDS hosts on links of {link_mb:.1} MB/s, {} ms each way | files/s (4 requests each) | / 1 process | target 0.8 x N | busiest link MB/s | links' bytes between MDS processes | datagrams dropped | MDS CPU µs/file |",
-        LINK.delay.as_millis()
+        "| {CLIENTS} sessions, a directory each; {what}; MDS hosts on links of {link_mb:.2} MB/s, {} ms each way | files/s (4 requests each) | / 1 process | target 0.8 x N | busiest link MB/s | links' bytes between MDS processes | datagrams dropped | MDS CPU µs/file |",
+        link.delay.as_millis()
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (n, groups, v) in &rows {
+    for (n, groups, v) in rows {
         let rate = med(v, &|r| r.files / r.secs);
+        let groups = match groups {
+            Groups::All if *n > 1 => ", every group over all",
+            Groups::One if *n > 1 => ", groups of one",
+            _ => "",
+        };
         println!(
             "| {n} MDS process(es){groups} | {rate:.0} | {:.2} | {:.1} | {:.2} | {:.0}% | {:.2}% | {:.0} |",
             rate / one.max(1e-9),
@@ -365,5 +424,4 @@ pub fn table(runs: usize) -> Result<()> {
             med(v, &|r| r.cpu * 1e6 / r.files.max(1.0)),
         );
     }
-    Ok(())
 }
