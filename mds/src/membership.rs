@@ -342,8 +342,28 @@ impl Replica {
         Ok(count(g, id, ""))
     }
 
-    /// Tell member `id`, taken out of `g`'s group (which this process
-    /// leads), to drop its copy: at its address as the group named it
+    /// A vote asked for in `g`'s group by `candidate`. One that is not in
+    /// the group as this process has applied it was taken out while down
+    /// (the word to leave did not reach it) and stands from the copy it
+    /// kept after a restart: it is told again to drop it, by whichever
+    /// member it asks (its old group may not include the leader now).
+    /// Should it have been added back since, it has seen the later
+    /// membership and keeps its copy (`Replica::leave_group`).
+    pub(crate) fn vote_asked(&self, g: &Group, candidate: NodeId) {
+        let outsider = {
+            let rx = g.raft.metrics();
+            let m = rx.borrow();
+            let membership = m.membership_config.membership();
+            let applied = m.last_applied.map_or(0, |l| l.index) >= membership_index(&m);
+            applied && !joint(membership) && membership.get_node(&candidate).is_none()
+        };
+        if outsider && g.shard != 0 {
+            tracing::info!(shard = g.shard, id = candidate, "an MDS taken out of the shard's group stands for election there: telling it to leave");
+            self.tell_to_leave(g, candidate, None);
+        }
+    }
+
+    /// Tell member `id`, taken out of `g`'s group, to drop its copy: at its address as the group named it
     /// (`was_at`), or as shard 0's group does. In the background, as it
     /// may be down (a dead process is taken out so), and again at each
     /// step that finds it out (the first word may be lost).

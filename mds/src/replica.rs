@@ -587,7 +587,8 @@ impl Replica {
                 *h = Some(Instant::now());
             }
         };
-        net::serve(&g.raft, msg, !self.unmade(), |member| self.standing(member), heard, || self.report()).await
+        let asked = |candidate| self.vote_asked(&g, candidate);
+        net::serve(&g.raft, msg, !self.unmade(), |member| self.standing(member), heard, asked, || self.report()).await
     }
 
     /// This process left shard `shard`'s group within [`LEFT_LATELY`].

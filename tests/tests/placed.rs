@@ -625,6 +625,19 @@ fn groups_over_three_of_four_processes_lose_nothing_when_one_dies_and_is_replace
 /// is still there, and the shard whose group changed takes new files.
 #[test]
 fn a_process_added_to_full_groups_takes_a_seat_and_the_one_that_gave_it_drops_its_copy() {
+    seat_moves(false);
+}
+
+/// As above, with the process in three groups killed before the fifth
+/// is added: taken out of a group while down, it keeps its copy until it
+/// starts again, stands for election there from that copy, and is told
+/// by the group's leader to drop it.
+#[test]
+fn a_process_down_while_its_seat_moves_drops_its_copy_when_it_starts_again() {
+    seat_moves(true);
+}
+
+fn seat_moves(down: bool) {
     let mut cl = ProcCluster::start_replicated(4, 3).unwrap();
     let groups = wait_groups(&cl, |s, v| v.len() == if s == 0 { 4 } else { 3 }, "groups not over 4 and 3 members");
     let seats = |g: &[Vec<u64>], id: u64| g[1..].iter().filter(|v| v.contains(&id)).count();
@@ -640,6 +653,12 @@ fn a_process_added_to_full_groups_takes_a_seat_and_the_one_that_gave_it_drops_it
         c.create(d.ino, &format!("f{i}"));
     }
 
+    if down {
+        cl.kill9_mds_member(busiest);
+        for s in 0..groups.len() {
+            wait_led(&cl, s, |l| l != busiest && groups[s].contains(&l), "not led by a member left");
+        }
+    }
     let (new, addr) = cl.start_new_mds_member().unwrap();
     cl.mdsctl(&["mds", "add", &addr.to_string(), "--id", &new.to_string()]).unwrap();
     // Shard 0's leader hears of the groups it is not in within moments.
@@ -656,8 +675,13 @@ fn a_process_added_to_full_groups_takes_a_seat_and_the_one_that_gave_it_drops_it
     assert_eq!(seats(&now, busiest), 2, "MDS {busiest} gave up a seat: {groups:?} then {now:?}");
     let moved = (1..now.len()).find(|s| now[*s].contains(&new)).unwrap();
     assert!(groups[moved].contains(&busiest) && !now[moved].contains(&busiest), "shard {moved}: {groups:?} then {now:?}");
-    // The one that left drops its copy; the one that joined holds one.
+    // The one that left drops its copy (once it runs again, if it was
+    // down); the one that joined holds one.
     let gone = cl.path(&format!("data/mds{busiest}/shard-{moved}.redb"));
+    if down {
+        assert!(gone.exists(), "{} went while its process was down", gone.display());
+        cl.start_mds_member_as_configured(busiest).unwrap();
+    }
     let t = Instant::now();
     while gone.exists() {
         assert!(t.elapsed() < ELECTION, "{} is still there", gone.display());

@@ -87,14 +87,16 @@ fn from_disk(l: &Option<DiskLogId>) -> Option<LogId<NodeId>> {
 /// Answer `req` as shard group `raft`'s member; `standing`, whether a
 /// member has been recorded as holding the log and votes. A group not
 /// `made` yet answers only that. `heard` is called when an append from
-/// the leader of this member's term is taken; `report` says what this
-/// process holds (`WireReq::Groups`).
+/// the leader of this member's term is taken; `asked` with the candidate
+/// of a vote request; `report` says what this process holds
+/// (`WireReq::Groups`).
 pub async fn serve(
     raft: &ShardRaft,
     req: &[u8],
     made: bool,
     standing: impl FnOnce(NodeId) -> Result<(bool, bool)>,
     heard: impl FnOnce(),
+    asked: impl FnOnce(NodeId),
     report: impl FnOnce() -> Vec<GroupSeen>,
 ) -> Result<Vec<u8>> {
     let resp = match decode::<WireReq>(&unpack(req, MAX_PAYLOAD as usize)?)? {
@@ -121,10 +123,13 @@ pub async fn serve(
             heard();
             resp
         }
-        WireReq::Vote { vote, last } => match raft.vote(VoteRequest { vote: (&vote).into(), last_log_id: from_disk(&last) }).await {
-            Ok(r) => WireResp::Voted { vote: (&r.vote).into(), granted: r.vote_granted, last: log_id(&r.last_log_id) },
-            Err(e) => WireResp::Refused(e.to_string()),
-        },
+        WireReq::Vote { vote, last } => {
+            asked(vote.node);
+            match raft.vote(VoteRequest { vote: (&vote).into(), last_log_id: from_disk(&last) }).await {
+                Ok(r) => WireResp::Voted { vote: (&r.vote).into(), granted: r.vote_granted, last: log_id(&r.last_log_id) },
+                Err(e) => WireResp::Refused(e.to_string()),
+            }
+        }
         WireReq::Snapshot { vote, last, membership, id, offset, data, done } => {
             let rpc = InstallSnapshotRequest::<Cfg> {
                 vote: (&vote).into(),
