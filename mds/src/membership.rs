@@ -222,7 +222,11 @@ impl Replica {
                 Some(g) => g.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some(),
                 None => voters.contains(&id) || self.others.learners(shard).contains(&id),
             };
-            now.push(GroupNow { shard, voters, has_new });
+            let leader = match self.group(shard) {
+                Some(g) => g.raft.metrics().borrow().current_leader,
+                None => self.others.leader(shard),
+            };
+            now.push(GroupNow { shard, voters, has_new, leader });
         }
         let members: BTreeSet<NodeId> = self.zero().raft.metrics().borrow().membership_config.membership().voter_ids().chain([id]).collect();
         Ok(crate::seats::plan(&now, &members, id, size))

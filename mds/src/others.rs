@@ -59,6 +59,11 @@ impl Others {
         self.believed(shard).map(|g| g.leader_addr).unwrap_or_default()
     }
 
+    /// The leader of shard `shard`'s group as its members say.
+    pub fn leader(&self, shard: u32) -> Option<NodeId> {
+        self.believed(shard).and_then(|g| g.leader)
+    }
+
     /// The voters of shard `shard`'s group as its members say.
     pub fn voters(&self, shard: u32) -> Option<Vec<NodeId>> {
         self.believed(shard).map(|g| g.voters)

@@ -11,7 +11,9 @@
 //! they are, so it must come out the same half way through: a group the
 //! new process already learns or votes in counts as one of its seats,
 //! and a group it votes in that is over the size counts as giving up a
-//! voter already.
+//! voter already. A seat moves from a group its giver does not lead
+//! when it can: taking a group's leader out costs that group an
+//! election.
 use crate::store::raft::NodeId;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +25,8 @@ pub struct GroupNow {
     /// The process being added is a member there already (a learner,
     /// or a voter).
     pub has_new: bool,
+    /// Its leader, if one is known.
+    pub leader: Option<NodeId>,
 }
 
 /// A group the process added is to vote in, and the voters to take out
@@ -65,7 +69,10 @@ pub fn plan(groups: &[GroupNow], members: &BTreeSet<NodeId>, new: NodeId, size: 
         let mine = count(&seats, new);
         let busiest = members.iter().copied().filter(|m| *m != new).max_by_key(|m| (count(&seats, *m), Reverse(*m)));
         let Some(from) = busiest.filter(|m| count(&seats, *m) > mine + 1) else { break };
-        let Some(v) = seats.values_mut().find(|v| v.contains(&from) && !v.contains(&new)) else { break };
+        let leads = |shard: u32| groups.iter().any(|g| g.shard == shard && g.leader == Some(from));
+        let open = seats.iter().filter(|(_, v)| v.contains(&from) && !v.contains(&new)).map(|(s, _)| *s);
+        let Some(shard) = open.min_by_key(|s| (leads(*s), *s)) else { break };
+        let v = seats.entry(shard).or_default();
         v.remove(&from);
         v.insert(new);
     }
@@ -81,7 +88,7 @@ mod tests {
     use super::*;
 
     fn groups(voters: &[&[NodeId]], new: NodeId) -> Vec<GroupNow> {
-        voters.iter().enumerate().map(|(i, v)| GroupNow { shard: i as u32 + 1, voters: v.to_vec(), has_new: v.contains(&new) }).collect()
+        voters.iter().enumerate().map(|(i, v)| GroupNow { shard: i as u32 + 1, voters: v.to_vec(), has_new: v.contains(&new), leader: None }).collect()
     }
 
     fn seats_after(now: &[GroupNow], joins: &[Join], new: NodeId) -> Vec<BTreeSet<NodeId>> {
@@ -111,7 +118,8 @@ mod tests {
         assert!(after.iter().all(|v| v.len() == 3), "{after:?}");
         // The same plan half way: a learner there, then a voter with the
         // busiest still in, then the busiest gone: nothing more moves.
-        let learning = vec![GroupNow { shard: 1, voters: vec![1, 2, 3], has_new: true }, GroupNow { shard: 2, voters: vec![2, 3, 4], has_new: false }, GroupNow { shard: 3, voters: vec![3, 4, 1], has_new: false }];
+        let mut learning = groups(&[&[1, 2, 3], &[2, 3, 4], &[3, 4, 1]], 5);
+        learning[0].has_new = true;
         assert_eq!(plan(&learning, &members, 5, 3), joins);
         let voting = groups(&[&[1, 2, 3, 5], &[2, 3, 4], &[3, 4, 1]], 5);
         assert_eq!(plan(&voting, &members, 5, 3), joins);
@@ -136,5 +144,24 @@ mod tests {
         assert_eq!(plan(&two_each, &members, 4, 3), vec![Join { shard: 1, evict: vec![1] }]);
         let one_each = groups(&[&[1, 2, 3]], 4);
         assert_eq!(plan(&one_each, &members, 4, 3), vec![]);
+    }
+
+    /// The busiest process gives up a seat in a group it does not lead,
+    /// the lowest such shard; only where it leads every one of its
+    /// groups, in the lowest shard. Half way, the plan stays.
+    #[test]
+    fn a_seat_moves_from_a_group_its_giver_does_not_lead() {
+        let members = BTreeSet::from([1, 2, 3, 4, 5]);
+        let mut now = groups(&[&[1, 2, 3], &[2, 3, 4], &[3, 4, 1]], 5);
+        now[0].leader = Some(3);
+        now[1].leader = Some(3);
+        let joins = plan(&now, &members, 5, 3);
+        assert_eq!(joins, vec![Join { shard: 3, evict: vec![3] }]);
+        now[2].has_new = true;
+        now[2].leader = Some(3);
+        assert_eq!(plan(&now, &members, 5, 3), joins, "half way, with the giver leading there now");
+        let mut all_led = groups(&[&[1, 2, 3], &[2, 3, 4], &[3, 4, 1]], 5);
+        all_led.iter_mut().for_each(|g| g.leader = Some(3));
+        assert_eq!(plan(&all_led, &members, 5, 3), vec![Join { shard: 1, evict: vec![3] }]);
     }
 }
