@@ -189,7 +189,7 @@ impl Replica {
             return Err(Error::InvalidArgument(format!("MDS {id} is a member already, at {was}; `mdsctl mds remove {id}` first")));
         }
         let into = self.groups_to_join(id)?;
-        let mut change = MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 0, shards: into.len() as u32 + 1, behind: 0 };
+        let mut change = MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 0, shards: into.len() as u32 + 1, behind: 0, refilling: 0 };
         let add = |vote| GroupStep::Add { id, addr: addr.to_string(), vote };
         for join in into {
             let one = self.group_step(join.shard, add(true)).await?;
@@ -209,32 +209,72 @@ impl Replica {
     /// whom it takes the seat of in each: all of them, taking no one's,
     /// while groups are over every member; else as seats.rs plans.
     fn groups_to_join(&self, id: NodeId) -> Result<Vec<crate::seats::Join>> {
-        use crate::seats::{GroupNow, Join};
+        use crate::seats::Join;
         let size = self.members.group_size;
         if size == 0 {
             return Ok((1..self.shards()).map(|shard| Join { shard, evict: Vec::new() }).collect());
         }
-        let mut now = Vec::new();
-        for shard in 1..self.shards() {
-            let voters = self.voters_of(shard)?;
-            // A learner there already (an add is taken a step at a time).
-            let has_new = match self.group(shard) {
-                Some(g) => g.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some(),
-                None => voters.contains(&id) || self.others.learners(shard).contains(&id),
-            };
-            let leader = match self.group(shard) {
-                Some(g) => g.raft.metrics().borrow().current_leader,
-                None => self.others.leader(shard),
-            };
-            now.push(GroupNow { shard, voters, has_new, leader });
-        }
-        let members: BTreeSet<NodeId> = self.zero().raft.metrics().borrow().membership_config.membership().voter_ids().chain([id]).collect();
+        let now = self.groups_now(Some(id))?;
+        let members: BTreeSet<NodeId> = self.zero_voters().into_iter().chain([id]).collect();
         Ok(crate::seats::plan(&now, &members, id, size))
     }
 
-    /// One step of taking member `id` out of every group. Answered for an
-    /// id in no group too (the step before may have been the last, its
-    /// answer lost).
+    /// Every group but shard 0's as this process sees it (or as its
+    /// members say), `new` marked where it learns or votes already (an
+    /// add is taken a step at a time).
+    fn groups_now(&self, new: Option<NodeId>) -> Result<Vec<crate::seats::GroupNow>> {
+        let mut now = Vec::new();
+        for shard in 1..self.shards() {
+            let voters = self.voters_of(shard)?;
+            let (learners, leader) = match self.group(shard) {
+                Some(g) => {
+                    let m = g.raft.metrics().borrow().clone();
+                    (m.membership_config.membership().learner_ids().collect(), m.current_leader)
+                }
+                None => (self.others.learners(shard), self.others.leader(shard)),
+            };
+            let has_new = new.is_some_and(|id| voters.contains(&id) || learners.contains(&id));
+            now.push(crate::seats::GroupNow { shard, voters, learners, has_new, leader });
+        }
+        Ok(now)
+    }
+
+    /// Shard 0's voters: every process of the MDS.
+    fn zero_voters(&self) -> BTreeSet<NodeId> {
+        self.zero().raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+    }
+
+    /// One step of giving each group that a removal left short of voters
+    /// (groups of `group_size`) a member in the free seat, as
+    /// `seats::refill` picks among the processes that answer: added as a
+    /// learner, then made a voter once it has caught up. The groups still short after the step, and the
+    /// entries their learners lack.
+    async fn refill_step(&self) -> Result<(u32, u64)> {
+        if self.members.group_size == 0 {
+            return Ok((0, 0));
+        }
+        let now = self.groups_now(None)?;
+        let known = self.known();
+        // Those that answer: a seat given to a process that is down too
+        // would never be taken.
+        let me = self.members.me;
+        let live: BTreeSet<NodeId> = self.zero_voters().into_iter().filter(|id| *id == me || self.answers(*id)).collect();
+        let mut short = (0, 0);
+        for pick in crate::seats::refill(&now, &live, self.members.group_size) {
+            let addr = known.get(&pick.id).cloned().ok_or_else(|| Error::Unavailable(format!("MDS {}'s address is not known here", pick.id)))?;
+            tracing::info!(shard = pick.shard, id = pick.id, "a group short of voters takes an MDS in the free seat");
+            let one = self.group_step(pick.shard, GroupStep::Add { id: pick.id, addr, vote: true }).await?;
+            if one.voter_in == 0 || pick.missing > 1 {
+                short.0 += 1;
+                short.1 += one.behind;
+            }
+        }
+        Ok(short)
+    }
+
+    /// One step of taking member `id` out of every group, then of filling
+    /// the seats it leaves. Answered for an id in no group too (the step
+    /// before may have been the last, its answer lost).
     pub async fn remove_member(&self, id: NodeId) -> Result<MemberChange> {
         let _one = self.changing.lock().await;
         let addr = self.known().remove(&id).unwrap_or_default();
@@ -242,9 +282,14 @@ impl Replica {
         if id == self.members.me {
             order.reverse();
         }
-        let mut change = MemberChange { id, addr, voter_in: 0, learner_in: 0, shards: self.shards(), behind: 0 };
+        let mut change = MemberChange { id, addr, voter_in: 0, learner_in: 0, shards: self.shards(), behind: 0, refilling: 0 };
         for shard in order {
             tally(&mut change, &self.group_step(shard, GroupStep::Remove { id }).await?);
+        }
+        // Out of every group: the seats it leaves are taken by others, so
+        // that each group has its copies again.
+        if change.voter_in + change.learner_in == 0 {
+            (change.refilling, change.behind) = self.refill_step().await?;
         }
         Ok(change)
     }
@@ -281,7 +326,7 @@ impl Replica {
     pub async fn take_group_step(&self, shard: u32, step: &GroupStep) -> Result<MemberChange> {
         if let GroupStep::Leave { index } = step {
             self.leave_group(shard, *index).await?;
-            return Ok(MemberChange { id: self.members.me, addr: String::new(), voter_in: 0, learner_in: 0, shards: 1, behind: 0 });
+            return Ok(MemberChange { id: self.members.me, addr: String::new(), voter_in: 0, learner_in: 0, shards: 1, behind: 0, refilling: 0 });
         }
         let g = self.group(shard).ok_or_else(|| Error::InvalidArgument(format!("there is no shard {shard}")))?;
         if let GroupStep::Add { addr, .. } = step {
@@ -352,14 +397,21 @@ impl Replica {
     /// kept after a restart: it is told again to drop it, by whichever
     /// member it asks (its old group may not include the leader now).
     /// Should it have been added back since, it has seen the later
-    /// membership and keeps its copy (`Replica::leave_group`).
+    /// membership and keeps its copy (`Replica::leave_group`). Only a
+    /// membership changed since the group was made can leave anyone out
+    /// (index above 0), and only one this process is in is known here: a
+    /// process whose copy is not made yet, or is being filled again,
+    /// holds none (a candidate told to leave by such a process in a new
+    /// cluster dropped a copy it needed).
     pub(crate) fn vote_asked(&self, g: &Group, candidate: NodeId) {
         let outsider = {
             let rx = g.raft.metrics();
             let m = rx.borrow();
             let membership = m.membership_config.membership();
-            let applied = m.last_applied.map_or(0, |l| l.index) >= membership_index(&m);
-            applied && !joint(membership) && membership.get_node(&candidate).is_none()
+            let index = membership_index(&m);
+            let applied = m.last_applied.map_or(0, |l| l.index) >= index;
+            let known = index > 0 && membership.get_node(&self.members.me).is_some();
+            known && applied && !joint(membership) && membership.get_node(&candidate).is_none()
         };
         if outsider && g.shard != 0 {
             tracing::info!(shard = g.shard, id = candidate, "an MDS taken out of the shard's group stands for election there: telling it to leave");
@@ -403,7 +455,7 @@ fn count(g: &Group, id: NodeId, addr: &str) -> MemberChange {
     let voter = votes(membership, id) && !joint(membership);
     let learner = !voter && membership.get_node(&id).is_some();
     let behind = if learner { behind(&m, id) } else { 0 };
-    MemberChange { id, addr: addr.to_string(), voter_in: voter as u32, learner_in: learner as u32, shards: 1, behind }
+    MemberChange { id, addr: addr.to_string(), voter_in: voter as u32, learner_in: learner as u32, shards: 1, behind, refilling: 0 }
 }
 
 /// Add `id` to `g`'s group as a learner, or make it a voter there if it
@@ -419,7 +471,7 @@ async fn add_step(g: &Group, id: NodeId, addr: &str, may_vote: bool) -> Result<M
         g.raft.add_learner(id, BasicNode::new(addr), false).await.map_err(change_err)?;
         // It holds nothing yet.
         let lacks = m.last_log_index.unwrap_or(0);
-        return Ok(MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 1, shards: 1, behind: lacks });
+        return Ok(MemberChange { id, addr: addr.to_string(), voter_in: 0, learner_in: 1, shards: 1, behind: lacks, refilling: 0 });
     }
     let voter = votes(membership, id) && !joint(membership);
     if !voter && behind(&m, id) <= CATCH_UP_SLACK && may_vote {

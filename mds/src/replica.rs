@@ -261,6 +261,11 @@ impl Replica {
         if shard == 0 {
             return Err(aifs_common::Error::InvalidArgument("no MDS leaves shard 0's group this way".into()));
         }
+        // A group's first membership (index 0) is the one it was made
+        // with, which leaves out none of its members.
+        if index == 0 {
+            return Err(aifs_common::Error::InvalidArgument(format!("told to leave shard {shard}'s group by its first membership")));
+        }
         let _one = self.opening.lock().await;
         let Some(g) = self.group(shard) else { return Ok(()) };
         let (later, led) = {
@@ -404,7 +409,7 @@ impl Replica {
 
     /// Member `id` answered this process's Raft messages within
     /// [`ANSWERS_WITHIN`].
-    fn answers(&self, id: NodeId) -> bool {
+    pub(crate) fn answers(&self, id: NodeId) -> bool {
         let Some(peers) = &self.members.peers else { return false };
         let addr = self.zero.raft.metrics().borrow().membership_config.membership().get_node(&id).and_then(|n| n.addr.parse().ok());
         addr.is_some_and(|a| peers.answers(a, ANSWERS_WITHIN))

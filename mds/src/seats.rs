@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct GroupNow {
     pub shard: u32,
     pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
     /// The process being added is a member there already (a learner,
     /// or a voter).
     pub has_new: bool,
@@ -83,12 +84,50 @@ pub fn plan(groups: &[GroupNow], members: &BTreeSet<NodeId>, new: NodeId, size: 
         .collect()
 }
 
+/// A member to take a free seat in a group.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refill {
+    pub shard: u32,
+    pub id: NodeId,
+    /// Voters the group lacks before it.
+    pub missing: usize,
+}
+
+/// After a process is taken out of every group: for each of `groups`
+/// short of `size` voters among `members`, the member to take one free
+/// seat. The one learning there already, so that the plan comes out the
+/// same at the next step; else the member in fewest groups (voting or
+/// learning, and counting the picks before), the lowest id among equals.
+pub fn refill(groups: &[GroupNow], members: &BTreeSet<NodeId>, size: usize) -> Vec<Refill> {
+    let mut seats: BTreeMap<NodeId, usize> = members.iter().map(|m| (*m, 0)).collect();
+    for m in groups.iter().flat_map(|g| g.voters.iter().chain(&g.learners)) {
+        if let Some(n) = seats.get_mut(m) {
+            *n += 1;
+        }
+    }
+    let mut picks = Vec::new();
+    for g in groups {
+        let voting: BTreeSet<NodeId> = g.voters.iter().copied().filter(|v| members.contains(v)).collect();
+        if voting.len() >= size {
+            continue;
+        }
+        let learning = g.learners.iter().copied().find(|l| members.contains(l));
+        let fewest = || members.iter().copied().filter(|m| !voting.contains(m)).min_by_key(|m| (seats[m], *m));
+        let Some(id) = learning.or_else(fewest) else { continue };
+        if learning.is_none() {
+            *seats.entry(id).or_default() += 1;
+        }
+        picks.push(Refill { shard: g.shard, id, missing: size - voting.len() });
+    }
+    picks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn groups(voters: &[&[NodeId]], new: NodeId) -> Vec<GroupNow> {
-        voters.iter().enumerate().map(|(i, v)| GroupNow { shard: i as u32 + 1, voters: v.to_vec(), has_new: v.contains(&new), leader: None }).collect()
+        voters.iter().enumerate().map(|(i, v)| GroupNow { shard: i as u32 + 1, voters: v.to_vec(), learners: vec![], has_new: v.contains(&new), leader: None }).collect()
     }
 
     fn seats_after(now: &[GroupNow], joins: &[Join], new: NodeId) -> Vec<BTreeSet<NodeId>> {
@@ -163,5 +202,26 @@ mod tests {
         let mut all_led = groups(&[&[1, 2, 3], &[2, 3, 4], &[3, 4, 1]], 5);
         all_led.iter_mut().for_each(|g| g.leader = Some(3));
         assert_eq!(plan(&all_led, &members, 5, 3), vec![Join { shard: 1, evict: vec![3] }]);
+    }
+
+    /// Process 4 taken out of four in groups of three: each group it was
+    /// in takes the member in fewest groups, one each, and counts the
+    /// picks before; half way (a learner there) the same member; full
+    /// groups, and a group that only a non-member would fill, take none.
+    #[test]
+    fn seats_left_by_a_removed_process_go_to_the_members_in_fewest_groups() {
+        let members = BTreeSet::from([1, 2, 3]);
+        let now = groups(&[&[1, 2, 4], &[2, 3, 4], &[3, 4, 1]], 0);
+        let picks = refill(&now, &members, 3);
+        let pick = |shard, id| Refill { shard, id, missing: 1 };
+        assert_eq!(picks, vec![pick(1, 3), pick(2, 1), pick(3, 2)]);
+        let mut learning = groups(&[&[1, 2], &[2, 3, 1], &[3, 1, 2]], 0);
+        learning[0].learners = vec![3];
+        assert_eq!(refill(&learning, &members, 3), vec![pick(1, 3)]);
+        let full = groups(&[&[1, 2, 3], &[2, 3, 1]], 0);
+        assert_eq!(refill(&full, &members, 3), vec![]);
+        let two = BTreeSet::from([1, 2]);
+        assert_eq!(refill(&groups(&[&[1, 2]], 0), &two, 3), vec![]);
+        assert_eq!(refill(&groups(&[&[1]], 0), &two, 3), vec![Refill { shard: 1, id: 2, missing: 2 }]);
     }
 }

@@ -560,8 +560,12 @@ pub struct MemberChange {
     pub voter_in: u32,
     pub learner_in: u32,
     pub shards: u32,
-    /// Log entries it lacks, summed over the groups it learns in.
+    /// Log entries it lacks, summed over the groups it learns in (for a
+    /// removal: that the members taking its seats lack).
     pub behind: u64,
+    /// For a removal: groups it left short of voters that are still
+    /// short (another member joins each in its place).
+    pub refilling: u32,
 }
 
 /// A revoked certificate: its owner, the name it was issued as, and when.

@@ -12,7 +12,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use std::sync::Arc;
 
 /// ALPN protocol id; bumped when the wire format changes incompatibly.
-pub const ALPN: &[u8] = b"aifs/9";
+pub const ALPN: &[u8] = b"aifs/10";
 
 fn tls_err(e: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("TLS setup: {e}"))

@@ -31,7 +31,10 @@ pub enum MdsCmd {
         id: Option<u64>,
     },
     /// Take MDS process ID out of every shard's group (it may be down).
-    /// Taking out the leader hands leadership to another member.
+    /// Taking out the leader hands leadership to another member. With
+    /// groups of `group_size`, each group it leaves short of voters then
+    /// takes another process in its place, the one in fewest groups;
+    /// returns once each has caught up and votes.
     Remove { id: u64 },
 }
 
@@ -60,7 +63,7 @@ impl MdsCmd {
             }
             MdsCmd::Remove { id } => {
                 let mut req = MdsReq::RemoveMember { id: *id };
-                let c = steps(admin, &mut req, json, |c| (c.voter_in + c.learner_in, 0)).await?;
+                let c = steps(admin, &mut req, json, |c| (c.voter_in + c.learner_in + c.refilling, c.behind)).await?;
                 if !json {
                     println!("MDS {} is in no shard group now", c.id);
                 }
@@ -107,7 +110,12 @@ async fn steps(admin: &Admin, req: &mut MdsReq, json: bool, left: impl Fn(&Membe
         }
         if !json && said.elapsed() >= Duration::from_secs(1) {
             said = Instant::now();
-            eprintln!("MDS {} at {}: votes in {} of {} shards, learns in {}, {} entries behind", c.id, c.addr, c.voter_in, c.shards, c.learner_in, c.behind);
+            match req {
+                MdsReq::RemoveMember { .. } if c.voter_in + c.learner_in == 0 => {
+                    eprintln!("MDS {} is out: {} group(s) still short of voters, their new members {} entries behind", c.id, c.refilling, c.behind)
+                }
+                _ => eprintln!("MDS {} at {}: votes in {} of {} shards, learns in {}, {} entries behind", c.id, c.addr, c.voter_in, c.shards, c.learner_in, c.behind),
+            }
         }
         tokio::time::sleep(STEP_PAUSE).await;
     }
