@@ -247,8 +247,8 @@ impl Replica {
     /// One step of giving each group that a removal left short of voters
     /// (groups of `group_size`) a member in the free seat, as
     /// `seats::refill` picks among the processes that answer: added as a
-    /// learner, then made a voter once it has caught up. The groups still short after the step, and the
-    /// entries their learners lack.
+    /// learner, then made a voter once it has caught up. The groups still
+    /// short after the step, and the entries their learners lack.
     async fn refill_step(&self) -> Result<(u32, u64)> {
         if self.members.group_size == 0 {
             return Ok((0, 0));

@@ -14,6 +14,10 @@
 //! voter already. A seat moves from a group its giver does not lead
 //! when it can: taking a group's leader out costs that group an
 //! election.
+//!
+//! A process taken out of every group (`mds remove`) leaves seats free;
+//! [`refill`] gives each to a remaining process, the one in fewest
+//! groups.
 use crate::store::raft::NodeId;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct GroupNow {
     pub shard: u32,
     pub voters: Vec<NodeId>,
+    /// Members that learn there and do not vote yet.
     pub learners: Vec<NodeId>,
     /// The process being added is a member there already (a learner,
     /// or a voter).
