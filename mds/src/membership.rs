@@ -228,7 +228,8 @@ impl Replica {
             let voters = self.voters_of(shard)?;
             let (learners, leader) = match self.group(shard) {
                 Some(g) => {
-                    let m = g.raft.metrics().borrow().clone();
+                    let rx = g.raft.metrics();
+                    let m = rx.borrow();
                     (m.membership_config.membership().learner_ids().collect(), m.current_leader)
                 }
                 None => (self.others.learners(shard), self.others.leader(shard)),

@@ -69,7 +69,7 @@ async fn namespace_over(cfg: &MdsConfig, replica: &Arc<Replica>, led: &[bool], c
     // costs each change more copies than the others'.
     let spare_zero = cfg.group_size > 0;
     let links = Arc::new(crate::shardnet::ShardLinks::new(peers, leader_of));
-    let remote = crate::namespace::twophase::Remote::sparing_zero(led.to_vec(), links, spare_zero);
+    let remote = crate::namespace::twophase::Remote::new(led.to_vec(), links, spare_zero);
     Namespace::over_led(replica.stores(), cfg.default_layout.clone(), cluster, remote).await
 }
 

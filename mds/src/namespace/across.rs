@@ -97,7 +97,7 @@ impl Cluster2 {
     }
 
     async fn open(&self, dir: &Path, led: [bool; 4], policy: LayoutPolicy) -> Result<Arc<Namespace>> {
-        open_side(dir, Remote::new(led.to_vec(), self.link.clone()), policy).await
+        open_side(dir, Remote::new(led.to_vec(), self.link.clone(), false), policy).await
     }
 }
 
@@ -120,7 +120,7 @@ async fn open_side(dir: &Path, remote: Arc<Remote>, policy: LayoutPolicy) -> Res
 async fn new_directories_spare_shard_zero_when_its_group_is_the_widest() {
     let tmp = tempfile::tempdir().unwrap();
     for spare in [false, true] {
-        let remote = Remote::sparing_zero(vec![true; 4], Arc::new(Link::default()), spare);
+        let remote = Remote::new(vec![true; 4], Arc::new(Link::default()), spare);
         let ns = open_side(&tmp.path().join(spare.to_string()), remote, LayoutPolicy::default()).await.unwrap();
         let mut on = std::collections::BTreeSet::new();
         for i in 0..32 {

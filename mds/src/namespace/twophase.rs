@@ -148,12 +148,7 @@ pub struct Remote {
 }
 
 impl Remote {
-    pub fn new(led: Vec<bool>, peers: Arc<dyn Peers>) -> Arc<Remote> {
-        Arc::new(Remote { led, peers, spare_zero: false })
-    }
-
-    /// As `new`, and with `spare_zero`.
-    pub fn sparing_zero(led: Vec<bool>, peers: Arc<dyn Peers>, spare_zero: bool) -> Arc<Remote> {
+    pub fn new(led: Vec<bool>, peers: Arc<dyn Peers>, spare_zero: bool) -> Arc<Remote> {
         Arc::new(Remote { led, peers, spare_zero })
     }
 
