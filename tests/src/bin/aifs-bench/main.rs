@@ -497,11 +497,27 @@ fn main() -> Result<()> {
         return Ok(());
     }
     metadata_rates(&cluster, &mount, local.path(), &a)?;
+    workload_tables(&cluster, &mount, &pids, &raw, local.path(), &a)?;
+    replication_table(&mut cluster, &mount, &a)?;
+    restart_table(&mut cluster, &mount, &a)?;
+    drop(raw);
+    drop(mount);
+    drop(cluster);
+    replicated_metadata_rates(local.path(), &a)?;
+    failover::table(a.runs)?;
+    clients::table(a.runs)?;
+    scale::table(a.runs)
+}
+
+/// The workloads on the local disk and on aifs, alternating, `runs`
+/// times: their table, the sequential read against raw QUIC, metadata
+/// latencies, and cached metadata from a second mount.
+fn workload_tables(cluster: &ProcCluster, mount: &aifs_tests::proc::Mount, pids: &[u32], raw: &rawquic::RawQuic, local: &Path, a: &Args) -> Result<()> {
     eprintln!(
         "aifs-bench: {} run(s); aifs at {} (3 OSDs, stripe 1 MiB x 3), local disk at {}",
         a.runs,
         mount.path.display(),
-        local.path().display()
+        local.display()
     );
     let mut res = Results::default();
     let mut x = Extra::default();
@@ -509,13 +525,13 @@ fn main() -> Result<()> {
     let mut md: Vec<(String, Vec<[f64; 4]>)> = Vec::new();
     for r in 1..=a.runs {
         eprintln!("run {r}/{}", a.runs);
-        for (name, v) in cached_metadata(&cluster, &mount.path, a.files, a.threads, r)? {
+        for (name, v) in cached_metadata(cluster, &mount.path, a.files, a.threads, r)? {
             match md.iter_mut().find(|m| m.0 == name) {
                 Some(m) => m.1.push(v),
                 None => md.push((name, vec![v])),
             }
         }
-        for (name, rpc, fuse) in latencies(&cluster, &mount.path, r)? {
+        for (name, rpc, fuse) in latencies(cluster, &mount.path, r)? {
             match lat.iter_mut().find(|l| l.0 == name) {
                 Some(l) => {
                     l.1.push(rpc);
@@ -524,8 +540,8 @@ fn main() -> Result<()> {
                 None => lat.push((name, vec![rpc], vec![fuse])),
             }
         }
-        let l = workloads(local.path(), &a, "local", None, &mut Extra::default())?;
-        let f = workloads(&mount.path, &a, "aifs", Some((&raw, &pids)), &mut x)?;
+        let l = workloads(local, &a, "local", None, &mut Extra::default())?;
+        let f = workloads(&mount.path, &a, "aifs", Some((raw, pids)), &mut x)?;
         for ((name, unit, lv), (_, _, av)) in l.into_iter().zip(f) {
             res.add(&name, unit, lv, av);
         }
@@ -561,23 +577,35 @@ fn main() -> Result<()> {
              CPU of the aifs processes and the reader: {rc:.2} s per GiB."
         );
     }
+    print_metadata_tables(&lat, &md);
+    Ok(())
+}
+
+/// The metadata latencies (over QUIC and through FUSE) and the cached
+/// metadata passes, each a median over the runs.
+fn print_metadata_tables(lat: &[(String, Vec<f64>, Vec<f64>)], md: &[(String, Vec<[f64; 4]>)]) {
     println!();
     println!("| metadata latency (median, µs) | MDS over QUIC | through FUSE | FUSE/QUIC |");
     println!("|---|---:|---:|---:|");
-    for (name, rpc, fuse) in &lat {
+    for (name, rpc, fuse) in lat {
         let (r, f) = (median(rpc), median(fuse));
         println!("| {name} | {r:.0} | {f:.0} | {:.2} |", if r > 0.0 { f / r } else { 0.0 });
     }
     println!();
     println!("| cached metadata, from a second mount | pass 1 ops/s | pass 2 ops/s | pass 2/pass 1 | MDS requests, pass 1 | pass 2 |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for (name, runs) in &md {
+    for (name, runs) in md {
         let col = |k: usize| median(&runs.iter().map(|v| v[k]).collect::<Vec<_>>());
         let (p1, p2) = (col(0), col(1));
         println!("| {name} | {p1:.0} | {p2:.0} | {:.2} | {:.0} | {:.0} |", if p1 > 0.0 { p2 / p1 } else { 0.0 }, col(2), col(3));
     }
+}
+
+/// A checkpoint written and read with 1 and with 2 replicas, and the
+/// repair of the replicas a dead OSD missed.
+fn replication_table(cluster: &mut ProcCluster, mount: &aifs_tests::proc::Mount, a: &Args) -> Result<()> {
     let mib = a.size_mib.min(1024);
-    let (rows, (bytes, secs)) = replication(&mut cluster, &mount.path, mib, a.runs)?;
+    let (rows, (bytes, secs)) = replication(cluster, &mount.path, mib, a.runs)?;
     println!();
     println!("| checkpoint of {}, stripe 1 MiB x 3, MB/s | replicas 1 | replicas 2 | 2/1 |", size_label(mib));
     println!("|---|---:|---:|---:|");
@@ -594,9 +622,14 @@ fn main() -> Result<()> {
         bytes as f64 / 1e6 / secs.max(1e-9),
         secs * (1u64 << 30) as f64 / bytes.max(1) as f64
     );
+    Ok(())
+}
+
+/// The MDS killed and started again during checkpoint steps, `runs` times.
+fn restart_table(cluster: &mut ProcCluster, mount: &aifs_tests::proc::Mount, a: &Args) -> Result<()> {
     let mut restarts = Vec::new();
     for r in 1..=a.runs {
-        restarts.push(mds_restart(&mut cluster, &mount.path, r)?);
+        restarts.push(mds_restart(cluster, &mount.path, r)?);
     }
     let (step, stall, back) = (
         median(&restarts.iter().map(|r| r.0).collect::<Vec<_>>()),
@@ -607,13 +640,7 @@ fn main() -> Result<()> {
     println!("| MDS `kill -9` and restart during checkpoint steps (create, 64 KiB, fsync, rename) | one step before | longest step across the restart | longest/before | first step done after the MDS start |");
     println!("|---|---:|---:|---:|---:|");
     println!("| median of {} | {:.1} ms | {:.2} s | {:.0} | {:.2} s |", a.runs, step * 1e3, stall, stall / step.max(1e-9), back);
-    drop(raw);
-    drop(mount);
-    drop(cluster);
-    replicated_metadata_rates(local.path(), &a)?;
-    failover::table(a.runs)?;
-    clients::table(a.runs)?;
-    scale::table(a.runs)
+    Ok(())
 }
 
 /// The metadata-rates table (meta.rs), local disk and aifs alternating.
