@@ -29,6 +29,9 @@ use std::sync::{Arc, Mutex};
 /// Objects asked for per `List`.
 const LIST_PAGE: u32 = 10_000;
 
+/// The objects each OSD stores, with their sizes, by OSD.
+type Stored = BTreeMap<u32, BTreeMap<ObjectId, u64>>;
+
 /// Does `layout` (the file's, if it exists) put object `obj` on `osd`?
 fn placed(layout: Option<&Layout>, obj: ObjectId, osd: u32) -> bool {
     layout.is_some_and(|l| obj.index < l.stripe_count && l.object_osds(obj.index).iter().any(|o| o.0 == osd))
@@ -159,12 +162,29 @@ impl Fsck {
         Ok((files, deleting, stale))
     }
 
+    /// What each OSD holds, then the namespace, checked against each
+    /// other; with `repair`, what was found handed to repair or deleted.
     async fn check(&self, repair: bool) -> Result<()> {
+        let stored = self.stored().await?;
+        let (files, deleting, stale) = self.namespace().await?;
+        self.update(|r| r.files = files.len() as u64);
+        let fix = self.check_replicas(&files, &stored, &stale).await?;
+        let orphans = self.orphans(&files, &stored, &deleting);
+        if repair {
+            self.hand_to_repair(fix).await;
+            self.delete_orphans(orphans).await;
+        }
+        Ok(())
+    }
+
+    /// The objects of the shards led here on each OSD that is up and
+    /// answers, by OSD; the others are reported as skipped.
+    async fn stored(&self) -> Result<Stored> {
         let cluster = &self.ns.cluster;
         let up = cluster.osds.up();
         let down: Vec<OsdId> = cluster.osds.infos().iter().map(|o| o.id).filter(|o| !up.contains(&o.0)).collect();
         self.update(|r| r.osds_skipped = down);
-        let mut stored: BTreeMap<u32, BTreeMap<ObjectId, u64>> = BTreeMap::new();
+        let mut stored = Stored::new();
         for &osd in &up {
             match self.list(osd).await {
                 Ok(mut objs) => {
@@ -180,11 +200,16 @@ impl Fsck {
                 Err(e) => return Err(e),
             }
         }
-        let (files, deleting, stale) = self.namespace().await?;
-        self.update(|r| r.files = files.len() as u64);
+        Ok(stored)
+    }
+
+    /// Every replica of every file not open, on the OSDs listed and not
+    /// already known stale: missing where another copy exists, or read
+    /// whole and found corrupt. The replicas to rewrite, by inode.
+    async fn check_replicas(&self, files: &[(u64, Layout)], stored: &Stored, stale: &HashSet<(u64, u32, u32)>) -> Result<BTreeMap<u64, Vec<Degraded>>> {
         let mut fix: BTreeMap<u64, Vec<Degraded>> = BTreeMap::new();
-        for (ino, layout) in &files {
-            if cluster.is_open(InodeId(*ino)) {
+        for (ino, layout) in files {
+            if self.ns.cluster.is_open(InodeId(*ino)) {
                 self.update(|r| r.files_skipped += 1);
                 continue;
             }
@@ -194,39 +219,49 @@ impl Fsck {
                 let present = |o: u32| stored.get(&o).is_some_and(|m| m.contains_key(&obj));
                 let anywhere = reps.iter().any(|&o| present(o));
                 for &osd in reps.iter().filter(|o| stored.contains_key(o) && !stale.contains(&(*ino, index, **o))) {
-                    if !present(osd) {
-                        if anywhere {
-                            self.found(FsckKind::Missing, obj, osd);
-                            fix.entry(*ino).or_default().push(Degraded { index, osd: OsdId(osd) });
-                        }
-                        continue;
-                    }
-                    let verified = match self.osds.call(osd, &OsdReq::Verify { obj }).await {
-                        Err(e) if e.unreachable() => {
-                            tracing::warn!(%obj, osd, error = %e, "fsck cannot reach an OSD to verify a replica");
-                            continue;
-                        }
-                        r => r?,
+                    let bad = match present(osd) {
+                        false if anywhere => Some(FsckKind::Missing),
+                        false => None,
+                        true => self.verify(obj, osd).await?,
                     };
-                    match verified {
-                        OsdResp::Verified { exists: true, bad_blocks, .. } => {
-                            self.update(|r| r.replicas_verified += 1);
-                            if bad_blocks > 0 {
-                                self.found(FsckKind::Corrupt, obj, osd);
-                                fix.entry(*ino).or_default().push(Degraded { index, osd: OsdId(osd) });
-                            }
-                        }
-                        // Deleted since the listing (the file went too).
-                        OsdResp::Verified { exists: false, .. } => {}
-                        _ => return Err(Error::Protocol("unexpected reply to Verify".into())),
+                    if let Some(kind) = bad {
+                        self.found(kind, obj, osd);
+                        fix.entry(*ino).or_default().push(Degraded { index, osd: OsdId(osd) });
                     }
                 }
             }
             self.update(|r| r.files_done += 1);
         }
+        Ok(fix)
+    }
+
+    /// Replica `obj` on `osd` read whole and its blocks checked: `Corrupt`
+    /// if one fails its crc; nothing if it is sound, was deleted since the
+    /// listing (the file went too), or the OSD cannot be reached.
+    async fn verify(&self, obj: ObjectId, osd: u32) -> Result<Option<FsckKind>> {
+        let verified = match self.osds.call(osd, &OsdReq::Verify { obj }).await {
+            Err(e) if e.unreachable() => {
+                tracing::warn!(%obj, osd, error = %e, "fsck cannot reach an OSD to verify a replica");
+                return Ok(None);
+            }
+            r => r?,
+        };
+        match verified {
+            OsdResp::Verified { exists: true, bad_blocks, .. } => {
+                self.update(|r| r.replicas_verified += 1);
+                Ok((bad_blocks > 0).then_some(FsckKind::Corrupt))
+            }
+            OsdResp::Verified { exists: false, .. } => Ok(None),
+            _ => Err(Error::Protocol("unexpected reply to Verify".into())),
+        }
+    }
+
+    /// Objects stored where no file's layout places them, with no delete
+    /// pending for their inode.
+    fn orphans(&self, files: &[(u64, Layout)], stored: &Stored, deleting: &HashSet<u64>) -> Vec<(ObjectId, u32)> {
         let layouts: BTreeMap<u64, &Layout> = files.iter().map(|(i, l)| (*i, l)).collect();
         let mut orphans = Vec::new();
-        for (&osd, objs) in &stored {
+        for (&osd, objs) in stored {
             for obj in objs.keys().filter(|o| !deleting.contains(&o.ino.0)) {
                 if !placed(layouts.get(&obj.ino.0).copied(), *obj, osd) {
                     self.found(FsckKind::Orphan, *obj, osd);
@@ -234,9 +269,11 @@ impl Fsck {
                 }
             }
         }
-        if !repair {
-            return Ok(());
-        }
+        orphans
+    }
+
+    /// Missing and corrupt replicas recorded as degraded, and repair woken.
+    async fn hand_to_repair(&self, fix: BTreeMap<u64, Vec<Degraded>>) {
         for (ino, objs) in fix {
             let n = objs.len() as u64;
             match self.ns.mark_degraded(InodeId(ino), objs).await {
@@ -245,6 +282,11 @@ impl Fsck {
             }
         }
         self.repair.wake.notify_one();
+    }
+
+    /// Each orphan deleted if it still is one.
+    async fn delete_orphans(&self, orphans: Vec<(ObjectId, u32)>) {
+        let cluster = &self.ns.cluster;
         for (obj, osd) in orphans {
             // Checked again with the file held against repair's moves,
             // which copy an object to its new OSD before the layout names
@@ -267,7 +309,6 @@ impl Fsck {
                 None => {}
             }
         }
-        Ok(())
     }
 }
 
