@@ -7,6 +7,29 @@ use crate::route::SessionKeeper;
 impl ClientFs {
     /// Connect to the cluster (QUIC + mTLS) and open a session.
     pub async fn connect(cfg: &ClientConfig) -> Result<Arc<ClientFs>> {
+        let fs = Self::new(cfg)?;
+        // Every connection to the MDS carries its recalls back to us; a new
+        // one (after a reconnect) gets the session bound by a heartbeat.
+        let weak = Arc::downgrade(&fs);
+        fs.pool.mds.on_connect(Box::new(move |conn| {
+            if let Some(fs) = weak.upgrade() {
+                fs.serve_mds_conn(conn);
+            }
+        }));
+        let keeper: std::sync::Weak<dyn SessionKeeper> = Arc::downgrade(&fs) as _;
+        let _ = fs.pool.routes.keeper.set(keeper);
+        tokio::spawn(Self::flush_in_background(Arc::downgrade(&fs)));
+        tokio::spawn(Self::send_dirops(Arc::downgrade(&fs)));
+        let hb = fs.open_session().await?;
+        fs.pool.refresh_osds().await?;
+        fs.pool.learn_shards().await;
+        tokio::spawn(Self::heartbeat(Arc::downgrade(&fs), hb));
+        Ok(fs)
+    }
+
+    /// The client's state for `cfg`, with its endpoint and connections
+    /// to the MDS made, before any session.
+    fn new(cfg: &ClientConfig) -> Result<Arc<ClientFs>> {
         let id = Identity::load(&cfg.tls)?;
         let endpoint = rpc::client_endpoint(&id, &cfg.transport)?;
         let mds = aifs_common::rpc::RpcClient::of_members(endpoint.clone(), &cfg.mds, &id, &cfg.transport)?;
@@ -26,7 +49,7 @@ impl ClientFs {
             pressure: tokio::sync::Notify::new(),
             metrics: metrics.clone(),
         });
-        let fs = Arc::new(ClientFs {
+        Ok(Arc::new(ClientFs {
             pool,
             ctx,
             files: DashMap::new(),
@@ -45,74 +68,62 @@ impl ClientFs {
             dirops,
             statahead: Default::default(),
             metrics,
-        });
-        // Every connection to the MDS carries its recalls back to us; a new
-        // one (after a reconnect) gets the session bound by a heartbeat.
-        let weak = Arc::downgrade(&fs);
-        fs.pool.mds.on_connect(Box::new(move |conn| {
-            if let Some(fs) = weak.upgrade() {
-                fs.serve_mds_conn(conn);
-            }
-        }));
-        let keeper: std::sync::Weak<dyn SessionKeeper> = Arc::downgrade(&fs) as _;
-        let _ = fs.pool.routes.keeper.set(keeper);
-        let weak = Arc::downgrade(&fs);
-        tokio::spawn(async move {
-            // Background flusher: partial units do not sit in memory forever,
-            // and all of them go when a writer runs out of budget.
-            loop {
-                let Some(ctx) = weak.upgrade().map(|fs| fs.ctx.clone()) else {
-                    return;
-                };
-                let older_than = tokio::select! {
-                    _ = tokio::time::sleep(FLUSH_TICK) => Some(STALE_UNIT),
-                    _ = ctx.pressure.notified() => None,
-                };
-                let Some(fs) = weak.upgrade() else { return };
-                fs.dirops.give_back_idle(IDLE_RESERVED);
-                let files: Vec<Arc<FileState>> = fs.files.iter().map(|f| f.value().clone()).collect();
-                for f in files {
-                    if let Err(e) = f.ship_buffered(&fs.ctx, older_than) {
-                        tracing::warn!(ino = %f.ino, error = %e, "background flush failed");
-                    }
+        }))
+    }
+
+    /// Background flusher: partial units do not sit in memory forever,
+    /// and all of them go when a writer runs out of budget.
+    async fn flush_in_background(weak: Weak<ClientFs>) {
+        loop {
+            let Some(ctx) = weak.upgrade().map(|fs| fs.ctx.clone()) else {
+                return;
+            };
+            let older_than = tokio::select! {
+                _ = tokio::time::sleep(FLUSH_TICK) => Some(STALE_UNIT),
+                _ = ctx.pressure.notified() => None,
+            };
+            let Some(fs) = weak.upgrade() else { return };
+            fs.dirops.give_back_idle(IDLE_RESERVED);
+            let files: Vec<Arc<FileState>> = fs.files.iter().map(|f| f.value().clone()).collect();
+            for f in files {
+                if let Err(e) = f.ship_buffered(&fs.ctx, older_than) {
+                    tracing::warn!(ino = %f.ino, error = %e, "background flush failed");
                 }
             }
-        });
-        tokio::spawn(Self::send_dirops(Arc::downgrade(&fs)));
-        let hb = fs.open_session().await?;
-        fs.pool.refresh_osds().await?;
-        fs.pool.learn_shards().await;
-        let weak = Arc::downgrade(&fs);
-        tokio::spawn(async move {
-            let period = Duration::from_millis(hb.clamp(200, 10_000));
-            let mut learned = None;
-            loop {
-                let Some(fs) = weak.upgrade() else { return };
-                tokio::select! {
-                    _ = tokio::time::sleep(period) => {}
-                    _ = fs.rebind.notified() => {}
-                }
-                let Some(id) = fs.meta.session() else {
+        }
+    }
+
+    /// The session's heartbeat every `hb_ms` (or when a reconnect asks
+    /// for one): a session the MDS no longer knows is opened again, and
+    /// the processes that lead shards and the members are learned.
+    async fn heartbeat(weak: Weak<ClientFs>, hb_ms: u64) {
+        let period = Duration::from_millis(hb_ms.clamp(200, 10_000));
+        let mut learned = None;
+        loop {
+            let Some(fs) = weak.upgrade() else { return };
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = fs.rebind.notified() => {}
+            }
+            let Some(id) = fs.meta.session() else {
+                let _ = fs.open_session().await;
+                continue;
+            };
+            let sent = Instant::now();
+            match fs.pool.mds(&MdsReq::SessionHeartbeat { id, io: fs.metrics.io() }).await {
+                Ok(_) => fs.meta.renewed(sent, fs.term()),
+                Err(Error::Stale) => {
+                    tracing::info!("session unknown to the MDS (restart, expiry or eviction); opening a new one");
+                    fs.meta.clear();
+                    fs.dirops.lost_leases();
                     let _ = fs.open_session().await;
-                    continue;
-                };
-                let sent = Instant::now();
-                match fs.pool.mds(&MdsReq::SessionHeartbeat { id, io: fs.metrics.io() }).await {
-                    Ok(_) => fs.meta.renewed(sent, fs.term()),
-                    Err(Error::Stale) => {
-                        tracing::info!("session unknown to the MDS (restart, expiry or eviction); opening a new one");
-                        fs.meta.clear();
-                        fs.dirops.lost_leases();
-                        let _ = fs.open_session().await;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "session heartbeat failed"),
                 }
-                fs.pool.beat_procs(fs.metrics.io()).await;
-                fs.pool.learn_shards().await;
-                aifs_common::rpc::leader::learn_members_when_due(&fs.pool.mds, &mut learned).await;
+                Err(e) => tracing::warn!(error = %e, "session heartbeat failed"),
             }
-        });
-        Ok(fs)
+            fs.pool.beat_procs(fs.metrics.io()).await;
+            fs.pool.learn_shards().await;
+            aifs_common::rpc::leader::learn_members_when_due(&fs.pool.mds, &mut learned).await;
+        }
     }
 
     /// Where to send kernel cache notices (set once the FUSE session is up).
