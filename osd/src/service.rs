@@ -2,7 +2,7 @@
 //! on a blocking thread (STYLE.md §4), and the heartbeat loop to the MDS.
 use crate::config::{OsdConfig, OsdLimits};
 use crate::store::file::FileStore;
-use crate::store::{range_of, ObjectStore, ReadOut};
+use crate::store::{range_of, ObjectStore, ReadOut, Usage};
 use aifs_common::certs::Role;
 use aifs_common::proto::mds::{MdsCall, MdsReply, MdsReq, MdsResp, OsdUsage};
 use aifs_common::cap::{self, Cap, Keyring};
@@ -302,56 +302,62 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
         Some(listen) => Some(crate::metrics::start(listen, registry, store.clone())?),
         None => None,
     };
-    let served = svc.served.clone();
-    let beat = svc.beat.clone();
-    let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc, gate.clone()));
-    let mds = RpcClient::of_members(endpoint.clone(), &cfg.mds, &id, &cfg.transport)?.with_first_check(rpc::leader::BEAT_CHECK);
-    let osd_id = cfg.id;
-    let period = Duration::from_millis(cfg.heartbeat_ms.max(50));
-    let hb = tokio::spawn(async move {
+    let heartbeat = Heartbeat {
+        mds: RpcClient::of_members(endpoint.clone(), &cfg.mds, &id, &cfg.transport)?.with_first_check(rpc::leader::BEAT_CHECK),
+        store,
+        gate: gate.clone(),
+        keys,
+        served: svc.served.clone(),
+        beat: svc.beat.clone(),
+        id: cfg.id,
+        advertise,
+        period: Duration::from_millis(cfg.heartbeat_ms.max(50)),
+    };
+    let serve = tokio::spawn(rpc::serve(endpoint.clone(), svc, gate));
+    let hb = tokio::spawn(heartbeat.run());
+    tracing::info!(osd = cfg.id, %addr, data = %cfg.data_dir.display(), "OSD serving");
+    Ok(OsdHandle { addr, endpoint, tasks: vec![serve, hb], metrics: std::sync::Mutex::new(metrics) })
+}
+
+/// An OSD's heartbeat to the MDS: its address and usage told, the
+/// capability keys and revoked certificates the answer brings installed.
+struct Heartbeat {
+    mds: RpcClient,
+    store: Arc<dyn ObjectStore>,
+    gate: Arc<rpc::Gate>,
+    keys: Arc<RwLock<Keyring>>,
+    served: Arc<Served>,
+    /// Wakes the loop before its period (`OsdReq::Beat`).
+    beat: Arc<tokio::sync::Notify>,
+    id: u32,
+    advertise: SocketAddr,
+    period: Duration,
+}
+
+impl Heartbeat {
+    async fn run(self) {
         let mut registered = false;
         let mut unreachable_since = None;
         let mut learned = None;
         loop {
             if registered {
-                rpc::leader::learn_members_when_due(&mds, &mut learned).await;
+                rpc::leader::learn_members_when_due(&self.mds, &mut learned).await;
             }
             // A connection just lost (an MDS restart resets it) is made
             // again at once: a restarted MDS waits for its OSDs.
-            let mut pause = period;
+            let mut pause = self.period;
             let usage = {
-                let s = store.clone();
+                let s = self.store.clone();
                 blocking(move || s.usage()).await
             };
             match usage {
                 Ok(u) => {
-                    let req = MdsReq::OsdHeartbeat {
-                        id: OsdId(osd_id),
-                        addr: advertise.to_string(),
-                        usage: OsdUsage { capacity: u.capacity, used: u.used, objects: u.objects, served: served.stats() },
-                        revoked_known: gate.revoked_count() as u32,
-                    };
-                    let sent = mds.call::<_, MdsReply>(&MdsCall::from(req), &[]).await.map(|(r, _)| r);
-                    let answer = match rpc::leader::follow(&mds, sent).await {
-                        rpc::leader::Next::Done(r) => r,
-                        // Another member of a replicated MDS leads: beat there at once.
-                        rpc::leader::Next::Again(p) => {
-                            tokio::time::sleep(p).await;
-                            continue;
-                        }
-                    };
+                    let Some(answer) = self.send(u).await else { continue };
                     match answer {
-                        Ok(MdsReply { resp: MdsResp::OsdBeat { keys: k, revoked }, .. }) => {
-                            match keys.write() {
-                                Ok(mut ring) => ring.install(&k),
-                                Err(_) => tracing::error!("capability keys poisoned"),
-                            }
-                            if let Some(owners) = revoked {
-                                let closed = gate.revoke(owners);
-                                tracing::info!(revoked = gate.revoked_count(), closed, "revocation list updated");
-                            }
+                        Ok(MdsReply { resp: MdsResp::OsdBeat { keys, revoked }, .. }) => {
+                            self.install(&keys, revoked);
                             if !registered {
-                                tracing::info!(osd = osd_id, mds = %mds.addr(), "registered with MDS");
+                                tracing::info!(osd = self.id, mds = %self.mds.addr(), "registered with MDS");
                                 registered = true;
                             }
                         }
@@ -362,9 +368,9 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
                         Err(e) => {
                             if registered {
                                 tracing::warn!(error = %e, "heartbeat to MDS failed");
-                                pause = period.min(Duration::from_millis(100));
+                                pause = self.period.min(Duration::from_millis(100));
                                 unreachable_since = Some(std::time::Instant::now());
-                            } else if unreachable_since.is_some_and(|t| t.elapsed() >= STILL_UNREACHABLE) {
+                            } else if unreachable_since.is_some_and(|t: std::time::Instant| t.elapsed() >= STILL_UNREACHABLE) {
                                 // Still failing: say so now and then, with why.
                                 tracing::warn!(error = %e, "MDS still unreachable");
                                 unreachable_since = Some(std::time::Instant::now());
@@ -377,10 +383,41 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle> {
             }
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = beat.notified() => {}
+                _ = self.beat.notified() => {}
             }
         }
-    });
-    tracing::info!(osd = cfg.id, %addr, data = %cfg.data_dir.display(), "OSD serving");
-    Ok(OsdHandle { addr, endpoint, tasks: vec![serve, hb], metrics: std::sync::Mutex::new(metrics) })
+    }
+
+    /// One heartbeat with usage `u`: the MDS's answer, or None when
+    /// another member of a replicated MDS leads and it is to be sent
+    /// there at once.
+    async fn send(&self, u: Usage) -> Option<Result<MdsReply>> {
+        let req = MdsReq::OsdHeartbeat {
+            id: OsdId(self.id),
+            addr: self.advertise.to_string(),
+            usage: OsdUsage { capacity: u.capacity, used: u.used, objects: u.objects, served: self.served.stats() },
+            revoked_known: self.gate.revoked_count() as u32,
+        };
+        let sent = self.mds.call::<_, MdsReply>(&MdsCall::from(req), &[]).await.map(|(r, _)| r);
+        match rpc::leader::follow(&self.mds, sent).await {
+            rpc::leader::Next::Done(r) => Some(r),
+            rpc::leader::Next::Again(p) => {
+                tokio::time::sleep(p).await;
+                None
+            }
+        }
+    }
+
+    /// The keys (and revoked certificates, when the list changed) from
+    /// the MDS's answer, put to use.
+    fn install(&self, keys: &[aifs_common::cap::CapKey], revoked: Option<Vec<aifs_common::ids::Owner>>) {
+        match self.keys.write() {
+            Ok(mut ring) => ring.install(keys),
+            Err(_) => tracing::error!("capability keys poisoned"),
+        }
+        if let Some(owners) = revoked {
+            let closed = self.gate.revoke(owners);
+            tracing::info!(revoked = self.gate.revoked_count(), closed, "revocation list updated");
+        }
+    }
 }
