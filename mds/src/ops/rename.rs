@@ -100,17 +100,9 @@ impl Namespace {
         if kind == FileKind::Dir && parent != newparent && self.is_within(newparent, ino).await? {
             return Err(Error::InvalidArgument("cannot move a directory into itself".into()));
         }
-        let mut steps = Vec::new();
         let is_dir = kind == FileKind::Dir;
-        let moving_dir_across = is_dir && parent != newparent;
-        if moving_dir_across && target.is_none() && np.nlink >= LINK_MAX {
+        if is_dir && parent != newparent && target.is_none() && np.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
-        }
-        if !is_dir {
-            // Hold an extra link while the file has two names, so a crash
-            // between the shards' commits leaves a leak, never a name whose
-            // unlink frees data the other name still points to.
-            steps.push(Step::AddLink { ino });
         }
         if let Some((tino, tkind)) = target {
             if flags & RENAME_NOREPLACE != 0 {
@@ -130,29 +122,8 @@ impl Namespace {
                 }
                 (false, false) => {}
             }
-            // The new name replaces the target: entries unchanged there,
-            // one fewer subdirectory if a directory replaced a directory and
-            // the moved one came from elsewhere.
-            let nl = if is_dir && moving_dir_across { 0 } else if is_dir { -1 } else { 0 };
-            steps.push(Step::InsertEntry { dir: newparent, name: newname.to_string(), ino, kind, dir_delta: (0, nl) });
-            let src_nl = if moving_dir_across { -1 } else { 0 };
-            steps.push(Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, src_nl) });
-            if tkind == FileKind::Dir {
-                steps.push(Step::DeleteDir { ino: tino });
-            } else {
-                steps.push(Step::DropLink { ino: tino });
-            }
-        } else {
-            let nl = if moving_dir_across { 1 } else { 0 };
-            steps.push(Step::InsertEntry { dir: newparent, name: newname.to_string(), ino, kind, dir_delta: (1, nl) });
-            steps.push(Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, -nl) });
         }
-        if moving_dir_across {
-            steps.push(Step::SetParent { ino, parent: newparent });
-        }
-        if !is_dir {
-            steps.push(Step::DropLink { ino });
-        }
+        let steps = rename_steps((parent, name), (newparent, newname), (ino, kind), target);
         let replaced = target.map(|t| t.0);
         self.run_steps(&mut held, steps, rid, (ino, replaced.unwrap_or(0))).await?;
         Ok((ino, replaced))
@@ -204,6 +175,46 @@ impl Namespace {
         self.run_steps(&mut held, steps, rid, (a, b)).await?;
         Ok((a, Some(b)))
     }
+}
+
+/// The steps of a checked rename of `from` to `to` of `moved` (inode,
+/// kind), replacing `target` if there is one.
+fn rename_steps(from: (u64, &str), to: (u64, &str), moved: (u64, FileKind), target: Option<(u64, FileKind)>) -> Vec<Step> {
+    let ((parent, name), (newparent, newname), (ino, kind)) = (from, to, moved);
+    let mut steps = Vec::new();
+    let is_dir = kind == FileKind::Dir;
+    let moving_dir_across = is_dir && parent != newparent;
+    if !is_dir {
+        // Hold an extra link while the file has two names, so a crash
+        // between the shards' commits leaves a leak, never a name whose
+        // unlink frees data the other name still points to.
+        steps.push(Step::AddLink { ino });
+    }
+    if let Some((tino, tkind)) = target {
+        // The new name replaces the target: entries unchanged there,
+        // one fewer subdirectory if a directory replaced a directory and
+        // the moved one came from elsewhere.
+        let nl = if is_dir && moving_dir_across { 0 } else if is_dir { -1 } else { 0 };
+        steps.push(Step::InsertEntry { dir: newparent, name: newname.to_string(), ino, kind, dir_delta: (0, nl) });
+        let src_nl = if moving_dir_across { -1 } else { 0 };
+        steps.push(Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, src_nl) });
+        if tkind == FileKind::Dir {
+            steps.push(Step::DeleteDir { ino: tino });
+        } else {
+            steps.push(Step::DropLink { ino: tino });
+        }
+    } else {
+        let nl = if moving_dir_across { 1 } else { 0 };
+        steps.push(Step::InsertEntry { dir: newparent, name: newname.to_string(), ino, kind, dir_delta: (1, nl) });
+        steps.push(Step::RemoveEntry { dir: parent, name: name.to_string(), dir_delta: (-1, -nl) });
+    }
+    if moving_dir_across {
+        steps.push(Step::SetParent { ino, parent: newparent });
+    }
+    if !is_dir {
+        steps.push(Step::DropLink { ino });
+    }
+    steps
 }
 
 impl MdsService {
